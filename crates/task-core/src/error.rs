@@ -1,0 +1,214 @@
+//! [`TaskError`]: why a task did not produce a value.
+
+use std::any::Any;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A boxed error, what a node returns on failure. Anything that implements
+/// [`std::error::Error`] converts into it with `?`, and so do `&str` and `String`.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Why a task did not produce a value.
+///
+/// Opaque, cheap to clone, with predicates for the cause: the node returned an error
+/// ([`is_node_error`](Self::is_node_error)), panicked ([`is_panic`](Self::is_panic)), the strategy
+/// was shut down ([`is_shutdown`](Self::is_shutdown)), the strategy cannot run this kind of task
+/// ([`is_unsupported`](Self::is_unsupported)), or another cause a later strategy reports.
+///
+/// # Examples
+///
+/// ```
+/// use task_core::TaskError;
+///
+/// let err = TaskError::node("disk full".into());
+/// assert!(err.is_node_error());
+/// assert_eq!(err.to_string(), "disk full");
+/// ```
+#[derive(Clone)]
+pub struct TaskError {
+    kind: Kind,
+    message: Arc<str>,
+    source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+}
+
+/// The cause of a [`TaskError`]; private so new causes can be added without breaking users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Node,
+    Panic,
+    Shutdown,
+    Unsupported,
+    Strategy,
+}
+
+impl TaskError {
+    /// The node returned this error.
+    pub fn node(error: BoxError) -> Self {
+        Self {
+            kind: Kind::Node,
+            message: error.to_string().into(),
+            source: Some(Arc::from(error)),
+        }
+    }
+
+    /// The node panicked; `payload` is what `catch_unwind` returned.
+    pub fn panic(payload: Box<dyn Any + Send>) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            String::from("a panic with a non-string payload")
+        };
+        Self::with_message(Kind::Panic, format!("node panicked: {message}"))
+    }
+
+    /// The strategy is shut down and takes no new tasks.
+    pub fn shutdown(strategy: &str) -> Self {
+        Self::with_message(
+            Kind::Shutdown,
+            format!("the {strategy} strategy is shut down"),
+        )
+    }
+
+    /// The strategy cannot run this kind of task (for example a closure on a process strategy).
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::with_message(Kind::Unsupported, message.into())
+    }
+
+    /// The strategy itself failed while running the task (for example its runtime went away).
+    pub fn strategy(message: impl Into<String>) -> Self {
+        Self::with_message(Kind::Strategy, message.into())
+    }
+
+    fn with_message(kind: Kind, message: String) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Whether the node itself returned an error.
+    pub fn is_node_error(&self) -> bool {
+        self.kind == Kind::Node
+    }
+
+    /// Whether the node panicked.
+    pub fn is_panic(&self) -> bool {
+        self.kind == Kind::Panic
+    }
+
+    /// Whether the strategy was shut down.
+    pub fn is_shutdown(&self) -> bool {
+        self.kind == Kind::Shutdown
+    }
+
+    /// Whether the strategy cannot run this kind of task.
+    pub fn is_unsupported(&self) -> bool {
+        self.kind == Kind::Unsupported
+    }
+
+    /// Whether the strategy itself failed.
+    pub fn is_strategy_error(&self) -> bool {
+        self.kind == Kind::Strategy
+    }
+
+    /// The message, as shown by `Display`.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The node's own error, if it returned one of type `E`.
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        self.source.as_deref()?.downcast_ref()
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl StdError for TaskError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// The serialized form keeps the cause and the message; the source error stays in the process.
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    kind: Kind,
+    message: std::borrow::Cow<'a, str>,
+}
+
+impl Serialize for TaskError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            kind: self.kind,
+            message: std::borrow::Cow::Borrowed(&self.message),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = Wire::deserialize(deserializer)?;
+        Ok(Self::with_message(wire.kind, wire.message.into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("quota exceeded")]
+    struct Quota;
+
+    #[test]
+    fn node_errors_keep_their_source() {
+        let err = TaskError::node(Box::new(Quota));
+        assert!(err.is_node_error());
+        assert!(err.downcast_ref::<Quota>().is_some());
+        assert_eq!(err.to_string(), "quota exceeded");
+    }
+
+    #[test]
+    fn panic_payloads_become_messages() {
+        let err = TaskError::panic(Box::new("boom"));
+        assert!(err.is_panic());
+        assert_eq!(err.message(), "node panicked: boom");
+        let err = TaskError::panic(Box::new(String::from("bang")));
+        assert_eq!(err.message(), "node panicked: bang");
+        let err = TaskError::panic(Box::new(7_u8));
+        assert!(err.message().contains("non-string"));
+    }
+
+    #[test]
+    fn serde_round_trip_keeps_kind_and_message() {
+        let err = TaskError::shutdown("async");
+        let json = serde_json::to_string(&err).unwrap();
+        let back: TaskError = serde_json::from_str(&json).unwrap();
+        assert!(back.is_shutdown());
+        assert_eq!(back.message(), err.message());
+    }
+}

@@ -1,0 +1,338 @@
+//! [`CoordinatorState`]: the job table, with O(1) add, end and lookup.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Job, JobResult, JobStatus, RequestId, TaskInfo};
+
+/// Running totals of the jobs a [`CoordinatorState`] has seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct JobCounts {
+    /// Jobs currently open.
+    pub opened: u64,
+    /// Jobs closed so far.
+    pub closed: u64,
+    /// Jobs closed with [`JobResult::Success`].
+    pub succeeded: u64,
+    /// Jobs closed with [`JobResult::Failure`].
+    pub failed: u64,
+}
+
+/// Why a [`CoordinatorState`] refused an operation. Nothing was changed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StateError {
+    kind: StateErrorKind,
+    request_id: RequestId,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StateErrorKind {
+    StillOpen,
+    Unknown,
+    AlreadyClosed,
+}
+
+impl StateError {
+    /// A job with this request id is already open.
+    pub fn is_duplicate(&self) -> bool {
+        self.kind == StateErrorKind::StillOpen
+    }
+
+    /// No job has this request id.
+    pub fn is_unknown(&self) -> bool {
+        self.kind == StateErrorKind::Unknown
+    }
+
+    /// The job with this request id is already closed.
+    pub fn is_already_closed(&self) -> bool {
+        self.kind == StateErrorKind::AlreadyClosed
+    }
+
+    /// The request id the operation named.
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = &self.request_id;
+        match self.kind {
+            StateErrorKind::StillOpen => write!(f, "a job for request `{id}` is already open"),
+            StateErrorKind::Unknown => write!(f, "no job for request `{id}`"),
+            StateErrorKind::AlreadyClosed => {
+                write!(f, "the job for request `{id}` is already closed")
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateError")
+            .field("kind", &self.kind)
+            .field("request_id", &self.request_id)
+            .finish()
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// The jobs a coordinator has accepted and is running or has finished.
+///
+/// Jobs are keyed by request id: adding, ending and looking up a job cost O(1) whatever the
+/// number of jobs already recorded. Counts are running totals, kept as jobs change.
+///
+/// # Examples
+///
+/// ```
+/// use task_core::{CoordinatorState, JobResult, JobStatus, Task};
+///
+/// let mut state = CoordinatorState::empty();
+/// let task = Task::from_fn("123", "my-node", || async { Ok::<_, task_core::BoxError>(()) });
+/// state.add_job(&task).unwrap();
+/// state.end_job("123", JobResult::Success).unwrap();
+///
+/// let job = state.get("123").unwrap();
+/// assert_eq!(job.status(), JobStatus::Closed);
+/// assert_eq!(state.counts().succeeded, 1);
+/// assert!(state.end_job("123", JobResult::Failure).unwrap_err().is_already_closed());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CoordinatorState {
+    jobs: HashMap<RequestId, Job>,
+    counts: JobCounts,
+}
+
+impl CoordinatorState {
+    /// A state with no jobs.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Opens a job for `task`.
+    ///
+    /// A request id whose job is closed may be used again: the new job replaces the old record
+    /// (the running totals keep counting the old one).
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::is_duplicate`] when a job with the same request id is still open; the state
+    /// is unchanged.
+    pub fn add_job(&mut self, task: &impl AsRef<TaskInfo>) -> Result<&Job, StateError> {
+        let info = task.as_ref();
+        let job = match self.jobs.entry(info.request_id().clone()) {
+            Entry::Occupied(entry) if entry.get().status() == JobStatus::Opened => {
+                return Err(StateError {
+                    kind: StateErrorKind::StillOpen,
+                    request_id: info.request_id().clone(),
+                });
+            }
+            Entry::Occupied(mut entry) => {
+                entry.insert(Job::open(info));
+                entry.into_mut()
+            }
+            Entry::Vacant(entry) => entry.insert(Job::open(info)),
+        };
+        self.counts.opened += 1;
+        Ok(job)
+    }
+
+    /// Closes the job for `request_id` with `result`.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::is_unknown`] when no job has that id; [`StateError::is_already_closed`] when
+    /// it is closed. The state is unchanged either way.
+    pub fn end_job(&mut self, request_id: &str, result: JobResult) -> Result<&Job, StateError> {
+        let Some(job) = self.jobs.get_mut(request_id) else {
+            return Err(StateError {
+                kind: StateErrorKind::Unknown,
+                request_id: RequestId::from(request_id),
+            });
+        };
+        if job.status() == JobStatus::Closed {
+            return Err(StateError {
+                kind: StateErrorKind::AlreadyClosed,
+                request_id: job.request_id().clone(),
+            });
+        }
+        job.close(result);
+        self.counts.opened -= 1;
+        self.counts.closed += 1;
+        match result {
+            JobResult::Success => self.counts.succeeded += 1,
+            JobResult::Failure => self.counts.failed += 1,
+        }
+        Ok(job)
+    }
+
+    /// The job for `request_id`, if recorded.
+    pub fn get(&self, request_id: &str) -> Option<&Job> {
+        self.jobs.get(request_id)
+    }
+
+    /// Whether a job for `request_id` is recorded and open.
+    pub fn is_open(&self, request_id: &str) -> bool {
+        self.get(request_id)
+            .is_some_and(|job| job.status() == JobStatus::Opened)
+    }
+
+    /// Every recorded job, in no particular order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Job> + '_ {
+        self.jobs.values()
+    }
+
+    /// Every recorded job, oldest first.
+    pub fn jobs_by_start_time(&self) -> Vec<&Job> {
+        let mut jobs: Vec<&Job> = self.jobs.values().collect();
+        jobs.sort_by(|a, b| {
+            a.start_time()
+                .cmp(&b.start_time())
+                .then_with(|| a.request_id().cmp(b.request_id()))
+        });
+        jobs
+    }
+
+    /// How many jobs are recorded.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Running totals.
+    pub fn counts(&self) -> JobCounts {
+        self.counts
+    }
+}
+
+impl Serialize for CoordinatorState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("CoordinatorState", 2)?;
+        s.serialize_field("counts", &self.counts)?;
+        s.serialize_field("jobs", &self.jobs_by_start_time())?;
+        s.end()
+    }
+}
+
+impl<'a> IntoIterator for &'a CoordinatorState {
+    type Item = &'a Job;
+    type IntoIter = std::collections::hash_map::Values<'a, RequestId, Job>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.jobs.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeId, TaskInfo};
+
+    fn info(id: &str) -> TaskInfo {
+        TaskInfo::new(id.into(), NodeId::generate(), Some("parent".into()), "n")
+    }
+
+    #[test]
+    fn add_then_end_closes_with_result_and_times() {
+        let mut state = CoordinatorState::empty();
+        let task = info("a");
+        let job = state.add_job(&task).unwrap();
+        assert_eq!(job.status(), JobStatus::Opened);
+        assert_eq!(job.parent_node_id().map(|p| p.as_str()), Some("parent"));
+        assert_eq!(job.child_node_id(), task.node_id());
+        assert!(job.end_time().is_none());
+        let job = state.end_job("a", JobResult::Failure).unwrap();
+        assert_eq!(job.result(), Some(JobResult::Failure));
+        assert!(job.end_time().unwrap() >= job.start_time());
+        assert_eq!(
+            state.counts(),
+            JobCounts {
+                opened: 0,
+                closed: 1,
+                succeeded: 0,
+                failed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn duplicate_open_is_refused_and_changes_nothing() {
+        let mut state = CoordinatorState::empty();
+        let first = info("a");
+        state.add_job(&first).unwrap();
+        let err = state.add_job(&info("a")).unwrap_err();
+        assert!(err.is_duplicate());
+        assert_eq!(err.request_id().as_str(), "a");
+        assert_eq!(state.len(), 1);
+        assert_eq!(state.get("a").unwrap().child_node_id(), first.node_id());
+        assert_eq!(state.counts().opened, 1);
+    }
+
+    #[test]
+    fn unknown_and_closed_ids_are_refused() {
+        let mut state = CoordinatorState::empty();
+        assert!(
+            state
+                .end_job("nope", JobResult::Success)
+                .unwrap_err()
+                .is_unknown()
+        );
+        state.add_job(&info("a")).unwrap();
+        state.end_job("a", JobResult::Success).unwrap();
+        let err = state.end_job("a", JobResult::Failure).unwrap_err();
+        assert!(err.is_already_closed());
+        assert_eq!(state.get("a").unwrap().result(), Some(JobResult::Success));
+        assert_eq!(state.counts().failed, 0);
+    }
+
+    #[test]
+    fn closed_ids_can_be_reused() {
+        let mut state = CoordinatorState::empty();
+        state.add_job(&info("a")).unwrap();
+        state.end_job("a", JobResult::Success).unwrap();
+        state.add_job(&info("a")).unwrap();
+        assert!(state.is_open("a"));
+        assert_eq!(state.len(), 1);
+        assert_eq!(
+            state.counts(),
+            JobCounts {
+                opened: 1,
+                closed: 1,
+                succeeded: 1,
+                failed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn result_parses_from_the_seed_strings() {
+        assert_eq!("success".parse::<JobResult>().unwrap(), JobResult::Success);
+        assert_eq!("failure".parse::<JobResult>().unwrap(), JobResult::Failure);
+        assert!("done".parse::<JobResult>().is_err());
+    }
+
+    #[test]
+    fn state_serializes_jobs_and_counts() {
+        let mut state = CoordinatorState::empty();
+        state.add_job(&info("a")).unwrap();
+        state.add_job(&info("b")).unwrap();
+        state.end_job("a", JobResult::Success).unwrap();
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(json["counts"]["opened"], 1);
+        assert_eq!(json["counts"]["succeeded"], 1);
+        assert_eq!(json["jobs"].as_array().unwrap().len(), 2);
+        assert_eq!(json["jobs"][0]["request_id"], "a");
+        assert_eq!(json["jobs"][0]["status"], "closed");
+        assert_eq!(json["jobs"][0]["result"], "success");
+    }
+}

@@ -1,0 +1,88 @@
+//! [`TaskExecutionStrategy`]: the extension point where work runs.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BoxFuture, ErasedTask, Outcome};
+
+/// Where and how tasks run. Implement it in your own crate, depending on `task-core` alone, and
+/// register it with a coordinator under a mode name.
+///
+/// A strategy turns every task it is given into exactly one [`Outcome`]: the node's value, or a
+/// [`TaskError`](crate::TaskError) saying why there is none (the node failed or panicked, the
+/// strategy is shut down, it cannot run that kind of task). It never panics on a task's behalf and
+/// never leaves a returned future pending forever.
+///
+/// The trait is object safe: a coordinator holds `Arc<dyn TaskExecutionStrategy>`. Methods with
+/// default bodies are optional hooks; new hooks will arrive with defaults, so implementations keep
+/// compiling.
+///
+/// # Examples
+///
+/// A strategy that runs every task inline on the caller's task:
+///
+/// ```
+/// use std::time::Duration;
+/// use task_core::{BoxFuture, ErasedTask, Outcome, TaskExecutionStrategy};
+///
+/// #[derive(Debug)]
+/// struct Inline;
+///
+/// impl TaskExecutionStrategy for Inline {
+///     fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
+///         Box::pin(task.run_inline())
+///     }
+///     fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+///         Box::pin(async {})
+///     }
+/// }
+/// ```
+pub trait TaskExecutionStrategy: Send + Sync + 'static {
+    /// Runs `task` to its outcome.
+    ///
+    /// After [`shutdown`](Self::shutdown) has begun, the outcome is an error for which
+    /// [`TaskError::is_shutdown`](crate::TaskError::is_shutdown) holds.
+    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome>;
+
+    /// Stops taking tasks and waits up to `grace` for the ones in flight. Idempotent: calling it
+    /// again waits again, it does not fail.
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
+
+    /// A short name for logs and [`StrategyStats`].
+    fn name(&self) -> &str {
+        let full = std::any::type_name::<Self>();
+        full.rsplit("::").next().unwrap_or(full)
+    }
+
+    /// Counters for a coordinator's system detail. The default reports nothing.
+    fn stats(&self) -> StrategyStats {
+        StrategyStats::default()
+    }
+}
+
+/// Counters a strategy reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StrategyStats {
+    /// Tasks running now.
+    pub in_flight: u64,
+    /// Tasks that ended with a value.
+    pub succeeded: u64,
+    /// Tasks that ended with an error.
+    pub failed: u64,
+    /// Whether the strategy still takes tasks.
+    pub accepting: bool,
+}
+
+impl StrategyStats {
+    /// Stats with the given counters.
+    pub fn new(in_flight: u64, succeeded: u64, failed: u64, accepting: bool) -> Self {
+        Self {
+            in_flight,
+            succeeded,
+            failed,
+            accepting,
+        }
+    }
+}
