@@ -1,1 +1,46 @@
-//! placeholder
+//! Messages about requests, and the publisher that fans them out.
+//!
+//! - [`RequestCompletionMessage`] and its parts ([`RequestSuccess`], [`RequestFailure`], ...): what
+//!   the bus says about every request. One bus carries results of every node type, erased as
+//!   [`Value`](task_core::Value) for subscribers to downcast.
+//! - [`Publisher`]: subscribe a callback or a [`Stream`](futures::Stream), wait for the first
+//!   matching message with a [`Listener`], publish, shut down. Each subscriber sees messages in
+//!   publish order, is isolated from the others' panics and slowness, and has a bounded queue.
+//!
+//! # Examples
+//!
+//! ```
+//! use pubsub::{Publisher, RequestCompletionMessage, RequestSuccess};
+//! use task_core::{NodeId, TaskInfo, Value};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = Publisher::<RequestCompletionMessage>::new();
+//! bus.start()?;
+//! bus.subscribe(|m| println!("{m}"))?;
+//! let done = bus.listener(
+//!     |m| m.request_id().is_some_and(|id| id.as_str() == "123"),
+//!     |m| m.to_string(),
+//! );
+//!
+//! let info = TaskInfo::new("123".into(), NodeId::generate(), None, "greet");
+//! bus.publish(RequestSuccess { info, result: Value::new("hello") }.into()).await?;
+//! assert_eq!(done.await?, "greet DONE with result \"hello\"");
+//! bus.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod messages;
+mod publisher;
+
+pub use crate::error::{Error, PublishError};
+pub use crate::messages::{
+    BroadcastEvent, FatalFailure, RequestCompletionMessage, RequestCreation,
+    RequestCreationFailure, RequestFailure, RequestSuccess,
+};
+pub use crate::publisher::{DEFAULT_CAPACITY, Listener, Publisher, SubscriberId, Subscription};
+
+/// The publisher of request-completion messages that coordinators subscribe to.
+pub type RequestCompletionPublisher = Publisher<RequestCompletionMessage>;

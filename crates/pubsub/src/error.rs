@@ -1,0 +1,111 @@
+//! The publisher's errors: opaque structs with predicates.
+
+use std::fmt;
+
+/// Why a publish was refused. The message is handed back with [`PublishError::into_inner`].
+pub struct PublishError<M> {
+    message: M,
+    started: bool,
+}
+
+impl<M> PublishError<M> {
+    pub(crate) fn new(message: M, started: bool) -> Self {
+        Self { message, started }
+    }
+
+    /// The publisher was never started.
+    pub fn is_not_started(&self) -> bool {
+        !self.started
+    }
+
+    /// The publisher has been shut down.
+    pub fn is_shut_down(&self) -> bool {
+        self.started
+    }
+
+    /// The message that was not published.
+    pub fn into_inner(self) -> M {
+        self.message
+    }
+}
+
+impl<M> fmt::Debug for PublishError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublishError")
+            .field("shut_down", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> fmt::Display for PublishError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.started {
+            f.write_str("the publisher is shut down")
+        } else {
+            f.write_str("the publisher has not been started")
+        }
+    }
+}
+
+impl<M> std::error::Error for PublishError<M> {}
+
+/// Why a subscribe, unsubscribe, start or listener failed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    ShutDown,
+    NoRuntime,
+    UnknownSubscriber(u64),
+    FilterPanicked,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Self { kind }
+    }
+
+    /// The publisher has been shut down (for a listener: before a matching message arrived).
+    pub fn is_shut_down(&self) -> bool {
+        self.kind == Kind::ShutDown
+    }
+
+    /// A callback subscriber needs a tokio runtime, and none was running on this thread.
+    pub fn is_no_runtime(&self) -> bool {
+        self.kind == Kind::NoRuntime
+    }
+
+    /// No subscriber has the id given to `unsubscribe`.
+    pub fn is_unknown_subscriber(&self) -> bool {
+        matches!(self.kind, Kind::UnknownSubscriber(_))
+    }
+
+    /// A listener's filter panicked; the listener was removed.
+    pub fn is_filter_panic(&self) -> bool {
+        self.kind == Kind::FilterPanicked
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::ShutDown => f.write_str("the publisher is shut down"),
+            Kind::NoRuntime => {
+                f.write_str("a callback subscriber must be added from within a tokio runtime")
+            }
+            Kind::UnknownSubscriber(id) => write!(f, "no subscriber has id {id}"),
+            Kind::FilterPanicked => f.write_str("the listener's filter panicked"),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error").field("kind", &self.kind).finish()
+    }
+}
+
+impl std::error::Error for Error {}

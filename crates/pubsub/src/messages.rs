@@ -1,0 +1,214 @@
+//! The request-completion messages: what the bus carries about every request.
+
+use std::fmt;
+
+use task_core::{ExecutionMode, NodeId, RequestId, TaskError, TaskInfo, Value};
+
+/// Someone asked for a request to run: the task that will answer it and the mode to run it in.
+#[derive(Clone, Debug)]
+pub struct RequestCreation {
+    /// The task's request, node, parent and name.
+    pub info: TaskInfo,
+    /// The execution mode asked for.
+    pub mode: ExecutionMode,
+}
+
+/// A request's node produced a value.
+#[derive(Clone, Debug)]
+pub struct RequestSuccess {
+    /// The task's request, node, parent and name.
+    pub info: TaskInfo,
+    /// The node's output, shared with every subscriber; recover it with [`Value::downcast_ref`].
+    pub result: Value,
+}
+
+/// A request's node failed: it returned an error, panicked, or could not be run.
+#[derive(Clone, Debug)]
+pub struct RequestFailure {
+    /// The task's request, node, parent and name.
+    pub info: TaskInfo,
+    /// Why there is no value.
+    pub error: TaskError,
+}
+
+/// A request could not even be created; no job was recorded for it.
+#[derive(Clone, Debug)]
+pub struct RequestCreationFailure {
+    /// The request that could not be created.
+    pub request_id: RequestId,
+    /// Why.
+    pub error: TaskError,
+}
+
+/// Something failed that the system cannot recover from.
+#[derive(Clone, Debug)]
+pub struct FatalFailure {
+    /// What went wrong.
+    pub error: TaskError,
+}
+
+/// A one-off event raised from inside a running node (progress, a partial result, a log line).
+#[derive(Clone, Debug)]
+pub struct BroadcastEvent {
+    /// The node that raised it, if known.
+    pub node_id: Option<NodeId>,
+    /// The node's name, if known.
+    pub node_name: Option<String>,
+    /// The event; recover it with [`Value::downcast_ref`].
+    pub event: Value,
+}
+
+/// Every message the request-completion bus carries.
+///
+/// `Display` gives the one-line log form: `<node> DONE with result <r>` for a success,
+/// `<node> FAILED with error <e>` for a failure.
+///
+/// # Examples
+///
+/// ```
+/// use pubsub::{RequestCompletionMessage, RequestSuccess};
+/// use task_core::{NodeId, TaskInfo, Value};
+///
+/// let info = TaskInfo::new("123".into(), NodeId::generate(), None, "summarize");
+/// let msg = RequestCompletionMessage::Success(RequestSuccess { info, result: Value::new(42) });
+/// assert_eq!(msg.to_string(), "summarize DONE with result 42");
+/// assert_eq!(msg.request_id().map(|r| r.as_str()), Some("123"));
+/// assert!(msg.is_terminal());
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum RequestCompletionMessage {
+    /// See [`RequestCreation`].
+    Creation(RequestCreation),
+    /// See [`RequestSuccess`].
+    Success(RequestSuccess),
+    /// See [`RequestFailure`].
+    Failure(RequestFailure),
+    /// See [`RequestCreationFailure`].
+    CreationFailure(RequestCreationFailure),
+    /// See [`FatalFailure`].
+    Fatal(FatalFailure),
+    /// See [`BroadcastEvent`].
+    Broadcast(BroadcastEvent),
+}
+
+impl RequestCompletionMessage {
+    /// The request the message is about, if it is about one.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            Self::Creation(m) => Some(m.info.request_id()),
+            Self::Success(m) => Some(m.info.request_id()),
+            Self::Failure(m) => Some(m.info.request_id()),
+            Self::CreationFailure(m) => Some(&m.request_id),
+            Self::Fatal(_) | Self::Broadcast(_) => None,
+        }
+    }
+
+    /// The task the message is about, for creation, success and failure messages.
+    pub fn task_info(&self) -> Option<&TaskInfo> {
+        match self {
+            Self::Creation(m) => Some(&m.info),
+            Self::Success(m) => Some(&m.info),
+            Self::Failure(m) => Some(&m.info),
+            Self::CreationFailure(_) | Self::Fatal(_) | Self::Broadcast(_) => None,
+        }
+    }
+
+    /// Whether the message ends a request (a success or a failure).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Success(_) | Self::Failure(_))
+    }
+}
+
+impl fmt::Display for RequestCompletionMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Creation(m) => write!(
+                f,
+                "{} CREATED as request {} in {} mode",
+                m.info.name(),
+                m.info.request_id(),
+                m.mode
+            ),
+            Self::Success(m) => write!(f, "{} DONE with result {:?}", m.info.name(), m.result),
+            Self::Failure(m) => write!(f, "{} FAILED with error {}", m.info.name(), m.error),
+            Self::CreationFailure(m) => write!(
+                f,
+                "request {} FAILED to be created with error {}",
+                m.request_id, m.error
+            ),
+            Self::Fatal(m) => write!(f, "FATAL failure: {}", m.error),
+            Self::Broadcast(m) => write!(
+                f,
+                "{} BROADCAST {:?}",
+                m.node_name.as_deref().unwrap_or("<unknown node>"),
+                m.event
+            ),
+        }
+    }
+}
+
+impl From<RequestSuccess> for RequestCompletionMessage {
+    fn from(m: RequestSuccess) -> Self {
+        Self::Success(m)
+    }
+}
+
+impl From<RequestFailure> for RequestCompletionMessage {
+    fn from(m: RequestFailure) -> Self {
+        Self::Failure(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> TaskInfo {
+        TaskInfo::new("r1".into(), "n1".into(), None, "planner")
+    }
+
+    #[test]
+    fn log_forms() {
+        let failure = RequestCompletionMessage::Failure(RequestFailure {
+            info: info(),
+            error: TaskError::node("timeout talking to api".into()),
+        });
+        assert_eq!(
+            failure.to_string(),
+            "planner FAILED with error timeout talking to api"
+        );
+        assert!(failure.is_terminal());
+        let success = RequestCompletionMessage::from(RequestSuccess {
+            info: info(),
+            result: Value::new("ok"),
+        });
+        assert_eq!(success.to_string(), "planner DONE with result \"ok\"");
+        let creation = RequestCompletionMessage::Creation(RequestCreation {
+            info: info(),
+            mode: ExecutionMode::ASYNC,
+        });
+        assert_eq!(
+            creation.to_string(),
+            "planner CREATED as request r1 in async mode"
+        );
+        assert!(!creation.is_terminal());
+        let cf = RequestCompletionMessage::CreationFailure(RequestCreationFailure {
+            request_id: "r2".into(),
+            error: TaskError::unsupported("no such mode"),
+        });
+        assert_eq!(cf.request_id().map(|r| r.as_str()), Some("r2"));
+        assert!(cf.to_string().contains("no such mode"));
+        let fatal = RequestCompletionMessage::Fatal(FatalFailure {
+            error: TaskError::strategy("runtime gone"),
+        });
+        assert_eq!(fatal.to_string(), "FATAL failure: runtime gone");
+        assert!(fatal.request_id().is_none());
+        let b = RequestCompletionMessage::Broadcast(BroadcastEvent {
+            node_id: None,
+            node_name: Some("search".into()),
+            event: Value::new(String::from("50%")),
+        });
+        assert_eq!(b.to_string(), "search BROADCAST \"50%\"");
+    }
+}

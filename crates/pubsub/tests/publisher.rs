@@ -1,0 +1,306 @@
+//! Integration tests of the publisher's guarantees.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures::{FutureExt, StreamExt};
+use pubsub::Publisher;
+
+fn started<M: Clone + Send + 'static>(capacity: usize) -> Publisher<M> {
+    let p = Publisher::with_capacity(capacity);
+    p.start().unwrap();
+    p
+}
+
+fn collector() -> (Arc<Mutex<Vec<u32>>>, impl FnMut(u32) + Send + 'static) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    (seen, move |m| sink.lock().unwrap().push(m))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_sees_messages_in_publish_order() {
+    let p = started::<u32>(16);
+    let (a, cb_a) = collector();
+    let (b, cb_b) = collector();
+    p.subscribe(cb_a).unwrap();
+    p.subscribe(cb_b).unwrap();
+    let mut stream = p.subscribe_stream().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(m) = stream.next().await {
+            got.push(m);
+        }
+        got
+    });
+    for i in 0..2_000 {
+        p.publish(i).await.unwrap();
+    }
+    p.shutdown().await;
+    let expected: Vec<u32> = (0..2_000).collect();
+    assert_eq!(*a.lock().unwrap(), expected);
+    assert_eq!(*b.lock().unwrap(), expected);
+    assert_eq!(reader.await.unwrap(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_give_every_subscriber_the_same_order() {
+    let p = started::<u32>(8);
+    let (a, cb_a) = collector();
+    let (b, cb_b) = collector();
+    p.subscribe(cb_a).unwrap();
+    p.subscribe(cb_b).unwrap();
+    let publishers: Vec<_> = (0..4)
+        .map(|k| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    p.publish(k * 1_000 + i).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in publishers {
+        t.await.unwrap();
+    }
+    p.shutdown().await;
+    let a = a.lock().unwrap().clone();
+    assert_eq!(a.len(), 2_000);
+    assert_eq!(a, *b.lock().unwrap());
+    // Each publisher's own messages stay in its order.
+    for k in 0..4 {
+        let mine: Vec<u32> = a.iter().copied().filter(|m| m / 1_000 == k).collect();
+        assert_eq!(mine, (0..500).map(|i| k * 1_000 + i).collect::<Vec<_>>());
+    }
+}
+
+/// A `MakeWriter` that captures log lines for assertions.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_subscriber_is_logged_at_warn_and_the_others_keep_receiving() {
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let p = started::<u32>(16);
+        let (panicky_seen, mut record) = collector();
+        p.subscribe(move |m| {
+            record(m);
+            assert!(m % 2 == 0, "odd message {m}");
+        })
+        .unwrap();
+        let (healthy, cb) = collector();
+        p.subscribe(cb).unwrap();
+        for i in 0..10 {
+            p.publish(i).await.unwrap();
+        }
+        p.shutdown().await;
+        assert_eq!(*healthy.lock().unwrap(), (0..10).collect::<Vec<_>>());
+        // The panicking subscriber itself kept receiving after each panic.
+        assert_eq!(*panicky_seen.lock().unwrap(), (0..10).collect::<Vec<_>>());
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("subscriber panicked"))
+        .collect();
+    assert_eq!(warnings.len(), 5, "{text}");
+    assert!(warnings[0].contains("odd message 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_does_not_delay_the_others() {
+    let p = started::<u32>(256);
+    let mut slow = p.subscribe_stream().unwrap();
+    let (fast, cb) = collector();
+    p.subscribe(cb).unwrap();
+    for i in 0..100 {
+        p.publish(i).await.unwrap();
+    }
+    // The slow subscriber has read nothing, yet every publish returned and the fast one is served.
+    let listener = p.listener(|m: &u32| *m == 100, |m| m);
+    p.publish(100).await.unwrap();
+    assert_eq!(listener.await.unwrap(), 100);
+    tokio::task::yield_now().await;
+    while fast.lock().unwrap().len() < 101 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(*fast.lock().unwrap(), (0..=100).collect::<Vec<_>>());
+    // The slow one still gets everything, in order, when it reads.
+    for i in 0..=100 {
+        assert_eq!(slow.next().await, Some(i));
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_applies_backpressure_instead_of_growing() {
+    let p = started::<u32>(4);
+    let mut stream = p.subscribe_stream().unwrap();
+    for i in 0..4 {
+        p.publish(i).await.unwrap();
+    }
+    let mut blocked = Box::pin(p.publish(4));
+    assert!(
+        (&mut blocked).now_or_never().is_none(),
+        "publish must wait for room"
+    );
+    assert_eq!(stream.next().await, Some(0));
+    blocked.await.unwrap();
+    for i in 1..=4 {
+        assert_eq!(stream.next().await, Some(i));
+    }
+}
+
+#[tokio::test]
+async fn a_listener_is_subscribed_when_created_not_when_awaited() {
+    let p = started::<u32>(16);
+    let listener = p.listener(|m: &u32| *m > 10, |m| m * 2);
+    assert_eq!(p.subscriber_count(), 1);
+    p.publish(5).await.unwrap();
+    p.publish(11).await.unwrap();
+    p.publish(12).await.unwrap();
+    // Awaited only now, after its message was published.
+    assert_eq!(listener.await.unwrap(), 22);
+    assert_eq!(p.subscriber_count(), 0, "a resolved listener unsubscribes");
+}
+
+#[tokio::test]
+async fn a_dropped_listener_unsubscribes() {
+    let p = started::<u32>(16);
+    let listener = p.listener(|_: &u32| true, |m| m);
+    let other = p.listener(|m: &u32| *m == 1, |m| m);
+    assert_eq!(p.subscriber_count(), 2);
+    drop(listener);
+    assert_eq!(p.subscriber_count(), 1);
+    p.publish(1).await.unwrap();
+    assert_eq!(other.await.unwrap(), 1);
+    assert_eq!(p.subscriber_count(), 0);
+}
+
+#[tokio::test]
+async fn a_dropped_stream_unsubscribes() {
+    let p = started::<u32>(16);
+    let stream = p.subscribe_stream().unwrap();
+    assert_eq!(p.subscriber_count(), 1);
+    drop(stream);
+    assert_eq!(p.subscriber_count(), 0);
+    p.publish(1).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_listener_pending_at_shutdown_resolves_with_an_error() {
+    let p = started::<u32>(16);
+    let listener = p.listener(|m: &u32| *m == 99, |m| m);
+    p.publish(1).await.unwrap();
+    p.shutdown().await;
+    let err = listener.await.unwrap_err();
+    assert!(err.is_shut_down());
+    // A listener made after shutdown resolves with the same error at once.
+    let late = p.listener(|_: &u32| true, |m| m);
+    assert!(late.await.unwrap_err().is_shut_down());
+}
+
+#[tokio::test]
+async fn a_panicking_filter_fails_its_listener_only() {
+    let p = started::<u32>(16);
+    let bad = p.listener(|_: &u32| panic!("bad filter"), |m| m);
+    let good = p.listener(|m: &u32| *m == 3, |m| m);
+    p.publish(3).await.unwrap();
+    assert!(bad.await.unwrap_err().is_filter_panic());
+    assert_eq!(good.await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delivers_every_message_published_before_it() {
+    let p = started::<u32>(2_000);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    p.subscribe(move |m| {
+        // A slow consumer: the queue is still full when shutdown starts.
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        sink.lock().unwrap().push(m);
+    })
+    .unwrap();
+    for i in 0..1_000 {
+        p.publish(i).await.unwrap();
+    }
+    assert!(
+        seen.lock().unwrap().len() < 1_000,
+        "the queue should not be drained yet"
+    );
+    p.shutdown().await;
+    assert_eq!(*seen.lock().unwrap(), (0..1_000).collect::<Vec<_>>());
+    assert!(!p.is_running());
+    assert_eq!(p.subscriber_count(), 0);
+    // Idempotent.
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_publishes_hand_the_message_back() {
+    let p = Publisher::<String>::new();
+    let err = p.publish("early".into()).await.unwrap_err();
+    assert!(err.is_not_started());
+    assert_eq!(err.into_inner(), "early");
+    p.start().unwrap();
+    assert!(p.is_running());
+    p.shutdown().await;
+    let err = p.publish("late".into()).await.unwrap_err();
+    assert!(err.is_shut_down());
+    assert_eq!(err.to_string(), "the publisher is shut down");
+    assert_eq!(err.into_inner(), "late");
+    assert!(p.start().unwrap_err().is_shut_down());
+    assert!(p.subscribe_stream().unwrap_err().is_shut_down());
+    assert!(p.subscribe(|_| {}).unwrap_err().is_shut_down());
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_unknown_ids_are_errors() {
+    let p = started::<u32>(16);
+    let (seen, cb) = collector();
+    let id = p.subscribe(cb).unwrap();
+    p.publish(1).await.unwrap();
+    p.unsubscribe(id).unwrap();
+    p.publish(2).await.unwrap();
+    assert!(p.unsubscribe(id).unwrap_err().is_unknown_subscriber());
+    p.shutdown().await;
+    tokio::task::yield_now().await;
+    assert_eq!(*seen.lock().unwrap(), vec![1]);
+}
+
+#[test]
+fn a_callback_subscriber_needs_a_runtime() {
+    let p = Publisher::<u32>::new();
+    assert!(p.subscribe(|_| {}).unwrap_err().is_no_runtime());
+    assert_eq!(p.subscriber_count(), 0);
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Publisher<pubsub::RequestCompletionMessage>>();
+    send_sync::<pubsub::RequestCompletionMessage>();
+    send_sync::<pubsub::Error>();
+    send::<pubsub::Subscription<pubsub::RequestCompletionMessage>>();
+    send::<pubsub::Listener<pubsub::RequestCompletionMessage, String>>();
+}
