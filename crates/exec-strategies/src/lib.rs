@@ -1,1 +1,35 @@
-//! placeholder
+//! The built-in execution strategies: where a coordinator's tasks run.
+//!
+//! Each strategy implements [`TaskExecutionStrategy`](task_core::TaskExecutionStrategy) and is
+//! behind a feature, so an application compiles only the ones it uses.
+//!
+//! # Feature flags
+//!
+//! - `async` (default): [`AsyncExecutionStrategy`], tasks on the tokio runtime (I/O-bound work).
+//!
+//! # Examples
+//!
+//! ```
+//! use exec_strategies::AsyncExecutionStrategy;
+//! use task_core::{Task, TaskExecutionStrategy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let strategy = AsyncExecutionStrategy::new();
+//! let task = Task::from_fn("1", "boom", || async {
+//!     panic!("the node broke");
+//!     #[allow(unreachable_code)]
+//!     Ok::<(), task_core::BoxError>(())
+//! });
+//! let error = strategy.execute(task.into_erased()).await.unwrap_err();
+//! assert!(error.is_panic());
+//! assert_eq!(error.message(), "node panicked: the node broke");
+//! # }
+//! ```
+
+#[cfg(feature = "async")]
+mod async_strategy;
+mod tracker;
+
+#[cfg(feature = "async")]
+pub use crate::async_strategy::AsyncExecutionStrategy;

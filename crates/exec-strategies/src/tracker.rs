@@ -1,0 +1,152 @@
+//! [`Tracker`]: the bookkeeping every strategy shares: accepting or not, tasks in flight, counts,
+//! and waiting (bounded) for the tasks in flight to finish.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::{self, Either};
+use task_core::{Outcome, StrategyStats};
+use tokio::sync::Notify;
+
+/// Counts tasks in and out, refuses new ones after [`Tracker::close`], and wakes
+/// [`Tracker::drain`] when the last one leaves.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    closed: AtomicBool,
+    in_flight: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    idle: Notify,
+}
+
+/// Proof that a task was admitted; dropping it (even by unwinding) lets it out.
+#[derive(Debug)]
+pub(crate) struct Admission<'a> {
+    tracker: &'a Tracker,
+}
+
+impl Tracker {
+    /// Admits a task unless the tracker is closed.
+    pub(crate) fn admit(&self) -> Option<Admission<'_>> {
+        // Count first, then check: `close` stores first, then reads the count, so a task is either
+        // refused or seen by `drain` (both sides use SeqCst).
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let admission = Admission { tracker: self };
+        if self.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(admission)
+    }
+
+    /// Records how an admitted task ended.
+    pub(crate) fn record(&self, outcome: &Outcome) {
+        let counter = if outcome.is_ok() {
+            &self.succeeded
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refuses every later task.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the tracker is closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Tasks admitted and not yet out.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no task is in flight or `grace` has passed. Returns whether it drained.
+    pub(crate) async fn drain(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        let mut timer = None;
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            let timer = timer.get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+            let notified = std::pin::pin!(notified);
+            if let Either::Right(_) = future::select(notified, timer.as_mut()).await {
+                return self.in_flight() == 0;
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> StrategyStats {
+        StrategyStats::new(
+            self.in_flight(),
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            !self.is_closed(),
+        )
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.tracker.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.tracker.idle.notify_waiters();
+        }
+    }
+}
+
+/// Sleeps until `deadline` without needing a tokio time driver (which a user's runtime may not
+/// have enabled): a short-lived thread fires a oneshot. Only used on shutdown paths.
+pub(crate) async fn sleep_until(deadline: Instant) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("exec-strategies-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = rx.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use task_core::{TaskError, Value};
+
+    #[test]
+    fn admit_record_close() {
+        let t = Tracker::default();
+        let a = t.admit().unwrap();
+        assert_eq!(t.in_flight(), 1);
+        t.record(&Ok(Value::new(1)));
+        t.record(&Err(TaskError::strategy("x")));
+        drop(a);
+        assert_eq!(t.in_flight(), 0);
+        t.close();
+        assert!(t.admit().is_none());
+        assert_eq!(t.in_flight(), 0, "a refused task is not counted");
+        assert_eq!(t.stats(), StrategyStats::new(0, 1, 1, false));
+    }
+
+    #[test]
+    fn drain_waits_for_the_last_task_or_the_grace_period() {
+        let t = std::sync::Arc::new(Tracker::default());
+        futures::executor::block_on(async {
+            assert!(t.drain(Duration::from_secs(5)).await, "nothing in flight");
+            let a = t.admit().unwrap();
+            assert!(!t.drain(Duration::from_millis(10)).await, "still in flight");
+            let t2 = std::sync::Arc::clone(&t);
+            let waiter = std::thread::spawn(move || {
+                futures::executor::block_on(t2.drain(Duration::from_secs(60)))
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            drop(a);
+            assert!(waiter.join().unwrap());
+        });
+    }
+}
