@@ -1,1 +1,64 @@
-//! placeholder
+//! The coordinator: runs tasks under the execution mode asked for, tracks every job's lifecycle
+//! in a state table, and announces every outcome on a publish/subscribe bus.
+//!
+//! Most applications depend on this crate alone: it re-exports the vocabulary of
+//! [`task_core`], the messages and publisher of [`pubsub`], and the built-in strategies of
+//! [`exec_strategies`].
+//!
+//! # Examples
+//!
+//! The seed's task-submission use case, and a failure:
+//!
+//! ```
+//! use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, Task};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let publisher = RequestCompletionPublisher::new();
+//! publisher.start()?;
+//! let coordinator = Coordinator::builder().with_async().build();
+//! coordinator.start(&publisher)?;
+//!
+//! let task = Task::from_fn("123", "my_node", || async { Ok::<_, BoxError>(6 * 7) });
+//! assert_eq!(coordinator.submit(task, ExecutionMode::ASYNC).await?, 42);
+//!
+//! let failing: Task<()> = Task::from_fn("124", "flaky", || async { Err("upstream down") });
+//! let error = coordinator.submit(failing, ExecutionMode::ASYNC).await.unwrap_err();
+//! assert!(error.task_error().unwrap().is_node_error());
+//!
+//! let detail = coordinator.system_detail();
+//! assert_eq!((detail.counts.succeeded, detail.counts.failed), (1, 1));
+//! coordinator.shutdown().await;
+//! publisher.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `async` (default): the async strategy, [`AsyncExecutionStrategy`], and
+//!   [`CoordinatorBuilder::with_async`].
+
+mod coordinator;
+mod error;
+
+pub use crate::coordinator::{
+    Coordinator, CoordinatorBuilder, DEFAULT_SHUTDOWN_GRACE, SystemDetail, current_node,
+};
+pub use crate::error::{StartError, SubmitError};
+
+#[doc(inline)]
+pub use task_core::{
+    BlockingNode, BoxError, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult,
+    JobStatus, Node, NodeId, RequestId, StateError, StrategyStats, Task, TaskError,
+    TaskExecutionStrategy, TaskInfo, Value,
+};
+
+#[doc(inline)]
+pub use pubsub::{
+    Publisher, RequestCompletionMessage, RequestCompletionPublisher, RequestFailure, RequestSuccess,
+};
+
+#[cfg(feature = "async")]
+#[doc(inline)]
+pub use exec_strategies::AsyncExecutionStrategy;

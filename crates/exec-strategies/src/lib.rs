@@ -29,6 +29,7 @@
 
 #[cfg(feature = "async")]
 mod async_strategy;
+pub mod support;
 mod tracker;
 
 #[cfg(feature = "async")]

@@ -4,8 +4,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::future::{self, Either};
 use task_core::{Outcome, StrategyStats};
+
+use crate::support::wait_for;
 use tokio::sync::Notify;
 
 /// Counts tasks in and out, refuses new ones after [`Tracker::close`], and wakes
@@ -65,19 +66,7 @@ impl Tracker {
 
     /// Waits until no task is in flight or `grace` has passed. Returns whether it drained.
     pub(crate) async fn drain(&self, grace: Duration) -> bool {
-        let deadline = Instant::now() + grace;
-        let mut timer = None;
-        loop {
-            let notified = self.idle.notified();
-            if self.in_flight() == 0 {
-                return true;
-            }
-            let timer = timer.get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-            let notified = std::pin::pin!(notified);
-            if let Either::Right(_) = future::select(notified, timer.as_mut()).await {
-                return self.in_flight() == 0;
-            }
-        }
+        wait_for(&self.idle, || self.in_flight() == 0, Instant::now() + grace).await
     }
 
     pub(crate) fn stats(&self) -> StrategyStats {
@@ -95,21 +84,6 @@ impl Drop for Admission<'_> {
         if self.tracker.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.tracker.idle.notify_waiters();
         }
-    }
-}
-
-/// Sleeps until `deadline` without needing a tokio time driver (which a user's runtime may not
-/// have enabled): a short-lived thread fires a oneshot. Only used on shutdown paths.
-pub(crate) async fn sleep_until(deadline: Instant) {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let spawned = std::thread::Builder::new()
-        .name("exec-strategies-deadline".into())
-        .spawn(move || {
-            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-            let _ = tx.send(());
-        });
-    if spawned.is_ok() {
-        let _ = rx.await;
     }
 }
 

@@ -284,6 +284,13 @@ impl ErasedTask {
         &self.info
     }
 
+    /// Records the node that submitted this task (the job's parent node).
+    #[must_use]
+    pub fn with_parent(mut self, parent: NodeId) -> Self {
+        self.info.parent_id = Some(parent);
+        self
+    }
+
     /// Whether the work is synchronous (it must run on a thread, not on an async executor).
     pub fn is_blocking(&self) -> bool {
         matches!(self.body, TaskBody::Blocking(_))

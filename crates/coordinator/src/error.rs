@@ -1,0 +1,169 @@
+//! The coordinator's errors: opaque structs with predicates.
+
+use std::fmt;
+
+use task_core::{ExecutionMode, RequestId, TaskError};
+
+/// Why [`Coordinator::submit`](crate::Coordinator::submit) did not return a value.
+///
+/// Either the request was **rejected** ([`is_rejected`](Self::is_rejected)): nothing was recorded
+/// and no message published; or it was **accepted and failed**: its job is closed as a failure,
+/// its failure message published, and [`task_error`](Self::task_error) says why.
+#[derive(Clone)]
+pub struct SubmitError {
+    kind: SubmitKind,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum SubmitKind {
+    NotStarted,
+    ShutDown,
+    UnknownMode(ExecutionMode),
+    Duplicate(RequestId),
+    NoRuntime,
+    PublisherClosed,
+    Failed(TaskError),
+}
+
+impl SubmitError {
+    pub(crate) fn new(kind: SubmitKind) -> Self {
+        Self { kind }
+    }
+
+    /// Nothing was recorded: the request never became a job.
+    pub fn is_rejected(&self) -> bool {
+        !matches!(self.kind, SubmitKind::Failed(_))
+    }
+
+    /// The coordinator was not started with a publisher.
+    pub fn is_not_started(&self) -> bool {
+        matches!(self.kind, SubmitKind::NotStarted)
+    }
+
+    /// The coordinator is shut down (or shutting down).
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self.kind, SubmitKind::ShutDown)
+    }
+
+    /// No strategy is registered for the mode asked for.
+    pub fn is_unknown_mode(&self) -> bool {
+        matches!(self.kind, SubmitKind::UnknownMode(_))
+    }
+
+    /// A job with the same request id is still open.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self.kind, SubmitKind::Duplicate(_))
+    }
+
+    /// `submit` was polled outside a tokio runtime.
+    pub fn is_no_runtime(&self) -> bool {
+        matches!(self.kind, SubmitKind::NoRuntime)
+    }
+
+    /// The publisher the coordinator was started with is not running.
+    pub fn is_publisher_closed(&self) -> bool {
+        matches!(self.kind, SubmitKind::PublisherClosed)
+    }
+
+    /// The request ran and failed: why.
+    pub fn task_error(&self) -> Option<&TaskError> {
+        match &self.kind {
+            SubmitKind::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The request ran and failed: why; `None` for a rejection.
+    pub fn into_task_error(self) -> Option<TaskError> {
+        match self.kind {
+            SubmitKind::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            SubmitKind::NotStarted => f.write_str("the coordinator has not been started"),
+            SubmitKind::ShutDown => f.write_str("the coordinator is shut down"),
+            SubmitKind::UnknownMode(mode) => {
+                write!(f, "no execution strategy is registered for mode `{mode}`")
+            }
+            SubmitKind::Duplicate(id) => write!(f, "a job for request `{id}` is already open"),
+            SubmitKind::NoRuntime => f.write_str("submit must run inside a tokio runtime"),
+            SubmitKind::PublisherClosed => {
+                f.write_str("the coordinator's publisher is not running")
+            }
+            SubmitKind::Failed(e) => write!(f, "the task failed: {e}"),
+        }
+    }
+}
+
+impl fmt::Debug for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl std::error::Error for SubmitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.task_error().map(|e| e as _)
+    }
+}
+
+/// Why [`Coordinator::start`](crate::Coordinator::start) failed. Nothing was subscribed.
+#[derive(Clone)]
+pub struct StartError {
+    kind: StartKind,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum StartKind {
+    AlreadyStarted,
+    Subscribe(pubsub::Error),
+}
+
+impl StartError {
+    pub(crate) fn new(kind: StartKind) -> Self {
+        Self { kind }
+    }
+
+    /// The coordinator was already started.
+    pub fn is_already_started(&self) -> bool {
+        matches!(self.kind, StartKind::AlreadyStarted)
+    }
+
+    /// The publisher refused the coordinator's subscriber (shut down, or no tokio runtime).
+    pub fn subscribe_error(&self) -> Option<&pubsub::Error> {
+        match &self.kind {
+            StartKind::Subscribe(e) => Some(e),
+            StartKind::AlreadyStarted => None,
+        }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            StartKind::AlreadyStarted => f.write_str("the coordinator is already started"),
+            StartKind::Subscribe(e) => write!(f, "could not subscribe to the publisher: {e}"),
+        }
+    }
+}
+
+impl fmt::Debug for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StartError")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.subscribe_error().map(|e| e as _)
+    }
+}

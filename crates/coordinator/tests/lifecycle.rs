@@ -1,0 +1,131 @@
+//! Shutdown and the system detail.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, Task};
+use support::{CountingInline, Recorder, started, value_task};
+
+#[tokio::test]
+async fn shutdown_shuts_every_strategy_down_exactly_once() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let shared = Arc::new(CountingInline::default());
+    let other = Arc::new(CountingInline::default());
+    let coordinator = Coordinator::builder()
+        .shared_strategy("a", shared.clone())
+        .shared_strategy("b", shared.clone())
+        .shared_strategy("c", other.clone())
+        .build();
+    coordinator.start(&publisher).unwrap();
+    assert!(coordinator.is_accepting());
+    coordinator.shutdown().await;
+    coordinator.shutdown().await;
+    assert_eq!(shared.shutdowns.load(Ordering::SeqCst), 1);
+    assert_eq!(other.shutdowns.load(Ordering::SeqCst), 1);
+    assert!(!coordinator.is_accepting());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_running_requests_and_each_still_ends_once() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let slow = Task::from_fn("slow", "slow", || async move {
+        released.await.ok();
+        Ok::<_, BoxError>(9_u8)
+    });
+    let c = coordinator.clone();
+    let call = tokio::spawn(async move { c.submit(slow, "async").await });
+    while coordinator.job("slow").is_none() {
+        tokio::task::yield_now().await;
+    }
+    let c = coordinator.clone();
+    let shutting =
+        tokio::spawn(async move { c.shutdown_with_grace(Duration::from_secs(30)).await });
+    while coordinator.is_accepting() {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        coordinator
+            .submit(value_task("late", 1), "async")
+            .await
+            .unwrap_err()
+            .is_shut_down()
+    );
+    assert!(!shutting.is_finished());
+    release.send(()).unwrap();
+    shutting.await.unwrap();
+    // By the time shutdown returns, the running request is closed.
+    assert_eq!(coordinator.counts().opened, 0);
+    assert_eq!(call.await.unwrap().unwrap(), 9);
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts().get("slow"), Some(&1));
+    assert!(!recorder.terminal_counts().contains_key("late"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_after_the_grace_period() {
+    let (_publisher, coordinator) = started();
+    let (_keep, never) = tokio::sync::oneshot::channel::<()>();
+    let stuck = Task::from_fn("stuck", "stuck", || async move {
+        never.await.ok();
+        Ok::<_, BoxError>(())
+    });
+    let c = coordinator.clone();
+    let _call = tokio::spawn(async move { c.submit(stuck, "async").await });
+    while coordinator.job("stuck").is_none() {
+        tokio::task::yield_now().await;
+    }
+    coordinator
+        .shutdown_with_grace(Duration::from_millis(50))
+        .await;
+    assert_eq!(coordinator.counts().opened, 1);
+}
+
+#[tokio::test]
+async fn system_detail_is_a_serializable_snapshot() {
+    let (_publisher, coordinator) = started();
+    coordinator
+        .submit(value_task("a", 1), ExecutionMode::ASYNC)
+        .await
+        .unwrap();
+    let failing: Task<()> = Task::from_fn("b", "bad", || async { Err("no") });
+    coordinator
+        .submit(failing, ExecutionMode::ASYNC)
+        .await
+        .unwrap_err();
+    let detail = coordinator.system_detail();
+    assert!(detail.accepting);
+    assert_eq!(detail.jobs.len(), 2);
+    let json = serde_json::to_value(&detail).unwrap();
+    assert_eq!(json["counts"]["succeeded"], 1);
+    assert_eq!(json["counts"]["failed"], 1);
+    assert_eq!(json["jobs"][0]["request_id"], "a");
+    assert_eq!(json["jobs"][0]["result"], "success");
+    assert_eq!(json["jobs"][1]["node_name"], "bad");
+    assert_eq!(json["jobs"][1]["result"], "failure");
+    assert_eq!(json["modes"]["async"]["succeeded"], 1);
+    assert_eq!(json["modes"]["async"]["failed"], 1);
+    assert_eq!(json["modes"]["async"]["accepting"], true);
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Coordinator>();
+    send_sync::<coordinator::SubmitError>();
+    send_sync::<coordinator::StartError>();
+    send_sync::<coordinator::SystemDetail>();
+    fn send<T: Send>(_: &T) {}
+    let (_p, c) = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async { started() })
+    };
+    send(&c.submit(value_task("x", 1), "async"));
+}

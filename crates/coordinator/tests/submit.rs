@@ -1,0 +1,421 @@
+//! Submitting tasks: results, failures, rejections, exactly-once outcomes.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, JobResult, JobStatus, RequestCompletionMessage,
+    RequestCompletionPublisher, Task,
+};
+use support::{CountingInline, Recorder, started, value_task};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_returns_the_typed_result_with_the_job_closed_and_the_message_published() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    #[derive(Clone, Debug, PartialEq)]
+    struct Summary {
+        words: usize,
+    }
+    let task = Task::from_fn("123", "summarize", || async {
+        Ok::<_, BoxError>(Summary { words: 3 })
+    });
+    let node_id = task.node_id().clone();
+    let summary = coordinator
+        .submit(task, ExecutionMode::ASYNC)
+        .await
+        .unwrap();
+    assert_eq!(summary, Summary { words: 3 });
+
+    let job = coordinator.job("123").unwrap();
+    assert_eq!(job.status(), JobStatus::Closed);
+    assert_eq!(job.result(), Some(JobResult::Success));
+    assert_eq!(job.child_node_id(), &node_id);
+    assert!(job.parent_node_id().is_none());
+    assert!(job.end_time().unwrap() >= job.start_time());
+
+    publisher.shutdown().await;
+    let messages = recorder.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        messages[0].to_string(),
+        "summarize DONE with result Summary { words: 3 }"
+    );
+}
+
+#[tokio::test]
+async fn failures_and_panics_close_the_job_as_failed_and_the_coordinator_keeps_working() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let failing: Task<()> = Task::from_fn("f", "flaky", || async { Err("upstream down") });
+    let err = coordinator.submit(failing, "async").await.unwrap_err();
+    assert!(!err.is_rejected());
+    assert!(err.task_error().unwrap().is_node_error());
+
+    let panicking: Task<()> = Task::from_fn("p", "broken", || async {
+        panic!("index out of bounds");
+        #[allow(unreachable_code)]
+        Ok::<(), BoxError>(())
+    });
+    let err = coordinator.submit(panicking, "async").await.unwrap_err();
+    let task_error = err.task_error().unwrap();
+    assert!(task_error.is_panic());
+    assert_eq!(task_error.message(), "node panicked: index out of bounds");
+
+    assert_eq!(
+        coordinator
+            .submit(value_task("ok", 5), "async")
+            .await
+            .unwrap(),
+        5
+    );
+    let counts = coordinator.counts();
+    assert_eq!(
+        (
+            counts.opened,
+            counts.closed,
+            counts.succeeded,
+            counts.failed
+        ),
+        (0, 3, 1, 2)
+    );
+    assert_eq!(
+        coordinator.job("p").unwrap().result(),
+        Some(JobResult::Failure)
+    );
+
+    publisher.shutdown().await;
+    let log: Vec<String> = recorder.messages().iter().map(|m| m.to_string()).collect();
+    assert_eq!(log[0], "flaky FAILED with error upstream down");
+    assert_eq!(
+        log[1],
+        "broken FAILED with error node panicked: index out of bounds"
+    );
+}
+
+#[tokio::test]
+async fn an_unconfigured_mode_is_rejected_and_records_nothing() {
+    let (publisher, coordinator) = started();
+    let mut stream = publisher.subscribe_stream().unwrap();
+    let err = coordinator
+        .submit(value_task("1", 1), ExecutionMode::PROCESS)
+        .await
+        .unwrap_err();
+    assert!(err.is_unknown_mode());
+    assert!(err.is_rejected());
+    assert_eq!(
+        err.to_string(),
+        "no execution strategy is registered for mode `process`"
+    );
+    assert!(coordinator.job("1").is_none());
+    assert!(coordinator.with_state(|s| s.is_empty()));
+    assert_eq!(coordinator.counts().opened, 0);
+    // Nothing was published: the next message on the bus is the next request's.
+    coordinator
+        .submit(value_task("2", 2), "async")
+        .await
+        .unwrap();
+    let first = stream.recv().await.unwrap();
+    assert_eq!(first.request_id().unwrap().as_str(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_open_request_id_is_rejected_without_disturbing_the_original() {
+    let (_publisher, coordinator) = started();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let slow = Task::from_fn("dup", "slow", || async move {
+        released.await.ok();
+        Ok::<_, BoxError>("original")
+    });
+    let c = coordinator.clone();
+    let original = tokio::spawn(async move { c.submit(slow, "async").await });
+    while coordinator.job("dup").is_none() {
+        tokio::task::yield_now().await;
+    }
+    let node_before = coordinator.job("dup").unwrap().child_node_id().clone();
+    let err = coordinator
+        .submit(
+            Task::from_fn("dup", "copy", || async { Ok::<_, BoxError>("copy") }),
+            "async",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_duplicate() && err.is_rejected());
+    assert_eq!(
+        coordinator.job("dup").unwrap().child_node_id(),
+        &node_before
+    );
+    assert_eq!(coordinator.counts().opened, 1);
+    release.send(()).unwrap();
+    assert_eq!(original.await.unwrap().unwrap(), "original");
+    // A closed id may be used again.
+    assert_eq!(
+        coordinator
+            .submit(
+                Task::from_fn("dup", "again", || async { Ok::<_, BoxError>("again") }),
+                "async"
+            )
+            .await
+            .unwrap(),
+        "again"
+    );
+}
+
+#[tokio::test]
+async fn submit_before_start_and_after_shutdown_is_rejected() {
+    let coordinator = Coordinator::builder().with_async().build();
+    let err = coordinator
+        .submit(value_task("1", 1), "async")
+        .await
+        .unwrap_err();
+    assert!(err.is_not_started());
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    coordinator.start(&publisher).unwrap();
+    assert!(
+        coordinator
+            .start(&publisher)
+            .unwrap_err()
+            .is_already_started()
+    );
+    coordinator.shutdown().await;
+    let err = coordinator
+        .submit(value_task("2", 2), "async")
+        .await
+        .unwrap_err();
+    assert!(err.is_shut_down());
+    assert!(coordinator.with_state(|s| s.is_empty()));
+}
+
+#[tokio::test]
+async fn a_closed_publisher_rejects_new_requests() {
+    let (publisher, coordinator) = started();
+    publisher.shutdown().await;
+    let err = coordinator
+        .submit(value_task("1", 1), "async")
+        .await
+        .unwrap_err();
+    assert!(err.is_publisher_closed());
+    assert!(coordinator.job("1").is_none());
+}
+
+#[test]
+fn submit_outside_a_runtime_is_rejected() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder().with_async().build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async { coordinator.start(&publisher).unwrap() });
+    let err =
+        futures::executor::block_on(coordinator.submit(value_task("1", 1), "async")).unwrap_err();
+    assert!(err.is_no_runtime());
+    assert!(coordinator.job("1").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_submits_close_every_job_exactly_once() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    const N: u64 = 10_000;
+    let calls = (0..N).map(|i| {
+        let coordinator = coordinator.clone();
+        async move {
+            let id = format!("req-{i}");
+            if i % 10 == 0 {
+                let task: Task<u64> =
+                    Task::from_fn(
+                        id,
+                        "fails",
+                        move || async move { Err(format!("error {i}")) },
+                    );
+                coordinator
+                    .submit(task, "async")
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                coordinator
+                    .submit(value_task(&id, i), "async")
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    for (i, result) in results.iter().enumerate() {
+        if i % 10 == 0 {
+            assert_eq!(
+                result.as_ref().unwrap_err(),
+                &format!("the task failed: error {i}")
+            );
+        } else {
+            assert_eq!(*result.as_ref().unwrap(), i as u64);
+        }
+    }
+    let counts = coordinator.counts();
+    assert_eq!(counts.opened, 0);
+    assert_eq!(counts.closed, N);
+    assert_eq!(counts.failed, N / 10);
+    assert_eq!(counts.succeeded, N - N / 10);
+    coordinator.with_state(|state| {
+        assert_eq!(state.len(), N as usize);
+        assert!(state.iter().all(|job| job.status() == JobStatus::Closed));
+    });
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), N as usize);
+    assert!(terminal.values().all(|&c| c == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_waiting_does_not_lose_the_outcome() {
+    let (publisher, coordinator) = started();
+    let done = publisher.listener(
+        |m: &RequestCompletionMessage| m.request_id().is_some_and(|id| id.as_str() == "walk-away"),
+        |m| m.to_string(),
+    );
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let task = Task::from_fn("walk-away", "slow", || async move {
+        released.await.ok();
+        Ok::<_, BoxError>(1)
+    });
+    let mut call = Box::pin(coordinator.submit(task, "async"));
+    // Poll once so the request is accepted, then drop the caller's future.
+    assert!(futures::FutureExt::now_or_never(&mut call).is_none());
+    drop(call);
+    release.send(()).unwrap();
+    assert_eq!(done.await.unwrap(), "slow DONE with result 1");
+    let job = coordinator.job("walk-away").unwrap();
+    // The listener can run before the coordinator's own subscriber: wait for the close.
+    let mut job = job;
+    while job.status() != JobStatus::Closed {
+        tokio::task::yield_now().await;
+        job = coordinator.job("walk-away").unwrap();
+    }
+    assert_eq!(job.result(), Some(JobResult::Success));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_submissions_record_the_calling_node_as_parent() {
+    let (_publisher, coordinator) = started();
+    let c = coordinator.clone();
+    let parent = Task::from_fn("parent", "planner", move || async move {
+        let child = Task::from_fn("child", "tool", || async { Ok::<_, BoxError>(20) });
+        let got = c.submit(child, "async").await?;
+        Ok::<_, BoxError>(got + 1)
+    });
+    let parent_node = parent.node_id().clone();
+    assert_eq!(coordinator.submit(parent, "async").await.unwrap(), 21);
+    let child = coordinator.job("child").unwrap();
+    assert_eq!(child.parent_node_id(), Some(&parent_node));
+    assert!(
+        coordinator
+            .job("parent")
+            .unwrap()
+            .parent_node_id()
+            .is_none()
+    );
+    // An explicit parent wins.
+    let explicit = value_task("explicit", 1).with_parent("caller-node".into());
+    coordinator.submit(explicit, "async").await.unwrap();
+    assert_eq!(
+        coordinator
+            .job("explicit")
+            .unwrap()
+            .parent_node_id()
+            .map(|p| p.as_str()),
+        Some("caller-node")
+    );
+}
+
+#[tokio::test]
+async fn blocking_nodes_run_under_the_async_mode() {
+    let (_publisher, coordinator) = started();
+    let task = Task::blocking("cpu", "fib", || {
+        fn fib(n: u64) -> u64 {
+            if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+        }
+        Ok::<_, BoxError>(fib(20))
+    });
+    assert_eq!(coordinator.submit(task, "async").await.unwrap(), 6765);
+}
+
+#[tokio::test]
+async fn a_custom_strategy_under_a_custom_mode_name() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let inline = Arc::new(CountingInline::default());
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .shared_strategy("inline", inline.clone())
+        .build();
+    coordinator.start(&publisher).unwrap();
+    assert_eq!(
+        coordinator
+            .submit(value_task("1", 7), "inline")
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(inline.executed.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        coordinator.modes(),
+        vec![ExecutionMode::ASYNC, ExecutionMode::from("inline")]
+    );
+}
+
+#[tokio::test]
+async fn handle_item_closes_jobs_only_for_terminal_messages_of_open_requests() {
+    use coordinator::{RequestSuccess, TaskError, TaskInfo, Value};
+    use pubsub::RequestCreationFailure;
+    let (_publisher, coordinator) = started();
+    // A creation failure never had a job: ignored, nothing recorded.
+    coordinator.handle_item(&RequestCompletionMessage::CreationFailure(
+        RequestCreationFailure {
+            request_id: "never".into(),
+            error: TaskError::unsupported("bad args"),
+        },
+    ));
+    // A success for a request this coordinator does not know: ignored.
+    let info = TaskInfo::new("stranger".into(), "n".into(), None, "x");
+    coordinator.handle_item(
+        &RequestSuccess {
+            info,
+            result: Value::new(1),
+        }
+        .into(),
+    );
+    assert!(coordinator.with_state(|s| s.is_empty()));
+}
+
+#[tokio::test]
+async fn a_wrong_result_type_on_the_bus_is_an_error_not_a_panic() {
+    use coordinator::{RequestSuccess, Value};
+    let (_publisher, coordinator) = started();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let task = Task::from_fn("r", "n", || async move {
+        released.await.ok();
+        Ok::<_, BoxError>(1_u64)
+    });
+    let info = task.info().clone();
+    let c = coordinator.clone();
+    let call = tokio::spawn(async move { c.submit(task, "async").await });
+    while coordinator.job("r").is_none() {
+        tokio::task::yield_now().await;
+    }
+    // Someone feeds a forged completion with a value of the wrong type.
+    coordinator.handle_item(
+        &RequestSuccess {
+            info,
+            result: Value::new("forged"),
+        }
+        .into(),
+    );
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.task_error().unwrap().is_strategy_error());
+    assert!(err.to_string().contains("expected a u64 result"));
+    release.send(()).unwrap();
+}
