@@ -75,8 +75,68 @@ pub struct Job {
     node_name: Arc<str>,
     status: JobStatus,
     result: Option<JobResult>,
+    #[serde(with = "unix_seconds")]
     start_time: SystemTime,
+    #[serde(with = "unix_seconds::option")]
     end_time: Option<SystemTime>,
+}
+
+/// Times serialize as seconds since the Unix epoch, with a fraction (microsecond precision in
+/// practice): plain numbers that any JSON reader can sort and subtract.
+mod unix_seconds {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    fn to_secs(t: SystemTime) -> f64 {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        }
+    }
+
+    fn from_secs(secs: f64) -> Option<SystemTime> {
+        let magnitude = Duration::try_from_secs_f64(secs.abs()).ok()?;
+        if secs >= 0.0 {
+            UNIX_EPOCH.checked_add(magnitude)
+        } else {
+            UNIX_EPOCH.checked_sub(magnitude)
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(to_secs(*t))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let secs = f64::deserialize(d)?;
+        from_secs(secs).ok_or_else(|| serde::de::Error::custom("time out of range"))
+    }
+
+    pub(super) mod option {
+        use super::*;
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            t: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_some(&to_secs(*t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            match Option::<f64>::deserialize(d)? {
+                Some(secs) => from_secs(secs)
+                    .map(Some)
+                    .ok_or_else(|| serde::de::Error::custom("time out of range")),
+                None => Ok(None),
+            }
+        }
+    }
 }
 
 impl Job {

@@ -334,5 +334,15 @@ mod tests {
         assert_eq!(json["jobs"][0]["request_id"], "a");
         assert_eq!(json["jobs"][0]["status"], "closed");
         assert_eq!(json["jobs"][0]["result"], "success");
+        assert!(json["jobs"][0]["start_time"].as_f64().unwrap() > 1.6e9);
+        assert!(json["jobs"][1]["end_time"].is_null());
+        let job: Job = serde_json::from_value(json["jobs"][0].clone()).unwrap();
+        let original = state.get("a").unwrap();
+        assert_eq!(job.request_id(), original.request_id());
+        let drift = job
+            .start_time()
+            .duration_since(original.start_time())
+            .unwrap_or_else(|e| e.duration());
+        assert!(drift < std::time::Duration::from_millis(1));
     }
 }
