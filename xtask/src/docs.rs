@@ -7,7 +7,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         bail!("`docs` takes no arguments, got `{unknown}`");
     }
     crate::cargo(
-        &["doc", "--workspace", "--no-deps", "--exclude", "xtask", "--exclude", "benches"],
+        &[
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--exclude",
+            "xtask",
+            "--exclude",
+            "benches",
+        ],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )
 }

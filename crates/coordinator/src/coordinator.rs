@@ -520,26 +520,16 @@ impl Coordinator {
         self.shutdown_with_grace(self.inner.grace).await;
     }
 
-    /// Stops taking tasks, shuts every strategy down exactly once (a strategy serving several
-    /// modes once), then waits until every open job is closed or `grace` has passed.
+    /// Stops taking tasks, waits until every accepted request has ended or `grace` has passed,
+    /// then shuts every strategy down exactly once (a strategy serving several modes once) with
+    /// whatever is left of `grace`.
     ///
-    /// Calling it again does not shut strategies down again; it waits for open jobs again.
+    /// Requests accepted before the call all get to run: the strategies are closed only after
+    /// them. Calling it again does not shut strategies down again; it waits for open jobs again.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
-        self.inner.closing.store(true, Ordering::SeqCst);
         let inner = &self.inner;
-        inner
-            .strategies_shut
-            .get_or_init(|| async {
-                let mut unique: Vec<&StrategyRef> = Vec::new();
-                for strategy in inner.modes.values() {
-                    if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
-                        unique.push(strategy);
-                    }
-                }
-                futures::future::join_all(unique.into_iter().map(|s| s.shutdown(grace))).await;
-            })
-            .await;
+        inner.closing.store(true, Ordering::SeqCst);
         let drained =
             exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, deadline)
                 .await;
@@ -549,6 +539,19 @@ impl Coordinator {
                 "coordinator shutdown: grace period over with jobs still open"
             );
         }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        inner
+            .strategies_shut
+            .get_or_init(|| async {
+                let mut unique: Vec<&StrategyRef> = Vec::new();
+                for strategy in inner.modes.values() {
+                    if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
+                        unique.push(strategy);
+                    }
+                }
+                futures::future::join_all(unique.into_iter().map(|s| s.shutdown(remaining))).await;
+            })
+            .await;
     }
 
     /// Whether the coordinator takes tasks (started and not shut down).

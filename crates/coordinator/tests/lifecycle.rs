@@ -129,3 +129,15 @@ fn public_types_are_send_and_sync() {
     };
     send(&c.submit(value_task("x", 1), "async"));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_accepted_just_before_shutdown_still_runs() {
+    let (_publisher, coordinator) = started();
+    let mut call = Box::pin(coordinator.submit(value_task("edge", 3), "async"));
+    // Accepted (recorded, driver spawned) but, on this single thread, not yet run.
+    assert!(futures::FutureExt::now_or_never(&mut call).is_none());
+    assert!(coordinator.job("edge").is_some());
+    coordinator.shutdown().await;
+    assert_eq!(call.await.unwrap(), 3);
+    assert_eq!(coordinator.counts().succeeded, 1);
+}
