@@ -12,7 +12,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .skip(1)
         .map(String::as_str)
         .collect();
-    let mut cargo_args = vec!["bench", "--package", "benches", "--"];
+    let mut cargo_args = vec!["bench", "--package", "benches", "--benches", "--"];
     if quick {
         cargo_args.extend(["--quick", "--noplot"]);
     }
