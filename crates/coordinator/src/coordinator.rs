@@ -30,12 +30,16 @@ tokio::task_local! {
     static CURRENT_NODE: NodeId;
 }
 
-/// The node whose task is running on the current tokio task, if any.
+/// The node running on the current tokio task or thread, if any.
 ///
 /// Tasks submitted from inside a running node get that node as their parent automatically; this
-/// is how nested calls are recorded.
+/// is how nested calls are recorded. Async nodes are tracked per tokio task; nodes that a strategy
+/// runs on a thread of its own are tracked through [`task_core::context`].
 pub fn current_node() -> Option<NodeId> {
-    CURRENT_NODE.try_with(NodeId::clone).ok()
+    CURRENT_NODE
+        .try_with(NodeId::clone)
+        .ok()
+        .or_else(task_core::context::current_node)
 }
 
 type StrategyRef = Arc<dyn TaskExecutionStrategy>;

@@ -38,6 +38,8 @@
 //!
 //! - `async` (default): the async strategy, [`AsyncExecutionStrategy`], and
 //!   [`CoordinatorBuilder::with_async`].
+//! - `threaded`: the threaded strategy, [`ThreadedExecutionStrategy`], and [`block_on`] for
+//!   blocking nodes that wait for children.
 
 mod coordinator;
 mod error;
@@ -62,3 +64,6 @@ pub use pubsub::{
 #[cfg(feature = "async")]
 #[doc(inline)]
 pub use exec_strategies::AsyncExecutionStrategy;
+#[cfg(feature = "threaded")]
+#[doc(inline)]
+pub use exec_strategies::{ThreadedBuilder, ThreadedExecutionStrategy, block_on};

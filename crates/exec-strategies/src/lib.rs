@@ -6,6 +6,8 @@
 //! # Feature flags
 //!
 //! - `async` (default): [`AsyncExecutionStrategy`], tasks on the tokio runtime (I/O-bound work).
+//! - `threaded`: [`ThreadedExecutionStrategy`], tasks on a rayon thread pool (CPU-bound work),
+//!   and [`block_on`], which lets a pool thread wait for a child without deadlocking the pool.
 //!
 //! # Examples
 //!
@@ -30,7 +32,12 @@
 #[cfg(feature = "async")]
 mod async_strategy;
 pub mod support;
+#[cfg(feature = "threaded")]
+mod threaded;
+#[cfg(any(feature = "async", feature = "threaded"))]
 mod tracker;
 
 #[cfg(feature = "async")]
 pub use crate::async_strategy::AsyncExecutionStrategy;
+#[cfg(feature = "threaded")]
+pub use crate::threaded::{BuildError, ThreadedBuilder, ThreadedExecutionStrategy, block_on};

@@ -1,0 +1,124 @@
+//! The threaded mode through the coordinator, and nested work that must not deadlock the pool.
+
+mod support;
+
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, Task,
+    ThreadedExecutionStrategy, block_on,
+};
+use support::Recorder;
+
+/// A coordinator whose threaded mode has a pool of 2 threads and at most 2 top-level tasks.
+fn started_with_small_pool() -> (RequestCompletionPublisher, Coordinator) {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .max_in_flight(2)
+        .thread_name("pool")
+        .build()
+        .unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    (publisher, coordinator)
+}
+
+/// An async node that, above depth 0, submits `width` children in threaded mode and waits for
+/// all of them. Returns the number of nodes in its subtree.
+fn tree(c: Coordinator, id: String, depth: u32, width: u32) -> Task<u64> {
+    Task::from_fn(id.clone(), "tree", move || async move {
+        if depth == 0 {
+            return Ok::<_, BoxError>(1);
+        }
+        let children = (0..width).map(|i| {
+            let child = tree(c.clone(), format!("{id}.{i}"), depth - 1, width);
+            let c = c.clone();
+            async move { c.submit(child, ExecutionMode::THREADED).await }
+        });
+        let counts = futures::future::try_join_all(children).await?;
+        Ok(1 + counts.iter().sum::<u64>())
+    })
+}
+
+/// A blocking node that submits one child and blocks its pool thread until the child is done.
+fn chain(c: Coordinator, depth: u32) -> Task<u32> {
+    Task::blocking(format!("chain-{depth}"), "chain", move || {
+        if depth == 0 {
+            return Ok::<_, BoxError>(0);
+        }
+        let child = chain(c.clone(), depth - 1);
+        let below = block_on(c.submit(child, ExecutionMode::THREADED))?;
+        Ok(below + 1)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threaded_nodes_run_under_the_threaded_mode_and_report_outcomes() {
+    let (publisher, coordinator) = started_with_small_pool();
+    let recorder = Recorder::attach(&publisher);
+    let task = Task::blocking("cpu", "primes", || {
+        let count = (2..20_000_u32)
+            .filter(|n| (2..*n).take_while(|d| d * d <= *n).all(|d| n % d != 0))
+            .count();
+        Ok::<_, BoxError>(count)
+    });
+    assert_eq!(coordinator.submit(task, "threaded").await.unwrap(), 2262);
+    let boom: Task<()> = Task::blocking("boom", "boom", || -> Result<(), BoxError> {
+        panic!("bad input")
+    });
+    let err = coordinator.submit(boom, "threaded").await.unwrap_err();
+    assert!(err.task_error().unwrap().is_panic());
+    let detail = coordinator.system_detail();
+    assert_eq!(detail.modes["threaded"].succeeded, 1);
+    assert_eq!(detail.modes["threaded"].failed, 1);
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_waiting_for_a_chain_of_children_deeper_than_the_pool_does_not_deadlock() {
+    let (_publisher, coordinator) = started_with_small_pool();
+    let depth = 12;
+    let top = chain(coordinator.clone(), depth);
+    let top_node = top.node_id().clone();
+    assert_eq!(coordinator.submit(top, "threaded").await.unwrap(), depth);
+    let counts = coordinator.counts();
+    assert_eq!(
+        (counts.closed, counts.succeeded),
+        (u64::from(depth) + 1, u64::from(depth) + 1)
+    );
+    // Parents are recorded from the pool thread the child was submitted on.
+    let child = coordinator.job(&format!("chain-{}", depth - 1)).unwrap();
+    assert_eq!(child.parent_node_id(), Some(&top_node));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_wider_and_deeper_than_the_pool_does_not_deadlock() {
+    let (_publisher, coordinator) = started_with_small_pool();
+    // 1 + 4 + 16 + 64 = 85 nodes, 21 of them parents waiting on children, on 2 threads.
+    let root = tree(coordinator.clone(), "root".into(), 3, 4);
+    assert_eq!(coordinator.submit(root, "threaded").await.unwrap(), 85);
+    assert_eq!(coordinator.counts().closed, 85);
+    assert_eq!(coordinator.counts().opened, 0);
+    let grandchild = coordinator.job("root.2.3").unwrap();
+    let child = coordinator.job("root.2").unwrap();
+    assert_eq!(grandchild.parent_node_id(), Some(child.child_node_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_top_level_trees_at_once_beyond_the_in_flight_limit() {
+    let (_publisher, coordinator) = started_with_small_pool();
+    let trees = (0..6).map(|t| {
+        let c = coordinator.clone();
+        async move {
+            c.submit(tree(c.clone(), format!("t{t}"), 2, 3), "threaded")
+                .await
+        }
+    });
+    let sizes = futures::future::try_join_all(trees).await.unwrap();
+    assert_eq!(sizes, vec![13; 6]);
+    assert_eq!(coordinator.counts().closed, 6 * 13);
+}

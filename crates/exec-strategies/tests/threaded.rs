@@ -1,0 +1,197 @@
+//! The threaded strategy: where work runs, panics, backpressure, shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use exec_strategies::ThreadedExecutionStrategy;
+use futures::FutureExt;
+use task_core::{BoxError, StrategyStats, Task, TaskExecutionStrategy};
+
+fn thread_name() -> String {
+    std::thread::current().name().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_and_async_nodes_run_on_named_pool_threads_with_tokio_available() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .thread_name("cpu")
+        .build()
+        .unwrap();
+    assert_eq!(s.threads(), 2);
+    let blocking = Task::blocking("1", "where", || Ok::<_, BoxError>(thread_name()));
+    let name = s.execute(blocking.into_erased()).await.unwrap();
+    assert!(
+        name.downcast_ref::<String>().unwrap().starts_with("cpu-"),
+        "{name:?}"
+    );
+    let asynchronous = Task::from_fn("2", "where", || async {
+        // The submitting runtime is entered on the pool thread: tokio timers work.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok::<_, BoxError>(thread_name())
+    });
+    let name = s.execute(asynchronous.into_erased()).await.unwrap();
+    assert!(
+        name.downcast_ref::<String>().unwrap().starts_with("cpu-"),
+        "{name:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_panic_is_a_failure_and_the_pool_thread_survives() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .thread_name("solo")
+        .build()
+        .unwrap();
+    let boom: Task<()> = Task::blocking("1", "boom", || -> Result<(), BoxError> {
+        panic!("division by zero")
+    });
+    let err = s.execute(boom.into_erased()).await.unwrap_err();
+    assert!(err.is_panic());
+    assert_eq!(err.message(), "node panicked: division by zero");
+    let async_boom: Task<()> = Task::from_fn("2", "boom", || async {
+        panic!("async boom");
+        #[allow(unreachable_code)]
+        Ok::<(), BoxError>(())
+    });
+    assert!(
+        s.execute(async_boom.into_erased())
+            .await
+            .unwrap_err()
+            .is_panic()
+    );
+    // The one pool thread is still there and still works.
+    let after = Task::blocking("3", "after", || Ok::<_, BoxError>(thread_name()));
+    let name = s.execute(after.into_erased()).await.unwrap();
+    assert_eq!(
+        name.downcast_ref::<String>().map(String::as_str),
+        Some("solo-0")
+    );
+    assert_eq!(s.stats(), StrategyStats::new(0, 1, 2, true));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn waiting_for_a_result_never_blocks_the_runtime_thread() {
+    // One runtime thread: if `execute` blocked it, the task that releases the node could never
+    // run and this test would hang.
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap();
+    let (release, released) = std::sync::mpsc::channel::<u8>();
+    let task = Task::blocking("1", "waits", move || {
+        Ok::<_, BoxError>(released.recv().map_err(|e| e.to_string())?)
+    });
+    let releaser = tokio::spawn(async move {
+        tokio::task::yield_now().await;
+        release.send(7).unwrap();
+    });
+    let value = s.execute(task.into_erased()).await.unwrap();
+    assert_eq!(value.downcast_ref::<u8>(), Some(&7));
+    releaser.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_applies_backpressure() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(4)
+        .max_in_flight(2)
+        .build()
+        .unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let (running, peak, gate) = (running.clone(), peak.clone(), gate.clone());
+        let task = Task::blocking(format!("t{i}"), "held", move || {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let permit = futures::executor::block_on(gate.acquire()).map_err(|e| e.to_string())?;
+            permit.forget();
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(i)
+        });
+        let s = s.clone();
+        calls.push(tokio::spawn(
+            async move { s.execute(task.into_erased()).await },
+        ));
+    }
+    while running.load(Ordering::SeqCst) < 2 {
+        tokio::task::yield_now().await;
+    }
+    // Two run; the other three wait outside the pool although the pool has free threads.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(running.load(Ordering::SeqCst), 2);
+    gate.add_permits(5);
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_tasks_waits_for_running_ones_and_is_idempotent() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .build()
+        .unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let slow = Task::blocking("1", "slow", move || {
+        released.recv().ok();
+        Ok::<_, BoxError>("done")
+    });
+    let s2 = s.clone();
+    let call = tokio::spawn(async move { s2.execute(slow.into_erased()).await });
+    while s.stats().in_flight == 0 {
+        tokio::task::yield_now().await;
+    }
+    let mut shutting = Box::pin(s.shutdown(Duration::from_secs(30)));
+    assert!(
+        (&mut shutting).now_or_never().is_none(),
+        "waits for the running task"
+    );
+    let late = Task::blocking("2", "late", || Ok::<_, BoxError>(()));
+    assert!(
+        s.execute(late.into_erased())
+            .await
+            .unwrap_err()
+            .is_shutdown()
+    );
+    release.send(()).unwrap();
+    shutting.await;
+    assert_eq!(
+        call.await.unwrap().unwrap().downcast_ref::<&str>(),
+        Some(&"done")
+    );
+    s.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(s.stats(), StrategyStats::new(0, 1, 0, false));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_user_supplied_pool_is_used() {
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|i| format!("mine-{i}"))
+            .build()
+            .unwrap(),
+    );
+    let s = ThreadedExecutionStrategy::builder()
+        .pool(pool)
+        .build()
+        .unwrap();
+    let task = Task::blocking("1", "where", || Ok::<_, BoxError>(thread_name()));
+    let name = s.execute(task.into_erased()).await.unwrap();
+    assert_eq!(
+        name.downcast_ref::<String>().map(String::as_str),
+        Some("mine-0")
+    );
+}
+
+#[test]
+fn block_on_outside_a_pool_just_runs_the_future() {
+    assert_eq!(exec_strategies::block_on(async { 1 + 1 }), 2);
+}
