@@ -10,6 +10,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         &[
             "doc",
             "--workspace",
+            "--all-features",
             "--no-deps",
             "--exclude",
             "xtask",
