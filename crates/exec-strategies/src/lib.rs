@@ -8,6 +8,8 @@
 //! - `async` (default): [`AsyncExecutionStrategy`], tasks on the tokio runtime (I/O-bound work).
 //! - `threaded`: [`ThreadedExecutionStrategy`], tasks on a rayon thread pool (CPU-bound work),
 //!   and [`block_on`], which lets a pool thread wait for a child without deadlocking the pool.
+//! - `process`: [`ProcessExecutionStrategy`], tasks in a supervised pool of worker processes
+//!   (crash isolation, separate memory), and [`run_worker_if_requested`] for the worker's `main`.
 //!
 //! # Examples
 //!
@@ -31,13 +33,19 @@
 
 #[cfg(feature = "async")]
 mod async_strategy;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod support;
 #[cfg(feature = "threaded")]
 mod threaded;
-#[cfg(any(feature = "async", feature = "threaded"))]
+#[cfg(any(feature = "async", feature = "threaded", feature = "process"))]
 mod tracker;
 
 #[cfg(feature = "async")]
 pub use crate::async_strategy::AsyncExecutionStrategy;
+#[cfg(feature = "process")]
+pub use crate::process::{
+    ProcessBuilder, ProcessError, ProcessExecutionStrategy, run_worker_if_requested,
+};
 #[cfg(feature = "threaded")]
 pub use crate::threaded::{BuildError, ThreadedBuilder, ThreadedExecutionStrategy, block_on};

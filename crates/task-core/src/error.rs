@@ -43,6 +43,11 @@ enum Kind {
     Shutdown,
     Unsupported,
     Strategy,
+    TimedOut,
+    WorkerLost,
+    NotRegistered,
+    Encoding,
+    Protocol,
 }
 
 impl TaskError {
@@ -85,6 +90,34 @@ impl TaskError {
         Self::with_message(Kind::Strategy, message.into())
     }
 
+    /// The task ran past its deadline.
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        Self::with_message(Kind::TimedOut, message.into())
+    }
+
+    /// The worker running the task died (crashed, was killed, exited) before answering.
+    pub fn worker_lost(message: impl Into<String>) -> Self {
+        Self::with_message(Kind::WorkerLost, message.into())
+    }
+
+    /// The node's name is not registered where the task was sent.
+    pub fn not_registered(name: &str) -> Self {
+        Self::with_message(
+            Kind::NotRegistered,
+            format!("node `{name}` is not registered in the worker"),
+        )
+    }
+
+    /// The task, its output or its error could not be encoded or decoded.
+    pub fn encoding(message: impl Into<String>) -> Self {
+        Self::with_message(Kind::Encoding, message.into())
+    }
+
+    /// A peer broke the wire protocol (malformed or oversize frame, unexpected answer).
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::with_message(Kind::Protocol, message.into())
+    }
+
     fn with_message(kind: Kind, message: String) -> Self {
         Self {
             kind,
@@ -116,6 +149,31 @@ impl TaskError {
     /// Whether the strategy itself failed.
     pub fn is_strategy_error(&self) -> bool {
         self.kind == Kind::Strategy
+    }
+
+    /// Whether the task ran past its deadline.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::TimedOut
+    }
+
+    /// Whether the worker running the task died before answering.
+    pub fn is_worker_lost(&self) -> bool {
+        self.kind == Kind::WorkerLost
+    }
+
+    /// Whether the node was not registered where the task was sent.
+    pub fn is_not_registered(&self) -> bool {
+        self.kind == Kind::NotRegistered
+    }
+
+    /// Whether encoding or decoding the task, its output or its error failed.
+    pub fn is_encoding_error(&self) -> bool {
+        self.kind == Kind::Encoding
+    }
+
+    /// Whether a peer broke the wire protocol.
+    pub fn is_protocol_error(&self) -> bool {
+        self.kind == Kind::Protocol
     }
 
     /// The message, as shown by `Display`.

@@ -6,7 +6,9 @@
 //! - work: the [`Node`] and [`BlockingNode`] traits, the typed [`Task`] a caller submits and the
 //!   [`ErasedTask`] a strategy runs, producing an [`Outcome`]: a [`Value`] or a [`TaskError`];
 //! - lifecycle: [`Job`], [`JobStatus`], [`JobResult`] and the job table [`CoordinatorState`];
-//! - extension: the [`TaskExecutionStrategy`] trait and the [`ExecutionMode`] names.
+//! - extension: the [`TaskExecutionStrategy`] trait and the [`ExecutionMode`] names;
+//! - crossing processes: [`PortableNode`] (a serde node with a stable name), its
+//!   [`PortableTask`] form, and the [`NodeRegistry`] workers run them from.
 //!
 //! It depends on no async runtime. A custom strategy crate depends on `task-core` alone.
 //!
@@ -30,6 +32,7 @@ mod error;
 mod id;
 mod job;
 mod mode;
+mod portable;
 mod state;
 mod strategy;
 mod task;
@@ -39,8 +42,11 @@ pub use crate::error::{BoxError, TaskError};
 pub use crate::id::{NodeId, RequestId};
 pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};
 pub use crate::mode::ExecutionMode;
+pub use crate::portable::{
+    NodeRegistry, PortableNode, PortableTask, RegistryError, decode, encode,
+};
 pub use crate::state::{CoordinatorState, JobCounts, StateError};
-pub use crate::strategy::{StrategyStats, TaskExecutionStrategy};
+pub use crate::strategy::{StrategyStats, TaskExecutionStrategy, WorkerStats};
 pub use crate::task::{
     AsyncBody, BlockingBody, BlockingNode, BoxFuture, ErasedTask, Node, Outcome, Task, TaskBody,
     TaskInfo,

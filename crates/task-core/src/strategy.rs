@@ -73,6 +73,36 @@ pub struct StrategyStats {
     pub failed: u64,
     /// Whether the strategy still takes tasks.
     pub accepting: bool,
+    /// The strategy's workers, for strategies that run tasks in worker processes.
+    pub workers: Vec<WorkerStats>,
+    /// How many workers were replaced after ending (crash, kill, timeout, recycling).
+    pub restarts: u64,
+}
+
+/// Counters of one worker of a worker-based strategy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// The strategy's id for the worker (new for each replacement).
+    pub id: u64,
+    /// The worker's process id, when it is a local process.
+    pub pid: Option<u32>,
+    /// Tasks the worker is running now.
+    pub in_flight: u64,
+    /// Tasks the worker has answered.
+    pub completed: u64,
+}
+
+impl WorkerStats {
+    /// Counters for one worker.
+    pub fn new(id: u64, pid: Option<u32>, in_flight: u64, completed: u64) -> Self {
+        Self {
+            id,
+            pid,
+            in_flight,
+            completed,
+        }
+    }
 }
 
 impl StrategyStats {
@@ -83,6 +113,16 @@ impl StrategyStats {
             succeeded,
             failed,
             accepting,
+            workers: Vec::new(),
+            restarts: 0,
         }
+    }
+
+    /// The same stats with per-worker counters and the restart count.
+    #[must_use]
+    pub fn with_workers(mut self, workers: Vec<WorkerStats>, restarts: u64) -> Self {
+        self.workers = workers;
+        self.restarts = restarts;
+        self
     }
 }

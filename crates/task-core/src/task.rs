@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BoxError, NodeId, RequestId, TaskError, Value};
+use crate::portable::PortableTask;
+use crate::{BoxError, NodeId, PortableNode, RequestId, TaskError, Value};
 
 /// A boxed, `Send` future; the same type as `futures::future::BoxFuture`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -271,12 +272,29 @@ impl fmt::Debug for BlockingBody {
 pub struct ErasedTask {
     info: TaskInfo,
     body: TaskBody,
+    portable: Option<PortableTask>,
 }
 
 impl ErasedTask {
     /// Builds an erased task from its description and its work.
     pub fn from_parts(info: TaskInfo, body: TaskBody) -> Self {
-        Self { info, body }
+        Self {
+            info,
+            body,
+            portable: None,
+        }
+    }
+
+    /// The description and the process-crossing form, dropping the in-process work: what a
+    /// strategy that sends tasks elsewhere keeps. The form is `None` unless the node is a
+    /// [`PortableNode`].
+    pub fn into_portable(self) -> (TaskInfo, Option<PortableTask>) {
+        (self.info, self.portable)
+    }
+
+    /// The process-crossing form of the task, if its node is a [`PortableNode`].
+    pub fn portable(&self) -> Option<&PortableTask> {
+        self.portable.as_ref()
     }
 
     /// The task's description.
@@ -321,6 +339,7 @@ impl fmt::Debug for ErasedTask {
         f.debug_struct("ErasedTask")
             .field("info", &self.info)
             .field("body", &self.body)
+            .field("portable", &self.portable)
             .finish()
     }
 }
@@ -368,6 +387,18 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
             Box::pin(async move { node.invoke().await.map(Value::new).map_err(TaskError::node) })
         })));
         Self::from_body(request_id.into(), name, body)
+    }
+
+    /// A task that runs a [`PortableNode`]: in-process under the async and threaded modes, and in
+    /// a worker process (or on another machine) under modes that need to send it.
+    pub fn portable<N>(request_id: impl Into<RequestId>, node: N) -> Self
+    where
+        N: PortableNode<Output = O>,
+    {
+        let portable = PortableTask::of(&node);
+        let mut task = Self::new(request_id, node);
+        task.inner.portable = Some(portable);
+        task
     }
 
     /// A task that runs an async closure, without declaring a node type.

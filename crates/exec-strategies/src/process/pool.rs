@@ -1,0 +1,944 @@
+//! The parent side: spawning, supervising and talking to worker processes.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use task_core::{
+    BoxFuture, ErasedTask, NodeRegistry, Outcome, StrategyStats, TaskError, TaskExecutionStrategy,
+    WorkerStats,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+
+use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorker};
+use super::worker::{MAX_FRAME_ENV, THREADS_ENV, WORKER_ENV};
+use crate::tracker::Tracker;
+
+/// Why a [`ProcessExecutionStrategy`] could not start.
+#[derive(Clone)]
+pub struct ProcessError {
+    kind: ErrorKind,
+    message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorKind {
+    Spawn,
+    Handshake,
+    HandshakeTimeout,
+    Protocol,
+    Runtime,
+}
+
+impl ProcessError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A worker process could not be started (missing or unexecutable command, resource limits).
+    pub fn is_spawn(&self) -> bool {
+        self.kind == ErrorKind::Spawn
+    }
+
+    /// A worker announced another protocol version (it is a different build of the program).
+    pub fn is_handshake_mismatch(&self) -> bool {
+        self.kind == ErrorKind::Handshake
+    }
+
+    /// A worker did not announce itself in time (it is not a worker: `main` never called
+    /// [`run_worker_if_requested`](super::run_worker_if_requested)).
+    pub fn is_handshake_timeout(&self) -> bool {
+        self.kind == ErrorKind::HandshakeTimeout
+    }
+
+    /// A worker broke the wire protocol during the handshake (wrote something that is not a frame).
+    pub fn is_protocol(&self) -> bool {
+        self.kind == ErrorKind::Protocol
+    }
+
+    /// The supervisor thread or its runtime could not be started.
+    pub fn is_runtime(&self) -> bool {
+        self.kind == ErrorKind::Runtime
+    }
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl std::error::Error for ProcessError {}
+
+/// Configures and starts a [`ProcessExecutionStrategy`].
+#[derive(Debug)]
+pub struct ProcessBuilder {
+    workers: usize,
+    program: Option<PathBuf>,
+    args: Vec<OsString>,
+    registry: NodeRegistry,
+    max_frame: usize,
+    per_worker: usize,
+    worker_threads: usize,
+    task_timeout: Option<Duration>,
+    recycle_after: Option<u64>,
+    handshake_timeout: Duration,
+}
+
+impl ProcessBuilder {
+    fn new(registry: NodeRegistry) -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
+            program: None,
+            args: Vec::new(),
+            registry,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            per_worker: 32,
+            worker_threads: 1,
+            task_timeout: None,
+            recycle_after: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// How many worker processes to keep running (default: the machine's cores).
+    #[must_use]
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// The program to start as a worker, with its arguments (default: the current executable,
+    /// with no arguments). It must call
+    /// [`run_worker_if_requested`](super::run_worker_if_requested) first thing in `main`.
+    #[must_use]
+    pub fn command(
+        mut self,
+        program: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Self {
+        self.program = Some(program.into());
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The largest frame either side accepts, in bytes (default 16 MiB). A task or output
+    /// larger than this fails with [`TaskError::is_protocol_error`].
+    #[must_use]
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes.max(64);
+        self
+    }
+
+    /// How many tasks one worker may have in flight at once (default 32). Several in flight
+    /// keep the pipes busy; `execute` waits when every worker is full.
+    #[must_use]
+    pub fn tasks_per_worker(mut self, tasks: usize) -> Self {
+        self.per_worker = tasks.max(1);
+        self
+    }
+
+    /// How many runtime threads each worker runs tasks on (default 1).
+    #[must_use]
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = threads.max(1);
+        self
+    }
+
+    /// A task still running after `timeout` fails as timed out, and its worker is killed and
+    /// replaced (the only way to stop it). Other tasks in flight on that worker fail as
+    /// [`TaskError::is_worker_lost`]. Default: no timeout.
+    #[must_use]
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Replaces each worker after it has been given `tasks` tasks (default: never), for nodes
+    /// that leak memory or state.
+    #[must_use]
+    pub fn recycle_after(mut self, tasks: u64) -> Self {
+        self.recycle_after = Some(tasks.max(1));
+        self
+    }
+
+    /// How long a new worker has to announce itself (default 10 s).
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Starts the supervisor and every worker, and checks each worker's handshake.
+    ///
+    /// # Errors
+    ///
+    /// When a worker cannot be spawned, does not announce itself in time, or announces another
+    /// protocol version. No worker is left running then.
+    pub async fn start(self) -> Result<ProcessExecutionStrategy, ProcessError> {
+        let program = match self.program.clone() {
+            Some(p) => p,
+            None => std::env::current_exe().map_err(|e| {
+                ProcessError::new(
+                    ErrorKind::Spawn,
+                    format!("cannot find the current executable: {e}"),
+                )
+            })?,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                ProcessError::new(ErrorKind::Runtime, format!("supervisor runtime: {e}"))
+            })?;
+        let handle = runtime.handle().clone();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("exec-process-supervisor".into())
+            .spawn(move || {
+                // Workers are spawned from this thread, and their parent-death signal fires when
+                // it exits; it lives until the strategy shuts down.
+                let _ = runtime.block_on(stop_rx);
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| {
+                ProcessError::new(ErrorKind::Runtime, format!("supervisor thread: {e}"))
+            })?;
+
+        let shared = Arc::new(Shared {
+            config: Config {
+                program,
+                args: self.args,
+                max_frame: self.max_frame,
+                worker_threads: self.worker_threads,
+                task_timeout: self.task_timeout,
+                recycle_after: self.recycle_after,
+                handshake_timeout: self.handshake_timeout,
+            },
+            expected_names: self
+                .registry
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            runtime: handle.clone(),
+            state: Mutex::new(PoolState {
+                slots: (0..self.workers).map(|_| None).collect(),
+                ..PoolState::default()
+            }),
+            places: Semaphore::new(self.workers * self.per_worker),
+            ready: Notify::new(),
+            tracker: Tracker::default(),
+            next_run: AtomicU64::new(0),
+            next_worker: AtomicU64::new(0),
+            stop: Mutex::new(Some(stop_tx)),
+        });
+
+        // Start every worker and wait for all handshakes before taking tasks.
+        let mut first = Vec::new();
+        for slot in 0..self.workers {
+            let shared = Arc::clone(&shared);
+            first.push(handle.spawn(async move { shared.start_worker(slot).await }));
+        }
+        let mut failure = None;
+        let mut started = Vec::new();
+        for (slot, join) in first.into_iter().enumerate() {
+            match join.await {
+                Ok(Ok(worker)) => started.push((slot, worker)),
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(e) => {
+                    failure = failure.or(Some(ProcessError::new(ErrorKind::Runtime, e.to_string())))
+                }
+            }
+        }
+        if let Some(error) = failure {
+            for (_, mut worker) in started {
+                let _ = worker.child.start_kill();
+                let _ = worker.child.wait().await;
+            }
+            shared.stop_supervisor();
+            return Err(error);
+        }
+        for (slot, worker) in started {
+            let live = shared.install(slot, worker);
+            let s = Arc::clone(&shared);
+            let lifecycle = handle.spawn(async move { s.supervise(slot, live).await });
+            shared.lock().lifecycles.push(lifecycle);
+        }
+        Ok(ProcessExecutionStrategy { shared })
+    }
+}
+
+#[derive(Debug)]
+struct Config {
+    program: PathBuf,
+    args: Vec<OsString>,
+    max_frame: usize,
+    worker_threads: usize,
+    task_timeout: Option<Duration>,
+    recycle_after: Option<u64>,
+    handshake_timeout: Duration,
+}
+
+/// A run waiting for its worker's answer.
+struct Pending {
+    reply: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+    timed_out: bool,
+}
+
+/// A live worker as the pool sees it.
+struct Slot {
+    id: u64,
+    pid: u32,
+    /// Dropping it closes the worker's stdin: the worker finishes what it has and exits.
+    frames: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    kill: Option<oneshot::Sender<String>>,
+    pending: HashMap<u64, Pending>,
+    given: u64,
+    completed: u64,
+    draining: bool,
+}
+
+impl Slot {
+    fn request_kill(&mut self, reason: String) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(reason);
+        }
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    slots: Vec<Option<Slot>>,
+    restarts: u64,
+    shutting_down: bool,
+    last_spawn_error: Option<String>,
+    lifecycles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Shared {
+    config: Config,
+    expected_names: Vec<String>,
+    runtime: tokio::runtime::Handle,
+    state: Mutex<PoolState>,
+    /// One place per task a worker may have in flight: `execute` waits here when all are full.
+    places: Semaphore,
+    /// Woken when a worker becomes ready (or fails to start).
+    ready: Notify,
+    tracker: Tracker,
+    next_run: AtomicU64,
+    next_worker: AtomicU64,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// An installed worker with the receiving ends of its slot's channels.
+struct Live {
+    worker: Started,
+    frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    kill: oneshot::Receiver<String>,
+}
+
+/// A worker that has announced itself, before its supervision starts.
+struct Started {
+    id: u64,
+    pid: u32,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+fn describe(status: ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let name = match signal {
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGILL => "SIGILL",
+            libc::SIGFPE => "SIGFPE",
+            libc::SIGINT => "SIGINT",
+            libc::SIGPIPE => "SIGPIPE",
+            _ => "signal",
+        };
+        format!("was killed by signal {signal} ({name})")
+    } else if let Some(code) = status.code() {
+        format!("exited with status {code}")
+    } else {
+        format!("ended ({status})")
+    }
+}
+
+async fn read_frame(
+    stdout: &mut BufReader<ChildStdout>,
+    max_frame: usize,
+) -> Result<Option<FromWorker>, TaskError> {
+    let mut header = [0; HEADER_LEN];
+    match stdout.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => {
+            return Err(TaskError::worker_lost(format!(
+                "reading from the worker: {e}"
+            )));
+        }
+    }
+    let len = wire::body_len(header, max_frame)?;
+    let mut body = vec![0; len];
+    stdout
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| TaskError::protocol(format!("the worker's frame was cut short: {e}")))?;
+    Ok(Some(wire::decode_body(&body)?))
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop_supervisor(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Spawns a worker process and checks its handshake.
+    async fn start_worker(&self, slot: usize) -> Result<Started, ProcessError> {
+        let mut command = Command::new(&self.config.program);
+        command
+            .args(&self.config.args)
+            .env(WORKER_ENV, "1")
+            .env(MAX_FRAME_ENV, self.config.max_frame.to_string())
+            .env(THREADS_ENV, self.config.worker_threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command.spawn().map_err(|e| {
+            ProcessError::new(
+                ErrorKind::Spawn,
+                format!(
+                    "cannot start worker `{}`: {e}",
+                    self.config.program.display()
+                ),
+            )
+        })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.start_kill();
+            return Err(ProcessError::new(
+                ErrorKind::Spawn,
+                "the worker's pipes were not set up",
+            ));
+        };
+        let mut stdout = BufReader::new(stdout);
+        let hello = tokio::time::timeout(
+            self.config.handshake_timeout,
+            read_frame(&mut stdout, self.config.max_frame),
+        )
+        .await;
+        let failure = match hello {
+            Ok(Ok(Some(FromWorker::Hello {
+                protocol,
+                names,
+                pid,
+            }))) => {
+                if protocol != PROTOCOL_VERSION {
+                    ProcessError::new(
+                        ErrorKind::Handshake,
+                        format!(
+                            "worker speaks protocol {protocol}, this program speaks {PROTOCOL_VERSION}"
+                        ),
+                    )
+                } else {
+                    let missing: Vec<&String> = self
+                        .expected_names
+                        .iter()
+                        .filter(|n| !names.contains(n))
+                        .collect();
+                    if missing.is_empty() {
+                        let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(worker = id, pid, slot, "worker ready");
+                        return Ok(Started {
+                            id,
+                            pid,
+                            child,
+                            stdin,
+                            stdout,
+                        });
+                    }
+                    ProcessError::new(
+                        ErrorKind::Handshake,
+                        format!(
+                            "the worker's registry lacks {missing:?}: it is not the same program"
+                        ),
+                    )
+                }
+            }
+            Ok(Ok(Some(FromWorker::Done { .. }))) => ProcessError::new(
+                ErrorKind::Protocol,
+                "the worker answered before announcing itself",
+            ),
+            Ok(Ok(None)) => {
+                let status = child.wait().await.map(describe).unwrap_or_default();
+                ProcessError::new(
+                    ErrorKind::Spawn,
+                    format!("the worker {status} before announcing itself"),
+                )
+            }
+            Ok(Err(e)) => ProcessError::new(ErrorKind::Protocol, format!("bad handshake: {e}")),
+            Err(_) => ProcessError::new(
+                ErrorKind::HandshakeTimeout,
+                format!(
+                    "the worker did not announce itself within {:?}: does its main call run_worker_if_requested first?",
+                    self.config.handshake_timeout
+                ),
+            ),
+        };
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        Err(failure)
+    }
+
+    /// Runs one slot for the life of the pool: supervises its worker, and replaces it when it
+    /// ends, until shutdown.
+    async fn supervise(self: Arc<Self>, slot: usize, mut live: Live) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            self.run_worker(slot, live).await;
+            if self.lock().shutting_down {
+                return;
+            }
+            // Replace it; a worker that cannot start is retried with a growing pause, and tasks
+            // waiting for a worker are told why meanwhile.
+            live = loop {
+                match self.start_worker(slot).await {
+                    Ok(worker) => {
+                        {
+                            let mut state = self.lock();
+                            state.restarts += 1;
+                            state.last_spawn_error = None;
+                        }
+                        break self.install(slot, worker);
+                    }
+                    Err(e) => {
+                        tracing::warn!(slot, error = %e, "could not replace a worker");
+                        self.lock().last_spawn_error = Some(e.to_string());
+                        self.ready.notify_waiters();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if self.lock().shutting_down {
+                            return;
+                        }
+                    }
+                }
+            };
+            backoff = Duration::from_millis(50);
+        }
+    }
+
+    /// Makes a started worker available for dispatch in `slot`.
+    fn install(&self, slot: usize, worker: Started) -> Live {
+        let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+        let (kill_tx, kill_rx) = oneshot::channel::<String>();
+        self.lock().slots[slot] = Some(Slot {
+            id: worker.id,
+            pid: worker.pid,
+            frames: Some(frames_tx),
+            kill: Some(kill_tx),
+            pending: HashMap::new(),
+            given: 0,
+            completed: 0,
+            draining: false,
+        });
+        self.ready.notify_waiters();
+        Live {
+            worker,
+            frames: frames_rx,
+            kill: kill_rx,
+        }
+    }
+
+    /// Serves one worker until it ends, then fails whatever it still had in flight.
+    async fn run_worker(&self, slot: usize, live: Live) {
+        let Live {
+            worker,
+            frames,
+            kill: kill_rx,
+        } = live;
+        let Started {
+            id,
+            pid,
+            mut child,
+            stdin,
+            mut stdout,
+        } = worker;
+        let writer = self.runtime.spawn(write_frames(stdin, frames));
+
+        let reason = tokio::select! {
+            reason = self.read_answers(slot, &mut stdout) => reason,
+            reason = kill_rx => reason.unwrap_or_else(|_| "its slot was closed".into()),
+        };
+        let _ = child.start_kill();
+        let status = match child.wait().await {
+            Ok(status) => describe(status),
+            Err(e) => format!("could not be waited for ({e})"),
+        };
+        writer.abort();
+        let lost = self.lock().slots[slot].take();
+        let Some(lost) = lost else { return };
+        if !lost.pending.is_empty() {
+            tracing::warn!(worker = id, pid, %status, %reason, in_flight = lost.pending.len(), "worker lost");
+        }
+        for (_, pending) in lost.pending {
+            let error = if pending.timed_out {
+                TaskError::timed_out(format!(
+                    "the task ran past its timeout of {:?}; its worker {pid} was killed",
+                    self.config.task_timeout.unwrap_or_default()
+                ))
+            } else {
+                TaskError::worker_lost(format!("worker {pid} {status} ({reason})"))
+            };
+            let _ = pending.reply.send(Err(error));
+        }
+    }
+
+    /// Delivers the worker's answers until it closes its stdout or breaks the protocol; returns
+    /// why it stopped.
+    async fn read_answers(&self, slot: usize, stdout: &mut BufReader<ChildStdout>) -> String {
+        loop {
+            let message = match read_frame(stdout, self.config.max_frame).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return "it closed its output".into(),
+                Err(e) => return e.to_string(),
+            };
+            let FromWorker::Done { id, outcome } = message else {
+                return "it announced itself twice".into();
+            };
+            let mut state = self.lock();
+            let Some(worker) = state.slots[slot].as_mut() else {
+                return "its slot was closed".into();
+            };
+            let Some(pending) = worker.pending.remove(&id) else {
+                return format!("it answered run {id}, which it was not given");
+            };
+            worker.completed += 1;
+            if worker.draining && worker.pending.is_empty() {
+                // Recycled: close its input; it exits once idle and the slot gets a new worker.
+                worker.frames = None;
+            }
+            drop(state);
+            let _ = pending.reply.send(outcome);
+        }
+    }
+
+    /// Hands a run to the least busy live worker, waiting for one when none is live.
+    async fn dispatch(
+        self: &Arc<Self>,
+        name: &'static str,
+        payload: &[u8],
+    ) -> Result<oneshot::Receiver<Result<Vec<u8>, TaskError>>, TaskError> {
+        let run = self.next_run.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::encode_frame(
+            &ToWorker::Run {
+                id: run,
+                name: name.to_owned(),
+                payload: payload.to_vec(),
+            },
+            self.config.max_frame,
+        )?;
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut state = self.lock();
+                if state.shutting_down {
+                    return Err(TaskError::shutdown("process"));
+                }
+                let chosen = state
+                    .slots
+                    .iter_mut()
+                    .flatten()
+                    .filter(|w| !w.draining && w.frames.is_some())
+                    .min_by_key(|w| w.pending.len());
+                if let Some(worker) = chosen {
+                    let (reply, answer) = oneshot::channel();
+                    let sent = worker.frames.as_ref().map(|f| f.send(frame));
+                    if !matches!(sent, Some(Ok(()))) {
+                        return Err(TaskError::worker_lost("the worker's input closed"));
+                    }
+                    worker.pending.insert(
+                        run,
+                        Pending {
+                            reply,
+                            timed_out: false,
+                        },
+                    );
+                    worker.given += 1;
+                    if self.config.recycle_after.is_some_and(|k| worker.given >= k) {
+                        worker.draining = true;
+                    }
+                    let worker_id = worker.id;
+                    drop(state);
+                    if let Some(timeout) = self.config.task_timeout {
+                        let shared = Arc::clone(self);
+                        self.runtime.spawn(async move {
+                            tokio::time::sleep(timeout).await;
+                            shared.expire(worker_id, run);
+                        });
+                    }
+                    return Ok(answer);
+                }
+                if let Some(error) = &state.last_spawn_error
+                    && state.slots.iter().all(Option::is_none)
+                {
+                    return Err(TaskError::worker_lost(format!(
+                        "no worker is running: {error}"
+                    )));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Kills the worker running `run` if that run is still in flight: the only way to stop it.
+    fn expire(&self, worker_id: u64, run: u64) {
+        let mut state = self.lock();
+        for worker in state
+            .slots
+            .iter_mut()
+            .flatten()
+            .filter(|w| w.id == worker_id)
+        {
+            if let Some(pending) = worker.pending.get_mut(&run) {
+                pending.timed_out = true;
+                worker.request_kill(format!("run {run} timed out"));
+            }
+        }
+    }
+
+    fn kill_all(&self, reason: &str) {
+        let mut state = self.lock();
+        for worker in state.slots.iter_mut().flatten() {
+            worker.request_kill(reason.to_owned());
+        }
+    }
+
+    fn stats(&self) -> (Vec<WorkerStats>, u64) {
+        let state = self.lock();
+        let workers = state
+            .slots
+            .iter()
+            .flatten()
+            .map(|w| WorkerStats::new(w.id, Some(w.pid), w.pending.len() as u64, w.completed))
+            .collect();
+        (workers, state.restarts)
+    }
+}
+
+async fn write_frames(stdin: ChildStdin, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut out = BufWriter::new(stdin);
+    while let Some(frame) = frames.recv().await {
+        if out.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(more) = frames.try_recv() {
+            if out.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    // The pool dropped this worker's sender: closing stdin tells the worker to finish and exit.
+    let _ = out.shutdown().await;
+}
+
+/// Asks the kernel to kill the worker when the thread that spawned it (the supervisor) ends,
+/// including when the whole parent process is killed, so no worker outlives its parent.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // async-signal-safe functions (prctl, getppid, _exit).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
+/// Runs tasks in a supervised pool of worker processes: crash isolation and separate memory.
+///
+/// Only [`PortableNode`](task_core::PortableNode)s cross the process boundary (submitted with
+/// [`Task::portable`](task_core::Task::portable)); anything else fails with
+/// [`TaskError::is_unsupported`]. The worker is your own program (the current executable by
+/// default), which calls [`run_worker_if_requested`](super::run_worker_if_requested) first thing in
+/// `main` with the registry of nodes it can run.
+///
+/// - A worker that crashes, is killed, exits or writes garbage fails only its own tasks in
+///   flight, each with [`TaskError::is_worker_lost`] and a message saying how it ended (exit
+///   status or signal); it is replaced, and the other workers are untouched.
+/// - Workers are killed by the kernel if the parent dies (Linux): no orphans.
+/// - With [`ProcessBuilder::task_timeout`], a task running too long fails as timed out and its
+///   worker is killed and replaced.
+/// - [`ProcessBuilder::recycle_after`] replaces workers after a number of tasks.
+/// - Shutdown refuses new tasks, lets those in flight finish up to its grace period, then stops
+///   and reaps every worker: no zombies.
+///
+/// Supervision runs on a thread of its own with its own small tokio runtime, so the strategy
+/// works under any runtime (or none) of the caller's.
+#[derive(Clone)]
+pub struct ProcessExecutionStrategy {
+    shared: Arc<Shared>,
+}
+
+impl ProcessExecutionStrategy {
+    /// A builder for a pool running the nodes of `registry`. Build the registry with the same
+    /// function the worker's `main` uses.
+    pub fn builder(registry: NodeRegistry) -> ProcessBuilder {
+        ProcessBuilder::new(registry)
+    }
+
+    /// The process ids of the live workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared
+            .lock()
+            .slots
+            .iter()
+            .flatten()
+            .map(|w| w.pid)
+            .collect()
+    }
+
+    /// How many workers were replaced after ending (crashed, killed, timed out, recycled).
+    pub fn restarts(&self) -> u64 {
+        self.shared.lock().restarts
+    }
+}
+
+impl fmt::Debug for ProcessExecutionStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessExecutionStrategy")
+            .field("program", &self.shared.config.program)
+            .field("workers", &self.worker_pids())
+            .field("restarts", &self.restarts())
+            .finish()
+    }
+}
+
+impl TaskExecutionStrategy for ProcessExecutionStrategy {
+    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let Some(_admission) = shared.tracker.admit() else {
+                return Err(TaskError::shutdown("process"));
+            };
+            let (info, portable) = task.into_portable();
+            let outcome = async {
+                let Some(portable) = portable else {
+                    return Err(TaskError::unsupported(format!(
+                        "node `{}` is not a PortableNode: the process mode runs only tasks made with Task::portable",
+                        info.name()
+                    )));
+                };
+                if !shared.expected_names.iter().any(|n| n == portable.name()) {
+                    return Err(TaskError::not_registered(portable.name()));
+                }
+                let payload = portable.payload()?;
+                let _place = shared
+                    .places
+                    .acquire()
+                    .await
+                    .map_err(|_| TaskError::shutdown("process"))?;
+                let answer = shared.dispatch(portable.name(), payload).await?;
+                let bytes = answer.await.unwrap_or_else(|_| {
+                    Err(TaskError::worker_lost("the worker ended without answering"))
+                })?;
+                portable.decode_output(&bytes)
+            }
+            .await;
+            shared.tracker.record(&outcome);
+            outcome
+        })
+    }
+
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        self.shared.tracker.close();
+        Box::pin(async move {
+            let shared = &self.shared;
+            let deadline = Instant::now() + grace;
+            if !shared.tracker.drain(grace).await {
+                tracing::warn!(
+                    in_flight = shared.tracker.in_flight(),
+                    "process strategy: grace period over with tasks still running; killing workers"
+                );
+            }
+            let lifecycles = {
+                let mut state = shared.lock();
+                state.shutting_down = true;
+                for worker in state.slots.iter_mut().flatten() {
+                    // Closing stdin lets the worker finish what it has and exit.
+                    worker.frames = None;
+                }
+                std::mem::take(&mut state.lifecycles)
+            };
+            shared.ready.notify_waiters();
+            shared.places.close();
+            // Give workers until the deadline (at least a moment) to exit, then kill them; either
+            // way each is waited for, so none is left a zombie.
+            let exit_by = deadline.max(Instant::now() + Duration::from_millis(200));
+            let kill_at = crate::support::sleep_until(exit_by);
+            let all = futures::future::join_all(lifecycles);
+            futures::pin_mut!(kill_at, all);
+            if let futures::future::Either::Left(_) =
+                futures::future::select(kill_at, all.as_mut()).await
+            {
+                shared.kill_all("the pool shut down");
+                all.await;
+            }
+            shared.stop_supervisor();
+        })
+    }
+
+    fn name(&self) -> &str {
+        "process"
+    }
+
+    fn stats(&self) -> StrategyStats {
+        let (workers, restarts) = self.shared.stats();
+        self.shared.tracker.stats().with_workers(workers, restarts)
+    }
+}

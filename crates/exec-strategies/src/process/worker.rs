@@ -1,0 +1,210 @@
+//! The worker side: a process started by a [`ProcessExecutionStrategy`](super::ProcessExecutionStrategy)
+//! serves tasks from its registry over stdin/stdout.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+
+use futures::FutureExt;
+use task_core::{NodeRegistry, TaskError};
+
+use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorker};
+
+/// Set (to `1`) in a worker's environment by the parent: "serve tasks, do not run `main`".
+pub const WORKER_ENV: &str = "EXEC_STRATEGIES_WORKER";
+/// The largest frame the worker accepts and sends, in bytes.
+pub(crate) const MAX_FRAME_ENV: &str = "EXEC_STRATEGIES_MAX_FRAME";
+/// How many runtime threads the worker runs tasks on.
+pub(crate) const THREADS_ENV: &str = "EXEC_STRATEGIES_WORKER_THREADS";
+
+/// Enters worker mode if this process was started as a worker of a
+/// [`ProcessExecutionStrategy`](super::ProcessExecutionStrategy), and returns at once otherwise.
+///
+/// Call it first thing in `main`, with the registry of every process-capable node the worker
+/// should run. In worker mode it serves tasks until the parent asks it to stop (or goes away),
+/// then exits the process; it never returns.
+///
+/// In worker mode, stdout carries the protocol, so anything the program prints to stdout is sent
+/// to stderr instead.
+///
+/// # Examples
+///
+/// ```no_run
+/// use task_core::NodeRegistry;
+///
+/// fn registry() -> NodeRegistry {
+///     let mut registry = NodeRegistry::new();
+///     // registry.register::<MyNode>().unwrap();
+///     registry
+/// }
+///
+/// fn main() {
+///     exec_strategies::run_worker_if_requested(&registry());
+///     // ... the program proper: build a ProcessExecutionStrategy, submit tasks ...
+/// }
+/// ```
+pub fn run_worker_if_requested(registry: &NodeRegistry) {
+    if std::env::var_os(WORKER_ENV).is_none() {
+        return;
+    }
+    let code = match serve(registry) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("exec-strategies worker {}: {e}", std::process::id());
+            3
+        }
+    };
+    std::process::exit(code);
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Keeps the protocol's stdout for frames and sends fd 1 (what `print!` writes to) to stderr.
+fn take_stdout_for_frames() -> io::Result<File> {
+    let frames = io::stdout().as_fd().try_clone_to_owned()?;
+    // SAFETY: dup2 on two open descriptors of this process; no Rust object owns fd 1 exclusively.
+    let rc = unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(File::from(frames))
+}
+
+/// Counts runs in flight so the worker can finish them before exiting.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    lock: Mutex<()>,
+    idle: Condvar,
+}
+
+impl InFlight {
+    fn start(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn finish(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()));
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self) {
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.count.load(Ordering::SeqCst) > 0 {
+            guard = self.idle.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn serve(registry: &NodeRegistry) -> io::Result<()> {
+    let max_frame = env_usize(MAX_FRAME_ENV, wire::DEFAULT_MAX_FRAME);
+    let threads = env_usize(THREADS_ENV, 1).max(1);
+    let frames_out = take_stdout_for_frames()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("exec-worker")
+        .enable_all()
+        .build()?;
+
+    // One thread writes every frame, batching what is queued before each flush.
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>();
+    let writer = std::thread::Builder::new()
+        .name("exec-worker-writer".into())
+        .spawn(move || -> io::Result<()> {
+            let mut out = BufWriter::new(frames_out);
+            while let Ok(frame) = out_rx.recv() {
+                out.write_all(&frame)?;
+                while let Ok(more) = out_rx.try_recv() {
+                    out.write_all(&more)?;
+                }
+                out.flush()?;
+            }
+            out.flush()
+        })?;
+
+    let hello = FromWorker::Hello {
+        protocol: PROTOCOL_VERSION,
+        names: registry.names().into_iter().map(String::from).collect(),
+        pid: std::process::id(),
+    };
+    let frame = wire::encode_frame(&hello, max_frame).map_err(io::Error::other)?;
+    out_tx.send(frame).map_err(io::Error::other)?;
+
+    let registry = Arc::new(registry.clone());
+    let in_flight = Arc::new(InFlight::default());
+    let mut input = BufReader::new(io::stdin().lock());
+    let result = loop {
+        let mut header = [0; HEADER_LEN];
+        match input.read_exact(&mut header) {
+            Ok(()) => {}
+            // The parent closed our stdin: it is gone or done with us.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
+            Err(e) => break Err(e),
+        }
+        let len = match wire::body_len(header, max_frame) {
+            Ok(len) => len,
+            Err(e) => break Err(io::Error::other(e)),
+        };
+        let mut body = vec![0; len];
+        if let Err(e) = input.read_exact(&mut body) {
+            break Err(e);
+        }
+        match wire::decode_body::<ToWorker>(&body) {
+            Ok(ToWorker::Run { id, name, payload }) => {
+                in_flight.start();
+                let (registry, in_flight, out_tx) = (
+                    Arc::clone(&registry),
+                    Arc::clone(&in_flight),
+                    out_tx.clone(),
+                );
+                runtime.spawn(async move {
+                    let outcome = match registry.run(&name, &payload) {
+                        Ok(run) => AssertUnwindSafe(run)
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| Err(TaskError::panic(panic))),
+                        Err(e) => Err(e),
+                    };
+                    let frame = done_frame(id, outcome, max_frame);
+                    let _ = out_tx.send(frame);
+                    in_flight.finish();
+                });
+            }
+            Ok(ToWorker::Shutdown) => break Ok(()),
+            Err(e) => break Err(io::Error::other(e)),
+        }
+    };
+    in_flight.wait_idle();
+    drop(out_tx);
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+    runtime.shutdown_background();
+    result.and(written)
+}
+
+/// The answer frame; an output too large for a frame becomes an error answer instead.
+fn done_frame(id: u64, outcome: Result<Vec<u8>, TaskError>, max_frame: usize) -> Vec<u8> {
+    let done = FromWorker::Done { id, outcome };
+    match wire::encode_frame(&done, max_frame) {
+        Ok(frame) => frame,
+        Err(e) => {
+            let refusal = FromWorker::Done {
+                id,
+                outcome: Err(TaskError::protocol(format!("the output was not sent: {e}"))),
+            };
+            // A short error message always fits a frame.
+            wire::encode_frame(&refusal, usize::MAX).unwrap_or_default()
+        }
+    }
+}

@@ -1,0 +1,649 @@
+//! The process strategy against real worker processes. This test binary is its own worker: its
+//! `main` enters worker mode first thing, as a user's program does. With `--fake-worker MODE` it
+//! instead plays a worker that breaks the protocol, and with `--orphan-parent` a parent that is
+//! about to be killed.
+
+use std::io::{Read, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use exec_strategies::process::wire::{self, FromWorker, PROTOCOL_VERSION, ToWorker};
+use exec_strategies::{ProcessExecutionStrategy, run_worker_if_requested};
+use serde::{Deserialize, Serialize};
+use task_core::{BoxError, Node, NodeRegistry, PortableNode, Task, TaskExecutionStrategy};
+
+#[derive(Serialize, Deserialize)]
+struct Echo(u64);
+impl Node for Echo {
+    type Output = u64;
+    async fn invoke(self) -> Result<u64, BoxError> {
+        Ok(self.0)
+    }
+}
+impl PortableNode for Echo {
+    const NAME: &'static str = "echo";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Fail(String);
+impl Node for Fail {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        Err(self.0.into())
+    }
+}
+impl PortableNode for Fail {
+    const NAME: &'static str = "fail";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Panic(String);
+impl Node for Panic {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        panic!("{}", self.0)
+    }
+}
+impl PortableNode for Panic {
+    const NAME: &'static str = "panic";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sleep(u64);
+impl Node for Sleep {
+    type Output = u32;
+    async fn invoke(self) -> Result<u32, BoxError> {
+        tokio::time::sleep(Duration::from_millis(self.0)).await;
+        Ok(std::process::id())
+    }
+}
+impl PortableNode for Sleep {
+    const NAME: &'static str = "sleep";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Exit(i32);
+impl Node for Exit {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        std::process::exit(self.0)
+    }
+}
+impl PortableNode for Exit {
+    const NAME: &'static str = "exit";
+}
+
+/// Prints to stdout (which must not reach the protocol) and returns the length of its input.
+#[derive(Serialize, Deserialize)]
+struct Blob(Vec<u8>);
+impl Node for Blob {
+    type Output = Vec<u8>;
+    async fn invoke(self) -> Result<Vec<u8>, BoxError> {
+        println!("noise on stdout from the worker");
+        Ok(self.0)
+    }
+}
+impl PortableNode for Blob {
+    const NAME: &'static str = "blob";
+}
+
+/// Returns `n` bytes: an output far larger than its input.
+#[derive(Serialize, Deserialize)]
+struct Grow(usize);
+impl Node for Grow {
+    type Output = Vec<u8>;
+    async fn invoke(self) -> Result<Vec<u8>, BoxError> {
+        Ok(vec![1; self.0])
+    }
+}
+impl PortableNode for Grow {
+    const NAME: &'static str = "grow";
+}
+
+/// Registered in the parent's registry only in the handshake-mismatch test.
+#[derive(Serialize, Deserialize)]
+struct Unknown;
+impl Node for Unknown {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+impl PortableNode for Unknown {
+    const NAME: &'static str = "unknown";
+}
+
+fn registry() -> NodeRegistry {
+    let mut r = NodeRegistry::new();
+    r.register::<Echo>().unwrap();
+    r.register::<Fail>().unwrap();
+    r.register::<Panic>().unwrap();
+    r.register::<Sleep>().unwrap();
+    r.register::<Exit>().unwrap();
+    r.register::<Blob>().unwrap();
+    r.register::<Grow>().unwrap();
+    r
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn pool(workers: usize) -> ProcessExecutionStrategy {
+    ProcessExecutionStrategy::builder(registry())
+        .workers(workers)
+        .start()
+        .await
+        .unwrap()
+}
+
+fn fake(mode: &str) -> exec_strategies::ProcessBuilder {
+    let me = std::env::current_exe().unwrap();
+    ProcessExecutionStrategy::builder(registry())
+        .workers(1)
+        .command(me, ["--fake-worker", mode])
+        .handshake_timeout(Duration::from_millis(500))
+}
+
+/// Whether `pid` has exited (gone, or a zombie awaiting its new parent's reaping).
+fn is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn round_trips_values_errors_and_panics() {
+    runtime().block_on(async {
+        let s = pool(2).await;
+        let pids = s.worker_pids();
+        assert_eq!(pids.len(), 2);
+        let v = s
+            .execute(Task::portable("1", Echo(41)).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<u64>(), Some(&41));
+        let e = s
+            .execute(Task::portable("2", Fail("no quota".into())).into_erased())
+            .await
+            .unwrap_err();
+        assert!(e.is_node_error());
+        assert_eq!(e.message(), "no quota");
+        let e = s
+            .execute(Task::portable("3", Panic("bad row".into())).into_erased())
+            .await
+            .unwrap_err();
+        assert!(e.is_panic(), "{e:?}");
+        assert_eq!(e.message(), "node panicked: bad row");
+        // stdout noise from a node goes to stderr, not into the protocol.
+        let v = s
+            .execute(Task::portable("4", Blob(vec![1, 2, 3])).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<Vec<u8>>(), Some(&vec![1, 2, 3]));
+        // Nothing above cost a worker.
+        assert_eq!(s.worker_pids(), pids);
+        assert_eq!(s.restarts(), 0);
+        let stats = s.stats();
+        assert_eq!((stats.succeeded, stats.failed), (2, 2));
+        assert_eq!(stats.workers.len(), 2);
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn refuses_what_cannot_cross_the_boundary() {
+    runtime().block_on(async {
+        let s = pool(1).await;
+        let closure = Task::from_fn("1", "closure", || async { Ok::<_, BoxError>(1) });
+        assert!(
+            s.execute(closure.into_erased())
+                .await
+                .unwrap_err()
+                .is_unsupported()
+        );
+        let unknown = Task::portable("2", Unknown);
+        assert!(
+            s.execute(unknown.into_erased())
+                .await
+                .unwrap_err()
+                .is_not_registered()
+        );
+        let v = s
+            .execute(Task::portable("3", Echo(1)).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<u64>(), Some(&1));
+        assert_eq!(s.restarts(), 0);
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn oversize_tasks_and_outputs_are_typed_errors() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .max_frame(4096)
+            .start()
+            .await
+            .unwrap();
+        let big = Task::portable("1", Blob(vec![7; 10_000]));
+        let e = s.execute(big.into_erased()).await.unwrap_err();
+        assert!(e.is_protocol_error(), "{e:?}");
+        assert!(e.message().contains("exceeds the maximum"), "{e}");
+        // A task that fits but whose output would not: the worker refuses to send it.
+        let e = s
+            .execute(Task::portable("2", Blob(vec![7; 3_000])).into_erased())
+            .await;
+        assert!(e.is_ok(), "3000 bytes fit: {e:?}");
+        let pid = s.worker_pids();
+        let v = s
+            .execute(Task::portable("3", Echo(3)).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<u64>(), Some(&3));
+        assert_eq!(s.worker_pids(), pid, "nothing else disturbed");
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn a_sigkilled_worker_fails_only_its_own_task_and_is_replaced() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(2)
+            .tasks_per_worker(1)
+            .start()
+            .await
+            .unwrap();
+        let before = s.worker_pids();
+        let s1 = s.clone();
+        let victim = tokio::spawn(async move {
+            s1.execute(Task::portable("long", Sleep(10_000)).into_erased())
+                .await
+        });
+        // Find the worker running it.
+        let mut busy = None;
+        while busy.is_none() {
+            busy = s
+                .stats()
+                .workers
+                .iter()
+                .find(|w| w.in_flight == 1)
+                .and_then(|w| w.pid);
+            tokio::task::yield_now().await;
+        }
+        let busy = busy.unwrap();
+        let survivor = s.execute(Task::portable("short", Sleep(10)).into_erased());
+        let survivor_pid = survivor.await.unwrap();
+        assert_ne!(survivor_pid.downcast_ref::<u32>(), Some(&busy));
+        // SAFETY: sending a signal to a child process of this test.
+        assert_eq!(unsafe { libc::kill(busy as i32, libc::SIGKILL) }, 0);
+        let e = victim.await.unwrap().unwrap_err();
+        assert!(e.is_worker_lost(), "{e:?}");
+        assert!(e.message().contains("signal 9 (SIGKILL)"), "{e}");
+        wait_until("a replacement", || s.worker_pids().len() == 2);
+        assert_eq!(s.restarts(), 1);
+        let after = s.worker_pids();
+        assert!(!after.contains(&busy));
+        assert!(
+            before.iter().any(|p| after.contains(p)),
+            "the other worker was untouched"
+        );
+        let v = s
+            .execute(Task::portable("again", Echo(5)).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<u64>(), Some(&5));
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn a_worker_that_exits_reports_its_status() {
+    runtime().block_on(async {
+        let s = pool(1).await;
+        let e = s
+            .execute(Task::portable("1", Exit(3)).into_erased())
+            .await
+            .unwrap_err();
+        assert!(e.is_worker_lost());
+        assert!(e.message().contains("exited with status 3"), "{e}");
+        let v = s
+            .execute(Task::portable("2", Echo(2)).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<u64>(), Some(&2));
+        assert_eq!(s.restarts(), 1);
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn a_task_past_its_timeout_has_its_worker_replaced() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .task_timeout(Duration::from_millis(300))
+            .start()
+            .await
+            .unwrap();
+        let pid = s.worker_pids()[0];
+        let e = s
+            .execute(Task::portable("1", Sleep(30_000)).into_erased())
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        wait_until("the killed worker to be reaped", || is_dead(pid));
+        let v = s
+            .execute(Task::portable("2", Echo(9)).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<u64>(), Some(&9));
+        assert_eq!(s.restarts(), 1);
+        assert_ne!(s.worker_pids(), vec![pid]);
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn workers_are_recycled_after_k_tasks() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .recycle_after(3)
+            .start()
+            .await
+            .unwrap();
+        let mut pids = Vec::new();
+        for i in 0..9 {
+            let v = s
+                .execute(Task::portable(format!("{i}"), Sleep(0)).into_erased())
+                .await
+                .unwrap();
+            pids.push(*v.downcast_ref::<u32>().unwrap());
+        }
+        pids.dedup();
+        assert_eq!(
+            pids.len(),
+            3,
+            "three workers served three tasks each: {pids:?}"
+        );
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process() {
+    runtime().block_on(async {
+        let s = pool(2).await;
+        let pids = s.worker_pids();
+        let s1 = s.clone();
+        let running = tokio::spawn(async move {
+            s1.execute(Task::portable("1", Sleep(300)).into_erased())
+                .await
+        });
+        while s.stats().in_flight == 0 {
+            tokio::task::yield_now().await;
+        }
+        let s2 = s.clone();
+        let shutting = tokio::spawn(async move { s2.shutdown(Duration::from_secs(10)).await });
+        while s.stats().accepting {
+            tokio::task::yield_now().await;
+        }
+        let late = s
+            .execute(Task::portable("2", Echo(1)).into_erased())
+            .await
+            .unwrap_err();
+        assert!(late.is_shutdown());
+        assert!(running.await.unwrap().is_ok(), "the running task finished");
+        shutting.await.unwrap();
+        for pid in pids {
+            // Reaped: not even a zombie is left.
+            assert!(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "worker {pid} left behind"
+            );
+        }
+        s.shutdown(Duration::from_secs(1)).await;
+    });
+}
+
+/// Kills the child on every path, so a failed assertion cannot leave it running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn workers_die_with_their_parent() {
+    let me = std::env::current_exe().unwrap();
+    let mut parent = KillOnDrop(
+        std::process::Command::new(me)
+            .arg("--orphan-parent")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    let mut out = parent.0.stdout.take().unwrap();
+    let mut byte = [0; 1];
+    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0] as char);
+    }
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line}");
+    assert!(pids.iter().all(|p| !is_dead(*p)));
+    drop(parent);
+    wait_until("the orphaned workers to die", || {
+        pids.iter().all(|p| is_dead(*p))
+    });
+}
+
+fn handshake_problems_are_clear_errors() {
+    runtime().block_on(async {
+        let e = fake("old-protocol").start().await.unwrap_err();
+        assert!(e.is_handshake_mismatch(), "{e:?}");
+        assert!(e.to_string().contains("protocol 999"), "{e}");
+        let e = fake("garbage").start().await.unwrap_err();
+        assert!(e.is_protocol(), "{e:?}");
+        let e = fake("silent").start().await.unwrap_err();
+        assert!(e.is_handshake_timeout(), "{e:?}");
+        let mut bigger = registry();
+        bigger.register::<Unknown>().unwrap();
+        let e = ProcessExecutionStrategy::builder(bigger)
+            .workers(1)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(e.is_handshake_mismatch(), "{e:?}");
+        assert!(e.to_string().contains("unknown"), "{e}");
+        let e = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .command("/nonexistent/worker", Vec::<String>::new())
+            .start()
+            .await
+            .unwrap_err();
+        assert!(e.is_spawn(), "{e:?}");
+    });
+}
+
+fn misbehaving_workers_fail_their_task_and_are_replaced() {
+    runtime().block_on(async {
+        for (mode, expected) in [
+            ("garbage-after-hello", "malformed"),
+            ("wrong-id", "which it was not given"),
+            ("oversize-answer", "exceeds the maximum"),
+        ] {
+            let s = fake(mode).start().await.unwrap();
+            let e = s
+                .execute(Task::portable("1", Echo(1)).into_erased())
+                .await
+                .unwrap_err();
+            assert!(e.is_worker_lost(), "{mode}: {e:?}");
+            assert!(e.message().contains(expected), "{mode}: {e}");
+            wait_until("a replacement", || {
+                s.restarts() == 1 && s.worker_pids().len() == 1
+            });
+            s.shutdown(Duration::from_secs(2)).await;
+        }
+    });
+}
+
+/// Plays a worker that breaks the protocol in the way `mode` names.
+fn fake_worker(mode: &str) -> ! {
+    let mut stdout = std::io::stdout();
+    let mut send = |bytes: &[u8]| {
+        stdout.write_all(bytes).unwrap();
+        stdout.flush().unwrap();
+    };
+    let hello = |protocol| FromWorker::Hello {
+        protocol,
+        names: registry().names().into_iter().map(String::from).collect(),
+        pid: std::process::id(),
+    };
+    match mode {
+        "old-protocol" => send(&wire::encode_frame(&hello(999), usize::MAX).unwrap()),
+        "garbage" => send(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        "silent" => {}
+        _ => send(&wire::encode_frame(&hello(PROTOCOL_VERSION), usize::MAX).unwrap()),
+    }
+    let mut stdin = std::io::stdin();
+    loop {
+        let mut header = [0; 4];
+        if stdin.read_exact(&mut header).is_err() {
+            std::process::exit(0);
+        }
+        let mut body = vec![0; u32::from_le_bytes(header) as usize];
+        stdin.read_exact(&mut body).unwrap();
+        let Ok(ToWorker::Run { id, .. }) = wire::decode_body::<ToWorker>(&body) else {
+            std::process::exit(0);
+        };
+        match mode {
+            "garbage-after-hello" => send(&[3, 0, 0, 0, 0xfe, 0xfe, 0xfe]),
+            "wrong-id" => {
+                let done = FromWorker::Done {
+                    id: id + 1_000,
+                    outcome: Ok(vec![]),
+                };
+                send(&wire::encode_frame(&done, usize::MAX).unwrap());
+            }
+            "oversize-answer" => send(&u32::MAX.to_le_bytes()),
+            _ => {}
+        }
+    }
+}
+
+/// Starts a pool, prints its workers' pids, and waits to be killed.
+fn orphan_parent() -> ! {
+    runtime().block_on(async {
+        let s = pool(2).await;
+        let pids: Vec<String> = s.worker_pids().iter().map(u32::to_string).collect();
+        println!("{}", pids.join(" "));
+        std::future::pending::<()>().await;
+    });
+    unreachable!()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--fake-worker") {
+        fake_worker(args.get(2).map_or("", String::as_str));
+    }
+    if args.get(1).map(String::as_str) == Some("--orphan-parent") {
+        orphan_parent();
+    }
+    run_worker_if_requested(&registry());
+
+    let tests: &[(&str, fn())] = &[
+        (
+            "round_trips_values_errors_and_panics",
+            round_trips_values_errors_and_panics,
+        ),
+        (
+            "refuses_what_cannot_cross_the_boundary",
+            refuses_what_cannot_cross_the_boundary,
+        ),
+        (
+            "oversize_tasks_and_outputs_are_typed_errors",
+            oversize_tasks_and_outputs_are_typed_errors,
+        ),
+        (
+            "a_sigkilled_worker_fails_only_its_own_task_and_is_replaced",
+            a_sigkilled_worker_fails_only_its_own_task_and_is_replaced,
+        ),
+        (
+            "a_worker_that_exits_reports_its_status",
+            a_worker_that_exits_reports_its_status,
+        ),
+        (
+            "a_task_past_its_timeout_has_its_worker_replaced",
+            a_task_past_its_timeout_has_its_worker_replaced,
+        ),
+        (
+            "workers_are_recycled_after_k_tasks",
+            workers_are_recycled_after_k_tasks,
+        ),
+        (
+            "shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process",
+            shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process,
+        ),
+        (
+            "workers_die_with_their_parent",
+            workers_die_with_their_parent,
+        ),
+        (
+            "handshake_problems_are_clear_errors",
+            handshake_problems_are_clear_errors,
+        ),
+        (
+            "misbehaving_workers_fail_their_task_and_are_replaced",
+            misbehaving_workers_fail_their_task_and_are_replaced,
+        ),
+    ];
+    let filters: Vec<&String> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        match catch_unwind(AssertUnwindSafe(test)) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
