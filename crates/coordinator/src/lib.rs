@@ -40,6 +40,8 @@
 //!   [`CoordinatorBuilder::with_async`].
 //! - `threaded`: the threaded strategy, [`ThreadedExecutionStrategy`], and [`block_on`] for
 //!   blocking nodes that wait for children.
+//! - `process`: the process strategy, [`ProcessExecutionStrategy`], and
+//!   [`run_worker_if_requested`] for the worker's `main`.
 
 mod coordinator;
 mod error;
@@ -52,8 +54,8 @@ pub use crate::error::{StartError, SubmitError};
 #[doc(inline)]
 pub use task_core::{
     BlockingNode, BoxError, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult,
-    JobStatus, Node, NodeId, RequestId, StateError, StrategyStats, Task, TaskError,
-    TaskExecutionStrategy, TaskInfo, Value,
+    JobStatus, Node, NodeId, NodeRegistry, PortableNode, RequestId, StateError, StrategyStats,
+    Task, TaskError, TaskExecutionStrategy, TaskInfo, Value, WorkerStats,
 };
 
 #[doc(inline)]
@@ -64,6 +66,11 @@ pub use pubsub::{
 #[cfg(feature = "async")]
 #[doc(inline)]
 pub use exec_strategies::AsyncExecutionStrategy;
+#[cfg(feature = "process")]
+#[doc(inline)]
+pub use exec_strategies::{
+    ProcessBuilder, ProcessError, ProcessExecutionStrategy, run_worker_if_requested,
+};
 #[cfg(feature = "threaded")]
 #[doc(inline)]
 pub use exec_strategies::{ThreadedBuilder, ThreadedExecutionStrategy, block_on};

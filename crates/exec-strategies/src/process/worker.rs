@@ -6,7 +6,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 
 use futures::FutureExt;
 use task_core::{NodeRegistry, TaskError};
@@ -106,43 +106,62 @@ impl InFlight {
     }
 }
 
+/// Where answers go: whichever thread finishes a run writes its answer.
+struct Output {
+    out: Mutex<BufWriter<File>>,
+}
+
+impl Output {
+    /// Queues `frame`, flushing unless the caller says more is coming right away.
+    fn send(&self, frame: &[u8], flush: bool) -> io::Result<()> {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        out.write_all(frame)?;
+        if flush { out.flush() } else { Ok(()) }
+    }
+}
+
+type Run = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, TaskError>> + Send>>;
+
+fn start_run(registry: &NodeRegistry, name: &str, payload: &[u8]) -> Run {
+    match registry.run(name, payload) {
+        Ok(run) => Box::pin(
+            AssertUnwindSafe(run)
+                .catch_unwind()
+                .map(|caught| caught.unwrap_or_else(|panic| Err(TaskError::panic(panic)))),
+        ),
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+    }
+}
+
 fn serve(registry: &NodeRegistry) -> io::Result<()> {
     let max_frame = env_usize(MAX_FRAME_ENV, wire::DEFAULT_MAX_FRAME);
     let threads = env_usize(THREADS_ENV, 1).max(1);
-    let frames_out = take_stdout_for_frames()?;
+    let output = Arc::new(Output {
+        out: Mutex::new(BufWriter::new(take_stdout_for_frames()?)),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("exec-worker")
         .enable_all()
         .build()?;
 
-    // One thread writes every frame, batching what is queued before each flush.
-    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>();
-    let writer = std::thread::Builder::new()
-        .name("exec-worker-writer".into())
-        .spawn(move || -> io::Result<()> {
-            let mut out = BufWriter::new(frames_out);
-            while let Ok(frame) = out_rx.recv() {
-                out.write_all(&frame)?;
-                while let Ok(more) = out_rx.try_recv() {
-                    out.write_all(&more)?;
-                }
-                out.flush()?;
-            }
-            out.flush()
-        })?;
-
     let hello = FromWorker::Hello {
         protocol: PROTOCOL_VERSION,
         names: registry.names().into_iter().map(String::from).collect(),
         pid: std::process::id(),
     };
-    let frame = wire::encode_frame(&hello, max_frame).map_err(io::Error::other)?;
-    out_tx.send(frame).map_err(io::Error::other)?;
+    output.send(
+        &wire::encode_frame(&hello, max_frame).map_err(io::Error::other)?,
+        true,
+    )?;
 
-    let registry = Arc::new(registry.clone());
     let in_flight = Arc::new(InFlight::default());
     let mut input = BufReader::new(io::stdin().lock());
+    // With one runtime thread, running a task on this reader until it first waits costs no
+    // parallelism and saves two thread hops per task; with more, tasks go straight to the runtime.
+    let inline = threads == 1;
+    let _runtime = runtime.enter();
+    let noop = std::task::Waker::noop();
     let result = loop {
         let mut header = [0; HEADER_LEN];
         match input.read_exact(&mut header) {
@@ -161,22 +180,25 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         }
         match wire::decode_body::<ToWorker>(&body) {
             Ok(ToWorker::Run { id, name, payload }) => {
+                let mut run = start_run(registry, &name, &payload);
+                if inline
+                    && let std::task::Poll::Ready(outcome) =
+                        run.as_mut().poll(&mut std::task::Context::from_waker(noop))
+                {
+                    // More requests already buffered: answer them all before one flush.
+                    let more_waiting = !input.buffer().is_empty();
+                    if let Err(e) = output.send(&done_frame(id, outcome, max_frame), !more_waiting)
+                    {
+                        break Err(e);
+                    }
+                    continue;
+                }
                 in_flight.start();
-                let (registry, in_flight, out_tx) = (
-                    Arc::clone(&registry),
-                    Arc::clone(&in_flight),
-                    out_tx.clone(),
-                );
+                let (output, in_flight) = (Arc::clone(&output), Arc::clone(&in_flight));
                 runtime.spawn(async move {
-                    let outcome = match registry.run(&name, &payload) {
-                        Ok(run) => AssertUnwindSafe(run)
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|panic| Err(TaskError::panic(panic))),
-                        Err(e) => Err(e),
-                    };
-                    let frame = done_frame(id, outcome, max_frame);
-                    let _ = out_tx.send(frame);
+                    let outcome = run.await;
+                    // A failed write means the parent is gone; the read loop will see it too.
+                    let _ = output.send(&done_frame(id, outcome, max_frame), true);
                     in_flight.finish();
                 });
             }
@@ -185,12 +207,10 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         }
     };
     in_flight.wait_idle();
-    drop(out_tx);
-    let written = writer
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+    let flushed = output.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    drop(_runtime);
     runtime.shutdown_background();
-    result.and(written)
+    result.and(flushed)
 }
 
 /// The answer frame; an output too large for a frame becomes an error answer instead.
