@@ -1,21 +1,50 @@
-//! `cargo xtask bench`: the criterion benchmarks, each beside its raw baseline in the same run.
+//! `cargo xtask bench`: every scenario beside its raw baseline, in one run, into a report.
+//!
+//! - `cargo xtask bench`: the full report (`target/bench-report/report.{md,json,svg}`).
+//! - `--quick`: a smoke run that finishes in well under a minute on a 2-core machine; it
+//!   reports numbers and never fails on a slow one.
+//! - `--criterion`: also run the criterion benches of the hot pieces (in their quick mode with
+//!   `--quick`); arguments after `--` go to criterion.
 
 use anyhow::Result;
 
-/// Runs every bench target of the `benches` package. `--quick` asks criterion for its quick
-/// mode (a smoke run that still reports numbers); anything after `--` goes to criterion.
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let passthrough: Vec<&str> = args
-        .iter()
-        .skip_while(|a| a.as_str() != "--")
-        .skip(1)
-        .map(String::as_str)
-        .collect();
-    let mut cargo_args = vec!["bench", "--package", "benches", "--benches", "--"];
-    if quick {
-        cargo_args.extend(["--quick", "--noplot"]);
+    let (ours, passthrough) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    for arg in ours {
+        if !matches!(arg.as_str(), "--quick" | "--criterion") {
+            anyhow::bail!("unknown `bench` flag `{arg}` (expected --quick, --criterion)");
+        }
     }
-    cargo_args.extend(passthrough);
-    crate::cargo(&cargo_args, &[])
+    let quick = ours.iter().any(|a| a == "--quick");
+    let out = crate::workspace_root().join("target").join("bench-report");
+    let out = out.to_string_lossy().into_owned();
+    let mut report = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "benches",
+        "--bin",
+        "bench-report",
+        "--",
+        "--out",
+        &out,
+    ];
+    if quick {
+        report.push("--quick");
+    }
+    crate::cargo(&report, &[])?;
+
+    if ours.iter().any(|a| a == "--criterion") {
+        let mut criterion = vec!["bench", "--package", "benches", "--benches", "--"];
+        if quick {
+            criterion.extend(["--quick", "--noplot"]);
+        }
+        criterion.extend(passthrough.iter().map(String::as_str));
+        crate::cargo(&criterion, &[])?;
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
-//! - `bench [--quick] [-- <criterion args>]`: the criterion benchmarks in `benches/`, each
-//!   scenario beside its raw baseline in the same run.
+//! - `bench [--quick] [--criterion] [-- <criterion args>]`: every scenario beside its raw
+//!   baseline in one run, reported in `target/bench-report/`; optionally the criterion benches.
 //! - `docs`: the workspace's rustdoc, with warnings (broken intra-doc links included) denied.
 
 mod bench;
@@ -29,7 +29,8 @@ fn main() -> Result<()> {
 fn usage() -> &'static str {
     "usage: cargo xtask <command>\n\n\
      commands:\n  \
-     bench [--quick] [-- <criterion args>]   run the benchmarks beside their raw baselines\n  \
+     bench [--quick] [--criterion] [-- <criterion args>]\n  \
+                                             scenarios beside raw baselines -> target/bench-report\n  \
      docs                                    build the workspace rustdoc, warnings denied"
 }
 

@@ -1,0 +1,285 @@
+//! Writing the report: JSON for tools, Markdown for people, SVG for the eye.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::measure::ScenarioResult;
+use crate::memory::Memory;
+
+#[derive(Serialize)]
+pub(crate) struct Report {
+    pub(crate) quick: bool,
+    pub(crate) machine: String,
+    pub(crate) scenarios: Vec<ScenarioResult>,
+    pub(crate) publisher_latency: serde_json::Value,
+    pub(crate) memory: Memory,
+}
+
+/// A target the benchmark reports on (nothing asserts it).
+struct Target {
+    what: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn find<'a>(report: &'a Report, name: &str, n: Option<u64>) -> Option<&'a ScenarioResult> {
+    report
+        .scenarios
+        .iter()
+        .filter(|s| s.name == name && n.is_none_or(|n| s.n == n))
+        .max_by_key(|s| s.n)
+}
+
+fn targets(report: &Report) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for name in ["async", "threaded"] {
+        if let Some(s) = find(report, name, None) {
+            targets.push(Target {
+                what: format!("{name} ratio >= 0.5 at N = 100,000"),
+                measured: format!("{:.2} at N = {}", s.ratio, s.n),
+                met: (s.n >= 100_000).then_some(s.ratio >= 0.5),
+            });
+        }
+    }
+    if let Some(s) = find(report, "publisher fan-out, 16 subscribers", None) {
+        targets.push(Target {
+            what: "publisher with 16 subscribers >= 0.5 of broadcast".into(),
+            measured: format!("{:.2}", s.ratio),
+            met: Some(s.ratio >= 0.5),
+        });
+    }
+    let small = find(report, "async", Some(10_000));
+    let large = find(report, "async", Some(1_000_000)).or_else(|| find(report, "async", None));
+    if let (Some(small), Some(large)) = (small, large)
+        && large.n > small.n
+    {
+        let growth = large.ns_per_task / small.ns_per_task;
+        targets.push(Target {
+            what: "cost per task at 1,000,000 <= 1.5x that at 10,000".into(),
+            measured: format!("{growth:.2}x (N = {} vs 10,000)", large.n),
+            met: (large.n >= 1_000_000).then_some(growth <= 1.5),
+        });
+    }
+    if let Some(s) = find(report, "process round trip", None) {
+        targets.push(Target {
+            what: "process round trip within 2x of a raw pipe".into(),
+            measured: format!("{:.2}x", 1.0 / s.ratio),
+            met: Some(s.ratio >= 0.5),
+        });
+    }
+    if let Some(s) = find(report, "process throughput, 2 workers", None) {
+        let per_second = 1e9 / s.ns_per_task;
+        targets.push(Target {
+            what: ">= 100,000 trivial tasks/s with 2 workers, pipelined".into(),
+            measured: format!("{per_second:.0} tasks/s"),
+            met: Some(per_second >= 100_000.0),
+        });
+    }
+    targets.push(Target {
+        what: "<= 200 bytes per retained closed job".into(),
+        measured: format!(
+            "{:.0} bytes ({} jobs)",
+            report.memory.bytes_per_retained_job, report.memory.jobs
+        ),
+        met: (report.memory.jobs >= 1_000_000)
+            .then_some(report.memory.bytes_per_retained_job <= 200.0),
+    });
+    targets.push(Target {
+        what: "bounded retention: memory flat (10%) from 1M to 10M tasks".into(),
+        measured: "not measured: the job table has no retention policy yet".into(),
+        met: None,
+    });
+    targets
+}
+
+pub(crate) fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmark report\n");
+    let _ = writeln!(
+        md,
+        "{}; {}. Each scenario ran beside its baseline in the same process, interleaved; figures are medians of the repetitions, per task. `ratio` is the baseline's cost divided by ours (1.00 = as fast as the raw baseline). Only ratios within one run mean anything on a shared machine.\n",
+        report.machine,
+        if report.quick {
+            "quick run (`--quick`): few repetitions, small N"
+        } else {
+            "full run"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | N | ours ns/task | baseline | baseline ns/task | ratio | ours min–max | reps |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---|---:|---:|---:|---:|");
+    for s in &report.scenarios {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.0}–{:.0} | {} |",
+            s.name,
+            s.n,
+            s.ns_per_task,
+            s.baseline,
+            s.baseline_ns_per_task,
+            s.ratio,
+            s.min,
+            s.max,
+            s.reps
+        );
+    }
+    let latency = &report.publisher_latency;
+    let _ = writeln!(
+        md,
+        "\nPublish-to-delivery latency, one message at a time to one subscriber ({} messages): publisher p50 {:.1} µs, p99 {:.1} µs; tokio::sync::broadcast p50 {:.1} µs, p99 {:.1} µs.\n",
+        latency["messages"],
+        latency["publisher"]["p50_us"].as_f64().unwrap_or(f64::NAN),
+        latency["publisher"]["p99_us"].as_f64().unwrap_or(f64::NAN),
+        latency["broadcast"]["p50_us"].as_f64().unwrap_or(f64::NAN),
+        latency["broadcast"]["p99_us"].as_f64().unwrap_or(f64::NAN),
+    );
+    let _ = writeln!(
+        md,
+        "Memory: {:.0} bytes of resident memory per retained closed job ({} jobs).\n",
+        report.memory.bytes_per_retained_job, report.memory.jobs
+    );
+    let _ = writeln!(md, "## Targets\n\n| target | measured | |\n|---|---|---|");
+    for t in targets(report) {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "missed",
+            None => "not measured in this run",
+        };
+        let _ = writeln!(md, "| {} | {} | {} |", t.what, t.measured, verdict);
+    }
+    md
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Two panels: each scenario's ratio as a bar, and async cost per task against N.
+pub(crate) fn svg(report: &Report) -> String {
+    let bar_h = 22.0;
+    let left = 330.0;
+    let width = 760.0;
+    let scale = 300.0; // pixels for ratio 1.0
+    let rows = report.scenarios.len() as f64;
+    let panel1 = 40.0 + rows * bar_h;
+    let height = panel1 + 260.0;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="20" font-size="14">Ratio to the raw baseline (1.0 = as fast)</text>"#
+    );
+    for (i, s) in report.scenarios.iter().enumerate() {
+        let y = 30.0 + i as f64 * bar_h;
+        let w = (s.ratio.min(1.5) * scale).max(1.0);
+        let color = if s.ratio >= 0.5 { "#4a90d9" } else { "#d9822b" };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{} (N={})</text><rect x="{left}" y="{}" width="{w:.1}" height="{}" fill="{color}"/><text x="{}" y="{}">{:.2}</text>"#,
+            left - 6.0,
+            y + 15.0,
+            escape(&s.name),
+            s.n,
+            y + 3.0,
+            bar_h - 6.0,
+            left + w + 4.0,
+            y + 15.0,
+            s.ratio
+        );
+    }
+    for (ratio, label) in [(0.5, "0.5"), (1.0, "1.0")] {
+        let x = left + ratio * scale;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x}" y1="28" x2="{x}" y2="{}" stroke="#888" stroke-dasharray="4 3"/><text x="{x}" y="{}" text-anchor="middle" fill="#555">{label}</text>"##,
+            panel1 - 8.0,
+            panel1 + 4.0
+        );
+    }
+    // Panel 2: async ns/task against N (log N).
+    let series: Vec<&ScenarioResult> = report
+        .scenarios
+        .iter()
+        .filter(|s| s.name == "async")
+        .collect();
+    let top = panel1 + 30.0;
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="{}" font-size="14">async: cost per task against N (ours solid, baseline dashed)</text>"#,
+        top
+    );
+    if series.len() >= 2 {
+        let (x0, x1, y0, y1) = (80.0, width - 40.0, top + 190.0, top + 20.0);
+        let lo = (series[0].n as f64).log10();
+        let hi = (series[series.len() - 1].n as f64).log10();
+        let max = series
+            .iter()
+            .map(|s| s.ns_per_task.max(s.baseline_ns_per_task))
+            .fold(0.0, f64::max)
+            * 1.1;
+        let px = |n: u64| x0 + ((n as f64).log10() - lo) / (hi - lo).max(1e-9) * (x1 - x0);
+        let py = |v: f64| y0 - v / max * (y0 - y1);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#000"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#000"/>"##
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{:.0} ns</text>"#,
+            x0 - 4.0,
+            y1 + 4.0,
+            max
+        );
+        for (dash, pick) in [("", true), ("6 4", false)] {
+            let points: Vec<String> = series
+                .iter()
+                .map(|s| {
+                    let v = if pick {
+                        s.ns_per_task
+                    } else {
+                        s.baseline_ns_per_task
+                    };
+                    format!("{:.1},{:.1}", px(s.n), py(v))
+                })
+                .collect();
+            let _ = writeln!(
+                svg,
+                r##"<polyline points="{}" fill="none" stroke="#4a90d9" stroke-width="2" stroke-dasharray="{dash}"/>"##,
+                points.join(" ")
+            );
+        }
+        for s in &series {
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" text-anchor="middle">{:.0}</text>"#,
+                px(s.n),
+                y0 + 16.0,
+                s.n,
+                px(s.n),
+                py(s.ns_per_task) - 6.0,
+                s.ns_per_task
+            );
+        }
+    }
+    let _ = writeln!(svg, "</svg>");
+    svg
+}
+
+pub(crate) fn write(report: &Report, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("report.json"), json)?;
+    std::fs::write(dir.join("report.md"), markdown(report))?;
+    std::fs::write(dir.join("report.svg"), svg(report))?;
+    Ok(())
+}

@@ -1,0 +1,483 @@
+//! The scenarios, each with its raw baseline.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, Node, NodeRegistry, PortableNode,
+    ProcessExecutionStrategy, RequestCompletionPublisher, RequestId, Task, TaskExecutionStrategy,
+    ThreadedExecutionStrategy,
+};
+use exec_strategies::process::wire::{self, ToWorker};
+use pubsub::Publisher;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+
+use crate::Progress;
+use crate::measure::{ScenarioResult, compare, percentile};
+
+/// The trivial process-capable node of the process scenarios.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Echo(pub(crate) u64);
+
+impl Node for Echo {
+    type Output = u64;
+    async fn invoke(self) -> Result<u64, BoxError> {
+        Ok(self.0)
+    }
+}
+
+impl PortableNode for Echo {
+    const NAME: &'static str = "echo";
+}
+
+pub(crate) fn registry() -> NodeRegistry {
+    let mut registry = NodeRegistry::new();
+    registry
+        .register::<Echo>()
+        .expect("one type under the name");
+    registry
+}
+
+fn ids(n: u64) -> Vec<RequestId> {
+    (0..n).map(|i| RequestId::from(format!("r{i}"))).collect()
+}
+
+/// A coordinator with the async strategy and a threaded strategy on `pool`.
+fn coordinator(
+    rt: &Runtime,
+    pool: &Arc<rayon::ThreadPool>,
+) -> (RequestCompletionPublisher, Coordinator) {
+    rt.block_on(async {
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().expect("start publisher");
+        let threaded = ThreadedExecutionStrategy::builder()
+            .pool(Arc::clone(pool))
+            .build()
+            .expect("threaded strategy");
+        let coordinator = Coordinator::builder()
+            .with_async()
+            .strategy(ExecutionMode::THREADED, threaded)
+            .build();
+        coordinator.start(&publisher).expect("start coordinator");
+        (publisher, coordinator)
+    })
+}
+
+fn raw_tokio(rt: &Runtime, ids: &[RequestId]) -> Duration {
+    let start = Instant::now();
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let expected = ids.len();
+        let collector = tokio::spawn(async move {
+            let mut seen: HashMap<RequestId, usize> = HashMap::with_capacity(expected);
+            while seen.len() < expected {
+                let Some((id, value)) = rx.recv().await else {
+                    break;
+                };
+                seen.insert(id, value);
+            }
+            seen.len()
+        });
+        for (i, id) in ids.iter().enumerate() {
+            let (tx, id) = (tx.clone(), id.clone());
+            tokio::spawn(async move {
+                let _ = tx.send((id, black_box(i)));
+            });
+        }
+        black_box(collector.await.expect("collector"));
+    });
+    start.elapsed()
+}
+
+fn through_coordinator(
+    rt: &Runtime,
+    coordinator: &Coordinator,
+    ids: &[RequestId],
+    threaded: bool,
+) -> Duration {
+    let start = Instant::now();
+    rt.block_on(async {
+        let calls = ids.iter().enumerate().map(|(i, id)| {
+            let task = if threaded {
+                Task::blocking(id.clone(), "trivial", move || {
+                    Ok::<_, BoxError>(black_box(i))
+                })
+            } else {
+                Task::from_fn(id.clone(), "trivial", move || async move {
+                    Ok::<_, BoxError>(black_box(i))
+                })
+            };
+            let mode = if threaded {
+                ExecutionMode::THREADED
+            } else {
+                ExecutionMode::ASYNC
+            };
+            coordinator.submit(task, mode)
+        });
+        let done = futures::future::join_all(calls).await;
+        assert!(
+            done.iter().all(Result::is_ok),
+            "every trivial task succeeds"
+        );
+    });
+    start.elapsed()
+}
+
+fn raw_rayon(pool: &rayon::ThreadPool, ids: &[RequestId]) -> Duration {
+    let start = Instant::now();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for (i, id) in ids.iter().enumerate() {
+        let (tx, id) = (tx.clone(), id.clone());
+        pool.spawn(move || {
+            let _ = tx.send((id, black_box(i)));
+        });
+    }
+    drop(tx);
+    let mut seen: HashMap<RequestId, usize> = HashMap::with_capacity(ids.len());
+    for (id, value) in rx.iter() {
+        seen.insert(id, value);
+    }
+    black_box(seen.len());
+    start.elapsed()
+}
+
+/// async and threaded through the coordinator at each N, and the async scaling series.
+pub(crate) fn local_strategies(
+    rt: &Runtime,
+    sizes: &[u64],
+    reps: usize,
+    progress: &mut Progress,
+) -> Vec<ScenarioResult> {
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("pool"),
+    );
+    let (publisher, coordinator) = coordinator(rt, &pool);
+    let mut results = Vec::new();
+    for &n in sizes {
+        let ids = ids(n);
+        results.push(compare(
+            "async",
+            n,
+            reps,
+            "tokio::spawn + mpsc + HashMap",
+            || through_coordinator(rt, &coordinator, &ids, false),
+            || raw_tokio(rt, &ids),
+            progress,
+        ));
+    }
+    let n = sizes[sizes.len().min(2) - 1];
+    let ids = ids(n);
+    results.push(compare(
+        "threaded",
+        n,
+        reps,
+        "rayon::spawn + crossbeam + HashMap",
+        || through_coordinator(rt, &coordinator, &ids, true),
+        || raw_rayon(&pool, &ids),
+        progress,
+    ));
+    rt.block_on(async {
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+    results
+}
+
+/// A child echoing frames back: the process baseline.
+struct EchoChild {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::process::ChildStdout,
+}
+
+impl EchoChild {
+    fn spawn() -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .env(crate::RAW_ECHO_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("echo child");
+        let to = child.stdin.take().expect("stdin");
+        let from = child.stdout.take().expect("stdout");
+        Self { child, to, from }
+    }
+}
+
+impl Drop for EchoChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side of the baseline: echo every frame.
+pub(crate) fn raw_echo() -> ! {
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut buf = Vec::new();
+    loop {
+        let mut header = [0; wire::HEADER_LEN];
+        if input.read_exact(&mut header).is_err() {
+            std::process::exit(0);
+        }
+        buf.resize(u32::from_le_bytes(header) as usize, 0);
+        let ok = input.read_exact(&mut buf).is_ok()
+            && output.write_all(&header).is_ok()
+            && output.write_all(&buf).is_ok()
+            && output.flush().is_ok();
+        if !ok {
+            std::process::exit(0);
+        }
+    }
+}
+
+pub(crate) fn process(
+    rt: &Runtime,
+    round_trips: u64,
+    pipelined: u64,
+    reps: usize,
+    progress: &mut Progress,
+) -> Vec<ScenarioResult> {
+    let strategy = rt.block_on(async {
+        ProcessExecutionStrategy::builder(registry())
+            .workers(2)
+            .tasks_per_worker(1024)
+            .start()
+            .await
+            .expect("worker pool")
+    });
+    let frame = wire::encode_frame(
+        &ToWorker::Run {
+            id: 1,
+            name: Echo::NAME.into(),
+            payload: task_core::encode(&Echo(7)).expect("encodable"),
+        },
+        wire::DEFAULT_MAX_FRAME,
+    )
+    .expect("small frame");
+    let mut echo = EchoChild::spawn();
+    let mut results = vec![compare(
+        "process round trip",
+        round_trips,
+        reps,
+        "raw length-prefixed pipe echo",
+        || {
+            let start = Instant::now();
+            rt.block_on(async {
+                for i in 0..round_trips {
+                    let task = Task::portable("r", Echo(i)).into_erased();
+                    black_box(strategy.execute(task).await.expect("echo"));
+                }
+            });
+            start.elapsed()
+        },
+        || {
+            let start = Instant::now();
+            let mut back = vec![0; frame.len()];
+            for _ in 0..round_trips {
+                echo.to.write_all(&frame).expect("write");
+                echo.to.flush().expect("flush");
+                echo.from.read_exact(&mut back).expect("read");
+            }
+            black_box(&back);
+            start.elapsed()
+        },
+        progress,
+    )];
+    let mut pair = [EchoChild::spawn(), EchoChild::spawn()];
+    results.push(compare(
+        "process throughput, 2 workers",
+        pipelined,
+        reps,
+        "raw pipelined pipe echo, 2 children",
+        || {
+            let start = Instant::now();
+            rt.block_on(async {
+                let calls = (0..pipelined)
+                    .map(|i| strategy.execute(Task::portable("r", Echo(i)).into_erased()));
+                let done = futures::future::join_all(calls).await;
+                assert!(done.iter().all(Result::is_ok));
+            });
+            start.elapsed()
+        },
+        || {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for child in pair.iter_mut() {
+                    let count = pipelined / 2;
+                    let frame = &frame;
+                    let EchoChild { to, from, .. } = child;
+                    scope.spawn(move || {
+                        let mut out = std::io::BufWriter::new(to);
+                        for _ in 0..count {
+                            out.write_all(frame).expect("write");
+                        }
+                        out.flush().expect("flush");
+                    });
+                    scope.spawn(move || {
+                        let mut back = vec![0; frame.len()];
+                        let mut input = std::io::BufReader::new(from);
+                        for _ in 0..count {
+                            input.read_exact(&mut back).expect("read");
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        },
+        progress,
+    ));
+    rt.block_on(strategy.shutdown(Duration::from_secs(5)));
+    results
+}
+
+async fn publish_all(publisher: &Publisher<u64>, subscribers: usize, messages: u64) {
+    let readers: Vec<_> = (0..subscribers)
+        .map(|_| {
+            let mut stream = publisher.subscribe_stream().expect("subscribe");
+            tokio::spawn(async move {
+                let mut n = 0_u64;
+                while stream.recv().await.is_some() {
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for i in 0..messages {
+        publisher.publish(i).await.expect("running");
+    }
+    publisher.shutdown().await;
+    for reader in readers {
+        assert_eq!(reader.await.expect("reader"), messages);
+    }
+}
+
+async fn broadcast_all(subscribers: usize, messages: u64) {
+    use tokio::sync::broadcast::error::RecvError;
+    let (tx, _) = tokio::sync::broadcast::channel::<u64>(1024);
+    let readers: Vec<_> = (0..subscribers)
+        .map(|_| {
+            let mut rx = tx.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(m) => {
+                            black_box(m);
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..messages {
+        tx.send(i).expect("receivers alive");
+    }
+    drop(tx);
+    for reader in readers {
+        reader.await.expect("reader");
+    }
+}
+
+/// Publish-to-delivery latency of one message at a time to one subscriber, in microseconds.
+fn latencies(rt: &Runtime, messages: usize, ours: bool) -> (f64, f64) {
+    rt.block_on(async {
+        let samples = Arc::new(Mutex::new(Vec::with_capacity(messages)));
+        if ours {
+            let publisher = Publisher::<Instant>::new();
+            publisher.start().expect("start");
+            let mut stream = publisher.subscribe_stream().expect("subscribe");
+            let sink = Arc::clone(&samples);
+            let reader = tokio::spawn(async move {
+                while let Some(sent) = stream.recv().await {
+                    sink.lock()
+                        .expect("samples")
+                        .push(sent.elapsed().as_secs_f64() * 1e6);
+                }
+            });
+            for i in 0..messages {
+                publisher.publish(Instant::now()).await.expect("running");
+                while samples.lock().expect("samples").len() <= i {
+                    tokio::task::yield_now().await;
+                }
+            }
+            publisher.shutdown().await;
+            reader.await.expect("reader");
+        } else {
+            let (tx, mut rx) = tokio::sync::broadcast::channel::<Instant>(1024);
+            let sink = Arc::clone(&samples);
+            let reader = tokio::spawn(async move {
+                while let Ok(sent) = rx.recv().await {
+                    sink.lock()
+                        .expect("samples")
+                        .push(sent.elapsed().as_secs_f64() * 1e6);
+                }
+            });
+            for i in 0..messages {
+                tx.send(Instant::now()).expect("receiver alive");
+                while samples.lock().expect("samples").len() <= i {
+                    tokio::task::yield_now().await;
+                }
+            }
+            drop(tx);
+            reader.await.expect("reader");
+        }
+        let mut values = samples.lock().expect("samples").clone();
+        (percentile(&mut values, 50.0), percentile(&mut values, 99.0))
+    })
+}
+
+pub(crate) fn publisher(
+    rt: &Runtime,
+    messages: u64,
+    reps: usize,
+    progress: &mut Progress,
+) -> Vec<ScenarioResult> {
+    let mut results = Vec::new();
+    for subscribers in [1_usize, 4, 16] {
+        results.push(compare(
+            &format!("publisher fan-out, {subscribers} subscribers"),
+            messages,
+            reps,
+            "tokio::sync::broadcast",
+            || {
+                let start = Instant::now();
+                rt.block_on(async {
+                    let publisher = Publisher::<u64>::with_capacity(1024);
+                    publisher.start().expect("start");
+                    publish_all(&publisher, subscribers, messages).await;
+                });
+                start.elapsed()
+            },
+            || {
+                let start = Instant::now();
+                rt.block_on(broadcast_all(subscribers, messages));
+                start.elapsed()
+            },
+            progress,
+        ));
+    }
+    results
+}
+
+/// Publish-to-delivery latency, ours and tokio::sync::broadcast's, one message at a time.
+pub(crate) fn publisher_latency(rt: &Runtime, samples: usize) -> serde_json::Value {
+    let (p50, p99) = latencies(rt, samples, true);
+    let (b50, b99) = latencies(rt, samples, false);
+    serde_json::json!({
+        "messages": samples,
+        "publisher": { "p50_us": p50, "p99_us": p99 },
+        "broadcast": { "p50_us": b50, "p99_us": b99 },
+    })
+}
