@@ -2,7 +2,9 @@
 //!
 //! - `bench [--quick] [--criterion] [-- <criterion args>]`: every scenario beside its raw
 //!   baseline in one run, reported in `target/bench-report/`; optionally the criterion benches.
-//! - `docs`: the workspace's rustdoc, with warnings (broken intra-doc links included) denied.
+//! - `docs [--check]`: generates `docs/components/task_execution.md` from the crates' sources
+//!   (`--check`: fails when the committed one is stale), then builds the rustdoc with warnings
+//!   (broken intra-doc links included) denied.
 
 mod bench;
 mod docs;
@@ -27,11 +29,14 @@ fn main() -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <command>\n\n\
-     commands:\n  \
-     bench [--quick] [--criterion] [-- <criterion args>]\n  \
-                                             scenarios beside raw baselines -> target/bench-report\n  \
-     docs                                    build the workspace rustdoc, warnings denied"
+    r"usage: cargo xtask <command>
+
+commands:
+  bench [--quick] [--criterion] [-- <criterion args>]
+        every scenario beside its raw baseline, in one run -> target/bench-report/
+  docs [--check]
+        generate docs/components/task_execution.md (--check: fail if stale),
+        then build the rustdoc with warnings denied"
 }
 
 /// Runs `cargo` with `args` from the workspace root, failing when it fails.

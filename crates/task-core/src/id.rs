@@ -22,12 +22,8 @@ fn generate(kind: char) -> Arc<str> {
     format!("{kind}-{prefix:016x}-{n:x}").into()
 }
 
-macro_rules! id_type {
-    ($(#[$meta:meta])* $name:ident, $kind:literal) => {
-        $(#[$meta])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
-
+macro_rules! id_impls {
+    ($name:ident, $kind:literal) => {
         impl $name {
             /// Creates an id from any string; the caller is responsible for its uniqueness.
             pub fn new(id: impl Into<Arc<str>>) -> Self {
@@ -110,33 +106,33 @@ macro_rules! id_type {
     };
 }
 
-id_type!(
-    /// Identifies one request: one submission of a task, and the job that tracks it.
-    ///
-    /// Bring your own (`RequestId::from("123")`) or generate one with [`RequestId::generate`].
-    /// Cloning is a reference-count increment.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use task_core::RequestId;
-    ///
-    /// let mine = RequestId::from("123");
-    /// assert_eq!(mine.as_str(), "123");
-    /// assert_ne!(RequestId::generate(), RequestId::generate());
-    /// ```
-    RequestId,
-    'r'
-);
+/// Identifies one request: one submission of a task, and the job that tracks it.
+///
+/// Bring your own (`RequestId::from("123")`) or generate one with [`RequestId::generate`].
+/// Cloning is a reference-count increment.
+///
+/// # Examples
+///
+/// ```
+/// use task_core::RequestId;
+///
+/// let mine = RequestId::from("123");
+/// assert_eq!(mine.as_str(), "123");
+/// assert_ne!(RequestId::generate(), RequestId::generate());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(Arc<str>);
 
-id_type!(
-    /// Identifies one node instance: the unit of work a task runs.
-    ///
-    /// A job records the node it ran (its child node) and the node that submitted it (its parent).
-    /// Cloning is a reference-count increment.
-    NodeId,
-    'n'
-);
+id_impls!(RequestId, 'r');
+
+/// Identifies one node instance: the unit of work a task runs.
+///
+/// A job records the node it ran (its child node) and the node that submitted it (its parent).
+/// Cloning is a reference-count increment.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Arc<str>);
+
+id_impls!(NodeId, 'n');
 
 #[cfg(test)]
 mod tests {
