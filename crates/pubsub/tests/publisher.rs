@@ -304,3 +304,53 @@ fn public_types_are_send_and_sync() {
     send::<pubsub::Subscription<pubsub::RequestCompletionMessage>>();
     send::<pubsub::Listener<pubsub::RequestCompletionMessage, String>>();
 }
+
+/// A waker that counts its wake-ups.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_idle_publisher_never_wakes_its_subscribers() {
+    use futures::Stream;
+    use std::future::Future;
+    use std::sync::atomic::Ordering;
+    use std::task::{Context, Poll, Waker};
+
+    let p = started::<u32>(16);
+    let mut stream = p.subscribe_stream().unwrap();
+    let mut listener = Box::pin(p.listener(|m: &u32| *m == 1, |m| m));
+    let counter = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = Waker::from(Arc::clone(&counter));
+    let mut cx = Context::from_waker(&waker);
+    assert!(
+        std::pin::Pin::new(&mut stream)
+            .poll_next(&mut cx)
+            .is_pending()
+    );
+    assert!(listener.as_mut().poll(&mut cx).is_pending());
+    // Idle: a publisher that polled (on a timer or by re-waking itself) would wake them here.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        0,
+        "an idle publisher woke a subscriber"
+    );
+    futures::executor::block_on(p.publish(1)).unwrap();
+    assert!(
+        counter.0.load(Ordering::SeqCst) >= 1,
+        "a publish wakes them"
+    );
+    assert_eq!(
+        std::pin::Pin::new(&mut stream).poll_next(&mut cx),
+        Poll::Ready(Some(1))
+    );
+    assert!(matches!(
+        listener.as_mut().poll(&mut cx),
+        Poll::Ready(Ok(1))
+    ));
+}
