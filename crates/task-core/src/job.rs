@@ -1,9 +1,9 @@
 //! [`Job`]: the lifecycle record of one request.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,91 +66,37 @@ impl FromStr for JobResult {
 /// The lifecycle record of one request: which node ran it, who asked, when, and how it ended.
 ///
 /// Created opened, with a start time, when the coordinator accepts a task; closed exactly once with
-/// a result and an end time.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// a result and an end time. Times are kept to the microsecond.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
-    request_id: RequestId,
-    parent_node_id: Option<NodeId>,
-    child_node_id: NodeId,
-    node_name: Arc<str>,
+    /// The task's ids and name, shared with the task (no copies of the strings).
+    info: TaskInfo,
     status: JobStatus,
     result: Option<JobResult>,
-    #[serde(with = "unix_seconds")]
-    start_time: SystemTime,
-    #[serde(with = "unix_seconds::option")]
-    end_time: Option<SystemTime>,
+    /// Microseconds since the Unix epoch.
+    started: u64,
+    ended: Option<NonZeroU64>,
 }
 
-/// Times serialize as seconds since the Unix epoch, with a fraction (microsecond precision in
-/// practice): plain numbers that any JSON reader can sort and subtract.
-mod unix_seconds {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
 
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    fn to_secs(t: SystemTime) -> f64 {
-        match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => d.as_secs_f64(),
-            Err(e) => -e.duration().as_secs_f64(),
-        }
-    }
-
-    fn from_secs(secs: f64) -> Option<SystemTime> {
-        let magnitude = Duration::try_from_secs_f64(secs.abs()).ok()?;
-        if secs >= 0.0 {
-            UNIX_EPOCH.checked_add(magnitude)
-        } else {
-            UNIX_EPOCH.checked_sub(magnitude)
-        }
-    }
-
-    pub(super) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(to_secs(*t))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let secs = f64::deserialize(d)?;
-        from_secs(secs).ok_or_else(|| serde::de::Error::custom("time out of range"))
-    }
-
-    pub(super) mod option {
-        use super::*;
-
-        pub(in super::super) fn serialize<S: Serializer>(
-            t: &Option<SystemTime>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => s.serialize_some(&to_secs(*t)),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<SystemTime>, D::Error> {
-            match Option::<f64>::deserialize(d)? {
-                Some(secs) => from_secs(secs)
-                    .map(Some)
-                    .ok_or_else(|| serde::de::Error::custom("time out of range")),
-                None => Ok(None),
-            }
-        }
-    }
+fn from_micros(micros: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros)
 }
 
 impl Job {
     /// An opened job for `task`, started now.
     pub fn open(task: &TaskInfo) -> Self {
         Self {
-            request_id: task.request_id().clone(),
-            parent_node_id: task.parent_id().cloned(),
-            child_node_id: task.node_id().clone(),
-            node_name: task.name().into(),
+            info: task.clone(),
             status: JobStatus::Opened,
             result: None,
-            start_time: SystemTime::now(),
-            end_time: None,
+            started: micros_now(),
+            ended: None,
         }
     }
 
@@ -158,27 +104,34 @@ impl Job {
     pub(crate) fn close(&mut self, result: JobResult) {
         self.status = JobStatus::Closed;
         self.result = Some(result);
-        self.end_time = Some(SystemTime::now());
+        // Never before the start, and never zero (zero would read as "open").
+        let ended = micros_now().max(self.started).max(1);
+        self.ended = NonZeroU64::new(ended);
     }
 
     /// The request this job tracks.
     pub fn request_id(&self) -> &RequestId {
-        &self.request_id
+        self.info.request_id()
     }
 
     /// The node that submitted the request, or `None` for a top-level request.
     pub fn parent_node_id(&self) -> Option<&NodeId> {
-        self.parent_node_id.as_ref()
+        self.info.parent_id()
     }
 
     /// The node that ran the request.
     pub fn child_node_id(&self) -> &NodeId {
-        &self.child_node_id
+        self.info.node_id()
     }
 
     /// The name of the node that ran the request.
     pub fn node_name(&self) -> &str {
-        &self.node_name
+        self.info.name()
+    }
+
+    /// The task's description (request, node, parent, name).
+    pub fn info(&self) -> &TaskInfo {
+        &self.info
     }
 
     /// Opened or closed.
@@ -193,16 +146,83 @@ impl Job {
 
     /// When the job was opened.
     pub fn start_time(&self) -> SystemTime {
-        self.start_time
+        from_micros(self.started)
     }
 
     /// When the job was closed; `None` while it is open.
     pub fn end_time(&self) -> Option<SystemTime> {
-        self.end_time
+        self.ended.map(|e| from_micros(e.get()))
     }
 
     /// How long the job ran, once closed.
-    pub fn duration(&self) -> Option<std::time::Duration> {
-        self.end_time?.duration_since(self.start_time).ok()
+    pub fn duration(&self) -> Option<Duration> {
+        self.ended
+            .map(|e| Duration::from_micros(e.get().saturating_sub(self.started)))
+    }
+}
+
+/// The serialized form: flat fields, times as seconds since the Unix epoch (with a fraction),
+/// plain numbers that any JSON reader can sort and subtract.
+#[derive(Serialize, Deserialize)]
+struct JobWire {
+    request_id: RequestId,
+    parent_node_id: Option<NodeId>,
+    child_node_id: NodeId,
+    node_name: String,
+    status: JobStatus,
+    result: Option<JobResult>,
+    start_time: f64,
+    end_time: Option<f64>,
+}
+
+fn secs(micros: u64) -> f64 {
+    micros as f64 / 1e6
+}
+
+fn micros(secs: f64) -> Result<u64, String> {
+    if secs.is_finite() && secs >= 0.0 {
+        Ok((secs * 1e6).round() as u64)
+    } else {
+        Err(format!(
+            "time {secs} is not a non-negative number of seconds"
+        ))
+    }
+}
+
+impl Serialize for Job {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        JobWire {
+            request_id: self.info.request_id().clone(),
+            parent_node_id: self.info.parent_id().cloned(),
+            child_node_id: self.info.node_id().clone(),
+            node_name: self.info.name().to_owned(),
+            status: self.status,
+            result: self.result,
+            start_time: secs(self.started),
+            end_time: self.ended.map(|e| secs(e.get())),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Job {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let w = JobWire::deserialize(deserializer)?;
+        let started = micros(w.start_time).map_err(D::Error::custom)?;
+        let ended = match w.end_time {
+            Some(t) => Some(
+                NonZeroU64::new(micros(t).map_err(D::Error::custom)?.max(1))
+                    .ok_or_else(|| D::Error::custom("end time"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            info: TaskInfo::new(w.request_id, w.child_node_id, w.parent_node_id, w.node_name),
+            status: w.status,
+            result: w.result,
+            started,
+            ended,
+        })
     }
 }

@@ -80,6 +80,16 @@ fn main() {
     coordinator::run_worker_if_requested(&scenarios::registry());
 
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, jobs] = args.as_slice()
+        && flag == memory::CHILD_FLAG
+    {
+        let jobs = jobs.parse().expect("a job count");
+        println!(
+            "{}",
+            serde_json::to_string(&memory::retained(jobs)).expect("serializable")
+        );
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let out = args
         .iter()
@@ -119,7 +129,7 @@ fn main() {
     eprintln!("publisher latency ...");
     let publisher_latency = scenarios::publisher_latency(&rt, if quick { 1_000 } else { 5_000 });
     eprintln!("memory: {jobs} retained closed jobs ...");
-    let memory = memory::retained(jobs);
+    let memory = memory::retained_in_child(jobs);
 
     let report = report::Report {
         quick,

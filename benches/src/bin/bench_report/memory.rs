@@ -3,7 +3,7 @@
 use coordinator::{CoordinatorState, JobResult, NodeId, RequestId, TaskInfo};
 use serde::Serialize;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub(crate) struct Memory {
     /// Closed jobs retained in the table.
     pub(crate) jobs: u64,
@@ -53,4 +53,17 @@ pub(crate) fn retained(jobs: u64) -> Memory {
     };
     std::hint::black_box(state.len());
     memory
+}
+
+/// The flag that makes this binary measure memory and print it as JSON.
+pub(crate) const CHILD_FLAG: &str = "--measure-retained-jobs";
+
+/// Measures in a fresh copy of this process, so memory freed by earlier scenarios cannot be
+/// reused and hide the table's growth.
+pub(crate) fn retained_in_child(jobs: u64) -> Memory {
+    let output = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .args([CHILD_FLAG, &jobs.to_string()])
+        .output()
+        .expect("memory child");
+    serde_json::from_slice(&output.stdout).expect("the child prints the measurement as JSON")
 }
