@@ -19,7 +19,17 @@ fn generate(kind: char) -> Arc<str> {
         RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{kind}-{prefix:016x}-{n:x}").into()
+    // Formatted on the stack, so the id costs one allocation (the Arc), not two.
+    let mut buf = [0_u8; 40];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let written =
+        std::io::Write::write_fmt(&mut cursor, format_args!("{kind}-{prefix:016x}-{n:x}"));
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    match (written, std::str::from_utf8(&buf[..len])) {
+        (Ok(()), Ok(id)) => Arc::from(id),
+        // Unreachable in practice (at most 36 ASCII bytes); fall back to the allocating path.
+        _ => format!("{kind}-{prefix:016x}-{n:x}").into(),
+    }
 }
 
 macro_rules! id_impls {
@@ -138,6 +148,19 @@ id_impls!(NodeId, 'n');
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn generated_ids_have_the_documented_shape() {
+        let id = RequestId::generate();
+        let parts: Vec<&str> = id.as_str().split('-').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], "r");
+        assert_eq!(parts[1].len(), 16);
+        assert!(u64::from_str_radix(parts[2], 16).is_ok());
+        // The largest possible id still fits the stack buffer.
+        let widest = format!("n-{:016x}-{:x}", u64::MAX, u64::MAX);
+        assert!(widest.len() <= 40);
+    }
 
     #[test]
     fn generated_ids_are_unique() {
