@@ -11,64 +11,15 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use benches::{Echo, raw_echo_child, registry};
 use coordinator::{
-    BoxError, Node, NodeRegistry, PortableNode, ProcessExecutionStrategy, Task,
-    TaskExecutionStrategy, run_worker_if_requested,
+    PortableNode, ProcessExecutionStrategy, Task, TaskExecutionStrategy, run_worker_if_requested,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 use exec_strategies::process::wire::{self, ToWorker};
-use serde::{Deserialize, Serialize};
-
-#[derive(Serialize, Deserialize)]
-struct Echo(u64);
-
-impl Node for Echo {
-    type Output = u64;
-    async fn invoke(self) -> Result<u64, BoxError> {
-        Ok(self.0)
-    }
-}
-
-impl PortableNode for Echo {
-    const NAME: &'static str = "echo";
-}
-
-fn registry() -> NodeRegistry {
-    let mut registry = NodeRegistry::new();
-    registry.register::<Echo>().expect("one registration");
-    registry
-}
-
-/// The baseline's child: echoes every frame back, as fast as pipes allow.
-fn raw_echo() -> ! {
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
-    let mut buf = Vec::new();
-    loop {
-        let mut header = [0; wire::HEADER_LEN];
-        if input.read_exact(&mut header).is_err() {
-            std::process::exit(0);
-        }
-        let len = u32::from_le_bytes(header) as usize;
-        buf.resize(len, 0);
-        if input.read_exact(&mut buf).is_err() {
-            std::process::exit(0);
-        }
-        let ok = output.write_all(&header).is_ok()
-            && output.write_all(&buf).is_ok()
-            && output.flush().is_ok();
-        if !ok {
-            std::process::exit(0);
-        }
-    }
-}
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = benches::runtime();
     let strategy = rt.block_on(async {
         ProcessExecutionStrategy::builder(registry())
             .workers(2)
@@ -83,7 +34,7 @@ fn bench(c: &mut Criterion) {
     let frame = wire::encode_frame(
         &ToWorker::Run {
             id: 1,
-            name: "echo".into(),
+            name: Echo::NAME.into(),
             payload,
         },
         wire::DEFAULT_MAX_FRAME,
@@ -142,7 +93,7 @@ fn bench(c: &mut Criterion) {
 
 fn main() {
     if std::env::var_os("RAW_ECHO").is_some() {
-        raw_echo();
+        raw_echo_child();
     }
     run_worker_if_requested(&registry());
     let mut criterion = Criterion::default().configure_from_args();

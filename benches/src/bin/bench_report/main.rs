@@ -75,9 +75,9 @@ impl Progress {
 
 fn main() {
     if std::env::var_os(RAW_ECHO_ENV).is_some() {
-        scenarios::raw_echo();
+        benches::raw_echo_child();
     }
-    coordinator::run_worker_if_requested(&scenarios::registry());
+    coordinator::run_worker_if_requested(&benches::registry());
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, jobs] = args.as_slice()
@@ -97,11 +97,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map_or_else(|| PathBuf::from("target/bench-report"), PathBuf::from);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = benches::runtime();
     let (sizes, reps, round_trips, pipelined, messages, jobs): (&[u64], usize, u64, u64, u64, u64) =
         if quick {
             (&[10_000, 100_000], 3, 300, 10_000, 10_000, 200_000)

@@ -1,150 +1,24 @@
 //! The scenarios, each with its raw baseline.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use benches::{
+    Echo, raw_rayon_spawn_crossbeam, raw_tokio_spawn_channel, registry, request_ids,
+    started_coordinator, submit_trivial,
+};
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, Node, NodeRegistry, PortableNode,
-    ProcessExecutionStrategy, RequestCompletionPublisher, RequestId, Task, TaskExecutionStrategy,
-    ThreadedExecutionStrategy,
+    ExecutionMode, PortableNode, ProcessExecutionStrategy, Task, TaskExecutionStrategy,
 };
 use exec_strategies::process::wire::{self, ToWorker};
 use pubsub::Publisher;
-use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
 use crate::Progress;
 use crate::measure::{ScenarioResult, compare, percentile};
-
-/// The trivial process-capable node of the process scenarios.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Echo(pub(crate) u64);
-
-impl Node for Echo {
-    type Output = u64;
-    async fn invoke(self) -> Result<u64, BoxError> {
-        Ok(self.0)
-    }
-}
-
-impl PortableNode for Echo {
-    const NAME: &'static str = "echo";
-}
-
-pub(crate) fn registry() -> NodeRegistry {
-    let mut registry = NodeRegistry::new();
-    registry
-        .register::<Echo>()
-        .expect("one type under the name");
-    registry
-}
-
-fn ids(n: u64) -> Vec<RequestId> {
-    (0..n).map(|i| RequestId::from(format!("r{i}"))).collect()
-}
-
-/// A coordinator with the async strategy and a threaded strategy on `pool`.
-fn coordinator(
-    rt: &Runtime,
-    pool: &Arc<rayon::ThreadPool>,
-) -> (RequestCompletionPublisher, Coordinator) {
-    rt.block_on(async {
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().expect("start publisher");
-        let threaded = ThreadedExecutionStrategy::builder()
-            .pool(Arc::clone(pool))
-            .build()
-            .expect("threaded strategy");
-        let coordinator = Coordinator::builder()
-            .with_async()
-            .strategy(ExecutionMode::THREADED, threaded)
-            .build();
-        coordinator.start(&publisher).expect("start coordinator");
-        (publisher, coordinator)
-    })
-}
-
-fn raw_tokio(rt: &Runtime, ids: &[RequestId]) -> Duration {
-    let start = Instant::now();
-    rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let expected = ids.len();
-        let collector = tokio::spawn(async move {
-            let mut seen: HashMap<RequestId, usize> = HashMap::with_capacity(expected);
-            while seen.len() < expected {
-                let Some((id, value)) = rx.recv().await else {
-                    break;
-                };
-                seen.insert(id, value);
-            }
-            seen.len()
-        });
-        for (i, id) in ids.iter().enumerate() {
-            let (tx, id) = (tx.clone(), id.clone());
-            tokio::spawn(async move {
-                let _ = tx.send((id, black_box(i)));
-            });
-        }
-        black_box(collector.await.expect("collector"));
-    });
-    start.elapsed()
-}
-
-fn through_coordinator(
-    rt: &Runtime,
-    coordinator: &Coordinator,
-    ids: &[RequestId],
-    threaded: bool,
-) -> Duration {
-    let start = Instant::now();
-    rt.block_on(async {
-        let calls = ids.iter().enumerate().map(|(i, id)| {
-            let task = if threaded {
-                Task::blocking(id.clone(), "trivial", move || {
-                    Ok::<_, BoxError>(black_box(i))
-                })
-            } else {
-                Task::from_fn(id.clone(), "trivial", move || async move {
-                    Ok::<_, BoxError>(black_box(i))
-                })
-            };
-            let mode = if threaded {
-                ExecutionMode::THREADED
-            } else {
-                ExecutionMode::ASYNC
-            };
-            coordinator.submit(task, mode)
-        });
-        let done = futures::future::join_all(calls).await;
-        assert!(
-            done.iter().all(Result::is_ok),
-            "every trivial task succeeds"
-        );
-    });
-    start.elapsed()
-}
-
-fn raw_rayon(pool: &rayon::ThreadPool, ids: &[RequestId]) -> Duration {
-    let start = Instant::now();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    for (i, id) in ids.iter().enumerate() {
-        let (tx, id) = (tx.clone(), id.clone());
-        pool.spawn(move || {
-            let _ = tx.send((id, black_box(i)));
-        });
-    }
-    drop(tx);
-    let mut seen: HashMap<RequestId, usize> = HashMap::with_capacity(ids.len());
-    for (id, value) in rx.iter() {
-        seen.insert(id, value);
-    }
-    black_box(seen.len());
-    start.elapsed()
-}
 
 /// async and threaded through the coordinator at each N, and the async scaling series.
 pub(crate) fn local_strategies(
@@ -159,29 +33,29 @@ pub(crate) fn local_strategies(
             .build()
             .expect("pool"),
     );
-    let (publisher, coordinator) = coordinator(rt, &pool);
+    let (publisher, coordinator) = started_coordinator(rt, Some(&pool));
     let mut results = Vec::new();
     for &n in sizes {
-        let ids = ids(n);
+        let ids = request_ids(n);
         results.push(compare(
             "async",
             n,
             reps,
             "tokio::spawn + mpsc + HashMap",
-            || through_coordinator(rt, &coordinator, &ids, false),
-            || raw_tokio(rt, &ids),
+            || submit_trivial(rt, &coordinator, &ids, &ExecutionMode::ASYNC),
+            || raw_tokio_spawn_channel(rt, &ids),
             progress,
         ));
     }
     let n = sizes[sizes.len().min(2) - 1];
-    let ids = ids(n);
+    let ids = request_ids(n);
     results.push(compare(
         "threaded",
         n,
         reps,
         "rayon::spawn + crossbeam + HashMap",
-        || through_coordinator(rt, &coordinator, &ids, true),
-        || raw_rayon(&pool, &ids),
+        || submit_trivial(rt, &coordinator, &ids, &ExecutionMode::THREADED),
+        || raw_rayon_spawn_crossbeam(&pool, &ids),
         progress,
     ));
     rt.block_on(async {
@@ -216,27 +90,6 @@ impl Drop for EchoChild {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// The child's side of the baseline: echo every frame.
-pub(crate) fn raw_echo() -> ! {
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut buf = Vec::new();
-    loop {
-        let mut header = [0; wire::HEADER_LEN];
-        if input.read_exact(&mut header).is_err() {
-            std::process::exit(0);
-        }
-        buf.resize(u32::from_le_bytes(header) as usize, 0);
-        let ok = input.read_exact(&mut buf).is_ok()
-            && output.write_all(&header).is_ok()
-            && output.write_all(&buf).is_ok()
-            && output.flush().is_ok();
-        if !ok {
-            std::process::exit(0);
-        }
     }
 }
 
