@@ -1,8 +1,11 @@
 //! The parent side: spawning, supervising and talking to worker processes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -14,9 +17,11 @@ use task_core::{
     BoxFuture, ErasedTask, NodeRegistry, Outcome, StrategyStats, TaskError, TaskExecutionStrategy,
     WorkerStats,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorker};
 use super::worker::{MAX_FRAME_ENV, THREADS_ENV, WORKER_ENV};
@@ -310,8 +315,8 @@ struct Pending {
 struct Slot {
     id: u64,
     pid: u32,
-    /// Dropping it closes the worker's stdin: the worker finishes what it has and exits.
-    frames: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The worker's stdin. Closing it lets the worker finish what it has and exit.
+    input: Option<Arc<WorkerInput>>,
     kill: Option<oneshot::Sender<String>>,
     pending: HashMap<u64, Pending>,
     given: u64,
@@ -354,7 +359,6 @@ struct Shared {
 /// An installed worker with the receiving ends of its slot's channels.
 struct Live {
     worker: Started,
-    frames: mpsc::UnboundedReceiver<Vec<u8>>,
     kill: oneshot::Receiver<String>,
 }
 
@@ -363,7 +367,7 @@ struct Started {
     id: u64,
     pid: u32,
     child: Child,
-    stdin: ChildStdin,
+    input: Arc<WorkerInput>,
     stdout: BufReader<ChildStdout>,
 }
 
@@ -479,21 +483,30 @@ impl Shared {
                         .collect();
                     if missing.is_empty() {
                         let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(worker = id, pid, slot, "worker ready");
-                        return Ok(Started {
-                            id,
-                            pid,
-                            child,
-                            stdin,
-                            stdout,
-                        });
+                        match WorkerInput::new(stdin) {
+                            Ok(input) => {
+                                tracing::debug!(worker = id, pid, slot, "worker ready");
+                                return Ok(Started {
+                                    id,
+                                    pid,
+                                    child,
+                                    input: Arc::new(input),
+                                    stdout,
+                                });
+                            }
+                            Err(e) => ProcessError::new(
+                                ErrorKind::Spawn,
+                                format!("cannot set up the worker's input: {e}"),
+                            ),
+                        }
+                    } else {
+                        ProcessError::new(
+                            ErrorKind::Handshake,
+                            format!(
+                                "the worker's registry lacks {missing:?}: it is not the same program"
+                            ),
+                        )
                     }
-                    ProcessError::new(
-                        ErrorKind::Handshake,
-                        format!(
-                            "the worker's registry lacks {missing:?}: it is not the same program"
-                        ),
-                    )
                 }
             }
             Ok(Ok(Some(FromWorker::Done { .. }))) => ProcessError::new(
@@ -560,12 +573,11 @@ impl Shared {
 
     /// Makes a started worker available for dispatch in `slot`.
     fn install(&self, slot: usize, worker: Started) -> Live {
-        let (frames_tx, frames_rx) = mpsc::unbounded_channel();
         let (kill_tx, kill_rx) = oneshot::channel::<String>();
         self.lock().slots[slot] = Some(Slot {
             id: worker.id,
             pid: worker.pid,
-            frames: Some(frames_tx),
+            input: Some(Arc::clone(&worker.input)),
             kill: Some(kill_tx),
             pending: HashMap::new(),
             given: 0,
@@ -575,7 +587,6 @@ impl Shared {
         self.ready.notify_waiters();
         Live {
             worker,
-            frames: frames_rx,
             kill: kill_rx,
         }
     }
@@ -584,17 +595,16 @@ impl Shared {
     async fn run_worker(&self, slot: usize, live: Live) {
         let Live {
             worker,
-            frames,
             kill: kill_rx,
         } = live;
         let Started {
             id,
             pid,
             mut child,
-            stdin,
+            input,
             mut stdout,
         } = worker;
-        let writer = self.runtime.spawn(write_frames(stdin, frames));
+        let writer = self.runtime.spawn(finish_writes(input));
 
         let reason = tokio::select! {
             reason = self.read_answers(slot, &mut stdout) => reason,
@@ -646,7 +656,9 @@ impl Shared {
             worker.completed += 1;
             if worker.draining && worker.pending.is_empty() {
                 // Recycled: close its input; it exits once idle and the slot gets a new worker.
-                worker.frames = None;
+                if let Some(input) = worker.input.take() {
+                    input.close();
+                }
             }
             drop(state);
             let _ = pending.reply.send(outcome);
@@ -679,11 +691,14 @@ impl Shared {
                     .slots
                     .iter_mut()
                     .flatten()
-                    .filter(|w| !w.draining && w.frames.is_some())
+                    .filter(|w| !w.draining && w.input.is_some())
                     .min_by_key(|w| w.pending.len());
                 if let Some(worker) = chosen {
                     let (reply, answer) = oneshot::channel();
-                    let sent = worker.frames.as_ref().map(|f| f.send(frame));
+                    // Written from this thread straight into the pipe (no hop through the
+                    // supervisor) while the lock keeps frames of concurrent dispatches whole
+                    // and in order.
+                    let sent = worker.input.as_ref().map(|input| input.send(&frame));
                     if !matches!(sent, Some(Ok(()))) {
                         return Err(TaskError::worker_lost("the worker's input closed"));
                     }
@@ -756,23 +771,120 @@ impl Shared {
     }
 }
 
-async fn write_frames(stdin: ChildStdin, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut out = BufWriter::new(stdin);
-    while let Some(frame) = frames.recv().await {
-        if out.write_all(&frame).await.is_err() {
-            return;
-        }
-        while let Ok(more) = frames.try_recv() {
-            if out.write_all(&more).await.is_err() {
-                return;
+/// A worker's stdin. Dispatch writes frames straight into the pipe without blocking; what the
+/// pipe cannot take yet waits in a backlog that [`finish_writes`] drains when it is writable.
+struct WorkerInput {
+    pipe: AsyncFd<File>,
+    backlog: Mutex<Backlog>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Backlog {
+    bytes: VecDeque<u8>,
+    closed: bool,
+}
+
+impl WorkerInput {
+    fn new(stdin: ChildStdin) -> std::io::Result<Self> {
+        let file = File::from(stdin.into_owned_fd()?);
+        // SAFETY: F_GETFL/F_SETFL on a descriptor this process owns.
+        unsafe {
+            let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            if flags < 0
+                || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
         }
-        if out.flush().await.is_err() {
-            return;
+        Ok(Self {
+            // SAFETY: `file` owns the descriptor, which stays open until the AsyncFd (and with it
+            // `file`) is dropped.
+            pipe: unsafe { AsyncFd::register_with_interest(file, Interest::WRITABLE) }
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+            backlog: Mutex::new(Backlog::default()),
+            wake: Notify::new(),
+        })
+    }
+
+    fn backlog(&self) -> MutexGuard<'_, Backlog> {
+        self.backlog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `frame` behind anything already waiting, writing at once what the pipe takes.
+    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        let mut backlog = self.backlog();
+        if backlog.closed {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let mut rest = frame;
+        if backlog.bytes.is_empty() {
+            while !rest.is_empty() {
+                match (&*self.pipe.get_ref()).write(rest) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !rest.is_empty() {
+            backlog.bytes.extend(rest);
+            drop(backlog);
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// No more frames: once the backlog is written the pipe closes and the worker sees the end of
+    /// its input.
+    fn close(&self) {
+        self.backlog().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Writes each worker's backlog whenever the pipe can take it, until the input is closed and
+/// empty; dropping the last handle then closes the pipe.
+async fn finish_writes(input: Arc<WorkerInput>) {
+    enum Step {
+        Wrote,
+        Full,
+        Idle,
+    }
+    loop {
+        // The lock is held only inside this block, never across an await.
+        let step = {
+            let mut backlog = input.backlog();
+            if backlog.bytes.is_empty() {
+                if backlog.closed {
+                    return;
+                }
+                Step::Idle
+            } else {
+                let (front, _) = backlog.bytes.as_slices();
+                match (&*input.pipe.get_ref()).write(front) {
+                    Ok(n) if n > 0 => {
+                        backlog.bytes.drain(..n);
+                        Step::Wrote
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Step::Full,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Step::Wrote,
+                    // The worker is gone; its supervision notices on the other pipe.
+                    _ => return,
+                }
+            }
+        };
+        match step {
+            Step::Wrote => {}
+            Step::Full => match input.pipe.writable().await {
+                Ok(mut ready) => ready.clear_ready(),
+                Err(_) => return,
+            },
+            Step::Idle => input.wake.notified().await,
         }
     }
-    // The pool dropped this worker's sender: closing stdin tells the worker to finish and exit.
-    let _ = out.shutdown().await;
 }
 
 /// Asks the kernel to kill the worker when the thread that spawned it (the supervisor) ends,
@@ -911,7 +1023,9 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                 state.shutting_down = true;
                 for worker in state.slots.iter_mut().flatten() {
                     // Closing stdin lets the worker finish what it has and exit.
-                    worker.frames = None;
+                    if let Some(input) = worker.input.take() {
+                        input.close();
+                    }
                 }
                 std::mem::take(&mut state.lifecycles)
             };
