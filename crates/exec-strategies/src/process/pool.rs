@@ -820,7 +820,7 @@ impl WorkerInput {
         let mut rest = frame;
         if backlog.bytes.is_empty() {
             while !rest.is_empty() {
-                match (&*self.pipe.get_ref()).write(rest) {
+                match self.pipe.get_ref().write(rest) {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                     Ok(n) => rest = &rest[n..],
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -864,7 +864,7 @@ async fn finish_writes(input: Arc<WorkerInput>) {
                 Step::Idle
             } else {
                 let (front, _) = backlog.bytes.as_slices();
-                match (&*input.pipe.get_ref()).write(front) {
+                match input.pipe.get_ref().write(front) {
                     Ok(n) if n > 0 => {
                         backlog.bytes.drain(..n);
                         Step::Wrote
