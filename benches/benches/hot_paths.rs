@@ -3,8 +3,8 @@
 
 use std::hint::black_box;
 
+use benches::{broadcast_fan_out, publish_fan_out};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pubsub::Publisher;
 use task_core::{CoordinatorState, JobResult, NodeId, RequestId, TaskInfo};
 
 fn state(c: &mut Criterion) {
@@ -37,10 +37,7 @@ fn state(c: &mut Criterion) {
 }
 
 fn publish(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .expect("a tokio runtime");
+    let rt = benches::runtime();
     const MESSAGES: u64 = 10_000;
     let mut group = c.benchmark_group("publish_fan_out");
     group.throughput(Throughput::Elements(MESSAGES));
@@ -49,68 +46,17 @@ fn publish(c: &mut Criterion) {
             BenchmarkId::new("publisher", subscribers),
             &subscribers,
             |b, &k| {
-                b.iter(|| {
-                    rt.block_on(async {
-                        let p = Publisher::<u64>::with_capacity(1024);
-                        p.start().expect("start");
-                        let readers: Vec<_> = (0..k)
-                            .map(|_| {
-                                let mut s = p.subscribe_stream().expect("subscribe");
-                                tokio::spawn(async move {
-                                    let mut n = 0_u64;
-                                    while s.recv().await.is_some() {
-                                        n += 1;
-                                    }
-                                    n
-                                })
-                            })
-                            .collect();
-                        for i in 0..MESSAGES {
-                            p.publish(i).await.expect("running");
-                        }
-                        p.shutdown().await;
-                        for r in readers {
-                            assert_eq!(r.await.expect("reader"), MESSAGES);
-                        }
-                    })
-                });
+                b.iter_custom(|iters| (0..iters).map(|_| publish_fan_out(&rt, k, MESSAGES)).sum());
             },
         );
         group.bench_with_input(
             BenchmarkId::new("tokio_broadcast", subscribers),
             &subscribers,
             |b, &k| {
-                b.iter(|| {
-                    rt.block_on(async {
-                        let (tx, _) = tokio::sync::broadcast::channel::<u64>(1024);
-                        let readers: Vec<_> = (0..k)
-                            .map(|_| {
-                                let mut rx = tx.subscribe();
-                                tokio::spawn(async move {
-                                    let mut n = 0_u64;
-                                    loop {
-                                        match rx.recv().await {
-                                            Ok(_) => n += 1,
-                                            Err(
-                                                tokio::sync::broadcast::error::RecvError::Lagged(m),
-                                            ) => n += m,
-                                            Err(
-                                                tokio::sync::broadcast::error::RecvError::Closed,
-                                            ) => break,
-                                        }
-                                    }
-                                    n
-                                })
-                            })
-                            .collect();
-                        for i in 0..MESSAGES {
-                            tx.send(i).expect("receivers alive");
-                        }
-                        drop(tx);
-                        for r in readers {
-                            black_box(r.await.expect("reader"));
-                        }
-                    })
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| broadcast_fan_out(&rt, k, MESSAGES))
+                        .sum()
                 });
             },
         );

@@ -175,3 +175,67 @@ pub fn raw_echo_child() -> ! {
         }
     }
 }
+
+/// `messages` messages published to `subscribers` stream subscribers of a fresh publisher, each
+/// read to the end.
+pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Duration {
+    let start = Instant::now();
+    rt.block_on(async {
+        let publisher = pubsub::Publisher::<u64>::with_capacity(1024);
+        publisher.start().expect("start");
+        let readers: Vec<_> = (0..subscribers)
+            .map(|_| {
+                let mut stream = publisher.subscribe_stream().expect("subscribe");
+                tokio::spawn(async move {
+                    let mut n = 0_u64;
+                    while stream.recv().await.is_some() {
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for i in 0..messages {
+            publisher.publish(i).await.expect("running");
+        }
+        publisher.shutdown().await;
+        for reader in readers {
+            assert_eq!(reader.await.expect("reader"), messages);
+        }
+    });
+    start.elapsed()
+}
+
+/// The fan-out baseline: the same through `tokio::sync::broadcast` (which drops for lagging
+/// receivers instead of waiting for them).
+pub fn broadcast_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Duration {
+    use tokio::sync::broadcast::error::RecvError;
+    let start = Instant::now();
+    rt.block_on(async {
+        let (tx, _) = tokio::sync::broadcast::channel::<u64>(1024);
+        let readers: Vec<_> = (0..subscribers)
+            .map(|_| {
+                let mut rx = tx.subscribe();
+                tokio::spawn(async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(m) => {
+                                black_box(m);
+                            }
+                            Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for i in 0..messages {
+            tx.send(i).expect("receivers alive");
+        }
+        drop(tx);
+        for reader in readers {
+            reader.await.expect("reader");
+        }
+    });
+    start.elapsed()
+}

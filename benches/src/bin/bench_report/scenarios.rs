@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use benches::{
-    Echo, raw_rayon_spawn_crossbeam, raw_tokio_spawn_channel, registry, request_ids,
-    started_coordinator, submit_trivial,
+    Echo, broadcast_fan_out, publish_fan_out, raw_rayon_spawn_crossbeam, raw_tokio_spawn_channel,
+    registry, request_ids, started_coordinator, submit_trivial,
 };
 use coordinator::{
     ExecutionMode, PortableNode, ProcessExecutionStrategy, Task, TaskExecutionStrategy,
@@ -193,56 +193,6 @@ pub(crate) fn process(
     results
 }
 
-async fn publish_all(publisher: &Publisher<u64>, subscribers: usize, messages: u64) {
-    let readers: Vec<_> = (0..subscribers)
-        .map(|_| {
-            let mut stream = publisher.subscribe_stream().expect("subscribe");
-            tokio::spawn(async move {
-                let mut n = 0_u64;
-                while stream.recv().await.is_some() {
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    for i in 0..messages {
-        publisher.publish(i).await.expect("running");
-    }
-    publisher.shutdown().await;
-    for reader in readers {
-        assert_eq!(reader.await.expect("reader"), messages);
-    }
-}
-
-async fn broadcast_all(subscribers: usize, messages: u64) {
-    use tokio::sync::broadcast::error::RecvError;
-    let (tx, _) = tokio::sync::broadcast::channel::<u64>(1024);
-    let readers: Vec<_> = (0..subscribers)
-        .map(|_| {
-            let mut rx = tx.subscribe();
-            tokio::spawn(async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(m) => {
-                            black_box(m);
-                        }
-                        Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => break,
-                    }
-                }
-            })
-        })
-        .collect();
-    for i in 0..messages {
-        tx.send(i).expect("receivers alive");
-    }
-    drop(tx);
-    for reader in readers {
-        reader.await.expect("reader");
-    }
-}
-
 /// Publish-to-delivery latency of one message at a time to one subscriber, in microseconds.
 fn latencies(rt: &Runtime, messages: usize, ours: bool) -> (f64, f64) {
     rt.block_on(async {
@@ -304,20 +254,8 @@ pub(crate) fn publisher(
             messages,
             reps,
             "tokio::sync::broadcast",
-            || {
-                let start = Instant::now();
-                rt.block_on(async {
-                    let publisher = Publisher::<u64>::with_capacity(1024);
-                    publisher.start().expect("start");
-                    publish_all(&publisher, subscribers, messages).await;
-                });
-                start.elapsed()
-            },
-            || {
-                let start = Instant::now();
-                rt.block_on(broadcast_all(subscribers, messages));
-                start.elapsed()
-            },
+            || publish_fan_out(rt, subscribers, messages),
+            || broadcast_fan_out(rt, subscribers, messages),
             progress,
         ));
     }
