@@ -235,9 +235,10 @@ async fn drive(
     publisher: RequestCompletionPublisher,
 ) {
     let info = task.info().clone();
+    let request_id = info.request_id().clone();
     let mut guard = CloseOnDrop {
         inner: &inner,
-        request_id: Some(info.request_id().as_str()),
+        request_id: Some(request_id.as_str()),
     };
     let run = AssertUnwindSafe(async { strategy.execute(task).await }).catch_unwind();
     let outcome = CURRENT_NODE
@@ -245,13 +246,14 @@ async fn drive(
         .await
         // A strategy that panics is a bug in the strategy; the request still ends.
         .unwrap_or_else(|payload| Err(TaskError::panic(payload)));
+    // The message takes the task's description; only the id is kept for the fallback below.
     let message = match &outcome {
         Ok(value) => RequestCompletionMessage::Success(RequestSuccess {
-            info: info.clone(),
+            info,
             result: value.clone(),
         }),
         Err(error) => RequestCompletionMessage::Failure(RequestFailure {
-            info: info.clone(),
+            info,
             error: error.clone(),
         }),
     };
@@ -259,7 +261,7 @@ async fn drive(
     if let Err(refused) = publisher.publish(message).await {
         // The bus went away after the request was accepted: close the job here instead.
         tracing::warn!(%refused, "outcome not published; closing the job directly");
-        inner.complete(info.request_id(), outcome);
+        inner.complete(&request_id, outcome);
     }
     guard.request_id = None;
 }
@@ -496,8 +498,7 @@ impl Coordinator {
             .map(|(mode, strategy)| (mode.to_string(), strategy.stats()))
             .collect();
         SystemDetail {
-            accepting: self.inner.started.get().is_some()
-                && !self.inner.closing.load(Ordering::SeqCst),
+            accepting: self.is_accepting(),
             counts,
             jobs,
             modes,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 
 use futures::Stream;
+use task_core::panic_message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -429,16 +430,6 @@ fn deliver_to_listeners<M: Clone>(listeners: &mut HashMap<u64, ListenerSlot<M>>,
         if let Some(slot) = listeners.remove(&id) {
             let _ = slot.tx.send(result.map(|()| message.clone()));
         }
-    }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        String::from("a panic with a non-string payload")
     }
 }
 

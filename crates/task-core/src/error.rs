@@ -11,6 +11,25 @@ use serde::{Deserialize, Serialize};
 /// [`std::error::Error`] converts into it with `?`, and so do `&str` and `String`.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
+/// The text of a panic payload (what `catch_unwind` returns): the `&str` or `String` given to
+/// `panic!`, or a placeholder for any other payload.
+///
+/// # Examples
+///
+/// ```
+/// let payload = std::panic::catch_unwind(|| panic!("bad row {}", 7)).unwrap_err();
+/// assert_eq!(task_core::panic_message(payload.as_ref()), "bad row 7");
+/// ```
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        String::from("a panic with a non-string payload")
+    }
+}
+
 /// Why a task did not produce a value.
 ///
 /// Opaque, cheap to clone, with predicates for the cause: the node returned an error
@@ -62,13 +81,7 @@ impl TaskError {
 
     /// The node panicked; `payload` is what `catch_unwind` returned.
     pub fn panic(payload: Box<dyn Any + Send>) -> Self {
-        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            String::from("a panic with a non-string payload")
-        };
+        let message = panic_message(payload.as_ref());
         Self::with_message(Kind::Panic, format!("node panicked: {message}"))
     }
 

@@ -38,7 +38,7 @@ mod strategy;
 mod task;
 mod value;
 
-pub use crate::error::{BoxError, TaskError};
+pub use crate::error::{BoxError, TaskError, panic_message};
 pub use crate::id::{NodeId, RequestId};
 pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};
 pub use crate::mode::ExecutionMode;
