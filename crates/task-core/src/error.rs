@@ -67,6 +67,7 @@ enum Kind {
     NotRegistered,
     Encoding,
     Protocol,
+    Cancelled,
 }
 
 impl TaskError {
@@ -131,6 +132,12 @@ impl TaskError {
         Self::with_message(Kind::Protocol, message.into())
     }
 
+    /// The request was cancelled (by its handle, its parent's cancellation, or a shutdown
+    /// deadline) before it produced a value.
+    pub fn cancelled(message: impl Into<String>) -> Self {
+        Self::with_message(Kind::Cancelled, message.into())
+    }
+
     fn with_message(kind: Kind, message: String) -> Self {
         Self {
             kind,
@@ -187,6 +194,11 @@ impl TaskError {
     /// Whether a peer broke the wire protocol.
     pub fn is_protocol_error(&self) -> bool {
         self.kind == Kind::Protocol
+    }
+
+    /// Whether the request was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == Kind::Cancelled
     }
 
     /// The message, as shown by `Display`.

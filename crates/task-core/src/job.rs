@@ -28,14 +28,32 @@ pub enum JobResult {
     Success,
     /// The node failed: it returned an error, panicked, or its strategy could not run it.
     Failure,
+    /// The task ran past its deadline.
+    TimedOut,
+    /// The request was cancelled before it produced a value.
+    Cancelled,
 }
 
 impl JobResult {
-    /// The lower-case name used in serialized forms (`"success"`, `"failure"`).
+    /// The lower-case name used in serialized forms (`"success"`, `"failure"`, `"timed_out"`,
+    /// `"cancelled"`).
     pub fn as_str(self) -> &'static str {
         match self {
             JobResult::Success => "success",
             JobResult::Failure => "failure",
+            JobResult::TimedOut => "timed_out",
+            JobResult::Cancelled => "cancelled",
+        }
+    }
+
+    /// The result an outcome closes its job with: a value is a success, a timeout or a
+    /// cancellation is a result of its own, any other error a failure.
+    pub fn of(outcome: &crate::Outcome) -> Self {
+        match outcome {
+            Ok(_) => JobResult::Success,
+            Err(e) if e.is_timeout() => JobResult::TimedOut,
+            Err(e) if e.is_cancelled() => JobResult::Cancelled,
+            Err(_) => JobResult::Failure,
         }
     }
 }
@@ -48,7 +66,9 @@ impl fmt::Display for JobResult {
 
 /// The error returned when a string names no [`JobResult`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a job result (expected \"success\" or \"failure\")")]
+#[error(
+    "`{0}` is not a job result (expected \"success\", \"failure\", \"timed_out\" or \"cancelled\")"
+)]
 pub struct ParseJobResultError(String);
 
 impl FromStr for JobResult {
@@ -58,6 +78,8 @@ impl FromStr for JobResult {
         match s {
             "success" => Ok(JobResult::Success),
             "failure" => Ok(JobResult::Failure),
+            "timed_out" => Ok(JobResult::TimedOut),
+            "cancelled" => Ok(JobResult::Cancelled),
             other => Err(ParseJobResultError(other.to_owned())),
         }
     }
@@ -73,6 +95,11 @@ pub struct Job {
     info: TaskInfo,
     status: JobStatus,
     result: Option<JobResult>,
+    /// How many times the task was run (1 unless retried).
+    attempts: u32,
+    /// The state's sequence number for this record (tells a reopened request id from the job
+    /// it replaced). Not serialized.
+    pub(crate) seq: u64,
     /// Microseconds since the Unix epoch.
     started: u64,
     ended: Option<NonZeroU64>,
@@ -95,6 +122,8 @@ impl Job {
             info: task.clone(),
             status: JobStatus::Opened,
             result: None,
+            attempts: 1,
+            seq: 0,
             started: micros_now(),
             ended: None,
         }
@@ -134,6 +163,16 @@ impl Job {
         &self.info
     }
 
+    /// How many times the task was run: 1, plus one for each retry.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Counts one more attempt (a retry).
+    pub(crate) fn add_attempt(&mut self) {
+        self.attempts = self.attempts.saturating_add(1);
+    }
+
     /// Opened or closed.
     pub fn status(&self) -> JobStatus {
         self.status
@@ -171,8 +210,14 @@ struct JobWire {
     node_name: String,
     status: JobStatus,
     result: Option<JobResult>,
+    #[serde(default = "one")]
+    attempts: u32,
     start_time: f64,
     end_time: Option<f64>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn secs(micros: u64) -> f64 {
@@ -198,6 +243,7 @@ impl Serialize for Job {
             node_name: self.info.name().to_owned(),
             status: self.status,
             result: self.result,
+            attempts: self.attempts,
             start_time: secs(self.started),
             end_time: self.ended.map(|e| secs(e.get())),
         }
@@ -221,6 +267,8 @@ impl<'de> Deserialize<'de> for Job {
             info: TaskInfo::new(w.request_id, w.child_node_id, w.parent_node_id, w.node_name),
             status: w.status,
             result: w.result,
+            attempts: w.attempts,
+            seq: 0,
             started,
             ended,
         })

@@ -45,7 +45,7 @@ pub use crate::mode::ExecutionMode;
 pub use crate::portable::{
     NodeRegistry, PortableNode, PortableTask, RegistryError, decode, encode,
 };
-pub use crate::state::{CoordinatorState, JobCounts, StateError};
+pub use crate::state::{CoordinatorState, JobCounts, Retention, StateError};
 pub use crate::strategy::{StrategyStats, TaskExecutionStrategy, WorkerStats};
 pub use crate::task::{
     AsyncBody, BlockingBody, BlockingNode, BoxFuture, ErasedTask, Node, Outcome, Task, TaskBody,

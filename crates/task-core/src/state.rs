@@ -1,7 +1,7 @@
 //! [`CoordinatorState`]: the job table, with O(1) add, end and lookup.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,28 @@ pub struct JobCounts {
     pub succeeded: u64,
     /// Jobs closed with [`JobResult::Failure`].
     pub failed: u64,
+    /// Jobs closed with [`JobResult::TimedOut`].
+    pub timed_out: u64,
+    /// Jobs closed with [`JobResult::Cancelled`].
+    pub cancelled: u64,
+    /// Closed jobs dropped from the table by the [`Retention`] policy (still counted above).
+    pub evicted: u64,
+}
+
+/// Which closed jobs a [`CoordinatorState`] keeps.
+///
+/// Open jobs are always kept. The running totals ([`JobCounts`]) count every job either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Retention {
+    /// Keep every job for the life of the state (the reference behaviour). Memory grows with the
+    /// number of requests.
+    #[default]
+    KeepAll,
+    /// Keep the last `n` closed jobs (in the order they closed; at least the most recent one)
+    /// and drop older ones, so memory is bounded by the open jobs plus `n`.
+    KeepLast(usize),
 }
 
 /// Why a [`CoordinatorState`] refused an operation. Nothing was changed.
@@ -106,12 +128,47 @@ impl std::error::Error for StateError {}
 pub struct CoordinatorState {
     jobs: HashMap<RequestId, Job>,
     counts: JobCounts,
+    retention: Retention,
+    /// Closed jobs in closing order, with their record's sequence number; only kept under
+    /// [`Retention::KeepLast`].
+    closed: VecDeque<(u64, RequestId)>,
+    next_seq: u64,
 }
 
 impl CoordinatorState {
-    /// A state with no jobs.
+    /// A state with no jobs that keeps every job.
     pub fn empty() -> Self {
         Self::default()
+    }
+
+    /// A state with no jobs that keeps closed jobs as `retention` says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_core::{CoordinatorState, JobResult, Retention, TaskInfo};
+    ///
+    /// let mut state = CoordinatorState::with_retention(Retention::KeepLast(2));
+    /// for id in ["a", "b", "c"] {
+    ///     let info = TaskInfo::new(id.into(), "node".into(), None, "n");
+    ///     state.add_job(&info).unwrap();
+    ///     state.end_job(id, JobResult::Success).unwrap();
+    /// }
+    /// assert!(state.get("a").is_none());
+    /// assert_eq!(state.len(), 2);
+    /// assert_eq!(state.counts().succeeded, 3);
+    /// assert_eq!(state.counts().evicted, 1);
+    /// ```
+    pub fn with_retention(retention: Retention) -> Self {
+        Self {
+            retention,
+            ..Self::default()
+        }
+    }
+
+    /// The retention policy.
+    pub fn retention(&self) -> Retention {
+        self.retention
     }
 
     /// Opens a job for `task`.
@@ -125,6 +182,7 @@ impl CoordinatorState {
     /// is unchanged.
     pub fn add_job(&mut self, task: &impl AsRef<TaskInfo>) -> Result<&Job, StateError> {
         let info = task.as_ref();
+        let seq = self.next_seq;
         let job = match self.jobs.entry(info.request_id().clone()) {
             Entry::Occupied(entry) if entry.get().status() == JobStatus::Opened => {
                 return Err(StateError {
@@ -138,17 +196,24 @@ impl CoordinatorState {
             }
             Entry::Vacant(entry) => entry.insert(Job::open(info)),
         };
+        job.seq = seq;
+        self.next_seq += 1;
         self.counts.opened += 1;
         Ok(job)
     }
 
-    /// Closes the job for `request_id` with `result`.
+    /// Counts one more attempt of the open job for `request_id` (the task is being retried).
     ///
     /// # Errors
     ///
-    /// [`StateError::is_unknown`] when no job has that id; [`StateError::is_already_closed`] when
-    /// it is closed. The state is unchanged either way.
-    pub fn end_job(&mut self, request_id: &str, result: JobResult) -> Result<&Job, StateError> {
+    /// As for [`end_job`](Self::end_job): the job must be recorded and open.
+    pub fn record_attempt(&mut self, request_id: &str) -> Result<&Job, StateError> {
+        let job = self.open_job_mut(request_id)?;
+        job.add_attempt();
+        Ok(job)
+    }
+
+    fn open_job_mut(&mut self, request_id: &str) -> Result<&mut Job, StateError> {
         let Some(job) = self.jobs.get_mut(request_id) else {
             return Err(StateError {
                 kind: StateErrorKind::Unknown,
@@ -161,14 +226,54 @@ impl CoordinatorState {
                 request_id: job.request_id().clone(),
             });
         }
+        Ok(job)
+    }
+
+    /// Closes the job for `request_id` with `result`.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::is_unknown`] when no job has that id; [`StateError::is_already_closed`] when
+    /// it is closed. The state is unchanged either way.
+    pub fn end_job(&mut self, request_id: &str, result: JobResult) -> Result<&Job, StateError> {
+        let job = self.open_job_mut(request_id)?;
         job.close(result);
+        let seq = job.seq;
         self.counts.opened -= 1;
         self.counts.closed += 1;
         match result {
             JobResult::Success => self.counts.succeeded += 1,
             JobResult::Failure => self.counts.failed += 1,
+            JobResult::TimedOut => self.counts.timed_out += 1,
+            JobResult::Cancelled => self.counts.cancelled += 1,
         }
-        Ok(job)
+        let mut key = RequestId::from(request_id);
+        if let Retention::KeepLast(keep) = self.retention {
+            // Share the table's id rather than copying the string.
+            if let Some((k, _)) = self.jobs.get_key_value(request_id) {
+                key = k.clone();
+            }
+            self.closed.push_back((seq, key.clone()));
+            while self.closed.len() > keep.max(1) {
+                let Some((old_seq, old_id)) = self.closed.pop_front() else {
+                    break;
+                };
+                // The id may have been reopened since: only drop the record that closed then.
+                if self
+                    .jobs
+                    .get(&old_id)
+                    .is_some_and(|j| j.seq == old_seq && j.status() == JobStatus::Closed)
+                {
+                    self.jobs.remove(&old_id);
+                    self.counts.evicted += 1;
+                }
+            }
+        }
+        // The job just closed is the newest entry, never evicted above.
+        self.jobs.get(&key).ok_or(StateError {
+            kind: StateErrorKind::Unknown,
+            request_id: key,
+        })
     }
 
     /// The job for `request_id`, if recorded.
@@ -260,7 +365,8 @@ mod tests {
                 opened: 0,
                 closed: 1,
                 succeeded: 0,
-                failed: 1
+                failed: 1,
+                ..JobCounts::default()
             }
         );
     }
@@ -309,9 +415,72 @@ mod tests {
                 opened: 1,
                 closed: 1,
                 succeeded: 1,
-                failed: 0
+                failed: 0,
+                ..JobCounts::default()
             }
         );
+    }
+
+    #[test]
+    fn keep_last_evicts_the_oldest_closed_jobs_only() {
+        let mut state = CoordinatorState::with_retention(Retention::KeepLast(2));
+        state.add_job(&info("open")).unwrap();
+        for id in ["a", "b", "c", "d"] {
+            state.add_job(&info(id)).unwrap();
+            state.end_job(id, JobResult::Success).unwrap();
+        }
+        // The open job stays whatever its age; of the closed ones the last two stay.
+        assert!(state.is_open("open"));
+        assert!(state.get("a").is_none() && state.get("b").is_none());
+        assert!(state.get("c").is_some() && state.get("d").is_some());
+        assert_eq!(state.len(), 3);
+        let counts = state.counts();
+        assert_eq!((counts.closed, counts.succeeded, counts.evicted), (4, 4, 2));
+        state.end_job("open", JobResult::Cancelled).unwrap();
+        assert_eq!(state.counts().cancelled, 1);
+        assert!(state.get("open").is_some() && state.get("c").is_none());
+    }
+
+    #[test]
+    fn a_reopened_id_is_not_evicted_by_its_old_record() {
+        let mut state = CoordinatorState::with_retention(Retention::KeepLast(1));
+        state.add_job(&info("a")).unwrap();
+        state.end_job("a", JobResult::Failure).unwrap();
+        // "a" is reopened; its old closing entry must not drop the new record.
+        state.add_job(&info("a")).unwrap();
+        state.add_job(&info("b")).unwrap();
+        state.end_job("b", JobResult::Success).unwrap();
+        assert!(state.is_open("a"));
+        state.end_job("a", JobResult::TimedOut).unwrap();
+        assert_eq!(state.get("a").unwrap().result(), Some(JobResult::TimedOut));
+        assert!(state.get("b").is_none());
+        assert_eq!(state.counts().evicted, 1);
+    }
+
+    #[test]
+    fn attempts_are_counted_on_open_jobs() {
+        let mut state = CoordinatorState::empty();
+        state.add_job(&info("a")).unwrap();
+        assert_eq!(state.get("a").unwrap().attempts(), 1);
+        state.record_attempt("a").unwrap();
+        state.end_job("a", JobResult::Success).unwrap();
+        assert_eq!(state.get("a").unwrap().attempts(), 2);
+        assert!(state.record_attempt("a").unwrap_err().is_already_closed());
+        assert!(state.record_attempt("zz").unwrap_err().is_unknown());
+        let json = serde_json::to_value(state.get("a").unwrap()).unwrap();
+        assert_eq!(json["attempts"], 2);
+    }
+
+    #[test]
+    fn outcomes_map_to_results() {
+        use crate::{TaskError, Value};
+        assert_eq!(JobResult::of(&Ok(Value::new(1))), JobResult::Success);
+        assert_eq!(JobResult::of(&Err(TaskError::timed_out("t"))), JobResult::TimedOut);
+        assert_eq!(JobResult::of(&Err(TaskError::cancelled("c"))), JobResult::Cancelled);
+        assert_eq!(JobResult::of(&Err(TaskError::strategy("s"))), JobResult::Failure);
+        for r in [JobResult::TimedOut, JobResult::Cancelled] {
+            assert_eq!(r.as_str().parse::<JobResult>().unwrap(), r);
+        }
     }
 
     #[test]

@@ -273,7 +273,11 @@ pub struct ErasedTask {
     info: TaskInfo,
     body: TaskBody,
     portable: Option<PortableTask>,
+    replay: Option<Replay>,
 }
+
+/// Makes a fresh copy of a task's work, for another attempt.
+type Replay = Arc<dyn Fn() -> TaskBody + Send + Sync>;
 
 impl ErasedTask {
     /// Builds an erased task from its description and its work.
@@ -282,7 +286,41 @@ impl ErasedTask {
             info,
             body,
             portable: None,
+            replay: None,
         }
+    }
+
+    /// Builds a replayable erased task: `make_body` makes the work afresh for every attempt.
+    pub fn from_factory(
+        info: TaskInfo,
+        make_body: impl Fn() -> TaskBody + Send + Sync + 'static,
+    ) -> Self {
+        let replay: Replay = Arc::new(make_body);
+        Self {
+            info,
+            body: replay(),
+            portable: None,
+            replay: Some(replay),
+        }
+    }
+
+    /// Whether the task can be run again ([`replay`](Self::replay)): made with one of the
+    /// `replayable` constructors of [`Task`], or with [`Task::portable`].
+    pub fn is_replayable(&self) -> bool {
+        self.replay.is_some()
+    }
+
+    /// A fresh copy of the task, with the same description, for another attempt; `None` when
+    /// the task's work can run only once (it was made from a `FnOnce` or a node that is not
+    /// `Clone`).
+    pub fn replay(&self) -> Option<ErasedTask> {
+        let replay = self.replay.as_ref()?;
+        Some(Self {
+            info: self.info.clone(),
+            body: replay(),
+            portable: self.portable.clone(),
+            replay: Some(Arc::clone(replay)),
+        })
     }
 
     /// The description and the process-crossing form, dropping the in-process work: what a
@@ -340,6 +378,7 @@ impl fmt::Debug for ErasedTask {
             .field("info", &self.info)
             .field("body", &self.body)
             .field("portable", &self.portable)
+            .field("replayable", &self.replay.is_some())
             .finish()
     }
 }
@@ -391,14 +430,100 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
 
     /// A task that runs a [`PortableNode`]: in-process under the async and threaded modes, and in
     /// a worker process (or on another machine) under modes that need to send it.
+    ///
+    /// Portable tasks are replayable (a retry decodes a fresh node from the encoded one), so a
+    /// retry policy applies to them.
     pub fn portable<N>(request_id: impl Into<RequestId>, node: N) -> Self
     where
         N: PortableNode<Output = O>,
     {
         let portable = PortableTask::of(&node);
         let mut task = Self::new(request_id, node);
+        let encoded = portable.clone();
+        task.inner.replay = Some(Arc::new(move || {
+            let node = encoded.payload().and_then(crate::portable::decode::<N>);
+            TaskBody::Async(AsyncBody(Box::new(move || {
+                Box::pin(async move {
+                    node?.invoke().await.map(Value::new).map_err(TaskError::node)
+                })
+            })))
+        }));
         task.inner.portable = Some(portable);
         task
+    }
+
+    /// A replayable task that runs an async [`Node`]: each attempt runs a clone of `node`, so a
+    /// retry policy applies to it.
+    pub fn replayable<N>(request_id: impl Into<RequestId>, node: N) -> Self
+    where
+        N: Node<Output = O> + Clone + Sync,
+    {
+        let name = node.name();
+        let info = TaskInfo::new(request_id.into(), NodeId::generate(), None, name);
+        Self {
+            inner: ErasedTask::from_factory(info, move || {
+                let node = node.clone();
+                TaskBody::Async(AsyncBody(Box::new(move || {
+                    Box::pin(async move {
+                        node.invoke().await.map(Value::new).map_err(TaskError::node)
+                    })
+                })))
+            }),
+            _output: PhantomData,
+        }
+    }
+
+    /// A replayable task that runs an async closure: each attempt calls `f` again, so a retry
+    /// policy applies to it.
+    pub fn replayable_fn<F, Fut, E>(
+        request_id: impl Into<RequestId>,
+        name: impl Into<Cow<'static, str>>,
+        f: F,
+    ) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let info = TaskInfo::new(request_id.into(), NodeId::generate(), None, name.into());
+        let f = Arc::new(f);
+        Self {
+            inner: ErasedTask::from_factory(info, move || {
+                let f = Arc::clone(&f);
+                TaskBody::Async(AsyncBody(Box::new(move || {
+                    Box::pin(async move {
+                        f().await
+                            .map(Value::new)
+                            .map_err(|e| TaskError::node(e.into()))
+                    })
+                })))
+            }),
+            _output: PhantomData,
+        }
+    }
+
+    /// A replayable task that runs a synchronous closure on a thread: each attempt calls `f`
+    /// again, so a retry policy applies to it.
+    pub fn replayable_blocking<F, E>(
+        request_id: impl Into<RequestId>,
+        name: impl Into<Cow<'static, str>>,
+        f: F,
+    ) -> Self
+    where
+        F: Fn() -> Result<O, E> + Send + Sync + 'static,
+        E: Into<BoxError>,
+    {
+        let info = TaskInfo::new(request_id.into(), NodeId::generate(), None, name.into());
+        let f = Arc::new(f);
+        Self {
+            inner: ErasedTask::from_factory(info, move || {
+                let f = Arc::clone(&f);
+                TaskBody::Blocking(BlockingBody(Box::new(move || {
+                    f().map(Value::new).map_err(|e| TaskError::node(e.into()))
+                })))
+            }),
+            _output: PhantomData,
+        }
     }
 
     /// A task that runs an async closure, without declaring a node type.
@@ -582,6 +707,45 @@ mod tests {
         assert_ne!(a.node_id(), b.node_id());
         let c = Task::new("3", Echo).with_node_id("fixed".into());
         assert_eq!(c.node_id().as_str(), "fixed");
+    }
+
+    #[test]
+    fn replayable_tasks_run_again_and_others_do_not() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&calls);
+        let task = Task::replayable_fn("r", "count", move || {
+            let counter = Arc::clone(&counter);
+            async move { Ok::<_, BoxError>(counter.fetch_add(1, Ordering::SeqCst) + 1) }
+        })
+        .with_parent("p".into())
+        .into_erased();
+        assert!(task.is_replayable());
+        let again = task.replay().unwrap();
+        assert_eq!(again.info(), task.info());
+        let first = block_on(task.run_inline()).unwrap();
+        let second = block_on(again.run_inline()).unwrap();
+        assert_eq!(first.downcast_ref::<u32>(), Some(&1));
+        assert_eq!(second.downcast_ref::<u32>(), Some(&2));
+
+        let blocking = Task::replayable_blocking("b", "b", || Ok::<_, BoxError>(5)).into_erased();
+        assert!(blocking.replay().unwrap().is_blocking());
+
+        #[derive(Clone)]
+        struct Cloned;
+        impl Node for Cloned {
+            type Output = u8;
+            async fn invoke(self) -> Result<u8, BoxError> {
+                Ok(8)
+            }
+        }
+        let node = Task::replayable("n", Cloned).into_erased();
+        let copy = node.replay().unwrap();
+        assert_eq!(block_on(copy.run_inline()).unwrap().downcast_ref::<u8>(), Some(&8));
+
+        let once = Task::new("o", Echo).into_erased();
+        assert!(!once.is_replayable());
+        assert!(once.replay().is_none());
     }
 
     #[test]
