@@ -16,15 +16,34 @@ use pubsub::{
 use serde::Serialize;
 use task_core::{
     CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult, NodeId, Outcome,
-    RequestId, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo, Value,
+    RequestId, Retention, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo, Value,
 };
-use tokio::sync::{Notify, OnceCell, oneshot};
+use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
+use crate::handle::RequestHandle;
+use crate::options::{RetryPolicy, SubmitOptions, sleep_until};
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for cancelled requests to publish their outcome.
+const CANCEL_SETTLE: Duration = Duration::from_secs(5);
+
+/// Turns a request's shared value into the caller's type.
+fn take_output<O>(value: Value) -> Result<O, SubmitError>
+where
+    O: Clone + fmt::Debug + Send + Sync + 'static,
+{
+    value.take::<O>().map_err(|value| {
+        SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
+            "expected a {} result, got {value:?}",
+            type_name::<O>()
+        ))))
+    })
+}
 
 tokio::task_local! {
     static CURRENT_NODE: NodeId;
@@ -60,7 +79,9 @@ type StrategyRef = Arc<dyn TaskExecutionStrategy>;
 #[derive(Default)]
 pub struct CoordinatorBuilder {
     modes: HashMap<ExecutionMode, StrategyRef>,
+    limits: HashMap<ExecutionMode, usize>,
     grace: Option<Duration>,
+    retention: Retention,
 }
 
 impl CoordinatorBuilder {
@@ -96,6 +117,27 @@ impl CoordinatorBuilder {
         )
     }
 
+    /// Runs at most `limit` top-level requests of `mode` at once (at least 1). Beyond it
+    /// [`Coordinator::submit`] and [`Coordinator::spawn`] wait for a place and
+    /// [`Coordinator::try_spawn`] returns a busy error ([`SubmitError::is_busy`]).
+    ///
+    /// Children (requests submitted from inside a running node) do not take a place: their
+    /// ancestor holds one, and making them wait for it could deadlock the tree.
+    #[must_use]
+    pub fn limit(mut self, mode: impl Into<ExecutionMode>, limit: usize) -> Self {
+        self.limits.insert(mode.into(), limit.max(1));
+        self
+    }
+
+    /// Which closed jobs the job table keeps (default [`Retention::KeepAll`]). With
+    /// [`Retention::KeepLast`] a long-running service's memory stays bounded; the running
+    /// totals still count every job.
+    #[must_use]
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// How long [`Coordinator::shutdown`] waits for work in flight (default
     /// [`DEFAULT_SHUTDOWN_GRACE`]).
     #[must_use]
@@ -106,14 +148,25 @@ impl CoordinatorBuilder {
 
     /// The coordinator. It takes no tasks until [`Coordinator::start`] gives it a publisher.
     pub fn build(self) -> Coordinator {
+        let limits = self
+            .limits
+            .into_iter()
+            .map(|(mode, n)| (mode, Arc::new(Semaphore::new(n))))
+            .collect();
         Coordinator {
             inner: Arc::new(Inner {
                 modes: self.modes,
+                limits,
                 grace: self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
                 started: OnceLock::new(),
                 closing: AtomicBool::new(false),
+                past_deadline: AtomicBool::new(false),
                 strategies_shut: OnceCell::new(),
-                table: Mutex::new(Table::default()),
+                table: Mutex::new(Table {
+                    state: CoordinatorState::with_retention(self.retention),
+                    open: HashMap::new(),
+                    by_node: HashMap::new(),
+                }),
                 drained: Notify::new(),
             }),
         }
@@ -126,7 +179,9 @@ impl fmt::Debug for CoordinatorBuilder {
         modes.sort_unstable();
         f.debug_struct("CoordinatorBuilder")
             .field("modes", &modes)
+            .field("limits", &self.limits.len())
             .field("grace", &self.grace)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -136,18 +191,29 @@ struct Started {
     subscriber: SubscriberId,
 }
 
-#[derive(Default)]
+/// What the coordinator keeps about an open request besides its job.
+struct Open {
+    /// The caller, answered when the job closes.
+    waiter: oneshot::Sender<Outcome>,
+    cancel: CancellationToken,
+    node_id: NodeId,
+}
+
 struct Table {
     state: CoordinatorState,
-    /// The caller of each open request, answered when its job closes.
-    waiters: HashMap<RequestId, oneshot::Sender<Outcome>>,
+    open: HashMap<RequestId, Open>,
+    /// The request each open node runs, so a child finds its parent's cancellation token.
+    by_node: HashMap<NodeId, RequestId>,
 }
 
 struct Inner {
     modes: HashMap<ExecutionMode, StrategyRef>,
+    limits: HashMap<ExecutionMode, Arc<Semaphore>>,
     grace: Duration,
     started: OnceLock<Started>,
     closing: AtomicBool,
+    /// Set when shutdown's grace period ran out and open requests were cancelled.
+    past_deadline: AtomicBool,
     strategies_shut: OnceCell<()>,
     table: Mutex<Table>,
     /// Woken whenever the last open job closes.
@@ -163,19 +229,24 @@ impl Inner {
     /// Closes the job for `request_id` with `outcome` and answers its caller. A completion for a
     /// request this coordinator does not have open is ignored (another coordinator's, or late).
     fn complete(&self, request_id: &str, outcome: Outcome) {
-        let result = if outcome.is_ok() {
-            JobResult::Success
-        } else {
-            JobResult::Failure
-        };
+        let result = JobResult::of(&outcome);
         let (waiter, idle) = {
             let mut table = self.table();
             if let Err(error) = table.state.end_job(request_id, result) {
                 tracing::debug!(request_id, %error, "completion ignored");
                 return;
             }
+            let open = table.open.remove(request_id);
+            if let Some(open) = &open
+                && table
+                    .by_node
+                    .get(&open.node_id)
+                    .is_some_and(|r| r.as_str() == request_id)
+            {
+                table.by_node.remove(&open.node_id);
+            }
             (
-                table.waiters.remove(request_id),
+                open.map(|o| o.waiter),
                 table.state.counts().opened == 0,
             )
         };
@@ -205,6 +276,19 @@ impl Inner {
     fn open_jobs(&self) -> u64 {
         self.table().state.counts().opened
     }
+
+    fn record_attempt(&self, request_id: &str) {
+        let _ = self.table().state.record_attempt(request_id);
+    }
+
+    /// The cancelled outcome of a request, saying who cancelled it.
+    fn cancelled(&self) -> TaskError {
+        if self.past_deadline.load(Ordering::SeqCst) {
+            TaskError::cancelled("the coordinator's shutdown deadline passed before the request ended")
+        } else {
+            TaskError::cancelled("the request was cancelled")
+        }
+    }
 }
 
 /// Closes the job as failed if the driver is dropped before its outcome was announced (the runtime
@@ -227,25 +311,39 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-/// Runs one accepted request to its single terminal message.
-async fn drive(
-    inner: Arc<Inner>,
+/// An accepted request, as its driver runs it.
+struct Request {
     strategy: StrategyRef,
     task: ErasedTask,
     publisher: RequestCompletionPublisher,
-) {
+    cancel: CancellationToken,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+    /// The request's place under its mode's concurrency limit, released when it ends.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Runs one accepted request to its single terminal message.
+async fn drive(inner: Arc<Inner>, request: Request) {
+    let Request {
+        strategy,
+        task,
+        publisher,
+        cancel,
+        deadline,
+        timeout,
+        retry,
+        permit,
+    } = request;
     let info = task.info().clone();
     let request_id = info.request_id().clone();
     let mut guard = CloseOnDrop {
         inner: &inner,
         request_id: Some(request_id.as_str()),
     };
-    let run = AssertUnwindSafe(async { strategy.execute(task).await }).catch_unwind();
-    let outcome = CURRENT_NODE
-        .scope(info.node_id().clone(), run)
-        .await
-        // A strategy that panics is a bug in the strategy; the request still ends.
-        .unwrap_or_else(|payload| Err(TaskError::panic(payload)));
+    let outcome = run_attempts(&inner, &strategy, task, &cancel, deadline, timeout, retry).await;
+    drop(permit);
     // The message takes the task's description; only the id is kept for the fallback below.
     let message = match &outcome {
         Ok(value) => RequestCompletionMessage::Success(RequestSuccess {
@@ -264,6 +362,72 @@ async fn drive(
         inner.complete(&request_id, outcome);
     }
     guard.request_id = None;
+}
+
+/// Completes when the request's deadline passes; never, without one.
+async fn expire(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the attempts of one request until one succeeds, the retry policy gives up, the deadline
+/// passes or the request is cancelled.
+async fn run_attempts(
+    inner: &Inner,
+    strategy: &StrategyRef,
+    mut task: ErasedTask,
+    cancel: &CancellationToken,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+) -> Outcome {
+    let mut expiry = match deadline.map(sleep_until).transpose() {
+        Ok(sleep) => sleep.map(Box::pin),
+        Err(error) => return Err(error),
+    };
+    let timed_out = || {
+        TaskError::timed_out(format!(
+            "the request ran past its timeout of {:?}",
+            timeout.unwrap_or_default()
+        ))
+    };
+    let mut attempt: u32 = 1;
+    loop {
+        let next = retry.as_ref().and_then(|_| task.replay());
+        let node_id = task.info().node_id().clone();
+        let run = AssertUnwindSafe(strategy.execute(task)).catch_unwind();
+        let run = CURRENT_NODE.scope(node_id, run);
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(inner.cancelled()),
+            () = expire(&mut expiry) => return Err(timed_out()),
+            // A strategy that panics is a bug in the strategy; the request still ends.
+            result = run => result.unwrap_or_else(|payload| Err(TaskError::panic(payload))),
+        };
+        let (Err(error), Some(policy), Some(again)) = (&outcome, &retry, next) else {
+            return outcome;
+        };
+        if !policy.should_retry(attempt, error) {
+            return outcome;
+        }
+        let wait = policy.backoff_after(attempt);
+        tracing::debug!(attempt, %error, ?wait, "attempt failed; retrying");
+        if !wait.is_zero() {
+            let backoff = sleep_until(Instant::now() + wait)?;
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(inner.cancelled()),
+                () = expire(&mut expiry) => return Err(timed_out()),
+                () = backoff => {}
+            }
+        }
+        attempt += 1;
+        inner.record_attempt(again.info().request_id());
+        tracing::Span::current().record("attempt", attempt);
+        task = again;
+    }
 }
 
 /// Runs tasks under the execution mode asked for, tracks every job, announces every outcome.
@@ -375,6 +539,8 @@ impl Coordinator {
     /// Submits `task` to the strategy registered for `mode` and returns the node's output.
     ///
     /// A task without a parent submitted from inside a running node gets that node as parent.
+    /// When the mode has a concurrency limit ([`CoordinatorBuilder::limit`]) and it is reached,
+    /// this waits for a place first.
     ///
     /// # Errors
     ///
@@ -386,8 +552,9 @@ impl Coordinator {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future after its first poll does not cancel the request: it runs to its
-    /// terminal message and its job closes; only the output is discarded.
+    /// Dropping the future after the request was accepted does not cancel the request: it runs
+    /// to its terminal message and its job closes; only the output is discarded. To cancel, use
+    /// [`spawn`](Self::spawn) and [`RequestHandle::cancel`].
     pub async fn submit<O>(
         &self,
         task: Task<O>,
@@ -396,13 +563,87 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        let value = self.submit_erased(task.into_erased(), mode).await?;
-        value.take::<O>().map_err(|value| {
-            SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
-                "expected a {} result, got {value:?}",
-                type_name::<O>()
-            ))))
-        })
+        self.submit_with(task, mode, SubmitOptions::new()).await
+    }
+
+    /// [`submit`](Self::submit) with a timeout and a retry policy.
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit); past the timeout, a failure for which
+    /// [`SubmitError::is_timeout`] holds.
+    pub async fn submit_with<O>(
+        &self,
+        task: Task<O>,
+        mode: impl Into<ExecutionMode>,
+        options: SubmitOptions,
+    ) -> Result<O, SubmitError>
+    where
+        O: Clone + fmt::Debug + Send + Sync + 'static,
+    {
+        self.spawn(task, mode, options).await?.await
+    }
+
+    /// Accepts `task` (waiting for a place under the mode's concurrency limit, if it has one)
+    /// and returns a handle to await or cancel it.
+    ///
+    /// # Errors
+    ///
+    /// The rejections of [`submit`](Self::submit); the request was not accepted.
+    pub async fn spawn<O>(
+        &self,
+        task: Task<O>,
+        mode: impl Into<ExecutionMode>,
+        options: SubmitOptions,
+    ) -> Result<RequestHandle<O>, SubmitError>
+    where
+        O: Clone + fmt::Debug + Send + Sync + 'static,
+    {
+        let (request_id, receiver, cancel) = self
+            .launch(task.into_erased(), mode.into(), options, true)
+            .await?;
+        Ok(RequestHandle::new(
+            request_id,
+            receiver,
+            cancel,
+            take_output::<O>,
+        ))
+    }
+
+    /// [`spawn`](Self::spawn) without waiting: when the mode is at its concurrency limit, a busy
+    /// error ([`SubmitError::is_busy`]) instead.
+    ///
+    /// # Errors
+    ///
+    /// The rejections of [`submit`](Self::submit), and busy.
+    pub fn try_spawn<O>(
+        &self,
+        task: Task<O>,
+        mode: impl Into<ExecutionMode>,
+        options: SubmitOptions,
+    ) -> Result<RequestHandle<O>, SubmitError>
+    where
+        O: Clone + fmt::Debug + Send + Sync + 'static,
+    {
+        let mode = mode.into();
+        let task = self.prepare(task.into_erased(), &mode)?;
+        let permit = match self.limit(&mode, &task) {
+            None => None,
+            Some(limit) => match limit.try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::NoPermits) => {
+                    return Err(SubmitError::new(SubmitKind::Busy(mode)));
+                }
+                Err(TryAcquireError::Closed) => return Err(SubmitError::new(SubmitKind::ShutDown)),
+            },
+        };
+        let (request_id, receiver, cancel) = self.accept(task, mode, options, permit)?;
+        Ok(RequestHandle::new(
+            request_id,
+            receiver,
+            cancel,
+            take_output::<O>,
+        ))
     }
 
     /// [`submit`](Self::submit) for a task whose output type is erased; returns the shared
@@ -420,22 +661,97 @@ impl Coordinator {
         task: ErasedTask,
         mode: impl Into<ExecutionMode>,
     ) -> Result<Value, SubmitError> {
-        let receiver = self.accept(task, mode.into())?;
-        let outcome = receiver.await.unwrap_or_else(|_| {
-            Err(TaskError::strategy(
-                "the request ended without an outcome reaching its caller",
-            ))
-        });
-        outcome.map_err(|e| SubmitError::new(SubmitKind::Failed(e)))
+        self.spawn_erased(task, mode, SubmitOptions::new())
+            .await?
+            .await
     }
 
-    /// Validates, records and launches a request; everything before the launch is synchronous, so
-    /// a request is either rejected with nothing recorded or fully accepted.
+    /// [`spawn`](Self::spawn) for a task whose output type is erased.
+    ///
+    /// # Errors
+    ///
+    /// As for [`spawn`](Self::spawn).
+    pub async fn spawn_erased(
+        &self,
+        task: ErasedTask,
+        mode: impl Into<ExecutionMode>,
+        options: SubmitOptions,
+    ) -> Result<RequestHandle<Value>, SubmitError> {
+        let (request_id, receiver, cancel) =
+            self.launch(task, mode.into(), options, true).await?;
+        Ok(RequestHandle::new(request_id, receiver, cancel, Ok))
+    }
+
+    /// Cancels the open request `request_id` and the children it submitted, as
+    /// [`RequestHandle::cancel`] does. Returns whether such a request was open.
+    pub fn cancel(&self, request_id: &str) -> bool {
+        let table = self.inner.table();
+        match table.open.get(request_id) {
+            Some(open) => {
+                open.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The checks that need no lock, and the parent of a nested task.
+    fn prepare(&self, mut task: ErasedTask, mode: &ExecutionMode) -> Result<ErasedTask, SubmitError> {
+        let inner = &self.inner;
+        if inner.started.get().is_none() {
+            return Err(SubmitError::new(SubmitKind::NotStarted));
+        }
+        if inner.closing.load(Ordering::SeqCst) {
+            return Err(SubmitError::new(SubmitKind::ShutDown));
+        }
+        if !inner.modes.contains_key(mode) {
+            return Err(SubmitError::new(SubmitKind::UnknownMode(mode.clone())));
+        }
+        if task.info().parent_id().is_none()
+            && let Some(parent) = current_node()
+        {
+            task = task.with_parent(parent);
+        }
+        Ok(task)
+    }
+
+    /// The concurrency limit `task` must take a place under: its mode's, unless it is a child.
+    fn limit(&self, mode: &ExecutionMode, task: &ErasedTask) -> Option<Arc<Semaphore>> {
+        if task.info().parent_id().is_some() {
+            return None;
+        }
+        self.inner.limits.get(mode).cloned()
+    }
+
+    async fn launch(
+        &self,
+        task: ErasedTask,
+        mode: ExecutionMode,
+        options: SubmitOptions,
+        wait: bool,
+    ) -> Result<(RequestId, oneshot::Receiver<Outcome>, CancellationToken), SubmitError> {
+        let task = self.prepare(task, &mode)?;
+        let permit = match self.limit(&mode, &task) {
+            Some(limit) if wait => Some(
+                limit
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?,
+            ),
+            _ => None,
+        };
+        self.accept(task, mode, options, permit)
+    }
+
+    /// Validates, records and launches a request; everything here is synchronous, so a request
+    /// is either rejected with nothing recorded or fully accepted.
     fn accept(
         &self,
-        mut task: ErasedTask,
+        task: ErasedTask,
         mode: ExecutionMode,
-    ) -> Result<oneshot::Receiver<Outcome>, SubmitError> {
+        options: SubmitOptions,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(RequestId, oneshot::Receiver<Outcome>, CancellationToken), SubmitError> {
         let inner = &self.inner;
         let started = inner
             .started
@@ -454,28 +770,49 @@ impl Coordinator {
         if !started.publisher.is_running() {
             return Err(SubmitError::new(SubmitKind::PublisherClosed));
         }
-        if task.info().parent_id().is_none()
-            && let Some(parent) = current_node()
-        {
-            task = task.with_parent(parent);
-        }
+        let (timeout, retry) = options.into_parts();
+        let deadline = timeout.map(|t| Instant::now() + t);
         let (sender, receiver) = oneshot::channel();
-        {
+        let request_id = task.info().request_id().clone();
+        let cancel = {
             let mut table = inner.table();
             table
                 .state
                 .add_job(&task)
                 .map_err(|e| SubmitError::new(SubmitKind::Duplicate(e.request_id().clone())))?;
-            table
-                .waiters
-                .insert(task.info().request_id().clone(), sender);
-        }
+            let parent_token = task
+                .info()
+                .parent_id()
+                .and_then(|parent| table.by_node.get(parent))
+                .and_then(|parent_request| table.open.get(parent_request))
+                .map(|open| open.cancel.child_token());
+            let cancel = parent_token.unwrap_or_default();
+            let node_id = task.info().node_id().clone();
+            table.by_node.insert(node_id.clone(), request_id.clone());
+            table.open.insert(
+                request_id.clone(),
+                Open {
+                    waiter: sender,
+                    cancel: cancel.clone(),
+                    node_id,
+                },
+            );
+            cancel
+        };
         let span = task_span(task.info(), &mode);
         tracing::debug!(parent: &span, "job opened");
-        runtime.spawn(
-            drive(Arc::clone(inner), strategy, task, started.publisher.clone()).instrument(span),
-        );
-        Ok(receiver)
+        let request = Request {
+            strategy,
+            task,
+            publisher: started.publisher.clone(),
+            cancel: cancel.clone(),
+            deadline,
+            timeout,
+            retry,
+            permit,
+        };
+        runtime.spawn(drive(Arc::clone(inner), request).instrument(span));
+        Ok((request_id, receiver, cancel))
     }
 
     /// A serializable snapshot: the counts, every recorded job (oldest first) and each mode's
@@ -525,24 +862,54 @@ impl Coordinator {
         self.shutdown_with_grace(self.inner.grace).await;
     }
 
-    /// Stops taking tasks, waits until every accepted request has ended or `grace` has passed,
-    /// then shuts every strategy down exactly once (a strategy serving several modes once) with
-    /// whatever is left of `grace`.
+    /// Shuts down gracefully within `grace`:
     ///
-    /// Requests accepted before the call all get to run: the strategies are closed only after
-    /// them. Calling it again does not shut strategies down again; it waits for open jobs again.
+    /// 1. stops taking tasks (submissions waiting for a place under a concurrency limit are
+    ///    rejected as shut down);
+    /// 2. lets every accepted request run until it ends or `grace` has passed;
+    /// 3. at the deadline, cancels what is still open: each such request ends as
+    ///    [`JobResult::Cancelled`] with its failure message published, so no request is left
+    ///    without its terminal message;
+    /// 4. waits until the coordinator's own subscriber has received every terminal message (the
+    ///    job table has no open job);
+    /// 5. shuts every strategy down exactly once (a strategy serving several modes once).
+    ///
+    /// The publisher belongs to the application: shut it down after this to drain it for the
+    /// other subscribers. Calling this again does not shut strategies down again.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
+        for limit in inner.limits.values() {
+            limit.close();
+        }
         let drained =
             exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, deadline)
                 .await;
         if !drained {
+            inner.past_deadline.store(true, Ordering::SeqCst);
+            let cancelled = {
+                let table = inner.table();
+                for open in table.open.values() {
+                    open.cancel.cancel();
+                }
+                table.open.len()
+            };
             tracing::warn!(
-                open_jobs = inner.open_jobs(),
-                "coordinator shutdown: grace period over with jobs still open"
+                cancelled,
+                "coordinator shutdown: grace period over; cancelling the requests still open"
             );
+            // Cancelled drivers drop their strategy's future at once and publish; this bounds
+            // the wait in case a strategy's future does not give up promptly when dropped.
+            let settle = Instant::now() + CANCEL_SETTLE;
+            if !exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, settle)
+                .await
+            {
+                tracing::error!(
+                    open_jobs = inner.open_jobs(),
+                    "coordinator shutdown: requests still open after cancellation"
+                );
+            }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         inner
@@ -573,6 +940,7 @@ fn task_span(info: &TaskInfo, mode: &ExecutionMode) -> tracing::Span {
         node_id = %info.node_id(),
         parent = info.parent_id().map(|p| p.as_str()),
         mode = %mode,
+        attempt = 1_u32,
     )
 }
 

@@ -22,6 +22,7 @@ pub(crate) enum SubmitKind {
     Duplicate(RequestId),
     NoRuntime,
     PublisherClosed,
+    Busy(ExecutionMode),
     Failed(TaskError),
 }
 
@@ -65,6 +66,24 @@ impl SubmitError {
         matches!(self.kind, SubmitKind::PublisherClosed)
     }
 
+    /// The mode's concurrency limit was reached and the caller asked not to wait
+    /// ([`Coordinator::try_spawn`](crate::Coordinator::try_spawn)).
+    pub fn is_busy(&self) -> bool {
+        matches!(self.kind, SubmitKind::Busy(_))
+    }
+
+    /// The request was accepted and ran past its deadline
+    /// ([`SubmitOptions::timeout`](crate::SubmitOptions::timeout), or a strategy's own timeout).
+    pub fn is_timeout(&self) -> bool {
+        self.task_error().is_some_and(TaskError::is_timeout)
+    }
+
+    /// The request was accepted and then cancelled (by its handle, its parent, or the shutdown
+    /// deadline).
+    pub fn is_cancelled(&self) -> bool {
+        self.task_error().is_some_and(TaskError::is_cancelled)
+    }
+
     /// The request ran and failed: why.
     pub fn task_error(&self) -> Option<&TaskError> {
         match &self.kind {
@@ -94,6 +113,9 @@ impl fmt::Display for SubmitError {
             SubmitKind::NoRuntime => f.write_str("submit must run inside a tokio runtime"),
             SubmitKind::PublisherClosed => {
                 f.write_str("the coordinator's publisher is not running")
+            }
+            SubmitKind::Busy(mode) => {
+                write!(f, "mode `{mode}` is at its concurrency limit")
             }
             SubmitKind::Failed(e) => write!(f, "the task failed: {e}"),
         }

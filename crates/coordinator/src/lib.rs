@@ -45,16 +45,21 @@
 
 mod coordinator;
 mod error;
+mod handle;
+mod options;
 
 pub use crate::coordinator::{
     Coordinator, CoordinatorBuilder, DEFAULT_SHUTDOWN_GRACE, SystemDetail, current_node,
 };
 pub use crate::error::{StartError, SubmitError};
+pub use crate::handle::RequestHandle;
+pub use crate::options::{RetryPolicy, SubmitOptions};
 
 #[doc(inline)]
 pub use task_core::{
     BlockingNode, BoxError, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult,
-    JobStatus, Node, NodeId, NodeRegistry, PortableNode, RequestId, StateError, StrategyStats,
+    JobStatus, Node, NodeId, NodeRegistry, PortableNode, RequestId, Retention, StateError,
+    StrategyStats,
     Task, TaskError, TaskExecutionStrategy, TaskInfo, Value, WorkerStats,
 };
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, Task};
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionPublisher, Task,
+};
 use support::{CountingInline, Recorder, started, value_task};
 
 #[tokio::test]
@@ -68,22 +70,34 @@ async fn shutdown_waits_for_running_requests_and_each_still_ends_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_gives_up_after_the_grace_period() {
-    let (_publisher, coordinator) = started();
+async fn shutdown_cancels_what_is_still_open_at_the_deadline() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
     let (_keep, never) = tokio::sync::oneshot::channel::<()>();
     let stuck = Task::from_fn("stuck", "stuck", || async move {
         never.await.ok();
         Ok::<_, BoxError>(())
     });
     let c = coordinator.clone();
-    let _call = tokio::spawn(async move { c.submit(stuck, "async").await });
+    let call = tokio::spawn(async move { c.submit(stuck, "async").await });
     while coordinator.job("stuck").is_none() {
         tokio::task::yield_now().await;
     }
     coordinator
         .shutdown_with_grace(Duration::from_millis(50))
         .await;
-    assert_eq!(coordinator.counts().opened, 1);
+    // Nothing is left open: the stuck request was cancelled, its caller told, its message sent.
+    let counts = coordinator.counts();
+    assert_eq!((counts.opened, counts.cancelled), (0, 1));
+    assert_eq!(
+        coordinator.job("stuck").unwrap().result(),
+        Some(JobResult::Cancelled)
+    );
+    let error = call.await.unwrap().unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    assert!(error.to_string().contains("shutdown deadline"), "{error}");
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts().get("stuck"), Some(&1));
 }
 
 #[tokio::test]

@@ -670,7 +670,7 @@ impl Shared {
         self: &Arc<Self>,
         name: &'static str,
         payload: &[u8],
-    ) -> Result<oneshot::Receiver<Result<Vec<u8>, TaskError>>, TaskError> {
+    ) -> Result<Dispatched, TaskError> {
         let run = self.next_run.fetch_add(1, Ordering::Relaxed);
         let frame = wire::encode_frame(
             &ToWorker::Run {
@@ -722,7 +722,11 @@ impl Shared {
                             shared.expire(worker_id, run);
                         });
                     }
-                    return Ok(answer);
+                    return Ok(Dispatched {
+                        answer,
+                        worker_id,
+                        run,
+                    });
                 }
                 if let Some(error) = &state.last_spawn_error
                     && state.slots.iter().all(Option::is_none)
@@ -752,6 +756,23 @@ impl Shared {
         }
     }
 
+    /// The caller stopped waiting for `run` (its request was cancelled or passed its deadline):
+    /// kill the worker running it, if it still is, so the work stops; the worker is replaced.
+    fn abandon(&self, worker_id: u64, run: u64) {
+        let mut state = self.lock();
+        for worker in state
+            .slots
+            .iter_mut()
+            .flatten()
+            .filter(|w| w.id == worker_id)
+        {
+            // The entry stays until the worker ends, so a late answer is not a protocol breach.
+            if worker.pending.contains_key(&run) {
+                worker.request_kill(format!("run {run} was abandoned by its caller"));
+            }
+        }
+    }
+
     fn kill_all(&self, reason: &str) {
         let mut state = self.lock();
         for worker in state.slots.iter_mut().flatten() {
@@ -768,6 +789,29 @@ impl Shared {
             .map(|w| WorkerStats::new(w.id, Some(w.pid), w.pending.len() as u64, w.completed))
             .collect();
         (workers, state.restarts)
+    }
+}
+
+/// A run handed to a worker.
+struct Dispatched {
+    answer: oneshot::Receiver<Result<Vec<u8>, TaskError>>,
+    worker_id: u64,
+    run: u64,
+}
+
+/// Kills the worker of a run whose caller stopped waiting before the answer came.
+struct AbandonOnDrop<'a> {
+    shared: &'a Arc<Shared>,
+    worker_id: u64,
+    run: u64,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.abandon(self.worker_id, self.run);
+        }
     }
 }
 
@@ -995,8 +1039,16 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                     .acquire()
                     .await
                     .map_err(|_| TaskError::shutdown("process"))?;
-                let answer = shared.dispatch(portable.name(), payload).await?;
-                let bytes = answer.await.unwrap_or_else(|_| {
+                let dispatched = shared.dispatch(portable.name(), payload).await?;
+                let mut abandon = AbandonOnDrop {
+                    shared,
+                    worker_id: dispatched.worker_id,
+                    run: dispatched.run,
+                    armed: true,
+                };
+                let answer = dispatched.answer.await;
+                abandon.armed = false;
+                let bytes = answer.unwrap_or_else(|_| {
                     Err(TaskError::worker_lost("the worker ended without answering"))
                 })?;
                 portable.decode_output(&bytes)

@@ -1,0 +1,114 @@
+//! [`RequestHandle`]: an accepted request, to await or cancel.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use task_core::{Outcome, RequestId, TaskError, Value};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{SubmitError, SubmitKind};
+
+/// An accepted request: await it for the node's output, or [`cancel`](Self::cancel) it.
+///
+/// Returned by [`Coordinator::spawn`](crate::Coordinator::spawn) and
+/// [`Coordinator::try_spawn`](crate::Coordinator::try_spawn). The request runs whether or not the
+/// handle is awaited: dropping the handle does not cancel it (as with a tokio `JoinHandle`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use coordinator::{Coordinator, ExecutionMode, RequestCompletionPublisher, SubmitOptions, Task};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let publisher = RequestCompletionPublisher::new();
+/// publisher.start()?;
+/// let coordinator = Coordinator::builder().with_async().build();
+/// coordinator.start(&publisher)?;
+///
+/// let slow = Task::from_fn("slow", "wait", || async {
+///     tokio::time::sleep(Duration::from_secs(60)).await;
+///     Ok::<_, coordinator::BoxError>(())
+/// });
+/// let handle = coordinator.spawn(slow, ExecutionMode::ASYNC, SubmitOptions::new()).await?;
+/// handle.cancel();
+/// assert!(handle.await.unwrap_err().is_cancelled());
+/// assert_eq!(coordinator.counts().cancelled, 1);
+/// # coordinator.shutdown().await;
+/// # publisher.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a handle does nothing unless awaited or cancelled; the request runs either way"]
+pub struct RequestHandle<O> {
+    request_id: RequestId,
+    receiver: oneshot::Receiver<Outcome>,
+    cancel: CancellationToken,
+    convert: fn(Value) -> Result<O, SubmitError>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> RequestHandle<O> {
+    pub(crate) fn new(
+        request_id: RequestId,
+        receiver: oneshot::Receiver<Outcome>,
+        cancel: CancellationToken,
+        convert: fn(Value) -> Result<O, SubmitError>,
+    ) -> Self {
+        Self {
+            request_id,
+            receiver,
+            cancel,
+            convert,
+            _output: PhantomData,
+        }
+    }
+
+    /// The request this handle follows.
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+
+    /// Cancels the request and every child it submitted. If it has not ended yet it ends as
+    /// [`JobResult::Cancelled`](task_core::JobResult::Cancelled) with a cancelled failure message;
+    /// if it already ended, nothing changes. Returns at once; await the handle for the outcome.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Whether cancellation was asked for (by this handle, the request's parent, or shutdown).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+impl<O> Future for RequestHandle<O> {
+    type Output = Result<O, SubmitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let received = std::task::ready!(Pin::new(&mut self.receiver).poll(cx));
+        let outcome = received.unwrap_or_else(|_| {
+            Err(TaskError::strategy(
+                "the request ended without an outcome reaching its caller",
+            ))
+        });
+        Poll::Ready(match outcome {
+            Ok(value) => (self.convert)(value),
+            Err(e) => Err(SubmitError::new(SubmitKind::Failed(e))),
+        })
+    }
+}
+
+impl<O> fmt::Debug for RequestHandle<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestHandle")
+            .field("request_id", &self.request_id)
+            .field("cancelled", &self.cancel.is_cancelled())
+            .finish()
+    }
+}

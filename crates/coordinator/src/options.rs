@@ -1,0 +1,277 @@
+//! Per-request options: a deadline and a retry policy.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use task_core::TaskError;
+
+/// How one request is run: its timeout and its retry policy.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use coordinator::{RetryPolicy, SubmitOptions};
+///
+/// let options = SubmitOptions::new()
+///     .timeout(Duration::from_secs(5))
+///     .retry(RetryPolicy::new(3).backoff(Duration::from_millis(10), Duration::from_secs(1)));
+/// assert_eq!(options.get_timeout(), Some(Duration::from_secs(5)));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SubmitOptions {
+    timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+}
+
+impl SubmitOptions {
+    /// No timeout, no retries.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The request's deadline, counted from acceptance and covering every attempt and the
+    /// backoff between them. At the deadline the caller gets a timed-out error
+    /// ([`SubmitError::is_timeout`](crate::SubmitError::is_timeout)), the job closes as
+    /// [`JobResult::TimedOut`](task_core::JobResult::TimedOut) and the strategy's future is
+    /// dropped (what that stops depends on the strategy; see `docs/reliability.md`).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Retries failed attempts under `policy`. Only replayable tasks
+    /// ([`ErasedTask::is_replayable`](task_core::ErasedTask::is_replayable)) can be retried; a
+    /// task that is not gets a single attempt.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The timeout set, if any.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The retry policy set, if any.
+    pub fn get_retry(&self) -> Option<&RetryPolicy> {
+        self.retry.as_ref()
+    }
+
+    pub(crate) fn into_parts(self) -> (Option<Duration>, Option<RetryPolicy>) {
+        (self.timeout, self.retry)
+    }
+}
+
+type Predicate = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;
+
+/// When and how often to run a failed task again.
+///
+/// Attempt `n` (counting from 1) that fails with a retryable error is followed, after a backoff,
+/// by attempt `n + 1`, up to `max_attempts` in all. The backoff before attempt `n + 1` is
+/// `initial * multiplier^(n-1)`, capped at `max`, then (with jitter, the default) drawn uniformly
+/// from zero to that value ("full jitter", so retries of many requests spread out). Every attempt
+/// is counted on the job ([`Job::attempts`](task_core::Job::attempts)); the request still ends with
+/// exactly one terminal message.
+///
+/// By default node errors, panics and lost workers are retried; timeouts (the deadline covers all
+/// attempts), cancellations, shutdowns and errors that would recur (unsupported or unregistered
+/// node, encoding, protocol) are not. [`retry_if`](Self::retry_if) replaces that rule.
+#[derive(Clone)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    initial: Duration,
+    max: Duration,
+    multiplier: f64,
+    jitter: bool,
+    retry_if: Option<Predicate>,
+}
+
+impl RetryPolicy {
+    /// Up to `max_attempts` attempts in all (0 is read as 1), with a backoff of 100 ms doubling up
+    /// to 10 s, with jitter.
+    pub fn new(max_attempts: u32) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: true,
+            retry_if: None,
+        }
+    }
+
+    /// The first backoff and the cap on any backoff.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial = initial;
+        self.max = max.max(initial);
+        self
+    }
+
+    /// The growth factor between backoffs (default 2; values below 1 are read as 1).
+    #[must_use]
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = if multiplier.is_finite() {
+            multiplier.max(1.0)
+        } else {
+            1.0
+        };
+        self
+    }
+
+    /// Waits the full backoff instead of a random part of it.
+    #[must_use]
+    pub fn without_jitter(mut self) -> Self {
+        self.jitter = false;
+        self
+    }
+
+    /// Decides which errors are retried.
+    #[must_use]
+    pub fn retry_if(mut self, predicate: impl Fn(&TaskError) -> bool + Send + Sync + 'static) -> Self {
+        self.retry_if = Some(Arc::new(predicate));
+        self
+    }
+
+    /// The most attempts a request gets.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Whether `error`, ending attempt `attempt` (from 1), earns another attempt.
+    pub fn should_retry(&self, attempt: u32, error: &TaskError) -> bool {
+        attempt < self.max_attempts
+            && match &self.retry_if {
+                Some(predicate) => predicate(error),
+                None => default_retryable(error),
+            }
+    }
+
+    /// The longest backoff after attempt `attempt` (from 1), before jitter.
+    pub fn max_backoff_after(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let factor = self.multiplier.powi(exponent);
+        let secs = self.initial.as_secs_f64() * factor;
+        if secs.is_finite() && secs < self.max.as_secs_f64() {
+            Duration::from_secs_f64(secs)
+        } else {
+            self.max
+        }
+    }
+
+    /// The backoff to wait after attempt `attempt` (from 1).
+    pub fn backoff_after(&self, attempt: u32) -> Duration {
+        let cap = self.max_backoff_after(attempt);
+        if self.jitter {
+            cap.mul_f64(fastrand::f64())
+        } else {
+            cap
+        }
+    }
+}
+
+fn default_retryable(error: &TaskError) -> bool {
+    error.is_node_error() || error.is_panic() || error.is_worker_lost()
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("max_attempts", &self.max_attempts)
+            .field("initial", &self.initial)
+            .field("max", &self.max)
+            .field("multiplier", &self.multiplier)
+            .field("jitter", &self.jitter)
+            .field("custom_retry_if", &self.retry_if.is_some())
+            .finish()
+    }
+}
+
+/// The process-wide timer the coordinator's deadlines and backoffs run on: a tokio time driver
+/// on a thread of its own, so they work on any runtime, including one built without timers.
+/// A timer created here can be awaited from any runtime; it wakes its task when it fires.
+fn timer() -> Result<&'static tokio::runtime::Handle, TaskError> {
+    static TIMER: OnceLock<Result<tokio::runtime::Handle, String>> = OnceLock::new();
+    TIMER
+        .get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name("coordinator-timer".into())
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .map_err(|e| e.to_string())?;
+            Ok(handle)
+        })
+        .as_ref()
+        .map_err(|e| TaskError::strategy(format!("the coordinator's timer could not start: {e}")))
+}
+
+/// A future that completes at `deadline`.
+pub(crate) fn sleep_until(deadline: Instant) -> Result<tokio::time::Sleep, TaskError> {
+    let handle = timer()?;
+    let _entered = handle.enter();
+    Ok(tokio::time::sleep_until(deadline.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::new(10)
+            .backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .without_jitter();
+        let waits: Vec<u128> = (1..=5).map(|a| p.backoff_after(a).as_millis()).collect();
+        assert_eq!(waits, [10, 20, 40, 50, 50]);
+        let jittered = RetryPolicy::new(3).backoff(Duration::from_millis(10), Duration::from_secs(1));
+        for attempt in 1..5 {
+            assert!(jittered.backoff_after(attempt) <= jittered.max_backoff_after(attempt));
+        }
+    }
+
+    #[test]
+    fn default_rule_retries_transient_errors_only() {
+        let p = RetryPolicy::new(3);
+        assert!(p.should_retry(1, &TaskError::node("x".into())));
+        assert!(p.should_retry(2, &TaskError::worker_lost("killed")));
+        assert!(!p.should_retry(3, &TaskError::node("x".into())), "attempts exhausted");
+        assert!(!p.should_retry(1, &TaskError::timed_out("late")));
+        assert!(!p.should_retry(1, &TaskError::cancelled("stop")));
+        assert!(!p.should_retry(1, &TaskError::not_registered("n")));
+        let custom = RetryPolicy::new(2).retry_if(TaskError::is_timeout);
+        assert!(custom.should_retry(1, &TaskError::timed_out("late")));
+        assert!(!custom.should_retry(1, &TaskError::node("x".into())));
+        assert_eq!(RetryPolicy::new(0).max_attempts(), 1);
+    }
+
+    #[test]
+    fn odd_multipliers_are_tamed() {
+        let p = RetryPolicy::new(5)
+            .multiplier(f64::NAN)
+            .backoff(Duration::from_millis(5), Duration::from_millis(5))
+            .without_jitter();
+        assert_eq!(p.backoff_after(4), Duration::from_millis(5));
+        let huge = RetryPolicy::new(500).multiplier(1e300).without_jitter();
+        assert_eq!(huge.backoff_after(400), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_timer_fires_on_a_runtime_without_timers() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let start = Instant::now();
+        runtime.block_on(async {
+            sleep_until(Instant::now() + Duration::from_millis(20))
+                .unwrap()
+                .await;
+        });
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+}
