@@ -245,10 +245,7 @@ impl Inner {
             {
                 table.by_node.remove(&open.node_id);
             }
-            (
-                open.map(|o| o.waiter),
-                table.state.counts().opened == 0,
-            )
+            (open.map(|o| o.waiter), table.state.counts().opened == 0)
         };
         tracing::debug!(request_id, %result, "job closed");
         if idle {
@@ -284,7 +281,9 @@ impl Inner {
     /// The cancelled outcome of a request, saying who cancelled it.
     fn cancelled(&self) -> TaskError {
         if self.past_deadline.load(Ordering::SeqCst) {
-            TaskError::cancelled("the coordinator's shutdown deadline passed before the request ended")
+            TaskError::cancelled(
+                "the coordinator's shutdown deadline passed before the request ended",
+            )
         } else {
             TaskError::cancelled("the request was cancelled")
         }
@@ -677,8 +676,7 @@ impl Coordinator {
         mode: impl Into<ExecutionMode>,
         options: SubmitOptions,
     ) -> Result<RequestHandle<Value>, SubmitError> {
-        let (request_id, receiver, cancel) =
-            self.launch(task, mode.into(), options, true).await?;
+        let (request_id, receiver, cancel) = self.launch(task, mode.into(), options, true).await?;
         Ok(RequestHandle::new(request_id, receiver, cancel, Ok))
     }
 
@@ -696,7 +694,11 @@ impl Coordinator {
     }
 
     /// The checks that need no lock, and the parent of a nested task.
-    fn prepare(&self, mut task: ErasedTask, mode: &ExecutionMode) -> Result<ErasedTask, SubmitError> {
+    fn prepare(
+        &self,
+        mut task: ErasedTask,
+        mode: &ExecutionMode,
+    ) -> Result<ErasedTask, SubmitError> {
         let inner = &self.inner;
         if inner.started.get().is_none() {
             return Err(SubmitError::new(SubmitKind::NotStarted));
@@ -902,8 +904,12 @@ impl Coordinator {
             // Cancelled drivers drop their strategy's future at once and publish; this bounds
             // the wait in case a strategy's future does not give up promptly when dropped.
             let settle = Instant::now() + CANCEL_SETTLE;
-            if !exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, settle)
-                .await
+            if !exec_strategies::support::wait_for(
+                &inner.drained,
+                || inner.open_jobs() == 0,
+                settle,
+            )
+            .await
             {
                 tracing::error!(
                     open_jobs = inner.open_jobs(),

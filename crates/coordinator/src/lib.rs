@@ -59,8 +59,7 @@ pub use crate::options::{RetryPolicy, SubmitOptions};
 pub use task_core::{
     BlockingNode, BoxError, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult,
     JobStatus, Node, NodeId, NodeRegistry, PortableNode, RequestId, Retention, StateError,
-    StrategyStats,
-    Task, TaskError, TaskExecutionStrategy, TaskInfo, Value, WorkerStats,
+    StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo, Value, WorkerStats,
 };
 
 #[doc(inline)]

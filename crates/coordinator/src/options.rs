@@ -132,7 +132,10 @@ impl RetryPolicy {
 
     /// Decides which errors are retried.
     #[must_use]
-    pub fn retry_if(mut self, predicate: impl Fn(&TaskError) -> bool + Send + Sync + 'static) -> Self {
+    pub fn retry_if(
+        mut self,
+        predicate: impl Fn(&TaskError) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.retry_if = Some(Arc::new(predicate));
         self
     }
@@ -231,7 +234,8 @@ mod tests {
             .without_jitter();
         let waits: Vec<u128> = (1..=5).map(|a| p.backoff_after(a).as_millis()).collect();
         assert_eq!(waits, [10, 20, 40, 50, 50]);
-        let jittered = RetryPolicy::new(3).backoff(Duration::from_millis(10), Duration::from_secs(1));
+        let jittered =
+            RetryPolicy::new(3).backoff(Duration::from_millis(10), Duration::from_secs(1));
         for attempt in 1..5 {
             assert!(jittered.backoff_after(attempt) <= jittered.max_backoff_after(attempt));
         }
@@ -242,7 +246,10 @@ mod tests {
         let p = RetryPolicy::new(3);
         assert!(p.should_retry(1, &TaskError::node("x".into())));
         assert!(p.should_retry(2, &TaskError::worker_lost("killed")));
-        assert!(!p.should_retry(3, &TaskError::node("x".into())), "attempts exhausted");
+        assert!(
+            !p.should_retry(3, &TaskError::node("x".into())),
+            "attempts exhausted"
+        );
         assert!(!p.should_retry(1, &TaskError::timed_out("late")));
         assert!(!p.should_retry(1, &TaskError::cancelled("stop")));
         assert!(!p.should_retry(1, &TaskError::not_registered("n")));
@@ -265,7 +272,9 @@ mod tests {
 
     #[test]
     fn the_timer_fires_on_a_runtime_without_timers() {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let start = Instant::now();
         runtime.block_on(async {
             sleep_until(Instant::now() + Duration::from_millis(20))

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use coordinator::{
     BoxError, Coordinator, ExecutionMode, JobResult, Node, NodeRegistry, PortableNode,
-    ProcessExecutionStrategy, RequestCompletionPublisher, Task, run_worker_if_requested,
+    ProcessExecutionStrategy, RequestCompletionPublisher, RetryPolicy, SubmitOptions, Task,
+    run_worker_if_requested,
 };
 use serde::{Deserialize, Serialize};
 use support::Recorder;
@@ -42,10 +43,193 @@ impl PortableNode for Analyze {
     const NAME: &'static str = "analyze";
 }
 
+/// Sleeps for the given milliseconds in the worker, then returns the worker's pid.
+#[derive(Serialize, Deserialize)]
+struct Nap(u64);
+
+impl Node for Nap {
+    type Output = u32;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "nap".into()
+    }
+    async fn invoke(self) -> Result<u32, BoxError> {
+        std::thread::sleep(Duration::from_millis(self.0));
+        Ok(std::process::id())
+    }
+}
+
+impl PortableNode for Nap {
+    const NAME: &'static str = "nap";
+}
+
 fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
     registry.register::<Analyze>().unwrap();
+    registry.register::<Nap>().unwrap();
     registry
+}
+
+fn worker_pids(coordinator: &Coordinator) -> Vec<u32> {
+    let detail = coordinator.system_detail();
+    let mut pids: Vec<u32> = detail.modes["process"]
+        .workers
+        .iter()
+        .filter_map(|w| w.pid)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Waits (bounded) until the pool reports `restarts` replacements and `workers` live workers.
+fn await_pool(coordinator: &Coordinator, restarts: u64, workers: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let detail = coordinator.system_detail();
+        let stats = &detail.modes["process"];
+        if stats.restarts >= restarts && stats.workers.len() == workers {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pool never reached {restarts} restarts with {workers} workers: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let recorder = Recorder::attach(&publisher);
+        let process = ProcessExecutionStrategy::builder(registry())
+            .workers(2)
+            .start()
+            .await
+            .unwrap();
+        let coordinator = Coordinator::builder()
+            .strategy(ExecutionMode::PROCESS, process)
+            .build();
+        coordinator.start(&publisher).unwrap();
+        let before = worker_pids(&coordinator);
+        assert_eq!(before.len(), 2);
+
+        let error = coordinator
+            .submit_with(
+                Task::portable("late", Nap(60_000)),
+                ExecutionMode::PROCESS,
+                SubmitOptions::new().timeout(Duration::from_millis(200)),
+            )
+            .await
+            .unwrap_err();
+        assert!(error.is_timeout(), "{error}");
+        assert_eq!(
+            coordinator.job("late").unwrap().result(),
+            Some(JobResult::TimedOut)
+        );
+        // Its worker was killed (the only way to stop it) and replaced.
+        await_pool(&coordinator, 1, 2);
+        let after = worker_pids(&coordinator);
+        assert_eq!(before.iter().filter(|p| after.contains(p)).count(), 1);
+
+        let handle = coordinator
+            .spawn(
+                Task::portable("dropped", Nap(60_000)),
+                ExecutionMode::PROCESS,
+                SubmitOptions::new(),
+            )
+            .await
+            .unwrap();
+        // Wait until a worker is running it.
+        while coordinator.system_detail().modes["process"]
+            .workers
+            .iter()
+            .all(|w| w.in_flight == 0)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        handle.cancel();
+        assert!(handle.await.unwrap_err().is_cancelled());
+        await_pool(&coordinator, 2, 2);
+
+        // The pool still serves.
+        let pid = coordinator
+            .submit(Task::portable("fine", Nap(1)), ExecutionMode::PROCESS)
+            .await
+            .unwrap();
+        assert!(worker_pids(&coordinator).contains(&pid));
+
+        coordinator
+            .shutdown_with_grace(Duration::from_secs(5))
+            .await;
+        publisher.shutdown().await;
+        let terminal = recorder.terminal_counts();
+        assert_eq!(terminal.len(), 3);
+        assert!(terminal.values().all(|&n| n == 1));
+    });
+}
+
+fn a_retried_task_survives_its_worker_being_killed() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let process = ProcessExecutionStrategy::builder(registry())
+            .workers(2)
+            .start()
+            .await
+            .unwrap();
+        let coordinator = Coordinator::builder()
+            .strategy(ExecutionMode::PROCESS, process)
+            .build();
+        coordinator.start(&publisher).unwrap();
+        let policy =
+            RetryPolicy::new(3).backoff(Duration::from_millis(1), Duration::from_millis(1));
+        let handle = coordinator
+            .spawn(
+                Task::portable("survivor", Nap(1_000)),
+                ExecutionMode::PROCESS,
+                SubmitOptions::new().retry(policy),
+            )
+            .await
+            .unwrap();
+        let victim = loop {
+            let busy = coordinator.system_detail().modes["process"]
+                .workers
+                .iter()
+                .find(|w| w.in_flight > 0)
+                .and_then(|w| w.pid);
+            if let Some(pid) = busy {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let pid = handle.await.unwrap();
+        assert_ne!(pid, victim, "the second attempt ran on another worker");
+        let job = coordinator.job("survivor").unwrap();
+        assert_eq!(
+            (job.attempts(), job.result()),
+            (2, Some(JobResult::Success))
+        );
+        coordinator
+            .shutdown_with_grace(Duration::from_secs(5))
+            .await;
+        publisher.shutdown().await;
+    });
 }
 
 fn typed_results_and_failures_come_back_from_worker_processes() {
@@ -141,10 +325,20 @@ fn typed_results_and_failures_come_back_from_worker_processes() {
 
 fn main() {
     run_worker_if_requested(&registry());
-    let tests: &[(&str, fn())] = &[(
-        "typed_results_and_failures_come_back_from_worker_processes",
-        typed_results_and_failures_come_back_from_worker_processes,
-    )];
+    let tests: &[(&str, fn())] = &[
+        (
+            "typed_results_and_failures_come_back_from_worker_processes",
+            typed_results_and_failures_come_back_from_worker_processes,
+        ),
+        (
+            "timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker",
+            timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker,
+        ),
+        (
+            "a_retried_task_survives_its_worker_being_killed",
+            a_retried_task_survives_its_worker_being_killed,
+        ),
+    ];
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {
         if catch_unwind(AssertUnwindSafe(test)).is_ok() {

@@ -475,9 +475,18 @@ mod tests {
     fn outcomes_map_to_results() {
         use crate::{TaskError, Value};
         assert_eq!(JobResult::of(&Ok(Value::new(1))), JobResult::Success);
-        assert_eq!(JobResult::of(&Err(TaskError::timed_out("t"))), JobResult::TimedOut);
-        assert_eq!(JobResult::of(&Err(TaskError::cancelled("c"))), JobResult::Cancelled);
-        assert_eq!(JobResult::of(&Err(TaskError::strategy("s"))), JobResult::Failure);
+        assert_eq!(
+            JobResult::of(&Err(TaskError::timed_out("t"))),
+            JobResult::TimedOut
+        );
+        assert_eq!(
+            JobResult::of(&Err(TaskError::cancelled("c"))),
+            JobResult::Cancelled
+        );
+        assert_eq!(
+            JobResult::of(&Err(TaskError::strategy("s"))),
+            JobResult::Failure
+        );
         for r in [JobResult::TimedOut, JobResult::Cancelled] {
             assert_eq!(r.as_str().parse::<JobResult>().unwrap(), r);
         }

@@ -444,7 +444,11 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
             let node = encoded.payload().and_then(crate::portable::decode::<N>);
             TaskBody::Async(AsyncBody(Box::new(move || {
                 Box::pin(async move {
-                    node?.invoke().await.map(Value::new).map_err(TaskError::node)
+                    node?
+                        .invoke()
+                        .await
+                        .map(Value::new)
+                        .map_err(TaskError::node)
                 })
             })))
         }));
@@ -464,9 +468,9 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
             inner: ErasedTask::from_factory(info, move || {
                 let node = node.clone();
                 TaskBody::Async(AsyncBody(Box::new(move || {
-                    Box::pin(async move {
-                        node.invoke().await.map(Value::new).map_err(TaskError::node)
-                    })
+                    Box::pin(
+                        async move { node.invoke().await.map(Value::new).map_err(TaskError::node) },
+                    )
                 })))
             }),
             _output: PhantomData,
@@ -741,7 +745,10 @@ mod tests {
         }
         let node = Task::replayable("n", Cloned).into_erased();
         let copy = node.replay().unwrap();
-        assert_eq!(block_on(copy.run_inline()).unwrap().downcast_ref::<u8>(), Some(&8));
+        assert_eq!(
+            block_on(copy.run_inline()).unwrap().downcast_ref::<u8>(),
+            Some(&8)
+        );
 
         let once = Task::new("o", Echo).into_erased();
         assert!(!once.is_replayable());

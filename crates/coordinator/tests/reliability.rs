@@ -1,0 +1,433 @@
+//! Timeouts, cancellation, retries, concurrency limits and retention through the coordinator.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionPublisher, Retention,
+    RetryPolicy, SubmitOptions, Task, ThreadedExecutionStrategy,
+};
+use support::{Recorder, started, value_task};
+
+/// Sets its flag when dropped: shows that a node's future was dropped, not left running.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn sleeper(id: &str, dropped: Arc<AtomicBool>) -> Task<()> {
+    Task::from_fn(id.to_string(), "sleeper", move || async move {
+        let _flag = DropFlag(dropped);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, BoxError>(())
+    })
+}
+
+fn quick_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(attempts).backoff(Duration::from_millis(1), Duration::from_millis(5))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_task_past_its_timeout_is_dropped_and_closed_as_timed_out() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let options = SubmitOptions::new().timeout(Duration::from_millis(50));
+    let error = coordinator
+        .submit_with(sleeper("slow", dropped.clone()), "async", options)
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    assert!(!error.is_rejected());
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the node's future was dropped"
+    );
+    let job = coordinator.job("slow").unwrap();
+    assert_eq!(job.result(), Some(JobResult::TimedOut));
+    assert!(job.duration().unwrap() >= Duration::from_millis(50));
+    assert_eq!(coordinator.counts().timed_out, 1);
+    // A fast task with the same timeout is untouched.
+    let fast = coordinator
+        .submit_with(
+            value_task("fast", 7),
+            "async",
+            SubmitOptions::new().timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fast, 7);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts().get("slow"), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threaded_task_past_its_timeout_answers_at_the_deadline_and_its_late_result_is_discarded()
+{
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let recorder = Recorder::attach(&publisher);
+    let coordinator = Coordinator::builder()
+        .strategy(
+            ExecutionMode::THREADED,
+            ThreadedExecutionStrategy::builder()
+                .threads(1)
+                .build()
+                .unwrap(),
+        )
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let finished = Arc::new(AtomicBool::new(false));
+    let done = finished.clone();
+    let task = Task::blocking("busy", "busy", move || {
+        // Blocks its thread until released: it cannot be stopped, only abandoned.
+        let _ = hold.recv_timeout(Duration::from_secs(30));
+        done.store(true, Ordering::SeqCst);
+        Ok::<_, BoxError>(1_u8)
+    });
+    let options = SubmitOptions::new().timeout(Duration::from_millis(50));
+    let error = coordinator
+        .submit_with(task, ExecutionMode::THREADED, options)
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the caller was answered before the node finished"
+    );
+    release.send(()).unwrap();
+    // The pool thread finishes later; its result goes nowhere and nothing changes.
+    let after = value_task("after", 2).into_erased();
+    let value = coordinator
+        .submit_erased(after, ExecutionMode::THREADED)
+        .await
+        .unwrap();
+    assert_eq!(value.downcast_ref::<u64>(), Some(&2));
+    assert!(finished.load(Ordering::SeqCst));
+    assert_eq!(
+        coordinator.job("busy").unwrap().result(),
+        Some(JobResult::TimedOut)
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts().get("busy"), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_cancels_its_request_and_the_children_it_submitted() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let child_dropped = Arc::new(AtomicBool::new(false));
+    let child_started = Arc::new(tokio::sync::Notify::new());
+    let c = coordinator.clone();
+    let flag = child_dropped.clone();
+    let started_signal = child_started.clone();
+    let parent = Task::from_fn("parent", "parent", move || async move {
+        let child = Task::from_fn("child", "sleeper", move || async move {
+            let _flag = DropFlag(flag);
+            started_signal.notify_one();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, BoxError>(())
+        });
+        // The child is submitted from inside the parent: it gets the parent as its parent.
+        c.submit(child, "async").await?;
+        Ok::<_, BoxError>(())
+    });
+    let handle = coordinator
+        .spawn(parent, ExecutionMode::ASYNC, SubmitOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(handle.request_id().as_str(), "parent");
+    child_started.notified().await;
+    handle.cancel();
+    assert!(handle.is_cancelled());
+    let error = handle.await.unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    // The child ends too, cancelled, without anyone cancelling it by name.
+    while coordinator.counts().opened > 0 {
+        tokio::task::yield_now().await;
+    }
+    let child = coordinator.job("child").unwrap();
+    assert_eq!(child.result(), Some(JobResult::Cancelled));
+    assert_eq!(
+        child.parent_node_id(),
+        Some(coordinator.job("parent").unwrap().child_node_id())
+    );
+    assert!(child_dropped.load(Ordering::SeqCst));
+    assert_eq!(coordinator.counts().cancelled, 2);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!((terminal["parent"], terminal["child"]), (1, 1));
+}
+
+#[tokio::test]
+async fn cancel_by_id_reaches_only_open_requests_and_cancelling_a_child_spares_its_parent() {
+    let (_publisher, coordinator) = started();
+    assert!(!coordinator.cancel("nobody"));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let handle = coordinator
+        .spawn(sleeper("s", dropped), "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    assert!(coordinator.cancel("s"));
+    assert!(handle.await.unwrap_err().is_cancelled());
+    assert!(
+        !coordinator.cancel("s"),
+        "closed requests cannot be cancelled"
+    );
+
+    // A parent whose child is cancelled sees the child's error and decides for itself.
+    let c = coordinator.clone();
+    let parent = Task::from_fn("p", "parent", move || async move {
+        let child = c
+            .spawn(
+                sleeper("c", Arc::new(AtomicBool::new(false))),
+                "async",
+                SubmitOptions::new(),
+            )
+            .await?;
+        child.cancel();
+        let error = child.await.unwrap_err();
+        Ok::<_, BoxError>(error.is_cancelled())
+    });
+    assert!(coordinator.submit(parent, "async").await.unwrap());
+    assert_eq!(
+        coordinator.job("p").unwrap().result(),
+        Some(JobResult::Success)
+    );
+    coordinator.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_rerun_failed_attempts_and_count_them_on_the_job() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let flaky = Task::replayable_fn("flaky", "flaky", move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n < 3 {
+                Err(format!("attempt {n} failed"))
+            } else {
+                Ok(n)
+            }
+        }
+    });
+    let value = coordinator
+        .submit_with(flaky, "async", SubmitOptions::new().retry(quick_retry(5)))
+        .await
+        .unwrap();
+    assert_eq!(value, 3);
+    let job = coordinator.job("flaky").unwrap();
+    assert_eq!(
+        (job.attempts(), job.result()),
+        (3, Some(JobResult::Success))
+    );
+
+    // Exhausted: the last error is the outcome, every attempt counted.
+    let always = Task::replayable_fn("always", "always", || async { Err::<(), _>("still down") });
+    let error = coordinator
+        .submit_with(always, "async", SubmitOptions::new().retry(quick_retry(3)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.task_error().unwrap().message(), "still down");
+    assert_eq!(coordinator.job("always").unwrap().attempts(), 3);
+
+    // A task that can run only once gets one attempt whatever the policy.
+    let once: Task<()> = Task::from_fn("once", "once", || async { Err("no") });
+    coordinator
+        .submit_with(once, "async", SubmitOptions::new().retry(quick_retry(3)))
+        .await
+        .unwrap_err();
+    assert_eq!(coordinator.job("once").unwrap().attempts(), 1);
+
+    // An error the policy does not retry ends the request at once.
+    let policy = quick_retry(5).retry_if(|e| e.is_worker_lost());
+    let not_retried =
+        Task::replayable_fn("strict", "strict", || async { Err::<(), _>("node error") });
+    coordinator
+        .submit_with(not_retried, "async", SubmitOptions::new().retry(policy))
+        .await
+        .unwrap_err();
+    assert_eq!(coordinator.job("strict").unwrap().attempts(), 1);
+
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    // However many attempts, one terminal message per request.
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), 4);
+    assert!(terminal.values().all(|&n| n == 1), "{terminal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_covers_every_attempt_and_the_backoff() {
+    let (_publisher, coordinator) = started();
+    let always = Task::replayable_fn("r", "r", || async { Err::<(), _>("down") });
+    let options = SubmitOptions::new()
+        .timeout(Duration::from_millis(100))
+        .retry(
+            RetryPolicy::new(1000)
+                .backoff(Duration::from_millis(20), Duration::from_millis(20))
+                .without_jitter(),
+        );
+    let error = coordinator
+        .submit_with(always, "async", options)
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    let attempts = coordinator.job("r").unwrap().attempts();
+    assert!((2..1000).contains(&attempts), "{attempts} attempts");
+    coordinator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_makes_submit_wait_and_try_spawn_busy() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .limit("async", 2)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let gated = |id: &str| {
+        let mut gate = gate.clone();
+        Task::from_fn(id.to_string(), "gated", move || async move {
+            gate.wait_for(|open| *open).await?;
+            Ok::<_, BoxError>(())
+        })
+    };
+    let a = coordinator
+        .spawn(gated("a"), "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    let b = coordinator
+        .try_spawn(gated("b"), "async", SubmitOptions::new())
+        .unwrap();
+    // Full: the non-waiting form is refused, recording nothing.
+    let busy = coordinator
+        .try_spawn(gated("c"), "async", SubmitOptions::new())
+        .unwrap_err();
+    assert!(busy.is_busy() && busy.is_rejected(), "{busy}");
+    assert!(coordinator.job("c").is_none());
+    // The waiting form waits, unrecorded, until a place frees.
+    let c = coordinator.clone();
+    let gated_d = gated("d");
+    let waiting = tokio::spawn(async move { c.submit(gated_d, "async").await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(coordinator.job("d").is_none());
+    assert_eq!(coordinator.counts().opened, 2);
+    // Children of a running request do not need a place (they would deadlock their parent).
+    let c = coordinator.clone();
+    let child_runs = Task::from_fn("parent", "parent", move || async move {
+        let child = Task::from_fn("child", "child", || async { Ok::<_, BoxError>(5) });
+        c.submit(child, "async").await.map_err(BoxError::from)
+    });
+    release.send(true).unwrap();
+    a.await.unwrap();
+    b.await.unwrap();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(coordinator.submit(child_runs, "async").await.unwrap(), 5);
+    coordinator.shutdown().await;
+    // Waiting for a place after shutdown began is a rejection.
+    let late = coordinator
+        .try_spawn(gated("late"), "async", SubmitOptions::new())
+        .unwrap_err();
+    assert!(late.is_shut_down());
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_rejects_submissions_waiting_for_a_place() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .limit("async", 1)
+        .shutdown_grace(Duration::from_millis(50))
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let _hog = coordinator
+        .spawn(
+            sleeper("hog", dropped.clone()),
+            "async",
+            SubmitOptions::new(),
+        )
+        .await
+        .unwrap();
+    let c = coordinator.clone();
+    let waiting = tokio::spawn(async move { c.submit(value_task("w", 1), "async").await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    coordinator.shutdown().await;
+    let error = waiting.await.unwrap().unwrap_err();
+    assert!(error.is_shut_down(), "{error}");
+    assert!(coordinator.job("w").is_none());
+    assert_eq!(
+        coordinator.job("hog").unwrap().result(),
+        Some(JobResult::Cancelled)
+    );
+    assert!(dropped.load(Ordering::SeqCst));
+    publisher.shutdown().await;
+}
+
+#[tokio::test]
+async fn keep_last_retention_bounds_the_table_and_keeps_the_totals() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .retention(Retention::KeepLast(10))
+        .build();
+    coordinator.start(&publisher).unwrap();
+    for i in 0..100 {
+        coordinator
+            .submit(value_task(&format!("t{i}"), i), "async")
+            .await
+            .unwrap();
+    }
+    let counts = coordinator.counts();
+    assert_eq!((counts.succeeded, counts.evicted), (100, 90));
+    assert_eq!(coordinator.with_state(|s| s.len()), 10);
+    assert!(coordinator.job("t0").is_none());
+    assert!(coordinator.job("t99").is_some());
+    assert_eq!(coordinator.system_detail().jobs.len(), 10);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+#[test]
+fn timeouts_work_on_a_runtime_built_without_timers() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (publisher, coordinator) = started();
+        let (_keep, never) = tokio::sync::oneshot::channel::<()>();
+        let stuck = Task::from_fn("stuck", "stuck", || async move {
+            never.await.ok();
+            Ok::<_, BoxError>(())
+        });
+        let error = coordinator
+            .submit_with(
+                stuck,
+                "async",
+                SubmitOptions::new().timeout(Duration::from_millis(20)),
+            )
+            .await
+            .unwrap_err();
+        assert!(error.is_timeout());
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+}
