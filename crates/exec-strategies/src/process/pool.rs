@@ -170,9 +170,10 @@ impl ProcessBuilder {
         self
     }
 
-    /// A task still running after `timeout` fails as timed out, and its worker is killed and
-    /// replaced (the only way to stop it). Other tasks in flight on that worker fail as
-    /// [`TaskError::is_worker_lost`]. Default: no timeout.
+    /// A task still running after `timeout` fails as timed out at once; its worker takes no more
+    /// work and is killed and replaced (the only way to stop the task) as soon as its other
+    /// tasks in flight have finished, or 200 ms later at most; only tasks still running then
+    /// are lost with it ([`TaskError::is_worker_lost`]). Default: no timeout.
     #[must_use]
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
@@ -305,10 +306,14 @@ struct Config {
     handshake_timeout: Duration,
 }
 
+/// How long a worker holding an abandoned run may keep serving its other runs before it is
+/// killed anyway (a run stuck on the worker's thread would otherwise hold them forever).
+const ABANDON_GRACE: Duration = Duration::from_millis(200);
+
 /// A run waiting for its worker's answer.
 struct Pending {
-    reply: oneshot::Sender<Result<Vec<u8>, TaskError>>,
-    timed_out: bool,
+    /// `None` once the caller was answered early (timed out) or stopped waiting.
+    reply: Option<oneshot::Sender<Result<Vec<u8>, TaskError>>>,
 }
 
 /// A live worker as the pool sees it.
@@ -328,6 +333,28 @@ impl Slot {
     fn request_kill(&mut self, reason: String) {
         if let Some(kill) = self.kill.take() {
             let _ = kill.send(reason);
+        }
+    }
+
+    /// Gives up on `run` (its caller is gone or was answered as timed out): the worker takes no
+    /// more work and is killed, the only way to stop the run, as soon as it has nothing else in
+    /// flight, so the other runs on it are not lost with it.
+    fn abandon(&mut self, run: u64, why: &str) {
+        let Some(pending) = self.pending.get_mut(&run) else {
+            return;
+        };
+        pending.reply = None;
+        self.draining = true;
+        self.settle(why);
+    }
+
+    /// Kills a draining worker whose runs in flight are all abandoned.
+    fn settle(&mut self, why: &str) {
+        if self.draining
+            && !self.pending.is_empty()
+            && self.pending.values().all(|p| p.reply.is_none())
+        {
+            self.request_kill(format!("its remaining runs were abandoned ({why})"));
         }
     }
 }
@@ -621,16 +648,9 @@ impl Shared {
         if !lost.pending.is_empty() {
             tracing::warn!(worker = id, pid, %status, %reason, in_flight = lost.pending.len(), "worker lost");
         }
-        for (_, pending) in lost.pending {
-            let error = if pending.timed_out {
-                TaskError::timed_out(format!(
-                    "the task ran past its timeout of {:?}; its worker {pid} was killed",
-                    self.config.task_timeout.unwrap_or_default()
-                ))
-            } else {
-                TaskError::worker_lost(format!("worker {pid} {status} ({reason})"))
-            };
-            let _ = pending.reply.send(Err(error));
+        for reply in lost.pending.into_values().filter_map(|p| p.reply) {
+            let error = TaskError::worker_lost(format!("worker {pid} {status} ({reason})"));
+            let _ = reply.send(Err(error));
         }
     }
 
@@ -654,14 +674,21 @@ impl Shared {
                 return format!("it answered run {id}, which it was not given");
             };
             worker.completed += 1;
-            if worker.draining && worker.pending.is_empty() {
-                // Recycled: close its input; it exits once idle and the slot gets a new worker.
-                if let Some(input) = worker.input.take() {
-                    input.close();
+            if worker.draining {
+                if worker.pending.is_empty() {
+                    // Recycled, or its abandoned runs ended after all: close its input; it exits
+                    // once idle and the slot gets a new worker.
+                    if let Some(input) = worker.input.take() {
+                        input.close();
+                    }
+                } else {
+                    worker.settle("the last run it was finishing is done");
                 }
             }
             drop(state);
-            let _ = pending.reply.send(outcome);
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(outcome);
+            }
         }
     }
 
@@ -702,13 +729,7 @@ impl Shared {
                     if !matches!(sent, Some(Ok(()))) {
                         return Err(TaskError::worker_lost("the worker's input closed"));
                     }
-                    worker.pending.insert(
-                        run,
-                        Pending {
-                            reply,
-                            timed_out: false,
-                        },
-                    );
+                    worker.pending.insert(run, Pending { reply: Some(reply) });
                     worker.given += 1;
                     if self.config.recycle_after.is_some_and(|k| worker.given >= k) {
                         worker.draining = true;
@@ -740,8 +761,9 @@ impl Shared {
         }
     }
 
-    /// Kills the worker running `run` if that run is still in flight: the only way to stop it.
-    fn expire(&self, worker_id: u64, run: u64) {
+    /// `run` passed the pool's task timeout: its caller is answered as timed out now, and its
+    /// worker is killed and replaced (once its other runs are done).
+    fn expire(self: &Arc<Self>, worker_id: u64, run: u64) {
         let mut state = self.lock();
         for worker in state
             .slots
@@ -749,16 +771,44 @@ impl Shared {
             .flatten()
             .filter(|w| w.id == worker_id)
         {
-            if let Some(pending) = worker.pending.get_mut(&run) {
-                pending.timed_out = true;
-                worker.request_kill(format!("run {run} timed out"));
-            }
+            let Some(reply) = worker.pending.get_mut(&run).and_then(|p| p.reply.take()) else {
+                continue;
+            };
+            let pid = worker.pid;
+            let _ = reply.send(Err(TaskError::timed_out(format!(
+                "the task ran past its timeout of {:?}; its worker {pid} is replaced",
+                self.config.task_timeout.unwrap_or_default()
+            ))));
+            worker.abandon(run, &format!("run {run} timed out"));
         }
+        drop(state);
+        self.kill_later(worker_id);
+    }
+
+    /// Kills the worker after [`ABANDON_GRACE`] if an abandoned run still holds it then: its
+    /// other runs get that long to finish before they are lost with it.
+    fn kill_later(self: &Arc<Self>, worker_id: u64) {
+        let shared = Arc::clone(self);
+        self.runtime.spawn(async move {
+            tokio::time::sleep(ABANDON_GRACE).await;
+            let mut state = shared.lock();
+            for worker in state
+                .slots
+                .iter_mut()
+                .flatten()
+                .filter(|w| w.id == worker_id)
+            {
+                worker.request_kill(format!(
+                    "an abandoned run still held it after {ABANDON_GRACE:?}"
+                ));
+            }
+        });
     }
 
     /// The caller stopped waiting for `run` (its request was cancelled or passed its deadline):
-    /// kill the worker running it, if it still is, so the work stops; the worker is replaced.
-    fn abandon(&self, worker_id: u64, run: u64) {
+    /// the worker running it is killed and replaced (once its other runs are done), the only
+    /// way to stop the run.
+    fn abandon(self: &Arc<Self>, worker_id: u64, run: u64) {
         let mut state = self.lock();
         for worker in state
             .slots
@@ -767,10 +817,10 @@ impl Shared {
             .filter(|w| w.id == worker_id)
         {
             // The entry stays until the worker ends, so a late answer is not a protocol breach.
-            if worker.pending.contains_key(&run) {
-                worker.request_kill(format!("run {run} was abandoned by its caller"));
-            }
+            worker.abandon(run, &format!("run {run} was abandoned by its caller"));
         }
+        drop(state);
+        self.kill_later(worker_id);
     }
 
     fn kill_all(&self, reason: &str) {
