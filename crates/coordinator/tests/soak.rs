@@ -169,7 +169,7 @@ async fn run_one(coordinator: &Coordinator, i: u64) -> (u64, Result<u64, SubmitE
         Err(e) => return (i, Err(e)),
     };
     if class == Class::Cancelled {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             // Sometimes before it starts, sometimes once it runs.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -295,7 +295,7 @@ fn soak() {
                 rss_mid = resident_kib();
             }
             // The table never holds more than the retained closed jobs plus the open ones.
-            if i % 1000 == 0 {
+            if i.is_multiple_of(1000) {
                 let len = coordinator.with_state(|s| s.len());
                 assert!(len <= retained + 512 + 64, "{len} jobs retained");
             }
