@@ -1,0 +1,188 @@
+//! `CoordinatorState` against a plain model: any sequence of opens, attempts and closes, under
+//! either retention policy, leaves the same jobs, results, attempts and counts, and every refusal
+//! changes nothing.
+
+use std::collections::{HashMap, VecDeque};
+
+use proptest::prelude::*;
+use task_core::{CoordinatorState, JobResult, JobStatus, Retention, TaskInfo};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Add(u8),
+    End(u8, JobResult),
+    Attempt(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let result = prop_oneof![
+        Just(JobResult::Success),
+        Just(JobResult::Failure),
+        Just(JobResult::TimedOut),
+        Just(JobResult::Cancelled),
+    ];
+    prop_oneof![
+        (0..6_u8).prop_map(Op::Add),
+        ((0..6_u8), result).prop_map(|(id, r)| Op::End(id, r)),
+        (0..6_u8).prop_map(Op::Attempt),
+    ]
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct ModelJob {
+    open: bool,
+    result: Option<JobResult>,
+    attempts: u32,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Model {
+    jobs: HashMap<String, ModelJob>,
+    closed_order: VecDeque<(String, u64)>,
+    keep: Option<usize>,
+    generation: u64,
+    opened: u64,
+    by_result: HashMap<JobResult, u64>,
+    evicted: u64,
+}
+
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Ok,
+    Duplicate,
+    Unknown,
+    AlreadyClosed,
+}
+
+impl Model {
+    fn add(&mut self, id: &str) -> Answer {
+        if self.jobs.get(id).is_some_and(|j| j.open) {
+            return Answer::Duplicate;
+        }
+        self.generation += 1;
+        self.jobs.insert(
+            id.to_owned(),
+            ModelJob {
+                open: true,
+                result: None,
+                attempts: 1,
+                generation: self.generation,
+            },
+        );
+        self.opened += 1;
+        Answer::Ok
+    }
+
+    fn touch(&mut self, id: &str) -> Result<&mut ModelJob, Answer> {
+        match self.jobs.get_mut(id) {
+            None => Err(Answer::Unknown),
+            Some(j) if !j.open => Err(Answer::AlreadyClosed),
+            Some(j) => Ok(j),
+        }
+    }
+
+    fn attempt(&mut self, id: &str) -> Answer {
+        match self.touch(id) {
+            Ok(j) => {
+                j.attempts += 1;
+                Answer::Ok
+            }
+            Err(a) => a,
+        }
+    }
+
+    fn end(&mut self, id: &str, result: JobResult) -> Answer {
+        let generation = match self.touch(id) {
+            Ok(j) => {
+                j.open = false;
+                j.result = Some(result);
+                j.generation
+            }
+            Err(a) => return a,
+        };
+        self.opened -= 1;
+        *self.by_result.entry(result).or_default() += 1;
+        if let Some(keep) = self.keep {
+            self.closed_order.push_back((id.to_owned(), generation));
+            while self.closed_order.len() > keep.max(1) {
+                let (old, old_generation) = self.closed_order.pop_front().unwrap();
+                if self
+                    .jobs
+                    .get(&old)
+                    .is_some_and(|j| !j.open && j.generation == old_generation)
+                {
+                    self.jobs.remove(&old);
+                    self.evicted += 1;
+                }
+            }
+        }
+        Answer::Ok
+    }
+}
+
+fn answer<T>(result: Result<T, task_core::StateError>) -> Answer {
+    match result {
+        Ok(_) => Answer::Ok,
+        Err(e) if e.is_duplicate() => Answer::Duplicate,
+        Err(e) if e.is_unknown() => Answer::Unknown,
+        Err(e) if e.is_already_closed() => Answer::AlreadyClosed,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn state_matches_the_model(
+        ops in proptest::collection::vec(op(), 0..80),
+        keep in proptest::option::of(0..4_usize),
+    ) {
+        let retention = keep.map_or(Retention::KeepAll, Retention::KeepLast);
+        let mut state = CoordinatorState::with_retention(retention);
+        let mut model = Model { keep, ..Model::default() };
+        for op in &ops {
+            let (got, want) = match op {
+                Op::Add(id) => {
+                    let id = format!("r{id}");
+                    let info = TaskInfo::new(id.as_str().into(), "node".into(), None, "n");
+                    (answer(state.add_job(&info)), model.add(&id))
+                }
+                Op::End(id, result) => {
+                    let id = format!("r{id}");
+                    (answer(state.end_job(&id, *result)), model.end(&id, *result))
+                }
+                Op::Attempt(id) => {
+                    let id = format!("r{id}");
+                    (answer(state.record_attempt(&id)), model.attempt(&id))
+                }
+            };
+            prop_assert_eq!(got, want, "after {:?}", op);
+        }
+        // The same jobs, in the same state.
+        prop_assert_eq!(state.len(), model.jobs.len());
+        for (id, expected) in &model.jobs {
+            let job = state.get(id).expect("the model's job is in the state");
+            prop_assert_eq!(job.status() == JobStatus::Opened, expected.open);
+            prop_assert_eq!(job.result(), expected.result);
+            prop_assert_eq!(job.attempts(), expected.attempts);
+            prop_assert_eq!(job.end_time().is_some(), !expected.open);
+        }
+        // Running totals agree and add up.
+        let counts = state.counts();
+        let of = |r| model.by_result.get(&r).copied().unwrap_or(0);
+        prop_assert_eq!(counts.opened, model.opened);
+        prop_assert_eq!(counts.succeeded, of(JobResult::Success));
+        prop_assert_eq!(counts.failed, of(JobResult::Failure));
+        prop_assert_eq!(counts.timed_out, of(JobResult::TimedOut));
+        prop_assert_eq!(counts.cancelled, of(JobResult::Cancelled));
+        prop_assert_eq!(
+            counts.closed,
+            counts.succeeded + counts.failed + counts.timed_out + counts.cancelled
+        );
+        prop_assert_eq!(counts.evicted, model.evicted);
+        let open_in_table = state.iter().filter(|j| j.status() == JobStatus::Opened).count();
+        prop_assert_eq!(open_in_table as u64, counts.opened);
+    }
+}
