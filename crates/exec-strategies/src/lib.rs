@@ -35,7 +35,11 @@
 mod async_strategy;
 #[cfg(feature = "process")]
 pub mod process;
+#[cfg(feature = "threaded")]
+mod signal;
 pub mod support;
+#[cfg(any(feature = "async", feature = "threaded", feature = "process"))]
+mod sync;
 #[cfg(feature = "threaded")]
 mod threaded;
 #[cfg(any(feature = "async", feature = "threaded", feature = "process"))]

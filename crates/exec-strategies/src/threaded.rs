@@ -5,9 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
@@ -16,54 +15,8 @@ use task_core::{
 };
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::signal::Signal;
 use crate::tracker::Tracker;
-
-/// Wakes threads of one pool that wait in [`block_on`]: bumped when one of their futures is
-/// woken and when new work is given to the pool, so a waiting thread either runs that work or
-/// re-polls its future.
-#[derive(Debug, Default)]
-struct Signal {
-    epoch: AtomicU64,
-    sleepers: AtomicUsize,
-    lock: Mutex<()>,
-    wake: Condvar,
-}
-
-impl Signal {
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    fn bump(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            // Taking the lock orders this bump after a sleeper's check of the epoch.
-            drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()));
-            self.wake.notify_all();
-        }
-    }
-
-    /// Sleeps until the epoch moves past `seen`.
-    fn sleep_unless_moved(&self, seen: u64) {
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        while self.epoch() == seen {
-            guard = self.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
-        }
-        drop(guard);
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Wake for Signal {
-    fn wake(self: Arc<Self>) {
-        self.bump();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.bump();
-    }
-}
 
 thread_local! {
     /// Set while a threaded strategy runs a task on this thread: the pool's signal.

@@ -1,12 +1,12 @@
 //! [`Tracker`]: the bookkeeping every strategy shares: accepting or not, tasks in flight, counts,
 //! and waiting (bounded) for the tasks in flight to finish.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use task_core::{Outcome, StrategyStats};
 
 use crate::support::wait_for;
+use crate::sync::{AtomicBool, AtomicU64, Ordering, fence};
 use tokio::sync::Notify;
 
 /// Counts tasks in and out, refuses new ones after [`Tracker::close`], and wakes
@@ -29,9 +29,11 @@ pub(crate) struct Admission<'a> {
 impl Tracker {
     /// Admits a task unless the tracker is closed.
     pub(crate) fn admit(&self) -> Option<Admission<'_>> {
-        // Count first, then check: `close` stores first, then reads the count, so a task is either
-        // refused or seen by `drain` (both sides use SeqCst).
+        // Count first, then check: `close` stores first, then the closer reads the count, so a
+        // task is either refused or seen by `drain`. The fences on both sides make that hold
+        // (a store then a load on different atomics needs them).
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let admission = Admission { tracker: self };
         if self.closed.load(Ordering::SeqCst) {
             return None;
@@ -52,6 +54,7 @@ impl Tracker {
     /// Refuses every later task.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     /// Whether the tracker is closed.
@@ -84,6 +87,34 @@ impl Drop for Admission<'_> {
         if self.tracker.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.tracker.idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(all(test, exec_loom))]
+mod loom_tests {
+    use super::*;
+
+    /// `admit` racing `close`: a task is either refused, or counted when `close` returns, so a
+    /// drain that starts after `close` never misses it.
+    #[test]
+    fn a_task_is_refused_or_seen_by_the_closer() {
+        loom::model(|| {
+            let tracker = std::sync::Arc::new(Tracker::default());
+            let admitter = {
+                let tracker = std::sync::Arc::clone(&tracker);
+                loom::thread::spawn(move || {
+                    let admission = tracker.admit();
+                    let admitted = admission.is_some();
+                    // The task is still running: keep it counted.
+                    std::mem::forget(admission);
+                    admitted
+                })
+            };
+            tracker.close();
+            let seen = tracker.in_flight();
+            let admitted = admitter.join().unwrap();
+            assert!(!admitted || seen >= 1, "an admitted task was missed");
+        });
     }
 }
 
