@@ -90,6 +90,16 @@ fn main() {
         );
         return;
     }
+    if let [flag, checkpoint, total] = args.as_slice()
+        && flag == memory::BOUNDED_FLAG
+    {
+        let (checkpoint, total) = (
+            checkpoint.parse().expect("a task count"),
+            total.parse().expect("a task count"),
+        );
+        println!("{}", memory::bounded(checkpoint, total));
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let out = args
         .iter()
@@ -125,7 +135,17 @@ fn main() {
     eprintln!("publisher latency ...");
     let publisher_latency = scenarios::publisher_latency(&rt, if quick { 1_000 } else { 5_000 });
     eprintln!("memory: {jobs} retained closed jobs ...");
-    let memory = memory::retained_in_child(jobs);
+    let mut memory = memory::retained_in_child(jobs);
+    let (checkpoint, total) = if quick {
+        (200_000, 2_000_000)
+    } else {
+        (1_000_000, 10_000_000)
+    };
+    eprintln!(
+        "memory: bounded retention (last {}) across {total} tasks ...",
+        memory::KEEP_LAST
+    );
+    memory.bounded_retention = memory::bounded_in_child(checkpoint, total);
 
     let report = report::Report {
         quick,

@@ -1,6 +1,6 @@
 //! Resident memory per retained closed job.
 
-use coordinator::{CoordinatorState, JobResult, NodeId, RequestId, TaskInfo};
+use coordinator::{CoordinatorState, JobResult, NodeId, RequestId, Retention, TaskInfo};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -9,8 +9,7 @@ pub(crate) struct Memory {
     pub(crate) jobs: u64,
     /// Growth of resident memory while they were added, per job.
     pub(crate) bytes_per_retained_job: f64,
-    /// The same with a bounded retention policy across many more tasks; `None` until the state
-    /// has a retention policy.
+    /// Resident memory with a bounded retention policy across many more tasks.
     pub(crate) bounded_retention: Option<serde_json::Value>,
 }
 
@@ -55,8 +54,60 @@ pub(crate) fn retained(jobs: u64) -> Memory {
     memory
 }
 
+/// Closed jobs kept by the bounded retention policy measured.
+pub(crate) const KEEP_LAST: usize = 10_000;
+
+/// Runs `total` tasks through a job table that keeps the last [`KEEP_LAST`] closed jobs, and
+/// records resident memory after `checkpoint` tasks and after all of them: with bounded
+/// retention the two should match.
+pub(crate) fn bounded(checkpoint: u64, total: u64) -> serde_json::Value {
+    let parent = NodeId::generate();
+    let before = rss();
+    let mut state = CoordinatorState::with_retention(Retention::KeepLast(KEEP_LAST));
+    let mut at_checkpoint = 0;
+    for i in 0..total {
+        if i == checkpoint {
+            at_checkpoint = rss();
+        }
+        let info = TaskInfo::new(
+            RequestId::from(format!("request-{i}")),
+            NodeId::generate(),
+            Some(parent.clone()),
+            "node",
+        );
+        let id = info.request_id().clone();
+        state.add_job(&info).expect("fresh id");
+        state.end_job(&id, JobResult::Success).expect("open job");
+    }
+    let at_end = rss();
+    std::hint::black_box(state.len());
+    let grown = |rss: u64| rss.saturating_sub(before);
+    serde_json::json!({
+        "keep_last": KEEP_LAST,
+        "retained": state.len(),
+        "tasks_at_checkpoint": checkpoint,
+        "rss_growth_bytes_at_checkpoint": grown(at_checkpoint),
+        "tasks_total": total,
+        "rss_growth_bytes_at_end": grown(at_end),
+        "growth_ratio": grown(at_end) as f64 / grown(at_checkpoint).max(1) as f64,
+        "evicted": state.counts().evicted,
+    })
+}
+
 /// The flag that makes this binary measure memory and print it as JSON.
 pub(crate) const CHILD_FLAG: &str = "--measure-retained-jobs";
+
+/// The flag that makes this binary measure bounded retention and print it as JSON.
+pub(crate) const BOUNDED_FLAG: &str = "--measure-bounded-retention";
+
+/// [`bounded`] in a fresh copy of this process.
+pub(crate) fn bounded_in_child(checkpoint: u64, total: u64) -> Option<serde_json::Value> {
+    let output = std::process::Command::new(std::env::current_exe().ok()?)
+        .args([BOUNDED_FLAG, &checkpoint.to_string(), &total.to_string()])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&output.stdout).ok()
+}
 
 /// Measures in a fresh copy of this process, so memory freed by earlier scenarios cannot be
 /// reused and hide the table's growth.

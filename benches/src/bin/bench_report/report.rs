@@ -91,10 +91,27 @@ fn targets(report: &Report) -> Vec<Target> {
         met: (report.memory.jobs >= 1_000_000)
             .then_some(report.memory.bytes_per_retained_job <= 200.0),
     });
+    let bounded = report.memory.bounded_retention.as_ref();
+    let field = |name: &str| bounded.and_then(|b| b[name].as_f64());
     targets.push(Target {
         what: "bounded retention: memory flat (10%) from 1M to 10M tasks".into(),
-        measured: "not measured: the job table has no retention policy yet".into(),
-        met: None,
+        measured: match (
+            field("growth_ratio"),
+            field("tasks_at_checkpoint"),
+            field("tasks_total"),
+            field("rss_growth_bytes_at_end"),
+        ) {
+            (Some(ratio), Some(first), Some(total), Some(end)) => format!(
+                "{ratio:.2}x ({first:.0} -> {total:.0} tasks, keeping the last {}; {:.1} MiB at the end)",
+                bounded.map_or(0, |b| b["keep_last"].as_u64().unwrap_or(0)),
+                end / (1024.0 * 1024.0)
+            ),
+            _ => "the measurement failed".into(),
+        },
+        met: match (field("growth_ratio"), field("tasks_total")) {
+            (Some(ratio), Some(total)) if total >= 10_000_000.0 => Some(ratio <= 1.1),
+            _ => None,
+        },
     });
     targets
 }
