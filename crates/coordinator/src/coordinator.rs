@@ -4,7 +4,7 @@ use std::any::type_name;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -153,9 +153,15 @@ impl CoordinatorBuilder {
             .into_iter()
             .map(|(mode, n)| (mode, Arc::new(Semaphore::new(n))))
             .collect();
+        let counters = self
+            .modes
+            .keys()
+            .map(|mode| (mode.clone(), Arc::default()))
+            .collect();
         Coordinator {
             inner: Arc::new(Inner {
                 modes: self.modes,
+                counters,
                 limits,
                 grace: self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
                 started: OnceLock::new(),
@@ -197,6 +203,57 @@ struct Open {
     waiter: oneshot::Sender<Outcome>,
     cancel: CancellationToken,
     node_id: NodeId,
+    /// The counters of the mode it runs under.
+    counters: Arc<ModeCounters>,
+}
+
+/// Live counters of the requests of one mode.
+#[derive(Default)]
+struct ModeCounters {
+    in_flight: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+impl ModeCounters {
+    fn close(&self, result: JobResult) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let counter = match result {
+            JobResult::Success => &self.succeeded,
+            JobResult::TimedOut => &self.timed_out,
+            JobResult::Cancelled => &self.cancelled,
+            _ => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ModeCounts {
+        ModeCounts {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The requests of one mode, as [`SystemDetail::requests`] reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ModeCounts {
+    /// Accepted and not yet ended.
+    pub in_flight: u64,
+    /// Ended with a value.
+    pub succeeded: u64,
+    /// Ended with an error (the node's, a panic, or the strategy's).
+    pub failed: u64,
+    /// Ended past their deadline.
+    pub timed_out: u64,
+    /// Ended cancelled.
+    pub cancelled: u64,
 }
 
 struct Table {
@@ -208,6 +265,7 @@ struct Table {
 
 struct Inner {
     modes: HashMap<ExecutionMode, StrategyRef>,
+    counters: HashMap<ExecutionMode, Arc<ModeCounters>>,
     limits: HashMap<ExecutionMode, Arc<Semaphore>>,
     grace: Duration,
     started: OnceLock<Started>,
@@ -244,6 +302,9 @@ impl Inner {
                     .is_some_and(|r| r.as_str() == request_id)
             {
                 table.by_node.remove(&open.node_id);
+            }
+            if let Some(open) = &open {
+                open.counters.close(result);
             }
             (open.map(|o| o.waiter), table.state.counts().opened == 0)
         };
@@ -790,6 +851,8 @@ impl Coordinator {
                 .map(|open| open.cancel.child_token());
             let cancel = parent_token.unwrap_or_default();
             let node_id = task.info().node_id().clone();
+            let counters = inner.counters.get(&mode).cloned().unwrap_or_default();
+            counters.in_flight.fetch_add(1, Ordering::Relaxed);
             table.by_node.insert(node_id.clone(), request_id.clone());
             table.open.insert(
                 request_id.clone(),
@@ -797,6 +860,7 @@ impl Coordinator {
                     waiter: sender,
                     cancel: cancel.clone(),
                     node_id,
+                    counters,
                 },
             );
             cancel
@@ -836,10 +900,17 @@ impl Coordinator {
             .iter()
             .map(|(mode, strategy)| (mode.to_string(), strategy.stats()))
             .collect();
+        let requests = self
+            .inner
+            .counters
+            .iter()
+            .map(|(mode, counters)| (mode.to_string(), counters.snapshot()))
+            .collect();
         SystemDetail {
             accepting: self.is_accepting(),
             counts,
             jobs,
+            requests,
             modes,
         }
     }
@@ -971,6 +1042,10 @@ pub struct SystemDetail {
     pub counts: JobCounts,
     /// Every recorded job, oldest first.
     pub jobs: Vec<Job>,
-    /// Each mode's strategy counters, by mode name.
+    /// Each mode's requests as the coordinator counts them (in flight, and how they ended), by
+    /// mode name.
+    pub requests: BTreeMap<String, ModeCounts>,
+    /// Each mode's strategy counters (and, for worker pools, each worker's id, pid and load, and
+    /// the restart count), by mode name.
     pub modes: BTreeMap<String, StrategyStats>,
 }

@@ -49,7 +49,7 @@ mod handle;
 mod options;
 
 pub use crate::coordinator::{
-    Coordinator, CoordinatorBuilder, DEFAULT_SHUTDOWN_GRACE, SystemDetail, current_node,
+    Coordinator, CoordinatorBuilder, DEFAULT_SHUTDOWN_GRACE, ModeCounts, SystemDetail, current_node,
 };
 pub use crate::error::{StartError, SubmitError};
 pub use crate::handle::RequestHandle;

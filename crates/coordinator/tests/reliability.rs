@@ -51,6 +51,9 @@ async fn an_async_task_past_its_timeout_is_dropped_and_closed_as_timed_out() {
     );
     let job = coordinator.job("slow").unwrap();
     assert_eq!(job.result(), Some(JobResult::TimedOut));
+    let detail = serde_json::to_value(coordinator.system_detail()).unwrap();
+    assert_eq!(detail["requests"]["async"]["timed_out"], 1);
+    assert_eq!(detail["requests"]["async"]["in_flight"], 0);
     assert!(job.duration().unwrap() >= Duration::from_millis(50));
     assert_eq!(coordinator.counts().timed_out, 1);
     // A fast task with the same timeout is untouched.
@@ -163,6 +166,8 @@ async fn a_handle_cancels_its_request_and_the_children_it_submitted() {
     );
     assert!(child_dropped.load(Ordering::SeqCst));
     assert_eq!(coordinator.counts().cancelled, 2);
+    let per_mode = coordinator.system_detail().requests["async"];
+    assert_eq!((per_mode.in_flight, per_mode.cancelled), (0, 2));
     coordinator.shutdown().await;
     publisher.shutdown().await;
     let terminal = recorder.terminal_counts();
