@@ -36,6 +36,11 @@ impl ExecutionMode {
         Self(name.into())
     }
 
+    /// A mode with a static name, usable in constants (as a strategy crate's suggested mode).
+    pub const fn new_static(name: &'static str) -> Self {
+        Self(Cow::Borrowed(name))
+    }
+
     /// The mode's name.
     pub fn as_str(&self) -> &str {
         &self.0
