@@ -1,0 +1,77 @@
+//! The nodes the `exec-nats-worker` binary registers, shared with the tests and the benchmark.
+
+use serde::{Deserialize, Serialize};
+use task_core::{BoxError, Node, NodeRegistry, PortableNode};
+
+/// Returns its input; the trivial task of the benchmark.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Echo(pub u64);
+
+impl Node for Echo {
+    type Output = u64;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "echo".into()
+    }
+    async fn invoke(self) -> Result<u64, BoxError> {
+        Ok(self.0)
+    }
+}
+
+impl PortableNode for Echo {
+    const NAME: &'static str = "echo";
+}
+
+/// Sleeps for the given milliseconds, then says which worker process ran it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Nap(pub u64);
+
+impl Node for Nap {
+    type Output = u32;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "nap".into()
+    }
+    async fn invoke(self) -> Result<u32, BoxError> {
+        tokio::time::sleep(std::time::Duration::from_millis(self.0)).await;
+        Ok(std::process::id())
+    }
+}
+
+impl PortableNode for Nap {
+    const NAME: &'static str = "nap";
+}
+
+/// Fails with its message; panics when it starts with `panic:`; ends its worker process when it
+/// starts with `exit:` (a crash in the middle of a task).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fail(pub String);
+
+impl Node for Fail {
+    type Output = ();
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "fail".into()
+    }
+    async fn invoke(self) -> Result<(), BoxError> {
+        if let Some(message) = self.0.strip_prefix("panic:") {
+            panic!("{message}");
+        }
+        if self.0.starts_with("exit:") {
+            std::process::exit(17);
+        }
+        Err(self.0.into())
+    }
+}
+
+impl PortableNode for Fail {
+    const NAME: &'static str = "fail";
+}
+
+/// The registry of the worker binary.
+pub fn registry() -> NodeRegistry {
+    let mut registry = NodeRegistry::new();
+    registry
+        .register::<Echo>()
+        .and_then(|r| r.register::<Nap>())
+        .and_then(|r| r.register::<Fail>())
+        .expect("distinct names");
+    registry
+}

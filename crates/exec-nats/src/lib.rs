@@ -1,0 +1,140 @@
+//! Past one machine: a strategy whose tasks run on worker processes anywhere, through NATS
+//! JetStream.
+//!
+//! - [`NatsStrategy`] (the submitting side) publishes each task (registered node name, encoded
+//!   node, request id) to a JetStream work-queue stream, one subject per mode, and resolves when
+//!   the completion comes back. It depends on `task-core` only: register it with a coordinator
+//!   under any mode name.
+//! - [`NatsWorker`] (the working side) binds a durable pull consumer, runs tasks with the same
+//!   [`NodeRegistry`](task_core::NodeRegistry) the process workers use, publishes each completion,
+//!   then acknowledges the task. `exec-nats-worker` is a runnable worker binary.
+//!
+//! Delivery is at-least-once from the server and exactly one terminal outcome per request at the
+//! coordinator: completions are correlated by a run id unique per attempt, and a second
+//! completion for a run (a task redelivered after its worker finished but died before its
+//! acknowledgement) is counted and dropped. A task whose workers keep dying is failed once the
+//! server gives up after `max_deliver` deliveries, never left hanging. See `docs/distributed.md`.
+
+pub mod example_nodes;
+mod strategy;
+pub mod wire;
+mod worker;
+
+use std::time::Duration;
+
+pub use crate::strategy::{NatsBuilder, NatsStrategy};
+pub use crate::worker::{NatsWorker, NatsWorkerBuilder};
+pub use async_nats;
+
+/// The environment variable tests and the worker binary read the server URL from.
+pub const URL_ENV: &str = "EXEC_NATS_URL";
+
+/// The server URL used when none is configured: `$EXEC_NATS_URL`, else the local default.
+pub fn default_url() -> String {
+    std::env::var(URL_ENV).unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// What the submitting side and the workers must agree on: the server, the stream, the subjects.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// Server URL (`nats://`, `tls://`; several separated by commas).
+    pub url: String,
+    /// The JetStream stream that holds tasks until a worker acknowledges them.
+    pub stream: String,
+    /// Subject prefix: tasks of mode `m` go to `{prefix}.run.{m}`; cancellations to
+    /// `{prefix}.cancel`.
+    pub prefix: String,
+    /// The mode token of the subject (one subject, and one worker consumer, per mode).
+    pub mode: String,
+    /// Largest task message the stream accepts, in bytes (set on the stream explicitly).
+    pub max_message_size: i32,
+    /// How long an unworked task stays in the stream.
+    pub max_age: Duration,
+    /// How long the stream remembers message ids to drop duplicate publishes.
+    pub duplicate_window: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: default_url(),
+            stream: "EXEC_TASKS".into(),
+            prefix: "exec".into(),
+            mode: "distributed".into(),
+            max_message_size: 1 << 20,
+            max_age: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The subject tasks of this mode are published on.
+    pub fn task_subject(&self) -> String {
+        format!("{}.run.{}", self.prefix, self.mode)
+    }
+
+    /// The subject cancellations are announced on.
+    pub fn cancel_subject(&self) -> String {
+        format!("{}.cancel", self.prefix)
+    }
+
+    /// Creates the stream if it is missing (work-queue retention, file storage, the limits
+    /// above), or binds the existing one.
+    pub(crate) async fn ensure_stream(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
+        use async_nats::jetstream::stream;
+        js.get_or_create_stream(stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.run.*", self.prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_message_size: self.max_message_size,
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError::new("creating or binding the stream", e))
+    }
+}
+
+/// Why connecting, binding the stream or the consumer, or serving failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct NatsError {
+    context: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl NatsError {
+    pub(crate) fn new(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            context,
+            source: source.into(),
+        }
+    }
+
+    /// What was being done.
+    pub fn context(&self) -> &str {
+        self.context
+    }
+}
+
+/// Connects with `options` (credentials, TLS and every other connect option pass through).
+pub(crate) async fn connect(
+    url: &str,
+    options: Option<async_nats::ConnectOptions>,
+) -> Result<async_nats::Client, NatsError> {
+    options
+        .unwrap_or_default()
+        .connect(url)
+        .await
+        .map_err(|e| NatsError::new("connecting to the NATS server", e))
+}

@@ -1,0 +1,425 @@
+//! [`NatsStrategy`]: the submitting side.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use task_core::{BoxFuture, ErasedTask, Outcome, StrategyStats, TaskError, TaskExecutionStrategy};
+use tokio::sync::{Notify, oneshot};
+
+use crate::wire::{Completion, PROTOCOL_VERSION, TaskMessage, decode, encode};
+use crate::{NatsConfig, NatsError, connect};
+
+/// Builds a [`NatsStrategy`].
+#[derive(Debug, Default)]
+pub struct NatsBuilder {
+    config: NatsConfig,
+    options: Option<async_nats::ConnectOptions>,
+}
+
+impl NatsBuilder {
+    /// The server URL (default `$EXEC_NATS_URL`, else `nats://127.0.0.1:4222`).
+    #[must_use]
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.config.url = url.into();
+        self
+    }
+
+    /// Connect options passed through as they are: credentials, TLS, timeouts, names...
+    #[must_use]
+    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// The whole shared configuration (stream, subjects, limits) at once.
+    #[must_use]
+    pub fn config(mut self, config: NatsConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The stream name (default `EXEC_TASKS`).
+    #[must_use]
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.config.stream = stream.into();
+        self
+    }
+
+    /// The subject prefix (default `exec`).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// The mode token of the task subject (default `distributed`); workers of the same mode
+    /// take these tasks.
+    #[must_use]
+    pub fn mode(mut self, mode: impl Into<String>) -> Self {
+        self.config.mode = mode.into();
+        self
+    }
+
+    /// The largest task message, in bytes (default 1 MiB); set on the stream when it is created.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: i32) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// Connects, creates the stream if missing, and starts listening for completions.
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be reached or refuses the stream or the subscriptions.
+    pub async fn start(self) -> Result<NatsStrategy, NatsError> {
+        let client = connect(&self.config.url, self.options).await?;
+        let js = jetstream::new(client.clone());
+        self.config.ensure_stream(&js).await?;
+        let inbox = client.new_inbox();
+        let completions = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| NatsError::new("subscribing to completions", e))?;
+        let advisories = client
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+                self.config.stream
+            ))
+            .await
+            .map_err(|e| NatsError::new("subscribing to delivery advisories", e))?;
+        let inner = Arc::new(Inner {
+            client_id: inbox.rsplit('.').next().unwrap_or("client").to_owned(),
+            client,
+            js,
+            task_subject: self.config.task_subject(),
+            cancel_subject: self.config.cancel_subject(),
+            inbox,
+            max_message_size: usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX),
+            config: self.config,
+            table: Mutex::default(),
+            next_run: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            idle: Notify::new(),
+        });
+        let listeners = vec![
+            tokio::spawn(listen_completions(Arc::downgrade(&inner), completions)),
+            tokio::spawn(listen_advisories(Arc::downgrade(&inner), advisories)),
+        ];
+        Ok(NatsStrategy {
+            inner,
+            listeners: Mutex::new(listeners),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    /// Runs waiting for their completion, by run id.
+    pending: HashMap<String, oneshot::Sender<Result<Vec<u8>, TaskError>>>,
+    /// Run id by stream sequence, to fail a run the server stopped delivering.
+    by_seq: HashMap<u64, String>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: NatsConfig,
+    client_id: String,
+    task_subject: String,
+    cancel_subject: String,
+    inbox: String,
+    max_message_size: usize,
+    table: Mutex<Table>,
+    next_run: AtomicU64,
+    closed: AtomicBool,
+    in_flight: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    duplicates: AtomicU64,
+    idle: Notify,
+}
+
+impl Inner {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn resolve(&self, run: &str, outcome: Result<Vec<u8>, TaskError>) {
+        let waiter = self.table().pending.remove(run);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(outcome);
+            }
+            None => {
+                // A redelivered task answered twice, or an answer after the caller gave up.
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(run, "completion for no waiting run dropped");
+            }
+        }
+    }
+}
+
+async fn listen_completions(inner: std::sync::Weak<Inner>, mut messages: async_nats::Subscriber) {
+    while let Some(message) = messages.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        match decode::<Completion>(&message.payload) {
+            Ok(done) => inner.resolve(&done.run, done.outcome),
+            Err(e) => tracing::warn!(%e, "undecodable completion dropped"),
+        }
+    }
+}
+
+async fn listen_advisories(inner: std::sync::Weak<Inner>, mut messages: async_nats::Subscriber) {
+    while let Some(message) = messages.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Ok(advisory) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
+            continue;
+        };
+        let (Some(seq), deliveries) = (
+            advisory["stream_seq"].as_u64(),
+            advisory["deliveries"].as_u64().unwrap_or(0),
+        ) else {
+            continue;
+        };
+        let run = inner.table().by_seq.remove(&seq);
+        if let Some(run) = run {
+            inner.resolve(
+                &run,
+                Err(TaskError::worker_lost(format!(
+                    "the task was delivered {deliveries} times without an outcome (the workers \
+                     running it died or stalled); the server stopped redelivering it"
+                ))),
+            );
+            // The server keeps an unacknowledged message; nobody will take it now.
+            if let Ok(stream) = inner.js.get_stream(&inner.config.stream).await {
+                let _ = stream.delete_message(seq).await;
+            }
+        }
+    }
+}
+
+/// Withdraws a run if the caller stops waiting before its completion.
+struct RunGuard<'a> {
+    inner: &'a Inner,
+    run: Option<String>,
+    seq: Option<u64>,
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take() {
+            {
+                let mut table = self.inner.table();
+                table.pending.remove(&run);
+                if let Some(seq) = self.seq {
+                    table.by_seq.remove(&seq);
+                }
+            }
+            // Tell the workers: one that has it skips it, one running it drops it.
+            let client = self.inner.client.clone();
+            let subject = self.inner.cancel_subject.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.publish(subject, run.into()).await;
+                });
+            }
+        } else if let Some(seq) = self.seq {
+            self.inner.table().by_seq.remove(&seq);
+        }
+    }
+}
+
+/// Counts a task out of the strategy when dropped, whichever way its future ends.
+struct InFlight<'a>(&'a Inner);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Runs tasks on worker processes anywhere, through NATS JetStream.
+///
+/// Only portable tasks ([`Task::portable`](task_core::Task::portable)) can go; any other task
+/// fails with [`TaskError::is_unsupported`]. The workers ([`NatsWorker`](crate::NatsWorker)) must
+/// register the node.
+///
+/// Dropping the future `execute` returns (the coordinator's timeout or cancellation) withdraws
+/// the run and announces the cancellation: a worker that has not started it skips it, one running
+/// it drops the node's future.
+pub struct NatsStrategy {
+    inner: Arc<Inner>,
+    listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl NatsStrategy {
+    /// A builder with the default configuration.
+    pub fn builder() -> NatsBuilder {
+        NatsBuilder::default()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+
+    /// Completions that arrived for a run no longer waiting (duplicates after a redelivery, or
+    /// answers after the caller gave up): dropped, and counted here.
+    pub fn duplicates(&self) -> u64 {
+        self.inner.duplicates.load(Ordering::Relaxed)
+    }
+
+    async fn run(&self, task: ErasedTask) -> Outcome {
+        let inner = &*self.inner;
+        let (info, portable) = task.into_portable();
+        let Some(portable) = portable else {
+            return Err(TaskError::unsupported(format!(
+                "node `{}` is not a PortableNode: the NATS strategy runs only tasks made with Task::portable",
+                info.name()
+            )));
+        };
+        let run = format!(
+            "{}.{}",
+            inner.client_id,
+            inner.next_run.fetch_add(1, Ordering::Relaxed)
+        );
+        let message = TaskMessage {
+            version: PROTOCOL_VERSION,
+            run: run.clone(),
+            request_id: info.request_id().to_string(),
+            name: portable.name().to_owned(),
+            payload: portable.payload()?.to_vec(),
+            reply: inner.inbox.clone(),
+            deadline_ms: None,
+        };
+        let bytes = encode(&message)?;
+        if bytes.len() > inner.max_message_size {
+            return Err(TaskError::encoding(format!(
+                "the task is {} bytes, more than the stream's maximum of {}",
+                bytes.len(),
+                inner.max_message_size
+            )));
+        }
+        let (sender, answer) = oneshot::channel();
+        inner.table().pending.insert(run.clone(), sender);
+        let mut guard = RunGuard {
+            inner,
+            run: Some(run.clone()),
+            seq: None,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", run.as_str());
+        let ack = inner
+            .js
+            .publish_with_headers(inner.task_subject.clone(), headers, bytes.into())
+            .await
+            .map_err(|e| TaskError::strategy(format!("publishing the task failed: {e}")))?
+            .await
+            .map_err(|e| TaskError::strategy(format!("the stream did not take the task: {e}")))?;
+        {
+            let mut table = inner.table();
+            // The completion may already have come; then there is nothing to track.
+            if table.pending.contains_key(&run) {
+                table.by_seq.insert(ack.sequence, run.clone());
+                guard.seq = Some(ack.sequence);
+            }
+        }
+        let answer = answer.await;
+        guard.run = None;
+        let bytes = answer.unwrap_or_else(|_| {
+            Err(TaskError::strategy(
+                "the strategy stopped before the task's outcome arrived",
+            ))
+        })?;
+        portable.decode_output(&bytes)
+    }
+}
+
+impl TaskExecutionStrategy for NatsStrategy {
+    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            inner.in_flight.fetch_add(1, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let _in_flight = InFlight(inner);
+            if inner.closed.load(Ordering::SeqCst) {
+                return Err(TaskError::shutdown("nats"));
+            }
+            let outcome = self.run(task).await;
+            let counter = if outcome.is_ok() {
+                &inner.succeeded
+            } else {
+                &inner.failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            outcome
+        })
+    }
+
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Box::pin(async move {
+            let deadline = Instant::now() + grace;
+            loop {
+                let idle = self.inner.idle.notified();
+                if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline.into(), idle)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        in_flight = self.inner.in_flight.load(Ordering::SeqCst),
+                        "nats strategy: grace period over with tasks still out"
+                    );
+                    break;
+                }
+            }
+            let listeners =
+                std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+            for listener in listeners {
+                listener.abort();
+            }
+            let _ = self.inner.client.flush().await;
+        })
+    }
+
+    fn name(&self) -> &str {
+        "nats"
+    }
+
+    fn stats(&self) -> StrategyStats {
+        let inner = &self.inner;
+        StrategyStats::new(
+            inner.in_flight.load(Ordering::SeqCst),
+            inner.succeeded.load(Ordering::Relaxed),
+            inner.failed.load(Ordering::Relaxed),
+            !inner.closed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl fmt::Debug for NatsStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsStrategy")
+            .field("url", &self.inner.config.url)
+            .field("stream", &self.inner.config.stream)
+            .field("subject", &self.inner.task_subject)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

@@ -1,0 +1,93 @@
+//! What travels through NATS: a task going to a worker and its completion coming back, both
+//! encoded with postcard (the format the process strategy uses, through `task-core`).
+
+use serde::{Deserialize, Serialize};
+use task_core::TaskError;
+
+/// Version of the messages below; a worker answers a task of another version with a protocol
+/// error instead of guessing.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A task, as published to the work-queue stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Unique per attempt: the correlation id of the completion, and the stream's
+    /// de-duplication id.
+    pub run: String,
+    /// The coordinator's request id, for logs.
+    pub request_id: String,
+    /// The registered name of the node.
+    pub name: String,
+    /// The encoded node.
+    pub payload: Vec<u8>,
+    /// Where the completion goes (the submitting strategy's inbox).
+    pub reply: String,
+    /// When the caller stops waiting, in milliseconds since the Unix epoch; a worker skips a task
+    /// fetched after it.
+    pub deadline_ms: Option<u64>,
+}
+
+/// The outcome of one run, published to the task's `reply` subject.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Completion {
+    /// The [`TaskMessage::run`] it answers.
+    pub run: String,
+    /// The encoded output, or why there is none.
+    pub outcome: Result<Vec<u8>, TaskError>,
+    /// Which worker ran it (for logs and tests).
+    pub worker: String,
+}
+
+/// Encodes a message.
+///
+/// # Errors
+///
+/// [`TaskError::is_encoding_error`] when it cannot be encoded.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, TaskError> {
+    task_core::encode(message)
+}
+
+/// Decodes a message.
+///
+/// # Errors
+///
+/// [`TaskError::is_encoding_error`] when the bytes are not a `T`.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
+    task_core::decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_an_error() {
+        let task = TaskMessage {
+            version: PROTOCOL_VERSION,
+            run: "c.1".into(),
+            request_id: "r".into(),
+            name: "echo".into(),
+            payload: vec![1, 2, 3],
+            reply: "_INBOX.x".into(),
+            deadline_ms: Some(5),
+        };
+        assert_eq!(
+            decode::<TaskMessage>(&encode(&task).unwrap()).unwrap(),
+            task
+        );
+        let done = Completion {
+            run: "c.1".into(),
+            outcome: Err(TaskError::not_registered("echo")),
+            worker: "w".into(),
+        };
+        let back: Completion = decode(&encode(&done).unwrap()).unwrap();
+        assert!(back.outcome.unwrap_err().is_not_registered());
+        assert!(
+            decode::<TaskMessage>(&[0xff; 3])
+                .unwrap_err()
+                .is_encoding_error()
+        );
+    }
+}

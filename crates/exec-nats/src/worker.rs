@@ -1,0 +1,422 @@
+//! [`NatsWorker`]: the working side.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::{FutureExt, StreamExt};
+use task_core::{NodeRegistry, TaskError};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::wire::{Completion, PROTOCOL_VERSION, TaskMessage, decode, encode};
+use crate::{NatsConfig, NatsError, connect};
+
+/// How many cancelled run ids a worker remembers, to skip those tasks if they reach it later.
+const REMEMBERED_CANCELS: usize = 10_000;
+
+/// Builds a [`NatsWorker`].
+#[derive(Debug)]
+pub struct NatsWorkerBuilder {
+    registry: NodeRegistry,
+    config: NatsConfig,
+    options: Option<async_nats::ConnectOptions>,
+    consumer: Option<String>,
+    concurrency: usize,
+    ack_wait: Duration,
+    max_deliver: i64,
+    exit_before_ack_after: Option<u64>,
+}
+
+impl NatsWorkerBuilder {
+    /// The server URL (default `$EXEC_NATS_URL`, else `nats://127.0.0.1:4222`).
+    #[must_use]
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.config.url = url.into();
+        self
+    }
+
+    /// Connect options passed through as they are: credentials, TLS, timeouts, names...
+    #[must_use]
+    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// The whole shared configuration (stream, subjects, limits); it must match the submitting
+    /// side's.
+    #[must_use]
+    pub fn config(mut self, config: NatsConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The stream name (default `EXEC_TASKS`).
+    #[must_use]
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.config.stream = stream.into();
+        self
+    }
+
+    /// The subject prefix (default `exec`).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// The mode whose tasks this worker takes (default `distributed`).
+    #[must_use]
+    pub fn mode(mut self, mode: impl Into<String>) -> Self {
+        self.config.mode = mode.into();
+        self
+    }
+
+    /// The durable consumer's name, shared by every worker of the mode (default
+    /// `{mode}-workers`).
+    #[must_use]
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// Tasks this worker runs at once (default: the machine's cores).
+    #[must_use]
+    pub fn concurrency(mut self, tasks: usize) -> Self {
+        self.concurrency = tasks.max(1);
+        self
+    }
+
+    /// How long the server waits for an acknowledgement before redelivering a task to another
+    /// worker (default 30 s). A running task is kept from redelivery by progress
+    /// acknowledgements sent every third of this. Set when the consumer is created.
+    #[must_use]
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// Deliveries of one task before the server gives up on it (default 5); the submitting side
+    /// then fails the request saying so. Set when the consumer is created.
+    #[must_use]
+    pub fn max_deliver(mut self, deliveries: i64) -> Self {
+        self.max_deliver = deliveries.max(1);
+        self
+    }
+
+    /// Fault injection for testing delivery guarantees: exit the process right after publishing
+    /// the `n`-th completion, before acknowledging its task (the worst moment to die: the task is
+    /// redelivered and answered twice). Not for production use.
+    #[must_use]
+    pub fn exit_before_ack_after(mut self, n: u64) -> Self {
+        self.exit_before_ack_after = Some(n);
+        self
+    }
+
+    /// Connects and binds the stream and the durable consumer (creating them if missing).
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be reached or refuses the stream or the consumer.
+    pub async fn connect(self) -> Result<NatsWorker, NatsError> {
+        let client = connect(&self.config.url, self.options).await?;
+        let js = jetstream::new(client.clone());
+        let stream = self.config.ensure_stream(&js).await?;
+        let name = self
+            .consumer
+            .unwrap_or_else(|| format!("{}-workers", self.config.mode));
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_deliver: self.max_deliver,
+                    filter_subject: self.config.task_subject(),
+                    max_ack_pending: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| NatsError::new("creating or binding the worker consumer", e))?;
+        let cancels = client
+            .subscribe(self.config.cancel_subject())
+            .await
+            .map_err(|e| NatsError::new("subscribing to cancellations", e))?;
+        Ok(NatsWorker {
+            shared: Arc::new(Shared {
+                id: format!("{}:{}", hostname(), std::process::id()),
+                client,
+                registry: self.registry,
+                ack_wait: self.ack_wait,
+                cancels: Mutex::default(),
+                completed: AtomicU64::new(0),
+                exit_before_ack_after: self.exit_before_ack_after,
+            }),
+            consumer,
+            cancel_feed: Some(cancels),
+            concurrency: self.concurrency,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".into())
+}
+
+#[derive(Default)]
+struct Cancels {
+    /// Runs cancelled before this worker saw them (oldest first, bounded).
+    remembered: HashSet<String>,
+    order: VecDeque<String>,
+    /// Runs in progress here, each with the switch that drops its node's future.
+    running: HashMap<String, oneshot::Sender<()>>,
+}
+
+struct Shared {
+    id: String,
+    client: async_nats::Client,
+    registry: NodeRegistry,
+    ack_wait: Duration,
+    cancels: Mutex<Cancels>,
+    completed: AtomicU64,
+    exit_before_ack_after: Option<u64>,
+}
+
+impl Shared {
+    fn cancels(&self) -> MutexGuard<'_, Cancels> {
+        self.cancels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cancel(&self, run: String) {
+        let mut cancels = self.cancels();
+        if let Some(stop) = cancels.running.remove(&run) {
+            let _ = stop.send(());
+            return;
+        }
+        if cancels.remembered.insert(run.clone()) {
+            cancels.order.push_back(run);
+            if cancels.order.len() > REMEMBERED_CANCELS
+                && let Some(old) = cancels.order.pop_front()
+            {
+                cancels.remembered.remove(&old);
+            }
+        }
+    }
+
+    /// Runs one delivered task to its completion, publishes it, then acknowledges the task.
+    async fn handle(self: Arc<Self>, message: jetstream::Message) {
+        let task = match decode::<TaskMessage>(&message.payload) {
+            Ok(task) => task,
+            Err(e) => {
+                // Nothing can ever run it, and there is nobody to tell: drop it for good.
+                tracing::warn!(%e, "undecodable task terminated");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let (stop, stopped) = oneshot::channel();
+        let skip = {
+            let mut cancels = self.cancels();
+            let skip = cancels.remembered.remove(&task.run)
+                || task.deadline_ms.is_some_and(|d| d <= now_ms);
+            if !skip {
+                cancels.running.insert(task.run.clone(), stop);
+            }
+            skip
+        };
+        if skip {
+            tracing::debug!(run = task.run, "skipping a cancelled or expired task");
+            let _ = message.ack().await;
+            return;
+        }
+        let outcome = if task.version == PROTOCOL_VERSION {
+            let run = match self.registry.run(&task.name, &task.payload) {
+                Ok(run) => AssertUnwindSafe(run)
+                    .catch_unwind()
+                    .map(|r| r.unwrap_or_else(|panic| Err(TaskError::panic(panic))))
+                    .boxed(),
+                Err(e) => futures::future::ready(Err(e)).boxed(),
+            };
+            let progress = keep_alive(&message, self.ack_wait);
+            tokio::select! {
+                outcome = run => Some(outcome),
+                _ = stopped => None,
+                () = progress => None,
+            }
+        } else {
+            Some(Err(TaskError::protocol(format!(
+                "the task speaks protocol {} and this worker {PROTOCOL_VERSION}",
+                task.version
+            ))))
+        };
+        self.cancels().running.remove(&task.run);
+        let Some(outcome) = outcome else {
+            // Cancelled while running: the caller is gone; the task is done with.
+            let _ = message.ack().await;
+            return;
+        };
+        let completion = Completion {
+            run: task.run,
+            outcome,
+            worker: self.id.clone(),
+        };
+        let sent = match encode(&completion) {
+            Ok(bytes) => self.client.publish(task.reply, bytes.into()).await.is_ok(),
+            Err(e) => {
+                let fallback = Completion {
+                    outcome: Err(e),
+                    ..completion
+                };
+                match encode(&fallback) {
+                    Ok(bytes) => self.client.publish(task.reply, bytes.into()).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        };
+        // The completion must be on its way before the task is acknowledged: if this worker
+        // dies in between, the task is redelivered and answered again (a duplicate the
+        // submitting side drops), never lost.
+        if !sent || self.client.flush().await.is_err() {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+        let completed = self.completed.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.exit_before_ack_after == Some(completed) {
+            tracing::warn!("exiting before the acknowledgement, as configured for testing");
+            std::process::exit(3);
+        }
+        if let Err(e) = message.ack().await {
+            tracing::warn!(%e, "acknowledging a task failed; it may be redelivered");
+        }
+    }
+}
+
+/// Sends progress acknowledgements every third of `ack_wait` so a long task is not redelivered
+/// while it runs. Never completes.
+async fn keep_alive(message: &jetstream::Message, ack_wait: Duration) {
+    let period = (ack_wait / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(period).await;
+        let _ = message.ack_with(AckKind::Progress).await;
+    }
+}
+
+/// A worker: takes tasks of its mode from the stream and runs them. Build it with
+/// [`NatsWorker::builder`], then [`run_until`](Self::run_until).
+pub struct NatsWorker {
+    shared: Arc<Shared>,
+    consumer: consumer::PullConsumer,
+    cancel_feed: Option<async_nats::Subscriber>,
+    concurrency: usize,
+}
+
+impl NatsWorker {
+    /// A builder for a worker running the nodes in `registry`.
+    pub fn builder(registry: NodeRegistry) -> NatsWorkerBuilder {
+        NatsWorkerBuilder {
+            registry,
+            config: NatsConfig::default(),
+            options: None,
+            consumer: None,
+            concurrency: std::thread::available_parallelism().map_or(2, usize::from),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            exit_before_ack_after: None,
+        }
+    }
+
+    /// This worker's id in completions (`host:pid`).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Serves tasks until `stop` completes, then lets the running ones finish (their completions
+    /// are published and acknowledged) and returns.
+    ///
+    /// # Errors
+    ///
+    /// When the consumer's message stream cannot be opened.
+    pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> Result<(), NatsError> {
+        let shared = Arc::clone(&self.shared);
+        let cancel_listener = self.cancel_feed.take().map(|mut feed| {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                while let Some(message) = feed.next().await {
+                    shared.cancel(String::from_utf8_lossy(&message.payload).into_owned());
+                }
+            })
+        });
+        // Pull no more than can run at once, so tasks this worker has no room for stay with the
+        // server for the other workers.
+        let mut messages = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(self.concurrency)
+            .messages()
+            .await
+            .map_err(|e| NatsError::new("opening the consumer's message stream", e))?;
+        let places = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = tokio::task::JoinSet::new();
+        futures::pin_mut!(stop);
+        loop {
+            // Take a task only when there is room to run it, so unstarted tasks stay with the
+            // server for other workers.
+            let place = tokio::select! {
+                place = Arc::clone(&places).acquire_owned() => match place {
+                    Ok(place) => place,
+                    Err(_) => break,
+                },
+                () = &mut stop => break,
+            };
+            let next = tokio::select! {
+                next = messages.next() => next,
+                () = &mut stop => break,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let shared = Arc::clone(&shared);
+                    running.spawn(async move {
+                        shared.handle(message).await;
+                        drop(place);
+                    });
+                }
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+                    if matches!(e.kind(), Kind::ConsumerDeleted | Kind::PushBasedConsumer) {
+                        // Nothing more will come: finish what runs and report it.
+                        while running.join_next().await.is_some() {}
+                        return Err(NatsError::new("serving the consumer", e));
+                    }
+                    tracing::warn!(%e, "the consumer's message stream reported an error");
+                }
+                None => break,
+            }
+            while running.try_join_next().is_some() {}
+        }
+        while running.join_next().await.is_some() {}
+        if let Some(listener) = cancel_listener {
+            listener.abort();
+        }
+        let _ = shared.client.flush().await;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for NatsWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsWorker")
+            .field("id", &self.shared.id)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}

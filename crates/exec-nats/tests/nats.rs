@@ -1,0 +1,375 @@
+//! The NATS strategy against a real server with JetStream (`$EXEC_NATS_URL`, default
+//! `nats://127.0.0.1:4222`) and real worker processes (the `exec-nats-worker` binary).
+//!
+//! Without a reachable server each test says so and passes, unless `REQUIRE_NATS=1`, which CI
+//! sets: then a missing server fails the run.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use coordinator::{
+    BoxError, Coordinator, JobResult, Node, PortableNode, RequestCompletionPublisher,
+    SubmitOptions, Task,
+};
+use exec_nats::example_nodes::{Echo, Fail, Nap};
+use exec_nats::{NatsConfig, NatsStrategy};
+use serde::{Deserialize, Serialize};
+
+/// Whether the server is there; panics when it is required and missing.
+fn server_available() -> bool {
+    let url = exec_nats::default_url();
+    let address = url
+        .trim_start_matches("nats://")
+        .split(',')
+        .next()
+        .unwrap_or("127.0.0.1:4222")
+        .to_owned();
+    let reachable = address
+        .parse()
+        .ok()
+        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())
+        .is_some();
+    if !reachable {
+        assert!(
+            std::env::var("REQUIRE_NATS").as_deref() != Ok("1"),
+            "REQUIRE_NATS=1 but no NATS server answers at {url}"
+        );
+        eprintln!("skipped: no NATS server at {url} (set REQUIRE_NATS=1 to make this a failure)");
+    }
+    reachable
+}
+
+/// A configuration of its own for each test: its own stream and subjects.
+fn config(test: &str) -> NatsConfig {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let tag = format!("{}_{}_{n}", test, std::process::id());
+    NatsConfig {
+        stream: format!("T_{tag}"),
+        prefix: format!("t{}", tag.replace('_', "-")),
+        mode: "m".into(),
+        ..NatsConfig::default()
+    }
+}
+
+/// A worker process, killed when dropped.
+struct Worker(Child);
+
+impl Worker {
+    fn start(config: &NatsConfig, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_exec-nats-worker"))
+            .args(["--url", &config.url, "--stream", &config.stream])
+            .args(["--prefix", &config.prefix, "--mode", &config.mode])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the worker binary starts");
+        // Wait until its consumer is bound.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("the worker says it is ready");
+        assert!(line.starts_with("ready"), "worker said {line:?}");
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn coordinator(
+    config: &NatsConfig,
+) -> (RequestCompletionPublisher, Coordinator, NatsStrategy) {
+    let strategy = NatsStrategy::builder()
+        .config(config.clone())
+        .start()
+        .await
+        .expect("the strategy connects");
+    let shared = NatsStrategy::builder()
+        .config(config.clone())
+        .start()
+        .await
+        .expect("a second handle connects");
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder().strategy("nats", strategy).build();
+    coordinator.start(&publisher).unwrap();
+    (publisher, coordinator, shared)
+}
+
+async fn cleanup(config: &NatsConfig) {
+    if let Ok(client) = async_nats::connect(&config.url).await {
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&config.stream)
+            .await;
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct NotInTheWorker;
+
+impl Node for NotInTheWorker {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl PortableNode for NotInTheWorker {
+    const NAME: &'static str = "not-in-the-worker";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_errors_panics_and_unknown_nodes_come_back_typed() {
+    if !server_available() {
+        return;
+    }
+    let config = config("typed");
+    let _worker = Worker::start(&config, &["--concurrency", "2"]);
+    let (publisher, coordinator, _) = coordinator(&config).await;
+
+    let v = coordinator
+        .submit(Task::portable("echo", Echo(41)), "nats")
+        .await
+        .unwrap();
+    assert_eq!(v, 41);
+    let e = coordinator
+        .submit(Task::portable("fail", Fail("no luck".into())), "nats")
+        .await
+        .unwrap_err();
+    assert!(e.task_error().unwrap().is_node_error());
+    assert_eq!(e.task_error().unwrap().message(), "no luck");
+    let e = coordinator
+        .submit(Task::portable("panic", Fail("panic:boom".into())), "nats")
+        .await
+        .unwrap_err();
+    assert!(e.task_error().unwrap().is_panic(), "{e}");
+    let e = coordinator
+        .submit(Task::portable("unknown", NotInTheWorker), "nats")
+        .await
+        .unwrap_err();
+    assert!(e.task_error().unwrap().is_not_registered(), "{e}");
+    let closure = Task::from_fn("closure", "closure", || async { Ok::<_, BoxError>(1) });
+    let e = coordinator.submit(closure, "nats").await.unwrap_err();
+    assert!(e.task_error().unwrap().is_unsupported(), "{e}");
+    // The worker kept serving after all of that.
+    let v = coordinator
+        .submit(Task::portable("after", Echo(1)), "nats")
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(coordinator.counts().succeeded, 2);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_queue() {
+    if !server_available() {
+        return;
+    }
+    let config = config("share");
+    let workers: Vec<Worker> = (0..3)
+        .map(|_| Worker::start(&config, &["--concurrency", "1"]))
+        .collect();
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let calls = (0..24).map(|i| {
+        let c = coordinator.clone();
+        async move {
+            c.submit(Task::portable(format!("n{i}"), Nap(40)), "nats")
+                .await
+                .unwrap()
+        }
+    });
+    let pids: std::collections::HashSet<u32> =
+        futures::future::join_all(calls).await.into_iter().collect();
+    assert!(pids.len() >= 2, "work was spread over {pids:?}");
+    assert!(pids.iter().all(|p| workers.iter().any(|w| w.pid() == *p)));
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_has_its_task_redelivered_to_another() {
+    if !server_available() {
+        return;
+    }
+    let config = config("kill");
+    let first = Worker::start(&config, &["--ack-wait-ms", "1000"]);
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let c = coordinator.clone();
+    let call =
+        tokio::spawn(async move { c.submit(Task::portable("slow", Nap(1_500)), "nats").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let victim = first.pid();
+    let killed = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(first);
+    let second = Worker::start(&config, &["--ack-wait-ms", "1000"]);
+    let pid = call.await.unwrap().unwrap();
+    assert_eq!(pid, second.pid(), "the second worker finished it");
+    assert_eq!(
+        coordinator.job("slow").unwrap().result(),
+        Some(JobResult::Success)
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_completion_after_redelivery_is_suppressed() {
+    if !server_available() {
+        return;
+    }
+    let config = config("dup");
+    // This worker dies after publishing its first completion, before acknowledging the task.
+    let mut dying = Worker::start(
+        &config,
+        &["--ack-wait-ms", "500", "--exit-before-ack-after", "1"],
+    );
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let strategy = std::sync::Arc::new(
+        NatsStrategy::builder()
+            .config(config.clone())
+            .start()
+            .await
+            .unwrap(),
+    );
+    let coordinator = Coordinator::builder()
+        .shared_strategy("nats", strategy.clone())
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let terminal = std::sync::Arc::new(AtomicU32::new(0));
+    let seen = terminal.clone();
+    publisher
+        .subscribe(move |m: coordinator::RequestCompletionMessage| {
+            if m.is_terminal() {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+
+    let v = coordinator
+        .submit(Task::portable("once", Echo(5)), "nats")
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    assert_eq!(dying.0.wait().unwrap().code(), Some(3));
+    // The unacknowledged task goes to the next worker, which answers it again.
+    let _second = Worker::start(&config, &["--ack-wait-ms", "500"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while strategy.duplicates() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the redelivered task was never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(strategy.duplicates(), 1);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(terminal.load(Ordering::SeqCst), 1, "one terminal message");
+    assert_eq!(coordinator.counts().succeeded, 1);
+    cleanup(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_keeps_killing_its_workers_fails_after_max_deliveries() {
+    if !server_available() {
+        return;
+    }
+    let config = config("poison");
+    let args = ["--ack-wait-ms", "300", "--max-deliver", "2"];
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    // Restart workers as the poison task kills them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let respawner = {
+        let config = config.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut restarts = 0;
+            let mut worker = Worker::start(&config, &args);
+            while restarts < 10 && !stop.load(Ordering::SeqCst) {
+                if let Ok(Some(_)) = worker.0.try_wait() {
+                    worker = Worker::start(&config, &args);
+                    restarts += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(worker);
+            restarts
+        })
+    };
+    let error = coordinator
+        .submit_with(
+            Task::portable("poison", Fail("exit:".into())),
+            "nats",
+            SubmitOptions::new().timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap_err();
+    let task_error = error.task_error().unwrap();
+    assert!(task_error.is_worker_lost(), "{error}");
+    assert!(
+        task_error.message().contains("delivered 2 times"),
+        "{error}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let restarts = respawner.join().unwrap();
+    assert!(
+        restarts >= 2,
+        "each delivery killed a worker ({restarts} restarts)"
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinators_timeout_reaches_the_worker() {
+    if !server_available() {
+        return;
+    }
+    let config = config("timeout");
+    let _worker = Worker::start(&config, &["--concurrency", "1"]);
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let error = coordinator
+        .submit_with(
+            Task::portable("long", Nap(60_000)),
+            "nats",
+            SubmitOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    // The worker dropped the cancelled node, so its only place is free for the next task.
+    let v = coordinator
+        .submit_with(
+            Task::portable("next", Echo(2)),
+            "nats",
+            SubmitOptions::new().timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
