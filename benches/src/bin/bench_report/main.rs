@@ -6,6 +6,7 @@
 
 mod measure;
 mod memory;
+mod nats;
 mod report;
 mod scenarios;
 
@@ -90,6 +91,11 @@ fn main() {
         );
         return;
     }
+    if let [flag, stream, prefix] = args.as_slice()
+        && flag == nats::WORKER_FLAG
+    {
+        nats::worker_main(stream, prefix);
+    }
     if let [flag, checkpoint, total] = args.as_slice()
         && flag == memory::BOUNDED_FLAG
     {
@@ -121,8 +127,8 @@ fn main() {
                 1_000_000,
             )
         };
-    // Steps: async at each size, threaded, 2 process, 3 publisher.
-    let mut progress = Progress::new(sizes.len() + 6);
+    // Steps: async at each size, threaded, 2 process, 3 publisher, 1 distributed.
+    let mut progress = Progress::new(sizes.len() + 7);
     let mut results = scenarios::local_strategies(&rt, sizes, reps, &mut progress);
     results.extend(scenarios::process(
         &rt,
@@ -132,6 +138,12 @@ fn main() {
         &mut progress,
     ));
     results.extend(scenarios::publisher(&rt, messages, reps, &mut progress));
+    results.extend(nats::throughput(
+        &rt,
+        if quick { 2_000 } else { 20_000 },
+        reps,
+        &mut progress,
+    ));
     eprintln!("publisher latency ...");
     let publisher_latency = scenarios::publisher_latency(&rt, if quick { 1_000 } else { 5_000 });
     eprintln!("memory: {jobs} retained closed jobs ...");

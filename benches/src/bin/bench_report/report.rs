@@ -82,6 +82,17 @@ fn targets(report: &Report) -> Vec<Target> {
             met: Some(per_second >= 100_000.0),
         });
     }
+    if let Some(s) = find(report, "distributed (NATS JetStream), 2 workers", None) {
+        let per_second = 1e9 / s.ns_per_task;
+        targets.push(Target {
+            what: ">= 20,000 trivial tasks/s end to end through NATS JetStream, 2 workers".into(),
+            measured: format!(
+                "{per_second:.0} tasks/s (raw work queue: {:.0}/s)",
+                1e9 / s.baseline_ns_per_task
+            ),
+            met: Some(per_second >= 20_000.0),
+        });
+    }
     targets.push(Target {
         what: "<= 200 bytes per retained closed job".into(),
         measured: format!(

@@ -1,0 +1,248 @@
+//! Distributed throughput through NATS JetStream: ours (coordinator + NatsStrategy + 2 worker
+//! processes) beside a raw JetStream work queue with 2 consumers replying on core NATS.
+
+use std::hint::black_box;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use coordinator::{Coordinator, RequestCompletionPublisher, Task};
+use exec_nats::example_nodes::{self, Echo};
+use exec_nats::{NatsConfig, NatsStrategy, NatsWorker};
+use futures::StreamExt;
+use tokio::runtime::Runtime;
+
+use crate::Progress;
+use crate::measure::{ScenarioResult, compare};
+
+/// The flag that makes this binary a NATS worker: `--nats-worker STREAM PREFIX`.
+pub(crate) const WORKER_FLAG: &str = "--nats-worker";
+
+fn config(stream: &str, prefix: &str) -> NatsConfig {
+    NatsConfig {
+        stream: stream.to_owned(),
+        prefix: prefix.to_owned(),
+        mode: "bench".into(),
+        ..NatsConfig::default()
+    }
+}
+
+/// Serves as a worker until killed.
+pub(crate) fn worker_main(stream: &str, prefix: &str) -> ! {
+    let rt = benches::runtime();
+    let result: Result<(), exec_nats::NatsError> = rt.block_on(async {
+        let worker = NatsWorker::builder(example_nodes::registry())
+            .config(config(stream, prefix))
+            .concurrency(256)
+            .connect()
+            .await?;
+        println!("ready");
+        worker.run_until(std::future::pending()).await
+    });
+    if let Err(e) = result {
+        eprintln!("nats worker: {e}");
+    }
+    std::process::exit(0)
+}
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(stream: &str, prefix: &str) -> Option<Worker> {
+    let mut child = Command::new(std::env::current_exe().ok()?)
+        .args([WORKER_FLAG, stream, prefix])
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take()?)
+        .read_line(&mut line)
+        .ok()?;
+    line.starts_with("ready").then_some(Worker(child))
+}
+
+fn reachable(url: &str) -> bool {
+    url.trim_start_matches("nats://")
+        .parse()
+        .ok()
+        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok())
+        .is_some()
+}
+
+/// The scenario, or `None` (said on stderr) when no server is reachable.
+pub(crate) fn throughput(
+    rt: &Runtime,
+    n: u64,
+    reps: usize,
+    progress: &mut Progress,
+) -> Option<ScenarioResult> {
+    let url = exec_nats::default_url();
+    if !reachable(&url) {
+        eprintln!("nats: no server at {url}; the distributed scenario is skipped");
+        return None;
+    }
+    let tag = std::process::id();
+    let (stream_name, prefix) = (format!("BENCH_{tag}"), format!("bench{tag}"));
+    let workers: Vec<Worker> = (0..2)
+        .filter_map(|_| spawn_worker(&stream_name, &prefix))
+        .collect();
+    if workers.len() != 2 {
+        eprintln!("nats: the workers did not start; the distributed scenario is skipped");
+        return None;
+    }
+    let setup = rt.block_on(async {
+        let strategy = NatsStrategy::builder()
+            .config(config(&stream_name, &prefix))
+            .start()
+            .await
+            .ok()?;
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().ok()?;
+        let coordinator = Coordinator::builder().strategy("nats", strategy).build();
+        coordinator.start(&publisher).ok()?;
+        let raw = RawQueue::start(&url, tag).await?;
+        Some((publisher, coordinator, raw))
+    });
+    let Some((publisher, coordinator, mut raw)) = setup else {
+        eprintln!("nats: could not set up the scenario; skipped");
+        return None;
+    };
+    let result = compare(
+        "distributed (NATS JetStream), 2 workers",
+        n,
+        reps,
+        "raw JetStream work queue, 2 consumers, core NATS replies",
+        || {
+            let start = Instant::now();
+            rt.block_on(async {
+                let calls = (0..n)
+                    .map(|i| coordinator.submit(Task::portable(format!("n{i}"), Echo(i)), "nats"));
+                let done = futures::future::join_all(calls).await;
+                assert!(done.iter().all(Result::is_ok), "every task came back");
+            });
+            start.elapsed()
+        },
+        || rt.block_on(raw.round(n)),
+        progress,
+    );
+    drop(workers);
+    rt.block_on(async {
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+        raw.stop().await;
+        if let Ok(client) = async_nats::connect(&url).await {
+            let js = jetstream::new(client);
+            let _ = js.delete_stream(&stream_name).await;
+        }
+    });
+    Some(result)
+}
+
+/// The raw baseline: the same work-queue pattern written directly against the client.
+struct RawQueue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    subject: String,
+    replies: async_nats::Subscriber,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RawQueue {
+    async fn start(url: &str, tag: u32) -> Option<Self> {
+        let client = async_nats::connect(url).await.ok()?;
+        let js = jetstream::new(client.clone());
+        let name = format!("BENCH_RAW_{tag}");
+        let subject = format!("benchraw{tag}.run");
+        let reply = format!("benchraw{tag}.reply");
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                "raw",
+                consumer::pull::Config {
+                    durable_name: Some("raw".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    max_ack_pending: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .ok()?;
+        let replies = client.subscribe(reply.clone()).await.ok()?;
+        let consumers = (0..2)
+            .map(|_| {
+                let (consumer, client, reply) = (consumer.clone(), client.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let Ok(mut messages) = consumer
+                        .stream()
+                        .max_messages_per_batch(256)
+                        .messages()
+                        .await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(message)) = messages.next().await {
+                        let _ = client.publish(reply.clone(), message.payload.clone()).await;
+                        let _ = message.ack().await;
+                    }
+                })
+            })
+            .collect();
+        Some(Self {
+            client,
+            js,
+            stream: name,
+            subject,
+            replies,
+            consumers,
+        })
+    }
+
+    async fn round(&mut self, n: u64) -> Duration {
+        let payload = bytes::Bytes::from(task_core::encode(&Echo(7)).expect("encodable"));
+        let start = Instant::now();
+        let mut acks = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            acks.push(
+                self.js
+                    .publish(self.subject.clone(), payload.clone())
+                    .await
+                    .expect("published"),
+            );
+        }
+        for ack in acks {
+            black_box(ack.await.expect("stored"));
+        }
+        let mut received = 0;
+        while received < n {
+            if self.replies.next().await.is_none() {
+                break;
+            }
+            received += 1;
+        }
+        start.elapsed()
+    }
+
+    async fn stop(self) {
+        for consumer in self.consumers {
+            consumer.abort();
+        }
+        let _ = self.client.flush().await;
+        let _ = self.js.delete_stream(&self.stream).await;
+    }
+}
