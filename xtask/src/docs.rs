@@ -13,7 +13,13 @@ use syn::{Attribute, FnArg, ImplItem, Item, Pat, TraitItem, Type, Visibility};
 const DOCUMENT: &str = "docs/components/task_execution.md";
 
 /// The crates, lowest layer first: the order the API section follows.
-const CRATES: &[&str] = &["task-core", "pubsub", "exec-strategies", "coordinator"];
+const CRATES: &[&str] = &[
+    "task-core",
+    "pubsub",
+    "exec-strategies",
+    "coordinator",
+    "exec-nats",
+];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let check = match args {
@@ -340,7 +346,7 @@ fn generate(root: &Path) -> Result<String> {
     let _ = writeln!(w, "\n## 1. Purpose\n");
     let _ = writeln!(
         w,
-        "The Task Execution component runs tasks under execution strategies (async on tokio, threads on rayon, worker processes), coordinates their execution, tracks every job's lifecycle, and announces every outcome on a publish/subscribe bus.\n"
+        "The Task Execution component runs tasks under execution strategies (async on tokio, threads on rayon, worker processes, and worker processes on other machines through NATS JetStream), coordinates their execution, tracks every job's lifecycle, and announces every outcome on a publish/subscribe bus.\n"
     );
     let _ = writeln!(w, "### 1.1 Task Submission and Execution\n");
     let _ = writeln!(
@@ -407,13 +413,13 @@ fn generate(root: &Path) -> Result<String> {
         .unwrap_or_default();
     let _ = writeln!(
         w,
-        "Each layer depends only on those below it: `task-core` <- `pubsub`, `exec-strategies` <- `coordinator`. A custom strategy depends on `task-core` alone. The built-in strategies are features of `exec-strategies` (re-exported by `coordinator`):\n\n{}\n",
+        "Each layer depends only on those below it: `task-core` <- `pubsub`, `exec-strategies` <- `coordinator`. A custom strategy depends on `task-core` alone, as `exec-nats` (the distributed strategy) does. The built-in strategies are features of `exec-strategies` (re-exported by `coordinator`):\n\n{}\n",
         strip_links(&features)
     );
     let _ = writeln!(w, "### 4.2 Performance & Limitations\n");
     let _ = writeln!(
         w,
-        "Job add, end and lookup are O(1); the cost per task does not grow with the tasks already run. `cargo xtask bench` measures every strategy and the publisher beside a raw baseline in the same run and writes `target/bench-report/report.md`.\n"
+        "Job add, end and lookup are O(1); the cost per task does not grow with the tasks already run; with `Retention::KeepLast` the job table's memory is bounded. `cargo xtask bench` measures every strategy and the publisher beside a raw baseline in the same run and writes `target/bench-report/report.md`.\n"
     );
 
     let _ = writeln!(w, "## 5. Related Files\n");
