@@ -510,6 +510,42 @@ fn misbehaving_workers_fail_their_task_and_are_replaced() {
     });
 }
 
+fn a_pool_outlives_the_runtime_it_was_started_on() {
+    // Answers are read on the runtime the pool was started on; when that runtime is gone, the
+    // workers are replaced and read on the supervisor's runtime instead.
+    let first = runtime();
+    let s = first.block_on(async {
+        let s = pool(2).await;
+        // Both workers answer a few tasks: both readers run on this runtime.
+        let calls =
+            (0..8).map(|i| s.execute(Task::portable(format!("w{i}"), Echo(i)).into_erased()));
+        assert!(
+            futures::future::join_all(calls)
+                .await
+                .iter()
+                .all(Result::is_ok)
+        );
+        s
+    });
+    let before = s.worker_pids();
+    drop(first);
+    wait_until("both workers replaced", || {
+        s.restarts() == 2 && s.worker_pids().len() == 2
+    });
+    runtime().block_on(async {
+        for i in 0..20 {
+            let v = s
+                .execute(Task::portable(format!("{i}"), Echo(i)).into_erased())
+                .await
+                .unwrap();
+            assert_eq!(v.downcast_ref::<u64>(), Some(&i));
+        }
+        assert_eq!(s.worker_pids().len(), 2);
+        assert!(s.worker_pids().iter().all(|p| !before.contains(p)));
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 /// Plays a worker that breaks the protocol in the way `mode` names.
 fn fake_worker(mode: &str) -> ! {
     let mut stdout = std::io::stdout();
@@ -579,6 +615,10 @@ fn main() {
         (
             "round_trips_values_errors_and_panics",
             round_trips_values_errors_and_panics,
+        ),
+        (
+            "a_pool_outlives_the_runtime_it_was_started_on",
+            a_pool_outlives_the_runtime_it_was_started_on,
         ),
         (
             "refuses_what_cannot_cross_the_boundary",

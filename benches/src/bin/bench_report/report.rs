@@ -68,7 +68,7 @@ fn targets(report: &Report) -> Vec<Target> {
     }
     if let Some(s) = find(report, "process round trip", None) {
         targets.push(Target {
-            what: "process round trip within 2x of a raw pipe (unpinned: see docs/benchmarks.md)"
+            what: "process round trip within 2x of a raw pipe (compare pinned: see docs/benchmarks.md)"
                 .into(),
             measured: format!("{:.2}x", 1.0 / s.ratio),
             met: Some(s.ratio >= 0.5),

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use task_core::{
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
@@ -248,6 +248,8 @@ impl ProcessBuilder {
                 .map(String::from)
                 .collect(),
             runtime: handle.clone(),
+            readers: tokio::runtime::Handle::current(),
+            readers_gone: AtomicBool::new(false),
             state: Mutex::new(PoolState {
                 slots: (0..self.workers).map(|_| None).collect(),
                 ..PoolState::default()
@@ -372,6 +374,11 @@ struct Shared {
     config: Config,
     expected_names: Vec<String>,
     runtime: tokio::runtime::Handle,
+    /// The runtime the pool was started on, where answers are read: the callers usually run
+    /// there, so an answer wakes its caller without a hop through the supervisor's thread.
+    readers: tokio::runtime::Handle,
+    /// Set when `readers` has shut down: answers are read on the supervisor's runtime from then.
+    readers_gone: AtomicBool,
     state: Mutex<PoolState>,
     /// One place per task a worker may have in flight: `execute` waits here when all are full.
     places: Semaphore,
@@ -421,7 +428,7 @@ fn describe(status: ExitStatus) -> String {
 }
 
 async fn read_frame(
-    stdout: &mut BufReader<ChildStdout>,
+    stdout: &mut BufReader<impl AsyncRead + Unpin>,
     max_frame: usize,
 ) -> Result<Option<FromWorker>, TaskError> {
     let mut header = [0; HEADER_LEN];
@@ -564,9 +571,10 @@ impl Shared {
     /// Runs one slot for the life of the pool: supervises its worker, and replaces it when it
     /// ends, until shutdown.
     async fn supervise(self: Arc<Self>, slot: usize, mut live: Live) {
+        let this = &self;
         let mut backoff = Duration::from_millis(50);
         loop {
-            self.run_worker(slot, live).await;
+            this.run_worker(slot, live).await;
             if self.lock().shutting_down {
                 return;
             }
@@ -619,7 +627,7 @@ impl Shared {
     }
 
     /// Serves one worker until it ends, then fails whatever it still had in flight.
-    async fn run_worker(&self, slot: usize, live: Live) {
+    async fn run_worker(self: &Arc<Self>, slot: usize, live: Live) {
         let Live {
             worker,
             kill: kill_rx,
@@ -629,14 +637,22 @@ impl Shared {
             pid,
             mut child,
             input,
-            mut stdout,
+            stdout,
         } = worker;
         let writer = self.runtime.spawn(finish_writes(input));
-
+        let mut reader = self.read_on_callers_runtime(slot, stdout);
         let reason = tokio::select! {
-            reason = self.read_answers(slot, &mut stdout) => reason,
+            read = &mut reader => read.unwrap_or_else(|e| {
+                if e.is_cancelled() {
+                    // The runtime the pool was started on has shut down: read on the
+                    // supervisor's from now on.
+                    self.readers_gone.store(true, Ordering::SeqCst);
+                }
+                format!("its answers could no longer be read ({e})")
+            }),
             reason = kill_rx => reason.unwrap_or_else(|_| "its slot was closed".into()),
         };
+        reader.abort();
         let _ = child.start_kill();
         let status = match child.wait().await {
             Ok(status) => describe(status),
@@ -654,9 +670,42 @@ impl Shared {
         }
     }
 
+    /// Starts reading the worker's answers on the runtime the pool was started on (falling back to
+    /// the supervisor's when that one is gone, or when bytes are already buffered).
+    fn read_on_callers_runtime(
+        self: &Arc<Self>,
+        slot: usize,
+        mut stdout: BufReader<ChildStdout>,
+    ) -> tokio::task::JoinHandle<String> {
+        let shared = Arc::clone(self);
+        if self.readers_gone.load(Ordering::SeqCst) || !stdout.buffer().is_empty() {
+            return self
+                .runtime
+                .spawn(async move { shared.read_answers(slot, &mut stdout).await });
+        }
+        let fd = match stdout.into_inner().into_owned_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                let reason = format!("its output could not be moved to a reader ({e})");
+                return self.runtime.spawn(async move { reason });
+            }
+        };
+        self.readers.spawn(async move {
+            // Registered with this runtime's reactor, so its readiness wakes a thread here.
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(pipe) => shared.read_answers(slot, &mut BufReader::new(pipe)).await,
+                Err(e) => format!("its output could not be watched ({e})"),
+            }
+        })
+    }
+
     /// Delivers the worker's answers until it closes its stdout or breaks the protocol; returns
     /// why it stopped.
-    async fn read_answers(&self, slot: usize, stdout: &mut BufReader<ChildStdout>) -> String {
+    async fn read_answers(
+        &self,
+        slot: usize,
+        stdout: &mut BufReader<impl AsyncRead + Unpin>,
+    ) -> String {
         loop {
             let message = match read_frame(stdout, self.config.max_frame).await {
                 Ok(Some(message)) => message,
@@ -1019,13 +1068,20 @@ fn die_with_parent(command: &mut Command) {
 ///   status or signal); it is replaced, and the other workers are untouched.
 /// - Workers are killed by the kernel if the parent dies (Linux): no orphans.
 /// - With [`ProcessBuilder::task_timeout`], a task running too long fails as timed out and its
-///   worker is killed and replaced.
+///   worker is killed and replaced (once its other tasks finish, 200 ms at most).
 /// - [`ProcessBuilder::recycle_after`] replaces workers after a number of tasks.
 /// - Shutdown refuses new tasks, lets those in flight finish up to its grace period, then stops
 ///   and reaps every worker: no zombies.
 ///
+/// - A task whose caller stops waiting (the coordinator's timeout or cancellation) has its worker
+///   take no more work and be killed and replaced once its other tasks finish (200 ms at most).
+///
 /// Supervision runs on a thread of its own with its own small tokio runtime, so the strategy
-/// works under any runtime (or none) of the caller's.
+/// works under any runtime of the caller's. The workers' answers are read on the runtime
+/// [`ProcessBuilder::start`] was awaited on, where the callers usually are, so an answer wakes
+/// its caller without a hop through another thread. If that runtime shuts down while the pool
+/// lives on, the workers are replaced (tasks in flight on them fail as worker lost) and answers
+/// are read on the supervisor's runtime from then on.
 #[derive(Clone)]
 pub struct ProcessExecutionStrategy {
     shared: Arc<Shared>,
