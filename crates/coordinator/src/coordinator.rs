@@ -14,9 +14,12 @@ use pubsub::{
     SubscriberId,
 };
 use serde::Serialize;
+use std::future::Future;
+
 use task_core::{
-    CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult, NodeId, Outcome,
-    RequestId, Retention, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo, Value,
+    BoxFuture, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult, NodeId,
+    Outcome, RequestId, Retention, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo,
+    Value,
 };
 use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -377,32 +380,46 @@ struct Request {
     task: ErasedTask,
     publisher: RequestCompletionPublisher,
     cancel: CancellationToken,
-    deadline: Option<Instant>,
-    timeout: Option<Duration>,
-    retry: Option<RetryPolicy>,
+    /// A deadline or a retry policy; boxed, as most requests have neither and every request's
+    /// future holds this.
+    options: Option<Box<Options>>,
     /// The request's place under its mode's concurrency limit, released when it ends.
     permit: Option<OwnedSemaphorePermit>,
 }
 
+/// The options of a request that has any.
+struct Options {
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+}
+
 /// Runs one accepted request to its single terminal message.
-async fn drive(inner: Arc<Inner>, request: Request) {
-    let Request {
-        strategy,
-        task,
-        publisher,
-        cancel,
-        deadline,
-        timeout,
-        retry,
-        permit,
-    } = request;
-    let info = task.info().clone();
+async fn drive(inner: Arc<Inner>, mut request: Box<Request>) {
+    let info = request.task.info().clone();
     let request_id = info.request_id().clone();
+    let publisher = request.publisher.clone();
     let mut guard = CloseOnDrop {
         inner: &inner,
         request_id: Some(request_id.as_str()),
     };
-    let outcome = run_attempts(&inner, &strategy, task, &cancel, deadline, timeout, retry).await;
+    let permit = request.permit.take();
+    let outcome = if request.options.is_none() {
+        // The common case, kept small: the future of every request holds it.
+        let Request {
+            strategy,
+            task,
+            cancel,
+            ..
+        } = *request;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(inner.cancelled()),
+            outcome = run_once(&strategy, task) => outcome,
+        }
+    } else {
+        Box::pin(run_attempts(&inner, *request)).await
+    };
     drop(permit);
     // The message takes the task's description; only the id is kept for the fallback below.
     let message = match &outcome {
@@ -424,6 +441,19 @@ async fn drive(inner: Arc<Inner>, request: Request) {
     guard.request_id = None;
 }
 
+/// Runs one attempt of a task on its strategy, as the node it runs (for nested submissions).
+///
+/// Not an `async fn`: the task moves into the strategy's future at once instead of being held
+/// in this one, which every request's driver holds.
+fn run_once(strategy: &StrategyRef, task: ErasedTask) -> impl Future<Output = Outcome> + '_ {
+    let node_id = task.info().node_id().clone();
+    let run = AssertUnwindSafe(strategy.execute(task)).catch_unwind();
+    CURRENT_NODE.scope(node_id, run).map(|result| {
+        // A strategy that panics is a bug in the strategy; the request still ends.
+        result.unwrap_or_else(|payload| Err(TaskError::panic(payload)))
+    })
+}
+
 /// Completes when the request's deadline passes; never, without one.
 async fn expire(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match expiry {
@@ -434,15 +464,22 @@ async fn expire(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
 
 /// Runs the attempts of one request until one succeeds, the retry policy gives up, the deadline
 /// passes or the request is cancelled.
-async fn run_attempts(
-    inner: &Inner,
-    strategy: &StrategyRef,
-    mut task: ErasedTask,
-    cancel: &CancellationToken,
-    deadline: Option<Instant>,
-    timeout: Option<Duration>,
-    retry: Option<RetryPolicy>,
-) -> Outcome {
+async fn run_attempts(inner: &Inner, request: Request) -> Outcome {
+    let Request {
+        strategy,
+        mut task,
+        cancel,
+        options,
+        ..
+    } = request;
+    let (deadline, timeout, retry) = options.map_or((None, None, None), |o| {
+        let Options {
+            deadline,
+            timeout,
+            retry,
+        } = *o;
+        (deadline, timeout, retry)
+    });
     let mut expiry = match deadline.map(sleep_until).transpose() {
         Ok(sleep) => sleep.map(Box::pin),
         Err(error) => return Err(error),
@@ -455,16 +492,13 @@ async fn run_attempts(
     };
     let mut attempt: u32 = 1;
     loop {
-        let next = retry.as_ref().and_then(|_| task.replay());
-        let node_id = task.info().node_id().clone();
-        let run = AssertUnwindSafe(strategy.execute(task)).catch_unwind();
-        let run = CURRENT_NODE.scope(node_id, run);
+        // Boxed: only retried requests have one, and the future of every request holds it.
+        let next = retry.as_ref().and_then(|_| task.replay()).map(Box::new);
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(inner.cancelled()),
             () = expire(&mut expiry) => return Err(timed_out()),
-            // A strategy that panics is a bug in the strategy; the request still ends.
-            result = run => result.unwrap_or_else(|payload| Err(TaskError::panic(payload))),
+            outcome = run_once(&strategy, task) => outcome,
         };
         let (Err(error), Some(policy), Some(again)) = (&outcome, &retry, next) else {
             return outcome;
@@ -475,7 +509,7 @@ async fn run_attempts(
         let wait = policy.backoff_after(attempt);
         tracing::debug!(attempt, %error, ?wait, "attempt failed; retrying");
         if !wait.is_zero() {
-            let backoff = sleep_until(Instant::now() + wait)?;
+            let backoff = Box::pin(sleep_until(Instant::now() + wait)?);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(inner.cancelled()),
@@ -486,8 +520,44 @@ async fn run_attempts(
         attempt += 1;
         inner.record_attempt(again.info().request_id());
         tracing::Span::current().record("attempt", attempt);
-        task = again;
+        task = *again;
     }
+}
+
+/// A request the coordinator took.
+struct Accepted {
+    request_id: RequestId,
+    receiver: oneshot::Receiver<Outcome>,
+    cancel: CancellationToken,
+}
+
+impl Accepted {
+    fn into_handle<O>(self, convert: fn(Value) -> Result<O, SubmitError>) -> RequestHandle<O> {
+        RequestHandle::new(self.request_id, self.receiver, self.cancel, convert)
+    }
+}
+
+/// A submission waiting for a place under its mode's concurrency limit.
+struct Waiting<'a> {
+    mode: ExecutionMode,
+    wait: BoxFuture<'a, Result<Accepted, SubmitError>>,
+}
+
+impl Future for Waiting<'_> {
+    type Output = Result<Accepted, SubmitError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.wait.as_mut().poll(cx)
+    }
+}
+
+/// The first step of a submission.
+enum Admission<'a> {
+    Accepted(Accepted),
+    Wait(Waiting<'a>),
 }
 
 /// Runs tasks under the execution mode asked for, tracks every job, announces every outcome.
@@ -623,7 +693,12 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        self.submit_with(task, mode, SubmitOptions::new()).await
+        // Not through `submit_with`: a nested future would hold the arguments twice.
+        let accepted = match self.admit(task.into_erased(), mode.into(), SubmitOptions::new())? {
+            Admission::Accepted(accepted) => accepted,
+            Admission::Wait(wait) => wait.await?,
+        };
+        accepted.into_handle(take_output::<O>).await
     }
 
     /// [`submit`](Self::submit) with a timeout and a retry policy.
@@ -641,7 +716,11 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        self.spawn(task, mode, options).await?.await
+        let accepted = match self.admit(task.into_erased(), mode.into(), options)? {
+            Admission::Accepted(accepted) => accepted,
+            Admission::Wait(wait) => wait.await?,
+        };
+        accepted.into_handle(take_output::<O>).await
     }
 
     /// Accepts `task` (waiting for a place under the mode's concurrency limit, if it has one)
@@ -659,15 +738,11 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        let (request_id, receiver, cancel) = self
-            .launch(task.into_erased(), mode.into(), options, true)
-            .await?;
-        Ok(RequestHandle::new(
-            request_id,
-            receiver,
-            cancel,
-            take_output::<O>,
-        ))
+        let accepted = match self.admit(task.into_erased(), mode.into(), options)? {
+            Admission::Accepted(accepted) => accepted,
+            Admission::Wait(wait) => wait.await?,
+        };
+        Ok(accepted.into_handle(take_output::<O>))
     }
 
     /// [`spawn`](Self::spawn) without waiting: when the mode is at its concurrency limit, a busy
@@ -685,25 +760,10 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        let mode = mode.into();
-        let task = self.prepare(task.into_erased(), &mode)?;
-        let permit = match self.limit(&mode, &task) {
-            None => None,
-            Some(limit) => match limit.try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(TryAcquireError::NoPermits) => {
-                    return Err(SubmitError::new(SubmitKind::Busy(mode)));
-                }
-                Err(TryAcquireError::Closed) => return Err(SubmitError::new(SubmitKind::ShutDown)),
-            },
-        };
-        let (request_id, receiver, cancel) = self.accept(task, mode, options, permit)?;
-        Ok(RequestHandle::new(
-            request_id,
-            receiver,
-            cancel,
-            take_output::<O>,
-        ))
+        match self.admit(task.into_erased(), mode.into(), options)? {
+            Admission::Accepted(accepted) => Ok(accepted.into_handle(take_output::<O>)),
+            Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode))),
+        }
     }
 
     /// [`submit`](Self::submit) for a task whose output type is erased; returns the shared
@@ -737,8 +797,11 @@ impl Coordinator {
         mode: impl Into<ExecutionMode>,
         options: SubmitOptions,
     ) -> Result<RequestHandle<Value>, SubmitError> {
-        let (request_id, receiver, cancel) = self.launch(task, mode.into(), options, true).await?;
-        Ok(RequestHandle::new(request_id, receiver, cancel, Ok))
+        let accepted = match self.admit(task, mode.into(), options)? {
+            Admission::Accepted(accepted) => accepted,
+            Admission::Wait(wait) => wait.await?,
+        };
+        Ok(accepted.into_handle(Ok))
     }
 
     /// Cancels the open request `request_id` and the children it submitted, as
@@ -786,24 +849,38 @@ impl Coordinator {
         self.inner.limits.get(mode).cloned()
     }
 
-    async fn launch(
+    /// Accepts the request at once, or, when its mode is at its limit, returns the (boxed, so
+    /// the common path's futures stay small) wait for a place.
+    fn admit(
         &self,
         task: ErasedTask,
         mode: ExecutionMode,
         options: SubmitOptions,
-        wait: bool,
-    ) -> Result<(RequestId, oneshot::Receiver<Outcome>, CancellationToken), SubmitError> {
+    ) -> Result<Admission<'_>, SubmitError> {
         let task = self.prepare(task, &mode)?;
         let permit = match self.limit(&mode, &task) {
-            Some(limit) if wait => Some(
-                limit
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?,
-            ),
-            _ => None,
+            None => None,
+            Some(limit) => match Arc::clone(&limit).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::Closed) => return Err(SubmitError::new(SubmitKind::ShutDown)),
+                Err(TryAcquireError::NoPermits) => {
+                    let wait_mode = mode.clone();
+                    let wait = Box::pin(async move {
+                        let permit = limit
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
+                        self.accept(task, mode, options, Some(permit))
+                    });
+                    return Ok(Admission::Wait(Waiting {
+                        mode: wait_mode,
+                        wait,
+                    }));
+                }
+            },
         };
         self.accept(task, mode, options, permit)
+            .map(Admission::Accepted)
     }
 
     /// Validates, records and launches a request; everything here is synchronous, so a request
@@ -814,7 +891,7 @@ impl Coordinator {
         mode: ExecutionMode,
         options: SubmitOptions,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<(RequestId, oneshot::Receiver<Outcome>, CancellationToken), SubmitError> {
+    ) -> Result<Accepted, SubmitError> {
         let inner = &self.inner;
         let started = inner
             .started
@@ -867,18 +944,28 @@ impl Coordinator {
         };
         let span = task_span(task.info(), &mode);
         tracing::debug!(parent: &span, "job opened");
-        let request = Request {
+        // Boxed: it is most of what the driver holds, and a small driver future is cheaper to
+        // spawn.
+        let request = Box::new(Request {
             strategy,
             task,
             publisher: started.publisher.clone(),
             cancel: cancel.clone(),
-            deadline,
-            timeout,
-            retry,
+            options: (deadline.is_some() || retry.is_some()).then(|| {
+                Box::new(Options {
+                    deadline,
+                    timeout,
+                    retry,
+                })
+            }),
             permit,
-        };
+        });
         runtime.spawn(drive(Arc::clone(inner), request).instrument(span));
-        Ok((request_id, receiver, cancel))
+        Ok(Accepted {
+            request_id,
+            receiver,
+            cancel,
+        })
     }
 
     /// A serializable snapshot: the counts, every recorded job (oldest first) and each mode's

@@ -347,33 +347,107 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// Not cancel safe: if the future is dropped while it waits for a full queue, the message may
     /// have reached only some subscribers.
     pub async fn publish(&self, message: M) -> Result<(), PublishError<M>> {
-        let _order = self.inner.order.lock().await;
-        let subscribers = {
-            let mut shared = self.inner.lock();
-            match shared.phase {
-                Phase::Running => {}
-                Phase::Idle => return Err(PublishError::new(message, false)),
-                Phase::ShutDown => return Err(PublishError::new(message, true)),
-            }
-            if !shared.listeners.is_empty() {
-                deliver_to_listeners(&mut shared.listeners, &message);
-            }
-            Arc::clone(&shared.subscribers)
+        // Most publishes complete without waiting: the order lock is free and every queue has
+        // room. That path runs synchronously; only a publish that must wait continues in a boxed
+        // future, so the future every caller holds (and moves into spawned tasks) stays small.
+        match self.publish_now(message) {
+            Step::Done(result) => result,
+            Step::Wait(rest) => rest.await,
+        }
+    }
+
+    fn publish_now(&self, message: M) -> Step<'_, M> {
+        let Ok(order) = self.inner.order.try_lock() else {
+            return Step::Wait(Box::pin(async move {
+                let order = self.inner.order.lock().await;
+                let (subscribers, message) = self.snapshot(message)?;
+                self.deliver(&subscribers, 0, message, false).await;
+                drop(order);
+                Ok(())
+            }));
+        };
+        let (subscribers, message) = match self.snapshot(message) {
+            Ok(snapshot) => snapshot,
+            Err(refused) => return Step::Done(Err(refused)),
         };
         let mut any_closed = false;
-        if let Some((last, rest)) = subscribers.split_last() {
-            for subscriber in rest {
-                any_closed |= !send(&subscriber.tx, message.clone()).await;
+        let count = subscribers.len();
+        // The last subscriber gets the message itself, the others copies.
+        let mut original = Some(message);
+        for i in 0..count {
+            let copy = if i + 1 == count {
+                original.take()
+            } else {
+                original.clone()
+            };
+            let Some(copy) = copy else { break };
+            match subscribers[i].tx.try_send(copy) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => any_closed = true,
+                Err(mpsc::error::TrySendError::Full(copy)) => {
+                    // Wait for room, then deliver to the rest in order, still holding the order
+                    // lock.
+                    return Step::Wait(Box::pin(async move {
+                        let sent = send(&subscribers[i].tx, copy).await;
+                        let any_closed = any_closed || !sent;
+                        match original {
+                            Some(message) => {
+                                self.deliver(&subscribers, i + 1, message, any_closed).await;
+                            }
+                            None if any_closed => self.prune(&subscribers),
+                            None => {}
+                        }
+                        drop(order);
+                        Ok(())
+                    }));
+                }
             }
-            any_closed |= !send(&last.tx, message).await;
         }
         if any_closed {
-            // A stream was dropped without unsubscribing (its Drop raced this publish): prune it.
-            for subscriber in subscribers.iter().filter(|s| s.tx.is_closed()) {
-                self.inner.remove_subscriber(subscriber.id);
-            }
+            self.prune(&subscribers);
         }
-        Ok(())
+        drop(order);
+        Step::Done(Ok(()))
+    }
+
+    /// Checks the publisher takes the message, hands it to the listeners, and returns the
+    /// subscribers to deliver it to. Runs under the order lock.
+    #[allow(clippy::type_complexity)]
+    fn snapshot(&self, message: M) -> Result<(Arc<Vec<Subscriber<M>>>, M), PublishError<M>> {
+        let mut shared = self.inner.lock();
+        match shared.phase {
+            Phase::Running => {}
+            Phase::Idle => return Err(PublishError::new(message, false)),
+            Phase::ShutDown => return Err(PublishError::new(message, true)),
+        }
+        if !shared.listeners.is_empty() {
+            deliver_to_listeners(&mut shared.listeners, &message);
+        }
+        Ok((Arc::clone(&shared.subscribers), message))
+    }
+
+    /// Delivers `message` to `subscribers[from..]`, waiting for room where a queue is full.
+    async fn deliver(
+        &self,
+        subscribers: &[Subscriber<M>],
+        from: usize,
+        message: M,
+        mut any_closed: bool,
+    ) {
+        for subscriber in subscribers.iter().skip(from) {
+            any_closed |= !send(&subscriber.tx, message.clone()).await;
+        }
+        if any_closed {
+            self.prune(subscribers);
+        }
+    }
+
+    /// Removes subscribers whose stream was dropped without unsubscribing (its `Drop` raced a
+    /// publish).
+    fn prune(&self, subscribers: &[Subscriber<M>]) {
+        for subscriber in subscribers.iter().filter(|s| s.tx.is_closed()) {
+            self.inner.remove_subscriber(subscriber.id);
+        }
     }
 
     /// Stops the publisher: waits for publishes under way, refuses new ones, lets every subscriber
@@ -405,12 +479,20 @@ impl<M: Clone + Send + 'static> Publisher<M> {
 }
 
 /// Queues `message`, waiting for room if the queue is full. False when the subscriber is gone.
-async fn send<M>(tx: &mpsc::Sender<M>, message: M) -> bool {
+async fn send<M: Send>(tx: &mpsc::Sender<M>, message: M) -> bool {
     match tx.try_send(message) {
         Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(message)) => tx.send(message).await.is_ok(),
+        // The waiting send is boxed so the common path's future stays small (publishers' futures
+        // are moved into spawned tasks).
+        Err(mpsc::error::TrySendError::Full(message)) => Box::pin(tx.send(message)).await.is_ok(),
         Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
+}
+
+/// A publish that completed at once, or the rest of one that must wait.
+enum Step<'a, M> {
+    Done(Result<(), PublishError<M>>),
+    Wait(Pin<Box<dyn Future<Output = Result<(), PublishError<M>>> + Send + 'a>>),
 }
 
 fn deliver_to_listeners<M: Clone>(listeners: &mut HashMap<u64, ListenerSlot<M>>, message: &M) {
