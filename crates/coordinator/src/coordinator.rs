@@ -492,8 +492,7 @@ async fn run_attempts(inner: &Inner, request: Request) -> Outcome {
     };
     let mut attempt: u32 = 1;
     loop {
-        // Boxed: only retried requests have one, and the future of every request holds it.
-        let next = retry.as_ref().and_then(|_| task.replay()).map(Box::new);
+        let next = retry.as_ref().and_then(|_| task.replay());
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(inner.cancelled()),
@@ -520,7 +519,7 @@ async fn run_attempts(inner: &Inner, request: Request) -> Outcome {
         attempt += 1;
         inner.record_attempt(again.info().request_id());
         tracing::Span::current().record("attempt", attempt);
-        task = *again;
+        task = again;
     }
 }
 
