@@ -145,6 +145,9 @@ pub(crate) fn throughput(
     Some(result)
 }
 
+/// Publish acknowledgements the raw baseline keeps outstanding.
+const ACKS_IN_FLIGHT: usize = 1024;
+
 /// The raw baseline: the same work-queue pattern written directly against the client.
 struct RawQueue {
     client: async_nats::Client,
@@ -216,9 +219,17 @@ impl RawQueue {
     async fn round(&mut self, n: u64) -> Duration {
         let payload = bytes::Bytes::from(task_core::encode(&Echo(7)).expect("encodable"));
         let start = Instant::now();
-        let mut acks = Vec::with_capacity(n as usize);
+        // Acknowledgements are awaited as they fall due: the client allows a bounded number in
+        // flight (5,000 by default) and holds the next publish until one is awaited.
+        let mut acks = std::collections::VecDeque::with_capacity(ACKS_IN_FLIGHT);
         for _ in 0..n {
-            acks.push(
+            if acks.len() == ACKS_IN_FLIGHT
+                && let Some(ack) = acks.pop_front()
+            {
+                let ack: jetstream::context::PublishAckFuture = ack;
+                black_box(ack.await.expect("stored"));
+            }
+            acks.push_back(
                 self.js
                     .publish(self.subject.clone(), payload.clone())
                     .await
