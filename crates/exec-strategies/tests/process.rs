@@ -357,6 +357,11 @@ fn a_task_past_its_timeout_has_its_worker_replaced() {
         assert_eq!(v.downcast_ref::<u64>(), Some(&9));
         assert_eq!(s.restarts(), 1);
         assert_ne!(s.worker_pids(), vec![pid]);
+        // A task answered in time leaves its worker alone when its timeout comes round.
+        let replacement = s.worker_pids();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(s.restarts(), 1);
+        assert_eq!(s.worker_pids(), replacement);
         s.shutdown(Duration::from_secs(5)).await;
     });
 }

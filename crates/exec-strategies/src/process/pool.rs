@@ -340,14 +340,16 @@ impl Slot {
 
     /// Gives up on `run` (its caller is gone or was answered as timed out): the worker takes no
     /// more work and is killed, the only way to stop the run, as soon as it has nothing else in
-    /// flight, so the other runs on it are not lost with it.
-    fn abandon(&mut self, run: u64, why: &str) {
+    /// flight, so the other runs on it are not lost with it. Returns whether `run` was still in
+    /// flight here.
+    fn abandon(&mut self, run: u64, why: &str) -> bool {
         let Some(pending) = self.pending.get_mut(&run) else {
-            return;
+            return false;
         };
         pending.reply = None;
         self.draining = true;
         self.settle(why);
+        true
     }
 
     /// Kills a draining worker whose runs in flight are all abandoned.
@@ -810,28 +812,48 @@ impl Shared {
         }
     }
 
-    /// `run` passed the pool's task timeout: its caller is answered as timed out now, and its
-    /// worker is killed and replaced (once its other runs are done).
-    fn expire(self: &Arc<Self>, worker_id: u64, run: u64) {
+    /// Runs `f` on the live worker with id `worker_id`, if it is still live.
+    fn with_worker<R>(&self, worker_id: u64, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
         let mut state = self.lock();
-        for worker in state
+        state
             .slots
             .iter_mut()
             .flatten()
-            .filter(|w| w.id == worker_id)
-        {
+            .find(|w| w.id == worker_id)
+            .map(f)
+    }
+
+    /// `run` passed the pool's task timeout: if it is still running, its caller is answered as
+    /// timed out now, and its worker is killed and replaced (once its other runs are done).
+    fn expire(self: &Arc<Self>, worker_id: u64, run: u64) {
+        let timeout = self.config.task_timeout.unwrap_or_default();
+        let expired = self.with_worker(worker_id, |worker| {
             let Some(reply) = worker.pending.get_mut(&run).and_then(|p| p.reply.take()) else {
-                continue;
+                // Answered in time, or already abandoned.
+                return false;
             };
             let pid = worker.pid;
             let _ = reply.send(Err(TaskError::timed_out(format!(
-                "the task ran past its timeout of {:?}; its worker {pid} is replaced",
-                self.config.task_timeout.unwrap_or_default()
+                "the task ran past its timeout of {timeout:?}; its worker {pid} is replaced"
             ))));
-            worker.abandon(run, &format!("run {run} timed out"));
+            worker.abandon(run, &format!("run {run} timed out"))
+        });
+        if expired == Some(true) {
+            self.kill_later(worker_id);
         }
-        drop(state);
-        self.kill_later(worker_id);
+    }
+
+    /// The caller stopped waiting for `run` (its request was cancelled or passed its deadline):
+    /// the worker running it is killed and replaced (once its other runs are done), the only
+    /// way to stop the run.
+    fn abandon(self: &Arc<Self>, worker_id: u64, run: u64) {
+        // The entry stays until the worker ends, so a late answer is not a protocol breach.
+        let abandoned = self.with_worker(worker_id, |worker| {
+            worker.abandon(run, &format!("run {run} was abandoned by its caller"))
+        });
+        if abandoned == Some(true) {
+            self.kill_later(worker_id);
+        }
     }
 
     /// Kills the worker after [`ABANDON_GRACE`] if an abandoned run still holds it then: its
@@ -840,36 +862,14 @@ impl Shared {
         let shared = Arc::clone(self);
         self.runtime.spawn(async move {
             tokio::time::sleep(ABANDON_GRACE).await;
-            let mut state = shared.lock();
-            for worker in state
-                .slots
-                .iter_mut()
-                .flatten()
-                .filter(|w| w.id == worker_id)
-            {
-                worker.request_kill(format!(
-                    "an abandoned run still held it after {ABANDON_GRACE:?}"
-                ));
-            }
+            shared.with_worker(worker_id, |worker| {
+                if worker.pending.values().any(|p| p.reply.is_none()) {
+                    worker.request_kill(format!(
+                        "an abandoned run still held it after {ABANDON_GRACE:?}"
+                    ));
+                }
+            });
         });
-    }
-
-    /// The caller stopped waiting for `run` (its request was cancelled or passed its deadline):
-    /// the worker running it is killed and replaced (once its other runs are done), the only
-    /// way to stop the run.
-    fn abandon(self: &Arc<Self>, worker_id: u64, run: u64) {
-        let mut state = self.lock();
-        for worker in state
-            .slots
-            .iter_mut()
-            .flatten()
-            .filter(|w| w.id == worker_id)
-        {
-            // The entry stays until the worker ends, so a late answer is not a protocol breach.
-            worker.abandon(run, &format!("run {run} was abandoned by its caller"));
-        }
-        drop(state);
-        self.kill_later(worker_id);
     }
 
     fn kill_all(&self, reason: &str) {
