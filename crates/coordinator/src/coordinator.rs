@@ -553,10 +553,31 @@ impl Future for Waiting<'_> {
     }
 }
 
-/// The first step of a submission.
+/// The first step of a submission: accepted at once, or waiting for a place. Awaiting it gives
+/// the accepted request either way.
 enum Admission<'a> {
-    Accepted(Accepted),
+    /// `None` once taken by `poll`.
+    Accepted(Option<Accepted>),
     Wait(Waiting<'a>),
+}
+
+impl Future for Admission<'_> {
+    type Output = Result<Accepted, SubmitError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Admission::Accepted(accepted) => std::task::Poll::Ready(
+                // Polled again after completion: a misuse, answered without a panic.
+                accepted
+                    .take()
+                    .ok_or_else(|| SubmitError::new(SubmitKind::ShutDown)),
+            ),
+            Admission::Wait(wait) => std::pin::Pin::new(wait).poll(cx),
+        }
+    }
 }
 
 /// Runs tasks under the execution mode asked for, tracks every job, announces every outcome.
@@ -693,10 +714,9 @@ impl Coordinator {
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
         // Not through `submit_with`: a nested future would hold the arguments twice.
-        let accepted = match self.admit(task.into_erased(), mode.into(), SubmitOptions::new())? {
-            Admission::Accepted(accepted) => accepted,
-            Admission::Wait(wait) => wait.await?,
-        };
+        let accepted = self
+            .admit(task.into_erased(), mode.into(), SubmitOptions::new())?
+            .await?;
         accepted.into_handle(take_output::<O>).await
     }
 
@@ -715,10 +735,9 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        let accepted = match self.admit(task.into_erased(), mode.into(), options)? {
-            Admission::Accepted(accepted) => accepted,
-            Admission::Wait(wait) => wait.await?,
-        };
+        let accepted = self
+            .admit(task.into_erased(), mode.into(), options)?
+            .await?;
         accepted.into_handle(take_output::<O>).await
     }
 
@@ -737,10 +756,9 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        let accepted = match self.admit(task.into_erased(), mode.into(), options)? {
-            Admission::Accepted(accepted) => accepted,
-            Admission::Wait(wait) => wait.await?,
-        };
+        let accepted = self
+            .admit(task.into_erased(), mode.into(), options)?
+            .await?;
         Ok(accepted.into_handle(take_output::<O>))
     }
 
@@ -760,7 +778,9 @@ impl Coordinator {
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
         match self.admit(task.into_erased(), mode.into(), options)? {
-            Admission::Accepted(accepted) => Ok(accepted.into_handle(take_output::<O>)),
+            Admission::Accepted(Some(accepted)) => Ok(accepted.into_handle(take_output::<O>)),
+            // Never: `admit` hands it over filled.
+            Admission::Accepted(None) => Err(SubmitError::new(SubmitKind::ShutDown)),
             Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode))),
         }
     }
@@ -796,10 +816,7 @@ impl Coordinator {
         mode: impl Into<ExecutionMode>,
         options: SubmitOptions,
     ) -> Result<RequestHandle<Value>, SubmitError> {
-        let accepted = match self.admit(task, mode.into(), options)? {
-            Admission::Accepted(accepted) => accepted,
-            Admission::Wait(wait) => wait.await?,
-        };
+        let accepted = self.admit(task, mode.into(), options)?.await?;
         Ok(accepted.into_handle(Ok))
     }
 
@@ -879,7 +896,7 @@ impl Coordinator {
             },
         };
         self.accept(task, mode, options, permit)
-            .map(Admission::Accepted)
+            .map(|accepted| Admission::Accepted(Some(accepted)))
     }
 
     /// Validates, records and launches a request; everything here is synchronous, so a request
