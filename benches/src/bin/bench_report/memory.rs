@@ -27,6 +27,20 @@ fn rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Opens and closes job `i` the way a coordinator does (a generated node id, a parent, a
+/// static name).
+fn run_one(state: &mut CoordinatorState, i: u64, parent: &NodeId) {
+    let info = TaskInfo::new(
+        RequestId::from(format!("request-{i}")),
+        NodeId::generate(),
+        Some(parent.clone()),
+        "node",
+    );
+    let id = info.request_id().clone();
+    state.add_job(&info).expect("fresh id");
+    state.end_job(&id, JobResult::Success).expect("open job");
+}
+
 /// Fills a job table the way a coordinator does (generated node ids, a parent, a static name),
 /// closing every job, and measures how much resident memory it took.
 pub(crate) fn retained(jobs: u64) -> Memory {
@@ -34,15 +48,7 @@ pub(crate) fn retained(jobs: u64) -> Memory {
     let before = rss();
     let mut state = CoordinatorState::empty();
     for i in 0..jobs {
-        let info = TaskInfo::new(
-            RequestId::from(format!("request-{i}")),
-            NodeId::generate(),
-            Some(parent.clone()),
-            "node",
-        );
-        let id = info.request_id().clone();
-        state.add_job(&info).expect("fresh id");
-        state.end_job(&id, JobResult::Success).expect("open job");
+        run_one(&mut state, i, &parent);
     }
     let after = rss();
     let memory = Memory {
@@ -69,15 +75,7 @@ pub(crate) fn bounded(checkpoint: u64, total: u64) -> serde_json::Value {
         if i == checkpoint {
             at_checkpoint = rss();
         }
-        let info = TaskInfo::new(
-            RequestId::from(format!("request-{i}")),
-            NodeId::generate(),
-            Some(parent.clone()),
-            "node",
-        );
-        let id = info.request_id().clone();
-        state.add_job(&info).expect("fresh id");
-        state.end_job(&id, JobResult::Success).expect("open job");
+        run_one(&mut state, i, &parent);
     }
     let at_end = rss();
     std::hint::black_box(state.len());
