@@ -1,7 +1,9 @@
 //! [`CoordinatorState`]: the job table, with O(1) add, end and lookup.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,7 @@ enum StateErrorKind {
     StillOpen,
     Unknown,
     AlreadyClosed,
+    Full,
 }
 
 impl StateError {
@@ -74,6 +77,11 @@ impl StateError {
         self.kind == StateErrorKind::AlreadyClosed
     }
 
+    /// The table holds as many jobs as it can index (2^32 - 1); close or evict some first.
+    pub fn is_full(&self) -> bool {
+        self.kind == StateErrorKind::Full
+    }
+
     /// The request id the operation named.
     pub fn request_id(&self) -> &RequestId {
         &self.request_id
@@ -89,6 +97,7 @@ impl fmt::Display for StateError {
             StateErrorKind::AlreadyClosed => {
                 write!(f, "the job for request `{id}` is already closed")
             }
+            StateErrorKind::Full => write!(f, "the job table is full; request `{id}` not recorded"),
         }
     }
 }
@@ -126,13 +135,83 @@ impl std::error::Error for StateError {}
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct CoordinatorState {
-    jobs: HashMap<RequestId, Job>,
+    jobs: JobTable,
     counts: JobCounts,
     retention: Retention,
     /// Closed jobs in closing order, with their record's sequence number; only kept under
     /// [`Retention::KeepLast`].
     closed: VecDeque<(u64, RequestId)>,
     next_seq: u64,
+}
+
+/// The jobs, stored densely, with an index from request id to position: about a third of the
+/// memory of a `HashMap<RequestId, Job>`, whose buckets hold whole jobs and run half empty.
+#[derive(Clone, Default)]
+struct JobTable {
+    jobs: Vec<Job>,
+    /// Positions in `jobs`, hashed by request id.
+    index: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl fmt::Debug for JobTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.jobs).finish()
+    }
+}
+
+impl JobTable {
+    fn hash(&self, request_id: &str) -> u64 {
+        self.hasher.hash_one(request_id)
+    }
+
+    fn position(&self, request_id: &str) -> Option<usize> {
+        let jobs = &self.jobs;
+        self.index
+            .find(self.hash(request_id), |&i| {
+                jobs[i as usize].request_id().as_str() == request_id
+            })
+            .map(|&i| i as usize)
+    }
+
+    fn get(&self, request_id: &str) -> Option<&Job> {
+        self.position(request_id).map(|i| &self.jobs[i])
+    }
+
+    fn get_mut(&mut self, request_id: &str) -> Option<&mut Job> {
+        self.position(request_id).map(|i| &mut self.jobs[i])
+    }
+
+    /// Appends a job whose id is not in the table; `None` when the index is full.
+    fn push(&mut self, job: Job) -> Option<&mut Job> {
+        let position = u32::try_from(self.jobs.len())
+            .ok()
+            .filter(|&p| p < u32::MAX)?;
+        let hash = self.hash(job.request_id());
+        self.jobs.push(job);
+        let (jobs, hasher) = (&self.jobs, &self.hasher);
+        self.index.insert_unique(hash, position, |&i| {
+            hasher.hash_one(jobs[i as usize].request_id().as_str())
+        });
+        self.jobs.last_mut()
+    }
+
+    /// Removes the job at `position`; the last job takes its place.
+    fn remove_at(&mut self, position: usize) {
+        let hash = self.hash(self.jobs[position].request_id());
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i as usize == position) {
+            entry.remove();
+        }
+        let last = self.jobs.len() - 1;
+        self.jobs.swap_remove(position);
+        if position != last {
+            let moved = self.hash(self.jobs[position].request_id());
+            if let Some(slot) = self.index.find_mut(moved, |&i| i as usize == last) {
+                // `position` came from a valid u32 position.
+                *slot = position as u32;
+            }
+        }
+    }
 }
 
 impl CoordinatorState {
@@ -183,20 +262,25 @@ impl CoordinatorState {
     pub fn add_job(&mut self, task: &impl AsRef<TaskInfo>) -> Result<&Job, StateError> {
         let info = task.as_ref();
         let seq = self.next_seq;
-        let job = match self.jobs.entry(info.request_id().clone()) {
-            Entry::Occupied(entry) if entry.get().status() == JobStatus::Opened => {
+        let mut job = Job::open(info);
+        job.seq = seq;
+        let job = match self.jobs.position(info.request_id()) {
+            Some(i) if self.jobs.jobs[i].status() == JobStatus::Opened => {
                 return Err(StateError {
                     kind: StateErrorKind::StillOpen,
                     request_id: info.request_id().clone(),
                 });
             }
-            Entry::Occupied(mut entry) => {
-                entry.insert(Job::open(info));
-                entry.into_mut()
+            Some(i) => {
+                let slot = &mut self.jobs.jobs[i];
+                *slot = job;
+                slot
             }
-            Entry::Vacant(entry) => entry.insert(Job::open(info)),
+            None => self.jobs.push(job).ok_or_else(|| StateError {
+                kind: StateErrorKind::Full,
+                request_id: info.request_id().clone(),
+            })?,
         };
-        job.seq = seq;
         self.next_seq += 1;
         self.counts.opened += 1;
         Ok(job)
@@ -236,9 +320,12 @@ impl CoordinatorState {
     /// [`StateError::is_unknown`] when no job has that id; [`StateError::is_already_closed`] when
     /// it is closed. The state is unchanged either way.
     pub fn end_job(&mut self, request_id: &str, result: JobResult) -> Result<&Job, StateError> {
+        let keep_last = matches!(self.retention, Retention::KeepLast(_));
         let job = self.open_job_mut(request_id)?;
         job.close(result);
         let seq = job.seq;
+        // Share the table's id rather than copying the string.
+        let key = keep_last.then(|| job.request_id().clone());
         self.counts.opened -= 1;
         self.counts.closed += 1;
         match result {
@@ -247,32 +334,26 @@ impl CoordinatorState {
             JobResult::TimedOut => self.counts.timed_out += 1,
             JobResult::Cancelled => self.counts.cancelled += 1,
         }
-        let mut key = RequestId::from(request_id);
-        if let Retention::KeepLast(keep) = self.retention {
-            // Share the table's id rather than copying the string.
-            if let Some((k, _)) = self.jobs.get_key_value(request_id) {
-                key = k.clone();
-            }
-            self.closed.push_back((seq, key.clone()));
+        if let (Retention::KeepLast(keep), Some(key)) = (self.retention, key) {
+            self.closed.push_back((seq, key));
             while self.closed.len() > keep.max(1) {
                 let Some((old_seq, old_id)) = self.closed.pop_front() else {
                     break;
                 };
                 // The id may have been reopened since: only drop the record that closed then.
-                if self
-                    .jobs
-                    .get(&old_id)
-                    .is_some_and(|j| j.seq == old_seq && j.status() == JobStatus::Closed)
-                {
-                    self.jobs.remove(&old_id);
-                    self.counts.evicted += 1;
+                if let Some(position) = self.jobs.position(&old_id) {
+                    let old = &self.jobs.jobs[position];
+                    if old.seq == old_seq && old.status() == JobStatus::Closed {
+                        self.jobs.remove_at(position);
+                        self.counts.evicted += 1;
+                    }
                 }
             }
         }
-        // The job just closed is the newest entry, never evicted above.
-        self.jobs.get(&key).ok_or(StateError {
+        // The job just closed is the newest entry, never evicted above (it may have moved).
+        self.jobs.get(request_id).ok_or_else(|| StateError {
             kind: StateErrorKind::Unknown,
-            request_id: key,
+            request_id: RequestId::from(request_id),
         })
     }
 
@@ -289,12 +370,12 @@ impl CoordinatorState {
 
     /// Every recorded job, in no particular order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Job> + '_ {
-        self.jobs.values()
+        self.jobs.jobs.iter()
     }
 
     /// Every recorded job, oldest first.
     pub fn jobs_by_start_time(&self) -> Vec<&Job> {
-        let mut jobs: Vec<&Job> = self.jobs.values().collect();
+        let mut jobs: Vec<&Job> = self.jobs.jobs.iter().collect();
         jobs.sort_by(|a, b| {
             a.start_time()
                 .cmp(&b.start_time())
@@ -305,12 +386,12 @@ impl CoordinatorState {
 
     /// How many jobs are recorded.
     pub fn len(&self) -> usize {
-        self.jobs.len()
+        self.jobs.jobs.len()
     }
 
     /// Whether no job is recorded.
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
+        self.jobs.jobs.is_empty()
     }
 
     /// Running totals.
@@ -331,10 +412,10 @@ impl Serialize for CoordinatorState {
 
 impl<'a> IntoIterator for &'a CoordinatorState {
     type Item = &'a Job;
-    type IntoIter = std::collections::hash_map::Values<'a, RequestId, Job>;
+    type IntoIter = std::slice::Iter<'a, Job>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.jobs.values()
+        self.jobs.jobs.iter()
     }
 }
 
