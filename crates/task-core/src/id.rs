@@ -9,8 +9,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Digits of the generated ids: base 32, lower case, so an id is short and URL- and
+/// subject-safe.
+const DIGITS: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+
+/// Width of the counter part: 7 base-32 digits (34 billion ids) before it grows. A fixed width
+/// keeps every id the same length, so they share one allocation size class: ids whose length
+/// grows now and then leave a trail of freed blocks of the old size behind.
+const COUNTER_WIDTH: usize = 7;
+
+/// Writes `value` in base 32 into the end of `out`, at least `min_width` digits; returns the
+/// number of digits written.
+fn base32(mut value: u64, min_width: usize, out: &mut [u8; 13]) -> usize {
+    let mut len = 0;
+    while len < out.len() && (value != 0 || len < min_width) {
+        len += 1;
+        out[out.len() - len] = DIGITS[(value & 31) as usize];
+        value >>= 5;
+    }
+    len
+}
+
 /// A per-process random prefix plus a counter: unique within the process, and unique across
-/// processes with overwhelming probability, without a system call per id.
+/// processes with overwhelming probability, without a system call per id. The shape is
+/// `{kind}-{13 digits}-{7 or more digits}`, 23 bytes for the first 34 billion ids.
 fn generate(kind: char) -> Arc<str> {
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -19,16 +41,26 @@ fn generate(kind: char) -> Arc<str> {
         RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // Formatted on the stack, so the id costs one allocation (the Arc), not two.
-    let mut buf = [0_u8; 40];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let written =
-        std::io::Write::write_fmt(&mut cursor, format_args!("{kind}-{prefix:016x}-{n:x}"));
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    match (written, std::str::from_utf8(&buf[..len])) {
-        (Ok(()), Ok(id)) => Arc::from(id),
-        // Unreachable in practice (at most 36 ASCII bytes); fall back to the allocating path.
-        _ => format!("{kind}-{prefix:016x}-{n:x}").into(),
+    // Built on the stack, so the id costs one allocation (the Arc).
+    let (mut a, mut b) = ([0_u8; 13], [0_u8; 13]);
+    let prefix_len = base32(prefix, 13, &mut a);
+    let counter_len = base32(n, COUNTER_WIDTH, &mut b);
+    let mut buf = [0_u8; 2 + 13 + 1 + 13];
+    let mut len = 0;
+    let kind_byte = u8::try_from(kind).unwrap_or(b'x');
+    for &byte in [kind_byte, b'-']
+        .iter()
+        .chain(&a[13 - prefix_len..])
+        .chain(&[b'-'])
+        .chain(&b[13 - counter_len..])
+    {
+        buf[len] = byte;
+        len += 1;
+    }
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(id) => Arc::from(id),
+        // Unreachable: every byte above is ASCII.
+        Err(_) => Arc::from(format!("{kind}-{prefix:x}-{n:x}")),
     }
 }
 
@@ -155,11 +187,28 @@ mod tests {
         let parts: Vec<&str> = id.as_str().split('-').collect();
         assert_eq!(parts.len(), 3, "{id}");
         assert_eq!(parts[0], "r");
-        assert_eq!(parts[1].len(), 16);
-        assert!(u64::from_str_radix(parts[2], 16).is_ok());
-        // The largest possible id still fits the stack buffer.
-        let widest = format!("n-{:016x}-{:x}", u64::MAX, u64::MAX);
-        assert!(widest.len() <= 40);
+        assert_eq!(parts[1].len(), 13);
+        assert_eq!(parts[2].len(), COUNTER_WIDTH);
+        assert_eq!(id.len(), 23);
+        assert!(
+            parts[1..]
+                .iter()
+                .all(|p| p.bytes().all(|b| DIGITS.contains(&b)))
+        );
+        // Every generated node id has the same length, whatever the counter.
+        let lengths: HashSet<usize> = (0..1_000).map(|_| NodeId::generate().len()).collect();
+        assert_eq!(lengths.len(), 1);
+    }
+
+    #[test]
+    fn base32_pads_grows_and_fits_the_largest_value() {
+        let mut out = [0_u8; 13];
+        let len = base32(33, 7, &mut out);
+        assert_eq!(&out[13 - len..], b"0000011");
+        let len = base32(u64::MAX, 7, &mut out);
+        assert_eq!(len, 13);
+        assert_eq!(out[0], b'f', "the top digit holds the last 4 bits");
+        assert_eq!(base32(0, 0, &mut out), 0);
     }
 
     #[test]
