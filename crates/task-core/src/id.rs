@@ -51,7 +51,7 @@ fn generate(kind: char) -> Arc<str> {
     for &byte in [kind_byte, b'-']
         .iter()
         .chain(&a[13 - prefix_len..])
-        .chain(&[b'-'])
+        .chain(b"-")
         .chain(&b[13 - counter_len..])
     {
         buf[len] = byte;
