@@ -407,11 +407,60 @@ pub struct Task<O> {
     _output: PhantomData<fn() -> O>,
 }
 
+/// The work of an async node.
+fn node_body<N: Node>(node: N) -> TaskBody {
+    TaskBody::Async(AsyncBody(Box::new(move || {
+        Box::pin(async move { node.invoke().await.map(Value::new).map_err(TaskError::node) })
+    })))
+}
+
+/// The work of an async closure.
+fn fn_body<O, F, Fut, E>(f: F) -> TaskBody
+where
+    O: fmt::Debug + Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    TaskBody::Async(AsyncBody(Box::new(move || {
+        Box::pin(async move {
+            f().await
+                .map(Value::new)
+                .map_err(|e| TaskError::node(e.into()))
+        })
+    })))
+}
+
+/// The work of a synchronous closure.
+fn blocking_body<O, F, E>(f: F) -> TaskBody
+where
+    O: fmt::Debug + Send + Sync + 'static,
+    F: FnOnce() -> Result<O, E> + Send + 'static,
+    E: Into<BoxError>,
+{
+    TaskBody::Blocking(BlockingBody(Box::new(move || {
+        f().map(Value::new).map_err(|e| TaskError::node(e.into()))
+    })))
+}
+
 impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
     fn from_body(request_id: RequestId, name: Cow<'static, str>, body: TaskBody) -> Self {
         let info = TaskInfo::new(request_id, NodeId::generate(), None, name);
         Self {
             inner: ErasedTask::from_parts(info, body),
+            _output: PhantomData,
+        }
+    }
+
+    /// A replayable task whose work `make_body` makes afresh for every attempt.
+    fn from_factory(
+        request_id: RequestId,
+        name: Cow<'static, str>,
+        make_body: impl Fn() -> TaskBody + Send + Sync + 'static,
+    ) -> Self {
+        let info = TaskInfo::new(request_id, NodeId::generate(), None, name);
+        Self {
+            inner: ErasedTask::from_factory(info, make_body),
             _output: PhantomData,
         }
     }
@@ -422,10 +471,7 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         N: Node<Output = O>,
     {
         let name = node.name();
-        let body = TaskBody::Async(AsyncBody(Box::new(move || {
-            Box::pin(async move { node.invoke().await.map(Value::new).map_err(TaskError::node) })
-        })));
-        Self::from_body(request_id.into(), name, body)
+        Self::from_body(request_id.into(), name, node_body(node))
     }
 
     /// A task that runs a [`PortableNode`]: in-process under the async and threaded modes, and in
@@ -441,16 +487,13 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         let mut task = Self::new(request_id, node);
         let encoded = portable.clone();
         task.inner.replay = Some(Arc::new(move || {
-            let node = encoded.payload().and_then(crate::portable::decode::<N>);
-            TaskBody::Async(AsyncBody(Box::new(move || {
-                Box::pin(async move {
-                    node?
-                        .invoke()
-                        .await
-                        .map(Value::new)
-                        .map_err(TaskError::node)
-                })
-            })))
+            match encoded.payload().and_then(crate::portable::decode::<N>) {
+                Ok(node) => node_body(node),
+                // Encoding failed when the task was made: every attempt fails the same way.
+                Err(error) => TaskBody::Async(AsyncBody(Box::new(move || {
+                    Box::pin(std::future::ready(Err(error)))
+                }))),
+            }
         }));
         task.inner.portable = Some(portable);
         task
@@ -463,18 +506,7 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         N: Node<Output = O> + Clone + Sync,
     {
         let name = node.name();
-        let info = TaskInfo::new(request_id.into(), NodeId::generate(), None, name);
-        Self {
-            inner: ErasedTask::from_factory(info, move || {
-                let node = node.clone();
-                TaskBody::Async(AsyncBody(Box::new(move || {
-                    Box::pin(
-                        async move { node.invoke().await.map(Value::new).map_err(TaskError::node) },
-                    )
-                })))
-            }),
-            _output: PhantomData,
-        }
+        Self::from_factory(request_id.into(), name, move || node_body(node.clone()))
     }
 
     /// A replayable task that runs an async closure: each attempt calls `f` again, so a retry
@@ -489,21 +521,11 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         Fut: Future<Output = Result<O, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let info = TaskInfo::new(request_id.into(), NodeId::generate(), None, name.into());
         let f = Arc::new(f);
-        Self {
-            inner: ErasedTask::from_factory(info, move || {
-                let f = Arc::clone(&f);
-                TaskBody::Async(AsyncBody(Box::new(move || {
-                    Box::pin(async move {
-                        f().await
-                            .map(Value::new)
-                            .map_err(|e| TaskError::node(e.into()))
-                    })
-                })))
-            }),
-            _output: PhantomData,
-        }
+        Self::from_factory(request_id.into(), name.into(), move || {
+            let f = Arc::clone(&f);
+            fn_body(move || f())
+        })
     }
 
     /// A replayable task that runs a synchronous closure on a thread: each attempt calls `f`
@@ -517,17 +539,11 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         F: Fn() -> Result<O, E> + Send + Sync + 'static,
         E: Into<BoxError>,
     {
-        let info = TaskInfo::new(request_id.into(), NodeId::generate(), None, name.into());
         let f = Arc::new(f);
-        Self {
-            inner: ErasedTask::from_factory(info, move || {
-                let f = Arc::clone(&f);
-                TaskBody::Blocking(BlockingBody(Box::new(move || {
-                    f().map(Value::new).map_err(|e| TaskError::node(e.into()))
-                })))
-            }),
-            _output: PhantomData,
-        }
+        Self::from_factory(request_id.into(), name.into(), move || {
+            let f = Arc::clone(&f);
+            blocking_body(move || f())
+        })
     }
 
     /// A task that runs an async closure, without declaring a node type.
@@ -541,14 +557,7 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         Fut: Future<Output = Result<O, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let body = TaskBody::Async(AsyncBody(Box::new(move || {
-            Box::pin(async move {
-                f().await
-                    .map(Value::new)
-                    .map_err(|e| TaskError::node(e.into()))
-            })
-        })));
-        Self::from_body(request_id.into(), name.into(), body)
+        Self::from_body(request_id.into(), name.into(), fn_body(f))
     }
 
     /// A task that runs a [`BlockingNode`] (synchronous, CPU-bound work) on a thread.
@@ -573,10 +582,7 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         F: FnOnce() -> Result<O, E> + Send + 'static,
         E: Into<BoxError>,
     {
-        let body = TaskBody::Blocking(BlockingBody(Box::new(move || {
-            f().map(Value::new).map_err(|e| TaskError::node(e.into()))
-        })));
-        Self::from_body(request_id.into(), name.into(), body)
+        Self::from_body(request_id.into(), name.into(), blocking_body(f))
     }
 
     /// Records the node that submitted this task (the job's parent node).
