@@ -120,7 +120,8 @@ impl CoordinatorBuilder {
         )
     }
 
-    /// Runs at most `limit` top-level requests of `mode` at once (at least 1). Beyond it
+    /// Runs at most `limit` top-level requests of `mode` (a mode registered with a strategy) at
+    /// once (at least 1). Beyond it
     /// [`Coordinator::submit`] and [`Coordinator::spawn`] wait for a place and
     /// [`Coordinator::try_spawn`] returns a busy error ([`SubmitError::is_busy`]).
     ///
@@ -151,21 +152,23 @@ impl CoordinatorBuilder {
 
     /// The coordinator. It takes no tasks until [`Coordinator::start`] gives it a publisher.
     pub fn build(self) -> Coordinator {
-        let limits = self
-            .limits
-            .into_iter()
-            .map(|(mode, n)| (mode, Arc::new(Semaphore::new(n))))
-            .collect();
-        let counters = self
+        let limits = self.limits;
+        let modes = self
             .modes
-            .keys()
-            .map(|mode| (mode.clone(), Arc::default()))
+            .into_iter()
+            .map(|(mode, strategy)| {
+                let limit = limits.get(&mode).map(|&n| Arc::new(Semaphore::new(n)));
+                let entry = Arc::new(Mode {
+                    strategy,
+                    limit,
+                    counters: ModeCounters::default(),
+                });
+                (mode, entry)
+            })
             .collect();
         Coordinator {
             inner: Arc::new(Inner {
-                modes: self.modes,
-                counters,
-                limits,
+                modes,
                 grace: self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
                 started: OnceLock::new(),
                 closing: AtomicBool::new(false),
@@ -206,8 +209,16 @@ struct Open {
     waiter: oneshot::Sender<Outcome>,
     cancel: CancellationToken,
     node_id: NodeId,
-    /// The counters of the mode it runs under.
-    counters: Arc<ModeCounters>,
+    /// The mode it runs under (for its counters).
+    mode: Arc<Mode>,
+}
+
+/// A registered mode: its strategy, its concurrency limit and its request counters, found with
+/// one lookup per submission.
+struct Mode {
+    strategy: StrategyRef,
+    limit: Option<Arc<Semaphore>>,
+    counters: ModeCounters,
 }
 
 /// Live counters of the requests of one mode.
@@ -267,9 +278,7 @@ struct Table {
 }
 
 struct Inner {
-    modes: HashMap<ExecutionMode, StrategyRef>,
-    counters: HashMap<ExecutionMode, Arc<ModeCounters>>,
-    limits: HashMap<ExecutionMode, Arc<Semaphore>>,
+    modes: HashMap<ExecutionMode, Arc<Mode>>,
     grace: Duration,
     started: OnceLock<Started>,
     closing: AtomicBool,
@@ -307,7 +316,7 @@ impl Inner {
                 table.by_node.remove(&open.node_id);
             }
             if let Some(open) = &open {
-                open.counters.close(result);
+                open.mode.counters.close(result);
             }
             (open.map(|o| o.waiter), table.state.counts().opened == 0)
         };
@@ -833,12 +842,12 @@ impl Coordinator {
         }
     }
 
-    /// The checks that need no lock, and the parent of a nested task.
+    /// The checks that need no lock, the mode's entry, and the parent of a nested task.
     fn prepare(
         &self,
         mut task: ErasedTask,
         mode: &ExecutionMode,
-    ) -> Result<ErasedTask, SubmitError> {
+    ) -> Result<(ErasedTask, Arc<Mode>), SubmitError> {
         let inner = &self.inner;
         if inner.started.get().is_none() {
             return Err(SubmitError::new(SubmitKind::NotStarted));
@@ -846,23 +855,17 @@ impl Coordinator {
         if inner.closing.load(Ordering::SeqCst) {
             return Err(SubmitError::new(SubmitKind::ShutDown));
         }
-        if !inner.modes.contains_key(mode) {
-            return Err(SubmitError::new(SubmitKind::UnknownMode(mode.clone())));
-        }
+        let entry = inner
+            .modes
+            .get(mode)
+            .cloned()
+            .ok_or_else(|| SubmitError::new(SubmitKind::UnknownMode(mode.clone())))?;
         if task.info().parent_id().is_none()
             && let Some(parent) = current_node()
         {
             task = task.with_parent(parent);
         }
-        Ok(task)
-    }
-
-    /// The concurrency limit `task` must take a place under: its mode's, unless it is a child.
-    fn limit(&self, mode: &ExecutionMode, task: &ErasedTask) -> Option<Arc<Semaphore>> {
-        if task.info().parent_id().is_some() {
-            return None;
-        }
-        self.inner.limits.get(mode).cloned()
+        Ok((task, entry))
     }
 
     /// Accepts the request at once, or, when its mode is at its limit, returns the (boxed, so
@@ -873,8 +876,13 @@ impl Coordinator {
         mode: ExecutionMode,
         options: SubmitOptions,
     ) -> Result<Admission<'_>, SubmitError> {
-        let task = self.prepare(task, &mode)?;
-        let permit = match self.limit(&mode, &task) {
+        let (task, entry) = self.prepare(task, &mode)?;
+        // Children do not take a place: their ancestor holds one.
+        let limit = entry
+            .limit
+            .clone()
+            .filter(|_| task.info().parent_id().is_none());
+        let permit = match limit {
             None => None,
             Some(limit) => match Arc::clone(&limit).try_acquire_owned() {
                 Ok(permit) => Some(permit),
@@ -886,7 +894,7 @@ impl Coordinator {
                             .acquire_owned()
                             .await
                             .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
-                        self.accept(task, mode, options, Some(permit))
+                        self.accept(task, mode, &entry, options, Some(permit))
                     });
                     return Ok(Admission::Wait(Waiting {
                         mode: wait_mode,
@@ -895,7 +903,7 @@ impl Coordinator {
                 }
             },
         };
-        self.accept(task, mode, options, permit)
+        self.accept(task, mode, &entry, options, permit)
             .map(|accepted| Admission::Accepted(Some(accepted)))
     }
 
@@ -905,6 +913,7 @@ impl Coordinator {
         &self,
         task: ErasedTask,
         mode: ExecutionMode,
+        entry: &Arc<Mode>,
         options: SubmitOptions,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Accepted, SubmitError> {
@@ -916,11 +925,7 @@ impl Coordinator {
         if inner.closing.load(Ordering::SeqCst) {
             return Err(SubmitError::new(SubmitKind::ShutDown));
         }
-        let strategy = inner
-            .modes
-            .get(&mode)
-            .cloned()
-            .ok_or_else(|| SubmitError::new(SubmitKind::UnknownMode(mode.clone())))?;
+        let strategy = Arc::clone(&entry.strategy);
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| SubmitError::new(SubmitKind::NoRuntime))?;
         if !started.publisher.is_running() {
@@ -944,8 +949,7 @@ impl Coordinator {
                 .map(|open| open.cancel.child_token());
             let cancel = parent_token.unwrap_or_default();
             let node_id = task.info().node_id().clone();
-            let counters = inner.counters.get(&mode).cloned().unwrap_or_default();
-            counters.in_flight.fetch_add(1, Ordering::Relaxed);
+            entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
             table.by_node.insert(node_id.clone(), request_id.clone());
             table.open.insert(
                 request_id.clone(),
@@ -953,7 +957,7 @@ impl Coordinator {
                     waiter: sender,
                     cancel: cancel.clone(),
                     node_id,
-                    counters,
+                    mode: Arc::clone(entry),
                 },
             );
             cancel
@@ -1001,13 +1005,13 @@ impl Coordinator {
             .inner
             .modes
             .iter()
-            .map(|(mode, strategy)| (mode.to_string(), strategy.stats()))
+            .map(|(mode, entry)| (mode.to_string(), entry.strategy.stats()))
             .collect();
         let requests = self
             .inner
-            .counters
+            .modes
             .iter()
-            .map(|(mode, counters)| (mode.to_string(), counters.snapshot()))
+            .map(|(mode, entry)| (mode.to_string(), entry.counters.snapshot()))
             .collect();
         SystemDetail {
             accepting: self.is_accepting(),
@@ -1056,7 +1060,11 @@ impl Coordinator {
         let deadline = Instant::now() + grace;
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
-        for limit in inner.limits.values() {
+        for limit in inner
+            .modes
+            .values()
+            .filter_map(|entry| entry.limit.as_ref())
+        {
             limit.close();
         }
         let drained =
@@ -1096,7 +1104,7 @@ impl Coordinator {
             .strategies_shut
             .get_or_init(|| async {
                 let mut unique: Vec<&StrategyRef> = Vec::new();
-                for strategy in inner.modes.values() {
+                for strategy in inner.modes.values().map(|entry| &entry.strategy) {
                     if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
                         unique.push(strategy);
                     }
