@@ -269,8 +269,14 @@ fn soak() {
                     let detail = coordinator.system_detail();
                     let workers = &detail.modes["process"].workers;
                     seen.extend(workers.iter().filter_map(|w| w.pid));
-                    if let Some(pid) = workers.iter().find(|w| w.in_flight > 0).and_then(|w| w.pid)
-                    {
+                    // Take turns among the busy workers: always killing the first one would keep
+                    // hitting the replacement that just took the retried tasks.
+                    let busy: Vec<u32> = workers
+                        .iter()
+                        .filter(|w| w.in_flight > 0)
+                        .filter_map(|w| w.pid)
+                        .collect();
+                    if let Some(&pid) = busy.get(kills as usize % busy.len().max(1)) {
                         // An external `kill`, so the test needs no libc.
                         let status = std::process::Command::new("kill")
                             .args(["-KILL", &pid.to_string()])
