@@ -8,14 +8,14 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smol_str::SmolStr;
 
 /// Digits of the generated ids: base 32, lower case, so an id is short and URL- and
 /// subject-safe.
 const DIGITS: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
 
 /// Width of the counter part: 7 base-32 digits (34 billion ids) before it grows. A fixed width
-/// keeps every id the same length, so they share one allocation size class: ids whose length
-/// grows now and then leave a trail of freed blocks of the old size behind.
+/// keeps every id 23 bytes long, the most an id stores inline.
 const COUNTER_WIDTH: usize = 7;
 
 /// Writes `value` in base 32 into the end of `out`, at least `min_width` digits; returns the
@@ -32,8 +32,9 @@ fn base32(mut value: u64, min_width: usize, out: &mut [u8; 13]) -> usize {
 
 /// A per-process random prefix plus a counter: unique within the process, and unique across
 /// processes with overwhelming probability, without a system call per id. The shape is
-/// `{kind}-{13 digits}-{7 or more digits}`, 23 bytes for the first 34 billion ids.
-fn generate(kind: char) -> Arc<str> {
+/// `{kind}-{13 digits}-{7 or more digits}`, 23 bytes (stored inline, no allocation) for the first
+/// 34 billion ids.
+fn generate(kind: char) -> SmolStr {
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| {
@@ -41,7 +42,7 @@ fn generate(kind: char) -> Arc<str> {
         RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // Built on the stack, so the id costs one allocation (the Arc).
+    // Built on the stack.
     let (mut a, mut b) = ([0_u8; 13], [0_u8; 13]);
     let prefix_len = base32(prefix, 13, &mut a);
     let counter_len = base32(n, COUNTER_WIDTH, &mut b);
@@ -58,9 +59,9 @@ fn generate(kind: char) -> Arc<str> {
         len += 1;
     }
     match std::str::from_utf8(&buf[..len]) {
-        Ok(id) => Arc::from(id),
+        Ok(id) => SmolStr::new(id),
         // Unreachable: every byte above is ASCII.
-        Err(_) => Arc::from(format!("{kind}-{prefix:x}-{n:x}")),
+        Err(_) => SmolStr::from(format!("{kind}-{prefix:x}-{n:x}")),
     }
 }
 
@@ -68,8 +69,8 @@ macro_rules! id_impls {
     ($name:ident, $kind:literal) => {
         impl $name {
             /// Creates an id from any string; the caller is responsible for its uniqueness.
-            pub fn new(id: impl Into<Arc<str>>) -> Self {
-                Self(id.into())
+            pub fn new(id: impl AsRef<str>) -> Self {
+                Self(SmolStr::new(id))
             }
 
             /// Generates an id unique within this process (and, with overwhelming probability,
@@ -86,7 +87,7 @@ macro_rules! id_impls {
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(&*self.0, f)
+                fmt::Debug::fmt(self.0.as_str(), f)
             }
         }
 
@@ -130,7 +131,7 @@ macro_rules! id_impls {
 
         impl From<Arc<str>> for $name {
             fn from(id: Arc<str>) -> Self {
-                Self(id)
+                Self(SmolStr::from(id))
             }
         }
 
@@ -142,16 +143,36 @@ macro_rules! id_impls {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                String::deserialize(deserializer).map(Self::from)
+                deserializer.deserialize_str(IdVisitor).map(Self)
             }
         }
     };
 }
 
+/// Reads an id from any string form without an intermediate `String` for short ids.
+struct IdVisitor;
+
+impl serde::de::Visitor<'_> for IdVisitor {
+    type Value = SmolStr;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an id string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<SmolStr, E> {
+        Ok(SmolStr::new(id))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, id: String) -> Result<SmolStr, E> {
+        Ok(SmolStr::from(id))
+    }
+}
+
 /// Identifies one request: one submission of a task, and the job that tracks it.
 ///
 /// Bring your own (`RequestId::from("123")`) or generate one with [`RequestId::generate`].
-/// Cloning is a reference-count increment.
+/// Ids up to 23 bytes (every generated id) are stored inline and cloned by copying 24 bytes;
+/// longer ones are shared, and cloned with a reference-count increment.
 ///
 /// # Examples
 ///
@@ -163,16 +184,16 @@ macro_rules! id_impls {
 /// assert_ne!(RequestId::generate(), RequestId::generate());
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(SmolStr);
 
 id_impls!(RequestId, 'r');
 
 /// Identifies one node instance: the unit of work a task runs.
 ///
 /// A job records the node it ran (its child node) and the node that submitted it (its parent).
-/// Cloning is a reference-count increment.
+/// Stored and cloned as a [`RequestId`] is.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(Arc<str>);
+pub struct NodeId(SmolStr);
 
 id_impls!(NodeId, 'n');
 
@@ -226,6 +247,27 @@ mod tests {
         assert!(set.contains("123"));
         assert_eq!(b.to_string(), "123");
         assert_eq!(format!("{b:?}"), "\"123\"");
+    }
+
+    #[test]
+    fn ids_of_any_length_round_trip_and_stay_small() {
+        for text in [
+            "",
+            "7",
+            "exactly-twenty-three-by",
+            "a longer id than fits in line, shared",
+        ] {
+            let id = RequestId::from(text);
+            assert_eq!(id.as_str(), text);
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(serde_json::from_str::<RequestId>(&json).unwrap(), id);
+            let bytes = postcard::to_allocvec(&id).unwrap();
+            assert_eq!(postcard::from_bytes::<RequestId>(&bytes).unwrap(), id);
+            assert_eq!(RequestId::from(Arc::<str>::from(text)), id);
+        }
+        // The job table holds three ids per job: inline, no heap block each.
+        assert_eq!(std::mem::size_of::<RequestId>(), 24);
+        assert_eq!(std::mem::size_of::<Option<NodeId>>(), 24);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::portable::PortableTask;
 use crate::{BoxError, NodeId, PortableNode, RequestId, TaskError, Value};
@@ -90,35 +91,22 @@ fn short_type_name<T: ?Sized>() -> &'static str {
     }
 }
 
-/// A name that is free to clone whether it was static or computed.
-#[derive(Clone)]
-enum Name {
-    Static(&'static str),
-    Shared(Arc<str>),
-}
+/// A name that is free to clone whether it was static or computed: a static name is borrowed,
+/// a short one stored inline, a long one shared.
+#[derive(Clone, PartialEq, Eq)]
+struct Name(SmolStr);
 
 impl Name {
     fn as_str(&self) -> &str {
-        match self {
-            Name::Static(s) => s,
-            Name::Shared(s) => s,
-        }
+        self.0.as_str()
     }
 }
-
-impl PartialEq for Name {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Name {}
 
 impl From<Cow<'static, str>> for Name {
     fn from(name: Cow<'static, str>) -> Self {
         match name {
-            Cow::Borrowed(s) => Name::Static(s),
-            Cow::Owned(s) => Name::Shared(s.into()),
+            Cow::Borrowed(s) => Name(SmolStr::new_static(s)),
+            Cow::Owned(s) => Name(SmolStr::from(s)),
         }
     }
 }
