@@ -260,7 +260,7 @@ pub(crate) fn publisher(
             &format!("publisher fan-out, {subscribers} subscribers"),
             messages,
             reps,
-            "tokio::sync::broadcast",
+            "tokio::sync::broadcast, sender waits for the slowest",
             || publish_fan_out(rt, subscribers, messages),
             || broadcast_fan_out(rt, subscribers, messages),
             progress,
