@@ -5,7 +5,8 @@
 //!   [`Value`](task_core::Value) for subscribers to downcast.
 //! - [`Publisher`]: subscribe a callback or a [`Stream`](futures::Stream), wait for the first
 //!   matching message with a [`Listener`], publish, shut down. Each subscriber sees messages in
-//!   publish order, is isolated from the others' panics and slowness, and has a bounded queue.
+//!   publish order, is isolated from the others' panics and slowness, and may fall a bounded
+//!   number of messages behind before publishing waits for it.
 //!
 //! # Examples
 //!

@@ -1,18 +1,27 @@
 //! [`Publisher`]: ordered fan-out to callbacks, streams and one-shot listeners.
+//!
+//! Every subscriber reads the same ring of the last messages (a `tokio::sync::broadcast`
+//! channel), so a publish writes a message once however many subscribers there are, instead of
+//! once into a queue per subscriber. The channel alone would overwrite messages a slow subscriber
+//! has not read yet; the publisher never lets that happen: it waits, before writing, until the
+//! slowest subscriber is less than `capacity` messages behind (backpressure), and every
+//! subscriber wakes a waiting publisher as it reads.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 
 use futures::Stream;
 use task_core::panic_message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{Error, Kind, PublishError};
 
@@ -36,18 +45,61 @@ enum Phase {
     ShutDown,
 }
 
-struct Subscriber<M> {
-    id: u64,
-    tx: mpsc::Sender<M>,
+/// A message on the ring, numbered in publish order.
+#[derive(Clone)]
+struct Envelope<M> {
+    seq: u64,
+    message: M,
 }
 
-impl<M> Clone for Subscriber<M> {
-    fn clone(&self) -> Self {
-        Self {
-            id: self.id,
-            tx: self.tx.clone(),
+/// Tells a publisher waiting for room that a subscriber read (or left).
+#[derive(Default)]
+struct Progress {
+    waiting: AtomicBool,
+    notify: Notify,
+}
+
+impl Progress {
+    /// Called after every read: one atomic load unless a publisher waits.
+    fn read(&self) {
+        if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
+            self.notify.notify_one();
         }
     }
+
+    /// Called when a subscriber leaves: it may have been the slowest.
+    fn left(&self) {
+        self.waiting.store(false, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+/// What a publish needs, held under the order lock.
+struct Order<M> {
+    /// `None` after shutdown; dropping it ends every subscriber's stream once drained.
+    tx: Option<broadcast::Sender<Envelope<M>>>,
+    /// At least the number of messages the slowest subscriber has not read: exact when last
+    /// measured, plus one per message sent since. Measuring takes a lock and a search of the
+    /// ring, so it is done only when this reaches the capacity.
+    queued: usize,
+}
+
+/// A callback subscriber's task, and the point where its delivery stops.
+struct CallbackSlot {
+    task: JoinHandle<()>,
+    /// The first message number it must not deliver (`u64::MAX` while subscribed).
+    stop_at: Arc<AtomicU64>,
+}
+
+struct Shared<M> {
+    phase: Phase,
+    /// For `subscribe`, which cannot wait for the order lock; `None` after shutdown.
+    tx: Option<broadcast::Sender<Envelope<M>>>,
+    /// Stream subscribers, with the point where each stops (as for callbacks).
+    streams: HashMap<u64, Arc<AtomicU64>>,
+    /// Callback subscribers, awaited at shutdown.
+    callbacks: HashMap<u64, CallbackSlot>,
+    listeners: HashMap<u64, ListenerSlot<M>>,
 }
 
 type Filter<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
@@ -57,22 +109,16 @@ struct ListenerSlot<M> {
     tx: oneshot::Sender<Result<M, Error>>,
 }
 
-struct Shared<M> {
-    phase: Phase,
-    /// Copy-on-write, so `publish` takes a snapshot without holding the lock while it sends.
-    subscribers: Arc<Vec<Subscriber<M>>>,
-    /// The tasks that run callback subscribers, awaited at shutdown.
-    callback_tasks: HashMap<u64, JoinHandle<()>>,
-    listeners: HashMap<u64, ListenerSlot<M>>,
-}
-
 struct Inner<M> {
     capacity: usize,
     next_id: AtomicU64,
-    /// Held across one publish's deliveries, so every subscriber sees one total order, and by
-    /// shutdown, so it waits for publishes already under way.
-    order: tokio::sync::Mutex<()>,
+    /// Messages published so far; the next message's number.
+    published: AtomicU64,
+    /// Held across one publish, so every subscriber sees one total order, and by shutdown, so it
+    /// waits for publishes already under way.
+    order: tokio::sync::Mutex<Order<M>>,
     shared: Mutex<Shared<M>>,
+    progress: Arc<Progress>,
 }
 
 impl<M> Inner<M> {
@@ -85,31 +131,17 @@ impl<M> Inner<M> {
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
-
-    fn remove_subscriber(&self, id: u64) -> bool {
-        let mut shared = self.lock();
-        shared.callback_tasks.remove(&id);
-        if !shared.subscribers.iter().any(|s| s.id == id) {
-            return false;
-        }
-        let remaining: Vec<_> = shared
-            .subscribers
-            .iter()
-            .filter(|s| s.id != id)
-            .cloned()
-            .collect();
-        shared.subscribers = Arc::new(remaining);
-        true
-    }
 }
 
 /// Fans messages out to subscribers, in order, with each subscriber isolated from the others.
 ///
 /// - **Order**: every subscriber sees messages in one total publish order.
 /// - **Isolation**: a panicking callback is logged at `warn` and keeps receiving; the others never
-///   notice. Each subscriber has its own bounded queue, so a slow subscriber does not delay the
-///   others until its queue is full; then `publish` waits for it (backpressure, not unbounded
-///   memory).
+///   notice. A slow subscriber does not delay the others until it is `capacity` messages behind;
+///   then `publish` waits for it (backpressure, not unbounded memory, and no message is ever
+///   skipped).
+/// - **One copy per message**: subscribers read a shared ring of the last `capacity` messages,
+///   so publishing to many subscribers writes each message once.
 /// - **Listeners** are subscribed when created, so they cannot miss a message published after
 ///   that, and unsubscribed when they resolve or are dropped.
 /// - **Shutdown** waits for publishes under way, lets every subscriber drain what was published
@@ -159,7 +191,10 @@ impl<M> fmt::Debug for Publisher<M> {
         let shared = self.inner.lock();
         f.debug_struct("Publisher")
             .field("phase", &shared.phase)
-            .field("subscribers", &shared.subscribers.len())
+            .field(
+                "subscribers",
+                &(shared.streams.len() + shared.callbacks.len()),
+            )
             .field("listeners", &shared.listeners.len())
             .field("capacity", &self.inner.capacity)
             .finish()
@@ -178,20 +213,30 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         Self::with_capacity(DEFAULT_CAPACITY)
     }
 
-    /// A publisher, not yet started, whose subscribers each queue up to `capacity` messages
-    /// (at least 1).
+    /// A publisher, not yet started, whose subscribers may each fall up to `capacity` messages
+    /// (at least 1, at most 2^30) behind before `publish` waits for them.
     pub fn with_capacity(capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, 1 << 30);
+        // The ring holds at least `capacity` messages, so a subscriber less than `capacity`
+        // behind never has an unread message overwritten.
+        let (tx, _) = broadcast::channel(capacity);
         Self {
             inner: Arc::new(Inner {
-                capacity: capacity.max(1),
+                capacity,
                 next_id: AtomicU64::new(0),
-                order: tokio::sync::Mutex::new(()),
+                published: AtomicU64::new(0),
+                order: tokio::sync::Mutex::new(Order {
+                    tx: Some(tx.clone()),
+                    queued: 0,
+                }),
                 shared: Mutex::new(Shared {
                     phase: Phase::Idle,
-                    subscribers: Arc::new(Vec::new()),
-                    callback_tasks: HashMap::new(),
+                    tx: Some(tx),
+                    streams: HashMap::new(),
+                    callbacks: HashMap::new(),
                     listeners: HashMap::new(),
                 }),
+                progress: Arc::default(),
             }),
         }
     }
@@ -220,21 +265,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// How many subscribers (callbacks and streams) and pending listeners are attached.
     pub fn subscriber_count(&self) -> usize {
         let shared = self.inner.lock();
-        shared.subscribers.len() + shared.listeners.len()
-    }
-
-    fn add_subscriber(&self) -> Result<(u64, mpsc::Receiver<M>), Error> {
-        let (tx, rx) = mpsc::channel(self.inner.capacity);
-        let id = self.inner.next_id();
-        let mut shared = self.inner.lock();
-        if shared.phase == Phase::ShutDown {
-            return Err(Error::new(Kind::ShutDown));
-        }
-        let mut subscribers = Vec::with_capacity(shared.subscribers.len() + 1);
-        subscribers.extend(shared.subscribers.iter().cloned());
-        subscribers.push(Subscriber { id, tx });
-        shared.subscribers = Arc::new(subscribers);
-        Ok((id, rx))
+        shared.streams.len() + shared.callbacks.len() + shared.listeners.len()
     }
 
     /// Calls `callback` with every message published from now on, in order, on a task of the
@@ -250,20 +281,46 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| Error::new(Kind::NoRuntime))?;
-        let (id, mut rx) = self.add_subscriber()?;
+        let id = self.inner.next_id();
+        let stop_at = Arc::new(AtomicU64::new(u64::MAX));
+        let mut shared = self.inner.lock();
+        let Some(tx) = shared
+            .tx
+            .as_ref()
+            .filter(|_| shared.phase != Phase::ShutDown)
+        else {
+            return Err(Error::new(Kind::ShutDown));
+        };
+        let mut rx = tx.subscribe();
+        let progress = Arc::clone(&self.inner.progress);
+        let stop = Arc::clone(&stop_at);
         let task = runtime.spawn(async move {
-            while let Some(message) = rx.recv().await {
+            loop {
+                let envelope = match rx.recv().await {
+                    Ok(envelope) => envelope,
+                    Err(RecvError::Closed) => break,
+                    Err(RecvError::Lagged(missed)) => {
+                        // Never: the publisher waits rather than overwrite unread messages.
+                        tracing::error!(subscriber = id, missed, "subscriber missed messages");
+                        continue;
+                    }
+                };
+                progress.read();
+                // Unsubscribed: what was published before still arrives, nothing after. A
+                // subscriber unsubscribed while idle leaves at the next message or shutdown.
+                if envelope.seq >= stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let message = envelope.message;
                 if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(message))) {
                     let reason = panic_message(payload.as_ref());
                     tracing::warn!(subscriber = id, %reason, "subscriber panicked; it keeps receiving");
                 }
             }
+            drop(rx);
+            progress.left();
         });
-        let mut shared = self.inner.lock();
-        // Still subscribed (not unsubscribed or shut down in between): keep its task for shutdown.
-        if shared.subscribers.iter().any(|s| s.id == id) {
-            shared.callback_tasks.insert(id, task);
-        }
+        shared.callbacks.insert(id, CallbackSlot { task, stop_at });
         Ok(SubscriberId(id))
     }
 
@@ -274,25 +331,49 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     ///
     /// [`Error::is_shut_down`] after shutdown.
     pub fn subscribe_stream(&self) -> Result<Subscription<M>, Error> {
-        let (id, rx) = self.add_subscriber()?;
+        let id = self.inner.next_id();
+        let mut shared = self.inner.lock();
+        let Some(tx) = shared
+            .tx
+            .as_ref()
+            .filter(|_| shared.phase != Phase::ShutDown)
+        else {
+            return Err(Error::new(Kind::ShutDown));
+        };
+        let rx = tx.subscribe();
+        let stop_at = Arc::new(AtomicU64::new(u64::MAX));
+        shared.streams.insert(id, Arc::clone(&stop_at));
         Ok(Subscription {
             id,
-            rx,
+            recv: Some(ReusableBoxFuture::new(recv_owned(rx))),
+            stop_at,
+            progress: Arc::clone(&self.inner.progress),
             inner: Arc::downgrade(&self.inner),
         })
     }
 
-    /// Removes a callback subscriber. Messages already queued for it are still delivered.
+    /// Removes a subscriber. Messages published before this call are still delivered to it;
+    /// later ones are not. A callback's task ends at the next message published after this call,
+    /// or at shutdown; a stream ends there too (dropping a [`Subscription`] unsubscribes it at
+    /// once).
     ///
     /// # Errors
     ///
     /// [`Error::is_unknown_subscriber`] when no subscriber has that id.
     pub fn unsubscribe(&self, id: SubscriberId) -> Result<(), Error> {
-        if self.inner.remove_subscriber(id.0) {
-            Ok(())
-        } else {
-            Err(Error::new(Kind::UnknownSubscriber(id.0)))
-        }
+        let mut shared = self.inner.lock();
+        let stop_at = match shared.callbacks.remove(&id.0) {
+            Some(slot) => slot.stop_at,
+            None => shared
+                .streams
+                .remove(&id.0)
+                .ok_or_else(|| Error::new(Kind::UnknownSubscriber(id.0)))?,
+        };
+        stop_at.store(
+            self.inner.published.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
+        Ok(())
     }
 
     /// A future resolving to `mapping(m)` for the first message `m` published after this call for
@@ -334,8 +415,8 @@ impl<M: Clone + Send + 'static> Publisher<M> {
 
     /// Publishes `message` to every subscriber and to the listeners whose filter it matches.
     ///
-    /// Returns once the message is queued for every subscriber; when a subscriber's queue is full
-    /// it waits for room (backpressure).
+    /// Returns once the message is written for every subscriber to read; when the slowest
+    /// subscriber is `capacity` messages behind, it first waits for it to read (backpressure).
     ///
     /// # Errors
     ///
@@ -344,12 +425,13 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: if the future is dropped while it waits for a full queue, the message may
-    /// have reached only some subscribers.
+    /// Cancel safe: if the future is dropped while it waits for room, the message reached no
+    /// subscriber (listeners may have seen it).
     pub async fn publish(&self, message: M) -> Result<(), PublishError<M>> {
-        // Most publishes complete without waiting: the order lock is free and every queue has
-        // room. That path runs synchronously; only a publish that must wait continues in a boxed
-        // future, so the future every caller holds (and moves into spawned tasks) stays small.
+        // Most publishes complete without waiting: the order lock is free and the slowest
+        // subscriber is not a whole ring behind. That path runs synchronously; only a publish that
+        // must wait continues in a boxed future, so the future every caller holds (and moves into
+        // spawned tasks) stays small.
         match self.publish_now(message) {
             Step::Done(result) => result,
             Step::Wait(rest) => rest.await,
@@ -357,63 +439,33 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     }
 
     fn publish_now(&self, message: M) -> Step<'_, M> {
-        let Ok(order) = self.inner.order.try_lock() else {
+        let Ok(mut order) = self.inner.order.try_lock() else {
             return Step::Wait(Box::pin(async move {
-                let order = self.inner.order.lock().await;
-                let (subscribers, message) = self.snapshot(message)?;
-                self.deliver(&subscribers, 0, message, false).await;
-                drop(order);
+                let mut order = self.inner.order.lock().await;
+                let message = self.admit(message)?;
+                self.wait_for_room(&mut order).await;
+                self.send(&mut order, message);
                 Ok(())
             }));
         };
-        let (subscribers, message) = match self.snapshot(message) {
-            Ok(snapshot) => snapshot,
+        let message = match self.admit(message) {
+            Ok(message) => message,
             Err(refused) => return Step::Done(Err(refused)),
         };
-        let mut any_closed = false;
-        let count = subscribers.len();
-        // The last subscriber gets the message itself, the others copies.
-        let mut original = Some(message);
-        for i in 0..count {
-            let copy = if i + 1 == count {
-                original.take()
-            } else {
-                original.clone()
-            };
-            let Some(copy) = copy else { break };
-            match subscribers[i].tx.try_send(copy) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => any_closed = true,
-                Err(mpsc::error::TrySendError::Full(copy)) => {
-                    // Wait for room, then deliver to the rest in order, still holding the order
-                    // lock.
-                    return Step::Wait(Box::pin(async move {
-                        let sent = send(&subscribers[i].tx, copy).await;
-                        let any_closed = any_closed || !sent;
-                        match original {
-                            Some(message) => {
-                                self.deliver(&subscribers, i + 1, message, any_closed).await;
-                            }
-                            None if any_closed => self.prune(&subscribers),
-                            None => {}
-                        }
-                        drop(order);
-                        Ok(())
-                    }));
-                }
-            }
+        if !self.has_room(&mut order) {
+            return Step::Wait(Box::pin(async move {
+                self.wait_for_room(&mut order).await;
+                self.send(&mut order, message);
+                Ok(())
+            }));
         }
-        if any_closed {
-            self.prune(&subscribers);
-        }
-        drop(order);
+        self.send(&mut order, message);
         Step::Done(Ok(()))
     }
 
-    /// Checks the publisher takes the message, hands it to the listeners, and returns the
-    /// subscribers to deliver it to. Runs under the order lock.
-    #[allow(clippy::type_complexity)]
-    fn snapshot(&self, message: M) -> Result<(Arc<Vec<Subscriber<M>>>, M), PublishError<M>> {
+    /// Checks the publisher takes the message and hands it to the listeners. Runs under the
+    /// order lock.
+    fn admit(&self, message: M) -> Result<M, PublishError<M>> {
         let mut shared = self.inner.lock();
         match shared.phase {
             Phase::Running => {}
@@ -423,30 +475,42 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         if !shared.listeners.is_empty() {
             deliver_to_listeners(&mut shared.listeners, &message);
         }
-        Ok((Arc::clone(&shared.subscribers), message))
+        Ok(message)
     }
 
-    /// Delivers `message` to `subscribers[from..]`, waiting for room where a queue is full.
-    async fn deliver(
-        &self,
-        subscribers: &[Subscriber<M>],
-        from: usize,
-        message: M,
-        mut any_closed: bool,
-    ) {
-        for subscriber in subscribers.iter().skip(from) {
-            any_closed |= !send(&subscriber.tx, message.clone()).await;
+    /// Whether the slowest subscriber is less than `capacity` messages behind, measuring only
+    /// when the running bound says it might not be.
+    fn has_room(&self, order: &mut Order<M>) -> bool {
+        if order.queued >= self.inner.capacity {
+            order.queued = order.tx.as_ref().map_or(0, broadcast::Sender::len);
         }
-        if any_closed {
-            self.prune(subscribers);
+        order.queued < self.inner.capacity
+    }
+
+    /// Waits until the slowest subscriber is less than `capacity` messages behind.
+    async fn wait_for_room(&self, order: &mut Order<M>) {
+        let progress = &self.inner.progress;
+        loop {
+            let read = progress.notify.notified();
+            let mut read = std::pin::pin!(read);
+            // Registered before measuring, so a read in between is not missed.
+            read.as_mut().enable();
+            progress.waiting.store(true, Ordering::SeqCst);
+            if self.has_room(order) {
+                progress.waiting.store(false, Ordering::SeqCst);
+                return;
+            }
+            read.await;
         }
     }
 
-    /// Removes subscribers whose stream was dropped without unsubscribing (its `Drop` raced a
-    /// publish).
-    fn prune(&self, subscribers: &[Subscriber<M>]) {
-        for subscriber in subscribers.iter().filter(|s| s.tx.is_closed()) {
-            self.inner.remove_subscriber(subscriber.id);
+    /// Writes the message for every subscriber. Runs under the order lock, with room.
+    fn send(&self, order: &mut Order<M>, message: M) {
+        let seq = self.inner.published.fetch_add(1, Ordering::SeqCst);
+        if let Some(tx) = &order.tx {
+            // An error only says nobody is subscribed.
+            let _ = tx.send(Envelope { seq, message });
+            order.queued += 1;
         }
     }
 
@@ -456,36 +520,26 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     ///
     /// Calling it again returns at once.
     pub async fn shutdown(&self) {
-        let order = self.inner.order.lock().await;
-        let (subscribers, tasks, listeners) = {
+        let mut order = self.inner.order.lock().await;
+        let (tx, callbacks, listeners) = {
             let mut shared = self.inner.lock();
             shared.phase = Phase::ShutDown;
             (
-                std::mem::take(&mut shared.subscribers),
-                std::mem::take(&mut shared.callback_tasks),
+                shared.tx.take(),
+                std::mem::take(&mut shared.callbacks),
                 std::mem::take(&mut shared.listeners),
             )
         };
+        // Dropping every sender closes the ring: subscribers read what is left, then stop.
+        drop(tx);
+        order.tx = None;
         drop(order);
-        // Dropping the senders closes every queue: subscribers drain what is queued, then stop.
-        drop(subscribers);
         for (_, slot) in listeners {
             let _ = slot.tx.send(Err(Error::new(Kind::ShutDown)));
         }
-        for (_, task) in tasks {
-            let _ = task.await;
+        for (_, slot) in callbacks {
+            let _ = slot.task.await;
         }
-    }
-}
-
-/// Queues `message`, waiting for room if the queue is full. False when the subscriber is gone.
-async fn send<M: Send>(tx: &mpsc::Sender<M>, message: M) -> bool {
-    match tx.try_send(message) {
-        Ok(()) => true,
-        // The waiting send is boxed so the common path's future stays small (publishers' futures
-        // are moved into spawned tasks).
-        Err(mpsc::error::TrySendError::Full(message)) => Box::pin(tx.send(message)).await.is_ok(),
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -515,12 +569,28 @@ fn deliver_to_listeners<M: Clone>(listeners: &mut HashMap<u64, ListenerSlot<M>>,
     }
 }
 
+type Received<M> = (
+    Result<Envelope<M>, RecvError>,
+    broadcast::Receiver<Envelope<M>>,
+);
+
+/// Receives the next message, handing the receiver back, so a stream can keep the receive in a
+/// reusable box between polls.
+async fn recv_owned<M: Clone>(mut rx: broadcast::Receiver<Envelope<M>>) -> Received<M> {
+    let result = rx.recv().await;
+    (result, rx)
+}
+
 /// A stream of every message published after it was created. Dropping it unsubscribes.
 ///
 /// Made by [`Publisher::subscribe_stream`].
 pub struct Subscription<M> {
     id: u64,
-    rx: mpsc::Receiver<M>,
+    /// The receive under way, owning the receiver; `None` once the stream ended.
+    recv: Option<ReusableBoxFuture<'static, Received<M>>>,
+    /// The first message number it must not yield (`u64::MAX` while subscribed).
+    stop_at: Arc<AtomicU64>,
+    progress: Arc<Progress>,
     inner: Weak<Inner<M>>,
 }
 
@@ -529,30 +599,68 @@ impl<M> Subscription<M> {
     pub fn id(&self) -> SubscriberId {
         SubscriberId(self.id)
     }
+}
 
+impl<M: Clone + Send + 'static> Subscription<M> {
     /// The next message, or `None` once the publisher is shut down and the queue is drained.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a message is never lost when the future is dropped.
     pub async fn recv(&mut self) -> Option<M> {
-        self.rx.recv().await
+        poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+        loop {
+            let Some(recv) = self.recv.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let (result, rx) = std::task::ready!(recv.poll(cx));
+            match result {
+                Ok(envelope) if envelope.seq >= self.stop_at.load(Ordering::SeqCst) => {
+                    // Unsubscribed: what was published before arrived; this one does not.
+                    drop(rx);
+                    self.recv = None;
+                    self.progress.left();
+                    return Poll::Ready(None);
+                }
+                Ok(envelope) => {
+                    recv.set(recv_owned(rx));
+                    self.progress.read();
+                    return Poll::Ready(Some(envelope.message));
+                }
+                Err(RecvError::Closed) => {
+                    self.recv = None;
+                    return Poll::Ready(None);
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    // Never: the publisher waits rather than overwrite unread messages.
+                    tracing::error!(subscriber = self.id, missed, "subscriber missed messages");
+                    recv.set(recv_owned(rx));
+                }
+            }
+        }
     }
 }
 
-impl<M> Stream for Subscription<M> {
+impl<M: Clone + Send + 'static> Stream for Subscription<M> {
     type Item = M;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<M>> {
-        self.rx.poll_recv(cx)
+        self.poll_message(cx)
     }
 }
 
 impl<M> Drop for Subscription<M> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.remove_subscriber(self.id);
+            inner.lock().streams.remove(&self.id);
         }
+        // The receiver goes first (it marks its unread messages read), then a publisher waiting
+        // for this subscriber hears of it.
+        drop(self.recv.take());
+        self.progress.left();
     }
 }
 

@@ -354,3 +354,84 @@ fn an_idle_publisher_never_wakes_its_subscribers() {
         Poll::Ready(Ok(1))
     ));
 }
+
+#[tokio::test]
+async fn the_capacity_is_exact_even_when_not_a_power_of_two() {
+    let p = started::<u32>(3);
+    let mut stream = p.subscribe_stream().unwrap();
+    for i in 0..3 {
+        p.publish(i).await.unwrap();
+    }
+    let mut blocked = Box::pin(p.publish(3));
+    assert!((&mut blocked).now_or_never().is_none(), "the fourth waits");
+    assert_eq!(stream.next().await, Some(0));
+    blocked.await.unwrap();
+    for i in 1..=3 {
+        assert_eq!(stream.next().await, Some(i));
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_subscriber_a_publish_waits_for_releases_it() {
+    let p = started::<u32>(2);
+    let mut fast = p.subscribe_stream().unwrap();
+    let slow = p.subscribe_stream().unwrap();
+    for i in 0..2 {
+        p.publish(i).await.unwrap();
+    }
+    assert_eq!(fast.next().await, Some(0));
+    let mut blocked = Box::pin(p.publish(2));
+    assert!(
+        (&mut blocked).now_or_never().is_none(),
+        "the slow subscriber holds it"
+    );
+    drop(slow);
+    blocked.await.unwrap();
+    assert_eq!(fast.next().await, Some(1));
+    assert_eq!(fast.next().await, Some(2));
+}
+
+#[tokio::test]
+async fn an_unsubscribed_stream_ends_after_what_was_published_before() {
+    let p = started::<u32>(16);
+    let mut stream = p.subscribe_stream().unwrap();
+    let id = stream.id();
+    p.publish(1).await.unwrap();
+    p.unsubscribe(id).unwrap();
+    assert_eq!(p.subscriber_count(), 0);
+    p.publish(2).await.unwrap();
+    assert_eq!(stream.next().await, Some(1));
+    assert_eq!(stream.next().await, None);
+    assert!(p.unsubscribe(id).unwrap_err().is_unknown_subscriber());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscribers_on_a_small_ring_each_see_every_message() {
+    let p = started::<u32>(2);
+    let readers: Vec<_> = (0..16)
+        .map(|k| {
+            let mut stream = p.subscribe_stream().unwrap();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Some(m) = stream.next().await {
+                    seen.push(m);
+                    if m % (k + 2) == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let (callback_seen, cb) = collector();
+    p.subscribe(cb).unwrap();
+    for i in 0..5_000 {
+        p.publish(i).await.unwrap();
+    }
+    p.shutdown().await;
+    let expected: Vec<u32> = (0..5_000).collect();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), expected);
+    }
+    assert_eq!(*callback_seen.lock().unwrap(), expected);
+}
