@@ -176,8 +176,8 @@ impl CoordinatorBuilder {
                 strategies_shut: OnceCell::new(),
                 table: Mutex::new(Table {
                     state: CoordinatorState::with_retention(self.retention),
-                    open: HashMap::new(),
-                    by_node: HashMap::new(),
+                    open: IdMap::default(),
+                    by_node: IdMap::default(),
                 }),
                 drained: Notify::new(),
             }),
@@ -270,11 +270,14 @@ pub struct ModeCounts {
     pub cancelled: u64,
 }
 
+/// A map keyed by ids, with a fast keyed hash.
+type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 struct Table {
     state: CoordinatorState,
-    open: HashMap<RequestId, Open>,
+    open: IdMap<RequestId, Open>,
     /// The request each open node runs, so a child finds its parent's cancellation token.
-    by_node: HashMap<NodeId, RequestId>,
+    by_node: IdMap<NodeId, RequestId>,
 }
 
 struct Inner {

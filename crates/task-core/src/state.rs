@@ -1,7 +1,9 @@
 //! [`CoordinatorState`]: the job table, with O(1) add, end and lookup.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 
 use hashbrown::HashTable;
 use std::fmt;
