@@ -222,12 +222,14 @@ impl fmt::Debug for TaskBody {
 }
 
 /// Asynchronous work: turn it into a future and await it.
-pub struct AsyncBody(Box<dyn FnOnce() -> BoxFuture<'static, Outcome> + Send>);
+///
+/// Held as the future itself, not yet polled (one allocation holding the node, then its state).
+pub struct AsyncBody(BoxFuture<'static, Outcome>);
 
 impl AsyncBody {
     /// The future that runs the work. Nothing runs until it is polled.
     pub fn into_future(self) -> BoxFuture<'static, Outcome> {
-        (self.0)()
+        self.0
     }
 }
 
@@ -397,8 +399,8 @@ pub struct Task<O> {
 
 /// The work of an async node.
 fn node_body<N: Node>(node: N) -> TaskBody {
-    TaskBody::Async(AsyncBody(Box::new(move || {
-        Box::pin(async move { node.invoke().await.map(Value::new).map_err(TaskError::node) })
+    TaskBody::Async(AsyncBody(Box::pin(async move {
+        node.invoke().await.map(Value::new).map_err(TaskError::node)
     })))
 }
 
@@ -410,12 +412,10 @@ where
     Fut: Future<Output = Result<O, E>> + Send + 'static,
     E: Into<BoxError>,
 {
-    TaskBody::Async(AsyncBody(Box::new(move || {
-        Box::pin(async move {
-            f().await
-                .map(Value::new)
-                .map_err(|e| TaskError::node(e.into()))
-        })
+    TaskBody::Async(AsyncBody(Box::pin(async move {
+        f().await
+            .map(Value::new)
+            .map_err(|e| TaskError::node(e.into()))
     })))
 }
 
@@ -478,9 +478,7 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
             match encoded.payload().and_then(crate::portable::decode::<N>) {
                 Ok(node) => node_body(node),
                 // Encoding failed when the task was made: every attempt fails the same way.
-                Err(error) => TaskBody::Async(AsyncBody(Box::new(move || {
-                    Box::pin(std::future::ready(Err(error)))
-                }))),
+                Err(error) => TaskBody::Async(AsyncBody(Box::pin(std::future::ready(Err(error))))),
             }
         }));
         task.inner.portable = Some(portable);
