@@ -6,9 +6,12 @@
 //! ```
 //!
 //! Scenarios: `async`, `threaded`, `raw-async`, `raw-threaded`, `fan-out-16`, `broadcast-16`.
-//! Arguments: scenario, N (tasks or messages per round), rounds.
+//! Arguments: scenario, N (tasks or messages per round), rounds. With `COUNT_ALLOCATIONS=1` it
+//! also reports heap allocations per task.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use benches::{
@@ -17,7 +20,47 @@ use benches::{
 };
 use coordinator::ExecutionMode;
 
+/// Counts heap allocations, to report how many each task costs.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Counting is off unless asked for (`COUNT_ALLOCATIONS=1`): one counter shared by every thread
+/// slows the scenarios down.
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
 fn main() {
+    COUNTING.store(
+        std::env::var_os("COUNT_ALLOCATIONS").is_some(),
+        Ordering::Relaxed,
+    );
     let args: Vec<String> = std::env::args().skip(1).collect();
     let scenario = args.first().map_or("async", String::as_str);
     let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
@@ -32,9 +75,11 @@ fn main() {
     let (publisher, coordinator) = started_coordinator(&rt, Some(&pool));
     let ids = request_ids(n);
     let mut total = Duration::ZERO;
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..rounds {
         total += match scenario {
             "async" => submit_trivial(&rt, &coordinator, &ids, &ExecutionMode::ASYNC),
+
             "threaded" => submit_trivial(&rt, &coordinator, &ids, &ExecutionMode::THREADED),
             "raw-async" => raw_tokio_spawn_channel(&rt, &ids),
             "raw-threaded" => raw_rayon_spawn_crossbeam(&pool, &ids),
@@ -48,6 +93,11 @@ fn main() {
     }
     let per = total.as_nanos() / u128::from(n) / u128::from(rounds.max(1));
     println!("{scenario}: {per} ns per task over {rounds} rounds of {n}");
+    if COUNTING.load(Ordering::Relaxed) {
+        let allocations = (ALLOCATIONS.load(Ordering::Relaxed) - allocations_before) as f64
+            / (n as f64 * f64::from(rounds.max(1)));
+        println!("{allocations:.1} allocations per task (times above include counting them)");
+    }
     rt.block_on(async {
         coordinator.shutdown().await;
         publisher.shutdown().await;
