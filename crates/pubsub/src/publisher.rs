@@ -84,21 +84,15 @@ struct Order<M> {
     queued: usize,
 }
 
-/// A callback subscriber's task, and the point where its delivery stops.
-struct CallbackSlot {
-    task: JoinHandle<()>,
-    /// The first message number it must not deliver (`u64::MAX` while subscribed).
-    stop_at: Arc<AtomicU64>,
-}
-
 struct Shared<M> {
     phase: Phase,
     /// For `subscribe`, which cannot wait for the order lock; `None` after shutdown.
     tx: Option<broadcast::Sender<Envelope<M>>>,
-    /// Stream subscribers, with the point where each stops (as for callbacks).
-    streams: HashMap<u64, Arc<AtomicU64>>,
-    /// Callback subscribers, awaited at shutdown.
-    callbacks: HashMap<u64, CallbackSlot>,
+    /// Every subscriber (a callback reads a stream of its own), with the first message number
+    /// it must not receive (`u64::MAX` until unsubscribed).
+    stops: HashMap<u64, Arc<AtomicU64>>,
+    /// The tasks of callback subscribers, awaited at shutdown.
+    callbacks: HashMap<u64, JoinHandle<()>>,
     listeners: HashMap<u64, ListenerSlot<M>>,
 }
 
@@ -191,10 +185,7 @@ impl<M> fmt::Debug for Publisher<M> {
         let shared = self.inner.lock();
         f.debug_struct("Publisher")
             .field("phase", &shared.phase)
-            .field(
-                "subscribers",
-                &(shared.streams.len() + shared.callbacks.len()),
-            )
+            .field("subscribers", &shared.stops.len())
             .field("listeners", &shared.listeners.len())
             .field("capacity", &self.inner.capacity)
             .finish()
@@ -232,7 +223,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
                 shared: Mutex::new(Shared {
                     phase: Phase::Idle,
                     tx: Some(tx),
-                    streams: HashMap::new(),
+                    stops: HashMap::new(),
                     callbacks: HashMap::new(),
                     listeners: HashMap::new(),
                 }),
@@ -265,7 +256,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// How many subscribers (callbacks and streams) and pending listeners are attached.
     pub fn subscriber_count(&self) -> usize {
         let shared = self.inner.lock();
-        shared.streams.len() + shared.callbacks.len() + shared.listeners.len()
+        shared.stops.len() + shared.listeners.len()
     }
 
     /// Calls `callback` with every message published from now on, in order, on a task of the
@@ -281,46 +272,21 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| Error::new(Kind::NoRuntime))?;
-        let id = self.inner.next_id();
-        let stop_at = Arc::new(AtomicU64::new(u64::MAX));
-        let mut shared = self.inner.lock();
-        let Some(tx) = shared
-            .tx
-            .as_ref()
-            .filter(|_| shared.phase != Phase::ShutDown)
-        else {
-            return Err(Error::new(Kind::ShutDown));
-        };
-        let mut rx = tx.subscribe();
-        let progress = Arc::clone(&self.inner.progress);
-        let stop = Arc::clone(&stop_at);
+        let mut subscription = self.subscribe_stream()?;
+        let id = subscription.id;
         let task = runtime.spawn(async move {
-            loop {
-                let envelope = match rx.recv().await {
-                    Ok(envelope) => envelope,
-                    Err(RecvError::Closed) => break,
-                    Err(RecvError::Lagged(missed)) => {
-                        // Never: the publisher waits rather than overwrite unread messages.
-                        tracing::error!(subscriber = id, missed, "subscriber missed messages");
-                        continue;
-                    }
-                };
-                progress.read();
-                // Unsubscribed: what was published before still arrives, nothing after. A
-                // subscriber unsubscribed while idle leaves at the next message or shutdown.
-                if envelope.seq >= stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let message = envelope.message;
+            while let Some(message) = subscription.recv().await {
                 if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(message))) {
                     let reason = panic_message(payload.as_ref());
                     tracing::warn!(subscriber = id, %reason, "subscriber panicked; it keeps receiving");
                 }
             }
-            drop(rx);
-            progress.left();
         });
-        shared.callbacks.insert(id, CallbackSlot { task, stop_at });
+        let mut shared = self.inner.lock();
+        // Still subscribed (not unsubscribed or shut down in between): keep its task for shutdown.
+        if shared.stops.contains_key(&id) {
+            shared.callbacks.insert(id, task);
+        }
         Ok(SubscriberId(id))
     }
 
@@ -342,7 +308,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         };
         let rx = tx.subscribe();
         let stop_at = Arc::new(AtomicU64::new(u64::MAX));
-        shared.streams.insert(id, Arc::clone(&stop_at));
+        shared.stops.insert(id, Arc::clone(&stop_at));
         Ok(Subscription {
             id,
             recv: Some(ReusableBoxFuture::new(recv_owned(rx))),
@@ -362,13 +328,12 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// [`Error::is_unknown_subscriber`] when no subscriber has that id.
     pub fn unsubscribe(&self, id: SubscriberId) -> Result<(), Error> {
         let mut shared = self.inner.lock();
-        let stop_at = match shared.callbacks.remove(&id.0) {
-            Some(slot) => slot.stop_at,
-            None => shared
-                .streams
-                .remove(&id.0)
-                .ok_or_else(|| Error::new(Kind::UnknownSubscriber(id.0)))?,
-        };
+        let stop_at = shared
+            .stops
+            .remove(&id.0)
+            .ok_or_else(|| Error::new(Kind::UnknownSubscriber(id.0)))?;
+        // A callback's task ends by itself; it is no longer awaited at shutdown.
+        shared.callbacks.remove(&id.0);
         stop_at.store(
             self.inner.published.load(Ordering::SeqCst),
             Ordering::SeqCst,
@@ -537,8 +502,8 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         for (_, slot) in listeners {
             let _ = slot.tx.send(Err(Error::new(Kind::ShutDown)));
         }
-        for (_, slot) in callbacks {
-            let _ = slot.task.await;
+        for (_, task) in callbacks {
+            let _ = task.await;
         }
     }
 }
@@ -655,7 +620,7 @@ impl<M: Clone + Send + 'static> Stream for Subscription<M> {
 impl<M> Drop for Subscription<M> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.lock().streams.remove(&self.id);
+            inner.lock().stops.remove(&self.id);
         }
         // The receiver goes first (it marks its unread messages read), then a publisher waiting
         // for this subscriber hears of it.
