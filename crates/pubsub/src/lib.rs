@@ -41,7 +41,9 @@ pub use crate::messages::{
     BroadcastEvent, FatalFailure, RequestCompletionMessage, RequestCreation,
     RequestCreationFailure, RequestFailure, RequestSuccess,
 };
-pub use crate::publisher::{DEFAULT_CAPACITY, Listener, Publisher, SubscriberId, Subscription};
+pub use crate::publisher::{
+    DEFAULT_CAPACITY, Listener, MAX_CAPACITY, Publisher, SubscriberId, Subscription,
+};
 
 /// The publisher of request-completion messages that coordinators subscribe to.
 pub type RequestCompletionPublisher = Publisher<RequestCompletionMessage>;

@@ -28,6 +28,10 @@ use crate::error::{Error, Kind, PublishError};
 /// The default number of messages each subscriber may have queued before `publish` waits.
 pub const DEFAULT_CAPACITY: usize = 1024;
 
+/// The largest capacity a publisher takes ([`Publisher::with_capacity`] clamps to it): the ring
+/// of that many messages is allocated when the publisher is made.
+pub const MAX_CAPACITY: usize = 1 << 16;
+
 /// Identifies a subscriber, to [`Publisher::unsubscribe`] it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriberId(u64);
@@ -205,9 +209,11 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     }
 
     /// A publisher, not yet started, whose subscribers may each fall up to `capacity` messages
-    /// (at least 1, at most 2^30) behind before `publish` waits for them.
+    /// (at least 1, at most [`MAX_CAPACITY`]; other values are clamped) behind before `publish`
+    /// waits for them. The ring of `capacity` messages (rounded up to a power of two) is
+    /// allocated now.
     pub fn with_capacity(capacity: usize) -> Self {
-        let capacity = capacity.clamp(1, 1 << 30);
+        let capacity = capacity.clamp(1, MAX_CAPACITY);
         // The ring holds at least `capacity` messages, so a subscriber less than `capacity`
         // behind never has an unread message overwritten.
         let (tx, _) = broadcast::channel(capacity);

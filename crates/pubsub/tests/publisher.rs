@@ -422,3 +422,26 @@ async fn many_subscribers_on_a_small_ring_each_see_every_message() {
     }
     assert_eq!(*callback_seen.lock().unwrap(), expected);
 }
+
+#[tokio::test]
+async fn capacities_out_of_range_are_clamped_not_refused() {
+    // Zero would make every publish wait forever; a huge ring would exhaust memory up front.
+    let p = started::<u32>(0);
+    let mut stream = p.subscribe_stream().unwrap();
+    p.publish(1).await.unwrap();
+    assert!(Box::pin(p.publish(2)).now_or_never().is_none());
+    assert_eq!(stream.next().await, Some(1));
+    let huge = started::<u32>(usize::MAX);
+    let mut stream = huge.subscribe_stream().unwrap();
+    let max = u32::try_from(pubsub::MAX_CAPACITY).unwrap();
+    for i in 0..max {
+        assert!(Box::pin(huge.publish(i)).now_or_never().is_some());
+    }
+    let mut blocked = Box::pin(huge.publish(max));
+    assert!(
+        (&mut blocked).now_or_never().is_none(),
+        "full at MAX_CAPACITY"
+    );
+    assert_eq!(stream.next().await, Some(0));
+    blocked.await.unwrap();
+}
