@@ -290,7 +290,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         });
         let mut shared = self.inner.lock();
         // Still subscribed (not unsubscribed or shut down in between): keep its task for shutdown.
-        if shared.stops.contains_key(&id) {
+        if shared.phase != Phase::ShutDown && shared.stops.contains_key(&id) {
             shared.callbacks.insert(id, task);
         }
         Ok(SubscriberId(id))
