@@ -144,8 +144,12 @@ fn options(class: Class, mode: &ExecutionMode) -> SubmitOptions {
     }
     let quick = RetryPolicy::new(10).backoff(Duration::from_millis(5), Duration::from_millis(200));
     if *mode == ExecutionMode::PROCESS {
-        // Worker processes get killed under the test's feet: a lost worker is retried.
-        options.retry(quick.retry_if(|e| e.is_worker_lost()))
+        // Worker processes get killed under the test's feet: a lost worker is retried. A loaded
+        // debug build keeps tasks queued on a worker long enough for one request to meet ten
+        // kills in a row (seen once in CI); thirty keeps that out of reach.
+        let patient =
+            RetryPolicy::new(30).backoff(Duration::from_millis(5), Duration::from_millis(200));
+        options.retry(patient.retry_if(|e| e.is_worker_lost()))
     } else if class == Class::Flaky {
         options.retry(quick.retry_if(|e| e.is_node_error()))
     } else {
