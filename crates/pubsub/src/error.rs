@@ -5,22 +5,38 @@ use std::fmt;
 /// Why a publish was refused. The message is handed back with [`PublishError::into_inner`].
 pub struct PublishError<M> {
     message: M,
-    started: bool,
+    reason: Refusal,
+}
+
+/// Why a publish was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotStarted,
+    ShutDown,
+    /// Only from `try_publish`: the slowest subscriber is a whole capacity behind.
+    Full,
 }
 
 impl<M> PublishError<M> {
-    pub(crate) fn new(message: M, started: bool) -> Self {
-        Self { message, started }
+    pub(crate) fn new(message: M, reason: Refusal) -> Self {
+        Self { message, reason }
     }
 
     /// The publisher was never started.
     pub fn is_not_started(&self) -> bool {
-        !self.started
+        self.reason == Refusal::NotStarted
     }
 
     /// The publisher has been shut down.
     pub fn is_shut_down(&self) -> bool {
-        self.started
+        self.reason == Refusal::ShutDown
+    }
+
+    /// [`try_publish`](crate::Publisher::try_publish) only: the slowest subscriber is
+    /// `capacity` messages behind, so the message would have to wait. Nothing was published;
+    /// [`publish`](crate::Publisher::publish) waits for room instead.
+    pub fn is_full(&self) -> bool {
+        self.reason == Refusal::Full
     }
 
     /// The message that was not published.
@@ -32,18 +48,18 @@ impl<M> PublishError<M> {
 impl<M> fmt::Debug for PublishError<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PublishError")
-            .field("shut_down", &self.started)
+            .field("reason", &self.reason)
             .finish_non_exhaustive()
     }
 }
 
 impl<M> fmt::Display for PublishError<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.started {
-            f.write_str("the publisher is shut down")
-        } else {
-            f.write_str("the publisher has not been started")
-        }
+        f.write_str(match self.reason {
+            Refusal::NotStarted => "the publisher has not been started",
+            Refusal::ShutDown => "the publisher is shut down",
+            Refusal::Full => "the slowest subscriber is a whole capacity behind",
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::ReusableBoxFuture;
 
-use crate::error::{Error, Kind, PublishError};
+use crate::error::{Error, Kind, PublishError, Refusal};
 
 /// The default number of messages each subscriber may have queued before `publish` waits.
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -67,6 +67,8 @@ impl Progress {
     /// Called after every read: one atomic load unless a publisher waits.
     fn read(&self) {
         if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
+            // One waiter: it sets the flag again before it looks for room, so the next read
+            // wakes the next one.
             self.notify.notify_one();
         }
     }
@@ -78,20 +80,16 @@ impl Progress {
     }
 }
 
-/// What a publish needs, held under the order lock.
-struct Order<M> {
+struct Shared<M> {
+    phase: Phase,
     /// `None` after shutdown; dropping it ends every subscriber's stream once drained.
     tx: Option<broadcast::Sender<Envelope<M>>>,
     /// At least the number of messages the slowest subscriber has not read: exact when last
-    /// measured, plus one per message sent since. Measuring takes a lock and a search of the
-    /// ring, so it is done only when this reaches the capacity.
+    /// measured, plus one per message sent since. Measuring takes the ring's lock and a search
+    /// of the ring, so it is done only when this reaches the capacity.
     queued: usize,
-}
-
-struct Shared<M> {
-    phase: Phase,
-    /// For `subscribe`, which cannot wait for the order lock; `None` after shutdown.
-    tx: Option<broadcast::Sender<Envelope<M>>>,
+    /// Publishes called before shutdown and still waiting for room; shutdown lets them finish.
+    waiting_publishes: usize,
     /// Every subscriber (a callback reads a stream of its own), with the first message number
     /// it must not receive (`u64::MAX` until unsubscribed).
     stops: HashMap<u64, Arc<AtomicU64>>,
@@ -112,11 +110,12 @@ struct Inner<M> {
     next_id: AtomicU64,
     /// Messages published so far; the next message's number.
     published: AtomicU64,
-    /// Held across one publish, so every subscriber sees one total order, and by shutdown, so it
-    /// waits for publishes already under way.
-    order: tokio::sync::Mutex<Order<M>>,
+    /// Everything a publish, a subscribe and shutdown change. A publish writes the ring under it,
+    /// so every subscriber sees one total order; it is never held across an await.
     shared: Mutex<Shared<M>>,
     progress: Arc<Progress>,
+    /// Woken when the last publish waiting for room at shutdown finishes.
+    publishes_done: Notify,
 }
 
 impl<M> Inner<M> {
@@ -222,18 +221,17 @@ impl<M: Clone + Send + 'static> Publisher<M> {
                 capacity,
                 next_id: AtomicU64::new(0),
                 published: AtomicU64::new(0),
-                order: tokio::sync::Mutex::new(Order {
-                    tx: Some(tx.clone()),
-                    queued: 0,
-                }),
                 shared: Mutex::new(Shared {
                     phase: Phase::Idle,
                     tx: Some(tx),
+                    queued: 0,
+                    waiting_publishes: 0,
                     stops: HashMap::new(),
                     callbacks: HashMap::new(),
                     listeners: HashMap::new(),
                 }),
                 progress: Arc::default(),
+                publishes_done: Notify::new(),
             }),
         }
     }
@@ -397,91 +395,92 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// # Cancel safety
     ///
     /// Cancel safe: if the future is dropped while it waits for room, the message reached no
-    /// subscriber (listeners may have seen it).
+    /// subscriber or listener.
     pub async fn publish(&self, message: M) -> Result<(), PublishError<M>> {
-        // Most publishes complete without waiting: the order lock is free and the slowest
-        // subscriber is not a whole ring behind. That path runs synchronously; only a publish that
-        // must wait continues in a boxed future, so the future every caller holds (and moves into
-        // spawned tasks) stays small.
-        match self.publish_now(message) {
-            Step::Done(result) => result,
-            Step::Wait(rest) => rest.await,
+        // Most publishes find room and complete synchronously; only one that must wait
+        // continues in a boxed future, so the future every caller holds (and moves into spawned
+        // tasks) stays small.
+        match self.send_if_room(message) {
+            Err(refused) if refused.is_full() => {
+                Box::pin(self.publish_when_room(refused.into_inner())).await
+            }
+            done => done,
         }
     }
 
-    fn publish_now(&self, message: M) -> Step<'_, M> {
-        let Ok(mut order) = self.inner.order.try_lock() else {
-            return Step::Wait(Box::pin(async move {
-                let mut order = self.inner.order.lock().await;
-                let message = self.admit(message)?;
-                self.wait_for_room(&mut order).await;
-                self.send(&mut order, message);
-                Ok(())
-            }));
-        };
-        let message = match self.admit(message) {
-            Ok(message) => message,
-            Err(refused) => return Step::Done(Err(refused)),
-        };
-        if !self.has_room(&mut order) {
-            return Step::Wait(Box::pin(async move {
-                self.wait_for_room(&mut order).await;
-                self.send(&mut order, message);
-                Ok(())
-            }));
-        }
-        self.send(&mut order, message);
-        Step::Done(Ok(()))
+    /// Publishes `message` if the slowest subscriber is less than `capacity` messages behind;
+    /// never waits. For synchronous callers (a thread of a pool, a callback) that can defer a
+    /// message the bus has no room for.
+    ///
+    /// # Errors
+    ///
+    /// As for [`publish`](Self::publish), and [`PublishError::is_full`] when the message would
+    /// have to wait; the error hands the message back either way.
+    pub fn try_publish(&self, message: M) -> Result<(), PublishError<M>> {
+        self.send_if_room(message)
     }
 
-    /// Checks the publisher takes the message and hands it to the listeners. Runs under the
-    /// order lock.
-    fn admit(&self, message: M) -> Result<M, PublishError<M>> {
+    /// Sends `message` under the lock when the publisher runs and has room.
+    fn send_if_room(&self, message: M) -> Result<(), PublishError<M>> {
         let mut shared = self.inner.lock();
         match shared.phase {
             Phase::Running => {}
-            Phase::Idle => return Err(PublishError::new(message, false)),
-            Phase::ShutDown => return Err(PublishError::new(message, true)),
+            Phase::Idle => return Err(PublishError::new(message, Refusal::NotStarted)),
+            Phase::ShutDown => return Err(PublishError::new(message, Refusal::ShutDown)),
         }
-        if !shared.listeners.is_empty() {
-            deliver_to_listeners(&mut shared.listeners, &message);
+        if !self.has_room(&mut shared) {
+            return Err(PublishError::new(message, Refusal::Full));
         }
-        Ok(message)
+        self.send(&mut shared, message);
+        Ok(())
     }
 
-    /// Whether the slowest subscriber is less than `capacity` messages behind, measuring only
-    /// when the running bound says it might not be.
-    fn has_room(&self, order: &mut Order<M>) -> bool {
-        if order.queued >= self.inner.capacity {
-            order.queued = order.tx.as_ref().map_or(0, broadcast::Sender::len);
-        }
-        order.queued < self.inner.capacity
-    }
-
-    /// Waits until the slowest subscriber is less than `capacity` messages behind.
-    async fn wait_for_room(&self, order: &mut Order<M>) {
+    /// Waits until the slowest subscriber is less than `capacity` messages behind, then sends.
+    /// Shutdown waits for it: it was called while the publisher ran.
+    async fn publish_when_room(&self, message: M) -> Result<(), PublishError<M>> {
         let progress = &self.inner.progress;
+        // Counted while it waits (and uncounted however it ends, dropped included).
+        let Some(_waiting) = WaitingPublish::enter(&self.inner) else {
+            // Shutdown began since the publish found no room: refused as a later publish is.
+            return Err(PublishError::new(message, Refusal::ShutDown));
+        };
         loop {
             let read = progress.notify.notified();
             let mut read = std::pin::pin!(read);
             // Registered before measuring, so a read in between is not missed.
             read.as_mut().enable();
             progress.waiting.store(true, Ordering::SeqCst);
-            if self.has_room(order) {
-                progress.waiting.store(false, Ordering::SeqCst);
-                return;
+            {
+                let mut shared = self.inner.lock();
+                if self.has_room(&mut shared) {
+                    self.send(&mut shared, message);
+                    return Ok(());
+                }
             }
             read.await;
         }
     }
 
-    /// Writes the message for every subscriber. Runs under the order lock, with room.
-    fn send(&self, order: &mut Order<M>, message: M) {
+    /// Whether the slowest subscriber is less than `capacity` messages behind, measuring only
+    /// when the running bound says it might not be.
+    fn has_room(&self, shared: &mut Shared<M>) -> bool {
+        if shared.queued >= self.inner.capacity {
+            shared.queued = shared.tx.as_ref().map_or(0, broadcast::Sender::len);
+        }
+        shared.queued < self.inner.capacity
+    }
+
+    /// Writes the message for every subscriber and hands it to the matching listeners. Runs
+    /// under the lock, with room.
+    fn send(&self, shared: &mut Shared<M>, message: M) {
+        if !shared.listeners.is_empty() {
+            deliver_to_listeners(&mut shared.listeners, &message);
+        }
         let seq = self.inner.published.fetch_add(1, Ordering::SeqCst);
-        if let Some(tx) = &order.tx {
+        if let Some(tx) = &shared.tx {
             // An error only says nobody is subscribed.
             let _ = tx.send(Envelope { seq, message });
-            order.queued += 1;
+            shared.queued += 1;
         }
     }
 
@@ -491,33 +490,62 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     ///
     /// Calling it again returns at once.
     pub async fn shutdown(&self) {
-        let mut order = self.inner.order.lock().await;
-        let (tx, callbacks, listeners) = {
-            let mut shared = self.inner.lock();
+        let inner = &self.inner;
+        let (callbacks, listeners) = {
+            let mut shared = inner.lock();
             shared.phase = Phase::ShutDown;
             (
-                shared.tx.take(),
                 std::mem::take(&mut shared.callbacks),
                 std::mem::take(&mut shared.listeners),
             )
         };
-        // Dropping every sender closes the ring: subscribers read what is left, then stop.
-        drop(tx);
-        order.tx = None;
-        drop(order);
         for (_, slot) in listeners {
             let _ = slot.tx.send(Err(Error::new(Kind::ShutDown)));
         }
+        // Publishes called before shutdown that wait for room are under way: they finish first.
+        loop {
+            let done = inner.publishes_done.notified();
+            let mut done = std::pin::pin!(done);
+            done.as_mut().enable();
+            if inner.lock().waiting_publishes == 0 {
+                break;
+            }
+            done.await;
+        }
+        // Dropping every sender closes the ring: subscribers read what is left, then stop.
+        let tx = inner.lock().tx.take();
+        drop(tx);
         for (_, task) in callbacks {
             let _ = task.await;
         }
     }
 }
 
-/// A publish that completed at once, or the rest of one that must wait.
-enum Step<'a, M> {
-    Done(Result<(), PublishError<M>>),
-    Wait(Pin<Box<dyn Future<Output = Result<(), PublishError<M>>> + Send + 'a>>),
+/// Counts a publish waiting for room, for shutdown to wait for; uncounts it when dropped.
+struct WaitingPublish<'a, M> {
+    inner: &'a Inner<M>,
+}
+
+impl<'a, M> WaitingPublish<'a, M> {
+    /// `None` once shutdown has begun.
+    fn enter(inner: &'a Inner<M>) -> Option<Self> {
+        let mut shared = inner.lock();
+        if shared.phase == Phase::ShutDown {
+            return None;
+        }
+        shared.waiting_publishes += 1;
+        Some(Self { inner })
+    }
+}
+
+impl<M> Drop for WaitingPublish<'_, M> {
+    fn drop(&mut self) {
+        let mut shared = self.inner.lock();
+        shared.waiting_publishes -= 1;
+        if shared.waiting_publishes == 0 && shared.phase == Phase::ShutDown {
+            self.inner.publishes_done.notify_waiters();
+        }
+    }
 }
 
 fn deliver_to_listeners<M: Clone>(listeners: &mut HashMap<u64, ListenerSlot<M>>, message: &M) {

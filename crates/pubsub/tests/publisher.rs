@@ -2,6 +2,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use pubsub::Publisher;
@@ -444,4 +445,80 @@ async fn capacities_out_of_range_are_clamped_not_refused() {
     );
     assert_eq!(stream.next().await, Some(0));
     blocked.await.unwrap();
+}
+
+#[tokio::test]
+async fn try_publish_refuses_without_waiting_when_there_is_no_room() {
+    let p = started::<u32>(2);
+    let mut stream = p.subscribe_stream().unwrap();
+    p.try_publish(0).unwrap();
+    p.try_publish(1).unwrap();
+    let full = p.try_publish(2).unwrap_err();
+    assert!(full.is_full() && !full.is_shut_down() && !full.is_not_started());
+    assert_eq!(full.into_inner(), 2, "the message is handed back");
+    assert_eq!(stream.next().await, Some(0));
+    p.try_publish(2).unwrap();
+    assert_eq!(stream.next().await, Some(1));
+    assert_eq!(stream.next().await, Some(2));
+    p.shutdown().await;
+    assert!(p.try_publish(3).unwrap_err().is_shut_down());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_publish_waiting_for_room_finish() {
+    let p = started::<u32>(1);
+    let mut stream = p.subscribe_stream().unwrap();
+    p.publish(0).await.unwrap();
+    let waiting = tokio::spawn({
+        let p = p.clone();
+        async move { p.publish(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "the ring is full");
+    let shutdown = tokio::spawn({
+        let p = p.clone();
+        async move { p.shutdown().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the publish under way"
+    );
+    assert!(
+        p.publish(9).await.unwrap_err().is_shut_down(),
+        "later ones are refused"
+    );
+    // The reader makes room: the waiting publish goes out, then shutdown ends the stream.
+    assert_eq!(stream.next().await, Some(0));
+    waiting.await.unwrap().unwrap();
+    assert_eq!(stream.next().await, Some(1));
+    assert_eq!(stream.next().await, None);
+    shutdown.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_publisher_waiting_for_room_is_woken() {
+    let p = started::<u32>(1);
+    let mut stream = p.subscribe_stream().unwrap();
+    p.publish(0).await.unwrap();
+    let publishers: Vec<_> = (1..=4)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move { p.publish(i).await })
+        })
+        .collect();
+    // All four wait for the one place before the reader frees it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(publishers.iter().all(|p| !p.is_finished()));
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        // A publisher never woken leaves its message unsent: fail rather than hang.
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+        seen.push(next.expect("every waiting publisher sends").unwrap());
+    }
+    for publisher in publishers {
+        publisher.await.unwrap().unwrap();
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
 }
