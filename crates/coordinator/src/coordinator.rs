@@ -9,25 +9,22 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use pubsub::{
-    RequestCompletionMessage, RequestCompletionPublisher, RequestFailure, RequestSuccess,
-    SubscriberId,
-};
+use pubsub::{RequestCompletionMessage, RequestCompletionPublisher, SubscriberId};
 use serde::Serialize;
 use std::future::Future;
 
 use task_core::{
-    BoxFuture, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult, NodeId,
-    Outcome, RequestId, Retention, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo,
-    Value,
+    BoxFuture, Completion, CompletionSink, CoordinatorState, ErasedTask, ExecutionMode, Job,
+    JobCounts, JobResult, NodeId, Outcome, RequestId, Retention, StrategyStats, Task, TaskError,
+    TaskExecutionStrategy, TaskInfo, Value,
 };
-use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::Instrument;
 
 use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::options::{RetryPolicy, SubmitOptions, sleep_until};
+use crate::request::{Launched, RequestCell, message_of};
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -49,19 +46,27 @@ where
 }
 
 tokio::task_local! {
-    static CURRENT_NODE: NodeId;
+    /// The node running on the current tokio task, and its request.
+    pub(crate) static CURRENT_NODE: NodeScope;
+}
+
+/// What a running node's nested submissions need: its id (their parent) and its request, which
+/// cancels them with it, even once its own job has closed.
+#[derive(Clone)]
+pub(crate) struct NodeScope {
+    pub(crate) node: NodeId,
+    pub(crate) request: Weak<RequestCell>,
 }
 
 /// The node running on the current tokio task or thread, if any.
 ///
 /// Tasks submitted from inside a running node get that node as their parent automatically; this
 /// is how nested calls are recorded. Async nodes are tracked per tokio task; nodes that a strategy
-/// runs on a thread of its own are tracked through [`task_core::context`].
+/// runs on a thread of its own are tracked through [`task_core::context`], which comes first: a
+/// pool thread waiting for a child may run another node inside the first one's scope.
 pub fn current_node() -> Option<NodeId> {
-    CURRENT_NODE
-        .try_with(NodeId::clone)
-        .ok()
-        .or_else(task_core::context::current_node)
+    task_core::context::current_node()
+        .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
 }
 
 type StrategyRef = Arc<dyn TaskExecutionStrategy>;
@@ -205,12 +210,21 @@ struct Started {
 
 /// What the coordinator keeps about an open request besides its job.
 struct Open {
-    /// The caller, answered when the job closes.
-    waiter: oneshot::Sender<Outcome>,
-    cancel: CancellationToken,
-    node_id: NodeId,
+    /// Shared with the caller's handle (answered when the job closes) and whatever runs it.
+    cell: Arc<RequestCell>,
     /// The mode it runs under (for its counters).
     mode: Arc<Mode>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // Answered already when its job closed; otherwise the coordinator itself went away.
+        self.cell.answer_with(|| {
+            Err(TaskError::strategy(
+                "the request ended without an outcome reaching its caller",
+            ))
+        });
+    }
 }
 
 /// A registered mode: its strategy, its concurrency limit and its request counters, found with
@@ -280,7 +294,7 @@ struct Table {
     by_node: IdMap<NodeId, RequestId>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     modes: HashMap<ExecutionMode, Arc<Mode>>,
     grace: Duration,
     started: OnceLock<Started>,
@@ -301,9 +315,9 @@ impl Inner {
 
     /// Closes the job for `request_id` with `outcome` and answers its caller. A completion for a
     /// request this coordinator does not have open is ignored (another coordinator's, or late).
-    fn complete(&self, request_id: &str, outcome: Outcome) {
+    pub(crate) fn complete(&self, request_id: &str, outcome: Outcome) {
         let result = JobResult::of(&outcome);
-        let (waiter, idle) = {
+        let (open, idle) = {
             let mut table = self.table();
             if let Err(error) = table.state.end_job(request_id, result) {
                 tracing::debug!(request_id, %error, "completion ignored");
@@ -313,23 +327,23 @@ impl Inner {
             if let Some(open) = &open
                 && table
                     .by_node
-                    .get(&open.node_id)
+                    .get(open.cell.node_id())
                     .is_some_and(|r| r.as_str() == request_id)
             {
-                table.by_node.remove(&open.node_id);
+                table.by_node.remove(open.cell.node_id());
             }
             if let Some(open) = &open {
                 open.mode.counters.close(result);
             }
-            (open.map(|o| o.waiter), table.state.counts().opened == 0)
+            (open, table.state.counts().opened == 0)
         };
         tracing::debug!(request_id, %result, "job closed");
         if idle {
             self.drained.notify_waiters();
         }
-        if let Some(waiter) = waiter {
-            // The caller may have stopped waiting (dropped its future); the job is closed anyway.
-            let _ = waiter.send(outcome);
+        if let Some(open) = open {
+            // The caller may have stopped waiting (dropped its handle); the job is closed anyway.
+            open.cell.answer(outcome);
         }
     }
 
@@ -355,7 +369,7 @@ impl Inner {
     }
 
     /// The cancelled outcome of a request, saying who cancelled it.
-    fn cancelled(&self) -> TaskError {
+    pub(crate) fn cancelled(&self) -> TaskError {
         if self.past_deadline.load(Ordering::SeqCst) {
             TaskError::cancelled(
                 "the coordinator's shutdown deadline passed before the request ended",
@@ -391,7 +405,7 @@ struct Request {
     strategy: StrategyRef,
     task: ErasedTask,
     publisher: RequestCompletionPublisher,
-    cancel: CancellationToken,
+    cell: Arc<RequestCell>,
     /// A deadline or a retry policy; boxed, as most requests have neither and every request's
     /// future holds this.
     options: Option<Box<Options>>,
@@ -421,33 +435,29 @@ async fn drive(inner: Arc<Inner>, mut request: Box<Request>) {
         let Request {
             strategy,
             task,
-            cancel,
+            cell,
             ..
         } = *request;
         tokio::select! {
             biased;
-            () = cancel.cancelled() => Err(inner.cancelled()),
-            outcome = run_once(&strategy, task) => outcome,
+            () = cell.cancelled() => Err(inner.cancelled()),
+            outcome = run_once(&strategy, task, &cell) => outcome,
         }
     } else {
         Box::pin(run_attempts(&inner, *request)).await
     };
     drop(permit);
     // The message takes the task's description; only the id is kept for the fallback below.
-    let message = match &outcome {
-        Ok(value) => RequestCompletionMessage::Success(RequestSuccess {
-            info,
-            result: value.clone(),
-        }),
-        Err(error) => RequestCompletionMessage::Failure(RequestFailure {
-            info,
-            error: error.clone(),
-        }),
-    };
+    let message = message_of(info, outcome);
     tracing::debug!(%message, "publishing outcome");
     if let Err(refused) = publisher.publish(message).await {
         // The bus went away after the request was accepted: close the job here instead.
         tracing::warn!(%refused, "outcome not published; closing the job directly");
+        let outcome = match refused.into_inner() {
+            RequestCompletionMessage::Success(m) => Ok(m.result),
+            RequestCompletionMessage::Failure(m) => Err(m.error),
+            _ => Err(TaskError::strategy("not a terminal message")),
+        };
         inner.complete(&request_id, outcome);
     }
     guard.request_id = None;
@@ -457,10 +467,14 @@ async fn drive(inner: Arc<Inner>, mut request: Box<Request>) {
 ///
 /// Not an `async fn`: the task moves into the strategy's future at once instead of being held
 /// in this one, which every request's driver holds.
-fn run_once(strategy: &StrategyRef, task: ErasedTask) -> impl Future<Output = Outcome> + '_ {
-    let node_id = task.info().node_id().clone();
+fn run_once<'a>(
+    strategy: &'a StrategyRef,
+    task: ErasedTask,
+    cell: &RequestCell,
+) -> impl Future<Output = Outcome> + 'a {
+    let scope = cell.scope();
     let run = AssertUnwindSafe(strategy.execute(task)).catch_unwind();
-    CURRENT_NODE.scope(node_id, run).map(|result| {
+    CURRENT_NODE.scope(scope, run).map(|result| {
         // A strategy that panics is a bug in the strategy; the request still ends.
         result.unwrap_or_else(|payload| Err(TaskError::panic(payload)))
     })
@@ -480,7 +494,7 @@ async fn run_attempts(inner: &Inner, request: Request) -> Outcome {
     let Request {
         strategy,
         mut task,
-        cancel,
+        cell,
         options,
         ..
     } = request;
@@ -507,9 +521,9 @@ async fn run_attempts(inner: &Inner, request: Request) -> Outcome {
         let next = retry.as_ref().and_then(|_| task.replay());
         let outcome = tokio::select! {
             biased;
-            () = cancel.cancelled() => return Err(inner.cancelled()),
+            () = cell.cancelled() => return Err(inner.cancelled()),
             () = expire(&mut expiry) => return Err(timed_out()),
-            outcome = run_once(&strategy, task) => outcome,
+            outcome = run_once(&strategy, task, &cell) => outcome,
         };
         let (Err(error), Some(policy), Some(again)) = (&outcome, &retry, next) else {
             return outcome;
@@ -523,7 +537,7 @@ async fn run_attempts(inner: &Inner, request: Request) -> Outcome {
             let backoff = Box::pin(sleep_until(Instant::now() + wait)?);
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(inner.cancelled()),
+                () = cell.cancelled() => return Err(inner.cancelled()),
                 () = expire(&mut expiry) => return Err(timed_out()),
                 () = backoff => {}
             }
@@ -538,13 +552,12 @@ async fn run_attempts(inner: &Inner, request: Request) -> Outcome {
 /// A request the coordinator took.
 struct Accepted {
     request_id: RequestId,
-    receiver: oneshot::Receiver<Outcome>,
-    cancel: CancellationToken,
+    cell: Arc<RequestCell>,
 }
 
 impl Accepted {
     fn into_handle<O>(self, convert: fn(Value) -> Result<O, SubmitError>) -> RequestHandle<O> {
-        RequestHandle::new(self.request_id, self.receiver, self.cancel, convert)
+        RequestHandle::new(self.request_id, self.cell, convert)
     }
 }
 
@@ -599,8 +612,9 @@ impl Future for Admission<'_> {
 ///
 /// 1. rejects, recording nothing, a request the coordinator cannot take: not started, shut down,
 ///    unknown mode, or a request id whose job is still open;
-/// 2. records an opened job and runs the task on the mode's strategy, on a task of its own, so
-///    the request ends even if the caller stops waiting;
+/// 2. records an opened job and runs the task on the mode's strategy, on a task of its own (or,
+///    for a strategy that [launches](TaskExecutionStrategy::launch) it, on the strategy's own
+///    task or thread), so the request ends even if the caller stops waiting;
 /// 3. publishes exactly one completion message (success or failure);
 /// 4. the coordinator's own subscriber closes the job from that message, then hands the typed
 ///    result back to the caller: by the time `submit` returns, the message is published and the
@@ -835,14 +849,14 @@ impl Coordinator {
     /// Cancels the open request `request_id` and the children it submitted, as
     /// [`RequestHandle::cancel`] does. Returns whether such a request was open.
     pub fn cancel(&self, request_id: &str) -> bool {
-        let table = self.inner.table();
-        match table.open.get(request_id) {
-            Some(open) => {
-                open.cancel.cancel();
-                true
-            }
-            None => false,
-        }
+        let cell = self
+            .inner
+            .table()
+            .open
+            .get(request_id)
+            .map(|open| Arc::clone(&open.cell));
+        // Outside the table lock: a launched request publishes its outcome as it is cancelled.
+        cell.map(|cell| cell.cancel()).is_some()
     }
 
     /// The checks that need no lock, the mode's entry, and the parent of a nested task.
@@ -936,59 +950,88 @@ impl Coordinator {
         }
         let (timeout, retry) = options.into_parts();
         let deadline = timeout.map(|t| Instant::now() + t);
-        let (sender, receiver) = oneshot::channel();
         let request_id = task.info().request_id().clone();
-        let cancel = {
+        let node_id = task.info().node_id().clone();
+        let cell = RequestCell::new(node_id.clone(), task_span(task.info(), &mode));
+        // Submitted from inside its parent's node (the usual way): the parent's request is at
+        // hand, open or not.
+        let scoped_parent = task.info().parent_id().and_then(|parent| {
+            CURRENT_NODE
+                .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))
+                .ok()
+                .flatten()
+                .flatten()
+        });
+        // A request with neither deadline nor retries needs nothing of a driver when its strategy
+        // can run it by itself: it publishes its outcome from where it ran.
+        let launch = deadline.is_none() && retry.is_none() && strategy.can_launch(&task);
+        let mut permit = permit;
+        if launch {
+            cell.set_launched(Launched {
+                inner: Arc::clone(inner),
+                info: task.info().clone(),
+                publisher: started.publisher.clone(),
+                permit: permit.take(),
+                runtime: runtime.clone(),
+            });
+        }
+        let born_cancelled = {
             let mut table = inner.table();
             table
                 .state
                 .add_job(&task)
                 .map_err(|e| SubmitError::new(SubmitKind::Duplicate(e.request_id().clone())))?;
-            let parent_token = task
-                .info()
-                .parent_id()
-                .and_then(|parent| table.by_node.get(parent))
-                .and_then(|parent_request| table.open.get(parent_request))
-                .map(|open| open.cancel.child_token());
-            let cancel = parent_token.unwrap_or_default();
-            let node_id = task.info().node_id().clone();
+            let born_cancelled = match &scoped_parent {
+                Some(parent) => parent.adopt(&cell),
+                None => task
+                    .info()
+                    .parent_id()
+                    .and_then(|parent| table.by_node.get(parent))
+                    .and_then(|parent_request| table.open.get(parent_request))
+                    .is_some_and(|parent| parent.cell.adopt(&cell)),
+            };
             entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            table.by_node.insert(node_id.clone(), request_id.clone());
+            table.by_node.insert(node_id, request_id.clone());
             table.open.insert(
                 request_id.clone(),
                 Open {
-                    waiter: sender,
-                    cancel: cancel.clone(),
-                    node_id,
+                    cell: Arc::clone(&cell),
                     mode: Arc::clone(entry),
                 },
             );
-            cancel
+            born_cancelled
         };
-        let span = task_span(task.info(), &mode);
-        tracing::debug!(parent: &span, "job opened");
-        // Boxed: it is most of what the driver holds, and a small driver future is cheaper to
-        // spawn.
-        let request = Box::new(Request {
-            strategy,
-            task,
-            publisher: started.publisher.clone(),
-            cancel: cancel.clone(),
-            options: (deadline.is_some() || retry.is_some()).then(|| {
-                Box::new(Options {
-                    deadline,
-                    timeout,
-                    retry,
-                })
-            }),
-            permit,
-        });
-        runtime.spawn(drive(Arc::clone(inner), request).instrument(span));
-        Ok(Accepted {
-            request_id,
-            receiver,
-            cancel,
-        })
+        tracing::debug!(parent: cell.span(), "job opened");
+        if born_cancelled {
+            // Its parent was cancelled already; a launched request publishes its outcome here.
+            cell.cancel();
+        }
+        if launch {
+            if !cell.is_cancelled() {
+                let sink: Arc<dyn CompletionSink> = Arc::clone(&cell) as _;
+                strategy.launch(task, Completion::new(sink));
+            }
+        } else {
+            let span = cell.span().clone();
+            // Boxed: it is most of what the driver holds, and a small driver future is cheaper
+            // to spawn.
+            let request = Box::new(Request {
+                strategy,
+                task,
+                publisher: started.publisher.clone(),
+                cell: Arc::clone(&cell),
+                options: (deadline.is_some() || retry.is_some()).then(|| {
+                    Box::new(Options {
+                        deadline,
+                        timeout,
+                        retry,
+                    })
+                }),
+                permit,
+            });
+            runtime.spawn(drive(Arc::clone(inner), request).instrument(span));
+        }
+        Ok(Accepted { request_id, cell })
     }
 
     /// A serializable snapshot: the counts, every recorded job (oldest first) and each mode's
@@ -1075,13 +1118,16 @@ impl Coordinator {
                 .await;
         if !drained {
             inner.past_deadline.store(true, Ordering::SeqCst);
-            let cancelled = {
-                let table = inner.table();
-                for open in table.open.values() {
-                    open.cancel.cancel();
-                }
-                table.open.len()
-            };
+            let open: Vec<Arc<RequestCell>> = inner
+                .table()
+                .open
+                .values()
+                .map(|open| Arc::clone(&open.cell))
+                .collect();
+            let cancelled = open.len();
+            for cell in open {
+                cell.cancel();
+            }
             tracing::warn!(
                 cancelled,
                 "coordinator shutdown: grace period over; cancelling the requests still open"

@@ -6,11 +6,12 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use task_core::{Outcome, RequestId, TaskError, Value};
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
+
+use task_core::{RequestId, TaskError, Value};
 
 use crate::error::{SubmitError, SubmitKind};
+use crate::request::RequestCell;
 
 /// An accepted request: await it for the node's output, or [`cancel`](Self::cancel) it.
 ///
@@ -47,8 +48,7 @@ use crate::error::{SubmitError, SubmitKind};
 #[must_use = "a handle does nothing unless awaited or cancelled; the request runs either way"]
 pub struct RequestHandle<O> {
     request_id: RequestId,
-    receiver: oneshot::Receiver<Outcome>,
-    cancel: CancellationToken,
+    cell: Arc<RequestCell>,
     convert: fn(Value) -> Result<O, SubmitError>,
     _output: PhantomData<fn() -> O>,
 }
@@ -56,14 +56,12 @@ pub struct RequestHandle<O> {
 impl<O> RequestHandle<O> {
     pub(crate) fn new(
         request_id: RequestId,
-        receiver: oneshot::Receiver<Outcome>,
-        cancel: CancellationToken,
+        cell: Arc<RequestCell>,
         convert: fn(Value) -> Result<O, SubmitError>,
     ) -> Self {
         Self {
             request_id,
-            receiver,
-            cancel,
+            cell,
             convert,
             _output: PhantomData,
         }
@@ -78,21 +76,21 @@ impl<O> RequestHandle<O> {
     /// [`JobResult::Cancelled`](task_core::JobResult::Cancelled) with a cancelled failure message;
     /// if it already ended, nothing changes. Returns at once; await the handle for the outcome.
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        self.cell.cancel();
     }
 
     /// Whether cancellation was asked for (by this handle, the request's parent, or shutdown).
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.cell.is_cancelled()
     }
 }
 
 impl<O> Future for RequestHandle<O> {
     type Output = Result<O, SubmitError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let received = std::task::ready!(Pin::new(&mut self.receiver).poll(cx));
-        let outcome = received.unwrap_or_else(|_| {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let received = std::task::ready!(self.cell.poll_answer(cx));
+        let outcome = received.unwrap_or_else(|| {
             Err(TaskError::strategy(
                 "the request ended without an outcome reaching its caller",
             ))
@@ -108,7 +106,7 @@ impl<O> fmt::Debug for RequestHandle<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestHandle")
             .field("request_id", &self.request_id)
-            .field("cancelled", &self.cancel.is_cancelled())
+            .field("cancelled", &self.cell.is_cancelled())
             .finish()
     }
 }

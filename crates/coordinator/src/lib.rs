@@ -47,6 +47,7 @@ mod coordinator;
 mod error;
 mod handle;
 mod options;
+mod request;
 
 pub use crate::coordinator::{
     Coordinator, CoordinatorBuilder, DEFAULT_SHUTDOWN_GRACE, ModeCounts, SystemDetail, current_node,

@@ -7,16 +7,19 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use task_core::{
-    BoxFuture, ErasedTask, Outcome, StrategyStats, TaskBody, TaskError, TaskExecutionStrategy,
+    BoxFuture, Completion, ErasedTask, Outcome, StrategyStats, TaskBody, TaskError,
+    TaskExecutionStrategy,
 };
 
-use crate::tracker::Tracker;
+use crate::tracker::{OwnedAdmission, Tracker};
 
 /// Runs tasks on the tokio runtime: the strategy for I/O-bound work.
 ///
-/// An async node runs on the task that polls the future [`execute`](TaskExecutionStrategy::execute)
-/// returns (the coordinator spawns one task per request, so requests run in parallel across the
-/// runtime's workers). A blocking node runs on the runtime's blocking pool, never on a worker.
+/// An async node launched by a coordinator ([`launch`](TaskExecutionStrategy::launch)) runs as a
+/// tokio task of its own and delivers its outcome from there; through
+/// [`execute`](TaskExecutionStrategy::execute) it runs on the task that polls the returned future.
+/// Either way requests run in parallel across the runtime's workers. A blocking node runs on the
+/// runtime's blocking pool, never on a worker.
 ///
 /// A node's error becomes a failure outcome; so does a panic, carrying the panic message, and the
 /// runtime, the strategy and every other task keep working. After
@@ -105,9 +108,52 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
         "async"
     }
 
+    /// Async nodes: each runs as a tokio task of its own.
+    fn can_launch(&self, task: &ErasedTask) -> bool {
+        !task.is_blocking()
+    }
+
+    fn launch(&self, task: ErasedTask, completion: Completion) {
+        let Some(admission) = self.tracker.admit_owned() else {
+            return completion.complete(Err(TaskError::shutdown("async")));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                // Only the body moves into the task: its description is the coordinator's.
+                let (_info, body) = task.into_parts();
+                runtime.spawn(run_launched(body, completion, admission));
+            }
+            Err(_) => completion.complete(Err(TaskError::strategy(
+                "the async strategy launches tasks on a tokio runtime, and none is running here",
+            ))),
+        }
+    }
+
     fn stats(&self) -> StrategyStats {
         self.tracker.stats()
     }
+}
+
+/// A launched task: runs the node in its request's scope until it ends or the request is
+/// cancelled (then the node is dropped; the request already has its outcome).
+async fn run_launched(body: TaskBody, completion: Completion, admission: OwnedAdmission) {
+    let outcome = match body {
+        TaskBody::Async(body) => {
+            let mut run = std::pin::pin!(AssertUnwindSafe(body.into_future()).catch_unwind());
+            let run = std::future::poll_fn(|cx| completion.in_scope(|| run.as_mut().poll(cx)));
+            tokio::select! {
+                biased;
+                () = completion.cancelled() => return,
+                result = run => flatten_panic(result),
+            }
+        }
+        TaskBody::Blocking(body) => run_blocking(body).await,
+        _ => Err(TaskError::unsupported(
+            "the async strategy cannot run this kind of task",
+        )),
+    };
+    admission.tracker().record(&outcome);
+    completion.complete(outcome);
 }
 
 async fn run_blocking(body: task_core::BlockingBody) -> Outcome {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
 use task_core::{
-    BoxFuture, ErasedTask, Outcome, StrategyStats, TaskBody, TaskError, TaskExecutionStrategy,
+    BoxFuture, Completion, ErasedTask, Outcome, StrategyStats, TaskBody, TaskError,
+    TaskExecutionStrategy,
 };
 use tokio::sync::{Semaphore, oneshot};
 
@@ -176,7 +177,7 @@ impl ThreadedBuilder {
         Ok(ThreadedExecutionStrategy {
             inner: Arc::new(Inner {
                 pool,
-                tracker: Tracker::default(),
+                tracker: Arc::default(),
                 limit: self.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
                 signal: Arc::new(Signal::default()),
             }),
@@ -186,7 +187,7 @@ impl ThreadedBuilder {
 
 struct Inner {
     pool: Arc<ThreadPool>,
-    tracker: Tracker,
+    tracker: Arc<Tracker>,
     limit: Option<Arc<Semaphore>>,
     signal: Arc<Signal>,
 }
@@ -320,6 +321,38 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
 
     fn name(&self) -> &str {
         "threaded"
+    }
+
+    /// Tasks that take no place under the pool's limit (any, without a limit): each runs on a
+    /// pool thread and answers from there. A task that may have to wait for a place runs through
+    /// `execute`.
+    fn can_launch(&self, task: &ErasedTask) -> bool {
+        self.inner.limit.is_none() || task.info().parent_id().is_some()
+    }
+
+    fn launch(&self, task: ErasedTask, completion: Completion) {
+        let inner = &*self.inner;
+        let Some(admission) = inner.tracker.admit_owned() else {
+            return completion.complete(Err(TaskError::shutdown("threaded")));
+        };
+        let (info, body) = task.into_parts();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let signal = Arc::clone(&inner.signal);
+        // Dropped unrun (the pool went away), the completion delivers a failure.
+        inner.pool.spawn(move || {
+            if completion.is_cancelled() {
+                // Cancelled while queued: it already has its outcome; the node never starts.
+                return;
+            }
+            let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            let _pool = PoolScope::enter(&signal);
+            let _node = task_core::context::enter_node(info.node_id().clone());
+            let outcome = completion.in_scope(|| run_on_pool_thread(body));
+            admission.tracker().record(&outcome);
+            completion.complete(outcome);
+        });
+        // Threads waiting in `block_on` may run the new work.
+        inner.signal.bump();
     }
 
     fn stats(&self) -> StrategyStats {

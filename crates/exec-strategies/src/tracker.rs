@@ -1,6 +1,7 @@
 //! [`Tracker`]: the bookkeeping every strategy shares: accepting or not, tasks in flight, counts,
 //! and waiting (bounded) for the tasks in flight to finish.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use task_core::{Outcome, StrategyStats};
@@ -29,16 +30,39 @@ pub(crate) struct Admission<'a> {
 impl Tracker {
     /// Admits a task unless the tracker is closed.
     pub(crate) fn admit(&self) -> Option<Admission<'_>> {
-        // Count first, then check: `close` stores first, then the closer reads the count, so a
-        // task is either refused or seen by `drain`. The fences on both sides make that hold
-        // (a store then a load on different atomics needs them).
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        self.count_in();
         let admission = Admission { tracker: self };
         if self.closed.load(Ordering::SeqCst) {
             return None;
         }
         Some(admission)
+    }
+
+    /// [`admit`](Self::admit) for a task that outlives the caller's borrow (a launched run).
+    pub(crate) fn admit_owned(self: &Arc<Self>) -> Option<OwnedAdmission> {
+        self.count_in();
+        let admission = OwnedAdmission {
+            tracker: Arc::clone(self),
+        };
+        if self.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(admission)
+    }
+
+    /// Counts a task in; the admission made next counts it out when dropped.
+    fn count_in(&self) {
+        // Count first, then check: `close` stores first, then the closer reads the count, so a
+        // task is either refused or seen by `drain`. The fences on both sides make that hold
+        // (a store then a load on different atomics needs them).
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    fn count_out(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
     }
 
     /// Records how an admitted task ended.
@@ -84,9 +108,25 @@ impl Tracker {
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        if self.tracker.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.tracker.idle.notify_waiters();
-        }
+        self.tracker.count_out();
+    }
+}
+
+/// An [`Admission`] holding its tracker.
+#[derive(Debug)]
+pub(crate) struct OwnedAdmission {
+    tracker: Arc<Tracker>,
+}
+
+impl OwnedAdmission {
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+}
+
+impl Drop for OwnedAdmission {
+    fn drop(&mut self) {
+        self.tracker.count_out();
     }
 }
 

@@ -1,11 +1,14 @@
 //! The async strategy: outcomes, panics, blocking nodes, shutdown.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use exec_strategies::AsyncExecutionStrategy;
-use task_core::{BoxError, StrategyStats, Task, TaskExecutionStrategy};
+use task_core::{
+    BoxError, Completion, CompletionSink, Outcome, StrategyStats, Task, TaskExecutionStrategy,
+};
 use tokio::sync::oneshot;
 
 #[tokio::test]
@@ -111,4 +114,114 @@ async fn shutdown_gives_up_after_its_grace_period() {
     }
     s.shutdown(Duration::from_millis(50)).await;
     assert_eq!(s.stats().in_flight, 1);
+}
+
+/// Collects the outcome a launched run delivers.
+struct Collect {
+    tx: Mutex<Option<oneshot::Sender<Outcome>>>,
+    cancelled: AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+impl Collect {
+    fn new() -> (Arc<Self>, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let sink = Arc::new(Self {
+            tx: Mutex::new(Some(tx)),
+            cancelled: AtomicBool::new(false),
+            waker: futures::task::AtomicWaker::new(),
+        });
+        (sink, rx)
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+}
+
+impl CompletionSink for Collect {
+    fn complete(&self, outcome: Outcome) {
+        if let Some(tx) = self.tx.lock().unwrap().take() {
+            let _ = tx.send(outcome);
+        }
+    }
+    fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.is_cancelled() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+    fn run_in_scope(&self, f: &mut dyn FnMut()) {
+        f();
+    }
+}
+
+#[tokio::test]
+async fn launched_tasks_deliver_values_errors_and_panics_and_are_counted() {
+    let strategy = AsyncExecutionStrategy::new();
+    let ok = Task::from_fn("1", "ok", || async { Ok::<_, BoxError>(5_u32) }).into_erased();
+    let bad = Task::from_fn("2", "bad", || async { Err::<u32, _>("no") }).into_erased();
+    let panics = Task::from_fn("3", "panics", || async {
+        panic!("boom");
+        #[allow(unreachable_code)]
+        Ok::<u32, BoxError>(0)
+    })
+    .into_erased();
+    assert!(strategy.can_launch(&ok));
+    let mut outcomes = Vec::new();
+    for task in [ok, bad, panics] {
+        let (sink, rx) = Collect::new();
+        strategy.launch(task, Completion::new(sink));
+        outcomes.push(rx.await.unwrap());
+    }
+    assert_eq!(
+        outcomes[0].as_ref().unwrap().downcast_ref::<u32>(),
+        Some(&5)
+    );
+    assert!(outcomes[1].as_ref().unwrap_err().is_node_error());
+    assert!(outcomes[2].as_ref().unwrap_err().is_panic());
+    let stats = strategy.stats();
+    assert_eq!((stats.succeeded, stats.failed, stats.in_flight), (1, 2, 0));
+
+    strategy.shutdown(Duration::from_secs(1)).await;
+    let (sink, rx) = Collect::new();
+    let late = Task::from_fn("4", "late", || async { Ok::<_, BoxError>(0_u32) }).into_erased();
+    strategy.launch(late, Completion::new(sink));
+    assert!(rx.await.unwrap().unwrap_err().is_shutdown());
+}
+
+#[tokio::test]
+async fn a_cancelled_launch_drops_the_node_and_shutdown_does_not_wait_for_it() {
+    let strategy = AsyncExecutionStrategy::new();
+    let dropped = Arc::new(AtomicBool::new(false));
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let flag = Flag(dropped.clone());
+    let sleeper = Task::from_fn("s", "sleeper", move || async move {
+        let _flag = flag;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, BoxError>(())
+    })
+    .into_erased();
+    let (sink, rx) = Collect::new();
+    strategy.launch(sleeper, Completion::new(sink.clone()));
+    tokio::task::yield_now().await;
+    assert!(!dropped.load(Ordering::SeqCst));
+    sink.cancel();
+    // The run stops: the node is dropped, and its completion, undelivered, reports that.
+    let outcome = rx.await.unwrap();
+    assert!(outcome.unwrap_err().is_strategy_error());
+    assert!(dropped.load(Ordering::SeqCst));
+    strategy.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(strategy.stats().in_flight, 0);
 }

@@ -27,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod completion;
 pub mod context;
 mod error;
 mod id;
@@ -38,6 +39,7 @@ mod strategy;
 mod task;
 mod value;
 
+pub use crate::completion::{Completion, CompletionSink};
 pub use crate::error::{BoxError, TaskError, panic_message};
 pub use crate::id::{NodeId, RequestId};
 pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};

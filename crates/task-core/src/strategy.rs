@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BoxFuture, ErasedTask, Outcome};
+use crate::{BoxFuture, Completion, ErasedTask, Outcome, TaskError};
 
 /// Where and how tasks run. Implement it in your own crate, depending on `task-core` alone, and
 /// register it with a coordinator under a mode name.
@@ -58,6 +58,31 @@ pub trait TaskExecutionStrategy: Send + Sync + 'static {
     /// Counters for a coordinator's system detail. The default reports nothing.
     fn stats(&self) -> StrategyStats {
         StrategyStats::default()
+    }
+
+    /// Whether [`launch`](Self::launch) takes `task`. The default is `false`: the coordinator
+    /// then runs every task through [`execute`](Self::execute).
+    fn can_launch(&self, task: &ErasedTask) -> bool {
+        let _ = task;
+        false
+    }
+
+    /// Starts `task` on its own and returns at once; the run delivers its outcome to
+    /// `completion`. Called only for a task [`can_launch`](Self::can_launch) took.
+    ///
+    /// A launched request needs no future of the caller's to drive it: a strategy with its own
+    /// place to run (a runtime's task, a pool's thread) answers from there, which saves a task,
+    /// a future and a wake-up per request. The same rules hold as for `execute`: exactly one
+    /// outcome (the [`Completion`] enforces it), a shutdown error after shutdown, a panic caught
+    /// and delivered as a failure. Run the node inside [`Completion::in_scope`], and stop early
+    /// when [`Completion::cancelled`] fires if the node can be stopped.
+    ///
+    /// The default delivers an unsupported error.
+    fn launch(&self, task: ErasedTask, completion: Completion) {
+        let _ = task;
+        completion.complete(Err(TaskError::unsupported(
+            "this strategy does not launch tasks",
+        )));
     }
 }
 

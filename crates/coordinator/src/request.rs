@@ -1,0 +1,304 @@
+//! [`RequestCell`]: the one shared record of an accepted request.
+//!
+//! It carries what the request's parties share: the cancellation flag (set by the caller's
+//! handle, the parent's cancellation or shutdown, read by whatever runs the request), the children
+//! to cancel with it, and the slot the caller's answer arrives in. A launched request (one its
+//! strategy runs by itself, [`TaskExecutionStrategy::launch`](task_core::TaskExecutionStrategy))
+//! also keeps here what publishing its outcome needs, taken exactly once by whichever comes first:
+//! the run's outcome or a cancellation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+
+use futures::task::AtomicWaker;
+use pubsub::{
+    RequestCompletionMessage, RequestCompletionPublisher, RequestFailure, RequestSuccess,
+};
+use task_core::{CompletionSink, NodeId, Outcome, TaskError, TaskInfo};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::coordinator::{CURRENT_NODE, Inner, NodeScope};
+
+/// Locks `mutex`; no code that can panic runs under these locks, so a poisoned one still holds
+/// consistent data.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The shared record of one accepted request.
+pub(crate) struct RequestCell {
+    cancelled: AtomicBool,
+    /// Whatever runs the request (its driver, or a launched run) waits here for cancellation.
+    cancel_waker: AtomicWaker,
+    /// Requests submitted from inside this one's node; cancelled with it.
+    children: Mutex<Vec<Weak<RequestCell>>>,
+    answer: Mutex<Answer>,
+    /// A launched request's means to publish its outcome, until it is taken.
+    launched: Mutex<Option<Launched>>,
+    node_id: NodeId,
+    span: tracing::Span,
+    /// This cell, for the scope its node runs in.
+    me: Weak<RequestCell>,
+}
+
+#[derive(Default)]
+struct Answer {
+    outcome: Option<Outcome>,
+    waker: Option<Waker>,
+    answered: bool,
+}
+
+impl RequestCell {
+    pub(crate) fn new(node_id: NodeId, span: tracing::Span) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            cancelled: AtomicBool::new(false),
+            cancel_waker: AtomicWaker::new(),
+            children: Mutex::new(Vec::new()),
+            answer: Mutex::new(Answer::default()),
+            launched: Mutex::new(None),
+            node_id,
+            span,
+            me: me.clone(),
+        })
+    }
+
+    /// The scope its node runs in: nested submissions get it as parent and are cancelled with it.
+    pub(crate) fn scope(&self) -> NodeScope {
+        NodeScope {
+            node: self.node_id.clone(),
+            request: self.me.clone(),
+        }
+    }
+
+    pub(crate) fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Ready once the request is cancelled. One waiter at a time: what runs the request.
+    pub(crate) fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_cancelled() {
+            return Poll::Ready(());
+        }
+        self.cancel_waker.register(cx.waker());
+        // Set after the check above and before the registration: seen here.
+        if self.is_cancelled() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Completes once the request is cancelled.
+    pub(crate) async fn cancelled(&self) {
+        std::future::poll_fn(|cx| self.poll_cancelled(cx)).await;
+    }
+
+    /// Cancels the request and, through them, its children: each one's runner is woken, and a
+    /// launched request publishes its cancelled outcome now. Cancelling twice does nothing more.
+    ///
+    /// Never call it under the coordinator's table lock: a launched request's fallback (the bus
+    /// refused its outcome) closes the job itself, which takes that lock.
+    pub(crate) fn cancel(self: &Arc<Self>) {
+        let mut pending: Vec<Arc<RequestCell>> = Vec::new();
+        let mut cell = Arc::clone(self);
+        loop {
+            if !cell.cancelled.swap(true, Ordering::SeqCst) {
+                cell.cancel_waker.wake();
+                let launched = lock(&cell.launched).take();
+                if let Some(launched) = launched {
+                    let cancelled = Err(launched.inner.cancelled());
+                    launched.finish(cancelled);
+                }
+                pending.extend(
+                    lock(&cell.children)
+                        .drain(..)
+                        .filter_map(|child| child.upgrade()),
+                );
+            }
+            match pending.pop() {
+                Some(next) => cell = next,
+                None => break,
+            }
+        }
+    }
+
+    /// Records `child` as submitted from inside this request, to be cancelled with it. Returns
+    /// whether this request is already cancelled: the caller then cancels the child (outside the
+    /// table lock).
+    pub(crate) fn adopt(&self, child: &Arc<RequestCell>) -> bool {
+        {
+            let mut children = lock(&self.children);
+            if children.len() == children.capacity() {
+                // Forget the children that ended before growing: the list stays proportional to
+                // the children alive, however many this request submits over its life.
+                children.retain(|c| c.strong_count() > 0);
+            }
+            children.push(Arc::downgrade(child));
+        }
+        // After the push: a cancellation either drains the child above or is seen here.
+        self.is_cancelled()
+    }
+
+    /// Makes this a launched request: its outcome is published through `launched`.
+    pub(crate) fn set_launched(&self, launched: Launched) {
+        *lock(&self.launched) = Some(launched);
+    }
+
+    /// Hands the caller its outcome; only the first answer counts.
+    pub(crate) fn answer(&self, outcome: Outcome) {
+        self.answer_with(|| outcome);
+    }
+
+    /// Hands the caller the outcome `outcome` makes, unless it was answered already (then
+    /// `outcome` is not called).
+    pub(crate) fn answer_with(&self, outcome: impl FnOnce() -> Outcome) {
+        let waker = {
+            let mut answer = lock(&self.answer);
+            if answer.answered {
+                return;
+            }
+            answer.answered = true;
+            answer.outcome = Some(outcome());
+            answer.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The caller's outcome once answered; `None` if it was taken before.
+    pub(crate) fn poll_answer(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome>> {
+        let mut answer = lock(&self.answer);
+        if answer.answered {
+            return Poll::Ready(answer.outcome.take());
+        }
+        match &mut answer.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl CompletionSink for RequestCell {
+    fn complete(&self, outcome: Outcome) {
+        let Some(launched) = lock(&self.launched).take() else {
+            // Already published: cancelled first, or a second outcome.
+            return;
+        };
+        // A cancellation that raced the run's end wins, as it does for a driven request.
+        let outcome = if self.is_cancelled() {
+            Err(launched.inner.cancelled())
+        } else {
+            outcome
+        };
+        launched.finish(outcome);
+    }
+
+    fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        RequestCell::poll_cancelled(self, cx)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        RequestCell::is_cancelled(self)
+    }
+
+    fn run_in_scope(&self, f: &mut dyn FnMut()) {
+        let _span = self.span.enter();
+        CURRENT_NODE.sync_scope(self.scope(), f);
+    }
+}
+
+/// What a launched request needs to publish its outcome.
+pub(crate) struct Launched {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) info: TaskInfo,
+    pub(crate) publisher: RequestCompletionPublisher,
+    /// Its place under its mode's concurrency limit, released when it ends.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl Launched {
+    /// Publishes the request's one terminal message; when the bus refuses it, closes the job
+    /// directly, so the request ends either way.
+    fn finish(self, outcome: Outcome) {
+        let Launched {
+            inner,
+            info,
+            publisher,
+            permit,
+            runtime,
+        } = self;
+        drop(permit);
+        let request_id = info.request_id().clone();
+        let message = message_of(info, outcome);
+        let refused = match publisher.try_publish(message) {
+            Ok(()) => return,
+            Err(refused) => refused,
+        };
+        if refused.is_full() {
+            // The bus is a whole capacity ahead of its slowest subscriber: wait for room on a task
+            // of its own, never on the thread that delivered the outcome.
+            let message = refused.into_inner();
+            let fallback = ClosesUnpublished {
+                inner,
+                request_id,
+                outcome: Some(outcome_of(&message)),
+            };
+            runtime.spawn(async move {
+                let mut fallback = fallback;
+                if publisher.publish(message).await.is_ok() {
+                    fallback.outcome = None;
+                }
+            });
+        } else {
+            tracing::warn!(%refused, "outcome not published; closing the job directly");
+            inner.complete(&request_id, outcome_of(&refused.into_inner()));
+        }
+    }
+}
+
+/// Closes the job of a request whose outcome did not reach the bus (refused, or the runtime
+/// dropped the publish), so no job stays open.
+struct ClosesUnpublished {
+    inner: Arc<Inner>,
+    request_id: task_core::RequestId,
+    /// `None` once published.
+    outcome: Option<Outcome>,
+}
+
+impl Drop for ClosesUnpublished {
+    fn drop(&mut self) {
+        if let Some(outcome) = self.outcome.take() {
+            self.inner.complete(&self.request_id, outcome);
+        }
+    }
+}
+
+/// The terminal message of a request.
+pub(crate) fn message_of(info: TaskInfo, outcome: Outcome) -> RequestCompletionMessage {
+    match outcome {
+        Ok(result) => RequestCompletionMessage::Success(RequestSuccess { info, result }),
+        Err(error) => RequestCompletionMessage::Failure(RequestFailure { info, error }),
+    }
+}
+
+/// The outcome a terminal message carries.
+fn outcome_of(message: &RequestCompletionMessage) -> Outcome {
+    match message {
+        RequestCompletionMessage::Success(m) => Ok(m.result.clone()),
+        RequestCompletionMessage::Failure(m) => Err(m.error.clone()),
+        // Never: only terminal messages are made here.
+        _ => Err(TaskError::strategy("not a terminal message")),
+    }
+}

@@ -1,0 +1,277 @@
+//! Launched requests: strategies that run a task by themselves and deliver its outcome through a
+//! `Completion`. Whatever the strategy does with it, each request ends exactly once.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coordinator::{
+    BoxError, Coordinator, JobResult, RequestCompletionPublisher, SubmitOptions, Task,
+    TaskExecutionStrategy, ThreadedExecutionStrategy, Value, block_on,
+};
+use futures::StreamExt;
+use support::{Recorder, value_task};
+use task_core::{BoxFuture, Completion, ErasedTask, Outcome, TaskError};
+
+/// A strategy that launches every task and does with its completion what `keep` says: keeps it
+/// (to deliver later by hand), or drops it at once.
+#[derive(Default)]
+struct Holding {
+    keep: bool,
+    held: Mutex<Vec<Completion>>,
+}
+
+impl TaskExecutionStrategy for Holding {
+    fn execute(&self, _task: ErasedTask) -> BoxFuture<'_, Outcome> {
+        Box::pin(async { Err(TaskError::strategy("every task should have been launched")) })
+    }
+
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn can_launch(&self, _task: &ErasedTask) -> bool {
+        true
+    }
+
+    fn launch(&self, _task: ErasedTask, completion: Completion) {
+        if self.keep {
+            self.held.lock().unwrap().push(completion);
+        }
+    }
+}
+
+/// A strategy that says it launches but does not implement `launch`.
+struct ClaimsToLaunch;
+
+impl TaskExecutionStrategy for ClaimsToLaunch {
+    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
+        Box::pin(task.run_inline())
+    }
+
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn can_launch(&self, _task: &ErasedTask) -> bool {
+        true
+    }
+}
+
+fn started_with(
+    mode: &'static str,
+    strategy: Arc<dyn TaskExecutionStrategy>,
+) -> (RequestCompletionPublisher, Coordinator, Recorder) {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let recorder = Recorder::attach(&publisher);
+    let coordinator = Coordinator::builder()
+        .shared_strategy(mode, strategy)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    (publisher, coordinator, recorder)
+}
+
+#[tokio::test]
+async fn a_launched_task_whose_completion_is_dropped_fails_instead_of_hanging() {
+    let (publisher, coordinator, recorder) = started_with("drops", Arc::new(Holding::default()));
+    let error = coordinator
+        .submit(value_task("lost", 1), "drops")
+        .await
+        .unwrap_err();
+    let error = error.task_error().expect("a failure, not a rejection");
+    assert!(error.is_strategy_error(), "{error}");
+    assert!(error.to_string().contains("without an outcome"), "{error}");
+    assert_eq!(
+        coordinator.job("lost").unwrap().result(),
+        Some(JobResult::Failure)
+    );
+
+    // A strategy that claims to launch but does not implement it: unsupported, not a hang.
+    let (claims_publisher, claims, _) = started_with("claims", Arc::new(ClaimsToLaunch));
+    let error = claims
+        .submit(value_task("x", 1), "claims")
+        .await
+        .unwrap_err();
+    assert!(error.task_error().unwrap().is_unsupported(), "{error}");
+
+    coordinator.shutdown().await;
+    claims.shutdown().await;
+    publisher.shutdown().await;
+    claims_publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts()["lost"], 1);
+}
+
+#[tokio::test]
+async fn an_outcome_delivered_after_cancellation_is_ignored() {
+    let strategy = Arc::new(Holding {
+        keep: true,
+        ..Holding::default()
+    });
+    let (publisher, coordinator, recorder) = started_with("held", strategy.clone());
+    let handle = coordinator
+        .spawn(value_task("held", 1), "held", SubmitOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        coordinator.job("held").unwrap().result().is_none(),
+        "still open"
+    );
+    handle.cancel();
+    // Answered at once, though the strategy has not delivered anything.
+    assert!(handle.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        coordinator.job("held").unwrap().result(),
+        Some(JobResult::Cancelled)
+    );
+    // The run ends later with a value: nothing changes.
+    let completion = strategy.held.lock().unwrap().pop().unwrap();
+    assert!(completion.is_cancelled());
+    completion.complete(Ok(Value::new(1_u64)));
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts()["held"], 1);
+    let counts = coordinator.counts();
+    assert_eq!((counts.cancelled, counts.succeeded), (1, 0));
+}
+
+#[tokio::test]
+async fn an_outcome_delivered_by_hand_closes_the_job_and_answers_the_caller() {
+    let strategy = Arc::new(Holding {
+        keep: true,
+        ..Holding::default()
+    });
+    let (publisher, coordinator, recorder) = started_with("held", strategy.clone());
+    let handle = coordinator
+        .spawn(value_task("h", 1), "held", SubmitOptions::new())
+        .await
+        .unwrap();
+    let completion = strategy.held.lock().unwrap().pop().unwrap();
+    assert!(!completion.is_cancelled());
+    completion.complete(Ok(Value::new(7_u64)));
+    assert_eq!(handle.await.unwrap(), 7);
+    assert_eq!(
+        coordinator.job("h").unwrap().result(),
+        Some(JobResult::Success)
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts()["h"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launched_outcomes_wait_for_room_when_the_bus_is_full() {
+    // A ring of 2 and a subscriber that reads nothing until every request has run.
+    let publisher = RequestCompletionPublisher::with_capacity(2);
+    publisher.start().unwrap();
+    let mut slow = publisher.subscribe_stream().unwrap();
+    let coordinator = Coordinator::builder().with_async().build();
+    coordinator.start(&publisher).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        let handle = coordinator
+            .spawn(
+                value_task(&format!("r{i}"), i),
+                "async",
+                SubmitOptions::new(),
+            )
+            .await
+            .unwrap();
+        handles.push(handle);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        coordinator.counts().opened > 0,
+        "outcomes wait for the slow subscriber"
+    );
+    let reader = tokio::spawn(async move {
+        let mut terminal = 0;
+        while let Some(message) = slow.next().await {
+            terminal += usize::from(message.is_terminal());
+        }
+        terminal
+    });
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(handle.await.unwrap(), i as u64);
+    }
+    assert_eq!(coordinator.counts().succeeded, 50);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(reader.await.unwrap(), 50, "one terminal message each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threaded_task_cancelled_while_queued_never_starts() {
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap();
+    let (publisher, coordinator, recorder) = started_with("threaded", Arc::new(threaded));
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let busy = Task::blocking("busy", "busy", move || wait.recv().map_err(BoxError::from));
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    let queued = Task::blocking("queued", "queued", move || {
+        flag.store(true, Ordering::SeqCst);
+        Ok::<_, BoxError>(())
+    });
+    let busy = coordinator
+        .spawn(busy, "threaded", SubmitOptions::new())
+        .await
+        .unwrap();
+    let queued = coordinator
+        .spawn(queued, "threaded", SubmitOptions::new())
+        .await
+        .unwrap();
+    queued.cancel();
+    assert!(queued.await.unwrap_err().is_cancelled());
+    release.send(()).unwrap();
+    busy.await.unwrap();
+    // The one thread is free again and has passed the cancelled task by.
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert!(!ran.load(Ordering::SeqCst), "a cancelled task never starts");
+    assert_eq!(recorder.terminal_counts()["queued"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_submitted_after_its_parent_was_cancelled_is_born_cancelled() {
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap();
+    let (publisher, coordinator, recorder) = started_with("threaded", Arc::new(threaded));
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let (report, child_error) = tokio::sync::oneshot::channel();
+    let (running, started) = tokio::sync::oneshot::channel();
+    let c = coordinator.clone();
+    // A blocking parent cannot be stopped; it goes on after its cancellation and submits.
+    let parent = Task::blocking("parent", "parent", move || {
+        let _ = running.send(());
+        wait.recv()?;
+        let child = Task::blocking("child", "child", || Ok::<_, BoxError>(1_u64));
+        let outcome = block_on(c.submit(child, "threaded"));
+        let _ = report.send(outcome);
+        Ok::<_, BoxError>(())
+    });
+    let parent = coordinator
+        .spawn(parent, "threaded", SubmitOptions::new())
+        .await
+        .unwrap();
+    started.await.unwrap();
+    parent.cancel();
+    assert!(parent.await.unwrap_err().is_cancelled());
+    release.send(()).unwrap();
+    let error = child_error.await.unwrap().unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    assert_eq!(
+        coordinator.job("child").unwrap().result(),
+        Some(JobResult::Cancelled)
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!((terminal["parent"], terminal["child"]), (1, 1));
+}
