@@ -5,9 +5,10 @@
 //! perf record -g target/release/examples/profile async 100000 20
 //! ```
 //!
-//! Scenarios: `async`, `threaded`, `raw-async`, `raw-threaded`, `fan-out-16`, `broadcast-16`.
-//! Arguments: scenario, N (tasks or messages per round), rounds. With `COUNT_ALLOCATIONS=1` it
-//! also reports heap allocations per task.
+//! Scenarios: `async`, `threaded` (N `submit` futures awaited together, as the benchmark does),
+//! `async-handles` (N handles from `try_spawn`, awaited in order), `raw-async`, `raw-threaded`,
+//! `fan-out-16`, `broadcast-16`. Arguments: scenario, N (tasks or messages per round), rounds.
+//! With `COUNT_ALLOCATIONS=1` it also reports heap allocations per task, and by size.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use benches::{
     broadcast_fan_out, publish_fan_out, raw_rayon_spawn_crossbeam, raw_tokio_spawn_channel,
-    request_ids, runtime, started_coordinator, submit_trivial,
+    request_ids, runtime, spawn_then_await, started_coordinator, submit_trivial,
 };
 use coordinator::ExecutionMode;
 
@@ -24,6 +25,8 @@ use coordinator::ExecutionMode;
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Allocations by size, in 16-byte classes (the last one takes everything from 4,080 bytes).
+static SIZES: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 
 /// Counting is off unless asked for (`COUNT_ALLOCATIONS=1`): one counter shared by every thread
 /// slows the scenarios down.
@@ -34,6 +37,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            SIZES[layout.size().min(4095) / 16].fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: the caller's contract is `System`'s.
         unsafe { System.alloc(layout) }
@@ -79,8 +83,8 @@ fn main() {
     for _ in 0..rounds {
         total += match scenario {
             "async" => submit_trivial(&rt, &coordinator, &ids, &ExecutionMode::ASYNC),
-
             "threaded" => submit_trivial(&rt, &coordinator, &ids, &ExecutionMode::THREADED),
+            "async-handles" => spawn_then_await(&rt, &coordinator, &ids),
             "raw-async" => raw_tokio_spawn_channel(&rt, &ids),
             "raw-threaded" => raw_rayon_spawn_crossbeam(&pool, &ids),
             "fan-out-16" => publish_fan_out(&rt, 16, n),
@@ -97,6 +101,18 @@ fn main() {
         let allocations = (ALLOCATIONS.load(Ordering::Relaxed) - allocations_before) as f64
             / (n as f64 * f64::from(rounds.max(1)));
         println!("{allocations:.1} allocations per task (times above include counting them)");
+        // The sizes seen at least once per 100 tasks: which allocations a task makes.
+        let tasks = n as f64 * f64::from(rounds.max(1));
+        for (class, count) in SIZES.iter().enumerate() {
+            let per_task = count.load(Ordering::Relaxed) as f64 / tasks;
+            if per_task >= 0.01 {
+                println!(
+                    "  {}..{} bytes: {per_task:.2} per task",
+                    class * 16,
+                    class * 16 + 16
+                );
+            }
+        }
     }
     rt.block_on(async {
         coordinator.shutdown().await;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use coordinator::{
     BoxError, Coordinator, ExecutionMode, Node, NodeRegistry, PortableNode,
-    RequestCompletionPublisher, RequestId, Task, ThreadedExecutionStrategy,
+    RequestCompletionPublisher, RequestId, SubmitOptions, Task, ThreadedExecutionStrategy,
 };
 use exec_strategies::process::wire;
 use serde::{Deserialize, Serialize};
@@ -271,6 +271,28 @@ pub fn broadcast_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Dur
                 messages,
                 "every message reached every receiver"
             );
+        }
+    });
+    start.elapsed()
+}
+
+/// Spawns one trivial async task per id, keeping the handles, then awaits them in order: the
+/// common alternative to awaiting every `submit` future at once with `join_all`.
+pub fn spawn_then_await(rt: &Runtime, coordinator: &Coordinator, ids: &[RequestId]) -> Duration {
+    let start = Instant::now();
+    rt.block_on(async {
+        let mut handles = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let task = Task::from_fn(id.clone(), "trivial", move || async move {
+                Ok::<_, BoxError>(black_box(i))
+            });
+            let handle = coordinator
+                .try_spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
+                .expect("no limit is set");
+            handles.push(handle);
+        }
+        for handle in handles {
+            handle.await.expect("every trivial task succeeds");
         }
     });
     start.elapsed()
