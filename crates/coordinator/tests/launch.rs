@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, JobResult, RequestCompletionPublisher, SubmitOptions, Task,
-    TaskExecutionStrategy, ThreadedExecutionStrategy, Value, block_on,
+    BoxError, Coordinator, JobResult, RequestCompletionPublisher, RequestHandle, SubmitOptions,
+    Task, TaskExecutionStrategy, ThreadedExecutionStrategy, Value, block_on,
 };
 use futures::StreamExt;
 use support::{Recorder, value_task};
@@ -74,6 +74,28 @@ fn started_with(
     (publisher, coordinator, recorder)
 }
 
+/// A coordinator whose "held" mode keeps every completion, and a request `id` spawned on it.
+async fn spawned_and_held(
+    id: &str,
+) -> (
+    Arc<Holding>,
+    RequestCompletionPublisher,
+    Coordinator,
+    Recorder,
+    RequestHandle<u64>,
+) {
+    let strategy = Arc::new(Holding {
+        keep: true,
+        ..Holding::default()
+    });
+    let (publisher, coordinator, recorder) = started_with("held", strategy.clone());
+    let handle = coordinator
+        .spawn(value_task(id, 1), "held", SubmitOptions::new())
+        .await
+        .unwrap();
+    (strategy, publisher, coordinator, recorder, handle)
+}
+
 #[tokio::test]
 async fn a_launched_task_whose_completion_is_dropped_fails_instead_of_hanging() {
     let (publisher, coordinator, recorder) = started_with("drops", Arc::new(Holding::default()));
@@ -106,15 +128,7 @@ async fn a_launched_task_whose_completion_is_dropped_fails_instead_of_hanging() 
 
 #[tokio::test]
 async fn an_outcome_delivered_after_cancellation_is_ignored() {
-    let strategy = Arc::new(Holding {
-        keep: true,
-        ..Holding::default()
-    });
-    let (publisher, coordinator, recorder) = started_with("held", strategy.clone());
-    let handle = coordinator
-        .spawn(value_task("held", 1), "held", SubmitOptions::new())
-        .await
-        .unwrap();
+    let (strategy, publisher, coordinator, recorder, handle) = spawned_and_held("held").await;
     assert!(
         coordinator.job("held").unwrap().result().is_none(),
         "still open"
@@ -139,15 +153,7 @@ async fn an_outcome_delivered_after_cancellation_is_ignored() {
 
 #[tokio::test]
 async fn an_outcome_delivered_by_hand_closes_the_job_and_answers_the_caller() {
-    let strategy = Arc::new(Holding {
-        keep: true,
-        ..Holding::default()
-    });
-    let (publisher, coordinator, recorder) = started_with("held", strategy.clone());
-    let handle = coordinator
-        .spawn(value_task("h", 1), "held", SubmitOptions::new())
-        .await
-        .unwrap();
+    let (strategy, publisher, coordinator, recorder, handle) = spawned_and_held("h").await;
     let completion = strategy.held.lock().unwrap().pop().unwrap();
     assert!(!completion.is_cancelled());
     completion.complete(Ok(Value::new(7_u64)));
