@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::options::{RetryPolicy, SubmitOptions, sleep_until};
-use crate::request::{Launched, RequestCell, message_of};
+use crate::request::{Launched, RequestCell, message_of, outcome_of};
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -453,12 +453,7 @@ async fn drive(inner: Arc<Inner>, mut request: Box<Request>) {
     if let Err(refused) = publisher.publish(message).await {
         // The bus went away after the request was accepted: close the job here instead.
         tracing::warn!(%refused, "outcome not published; closing the job directly");
-        let outcome = match refused.into_inner() {
-            RequestCompletionMessage::Success(m) => Ok(m.result),
-            RequestCompletionMessage::Failure(m) => Err(m.error),
-            _ => Err(TaskError::strategy("not a terminal message")),
-        };
-        inner.complete(&request_id, outcome);
+        inner.complete(&request_id, outcome_of(refused.into_inner()));
     }
     guard.request_id = None;
 }

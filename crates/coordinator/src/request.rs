@@ -253,7 +253,7 @@ impl Launched {
             let fallback = ClosesUnpublished {
                 inner,
                 request_id,
-                outcome: Some(outcome_of(&message)),
+                outcome: Some(outcome_of(message.clone())),
             };
             runtime.spawn(async move {
                 let mut fallback = fallback;
@@ -263,7 +263,7 @@ impl Launched {
             });
         } else {
             tracing::warn!(%refused, "outcome not published; closing the job directly");
-            inner.complete(&request_id, outcome_of(&refused.into_inner()));
+            inner.complete(&request_id, outcome_of(refused.into_inner()));
         }
     }
 }
@@ -294,10 +294,10 @@ pub(crate) fn message_of(info: TaskInfo, outcome: Outcome) -> RequestCompletionM
 }
 
 /// The outcome a terminal message carries.
-fn outcome_of(message: &RequestCompletionMessage) -> Outcome {
+pub(crate) fn outcome_of(message: RequestCompletionMessage) -> Outcome {
     match message {
-        RequestCompletionMessage::Success(m) => Ok(m.result.clone()),
-        RequestCompletionMessage::Failure(m) => Err(m.error.clone()),
+        RequestCompletionMessage::Success(m) => Ok(m.result),
+        RequestCompletionMessage::Failure(m) => Err(m.error),
         // Never: only terminal messages are made here.
         _ => Err(TaskError::strategy("not a terminal message")),
     }

@@ -208,13 +208,18 @@ async fn launched_outcomes_wait_for_room_when_the_bus_is_full() {
     assert_eq!(reader.await.unwrap(), 50, "one terminal message each");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_threaded_task_cancelled_while_queued_never_starts() {
+/// A coordinator whose "threaded" mode has a pool of one thread.
+fn started_on_one_thread() -> (RequestCompletionPublisher, Coordinator, Recorder) {
     let threaded = ThreadedExecutionStrategy::builder()
         .threads(1)
         .build()
         .unwrap();
-    let (publisher, coordinator, recorder) = started_with("threaded", Arc::new(threaded));
+    started_with("threaded", Arc::new(threaded))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threaded_task_cancelled_while_queued_never_starts() {
+    let (publisher, coordinator, recorder) = started_on_one_thread();
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let busy = Task::blocking("busy", "busy", move || wait.recv().map_err(BoxError::from));
     let ran = Arc::new(AtomicBool::new(false));
@@ -244,11 +249,7 @@ async fn a_threaded_task_cancelled_while_queued_never_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_submitted_after_its_parent_was_cancelled_is_born_cancelled() {
-    let threaded = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
-    let (publisher, coordinator, recorder) = started_with("threaded", Arc::new(threaded));
+    let (publisher, coordinator, recorder) = started_on_one_thread();
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let (report, child_error) = tokio::sync::oneshot::channel();
     let (running, started) = tokio::sync::oneshot::channel();
