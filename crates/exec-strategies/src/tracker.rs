@@ -31,23 +31,15 @@ impl Tracker {
     /// Admits a task unless the tracker is closed.
     pub(crate) fn admit(&self) -> Option<Admission<'_>> {
         self.count_in();
-        let admission = Admission { tracker: self };
-        if self.closed.load(Ordering::SeqCst) {
-            return None;
-        }
-        Some(admission)
+        self.unless_closed(Admission { tracker: self })
     }
 
     /// [`admit`](Self::admit) for a task that outlives the caller's borrow (a launched run).
     pub(crate) fn admit_owned(self: &Arc<Self>) -> Option<OwnedAdmission> {
         self.count_in();
-        let admission = OwnedAdmission {
+        self.unless_closed(OwnedAdmission {
             tracker: Arc::clone(self),
-        };
-        if self.closed.load(Ordering::SeqCst) {
-            return None;
-        }
-        Some(admission)
+        })
     }
 
     /// Counts a task in; the admission made next counts it out when dropped.
@@ -57,6 +49,15 @@ impl Tracker {
         // (a store then a load on different atomics needs them).
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+    }
+
+    /// The admission of a task just counted in, or, once closed, `None` (dropping the admission
+    /// counts the task out again).
+    fn unless_closed<A>(&self, admission: A) -> Option<A> {
+        if self.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(admission)
     }
 
     fn count_out(&self) {
