@@ -39,15 +39,16 @@ async fn values_errors_and_panics_become_outcomes() {
 async fn shutdown_refuses_new_tasks_and_waits_for_running_ones() {
     let s = InlineStrategy::new();
     let (release, hold) = tokio::sync::oneshot::channel::<()>();
+    let (started, running_now) = tokio::sync::oneshot::channel::<()>();
     let running = Task::from_fn("1", "held", move || async move {
+        let _ = started.send(());
         hold.await.ok();
         Ok::<_, BoxError>(1)
     });
     let s2 = s.clone();
     let run = tokio::spawn(async move { s2.execute(running.into_erased()).await });
-    while s.stats().in_flight == 0 {
-        tokio::task::yield_now().await;
-    }
+    // Running, not merely counted: a task counted just before shutdown may still be refused.
+    running_now.await.unwrap();
     let s3 = s.clone();
     let shutting = tokio::spawn(async move { s3.shutdown(Duration::from_secs(30)).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -69,16 +70,16 @@ async fn shutdown_refuses_new_tasks_and_waits_for_running_ones() {
     // The grace period bounds the wait.
     let stuck = InlineStrategy::new();
     let s4 = stuck.clone();
+    let (started, running_now) = tokio::sync::oneshot::channel::<()>();
     let _forever = tokio::spawn(async move {
-        let t = Task::from_fn("3", "stuck", || async {
+        let t = Task::from_fn("3", "stuck", move || async move {
+            let _ = started.send(());
             std::future::pending::<()>().await;
             Ok::<_, BoxError>(())
         });
         s4.execute(t.into_erased()).await
     });
-    while stuck.stats().in_flight == 0 {
-        tokio::task::yield_now().await;
-    }
+    running_now.await.unwrap();
     stuck.shutdown(Duration::from_millis(20)).await;
 }
 

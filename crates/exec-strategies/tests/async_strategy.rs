@@ -62,18 +62,19 @@ async fn blocking_nodes_run_off_the_runtime_thread() {
 async fn shutdown_refuses_new_tasks_and_waits_for_running_ones() {
     let s = AsyncExecutionStrategy::new();
     let (release, released) = oneshot::channel::<()>();
+    let (started, running_now) = oneshot::channel::<()>();
     let finished = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&finished);
     let running = Task::from_fn("1", "slow", move || async move {
+        let _ = started.send(());
         released.await.ok();
         flag.store(true, Ordering::SeqCst);
         Ok::<_, BoxError>(())
     });
     let s2 = s.clone();
     let in_flight = tokio::spawn(async move { s2.execute(running.into_erased()).await });
-    while s.stats().in_flight == 0 {
-        tokio::task::yield_now().await;
-    }
+    // Running, not merely counted: a task counted just before shutdown may still be refused.
+    running_now.await.unwrap();
     let s3 = s.clone();
     let shutting = tokio::spawn(async move { s3.shutdown(Duration::from_secs(30)).await });
     while s.stats().accepting {
@@ -103,15 +104,16 @@ async fn shutdown_refuses_new_tasks_and_waits_for_running_ones() {
 async fn shutdown_gives_up_after_its_grace_period() {
     let s = AsyncExecutionStrategy::new();
     let (_keep, never) = oneshot::channel::<()>();
+    let (started, running_now) = oneshot::channel::<()>();
     let stuck = Task::from_fn("1", "stuck", move || async move {
+        let _ = started.send(());
         never.await.ok();
         Ok::<_, BoxError>(())
     });
     let s2 = s.clone();
     let _task = tokio::spawn(async move { s2.execute(stuck.into_erased()).await });
-    while s.stats().in_flight == 0 {
-        tokio::task::yield_now().await;
-    }
+    // Running, not merely counted: a task counted just before shutdown may still be refused.
+    running_now.await.unwrap();
     s.shutdown(Duration::from_millis(50)).await;
     assert_eq!(s.stats().in_flight, 1);
 }

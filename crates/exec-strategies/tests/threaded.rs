@@ -139,15 +139,16 @@ async fn shutdown_refuses_new_tasks_waits_for_running_ones_and_is_idempotent() {
         .build()
         .unwrap();
     let (release, released) = std::sync::mpsc::channel::<()>();
+    let (started, running_now) = tokio::sync::oneshot::channel::<()>();
     let slow = Task::blocking("1", "slow", move || {
+        let _ = started.send(());
         released.recv().ok();
         Ok::<_, BoxError>("done")
     });
     let s2 = s.clone();
     let call = tokio::spawn(async move { s2.execute(slow.into_erased()).await });
-    while s.stats().in_flight == 0 {
-        tokio::task::yield_now().await;
-    }
+    // Running, not merely counted: a task counted just before shutdown may still be refused.
+    running_now.await.unwrap();
     let mut shutting = Box::pin(s.shutdown(Duration::from_secs(30)));
     assert!(
         (&mut shutting).now_or_never().is_none(),
