@@ -203,9 +203,12 @@ impl fmt::Debug for CoordinatorBuilder {
     }
 }
 
-struct Started {
-    publisher: RequestCompletionPublisher,
+pub(crate) struct Started {
+    pub(crate) publisher: RequestCompletionPublisher,
     subscriber: SubscriberId,
+    /// The runtime `start` ran on: where a launched request that finished on a thread of no
+    /// runtime waits for room on a full bus.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What the coordinator keeps about an open request besides its job.
@@ -297,7 +300,7 @@ struct Table {
 pub(crate) struct Inner {
     modes: HashMap<ExecutionMode, Arc<Mode>>,
     grace: Duration,
-    started: OnceLock<Started>,
+    pub(crate) started: OnceLock<Started>,
     closing: AtomicBool,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     past_deadline: AtomicBool,
@@ -687,6 +690,7 @@ impl Coordinator {
         let started = Started {
             publisher: publisher.clone(),
             subscriber,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         };
         if let Err(lost) = self.inner.started.set(started) {
             // Another `start` won the race; withdraw this subscriber.
@@ -859,7 +863,7 @@ impl Coordinator {
         &self,
         mut task: ErasedTask,
         mode: &ExecutionMode,
-    ) -> Result<(ErasedTask, Arc<Mode>), SubmitError> {
+    ) -> Result<(ErasedTask, &Arc<Mode>), SubmitError> {
         let inner = &self.inner;
         if inner.started.get().is_none() {
             return Err(SubmitError::new(SubmitKind::NotStarted));
@@ -870,7 +874,6 @@ impl Coordinator {
         let entry = inner
             .modes
             .get(mode)
-            .cloned()
             .ok_or_else(|| SubmitError::new(SubmitKind::UnknownMode(mode.clone())))?;
         if task.info().parent_id().is_none()
             && let Some(parent) = current_node()
@@ -906,7 +909,7 @@ impl Coordinator {
                             .acquire_owned()
                             .await
                             .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
-                        self.accept(task, mode, &entry, options, Some(permit))
+                        self.accept(task, mode, entry, options, Some(permit))
                     });
                     return Ok(Admission::Wait(Waiting {
                         mode: wait_mode,
@@ -915,7 +918,7 @@ impl Coordinator {
                 }
             },
         };
-        self.accept(task, mode, &entry, options, permit)
+        self.accept(task, mode, entry, options, permit)
             .map(|accepted| Admission::Accepted(Some(accepted)))
     }
 
@@ -965,9 +968,7 @@ impl Coordinator {
             cell.set_launched(Launched {
                 inner: Arc::clone(inner),
                 info: task.info().clone(),
-                publisher: started.publisher.clone(),
                 permit: permit.take(),
-                runtime: runtime.clone(),
             });
         }
         let born_cancelled = {

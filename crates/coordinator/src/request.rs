@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
-use pubsub::{
-    RequestCompletionMessage, RequestCompletionPublisher, RequestFailure, RequestSuccess,
-};
+use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
 use task_core::{CompletionSink, NodeId, Outcome, TaskError, TaskInfo};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -218,14 +216,14 @@ impl CompletionSink for RequestCell {
     }
 }
 
-/// What a launched request needs to publish its outcome.
+/// What a launched request needs to publish its outcome. The bus and the runtime are the
+/// coordinator's (shared, not cloned per request: their reference counts would bounce between
+/// the submitting thread and the one the request finishes on).
 pub(crate) struct Launched {
     pub(crate) inner: Arc<Inner>,
     pub(crate) info: TaskInfo,
-    pub(crate) publisher: RequestCompletionPublisher,
     /// Its place under its mode's concurrency limit, released when it ends.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
-    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl Launched {
@@ -235,26 +233,38 @@ impl Launched {
         let Launched {
             inner,
             info,
-            publisher,
             permit,
-            runtime,
         } = self;
         drop(permit);
         let request_id = info.request_id().clone();
+        let Some(started) = inner.started.get() else {
+            // Never: a request is launched only by a started coordinator.
+            inner.complete(&request_id, outcome);
+            return;
+        };
         let message = message_of(info, outcome);
-        let refused = match publisher.try_publish(message) {
+        let refused = match started.publisher.try_publish(message) {
             Ok(()) => return,
             Err(refused) => refused,
         };
-        if refused.is_full() {
-            // The bus is a whole capacity ahead of its slowest subscriber: wait for room on a task
-            // of its own, never on the thread that delivered the outcome.
+        // The bus is a whole capacity ahead of its slowest subscriber: wait for room on a task of
+        // its own (on this thread's runtime, else the coordinator's), never on the thread that
+        // delivered the outcome.
+        let runtime = if refused.is_full() {
+            tokio::runtime::Handle::try_current()
+                .ok()
+                .or_else(|| started.runtime.clone())
+        } else {
+            None
+        };
+        if let Some(runtime) = runtime {
             let message = refused.into_inner();
             let fallback = ClosesUnpublished {
-                inner,
+                inner: Arc::clone(&inner),
                 request_id,
                 outcome: Some(outcome_of(message.clone())),
             };
+            let publisher = started.publisher.clone();
             runtime.spawn(async move {
                 let mut fallback = fallback;
                 if publisher.publish(message).await.is_ok() {

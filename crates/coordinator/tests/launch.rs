@@ -167,22 +167,20 @@ async fn an_outcome_delivered_by_hand_closes_the_job_and_answers_the_caller() {
     assert_eq!(recorder.terminal_counts()["h"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn launched_outcomes_wait_for_room_when_the_bus_is_full() {
-    // A ring of 2 and a subscriber that reads nothing until every request has run.
-    let publisher = RequestCompletionPublisher::with_capacity(2);
-    publisher.start().unwrap();
+/// Runs 50 requests made by `task` on `mode` through a bus with a ring of 2 and a subscriber
+/// that reads nothing until every request has run: the outcomes wait for room, none is lost.
+async fn outcomes_wait_for_room(
+    coordinator: Coordinator,
+    publisher: RequestCompletionPublisher,
+    mode: &'static str,
+    task: impl Fn(usize) -> Task<u64>,
+) {
     let mut slow = publisher.subscribe_stream().unwrap();
-    let coordinator = Coordinator::builder().with_async().build();
     coordinator.start(&publisher).unwrap();
     let mut handles = Vec::new();
     for i in 0..50 {
         let handle = coordinator
-            .spawn(
-                value_task(&format!("r{i}"), i),
-                "async",
-                SubmitOptions::new(),
-            )
+            .spawn(task(i), mode, SubmitOptions::new())
             .await
             .unwrap();
         handles.push(handle);
@@ -206,6 +204,57 @@ async fn launched_outcomes_wait_for_room_when_the_bus_is_full() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     assert_eq!(reader.await.unwrap(), 50, "one terminal message each");
+}
+
+fn small_bus() -> RequestCompletionPublisher {
+    let publisher = RequestCompletionPublisher::with_capacity(2);
+    publisher.start().unwrap();
+    publisher
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launched_outcomes_wait_for_room_when_the_bus_is_full() {
+    let coordinator = Coordinator::builder().with_async().build();
+    outcomes_wait_for_room(coordinator, small_bus(), "async", |i| {
+        value_task(&format!("r{i}"), i as u64)
+    })
+    .await;
+}
+
+/// A strategy that launches every task on a thread of its own, outside any runtime.
+struct OnPlainThreads;
+
+impl TaskExecutionStrategy for OnPlainThreads {
+    fn execute(&self, _task: ErasedTask) -> BoxFuture<'_, Outcome> {
+        Box::pin(async { Err(TaskError::strategy("every task should have been launched")) })
+    }
+
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn can_launch(&self, _task: &ErasedTask) -> bool {
+        true
+    }
+
+    fn launch(&self, task: ErasedTask, completion: Completion) {
+        std::thread::spawn(move || {
+            completion.complete(futures::executor::block_on(task.run_inline()));
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_finished_off_the_runtime_wait_for_room_on_the_coordinators_runtime() {
+    // Its threads belong to no runtime: their full-bus waits run on the one the coordinator
+    // was started on.
+    let coordinator = Coordinator::builder()
+        .strategy("plain", OnPlainThreads)
+        .build();
+    outcomes_wait_for_room(coordinator, small_bus(), "plain", |i| {
+        value_task(&format!("r{i}"), i as u64)
+    })
+    .await;
 }
 
 /// A coordinator whose "threaded" mode has a pool of one thread.
