@@ -158,12 +158,14 @@ impl CoordinatorBuilder {
     /// The coordinator. It takes no tasks until [`Coordinator::start`] gives it a publisher.
     pub fn build(self) -> Coordinator {
         let limits = self.limits;
-        let modes = self
+        let modes: HashMap<ExecutionMode, Arc<Mode>> = self
             .modes
             .into_iter()
-            .map(|(mode, strategy)| {
+            .enumerate()
+            .map(|(index, (mode, strategy))| {
                 let limit = limits.get(&mode).map(|&n| Arc::new(Semaphore::new(n)));
                 let entry = Arc::new(Mode {
+                    index,
                     strategy,
                     limit,
                     counters: ModeCounters::default(),
@@ -171,9 +173,12 @@ impl CoordinatorBuilder {
                 (mode, entry)
             })
             .collect();
+        let mut mode_list: Vec<Arc<Mode>> = modes.values().cloned().collect();
+        mode_list.sort_by_key(|entry| entry.index);
         Coordinator {
             inner: Arc::new(Inner {
                 modes,
+                mode_list,
                 grace: self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
                 started: OnceLock::new(),
                 closing: AtomicBool::new(false),
@@ -215,8 +220,9 @@ pub(crate) struct Started {
 struct Open {
     /// Shared with the caller's handle (answered when the job closes) and whatever runs it.
     cell: Arc<RequestCell>,
-    /// The mode it runs under (for its counters).
-    mode: Arc<Mode>,
+    /// The position of the mode it runs under in `Inner::mode_list` (for its counters): an index,
+    /// not a reference count that the submitting and the closing threads would both write.
+    mode: usize,
 }
 
 impl Drop for Open {
@@ -233,6 +239,8 @@ impl Drop for Open {
 /// A registered mode: its strategy, its concurrency limit and its request counters, found with
 /// one lookup per submission.
 struct Mode {
+    /// Its position in `Inner::mode_list`.
+    index: usize,
     strategy: StrategyRef,
     limit: Option<Arc<Semaphore>>,
     counters: ModeCounters,
@@ -299,6 +307,8 @@ struct Table {
 
 pub(crate) struct Inner {
     modes: HashMap<ExecutionMode, Arc<Mode>>,
+    /// The same modes, by [`Mode::index`].
+    mode_list: Vec<Arc<Mode>>,
     grace: Duration,
     pub(crate) started: OnceLock<Started>,
     closing: AtomicBool,
@@ -335,8 +345,8 @@ impl Inner {
             {
                 table.by_node.remove(open.cell.node_id());
             }
-            if let Some(open) = &open {
-                open.mode.counters.close(result);
+            if let Some(mode) = open.as_ref().and_then(|open| self.mode_list.get(open.mode)) {
+                mode.counters.close(result);
             }
             (open, table.state.counts().opened == 0)
         };
@@ -940,7 +950,7 @@ impl Coordinator {
         if inner.closing.load(Ordering::SeqCst) {
             return Err(SubmitError::new(SubmitKind::ShutDown));
         }
-        let strategy = Arc::clone(&entry.strategy);
+        let strategy = &entry.strategy;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| SubmitError::new(SubmitKind::NoRuntime))?;
         if !started.publisher.is_running() {
@@ -992,7 +1002,7 @@ impl Coordinator {
                 request_id.clone(),
                 Open {
                     cell: Arc::clone(&cell),
-                    mode: Arc::clone(entry),
+                    mode: entry.index,
                 },
             );
             born_cancelled
@@ -1012,7 +1022,7 @@ impl Coordinator {
             // Boxed: it is most of what the driver holds, and a small driver future is cheaper
             // to spawn.
             let request = Box::new(Request {
-                strategy,
+                strategy: Arc::clone(strategy),
                 task,
                 publisher: started.publisher.clone(),
                 cell: Arc::clone(&cell),

@@ -155,3 +155,47 @@ async fn a_request_accepted_just_before_shutdown_still_runs() {
     assert_eq!(call.await.unwrap(), 3);
     assert_eq!(coordinator.counts().succeeded, 1);
 }
+
+#[tokio::test]
+async fn each_mode_counts_its_own_requests() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .strategy("one", CountingInline::default())
+        .strategy("two", CountingInline::default())
+        .strategy("three", CountingInline::default())
+        .build();
+    coordinator.start(&publisher).unwrap();
+    // A different number of successes and failures per mode, interleaved.
+    let plan = [
+        ("async", 1, 0),
+        ("one", 2, 1),
+        ("two", 3, 2),
+        ("three", 0, 3),
+    ];
+    for round in 0..3 {
+        for (mode, successes, failures) in plan {
+            if round < successes {
+                let id = format!("{mode}-ok-{round}");
+                coordinator.submit(value_task(&id, 1), mode).await.unwrap();
+            }
+            if round < failures {
+                let id = format!("{mode}-bad-{round}");
+                let failing: Task<()> = Task::from_fn(id, "bad", || async { Err("no") });
+                coordinator.submit(failing, mode).await.unwrap_err();
+            }
+        }
+    }
+    let requests = coordinator.system_detail().requests;
+    for (mode, successes, failures) in plan {
+        let counts = requests[mode];
+        assert_eq!(
+            (counts.in_flight, counts.succeeded, counts.failed),
+            (0, successes as u64, failures as u64),
+            "{mode}"
+        );
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
