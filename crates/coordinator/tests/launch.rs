@@ -15,15 +15,33 @@ use futures::StreamExt;
 use support::{Recorder, value_task};
 use task_core::{BoxFuture, Completion, ErasedTask, Outcome, TaskError};
 
-/// A strategy that launches every task and does with its completion what `keep` says: keeps it
-/// (to deliver later by hand), or drops it at once.
-#[derive(Default)]
-struct Holding {
-    keep: bool,
+/// What a [`Launching`] strategy does with each task it launches.
+#[derive(Clone, Copy)]
+enum Launch {
+    /// Drops the task and its completion at once.
+    Drop,
+    /// Keeps the completion, to deliver later by hand.
+    Hold,
+    /// Runs the task on a thread of its own, outside any runtime.
+    OnPlainThread,
+}
+
+/// A strategy that launches every task and does with it what `how` says.
+struct Launching {
+    how: Launch,
     held: Mutex<Vec<Completion>>,
 }
 
-impl TaskExecutionStrategy for Holding {
+impl Launching {
+    fn new(how: Launch) -> Self {
+        Self {
+            how,
+            held: Mutex::default(),
+        }
+    }
+}
+
+impl TaskExecutionStrategy for Launching {
     fn execute(&self, _task: ErasedTask) -> BoxFuture<'_, Outcome> {
         Box::pin(async { Err(TaskError::strategy("every task should have been launched")) })
     }
@@ -36,9 +54,15 @@ impl TaskExecutionStrategy for Holding {
         true
     }
 
-    fn launch(&self, _task: ErasedTask, completion: Completion) {
-        if self.keep {
-            self.held.lock().unwrap().push(completion);
+    fn launch(&self, task: ErasedTask, completion: Completion) {
+        match self.how {
+            Launch::Drop => {}
+            Launch::Hold => self.held.lock().unwrap().push(completion),
+            Launch::OnPlainThread => {
+                std::thread::spawn(move || {
+                    completion.complete(futures::executor::block_on(task.run_inline()));
+                });
+            }
         }
     }
 }
@@ -78,16 +102,13 @@ fn started_with(
 async fn spawned_and_held(
     id: &str,
 ) -> (
-    Arc<Holding>,
+    Arc<Launching>,
     RequestCompletionPublisher,
     Coordinator,
     Recorder,
     RequestHandle<u64>,
 ) {
-    let strategy = Arc::new(Holding {
-        keep: true,
-        ..Holding::default()
-    });
+    let strategy = Arc::new(Launching::new(Launch::Hold));
     let (publisher, coordinator, recorder) = started_with("held", strategy.clone());
     let handle = coordinator
         .spawn(value_task(id, 1), "held", SubmitOptions::new())
@@ -98,7 +119,8 @@ async fn spawned_and_held(
 
 #[tokio::test]
 async fn a_launched_task_whose_completion_is_dropped_fails_instead_of_hanging() {
-    let (publisher, coordinator, recorder) = started_with("drops", Arc::new(Holding::default()));
+    let (publisher, coordinator, recorder) =
+        started_with("drops", Arc::new(Launching::new(Launch::Drop)));
     let error = coordinator
         .submit(value_task("lost", 1), "drops")
         .await
@@ -221,35 +243,12 @@ async fn launched_outcomes_wait_for_room_when_the_bus_is_full() {
     .await;
 }
 
-/// A strategy that launches every task on a thread of its own, outside any runtime.
-struct OnPlainThreads;
-
-impl TaskExecutionStrategy for OnPlainThreads {
-    fn execute(&self, _task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(async { Err(TaskError::strategy("every task should have been launched")) })
-    }
-
-    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-
-    fn can_launch(&self, _task: &ErasedTask) -> bool {
-        true
-    }
-
-    fn launch(&self, task: ErasedTask, completion: Completion) {
-        std::thread::spawn(move || {
-            completion.complete(futures::executor::block_on(task.run_inline()));
-        });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_finished_off_the_runtime_wait_for_room_on_the_coordinators_runtime() {
     // Its threads belong to no runtime: their full-bus waits run on the one the coordinator
     // was started on.
     let coordinator = Coordinator::builder()
-        .strategy("plain", OnPlainThreads)
+        .strategy("plain", Launching::new(Launch::OnPlainThread))
         .build();
     outcomes_wait_for_room(coordinator, small_bus(), "plain", |i| {
         value_task(&format!("r{i}"), i as u64)
