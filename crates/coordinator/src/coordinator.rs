@@ -158,27 +158,26 @@ impl CoordinatorBuilder {
     /// The coordinator. It takes no tasks until [`Coordinator::start`] gives it a publisher.
     pub fn build(self) -> Coordinator {
         let limits = self.limits;
-        let modes: HashMap<ExecutionMode, Arc<Mode>> = self
+        let modes: Vec<Mode> = self
             .modes
             .into_iter()
             .enumerate()
-            .map(|(index, (mode, strategy))| {
-                let limit = limits.get(&mode).map(|&n| Arc::new(Semaphore::new(n)));
-                let entry = Arc::new(Mode {
-                    index,
-                    strategy,
-                    limit,
-                    counters: ModeCounters::default(),
-                });
-                (mode, entry)
+            .map(|(index, (name, strategy))| Mode {
+                index,
+                limit: limits.get(&name).map(|&n| Arc::new(Semaphore::new(n))),
+                name,
+                strategy,
+                counters: ModeCounters::default(),
             })
             .collect();
-        let mut mode_list: Vec<Arc<Mode>> = modes.values().cloned().collect();
-        mode_list.sort_by_key(|entry| entry.index);
+        let mode_index = modes
+            .iter()
+            .map(|mode| (mode.name.clone(), mode.index))
+            .collect();
         Coordinator {
             inner: Arc::new(Inner {
                 modes,
-                mode_list,
+                mode_index,
                 grace: self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
                 started: OnceLock::new(),
                 closing: AtomicBool::new(false),
@@ -220,7 +219,7 @@ pub(crate) struct Started {
 struct Open {
     /// Shared with the caller's handle (answered when the job closes) and whatever runs it.
     cell: Arc<RequestCell>,
-    /// The position of the mode it runs under in `Inner::mode_list` (for its counters): an index,
+    /// The position of the mode it runs under in `Inner::modes` (for its counters): an index,
     /// not a reference count that the submitting and the closing threads would both write.
     mode: usize,
 }
@@ -239,8 +238,9 @@ impl Drop for Open {
 /// A registered mode: its strategy, its concurrency limit and its request counters, found with
 /// one lookup per submission.
 struct Mode {
-    /// Its position in `Inner::mode_list`.
+    /// Its position in `Inner::modes`.
     index: usize,
+    name: ExecutionMode,
     strategy: StrategyRef,
     limit: Option<Arc<Semaphore>>,
     counters: ModeCounters,
@@ -306,9 +306,10 @@ struct Table {
 }
 
 pub(crate) struct Inner {
-    modes: HashMap<ExecutionMode, Arc<Mode>>,
-    /// The same modes, by [`Mode::index`].
-    mode_list: Vec<Arc<Mode>>,
+    /// Every registered mode, at its [`Mode::index`].
+    modes: Vec<Mode>,
+    /// The position of each mode in `modes`, by name.
+    mode_index: HashMap<ExecutionMode, usize>,
     grace: Duration,
     pub(crate) started: OnceLock<Started>,
     closing: AtomicBool,
@@ -345,7 +346,7 @@ impl Inner {
             {
                 table.by_node.remove(open.cell.node_id());
             }
-            if let Some(mode) = open.as_ref().and_then(|open| self.mode_list.get(open.mode)) {
+            if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
                 mode.counters.close(result);
             }
             (open, table.state.counts().opened == 0)
@@ -673,7 +674,7 @@ impl Coordinator {
 
     /// The modes this coordinator can run tasks in, sorted.
     pub fn modes(&self) -> Vec<ExecutionMode> {
-        let mut modes: Vec<_> = self.inner.modes.keys().cloned().collect();
+        let mut modes: Vec<_> = self.inner.modes.iter().map(|m| m.name.clone()).collect();
         modes.sort();
         modes
     }
@@ -873,7 +874,7 @@ impl Coordinator {
         &self,
         mut task: ErasedTask,
         mode: &ExecutionMode,
-    ) -> Result<(ErasedTask, &Arc<Mode>), SubmitError> {
+    ) -> Result<(ErasedTask, &Mode), SubmitError> {
         let inner = &self.inner;
         if inner.started.get().is_none() {
             return Err(SubmitError::new(SubmitKind::NotStarted));
@@ -882,8 +883,9 @@ impl Coordinator {
             return Err(SubmitError::new(SubmitKind::ShutDown));
         }
         let entry = inner
-            .modes
+            .mode_index
             .get(mode)
+            .and_then(|&index| inner.modes.get(index))
             .ok_or_else(|| SubmitError::new(SubmitKind::UnknownMode(mode.clone())))?;
         if task.info().parent_id().is_none()
             && let Some(parent) = current_node()
@@ -938,7 +940,7 @@ impl Coordinator {
         &self,
         task: ErasedTask,
         mode: ExecutionMode,
-        entry: &Arc<Mode>,
+        entry: &Mode,
         options: SubmitOptions,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Accepted, SubmitError> {
@@ -1057,13 +1059,13 @@ impl Coordinator {
             .inner
             .modes
             .iter()
-            .map(|(mode, entry)| (mode.to_string(), entry.strategy.stats()))
+            .map(|mode| (mode.name.to_string(), mode.strategy.stats()))
             .collect();
         let requests = self
             .inner
             .modes
             .iter()
-            .map(|(mode, entry)| (mode.to_string(), entry.counters.snapshot()))
+            .map(|mode| (mode.name.to_string(), mode.counters.snapshot()))
             .collect();
         SystemDetail {
             accepting: self.is_accepting(),
@@ -1112,11 +1114,7 @@ impl Coordinator {
         let deadline = Instant::now() + grace;
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
-        for limit in inner
-            .modes
-            .values()
-            .filter_map(|entry| entry.limit.as_ref())
-        {
+        for limit in inner.modes.iter().filter_map(|mode| mode.limit.as_ref()) {
             limit.close();
         }
         let drained =
@@ -1159,7 +1157,7 @@ impl Coordinator {
             .strategies_shut
             .get_or_init(|| async {
                 let mut unique: Vec<&StrategyRef> = Vec::new();
-                for strategy in inner.modes.values().map(|entry| &entry.strategy) {
+                for strategy in inner.modes.iter().map(|mode| &mode.strategy) {
                     if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
                         unique.push(strategy);
                     }
