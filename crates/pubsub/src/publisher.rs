@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use task_core::panic_message;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::{Notify, oneshot};
@@ -279,7 +279,20 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         let mut subscription = self.subscribe_stream()?;
         let id = subscription.id;
         let task = runtime.spawn(async move {
-            while let Some(message) = subscription.recv().await {
+            loop {
+                // Nothing queued: yield once before sleeping. A busy publisher on another thread
+                // usually writes the next message meanwhile, and the subscriber reads it without
+                // being woken; sleeping at once costs a cross-thread wake-up per message instead.
+                let message = match subscription.recv().now_or_never() {
+                    Some(message) => message,
+                    None => {
+                        tokio::task::yield_now().await;
+                        subscription.recv().await
+                    }
+                };
+                let Some(message) = message else {
+                    break;
+                };
                 if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(message))) {
                     let reason = panic_message(payload.as_ref());
                     tracing::warn!(subscriber = id, %reason, "subscriber panicked; it keeps receiving");
