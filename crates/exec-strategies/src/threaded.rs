@@ -286,13 +286,15 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
                 _ => None,
             };
             let (info, body) = task.into_parts();
+            let node_id = info.node_id().clone();
+            drop(info);
             let runtime = tokio::runtime::Handle::try_current().ok();
             let signal = Arc::clone(&inner.signal);
             let (sender, receiver) = oneshot::channel();
             inner.pool.spawn(move || {
                 let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
                 let _pool = PoolScope::enter(&signal);
-                let _node = task_core::context::enter_node(info.node_id().clone());
+                let _node = task_core::context::enter_node(node_id);
                 let _ = sender.send(run_on_pool_thread(body));
             });
             // Threads waiting in `block_on` may run the new work.
@@ -336,6 +338,10 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
             return completion.complete(Err(TaskError::shutdown("threaded")));
         };
         let (info, body) = task.into_parts();
+        // Only the node id goes to the pool thread: a smaller job, and a pool's job small enough
+        // is freed there without taking the allocator's lock that the submitting thread takes.
+        let node_id = info.node_id().clone();
+        drop(info);
         let runtime = tokio::runtime::Handle::try_current().ok();
         let signal = Arc::clone(&inner.signal);
         // Dropped unrun (the pool went away), the completion delivers a failure.
@@ -346,7 +352,7 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
             }
             let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
             let _pool = PoolScope::enter(&signal);
-            let _node = task_core::context::enter_node(info.node_id().clone());
+            let _node = task_core::context::enter_node(node_id);
             let outcome = completion.in_scope(|| run_on_pool_thread(body));
             admission.tracker().record(&outcome);
             completion.complete(outcome);
