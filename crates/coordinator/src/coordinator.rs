@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::options::{RetryPolicy, SubmitOptions, sleep_until};
-use crate::request::{Launched, RequestCell, message_of, outcome_of};
+use crate::request::{Launched, Overflow, RequestCell, message_of, outcome_of};
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -189,6 +189,7 @@ impl CoordinatorBuilder {
                     by_node: IdMap::default(),
                 }),
                 drained: Notify::new(),
+                overflow: Overflow::default(),
             }),
         }
     }
@@ -319,6 +320,8 @@ pub(crate) struct Inner {
     table: Mutex<Table>,
     /// Woken whenever the last open job closes.
     drained: Notify,
+    /// Outcomes of launched requests that found the bus full, waiting for room.
+    pub(crate) overflow: Overflow,
 }
 
 impl Inner {

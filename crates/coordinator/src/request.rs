@@ -7,13 +7,14 @@
 //! also keeps here what publishing its outcome needs, taken exactly once by whichever comes first:
 //! the run's outcome or a cancellation.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
-use task_core::{CompletionSink, NodeId, Outcome, TaskError, TaskInfo};
+use task_core::{CompletionSink, NodeId, Outcome, RequestId, TaskError, TaskInfo};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::coordinator::{CURRENT_NODE, Inner, NodeScope};
@@ -243,54 +244,131 @@ impl Launched {
             return;
         };
         let message = message_of(info, outcome);
-        let refused = match started.publisher.try_publish(message) {
-            Ok(()) => return,
-            Err(refused) => refused,
-        };
-        // The bus is a whole capacity ahead of its slowest subscriber: wait for room on a task of
-        // its own (on this thread's runtime, else the coordinator's), never on the thread that
-        // delivered the outcome.
-        let runtime = if refused.is_full() {
-            tokio::runtime::Handle::try_current()
-                .ok()
-                .or_else(|| started.runtime.clone())
+        // While earlier outcomes wait for room, this one queues behind them instead of
+        // overtaking them.
+        let message = if inner.overflow.waiting.load(Ordering::SeqCst) {
+            message
         } else {
-            None
-        };
-        if let Some(runtime) = runtime {
-            let message = refused.into_inner();
-            let fallback = ClosesUnpublished {
-                inner: Arc::clone(&inner),
-                request_id,
-                outcome: Some(outcome_of(message.clone())),
-            };
-            let publisher = started.publisher.clone();
-            runtime.spawn(async move {
-                let mut fallback = fallback;
-                if publisher.publish(message).await.is_ok() {
-                    fallback.outcome = None;
+            match started.publisher.try_publish(message) {
+                Ok(()) => return,
+                Err(refused) if refused.is_full() => refused.into_inner(),
+                Err(refused) => {
+                    tracing::warn!(%refused, "outcome not published; closing the job directly");
+                    inner.complete(&request_id, outcome_of(refused.into_inner()));
+                    return;
                 }
-            });
-        } else {
-            tracing::warn!(%refused, "outcome not published; closing the job directly");
-            inner.complete(&request_id, outcome_of(refused.into_inner()));
+            }
+        };
+        // The bus is a whole capacity ahead of its slowest subscriber: the outcome waits for room
+        // in the coordinator's queue, published by one task (on this thread's runtime, else the
+        // coordinator's), never on the thread that delivered it.
+        let Some(runtime) = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| started.runtime.clone())
+        else {
+            tracing::warn!(
+                request_id = %request_id,
+                "no runtime to wait for room on the bus; closing the job directly"
+            );
+            inner.complete(&request_id, outcome_of(message));
+            return;
+        };
+        if inner.overflow.push(request_id, message) {
+            let drain = Drain {
+                inner: Arc::clone(&inner),
+                current: None,
+                done: false,
+            };
+            runtime.spawn(drain.run());
         }
     }
 }
 
-/// Closes the job of a request whose outcome did not reach the bus (refused, or the runtime
-/// dropped the publish), so no job stays open.
-struct ClosesUnpublished {
-    inner: Arc<Inner>,
-    request_id: task_core::RequestId,
-    /// `None` once published.
-    outcome: Option<Outcome>,
+/// Outcomes of launched requests that found the bus full, published in the order they came by
+/// one task: a burst of outcomes past the bus's capacity costs a queue entry each, not a task
+/// each.
+#[derive(Default)]
+pub(crate) struct Overflow {
+    /// Set while outcomes wait (read without the lock by every outcome published).
+    waiting: AtomicBool,
+    queue: Mutex<Queue>,
 }
 
-impl Drop for ClosesUnpublished {
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<(RequestId, RequestCompletionMessage)>,
+    /// Whether a task is publishing the queue.
+    draining: bool,
+}
+
+impl Overflow {
+    /// Queues `message`; true when no task publishes the queue yet (the caller starts one).
+    fn push(&self, request_id: RequestId, message: RequestCompletionMessage) -> bool {
+        let mut queue = lock(&self.queue);
+        queue.messages.push_back((request_id, message));
+        self.waiting.store(true, Ordering::SeqCst);
+        !std::mem::replace(&mut queue.draining, true)
+    }
+
+    /// The next waiting outcome; `None` when there is none, and then the publishing task stops.
+    fn pop(&self) -> Option<(RequestId, RequestCompletionMessage)> {
+        let mut queue = lock(&self.queue);
+        let next = queue.messages.pop_front();
+        if next.is_none() {
+            queue.draining = false;
+            self.waiting.store(false, Ordering::SeqCst);
+        }
+        next
+    }
+
+    /// Every waiting outcome, for a publishing task that is dropped before it is done.
+    fn take_all(&self) -> VecDeque<(RequestId, RequestCompletionMessage)> {
+        let mut queue = lock(&self.queue);
+        queue.draining = false;
+        self.waiting.store(false, Ordering::SeqCst);
+        std::mem::take(&mut queue.messages)
+    }
+}
+
+/// The task that publishes the waiting outcomes. Dropped before it is done (its runtime shut
+/// down), it closes the job of every outcome it did not publish directly, so no job stays open.
+struct Drain {
+    inner: Arc<Inner>,
+    /// The outcome being published, until the bus takes it.
+    current: Option<(RequestId, Outcome)>,
+    /// Set once the queue is empty and nothing is left to close.
+    done: bool,
+}
+
+impl Drain {
+    async fn run(mut self) {
+        let inner = Arc::clone(&self.inner);
+        // Always set: outcomes are queued only by a started coordinator.
+        if let Some(started) = inner.started.get() {
+            while let Some((request_id, message)) = inner.overflow.pop() {
+                self.current = Some((request_id, outcome_of(message.clone())));
+                let published = started.publisher.publish(message).await;
+                if let (Err(refused), Some((request_id, _))) = (published, self.current.take()) {
+                    // Shut down meanwhile: close the job directly, as a refused outcome is.
+                    tracing::warn!(%refused, "outcome not published; closing the job directly");
+                    inner.complete(&request_id, outcome_of(refused.into_inner()));
+                }
+            }
+            self.done = true;
+        }
+    }
+}
+
+impl Drop for Drain {
     fn drop(&mut self) {
-        if let Some(outcome) = self.outcome.take() {
-            self.inner.complete(&self.request_id, outcome);
+        if self.done {
+            return;
+        }
+        if let Some((request_id, outcome)) = self.current.take() {
+            self.inner.complete(&request_id, outcome);
+        }
+        for (request_id, message) in self.inner.overflow.take_all() {
+            self.inner.complete(&request_id, outcome_of(message));
         }
     }
 }

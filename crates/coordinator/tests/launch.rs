@@ -256,6 +256,60 @@ async fn outcomes_finished_off_the_runtime_wait_for_room_on_the_coordinators_run
     .await;
 }
 
+#[test]
+fn outcomes_waiting_for_room_when_their_runtime_stops_close_their_jobs() {
+    let strategy = Arc::new(Launching::new(Launch::Hold));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (publisher, coordinator, slow, handles) = rt.block_on(async {
+        let publisher = small_bus();
+        // Reads nothing: after two messages the bus has no room.
+        let slow = publisher.subscribe_stream().unwrap();
+        let coordinator = Coordinator::builder()
+            .shared_strategy("held", strategy.clone())
+            .build();
+        coordinator.start(&publisher).unwrap();
+        let mut handles = Vec::new();
+        for i in 0..10 {
+            let task = value_task(&format!("r{i}"), i);
+            handles.push(
+                coordinator
+                    .spawn(task, "held", SubmitOptions::new())
+                    .await
+                    .unwrap(),
+            );
+        }
+        (publisher, coordinator, slow, handles)
+    });
+    rt.block_on(async {
+        let held: Vec<Completion> = strategy.held.lock().unwrap().drain(..).collect();
+        for (i, completion) in held.into_iter().enumerate() {
+            completion.complete(Ok(Value::new(i as u64)));
+        }
+        // The two that found room close from the bus; the other eight wait for room.
+        while coordinator.counts().closed < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            coordinator.counts().opened,
+            8,
+            "eight outcomes wait for room"
+        );
+    });
+    // The task publishing the waiting outcomes goes with its runtime: it closes their jobs.
+    drop(rt);
+    let counts = coordinator.counts();
+    assert_eq!((counts.opened, counts.succeeded), (0, 10));
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(block_on(handle).unwrap(), i as u64);
+    }
+    drop((slow, publisher));
+}
+
 /// A coordinator whose "threaded" mode has a pool of one thread.
 fn started_on_one_thread() -> (RequestCompletionPublisher, Coordinator, Recorder) {
     let threaded = ThreadedExecutionStrategy::builder()
