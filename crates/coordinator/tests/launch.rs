@@ -310,6 +310,62 @@ fn outcomes_waiting_for_room_when_their_runtime_stops_close_their_jobs() {
     drop((slow, publisher));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_still_queued_when_the_publisher_shuts_down_close_their_jobs_directly() {
+    let strategy = Arc::new(Launching::new(Launch::Hold));
+    let publisher = small_bus();
+    // Reads nothing until the publisher is shutting down: after two messages there is no room.
+    let mut slow = publisher.subscribe_stream().unwrap();
+    let coordinator = Coordinator::builder()
+        .shared_strategy("held", strategy.clone())
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        let task = value_task(&format!("r{i}"), i);
+        handles.push(
+            coordinator
+                .spawn(task, "held", SubmitOptions::new())
+                .await
+                .unwrap(),
+        );
+    }
+    let held: Vec<Completion> = strategy.held.lock().unwrap().drain(..).collect();
+    for (i, completion) in held.into_iter().enumerate() {
+        completion.complete(Ok(Value::new(i as u64)));
+    }
+    while coordinator.counts().closed < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The publisher shuts down while the third outcome is being published and seven wait
+    // behind it in the coordinator's queue.
+    let shutdown = tokio::spawn({
+        let publisher = publisher.clone();
+        async move { publisher.shutdown().await }
+    });
+    while publisher.is_running() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut terminal = Vec::new();
+    while let Some(message) = slow.next().await {
+        if let (true, Some(id)) = (message.is_terminal(), message.request_id()) {
+            terminal.push(id.to_string());
+        }
+    }
+    shutdown.await.unwrap();
+    // The publish under way finished; the bus refused the rest, whose jobs closed directly.
+    assert_eq!(terminal, ["r0", "r1", "r2"]);
+    for (i, handle) in handles.into_iter().enumerate() {
+        let value = tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("every request ends");
+        assert_eq!(value.unwrap(), i as u64);
+    }
+    let counts = coordinator.counts();
+    assert_eq!((counts.opened, counts.succeeded), (0, 10));
+    coordinator.shutdown().await;
+}
+
 /// A coordinator whose "threaded" mode has a pool of one thread.
 fn started_on_one_thread() -> (RequestCompletionPublisher, Coordinator, Recorder) {
     let threaded = ThreadedExecutionStrategy::builder()
