@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, JobResult, RequestCompletionPublisher, RequestHandle, SubmitOptions,
-    Task, TaskExecutionStrategy, ThreadedExecutionStrategy, Value, block_on,
+    BoxError, Coordinator, JobResult, RequestCompletionMessage, RequestCompletionPublisher,
+    RequestHandle, SubmitOptions, Task, TaskExecutionStrategy, ThreadedExecutionStrategy, Value,
+    block_on,
 };
 use futures::StreamExt;
 use support::{Recorder, value_task};
@@ -256,66 +257,20 @@ async fn outcomes_finished_off_the_runtime_wait_for_room_on_the_coordinators_run
     .await;
 }
 
-#[test]
-fn outcomes_waiting_for_room_when_their_runtime_stops_close_their_jobs() {
-    let strategy = Arc::new(Launching::new(Launch::Hold));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (publisher, coordinator, slow, handles) = rt.block_on(async {
-        let publisher = small_bus();
-        // Reads nothing: after two messages the bus has no room.
-        let slow = publisher.subscribe_stream().unwrap();
-        let coordinator = Coordinator::builder()
-            .shared_strategy("held", strategy.clone())
-            .build();
-        coordinator.start(&publisher).unwrap();
-        let mut handles = Vec::new();
-        for i in 0..10 {
-            let task = value_task(&format!("r{i}"), i);
-            handles.push(
-                coordinator
-                    .spawn(task, "held", SubmitOptions::new())
-                    .await
-                    .unwrap(),
-            );
-        }
-        (publisher, coordinator, slow, handles)
-    });
-    rt.block_on(async {
-        let held: Vec<Completion> = strategy.held.lock().unwrap().drain(..).collect();
-        for (i, completion) in held.into_iter().enumerate() {
-            completion.complete(Ok(Value::new(i as u64)));
-        }
-        // The two that found room close from the bus; the other eight wait for room.
-        while coordinator.counts().closed < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            coordinator.counts().opened,
-            8,
-            "eight outcomes wait for room"
-        );
-    });
-    // The task publishing the waiting outcomes goes with its runtime: it closes their jobs.
-    drop(rt);
-    let counts = coordinator.counts();
-    assert_eq!((counts.opened, counts.succeeded), (0, 10));
-    for (i, handle) in handles.into_iter().enumerate() {
-        assert_eq!(block_on(handle).unwrap(), i as u64);
-    }
-    drop((slow, publisher));
+/// Ten requests on a coordinator whose bus has a ring of 2 and a stream subscriber that reads
+/// nothing, every outcome delivered on the runtime this runs on: two went through the bus and
+/// their jobs closed, eight wait for room.
+struct Backlog {
+    publisher: RequestCompletionPublisher,
+    coordinator: Coordinator,
+    slow: pubsub::Subscription<RequestCompletionMessage>,
+    handles: Vec<RequestHandle<u64>>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outcomes_still_queued_when_the_publisher_shuts_down_close_their_jobs_directly() {
+async fn backlog() -> Backlog {
     let strategy = Arc::new(Launching::new(Launch::Hold));
     let publisher = small_bus();
-    // Reads nothing until the publisher is shutting down: after two messages there is no room.
-    let mut slow = publisher.subscribe_stream().unwrap();
+    let slow = publisher.subscribe_stream().unwrap();
     let coordinator = Coordinator::builder()
         .shared_strategy("held", strategy.clone())
         .build();
@@ -337,8 +292,47 @@ async fn outcomes_still_queued_when_the_publisher_shuts_down_close_their_jobs_di
     while coordinator.counts().closed < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Backlog {
+        publisher,
+        coordinator,
+        slow,
+        handles,
+    }
+}
+
+#[test]
+fn outcomes_waiting_for_room_when_their_runtime_stops_close_their_jobs() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backlog = rt.block_on(async {
+        let backlog = backlog().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let opened = backlog.coordinator.counts().opened;
+        assert_eq!(opened, 8, "eight outcomes wait for room");
+        backlog
+    });
+    // The task publishing the waiting outcomes goes with its runtime: it closes their jobs.
+    drop(rt);
+    let counts = backlog.coordinator.counts();
+    assert_eq!((counts.opened, counts.succeeded), (0, 10));
+    for (i, handle) in backlog.handles.into_iter().enumerate() {
+        assert_eq!(block_on(handle).unwrap(), i as u64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_still_queued_when_the_publisher_shuts_down_close_their_jobs_directly() {
+    let Backlog {
+        publisher,
+        coordinator,
+        mut slow,
+        handles,
+    } = backlog().await;
     // The publisher shuts down while the third outcome is being published and seven wait
-    // behind it in the coordinator's queue.
+    // behind it in the coordinator's queue; the slow subscriber reads from then on.
     let shutdown = tokio::spawn({
         let publisher = publisher.clone();
         async move { publisher.shutdown().await }
