@@ -211,8 +211,8 @@ impl fmt::Debug for CoordinatorBuilder {
 pub(crate) struct Started {
     pub(crate) publisher: RequestCompletionPublisher,
     subscriber: SubscriberId,
-    /// The runtime `start` ran on: where a launched request that finished on a thread of no
-    /// runtime waits for room on a full bus.
+    /// The runtime `start` ran on: where outcomes that found the bus full are published from
+    /// when the request finished on a thread of no runtime.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
-use task_core::{CompletionSink, NodeId, Outcome, RequestId, TaskError, TaskInfo};
+use task_core::{CompletionSink, NodeId, Outcome, TaskError, TaskInfo};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::coordinator::{CURRENT_NODE, Inner, NodeScope};
@@ -237,10 +237,9 @@ impl Launched {
             permit,
         } = self;
         drop(permit);
-        let request_id = info.request_id().clone();
         let Some(started) = inner.started.get() else {
             // Never: a request is launched only by a started coordinator.
-            inner.complete(&request_id, outcome);
+            inner.complete(info.request_id(), outcome);
             return;
         };
         let message = message_of(info, outcome);
@@ -254,7 +253,7 @@ impl Launched {
                 Err(refused) if refused.is_full() => refused.into_inner(),
                 Err(refused) => {
                     tracing::warn!(%refused, "outcome not published; closing the job directly");
-                    inner.complete(&request_id, outcome_of(refused.into_inner()));
+                    close_unpublished(&inner, refused.into_inner());
                     return;
                 }
             }
@@ -266,14 +265,11 @@ impl Launched {
             .ok()
             .or_else(|| started.runtime.clone())
         else {
-            tracing::warn!(
-                request_id = %request_id,
-                "no runtime to wait for room on the bus; closing the job directly"
-            );
-            inner.complete(&request_id, outcome_of(message));
+            tracing::warn!(%message, "no runtime to wait for room on the bus; closing the job directly");
+            close_unpublished(&inner, message);
             return;
         };
-        if inner.overflow.push(request_id, message) {
+        if inner.overflow.push(message) {
             let drain = Drain {
                 inner: Arc::clone(&inner),
                 current: None,
@@ -296,22 +292,22 @@ pub(crate) struct Overflow {
 
 #[derive(Default)]
 struct Queue {
-    messages: VecDeque<(RequestId, RequestCompletionMessage)>,
+    messages: VecDeque<RequestCompletionMessage>,
     /// Whether a task is publishing the queue.
     draining: bool,
 }
 
 impl Overflow {
     /// Queues `message`; true when no task publishes the queue yet (the caller starts one).
-    fn push(&self, request_id: RequestId, message: RequestCompletionMessage) -> bool {
+    fn push(&self, message: RequestCompletionMessage) -> bool {
         let mut queue = lock(&self.queue);
-        queue.messages.push_back((request_id, message));
+        queue.messages.push_back(message);
         self.waiting.store(true, Ordering::SeqCst);
         !std::mem::replace(&mut queue.draining, true)
     }
 
     /// The next waiting outcome; `None` when there is none, and then the publishing task stops.
-    fn pop(&self) -> Option<(RequestId, RequestCompletionMessage)> {
+    fn pop(&self) -> Option<RequestCompletionMessage> {
         let mut queue = lock(&self.queue);
         let next = queue.messages.pop_front();
         if next.is_none() {
@@ -322,7 +318,7 @@ impl Overflow {
     }
 
     /// Every waiting outcome, for a publishing task that is dropped before it is done.
-    fn take_all(&self) -> VecDeque<(RequestId, RequestCompletionMessage)> {
+    fn take_all(&self) -> VecDeque<RequestCompletionMessage> {
         let mut queue = lock(&self.queue);
         queue.draining = false;
         self.waiting.store(false, Ordering::SeqCst);
@@ -334,8 +330,8 @@ impl Overflow {
 /// down), it closes the job of every outcome it did not publish directly, so no job stays open.
 struct Drain {
     inner: Arc<Inner>,
-    /// The outcome being published, until the bus takes it.
-    current: Option<(RequestId, Outcome)>,
+    /// A copy of the message being published, until the bus takes it.
+    current: Option<RequestCompletionMessage>,
     /// Set once the queue is empty and nothing is left to close.
     done: bool,
 }
@@ -345,13 +341,14 @@ impl Drain {
         let inner = Arc::clone(&self.inner);
         // Always set: outcomes are queued only by a started coordinator.
         if let Some(started) = inner.started.get() {
-            while let Some((request_id, message)) = inner.overflow.pop() {
-                self.current = Some((request_id, outcome_of(message.clone())));
+            while let Some(message) = inner.overflow.pop() {
+                self.current = Some(message.clone());
                 let published = started.publisher.publish(message).await;
-                if let (Err(refused), Some((request_id, _))) = (published, self.current.take()) {
+                self.current = None;
+                if let Err(refused) = published {
                     // Shut down meanwhile: close the job directly, as a refused outcome is.
                     tracing::warn!(%refused, "outcome not published; closing the job directly");
-                    inner.complete(&request_id, outcome_of(refused.into_inner()));
+                    close_unpublished(&inner, refused.into_inner());
                 }
             }
             self.done = true;
@@ -364,12 +361,19 @@ impl Drop for Drain {
         if self.done {
             return;
         }
-        if let Some((request_id, outcome)) = self.current.take() {
-            self.inner.complete(&request_id, outcome);
+        if let Some(message) = self.current.take() {
+            close_unpublished(&self.inner, message);
         }
-        for (request_id, message) in self.inner.overflow.take_all() {
-            self.inner.complete(&request_id, outcome_of(message));
+        for message in self.inner.overflow.take_all() {
+            close_unpublished(&self.inner, message);
         }
+    }
+}
+
+/// Closes the job of a terminal message that did not reach the bus, with its outcome.
+fn close_unpublished(inner: &Inner, message: RequestCompletionMessage) {
+    if let Some(request_id) = message.request_id().cloned() {
+        inner.complete(&request_id, outcome_of(message));
     }
 }
 

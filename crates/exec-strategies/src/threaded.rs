@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
 use task_core::{
-    BoxFuture, Completion, ErasedTask, Outcome, StrategyStats, TaskBody, TaskError,
+    BoxFuture, Completion, ErasedTask, NodeId, Outcome, StrategyStats, TaskBody, TaskError,
     TaskExecutionStrategy,
 };
 use tokio::sync::{Semaphore, oneshot};
@@ -269,6 +269,14 @@ fn run_on_pool_thread(body: TaskBody) -> Outcome {
     run.unwrap_or_else(|payload| Err(TaskError::panic(payload)))
 }
 
+/// What of a task goes to a pool thread: its node id and its body. Not its whole description: a
+/// job small enough is freed on the pool thread without taking the allocator's lock that the
+/// submitting thread takes to allocate the next one.
+fn node_and_body(task: ErasedTask) -> (NodeId, TaskBody) {
+    let (info, body) = task.into_parts();
+    (info.node_id().clone(), body)
+}
+
 impl TaskExecutionStrategy for ThreadedExecutionStrategy {
     fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
@@ -285,9 +293,7 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
                 }
                 _ => None,
             };
-            let (info, body) = task.into_parts();
-            let node_id = info.node_id().clone();
-            drop(info);
+            let (node_id, body) = node_and_body(task);
             let runtime = tokio::runtime::Handle::try_current().ok();
             let signal = Arc::clone(&inner.signal);
             let (sender, receiver) = oneshot::channel();
@@ -337,11 +343,7 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
         let Some(admission) = inner.tracker.admit_owned() else {
             return completion.complete(Err(TaskError::shutdown("threaded")));
         };
-        let (info, body) = task.into_parts();
-        // Only the node id goes to the pool thread: a smaller job, and a pool's job small enough
-        // is freed there without taking the allocator's lock that the submitting thread takes.
-        let node_id = info.node_id().clone();
-        drop(info);
+        let (node_id, body) = node_and_body(task);
         let runtime = tokio::runtime::Handle::try_current().ok();
         let signal = Arc::clone(&inner.signal);
         // Dropped unrun (the pool went away), the completion delivers a failure.
