@@ -35,33 +35,31 @@ fn base32(mut value: u64, min_width: usize, out: &mut [u8; 13]) -> usize {
 /// `{kind}-{13 digits}-{7 or more digits}`, 23 bytes (stored inline, no allocation) for the first
 /// 34 billion ids.
 fn generate(kind: char) -> SmolStr {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    /// `-{13 digits}-`: the part every id of this process shares, written once.
+    static PREFIX: OnceLock<[u8; 15]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
+    let prefix = PREFIX.get_or_init(|| {
         // `RandomState` is seeded from the operating system's randomness once per process.
-        RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
+        let seed = RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()));
+        let mut digits = [0_u8; 13];
+        base32(seed, 13, &mut digits);
+        let mut prefix = [b'-'; 15];
+        prefix[1..14].copy_from_slice(&digits);
+        prefix
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // Built on the stack.
-    let (mut a, mut b) = ([0_u8; 13], [0_u8; 13]);
-    let prefix_len = base32(prefix, 13, &mut a);
-    let counter_len = base32(n, COUNTER_WIDTH, &mut b);
-    let mut buf = [0_u8; 2 + 13 + 1 + 13];
-    let mut len = 0;
-    let kind_byte = u8::try_from(kind).unwrap_or(b'x');
-    for &byte in [kind_byte, b'-']
-        .iter()
-        .chain(&a[13 - prefix_len..])
-        .chain(b"-")
-        .chain(&b[13 - counter_len..])
-    {
-        buf[len] = byte;
-        len += 1;
-    }
+    let mut counter = [0_u8; 13];
+    let counter_len = base32(n, COUNTER_WIDTH, &mut counter);
+    // Built on the stack: kind, prefix, counter.
+    let mut buf = [0_u8; 1 + 15 + 13];
+    buf[0] = if kind.is_ascii() { kind as u8 } else { b'x' };
+    buf[1..16].copy_from_slice(prefix);
+    let len = 16 + counter_len;
+    buf[16..len].copy_from_slice(&counter[13 - counter_len..]);
     match std::str::from_utf8(&buf[..len]) {
         Ok(id) => SmolStr::new(id),
         // Unreachable: every byte above is ASCII.
-        Err(_) => SmolStr::from(format!("{kind}-{prefix:x}-{n:x}")),
+        Err(_) => SmolStr::from(format!("{kind}-{n:x}")),
     }
 }
 
