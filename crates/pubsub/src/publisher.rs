@@ -18,7 +18,10 @@ use std::task::{Context, Poll};
 
 use futures::{FutureExt, Stream};
 use task_core::panic_message;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::ReusableBoxFuture;
@@ -328,7 +331,9 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         shared.stops.insert(id, Arc::clone(&stop_at));
         Ok(Subscription {
             id,
-            recv: Some(ReusableBoxFuture::new(recv_owned(rx))),
+            rx: Some(rx),
+            waiting: None,
+            pending: false,
             stop_at,
             progress: Arc::clone(&self.inner.progress),
             inner: Arc::downgrade(&self.inner),
@@ -598,8 +603,14 @@ async fn recv_owned<M: Clone>(mut rx: broadcast::Receiver<Envelope<M>>) -> Recei
 /// Made by [`Publisher::subscribe_stream`].
 pub struct Subscription<M> {
     id: u64,
-    /// The receive under way, owning the receiver; `None` once the stream ended.
-    recv: Option<ReusableBoxFuture<'static, Received<M>>>,
+    /// The receiver, while no receive waits for a message; `None` while one waits (it owns the
+    /// receiver then) and once the stream ended.
+    rx: Option<broadcast::Receiver<Envelope<M>>>,
+    /// The receive that waits for the next message when none was queued. Boxed once and reused:
+    /// a subscriber that keeps up reads queued messages without it.
+    waiting: Option<ReusableBoxFuture<'static, Received<M>>>,
+    /// Whether `waiting` holds a receive under way (else it holds a finished one, or nothing).
+    pending: bool,
     /// The first message number it must not yield (`u64::MAX` while subscribed).
     stop_at: Arc<AtomicU64>,
     progress: Arc<Progress>,
@@ -610,6 +621,13 @@ impl<M> Subscription<M> {
     /// This subscriber's id.
     pub fn id(&self) -> SubscriberId {
         SubscriberId(self.id)
+    }
+
+    /// Drops the receiver (marking its unread messages read): the stream yields nothing more.
+    fn end(&mut self) {
+        self.rx = None;
+        self.waiting = None;
+        self.pending = false;
     }
 }
 
@@ -625,31 +643,56 @@ impl<M: Clone + Send + 'static> Subscription<M> {
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<M>> {
         loop {
-            let Some(recv) = self.recv.as_mut() else {
-                return Poll::Ready(None);
+            let result = if self.pending {
+                let Some(waiting) = self.waiting.as_mut() else {
+                    // Never: `pending` is set only with a receive in `waiting`.
+                    self.pending = false;
+                    return Poll::Ready(None);
+                };
+                let (result, rx) = std::task::ready!(waiting.poll(cx));
+                self.pending = false;
+                self.rx = Some(rx);
+                result
+            } else {
+                let Some(rx) = self.rx.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                // A message already queued is read without a future.
+                match rx.try_recv() {
+                    Ok(envelope) => Ok(envelope),
+                    Err(TryRecvError::Empty) => {
+                        let Some(rx) = self.rx.take() else {
+                            return Poll::Ready(None);
+                        };
+                        match self.waiting.as_mut() {
+                            Some(waiting) => waiting.set(recv_owned(rx)),
+                            None => self.waiting = Some(ReusableBoxFuture::new(recv_owned(rx))),
+                        }
+                        self.pending = true;
+                        continue;
+                    }
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                }
             };
-            let (result, rx) = std::task::ready!(recv.poll(cx));
             match result {
                 Ok(envelope) if envelope.seq >= self.stop_at.load(Ordering::SeqCst) => {
                     // Unsubscribed: what was published before arrived; this one does not.
-                    drop(rx);
-                    self.recv = None;
+                    self.end();
                     self.progress.left();
                     return Poll::Ready(None);
                 }
                 Ok(envelope) => {
-                    recv.set(recv_owned(rx));
                     self.progress.read();
                     return Poll::Ready(Some(envelope.message));
                 }
                 Err(RecvError::Closed) => {
-                    self.recv = None;
+                    self.end();
                     return Poll::Ready(None);
                 }
                 Err(RecvError::Lagged(missed)) => {
                     // Never: the publisher waits rather than overwrite unread messages.
                     tracing::error!(subscriber = self.id, missed, "subscriber missed messages");
-                    recv.set(recv_owned(rx));
                 }
             }
         }
@@ -671,7 +714,7 @@ impl<M> Drop for Subscription<M> {
         }
         // The receiver goes first (it marks its unread messages read), then a publisher waiting
         // for this subscriber hears of it.
-        drop(self.recv.take());
+        self.end();
         self.progress.left();
     }
 }
