@@ -168,9 +168,14 @@ impl JobTable {
     }
 
     fn position(&self, request_id: &str) -> Option<usize> {
+        self.position_hashed(self.hash(request_id), request_id)
+    }
+
+    /// As [`position`](Self::position), with `request_id`'s hash already computed.
+    fn position_hashed(&self, hash: u64, request_id: &str) -> Option<usize> {
         let jobs = &self.jobs;
         self.index
-            .find(self.hash(request_id), |&i| {
+            .find(hash, |&i| {
                 jobs[i as usize].request_id().as_str() == request_id
             })
             .map(|&i| i as usize)
@@ -180,16 +185,12 @@ impl JobTable {
         self.position(request_id).map(|i| &self.jobs[i])
     }
 
-    fn get_mut(&mut self, request_id: &str) -> Option<&mut Job> {
-        self.position(request_id).map(|i| &mut self.jobs[i])
-    }
-
-    /// Appends a job whose id is not in the table; `None` when the index is full.
-    fn push(&mut self, job: Job) -> Option<&mut Job> {
+    /// Appends a job whose id (of hash `hash`) is not in the table; `None` when the index is
+    /// full.
+    fn push(&mut self, hash: u64, job: Job) -> Option<&mut Job> {
         let position = u32::try_from(self.jobs.len())
             .ok()
             .filter(|&p| p < u32::MAX)?;
-        let hash = self.hash(job.request_id());
         self.jobs.push(job);
         let (jobs, hasher) = (&self.jobs, &self.hasher);
         self.index.insert_unique(hash, position, |&i| {
@@ -266,7 +267,8 @@ impl CoordinatorState {
         let seq = self.next_seq;
         let mut job = Job::open(info);
         job.seq = seq;
-        let job = match self.jobs.position(info.request_id()) {
+        let hash = self.jobs.hash(info.request_id());
+        let job = match self.jobs.position_hashed(hash, info.request_id()) {
             Some(i) if self.jobs.jobs[i].status() == JobStatus::Opened => {
                 return Err(StateError {
                     kind: StateErrorKind::StillOpen,
@@ -278,7 +280,7 @@ impl CoordinatorState {
                 *slot = job;
                 slot
             }
-            None => self.jobs.push(job).ok_or_else(|| StateError {
+            None => self.jobs.push(hash, job).ok_or_else(|| StateError {
                 kind: StateErrorKind::Full,
                 request_id: info.request_id().clone(),
             })?,
@@ -300,19 +302,26 @@ impl CoordinatorState {
     }
 
     fn open_job_mut(&mut self, request_id: &str) -> Result<&mut Job, StateError> {
-        let Some(job) = self.jobs.get_mut(request_id) else {
+        let position = self.open_position(request_id)?;
+        Ok(&mut self.jobs.jobs[position])
+    }
+
+    /// The position of the open job for `request_id`.
+    fn open_position(&self, request_id: &str) -> Result<usize, StateError> {
+        let Some(position) = self.jobs.position(request_id) else {
             return Err(StateError {
                 kind: StateErrorKind::Unknown,
                 request_id: RequestId::from(request_id),
             });
         };
+        let job = &self.jobs.jobs[position];
         if job.status() == JobStatus::Closed {
             return Err(StateError {
                 kind: StateErrorKind::AlreadyClosed,
                 request_id: job.request_id().clone(),
             });
         }
-        Ok(job)
+        Ok(position)
     }
 
     /// Closes the job for `request_id` with `result`.
@@ -322,12 +331,10 @@ impl CoordinatorState {
     /// [`StateError::is_unknown`] when no job has that id; [`StateError::is_already_closed`] when
     /// it is closed. The state is unchanged either way.
     pub fn end_job(&mut self, request_id: &str, result: JobResult) -> Result<&Job, StateError> {
-        let keep_last = matches!(self.retention, Retention::KeepLast(_));
-        let job = self.open_job_mut(request_id)?;
+        let mut position = self.open_position(request_id)?;
+        let job = &mut self.jobs.jobs[position];
         job.close(result);
         let seq = job.seq;
-        // Share the table's id rather than copying the string.
-        let key = keep_last.then(|| job.request_id().clone());
         self.counts.opened -= 1;
         self.counts.closed += 1;
         match result {
@@ -336,27 +343,35 @@ impl CoordinatorState {
             JobResult::TimedOut => self.counts.timed_out += 1,
             JobResult::Cancelled => self.counts.cancelled += 1,
         }
-        if let (Retention::KeepLast(keep), Some(key)) = (self.retention, key) {
+        if let Retention::KeepLast(keep) = self.retention {
+            // Share the table's id rather than copying the string.
+            let key = self.jobs.jobs[position].request_id().clone();
             self.closed.push_back((seq, key));
+            let mut evicted = false;
             while self.closed.len() > keep.max(1) {
                 let Some((old_seq, old_id)) = self.closed.pop_front() else {
                     break;
                 };
                 // The id may have been reopened since: only drop the record that closed then.
-                if let Some(position) = self.jobs.position(&old_id) {
-                    let old = &self.jobs.jobs[position];
-                    if old.seq == old_seq && old.status() == JobStatus::Closed {
-                        self.jobs.remove_at(position);
+                if let Some(old) = self.jobs.position(&old_id) {
+                    let record = &self.jobs.jobs[old];
+                    if record.seq == old_seq && record.status() == JobStatus::Closed {
+                        self.jobs.remove_at(old);
                         self.counts.evicted += 1;
+                        evicted = true;
                     }
                 }
             }
+            if evicted {
+                // The job just closed is the newest entry, never evicted above, but the last
+                // job may have taken an evicted one's place.
+                position = self.jobs.position(request_id).ok_or_else(|| StateError {
+                    kind: StateErrorKind::Unknown,
+                    request_id: RequestId::from(request_id),
+                })?;
+            }
         }
-        // The job just closed is the newest entry, never evicted above (it may have moved).
-        self.jobs.get(request_id).ok_or_else(|| StateError {
-            kind: StateErrorKind::Unknown,
-            request_id: RequestId::from(request_id),
-        })
+        Ok(&self.jobs.jobs[position])
     }
 
     /// The job for `request_id`, if recorded.
