@@ -184,8 +184,7 @@ impl CoordinatorBuilder {
                 past_deadline: AtomicBool::new(false),
                 strategies_shut: OnceCell::new(),
                 table: Mutex::new(Table {
-                    state: CoordinatorState::with_retention(self.retention),
-                    open: IdMap::default(),
+                    state: CoordinatorState::with_attachments(self.retention),
                     by_node: IdMap::default(),
                 }),
                 drained: Notify::new(),
@@ -216,8 +215,10 @@ pub(crate) struct Started {
     pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 
-/// What the coordinator keeps about an open request besides its job.
-struct Open {
+/// What a coordinator keeps beside each open job in its [`CoordinatorState`] (see
+/// [`Coordinator::with_state`]): the request's shared record, through which its caller is
+/// answered and it is cancelled. Opaque; the job itself says what the request is.
+pub struct OpenRequest {
     /// Shared with the caller's handle (answered when the job closes) and whatever runs it.
     cell: Arc<RequestCell>,
     /// The position of the mode it runs under in `Inner::modes` (for its counters): an index,
@@ -225,7 +226,16 @@ struct Open {
     mode: usize,
 }
 
-impl Drop for Open {
+impl fmt::Debug for OpenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenRequest")
+            .field("node_id", self.cell.node_id())
+            .field("cancelled", &self.cell.is_cancelled())
+            .finish()
+    }
+}
+
+impl Drop for OpenRequest {
     fn drop(&mut self) {
         // Answered already when its job closed; otherwise the coordinator itself went away.
         self.cell.answer_with(|| {
@@ -300,8 +310,8 @@ pub struct ModeCounts {
 type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Table {
-    state: CoordinatorState,
-    open: IdMap<RequestId, Open>,
+    /// The jobs, each open one with its request's record.
+    state: CoordinatorState<OpenRequest>,
     /// The request each open node runs, so a child finds its parent's cancellation token.
     by_node: IdMap<NodeId, RequestId>,
 }
@@ -336,11 +346,13 @@ impl Inner {
         let result = JobResult::of(&outcome);
         let (open, idle) = {
             let mut table = self.table();
-            if let Err(error) = table.state.end_job(request_id, result) {
-                tracing::debug!(request_id, %error, "completion ignored");
-                return;
-            }
-            let open = table.open.remove(request_id);
+            let open = match table.state.end_job_detach(request_id, result) {
+                Ok((_, open)) => open,
+                Err(error) => {
+                    tracing::debug!(request_id, %error, "completion ignored");
+                    return;
+                }
+            };
             if let Some(open) = &open
                 && table
                     .by_node
@@ -865,8 +877,8 @@ impl Coordinator {
         let cell = self
             .inner
             .table()
-            .open
-            .get(request_id)
+            .state
+            .attachment(request_id)
             .map(|open| Arc::clone(&open.cell));
         // Outside the table lock: a launched request publishes its outcome as it is cancelled.
         cell.map(|cell| cell.cancel()).is_some()
@@ -988,9 +1000,13 @@ impl Coordinator {
         }
         let born_cancelled = {
             let mut table = inner.table();
+            let open = OpenRequest {
+                cell: Arc::clone(&cell),
+                mode: entry.index,
+            };
             table
                 .state
-                .add_job(&task)
+                .add_job_with(&task, open)
                 .map_err(|e| SubmitError::new(SubmitKind::Duplicate(e.request_id().clone())))?;
             let born_cancelled = match &scoped_parent {
                 Some(parent) => parent.adopt(&cell),
@@ -998,18 +1014,11 @@ impl Coordinator {
                     .info()
                     .parent_id()
                     .and_then(|parent| table.by_node.get(parent))
-                    .and_then(|parent_request| table.open.get(parent_request))
+                    .and_then(|parent_request| table.state.attachment(parent_request))
                     .is_some_and(|parent| parent.cell.adopt(&cell)),
             };
             entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
             table.by_node.insert(node_id, request_id.clone());
-            table.open.insert(
-                request_id.clone(),
-                Open {
-                    cell: Arc::clone(&cell),
-                    mode: entry.index,
-                },
-            );
             born_cancelled
         };
         tracing::debug!(parent: cell.span(), "job opened");
@@ -1090,7 +1099,7 @@ impl Coordinator {
     }
 
     /// Reads the job table under its lock. Keep `f` short: submissions wait for it.
-    pub fn with_state<R>(&self, f: impl FnOnce(&CoordinatorState) -> R) -> R {
+    pub fn with_state<R>(&self, f: impl FnOnce(&CoordinatorState<OpenRequest>) -> R) -> R {
         f(&self.inner.table().state)
     }
 
@@ -1127,9 +1136,9 @@ impl Coordinator {
             inner.past_deadline.store(true, Ordering::SeqCst);
             let open: Vec<Arc<RequestCell>> = inner
                 .table()
-                .open
-                .values()
-                .map(|open| Arc::clone(&open.cell))
+                .state
+                .attachments()
+                .map(|(_, open)| Arc::clone(&open.cell))
                 .collect();
             let cancelled = open.len();
             for cell in open {

@@ -50,7 +50,8 @@ mod options;
 mod request;
 
 pub use crate::coordinator::{
-    Coordinator, CoordinatorBuilder, DEFAULT_SHUTDOWN_GRACE, ModeCounts, SystemDetail, current_node,
+    Coordinator, CoordinatorBuilder, DEFAULT_SHUTDOWN_GRACE, ModeCounts, OpenRequest, SystemDetail,
+    current_node,
 };
 pub use crate::error::{StartError, SubmitError};
 pub use crate::handle::RequestHandle;

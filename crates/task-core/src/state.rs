@@ -135,9 +135,29 @@ impl std::error::Error for StateError {}
 /// assert_eq!(state.counts().succeeded, 1);
 /// assert!(state.end_job("123", JobResult::Failure).unwrap_err().is_already_closed());
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct CoordinatorState {
-    jobs: JobTable,
+///
+/// # Attachments
+///
+/// A state made with [`with_attachments`](Self::with_attachments) keeps a value of type `A`
+/// beside each open job (a coordinator keeps its per-request record there), given when the job
+/// opens and handed back when it ends: one lookup serves both. The default, `A = ()`, attaches
+/// nothing.
+///
+/// ```
+/// use task_core::{CoordinatorState, JobResult, Retention, TaskInfo};
+///
+/// let mut state = CoordinatorState::<&str>::with_attachments(Retention::KeepAll);
+/// let info = TaskInfo::new("7".into(), "node".into(), None, "n");
+/// state.add_job_with(&info, "the caller's slot").unwrap();
+/// assert_eq!(state.attachment("7"), Some(&"the caller's slot"));
+/// let (job, attached) = state.end_job_detach("7", JobResult::Success).unwrap();
+/// assert_eq!(job.result(), Some(JobResult::Success));
+/// assert_eq!(attached, Some("the caller's slot"));
+/// assert_eq!(state.attachment("7"), None);
+/// ```
+#[derive(Clone, Debug)]
+pub struct CoordinatorState<A = ()> {
+    jobs: JobTable<A>,
     counts: JobCounts,
     retention: Retention,
     /// Closed jobs in closing order, with their record's sequence number; only kept under
@@ -148,21 +168,34 @@ pub struct CoordinatorState {
 
 /// The jobs, stored densely, with an index from request id to position: about a third of the
 /// memory of a `HashMap<RequestId, Job>`, whose buckets hold whole jobs and run half empty.
-#[derive(Clone, Default)]
-struct JobTable {
+#[derive(Clone)]
+struct JobTable<A> {
     jobs: Vec<Job>,
+    /// What is attached to each job in `jobs`, at the same position; `None` once it ended.
+    attached: Vec<Option<A>>,
     /// Positions in `jobs`, hashed by request id.
     index: HashTable<u32>,
     hasher: RandomState,
 }
 
-impl fmt::Debug for JobTable {
+impl<A> Default for JobTable<A> {
+    fn default() -> Self {
+        Self {
+            jobs: Vec::new(),
+            attached: Vec::new(),
+            index: HashTable::new(),
+            hasher: RandomState::default(),
+        }
+    }
+}
+
+impl<A> fmt::Debug for JobTable<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(&self.jobs).finish()
     }
 }
 
-impl JobTable {
+impl<A> JobTable<A> {
     fn hash(&self, request_id: &str) -> u64 {
         self.hasher.hash_one(request_id)
     }
@@ -187,11 +220,12 @@ impl JobTable {
 
     /// Appends a job whose id (of hash `hash`) is not in the table; `None` when the index is
     /// full.
-    fn push(&mut self, hash: u64, job: Job) -> Option<&mut Job> {
+    fn push(&mut self, hash: u64, job: Job, attachment: Option<A>) -> Option<&mut Job> {
         let position = u32::try_from(self.jobs.len())
             .ok()
             .filter(|&p| p < u32::MAX)?;
         self.jobs.push(job);
+        self.attached.push(attachment);
         let (jobs, hasher) = (&self.jobs, &self.hasher);
         self.index.insert_unique(hash, position, |&i| {
             hasher.hash_one(jobs[i as usize].request_id().as_str())
@@ -207,6 +241,7 @@ impl JobTable {
         }
         let last = self.jobs.len() - 1;
         self.jobs.swap_remove(position);
+        self.attached.swap_remove(position);
         if position != last {
             let moved = self.hash(self.jobs[position].request_id());
             if let Some(slot) = self.index.find_mut(moved, |&i| i as usize == last) {
@@ -220,7 +255,7 @@ impl JobTable {
 impl CoordinatorState {
     /// A state with no jobs that keeps every job.
     pub fn empty() -> Self {
-        Self::default()
+        Self::with_attachments(Retention::KeepAll)
     }
 
     /// A state with no jobs that keeps closed jobs as `retention` says.
@@ -242,9 +277,26 @@ impl CoordinatorState {
     /// assert_eq!(state.counts().evicted, 1);
     /// ```
     pub fn with_retention(retention: Retention) -> Self {
+        Self::with_attachments(retention)
+    }
+}
+
+impl Default for CoordinatorState {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl<A> CoordinatorState<A> {
+    /// A state with no jobs that keeps closed jobs as `retention` says and a value of type `A`
+    /// beside each open job ([`add_job_with`](Self::add_job_with)).
+    pub fn with_attachments(retention: Retention) -> Self {
         Self {
+            jobs: JobTable::default(),
+            counts: JobCounts::default(),
             retention,
-            ..Self::default()
+            closed: VecDeque::new(),
+            next_seq: 0,
         }
     }
 
@@ -263,7 +315,24 @@ impl CoordinatorState {
     /// [`StateError::is_duplicate`] when a job with the same request id is still open; the state
     /// is unchanged.
     pub fn add_job(&mut self, task: &impl AsRef<TaskInfo>) -> Result<&Job, StateError> {
-        let info = task.as_ref();
+        self.open(task.as_ref(), None)
+    }
+
+    /// Opens a job for `task`, as [`add_job`](Self::add_job) does, with `attachment` beside it
+    /// until it ends.
+    ///
+    /// # Errors
+    ///
+    /// As for [`add_job`](Self::add_job); `attachment` is dropped and the state is unchanged.
+    pub fn add_job_with(
+        &mut self,
+        task: &impl AsRef<TaskInfo>,
+        attachment: A,
+    ) -> Result<&Job, StateError> {
+        self.open(task.as_ref(), Some(attachment))
+    }
+
+    fn open(&mut self, info: &TaskInfo, attachment: Option<A>) -> Result<&Job, StateError> {
         let seq = self.next_seq;
         let mut job = Job::open(info);
         job.seq = seq;
@@ -276,14 +345,18 @@ impl CoordinatorState {
                 });
             }
             Some(i) => {
+                self.jobs.attached[i] = attachment;
                 let slot = &mut self.jobs.jobs[i];
                 *slot = job;
                 slot
             }
-            None => self.jobs.push(hash, job).ok_or_else(|| StateError {
-                kind: StateErrorKind::Full,
-                request_id: info.request_id().clone(),
-            })?,
+            None => self
+                .jobs
+                .push(hash, job, attachment)
+                .ok_or_else(|| StateError {
+                    kind: StateErrorKind::Full,
+                    request_id: info.request_id().clone(),
+                })?,
         };
         self.next_seq += 1;
         self.counts.opened += 1;
@@ -331,7 +404,22 @@ impl CoordinatorState {
     /// [`StateError::is_unknown`] when no job has that id; [`StateError::is_already_closed`] when
     /// it is closed. The state is unchanged either way.
     pub fn end_job(&mut self, request_id: &str, result: JobResult) -> Result<&Job, StateError> {
+        self.end_job_detach(request_id, result).map(|(job, _)| job)
+    }
+
+    /// Closes the job for `request_id` with `result`, as [`end_job`](Self::end_job) does, and
+    /// hands back what was attached to it (`None` when it was opened without an attachment).
+    ///
+    /// # Errors
+    ///
+    /// As for [`end_job`](Self::end_job); the state is unchanged.
+    pub fn end_job_detach(
+        &mut self,
+        request_id: &str,
+        result: JobResult,
+    ) -> Result<(&Job, Option<A>), StateError> {
         let mut position = self.open_position(request_id)?;
+        let attachment = self.jobs.attached[position].take();
         let job = &mut self.jobs.jobs[position];
         job.close(result);
         let seq = job.seq;
@@ -371,7 +459,24 @@ impl CoordinatorState {
                 })?;
             }
         }
-        Ok(&self.jobs.jobs[position])
+        Ok((&self.jobs.jobs[position], attachment))
+    }
+
+    /// What is attached to the open job for `request_id`, if any.
+    pub fn attachment(&self, request_id: &str) -> Option<&A> {
+        self.jobs
+            .position(request_id)
+            .and_then(|position| self.jobs.attached[position].as_ref())
+    }
+
+    /// Every open job that has an attachment, with it, in no particular order. Walks every
+    /// recorded job, closed ones included: O(recorded jobs), for occasional use.
+    pub fn attachments(&self) -> impl Iterator<Item = (&Job, &A)> + '_ {
+        self.jobs
+            .jobs
+            .iter()
+            .zip(&self.jobs.attached)
+            .filter_map(|(job, attached)| attached.as_ref().map(|a| (job, a)))
     }
 
     /// The job for `request_id`, if recorded.
@@ -417,7 +522,7 @@ impl CoordinatorState {
     }
 }
 
-impl Serialize for CoordinatorState {
+impl<A> Serialize for CoordinatorState<A> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut s = serializer.serialize_struct("CoordinatorState", 2)?;
@@ -427,7 +532,7 @@ impl Serialize for CoordinatorState {
     }
 }
 
-impl<'a> IntoIterator for &'a CoordinatorState {
+impl<'a, A> IntoIterator for &'a CoordinatorState<A> {
     type Item = &'a Job;
     type IntoIter = std::slice::Iter<'a, Job>;
 

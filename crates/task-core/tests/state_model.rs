@@ -1,6 +1,7 @@
 //! `CoordinatorState` against a plain model: any sequence of opens, attempts and closes, under
 //! either retention policy, leaves the same jobs, results, attempts and counts, and every refusal
-//! changes nothing.
+//! changes nothing. Each open job keeps the attachment it was opened with (or none), however the
+//! jobs around it are evicted, and hands it back when it ends.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -9,7 +10,8 @@ use task_core::{CoordinatorState, JobResult, JobStatus, Retention, TaskInfo};
 
 #[derive(Clone, Debug)]
 enum Op {
-    Add(u8),
+    /// Open a job, with an attachment or without.
+    Add(u8, bool),
     End(u8, JobResult),
     Attempt(u8),
 }
@@ -22,7 +24,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(JobResult::Cancelled),
     ];
     prop_oneof![
-        (0..6_u8).prop_map(Op::Add),
+        ((0..6_u8), any::<bool>()).prop_map(|(id, attach)| Op::Add(id, attach)),
         ((0..6_u8), result).prop_map(|(id, r)| Op::End(id, r)),
         (0..6_u8).prop_map(Op::Attempt),
     ]
@@ -34,6 +36,8 @@ struct ModelJob {
     result: Option<JobResult>,
     attempts: u32,
     generation: u64,
+    /// What the state should hand back for it while open.
+    attached: Option<u64>,
 }
 
 #[derive(Default)]
@@ -56,7 +60,7 @@ enum Answer {
 }
 
 impl Model {
-    fn add(&mut self, id: &str) -> Answer {
+    fn add(&mut self, id: &str, attached: Option<u64>) -> Answer {
         if self.jobs.get(id).is_some_and(|j| j.open) {
             return Answer::Duplicate;
         }
@@ -68,6 +72,7 @@ impl Model {
                 result: None,
                 attempts: 1,
                 generation: self.generation,
+                attached,
             },
         );
         self.opened += 1;
@@ -92,14 +97,15 @@ impl Model {
         }
     }
 
-    fn end(&mut self, id: &str, result: JobResult) -> Answer {
-        let generation = match self.touch(id) {
+    /// Ends the job; on success also says what it had attached.
+    fn end(&mut self, id: &str, result: JobResult) -> (Answer, Option<u64>) {
+        let (generation, attached) = match self.touch(id) {
             Ok(j) => {
                 j.open = false;
                 j.result = Some(result);
-                j.generation
+                (j.generation, j.attached.take())
             }
-            Err(a) => return a,
+            Err(a) => return (a, None),
         };
         self.opened -= 1;
         *self.by_result.entry(result).or_default() += 1;
@@ -117,7 +123,7 @@ impl Model {
                 }
             }
         }
-        Answer::Ok
+        (Answer::Ok, attached)
     }
 }
 
@@ -140,18 +146,32 @@ proptest! {
         keep in proptest::option::of(0..4_usize),
     ) {
         let retention = keep.map_or(Retention::KeepAll, Retention::KeepLast);
-        let mut state = CoordinatorState::with_retention(retention);
+        let mut state = CoordinatorState::<u64>::with_attachments(retention);
         let mut model = Model { keep, ..Model::default() };
         for op in &ops {
             let (got, want) = match op {
-                Op::Add(id) => {
+                Op::Add(id, attach) => {
                     let id = format!("r{id}");
                     let info = TaskInfo::new(id.as_str().into(), "node".into(), None, "n");
-                    (answer(state.add_job(&info)), model.add(&id))
+                    // Distinct for every add tried, refused ones included.
+                    let attachment = attach.then_some(ops.len() as u64 * 1000 + model.generation);
+                    let got = match attachment {
+                        Some(a) => answer(state.add_job_with(&info, a)),
+                        None => answer(state.add_job(&info)),
+                    };
+                    (got, model.add(&id, attachment))
                 }
                 Op::End(id, result) => {
                     let id = format!("r{id}");
-                    (answer(state.end_job(&id, *result)), model.end(&id, *result))
+                    let (want, attached) = model.end(&id, *result);
+                    let got = match state.end_job_detach(&id, *result) {
+                        Ok((_, got_attached)) => {
+                            prop_assert_eq!(got_attached, attached, "ending {}", id);
+                            Answer::Ok
+                        }
+                        Err(e) => answer::<()>(Err(e)),
+                    };
+                    (got, want)
                 }
                 Op::Attempt(id) => {
                     let id = format!("r{id}");
@@ -168,7 +188,18 @@ proptest! {
             prop_assert_eq!(job.result(), expected.result);
             prop_assert_eq!(job.attempts(), expected.attempts);
             prop_assert_eq!(job.end_time().is_some(), !expected.open);
+            prop_assert_eq!(state.attachment(id), expected.attached.as_ref());
         }
+        let attached: HashMap<String, u64> = state
+            .attachments()
+            .map(|(job, a)| (job.request_id().to_string(), *a))
+            .collect();
+        let expected: HashMap<String, u64> = model
+            .jobs
+            .iter()
+            .filter_map(|(id, j)| j.attached.map(|a| (id.clone(), a)))
+            .collect();
+        prop_assert_eq!(attached, expected);
         // Running totals agree and add up.
         let counts = state.counts();
         let of = |r| model.by_result.get(&r).copied().unwrap_or(0);
