@@ -185,7 +185,6 @@ impl CoordinatorBuilder {
                 strategies_shut: OnceCell::new(),
                 table: Mutex::new(Table {
                     state: CoordinatorState::with_attachments(self.retention),
-                    by_node: IdMap::default(),
                 }),
                 drained: Notify::new(),
                 overflow: Overflow::default(),
@@ -310,10 +309,9 @@ pub struct ModeCounts {
 type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Table {
-    /// The jobs, each open one with its request's record.
+    /// The jobs, each open one with its request's record (found by request id, or by node id
+    /// for a child naming its parent).
     state: CoordinatorState<OpenRequest>,
-    /// The request each open node runs, so a child finds its parent's cancellation token.
-    by_node: IdMap<NodeId, RequestId>,
 }
 
 pub(crate) struct Inner {
@@ -353,14 +351,6 @@ impl Inner {
                     return;
                 }
             };
-            if let Some(open) = &open
-                && table
-                    .by_node
-                    .get(open.cell.node_id())
-                    .is_some_and(|r| r.as_str() == request_id)
-            {
-                table.by_node.remove(open.cell.node_id());
-            }
             if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
                 mode.counters.close(result);
             }
@@ -976,8 +966,7 @@ impl Coordinator {
         let (timeout, retry) = options.into_parts();
         let deadline = timeout.map(|t| Instant::now() + t);
         let request_id = task.info().request_id().clone();
-        let node_id = task.info().node_id().clone();
-        let cell = RequestCell::new(node_id.clone(), task_span(task.info(), &mode));
+        let cell = RequestCell::new(task.info().node_id().clone(), task_span(task.info(), &mode));
         // Submitted from inside its parent's node (the usual way): the parent's request is at
         // hand, open or not.
         let scoped_parent = task.info().parent_id().and_then(|parent| {
@@ -1013,12 +1002,10 @@ impl Coordinator {
                 None => task
                     .info()
                     .parent_id()
-                    .and_then(|parent| table.by_node.get(parent))
-                    .and_then(|parent_request| table.state.attachment(parent_request))
+                    .and_then(|parent| table.state.attachment_of_node(parent))
                     .is_some_and(|parent| parent.cell.adopt(&cell)),
             };
             entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            table.by_node.insert(node_id, request_id.clone());
             born_cancelled
         };
         tracing::debug!(parent: cell.span(), "job opened");

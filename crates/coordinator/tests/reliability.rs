@@ -174,6 +174,66 @@ async fn a_handle_cancels_its_request_and_the_children_it_submitted() {
     assert_eq!((terminal["parent"], terminal["child"]), (1, 1));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_naming_its_open_parent_from_outside_its_scope_is_cancelled_with_it() {
+    let (_publisher, coordinator) = started();
+    let parent_dropped = Arc::new(AtomicBool::new(false));
+    let parent = sleeper("parent", parent_dropped);
+    let parent_node = parent.node_id().clone();
+    let parent_handle = coordinator
+        .spawn(parent, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    // Submitted from outside the parent's node (a task it spawned would be the same): only the
+    // explicit parent id links the two.
+    let child_dropped = Arc::new(AtomicBool::new(false));
+    let child_started = Arc::new(tokio::sync::Notify::new());
+    let (flag, started_signal) = (child_dropped.clone(), child_started.clone());
+    let child = Task::from_fn("child", "sleeper", move || async move {
+        let _flag = DropFlag(flag);
+        started_signal.notify_one();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, BoxError>(())
+    })
+    .with_parent(parent_node.clone());
+    let child_handle = coordinator
+        .spawn(child, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    // A node id no open request runs links to nothing.
+    let stranger =
+        sleeper("stranger", Arc::new(AtomicBool::new(false))).with_parent("no-such-node".into());
+    let stranger_handle = coordinator
+        .spawn(stranger, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    child_started.notified().await;
+    parent_handle.cancel();
+    assert!(parent_handle.await.unwrap_err().is_cancelled());
+    let error = tokio::time::timeout(Duration::from_secs(10), child_handle)
+        .await
+        .expect("the child is cancelled with its parent")
+        .unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    // Its run stops too: the node's future is dropped (right after the outcome is out).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !child_dropped.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the child's node is dropped");
+    let child = coordinator.job("child").unwrap();
+    assert_eq!(child.result(), Some(JobResult::Cancelled));
+    assert_eq!(child.parent_node_id(), Some(&parent_node));
+    assert!(coordinator.job("stranger").unwrap().result().is_none());
+    stranger_handle.cancel();
+    assert!(stranger_handle.await.unwrap_err().is_cancelled());
+    // Once the parent has ended, naming it links a new child to nothing either.
+    let late = value_task("late", 5).with_parent(parent_node);
+    assert_eq!(coordinator.submit(late, "async").await.unwrap(), 5);
+}
+
 #[tokio::test]
 async fn cancel_by_id_reaches_only_open_requests_and_cancelling_a_child_spares_its_parent() {
     let (_publisher, coordinator) = started();

@@ -175,6 +175,8 @@ struct JobTable<A> {
     attached: Vec<Option<A>>,
     /// Positions in `jobs`, hashed by request id.
     index: HashTable<u32>,
+    /// Positions of the jobs with an attachment (open ones), hashed by their node id.
+    by_node: HashTable<u32>,
     hasher: RandomState,
 }
 
@@ -184,6 +186,7 @@ impl<A> Default for JobTable<A> {
             jobs: Vec::new(),
             attached: Vec::new(),
             index: HashTable::new(),
+            by_node: HashTable::new(),
             hasher: RandomState::default(),
         }
     }
@@ -218,6 +221,40 @@ impl<A> JobTable<A> {
         self.position(request_id).map(|i| &self.jobs[i])
     }
 
+    /// The position of a job with an attachment whose node is `node_id`.
+    fn position_of_node(&self, node_id: &str) -> Option<usize> {
+        let jobs = &self.jobs;
+        self.by_node
+            .find(self.hash(node_id), |&i| {
+                jobs[i as usize].child_node_id().as_str() == node_id
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// Attaches `attachment` (if any) to the job at `position`, which has none.
+    fn attach(&mut self, position: usize, attachment: Option<A>) {
+        if attachment.is_none() {
+            return;
+        }
+        self.attached[position] = attachment;
+        let hash = self.hash(self.jobs[position].child_node_id());
+        let (jobs, hasher) = (&self.jobs, &self.hasher);
+        // `position` is a valid u32 position.
+        self.by_node.insert_unique(hash, position as u32, |&i| {
+            hasher.hash_one(jobs[i as usize].child_node_id().as_str())
+        });
+    }
+
+    /// Takes what is attached to the job at `position`.
+    fn detach(&mut self, position: usize) -> Option<A> {
+        let attachment = self.attached[position].take()?;
+        let hash = self.hash(self.jobs[position].child_node_id());
+        if let Ok(entry) = self.by_node.find_entry(hash, |&i| i as usize == position) {
+            entry.remove();
+        }
+        Some(attachment)
+    }
+
     /// Appends a job whose id (of hash `hash`) is not in the table; `None` when the index is
     /// full.
     fn push(&mut self, hash: u64, job: Job, attachment: Option<A>) -> Option<&mut Job> {
@@ -225,11 +262,12 @@ impl<A> JobTable<A> {
             .ok()
             .filter(|&p| p < u32::MAX)?;
         self.jobs.push(job);
-        self.attached.push(attachment);
+        self.attached.push(None);
         let (jobs, hasher) = (&self.jobs, &self.hasher);
         self.index.insert_unique(hash, position, |&i| {
             hasher.hash_one(jobs[i as usize].request_id().as_str())
         });
+        self.attach(position as usize, attachment);
         self.jobs.last_mut()
     }
 
@@ -247,6 +285,12 @@ impl<A> JobTable<A> {
             if let Some(slot) = self.index.find_mut(moved, |&i| i as usize == last) {
                 // `position` came from a valid u32 position.
                 *slot = position as u32;
+            }
+            if self.attached[position].is_some() {
+                let moved = self.hash(self.jobs[position].child_node_id());
+                if let Some(slot) = self.by_node.find_mut(moved, |&i| i as usize == last) {
+                    *slot = position as u32;
+                }
             }
         }
     }
@@ -345,10 +389,9 @@ impl<A> CoordinatorState<A> {
                 });
             }
             Some(i) => {
-                self.jobs.attached[i] = attachment;
-                let slot = &mut self.jobs.jobs[i];
-                *slot = job;
-                slot
+                self.jobs.jobs[i] = job;
+                self.jobs.attach(i, attachment);
+                &mut self.jobs.jobs[i]
             }
             None => self
                 .jobs
@@ -419,7 +462,7 @@ impl<A> CoordinatorState<A> {
         result: JobResult,
     ) -> Result<(&Job, Option<A>), StateError> {
         let mut position = self.open_position(request_id)?;
-        let attachment = self.jobs.attached[position].take();
+        let attachment = self.jobs.detach(position);
         let job = &mut self.jobs.jobs[position];
         job.close(result);
         let seq = job.seq;
@@ -466,6 +509,14 @@ impl<A> CoordinatorState<A> {
     pub fn attachment(&self, request_id: &str) -> Option<&A> {
         self.jobs
             .position(request_id)
+            .and_then(|position| self.jobs.attached[position].as_ref())
+    }
+
+    /// What is attached to an open job whose child node is `node_id` (one of them, if several
+    /// open jobs run the same node id).
+    pub fn attachment_of_node(&self, node_id: &str) -> Option<&A> {
+        self.jobs
+            .position_of_node(node_id)
             .and_then(|position| self.jobs.attached[position].as_ref())
     }
 

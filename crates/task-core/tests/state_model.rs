@@ -10,8 +10,9 @@ use task_core::{CoordinatorState, JobResult, JobStatus, Retention, TaskInfo};
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// Open a job, with an attachment or without.
-    Add(u8, bool),
+    /// Open a job running a node (few, so several open jobs share one), with an attachment or
+    /// without.
+    Add(u8, u8, bool),
     End(u8, JobResult),
     Attempt(u8),
 }
@@ -24,7 +25,8 @@ fn op() -> impl Strategy<Value = Op> {
         Just(JobResult::Cancelled),
     ];
     prop_oneof![
-        ((0..6_u8), any::<bool>()).prop_map(|(id, attach)| Op::Add(id, attach)),
+        ((0..6_u8), (0..3_u8), any::<bool>())
+            .prop_map(|(id, node, attach)| Op::Add(id, node, attach)),
         ((0..6_u8), result).prop_map(|(id, r)| Op::End(id, r)),
         (0..6_u8).prop_map(Op::Attempt),
     ]
@@ -38,6 +40,7 @@ struct ModelJob {
     generation: u64,
     /// What the state should hand back for it while open.
     attached: Option<u64>,
+    node: String,
 }
 
 #[derive(Default)]
@@ -60,7 +63,7 @@ enum Answer {
 }
 
 impl Model {
-    fn add(&mut self, id: &str, attached: Option<u64>) -> Answer {
+    fn add(&mut self, id: &str, node: &str, attached: Option<u64>) -> Answer {
         if self.jobs.get(id).is_some_and(|j| j.open) {
             return Answer::Duplicate;
         }
@@ -73,6 +76,7 @@ impl Model {
                 attempts: 1,
                 generation: self.generation,
                 attached,
+                node: node.to_owned(),
             },
         );
         self.opened += 1;
@@ -150,16 +154,17 @@ proptest! {
         let mut model = Model { keep, ..Model::default() };
         for op in &ops {
             let (got, want) = match op {
-                Op::Add(id, attach) => {
+                Op::Add(id, node, attach) => {
                     let id = format!("r{id}");
-                    let info = TaskInfo::new(id.as_str().into(), "node".into(), None, "n");
+                    let node = format!("n{node}");
+                    let info = TaskInfo::new(id.as_str().into(), node.as_str().into(), None, "n");
                     // Distinct for every add tried, refused ones included.
                     let attachment = attach.then_some(ops.len() as u64 * 1000 + model.generation);
                     let got = match attachment {
                         Some(a) => answer(state.add_job_with(&info, a)),
                         None => answer(state.add_job(&info)),
                     };
-                    (got, model.add(&id, attachment))
+                    (got, model.add(&id, &node, attachment))
                 }
                 Op::End(id, result) => {
                     let id = format!("r{id}");
@@ -200,6 +205,19 @@ proptest! {
             .filter_map(|(id, j)| j.attached.map(|a| (id.clone(), a)))
             .collect();
         prop_assert_eq!(attached, expected);
+        // By node: one of the open jobs with an attachment running it, or none.
+        for node in (0..3).map(|n| format!("n{n}")) {
+            let running: Vec<u64> = model
+                .jobs
+                .values()
+                .filter(|j| j.node == node)
+                .filter_map(|j| j.attached)
+                .collect();
+            match state.attachment_of_node(&node) {
+                Some(a) => prop_assert!(running.contains(a), "{} -> {} not in {:?}", node, a, running),
+                None => prop_assert!(running.is_empty(), "{} has {:?}", node, running),
+            }
+        }
         // Running totals agree and add up.
         let counts = state.counts();
         let of = |r| model.by_result.get(&r).copied().unwrap_or(0);
