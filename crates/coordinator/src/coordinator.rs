@@ -318,7 +318,7 @@ pub(crate) struct Inner {
     /// Every registered mode, at its [`Mode::index`].
     modes: Vec<Mode>,
     /// The position of each mode in `modes`, by name.
-    mode_index: HashMap<ExecutionMode, usize>,
+    mode_index: IdMap<ExecutionMode, usize>,
     grace: Duration,
     pub(crate) started: OnceLock<Started>,
     closing: AtomicBool,
