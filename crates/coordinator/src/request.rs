@@ -272,7 +272,7 @@ impl Launched {
         if inner.overflow.push(message) {
             let drain = Drain {
                 inner: Arc::clone(&inner),
-                current: None,
+                batch: VecDeque::new(),
                 done: false,
             };
             runtime.spawn(drain.run());
@@ -306,15 +306,15 @@ impl Overflow {
         !std::mem::replace(&mut queue.draining, true)
     }
 
-    /// The next waiting outcome; `None` when there is none, and then the publishing task stops.
-    fn pop(&self) -> Option<RequestCompletionMessage> {
+    /// Every waiting outcome, taken in one go; none when there is none, and then the publishing
+    /// task stops.
+    fn take_batch(&self) -> VecDeque<RequestCompletionMessage> {
         let mut queue = lock(&self.queue);
-        let next = queue.messages.pop_front();
-        if next.is_none() {
+        if queue.messages.is_empty() {
             queue.draining = false;
             self.waiting.store(false, Ordering::SeqCst);
         }
-        next
+        std::mem::take(&mut queue.messages)
     }
 
     /// Every waiting outcome, for a publishing task that is dropped before it is done.
@@ -326,12 +326,14 @@ impl Overflow {
     }
 }
 
-/// The task that publishes the waiting outcomes. Dropped before it is done (its runtime shut
-/// down), it closes the job of every outcome it did not publish directly, so no job stays open.
+/// The task that publishes the waiting outcomes, a batch (all that wait) at a time. Dropped
+/// before it is done (its runtime shut down), it closes the job of every outcome it did not
+/// publish directly, so no job stays open.
 struct Drain {
     inner: Arc<Inner>,
-    /// A copy of the message being published, until the bus takes it.
-    current: Option<RequestCompletionMessage>,
+    /// Outcomes taken from the queue and not yet published, in order; while one waits for room,
+    /// a copy of it stays first.
+    batch: VecDeque<RequestCompletionMessage>,
     /// Set once the queue is empty and nothing is left to close.
     done: bool,
 }
@@ -340,19 +342,37 @@ impl Drain {
     async fn run(mut self) {
         let inner = Arc::clone(&self.inner);
         // Always set: outcomes are queued only by a started coordinator.
-        if let Some(started) = inner.started.get() {
-            while let Some(message) = inner.overflow.pop() {
-                self.current = Some(message.clone());
-                let published = started.publisher.publish(message).await;
-                self.current = None;
-                if let Err(refused) = published {
-                    // Shut down meanwhile: close the job directly, as a refused outcome is.
-                    tracing::warn!(%refused, "outcome not published; closing the job directly");
-                    close_unpublished(&inner, refused.into_inner());
-                }
+        let Some(started) = inner.started.get() else {
+            return;
+        };
+        loop {
+            self.batch = inner.overflow.take_batch();
+            if self.batch.is_empty() {
+                break;
             }
-            self.done = true;
+            while let Some(message) = self.batch.pop_front() {
+                let refused = match started.publisher.try_publish(message) {
+                    Ok(()) => continue,
+                    Err(refused) if refused.is_full() => {
+                        // Wait for room; the copy closes the job if this task is dropped
+                        // meanwhile.
+                        let message = refused.into_inner();
+                        self.batch.push_front(message.clone());
+                        let published = started.publisher.publish(message).await;
+                        self.batch.pop_front();
+                        match published {
+                            Ok(()) => continue,
+                            Err(refused) => refused,
+                        }
+                    }
+                    Err(refused) => refused,
+                };
+                // Shut down meanwhile: close the job directly, as a refused outcome is.
+                tracing::warn!(%refused, "outcome not published; closing the job directly");
+                close_unpublished(&inner, refused.into_inner());
+            }
         }
+        self.done = true;
     }
 }
 
@@ -361,7 +381,7 @@ impl Drop for Drain {
         if self.done {
             return;
         }
-        if let Some(message) = self.current.take() {
+        for message in std::mem::take(&mut self.batch) {
             close_unpublished(&self.inner, message);
         }
         for message in self.inner.overflow.take_all() {
