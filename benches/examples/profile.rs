@@ -9,6 +9,8 @@
 //! `async-handles` (N handles from `try_spawn`, awaited in order), `raw-async`, `raw-threaded`,
 //! `fan-out-16`, `broadcast-16`. Arguments: scenario, N (tasks or messages per round), rounds.
 //! With `COUNT_ALLOCATIONS=1` it also reports heap allocations per task, and by size.
+//! Under `valgrind --tool=callgrind` it gives instruction counts per function that do not depend
+//! on the machine's load (docs/benchmarks.md, "Profiling one scenario").
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
