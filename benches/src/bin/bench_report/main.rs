@@ -4,6 +4,7 @@
 //! The binary is also its own process-strategy worker, and the raw echo child of the process
 //! baseline.
 
+mod instructions;
 mod measure;
 mod memory;
 mod nats;
@@ -91,6 +92,16 @@ fn main() {
         );
         return;
     }
+    if let [flag, scenario, n, rounds] = args.as_slice()
+        && flag == instructions::CHILD_FLAG
+    {
+        instructions::child(
+            scenario,
+            n.parse().expect("a task count"),
+            rounds.parse().expect("a round count"),
+        );
+        return;
+    }
     if let [flag, stream, prefix] = args.as_slice()
         && flag == nats::WORKER_FLAG
     {
@@ -127,8 +138,8 @@ fn main() {
                 1_000_000,
             )
         };
-    // Steps: async at each size, threaded, 2 process, 3 publisher, 1 distributed.
-    let mut progress = Progress::new(sizes.len() + 7);
+    // Steps: async at each size, threaded, 2 process, 3 publisher, 1 distributed, 2 counted.
+    let mut progress = Progress::new(sizes.len() + 9);
     let mut results = scenarios::local_strategies(&rt, sizes, reps, &mut progress);
     results.extend(scenarios::process(
         &rt,
@@ -144,6 +155,7 @@ fn main() {
         reps,
         &mut progress,
     ));
+    let instructions = instructions::measure(if quick { 5_000 } else { 20_000 }, &mut progress);
     eprintln!("publisher latency ...");
     let publisher_latency = scenarios::publisher_latency(&rt, if quick { 1_000 } else { 5_000 });
     eprintln!("memory: {jobs} retained closed jobs ...");
@@ -167,6 +179,7 @@ fn main() {
             std::env::consts::ARCH
         ),
         scenarios: results,
+        instructions,
         publisher_latency,
         memory,
     };

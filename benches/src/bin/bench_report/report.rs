@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::instructions::InstructionCount;
 use crate::measure::ScenarioResult;
 use crate::memory::Memory;
 
@@ -13,6 +14,8 @@ pub(crate) struct Report {
     pub(crate) quick: bool,
     pub(crate) machine: String,
     pub(crate) scenarios: Vec<ScenarioResult>,
+    /// Instructions per task, counted under valgrind; `None` where it could not run.
+    pub(crate) instructions: Option<Vec<InstructionCount>>,
     pub(crate) publisher_latency: serde_json::Value,
     pub(crate) memory: Memory,
 }
@@ -159,6 +162,37 @@ pub(crate) fn markdown(report: &Report) -> String {
             s.max,
             s.reps
         );
+    }
+    match &report.instructions {
+        Some(counts) => {
+            let _ = writeln!(
+                md,
+                "\nInstructions per task, counted by valgrind (all threads; the cost of a task in a coordinator that has run before: 3 rounds less 1 round over the same ids). Counts move by a few percent between runs (the runtime's idle threads count too), where times on a shared machine move by tens of percent; they do not show cache misses or lock waits.\n"
+            );
+            let _ = writeln!(
+                md,
+                "| scenario | N | ours instructions/task | baseline | baseline instructions/task | ratio |"
+            );
+            let _ = writeln!(md, "|---|---:|---:|---|---:|---:|");
+            for c in counts {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.0} | {} | {:.0} | {:.2} |",
+                    c.name,
+                    c.n,
+                    c.instructions_per_task,
+                    c.baseline,
+                    c.baseline_instructions_per_task,
+                    c.ratio
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "\nInstructions per task: not counted in this run (valgrind not found, or a count failed).\n"
+            );
+        }
     }
     let latency = &report.publisher_latency;
     let _ = writeln!(
