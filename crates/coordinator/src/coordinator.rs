@@ -1212,3 +1212,18 @@ pub struct SystemDetail {
     /// the restart count), by mode name.
     pub modes: BTreeMap<String, StrategyStats>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_beside_each_job_is_the_size_the_memory_benchmark_assumes() {
+        // benches/src/bin/bench_report/memory.rs measures the job table with a stand-in of this
+        // size for `OpenRequest`, as every retained job keeps an (empty) slot for it.
+        assert_eq!(
+            std::mem::size_of::<Option<OpenRequest>>(),
+            std::mem::size_of::<Option<(Arc<()>, usize)>>()
+        );
+    }
+}

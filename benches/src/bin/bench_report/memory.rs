@@ -1,5 +1,7 @@
 //! Resident memory per retained closed job.
 
+use std::sync::Arc;
+
 use coordinator::{CoordinatorState, JobResult, NodeId, RequestId, Retention, TaskInfo};
 use serde::Serialize;
 
@@ -27,9 +29,14 @@ fn rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// What a coordinator attaches to each open job, by size: its `OpenRequest` is a reference to
+/// the request's shared record and a mode index (a coordinator unit test checks the sizes
+/// match). The table keeps a slot of this size beside every job, closed ones included.
+type Attachment = (Arc<()>, usize);
+
 /// Opens and closes job `i` the way a coordinator does (a generated node id, a parent, a
-/// static name).
-fn run_one(state: &mut CoordinatorState, i: u64, parent: &NodeId) {
+/// static name, an attachment while it is open).
+fn run_one(state: &mut CoordinatorState<Attachment>, i: u64, parent: &NodeId, record: &Arc<()>) {
     let info = TaskInfo::new(
         RequestId::from(format!("request-{i}")),
         NodeId::generate(),
@@ -37,18 +44,20 @@ fn run_one(state: &mut CoordinatorState, i: u64, parent: &NodeId) {
         "node",
     );
     let id = info.request_id().clone();
-    state.add_job(&info).expect("fresh id");
+    state
+        .add_job_with(&info, (Arc::clone(record), 0))
+        .expect("fresh id");
     state.end_job(&id, JobResult::Success).expect("open job");
 }
 
 /// Fills a job table the way a coordinator does (generated node ids, a parent, a static name),
 /// closing every job, and measures how much resident memory it took.
 pub(crate) fn retained(jobs: u64) -> Memory {
-    let parent = NodeId::generate();
+    let (parent, record) = (NodeId::generate(), Arc::new(()));
     let before = rss();
-    let mut state = CoordinatorState::empty();
+    let mut state = CoordinatorState::with_attachments(Retention::KeepAll);
     for i in 0..jobs {
-        run_one(&mut state, i, &parent);
+        run_one(&mut state, i, &parent, &record);
     }
     let after = rss();
     let memory = Memory {
@@ -67,15 +76,15 @@ pub(crate) const KEEP_LAST: usize = 10_000;
 /// records resident memory after `checkpoint` tasks and after all of them: with bounded
 /// retention the two should match.
 pub(crate) fn bounded(checkpoint: u64, total: u64) -> serde_json::Value {
-    let parent = NodeId::generate();
+    let (parent, record) = (NodeId::generate(), Arc::new(()));
     let before = rss();
-    let mut state = CoordinatorState::with_retention(Retention::KeepLast(KEEP_LAST));
+    let mut state = CoordinatorState::with_attachments(Retention::KeepLast(KEEP_LAST));
     let mut at_checkpoint = 0;
     for i in 0..total {
         if i == checkpoint {
             at_checkpoint = rss();
         }
-        run_one(&mut state, i, &parent);
+        run_one(&mut state, i, &parent, &record);
     }
     let at_end = rss();
     std::hint::black_box(state.len());
