@@ -59,7 +59,7 @@ fn generate(kind: char) -> SmolStr {
     match std::str::from_utf8(&buf[..len]) {
         Ok(id) => SmolStr::new(id),
         // Unreachable: every byte above is ASCII.
-        Err(_) => SmolStr::from(format!("{kind}-{n:x}")),
+        Err(_) => SmolStr::from(format!("{kind}{}{n:x}", String::from_utf8_lossy(prefix))),
     }
 }
 
