@@ -333,7 +333,6 @@ impl<M: Clone + Send + 'static> Publisher<M> {
             id,
             rx: Some(rx),
             waiting: None,
-            pending: false,
             stop_at,
             progress: Arc::clone(&self.inner.progress),
             inner: Arc::downgrade(&self.inner),
@@ -606,11 +605,10 @@ pub struct Subscription<M> {
     /// The receiver, while no receive waits for a message; `None` while one waits (it owns the
     /// receiver then) and once the stream ended.
     rx: Option<broadcast::Receiver<Envelope<M>>>,
-    /// The receive that waits for the next message when none was queued. Boxed once and reused:
-    /// a subscriber that keeps up reads queued messages without it.
+    /// The receive that waits for the next message when none was queued, under way while `rx`
+    /// is `None`. Boxed once and reused: a subscriber that keeps up reads queued messages
+    /// without it.
     waiting: Option<ReusableBoxFuture<'static, Received<M>>>,
-    /// Whether `waiting` holds a receive under way (else it holds a finished one, or nothing).
-    pending: bool,
     /// The first message number it must not yield (`u64::MAX` while subscribed).
     stop_at: Arc<AtomicU64>,
     progress: Arc<Progress>,
@@ -627,7 +625,6 @@ impl<M> Subscription<M> {
     fn end(&mut self) {
         self.rx = None;
         self.waiting = None;
-        self.pending = false;
     }
 }
 
@@ -643,20 +640,7 @@ impl<M: Clone + Send + 'static> Subscription<M> {
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<M>> {
         loop {
-            let result = if self.pending {
-                let Some(waiting) = self.waiting.as_mut() else {
-                    // Never: `pending` is set only with a receive in `waiting`.
-                    self.pending = false;
-                    return Poll::Ready(None);
-                };
-                let (result, rx) = std::task::ready!(waiting.poll(cx));
-                self.pending = false;
-                self.rx = Some(rx);
-                result
-            } else {
-                let Some(rx) = self.rx.as_mut() else {
-                    return Poll::Ready(None);
-                };
+            let result = if let Some(rx) = self.rx.as_mut() {
                 // A message already queued is read without a future.
                 match rx.try_recv() {
                     Ok(envelope) => Ok(envelope),
@@ -668,12 +652,19 @@ impl<M: Clone + Send + 'static> Subscription<M> {
                             Some(waiting) => waiting.set(recv_owned(rx)),
                             None => self.waiting = Some(ReusableBoxFuture::new(recv_owned(rx))),
                         }
-                        self.pending = true;
                         continue;
                     }
                     Err(TryRecvError::Closed) => Err(RecvError::Closed),
                     Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
                 }
+            } else {
+                // No receiver at hand: a receive is under way, or the stream ended.
+                let Some(waiting) = self.waiting.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let (result, rx) = std::task::ready!(waiting.poll(cx));
+                self.rx = Some(rx);
+                result
             };
             match result {
                 Ok(envelope) if envelope.seq >= self.stop_at.load(Ordering::SeqCst) => {
