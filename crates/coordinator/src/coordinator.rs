@@ -183,9 +183,7 @@ impl CoordinatorBuilder {
                 closing: AtomicBool::new(false),
                 past_deadline: AtomicBool::new(false),
                 strategies_shut: OnceCell::new(),
-                table: Mutex::new(Table {
-                    state: CoordinatorState::with_attachments(self.retention),
-                }),
+                table: Mutex::new(CoordinatorState::with_attachments(self.retention)),
                 drained: Notify::new(),
                 overflow: Overflow::default(),
             }),
@@ -308,12 +306,6 @@ pub struct ModeCounts {
 /// A map keyed by ids, with a fast keyed hash.
 type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-struct Table {
-    /// The jobs, each open one with its request's record (found by request id, or by node id
-    /// for a child naming its parent).
-    state: CoordinatorState<OpenRequest>,
-}
-
 pub(crate) struct Inner {
     /// Every registered mode, at its [`Mode::index`].
     modes: Vec<Mode>,
@@ -325,7 +317,9 @@ pub(crate) struct Inner {
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     past_deadline: AtomicBool,
     strategies_shut: OnceCell<()>,
-    table: Mutex<Table>,
+    /// The jobs, each open one with its request's record (found by request id, or by node id
+    /// for a child naming its parent).
+    table: Mutex<CoordinatorState<OpenRequest>>,
     /// Woken whenever the last open job closes.
     drained: Notify,
     /// Outcomes of launched requests that found the bus full, waiting for room.
@@ -333,7 +327,7 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    fn table(&self) -> MutexGuard<'_, Table> {
+    fn table(&self) -> MutexGuard<'_, CoordinatorState<OpenRequest>> {
         // No code that can panic runs under this lock; a poisoned lock still holds a valid table.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -344,7 +338,7 @@ impl Inner {
         let result = JobResult::of(&outcome);
         let (open, idle) = {
             let mut table = self.table();
-            let open = match table.state.end_job_detach(request_id, result) {
+            let open = match table.end_job_detach(request_id, result) {
                 Ok((_, open)) => open,
                 Err(error) => {
                     tracing::debug!(request_id, %error, "completion ignored");
@@ -354,7 +348,7 @@ impl Inner {
             if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
                 mode.counters.close(result);
             }
-            (open, table.state.counts().opened == 0)
+            (open, table.counts().opened == 0)
         };
         tracing::debug!(request_id, %result, "job closed");
         if idle {
@@ -380,11 +374,11 @@ impl Inner {
     }
 
     fn open_jobs(&self) -> u64 {
-        self.table().state.counts().opened
+        self.table().counts().opened
     }
 
     fn record_attempt(&self, request_id: &str) {
-        let _ = self.table().state.record_attempt(request_id);
+        let _ = self.table().record_attempt(request_id);
     }
 
     /// The cancelled outcome of a request, saying who cancelled it.
@@ -867,7 +861,6 @@ impl Coordinator {
         let cell = self
             .inner
             .table()
-            .state
             .attachment(request_id)
             .map(|open| Arc::clone(&open.cell));
         // Outside the table lock: a launched request publishes its outcome as it is cancelled.
@@ -994,7 +987,6 @@ impl Coordinator {
                 mode: entry.index,
             };
             table
-                .state
                 .add_job_with(&task, open)
                 .map_err(|e| SubmitError::new(SubmitKind::Duplicate(e.request_id().clone())))?;
             let born_cancelled = match &scoped_parent {
@@ -1002,7 +994,7 @@ impl Coordinator {
                 None => task
                     .info()
                     .parent_id()
-                    .and_then(|parent| table.state.attachment_of_node(parent))
+                    .and_then(|parent| table.attachment_of_node(parent))
                     .is_some_and(|parent| parent.cell.adopt(&cell)),
             };
             entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -1046,13 +1038,8 @@ impl Coordinator {
     pub fn system_detail(&self) -> SystemDetail {
         let (counts, jobs) = {
             let table = self.inner.table();
-            let jobs: Vec<Job> = table
-                .state
-                .jobs_by_start_time()
-                .into_iter()
-                .cloned()
-                .collect();
-            (table.state.counts(), jobs)
+            let jobs: Vec<Job> = table.jobs_by_start_time().into_iter().cloned().collect();
+            (table.counts(), jobs)
         };
         let modes = self
             .inner
@@ -1077,17 +1064,17 @@ impl Coordinator {
 
     /// The job for `request_id`, if recorded.
     pub fn job(&self, request_id: &str) -> Option<Job> {
-        self.inner.table().state.get(request_id).cloned()
+        self.inner.table().get(request_id).cloned()
     }
 
     /// The running totals of the job table.
     pub fn counts(&self) -> JobCounts {
-        self.inner.table().state.counts()
+        self.inner.table().counts()
     }
 
     /// Reads the job table under its lock. Keep `f` short: submissions wait for it.
     pub fn with_state<R>(&self, f: impl FnOnce(&CoordinatorState<OpenRequest>) -> R) -> R {
-        f(&self.inner.table().state)
+        f(&self.inner.table())
     }
 
     /// Shuts down with the grace period set on the builder (default [`DEFAULT_SHUTDOWN_GRACE`]).
@@ -1123,7 +1110,6 @@ impl Coordinator {
             inner.past_deadline.store(true, Ordering::SeqCst);
             let open: Vec<Arc<RequestCell>> = inner
                 .table()
-                .state
                 .attachments()
                 .map(|(_, open)| Arc::clone(&open.cell))
                 .collect();
