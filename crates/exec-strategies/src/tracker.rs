@@ -1,6 +1,7 @@
 //! [`Tracker`]: the bookkeeping every strategy shares: accepting or not, tasks in flight, counts,
 //! and waiting (bounded) for the tasks in flight to finish.
 
+#[cfg(any(feature = "async", feature = "threaded"))]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,7 @@ impl Tracker {
     }
 
     /// [`admit`](Self::admit) for a task that outlives the caller's borrow (a launched run).
+    #[cfg(any(feature = "async", feature = "threaded"))]
     pub(crate) fn admit_owned(self: &Arc<Self>) -> Option<OwnedAdmission> {
         self.count_in();
         self.unless_closed(OwnedAdmission {
@@ -113,18 +115,21 @@ impl Drop for Admission<'_> {
     }
 }
 
-/// An [`Admission`] holding its tracker.
+/// An [`Admission`] holding its tracker (only the strategies that launch tasks need one).
+#[cfg(any(feature = "async", feature = "threaded"))]
 #[derive(Debug)]
 pub(crate) struct OwnedAdmission {
     tracker: Arc<Tracker>,
 }
 
+#[cfg(any(feature = "async", feature = "threaded"))]
 impl OwnedAdmission {
     pub(crate) fn tracker(&self) -> &Tracker {
         &self.tracker
     }
 }
 
+#[cfg(any(feature = "async", feature = "threaded"))]
 impl Drop for OwnedAdmission {
     fn drop(&mut self) {
         self.tracker.count_out();
