@@ -1,7 +1,8 @@
 //! `cargo xtask docs`: generates `docs/components/task_execution.md` (the design document the
 //! project started from, now produced by the code) and builds the rustdoc with warnings denied.
 //! `cargo xtask docs --check` fails when the committed document is stale (and builds the rustdoc
-//! too).
+//! too). Both check that the Rust snippets of the README and `docs/` match compiled code
+//! ([`crate::snippets`]).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -43,6 +44,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         fs::write(&path, generated).with_context(|| format!("writing {DOCUMENT}"))?;
         println!("wrote {DOCUMENT}");
     }
+    crate::snippets::check(&root)?;
     crate::cargo(
         &[
             "doc",

@@ -3,11 +3,13 @@
 //! - `bench [--quick] [--criterion] [-- <criterion args>]`: every scenario beside its raw
 //!   baseline in one run, reported in `target/bench-report/`; optionally the criterion benches.
 //! - `docs [--check]`: generates `docs/components/task_execution.md` from the crates' sources
-//!   (`--check`: fails when the committed one is stale), then builds the rustdoc with warnings
-//!   (broken intra-doc links included) denied.
+//!   (`--check`: fails when the committed one is stale), checks that the Rust snippets of the
+//!   README and `docs/` match compiled code, then builds the rustdoc with warnings (broken
+//!   intra-doc links included) denied.
 
 mod bench;
 mod docs;
+mod snippets;
 
 use std::process::Command;
 
@@ -36,6 +38,7 @@ commands:
         every scenario beside its raw baseline, in one run -> target/bench-report/
   docs [--check]
         generate docs/components/task_execution.md (--check: fail if stale),
+        check the README's and docs/'s Rust snippets against compiled code,
         then build the rustdoc with warnings denied"
 }
 

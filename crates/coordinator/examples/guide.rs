@@ -1,0 +1,225 @@
+//! The code of `docs/getting-started.md`, `docs/reliability.md` and the README's threaded
+//! snippet, compiled and run. `cargo xtask docs --check` fails when a snippet on those pages is
+//! not found here, line for line, so the pages cannot drift from the API.
+//!
+//! Run with `cargo run -p coordinator --all-features --example guide`. The sections are kept as
+//! the pages show them (`rustfmt::skip`); what each one does is checked as it runs.
+
+use std::error::Error;
+use std::time::Duration;
+
+use coordinator::{
+    Coordinator, CoordinatorState, ExecutionMode, JobResult, RequestCompletionPublisher, Retention,
+    RetryPolicy, SubmitOptions, Task, ThreadedExecutionStrategy, block_on,
+};
+use exec_inline::InlineStrategy as MyStrategy;
+use futures::StreamExt;
+
+type Outcome<T = ()> = std::result::Result<T, Box<dyn Error>>;
+
+// Section 2 of getting-started.md: a node, each item kept as the page shows it.
+#[rustfmt::skip]
+use coordinator::{BoxError, Node};
+
+#[rustfmt::skip]
+#[derive(Clone)]                                // replayable tasks (retries) clone their node
+struct Summarize { text: String }
+
+#[rustfmt::skip]
+impl Node for Summarize {
+    type Output = String;                       // Debug + Send + Sync + 'static
+    fn name(&self) -> std::borrow::Cow<'static, str> { "summarize".into() }
+    async fn invoke(self) -> Result<String, BoxError> {
+        Ok(self.text.split('.').next().unwrap_or_default().to_string())
+    }
+}
+
+/// A node that waits long enough to be cancelled.
+struct Slow;
+
+impl Node for Slow {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    }
+}
+
+/// The README's CPU-bound node.
+fn count_primes(below: u64) -> Result<u64, BoxError> {
+    Ok((2..below)
+        .filter(|n| (2..).take_while(|d| d * d <= *n).all(|d| n % d != 0))
+        .count() as u64)
+}
+
+#[rustfmt::skip]
+async fn start() -> Outcome<(RequestCompletionPublisher, Coordinator)> {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start()?;
+    let coordinator = Coordinator::builder()
+        .with_async()                                 // ExecutionMode::ASYNC -> AsyncExecutionStrategy
+        .strategy("my-mode", MyStrategy::default())   // any TaskExecutionStrategy, any name
+        .build();
+    coordinator.start(&publisher)?;
+    assert_eq!(coordinator.modes().len(), 2);
+    Ok((publisher, coordinator))
+}
+
+#[rustfmt::skip]
+async fn submit(coordinator: &Coordinator) -> Outcome {
+    let text = "Rust makes concurrency safe. Everything else follows.".to_string();
+    let summary: String = coordinator.submit(Task::new("123", Summarize { text }), ExecutionMode::ASYNC).await?;
+    assert_eq!(summary, "Rust makes concurrency safe");
+    Ok(())
+}
+
+#[rustfmt::skip]
+async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Outcome {
+    let text = "Replayable. Because it can be rebuilt.".to_string();
+    let task = Task::new("125", Slow);
+    let options = SubmitOptions::new()
+        .timeout(Duration::from_secs(10))
+        .retry(RetryPolicy::new(3));                          // replayable tasks only
+    let answer = coordinator.submit_with(Task::replayable("124", Summarize { text }), "async", options).await?;
+
+    let handle = coordinator.spawn(task, "async", SubmitOptions::new()).await?;   // accepted now
+    handle.cancel();                                          // ends as cancelled, children too
+    let result = handle.await;                                // Err(e) with e.is_cancelled()
+    assert_eq!(answer, "Replayable");
+    assert!(result.is_err_and(|e| e.is_cancelled()));
+    Ok(())
+}
+
+#[rustfmt::skip]
+async fn watch_the_bus(publisher: &RequestCompletionPublisher, coordinator: &Coordinator) -> Outcome {
+    publisher.subscribe(|message| println!("{message}"))?;          // "summarize DONE with result ..."
+    let mut stream = publisher.subscribe_stream()?;                  // a futures::Stream
+    let done = publisher.listener(|m| m.request_id().is_some_and(|id| id.as_str() == "123"),
+                                  |m| m.to_string());               // first match; subscribed now
+    let text = "Again. And again.".to_string();
+    coordinator.submit(Task::new("123", Summarize { text }), "async").await?;
+    assert!(done.await?.contains("DONE"));
+    let first = stream.next().await.ok_or("the stream ended")?;
+    assert_eq!(first.request_id().map(|id| id.as_str()), Some("123"));
+    Ok(())
+}
+
+#[rustfmt::skip]
+async fn inspect_and_shut_down(publisher: RequestCompletionPublisher, coordinator: Coordinator) -> Outcome {
+    let detail = coordinator.system_detail();             // counts, jobs, per-mode requests and stats
+    println!("{}", serde_json::to_string_pretty(&detail)?);
+    coordinator.shutdown().await;                          // stop accepting, drain, cancel at the deadline
+    publisher.shutdown().await;                            // deliver what was published, then stop
+    assert!(!coordinator.is_accepting());
+    Ok(())
+}
+
+#[rustfmt::skip]
+fn job_management_without_a_coordinator() -> Outcome {
+    let task = Task::from_fn("123", "lookup", || async { Ok::<_, BoxError>(42) });
+    let mut state = CoordinatorState::empty();
+    state.add_job(&task)?;                                 // error if that request id is still open
+    state.end_job("123", JobResult::Success)?;             // error if unknown or already closed
+    assert_eq!(state.counts().succeeded, 1);
+    Ok(())
+}
+
+#[rustfmt::skip]
+async fn threaded_mode() -> Outcome {
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(4)                 // default: one per core; or .pool(your_arc_thread_pool)
+        .thread_name("cpu")         // threads are cpu-0, cpu-1, ...
+        .max_in_flight(64)          // top-level tasks in the pool at once; beyond it submit waits
+        .build()?;
+    let coordinator = Coordinator::builder().with_async().strategy(ExecutionMode::THREADED, threaded).build();
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start()?;
+    coordinator.start(&publisher)?;
+    let c = coordinator.clone();
+    let parent = Task::blocking("parent", "parent", move || {
+        block_on(c.submit(Task::blocking("child", "child", || Ok::<_, BoxError>(20)), "threaded"))
+            .map(|child| child + 1)
+            .map_err(BoxError::from)
+    });
+    assert_eq!(coordinator.submit(parent, "threaded").await?, 21);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    Ok(())
+}
+
+/// The README's threaded example.
+#[rustfmt::skip]
+async fn readme_threaded() -> Outcome {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start()?;
+    let threaded = ThreadedExecutionStrategy::builder().threads(4).max_in_flight(64).build()?;
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .build();
+    coordinator.start(&publisher)?;
+    let primes = coordinator.submit(Task::blocking("p", "primes", || count_primes(1_000_000)), "threaded").await?;
+    assert_eq!(primes, 78_498);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    Ok(())
+}
+
+/// reliability.md's retry example.
+#[rustfmt::skip]
+async fn retries(coordinator: &Coordinator) -> Outcome {
+    let task = Task::replayable("r1", Summarize { text: "Retried. Not needed.".into() });
+use std::time::Duration;
+use coordinator::{RetryPolicy, SubmitOptions};
+
+let options = SubmitOptions::new()
+    .timeout(Duration::from_secs(5))                    // covers every attempt and the backoff
+    .retry(RetryPolicy::new(3)                          // up to 3 attempts in all
+        .backoff(Duration::from_millis(100), Duration::from_secs(5))
+        .retry_if(|e| e.is_worker_lost() || e.is_node_error()));
+let value = coordinator.submit_with(task, "threaded", options).await?;
+    assert_eq!(value, "Retried");
+    Ok(())
+}
+
+/// reliability.md's limits and retention.
+#[rustfmt::skip]
+fn limits_and_retention() {
+let coordinator = Coordinator::builder()
+    .with_async()
+    .limit("async", 256)
+    .build();
+    drop(coordinator);
+let coordinator = Coordinator::builder()
+    .with_async()
+    .retention(Retention::KeepLast(10_000))
+    .build();
+    drop(coordinator);
+}
+
+#[tokio::main]
+async fn main() -> Outcome {
+    let (publisher, coordinator) = start().await?;
+    submit(&coordinator).await?;
+    deadlines_cancellation_retries(&coordinator).await?;
+    watch_the_bus(&publisher, &coordinator).await?;
+    inspect_and_shut_down(publisher, coordinator).await?;
+    job_management_without_a_coordinator()?;
+    threaded_mode().await?;
+
+    readme_threaded().await?;
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start()?;
+    let threaded = ThreadedExecutionStrategy::builder().threads(2).build()?;
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .build();
+    coordinator.start(&publisher)?;
+    retries(&coordinator).await?;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    limits_and_retention();
+    println!("every section of the guide ran");
+    Ok(())
+}

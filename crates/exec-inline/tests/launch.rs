@@ -1,0 +1,177 @@
+//! A strategy that launches blocking tasks on its own pool, written as `docs/custom-strategy.md`
+//! shows (section 4b) from outside the workspace's strategies: the code of that section and of
+//! section 5, compiled and run. `cargo xtask docs --check` fails when the page's snippets are not
+//! found here line for line.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use coordinator::{
+    BoxError, Coordinator, RequestCompletionPublisher, SubmitOptions, Task, TaskError,
+};
+use exec_inline::InlineStrategy;
+use task_core::{BoxFuture, Completion, ErasedTask, Outcome, TaskBody, TaskExecutionStrategy};
+
+/// Runs blocking tasks on a rayon pool, launched; declines everything else, which then comes to
+/// `execute` and is refused.
+struct PoolStrategy {
+    pool: rayon::ThreadPool,
+}
+
+impl TaskExecutionStrategy for PoolStrategy {
+    fn execute(&self, _task: ErasedTask) -> BoxFuture<'_, Outcome> {
+        Box::pin(async { Err(TaskError::unsupported("blocking tasks only")) })
+    }
+
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn name(&self) -> &str {
+        "pool"
+    }
+
+    #[rustfmt::skip]
+    fn can_launch(&self, task: &ErasedTask) -> bool {
+    task.is_blocking()
+}
+
+    #[rustfmt::skip]
+    fn launch(&self, task: ErasedTask, completion: Completion) {
+    // Count in and check `closed` as in `execute`; refuse with
+    // completion.complete(Err(TaskError::shutdown(self.name()))).
+    let (_info, body) = task.into_parts();
+    let TaskBody::Blocking(body) = body else {
+        return completion.complete(Err(TaskError::unsupported("blocking tasks only")));
+    };
+    self.pool.spawn(move || {
+        if completion.is_cancelled() {
+            return; // cancelled while queued: it already has its outcome
+        }
+        let outcome = completion.in_scope(|| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))
+                .unwrap_or_else(|payload| Err(TaskError::panic(payload)))
+        });
+        completion.complete(outcome);
+    });
+}
+}
+
+fn started(pool_threads: usize) -> (RequestCompletionPublisher, Coordinator) {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().expect("a new publisher starts");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(pool_threads)
+        .build()
+        .expect("a pool");
+    let coordinator = Coordinator::builder()
+        .strategy("pool", PoolStrategy { pool })
+        .build();
+    coordinator
+        .start(&publisher)
+        .expect("a new coordinator starts");
+    (publisher, coordinator)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launched_tasks_deliver_values_failures_and_panics() {
+    let (publisher, coordinator) = started(2);
+    let value = Task::blocking("v", "value", || Ok::<_, BoxError>(6 * 7));
+    assert_eq!(coordinator.submit(value, "pool").await.unwrap(), 42);
+    let failing = Task::blocking("f", "fail", || Err::<(), BoxError>("no".into()));
+    assert!(
+        coordinator
+            .submit(failing, "pool")
+            .await
+            .unwrap_err()
+            .task_error()
+            .is_some_and(TaskError::is_node_error)
+    );
+    let panicking = Task::blocking("p", "panic", || -> Result<(), BoxError> { panic!("boom") });
+    let error = coordinator.submit(panicking, "pool").await.unwrap_err();
+    assert!(
+        error.task_error().is_some_and(TaskError::is_panic),
+        "{error}"
+    );
+    // An async task is declined by `can_launch`, so it reaches `execute`, which refuses it.
+    let not_blocking = Task::from_fn("a", "async", || async { Ok::<_, BoxError>(1) });
+    let error = coordinator.submit(not_blocking, "pool").await.unwrap_err();
+    assert!(
+        error.task_error().is_some_and(TaskError::is_unsupported),
+        "{error}"
+    );
+    let counts = coordinator.counts();
+    assert_eq!(
+        (
+            counts.opened,
+            counts.closed,
+            counts.succeeded,
+            counts.failed
+        ),
+        (0, 4, 1, 3)
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launched_task_cancelled_while_queued_never_runs() {
+    let (publisher, coordinator) = started(1);
+    // Occupy the pool's only thread until the second task is cancelled.
+    let (release, released) = mpsc::channel::<()>();
+    let (running, is_running) = tokio::sync::oneshot::channel();
+    let first = Task::blocking("first", "hold", move || {
+        let _ = running.send(());
+        released.recv().map_err(BoxError::from)
+    });
+    let holding = coordinator
+        .spawn(first, "pool", SubmitOptions::new())
+        .await
+        .unwrap();
+    is_running.await.unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&ran);
+    let second = Task::blocking("second", "queued", move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, BoxError>(())
+    });
+    let queued = coordinator
+        .spawn(second, "pool", SubmitOptions::new())
+        .await
+        .unwrap();
+    queued.cancel();
+    assert!(queued.await.unwrap_err().is_cancelled());
+    release.send(()).unwrap();
+    holding.await.unwrap();
+    // The pool ran the queued job after the first: it saw the cancellation and left the body.
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let last = Task::blocking("last", "after", move || {
+        let _ = done.send(());
+        Ok::<_, BoxError>(())
+    });
+    coordinator.submit(last, "pool").await.unwrap();
+    finished.await.unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// Section 5 of the page: registering a strategy of your own.
+#[rustfmt::skip]
+#[tokio::test]
+async fn it_registers_as_the_guide_shows() -> Result<(), Box<dyn std::error::Error>> {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start()?;
+let coordinator = Coordinator::builder()
+    .with_async()
+    .strategy(InlineStrategy::MODE, InlineStrategy::new())   // the mode name "inline"
+    .build();
+coordinator.start(&publisher)?;
+let four = coordinator.submit(Task::from_fn("1", "add", || async { Ok::<_, BoxError>(2 + 2) }), "inline").await?;
+    assert_eq!(four, 4);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    Ok(())
+}
