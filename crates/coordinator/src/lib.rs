@@ -43,6 +43,8 @@
 //! - `process`: the process strategy, [`ProcessExecutionStrategy`], and
 //!   [`run_worker_if_requested`] for the worker's `main`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod coordinator;
 mod error;
 mod handle;

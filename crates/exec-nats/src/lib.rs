@@ -15,6 +15,8 @@
 //! acknowledgement) is counted and dropped. A task whose workers keep dying is failed once the
 //! server gives up after `max_deliver` deliveries, never left hanging. See `docs/distributed.md`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod example_nodes;
 mod strategy;
 pub mod wire;

@@ -31,6 +31,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[cfg(feature = "async")]
 mod async_strategy;
 #[cfg(feature = "process")]
