@@ -15,7 +15,7 @@ use coordinator::{
 use exec_inline::InlineStrategy as MyStrategy;
 use futures::StreamExt;
 
-type Outcome<T = ()> = std::result::Result<T, Box<dyn Error>>;
+type Fallible<T = ()> = std::result::Result<T, Box<dyn Error>>;
 
 // Section 2 of getting-started.md: a node, each item kept as the page shows it.
 #[rustfmt::skip]
@@ -53,7 +53,7 @@ fn count_primes(below: u64) -> Result<u64, BoxError> {
 }
 
 #[rustfmt::skip]
-async fn start() -> Outcome<(RequestCompletionPublisher, Coordinator)> {
+async fn start() -> Fallible<(RequestCompletionPublisher, Coordinator)> {
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
     let coordinator = Coordinator::builder()
@@ -61,12 +61,13 @@ async fn start() -> Outcome<(RequestCompletionPublisher, Coordinator)> {
         .strategy("my-mode", MyStrategy::default())   // any TaskExecutionStrategy, any name
         .build();
     coordinator.start(&publisher)?;
-    assert_eq!(coordinator.modes().len(), 2);
+    let mine = Task::from_fn("mine", "add", || async { Ok::<_, BoxError>(2 + 2) });
+    assert_eq!(coordinator.submit(mine, "my-mode").await?, 4);
     Ok((publisher, coordinator))
 }
 
 #[rustfmt::skip]
-async fn submit(coordinator: &Coordinator) -> Outcome {
+async fn submit(coordinator: &Coordinator) -> Fallible {
     let text = "Rust makes concurrency safe. Everything else follows.".to_string();
     let summary: String = coordinator.submit(Task::new("123", Summarize { text }), ExecutionMode::ASYNC).await?;
     assert_eq!(summary, "Rust makes concurrency safe");
@@ -74,7 +75,7 @@ async fn submit(coordinator: &Coordinator) -> Outcome {
 }
 
 #[rustfmt::skip]
-async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Outcome {
+async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Fallible {
     let text = "Replayable. Because it can be rebuilt.".to_string();
     let task = Task::new("125", Slow);
     let options = SubmitOptions::new()
@@ -91,7 +92,7 @@ async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Outcome {
 }
 
 #[rustfmt::skip]
-async fn watch_the_bus(publisher: &RequestCompletionPublisher, coordinator: &Coordinator) -> Outcome {
+async fn watch_the_bus(publisher: &RequestCompletionPublisher, coordinator: &Coordinator) -> Fallible {
     publisher.subscribe(|message| println!("{message}"))?;          // "summarize DONE with result ..."
     let mut stream = publisher.subscribe_stream()?;                  // a futures::Stream
     let done = publisher.listener(|m| m.request_id().is_some_and(|id| id.as_str() == "123"),
@@ -105,7 +106,7 @@ async fn watch_the_bus(publisher: &RequestCompletionPublisher, coordinator: &Coo
 }
 
 #[rustfmt::skip]
-async fn inspect_and_shut_down(publisher: RequestCompletionPublisher, coordinator: Coordinator) -> Outcome {
+async fn inspect_and_shut_down(publisher: RequestCompletionPublisher, coordinator: Coordinator) -> Fallible {
     let detail = coordinator.system_detail();             // counts, jobs, per-mode requests and stats
     println!("{}", serde_json::to_string_pretty(&detail)?);
     coordinator.shutdown().await;                          // stop accepting, drain, cancel at the deadline
@@ -115,7 +116,7 @@ async fn inspect_and_shut_down(publisher: RequestCompletionPublisher, coordinato
 }
 
 #[rustfmt::skip]
-fn job_management_without_a_coordinator() -> Outcome {
+fn job_management_without_a_coordinator() -> Fallible {
     let task = Task::from_fn("123", "lookup", || async { Ok::<_, BoxError>(42) });
     let mut state = CoordinatorState::empty();
     state.add_job(&task)?;                                 // error if that request id is still open
@@ -125,7 +126,7 @@ fn job_management_without_a_coordinator() -> Outcome {
 }
 
 #[rustfmt::skip]
-async fn threaded_mode() -> Outcome {
+async fn threaded_mode() -> Fallible {
     let threaded = ThreadedExecutionStrategy::builder()
         .threads(4)                 // default: one per core; or .pool(your_arc_thread_pool)
         .thread_name("cpu")         // threads are cpu-0, cpu-1, ...
@@ -149,7 +150,7 @@ async fn threaded_mode() -> Outcome {
 
 /// The README's threaded example.
 #[rustfmt::skip]
-async fn readme_threaded() -> Outcome {
+async fn readme_threaded() -> Fallible {
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
     let threaded = ThreadedExecutionStrategy::builder().threads(4).max_in_flight(64).build()?;
@@ -167,7 +168,7 @@ async fn readme_threaded() -> Outcome {
 
 /// reliability.md's retry example.
 #[rustfmt::skip]
-async fn retries(coordinator: &Coordinator) -> Outcome {
+async fn retries(coordinator: &Coordinator) -> Fallible {
     let task = Task::replayable("r1", Summarize { text: "Retried. Not needed.".into() });
 use std::time::Duration;
 use coordinator::{RetryPolicy, SubmitOptions};
@@ -198,7 +199,7 @@ let coordinator = Coordinator::builder()
 }
 
 #[tokio::main]
-async fn main() -> Outcome {
+async fn main() -> Fallible {
     let (publisher, coordinator) = start().await?;
     submit(&coordinator).await?;
     deadlines_cancellation_retries(&coordinator).await?;

@@ -14,10 +14,10 @@ use coordinator::{Coordinator, RequestCompletionPublisher, Task};
 use exec_nats::example_nodes::{Echo, registry};
 use exec_nats::{NatsWorker, async_nats};
 
-type Outcome = Result<(), Box<dyn std::error::Error>>;
+type Fallible = Result<(), Box<dyn std::error::Error>>;
 
 #[rustfmt::skip]
-async fn submit() -> Outcome {
+async fn submit() -> Fallible {
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
   use exec_nats::NatsStrategy;
@@ -40,7 +40,7 @@ async fn submit() -> Outcome {
 }
 
 #[rustfmt::skip]
-async fn work() -> Outcome {
+async fn work() -> Fallible {
   NatsWorker::builder(registry())
       .url("nats://queue.internal:4222")
       .mode("gpu")
@@ -62,7 +62,7 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> Outcome {
+async fn main() -> Fallible {
     match std::env::args().nth(1).as_deref() {
         Some("submit") => submit().await,
         Some("work") => work().await,
