@@ -11,7 +11,8 @@ use task_core::{
     TaskExecutionStrategy,
 };
 
-use crate::tracker::{OwnedAdmission, Tracker};
+use crate::tracker::Tracker;
+use crate::tracker::owned::OwnedAdmission;
 
 /// Runs tasks on the tokio runtime: the strategy for I/O-bound work.
 ///

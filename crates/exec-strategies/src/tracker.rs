@@ -1,8 +1,6 @@
 //! [`Tracker`]: the bookkeeping every strategy shares: accepting or not, tasks in flight, counts,
 //! and waiting (bounded) for the tasks in flight to finish.
 
-#[cfg(any(feature = "async", feature = "threaded"))]
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use task_core::{Outcome, StrategyStats};
@@ -33,15 +31,6 @@ impl Tracker {
     pub(crate) fn admit(&self) -> Option<Admission<'_>> {
         self.count_in();
         self.unless_closed(Admission { tracker: self })
-    }
-
-    /// [`admit`](Self::admit) for a task that outlives the caller's borrow (a launched run).
-    #[cfg(any(feature = "async", feature = "threaded"))]
-    pub(crate) fn admit_owned(self: &Arc<Self>) -> Option<OwnedAdmission> {
-        self.count_in();
-        self.unless_closed(OwnedAdmission {
-            tracker: Arc::clone(self),
-        })
     }
 
     /// Counts a task in; the admission made next counts it out when dropped.
@@ -115,24 +104,39 @@ impl Drop for Admission<'_> {
     }
 }
 
-/// An [`Admission`] holding its tracker (only the strategies that launch tasks need one).
+/// Admissions that own their tracker: only the strategies that launch tasks need them.
 #[cfg(any(feature = "async", feature = "threaded"))]
-#[derive(Debug)]
-pub(crate) struct OwnedAdmission {
-    tracker: Arc<Tracker>,
-}
+pub(crate) mod owned {
+    use std::sync::Arc;
 
-#[cfg(any(feature = "async", feature = "threaded"))]
-impl OwnedAdmission {
-    pub(crate) fn tracker(&self) -> &Tracker {
-        &self.tracker
+    use super::Tracker;
+
+    impl Tracker {
+        /// [`admit`](Self::admit) for a task that outlives the caller's borrow (a launched run).
+        pub(crate) fn admit_owned(self: &Arc<Self>) -> Option<OwnedAdmission> {
+            self.count_in();
+            self.unless_closed(OwnedAdmission {
+                tracker: Arc::clone(self),
+            })
+        }
     }
-}
 
-#[cfg(any(feature = "async", feature = "threaded"))]
-impl Drop for OwnedAdmission {
-    fn drop(&mut self) {
-        self.tracker.count_out();
+    /// An [`Admission`](super::Admission) holding its tracker.
+    #[derive(Debug)]
+    pub(crate) struct OwnedAdmission {
+        tracker: Arc<Tracker>,
+    }
+
+    impl OwnedAdmission {
+        pub(crate) fn tracker(&self) -> &Tracker {
+            &self.tracker
+        }
+    }
+
+    impl Drop for OwnedAdmission {
+        fn drop(&mut self) {
+            self.tracker.count_out();
+        }
     }
 }
 
