@@ -22,11 +22,24 @@ const CRATES: &[&str] = &[
     "exec-nats",
 ];
 
+/// `cargo xtask docs --help`.
+const USAGE: &str = r"usage: cargo xtask docs [--check]
+
+Generates docs/components/task_execution.md from the crates' sources, checks that every Rust
+snippet of the README and docs/ matches its compiled home, then builds the rustdoc with
+warnings denied.
+
+  --check   do not write: fail when the committed document is stale";
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let check = match args {
         [] => false,
         [flag] if flag == "--check" => true,
-        _ => bail!("`docs` takes only --check, got {args:?}"),
+        [flag] if flag == "--help" || flag == "-h" => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        _ => bail!("`docs` takes only --check, got {args:?}\n\n{USAGE}"),
     };
     let root = crate::workspace_root();
     let generated = generate(&root)?;

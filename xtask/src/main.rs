@@ -1,7 +1,8 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
-//! - `bench [--quick] [--criterion] [-- <criterion args>]`: every scenario beside its raw
-//!   baseline in one run, reported in `target/bench-report/`; optionally the criterion benches.
+//! - `bench [--quick] [--only GROUP[,GROUP...]] [--criterion] [-- <criterion args>]`: every
+//!   scenario (or only some groups) beside its raw baseline in one run, reported in
+//!   `target/bench-report/`; optionally the criterion benches.
 //! - `docs [--check]`: generates `docs/components/task_execution.md` from the crates' sources
 //!   (`--check`: fails when the committed one is stale), checks that the Rust snippets of the
 //!   README and `docs/` match compiled code, then builds the rustdoc with warnings (broken
@@ -34,8 +35,9 @@ fn usage() -> &'static str {
     r"usage: cargo xtask <command>
 
 commands:
-  bench [--quick] [--criterion] [-- <criterion args>]
+  bench [--quick] [--only GROUP[,GROUP...]] [--criterion] [-- <criterion args>]
         every scenario beside its raw baseline, in one run -> target/bench-report/
+        (`cargo xtask bench --help` for the groups)
   docs [--check]
         generate docs/components/task_execution.md (--check: fail if stale),
         check the README's and docs/'s Rust snippets against compiled code,

@@ -102,6 +102,15 @@ fn main() {
         );
         return;
     }
+    if let [flag, round_trips, reps] = args.as_slice()
+        && flag == scenarios::PINNED_FLAG
+    {
+        scenarios::pinned_round_trip_child(
+            round_trips.parse().expect("a round trip count"),
+            reps.parse().expect("a repetition count"),
+        );
+        return;
+    }
     if let [flag, stream, prefix] = args.as_slice()
         && flag == nats::WORKER_FLAG
     {
@@ -117,12 +126,15 @@ fn main() {
         println!("{}", memory::bounded(checkpoint, total));
         return;
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| PathBuf::from("target/bench-report"), PathBuf::from);
+    let options = match Options::parse(&args) {
+        Ok(options) => options,
+        Err(why) => {
+            eprintln!("bench-report: {why}");
+            std::process::exit(2);
+        }
+    };
+    let quick = options.quick;
+    let run = |group: &str| options.runs(group);
 
     let rt = benches::runtime();
     let (sizes, reps, round_trips, pipelined, messages, jobs): (&[u64], usize, u64, u64, u64, u64) =
@@ -138,41 +150,80 @@ fn main() {
                 1_000_000,
             )
         };
-    // Steps: async at each size, threaded, 2 process, 3 publisher, 1 distributed, 2 counted.
-    let mut progress = Progress::new(sizes.len() + 9);
-    let mut results = scenarios::local_strategies(&rt, sizes, reps, &mut progress);
-    results.extend(scenarios::process(
-        &rt,
-        round_trips,
-        pipelined,
-        reps,
-        &mut progress,
-    ));
-    results.extend(scenarios::publisher(&rt, messages, reps, &mut progress));
-    results.extend(nats::throughput(
-        &rt,
-        if quick { 2_000 } else { 20_000 },
-        reps,
-        &mut progress,
-    ));
-    let instructions = instructions::measure(if quick { 5_000 } else { 20_000 }, &mut progress);
-    eprintln!("publisher latency ...");
-    let publisher_latency = scenarios::publisher_latency(&rt, if quick { 1_000 } else { 5_000 });
-    eprintln!("memory: {jobs} retained closed jobs ...");
-    let mut memory = memory::retained_in_child(jobs);
-    let (checkpoint, total) = if quick {
-        (200_000, 2_000_000)
-    } else {
-        (1_000_000, 10_000_000)
-    };
-    eprintln!(
-        "memory: bounded retention (last {}) across {total} tasks ...",
-        memory::KEEP_LAST
+    // Steps: async at each size, threaded, 3 process, 3 publisher, 1 distributed, 2 counted.
+    let steps = [
+        ("async", sizes.len()),
+        ("threaded", 1),
+        ("process", 3),
+        ("publisher", 3),
+        ("nats", 1),
+        ("instructions", 2),
+    ];
+    let mut progress = Progress::new(
+        steps
+            .iter()
+            .filter(|(group, _)| run(group))
+            .map(|(_, steps)| steps)
+            .sum(),
     );
-    memory.bounded_retention = memory::bounded_in_child(checkpoint, total);
+    let mut results = scenarios::local_strategies(
+        &rt,
+        sizes,
+        reps,
+        (run("async"), run("threaded")),
+        &mut progress,
+    );
+    if run("process") {
+        results.extend(scenarios::process(
+            &rt,
+            round_trips,
+            pipelined,
+            reps,
+            &mut progress,
+        ));
+        results.extend(scenarios::pinned_round_trip(
+            round_trips,
+            reps,
+            &mut progress,
+        ));
+    }
+    if run("publisher") {
+        results.extend(scenarios::publisher(&rt, messages, reps, &mut progress));
+    }
+    if run("nats") {
+        results.extend(nats::throughput(
+            &rt,
+            if quick { 2_000 } else { 20_000 },
+            reps,
+            &mut progress,
+        ));
+    }
+    let instructions = run("instructions")
+        .then(|| instructions::measure(if quick { 5_000 } else { 20_000 }, &mut progress))
+        .flatten();
+    let publisher_latency = run("publisher").then(|| {
+        eprintln!("publisher latency ...");
+        scenarios::publisher_latency(&rt, if quick { 1_000 } else { 5_000 })
+    });
+    let memory = run("memory").then(|| {
+        eprintln!("memory: {jobs} retained closed jobs ...");
+        let mut memory = memory::retained_in_child(jobs);
+        let (checkpoint, total) = if quick {
+            (200_000, 2_000_000)
+        } else {
+            (1_000_000, 10_000_000)
+        };
+        eprintln!(
+            "memory: bounded retention (last {}) across {total} tasks ...",
+            memory::KEEP_LAST
+        );
+        memory.bounded_retention = memory::bounded_in_child(checkpoint, total);
+        memory
+    });
 
     let report = report::Report {
         quick,
+        only: options.only.clone(),
         machine: format!(
             "{} logical CPUs, {}",
             std::thread::available_parallelism().map_or(0, usize::from),
@@ -183,10 +234,123 @@ fn main() {
         publisher_latency,
         memory,
     };
-    if let Err(e) = report::write(&report, &out) {
-        eprintln!("could not write the report to {}: {e}", out.display());
+    if let Err(e) = report::write(&report, &options.out) {
+        eprintln!(
+            "could not write the report to {}: {e}",
+            options.out.display()
+        );
         std::process::exit(1);
     }
     println!("{}", report::markdown(&report));
-    eprintln!("report written to {}", out.display());
+    eprintln!("report written to {}", options.out.display());
+}
+
+/// The groups of scenarios, as `--only` names them.
+const GROUPS: [&str; 7] = [
+    "async",
+    "threaded",
+    "process",
+    "publisher",
+    "nats",
+    "instructions",
+    "memory",
+];
+
+/// The report's command line: `[--quick] [--out DIR] [--only GROUP[,GROUP...]]`.
+#[derive(Debug, PartialEq)]
+struct Options {
+    quick: bool,
+    out: PathBuf,
+    /// The groups to run; `None` runs them all.
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let mut options = Self {
+            quick: false,
+            out: PathBuf::from("target/bench-report"),
+            only: None,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--out" => {
+                    let dir = args.next().ok_or("`--out` needs a directory")?;
+                    options.out = PathBuf::from(dir);
+                }
+                "--only" => {
+                    let list = args
+                        .next()
+                        .ok_or_else(|| format!("`--only` needs a group: {}", GROUPS.join(", ")))?;
+                    let mut groups = Vec::new();
+                    for group in list.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+                        if !GROUPS.contains(&group) {
+                            return Err(format!(
+                                "unknown group `{group}` (expected one of {})",
+                                GROUPS.join(", ")
+                            ));
+                        }
+                        groups.push(group.to_owned());
+                    }
+                    if groups.is_empty() {
+                        return Err(format!("`--only` needs a group: {}", GROUPS.join(", ")));
+                    }
+                    options.only.get_or_insert_with(Vec::new).extend(groups);
+                }
+                other => {
+                    return Err(format!(
+                        "unknown argument `{other}` (expected --quick, --out DIR, --only GROUP[,GROUP...])"
+                    ));
+                }
+            }
+        }
+        Ok(options)
+    }
+
+    fn runs(&self, group: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|g| g == group))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn no_arguments_run_every_group_in_full() {
+        let options = parse(&[]).expect("valid");
+        assert!(!options.quick);
+        assert_eq!(options.out, PathBuf::from("target/bench-report"));
+        assert!(GROUPS.iter().all(|group| options.runs(group)));
+    }
+
+    #[test]
+    fn only_runs_the_groups_named() {
+        let options = parse(&["--quick", "--only", "async,memory", "--out", "x"]).expect("valid");
+        assert!(options.quick);
+        assert_eq!(options.out, PathBuf::from("x"));
+        assert!(options.runs("async") && options.runs("memory"));
+        assert!(!options.runs("threaded") && !options.runs("nats"));
+        let twice = parse(&["--only", "nats", "--only", "process"]).expect("valid");
+        assert!(twice.runs("nats") && twice.runs("process") && !twice.runs("async"));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_what_was_expected() {
+        let unknown = parse(&["--only", "async,gpu"]).expect_err("no such group");
+        assert!(unknown.contains("`gpu`") && unknown.contains("instructions"));
+        assert!(parse(&["--only"]).is_err());
+        assert!(parse(&["--only", ","]).is_err());
+        assert!(parse(&["--out"]).is_err());
+        let flag = parse(&["--fast"]).expect_err("no such flag");
+        assert!(flag.contains("`--fast`"));
+    }
 }

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One scenario's figures, as written to `report.json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ScenarioResult {
     pub(crate) name: String,
     pub(crate) n: u64,
@@ -67,11 +67,16 @@ pub(crate) fn compare(
         max: a[a.len() - 1],
         extra: None,
     };
-    progress.done(&format!(
+    progress.done(&summary(&result));
+    result
+}
+
+/// The one-line summary of a result, for the progress display.
+pub(crate) fn summary(result: &ScenarioResult) -> String {
+    format!(
         "{:.0} ns/task vs {:.0} ns/task, ratio {:.2}",
         result.ns_per_task, result.baseline_ns_per_task, result.ratio
-    ));
-    result
+    )
 }
 
 /// The `p`-th percentile (0..=100) of `values`, sorted in place.

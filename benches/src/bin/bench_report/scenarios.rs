@@ -18,15 +18,21 @@ use pubsub::Publisher;
 use tokio::runtime::Runtime;
 
 use crate::Progress;
-use crate::measure::{ScenarioResult, compare, percentile};
+use crate::measure::{ScenarioResult, compare, percentile, summary};
 
-/// async and threaded through the coordinator at each N, and the async scaling series.
+/// async (at each N: the scaling series) and threaded through the coordinator, each when asked
+/// for.
 pub(crate) fn local_strategies(
     rt: &Runtime,
     sizes: &[u64],
     reps: usize,
+    (run_async, run_threaded): (bool, bool),
     progress: &mut Progress,
 ) -> Vec<ScenarioResult> {
+    let mut results = Vec::new();
+    if !run_async && !run_threaded {
+        return results;
+    }
     let pool = Arc::new(
         rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -34,8 +40,7 @@ pub(crate) fn local_strategies(
             .expect("pool"),
     );
     let (publisher, coordinator) = started_coordinator(rt, Some(&pool));
-    let mut results = Vec::new();
-    for &n in sizes {
+    for &n in sizes.iter().filter(|_| run_async) {
         let ids = request_ids(n);
         results.push(compare(
             "async",
@@ -47,17 +52,19 @@ pub(crate) fn local_strategies(
             progress,
         ));
     }
-    let n = sizes[sizes.len().min(2) - 1];
-    let ids = request_ids(n);
-    results.push(compare(
-        "threaded",
-        n,
-        reps,
-        "rayon::spawn + crossbeam + HashMap",
-        || submit_trivial(rt, &coordinator, &ids, &ExecutionMode::THREADED),
-        || raw_rayon_spawn_crossbeam(&pool, &ids),
-        progress,
-    ));
+    if run_threaded {
+        let n = sizes[sizes.len().min(2) - 1];
+        let ids = request_ids(n);
+        results.push(compare(
+            "threaded",
+            n,
+            reps,
+            "rayon::spawn + crossbeam + HashMap",
+            || submit_trivial(rt, &coordinator, &ids, &ExecutionMode::THREADED),
+            || raw_rayon_spawn_crossbeam(&pool, &ids),
+            progress,
+        ));
+    }
     rt.block_on(async {
         coordinator.shutdown().await;
         publisher.shutdown().await;
@@ -93,22 +100,21 @@ impl Drop for EchoChild {
     }
 }
 
-pub(crate) fn process(
-    rt: &Runtime,
-    round_trips: u64,
-    pipelined: u64,
-    reps: usize,
-    progress: &mut Progress,
-) -> Vec<ScenarioResult> {
-    let strategy = Arc::new(rt.block_on(async {
+/// A started pool of 2 workers (this binary), as both process scenarios use it.
+fn worker_pool(rt: &Runtime) -> Arc<ProcessExecutionStrategy> {
+    Arc::new(rt.block_on(async {
         ProcessExecutionStrategy::builder(registry())
             .workers(2)
             .tasks_per_worker(1024)
             .start()
             .await
             .expect("worker pool")
-    }));
-    let frame = wire::encode_frame(
+    }))
+}
+
+/// One trivial task as the pool's wire carries it: what the raw baselines echo.
+fn echo_frame() -> Vec<u8> {
+    wire::encode_frame(
         &ToWorker::Run {
             id: 1,
             name: Echo::NAME.into(),
@@ -116,17 +122,29 @@ pub(crate) fn process(
         },
         wire::DEFAULT_MAX_FRAME,
     )
-    .expect("small frame");
+    .expect("small frame")
+}
+
+/// One task at a time through the pool, beside one frame at a time through an echo child.
+fn round_trip(
+    name: &str,
+    rt: &Runtime,
+    strategy: &Arc<ProcessExecutionStrategy>,
+    round_trips: u64,
+    reps: usize,
+    progress: &mut Progress,
+) -> ScenarioResult {
+    let frame = echo_frame();
     let mut echo = EchoChild::spawn();
-    let mut results = vec![compare(
-        "process round trip",
+    compare(
+        name,
         round_trips,
         reps,
         "raw length-prefixed pipe echo",
         || {
             // The caller is a task on the runtime, as in an application (not the thread blocked
             // in `block_on`, which a worker thread would have to wake for every answer).
-            let strategy = Arc::clone(&strategy);
+            let strategy = Arc::clone(strategy);
             rt.block_on(async move {
                 tokio::spawn(async move {
                     let start = Instant::now();
@@ -151,6 +169,95 @@ pub(crate) fn process(
             black_box(&back);
             start.elapsed()
         },
+        progress,
+    )
+}
+
+/// The flag of the child that measures the round trip pinned to one CPU:
+/// `--pinned-round-trip <round trips> <reps>`.
+pub(crate) const PINNED_FLAG: &str = "--pinned-round-trip";
+
+/// The name of the pinned round trip in the report.
+pub(crate) const PINNED_ROUND_TRIP: &str = "process round trip, pinned to one CPU";
+
+/// The pinned child's side: pins this process to the first CPU it may run on, before any thread
+/// of its own starts (the runtime's threads, the workers and the echo child inherit the pin),
+/// then measures the round trip and prints it as JSON.
+pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: usize) {
+    let Some(core) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().next()) else {
+        eprintln!("no CPU to pin to");
+        std::process::exit(1);
+    };
+    if !core_affinity::set_for_current(core) {
+        eprintln!("could not pin this process to CPU {}", core.id);
+        std::process::exit(1);
+    }
+    let rt = benches::runtime();
+    let strategy = worker_pool(&rt);
+    let mut progress = Progress::new(1);
+    let result = round_trip(
+        PINNED_ROUND_TRIP,
+        &rt,
+        &strategy,
+        round_trips,
+        reps,
+        &mut progress,
+    );
+    rt.block_on(strategy.shutdown(Duration::from_secs(5)));
+    println!("{}", serde_json::to_string(&result).expect("serializable"));
+}
+
+/// The round trip measured in a child pinned to one CPU, where a wake-up never crosses cores:
+/// the comparison with the raw pipe that does not depend on where the scheduler puts the
+/// threads. `None` (and why, on stderr) where the child could not pin itself or failed.
+pub(crate) fn pinned_round_trip(
+    round_trips: u64,
+    reps: usize,
+    progress: &mut Progress,
+) -> Option<ScenarioResult> {
+    progress.start(PINNED_ROUND_TRIP, reps);
+    let output = Command::new(std::env::current_exe().ok()?)
+        .args([PINNED_FLAG, &round_trips.to_string(), &reps.to_string()])
+        .stderr(Stdio::piped())
+        .output();
+    let result = match output {
+        Ok(output) if output.status.success() => {
+            serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable result: {e}"))
+        }
+        Ok(output) => Err(format!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(result) => {
+            progress.done(&summary(&result));
+            Some(result)
+        }
+        Err(why) => {
+            progress.done(&format!("not measured ({why})"));
+            None
+        }
+    }
+}
+
+pub(crate) fn process(
+    rt: &Runtime,
+    round_trips: u64,
+    pipelined: u64,
+    reps: usize,
+    progress: &mut Progress,
+) -> Vec<ScenarioResult> {
+    let strategy = worker_pool(rt);
+    let frame = echo_frame();
+    let mut results = vec![round_trip(
+        "process round trip",
+        rt,
+        &strategy,
+        round_trips,
+        reps,
         progress,
     )];
     let mut pair = [EchoChild::spawn(), EchoChild::spawn()];
