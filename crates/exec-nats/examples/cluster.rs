@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use coordinator::{Coordinator, RequestCompletionPublisher, Task};
+use coordinator::{Coordinator, RequestCompletionPublisher, SubmitOptions, Task};
 use exec_nats::example_nodes::{Echo, registry};
 use exec_nats::{NatsWorker, async_nats};
 
@@ -31,8 +31,10 @@ async fn submit() -> Fallible {
       .start()
       .await?;
   let coordinator = Coordinator::builder().with_async().strategy("gpu", nats).build();
-    coordinator.start(&publisher)?;
-    let echoed = coordinator.submit(Task::portable("cluster-1", Echo(7)), "gpu").await?;
+  coordinator.start(&publisher)?;    // the application's started publisher
+  // A timeout, as "Delivery guarantees" below explains.
+  let options = SubmitOptions::new().timeout(Duration::from_secs(60));
+  let echoed = coordinator.submit_with(Task::portable("cluster-1", Echo(7)), "gpu", options).await?;
     println!("a worker echoed {echoed}");
     coordinator.shutdown().await;
     publisher.shutdown().await;
