@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use benches::{
     Echo, broadcast_fan_out, publish_fan_out, raw_rayon_spawn_crossbeam, raw_tokio_spawn_channel,
-    registry, request_ids, started_coordinator, submit_trivial,
+    registry, request_ids, spawn_then_await, started_coordinator, submit_trivial,
 };
 use coordinator::{
     ExecutionMode, PortableNode, ProcessExecutionStrategy, Task, TaskExecutionStrategy,
@@ -20,7 +20,10 @@ use tokio::runtime::Runtime;
 use crate::Progress;
 use crate::measure::{ScenarioResult, compare, percentile, summary};
 
-/// async (at each N: the scaling series) and threaded through the coordinator, each when asked
+/// The async scenario through `try_spawn` in the report.
+pub(crate) const ASYNC_SPAWNED: &str = "async, try_spawn handles awaited in order";
+
+/// async (at each N: the scaling series, then through `try_spawn`) and threaded through the coordinator, each when asked
 /// for.
 pub(crate) fn local_strategies(
     rt: &Runtime,
@@ -48,6 +51,22 @@ pub(crate) fn local_strategies(
             reps,
             "tokio::spawn + mpsc + HashMap",
             || submit_trivial(rt, &coordinator, &ids, &ExecutionMode::ASYNC),
+            || raw_tokio_spawn_channel(rt, &ids),
+            progress,
+        ));
+    }
+    if run_async {
+        // The same requests through `try_spawn`, their handles awaited in order: the shape of
+        // the baseline (spawn everything, then learn every outcome) without one future per call
+        // polled together.
+        let n = sizes[sizes.len().min(2) - 1];
+        let ids = request_ids(n);
+        results.push(compare(
+            ASYNC_SPAWNED,
+            n,
+            reps,
+            "tokio::spawn + mpsc + HashMap",
+            || spawn_then_await(rt, &coordinator, &ids),
             || raw_tokio_spawn_channel(rt, &ids),
             progress,
         ));
