@@ -123,7 +123,10 @@ fn main() {
             checkpoint.parse().expect("a task count"),
             total.parse().expect("a task count"),
         );
-        println!("{}", memory::bounded(checkpoint, total));
+        println!(
+            "{}",
+            serde_json::to_string(&memory::bounded(checkpoint, total)).expect("serializable")
+        );
         return;
     }
     let options = match Options::parse(&args) {
@@ -208,7 +211,7 @@ fn main() {
     });
     let memory = run("memory").then(|| {
         eprintln!("memory: {jobs} retained closed jobs ...");
-        let mut memory = memory::retained_in_child(jobs);
+        let mut memory = memory::retained_in_child(jobs)?;
         let (checkpoint, total) = if quick {
             (200_000, 2_000_000)
         } else {
@@ -219,9 +222,10 @@ fn main() {
             memory::KEEP_LAST
         );
         memory.bounded_retention = memory::bounded_in_child(checkpoint, total);
-        memory
+        Some(memory)
     });
 
+    let memory = memory.flatten();
     let report = report::Report {
         quick,
         only: options.only.clone(),
