@@ -26,6 +26,7 @@ pub(crate) struct Report {
 }
 
 /// A target the benchmark reports on (nothing asserts it).
+#[derive(Serialize)]
 struct Target {
     what: String,
     measured: String,
@@ -405,7 +406,10 @@ pub(crate) fn svg(report: &Report) -> String {
 
 pub(crate) fn write(report: &Report, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    // The report, and each target with its verdict (`met`: null where it was not judged).
+    let mut json = serde_json::to_value(report).map_err(std::io::Error::other)?;
+    json["targets"] = serde_json::to_value(targets(report)).map_err(std::io::Error::other)?;
+    let json = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("report.json"), json)?;
     std::fs::write(dir.join("report.md"), markdown(report))?;
     std::fs::write(dir.join("report.svg"), svg(report))?;
