@@ -269,7 +269,11 @@ pub(crate) fn markdown(report: &Report) -> String {
             memory.bytes_per_retained_job, memory.jobs, memory.peak_bytes_per_retained_job
         );
     }
-    let _ = writeln!(md, "\n## Targets\n\n| target | measured | |\n|---|---|---|");
+    // One blank line before the heading, whichever of the lines above were written.
+    if !md.ends_with("\n\n") {
+        md.push('\n');
+    }
+    let _ = writeln!(md, "## Targets\n\n| target | measured | |\n|---|---|---|");
     for t in targets(report) {
         let verdict = match t.met {
             Some(true) => "met",
@@ -476,7 +480,8 @@ mod tests {
 
     #[test]
     fn targets_of_groups_not_run_say_so() {
-        let only_async = report(vec![scenario("async", 100_000, 2_000.0, 1_200.0)]);
+        let mut only_async = report(vec![scenario("async", 100_000, 2_000.0, 1_200.0)]);
+        only_async.only = Some(vec!["async".to_owned()]);
         let all = targets(&only_async);
         assert_eq!(all.len(), 9, "every target is listed");
         let async_target = &all[0];
@@ -487,7 +492,16 @@ mod tests {
             assert_eq!(target.measured, "not run", "{}", target.what);
         }
         let md = markdown(&only_async);
+        assert!(md.contains("Only these groups ran (`--only`): async."));
         assert!(!md.contains("Memory:") && !md.contains("Publish-to-delivery"));
+        assert!(
+            !md.contains("Instructions per task"),
+            "not run, so not said missing"
+        );
         assert!(md.contains("| not run | not measured in this run |"));
+        assert!(
+            md.contains("| 0.60 | 2000–2000 | 3 |\n\n## Targets\n"),
+            "{md}"
+        );
     }
 }

@@ -23,8 +23,8 @@ use crate::measure::{ScenarioResult, compare, percentile, summary};
 /// The async scenario through `try_spawn` in the report.
 pub(crate) const ASYNC_SPAWNED: &str = "async, try_spawn handles awaited in order";
 
-/// async (at each N: the scaling series, then through `try_spawn`) and threaded through the coordinator, each when asked
-/// for.
+/// async (at each N: the scaling series, then through `try_spawn`) and threaded through the
+/// coordinator, each when asked for.
 pub(crate) fn local_strategies(
     rt: &Runtime,
     sizes: &[u64],
@@ -235,10 +235,12 @@ pub(crate) fn pinned_round_trip(
     progress: &mut Progress,
 ) -> Option<ScenarioResult> {
     progress.start(PINNED_ROUND_TRIP, reps);
-    let output = Command::new(std::env::current_exe().ok()?)
-        .args([PINNED_FLAG, &round_trips.to_string(), &reps.to_string()])
-        .stderr(Stdio::piped())
-        .output();
+    let output = std::env::current_exe().and_then(|exe| {
+        Command::new(exe)
+            .args([PINNED_FLAG, &round_trips.to_string(), &reps.to_string()])
+            .stderr(Stdio::piped())
+            .output()
+    });
     let result = match output {
         Ok(output) if output.status.success() => {
             serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable result: {e}"))
