@@ -129,6 +129,10 @@ fn main() {
         );
         return;
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
     let options = match Options::parse(&args) {
         Ok(options) => options,
         Err(why) => {
@@ -249,6 +253,16 @@ fn main() {
     println!("{}", report::markdown(&report));
     eprintln!("report written to {}", options.out.display());
 }
+
+/// `bench-report --help` (usually run as `cargo xtask bench`, which passes these on).
+const USAGE: &str = "usage: bench-report [--quick] [--out DIR] [--only GROUP[,GROUP...]]
+
+Every scenario beside its raw baseline, interleaved, in this one process; writes report.md,
+report.json and report.svg to DIR (default target/bench-report).
+
+  --quick        few repetitions, small N: a smoke run
+  --only GROUPS  only these groups: async, threaded, process, publisher, nats,
+                 instructions, memory (comma-separated)";
 
 /// The groups of scenarios, as `--only` names them.
 const GROUPS: [&str; 7] = [
