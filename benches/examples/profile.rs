@@ -7,7 +7,9 @@
 //!
 //! Scenarios: `async`, `threaded` (N `submit` futures awaited together, as the benchmark does),
 //! `async-handles` (N handles from `try_spawn`, awaited in order), `raw-async`, `raw-threaded`,
-//! `fan-out-16`, `broadcast-16`. Arguments: scenario, N (tasks or messages per round), rounds.
+//! `fan-out-16`, `broadcast-16`, `process` (N portable tasks in flight over a pool of 2 workers,
+//! started anew each round), `process-4` (the same from 4 callers awaiting one task at a time).
+//! Arguments: scenario, N (tasks or messages per round), rounds.
 //! With `COUNT_ALLOCATIONS=1` it also reports heap allocations per task, and by size.
 //! Under `valgrind --tool=callgrind` it gives instruction counts per function that do not depend
 //! on the machine's load (docs/benchmarks.md, "Profiling one scenario").
@@ -63,6 +65,8 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn main() {
+    // The `process` scenario's workers are this binary.
+    coordinator::run_worker_if_requested(&benches::registry());
     COUNTING.store(
         std::env::var_os("COUNT_ALLOCATIONS").is_some(),
         Ordering::Relaxed,
@@ -89,6 +93,8 @@ fn main() {
             "async-handles" => spawn_then_await(&rt, &coordinator, &ids),
             "raw-async" => raw_tokio_spawn_channel(&rt, &ids),
             "raw-threaded" => raw_rayon_spawn_crossbeam(&pool, &ids),
+            "process" => process_pipelined(&rt, n),
+            "process-4" => process_callers(&rt, n, 4),
             "fan-out-16" => publish_fan_out(&rt, 16, n),
             "broadcast-16" => broadcast_fan_out(&rt, 16, n),
             other => {
@@ -120,4 +126,60 @@ fn main() {
         coordinator.shutdown().await;
         publisher.shutdown().await;
     });
+}
+
+/// N trivial portable tasks in flight at once through a fresh pool of 2 worker processes (this
+/// binary); the pool's start is not counted.
+fn process_pipelined(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
+    use coordinator::{ProcessExecutionStrategy, Task, TaskExecutionStrategy};
+    rt.block_on(async {
+        let strategy = ProcessExecutionStrategy::builder(benches::registry())
+            .workers(2)
+            .tasks_per_worker(1024)
+            .start()
+            .await
+            .expect("worker pool");
+        let start = std::time::Instant::now();
+        let calls =
+            (0..n).map(|i| strategy.execute(Task::portable("r", benches::Echo(i)).into_erased()));
+        let done = futures::future::join_all(calls).await;
+        let elapsed = start.elapsed();
+        assert!(done.iter().all(Result::is_ok), "every echo succeeds");
+        strategy.shutdown(Duration::from_secs(5)).await;
+        elapsed
+    })
+}
+
+/// N trivial portable tasks through a fresh pool of 2 worker processes, from `callers` tasks
+/// each awaiting one at a time (N / callers each); the pool's start is not counted.
+fn process_callers(rt: &tokio::runtime::Runtime, n: u64, callers: u64) -> Duration {
+    use coordinator::{ProcessExecutionStrategy, Task, TaskExecutionStrategy};
+    rt.block_on(async {
+        let strategy = Arc::new(
+            ProcessExecutionStrategy::builder(benches::registry())
+                .workers(2)
+                .tasks_per_worker(1024)
+                .start()
+                .await
+                .expect("worker pool"),
+        );
+        let start = std::time::Instant::now();
+        let joins: Vec<_> = (0..callers)
+            .map(|_| {
+                let strategy = Arc::clone(&strategy);
+                tokio::spawn(async move {
+                    for i in 0..n / callers {
+                        let task = Task::portable("r", benches::Echo(i)).into_erased();
+                        strategy.execute(task).await.expect("every echo succeeds");
+                    }
+                })
+            })
+            .collect();
+        for join in joins {
+            join.await.expect("a caller task");
+        }
+        let elapsed = start.elapsed();
+        strategy.shutdown(Duration::from_secs(5)).await;
+        elapsed
+    })
 }

@@ -546,8 +546,52 @@ fn a_pool_outlives_the_runtime_it_was_started_on() {
                 .unwrap();
             assert_eq!(v.downcast_ref::<u64>(), Some(&i));
         }
+        // Enough at once that frames are queued for the writing task, which runs on the pool's
+        // own runtime and so outlives the first one too.
+        let calls =
+            (0..200_u64).map(|i| s.execute(Task::portable(format!("p{i}"), Echo(i)).into_erased()));
+        let answers =
+            tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+                .await
+                .expect("every task in flight is answered");
+        for (i, answer) in (0..200_u64).zip(answers) {
+            assert_eq!(answer.unwrap().downcast_ref::<u64>(), Some(&i));
+        }
         assert_eq!(s.worker_pids().len(), 2);
         assert!(s.worker_pids().iter().all(|p| !before.contains(p)));
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn many_tasks_in_flight_each_get_their_own_answer() {
+    // Thousands in flight: past a few per worker, frames are queued and written together by the
+    // pool's writing task, large ones (above a pipe's 64 KiB) across several writes.
+    runtime().block_on(async {
+        let s = pool(2).await;
+        let calls = (0..3_000_u64).map(|i| {
+            let task = if i % 100 == 7 {
+                let len = 1_000 * usize::try_from(i).unwrap();
+                Task::portable(format!("b{i}"), Blob(vec![(i % 251) as u8; len])).into_erased()
+            } else {
+                Task::portable(format!("e{i}"), Echo(i)).into_erased()
+            };
+            let s = &s;
+            async move { (i, s.execute(task).await) }
+        });
+        let answers =
+            tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
+                .await
+                .expect("every task in flight is answered");
+        for (i, answer) in answers {
+            let value = answer.unwrap_or_else(|e| panic!("task {i}: {e}"));
+            if i % 100 == 7 {
+                let bytes = value.downcast_ref::<Vec<u8>>().expect("a blob's bytes");
+                assert_eq!(bytes.len(), 1_000 * usize::try_from(i).unwrap(), "task {i}");
+                assert!(bytes.iter().all(|&b| b == (i % 251) as u8), "task {i}");
+            } else {
+                assert_eq!(value.downcast_ref::<u64>(), Some(&i), "task {i}");
+            }
+        }
         s.shutdown(Duration::from_secs(5)).await;
     });
 }
@@ -625,6 +669,10 @@ fn main() {
         (
             "a_pool_outlives_the_runtime_it_was_started_on",
             a_pool_outlives_the_runtime_it_was_started_on,
+        ),
+        (
+            "many_tasks_in_flight_each_get_their_own_answer",
+            many_tasks_in_flight_each_get_their_own_answer,
         ),
         (
             "refuses_what_cannot_cross_the_boundary",

@@ -773,10 +773,15 @@ impl Shared {
                     .min_by_key(|w| w.pending.len());
                 if let Some(worker) = chosen {
                     let (reply, answer) = oneshot::channel();
-                    // Written from this thread straight into the pipe (no hop through the
-                    // supervisor) while the lock keeps frames of concurrent dispatches whole
-                    // and in order.
-                    let sent = worker.input.as_ref().map(|input| input.send(&frame));
+                    // The lock keeps frames of concurrent dispatches whole and in order. A worker
+                    // with little to do gets the frame at once, written from this thread
+                    // straight into the pipe (no hop through the supervisor). One with a queue
+                    // of runs gets it from the writing task on the supervisor's thread, with the
+                    // other frames dispatched meanwhile, in one write: the worker has work until
+                    // then, and a write per frame (and a wake of the worker per write) is what
+                    // limits a full pipeline.
+                    let now = worker.pending.len() < BATCH_WHEN_PENDING;
+                    let sent = worker.input.as_ref().map(|input| input.send(&frame, now));
                     if !matches!(sent, Some(Ok(()))) {
                         return Err(TaskError::worker_lost("the worker's input closed"));
                     }
@@ -914,8 +919,13 @@ impl Drop for AbandonOnDrop<'_> {
     }
 }
 
-/// A worker's stdin. Dispatch writes frames straight into the pipe without blocking; what the
-/// pipe cannot take yet waits in a backlog that [`finish_writes`] drains when it is writable.
+/// From how many runs in flight on a worker its next frames wait for the writing task, to be
+/// written together, instead of each being written at once.
+const BATCH_WHEN_PENDING: usize = 8;
+
+/// A worker's stdin. Dispatch writes frames for an idle worker straight into the pipe without
+/// blocking; what the pipe cannot take yet, and the frames for a busy worker, wait in a backlog
+/// that [`finish_writes`] drains (whatever has gathered, in large writes) when it is writable.
 struct WorkerInput {
     pipe: AsyncFd<File>,
     backlog: Mutex<Backlog>,
@@ -954,14 +964,16 @@ impl WorkerInput {
         self.backlog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `frame` behind anything already waiting, writing at once what the pipe takes.
-    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+    /// Queues `frame` behind anything already waiting. With `now` and nothing waiting, writes at
+    /// once what the pipe takes; otherwise the writing task writes it, together with whatever
+    /// else is queued by the time it runs.
+    fn send(&self, frame: &[u8], now: bool) -> std::io::Result<()> {
         let mut backlog = self.backlog();
         if backlog.closed {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
         let mut rest = frame;
-        if backlog.bytes.is_empty() {
+        if now && backlog.bytes.is_empty() {
             while !rest.is_empty() {
                 match self.pipe.get_ref().write(rest) {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
