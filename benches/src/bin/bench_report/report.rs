@@ -296,9 +296,17 @@ fn escape(s: &str) -> String {
 /// Two panels: each scenario's ratio as a bar, and async cost per task against N.
 pub(crate) fn svg(report: &Report) -> String {
     let bar_h = 22.0;
-    let left = 330.0;
-    let width = 760.0;
     let scale = 300.0; // pixels for ratio 1.0
+    // Room for the longest label (about 7 pixels a character at this size), and past the
+    // longest bar (capped at 1.5) for its figure.
+    let longest = report
+        .scenarios
+        .iter()
+        .map(|s| s.name.chars().count() + format!(" (N={})", s.n).len())
+        .max()
+        .unwrap_or(0);
+    let left = (longest as f64 * 7.0 + 16.0).max(200.0);
+    let width = left + 1.5 * scale + 60.0;
     let rows = report.scenarios.len() as f64;
     let panel1 = 40.0 + rows * bar_h;
     let height = panel1 + 260.0;
@@ -318,7 +326,7 @@ pub(crate) fn svg(report: &Report) -> String {
         let color = if s.ratio >= 0.5 { "#4a90d9" } else { "#d9822b" };
         let _ = writeln!(
             svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{} (N={})</text><rect x="{left}" y="{}" width="{w:.1}" height="{}" fill="{color}"/><text x="{}" y="{}">{:.2}</text>"#,
+            r#"<text x="{}" y="{}" text-anchor="end">{} (N={})</text><rect x="{left}" y="{}" width="{w:.1}" height="{}" fill="{color}"/><text x="{}" y="{}">{:.2}{}</text>"#,
             left - 6.0,
             y + 15.0,
             escape(&s.name),
@@ -327,7 +335,9 @@ pub(crate) fn svg(report: &Report) -> String {
             bar_h - 6.0,
             left + w + 4.0,
             y + 15.0,
-            s.ratio
+            s.ratio,
+            // The bar stops at 1.5; the figure says how far past it the ratio is.
+            if s.ratio > 1.5 { " ›" } else { "" }
         );
     }
     for (ratio, label) in [(0.5, "0.5"), (1.0, "1.0")] {
@@ -352,7 +362,7 @@ pub(crate) fn svg(report: &Report) -> String {
         top
     );
     if series.len() >= 2 {
-        let (x0, x1, y0, y1) = (80.0, width - 40.0, top + 190.0, top + 20.0);
+        let (x0, x1, y0, y1) = (80.0, width - 40.0, top + 200.0, top + 40.0);
         let lo = (series[0].n as f64).log10();
         let hi = (series[series.len() - 1].n as f64).log10();
         let max = series
@@ -366,12 +376,15 @@ pub(crate) fn svg(report: &Report) -> String {
             svg,
             r##"<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#000"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#000"/>"##
         );
+        // The axis's top and bottom figures, beside the axis and clear of the points' labels.
         let _ = writeln!(
             svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{:.0} ns</text>"#,
-            x0 - 4.0,
+            r#"<text x="{}" y="{}" text-anchor="end">{:.0} ns</text><text x="{}" y="{}" text-anchor="end">0</text>"#,
+            x0 - 6.0,
             y1 + 4.0,
-            max
+            max,
+            x0 - 6.0,
+            y0 + 4.0
         );
         for (dash, pick) in [("", true), ("6 4", false)] {
             let points: Vec<String> = series
@@ -394,12 +407,20 @@ pub(crate) fn svg(report: &Report) -> String {
         for s in &series {
             let _ = writeln!(
                 svg,
-                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" text-anchor="middle">{:.0}</text>"#,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" text-anchor="{}">{:.0} ns</text>"#,
                 px(s.n),
                 y0 + 16.0,
                 s.n,
                 px(s.n),
                 py(s.ns_per_task) - 6.0,
+                // Inside the plot at both ends, clear of the axis's figures.
+                if s.n == series[0].n {
+                    "start"
+                } else if s.n == series[series.len() - 1].n {
+                    "end"
+                } else {
+                    "middle"
+                },
                 s.ns_per_task
             );
         }
@@ -476,6 +497,31 @@ mod tests {
         let target = round_trip_target(&unpinned_only).expect("a round trip target");
         assert_eq!(target.met, Some(false));
         assert!(target.measured.contains("unpinned"));
+    }
+
+    /// The chart's width, from its root element.
+    fn svg_width(svg: &str) -> f64 {
+        let rest = &svg[svg.find("width=\"").expect("a width") + 7..];
+        rest[..rest.find('"').expect("closed")]
+            .parse()
+            .expect("a number")
+    }
+
+    #[test]
+    fn the_chart_makes_room_for_long_names_and_marks_ratios_past_its_end() {
+        let short = svg(&report(vec![scenario("async", 10, 2.0, 1.0)]));
+        let long_name = "a scenario with a name much longer than any the report has today";
+        let long = svg(&report(vec![
+            scenario(long_name, 10, 2.0, 1.0),
+            scenario("fast", 10, 1.0, 3.0),
+        ]));
+        assert!(svg_width(&long) > svg_width(&short) + 200.0);
+        assert!(
+            long.contains(">3.00 ›</text>"),
+            "past the bar's end: {long}"
+        );
+        assert!(long.contains(">0.50</text>"));
+        assert!(!short.contains('›'));
     }
 
     #[test]
