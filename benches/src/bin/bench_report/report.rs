@@ -274,7 +274,8 @@ pub(crate) fn markdown(report: &Report) -> String {
         md.push('\n');
     }
     let _ = writeln!(md, "## Targets\n\n| target | measured | |\n|---|---|---|");
-    for t in targets(report) {
+    let targets = targets(report);
+    for t in &targets {
         let verdict = match t.met {
             Some(true) => "met",
             Some(false) => "missed",
@@ -283,6 +284,12 @@ pub(crate) fn markdown(report: &Report) -> String {
             None => "not judged at this run's size",
         };
         let _ = writeln!(md, "| {} | {} | {} |", t.what, t.measured, verdict);
+    }
+    if targets.iter().any(|t| t.met == Some(false)) {
+        let _ = writeln!(
+            md,
+            "\nWhat limits the missed targets, measured: docs/benchmarks.md (\"Where the async and threaded time goes\"; the distributed figure is set by the NATS server's share of the machine, docs/distributed.md, \"Cost\")."
+        );
     }
     md
 }
@@ -545,6 +552,13 @@ mod tests {
             "not run, so not said missing"
         );
         assert!(md.contains("| not run | not measured in this run |"));
+        assert!(
+            !md.contains("What limits the missed targets"),
+            "none was missed"
+        );
+        let missed = markdown(&report(vec![scenario("threaded", 100_000, 3_000.0, 300.0)]));
+        assert!(missed.contains("| 0.10 at N = 100000 | missed |"));
+        assert!(missed.contains("What limits the missed targets"));
         assert!(
             md.contains("| 0.60 | 2000–2000 | 3 |\n\n## Targets\n"),
             "{md}"
