@@ -12,7 +12,7 @@
 use anyhow::Result;
 
 /// `cargo xtask bench --help`.
-pub(crate) const USAGE: &str = r"usage: cargo xtask bench [--quick] [--only GROUP[,GROUP...]] [--criterion] [-- <criterion args>]
+const USAGE: &str = r"usage: cargo xtask bench [--quick] [--only GROUP[,GROUP...]] [--criterion] [-- <criterion args>]
 
 Runs every scenario beside its raw baseline, interleaved, in one process, and writes
 target/bench-report/report.{md,json,svg}.
@@ -29,7 +29,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (args, &[][..]),
     };
-    let mut only = None;
+    // Every `--only` list, passed on as one.
+    let mut only: Vec<&str> = Vec::new();
     let mut flags = ours.iter();
     while let Some(arg) = flags.next() {
         match arg.as_str() {
@@ -38,7 +39,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 let groups = flags
                     .next()
                     .ok_or_else(|| anyhow::anyhow!("`--only` needs a group list\n\n{USAGE}"))?;
-                only = Some(groups.as_str());
+                only.push(groups);
             }
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -65,8 +66,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if quick {
         report.push("--quick");
     }
-    if let Some(groups) = only {
-        report.extend(["--only", groups]);
+    let only = only.join(",");
+    if !only.is_empty() {
+        report.extend(["--only", &only]);
     }
     crate::cargo(&report, &[])?;
 
