@@ -254,6 +254,26 @@ fn main() {
     eprintln!("report written to {}", options.out.display());
 }
 
+/// Runs this binary again with `args` (a child flag and its arguments) and reads what it prints
+/// as JSON: the measurements that need a process of their own (fresh, or pinned). An error says
+/// what failed and what the child said on stderr.
+pub(crate) fn measure_in_child<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, String> {
+    let output = std::env::current_exe()
+        .and_then(|exe| std::process::Command::new(exe).args(args).output())
+        .map_err(|e| format!("could not run the child: {e}"))?;
+    let said = || String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    if !output.status.success() {
+        return Err(format!("{}: {}", output.status, said()));
+    }
+    serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("unreadable result ({e}); the child said: {}", said()))
+}
+
+/// Whether `group` runs when `--only` picked `only` (every group runs without it).
+pub(crate) fn runs(only: Option<&[String]>, group: &str) -> bool {
+    only.is_none_or(|only| only.iter().any(|g| g == group))
+}
+
 /// `bench-report --help` (usually run as `cargo xtask bench`, which passes these on).
 const USAGE: &str = "usage: bench-report [--quick] [--out DIR] [--only GROUP[,GROUP...]]
 
@@ -329,9 +349,7 @@ impl Options {
     }
 
     fn runs(&self, group: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|only| only.iter().any(|g| g == group))
+        runs(self.only.as_deref(), group)
     }
 }
 

@@ -127,33 +127,19 @@ pub(crate) const BOUNDED_FLAG: &str = "--measure-bounded-retention";
 
 /// [`bounded`] in a fresh copy of this process.
 pub(crate) fn bounded_in_child(checkpoint: u64, total: u64) -> Option<serde_json::Value> {
-    let output = std::process::Command::new(std::env::current_exe().ok()?)
-        .args([BOUNDED_FLAG, &checkpoint.to_string(), &total.to_string()])
-        .output()
-        .ok()?;
-    serde_json::from_slice::<Option<serde_json::Value>>(&output.stdout)
-        .ok()
-        .flatten()
+    crate::measure_in_child::<Option<serde_json::Value>>(&[
+        BOUNDED_FLAG,
+        &checkpoint.to_string(),
+        &total.to_string(),
+    ])
+    .ok()
+    .flatten()
 }
 
 /// Measures in a fresh copy of this process, so memory freed by earlier scenarios cannot be
 /// reused and hide the table's growth. `None`, saying why on stderr, where it could not.
 pub(crate) fn retained_in_child(jobs: u64) -> Option<Memory> {
-    let measured = std::env::current_exe()
-        .and_then(|exe| {
-            std::process::Command::new(exe)
-                .args([CHILD_FLAG, &jobs.to_string()])
-                .output()
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|output| {
-            serde_json::from_slice::<Option<Memory>>(&output.stdout).map_err(|e| {
-                format!(
-                    "{e}; the child said: {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                )
-            })
-        });
+    let measured = crate::measure_in_child::<Option<Memory>>(&[CHILD_FLAG, &jobs.to_string()]);
     match measured {
         Ok(Some(memory)) => Some(memory),
         Ok(None) => {

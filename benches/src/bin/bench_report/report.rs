@@ -25,6 +25,13 @@ pub(crate) struct Report {
     pub(crate) memory: Option<Memory>,
 }
 
+impl Report {
+    /// Whether `group` ran: every group does unless `--only` picked some.
+    pub(crate) fn ran(&self, group: &str) -> bool {
+        crate::runs(self.only.as_deref(), group)
+    }
+}
+
 /// A target the benchmark reports on (nothing asserts it).
 #[derive(Serialize)]
 struct Target {
@@ -240,10 +247,7 @@ pub(crate) fn markdown(report: &Report) -> String {
                 );
             }
         }
-        None if report
-            .only
-            .as_ref()
-            .is_some_and(|only| !only.iter().any(|g| g == "instructions")) => {}
+        None if !report.ran("instructions") => {}
         None => {
             let _ = writeln!(
                 md,

@@ -20,9 +20,6 @@ use tokio::runtime::Runtime;
 use crate::Progress;
 use crate::measure::{ScenarioResult, compare, percentile, summary};
 
-/// The async scenario through `try_spawn` in the report.
-pub(crate) const ASYNC_SPAWNED: &str = "async, try_spawn handles awaited in order";
-
 /// async (at each N: the scaling series, then through `try_spawn`) and threaded through the
 /// coordinator, each when asked for.
 pub(crate) fn local_strategies(
@@ -55,14 +52,15 @@ pub(crate) fn local_strategies(
             progress,
         ));
     }
+    // The size both the `try_spawn` row and the threaded scenario run at (N = 100,000).
+    let n = sizes[sizes.len().min(2) - 1];
+    let ids = request_ids(n);
     if run_async {
         // The same requests through `try_spawn`, their handles awaited in order: the shape of
         // the baseline (spawn everything, then learn every outcome) without one future per call
         // polled together.
-        let n = sizes[sizes.len().min(2) - 1];
-        let ids = request_ids(n);
         results.push(compare(
-            ASYNC_SPAWNED,
+            "async, try_spawn handles awaited in order",
             n,
             reps,
             "tokio::spawn + mpsc + HashMap",
@@ -72,8 +70,6 @@ pub(crate) fn local_strategies(
         ));
     }
     if run_threaded {
-        let n = sizes[sizes.len().min(2) - 1];
-        let ids = request_ids(n);
         results.push(compare(
             "threaded",
             n,
@@ -235,23 +231,8 @@ pub(crate) fn pinned_round_trip(
     progress: &mut Progress,
 ) -> Option<ScenarioResult> {
     progress.start(PINNED_ROUND_TRIP, reps);
-    let output = std::env::current_exe().and_then(|exe| {
-        Command::new(exe)
-            .args([PINNED_FLAG, &round_trips.to_string(), &reps.to_string()])
-            .stderr(Stdio::piped())
-            .output()
-    });
-    let result = match output {
-        Ok(output) if output.status.success() => {
-            serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable result: {e}"))
-        }
-        Ok(output) => Err(format!(
-            "{}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )),
-        Err(e) => Err(e.to_string()),
-    };
+    let result: Result<ScenarioResult, String> =
+        crate::measure_in_child(&[PINNED_FLAG, &round_trips.to_string(), &reps.to_string()]);
     match result {
         Ok(result) => {
             progress.done(&summary(&result));
