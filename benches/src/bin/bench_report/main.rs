@@ -4,6 +4,7 @@
 //! The binary is also its own process-strategy worker, and the raw echo child of the process
 //! baseline.
 
+mod environment;
 mod instructions;
 mod measure;
 mod memory;
@@ -143,6 +144,9 @@ fn main() {
     let quick = options.quick;
     let run = |group: &str| options.runs(group);
 
+    // Read before anything runs: the load average says what the machine was doing before.
+    let mut environment = environment::Environment::read();
+    let run_started = environment::CpuSample::now();
     let rt = benches::runtime();
     let (sizes, reps, round_trips, pipelined, messages, jobs): (&[u64], usize, u64, u64, u64, u64) =
         if quick {
@@ -230,14 +234,13 @@ fn main() {
     });
 
     let memory = memory.flatten();
+    environment.busy_elsewhere = run_started
+        .zip(environment::CpuSample::now())
+        .and_then(|(before, after)| before.elsewhere_until(&after));
     let report = report::Report {
         quick,
         only: options.only.clone(),
-        machine: format!(
-            "{} logical CPUs, {}",
-            std::thread::available_parallelism().map_or(0, usize::from),
-            std::env::consts::ARCH
-        ),
+        environment,
         scenarios: results,
         instructions,
         publisher_latency,

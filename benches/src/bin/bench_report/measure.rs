@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::environment::CpuSample;
+
 /// One scenario's figures, as written to `report.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ScenarioResult {
@@ -18,6 +20,11 @@ pub(crate) struct ScenarioResult {
     /// The fastest and slowest of our repetitions, per task.
     pub(crate) min: f64,
     pub(crate) max: f64,
+    /// The share (0 to 1) of the machine's CPU time that went to other processes (or, on a
+    /// virtual machine, to other machines) while the repetitions ran; `None` where it could not
+    /// be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) busy_elsewhere: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) extra: Option<serde_json::Value>,
 }
@@ -47,11 +54,16 @@ pub(crate) fn compare(
     baseline();
     let per_task = |d: Duration| d.as_nanos() as f64 / n as f64;
     let (mut a, mut b) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    // Read between repetitions, never inside a timed one.
+    let before = CpuSample::now();
     for rep in 0..reps {
         progress.rep(rep + 1);
         a.push(per_task(ours()));
         b.push(per_task(baseline()));
     }
+    let busy_elsewhere = before
+        .zip(CpuSample::now())
+        .and_then(|(before, after)| before.elsewhere_until(&after));
     a.sort_by(f64::total_cmp);
     b.sort_by(f64::total_cmp);
     let (ours_median, base_median) = (median(&a), median(&b));
@@ -65,6 +77,7 @@ pub(crate) fn compare(
         reps,
         min: a[0],
         max: a[a.len() - 1],
+        busy_elsewhere,
         extra: None,
     };
     progress.done(&summary(&result));

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::environment::Environment;
 use crate::instructions::InstructionCount;
 use crate::measure::ScenarioResult;
 use crate::memory::Memory;
@@ -15,7 +16,7 @@ pub(crate) struct Report {
     pub(crate) quick: bool,
     /// The groups run when `--only` picked some; `None` when every group ran.
     pub(crate) only: Option<Vec<String>>,
-    pub(crate) machine: String,
+    pub(crate) environment: Environment,
     pub(crate) scenarios: Vec<ScenarioResult>,
     /// Instructions per task, counted under valgrind; `None` where it could not run.
     pub(crate) instructions: Option<Vec<InstructionCount>>,
@@ -183,17 +184,22 @@ fn targets(report: &Report) -> Vec<Target> {
     targets
 }
 
+/// A share as a whole percentage, or a dash where it was not read.
+fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "–".to_owned(), |share| format!("{:.0}%", share * 100.0))
+}
+
 pub(crate) fn markdown(report: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmark report\n");
     let _ = writeln!(
         md,
-        "{}; {}. Each scenario ran beside its baseline in the same process, interleaved; figures are medians of the repetitions, per task. `ratio` is the baseline's cost divided by ours (1.00 = as fast as the raw baseline). Only ratios within one run mean anything on a shared machine.\n",
-        report.machine,
+        "{}\n\n{}. Each scenario ran beside its baseline in the same process, interleaved; figures are medians of the repetitions, per task. `ratio` is the baseline's cost divided by ours (1.00 = as fast as the raw baseline). Only ratios within one run mean anything on a shared machine.\n",
+        report.environment.describe(),
         if report.quick {
-            "quick run (`--quick`): few repetitions, small N"
+            "A quick run (`--quick`): few repetitions, small N"
         } else {
-            "full run"
+            "A full run"
         }
     );
     if let Some(only) = &report.only {
@@ -205,13 +211,13 @@ pub(crate) fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(
         md,
-        "| scenario | N | ours ns/task | baseline | baseline ns/task | ratio | ours min–max | reps |"
+        "| scenario | N | ours ns/task | baseline | baseline ns/task | ratio | ours min–max | reps | busy elsewhere |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---|---:|---:|---:|---:|---:|");
     for s in &report.scenarios {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.0}–{:.0} | {} |",
+            "| {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.0}–{:.0} | {} | {} |",
             s.name,
             s.n,
             s.ns_per_task,
@@ -220,9 +226,15 @@ pub(crate) fn markdown(report: &Report) -> String {
             s.ratio,
             s.min,
             s.max,
-            s.reps
+            s.reps,
+            percent(s.busy_elsewhere)
         );
     }
+    let _ = writeln!(
+        md,
+        "\n`busy elsewhere`: the share of the machine's CPU time that went to other processes while the row's repetitions ran (the NATS server among them in the distributed row), time a hypervisor gave to other machines included; the report's own worker and child processes count as its own; – where the repetitions were too short to tell (under about a tenth of a second). Over the whole run: {}.",
+        percent(report.environment.busy_elsewhere)
+    );
     match &report.instructions {
         Some(counts) => {
             let _ = writeln!(
@@ -467,6 +479,7 @@ mod tests {
             reps: 3,
             min: ns_per_task,
             max: ns_per_task,
+            busy_elsewhere: Some(0.25),
             extra: None,
         }
     }
@@ -475,7 +488,18 @@ mod tests {
         Report {
             quick: true,
             only: None,
-            machine: "test".to_owned(),
+            environment: Environment {
+                logical_cpus: 2,
+                arch: "x86_64",
+                cpu_model: None,
+                kernel: None,
+                rustc: None,
+                optimized: true,
+                commit: None,
+                uncommitted_changes: None,
+                load_average_before: None,
+                busy_elsewhere: None,
+            },
             scenarios,
             instructions: None,
             publisher_latency: None,
@@ -564,7 +588,11 @@ mod tests {
         assert!(missed.contains("| 0.10 at N = 100000 | missed |"));
         assert!(missed.contains("What limits the missed targets"));
         assert!(
-            md.contains("| 0.60 | 2000–2000 | 3 |\n\n## Targets\n"),
+            md.contains("| 0.60 | 2000–2000 | 3 | 25% |\n\n`busy elsewhere`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Over the whole run: –.\n\n## Targets\n"),
             "{md}"
         );
     }
