@@ -4,6 +4,7 @@
 //! The binary is also its own process-strategy worker, and the raw echo child of the process
 //! baseline.
 
+mod claims;
 mod environment;
 mod instructions;
 mod measure;
@@ -237,6 +238,10 @@ fn main() {
     environment.busy_elsewhere = run_started
         .zip(environment::CpuSample::now())
         .and_then(|(before, after)| before.elsewhere_until(&after));
+    let (claims, claims_unread) = match claims::read(&claims::workspace_root()) {
+        Ok(read) => (claims::check(&read, &results), None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
     let report = report::Report {
         quick,
         only: options.only.clone(),
@@ -245,6 +250,8 @@ fn main() {
         instructions,
         publisher_latency,
         memory,
+        claims,
+        claims_unread,
     };
     if let Err(e) = report::write(&report, &options.out) {
         eprintln!(

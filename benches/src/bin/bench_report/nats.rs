@@ -115,7 +115,7 @@ pub(crate) fn throughput(
         return None;
     };
     let result = compare(
-        "distributed (NATS JetStream), 2 workers",
+        crate::scenarios::names::DISTRIBUTED,
         n,
         reps,
         "raw JetStream work queue, 2 consumers, core NATS replies",

@@ -5,11 +5,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::claims::Checked;
 use crate::environment::Environment;
 use crate::instructions::InstructionCount;
 use crate::measure::ScenarioResult;
 use crate::memory::Memory;
-use crate::scenarios::PINNED_ROUND_TRIP;
+use crate::scenarios::names;
 
 #[derive(Serialize)]
 pub(crate) struct Report {
@@ -24,6 +25,10 @@ pub(crate) struct Report {
     pub(crate) publisher_latency: Option<serde_json::Value>,
     /// `None` when the memory group was not run (`--only`).
     pub(crate) memory: Option<Memory>,
+    /// The docs' figures, each checked against this run.
+    pub(crate) claims: Vec<Checked>,
+    /// Why the docs' claims could not be read, if they could not.
+    pub(crate) claims_unread: Option<String>,
 }
 
 impl Report {
@@ -68,7 +73,7 @@ impl Target {
 /// Every target, in a fixed order; those whose scenarios did not run (`--only`) say so.
 fn targets(report: &Report) -> Vec<Target> {
     let mut targets = Vec::new();
-    for name in ["async", "threaded"] {
+    for name in [names::ASYNC, names::THREADED] {
         let s = find(report, name, Some(100_000)).or_else(|| find(report, name, None));
         targets.push(Target::new(
             format!("{name} ratio >= 0.5 at N = 100,000"),
@@ -82,11 +87,12 @@ fn targets(report: &Report) -> Vec<Target> {
     }
     targets.push(Target::new(
         "publisher with 16 subscribers >= 0.5 of broadcast",
-        find(report, "publisher fan-out, 16 subscribers", None)
+        find(report, &names::fan_out(16), None)
             .map(|s| (format!("{:.2}", s.ratio), Some(s.ratio >= 0.5))),
     ));
-    let small = find(report, "async", Some(10_000));
-    let large = find(report, "async", Some(1_000_000)).or_else(|| find(report, "async", None));
+    let small = find(report, names::ASYNC, Some(10_000));
+    let large =
+        find(report, names::ASYNC, Some(1_000_000)).or_else(|| find(report, names::ASYNC, None));
     targets.push(Target::new(
         "cost per task at 1,000,000 <= 1.5x that at 10,000",
         small.zip(large).filter(|(small, large)| large.n > small.n).map(|(small, large)| {
@@ -103,8 +109,8 @@ fn targets(report: &Report) -> Vec<Target> {
     ));
     // Judged pinned to one CPU where that was measured: unpinned, both sides move with where the
     // scheduler puts the threads from one repetition to the next.
-    let pinned = find(report, PINNED_ROUND_TRIP, None);
-    let unpinned = find(report, "process round trip", None);
+    let pinned = find(report, names::PINNED_ROUND_TRIP, None);
+    let unpinned = find(report, names::ROUND_TRIP, None);
     targets.push(Target::new(
         "process round trip within 2x of a raw pipe",
         pinned.or(unpinned).map(|s| {
@@ -122,7 +128,7 @@ fn targets(report: &Report) -> Vec<Target> {
     ));
     targets.push(Target::new(
         ">= 100,000 trivial tasks/s with 2 workers, pipelined",
-        find(report, "process throughput, 2 workers", None).map(|s| {
+        find(report, names::THROUGHPUT, None).map(|s| {
             let per_second = 1e9 / s.ns_per_task;
             (
                 format!("{per_second:.0} tasks/s"),
@@ -132,7 +138,7 @@ fn targets(report: &Report) -> Vec<Target> {
     ));
     targets.push(Target::new(
         ">= 20,000 trivial tasks/s end to end through NATS JetStream, 2 workers",
-        find(report, "distributed (NATS JetStream), 2 workers", None).map(|s| {
+        find(report, names::DISTRIBUTED, None).map(|s| {
             let per_second = 1e9 / s.ns_per_task;
             (
                 format!(
@@ -307,7 +313,45 @@ pub(crate) fn markdown(report: &Report) -> String {
             "\nWhat limits the missed targets, measured: docs/benchmarks.md (\"Where the async and threaded time goes\"; the distributed figure is set by the NATS server's share of the machine, docs/distributed.md, \"Cost\")."
         );
     }
+    claims_section(report, &mut md);
     md
+}
+
+/// The docs' figures, each against what this run measured.
+fn claims_section(report: &Report, md: &mut String) {
+    let _ = writeln!(md, "\n## Claims in the docs\n");
+    if let Some(why) = &report.claims_unread {
+        let _ = writeln!(md, "The docs' claims could not be read: {why}");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Every figure the docs state about these scenarios, checked against this run. The ranges come from earlier runs on a shared 2-core machine: outside one on such a machine, the docs need a new range or the code got slower; on another machine, compare the ratios instead.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| where | scenario | claim | measured | |\n|---|---|---|---|---|"
+    );
+    for c in &report.claims {
+        let verdict = match (&c.problem, c.holds) {
+            (Some(problem), _) => problem.as_str(),
+            (None, Some(true)) => "holds",
+            (None, Some(false)) => "outside",
+            (None, None) => "not measured in this run",
+        };
+        let scenario = match c.n {
+            Some(n) => format!("{} (N = {n})", c.scenario),
+            None => c.scenario.clone(),
+        };
+        let _ = writeln!(
+            md,
+            "| {}:{} | {scenario} | {} | {} | {verdict} |",
+            c.file,
+            c.line,
+            c.claim,
+            c.measured_text()
+        );
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -504,6 +548,8 @@ mod tests {
             instructions: None,
             publisher_latency: None,
             memory: None,
+            claims: Vec::new(),
+            claims_unread: None,
         }
     }
 
@@ -517,7 +563,7 @@ mod tests {
     fn the_round_trip_is_judged_pinned_when_it_was_measured_pinned() {
         let both = report(vec![
             scenario("process round trip", 300, 50_000.0, 10_000.0),
-            scenario(PINNED_ROUND_TRIP, 300, 15_000.0, 10_000.0),
+            scenario(names::PINNED_ROUND_TRIP, 300, 15_000.0, 10_000.0),
         ]);
         let target = round_trip_target(&both).expect("a round trip target");
         assert_eq!(target.met, Some(true));

@@ -20,6 +20,40 @@ use tokio::runtime::Runtime;
 use crate::Progress;
 use crate::measure::{ScenarioResult, compare, percentile, summary};
 
+/// The scenarios' names in the report: the targets and the docs' claims find rows by them.
+pub(crate) mod names {
+    pub(crate) const ASYNC: &str = "async";
+    pub(crate) const ASYNC_TRY_SPAWN: &str = "async, try_spawn handles awaited in order";
+    pub(crate) const THREADED: &str = "threaded";
+    pub(crate) const ROUND_TRIP: &str = "process round trip";
+    pub(crate) const PINNED_ROUND_TRIP: &str = "process round trip, pinned to one CPU";
+    pub(crate) const THROUGHPUT: &str = "process throughput, 2 workers";
+    pub(crate) const DISTRIBUTED: &str = "distributed (NATS JetStream), 2 workers";
+    /// How many subscribers each fan-out scenario has.
+    pub(crate) const SUBSCRIBERS: [usize; 3] = [1, 4, 16];
+
+    pub(crate) fn fan_out(subscribers: usize) -> String {
+        format!("publisher fan-out, {subscribers} subscribers")
+    }
+
+    /// Every scenario a full run reports.
+    pub(crate) fn all() -> Vec<String> {
+        let mut all: Vec<String> = [
+            ASYNC,
+            ASYNC_TRY_SPAWN,
+            THREADED,
+            ROUND_TRIP,
+            PINNED_ROUND_TRIP,
+            THROUGHPUT,
+            DISTRIBUTED,
+        ]
+        .map(String::from)
+        .to_vec();
+        all.extend(SUBSCRIBERS.map(fan_out));
+        all
+    }
+}
+
 /// async (at each N: the scaling series, then through `try_spawn`) and threaded through the
 /// coordinator, each when asked for.
 pub(crate) fn local_strategies(
@@ -43,7 +77,7 @@ pub(crate) fn local_strategies(
     for &n in sizes.iter().filter(|_| run_async) {
         let ids = request_ids(n);
         results.push(compare(
-            "async",
+            names::ASYNC,
             n,
             reps,
             "tokio::spawn + mpsc + HashMap",
@@ -60,7 +94,7 @@ pub(crate) fn local_strategies(
         // the baseline (spawn everything, then learn every outcome) without one future per call
         // polled together.
         results.push(compare(
-            "async, try_spawn handles awaited in order",
+            names::ASYNC_TRY_SPAWN,
             n,
             reps,
             "tokio::spawn + mpsc + HashMap",
@@ -71,7 +105,7 @@ pub(crate) fn local_strategies(
     }
     if run_threaded {
         results.push(compare(
-            "threaded",
+            names::THREADED,
             n,
             reps,
             "rayon::spawn + crossbeam + HashMap",
@@ -192,9 +226,6 @@ fn round_trip(
 /// `--pinned-round-trip <round trips> <reps>`.
 pub(crate) const PINNED_FLAG: &str = "--pinned-round-trip";
 
-/// The name of the pinned round trip in the report.
-pub(crate) const PINNED_ROUND_TRIP: &str = "process round trip, pinned to one CPU";
-
 /// The pinned child's side: pins this process to the first CPU it may run on, before any thread
 /// of its own starts (the runtime's threads, the workers and the echo child inherit the pin),
 /// then measures the round trip and prints it as JSON.
@@ -211,7 +242,7 @@ pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: usize) {
     let strategy = worker_pool(&rt);
     let mut progress = Progress::new(1);
     let result = round_trip(
-        PINNED_ROUND_TRIP,
+        names::PINNED_ROUND_TRIP,
         &rt,
         &strategy,
         round_trips,
@@ -230,7 +261,7 @@ pub(crate) fn pinned_round_trip(
     reps: usize,
     progress: &mut Progress,
 ) -> Option<ScenarioResult> {
-    progress.start(PINNED_ROUND_TRIP, reps);
+    progress.start(names::PINNED_ROUND_TRIP, reps);
     let result: Result<ScenarioResult, String> =
         crate::measure_in_child(&[PINNED_FLAG, &round_trips.to_string(), &reps.to_string()]);
     match result {
@@ -255,7 +286,7 @@ pub(crate) fn process(
     let strategy = worker_pool(rt);
     let frame = echo_frame();
     let mut results = vec![round_trip(
-        "process round trip",
+        names::ROUND_TRIP,
         rt,
         &strategy,
         round_trips,
@@ -264,7 +295,7 @@ pub(crate) fn process(
     )];
     let mut pair = [EchoChild::spawn(), EchoChild::spawn()];
     results.push(compare(
-        "process throughput, 2 workers",
+        names::THROUGHPUT,
         pipelined,
         reps,
         "raw pipelined pipe echo, 2 children",
@@ -364,9 +395,9 @@ pub(crate) fn publisher(
     progress: &mut Progress,
 ) -> Vec<ScenarioResult> {
     let mut results = Vec::new();
-    for subscribers in [1_usize, 4, 16] {
+    for subscribers in names::SUBSCRIBERS {
         results.push(compare(
-            &format!("publisher fan-out, {subscribers} subscribers"),
+            &names::fan_out(subscribers),
             messages,
             reps,
             "tokio::sync::broadcast, sender waits for the slowest",
