@@ -89,15 +89,17 @@ impl From<FrameError> for TaskError {
 /// [`FrameError::Oversize`] when the encoded message exceeds `max`; [`FrameError::Malformed`] when
 /// it cannot be encoded.
 pub fn encode_frame<T: Serialize>(message: &T, max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut frame = vec![0; HEADER_LEN];
-    let mut frame = postcard::to_extend(message, std::mem::take(&mut frame))
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = frame.len() - HEADER_LEN;
+    let malformed = |e: postcard::Error| FrameError::Malformed(e.to_string());
+    // Sized first (a pass that only counts): the frame is allocated once at its final size
+    // instead of growing byte by byte, and a message over `max` is refused before it is written.
+    let len = postcard::experimental::serialized_size(message).map_err(malformed)?;
     if len > max {
         return Err(FrameError::Oversize { len, max });
     }
     let prefix = u32::try_from(len).map_err(|_| FrameError::Oversize { len, max })?;
+    let mut frame = vec![0; HEADER_LEN + len];
     frame[..HEADER_LEN].copy_from_slice(&prefix.to_le_bytes());
+    postcard::to_slice(message, &mut frame[HEADER_LEN..]).map_err(malformed)?;
     Ok(frame)
 }
 
