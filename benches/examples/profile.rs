@@ -8,8 +8,8 @@
 //! Scenarios: `async`, `threaded` (N `submit` futures awaited together, as the benchmark does),
 //! `async-handles` (N handles from `try_spawn`, awaited in order), `raw-async`, `raw-threaded`,
 //! `fan-out-16`, `broadcast-16`, `process` (N portable tasks in flight over a pool of 2 workers,
-//! started anew each round), `process-4` (the same from 4 callers awaiting one task at a time), `process-1` (one caller: the
-//! round trip).
+//! started anew each round), `process-4` (the same from 4 callers awaiting one task at a time),
+//! `process-1` (one caller: the round trip).
 //! Arguments: scenario, N (tasks or messages per round), rounds.
 //! With `COUNT_ALLOCATIONS=1` it also reports heap allocations per task, and by size.
 //! Under `valgrind --tool=callgrind` it gives instruction counts per function that do not depend
