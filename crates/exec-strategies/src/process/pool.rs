@@ -19,11 +19,11 @@ use task_core::{
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
-use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorker};
+use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION};
 use super::worker::{MAX_FRAME_ENV, THREADS_ENV, WORKER_ENV};
 use crate::tracker::Tracker;
 
@@ -444,6 +444,12 @@ async fn read_frame(
         }
     }
     let len = wire::body_len(header, max_frame)?;
+    // Usually the whole frame came in with its header: decode it where it lies.
+    if stdout.buffer().len() >= len {
+        let message = wire::decode_body(&stdout.buffer()[..len]);
+        std::pin::Pin::new(&mut *stdout).consume(len);
+        return Ok(Some(message?));
+    }
     let mut body = vec![0; len];
     stdout
         .read_exact(&mut body)
@@ -751,10 +757,10 @@ impl Shared {
     ) -> Result<Dispatched, TaskError> {
         let run = self.next_run.fetch_add(1, Ordering::Relaxed);
         let frame = wire::encode_frame(
-            &ToWorker::Run {
+            &wire::RunRef {
                 id: run,
-                name: name.to_owned(),
-                payload: payload.to_vec(),
+                name,
+                payload,
             },
             self.config.max_frame,
         )?;
