@@ -82,11 +82,16 @@ pub trait BlockingNode: Send + 'static {
 }
 
 fn short_type_name<T: ?Sized>() -> &'static str {
-    let full = type_name::<T>();
-    // Strip the module path but keep generic arguments readable: `a::b::Foo<c::Bar>` -> `Foo<c::Bar>`.
-    let head = full.split('<').next().unwrap_or(full);
-    match head.rfind("::") {
-        Some(i) => &full[i + 2..],
+    short_name(type_name::<T>())
+}
+
+/// A type's name without its module path, generic arguments kept readable:
+/// `a::b::Foo<c::Bar>` -> `Foo<c::Bar>`. Every task named after its node computes this, so it
+/// searches single bytes (a path's separators are `::` pairs) rather than the substring `::`.
+fn short_name(full: &str) -> &str {
+    let head = full.find('<').map_or(full, |generics| &full[..generics]);
+    match head.rfind(':') {
+        Some(i) => &full[i + 1..],
         None => full,
     }
 }
@@ -667,6 +672,19 @@ mod tests {
         async fn invoke(self) -> Result<&'static str, BoxError> {
             Ok("echo")
         }
+    }
+
+    #[test]
+    fn short_names_drop_the_path_and_keep_the_generics() {
+        assert_eq!(short_name("a::b::Foo"), "Foo");
+        assert_eq!(short_name("Foo"), "Foo");
+        assert_eq!(
+            short_name("a::Foo<c::Bar, d::e::Baz>"),
+            "Foo<c::Bar, d::e::Baz>"
+        );
+        assert_eq!(short_name("Foo<c::Bar>"), "Foo<c::Bar>");
+        assert_eq!(short_name("a::b::Foo<'_>"), "Foo<'_>");
+        assert_eq!(short_name(""), "");
     }
 
     #[test]
