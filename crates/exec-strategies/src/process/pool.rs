@@ -325,7 +325,8 @@ struct Slot {
     /// The worker's stdin. Closing it lets the worker finish what it has and exit.
     input: Option<Arc<WorkerInput>>,
     kill: Option<oneshot::Sender<String>>,
-    pending: HashMap<u64, Pending>,
+    /// Keyed by the pool's own run counter, never by outside input: a fast unkeyed hash is safe.
+    pending: HashMap<u64, Pending, foldhash::fast::FixedState>,
     given: u64,
     completed: u64,
     draining: bool,
@@ -622,7 +623,7 @@ impl Shared {
             pid: worker.pid,
             input: Some(Arc::clone(&worker.input)),
             kill: Some(kill_tx),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             given: 0,
             completed: 0,
             draining: false,
