@@ -59,6 +59,20 @@ impl Serialize for RunRef<'_> {
     }
 }
 
+/// [`ToWorker`] decoded with its name and payload borrowed from the frame: the worker runs a task
+/// without copying them out first.
+#[derive(Debug, PartialEq, Deserialize)]
+pub(crate) enum ToWorkerRef<'a> {
+    /// As [`ToWorker::Run`].
+    Run {
+        id: u64,
+        name: &'a str,
+        payload: &'a [u8],
+    },
+    /// As [`ToWorker::Shutdown`].
+    Shutdown,
+}
+
 /// A message from a worker to the parent.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FromWorker {
@@ -143,6 +157,11 @@ pub fn body_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameErro
 ///
 /// [`FrameError::Malformed`] when the body is not exactly one valid `T`.
 pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    decode_borrowed(body)
+}
+
+/// As [`decode_body`], for a message that borrows from `body`.
+pub(crate) fn decode_borrowed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
     match postcard::take_from_bytes::<T>(body) {
         Ok((message, [])) => Ok(message),
         Ok((_, rest)) => Err(FrameError::Malformed(format!(
@@ -218,11 +237,23 @@ mod tests {
                 name: "double",
                 payload: &payload,
             };
+            let frame = encode_frame(&owned, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(encode_frame(&borrowed, DEFAULT_MAX_FRAME).unwrap(), frame);
+            // And the worker reads it back without copying.
             assert_eq!(
-                encode_frame(&borrowed, DEFAULT_MAX_FRAME).unwrap(),
-                encode_frame(&owned, DEFAULT_MAX_FRAME).unwrap()
+                decode_borrowed::<ToWorkerRef<'_>>(&frame[HEADER_LEN..]).unwrap(),
+                ToWorkerRef::Run {
+                    id: u64::MAX - 1,
+                    name: "double",
+                    payload: &payload,
+                }
             );
         }
+        let shutdown = encode_frame(&ToWorker::Shutdown, 64).unwrap();
+        assert_eq!(
+            decode_borrowed::<ToWorkerRef<'_>>(&shutdown[HEADER_LEN..]).unwrap(),
+            ToWorkerRef::Shutdown
+        );
     }
 
     #[test]

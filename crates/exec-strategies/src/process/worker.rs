@@ -2,7 +2,7 @@
 //! serves tasks from its registry over stdin/stdout.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use futures::FutureExt;
 use task_core::{NodeRegistry, TaskError};
 
-use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorker};
+use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorkerRef};
 
 /// Set (to `1`) in a worker's environment by the parent: "serve tasks, do not run `main`".
 pub const WORKER_ENV: &str = "EXEC_STRATEGIES_WORKER";
@@ -174,13 +174,33 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
             Ok(len) => len,
             Err(e) => break Err(io::Error::other(e)),
         };
-        let mut body = vec![0; len];
-        if let Err(e) = input.read_exact(&mut body) {
-            break Err(e);
+        // Usually the whole frame came in with its header: read it where it lies. The run is
+        // started (its node decoded) before the bytes are let go.
+        let mut body = Vec::new();
+        let buffered = input.buffer().len() >= len;
+        if !buffered {
+            body.resize(len, 0);
+            if let Err(e) = input.read_exact(&mut body) {
+                break Err(e);
+            }
         }
-        match wire::decode_body::<ToWorker>(&body) {
-            Ok(ToWorker::Run { id, name, payload }) => {
-                let mut run = start_run(registry, &name, &payload);
+        let frame = if buffered {
+            &input.buffer()[..len]
+        } else {
+            &body[..]
+        };
+        let message = match wire::decode_borrowed::<ToWorkerRef<'_>>(frame) {
+            Ok(ToWorkerRef::Run { id, name, payload }) => {
+                Ok(Some((id, start_run(registry, name, payload))))
+            }
+            Ok(ToWorkerRef::Shutdown) => Ok(None),
+            Err(e) => Err(e),
+        };
+        if buffered {
+            input.consume(len);
+        }
+        match message {
+            Ok(Some((id, mut run))) => {
                 if inline
                     && let std::task::Poll::Ready(outcome) =
                         run.as_mut().poll(&mut std::task::Context::from_waker(noop))
@@ -202,7 +222,7 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
                     in_flight.finish();
                 });
             }
-            Ok(ToWorker::Shutdown) => break Ok(()),
+            Ok(None) => break Ok(()),
             Err(e) => break Err(io::Error::other(e)),
         }
     };
