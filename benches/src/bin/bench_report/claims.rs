@@ -325,6 +325,7 @@ mod tests {
             min: ns_per_task,
             max: ns_per_task,
             busy_elsewhere: None,
+            busy_elsewhere_set_aside: Vec::new(),
             extra: None,
         }
     }

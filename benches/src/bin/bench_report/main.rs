@@ -68,6 +68,15 @@ impl Progress {
         let _ = err.flush();
     }
 
+    /// A line about the step under way, between its repetitions.
+    pub(crate) fn note(&mut self, note: &str) {
+        let clear = if self.live { "\r\x1b[2K" } else { "" };
+        eprintln!(
+            "{clear}[{}/{}] {}: {note}",
+            self.step, self.total, self.name
+        );
+    }
+
     pub(crate) fn done(&mut self, summary: &str) {
         let clear = if self.live { "\r\x1b[2K" } else { "" };
         eprintln!(

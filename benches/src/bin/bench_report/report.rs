@@ -190,6 +190,20 @@ fn targets(report: &Report) -> Vec<Target> {
     targets
 }
 
+/// A row's `busy elsewhere`, with the readings of the sets measured again and set aside.
+fn busy_cell(row: &ScenarioResult) -> String {
+    let mut cell = percent(row.busy_elsewhere);
+    if !row.busy_elsewhere_set_aside.is_empty() {
+        let aside: Vec<String> = row
+            .busy_elsewhere_set_aside
+            .iter()
+            .map(|&busy| percent(Some(busy)))
+            .collect();
+        let _ = write!(cell, " (measured again; set aside: {})", aside.join(", "));
+    }
+    cell
+}
+
 /// A share as a whole percentage, or a dash where it was not read.
 fn percent(share: Option<f64>) -> String {
     share.map_or_else(|| "–".to_owned(), |share| format!("{:.0}%", share * 100.0))
@@ -233,12 +247,13 @@ pub(crate) fn markdown(report: &Report) -> String {
             s.min,
             s.max,
             s.reps,
-            percent(s.busy_elsewhere)
+            busy_cell(s)
         );
     }
     let _ = writeln!(
         md,
-        "\n`busy elsewhere`: the share of the machine's CPU time that went to other processes while the row's repetitions ran (the NATS server among them in the distributed row), time a hypervisor gave to other machines included; the report's own worker and child processes count as its own; – where the repetitions were too short to tell (under about a tenth of a second). Over the whole run: {}.",
+        "\n`busy elsewhere`: the share of the machine's CPU time that went to other processes while the row's repetitions ran (the NATS server among them in the distributed row), time a hypervisor gave to other machines included; the report's own worker and child processes count as its own; – where the repetitions were too short to tell (under about a tenth of a second). A row's repetitions are run again, up to twice, while more than {:.0}% of the machine was busy elsewhere, and the least disturbed set is kept (not the distributed row: its server is always busy). Over the whole run: {}.",
+        crate::measure::DISTURBED * 100.0,
         percent(report.environment.busy_elsewhere)
     );
     match &report.instructions {
@@ -524,6 +539,7 @@ mod tests {
             min: ns_per_task,
             max: ns_per_task,
             busy_elsewhere: Some(0.25),
+            busy_elsewhere_set_aside: Vec::new(),
             extra: None,
         }
     }
@@ -629,6 +645,12 @@ mod tests {
         assert!(
             !md.contains("What limits the missed targets"),
             "none was missed"
+        );
+        let mut disturbed = scenario("threaded", 100_000, 3_000.0, 300.0);
+        disturbed.busy_elsewhere_set_aside = vec![0.5, 0.75];
+        assert!(
+            markdown(&report(vec![disturbed]))
+                .contains("| 25% (measured again; set aside: 50%, 75%) |")
         );
         let missed = markdown(&report(vec![scenario("threaded", 100_000, 3_000.0, 300.0)]));
         assert!(missed.contains("| 0.10 at N = 100000 | missed |"));
