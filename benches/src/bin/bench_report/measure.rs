@@ -66,25 +66,55 @@ pub(crate) fn compare(
     mut baseline: impl FnMut() -> Duration,
     progress: &mut crate::Progress,
 ) -> ScenarioResult {
+    let mut rows = compare_series(
+        name,
+        &[n],
+        reps,
+        baseline_name,
+        |_| ours(),
+        |_| baseline(),
+        progress,
+    );
+    rows.remove(0)
+}
+
+/// As [`compare`], for one scenario at several sizes measured in the same rounds: each
+/// repetition runs every size in turn (ours, then the baseline, at each N), so a drift of the
+/// machine's speed during the run moves every size alike instead of whichever was measured then,
+/// and the growth of the cost per task with N is read between figures taken side by side.
+/// `ours(i)` and `baseline(i)` run the `i`-th size. One row per size, in order.
+pub(crate) fn compare_series(
+    name: &str,
+    sizes: &[u64],
+    reps: usize,
+    baseline_name: &str,
+    mut ours: impl FnMut(usize) -> Duration,
+    mut baseline: impl FnMut(usize) -> Duration,
+    progress: &mut crate::Progress,
+) -> Vec<ScenarioResult> {
     progress.start(name, reps);
-    ours();
-    baseline();
-    let per_task = |d: Duration| d.as_nanos() as f64 / n as f64;
+    for i in 0..sizes.len() {
+        ours(i);
+        baseline(i);
+    }
+    let per_task = |d: Duration, n: u64| d.as_nanos() as f64 / n as f64;
     let measure = |progress: &mut crate::Progress| {
-        let (mut a, mut b) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+        let mut costs = vec![(Vec::with_capacity(reps), Vec::with_capacity(reps)); sizes.len()];
         // Read between repetitions, never inside a timed one.
         let before = CpuSample::now();
         for rep in 0..reps {
             progress.rep(rep + 1);
-            a.push(per_task(ours()));
-            b.push(per_task(baseline()));
+            for (i, (a, b)) in costs.iter_mut().enumerate() {
+                a.push(per_task(ours(i), sizes[i]));
+                b.push(per_task(baseline(i), sizes[i]));
+            }
         }
         let busy = before
             .zip(CpuSample::now())
             .and_then(|(before, after)| before.elsewhere_until(&after));
-        (a, b, busy)
+        (costs, busy)
     };
-    let (kept, set_aside) = least_disturbed(
+    let ((costs, busy_elsewhere), set_aside) = least_disturbed(
         progress,
         measure,
         name != names::DISTRIBUTED,
@@ -95,54 +125,66 @@ pub(crate) fn compare(
             ));
         },
     );
-    let (mut a, mut b, busy_elsewhere) = kept;
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let (ours_median, base_median) = (median(&a), median(&b));
-    let result = ScenarioResult {
-        name: name.to_owned(),
-        n,
-        ns_per_task: ours_median,
-        baseline: baseline_name.to_owned(),
-        baseline_ns_per_task: base_median,
-        ratio: base_median / ours_median,
-        reps,
-        min: a[0],
-        max: a[a.len() - 1],
-        busy_elsewhere,
-        busy_elsewhere_set_aside: set_aside,
-        extra: None,
-    };
-    progress.done(&summary(&result));
-    result
+    let rows: Vec<ScenarioResult> = costs
+        .into_iter()
+        .zip(sizes)
+        .map(|((mut a, mut b), &n)| {
+            a.sort_by(f64::total_cmp);
+            b.sort_by(f64::total_cmp);
+            let (ours_median, base_median) = (median(&a), median(&b));
+            ScenarioResult {
+                name: name.to_owned(),
+                n,
+                ns_per_task: ours_median,
+                baseline: baseline_name.to_owned(),
+                baseline_ns_per_task: base_median,
+                ratio: base_median / ours_median,
+                reps,
+                min: a[0],
+                max: a[a.len() - 1],
+                busy_elsewhere,
+                busy_elsewhere_set_aside: set_aside.clone(),
+                extra: None,
+            }
+        })
+        .collect();
+    let summaries: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            if rows.len() > 1 {
+                format!("N = {}: {}", row.n, summary(row))
+            } else {
+                summary(row)
+            }
+        })
+        .collect();
+    progress.done(&summaries.join("; "));
+    rows
 }
 
-/// One set of repetitions: ours and the baseline's per-task costs, and how busy the machine was
-/// elsewhere meanwhile.
-type Set = (Vec<f64>, Vec<f64>, Option<f64>);
-
-/// Measures a set with `measure` (given `context`), and again while the kept set was disturbed (busy elsewhere
-/// above [`DISTURBED`]), up to [`MEASURE_AGAIN`] more times when `may_measure_again`; keeps the
-/// least disturbed set. Returns it and how busy the machine was during the sets set aside.
-fn least_disturbed<C>(
+/// Measures a set with `measure` (given `context`), and again while the kept set was disturbed
+/// (busy elsewhere above [`DISTURBED`]), up to [`MEASURE_AGAIN`] more times when
+/// `may_measure_again`; keeps the least disturbed set. Returns it and how busy the machine was
+/// during the sets set aside.
+fn least_disturbed<C, S>(
     context: &mut C,
-    mut measure: impl FnMut(&mut C) -> Set,
+    mut measure: impl FnMut(&mut C) -> (S, Option<f64>),
     may_measure_again: bool,
     mut on_again: impl FnMut(&mut C, f64),
-) -> (Set, Vec<f64>) {
+) -> ((S, Option<f64>), Vec<f64>) {
     let mut kept = measure(context);
     let mut set_aside = Vec::new();
     while may_measure_again && set_aside.len() < MEASURE_AGAIN {
-        let Some(busy) = kept.2.filter(|&busy| busy > DISTURBED) else {
+        let Some(busy) = kept.1.filter(|&busy| busy > DISTURBED) else {
             break;
         };
         on_again(context, busy);
         let again = measure(context);
-        if again.2.is_some_and(|quieter| quieter < busy) {
+        if again.1.is_some_and(|quieter| quieter < busy) {
             kept = again;
             set_aside.push(busy);
         } else {
-            set_aside.push(again.2.unwrap_or(busy));
+            set_aside.push(again.1.unwrap_or(busy));
         }
     }
     (kept, set_aside)
@@ -177,14 +219,14 @@ mod tests {
         let (kept, set_aside) = least_disturbed(
             &mut next,
             |next| {
-                let set = (vec![*next as f64], vec![1.0], busy[*next]);
+                let set = (*next as f64, busy[*next]);
                 *next += 1;
                 set
             },
             may_measure_again,
             |_, _| again += 1,
         );
-        (kept.0[0], set_aside, again)
+        (kept.0, set_aside, again)
     }
 
     #[test]

@@ -18,7 +18,7 @@ use pubsub::Publisher;
 use tokio::runtime::Runtime;
 
 use crate::Progress;
-use crate::measure::{ScenarioResult, compare, percentile, summary};
+use crate::measure::{ScenarioResult, compare, compare_series, percentile, summary};
 
 /// The scenarios' names in the report: the targets and the docs' claims find rows by them.
 pub(crate) mod names {
@@ -54,8 +54,8 @@ pub(crate) mod names {
     }
 }
 
-/// async (at each N: the scaling series, then through `try_spawn`) and threaded through the
-/// coordinator, each when asked for.
+/// async (the scaling series, every N measured in the same rounds, then through `try_spawn`) and
+/// threaded through the coordinator, each when asked for.
 pub(crate) fn local_strategies(
     rt: &Runtime,
     sizes: &[u64],
@@ -74,15 +74,17 @@ pub(crate) fn local_strategies(
             .expect("pool"),
     );
     let (publisher, coordinator) = started_coordinator(rt, Some(&pool));
-    for &n in sizes.iter().filter(|_| run_async) {
-        let ids = request_ids(n);
-        results.push(compare(
+    if run_async {
+        // The scaling series: every size in each round, so the growth with N is read between
+        // figures taken side by side.
+        let ids: Vec<_> = sizes.iter().map(|&n| request_ids(n)).collect();
+        results.extend(compare_series(
             names::ASYNC,
-            n,
+            sizes,
             reps,
             "tokio::spawn + mpsc + HashMap",
-            || submit_trivial(rt, &coordinator, &ids, &ExecutionMode::ASYNC),
-            || raw_tokio_spawn_channel(rt, &ids),
+            |i| submit_trivial(rt, &coordinator, &ids[i], &ExecutionMode::ASYNC),
+            |i| raw_tokio_spawn_channel(rt, &ids[i]),
             progress,
         ));
     }
