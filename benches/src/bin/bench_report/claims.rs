@@ -314,20 +314,7 @@ mod tests {
     use super::*;
 
     fn row(name: &str, n: u64, ns_per_task: f64, baseline_ns_per_task: f64) -> ScenarioResult {
-        ScenarioResult {
-            name: name.to_owned(),
-            n,
-            ns_per_task,
-            baseline: "raw".to_owned(),
-            baseline_ns_per_task,
-            ratio: baseline_ns_per_task / ns_per_task,
-            reps: 3,
-            min: ns_per_task,
-            max: ns_per_task,
-            busy_elsewhere: None,
-            busy_elsewhere_set_aside: Vec::new(),
-            extra: None,
-        }
+        ScenarioResult::example(name, n, ns_per_task, baseline_ns_per_task)
     }
 
     #[test]

@@ -34,6 +34,27 @@ pub(crate) struct ScenarioResult {
     pub(crate) extra: Option<serde_json::Value>,
 }
 
+#[cfg(test)]
+impl ScenarioResult {
+    /// A row for tests: `reps` 3, no spread, nothing read of the machine.
+    pub(crate) fn example(name: &str, n: u64, ns_per_task: f64, baseline_ns_per_task: f64) -> Self {
+        Self {
+            name: name.to_owned(),
+            n,
+            ns_per_task,
+            baseline: "raw".to_owned(),
+            baseline_ns_per_task,
+            ratio: baseline_ns_per_task / ns_per_task,
+            reps: 3,
+            min: ns_per_task,
+            max: ns_per_task,
+            busy_elsewhere: None,
+            busy_elsewhere_set_aside: Vec::new(),
+            extra: None,
+        }
+    }
+}
+
 fn median(sorted: &[f64]) -> f64 {
     let mid = sorted.len() / 2;
     if sorted.len().is_multiple_of(2) {
