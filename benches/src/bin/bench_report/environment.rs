@@ -115,11 +115,13 @@ fn load_average(loadavg: &str) -> Option<[f64; 3]> {
     ])
 }
 
-/// The commit checked out in the current directory, and whether tracked files differ from it;
-/// `None` where git or a work tree is missing.
+/// The commit checked out in the work tree the report was built from (wherever it is run from),
+/// and whether tracked files differ from it; `None` where git or a work tree is missing.
 fn git_commit() -> (Option<String>, Option<bool>) {
+    let root = crate::claims::workspace_root();
     let git = |args: &[&str]| {
         Command::new("git")
+            .current_dir(&root)
             .args(args)
             .output()
             .ok()
