@@ -285,10 +285,7 @@ pub(crate) fn check(claims: &[Claim], rows: &[ScenarioResult]) -> Vec<Checked> {
     claims
         .iter()
         .map(|claim| {
-            let row = rows
-                .iter()
-                .filter(|row| row.name == claim.scenario && claim.n.is_none_or(|n| row.n == n))
-                .max_by_key(|row| row.n);
+            let row = crate::measure::row(rows, &claim.scenario, claim.n);
             let measured = row.map(|row| claim.figure.of(row));
             Checked {
                 file: claim.file.clone(),

@@ -55,6 +55,17 @@ impl ScenarioResult {
     }
 }
 
+/// The row of scenario `name` measured at `n`, or without `n` the one at the largest N measured.
+pub(crate) fn row<'a>(
+    rows: &'a [ScenarioResult],
+    name: &str,
+    n: Option<u64>,
+) -> Option<&'a ScenarioResult> {
+    rows.iter()
+        .filter(|row| row.name == name && n.is_none_or(|n| row.n == n))
+        .max_by_key(|row| row.n)
+}
+
 fn median(sorted: &[f64]) -> f64 {
     let mid = sorted.len() / 2;
     if sorted.len().is_multiple_of(2) {

@@ -47,11 +47,7 @@ struct Target {
 }
 
 fn find<'a>(report: &'a Report, name: &str, n: Option<u64>) -> Option<&'a ScenarioResult> {
-    report
-        .scenarios
-        .iter()
-        .filter(|s| s.name == name && n.is_none_or(|n| s.n == n))
-        .max_by_key(|s| s.n)
+    crate::measure::row(&report.scenarios, name, n)
 }
 
 /// What a target whose scenario did not run says it measured.
