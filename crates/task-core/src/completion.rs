@@ -1,15 +1,18 @@
-//! [`Completion`]: where a strategy that runs a task on its own delivers the outcome.
+//! [`Completion`]: where a strategy delivers a task's outcome, and [`run`], which drives a
+//! strategy's task without a coordinator.
 
 use std::fmt;
-use std::future::poll_fn;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use crate::{Outcome, TaskError};
+use crate::{BoxFuture, ErasedTask, Outcome, TaskError, TaskExecutionStrategy};
 
 /// What a [`Completion`] reports to: implemented by the caller of
-/// [`TaskExecutionStrategy::launch`](crate::TaskExecutionStrategy::launch) (a coordinator), not
-/// by strategies.
+/// [`TaskExecutionStrategy::execute`] (a coordinator), not by strategies.
 pub trait CompletionSink: Send + Sync + 'static {
     /// Takes the outcome of the run. Only the first call for a request counts; later ones (after
     /// a cancellation already ended it, say) are ignored.
@@ -24,14 +27,18 @@ pub trait CompletionSink: Send + Sync + 'static {
     /// Runs `f` inside the request's context (its tracing span, the node nested submissions get
     /// as their parent). Must call `f` exactly once.
     fn run_in_scope(&self, f: &mut dyn FnMut());
+
+    /// Runs `future` to its end where the caller of `execute` runs its own work (a coordinator:
+    /// its tokio runtime). Dropping it unpolled is allowed: it then delivers a failure.
+    fn spawn(&self, future: BoxFuture<'static, ()>);
 }
 
 /// The promise to deliver one request's outcome, handed to a strategy with
-/// [`TaskExecutionStrategy::launch`](crate::TaskExecutionStrategy::launch).
+/// [`TaskExecutionStrategy::execute`].
 ///
 /// Delivering it consumes it, so a run delivers at most one outcome. Dropping it undelivered
-/// (the run was lost: its thread pool or runtime went away) delivers a failure, so a launched
-/// request always ends.
+/// (the run was lost: its thread pool or runtime went away) delivers a failure, so a request
+/// always ends.
 ///
 /// Once the request is cancelled its outcome is already delivered (cancelled); the run may stop
 /// early ([`cancelled`](Self::cancelled)), and what it delivers afterwards is ignored.
@@ -71,6 +78,23 @@ impl Completion {
         poll_fn(|cx| self.poll_cancelled(cx)).await;
     }
 
+    /// Delivers the outcome `future` resolves to, driving it where the coordinator runs its own
+    /// work (its tokio runtime): the way for a strategy whose work is a future (a request to a
+    /// remote service, an async node) to run it without a runtime of its own.
+    ///
+    /// Every poll runs inside the request's scope ([`in_scope`](Self::in_scope)); a panic is
+    /// caught and delivered as a failure; once the request is cancelled the future is dropped at
+    /// its next wake-up, unfinished.
+    pub fn spawn(self, future: impl Future<Output = Outcome> + Send + 'static) {
+        let Some(sink) = self.sink.clone() else {
+            return;
+        };
+        sink.spawn(Box::pin(Driven {
+            future: Box::pin(future),
+            completion: Some(self),
+        }));
+    }
+
     /// Runs `f` inside the request's context: its tracing span, and its node as the parent of
     /// tasks submitted from `f`. Call it around every poll of the node's future, or once around
     /// a blocking body.
@@ -102,7 +126,8 @@ fn unreachable_in_scope() -> ! {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if let Some(sink) = self.sink.take() {
+        // A cancelled request has its outcome already: nothing to deliver.
+        if let Some(sink) = self.sink.take().filter(|sink| !sink.is_cancelled()) {
             sink.complete(Err(TaskError::strategy(
                 "the strategy dropped the task without an outcome",
             )));
@@ -115,6 +140,193 @@ impl fmt::Debug for Completion {
         f.debug_struct("Completion")
             .field("delivered", &self.sink.is_none())
             .finish()
+    }
+}
+
+/// The future [`Completion::spawn`] hands the sink: the strategy's future, polled in the
+/// request's scope until it ends or the request is cancelled.
+struct Driven {
+    future: BoxFuture<'static, Outcome>,
+    /// `None` once delivered.
+    completion: Option<Completion>,
+}
+
+impl Future for Driven {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let Some(completion) = &this.completion else {
+            return Poll::Ready(());
+        };
+        if completion.poll_cancelled(cx).is_ready() {
+            // Answered already; the completion is dropped without a delivery.
+            this.completion = None;
+            return Poll::Ready(());
+        }
+        let future = &mut this.future;
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            completion.in_scope(|| future.as_mut().poll(cx))
+        }));
+        let outcome = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(outcome)) => outcome,
+            Err(payload) => Err(TaskError::panic(payload)),
+        };
+        if let Some(completion) = this.completion.take() {
+            completion.complete(outcome);
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Runs `task` on `strategy` without a coordinator, resolving to its outcome: for testing a
+/// strategy, or using one on its own.
+///
+/// What the strategy hands to [`Completion::spawn`] is driven by the returned future itself, so
+/// any executor will do. Dropping the future before it resolves cancels the run.
+///
+/// # Examples
+///
+/// See [`TaskExecutionStrategy`].
+pub fn run<S>(strategy: &S, task: ErasedTask) -> Running
+where
+    S: TaskExecutionStrategy + ?Sized,
+{
+    let sink = Arc::new(Standalone::default());
+    strategy.execute(task, Completion::new(Arc::clone(&sink) as _));
+    Running { sink }
+}
+
+/// The outcome of a task run by [`run`]. Dropping it before it resolves cancels the run.
+#[must_use = "the outcome arrives only when awaited"]
+pub struct Running {
+    sink: Arc<Standalone>,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
+impl Future for Running {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let sink = &self.sink;
+        loop {
+            // A spawned future runs here, outside the lock (it delivers into it).
+            let driven = sink.lock().driven.take();
+            let polled = driven.is_some();
+            if let Some(mut driven) = driven
+                && driven.as_mut().poll(cx).is_pending()
+            {
+                sink.lock().driven = Some(driven);
+            }
+            let mut state = sink.lock();
+            if let Some(outcome) = state.outcome.take() {
+                return Poll::Ready(outcome);
+            }
+            if !polled && state.driven.is_some() {
+                // Spawned since the look above: poll it now.
+                continue;
+            }
+            state.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let (waker, driven) = {
+            let mut state = self.sink.lock();
+            if state.outcome.is_some() || state.delivered {
+                return;
+            }
+            self.sink.cancelled.store(true, Ordering::SeqCst);
+            (state.cancel_waker.take(), state.driven.take())
+        };
+        drop(driven);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The sink of a task run by [`run`].
+#[derive(Default)]
+struct Standalone {
+    cancelled: AtomicBool,
+    state: Mutex<StandaloneState>,
+}
+
+#[derive(Default)]
+struct StandaloneState {
+    outcome: Option<Outcome>,
+    /// Set once an outcome arrived (taken or not).
+    delivered: bool,
+    waker: Option<Waker>,
+    cancel_waker: Option<Waker>,
+    driven: Option<BoxFuture<'static, ()>>,
+}
+
+impl Standalone {
+    fn lock(&self) -> MutexGuard<'_, StandaloneState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl CompletionSink for Standalone {
+    fn complete(&self, outcome: Outcome) {
+        let waker = {
+            let mut state = self.lock();
+            if state.delivered {
+                return;
+            }
+            state.delivered = true;
+            state.outcome = Some(outcome);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_cancelled() {
+            return Poll::Ready(());
+        }
+        self.lock().cancel_waker = Some(cx.waker().clone());
+        if self.is_cancelled() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn run_in_scope(&self, f: &mut dyn FnMut()) {
+        f();
+    }
+
+    fn spawn(&self, future: BoxFuture<'static, ()>) {
+        let waker = {
+            let mut state = self.lock();
+            if self.is_cancelled() {
+                return;
+            }
+            state.driven = Some(future);
+            state.waker.take()
+        };
+        // The task awaiting `Running` polls it.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -152,6 +364,9 @@ mod tests {
             self.in_scope.store(true, Ordering::SeqCst);
             f();
             self.in_scope.store(false, Ordering::SeqCst);
+        }
+        fn spawn(&self, future: BoxFuture<'static, ()>) {
+            futures::executor::block_on(future);
         }
     }
 
@@ -197,5 +412,84 @@ mod tests {
         sink.cancelled.store(true, Ordering::SeqCst);
         assert!(completion.is_cancelled());
         futures::executor::block_on(completion.cancelled());
+    }
+
+    /// Runs each task the way it is told to: in place, or as a spawned future.
+    struct Strategy {
+        spawn: bool,
+        started: Arc<AtomicBool>,
+    }
+
+    impl TaskExecutionStrategy for Strategy {
+        fn execute(&self, task: ErasedTask, completion: Completion) {
+            self.started.store(true, Ordering::SeqCst);
+            if self.spawn {
+                completion.spawn(task.run_inline());
+            } else {
+                let outcome = futures::executor::block_on(task.run_inline());
+                completion.complete(outcome);
+            }
+        }
+        fn shutdown(&self, _grace: std::time::Duration) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn strategy(spawn: bool) -> Strategy {
+        Strategy {
+            spawn,
+            started: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn run_resolves_to_what_the_strategy_delivers_in_place_or_spawned() {
+        for spawn in [false, true] {
+            let task = crate::Task::from_fn("1", "add", || async { Ok::<_, crate::BoxError>(4) });
+            let outcome = futures::executor::block_on(run(&strategy(spawn), task.into_erased()));
+            assert_eq!(
+                outcome.unwrap().downcast_ref::<i32>(),
+                Some(&4),
+                "spawn: {spawn}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_spawned_future_that_panics_delivers_a_panic_failure() {
+        let task = crate::Task::from_fn("1", "boom", || async {
+            if true {
+                panic!("the node broke");
+            }
+            Ok::<_, crate::BoxError>(())
+        });
+        let outcome = futures::executor::block_on(run(&strategy(true), task.into_erased()));
+        let error = outcome.unwrap_err();
+        assert!(error.is_panic(), "{error}");
+        assert!(error.message().contains("the node broke"), "{error}");
+    }
+
+    #[test]
+    fn dropping_the_run_cancels_a_spawned_future_unfinished() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&finished);
+        let task = crate::Task::from_fn("1", "never", move || async move {
+            std::future::pending::<()>().await;
+            flag.store(true, Ordering::SeqCst);
+            Ok::<_, crate::BoxError>(())
+        });
+        let s = strategy(true);
+        let mut running = run(&s, task.into_erased());
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut running).poll(&mut cx).is_pending());
+        let sink = Arc::clone(&running.sink);
+        drop(running);
+        assert!(sink.is_cancelled());
+        assert!(
+            sink.lock().driven.is_none(),
+            "the spawned future is dropped"
+        );
+        assert!(!finished.load(Ordering::SeqCst));
     }
 }

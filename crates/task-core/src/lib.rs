@@ -39,7 +39,7 @@ mod strategy;
 mod task;
 mod value;
 
-pub use crate::completion::{Completion, CompletionSink};
+pub use crate::completion::{Completion, CompletionSink, Running, run};
 pub use crate::error::{BoxError, TaskError, panic_message};
 pub use crate::id::{NodeId, RequestId};
 pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};

@@ -4,15 +4,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BoxFuture, Completion, ErasedTask, Outcome, TaskError};
+use crate::{BoxFuture, Completion, ErasedTask};
 
 /// Where and how tasks run. Implement it in your own crate, depending on `task-core` alone, and
 /// register it with a coordinator under a mode name.
 ///
-/// A strategy turns every task it is given into exactly one [`Outcome`]: the node's value, or a
-/// [`TaskError`](crate::TaskError) saying why there is none (the node failed or panicked, the
-/// strategy is shut down, it cannot run that kind of task). It never panics on a task's behalf and
-/// never leaves a returned future pending forever.
+/// One method runs work: [`execute`](Self::execute) starts a task and returns at once; the run
+/// hands its [`Outcome`](crate::Outcome) to the [`Completion`] it was given, from wherever it ran
+/// (a runtime's task, a pool's thread, a reader of worker answers). The completion is the
+/// coordinator's: delivering it closes the job, answers the caller and announces the outcome,
+/// exactly once.
 ///
 /// The trait is object safe: a coordinator holds `Arc<dyn TaskExecutionStrategy>`. Methods with
 /// default bodies are optional hooks; new hooks will arrive with defaults, so implementations keep
@@ -20,30 +21,48 @@ use crate::{BoxFuture, Completion, ErasedTask, Outcome, TaskError};
 ///
 /// # Examples
 ///
-/// A strategy that runs every task inline on the caller's task:
+/// A strategy that runs every task as one future on the coordinator's runtime:
 ///
 /// ```
 /// use std::time::Duration;
-/// use task_core::{BoxFuture, ErasedTask, Outcome, TaskExecutionStrategy};
+/// use task_core::{BoxFuture, Completion, ErasedTask, TaskExecutionStrategy};
 ///
 /// #[derive(Debug)]
-/// struct Inline;
+/// struct OnTheRuntime;
 ///
-/// impl TaskExecutionStrategy for Inline {
-///     fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
-///         Box::pin(task.run_inline())
+/// impl TaskExecutionStrategy for OnTheRuntime {
+///     fn execute(&self, task: ErasedTask, completion: Completion) {
+///         completion.spawn(task.run_inline());
 ///     }
 ///     fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
 ///         Box::pin(async {})
 ///     }
 /// }
+///
+/// // Without a coordinator, `task_core::run` drives a strategy's task to its outcome.
+/// let task = task_core::Task::from_fn("1", "add", || async { Ok::<_, task_core::BoxError>(2 + 2) });
+/// let outcome = futures::executor::block_on(task_core::run(&OnTheRuntime, task.into_erased()));
+/// assert_eq!(outcome.unwrap().downcast_ref::<i32>(), Some(&4));
 /// ```
 pub trait TaskExecutionStrategy: Send + Sync + 'static {
-    /// Runs `task` to its outcome.
+    /// Starts `task` and returns at once; the run delivers its outcome to `completion`.
     ///
-    /// After [`shutdown`](Self::shutdown) has begun, the outcome is an error for which
-    /// [`TaskError::is_shutdown`](crate::TaskError::is_shutdown) holds.
-    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome>;
+    /// What the coordinator relies on:
+    ///
+    /// - **Exactly one outcome**: [`Completion::complete`] consumes the completion; dropping it
+    ///   undelivered (the run was lost: its pool or runtime went away) delivers a failure.
+    /// - **A panic is a failure, never a crash**: catch the node's panic and deliver
+    ///   [`TaskError::panic`](crate::TaskError::panic) (the future handed to
+    ///   [`Completion::spawn`] has it done for it).
+    /// - **Cancellation does not wait for the run**: a cancelled or timed-out request is answered
+    ///   at once and what the run delivers afterwards is ignored. Stop early when
+    ///   [`Completion::cancelled`] fires if the work can be stopped, and never start a task that
+    ///   is cancelled while it waits in a queue.
+    /// - **Scope**: run the node inside [`Completion::in_scope`], so tasks it submits get it as
+    ///   their parent and are cancelled with it.
+    /// - **After [`shutdown`](Self::shutdown) has begun**, deliver an error for which
+    ///   [`TaskError::is_shutdown`](crate::TaskError::is_shutdown) holds.
+    fn execute(&self, task: ErasedTask, completion: Completion);
 
     /// Stops taking tasks and waits up to `grace` for the ones in flight. Idempotent: calling it
     /// again waits again, it does not fail.
@@ -58,31 +77,6 @@ pub trait TaskExecutionStrategy: Send + Sync + 'static {
     /// Counters for a coordinator's system detail. The default reports nothing.
     fn stats(&self) -> StrategyStats {
         StrategyStats::default()
-    }
-
-    /// Whether [`launch`](Self::launch) takes `task`. The default is `false`: the coordinator
-    /// then runs every task through [`execute`](Self::execute).
-    fn can_launch(&self, task: &ErasedTask) -> bool {
-        let _ = task;
-        false
-    }
-
-    /// Starts `task` on its own and returns at once; the run delivers its outcome to
-    /// `completion`. Called only for a task [`can_launch`](Self::can_launch) took.
-    ///
-    /// A launched request needs no future of the caller's to drive it: a strategy with its own
-    /// place to run (a runtime's task, a pool's thread) answers from there, which saves a task,
-    /// a future and a wake-up per request. The same rules hold as for `execute`: exactly one
-    /// outcome (the [`Completion`] enforces it), a shutdown error after shutdown, a panic caught
-    /// and delivered as a failure. Run the node inside [`Completion::in_scope`], and stop early
-    /// when [`Completion::cancelled`] fires if the node can be stopped.
-    ///
-    /// The default delivers an unsupported error.
-    fn launch(&self, task: ErasedTask, completion: Completion) {
-        let _ = task;
-        completion.complete(Err(TaskError::unsupported(
-            "this strategy does not launch tasks",
-        )));
     }
 }
 
