@@ -3,33 +3,31 @@
 use std::any::type_name;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use pubsub::{RequestCompletionMessage, RequestCompletionPublisher, SubscriberId};
+use pubsub::{RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
-use std::future::Future;
 
 use task_core::{
-    BoxFuture, Completion, CompletionSink, CoordinatorState, ErasedTask, ExecutionMode, Job,
-    JobCounts, JobResult, NodeId, Outcome, RequestId, Retention, StrategyStats, Task, TaskError,
-    TaskExecutionStrategy, TaskInfo, Value,
+    BoxFuture, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult, NodeId,
+    Outcome, RequestId, Retention, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo,
+    Value,
 };
-use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore, TryAcquireError};
-use tracing::Instrument;
+use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, TryAcquireError};
 
+use crate::builder::{CoordinatorBuilder, Mode};
 use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
-use crate::options::{RetryPolicy, SubmitOptions, sleep_until};
-use crate::request::{Launched, Overflow, RequestCell, message_of, outcome_of};
+use crate::options::{SubmitOptions, timer};
+use crate::request::{Ending, RequestCell, Retry, execute, message_of};
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// How long shutdown waits for cancelled requests to publish their outcome.
+/// How long shutdown waits, after cancelling what was still open, for requests that were ending
+/// on another thread at that moment.
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
 /// Turns a request's shared value into the caller's type.
@@ -69,147 +67,14 @@ pub fn current_node() -> Option<NodeId> {
         .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
 }
 
-type StrategyRef = Arc<dyn TaskExecutionStrategy>;
-
-/// Builds a [`Coordinator`] from a mode -> strategy map.
-///
-/// # Examples
-///
-/// ```
-/// use coordinator::{AsyncExecutionStrategy, Coordinator, ExecutionMode};
-///
-/// let coordinator = Coordinator::builder()
-///     .strategy(ExecutionMode::ASYNC, AsyncExecutionStrategy::new())
-///     .strategy("io-heavy", AsyncExecutionStrategy::new())
-///     .build();
-/// assert_eq!(coordinator.modes().len(), 2);
-/// ```
-#[derive(Default)]
-pub struct CoordinatorBuilder {
-    modes: HashMap<ExecutionMode, StrategyRef>,
-    limits: HashMap<ExecutionMode, usize>,
-    grace: Option<Duration>,
-    retention: Retention,
-}
-
-impl CoordinatorBuilder {
-    /// Registers `strategy` under `mode`, replacing any strategy registered there before.
-    #[must_use]
-    pub fn strategy(
-        self,
-        mode: impl Into<ExecutionMode>,
-        strategy: impl TaskExecutionStrategy,
-    ) -> Self {
-        self.shared_strategy(mode, Arc::new(strategy))
-    }
-
-    /// Registers a shared strategy under `mode`; one strategy may serve several modes, and is
-    /// still shut down once.
-    #[must_use]
-    pub fn shared_strategy(
-        mut self,
-        mode: impl Into<ExecutionMode>,
-        strategy: StrategyRef,
-    ) -> Self {
-        self.modes.insert(mode.into(), strategy);
-        self
-    }
-
-    /// Registers the async strategy under [`ExecutionMode::ASYNC`].
-    #[cfg(feature = "async")]
-    #[must_use]
-    pub fn with_async(self) -> Self {
-        self.strategy(
-            ExecutionMode::ASYNC,
-            exec_strategies::AsyncExecutionStrategy::new(),
-        )
-    }
-
-    /// Runs at most `limit` top-level requests of `mode` (a mode registered with a strategy) at
-    /// once (at least 1). Beyond it
-    /// [`Coordinator::submit`] and [`Coordinator::spawn`] wait for a place and
-    /// [`Coordinator::try_spawn`] returns a busy error ([`SubmitError::is_busy`]).
-    ///
-    /// Children (requests submitted from inside a running node) do not take a place: their
-    /// ancestor holds one, and making them wait for it could deadlock the tree.
-    #[must_use]
-    pub fn limit(mut self, mode: impl Into<ExecutionMode>, limit: usize) -> Self {
-        self.limits.insert(mode.into(), limit.max(1));
-        self
-    }
-
-    /// Which closed jobs the job table keeps (default [`Retention::KeepAll`]). With
-    /// [`Retention::KeepLast`] a long-running service's memory stays bounded; the running
-    /// totals still count every job.
-    #[must_use]
-    pub fn retention(mut self, retention: Retention) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// How long [`Coordinator::shutdown`] waits for work in flight (default
-    /// [`DEFAULT_SHUTDOWN_GRACE`]).
-    #[must_use]
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.grace = Some(grace);
-        self
-    }
-
-    /// The coordinator. It takes no tasks until [`Coordinator::start`] gives it a publisher.
-    pub fn build(self) -> Coordinator {
-        let limits = self.limits;
-        let modes: Vec<Mode> = self
-            .modes
-            .into_iter()
-            .enumerate()
-            .map(|(index, (name, strategy))| Mode {
-                index,
-                limit: limits.get(&name).map(|&n| Arc::new(Semaphore::new(n))),
-                name,
-                strategy,
-                counters: ModeCounters::default(),
-            })
-            .collect();
-        let mode_index = modes
-            .iter()
-            .map(|mode| (mode.name.clone(), mode.index))
-            .collect();
-        Coordinator {
-            inner: Arc::new(Inner {
-                modes,
-                mode_index,
-                grace: self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-                started: OnceLock::new(),
-                closing: AtomicBool::new(false),
-                past_deadline: AtomicBool::new(false),
-                strategies_shut: OnceCell::new(),
-                table: Mutex::new(CoordinatorState::with_attachments(self.retention)),
-                drained: Notify::new(),
-                overflow: Overflow::default(),
-            }),
-        }
-    }
-}
-
-impl fmt::Debug for CoordinatorBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut modes: Vec<&str> = self.modes.keys().map(ExecutionMode::as_str).collect();
-        modes.sort_unstable();
-        f.debug_struct("CoordinatorBuilder")
-            .field("modes", &modes)
-            .field("limits", &self.limits.len())
-            .field("grace", &self.grace)
-            .field("retention", &self.retention)
-            .finish()
-    }
-}
+/// A strategy as a coordinator holds it: shared, so one strategy may serve several modes.
+pub type StrategyRef = Arc<dyn TaskExecutionStrategy>;
 
 pub(crate) struct Started {
     pub(crate) publisher: RequestCompletionPublisher,
-    subscriber: SubscriberId,
-    /// The runtime `start` ran on: where outcomes that found the bus full are published from
-    /// when the request finished on a thread of no runtime.
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// The runtime `start` ran on, if any: where a strategy's future runs when it is handed over
+    /// on a thread of no runtime.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What a coordinator keeps beside each open job in its [`CoordinatorState`] (see
@@ -243,68 +108,8 @@ impl Drop for OpenRequest {
     }
 }
 
-/// A registered mode: its strategy, its concurrency limit and its request counters, found with
-/// one lookup per submission.
-struct Mode {
-    /// Its position in `Inner::modes`.
-    index: usize,
-    name: ExecutionMode,
-    strategy: StrategyRef,
-    limit: Option<Arc<Semaphore>>,
-    counters: ModeCounters,
-}
-
-/// Live counters of the requests of one mode.
-#[derive(Default)]
-struct ModeCounters {
-    in_flight: AtomicU64,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    cancelled: AtomicU64,
-}
-
-impl ModeCounters {
-    fn close(&self, result: JobResult) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let counter = match result {
-            JobResult::Success => &self.succeeded,
-            JobResult::TimedOut => &self.timed_out,
-            JobResult::Cancelled => &self.cancelled,
-            _ => &self.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> ModeCounts {
-        ModeCounts {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            succeeded: self.succeeded.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            timed_out: self.timed_out.load(Ordering::Relaxed),
-            cancelled: self.cancelled.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// The requests of one mode, as [`SystemDetail::requests`] reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct ModeCounts {
-    /// Accepted and not yet ended.
-    pub in_flight: u64,
-    /// Ended with a value.
-    pub succeeded: u64,
-    /// Ended with an error (the node's, a panic, or the strategy's).
-    pub failed: u64,
-    /// Ended past their deadline.
-    pub timed_out: u64,
-    /// Ended cancelled.
-    pub cancelled: u64,
-}
-
 /// A map keyed by ids, with a fast keyed hash.
-type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub(crate) struct Inner {
     /// Every registered mode, at its [`Mode::index`].
@@ -312,7 +117,7 @@ pub(crate) struct Inner {
     /// The position of each mode in `modes`, by name.
     mode_index: IdMap<ExecutionMode, usize>,
     grace: Duration,
-    pub(crate) started: OnceLock<Started>,
+    started: OnceLock<Started>,
     closing: AtomicBool,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     past_deadline: AtomicBool,
@@ -322,8 +127,6 @@ pub(crate) struct Inner {
     table: Mutex<CoordinatorState<OpenRequest>>,
     /// Woken whenever the last open job closes.
     drained: Notify,
-    /// Outcomes of launched requests that found the bus full, waiting for room.
-    pub(crate) overflow: Overflow,
 }
 
 impl Inner {
@@ -332,17 +135,24 @@ impl Inner {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Closes the job for `request_id` with `outcome` and answers its caller. A completion for a
-    /// request this coordinator does not have open is ignored (another coordinator's, or late).
-    pub(crate) fn complete(&self, request_id: &str, outcome: Outcome) {
+    /// The runtime `start` ran on, if any.
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.started.get().and_then(|started| started.runtime.clone())
+    }
+
+    /// Applies one of this coordinator's outcomes: closes the request's job, hands its message to
+    /// the bus when `announce` says so (never waiting for a subscriber), then answers its caller.
+    /// Called once per request, by whoever ended it ([`Ending`]).
+    pub(crate) fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool) {
         let result = JobResult::of(&outcome);
         let (open, idle) = {
             let mut table = self.table();
-            let open = match table.end_job_detach(request_id, result) {
+            let open = match table.end_job_detach(info.request_id(), result) {
                 Ok((_, open)) => open,
                 Err(error) => {
-                    tracing::debug!(request_id, %error, "completion ignored");
-                    return;
+                    // Never: a request's job stays open until its one ending.
+                    tracing::error!(request_id = %info.request_id(), %error, "outcome of a request without an open job");
+                    None
                 }
             };
             if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
@@ -350,7 +160,17 @@ impl Inner {
             }
             (open, table.counts().opened == 0)
         };
-        tracing::debug!(request_id, %result, "job closed");
+        tracing::debug!(request_id = %info.request_id(), %result, "job closed");
+        if announce
+            && let Some(started) = self.started.get()
+            && started.publisher.has_subscribers()
+        {
+            let message = message_of(info, outcome.clone());
+            if let Err(refused) = started.publisher.publish(message) {
+                // The application shut its bus down: the outcome still reaches the caller.
+                tracing::debug!(%refused, "outcome not announced");
+            }
+        }
         if idle {
             self.drained.notify_waiters();
         }
@@ -360,24 +180,11 @@ impl Inner {
         }
     }
 
-    fn handle_item(&self, item: &RequestCompletionMessage) {
-        match item {
-            RequestCompletionMessage::Success(m) => {
-                self.complete(m.info.request_id(), Ok(m.result.clone()));
-            }
-            RequestCompletionMessage::Failure(m) => {
-                self.complete(m.info.request_id(), Err(m.error.clone()));
-            }
-            // A creation failure never had a job; other messages do not end requests.
-            _ => {}
-        }
-    }
-
     fn open_jobs(&self) -> u64 {
         self.table().counts().opened
     }
 
-    fn record_attempt(&self, request_id: &str) {
+    pub(crate) fn record_attempt(&self, request_id: &str) {
         let _ = self.table().record_attempt(request_id);
     }
 
@@ -390,170 +197,6 @@ impl Inner {
         } else {
             TaskError::cancelled("the request was cancelled")
         }
-    }
-}
-
-/// Closes the job as failed if the driver is dropped before its outcome was announced (the runtime
-/// shut down under it), so no job stays open forever.
-struct CloseOnDrop<'a> {
-    inner: &'a Inner,
-    request_id: Option<&'a str>,
-}
-
-impl Drop for CloseOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(request_id) = self.request_id {
-            self.inner.complete(
-                request_id,
-                Err(TaskError::strategy(
-                    "the runtime stopped before the task's outcome was announced",
-                )),
-            );
-        }
-    }
-}
-
-/// An accepted request, as its driver runs it.
-struct Request {
-    strategy: StrategyRef,
-    task: ErasedTask,
-    publisher: RequestCompletionPublisher,
-    cell: Arc<RequestCell>,
-    /// A deadline or a retry policy; boxed, as most requests have neither and every request's
-    /// future holds this.
-    options: Option<Box<Options>>,
-    /// The request's place under its mode's concurrency limit, released when it ends.
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-/// The options of a request that has any.
-struct Options {
-    deadline: Option<Instant>,
-    timeout: Option<Duration>,
-    retry: Option<RetryPolicy>,
-}
-
-/// Runs one accepted request to its single terminal message.
-async fn drive(inner: Arc<Inner>, mut request: Box<Request>) {
-    let info = request.task.info().clone();
-    let request_id = info.request_id().clone();
-    let publisher = request.publisher.clone();
-    let mut guard = CloseOnDrop {
-        inner: &inner,
-        request_id: Some(request_id.as_str()),
-    };
-    let permit = request.permit.take();
-    let outcome = if request.options.is_none() {
-        // The common case, kept small: the future of every request holds it.
-        let Request {
-            strategy,
-            task,
-            cell,
-            ..
-        } = *request;
-        tokio::select! {
-            biased;
-            () = cell.cancelled() => Err(inner.cancelled()),
-            outcome = run_once(&strategy, task, &cell) => outcome,
-        }
-    } else {
-        Box::pin(run_attempts(&inner, *request)).await
-    };
-    drop(permit);
-    // The message takes the task's description; only the id is kept for the fallback below.
-    let message = message_of(info, outcome);
-    tracing::debug!(%message, "publishing outcome");
-    if let Err(refused) = publisher.publish(message).await {
-        // The bus went away after the request was accepted: close the job here instead.
-        tracing::warn!(%refused, "outcome not published; closing the job directly");
-        inner.complete(&request_id, outcome_of(refused.into_inner()));
-    }
-    guard.request_id = None;
-}
-
-/// Runs one attempt of a task on its strategy, as the node it runs (for nested submissions).
-///
-/// Not an `async fn`: the task moves into the strategy's future at once instead of being held
-/// in this one, which every request's driver holds.
-fn run_once<'a>(
-    strategy: &'a StrategyRef,
-    task: ErasedTask,
-    cell: &RequestCell,
-) -> impl Future<Output = Outcome> + 'a {
-    let scope = cell.scope();
-    let run = AssertUnwindSafe(strategy.execute(task)).catch_unwind();
-    CURRENT_NODE.scope(scope, run).map(|result| {
-        // A strategy that panics is a bug in the strategy; the request still ends.
-        result.unwrap_or_else(|payload| Err(TaskError::panic(payload)))
-    })
-}
-
-/// Completes when the request's deadline passes; never, without one.
-async fn expire(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match expiry {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Runs the attempts of one request until one succeeds, the retry policy gives up, the deadline
-/// passes or the request is cancelled.
-async fn run_attempts(inner: &Inner, request: Request) -> Outcome {
-    let Request {
-        strategy,
-        mut task,
-        cell,
-        options,
-        ..
-    } = request;
-    let (deadline, timeout, retry) = options.map_or((None, None, None), |o| {
-        let Options {
-            deadline,
-            timeout,
-            retry,
-        } = *o;
-        (deadline, timeout, retry)
-    });
-    let mut expiry = match deadline.map(sleep_until).transpose() {
-        Ok(sleep) => sleep.map(Box::pin),
-        Err(error) => return Err(error),
-    };
-    let timed_out = || {
-        TaskError::timed_out(format!(
-            "the request ran past its timeout of {:?}",
-            timeout.unwrap_or_default()
-        ))
-    };
-    let mut attempt: u32 = 1;
-    loop {
-        let next = retry.as_ref().and_then(|_| task.replay());
-        let outcome = tokio::select! {
-            biased;
-            () = cell.cancelled() => return Err(inner.cancelled()),
-            () = expire(&mut expiry) => return Err(timed_out()),
-            outcome = run_once(&strategy, task, &cell) => outcome,
-        };
-        let (Err(error), Some(policy), Some(again)) = (&outcome, &retry, next) else {
-            return outcome;
-        };
-        if !policy.should_retry(attempt, error) {
-            return outcome;
-        }
-        let wait = policy.backoff_after(attempt);
-        tracing::debug!(attempt, %error, ?wait, "attempt failed; retrying");
-        if !wait.is_zero() {
-            let backoff = Box::pin(sleep_until(Instant::now() + wait)?);
-            tokio::select! {
-                biased;
-                () = cell.cancelled() => return Err(inner.cancelled()),
-                () = expire(&mut expiry) => return Err(timed_out()),
-                () = backoff => {}
-            }
-        }
-        attempt += 1;
-        inner.record_attempt(again.info().request_id());
-        tracing::Span::current().record("attempt", attempt);
-        task = again;
     }
 }
 
@@ -658,6 +301,27 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    pub(crate) fn from_parts(
+        modes: Vec<Mode>,
+        mode_index: IdMap<ExecutionMode, usize>,
+        grace: Duration,
+        retention: Retention,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                modes,
+                mode_index,
+                grace,
+                started: OnceLock::new(),
+                closing: AtomicBool::new(false),
+                past_deadline: AtomicBool::new(false),
+                strategies_shut: OnceCell::new(),
+                table: Mutex::new(CoordinatorState::with_attachments(retention)),
+                drained: Notify::new(),
+            }),
+        }
+    }
+
     /// A builder with no modes registered.
     pub fn builder() -> CoordinatorBuilder {
         CoordinatorBuilder::default()
@@ -678,47 +342,53 @@ impl Coordinator {
         modes
     }
 
-    /// Attaches the coordinator to `publisher`: its subscriber closes jobs from completion
-    /// messages ([`handle_item`](Self::handle_item)), and outcomes are published there.
+    /// Attaches the coordinator to `publisher`: every request's outcome is announced there, for
+    /// observers. The coordinator does not subscribe: it closes its jobs and answers its callers
+    /// itself, so no subscriber can delay either.
     ///
     /// # Errors
     ///
-    /// When already started, or when the publisher refuses the subscriber (it is shut down, or
-    /// this is called outside a tokio runtime). Nothing is subscribed then.
+    /// When already started, or when the publisher is shut down.
     pub fn start(&self, publisher: &RequestCompletionPublisher) -> Result<(), StartError> {
-        if self.inner.started.get().is_some() {
-            return Err(StartError::new(StartKind::AlreadyStarted));
+        if publisher.is_shut_down() {
+            return Err(StartError::new(StartKind::PublisherShutDown));
         }
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let subscriber = publisher
-            .subscribe(move |item| {
-                if let Some(inner) = weak.upgrade() {
-                    inner.handle_item(&item);
-                }
-            })
-            .map_err(|e| StartError::new(StartKind::Subscribe(e)))?;
         let started = Started {
             publisher: publisher.clone(),
-            subscriber,
             runtime: tokio::runtime::Handle::try_current().ok(),
         };
-        if let Err(lost) = self.inner.started.set(started) {
-            // Another `start` won the race; withdraw this subscriber.
-            let _ = lost.publisher.unsubscribe(lost.subscriber);
-            return Err(StartError::new(StartKind::AlreadyStarted));
-        }
-        Ok(())
+        self.inner
+            .started
+            .set(started)
+            .map_err(|_| StartError::new(StartKind::AlreadyStarted))
     }
 
-    /// Handles one completion message: a success closes its job as succeeded, a failure as
-    /// failed, and the caller waiting in [`submit`](Self::submit) gets the outcome. Creation
-    /// failures (which never had a job) and other messages are ignored, as are messages for
-    /// requests this coordinator has no open job for.
+    /// Applies a completion message from elsewhere (a bus, a log being replayed): a success
+    /// closes its job as succeeded, a failure as failed, the caller waiting in
+    /// [`submit`](Self::submit) gets the outcome, and the run still under way is cancelled.
     ///
-    /// The coordinator's own subscriber calls this; call it yourself only to feed completions
-    /// from another source.
+    /// Only a message for a job this coordinator has open, with the same request id and node id,
+    /// does anything; others (another coordinator's, creation failures, late duplicates) are
+    /// ignored. It is not announced again. The coordinator's own outcomes never need this: it
+    /// applies them itself.
     pub fn handle_item(&self, item: &RequestCompletionMessage) {
-        self.inner.handle_item(item);
+        let (info, outcome) = match item {
+            RequestCompletionMessage::Success(m) => (&m.info, Ok(m.result.clone())),
+            RequestCompletionMessage::Failure(m) => (&m.info, Err(m.error.clone())),
+            // A creation failure never had a job; other messages do not end requests.
+            _ => return,
+        };
+        let cell = self
+            .inner
+            .table()
+            .attachment(info.request_id())
+            .filter(|open| open.cell.node_id() == info.node_id())
+            .map(|open| Arc::clone(&open.cell));
+        match cell {
+            // Outside the table lock: ending the request takes it.
+            Some(cell) => cell.stop(Some(outcome), false),
+            None => tracing::debug!(request_id = %info.request_id(), "completion for no open job of this coordinator ignored"),
+        }
     }
 
     /// Submits `task` to the strategy registered for `mode` and returns the node's output.
@@ -932,8 +602,8 @@ impl Coordinator {
             .map(|accepted| Admission::Accepted(Some(accepted)))
     }
 
-    /// Validates, records and launches a request; everything here is synchronous, so a request
-    /// is either rejected with nothing recorded or fully accepted.
+    /// Validates, records and starts a request; everything before the strategy takes it is
+    /// synchronous, so a request is either rejected with nothing recorded or fully accepted.
     fn accept(
         &self,
         task: ErasedTask,
@@ -954,10 +624,15 @@ impl Coordinator {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| SubmitError::new(SubmitKind::NoRuntime))?;
         if !started.publisher.is_running() {
-            return Err(SubmitError::new(SubmitKind::PublisherClosed));
+            return Err(SubmitError::new(SubmitKind::PublisherClosed))
         }
         let (timeout, retry) = options.into_parts();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to add to now is no deadline at all.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let timer = match deadline {
+            Some(_) => Some(timer().map_err(|e| SubmitError::new(SubmitKind::Failed(e)))?),
+            None => None,
+        };
         let request_id = task.info().request_id().clone();
         let cell = RequestCell::new(task.info().node_id().clone(), task_span(task.info(), &mode));
         // Submitted from inside its parent's node (the usual way): the parent's request is at
@@ -969,26 +644,35 @@ impl Coordinator {
                 .flatten()
                 .flatten()
         });
-        // A request with neither deadline nor retries needs nothing of a driver when its strategy
-        // can run it by itself: it publishes its outcome from where it ran.
-        let launch = deadline.is_none() && retry.is_none() && strategy.can_launch(&task);
-        let mut permit = permit;
-        if launch {
-            cell.set_launched(Launched {
-                inner: Arc::clone(inner),
-                info: task.info().clone(),
-                permit: permit.take(),
-            });
-        }
+        let retry = retry.map(|policy| {
+            Box::new(Retry {
+                strategy: Arc::clone(strategy),
+                policy,
+                next: task.replay(),
+                attempt: 1,
+                runtime,
+                backoff: None,
+            })
+        });
+        cell.open(Ending {
+            inner: Arc::clone(inner),
+            info: task.info().clone(),
+            permit,
+            deadline: None,
+            retry,
+        });
         let born_cancelled = {
             let mut table = inner.table();
             let open = OpenRequest {
                 cell: Arc::clone(&cell),
                 mode: entry.index,
             };
-            table
-                .add_job_with(&task, open)
-                .map_err(|e| SubmitError::new(SubmitKind::Duplicate(e.request_id().clone())))?;
+            if let Err(e) = table.add_job_with(&task, open) {
+                drop(table);
+                // Not accepted: nothing is recorded, and nothing answers.
+                cell.close_unaccepted();
+                return Err(SubmitError::new(SubmitKind::Duplicate(e.request_id().clone())));
+            }
             let born_cancelled = match &scoped_parent {
                 Some(parent) => parent.adopt(&cell),
                 None => task
@@ -1001,46 +685,42 @@ impl Coordinator {
             born_cancelled
         };
         tracing::debug!(parent: cell.span(), "job opened");
-        if born_cancelled {
-            // Its parent was cancelled already; a launched request publishes its outcome here.
-            cell.cancel();
-        }
-        if launch {
-            if !cell.is_cancelled() {
-                let sink: Arc<dyn CompletionSink> = Arc::clone(&cell) as _;
-                strategy.launch(task, Completion::new(sink));
-            }
-        } else {
-            let span = cell.span().clone();
-            // Boxed: it is most of what the driver holds, and a small driver future is cheaper
-            // to spawn.
-            let request = Box::new(Request {
-                strategy: Arc::clone(strategy),
-                task,
-                publisher: started.publisher.clone(),
-                cell: Arc::clone(&cell),
-                options: (deadline.is_some() || retry.is_some()).then(|| {
-                    Box::new(Options {
-                        deadline,
-                        timeout,
-                        retry,
-                    })
-                }),
-                permit,
+        if let (Some(deadline), Some(timer)) = (deadline, timer) {
+            let me = Arc::downgrade(&cell);
+            let timeout = timeout.unwrap_or_default();
+            let expiry = timer.spawn(async move {
+                tokio::time::sleep_until(deadline.into()).await;
+                if let Some(cell) = me.upgrade() {
+                    let timed_out = TaskError::timed_out(format!(
+                        "the request ran past its timeout of {timeout:?}"
+                    ));
+                    cell.stop(Some(Err(timed_out)), true);
+                }
             });
-            runtime.spawn(drive(Arc::clone(inner), request).instrument(span));
+            cell.set_deadline(expiry.abort_handle());
+        }
+        if born_cancelled {
+            // Its parent was cancelled already: it ends cancelled, and never starts.
+            cell.cancel();
+        } else if let Some(completion) = cell.completion() {
+            execute(strategy, task, completion);
         }
         Ok(Accepted { request_id, cell })
     }
 
     /// A serializable snapshot: the counts, every recorded job (oldest first) and each mode's
-    /// strategy counters.
+    /// strategy counters. The table's lock is held only to copy the jobs; they are sorted after.
     pub fn system_detail(&self) -> SystemDetail {
-        let (counts, jobs) = {
+        let (counts, mut jobs) = {
             let table = self.inner.table();
-            let jobs: Vec<Job> = table.jobs_by_start_time().into_iter().cloned().collect();
+            let jobs: Vec<Job> = table.iter().cloned().collect();
             (table.counts(), jobs)
         };
+        jobs.sort_by(|a, b| {
+            a.start_time()
+                .cmp(&b.start_time())
+                .then_with(|| a.request_id().cmp(b.request_id()))
+        });
         let modes = self
             .inner
             .modes
@@ -1077,27 +757,37 @@ impl Coordinator {
         f(&self.inner.table())
     }
 
+    /// Reads the job table under its lock.
+    ///
+    /// `f` runs while every submission and every ending request waits for the lock: keep it
+    /// short, and never call back into this coordinator from it (that deadlocks). Copy what you
+    /// need out and act on it after.
+    pub fn with_state<R>(&self, f: impl FnOnce(&CoordinatorState<OpenRequest>) -> R) -> R {
+        f(&self.inner.table())
+    }
+
     /// Shuts down with the grace period set on the builder (default [`DEFAULT_SHUTDOWN_GRACE`]).
     pub async fn shutdown(&self) {
         self.shutdown_with_grace(self.inner.grace).await;
     }
 
-    /// Shuts down gracefully within `grace`:
+    /// Shuts down gracefully within `grace` (a grace too long to add to now waits as long as the
+    /// requests take):
     ///
     /// 1. stops taking tasks (submissions waiting for a place under a concurrency limit are
     ///    rejected as shut down);
     /// 2. lets every accepted request run until it ends or `grace` has passed;
-    /// 3. at the deadline, cancels what is still open: each such request ends as
-    ///    [`JobResult::Cancelled`] with its failure message published, so no request is left
-    ///    without its terminal message;
-    /// 4. waits until the coordinator's own subscriber has received every terminal message (the
-    ///    job table has no open job);
-    /// 5. shuts every strategy down exactly once (a strategy serving several modes once).
+    /// 3. at the deadline, cancels what is still open: each such request ends at once as
+    ///    [`JobResult::Cancelled`], its caller answered and its failure message announced, so
+    ///    no request is left without its outcome;
+    /// 4. shuts every strategy down exactly once (a strategy serving several modes once), with
+    ///    what is left of `grace`.
     ///
-    /// The publisher belongs to the application: shut it down after this to drain it for the
-    /// other subscribers. Calling this again does not shut strategies down again.
+    /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
+    /// shut it down after this to drain it for its subscribers. Calling this again does not shut
+    /// strategies down again.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
-        let deadline = Instant::now() + grace;
+        let deadline = Instant::now().checked_add(grace);
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
         for limit in inner.modes.iter().filter_map(|mode| mode.limit.as_ref()) {
@@ -1119,11 +809,11 @@ impl Coordinator {
             }
             tracing::warn!(
                 cancelled,
-                "coordinator shutdown: grace period over; cancelling the requests still open"
+                "coordinator shutdown: grace period over; cancelled the requests still open"
             );
-            // Cancelled drivers drop their strategy's future at once and publish; this bounds
-            // the wait in case a strategy's future does not give up promptly when dropped.
-            let settle = Instant::now() + CANCEL_SETTLE;
+            // A cancelled request ends at once; one that was ending on another thread meanwhile
+            // closes its job a moment later.
+            let settle = Instant::now().checked_add(CANCEL_SETTLE);
             if !exec_strategies::support::wait_for(
                 &inner.drained,
                 || inner.open_jobs() == 0,
@@ -1137,7 +827,9 @@ impl Coordinator {
                 );
             }
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.map_or(Duration::MAX, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
         inner
             .strategies_shut
             .get_or_init(|| async {

@@ -136,7 +136,7 @@ impl std::error::Error for SubmitError {
     }
 }
 
-/// Why [`Coordinator::start`](crate::Coordinator::start) failed. Nothing was subscribed.
+/// Why [`Coordinator::start`](crate::Coordinator::start) failed. The coordinator is unchanged.
 #[derive(Clone)]
 pub struct StartError {
     kind: StartKind,
@@ -145,7 +145,7 @@ pub struct StartError {
 #[derive(Clone, Debug)]
 pub(crate) enum StartKind {
     AlreadyStarted,
-    Subscribe(pubsub::Error),
+    PublisherShutDown,
 }
 
 impl StartError {
@@ -158,12 +158,9 @@ impl StartError {
         matches!(self.kind, StartKind::AlreadyStarted)
     }
 
-    /// The publisher refused the coordinator's subscriber (shut down, or no tokio runtime).
-    pub fn subscribe_error(&self) -> Option<&pubsub::Error> {
-        match &self.kind {
-            StartKind::Subscribe(e) => Some(e),
-            StartKind::AlreadyStarted => None,
-        }
+    /// The publisher is shut down: it would refuse every outcome.
+    pub fn is_publisher_shut_down(&self) -> bool {
+        matches!(self.kind, StartKind::PublisherShutDown)
     }
 }
 
@@ -171,7 +168,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             StartKind::AlreadyStarted => f.write_str("the coordinator is already started"),
-            StartKind::Subscribe(e) => write!(f, "could not subscribe to the publisher: {e}"),
+            StartKind::PublisherShutDown => f.write_str("the publisher is shut down"),
         }
     }
 }
@@ -184,8 +181,4 @@ impl fmt::Debug for StartError {
     }
 }
 
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.subscribe_error().map(|e| e as _)
-    }
-}
+impl std::error::Error for StartError {}

@@ -45,15 +45,16 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod coordinator;
 mod error;
 mod handle;
 mod options;
 mod request;
 
+pub use crate::builder::{CoordinatorBuilder, ModeCounts};
 pub use crate::coordinator::{
-    Coordinator, CoordinatorBuilder, DEFAULT_SHUTDOWN_GRACE, ModeCounts, OpenRequest, SystemDetail,
-    current_node,
+    Coordinator, DEFAULT_SHUTDOWN_GRACE, OpenRequest, StrategyRef, SystemDetail, current_node,
 };
 pub use crate::error::{StartError, SubmitError};
 pub use crate::handle::RequestHandle;

@@ -170,7 +170,9 @@ impl RetryPolicy {
     pub fn backoff_after(&self, attempt: u32) -> Duration {
         let cap = self.max_backoff_after(attempt);
         if self.jitter {
-            cap.mul_f64(fastrand::f64())
+            // Never past the cap, even where the product rounds up (a cap near Duration::MAX).
+            Duration::try_from_secs_f64(cap.as_secs_f64() * fastrand::f64())
+                .map_or(cap, |wait| wait.min(cap))
         } else {
             cap
         }
@@ -197,7 +199,7 @@ impl fmt::Debug for RetryPolicy {
 /// The process-wide timer the coordinator's deadlines and backoffs run on: a tokio time driver
 /// on a thread of its own, so they work on any runtime, including one built without timers.
 /// A timer created here can be awaited from any runtime; it wakes its task when it fires.
-fn timer() -> Result<&'static tokio::runtime::Handle, TaskError> {
+pub(crate) fn timer() -> Result<&'static tokio::runtime::Handle, TaskError> {
     static TIMER: OnceLock<Result<tokio::runtime::Handle, String>> = OnceLock::new();
     TIMER
         .get_or_init(|| {
@@ -214,13 +216,6 @@ fn timer() -> Result<&'static tokio::runtime::Handle, TaskError> {
         })
         .as_ref()
         .map_err(|e| TaskError::strategy(format!("the coordinator's timer could not start: {e}")))
-}
-
-/// A future that completes at `deadline`.
-pub(crate) fn sleep_until(deadline: Instant) -> Result<tokio::time::Sleep, TaskError> {
-    let handle = timer()?;
-    let _entered = handle.enter();
-    Ok(tokio::time::sleep_until(deadline.into()))
 }
 
 #[cfg(test)]

@@ -1,23 +1,28 @@
-//! [`RequestCell`]: the one shared record of an accepted request.
+//! [`RequestCell`]: the one shared record of an accepted request, and the completion its
+//! strategy delivers to.
 //!
 //! It carries what the request's parties share: the cancellation flag (set by the caller's
-//! handle, the parent's cancellation or shutdown, read by whatever runs the request), the children
-//! to cancel with it, and the slot the caller's answer arrives in. A launched request (one its
-//! strategy runs by itself, [`TaskExecutionStrategy::launch`](task_core::TaskExecutionStrategy))
-//! also keeps here what publishing its outcome needs, taken exactly once by whichever comes first:
-//! the run's outcome or a cancellation.
+//! handle, the parent's cancellation, the deadline or shutdown, read by whatever runs the
+//! request), the children to cancel with it, the slot the caller's answer arrives in, and, while
+//! the request is open, what ending it needs ([`Ending`]). Whoever takes the ending first ends the
+//! request: the run's outcome, a cancellation, the deadline or a completion fed to
+//! [`Coordinator::handle_item`](crate::Coordinator::handle_item). That is what makes the outcome
+//! one, whatever races.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
-use task_core::{CompletionSink, NodeId, Outcome, TaskError, TaskInfo};
+use task_core::{
+    BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskError, TaskInfo,
+};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::AbortHandle;
 
-use crate::coordinator::{CURRENT_NODE, Inner, NodeScope};
+use crate::coordinator::{CURRENT_NODE, Inner, NodeScope, StrategyRef};
+use crate::options::{RetryPolicy, timer};
 
 /// Locks `mutex`; no code that can panic runs under these locks, so a poisoned one still holds
 /// consistent data.
@@ -28,16 +33,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The shared record of one accepted request.
 pub(crate) struct RequestCell {
     cancelled: AtomicBool,
-    /// Whatever runs the request (its driver, or a launched run) waits here for cancellation.
+    /// Whatever runs the request waits here for cancellation.
     cancel_waker: AtomicWaker,
     /// Requests submitted from inside this one's node; cancelled with it.
     children: Mutex<Vec<Weak<RequestCell>>>,
     answer: Mutex<Answer>,
-    /// A launched request's means to publish its outcome, until it is taken.
-    launched: Mutex<Option<Launched>>,
+    /// What ending the request needs; `None` once it ended.
+    ending: Mutex<Option<Ending>>,
     node_id: NodeId,
     span: tracing::Span,
-    /// This cell, for the scope its node runs in.
+    /// This cell, for the scope its node runs in and the completions of its attempts.
     me: Weak<RequestCell>,
 }
 
@@ -48,6 +53,54 @@ struct Answer {
     answered: bool,
 }
 
+/// What ending an open request needs.
+pub(crate) struct Ending {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) info: TaskInfo,
+    /// Its place under its mode's concurrency limit, released when it ends.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// The timer of its deadline, stopped when it ends first.
+    pub(crate) deadline: Option<AbortHandle>,
+    /// Set for a request with a retry policy.
+    pub(crate) retry: Option<Box<Retry>>,
+}
+
+/// The attempts of a request with a retry policy.
+pub(crate) struct Retry {
+    pub(crate) strategy: StrategyRef,
+    pub(crate) policy: RetryPolicy,
+    /// A fresh copy of the task for the next attempt; `None` when the task cannot be replayed.
+    pub(crate) next: Option<ErasedTask>,
+    /// The attempt under way, from 1.
+    pub(crate) attempt: u32,
+    /// The runtime the request was submitted on, where later attempts start.
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// The backoff before the next attempt, while one is waited for.
+    pub(crate) backoff: Option<AbortHandle>,
+}
+
+impl Ending {
+    /// Ends the request with `outcome`: releases its place, stops its timers, closes its job,
+    /// hands the message to the bus (unless the outcome came from the bus) and answers the caller.
+    fn finish(self, outcome: Outcome, announce: bool) {
+        let Ending {
+            inner,
+            info,
+            permit,
+            deadline,
+            retry,
+        } = self;
+        drop(permit);
+        if let Some(timer) = deadline {
+            timer.abort();
+        }
+        if let Some(backoff) = retry.and_then(|retry| retry.backoff) {
+            backoff.abort();
+        }
+        inner.apply(info, outcome, announce);
+    }
+}
+
 impl RequestCell {
     pub(crate) fn new(node_id: NodeId, span: tracing::Span) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
@@ -55,7 +108,7 @@ impl RequestCell {
             cancel_waker: AtomicWaker::new(),
             children: Mutex::new(Vec::new()),
             answer: Mutex::new(Answer::default()),
-            launched: Mutex::new(None),
+            ending: Mutex::new(None),
             node_id,
             span,
             me: me.clone(),
@@ -96,26 +149,48 @@ impl RequestCell {
         }
     }
 
-    /// Completes once the request is cancelled.
-    pub(crate) async fn cancelled(&self) {
-        std::future::poll_fn(|cx| self.poll_cancelled(cx)).await;
+    /// Makes the request open: until it ends, `ending` is what ending it needs.
+    pub(crate) fn open(&self, ending: Ending) {
+        *lock(&self.ending) = Some(ending);
     }
 
-    /// Cancels the request and, through them, its children: each one's runner is woken, and a
-    /// launched request publishes its cancelled outcome now. Cancelling twice does nothing more.
+    /// Forgets what ending the request needed, for a request that was not accepted after all.
+    pub(crate) fn close_unaccepted(&self) {
+        drop(lock(&self.ending).take());
+    }
+
+    /// Sets the timer of the request's deadline, unless it ended already.
+    pub(crate) fn set_deadline(&self, timer: AbortHandle) {
+        match lock(&self.ending).as_mut() {
+            Some(ending) => ending.deadline = Some(timer),
+            None => timer.abort(),
+        }
+    }
+
+    /// Cancels the request and, through them, its children: each one's run is told to stop and
+    /// ends cancelled now. Cancelling twice does nothing more.
     ///
-    /// Never call it under the coordinator's table lock: a launched request's fallback (the bus
-    /// refused its outcome) closes the job itself, which takes that lock.
+    /// Never call it under the coordinator's table lock: ending a request takes that lock.
     pub(crate) fn cancel(self: &Arc<Self>) {
+        self.stop(None, true);
+    }
+
+    /// Ends the request with `outcome` (a timeout, or a completion from the bus) and cancels its
+    /// run and its children. `announce` says whether the bus hears of it.
+    pub(crate) fn stop(self: &Arc<Self>, outcome: Option<Outcome>, announce: bool) {
         let mut pending: Vec<Arc<RequestCell>> = Vec::new();
         let mut cell = Arc::clone(self);
+        let mut outcome = outcome;
+        let mut announce = announce;
         loop {
             if !cell.cancelled.swap(true, Ordering::SeqCst) {
                 cell.cancel_waker.wake();
-                let launched = lock(&cell.launched).take();
-                if let Some(launched) = launched {
-                    let cancelled = Err(launched.inner.cancelled());
-                    launched.finish(cancelled);
+                let ending = lock(&cell.ending).take();
+                if let Some(ending) = ending {
+                    let outcome = outcome
+                        .take()
+                        .unwrap_or_else(|| Err(ending.inner.cancelled()));
+                    ending.finish(outcome, announce);
                 }
                 pending.extend(
                     lock(&cell.children)
@@ -123,6 +198,9 @@ impl RequestCell {
                         .filter_map(|child| child.upgrade()),
                 );
             }
+            // Children end cancelled, announced.
+            outcome = None;
+            announce = true;
             match pending.pop() {
                 Some(next) => cell = next,
                 None => break,
@@ -145,11 +223,6 @@ impl RequestCell {
         }
         // After the push: a cancellation either drains the child above or is seen here.
         self.is_cancelled()
-    }
-
-    /// Makes this a launched request: its outcome is published through `launched`.
-    pub(crate) fn set_launched(&self, launched: Launched) {
-        *lock(&self.launched) = Some(launched);
     }
 
     /// Hands the caller its outcome; only the first answer counts.
@@ -186,21 +259,102 @@ impl RequestCell {
         }
         Poll::Pending
     }
+
+    /// A completion for one attempt of this request.
+    pub(crate) fn completion(&self) -> Option<Completion> {
+        let me: Arc<dyn CompletionSink> = self.me.upgrade()?;
+        Some(Completion::new(me))
+    }
+
+    /// Starts the next attempt of a request waiting out its backoff, unless it ended meanwhile.
+    fn next_attempt(&self) {
+        let (strategy, task, runtime, inner, request_id, attempt) = {
+            let mut ending = lock(&self.ending);
+            let Some(ending) = ending.as_mut().filter(|_| !self.is_cancelled()) else {
+                return;
+            };
+            let Some(retry) = ending.retry.as_mut() else {
+                return;
+            };
+            let Some(task) = retry.next.take() else {
+                return;
+            };
+            retry.backoff = None;
+            retry.next = task.replay();
+            retry.attempt += 1;
+            (
+                Arc::clone(&retry.strategy),
+                task,
+                retry.runtime.clone(),
+                Arc::clone(&ending.inner),
+                ending.info.request_id().clone(),
+                retry.attempt,
+            )
+        };
+        inner.record_attempt(&request_id);
+        self.span.record("attempt", attempt);
+        tracing::debug!(parent: &self.span, attempt, "starting another attempt");
+        let Some(completion) = self.completion() else {
+            return;
+        };
+        let _runtime = runtime.enter();
+        execute(&strategy, task, completion);
+    }
+}
+
+/// Hands `task` to `strategy`. A strategy that panics here has dropped the completion, which
+/// ended the request as failed; the panic goes no further than a log line.
+pub(crate) fn execute(strategy: &StrategyRef, task: ErasedTask, completion: Completion) {
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        strategy.execute(task, completion);
+    }));
+    if let Err(payload) = started {
+        let reason = task_core::panic_message(payload.as_ref());
+        tracing::error!(strategy = strategy.name(), %reason, "the strategy panicked in execute");
+    }
 }
 
 impl CompletionSink for RequestCell {
     fn complete(&self, outcome: Outcome) {
-        let Some(launched) = lock(&self.launched).take() else {
-            // Already published: cancelled first, or a second outcome.
-            return;
+        let ending = {
+            let mut slot = lock(&self.ending);
+            if self.is_cancelled() {
+                // Ended by its cancellation (or its deadline) already.
+                return;
+            }
+            let Some(ending) = slot.as_mut() else {
+                return;
+            };
+            if let (Err(error), Some(retry)) = (&outcome, ending.retry.as_mut())
+                && retry.next.is_some()
+                && retry.policy.should_retry(retry.attempt, error)
+            {
+                let wait = retry.policy.backoff_after(retry.attempt);
+                tracing::debug!(parent: &self.span, attempt = retry.attempt, %error, ?wait, "attempt failed; retrying");
+                match timer() {
+                    Ok(timer) => {
+                        let me = self.me.clone();
+                        let backoff = timer.spawn(async move {
+                            // Saturates: a backoff too long to add to now waits forever (until
+                            // the request is cancelled, times out or is shut down).
+                            tokio::time::sleep(wait).await;
+                            if let Some(cell) = me.upgrade() {
+                                cell.next_attempt();
+                            }
+                        });
+                        retry.backoff = Some(backoff.abort_handle());
+                        return;
+                    }
+                    Err(timer_error) => {
+                        tracing::warn!(%timer_error, "no timer for the backoff; not retrying");
+                    }
+                }
+            }
+            slot.take()
         };
-        // A cancellation that raced the run's end wins, as it does for a driven request.
-        let outcome = if self.is_cancelled() {
-            Err(launched.inner.cancelled())
-        } else {
-            outcome
-        };
-        launched.finish(outcome);
+        if let Some(ending) = ending {
+            ending.finish(outcome, true);
+        }
     }
 
     fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -215,185 +369,18 @@ impl CompletionSink for RequestCell {
         let _span = self.span.enter();
         CURRENT_NODE.sync_scope(self.scope(), f);
     }
-}
 
-/// What a launched request needs to publish its outcome. The bus and the runtime are the
-/// coordinator's (shared, not cloned per request: their reference counts would bounce between
-/// the submitting thread and the one the request finishes on).
-pub(crate) struct Launched {
-    pub(crate) inner: Arc<Inner>,
-    pub(crate) info: TaskInfo,
-    /// Its place under its mode's concurrency limit, released when it ends.
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Launched {
-    /// Publishes the request's one terminal message; when the bus refuses it, closes the job
-    /// directly, so the request ends either way.
-    fn finish(self, outcome: Outcome) {
-        let Launched {
-            inner,
-            info,
-            permit,
-        } = self;
-        drop(permit);
-        let Some(started) = inner.started.get() else {
-            // Never: a request is launched only by a started coordinator.
-            inner.complete(info.request_id(), outcome);
-            return;
-        };
-        let message = message_of(info, outcome);
-        // While earlier outcomes wait for room, this one queues behind them instead of
-        // overtaking them.
-        let message = if inner.overflow.waiting.load(Ordering::SeqCst) {
-            message
-        } else {
-            match started.publisher.try_publish(message) {
-                Ok(()) => return,
-                Err(refused) if refused.is_full() => refused.into_inner(),
-                Err(refused) => {
-                    tracing::warn!(%refused, "outcome not published; closing the job directly");
-                    close_unpublished(&inner, refused.into_inner());
-                    return;
-                }
-            }
-        };
-        // The bus is a whole capacity ahead of its slowest subscriber: the outcome waits for room
-        // in the coordinator's queue, published by one task (on this thread's runtime, else the
-        // coordinator's), never on the thread that delivered it.
-        let Some(runtime) = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| started.runtime.clone())
-        else {
-            tracing::warn!(%message, "no runtime to wait for room on the bus; closing the job directly");
-            close_unpublished(&inner, message);
-            return;
-        };
-        if inner.overflow.push(message) {
-            let drain = Drain {
-                inner: Arc::clone(&inner),
-                batch: VecDeque::new(),
-                done: false,
-            };
-            runtime.spawn(drain.run());
+    fn spawn(&self, future: BoxFuture<'static, ()>) {
+        let runtime = tokio::runtime::Handle::try_current().ok().or_else(|| {
+            lock(&self.ending)
+                .as_ref()
+                .and_then(|ending| ending.inner.runtime())
+        });
+        match runtime {
+            Some(runtime) => drop(runtime.spawn(future)),
+            // Dropped, the future's completion ends the request as failed.
+            None => drop(future),
         }
-    }
-}
-
-/// Outcomes of launched requests that found the bus full, published in the order they came by
-/// one task: a burst of outcomes past the bus's capacity costs a queue entry each, not a task
-/// each.
-#[derive(Default)]
-pub(crate) struct Overflow {
-    /// Set while outcomes wait (read without the lock by every outcome published).
-    waiting: AtomicBool,
-    queue: Mutex<Queue>,
-}
-
-#[derive(Default)]
-struct Queue {
-    messages: VecDeque<RequestCompletionMessage>,
-    /// Whether a task is publishing the queue.
-    draining: bool,
-}
-
-impl Overflow {
-    /// Queues `message`; true when no task publishes the queue yet (the caller starts one).
-    fn push(&self, message: RequestCompletionMessage) -> bool {
-        let mut queue = lock(&self.queue);
-        queue.messages.push_back(message);
-        self.waiting.store(true, Ordering::SeqCst);
-        !std::mem::replace(&mut queue.draining, true)
-    }
-
-    /// Every waiting outcome, taken in one go; none when there is none, and then the publishing
-    /// task stops.
-    fn take_batch(&self) -> VecDeque<RequestCompletionMessage> {
-        let mut queue = lock(&self.queue);
-        if queue.messages.is_empty() {
-            queue.draining = false;
-            self.waiting.store(false, Ordering::SeqCst);
-        }
-        std::mem::take(&mut queue.messages)
-    }
-
-    /// Every waiting outcome, for a publishing task that is dropped before it is done.
-    fn take_all(&self) -> VecDeque<RequestCompletionMessage> {
-        let mut queue = lock(&self.queue);
-        queue.draining = false;
-        self.waiting.store(false, Ordering::SeqCst);
-        std::mem::take(&mut queue.messages)
-    }
-}
-
-/// The task that publishes the waiting outcomes, a batch (all that wait) at a time. Dropped
-/// before it is done (its runtime shut down), it closes the job of every outcome it did not
-/// publish directly, so no job stays open.
-struct Drain {
-    inner: Arc<Inner>,
-    /// Outcomes taken from the queue and not yet published, in order; while one waits for room,
-    /// a copy of it stays first.
-    batch: VecDeque<RequestCompletionMessage>,
-    /// Set once the queue is empty and nothing is left to close.
-    done: bool,
-}
-
-impl Drain {
-    async fn run(mut self) {
-        let inner = Arc::clone(&self.inner);
-        // Always set: outcomes are queued only by a started coordinator.
-        let Some(started) = inner.started.get() else {
-            return;
-        };
-        loop {
-            self.batch = inner.overflow.take_batch();
-            if self.batch.is_empty() {
-                break;
-            }
-            while let Some(message) = self.batch.pop_front() {
-                let refused = match started.publisher.try_publish(message) {
-                    Ok(()) => continue,
-                    Err(refused) if refused.is_full() => {
-                        // Wait for room; the copy closes the job if this task is dropped
-                        // meanwhile.
-                        let message = refused.into_inner();
-                        self.batch.push_front(message.clone());
-                        let published = started.publisher.publish(message).await;
-                        self.batch.pop_front();
-                        match published {
-                            Ok(()) => continue,
-                            Err(refused) => refused,
-                        }
-                    }
-                    Err(refused) => refused,
-                };
-                // Shut down meanwhile: close the job directly, as a refused outcome is.
-                tracing::warn!(%refused, "outcome not published; closing the job directly");
-                close_unpublished(&inner, refused.into_inner());
-            }
-        }
-        self.done = true;
-    }
-}
-
-impl Drop for Drain {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        for message in std::mem::take(&mut self.batch) {
-            close_unpublished(&self.inner, message);
-        }
-        for message in self.inner.overflow.take_all() {
-            close_unpublished(&self.inner, message);
-        }
-    }
-}
-
-/// Closes the job of a terminal message that did not reach the bus, with its outcome.
-fn close_unpublished(inner: &Inner, message: RequestCompletionMessage) {
-    if let Some(request_id) = message.request_id().cloned() {
-        inner.complete(&request_id, outcome_of(message));
     }
 }
 
@@ -402,15 +389,5 @@ pub(crate) fn message_of(info: TaskInfo, outcome: Outcome) -> RequestCompletionM
     match outcome {
         Ok(result) => RequestCompletionMessage::Success(RequestSuccess { info, result }),
         Err(error) => RequestCompletionMessage::Failure(RequestFailure { info, error }),
-    }
-}
-
-/// The outcome a terminal message carries.
-pub(crate) fn outcome_of(message: RequestCompletionMessage) -> Outcome {
-    match message {
-        RequestCompletionMessage::Success(m) => Ok(m.result),
-        RequestCompletionMessage::Failure(m) => Err(m.error),
-        // Never: only terminal messages are made here.
-        _ => Err(TaskError::strategy("not a terminal message")),
     }
 }

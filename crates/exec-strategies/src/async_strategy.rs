@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use task_core::{
-    BoxFuture, Completion, ErasedTask, Outcome, StrategyStats, TaskBody, TaskError,
-    TaskExecutionStrategy,
+    AsyncBody, BlockingBody, BoxFuture, Completion, ErasedTask, Outcome, StrategyStats, TaskBody,
+    TaskError, TaskExecutionStrategy,
 };
 
 use crate::tracker::Tracker;
@@ -16,11 +16,9 @@ use crate::tracker::owned::OwnedAdmission;
 
 /// Runs tasks on the tokio runtime: the strategy for I/O-bound work.
 ///
-/// An async node launched by a coordinator ([`launch`](TaskExecutionStrategy::launch)) runs as a
-/// tokio task of its own and delivers its outcome from there; through
-/// [`execute`](TaskExecutionStrategy::execute) it runs on the task that polls the returned future.
-/// Either way requests run in parallel across the runtime's workers. A blocking node runs on the
-/// runtime's blocking pool, never on a worker.
+/// An async node runs as a tokio task of its own and delivers its outcome from there, so requests
+/// run in parallel across the runtime's workers. A blocking node runs on the runtime's blocking
+/// pool, never on a worker, inside its request's scope (the tasks it submits are its children).
 ///
 /// A node's error becomes a failure outcome; so does a panic, carrying the panic message, and the
 /// runtime, the strategy and every other task keep working. After
@@ -39,12 +37,12 @@ use crate::tracker::owned::OwnedAdmission;
 /// # async fn main() {
 /// let strategy = AsyncExecutionStrategy::new();
 /// let task = Task::from_fn("1", "add", || async { Ok::<_, task_core::BoxError>(2 + 2) });
-/// let value = strategy.execute(task.into_erased()).await.unwrap();
+/// let value = task_core::run(&strategy, task.into_erased()).await.unwrap();
 /// assert_eq!(value.downcast_ref::<i32>(), Some(&4));
 ///
 /// strategy.shutdown(Duration::from_secs(1)).await;
 /// let late = Task::from_fn("2", "add", || async { Ok::<_, task_core::BoxError>(0) });
-/// assert!(strategy.execute(late.into_erased()).await.unwrap_err().is_shutdown());
+/// assert!(task_core::run(&strategy, late.into_erased()).await.unwrap_err().is_shutdown());
 /// # }
 /// ```
 #[derive(Clone, Default)]
@@ -73,24 +71,28 @@ pub(crate) fn flatten_panic(result: std::thread::Result<Outcome>) -> Outcome {
 }
 
 impl TaskExecutionStrategy for AsyncExecutionStrategy {
-    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(async move {
-            let Some(_admission) = self.tracker.admit() else {
-                return Err(TaskError::shutdown("async"));
-            };
-            let (_info, body) = task.into_parts();
-            let outcome = match body {
-                TaskBody::Async(body) => {
-                    flatten_panic(AssertUnwindSafe(body.into_future()).catch_unwind().await)
-                }
-                TaskBody::Blocking(body) => run_blocking(body).await,
-                _ => Err(TaskError::unsupported(
-                    "the async strategy cannot run this kind of task",
-                )),
-            };
-            self.tracker.record(&outcome);
-            outcome
-        })
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        let Some(admission) = self.tracker.admit_owned() else {
+            return completion.complete(Err(TaskError::shutdown("async")));
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return completion.complete(Err(TaskError::strategy(
+                "the async strategy runs tasks on a tokio runtime, and none is running here",
+            )));
+        };
+        // Only the body moves on: the task's description is the coordinator's.
+        let (_info, body) = task.into_parts();
+        match body {
+            TaskBody::Async(body) => {
+                runtime.spawn(run_async(body, completion, admission));
+            }
+            TaskBody::Blocking(body) => {
+                runtime.spawn_blocking(move || run_blocking(body, completion, admission));
+            }
+            _ => completion.complete(Err(TaskError::unsupported(
+                "the async strategy cannot run this kind of task",
+            ))),
+        }
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
@@ -109,67 +111,34 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
         "async"
     }
 
-    /// Async nodes: each runs as a tokio task of its own.
-    fn can_launch(&self, task: &ErasedTask) -> bool {
-        !task.is_blocking()
-    }
-
-    fn launch(&self, task: ErasedTask, completion: Completion) {
-        let Some(admission) = self.tracker.admit_owned() else {
-            return completion.complete(Err(TaskError::shutdown("async")));
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                // Only the body moves into the task: its description is the coordinator's.
-                let (_info, body) = task.into_parts();
-                runtime.spawn(run_launched(body, completion, admission));
-            }
-            Err(_) => completion.complete(Err(TaskError::strategy(
-                "the async strategy launches tasks on a tokio runtime, and none is running here",
-            ))),
-        }
-    }
-
     fn stats(&self) -> StrategyStats {
         self.tracker.stats()
     }
 }
 
-/// A launched task: runs the node in its request's scope until it ends or the request is
-/// cancelled (then the node is dropped; the request already has its outcome).
-async fn run_launched(body: TaskBody, completion: Completion, admission: OwnedAdmission) {
-    let outcome = match body {
-        TaskBody::Async(body) => {
-            let mut run = std::pin::pin!(AssertUnwindSafe(body.into_future()).catch_unwind());
-            let run = std::future::poll_fn(|cx| completion.in_scope(|| run.as_mut().poll(cx)));
-            tokio::select! {
-                biased;
-                () = completion.cancelled() => return,
-                result = run => flatten_panic(result),
-            }
-        }
-        TaskBody::Blocking(body) => run_blocking(body).await,
-        _ => Err(TaskError::unsupported(
-            "the async strategy cannot run this kind of task",
-        )),
+/// An async node, as a tokio task of its own: runs in its request's scope until it ends or the
+/// request is cancelled (then the node is dropped; the request already has its outcome).
+async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmission) {
+    let mut run = std::pin::pin!(AssertUnwindSafe(body.into_future()).catch_unwind());
+    let run = std::future::poll_fn(|cx| completion.in_scope(|| run.as_mut().poll(cx)));
+    let outcome = tokio::select! {
+        biased;
+        () = completion.cancelled() => return,
+        result = run => flatten_panic(result),
     };
     admission.tracker().record(&outcome);
     completion.complete(outcome);
 }
 
-async fn run_blocking(body: task_core::BlockingBody) -> Outcome {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return Err(TaskError::strategy(
-            "a blocking node on the async strategy needs a tokio runtime",
-        ));
-    };
-    let handle =
-        runtime.spawn_blocking(move || std::panic::catch_unwind(AssertUnwindSafe(|| body.run())));
-    match handle.await {
-        Ok(result) => flatten_panic(result),
-        Err(e) if e.is_panic() => Err(TaskError::panic(e.into_panic())),
-        Err(_) => Err(TaskError::strategy(
-            "the runtime shut down before the blocking node finished",
-        )),
+/// A blocking node, on the runtime's blocking pool, in its request's scope (so the tasks it
+/// submits are its children). Cancelled while it waited for a thread, it never starts.
+fn run_blocking(body: BlockingBody, completion: Completion, admission: OwnedAdmission) {
+    if completion.is_cancelled() {
+        return;
     }
+    let outcome = completion.in_scope(|| {
+        flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run())))
+    });
+    admission.tracker().record(&outcome);
+    completion.complete(outcome);
 }

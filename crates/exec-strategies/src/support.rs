@@ -5,10 +5,14 @@ use std::time::Instant;
 use futures::future::{self, Either};
 use tokio::sync::Notify;
 
-/// Waits until `done()` holds or `deadline` passes, re-checking each time `notify` wakes its
-/// waiters (whoever changes what `done` reads must call [`Notify::notify_waiters`] after the
-/// change). Returns whether `done()` held.
-pub async fn wait_for(notify: &Notify, done: impl Fn() -> bool, deadline: Instant) -> bool {
+/// Waits until `done()` holds or `deadline` passes (never, when it is `None`), re-checking each
+/// time `notify` wakes its waiters (whoever changes what `done` reads must call
+/// [`Notify::notify_waiters`] after the change). Returns whether `done()` held.
+pub async fn wait_for(
+    notify: &Notify,
+    done: impl Fn() -> bool,
+    deadline: Option<Instant>,
+) -> bool {
     let mut timer = None;
     loop {
         // Created before the check, so a notification between the check and the await is kept.
@@ -16,6 +20,10 @@ pub async fn wait_for(notify: &Notify, done: impl Fn() -> bool, deadline: Instan
         if done() {
             return true;
         }
+        let Some(deadline) = deadline else {
+            notified.await;
+            continue;
+        };
         let timer = timer.get_or_insert_with(|| Box::pin(sleep_until(deadline)));
         let notified = std::pin::pin!(notified);
         if let Either::Right(_) = future::select(notified, timer.as_mut()).await {

@@ -1,11 +1,12 @@
 //! [`ThreadedExecutionStrategy`]: tasks run on a rayon thread pool.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -14,10 +15,9 @@ use task_core::{
     BoxFuture, Completion, ErasedTask, NodeId, Outcome, StrategyStats, TaskBody, TaskError,
     TaskExecutionStrategy,
 };
-use tokio::sync::{Semaphore, oneshot};
-
 use crate::signal::Signal;
 use crate::tracker::Tracker;
+use crate::tracker::owned::OwnedAdmission;
 
 thread_local! {
     /// Set while a threaded strategy runs a task on this thread: the pool's signal.
@@ -140,10 +140,13 @@ impl ThreadedBuilder {
         self
     }
 
-    /// At most `limit` top-level tasks (tasks without a parent node) run or wait in the pool at
-    /// once; `execute` waits for room beyond it (default: no limit). Child tasks submitted from
-    /// inside a running node are not counted: their parents already hold places, and making them
-    /// wait for one could deadlock.
+    /// At most `limit` top-level tasks (tasks without a parent node) run in the pool at once
+    /// (default: no limit); the others wait in order, holding no thread. A place is freed when
+    /// its node has stopped, not when its caller stops waiting (a timeout or a cancellation), so
+    /// the limit holds however requests end; a task cancelled while it waits never starts. Child
+    /// tasks submitted from inside a running node are not counted: their parents already hold
+    /// places, and making them wait for one could deadlock. To bound what waits, set a limit on
+    /// the coordinator's mode (`CoordinatorBuilder::limit`), which makes submissions wait.
     #[must_use]
     pub fn max_in_flight(mut self, limit: usize) -> Self {
         self.max_in_flight = Some(limit.max(1));
@@ -178,7 +181,10 @@ impl ThreadedBuilder {
             inner: Arc::new(Inner {
                 pool,
                 tracker: Arc::default(),
-                limit: self.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
+                limit: self.max_in_flight.map(|max| Limit {
+                    max,
+                    state: Mutex::default(),
+                }),
                 signal: Arc::new(Signal::default()),
             }),
         })
@@ -188,21 +194,21 @@ impl ThreadedBuilder {
 struct Inner {
     pool: Arc<ThreadPool>,
     tracker: Arc<Tracker>,
-    limit: Option<Arc<Semaphore>>,
+    limit: Option<Limit>,
     signal: Arc<Signal>,
 }
 
 /// Runs tasks on a rayon thread pool: the strategy for CPU-bound work.
 ///
 /// A blocking node runs directly on a pool thread; an async node is driven to completion on a
-/// pool thread with [`block_on`]. The caller's future never blocks a tokio worker: it waits for
-/// the result on a channel. Inside the pool the submitting tokio runtime is entered, so a node can
-/// use tokio (timers, I/O, submitting children through a coordinator).
+/// pool thread with [`block_on`]. The outcome is delivered from the pool thread; no tokio worker
+/// ever waits for it. Inside the pool the submitting tokio runtime is entered, so a node can use
+/// tokio (timers, I/O, submitting children through a coordinator).
 ///
 /// - A panic in a node becomes a failure outcome carrying the panic message; the pool thread
 ///   survives and rayon's abort-on-panic is never reached.
-/// - [`ThreadedBuilder::max_in_flight`] bounds the top-level tasks in the pool; beyond it
-///   `execute` waits (backpressure) instead of growing an unbounded queue.
+/// - [`ThreadedBuilder::max_in_flight`] bounds the top-level tasks running in the pool; beyond it
+///   they wait in order.
 /// - A node that submits a child and waits for it never deadlocks the pool: a waiting pool thread
 ///   runs queued work, including the child.
 /// - Shutdown refuses new tasks ([`TaskError::is_shutdown`]), waits up to its grace period for the
@@ -218,7 +224,7 @@ struct Inner {
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let strategy = ThreadedExecutionStrategy::builder().threads(2).build()?;
 /// let task = Task::blocking("1", "sum", || Ok::<_, task_core::BoxError>((1..=100_u64).sum::<u64>()));
-/// let value = strategy.execute(task.into_erased()).await?;
+/// let value = task_core::run(&strategy, task.into_erased()).await?;
 /// assert_eq!(value.downcast_ref::<u64>(), Some(&5050));
 /// # Ok(())
 /// # }
@@ -269,50 +275,134 @@ fn run_on_pool_thread(body: TaskBody) -> Outcome {
     run.unwrap_or_else(|payload| Err(TaskError::panic(payload)))
 }
 
-/// What of a task goes to a pool thread: its node id and its body. Not its whole description: a
-/// job small enough is freed on the pool thread without taking the allocator's lock that the
-/// submitting thread takes to allocate the next one.
-fn node_and_body(task: ErasedTask) -> (NodeId, TaskBody) {
-    let (info, body) = task.into_parts();
-    (info.node_id().clone(), body)
+/// One task on its way to a pool thread, with what running it there needs.
+struct PoolJob {
+    /// Only the node id and the body go to the pool thread, not the task's whole description:
+    /// a job small enough is freed on the pool thread without taking the allocator's lock that
+    /// the submitting thread takes to allocate the next one.
+    node_id: NodeId,
+    body: TaskBody,
+    completion: Completion,
+    admission: OwnedAdmission,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl PoolJob {
+    /// Runs the node on this pool thread and delivers its outcome from here; a job cancelled
+    /// while it waited never starts.
+    fn run(self, signal: &Arc<Signal>) {
+        let PoolJob {
+            node_id,
+            body,
+            completion,
+            admission,
+            runtime,
+        } = self;
+        if completion.is_cancelled() {
+            // It already has its outcome.
+            return;
+        }
+        let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+        let _pool = PoolScope::enter(signal);
+        let _node = task_core::context::enter_node(node_id);
+        let outcome = completion.in_scope(|| run_on_pool_thread(body));
+        admission.tracker().record(&outcome);
+        completion.complete(outcome);
+    }
+}
+
+/// The [`ThreadedBuilder::max_in_flight`] limit: at most `max` top-level jobs in the pool, the
+/// rest waiting here in order. A place is held by the job on its pool thread (not by the caller),
+/// so it is freed only when the node has really stopped.
+struct Limit {
+    max: usize,
+    state: Mutex<LimitState>,
+}
+
+#[derive(Default)]
+struct LimitState {
+    running: usize,
+    waiting: VecDeque<PoolJob>,
+}
+
+impl Limit {
+    fn lock(&self) -> MutexGuard<'_, LimitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A job's place under the limit; dropping it hands the place to the next job waiting.
+struct Place {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let Some(limit) = &self.inner.limit else {
+            return;
+        };
+        let next = {
+            let mut state = limit.lock();
+            let next = state.waiting.pop_front();
+            if next.is_none() {
+                state.running -= 1;
+            }
+            next
+        };
+        if let Some(next) = next {
+            // The place passes to it.
+            self.inner.spawn(next, true);
+        }
+    }
+}
+
+impl Inner {
+    /// Hands `job` to the pool; `placed` when it holds a place under the limit.
+    fn spawn(self: &Arc<Self>, job: PoolJob, placed: bool) {
+        let place = placed.then(|| Place {
+            inner: Arc::clone(self),
+        });
+        let signal = Arc::clone(&self.signal);
+        // Dropped unrun (the pool went away), the completion delivers a failure.
+        self.pool.spawn(move || {
+            job.run(&signal);
+            drop(place);
+        });
+        // Threads waiting in `block_on` may run the new work.
+        self.signal.bump();
+    }
 }
 
 impl TaskExecutionStrategy for ThreadedExecutionStrategy {
-    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(async move {
-            let inner = &*self.inner;
-            let Some(_admission) = inner.tracker.admit() else {
-                return Err(TaskError::shutdown("threaded"));
-            };
-            let _place = match &inner.limit {
-                Some(limit) if task.info().parent_id().is_none() => {
-                    // The semaphore is never closed, so acquiring cannot fail.
-                    Some(Arc::clone(limit).acquire_owned().await.map_err(|_| {
-                        TaskError::strategy("the threaded strategy's limit was closed")
-                    })?)
-                }
-                _ => None,
-            };
-            let (node_id, body) = node_and_body(task);
-            let runtime = tokio::runtime::Handle::try_current().ok();
-            let signal = Arc::clone(&inner.signal);
-            let (sender, receiver) = oneshot::channel();
-            inner.pool.spawn(move || {
-                let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
-                let _pool = PoolScope::enter(&signal);
-                let _node = task_core::context::enter_node(node_id);
-                let _ = sender.send(run_on_pool_thread(body));
-            });
-            // Threads waiting in `block_on` may run the new work.
-            inner.signal.bump();
-            let outcome = receiver.await.unwrap_or_else(|_| {
-                Err(TaskError::strategy(
-                    "the thread pool dropped the task without running it",
-                ))
-            });
-            inner.tracker.record(&outcome);
-            outcome
-        })
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        let inner = &self.inner;
+        let Some(admission) = inner.tracker.admit_owned() else {
+            return completion.complete(Err(TaskError::shutdown("threaded")));
+        };
+        // Children do not take a place: their parents hold one, and making them wait for it
+        // could deadlock.
+        let limited = inner.limit.is_some() && task.info().parent_id().is_none();
+        let (info, body) = task.into_parts();
+        let job = PoolJob {
+            node_id: info.node_id().clone(),
+            body,
+            completion,
+            admission,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        };
+        drop(info);
+        let Some(limit) = inner.limit.as_ref().filter(|_| limited) else {
+            return inner.spawn(job, false);
+        };
+        {
+            let mut state = limit.lock();
+            if state.running >= limit.max {
+                state.waiting.push_back(job);
+                return;
+            }
+            state.running += 1;
+        }
+        inner.spawn(job, true);
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
@@ -329,38 +419,6 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
 
     fn name(&self) -> &str {
         "threaded"
-    }
-
-    /// Tasks that take no place under the pool's limit (any, without a limit): each runs on a
-    /// pool thread and answers from there. A task that may have to wait for a place runs through
-    /// `execute`.
-    fn can_launch(&self, task: &ErasedTask) -> bool {
-        self.inner.limit.is_none() || task.info().parent_id().is_some()
-    }
-
-    fn launch(&self, task: ErasedTask, completion: Completion) {
-        let inner = &*self.inner;
-        let Some(admission) = inner.tracker.admit_owned() else {
-            return completion.complete(Err(TaskError::shutdown("threaded")));
-        };
-        let (node_id, body) = node_and_body(task);
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        let signal = Arc::clone(&inner.signal);
-        // Dropped unrun (the pool went away), the completion delivers a failure.
-        inner.pool.spawn(move || {
-            if completion.is_cancelled() {
-                // Cancelled while queued: it already has its outcome; the node never starts.
-                return;
-            }
-            let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
-            let _pool = PoolScope::enter(&signal);
-            let _node = task_core::context::enter_node(node_id);
-            let outcome = completion.in_scope(|| run_on_pool_thread(body));
-            admission.tracker().record(&outcome);
-            completion.complete(outcome);
-        });
-        // Threads waiting in `block_on` may run the new work.
-        inner.signal.bump();
     }
 
     fn stats(&self) -> StrategyStats {

@@ -83,9 +83,11 @@ impl Tracker {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Waits until no task is in flight or `grace` has passed. Returns whether it drained.
+    /// Waits until no task is in flight or `grace` has passed (a grace too long to add to now:
+    /// until no task is in flight). Returns whether it drained.
     pub(crate) async fn drain(&self, grace: Duration) -> bool {
-        wait_for(&self.idle, || self.in_flight() == 0, Instant::now() + grace).await
+        let deadline = Instant::now().checked_add(grace);
+        wait_for(&self.idle, || self.in_flight() == 0, deadline).await
     }
 
     pub(crate) fn stats(&self) -> StrategyStats {

@@ -15,10 +15,10 @@ use tokio::sync::oneshot;
 async fn values_and_errors_become_outcomes() {
     let s = AsyncExecutionStrategy::new();
     let ok = Task::from_fn("1", "ok", || async { Ok::<_, BoxError>("fine") });
-    let value = s.execute(ok.into_erased()).await.unwrap();
+    let value = task_core::run(&s, ok.into_erased()).await.unwrap();
     assert_eq!(value.downcast_ref::<&str>(), Some(&"fine"));
     let bad: Task<()> = Task::from_fn("2", "bad", || async { Err("no luck") });
-    let err = s.execute(bad.into_erased()).await.unwrap_err();
+    let err = task_core::run(&s, bad.into_erased()).await.unwrap_err();
     assert!(err.is_node_error());
     assert_eq!(err.message(), "no luck");
     assert_eq!(s.stats(), StrategyStats::new(0, 1, 1, true));
@@ -32,18 +32,18 @@ async fn a_panic_is_a_failure_and_everything_keeps_working() {
         #[allow(unreachable_code)]
         Ok::<_, BoxError>(())
     });
-    let err = s.execute(boom.into_erased()).await.unwrap_err();
+    let err = task_core::run(&s, boom.into_erased()).await.unwrap_err();
     assert!(err.is_panic());
     assert_eq!(err.message(), "node panicked: kaboom 7");
     let blocking_boom: Task<()> = Task::blocking("2", "boom", || -> Result<(), BoxError> {
         panic!("blocking kaboom")
     });
-    let err = s.execute(blocking_boom.into_erased()).await.unwrap_err();
+    let err = task_core::run(&s, blocking_boom.into_erased()).await.unwrap_err();
     assert!(err.is_panic());
     assert!(err.message().contains("blocking kaboom"));
     // The strategy and the runtime still run tasks.
     let after = Task::from_fn("3", "after", || async { Ok::<_, BoxError>(1) });
-    assert!(s.execute(after.into_erased()).await.is_ok());
+    assert!(task_core::run(&s, after.into_erased()).await.is_ok());
     assert_eq!(s.stats().failed, 2);
 }
 
@@ -54,7 +54,7 @@ async fn blocking_nodes_run_off_the_runtime_thread() {
     let task = Task::blocking("1", "where", move || {
         Ok::<_, BoxError>(std::thread::current().id() != caller)
     });
-    let value = s.execute(task.into_erased()).await.unwrap();
+    let value = task_core::run(&s, task.into_erased()).await.unwrap();
     assert_eq!(value.downcast_ref::<bool>(), Some(&true));
 }
 
@@ -72,7 +72,7 @@ async fn shutdown_refuses_new_tasks_and_waits_for_running_ones() {
         Ok::<_, BoxError>(())
     });
     let s2 = s.clone();
-    let in_flight = tokio::spawn(async move { s2.execute(running.into_erased()).await });
+    let in_flight = tokio::spawn(async move { task_core::run(&s2, running.into_erased()).await });
     // Running, not merely counted: a task counted just before shutdown may still be refused.
     running_now.await.unwrap();
     let s3 = s.clone();
@@ -82,7 +82,7 @@ async fn shutdown_refuses_new_tasks_and_waits_for_running_ones() {
     }
     let late = Task::from_fn("2", "late", || async { Ok::<_, BoxError>(()) });
     assert!(
-        s.execute(late.into_erased())
+        task_core::run(&s, late.into_erased())
             .await
             .unwrap_err()
             .is_shutdown()
@@ -111,14 +111,14 @@ async fn shutdown_gives_up_after_its_grace_period() {
         Ok::<_, BoxError>(())
     });
     let s2 = s.clone();
-    let _task = tokio::spawn(async move { s2.execute(stuck.into_erased()).await });
+    let _task = tokio::spawn(async move { task_core::run(&s2, stuck.into_erased()).await });
     // Running, not merely counted: a task counted just before shutdown may still be refused.
     running_now.await.unwrap();
     s.shutdown(Duration::from_millis(50)).await;
     assert_eq!(s.stats().in_flight, 1);
 }
 
-/// Collects the outcome a launched run delivers.
+/// Collects the outcome a run delivers, and can cancel it.
 struct Collect {
     tx: Mutex<Option<oneshot::Sender<Outcome>>>,
     cancelled: AtomicBool,
@@ -162,10 +162,13 @@ impl CompletionSink for Collect {
     fn run_in_scope(&self, f: &mut dyn FnMut()) {
         f();
     }
+    fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
+        tokio::spawn(future);
+    }
 }
 
 #[tokio::test]
-async fn launched_tasks_deliver_values_errors_and_panics_and_are_counted() {
+async fn outcomes_are_counted_and_tasks_after_shutdown_refused() {
     let strategy = AsyncExecutionStrategy::new();
     let ok = Task::from_fn("1", "ok", || async { Ok::<_, BoxError>(5_u32) }).into_erased();
     let bad = Task::from_fn("2", "bad", || async { Err::<u32, _>("no") }).into_erased();
@@ -175,11 +178,10 @@ async fn launched_tasks_deliver_values_errors_and_panics_and_are_counted() {
         Ok::<u32, BoxError>(0)
     })
     .into_erased();
-    assert!(strategy.can_launch(&ok));
     let mut outcomes = Vec::new();
     for task in [ok, bad, panics] {
         let (sink, rx) = Collect::new();
-        strategy.launch(task, Completion::new(sink));
+        strategy.execute(task, Completion::new(sink));
         outcomes.push(rx.await.unwrap());
     }
     assert_eq!(
@@ -194,12 +196,48 @@ async fn launched_tasks_deliver_values_errors_and_panics_and_are_counted() {
     strategy.shutdown(Duration::from_secs(1)).await;
     let (sink, rx) = Collect::new();
     let late = Task::from_fn("4", "late", || async { Ok::<_, BoxError>(0_u32) }).into_erased();
-    strategy.launch(late, Completion::new(sink));
+    strategy.execute(late, Completion::new(sink));
     assert!(rx.await.unwrap().unwrap_err().is_shutdown());
 }
 
 #[tokio::test]
-async fn a_cancelled_launch_drops_the_node_and_shutdown_does_not_wait_for_it() {
+async fn a_blocking_node_runs_in_its_requests_scope() {
+    /// Records whether `f` ran inside the sink's scope.
+    struct Scoped {
+        inner: Arc<Collect>,
+    }
+    thread_local! {
+        static IN_SCOPE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    impl CompletionSink for Scoped {
+        fn complete(&self, outcome: Outcome) {
+            self.inner.complete(outcome);
+        }
+        fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+            self.inner.poll_cancelled(cx)
+        }
+        fn is_cancelled(&self) -> bool {
+            self.inner.is_cancelled()
+        }
+        fn run_in_scope(&self, f: &mut dyn FnMut()) {
+            IN_SCOPE.with(|c| c.set(true));
+            f();
+            IN_SCOPE.with(|c| c.set(false));
+        }
+        fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
+            tokio::spawn(future);
+        }
+    }
+    let strategy = AsyncExecutionStrategy::new();
+    let (inner, rx) = Collect::new();
+    let task = Task::blocking("b", "scoped", || Ok::<_, BoxError>(IN_SCOPE.with(|c| c.get())));
+    strategy.execute(task.into_erased(), Completion::new(Arc::new(Scoped { inner })));
+    let in_scope = rx.await.unwrap().unwrap();
+    assert_eq!(in_scope.downcast_ref::<bool>(), Some(&true));
+}
+
+#[tokio::test]
+async fn a_cancelled_run_drops_the_node_and_shutdown_does_not_wait_for_it() {
     let strategy = AsyncExecutionStrategy::new();
     let dropped = Arc::new(AtomicBool::new(false));
     struct Flag(Arc<AtomicBool>);
@@ -215,15 +253,20 @@ async fn a_cancelled_launch_drops_the_node_and_shutdown_does_not_wait_for_it() {
         Ok::<_, BoxError>(())
     })
     .into_erased();
-    let (sink, rx) = Collect::new();
-    strategy.launch(sleeper, Completion::new(sink.clone()));
+    let (sink, mut rx) = Collect::new();
+    strategy.execute(sleeper, Completion::new(sink.clone()));
     tokio::task::yield_now().await;
     assert!(!dropped.load(Ordering::SeqCst));
     sink.cancel();
-    // The run stops: the node is dropped, and its completion, undelivered, reports that.
-    let outcome = rx.await.unwrap();
-    assert!(outcome.unwrap_err().is_strategy_error());
-    assert!(dropped.load(Ordering::SeqCst));
+    // The run stops: the node is dropped, and nothing is delivered (a cancelled request has its
+    // outcome already).
+    while !dropped.load(Ordering::SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    while strategy.stats().in_flight > 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(rx.try_recv().is_err(), "nothing delivered after cancellation");
     strategy.shutdown(Duration::from_secs(1)).await;
     assert_eq!(strategy.stats().in_flight, 0);
 }

@@ -21,7 +21,7 @@ async fn blocking_and_async_nodes_run_on_named_pool_threads_with_tokio_available
         .unwrap();
     assert_eq!(s.threads(), 2);
     let blocking = Task::blocking("1", "where", || Ok::<_, BoxError>(thread_name()));
-    let name = s.execute(blocking.into_erased()).await.unwrap();
+    let name = task_core::run(&s, blocking.into_erased()).await.unwrap();
     assert!(
         name.downcast_ref::<String>().unwrap().starts_with("cpu-"),
         "{name:?}"
@@ -31,7 +31,7 @@ async fn blocking_and_async_nodes_run_on_named_pool_threads_with_tokio_available
         tokio::time::sleep(Duration::from_millis(1)).await;
         Ok::<_, BoxError>(thread_name())
     });
-    let name = s.execute(asynchronous.into_erased()).await.unwrap();
+    let name = task_core::run(&s, asynchronous.into_erased()).await.unwrap();
     assert!(
         name.downcast_ref::<String>().unwrap().starts_with("cpu-"),
         "{name:?}"
@@ -48,7 +48,7 @@ async fn a_panic_is_a_failure_and_the_pool_thread_survives() {
     let boom: Task<()> = Task::blocking("1", "boom", || -> Result<(), BoxError> {
         panic!("division by zero")
     });
-    let err = s.execute(boom.into_erased()).await.unwrap_err();
+    let err = task_core::run(&s, boom.into_erased()).await.unwrap_err();
     assert!(err.is_panic());
     assert_eq!(err.message(), "node panicked: division by zero");
     let async_boom: Task<()> = Task::from_fn("2", "boom", || async {
@@ -57,14 +57,14 @@ async fn a_panic_is_a_failure_and_the_pool_thread_survives() {
         Ok::<(), BoxError>(())
     });
     assert!(
-        s.execute(async_boom.into_erased())
+        task_core::run(&s, async_boom.into_erased())
             .await
             .unwrap_err()
             .is_panic()
     );
     // The one pool thread is still there and still works.
     let after = Task::blocking("3", "after", || Ok::<_, BoxError>(thread_name()));
-    let name = s.execute(after.into_erased()).await.unwrap();
+    let name = task_core::run(&s, after.into_erased()).await.unwrap();
     assert_eq!(
         name.downcast_ref::<String>().map(String::as_str),
         Some("solo-0")
@@ -88,7 +88,7 @@ async fn waiting_for_a_result_never_blocks_the_runtime_thread() {
         tokio::task::yield_now().await;
         release.send(7).unwrap();
     });
-    let value = s.execute(task.into_erased()).await.unwrap();
+    let value = task_core::run(&s, task.into_erased()).await.unwrap();
     assert_eq!(value.downcast_ref::<u8>(), Some(&7));
     releaser.await.unwrap();
 }
@@ -116,7 +116,7 @@ async fn max_in_flight_applies_backpressure() {
         });
         let s = s.clone();
         calls.push(tokio::spawn(
-            async move { s.execute(task.into_erased()).await },
+            async move { task_core::run(&s, task.into_erased()).await },
         ));
     }
     while running.load(Ordering::SeqCst) < 2 {
@@ -133,6 +133,51 @@ async fn max_in_flight_applies_backpressure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_of_one_holds_when_callers_stop_waiting_and_a_task_cancelled_while_queued_never_starts()
+ {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(4)
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = |name: &str| {
+        let (running, peak, started, gate) =
+            (running.clone(), peak.clone(), started.clone(), gate.clone());
+        Task::blocking(name, "held", move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let permit = futures::executor::block_on(gate.acquire()).map_err(|e| e.to_string())?;
+            permit.forget();
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .into_erased()
+    };
+    // The first runs; its caller stops waiting (as after a timeout): the node goes on.
+    let first = tokio::spawn(task_core::run(&s, held("first")));
+    while running.load(Ordering::SeqCst) < 1 {
+        tokio::task::yield_now().await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    // The second is cancelled while it waits for the place.
+    drop(task_core::run(&s, held("second")));
+    // The third waits for the place the first node still holds.
+    let third = tokio::spawn(task_core::run(&s, held("third")));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(running.load(Ordering::SeqCst), 1, "the first node still holds the place");
+    gate.add_permits(10);
+    third.await.unwrap().unwrap();
+    assert_eq!(peak.load(Ordering::SeqCst), 1, "never two nodes at once");
+    assert_eq!(started.load(Ordering::SeqCst), 2, "the cancelled one never started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_tasks_waits_for_running_ones_and_is_idempotent() {
     let s = ThreadedExecutionStrategy::builder()
         .threads(2)
@@ -146,7 +191,7 @@ async fn shutdown_refuses_new_tasks_waits_for_running_ones_and_is_idempotent() {
         Ok::<_, BoxError>("done")
     });
     let s2 = s.clone();
-    let call = tokio::spawn(async move { s2.execute(slow.into_erased()).await });
+    let call = tokio::spawn(async move { task_core::run(&s2, slow.into_erased()).await });
     // Running, not merely counted: a task counted just before shutdown may still be refused.
     running_now.await.unwrap();
     let mut shutting = Box::pin(s.shutdown(Duration::from_secs(30)));
@@ -156,7 +201,7 @@ async fn shutdown_refuses_new_tasks_waits_for_running_ones_and_is_idempotent() {
     );
     let late = Task::blocking("2", "late", || Ok::<_, BoxError>(()));
     assert!(
-        s.execute(late.into_erased())
+        task_core::run(&s, late.into_erased())
             .await
             .unwrap_err()
             .is_shutdown()
@@ -185,7 +230,7 @@ async fn a_user_supplied_pool_is_used() {
         .build()
         .unwrap();
     let task = Task::blocking("1", "where", || Ok::<_, BoxError>(thread_name()));
-    let name = s.execute(task.into_erased()).await.unwrap();
+    let name = task_core::run(&s, task.into_erased()).await.unwrap();
     assert_eq!(
         name.downcast_ref::<String>().map(String::as_str),
         Some("mine-0")
