@@ -177,7 +177,9 @@ pub fn raw_echo_child() -> ! {
 }
 
 /// `messages` messages published to `subscribers` stream subscribers of a fresh publisher, each
-/// read to the end.
+/// read to the end. The subscribers are unbounded (`Buffer::Unbounded`): publishing never waits
+/// for a subscriber, so a bounded one that fell a whole ring behind would miss messages, and every
+/// subscriber must see every message, as every receiver of the baseline does (checked).
 pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Duration {
     let start = Instant::now();
     rt.block_on(async {
@@ -185,10 +187,13 @@ pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Durat
         publisher.start().expect("start");
         let readers: Vec<_> = (0..subscribers)
             .map(|_| {
-                let mut stream = publisher.subscribe_stream().expect("subscribe");
+                let mut stream = publisher
+                    .subscribe_stream_with(pubsub::Buffer::Unbounded)
+                    .expect("subscribe");
                 tokio::spawn(async move {
                     let mut n = 0_u64;
-                    while stream.recv().await.is_some() {
+                    while let Some(item) = stream.recv().await {
+                        black_box(item.expect("an unbounded subscriber misses nothing"));
                         n += 1;
                     }
                     n
@@ -196,7 +201,7 @@ pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Durat
             })
             .collect();
         for i in 0..messages {
-            publisher.publish(i).await.expect("running");
+            publisher.publish(i).expect("running");
         }
         publisher.shutdown().await;
         for reader in readers {

@@ -93,14 +93,17 @@ async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Fallible {
 
 #[rustfmt::skip]
 async fn watch_the_bus(publisher: &RequestCompletionPublisher, coordinator: &Coordinator) -> Fallible {
-    publisher.subscribe(|message| println!("{message}"))?;          // "summarize DONE with result ..."
-    let mut stream = publisher.subscribe_stream()?;                  // a futures::Stream
+    publisher.subscribe(|message| match message {                    // on a thread of its own
+        Ok(message) => println!("{message}"),                        // "summarize DONE with result ..."
+        Err(missed) => eprintln!("{missed}"),                        // fell a whole buffer behind
+    })?;
+    let mut stream = publisher.subscribe_stream()?;                  // a futures::Stream of Result<_, Missed>
     let done = publisher.listener(|m| m.request_id().is_some_and(|id| id.as_str() == "123"),
                                   |m| m.to_string());               // first match; subscribed now
     let text = "Again. And again.".to_string();
     coordinator.submit(Task::new("123", Summarize { text }), "async").await?;
     assert!(done.await?.contains("DONE"));
-    let first = stream.next().await.ok_or("the stream ended")?;
+    let first = stream.next().await.ok_or("the stream ended")??;
     assert_eq!(first.request_id().map(|id| id.as_str()), Some("123"));
     Ok(())
 }

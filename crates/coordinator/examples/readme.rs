@@ -7,7 +7,10 @@ use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublish
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
-    publisher.subscribe(|message| println!("{message}"))?; // "greet DONE with result \"hello\""
+    publisher.subscribe(|message| match message {
+        Ok(message) => println!("{message}"), // "greet DONE with result \"hello\""
+        Err(missed) => eprintln!("{missed}"), // it fell a whole buffer behind
+    })?;
 
     let coordinator = Coordinator::builder().with_async().build();
     coordinator.start(&publisher)?;

@@ -41,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
     // 1.1 Task submission and execution.
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
-    publisher.subscribe(|message| println!("bus: {message}"))?;
+    publisher.subscribe(|message| match message {
+        Ok(message) => println!("bus: {message}"),
+        Err(missed) => println!("bus: {missed}"),
+    })?;
 
     let coordinator = Coordinator::builder().with_async().build();
     coordinator.start(&publisher)?;

@@ -316,10 +316,18 @@ async fn main() -> anyhow::Result<()> {
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
     let terminal = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Messages the subscriber fell a whole buffer behind on: the bus never waits for it, and
+    // says how many it missed instead.
+    let missed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen = Arc::clone(&terminal);
-    publisher.subscribe(move |message| {
-        if message.is_terminal() {
+    let gaps = Arc::clone(&missed);
+    publisher.subscribe(move |message| match message {
+        Ok(message) if message.is_terminal() => {
             seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(_) => {}
+        Err(gap) => {
+            gaps.fetch_add(gap.count(), std::sync::atomic::Ordering::Relaxed);
         }
     })?;
 
@@ -398,10 +406,24 @@ async fn main() -> anyhow::Result<()> {
     publisher.shutdown().await;
     let detail_after = coordinator.system_detail();
     println!("{}", summary(&detail_after, &detail, elapsed));
-    anyhow::ensure!(
-        terminal.load(std::sync::atomic::Ordering::Relaxed) == detail_after.counts.closed,
-        "every request should have exactly one terminal message"
-    );
+    let terminal = terminal.load(std::sync::atomic::Ordering::Relaxed);
+    let missed = missed.load(std::sync::atomic::Ordering::Relaxed);
+    if missed == 0 {
+        anyhow::ensure!(
+            terminal == detail_after.counts.closed,
+            "every request should have exactly one terminal message"
+        );
+    } else {
+        // Some messages went unseen, terminal ones perhaps: only "at most one" can be checked.
+        eprintln!(
+            "the demo's bus subscriber missed {missed} messages; \
+             terminal messages checked as at most one per request"
+        );
+        anyhow::ensure!(
+            terminal <= detail_after.counts.closed,
+            "no request should have more than one terminal message"
+        );
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&detail_after)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;

@@ -1,4 +1,5 @@
-//! The publisher's errors: opaque structs with predicates.
+//! The publisher's errors: opaque structs with predicates, and [`Missed`], what a subscriber that
+//! fell a whole buffer behind is told.
 
 use std::fmt;
 
@@ -13,8 +14,6 @@ pub struct PublishError<M> {
 pub(crate) enum Refusal {
     NotStarted,
     ShutDown,
-    /// Only from `try_publish`: the slowest subscriber is a whole capacity behind.
-    Full,
 }
 
 impl<M> PublishError<M> {
@@ -30,13 +29,6 @@ impl<M> PublishError<M> {
     /// The publisher has been shut down.
     pub fn is_shut_down(&self) -> bool {
         self.reason == Refusal::ShutDown
-    }
-
-    /// [`try_publish`](crate::Publisher::try_publish) only: the slowest subscriber is
-    /// `capacity` messages behind, so the message would have to wait. Nothing was published;
-    /// [`publish`](crate::Publisher::publish) waits for room instead.
-    pub fn is_full(&self) -> bool {
-        self.reason == Refusal::Full
     }
 
     /// The message that was not published.
@@ -58,7 +50,6 @@ impl<M> fmt::Display for PublishError<M> {
         f.write_str(match self.reason {
             Refusal::NotStarted => "the publisher has not been started",
             Refusal::ShutDown => "the publisher is shut down",
-            Refusal::Full => "the slowest subscriber is a whole capacity behind",
         })
     }
 }
@@ -74,9 +65,10 @@ pub struct Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     ShutDown,
-    NoRuntime,
     UnknownSubscriber(u64),
     FilterPanicked,
+    /// The thread of a callback subscriber could not be started.
+    SpawnFailed,
 }
 
 impl Error {
@@ -89,9 +81,10 @@ impl Error {
         self.kind == Kind::ShutDown
     }
 
-    /// A callback subscriber needs a tokio runtime, and none was running on this thread.
-    pub fn is_no_runtime(&self) -> bool {
-        self.kind == Kind::NoRuntime
+    /// The operating system refused the thread a callback subscriber runs on; nothing was
+    /// subscribed.
+    pub fn is_spawn_failure(&self) -> bool {
+        self.kind == Kind::SpawnFailed
     }
 
     /// No subscriber has the id given to `unsubscribe`.
@@ -109,11 +102,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             Kind::ShutDown => f.write_str("the publisher is shut down"),
-            Kind::NoRuntime => {
-                f.write_str("a callback subscriber must be added from within a tokio runtime")
-            }
             Kind::UnknownSubscriber(id) => write!(f, "no subscriber has id {id}"),
             Kind::FilterPanicked => f.write_str("the listener's filter panicked"),
+            Kind::SpawnFailed => f.write_str("the thread of a callback subscriber could not start"),
         }
     }
 }
@@ -125,3 +116,41 @@ impl fmt::Debug for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// What a subscriber reads in place of the messages it missed: it fell a whole buffer behind, and
+/// the oldest messages it had not read were overwritten. [`count`](Self::count) says exactly how
+/// many; the subscriber goes on with the oldest message still buffered.
+///
+/// Only a [bounded](crate::Buffer::Bounded) subscriber misses messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Missed {
+    count: u64,
+}
+
+impl Missed {
+    pub(crate) fn new(count: u64) -> Self {
+        Self { count }
+    }
+
+    /// How many messages in a row the subscriber missed (at least 1).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+impl fmt::Display for Missed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let noun = if self.count == 1 {
+            "message"
+        } else {
+            "messages"
+        };
+        write!(
+            f,
+            "missed {} {noun}: the subscriber fell a whole buffer behind",
+            self.count
+        )
+    }
+}
+
+impl std::error::Error for Missed {}

@@ -4,9 +4,11 @@
 //!   the bus says about every request. One bus carries results of every node type, erased as
 //!   [`Value`](task_core::Value) for subscribers to downcast.
 //! - [`Publisher`]: subscribe a callback or a [`Stream`](futures::Stream), wait for the first
-//!   matching message with a [`Listener`], publish, shut down. Each subscriber sees messages in
-//!   publish order, is isolated from the others' panics and slowness, and may fall a bounded
-//!   number of messages behind before publishing waits for it.
+//!   matching message with a [`Listener`], publish, shut down. Every subscriber sees messages in
+//!   one total publish order. Publishing never waits for a subscriber: a slow, stuck or unread
+//!   one delays nobody. Each has a bounded buffer, and one that falls a whole buffer behind reads
+//!   a [`Missed`] saying exactly how many messages it missed, unless it asked for an unbounded
+//!   buffer ([`Buffer::Unbounded`]), which never misses one and grows with its lag.
 //!
 //! # Examples
 //!
@@ -18,14 +20,17 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = Publisher::<RequestCompletionMessage>::new();
 //! bus.start()?;
-//! bus.subscribe(|m| println!("{m}"))?;
+//! bus.subscribe(|m| match m {
+//!     Ok(m) => println!("{m}"),
+//!     Err(missed) => println!("{missed}"),
+//! })?;
 //! let done = bus.listener(
 //!     |m| m.request_id().is_some_and(|id| id.as_str() == "123"),
 //!     |m| m.to_string(),
 //! );
 //!
 //! let info = TaskInfo::new("123".into(), NodeId::generate(), None, "greet");
-//! bus.publish(RequestSuccess { info, result: Value::new("hello") }.into()).await?;
+//! bus.publish(RequestSuccess { info, result: Value::new("hello") }.into())?;
 //! assert_eq!(done.await?, "greet DONE with result \"hello\"");
 //! bus.shutdown().await;
 //! # Ok(())
@@ -36,13 +41,14 @@ mod error;
 mod messages;
 mod publisher;
 
-pub use crate::error::{Error, PublishError};
+pub use crate::error::{Error, Missed, PublishError};
 pub use crate::messages::{
     BroadcastEvent, FatalFailure, RequestCompletionMessage, RequestCreation,
     RequestCreationFailure, RequestFailure, RequestSuccess,
 };
 pub use crate::publisher::{
-    DEFAULT_CAPACITY, Listener, MAX_CAPACITY, Publisher, SubscriberId, Subscription,
+    Buffer, DEFAULT_CAPACITY, DEFAULT_SHUTDOWN_GRACE, Listener, MAX_CAPACITY, Publisher,
+    SubscriberId, Subscription,
 };
 
 /// The publisher of request-completion messages that coordinators subscribe to.
