@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let task = Task::portable("r", Echo(7)).into_erased();
-                black_box(strategy.execute(task).await.expect("echo"))
+                black_box(task_core::run(&strategy, task).await.expect("echo"))
             })
         });
     });
@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let calls = (0..n).map(|i| {
                     let task = Task::portable("r", Echo(i)).into_erased();
-                    strategy.execute(task)
+                    task_core::run(&strategy, task)
                 });
                 black_box(futures::future::join_all(calls).await.len())
             })

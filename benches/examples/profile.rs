@@ -142,8 +142,12 @@ fn process_pipelined(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
             .await
             .expect("worker pool");
         let start = std::time::Instant::now();
-        let calls =
-            (0..n).map(|i| strategy.execute(Task::portable("r", benches::Echo(i)).into_erased()));
+        let calls = (0..n).map(|i| {
+            task_core::run(
+                &strategy,
+                Task::portable("r", benches::Echo(i)).into_erased(),
+            )
+        });
         let done = futures::future::join_all(calls).await;
         let elapsed = start.elapsed();
         assert!(done.iter().all(Result::is_ok), "every echo succeeds");
@@ -172,7 +176,9 @@ fn process_callers(rt: &tokio::runtime::Runtime, n: u64, callers: u64) -> Durati
                 tokio::spawn(async move {
                     for i in 0..n / callers {
                         let task = Task::portable("r", benches::Echo(i)).into_erased();
-                        strategy.execute(task).await.expect("every echo succeeds");
+                        task_core::run(&*strategy, task)
+                            .await
+                            .expect("every echo succeeds");
                     }
                 })
             })

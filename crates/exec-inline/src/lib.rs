@@ -1,13 +1,22 @@
 //! An execution strategy in a crate of its own, depending on `task-core` alone: the worked
 //! example of `docs/custom-strategy.md`.
 //!
-//! [`InlineStrategy`] runs each task on the task that awaits it (the coordinator's driver task
-//! for that request): no spawn, no thread hop, no channel. That is the cheapest way to run tiny
-//! async nodes; it is the wrong way to run long CPU-bound work, which would hold a runtime
-//! worker thread (blocking nodes do run in place: use it for blocking work only when that work is
-//! a few microseconds).
+//! [`InlineStrategy`] runs each task where it is handed over, with no queue, pool or runtime of
+//! its own:
+//!
+//! - a **blocking** body runs in place, on the thread that calls
+//!   [`execute`](TaskExecutionStrategy::execute) (a coordinator's, when it submits), and its
+//!   outcome is delivered before `execute` returns;
+//! - an **async** body goes to [`Completion::spawn`], which runs it on the coordinator's runtime
+//!   with no extra hop: no channel, no thread of ours.
+//!
+//! That is the cheapest way to run tiny nodes. It is the wrong way to run long blocking work,
+//! which would hold the caller's thread (a runtime worker thread) until it ends: use it for
+//! blocking work only when that work takes a few microseconds.
 //!
 //! # Examples
+//!
+//! Registered with a coordinator under its own mode name:
 //!
 //! ```
 //! use coordinator::{BoxError, Coordinator, RequestCompletionPublisher, Task};
@@ -29,8 +38,19 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! On its own, with [`task_core::run`] driving the task to its outcome:
+//!
+//! ```
+//! use exec_inline::InlineStrategy;
+//! use task_core::{BoxError, Task};
+//!
+//! let task = Task::blocking("1", "add", || Ok::<_, BoxError>(2 + 2));
+//! let outcome = futures::executor::block_on(task_core::run(&InlineStrategy::new(), task.into_erased()));
+//! assert_eq!(outcome.unwrap().downcast_ref::<i32>(), Some(&4));
+//! ```
 
-use std::panic::AssertUnwindSafe;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,11 +58,12 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::channel::oneshot;
 use task_core::{
-    BoxFuture, ErasedTask, ExecutionMode, Outcome, StrategyStats, TaskBody, TaskError,
+    BoxFuture, Completion, ErasedTask, ExecutionMode, Outcome, StrategyStats, TaskBody, TaskError,
     TaskExecutionStrategy,
 };
 
-/// Runs tasks inline on the caller's task. See the [crate docs](crate).
+/// Runs blocking tasks in place and async ones on the coordinator's runtime. See the
+/// [crate docs](crate).
 #[derive(Debug, Default, Clone)]
 pub struct InlineStrategy {
     state: Arc<State>,
@@ -64,10 +85,37 @@ impl State {
     }
 }
 
-/// Counts a task out when dropped, even if its future is dropped half-way (timeout, cancel).
-struct InFlight<'a>(&'a State);
+/// A task counted in. Dropping it counts the task out, however the run ends: finished, or its
+/// future dropped unfinished because the request was cancelled or timed out.
+struct InFlight(Arc<State>);
 
-impl Drop for InFlight<'_> {
+impl InFlight {
+    // Counts a task in; `None` once the strategy is shut down.
+    fn enter(state: &Arc<State>) -> Option<Self> {
+        // Count first, then check, so shutdown either refuses a task or waits for it.
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let in_flight = InFlight(Arc::clone(state));
+        if state.closed.load(Ordering::SeqCst) {
+            return None; // dropping `in_flight` counts the task out again
+        }
+        Some(in_flight)
+    }
+
+    // The outcome of a run that ended, counted. A panicking node is a failure, never a crash.
+    fn finish(self, run: std::thread::Result<Outcome>) -> Outcome {
+        let outcome = run.unwrap_or_else(|payload| Err(TaskError::panic(payload)));
+        let counter = if outcome.is_ok() {
+            &self.0.succeeded
+        } else {
+            &self.0.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             for waiter in self.0.lock_waiters().drain(..) {
@@ -88,37 +136,30 @@ impl InlineStrategy {
 }
 
 impl TaskExecutionStrategy for InlineStrategy {
-    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(async move {
-            let state = &*self.state;
-            // Count first, then check, so shutdown either refuses a task or waits for it.
-            state.in_flight.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let _in_flight = InFlight(state);
-            if state.closed.load(Ordering::SeqCst) {
-                return Err(TaskError::shutdown(self.name()));
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        let Some(in_flight) = InFlight::enter(&self.state) else {
+            return completion.complete(Err(TaskError::shutdown(self.name())));
+        };
+        let (_info, body) = task.into_parts();
+        match body {
+            // In place, on the calling thread, inside the request's scope.
+            TaskBody::Blocking(body) => {
+                let run = completion.in_scope(|| catch_unwind(AssertUnwindSafe(|| body.run())));
+                completion.complete(in_flight.finish(run));
             }
-            let (_info, body) = task.into_parts();
-            let outcome = match body {
-                TaskBody::Async(body) => AssertUnwindSafe(body.into_future()).catch_unwind().await,
-                TaskBody::Blocking(body) => {
-                    std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))
-                }
-                // `TaskBody` is non-exhaustive: a future kind of work this strategy does not know.
-                _ => Ok(Err(TaskError::unsupported(
-                    "the inline strategy cannot run this kind of task",
-                ))),
+            // On the coordinator's runtime, each poll in the request's scope; the guard goes
+            // with the future, dropped with it if the request is cancelled.
+            TaskBody::Async(body) => completion.spawn(async move {
+                let run = AssertUnwindSafe(body.into_future()).catch_unwind().await;
+                in_flight.finish(run)
+            }),
+            // `TaskBody` is non-exhaustive: a future kind of work this strategy does not know.
+            _ => {
+                let unsupported =
+                    TaskError::unsupported("the inline strategy cannot run this kind of task");
+                completion.complete(in_flight.finish(Ok(Err(unsupported))));
             }
-            // A panicking node is a failure, never a crash of the caller.
-            .unwrap_or_else(|payload| Err(TaskError::panic(payload)));
-            let counter = if outcome.is_ok() {
-                &state.succeeded
-            } else {
-                &state.failed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            outcome
-        })
+        }
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
@@ -152,5 +193,165 @@ impl TaskExecutionStrategy for InlineStrategy {
             s.failed.load(Ordering::Relaxed),
             !s.closed.load(Ordering::SeqCst),
         )
+    }
+}
+
+/// The strategy on its own, without a coordinator: [`task_core::run`] drives each task to its
+/// outcome (and what the strategy hands to `Completion::spawn` with it), on any executor.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use futures::FutureExt;
+    use futures::executor::block_on;
+    use task_core::{BoxError, Task, TaskExecutionStrategy};
+
+    use super::InlineStrategy;
+
+    #[test]
+    fn values_errors_and_panics_become_outcomes() {
+        let s = InlineStrategy::new();
+        let ok = Task::from_fn("1", "ok", || async { Ok::<_, BoxError>(5) });
+        let outcome = block_on(task_core::run(&s, ok.into_erased()));
+        assert_eq!(outcome.unwrap().downcast_ref::<i32>(), Some(&5));
+        let blocking = Task::blocking("2", "b", || Ok::<_, BoxError>(6));
+        let outcome = block_on(task_core::run(&s, blocking.into_erased()));
+        assert_eq!(outcome.unwrap().downcast_ref::<i32>(), Some(&6));
+        let failing: Task<()> = Task::from_fn("3", "f", || async { Err("no") });
+        let error = block_on(task_core::run(&s, failing.into_erased())).unwrap_err();
+        assert!(error.is_node_error(), "{error}");
+        let panicking = Task::blocking("4", "p", || -> Result<(), BoxError> { panic!("boom") });
+        let error = block_on(task_core::run(&s, panicking.into_erased())).unwrap_err();
+        assert!(
+            error.is_panic() && error.message().contains("boom"),
+            "{error}"
+        );
+        let panicking = Task::from_fn("5", "p", || async {
+            if true {
+                panic!("async boom");
+            }
+            Ok::<_, BoxError>(())
+        });
+        let error = block_on(task_core::run(&s, panicking.into_erased())).unwrap_err();
+        assert!(
+            error.is_panic() && error.message().contains("async boom"),
+            "{error}"
+        );
+        let stats = s.stats();
+        assert_eq!((stats.succeeded, stats.failed, stats.in_flight), (2, 3, 0));
+        assert!(stats.accepting);
+    }
+
+    #[test]
+    fn a_blocking_body_runs_in_place_before_execute_returns() {
+        let s = InlineStrategy::new();
+        let ran_on = Arc::new(std::sync::Mutex::new(None));
+        let seen = Arc::clone(&ran_on);
+        let task = Task::blocking("1", "where", move || {
+            *seen.lock().unwrap() = Some(thread::current().id());
+            Ok::<_, BoxError>(())
+        });
+        let running = task_core::run(&s, task.into_erased());
+        // Not polled yet: the body ran inside `execute`, on this thread, and is counted out.
+        assert_eq!(*ran_on.lock().unwrap(), Some(thread::current().id()));
+        assert_eq!(s.stats().in_flight, 0);
+        assert!(block_on(running).is_ok());
+    }
+
+    /// Sets its flag when dropped: shows a node's future was dropped.
+    struct SetOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_cancelled_async_run_is_dropped_unfinished_and_counted_out() {
+        let s = InlineStrategy::new();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(AtomicBool::new(false));
+        let (on_drop, done) = (Arc::clone(&dropped), Arc::clone(&finished));
+        let task = Task::from_fn("1", "forever", move || async move {
+            let _guard = SetOnDrop(on_drop);
+            std::future::pending::<()>().await;
+            done.store(true, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        });
+        let mut running = task_core::run(&s, task.into_erased());
+        assert!((&mut running).now_or_never().is_none());
+        assert_eq!(s.stats().in_flight, 1);
+        assert!(!dropped.load(Ordering::SeqCst));
+        // Dropping `run`'s future cancels the request, as a coordinator's timeout does.
+        drop(running);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the node's future is dropped"
+        );
+        assert!(!finished.load(Ordering::SeqCst));
+        assert_eq!(s.stats().in_flight, 0);
+        let stats = s.stats();
+        assert_eq!(
+            (stats.succeeded, stats.failed),
+            (0, 0),
+            "a cancelled run is not counted"
+        );
+    }
+
+    #[test]
+    fn shutdown_refuses_new_tasks_and_waits_for_running_ones() {
+        let s = InlineStrategy::new();
+        let (release, hold) = futures::channel::oneshot::channel::<()>();
+        let held = Task::from_fn("1", "held", move || async move {
+            hold.await.ok();
+            Ok::<_, BoxError>(1)
+        });
+        let mut running = task_core::run(&s, held.into_erased());
+        assert!((&mut running).now_or_never().is_none());
+        let s2 = s.clone();
+        let shutting = thread::spawn(move || block_on(s2.shutdown(Duration::from_secs(30))));
+        while s.stats().accepting {
+            thread::yield_now();
+        }
+        thread::sleep(Duration::from_millis(20));
+        assert!(
+            !shutting.is_finished(),
+            "shutdown waits for the running task"
+        );
+        let late = Task::from_fn("2", "late", || async { Ok::<_, BoxError>(2) });
+        let error = block_on(task_core::run(&s, late.into_erased())).unwrap_err();
+        assert!(error.is_shutdown(), "{error}");
+        assert_eq!(s.stats().in_flight, 1, "a refused task is counted out");
+        release.send(()).unwrap();
+        assert!(block_on(running).is_ok(), "the running task finished");
+        shutting.join().unwrap();
+        assert!(!s.stats().accepting);
+        // Calling it again waits again; it does not fail.
+        block_on(s.shutdown(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn the_grace_period_bounds_the_wait() {
+        let stuck = InlineStrategy::new();
+        let task = Task::from_fn("1", "stuck", || async {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(())
+        });
+        let mut running = task_core::run(&stuck, task.into_erased());
+        assert!((&mut running).now_or_never().is_none());
+        let start = Instant::now();
+        block_on(stuck.shutdown(Duration::from_millis(20)));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(
+            stuck.stats().in_flight,
+            1,
+            "still running when the grace ended"
+        );
+        drop(running);
+        assert_eq!(stuck.stats().in_flight, 0);
     }
 }

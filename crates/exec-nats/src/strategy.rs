@@ -167,6 +167,73 @@ impl Inner {
             }
         }
     }
+
+    /// Publishes `task` and waits for its completion. Dropping the future unfinished withdraws
+    /// the run (its [`RunGuard`]).
+    async fn run(&self, task: ErasedTask) -> Outcome {
+        let inner = self;
+        let (info, portable) = task.into_portable();
+        let Some(portable) = portable else {
+            return Err(TaskError::unsupported(format!(
+                "node `{}` is not a PortableNode: the NATS strategy runs only tasks made with Task::portable",
+                info.name()
+            )));
+        };
+        let run = format!(
+            "{}.{}",
+            inner.client_id,
+            inner.next_run.fetch_add(1, Ordering::Relaxed)
+        );
+        let message = TaskMessage {
+            version: PROTOCOL_VERSION,
+            run: run.clone(),
+            request_id: info.request_id().to_string(),
+            name: portable.name().to_owned(),
+            payload: portable.payload()?.to_vec(),
+            reply: inner.inbox.clone(),
+            deadline_ms: None,
+        };
+        let bytes = encode(&message)?;
+        if bytes.len() > inner.max_message_size {
+            return Err(TaskError::encoding(format!(
+                "the task is {} bytes, more than the stream's maximum of {}",
+                bytes.len(),
+                inner.max_message_size
+            )));
+        }
+        let (sender, answer) = oneshot::channel();
+        inner.table().pending.insert(run.clone(), sender);
+        let mut guard = RunGuard {
+            inner,
+            run: Some(run.clone()),
+            seq: None,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", run.as_str());
+        let ack = inner
+            .js
+            .publish_with_headers(inner.task_subject.clone(), headers, bytes.into())
+            .await
+            .map_err(|e| TaskError::strategy(format!("publishing the task failed: {e}")))?
+            .await
+            .map_err(|e| TaskError::strategy(format!("the stream did not take the task: {e}")))?;
+        {
+            let mut table = inner.table();
+            // The completion may already have come; then there is nothing to track.
+            if table.pending.contains_key(&run) {
+                table.by_seq.insert(ack.sequence, run.clone());
+                guard.seq = Some(ack.sequence);
+            }
+        }
+        let answer = answer.await;
+        guard.run = None;
+        let bytes = answer.unwrap_or_else(|_| {
+            Err(TaskError::strategy(
+                "the strategy stopped before the task's outcome arrived",
+            ))
+        })?;
+        portable.decode_output(&bytes)
+    }
 }
 
 async fn listen_completions(inner: std::sync::Weak<Inner>, mut messages: async_nats::Subscriber) {
@@ -239,10 +306,11 @@ impl Drop for RunGuard<'_> {
     }
 }
 
-/// Counts a task out of the strategy when dropped, whichever way its future ends.
-struct InFlight<'a>(&'a Inner);
+/// Counts a task out of the strategy when dropped, whichever way its run ends (finished, or its
+/// future dropped unfinished because the request was cancelled).
+struct InFlight(Arc<Inner>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
@@ -256,9 +324,10 @@ impl Drop for InFlight<'_> {
 /// fails with [`TaskError::is_unsupported`]. The workers ([`NatsWorker`](crate::NatsWorker)) must
 /// register the node.
 ///
-/// Dropping the future `execute` returns (the coordinator's timeout or cancellation) withdraws
-/// the run and announces the cancellation: a worker that has not started it skips it, one running
-/// it drops the node's future.
+/// Each run is a future handed to [`Completion::spawn`](task_core::Completion::spawn): it runs
+/// where the coordinator runs its own work. When the request is cancelled or times out the
+/// coordinator drops that future, which withdraws the run and announces the cancellation: a
+/// worker that has not started it skips it, one running it drops the node's future.
 pub struct NatsStrategy {
     inner: Arc<Inner>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -280,84 +349,26 @@ impl NatsStrategy {
     pub fn duplicates(&self) -> u64 {
         self.inner.duplicates.load(Ordering::Relaxed)
     }
-
-    async fn run(&self, task: ErasedTask) -> Outcome {
-        let inner = &*self.inner;
-        let (info, portable) = task.into_portable();
-        let Some(portable) = portable else {
-            return Err(TaskError::unsupported(format!(
-                "node `{}` is not a PortableNode: the NATS strategy runs only tasks made with Task::portable",
-                info.name()
-            )));
-        };
-        let run = format!(
-            "{}.{}",
-            inner.client_id,
-            inner.next_run.fetch_add(1, Ordering::Relaxed)
-        );
-        let message = TaskMessage {
-            version: PROTOCOL_VERSION,
-            run: run.clone(),
-            request_id: info.request_id().to_string(),
-            name: portable.name().to_owned(),
-            payload: portable.payload()?.to_vec(),
-            reply: inner.inbox.clone(),
-            deadline_ms: None,
-        };
-        let bytes = encode(&message)?;
-        if bytes.len() > inner.max_message_size {
-            return Err(TaskError::encoding(format!(
-                "the task is {} bytes, more than the stream's maximum of {}",
-                bytes.len(),
-                inner.max_message_size
-            )));
-        }
-        let (sender, answer) = oneshot::channel();
-        inner.table().pending.insert(run.clone(), sender);
-        let mut guard = RunGuard {
-            inner,
-            run: Some(run.clone()),
-            seq: None,
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", run.as_str());
-        let ack = inner
-            .js
-            .publish_with_headers(inner.task_subject.clone(), headers, bytes.into())
-            .await
-            .map_err(|e| TaskError::strategy(format!("publishing the task failed: {e}")))?
-            .await
-            .map_err(|e| TaskError::strategy(format!("the stream did not take the task: {e}")))?;
-        {
-            let mut table = inner.table();
-            // The completion may already have come; then there is nothing to track.
-            if table.pending.contains_key(&run) {
-                table.by_seq.insert(ack.sequence, run.clone());
-                guard.seq = Some(ack.sequence);
-            }
-        }
-        let answer = answer.await;
-        guard.run = None;
-        let bytes = answer.unwrap_or_else(|_| {
-            Err(TaskError::strategy(
-                "the strategy stopped before the task's outcome arrived",
-            ))
-        })?;
-        portable.decode_output(&bytes)
-    }
 }
 
 impl TaskExecutionStrategy for NatsStrategy {
-    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(async move {
-            let inner = &*self.inner;
-            inner.in_flight.fetch_add(1, Ordering::SeqCst);
-            std::sync::atomic::fence(Ordering::SeqCst);
-            let _in_flight = InFlight(inner);
-            if inner.closed.load(Ordering::SeqCst) {
-                return Err(TaskError::shutdown("nats"));
-            }
-            let outcome = self.run(task).await;
+    fn execute(&self, task: ErasedTask, completion: task_core::Completion) {
+        let inner = &self.inner;
+        // Count in, then check: `shutdown` closes, then waits for the count, so a task is either
+        // refused here or waited for there (the fences order the store and the load).
+        inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let in_flight = InFlight(Arc::clone(inner));
+        if inner.closed.load(Ordering::SeqCst) {
+            drop(in_flight);
+            completion.complete(Err(TaskError::shutdown("nats")));
+            return;
+        }
+        // The guard moves into the future: it counts the task out when the run ends, or when the
+        // future is dropped unfinished (the request was cancelled).
+        completion.spawn(async move {
+            let inner = &in_flight.0;
+            let outcome = inner.run(task).await;
             let counter = if outcome.is_ok() {
                 &inner.succeeded
             } else {
@@ -365,7 +376,7 @@ impl TaskExecutionStrategy for NatsStrategy {
             };
             counter.fetch_add(1, Ordering::Relaxed);
             outcome
-        })
+        });
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {

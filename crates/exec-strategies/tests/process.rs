@@ -177,26 +177,28 @@ fn round_trips_values_errors_and_panics() {
         let s = pool(2).await;
         let pids = s.worker_pids();
         assert_eq!(pids.len(), 2);
-        let v = s
-            .execute(Task::portable("1", Echo(41)).into_erased())
+        let v = task_core::run(&s, Task::portable("1", Echo(41)).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<u64>(), Some(&41));
-        let e = s
-            .execute(Task::portable("2", Fail("no quota".into())).into_erased())
-            .await
-            .unwrap_err();
+        let e = task_core::run(
+            &s,
+            Task::portable("2", Fail("no quota".into())).into_erased(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.is_node_error());
         assert_eq!(e.message(), "no quota");
-        let e = s
-            .execute(Task::portable("3", Panic("bad row".into())).into_erased())
-            .await
-            .unwrap_err();
+        let e = task_core::run(
+            &s,
+            Task::portable("3", Panic("bad row".into())).into_erased(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.is_panic(), "{e:?}");
         assert_eq!(e.message(), "node panicked: bad row");
         // stdout noise from a node goes to stderr, not into the protocol.
-        let v = s
-            .execute(Task::portable("4", Blob(vec![1, 2, 3])).into_erased())
+        let v = task_core::run(&s, Task::portable("4", Blob(vec![1, 2, 3])).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<Vec<u8>>(), Some(&vec![1, 2, 3]));
@@ -215,20 +217,19 @@ fn refuses_what_cannot_cross_the_boundary() {
         let s = pool(1).await;
         let closure = Task::from_fn("1", "closure", || async { Ok::<_, BoxError>(1) });
         assert!(
-            s.execute(closure.into_erased())
+            task_core::run(&s, closure.into_erased())
                 .await
                 .unwrap_err()
                 .is_unsupported()
         );
         let unknown = Task::portable("2", Unknown);
         assert!(
-            s.execute(unknown.into_erased())
+            task_core::run(&s, unknown.into_erased())
                 .await
                 .unwrap_err()
                 .is_not_registered()
         );
-        let v = s
-            .execute(Task::portable("3", Echo(1)).into_erased())
+        let v = task_core::run(&s, Task::portable("3", Echo(1)).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<u64>(), Some(&1));
@@ -246,17 +247,14 @@ fn oversize_tasks_and_outputs_are_typed_errors() {
             .await
             .unwrap();
         let big = Task::portable("1", Blob(vec![7; 10_000]));
-        let e = s.execute(big.into_erased()).await.unwrap_err();
+        let e = task_core::run(&s, big.into_erased()).await.unwrap_err();
         assert!(e.is_protocol_error(), "{e:?}");
         assert!(e.message().contains("exceeds the maximum"), "{e}");
         // A task that fits but whose output would not: the worker refuses to send it.
-        let e = s
-            .execute(Task::portable("2", Blob(vec![7; 3_000])).into_erased())
-            .await;
+        let e = task_core::run(&s, Task::portable("2", Blob(vec![7; 3_000])).into_erased()).await;
         assert!(e.is_ok(), "3000 bytes fit: {e:?}");
         let pid = s.worker_pids();
-        let v = s
-            .execute(Task::portable("3", Echo(3)).into_erased())
+        let v = task_core::run(&s, Task::portable("3", Echo(3)).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<u64>(), Some(&3));
@@ -276,8 +274,7 @@ fn a_sigkilled_worker_fails_only_its_own_task_and_is_replaced() {
         let before = s.worker_pids();
         let s1 = s.clone();
         let victim = tokio::spawn(async move {
-            s1.execute(Task::portable("long", Sleep(10_000)).into_erased())
-                .await
+            task_core::run(&s1, Task::portable("long", Sleep(10_000)).into_erased()).await
         });
         // Find the worker running it.
         let mut busy = None;
@@ -291,7 +288,7 @@ fn a_sigkilled_worker_fails_only_its_own_task_and_is_replaced() {
             tokio::task::yield_now().await;
         }
         let busy = busy.unwrap();
-        let survivor = s.execute(Task::portable("short", Sleep(10)).into_erased());
+        let survivor = task_core::run(&s, Task::portable("short", Sleep(10)).into_erased());
         let survivor_pid = survivor.await.unwrap();
         assert_ne!(survivor_pid.downcast_ref::<u32>(), Some(&busy));
         // SAFETY: sending a signal to a child process of this test.
@@ -307,8 +304,7 @@ fn a_sigkilled_worker_fails_only_its_own_task_and_is_replaced() {
             before.iter().any(|p| after.contains(p)),
             "the other worker was untouched"
         );
-        let v = s
-            .execute(Task::portable("again", Echo(5)).into_erased())
+        let v = task_core::run(&s, Task::portable("again", Echo(5)).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<u64>(), Some(&5));
@@ -319,14 +315,12 @@ fn a_sigkilled_worker_fails_only_its_own_task_and_is_replaced() {
 fn a_worker_that_exits_reports_its_status() {
     runtime().block_on(async {
         let s = pool(1).await;
-        let e = s
-            .execute(Task::portable("1", Exit(3)).into_erased())
+        let e = task_core::run(&s, Task::portable("1", Exit(3)).into_erased())
             .await
             .unwrap_err();
         assert!(e.is_worker_lost());
         assert!(e.message().contains("exited with status 3"), "{e}");
-        let v = s
-            .execute(Task::portable("2", Echo(2)).into_erased())
+        let v = task_core::run(&s, Task::portable("2", Echo(2)).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<u64>(), Some(&2));
@@ -344,14 +338,12 @@ fn a_task_past_its_timeout_has_its_worker_replaced() {
             .await
             .unwrap();
         let pid = s.worker_pids()[0];
-        let e = s
-            .execute(Task::portable("1", Sleep(30_000)).into_erased())
+        let e = task_core::run(&s, Task::portable("1", Sleep(30_000)).into_erased())
             .await
             .unwrap_err();
         assert!(e.is_timeout(), "{e:?}");
         wait_until("the killed worker to be reaped", || is_dead(pid));
-        let v = s
-            .execute(Task::portable("2", Echo(9)).into_erased())
+        let v = task_core::run(&s, Task::portable("2", Echo(9)).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<u64>(), Some(&9));
@@ -366,6 +358,33 @@ fn a_task_past_its_timeout_has_its_worker_replaced() {
     });
 }
 
+fn a_run_dropped_by_its_caller_has_its_worker_replaced() {
+    // A cancelled request drops the run's future: its worker takes no more work and is killed
+    // (the only way to stop the run), and the run is counted out.
+    runtime().block_on(async {
+        let s = pool(1).await;
+        let pid = s.worker_pids()[0];
+        let mut running = task_core::run(&s, Task::portable("1", Sleep(30_000)).into_erased());
+        while s.stats().workers.iter().all(|w| w.in_flight == 0) {
+            let polled = tokio::time::timeout(Duration::from_millis(10), &mut running).await;
+            assert!(polled.is_err(), "the sleep cannot have ended: {polled:?}");
+        }
+        assert_eq!(s.stats().in_flight, 1);
+        drop(running);
+        wait_until("the abandoned worker to be reaped", || is_dead(pid));
+        wait_until("a replacement", || {
+            s.restarts() == 1 && s.worker_pids().len() == 1
+        });
+        assert_eq!(s.stats().in_flight, 0, "the dropped run is counted out");
+        let v = task_core::run(&s, Task::portable("2", Echo(4)).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<u64>(), Some(&4));
+        assert_ne!(s.worker_pids(), vec![pid]);
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 fn workers_are_recycled_after_k_tasks() {
     runtime().block_on(async {
         let s = ProcessExecutionStrategy::builder(registry())
@@ -376,8 +395,7 @@ fn workers_are_recycled_after_k_tasks() {
             .unwrap();
         let mut pids = Vec::new();
         for i in 0..9 {
-            let v = s
-                .execute(Task::portable(format!("{i}"), Sleep(0)).into_erased())
+            let v = task_core::run(&s, Task::portable(format!("{i}"), Sleep(0)).into_erased())
                 .await
                 .unwrap();
             pids.push(*v.downcast_ref::<u32>().unwrap());
@@ -398,8 +416,7 @@ fn shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process() {
         let pids = s.worker_pids();
         let s1 = s.clone();
         let running = tokio::spawn(async move {
-            s1.execute(Task::portable("1", Sleep(300)).into_erased())
-                .await
+            task_core::run(&s1, Task::portable("1", Sleep(300)).into_erased()).await
         });
         // On a worker, not merely counted: a task counted just before shutdown may be refused.
         while s.stats().workers.iter().all(|w| w.in_flight == 0) {
@@ -410,8 +427,7 @@ fn shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process() {
         while s.stats().accepting {
             tokio::task::yield_now().await;
         }
-        let late = s
-            .execute(Task::portable("2", Echo(1)).into_erased())
+        let late = task_core::run(&s, Task::portable("2", Echo(1)).into_erased())
             .await
             .unwrap_err();
         assert!(late.is_shutdown());
@@ -502,8 +518,7 @@ fn misbehaving_workers_fail_their_task_and_are_replaced() {
             ("oversize-answer", "exceeds the maximum"),
         ] {
             let s = fake(mode).start().await.unwrap();
-            let e = s
-                .execute(Task::portable("1", Echo(1)).into_erased())
+            let e = task_core::run(&s, Task::portable("1", Echo(1)).into_erased())
                 .await
                 .unwrap_err();
             assert!(e.is_worker_lost(), "{mode}: {e:?}");
@@ -523,8 +538,8 @@ fn a_pool_outlives_the_runtime_it_was_started_on() {
     let s = first.block_on(async {
         let s = pool(2).await;
         // Both workers answer a few tasks: both readers run on this runtime.
-        let calls =
-            (0..8).map(|i| s.execute(Task::portable(format!("w{i}"), Echo(i)).into_erased()));
+        let calls = (0..8)
+            .map(|i| task_core::run(&s, Task::portable(format!("w{i}"), Echo(i)).into_erased()));
         assert!(
             futures::future::join_all(calls)
                 .await
@@ -540,16 +555,15 @@ fn a_pool_outlives_the_runtime_it_was_started_on() {
     });
     runtime().block_on(async {
         for i in 0..20 {
-            let v = s
-                .execute(Task::portable(format!("{i}"), Echo(i)).into_erased())
+            let v = task_core::run(&s, Task::portable(format!("{i}"), Echo(i)).into_erased())
                 .await
                 .unwrap();
             assert_eq!(v.downcast_ref::<u64>(), Some(&i));
         }
         // Enough at once that frames are queued for the writing task, which runs on the pool's
         // own runtime and so outlives the first one too.
-        let calls =
-            (0..200_u64).map(|i| s.execute(Task::portable(format!("p{i}"), Echo(i)).into_erased()));
+        let calls = (0..200_u64)
+            .map(|i| task_core::run(&s, Task::portable(format!("p{i}"), Echo(i)).into_erased()));
         let answers =
             tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
                 .await
@@ -576,7 +590,7 @@ fn many_tasks_in_flight_each_get_their_own_answer() {
                 Task::portable(format!("e{i}"), Echo(i)).into_erased()
             };
             let s = &s;
-            async move { (i, s.execute(task).await) }
+            async move { (i, task_core::run(s, task).await) }
         });
         let answers =
             tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
@@ -693,6 +707,10 @@ fn main() {
         (
             "a_task_past_its_timeout_has_its_worker_replaced",
             a_task_past_its_timeout_has_its_worker_replaced,
+        ),
+        (
+            "a_run_dropped_by_its_caller_has_its_worker_replaced",
+            a_run_dropped_by_its_caller_has_its_worker_replaced,
         ),
         (
             "workers_are_recycled_after_k_tasks",

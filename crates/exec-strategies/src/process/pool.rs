@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use task_core::{
-    BoxFuture, ErasedTask, NodeRegistry, Outcome, StrategyStats, TaskError, TaskExecutionStrategy,
-    WorkerStats,
+    BoxFuture, Completion, ErasedTask, NodeRegistry, Outcome, StrategyStats, TaskError,
+    TaskExecutionStrategy, WorkerStats,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -156,7 +156,7 @@ impl ProcessBuilder {
     }
 
     /// How many tasks one worker may have in flight at once (default 32). Several in flight
-    /// keep the pipes busy; `execute` waits when every worker is full.
+    /// keep the pipes busy; a task waits for a place when every worker is full.
     #[must_use]
     pub fn tasks_per_worker(mut self, tasks: usize) -> Self {
         self.per_worker = tasks.max(1);
@@ -383,7 +383,7 @@ struct Shared {
     /// Set when `readers` has shut down: answers are read on the supervisor's runtime from then.
     readers_gone: AtomicBool,
     state: Mutex<PoolState>,
-    /// One place per task a worker may have in flight: `execute` waits here when all are full.
+    /// One place per task a worker may have in flight: a run waits here when all are full.
     places: Semaphore,
     /// Woken when a worker becomes ready (or fails to start).
     ready: Notify,
@@ -901,6 +901,50 @@ impl Shared {
             .collect();
         (workers, state.restarts)
     }
+
+    /// Runs `task` on a worker and resolves to its outcome. The future is dropped unfinished when
+    /// the request is cancelled or passes its deadline: the run's [`AbandonOnDrop`] then has its
+    /// worker replaced, the only way to stop it.
+    async fn run(self: Arc<Self>, task: ErasedTask) -> Outcome {
+        let shared = &self;
+        let Some(_admission) = shared.tracker.admit() else {
+            return Err(TaskError::shutdown("process"));
+        };
+        let (info, portable) = task.into_portable();
+        let outcome = async {
+            let Some(portable) = portable else {
+                return Err(TaskError::unsupported(format!(
+                    "node `{}` is not a PortableNode: the process mode runs only tasks made with Task::portable",
+                    info.name()
+                )));
+            };
+            if !shared.expected_names.iter().any(|n| n == portable.name()) {
+                return Err(TaskError::not_registered(portable.name()));
+            }
+            let payload = portable.payload()?;
+            let _place = shared
+                .places
+                .acquire()
+                .await
+                .map_err(|_| TaskError::shutdown("process"))?;
+            let dispatched = shared.dispatch(portable.name(), payload).await?;
+            let mut abandon = AbandonOnDrop {
+                shared,
+                worker_id: dispatched.worker_id,
+                run: dispatched.run,
+                armed: true,
+            };
+            let answer = dispatched.answer.await;
+            abandon.armed = false;
+            let bytes = answer.unwrap_or_else(|_| {
+                Err(TaskError::worker_lost("the worker ended without answering"))
+            })?;
+            portable.decode_output(&bytes)
+        }
+        .await;
+        shared.tracker.record(&outcome);
+        outcome
+    }
 }
 
 /// A run handed to a worker.
@@ -1141,47 +1185,13 @@ impl fmt::Debug for ProcessExecutionStrategy {
 }
 
 impl TaskExecutionStrategy for ProcessExecutionStrategy {
-    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(async move {
-            let shared = &self.shared;
-            let Some(_admission) = shared.tracker.admit() else {
-                return Err(TaskError::shutdown("process"));
-            };
-            let (info, portable) = task.into_portable();
-            let outcome = async {
-                let Some(portable) = portable else {
-                    return Err(TaskError::unsupported(format!(
-                        "node `{}` is not a PortableNode: the process mode runs only tasks made with Task::portable",
-                        info.name()
-                    )));
-                };
-                if !shared.expected_names.iter().any(|n| n == portable.name()) {
-                    return Err(TaskError::not_registered(portable.name()));
-                }
-                let payload = portable.payload()?;
-                let _place = shared
-                    .places
-                    .acquire()
-                    .await
-                    .map_err(|_| TaskError::shutdown("process"))?;
-                let dispatched = shared.dispatch(portable.name(), payload).await?;
-                let mut abandon = AbandonOnDrop {
-                    shared,
-                    worker_id: dispatched.worker_id,
-                    run: dispatched.run,
-                    armed: true,
-                };
-                let answer = dispatched.answer.await;
-                abandon.armed = false;
-                let bytes = answer.unwrap_or_else(|_| {
-                    Err(TaskError::worker_lost("the worker ended without answering"))
-                })?;
-                portable.decode_output(&bytes)
-            }
-            .await;
-            shared.tracker.record(&outcome);
-            outcome
-        })
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        // Refused at once after shutdown; a shutdown racing this is caught by the admission.
+        if self.shared.tracker.is_closed() {
+            completion.complete(Err(TaskError::shutdown("process")));
+            return;
+        }
+        completion.spawn(Arc::clone(&self.shared).run(task));
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {

@@ -1,7 +1,8 @@
-//! A strategy that launches blocking tasks on its own pool, written as `docs/custom-strategy.md`
-//! shows (section 4b) from outside the workspace's strategies: the code of that section and of
-//! section 5, compiled and run. `cargo xtask docs --check` fails when the page's snippets are not
-//! found here line for line.
+//! A strategy that runs blocking tasks on a thread pool of its own and delivers their outcomes
+//! from the pool's threads, written as `docs/custom-strategy.md` shows from outside the
+//! workspace's strategies: the code of that page's thread-pool and registering sections,
+//! compiled and run. `cargo xtask docs --check` fails when the page's snippets are not found here
+//! line for line.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,17 +13,31 @@ use coordinator::{
     BoxError, Coordinator, RequestCompletionPublisher, SubmitOptions, Task, TaskError,
 };
 use exec_inline::InlineStrategy;
-use task_core::{BoxFuture, Completion, ErasedTask, Outcome, TaskBody, TaskExecutionStrategy};
+use task_core::{BoxFuture, Completion, ErasedTask, TaskBody, TaskExecutionStrategy};
 
-/// Runs blocking tasks on a rayon pool, launched; declines everything else, which then comes to
-/// `execute` and is refused.
+/// Runs blocking tasks on a rayon pool; refuses every other kind of task.
 struct PoolStrategy {
     pool: rayon::ThreadPool,
 }
 
 impl TaskExecutionStrategy for PoolStrategy {
-    fn execute(&self, _task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(async { Err(TaskError::unsupported("blocking tasks only")) })
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        // Count in and check `closed` as InlineStrategy does; refuse with
+        // completion.complete(Err(TaskError::shutdown(self.name()))).
+        let (_info, body) = task.into_parts();
+        let TaskBody::Blocking(body) = body else {
+            return completion.complete(Err(TaskError::unsupported("blocking tasks only")));
+        };
+        self.pool.spawn(move || {
+            if completion.is_cancelled() {
+                return; // cancelled while queued: it already has its outcome
+            }
+            let outcome = completion.in_scope(|| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))
+                    .unwrap_or_else(|payload| Err(TaskError::panic(payload)))
+            });
+            completion.complete(outcome);
+        });
     }
 
     fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
@@ -32,31 +47,6 @@ impl TaskExecutionStrategy for PoolStrategy {
     fn name(&self) -> &str {
         "pool"
     }
-
-    #[rustfmt::skip]
-    fn can_launch(&self, task: &ErasedTask) -> bool {
-    task.is_blocking()
-}
-
-    #[rustfmt::skip]
-    fn launch(&self, task: ErasedTask, completion: Completion) {
-    // Count in and check `closed` as in `execute`; refuse with
-    // completion.complete(Err(TaskError::shutdown(self.name()))).
-    let (_info, body) = task.into_parts();
-    let TaskBody::Blocking(body) = body else {
-        return completion.complete(Err(TaskError::unsupported("blocking tasks only")));
-    };
-    self.pool.spawn(move || {
-        if completion.is_cancelled() {
-            return; // cancelled while queued: it already has its outcome
-        }
-        let outcome = completion.in_scope(|| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))
-                .unwrap_or_else(|payload| Err(TaskError::panic(payload)))
-        });
-        completion.complete(outcome);
-    });
-}
 }
 
 fn started(pool_threads: usize) -> (RequestCompletionPublisher, Coordinator) {
@@ -76,7 +66,7 @@ fn started(pool_threads: usize) -> (RequestCompletionPublisher, Coordinator) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn launched_tasks_deliver_values_failures_and_panics() {
+async fn pool_tasks_deliver_values_failures_and_panics() {
     let (publisher, coordinator) = started(2);
     let value = Task::blocking("v", "value", || Ok::<_, BoxError>(6 * 7));
     assert_eq!(coordinator.submit(value, "pool").await.unwrap(), 42);
@@ -95,7 +85,7 @@ async fn launched_tasks_deliver_values_failures_and_panics() {
         error.task_error().is_some_and(TaskError::is_panic),
         "{error}"
     );
-    // An async task is declined by `can_launch`, so it reaches `execute`, which refuses it.
+    // An async task is not for this pool: `execute` refuses it at once.
     let not_blocking = Task::from_fn("a", "async", || async { Ok::<_, BoxError>(1) });
     let error = coordinator.submit(not_blocking, "pool").await.unwrap_err();
     assert!(
@@ -117,7 +107,20 @@ async fn launched_tasks_deliver_values_failures_and_panics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_launched_task_cancelled_while_queued_never_runs() {
+async fn a_pool_task_runs_in_its_requests_scope() {
+    let (publisher, coordinator) = started(1);
+    // On a pool thread, the coordinator knows the running node only through `in_scope`.
+    let task = Task::blocking("s", "scope", || {
+        Ok::<_, BoxError>(coordinator::current_node())
+    });
+    let node = task.node_id().clone();
+    assert_eq!(coordinator.submit(task, "pool").await.unwrap(), Some(node));
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_task_cancelled_while_queued_never_runs() {
     let (publisher, coordinator) = started(1);
     // Occupy the pool's only thread until the second task is cancelled.
     let (release, released) = mpsc::channel::<()>();
@@ -158,7 +161,7 @@ async fn a_launched_task_cancelled_while_queued_never_runs() {
     publisher.shutdown().await;
 }
 
-/// Section 5 of the page: registering a strategy of your own.
+/// The page's registering section: a strategy of your own under a mode name of its own.
 #[rustfmt::skip]
 #[tokio::test]
 async fn it_registers_as_the_guide_shows() -> Result<(), Box<dyn std::error::Error>> {
