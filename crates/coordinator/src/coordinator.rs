@@ -17,7 +17,7 @@ use task_core::{
 };
 use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, TryAcquireError};
 
-use crate::builder::{CoordinatorBuilder, Mode};
+use crate::builder::{CoordinatorBuilder, Mode, ModeCounts};
 use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::options::{SubmitOptions, timer};
@@ -750,11 +750,6 @@ impl Coordinator {
     /// The running totals of the job table.
     pub fn counts(&self) -> JobCounts {
         self.inner.table().counts()
-    }
-
-    /// Reads the job table under its lock. Keep `f` short: submissions wait for it.
-    pub fn with_state<R>(&self, f: impl FnOnce(&CoordinatorState<OpenRequest>) -> R) -> R {
-        f(&self.inner.table())
     }
 
     /// Reads the job table under its lock.

@@ -69,7 +69,8 @@ pub use task_core::{
 
 #[doc(inline)]
 pub use pubsub::{
-    Publisher, RequestCompletionMessage, RequestCompletionPublisher, RequestFailure, RequestSuccess,
+    Buffer, Listener, Missed, PublishError, Publisher, RequestCompletionMessage,
+    RequestCompletionPublisher, RequestFailure, RequestSuccess, SubscriberId, Subscription,
 };
 
 #[cfg(feature = "async")]

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use task_core::TaskError;
 
@@ -270,12 +270,22 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         runtime.block_on(async {
-            sleep_until(Instant::now() + Duration::from_millis(20))
-                .unwrap()
-                .await;
+            // Made on the timer's runtime: this one has no timers.
+            let sleep = async { tokio::time::sleep(Duration::from_millis(20)).await };
+            timer().unwrap().spawn(sleep).await.unwrap();
         });
         assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_backoff_capped_at_duration_max_never_panics() {
+        let p = RetryPolicy::new(5).backoff(Duration::MAX, Duration::MAX);
+        for attempt in 1..5 {
+            assert!(p.backoff_after(attempt) <= Duration::MAX);
+        }
+        let exact = p.clone().without_jitter();
+        assert_eq!(exact.backoff_after(3), Duration::MAX);
     }
 }

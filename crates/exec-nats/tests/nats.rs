@@ -259,8 +259,8 @@ async fn a_duplicate_completion_after_redelivery_is_suppressed() {
     let terminal = std::sync::Arc::new(AtomicU32::new(0));
     let seen = terminal.clone();
     publisher
-        .subscribe(move |m: coordinator::RequestCompletionMessage| {
-            if m.is_terminal() {
+        .subscribe_with(coordinator::Buffer::Unbounded, move |m| {
+            if m.expect("an unbounded subscriber misses nothing").is_terminal() {
                 seen.fetch_add(1, Ordering::SeqCst);
             }
         })

@@ -298,6 +298,11 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         self.inner.phase() == RUNNING
     }
 
+    /// Whether the publisher has been shut down (it cannot restart).
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.phase() == SHUT_DOWN
+    }
+
     /// How many subscribers (callbacks and streams) and pending listeners are attached.
     pub fn subscriber_count(&self) -> usize {
         self.inner.state.load(Ordering::SeqCst) >> PHASE_BITS

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, RequestCompletionMessage, RequestCompletionPublisher, Task,
+    BoxError, Buffer, Coordinator, RequestCompletionMessage, RequestCompletionPublisher, Task,
     TaskExecutionStrategy,
 };
-use task_core::{BoxFuture, ErasedTask, Outcome};
+use task_core::{BoxFuture, Completion, ErasedTask};
 
 /// A started publisher and a coordinator with the async strategy, started on it.
 pub fn started() -> (RequestCompletionPublisher, Coordinator) {
@@ -27,13 +27,25 @@ pub fn started() -> (RequestCompletionPublisher, Coordinator) {
 pub struct Recorder(Arc<Mutex<Vec<RequestCompletionMessage>>>);
 
 impl Recorder {
+    /// Records on an unbounded buffer, so it sees every message. The callback runs on a thread
+    /// of its own: read after the publisher's shutdown, or through `wait_for`.
     pub fn attach(publisher: &RequestCompletionPublisher) -> Self {
         let recorder = Self::default();
         let sink = Arc::clone(&recorder.0);
         publisher
-            .subscribe(move |m| sink.lock().unwrap().push(m))
+            .subscribe_with(Buffer::Unbounded, move |m| {
+                sink.lock().unwrap().push(m.expect("an unbounded subscriber misses nothing"))
+            })
             .unwrap();
         recorder
+    }
+
+    /// Waits (up to 10 s) until at least `n` messages were recorded.
+    pub async fn wait_for(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.0.lock().unwrap().len() < n && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     pub fn messages(&self) -> Vec<RequestCompletionMessage> {
@@ -67,9 +79,9 @@ pub struct CountingInline {
 }
 
 impl TaskExecutionStrategy for CountingInline {
-    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
+    fn execute(&self, task: ErasedTask, completion: Completion) {
         self.executed.fetch_add(1, Ordering::SeqCst);
-        Box::pin(task.run_inline())
+        completion.spawn(task.run_inline());
     }
 
     fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {

@@ -1,5 +1,5 @@
-//! Launched requests: strategies that run a task by themselves and deliver its outcome through a
-//! `Completion`. Whatever the strategy does with it, each request ends exactly once.
+//! The completion a strategy is handed: whatever the strategy does with it (drops it, holds it,
+//! delivers from a thread of no runtime, panics), each request ends exactly once.
 
 mod support;
 
@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, JobResult, RequestCompletionMessage, RequestCompletionPublisher,
+    BoxError, Coordinator, JobResult, RequestCompletionPublisher,
     RequestHandle, SubmitOptions, Task, TaskExecutionStrategy, ThreadedExecutionStrategy, Value,
     block_on,
 };
-use futures::StreamExt;
 use support::{Recorder, value_task};
-use task_core::{BoxFuture, Completion, ErasedTask, Outcome, TaskError};
+use task_core::{BoxFuture, Completion, ErasedTask};
 
 /// What a [`Launching`] strategy does with each task it launches.
 #[derive(Clone, Copy)]
@@ -25,9 +24,11 @@ enum Launch {
     Hold,
     /// Runs the task on a thread of its own, outside any runtime.
     OnPlainThread,
+    /// Panics in `execute`.
+    Panic,
 }
 
-/// A strategy that launches every task and does with it what `how` says.
+/// A strategy that does with each task what `how` says.
 struct Launching {
     how: Launch,
     held: Mutex<Vec<Completion>>,
@@ -43,19 +44,7 @@ impl Launching {
 }
 
 impl TaskExecutionStrategy for Launching {
-    fn execute(&self, _task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(async { Err(TaskError::strategy("every task should have been launched")) })
-    }
-
-    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-
-    fn can_launch(&self, _task: &ErasedTask) -> bool {
-        true
-    }
-
-    fn launch(&self, task: ErasedTask, completion: Completion) {
+    fn execute(&self, task: ErasedTask, completion: Completion) {
         match self.how {
             Launch::Drop => {}
             Launch::Hold => self.held.lock().unwrap().push(completion),
@@ -64,24 +53,12 @@ impl TaskExecutionStrategy for Launching {
                     completion.complete(futures::executor::block_on(task.run_inline()));
                 });
             }
+            Launch::Panic => panic!("the strategy broke"),
         }
-    }
-}
-
-/// A strategy that says it launches but does not implement `launch`.
-struct ClaimsToLaunch;
-
-impl TaskExecutionStrategy for ClaimsToLaunch {
-    fn execute(&self, task: ErasedTask) -> BoxFuture<'_, Outcome> {
-        Box::pin(task.run_inline())
     }
 
     fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async {})
-    }
-
-    fn can_launch(&self, _task: &ErasedTask) -> bool {
-        true
     }
 }
 
@@ -134,19 +111,21 @@ async fn a_launched_task_whose_completion_is_dropped_fails_instead_of_hanging() 
         Some(JobResult::Failure)
     );
 
-    // A strategy that claims to launch but does not implement it: unsupported, not a hang.
-    let (claims_publisher, claims, _) = started_with("claims", Arc::new(ClaimsToLaunch));
-    let error = claims
-        .submit(value_task("x", 1), "claims")
+    // A strategy that panics in `execute`: a failure, not a panic of the caller nor a hang.
+    let (panics_publisher, panics, panics_recorder) =
+        started_with("panics", Arc::new(Launching::new(Launch::Panic)));
+    let error = panics
+        .submit(value_task("x", 1), "panics")
         .await
         .unwrap_err();
-    assert!(error.task_error().unwrap().is_unsupported(), "{error}");
+    assert!(error.task_error().unwrap().is_strategy_error(), "{error}");
 
     coordinator.shutdown().await;
-    claims.shutdown().await;
+    panics.shutdown().await;
     publisher.shutdown().await;
-    claims_publisher.shutdown().await;
+    panics_publisher.shutdown().await;
     assert_eq!(recorder.terminal_counts()["lost"], 1);
+    assert_eq!(panics_recorder.terminal_counts()["x"], 1);
 }
 
 #[tokio::test]
@@ -190,174 +169,24 @@ async fn an_outcome_delivered_by_hand_closes_the_job_and_answers_the_caller() {
     assert_eq!(recorder.terminal_counts()["h"], 1);
 }
 
-/// Runs 50 requests made by `task` on `mode` through a bus with a ring of 2 and a subscriber
-/// that reads nothing until every request has run: the outcomes wait for room, none is lost.
-async fn outcomes_wait_for_room(
-    coordinator: Coordinator,
-    publisher: RequestCompletionPublisher,
-    mode: &'static str,
-    task: impl Fn(usize) -> Task<u64>,
-) {
-    let mut slow = publisher.subscribe_stream().unwrap();
-    coordinator.start(&publisher).unwrap();
-    let mut handles = Vec::new();
-    for i in 0..50 {
-        let handle = coordinator
-            .spawn(task(i), mode, SubmitOptions::new())
-            .await
-            .unwrap();
-        handles.push(handle);
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        coordinator.counts().opened > 0,
-        "outcomes wait for the slow subscriber"
-    );
-    let reader = tokio::spawn(async move {
-        let mut terminal = 0;
-        while let Some(message) = slow.next().await {
-            terminal += usize::from(message.is_terminal());
-        }
-        terminal
-    });
+#[tokio::test]
+async fn an_outcome_delivered_from_a_thread_of_no_runtime_ends_the_request() {
+    let (publisher, coordinator, recorder) =
+        started_with("plain", Arc::new(Launching::new(Launch::OnPlainThread)));
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            coordinator.try_spawn(value_task(&format!("p{i}"), i), "plain", SubmitOptions::new())
+        })
+        .collect::<Result<_, _>>()
+        .unwrap();
     for (i, handle) in handles.into_iter().enumerate() {
         assert_eq!(handle.await.unwrap(), i as u64);
     }
-    assert_eq!(coordinator.counts().succeeded, 50);
     coordinator.shutdown().await;
     publisher.shutdown().await;
-    assert_eq!(reader.await.unwrap(), 50, "one terminal message each");
-}
-
-fn small_bus() -> RequestCompletionPublisher {
-    let publisher = RequestCompletionPublisher::with_capacity(2);
-    publisher.start().unwrap();
-    publisher
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn launched_outcomes_wait_for_room_when_the_bus_is_full() {
-    let coordinator = Coordinator::builder().with_async().build();
-    outcomes_wait_for_room(coordinator, small_bus(), "async", |i| {
-        value_task(&format!("r{i}"), i as u64)
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outcomes_finished_off_the_runtime_wait_for_room_on_the_coordinators_runtime() {
-    // Its threads belong to no runtime: their full-bus waits run on the one the coordinator
-    // was started on.
-    let coordinator = Coordinator::builder()
-        .strategy("plain", Launching::new(Launch::OnPlainThread))
-        .build();
-    outcomes_wait_for_room(coordinator, small_bus(), "plain", |i| {
-        value_task(&format!("r{i}"), i as u64)
-    })
-    .await;
-}
-
-/// Ten requests on a coordinator whose bus has a ring of 2 and a stream subscriber that reads
-/// nothing, every outcome delivered on the runtime this runs on: two went through the bus and
-/// their jobs closed, eight wait for room.
-struct Backlog {
-    publisher: RequestCompletionPublisher,
-    coordinator: Coordinator,
-    slow: pubsub::Subscription<RequestCompletionMessage>,
-    handles: Vec<RequestHandle<u64>>,
-}
-
-async fn backlog() -> Backlog {
-    let strategy = Arc::new(Launching::new(Launch::Hold));
-    let publisher = small_bus();
-    let slow = publisher.subscribe_stream().unwrap();
-    let coordinator = Coordinator::builder()
-        .shared_strategy("held", strategy.clone())
-        .build();
-    coordinator.start(&publisher).unwrap();
-    let mut handles = Vec::new();
-    for i in 0..10 {
-        let task = value_task(&format!("r{i}"), i);
-        handles.push(
-            coordinator
-                .spawn(task, "held", SubmitOptions::new())
-                .await
-                .unwrap(),
-        );
-    }
-    let held: Vec<Completion> = strategy.held.lock().unwrap().drain(..).collect();
-    for (i, completion) in held.into_iter().enumerate() {
-        completion.complete(Ok(Value::new(i as u64)));
-    }
-    while coordinator.counts().closed < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Backlog {
-        publisher,
-        coordinator,
-        slow,
-        handles,
-    }
-}
-
-#[test]
-fn outcomes_waiting_for_room_when_their_runtime_stops_close_their_jobs() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let backlog = rt.block_on(async {
-        let backlog = backlog().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let opened = backlog.coordinator.counts().opened;
-        assert_eq!(opened, 8, "eight outcomes wait for room");
-        backlog
-    });
-    // The task publishing the waiting outcomes goes with its runtime: it closes their jobs.
-    drop(rt);
-    let counts = backlog.coordinator.counts();
-    assert_eq!((counts.opened, counts.succeeded), (0, 10));
-    for (i, handle) in backlog.handles.into_iter().enumerate() {
-        assert_eq!(block_on(handle).unwrap(), i as u64);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outcomes_still_queued_when_the_publisher_shuts_down_close_their_jobs_directly() {
-    let Backlog {
-        publisher,
-        coordinator,
-        mut slow,
-        handles,
-    } = backlog().await;
-    // The publisher shuts down while the third outcome is being published and seven wait
-    // behind it in the coordinator's queue; the slow subscriber reads from then on.
-    let shutdown = tokio::spawn({
-        let publisher = publisher.clone();
-        async move { publisher.shutdown().await }
-    });
-    while publisher.is_running() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let mut terminal = Vec::new();
-    while let Some(message) = slow.next().await {
-        if let (true, Some(id)) = (message.is_terminal(), message.request_id()) {
-            terminal.push(id.to_string());
-        }
-    }
-    shutdown.await.unwrap();
-    // The publish under way finished; the bus refused the rest, whose jobs closed directly.
-    assert_eq!(terminal, ["r0", "r1", "r2"]);
-    for (i, handle) in handles.into_iter().enumerate() {
-        let value = tokio::time::timeout(Duration::from_secs(10), handle)
-            .await
-            .expect("every request ends");
-        assert_eq!(value.unwrap(), i as u64);
-    }
-    let counts = coordinator.counts();
-    assert_eq!((counts.opened, counts.succeeded), (0, 10));
-    coordinator.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), 50);
+    assert!(terminal.values().all(|&n| n == 1));
 }
 
 /// A coordinator whose "threaded" mode has a pool of one thread.

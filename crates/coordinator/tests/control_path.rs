@@ -1,0 +1,318 @@
+//! The control path: the coordinator closes its own jobs and answers its own callers; the bus is
+//! for observers, and no observer, however slow, stuck or broken, holds anything up.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionMessage,
+    RequestCompletionPublisher, RequestSuccess, RetryPolicy, SubmitOptions, Task,
+    ThreadedExecutionStrategy, Value,
+};
+use futures::StreamExt;
+use support::{Recorder, value_task};
+
+const REQUESTS: u64 = 10_000;
+
+/// Fails the test instead of hanging it.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
+}
+
+/// 10,000 requests with a timeout, beside whatever subscriber `attach` adds: every caller gets
+/// its value, every job closes, and both shutdowns return.
+async fn ten_thousand_beside<K>(attach: impl FnOnce(&RequestCompletionPublisher) -> K) -> K {
+    let publisher = RequestCompletionPublisher::with_capacity(16);
+    publisher.start().unwrap();
+    let keep = attach(&publisher);
+    let coordinator = Coordinator::builder().with_async().build();
+    coordinator.start(&publisher).unwrap();
+    let options = SubmitOptions::new().timeout(Duration::from_secs(30));
+    let handles: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            coordinator
+                .try_spawn(value_task(&format!("r{i}"), i), ExecutionMode::ASYNC, options.clone())
+                .unwrap()
+        })
+        .collect();
+    within("the answers", async {
+        for (i, handle) in handles.into_iter().enumerate() {
+            assert_eq!(handle.await.unwrap(), i as u64);
+        }
+    })
+    .await;
+    let counts = coordinator.counts();
+    assert_eq!((counts.succeeded, counts.opened), (REQUESTS, 0));
+    within("the coordinator's shutdown", coordinator.shutdown()).await;
+    within(
+        "the publisher's shutdown",
+        publisher.shutdown_with_grace(Duration::from_millis(100)),
+    )
+    .await;
+    keep
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_stream_holds_nothing_up_and_is_told_what_it_missed() {
+    let mut unread = ten_thousand_beside(|publisher| publisher.subscribe_stream().unwrap()).await;
+    let first = unread.next().await.expect("the stream has items");
+    let missed = first.expect_err("a whole buffer behind: told first");
+    let mut read = 0_u64;
+    while let Some(item) = unread.next().await {
+        item.expect("one report, then messages");
+        read += 1;
+    }
+    assert_eq!(missed.count() + read, REQUESTS, "every message read or counted as missed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_never_returns_holds_nothing_up() {
+    let (never, stuck) = std::sync::mpsc::channel::<()>();
+    let stuck = std::sync::Mutex::new(stuck);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    ten_thousand_beside(move |publisher| {
+        publisher
+            .subscribe(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                // Blocks until the test ends.
+                let _ = stuck.lock().unwrap().recv();
+            })
+            .unwrap()
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "stuck in its first call");
+    drop(never);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_callback_holds_nothing_up() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    ten_thousand_beside(move |publisher| {
+        publisher
+            .subscribe(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                panic!("the observer broke");
+            })
+            .unwrap()
+    })
+    .await;
+    assert!(calls.load(Ordering::SeqCst) > 1, "it keeps being called");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_on_one_bus_each_get_their_own_outcomes() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let recorder = Recorder::attach(&publisher);
+    let a = Coordinator::builder().with_async().build();
+    let b = Coordinator::builder().with_async().build();
+    a.start(&publisher).unwrap();
+    b.start(&publisher).unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut from_b = Vec::new();
+    for i in 0..100_u64 {
+        let gate = Arc::clone(&gate);
+        let task = Task::from_fn(format!("shared-{i}"), "b", move || async move {
+            gate.acquire().await?.forget();
+            Ok::<_, BoxError>(1_000 + i)
+        });
+        from_b.push(b.spawn(task, ExecutionMode::ASYNC, SubmitOptions::new()).await.unwrap());
+    }
+    for i in 0..100_u64 {
+        let value = a.submit(value_task(&format!("shared-{i}"), i), ExecutionMode::ASYNC);
+        assert_eq!(value.await.unwrap(), i);
+    }
+    // A's outcomes, on the bus B is attached to, closed none of B's jobs.
+    assert_eq!(b.counts().opened, 100);
+    gate.add_permits(100);
+    for (i, handle) in (0..100_u64).zip(from_b) {
+        assert_eq!(handle.await.unwrap(), 1_000 + i);
+    }
+    for coordinator in [&a, &b] {
+        let counts = coordinator.counts();
+        assert_eq!((counts.succeeded, counts.closed, counts.opened), (100, 100, 0));
+        coordinator.shutdown().await;
+    }
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), 100);
+    assert!(terminal.values().all(|&n| n == 2), "one from each coordinator");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_item_closes_only_a_job_of_this_coordinator_and_only_once() {
+    let (publisher, coordinator) = support::started();
+    let recorder = Recorder::attach(&publisher);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::clone(&gate);
+    let task = Task::from_fn("fed", "waits", move || async move {
+        held.acquire().await?.forget();
+        Ok::<_, BoxError>(1_u64)
+    });
+    let handle = coordinator
+        .spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
+        .await
+        .unwrap();
+    let info = coordinator.job("fed").unwrap().info().clone();
+    let success = |info: task_core::TaskInfo, value: u64| {
+        RequestCompletionMessage::Success(RequestSuccess {
+            info,
+            result: Value::new(value),
+        })
+    };
+    // Same request id, another node: someone else's request.
+    let stranger = value_task("fed", 0).into_erased().info().clone();
+    coordinator.handle_item(&success(stranger, 7));
+    assert_eq!(coordinator.job("fed").unwrap().result(), None, "still open");
+    // This coordinator's request: closed, answered, once.
+    coordinator.handle_item(&success(info.clone(), 42));
+    coordinator.handle_item(&success(info, 43));
+    assert_eq!(handle.await.unwrap(), 42);
+    assert_eq!(
+        coordinator.job("fed").unwrap().result(),
+        Some(JobResult::Success)
+    );
+    // The run it stopped delivers nothing more.
+    gate.add_permits(1);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(coordinator.counts().succeeded, 1);
+    assert!(
+        !recorder.terminal_counts().contains_key("fed"),
+        "a completion from the bus is not announced again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_too_long_to_add_to_now_saturate_and_every_request_ends_once() {
+    let (publisher, coordinator) = support::started();
+    let recorder = Recorder::attach(&publisher);
+    // A timeout that never comes.
+    let forever = SubmitOptions::new().timeout(Duration::MAX);
+    let value = coordinator
+        .submit_with(value_task("no-deadline", 5), ExecutionMode::ASYNC, forever)
+        .await;
+    assert_eq!(value.unwrap(), 5);
+    let fails = |id: &str| {
+        Task::replayable_fn(id.to_string(), "fails", || async {
+            Err::<u64, _>("always")
+        })
+    };
+    let endless_backoff = RetryPolicy::new(3)
+        .backoff(Duration::MAX, Duration::MAX)
+        .without_jitter();
+    // A backoff that never ends, under a deadline: the deadline ends it.
+    let timed = coordinator
+        .spawn(
+            fails("backoff-with-timeout"),
+            ExecutionMode::ASYNC,
+            SubmitOptions::new()
+                .timeout(Duration::from_millis(50))
+                .retry(endless_backoff.clone()),
+        )
+        .await
+        .unwrap();
+    assert!(timed.await.unwrap_err().is_timeout());
+    // The same with jitter, and no deadline: shutdown ends it.
+    let waiting = coordinator
+        .spawn(
+            fails("backoff-forever"),
+            ExecutionMode::ASYNC,
+            SubmitOptions::new().retry(RetryPolicy::new(3).backoff(Duration::MAX, Duration::MAX)),
+        )
+        .await
+        .unwrap();
+    within(
+        "shutdown",
+        coordinator.shutdown_with_grace(Duration::from_millis(50)),
+    )
+    .await;
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    // A grace too long to add to now, with nothing left to wait for.
+    within("shutdown again", coordinator.shutdown_with_grace(Duration::MAX)).await;
+    publisher.shutdown_with_grace(Duration::MAX).await;
+    let terminal = recorder.terminal_counts();
+    for id in ["no-deadline", "backoff-with-timeout", "backoff-forever"] {
+        assert_eq!(terminal.get(id), Some(&1), "{id}: exactly one terminal message");
+    }
+    let counts = coordinator.counts();
+    assert_eq!(
+        (counts.succeeded, counts.timed_out, counts.cancelled, counts.opened),
+        (1, 1, 1, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threaded_limit_of_one_holds_under_timeouts_and_cancellations() {
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(4)
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Arc::new(std::sync::Mutex::new(wait));
+    let held = |id: &str| {
+        let (running, peak, started, wait) = (
+            Arc::clone(&running),
+            Arc::clone(&peak),
+            Arc::clone(&started),
+            Arc::clone(&wait),
+        );
+        Task::blocking(id.to_string(), "held", move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let _ = wait.lock().unwrap().recv();
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+    };
+    // The first times out while its node runs on.
+    let timed_out = coordinator
+        .submit_with(
+            held("times-out"),
+            ExecutionMode::THREADED,
+            SubmitOptions::new().timeout(Duration::from_millis(30)),
+        )
+        .await
+        .unwrap_err();
+    assert!(timed_out.is_timeout());
+    assert_eq!(running.load(Ordering::SeqCst), 1);
+    // The second is cancelled while it waits for the place.
+    let cancelled = coordinator
+        .spawn(held("cancelled"), ExecutionMode::THREADED, SubmitOptions::new())
+        .await
+        .unwrap();
+    cancelled.cancel();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    // The third waits for the place the first node still holds.
+    let third = coordinator
+        .spawn(held("third"), ExecutionMode::THREADED, SubmitOptions::new())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 1, "the third waits");
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    third.await.unwrap();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(peak.load(Ordering::SeqCst), 1, "never two nodes at once");
+    assert_eq!(started.load(Ordering::SeqCst), 2, "the cancelled one never started");
+}
