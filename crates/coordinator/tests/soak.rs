@@ -352,7 +352,7 @@ fn soak() {
         }
 
         coordinator.shutdown_with_grace(Duration::from_secs(10)).await;
-        assert_eq!(publisher.subscriber_count(), 2, "no subscriber leaked");
+        assert_eq!(publisher.subscriber_count(), 1, "no subscriber leaked");
         publisher.shutdown().await;
 
         // Exactly one terminal message per request, agreeing with the caller's result.
