@@ -196,4 +196,3 @@ pub struct ModeCounts {
     /// Ended cancelled.
     pub cancelled: u64,
 }
-

@@ -137,7 +137,9 @@ impl Inner {
 
     /// The runtime `start` ran on, if any.
     pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
-        self.started.get().and_then(|started| started.runtime.clone())
+        self.started
+            .get()
+            .and_then(|started| started.runtime.clone())
     }
 
     /// Applies one of this coordinator's outcomes: closes the request's job, hands its message to
@@ -387,7 +389,9 @@ impl Coordinator {
         match cell {
             // Outside the table lock: ending the request takes it.
             Some(cell) => cell.stop(Some(outcome), false),
-            None => tracing::debug!(request_id = %info.request_id(), "completion for no open job of this coordinator ignored"),
+            None => {
+                tracing::debug!(request_id = %info.request_id(), "completion for no open job of this coordinator ignored")
+            }
         }
     }
 
@@ -624,7 +628,7 @@ impl Coordinator {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| SubmitError::new(SubmitKind::NoRuntime))?;
         if !started.publisher.is_running() {
-            return Err(SubmitError::new(SubmitKind::PublisherClosed))
+            return Err(SubmitError::new(SubmitKind::PublisherClosed));
         }
         let (timeout, retry) = options.into_parts();
         // A timeout too long to add to now is no deadline at all.
@@ -671,7 +675,9 @@ impl Coordinator {
                 drop(table);
                 // Not accepted: nothing is recorded, and nothing answers.
                 cell.close_unaccepted();
-                return Err(SubmitError::new(SubmitKind::Duplicate(e.request_id().clone())));
+                return Err(SubmitError::new(SubmitKind::Duplicate(
+                    e.request_id().clone(),
+                )));
             }
             let born_cancelled = match &scoped_parent {
                 Some(parent) => parent.adopt(&cell),

@@ -15,9 +15,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
-use task_core::{
-    BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskInfo,
-};
+use task_core::{BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskInfo};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, JobResult, RequestCompletionPublisher,
-    RequestHandle, SubmitOptions, Task, TaskExecutionStrategy, ThreadedExecutionStrategy, Value,
-    block_on,
+    BoxError, Coordinator, JobResult, RequestCompletionPublisher, RequestHandle, SubmitOptions,
+    Task, TaskExecutionStrategy, ThreadedExecutionStrategy, Value, block_on,
 };
 use support::{Recorder, value_task};
 use task_core::{BoxFuture, Completion, ErasedTask};
@@ -175,7 +174,11 @@ async fn an_outcome_delivered_from_a_thread_of_no_runtime_ends_the_request() {
         started_with("plain", Arc::new(Launching::new(Launch::OnPlainThread)));
     let handles: Vec<_> = (0..50)
         .map(|i| {
-            coordinator.try_spawn(value_task(&format!("p{i}"), i), "plain", SubmitOptions::new())
+            coordinator.try_spawn(
+                value_task(&format!("p{i}"), i),
+                "plain",
+                SubmitOptions::new(),
+            )
         })
         .collect::<Result<_, _>>()
         .unwrap();

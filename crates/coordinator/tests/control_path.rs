@@ -36,7 +36,11 @@ async fn ten_thousand_beside<K>(attach: impl FnOnce(&RequestCompletionPublisher)
     let handles: Vec<_> = (0..REQUESTS)
         .map(|i| {
             coordinator
-                .try_spawn(value_task(&format!("r{i}"), i), ExecutionMode::ASYNC, options.clone())
+                .try_spawn(
+                    value_task(&format!("r{i}"), i),
+                    ExecutionMode::ASYNC,
+                    options.clone(),
+                )
                 .unwrap()
         })
         .collect();
@@ -67,7 +71,11 @@ async fn an_unread_stream_holds_nothing_up_and_is_told_what_it_missed() {
         item.expect("one report, then messages");
         read += 1;
     }
-    assert_eq!(missed.count() + read, REQUESTS, "every message read or counted as missed");
+    assert_eq!(
+        missed.count() + read,
+        REQUESTS,
+        "every message read or counted as missed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +131,11 @@ async fn two_coordinators_on_one_bus_each_get_their_own_outcomes() {
             gate.acquire().await?.forget();
             Ok::<_, BoxError>(1_000 + i)
         });
-        from_b.push(b.spawn(task, ExecutionMode::ASYNC, SubmitOptions::new()).await.unwrap());
+        from_b.push(
+            b.spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
+                .await
+                .unwrap(),
+        );
     }
     for i in 0..100_u64 {
         let value = a.submit(value_task(&format!("shared-{i}"), i), ExecutionMode::ASYNC);
@@ -137,13 +149,19 @@ async fn two_coordinators_on_one_bus_each_get_their_own_outcomes() {
     }
     for coordinator in [&a, &b] {
         let counts = coordinator.counts();
-        assert_eq!((counts.succeeded, counts.closed, counts.opened), (100, 100, 0));
+        assert_eq!(
+            (counts.succeeded, counts.closed, counts.opened),
+            (100, 100, 0)
+        );
         coordinator.shutdown().await;
     }
     publisher.shutdown().await;
     let terminal = recorder.terminal_counts();
     assert_eq!(terminal.len(), 100);
-    assert!(terminal.values().all(|&n| n == 2), "one from each coordinator");
+    assert!(
+        terminal.values().all(|&n| n == 2),
+        "one from each coordinator"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,15 +254,28 @@ async fn durations_too_long_to_add_to_now_saturate_and_every_request_ends_once()
     .await;
     assert!(waiting.await.unwrap_err().is_cancelled());
     // A grace too long to add to now, with nothing left to wait for.
-    within("shutdown again", coordinator.shutdown_with_grace(Duration::MAX)).await;
+    within(
+        "shutdown again",
+        coordinator.shutdown_with_grace(Duration::MAX),
+    )
+    .await;
     publisher.shutdown_with_grace(Duration::MAX).await;
     let terminal = recorder.terminal_counts();
     for id in ["no-deadline", "backoff-with-timeout", "backoff-forever"] {
-        assert_eq!(terminal.get(id), Some(&1), "{id}: exactly one terminal message");
+        assert_eq!(
+            terminal.get(id),
+            Some(&1),
+            "{id}: exactly one terminal message"
+        );
     }
     let counts = coordinator.counts();
     assert_eq!(
-        (counts.succeeded, counts.timed_out, counts.cancelled, counts.opened),
+        (
+            counts.succeeded,
+            counts.timed_out,
+            counts.cancelled,
+            counts.opened
+        ),
         (1, 1, 1, 0)
     );
 }
@@ -296,7 +327,11 @@ async fn a_threaded_limit_of_one_holds_under_timeouts_and_cancellations() {
     assert_eq!(running.load(Ordering::SeqCst), 1);
     // The second is cancelled while it waits for the place.
     let cancelled = coordinator
-        .spawn(held("cancelled"), ExecutionMode::THREADED, SubmitOptions::new())
+        .spawn(
+            held("cancelled"),
+            ExecutionMode::THREADED,
+            SubmitOptions::new(),
+        )
         .await
         .unwrap();
     cancelled.cancel();
@@ -314,5 +349,9 @@ async fn a_threaded_limit_of_one_holds_under_timeouts_and_cancellations() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     assert_eq!(peak.load(Ordering::SeqCst), 1, "never two nodes at once");
-    assert_eq!(started.load(Ordering::SeqCst), 2, "the cancelled one never started");
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        2,
+        "the cancelled one never started"
+    );
 }

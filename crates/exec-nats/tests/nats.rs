@@ -260,7 +260,9 @@ async fn a_duplicate_completion_after_redelivery_is_suppressed() {
     let seen = terminal.clone();
     publisher
         .subscribe_with(coordinator::Buffer::Unbounded, move |m| {
-            if m.expect("an unbounded subscriber misses nothing").is_terminal() {
+            if m.expect("an unbounded subscriber misses nothing")
+                .is_terminal()
+            {
                 seen.fetch_add(1, Ordering::SeqCst);
             }
         })

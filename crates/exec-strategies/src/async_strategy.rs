@@ -126,7 +126,8 @@ async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmi
         () = completion.cancelled() => return,
         result = run => flatten_panic(result),
     };
-    admission.tracker().record(&outcome);
+    // Counted out before the caller hears: what it reads of the stats then is current.
+    admission.record(&outcome);
     completion.complete(outcome);
 }
 
@@ -136,9 +137,8 @@ fn run_blocking(body: BlockingBody, completion: Completion, admission: OwnedAdmi
     if completion.is_cancelled() {
         return;
     }
-    let outcome = completion.in_scope(|| {
-        flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run())))
-    });
-    admission.tracker().record(&outcome);
+    let outcome = completion
+        .in_scope(|| flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))));
+    admission.record(&outcome);
     completion.complete(outcome);
 }

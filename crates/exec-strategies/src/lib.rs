@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use exec_strategies::AsyncExecutionStrategy;
-//! use task_core::{Task, TaskExecutionStrategy};
+//! use task_core::Task;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -25,7 +25,7 @@
 //!     #[allow(unreachable_code)]
 //!     Ok::<(), task_core::BoxError>(())
 //! });
-//! let error = strategy.execute(task.into_erased()).await.unwrap_err();
+//! let error = task_core::run(&strategy, task.into_erased()).await.unwrap_err();
 //! assert!(error.is_panic());
 //! assert_eq!(error.message(), "node panicked: the node broke");
 //! # }

@@ -8,11 +8,7 @@ use tokio::sync::Notify;
 /// Waits until `done()` holds or `deadline` passes (never, when it is `None`), re-checking each
 /// time `notify` wakes its waiters (whoever changes what `done` reads must call
 /// [`Notify::notify_waiters`] after the change). Returns whether `done()` held.
-pub async fn wait_for(
-    notify: &Notify,
-    done: impl Fn() -> bool,
-    deadline: Option<Instant>,
-) -> bool {
+pub async fn wait_for(notify: &Notify, done: impl Fn() -> bool, deadline: Option<Instant>) -> bool {
     let mut timer = None;
     loop {
         // Created before the check, so a notification between the check and the await is kept.

@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::signal::Signal;
+use crate::tracker::Tracker;
+use crate::tracker::owned::OwnedAdmission;
 use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
 use task_core::{
     BoxFuture, Completion, ErasedTask, NodeId, Outcome, StrategyStats, TaskBody, TaskError,
     TaskExecutionStrategy,
 };
-use crate::signal::Signal;
-use crate::tracker::Tracker;
-use crate::tracker::owned::OwnedAdmission;
 
 thread_local! {
     /// Set while a threaded strategy runs a task on this thread: the pool's signal.
@@ -306,7 +306,8 @@ impl PoolJob {
         let _pool = PoolScope::enter(signal);
         let _node = task_core::context::enter_node(node_id);
         let outcome = completion.in_scope(|| run_on_pool_thread(body));
-        admission.tracker().record(&outcome);
+        // Counted out before the caller hears: what it reads of the stats then is current.
+        admission.record(&outcome);
         completion.complete(outcome);
     }
 }

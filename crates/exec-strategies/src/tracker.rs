@@ -130,8 +130,9 @@ pub(crate) mod owned {
     }
 
     impl OwnedAdmission {
-        pub(crate) fn tracker(&self) -> &Tracker {
-            &self.tracker
+        /// Records how the task ended and counts it out.
+        pub(crate) fn record(self, outcome: &task_core::Outcome) {
+            self.tracker.record(outcome);
         }
     }
 

@@ -38,7 +38,9 @@ async fn a_panic_is_a_failure_and_everything_keeps_working() {
     let blocking_boom: Task<()> = Task::blocking("2", "boom", || -> Result<(), BoxError> {
         panic!("blocking kaboom")
     });
-    let err = task_core::run(&s, blocking_boom.into_erased()).await.unwrap_err();
+    let err = task_core::run(&s, blocking_boom.into_erased())
+        .await
+        .unwrap_err();
     assert!(err.is_panic());
     assert!(err.message().contains("blocking kaboom"));
     // The strategy and the runtime still run tasks.
@@ -230,8 +232,13 @@ async fn a_blocking_node_runs_in_its_requests_scope() {
     }
     let strategy = AsyncExecutionStrategy::new();
     let (inner, rx) = Collect::new();
-    let task = Task::blocking("b", "scoped", || Ok::<_, BoxError>(IN_SCOPE.with(|c| c.get())));
-    strategy.execute(task.into_erased(), Completion::new(Arc::new(Scoped { inner })));
+    let task = Task::blocking("b", "scoped", || {
+        Ok::<_, BoxError>(IN_SCOPE.with(|c| c.get()))
+    });
+    strategy.execute(
+        task.into_erased(),
+        Completion::new(Arc::new(Scoped { inner })),
+    );
     let in_scope = rx.await.unwrap().unwrap();
     assert_eq!(in_scope.downcast_ref::<bool>(), Some(&true));
 }
@@ -266,7 +273,10 @@ async fn a_cancelled_run_drops_the_node_and_shutdown_does_not_wait_for_it() {
     while strategy.stats().in_flight > 0 {
         tokio::task::yield_now().await;
     }
-    assert!(rx.try_recv().is_err(), "nothing delivered after cancellation");
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing delivered after cancellation"
+    );
     strategy.shutdown(Duration::from_secs(1)).await;
     assert_eq!(strategy.stats().in_flight, 0);
 }

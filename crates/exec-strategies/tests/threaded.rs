@@ -31,7 +31,9 @@ async fn blocking_and_async_nodes_run_on_named_pool_threads_with_tokio_available
         tokio::time::sleep(Duration::from_millis(1)).await;
         Ok::<_, BoxError>(thread_name())
     });
-    let name = task_core::run(&s, asynchronous.into_erased()).await.unwrap();
+    let name = task_core::run(&s, asynchronous.into_erased())
+        .await
+        .unwrap();
     assert!(
         name.downcast_ref::<String>().unwrap().starts_with("cpu-"),
         "{name:?}"
@@ -115,9 +117,9 @@ async fn max_in_flight_applies_backpressure() {
             Ok::<_, BoxError>(i)
         });
         let s = s.clone();
-        calls.push(tokio::spawn(
-            async move { task_core::run(&s, task.into_erased()).await },
-        ));
+        calls.push(tokio::spawn(async move {
+            task_core::run(&s, task.into_erased()).await
+        }));
     }
     while running.load(Ordering::SeqCst) < 2 {
         tokio::task::yield_now().await;
@@ -170,11 +172,19 @@ async fn a_limit_of_one_holds_when_callers_stop_waiting_and_a_task_cancelled_whi
     // The third waits for the place the first node still holds.
     let third = tokio::spawn(task_core::run(&s, held("third")));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(running.load(Ordering::SeqCst), 1, "the first node still holds the place");
+    assert_eq!(
+        running.load(Ordering::SeqCst),
+        1,
+        "the first node still holds the place"
+    );
     gate.add_permits(10);
     third.await.unwrap().unwrap();
     assert_eq!(peak.load(Ordering::SeqCst), 1, "never two nodes at once");
-    assert_eq!(started.load(Ordering::SeqCst), 2, "the cancelled one never started");
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        2,
+        "the cancelled one never started"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,9 @@ impl Recorder {
         let sink = Arc::clone(&recorder.0);
         publisher
             .subscribe_with(Buffer::Unbounded, move |m| {
-                sink.lock().unwrap().push(m.expect("an unbounded subscriber misses nothing"))
+                sink.lock()
+                    .unwrap()
+                    .push(m.expect("an unbounded subscriber misses nothing"))
             })
             .unwrap();
         recorder
