@@ -11,17 +11,17 @@ use pubsub::{RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
 
 use task_core::{
-    BoxFuture, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult, NodeId,
-    Outcome, RequestId, Retention, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo,
-    Value,
+    CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult, NodeId, Outcome,
+    Retention, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo, Value,
 };
-use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, TryAcquireError};
+use tokio::sync::{Notify, OnceCell};
 
+use crate::admission::Admission;
 use crate::builder::{CoordinatorBuilder, Mode, ModeCounts};
 use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
-use crate::options::{SubmitOptions, timer};
-use crate::request::{Ending, RequestCell, Retry, execute, message_of};
+use crate::options::SubmitOptions;
+use crate::request::{RequestCell, message_of};
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -31,7 +31,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
 /// Turns a request's shared value into the caller's type.
-fn take_output<O>(value: Value) -> Result<O, SubmitError>
+pub(crate) fn take_output<O>(value: Value) -> Result<O, SubmitError>
 where
     O: Clone + fmt::Debug + Send + Sync + 'static,
 {
@@ -82,10 +82,10 @@ pub(crate) struct Started {
 /// answered and it is cancelled. Opaque; the job itself says what the request is.
 pub struct OpenRequest {
     /// Shared with the caller's handle (answered when the job closes) and whatever runs it.
-    cell: Arc<RequestCell>,
+    pub(crate) cell: Arc<RequestCell>,
     /// The position of the mode it runs under in `Inner::modes` (for its counters): an index,
     /// not a reference count that the submitting and the closing threads would both write.
-    mode: usize,
+    pub(crate) mode: usize,
 }
 
 impl fmt::Debug for OpenRequest {
@@ -113,24 +113,24 @@ pub(crate) type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub(crate) struct Inner {
     /// Every registered mode, at its [`Mode::index`].
-    modes: Vec<Mode>,
+    pub(crate) modes: Vec<Mode>,
     /// The position of each mode in `modes`, by name.
-    mode_index: IdMap<ExecutionMode, usize>,
+    pub(crate) mode_index: IdMap<ExecutionMode, usize>,
     grace: Duration,
-    started: OnceLock<Started>,
-    closing: AtomicBool,
+    pub(crate) started: OnceLock<Started>,
+    pub(crate) closing: AtomicBool,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     past_deadline: AtomicBool,
     strategies_shut: OnceCell<()>,
     /// The jobs, each open one with its request's record (found by request id, or by node id
     /// for a child naming its parent).
-    table: Mutex<CoordinatorState<OpenRequest>>,
+    pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
     /// Woken whenever the last open job closes.
     drained: Notify,
 }
 
 impl Inner {
-    fn table(&self) -> MutexGuard<'_, CoordinatorState<OpenRequest>> {
+    pub(crate) fn table(&self) -> MutexGuard<'_, CoordinatorState<OpenRequest>> {
         // No code that can panic runs under this lock; a poisoned lock still holds a valid table.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -202,62 +202,6 @@ impl Inner {
     }
 }
 
-/// A request the coordinator took.
-struct Accepted {
-    request_id: RequestId,
-    cell: Arc<RequestCell>,
-}
-
-impl Accepted {
-    fn into_handle<O>(self, convert: fn(Value) -> Result<O, SubmitError>) -> RequestHandle<O> {
-        RequestHandle::new(self.request_id, self.cell, convert)
-    }
-}
-
-/// A submission waiting for a place under its mode's concurrency limit.
-struct Waiting<'a> {
-    mode: ExecutionMode,
-    wait: BoxFuture<'a, Result<Accepted, SubmitError>>,
-}
-
-impl Future for Waiting<'_> {
-    type Output = Result<Accepted, SubmitError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        self.wait.as_mut().poll(cx)
-    }
-}
-
-/// The first step of a submission: accepted at once, or waiting for a place. Awaiting it gives
-/// the accepted request either way.
-enum Admission<'a> {
-    /// `None` once taken by `poll`.
-    Accepted(Option<Accepted>),
-    Wait(Waiting<'a>),
-}
-
-impl Future for Admission<'_> {
-    type Output = Result<Accepted, SubmitError>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        match self.get_mut() {
-            Admission::Accepted(accepted) => std::task::Poll::Ready(
-                // Polled again after completion: a misuse, answered without a panic.
-                accepted
-                    .take()
-                    .ok_or_else(|| SubmitError::new(SubmitKind::ShutDown)),
-            ),
-            Admission::Wait(wait) => std::pin::Pin::new(wait).poll(cx),
-        }
-    }
-}
-
 /// Runs tasks under the execution mode asked for, tracks every job, announces every outcome.
 ///
 /// Built from a mode -> strategy map ([`Coordinator::builder`]), then [started](Self::start) with
@@ -299,7 +243,7 @@ impl Future for Admission<'_> {
 /// ```
 #[derive(Clone)]
 pub struct Coordinator {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Coordinator {
@@ -541,179 +485,6 @@ impl Coordinator {
         cell.map(|cell| cell.cancel()).is_some()
     }
 
-    /// The checks that need no lock, the mode's entry, and the parent of a nested task.
-    fn prepare(
-        &self,
-        mut task: ErasedTask,
-        mode: &ExecutionMode,
-    ) -> Result<(ErasedTask, &Mode), SubmitError> {
-        let inner = &self.inner;
-        if inner.started.get().is_none() {
-            return Err(SubmitError::new(SubmitKind::NotStarted));
-        }
-        if inner.closing.load(Ordering::SeqCst) {
-            return Err(SubmitError::new(SubmitKind::ShutDown));
-        }
-        let entry = inner
-            .mode_index
-            .get(mode)
-            .and_then(|&index| inner.modes.get(index))
-            .ok_or_else(|| SubmitError::new(SubmitKind::UnknownMode(mode.clone())))?;
-        if task.info().parent_id().is_none()
-            && let Some(parent) = current_node()
-        {
-            task = task.with_parent(parent);
-        }
-        Ok((task, entry))
-    }
-
-    /// Accepts the request at once, or, when its mode is at its limit, returns the (boxed, so
-    /// the common path's futures stay small) wait for a place.
-    fn admit(
-        &self,
-        task: ErasedTask,
-        mode: ExecutionMode,
-        options: SubmitOptions,
-    ) -> Result<Admission<'_>, SubmitError> {
-        let (task, entry) = self.prepare(task, &mode)?;
-        // Children do not take a place: their ancestor holds one.
-        let limit = entry
-            .limit
-            .clone()
-            .filter(|_| task.info().parent_id().is_none());
-        let permit = match limit {
-            None => None,
-            Some(limit) => match Arc::clone(&limit).try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(TryAcquireError::Closed) => return Err(SubmitError::new(SubmitKind::ShutDown)),
-                Err(TryAcquireError::NoPermits) => {
-                    let wait_mode = mode.clone();
-                    let wait = Box::pin(async move {
-                        let permit = limit
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
-                        self.accept(task, mode, entry, options, Some(permit))
-                    });
-                    return Ok(Admission::Wait(Waiting {
-                        mode: wait_mode,
-                        wait,
-                    }));
-                }
-            },
-        };
-        self.accept(task, mode, entry, options, permit)
-            .map(|accepted| Admission::Accepted(Some(accepted)))
-    }
-
-    /// Validates, records and starts a request; everything before the strategy takes it is
-    /// synchronous, so a request is either rejected with nothing recorded or fully accepted.
-    fn accept(
-        &self,
-        task: ErasedTask,
-        mode: ExecutionMode,
-        entry: &Mode,
-        options: SubmitOptions,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<Accepted, SubmitError> {
-        let inner = &self.inner;
-        let started = inner
-            .started
-            .get()
-            .ok_or_else(|| SubmitError::new(SubmitKind::NotStarted))?;
-        if inner.closing.load(Ordering::SeqCst) {
-            return Err(SubmitError::new(SubmitKind::ShutDown));
-        }
-        let strategy = &entry.strategy;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| SubmitError::new(SubmitKind::NoRuntime))?;
-        if !started.publisher.is_running() {
-            return Err(SubmitError::new(SubmitKind::PublisherClosed));
-        }
-        let (timeout, retry) = options.into_parts();
-        // A timeout too long to add to now is no deadline at all.
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let timer = match deadline {
-            Some(_) => Some(timer().map_err(|e| SubmitError::new(SubmitKind::Failed(e)))?),
-            None => None,
-        };
-        let request_id = task.info().request_id().clone();
-        let cell = RequestCell::new(task.info().node_id().clone(), task_span(task.info(), &mode));
-        // Submitted from inside its parent's node (the usual way): the parent's request is at
-        // hand, open or not.
-        let scoped_parent = task.info().parent_id().and_then(|parent| {
-            CURRENT_NODE
-                .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))
-                .ok()
-                .flatten()
-                .flatten()
-        });
-        let retry = retry.map(|policy| {
-            Box::new(Retry {
-                strategy: Arc::clone(strategy),
-                policy,
-                next: task.replay(),
-                attempt: 1,
-                runtime,
-                backoff: None,
-            })
-        });
-        cell.open(Ending {
-            inner: Arc::clone(inner),
-            info: task.info().clone(),
-            permit,
-            deadline: None,
-            retry,
-        });
-        let born_cancelled = {
-            let mut table = inner.table();
-            let open = OpenRequest {
-                cell: Arc::clone(&cell),
-                mode: entry.index,
-            };
-            if let Err(e) = table.add_job_with(&task, open) {
-                drop(table);
-                // Not accepted: nothing is recorded, and nothing answers.
-                cell.close_unaccepted();
-                return Err(SubmitError::new(SubmitKind::Duplicate(
-                    e.request_id().clone(),
-                )));
-            }
-            let born_cancelled = match &scoped_parent {
-                Some(parent) => parent.adopt(&cell),
-                None => task
-                    .info()
-                    .parent_id()
-                    .and_then(|parent| table.attachment_of_node(parent))
-                    .is_some_and(|parent| parent.cell.adopt(&cell)),
-            };
-            entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            born_cancelled
-        };
-        tracing::debug!(parent: cell.span(), "job opened");
-        if let (Some(deadline), Some(timer)) = (deadline, timer) {
-            let me = Arc::downgrade(&cell);
-            let timeout = timeout.unwrap_or_default();
-            let expiry = timer.spawn(async move {
-                tokio::time::sleep_until(deadline.into()).await;
-                if let Some(cell) = me.upgrade() {
-                    let timed_out = TaskError::timed_out(format!(
-                        "the request ran past its timeout of {timeout:?}"
-                    ));
-                    cell.stop(Some(Err(timed_out)), true);
-                }
-            });
-            cell.set_deadline(expiry.abort_handle());
-        }
-        if born_cancelled {
-            // Its parent was cancelled already: it ends cancelled, and never starts.
-            cell.cancel();
-        } else if let Some(completion) = cell.completion() {
-            execute(strategy, task, completion);
-        }
-        Ok(Accepted { request_id, cell })
-    }
-
     /// A serializable snapshot: the counts, every recorded job (oldest first) and each mode's
     /// strategy counters. The table's lock is held only to copy the jobs; they are sorted after.
     pub fn system_detail(&self) -> SystemDetail {
@@ -851,7 +622,7 @@ impl Coordinator {
     }
 }
 
-fn task_span(info: &TaskInfo, mode: &ExecutionMode) -> tracing::Span {
+pub(crate) fn task_span(info: &TaskInfo, mode: &ExecutionMode) -> tracing::Span {
     tracing::info_span!(
         "task",
         request_id = %info.request_id(),

@@ -45,6 +45,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admission;
 mod builder;
 mod coordinator;
 mod error;
@@ -52,6 +53,7 @@ mod handle;
 mod options;
 mod request;
 
+pub use crate::admission::Batch;
 pub use crate::builder::{CoordinatorBuilder, ModeCounts};
 pub use crate::coordinator::{
     Coordinator, DEFAULT_SHUTDOWN_GRACE, OpenRequest, StrategyRef, SystemDetail, current_node,

@@ -355,3 +355,89 @@ async fn a_threaded_limit_of_one_holds_under_timeouts_and_cancellations() {
         "the cancelled one never started"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_accepted_whole_and_answers_in_order_or_as_completed() {
+    let (publisher, coordinator) = support::started();
+    let recorder = Recorder::attach(&publisher);
+    let tasks = |prefix: &str| {
+        let prefix = prefix.to_string();
+        (0..1_000_u64).map(move |i| value_task(&format!("{prefix}{i}"), i * 2))
+    };
+    let all = coordinator
+        .submit_many(tasks("a"), ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap();
+    assert_eq!(all.len(), 1_000);
+    let outputs: Vec<u64> = all.all().await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(outputs, (0..1_000).map(|i| i * 2).collect::<Vec<_>>());
+
+    let streamed = coordinator
+        .submit_many(tasks("b"), ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap();
+    let mut seen = vec![false; 1_000];
+    let mut completed = streamed.as_completed();
+    while let Some((i, output)) = completed.next().await {
+        assert_eq!(output.unwrap(), i as u64 * 2);
+        assert!(!std::mem::replace(&mut seen[i], true), "each position once");
+    }
+    assert!(seen.iter().all(|&s| s));
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), 2_000);
+    assert!(terminal.values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_repeated_or_open_id_is_rejected_whole_with_nothing_recorded() {
+    let (publisher, coordinator) = support::started();
+    let repeated = ["x", "y", "x"].map(|id| value_task(id, 1));
+    let error = coordinator
+        .submit_many(repeated, ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap_err();
+    assert!(error.is_rejected() && error.is_duplicate(), "{error}");
+    assert!(coordinator.with_state(|s| s.is_empty()), "nothing recorded");
+
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::clone(&gate);
+    let open = Task::from_fn("open", "waits", move || async move {
+        held.acquire().await?.forget();
+        Ok::<_, BoxError>(7_u64)
+    });
+    let open = coordinator
+        .spawn(open, ExecutionMode::ASYNC, SubmitOptions::new())
+        .await
+        .unwrap();
+    let clashing = ["p", "open"].map(|id| value_task(id, 1));
+    let error = coordinator
+        .submit_many(clashing, ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap_err();
+    assert!(error.is_duplicate(), "{error}");
+    assert!(coordinator.job("p").is_none(), "nothing of the batch recorded");
+    // The open request is undisturbed.
+    gate.add_permits(1);
+    assert_eq!(open.await.unwrap(), 7);
+
+    // A limited mode without a place for every task: busy, nothing recorded.
+    let limited = Coordinator::builder()
+        .with_async()
+        .limit(ExecutionMode::ASYNC, 2)
+        .build();
+    limited.start(&publisher).unwrap();
+    let three = ["l1", "l2", "l3"].map(|id| value_task(id, 1));
+    let error = limited
+        .submit_many(three, ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap_err();
+    assert!(error.is_busy(), "{error}");
+    assert!(limited.with_state(|s| s.is_empty()));
+    let two = ["l1", "l2"].map(|id| value_task(id, 1));
+    let outputs = limited
+        .submit_many(two, ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap()
+        .all()
+        .await;
+    assert!(outputs.into_iter().all(|o| o.unwrap() == 1));
+    limited.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

@@ -1,0 +1,508 @@
+//! Admission: how a coordinator takes a request, or a batch of them. Everything before a
+//! strategy takes a request is synchronous, so a request (a batch: all of it) is either rejected
+//! with nothing recorded or fully accepted.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use futures::stream::FuturesUnordered;
+use task_core::{BoxFuture, CoordinatorState, ErasedTask, ExecutionMode, RequestId, TaskError};
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+
+use crate::builder::Mode;
+use crate::coordinator::{CURRENT_NODE, Coordinator, OpenRequest, current_node, task_span};
+use crate::error::{SubmitError, SubmitKind};
+use crate::handle::RequestHandle;
+use crate::options::{SubmitOptions, timer};
+use crate::request::{Ending, RequestCell, Retry, execute};
+use task_core::Value;
+
+/// A request the coordinator took.
+pub(crate) struct Accepted {
+    request_id: RequestId,
+    cell: Arc<RequestCell>,
+}
+
+impl Accepted {
+    pub(crate) fn into_handle<O>(
+        self,
+        convert: fn(Value) -> Result<O, SubmitError>,
+    ) -> RequestHandle<O> {
+        RequestHandle::new(self.request_id, self.cell, convert)
+    }
+}
+
+/// A submission waiting for a place under its mode's concurrency limit.
+pub(crate) struct Waiting<'a> {
+    pub(crate) mode: ExecutionMode,
+    wait: BoxFuture<'a, Result<Accepted, SubmitError>>,
+}
+
+impl Future for Waiting<'_> {
+    type Output = Result<Accepted, SubmitError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.wait.as_mut().poll(cx)
+    }
+}
+
+/// The first step of a submission: accepted at once, or waiting for a place. Awaiting it gives
+/// the accepted request either way.
+pub(crate) enum Admission<'a> {
+    /// `None` once taken by `poll`.
+    Accepted(Option<Accepted>),
+    Wait(Waiting<'a>),
+}
+
+impl Future for Admission<'_> {
+    type Output = Result<Accepted, SubmitError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Admission::Accepted(accepted) => std::task::Poll::Ready(
+                // Polled again after completion: a misuse, answered without a panic.
+                accepted
+                    .take()
+                    .ok_or_else(|| SubmitError::new(SubmitKind::ShutDown)),
+            ),
+            Admission::Wait(wait) => std::pin::Pin::new(wait).poll(cx),
+        }
+    }
+}
+
+impl Coordinator {
+    /// The checks that need no lock, the mode's entry, and the parent of a nested task.
+    pub(crate) fn prepare(
+        &self,
+        mut task: ErasedTask,
+        mode: &ExecutionMode,
+    ) -> Result<(ErasedTask, &Mode), SubmitError> {
+        let inner = &self.inner;
+        if inner.started.get().is_none() {
+            return Err(SubmitError::new(SubmitKind::NotStarted));
+        }
+        if inner.closing.load(Ordering::SeqCst) {
+            return Err(SubmitError::new(SubmitKind::ShutDown));
+        }
+        let entry = inner
+            .mode_index
+            .get(mode)
+            .and_then(|&index| inner.modes.get(index))
+            .ok_or_else(|| SubmitError::new(SubmitKind::UnknownMode(mode.clone())))?;
+        if task.info().parent_id().is_none()
+            && let Some(parent) = current_node()
+        {
+            task = task.with_parent(parent);
+        }
+        Ok((task, entry))
+    }
+
+    /// Accepts the request at once, or, when its mode is at its limit, returns the (boxed, so
+    /// the common path's futures stay small) wait for a place.
+    pub(crate) fn admit(
+        &self,
+        task: ErasedTask,
+        mode: ExecutionMode,
+        options: SubmitOptions,
+    ) -> Result<Admission<'_>, SubmitError> {
+        let (task, entry) = self.prepare(task, &mode)?;
+        // Children do not take a place: their ancestor holds one.
+        let limit = entry
+            .limit
+            .clone()
+            .filter(|_| task.info().parent_id().is_none());
+        let permit = match limit {
+            None => None,
+            Some(limit) => match Arc::clone(&limit).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::Closed) => return Err(SubmitError::new(SubmitKind::ShutDown)),
+                Err(TryAcquireError::NoPermits) => {
+                    let wait_mode = mode.clone();
+                    let wait = Box::pin(async move {
+                        let permit = limit
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
+                        self.accept(task, mode, entry, options, Some(permit))
+                    });
+                    return Ok(Admission::Wait(Waiting {
+                        mode: wait_mode,
+                        wait,
+                    }));
+                }
+            },
+        };
+        self.accept(task, mode, entry, options, permit)
+            .map(|accepted| Admission::Accepted(Some(accepted)))
+    }
+}
+
+/// A request made ready to record: its cell open, its timer at hand.
+struct Ready {
+    task: ErasedTask,
+    cell: Arc<RequestCell>,
+    /// Its deadline, the timeout it came from and the timer that keeps it.
+    deadline: Option<(Instant, Duration, &'static tokio::runtime::Handle)>,
+    /// The request of the node it was submitted from, when that is at hand.
+    scoped_parent: Option<Arc<RequestCell>>,
+}
+
+impl Coordinator {
+    /// Checks what a request needs from the coordinator now: started, not shutting down, on a
+    /// runtime, with a running bus.
+    fn check_open(&self) -> Result<tokio::runtime::Handle, SubmitError> {
+        let inner = &self.inner;
+        let started = inner
+            .started
+            .get()
+            .ok_or_else(|| SubmitError::new(SubmitKind::NotStarted))?;
+        if inner.closing.load(Ordering::SeqCst) {
+            return Err(SubmitError::new(SubmitKind::ShutDown));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| SubmitError::new(SubmitKind::NoRuntime))?;
+        if !started.publisher.is_running() {
+            return Err(SubmitError::new(SubmitKind::PublisherClosed));
+        }
+        Ok(runtime)
+    }
+
+    /// Makes `task` ready to record: its cell, opened with what ending it needs.
+    fn ready(
+        &self,
+        task: ErasedTask,
+        mode: &ExecutionMode,
+        entry: &Mode,
+        options: SubmitOptions,
+        permit: Option<OwnedSemaphorePermit>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Ready, SubmitError> {
+        let (timeout, retry) = options.into_parts();
+        // A timeout too long to add to now is no deadline at all.
+        let deadline = match timeout.and_then(|t| Some((Instant::now().checked_add(t)?, t))) {
+            Some((at, timeout)) => {
+                let timer = timer().map_err(|e| SubmitError::new(SubmitKind::Failed(e)))?;
+                Some((at, timeout, timer))
+            }
+            None => None,
+        };
+        let cell = RequestCell::new(task.info().node_id().clone(), task_span(task.info(), mode));
+        // Submitted from inside its parent's node (the usual way): the parent's request is at
+        // hand, open or not.
+        let scoped_parent = task.info().parent_id().and_then(|parent| {
+            CURRENT_NODE
+                .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))
+                .ok()
+                .flatten()
+                .flatten()
+        });
+        let retry = retry.map(|policy| {
+            Box::new(Retry {
+                strategy: Arc::clone(&entry.strategy),
+                policy,
+                next: task.replay(),
+                attempt: 1,
+                runtime: runtime.clone(),
+                backoff: None,
+            })
+        });
+        cell.open(Ending {
+            inner: Arc::clone(&self.inner),
+            info: task.info().clone(),
+            permit,
+            deadline: None,
+            retry,
+        });
+        Ok(Ready {
+            task,
+            cell,
+            deadline,
+            scoped_parent,
+        })
+    }
+
+    /// Records a ready request's job, under the table's lock. Returns whether it is born
+    /// cancelled (its parent was cancelled already).
+    fn record(
+        table: &mut CoordinatorState<OpenRequest>,
+        ready: &Ready,
+        entry: &Mode,
+    ) -> Result<bool, task_core::StateError> {
+        let open = OpenRequest {
+            cell: Arc::clone(&ready.cell),
+            mode: entry.index,
+        };
+        table.add_job_with(&ready.task, open)?;
+        let born_cancelled = match &ready.scoped_parent {
+            Some(parent) => parent.adopt(&ready.cell),
+            None => ready
+                .task
+                .info()
+                .parent_id()
+                .and_then(|parent| table.attachment_of_node(parent))
+                .is_some_and(|parent| parent.cell.adopt(&ready.cell)),
+        };
+        entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(born_cancelled)
+    }
+
+    /// Starts a recorded request: its deadline's timer, then its strategy (or, born cancelled,
+    /// its cancelled ending).
+    fn start_recorded(ready: Ready, born_cancelled: bool, entry: &Mode) -> Accepted {
+        let Ready {
+            task,
+            cell,
+            deadline,
+            ..
+        } = ready;
+        tracing::debug!(parent: cell.span(), "job opened");
+        if let Some((at, timeout, timer)) = deadline {
+            let me = Arc::downgrade(&cell);
+            let expiry = timer.spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                if let Some(cell) = me.upgrade() {
+                    let timed_out = TaskError::timed_out(format!(
+                        "the request ran past its timeout of {timeout:?}"
+                    ));
+                    cell.stop(Some(Err(timed_out)), true);
+                }
+            });
+            cell.set_deadline(expiry.abort_handle());
+        }
+        let request_id = task.info().request_id().clone();
+        if born_cancelled {
+            // Its parent was cancelled already: it ends cancelled, and never starts.
+            cell.cancel();
+        } else if let Some(completion) = cell.completion() {
+            execute(&entry.strategy, task, completion);
+        }
+        Accepted { request_id, cell }
+    }
+
+    /// Validates, records and starts one request.
+    fn accept(
+        &self,
+        task: ErasedTask,
+        mode: ExecutionMode,
+        entry: &Mode,
+        options: SubmitOptions,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Accepted, SubmitError> {
+        let runtime = self.check_open()?;
+        let ready = self.ready(task, &mode, entry, options, permit, &runtime)?;
+        let recorded = Self::record(&mut self.inner.table(), &ready, entry);
+        match recorded {
+            Ok(born_cancelled) => Ok(Self::start_recorded(ready, born_cancelled, entry)),
+            Err(e) => {
+                // Not accepted: nothing is recorded, and nothing answers.
+                ready.cell.close_unaccepted();
+                Err(SubmitError::new(SubmitKind::Duplicate(
+                    e.request_id().clone(),
+                )))
+            }
+        }
+    }
+
+    /// Submits every task of `tasks` to `mode` at once: the batch path for fan-out (map a node
+    /// over many inputs, gather the results). Every request is accepted under one lock of the job
+    /// table, or none is: a batch with a request id that is open (or repeated in the batch) is
+    /// rejected whole, with nothing recorded. Each request then runs, ends and is announced as a
+    /// [`spawn`](Self::spawn)ed one does, with `options` each.
+    ///
+    /// The returned [`Batch`] gives the outputs all together, in the order of `tasks`
+    /// ([`Batch::all`]), or as each request ends ([`Batch::as_completed`]).
+    ///
+    /// A mode with a concurrency limit ([`CoordinatorBuilder::limit`](crate::CoordinatorBuilder::limit))
+    /// must have a place free for every top-level task of the batch: otherwise a busy error
+    /// ([`SubmitError::is_busy`]), nothing recorded.
+    ///
+    /// # Errors
+    ///
+    /// The rejections of [`submit`](Self::submit), for the whole batch.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, SubmitOptions, Task};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let publisher = RequestCompletionPublisher::new();
+    /// publisher.start()?;
+    /// let coordinator = Coordinator::builder().with_async().build();
+    /// coordinator.start(&publisher)?;
+    ///
+    /// let squares = (0..100_u64).map(|i| {
+    ///     Task::from_fn(format!("square-{i}"), "square", move || async move { Ok::<_, BoxError>(i * i) })
+    /// });
+    /// let batch = coordinator.submit_many(squares, ExecutionMode::ASYNC, SubmitOptions::new())?;
+    /// let outputs: Vec<u64> = batch.all().await.into_iter().collect::<Result<_, _>>()?;
+    /// assert_eq!(outputs[9], 81);
+    /// # coordinator.shutdown().await;
+    /// # publisher.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn submit_many<O, I>(
+        &self,
+        tasks: I,
+        mode: impl Into<ExecutionMode>,
+        options: SubmitOptions,
+    ) -> Result<Batch<O>, SubmitError>
+    where
+        I: IntoIterator<Item = task_core::Task<O>>,
+        O: Clone + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let mode = mode.into();
+        let runtime = self.check_open()?;
+        let mut prepared = Vec::new();
+        let mut entry = None;
+        for task in tasks {
+            let (task, mode_entry) = self.prepare(task.into_erased(), &mode)?;
+            entry = Some(mode_entry);
+            prepared.push(task);
+        }
+        let Some(entry) = entry else {
+            return Ok(Batch::new(Vec::new()));
+        };
+        // Places under the mode's limit for every top-level task, taken together or not at all.
+        let top_level = prepared
+            .iter()
+            .filter(|task| task.info().parent_id().is_none())
+            .count();
+        let mut places = match (&entry.limit, top_level) {
+            (Some(limit), n) if n > 0 => {
+                let n = u32::try_from(n)
+                    .map_err(|_| SubmitError::new(SubmitKind::Busy(mode.clone())))?;
+                match Arc::clone(limit).try_acquire_many_owned(n) {
+                    Ok(places) => Some(places),
+                    Err(TryAcquireError::Closed) => {
+                        return Err(SubmitError::new(SubmitKind::ShutDown));
+                    }
+                    Err(TryAcquireError::NoPermits) => {
+                        return Err(SubmitError::new(SubmitKind::Busy(mode)));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut ready = Vec::with_capacity(prepared.len());
+        for task in prepared {
+            let permit = match &mut places {
+                Some(places) if task.info().parent_id().is_none() => places.split(1),
+                _ => None,
+            };
+            ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
+        }
+        let born_cancelled = {
+            let mut table = self.inner.table();
+            let mut ids: HashSet<&RequestId> = HashSet::with_capacity(ready.len());
+            let repeated = ready.iter().find(|r| {
+                let id = r.task.info().request_id();
+                table.is_open(id) || !ids.insert(id)
+            });
+            if let Some(repeated) = repeated {
+                let id = repeated.task.info().request_id().clone();
+                drop(table);
+                for r in &ready {
+                    r.cell.close_unaccepted();
+                }
+                return Err(SubmitError::new(SubmitKind::Duplicate(id)));
+            }
+            let mut born_cancelled = Vec::with_capacity(ready.len());
+            for r in &ready {
+                match Self::record(&mut table, r, entry) {
+                    Ok(cancelled) => born_cancelled.push(cancelled),
+                    // Only a table that cannot grow: what was recorded ends failed below.
+                    Err(_) => break,
+                }
+            }
+            born_cancelled
+        };
+        if born_cancelled.len() < ready.len() {
+            let full = TaskError::strategy("the job table is full");
+            for (i, r) in ready.into_iter().enumerate() {
+                if i < born_cancelled.len() {
+                    r.cell.stop(Some(Err(full.clone())), true);
+                } else {
+                    r.cell.close_unaccepted();
+                }
+            }
+            return Err(SubmitError::new(SubmitKind::Failed(full)));
+        }
+        let handles = ready
+            .into_iter()
+            .zip(born_cancelled)
+            .map(|(r, cancelled)| {
+                Self::start_recorded(r, cancelled, entry)
+                    .into_handle(crate::coordinator::take_output::<O>)
+            })
+            .collect();
+        Ok(Batch::new(handles))
+    }
+}
+
+/// The requests of one [`Coordinator::submit_many`] call.
+///
+/// Every request runs whether or not the batch is awaited; dropping it cancels nothing (as with
+/// a [`RequestHandle`]).
+#[must_use = "a batch does nothing unless awaited; its requests run either way"]
+#[derive(Debug)]
+pub struct Batch<O> {
+    handles: Vec<RequestHandle<O>>,
+}
+
+impl<O> Batch<O> {
+    fn new(handles: Vec<RequestHandle<O>>) -> Self {
+        Self { handles }
+    }
+
+    /// How many requests the batch holds.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether the batch holds no request.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Cancels every request of the batch (and their children) that has not ended.
+    pub fn cancel(&self) {
+        for handle in &self.handles {
+            handle.cancel();
+        }
+    }
+
+    /// Every output, in the order the tasks were given, once every request has ended.
+    pub async fn all(self) -> Vec<Result<O, SubmitError>> {
+        let mut outputs = Vec::with_capacity(self.handles.len());
+        for handle in self.handles {
+            outputs.push(handle.await);
+        }
+        outputs
+    }
+
+    /// Each output as its request ends, with its position in the batch.
+    pub fn as_completed(self) -> impl Stream<Item = (usize, Result<O, SubmitError>)> {
+        self.handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, handle)| async move { (i, handle.await) })
+            .collect::<FuturesUnordered<_>>()
+    }
+
+    /// The handles, to await or cancel one by one.
+    pub fn into_handles(self) -> Vec<RequestHandle<O>> {
+        self.handles
+    }
+}
