@@ -108,6 +108,28 @@ pub fn submit_trivial(
     start.elapsed()
 }
 
+/// Submits one trivial async task per id in one `submit_many` batch, then awaits every output,
+/// in order.
+pub fn submit_batch(rt: &Runtime, coordinator: &Coordinator, ids: &[RequestId]) -> Duration {
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks = ids.iter().enumerate().map(|(i, id)| {
+            Task::from_fn(id.clone(), "trivial", move || async move {
+                Ok::<_, BoxError>(black_box(i))
+            })
+        });
+        let batch = coordinator
+            .submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new())
+            .expect("the batch is accepted");
+        let outputs = batch.all().await;
+        assert!(
+            outputs.iter().all(Result::is_ok),
+            "every trivial task succeeds"
+        );
+    });
+    start.elapsed()
+}
+
 /// The async baseline: `tokio::spawn` per id, a channel to one collector tracking each id.
 pub fn raw_tokio_spawn_channel(rt: &Runtime, ids: &[RequestId]) -> Duration {
     let start = Instant::now();

@@ -69,7 +69,7 @@ impl CoordinatorBuilder {
     /// Runs at most `limit` top-level requests of `mode` (a mode registered with a strategy) at
     /// once (at least 1). Beyond it
     /// [`Coordinator::submit`] and [`Coordinator::spawn`] wait for a place and
-    /// [`Coordinator::try_spawn`] returns a busy error ([`SubmitError::is_busy`]).
+    /// [`Coordinator::try_spawn`] returns a busy error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)).
     ///
     /// Children (requests submitted from inside a running node) do not take a place: their
     /// ancestor holds one, and making them wait for it could deadlock the tree.
@@ -181,7 +181,7 @@ impl ModeCounters {
     }
 }
 
-/// The requests of one mode, as [`SystemDetail::requests`] reports them.
+/// The requests of one mode, as [`SystemDetail::requests`](crate::SystemDetail::requests) reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ModeCounts {

@@ -209,13 +209,12 @@ impl Inner {
 ///
 /// 1. rejects, recording nothing, a request the coordinator cannot take: not started, shut down,
 ///    unknown mode, or a request id whose job is still open;
-/// 2. records an opened job and runs the task on the mode's strategy, on a task of its own (or,
-///    for a strategy that [launches](TaskExecutionStrategy::launch) it, on the strategy's own
-///    task or thread), so the request ends even if the caller stops waiting;
-/// 3. publishes exactly one completion message (success or failure);
-/// 4. the coordinator's own subscriber closes the job from that message, then hands the typed
-///    result back to the caller: by the time `submit` returns, the message is published and the
-///    job is closed.
+/// 2. records an opened job and hands the task to the mode's strategy with a completion of this
+///    coordinator's, so the request ends even if the caller stops waiting;
+/// 3. when the outcome arrives (or a cancellation, or the deadline), closes the job itself, hands
+///    exactly one completion message (success or failure) to the bus for observers, never
+///    waiting for a subscriber, and answers the caller: by the time `submit` returns, the job is
+///    closed and the message has been handed to the bus.
 ///
 /// Cloning gives another handle to the same coordinator; nodes may hold one to submit children.
 ///

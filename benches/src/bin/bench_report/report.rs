@@ -82,6 +82,24 @@ fn targets(report: &Report) -> Vec<Target> {
         ));
     }
     targets.push(Target::new(
+        "one submit_many batch ratio >= 0.7 at N = 100,000",
+        find(report, names::BATCH, None).map(|s| {
+            (
+                format!("{:.2} at N = {}", s.ratio, s.n),
+                (s.n >= 100_000).then_some(s.ratio >= 0.7),
+            )
+        }),
+    ));
+    targets.push(Target::new(
+        "beside a subscriber that never reads: cost per task within 10% of none",
+        find(report, names::STUCK, None).map(|s| {
+            (
+                format!("{:.2}x at N = {}", 1.0 / s.ratio, s.n),
+                (s.n >= 100_000).then_some(1.0 / s.ratio <= 1.1),
+            )
+        }),
+    ));
+    targets.push(Target::new(
         "publisher with 16 subscribers >= 0.5 of broadcast",
         find(report, &names::fan_out(16), None)
             .map(|s| (format!("{:.2}", s.ratio), Some(s.ratio >= 0.5))),
@@ -613,7 +631,7 @@ mod tests {
         let mut only_async = report(vec![scenario("async", 100_000, 2_000.0, 1_200.0)]);
         only_async.only = Some(vec!["async".to_owned()]);
         let all = targets(&only_async);
-        assert_eq!(all.len(), 9, "every target is listed");
+        assert_eq!(all.len(), 11, "every target is listed");
         let async_target = &all[0];
         assert_eq!(async_target.met, Some(true));
         assert_eq!(async_target.measured, "0.60 at N = 100000");

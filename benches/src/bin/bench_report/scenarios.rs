@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use benches::{
     Echo, broadcast_fan_out, publish_fan_out, raw_rayon_spawn_crossbeam, raw_tokio_spawn_channel,
-    registry, request_ids, spawn_then_await, started_coordinator, submit_trivial,
+    registry, request_ids, spawn_then_await, started_coordinator, submit_batch, submit_trivial,
 };
 use coordinator::{
     ExecutionMode, PortableNode, ProcessExecutionStrategy, Task, TaskExecutionStrategy,
@@ -25,6 +25,8 @@ pub(crate) mod names {
     pub(crate) const ASYNC: &str = "async";
     pub(crate) const ASYNC_TRY_SPAWN: &str = "async, try_spawn handles awaited in order";
     pub(crate) const THREADED: &str = "threaded";
+    pub(crate) const BATCH: &str = "async, one submit_many batch";
+    pub(crate) const STUCK: &str = "async beside a subscriber that never reads";
     pub(crate) const ROUND_TRIP: &str = "process round trip";
     pub(crate) const PINNED_ROUND_TRIP: &str = "process round trip, pinned to one CPU";
     pub(crate) const THROUGHPUT: &str = "process throughput, 2 workers";
@@ -41,6 +43,8 @@ pub(crate) mod names {
         let mut all: Vec<String> = [
             ASYNC,
             ASYNC_TRY_SPAWN,
+            BATCH,
+            STUCK,
             THREADED,
             ROUND_TRIP,
             PINNED_ROUND_TRIP,
@@ -104,6 +108,18 @@ pub(crate) fn local_strategies(
             || raw_tokio_spawn_channel(rt, &ids),
             progress,
         ));
+        // Map-style fan-out: every request accepted under one lock, the outputs awaited in
+        // order.
+        results.push(compare(
+            names::BATCH,
+            n,
+            reps,
+            "tokio::spawn + mpsc + HashMap",
+            || submit_batch(rt, &coordinator, &ids),
+            || raw_tokio_spawn_channel(rt, &ids),
+            progress,
+        ));
+        results.push(beside_a_stuck_subscriber(rt, &coordinator, &ids, reps, progress));
     }
     if run_threaded {
         results.push(compare(
@@ -121,6 +137,41 @@ pub(crate) fn local_strategies(
         publisher.shutdown().await;
     });
     results
+}
+
+/// The async scenario on a bus with a subscriber that never reads, beside the same requests on
+/// a bus nobody subscribes to: what announcing every outcome costs, and proof that a stuck
+/// subscriber holds nothing up (it is told how many messages it missed).
+fn beside_a_stuck_subscriber(
+    rt: &Runtime,
+    unobserved: &coordinator::Coordinator,
+    ids: &[coordinator::RequestId],
+    reps: usize,
+    progress: &mut Progress,
+) -> ScenarioResult {
+    let (publisher, observed) = started_coordinator(rt, None);
+    let mut stuck = publisher.subscribe_stream().expect("a stream");
+    let result = compare(
+        names::STUCK,
+        ids.len() as u64,
+        reps,
+        "the same requests, nobody subscribed",
+        || submit_trivial(rt, &observed, ids, &ExecutionMode::ASYNC),
+        || submit_trivial(rt, unobserved, ids, &ExecutionMode::ASYNC),
+        progress,
+    );
+    rt.block_on(async {
+        use futures::StreamExt;
+        let missed = stuck
+            .next()
+            .await
+            .and_then(Result::err)
+            .expect("the stuck subscriber is told it missed messages");
+        assert!(missed.count() > 0);
+        observed.shutdown().await;
+        publisher.shutdown().await;
+    });
+    result
 }
 
 /// A child echoing frames back: the process baseline.
