@@ -413,7 +413,10 @@ async fn a_batch_with_a_repeated_or_open_id_is_rejected_whole_with_nothing_recor
         .submit_many(clashing, ExecutionMode::ASYNC, SubmitOptions::new())
         .unwrap_err();
     assert!(error.is_duplicate(), "{error}");
-    assert!(coordinator.job("p").is_none(), "nothing of the batch recorded");
+    assert!(
+        coordinator.job("p").is_none(),
+        "nothing of the batch recorded"
+    );
     // The open request is undisturbed.
     gate.add_permits(1);
     assert_eq!(open.await.unwrap(), 7);

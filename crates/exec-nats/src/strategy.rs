@@ -383,12 +383,17 @@ impl TaskExecutionStrategy for NatsStrategy {
         self.inner.closed.store(true, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
         Box::pin(async move {
-            let deadline = Instant::now() + grace;
+            // A grace too long to add to now never runs out.
+            let deadline = Instant::now().checked_add(grace);
             loop {
                 let idle = self.inner.idle.notified();
                 if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
                     break;
                 }
+                let Some(deadline) = deadline else {
+                    idle.await;
+                    continue;
+                };
                 if tokio::time::timeout_at(deadline.into(), idle)
                     .await
                     .is_err()

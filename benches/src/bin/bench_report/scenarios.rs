@@ -119,7 +119,13 @@ pub(crate) fn local_strategies(
             || raw_tokio_spawn_channel(rt, &ids),
             progress,
         ));
-        results.push(beside_a_stuck_subscriber(rt, &coordinator, &ids, reps, progress));
+        results.push(beside_a_stuck_subscriber(
+            rt,
+            &coordinator,
+            &ids,
+            reps,
+            progress,
+        ));
     }
     if run_threaded {
         results.push(compare(

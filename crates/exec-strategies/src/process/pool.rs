@@ -1198,7 +1198,8 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
         self.shared.tracker.close();
         Box::pin(async move {
             let shared = &self.shared;
-            let deadline = Instant::now() + grace;
+            // A grace too long to add to now never runs out.
+            let deadline = Instant::now().checked_add(grace);
             if !shared.tracker.drain(grace).await {
                 tracing::warn!(
                     in_flight = shared.tracker.in_flight(),
@@ -1220,15 +1221,23 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
             shared.places.close();
             // Give workers until the deadline (at least a moment) to exit, then kill them; either
             // way each is waited for, so none is left a zombie.
-            let exit_by = deadline.max(Instant::now() + Duration::from_millis(200));
-            let kill_at = crate::support::sleep_until(exit_by);
             let all = futures::future::join_all(lifecycles);
-            futures::pin_mut!(kill_at, all);
-            if let futures::future::Either::Left(_) =
-                futures::future::select(kill_at, all.as_mut()).await
-            {
-                shared.kill_all("the pool shut down");
-                all.await;
+            futures::pin_mut!(all);
+            match deadline {
+                None => {
+                    all.await;
+                }
+                Some(deadline) => {
+                    let exit_by = deadline.max(Instant::now() + Duration::from_millis(200));
+                    let kill_at = crate::support::sleep_until(exit_by);
+                    futures::pin_mut!(kill_at);
+                    if let futures::future::Either::Left(_) =
+                        futures::future::select(kill_at, all.as_mut()).await
+                    {
+                        shared.kill_all("the pool shut down");
+                        all.await;
+                    }
+                }
             }
             shared.stop_supervisor();
         })
