@@ -406,17 +406,22 @@ impl Coordinator {
         let born_cancelled = {
             let mut table = self.inner.table();
             let mut ids: HashSet<&RequestId> = HashSet::with_capacity(ready.len());
-            let repeated = ready.iter().find(|r| {
+            let clash = ready.iter().find_map(|r| {
                 let id = r.task.info().request_id();
-                table.is_open(id) || !ids.insert(id)
+                if table.is_open(id) {
+                    Some(SubmitKind::Duplicate(id.clone()))
+                } else if !ids.insert(id) {
+                    Some(SubmitKind::Repeated(id.clone()))
+                } else {
+                    None
+                }
             });
-            if let Some(repeated) = repeated {
-                let id = repeated.task.info().request_id().clone();
+            if let Some(clash) = clash {
                 drop(table);
                 for r in &ready {
                     r.cell.close_unaccepted();
                 }
-                return Err(SubmitError::new(SubmitKind::Duplicate(id)));
+                return Err(SubmitError::new(clash));
             }
             let mut born_cancelled = Vec::with_capacity(ready.len());
             for r in &ready {

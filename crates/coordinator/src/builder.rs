@@ -75,7 +75,8 @@ impl CoordinatorBuilder {
     /// ancestor holds one, and making them wait for it could deadlock the tree.
     #[must_use]
     pub fn limit(mut self, mode: impl Into<ExecutionMode>, limit: usize) -> Self {
-        self.limits.insert(mode.into(), limit.max(1));
+        self.limits
+            .insert(mode.into(), limit.clamp(1, Semaphore::MAX_PERMITS));
         self
     }
 

@@ -182,6 +182,11 @@ impl Inner {
         }
     }
 
+    /// Whether shutdown has begun.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
     fn open_jobs(&self) -> u64 {
         self.table().counts().opened
     }
@@ -547,7 +552,8 @@ impl Coordinator {
     ///
     /// 1. stops taking tasks (submissions waiting for a place under a concurrency limit are
     ///    rejected as shut down);
-    /// 2. lets every accepted request run until it ends or `grace` has passed;
+    /// 2. lets every accepted request run until it ends or `grace` has passed; no retry starts
+    ///    after this point (a request waiting out a backoff ends at once with its last error);
     /// 3. at the deadline, cancels what is still open: each such request ends at once as
     ///    [`JobResult::Cancelled`], its caller answered and its failure message announced, so
     ///    no request is left without its outcome;
@@ -563,6 +569,16 @@ impl Coordinator {
         inner.closing.store(true, Ordering::SeqCst);
         for limit in inner.modes.iter().filter_map(|mode| mode.limit.as_ref()) {
             limit.close();
+        }
+        // No attempt starts after shutdown began: a request waiting out a retry's backoff ends
+        // now with its last attempt's error.
+        let open: Vec<Arc<RequestCell>> = inner
+            .table()
+            .attachments()
+            .map(|(_, open)| Arc::clone(&open.cell))
+            .collect();
+        for cell in open {
+            cell.end_backoff();
         }
         let drained =
             exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, deadline)

@@ -20,6 +20,8 @@ pub(crate) enum SubmitKind {
     ShutDown,
     UnknownMode(ExecutionMode),
     Duplicate(RequestId),
+    /// A batch names the same request id twice.
+    Repeated(RequestId),
     NoRuntime,
     PublisherClosed,
     Busy(ExecutionMode),
@@ -51,9 +53,12 @@ impl SubmitError {
         matches!(self.kind, SubmitKind::UnknownMode(_))
     }
 
-    /// A job with the same request id is still open.
+    /// A job with the same request id is still open, or a batch names the id twice.
     pub fn is_duplicate(&self) -> bool {
-        matches!(self.kind, SubmitKind::Duplicate(_))
+        matches!(
+            self.kind,
+            SubmitKind::Duplicate(_) | SubmitKind::Repeated(_)
+        )
     }
 
     /// `submit` was polled outside a tokio runtime.
@@ -110,6 +115,7 @@ impl fmt::Display for SubmitError {
                 write!(f, "no execution strategy is registered for mode `{mode}`")
             }
             SubmitKind::Duplicate(id) => write!(f, "a job for request `{id}` is already open"),
+            SubmitKind::Repeated(id) => write!(f, "the batch names request `{id}` more than once"),
             SubmitKind::NoRuntime => f.write_str("submit must run inside a tokio runtime"),
             SubmitKind::PublisherClosed => {
                 f.write_str("the coordinator's publisher is not running")

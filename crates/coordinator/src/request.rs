@@ -15,7 +15,9 @@ use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
-use task_core::{BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskInfo};
+use task_core::{
+    BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskError, TaskInfo,
+};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
@@ -73,8 +75,9 @@ pub(crate) struct Retry {
     pub(crate) attempt: u32,
     /// The runtime the request was submitted on, where later attempts start.
     pub(crate) runtime: tokio::runtime::Handle,
-    /// The backoff before the next attempt, while one is waited for.
-    pub(crate) backoff: Option<AbortHandle>,
+    /// The backoff before the next attempt, while one is waited for, and the error that ended
+    /// the attempt before it (the request's outcome if no attempt follows).
+    pub(crate) backoff: Option<(AbortHandle, TaskError)>,
 }
 
 impl Ending {
@@ -88,14 +91,16 @@ impl Ending {
             deadline,
             retry,
         } = self;
-        drop(permit);
         if let Some(timer) = deadline {
             timer.abort();
         }
-        if let Some(backoff) = retry.and_then(|retry| retry.backoff) {
+        if let Some((backoff, _)) = retry.and_then(|retry| retry.backoff) {
             backoff.abort();
         }
         inner.apply(info, outcome, announce);
+        // Released once the job is closed, so a limited mode never shows more open jobs than
+        // its limit.
+        drop(permit);
     }
 }
 
@@ -154,7 +159,9 @@ impl RequestCell {
 
     /// Forgets what ending the request needed, for a request that was not accepted after all.
     pub(crate) fn close_unaccepted(&self) {
-        drop(lock(&self.ending).take());
+        let ending = lock(&self.ending).take();
+        // Dropped outside the lock: its place under the limit wakes a waiting submission.
+        drop(ending);
     }
 
     /// Sets the timer of the request's deadline, unless it ended already.
@@ -166,43 +173,55 @@ impl RequestCell {
     }
 
     /// Cancels the request and, through them, its children: each one's run is told to stop and
-    /// ends cancelled now. Cancelling twice does nothing more.
+    /// ends cancelled now. Cancelling a request that already ended changes nothing.
     ///
     /// Never call it under the coordinator's table lock: ending a request takes that lock.
     pub(crate) fn cancel(self: &Arc<Self>) {
         self.stop(None, true);
     }
 
-    /// Ends the request with `outcome` (a timeout, or a completion from the bus) and cancels its
-    /// run and its children. `announce` says whether the bus hears of it.
+    /// Ends the request with `outcome` (cancelled when `None`; a timeout, or a completion from
+    /// the bus) and cancels its run and its children, if it is still open; a request that already
+    /// ended is left as it is. `announce` says whether the bus hears of it.
     pub(crate) fn stop(self: &Arc<Self>, outcome: Option<Outcome>, announce: bool) {
-        let mut pending: Vec<Arc<RequestCell>> = Vec::new();
-        let mut cell = Arc::clone(self);
-        let mut outcome = outcome;
-        let mut announce = announce;
-        loop {
-            if !cell.cancelled.swap(true, Ordering::SeqCst) {
-                cell.cancel_waker.wake();
-                let ending = lock(&cell.ending).take();
-                if let Some(ending) = ending {
-                    let outcome = outcome
-                        .take()
-                        .unwrap_or_else(|| Err(ending.inner.cancelled()));
-                    ending.finish(outcome, announce);
-                }
-                pending.extend(
-                    lock(&cell.children)
-                        .drain(..)
-                        .filter_map(|child| child.upgrade()),
-                );
+        let ending = {
+            // Decided under the lock `complete` takes: either the run's outcome ended the request
+            // first, or this does and the run's outcome finds it cancelled.
+            let mut slot = lock(&self.ending);
+            let Some(ending) = slot.take() else {
+                return;
+            };
+            self.cancelled.store(true, Ordering::SeqCst);
+            ending
+        };
+        self.cancel_waker.wake();
+        let outcome = outcome.unwrap_or_else(|| Err(ending.inner.cancelled()));
+        ending.finish(outcome, announce);
+        self.cancel_children();
+    }
+
+    /// Cancels every request submitted from inside this one, and theirs in turn: each still open
+    /// ends cancelled, announced.
+    fn cancel_children(&self) {
+        let mut pending: Vec<Arc<RequestCell>> = lock(&self.children)
+            .drain(..)
+            .filter_map(|child| child.upgrade())
+            .collect();
+        while let Some(cell) = pending.pop() {
+            if cell.cancelled.swap(true, Ordering::SeqCst) {
+                continue;
             }
-            // Children end cancelled, announced.
-            outcome = None;
-            announce = true;
-            match pending.pop() {
-                Some(next) => cell = next,
-                None => break,
+            cell.cancel_waker.wake();
+            let ending = lock(&cell.ending).take();
+            if let Some(ending) = ending {
+                let cancelled = Err(ending.inner.cancelled());
+                ending.finish(cancelled, true);
             }
+            pending.extend(
+                lock(&cell.children)
+                    .drain(..)
+                    .filter_map(|child| child.upgrade()),
+            );
         }
     }
 
@@ -264,39 +283,144 @@ impl RequestCell {
         Some(Completion::new(me))
     }
 
+    /// The backoff before another attempt after `error`, if the request's retry policy grants
+    /// one (and the task can be replayed, and shutdown has not begun).
+    fn retry_wait(&self, error: &TaskError) -> Option<std::time::Duration> {
+        let (policy, attempt) = {
+            let slot = lock(&self.ending);
+            let ending = slot.as_ref()?;
+            let retry = ending.retry.as_ref()?;
+            if retry.next.is_none() || ending.inner.is_closing() {
+                return None;
+            }
+            (retry.policy.clone(), retry.attempt)
+        };
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            policy
+                .should_retry(attempt, error)
+                .then(|| policy.backoff_after(attempt))
+        }));
+        decided.unwrap_or_else(|payload| {
+            let reason = task_core::panic_message(payload.as_ref());
+            tracing::warn!(parent: &self.span, %reason, "the retry policy's predicate panicked; not retrying");
+            None
+        })
+    }
+
+    /// Waits `wait` on the coordinator's timer, then starts the next attempt on `runtime` (never
+    /// on the timer's thread: a strategy's `execute` is not the timer's to run). If `runtime` is
+    /// gone by then, the request ends with its last attempt's error.
+    fn schedule_attempt(
+        &self,
+        wait: std::time::Duration,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<AbortHandle, TaskError> {
+        let me = self.me.clone();
+        let backoff = timer()?.spawn(async move {
+            // Saturates: a backoff too long to add to now waits forever (until the request is
+            // cancelled, times out or is shut down).
+            tokio::time::sleep(wait).await;
+            let attempt = NextAttempt(Some(me));
+            runtime.spawn(async move { attempt.start() });
+        });
+        Ok(backoff.abort_handle())
+    }
+
+    /// Ends a request that waits out a backoff before its next attempt with the error of its
+    /// last attempt: after shutdown began, no attempt follows. Does nothing to a request that is
+    /// running or has ended.
+    pub(crate) fn end_backoff(&self) {
+        let ending = {
+            let mut slot = lock(&self.ending);
+            let waiting = slot
+                .as_ref()
+                .and_then(|ending| ending.retry.as_ref())
+                .is_some_and(|retry| retry.backoff.is_some());
+            if !waiting {
+                return;
+            }
+            slot.take()
+        };
+        if let Some(mut ending) = ending {
+            let last = ending.retry.as_mut().and_then(|retry| retry.backoff.take());
+            if let Some((backoff, error)) = last {
+                backoff.abort();
+                ending.finish(Err(error), true);
+            }
+        }
+    }
+
     /// Starts the next attempt of a request waiting out its backoff, unless it ended meanwhile.
     fn next_attempt(&self) {
-        let (strategy, task, runtime, inner, request_id, attempt) = {
-            let mut ending = lock(&self.ending);
-            let Some(ending) = ending.as_mut().filter(|_| !self.is_cancelled()) else {
-                return;
-            };
-            let Some(retry) = ending.retry.as_mut() else {
-                return;
-            };
-            let Some(task) = retry.next.take() else {
-                return;
-            };
-            retry.backoff = None;
-            retry.next = task.replay();
-            retry.attempt += 1;
-            (
-                Arc::clone(&retry.strategy),
-                task,
-                retry.runtime.clone(),
-                Arc::clone(&ending.inner),
-                ending.info.request_id().clone(),
-                retry.attempt,
-            )
+        enum Next {
+            Start(
+                StrategyRef,
+                Box<ErasedTask>,
+                Arc<Inner>,
+                task_core::RequestId,
+                u32,
+            ),
+            /// Shutdown began during the backoff: no more attempts.
+            End,
+            Nothing,
+        }
+        let next = {
+            let mut slot = lock(&self.ending);
+            match slot.as_mut().filter(|_| !self.is_cancelled()) {
+                None => Next::Nothing,
+                Some(ending) if ending.inner.is_closing() => Next::End,
+                Some(ending) => match ending.retry.as_mut() {
+                    Some(retry) => match retry.next.take() {
+                        Some(task) => {
+                            retry.backoff = None;
+                            retry.next = task.replay();
+                            retry.attempt += 1;
+                            Next::Start(
+                                Arc::clone(&retry.strategy),
+                                Box::new(task),
+                                Arc::clone(&ending.inner),
+                                ending.info.request_id().clone(),
+                                retry.attempt,
+                            )
+                        }
+                        None => Next::Nothing,
+                    },
+                    None => Next::Nothing,
+                },
+            }
         };
-        inner.record_attempt(&request_id);
-        self.span.record("attempt", attempt);
-        tracing::debug!(parent: &self.span, attempt, "starting another attempt");
-        let Some(completion) = self.completion() else {
-            return;
-        };
-        let _runtime = runtime.enter();
-        execute(&strategy, task, completion);
+        match next {
+            Next::Start(strategy, task, inner, request_id, attempt) => {
+                inner.record_attempt(&request_id);
+                self.span.record("attempt", attempt);
+                tracing::debug!(parent: &self.span, attempt, "starting another attempt");
+                if let Some(completion) = self.completion() {
+                    execute(&strategy, *task, completion);
+                }
+            }
+            Next::End => self.end_backoff(),
+            Next::Nothing => {}
+        }
+    }
+}
+
+/// The next attempt of a request, on its way to the runtime it was submitted on. Dropped without
+/// starting (that runtime shut down), it ends the request with its last attempt's error.
+struct NextAttempt(Option<Weak<RequestCell>>);
+
+impl NextAttempt {
+    fn start(mut self) {
+        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
+            cell.next_attempt();
+        }
+    }
+}
+
+impl Drop for NextAttempt {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
+            cell.end_backoff();
+        }
     }
 }
 
@@ -314,6 +438,12 @@ pub(crate) fn execute(strategy: &StrategyRef, task: ErasedTask, completion: Comp
 
 impl CompletionSink for RequestCell {
     fn complete(&self, outcome: Outcome) {
+        // Whether another attempt follows is the policy's call, which may run the user's
+        // predicate: asked outside the lock, and a panic in it means no.
+        let wait = match &outcome {
+            Err(error) => self.retry_wait(error),
+            Ok(_) => None,
+        };
         let ending = {
             let mut slot = lock(&self.ending);
             if self.is_cancelled() {
@@ -323,24 +453,13 @@ impl CompletionSink for RequestCell {
             let Some(ending) = slot.as_mut() else {
                 return;
             };
-            if let (Err(error), Some(retry)) = (&outcome, ending.retry.as_mut())
-                && retry.next.is_some()
-                && retry.policy.should_retry(retry.attempt, error)
+            if let (Some(wait), Err(error)) = (wait, &outcome)
+                && !ending.inner.is_closing()
+                && let Some(retry) = ending.retry.as_mut()
             {
-                let wait = retry.policy.backoff_after(retry.attempt);
-                tracing::debug!(parent: &self.span, attempt = retry.attempt, %error, ?wait, "attempt failed; retrying");
-                match timer() {
-                    Ok(timer) => {
-                        let me = self.me.clone();
-                        let backoff = timer.spawn(async move {
-                            // Saturates: a backoff too long to add to now waits forever (until
-                            // the request is cancelled, times out or is shut down).
-                            tokio::time::sleep(wait).await;
-                            if let Some(cell) = me.upgrade() {
-                                cell.next_attempt();
-                            }
-                        });
-                        retry.backoff = Some(backoff.abort_handle());
+                match self.schedule_attempt(wait, retry.runtime.clone()) {
+                    Ok(backoff) => {
+                        retry.backoff = Some((backoff, error.clone()));
                         return;
                     }
                     Err(timer_error) => {

@@ -238,7 +238,8 @@ async fn durations_too_long_to_add_to_now_saturate_and_every_request_ends_once()
         .await
         .unwrap();
     assert!(timed.await.unwrap_err().is_timeout());
-    // The same with jitter, and no deadline: shutdown ends it.
+    // The same with jitter, and no deadline: shutdown ends it (no attempt starts after shutdown
+    // began: it ends with its last attempt's error).
     let waiting = coordinator
         .spawn(
             fails("backoff-forever"),
@@ -252,7 +253,8 @@ async fn durations_too_long_to_add_to_now_saturate_and_every_request_ends_once()
         coordinator.shutdown_with_grace(Duration::from_millis(50)),
     )
     .await;
-    assert!(waiting.await.unwrap_err().is_cancelled());
+    let error = waiting.await.unwrap_err();
+    assert!(error.task_error().unwrap().is_node_error(), "{error}");
     // A grace too long to add to now, with nothing left to wait for.
     within(
         "shutdown again",
@@ -273,7 +275,7 @@ async fn durations_too_long_to_add_to_now_saturate_and_every_request_ends_once()
         (
             counts.succeeded,
             counts.timed_out,
-            counts.cancelled,
+            counts.failed,
             counts.opened
         ),
         (1, 1, 1, 0)
@@ -396,6 +398,10 @@ async fn a_batch_with_a_repeated_or_open_id_is_rejected_whole_with_nothing_recor
         .submit_many(repeated, ExecutionMode::ASYNC, SubmitOptions::new())
         .unwrap_err();
     assert!(error.is_rejected() && error.is_duplicate(), "{error}");
+    assert_eq!(
+        error.to_string(),
+        "the batch names request `x` more than once"
+    );
     assert!(coordinator.with_state(|s| s.is_empty()), "nothing recorded");
 
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -441,6 +447,103 @@ async fn a_batch_with_a_repeated_or_open_id_is_rejected_whole_with_nothing_recor
         .await;
     assert!(outputs.into_iter().all(|o| o.unwrap() == 1));
     limited.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_starts_on_the_submitting_runtime_never_on_the_timer_thread() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    // The inline strategy runs a blocking body inside `execute`, where the attempt starts.
+    let coordinator = Coordinator::builder()
+        .strategy(
+            exec_inline::InlineStrategy::MODE,
+            exec_inline::InlineStrategy::new(),
+        )
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&threads);
+    let task = Task::replayable_blocking("flaky", "flaky", move || {
+        let mut seen = seen.lock().unwrap();
+        seen.push(std::thread::current().name().map(str::to_owned));
+        if seen.len() == 1 {
+            return Err::<u32, BoxError>("the first attempt fails".into());
+        }
+        Ok(7)
+    });
+    let retrying = SubmitOptions::new().retry(
+        RetryPolicy::new(2)
+            .backoff(Duration::from_millis(1), Duration::from_millis(1))
+            .without_jitter(),
+    );
+    let value = coordinator
+        .submit_with(task, exec_inline::InlineStrategy::MODE, retrying)
+        .await;
+    assert_eq!(value.unwrap(), 7);
+    let threads = threads.lock().unwrap().clone();
+    assert_eq!(threads.len(), 2);
+    assert_ne!(
+        threads[1].as_deref(),
+        Some("coordinator-timer"),
+        "the timer thread keeps every deadline; it runs no strategy"
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_predicate_that_panics_means_no_retry_and_the_request_still_ends() {
+    let (publisher, coordinator) = support::started();
+    let task = Task::replayable_fn("p", "fails", || async {
+        Err::<u32, BoxError>("the node's error".into())
+    });
+    let options = SubmitOptions::new()
+        .retry(RetryPolicy::new(3).retry_if(|_| panic!("a bug in the predicate")));
+    let error = within(
+        "the request",
+        coordinator.submit_with(task, ExecutionMode::ASYNC, options),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.task_error().unwrap().is_node_error(), "{error}");
+    assert_eq!(coordinator.job("p").unwrap().attempts(), 1);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_request_that_already_ended_changes_nothing() {
+    let (publisher, coordinator) = support::started();
+    let inner = coordinator.clone();
+    let (child_handle, handed) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let parent = Task::from_fn("parent", "parent", move || async move {
+        let child = Task::from_fn("child", "child", move || async move {
+            released.await?;
+            Ok::<_, BoxError>(1_u32)
+        });
+        let handle = inner
+            .spawn(child, ExecutionMode::ASYNC, SubmitOptions::new())
+            .await?;
+        let _ = child_handle.send(handle);
+        Ok::<_, BoxError>(0_u32)
+    });
+    let parent = coordinator
+        .spawn(parent, ExecutionMode::ASYNC, SubmitOptions::new())
+        .await
+        .unwrap();
+    let child = handed.await.unwrap();
+    while coordinator.job("parent").unwrap().result().is_none() {
+        tokio::task::yield_now().await;
+    }
+    parent.cancel();
+    assert!(!parent.is_cancelled(), "it had ended: nothing changed");
+    assert_eq!(parent.await.unwrap(), 0);
+    // The child it left running runs on.
+    release.send(()).unwrap();
+    assert_eq!(child.await.unwrap(), 1);
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }

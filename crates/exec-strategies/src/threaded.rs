@@ -324,11 +324,49 @@ struct Limit {
 struct LimitState {
     running: usize,
     waiting: VecDeque<PoolJob>,
+    /// The queue's length after the last sweep of cancelled jobs: the next sweep comes when it
+    /// has doubled, so sweeping costs O(1) per job however many wait.
+    swept: usize,
 }
 
 impl Limit {
     fn lock(&self) -> MutexGuard<'_, LimitState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl LimitState {
+    /// Queues `job`, first taking out the jobs cancelled while they waited when the queue has
+    /// doubled since the last sweep. Returns those jobs, to be dropped outside the lock (their
+    /// bodies are the user's).
+    fn push(&mut self, job: PoolJob) -> Vec<PoolJob> {
+        let mut cancelled = Vec::new();
+        if self.waiting.len() >= (2 * self.swept).max(16) {
+            let mut kept = VecDeque::with_capacity(self.waiting.len());
+            for waiting in self.waiting.drain(..) {
+                if waiting.completion.is_cancelled() {
+                    cancelled.push(waiting);
+                } else {
+                    kept.push_back(waiting);
+                }
+            }
+            self.waiting = kept;
+            self.swept = self.waiting.len();
+        }
+        self.waiting.push_back(job);
+        cancelled
+    }
+
+    /// The next job to run, passing by (and handing back) those cancelled while they waited.
+    fn next(&mut self, cancelled: &mut Vec<PoolJob>) -> Option<PoolJob> {
+        while let Some(job) = self.waiting.pop_front() {
+            if job.completion.is_cancelled() {
+                cancelled.push(job);
+            } else {
+                return Some(job);
+            }
+        }
+        None
     }
 }
 
@@ -342,14 +380,17 @@ impl Drop for Place {
         let Some(limit) = &self.inner.limit else {
             return;
         };
+        let mut cancelled = Vec::new();
         let next = {
             let mut state = limit.lock();
-            let next = state.waiting.pop_front();
+            let next = state.next(&mut cancelled);
             if next.is_none() {
                 state.running -= 1;
             }
             next
         };
+        // Never started: each is counted out here, outside the lock.
+        drop(cancelled);
         if let Some(next) = next {
             // The place passes to it.
             self.inner.spawn(next, true);
@@ -395,15 +436,18 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
         let Some(limit) = inner.limit.as_ref().filter(|_| limited) else {
             return inner.spawn(job, false);
         };
-        {
+        let cancelled = {
             let mut state = limit.lock();
             if state.running >= limit.max {
-                state.waiting.push_back(job);
-                return;
+                state.push(job)
+            } else {
+                state.running += 1;
+                drop(state);
+                return inner.spawn(job, true);
             }
-            state.running += 1;
-        }
-        inner.spawn(job, true);
+        };
+        // Cancelled while they waited: counted out here, outside the lock.
+        drop(cancelled);
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {

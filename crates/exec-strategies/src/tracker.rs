@@ -21,6 +21,7 @@ pub(crate) struct Tracker {
 }
 
 /// Proof that a task was admitted; dropping it (even by unwinding) lets it out.
+#[cfg(any(feature = "process", test))]
 #[derive(Debug)]
 pub(crate) struct Admission<'a> {
     tracker: &'a Tracker,
@@ -28,6 +29,7 @@ pub(crate) struct Admission<'a> {
 
 impl Tracker {
     /// Admits a task unless the tracker is closed.
+    #[cfg(any(feature = "process", test))]
     pub(crate) fn admit(&self) -> Option<Admission<'_>> {
         self.count_in();
         self.unless_closed(Admission { tracker: self })
@@ -100,6 +102,7 @@ impl Tracker {
     }
 }
 
+#[cfg(any(feature = "process", test))]
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         self.tracker.count_out();

@@ -251,3 +251,54 @@ async fn a_user_supplied_pool_is_used() {
 fn block_on_outside_a_pool_just_runs_the_future() {
     assert_eq!(exec_strategies::block_on(async { 1 + 1 }), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_cancelled_while_queued_do_not_pile_up_behind_a_stuck_node() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let stuck = Task::blocking("stuck", "stuck", move || {
+        wait.recv().map_err(BoxError::from)?;
+        Ok::<_, BoxError>(())
+    });
+    let stuck = tokio::spawn(task_core::run(&s, stuck.into_erased()));
+    while s.stats().in_flight < 1 {
+        tokio::task::yield_now().await;
+    }
+    let freed = Arc::new(AtomicUsize::new(0));
+    struct OnDrop(Arc<AtomicUsize>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    for i in 0..1_000 {
+        let guard = OnDrop(Arc::clone(&freed));
+        let task = Task::blocking(format!("w{i}"), "w", move || {
+            let _guard = &guard;
+            Ok::<_, BoxError>(())
+        });
+        // Cancelled at once, while it waits behind the stuck node.
+        drop(task_core::run(&s, task.into_erased()));
+    }
+    // Swept as the queue grows: what waits stays proportional to what is still wanted.
+    assert!(
+        freed.load(Ordering::SeqCst) >= 1_000 - 16,
+        "freed {}",
+        freed.load(Ordering::SeqCst)
+    );
+    assert!(
+        s.stats().in_flight <= 17,
+        "in flight {}",
+        s.stats().in_flight
+    );
+    release.send(()).unwrap();
+    stuck.await.unwrap().unwrap();
+    // The place passed by every cancelled job: none ran, all are counted out.
+    s.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(s.stats().in_flight, 0);
+    assert_eq!(freed.load(Ordering::SeqCst), 1_000);
+}

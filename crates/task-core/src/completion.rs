@@ -65,7 +65,8 @@ impl Completion {
         self.sink.as_ref().is_some_and(|sink| sink.is_cancelled())
     }
 
-    /// Ready once the request has been cancelled.
+    /// Ready once the request has been cancelled. One waiter at a time: the run (a later poll
+    /// from another task replaces the earlier one's waker).
     pub fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
         match &self.sink {
             Some(sink) => sink.poll_cancelled(cx),
@@ -73,7 +74,8 @@ impl Completion {
         }
     }
 
-    /// Completes when the request is cancelled; never, otherwise.
+    /// Completes when the request is cancelled; never, otherwise. As for
+    /// [`poll_cancelled`](Self::poll_cancelled), one task waits at a time.
     pub async fn cancelled(&self) {
         poll_fn(|cx| self.poll_cancelled(cx)).await;
     }
@@ -183,8 +185,9 @@ impl Future for Driven {
 /// Runs `task` on `strategy` without a coordinator, resolving to its outcome: for testing a
 /// strategy, or using one on its own.
 ///
-/// What the strategy hands to [`Completion::spawn`] is driven by the returned future itself, so
-/// any executor will do. Dropping the future before it resolves cancels the run.
+/// What the strategy hands to [`Completion::spawn`] is driven by the returned future itself, on
+/// the task that awaits it: a strategy whose work needs tokio (a runtime to spawn on, timers,
+/// I/O) needs a tokio runtime there. Dropping the future before it resolves cancels the run.
 ///
 /// # Examples
 ///
