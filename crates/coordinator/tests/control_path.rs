@@ -17,6 +17,17 @@ use support::{Recorder, value_task};
 
 const REQUESTS: u64 = 10_000;
 
+/// A task that returns `value` once its gate (the second part) is given a permit.
+fn gated(id: &str, value: u64) -> (Task<u64>, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::clone(&gate);
+    let task = Task::from_fn(id.to_string(), "waits", move || async move {
+        held.acquire().await?.forget();
+        Ok::<_, BoxError>(value)
+    });
+    (task, gate)
+}
+
 /// Fails the test instead of hanging it.
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), future)
@@ -168,12 +179,7 @@ async fn two_coordinators_on_one_bus_each_get_their_own_outcomes() {
 async fn handle_item_closes_only_a_job_of_this_coordinator_and_only_once() {
     let (publisher, coordinator) = support::started();
     let recorder = Recorder::attach(&publisher);
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = Arc::clone(&gate);
-    let task = Task::from_fn("fed", "waits", move || async move {
-        held.acquire().await?.forget();
-        Ok::<_, BoxError>(1_u64)
-    });
+    let (task, gate) = gated("fed", 1);
     let handle = coordinator
         .spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
         .await
@@ -404,12 +410,7 @@ async fn a_batch_with_a_repeated_or_open_id_is_rejected_whole_with_nothing_recor
     );
     assert!(coordinator.with_state(|s| s.is_empty()), "nothing recorded");
 
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = Arc::clone(&gate);
-    let open = Task::from_fn("open", "waits", move || async move {
-        held.acquire().await?.forget();
-        Ok::<_, BoxError>(7_u64)
-    });
+    let (open, gate) = gated("open", 7);
     let open = coordinator
         .spawn(open, ExecutionMode::ASYNC, SubmitOptions::new())
         .await
