@@ -216,7 +216,7 @@ impl Coordinator {
             })
         });
         cell.open(Ending {
-            inner: Arc::clone(&self.inner),
+            inner: Arc::downgrade(&self.inner),
             info: task.info().clone(),
             permit,
             deadline: None,

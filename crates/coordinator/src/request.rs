@@ -55,7 +55,10 @@ struct Answer {
 
 /// What ending an open request needs.
 pub(crate) struct Ending {
-    pub(crate) inner: Arc<Inner>,
+    /// Weak: the coordinator's table holds the request's cell, which holds this. Once every
+    /// handle of the coordinator is dropped, it goes (and its strategies with it) even while
+    /// requests are open; their callers are answered with a failure then.
+    pub(crate) inner: Weak<Inner>,
     pub(crate) info: TaskInfo,
     /// Its place under its mode's concurrency limit, released when it ends.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
@@ -81,9 +84,23 @@ pub(crate) struct Retry {
 }
 
 impl Ending {
+    /// The cancelled outcome, saying who cancelled the request.
+    fn cancelled(&self) -> TaskError {
+        match self.inner.upgrade() {
+            Some(inner) => inner.cancelled(),
+            None => TaskError::cancelled("the request was cancelled"),
+        }
+    }
+
+    /// Whether no attempt may start: shutdown began, or the coordinator is gone.
+    fn is_closing(&self) -> bool {
+        self.inner.upgrade().is_none_or(|inner| inner.is_closing())
+    }
+
     /// Ends the request with `outcome`: releases its place, stops its timers, closes its job,
-    /// hands the message to the bus (unless the outcome came from the bus) and answers the caller.
-    fn finish(self, outcome: Outcome, announce: bool) {
+    /// hands the message to the bus (unless the outcome came from the bus) and answers the caller
+    /// (through `cell`, directly, when the coordinator is gone).
+    fn finish(self, outcome: Outcome, announce: bool, cell: &RequestCell) {
         let Ending {
             inner,
             info,
@@ -97,7 +114,10 @@ impl Ending {
         if let Some((backoff, _)) = retry.and_then(|retry| retry.backoff) {
             backoff.abort();
         }
-        inner.apply(info, outcome, announce);
+        match inner.upgrade() {
+            Some(inner) => inner.apply(info, outcome, announce),
+            None => cell.answer(outcome),
+        }
         // Released once the job is closed, so a limited mode never shows more open jobs than
         // its limit.
         drop(permit);
@@ -195,8 +215,8 @@ impl RequestCell {
             ending
         };
         self.cancel_waker.wake();
-        let outcome = outcome.unwrap_or_else(|| Err(ending.inner.cancelled()));
-        ending.finish(outcome, announce);
+        let outcome = outcome.unwrap_or_else(|| Err(ending.cancelled()));
+        ending.finish(outcome, announce, self);
         self.cancel_children();
     }
 
@@ -214,8 +234,8 @@ impl RequestCell {
             cell.cancel_waker.wake();
             let ending = lock(&cell.ending).take();
             if let Some(ending) = ending {
-                let cancelled = Err(ending.inner.cancelled());
-                ending.finish(cancelled, true);
+                let cancelled = Err(ending.cancelled());
+                ending.finish(cancelled, true, &cell);
             }
             pending.extend(
                 lock(&cell.children)
@@ -290,7 +310,7 @@ impl RequestCell {
             let slot = lock(&self.ending);
             let ending = slot.as_ref()?;
             let retry = ending.retry.as_ref()?;
-            if retry.next.is_none() || ending.inner.is_closing() {
+            if retry.next.is_none() || ending.is_closing() {
                 return None;
             }
             (retry.policy.clone(), retry.attempt)
@@ -345,7 +365,7 @@ impl RequestCell {
             let last = ending.retry.as_mut().and_then(|retry| retry.backoff.take());
             if let Some((backoff, error)) = last {
                 backoff.abort();
-                ending.finish(Err(error), true);
+                ending.finish(Err(error), true, self);
             }
         }
     }
@@ -368,9 +388,9 @@ impl RequestCell {
             let mut slot = lock(&self.ending);
             match slot.as_mut().filter(|_| !self.is_cancelled()) {
                 None => Next::Nothing,
-                Some(ending) if ending.inner.is_closing() => Next::End,
-                Some(ending) => match ending.retry.as_mut() {
-                    Some(retry) => match retry.next.take() {
+                Some(ending) if ending.is_closing() => Next::End,
+                Some(ending) => match (ending.inner.upgrade(), ending.retry.as_mut()) {
+                    (Some(inner), Some(retry)) => match retry.next.take() {
                         Some(task) => {
                             retry.backoff = None;
                             retry.next = task.replay();
@@ -378,14 +398,14 @@ impl RequestCell {
                             Next::Start(
                                 Arc::clone(&retry.strategy),
                                 Box::new(task),
-                                Arc::clone(&ending.inner),
+                                inner,
                                 ending.info.request_id().clone(),
                                 retry.attempt,
                             )
                         }
                         None => Next::Nothing,
                     },
-                    None => Next::Nothing,
+                    _ => Next::Nothing,
                 },
             }
         };
@@ -454,7 +474,7 @@ impl CompletionSink for RequestCell {
                 return;
             };
             if let (Some(wait), Err(error)) = (wait, &outcome)
-                && !ending.inner.is_closing()
+                && !ending.is_closing()
                 && let Some(retry) = ending.retry.as_mut()
             {
                 match self.schedule_attempt(wait, retry.runtime.clone()) {
@@ -470,7 +490,7 @@ impl CompletionSink for RequestCell {
             slot.take()
         };
         if let Some(ending) = ending {
-            ending.finish(outcome, true);
+            ending.finish(outcome, true, self);
         }
     }
 
@@ -491,7 +511,8 @@ impl CompletionSink for RequestCell {
         let runtime = tokio::runtime::Handle::try_current().ok().or_else(|| {
             lock(&self.ending)
                 .as_ref()
-                .and_then(|ending| ending.inner.runtime())
+                .and_then(|ending| ending.inner.upgrade())
+                .and_then(|inner| inner.runtime())
         });
         match runtime {
             Some(runtime) => drop(runtime.spawn(future)),

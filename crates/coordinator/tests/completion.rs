@@ -266,3 +266,23 @@ async fn a_child_submitted_after_its_parent_was_cancelled_is_born_cancelled() {
     let terminal = recorder.terminal_counts();
     assert_eq!((terminal["parent"], terminal["child"]), (1, 1));
 }
+
+#[tokio::test]
+async fn dropping_every_handle_of_a_coordinator_releases_its_strategies_and_answers_its_callers() {
+    let strategy = Arc::new(Launching::new(Launch::Hold));
+    let released = Arc::downgrade(&strategy);
+    let (publisher, coordinator, _recorder) = started_with("held", strategy);
+    let handle = coordinator
+        .spawn(value_task("open", 1), "held", SubmitOptions::new())
+        .await
+        .unwrap();
+    // Dropped without shutdown, with a request still open in its strategy.
+    drop(coordinator);
+    assert!(
+        released.upgrade().is_none(),
+        "the strategy (and whatever threads or processes it owns) is released"
+    );
+    let error = handle.await.unwrap_err();
+    assert!(error.task_error().unwrap().is_strategy_error(), "{error}");
+    publisher.shutdown().await;
+}

@@ -58,7 +58,7 @@ async fn an_async_task_past_its_timeout_is_dropped_and_closed_as_timed_out() {
     assert!(error.is_timeout(), "{error}");
     assert!(!error.is_rejected());
     assert!(
-        dropped.load(Ordering::SeqCst),
+        dropped_soon(&dropped).await,
         "the node's future was dropped"
     );
     let job = coordinator.job("slow").unwrap();
