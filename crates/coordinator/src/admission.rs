@@ -449,7 +449,7 @@ impl Coordinator {
             .zip(born_cancelled)
             .map(|(r, cancelled)| {
                 Self::start_recorded(r, cancelled, entry)
-                    .into_handle(crate::coordinator::take_output::<O>)
+                    .into_handle(crate::handle::take_output::<O>)
             })
             .collect();
         Ok(Batch::new(handles))

@@ -1,11 +1,10 @@
 //! [`Coordinator`]: submits tasks to strategies, tracks jobs, announces outcomes.
 
-use std::any::type_name;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
@@ -19,29 +18,12 @@ use tokio::sync::{Notify, OnceCell};
 use crate::admission::Admission;
 use crate::builder::{CoordinatorBuilder, Mode, ModeCounts};
 use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
-use crate::handle::RequestHandle;
+use crate::handle::{RequestHandle, take_output};
 use crate::options::SubmitOptions;
 use crate::request::{RequestCell, message_of};
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-/// How long shutdown waits, after cancelling what was still open, for requests that were ending
-/// on another thread at that moment.
-const CANCEL_SETTLE: Duration = Duration::from_secs(5);
-
-/// Turns a request's shared value into the caller's type.
-pub(crate) fn take_output<O>(value: Value) -> Result<O, SubmitError>
-where
-    O: Clone + fmt::Debug + Send + Sync + 'static,
-{
-    value.take::<O>().map_err(|value| {
-        SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
-            "expected a {} result, got {value:?}",
-            type_name::<O>()
-        ))))
-    })
-}
 
 tokio::task_local! {
     /// The node running on the current tokio task, and its request.
@@ -116,17 +98,17 @@ pub(crate) struct Inner {
     pub(crate) modes: Vec<Mode>,
     /// The position of each mode in `modes`, by name.
     pub(crate) mode_index: IdMap<ExecutionMode, usize>,
-    grace: Duration,
+    pub(crate) grace: Duration,
     pub(crate) started: OnceLock<Started>,
     pub(crate) closing: AtomicBool,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
-    past_deadline: AtomicBool,
-    strategies_shut: OnceCell<()>,
+    pub(crate) past_deadline: AtomicBool,
+    pub(crate) strategies_shut: OnceCell<()>,
     /// The jobs, each open one with its request's record (found by request id, or by node id
     /// for a child naming its parent).
     pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
     /// Woken whenever the last open job closes.
-    drained: Notify,
+    pub(crate) drained: Notify,
 }
 
 impl Inner {
@@ -187,7 +169,7 @@ impl Inner {
         self.closing.load(Ordering::SeqCst)
     }
 
-    fn open_jobs(&self) -> u64 {
+    pub(crate) fn open_jobs(&self) -> u64 {
         self.table().counts().opened
     }
 
@@ -540,95 +522,6 @@ impl Coordinator {
     /// need out and act on it after.
     pub fn with_state<R>(&self, f: impl FnOnce(&CoordinatorState<OpenRequest>) -> R) -> R {
         f(&self.inner.table())
-    }
-
-    /// Shuts down with the grace period set on the builder (default [`DEFAULT_SHUTDOWN_GRACE`]).
-    pub async fn shutdown(&self) {
-        self.shutdown_with_grace(self.inner.grace).await;
-    }
-
-    /// Shuts down gracefully within `grace` (a grace too long to add to now waits as long as the
-    /// requests take):
-    ///
-    /// 1. stops taking tasks (submissions waiting for a place under a concurrency limit are
-    ///    rejected as shut down);
-    /// 2. lets every accepted request run until it ends or `grace` has passed; no retry starts
-    ///    after this point (a request waiting out a backoff ends at once with its last error);
-    /// 3. at the deadline, cancels what is still open: each such request ends at once as
-    ///    [`JobResult::Cancelled`], its caller answered and its failure message announced, so
-    ///    no request is left without its outcome;
-    /// 4. shuts every strategy down exactly once (a strategy serving several modes once), with
-    ///    what is left of `grace`.
-    ///
-    /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
-    /// shut it down after this to drain it for its subscribers. Calling this again does not shut
-    /// strategies down again.
-    pub async fn shutdown_with_grace(&self, grace: Duration) {
-        let deadline = Instant::now().checked_add(grace);
-        let inner = &self.inner;
-        inner.closing.store(true, Ordering::SeqCst);
-        for limit in inner.modes.iter().filter_map(|mode| mode.limit.as_ref()) {
-            limit.close();
-        }
-        // No attempt starts after shutdown began: a request waiting out a retry's backoff ends
-        // now with its last attempt's error.
-        let open: Vec<Arc<RequestCell>> = inner
-            .table()
-            .attachments()
-            .map(|(_, open)| Arc::clone(&open.cell))
-            .collect();
-        for cell in open {
-            cell.end_backoff();
-        }
-        let drained =
-            exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, deadline)
-                .await;
-        if !drained {
-            inner.past_deadline.store(true, Ordering::SeqCst);
-            let open: Vec<Arc<RequestCell>> = inner
-                .table()
-                .attachments()
-                .map(|(_, open)| Arc::clone(&open.cell))
-                .collect();
-            let cancelled = open.len();
-            for cell in open {
-                cell.cancel();
-            }
-            tracing::warn!(
-                cancelled,
-                "coordinator shutdown: grace period over; cancelled the requests still open"
-            );
-            // A cancelled request ends at once; one that was ending on another thread meanwhile
-            // closes its job a moment later.
-            let settle = Instant::now().checked_add(CANCEL_SETTLE);
-            if !exec_strategies::support::wait_for(
-                &inner.drained,
-                || inner.open_jobs() == 0,
-                settle,
-            )
-            .await
-            {
-                tracing::error!(
-                    open_jobs = inner.open_jobs(),
-                    "coordinator shutdown: requests still open after cancellation"
-                );
-            }
-        }
-        let remaining = deadline.map_or(Duration::MAX, |deadline| {
-            deadline.saturating_duration_since(Instant::now())
-        });
-        inner
-            .strategies_shut
-            .get_or_init(|| async {
-                let mut unique: Vec<&StrategyRef> = Vec::new();
-                for strategy in inner.modes.iter().map(|mode| &mode.strategy) {
-                    if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
-                        unique.push(strategy);
-                    }
-                }
-                futures::future::join_all(unique.into_iter().map(|s| s.shutdown(remaining))).await;
-            })
-            .await;
     }
 
     /// Whether the coordinator takes tasks (started and not shut down).

@@ -8,10 +8,24 @@ use std::task::{Context, Poll};
 
 use std::sync::Arc;
 
+use std::any::type_name;
 use task_core::{RequestId, TaskError, Value};
 
 use crate::error::{SubmitError, SubmitKind};
 use crate::request::RequestCell;
+
+/// Turns a request's shared value into the caller's type.
+pub(crate) fn take_output<O>(value: Value) -> Result<O, SubmitError>
+where
+    O: Clone + fmt::Debug + Send + Sync + 'static,
+{
+    value.take::<O>().map_err(|value| {
+        SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
+            "expected a {} result, got {value:?}",
+            type_name::<O>()
+        ))))
+    })
+}
 
 /// An accepted request: await it for the node's output, or [`cancel`](Self::cancel) it.
 ///

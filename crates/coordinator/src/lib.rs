@@ -52,6 +52,7 @@ mod error;
 mod handle;
 mod options;
 mod request;
+mod shutdown;
 
 pub use crate::admission::Batch;
 pub use crate::builder::{CoordinatorBuilder, ModeCounts};

@@ -1,0 +1,104 @@
+//! Shutdown: a coordinator stops taking tasks, lets what it accepted end (cancelling what is
+//! still open at the deadline), then shuts its strategies down, waiting for no subscriber.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::coordinator::{Coordinator, StrategyRef};
+use crate::request::RequestCell;
+
+/// How long shutdown waits, after cancelling what was still open, for requests that were ending
+/// on another thread at that moment.
+const CANCEL_SETTLE: Duration = Duration::from_secs(5);
+
+impl Coordinator {
+    /// Shuts down with the grace period set on the builder (default [`DEFAULT_SHUTDOWN_GRACE`]).
+    pub async fn shutdown(&self) {
+        self.shutdown_with_grace(self.inner.grace).await;
+    }
+
+    /// Shuts down gracefully within `grace` (a grace too long to add to now waits as long as the
+    /// requests take):
+    ///
+    /// 1. stops taking tasks (submissions waiting for a place under a concurrency limit are
+    ///    rejected as shut down);
+    /// 2. lets every accepted request run until it ends or `grace` has passed; no retry starts
+    ///    after this point (a request waiting out a backoff ends at once with its last error);
+    /// 3. at the deadline, cancels what is still open: each such request ends at once as
+    ///    [`JobResult::Cancelled`], its caller answered and its failure message announced, so
+    ///    no request is left without its outcome;
+    /// 4. shuts every strategy down exactly once (a strategy serving several modes once), with
+    ///    what is left of `grace`.
+    ///
+    /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
+    /// shut it down after this to drain it for its subscribers. Calling this again does not shut
+    /// strategies down again.
+    pub async fn shutdown_with_grace(&self, grace: Duration) {
+        let deadline = Instant::now().checked_add(grace);
+        let inner = &self.inner;
+        inner.closing.store(true, Ordering::SeqCst);
+        for limit in inner.modes.iter().filter_map(|mode| mode.limit.as_ref()) {
+            limit.close();
+        }
+        // No attempt starts after shutdown began: a request waiting out a retry's backoff ends
+        // now with its last attempt's error.
+        let open: Vec<Arc<RequestCell>> = inner
+            .table()
+            .attachments()
+            .map(|(_, open)| Arc::clone(&open.cell))
+            .collect();
+        for cell in open {
+            cell.end_backoff();
+        }
+        let drained =
+            exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, deadline)
+                .await;
+        if !drained {
+            inner.past_deadline.store(true, Ordering::SeqCst);
+            let open: Vec<Arc<RequestCell>> = inner
+                .table()
+                .attachments()
+                .map(|(_, open)| Arc::clone(&open.cell))
+                .collect();
+            let cancelled = open.len();
+            for cell in open {
+                cell.cancel();
+            }
+            tracing::warn!(
+                cancelled,
+                "coordinator shutdown: grace period over; cancelled the requests still open"
+            );
+            // A cancelled request ends at once; one that was ending on another thread meanwhile
+            // closes its job a moment later.
+            let settle = Instant::now().checked_add(CANCEL_SETTLE);
+            if !exec_strategies::support::wait_for(
+                &inner.drained,
+                || inner.open_jobs() == 0,
+                settle,
+            )
+            .await
+            {
+                tracing::error!(
+                    open_jobs = inner.open_jobs(),
+                    "coordinator shutdown: requests still open after cancellation"
+                );
+            }
+        }
+        let remaining = deadline.map_or(Duration::MAX, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        inner
+            .strategies_shut
+            .get_or_init(|| async {
+                let mut unique: Vec<&StrategyRef> = Vec::new();
+                for strategy in inner.modes.iter().map(|mode| &mode.strategy) {
+                    if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
+                        unique.push(strategy);
+                    }
+                }
+                futures::future::join_all(unique.into_iter().map(|s| s.shutdown(remaining))).await;
+            })
+            .await;
+    }
+}
