@@ -80,9 +80,10 @@ impl Completion {
         poll_fn(|cx| self.poll_cancelled(cx)).await;
     }
 
-    /// Delivers the outcome `future` resolves to, driving it where the coordinator runs its own
-    /// work (its tokio runtime): the way for a strategy whose work is a future (a request to a
-    /// remote service, an async node) to run it without a runtime of its own.
+    /// Delivers the outcome `future` resolves to, driving it where the caller of `execute` runs
+    /// its own work (a coordinator: the tokio runtime current where `execute` was called, else
+    /// the one the coordinator was started on): the way for a strategy whose work is a future (a
+    /// request to a remote service, an async node) to run it without a runtime of its own.
     ///
     /// Every poll runs inside the request's scope ([`in_scope`](Self::in_scope)); a panic is
     /// caught and delivered as a failure; once the request is cancelled the future is dropped at
