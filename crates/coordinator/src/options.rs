@@ -79,7 +79,9 @@ type Predicate = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;
 ///
 /// By default node errors, panics and lost workers are retried; timeouts (the deadline covers all
 /// attempts), cancellations, shutdowns and errors that would recur (unsupported or unregistered
-/// node, encoding, protocol) are not. [`retry_if`](Self::retry_if) replaces that rule.
+/// node, encoding, protocol) are not. [`retry_if`](Self::retry_if) replaces that rule. A poison
+/// task ([`TaskError::is_poison`]: it killed its workers too many times in a row) is never
+/// retried, whatever the rule.
 #[derive(Clone)]
 pub struct RetryPolicy {
     max_attempts: u32,
@@ -130,7 +132,7 @@ impl RetryPolicy {
         self
     }
 
-    /// Decides which errors are retried.
+    /// Decides which errors are retried (never a poison one).
     #[must_use]
     pub fn retry_if(
         mut self,
@@ -145,9 +147,12 @@ impl RetryPolicy {
         self.max_attempts
     }
 
-    /// Whether `error`, ending attempt `attempt` (from 1), earns another attempt.
+    /// Whether `error`, ending attempt `attempt` (from 1), earns another attempt. A poison error
+    /// ([`TaskError::is_poison`]) never does, whatever `retry_if` says.
     pub fn should_retry(&self, attempt: u32, error: &TaskError) -> bool {
-        attempt < self.max_attempts
+        // A poison task killed its workers again and again: another attempt would kill another.
+        !error.is_poison()
+            && attempt < self.max_attempts
             && match &self.retry_if {
                 Some(predicate) => predicate(error),
                 None => default_retryable(error),

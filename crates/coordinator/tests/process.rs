@@ -62,10 +62,26 @@ impl PortableNode for Nap {
     const NAME: &'static str = "nap";
 }
 
+/// Aborts its worker process, every time.
+#[derive(Serialize, Deserialize)]
+struct Crash;
+
+impl Node for Crash {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        std::process::abort()
+    }
+}
+
+impl PortableNode for Crash {
+    const NAME: &'static str = "crash";
+}
+
 fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
     registry.register::<Analyze>().unwrap();
     registry.register::<Nap>().unwrap();
+    registry.register::<Crash>().unwrap();
     registry
 }
 
@@ -232,6 +248,60 @@ fn a_retried_task_survives_its_worker_being_killed() {
     });
 }
 
+fn a_poison_task_is_not_retried_whatever_the_policy() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let recorder = Recorder::attach(&publisher);
+        let process = ProcessExecutionStrategy::builder(registry())
+            .workers(2)
+            .start()
+            .await
+            .unwrap();
+        let coordinator = Coordinator::builder()
+            .strategy(ExecutionMode::PROCESS, process)
+            .build();
+        coordinator.start(&publisher).unwrap();
+        let policy =
+            RetryPolicy::new(10).backoff(Duration::from_millis(1), Duration::from_millis(1));
+        let neighbours = (0..20_u64).map(|i| {
+            coordinator.submit(
+                Task::portable(format!("n{i}"), Analyze("a b".into())),
+                ExecutionMode::PROCESS,
+            )
+        });
+        let poison = coordinator.submit_with(
+            Task::portable("poison", Crash),
+            ExecutionMode::PROCESS,
+            SubmitOptions::new().retry(policy),
+        );
+        let (poison, neighbours) = tokio::join!(poison, futures::future::join_all(neighbours));
+        let error = poison.unwrap_err();
+        let task_error = error.task_error().unwrap();
+        assert!(task_error.is_poison(), "{error}");
+        assert!(task_error.message().contains("SIGABRT"), "{error}");
+        let job = coordinator.job("poison").unwrap();
+        assert_eq!(
+            (job.attempts(), job.result()),
+            (2, Some(JobResult::Failure)),
+            "two crashes in a row, then no more attempts"
+        );
+        // Tasks beside it were queued on the workers it killed, or ran elsewhere: none failed.
+        assert!(neighbours.iter().all(Result::is_ok), "{neighbours:?}");
+        coordinator
+            .shutdown_with_grace(Duration::from_secs(5))
+            .await;
+        publisher.shutdown().await;
+        assert!(recorder.terminal_counts().values().all(|&n| n == 1));
+        assert_eq!(recorder.terminal_counts().len(), 21);
+    });
+}
+
 fn typed_results_and_failures_come_back_from_worker_processes() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -343,6 +413,10 @@ fn main() {
         (
             "a_retried_task_survives_its_worker_being_killed",
             a_retried_task_survives_its_worker_being_killed,
+        ),
+        (
+            "a_poison_task_is_not_retried_whatever_the_policy",
+            a_poison_task_is_not_retried_whatever_the_policy,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

@@ -7,7 +7,8 @@
 //!   a few are slow on purpose and time out;
 //! - `embed` (threaded): CPU-bound work on the rayon pool;
 //! - `tool` (process): a registered serde node run in a worker process; some crash their worker
-//!   on purpose: the crash is reported (and retried once), never lost, and the worker replaced.
+//!   on purpose: the crash is retried once, crashes again and ends as "poison" (never tried
+//!   again), the worker is replaced each time, and no other tool call fails for it.
 //!
 //! A few agents are cancelled while they run, which cancels the children they submitted. Live
 //! progress per mode is shown while it runs, then a summary per mode.
@@ -108,6 +109,9 @@ struct Plan {
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(80);
 
+/// Tool calls that ended as poison: they crashed their worker twice in a row.
+static POISONED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn llm_call(id: String, name: &'static str, ms: u64) -> Task<String> {
     Task::from_fn(id, name, move || async move {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -160,7 +164,12 @@ fn agent(coordinator: Coordinator, plan: Plan) -> Task<String> {
             SubmitOptions::new().retry(retry_crash),
         );
         let (search, embedding, tool) = tokio::join!(search, embedding, tool);
-        let tool = tool.unwrap_or_else(|e| format!("tool unavailable ({e})"));
+        let tool = tool.unwrap_or_else(|e| {
+            if e.task_error().is_some_and(|e| e.is_poison()) {
+                POISONED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            format!("tool unavailable ({e})")
+        });
         Ok::<_, BoxError>(format!(
             "{planned}; {}; embed {:.1}; {tool}",
             search.unwrap_or_else(|e| e.to_string()),
@@ -251,7 +260,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn summary(detail: &SystemDetail, running: &SystemDetail, elapsed: Duration) -> String {
+fn summary(
+    detail: &SystemDetail,
+    running: &SystemDetail,
+    elapsed: Duration,
+    planned_crashes: usize,
+) -> String {
     let mut durations: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     for job in &detail.jobs {
         if job.result() == Some(JobResult::Success)
@@ -294,6 +308,14 @@ fn summary(detail: &SystemDetail, running: &SystemDetail, elapsed: Duration) -> 
             "\nprocess workers at the end of the run: {}; replaced after crashes: {}\n",
             pids.join(", "),
             process.restarts
+        ));
+        let failed = detail.requests.get("process").map_or(0, |c| c.failed);
+        let poisoned = POISONED.load(std::sync::atomic::Ordering::Relaxed);
+        out.push_str(&format!(
+            "tool calls planned to crash their worker: {planned_crashes} (some in cancelled \
+             agents); ended as poison after crashing it twice: {poisoned}; other process \
+             failures: {}\n",
+            failed.saturating_sub(poisoned)
         ));
     }
     out.push_str(
@@ -362,8 +384,10 @@ async fn main() -> anyhow::Result<()> {
         })
     };
 
+    let plans = plans(&args);
+    let planned_crashes = plans.iter().filter(|plan| plan.crash_tool).count();
     let mut running = futures::stream::FuturesUnordered::new();
-    for plan in plans(&args) {
+    for plan in plans {
         // Waits here while `concurrency` agents are running.
         let handle = coordinator
             .spawn(
@@ -405,7 +429,10 @@ async fn main() -> anyhow::Result<()> {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     let detail_after = coordinator.system_detail();
-    println!("{}", summary(&detail_after, &detail, elapsed));
+    println!(
+        "{}",
+        summary(&detail_after, &detail, elapsed, planned_crashes)
+    );
     let terminal = terminal.load(std::sync::atomic::Ordering::Relaxed);
     let missed = missed.load(std::sync::atomic::Ordering::Relaxed);
     if missed == 0 {

@@ -73,6 +73,73 @@ impl PortableNode for Exit {
     const NAME: &'static str = "exit";
 }
 
+/// Blocks its thread for `ms` milliseconds without ever waiting: a CPU loop that nothing but
+/// killing its process interrupts.
+#[derive(Serialize, Deserialize)]
+struct Spin(u64);
+impl Node for Spin {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        std::thread::sleep(Duration::from_millis(self.0));
+        Ok(())
+    }
+}
+impl PortableNode for Spin {
+    const NAME: &'static str = "spin";
+}
+
+/// Sleeps `ms` milliseconds, then exits the worker with status 7.
+#[derive(Serialize, Deserialize)]
+struct ExitLater(u64);
+impl Node for ExitLater {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(self.0)).await;
+        std::process::exit(7)
+    }
+}
+impl PortableNode for ExitLater {
+    const NAME: &'static str = "exit-later";
+}
+
+/// Reads its stdin to the end and returns how many bytes it got.
+#[derive(Serialize, Deserialize)]
+struct ReadStdin;
+impl Node for ReadStdin {
+    type Output = usize;
+    async fn invoke(self) -> Result<usize, BoxError> {
+        let mut all = Vec::new();
+        std::io::stdin().read_to_end(&mut all)?;
+        Ok(all.len())
+    }
+}
+impl PortableNode for ReadStdin {
+    const NAME: &'static str = "read-stdin";
+}
+
+/// How many runs of [`Overlap`] are running in this worker process.
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits a moment and returns how many runs of it ran in its process at once (itself included).
+#[derive(Serialize, Deserialize)]
+struct Overlap;
+impl Node for Overlap {
+    type Output = usize;
+    async fn invoke(self) -> Result<usize, BoxError> {
+        use std::sync::atomic::Ordering;
+        let mut most = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            most = most.max(RUNNING.load(Ordering::SeqCst));
+        }
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        Ok(most)
+    }
+}
+impl PortableNode for Overlap {
+    const NAME: &'static str = "overlap";
+}
+
 /// Prints to stdout (which must not reach the protocol) and returns the length of its input.
 #[derive(Serialize, Deserialize)]
 struct Blob(Vec<u8>);
@@ -122,6 +189,10 @@ fn registry() -> NodeRegistry {
     r.register::<Exit>().unwrap();
     r.register::<Blob>().unwrap();
     r.register::<Grow>().unwrap();
+    r.register::<Spin>().unwrap();
+    r.register::<ExitLater>().unwrap();
+    r.register::<ReadStdin>().unwrap();
+    r.register::<Overlap>().unwrap();
     r
 }
 
@@ -329,26 +400,42 @@ fn a_worker_that_exits_reports_its_status() {
     });
 }
 
-fn a_task_past_its_timeout_has_its_worker_replaced() {
+fn a_task_past_its_timeout_is_cancelled_in_its_worker() {
     runtime().block_on(async {
         let s = ProcessExecutionStrategy::builder(registry())
             .workers(1)
             .task_timeout(Duration::from_millis(300))
+            .cancel_grace(Duration::from_millis(200))
             .start()
             .await
             .unwrap();
         let pid = s.worker_pids()[0];
+        // A node that waits stops where it waits: the worker lives on.
         let e = task_core::run(&s, Task::portable("1", Sleep(30_000)).into_erased())
             .await
             .unwrap_err();
         assert!(e.is_timeout(), "{e:?}");
-        wait_until("the killed worker to be reaped", || is_dead(pid));
+        wait_until("the cancelled run to be answered", || {
+            s.stats().workers.iter().all(|w| w.in_flight == 0)
+        });
         let v = task_core::run(&s, Task::portable("2", Echo(9)).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<u64>(), Some(&9));
-        assert_eq!(s.restarts(), 1);
-        assert_ne!(s.worker_pids(), vec![pid]);
+        assert_eq!((s.restarts(), s.worker_pids()), (0, vec![pid]));
+        // A node that never waits cannot be stopped: its worker is killed after the grace.
+        let e = task_core::run(&s, Task::portable("3", Spin(30_000)).into_erased())
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        wait_until("the spinning worker to be reaped", || is_dead(pid));
+        wait_until("a replacement", || {
+            s.restarts() == 1 && s.worker_pids().len() == 1
+        });
+        let v = task_core::run(&s, Task::portable("4", Echo(4)).into_erased())
+            .await
+            .unwrap();
+        assert_eq!(v.downcast_ref::<u64>(), Some(&4));
         // A task answered in time leaves its worker alone when its timeout comes round.
         let replacement = s.worker_pids();
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -358,30 +445,194 @@ fn a_task_past_its_timeout_has_its_worker_replaced() {
     });
 }
 
-fn a_run_dropped_by_its_caller_has_its_worker_replaced() {
-    // A cancelled request drops the run's future: its worker takes no more work and is killed
-    // (the only way to stop the run), and the run is counted out.
+fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
+    // A cancelled request drops the run's future: the worker is told to drop the run, and is
+    // killed only if the run does not stop within the grace.
     runtime().block_on(async {
-        let s = pool(1).await;
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .cancel_grace(Duration::from_millis(200))
+            .start()
+            .await
+            .unwrap();
         let pid = s.worker_pids()[0];
-        let mut running = task_core::run(&s, Task::portable("1", Sleep(30_000)).into_erased());
-        while s.stats().workers.iter().all(|w| w.in_flight == 0) {
-            let polled = tokio::time::timeout(Duration::from_millis(10), &mut running).await;
-            assert!(polled.is_err(), "the sleep cannot have ended: {polled:?}");
+        for (node, killed) in [
+            (Task::portable("1", Sleep(30_000)).into_erased(), false),
+            (Task::portable("2", Spin(30_000)).into_erased(), true),
+        ] {
+            let mut running = task_core::run(&s, node);
+            while s.stats().workers.iter().all(|w| w.in_flight == 0) {
+                let polled = tokio::time::timeout(Duration::from_millis(10), &mut running).await;
+                assert!(polled.is_err(), "the run cannot have ended: {polled:?}");
+            }
+            // Started, not merely handed over.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(s.stats().in_flight, 1);
+            drop(running);
+            wait_until(
+                "the dropped run to be answered or its worker replaced",
+                || {
+                    s.stats().workers.iter().all(|w| w.in_flight == 0)
+                        && s.worker_pids().len() == 1
+                        && s.restarts() == u64::from(killed)
+                },
+            );
+            assert_eq!(s.stats().in_flight, 0, "the dropped run is counted out");
+            assert_eq!(is_dead(pid), killed);
         }
-        assert_eq!(s.stats().in_flight, 1);
-        drop(running);
-        wait_until("the abandoned worker to be reaped", || is_dead(pid));
-        wait_until("a replacement", || {
-            s.restarts() == 1 && s.worker_pids().len() == 1
-        });
-        assert_eq!(s.stats().in_flight, 0, "the dropped run is counted out");
-        let v = task_core::run(&s, Task::portable("2", Echo(4)).into_erased())
+        let v = task_core::run(&s, Task::portable("3", Echo(4)).into_erased())
             .await
             .unwrap();
         assert_eq!(v.downcast_ref::<u64>(), Some(&4));
-        assert_ne!(s.worker_pids(), vec![pid]);
         s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn tasks_queued_on_a_dying_worker_go_to_another() {
+    // One worker, so every task is queued behind the one that kills it.
+    runtime().block_on(async {
+        let s = pool(1).await;
+        let pid = s.worker_pids()[0];
+        let crash = task_core::run(&s, Task::portable("crash", ExitLater(200)).into_erased());
+        let queued = (0..12_u64)
+            .map(|i| task_core::run(&s, Task::portable(format!("q{i}"), Echo(i)).into_erased()));
+        let (crash, queued) = tokio::join!(crash, futures::future::join_all(queued));
+        let e = crash.unwrap_err();
+        assert!(e.is_worker_lost(), "{e:?}");
+        assert!(e.message().contains("exited with status 7"), "{e}");
+        for (i, answer) in (0..12_u64).zip(queued) {
+            let v = answer.unwrap_or_else(|e| panic!("queued task {i} failed: {e}"));
+            assert_eq!(v.downcast_ref::<u64>(), Some(&i));
+        }
+        assert!(is_dead(pid));
+        assert_eq!(s.restarts(), 1);
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn a_task_that_keeps_crashing_its_workers_is_poison() {
+    runtime().block_on(async {
+        let s = pool(1).await;
+        // Retries of one request share its id: the second crash in a row makes it poison.
+        let first = task_core::run(&s, Task::portable("p", Exit(3)).into_erased())
+            .await
+            .unwrap_err();
+        assert!(first.is_worker_lost() && !first.is_poison(), "{first:?}");
+        let other = task_core::run(&s, Task::portable("other", Echo(1)).into_erased()).await;
+        assert!(other.is_ok(), "another request is not disturbed");
+        let second = task_core::run(&s, Task::portable("p", Exit(3)).into_erased())
+            .await
+            .unwrap_err();
+        assert!(second.is_poison(), "{second:?}");
+        assert!(second.message().contains("2 times in a row"), "{second}");
+        assert!(
+            second.message().contains("exited with status 3"),
+            "{second}"
+        );
+        // An answer starts the count again.
+        let _ = task_core::run(&s, Task::portable("q", Exit(3)).into_erased()).await;
+        let fine = task_core::run(&s, Task::portable("q", Echo(2)).into_erased()).await;
+        assert!(fine.is_ok());
+        let again = task_core::run(&s, Task::portable("q", Exit(3)).into_erased())
+            .await
+            .unwrap_err();
+        assert!(again.is_worker_lost() && !again.is_poison(), "{again:?}");
+        s.shutdown(Duration::from_secs(5)).await;
+
+        let strict = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .poison_after(1)
+            .start()
+            .await
+            .unwrap();
+        let e = task_core::run(&strict, Task::portable("p", Exit(3)).into_erased())
+            .await
+            .unwrap_err();
+        assert!(e.is_poison(), "{e:?}");
+        strict.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn one_task_runs_at_a_time_per_worker_unless_asked() {
+    runtime().block_on(async {
+        for (per_worker, at_once) in [(None, 1), (Some(4), 4)] {
+            let mut builder = ProcessExecutionStrategy::builder(registry()).workers(1);
+            if let Some(n) = per_worker {
+                builder = builder.tasks_per_worker(n);
+            }
+            let s = builder.start().await.unwrap();
+            let calls = (0..8).map(|i| {
+                task_core::run(&s, Task::portable(format!("o{i}"), Overlap).into_erased())
+            });
+            let most = futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .map(|v| *v.unwrap().downcast_ref::<usize>().unwrap())
+                .max();
+            assert_eq!(most, Some(at_once), "tasks_per_worker {per_worker:?}");
+            s.shutdown(Duration::from_secs(5)).await;
+        }
+    });
+}
+
+fn a_node_reading_stdin_or_printing_cannot_touch_a_frame() {
+    runtime().block_on(async {
+        let s = pool(1).await;
+        let calls = (0..20_u64).map(|i| {
+            let task = match i % 3 {
+                0 => Task::portable(format!("r{i}"), ReadStdin).into_erased(),
+                1 => Task::portable(format!("b{i}"), Blob(vec![1; 10])).into_erased(),
+                _ => Task::portable(format!("e{i}"), Echo(i)).into_erased(),
+            };
+            let s = &s;
+            async move { (i, task_core::run(s, task).await) }
+        });
+        let answers =
+            tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+                .await
+                .expect("no frame is eaten, so every task is answered");
+        for (i, answer) in answers {
+            let value = answer.unwrap_or_else(|e| panic!("task {i}: {e}"));
+            match i % 3 {
+                0 => assert_eq!(value.downcast_ref::<usize>(), Some(&0), "stdin is empty"),
+                1 => assert_eq!(value.downcast_ref::<Vec<u8>>().map(Vec::len), Some(10)),
+                _ => assert_eq!(value.downcast_ref::<u64>(), Some(&i)),
+            }
+        }
+        assert_eq!(s.restarts(), 0);
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+/// The threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+fn dropping_the_last_handle_stops_its_workers_and_supervisor() {
+    runtime().block_on(async {
+        let supervisors = threads_named("exec-process");
+        let s = pool(2).await;
+        let pids = s.worker_pids();
+        assert_eq!(threads_named("exec-process"), supervisors + 1);
+        let clone = s.clone();
+        drop(s);
+        assert!(pids.iter().all(|p| !is_dead(*p)), "a clone still holds it");
+        let running = task_core::run(&clone, Task::portable("r", Sleep(30_000)).into_erased());
+        drop(clone);
+        let e = running.await.unwrap_err();
+        assert!(e.is_shutdown() || e.is_worker_lost(), "{e:?}");
+        wait_until("the workers to be reaped", || {
+            pids.iter()
+                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        });
+        wait_until("the supervisor thread to end", || {
+            threads_named("exec-process") == supervisors
+        });
     });
 }
 
@@ -612,10 +863,10 @@ fn many_tasks_in_flight_each_get_their_own_answer() {
 
 /// Plays a worker that breaks the protocol in the way `mode` names.
 fn fake_worker(mode: &str) -> ! {
-    let mut stdout = std::io::stdout();
+    let (mut input, mut output) = exec_strategies::process::worker_pipes().unwrap();
     let mut send = |bytes: &[u8]| {
-        stdout.write_all(bytes).unwrap();
-        stdout.flush().unwrap();
+        output.write_all(bytes).unwrap();
+        output.flush().unwrap();
     };
     let hello = |protocol| FromWorker::Hello {
         protocol,
@@ -628,14 +879,13 @@ fn fake_worker(mode: &str) -> ! {
         "silent" => {}
         _ => send(&wire::encode_frame(&hello(PROTOCOL_VERSION), usize::MAX).unwrap()),
     }
-    let mut stdin = std::io::stdin();
     loop {
         let mut header = [0; 4];
-        if stdin.read_exact(&mut header).is_err() {
+        if input.read_exact(&mut header).is_err() {
             std::process::exit(0);
         }
         let mut body = vec![0; u32::from_le_bytes(header) as usize];
-        stdin.read_exact(&mut body).unwrap();
+        input.read_exact(&mut body).unwrap();
         let Ok(ToWorker::Run { id, .. }) = wire::decode_body::<ToWorker>(&body) else {
             std::process::exit(0);
         };
@@ -705,12 +955,32 @@ fn main() {
             a_worker_that_exits_reports_its_status,
         ),
         (
-            "a_task_past_its_timeout_has_its_worker_replaced",
-            a_task_past_its_timeout_has_its_worker_replaced,
+            "a_task_past_its_timeout_is_cancelled_in_its_worker",
+            a_task_past_its_timeout_is_cancelled_in_its_worker,
         ),
         (
-            "a_run_dropped_by_its_caller_has_its_worker_replaced",
-            a_run_dropped_by_its_caller_has_its_worker_replaced,
+            "a_run_dropped_by_its_caller_is_cancelled_in_its_worker",
+            a_run_dropped_by_its_caller_is_cancelled_in_its_worker,
+        ),
+        (
+            "tasks_queued_on_a_dying_worker_go_to_another",
+            tasks_queued_on_a_dying_worker_go_to_another,
+        ),
+        (
+            "a_task_that_keeps_crashing_its_workers_is_poison",
+            a_task_that_keeps_crashing_its_workers_is_poison,
+        ),
+        (
+            "one_task_runs_at_a_time_per_worker_unless_asked",
+            one_task_runs_at_a_time_per_worker_unless_asked,
+        ),
+        (
+            "a_node_reading_stdin_or_printing_cannot_touch_a_frame",
+            a_node_reading_stdin_or_printing_cannot_touch_a_frame,
+        ),
+        (
+            "dropping_the_last_handle_stops_its_workers_and_supervisor",
+            dropping_the_last_handle_stops_its_workers_and_supervisor,
         ),
         (
             "workers_are_recycled_after_k_tasks",

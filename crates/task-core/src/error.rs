@@ -68,6 +68,7 @@ enum Kind {
     Encoding,
     Protocol,
     Cancelled,
+    Poison,
 }
 
 impl TaskError {
@@ -112,6 +113,12 @@ impl TaskError {
     /// The worker running the task died (crashed, was killed, exited) before answering.
     pub fn worker_lost(message: impl Into<String>) -> Self {
         Self::with_message(Kind::WorkerLost, message.into())
+    }
+
+    /// The task killed the worker running it too many times in a row (it is "poison"): it is
+    /// not run again, and a coordinator does not retry it whatever its retry policy says.
+    pub fn poison(message: impl Into<String>) -> Self {
+        Self::with_message(Kind::Poison, message.into())
     }
 
     /// The node's name is not registered where the task was sent.
@@ -199,6 +206,12 @@ impl TaskError {
     /// Whether the request was cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.kind == Kind::Cancelled
+    }
+
+    /// Whether the task killed its workers too many times in a row and is not run again
+    /// ([`TaskError::poison`]).
+    pub fn is_poison(&self) -> bool {
+        self.kind == Kind::Poison
     }
 
     /// The message, as shown by `Display`.

@@ -5,4 +5,4 @@ pub mod wire;
 mod worker;
 
 pub use pool::{ProcessBuilder, ProcessError, ProcessExecutionStrategy};
-pub use worker::{WORKER_ENV, run_worker_if_requested};
+pub use worker::{WORKER_ENV, run_worker_if_requested, worker_pipes};

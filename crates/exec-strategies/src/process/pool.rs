@@ -3,9 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt;
-use std::fs::File;
-use std::io::Write as _;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -14,17 +12,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use task_core::{
-    BoxFuture, Completion, ErasedTask, NodeRegistry, Outcome, StrategyStats, TaskError,
+    BoxFuture, Completion, ErasedTask, NodeRegistry, Outcome, RequestId, StrategyStats, TaskError,
     TaskExecutionStrategy, WorkerStats,
 };
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::net::unix::pipe;
+use tokio::process::{Child, Command};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION};
-use super::worker::{MAX_FRAME_ENV, THREADS_ENV, WORKER_ENV};
+use super::worker::{CONCURRENCY_ENV, MAX_FRAME_ENV, PIPES_ENV, THREADS_ENV, WORKER_ENV};
 use crate::tracker::Tracker;
 
 /// Why a [`ProcessExecutionStrategy`] could not start.
@@ -104,8 +101,11 @@ pub struct ProcessBuilder {
     registry: NodeRegistry,
     max_frame: usize,
     per_worker: usize,
+    prefetch: usize,
     worker_threads: usize,
     task_timeout: Option<Duration>,
+    cancel_grace: Duration,
+    poison_after: u32,
     recycle_after: Option<u64>,
     handshake_timeout: Duration,
 }
@@ -118,9 +118,12 @@ impl ProcessBuilder {
             args: Vec::new(),
             registry,
             max_frame: wire::DEFAULT_MAX_FRAME,
-            per_worker: 32,
+            per_worker: 1,
+            prefetch: 16,
             worker_threads: 1,
             task_timeout: None,
+            cancel_grace: Duration::from_secs(1),
+            poison_after: 2,
             recycle_after: None,
             handshake_timeout: Duration::from_secs(10),
         }
@@ -155,11 +158,26 @@ impl ProcessBuilder {
         self
     }
 
-    /// How many tasks one worker may have in flight at once (default 32). Several in flight
-    /// keep the pipes busy; a task waits for a place when every worker is full.
+    /// How many tasks one worker runs at once (default 1, as a `ProcessPoolExecutor` worker or a
+    /// Celery prefork child does).
+    ///
+    /// With more than one, a worker that crashes fails every task running in it at that moment,
+    /// not only the one that crashed it (the pool cannot tell them apart), and each counts toward
+    /// being [poison](Self::poison_after).
     #[must_use]
     pub fn tasks_per_worker(mut self, tasks: usize) -> Self {
         self.per_worker = tasks.max(1);
+        self
+    }
+
+    /// How many more tasks each worker is handed ahead of time (default 16): they wait in the
+    /// worker's queue, so it never waits for its next task and frames travel in batches. A task
+    /// a worker was handed but had not started when it died goes to another worker; it never
+    /// fails for it. 0 hands a worker a task only when it has a place to run it. A task waits
+    /// for a place when every worker is full.
+    #[must_use]
+    pub fn prefetch(mut self, tasks: usize) -> Self {
+        self.prefetch = tasks;
         self
     }
 
@@ -170,13 +188,36 @@ impl ProcessBuilder {
         self
     }
 
-    /// A task still running after `timeout` fails as timed out at once; its worker takes no more
-    /// work and is killed and replaced (the only way to stop the task) as soon as its other
-    /// tasks in flight have finished, or 200 ms later at most; only tasks still running then
-    /// are lost with it ([`TaskError::is_worker_lost`]). Default: no timeout.
+    /// A task still running `timeout` after it started fails as timed out at once, and is
+    /// cancelled in its worker as [`cancel_grace`](Self::cancel_grace) says. Default: no
+    /// timeout.
     #[must_use]
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a task whose caller stopped waiting (a cancellation, a coordinator's deadline,
+    /// [`task_timeout`](Self::task_timeout)) has to stop after its worker is told (default 1 s).
+    /// A queued task is dropped at once, a running one where it next waits; one that has not
+    /// stopped by then (a CPU loop in the node, which nothing else interrupts) has its worker
+    /// killed and replaced, failing only the tasks running in it
+    /// ([`TaskError::is_worker_lost`]); the tasks queued in it go to other workers.
+    #[must_use]
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// After how many crashes in a row of its worker a task is "poison" (default 2, at least
+    /// 1): it then fails with [`TaskError::is_poison`], and a coordinator does not retry it
+    /// whatever its retry policy says. Earlier crashes fail it with
+    /// [`TaskError::is_worker_lost`], which a retry policy may retry. Counted by request id
+    /// (retries share it) for the last 1,024 requests whose workers crashed; a request that gets an
+    /// answer starts again from 0.
+    #[must_use]
+    pub fn poison_after(mut self, crashes: u32) -> Self {
+        self.poison_after = crashes.max(1);
         self
     }
 
@@ -218,13 +259,20 @@ impl ProcessBuilder {
                 ProcessError::new(ErrorKind::Runtime, format!("supervisor runtime: {e}"))
             })?;
         let handle = runtime.handle().clone();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = oneshot::channel::<Vec<tokio::task::JoinHandle<()>>>();
         std::thread::Builder::new()
             .name("exec-process-supervisor".into())
             .spawn(move || {
                 // Workers are spawned from this thread, and their parent-death signal fires when
-                // it exits; it lives until the strategy shuts down.
-                let _ = runtime.block_on(stop_rx);
+                // it exits; it lives until the strategy shuts down or its last handle is dropped.
+                // The slots still supervised then were told to kill their workers: each is given
+                // a moment to reap its worker, so none is left a zombie.
+                if let Ok(lifecycles) = runtime.block_on(stop_rx) {
+                    let reaped = futures::future::join_all(lifecycles);
+                    let _ = runtime.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(2), reaped).await
+                    });
+                }
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| {
@@ -236,8 +284,11 @@ impl ProcessBuilder {
                 program,
                 args: self.args,
                 max_frame: self.max_frame,
+                per_worker: self.per_worker,
                 worker_threads: self.worker_threads,
                 task_timeout: self.task_timeout,
+                cancel_grace: self.cancel_grace,
+                poison_after: self.poison_after,
                 recycle_after: self.recycle_after,
                 handshake_timeout: self.handshake_timeout,
             },
@@ -254,7 +305,12 @@ impl ProcessBuilder {
                 slots: (0..self.workers).map(|_| None).collect(),
                 ..PoolState::default()
             }),
-            places: Semaphore::new(self.workers * self.per_worker),
+            places: Semaphore::new(
+                self.workers
+                    .saturating_mul(self.per_worker.saturating_add(self.prefetch))
+                    .min(Semaphore::MAX_PERMITS),
+            ),
+            crashes: Mutex::new(CrashLog::default()),
             ready: Notify::new(),
             tracker: Tracker::default(),
             next_run: AtomicU64::new(0),
@@ -293,7 +349,12 @@ impl ProcessBuilder {
             let lifecycle = handle.spawn(async move { s.supervise(slot, live).await });
             shared.lock().lifecycles.push(lifecycle);
         }
-        Ok(ProcessExecutionStrategy { shared })
+        Ok(ProcessExecutionStrategy {
+            _owner: Arc::new(Owner {
+                shared: Arc::clone(&shared),
+            }),
+            shared,
+        })
     }
 }
 
@@ -302,33 +363,80 @@ struct Config {
     program: PathBuf,
     args: Vec<OsString>,
     max_frame: usize,
+    per_worker: usize,
     worker_threads: usize,
     task_timeout: Option<Duration>,
+    cancel_grace: Duration,
+    poison_after: u32,
     recycle_after: Option<u64>,
     handshake_timeout: Duration,
 }
 
-/// How long a worker holding an abandoned run may keep serving its other runs before it is
-/// killed anyway (a run stuck on the worker's thread would otherwise hold them forever).
-const ABANDON_GRACE: Duration = Duration::from_millis(200);
-
-/// A run waiting for its worker's answer.
+/// A run handed to a worker and not answered yet.
 struct Pending {
     /// `None` once the caller was answered early (timed out) or stopped waiting.
-    reply: Option<oneshot::Sender<Result<Vec<u8>, TaskError>>>,
+    reply: Option<oneshot::Sender<Reply>>,
+    /// Whether the worker said it started the run.
+    started: bool,
+    /// The request the run belongs to, to count the crashes of its attempts.
+    request_id: RequestId,
+}
+
+/// What a run's caller learns from the pool.
+enum Reply {
+    /// The worker's answer, or why the run failed.
+    Done(Result<Vec<u8>, TaskError>),
+    /// The worker died before starting the run: it goes to another worker.
+    NotStarted,
+}
+
+/// How many times in a row the attempts of recent requests crashed their workers.
+#[derive(Default)]
+struct CrashLog {
+    counts: HashMap<RequestId, u32>,
+    /// The requests counted, oldest first, to forget the oldest past [`CrashLog::CAPACITY`].
+    order: VecDeque<RequestId>,
+}
+
+impl CrashLog {
+    const CAPACITY: usize = 1024;
+
+    /// Counts one more crash of `request_id`'s attempts; returns how many in a row so far.
+    fn crashed(&mut self, request_id: &RequestId) -> u32 {
+        if let Some(count) = self.counts.get_mut(request_id) {
+            *count += 1;
+            return *count;
+        }
+        if self.order.len() >= Self::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.counts.remove(&oldest);
+        }
+        self.order.push_back(request_id.clone());
+        self.counts.insert(request_id.clone(), 1);
+        1
+    }
+
+    /// `request_id` got an answer (or was declared poison): its count starts again from 0.
+    fn forget(&mut self, request_id: &RequestId) {
+        if self.counts.remove(request_id).is_some() {
+            self.order.retain(|id| id != request_id);
+        }
+    }
 }
 
 /// A live worker as the pool sees it.
 struct Slot {
     id: u64,
     pid: u32,
-    /// The worker's stdin. Closing it lets the worker finish what it has and exit.
+    /// The worker's input. Closing it lets the worker finish what it has and exit.
     input: Option<Arc<WorkerInput>>,
     kill: Option<oneshot::Sender<String>>,
     /// Keyed by the pool's own run counter, never by outside input: a fast unkeyed hash is safe.
     pending: HashMap<u64, Pending, foldhash::fast::FixedState>,
     given: u64,
     completed: u64,
+    /// Takes no more runs (it is being recycled): its input closes once its runs are answered.
     draining: bool,
 }
 
@@ -339,28 +447,19 @@ impl Slot {
         }
     }
 
-    /// Gives up on `run` (its caller is gone or was answered as timed out): the worker takes no
-    /// more work and is killed, the only way to stop the run, as soon as it has nothing else in
-    /// flight, so the other runs on it are not lost with it. Returns whether `run` was still in
-    /// flight here.
-    fn abandon(&mut self, run: u64, why: &str) -> bool {
+    /// Gives up on `run` (its caller is gone or was answered as timed out): its caller is not
+    /// answered, and the worker is told to drop it. Returns whether `run` was still pending here.
+    fn abandon(&mut self, run: u64) -> bool {
         let Some(pending) = self.pending.get_mut(&run) else {
             return false;
         };
         pending.reply = None;
-        self.draining = true;
-        self.settle(why);
-        true
-    }
-
-    /// Kills a draining worker whose runs in flight are all abandoned.
-    fn settle(&mut self, why: &str) {
-        if self.draining
-            && !self.pending.is_empty()
-            && self.pending.values().all(|p| p.reply.is_none())
-        {
-            self.request_kill(format!("its remaining runs were abandoned ({why})"));
+        let cancel = wire::encode_frame(&wire::ToWorker::Cancel { id: run }, usize::MAX);
+        if let (Some(input), Ok(frame)) = (&self.input, cancel) {
+            // A closed input means the worker is ending anyway.
+            let _ = input.send(&frame, true);
         }
+        true
     }
 }
 
@@ -383,14 +482,17 @@ struct Shared {
     /// Set when `readers` has shut down: answers are read on the supervisor's runtime from then.
     readers_gone: AtomicBool,
     state: Mutex<PoolState>,
-    /// One place per task a worker may have in flight: a run waits here when all are full.
+    /// One place per task a worker may run or hold in its queue: a run waits here when all are
+    /// full.
     places: Semaphore,
+    crashes: Mutex<CrashLog>,
     /// Woken when a worker becomes ready (or fails to start).
     ready: Notify,
     tracker: Tracker,
     next_run: AtomicU64,
     next_worker: AtomicU64,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// Stops the supervisor thread, handing it the slots' supervision to wait for.
+    stop: Mutex<Option<oneshot::Sender<Vec<tokio::task::JoinHandle<()>>>>>,
 }
 
 /// An installed worker with the receiving ends of its slot's channels.
@@ -405,7 +507,7 @@ struct Started {
     pid: u32,
     child: Child,
     input: Arc<WorkerInput>,
-    stdout: BufReader<ChildStdout>,
+    output: BufReader<pipe::Receiver>,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -466,43 +568,90 @@ impl Shared {
 
     fn stop_supervisor(&self) {
         if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = stop.send(());
+            let lifecycles = std::mem::take(&mut self.lock().lifecycles);
+            let _ = stop.send(lifecycles);
         }
+    }
+
+    /// The last handle is gone without a shutdown: refuse new runs, kill every worker (their
+    /// runs fail as worker lost), and stop the supervisor once it has reaped them.
+    fn release(&self) {
+        self.tracker.close();
+        {
+            let mut state = self.lock();
+            state.shutting_down = true;
+            for worker in state.slots.iter_mut().flatten() {
+                worker.request_kill("the pool was dropped".into());
+            }
+        }
+        self.places.close();
+        self.ready.notify_waiters();
+        self.stop_supervisor();
     }
 
     /// Spawns a worker process and checks its handshake.
     async fn start_worker(&self, slot: usize) -> Result<Started, ProcessError> {
+        let spawn_error = |what: &str, e: std::io::Error| {
+            ProcessError::new(
+                ErrorKind::Spawn,
+                format!(
+                    "cannot start worker `{}`: {what}: {e}",
+                    self.config.program.display()
+                ),
+            )
+        };
+        // The protocol's pipes: the worker's ends are named in its environment and kept open
+        // across its exec, every other end closes there (the standard library opens pipes
+        // close-on-exec), so no other child holds them.
+        let (worker_reads, to_worker) = std::io::pipe().map_err(|e| spawn_error("pipe", e))?;
+        let (from_worker, worker_writes) = std::io::pipe().map_err(|e| spawn_error("pipe", e))?;
+        // What a node prints goes to the parent's stderr, never into a frame.
+        let stdout = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| spawn_error("stderr", e))?;
         let mut command = Command::new(&self.config.program);
         command
             .args(&self.config.args)
             .env(WORKER_ENV, "1")
             .env(MAX_FRAME_ENV, self.config.max_frame.to_string())
             .env(THREADS_ENV, self.config.worker_threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .env(CONCURRENCY_ENV, self.config.per_worker.to_string())
+            .env(
+                PIPES_ENV,
+                format!("{},{}", worker_reads.as_raw_fd(), worker_writes.as_raw_fd()),
+            )
+            .stdin(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         die_with_parent(&mut command);
-        let mut child = command.spawn().map_err(|e| {
-            ProcessError::new(
-                ErrorKind::Spawn,
-                format!(
-                    "cannot start worker `{}`: {e}",
-                    self.config.program.display()
-                ),
-            )
-        })?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.start_kill();
-            return Err(ProcessError::new(
-                ErrorKind::Spawn,
-                "the worker's pipes were not set up",
-            ));
+        keep_open_in_child(
+            &mut command,
+            [worker_reads.as_raw_fd(), worker_writes.as_raw_fd()],
+        );
+        let spawned = command.spawn();
+        // The worker has its own copies now (or never will).
+        drop((worker_reads, worker_writes));
+        let mut child = spawned.map_err(|e| spawn_error("spawn", e))?;
+        let pipes = pipe::Sender::from_owned_fd(OwnedFd::from(to_worker)).and_then(|input| {
+            Ok((
+                input,
+                pipe::Receiver::from_owned_fd(OwnedFd::from(from_worker))?,
+            ))
+        });
+        let (input, output) = match pipes {
+            Ok(pipes) => pipes,
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(spawn_error("the worker's pipes", e));
+            }
         };
-        let mut stdout = BufReader::new(stdout);
+        let mut output = BufReader::new(output);
         let hello = tokio::time::timeout(
             self.config.handshake_timeout,
-            read_frame(&mut stdout, self.config.max_frame),
+            read_frame(&mut output, self.config.max_frame),
         )
         .await;
         let failure = match hello {
@@ -526,22 +675,14 @@ impl Shared {
                         .collect();
                     if missing.is_empty() {
                         let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
-                        match WorkerInput::new(stdin) {
-                            Ok(input) => {
-                                tracing::debug!(worker = id, pid, slot, "worker ready");
-                                return Ok(Started {
-                                    id,
-                                    pid,
-                                    child,
-                                    input: Arc::new(input),
-                                    stdout,
-                                });
-                            }
-                            Err(e) => ProcessError::new(
-                                ErrorKind::Spawn,
-                                format!("cannot set up the worker's input: {e}"),
-                            ),
-                        }
+                        tracing::debug!(worker = id, pid, slot, "worker ready");
+                        return Ok(Started {
+                            id,
+                            pid,
+                            child,
+                            input: Arc::new(WorkerInput::new(input)),
+                            output,
+                        });
                     } else {
                         ProcessError::new(
                             ErrorKind::Handshake,
@@ -552,10 +693,12 @@ impl Shared {
                     }
                 }
             }
-            Ok(Ok(Some(FromWorker::Done { .. }))) => ProcessError::new(
-                ErrorKind::Protocol,
-                "the worker answered before announcing itself",
-            ),
+            Ok(Ok(Some(FromWorker::Done { .. } | FromWorker::Started { .. }))) => {
+                ProcessError::new(
+                    ErrorKind::Protocol,
+                    "the worker answered before announcing itself",
+                )
+            }
             Ok(Ok(None)) => {
                 let status = child.wait().await.map(describe).unwrap_or_default();
                 ProcessError::new(
@@ -635,7 +778,8 @@ impl Shared {
         }
     }
 
-    /// Serves one worker until it ends, then fails whatever it still had in flight.
+    /// Serves one worker until it ends. Then the runs it had started fail (as poison once their
+    /// request crashed its workers often enough) and those it had not started go to another.
     async fn run_worker(self: &Arc<Self>, slot: usize, live: Live) {
         let Live {
             worker,
@@ -646,20 +790,20 @@ impl Shared {
             pid,
             mut child,
             input,
-            stdout,
+            output,
         } = worker;
         let writer = self.runtime.spawn(finish_writes(input));
-        let mut reader = self.read_on_callers_runtime(slot, stdout);
-        let reason = tokio::select! {
+        let mut reader = self.read_on_callers_runtime(slot, output);
+        let ended = tokio::select! {
             read = &mut reader => read.unwrap_or_else(|e| {
                 if e.is_cancelled() {
                     // The runtime the pool was started on has shut down: read on the
                     // supervisor's from now on.
                     self.readers_gone.store(true, Ordering::SeqCst);
                 }
-                format!("its answers could no longer be read ({e})")
+                Ended::Killed(format!("its answers could no longer be read ({e})"))
             }),
-            reason = kill_rx => reason.unwrap_or_else(|_| "its slot was closed".into()),
+            reason = kill_rx => Ended::Killed(reason.unwrap_or_else(|_| "its slot was closed".into())),
         };
         reader.abort();
         let _ = child.start_kill();
@@ -668,15 +812,39 @@ impl Shared {
             Err(e) => format!("could not be waited for ({e})"),
         };
         writer.abort();
+        let reason = ended.reason();
         let lost = self.lock().slots[slot].take();
         let Some(lost) = lost else { return };
+        let running = lost.pending.values().filter(|p| p.started).count();
         if !lost.pending.is_empty() {
-            tracing::warn!(worker = id, pid, %status, %reason, in_flight = lost.pending.len(), "worker lost");
+            tracing::warn!(worker = id, pid, %status, %reason, running, queued = lost.pending.len() - running, "worker lost");
         }
-        for reply in lost.pending.into_values().filter_map(|p| p.reply) {
-            let error = TaskError::worker_lost(format!("worker {pid} {status} ({reason})"));
-            let _ = reply.send(Err(error));
+        for pending in lost.pending.into_values() {
+            let Some(reply) = pending.reply else { continue };
+            let what = format!("worker {pid} {status} ({reason})");
+            if !pending.started && !matches!(ended, Ended::BrokeProtocol(_)) {
+                let _ = reply.send(Reply::NotStarted);
+                continue;
+            }
+            let crashes = match ended {
+                Ended::Died(_) => self.crash_log().crashed(&pending.request_id),
+                // The pool ended it, or it is broken: its runs did not crash it.
+                Ended::Killed(_) | Ended::BrokeProtocol(_) => 0,
+            };
+            let error = if crashes >= self.config.poison_after {
+                self.crash_log().forget(&pending.request_id);
+                TaskError::poison(format!(
+                    "the task is poison: its worker died {crashes} times in a row running it, the last time: {what}"
+                ))
+            } else {
+                TaskError::worker_lost(what)
+            };
+            let _ = reply.send(Reply::Done(Err(error)));
         }
+    }
+
+    fn crash_log(&self) -> MutexGuard<'_, CrashLog> {
+        self.crashes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts reading the worker's answers on the runtime the pool was started on (falling back to
@@ -684,68 +852,91 @@ impl Shared {
     fn read_on_callers_runtime(
         self: &Arc<Self>,
         slot: usize,
-        mut stdout: BufReader<ChildStdout>,
-    ) -> tokio::task::JoinHandle<String> {
+        mut output: BufReader<pipe::Receiver>,
+    ) -> tokio::task::JoinHandle<Ended> {
         let shared = Arc::clone(self);
-        if self.readers_gone.load(Ordering::SeqCst) || !stdout.buffer().is_empty() {
+        if self.readers_gone.load(Ordering::SeqCst) || !output.buffer().is_empty() {
             return self
                 .runtime
-                .spawn(async move { shared.read_answers(slot, &mut stdout).await });
+                .spawn(async move { shared.read_answers(slot, &mut output).await });
         }
-        let fd = match stdout.into_inner().into_owned_fd() {
+        let fd = match output.into_inner().into_nonblocking_fd() {
             Ok(fd) => fd,
             Err(e) => {
-                let reason = format!("its output could not be moved to a reader ({e})");
-                return self.runtime.spawn(async move { reason });
+                let ended =
+                    Ended::Killed(format!("its output could not be moved to a reader ({e})"));
+                return self.runtime.spawn(async move { ended });
             }
         };
         self.readers.spawn(async move {
             // Registered with this runtime's reactor, so its readiness wakes a thread here.
-            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            match pipe::Receiver::from_owned_fd(fd) {
                 Ok(pipe) => shared.read_answers(slot, &mut BufReader::new(pipe)).await,
-                Err(e) => format!("its output could not be watched ({e})"),
+                Err(e) => Ended::Killed(format!("its output could not be watched ({e})")),
             }
         })
     }
 
-    /// Delivers the worker's answers until it closes its stdout or breaks the protocol; returns
+    /// Delivers the worker's answers until it closes its output or breaks the protocol; returns
     /// why it stopped.
     async fn read_answers(
-        &self,
+        self: &Arc<Self>,
         slot: usize,
-        stdout: &mut BufReader<impl AsyncRead + Unpin>,
-    ) -> String {
+        output: &mut BufReader<impl AsyncRead + Unpin>,
+    ) -> Ended {
         loop {
-            let message = match read_frame(stdout, self.config.max_frame).await {
+            let message = match read_frame(output, self.config.max_frame).await {
                 Ok(Some(message)) => message,
-                Ok(None) => return "it closed its output".into(),
-                Err(e) => return e.to_string(),
-            };
-            let FromWorker::Done { id, outcome } = message else {
-                return "it announced itself twice".into();
+                Ok(None) => return Ended::Died("it closed its output".into()),
+                Err(e) if e.is_protocol_error() => return Ended::BrokeProtocol(e.to_string()),
+                Err(e) => return Ended::Died(e.to_string()),
             };
             let mut state = self.lock();
             let Some(worker) = state.slots[slot].as_mut() else {
-                return "its slot was closed".into();
+                return Ended::Killed("its slot was closed".into());
+            };
+            let (id, outcome) = match message {
+                FromWorker::Done { id, outcome } => (id, outcome),
+                FromWorker::Started { id } => {
+                    let Some(pending) = worker.pending.get_mut(&id) else {
+                        return Ended::BrokeProtocol(format!(
+                            "it started run {id}, which it was not given"
+                        ));
+                    };
+                    pending.started = true;
+                    let (worker_id, answered) = (worker.id, pending.reply.is_none());
+                    drop(state);
+                    if let Some(timeout) = self.config.task_timeout
+                        && !answered
+                    {
+                        let shared = Arc::clone(self);
+                        self.runtime.spawn(async move {
+                            tokio::time::sleep(timeout).await;
+                            shared.expire(worker_id, id);
+                        });
+                    }
+                    continue;
+                }
+                FromWorker::Hello { .. } => {
+                    return Ended::BrokeProtocol("it announced itself twice".into());
+                }
             };
             let Some(pending) = worker.pending.remove(&id) else {
-                return format!("it answered run {id}, which it was not given");
+                return Ended::BrokeProtocol(format!(
+                    "it answered run {id}, which it was not given"
+                ));
             };
             worker.completed += 1;
-            if worker.draining {
-                if worker.pending.is_empty() {
-                    // Recycled, or its abandoned runs ended after all: close its input; it exits
-                    // once idle and the slot gets a new worker.
-                    if let Some(input) = worker.input.take() {
-                        input.close();
-                    }
-                } else {
-                    worker.settle("the last run it was finishing is done");
-                }
+            if worker.draining
+                && worker.pending.is_empty()
+                && let Some(input) = worker.input.take()
+            {
+                // Recycled: close its input; it exits once idle and the slot gets a new worker.
+                input.close();
             }
             drop(state);
             if let Some(reply) = pending.reply {
-                let _ = reply.send(outcome);
+                let _ = reply.send(Reply::Done(outcome));
             }
         }
     }
@@ -753,18 +944,10 @@ impl Shared {
     /// Hands a run to the least busy live worker, waiting for one when none is live.
     async fn dispatch(
         self: &Arc<Self>,
-        name: &'static str,
-        payload: &[u8],
+        request_id: &RequestId,
+        frame: &[u8],
+        run: u64,
     ) -> Result<Dispatched, TaskError> {
-        let run = self.next_run.fetch_add(1, Ordering::Relaxed);
-        let frame = wire::encode_frame(
-            &wire::RunRef {
-                id: run,
-                name,
-                payload,
-            },
-            self.config.max_frame,
-        )?;
         loop {
             let notified = self.ready.notified();
             {
@@ -779,7 +962,6 @@ impl Shared {
                     .filter(|w| !w.draining && w.input.is_some())
                     .min_by_key(|w| w.pending.len());
                 if let Some(worker) = chosen {
-                    let (reply, answer) = oneshot::channel();
                     // The lock keeps frames of concurrent dispatches whole and in order. A worker
                     // with little to do gets the frame at once, written from this thread
                     // straight into the pipe (no hop through the supervisor). One with a queue
@@ -788,28 +970,29 @@ impl Shared {
                     // then, and a write per frame (and a wake of the worker per write) is what
                     // limits a full pipeline.
                     let now = worker.pending.len() < BATCH_WHEN_PENDING;
-                    let sent = worker.input.as_ref().map(|input| input.send(&frame, now));
+                    let sent = worker.input.as_ref().map(|input| input.send(frame, now));
                     if !matches!(sent, Some(Ok(()))) {
-                        return Err(TaskError::worker_lost("the worker's input closed"));
+                        // The worker is dying (its end of the pipe closed): it takes nothing
+                        // more, its supervision sees it end, and the run goes to another.
+                        worker.input = None;
+                        continue;
                     }
-                    worker.pending.insert(run, Pending { reply: Some(reply) });
+                    let (reply, answer) = oneshot::channel();
+                    worker.pending.insert(
+                        run,
+                        Pending {
+                            reply: Some(reply),
+                            started: false,
+                            request_id: request_id.clone(),
+                        },
+                    );
                     worker.given += 1;
                     if self.config.recycle_after.is_some_and(|k| worker.given >= k) {
                         worker.draining = true;
                     }
-                    let worker_id = worker.id;
-                    drop(state);
-                    if let Some(timeout) = self.config.task_timeout {
-                        let shared = Arc::clone(self);
-                        self.runtime.spawn(async move {
-                            tokio::time::sleep(timeout).await;
-                            shared.expire(worker_id, run);
-                        });
-                    }
                     return Ok(Dispatched {
                         answer,
-                        worker_id,
-                        run,
+                        worker_id: worker.id,
                     });
                 }
                 if let Some(error) = &state.last_spawn_error
@@ -836,7 +1019,7 @@ impl Shared {
     }
 
     /// `run` passed the pool's task timeout: if it is still running, its caller is answered as
-    /// timed out now, and its worker is killed and replaced (once its other runs are done).
+    /// timed out now, and it is cancelled in its worker.
     fn expire(self: &Arc<Self>, worker_id: u64, run: u64) {
         let timeout = self.config.task_timeout.unwrap_or_default();
         let expired = self.with_worker(worker_id, |worker| {
@@ -844,40 +1027,36 @@ impl Shared {
                 // Answered in time, or already abandoned.
                 return false;
             };
-            let pid = worker.pid;
-            let _ = reply.send(Err(TaskError::timed_out(format!(
-                "the task ran past its timeout of {timeout:?}; its worker {pid} is replaced"
-            ))));
-            worker.abandon(run, &format!("run {run} timed out"))
+            let _ = reply.send(Reply::Done(Err(TaskError::timed_out(format!(
+                "the task ran past its timeout of {timeout:?}"
+            )))));
+            worker.abandon(run)
         });
         if expired == Some(true) {
-            self.kill_later(worker_id);
+            self.kill_later(worker_id, run);
         }
     }
 
     /// The caller stopped waiting for `run` (its request was cancelled or passed its deadline):
-    /// the worker running it is killed and replaced (once its other runs are done), the only
-    /// way to stop the run.
+    /// it is cancelled in its worker.
     fn abandon(self: &Arc<Self>, worker_id: u64, run: u64) {
-        // The entry stays until the worker ends, so a late answer is not a protocol breach.
-        let abandoned = self.with_worker(worker_id, |worker| {
-            worker.abandon(run, &format!("run {run} was abandoned by its caller"))
-        });
-        if abandoned == Some(true) {
-            self.kill_later(worker_id);
+        // The entry stays until the worker answers, so a late answer is not a protocol breach.
+        if self.with_worker(worker_id, |worker| worker.abandon(run)) == Some(true) {
+            self.kill_later(worker_id, run);
         }
     }
 
-    /// Kills the worker after [`ABANDON_GRACE`] if an abandoned run still holds it then: its
-    /// other runs get that long to finish before they are lost with it.
-    fn kill_later(self: &Arc<Self>, worker_id: u64) {
+    /// Kills the worker if the cancelled `run` is still running in it after the cancel grace
+    /// (nothing else stops a node that never waits); the runs it had not started go to others.
+    fn kill_later(self: &Arc<Self>, worker_id: u64, run: u64) {
         let shared = Arc::clone(self);
+        let grace = self.config.cancel_grace;
         self.runtime.spawn(async move {
-            tokio::time::sleep(ABANDON_GRACE).await;
+            tokio::time::sleep(grace).await;
             shared.with_worker(worker_id, |worker| {
-                if worker.pending.values().any(|p| p.reply.is_none()) {
+                if worker.pending.get(&run).is_some_and(|p| p.started) {
                     worker.request_kill(format!(
-                        "an abandoned run still held it after {ABANDON_GRACE:?}"
+                        "run {run} was still running {grace:?} after it was cancelled"
                     ));
                 }
             });
@@ -903,8 +1082,8 @@ impl Shared {
     }
 
     /// Runs `task` on a worker and resolves to its outcome. The future is dropped unfinished when
-    /// the request is cancelled or passes its deadline: the run's [`AbandonOnDrop`] then has its
-    /// worker replaced, the only way to stop it.
+    /// the request is cancelled or passes its deadline: the run's [`AbandonOnDrop`] then has it
+    /// cancelled in its worker.
     async fn run(self: Arc<Self>, task: ErasedTask) -> Outcome {
         let shared = &self;
         let Some(_admission) = shared.tracker.admit() else {
@@ -921,40 +1100,95 @@ impl Shared {
             if !shared.expected_names.iter().any(|n| n == portable.name()) {
                 return Err(TaskError::not_registered(portable.name()));
             }
-            let payload = portable.payload()?;
+            let run = shared.next_run.fetch_add(1, Ordering::Relaxed);
+            let frame = wire::encode_frame(
+                &wire::RunRef {
+                    id: run,
+                    name: portable.name(),
+                    payload: portable.payload()?,
+                },
+                shared.config.max_frame,
+            )?;
             let _place = shared
                 .places
                 .acquire()
                 .await
                 .map_err(|_| TaskError::shutdown("process"))?;
-            let dispatched = shared.dispatch(portable.name(), payload).await?;
-            let mut abandon = AbandonOnDrop {
-                shared,
-                worker_id: dispatched.worker_id,
-                run: dispatched.run,
-                armed: true,
+            let mut handed = 0;
+            let bytes = loop {
+                let dispatched = shared.dispatch(info.request_id(), &frame, run).await?;
+                let mut abandon = AbandonOnDrop {
+                    shared,
+                    worker_id: dispatched.worker_id,
+                    run,
+                    armed: true,
+                };
+                let answer = dispatched.answer.await;
+                abandon.armed = false;
+                match answer {
+                    Ok(Reply::Done(answer)) => break answer,
+                    Ok(Reply::NotStarted) if handed < MAX_HANDOVERS => handed += 1,
+                    Ok(Reply::NotStarted) => {
+                        break Err(TaskError::worker_lost(format!(
+                            "{MAX_HANDOVERS} workers in a row died before starting the task"
+                        )));
+                    }
+                    Err(_) => {
+                        break Err(TaskError::worker_lost(
+                            "the worker ended without answering",
+                        ));
+                    }
+                }
             };
-            let answer = dispatched.answer.await;
-            abandon.armed = false;
-            let bytes = answer.unwrap_or_else(|_| {
-                Err(TaskError::worker_lost("the worker ended without answering"))
-            })?;
-            portable.decode_output(&bytes)
+            if !bytes.as_ref().is_err_and(TaskError::is_worker_lost) {
+                shared.forget_crashes(info.request_id());
+            }
+            portable.decode_output(&bytes?)
         }
         .await;
         shared.tracker.record(&outcome);
         outcome
     }
+
+    /// `request_id`'s run got an answer from its worker: its crashes are no longer in a row.
+    fn forget_crashes(&self, request_id: &RequestId) {
+        let mut log = self.crash_log();
+        if !log.counts.is_empty() {
+            log.forget(request_id);
+        }
+    }
 }
+
+/// Why a worker's supervision ended.
+enum Ended {
+    /// It died: it closed its output (exited, crashed, was killed from outside).
+    Died(String),
+    /// The pool ended it (a cancelled run that would not stop, its input closed, the pool
+    /// stopping).
+    Killed(String),
+    /// It broke the protocol: nothing it holds is handed to another worker of the same program.
+    BrokeProtocol(String),
+}
+
+impl Ended {
+    fn reason(&self) -> &str {
+        match self {
+            Self::Died(reason) | Self::Killed(reason) | Self::BrokeProtocol(reason) => reason,
+        }
+    }
+}
+
+/// How many workers a run is handed to in turn when each dies before starting it, before it fails:
+/// a safeguard against a fault that kills every worker as it reads a task's frame.
+const MAX_HANDOVERS: u32 = 16;
 
 /// A run handed to a worker.
 struct Dispatched {
-    answer: oneshot::Receiver<Result<Vec<u8>, TaskError>>,
+    answer: oneshot::Receiver<Reply>,
     worker_id: u64,
-    run: u64,
 }
 
-/// Kills the worker of a run whose caller stopped waiting before the answer came.
+/// Cancels a run in its worker when its caller stops waiting before the answer came.
 struct AbandonOnDrop<'a> {
     shared: &'a Arc<Shared>,
     worker_id: u64,
@@ -974,11 +1208,12 @@ impl Drop for AbandonOnDrop<'_> {
 /// written together, instead of each being written at once.
 const BATCH_WHEN_PENDING: usize = 8;
 
-/// A worker's stdin. Dispatch writes frames for an idle worker straight into the pipe without
-/// blocking; what the pipe cannot take yet, and the frames for a busy worker, wait in a backlog
-/// that [`finish_writes`] drains (whatever has gathered, in large writes) when it is writable.
+/// A worker's input pipe. Dispatch writes frames for an idle worker straight into the pipe
+/// without blocking; what the pipe cannot take yet, and the frames for a busy worker, wait in a
+/// backlog that [`finish_writes`] drains (whatever has gathered, in large writes) when it is
+/// writable.
 struct WorkerInput {
-    pipe: AsyncFd<File>,
+    pipe: pipe::Sender,
     backlog: Mutex<Backlog>,
     wake: Notify,
 }
@@ -990,25 +1225,12 @@ struct Backlog {
 }
 
 impl WorkerInput {
-    fn new(stdin: ChildStdin) -> std::io::Result<Self> {
-        let file = File::from(stdin.into_owned_fd()?);
-        // SAFETY: F_GETFL/F_SETFL on a descriptor this process owns.
-        unsafe {
-            let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-            if flags < 0
-                || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(Self {
-            // SAFETY: `file` owns the descriptor, which stays open until the AsyncFd (and with it
-            // `file`) is dropped.
-            pipe: unsafe { AsyncFd::register_with_interest(file, Interest::WRITABLE) }
-                .map_err(|e| std::io::Error::other(e.to_string()))?,
+    fn new(pipe: pipe::Sender) -> Self {
+        Self {
+            pipe,
             backlog: Mutex::new(Backlog::default()),
             wake: Notify::new(),
-        })
+        }
     }
 
     fn backlog(&self) -> MutexGuard<'_, Backlog> {
@@ -1026,7 +1248,7 @@ impl WorkerInput {
         let mut rest = frame;
         if now && backlog.bytes.is_empty() {
             while !rest.is_empty() {
-                match self.pipe.get_ref().write(rest) {
+                match self.pipe.try_write(rest) {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                     Ok(n) => rest = &rest[n..],
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -1070,7 +1292,7 @@ async fn finish_writes(input: Arc<WorkerInput>) {
                 Step::Idle
             } else {
                 let (front, _) = backlog.bytes.as_slices();
-                match input.pipe.get_ref().write(front) {
+                match input.pipe.try_write(front) {
                     Ok(n) if n > 0 => {
                         backlog.bytes.drain(..n);
                         Step::Wrote
@@ -1084,10 +1306,11 @@ async fn finish_writes(input: Arc<WorkerInput>) {
         };
         match step {
             Step::Wrote => {}
-            Step::Full => match input.pipe.writable().await {
-                Ok(mut ready) => ready.clear_ready(),
-                Err(_) => return,
-            },
+            Step::Full => {
+                if input.pipe.writable().await.is_err() {
+                    return;
+                }
+            }
             Step::Idle => input.wake.notified().await,
         }
     }
@@ -1116,6 +1339,23 @@ fn die_with_parent(command: &mut Command) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = command;
+}
+
+/// Keeps `fds` open across the worker's exec: clears their close-on-exec flag in the forked
+/// child only, so the parent's copies stay close-on-exec and no other child inherits them.
+fn keep_open_in_child(command: &mut Command, fds: [std::os::fd::RawFd; 2]) {
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl, which is
+    // async-signal-safe, on descriptors the child inherited.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Runs tasks in a supervised pool of worker processes: crash isolation and separate memory.
@@ -1148,6 +1388,20 @@ fn die_with_parent(command: &mut Command) {
 #[derive(Clone)]
 pub struct ProcessExecutionStrategy {
     shared: Arc<Shared>,
+    /// Dropped with the last clone: the pool then stops (see [`Owner`]).
+    _owner: Arc<Owner>,
+}
+
+/// Owned by the strategy's handles alone (the pool's own tasks hold [`Shared`]): when the last
+/// handle goes, without a shutdown, the pool kills its workers and stops its supervisor thread.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.release();
+    }
 }
 
 impl ProcessExecutionStrategy {

@@ -3,9 +3,15 @@
 //!
 //! A frame is a 4-byte little-endian length followed by that many bytes of a postcard-encoded
 //! message. The worker speaks first with [`FromWorker::Hello`] (protocol version, registered node
-//! names, process id); then the parent sends [`ToWorker::Run`] for each task and the worker
-//! answers each with [`FromWorker::Done`], in any order. Frames larger than the configured maximum
-//! are refused before their body is read.
+//! names, process id); then the parent sends [`ToWorker::Run`] for each task. The worker queues
+//! what it cannot start yet, says [`FromWorker::Started`] as it starts each run (before anything
+//! of the node runs, the decoding of its payload included) and answers each with
+//! [`FromWorker::Done`], in any order. [`ToWorker::Cancel`] asks it to drop a run, queued or
+//! running; the run is answered either way. Frames larger than the configured maximum are refused
+//! before their body is read.
+//!
+//! The frames travel on two pipes of their own, never on the worker's stdin or stdout: the
+//! parent names their descriptors in the worker's environment ([`worker_pipes`](super::worker_pipes)).
 //!
 //! Public so that it can be fuzzed and so that workers can be written in other ways; most users
 //! never touch it.
@@ -15,7 +21,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use task_core::TaskError;
 
 /// The protocol version both sides must announce.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The default largest frame, in bytes (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -37,6 +43,12 @@ pub enum ToWorker {
     },
     /// Finish the runs in flight, then exit.
     Shutdown,
+    /// Drop run `id`: a queued run never starts, a running one is stopped where it next waits.
+    /// Either way it is answered (as cancelled, unless it finished first).
+    Cancel {
+        /// The run's id.
+        id: u64,
+    },
 }
 
 /// [`ToWorker::Run`] borrowing its name and payload: it encodes to the same bytes, so the parent
@@ -71,6 +83,8 @@ pub(crate) enum ToWorkerRef<'a> {
     },
     /// As [`ToWorker::Shutdown`].
     Shutdown,
+    /// As [`ToWorker::Cancel`].
+    Cancel { id: u64 },
 }
 
 /// A message from a worker to the parent.
@@ -91,6 +105,13 @@ pub enum FromWorker {
         id: u64,
         /// The encoded output, or why there is none.
         outcome: Result<Vec<u8>, TaskError>,
+    },
+    /// Run `id` is starting: from here on, a crash of the worker is this run's (and the other
+    /// runs started and not answered). A run the worker was given and never said this of did
+    /// not start, and goes to another worker if this one dies.
+    Started {
+        /// The id of the run starting.
+        id: u64,
     },
 }
 

@@ -1,14 +1,19 @@
 //! The worker side: a process started by a [`ProcessExecutionStrategy`](super::ProcessExecutionStrategy)
-//! serves tasks from its registry over stdin/stdout.
+//! serves tasks from its registry over two pipes of its own.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use futures::FutureExt;
+use futures::future::{AbortHandle, Abortable, abortable};
 use task_core::{NodeRegistry, TaskError};
 
 use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorkerRef};
@@ -19,6 +24,10 @@ pub const WORKER_ENV: &str = "EXEC_STRATEGIES_WORKER";
 pub(crate) const MAX_FRAME_ENV: &str = "EXEC_STRATEGIES_MAX_FRAME";
 /// How many runtime threads the worker runs tasks on.
 pub(crate) const THREADS_ENV: &str = "EXEC_STRATEGIES_WORKER_THREADS";
+/// How many tasks the worker runs at once.
+pub(crate) const CONCURRENCY_ENV: &str = "EXEC_STRATEGIES_WORKER_CONCURRENCY";
+/// The protocol's two descriptors, `<read>,<write>` ([`worker_pipes`]).
+pub(crate) const PIPES_ENV: &str = "EXEC_STRATEGIES_PIPES";
 
 /// Enters worker mode if this process was started as a worker of a
 /// [`ProcessExecutionStrategy`](super::ProcessExecutionStrategy), and returns at once otherwise.
@@ -27,8 +36,8 @@ pub(crate) const THREADS_ENV: &str = "EXEC_STRATEGIES_WORKER_THREADS";
 /// should run. In worker mode it serves tasks until the parent asks it to stop (or goes away),
 /// then exits the process; it never returns.
 ///
-/// In worker mode, stdout carries the protocol, so anything the program prints to stdout is sent
-/// to stderr instead.
+/// In worker mode the protocol runs on two pipes of its own ([`worker_pipes`]); stdin is
+/// `/dev/null` and anything the program prints to stdout goes to the parent's stderr.
 ///
 /// # Examples
 ///
@@ -67,46 +76,50 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Keeps the protocol's stdout for frames and sends fd 1 (what `print!` writes to) to stderr.
-fn take_stdout_for_frames() -> io::Result<File> {
-    let frames = io::stdout().as_fd().try_clone_to_owned()?;
-    // SAFETY: dup2 on two open descriptors of this process; no Rust object owns fd 1 exclusively.
-    let rc = unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(File::from(frames))
-}
+/// Set once [`worker_pipes`] has taken the descriptors, so they are never owned twice.
+static PIPES_TAKEN: AtomicBool = AtomicBool::new(false);
 
-/// Counts runs in flight so the worker can finish them before exiting.
-#[derive(Default)]
-struct InFlight {
-    count: AtomicUsize,
-    lock: Mutex<()>,
-    idle: Condvar,
-}
-
-impl InFlight {
-    fn start(&self) {
-        self.count.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn finish(&self) {
-        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()));
-            self.idle.notify_all();
+/// The two pipes a worker speaks the protocol on ([`wire`](super::wire)): frames from the parent
+/// are read from the first, frames to it written to the second. They are descriptors of their own
+/// that the parent names in the environment, never stdin or stdout: a worker's stdin is `/dev/null`
+/// and its stdout goes to the parent's stderr, so nothing a node reads or prints can touch a
+/// frame.
+///
+/// [`run_worker_if_requested`] calls this; a worker written another way (in tests, say) may call
+/// it instead, once.
+///
+/// # Errors
+///
+/// When the environment names no pipes, names something that is not an open descriptor, or the
+/// pipes were taken already.
+pub fn worker_pipes() -> io::Result<(File, File)> {
+    let named = std::env::var(PIPES_ENV).map_err(|_| {
+        io::Error::other(format!(
+            "{PIPES_ENV} is not set: this process was not started by a ProcessExecutionStrategy"
+        ))
+    })?;
+    let fd = |part: Option<&str>| -> io::Result<RawFd> {
+        let fd: RawFd = part
+            .and_then(|p| p.parse().ok())
+            .filter(|&fd| fd > 2)
+            .ok_or_else(|| io::Error::other(format!("{PIPES_ENV}={named} names no pipes")))?;
+        // SAFETY: F_GETFD only reads the flags of a descriptor number; it fails on a closed one.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(io::Error::last_os_error());
         }
+        Ok(fd)
+    };
+    let mut parts = named.split(',');
+    let (input, output) = (fd(parts.next())?, fd(parts.next())?);
+    if input == output || PIPES_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other("the protocol's pipes are taken already"));
     }
-
-    fn wait_idle(&self) {
-        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        while self.count.load(Ordering::SeqCst) > 0 {
-            guard = self.idle.wait(guard).unwrap_or_else(|p| p.into_inner());
-        }
-    }
+    // SAFETY: both are open descriptors the parent handed to this process for the protocol alone,
+    // and the flag above lets them be owned only once.
+    Ok(unsafe { (File::from_raw_fd(input), File::from_raw_fd(output)) })
 }
 
-/// Where answers go: whichever thread finishes a run writes its answer.
+/// Where frames to the parent go: whichever thread has one writes it.
 struct Output {
     out: Mutex<BufWriter<File>>,
 }
@@ -133,11 +146,123 @@ fn start_run(registry: &NodeRegistry, name: &str, payload: &[u8]) -> Run {
     }
 }
 
+/// The runs the worker was given: those waiting for a place, and those running.
+#[derive(Default)]
+struct Runs {
+    queued: VecDeque<(u64, Run)>,
+    running: HashMap<u64, AbortHandle>,
+}
+
+/// What the reading thread and the runtime's threads share.
+struct Serving {
+    output: Output,
+    runs: Mutex<Runs>,
+    /// Woken when the last run ends.
+    idle: Condvar,
+    /// How many runs may run at once.
+    concurrency: usize,
+    max_frame: usize,
+}
+
+impl Serving {
+    fn runs(&self) -> MutexGuard<'_, Runs> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for run `id` (the caller checked there is one).
+    fn begin(&self, runs: &mut Runs, id: u64, run: Run) -> Abortable<Run> {
+        let (run, handle) = abortable(run);
+        runs.running.insert(id, handle);
+        run
+    }
+
+    /// Announces `id` as started, then runs it on the runtime.
+    fn spawn(self: &Arc<Self>, id: u64, run: Abortable<Run>) -> io::Result<()> {
+        self.output.send(&started_frame(id, self.max_frame), true)?;
+        self.run_rest(id, run);
+        Ok(())
+    }
+
+    /// Runs the announced run `id` to its end on the runtime, then answers it.
+    fn run_rest(self: &Arc<Self>, id: u64, run: Abortable<Run>) {
+        let serving = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = run.await.unwrap_or_else(|_| Err(cancelled_by_pool()));
+            // A failed write means the parent is gone; the reading thread sees it too.
+            let _ = serving.finish(id, outcome, true);
+        });
+    }
+
+    /// Answers run `id`, frees its place and starts the next queued run in it. `flush` says
+    /// whether nothing else is known to follow at once.
+    fn finish(
+        self: &Arc<Self>,
+        id: u64,
+        outcome: Result<Vec<u8>, TaskError>,
+        flush: bool,
+    ) -> io::Result<()> {
+        let next = {
+            let mut runs = self.runs();
+            runs.running.remove(&id);
+            let next = runs.queued.pop_front();
+            let next = next.map(|(next, run)| (next, self.begin(&mut runs, next, run)));
+            if runs.running.is_empty() {
+                self.idle.notify_all();
+            }
+            next
+        };
+        // The answer goes out with the next run's start, in one write.
+        self.output.send(
+            &done_frame(id, outcome, self.max_frame),
+            flush && next.is_none(),
+        )?;
+        match next {
+            Some((next, run)) => self.spawn(next, run),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops run `id`: a queued one is answered as cancelled at once, a running one stops where it
+    /// next waits (and is answered then).
+    fn cancel(self: &Arc<Self>, id: u64) -> io::Result<()> {
+        let mut runs = self.runs();
+        if let Some(position) = runs.queued.iter().position(|(queued, _)| *queued == id) {
+            runs.queued.remove(position);
+            drop(runs);
+            let cancelled = Err(TaskError::cancelled(
+                "the run was cancelled by the pool before it started",
+            ));
+            return self
+                .output
+                .send(&done_frame(id, cancelled, self.max_frame), true);
+        }
+        if let Some(handle) = runs.running.get(&id) {
+            handle.abort();
+        }
+        Ok(())
+    }
+
+    /// Waits until every run given has been answered.
+    fn wait_idle(&self) {
+        let mut runs = self.runs();
+        while !runs.running.is_empty() || !runs.queued.is_empty() {
+            runs = self.idle.wait(runs).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 fn serve(registry: &NodeRegistry) -> io::Result<()> {
     let max_frame = env_usize(MAX_FRAME_ENV, wire::DEFAULT_MAX_FRAME);
     let threads = env_usize(THREADS_ENV, 1).max(1);
-    let output = Arc::new(Output {
-        out: Mutex::new(BufWriter::new(take_stdout_for_frames()?)),
+    let (input, output) = worker_pipes()?;
+    let serving = Arc::new(Serving {
+        output: Output {
+            out: Mutex::new(BufWriter::new(output)),
+        },
+        runs: Mutex::new(Runs::default()),
+        idle: Condvar::new(),
+        concurrency: env_usize(CONCURRENCY_ENV, 1).max(1),
+        max_frame,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -150,13 +275,12 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         names: registry.names().into_iter().map(String::from).collect(),
         pid: std::process::id(),
     };
-    output.send(
+    serving.output.send(
         &wire::encode_frame(&hello, max_frame).map_err(io::Error::other)?,
         true,
     )?;
 
-    let in_flight = Arc::new(InFlight::default());
-    let mut input = BufReader::new(io::stdin().lock());
+    let mut input = BufReader::new(input);
     // With one runtime thread, running a task on this reader until it first waits costs no
     // parallelism and saves two thread hops per task; with more, tasks go straight to the runtime.
     let inline = threads == 1;
@@ -166,7 +290,7 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         let mut header = [0; HEADER_LEN];
         match input.read_exact(&mut header) {
             Ok(()) => {}
-            // The parent closed our stdin: it is gone or done with us.
+            // The parent closed our input: it is gone or done with us.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
             Err(e) => break Err(e),
         }
@@ -175,7 +299,7 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
             Err(e) => break Err(io::Error::other(e)),
         };
         // Usually the whole frame came in with its header: read it where it lies. The run is
-        // started (its node decoded) before the bytes are let go.
+        // made (its node decoded) before the bytes are let go; nothing of it runs until started.
         let mut body = Vec::new();
         let buffered = input.buffer().len() >= len;
         if !buffered {
@@ -191,46 +315,84 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         };
         let message = match wire::decode_borrowed::<ToWorkerRef<'_>>(frame) {
             Ok(ToWorkerRef::Run { id, name, payload }) => {
-                Ok(Some((id, start_run(registry, name, payload))))
+                Ok(Message::Run(id, start_run(registry, name, payload)))
             }
-            Ok(ToWorkerRef::Shutdown) => Ok(None),
+            Ok(ToWorkerRef::Cancel { id }) => Ok(Message::Cancel(id)),
+            Ok(ToWorkerRef::Shutdown) => Ok(Message::Stop),
             Err(e) => Err(e),
         };
         if buffered {
             input.consume(len);
         }
-        match message {
-            Ok(Some((id, mut run))) => {
-                if inline
-                    && let std::task::Poll::Ready(outcome) =
-                        run.as_mut().poll(&mut std::task::Context::from_waker(noop))
-                {
-                    // More requests already buffered: answer them all before one flush.
-                    let more_waiting = !input.buffer().is_empty();
-                    if let Err(e) = output.send(&done_frame(id, outcome, max_frame), !more_waiting)
-                    {
-                        break Err(e);
+        let step = match message {
+            Ok(Message::Run(id, run)) => {
+                let now = {
+                    let mut runs = serving.runs();
+                    if runs.running.len() < serving.concurrency && runs.queued.is_empty() {
+                        Some(serving.begin(&mut runs, id, run))
+                    } else {
+                        runs.queued.push_back((id, run));
+                        None
                     }
-                    continue;
+                };
+                match now {
+                    None => Ok(()),
+                    Some(mut run) if inline => {
+                        let started = serving.output.send(&started_frame(id, max_frame), true);
+                        match (
+                            started,
+                            Pin::new(&mut run).poll(&mut Context::from_waker(noop)),
+                        ) {
+                            (Err(e), _) => Err(e),
+                            (Ok(()), Poll::Ready(outcome)) => {
+                                let outcome = outcome.unwrap_or_else(|_| Err(cancelled_by_pool()));
+                                // More frames already buffered: answer them all before one flush.
+                                let more_waiting = !input.buffer().is_empty();
+                                serving.finish(id, outcome, !more_waiting)
+                            }
+                            (Ok(()), Poll::Pending) => {
+                                serving.run_rest(id, run);
+                                Ok(())
+                            }
+                        }
+                    }
+                    Some(run) => serving.spawn(id, run),
                 }
-                in_flight.start();
-                let (output, in_flight) = (Arc::clone(&output), Arc::clone(&in_flight));
-                runtime.spawn(async move {
-                    let outcome = run.await;
-                    // A failed write means the parent is gone; the read loop will see it too.
-                    let _ = output.send(&done_frame(id, outcome, max_frame), true);
-                    in_flight.finish();
-                });
             }
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(io::Error::other(e)),
+            Ok(Message::Cancel(id)) => serving.cancel(id),
+            Ok(Message::Stop) => break Ok(()),
+            Err(e) => Err(io::Error::other(e)),
+        };
+        if let Err(e) = step {
+            break Err(e);
         }
     };
-    in_flight.wait_idle();
-    let flushed = output.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    serving.wait_idle();
+    let flushed = serving
+        .output
+        .out
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .flush();
     drop(_runtime);
     runtime.shutdown_background();
     result.and(flushed)
+}
+
+/// What a frame from the parent asks for.
+enum Message {
+    Run(u64, Run),
+    Cancel(u64),
+    Stop,
+}
+
+fn cancelled_by_pool() -> TaskError {
+    TaskError::cancelled("the run was cancelled by the pool (its caller stopped waiting)")
+}
+
+fn started_frame(id: u64, max_frame: usize) -> Vec<u8> {
+    // A few bytes: always within the smallest maximum frame (64 bytes).
+    wire::encode_frame(&FromWorker::Started { id }, max_frame).unwrap_or_default()
 }
 
 /// The answer frame; an output too large for a frame becomes an error answer instead.
