@@ -13,7 +13,8 @@ use crate::request::RequestCell;
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
 impl Coordinator {
-    /// Shuts down with the grace period set on the builder (default [`DEFAULT_SHUTDOWN_GRACE`]).
+    /// Shuts down with the grace period set on the builder (default
+    /// [`DEFAULT_SHUTDOWN_GRACE`](crate::DEFAULT_SHUTDOWN_GRACE)).
     pub async fn shutdown(&self) {
         self.shutdown_with_grace(self.inner.grace).await;
     }
@@ -26,8 +27,8 @@ impl Coordinator {
     /// 2. lets every accepted request run until it ends or `grace` has passed; no retry starts
     ///    after this point (a request waiting out a backoff ends at once with its last error);
     /// 3. at the deadline, cancels what is still open: each such request ends at once as
-    ///    [`JobResult::Cancelled`], its caller answered and its failure message announced, so
-    ///    no request is left without its outcome;
+    ///    [`JobResult::Cancelled`](task_core::JobResult::Cancelled), its caller answered and its
+    ///    failure message announced, so no request is left without its outcome;
     /// 4. shuts every strategy down exactly once (a strategy serving several modes once), with
     ///    what is left of `grace`.
     ///
