@@ -58,8 +58,11 @@ async fn start_the_pool() -> Result<(), Box<dyn std::error::Error>> {
     let image = vec![7_u8; 256];
 let process = ProcessExecutionStrategy::builder(registry())
     .workers(4)                               // default: one per core
-    .tasks_per_worker(32)                     // runs in flight per worker; submit waits beyond
-    .task_timeout(Duration::from_secs(30))    // kill and replace a worker whose task overruns
+    .tasks_per_worker(1)                      // running at once in a worker (the default)
+    .prefetch(16)                             // more queued in each worker; submit waits beyond
+    .task_timeout(Duration::from_secs(30))    // cancel a task that runs longer than this
+    .cancel_grace(Duration::from_secs(1))     // then kill its worker if it has not stopped
+    .poison_after(2)                          // crashes in a row before a task is poison
     .recycle_after(10_000)                    // replace workers after this many tasks
     .max_frame(16 << 20)                      // largest task or output, in bytes
     .start()

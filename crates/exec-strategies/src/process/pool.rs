@@ -1366,24 +1366,30 @@ fn keep_open_in_child(command: &mut Command, fds: [std::os::fd::RawFd; 2]) {
 /// default), which calls [`run_worker_if_requested`](super::run_worker_if_requested) first thing in
 /// `main` with the registry of nodes it can run.
 ///
-/// - A worker that crashes, is killed, exits or writes garbage fails only its own tasks in
-///   flight, each with [`TaskError::is_worker_lost`] and a message saying how it ended (exit
-///   status or signal); it is replaced, and the other workers are untouched.
+/// - A worker runs one task at a time ([`ProcessBuilder::tasks_per_worker`]) with a queue of
+///   more behind it ([`ProcessBuilder::prefetch`]). When it crashes, is killed or exits, the task
+///   it was running fails with [`TaskError::is_worker_lost`] and a message saying how it ended
+///   (exit status or signal); the tasks in its queue run on another worker. It is replaced, and
+///   the other workers are untouched.
+/// - A request whose attempts crash their worker [`ProcessBuilder::poison_after`] times in a row
+///   fails with [`TaskError::is_poison`], which no retry policy retries.
+/// - A worker that breaks the protocol fails every task it holds and is replaced.
 /// - Workers are killed by the kernel if the parent dies (Linux): no orphans.
-/// - With [`ProcessBuilder::task_timeout`], a task running too long fails as timed out and its
-///   worker is killed and replaced (once its other tasks finish, 200 ms at most).
+/// - A task whose caller stops waiting (the coordinator's timeout or cancellation), or that runs
+///   past [`ProcessBuilder::task_timeout`], is cancelled in its worker; if it is still running
+///   after [`ProcessBuilder::cancel_grace`] its worker is killed and replaced.
 /// - [`ProcessBuilder::recycle_after`] replaces workers after a number of tasks.
 /// - Shutdown refuses new tasks, lets those in flight finish up to its grace period, then stops
-///   and reaps every worker: no zombies.
-///
-/// - A task whose caller stops waiting (the coordinator's timeout or cancellation) has its worker
-///   take no more work and be killed and replaced once its other tasks finish (200 ms at most).
+///   and reaps every worker: no zombies. Dropping the last handle without a shutdown kills and
+///   reaps the workers and stops the supervisor thread.
+/// - The protocol runs on pipes of its own: a node's stdin is `/dev/null` and its stdout goes to
+///   the parent's stderr.
 ///
 /// Supervision runs on a thread of its own with its own small tokio runtime, so the strategy
 /// works under any runtime of the caller's. The workers' answers are read on the runtime
 /// [`ProcessBuilder::start`] was awaited on, where the callers usually are, so an answer wakes
 /// its caller without a hop through another thread. If that runtime shuts down while the pool
-/// lives on, the workers are replaced (tasks in flight on them fail as worker lost) and answers
+/// lives on, the workers are replaced (tasks running on them fail as worker lost) and answers
 /// are read on the supervisor's runtime from then on.
 #[derive(Clone)]
 pub struct ProcessExecutionStrategy {
