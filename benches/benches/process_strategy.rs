@@ -23,7 +23,7 @@ fn bench(c: &mut Criterion) {
     let strategy = rt.block_on(async {
         ProcessExecutionStrategy::builder(registry())
             .workers(2)
-            .tasks_per_worker(512)
+            .prefetch(511)
             .start()
             .await
             .expect("worker pool")
@@ -36,6 +36,7 @@ fn bench(c: &mut Criterion) {
             id: 1,
             name: Echo::NAME.into(),
             payload,
+            announce: false,
         },
         wire::DEFAULT_MAX_FRAME,
     )

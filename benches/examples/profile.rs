@@ -137,7 +137,7 @@ fn process_pipelined(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
     rt.block_on(async {
         let strategy = ProcessExecutionStrategy::builder(benches::registry())
             .workers(2)
-            .tasks_per_worker(1024)
+            .prefetch(1023)
             .start()
             .await
             .expect("worker pool");
@@ -164,7 +164,7 @@ fn process_callers(rt: &tokio::runtime::Runtime, n: u64, callers: u64) -> Durati
         let strategy = Arc::new(
             ProcessExecutionStrategy::builder(benches::registry())
                 .workers(2)
-                .tasks_per_worker(1024)
+                .prefetch(1023)
                 .start()
                 .await
                 .expect("worker pool"),

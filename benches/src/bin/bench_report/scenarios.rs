@@ -208,12 +208,13 @@ impl Drop for EchoChild {
     }
 }
 
-/// A started pool of 2 workers (this binary), as both process scenarios use it.
+/// A started pool of 2 workers (this binary), as both process scenarios use it: one task
+/// running at a time in each (the default), up to 1,023 more queued in it.
 fn worker_pool(rt: &Runtime) -> Arc<ProcessExecutionStrategy> {
     Arc::new(rt.block_on(async {
         ProcessExecutionStrategy::builder(registry())
             .workers(2)
-            .tasks_per_worker(1024)
+            .prefetch(1023)
             .start()
             .await
             .expect("worker pool")
@@ -227,6 +228,7 @@ fn echo_frame() -> Vec<u8> {
             id: 1,
             name: Echo::NAME.into(),
             payload: task_core::encode(&Echo(7)).expect("encodable"),
+            announce: false,
         },
         wire::DEFAULT_MAX_FRAME,
     )

@@ -903,17 +903,11 @@ impl Shared {
                             "it started run {id}, which it was not given"
                         ));
                     };
-                    pending.started = true;
+                    let newly = !std::mem::replace(&mut pending.started, true);
                     let (worker_id, answered) = (worker.id, pending.reply.is_none());
                     drop(state);
-                    if let Some(timeout) = self.config.task_timeout
-                        && !answered
-                    {
-                        let shared = Arc::clone(self);
-                        self.runtime.spawn(async move {
-                            tokio::time::sleep(timeout).await;
-                            shared.expire(worker_id, id);
-                        });
+                    if newly && !answered {
+                        self.time_out_later(worker_id, id);
                     }
                     continue;
                 }
@@ -945,7 +939,7 @@ impl Shared {
     async fn dispatch(
         self: &Arc<Self>,
         request_id: &RequestId,
-        frame: &[u8],
+        frame: &mut [u8],
         run: u64,
     ) -> Result<Dispatched, TaskError> {
         loop {
@@ -970,6 +964,12 @@ impl Shared {
                     // then, and a write per frame (and a wake of the worker per write) is what
                     // limits a full pipeline.
                     let now = worker.pending.len() < BATCH_WHEN_PENDING;
+                    // A worker with a free place and nothing queued (every answer it gave is
+                    // read) starts the run as it arrives: it is taken as started, and the worker
+                    // need not say so (a round trip then costs one frame each way). Otherwise the
+                    // worker says when it starts it.
+                    let started = worker.pending.len() < self.config.per_worker;
+                    wire::set_announce(frame, !started);
                     let sent = worker.input.as_ref().map(|input| input.send(frame, now));
                     if !matches!(sent, Some(Ok(()))) {
                         // The worker is dying (its end of the pipe closed): it takes nothing
@@ -982,7 +982,7 @@ impl Shared {
                         run,
                         Pending {
                             reply: Some(reply),
-                            started: false,
+                            started,
                             request_id: request_id.clone(),
                         },
                     );
@@ -990,10 +990,12 @@ impl Shared {
                     if self.config.recycle_after.is_some_and(|k| worker.given >= k) {
                         worker.draining = true;
                     }
-                    return Ok(Dispatched {
-                        answer,
-                        worker_id: worker.id,
-                    });
+                    let worker_id = worker.id;
+                    drop(state);
+                    if started {
+                        self.time_out_later(worker_id, run);
+                    }
+                    return Ok(Dispatched { answer, worker_id });
                 }
                 if let Some(error) = &state.last_spawn_error
                     && state.slots.iter().all(Option::is_none)
@@ -1016,6 +1018,17 @@ impl Shared {
             .flatten()
             .find(|w| w.id == worker_id)
             .map(f)
+    }
+
+    /// Starts the task timeout of `run`, which just started, if the pool has one.
+    fn time_out_later(self: &Arc<Self>, worker_id: u64, run: u64) {
+        if let Some(timeout) = self.config.task_timeout {
+            let shared = Arc::clone(self);
+            self.runtime.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                shared.expire(worker_id, run);
+            });
+        }
     }
 
     /// `run` passed the pool's task timeout: if it is still running, its caller is answered as
@@ -1101,11 +1114,12 @@ impl Shared {
                 return Err(TaskError::not_registered(portable.name()));
             }
             let run = shared.next_run.fetch_add(1, Ordering::Relaxed);
-            let frame = wire::encode_frame(
+            let mut frame = wire::encode_frame(
                 &wire::RunRef {
                     id: run,
                     name: portable.name(),
                     payload: portable.payload()?,
+                    announce: true,
                 },
                 shared.config.max_frame,
             )?;
@@ -1116,7 +1130,7 @@ impl Shared {
                 .map_err(|_| TaskError::shutdown("process"))?;
             let mut handed = 0;
             let bytes = loop {
-                let dispatched = shared.dispatch(info.request_id(), &frame, run).await?;
+                let dispatched = shared.dispatch(info.request_id(), &mut frame, run).await?;
                 let mut abandon = AbandonOnDrop {
                     shared,
                     worker_id: dispatched.worker_id,

@@ -40,6 +40,11 @@ pub enum ToWorker {
         name: String,
         /// The encoded node.
         payload: Vec<u8>,
+        /// Say [`FromWorker::Started`] when the run starts. The parent leaves it out only when it
+        /// takes the run as started on arrival (it knows the worker has a free place and nothing
+        /// queued); a worker that queues such a run anyway says `Started` when it starts it.
+        /// Always the frame's last byte ([`set_announce`]).
+        announce: bool,
     },
     /// Finish the runs in flight, then exit.
     Shutdown,
@@ -57,16 +62,18 @@ pub(crate) struct RunRef<'a> {
     pub(crate) id: u64,
     pub(crate) name: &'a str,
     pub(crate) payload: &'a [u8],
+    pub(crate) announce: bool,
 }
 
 impl Serialize for RunRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // `ToWorker::Run` as serde's derive writes it: variant 0 of `ToWorker`, its fields in order
         // (a byte slice and a `Vec<u8>` are both a sequence of bytes).
-        let mut run = serializer.serialize_struct_variant("ToWorker", 0, "Run", 3)?;
+        let mut run = serializer.serialize_struct_variant("ToWorker", 0, "Run", 4)?;
         run.serialize_field("id", &self.id)?;
         run.serialize_field("name", self.name)?;
         run.serialize_field("payload", self.payload)?;
+        run.serialize_field("announce", &self.announce)?;
         run.end()
     }
 }
@@ -80,6 +87,7 @@ pub(crate) enum ToWorkerRef<'a> {
         id: u64,
         name: &'a str,
         payload: &'a [u8],
+        announce: bool,
     },
     /// As [`ToWorker::Shutdown`].
     Shutdown,
@@ -159,6 +167,15 @@ pub fn encode_frame<T: Serialize>(message: &T, max: usize) -> Result<Vec<u8>, Fr
     Ok(frame)
 }
 
+/// Sets the [`ToWorker::Run::announce`] flag of an encoded run frame: its last byte, as postcard
+/// encodes a `bool` (0 or 1) and the flag is the message's last field. Lets a frame be encoded
+/// once and handed to whichever worker takes it.
+pub fn set_announce(run_frame: &mut [u8], announce: bool) {
+    if let Some(last) = run_frame.last_mut() {
+        *last = u8::from(announce);
+    }
+}
+
 /// Reads the body length from a frame header, refusing lengths above `max`.
 ///
 /// # Errors
@@ -225,6 +242,7 @@ mod tests {
             id: 7,
             name: "double".into(),
             payload: vec![1, 2, 3],
+            announce: true,
         };
         let frame = encode_frame(&run, DEFAULT_MAX_FRAME).unwrap();
         let (back, used) = decode_frame::<ToWorker>(&frame, DEFAULT_MAX_FRAME)
@@ -248,18 +266,27 @@ mod tests {
     #[test]
     fn a_borrowed_run_is_the_same_frame_as_an_owned_one() {
         for payload in [vec![], vec![7; 3], vec![1; 200], vec![9; 70_000]] {
-            let owned = ToWorker::Run {
+            let owned = |announce| ToWorker::Run {
                 id: u64::MAX - 1,
                 name: "double".into(),
                 payload: payload.clone(),
+                announce,
             };
             let borrowed = RunRef {
                 id: u64::MAX - 1,
                 name: "double",
                 payload: &payload,
+                announce: true,
             };
-            let frame = encode_frame(&owned, DEFAULT_MAX_FRAME).unwrap();
-            assert_eq!(encode_frame(&borrowed, DEFAULT_MAX_FRAME).unwrap(), frame);
+            let frame = encode_frame(&owned(true), DEFAULT_MAX_FRAME).unwrap();
+            let mut patched = encode_frame(&borrowed, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(patched, frame);
+            // The flag is the last byte, and setting it there is encoding the other value.
+            set_announce(&mut patched, false);
+            assert_eq!(
+                patched,
+                encode_frame(&owned(false), DEFAULT_MAX_FRAME).unwrap()
+            );
             // And the worker reads it back without copying.
             assert_eq!(
                 decode_borrowed::<ToWorkerRef<'_>>(&frame[HEADER_LEN..]).unwrap(),
@@ -267,6 +294,7 @@ mod tests {
                     id: u64::MAX - 1,
                     name: "double",
                     payload: &payload,
+                    announce: true,
                 }
             );
         }
@@ -283,6 +311,7 @@ mod tests {
             id: 1,
             name: "x".into(),
             payload: vec![0; 100],
+            announce: true,
         };
         assert!(matches!(
             encode_frame(&run, 50),

@@ -183,7 +183,7 @@ impl Serving {
         Ok(())
     }
 
-    /// Runs the announced run `id` to its end on the runtime, then answers it.
+    /// Runs `id`, started already, to its end on the runtime, then answers it.
     fn run_rest(self: &Arc<Self>, id: u64, run: Abortable<Run>) {
         let serving = Arc::clone(self);
         tokio::spawn(async move {
@@ -314,9 +314,16 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
             &body[..]
         };
         let message = match wire::decode_borrowed::<ToWorkerRef<'_>>(frame) {
-            Ok(ToWorkerRef::Run { id, name, payload }) => {
-                Ok(Message::Run(id, start_run(registry, name, payload)))
-            }
+            Ok(ToWorkerRef::Run {
+                id,
+                name,
+                payload,
+                announce,
+            }) => Ok(Message::Run(
+                id,
+                start_run(registry, name, payload),
+                announce,
+            )),
             Ok(ToWorkerRef::Cancel { id }) => Ok(Message::Cancel(id)),
             Ok(ToWorkerRef::Shutdown) => Ok(Message::Stop),
             Err(e) => Err(e),
@@ -325,7 +332,7 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
             input.consume(len);
         }
         let step = match message {
-            Ok(Message::Run(id, run)) => {
+            Ok(Message::Run(id, run, announce)) => {
                 let now = {
                     let mut runs = serving.runs();
                     if runs.running.len() < serving.concurrency && runs.queued.is_empty() {
@@ -338,7 +345,11 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
                 match now {
                     None => Ok(()),
                     Some(mut run) if inline => {
-                        let started = serving.output.send(&started_frame(id, max_frame), true);
+                        let started = if announce {
+                            serving.output.send(&started_frame(id, max_frame), true)
+                        } else {
+                            Ok(())
+                        };
                         match (
                             started,
                             Pin::new(&mut run).poll(&mut Context::from_waker(noop)),
@@ -356,7 +367,11 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
                             }
                         }
                     }
-                    Some(run) => serving.spawn(id, run),
+                    Some(run) if announce => serving.spawn(id, run),
+                    Some(run) => {
+                        serving.run_rest(id, run);
+                        Ok(())
+                    }
                 }
             }
             Ok(Message::Cancel(id)) => serving.cancel(id),
@@ -381,7 +396,8 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
 
 /// What a frame from the parent asks for.
 enum Message {
-    Run(u64, Run),
+    /// A run, and whether to say when it starts.
+    Run(u64, Run, bool),
     Cancel(u64),
     Stop,
 }
