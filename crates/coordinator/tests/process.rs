@@ -302,6 +302,47 @@ fn a_poison_task_is_not_retried_whatever_the_policy() {
     });
 }
 
+fn dropping_a_coordinator_without_shutdown_ends_its_worker_processes() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pids = rt.block_on(async {
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let process = ProcessExecutionStrategy::builder(registry())
+            .workers(2)
+            .start()
+            .await
+            .unwrap();
+        let coordinator = Coordinator::builder()
+            .strategy(ExecutionMode::PROCESS, process)
+            .build();
+        coordinator.start(&publisher).unwrap();
+        let pid = coordinator
+            .submit(Task::portable("one", Nap(1)), ExecutionMode::PROCESS)
+            .await
+            .unwrap();
+        let pids = worker_pids(&coordinator);
+        assert!(pids.contains(&pid));
+        drop(coordinator);
+        publisher.shutdown().await;
+        pids
+    });
+    let start = std::time::Instant::now();
+    while !pids
+        .iter()
+        .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "workers {pids:?} outlived the coordinator that held their pool"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn typed_results_and_failures_come_back_from_worker_processes() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -417,6 +458,10 @@ fn main() {
         (
             "a_poison_task_is_not_retried_whatever_the_policy",
             a_poison_task_is_not_retried_whatever_the_policy,
+        ),
+        (
+            "dropping_a_coordinator_without_shutdown_ends_its_worker_processes",
+            dropping_a_coordinator_without_shutdown_ends_its_worker_processes,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

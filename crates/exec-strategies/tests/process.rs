@@ -510,6 +510,44 @@ fn tasks_queued_on_a_dying_worker_go_to_another() {
     });
 }
 
+fn crashes_among_many_tasks_fail_only_themselves() {
+    // Crashing tasks in among many others, all in flight at once over 2 workers: each crash
+    // fails itself, and no other task fails for it (not one given to the dying worker, not one
+    // dispatched while its slot was being replaced).
+    runtime().block_on(async {
+        let s = pool(2).await;
+        let calls = (0..600_u64).map(|i| {
+            let task = if i % 40 == 13 {
+                Task::portable(format!("c{i}"), Exit(3)).into_erased()
+            } else {
+                Task::portable(format!("e{i}"), Echo(i)).into_erased()
+            };
+            let s = &s;
+            async move { (i, task_core::run(s, task).await) }
+        });
+        let answers =
+            tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
+                .await
+                .expect("every task is answered");
+        for (i, answer) in answers {
+            if i % 40 == 13 {
+                let e = answer.unwrap_err();
+                assert!(e.is_worker_lost(), "crash {i}: {e:?}");
+                assert!(
+                    e.message().contains("exited with status 3"),
+                    "crash {i}: {e}"
+                );
+            } else {
+                let v = answer.unwrap_or_else(|e| panic!("task {i} failed beside a crash: {e}"));
+                assert_eq!(v.downcast_ref::<u64>(), Some(&i));
+            }
+        }
+        // The last crash is answered before its worker's replacement has started.
+        wait_until("one replacement per crash", || s.restarts() == 15);
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 fn a_task_that_keeps_crashing_its_workers_is_poison() {
     runtime().block_on(async {
         let s = pool(1).await;
@@ -965,6 +1003,10 @@ fn main() {
         (
             "tasks_queued_on_a_dying_worker_go_to_another",
             tasks_queued_on_a_dying_worker_go_to_another,
+        ),
+        (
+            "crashes_among_many_tasks_fail_only_themselves",
+            crashes_among_many_tasks_fail_only_themselves,
         ),
         (
             "a_task_that_keeps_crashing_its_workers_is_poison",
