@@ -733,6 +733,20 @@ fn shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process() {
     });
 }
 
+fn shutdown_while_a_worker_is_being_replaced_returns() {
+    runtime().block_on(async {
+        for round in 0..5 {
+            let s = pool(1).await;
+            let crashed = task_core::run(&s, Task::portable("c", Exit(3)).into_erased()).await;
+            assert!(crashed.unwrap_err().is_worker_lost());
+            // The replacement is starting now: shutdown must not wait for it forever, even with
+            // a grace that never runs out.
+            let shut = tokio::time::timeout(Duration::from_secs(20), s.shutdown(Duration::MAX));
+            assert!(shut.await.is_ok(), "round {round}: shutdown hung");
+        }
+    });
+}
+
 /// Kills the child on every path, so a failed assertion cannot leave it running.
 struct KillOnDrop(std::process::Child);
 
@@ -1031,6 +1045,10 @@ fn main() {
         (
             "shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process",
             shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process,
+        ),
+        (
+            "shutdown_while_a_worker_is_being_replaced_returns",
+            shutdown_while_a_worker_is_being_replaced_returns,
         ),
         (
             "workers_die_with_their_parent",

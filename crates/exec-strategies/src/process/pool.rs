@@ -344,7 +344,10 @@ impl ProcessBuilder {
             return Err(error);
         }
         for (slot, worker) in started {
-            let live = shared.install(slot, worker);
+            // Nothing can have stopped the pool yet: no handle to it exists.
+            let Ok(live) = shared.install(slot, worker, false) else {
+                continue;
+            };
             let s = Arc::clone(&shared);
             let lifecycle = handle.spawn(async move { s.supervise(slot, live).await });
             shared.lock().lifecycles.push(lifecycle);
@@ -734,14 +737,16 @@ impl Shared {
             // waiting for a worker are told why meanwhile.
             live = loop {
                 match self.start_worker(slot).await {
-                    Ok(worker) => {
-                        {
-                            let mut state = self.lock();
-                            state.restarts += 1;
-                            state.last_spawn_error = None;
+                    Ok(worker) => match self.install(slot, worker, true) {
+                        Ok(live) => break live,
+                        Err(mut worker) => {
+                            // The pool shut down or was dropped while this one started: nobody
+                            // would close its input or kill it.
+                            let _ = worker.child.start_kill();
+                            let _ = worker.child.wait().await;
+                            return;
                         }
-                        break self.install(slot, worker);
-                    }
+                    },
                     Err(e) => {
                         tracing::warn!(slot, error = %e, "could not replace a worker");
                         self.lock().last_spawn_error = Some(e.to_string());
@@ -758,10 +763,19 @@ impl Shared {
         }
     }
 
-    /// Makes a started worker available for dispatch in `slot`.
-    fn install(&self, slot: usize, worker: Started) -> Live {
+    /// Makes a started worker available for dispatch in `slot` (counted as a restart when it
+    /// replaces one); hands it back when the pool is stopping.
+    fn install(&self, slot: usize, worker: Started, restart: bool) -> Result<Live, Box<Started>> {
         let (kill_tx, kill_rx) = oneshot::channel::<String>();
-        self.lock().slots[slot] = Some(Slot {
+        let mut state = self.lock();
+        if state.shutting_down {
+            return Err(Box::new(worker));
+        }
+        if restart {
+            state.restarts += 1;
+            state.last_spawn_error = None;
+        }
+        state.slots[slot] = Some(Slot {
             id: worker.id,
             pid: worker.pid,
             input: Some(Arc::clone(&worker.input)),
@@ -771,11 +785,12 @@ impl Shared {
             completed: 0,
             draining: false,
         });
+        drop(state);
         self.ready.notify_waiters();
-        Live {
+        Ok(Live {
             worker,
             kill: kill_rx,
-        }
+        })
     }
 
     /// Serves one worker until it ends. Then the runs it had started fail (as poison once their
