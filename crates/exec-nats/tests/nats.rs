@@ -1,8 +1,9 @@
 //! The NATS strategy against a real server with JetStream (`$EXEC_NATS_URL`, default
 //! `nats://127.0.0.1:4222`) and real worker processes (the `exec-nats-worker` binary).
 //!
-//! Without a reachable server each test says so and passes, unless `REQUIRE_NATS=1`, which CI
-//! sets: then a missing server fails the run.
+//! Without a reachable server every test is reported as ignored, with the reason, never as
+//! passed; with `REQUIRE_NATS=1` (CI sets it) each fails instead. The trials run under
+//! `libtest-mimic`, which decides at run time whether a test runs.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -17,28 +18,79 @@ use exec_nats::example_nodes::{Echo, Fail, Nap};
 use exec_nats::{NatsConfig, NatsStrategy};
 use serde::{Deserialize, Serialize};
 
-/// Whether the server is there; panics when it is required and missing.
-fn server_available() -> bool {
-    let url = exec_nats::default_url();
+/// Whether the server answers at the configured URL.
+fn server_available(url: &str) -> bool {
     let address = url
         .trim_start_matches("nats://")
         .split(',')
         .next()
         .unwrap_or("127.0.0.1:4222")
         .to_owned();
-    let reachable = address
+    address
         .parse()
         .ok()
         .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())
-        .is_some();
-    if !reachable {
-        assert!(
-            std::env::var("REQUIRE_NATS").as_deref() != Ok("1"),
-            "REQUIRE_NATS=1 but no NATS server answers at {url}"
+        .is_some()
+}
+
+type Test = fn() -> futures::future::BoxFuture<'static, ()>;
+
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let url = exec_nats::default_url();
+    let available = server_available(&url);
+    let required = std::env::var("REQUIRE_NATS").as_deref() == Ok("1");
+    if !available && !required {
+        eprintln!(
+            "no NATS server at {url}: every test here is ignored (set REQUIRE_NATS=1 to make this a failure)"
         );
-        eprintln!("skipped: no NATS server at {url} (set REQUIRE_NATS=1 to make this a failure)");
     }
-    reachable
+    let tests: &[(&str, Test)] = &[
+        (
+            "values_errors_panics_and_unknown_nodes_come_back_typed",
+            || Box::pin(values_errors_panics_and_unknown_nodes_come_back_typed()),
+        ),
+        ("several_workers_share_the_queue", || {
+            Box::pin(several_workers_share_the_queue())
+        }),
+        (
+            "a_worker_killed_mid_task_has_its_task_redelivered_to_another",
+            || Box::pin(a_worker_killed_mid_task_has_its_task_redelivered_to_another()),
+        ),
+        (
+            "a_duplicate_completion_after_redelivery_is_suppressed",
+            || Box::pin(a_duplicate_completion_after_redelivery_is_suppressed()),
+        ),
+        (
+            "a_task_that_keeps_killing_its_workers_fails_after_max_deliveries",
+            || Box::pin(a_task_that_keeps_killing_its_workers_fails_after_max_deliveries()),
+        ),
+        ("the_coordinators_timeout_reaches_the_worker", || {
+            Box::pin(the_coordinators_timeout_reaches_the_worker())
+        }),
+    ];
+    let trials = tests
+        .iter()
+        .map(|&(name, test)| {
+            let url = url.clone();
+            libtest_mimic::Trial::test(name, move || {
+                if !available {
+                    return Err(
+                        format!("REQUIRE_NATS=1 but no NATS server answers at {url}").into(),
+                    );
+                }
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .block_on(test());
+                Ok(())
+            })
+            .with_ignored_flag(!available && !required)
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
 }
 
 /// A configuration of its own for each test: its own stream and subjects.
@@ -129,11 +181,7 @@ impl PortableNode for NotInTheWorker {
     const NAME: &'static str = "not-in-the-worker";
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_errors_panics_and_unknown_nodes_come_back_typed() {
-    if !server_available() {
-        return;
-    }
     let config = config("typed");
     let _worker = Worker::start(&config, &["--concurrency", "2"]);
     let (publisher, coordinator, _) = coordinator(&config).await;
@@ -174,11 +222,7 @@ async fn values_errors_panics_and_unknown_nodes_come_back_typed() {
     cleanup(&config).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_share_the_queue() {
-    if !server_available() {
-        return;
-    }
     let config = config("share");
     let workers: Vec<Worker> = (0..3)
         .map(|_| Worker::start(&config, &["--concurrency", "1"]))
@@ -201,11 +245,7 @@ async fn several_workers_share_the_queue() {
     cleanup(&config).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_has_its_task_redelivered_to_another() {
-    if !server_available() {
-        return;
-    }
     let config = config("kill");
     let first = Worker::start(&config, &["--ack-wait-ms", "1000"]);
     let (publisher, coordinator, _) = coordinator(&config).await;
@@ -232,11 +272,7 @@ async fn a_worker_killed_mid_task_has_its_task_redelivered_to_another() {
     cleanup(&config).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_completion_after_redelivery_is_suppressed() {
-    if !server_available() {
-        return;
-    }
     let config = config("dup");
     // This worker dies after publishing its first completion, before acknowledging the task.
     let mut dying = Worker::start(
@@ -292,11 +328,7 @@ async fn a_duplicate_completion_after_redelivery_is_suppressed() {
     cleanup(&config).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_keeps_killing_its_workers_fails_after_max_deliveries() {
-    if !server_available() {
-        return;
-    }
     let config = config("poison");
     let args = ["--ack-wait-ms", "300", "--max-deliver", "2"];
     let (publisher, coordinator, _) = coordinator(&config).await;
@@ -344,11 +376,7 @@ async fn a_task_that_keeps_killing_its_workers_fails_after_max_deliveries() {
     cleanup(&config).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinators_timeout_reaches_the_worker() {
-    if !server_available() {
-        return;
-    }
     let config = config("timeout");
     let _worker = Worker::start(&config, &["--concurrency", "1"]);
     let (publisher, coordinator, _) = coordinator(&config).await;
