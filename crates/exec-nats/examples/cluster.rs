@@ -1,12 +1,17 @@
-//! The code of `docs/distributed.md`, compiled: the submitting side and a worker, for a NATS
-//! cluster at `nats://queue.internal:4222` that requires TLS and a user and password, as the page
-//! shows. `cargo xtask docs --check` fails when the page's snippets are not found here line for
-//! line. (The tests run the same calls against the local server: `tests/`.)
+//! The quick start of `docs/distributed.md`, compiled: a worker and the submitting side, against
+//! the local server by default. `cargo xtask docs --check` fails when the page's snippets are not
+//! found here line for line. (The tests run the same calls against the local server: `tests/`.)
 //!
 //! ```text
-//! cargo run -p exec-nats --example cluster -- work     # a worker, until Ctrl-C
-//! cargo run -p exec-nats --example cluster -- submit   # one task through the cluster
+//! cargo run -p exec-nats --example cluster              # a worker and 5 tasks, in this process
+//! cargo run -p exec-nats --example cluster -- work      # a worker, until Ctrl-C
+//! cargo run -p exec-nats --example cluster -- submit 20 # 20 tasks, to the workers running
 //! ```
+//!
+//! The server is `nats://127.0.0.1:4222` unless `--url` or `$EXEC_NATS_URL` says otherwise
+//! (several servers separated by commas); `--user`/`--password` (or `$NATS_USER` and
+//! `$NATS_PASSWORD`), `--token` (or `$NATS_TOKEN`) and `--tls` give credentials and require TLS,
+//! for a real cluster.
 
 use std::time::Duration;
 
@@ -14,18 +19,79 @@ use coordinator::{Coordinator, RequestCompletionPublisher, SubmitOptions, Task};
 use exec_nats::example_nodes::{Echo, registry};
 use exec_nats::{NatsWorker, async_nats};
 
-type Fallible = Result<(), Box<dyn std::error::Error>>;
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Fallible = Result<(), Error>;
+
+/// What the command line (or the environment) asked for.
+struct Args {
+    command: String,
+    tasks: u64,
+    url: String,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    tls: bool,
+}
+
+impl Args {
+    fn parse() -> Result<Self, String> {
+        let mut args = Self {
+            command: "both".into(),
+            tasks: 5,
+            url: exec_nats::default_url(),
+            user: std::env::var("NATS_USER").ok(),
+            password: std::env::var("NATS_PASSWORD").ok(),
+            token: std::env::var("NATS_TOKEN").ok(),
+            tls: false,
+        };
+        let mut words = std::env::args().skip(1);
+        while let Some(word) = words.next() {
+            let mut value = |flag: &str| words.next().ok_or(format!("{flag} needs a value"));
+            match word.as_str() {
+                "work" | "submit" | "both" => args.command = word,
+                "--url" => args.url = value("--url")?,
+                "--user" => args.user = Some(value("--user")?),
+                "--password" => args.password = Some(value("--password")?),
+                "--token" => args.token = Some(value("--token")?),
+                "--tls" => args.tls = true,
+                n => {
+                    args.tasks = n.parse().map_err(|_| {
+                        format!(
+                            "unknown argument `{n}`; usage: cluster [work|submit [N]|both [N]] \
+                             [--url URL] [--user U --password P | --token T] [--tls]"
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// How to reach the server: credentials and TLS as asked, nothing for the local server.
+#[rustfmt::skip]
+fn connect_options(args: &Args) -> async_nats::ConnectOptions {
+  let mut options = match (&args.token, &args.user, &args.password) {
+      (Some(token), _, _) => async_nats::ConnectOptions::with_token(token.clone()),
+      (None, Some(user), Some(password)) =>
+          async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone()),
+      _ => async_nats::ConnectOptions::new(),
+  };
+  if args.tls {
+      options = options.require_tls(true);   // certificates from the system's roots
+  }
+  options
+}
 
 #[rustfmt::skip]
-async fn submit() -> Fallible {
+async fn submit(args: &Args) -> Fallible {
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
   use exec_nats::NatsStrategy;
 
   let nats = NatsStrategy::builder()
-      .url("nats://queue.internal:4222")
-      .connect_options(async_nats::ConnectOptions::with_user_and_password("app".into(), "secret".into())
-          .require_tls(true))
+      .url(&args.url)                    // nats://127.0.0.1:4222 unless told otherwise
+      .connect_options(connect_options(args))
       .stream("EXEC_TASKS")
       .mode("gpu")                       // tasks go to exec.run.gpu
       .start()
@@ -34,29 +100,35 @@ async fn submit() -> Fallible {
   coordinator.start(&publisher)?;    // the application's started publisher
   // A timeout, as "Delivery guarantees" below explains.
   let options = SubmitOptions::new().timeout(Duration::from_secs(60));
-  let echoed = coordinator.submit_with(Task::portable("cluster-1", Echo(7)), "gpu", options).await?;
-    println!("a worker echoed {echoed}");
+  let calls = (0..args.tasks).map(|i| {
+      let task = Task::portable(format!("cluster-{}-{i}", std::process::id()), Echo(i));
+      coordinator.submit_with(task, "gpu", options.clone())
+  });
+  for (i, echoed) in futures::future::join_all(calls).await.into_iter().enumerate() {
+      println!("task {i}: {}", echoed.map_or_else(|e| format!("failed: {e}"), |v| format!("a worker echoed {v}")));
+  }
     coordinator.shutdown().await;
     publisher.shutdown().await;
     Ok(())
 }
 
 #[rustfmt::skip]
-async fn work() -> Fallible {
+async fn work(args: &Args, stop: impl Future<Output = ()>) -> Fallible {
   NatsWorker::builder(registry())
-      .url("nats://queue.internal:4222")
+      .url(&args.url)
+      .connect_options(connect_options(args))
       .mode("gpu")
       .concurrency(8)                    // tasks at once in this process
       .ack_wait(Duration::from_secs(30)) // redelivery after this long without an ack
       .max_deliver(5)                    // then the request fails, saying so
       .connect()
       .await?
-      .run_until(shutdown_signal())
+      .run_until(stop)
       .await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
+async fn ctrl_c() {
     if tokio::signal::ctrl_c().await.is_err() {
         // No signal handler can be installed: run until the process is stopped.
         std::future::pending::<()>().await;
@@ -65,9 +137,32 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Fallible {
-    match std::env::args().nth(1).as_deref() {
-        Some("submit") => submit().await,
-        Some("work") => work().await,
-        _ => Err("usage: cluster submit|work (see docs/distributed.md)".into()),
+    let args = Args::parse()?;
+    println!("server: {}", args.url);
+    match args.command.as_str() {
+        "work" => {
+            println!("worker running; Ctrl-C stops it");
+            work(&args, ctrl_c()).await
+        }
+        "submit" => submit(&args).await,
+        _ => {
+            // A worker on a task of its own, until the tasks are answered.
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let worker_args = Args {
+                command: "work".into(),
+                ..Args::parse()?
+            };
+            let worker = tokio::spawn(async move {
+                work(&worker_args, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+            });
+            let submitted = submit(&args).await;
+            let _ = stop.send(());
+            worker.await??;
+            submitted
+        }
     }
 }
