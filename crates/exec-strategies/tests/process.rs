@@ -102,6 +102,42 @@ impl PortableNode for ExitLater {
     const NAME: &'static str = "exit-later";
 }
 
+/// Starts a process that outlives it (`sleep 5`), then exits the worker with status 3.
+#[derive(Serialize, Deserialize)]
+struct OrphanThenExit;
+impl Node for OrphanThenExit {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        std::process::Command::new("sleep").arg("5").spawn()?;
+        std::process::exit(3)
+    }
+}
+impl PortableNode for OrphanThenExit {
+    const NAME: &'static str = "orphan-then-exit";
+}
+
+/// A node whose decoding aborts the process (a crash in user `Deserialize` code).
+struct AbortOnDecode;
+impl Serialize for AbortOnDecode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_unit()
+    }
+}
+impl<'de> Deserialize<'de> for AbortOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        std::process::abort()
+    }
+}
+impl Node for AbortOnDecode {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+impl PortableNode for AbortOnDecode {
+    const NAME: &'static str = "abort-on-decode";
+}
+
 /// Reads its stdin to the end and returns how many bytes it got.
 #[derive(Serialize, Deserialize)]
 struct ReadStdin;
@@ -193,6 +229,8 @@ fn registry() -> NodeRegistry {
     r.register::<ExitLater>().unwrap();
     r.register::<ReadStdin>().unwrap();
     r.register::<Overlap>().unwrap();
+    r.register::<OrphanThenExit>().unwrap();
+    r.register::<AbortOnDecode>().unwrap();
     r
 }
 
@@ -548,6 +586,69 @@ fn crashes_among_many_tasks_fail_only_themselves() {
     });
 }
 
+fn a_worker_is_seen_to_end_even_when_a_process_it_started_lives_on() {
+    runtime().block_on(async {
+        let s = pool(1).await;
+        let started = Instant::now();
+        let e = task_core::run(&s, Task::portable("o", OrphanThenExit).into_erased())
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("exited with status 3"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "its end was seen only when the process it started ended"
+        );
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn a_crash_while_decoding_a_task_is_that_tasks_alone() {
+    // Both workers busy: the task is queued in one of them, and aborts it as it is decoded.
+    runtime().block_on(async {
+        let s = pool(2).await;
+        let sleeps = (0..2).map(|i| {
+            task_core::run(
+                &s,
+                Task::portable(format!("s{i}"), Sleep(300)).into_erased(),
+            )
+        });
+        let sleeps = futures::future::join_all(sleeps);
+        let crash = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            task_core::run(&s, Task::portable("d", AbortOnDecode).into_erased()).await
+        };
+        let (sleeps, crash) = tokio::join!(sleeps, crash);
+        assert!(sleeps.iter().all(Result::is_ok), "{sleeps:?}");
+        let e = crash.unwrap_err();
+        assert!(e.is_worker_lost(), "{e:?}");
+        assert!(e.message().contains("SIGABRT"), "{e}");
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn with_several_tasks_per_worker_each_answer_comes_when_its_task_ends() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .tasks_per_worker(3)
+            .start()
+            .await
+            .unwrap();
+        let spin = task_core::run(&s, Task::portable("spin", Spin(300)).into_erased());
+        let echo = task_core::run(&s, Task::portable("echo", Echo(1)).into_erased());
+        let sleep = task_core::run(&s, Task::portable("sleep", Sleep(3_000)).into_erased());
+        let started = Instant::now();
+        let (spin, echo) = tokio::join!(spin, echo);
+        assert!(spin.is_ok() && echo.is_ok(), "{spin:?} {echo:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(2_500),
+            "the answers waited for the long task beside them"
+        );
+        assert!(sleep.await.is_ok());
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 fn a_task_that_keeps_crashing_its_workers_is_poison() {
     runtime().block_on(async {
         let s = pool(1).await;
@@ -642,21 +743,30 @@ fn a_node_reading_stdin_or_printing_cannot_touch_a_frame() {
     });
 }
 
-/// The threads of this process whose name starts with `prefix`.
-fn threads_named(prefix: &str) -> usize {
+/// The ids of this process's threads whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with(prefix))
-        .count()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let tid = path.file_name()?.to_string_lossy().into_owned();
+            name.starts_with(prefix).then_some(tid)
+        })
+        .collect()
 }
 
 fn dropping_the_last_handle_stops_its_workers_and_supervisor() {
     runtime().block_on(async {
-        let supervisors = threads_named("exec-process");
+        // Earlier tests' supervisors may still be ending: this pool's is the one not among them.
+        let before = threads_named("exec-process");
         let s = pool(2).await;
         let pids = s.worker_pids();
-        assert_eq!(threads_named("exec-process"), supervisors + 1);
+        let ours: Vec<String> = threads_named("exec-process")
+            .into_iter()
+            .filter(|tid| !before.contains(tid))
+            .collect();
+        assert_eq!(ours.len(), 1, "one supervisor thread per pool");
         let clone = s.clone();
         drop(s);
         assert!(pids.iter().all(|p| !is_dead(*p)), "a clone still holds it");
@@ -669,7 +779,7 @@ fn dropping_the_last_handle_stops_its_workers_and_supervisor() {
                 .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
         });
         wait_until("the supervisor thread to end", || {
-            threads_named("exec-process") == supervisors
+            !std::path::Path::new(&format!("/proc/self/task/{}", ours[0])).exists()
         });
     });
 }
@@ -1021,6 +1131,18 @@ fn main() {
         (
             "crashes_among_many_tasks_fail_only_themselves",
             crashes_among_many_tasks_fail_only_themselves,
+        ),
+        (
+            "a_worker_is_seen_to_end_even_when_a_process_it_started_lives_on",
+            a_worker_is_seen_to_end_even_when_a_process_it_started_lives_on,
+        ),
+        (
+            "a_crash_while_decoding_a_task_is_that_tasks_alone",
+            a_crash_while_decoding_a_task_is_that_tasks_alone,
+        ),
+        (
+            "with_several_tasks_per_worker_each_answer_comes_when_its_task_ends",
+            with_several_tasks_per_worker_each_answer_comes_when_its_task_ends,
         ),
         (
             "a_task_that_keeps_crashing_its_workers_is_poison",

@@ -383,14 +383,26 @@ struct Pending {
     started: bool,
     /// The request the run belongs to, to count the crashes of its attempts.
     request_id: RequestId,
+    /// The task timeout's timer, once the run started: stopped when the run is answered.
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
 }
 
 /// What a run's caller learns from the pool.
 enum Reply {
     /// The worker's answer, or why the run failed.
     Done(Result<Vec<u8>, TaskError>),
-    /// The worker died before starting the run: it goes to another worker.
-    NotStarted,
+    /// The worker died before starting the run: it goes to another worker. `explained` when
+    /// another run or the pool accounts for the death (the worker was running something, or was
+    /// killed), so the handover does not count toward [`MAX_HANDOVERS`].
+    NotStarted { explained: bool },
 }
 
 /// How many times in a row the attempts of recent requests crashed their workers.
@@ -457,6 +469,9 @@ impl Slot {
             return false;
         };
         pending.reply = None;
+        if let Some(timer) = pending.timer.take() {
+            timer.abort();
+        }
         let cancel = wire::encode_frame(&wire::ToWorker::Cancel { id: run }, usize::MAX);
         if let (Some(input), Ok(frame)) = (&self.input, cancel) {
             // A closed input means the worker is ending anyway.
@@ -809,23 +824,35 @@ impl Shared {
         } = worker;
         let writer = self.runtime.spawn(finish_writes(input));
         let mut reader = self.read_on_callers_runtime(slot, output);
-        let ended = tokio::select! {
-            read = &mut reader => read.unwrap_or_else(|e| {
+        let read_ended = |read: Result<Ended, tokio::task::JoinError>| {
+            read.unwrap_or_else(|e| {
                 if e.is_cancelled() {
                     // The runtime the pool was started on has shut down: read on the
                     // supervisor's from now on.
                     self.readers_gone.store(true, Ordering::SeqCst);
                 }
                 Ended::Killed(format!("its answers could no longer be read ({e})"))
-            }),
-            reason = kill_rx => Ended::Killed(reason.unwrap_or_else(|_| "its slot was closed".into())),
+            })
         };
-        reader.abort();
+        let (ended, read_all) = tokio::select! {
+            read = &mut reader => (read_ended(read), true),
+            // Its output may outlive it (held by a process it started): its exit is its end.
+            _ = child.wait() => (Ended::Died("it ended".into()), false),
+            reason = kill_rx => {
+                (Ended::Killed(reason.unwrap_or_else(|_| "its slot was closed".into())), false)
+            }
+        };
         let _ = child.start_kill();
         let status = match child.wait().await {
             Ok(status) => describe(status),
             Err(e) => format!("could not be waited for ({e})"),
         };
+        if !read_all {
+            // What it wrote before it ended still counts: a run it answered is answered, one it
+            // started is started. Its output closes with it, so this is quick.
+            let _ = tokio::time::timeout(READ_REST, &mut reader).await;
+        }
+        reader.abort();
         writer.abort();
         let reason = ended.reason();
         let lost = self.lock().slots[slot].take();
@@ -834,11 +861,14 @@ impl Shared {
         if !lost.pending.is_empty() {
             tracing::warn!(worker = id, pid, %status, %reason, running, queued = lost.pending.len() - running, "worker lost");
         }
-        for pending in lost.pending.into_values() {
-            let Some(reply) = pending.reply else { continue };
+        for mut pending in lost.pending.into_values() {
+            let Some(reply) = pending.reply.take() else {
+                continue;
+            };
             let what = format!("worker {pid} {status} ({reason})");
             if !pending.started && !matches!(ended, Ended::BrokeProtocol(_)) {
-                let _ = reply.send(Reply::NotStarted);
+                let explained = running > 0 || matches!(ended, Ended::Killed(_));
+                let _ = reply.send(Reply::NotStarted { explained });
                 continue;
             }
             let crashes = match ended {
@@ -919,10 +949,8 @@ impl Shared {
                         ));
                     };
                     let newly = !std::mem::replace(&mut pending.started, true);
-                    let (worker_id, answered) = (worker.id, pending.reply.is_none());
-                    drop(state);
-                    if newly && !answered {
-                        self.time_out_later(worker_id, id);
+                    if newly && pending.reply.is_some() {
+                        pending.timer = self.time_out_later(worker.id, id);
                     }
                     continue;
                 }
@@ -930,7 +958,7 @@ impl Shared {
                     return Ended::BrokeProtocol("it announced itself twice".into());
                 }
             };
-            let Some(pending) = worker.pending.remove(&id) else {
+            let Some(mut pending) = worker.pending.remove(&id) else {
                 return Ended::BrokeProtocol(format!(
                     "it answered run {id}, which it was not given"
                 ));
@@ -944,7 +972,7 @@ impl Shared {
                 input.close();
             }
             drop(state);
-            if let Some(reply) = pending.reply {
+            if let Some(reply) = pending.reply.take() {
                 let _ = reply.send(Reply::Done(outcome));
             }
         }
@@ -999,18 +1027,21 @@ impl Shared {
                             reply: Some(reply),
                             started,
                             request_id: request_id.clone(),
+                            timer: if started {
+                                self.time_out_later(worker.id, run)
+                            } else {
+                                None
+                            },
                         },
                     );
                     worker.given += 1;
                     if self.config.recycle_after.is_some_and(|k| worker.given >= k) {
                         worker.draining = true;
                     }
-                    let worker_id = worker.id;
-                    drop(state);
-                    if started {
-                        self.time_out_later(worker_id, run);
-                    }
-                    return Ok(Dispatched { answer, worker_id });
+                    return Ok(Dispatched {
+                        answer,
+                        worker_id: worker.id,
+                    });
                 }
                 if let Some(error) = &state.last_spawn_error
                     && state.slots.iter().all(Option::is_none)
@@ -1036,14 +1067,18 @@ impl Shared {
     }
 
     /// Starts the task timeout of `run`, which just started, if the pool has one.
-    fn time_out_later(self: &Arc<Self>, worker_id: u64, run: u64) {
-        if let Some(timeout) = self.config.task_timeout {
-            let shared = Arc::clone(self);
-            self.runtime.spawn(async move {
-                tokio::time::sleep(timeout).await;
-                shared.expire(worker_id, run);
-            });
-        }
+    fn time_out_later(
+        self: &Arc<Self>,
+        worker_id: u64,
+        run: u64,
+    ) -> Option<tokio::task::AbortHandle> {
+        let timeout = self.config.task_timeout?;
+        let shared = Arc::clone(self);
+        let timer = self.runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            shared.expire(worker_id, run);
+        });
+        Some(timer.abort_handle())
     }
 
     /// `run` passed the pool's task timeout: if it is still running, its caller is answered as
@@ -1156,10 +1191,14 @@ impl Shared {
                 abandon.armed = false;
                 match answer {
                     Ok(Reply::Done(answer)) => break answer,
-                    Ok(Reply::NotStarted) if handed < MAX_HANDOVERS => handed += 1,
-                    Ok(Reply::NotStarted) => {
+                    Ok(Reply::NotStarted { explained: true }) => {}
+                    Ok(Reply::NotStarted { explained: false }) if handed < MAX_HANDOVERS => {
+                        handed += 1;
+                    }
+                    Ok(Reply::NotStarted { explained: false }) => {
                         break Err(TaskError::worker_lost(format!(
-                            "{MAX_HANDOVERS} workers in a row died before starting the task"
+                            "{MAX_HANDOVERS} workers died holding the task before starting it, \
+                             with nothing running in them"
                         )));
                     }
                     Err(_) => {
@@ -1188,6 +1227,10 @@ impl Shared {
     }
 }
 
+/// How long a worker's answers are still read after it ended or was killed: what it wrote before
+/// is in the pipe already.
+const READ_REST: Duration = Duration::from_millis(500);
+
 /// Why a worker's supervision ended.
 enum Ended {
     /// It died: it closed its output (exited, crashed, was killed from outside).
@@ -1207,8 +1250,9 @@ impl Ended {
     }
 }
 
-/// How many workers a run is handed to in turn when each dies before starting it, before it fails:
-/// a safeguard against a fault that kills every worker as it reads a task's frame.
+/// How many workers a run is handed to in turn when each dies, with nothing running, before
+/// starting it: a safeguard against workers that die on their own (a broken environment), which
+/// would otherwise pass a task around forever. A death another run accounts for never counts.
 const MAX_HANDOVERS: u32 = 16;
 
 /// A run handed to a worker.
@@ -1328,8 +1372,12 @@ async fn finish_writes(input: Arc<WorkerInput>) {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Step::Full,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Step::Wrote,
-                    // The worker is gone; its supervision notices on the other pipe.
-                    _ => return,
+                    // The worker is gone; its supervision notices on the other pipe. Later
+                    // frames are refused, so dispatch hands them to another worker.
+                    _ => {
+                        backlog.closed = true;
+                        return;
+                    }
                 }
             }
         };
@@ -1337,6 +1385,7 @@ async fn finish_writes(input: Arc<WorkerInput>) {
             Step::Wrote => {}
             Step::Full => {
                 if input.pipe.writable().await.is_err() {
+                    input.backlog().closed = true;
                     return;
                 }
             }

@@ -1,5 +1,5 @@
 //! The wire protocol between a [`ProcessExecutionStrategy`](super::ProcessExecutionStrategy)
-//! and its workers: length-prefixed frames over the worker's stdin and stdout.
+//! and its workers: length-prefixed frames over two pipes of their own.
 //!
 //! A frame is a 4-byte little-endian length followed by that many bytes of a postcard-encoded
 //! message. The worker speaks first with [`FromWorker::Hello`] (protocol version, registered node
@@ -43,7 +43,7 @@ pub enum ToWorker {
         /// Say [`FromWorker::Started`] when the run starts. The parent leaves it out only when it
         /// takes the run as started on arrival (it knows the worker has a free place and nothing
         /// queued); a worker that queues such a run anyway says `Started` when it starts it.
-        /// Always the frame's last byte ([`set_announce`]).
+        /// Always the frame's last byte, so one encoded frame serves whichever worker takes it.
         announce: bool,
     },
     /// Finish the runs in flight, then exit.
@@ -170,7 +170,7 @@ pub fn encode_frame<T: Serialize>(message: &T, max: usize) -> Result<Vec<u8>, Fr
 /// Sets the [`ToWorker::Run::announce`] flag of an encoded run frame: its last byte, as postcard
 /// encodes a `bool` (0 or 1) and the flag is the message's last field. Lets a frame be encoded
 /// once and handed to whichever worker takes it.
-pub fn set_announce(run_frame: &mut [u8], announce: bool) {
+pub(crate) fn set_announce(run_frame: &mut [u8], announce: bool) {
     if let Some(last) = run_frame.last_mut() {
         *last = u8::from(announce);
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
-use futures::future::{AbortHandle, Abortable, abortable};
+use futures::future::{AbortHandle, AbortRegistration, Abortable};
 use task_core::{NodeRegistry, TaskError};
 
 use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorkerRef};
@@ -103,8 +103,12 @@ pub fn worker_pipes() -> io::Result<(File, File)> {
             .and_then(|p| p.parse().ok())
             .filter(|&fd| fd > 2)
             .ok_or_else(|| io::Error::other(format!("{PIPES_ENV}={named} names no pipes")))?;
-        // SAFETY: F_GETFD only reads the flags of a descriptor number; it fails on a closed one.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        // SAFETY: F_GETFD only reads the flags of a descriptor number (it fails on a closed one);
+        // F_SETFD sets close-on-exec on it, so processes a node starts do not inherit the
+        // protocol (they would keep the parent from seeing this worker end).
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0
+            || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(fd)
@@ -125,16 +129,27 @@ struct Output {
 }
 
 impl Output {
+    fn out(&self) -> MutexGuard<'_, BufWriter<File>> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Queues `frame`, flushing unless the caller says more is coming right away.
     fn send(&self, frame: &[u8], flush: bool) -> io::Result<()> {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = self.out();
         out.write_all(frame)?;
         if flush { out.flush() } else { Ok(()) }
+    }
+
+    /// Sends what is queued (nothing to do when nothing is).
+    fn flush(&self) -> io::Result<()> {
+        self.out().flush()
     }
 }
 
 type Run = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, TaskError>> + Send>>;
 
+/// Decodes the node of a run (user `Deserialize` code: a panic is the run's failure) and makes
+/// its future.
 fn start_run(registry: &NodeRegistry, name: &str, payload: &[u8]) -> Run {
     match registry.run(name, payload) {
         Ok(run) => Box::pin(
@@ -146,21 +161,43 @@ fn start_run(registry: &NodeRegistry, name: &str, payload: &[u8]) -> Run {
     }
 }
 
+/// A run handed over and not started: its node is decoded only when it starts, after the parent
+/// was told, so a crash while decoding is that run's.
+struct Given {
+    id: u64,
+    name: String,
+    payload: Vec<u8>,
+}
+
 /// The runs the worker was given: those waiting for a place, and those running.
 #[derive(Default)]
 struct Runs {
-    queued: VecDeque<(u64, Run)>,
+    queued: VecDeque<Given>,
     running: HashMap<u64, AbortHandle>,
+    /// Runs ended and still being answered: the worker does not exit before they are.
+    answering: usize,
+}
+
+impl Runs {
+    /// Takes a place for run `id` (the caller checked there is one).
+    fn take_place(&mut self, id: u64) -> AbortRegistration {
+        let (handle, registration) = AbortHandle::new_pair();
+        self.running.insert(id, handle);
+        registration
+    }
+
+    fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.queued.is_empty() && self.answering == 0
+    }
 }
 
 /// What the reading thread and the runtime's threads share.
 struct Serving {
+    registry: NodeRegistry,
     output: Output,
     runs: Mutex<Runs>,
-    /// Woken when the last run ends.
+    /// Woken when the last run is answered.
     idle: Condvar,
-    /// How many runs may run at once.
-    concurrency: usize,
     max_frame: usize,
 }
 
@@ -169,18 +206,25 @@ impl Serving {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a place for run `id` (the caller checked there is one).
-    fn begin(&self, runs: &mut Runs, id: u64, run: Run) -> Abortable<Run> {
-        let (run, handle) = abortable(run);
-        runs.running.insert(id, handle);
-        run
-    }
-
-    /// Announces `id` as started, then runs it on the runtime.
-    fn spawn(self: &Arc<Self>, id: u64, run: Abortable<Run>) -> io::Result<()> {
-        self.output.send(&started_frame(id, self.max_frame), true)?;
-        self.run_rest(id, run);
-        Ok(())
+    /// Tells the parent that `id`, which has a place, starts (or, when the parent takes it as
+    /// started, sends what is queued: an answer must not wait behind node code), then decodes it.
+    fn begin(
+        &self,
+        id: u64,
+        name: &str,
+        payload: &[u8],
+        registration: AbortRegistration,
+        announce: bool,
+    ) -> io::Result<Abortable<Run>> {
+        if announce {
+            self.output.send(&started_frame(id, self.max_frame), true)?;
+        } else {
+            self.output.flush()?;
+        }
+        Ok(Abortable::new(
+            start_run(&self.registry, name, payload),
+            registration,
+        ))
     }
 
     /// Runs `id`, started already, to its end on the runtime, then answers it.
@@ -204,29 +248,50 @@ impl Serving {
         let next = {
             let mut runs = self.runs();
             runs.running.remove(&id);
+            runs.answering += 1;
             let next = runs.queued.pop_front();
-            let next = next.map(|(next, run)| (next, self.begin(&mut runs, next, run)));
-            if runs.running.is_empty() {
-                self.idle.notify_all();
-            }
-            next
+            next.map(|given| {
+                let registration = runs.take_place(given.id);
+                (given, registration)
+            })
         };
         // The answer goes out with the next run's start, in one write.
-        self.output.send(
+        let answered = self.output.send(
             &done_frame(id, outcome, self.max_frame),
             flush && next.is_none(),
-        )?;
-        match next {
-            Some((next, run)) => self.spawn(next, run),
-            None => Ok(()),
+        );
+        let mut result = answered;
+        // The parent is gone when a write fails: the next run then never starts.
+        let mut never_started = None;
+        if let Some((given, registration)) = next {
+            if result.is_ok() {
+                match self.begin(given.id, &given.name, &given.payload, registration, true) {
+                    Ok(run) => self.run_rest(given.id, run),
+                    Err(e) => {
+                        result = Err(e);
+                        never_started = Some(given.id);
+                    }
+                }
+            } else {
+                never_started = Some(given.id);
+            }
         }
+        let mut runs = self.runs();
+        runs.answering -= 1;
+        if let Some(id) = never_started {
+            runs.running.remove(&id);
+        }
+        if runs.is_idle() {
+            self.idle.notify_all();
+        }
+        result
     }
 
     /// Drops run `id`: a queued one is answered as cancelled at once, a running one stops where it
     /// next waits (and is answered then).
     fn cancel(self: &Arc<Self>, id: u64) -> io::Result<()> {
         let mut runs = self.runs();
-        if let Some(position) = runs.queued.iter().position(|(queued, _)| *queued == id) {
+        if let Some(position) = runs.queued.iter().position(|given| given.id == id) {
             runs.queued.remove(position);
             drop(runs);
             let cancelled = Err(TaskError::cancelled(
@@ -245,7 +310,7 @@ impl Serving {
     /// Waits until every run given has been answered.
     fn wait_idle(&self) {
         let mut runs = self.runs();
-        while !runs.running.is_empty() || !runs.queued.is_empty() {
+        while !runs.is_idle() {
             runs = self.idle.wait(runs).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -254,14 +319,15 @@ impl Serving {
 fn serve(registry: &NodeRegistry) -> io::Result<()> {
     let max_frame = env_usize(MAX_FRAME_ENV, wire::DEFAULT_MAX_FRAME);
     let threads = env_usize(THREADS_ENV, 1).max(1);
+    let concurrency = env_usize(CONCURRENCY_ENV, 1).max(1);
     let (input, output) = worker_pipes()?;
     let serving = Arc::new(Serving {
+        registry: registry.clone(),
         output: Output {
             out: Mutex::new(BufWriter::new(output)),
         },
         runs: Mutex::new(Runs::default()),
         idle: Condvar::new(),
-        concurrency: env_usize(CONCURRENCY_ENV, 1).max(1),
         max_frame,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -281,12 +347,20 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
     )?;
 
     let mut input = BufReader::new(input);
-    // With one runtime thread, running a task on this reader until it first waits costs no
-    // parallelism and saves two thread hops per task; with more, tasks go straight to the runtime.
-    let inline = threads == 1;
+    // With one runtime thread and one run at a time, running a task on this reader until it
+    // first waits costs no parallelism and saves two thread hops per task. Otherwise tasks go
+    // straight to the runtime: a node polled here would keep this reader from the next frames
+    // (which the parent may take as started, or which cancel a run).
+    let inline = threads == 1 && concurrency == 1;
     let _runtime = runtime.enter();
     let noop = std::task::Waker::noop();
     let result = loop {
+        // About to wait for the parent: nothing queued to it may wait with us.
+        if input.buffer().is_empty()
+            && let Err(e) = serving.output.flush()
+        {
+            break Err(e);
+        }
         let mut header = [0; HEADER_LEN];
         match input.read_exact(&mut header) {
             Ok(()) => {}
@@ -298,8 +372,7 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
             Ok(len) => len,
             Err(e) => break Err(io::Error::other(e)),
         };
-        // Usually the whole frame came in with its header: read it where it lies. The run is
-        // made (its node decoded) before the bytes are let go; nothing of it runs until started.
+        // Usually the whole frame came in with its header: read it where it lies.
         let mut body = Vec::new();
         let buffered = input.buffer().len() >= len;
         if !buffered {
@@ -313,93 +386,73 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         } else {
             &body[..]
         };
-        let message = match wire::decode_borrowed::<ToWorkerRef<'_>>(frame) {
+        let step = match wire::decode_borrowed::<ToWorkerRef<'_>>(frame) {
             Ok(ToWorkerRef::Run {
                 id,
                 name,
                 payload,
                 announce,
-            }) => Ok(Message::Run(
-                id,
-                start_run(registry, name, payload),
-                announce,
-            )),
-            Ok(ToWorkerRef::Cancel { id }) => Ok(Message::Cancel(id)),
-            Ok(ToWorkerRef::Shutdown) => Ok(Message::Stop),
-            Err(e) => Err(e),
+            }) => {
+                let place = {
+                    let mut runs = serving.runs();
+                    if runs.running.len() < concurrency && runs.queued.is_empty() {
+                        Some(runs.take_place(id))
+                    } else {
+                        // Queued: it is announced when it starts, whatever the parent assumed.
+                        runs.queued.push_back(Given {
+                            id,
+                            name: name.to_owned(),
+                            payload: payload.to_vec(),
+                        });
+                        None
+                    }
+                };
+                match place {
+                    None => Ok(None),
+                    Some(registration) => serving
+                        .begin(id, name, payload, registration, announce)
+                        .map(|run| Some((id, run))),
+                }
+            }
+            Ok(ToWorkerRef::Cancel { id }) => serving.cancel(id).map(|()| None),
+            Ok(ToWorkerRef::Shutdown) => break Ok(()),
+            Err(e) => Err(io::Error::other(e)),
         };
         if buffered {
             input.consume(len);
         }
-        let step = match message {
-            Ok(Message::Run(id, run, announce)) => {
-                let now = {
-                    let mut runs = serving.runs();
-                    if runs.running.len() < serving.concurrency && runs.queued.is_empty() {
-                        Some(serving.begin(&mut runs, id, run))
-                    } else {
-                        runs.queued.push_back((id, run));
-                        None
-                    }
-                };
-                match now {
-                    None => Ok(()),
-                    Some(mut run) if inline => {
-                        let started = if announce {
-                            serving.output.send(&started_frame(id, max_frame), true)
-                        } else {
-                            Ok(())
-                        };
-                        match (
-                            started,
-                            Pin::new(&mut run).poll(&mut Context::from_waker(noop)),
-                        ) {
-                            (Err(e), _) => Err(e),
-                            (Ok(()), Poll::Ready(outcome)) => {
-                                let outcome = outcome.unwrap_or_else(|_| Err(cancelled_by_pool()));
-                                // More frames already buffered: answer them all before one flush.
-                                let more_waiting = !input.buffer().is_empty();
-                                serving.finish(id, outcome, !more_waiting)
-                            }
-                            (Ok(()), Poll::Pending) => {
-                                serving.run_rest(id, run);
-                                Ok(())
-                            }
-                        }
-                    }
-                    Some(run) if announce => serving.spawn(id, run),
-                    Some(run) => {
-                        serving.run_rest(id, run);
-                        Ok(())
-                    }
+        let started = match step {
+            Ok(started) => started,
+            Err(e) => break Err(e),
+        };
+        let Some((id, mut run)) = started else {
+            continue;
+        };
+        if !inline {
+            serving.run_rest(id, run);
+            continue;
+        }
+        match Pin::new(&mut run).poll(&mut Context::from_waker(noop)) {
+            Poll::Ready(outcome) => {
+                let outcome = outcome.unwrap_or_else(|_| Err(cancelled_by_pool()));
+                // More frames already buffered: answer them all before one flush.
+                let more_waiting = !input.buffer().is_empty();
+                if let Err(e) = serving.finish(id, outcome, !more_waiting) {
+                    break Err(e);
                 }
             }
-            Ok(Message::Cancel(id)) => serving.cancel(id),
-            Ok(Message::Stop) => break Ok(()),
-            Err(e) => Err(io::Error::other(e)),
-        };
-        if let Err(e) = step {
-            break Err(e);
+            Poll::Pending => serving.run_rest(id, run),
         }
     };
-    serving.wait_idle();
-    let flushed = serving
-        .output
-        .out
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .flush();
+    // At the end of the input, every run given is finished and answered first; when the parent
+    // is gone (an error), there is nobody to answer.
+    if result.is_ok() {
+        serving.wait_idle();
+    }
+    let flushed = serving.output.flush();
     drop(_runtime);
     runtime.shutdown_background();
     result.and(flushed)
-}
-
-/// What a frame from the parent asks for.
-enum Message {
-    /// A run, and whether to say when it starts.
-    Run(u64, Run, bool),
-    Cancel(u64),
-    Stop,
 }
 
 fn cancelled_by_pool() -> TaskError {
