@@ -6,8 +6,14 @@
 //!   the completion comes back. It depends on `task-core` only: register it with a coordinator
 //!   under any mode name.
 //! - [`NatsWorker`] (the working side) binds a durable pull consumer, runs tasks with the same
-//!   [`NodeRegistry`](task_core::NodeRegistry) the process workers use, publishes each completion,
-//!   then acknowledges the task. `exec-nats-worker` is a runnable worker binary.
+//!   [`NodeRegistry`](task_core::NodeRegistry) the process workers use, stores each completion in
+//!   the completion stream (on the submitting side's own subject), then acknowledges the task.
+//!   `exec-nats-worker` is a runnable worker binary.
+//!
+//! Tasks and completions are kept on disk by the server, so a disconnect of either side or a
+//! server restart loses neither: every request ends, with or without a timeout. A server
+//! unreachable for longer than [`NatsBuilder::unreachable_after`] fails what waits on it, and a
+//! task no worker finished within the stream's `max_age` fails as expired.
 //!
 //! Delivery is at-least-once from the server and exactly one terminal outcome per request at the
 //! coordinator: completions are correlated by a run id unique per attempt, and a second
@@ -24,7 +30,7 @@ mod worker;
 
 use std::time::Duration;
 
-pub use crate::strategy::{NatsBuilder, NatsStrategy};
+pub use crate::strategy::{DEFAULT_UNREACHABLE_AFTER, NatsBuilder, NatsStrategy};
 pub use crate::worker::{NatsWorker, NatsWorkerBuilder};
 pub use async_nats;
 
@@ -81,6 +87,40 @@ impl NatsConfig {
         format!("{}.cancel", self.prefix)
     }
 
+    /// The stream that holds completions until the submitting side has read them:
+    /// `{stream}_DONE`.
+    pub fn completion_stream(&self) -> String {
+        format!("{}_DONE", self.stream)
+    }
+
+    /// The subject the completions of one submitting side (`client`) are published on.
+    pub fn completion_subject(&self, client: &str) -> String {
+        format!("{}.done.{client}", self.prefix)
+    }
+
+    /// Creates the completion stream if it is missing (work-queue retention: a completion is
+    /// gone once its submitting side acknowledged it; file storage, so completions outlive a
+    /// server restart and a disconnected submitting side), or binds the existing one.
+    pub(crate) async fn ensure_completion_stream(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
+        use async_nats::jetstream::stream;
+        js.get_or_create_stream(stream::Config {
+            name: self.completion_stream(),
+            subjects: vec![format!("{}.done.*", self.prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_message_size: self.max_message_size,
+            max_age: self.max_age,
+            // The server refuses a window longer than the age limit.
+            duplicate_window: self.duplicate_window.min(self.max_age),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError::new("creating or binding the completion stream", e))
+    }
+
     /// Creates the stream if it is missing (work-queue retention, file storage, the limits
     /// above), or binds the existing one.
     pub(crate) async fn ensure_stream(
@@ -95,7 +135,8 @@ impl NatsConfig {
             storage: stream::StorageType::File,
             max_message_size: self.max_message_size,
             max_age: self.max_age,
-            duplicate_window: self.duplicate_window,
+            // The server refuses a window longer than the age limit.
+            duplicate_window: self.duplicate_window.min(self.max_age),
             ..Default::default()
         })
         .await

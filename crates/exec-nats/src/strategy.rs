@@ -15,11 +15,25 @@ use crate::wire::{Completion, PROTOCOL_VERSION, TaskMessage, decode, encode};
 use crate::{NatsConfig, NatsError, connect};
 
 /// Builds a [`NatsStrategy`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NatsBuilder {
     config: NatsConfig,
     options: Option<async_nats::ConnectOptions>,
+    unreachable_after: Duration,
 }
+
+impl Default for NatsBuilder {
+    fn default() -> Self {
+        Self {
+            config: NatsConfig::default(),
+            options: None,
+            unreachable_after: DEFAULT_UNREACHABLE_AFTER,
+        }
+    }
+}
+
+/// How long the server may stay unreachable before the requests waiting on it fail.
+pub const DEFAULT_UNREACHABLE_AFTER: Duration = Duration::from_secs(60);
 
 impl NatsBuilder {
     /// The server URL (default `$EXEC_NATS_URL`, else `nats://127.0.0.1:4222`).
@@ -72,6 +86,15 @@ impl NatsBuilder {
         self
     }
 
+    /// How long the server may stay unreachable before every request waiting on it fails with
+    /// [`TaskError::is_strategy_error`], saying so (default 60 s). A shorter outage is ridden
+    /// out: tasks and completions are kept by the server and flow again after reconnecting.
+    #[must_use]
+    pub fn unreachable_after(mut self, after: Duration) -> Self {
+        self.unreachable_after = after;
+        self
+    }
+
     /// Connects, creates the stream if missing, and starts listening for completions.
     ///
     /// # Errors
@@ -81,11 +104,23 @@ impl NatsBuilder {
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
         self.config.ensure_stream(&js).await?;
+        let done = self.config.ensure_completion_stream(&js).await?;
         let inbox = client.new_inbox();
-        let completions = client
-            .subscribe(inbox.clone())
+        let client_id = inbox.rsplit('.').next().unwrap_or("client").to_owned();
+        let completion_subject = self.config.completion_subject(&client_id);
+        // A durable consumer of this side's completions: it outlives a disconnect and a server
+        // restart (the server keeps it on disk), and the server deletes it an hour after this
+        // side stops pulling (it died without a shutdown).
+        let consumer: jetstream::consumer::PullConsumer = done
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(format!("done-{client_id}")),
+                filter_subject: completion_subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                inactive_threshold: Duration::from_secs(3600),
+                ..Default::default()
+            })
             .await
-            .map_err(|e| NatsError::new("subscribing to completions", e))?;
+            .map_err(|e| NatsError::new("creating the completion consumer", e))?;
         let advisories = client
             .subscribe(format!(
                 "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
@@ -94,12 +129,13 @@ impl NatsBuilder {
             .await
             .map_err(|e| NatsError::new("subscribing to delivery advisories", e))?;
         let inner = Arc::new(Inner {
-            client_id: inbox.rsplit('.').next().unwrap_or("client").to_owned(),
+            client_id,
             client,
             js,
             task_subject: self.config.task_subject(),
             cancel_subject: self.config.cancel_subject(),
-            inbox,
+            completion_subject,
+            unreachable_after: self.unreachable_after,
             max_message_size: usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX),
             config: self.config,
             table: Mutex::default(),
@@ -112,8 +148,9 @@ impl NatsBuilder {
             idle: Notify::new(),
         });
         let listeners = vec![
-            tokio::spawn(listen_completions(Arc::downgrade(&inner), completions)),
+            tokio::spawn(listen_completions(Arc::downgrade(&inner), consumer)),
             tokio::spawn(listen_advisories(Arc::downgrade(&inner), advisories)),
+            tokio::spawn(watch(Arc::downgrade(&inner))),
         ];
         Ok(NatsStrategy {
             inner,
@@ -122,10 +159,17 @@ impl NatsBuilder {
     }
 }
 
+/// A run waiting for its completion.
+struct Waiting {
+    answer: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+    /// When its task was handed to the stream (it expires from there `max_age` later).
+    published: Instant,
+}
+
 #[derive(Default)]
 struct Table {
     /// Runs waiting for their completion, by run id.
-    pending: HashMap<String, oneshot::Sender<Result<Vec<u8>, TaskError>>>,
+    pending: HashMap<String, Waiting>,
     /// Run id by stream sequence, to fail a run the server stopped delivering.
     by_seq: HashMap<u64, String>,
 }
@@ -137,7 +181,9 @@ struct Inner {
     client_id: String,
     task_subject: String,
     cancel_subject: String,
-    inbox: String,
+    /// Where the workers publish this side's completions.
+    completion_subject: String,
+    unreachable_after: Duration,
     max_message_size: usize,
     table: Mutex<Table>,
     next_run: AtomicU64,
@@ -158,13 +204,75 @@ impl Inner {
         let waiter = self.table().pending.remove(run);
         match waiter {
             Some(waiter) => {
-                let _ = waiter.send(outcome);
+                let _ = waiter.answer.send(outcome);
             }
             None => {
                 // A redelivered task answered twice, or an answer after the caller gave up.
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(run, "completion for no waiting run dropped");
             }
+        }
+    }
+
+    /// Hands a task to the stream, trying again while the server is unreachable, for at most
+    /// [`NatsBuilder::unreachable_after`]. Every try carries the run id as its message id, so the
+    /// stream keeps one copy however many tries reached it.
+    async fn publish(
+        &self,
+        run: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<jetstream::publish::PublishAck, TaskError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", run);
+            let tried = match self
+                .js
+                .publish_with_headers(self.task_subject.clone(), headers, bytes.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match tried {
+                Ok(ack) => return Ok(ack),
+                Err(e) if started.elapsed() >= self.unreachable_after => {
+                    return Err(TaskError::strategy(format!(
+                        "the NATS server did not take the task within {:?}: {e}",
+                        self.unreachable_after
+                    )));
+                }
+                Err(e) => {
+                    tracing::debug!(run, error = %e, "the stream did not take the task yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Fails every waiting run with `error(waited)`, or only those `expired` says.
+    fn fail_waiting(
+        &self,
+        mut expired: impl FnMut(&Waiting) -> bool,
+        error: impl Fn(&Waiting) -> TaskError,
+    ) {
+        let failed: Vec<Waiting> = {
+            let mut table = self.table();
+            let runs: Vec<String> = table
+                .pending
+                .iter()
+                .filter(|(_, waiting)| expired(waiting))
+                .map(|(run, _)| run.clone())
+                .collect();
+            runs.iter()
+                .filter_map(|run| table.pending.remove(run))
+                .collect()
+        };
+        for waiting in failed {
+            let error = error(&waiting);
+            let _ = waiting.answer.send(Err(error));
         }
     }
 
@@ -190,7 +298,7 @@ impl Inner {
             request_id: info.request_id().to_string(),
             name: portable.name().to_owned(),
             payload: portable.payload()?.to_vec(),
-            reply: inner.inbox.clone(),
+            reply: inner.completion_subject.clone(),
             deadline_ms: None,
         };
         let bytes = encode(&message)?;
@@ -202,21 +310,19 @@ impl Inner {
             )));
         }
         let (sender, answer) = oneshot::channel();
-        inner.table().pending.insert(run.clone(), sender);
+        inner.table().pending.insert(
+            run.clone(),
+            Waiting {
+                answer: sender,
+                published: Instant::now(),
+            },
+        );
         let mut guard = RunGuard {
             inner,
             run: Some(run.clone()),
             seq: None,
         };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", run.as_str());
-        let ack = inner
-            .js
-            .publish_with_headers(inner.task_subject.clone(), headers, bytes.into())
-            .await
-            .map_err(|e| TaskError::strategy(format!("publishing the task failed: {e}")))?
-            .await
-            .map_err(|e| TaskError::strategy(format!("the stream did not take the task: {e}")))?;
+        let ack = inner.publish(&run, bytes.into()).await?;
         {
             let mut table = inner.table();
             // The completion may already have come; then there is nothing to track.
@@ -236,13 +342,102 @@ impl Inner {
     }
 }
 
-async fn listen_completions(inner: std::sync::Weak<Inner>, mut messages: async_nats::Subscriber) {
-    while let Some(message) = messages.next().await {
-        let Some(inner) = inner.upgrade() else { return };
-        match decode::<Completion>(&message.payload) {
-            Ok(done) => inner.resolve(&done.run, done.outcome),
-            Err(e) => tracing::warn!(%e, "undecodable completion dropped"),
+/// Reads this side's completions from its durable consumer, acknowledging each once applied.
+/// Pulling resumes by itself after a disconnect; a consumer the server lost (its state was wiped)
+/// is made again.
+async fn listen_completions(
+    inner: std::sync::Weak<Inner>,
+    mut consumer: jetstream::consumer::PullConsumer,
+) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match consumer.messages().await {
+            Ok(mut messages) => {
+                while let Some(message) = messages.next().await {
+                    let Some(inner) = inner.upgrade() else { return };
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "reading completions");
+                            continue;
+                        }
+                    };
+                    match decode::<Completion>(&message.payload) {
+                        Ok(done) => inner.resolve(&done.run, done.outcome),
+                        Err(e) => tracing::warn!(%e, "undecodable completion dropped"),
+                    }
+                    let _ = message.ack().await;
+                    pause = Duration::from_millis(50);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "pulling completions"),
         }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        // The messages' stream ended: the consumer may be gone with the server's state.
+        if let Ok(stream) = strong
+            .js
+            .get_stream(strong.config.completion_stream())
+            .await
+            && let Ok(again) = stream
+                .get_or_create_consumer(
+                    &format!("done-{}", strong.client_id),
+                    jetstream::consumer::pull::Config {
+                        durable_name: Some(format!("done-{}", strong.client_id)),
+                        filter_subject: strong.completion_subject.clone(),
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        inactive_threshold: Duration::from_secs(3600),
+                        ..Default::default()
+                    },
+                )
+                .await
+        {
+            consumer = again;
+        }
+    }
+}
+
+/// Fails what can no longer be answered: every waiting run once the server has been unreachable
+/// for [`NatsBuilder::unreachable_after`], and a run whose task outlived the stream's `max_age`.
+async fn watch(inner: std::sync::Weak<Inner>) {
+    let mut since: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let connected = inner.client.connection_state() == async_nats::connection::State::Connected;
+        since = if connected {
+            None
+        } else {
+            since.or(Some(Instant::now()))
+        };
+        if let Some(since) = since
+            && since.elapsed() >= inner.unreachable_after
+        {
+            let after = inner.unreachable_after;
+            inner.fail_waiting(
+                |_| true,
+                |_| {
+                    TaskError::strategy(format!(
+                        "the NATS server has been unreachable for {after:?}: the task's outcome \
+                         cannot be learnt (it may still run)"
+                    ))
+                },
+            );
+        }
+        let max_age = inner.config.max_age;
+        inner.fail_waiting(
+            |waiting| waiting.published.elapsed() >= max_age,
+            |_| {
+                TaskError::timed_out(format!(
+                    "the task expired: no worker finished it within the stream's max_age of \
+                     {max_age:?}"
+                ))
+            },
+        );
     }
 }
 
@@ -410,7 +605,19 @@ impl TaskExecutionStrategy for NatsStrategy {
             for listener in listeners {
                 listener.abort();
             }
-            let _ = self.inner.client.flush().await;
+            // Nothing will read this side's completions any more. An unreachable server would
+            // keep these waiting: they get a moment, then the server cleans up by itself (the
+            // consumer's inactivity limit).
+            let inner = &self.inner;
+            let tidy = async {
+                if let Ok(stream) = inner.js.get_stream(inner.config.completion_stream()).await {
+                    let _ = stream
+                        .delete_consumer(&format!("done-{}", inner.client_id))
+                        .await;
+                }
+                let _ = inner.client.flush().await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), tidy).await;
         })
     }
 

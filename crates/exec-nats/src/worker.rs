@@ -125,6 +125,7 @@ impl NatsWorkerBuilder {
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
         let stream = self.config.ensure_stream(&js).await?;
+        self.config.ensure_completion_stream(&js).await?;
         let name = self
             .consumer
             .unwrap_or_else(|| format!("{}-workers", self.config.mode));
@@ -151,6 +152,7 @@ impl NatsWorkerBuilder {
             shared: Arc::new(Shared {
                 id: format!("{}:{}", hostname(), std::process::id()),
                 client,
+                js,
                 registry: self.registry,
                 ack_wait: self.ack_wait,
                 cancels: Mutex::default(),
@@ -182,6 +184,7 @@ struct Cancels {
 struct Shared {
     id: String,
     client: async_nats::Client,
+    js: jetstream::Context,
     registry: NodeRegistry,
     ack_wait: Duration,
     cancels: Mutex<Cancels>,
@@ -270,23 +273,24 @@ impl Shared {
             outcome,
             worker: self.id.clone(),
         };
-        let sent = match encode(&completion) {
-            Ok(bytes) => self.client.publish(task.reply, bytes.into()).await.is_ok(),
-            Err(e) => {
-                let fallback = Completion {
-                    outcome: Err(e),
-                    ..completion
-                };
-                match encode(&fallback) {
-                    Ok(bytes) => self.client.publish(task.reply, bytes.into()).await.is_ok(),
-                    Err(_) => false,
-                }
-            }
+        let bytes = encode(&completion).or_else(|e| {
+            encode(&Completion {
+                outcome: Err(e),
+                ..completion
+            })
+        });
+        // The completion must be stored in the completion stream before the task is
+        // acknowledged: if this worker dies, or the server goes away, in between, the task is
+        // redelivered and answered again (a duplicate the submitting side drops), never lost.
+        // Stored, it reaches the submitting side even if that side is disconnected now.
+        let stored = match bytes {
+            Ok(bytes) => match self.js.publish(task.reply, bytes.into()).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            },
+            Err(_) => false,
         };
-        // The completion must be on its way before the task is acknowledged: if this worker
-        // dies in between, the task is redelivered and answered again (a duplicate the
-        // submitting side drops), never lost.
-        if !sent || self.client.flush().await.is_err() {
+        if !stored {
             let _ = message.ack_with(AckKind::Nak(None)).await;
             return;
         }

@@ -68,6 +68,16 @@ fn main() {
         ("the_coordinators_timeout_reaches_the_worker", || {
             Box::pin(the_coordinators_timeout_reaches_the_worker())
         }),
+        ("no_request_waits_forever_across_a_server_restart", || {
+            Box::pin(no_request_waits_forever_across_a_server_restart())
+        }),
+        (
+            "a_server_gone_for_good_fails_the_waiting_requests_saying_so",
+            || Box::pin(a_server_gone_for_good_fails_the_waiting_requests_saying_so()),
+        ),
+        ("a_task_no_worker_takes_expires_with_the_stream", || {
+            Box::pin(a_task_no_worker_takes_expires_with_the_stream())
+        }),
     ];
     let trials = tests
         .iter()
@@ -161,9 +171,79 @@ async fn coordinator(
 
 async fn cleanup(config: &NatsConfig) {
     if let Ok(client) = async_nats::connect(&config.url).await {
-        let _ = async_nats::jetstream::new(client)
-            .delete_stream(&config.stream)
-            .await;
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(&config.stream).await;
+        let _ = js.delete_stream(config.completion_stream()).await;
+    }
+}
+/// A NATS server of the test's own, with JetStream storing on disk, on a free loopback port: it
+/// can be killed and restarted (the shared server is never touched).
+struct OwnServer {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("exec-nats-{}-{port}", std::process::id()));
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again: the same port and store) and waits until it answers.
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (the distributed tests need it)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while !server_available(&self.url()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server at once (SIGKILL: nothing is flushed or said goodbye to).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -371,6 +451,129 @@ async fn a_task_that_keeps_killing_its_workers_fails_after_max_deliveries() {
         restarts >= 2,
         "each delivery killed a worker ({restarts} restarts)"
     );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+async fn no_request_waits_forever_across_a_server_restart() {
+    let mut server = OwnServer::start();
+    let config = NatsConfig {
+        url: server.url(),
+        ..config("restart")
+    };
+    let _workers = [
+        Worker::start(&config, &["--concurrency", "4"]),
+        Worker::start(&config, &["--concurrency", "4"]),
+    ];
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    // No timeouts: only the strategy can end these requests.
+    let calls: Vec<_> = (0..60_u64)
+        .map(|i| {
+            let coordinator = coordinator.clone();
+            tokio::spawn(async move {
+                coordinator
+                    .submit(
+                        Task::portable(format!("r{i}"), Nap(20 + i % 7 * 10)),
+                        "nats",
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        coordinator.counts().closed < 60,
+        "the server goes away while requests are out"
+    );
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.spawn();
+    let outcomes = tokio::time::timeout(Duration::from_secs(90), futures::future::join_all(calls))
+        .await
+        .expect("every request gets its outcome: none waits forever");
+    let failed: Vec<String> = outcomes
+        .into_iter()
+        .map(|joined| joined.expect("the caller task"))
+        .filter_map(|outcome| outcome.err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed across the restart: {failed:?}"
+    );
+    assert_eq!(coordinator.counts().succeeded, 60);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn a_server_gone_for_good_fails_the_waiting_requests_saying_so() {
+    let mut server = OwnServer::start();
+    let config = NatsConfig {
+        url: server.url(),
+        ..config("gone")
+    };
+    let strategy = NatsStrategy::builder()
+        .config(config.clone())
+        .unreachable_after(Duration::from_millis(800))
+        .start()
+        .await
+        .expect("the strategy connects");
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder().strategy("nats", strategy).build();
+    coordinator.start(&publisher).unwrap();
+    // No worker: the task waits in the stream, then the server goes away.
+    let waiting = {
+        let coordinator = coordinator.clone();
+        tokio::spawn(async move {
+            coordinator
+                .submit(Task::portable("stranded", Echo(1)), "nats")
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.kill();
+    let error = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the request ends without a timeout of its own")
+        .unwrap()
+        .unwrap_err();
+    let task_error = error.task_error().expect("a task error");
+    assert!(task_error.is_strategy_error(), "{error}");
+    assert!(error.to_string().contains("unreachable"), "{error}");
+    // A request submitted while the server is away fails too, after the same wait.
+    let late = tokio::time::timeout(
+        Duration::from_secs(20),
+        coordinator.submit(Task::portable("late", Echo(2)), "nats"),
+    )
+    .await
+    .expect("the late request ends too");
+    assert!(late.unwrap_err().task_error().unwrap().is_strategy_error());
+    assert_eq!(
+        coordinator.job("stranded").unwrap().result(),
+        Some(JobResult::Failure)
+    );
+    coordinator
+        .shutdown_with_grace(Duration::from_secs(2))
+        .await;
+    publisher.shutdown().await;
+}
+
+async fn a_task_no_worker_takes_expires_with_the_stream() {
+    let config = NatsConfig {
+        max_age: Duration::from_secs(1),
+        ..config("expiry")
+    };
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        coordinator.submit(Task::portable("unwanted", Echo(1)), "nats"),
+    )
+    .await
+    .expect("an expired task ends its request")
+    .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    assert!(error.to_string().contains("max_age"), "{error}");
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
