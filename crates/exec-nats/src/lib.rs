@@ -60,6 +60,10 @@ pub struct NatsConfig {
     pub max_age: Duration,
     /// How long the stream remembers message ids to drop duplicate publishes.
     pub duplicate_window: Duration,
+    /// Copies of each stream a JetStream cluster keeps (default 1: a single server). 3 on a
+    /// cluster keeps tasks and completions through the loss of a server. Set when the streams
+    /// are created.
+    pub replicas: usize,
 }
 
 impl Default for NatsConfig {
@@ -72,6 +76,7 @@ impl Default for NatsConfig {
             max_message_size: 1 << 20,
             max_age: Duration::from_secs(24 * 3600),
             duplicate_window: Duration::from_secs(120),
+            replicas: 1,
         }
     }
 }
@@ -115,6 +120,7 @@ impl NatsConfig {
             max_age: self.max_age,
             // The server refuses a window longer than the age limit.
             duplicate_window: self.duplicate_window.min(self.max_age),
+            num_replicas: self.replicas.max(1),
             ..Default::default()
         })
         .await
@@ -137,6 +143,7 @@ impl NatsConfig {
             max_age: self.max_age,
             // The server refuses a window longer than the age limit.
             duplicate_window: self.duplicate_window.min(self.max_age),
+            num_replicas: self.replicas.max(1),
             ..Default::default()
         })
         .await

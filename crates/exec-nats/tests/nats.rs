@@ -78,6 +78,9 @@ fn main() {
         ("a_task_no_worker_takes_expires_with_the_stream", || {
             Box::pin(a_task_no_worker_takes_expires_with_the_stream())
         }),
+        ("the_replicas_setting_reaches_the_server", || {
+            Box::pin(the_replicas_setting_reaches_the_server())
+        }),
     ];
     let trials = tests
         .iter()
@@ -557,6 +560,21 @@ async fn a_server_gone_for_good_fails_the_waiting_requests_saying_so() {
         .shutdown_with_grace(Duration::from_secs(2))
         .await;
     publisher.shutdown().await;
+}
+
+async fn the_replicas_setting_reaches_the_server() {
+    // A single server cannot keep 3 copies: it refuses the stream, and nothing is created.
+    let config = NatsConfig {
+        replicas: 3,
+        ..config("replicas")
+    };
+    let error = NatsStrategy::builder()
+        .config(config.clone())
+        .start()
+        .await
+        .expect_err("a single server refuses replicated streams");
+    assert!(error.to_string().contains("stream"), "{error}");
+    cleanup(&config).await;
 }
 
 async fn a_task_no_worker_takes_expires_with_the_stream() {
