@@ -921,6 +921,10 @@ fn handshake_problems_are_clear_errors() {
             .unwrap_err();
         assert!(e.is_spawn(), "{e:?}");
     });
+    // Awaited outside any tokio runtime: a typed error, not a panic.
+    let e = futures::executor::block_on(ProcessExecutionStrategy::builder(registry()).start())
+        .unwrap_err();
+    assert!(e.is_runtime(), "{e:?}");
 }
 
 fn misbehaving_workers_fail_their_task_and_are_replaced() {

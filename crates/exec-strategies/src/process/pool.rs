@@ -69,7 +69,8 @@ impl ProcessError {
         self.kind == ErrorKind::Protocol
     }
 
-    /// The supervisor thread or its runtime could not be started.
+    /// The supervisor thread or its runtime could not be started, or `start` was not awaited on a
+    /// tokio runtime.
     pub fn is_runtime(&self) -> bool {
         self.kind == ErrorKind::Runtime
     }
@@ -241,8 +242,15 @@ impl ProcessBuilder {
     /// # Errors
     ///
     /// When a worker cannot be spawned, does not announce itself in time, or announces another
-    /// protocol version. No worker is left running then.
+    /// protocol version. No worker is left running then. [`ProcessError::is_runtime`] when it is
+    /// not awaited on a tokio runtime (the workers' answers are read there).
     pub async fn start(self) -> Result<ProcessExecutionStrategy, ProcessError> {
+        let readers = tokio::runtime::Handle::try_current().map_err(|_| {
+            ProcessError::new(
+                ErrorKind::Runtime,
+                "ProcessBuilder::start must be awaited on a tokio runtime",
+            )
+        })?;
         let program = match self.program.clone() {
             Some(p) => p,
             None => std::env::current_exe().map_err(|e| {
@@ -299,7 +307,7 @@ impl ProcessBuilder {
                 .map(String::from)
                 .collect(),
             runtime: handle.clone(),
-            readers: tokio::runtime::Handle::current(),
+            readers,
             readers_gone: AtomicBool::new(false),
             state: Mutex::new(PoolState {
                 slots: (0..self.workers).map(|_| None).collect(),
