@@ -98,6 +98,26 @@ impl NatsConfig {
         format!("{}_DONE", self.stream)
     }
 
+    /// The task stream's duplicate window: at most `max_age` (the server refuses a longer one),
+    /// unless `max_age` is 0 (no limit).
+    pub(crate) fn task_duplicate_window(&self) -> Duration {
+        if self.max_age.is_zero() {
+            self.duplicate_window
+        } else {
+            self.duplicate_window.min(self.max_age)
+        }
+    }
+
+    /// How long an unread completion is kept: `max_age`, at most an hour (a submitting side gone
+    /// that long has failed what it waited for; the server drops its consumer too).
+    fn completion_max_age(&self) -> Duration {
+        if self.max_age.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            self.max_age.min(Duration::from_secs(3600))
+        }
+    }
+
     /// The subject the completions of one submitting side (`client`) are published on.
     pub fn completion_subject(&self, client: &str) -> String {
         format!("{}.done.{client}", self.prefix)
@@ -117,9 +137,9 @@ impl NatsConfig {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             max_message_size: self.max_message_size,
-            max_age: self.max_age,
-            // The server refuses a window longer than the age limit.
-            duplicate_window: self.duplicate_window.min(self.max_age),
+            // A completion nobody reads within the hour (its submitting side is gone) is dropped.
+            max_age: self.completion_max_age(),
+            duplicate_window: self.duplicate_window.min(self.completion_max_age()),
             num_replicas: self.replicas.max(1),
             ..Default::default()
         })
@@ -141,8 +161,7 @@ impl NatsConfig {
             storage: stream::StorageType::File,
             max_message_size: self.max_message_size,
             max_age: self.max_age,
-            // The server refuses a window longer than the age limit.
-            duplicate_window: self.duplicate_window.min(self.max_age),
+            duplicate_window: self.task_duplicate_window(),
             num_replicas: self.replicas.max(1),
             ..Default::default()
         })

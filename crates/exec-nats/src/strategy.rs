@@ -32,6 +32,10 @@ impl Default for NatsBuilder {
     }
 }
 
+/// The longest one try to hand a task to the stream takes (the JetStream context's default
+/// acknowledgement timeout, and a margin).
+const PUBLISH_TRY: Duration = Duration::from_secs(10);
+
 /// How long the server may stay unreachable before the requests waiting on it fail.
 pub const DEFAULT_UNREACHABLE_AFTER: Duration = Duration::from_secs(60);
 
@@ -104,23 +108,10 @@ impl NatsBuilder {
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
         self.config.ensure_stream(&js).await?;
-        let done = self.config.ensure_completion_stream(&js).await?;
         let inbox = client.new_inbox();
         let client_id = inbox.rsplit('.').next().unwrap_or("client").to_owned();
         let completion_subject = self.config.completion_subject(&client_id);
-        // A durable consumer of this side's completions: it outlives a disconnect and a server
-        // restart (the server keeps it on disk), and the server deletes it an hour after this
-        // side stops pulling (it died without a shutdown).
-        let consumer: jetstream::consumer::PullConsumer = done
-            .create_consumer(jetstream::consumer::pull::Config {
-                durable_name: Some(format!("done-{client_id}")),
-                filter_subject: completion_subject.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                inactive_threshold: Duration::from_secs(3600),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| NatsError::new("creating the completion consumer", e))?;
+        let consumer = completion_consumer(&js, &self.config, &client_id).await?;
         let advisories = client
             .subscribe(format!(
                 "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
@@ -164,6 +155,8 @@ struct Waiting {
     answer: oneshot::Sender<Result<Vec<u8>, TaskError>>,
     /// When its task was handed to the stream (it expires from there `max_age` later).
     published: Instant,
+    /// The task as published, to publish it again if the server lost it.
+    task: bytes::Bytes,
 }
 
 #[derive(Default)]
@@ -214,6 +207,11 @@ impl Inner {
         }
     }
 
+    /// This side's completion consumer, made (with its stream) if missing.
+    async fn completion_consumer(&self) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+        completion_consumer(&self.js, &self.config, &self.client_id).await
+    }
+
     /// Hands a task to the stream, trying again while the server is unreachable, for at most
     /// [`NatsBuilder::unreachable_after`]. Every try carries the run id as its message id, so the
     /// stream keeps one copy however many tries reached it.
@@ -223,6 +221,13 @@ impl Inner {
         bytes: bytes::Bytes,
     ) -> Result<jetstream::publish::PublishAck, TaskError> {
         let started = Instant::now();
+        // Every try must land within the stream's duplicate window of the first, or a try the
+        // server stored but whose acknowledgement was lost could be stored twice. A try takes up
+        // to the JetStream context's acknowledgement timeout.
+        let window = self.config.task_duplicate_window();
+        let retry_for = self
+            .unreachable_after
+            .min(window.saturating_sub(PUBLISH_TRY));
         let mut pause = Duration::from_millis(50);
         loop {
             let mut headers = async_nats::HeaderMap::new();
@@ -237,10 +242,10 @@ impl Inner {
             };
             match tried {
                 Ok(ack) => return Ok(ack),
-                Err(e) if started.elapsed() >= self.unreachable_after => {
+                Err(e) if started.elapsed() >= retry_for => {
                     return Err(TaskError::strategy(format!(
-                        "the NATS server did not take the task within {:?}: {e}",
-                        self.unreachable_after
+                        "the NATS server was unreachable and did not take the task within \
+                         {retry_for:?}: {e}"
                     )));
                 }
                 Err(e) => {
@@ -301,7 +306,7 @@ impl Inner {
             reply: inner.completion_subject.clone(),
             deadline_ms: None,
         };
-        let bytes = encode(&message)?;
+        let bytes = bytes::Bytes::from(encode(&message)?);
         if bytes.len() > inner.max_message_size {
             return Err(TaskError::encoding(format!(
                 "the task is {} bytes, more than the stream's maximum of {}",
@@ -315,6 +320,7 @@ impl Inner {
             Waiting {
                 answer: sender,
                 published: Instant::now(),
+                task: bytes.clone(),
             },
         );
         let mut guard = RunGuard {
@@ -322,16 +328,26 @@ impl Inner {
             run: Some(run.clone()),
             seq: None,
         };
-        let ack = inner.publish(&run, bytes.into()).await?;
-        {
-            let mut table = inner.table();
-            // The completion may already have come; then there is nothing to track.
-            if table.pending.contains_key(&run) {
-                table.by_seq.insert(ack.sequence, run.clone());
-                guard.seq = Some(ack.sequence);
+        let mut answer = answer;
+        // The run may be ended while its task is still being handed over (the server is away
+        // past `unreachable_after`, say): then it stops trying, and answers at once.
+        let early = tokio::select! {
+            ack = inner.publish(&run, bytes) => {
+                let ack = ack?;
+                let mut table = inner.table();
+                // The completion may already have come; then there is nothing to track.
+                if table.pending.contains_key(&run) {
+                    table.by_seq.insert(ack.sequence, run.clone());
+                    guard.seq = Some(ack.sequence);
+                }
+                None
             }
-        }
-        let answer = answer.await;
+            early = &mut answer => Some(early),
+        };
+        let answer = match early {
+            Some(early) => early,
+            None => answer.await,
+        };
         guard.run = None;
         let bytes = answer.unwrap_or_else(|_| {
             Err(TaskError::strategy(
@@ -343,12 +359,13 @@ impl Inner {
 }
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
-/// Pulling resumes by itself after a disconnect; a consumer the server lost (its state was wiped)
-/// is made again.
+/// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
+/// after a server whose store was wiped, both are made again.
 async fn listen_completions(
     inner: std::sync::Weak<Inner>,
     mut consumer: jetstream::consumer::PullConsumer,
 ) {
+    use jetstream::consumer::pull::MessagesErrorKind as Kind;
     let mut pause = Duration::from_millis(50);
     loop {
         match consumer.messages().await {
@@ -359,6 +376,13 @@ async fn listen_completions(
                         Ok(message) => message,
                         Err(e) => {
                             tracing::debug!(error = %e, "reading completions");
+                            // The consumer is gone (deleted, or lost with a wiped store): make
+                            // it again. Other errors (no responders or missed heartbeats during
+                            // an outage) pass: the pulls resume after reconnecting, and making
+                            // the consumer again then, measured, left completions unread.
+                            if matches!(e.kind(), Kind::ConsumerDeleted) {
+                                break;
+                            }
                             continue;
                         }
                     };
@@ -377,28 +401,95 @@ async fn listen_completions(
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        // The messages' stream ended: the consumer may be gone with the server's state.
-        if let Ok(stream) = strong
-            .js
-            .get_stream(strong.config.completion_stream())
-            .await
-            && let Ok(again) = stream
-                .get_or_create_consumer(
-                    &format!("done-{}", strong.client_id),
-                    jetstream::consumer::pull::Config {
-                        durable_name: Some(format!("done-{}", strong.client_id)),
-                        filter_subject: strong.completion_subject.clone(),
-                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        inactive_threshold: Duration::from_secs(3600),
-                        ..Default::default()
-                    },
-                )
-                .await
-        {
+        if let Ok(again) = strong.completion_consumer().await {
             consumer = again;
         }
     }
 }
+
+/// After an outage: a server killed outright may lose the last messages it had acknowledged (it
+/// writes to disk a moment later). Every run still waiting whose task is no longer in the stream
+/// (a worker took it and its completion was lost, or the server lost the task) is published
+/// again, under a message id of its own, once the completions stored meanwhile have had a moment
+/// to arrive. A run answered twice this way is answered once: the second completion is dropped.
+async fn reconcile(inner: std::sync::Weak<Inner>) {
+    tokio::time::sleep(RECONCILE_AFTER).await;
+    let Some(inner) = inner.upgrade() else { return };
+    let Ok(stream) = inner.js.get_stream(&inner.config.stream).await else {
+        return;
+    };
+    let waiting: Vec<(u64, String, bytes::Bytes)> = {
+        let table = inner.table();
+        table
+            .by_seq
+            .iter()
+            .filter_map(|(&seq, run)| {
+                let task = table.pending.get(run)?.task.clone();
+                Some((seq, run.clone(), task))
+            })
+            .collect()
+    };
+    for (seq, run, task) in waiting {
+        if stream.get_raw_message(seq).await.is_ok() || !inner.table().pending.contains_key(&run) {
+            continue;
+        }
+        tracing::debug!(
+            run,
+            seq,
+            "the task is gone from the stream unanswered: publishing it again"
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{run}.again-{seq}").as_str());
+        let stored = match inner
+            .js
+            .publish_with_headers(inner.task_subject.clone(), headers, task)
+            .await
+        {
+            Ok(ack) => ack.await.ok(),
+            Err(_) => None,
+        };
+        if let Some(ack) = stored {
+            let mut table = inner.table();
+            table.by_seq.remove(&seq);
+            if table.pending.contains_key(&run) {
+                table.by_seq.insert(ack.sequence, run);
+            }
+        }
+    }
+}
+
+/// How long after reconnecting the runs still waiting are checked against the stream.
+const RECONCILE_AFTER: Duration = Duration::from_secs(1);
+
+/// The durable consumer of one submitting side's completions (`done-{client}`), made with its
+/// stream if missing. It outlives a disconnect and a server restart (the server keeps it on
+/// disk), and the server deletes it an hour after its side stops pulling (it died without a
+/// shutdown).
+async fn completion_consumer(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+    client_id: &str,
+) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+    let name = format!("done-{client_id}");
+    config
+        .ensure_completion_stream(js)
+        .await?
+        .get_or_create_consumer(
+            &name,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: config.completion_subject(client_id),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                inactive_threshold: COMPLETION_CONSUMER_IDLE,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| NatsError::new("creating the completion consumer", e))
+}
+
+/// How long a completion consumer nobody pulls from is kept by the server.
+const COMPLETION_CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 
 /// Fails what can no longer be answered: every waiting run once the server has been unreachable
 /// for [`NatsBuilder::unreachable_after`], and a run whose task outlived the stream's `max_age`.
@@ -409,6 +500,10 @@ async fn watch(inner: std::sync::Weak<Inner>) {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let connected = inner.client.connection_state() == async_nats::connection::State::Connected;
+        if connected && since.is_some() {
+            // Back after an outage: the server may have lost what it took just before it went.
+            tokio::spawn(reconcile(Arc::downgrade(&inner)));
+        }
         since = if connected {
             None
         } else {
@@ -429,6 +524,10 @@ async fn watch(inner: std::sync::Weak<Inner>) {
             );
         }
         let max_age = inner.config.max_age;
+        if max_age.is_zero() {
+            // JetStream's "no limit".
+            continue;
+        }
         inner.fail_waiting(
             |waiting| waiting.published.elapsed() >= max_age,
             |_| {
@@ -605,6 +704,9 @@ impl TaskExecutionStrategy for NatsStrategy {
             for listener in listeners {
                 listener.abort();
             }
+            // What is still out past the grace gets no completion now: it ends here.
+            self.inner
+                .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
             // Nothing will read this side's completions any more. An unreachable server would
             // keep these waiting: they get a moment, then the server cleans up by itself (the
             // consumer's inactivity limit).
@@ -633,6 +735,21 @@ impl TaskExecutionStrategy for NatsStrategy {
             inner.failed.load(Ordering::Relaxed),
             !inner.closed.load(Ordering::SeqCst),
         )
+    }
+}
+
+impl Drop for NatsStrategy {
+    fn drop(&mut self) {
+        // Dropped without a shutdown: stop pulling completions (the server then deletes the
+        // consumer after its idle limit) and watching; the connection closes with the last handle.
+        for listener in self
+            .listeners
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            listener.abort();
+        }
     }
 }
 

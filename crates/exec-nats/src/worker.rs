@@ -213,6 +213,30 @@ impl Shared {
         }
     }
 
+    /// Stores a completion in the completion stream, trying a few times over a server blip; the
+    /// run id as message id keeps one copy however many tries reached it.
+    async fn store(&self, subject: &str, run: &str, bytes: bytes::Bytes) -> bool {
+        for pause in [
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            Duration::ZERO,
+        ] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("done.{run}").as_str());
+            let tried = self
+                .js
+                .publish_with_headers(subject.to_owned(), headers, bytes.clone())
+                .await;
+            if let Ok(ack) = tried
+                && ack.await.is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        false
+    }
+
     /// Runs one delivered task to its completion, publishes it, then acknowledges the task.
     async fn handle(self: Arc<Self>, message: jetstream::Message) {
         let task = match decode::<TaskMessage>(&message.payload) {
@@ -269,7 +293,7 @@ impl Shared {
             return;
         };
         let completion = Completion {
-            run: task.run,
+            run: task.run.clone(),
             outcome,
             worker: self.id.clone(),
         };
@@ -284,14 +308,14 @@ impl Shared {
         // redelivered and answered again (a duplicate the submitting side drops), never lost.
         // Stored, it reaches the submitting side even if that side is disconnected now.
         let stored = match bytes {
-            Ok(bytes) => match self.js.publish(task.reply, bytes.into()).await {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            },
+            Ok(bytes) => self.store(&task.reply, &task.run, bytes.into()).await,
             Err(_) => false,
         };
         if !stored {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
+            // The server is away: the task runs again later (once it is back), here or elsewhere.
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
             return;
         }
         let completed = self.completed.fetch_add(1, Ordering::SeqCst) + 1;

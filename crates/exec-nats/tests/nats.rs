@@ -393,17 +393,30 @@ async fn a_duplicate_completion_after_redelivery_is_suppressed() {
         .unwrap();
     assert_eq!(v, 5);
     assert_eq!(dying.0.wait().unwrap().code(), Some(3));
-    // The unacknowledged task goes to the next worker, which answers it again.
+    // The unacknowledged task goes to the next worker, which answers it again (and
+    // acknowledges it, so the stream empties). The second completion carries the same run id:
+    // the completion stream drops it as a duplicate, or, past its window, the strategy does.
     let _second = Worker::start(&config, &["--ack-wait-ms", "500"]);
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while strategy.duplicates() == 0 {
+    loop {
+        let mut tasks = js.get_stream(&config.stream).await.unwrap();
+        if tasks.info().await.unwrap().state.messages == 0 {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "the redelivered task was never answered"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(strategy.duplicates(), 1);
+    let mut done = js.get_stream(config.completion_stream()).await.unwrap();
+    assert_eq!(
+        done.info().await.unwrap().state.last_sequence,
+        1,
+        "the second completion was not stored again"
+    );
+    assert_eq!(strategy.duplicates(), 0);
     coordinator.shutdown().await;
     publisher.shutdown().await;
     assert_eq!(terminal.load(Ordering::SeqCst), 1, "one terminal message");
@@ -465,9 +478,10 @@ async fn no_request_waits_forever_across_a_server_restart() {
         url: server.url(),
         ..config("restart")
     };
+    let flags = ["--concurrency", "4"];
     let _workers = [
-        Worker::start(&config, &["--concurrency", "4"]),
-        Worker::start(&config, &["--concurrency", "4"]),
+        Worker::start(&config, &flags),
+        Worker::start(&config, &flags),
     ];
     let (publisher, coordinator, _) = coordinator(&config).await;
     // No timeouts: only the strategy can end these requests.
@@ -534,7 +548,20 @@ async fn a_server_gone_for_good_fails_the_waiting_requests_saying_so() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the stream holds it, the server goes away.
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    let start = Instant::now();
+    loop {
+        let mut stream = js.get_stream(&config.stream).await.unwrap();
+        if stream.info().await.unwrap().state.messages == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the task was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.kill();
     let error = tokio::time::timeout(Duration::from_secs(20), waiting)
         .await
