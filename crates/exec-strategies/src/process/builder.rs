@@ -1,0 +1,279 @@
+//! [`ProcessBuilder`]: the pool's settings, and starting it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use task_core::NodeRegistry;
+
+use tokio::sync::oneshot;
+
+use super::error::{ErrorKind, ProcessError};
+use super::pool::ProcessExecutionStrategy;
+use super::shared::{Config, Shared};
+use super::wire;
+
+/// Configures and starts a [`ProcessExecutionStrategy`].
+#[derive(Debug)]
+pub struct ProcessBuilder {
+    workers: usize,
+    program: Option<PathBuf>,
+    args: Vec<OsString>,
+    registry: NodeRegistry,
+    max_frame: usize,
+    per_worker: usize,
+    prefetch: usize,
+    worker_threads: usize,
+    task_timeout: Option<Duration>,
+    cancel_grace: Duration,
+    poison_after: u32,
+    recycle_after: Option<u64>,
+    handshake_timeout: Duration,
+}
+
+impl ProcessBuilder {
+    fn new(registry: NodeRegistry) -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
+            program: None,
+            args: Vec::new(),
+            registry,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            per_worker: 1,
+            prefetch: 16,
+            worker_threads: 1,
+            task_timeout: None,
+            cancel_grace: Duration::from_secs(1),
+            poison_after: 2,
+            recycle_after: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// How many worker processes to keep running (default: the machine's cores).
+    #[must_use]
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// The program to start as a worker, with its arguments (default: the current executable,
+    /// with no arguments). It must call
+    /// [`run_worker_if_requested`](super::run_worker_if_requested) first thing in `main`.
+    #[must_use]
+    pub fn command(
+        mut self,
+        program: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Self {
+        self.program = Some(program.into());
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The largest frame either side accepts, in bytes (default 16 MiB). A task or output
+    /// larger than this fails with [`TaskError::is_protocol_error`](task_core::TaskError::is_protocol_error).
+    #[must_use]
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes.max(64);
+        self
+    }
+
+    /// How many tasks one worker runs at once (default 1, as a `ProcessPoolExecutor` worker or a
+    /// Celery prefork child does).
+    ///
+    /// With more than one, a worker that crashes fails every task running in it at that moment,
+    /// not only the one that crashed it (the pool cannot tell them apart), and each counts toward
+    /// being [poison](Self::poison_after).
+    #[must_use]
+    pub fn tasks_per_worker(mut self, tasks: usize) -> Self {
+        self.per_worker = tasks.max(1);
+        self
+    }
+
+    /// How many more tasks each worker is handed ahead of time (default 16): they wait in the
+    /// worker's queue, so it never waits for its next task and frames travel in batches. A task
+    /// a worker was handed but had not started when it died goes to another worker; it never
+    /// fails for it. 0 hands a worker a task only when it has a place to run it. A task waits
+    /// for a place when every worker is full.
+    #[must_use]
+    pub fn prefetch(mut self, tasks: usize) -> Self {
+        self.prefetch = tasks;
+        self
+    }
+
+    /// How many runtime threads each worker runs tasks on (default 1).
+    #[must_use]
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = threads.max(1);
+        self
+    }
+
+    /// A task still running `timeout` after it started fails as timed out at once, and is
+    /// cancelled in its worker as [`cancel_grace`](Self::cancel_grace) says. Default: no
+    /// timeout.
+    #[must_use]
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a task whose caller stopped waiting (a cancellation, a coordinator's deadline,
+    /// [`task_timeout`](Self::task_timeout)) has to stop after its worker is told (default 1 s).
+    /// A queued task is dropped at once, a running one where it next waits; one that has not
+    /// stopped by then (a CPU loop in the node, which nothing else interrupts) has its worker
+    /// killed and replaced, failing only the tasks running in it
+    /// ([`TaskError::is_worker_lost`](task_core::TaskError::is_worker_lost)); the tasks queued in it go to other workers.
+    #[must_use]
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// After how many crashes in a row of its worker a task is "poison" (default 2, at least
+    /// 1): it then fails with [`TaskError::is_poison`](task_core::TaskError::is_poison), and a coordinator does not retry it
+    /// whatever its retry policy says. Earlier crashes fail it with
+    /// [`TaskError::is_worker_lost`](task_core::TaskError::is_worker_lost), which a retry policy may retry. Counted by request id
+    /// (retries share it) for the last 1,024 requests whose workers crashed; a request that gets an
+    /// answer starts again from 0.
+    #[must_use]
+    pub fn poison_after(mut self, crashes: u32) -> Self {
+        self.poison_after = crashes.max(1);
+        self
+    }
+
+    /// Replaces each worker after it has been given `tasks` tasks (default: never), for nodes
+    /// that leak memory or state.
+    #[must_use]
+    pub fn recycle_after(mut self, tasks: u64) -> Self {
+        self.recycle_after = Some(tasks.max(1));
+        self
+    }
+
+    /// How long a new worker has to announce itself (default 10 s).
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Starts the supervisor and every worker, and checks each worker's handshake.
+    ///
+    /// # Errors
+    ///
+    /// When a worker cannot be spawned, does not announce itself in time, or announces another
+    /// protocol version. No worker is left running then. [`ProcessError::is_runtime`] when it is
+    /// not awaited on a tokio runtime (the workers' answers are read there).
+    pub async fn start(self) -> Result<ProcessExecutionStrategy, ProcessError> {
+        let readers = tokio::runtime::Handle::try_current().map_err(|_| {
+            ProcessError::new(
+                ErrorKind::Runtime,
+                "ProcessBuilder::start must be awaited on a tokio runtime",
+            )
+        })?;
+        let program = match self.program.clone() {
+            Some(p) => p,
+            None => std::env::current_exe().map_err(|e| {
+                ProcessError::new(
+                    ErrorKind::Spawn,
+                    format!("cannot find the current executable: {e}"),
+                )
+            })?,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                ProcessError::new(ErrorKind::Runtime, format!("supervisor runtime: {e}"))
+            })?;
+        let handle = runtime.handle().clone();
+        let (stop_tx, stop_rx) = oneshot::channel::<Vec<tokio::task::JoinHandle<()>>>();
+        std::thread::Builder::new()
+            .name("exec-process-supervisor".into())
+            .spawn(move || {
+                // Workers are spawned from this thread, and their parent-death signal fires when
+                // it exits; it lives until the strategy shuts down or its last handle is dropped.
+                // The slots still supervised then were told to kill their workers: each is given
+                // a moment to reap its worker, so none is left a zombie.
+                if let Ok(lifecycles) = runtime.block_on(stop_rx) {
+                    let reaped = futures::future::join_all(lifecycles);
+                    let _ = runtime.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(2), reaped).await
+                    });
+                }
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| {
+                ProcessError::new(ErrorKind::Runtime, format!("supervisor thread: {e}"))
+            })?;
+
+        let config = Config {
+            program,
+            args: self.args,
+            max_frame: self.max_frame,
+            per_worker: self.per_worker,
+            worker_threads: self.worker_threads,
+            task_timeout: self.task_timeout,
+            cancel_grace: self.cancel_grace,
+            poison_after: self.poison_after,
+            recycle_after: self.recycle_after,
+            handshake_timeout: self.handshake_timeout,
+        };
+        let places = self
+            .workers
+            .saturating_mul(self.per_worker.saturating_add(self.prefetch));
+        let shared = Arc::new(Shared::new(
+            config,
+            &self.registry,
+            self.workers,
+            places,
+            [handle.clone(), readers],
+            stop_tx,
+        ));
+
+        // Start every worker and wait for all handshakes before taking tasks.
+        let mut first = Vec::new();
+        for slot in 0..self.workers {
+            let shared = Arc::clone(&shared);
+            first.push(handle.spawn(async move { shared.start_worker(slot).await }));
+        }
+        let mut failure = None;
+        let mut started = Vec::new();
+        for (slot, join) in first.into_iter().enumerate() {
+            match join.await {
+                Ok(Ok(worker)) => started.push((slot, worker)),
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(e) => {
+                    failure = failure.or(Some(ProcessError::new(ErrorKind::Runtime, e.to_string())))
+                }
+            }
+        }
+        if let Some(error) = failure {
+            for (_, mut worker) in started {
+                let _ = worker.child.start_kill();
+                let _ = worker.child.wait().await;
+            }
+            shared.stop_supervisor();
+            return Err(error);
+        }
+        for (slot, worker) in started {
+            // Nothing can have stopped the pool yet: no handle to it exists.
+            let Ok(live) = shared.install(slot, worker, false) else {
+                continue;
+            };
+            let s = Arc::clone(&shared);
+            let lifecycle = handle.spawn(async move { s.supervise(slot, live).await });
+            shared.lock().lifecycles.push(lifecycle);
+        }
+        Ok(ProcessExecutionStrategy::new(shared))
+    }
+}
+
+impl ProcessExecutionStrategy {
+    /// A builder for a pool running the nodes of `registry`. Build the registry with the same
+    /// function the worker's `main` uses.
+    pub fn builder(registry: NodeRegistry) -> ProcessBuilder {
+        ProcessBuilder::new(registry)
+    }
+}

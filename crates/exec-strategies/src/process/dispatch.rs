@@ -1,0 +1,251 @@
+//! Handing a run to a worker, timing it out, and cancelling it when its caller stops waiting.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use task_core::{ErasedTask, Outcome, RequestId, TaskError};
+use tokio::sync::oneshot;
+
+use super::input::BATCH_WHEN_PENDING;
+use super::shared::{Pending, Reply, Shared};
+use super::wire;
+
+/// How many workers a run is handed to in turn when each dies, with nothing running, before
+/// starting it: a safeguard against workers that die on their own (a broken environment), which
+/// would otherwise pass a task around forever. A death another run accounts for never counts.
+pub(super) const MAX_HANDOVERS: u32 = 16;
+
+/// A run handed to a worker.
+pub(super) struct Dispatched {
+    pub(super) answer: oneshot::Receiver<Reply>,
+    pub(super) worker_id: u64,
+}
+
+/// Cancels a run in its worker when its caller stops waiting before the answer came.
+pub(super) struct AbandonOnDrop<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) worker_id: u64,
+    pub(super) run: u64,
+    pub(super) armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.abandon(self.worker_id, self.run);
+        }
+    }
+}
+
+impl Shared {
+    /// Runs `task` on a worker and resolves to its outcome. The future is dropped unfinished when
+    /// the request is cancelled or passes its deadline: the run's [`AbandonOnDrop`] then has it
+    /// cancelled in its worker.
+    pub(super) async fn run(self: Arc<Self>, task: ErasedTask) -> Outcome {
+        let shared = &self;
+        let Some(_admission) = shared.tracker.admit() else {
+            return Err(TaskError::shutdown("process"));
+        };
+        let (info, portable) = task.into_portable();
+        let outcome = async {
+            let Some(portable) = portable else {
+                return Err(TaskError::unsupported(format!(
+                    "node `{}` is not a PortableNode: the process mode runs only tasks made with Task::portable",
+                    info.name()
+                )));
+            };
+            if !shared.expected_names.iter().any(|n| n == portable.name()) {
+                return Err(TaskError::not_registered(portable.name()));
+            }
+            let run = shared.next_run.fetch_add(1, Ordering::Relaxed);
+            let mut frame = wire::encode_frame(
+                &wire::RunRef {
+                    id: run,
+                    name: portable.name(),
+                    payload: portable.payload()?,
+                    announce: true,
+                },
+                shared.config.max_frame,
+            )?;
+            let _place = shared
+                .places
+                .acquire()
+                .await
+                .map_err(|_| TaskError::shutdown("process"))?;
+            let mut handed = 0;
+            let bytes = loop {
+                let dispatched = shared.dispatch(info.request_id(), &mut frame, run).await?;
+                let mut abandon = AbandonOnDrop {
+                    shared,
+                    worker_id: dispatched.worker_id,
+                    run,
+                    armed: true,
+                };
+                let answer = dispatched.answer.await;
+                abandon.armed = false;
+                match answer {
+                    Ok(Reply::Done(answer)) => break answer,
+                    Ok(Reply::NotStarted { explained: true }) => {}
+                    Ok(Reply::NotStarted { explained: false }) if handed < MAX_HANDOVERS => {
+                        handed += 1;
+                    }
+                    Ok(Reply::NotStarted { explained: false }) => {
+                        break Err(TaskError::worker_lost(format!(
+                            "{MAX_HANDOVERS} workers died holding the task before starting it, \
+                             with nothing running in them"
+                        )));
+                    }
+                    Err(_) => {
+                        break Err(TaskError::worker_lost(
+                            "the worker ended without answering",
+                        ));
+                    }
+                }
+            };
+            if !bytes.as_ref().is_err_and(TaskError::is_worker_lost) {
+                shared.forget_crashes(info.request_id());
+            }
+            portable.decode_output(&bytes?)
+        }
+        .await;
+        shared.tracker.record(&outcome);
+        outcome
+    }
+
+    /// Hands a run to the least busy live worker, waiting for one when none is live.
+    pub(super) async fn dispatch(
+        self: &Arc<Self>,
+        request_id: &RequestId,
+        frame: &mut [u8],
+        run: u64,
+    ) -> Result<Dispatched, TaskError> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut state = self.lock();
+                if state.shutting_down {
+                    return Err(TaskError::shutdown("process"));
+                }
+                let chosen = state
+                    .slots
+                    .iter_mut()
+                    .flatten()
+                    .filter(|w| !w.draining && w.input.is_some())
+                    .min_by_key(|w| w.pending.len());
+                if let Some(worker) = chosen {
+                    // The lock keeps frames of concurrent dispatches whole and in order. A worker
+                    // with little to do gets the frame at once, written from this thread
+                    // straight into the pipe (no hop through the supervisor). One with a queue
+                    // of runs gets it from the writing task on the supervisor's thread, with the
+                    // other frames dispatched meanwhile, in one write: the worker has work until
+                    // then, and a write per frame (and a wake of the worker per write) is what
+                    // limits a full pipeline.
+                    let now = worker.pending.len() < BATCH_WHEN_PENDING;
+                    // A worker with a free place and nothing queued (every answer it gave is
+                    // read) starts the run as it arrives: it is taken as started, and the worker
+                    // need not say so (a round trip then costs one frame each way). Otherwise the
+                    // worker says when it starts it.
+                    let started = worker.pending.len() < self.config.per_worker;
+                    wire::set_announce(frame, !started);
+                    let sent = worker.input.as_ref().map(|input| input.send(frame, now));
+                    if !matches!(sent, Some(Ok(()))) {
+                        // The worker is dying (its end of the pipe closed): it takes nothing
+                        // more, its supervision sees it end, and the run goes to another.
+                        worker.input = None;
+                        continue;
+                    }
+                    let (reply, answer) = oneshot::channel();
+                    worker.pending.insert(
+                        run,
+                        Pending {
+                            reply: Some(reply),
+                            started,
+                            request_id: request_id.clone(),
+                            timer: if started {
+                                self.time_out_later(worker.id, run)
+                            } else {
+                                None
+                            },
+                        },
+                    );
+                    worker.given += 1;
+                    if self.config.recycle_after.is_some_and(|k| worker.given >= k) {
+                        worker.draining = true;
+                    }
+                    return Ok(Dispatched {
+                        answer,
+                        worker_id: worker.id,
+                    });
+                }
+                if let Some(error) = &state.last_spawn_error
+                    && state.slots.iter().all(Option::is_none)
+                {
+                    return Err(TaskError::worker_lost(format!(
+                        "no worker is running: {error}"
+                    )));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Starts the task timeout of `run`, which just started, if the pool has one.
+    pub(super) fn time_out_later(
+        self: &Arc<Self>,
+        worker_id: u64,
+        run: u64,
+    ) -> Option<tokio::task::AbortHandle> {
+        let timeout = self.config.task_timeout?;
+        let shared = Arc::clone(self);
+        let timer = self.runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            shared.expire(worker_id, run);
+        });
+        Some(timer.abort_handle())
+    }
+
+    /// `run` passed the pool's task timeout: if it is still running, its caller is answered as
+    /// timed out now, and it is cancelled in its worker.
+    pub(super) fn expire(self: &Arc<Self>, worker_id: u64, run: u64) {
+        let timeout = self.config.task_timeout.unwrap_or_default();
+        let expired = self.with_worker(worker_id, |worker| {
+            let Some(reply) = worker.pending.get_mut(&run).and_then(|p| p.reply.take()) else {
+                // Answered in time, or already abandoned.
+                return false;
+            };
+            let _ = reply.send(Reply::Done(Err(TaskError::timed_out(format!(
+                "the task ran past its timeout of {timeout:?}"
+            )))));
+            worker.abandon(run)
+        });
+        if expired == Some(true) {
+            self.kill_later(worker_id, run);
+        }
+    }
+
+    /// The caller stopped waiting for `run` (its request was cancelled or passed its deadline):
+    /// it is cancelled in its worker.
+    pub(super) fn abandon(self: &Arc<Self>, worker_id: u64, run: u64) {
+        // The entry stays until the worker answers, so a late answer is not a protocol breach.
+        if self.with_worker(worker_id, |worker| worker.abandon(run)) == Some(true) {
+            self.kill_later(worker_id, run);
+        }
+    }
+
+    /// Kills the worker if the cancelled `run` is still running in it after the cancel grace
+    /// (nothing else stops a node that never waits); the runs it had not started go to others.
+    pub(super) fn kill_later(self: &Arc<Self>, worker_id: u64, run: u64) {
+        let shared = Arc::clone(self);
+        let grace = self.config.cancel_grace;
+        self.runtime.spawn(async move {
+            tokio::time::sleep(grace).await;
+            shared.with_worker(worker_id, |worker| {
+                if worker.pending.get(&run).is_some_and(|p| p.started) {
+                    worker.request_kill(format!(
+                        "run {run} was still running {grace:?} after it was cancelled"
+                    ));
+                }
+            });
+        });
+    }
+}

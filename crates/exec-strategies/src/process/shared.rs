@@ -1,0 +1,290 @@
+//! The pool's shared state: its workers, the runs each holds, and the crashes counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use task_core::{NodeRegistry, RequestId, TaskError, WorkerStats};
+use tokio::io::BufReader;
+use tokio::net::unix::pipe;
+use tokio::process::Child;
+use tokio::sync::{Notify, Semaphore, oneshot};
+
+use super::input::WorkerInput;
+use super::wire;
+use crate::tracker::Tracker;
+
+#[derive(Debug)]
+pub(super) struct Config {
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<OsString>,
+    pub(super) max_frame: usize,
+    pub(super) per_worker: usize,
+    pub(super) worker_threads: usize,
+    pub(super) task_timeout: Option<Duration>,
+    pub(super) cancel_grace: Duration,
+    pub(super) poison_after: u32,
+    pub(super) recycle_after: Option<u64>,
+    pub(super) handshake_timeout: Duration,
+}
+
+/// A run handed to a worker and not answered yet.
+pub(super) struct Pending {
+    /// `None` once the caller was answered early (timed out) or stopped waiting.
+    pub(super) reply: Option<oneshot::Sender<Reply>>,
+    /// Whether the worker said it started the run.
+    pub(super) started: bool,
+    /// The request the run belongs to, to count the crashes of its attempts.
+    pub(super) request_id: RequestId,
+    /// The task timeout's timer, once the run started: stopped when the run is answered.
+    pub(super) timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+}
+
+/// What a run's caller learns from the pool.
+pub(super) enum Reply {
+    /// The worker's answer, or why the run failed.
+    Done(Result<Vec<u8>, TaskError>),
+    /// The worker died before starting the run: it goes to another worker. `explained` when
+    /// another run or the pool accounts for the death (the worker was running something, or was
+    /// killed), so the handover does not count toward [`MAX_HANDOVERS`].
+    NotStarted { explained: bool },
+}
+
+/// How many times in a row the attempts of recent requests crashed their workers.
+#[derive(Default)]
+pub(super) struct CrashLog {
+    pub(super) counts: HashMap<RequestId, u32>,
+    /// The requests counted, oldest first, to forget the oldest past [`CrashLog::CAPACITY`].
+    pub(super) order: VecDeque<RequestId>,
+}
+
+impl CrashLog {
+    pub(super) const CAPACITY: usize = 1024;
+
+    /// Counts one more crash of `request_id`'s attempts; returns how many in a row so far.
+    pub(super) fn crashed(&mut self, request_id: &RequestId) -> u32 {
+        if let Some(count) = self.counts.get_mut(request_id) {
+            *count += 1;
+            return *count;
+        }
+        if self.order.len() >= Self::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.counts.remove(&oldest);
+        }
+        self.order.push_back(request_id.clone());
+        self.counts.insert(request_id.clone(), 1);
+        1
+    }
+
+    /// `request_id` got an answer (or was declared poison): its count starts again from 0.
+    pub(super) fn forget(&mut self, request_id: &RequestId) {
+        if self.counts.remove(request_id).is_some() {
+            self.order.retain(|id| id != request_id);
+        }
+    }
+}
+
+/// A live worker as the pool sees it.
+pub(super) struct Slot {
+    pub(super) id: u64,
+    pub(super) pid: u32,
+    /// The worker's input. Closing it lets the worker finish what it has and exit.
+    pub(super) input: Option<Arc<WorkerInput>>,
+    pub(super) kill: Option<oneshot::Sender<String>>,
+    /// Keyed by the pool's own run counter, never by outside input: a fast unkeyed hash is safe.
+    pub(super) pending: HashMap<u64, Pending, foldhash::fast::FixedState>,
+    pub(super) given: u64,
+    pub(super) completed: u64,
+    /// Takes no more runs (it is being recycled): its input closes once its runs are answered.
+    pub(super) draining: bool,
+}
+
+impl Slot {
+    pub(super) fn request_kill(&mut self, reason: String) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(reason);
+        }
+    }
+
+    /// Gives up on `run` (its caller is gone or was answered as timed out): its caller is not
+    /// answered, and the worker is told to drop it. Returns whether `run` was still pending here.
+    pub(super) fn abandon(&mut self, run: u64) -> bool {
+        let Some(pending) = self.pending.get_mut(&run) else {
+            return false;
+        };
+        pending.reply = None;
+        if let Some(timer) = pending.timer.take() {
+            timer.abort();
+        }
+        let cancel = wire::encode_frame(&wire::ToWorker::Cancel { id: run }, usize::MAX);
+        if let (Some(input), Ok(frame)) = (&self.input, cancel) {
+            // A closed input means the worker is ending anyway.
+            let _ = input.send(&frame, true);
+        }
+        true
+    }
+}
+
+#[derive(Default)]
+pub(super) struct PoolState {
+    pub(super) slots: Vec<Option<Slot>>,
+    pub(super) restarts: u64,
+    pub(super) shutting_down: bool,
+    pub(super) last_spawn_error: Option<String>,
+    pub(super) lifecycles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub(super) struct Shared {
+    pub(super) config: Config,
+    pub(super) expected_names: Vec<String>,
+    pub(super) runtime: tokio::runtime::Handle,
+    /// The runtime the pool was started on, where answers are read: the callers usually run
+    /// there, so an answer wakes its caller without a hop through the supervisor's thread.
+    pub(super) readers: tokio::runtime::Handle,
+    /// Set when `readers` has shut down: answers are read on the supervisor's runtime from then.
+    pub(super) readers_gone: AtomicBool,
+    pub(super) state: Mutex<PoolState>,
+    /// One place per task a worker may run or hold in its queue: a run waits here when all are
+    /// full.
+    pub(super) places: Semaphore,
+    pub(super) crashes: Mutex<CrashLog>,
+    /// Woken when a worker becomes ready (or fails to start).
+    pub(super) ready: Notify,
+    pub(super) tracker: Tracker,
+    pub(super) next_run: AtomicU64,
+    pub(super) next_worker: AtomicU64,
+    /// Stops the supervisor thread, handing it the slots' supervision to wait for.
+    pub(super) stop: Mutex<Option<oneshot::Sender<Vec<tokio::task::JoinHandle<()>>>>>,
+}
+
+/// An installed worker with the receiving ends of its slot's channels.
+pub(super) struct Live {
+    pub(super) worker: Started,
+    pub(super) kill: oneshot::Receiver<String>,
+}
+
+/// A worker that has announced itself, before its supervision starts.
+pub(super) struct Started {
+    pub(super) id: u64,
+    pub(super) pid: u32,
+    pub(super) child: Child,
+    pub(super) input: Arc<WorkerInput>,
+    pub(super) output: BufReader<pipe::Receiver>,
+}
+
+impl Shared {
+    /// The state of a pool of `workers` slots, none filled yet, with `places` runs held at once.
+    /// `runtimes`: the supervisor's, and the one answers are read on.
+    pub(super) fn new(
+        config: Config,
+        registry: &NodeRegistry,
+        workers: usize,
+        places: usize,
+        runtimes: [tokio::runtime::Handle; 2],
+        stop: oneshot::Sender<Vec<tokio::task::JoinHandle<()>>>,
+    ) -> Self {
+        let [runtime, readers] = runtimes;
+        Self {
+            config,
+            expected_names: registry.names().into_iter().map(String::from).collect(),
+            runtime,
+            readers,
+            readers_gone: AtomicBool::new(false),
+            state: Mutex::new(PoolState {
+                slots: (0..workers).map(|_| None).collect(),
+                ..PoolState::default()
+            }),
+            places: Semaphore::new(places.min(Semaphore::MAX_PERMITS)),
+            crashes: Mutex::new(CrashLog::default()),
+            ready: Notify::new(),
+            tracker: Tracker::default(),
+            next_run: AtomicU64::new(0),
+            next_worker: AtomicU64::new(0),
+            stop: Mutex::new(Some(stop)),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn stop_supervisor(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let lifecycles = std::mem::take(&mut self.lock().lifecycles);
+            let _ = stop.send(lifecycles);
+        }
+    }
+
+    /// The last handle is gone without a shutdown: refuse new runs, kill every worker (their
+    /// runs fail as worker lost), and stop the supervisor once it has reaped them.
+    pub(super) fn release(&self) {
+        self.tracker.close();
+        {
+            let mut state = self.lock();
+            state.shutting_down = true;
+            for worker in state.slots.iter_mut().flatten() {
+                worker.request_kill("the pool was dropped".into());
+            }
+        }
+        self.places.close();
+        self.ready.notify_waiters();
+        self.stop_supervisor();
+    }
+
+    pub(super) fn crash_log(&self) -> MutexGuard<'_, CrashLog> {
+        self.crashes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the live worker with id `worker_id`, if it is still live.
+    pub(super) fn with_worker<R>(
+        &self,
+        worker_id: u64,
+        f: impl FnOnce(&mut Slot) -> R,
+    ) -> Option<R> {
+        let mut state = self.lock();
+        state
+            .slots
+            .iter_mut()
+            .flatten()
+            .find(|w| w.id == worker_id)
+            .map(f)
+    }
+
+    pub(super) fn kill_all(&self, reason: &str) {
+        let mut state = self.lock();
+        for worker in state.slots.iter_mut().flatten() {
+            worker.request_kill(reason.to_owned());
+        }
+    }
+
+    pub(super) fn stats(&self) -> (Vec<WorkerStats>, u64) {
+        let state = self.lock();
+        let workers = state
+            .slots
+            .iter()
+            .flatten()
+            .map(|w| WorkerStats::new(w.id, Some(w.pid), w.pending.len() as u64, w.completed))
+            .collect();
+        (workers, state.restarts)
+    }
+
+    /// `request_id`'s run got an answer from its worker: its crashes are no longer in a row.
+    pub(super) fn forget_crashes(&self, request_id: &RequestId) {
+        let mut log = self.crash_log();
+        if !log.counts.is_empty() {
+            log.forget(request_id);
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Supervising a worker for its life: reading its answers, and when it ends, failing or handing
+//! on the runs it held and starting its replacement.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use task_core::TaskError;
+use tokio::io::{AsyncRead, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+use super::input::finish_writes;
+use super::launch::{describe, read_frame};
+use super::shared::{Live, Reply, Shared, Slot, Started};
+use super::wire::FromWorker;
+
+/// How long a worker's answers are still read after it ended or was killed: what it wrote before
+/// is in the pipe already.
+pub(super) const READ_REST: Duration = Duration::from_millis(500);
+
+/// Why a worker's supervision ended.
+pub(super) enum Ended {
+    /// It died: it closed its output (exited, crashed, was killed from outside).
+    Died(String),
+    /// The pool ended it (a cancelled run that would not stop, its input closed, the pool
+    /// stopping).
+    Killed(String),
+    /// It broke the protocol: nothing it holds is handed to another worker of the same program.
+    BrokeProtocol(String),
+}
+
+impl Ended {
+    pub(super) fn reason(&self) -> &str {
+        match self {
+            Self::Died(reason) | Self::Killed(reason) | Self::BrokeProtocol(reason) => reason,
+        }
+    }
+}
+
+impl Shared {
+    /// Runs one slot for the life of the pool: supervises its worker, and replaces it when it
+    /// ends, until shutdown.
+    pub(super) async fn supervise(self: Arc<Self>, slot: usize, mut live: Live) {
+        let this = &self;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            this.run_worker(slot, live).await;
+            if self.lock().shutting_down {
+                return;
+            }
+            // Replace it; a worker that cannot start is retried with a growing pause, and tasks
+            // waiting for a worker are told why meanwhile.
+            live = loop {
+                match self.start_worker(slot).await {
+                    Ok(worker) => match self.install(slot, worker, true) {
+                        Ok(live) => break live,
+                        Err(mut worker) => {
+                            // The pool shut down or was dropped while this one started: nobody
+                            // would close its input or kill it.
+                            let _ = worker.child.start_kill();
+                            let _ = worker.child.wait().await;
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(slot, error = %e, "could not replace a worker");
+                        self.lock().last_spawn_error = Some(e.to_string());
+                        self.ready.notify_waiters();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if self.lock().shutting_down {
+                            return;
+                        }
+                    }
+                }
+            };
+            backoff = Duration::from_millis(50);
+        }
+    }
+
+    /// Makes a started worker available for dispatch in `slot` (counted as a restart when it
+    /// replaces one); hands it back when the pool is stopping.
+    pub(super) fn install(
+        &self,
+        slot: usize,
+        worker: Started,
+        restart: bool,
+    ) -> Result<Live, Box<Started>> {
+        let (kill_tx, kill_rx) = oneshot::channel::<String>();
+        let mut state = self.lock();
+        if state.shutting_down {
+            return Err(Box::new(worker));
+        }
+        if restart {
+            state.restarts += 1;
+            state.last_spawn_error = None;
+        }
+        state.slots[slot] = Some(Slot {
+            id: worker.id,
+            pid: worker.pid,
+            input: Some(Arc::clone(&worker.input)),
+            kill: Some(kill_tx),
+            pending: HashMap::default(),
+            given: 0,
+            completed: 0,
+            draining: false,
+        });
+        drop(state);
+        self.ready.notify_waiters();
+        Ok(Live {
+            worker,
+            kill: kill_rx,
+        })
+    }
+
+    /// Serves one worker until it ends. Then the runs it had started fail (as poison once their
+    /// request crashed its workers often enough) and those it had not started go to another.
+    pub(super) async fn run_worker(self: &Arc<Self>, slot: usize, live: Live) {
+        let Live {
+            worker,
+            kill: kill_rx,
+        } = live;
+        let Started {
+            id,
+            pid,
+            mut child,
+            input,
+            output,
+        } = worker;
+        let writer = self.runtime.spawn(finish_writes(input));
+        let mut reader = self.read_on_callers_runtime(slot, output);
+        let read_ended = |read: Result<Ended, tokio::task::JoinError>| {
+            read.unwrap_or_else(|e| {
+                if e.is_cancelled() {
+                    // The runtime the pool was started on has shut down: read on the
+                    // supervisor's from now on.
+                    self.readers_gone.store(true, Ordering::SeqCst);
+                }
+                Ended::Killed(format!("its answers could no longer be read ({e})"))
+            })
+        };
+        let (ended, read_all) = tokio::select! {
+            read = &mut reader => (read_ended(read), true),
+            // Its output may outlive it (held by a process it started): its exit is its end.
+            _ = child.wait() => (Ended::Died("it ended".into()), false),
+            reason = kill_rx => {
+                (Ended::Killed(reason.unwrap_or_else(|_| "its slot was closed".into())), false)
+            }
+        };
+        let _ = child.start_kill();
+        let status = match child.wait().await {
+            Ok(status) => describe(status),
+            Err(e) => format!("could not be waited for ({e})"),
+        };
+        if !read_all {
+            // What it wrote before it ended still counts: a run it answered is answered, one it
+            // started is started. Its output closes with it, so this is quick.
+            let _ = tokio::time::timeout(READ_REST, &mut reader).await;
+        }
+        reader.abort();
+        writer.abort();
+        let reason = ended.reason();
+        let lost = self.lock().slots[slot].take();
+        let Some(lost) = lost else { return };
+        let running = lost.pending.values().filter(|p| p.started).count();
+        if !lost.pending.is_empty() {
+            tracing::warn!(worker = id, pid, %status, %reason, running, queued = lost.pending.len() - running, "worker lost");
+        }
+        for mut pending in lost.pending.into_values() {
+            let Some(reply) = pending.reply.take() else {
+                continue;
+            };
+            let what = format!("worker {pid} {status} ({reason})");
+            if !pending.started && !matches!(ended, Ended::BrokeProtocol(_)) {
+                let explained = running > 0 || matches!(ended, Ended::Killed(_));
+                let _ = reply.send(Reply::NotStarted { explained });
+                continue;
+            }
+            let crashes = match ended {
+                Ended::Died(_) => self.crash_log().crashed(&pending.request_id),
+                // The pool ended it, or it is broken: its runs did not crash it.
+                Ended::Killed(_) | Ended::BrokeProtocol(_) => 0,
+            };
+            let error = if crashes >= self.config.poison_after {
+                self.crash_log().forget(&pending.request_id);
+                TaskError::poison(format!(
+                    "the task is poison: its worker died {crashes} times in a row running it, the last time: {what}"
+                ))
+            } else {
+                TaskError::worker_lost(what)
+            };
+            let _ = reply.send(Reply::Done(Err(error)));
+        }
+    }
+
+    /// Starts reading the worker's answers on the runtime the pool was started on (falling back to
+    /// the supervisor's when that one is gone, or when bytes are already buffered).
+    pub(super) fn read_on_callers_runtime(
+        self: &Arc<Self>,
+        slot: usize,
+        mut output: BufReader<pipe::Receiver>,
+    ) -> tokio::task::JoinHandle<Ended> {
+        let shared = Arc::clone(self);
+        if self.readers_gone.load(Ordering::SeqCst) || !output.buffer().is_empty() {
+            return self
+                .runtime
+                .spawn(async move { shared.read_answers(slot, &mut output).await });
+        }
+        let fd = match output.into_inner().into_nonblocking_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                let ended =
+                    Ended::Killed(format!("its output could not be moved to a reader ({e})"));
+                return self.runtime.spawn(async move { ended });
+            }
+        };
+        self.readers.spawn(async move {
+            // Registered with this runtime's reactor, so its readiness wakes a thread here.
+            match pipe::Receiver::from_owned_fd(fd) {
+                Ok(pipe) => shared.read_answers(slot, &mut BufReader::new(pipe)).await,
+                Err(e) => Ended::Killed(format!("its output could not be watched ({e})")),
+            }
+        })
+    }
+
+    /// Delivers the worker's answers until it closes its output or breaks the protocol; returns
+    /// why it stopped.
+    pub(super) async fn read_answers(
+        self: &Arc<Self>,
+        slot: usize,
+        output: &mut BufReader<impl AsyncRead + Unpin>,
+    ) -> Ended {
+        loop {
+            let message = match read_frame(output, self.config.max_frame).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Ended::Died("it closed its output".into()),
+                Err(e) if e.is_protocol_error() => return Ended::BrokeProtocol(e.to_string()),
+                Err(e) => return Ended::Died(e.to_string()),
+            };
+            let mut state = self.lock();
+            let Some(worker) = state.slots[slot].as_mut() else {
+                return Ended::Killed("its slot was closed".into());
+            };
+            let (id, outcome) = match message {
+                FromWorker::Done { id, outcome } => (id, outcome),
+                FromWorker::Started { id } => {
+                    let Some(pending) = worker.pending.get_mut(&id) else {
+                        return Ended::BrokeProtocol(format!(
+                            "it started run {id}, which it was not given"
+                        ));
+                    };
+                    let newly = !std::mem::replace(&mut pending.started, true);
+                    if newly && pending.reply.is_some() {
+                        pending.timer = self.time_out_later(worker.id, id);
+                    }
+                    continue;
+                }
+                FromWorker::Hello { .. } => {
+                    return Ended::BrokeProtocol("it announced itself twice".into());
+                }
+            };
+            let Some(mut pending) = worker.pending.remove(&id) else {
+                return Ended::BrokeProtocol(format!(
+                    "it answered run {id}, which it was not given"
+                ));
+            };
+            worker.completed += 1;
+            if worker.draining
+                && worker.pending.is_empty()
+                && let Some(input) = worker.input.take()
+            {
+                // Recycled: close its input; it exits once idle and the slot gets a new worker.
+                input.close();
+            }
+            drop(state);
+            if let Some(reply) = pending.reply.take() {
+                let _ = reply.send(Reply::Done(outcome));
+            }
+        }
+    }
+}
