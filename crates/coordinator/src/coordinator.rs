@@ -90,14 +90,11 @@ impl Drop for OpenRequest {
     }
 }
 
-/// A map keyed by ids, with a fast keyed hash.
-pub(crate) type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 pub(crate) struct Inner {
     /// Every registered mode, at its [`Mode::index`].
     pub(crate) modes: Vec<Mode>,
     /// The position of each mode in `modes`, by name.
-    pub(crate) mode_index: IdMap<ExecutionMode, usize>,
+    pub(crate) mode_index: HashMap<ExecutionMode, usize>,
     pub(crate) grace: Duration,
     pub(crate) started: OnceLock<Started>,
     pub(crate) closing: AtomicBool,
@@ -235,7 +232,7 @@ pub struct Coordinator {
 impl Coordinator {
     pub(crate) fn from_parts(
         modes: Vec<Mode>,
-        mode_index: IdMap<ExecutionMode, usize>,
+        mode_index: HashMap<ExecutionMode, usize>,
         grace: Duration,
         retention: Retention,
     ) -> Self {

@@ -86,14 +86,10 @@ fn short_type_name<T: ?Sized>() -> &'static str {
 }
 
 /// A type's name without its module path, generic arguments kept readable:
-/// `a::b::Foo<c::Bar>` -> `Foo<c::Bar>`. Every task named after its node computes this, so it
-/// searches single bytes (a path's separators are `::` pairs) rather than the substring `::`.
+/// `a::b::Foo<c::Bar>` -> `Foo<c::Bar>`.
 fn short_name(full: &str) -> &str {
     let head = full.find('<').map_or(full, |generics| &full[..generics]);
-    match head.rfind(':') {
-        Some(i) => &full[i + 1..],
-        None => full,
-    }
+    head.rfind("::").map_or(full, |i| &full[i + 2..])
 }
 
 /// A name that is free to clone whether it was static or computed: a static name is borrowed,

@@ -59,10 +59,10 @@ impl Shared {
             }
             let run = shared.next_run.fetch_add(1, Ordering::Relaxed);
             let mut frame = wire::encode_frame(
-                &wire::RunRef {
+                &wire::ToWorker::Run {
                     id: run,
-                    name: portable.name(),
-                    payload: portable.payload()?,
+                    name: portable.name().to_owned(),
+                    payload: portable.payload()?.to_vec(),
                     announce: true,
                 },
                 shared.config.max_frame,

@@ -103,8 +103,8 @@ pub(super) struct Slot {
     /// The worker's input. Closing it lets the worker finish what it has and exit.
     pub(super) input: Option<Arc<WorkerInput>>,
     pub(super) kill: Option<oneshot::Sender<String>>,
-    /// Keyed by the pool's own run counter, never by outside input: a fast unkeyed hash is safe.
-    pub(super) pending: HashMap<u64, Pending, foldhash::fast::FixedState>,
+    /// The runs it holds, by the pool's run number.
+    pub(super) pending: HashMap<u64, Pending>,
     pub(super) given: u64,
     pub(super) completed: u64,
     /// Takes no more runs (it is being recycled): its input closes once its runs are answered.

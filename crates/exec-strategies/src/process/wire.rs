@@ -16,12 +16,11 @@
 //! Public so that it can be fuzzed and so that workers can be written in other ways; most users
 //! never touch it.
 
-use serde::ser::SerializeStructVariant;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use task_core::TaskError;
 
 /// The protocol version both sides must announce.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The default largest frame, in bytes (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -46,53 +45,12 @@ pub enum ToWorker {
         /// Always the frame's last byte, so one encoded frame serves whichever worker takes it.
         announce: bool,
     },
-    /// Finish the runs in flight, then exit.
-    Shutdown,
     /// Drop run `id`: a queued run never starts, a running one is stopped where it next waits.
     /// Either way it is answered (as cancelled, unless it finished first).
     Cancel {
         /// The run's id.
         id: u64,
     },
-}
-
-/// [`ToWorker::Run`] borrowing its name and payload: it encodes to the same bytes, so the parent
-/// sends a run without first copying the node into a message.
-pub(crate) struct RunRef<'a> {
-    pub(crate) id: u64,
-    pub(crate) name: &'a str,
-    pub(crate) payload: &'a [u8],
-    pub(crate) announce: bool,
-}
-
-impl Serialize for RunRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // `ToWorker::Run` as serde's derive writes it: variant 0 of `ToWorker`, its fields in order
-        // (a byte slice and a `Vec<u8>` are both a sequence of bytes).
-        let mut run = serializer.serialize_struct_variant("ToWorker", 0, "Run", 4)?;
-        run.serialize_field("id", &self.id)?;
-        run.serialize_field("name", self.name)?;
-        run.serialize_field("payload", self.payload)?;
-        run.serialize_field("announce", &self.announce)?;
-        run.end()
-    }
-}
-
-/// [`ToWorker`] decoded with its name and payload borrowed from the frame: the worker runs a task
-/// without copying them out first.
-#[derive(Debug, PartialEq, Deserialize)]
-pub(crate) enum ToWorkerRef<'a> {
-    /// As [`ToWorker::Run`].
-    Run {
-        id: u64,
-        name: &'a str,
-        payload: &'a [u8],
-        announce: bool,
-    },
-    /// As [`ToWorker::Shutdown`].
-    Shutdown,
-    /// As [`ToWorker::Cancel`].
-    Cancel { id: u64 },
 }
 
 /// A message from a worker to the parent.
@@ -195,11 +153,6 @@ pub fn body_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameErro
 ///
 /// [`FrameError::Malformed`] when the body is not exactly one valid `T`.
 pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
-    decode_borrowed(body)
-}
-
-/// As [`decode_body`], for a message that borrows from `body`.
-pub(crate) fn decode_borrowed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
     match postcard::take_from_bytes::<T>(body) {
         Ok((message, [])) => Ok(message),
         Ok((_, rest)) => Err(FrameError::Malformed(format!(
@@ -264,45 +217,21 @@ mod tests {
     }
 
     #[test]
-    fn a_borrowed_run_is_the_same_frame_as_an_owned_one() {
+    fn the_announce_flag_is_the_run_frames_last_byte() {
         for payload in [vec![], vec![7; 3], vec![1; 200], vec![9; 70_000]] {
-            let owned = |announce| ToWorker::Run {
+            let run = |announce| ToWorker::Run {
                 id: u64::MAX - 1,
                 name: "double".into(),
                 payload: payload.clone(),
                 announce,
             };
-            let borrowed = RunRef {
-                id: u64::MAX - 1,
-                name: "double",
-                payload: &payload,
-                announce: true,
-            };
-            let frame = encode_frame(&owned(true), DEFAULT_MAX_FRAME).unwrap();
-            let mut patched = encode_frame(&borrowed, DEFAULT_MAX_FRAME).unwrap();
-            assert_eq!(patched, frame);
-            // The flag is the last byte, and setting it there is encoding the other value.
+            let mut patched = encode_frame(&run(true), DEFAULT_MAX_FRAME).unwrap();
             set_announce(&mut patched, false);
             assert_eq!(
                 patched,
-                encode_frame(&owned(false), DEFAULT_MAX_FRAME).unwrap()
-            );
-            // And the worker reads it back without copying.
-            assert_eq!(
-                decode_borrowed::<ToWorkerRef<'_>>(&frame[HEADER_LEN..]).unwrap(),
-                ToWorkerRef::Run {
-                    id: u64::MAX - 1,
-                    name: "double",
-                    payload: &payload,
-                    announce: true,
-                }
+                encode_frame(&run(false), DEFAULT_MAX_FRAME).unwrap()
             );
         }
-        let shutdown = encode_frame(&ToWorker::Shutdown, 64).unwrap();
-        assert_eq!(
-            decode_borrowed::<ToWorkerRef<'_>>(&shutdown[HEADER_LEN..]).unwrap(),
-            ToWorkerRef::Shutdown
-        );
     }
 
     #[test]
@@ -326,13 +255,13 @@ mod tests {
 
     #[test]
     fn garbage_and_trailing_bytes_are_malformed() {
-        let mut frame = encode_frame(&ToWorker::Shutdown, 64).unwrap();
+        let mut frame = encode_frame(&ToWorker::Cancel { id: 1 }, 64).unwrap();
         frame[HEADER_LEN] = 0xff;
         assert!(matches!(
             decode_frame::<ToWorker>(&frame, 64),
             Err(FrameError::Malformed(_))
         ));
-        let mut body = postcard::to_allocvec(&ToWorker::Shutdown).unwrap();
+        let mut body = postcard::to_allocvec(&ToWorker::Cancel { id: 1 }).unwrap();
         body.push(0);
         assert!(matches!(
             decode_body::<ToWorker>(&body),

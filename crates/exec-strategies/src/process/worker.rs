@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -16,7 +16,7 @@ use futures::FutureExt;
 use futures::future::{AbortHandle, AbortRegistration, Abortable};
 use task_core::{NodeRegistry, TaskError};
 
-use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorkerRef};
+use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorker};
 
 /// Set (to `1`) in a worker's environment by the parent: "serve tasks, do not run `main`".
 pub const WORKER_ENV: &str = "EXEC_STRATEGIES_WORKER";
@@ -372,55 +372,38 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
             Ok(len) => len,
             Err(e) => break Err(io::Error::other(e)),
         };
-        // Usually the whole frame came in with its header: read it where it lies.
-        let mut body = Vec::new();
-        let buffered = input.buffer().len() >= len;
-        if !buffered {
-            body.resize(len, 0);
-            if let Err(e) = input.read_exact(&mut body) {
-                break Err(e);
-            }
+        let mut body = vec![0; len];
+        if let Err(e) = input.read_exact(&mut body) {
+            break Err(e);
         }
-        let frame = if buffered {
-            &input.buffer()[..len]
-        } else {
-            &body[..]
-        };
-        let step = match wire::decode_borrowed::<ToWorkerRef<'_>>(frame) {
-            Ok(ToWorkerRef::Run {
+        let step = match wire::decode_body::<ToWorker>(&body) {
+            Ok(ToWorker::Run {
                 id,
                 name,
                 payload,
                 announce,
             }) => {
+                let given = Given { id, name, payload };
                 let place = {
                     let mut runs = serving.runs();
                     if runs.running.len() < concurrency && runs.queued.is_empty() {
-                        Some(runs.take_place(id))
+                        Some((runs.take_place(id), given))
                     } else {
                         // Queued: it is announced when it starts, whatever the parent assumed.
-                        runs.queued.push_back(Given {
-                            id,
-                            name: name.to_owned(),
-                            payload: payload.to_vec(),
-                        });
+                        runs.queued.push_back(given);
                         None
                     }
                 };
                 match place {
                     None => Ok(None),
-                    Some(registration) => serving
-                        .begin(id, name, payload, registration, announce)
+                    Some((registration, given)) => serving
+                        .begin(id, &given.name, &given.payload, registration, announce)
                         .map(|run| Some((id, run))),
                 }
             }
-            Ok(ToWorkerRef::Cancel { id }) => serving.cancel(id).map(|()| None),
-            Ok(ToWorkerRef::Shutdown) => break Ok(()),
+            Ok(ToWorker::Cancel { id }) => serving.cancel(id).map(|()| None),
             Err(e) => Err(io::Error::other(e)),
         };
-        if buffered {
-            input.consume(len);
-        }
         let started = match step {
             Ok(started) => started,
             Err(e) => break Err(e),
