@@ -3,8 +3,8 @@
 //! with nothing recorded or fully accepted.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -12,12 +12,12 @@ use futures::stream::FuturesUnordered;
 use task_core::{BoxFuture, CoordinatorState, ErasedTask, ExecutionMode, RequestId, TaskError};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
-use crate::builder::Mode;
-use crate::coordinator::{CURRENT_NODE, Coordinator, OpenRequest, current_node, task_span};
+use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
+use crate::inner::{Inner, Mode, OpenRequest, task_span};
 use crate::options::{SubmitOptions, timer};
-use crate::request::{Ending, RequestCell, Retry, execute};
+use crate::request::{CURRENT_NODE, Ending, RequestCell, Retry, current_node, execute};
 use task_core::Value;
 
 /// A request the coordinator took.
@@ -146,6 +146,24 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// Accepts the request now, or says why not: [`SubmitKind::Busy`] when its mode is at its
+    /// limit.
+    pub(crate) fn admit_now(
+        &self,
+        task: ErasedTask,
+        mode: ExecutionMode,
+        options: SubmitOptions,
+    ) -> Result<Accepted, SubmitError> {
+        match self.admit(task, mode, options)? {
+            Admission::Accepted(Some(accepted)) => Ok(accepted),
+            // Never: `admit` hands it over filled.
+            Admission::Accepted(None) => Err(SubmitError::new(SubmitKind::ShutDown)),
+            Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode))),
+        }
+    }
+}
+
 /// A request made ready to record: its cell open, its timer at hand.
 struct Ready {
     task: ErasedTask,
@@ -216,7 +234,7 @@ impl Coordinator {
             })
         });
         cell.open(Ending {
-            inner: Arc::downgrade(&self.inner),
+            inner: Arc::downgrade(&self.inner) as Weak<Inner>,
             info: task.info().clone(),
             permit,
             deadline: None,

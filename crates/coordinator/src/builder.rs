@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
-use task_core::{ExecutionMode, JobResult, Retention, TaskExecutionStrategy};
+use task_core::{ExecutionMode, Retention, TaskExecutionStrategy};
 use tokio::sync::Semaphore;
 
-use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE, StrategyRef};
+use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE};
+use crate::inner::{Mode, ModeCounters};
+use crate::request::StrategyRef;
 
 /// Builds a [`Coordinator`] from a mode -> strategy map.
 ///
@@ -138,62 +138,17 @@ impl fmt::Debug for CoordinatorBuilder {
     }
 }
 
-/// A registered mode: its strategy, its concurrency limit and its request counters, found with
-/// one lookup per submission.
-pub(crate) struct Mode {
-    /// Its position in `Inner::modes`.
-    pub(crate) index: usize,
-    pub(crate) name: ExecutionMode,
-    pub(crate) strategy: StrategyRef,
-    pub(crate) limit: Option<Arc<Semaphore>>,
-    pub(crate) counters: ModeCounters,
-}
-
-/// Live counters of the requests of one mode.
-#[derive(Default)]
-pub(crate) struct ModeCounters {
-    pub(crate) in_flight: AtomicU64,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    cancelled: AtomicU64,
-}
-
-impl ModeCounters {
-    pub(crate) fn close(&self, result: JobResult) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let counter = match result {
-            JobResult::Success => &self.succeeded,
-            JobResult::TimedOut => &self.timed_out,
-            JobResult::Cancelled => &self.cancelled,
-            _ => &self.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+impl Coordinator {
+    /// A builder with no modes registered.
+    pub fn builder() -> CoordinatorBuilder {
+        CoordinatorBuilder::default()
     }
 
-    pub(crate) fn snapshot(&self) -> ModeCounts {
-        ModeCounts {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            succeeded: self.succeeded.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            timed_out: self.timed_out.load(Ordering::Relaxed),
-            cancelled: self.cancelled.load(Ordering::Relaxed),
-        }
+    /// A coordinator over `execution_modes`, the seed's constructor.
+    pub fn new(execution_modes: impl IntoIterator<Item = (ExecutionMode, StrategyRef)>) -> Self {
+        execution_modes
+            .into_iter()
+            .fold(Self::builder(), |b, (mode, s)| b.shared_strategy(mode, s))
+            .build()
     }
-}
-
-/// The requests of one mode, as [`SystemDetail::requests`](crate::SystemDetail::requests) reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct ModeCounts {
-    /// Accepted and not yet ended.
-    pub in_flight: u64,
-    /// Ended with a value.
-    pub succeeded: u64,
-    /// Ended with an error (the node's, a panic, or the strategy's).
-    pub failed: u64,
-    /// Ended past their deadline.
-    pub timed_out: u64,
-    /// Ended cancelled.
-    pub cancelled: u64,
 }

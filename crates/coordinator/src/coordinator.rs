@@ -2,189 +2,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
 
 use task_core::{
-    CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult, NodeId, Outcome,
-    Retention, StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo, Value,
+    CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, Retention, StrategyStats, Task,
+    Value,
 };
-use tokio::sync::{Notify, OnceCell};
 
-use crate::admission::Admission;
-use crate::builder::{CoordinatorBuilder, Mode, ModeCounts};
-use crate::error::{StartError, StartKind, SubmitError, SubmitKind};
+use crate::error::{StartError, StartKind, SubmitError};
 use crate::handle::{RequestHandle, take_output};
+use crate::inner::{Inner, Mode, ModeCounts, OpenRequest, Started};
 use crate::options::SubmitOptions;
-use crate::request::{RequestCell, message_of};
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-tokio::task_local! {
-    /// The node running on the current tokio task, and its request.
-    pub(crate) static CURRENT_NODE: NodeScope;
-}
-
-/// What a running node's nested submissions need: its id (their parent) and its request, which
-/// cancels them with it, even once its own job has closed.
-#[derive(Clone)]
-pub(crate) struct NodeScope {
-    pub(crate) node: NodeId,
-    pub(crate) request: Weak<RequestCell>,
-}
-
-/// The node running on the current tokio task or thread, if any.
-///
-/// Tasks submitted from inside a running node get that node as their parent automatically; this
-/// is how nested calls are recorded. Async nodes are tracked per tokio task; nodes that a strategy
-/// runs on a thread of its own are tracked through [`task_core::context`], which comes first: a
-/// pool thread waiting for a child may run another node inside the first one's scope.
-pub fn current_node() -> Option<NodeId> {
-    task_core::context::current_node()
-        .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
-}
-
-/// A strategy as a coordinator holds it: shared, so one strategy may serve several modes.
-pub type StrategyRef = Arc<dyn TaskExecutionStrategy>;
-
-pub(crate) struct Started {
-    pub(crate) publisher: RequestCompletionPublisher,
-    /// The runtime `start` ran on, if any: where a strategy's future runs when it is handed over
-    /// on a thread of no runtime.
-    runtime: Option<tokio::runtime::Handle>,
-}
-
-/// What a coordinator keeps beside each open job in its [`CoordinatorState`] (see
-/// [`Coordinator::with_state`]): the request's shared record, through which its caller is
-/// answered and it is cancelled. Opaque; the job itself says what the request is.
-pub struct OpenRequest {
-    /// Shared with the caller's handle (answered when the job closes) and whatever runs it.
-    pub(crate) cell: Arc<RequestCell>,
-    /// The position of the mode it runs under in `Inner::modes` (for its counters): an index,
-    /// not a reference count that the submitting and the closing threads would both write.
-    pub(crate) mode: usize,
-}
-
-impl fmt::Debug for OpenRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenRequest")
-            .field("node_id", self.cell.node_id())
-            .field("cancelled", &self.cell.is_cancelled())
-            .finish()
-    }
-}
-
-impl Drop for OpenRequest {
-    fn drop(&mut self) {
-        // Answered already when its job closed; otherwise the coordinator itself went away.
-        self.cell.answer_with(|| {
-            Err(TaskError::strategy(
-                "the request ended without an outcome reaching its caller",
-            ))
-        });
-    }
-}
-
-pub(crate) struct Inner {
-    /// Every registered mode, at its [`Mode::index`].
-    pub(crate) modes: Vec<Mode>,
-    /// The position of each mode in `modes`, by name.
-    pub(crate) mode_index: HashMap<ExecutionMode, usize>,
-    pub(crate) grace: Duration,
-    pub(crate) started: OnceLock<Started>,
-    pub(crate) closing: AtomicBool,
-    /// Set when shutdown's grace period ran out and open requests were cancelled.
-    pub(crate) past_deadline: AtomicBool,
-    pub(crate) strategies_shut: OnceCell<()>,
-    /// The jobs, each open one with its request's record (found by request id, or by node id
-    /// for a child naming its parent).
-    pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
-    /// Woken whenever the last open job closes.
-    pub(crate) drained: Notify,
-}
-
-impl Inner {
-    pub(crate) fn table(&self) -> MutexGuard<'_, CoordinatorState<OpenRequest>> {
-        // No code that can panic runs under this lock; a poisoned lock still holds a valid table.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The runtime `start` ran on, if any.
-    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
-        self.started
-            .get()
-            .and_then(|started| started.runtime.clone())
-    }
-
-    /// Applies one of this coordinator's outcomes: closes the request's job, hands its message to
-    /// the bus when `announce` says so (never waiting for a subscriber), then answers its caller.
-    /// Called once per request, by whoever ended it ([`Ending`]).
-    pub(crate) fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool) {
-        let result = JobResult::of(&outcome);
-        let (open, idle) = {
-            let mut table = self.table();
-            let open = match table.end_job_detach(info.request_id(), result) {
-                Ok((_, open)) => open,
-                Err(error) => {
-                    // Never: a request's job stays open until its one ending.
-                    tracing::error!(request_id = %info.request_id(), %error, "outcome of a request without an open job");
-                    None
-                }
-            };
-            if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
-                mode.counters.close(result);
-            }
-            (open, table.counts().opened == 0)
-        };
-        tracing::debug!(request_id = %info.request_id(), %result, "job closed");
-        if announce
-            && let Some(started) = self.started.get()
-            && started.publisher.has_subscribers()
-        {
-            let message = message_of(info, outcome.clone());
-            if let Err(refused) = started.publisher.publish(message) {
-                // The application shut its bus down: the outcome still reaches the caller.
-                tracing::debug!(%refused, "outcome not announced");
-            }
-        }
-        if idle {
-            self.drained.notify_waiters();
-        }
-        if let Some(open) = open {
-            // The caller may have stopped waiting (dropped its handle); the job is closed anyway.
-            open.cell.answer(outcome);
-        }
-    }
-
-    /// Whether shutdown has begun.
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn open_jobs(&self) -> u64 {
-        self.table().counts().opened
-    }
-
-    pub(crate) fn record_attempt(&self, request_id: &str) {
-        let _ = self.table().record_attempt(request_id);
-    }
-
-    /// The cancelled outcome of a request, saying who cancelled it.
-    pub(crate) fn cancelled(&self) -> TaskError {
-        if self.past_deadline.load(Ordering::SeqCst) {
-            TaskError::cancelled(
-                "the coordinator's shutdown deadline passed before the request ended",
-            )
-        } else {
-            TaskError::cancelled("the request was cancelled")
-        }
-    }
-}
 
 /// Runs tasks under the execution mode asked for, tracks every job, announces every outcome.
 ///
@@ -237,31 +73,8 @@ impl Coordinator {
         retention: Retention,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                modes,
-                mode_index,
-                grace,
-                started: OnceLock::new(),
-                closing: AtomicBool::new(false),
-                past_deadline: AtomicBool::new(false),
-                strategies_shut: OnceCell::new(),
-                table: Mutex::new(CoordinatorState::with_attachments(retention)),
-                drained: Notify::new(),
-            }),
+            inner: Arc::new(Inner::new(modes, mode_index, grace, retention)),
         }
-    }
-
-    /// A builder with no modes registered.
-    pub fn builder() -> CoordinatorBuilder {
-        CoordinatorBuilder::default()
-    }
-
-    /// A coordinator over `execution_modes`, the seed's constructor.
-    pub fn new(execution_modes: impl IntoIterator<Item = (ExecutionMode, StrategyRef)>) -> Self {
-        execution_modes
-            .into_iter()
-            .fold(Self::builder(), |b, (mode, s)| b.shared_strategy(mode, s))
-            .build()
     }
 
     /// The modes this coordinator can run tasks in, sorted.
@@ -325,7 +138,7 @@ impl Coordinator {
     /// Submits `task` to the strategy registered for `mode` and returns the node's output.
     ///
     /// A task without a parent submitted from inside a running node gets that node as parent.
-    /// When the mode has a concurrency limit ([`CoordinatorBuilder::limit`]) and it is reached,
+    /// When the mode has a concurrency limit ([`CoordinatorBuilder::limit`](crate::CoordinatorBuilder::limit)) and it is reached,
     /// this waits for a place first.
     ///
     /// # Errors
@@ -413,11 +226,9 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        match self.admit(task.into_erased(), mode.into(), options)? {
-            Admission::Accepted(Some(accepted)) => Ok(accepted.into_handle(take_output::<O>)),
-            // Never: `admit` hands it over filled.
-            Admission::Accepted(None) => Err(SubmitError::new(SubmitKind::ShutDown)),
-            Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode))),
+        match self.admit_now(task.into_erased(), mode.into(), options) {
+            Ok(accepted) => Ok(accepted.into_handle(take_output::<O>)),
+            Err(error) => Err(error),
         }
     }
 
@@ -525,18 +336,6 @@ impl Coordinator {
     pub fn is_accepting(&self) -> bool {
         self.inner.started.get().is_some() && !self.inner.closing.load(Ordering::SeqCst)
     }
-}
-
-pub(crate) fn task_span(info: &TaskInfo, mode: &ExecutionMode) -> tracing::Span {
-    tracing::info_span!(
-        "task",
-        request_id = %info.request_id(),
-        node = %info.name(),
-        node_id = %info.node_id(),
-        parent = info.parent_id().map(|p| p.as_str()),
-        mode = %mode,
-        attempt = 1_u32,
-    )
 }
 
 impl fmt::Debug for Coordinator {

@@ -50,18 +50,19 @@ mod builder;
 mod coordinator;
 mod error;
 mod handle;
+mod inner;
 mod options;
 mod request;
 mod shutdown;
 
 pub use crate::admission::Batch;
-pub use crate::builder::{CoordinatorBuilder, ModeCounts};
-pub use crate::coordinator::{
-    Coordinator, DEFAULT_SHUTDOWN_GRACE, OpenRequest, StrategyRef, SystemDetail, current_node,
-};
+pub use crate::builder::CoordinatorBuilder;
+pub use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE, SystemDetail};
 pub use crate::error::{StartError, SubmitError};
 pub use crate::handle::RequestHandle;
+pub use crate::inner::{ModeCounts, OpenRequest};
 pub use crate::options::{RetryPolicy, SubmitOptions};
+pub use crate::request::{StrategyRef, current_node};
 
 #[doc(inline)]
 pub use task_core::{

@@ -15,14 +15,55 @@ use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
+use task_core::TaskExecutionStrategy;
 use task_core::{
     BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskError, TaskInfo,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
-use crate::coordinator::{CURRENT_NODE, Inner, NodeScope, StrategyRef};
 use crate::options::{RetryPolicy, timer};
+
+tokio::task_local! {
+    /// The node running on the current tokio task, and its request.
+    pub(crate) static CURRENT_NODE: NodeScope;
+}
+
+/// What a running node's nested submissions need: its id (their parent) and its request, which
+/// cancels them with it, even once its own job has closed.
+#[derive(Clone)]
+pub(crate) struct NodeScope {
+    pub(crate) node: NodeId,
+    pub(crate) request: Weak<RequestCell>,
+}
+
+/// The node running on the current tokio task or thread, if any.
+///
+/// Tasks submitted from inside a running node get that node as their parent automatically; this
+/// is how nested calls are recorded. Async nodes are tracked per tokio task; nodes that a strategy
+/// runs on a thread of its own are tracked through [`task_core::context`], which comes first: a
+/// pool thread waiting for a child may run another node inside the first one's scope.
+pub fn current_node() -> Option<NodeId> {
+    task_core::context::current_node()
+        .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
+}
+
+/// A strategy as a coordinator holds it: shared, so one strategy may serve several modes.
+pub type StrategyRef = Arc<dyn TaskExecutionStrategy>;
+
+/// The coordinator a request belongs to, as its request sees it.
+pub(crate) trait Owner: Send + Sync {
+    /// Applies the request's outcome: closes its job, announces it and answers its caller.
+    fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool);
+    /// Whether shutdown has begun.
+    fn is_closing(&self) -> bool;
+    /// The cancelled outcome, saying who cancelled the request.
+    fn cancelled(&self) -> TaskError;
+    /// Counts one more attempt of the request in its job.
+    fn record_attempt(&self, request_id: &str);
+    /// The runtime the coordinator was started on, if any.
+    fn runtime(&self) -> Option<tokio::runtime::Handle>;
+}
 
 /// Locks `mutex`; no code that can panic runs under these locks, so a poisoned one still holds
 /// consistent data.
@@ -58,7 +99,7 @@ pub(crate) struct Ending {
     /// Weak: the coordinator's table holds the request's cell, which holds this. Once every
     /// handle of the coordinator is dropped, it goes (and its strategies with it) even while
     /// requests are open; their callers are answered with a failure then.
-    pub(crate) inner: Weak<Inner>,
+    pub(crate) inner: Weak<dyn Owner>,
     pub(crate) info: TaskInfo,
     /// Its place under its mode's concurrency limit, released when it ends.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
@@ -376,7 +417,7 @@ impl RequestCell {
             Start(
                 StrategyRef,
                 Box<ErasedTask>,
-                Arc<Inner>,
+                Arc<dyn Owner>,
                 task_core::RequestId,
                 u32,
             ),

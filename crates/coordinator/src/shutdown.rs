@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::coordinator::{Coordinator, StrategyRef};
-use crate::request::RequestCell;
+use crate::coordinator::Coordinator;
+use crate::request::{RequestCell, StrategyRef};
 
 /// How long shutdown waits, after cancelling what was still open, for requests that were ending
 /// on another thread at that moment.

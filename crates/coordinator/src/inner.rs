@@ -1,0 +1,264 @@
+//! The state a coordinator's handles share: its modes, its job table and the requests open in
+//! it, and how one of its outcomes is applied.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use pubsub::RequestCompletionPublisher;
+use serde::Serialize;
+use task_core::{
+    CoordinatorState, ExecutionMode, JobResult, Outcome, Retention, TaskError, TaskInfo,
+};
+use tokio::sync::{Notify, OnceCell, Semaphore};
+
+use crate::request::{Owner, RequestCell, StrategyRef, message_of};
+
+pub(crate) struct Started {
+    pub(crate) publisher: RequestCompletionPublisher,
+    /// The runtime `start` ran on, if any: where a strategy's future runs when it is handed over
+    /// on a thread of no runtime.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+}
+
+/// What a coordinator keeps beside each open job in its [`CoordinatorState`] (see
+/// [`Coordinator::with_state`](crate::Coordinator::with_state)): the request's shared record, through which its caller is
+/// answered and it is cancelled. Opaque; the job itself says what the request is.
+pub struct OpenRequest {
+    /// Shared with the caller's handle (answered when the job closes) and whatever runs it.
+    pub(crate) cell: Arc<RequestCell>,
+    /// The position of the mode it runs under in `Inner::modes` (for its counters): an index,
+    /// not a reference count that the submitting and the closing threads would both write.
+    pub(crate) mode: usize,
+}
+
+impl fmt::Debug for OpenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenRequest")
+            .field("node_id", self.cell.node_id())
+            .field("cancelled", &self.cell.is_cancelled())
+            .finish()
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        // Answered already when its job closed; otherwise the coordinator itself went away.
+        self.cell.answer_with(|| {
+            Err(TaskError::strategy(
+                "the request ended without an outcome reaching its caller",
+            ))
+        });
+    }
+}
+
+pub(crate) struct Inner {
+    /// Every registered mode, at its [`Mode::index`].
+    pub(crate) modes: Vec<Mode>,
+    /// The position of each mode in `modes`, by name.
+    pub(crate) mode_index: HashMap<ExecutionMode, usize>,
+    pub(crate) grace: Duration,
+    pub(crate) started: OnceLock<Started>,
+    pub(crate) closing: AtomicBool,
+    /// Set when shutdown's grace period ran out and open requests were cancelled.
+    pub(crate) past_deadline: AtomicBool,
+    pub(crate) strategies_shut: OnceCell<()>,
+    /// The jobs, each open one with its request's record (found by request id, or by node id
+    /// for a child naming its parent).
+    pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
+    /// Woken whenever the last open job closes.
+    pub(crate) drained: Notify,
+}
+
+impl Inner {
+    pub(crate) fn new(
+        modes: Vec<Mode>,
+        mode_index: HashMap<ExecutionMode, usize>,
+        grace: Duration,
+        retention: Retention,
+    ) -> Self {
+        Self {
+            modes,
+            mode_index,
+            grace,
+            started: OnceLock::new(),
+            closing: AtomicBool::new(false),
+            past_deadline: AtomicBool::new(false),
+            strategies_shut: OnceCell::new(),
+            table: Mutex::new(CoordinatorState::with_attachments(retention)),
+            drained: Notify::new(),
+        }
+    }
+
+    pub(crate) fn table(&self) -> MutexGuard<'_, CoordinatorState<OpenRequest>> {
+        // No code that can panic runs under this lock; a poisoned lock still holds a valid table.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The runtime `start` ran on, if any.
+    pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.started
+            .get()
+            .and_then(|started| started.runtime.clone())
+    }
+
+    /// Applies one of this coordinator's outcomes: closes the request's job, hands its message to
+    /// the bus when `announce` says so (never waiting for a subscriber), then answers its caller.
+    /// Called once per request, by whoever ended it ([`Ending`]).
+    pub(crate) fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool) {
+        let result = JobResult::of(&outcome);
+        let (open, idle) = {
+            let mut table = self.table();
+            let open = match table.end_job_detach(info.request_id(), result) {
+                Ok((_, open)) => open,
+                Err(error) => {
+                    // Never: a request's job stays open until its one ending.
+                    tracing::error!(request_id = %info.request_id(), %error, "outcome of a request without an open job");
+                    None
+                }
+            };
+            if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
+                mode.counters.close(result);
+            }
+            (open, table.counts().opened == 0)
+        };
+        tracing::debug!(request_id = %info.request_id(), %result, "job closed");
+        if announce
+            && let Some(started) = self.started.get()
+            && started.publisher.has_subscribers()
+        {
+            let message = message_of(info, outcome.clone());
+            if let Err(refused) = started.publisher.publish(message) {
+                // The application shut its bus down: the outcome still reaches the caller.
+                tracing::debug!(%refused, "outcome not announced");
+            }
+        }
+        if idle {
+            self.drained.notify_waiters();
+        }
+        if let Some(open) = open {
+            // The caller may have stopped waiting (dropped its handle); the job is closed anyway.
+            open.cell.answer(outcome);
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn open_jobs(&self) -> u64 {
+        self.table().counts().opened
+    }
+
+    pub(crate) fn record_attempt(&self, request_id: &str) {
+        let _ = self.table().record_attempt(request_id);
+    }
+
+    /// The cancelled outcome of a request, saying who cancelled it.
+    pub(crate) fn cancelled(&self) -> TaskError {
+        if self.past_deadline.load(Ordering::SeqCst) {
+            TaskError::cancelled(
+                "the coordinator's shutdown deadline passed before the request ended",
+            )
+        } else {
+            TaskError::cancelled("the request was cancelled")
+        }
+    }
+}
+
+impl Owner for Inner {
+    fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool) {
+        Inner::apply(self, info, outcome, announce);
+    }
+
+    fn is_closing(&self) -> bool {
+        Inner::is_closing(self)
+    }
+
+    fn cancelled(&self) -> TaskError {
+        Inner::cancelled(self)
+    }
+
+    fn record_attempt(&self, request_id: &str) {
+        Inner::record_attempt(self, request_id);
+    }
+
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        Inner::runtime(self)
+    }
+}
+
+pub(crate) fn task_span(info: &TaskInfo, mode: &ExecutionMode) -> tracing::Span {
+    tracing::info_span!(
+        "task",
+        request_id = %info.request_id(),
+        node = %info.name(),
+        node_id = %info.node_id(),
+        parent = info.parent_id().map(|p| p.as_str()),
+        mode = %mode,
+        attempt = 1_u32,
+    )
+}
+
+/// A registered mode: its strategy, its concurrency limit and its request counters, found with
+/// one lookup per submission.
+pub(crate) struct Mode {
+    /// Its position in `Inner::modes`.
+    pub(crate) index: usize,
+    pub(crate) name: ExecutionMode,
+    pub(crate) strategy: StrategyRef,
+    pub(crate) limit: Option<Arc<Semaphore>>,
+    pub(crate) counters: ModeCounters,
+}
+
+/// Live counters of the requests of one mode.
+#[derive(Default)]
+pub(crate) struct ModeCounters {
+    pub(crate) in_flight: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+impl ModeCounters {
+    pub(crate) fn close(&self, result: JobResult) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let counter = match result {
+            JobResult::Success => &self.succeeded,
+            JobResult::TimedOut => &self.timed_out,
+            JobResult::Cancelled => &self.cancelled,
+            _ => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> ModeCounts {
+        ModeCounts {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The requests of one mode, as [`SystemDetail::requests`](crate::SystemDetail::requests) reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ModeCounts {
+    /// Accepted and not yet ended.
+    pub in_flight: u64,
+    /// Ended with a value.
+    pub succeeded: u64,
+    /// Ended with an error (the node's, a panic, or the strategy's).
+    pub failed: u64,
+    /// Ended past their deadline.
+    pub timed_out: u64,
+    /// Ended cancelled.
+    pub cancelled: u64,
+}
