@@ -37,19 +37,20 @@
 //! # }
 //! ```
 
+mod bus;
 mod error;
 mod messages;
 mod publisher;
+mod subscription;
 
+pub use crate::bus::{Buffer, SubscriberId};
 pub use crate::error::{Error, Missed, PublishError};
 pub use crate::messages::{
     BroadcastEvent, FatalFailure, RequestCompletionMessage, RequestCreation,
     RequestCreationFailure, RequestFailure, RequestSuccess,
 };
-pub use crate::publisher::{
-    Buffer, DEFAULT_CAPACITY, DEFAULT_SHUTDOWN_GRACE, Listener, MAX_CAPACITY, Publisher,
-    SubscriberId, Subscription,
-};
+pub use crate::publisher::{DEFAULT_CAPACITY, DEFAULT_SHUTDOWN_GRACE, MAX_CAPACITY, Publisher};
+pub use crate::subscription::{Listener, Subscription};
 
 /// The publisher of request-completion messages that coordinators subscribe to.
 pub type RequestCompletionPublisher = Publisher<RequestCompletionMessage>;

@@ -14,22 +14,21 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc as std_mpsc};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures::Stream;
-use futures::task::AtomicWaker;
 use task_core::panic_message;
-use tokio::sync::broadcast::{
-    self,
-    error::{RecvError, TryRecvError},
-};
+use tokio::sync::broadcast::{self};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::ReusableBoxFuture;
 
+use crate::bus::{
+    Buffer, Envelope, IDLE, Inner, ListenerSlot, PHASE_BITS, RUNNING, SHUT_DOWN, Shared, Stop,
+    SubscriberId, next_id,
+};
 use crate::error::{Error, Kind, Missed, PublishError, Refusal};
+use crate::subscription::{Listener, Ring, Source, Subscription};
 
 /// The default buffer of each bounded subscriber: how many messages it may fall behind before it
 /// misses some.
@@ -41,133 +40,6 @@ pub const MAX_CAPACITY: usize = 1 << 16;
 
 /// How long [`Publisher::shutdown`] waits for callback subscribers to finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Subscriber and listener ids, unique in the process: an id of one publisher never names a
-/// subscriber of another.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn next_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Identifies a subscriber, to [`Publisher::unsubscribe`] it. Unique in the process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SubscriberId(u64);
-
-impl fmt::Display for SubscriberId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "subscriber-{}", self.0)
-    }
-}
-
-/// How a subscriber buffers the messages it has not read yet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Buffer {
-    /// The publisher's shared ring of its last `capacity` messages (rounded up to a power of
-    /// two). A subscriber that falls a whole ring behind misses the oldest messages it had not
-    /// read and is told how many ([`Missed`]). Memory is bounded; publishing writes each message
-    /// once for all bounded subscribers.
-    #[default]
-    Bounded,
-    /// A queue of the subscriber's own: it never misses a message, and its memory grows with its
-    /// lag (a subscriber that stops reading holds every message published since). Each message is
-    /// cloned into it.
-    Unbounded,
-}
-
-/// Phases, in the low bits of [`Inner::state`].
-const IDLE: usize = 0;
-const RUNNING: usize = 1;
-const SHUT_DOWN: usize = 2;
-const PHASE_BITS: u32 = 2;
-const PHASE_MASK: usize = (1 << PHASE_BITS) - 1;
-
-/// Where a bounded subscriber stops reading the ring.
-struct Stop {
-    /// The first message number it must not yield (`u64::MAX` until unsubscribed).
-    at: AtomicU64,
-    /// Woken by unsubscribe: a subscriber that has read everything before `at` ends then, with
-    /// no later message needed to tell it.
-    waker: AtomicWaker,
-}
-
-impl Stop {
-    fn new() -> Self {
-        Self {
-            at: AtomicU64::new(u64::MAX),
-            waker: AtomicWaker::new(),
-        }
-    }
-}
-
-/// A message on the ring, numbered in publish order.
-#[derive(Clone)]
-struct Envelope<M> {
-    seq: u64,
-    message: M,
-}
-
-struct Shared<M> {
-    /// `None` after shutdown; dropping it ends every bounded subscriber's stream once drained.
-    tx: Option<broadcast::Sender<Envelope<M>>>,
-    /// Messages written to the ring so far; the next one's number.
-    published: u64,
-    /// Every bounded subscriber (a callback reads a stream of its own), with where it stops.
-    stops: HashMap<u64, Arc<Stop>>,
-    /// Every unbounded subscriber's queue. Removing it ends the stream once drained.
-    queues: HashMap<u64, mpsc::UnboundedSender<M>>,
-    /// Callback subscribers' threads, each closing its channel when it ends; awaited at shutdown.
-    callbacks: HashMap<u64, oneshot::Receiver<()>>,
-    listeners: HashMap<u64, ListenerSlot<M>>,
-}
-
-impl<M> Shared<M> {
-    fn attached(&self) -> usize {
-        self.stops.len() + self.queues.len() + self.listeners.len()
-    }
-}
-
-type Filter<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
-
-struct ListenerSlot<M> {
-    filter: Filter<M>,
-    tx: oneshot::Sender<Result<M, Error>>,
-}
-
-struct Inner<M> {
-    capacity: usize,
-    /// The phase in the low bits, the number of subscribers and listeners above: a publish with
-    /// nobody to read it reads this and nothing else. Written only under `shared`'s lock.
-    state: AtomicUsize,
-    /// Everything a publish, a subscribe and shutdown change. A publish writes every subscriber's
-    /// buffer under it, so every subscriber sees one total order; it is never held across an
-    /// await, and no user code but listener filters runs under it.
-    shared: Mutex<Shared<M>>,
-}
-
-impl<M> Inner<M> {
-    fn lock(&self) -> MutexGuard<'_, Shared<M>> {
-        // A panic never happens while the lock is held (user code under it is caught), so a
-        // poisoned lock still holds consistent data.
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn phase(&self) -> usize {
-        self.state.load(Ordering::SeqCst) & PHASE_MASK
-    }
-
-    /// Publishes the phase and the number attached; called under the lock after every change.
-    fn set_state(&self, shared: &Shared<M>, phase: usize) {
-        self.state
-            .store((shared.attached() << PHASE_BITS) | phase, Ordering::SeqCst);
-    }
-
-    /// Called under the lock after subscribers or listeners came or went.
-    fn recount(&self, shared: &Shared<M>) {
-        self.set_state(shared, self.phase());
-    }
-}
 
 /// Fans messages out to subscribers, in order, and never waits for one.
 ///
@@ -376,7 +248,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         Ok(SubscriberId(id))
     }
 
-    /// A [`Stream`] of every message published from now on, in order, with a
+    /// A [`Stream`](futures::Stream) of every message published from now on, in order, with a
     /// [bounded](Buffer::Bounded) buffer. Dropping it unsubscribes. The stream ends after
     /// shutdown, once it has yielded what was published before.
     ///
@@ -387,7 +259,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         self.subscribe_stream_with(Buffer::Bounded)
     }
 
-    /// A [`Stream`] of every message published from now on, in order, buffered as `buffer` says.
+    /// A [`Stream`](futures::Stream) of every message published from now on, in order, buffered as `buffer` says.
     /// Dropping it unsubscribes. The stream ends after shutdown, once it has yielded what was
     /// published before. An unbounded stream yields only `Ok` items.
     ///
@@ -666,233 +538,5 @@ fn deliver_to_listeners<M: Clone>(listeners: &mut HashMap<u64, ListenerSlot<M>>,
         if let Some(slot) = listeners.remove(&id) {
             let _ = slot.tx.send(result.map(|()| message.clone()));
         }
-    }
-}
-
-type Received<M> = (
-    Result<Envelope<M>, RecvError>,
-    broadcast::Receiver<Envelope<M>>,
-);
-
-/// Receives the next message, handing the receiver back, so a stream can keep the receive in a
-/// reusable box between polls.
-async fn recv_owned<M: Clone>(mut rx: broadcast::Receiver<Envelope<M>>) -> Received<M> {
-    let result = rx.recv().await;
-    (result, rx)
-}
-
-/// A bounded subscriber's place in the shared ring.
-struct Ring<M> {
-    /// The receiver, while no receive waits for a message; `None` while one waits (it owns the
-    /// receiver then) and once the stream ended.
-    rx: Option<broadcast::Receiver<Envelope<M>>>,
-    /// The receive that waits for the next message when none was queued, under way while `rx`
-    /// is `None`. Boxed once and reused: a subscriber that keeps up reads queued messages
-    /// without it.
-    waiting: Option<ReusableBoxFuture<'static, Received<M>>>,
-    stop: Arc<Stop>,
-    /// The number of the next message it should read.
-    next_seq: u64,
-}
-
-impl<M> Ring<M> {
-    /// Drops the receiver: the stream yields nothing more.
-    fn end(&mut self) {
-        self.rx = None;
-        self.waiting = None;
-    }
-}
-
-impl<M: Clone + Send + 'static> Ring<M> {
-    fn poll_item(&mut self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
-        // Registered before `at` is read: an unsubscribe after that wakes this poll's task.
-        self.stop.waker.register(cx.waker());
-        loop {
-            let stop_at = self.stop.at.load(Ordering::SeqCst);
-            if self.next_seq >= stop_at {
-                // Unsubscribed, and everything published before was read (or missed).
-                self.end();
-                return Poll::Ready(None);
-            }
-            let result = if let Some(rx) = self.rx.as_mut() {
-                // A message already queued is read without a future.
-                match rx.try_recv() {
-                    Ok(envelope) => Ok(envelope),
-                    Err(TryRecvError::Empty) => {
-                        let Some(rx) = self.rx.take() else {
-                            return Poll::Ready(None);
-                        };
-                        match self.waiting.as_mut() {
-                            Some(waiting) => waiting.set(recv_owned(rx)),
-                            None => self.waiting = Some(ReusableBoxFuture::new(recv_owned(rx))),
-                        }
-                        continue;
-                    }
-                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                    Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
-                }
-            } else {
-                // No receiver at hand: a receive is under way, or the stream ended.
-                let Some(waiting) = self.waiting.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                let (result, rx) = std::task::ready!(waiting.poll(cx));
-                self.rx = Some(rx);
-                result
-            };
-            match result {
-                Ok(envelope) if envelope.seq >= stop_at => {
-                    // Unsubscribed: what was published before arrived; this one does not.
-                    self.end();
-                    return Poll::Ready(None);
-                }
-                Ok(envelope) => {
-                    self.next_seq = envelope.seq + 1;
-                    return Poll::Ready(Some(Ok(envelope.message)));
-                }
-                Err(RecvError::Closed) => {
-                    self.end();
-                    return Poll::Ready(None);
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    // Only messages published before an unsubscribe were meant for it.
-                    let meant = stop_at.saturating_sub(self.next_seq).min(missed);
-                    self.next_seq = self.next_seq.saturating_add(missed);
-                    if meant > 0 {
-                        tracing::debug!(
-                            subscriber = id,
-                            missed = meant,
-                            "subscriber missed messages"
-                        );
-                        return Poll::Ready(Some(Err(Missed::new(meant))));
-                    }
-                }
-            }
-        }
-    }
-}
-
-enum Source<M> {
-    Ring(Ring<M>),
-    Queue(mpsc::UnboundedReceiver<M>),
-}
-
-/// A stream of every message published after it was created, each as `Ok`, or `Err(Missed)` in
-/// place of the messages a bounded subscriber fell too far behind to read. Dropping it
-/// unsubscribes.
-///
-/// Made by [`Publisher::subscribe_stream`] and [`Publisher::subscribe_stream_with`].
-pub struct Subscription<M> {
-    id: u64,
-    source: Source<M>,
-    inner: Weak<Inner<M>>,
-}
-
-impl<M> Subscription<M> {
-    /// This subscriber's id.
-    pub fn id(&self) -> SubscriberId {
-        SubscriberId(self.id)
-    }
-}
-
-impl<M: Clone + Send + 'static> Subscription<M> {
-    /// The next message (or how many were missed in its place), or `None` once the publisher is
-    /// shut down or this subscriber unsubscribed, and what was published before is drained.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a message is never lost when the future is dropped.
-    pub async fn recv(&mut self) -> Option<Result<M, Missed>> {
-        poll_fn(|cx| self.poll_item(cx)).await
-    }
-
-    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
-        match &mut self.source {
-            Source::Ring(ring) => ring.poll_item(self.id, cx),
-            Source::Queue(rx) => rx.poll_recv(cx).map(|item| item.map(Ok)),
-        }
-    }
-}
-
-impl<M: Clone + Send + 'static> Stream for Subscription<M> {
-    type Item = Result<M, Missed>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.poll_item(cx)
-    }
-}
-
-impl<M> Drop for Subscription<M> {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            let mut shared = inner.lock();
-            let removed = match self.source {
-                Source::Ring(_) => shared.stops.remove(&self.id).is_some(),
-                Source::Queue(_) => shared.queues.remove(&self.id).is_some(),
-            };
-            if removed {
-                inner.recount(&shared);
-            }
-        }
-    }
-}
-
-impl<M> fmt::Debug for Subscription<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let buffer = match self.source {
-            Source::Ring(_) => Buffer::Bounded,
-            Source::Queue(_) => Buffer::Unbounded,
-        };
-        f.debug_struct("Subscription")
-            .field("id", &self.id)
-            .field("buffer", &buffer)
-            .finish()
-    }
-}
-
-type Mapping<M, T> = Box<dyn FnOnce(M) -> T + Send>;
-
-/// A future resolving to the first matching message, mapped. Dropping it unsubscribes.
-///
-/// Made by [`Publisher::listener`].
-pub struct Listener<M, T> {
-    id: u64,
-    rx: oneshot::Receiver<Result<M, Error>>,
-    mapping: Option<Mapping<M, T>>,
-    inner: Weak<Inner<M>>,
-}
-
-impl<M, T> Future for Listener<M, T> {
-    type Output = Result<T, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let delivered = match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(delivered)) => delivered,
-            // The slot was dropped without a send: only when the publisher itself is gone.
-            Poll::Ready(Err(_)) => Err(Error::new(Kind::ShutDown)),
-        };
-        let message = delivered?;
-        match self.mapping.take() {
-            Some(mapping) => Poll::Ready(Ok(mapping(message))),
-            None => Poll::Ready(Err(Error::new(Kind::ShutDown))),
-        }
-    }
-}
-
-impl<M, T> Drop for Listener<M, T> {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            let mut shared = inner.lock();
-            if shared.listeners.remove(&self.id).is_some() {
-                inner.recount(&shared);
-            }
-        }
-    }
-}
-
-impl<M, T> fmt::Debug for Listener<M, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Listener").field("id", &self.id).finish()
     }
 }

@@ -1,0 +1,139 @@
+//! What every handle of a publisher shares: its subscribers, their buffers and its phase.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::task::AtomicWaker;
+use tokio::sync::broadcast;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+
+/// Subscriber and listener ids, unique in the process: an id of one publisher never names a
+/// subscriber of another.
+pub(crate) static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Identifies a subscriber, to [`Publisher::unsubscribe`](crate::Publisher::unsubscribe) it. Unique in the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriberId(pub(crate) u64);
+
+impl fmt::Display for SubscriberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "subscriber-{}", self.0)
+    }
+}
+
+/// How a subscriber buffers the messages it has not read yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Buffer {
+    /// The publisher's shared ring of its last `capacity` messages (rounded up to a power of
+    /// two). A subscriber that falls a whole ring behind misses the oldest messages it had not
+    /// read and is told how many ([`Missed`](crate::Missed)). Memory is bounded; publishing writes each message
+    /// once for all bounded subscribers.
+    #[default]
+    Bounded,
+    /// A queue of the subscriber's own: it never misses a message, and its memory grows with its
+    /// lag (a subscriber that stops reading holds every message published since). Each message is
+    /// cloned into it.
+    Unbounded,
+}
+
+/// Phases, in the low bits of [`Inner::state`].
+pub(crate) const IDLE: usize = 0;
+pub(crate) const RUNNING: usize = 1;
+pub(crate) const SHUT_DOWN: usize = 2;
+pub(crate) const PHASE_BITS: u32 = 2;
+pub(crate) const PHASE_MASK: usize = (1 << PHASE_BITS) - 1;
+
+/// Where a bounded subscriber stops reading the ring.
+pub(crate) struct Stop {
+    /// The first message number it must not yield (`u64::MAX` until unsubscribed).
+    pub(crate) at: AtomicU64,
+    /// Woken by unsubscribe: a subscriber that has read everything before `at` ends then, with
+    /// no later message needed to tell it.
+    pub(crate) waker: AtomicWaker,
+}
+
+impl Stop {
+    pub(crate) fn new() -> Self {
+        Self {
+            at: AtomicU64::new(u64::MAX),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
+
+/// A message on the ring, numbered in publish order.
+#[derive(Clone)]
+pub(crate) struct Envelope<M> {
+    pub(crate) seq: u64,
+    pub(crate) message: M,
+}
+
+pub(crate) struct Shared<M> {
+    /// `None` after shutdown; dropping it ends every bounded subscriber's stream once drained.
+    pub(crate) tx: Option<broadcast::Sender<Envelope<M>>>,
+    /// Messages written to the ring so far; the next one's number.
+    pub(crate) published: u64,
+    /// Every bounded subscriber (a callback reads a stream of its own), with where it stops.
+    pub(crate) stops: HashMap<u64, Arc<Stop>>,
+    /// Every unbounded subscriber's queue. Removing it ends the stream once drained.
+    pub(crate) queues: HashMap<u64, mpsc::UnboundedSender<M>>,
+    /// Callback subscribers' threads, each closing its channel when it ends; awaited at shutdown.
+    pub(crate) callbacks: HashMap<u64, oneshot::Receiver<()>>,
+    pub(crate) listeners: HashMap<u64, ListenerSlot<M>>,
+}
+
+impl<M> Shared<M> {
+    pub(crate) fn attached(&self) -> usize {
+        self.stops.len() + self.queues.len() + self.listeners.len()
+    }
+}
+
+pub(crate) type Filter<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
+
+pub(crate) struct ListenerSlot<M> {
+    pub(crate) filter: Filter<M>,
+    pub(crate) tx: oneshot::Sender<Result<M, Error>>,
+}
+
+pub(crate) struct Inner<M> {
+    pub(crate) capacity: usize,
+    /// The phase in the low bits, the number of subscribers and listeners above: a publish with
+    /// nobody to read it reads this and nothing else. Written only under `shared`'s lock.
+    pub(crate) state: AtomicUsize,
+    /// Everything a publish, a subscribe and shutdown change. A publish writes every subscriber's
+    /// buffer under it, so every subscriber sees one total order; it is never held across an
+    /// await, and no user code but listener filters runs under it.
+    pub(crate) shared: Mutex<Shared<M>>,
+}
+
+impl<M> Inner<M> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared<M>> {
+        // A panic never happens while the lock is held (user code under it is caught), so a
+        // poisoned lock still holds consistent data.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn phase(&self) -> usize {
+        self.state.load(Ordering::SeqCst) & PHASE_MASK
+    }
+
+    /// Publishes the phase and the number attached; called under the lock after every change.
+    pub(crate) fn set_state(&self, shared: &Shared<M>, phase: usize) {
+        self.state
+            .store((shared.attached() << PHASE_BITS) | phase, Ordering::SeqCst);
+    }
+
+    /// Called under the lock after subscribers or listeners came or went.
+    pub(crate) fn recount(&self, shared: &Shared<M>) {
+        self.set_state(shared, self.phase());
+    }
+}

@@ -1,0 +1,252 @@
+//! The subscriber's side: [`Subscription`], a stream of messages, and [`Listener`], a future of
+//! the first matching one.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::ReusableBoxFuture;
+
+use crate::bus::{Buffer, Envelope, Inner, Stop, SubscriberId};
+use crate::error::{Error, Kind, Missed};
+
+pub(crate) type Received<M> = (
+    Result<Envelope<M>, RecvError>,
+    broadcast::Receiver<Envelope<M>>,
+);
+
+/// Receives the next message, handing the receiver back, so a stream can keep the receive in a
+/// reusable box between polls.
+pub(crate) async fn recv_owned<M: Clone>(mut rx: broadcast::Receiver<Envelope<M>>) -> Received<M> {
+    let result = rx.recv().await;
+    (result, rx)
+}
+
+/// A bounded subscriber's place in the shared ring.
+pub(crate) struct Ring<M> {
+    /// The receiver, while no receive waits for a message; `None` while one waits (it owns the
+    /// receiver then) and once the stream ended.
+    pub(crate) rx: Option<broadcast::Receiver<Envelope<M>>>,
+    /// The receive that waits for the next message when none was queued, under way while `rx`
+    /// is `None`. Boxed once and reused: a subscriber that keeps up reads queued messages
+    /// without it.
+    pub(crate) waiting: Option<ReusableBoxFuture<'static, Received<M>>>,
+    pub(crate) stop: Arc<Stop>,
+    /// The number of the next message it should read.
+    pub(crate) next_seq: u64,
+}
+
+impl<M> Ring<M> {
+    /// Drops the receiver: the stream yields nothing more.
+    pub(crate) fn end(&mut self) {
+        self.rx = None;
+        self.waiting = None;
+    }
+}
+
+impl<M: Clone + Send + 'static> Ring<M> {
+    pub(crate) fn poll_item(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<M, Missed>>> {
+        // Registered before `at` is read: an unsubscribe after that wakes this poll's task.
+        self.stop.waker.register(cx.waker());
+        loop {
+            let stop_at = self.stop.at.load(Ordering::SeqCst);
+            if self.next_seq >= stop_at {
+                // Unsubscribed, and everything published before was read (or missed).
+                self.end();
+                return Poll::Ready(None);
+            }
+            let result = if let Some(rx) = self.rx.as_mut() {
+                // A message already queued is read without a future.
+                match rx.try_recv() {
+                    Ok(envelope) => Ok(envelope),
+                    Err(TryRecvError::Empty) => {
+                        let Some(rx) = self.rx.take() else {
+                            return Poll::Ready(None);
+                        };
+                        match self.waiting.as_mut() {
+                            Some(waiting) => waiting.set(recv_owned(rx)),
+                            None => self.waiting = Some(ReusableBoxFuture::new(recv_owned(rx))),
+                        }
+                        continue;
+                    }
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                }
+            } else {
+                // No receiver at hand: a receive is under way, or the stream ended.
+                let Some(waiting) = self.waiting.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let (result, rx) = std::task::ready!(waiting.poll(cx));
+                self.rx = Some(rx);
+                result
+            };
+            match result {
+                Ok(envelope) if envelope.seq >= stop_at => {
+                    // Unsubscribed: what was published before arrived; this one does not.
+                    self.end();
+                    return Poll::Ready(None);
+                }
+                Ok(envelope) => {
+                    self.next_seq = envelope.seq + 1;
+                    return Poll::Ready(Some(Ok(envelope.message)));
+                }
+                Err(RecvError::Closed) => {
+                    self.end();
+                    return Poll::Ready(None);
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    // Only messages published before an unsubscribe were meant for it.
+                    let meant = stop_at.saturating_sub(self.next_seq).min(missed);
+                    self.next_seq = self.next_seq.saturating_add(missed);
+                    if meant > 0 {
+                        tracing::debug!(
+                            subscriber = id,
+                            missed = meant,
+                            "subscriber missed messages"
+                        );
+                        return Poll::Ready(Some(Err(Missed::new(meant))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) enum Source<M> {
+    Ring(Ring<M>),
+    Queue(mpsc::UnboundedReceiver<M>),
+}
+
+/// A stream of every message published after it was created, each as `Ok`, or `Err(Missed)` in
+/// place of the messages a bounded subscriber fell too far behind to read. Dropping it
+/// unsubscribes.
+///
+/// Made by [`Publisher::subscribe_stream`](crate::Publisher::subscribe_stream) and [`Publisher::subscribe_stream_with`](crate::Publisher::subscribe_stream_with).
+pub struct Subscription<M> {
+    pub(crate) id: u64,
+    pub(crate) source: Source<M>,
+    pub(crate) inner: Weak<Inner<M>>,
+}
+
+impl<M> Subscription<M> {
+    /// This subscriber's id.
+    pub fn id(&self) -> SubscriberId {
+        SubscriberId(self.id)
+    }
+}
+
+impl<M: Clone + Send + 'static> Subscription<M> {
+    /// The next message (or how many were missed in its place), or `None` once the publisher is
+    /// shut down or this subscriber unsubscribed, and what was published before is drained.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is never lost when the future is dropped.
+    pub async fn recv(&mut self) -> Option<Result<M, Missed>> {
+        poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
+        match &mut self.source {
+            Source::Ring(ring) => ring.poll_item(self.id, cx),
+            Source::Queue(rx) => rx.poll_recv(cx).map(|item| item.map(Ok)),
+        }
+    }
+}
+
+impl<M: Clone + Send + 'static> Stream for Subscription<M> {
+    type Item = Result<M, Missed>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_item(cx)
+    }
+}
+
+impl<M> Drop for Subscription<M> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut shared = inner.lock();
+            let removed = match self.source {
+                Source::Ring(_) => shared.stops.remove(&self.id).is_some(),
+                Source::Queue(_) => shared.queues.remove(&self.id).is_some(),
+            };
+            if removed {
+                inner.recount(&shared);
+            }
+        }
+    }
+}
+
+impl<M> fmt::Debug for Subscription<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let buffer = match self.source {
+            Source::Ring(_) => Buffer::Bounded,
+            Source::Queue(_) => Buffer::Unbounded,
+        };
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("buffer", &buffer)
+            .finish()
+    }
+}
+
+pub(crate) type Mapping<M, T> = Box<dyn FnOnce(M) -> T + Send>;
+
+/// A future resolving to the first matching message, mapped. Dropping it unsubscribes.
+///
+/// Made by [`Publisher::listener`](crate::Publisher::listener).
+pub struct Listener<M, T> {
+    pub(crate) id: u64,
+    pub(crate) rx: oneshot::Receiver<Result<M, Error>>,
+    pub(crate) mapping: Option<Mapping<M, T>>,
+    pub(crate) inner: Weak<Inner<M>>,
+}
+
+impl<M, T> Future for Listener<M, T> {
+    type Output = Result<T, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let delivered = match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(delivered)) => delivered,
+            // The slot was dropped without a send: only when the publisher itself is gone.
+            Poll::Ready(Err(_)) => Err(Error::new(Kind::ShutDown)),
+        };
+        let message = delivered?;
+        match self.mapping.take() {
+            Some(mapping) => Poll::Ready(Ok(mapping(message))),
+            None => Poll::Ready(Err(Error::new(Kind::ShutDown))),
+        }
+    }
+}
+
+impl<M, T> Drop for Listener<M, T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut shared = inner.lock();
+            if shared.listeners.remove(&self.id).is_some() {
+                inner.recount(&shared);
+            }
+        }
+    }
+}
+
+impl<M, T> fmt::Debug for Listener<M, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener").field("id", &self.id).finish()
+    }
+}
