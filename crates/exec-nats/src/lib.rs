@@ -23,7 +23,9 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 pub mod example_nodes;
+mod listen;
 mod strategy;
 pub mod wire;
 mod worker;

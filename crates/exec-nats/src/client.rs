@@ -1,0 +1,300 @@
+//! The submitting side's shared state: the runs waiting for their completions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use task_core::{ErasedTask, Outcome, TaskError};
+use tokio::sync::{Notify, oneshot};
+
+use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode};
+use crate::{NatsConfig, NatsError};
+
+/// The longest one try to hand a task to the stream takes (the JetStream context's default
+/// acknowledgement timeout, and a margin).
+pub(crate) const PUBLISH_TRY: Duration = Duration::from_secs(10);
+
+/// A run waiting for its completion.
+pub(crate) struct Waiting {
+    pub(crate) answer: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+    /// When its task was handed to the stream (it expires from there `max_age` later).
+    pub(crate) published: Instant,
+    /// The task as published, to publish it again if the server lost it.
+    pub(crate) task: bytes::Bytes,
+}
+
+#[derive(Default)]
+pub(crate) struct Table {
+    /// Runs waiting for their completion, by run id.
+    pub(crate) pending: HashMap<String, Waiting>,
+    /// Run id by stream sequence, to fail a run the server stopped delivering.
+    pub(crate) by_seq: HashMap<u64, String>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) config: NatsConfig,
+    pub(crate) client_id: String,
+    pub(crate) task_subject: String,
+    pub(crate) cancel_subject: String,
+    /// Where the workers publish this side's completions.
+    pub(crate) completion_subject: String,
+    pub(crate) unreachable_after: Duration,
+    pub(crate) max_message_size: usize,
+    pub(crate) table: Mutex<Table>,
+    pub(crate) next_run: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) idle: Notify,
+}
+
+impl Inner {
+    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn resolve(&self, run: &str, outcome: Result<Vec<u8>, TaskError>) {
+        let waiter = self.table().pending.remove(run);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.answer.send(outcome);
+            }
+            None => {
+                // A redelivered task answered twice, or an answer after the caller gave up.
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(run, "completion for no waiting run dropped");
+            }
+        }
+    }
+
+    /// This side's completion consumer, made (with its stream) if missing.
+    pub(crate) async fn completion_consumer(
+        &self,
+    ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+        completion_consumer(&self.js, &self.config, &self.client_id).await
+    }
+
+    /// Hands a task to the stream, trying again while the server is unreachable, for at most
+    /// [`NatsBuilder::unreachable_after`]. Every try carries the run id as its message id, so the
+    /// stream keeps one copy however many tries reached it.
+    pub(crate) async fn publish(
+        &self,
+        run: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<jetstream::publish::PublishAck, TaskError> {
+        let started = Instant::now();
+        // Every try must land within the stream's duplicate window of the first, or a try the
+        // server stored but whose acknowledgement was lost could be stored twice. A try takes up
+        // to the JetStream context's acknowledgement timeout.
+        let window = self.config.task_duplicate_window();
+        let retry_for = self
+            .unreachable_after
+            .min(window.saturating_sub(PUBLISH_TRY));
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", run);
+            let tried = match self
+                .js
+                .publish_with_headers(self.task_subject.clone(), headers, bytes.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match tried {
+                Ok(ack) => return Ok(ack),
+                Err(e) if started.elapsed() >= retry_for => {
+                    return Err(TaskError::strategy(format!(
+                        "the NATS server was unreachable and did not take the task within \
+                         {retry_for:?}: {e}"
+                    )));
+                }
+                Err(e) => {
+                    tracing::debug!(run, error = %e, "the stream did not take the task yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Fails every waiting run with `error(waited)`, or only those `expired` says.
+    pub(crate) fn fail_waiting(
+        &self,
+        mut expired: impl FnMut(&Waiting) -> bool,
+        error: impl Fn(&Waiting) -> TaskError,
+    ) {
+        let failed: Vec<Waiting> = {
+            let mut table = self.table();
+            let runs: Vec<String> = table
+                .pending
+                .iter()
+                .filter(|(_, waiting)| expired(waiting))
+                .map(|(run, _)| run.clone())
+                .collect();
+            runs.iter()
+                .filter_map(|run| table.pending.remove(run))
+                .collect()
+        };
+        for waiting in failed {
+            let error = error(&waiting);
+            let _ = waiting.answer.send(Err(error));
+        }
+    }
+
+    /// Publishes `task` and waits for its completion. Dropping the future unfinished withdraws
+    /// the run (its [`RunGuard`]).
+    pub(crate) async fn run(&self, task: ErasedTask) -> Outcome {
+        let inner = self;
+        let (info, portable) = task.into_portable();
+        let Some(portable) = portable else {
+            return Err(TaskError::unsupported(format!(
+                "node `{}` is not a PortableNode: the NATS strategy runs only tasks made with Task::portable",
+                info.name()
+            )));
+        };
+        let run = format!(
+            "{}.{}",
+            inner.client_id,
+            inner.next_run.fetch_add(1, Ordering::Relaxed)
+        );
+        let message = TaskMessage {
+            version: PROTOCOL_VERSION,
+            run: run.clone(),
+            request_id: info.request_id().to_string(),
+            name: portable.name().to_owned(),
+            payload: portable.payload()?.to_vec(),
+            reply: inner.completion_subject.clone(),
+            deadline_ms: None,
+        };
+        let bytes = bytes::Bytes::from(encode(&message)?);
+        if bytes.len() > inner.max_message_size {
+            return Err(TaskError::encoding(format!(
+                "the task is {} bytes, more than the stream's maximum of {}",
+                bytes.len(),
+                inner.max_message_size
+            )));
+        }
+        let (sender, answer) = oneshot::channel();
+        inner.table().pending.insert(
+            run.clone(),
+            Waiting {
+                answer: sender,
+                published: Instant::now(),
+                task: bytes.clone(),
+            },
+        );
+        let mut guard = RunGuard {
+            inner,
+            run: Some(run.clone()),
+            seq: None,
+        };
+        let mut answer = answer;
+        // The run may be ended while its task is still being handed over (the server is away
+        // past `unreachable_after`, say): then it stops trying, and answers at once.
+        let early = tokio::select! {
+            ack = inner.publish(&run, bytes) => {
+                let ack = ack?;
+                let mut table = inner.table();
+                // The completion may already have come; then there is nothing to track.
+                if table.pending.contains_key(&run) {
+                    table.by_seq.insert(ack.sequence, run.clone());
+                    guard.seq = Some(ack.sequence);
+                }
+                None
+            }
+            early = &mut answer => Some(early),
+        };
+        let answer = match early {
+            Some(early) => early,
+            None => answer.await,
+        };
+        guard.run = None;
+        let bytes = answer.unwrap_or_else(|_| {
+            Err(TaskError::strategy(
+                "the strategy stopped before the task's outcome arrived",
+            ))
+        })?;
+        portable.decode_output(&bytes)
+    }
+}
+
+/// The durable consumer of one submitting side's completions (`done-{client}`), made with its
+/// stream if missing. It outlives a disconnect and a server restart (the server keeps it on
+/// disk), and the server deletes it an hour after its side stops pulling (it died without a
+/// shutdown).
+pub(crate) async fn completion_consumer(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+    client_id: &str,
+) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+    let name = format!("done-{client_id}");
+    config
+        .ensure_completion_stream(js)
+        .await?
+        .get_or_create_consumer(
+            &name,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: config.completion_subject(client_id),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                inactive_threshold: COMPLETION_CONSUMER_IDLE,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| NatsError::new("creating the completion consumer", e))
+}
+
+/// How long a completion consumer nobody pulls from is kept by the server.
+pub(crate) const COMPLETION_CONSUMER_IDLE: Duration = Duration::from_secs(3600);
+
+/// Withdraws a run if the caller stops waiting before its completion.
+pub(crate) struct RunGuard<'a> {
+    pub(crate) inner: &'a Inner,
+    pub(crate) run: Option<String>,
+    pub(crate) seq: Option<u64>,
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take() {
+            {
+                let mut table = self.inner.table();
+                table.pending.remove(&run);
+                if let Some(seq) = self.seq {
+                    table.by_seq.remove(&seq);
+                }
+            }
+            // Tell the workers: one that has it skips it, one running it drops it.
+            let client = self.inner.client.clone();
+            let subject = self.inner.cancel_subject.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.publish(subject, run.into()).await;
+                });
+            }
+        } else if let Some(seq) = self.seq {
+            self.inner.table().by_seq.remove(&seq);
+        }
+    }
+}
+
+/// Counts a task out of the strategy when dropped, whichever way its run ends (finished, or its
+/// future dropped unfinished because the request was cancelled).
+pub(crate) struct InFlight(pub(crate) Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

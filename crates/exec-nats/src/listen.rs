@@ -1,0 +1,196 @@
+//! The submitting side's background tasks: reading completions, watching the connection, and
+//! failing what the server will not deliver.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use task_core::TaskError;
+
+use crate::client::Inner;
+use crate::wire::{Completion, decode};
+
+/// Reads this side's completions from its durable consumer, acknowledging each once applied.
+/// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
+/// after a server whose store was wiped, both are made again.
+pub(crate) async fn listen_completions(
+    inner: std::sync::Weak<Inner>,
+    mut consumer: jetstream::consumer::PullConsumer,
+) {
+    use jetstream::consumer::pull::MessagesErrorKind as Kind;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match consumer.messages().await {
+            Ok(mut messages) => {
+                while let Some(message) = messages.next().await {
+                    let Some(inner) = inner.upgrade() else { return };
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "reading completions");
+                            // The consumer is gone (deleted, or lost with a wiped store): make
+                            // it again. Other errors (no responders or missed heartbeats during
+                            // an outage) pass: the pulls resume after reconnecting, and making
+                            // the consumer again then, measured, left completions unread.
+                            if matches!(e.kind(), Kind::ConsumerDeleted) {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    match decode::<Completion>(&message.payload) {
+                        Ok(done) => inner.resolve(&done.run, done.outcome),
+                        Err(e) => tracing::warn!(%e, "undecodable completion dropped"),
+                    }
+                    let _ = message.ack().await;
+                    pause = Duration::from_millis(50);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "pulling completions"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if let Ok(again) = strong.completion_consumer().await {
+            consumer = again;
+        }
+    }
+}
+
+/// After an outage: a server killed outright may lose the last messages it had acknowledged (it
+/// writes to disk a moment later). Every run still waiting whose task is no longer in the stream
+/// (a worker took it and its completion was lost, or the server lost the task) is published
+/// again, under a message id of its own, once the completions stored meanwhile have had a moment
+/// to arrive. A run answered twice this way is answered once: the second completion is dropped.
+pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>) {
+    tokio::time::sleep(RECONCILE_AFTER).await;
+    let Some(inner) = inner.upgrade() else { return };
+    let Ok(stream) = inner.js.get_stream(&inner.config.stream).await else {
+        return;
+    };
+    let waiting: Vec<(u64, String, bytes::Bytes)> = {
+        let table = inner.table();
+        table
+            .by_seq
+            .iter()
+            .filter_map(|(&seq, run)| {
+                let task = table.pending.get(run)?.task.clone();
+                Some((seq, run.clone(), task))
+            })
+            .collect()
+    };
+    for (seq, run, task) in waiting {
+        if stream.get_raw_message(seq).await.is_ok() || !inner.table().pending.contains_key(&run) {
+            continue;
+        }
+        tracing::debug!(
+            run,
+            seq,
+            "the task is gone from the stream unanswered: publishing it again"
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{run}.again-{seq}").as_str());
+        let stored = match inner
+            .js
+            .publish_with_headers(inner.task_subject.clone(), headers, task)
+            .await
+        {
+            Ok(ack) => ack.await.ok(),
+            Err(_) => None,
+        };
+        if let Some(ack) = stored {
+            let mut table = inner.table();
+            table.by_seq.remove(&seq);
+            if table.pending.contains_key(&run) {
+                table.by_seq.insert(ack.sequence, run);
+            }
+        }
+    }
+}
+
+/// How long after reconnecting the runs still waiting are checked against the stream.
+pub(crate) const RECONCILE_AFTER: Duration = Duration::from_secs(1);
+
+/// Fails what can no longer be answered: every waiting run once the server has been unreachable
+/// for [`NatsBuilder::unreachable_after`], and a run whose task outlived the stream's `max_age`.
+pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
+    let mut since: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let connected = inner.client.connection_state() == async_nats::connection::State::Connected;
+        if connected && since.is_some() {
+            // Back after an outage: the server may have lost what it took just before it went.
+            tokio::spawn(reconcile(Arc::downgrade(&inner)));
+        }
+        since = if connected {
+            None
+        } else {
+            since.or(Some(Instant::now()))
+        };
+        if let Some(since) = since
+            && since.elapsed() >= inner.unreachable_after
+        {
+            let after = inner.unreachable_after;
+            inner.fail_waiting(
+                |_| true,
+                |_| {
+                    TaskError::strategy(format!(
+                        "the NATS server has been unreachable for {after:?}: the task's outcome \
+                         cannot be learnt (it may still run)"
+                    ))
+                },
+            );
+        }
+        let max_age = inner.config.max_age;
+        if max_age.is_zero() {
+            // JetStream's "no limit".
+            continue;
+        }
+        inner.fail_waiting(
+            |waiting| waiting.published.elapsed() >= max_age,
+            |_| {
+                TaskError::timed_out(format!(
+                    "the task expired: no worker finished it within the stream's max_age of \
+                     {max_age:?}"
+                ))
+            },
+        );
+    }
+}
+
+pub(crate) async fn listen_advisories(
+    inner: std::sync::Weak<Inner>,
+    mut messages: async_nats::Subscriber,
+) {
+    while let Some(message) = messages.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Ok(advisory) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
+            continue;
+        };
+        let (Some(seq), deliveries) = (
+            advisory["stream_seq"].as_u64(),
+            advisory["deliveries"].as_u64().unwrap_or(0),
+        ) else {
+            continue;
+        };
+        let run = inner.table().by_seq.remove(&seq);
+        if let Some(run) = run {
+            inner.resolve(
+                &run,
+                Err(TaskError::worker_lost(format!(
+                    "the task was delivered {deliveries} times without an outcome (the workers \
+                     running it died or stalled); the server stopped redelivering it"
+                ))),
+            );
+            // The server keeps an unacknowledged message; nobody will take it now.
+            if let Ok(stream) = inner.js.get_stream(&inner.config.stream).await {
+                let _ = stream.delete_message(seq).await;
+            }
+        }
+    }
+}
