@@ -29,10 +29,13 @@
 
 mod completion;
 pub mod context;
+mod erased;
 mod error;
 mod id;
+mod info;
 mod job;
 mod mode;
+mod node;
 mod portable;
 mod state;
 mod strategy;
@@ -40,19 +43,19 @@ mod task;
 mod value;
 
 pub use crate::completion::{Completion, CompletionSink, Running, run};
+pub use crate::erased::{AsyncBody, BlockingBody, ErasedTask, TaskBody};
 pub use crate::error::{BoxError, TaskError, panic_message};
 pub use crate::id::{NodeId, RequestId};
+pub use crate::info::TaskInfo;
 pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};
 pub use crate::mode::ExecutionMode;
+pub use crate::node::{BlockingNode, BoxFuture, Node, Outcome};
 pub use crate::portable::{
     NodeRegistry, PortableNode, PortableTask, RegistryError, decode, encode,
 };
 pub use crate::state::{CoordinatorState, JobCounts, Retention, StateError};
 pub use crate::strategy::{StrategyStats, TaskExecutionStrategy, WorkerStats};
-pub use crate::task::{
-    AsyncBody, BlockingBody, BlockingNode, BoxFuture, ErasedTask, Node, Outcome, Task, TaskBody,
-    TaskInfo,
-};
+pub use crate::task::Task;
 pub use crate::value::Value;
 
 #[cfg(test)]
