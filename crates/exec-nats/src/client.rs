@@ -172,7 +172,6 @@ impl Inner {
             name: portable.name().to_owned(),
             payload: portable.payload()?.to_vec(),
             reply: inner.completion_subject.clone(),
-            deadline_ms: None,
         };
         let bytes = bytes::Bytes::from(encode(&message)?);
         if bytes.len() > inner.max_message_size {

@@ -6,7 +6,7 @@ use task_core::TaskError;
 
 /// Version of the messages below; a worker answers a task of another version with a protocol
 /// error instead of guessing.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A task, as published to the work-queue stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,9 +24,6 @@ pub struct TaskMessage {
     pub payload: Vec<u8>,
     /// Where the completion goes (the submitting strategy's inbox).
     pub reply: String,
-    /// When the caller stops waiting, in milliseconds since the Unix epoch; a worker skips a task
-    /// fetched after it.
-    pub deadline_ms: Option<u64>,
 }
 
 /// The outcome of one run, published to the task's `reply` subject.
@@ -71,7 +68,6 @@ mod tests {
             name: "echo".into(),
             payload: vec![1, 2, 3],
             reply: "_INBOX.x".into(),
-            deadline_ms: Some(5),
         };
         assert_eq!(
             decode::<TaskMessage>(&encode(&task).unwrap()).unwrap(),

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::{FutureExt, StreamExt};
@@ -248,21 +248,17 @@ impl Shared {
                 return;
             }
         };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let (stop, stopped) = oneshot::channel();
         let skip = {
             let mut cancels = self.cancels();
-            let skip = cancels.remembered.remove(&task.run)
-                || task.deadline_ms.is_some_and(|d| d <= now_ms);
+            let skip = cancels.remembered.remove(&task.run);
             if !skip {
                 cancels.running.insert(task.run.clone(), stop);
             }
             skip
         };
         if skip {
-            tracing::debug!(run = task.run, "skipping a cancelled or expired task");
+            tracing::debug!(run = task.run, "skipping a cancelled task");
             let _ = message.ack().await;
             return;
         }

@@ -3,67 +3,82 @@
 //! Your own worker is the same few lines with your registry:
 //! `NatsWorker::builder(registry()).connect().await?.run_until(ctrl_c).await`.
 //!
-//! Flags: `--url URL` (default `$EXEC_NATS_URL` or `nats://127.0.0.1:4222`), `--stream NAME`,
-//! `--prefix P`, `--mode M`, `--concurrency N`, `--ack-wait-ms MS`, `--max-deliver N`, and, for
-//! tests only, `--exit-before-ack-after N`. Stops on Ctrl-C or SIGTERM, finishing what it runs.
+//! `exec-nats-worker --help` lists the flags. Stops on Ctrl-C or SIGTERM, finishing what it runs.
 
 use std::time::Duration;
 
+use clap::Parser;
 use exec_nats::{NatsWorker, example_nodes};
 use tracing_subscriber::EnvFilter;
 
-fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .ok_or_else(|| format!("{name} needs a value"))?
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{name}: not a valid value")),
-    }
+/// A NATS worker serving the example nodes.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The server URL [default: $EXEC_NATS_URL, else nats://127.0.0.1:4222].
+    #[arg(long)]
+    url: Option<String>,
+    /// The work-queue stream's name [default: EXEC_TASKS].
+    #[arg(long)]
+    stream: Option<String>,
+    /// The subjects' prefix [default: exec].
+    #[arg(long)]
+    prefix: Option<String>,
+    /// The mode whose tasks this worker takes [default: distributed].
+    #[arg(long)]
+    mode: Option<String>,
+    /// Tasks run at once [default: the machine's cores].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// How long the server waits for an acknowledgement before redelivering, in milliseconds.
+    #[arg(long)]
+    ack_wait_ms: Option<u64>,
+    /// Deliveries of one task before the server gives up on it [default: 5].
+    #[arg(long)]
+    max_deliver: Option<i64>,
+    /// For tests: exit without acknowledging, after this many tasks.
+    #[arg(long, hide = true)]
+    exit_before_ack_after: Option<u64>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut builder = NatsWorker::builder(example_nodes::registry());
-    if let Some(url) = flag::<String>(&args, "--url")? {
+    if let Some(url) = args.url {
         builder = builder.url(url);
     }
-    if let Some(stream) = flag::<String>(&args, "--stream")? {
+    if let Some(stream) = args.stream {
         builder = builder.stream(stream);
     }
-    if let Some(prefix) = flag::<String>(&args, "--prefix")? {
+    if let Some(prefix) = args.prefix {
         builder = builder.prefix(prefix);
     }
-    if let Some(mode) = flag::<String>(&args, "--mode")? {
+    if let Some(mode) = args.mode {
         builder = builder.mode(mode);
     }
-    if let Some(n) = flag::<usize>(&args, "--concurrency")? {
+    if let Some(n) = args.concurrency {
         builder = builder.concurrency(n);
     }
-    if let Some(ms) = flag::<u64>(&args, "--ack-wait-ms")? {
+    if let Some(ms) = args.ack_wait_ms {
         builder = builder.ack_wait(Duration::from_millis(ms));
     }
-    if let Some(n) = flag::<i64>(&args, "--max-deliver")? {
+    if let Some(n) = args.max_deliver {
         builder = builder.max_deliver(n);
     }
-    if let Some(n) = flag::<u64>(&args, "--exit-before-ack-after")? {
+    if let Some(n) = args.exit_before_ack_after {
         builder = builder.exit_before_ack_after(n);
     }
     let worker = builder.connect().await?;
     // Tells a parent (a test, a supervisor) that the consumer is bound.
     println!("ready {}", worker.id());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     worker
         .run_until(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
