@@ -51,8 +51,8 @@
 //! ```
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -61,6 +61,8 @@ use task_core::{
     BoxFuture, Completion, ErasedTask, ExecutionMode, Outcome, StrategyStats, TaskBody, TaskError,
     TaskExecutionStrategy,
 };
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Runs blocking tasks in place and async ones on the coordinator's runtime. See the
 /// [crate docs](crate).
@@ -71,57 +73,43 @@ pub struct InlineStrategy {
 
 #[derive(Debug, Default)]
 struct State {
-    closed: AtomicBool,
-    in_flight: AtomicU64,
+    /// The tasks in flight; closed by shutdown, which then waits for them.
+    tasks: TaskTracker,
     succeeded: AtomicU64,
     failed: AtomicU64,
-    /// Shutdown calls waiting for the last task in flight.
-    idle_waiters: Mutex<Vec<oneshot::Sender<()>>>,
-}
-
-impl State {
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Vec<oneshot::Sender<()>>> {
-        self.idle_waiters.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// A task counted in. Dropping it counts the task out, however the run ends: finished, or its
 /// future dropped unfinished because the request was cancelled or timed out.
-struct InFlight(Arc<State>);
+struct InFlight {
+    state: Arc<State>,
+    _token: TaskTrackerToken,
+}
 
 impl InFlight {
     // Counts a task in; `None` once the strategy is shut down.
     fn enter(state: &Arc<State>) -> Option<Self> {
-        // Count first, then check, so shutdown either refuses a task or waits for it.
-        state.in_flight.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let in_flight = InFlight(Arc::clone(state));
-        if state.closed.load(Ordering::SeqCst) {
-            return None; // dropping `in_flight` counts the task out again
+        // Counted before the check, so shutdown either refuses a task or waits for it.
+        let token = state.tasks.token();
+        if state.tasks.is_closed() {
+            return None; // dropping `token` counts the task out again
         }
-        Some(in_flight)
+        Some(InFlight {
+            state: Arc::clone(state),
+            _token: token,
+        })
     }
 
     // The outcome of a run that ended, counted. A panicking node is a failure, never a crash.
     fn finish(self, run: std::thread::Result<Outcome>) -> Outcome {
         let outcome = run.unwrap_or_else(|payload| Err(TaskError::panic(payload)));
         let counter = if outcome.is_ok() {
-            &self.0.succeeded
+            &self.state.succeeded
         } else {
-            &self.0.failed
+            &self.state.failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
         outcome
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            for waiter in self.0.lock_waiters().drain(..) {
-                let _ = waiter.send(());
-            }
-        }
     }
 }
 
@@ -163,12 +151,9 @@ impl TaskExecutionStrategy for InlineStrategy {
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
-        self.state.closed.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        self.state.tasks.close();
         Box::pin(async move {
-            let (sender, idle) = oneshot::channel();
-            self.state.lock_waiters().push(sender);
-            if self.state.in_flight.load(Ordering::SeqCst) == 0 {
+            if self.state.tasks.is_empty() {
                 return;
             }
             // No runtime is assumed, so the grace period is kept by a short-lived thread.
@@ -177,6 +162,7 @@ impl TaskExecutionStrategy for InlineStrategy {
                 std::thread::sleep(grace);
                 let _ = expire.send(());
             });
+            let idle = std::pin::pin!(self.state.tasks.wait());
             futures::future::select(idle, expired).await;
         })
     }
@@ -188,10 +174,10 @@ impl TaskExecutionStrategy for InlineStrategy {
     fn stats(&self) -> StrategyStats {
         let s = &self.state;
         StrategyStats::new(
-            s.in_flight.load(Ordering::SeqCst),
+            s.tasks.len() as u64,
             s.succeeded.load(Ordering::Relaxed),
             s.failed.load(Ordering::Relaxed),
-            !s.closed.load(Ordering::SeqCst),
+            !s.tasks.is_closed(),
         )
     }
 }

@@ -11,8 +11,8 @@ use task_core::{
     TaskError, TaskExecutionStrategy,
 };
 
+use crate::tracker::OwnedAdmission;
 use crate::tracker::Tracker;
-use crate::tracker::owned::OwnedAdmission;
 
 /// Runs tasks on the tokio runtime: the strategy for I/O-bound work.
 ///

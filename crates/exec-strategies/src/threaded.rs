@@ -11,8 +11,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::signal::Signal;
+use crate::tracker::OwnedAdmission;
 use crate::tracker::Tracker;
-use crate::tracker::owned::OwnedAdmission;
 use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
 use task_core::{
     BoxFuture, Completion, ErasedTask, NodeId, Outcome, StrategyStats, TaskBody, TaskError,

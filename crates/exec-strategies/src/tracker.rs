@@ -3,60 +3,30 @@
 
 use std::time::{Duration, Instant};
 
+use futures::future::{self, Either};
 use task_core::{Outcome, StrategyStats};
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
-use crate::support::wait_for;
-use crate::sync::{AtomicBool, AtomicU64, Ordering, fence};
-use tokio::sync::Notify;
+use crate::support::sleep_until;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counts tasks in and out, refuses new ones after [`Tracker::close`], and wakes
-/// [`Tracker::drain`] when the last one leaves.
+/// Counts tasks in and out, refuses new ones after [`Tracker::close`], and lets
+/// [`Tracker::drain`] wait for the last one.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
-    closed: AtomicBool,
-    in_flight: AtomicU64,
+    tasks: TaskTracker,
     succeeded: AtomicU64,
     failed: AtomicU64,
-    idle: Notify,
-}
-
-/// Proof that a task was admitted; dropping it (even by unwinding) lets it out.
-#[cfg(any(feature = "process", test))]
-#[derive(Debug)]
-pub(crate) struct Admission<'a> {
-    tracker: &'a Tracker,
 }
 
 impl Tracker {
-    /// Admits a task unless the tracker is closed.
-    #[cfg(any(feature = "process", test))]
-    pub(crate) fn admit(&self) -> Option<Admission<'_>> {
-        self.count_in();
-        self.unless_closed(Admission { tracker: self })
-    }
-
-    /// Counts a task in; the admission made next counts it out when dropped.
-    fn count_in(&self) {
-        // Count first, then check: `close` stores first, then the closer reads the count, so a
-        // task is either refused or seen by `drain`. The fences on both sides make that hold
-        // (a store then a load on different atomics needs them).
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-    }
-
-    /// The admission of a task just counted in, or, once closed, `None` (dropping the admission
-    /// counts the task out again).
-    fn unless_closed<A>(&self, admission: A) -> Option<A> {
-        if self.closed.load(Ordering::SeqCst) {
-            return None;
-        }
-        Some(admission)
-    }
-
-    fn count_out(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-        }
+    /// Admits a task unless the tracker is closed: the task is in flight until the token drops
+    /// (even by unwinding).
+    pub(crate) fn admit(&self) -> Option<TaskTrackerToken> {
+        // Counted before the check: a task is either refused or counted when `close` returns,
+        // so a drain after `close` never misses it (the count and the flag are one atomic).
+        let token = self.tasks.token();
+        (!self.tasks.is_closed()).then_some(token)
     }
 
     /// Records how an admitted task ended.
@@ -71,25 +41,32 @@ impl Tracker {
 
     /// Refuses every later task.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        self.tasks.close();
     }
 
     /// Whether the tracker is closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.tasks.is_closed()
     }
 
     /// Tasks admitted and not yet out.
     pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::SeqCst)
+        self.tasks.len() as u64
     }
 
-    /// Waits until no task is in flight or `grace` has passed (a grace too long to add to now:
-    /// until no task is in flight). Returns whether it drained.
+    /// After [`close`](Self::close): waits until no task is in flight or `grace` has passed (a
+    /// grace too long to add to now: until no task is in flight). Returns whether it drained.
     pub(crate) async fn drain(&self, grace: Duration) -> bool {
-        let deadline = Instant::now().checked_add(grace);
-        wait_for(&self.idle, || self.in_flight() == 0, deadline).await
+        let drained = std::pin::pin!(self.tasks.wait());
+        let Some(deadline) = Instant::now().checked_add(grace) else {
+            drained.await;
+            return true;
+        };
+        let timer = std::pin::pin!(sleep_until(deadline));
+        match future::select(drained, timer).await {
+            Either::Left(_) => true,
+            Either::Right(_) => self.tasks.is_empty(),
+        }
     }
 
     pub(crate) fn stats(&self) -> StrategyStats {
@@ -102,75 +79,31 @@ impl Tracker {
     }
 }
 
-#[cfg(any(feature = "process", test))]
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        self.tracker.count_out();
-    }
-}
-
-/// Admissions that own their tracker: only the strategies that launch tasks need them.
+/// An admission holding its tracker, for a task that outlives the caller's borrow (a launched
+/// run): only the strategies that launch tasks need it.
 #[cfg(any(feature = "async", feature = "threaded"))]
-pub(crate) mod owned {
-    use std::sync::Arc;
+#[derive(Debug)]
+pub(crate) struct OwnedAdmission {
+    tracker: std::sync::Arc<Tracker>,
+    _token: TaskTrackerToken,
+}
 
-    use super::Tracker;
-
-    impl Tracker {
-        /// [`admit`](Self::admit) for a task that outlives the caller's borrow (a launched run).
-        pub(crate) fn admit_owned(self: &Arc<Self>) -> Option<OwnedAdmission> {
-            self.count_in();
-            self.unless_closed(OwnedAdmission {
-                tracker: Arc::clone(self),
-            })
-        }
-    }
-
-    /// An [`Admission`](super::Admission) holding its tracker.
-    #[derive(Debug)]
-    pub(crate) struct OwnedAdmission {
-        tracker: Arc<Tracker>,
-    }
-
-    impl OwnedAdmission {
-        /// Records how the task ended and counts it out.
-        pub(crate) fn record(self, outcome: &task_core::Outcome) {
-            self.tracker.record(outcome);
-        }
-    }
-
-    impl Drop for OwnedAdmission {
-        fn drop(&mut self) {
-            self.tracker.count_out();
-        }
+#[cfg(any(feature = "async", feature = "threaded"))]
+impl Tracker {
+    /// [`admit`](Self::admit), holding the tracker.
+    pub(crate) fn admit_owned(self: &std::sync::Arc<Self>) -> Option<OwnedAdmission> {
+        Some(OwnedAdmission {
+            _token: self.admit()?,
+            tracker: std::sync::Arc::clone(self),
+        })
     }
 }
 
-#[cfg(all(test, exec_loom))]
-mod loom_tests {
-    use super::*;
-
-    /// `admit` racing `close`: a task is either refused, or counted when `close` returns, so a
-    /// drain that starts after `close` never misses it.
-    #[test]
-    fn a_task_is_refused_or_seen_by_the_closer() {
-        loom::model(|| {
-            let tracker = std::sync::Arc::new(Tracker::default());
-            let admitter = {
-                let tracker = std::sync::Arc::clone(&tracker);
-                loom::thread::spawn(move || {
-                    let admission = tracker.admit();
-                    let admitted = admission.is_some();
-                    // The task is still running: keep it counted.
-                    std::mem::forget(admission);
-                    admitted
-                })
-            };
-            tracker.close();
-            let seen = tracker.in_flight();
-            let admitted = admitter.join().unwrap();
-            assert!(!admitted || seen >= 1, "an admitted task was missed");
-        });
+#[cfg(any(feature = "async", feature = "threaded"))]
+impl OwnedAdmission {
+    /// Records how the task ended and counts it out.
+    pub(crate) fn record(self, outcome: &Outcome) {
+        self.tracker.record(outcome);
     }
 }
 
@@ -197,9 +130,14 @@ mod tests {
     #[test]
     fn drain_waits_for_the_last_task_or_the_grace_period() {
         let t = std::sync::Arc::new(Tracker::default());
+        t.close();
         futures::executor::block_on(async {
             assert!(t.drain(Duration::from_secs(5)).await, "nothing in flight");
-            let a = t.admit().unwrap();
+        });
+        let t = std::sync::Arc::new(Tracker::default());
+        let a = t.admit().unwrap();
+        t.close();
+        futures::executor::block_on(async {
             assert!(!t.drain(Duration::from_millis(10)).await, "still in flight");
             let t2 = std::sync::Arc::clone(&t);
             let waiter = std::thread::spawn(move || {
