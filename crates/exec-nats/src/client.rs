@@ -1,13 +1,14 @@
 //! The submitting side's shared state: the runs waiting for their completions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use task_core::{ErasedTask, Outcome, TaskError};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode};
 use crate::{NatsConfig, NatsError};
@@ -46,12 +47,11 @@ pub(crate) struct Inner {
     pub(crate) max_message_size: usize,
     pub(crate) table: Mutex<Table>,
     pub(crate) next_run: AtomicU64,
-    pub(crate) closed: AtomicBool,
-    pub(crate) in_flight: AtomicU64,
+    /// The tasks in flight; closed by shutdown, which then waits for them.
+    pub(crate) tasks: TaskTracker,
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) duplicates: AtomicU64,
-    pub(crate) idle: Notify,
 }
 
 impl Inner {
@@ -282,18 +282,6 @@ impl Drop for RunGuard<'_> {
             }
         } else if let Some(seq) = self.seq {
             self.inner.table().by_seq.remove(&seq);
-        }
-    }
-}
-
-/// Counts a task out of the strategy when dropped, whichever way its run ends (finished, or its
-/// future dropped unfinished because the request was cancelled).
-pub(crate) struct InFlight(pub(crate) Arc<Inner>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
         }
     }
 }

@@ -1,15 +1,15 @@
 //! [`NatsStrategy`]: the submitting side.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionStrategy};
-use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
-use crate::client::{InFlight, Inner, completion_consumer};
+use crate::client::{Inner, completion_consumer};
 use crate::listen::{listen_advisories, listen_completions, watch};
 use crate::{NatsConfig, NatsError, connect};
 
@@ -126,12 +126,10 @@ impl NatsBuilder {
             config: self.config,
             table: Mutex::default(),
             next_run: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            in_flight: AtomicU64::new(0),
+            tasks: TaskTracker::new(),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
-            idle: Notify::new(),
         });
         let listeners = vec![
             tokio::spawn(listen_completions(Arc::downgrade(&inner), consumer)),
@@ -180,21 +178,18 @@ impl NatsStrategy {
 
 impl TaskExecutionStrategy for NatsStrategy {
     fn execute(&self, task: ErasedTask, completion: task_core::Completion) {
-        let inner = &self.inner;
-        // Count in, then check: `shutdown` closes, then waits for the count, so a task is either
-        // refused here or waited for there (the fences order the store and the load).
-        inner.in_flight.fetch_add(1, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let in_flight = InFlight(Arc::clone(inner));
-        if inner.closed.load(Ordering::SeqCst) {
-            drop(in_flight);
+        let inner = Arc::clone(&self.inner);
+        // Counted in, then checked: `shutdown` closes, then waits for the tasks in flight, so a
+        // task is either refused here or waited for there.
+        let in_flight = inner.tasks.token();
+        if inner.tasks.is_closed() {
             completion.complete(Err(TaskError::shutdown("nats")));
             return;
         }
-        // The guard moves into the future: it counts the task out when the run ends, or when the
+        // The token moves into the future: it counts the task out when the run ends, or when the
         // future is dropped unfinished (the request was cancelled).
         completion.spawn(async move {
-            let inner = &in_flight.0;
+            let _in_flight = in_flight;
             let outcome = inner.run(task).await;
             let counter = if outcome.is_ok() {
                 &inner.succeeded
@@ -207,30 +202,24 @@ impl TaskExecutionStrategy for NatsStrategy {
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
+        self.inner.tasks.close();
         Box::pin(async move {
+            let drained = self.inner.tasks.wait();
             // A grace too long to add to now never runs out.
-            let deadline = Instant::now().checked_add(grace);
-            loop {
-                let idle = self.inner.idle.notified();
-                if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
-                    break;
-                }
-                let Some(deadline) = deadline else {
-                    idle.await;
-                    continue;
-                };
-                if tokio::time::timeout_at(deadline.into(), idle)
+            let in_time = match Instant::now().checked_add(grace) {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), drained)
                     .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        in_flight = self.inner.in_flight.load(Ordering::SeqCst),
-                        "nats strategy: grace period over with tasks still out"
-                    );
-                    break;
+                    .is_ok(),
+                None => {
+                    drained.await;
+                    true
                 }
+            };
+            if !in_time {
+                tracing::warn!(
+                    in_flight = self.inner.tasks.len(),
+                    "nats strategy: grace period over with tasks still out"
+                );
             }
             let listeners =
                 std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
@@ -263,10 +252,10 @@ impl TaskExecutionStrategy for NatsStrategy {
     fn stats(&self) -> StrategyStats {
         let inner = &self.inner;
         StrategyStats::new(
-            inner.in_flight.load(Ordering::SeqCst),
+            inner.tasks.len() as u64,
             inner.succeeded.load(Ordering::Relaxed),
             inner.failed.load(Ordering::Relaxed),
-            !inner.closed.load(Ordering::SeqCst),
+            !inner.tasks.is_closed(),
         )
     }
 }
