@@ -39,6 +39,7 @@ mod node;
 mod portable;
 mod state;
 mod strategy;
+mod table;
 mod task;
 mod value;
 

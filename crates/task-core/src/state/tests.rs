@@ -1,0 +1,185 @@
+//! The job table's unit tests.
+
+use super::*;
+use crate::{NodeId, TaskInfo};
+
+fn info(id: &str) -> TaskInfo {
+    TaskInfo::new(id.into(), NodeId::generate(), Some("parent".into()), "n")
+}
+
+#[test]
+fn add_then_end_closes_with_result_and_times() {
+    let mut state = CoordinatorState::empty();
+    let task = info("a");
+    let job = state.add_job(&task).unwrap();
+    assert_eq!(job.status(), JobStatus::Opened);
+    assert_eq!(job.parent_node_id().map(|p| p.as_str()), Some("parent"));
+    assert_eq!(job.child_node_id(), task.node_id());
+    assert!(job.end_time().is_none());
+    let job = state.end_job("a", JobResult::Failure).unwrap();
+    assert_eq!(job.result(), Some(JobResult::Failure));
+    assert!(job.end_time().unwrap() >= job.start_time());
+    assert_eq!(
+        state.counts(),
+        JobCounts {
+            opened: 0,
+            closed: 1,
+            succeeded: 0,
+            failed: 1,
+            ..JobCounts::default()
+        }
+    );
+}
+
+#[test]
+fn duplicate_open_is_refused_and_changes_nothing() {
+    let mut state = CoordinatorState::empty();
+    let first = info("a");
+    state.add_job(&first).unwrap();
+    let err = state.add_job(&info("a")).unwrap_err();
+    assert!(err.is_duplicate());
+    assert_eq!(err.request_id().as_str(), "a");
+    assert_eq!(state.len(), 1);
+    assert_eq!(state.get("a").unwrap().child_node_id(), first.node_id());
+    assert_eq!(state.counts().opened, 1);
+}
+
+#[test]
+fn unknown_and_closed_ids_are_refused() {
+    let mut state = CoordinatorState::empty();
+    assert!(
+        state
+            .end_job("nope", JobResult::Success)
+            .unwrap_err()
+            .is_unknown()
+    );
+    state.add_job(&info("a")).unwrap();
+    state.end_job("a", JobResult::Success).unwrap();
+    let err = state.end_job("a", JobResult::Failure).unwrap_err();
+    assert!(err.is_already_closed());
+    assert_eq!(state.get("a").unwrap().result(), Some(JobResult::Success));
+    assert_eq!(state.counts().failed, 0);
+}
+
+#[test]
+fn closed_ids_can_be_reused() {
+    let mut state = CoordinatorState::empty();
+    state.add_job(&info("a")).unwrap();
+    state.end_job("a", JobResult::Success).unwrap();
+    state.add_job(&info("a")).unwrap();
+    assert!(state.is_open("a"));
+    assert_eq!(state.len(), 1);
+    assert_eq!(
+        state.counts(),
+        JobCounts {
+            opened: 1,
+            closed: 1,
+            succeeded: 1,
+            failed: 0,
+            ..JobCounts::default()
+        }
+    );
+}
+
+#[test]
+fn keep_last_evicts_the_oldest_closed_jobs_only() {
+    let mut state = CoordinatorState::with_retention(Retention::KeepLast(2));
+    state.add_job(&info("open")).unwrap();
+    for id in ["a", "b", "c", "d"] {
+        state.add_job(&info(id)).unwrap();
+        state.end_job(id, JobResult::Success).unwrap();
+    }
+    // The open job stays whatever its age; of the closed ones the last two stay.
+    assert!(state.is_open("open"));
+    assert!(state.get("a").is_none() && state.get("b").is_none());
+    assert!(state.get("c").is_some() && state.get("d").is_some());
+    assert_eq!(state.len(), 3);
+    let counts = state.counts();
+    assert_eq!((counts.closed, counts.succeeded, counts.evicted), (4, 4, 2));
+    state.end_job("open", JobResult::Cancelled).unwrap();
+    assert_eq!(state.counts().cancelled, 1);
+    assert!(state.get("open").is_some() && state.get("c").is_none());
+}
+
+#[test]
+fn a_reopened_id_is_not_evicted_by_its_old_record() {
+    let mut state = CoordinatorState::with_retention(Retention::KeepLast(1));
+    state.add_job(&info("a")).unwrap();
+    state.end_job("a", JobResult::Failure).unwrap();
+    // "a" is reopened; its old closing entry must not drop the new record.
+    state.add_job(&info("a")).unwrap();
+    state.add_job(&info("b")).unwrap();
+    state.end_job("b", JobResult::Success).unwrap();
+    assert!(state.is_open("a"));
+    state.end_job("a", JobResult::TimedOut).unwrap();
+    assert_eq!(state.get("a").unwrap().result(), Some(JobResult::TimedOut));
+    assert!(state.get("b").is_none());
+    assert_eq!(state.counts().evicted, 1);
+}
+
+#[test]
+fn attempts_are_counted_on_open_jobs() {
+    let mut state = CoordinatorState::empty();
+    state.add_job(&info("a")).unwrap();
+    assert_eq!(state.get("a").unwrap().attempts(), 1);
+    state.record_attempt("a").unwrap();
+    state.end_job("a", JobResult::Success).unwrap();
+    assert_eq!(state.get("a").unwrap().attempts(), 2);
+    assert!(state.record_attempt("a").unwrap_err().is_already_closed());
+    assert!(state.record_attempt("zz").unwrap_err().is_unknown());
+    let json = serde_json::to_value(state.get("a").unwrap()).unwrap();
+    assert_eq!(json["attempts"], 2);
+}
+
+#[test]
+fn outcomes_map_to_results() {
+    use crate::{TaskError, Value};
+    assert_eq!(JobResult::of(&Ok(Value::new(1))), JobResult::Success);
+    assert_eq!(
+        JobResult::of(&Err(TaskError::timed_out("t"))),
+        JobResult::TimedOut
+    );
+    assert_eq!(
+        JobResult::of(&Err(TaskError::cancelled("c"))),
+        JobResult::Cancelled
+    );
+    assert_eq!(
+        JobResult::of(&Err(TaskError::strategy("s"))),
+        JobResult::Failure
+    );
+    for r in [JobResult::TimedOut, JobResult::Cancelled] {
+        assert_eq!(r.as_str().parse::<JobResult>().unwrap(), r);
+    }
+}
+
+#[test]
+fn result_parses_from_the_seed_strings() {
+    assert_eq!("success".parse::<JobResult>().unwrap(), JobResult::Success);
+    assert_eq!("failure".parse::<JobResult>().unwrap(), JobResult::Failure);
+    assert!("done".parse::<JobResult>().is_err());
+}
+
+#[test]
+fn state_serializes_jobs_and_counts() {
+    let mut state = CoordinatorState::empty();
+    state.add_job(&info("a")).unwrap();
+    state.add_job(&info("b")).unwrap();
+    state.end_job("a", JobResult::Success).unwrap();
+    let json = serde_json::to_value(&state).unwrap();
+    assert_eq!(json["counts"]["opened"], 1);
+    assert_eq!(json["counts"]["succeeded"], 1);
+    assert_eq!(json["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(json["jobs"][0]["request_id"], "a");
+    assert_eq!(json["jobs"][0]["status"], "closed");
+    assert_eq!(json["jobs"][0]["result"], "success");
+    assert!(json["jobs"][0]["start_time"].as_f64().unwrap() > 1.6e9);
+    assert!(json["jobs"][1]["end_time"].is_null());
+    let job: Job = serde_json::from_value(json["jobs"][0].clone()).unwrap();
+    let original = state.get("a").unwrap();
+    assert_eq!(job.request_id(), original.request_id());
+    let drift = job
+        .start_time()
+        .duration_since(original.start_time())
+        .unwrap_or_else(|e| e.duration());
+    assert!(drift < std::time::Duration::from_millis(1));
+}

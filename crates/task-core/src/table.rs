@@ -1,0 +1,140 @@
+//! [`JobTable`]: the jobs of a [`CoordinatorState`](crate::CoordinatorState), stored densely,
+//! found by request id or, while open, by node id.
+
+use std::fmt;
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+
+use crate::job::Job;
+
+/// The jobs, stored densely, with an index from request id to position: about a third of the
+/// memory of a `HashMap<RequestId, Job>`, whose buckets hold whole jobs and run half empty.
+#[derive(Clone)]
+pub(crate) struct JobTable<A> {
+    pub(crate) jobs: Vec<Job>,
+    /// What is attached to each job in `jobs`, at the same position; `None` once it ended.
+    pub(crate) attached: Vec<Option<A>>,
+    /// Positions in `jobs`, hashed by request id.
+    pub(crate) index: HashTable<u32>,
+    /// Positions of the jobs with an attachment (open ones), hashed by their node id.
+    pub(crate) by_node: HashTable<u32>,
+    pub(crate) hasher: RandomState,
+}
+
+impl<A> Default for JobTable<A> {
+    fn default() -> Self {
+        Self {
+            jobs: Vec::new(),
+            attached: Vec::new(),
+            index: HashTable::new(),
+            by_node: HashTable::new(),
+            hasher: RandomState::default(),
+        }
+    }
+}
+
+impl<A> fmt::Debug for JobTable<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.jobs).finish()
+    }
+}
+
+impl<A> JobTable<A> {
+    pub(crate) fn hash(&self, request_id: &str) -> u64 {
+        self.hasher.hash_one(request_id)
+    }
+
+    pub(crate) fn position(&self, request_id: &str) -> Option<usize> {
+        self.position_hashed(self.hash(request_id), request_id)
+    }
+
+    /// As [`position`](Self::position), with `request_id`'s hash already computed.
+    pub(crate) fn position_hashed(&self, hash: u64, request_id: &str) -> Option<usize> {
+        let jobs = &self.jobs;
+        self.index
+            .find(hash, |&i| {
+                jobs[i as usize].request_id().as_str() == request_id
+            })
+            .map(|&i| i as usize)
+    }
+
+    pub(crate) fn get(&self, request_id: &str) -> Option<&Job> {
+        self.position(request_id).map(|i| &self.jobs[i])
+    }
+
+    /// The position of a job with an attachment whose node is `node_id`.
+    pub(crate) fn position_of_node(&self, node_id: &str) -> Option<usize> {
+        let jobs = &self.jobs;
+        self.by_node
+            .find(self.hash(node_id), |&i| {
+                jobs[i as usize].child_node_id().as_str() == node_id
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// Attaches `attachment` (if any) to the job at `position`, which has none.
+    pub(crate) fn attach(&mut self, position: usize, attachment: Option<A>) {
+        if attachment.is_none() {
+            return;
+        }
+        self.attached[position] = attachment;
+        let hash = self.hash(self.jobs[position].child_node_id());
+        let (jobs, hasher) = (&self.jobs, &self.hasher);
+        // `position` is a valid u32 position.
+        self.by_node.insert_unique(hash, position as u32, |&i| {
+            hasher.hash_one(jobs[i as usize].child_node_id().as_str())
+        });
+    }
+
+    /// Takes what is attached to the job at `position`.
+    pub(crate) fn detach(&mut self, position: usize) -> Option<A> {
+        let attachment = self.attached[position].take()?;
+        let hash = self.hash(self.jobs[position].child_node_id());
+        if let Ok(entry) = self.by_node.find_entry(hash, |&i| i as usize == position) {
+            entry.remove();
+        }
+        Some(attachment)
+    }
+
+    /// Appends a job whose id (of hash `hash`) is not in the table; `None` when the index is
+    /// full.
+    pub(crate) fn push(&mut self, hash: u64, job: Job, attachment: Option<A>) -> Option<&mut Job> {
+        let position = u32::try_from(self.jobs.len())
+            .ok()
+            .filter(|&p| p < u32::MAX)?;
+        self.jobs.push(job);
+        self.attached.push(None);
+        let (jobs, hasher) = (&self.jobs, &self.hasher);
+        self.index.insert_unique(hash, position, |&i| {
+            hasher.hash_one(jobs[i as usize].request_id().as_str())
+        });
+        self.attach(position as usize, attachment);
+        self.jobs.last_mut()
+    }
+
+    /// Removes the job at `position`; the last job takes its place.
+    pub(crate) fn remove_at(&mut self, position: usize) {
+        let hash = self.hash(self.jobs[position].request_id());
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i as usize == position) {
+            entry.remove();
+        }
+        let last = self.jobs.len() - 1;
+        self.jobs.swap_remove(position);
+        self.attached.swap_remove(position);
+        if position != last {
+            let moved = self.hash(self.jobs[position].request_id());
+            if let Some(slot) = self.index.find_mut(moved, |&i| i as usize == last) {
+                // `position` came from a valid u32 position.
+                *slot = position as u32;
+            }
+            if self.attached[position].is_some() {
+                let moved = self.hash(self.jobs[position].child_node_id());
+                if let Some(slot) = self.by_node.find_mut(moved, |&i| i as usize == last) {
+                    *slot = position as u32;
+                }
+            }
+        }
+    }
+}
