@@ -37,13 +37,14 @@ mod job;
 mod mode;
 mod node;
 mod portable;
+mod run;
 mod state;
 mod strategy;
 mod table;
 mod task;
 mod value;
 
-pub use crate::completion::{Completion, CompletionSink, Running, run};
+pub use crate::completion::{Completion, CompletionSink};
 pub use crate::erased::{AsyncBody, BlockingBody, ErasedTask, TaskBody};
 pub use crate::error::{BoxError, TaskError, panic_message};
 pub use crate::id::{NodeId, RequestId};
@@ -54,6 +55,7 @@ pub use crate::node::{BlockingNode, BoxFuture, Node, Outcome};
 pub use crate::portable::{
     NodeRegistry, PortableNode, PortableTask, RegistryError, decode, encode,
 };
+pub use crate::run::{Running, run};
 pub use crate::state::{CoordinatorState, JobCounts, Retention, StateError};
 pub use crate::strategy::{StrategyStats, TaskExecutionStrategy, WorkerStats};
 pub use crate::task::Task;
