@@ -10,8 +10,8 @@ use task_core::{ErasedTask, Outcome, TaskError};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use crate::config::{NatsConfig, NatsError};
 use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode};
-use crate::{NatsConfig, NatsError};
 
 /// The longest one try to hand a task to the stream takes (the JetStream context's default
 /// acknowledgement timeout, and a margin).

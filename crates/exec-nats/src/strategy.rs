@@ -10,8 +10,8 @@ use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionSt
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Inner, completion_consumer};
+use crate::config::{NatsConfig, NatsError, connect};
 use crate::listen::{listen_advisories, listen_completions, watch};
-use crate::{NatsConfig, NatsError, connect};
 
 /// Builds a [`NatsStrategy`].
 #[derive(Debug)]

@@ -12,8 +12,8 @@ use futures::{FutureExt, StreamExt};
 use task_core::{NodeRegistry, TaskError};
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::config::{NatsConfig, NatsError, connect};
 use crate::wire::{Completion, PROTOCOL_VERSION, TaskMessage, decode, encode};
-use crate::{NatsConfig, NatsError, connect};
 
 /// How many cancelled run ids a worker remembers, to skip those tasks if they reach it later.
 const REMEMBERED_CANCELS: usize = 10_000;

@@ -1,0 +1,178 @@
+//! The configuration both sides share (server, stream, subjects, limits), its errors, and the
+//! connection.
+
+use std::time::Duration;
+
+/// The environment variable tests and the worker binary read the server URL from.
+pub const URL_ENV: &str = "EXEC_NATS_URL";
+
+/// The server URL used when none is configured: `$EXEC_NATS_URL`, else the local default.
+pub fn default_url() -> String {
+    std::env::var(URL_ENV).unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// What the submitting side and the workers must agree on: the server, the stream, the subjects.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// Server URL (`nats://`, `tls://`; several separated by commas).
+    pub url: String,
+    /// The JetStream stream that holds tasks until a worker acknowledges them.
+    pub stream: String,
+    /// Subject prefix: tasks of mode `m` go to `{prefix}.run.{m}`; cancellations to
+    /// `{prefix}.cancel`.
+    pub prefix: String,
+    /// The mode token of the subject (one subject, and one worker consumer, per mode).
+    pub mode: String,
+    /// Largest task message the stream accepts, in bytes (set on the stream explicitly).
+    pub max_message_size: i32,
+    /// How long an unworked task stays in the stream.
+    pub max_age: Duration,
+    /// How long the stream remembers message ids to drop duplicate publishes.
+    pub duplicate_window: Duration,
+    /// Copies of each stream a JetStream cluster keeps (default 1: a single server). 3 on a
+    /// cluster keeps tasks and completions through the loss of a server. Set when the streams
+    /// are created.
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: default_url(),
+            stream: "EXEC_TASKS".into(),
+            prefix: "exec".into(),
+            mode: "distributed".into(),
+            max_message_size: 1 << 20,
+            max_age: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The subject tasks of this mode are published on.
+    pub fn task_subject(&self) -> String {
+        format!("{}.run.{}", self.prefix, self.mode)
+    }
+
+    /// The subject cancellations are announced on.
+    pub fn cancel_subject(&self) -> String {
+        format!("{}.cancel", self.prefix)
+    }
+
+    /// The stream that holds completions until the submitting side has read them:
+    /// `{stream}_DONE`.
+    pub fn completion_stream(&self) -> String {
+        format!("{}_DONE", self.stream)
+    }
+
+    /// The task stream's duplicate window: at most `max_age` (the server refuses a longer one),
+    /// unless `max_age` is 0 (no limit).
+    pub(crate) fn task_duplicate_window(&self) -> Duration {
+        if self.max_age.is_zero() {
+            self.duplicate_window
+        } else {
+            self.duplicate_window.min(self.max_age)
+        }
+    }
+
+    /// How long an unread completion is kept: `max_age`, at most an hour (a submitting side gone
+    /// that long has failed what it waited for; the server drops its consumer too).
+    fn completion_max_age(&self) -> Duration {
+        if self.max_age.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            self.max_age.min(Duration::from_secs(3600))
+        }
+    }
+
+    /// The subject the completions of one submitting side (`client`) are published on.
+    pub fn completion_subject(&self, client: &str) -> String {
+        format!("{}.done.{client}", self.prefix)
+    }
+
+    /// Creates the completion stream if it is missing (work-queue retention: a completion is
+    /// gone once its submitting side acknowledged it; file storage, so completions outlive a
+    /// server restart and a disconnected submitting side), or binds the existing one.
+    pub(crate) async fn ensure_completion_stream(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
+        use async_nats::jetstream::stream;
+        js.get_or_create_stream(stream::Config {
+            name: self.completion_stream(),
+            subjects: vec![format!("{}.done.*", self.prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_message_size: self.max_message_size,
+            // A completion nobody reads within the hour (its submitting side is gone) is dropped.
+            max_age: self.completion_max_age(),
+            duplicate_window: self.duplicate_window.min(self.completion_max_age()),
+            num_replicas: self.replicas.max(1),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError::new("creating or binding the completion stream", e))
+    }
+
+    /// Creates the stream if it is missing (work-queue retention, file storage, the limits
+    /// above), or binds the existing one.
+    pub(crate) async fn ensure_stream(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
+        use async_nats::jetstream::stream;
+        js.get_or_create_stream(stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.run.*", self.prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_message_size: self.max_message_size,
+            max_age: self.max_age,
+            duplicate_window: self.task_duplicate_window(),
+            num_replicas: self.replicas.max(1),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError::new("creating or binding the stream", e))
+    }
+}
+
+/// Why connecting, binding the stream or the consumer, or serving failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct NatsError {
+    context: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl NatsError {
+    pub(crate) fn new(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            context,
+            source: source.into(),
+        }
+    }
+
+    /// What was being done.
+    pub fn context(&self) -> &str {
+        self.context
+    }
+}
+
+/// Connects with `options` (credentials, TLS and every other connect option pass through).
+pub(crate) async fn connect(
+    url: &str,
+    options: Option<async_nats::ConnectOptions>,
+) -> Result<async_nats::Client, NatsError> {
+    options
+        .unwrap_or_default()
+        .connect(url)
+        .await
+        .map_err(|e| NatsError::new("connecting to the NATS server", e))
+}
