@@ -163,15 +163,9 @@ impl ProcessBuilder {
     /// # Errors
     ///
     /// When a worker cannot be spawned, does not announce itself in time, or announces another
-    /// protocol version. No worker is left running then. [`ProcessError::is_runtime`] when it is
-    /// not awaited on a tokio runtime (the workers' answers are read there).
+    /// protocol version. No worker is left running then. [`ProcessError::is_runtime`] when the
+    /// supervisor's thread or runtime cannot start.
     pub async fn start(self) -> Result<ProcessExecutionStrategy, ProcessError> {
-        let readers = tokio::runtime::Handle::try_current().map_err(|_| {
-            ProcessError::new(
-                ErrorKind::Runtime,
-                "ProcessBuilder::start must be awaited on a tokio runtime",
-            )
-        })?;
         let program = match self.program.clone() {
             Some(p) => p,
             None => std::env::current_exe().map_err(|e| {
@@ -228,7 +222,7 @@ impl ProcessBuilder {
             &self.registry,
             self.workers,
             places,
-            [handle.clone(), readers],
+            handle.clone(),
             stop_tx,
         ));
 
