@@ -9,7 +9,7 @@ use task_core::{ExecutionMode, Retention, TaskExecutionStrategy};
 use tokio::sync::Semaphore;
 
 use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE};
-use crate::inner::{Mode, ModeCounters};
+use crate::inner::{Inner, Mode, ModeCounters};
 use crate::request::StrategyRef;
 
 /// Builds a [`Coordinator`] from a mode -> strategy map.
@@ -112,16 +112,13 @@ impl CoordinatorBuilder {
                 counters: ModeCounters::default(),
             })
             .collect();
-        let mode_index = modes
-            .iter()
-            .map(|mode| (mode.name.clone(), mode.index))
-            .collect();
-        Coordinator::from_parts(
-            modes,
-            mode_index,
-            self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-            self.retention,
-        )
+        Coordinator {
+            inner: Arc::new(Inner::new(
+                modes,
+                self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+                self.retention,
+            )),
+        }
     }
 }
 

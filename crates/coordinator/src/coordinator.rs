@@ -1,6 +1,6 @@
 //! [`Coordinator`]: submits tasks to strategies, tracks jobs, announces outcomes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,13 +10,12 @@ use pubsub::{RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
 
 use task_core::{
-    CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, Retention, StrategyStats, Task,
-    Value,
+    CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, StrategyStats, Task, Value,
 };
 
 use crate::error::{StartError, StartKind, SubmitError};
 use crate::handle::{RequestHandle, take_output};
-use crate::inner::{Inner, Mode, ModeCounts, OpenRequest, Started};
+use crate::inner::{Inner, ModeCounts, OpenRequest, Started};
 use crate::options::SubmitOptions;
 
 /// How long [`Coordinator::shutdown`] waits for work in flight unless told otherwise.
@@ -66,17 +65,6 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub(crate) fn from_parts(
-        modes: Vec<Mode>,
-        mode_index: HashMap<ExecutionMode, usize>,
-        grace: Duration,
-        retention: Retention,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Inner::new(modes, mode_index, grace, retention)),
-        }
-    }
-
     /// The modes this coordinator can run tasks in, sorted.
     pub fn modes(&self) -> Vec<ExecutionMode> {
         let mut modes: Vec<_> = self.inner.modes.iter().map(|m| m.name.clone()).collect();
@@ -162,11 +150,7 @@ impl Coordinator {
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        // Not through `submit_with`: a nested future would hold the arguments twice.
-        let accepted = self
-            .admit(task.into_erased(), mode.into(), SubmitOptions::new())?
-            .await?;
-        accepted.into_handle(take_output::<O>).await
+        self.submit_with(task, mode, SubmitOptions::new()).await
     }
 
     /// [`submit`](Self::submit) with a timeout and a retry policy.

@@ -73,12 +73,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn new(
-        modes: Vec<Mode>,
-        mode_index: HashMap<ExecutionMode, usize>,
-        grace: Duration,
-        retention: Retention,
-    ) -> Self {
+    pub(crate) fn new(modes: Vec<Mode>, grace: Duration, retention: Retention) -> Self {
+        let mode_index = modes
+            .iter()
+            .map(|mode| (mode.name.clone(), mode.index))
+            .collect();
         Self {
             modes,
             mode_index,

@@ -3,6 +3,57 @@
 
 use std::time::Duration;
 
+/// The setters both builders share, for the server and the configuration both sides must agree
+/// on. The builder has a `config: NatsConfig` and an `options: Option<ConnectOptions>`.
+macro_rules! config_setters {
+    () => {
+        /// The server URL (default `$EXEC_NATS_URL`, else `nats://127.0.0.1:4222`).
+        #[must_use]
+        pub fn url(mut self, url: impl Into<String>) -> Self {
+            self.config.url = url.into();
+            self
+        }
+
+        /// Connect options passed through as they are: credentials, TLS, timeouts, names...
+        #[must_use]
+        pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+            self.options = Some(options);
+            self
+        }
+
+        /// The whole shared configuration (stream, subjects, limits) at once; the submitting
+        /// side's and the workers' must match.
+        #[must_use]
+        pub fn config(mut self, config: NatsConfig) -> Self {
+            self.config = config;
+            self
+        }
+
+        /// The stream name (default `EXEC_TASKS`).
+        #[must_use]
+        pub fn stream(mut self, stream: impl Into<String>) -> Self {
+            self.config.stream = stream.into();
+            self
+        }
+
+        /// The subject prefix (default `exec`).
+        #[must_use]
+        pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+            self.config.prefix = prefix.into();
+            self
+        }
+
+        /// The mode token of the task subject (default `distributed`): the submitting side
+        /// publishes its tasks there, and workers of the same mode take them.
+        #[must_use]
+        pub fn mode(mut self, mode: impl Into<String>) -> Self {
+            self.config.mode = mode.into();
+            self
+        }
+    };
+}
+pub(crate) use config_setters;
+
 /// The environment variable tests and the worker binary read the server URL from.
 pub const URL_ENV: &str = "EXEC_NATS_URL";
 

@@ -10,7 +10,7 @@ use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionSt
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Inner, completion_consumer};
-use crate::config::{NatsConfig, NatsError, connect};
+use crate::config::{NatsConfig, NatsError, config_setters, connect};
 use crate::listen::{listen_advisories, listen_completions, watch};
 
 /// Builds a [`NatsStrategy`].
@@ -35,48 +35,7 @@ impl Default for NatsBuilder {
 pub const DEFAULT_UNREACHABLE_AFTER: Duration = Duration::from_secs(60);
 
 impl NatsBuilder {
-    /// The server URL (default `$EXEC_NATS_URL`, else `nats://127.0.0.1:4222`).
-    #[must_use]
-    pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.config.url = url.into();
-        self
-    }
-
-    /// Connect options passed through as they are: credentials, TLS, timeouts, names...
-    #[must_use]
-    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
-        self.options = Some(options);
-        self
-    }
-
-    /// The whole shared configuration (stream, subjects, limits) at once.
-    #[must_use]
-    pub fn config(mut self, config: NatsConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// The stream name (default `EXEC_TASKS`).
-    #[must_use]
-    pub fn stream(mut self, stream: impl Into<String>) -> Self {
-        self.config.stream = stream.into();
-        self
-    }
-
-    /// The subject prefix (default `exec`).
-    #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config.prefix = prefix.into();
-        self
-    }
-
-    /// The mode token of the task subject (default `distributed`); workers of the same mode
-    /// take these tasks.
-    #[must_use]
-    pub fn mode(mut self, mode: impl Into<String>) -> Self {
-        self.config.mode = mode.into();
-        self
-    }
+    config_setters!();
 
     /// The largest task message, in bytes (default 1 MiB); set on the stream when it is created.
     #[must_use]

@@ -12,7 +12,7 @@ use futures::{FutureExt, StreamExt};
 use task_core::{NodeRegistry, TaskError};
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::config::{NatsConfig, NatsError, connect};
+use crate::config::{NatsConfig, NatsError, config_setters, connect};
 use crate::wire::{Completion, PROTOCOL_VERSION, TaskMessage, decode, encode};
 
 /// How many cancelled run ids a worker remembers, to skip those tasks if they reach it later.
@@ -32,48 +32,7 @@ pub struct NatsWorkerBuilder {
 }
 
 impl NatsWorkerBuilder {
-    /// The server URL (default `$EXEC_NATS_URL`, else `nats://127.0.0.1:4222`).
-    #[must_use]
-    pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.config.url = url.into();
-        self
-    }
-
-    /// Connect options passed through as they are: credentials, TLS, timeouts, names...
-    #[must_use]
-    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
-        self.options = Some(options);
-        self
-    }
-
-    /// The whole shared configuration (stream, subjects, limits); it must match the submitting
-    /// side's.
-    #[must_use]
-    pub fn config(mut self, config: NatsConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// The stream name (default `EXEC_TASKS`).
-    #[must_use]
-    pub fn stream(mut self, stream: impl Into<String>) -> Self {
-        self.config.stream = stream.into();
-        self
-    }
-
-    /// The subject prefix (default `exec`).
-    #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config.prefix = prefix.into();
-        self
-    }
-
-    /// The mode whose tasks this worker takes (default `distributed`).
-    #[must_use]
-    pub fn mode(mut self, mode: impl Into<String>) -> Self {
-        self.config.mode = mode.into();
-        self
-    }
+    config_setters!();
 
     /// The durable consumer's name, shared by every worker of the mode (default
     /// `{mode}-workers`).
