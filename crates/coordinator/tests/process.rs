@@ -85,6 +85,31 @@ fn registry() -> NodeRegistry {
     registry
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A started publisher, and a coordinator with the async mode and a process pool of 2 workers.
+async fn started() -> (RequestCompletionPublisher, Coordinator) {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let process = ProcessExecutionStrategy::builder(registry())
+        .workers(2)
+        .start()
+        .await
+        .unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .strategy(ExecutionMode::PROCESS, process)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    (publisher, coordinator)
+}
+
 fn worker_pids(coordinator: &Coordinator) -> Vec<u32> {
     let detail = coordinator.system_detail();
     let mut pids: Vec<u32> = detail.modes["process"]
@@ -114,24 +139,9 @@ fn await_pool(coordinator: &Coordinator, restarts: u64, workers: usize) {
 }
 
 fn timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().unwrap();
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
         let recorder = Recorder::attach(&publisher);
-        let process = ProcessExecutionStrategy::builder(registry())
-            .workers(2)
-            .start()
-            .await
-            .unwrap();
-        let coordinator = Coordinator::builder()
-            .strategy(ExecutionMode::PROCESS, process)
-            .build();
-        coordinator.start(&publisher).unwrap();
         let before = worker_pids(&coordinator);
         assert_eq!(before.len(), 2);
 
@@ -191,23 +201,8 @@ fn timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker() {
 }
 
 fn a_retried_task_survives_its_worker_being_killed() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().unwrap();
-        let process = ProcessExecutionStrategy::builder(registry())
-            .workers(2)
-            .start()
-            .await
-            .unwrap();
-        let coordinator = Coordinator::builder()
-            .strategy(ExecutionMode::PROCESS, process)
-            .build();
-        coordinator.start(&publisher).unwrap();
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
         let policy =
             RetryPolicy::new(3).backoff(Duration::from_millis(1), Duration::from_millis(1));
         let handle = coordinator
@@ -249,24 +244,9 @@ fn a_retried_task_survives_its_worker_being_killed() {
 }
 
 fn a_poison_task_is_not_retried_whatever_the_policy() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().unwrap();
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
         let recorder = Recorder::attach(&publisher);
-        let process = ProcessExecutionStrategy::builder(registry())
-            .workers(2)
-            .start()
-            .await
-            .unwrap();
-        let coordinator = Coordinator::builder()
-            .strategy(ExecutionMode::PROCESS, process)
-            .build();
-        coordinator.start(&publisher).unwrap();
         let policy =
             RetryPolicy::new(10).backoff(Duration::from_millis(1), Duration::from_millis(1));
         let neighbours = (0..20_u64).map(|i| {
@@ -303,23 +283,9 @@ fn a_poison_task_is_not_retried_whatever_the_policy() {
 }
 
 fn dropping_a_coordinator_without_shutdown_ends_its_worker_processes() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let pids = rt.block_on(async {
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().unwrap();
-        let process = ProcessExecutionStrategy::builder(registry())
-            .workers(2)
-            .start()
-            .await
-            .unwrap();
-        let coordinator = Coordinator::builder()
-            .strategy(ExecutionMode::PROCESS, process)
-            .build();
-        coordinator.start(&publisher).unwrap();
+        let (publisher, coordinator) = started().await;
         let pid = coordinator
             .submit(Task::portable("one", Nap(1)), ExecutionMode::PROCESS)
             .await
@@ -344,25 +310,9 @@ fn dropping_a_coordinator_without_shutdown_ends_its_worker_processes() {
 }
 
 fn typed_results_and_failures_come_back_from_worker_processes() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().unwrap();
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
         let recorder = Recorder::attach(&publisher);
-        let process = ProcessExecutionStrategy::builder(registry())
-            .workers(2)
-            .start()
-            .await
-            .unwrap();
-        let coordinator = Coordinator::builder()
-            .with_async()
-            .strategy(ExecutionMode::PROCESS, process)
-            .build();
-        coordinator.start(&publisher).unwrap();
 
         let stats = coordinator
             .submit(

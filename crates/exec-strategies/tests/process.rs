@@ -250,6 +250,14 @@ async fn pool(workers: usize) -> ProcessExecutionStrategy {
         .unwrap()
 }
 
+/// Runs `Echo(n)` as request `id` on `s` and checks the answer.
+async fn assert_echo(s: &ProcessExecutionStrategy, id: impl Into<String>, n: u64) {
+    let v = task_core::run(s, Task::portable(id.into(), Echo(n)).into_erased())
+        .await
+        .unwrap();
+    assert_eq!(v.downcast_ref::<u64>(), Some(&n));
+}
+
 fn fake(mode: &str) -> exec_strategies::ProcessBuilder {
     let me = std::env::current_exe().unwrap();
     ProcessExecutionStrategy::builder(registry())
@@ -286,10 +294,7 @@ fn round_trips_values_errors_and_panics() {
         let s = pool(2).await;
         let pids = s.worker_pids();
         assert_eq!(pids.len(), 2);
-        let v = task_core::run(&s, Task::portable("1", Echo(41)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&41));
+        assert_echo(&s, "1", 41).await;
         let e = task_core::run(
             &s,
             Task::portable("2", Fail("no quota".into())).into_erased(),
@@ -338,10 +343,7 @@ fn refuses_what_cannot_cross_the_boundary() {
                 .unwrap_err()
                 .is_not_registered()
         );
-        let v = task_core::run(&s, Task::portable("3", Echo(1)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&1));
+        assert_echo(&s, "3", 1).await;
         assert_eq!(s.restarts(), 0);
         s.shutdown(Duration::from_secs(5)).await;
     });
@@ -363,10 +365,7 @@ fn oversize_tasks_and_outputs_are_typed_errors() {
         let e = task_core::run(&s, Task::portable("2", Blob(vec![7; 3_000])).into_erased()).await;
         assert!(e.is_ok(), "3000 bytes fit: {e:?}");
         let pid = s.worker_pids();
-        let v = task_core::run(&s, Task::portable("3", Echo(3)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&3));
+        assert_echo(&s, "3", 3).await;
         assert_eq!(s.worker_pids(), pid, "nothing else disturbed");
         s.shutdown(Duration::from_secs(5)).await;
     });
@@ -413,10 +412,7 @@ fn a_sigkilled_worker_fails_only_its_own_task_and_is_replaced() {
             before.iter().any(|p| after.contains(p)),
             "the other worker was untouched"
         );
-        let v = task_core::run(&s, Task::portable("again", Echo(5)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&5));
+        assert_echo(&s, "again", 5).await;
         s.shutdown(Duration::from_secs(5)).await;
     });
 }
@@ -429,10 +425,7 @@ fn a_worker_that_exits_reports_its_status() {
             .unwrap_err();
         assert!(e.is_worker_lost());
         assert!(e.message().contains("exited with status 3"), "{e}");
-        let v = task_core::run(&s, Task::portable("2", Echo(2)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&2));
+        assert_echo(&s, "2", 2).await;
         assert_eq!(s.restarts(), 1);
         s.shutdown(Duration::from_secs(5)).await;
     });
@@ -456,10 +449,7 @@ fn a_task_past_its_timeout_is_cancelled_in_its_worker() {
         wait_until("the cancelled run to be answered", || {
             s.stats().workers.iter().all(|w| w.in_flight == 0)
         });
-        let v = task_core::run(&s, Task::portable("2", Echo(9)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&9));
+        assert_echo(&s, "2", 9).await;
         assert_eq!((s.restarts(), s.worker_pids()), (0, vec![pid]));
         // A node that never waits cannot be stopped: its worker is killed after the grace.
         let e = task_core::run(&s, Task::portable("3", Spin(30_000)).into_erased())
@@ -470,10 +460,7 @@ fn a_task_past_its_timeout_is_cancelled_in_its_worker() {
         wait_until("a replacement", || {
             s.restarts() == 1 && s.worker_pids().len() == 1
         });
-        let v = task_core::run(&s, Task::portable("4", Echo(4)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&4));
+        assert_echo(&s, "4", 4).await;
         // A task answered in time leaves its worker alone when its timeout comes round.
         let replacement = s.worker_pids();
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -518,10 +505,7 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
             assert_eq!(s.stats().in_flight, 0, "the dropped run is counted out");
             assert_eq!(is_dead(pid), killed);
         }
-        let v = task_core::run(&s, Task::portable("3", Echo(4)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&4));
+        assert_echo(&s, "3", 4).await;
         s.shutdown(Duration::from_secs(5)).await;
     });
 }
@@ -929,10 +913,7 @@ fn handshake_problems_are_clear_errors() {
             .start()
             .await
             .unwrap();
-        let v = task_core::run(&s, Task::portable("1", Echo(41)).into_erased())
-            .await
-            .unwrap();
-        assert_eq!(v.downcast_ref::<u64>(), Some(&41));
+        assert_echo(&s, "1", 41).await;
         s.shutdown(Duration::from_secs(5)).await;
         assert!(s.worker_pids().is_empty());
     });
@@ -979,10 +960,7 @@ fn a_pool_outlives_the_runtime_it_was_started_on() {
     drop(first);
     runtime().block_on(async {
         for i in 0..20 {
-            let v = task_core::run(&s, Task::portable(format!("{i}"), Echo(i)).into_erased())
-                .await
-                .unwrap();
-            assert_eq!(v.downcast_ref::<u64>(), Some(&i));
+            assert_echo(&s, format!("{i}"), i).await;
         }
         // Enough at once that frames are queued for the writing task.
         let calls = (0..200_u64)
