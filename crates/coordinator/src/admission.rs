@@ -93,10 +93,11 @@ impl Coordinator {
         if inner.closing.load(Ordering::SeqCst) {
             return Err(SubmitError::new(SubmitKind::ShutDown));
         }
+        // A handful of modes: a scan is as quick as a hash of the name.
         let entry = inner
-            .mode_index
-            .get(mode)
-            .and_then(|&index| inner.modes.get(index))
+            .modes
+            .iter()
+            .find(|entry| entry.name == *mode)
             .ok_or_else(|| SubmitError::new(SubmitKind::UnknownMode(mode.clone())))?;
         if task.info().parent_id().is_none()
             && let Some(parent) = current_node()

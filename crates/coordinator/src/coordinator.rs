@@ -142,15 +142,17 @@ impl Coordinator {
     /// Dropping the future after the request was accepted does not cancel the request: it runs
     /// to its terminal message and its job closes; only the output is discarded. To cancel, use
     /// [`spawn`](Self::spawn) and [`RequestHandle::cancel`].
-    pub async fn submit<O>(
+    pub fn submit<O>(
         &self,
         task: Task<O>,
         mode: impl Into<ExecutionMode>,
-    ) -> Result<O, SubmitError>
+    ) -> impl Future<Output = Result<O, SubmitError>>
     where
         O: Clone + fmt::Debug + Send + Sync + 'static,
     {
-        self.submit_with(task, mode, SubmitOptions::new()).await
+        // `submit_with`'s future itself, not one wrapping it: a wrapper would hold the
+        // arguments twice, and this future is moved for every request.
+        self.submit_with(task, mode, SubmitOptions::new())
     }
 
     /// [`submit`](Self::submit) with a timeout and a retry policy.

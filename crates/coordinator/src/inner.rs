@@ -1,7 +1,6 @@
 //! The state a coordinator's handles share: its modes, its job table and the requests open in
 //! it, and how one of its outcomes is applied.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -57,8 +56,6 @@ impl Drop for OpenRequest {
 pub(crate) struct Inner {
     /// Every registered mode, at its [`Mode::index`].
     pub(crate) modes: Vec<Mode>,
-    /// The position of each mode in `modes`, by name.
-    pub(crate) mode_index: HashMap<ExecutionMode, usize>,
     pub(crate) grace: Duration,
     pub(crate) started: OnceLock<Started>,
     pub(crate) closing: AtomicBool,
@@ -74,13 +71,8 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn new(modes: Vec<Mode>, grace: Duration, retention: Retention) -> Self {
-        let mode_index = modes
-            .iter()
-            .map(|mode| (mode.name.clone(), mode.index))
-            .collect();
         Self {
             modes,
-            mode_index,
             grace,
             started: OnceLock::new(),
             closing: AtomicBool::new(false),
