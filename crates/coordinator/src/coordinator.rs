@@ -78,10 +78,13 @@ impl Coordinator {
     ///
     /// # Errors
     ///
-    /// When already started, or when the publisher is shut down.
+    /// When already started, or when the publisher is not started or is shut down.
     pub fn start(&self, publisher: &RequestCompletionPublisher) -> Result<(), StartError> {
         if publisher.is_shut_down() {
             return Err(StartError::new(StartKind::PublisherShutDown));
+        }
+        if !publisher.is_running() {
+            return Err(StartError::new(StartKind::PublisherNotStarted));
         }
         let started = Started {
             publisher: publisher.clone(),

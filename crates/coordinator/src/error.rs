@@ -151,6 +151,7 @@ pub struct StartError {
 #[derive(Clone, Debug)]
 pub(crate) enum StartKind {
     AlreadyStarted,
+    PublisherNotStarted,
     PublisherShutDown,
 }
 
@@ -164,6 +165,12 @@ impl StartError {
         matches!(self.kind, StartKind::AlreadyStarted)
     }
 
+    /// The publisher was never started: it would refuse every outcome. Call
+    /// [`Publisher::start`](crate::Publisher::start) first.
+    pub fn is_publisher_not_started(&self) -> bool {
+        matches!(self.kind, StartKind::PublisherNotStarted)
+    }
+
     /// The publisher is shut down: it would refuse every outcome.
     pub fn is_publisher_shut_down(&self) -> bool {
         matches!(self.kind, StartKind::PublisherShutDown)
@@ -174,6 +181,9 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             StartKind::AlreadyStarted => f.write_str("the coordinator is already started"),
+            StartKind::PublisherNotStarted => {
+                f.write_str("the publisher is not started: call its start() first")
+            }
             StartKind::PublisherShutDown => f.write_str("the publisher is shut down"),
         }
     }

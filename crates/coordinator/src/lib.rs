@@ -73,9 +73,14 @@ pub use task_core::{
 
 #[doc(inline)]
 pub use pubsub::{
-    Buffer, Listener, Missed, PublishError, Publisher, RequestCompletionMessage,
-    RequestCompletionPublisher, RequestFailure, RequestSuccess, SubscriberId, Subscription,
+    BroadcastEvent, Buffer, FatalFailure, Listener, Missed, PublishError, Publisher,
+    RequestCompletionMessage, RequestCompletionPublisher, RequestCreation, RequestCreationFailure,
+    RequestFailure, RequestSuccess, SubscriberId, Subscription,
 };
+
+/// The bus crate whole (its `Error` included), for what the names above leave out: an
+/// application depends on `coordinator` alone.
+pub use pubsub;
 
 #[cfg(feature = "async")]
 #[doc(inline)]

@@ -172,6 +172,10 @@ async fn submit_before_start_and_after_shutdown_is_rejected() {
         .unwrap_err();
     assert!(err.is_not_started());
     let publisher = RequestCompletionPublisher::new();
+    // A publisher never started would refuse every outcome: said at start, not at the first
+    // submit, and the coordinator stays unstarted.
+    let err = coordinator.start(&publisher).unwrap_err();
+    assert!(err.is_publisher_not_started(), "{err}");
     publisher.start().unwrap();
     coordinator.start(&publisher).unwrap();
     assert!(

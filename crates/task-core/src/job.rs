@@ -129,8 +129,29 @@ impl Job {
         }
     }
 
-    /// Closes the job with `result`, stamping the end time.
-    pub(crate) fn close(&mut self, result: JobResult) {
+    /// Closes the job with `result`, stamping the end time. A closed job keeps its first result
+    /// and end time.
+    ///
+    /// A coordinator closes its jobs itself; this is for code that builds jobs of its own (tests
+    /// of what handles them, a table replayed from a log).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_core::{Job, JobResult, JobStatus, TaskInfo};
+    ///
+    /// let info = TaskInfo::new("7".into(), "node-7".into(), None, "fetch");
+    /// let mut job = Job::open(&info);
+    /// job.close(JobResult::Success);
+    /// job.close(JobResult::Failure);
+    /// assert_eq!(job.status(), JobStatus::Closed);
+    /// assert_eq!(job.result(), Some(JobResult::Success));
+    /// assert!(job.end_time().is_some());
+    /// ```
+    pub fn close(&mut self, result: JobResult) {
+        if self.status == JobStatus::Closed {
+            return;
+        }
         self.status = JobStatus::Closed;
         self.result = Some(result);
         // Never before the start, and never zero (zero would read as "open").
