@@ -283,7 +283,7 @@ impl Coordinator {
             deadline,
             ..
         } = ready;
-        tracing::debug!(parent: cell.span(), "job opened");
+        tracing::trace!(parent: cell.span(), "job opened");
         if let Some((at, timeout, timer)) = deadline {
             let me = Arc::downgrade(&cell);
             let expiry = timer.spawn(async move {

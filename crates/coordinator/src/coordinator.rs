@@ -121,7 +121,7 @@ impl Coordinator {
             // Outside the table lock: ending the request takes it.
             Some(cell) => cell.stop(Some(outcome), false),
             None => {
-                tracing::debug!(request_id = %info.request_id(), "completion for no open job of this coordinator ignored")
+                tracing::trace!(request_id = %info.request_id(), "completion for no open job of this coordinator ignored")
             }
         }
     }

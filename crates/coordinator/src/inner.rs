@@ -115,7 +115,7 @@ impl Inner {
             }
             (open, table.counts().opened == 0)
         };
-        tracing::debug!(request_id = %info.request_id(), %result, "job closed");
+        tracing::trace!(request_id = %info.request_id(), %result, "job closed");
         if announce
             && let Some(started) = self.started.get()
             && started.publisher.has_subscribers()
@@ -123,7 +123,7 @@ impl Inner {
             let message = message_of(info, outcome.clone());
             if let Err(refused) = started.publisher.publish(message) {
                 // The application shut its bus down: the outcome still reaches the caller.
-                tracing::debug!(%refused, "outcome not announced");
+                tracing::trace!(%refused, "outcome not announced");
             }
         }
         if idle {
@@ -190,7 +190,6 @@ pub(crate) fn task_span(info: &TaskInfo, mode: &ExecutionMode) -> tracing::Span 
         node_id = %info.node_id(),
         parent = info.parent_id().map(|p| p.as_str()),
         mode = %mode,
-        attempt = 1_u32,
     )
 }
 

@@ -453,7 +453,7 @@ impl RequestCell {
         match next {
             Next::Start(strategy, task, inner, request_id, attempt) => {
                 inner.record_attempt(&request_id);
-                self.span.record("attempt", attempt);
+                // On the event, not the span: a recorded span field would print once per attempt.
                 tracing::debug!(parent: &self.span, attempt, "starting another attempt");
                 if let Some(completion) = self.completion() {
                     execute(&strategy, *task, completion);

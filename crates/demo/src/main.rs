@@ -38,23 +38,25 @@ struct Args {
     /// Agent requests to run.
     #[arg(long, default_value_t = 1000)]
     agents: u64,
-    /// Agents running at once (the async mode's concurrency limit).
-    #[arg(long, default_value_t = 32)]
+    /// Agents running at once (the async mode's concurrency limit; the tasks they submit are
+    /// not counted against it).
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     concurrency: usize,
     /// Worker processes for the process mode.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     workers: usize,
     /// Threads for the threaded mode.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     threads: usize,
-    /// Percent of tool calls that crash their worker process.
-    #[arg(long, default_value_t = 3.0)]
+    /// Percent of tool calls that crash their worker process (0 to 100).
+    #[arg(long, default_value_t = 3.0, value_parser = percent)]
     crash_percent: f64,
-    /// Percent of agents cancelled while they run.
-    #[arg(long, default_value_t = 2.0)]
+    /// Percent of agents cancelled while they run (0 to 100).
+    #[arg(long, default_value_t = 2.0, value_parser = percent)]
     cancel_percent: f64,
     /// Write the coordinator's system detail (counts, every job, per-mode and per-worker
-    /// counters) as JSON to this file at the end.
+    /// counters) as JSON to this file, as it is when the last agent has ended (before
+    /// shutdown, so the live workers are listed).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// No live progress display.
@@ -63,6 +65,22 @@ struct Args {
     /// Seed for the workload's random choices (same seed, same workload).
     #[arg(long, default_value_t = 7)]
     seed: u64,
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        Ok(_) => Err("must be between 0 and 100".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A tool call run in a worker process: a registered serde node.
@@ -252,12 +270,13 @@ fn show(detail: &SystemDetail, bars: &BTreeMap<&'static str, ProgressBar>) {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `p` quantile of `sorted`, printed; `–` when there is none (no success to time).
+fn percentile(sorted: &[Duration], p: f64) -> String {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return "–".into();
     }
     let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    format!("{:.1?}", sorted[rank.min(sorted.len() - 1)])
 }
 
 fn summary(
@@ -289,7 +308,7 @@ fn summary(
         let mut d = durations.remove(mode.as_str()).unwrap_or_default();
         d.sort_unstable();
         out.push_str(&format!(
-            "| {mode:<8} | {:>5} | {:>6} | {:>9} | {:>9} | {:>8.1?} | {:>8.1?} |\n",
+            "| {mode:<8} | {:>5} | {:>6} | {:>9} | {:>9} | {:>8} | {:>8} |\n",
             c.succeeded,
             c.failed,
             c.timed_out,
@@ -333,7 +352,13 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Checked before the run, not after it: a path that cannot be written fails at once.
+    if let Some(path) = &args.json {
+        std::fs::write(path, b"")
+            .with_context(|| format!("--json: cannot write {}", path.display()))?;
+    }
 
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
@@ -366,7 +391,7 @@ async fn main() -> anyhow::Result<()> {
         .with_async()
         .strategy(ExecutionMode::THREADED, threaded)
         .strategy(ExecutionMode::PROCESS, process)
-        .limit(ExecutionMode::ASYNC, args.concurrency.max(1))
+        .limit(ExecutionMode::ASYNC, args.concurrency)
         .shutdown_grace(Duration::from_secs(10))
         .build();
     coordinator.start(&publisher)?;
@@ -452,7 +477,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&detail_after)?;
+        let json = serde_json::to_string_pretty(&detail)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
         println!("system detail written to {}", path.display());
     }
