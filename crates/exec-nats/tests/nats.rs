@@ -129,6 +129,9 @@ impl Worker {
             .args(["--prefix", &config.prefix, "--mode", &config.mode])
             .args(extra)
             .stdout(Stdio::piped())
+            // Its nodes panic and it is killed or cut off on purpose here; what it would say
+            // about that comes back to the test as the tasks' errors.
+            .stderr(Stdio::null())
             .spawn()
             .expect("the worker binary starts");
         // Wait until its consumer is bound.
