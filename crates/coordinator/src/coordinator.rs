@@ -344,15 +344,18 @@ impl fmt::Debug for Coordinator {
 pub struct SystemDetail {
     /// Whether the coordinator takes tasks.
     pub accepting: bool,
-    /// Running totals of the job table.
+    /// Running totals of the job table: `opened` is the jobs open now (in status "opened"),
+    /// `closed` the jobs closed so far.
     pub counts: JobCounts,
     /// Every recorded job, oldest first.
     pub jobs: Vec<Job>,
     /// Each mode's requests as the coordinator counts them (in flight, and how they ended), by
-    /// mode name.
+    /// mode name: one count per request, whatever its attempts.
     pub requests: BTreeMap<String, ModeCounts>,
     /// Each mode's strategy counters (and, for worker pools, each worker's id, pid and load, and
-    /// the restart count), by mode name.
+    /// the restart count), by mode name. A strategy counts the runs it was handed: every
+    /// attempt of a retried request, and a run that ended after its request timed out or was
+    /// cancelled. So its `failed` can exceed the request counts' `failed` of the same mode.
     pub modes: BTreeMap<String, StrategyStats>,
 }
 

@@ -221,6 +221,7 @@ fn mode_of(node: &str) -> &'static str {
 fn progress_bars(
     quiet: bool,
     agents: u64,
+    concurrency: usize,
 ) -> (
     MultiProgress,
     ProgressBar,
@@ -235,6 +236,9 @@ fn progress_bars(
     let total = multi.add(ProgressBar::new(agents));
     total.set_style(style.clone());
     total.set_prefix("agents");
+    total.set_message(format!(
+        "(at most {concurrency} at once; the rows below count every request, each agent's calls included)"
+    ));
     let per_mode = ["async", "threaded", "process"]
         .into_iter()
         .map(|mode| {
@@ -396,7 +400,7 @@ async fn main() -> anyhow::Result<()> {
         .build();
     coordinator.start(&publisher)?;
 
-    let (_multi, total, bars) = progress_bars(args.quiet, args.agents);
+    let (_multi, total, bars) = progress_bars(args.quiet, args.agents, args.concurrency);
     let started = Instant::now();
     let refresher = {
         let coordinator = coordinator.clone();
