@@ -67,9 +67,12 @@ pub use crate::request::{StrategyRef, current_node};
 #[doc(inline)]
 pub use task_core::{
     BlockingNode, BoxError, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult,
-    JobStatus, Node, NodeId, NodeRegistry, PortableNode, RequestId, Retention, StateError,
-    StrategyStats, Task, TaskError, TaskExecutionStrategy, TaskInfo, Value, WorkerStats,
+    JobStatus, Node, NodeId, RequestId, Retention, StateError, StrategyStats, Task, TaskError,
+    TaskExecutionStrategy, TaskInfo, Value, WorkerStats,
 };
+#[cfg(feature = "portable")]
+#[doc(inline)]
+pub use task_core::{NodeRegistry, PortableNode};
 
 #[doc(inline)]
 pub use pubsub::{

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::id::NodeId;
 use crate::info::TaskInfo;
 use crate::node::{BoxFuture, Outcome};
+#[cfg(feature = "portable")]
 use crate::portable::PortableTask;
 
 /// The work of an erased task, in the form the strategy must run it in.
@@ -67,6 +68,7 @@ impl fmt::Debug for BlockingBody {
 pub struct ErasedTask {
     pub(crate) info: TaskInfo,
     pub(crate) body: TaskBody,
+    #[cfg(feature = "portable")]
     pub(crate) portable: Option<PortableTask>,
     pub(crate) replay: Option<Replay>,
 }
@@ -80,6 +82,7 @@ impl ErasedTask {
         Self {
             info,
             body,
+            #[cfg(feature = "portable")]
             portable: None,
             replay: None,
         }
@@ -94,13 +97,14 @@ impl ErasedTask {
         Self {
             info,
             body: replay(),
+            #[cfg(feature = "portable")]
             portable: None,
             replay: Some(replay),
         }
     }
 
     /// Whether the task can be run again ([`replay`](Self::replay)): made with one of the
-    /// `replayable` constructors of [`Task`](crate::Task), or with [`Task::portable`](crate::Task::portable).
+    /// `replayable` constructors of [`Task`](crate::Task), or with `Task::portable`.
     pub fn is_replayable(&self) -> bool {
         self.replay.is_some()
     }
@@ -113,6 +117,7 @@ impl ErasedTask {
         Some(Self {
             info: self.info.clone(),
             body: replay(),
+            #[cfg(feature = "portable")]
             portable: self.portable.clone(),
             replay: Some(Arc::clone(replay)),
         })
@@ -121,11 +126,15 @@ impl ErasedTask {
     /// The description and the process-crossing form, dropping the in-process work: what a
     /// strategy that sends tasks elsewhere keeps. The form is `None` unless the node is a
     /// [`PortableNode`](crate::PortableNode).
+    #[cfg(feature = "portable")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "portable")))]
     pub fn into_portable(self) -> (TaskInfo, Option<PortableTask>) {
         (self.info, self.portable)
     }
 
     /// The process-crossing form of the task, if its node is a [`PortableNode`](crate::PortableNode).
+    #[cfg(feature = "portable")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "portable")))]
     pub fn portable(&self) -> Option<&PortableTask> {
         self.portable.as_ref()
     }
@@ -169,11 +178,10 @@ impl AsRef<TaskInfo> for ErasedTask {
 
 impl fmt::Debug for ErasedTask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ErasedTask")
-            .field("info", &self.info)
-            .field("body", &self.body)
-            .field("portable", &self.portable)
-            .field("replayable", &self.replay.is_some())
-            .finish()
+        let mut d = f.debug_struct("ErasedTask");
+        d.field("info", &self.info).field("body", &self.body);
+        #[cfg(feature = "portable")]
+        d.field("portable", &self.portable);
+        d.field("replayable", &self.replay.is_some()).finish()
     }
 }

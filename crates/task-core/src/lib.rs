@@ -7,8 +7,8 @@
 //!   [`ErasedTask`] a strategy runs, producing an [`Outcome`]: a [`Value`] or a [`TaskError`];
 //! - lifecycle: [`Job`], [`JobStatus`], [`JobResult`] and the job table [`CoordinatorState`];
 //! - extension: the [`TaskExecutionStrategy`] trait and the [`ExecutionMode`] names;
-//! - crossing processes: [`PortableNode`] (a serde node with a stable name), its
-//!   [`PortableTask`] form, and the [`NodeRegistry`] workers run them from.
+//! - crossing processes (the `portable` feature): `PortableNode` (a serde node with a stable
+//!   name), its `PortableTask` form, and the `NodeRegistry` workers run them from.
 //!
 //! It depends on no async runtime. A custom strategy crate depends on `task-core` alone.
 //!
@@ -36,6 +36,7 @@ mod info;
 mod job;
 mod mode;
 mod node;
+#[cfg(feature = "portable")]
 mod portable;
 mod run;
 mod state;
@@ -52,6 +53,8 @@ pub use crate::info::TaskInfo;
 pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};
 pub use crate::mode::ExecutionMode;
 pub use crate::node::{BlockingNode, BoxFuture, Node, Outcome};
+#[cfg(feature = "portable")]
+#[cfg_attr(docsrs, doc(cfg(feature = "portable")))]
 pub use crate::portable::{
     NodeRegistry, PortableNode, PortableTask, RegistryError, decode, encode,
 };

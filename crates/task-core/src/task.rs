@@ -10,8 +10,9 @@ use std::sync::Arc;
 use crate::erased::{AsyncBody, BlockingBody, ErasedTask, TaskBody};
 use crate::info::TaskInfo;
 use crate::node::{BlockingNode, Node};
-use crate::portable::PortableTask;
-use crate::{BoxError, NodeId, PortableNode, RequestId, TaskError, Value};
+#[cfg(feature = "portable")]
+use crate::portable::{PortableNode, PortableTask};
+use crate::{BoxError, NodeId, RequestId, TaskError, Value};
 
 /// A node bound to a request: what is submitted to a coordinator.
 ///
@@ -107,6 +108,8 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
     ///
     /// Portable tasks are replayable (a retry decodes a fresh node from the encoded one), so a
     /// retry policy applies to them.
+    #[cfg(feature = "portable")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "portable")))]
     pub fn portable<N>(request_id: impl Into<RequestId>, node: N) -> Self
     where
         N: PortableNode<Output = O>,
