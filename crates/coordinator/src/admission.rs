@@ -235,6 +235,7 @@ impl Coordinator {
             })
         });
         cell.open(Ending {
+            // Downgraded as itself, then coerced to the request's `Weak<dyn Owner>`.
             inner: Arc::downgrade(&self.inner) as Weak<Inner>,
             info: task.info().clone(),
             permit,

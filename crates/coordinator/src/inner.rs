@@ -193,8 +193,7 @@ pub(crate) fn task_span(info: &TaskInfo, mode: &ExecutionMode) -> tracing::Span 
     )
 }
 
-/// A registered mode: its strategy, its concurrency limit and its request counters, found with
-/// one lookup per submission.
+/// A registered mode: its strategy, its concurrency limit and its request counters.
 pub(crate) struct Mode {
     /// Its position in `Inner::modes`.
     pub(crate) index: usize,

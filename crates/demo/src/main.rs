@@ -358,9 +358,13 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Checked before the run, not after it: a path that cannot be written fails at once.
+    // Checked before the run, not after it: a path that cannot be written fails at once (an
+    // existing file is left as it is until the run has something to write).
     if let Some(path) = &args.json {
-        std::fs::write(path, b"")
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
     }
 

@@ -1,5 +1,5 @@
-//! An execution strategy in a crate of its own, depending on `task-core` alone: the worked
-//! example of `docs/custom-strategy.md`.
+//! An execution strategy in a crate of its own, depending on `task-core` (and `tokio-util`'s
+//! `TaskTracker`, which needs no runtime): the worked example of `docs/custom-strategy.md`.
 //!
 //! [`InlineStrategy`] runs each task where it is handed over, with no queue, pool or runtime of
 //! its own:

@@ -40,7 +40,7 @@ pub mod process;
 #[cfg(feature = "threaded")]
 mod signal;
 pub mod support;
-#[cfg(any(feature = "async", feature = "threaded", feature = "process"))]
+#[cfg(feature = "threaded")]
 mod sync;
 #[cfg(feature = "threaded")]
 mod threaded;

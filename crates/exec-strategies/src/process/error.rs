@@ -47,8 +47,7 @@ impl ProcessError {
         self.kind == ErrorKind::Protocol
     }
 
-    /// The supervisor thread or its runtime could not be started, or `start` was not awaited on a
-    /// tokio runtime.
+    /// The supervisor thread or its runtime could not be started.
     pub fn is_runtime(&self) -> bool {
         self.kind == ErrorKind::Runtime
     }
