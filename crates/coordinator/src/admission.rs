@@ -98,7 +98,10 @@ impl Coordinator {
             .modes
             .iter()
             .find(|entry| entry.name == *mode)
-            .ok_or_else(|| SubmitError::new(SubmitKind::UnknownMode(mode.clone())))?;
+            .ok_or_else(|| {
+                let known = inner.modes.iter().map(|entry| entry.name.clone()).collect();
+                SubmitError::new(SubmitKind::UnknownMode(mode.clone(), known))
+            })?;
         if task.info().parent_id().is_none()
             && let Some(parent) = current_node()
         {

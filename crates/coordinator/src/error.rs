@@ -18,7 +18,8 @@ pub struct SubmitError {
 pub(crate) enum SubmitKind {
     NotStarted,
     ShutDown,
-    UnknownMode(ExecutionMode),
+    /// The mode asked for, and the modes registered.
+    UnknownMode(ExecutionMode, Vec<ExecutionMode>),
     Duplicate(RequestId),
     /// A batch names the same request id twice.
     Repeated(RequestId),
@@ -50,7 +51,7 @@ impl SubmitError {
 
     /// No strategy is registered for the mode asked for.
     pub fn is_unknown_mode(&self) -> bool {
-        matches!(self.kind, SubmitKind::UnknownMode(_))
+        matches!(self.kind, SubmitKind::UnknownMode(..))
     }
 
     /// A job with the same request id is still open, or a batch names the id twice.
@@ -109,17 +110,27 @@ impl SubmitError {
 impl fmt::Display for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            SubmitKind::NotStarted => f.write_str("the coordinator has not been started"),
+            SubmitKind::NotStarted => f.write_str(
+                "the coordinator has not been started: call Coordinator::start(&publisher) first",
+            ),
             SubmitKind::ShutDown => f.write_str("the coordinator is shut down"),
-            SubmitKind::UnknownMode(mode) => {
-                write!(f, "no execution strategy is registered for mode `{mode}`")
+            SubmitKind::UnknownMode(mode, known) => {
+                let known: Vec<&str> = known.iter().map(ExecutionMode::as_str).collect();
+                write!(
+                    f,
+                    "no execution strategy is registered for mode `{mode}` (registered: {}); \
+                     the built-in threaded and process modes also need the coordinator's feature \
+                     of that name",
+                    known.join(", ")
+                )
             }
             SubmitKind::Duplicate(id) => write!(f, "a job for request `{id}` is already open"),
             SubmitKind::Repeated(id) => write!(f, "the batch names request `{id}` more than once"),
             SubmitKind::NoRuntime => f.write_str("submit must run inside a tokio runtime"),
-            SubmitKind::PublisherClosed => {
-                f.write_str("the coordinator's publisher is not running")
-            }
+            SubmitKind::PublisherClosed => f.write_str(
+                "the coordinator's publisher is not running (shut it down after the \
+                     coordinator, not before)",
+            ),
             SubmitKind::Busy(mode) => {
                 write!(f, "mode `{mode}` is at its concurrency limit")
             }

@@ -66,8 +66,9 @@ pub use crate::request::{StrategyRef, current_node};
 
 #[doc(inline)]
 pub use task_core::{
-    BlockingNode, BoxError, CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, JobResult,
-    JobStatus, Node, NodeId, RequestId, Retention, StateError, StrategyStats, Task, TaskError,
+    AsyncBody, BlockingBody, BlockingNode, BoxError, BoxFuture, Completion, CoordinatorState,
+    ErasedTask, ExecutionMode, Job, JobCounts, JobResult, JobStatus, Node, NodeId, Outcome,
+    RequestId, Retention, StateError, StrategyStats, Task, TaskBody, TaskError,
     TaskExecutionStrategy, TaskInfo, Value, WorkerStats,
 };
 #[cfg(feature = "portable")]

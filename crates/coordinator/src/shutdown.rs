@@ -49,8 +49,16 @@ impl Coordinator {
             .attachments()
             .map(|(_, open)| Arc::clone(&open.cell))
             .collect();
+        let waiting = open.len();
         for cell in open {
             cell.end_backoff();
+        }
+        if waiting > 0 {
+            tracing::info!(
+                open = waiting,
+                ?grace,
+                "coordinator shutdown: waiting for the requests in flight"
+            );
         }
         let drained =
             exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, deadline)

@@ -105,10 +105,16 @@ async fn an_unconfigured_mode_is_rejected_and_records_nothing() {
         .unwrap_err();
     assert!(err.is_unknown_mode());
     assert!(err.is_rejected());
-    assert_eq!(
-        err.to_string(),
-        "no execution strategy is registered for mode `process`"
+    // The message names the modes there are, and the feature a built-in one needs.
+    let message = err.to_string();
+    assert!(
+        message.starts_with("no execution strategy is registered for mode `process` (registered: "),
+        "{message}"
     );
+    for name in coordinator.modes() {
+        assert!(message.contains(name.as_str()), "{message}");
+    }
+    assert!(message.contains("feature"), "{message}");
     assert!(coordinator.job("1").is_none());
     assert!(coordinator.with_state(|s| s.is_empty()));
     assert_eq!(coordinator.counts().opened, 0);

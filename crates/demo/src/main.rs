@@ -49,10 +49,10 @@ struct Args {
     #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     threads: usize,
     /// Percent of tool calls that crash their worker process (0 to 100).
-    #[arg(long, default_value_t = 3.0, value_parser = percent)]
+    #[arg(long, default_value_t = 3.0, value_parser = percent, allow_negative_numbers = true)]
     crash_percent: f64,
     /// Percent of agents cancelled while they run (0 to 100).
-    #[arg(long, default_value_t = 2.0, value_parser = percent)]
+    #[arg(long, default_value_t = 2.0, value_parser = percent, allow_negative_numbers = true)]
     cancel_percent: f64,
     /// Write the coordinator's system detail (counts, every job, per-mode and per-worker
     /// counters) as JSON to this file, as it is when the last agent has ended (before
@@ -327,9 +327,13 @@ fn summary(
             .iter()
             .map(|w| format!("{} (pid {})", w.id, w.pid.unwrap_or(0)))
             .collect();
+        let live = if pids.is_empty() {
+            "none live (a replacement was starting)".to_owned()
+        } else {
+            pids.join(", ")
+        };
         out.push_str(&format!(
-            "\nprocess workers at the end of the run: {}; replaced after crashes: {}\n",
-            pids.join(", "),
+            "\nprocess workers at the end of the run: {live}; replaced after crashes: {}\n",
             process.restarts
         ));
         let failed = detail.requests.get("process").map_or(0, |c| c.failed);

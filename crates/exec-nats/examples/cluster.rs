@@ -33,6 +33,12 @@ struct Args {
     tls: bool,
 }
 
+/// What `--help` prints.
+const USAGE: &str = "usage: cluster [work | submit [N] | both [N]] [--url URL] \
+                     [--user U --password P | --token T] [--tls]\n\
+                     (no command: both, with 5 tasks; `submit` needs a worker running: \
+                     `cluster work` in another terminal)";
+
 impl Args {
     fn parse() -> Result<Self, String> {
         let mut args = Self {
@@ -49,18 +55,19 @@ impl Args {
             let mut value = |flag: &str| words.next().ok_or(format!("{flag} needs a value"));
             match word.as_str() {
                 "work" | "submit" | "both" => args.command = word,
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
                 "--url" => args.url = value("--url")?,
                 "--user" => args.user = Some(value("--user")?),
                 "--password" => args.password = Some(value("--password")?),
                 "--token" => args.token = Some(value("--token")?),
                 "--tls" => args.tls = true,
                 n => {
-                    args.tasks = n.parse().map_err(|_| {
-                        format!(
-                            "unknown argument `{n}`; usage: cluster [work|submit [N]|both [N]] \
-                             [--url URL] [--user U --password P | --token T] [--tls]"
-                        )
-                    })?;
+                    args.tasks = n
+                        .parse()
+                        .map_err(|_| format!("unknown argument `{n}`; {USAGE}"))?;
                 }
             }
         }

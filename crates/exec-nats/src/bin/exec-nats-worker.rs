@@ -30,7 +30,8 @@ struct Args {
     /// Tasks run at once [default: the machine's cores].
     #[arg(long)]
     concurrency: Option<usize>,
-    /// How long the server waits for an acknowledgement before redelivering, in milliseconds.
+    /// How long the server waits for an acknowledgement before redelivering, in milliseconds
+    /// [default: 30000].
     #[arg(long)]
     ack_wait_ms: Option<u64>,
     /// Deliveries of one task before the server gives up on it [default: 5].
@@ -85,5 +86,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .await?;
+    eprintln!("stopped: the tasks it was running are finished");
     Ok(())
 }
