@@ -35,39 +35,26 @@ pub(crate) fn run(check: bool) -> Result<()> {
         println!("{DOCUMENT} is up to date");
     }
     crate::snippets::check(&root)?;
-    let doc = [
-        "doc",
-        "--workspace",
-        "--all-features",
-        "--no-deps",
-        "--exclude",
-        "xtask",
-        "--exclude",
-        "benches",
-    ];
-    crate::cargo(&doc, &[("RUSTDOCFLAGS", "-D warnings")])
+    let rustdoc = "doc --workspace --all-features --no-deps --exclude xtask --exclude benches";
+    crate::cargo(rustdoc, &[], &[("RUSTDOCFLAGS", "-D warnings")])
 }
 
 /// The text of the `///` or `//!` comments among `attrs`, one line each, trimmed of the single
 /// leading space.
 fn doc_text(attrs: &[Attribute]) -> String {
-    let lines = attrs
-        .iter()
-        .filter(|a| a.path().is_ident("doc"))
-        .filter_map(|attr| match &attr.meta {
-            syn::Meta::NameValue(syn::MetaNameValue {
-                value: syn::Expr::Lit(lit),
+    let mut lines = Vec::new();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("doc")) {
+        if let syn::Meta::NameValue(doc) = &attr.meta
+            && let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
                 ..
-            }) => match &lit.lit {
-                syn::Lit::Str(s) => Some(s.value()),
-                _ => None,
-            },
-            _ => None,
-        });
-    lines
-        .map(|line| line.strip_prefix(' ').map(str::to_owned).unwrap_or(line))
-        .collect::<Vec<_>>()
-        .join("\n")
+            }) = &doc.value
+        {
+            let line = s.value();
+            lines.push(line.strip_prefix(' ').unwrap_or(&line).to_owned());
+        }
+    }
+    lines.join("\n")
 }
 
 /// The doc text up to its first `# ` heading (examples, errors ... stay in rustdoc), without
@@ -109,9 +96,8 @@ fn strip_links(text: &str) -> String {
 fn first_example(doc: &str) -> String {
     let mut lines = doc.lines().skip_while(|l| !l.starts_with("```")).skip(1);
     let body = lines.by_ref().take_while(|l| !l.starts_with("```"));
-    body.filter(|l| !l.starts_with("# ") && *l != "#")
-        .collect::<Vec<_>>()
-        .join("\n")
+    let body: Vec<&str> = body.filter(|l| !l.starts_with("# ") && *l != "#").collect();
+    body.join("\n")
 }
 
 fn first_paragraph(doc: &str) -> String {
@@ -130,16 +116,18 @@ fn signature(sig: &Signature) -> String {
     format!("{}({})", sig.ident, params.collect::<Vec<_>>().join(", "))
 }
 
-/// A public item: its heading (`struct Foo`, `fn f(a, b)`), its summary, and its methods'
-/// signatures and summaries.
+/// A public item: its kind (`struct`, `fn` ...), its name (with its parameters for a function),
+/// its summary, and its methods' signatures and summaries.
 struct ApiItem {
-    heading: String,
+    kind: &'static str,
+    name: String,
     doc: String,
     methods: Vec<(String, String)>,
 }
 
 /// A crate as the document describes it: its doc, its public items, and each source file with
 /// the first line of its doc.
+#[derive(Default)]
 struct CrateInfo {
     name: &'static str,
     doc: String,
@@ -148,9 +136,8 @@ struct CrateInfo {
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
+    let paths = fs::read_dir(dir)?.map(|e| e.map(|e| e.path()));
+    let mut paths: Vec<PathBuf> = paths.collect::<Result<_, _>>()?;
     paths.sort();
     for path in paths {
         if path.is_dir() {
@@ -167,62 +154,51 @@ fn read_crate(root: &Path, name: &'static str) -> Result<CrateInfo> {
     rust_files(&root.join("crates").join(name).join("src"), &mut paths)?;
     let mut krate = CrateInfo {
         name,
-        doc: String::new(),
-        items: Vec::new(),
-        files: Vec::new(),
+        ..CrateInfo::default()
     };
     // Inherent methods, by the name of their type: attached once every file is read.
     let mut methods: Vec<(String, (String, String))> = Vec::new();
     let method = |sig: &Signature, attrs: &[Attribute]| {
         (format!(".{}", signature(sig)), summary(&doc_text(attrs)))
     };
+    let public = |vis: &Visibility| matches!(vis, Visibility::Public(_));
     for path in &paths {
-        let file = syn::parse_file(&fs::read_to_string(path)?)
-            .with_context(|| format!("parsing {}", path.display()))?;
+        let parsed = syn::parse_file(&fs::read_to_string(path)?);
+        let file = parsed.with_context(|| format!("parsing {}", path.display()))?;
         let file_doc = doc_text(&file.attrs);
-        let relative = path
-            .strip_prefix(root)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned();
-        krate.files.push((
-            relative,
-            file_doc.lines().next().unwrap_or_default().to_owned(),
-        ));
+        let relative = path.strip_prefix(root).unwrap_or(path).to_string_lossy();
+        let purpose = file_doc.lines().next().unwrap_or_default().to_owned();
+        krate.files.push((relative.into_owned(), purpose));
         if path.ends_with("lib.rs") {
             krate.doc = file_doc;
         }
         for item in &file.items {
-            let public = |vis: &Visibility| matches!(vis, Visibility::Public(_));
-            let (heading, attrs, item_methods) = match item {
+            let (kind, name, attrs, item_methods) = match item {
                 Item::Struct(i) if public(&i.vis) => {
-                    (format!("struct {}", i.ident), &i.attrs, vec![])
+                    ("struct", i.ident.to_string(), &i.attrs, vec![])
                 }
-                Item::Enum(i) if public(&i.vis) => (format!("enum {}", i.ident), &i.attrs, vec![]),
-                Item::Type(i) if public(&i.vis) => (format!("type {}", i.ident), &i.attrs, vec![]),
+                Item::Enum(i) if public(&i.vis) => ("enum", i.ident.to_string(), &i.attrs, vec![]),
+                Item::Type(i) if public(&i.vis) => ("type", i.ident.to_string(), &i.attrs, vec![]),
                 Item::Const(i) if public(&i.vis) => {
-                    (format!("const {}", i.ident), &i.attrs, vec![])
+                    ("const", i.ident.to_string(), &i.attrs, vec![])
                 }
-                Item::Fn(i) if public(&i.vis) => {
-                    (format!("fn {}", signature(&i.sig)), &i.attrs, vec![])
-                }
+                Item::Fn(i) if public(&i.vis) => ("fn", signature(&i.sig), &i.attrs, vec![]),
                 Item::Trait(i) if public(&i.vis) => {
                     let fns = i.items.iter().filter_map(|t| match t {
                         TraitItem::Fn(f) => Some(method(&f.sig, &f.attrs)),
                         _ => None,
                     });
-                    (format!("trait {}", i.ident), &i.attrs, fns.collect())
+                    ("trait", i.ident.to_string(), &i.attrs, fns.collect())
                 }
                 Item::Impl(i) if i.trait_.is_none() => {
-                    let Type::Path(owner) = &*i.self_ty else {
-                        continue;
-                    };
-                    let Some(owner) = owner.path.segments.last().map(|s| s.ident.to_string())
-                    else {
-                        continue;
+                    let owner = match &*i.self_ty {
+                        Type::Path(owner) => {
+                            owner.path.segments.last().map(|s| s.ident.to_string())
+                        }
+                        _ => None,
                     };
                     for impl_item in &i.items {
-                        if let ImplItem::Fn(f) = impl_item
+                        if let (Some(owner), ImplItem::Fn(f)) = (&owner, impl_item)
                             && public(&f.vis)
                         {
                             methods.push((owner.clone(), method(&f.sig, &f.attrs)));
@@ -232,21 +208,21 @@ fn read_crate(root: &Path, name: &'static str) -> Result<CrateInfo> {
                 }
                 _ => continue,
             };
+            let doc = summary(&doc_text(attrs));
             krate.items.push(ApiItem {
-                heading,
-                doc: summary(&doc_text(attrs)),
+                kind,
+                name,
+                doc,
                 methods: item_methods,
             });
         }
     }
     for (owner, method) in methods {
-        let heading = |kind: &str| format!("{kind} {owner}");
-        let item = krate.items.iter_mut().find(|i| {
-            ["struct", "enum", "type", "const", "trait"]
-                .map(heading)
-                .contains(&i.heading)
-        });
-        if let Some(item) = item {
+        if let Some(item) = krate
+            .items
+            .iter_mut()
+            .find(|i| i.kind != "fn" && i.name == owner)
+        {
             item.methods.push(method);
         }
     }
@@ -316,7 +292,13 @@ fn generate(root: &Path) -> Result<String> {
             first_paragraph(&krate.doc)
         );
         for item in &krate.items {
-            let _ = write!(md, "#### `{}`\n\n{}\n\n", item.heading, or_none(&item.doc));
+            let _ = write!(
+                md,
+                "#### `{} {}`\n\n{}\n\n",
+                item.kind,
+                item.name,
+                or_none(&item.doc)
+            );
             for (signature, doc) in &item.methods {
                 let _ = write!(md, "##### `{signature}`\n\n{}\n\n", or_none(doc));
             }

@@ -23,14 +23,15 @@ const NOT_COMPILED: &str = "<!-- not compiled:";
 /// The pages whose snippets are checked, relative to the workspace root: the README and every
 /// `.md` file directly in `docs/`.
 fn pages(root: &Path) -> Result<Vec<String>> {
-    let mut guides: Vec<String> = fs::read_dir(root.join("docs"))
-        .context("reading docs/")?
-        .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
-        .filter(|name| name.ends_with(".md"))
-        .map(|name| format!("docs/{name}"))
-        .collect();
-    guides.sort();
-    Ok([vec!["README.md".to_owned()], guides].concat())
+    let mut pages = vec!["README.md".to_owned()];
+    for entry in fs::read_dir(root.join("docs")).context("reading docs/")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    pages[1..].sort();
+    Ok(pages)
 }
 
 /// Checks every page; lists every problem found before failing.
@@ -40,17 +41,16 @@ pub(crate) fn check(root: &Path) -> Result<()> {
         let text =
             fs::read_to_string(root.join(&page)).with_context(|| format!("reading {page}"))?;
         for (line, marker, code) in rust_blocks(&text) {
-            let problem = match marker
-                .map(|m| (m.strip_prefix(COMPILED), m.starts_with(NOT_COMPILED)))
-            {
-                Some((Some(file), _)) => match fs::read_to_string(root.join(file.trim())) {
-                    Ok(source) => find(&code, &source, file.trim().ends_with(".rs"))
+            let file = marker.and_then(|m| m.strip_prefix(COMPILED)).map(str::trim);
+            let problem = match (file, marker.is_some_and(|m| m.starts_with(NOT_COMPILED))) {
+                (Some(file), _) => match fs::read_to_string(root.join(file)) {
+                    Ok(source) => find(&code, &source, file.ends_with(".rs"))
                         .err()
-                        .map(|line| format!("{} does not hold this line: {line}", file.trim())),
-                    Err(e) => Some(format!("cannot read {}: {e}", file.trim())),
+                        .map(|line| format!("{file} does not hold this line: {line}")),
+                    Err(e) => Some(format!("cannot read {file}: {e}")),
                 },
-                Some((None, true)) => continue,
-                _ => Some(format!(
+                (None, true) => continue,
+                (None, false) => Some(format!(
                     "a rust block needs a `{COMPILED} FILE -->` line before it (or `{NOT_COMPILED} why -->`)"
                 )),
             };
@@ -80,11 +80,11 @@ fn rust_blocks(page: &str) -> Vec<(usize, Option<&str>, String)> {
             previous = Some(line).filter(|l| !l.is_empty()).or(previous);
             continue;
         };
-        let code: Vec<&str> = lines
+        let code = lines
             .by_ref()
             .map(|(_, l)| l)
-            .take_while(|l| !l.starts_with("```"))
-            .collect();
+            .take_while(|l| !l.starts_with("```"));
+        let code: Vec<&str> = code.collect();
         if info
             .split(',')
             .next()
@@ -117,11 +117,9 @@ fn find(snippet: &str, source: &str, rust_source: bool) -> Result<(), String> {
             .count()
     };
     let best = (0..held.len()).map(run).max().unwrap_or(0);
-    if best == wanted.len() {
-        Ok(())
-    } else {
-        Err(wanted[best].clone())
-    }
+    (best == wanted.len())
+        .then_some(())
+        .ok_or_else(|| wanted[best].clone())
 }
 
 /// A line's code: comments removed, spaces collapsed; `None` when nothing is left. In a Rust
@@ -129,11 +127,10 @@ fn find(snippet: &str, source: &str, rust_source: bool) -> Result<(), String> {
 /// (`# ...`) included.
 fn code_of(line: &str, rust_source: bool) -> Option<String> {
     let mut line = line.trim();
-    if let Some(doc) = line
+    let doc = line
         .strip_prefix("///")
-        .or_else(|| line.strip_prefix("//!"))
-        .filter(|_| rust_source)
-    {
+        .or_else(|| line.strip_prefix("//!"));
+    if let Some(doc) = doc.filter(|_| rust_source) {
         line = doc.trim();
         if line == "#" {
             return None;
@@ -147,9 +144,8 @@ fn code_of(line: &str, rust_source: bool) -> Option<String> {
     let (mut code, mut rest) = (String::with_capacity(line.len()), line);
     while let Some(open) = rest.find("/*") {
         code.push_str(&rest[..open]);
-        rest = rest[open..]
-            .find("*/")
-            .map_or("", |close| &rest[open + close + 2..]);
+        let close = rest[open..].find("*/");
+        rest = close.map_or("", |close| &rest[open + close + 2..]);
     }
     code.push_str(rest);
     // A trailing comment starts at `//` after a space: `nats://host` keeps its slashes.
