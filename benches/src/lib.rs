@@ -35,12 +35,9 @@ pub fn serve_if_child() {
 
 /// The runtime every benchmark uses: 2 workers, like the machines these run on.
 pub fn runtime() -> Runtime {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    builder.build().expect("a tokio runtime")
 }
 
 /// A started publisher and a coordinator with the async mode and, given a pool, the threaded
@@ -54,10 +51,9 @@ pub fn started_coordinator(
         publisher.start().expect("start publisher");
         let mut builder = Coordinator::builder().with_async();
         if let Some(pool) = pool {
-            let threaded = ThreadedExecutionStrategy::builder()
-                .pool(Arc::clone(pool))
-                .build();
-            builder = builder.strategy(ExecutionMode::THREADED, threaded.expect("threaded"));
+            let threaded = ThreadedExecutionStrategy::builder().pool(Arc::clone(pool));
+            builder =
+                builder.strategy(ExecutionMode::THREADED, threaded.build().expect("threaded"));
         }
         let coordinator = builder.build();
         coordinator.start(&publisher).expect("start coordinator");
@@ -131,9 +127,8 @@ pub fn request_ids(n: u64) -> Vec<RequestId> {
 }
 
 fn trivial_task(id: &RequestId, i: usize) -> Task<usize> {
-    Task::from_fn(id.clone(), "trivial", move || async move {
-        Ok::<_, BoxError>(black_box(i))
-    })
+    let run = move || async move { Ok::<_, BoxError>(black_box(i)) };
+    Task::from_fn(id.clone(), "trivial", run)
 }
 
 /// Submits one trivial task per id, all at once, and waits for every result.
@@ -145,10 +140,9 @@ pub fn submit_trivial(
 ) -> Duration {
     timed(rt, async {
         let calls = ids.iter().enumerate().map(|(i, id)| {
+            let blocking = move || Ok::<_, BoxError>(black_box(i));
             let task = if *mode == ExecutionMode::THREADED {
-                Task::blocking(id.clone(), "trivial", move || {
-                    Ok::<_, BoxError>(black_box(i))
-                })
+                Task::blocking(id.clone(), "trivial", blocking)
             } else {
                 trivial_task(id, i)
             };
@@ -225,10 +219,9 @@ pub fn raw_rayon_spawn_crossbeam(pool: &rayon::ThreadPool, ids: &[RequestId]) ->
 /// A started pool of 2 worker processes (the calling binary: see [`serve_if_child`]), one task
 /// running in each (the default), up to 1,023 more queued in it.
 pub fn worker_pool(rt: &Runtime) -> Arc<ProcessExecutionStrategy> {
-    let pool = ProcessExecutionStrategy::builder(registry())
-        .workers(2)
-        .prefetch(1023);
-    Arc::new(rt.block_on(pool.start()).expect("worker pool"))
+    let pool = ProcessExecutionStrategy::builder(registry()).workers(2);
+    let pool = rt.block_on(pool.prefetch(1023).start());
+    Arc::new(pool.expect("worker pool"))
 }
 
 /// `n` trivial tasks through the pool one at a time, awaited by a task on the runtime, as in an
@@ -250,9 +243,8 @@ pub fn process_round_trips(rt: &Runtime, pool: &Arc<ProcessExecutionStrategy>, n
 /// `n` trivial tasks in flight through the pool at once.
 pub fn process_pipelined(rt: &Runtime, pool: &ProcessExecutionStrategy, n: u64) -> Duration {
     timed(rt, async {
-        let calls =
-            (0..n).map(|i| task_core::run(pool, Task::portable("r", Echo(i)).into_erased()));
-        let done = futures::future::join_all(calls).await;
+        let run = |i| task_core::run(pool, Task::portable("r", Echo(i)).into_erased());
+        let done = futures::future::join_all((0..n).map(run)).await;
         assert!(done.iter().all(Result::is_ok), "every echo succeeds");
     })
 }
@@ -269,44 +261,51 @@ pub fn echo_frame() -> Vec<u8> {
     wire::encode_frame(&run, wire::DEFAULT_MAX_FRAME).expect("a small frame")
 }
 
-/// The process baseline: a child (the calling binary: see [`serve_if_child`]) echoing every
-/// length-prefixed frame back over pipes; killed when dropped.
+/// A child process, killed when dropped.
 #[derive(Debug)]
-pub struct EchoChild(Child, ChildStdin, ChildStdout);
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The process baseline: a child (the calling binary: see [`serve_if_child`]) echoing every
+/// length-prefixed frame back over pipes.
+#[derive(Debug)]
+pub struct EchoChild {
+    to: ChildStdin,
+    from: ChildStdout,
+    _child: Killed,
+}
 
 impl EchoChild {
     /// Starts one.
     pub fn spawn() -> Self {
         let mut child = Command::new(std::env::current_exe().expect("own path"));
-        child
-            .env(RAW_ECHO_ENV, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut child = child.spawn().expect("echo child");
-        let (to, from) = (
-            child.stdin.take().expect("stdin"),
-            child.stdout.take().expect("stdout"),
-        );
-        Self(child, to, from)
+        child.env(RAW_ECHO_ENV, "1").stdin(Stdio::piped());
+        let mut child = child.stdout(Stdio::piped()).spawn().expect("echo child");
+        let to = child.stdin.take().expect("stdin");
+        let from = child.stdout.take().expect("stdout");
+        Self {
+            to,
+            from,
+            _child: Killed(child),
+        }
     }
 
     /// `n` frames, one at a time.
     pub fn round_trips(&mut self, frame: &[u8], n: u64) -> Duration {
         let (start, mut back) = (Instant::now(), vec![0; frame.len()]);
         for _ in 0..n {
-            self.1.write_all(frame).expect("write");
-            self.1.flush().expect("flush");
-            self.2.read_exact(&mut back).expect("read");
+            self.to.write_all(frame).expect("write");
+            self.to.flush().expect("flush");
+            self.from.read_exact(&mut back).expect("read");
         }
         black_box(&back);
         start.elapsed()
-    }
-}
-
-impl Drop for EchoChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -315,7 +314,7 @@ impl Drop for EchoChild {
 pub fn raw_pipelined(children: &mut [EchoChild], frame: &[u8], n: u64) -> Duration {
     let (start, count) = (Instant::now(), n / children.len() as u64);
     std::thread::scope(|scope| {
-        for EchoChild(_, to, from) in children.iter_mut() {
+        for EchoChild { to, from, .. } in children.iter_mut() {
             scope.spawn(move || {
                 let mut out = BufWriter::new(to);
                 (0..count).for_each(|_| out.write_all(frame).expect("write"));
@@ -359,9 +358,8 @@ pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Durat
         let publisher = pubsub::Publisher::<u64>::with_capacity(1024);
         publisher.start().expect("start");
         let subscribe = |_| {
-            let mut stream = publisher
-                .subscribe_stream_with(pubsub::Buffer::Unbounded)
-                .expect("subscribe");
+            let stream = publisher.subscribe_stream_with(pubsub::Buffer::Unbounded);
+            let mut stream = stream.expect("subscribe");
             tokio::spawn(async move {
                 let mut n = 0_u64;
                 while let Some(item) = stream.recv().await {

@@ -60,14 +60,10 @@ pub(crate) fn check(root: &Path, rows: &[Row]) -> Result<Vec<Claim>, String> {
     files.sort();
     let mut claims = Vec::new();
     for path in files {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file = path
-            .strip_prefix(root)
-            .unwrap_or(&path)
-            .display()
-            .to_string();
-        claims.extend(check_text(&file, &text, rows));
+        let text = std::fs::read_to_string(&path);
+        let text = text.map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = path.strip_prefix(root).unwrap_or(&path);
+        claims.extend(check_text(&file.display().to_string(), &text, rows));
     }
     Ok(claims)
 }
@@ -80,34 +76,29 @@ fn check_text(file: &str, text: &str, rows: &[Row]) -> Vec<Claim> {
         while let (false, Some(start)) = (in_code, rest.find(OPENING)) {
             rest = &rest[start + OPENING.len()..];
             let end = rest.find("-->");
-            let claim = rest[..end.unwrap_or(rest.len())].trim().to_owned();
-            let judged = match end {
-                Some(_) => judge(&claim, rows),
-                None => Err("not closed with `-->` on its line".into()),
-            };
-            let judged = judged.unwrap_or_else(|why| Claim {
-                verdict: format!("does not read: {why}"),
-                ..Claim::default()
-            });
-            claims.push(Claim {
-                file: file.to_owned(),
-                line: index + 1,
-                claim,
-                ..judged
-            });
+            let mut claim = Claim::default();
+            let text = rest[..end.unwrap_or(rest.len())].trim();
+            (claim.file, claim.line, claim.claim) = (file.to_owned(), index + 1, text.to_owned());
+            if let Err(why) = judge(&mut claim, end.is_some(), rows) {
+                claim.verdict = format!("does not read: {why}");
+            }
+            claims.push(claim);
             rest = &rest[end.unwrap_or(rest.len())..];
         }
     }
     claims
 }
 
-/// Reads `[target] "SCENARIO" [n=N] [vs "OTHER" [n=M]] ratio=[LOW]..[HIGH]` and judges it against
-/// `rows`.
-fn judge(claim: &str, rows: &[Row]) -> Result<Claim, String> {
+/// Reads the claim's text, `[target] "SCENARIO" [n=N] [vs "OTHER" [n=M]] ratio=[LOW]..[HIGH]`,
+/// and judges it against `rows`.
+fn judge(claim: &mut Claim, closed: bool, rows: &[Row]) -> Result<(), String> {
+    if !closed {
+        return Err("not closed with `-->` on its line".into());
+    }
     let grammar = "expected [target] \"SCENARIO\" [n=N] [vs \"OTHER\" [n=M]] ratio=LOW..HIGH";
-    let parts: Vec<&str> = claim.split('"').collect();
+    let parts: Vec<&str> = claim.claim.split('"').collect();
     let words = |i: usize| parts[i].split_whitespace().collect::<Vec<_>>();
-    let target = match (parts.len(), &words(0)[..]) {
+    claim.target = match (parts.len(), &words(0)[..]) {
         (3 | 5, []) => false,
         (3 | 5, ["target"]) => true,
         _ => return Err(grammar.into()),
@@ -119,66 +110,56 @@ fn judge(claim: &str, rows: &[Row]) -> Result<Claim, String> {
             return Err(grammar.into());
         }
         let (other, after) = side(rows, parts[3], words(4))?;
-        measured = ours
-            .zip(other)
-            .map(|(ours, other)| (other.ns_per_task / ours.ns_per_task, ours.n));
-        rest = after;
+        let ratio = |(ours, other): (&Row, &Row)| (other.ns_per_task / ours.ns_per_task, ours.n);
+        (measured, rest) = (ours.zip(other).map(ratio), after);
     }
     let range = match rest[..] {
-        [last] => last
-            .strip_prefix("ratio=")
-            .and_then(|range| range.split_once("..")),
+        [last] => last.strip_prefix("ratio="),
         _ => None,
     };
-    let (low, high) = range.ok_or(grammar)?;
-    let bound = |b: &str| {
-        (!b.is_empty()).then(|| {
-            b.parse::<f64>()
-                .map_err(|_| format!("`{b}` is not a number"))
-        })
+    let (low, high) = range
+        .and_then(|range| range.split_once(".."))
+        .ok_or(grammar)?;
+    let number = |b: &str| {
+        b.parse::<f64>()
+            .map_err(|_| format!("`{b}` is not a number"))
     };
-    let (low, high) = (bound(low).transpose()?, bound(high).transpose()?);
+    let bound = |b: &str| (!b.is_empty()).then(|| number(b)).transpose();
+    let (low, high) = (bound(low)?, bound(high)?);
     if low.zip(high).is_some_and(|(low, high)| low > high) || low.or(high).is_none() {
         return Err("the range needs LOW <= HIGH, and one of them at least".into());
     }
-    let holds =
-        measured.map(|(m, _)| low.is_none_or(|low| low <= m) && high.is_none_or(|high| m <= high));
-    let verdict = match (holds, target) {
+    let holds = measured.map(|(m, _)| low.is_none_or(|l| l <= m) && high.is_none_or(|h| m <= h));
+    claim.verdict = match (holds, claim.target) {
         (None, _) => "not measured in this run",
         (Some(true), false) => "holds",
         (Some(false), false) => "outside",
         (Some(true), true) => "met",
         (Some(false), true) => "missed",
-    };
-    Ok(Claim {
-        target,
-        measured,
-        verdict: verdict.to_owned(),
-        ..Claim::default()
-    })
+    }
+    .to_owned();
+    claim.measured = measured;
+    Ok(())
 }
 
-/// The row that the scenario `name` and an `n=N` at the start of `words` pick, and the words
-/// after those.
+/// The row a scenario's name and an `n=N` at the start of the words after it pick, and the
+/// words after those.
+type Side<'r, 'w> = (Option<&'r Row>, Vec<&'w str>);
+
 fn side<'r, 'w>(
     rows: &'r [Row],
     name: &str,
     mut words: Vec<&'w str>,
-) -> Result<(Option<&'r Row>, Vec<&'w str>), String> {
+) -> Result<Side<'r, 'w>, String> {
     if !crate::scenarios::names::known(name) {
         return Err(format!("the report has no scenario `{name}`"));
     }
     let n = words.first().and_then(|w| w.strip_prefix("n="));
-    let n = n.map(|n| {
-        n.replace('_', "")
-            .parse()
-            .map_err(|_| format!("n=`{n}` is not a whole number"))
-    });
+    let whole = |n: &str| n.replace('_', "").parse::<u64>();
+    let n = n.map(|n| whole(n).map_err(|_| format!("n=`{n}` is not a whole number")));
     let n = n.transpose()?;
-    Ok((
-        row(rows, name, n),
-        words.split_off(usize::from(n.is_some())),
-    ))
+    let rest = words.split_off(usize::from(n.is_some()));
+    Ok((row(rows, name, n), rest))
 }
 
 #[cfg(test)]
@@ -187,17 +168,7 @@ mod tests {
 
     #[test]
     fn each_claim_is_read_outside_code_and_judged_on_its_rows() {
-        let row = |n, ns_per_task: f64, baseline_ns_per_task: f64| Row {
-            name: "async".into(),
-            n,
-            ns_per_task,
-            baseline: "raw".into(),
-            baseline_ns_per_task,
-            ratio: baseline_ns_per_task / ns_per_task,
-            reps: 3,
-            min: ns_per_task,
-            max: ns_per_task,
-        };
+        let row = |n, ours, base| Row::new(("async", "raw"), n, vec![ours], vec![base]);
         let rows = [
             row(10_000, 2_000.0, 1_000.0),
             row(100_000, 3_000.0, 1_500.0),

@@ -52,65 +52,52 @@ pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
 /// The instructions a run of `scenario` executed, all threads together.
 fn count(scenario: &str, n: u64, rounds: u32) -> Result<u64, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new("valgrind")
-        .args([
-            "--tool=cachegrind",
-            "--cache-sim=no",
-            "--cachegrind-out-file=/dev/null",
-        ])
+    let mut valgrind = Command::new("valgrind");
+    valgrind.args([
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+    ]);
+    valgrind
         .arg(exe)
-        .args([RUN_FLAG, scenario, &n.to_string(), &rounds.to_string()])
-        .output()
-        .map_err(|e| format!("valgrind: {e}"))?;
+        .args([RUN_FLAG, scenario, &n.to_string(), &rounds.to_string()]);
+    let out = valgrind.output().map_err(|e| format!("valgrind: {e}"))?;
     let log = String::from_utf8_lossy(&out.stderr);
     // `==pid== I   refs:      1,234,567`
-    let refs = log.lines().find_map(|line| {
-        line.split_once("I   refs:")?
-            .1
-            .trim()
-            .replace(',', "")
-            .parse()
-            .ok()
-    });
-    refs.filter(|_| out.status.success())
-        .ok_or_else(|| format!("{scenario}: no count from valgrind: {log}"))
+    let refs = log.lines().find_map(|line| line.split_once("I   refs:"));
+    let refs = refs.and_then(|(_, refs)| refs.trim().replace(',', "").parse().ok());
+    let refs = refs.filter(|_| out.status.success());
+    refs.ok_or_else(|| format!("{scenario}: no count from valgrind: {log}"))
+}
+
+/// Instructions per task of `scenario` at `n`: 3 rounds less 1 round, over 2 x `n` tasks.
+fn per_task(scenario: &str, n: u64) -> Result<f64, String> {
+    let (one, three) = (count(scenario, n, 1)?, count(scenario, n, 3)?);
+    Ok(three.saturating_sub(one) as f64 / (2 * n) as f64)
 }
 
 /// Counts async and threaded beside their baselines at `n`, per task; `None` (and a line on
 /// stderr) when valgrind is not installed or a count failed.
 pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
-    if !Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success())
-    {
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    if !valgrind.is_ok_and(|out| out.status.success()) {
         eprintln!("instruction counts: valgrind not found; skipped");
         return None;
     }
-    let per_task = |scenario| {
-        Ok::<_, String>(
-            (count(scenario, n, 3)?.saturating_sub(count(scenario, n, 1)?)) as f64 / (2 * n) as f64,
-        )
-    };
-    let counts = [
+    let mut rows = Vec::new();
+    for (pair, ours, raw) in [
         (names::ASYNC, "async", "raw-async"),
         (names::THREADED, "threaded", "raw-threaded"),
-    ]
-    .map(|((name, baseline), ours, raw)| {
-        eprintln!("{name}: counting instructions under valgrind ...");
-        let row = Row::new(
-            name,
-            n,
-            baseline,
-            vec![per_task(ours)?],
-            vec![per_task(raw)?],
-        );
-        eprintln!("{}", row.summary());
-        Ok(row)
-    });
-    counts
-        .into_iter()
-        .collect::<Result<_, String>>()
-        .map_err(|e| eprintln!("instruction counts: {e}"))
-        .ok()
+    ] {
+        eprintln!("{}: counting instructions under valgrind ...", pair.0);
+        match per_task(ours, n).and_then(|ours| Ok((ours, per_task(raw, n)?))) {
+            Ok((ours, raw)) => rows.push(Row::new(pair, n, vec![ours], vec![raw])),
+            Err(e) => {
+                eprintln!("instruction counts: {e}");
+                return None;
+            }
+        }
+        eprintln!("{}", rows[rows.len() - 1].summary());
+    }
+    Some(rows)
 }

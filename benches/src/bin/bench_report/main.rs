@@ -16,41 +16,6 @@ mod scenarios;
 
 use std::path::{Path, PathBuf};
 
-/// The command line that `cargo xtask bench` checks and passes on: `[--quick] [--only
-/// GROUP,...] [--out DIR]`.
-struct Options {
-    quick: bool,
-    /// The groups to run (`async`, `threaded`, `process`, `publisher`, `nats`, `instructions`,
-    /// `memory`); `None` runs them all.
-    only: Option<Vec<String>>,
-    /// `$CARGO_TARGET_DIR/bench-report`, or `target/bench-report` in the workspace, unless
-    /// `--out` says.
-    out: PathBuf,
-}
-
-impl Options {
-    fn parse(args: &[&str]) -> Self {
-        let value = |flag| {
-            args.iter()
-                .position(|a| *a == flag)
-                .and_then(|i| args.get(i + 1))
-        };
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-        Self {
-            quick: args.contains(&"--quick"),
-            only: value("--only").map(|groups| groups.split(',').map(str::to_owned).collect()),
-            out: value("--out").map_or_else(|| target.join("bench-report"), PathBuf::from),
-        }
-    }
-
-    fn runs(&self, group: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|only| only.iter().any(|g| g == group))
-    }
-}
-
 /// The workspace root, where the docs and `target/` are.
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,16 +28,14 @@ fn workspace_root() -> PathBuf {
 /// what the child said on stderr.
 fn measure_in_child<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, String> {
     let exe = std::env::current_exe().map_err(|e| format!("could not run the child: {e}"))?;
-    let output = std::process::Command::new(exe)
-        .args(args)
-        .output()
-        .map_err(|e| format!("could not run the child: {e}"))?;
+    let output = std::process::Command::new(exe).args(args).output();
+    let output = output.map_err(|e| format!("could not run the child: {e}"))?;
     let said = String::from_utf8_lossy(&output.stderr).trim().to_owned();
     if !output.status.success() {
         return Err(format!("{}: {said}", output.status));
     }
-    serde_json::from_slice(&output.stdout)
-        .map_err(|e| format!("unreadable result ({e}); the child said: {said}"))
+    let read = serde_json::from_slice(&output.stdout);
+    read.map_err(|e| format!("unreadable result ({e}); the child said: {said}"))
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -95,73 +58,63 @@ fn main() {
             return instructions::run(scenario, number(n), number(rounds));
         }
         [scenarios::PINNED_FLAG, round_trips, reps] => {
-            let row =
-                scenarios::pinned_round_trip_child(number(round_trips), number(reps) as usize);
+            let row = scenarios::pinned_round_trip_child(number(round_trips), number(reps));
             return print_json(&row.unwrap_or_else(|why| panic!("{why}")));
         }
         [nats::WORKER_FLAG, stream, prefix] => nats::worker_main(stream, prefix),
         _ => {}
     }
-    let options = Options::parse(&args);
+    // The command line that `cargo xtask bench` checks and passes on: `[--quick] [--only
+    // GROUP,...] [--out DIR]`. The report goes to `$CARGO_TARGET_DIR/bench-report`, or
+    // `target/bench-report` in the workspace, unless `--out` says.
+    let value = |flag| args.get(args.iter().position(|a| *a == flag)? + 1);
+    let quick = args.contains(&"--quick");
+    let only: Vec<&str> = value("--only").map_or(Vec::new(), |list| list.split(',').collect());
+    let run = |group| only.is_empty() || only.contains(&group);
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from);
+    let target = target.unwrap_or_else(|| workspace_root().join("target"));
+    let out = value("--out").map_or_else(|| target.join("bench-report"), PathBuf::from);
     // Read before anything runs: the load average says what the machine was doing before.
     let load_before = report::load_average();
-    let (quick, run) = (options.quick, |group| options.runs(group));
     let pick = |quick_size: u64, full_size: u64| if quick { quick_size } else { full_size };
-    let (sizes, reps): (&[u64], usize) = if quick {
-        (&[10_000, 100_000], 3)
-    } else {
-        (&[10_000, 100_000, 1_000_000], 5)
-    };
+    let reps = pick(3, 5) as usize;
+    let series = &[10_000, 100_000, 1_000_000][..pick(2, 3) as usize];
     let fixture = benches::Fixture::default();
     let rt = &fixture.rt;
-    let mut rows = scenarios::local(&fixture, sizes, reps, (run("async"), run("threaded")));
+    let mut rows = scenarios::local(&fixture, series, reps, [run("async"), run("threaded")]);
     if run("process") {
-        rows.extend(scenarios::process(
-            rt,
-            pick(300, 2_000),
-            pick(10_000, 50_000),
-            reps,
-        ));
-        rows.extend(scenarios::pinned_round_trip(pick(300, 2_000), reps));
+        let round_trips = pick(300, 2_000);
+        let process = scenarios::process(rt, round_trips, pick(10_000, 50_000), reps);
+        rows.extend(
+            process
+                .into_iter()
+                .chain(scenarios::pinned_round_trip(round_trips, reps)),
+        );
     }
     if run("publisher") {
-        rows.extend(scenarios::publisher(
-            rt,
-            pick(10_000, 50_000),
-            pick(1_000, 5_000) as usize,
-            reps,
-        ));
+        let (messages, one_by_one) = (pick(10_000, 50_000), pick(1_000, 5_000) as usize);
+        rows.extend(scenarios::publisher(rt, messages, one_by_one, reps));
     }
     if run("nats") {
         rows.extend(nats::throughput(rt, pick(2_000, 20_000), reps));
     }
-    let instructions = run("instructions")
-        .then(|| instructions::measure(pick(5_000, 20_000)))
-        .flatten();
-    let memory = run("memory").then(|| {
-        memory::measure(
-            pick(200_000, 1_000_000),
-            pick(200_000, 1_000_000),
-            pick(2_000_000, 10_000_000),
-        )
-    });
+    let instructions = run("instructions").then(|| instructions::measure(pick(5_000, 20_000)));
+    let (jobs, total) = (pick(200_000, 1_000_000), pick(2_000_000, 10_000_000));
+    let memory = run("memory").then(|| memory::measure(jobs, jobs, total));
     fixture.shutdown();
     let report = report::Report {
         quick,
-        only: options.only.clone(),
+        only: (!only.is_empty()).then(|| only.iter().map(|g| g.to_string()).collect()),
         environment: report::environment(&load_before),
         claims: claims::check(&workspace_root(), &rows),
         scenarios: rows,
-        instructions,
+        instructions: instructions.flatten(),
         memory: memory.flatten(),
     };
-    if let Err(e) = report::write(&report, &options.out) {
-        eprintln!(
-            "could not write the report to {}: {e}",
-            options.out.display()
-        );
+    if let Err(e) = report::write(&report, &out) {
+        eprintln!("could not write the report to {}: {e}", out.display());
         std::process::exit(1);
     }
     println!("{}", report::markdown(&report));
-    eprintln!("report written to {}", options.out.display());
+    eprintln!("report written to {}", out.display());
 }

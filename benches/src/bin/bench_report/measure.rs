@@ -22,19 +22,14 @@ pub(crate) struct Row {
 }
 
 impl Row {
-    /// The row of our costs and the baseline's, one of each per repetition.
-    pub(crate) fn new(
-        name: &str,
-        n: u64,
-        baseline: &str,
-        mut ours: Vec<f64>,
-        mut base: Vec<f64>,
-    ) -> Self {
+    /// The row of scenario `pair.0` beside baseline `pair.1`, from our costs and the baseline's,
+    /// one of each per repetition.
+    pub(crate) fn new(pair: (&str, &str), n: u64, mut ours: Vec<f64>, mut base: Vec<f64>) -> Self {
         ours.sort_by(f64::total_cmp);
         base.sort_by(f64::total_cmp);
         let median = |v: &[f64]| (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0;
         let (ns_per_task, baseline_ns_per_task) = (median(&ours), median(&base));
-        let (name, baseline, reps) = (name.to_owned(), baseline.to_owned(), ours.len());
+        let (name, baseline, reps) = (pair.0.to_owned(), pair.1.to_owned(), ours.len());
         let (min, max, ratio) = (ours[0], ours[reps - 1], baseline_ns_per_task / ns_per_task);
         Self {
             name,
@@ -51,44 +46,29 @@ impl Row {
 
     /// The one-line summary, for the progress on stderr.
     pub(crate) fn summary(&self) -> String {
-        let (name, n, ours, base) = (
-            &self.name,
-            self.n,
-            self.ns_per_task,
-            self.baseline_ns_per_task,
-        );
-        format!(
-            "{name}, N = {n}: {ours:.0} vs {base:.0} for the baseline, ratio {:.2}",
-            self.ratio
-        )
+        let (name, n, ratio) = (&self.name, self.n, self.ratio);
+        let (ours, base) = (self.ns_per_task, self.baseline_ns_per_task);
+        format!("{name}, N = {n}: {ours:.0} vs {base:.0} for the baseline, ratio {ratio:.2}")
     }
 }
 
 /// The row of scenario `name` measured at `n`, or without `n` the one at the largest N measured.
 pub(crate) fn row<'a>(rows: &'a [Row], name: &str, n: Option<u64>) -> Option<&'a Row> {
-    let rows = rows
-        .iter()
-        .filter(|row| row.name == name && n.is_none_or(|n| row.n == n));
-    rows.max_by_key(|row| row.n)
+    let picked = |row: &&Row| row.name == name && n.is_none_or(|n| row.n == n);
+    rows.iter().filter(picked).max_by_key(|row| row.n)
 }
 
 /// Runs `ours` and `baseline` alternately, `reps` times each after one warm-up of each, and
-/// reports per-task costs (`n` tasks per run).
+/// reports per-task costs (`n` tasks per run) as the row of scenario `pair.0` beside baseline
+/// `pair.1`.
 pub(crate) fn compare(
-    (name, baseline_name): (&str, &str),
+    pair: (&str, &str),
     n: u64,
     reps: usize,
     mut ours: impl FnMut() -> Duration,
     mut baseline: impl FnMut() -> Duration,
 ) -> Row {
-    compare_series(
-        (name, baseline_name),
-        &[n],
-        reps,
-        |_| ours(),
-        |_| baseline(),
-    )
-    .remove(0)
+    compare_series(pair, &[n], reps, |_| ours(), |_| baseline()).remove(0)
 }
 
 /// As [`compare`], for one scenario at several sizes measured in the same rounds: each
@@ -97,13 +77,13 @@ pub(crate) fn compare(
 /// with N is read between figures taken side by side. `ours(i)` and `baseline(i)` run the
 /// `i`-th size. One row per size, in order.
 pub(crate) fn compare_series(
-    (name, baseline_name): (&str, &str),
+    pair: (&str, &str),
     sizes: &[u64],
     reps: usize,
     mut ours: impl FnMut(usize) -> Duration,
     mut baseline: impl FnMut(usize) -> Duration,
 ) -> Vec<Row> {
-    eprintln!("{name}: {reps} repetitions ...");
+    eprintln!("{}: {reps} repetitions ...", pair.0);
     for i in 0..sizes.len() {
         ours(i);
         baseline(i);
@@ -115,9 +95,7 @@ pub(crate) fn compare_series(
             b.push(baseline(i).as_nanos() as f64 / sizes[i] as f64);
         }
     }
-    let rows = costs
-        .into_iter()
-        .zip(sizes)
-        .map(|((a, b), &n)| Row::new(name, n, baseline_name, a, b));
+    let row = |((a, b), &n)| Row::new(pair, n, a, b);
+    let rows = costs.into_iter().zip(sizes).map(row);
     rows.inspect(|row| eprintln!("{}", row.summary())).collect()
 }

@@ -41,42 +41,32 @@ pub(crate) struct Bounded {
 fn resident() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| {
-        let kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .split_whitespace()
-            .next()?;
-        kb.parse::<u64>().ok().map(|kb| kb * 1024)
+        let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+        Some(line.split_whitespace().next()?.parse::<u64>().ok()? * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// What a coordinator attaches to each job, by size: a reference to the request's record and a
+/// mode index. The table keeps a slot of this size beside every job, closed ones included.
+type Slot = (Arc<()>, usize);
+
 /// Runs `tasks` jobs through a table with `retention` the way a coordinator does (a generated
-/// node id, a parent, a static name, and beside each job a slot the size of what a coordinator
-/// attaches: a reference to the request's record and a mode index), calling `at(i)` before the
-/// `i`-th; gives the table back.
-fn run(
-    retention: Retention,
-    tasks: u64,
-    mut at: impl FnMut(u64),
-) -> CoordinatorState<(Arc<()>, usize)> {
+/// node id, a parent, a static name, a [`Slot`]), calling `at(i)` before the `i`-th; gives the
+/// table back.
+fn run(retention: Retention, tasks: u64, mut at: impl FnMut(u64)) -> CoordinatorState<Slot> {
     let mut state = CoordinatorState::with_attachments(retention);
     let (parent, record) = (NodeId::generate(), Arc::new(()));
     for i in 0..tasks {
         at(i);
         let request = RequestId::from(format!("request-{i}"));
-        let info = TaskInfo::new(
-            request.clone(),
-            NodeId::generate(),
-            Some(parent.clone()),
-            "node",
-        );
+        let (node, parent) = (NodeId::generate(), Some(parent.clone()));
+        let info = TaskInfo::new(request.clone(), node, parent, "node");
         state
             .add_job_with(&info, (Arc::clone(&record), 0))
             .expect("fresh id");
-        state
-            .end_job(&request, JobResult::Success)
-            .expect("open job");
+        let ended = state.end_job(&request, JobResult::Success);
+        ended.expect("open job");
     }
     state
 }
@@ -107,10 +97,8 @@ pub(crate) fn bounded(checkpoint: u64, total: u64) -> Option<Bounded> {
             at_checkpoint = resident().map_or(before, |(now, _)| now);
         }
     });
-    let (grown, end) = (
-        at_checkpoint.saturating_sub(before),
-        resident()?.0.saturating_sub(before),
-    );
+    let grown = at_checkpoint.saturating_sub(before);
+    let end = resident()?.0.saturating_sub(before);
     std::hint::black_box(state.len());
     Some(Bounded {
         keep_last: KEEP_LAST,
@@ -124,21 +112,22 @@ pub(crate) fn bounded(checkpoint: u64, total: u64) -> Option<Bounded> {
 
 /// Both measurements, each in a fresh child; `None`, saying why on stderr, where they failed.
 pub(crate) fn measure(jobs: u64, checkpoint: u64, total: u64) -> Option<Memory> {
-    eprintln!(
-        "memory: {jobs} retained closed jobs, then bounded retention across {total} tasks ..."
-    );
+    eprintln!("memory: {jobs} retained jobs, then {total} tasks keeping the last {KEEP_LAST} ...");
     let retained = in_child::<Memory>(&["retained", &jobs.to_string()]);
-    let mut memory = retained
-        .map_err(|why| eprintln!("memory: not measured: {why}"))
-        .ok()?;
+    let mut memory = or_say("memory", retained)?;
     let bounded = in_child(&["bounded", &checkpoint.to_string(), &total.to_string()]);
-    memory.bounded_retention = bounded
-        .map_err(|why| eprintln!("memory: bounded retention not measured: {why}"))
-        .ok();
+    memory.bounded_retention = or_say("bounded retention", bounded);
     Some(memory)
 }
 
 fn in_child<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, String> {
     let measured = crate::measure_in_child::<Option<T>>(&[&[CHILD_FLAG], args].concat())?;
     measured.ok_or_else(|| "resident memory cannot be read here (no /proc/self/status)".into())
+}
+
+/// The value, or `None` once stderr says that `what` was not measured, and why.
+fn or_say<T>(what: &str, measured: Result<T, String>) -> Option<T> {
+    measured
+        .map_err(|why| eprintln!("{what}: not measured: {why}"))
+        .ok()
 }

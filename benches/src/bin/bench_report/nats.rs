@@ -4,10 +4,11 @@
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
+use benches::Killed;
 use coordinator::{Coordinator, RequestCompletionPublisher, Task};
 use exec_nats::example_nodes::{self, Echo};
 use exec_nats::{NatsConfig, NatsStrategy, NatsWorker};
@@ -21,9 +22,10 @@ use crate::scenarios::names;
 pub(crate) const WORKER_FLAG: &str = "--nats-worker";
 
 fn config(stream: &str, prefix: &str) -> NatsConfig {
+    let (stream, prefix) = (stream.to_owned(), prefix.to_owned());
     NatsConfig {
-        stream: stream.to_owned(),
-        prefix: prefix.to_owned(),
+        stream,
+        prefix,
         mode: "bench".into(),
         ..NatsConfig::default()
     }
@@ -43,58 +45,39 @@ pub(crate) fn worker_main(stream: &str, prefix: &str) -> ! {
     std::process::exit(0)
 }
 
-/// A worker process, killed when dropped.
-struct Worker(Child);
-
-impl Worker {
-    /// Started and ready, or `None`.
-    fn spawn(stream: &str, prefix: &str) -> Option<Self> {
-        let mut command = Command::new(std::env::current_exe().ok()?);
-        let mut worker = Self(
-            command
-                .args([WORKER_FLAG, stream, prefix])
-                .stdout(Stdio::piped())
-                .spawn()
-                .ok()?,
-        );
-        let mut line = String::new();
-        BufReader::new(worker.0.stdout.take()?)
-            .read_line(&mut line)
-            .ok()?;
-        line.starts_with("ready").then_some(worker)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A worker process of this binary, once it says it is ready; `None` if it does not.
+fn worker(stream: &str, prefix: &str) -> Option<Killed> {
+    let mut command = Command::new(std::env::current_exe().ok()?);
+    let mut worker = Killed(
+        command
+            .args([WORKER_FLAG, stream, prefix])
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?,
+    );
+    let mut line = String::new();
+    BufReader::new(worker.0.stdout.take()?)
+        .read_line(&mut line)
+        .ok()?;
+    line.starts_with("ready").then_some(worker)
 }
 
 /// The scenario, or `None` (said on stderr) when no server is reachable or it could not be set up.
 pub(crate) fn throughput(rt: &Runtime, n: u64, reps: usize) -> Option<Row> {
     let url = exec_nats::default_url();
-    let address = url.trim_start_matches("nats://").parse().ok();
-    if address
-        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok())
-        .is_none()
-    {
+    let address = url.trim_start_matches("nats://").parse();
+    let timeout = Duration::from_secs(1);
+    if !address.is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok()) {
         eprintln!("nats: no server at {url}; the distributed scenario is skipped");
         return None;
     }
     let tag = std::process::id();
-    let (stream_name, prefix) = (format!("BENCH_{tag}"), format!("bench{tag}"));
-    let workers: Vec<Worker> = (0..2)
-        .filter_map(|_| Worker::spawn(&stream_name, &prefix))
-        .collect();
+    let (stream, prefix) = (format!("BENCH_{tag}"), format!("bench{tag}"));
+    let workers: Vec<Killed> = (0..2).filter_map(|_| worker(&stream, &prefix)).collect();
     let setup = (workers.len() == 2).then(|| {
         rt.block_on(async {
-            let strategy = NatsStrategy::builder()
-                .config(config(&stream_name, &prefix))
-                .start()
-                .await
-                .ok()?;
+            let strategy = NatsStrategy::builder().config(config(&stream, &prefix));
+            let strategy = strategy.start().await.ok()?;
             let publisher = RequestCompletionPublisher::new();
             publisher.start().ok()?;
             let coordinator = Coordinator::builder().strategy("nats", strategy).build();
@@ -121,8 +104,12 @@ pub(crate) fn throughput(rt: &Runtime, n: u64, reps: usize) -> Option<Row> {
     rt.block_on(async {
         coordinator.shutdown().await;
         publisher.shutdown().await;
-        raw.stop().await;
-        let _ = raw.js.delete_stream(&stream_name).await;
+        raw.consumers
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
+        for stream in [stream, format!("BENCH_RAW_{tag}")] {
+            let _ = raw.js.delete_stream(stream).await;
+        }
     });
     Some(row)
 }
@@ -132,9 +119,7 @@ const ACKS_IN_FLIGHT: usize = 1024;
 
 /// The raw baseline: the same work-queue pattern written directly against the client.
 struct RawQueue {
-    client: async_nats::Client,
     js: jetstream::Context,
-    stream: String,
     subject: String,
     replies: async_nats::Subscriber,
     consumers: Vec<tokio::task::JoinHandle<()>>,
@@ -144,15 +129,12 @@ impl RawQueue {
     async fn start(url: &str, tag: u32) -> Option<Self> {
         let client = async_nats::connect(url).await.ok()?;
         let js = jetstream::new(client.clone());
-        let (name, subject, reply) = (
-            format!("BENCH_RAW_{tag}"),
-            format!("benchraw{tag}.run"),
-            format!("benchraw{tag}.reply"),
-        );
+        let (subject, reply) = (format!("benchraw{tag}.run"), format!("benchraw{tag}.reply"));
+        let (name, subjects) = (format!("BENCH_RAW_{tag}"), vec![subject.clone()]);
         let retention = stream::RetentionPolicy::WorkQueue;
         let config = stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
+            name,
+            subjects,
             retention,
             ..Default::default()
         };
@@ -167,29 +149,24 @@ impl RawQueue {
         let consumer: consumer::PullConsumer =
             stream.get_or_create_consumer("raw", config).await.ok()?;
         let replies = client.subscribe(reply.clone()).await.ok()?;
-        let consumers = (0..2)
-            .map(|_| {
-                let (consumer, client, reply) = (consumer.clone(), client.clone(), reply.clone());
-                tokio::spawn(async move {
-                    let Ok(mut messages) = consumer
-                        .stream()
-                        .max_messages_per_batch(256)
-                        .messages()
-                        .await
-                    else {
-                        return;
-                    };
-                    while let Some(Ok(message)) = messages.next().await {
-                        let _ = client.publish(reply.clone(), message.payload.clone()).await;
-                        let _ = message.ack().await;
-                    }
-                })
+        let consume = |_| {
+            let (consumer, client, reply) = (consumer.clone(), client.clone(), reply.clone());
+            tokio::spawn(async move {
+                let messages = consumer
+                    .stream()
+                    .max_messages_per_batch(256)
+                    .messages()
+                    .await;
+                let Ok(mut messages) = messages else { return };
+                while let Some(Ok(message)) = messages.next().await {
+                    let _ = client.publish(reply.clone(), message.payload.clone()).await;
+                    let _ = message.ack().await;
+                }
             })
-            .collect();
+        };
+        let consumers = (0..2).map(consume).collect();
         Some(Self {
-            client,
             js,
-            stream: name,
             subject,
             replies,
             consumers,
@@ -201,20 +178,15 @@ impl RawQueue {
         let start = Instant::now();
         // Acknowledgements are awaited as they fall due: the client allows a bounded number in
         // flight (5,000 by default) and holds the next publish until one is awaited.
-        let mut acks = VecDeque::with_capacity(ACKS_IN_FLIGHT);
+        let mut acks: VecDeque<PublishAckFuture> = VecDeque::with_capacity(ACKS_IN_FLIGHT);
         for _ in 0..n {
             if acks.len() == ACKS_IN_FLIGHT
                 && let Some(ack) = acks.pop_front()
             {
-                let ack: jetstream::context::PublishAckFuture = ack;
                 black_box(ack.await.expect("stored"));
             }
-            acks.push_back(
-                self.js
-                    .publish(self.subject.clone(), payload.clone())
-                    .await
-                    .expect("published"),
-            );
+            let ack = self.js.publish(self.subject.clone(), payload.clone()).await;
+            acks.push_back(ack.expect("published"));
         }
         for ack in acks {
             black_box(ack.await.expect("stored"));
@@ -225,13 +197,5 @@ impl RawQueue {
             }
         }
         start.elapsed()
-    }
-
-    async fn stop(&self) {
-        self.consumers
-            .iter()
-            .for_each(tokio::task::JoinHandle::abort);
-        let _ = self.client.flush().await;
-        let _ = self.js.delete_stream(&self.stream).await;
     }
 }

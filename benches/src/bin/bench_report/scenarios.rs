@@ -77,7 +77,7 @@ pub(crate) fn local(
     fx: &Fixture,
     sizes: &[u64],
     reps: usize,
-    (async_, threaded): (bool, bool),
+    [async_, threaded]: [bool; 2],
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     if async_ {
@@ -95,13 +95,8 @@ pub(crate) fn local(
         // The baseline's shape (spawn everything, then learn every outcome) without one future
         // per call polled together; then every request accepted under one lock.
         for (pair, ours) in [(names::TRY_SPAWN, "async-handles"), (names::BATCH, "batch")] {
-            rows.push(compare(
-                pair,
-                n,
-                reps,
-                run(fx, ours, &ids),
-                run(fx, "raw-async", &ids),
-            ));
+            let (ours, raw) = (run(fx, ours, &ids), run(fx, "raw-async", &ids));
+            rows.push(compare(pair, n, reps, ours, raw));
         }
         rows.push(beside_a_stuck_subscriber(fx, &ids, reps));
     }
@@ -159,11 +154,8 @@ fn round_trip(pair: (&str, &str), rt: &Runtime, round_trips: u64, reps: usize) -
 /// echo children.
 pub(crate) fn process(rt: &Runtime, round_trips: u64, pipelined: u64, reps: usize) -> Vec<Row> {
     let round = round_trip(names::ROUND_TRIP, rt, round_trips, reps);
-    let (pool, frame, mut pair) = (
-        benches::worker_pool(rt),
-        benches::echo_frame(),
-        [EchoChild::spawn(), EchoChild::spawn()],
-    );
+    let (pool, frame) = (benches::worker_pool(rt), benches::echo_frame());
+    let mut pair = [EchoChild::spawn(), EchoChild::spawn()];
     let ours = || benches::process_pipelined(rt, &pool, pipelined);
     let raw = || benches::raw_pipelined(&mut pair, &frame, pipelined);
     let throughput = compare(names::THROUGHPUT, pipelined, reps, ours, raw);
@@ -178,18 +170,18 @@ pub(crate) const PINNED_FLAG: &str = "--pinned-round-trip";
 /// The pinned child's side: pins this process to the first CPU it may run on, before any thread
 /// of its own starts (the runtime's threads, the workers and the echo child inherit the pin),
 /// then measures the round trip.
-pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: usize) -> Result<Row, String> {
-    let core = core_affinity::get_core_ids()
-        .and_then(|ids| ids.first().copied())
-        .ok_or("no CPU to pin to")?;
+pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: u64) -> Result<Row, String> {
+    let core = core_affinity::get_core_ids().and_then(|ids| ids.first().copied());
+    let core = core.ok_or("no CPU to pin to")?;
     if !core_affinity::set_for_current(core) {
         return Err(format!("could not pin this process to CPU {}", core.id));
     }
+    let rt = benches::runtime();
     Ok(round_trip(
         names::PINNED_ROUND_TRIP,
-        &benches::runtime(),
+        &rt,
         round_trips,
-        reps,
+        reps as usize,
     ))
 }
 
@@ -199,53 +191,39 @@ pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: usize) -> Result<R
 pub(crate) fn pinned_round_trip(round_trips: u64, reps: usize) -> Option<Row> {
     let name = names::PINNED_ROUND_TRIP.0;
     eprintln!("{name}: in a pinned child ...");
-    let row =
-        crate::measure_in_child::<Row>(&[PINNED_FLAG, &round_trips.to_string(), &reps.to_string()]);
-    eprintln!(
-        "{}",
-        row.as_ref()
-            .map_or_else(|why| format!("{name}: not measured ({why})"), Row::summary)
-    );
+    let (round_trips, reps) = (round_trips.to_string(), reps.to_string());
+    let row = crate::measure_in_child::<Row>(&[PINNED_FLAG, &round_trips, &reps]);
+    let said = row
+        .as_ref()
+        .map_or_else(|why| format!("{name}: not measured ({why})"), Row::summary);
+    eprintln!("{said}");
     row.ok()
 }
 
 /// Fan-out to 1, 4 and 16 subscribers, then publish-to-delivery latency (p50 and p99) of one
 /// message at a time to one subscriber; each beside `tokio::sync::broadcast`.
-pub(crate) fn publisher(
-    rt: &Runtime,
-    messages: u64,
-    latency_messages: usize,
-    reps: usize,
-) -> Vec<Row> {
-    let mut rows: Vec<Row> = (names::FAN_OUT.into_iter().zip([1, 4, 16]))
-        .map(|(pair, k)| {
-            compare(
-                pair,
-                messages,
-                reps,
-                || publish_fan_out(rt, k, messages),
-                || broadcast_fan_out(rt, k, messages),
-            )
-        })
-        .collect();
+pub(crate) fn publisher(rt: &Runtime, messages: u64, one_by_one: usize, reps: usize) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (pair, k) in names::FAN_OUT.into_iter().zip([1, 4, 16]) {
+        let (ours, raw) = (
+            || publish_fan_out(rt, k, messages),
+            || broadcast_fan_out(rt, k, messages),
+        );
+        rows.push(compare(pair, messages, reps, ours, raw));
+    }
     eprintln!("publisher latency: {reps} repetitions ...");
     let mut percentiles: [[Vec<f64>; 2]; 2] = Default::default();
     for _ in 0..reps {
         for (side, ours) in [(0, true), (1, false)] {
-            let (p50, p99) = latencies(rt, latency_messages, ours);
+            let (p50, p99) = latencies(rt, one_by_one, ours);
             percentiles[0][side].push(p50);
             percentiles[1][side].push(p99);
         }
     }
     for (pair, [ours, base]) in names::LATENCY.into_iter().zip(percentiles) {
-        rows.push(Row::new(
-            pair.0,
-            latency_messages as u64,
-            pair.1,
-            ours,
-            base,
-        ));
-        eprintln!("{}", rows[rows.len() - 1].summary());
+        let row = Row::new(pair, one_by_one as u64, ours, base);
+        eprintln!("{}", row.summary());
+        rows.push(row);
     }
     rows
 }
