@@ -1,53 +1,43 @@
-//! What the criterion benches and the `bench-report` binary share: the trivial process-capable
-//! node and its registry, the runs through the coordinator, and the raw baselines they are
-//! measured against. Each run returns the time it took, so callers can interleave and repeat.
+//! What the criterion benches and the `bench-report` binary share: the runs through the
+//! framework and the raw baselines they are measured against. Each run returns the time it took,
+//! so callers can interleave and repeat.
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::io::{Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, Node, NodeRegistry, PortableNode,
+    BoxError, Coordinator, ExecutionMode, PortableNode, ProcessExecutionStrategy,
     RequestCompletionPublisher, RequestId, SubmitOptions, Task, ThreadedExecutionStrategy,
 };
+/// The trivial task (it returns its number), and the registry of every binary here, each its
+/// own process worker (see [`serve_if_child`]).
+pub use exec_nats::example_nodes::{Echo, registry};
 use exec_strategies::process::wire;
-use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
+use tokio::sync::broadcast::error::RecvError;
 
-/// A trivial process-capable node: returns its number.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Echo(pub u64);
+/// Set in the environment of a raw echo child (the process baseline).
+const RAW_ECHO_ENV: &str = "BENCHES_RAW_ECHO";
 
-impl Node for Echo {
-    type Output = u64;
-    async fn invoke(self) -> Result<u64, BoxError> {
-        Ok(self.0)
+/// Called first by every binary here: serves as a process worker, or as a raw echo child, when
+/// started as one (and then never returns).
+pub fn serve_if_child() {
+    if std::env::var_os(RAW_ECHO_ENV).is_some() {
+        raw_echo_child();
     }
-}
-
-impl PortableNode for Echo {
-    const NAME: &'static str = "echo";
-}
-
-/// The registry of every benchmark binary that serves as its own process worker.
-pub fn registry() -> NodeRegistry {
-    let mut registry = NodeRegistry::new();
-    registry
-        .register::<Echo>()
-        .expect("one type under the name");
-    registry
+    coordinator::run_worker_if_requested(&registry());
 }
 
 /// The runtime every benchmark uses: 2 workers, like the machines these run on.
 pub fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    builder.build().expect("a tokio runtime")
 }
 
 /// A started publisher and a coordinator with the async mode and, given a pool, the threaded
@@ -61,11 +51,9 @@ pub fn started_coordinator(
         publisher.start().expect("start publisher");
         let mut builder = Coordinator::builder().with_async();
         if let Some(pool) = pool {
-            let threaded = ThreadedExecutionStrategy::builder()
-                .pool(Arc::clone(pool))
-                .build()
-                .expect("threaded strategy");
-            builder = builder.strategy(ExecutionMode::THREADED, threaded);
+            let threaded = ThreadedExecutionStrategy::builder().pool(Arc::clone(pool));
+            builder =
+                builder.strategy(ExecutionMode::THREADED, threaded.build().expect("threaded"));
         }
         let coordinator = builder.build();
         coordinator.start(&publisher).expect("start coordinator");
@@ -73,69 +61,127 @@ pub fn started_coordinator(
     })
 }
 
+/// A runtime, a 2-thread rayon pool and a coordinator serving the async mode and the threaded
+/// mode on that pool: what the async and threaded scenarios and their baselines run on.
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub struct Fixture {
+    pub rt: Runtime,
+    pub pool: Arc<rayon::ThreadPool>,
+    pub publisher: RequestCompletionPublisher,
+    pub coordinator: Coordinator,
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        let rt = runtime();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build();
+        let pool = Arc::new(pool.expect("a rayon pool"));
+        let (publisher, coordinator) = started_coordinator(&rt, Some(&pool));
+        Self {
+            rt,
+            pool,
+            publisher,
+            coordinator,
+        }
+    }
+}
+
+impl Fixture {
+    /// Runs scenario `name` once over `ids`: `async` and `threaded` (every `submit` future
+    /// awaited together), `async-handles` (`try_spawn`, the handles awaited in order), `batch`
+    /// (one `submit_many`), or the raw baselines `raw-async` and `raw-threaded`. `None` for a
+    /// name it does not know.
+    pub fn run(&self, name: &str, ids: &[RequestId]) -> Option<Duration> {
+        let (rt, coordinator) = (&self.rt, &self.coordinator);
+        Some(match name {
+            "async" => submit_trivial(rt, coordinator, ids, &ExecutionMode::ASYNC),
+            "threaded" => submit_trivial(rt, coordinator, ids, &ExecutionMode::THREADED),
+            "async-handles" => spawn_then_await(rt, coordinator, ids),
+            "batch" => submit_batch(rt, coordinator, ids),
+            "raw-async" => raw_tokio_spawn_channel(rt, ids),
+            "raw-threaded" => raw_rayon_spawn_crossbeam(&self.pool, ids),
+            _ => return None,
+        })
+    }
+
+    /// Shuts the coordinator and the publisher down.
+    pub fn shutdown(self) {
+        self.rt.block_on(async {
+            self.coordinator.shutdown().await;
+            self.publisher.shutdown().await;
+        });
+    }
+}
+
+/// How long `rt` takes to run `work` to its end.
+pub fn timed(rt: &Runtime, work: impl Future) -> Duration {
+    let start = Instant::now();
+    rt.block_on(work);
+    start.elapsed()
+}
+
 /// `n` distinct request ids, made once and cloned into each run.
 pub fn request_ids(n: u64) -> Vec<RequestId> {
     (0..n).map(|i| RequestId::from(format!("r{i}"))).collect()
 }
 
+fn trivial_task(id: &RequestId, i: usize) -> Task<usize> {
+    let run = move || async move { Ok::<_, BoxError>(black_box(i)) };
+    Task::from_fn(id.clone(), "trivial", run)
+}
+
 /// Submits one trivial task per id, all at once, and waits for every result.
 pub fn submit_trivial(
     rt: &Runtime,
-    coordinator: &Coordinator,
+    on: &Coordinator,
     ids: &[RequestId],
     mode: &ExecutionMode,
 ) -> Duration {
-    let start = Instant::now();
-    rt.block_on(async {
+    timed(rt, async {
         let calls = ids.iter().enumerate().map(|(i, id)| {
+            let blocking = move || Ok::<_, BoxError>(black_box(i));
             let task = if *mode == ExecutionMode::THREADED {
-                Task::blocking(id.clone(), "trivial", move || {
-                    Ok::<_, BoxError>(black_box(i))
-                })
+                Task::blocking(id.clone(), "trivial", blocking)
             } else {
-                Task::from_fn(id.clone(), "trivial", move || async move {
-                    Ok::<_, BoxError>(black_box(i))
-                })
+                trivial_task(id, i)
             };
-            coordinator.submit(task, mode.clone())
+            on.submit(task, mode.clone())
         });
         let done = futures::future::join_all(calls).await;
-        assert!(
-            done.iter().all(Result::is_ok),
-            "every trivial task succeeds"
-        );
-    });
-    start.elapsed()
+        assert!(done.iter().all(Result::is_ok), "every task succeeds");
+    })
 }
 
 /// Submits one trivial async task per id in one `submit_many` batch, then awaits every output,
 /// in order.
-pub fn submit_batch(rt: &Runtime, coordinator: &Coordinator, ids: &[RequestId]) -> Duration {
-    let start = Instant::now();
-    rt.block_on(async {
-        let tasks = ids.iter().enumerate().map(|(i, id)| {
-            Task::from_fn(id.clone(), "trivial", move || async move {
-                Ok::<_, BoxError>(black_box(i))
-            })
-        });
-        let batch = coordinator
-            .submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new())
-            .expect("the batch is accepted");
-        let outputs = batch.all().await;
-        assert!(
-            outputs.iter().all(Result::is_ok),
-            "every trivial task succeeds"
-        );
-    });
-    start.elapsed()
+pub fn submit_batch(rt: &Runtime, on: &Coordinator, ids: &[RequestId]) -> Duration {
+    timed(rt, async {
+        let tasks = ids.iter().enumerate().map(|(i, id)| trivial_task(id, i));
+        let batch = on.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+        let outputs = batch.expect("the batch is accepted").all().await;
+        assert!(outputs.iter().all(Result::is_ok), "every task succeeds");
+    })
+}
+
+/// Spawns one trivial async task per id, keeping the handles, then awaits them in order: the
+/// common alternative to awaiting every `submit` future at once with `join_all`.
+pub fn spawn_then_await(rt: &Runtime, on: &Coordinator, ids: &[RequestId]) -> Duration {
+    timed(rt, async {
+        let (mode, options) = (ExecutionMode::ASYNC, SubmitOptions::new);
+        let spawn = |(i, id)| on.try_spawn(trivial_task(id, i), mode.clone(), options());
+        let handles: Vec<_> = ids.iter().enumerate().map(spawn).collect();
+        for handle in handles {
+            let output = handle.expect("no limit is set").await;
+            output.expect("every task succeeds");
+        }
+    })
 }
 
 /// The async baseline: `tokio::spawn` per id, a channel to one collector tracking each id.
 pub fn raw_tokio_spawn_channel(rt: &Runtime, ids: &[RequestId]) -> Duration {
-    let start = Instant::now();
-    rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let expected = ids.len();
+    timed(rt, async {
+        let ((tx, mut rx), expected) = (tokio::sync::mpsc::unbounded_channel(), ids.len());
         let collector = tokio::spawn(async move {
             let mut seen: HashMap<RequestId, usize> = HashMap::with_capacity(expected);
             while seen.len() < expected {
@@ -148,13 +194,10 @@ pub fn raw_tokio_spawn_channel(rt: &Runtime, ids: &[RequestId]) -> Duration {
         });
         for (i, id) in ids.iter().enumerate() {
             let (tx, id) = (tx.clone(), id.clone());
-            tokio::spawn(async move {
-                let _ = tx.send((id, black_box(i)));
-            });
+            tokio::spawn(async move { tx.send((id, black_box(i))) });
         }
         black_box(collector.await.expect("collector"));
-    });
-    start.elapsed()
+    })
 }
 
 /// The threaded baseline: `rayon::spawn` per id on `pool`, a crossbeam channel to the caller,
@@ -164,38 +207,146 @@ pub fn raw_rayon_spawn_crossbeam(pool: &rayon::ThreadPool, ids: &[RequestId]) ->
     let (tx, rx) = crossbeam_channel::unbounded();
     for (i, id) in ids.iter().enumerate() {
         let (tx, id) = (tx.clone(), id.clone());
-        pool.spawn(move || {
-            let _ = tx.send((id, black_box(i)));
-        });
+        pool.spawn(move || drop(tx.send((id, black_box(i)))));
     }
     drop(tx);
     let mut seen: HashMap<RequestId, usize> = HashMap::with_capacity(ids.len());
-    for (id, value) in rx.iter() {
-        seen.insert(id, value);
-    }
+    seen.extend(rx.iter());
     black_box(seen.len());
     start.elapsed()
 }
 
-/// The process baseline's child: echoes every length-prefixed frame from stdin to stdout.
-pub fn raw_echo_child() -> ! {
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut buf = Vec::new();
-    loop {
-        let mut header = [0; wire::HEADER_LEN];
-        if input.read_exact(&mut header).is_err() {
-            std::process::exit(0);
+/// A started pool of 2 worker processes (the calling binary: see [`serve_if_child`]), one task
+/// running in each (the default), up to 1,023 more queued in it.
+pub fn worker_pool(rt: &Runtime) -> Arc<ProcessExecutionStrategy> {
+    let pool = ProcessExecutionStrategy::builder(registry()).workers(2);
+    let pool = rt.block_on(pool.prefetch(1023).start());
+    Arc::new(pool.expect("worker pool"))
+}
+
+/// `n` trivial tasks through the pool one at a time, awaited by a task on the runtime, as in an
+/// application (not by the thread blocked in `block_on`, which a worker thread would have to wake
+/// for every answer).
+pub fn process_round_trips(rt: &Runtime, pool: &Arc<ProcessExecutionStrategy>, n: u64) -> Duration {
+    let pool = Arc::clone(pool);
+    let caller = rt.spawn(async move {
+        let start = Instant::now();
+        for i in 0..n {
+            let task = Task::portable("r", Echo(i)).into_erased();
+            black_box(task_core::run(&*pool, task).await.expect("echo"));
         }
+        start.elapsed()
+    });
+    rt.block_on(caller).expect("the caller task")
+}
+
+/// `n` trivial tasks in flight through the pool at once.
+pub fn process_pipelined(rt: &Runtime, pool: &ProcessExecutionStrategy, n: u64) -> Duration {
+    timed(rt, async {
+        let run = |i| task_core::run(pool, Task::portable("r", Echo(i)).into_erased());
+        let done = futures::future::join_all((0..n).map(run)).await;
+        assert!(done.iter().all(Result::is_ok), "every echo succeeds");
+    })
+}
+
+/// One trivial task as the pool's wire carries it: what the raw echo children echo.
+pub fn echo_frame() -> Vec<u8> {
+    let payload = task_core::encode(&Echo(7)).expect("encodable");
+    let run = wire::ToWorker::Run {
+        id: 1,
+        name: Echo::NAME.into(),
+        payload,
+        announce: false,
+    };
+    wire::encode_frame(&run, wire::DEFAULT_MAX_FRAME).expect("a small frame")
+}
+
+/// A child process, killed when dropped.
+#[derive(Debug)]
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The process baseline: a child (the calling binary: see [`serve_if_child`]) echoing every
+/// length-prefixed frame back over pipes.
+#[derive(Debug)]
+pub struct EchoChild {
+    to: ChildStdin,
+    from: ChildStdout,
+    _child: Killed,
+}
+
+impl EchoChild {
+    /// Starts one.
+    pub fn spawn() -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("own path"));
+        child.env(RAW_ECHO_ENV, "1").stdin(Stdio::piped());
+        let mut child = child.stdout(Stdio::piped()).spawn().expect("echo child");
+        let to = child.stdin.take().expect("stdin");
+        let from = child.stdout.take().expect("stdout");
+        Self {
+            to,
+            from,
+            _child: Killed(child),
+        }
+    }
+
+    /// `n` frames, one at a time.
+    pub fn round_trips(&mut self, frame: &[u8], n: u64) -> Duration {
+        let (start, mut back) = (Instant::now(), vec![0; frame.len()]);
+        for _ in 0..n {
+            self.to.write_all(frame).expect("write");
+            self.to.flush().expect("flush");
+            self.from.read_exact(&mut back).expect("read");
+        }
+        black_box(&back);
+        start.elapsed()
+    }
+}
+
+/// `n` frames pipelined through `children`, an equal share each, written and read by a thread
+/// of their own.
+pub fn raw_pipelined(children: &mut [EchoChild], frame: &[u8], n: u64) -> Duration {
+    let (start, count) = (Instant::now(), n / children.len() as u64);
+    std::thread::scope(|scope| {
+        for EchoChild { to, from, .. } in children.iter_mut() {
+            scope.spawn(move || {
+                let mut out = BufWriter::new(to);
+                (0..count).for_each(|_| out.write_all(frame).expect("write"));
+                out.flush().expect("flush");
+            });
+            scope.spawn(move || {
+                let (mut back, mut input) = (vec![0; frame.len()], BufReader::new(from));
+                (0..count).for_each(|_| input.read_exact(&mut back).expect("read"));
+            });
+        }
+    });
+    start.elapsed()
+}
+
+/// A raw echo child's side: echoes every length-prefixed frame from stdin to stdout.
+fn raw_echo_child() -> ! {
+    let (mut input, mut output) = (
+        std::io::stdin().lock(),
+        BufWriter::new(std::io::stdout().lock()),
+    );
+    let (mut header, mut buf) = ([0; wire::HEADER_LEN], Vec::new());
+    while input.read_exact(&mut header).is_ok() {
         buf.resize(u32::from_le_bytes(header) as usize, 0);
         let ok = input.read_exact(&mut buf).is_ok()
             && output.write_all(&header).is_ok()
             && output.write_all(&buf).is_ok()
             && output.flush().is_ok();
         if !ok {
-            std::process::exit(0);
+            break;
         }
     }
+    std::process::exit(0)
 }
 
 /// `messages` messages published to `subscribers` stream subscribers of a fresh publisher, each
@@ -203,25 +354,22 @@ pub fn raw_echo_child() -> ! {
 /// for a subscriber, so a bounded one that fell a whole ring behind would miss messages, and every
 /// subscriber must see every message, as every receiver of the baseline does (checked).
 pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Duration {
-    let start = Instant::now();
-    rt.block_on(async {
+    timed(rt, async {
         let publisher = pubsub::Publisher::<u64>::with_capacity(1024);
         publisher.start().expect("start");
-        let readers: Vec<_> = (0..subscribers)
-            .map(|_| {
-                let mut stream = publisher
-                    .subscribe_stream_with(pubsub::Buffer::Unbounded)
-                    .expect("subscribe");
-                tokio::spawn(async move {
-                    let mut n = 0_u64;
-                    while let Some(item) = stream.recv().await {
-                        black_box(item.expect("an unbounded subscriber misses nothing"));
-                        n += 1;
-                    }
-                    n
-                })
+        let subscribe = |_| {
+            let stream = publisher.subscribe_stream_with(pubsub::Buffer::Unbounded);
+            let mut stream = stream.expect("subscribe");
+            tokio::spawn(async move {
+                let mut n = 0_u64;
+                while let Some(item) = stream.recv().await {
+                    black_box(item.expect("an unbounded subscriber misses nothing"));
+                    n += 1;
+                }
+                n
             })
-            .collect();
+        };
+        let readers: Vec<_> = (0..subscribers).map(subscribe).collect();
         for i in 0..messages {
             publisher.publish(i).expect("running");
         }
@@ -229,8 +377,7 @@ pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Durat
         for reader in readers {
             assert_eq!(reader.await.expect("reader"), messages);
         }
-    });
-    start.elapsed()
+    })
 }
 
 /// The fan-out baseline: the same through `tokio::sync::broadcast`, made lossless the cheapest
@@ -240,38 +387,28 @@ pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Durat
 /// subscribers on 2 cores its receivers saw 18-47% of them, so it is not a fan-out of N messages.
 /// Every receiver must see every message (checked).
 pub fn broadcast_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Duration {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::sync::broadcast::error::RecvError;
     const CAPACITY: usize = 1024;
-    let start = Instant::now();
-    rt.block_on(async {
+    timed(rt, async {
         let (tx, _) = tokio::sync::broadcast::channel::<u64>(CAPACITY);
         let space = Arc::new((tokio::sync::Notify::new(), AtomicBool::new(false)));
-        let readers: Vec<_> = (0..subscribers)
-            .map(|_| {
-                let mut rx = tx.subscribe();
-                let space = Arc::clone(&space);
-                tokio::spawn(async move {
-                    let mut n = 0_u64;
-                    loop {
-                        match rx.recv().await {
-                            Ok(m) => {
-                                black_box(m);
-                                n += 1;
-                                if space.1.load(Ordering::SeqCst)
-                                    && space.1.swap(false, Ordering::SeqCst)
-                                {
-                                    space.0.notify_one();
-                                }
-                            }
-                            Err(RecvError::Lagged(_)) => panic!("the baseline lost messages"),
-                            Err(RecvError::Closed) => break,
-                        }
+        let subscribe = |_| {
+            let (mut rx, space) = (tx.subscribe(), Arc::clone(&space));
+            tokio::spawn(async move {
+                let mut n = 0_u64;
+                loop {
+                    match rx.recv().await {
+                        Ok(m) => black_box(m),
+                        Err(RecvError::Lagged(_)) => panic!("the baseline lost messages"),
+                        Err(RecvError::Closed) => return n,
+                    };
+                    n += 1;
+                    if space.1.load(SeqCst) && space.1.swap(false, SeqCst) {
+                        space.0.notify_one();
                     }
-                    n
-                })
+                }
             })
-            .collect();
+        };
+        let readers: Vec<_> = (0..subscribers).map(subscribe).collect();
         // `len` (messages the slowest receiver has not read) takes a lock and a search, so it is
         // read only when the messages sent since the last reading could have filled the buffer.
         let mut queued = 0;
@@ -280,7 +417,7 @@ pub fn broadcast_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Dur
                 let notified = space.0.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                space.1.store(true, Ordering::SeqCst);
+                space.1.store(true, SeqCst);
                 queued = tx.len();
                 if queued < CAPACITY {
                     break;
@@ -299,28 +436,5 @@ pub fn broadcast_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Dur
                 "every message reached every receiver"
             );
         }
-    });
-    start.elapsed()
-}
-
-/// Spawns one trivial async task per id, keeping the handles, then awaits them in order: the
-/// common alternative to awaiting every `submit` future at once with `join_all`.
-pub fn spawn_then_await(rt: &Runtime, coordinator: &Coordinator, ids: &[RequestId]) -> Duration {
-    let start = Instant::now();
-    rt.block_on(async {
-        let mut handles = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let task = Task::from_fn(id.clone(), "trivial", move || async move {
-                Ok::<_, BoxError>(black_box(i))
-            });
-            let handle = coordinator
-                .try_spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
-                .expect("no limit is set");
-            handles.push(handle);
-        }
-        for handle in handles {
-            handle.await.expect("every trivial task succeeds");
-        }
-    });
-    start.elapsed()
+    })
 }

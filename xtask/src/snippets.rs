@@ -17,55 +17,46 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// The pages whose snippets are checked, besides every `.md` file directly in `docs/`.
-const PAGES: &[&str] = &["README.md"];
-
 const COMPILED: &str = "<!-- compiled:";
 const NOT_COMPILED: &str = "<!-- not compiled:";
 
+/// The pages whose snippets are checked, relative to the workspace root: the README and every
+/// `.md` file directly in `docs/`.
+fn pages(root: &Path) -> Result<Vec<String>> {
+    let mut pages = vec!["README.md".to_owned()];
+    for entry in fs::read_dir(root.join("docs")).context("reading docs/")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    pages[1..].sort();
+    Ok(pages)
+}
+
 /// Checks every page; lists every problem found before failing.
 pub(crate) fn check(root: &Path) -> Result<()> {
-    let mut pages: Vec<String> = PAGES.iter().map(|p| (*p).to_owned()).collect();
-    let mut guides: Vec<String> = fs::read_dir(root.join("docs"))
-        .context("reading docs/")?
-        .filter_map(|entry| entry.ok())
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|e| e == "md"))
-        .filter_map(|path| {
-            path.file_name()
-                .map(|name| format!("docs/{}", name.to_string_lossy()))
-        })
-        .collect();
-    guides.sort();
-    pages.extend(guides);
-
-    let mut problems = Vec::new();
-    let mut checked = 0;
-    for page in &pages {
+    let (mut problems, mut checked) = (Vec::new(), 0);
+    for page in pages(root)? {
         let text =
-            fs::read_to_string(root.join(page)).with_context(|| format!("reading {page}"))?;
-        for block in rust_blocks(&text) {
-            let at = format!("{page}:{}", block.line);
-            match block.marker {
-                Marker::Compiled(file) => {
-                    let source = match fs::read_to_string(root.join(&file)) {
-                        Ok(source) => source,
-                        Err(e) => {
-                            problems.push(format!("{at}: cannot read {file}: {e}"));
-                            continue;
-                        }
-                    };
-                    if let Err(line) = find(&block.code, &source, is_rust_source(&file)) {
-                        problems.push(format!("{at}: {file} does not hold this line: {line}"));
-                    } else {
-                        checked += 1;
-                    }
-                }
-                Marker::NotCompiled => {}
-                Marker::Missing => problems.push(format!(
-                    "{at}: a rust block needs a `{COMPILED} FILE -->` line before it \
-                     (or `{NOT_COMPILED} why -->`)"
+            fs::read_to_string(root.join(&page)).with_context(|| format!("reading {page}"))?;
+        for (line, marker, code) in rust_blocks(&text) {
+            let file = marker.and_then(|m| m.strip_prefix(COMPILED)).map(str::trim);
+            let problem = match (file, marker.is_some_and(|m| m.starts_with(NOT_COMPILED))) {
+                (Some(file), _) => match fs::read_to_string(root.join(file)) {
+                    Ok(source) => find(&code, &source, file.ends_with(".rs"))
+                        .err()
+                        .map(|line| format!("{file} does not hold this line: {line}")),
+                    Err(e) => Some(format!("cannot read {file}: {e}")),
+                },
+                (None, true) => continue,
+                (None, false) => Some(format!(
+                    "a rust block needs a `{COMPILED} FILE -->` line before it (or `{NOT_COMPILED} why -->`)"
                 )),
+            };
+            match problem {
+                Some(problem) => problems.push(format!("{page}:{line}: {problem}")),
+                None => checked += 1,
             }
         }
     }
@@ -79,73 +70,32 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, PartialEq)]
-enum Marker {
-    Compiled(String),
-    NotCompiled,
-    Missing,
-}
-
-#[derive(Debug)]
-struct Block {
-    /// The line of the opening fence, from 1.
-    line: usize,
-    marker: Marker,
-    code: String,
-}
-
-/// The ```` ```rust ```` blocks of a Markdown page, each with the marker line before it.
-fn rust_blocks(page: &str) -> Vec<Block> {
-    let mut blocks = Vec::new();
-    let mut lines = page.lines().enumerate();
-    let mut previous: Option<&str> = None;
+/// The ```` ```rust ```` blocks of a Markdown page: the line of each opening fence (from 1), the
+/// marker comment on the last non-blank line before it, if any, and the block's code.
+fn rust_blocks(page: &str) -> Vec<(usize, Option<&str>, String)> {
+    let (mut blocks, mut previous) = (Vec::new(), None);
+    let mut lines = page.lines().map(str::trim).enumerate();
     while let Some((index, line)) = lines.next() {
-        let trimmed = line.trim();
-        let Some(info) = trimmed.strip_prefix("```") else {
-            if !trimmed.is_empty() {
-                previous = Some(trimmed);
-            }
+        let Some(info) = line.strip_prefix("```") else {
+            previous = Some(line).filter(|l| !l.is_empty()).or(previous);
             continue;
         };
-        let is_rust = info
+        let code = lines
+            .by_ref()
+            .map(|(_, l)| l)
+            .take_while(|l| !l.starts_with("```"));
+        let code: Vec<&str> = code.collect();
+        if info
             .split(',')
             .next()
-            .is_some_and(|lang| lang.trim() == "rust");
-        let mut code = String::new();
-        for (_, inner) in lines.by_ref() {
-            if inner.trim_start().starts_with("```") {
-                break;
-            }
-            code.push_str(inner);
-            code.push('\n');
-        }
-        if is_rust {
-            blocks.push(Block {
-                line: index + 1,
-                marker: marker(previous),
-                code,
-            });
+            .is_some_and(|lang| lang.trim() == "rust")
+        {
+            let marker = previous.and_then(|l| l.strip_suffix("-->"));
+            blocks.push((index + 1, marker, code.join("\n")));
         }
         previous = None;
     }
     blocks
-}
-
-fn marker(line: Option<&str>) -> Marker {
-    let Some(line) = line.and_then(|l| l.strip_suffix("-->")) else {
-        return Marker::Missing;
-    };
-    if let Some(file) = line.strip_prefix(COMPILED) {
-        Marker::Compiled(file.trim().to_owned())
-    } else if line.starts_with(NOT_COMPILED) {
-        Marker::NotCompiled
-    } else {
-        Marker::Missing
-    }
-}
-
-fn is_rust_source(file: &str) -> bool {
-    Path::new(file).extension().is_some_and(|e| e == "rs")
 }
 
 /// `Ok` when the code lines of `snippet` appear one after the other among those of `source`;
@@ -159,19 +109,17 @@ fn find(snippet: &str, source: &str, rust_source: bool) -> Result<(), String> {
     if wanted.is_empty() {
         return Err("(the block has no code)".to_owned());
     }
-    let mut best = 0;
-    for start in 0..held.len() {
-        let run = wanted
+    let run = |start: usize| {
+        wanted
             .iter()
             .zip(&held[start..])
             .take_while(|(w, h)| w == h)
-            .count();
-        if run == wanted.len() {
-            return Ok(());
-        }
-        best = best.max(run);
-    }
-    Err(wanted[best].clone())
+            .count()
+    };
+    let best = (0..held.len()).map(run).max().unwrap_or(0);
+    (best == wanted.len())
+        .then_some(())
+        .ok_or_else(|| wanted[best].clone())
 }
 
 /// A line's code: comments removed, spaces collapsed; `None` when nothing is left. In a Rust
@@ -179,41 +127,29 @@ fn find(snippet: &str, source: &str, rust_source: bool) -> Result<(), String> {
 /// (`# ...`) included.
 fn code_of(line: &str, rust_source: bool) -> Option<String> {
     let mut line = line.trim();
-    if rust_source
-        && let Some(doc) = line
-            .strip_prefix("///")
-            .or_else(|| line.strip_prefix("//!"))
-    {
+    let doc = line
+        .strip_prefix("///")
+        .or_else(|| line.strip_prefix("//!"));
+    if let Some(doc) = doc.filter(|_| rust_source) {
         line = doc.trim();
         if line == "#" {
             return None;
         }
-        if let Some(hidden) = line.strip_prefix("# ") {
-            line = hidden.trim();
-        }
+        line = line.strip_prefix("# ").map_or(line, str::trim);
     }
     // Comments, and the attribute that keeps a snippet's home as the page shows it.
     if line.starts_with("//") || (rust_source && line == "#[rustfmt::skip]") {
         return None;
     }
-    let mut code = String::with_capacity(line.len());
-    let mut rest = line;
+    let (mut code, mut rest) = (String::with_capacity(line.len()), line);
     while let Some(open) = rest.find("/*") {
         code.push_str(&rest[..open]);
-        match rest[open..].find("*/") {
-            Some(close) => rest = &rest[open + close + 2..],
-            None => {
-                rest = "";
-                break;
-            }
-        }
+        let close = rest[open..].find("*/");
+        rest = close.map_or("", |close| &rest[open + close + 2..]);
     }
     code.push_str(rest);
     // A trailing comment starts at `//` after a space: `nats://host` keeps its slashes.
-    let code = match code.find(" //") {
-        Some(at) => &code[..at],
-        None => &code,
-    };
+    let code = code.find(" //").map_or(code.as_str(), |at| &code[..at]);
     let collapsed = code.split_whitespace().collect::<Vec<_>>().join(" ");
     (!collapsed.is_empty()).then_some(collapsed)
 }
@@ -222,66 +158,47 @@ fn code_of(line: &str, rust_source: bool) -> Option<String> {
 mod tests {
     use super::*;
 
-    const PAGE: &str = "\
-Text.
-
-<!-- compiled: examples/a.rs -->
-```rust
-let a = 1;      // one
-let b = a + 1;
-```
-
-```rust
-let c = 3;
-```
-
-<!-- not compiled: a summary -->
-```rust,ignore
-fn f();
-```
-
-```toml
-[x]
-```
-";
-
     #[test]
     fn blocks_carry_the_marker_before_them() {
-        let blocks = rust_blocks(PAGE);
-        let markers: Vec<_> = blocks.iter().map(|b| (b.line, &b.marker)).collect();
-        assert_eq!(
-            markers,
-            [
-                (4, &Marker::Compiled("examples/a.rs".into())),
-                (9, &Marker::Missing),
-                (14, &Marker::NotCompiled)
-            ]
-        );
-        assert_eq!(blocks[0].code, "let a = 1;      // one\nlet b = a + 1;\n");
+        let page = "Text.\n\n<!-- compiled: examples/a.rs -->\n```rust\nlet a = 1;      // one\nlet b = a + 1;\n```\n\n```rust\nlet c = 3;\n```\n\n\
+                    <!-- not compiled: a summary -->\n```rust,ignore\nfn f();\n```\n\n```toml\n[x]\n```\n";
+        let blocks = rust_blocks(page);
+        let markers: Vec<_> = blocks
+            .iter()
+            .map(|(line, marker, _)| (*line, *marker))
+            .collect();
+        let expected = [
+            (4, Some("<!-- compiled: examples/a.rs ")),
+            (9, None),
+            (14, Some("<!-- not compiled: a summary ")),
+        ];
+        assert_eq!(markers, expected);
+        assert_eq!(blocks[0].2, "let a = 1;      // one\nlet b = a + 1;");
     }
 
     #[test]
     fn comments_and_spacing_do_not_count() {
-        assert_eq!(
-            code_of("  let x  = f(1); // why", false).as_deref(),
-            Some("let x = f(1);")
-        );
-        assert_eq!(
-            code_of("fn name(&self) -> &str { /* the name */ }", false).as_deref(),
-            Some("fn name(&self) -> &str { }")
-        );
-        assert_eq!(
-            code_of(r#".url("nats://host:4222")"#, false).as_deref(),
-            Some(r#".url("nats://host:4222")"#)
-        );
-        assert_eq!(code_of("// a comment", false), None);
-        assert_eq!(
-            code_of("/// # let hidden = 1;", true).as_deref(),
-            Some("let hidden = 1;")
-        );
-        assert_eq!(code_of("/// # let hidden = 1;", false), None);
-        assert_eq!(code_of("#[rustfmt::skip]", true), None);
-        assert!(code_of("#[rustfmt::skip]", false).is_some());
+        let cases = [
+            ("  let x  = f(1); // why", false, Some("let x = f(1);")),
+            (
+                "fn name(&self) -> &str { /* the name */ }",
+                false,
+                Some("fn name(&self) -> &str { }"),
+            ),
+            (
+                r#".url("nats://host:4222")"#,
+                false,
+                Some(r#".url("nats://host:4222")"#),
+            ),
+            ("// a comment", false, None),
+            ("/// # let hidden = 1;", true, Some("let hidden = 1;")),
+            ("/// # let hidden = 1;", false, None),
+            ("#[rustfmt::skip]", true, None),
+            ("#[rustfmt::skip]", false, Some("#[rustfmt::skip]")),
+        ];
+        for (line, rust_source, code) in cases {
+            assert_eq!(code_of(line, rust_source).as_deref(), code, "{line}");
+        }
     }
 
     #[test]

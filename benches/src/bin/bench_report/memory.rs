@@ -1,185 +1,133 @@
-//! Resident memory per retained closed job.
+//! Resident memory per retained closed job, and with bounded retention across many tasks, each
+//! measured in a fresh copy of this process, where no memory freed by earlier scenarios can be
+//! reused and hide the table's growth.
 
 use std::sync::Arc;
 
 use coordinator::{CoordinatorState, JobResult, NodeId, RequestId, Retention, TaskInfo};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+/// The flag of the measuring child: `--memory-child retained JOBS` or
+/// `--memory-child bounded CHECKPOINT TOTAL`; it prints what it measured as JSON.
+pub(crate) const CHILD_FLAG: &str = "--memory-child";
+
+/// Closed jobs kept by the bounded retention policy measured.
+const KEEP_LAST: usize = 10_000;
+
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Memory {
-    /// Closed jobs retained in the table.
     pub(crate) jobs: u64,
-    /// Growth of resident memory while they were added, per job, read once they all were.
+    /// Growth of resident memory per job, read once all were added, and of the peak (which also
+    /// counts the moments the table grew, its old and new storage both resident).
     pub(crate) bytes_per_retained_job: f64,
-    /// Growth of the process's peak resident memory, per job: with the moments the table grew
-    /// (its old and new storage both resident), which the reading after does not see.
     pub(crate) peak_bytes_per_retained_job: f64,
-    /// Resident memory with a bounded retention policy across many more tasks.
-    pub(crate) bounded_retention: Option<serde_json::Value>,
+    pub(crate) bounded_retention: Option<Bounded>,
 }
 
-/// This process's resident memory, in bytes.
-#[derive(Clone, Copy, Debug)]
-struct Resident {
-    now: u64,
-    /// The most it has been since the process started.
-    peak: u64,
+/// Resident memory of a table keeping the last [`KEEP_LAST`] closed jobs, after a checkpoint and
+/// after many more tasks: the two should match.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Bounded {
+    pub(crate) keep_last: usize,
+    pub(crate) tasks_at_checkpoint: u64,
+    pub(crate) tasks_total: u64,
+    pub(crate) rss_growth_bytes_at_checkpoint: u64,
+    pub(crate) rss_growth_bytes_at_end: u64,
+    pub(crate) growth_ratio: f64,
 }
 
-/// Reads [`Resident`] from `/proc/self/status`; `None` where there is no such file (not Linux)
-/// or it lacks the fields.
-fn resident() -> Option<Resident> {
+/// This process's resident memory and the most it has been (`VmRSS`, `VmHWM`), in bytes; `None`
+/// where `/proc/self/status` is missing (not Linux).
+fn resident() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
+        let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+        Some(line.split_whitespace().next()?.parse::<u64>().ok()? * 1024)
     };
-    Some(Resident {
-        now: field("VmRSS:")?,
-        peak: field("VmHWM:")?,
-    })
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// What a coordinator attaches to each open job, by size: its `OpenRequest` is a reference to
-/// the request's shared record and a mode index (a coordinator unit test checks the sizes
-/// match). The table keeps a slot of this size beside every job, closed ones included.
-type Attachment = (Arc<()>, usize);
+/// What a coordinator attaches to each job, by size: a reference to the request's record and a
+/// mode index. The table keeps a slot of this size beside every job, closed ones included.
+type Slot = (Arc<()>, usize);
 
-/// Opens and closes job `i` the way a coordinator does (a generated node id, a parent, a
-/// static name, an attachment while it is open).
-fn run_one(state: &mut CoordinatorState<Attachment>, i: u64, parent: &NodeId, record: &Arc<()>) {
-    let info = TaskInfo::new(
-        RequestId::from(format!("request-{i}")),
-        NodeId::generate(),
-        Some(parent.clone()),
-        "node",
-    );
-    let id = info.request_id().clone();
-    state
-        .add_job_with(&info, (Arc::clone(record), 0))
-        .expect("fresh id");
-    state.end_job(&id, JobResult::Success).expect("open job");
-}
-
-/// Fills a job table the way a coordinator does (generated node ids, a parent, a static name),
-/// closing every job, and measures how much resident memory it took, after and at its peak.
-/// `None` where resident memory cannot be read.
-pub(crate) fn retained(jobs: u64) -> Option<Memory> {
+/// Runs `tasks` jobs through a table with `retention` the way a coordinator does (a generated
+/// node id, a parent, a static name, a [`Slot`]), calling `at(i)` before the `i`-th; gives the
+/// table back.
+fn run(retention: Retention, tasks: u64, mut at: impl FnMut(u64)) -> CoordinatorState<Slot> {
+    let mut state = CoordinatorState::with_attachments(retention);
     let (parent, record) = (NodeId::generate(), Arc::new(()));
-    let before = resident()?;
-    let mut state = CoordinatorState::with_attachments(Retention::KeepAll);
-    for i in 0..jobs {
-        run_one(&mut state, i, &parent, &record);
+    for i in 0..tasks {
+        at(i);
+        let request = RequestId::from(format!("request-{i}"));
+        let (node, parent) = (NodeId::generate(), Some(parent.clone()));
+        let info = TaskInfo::new(request.clone(), node, parent, "node");
+        state
+            .add_job_with(&info, (Arc::clone(&record), 0))
+            .expect("fresh id");
+        let ended = state.end_job(&request, JobResult::Success);
+        ended.expect("open job");
     }
-    let after = resident()?;
+    state
+}
+
+/// Fills a table that keeps every closed job with `jobs` of them: the child's side.
+pub(crate) fn retained(jobs: u64) -> Option<Memory> {
+    let (before, _) = resident()?;
+    let state = run(Retention::KeepAll, jobs, |_| {});
+    let (now, peak) = resident()?;
     std::hint::black_box(state.len());
-    let per_job = |bytes: u64| bytes.saturating_sub(before.now) as f64 / jobs as f64;
+    let per_job = |bytes: u64| bytes.saturating_sub(before) as f64 / jobs as f64;
+    let (bytes_per_retained_job, peak_bytes_per_retained_job) = (per_job(now), per_job(peak));
     Some(Memory {
         jobs,
-        bytes_per_retained_job: per_job(after.now),
-        peak_bytes_per_retained_job: per_job(after.peak),
+        bytes_per_retained_job,
+        peak_bytes_per_retained_job,
         bounded_retention: None,
     })
 }
 
-/// Closed jobs kept by the bounded retention policy measured.
-pub(crate) const KEEP_LAST: usize = 10_000;
-
-/// Runs `total` tasks through a job table that keeps the last [`KEEP_LAST`] closed jobs, and
-/// records resident memory after `checkpoint` tasks and after all of them: with bounded
-/// retention the two should match.
-pub(crate) fn bounded(checkpoint: u64, total: u64) -> Option<serde_json::Value> {
-    let rss = || resident().map(|r| r.now);
-    let (parent, record) = (NodeId::generate(), Arc::new(()));
-    let before = rss()?;
-    let mut state = CoordinatorState::with_attachments(Retention::KeepLast(KEEP_LAST));
-    let mut at_checkpoint = 0;
-    for i in 0..total {
+/// Runs `total` tasks through a table that keeps the last [`KEEP_LAST`] closed jobs, reading
+/// resident memory after `checkpoint` tasks and after all of them: the child's side.
+pub(crate) fn bounded(checkpoint: u64, total: u64) -> Option<Bounded> {
+    let (before, _) = resident()?;
+    let mut at_checkpoint = before;
+    let state = run(Retention::KeepLast(KEEP_LAST), total, |i| {
         if i == checkpoint {
-            at_checkpoint = rss()?;
+            at_checkpoint = resident().map_or(before, |(now, _)| now);
         }
-        run_one(&mut state, i, &parent, &record);
-    }
-    let at_end = rss()?;
+    });
+    let grown = at_checkpoint.saturating_sub(before);
+    let end = resident()?.0.saturating_sub(before);
     std::hint::black_box(state.len());
-    let grown = |rss: u64| rss.saturating_sub(before);
-    Some(serde_json::json!({
-        "keep_last": KEEP_LAST,
-        "retained": state.len(),
-        "tasks_at_checkpoint": checkpoint,
-        "rss_growth_bytes_at_checkpoint": grown(at_checkpoint),
-        "tasks_total": total,
-        "rss_growth_bytes_at_end": grown(at_end),
-        "growth_ratio": grown(at_end) as f64 / grown(at_checkpoint).max(1) as f64,
-        "evicted": state.counts().evicted,
-    }))
+    Some(Bounded {
+        keep_last: KEEP_LAST,
+        tasks_at_checkpoint: checkpoint,
+        tasks_total: total,
+        rss_growth_bytes_at_checkpoint: grown,
+        rss_growth_bytes_at_end: end,
+        growth_ratio: end as f64 / grown.max(1) as f64,
+    })
 }
 
-/// The flag that makes this binary measure memory and print it as JSON.
-pub(crate) const CHILD_FLAG: &str = "--measure-retained-jobs";
-
-/// The flag that makes this binary measure bounded retention and print it as JSON.
-pub(crate) const BOUNDED_FLAG: &str = "--measure-bounded-retention";
-
-/// [`bounded`] in a fresh copy of this process.
-pub(crate) fn bounded_in_child(checkpoint: u64, total: u64) -> Option<serde_json::Value> {
-    crate::measure_in_child::<Option<serde_json::Value>>(&[
-        BOUNDED_FLAG,
-        &checkpoint.to_string(),
-        &total.to_string(),
-    ])
-    .ok()
-    .flatten()
+/// Both measurements, each in a fresh child; `None`, saying why on stderr, where they failed.
+pub(crate) fn measure(jobs: u64, checkpoint: u64, total: u64) -> Option<Memory> {
+    eprintln!("memory: {jobs} retained jobs, then {total} tasks keeping the last {KEEP_LAST} ...");
+    let retained = in_child::<Memory>(&["retained", &jobs.to_string()]);
+    let mut memory = or_say("memory", retained)?;
+    let bounded = in_child(&["bounded", &checkpoint.to_string(), &total.to_string()]);
+    memory.bounded_retention = or_say("bounded retention", bounded);
+    Some(memory)
 }
 
-/// Measures in a fresh copy of this process, so memory freed by earlier scenarios cannot be
-/// reused and hide the table's growth. `None`, saying why on stderr, where it could not.
-pub(crate) fn retained_in_child(jobs: u64) -> Option<Memory> {
-    let measured = crate::measure_in_child::<Option<Memory>>(&[CHILD_FLAG, &jobs.to_string()]);
-    match measured {
-        Ok(Some(memory)) => Some(memory),
-        Ok(None) => {
-            eprintln!(
-                "memory: resident memory cannot be read here (no /proc/self/status); not measured"
-            );
-            None
-        }
-        Err(why) => {
-            eprintln!("memory: the measuring child failed: {why}");
-            None
-        }
-    }
+fn in_child<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, String> {
+    let measured = crate::measure_in_child::<Option<T>>(&[&[CHILD_FLAG], args].concat())?;
+    measured.ok_or_else(|| "resident memory cannot be read here (no /proc/self/status)".into())
 }
 
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resident_memory_is_read_with_its_peak() {
-        let first = resident().expect("Linux has /proc/self/status");
-        assert!(first.now > 0);
-        assert!(first.peak >= first.now);
-        // Touch 64 MiB: the current and the peak reading both see it.
-        let block = vec![1_u8; 64 << 20];
-        let touched = resident().expect("readable");
-        std::hint::black_box(&block);
-        assert!(
-            touched.now >= first.now + (32 << 20),
-            "{touched:?} after {first:?}"
-        );
-        assert!(touched.peak >= touched.now);
-        drop(block);
-        let after = resident().expect("readable");
-        // The kernel's peak comes from counters it sums lazily: it can trail the reading taken
-        // while the block was held by a few hundred KiB, never by the block.
-        assert!(
-            after.peak >= first.now + (32 << 20),
-            "the peak remembers the block: {after:?} after {touched:?}"
-        );
-    }
+/// The value, or `None` once stderr says that `what` was not measured, and why.
+fn or_say<T>(what: &str, measured: Result<T, String>) -> Option<T> {
+    measured
+        .map_err(|why| eprintln!("{what}: not measured: {why}"))
+        .ok()
 }

@@ -1,28 +1,31 @@
 //! Distributed throughput through NATS JetStream: ours (coordinator + NatsStrategy + 2 worker
 //! processes) beside a raw JetStream work queue with 2 consumers replying on core NATS.
 
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
+use benches::Killed;
 use coordinator::{Coordinator, RequestCompletionPublisher, Task};
 use exec_nats::example_nodes::{self, Echo};
 use exec_nats::{NatsConfig, NatsStrategy, NatsWorker};
 use futures::StreamExt;
 use tokio::runtime::Runtime;
 
-use crate::Progress;
-use crate::measure::{ScenarioResult, compare};
+use crate::measure::{Row, compare};
+use crate::scenarios::names;
 
 /// The flag that makes this binary a NATS worker: `--nats-worker STREAM PREFIX`.
 pub(crate) const WORKER_FLAG: &str = "--nats-worker";
 
 fn config(stream: &str, prefix: &str) -> NatsConfig {
+    let (stream, prefix) = (stream.to_owned(), prefix.to_owned());
     NatsConfig {
-        stream: stream.to_owned(),
-        prefix: prefix.to_owned(),
+        stream,
+        prefix,
         mode: "bench".into(),
         ..NatsConfig::default()
     }
@@ -30,13 +33,9 @@ fn config(stream: &str, prefix: &str) -> NatsConfig {
 
 /// Serves as a worker until killed.
 pub(crate) fn worker_main(stream: &str, prefix: &str) -> ! {
-    let rt = benches::runtime();
-    let result: Result<(), exec_nats::NatsError> = rt.block_on(async {
-        let worker = NatsWorker::builder(example_nodes::registry())
-            .config(config(stream, prefix))
-            .concurrency(256)
-            .connect()
-            .await?;
+    let result = benches::runtime().block_on(async {
+        let worker = NatsWorker::builder(example_nodes::registry()).config(config(stream, prefix));
+        let worker = worker.concurrency(256).connect().await?;
         println!("ready");
         worker.run_until(std::future::pending()).await
     });
@@ -46,103 +45,73 @@ pub(crate) fn worker_main(stream: &str, prefix: &str) -> ! {
     std::process::exit(0)
 }
 
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_worker(stream: &str, prefix: &str) -> Option<Worker> {
-    let mut child = Command::new(std::env::current_exe().ok()?)
-        .args([WORKER_FLAG, stream, prefix])
-        .stdout(Stdio::piped())
-        .spawn()
-        .ok()?;
+/// A worker process of this binary, once it says it is ready; `None` if it does not.
+fn worker(stream: &str, prefix: &str) -> Option<Killed> {
+    let mut command = Command::new(std::env::current_exe().ok()?);
+    let mut worker = Killed(
+        command
+            .args([WORKER_FLAG, stream, prefix])
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?,
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take()?)
+    BufReader::new(worker.0.stdout.take()?)
         .read_line(&mut line)
         .ok()?;
-    line.starts_with("ready").then_some(Worker(child))
+    line.starts_with("ready").then_some(worker)
 }
 
-fn reachable(url: &str) -> bool {
-    url.trim_start_matches("nats://")
-        .parse()
-        .ok()
-        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok())
-        .is_some()
-}
-
-/// The scenario, or `None` (said on stderr) when no server is reachable.
-pub(crate) fn throughput(
-    rt: &Runtime,
-    n: u64,
-    reps: usize,
-    progress: &mut Progress,
-) -> Option<ScenarioResult> {
+/// The scenario, or `None` (said on stderr) when no server is reachable or it could not be set up.
+pub(crate) fn throughput(rt: &Runtime, n: u64, reps: usize) -> Option<Row> {
     let url = exec_nats::default_url();
-    if !reachable(&url) {
+    let address = url.trim_start_matches("nats://").parse();
+    let timeout = Duration::from_secs(1);
+    if !address.is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok()) {
         eprintln!("nats: no server at {url}; the distributed scenario is skipped");
         return None;
     }
     let tag = std::process::id();
-    let (stream_name, prefix) = (format!("BENCH_{tag}"), format!("bench{tag}"));
-    let workers: Vec<Worker> = (0..2)
-        .filter_map(|_| spawn_worker(&stream_name, &prefix))
-        .collect();
-    if workers.len() != 2 {
-        eprintln!("nats: the workers did not start; the distributed scenario is skipped");
-        return None;
-    }
-    let setup = rt.block_on(async {
-        let strategy = NatsStrategy::builder()
-            .config(config(&stream_name, &prefix))
-            .start()
-            .await
-            .ok()?;
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().ok()?;
-        let coordinator = Coordinator::builder().strategy("nats", strategy).build();
-        coordinator.start(&publisher).ok()?;
-        let raw = RawQueue::start(&url, tag).await?;
-        Some((publisher, coordinator, raw))
+    let (stream, prefix) = (format!("BENCH_{tag}"), format!("bench{tag}"));
+    let workers: Vec<Killed> = (0..2).filter_map(|_| worker(&stream, &prefix)).collect();
+    let setup = (workers.len() == 2).then(|| {
+        rt.block_on(async {
+            let strategy = NatsStrategy::builder().config(config(&stream, &prefix));
+            let strategy = strategy.start().await.ok()?;
+            let publisher = RequestCompletionPublisher::new();
+            publisher.start().ok()?;
+            let coordinator = Coordinator::builder().strategy("nats", strategy).build();
+            coordinator.start(&publisher).ok()?;
+            Some((publisher, coordinator, RawQueue::start(&url, tag).await?))
+        })
     });
-    let Some((publisher, coordinator, mut raw)) = setup else {
-        eprintln!("nats: could not set up the scenario; skipped");
+    let Some((publisher, coordinator, mut raw)) = setup.flatten() else {
+        eprintln!("nats: the workers or the scenario could not be set up; skipped");
         return None;
     };
-    let result = compare(
-        crate::scenarios::names::DISTRIBUTED,
-        n,
-        reps,
-        "raw JetStream work queue, 2 consumers, core NATS replies",
-        || {
-            let start = Instant::now();
-            rt.block_on(async {
-                let calls = (0..n)
-                    .map(|i| coordinator.submit(Task::portable(format!("n{i}"), Echo(i)), "nats"));
-                let done = futures::future::join_all(calls).await;
-                assert!(done.iter().all(Result::is_ok), "every task came back");
-            });
-            start.elapsed()
-        },
-        || rt.block_on(raw.round(n)),
-        progress,
-    );
+    let task = |i| Task::portable(format!("n{i}"), Echo(i));
+    let ours = || {
+        benches::timed(rt, async {
+            let calls = (0..n).map(|i| coordinator.submit(task(i), "nats"));
+            let done = futures::future::join_all(calls).await;
+            assert!(done.iter().all(Result::is_ok), "every task came back");
+        })
+    };
+    let row = compare(names::DISTRIBUTED, n, reps, ours, || {
+        rt.block_on(raw.round(n))
+    });
     drop(workers);
     rt.block_on(async {
         coordinator.shutdown().await;
         publisher.shutdown().await;
-        raw.stop().await;
-        if let Ok(client) = async_nats::connect(&url).await {
-            let js = jetstream::new(client);
-            let _ = js.delete_stream(&stream_name).await;
+        raw.consumers
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
+        for stream in [stream, format!("BENCH_RAW_{tag}")] {
+            let _ = raw.js.delete_stream(stream).await;
         }
     });
-    Some(result)
+    Some(row)
 }
 
 /// Publish acknowledgements the raw baseline keeps outstanding.
@@ -150,9 +119,7 @@ const ACKS_IN_FLIGHT: usize = 1024;
 
 /// The raw baseline: the same work-queue pattern written directly against the client.
 struct RawQueue {
-    client: async_nats::Client,
     js: jetstream::Context,
-    stream: String,
     subject: String,
     replies: async_nats::Subscriber,
     consumers: Vec<tokio::task::JoinHandle<()>>,
@@ -162,54 +129,44 @@ impl RawQueue {
     async fn start(url: &str, tag: u32) -> Option<Self> {
         let client = async_nats::connect(url).await.ok()?;
         let js = jetstream::new(client.clone());
-        let name = format!("BENCH_RAW_{tag}");
-        let subject = format!("benchraw{tag}.run");
-        let reply = format!("benchraw{tag}.reply");
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subject.clone()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                ..Default::default()
-            })
-            .await
-            .ok()?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                "raw",
-                consumer::pull::Config {
-                    durable_name: Some("raw".into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    max_ack_pending: -1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .ok()?;
+        let (subject, reply) = (format!("benchraw{tag}.run"), format!("benchraw{tag}.reply"));
+        let (name, subjects) = (format!("BENCH_RAW_{tag}"), vec![subject.clone()]);
+        let retention = stream::RetentionPolicy::WorkQueue;
+        let config = stream::Config {
+            name,
+            subjects,
+            retention,
+            ..Default::default()
+        };
+        let stream = js.get_or_create_stream(config).await.ok()?;
+        let (durable_name, ack_policy) = (Some("raw".into()), consumer::AckPolicy::Explicit);
+        let config = consumer::pull::Config {
+            durable_name,
+            ack_policy,
+            max_ack_pending: -1,
+            ..Default::default()
+        };
+        let consumer: consumer::PullConsumer =
+            stream.get_or_create_consumer("raw", config).await.ok()?;
         let replies = client.subscribe(reply.clone()).await.ok()?;
-        let consumers = (0..2)
-            .map(|_| {
-                let (consumer, client, reply) = (consumer.clone(), client.clone(), reply.clone());
-                tokio::spawn(async move {
-                    let Ok(mut messages) = consumer
-                        .stream()
-                        .max_messages_per_batch(256)
-                        .messages()
-                        .await
-                    else {
-                        return;
-                    };
-                    while let Some(Ok(message)) = messages.next().await {
-                        let _ = client.publish(reply.clone(), message.payload.clone()).await;
-                        let _ = message.ack().await;
-                    }
-                })
+        let consume = |_| {
+            let (consumer, client, reply) = (consumer.clone(), client.clone(), reply.clone());
+            tokio::spawn(async move {
+                let messages = consumer
+                    .stream()
+                    .max_messages_per_batch(256)
+                    .messages()
+                    .await;
+                let Ok(mut messages) = messages else { return };
+                while let Some(Ok(message)) = messages.next().await {
+                    let _ = client.publish(reply.clone(), message.payload.clone()).await;
+                    let _ = message.ack().await;
+                }
             })
-            .collect();
+        };
+        let consumers = (0..2).map(consume).collect();
         Some(Self {
-            client,
             js,
-            stream: name,
             subject,
             replies,
             consumers,
@@ -221,39 +178,24 @@ impl RawQueue {
         let start = Instant::now();
         // Acknowledgements are awaited as they fall due: the client allows a bounded number in
         // flight (5,000 by default) and holds the next publish until one is awaited.
-        let mut acks = std::collections::VecDeque::with_capacity(ACKS_IN_FLIGHT);
+        let mut acks: VecDeque<PublishAckFuture> = VecDeque::with_capacity(ACKS_IN_FLIGHT);
         for _ in 0..n {
             if acks.len() == ACKS_IN_FLIGHT
                 && let Some(ack) = acks.pop_front()
             {
-                let ack: jetstream::context::PublishAckFuture = ack;
                 black_box(ack.await.expect("stored"));
             }
-            acks.push_back(
-                self.js
-                    .publish(self.subject.clone(), payload.clone())
-                    .await
-                    .expect("published"),
-            );
+            let ack = self.js.publish(self.subject.clone(), payload.clone()).await;
+            acks.push_back(ack.expect("published"));
         }
         for ack in acks {
             black_box(ack.await.expect("stored"));
         }
-        let mut received = 0;
-        while received < n {
+        for _ in 0..n {
             if self.replies.next().await.is_none() {
                 break;
             }
-            received += 1;
         }
         start.elapsed()
-    }
-
-    async fn stop(self) {
-        for consumer in self.consumers {
-            consumer.abort();
-        }
-        let _ = self.client.flush().await;
-        let _ = self.js.delete_stream(&self.stream).await;
     }
 }
