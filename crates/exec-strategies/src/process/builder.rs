@@ -163,9 +163,15 @@ impl ProcessBuilder {
     /// # Errors
     ///
     /// When a worker cannot be spawned, does not announce itself in time, or announces another
-    /// protocol version. No worker is left running then. [`ProcessError::is_runtime`] when the
-    /// supervisor's thread or runtime cannot start.
+    /// protocol version. No worker is left running then. [`ProcessError::is_runtime`] when it is
+    /// not awaited on a tokio runtime (the workers' answers are read there).
     pub async fn start(self) -> Result<ProcessExecutionStrategy, ProcessError> {
+        let readers = tokio::runtime::Handle::try_current().map_err(|_| {
+            ProcessError::new(
+                ErrorKind::Runtime,
+                "ProcessBuilder::start must be awaited on a tokio runtime",
+            )
+        })?;
         let program = match self.program.clone() {
             Some(p) => p,
             None => std::env::current_exe().map_err(|e| {
@@ -222,7 +228,7 @@ impl ProcessBuilder {
             &self.registry,
             self.workers,
             places,
-            handle.clone(),
+            [handle.clone(), readers],
             stop_tx,
         ));
 

@@ -47,7 +47,8 @@ impl ProcessError {
         self.kind == ErrorKind::Protocol
     }
 
-    /// The supervisor thread or its runtime could not be started.
+    /// The supervisor thread or its runtime could not be started, or `start` was not awaited on a
+    /// tokio runtime.
     pub fn is_runtime(&self) -> bool {
         self.kind == ErrorKind::Runtime
     }

@@ -37,9 +37,12 @@ use super::shared::Shared;
 /// - The protocol runs on pipes of its own: a node's stdin is `/dev/null` and its stdout goes to
 ///   the parent's stderr.
 ///
-/// Supervision (spawning, writing to and reading from the workers, timers) runs on a thread of its
-/// own with its own small tokio runtime, so the strategy works under any runtime of the caller's,
-/// or none.
+/// Supervision runs on a thread of its own with its own small tokio runtime, so the strategy
+/// works under any runtime of the caller's. The workers' answers are read on the runtime
+/// [`ProcessBuilder::start`](super::ProcessBuilder::start) was awaited on, where the callers usually are, so an answer wakes
+/// its caller without a hop through another thread. If that runtime shuts down while the pool
+/// lives on, the workers are replaced (tasks running on them fail as worker lost) and answers
+/// are read on the supervisor's runtime from then on.
 #[derive(Clone)]
 pub struct ProcessExecutionStrategy {
     shared: Arc<Shared>,

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -150,6 +150,11 @@ pub(super) struct Shared {
     pub(super) config: Config,
     pub(super) expected_names: Vec<String>,
     pub(super) runtime: tokio::runtime::Handle,
+    /// The runtime the pool was started on, where answers are read: the callers usually run
+    /// there, so an answer wakes its caller without a hop through the supervisor's thread.
+    pub(super) readers: tokio::runtime::Handle,
+    /// Set when `readers` has shut down: answers are read on the supervisor's runtime from then.
+    pub(super) readers_gone: AtomicBool,
     pub(super) state: Mutex<PoolState>,
     /// One place per task a worker may run or hold in its queue: a run waits here when all are
     /// full.
@@ -181,19 +186,22 @@ pub(super) struct Started {
 
 impl Shared {
     /// The state of a pool of `workers` slots, none filled yet, with `places` runs held at once.
-    /// `runtime`: the supervisor's.
+    /// `runtimes`: the supervisor's, and the one answers are read on.
     pub(super) fn new(
         config: Config,
         registry: &NodeRegistry,
         workers: usize,
         places: usize,
-        runtime: tokio::runtime::Handle,
+        runtimes: [tokio::runtime::Handle; 2],
         stop: oneshot::Sender<Vec<tokio::task::JoinHandle<()>>>,
     ) -> Self {
+        let [runtime, readers] = runtimes;
         Self {
             config,
             expected_names: registry.names().into_iter().map(String::from).collect(),
             runtime,
+            readers,
+            readers_gone: AtomicBool::new(false),
             state: Mutex::new(PoolState {
                 slots: (0..workers).map(|_| None).collect(),
                 ..PoolState::default()

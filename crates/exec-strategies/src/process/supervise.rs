@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use task_core::TaskError;
 use tokio::io::{AsyncRead, BufReader};
+use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
 use super::input::finish_writes;
@@ -128,13 +130,14 @@ impl Shared {
             output,
         } = worker;
         let writer = self.runtime.spawn(finish_writes(input));
-        let shared = Arc::clone(self);
-        let mut output = output;
-        let mut reader = self
-            .runtime
-            .spawn(async move { shared.read_answers(slot, &mut output).await });
+        let mut reader = self.read_on_callers_runtime(slot, output);
         let read_ended = |read: Result<Ended, tokio::task::JoinError>| {
             read.unwrap_or_else(|e| {
+                if e.is_cancelled() {
+                    // The runtime the pool was started on has shut down: read on the
+                    // supervisor's from now on.
+                    self.readers_gone.store(true, Ordering::SeqCst);
+                }
                 Ended::Killed(format!("its answers could no longer be read ({e})"))
             })
         };
@@ -190,6 +193,36 @@ impl Shared {
             };
             let _ = reply.send(Reply::Done(Err(error)));
         }
+    }
+
+    /// Starts reading the worker's answers on the runtime the pool was started on (falling back to
+    /// the supervisor's when that one is gone, or when bytes are already buffered).
+    pub(super) fn read_on_callers_runtime(
+        self: &Arc<Self>,
+        slot: usize,
+        mut output: BufReader<pipe::Receiver>,
+    ) -> tokio::task::JoinHandle<Ended> {
+        let shared = Arc::clone(self);
+        if self.readers_gone.load(Ordering::SeqCst) || !output.buffer().is_empty() {
+            return self
+                .runtime
+                .spawn(async move { shared.read_answers(slot, &mut output).await });
+        }
+        let fd = match output.into_inner().into_nonblocking_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                let ended =
+                    Ended::Killed(format!("its output could not be moved to a reader ({e})"));
+                return self.runtime.spawn(async move { ended });
+            }
+        };
+        self.readers.spawn(async move {
+            // Registered with this runtime's reactor, so its readiness wakes a thread here.
+            match pipe::Receiver::from_owned_fd(fd) {
+                Ok(pipe) => shared.read_answers(slot, &mut BufReader::new(pipe)).await,
+                Err(e) => Ended::Killed(format!("its output could not be watched ({e})")),
+            }
+        })
     }
 
     /// Delivers the worker's answers until it closes its output or breaks the protocol; returns
