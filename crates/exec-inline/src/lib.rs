@@ -73,7 +73,7 @@ pub struct InlineStrategy {
 
 #[derive(Debug, Default)]
 struct State {
-    /// The tasks in flight; closed by shutdown, which then waits for them.
+    // The tasks in flight; closed by shutdown, which then waits for them.
     tasks: TaskTracker,
     succeeded: AtomicU64,
     failed: AtomicU64,
