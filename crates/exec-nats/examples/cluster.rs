@@ -111,11 +111,21 @@ async fn submit(args: &Args) -> Fallible {
       let task = Task::portable(format!("cluster-{}-{i}", std::process::id()), Echo(i));
       coordinator.submit_with(task, "gpu", options.clone())
   });
+  let mut failed = 0;
   for (i, echoed) in futures::future::join_all(calls).await.into_iter().enumerate() {
-      println!("task {i}: {}", echoed.map_or_else(|e| format!("failed: {e}"), |v| format!("a worker echoed {v}")));
+      match echoed {
+          Ok(v) => println!("task {i}: a worker echoed {v}"),
+          Err(e) => {
+              failed += 1;
+              println!("task {i}: failed: {e}");
+          }
+      }
   }
     coordinator.shutdown().await;
     publisher.shutdown().await;
+    if failed > 0 {
+        return Err(format!("{failed} of {} tasks failed", args.tasks).into());
+    }
     Ok(())
 }
 
