@@ -208,7 +208,7 @@ impl Coordinator {
         permit: Option<OwnedSemaphorePermit>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Ready, SubmitError> {
-        let (timeout, retry) = options.into_parts();
+        let (timeout, retry, events) = options.into_parts();
         // A timeout too long to add to now is no deadline at all.
         let deadline = match timeout.and_then(|t| Some((Instant::now().checked_add(t)?, t))) {
             Some((at, timeout)) => {
@@ -217,7 +217,8 @@ impl Coordinator {
             }
             None => None,
         };
-        let cell = RequestCell::new(task.info().node_id().clone(), task_span(task.info(), mode));
+        let span = task_span(task.info(), mode);
+        let cell = RequestCell::new(task.info().node_id().clone(), span, events);
         // Submitted from inside its parent's node (the usual way): the parent's request is at
         // hand, open or not.
         let scoped_parent = task.info().parent_id().and_then(|parent| {

@@ -93,6 +93,58 @@ impl<O> RequestHandle<O> {
         self.cell.cancel();
     }
 
+    /// The next event the request's node [broadcast](crate::broadcast), in the order sent;
+    /// `None` once the request has ended and every event was read. Only a request submitted
+    /// with [`SubmitOptions::with_events`](crate::SubmitOptions::with_events) keeps its events
+    /// for its handle: for any other, `None` at once.
+    ///
+    /// Read the events, then await the handle for the output.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an event is never lost when the future is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher,
+    ///     SubmitOptions, Task, broadcast};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let publisher = RequestCompletionPublisher::new();
+    /// publisher.start()?;
+    /// let coordinator = Coordinator::builder().with_async().build();
+    /// coordinator.start(&publisher)?;
+    ///
+    /// let writer = Task::from_fn("answer-1", "writer", || async {
+    ///     for token in ["Hello", ", ", "world"] {
+    ///         broadcast(token)?;
+    ///     }
+    ///     Ok::<_, BoxError>(3)
+    /// });
+    /// let options = SubmitOptions::new().with_events();
+    /// let mut handle = coordinator.spawn(writer, ExecutionMode::ASYNC, options).await?;
+    /// let mut text = String::new();
+    /// while let Some(token) = handle.next_event().await {
+    ///     text.push_str(&token);
+    /// }
+    /// assert_eq!(text, "Hello, world");
+    /// assert_eq!(handle.await?, 3);
+    /// # coordinator.shutdown().await;
+    /// # publisher.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn next_event(&mut self) -> Option<Arc<str>> {
+        std::future::poll_fn(|cx| self.poll_next_event(cx)).await
+    }
+
+    /// Polls for the next event, as [`next_event`](Self::next_event) waits for it.
+    pub fn poll_next_event(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<str>>> {
+        self.cell.poll_event(cx)
+    }
+
     /// Whether cancellation was asked for (by this handle, the request's parent, or shutdown).
     pub fn is_cancelled(&self) -> bool {
         self.cell.is_cancelled()

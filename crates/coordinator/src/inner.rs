@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use pubsub::RequestCompletionPublisher;
+use pubsub::{BroadcastEvent, RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
 use task_core::{
     CoordinatorState, ExecutionMode, JobResult, Outcome, Retention, TaskError, TaskInfo,
@@ -179,6 +179,21 @@ impl Owner for Inner {
 
     fn runtime(&self) -> Option<tokio::runtime::Handle> {
         Inner::runtime(self)
+    }
+
+    fn announce_event(&self, info: &TaskInfo, event: Arc<str>) {
+        tracing::trace!(request_id = %info.request_id(), %event, "event");
+        if let Some(started) = self.started.get()
+            && started.publisher.has_subscribers()
+        {
+            let message = RequestCompletionMessage::Broadcast(BroadcastEvent {
+                info: info.clone(),
+                event,
+            });
+            if let Err(refused) = started.publisher.publish(message) {
+                tracing::trace!(%refused, "event not announced");
+            }
+        }
     }
 }
 

@@ -65,6 +65,8 @@ pub use crate::options::{RetryPolicy, SubmitOptions};
 pub use crate::request::{StrategyRef, current_node};
 
 #[doc(inline)]
+pub use task_core::context::{NotInNode, broadcast};
+#[doc(inline)]
 pub use task_core::{
     AsyncBody, BlockingBody, BlockingNode, BoxError, BoxFuture, Completion, CoordinatorState,
     ErasedTask, ExecutionMode, Job, JobCounts, JobResult, JobStatus, Node, NodeId, Outcome,

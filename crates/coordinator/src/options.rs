@@ -23,6 +23,7 @@ use task_core::TaskError;
 pub struct SubmitOptions {
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
+    events: bool,
 }
 
 impl SubmitOptions {
@@ -51,6 +52,21 @@ impl SubmitOptions {
         self
     }
 
+    /// Keeps the events the request's node [broadcasts](crate::broadcast) for its handle to
+    /// read ([`RequestHandle::next_event`](crate::RequestHandle::next_event)), in order, before
+    /// its output. They are kept until read: memory grows with the events the caller has not
+    /// read yet (the node never waits for it). The bus's subscribers get them either way.
+    #[must_use]
+    pub fn with_events(mut self) -> Self {
+        self.events = true;
+        self
+    }
+
+    /// Whether the request's events are kept for its handle ([`with_events`](Self::with_events)).
+    pub fn keeps_events(&self) -> bool {
+        self.events
+    }
+
     /// The timeout set, if any.
     pub fn get_timeout(&self) -> Option<Duration> {
         self.timeout
@@ -61,8 +77,8 @@ impl SubmitOptions {
         self.retry.as_ref()
     }
 
-    pub(crate) fn into_parts(self) -> (Option<Duration>, Option<RetryPolicy>) {
-        (self.timeout, self.retry)
+    pub(crate) fn into_parts(self) -> (Option<Duration>, Option<RetryPolicy>, bool) {
+        (self.timeout, self.retry, self.events)
     }
 }
 

@@ -9,6 +9,7 @@
 //! [`Coordinator::handle_item`](crate::Coordinator::handle_item). That is what makes the outcome
 //! one, whatever races.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
@@ -16,6 +17,7 @@ use std::task::{Context, Poll, Waker};
 use futures::task::AtomicWaker;
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
 use task_core::TaskExecutionStrategy;
+use task_core::context::EventSink;
 use task_core::{
     BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskError, TaskInfo,
 };
@@ -63,6 +65,8 @@ pub(crate) trait Owner: Send + Sync {
     fn record_attempt(&self, request_id: &str);
     /// The runtime the coordinator was started on, if any.
     fn runtime(&self) -> Option<tokio::runtime::Handle>;
+    /// Hands an event of the request's node to the bus (never waiting for a subscriber).
+    fn announce_event(&self, info: &TaskInfo, event: Arc<str>);
 }
 
 /// Locks `mutex`; no code that can panic runs under these locks, so a poisoned one still holds
@@ -92,6 +96,8 @@ struct Answer {
     outcome: Option<Outcome>,
     waker: Option<Waker>,
     answered: bool,
+    /// The node's events not read yet, when the caller asked for them.
+    events: Option<VecDeque<Arc<str>>>,
 }
 
 /// What ending an open request needs.
@@ -166,12 +172,18 @@ impl Ending {
 }
 
 impl RequestCell {
-    pub(crate) fn new(node_id: NodeId, span: tracing::Span) -> Arc<Self> {
+    /// A cell for a request of node `node_id`, keeping its events for the caller when `events`
+    /// says so.
+    pub(crate) fn new(node_id: NodeId, span: tracing::Span, events: bool) -> Arc<Self> {
+        let answer = Answer {
+            events: events.then(VecDeque::new),
+            ..Answer::default()
+        };
         Arc::new_cyclic(|me| Self {
             cancelled: AtomicBool::new(false),
             cancel_waker: AtomicWaker::new(),
             children: Mutex::new(Vec::new()),
-            answer: Mutex::new(Answer::default()),
+            answer: Mutex::new(answer),
             ending: Mutex::new(None),
             node_id,
             span,
@@ -338,6 +350,27 @@ impl RequestCell {
         Poll::Pending
     }
 
+    /// The next event kept for the caller; `None` once the request was answered and every event
+    /// read, or at once when the caller did not ask for events.
+    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<str>>> {
+        let mut answer = lock(&self.answer);
+        let Some(events) = answer.events.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(event) = events.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        if answer.answered {
+            // Answered after its ending was taken: no event can follow.
+            return Poll::Ready(None);
+        }
+        match &mut answer.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// A completion for one attempt of this request.
     pub(crate) fn completion(&self) -> Option<Completion> {
         let me: Arc<dyn CompletionSink> = self.me.upgrade()?;
@@ -494,6 +527,33 @@ pub(crate) fn execute(strategy: &StrategyRef, task: ErasedTask, completion: Comp
     if let Err(payload) = started {
         let reason = task_core::panic_message(payload.as_ref());
         tracing::error!(strategy = strategy.name(), %reason, "the strategy panicked in execute");
+    }
+}
+
+impl EventSink for RequestCell {
+    fn broadcast(&self, event: Arc<str>) {
+        // Under the lock that ending takes: the event is handed on before the terminal message,
+        // or, the request having ended, dropped.
+        let ending = lock(&self.ending);
+        let Some(ending) = ending.as_ref() else {
+            return;
+        };
+        let waker = {
+            let mut answer = lock(&self.answer);
+            match answer.events.as_mut() {
+                Some(events) => {
+                    events.push_back(Arc::clone(&event));
+                    answer.waker.take()
+                }
+                None => None,
+            }
+        };
+        if let Some(inner) = ending.inner.upgrade() {
+            inner.announce_event(&ending.info, event);
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use exec_strategies::AsyncExecutionStrategy;
+use task_core::context::EventSink;
 use task_core::{
     BoxError, Completion, CompletionSink, Outcome, StrategyStats, Task, TaskExecutionStrategy,
 };
@@ -123,6 +124,7 @@ async fn shutdown_gives_up_after_its_grace_period() {
 /// Collects the outcome a run delivers, and can cancel it.
 struct Collect {
     tx: Mutex<Option<oneshot::Sender<Outcome>>>,
+    events: Mutex<Vec<Arc<str>>>,
     cancelled: AtomicBool,
     waker: futures::task::AtomicWaker,
 }
@@ -132,6 +134,7 @@ impl Collect {
         let (tx, rx) = oneshot::channel();
         let sink = Arc::new(Self {
             tx: Mutex::new(Some(tx)),
+            events: Mutex::new(Vec::new()),
             cancelled: AtomicBool::new(false),
             waker: futures::task::AtomicWaker::new(),
         });
@@ -141,6 +144,12 @@ impl Collect {
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.waker.wake();
+    }
+}
+
+impl EventSink for Collect {
+    fn broadcast(&self, event: Arc<str>) {
+        self.events.lock().unwrap().push(event);
     }
 }
 
@@ -211,6 +220,11 @@ async fn a_blocking_node_runs_in_its_requests_scope() {
     thread_local! {
         static IN_SCOPE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
+    impl EventSink for Scoped {
+        fn broadcast(&self, event: Arc<str>) {
+            self.inner.broadcast(event);
+        }
+    }
     impl CompletionSink for Scoped {
         fn complete(&self, outcome: Outcome) {
             self.inner.complete(outcome);
@@ -233,14 +247,18 @@ async fn a_blocking_node_runs_in_its_requests_scope() {
     let strategy = AsyncExecutionStrategy::new();
     let (inner, rx) = Collect::new();
     let task = Task::blocking("b", "scoped", || {
+        task_core::context::broadcast("from the blocking node")?;
         Ok::<_, BoxError>(IN_SCOPE.with(|c| c.get()))
     });
+    let collected = Arc::clone(&inner);
     strategy.execute(
         task.into_erased(),
         Completion::new(Arc::new(Scoped { inner })),
     );
     let in_scope = rx.await.unwrap().unwrap();
     assert_eq!(in_scope.downcast_ref::<bool>(), Some(&true));
+    let events = collected.events.lock().unwrap().clone();
+    assert_eq!(events, [Arc::from("from the blocking node")]);
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,7 +10,7 @@ use futures::task::AtomicWaker;
 use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::Error;
+use crate::error::{Error, Missed};
 
 /// Subscriber and listener ids, unique in the process: an id of one publisher never names a
 /// subscriber of another.
@@ -84,8 +85,9 @@ pub(crate) struct Shared<M> {
     pub(crate) published: u64,
     /// Every bounded subscriber (a callback reads a stream of its own), with where it stops.
     pub(crate) stops: HashMap<u64, Arc<Stop>>,
-    /// Every unbounded subscriber's queue. Removing it ends the stream once drained.
-    pub(crate) queues: HashMap<u64, mpsc::UnboundedSender<M>>,
+    /// Every subscriber with a queue of its own (unbounded, or filtered). Removing it ends the
+    /// stream once drained.
+    pub(crate) queues: HashMap<u64, Queue<M>>,
     /// Callback subscribers' threads, each closing its channel when it ends; awaited at shutdown.
     pub(crate) callbacks: HashMap<u64, oneshot::Receiver<()>>,
     pub(crate) listeners: HashMap<u64, ListenerSlot<M>>,
@@ -98,6 +100,75 @@ impl<M> Shared<M> {
 }
 
 pub(crate) type Filter<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
+
+/// A subscriber's own queue: every message for an unbounded subscriber, the matching ones for a
+/// filtered subscriber.
+pub(crate) struct Queue<M> {
+    pub(crate) tx: mpsc::UnboundedSender<Result<M, Missed>>,
+    /// Which messages it takes; all when `None`.
+    pub(crate) filter: Option<Filter<M>>,
+    /// For a bounded queue: how much it may hold unread.
+    pub(crate) bound: Option<Bound>,
+}
+
+/// The limit of a bounded queue.
+pub(crate) struct Bound {
+    pub(crate) capacity: usize,
+    /// Messages queued and not read yet; the reader takes one off for each it reads.
+    pub(crate) unread: Arc<AtomicUsize>,
+    /// Matching messages dropped since the last one queued: told to the reader, in their place,
+    /// before the next one (or when the queue ends).
+    pub(crate) missed: u64,
+}
+
+impl<M: Clone> Queue<M> {
+    /// Queues `message` if it matches, or counts it missed when the queue is full. Runs under
+    /// the publisher's lock; a filter that panics is taken as not matching.
+    pub(crate) fn offer(&mut self, id: u64, message: &M) {
+        if let Some(filter) = &self.filter {
+            match catch_unwind(AssertUnwindSafe(|| filter(message))) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(payload) => {
+                    let reason = task_core::panic_message(payload.as_ref());
+                    tracing::warn!(subscriber = id, %reason, "subscriber filter panicked; message not delivered to it");
+                    return;
+                }
+            }
+        }
+        if let Some(bound) = &mut self.bound {
+            if bound.unread.load(Ordering::SeqCst) >= bound.capacity {
+                bound.missed += 1;
+                return;
+            }
+            bound.unread.fetch_add(1, Ordering::SeqCst);
+        }
+        self.tell_missed();
+        // An error only says the subscription is being dropped; it removes the queue.
+        let _ = self.tx.send(Ok(message.clone()));
+    }
+
+    /// Tells the reader how many messages it missed since the last one queued, if any.
+    fn tell_missed(&mut self) {
+        if let Some(bound) = &mut self.bound
+            && bound.missed > 0
+        {
+            let _ = self.tx.send(Err(Missed::new(bound.missed)));
+            bound.missed = 0;
+        }
+    }
+}
+
+impl<M> Drop for Queue<M> {
+    fn drop(&mut self) {
+        // Unsubscribed or shut down: the reader still learns what it missed at the end.
+        if let Some(bound) = &mut self.bound
+            && bound.missed > 0
+        {
+            let _ = self.tx.send(Err(Missed::new(bound.missed)));
+        }
+    }
+}
 
 pub(crate) struct ListenerSlot<M> {
     pub(crate) filter: Filter<M>,

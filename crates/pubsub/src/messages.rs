@@ -1,8 +1,9 @@
 //! The request-completion messages: what the bus carries about every request.
 
 use std::fmt;
+use std::sync::Arc;
 
-use task_core::{ExecutionMode, NodeId, RequestId, TaskError, TaskInfo, Value};
+use task_core::{ExecutionMode, RequestId, TaskError, TaskInfo, Value};
 
 /// Someone asked for a request to run: the task that will answer it and the mode to run it in.
 #[derive(Clone, Debug)]
@@ -47,15 +48,16 @@ pub struct FatalFailure {
     pub error: TaskError,
 }
 
-/// A one-off event raised from inside a running node (progress, a partial result, a log line).
+/// An event sent from inside a running node with
+/// [`broadcast`](task_core::context::broadcast): a token of a streamed answer, progress, a log
+/// line. Events of one request reach each subscriber in the order sent, before the request's
+/// terminal message.
 #[derive(Clone, Debug)]
 pub struct BroadcastEvent {
-    /// The node that raised it, if known.
-    pub node_id: Option<NodeId>,
-    /// The node's name, if known.
-    pub node_name: Option<String>,
-    /// The event; recover it with [`Value::downcast_ref`].
-    pub event: Value,
+    /// The task whose node sent it: its request, node, parent and name.
+    pub info: TaskInfo,
+    /// The event, as the node sent it.
+    pub event: Arc<str>,
 }
 
 /// Every message the request-completion bus carries.
@@ -100,18 +102,27 @@ impl RequestCompletionMessage {
             Self::Success(m) => Some(m.info.request_id()),
             Self::Failure(m) => Some(m.info.request_id()),
             Self::CreationFailure(m) => Some(&m.request_id),
-            Self::Fatal(_) | Self::Broadcast(_) => None,
+            Self::Broadcast(m) => Some(m.info.request_id()),
+            Self::Fatal(_) => None,
         }
     }
 
-    /// The task the message is about, for creation, success and failure messages.
+    /// The task the message is about, for creation, success, failure and broadcast messages.
     pub fn task_info(&self) -> Option<&TaskInfo> {
         match self {
             Self::Creation(m) => Some(&m.info),
             Self::Success(m) => Some(&m.info),
             Self::Failure(m) => Some(&m.info),
-            Self::CreationFailure(_) | Self::Fatal(_) | Self::Broadcast(_) => None,
+            Self::Broadcast(m) => Some(&m.info),
+            Self::CreationFailure(_) | Self::Fatal(_) => None,
         }
+    }
+
+    /// Whether the message is an event broadcast from a running node: with
+    /// [`request_id`](Self::request_id), the filter of a subscription to one request's stream
+    /// ([`Publisher::subscribe_stream_where`](crate::Publisher::subscribe_stream_where)).
+    pub fn is_broadcast(&self) -> bool {
+        matches!(self, Self::Broadcast(_))
     }
 
     /// Whether the message ends a request (a success or a failure).
@@ -138,12 +149,7 @@ impl fmt::Display for RequestCompletionMessage {
                 m.request_id, m.error
             ),
             Self::Fatal(m) => write!(f, "FATAL failure: {}", m.error),
-            Self::Broadcast(m) => write!(
-                f,
-                "{} BROADCAST {:?}",
-                m.node_name.as_deref().unwrap_or("<unknown node>"),
-                m.event
-            ),
+            Self::Broadcast(m) => write!(f, "{} BROADCAST {:?}", m.info.name(), m.event),
         }
     }
 }
@@ -205,10 +211,11 @@ mod tests {
         assert_eq!(fatal.to_string(), "FATAL failure: runtime gone");
         assert!(fatal.request_id().is_none());
         let b = RequestCompletionMessage::Broadcast(BroadcastEvent {
-            node_id: None,
-            node_name: Some("search".into()),
-            event: Value::new(String::from("50%")),
+            info: TaskInfo::new("r3".into(), "n3".into(), None, "search"),
+            event: Arc::from("50%"),
         });
         assert_eq!(b.to_string(), "search BROADCAST \"50%\"");
+        assert_eq!(b.request_id().map(|r| r.as_str()), Some("r3"));
+        assert!(b.is_broadcast() && !b.is_terminal() && !success.is_broadcast());
     }
 }

@@ -24,8 +24,8 @@ use tokio::sync::broadcast::{self};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{
-    Buffer, Envelope, IDLE, Inner, ListenerSlot, PHASE_BITS, RUNNING, SHUT_DOWN, Shared, Stop,
-    SubscriberId, next_id,
+    Bound, Buffer, Envelope, Filter, IDLE, Inner, ListenerSlot, PHASE_BITS, Queue, RUNNING,
+    SHUT_DOWN, Shared, Stop, SubscriberId, next_id,
 };
 use crate::error::{Error, Kind, Missed, PublishError, Refusal};
 use crate::subscription::{Listener, Ring, Source, Subscription};
@@ -216,11 +216,48 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     ///
     /// [`Error::is_shut_down`] after shutdown; [`Error::is_spawn_failure`] when the thread could
     /// not be started.
-    pub fn subscribe_with<F>(&self, buffer: Buffer, mut callback: F) -> Result<SubscriberId, Error>
+    pub fn subscribe_with<F>(&self, buffer: Buffer, callback: F) -> Result<SubscriberId, Error>
     where
         F: FnMut(Result<M, Missed>) + Send + 'static,
     {
-        let mut subscription = self.subscribe_stream_with(buffer)?;
+        self.spawn_callback(self.subscribe_stream_with(buffer)?, callback)
+    }
+
+    /// Calls `callback`, as [`subscribe_with`](Self::subscribe_with) does, with the messages
+    /// published from now on for which `filter` holds, and only those: a subscriber to a busy
+    /// bus that wants a few of its messages (one request's broadcast events, say) is not flooded
+    /// with the rest. A bounded one may fall the publisher's capacity of matching messages
+    /// behind; past that it misses the newest and is told how many, in their place.
+    ///
+    /// `filter` runs on the publishing thread, under the lock that orders publishes, as a
+    /// [`listener`](Self::listener)'s does, with the same rules: quick, never blocking, never
+    /// calling this publisher. A filter that panics is taken as not matching (and logged).
+    ///
+    /// # Errors
+    ///
+    /// As for [`subscribe_with`](Self::subscribe_with).
+    pub fn subscribe_where<P, F>(
+        &self,
+        buffer: Buffer,
+        filter: P,
+        callback: F,
+    ) -> Result<SubscriberId, Error>
+    where
+        P: Fn(&M) -> bool + Send + Sync + 'static,
+        F: FnMut(Result<M, Missed>) + Send + 'static,
+    {
+        self.spawn_callback(self.subscribe_stream_where(buffer, filter)?, callback)
+    }
+
+    /// Feeds `subscription` to `callback` on a thread of its own.
+    fn spawn_callback<F>(
+        &self,
+        mut subscription: Subscription<M>,
+        mut callback: F,
+    ) -> Result<SubscriberId, Error>
+    where
+        F: FnMut(Result<M, Missed>) + Send + 'static,
+    {
         let id = subscription.id;
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
@@ -288,11 +325,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
                     next_seq,
                 })
             }
-            Buffer::Unbounded => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                shared.queues.insert(id, tx);
-                Source::Queue(rx)
-            }
+            Buffer::Unbounded => self.add_queue(&mut shared, id, None, false),
         };
         self.inner.recount(&shared);
         Ok(Subscription {
@@ -300,6 +333,78 @@ impl<M: Clone + Send + 'static> Publisher<M> {
             source,
             inner: Arc::downgrade(&self.inner),
         })
+    }
+
+    /// A [`Stream`](futures::Stream) of the messages published from now on for which `filter`
+    /// holds, in order, buffered as `buffer` says: the stream form of
+    /// [`subscribe_where`](Self::subscribe_where), with its rules for `filter`. Dropping it
+    /// unsubscribes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_shut_down`] after shutdown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use pubsub::{Buffer, Publisher};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let publisher = Publisher::<u32>::new();
+    /// publisher.start()?;
+    /// let mut even = publisher.subscribe_stream_where(Buffer::Bounded, |n| n % 2 == 0)?;
+    /// for n in 1..=4 {
+    ///     publisher.publish(n)?;
+    /// }
+    /// publisher.shutdown().await;
+    /// let seen: Vec<_> = even.by_ref().collect().await;
+    /// assert_eq!(seen, [Ok(2), Ok(4)]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe_stream_where<P>(
+        &self,
+        buffer: Buffer,
+        filter: P,
+    ) -> Result<Subscription<M>, Error>
+    where
+        P: Fn(&M) -> bool + Send + Sync + 'static,
+    {
+        let id = next_id();
+        let mut shared = self.inner.lock();
+        if self.inner.phase() == SHUT_DOWN {
+            return Err(Error::new(Kind::ShutDown));
+        }
+        let bounded = buffer == Buffer::Bounded;
+        let source = self.add_queue(&mut shared, id, Some(Box::new(filter)), bounded);
+        self.inner.recount(&shared);
+        Ok(Subscription {
+            id,
+            source,
+            inner: Arc::downgrade(&self.inner),
+        })
+    }
+
+    /// Adds a queue of its own for subscriber `id`, holding at most the publisher's capacity
+    /// unread when `bounded`.
+    fn add_queue(
+        &self,
+        shared: &mut Shared<M>,
+        id: u64,
+        filter: Option<Filter<M>>,
+        bounded: bool,
+    ) -> Source<M> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let unread = bounded.then(|| Arc::new(AtomicUsize::new(0)));
+        let bound = unread.as_ref().map(|unread| Bound {
+            capacity: self.inner.capacity,
+            unread: Arc::clone(unread),
+            missed: 0,
+        });
+        shared.queues.insert(id, Queue { tx, filter, bound });
+        Source::Queue { rx, unread }
     }
 
     /// Removes a subscriber. Messages published before this call are still delivered to it;
@@ -402,9 +507,8 @@ impl<M: Clone + Send + 'static> Publisher<M> {
             }
         }
         if !shared.queues.is_empty() {
-            // A queue whose receiver is gone is being dropped; its subscription removes it.
-            for queue in shared.queues.values() {
-                let _ = queue.send(message.clone());
+            for (&id, queue) in shared.queues.iter_mut() {
+                queue.offer(id, &message);
             }
         }
         if !shared.stops.is_empty()

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
@@ -128,7 +128,11 @@ impl<M: Clone + Send + 'static> Ring<M> {
 
 pub(crate) enum Source<M> {
     Ring(Ring<M>),
-    Queue(mpsc::UnboundedReceiver<M>),
+    Queue {
+        rx: mpsc::UnboundedReceiver<Result<M, Missed>>,
+        /// A bounded queue's count of unread messages, shared with the publisher.
+        unread: Option<Arc<AtomicUsize>>,
+    },
 }
 
 /// A stream of every message published after it was created, each as `Ok`, or `Err(Missed)` in
@@ -163,7 +167,13 @@ impl<M: Clone + Send + 'static> Subscription<M> {
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
         match &mut self.source {
             Source::Ring(ring) => ring.poll_item(self.id, cx),
-            Source::Queue(rx) => rx.poll_recv(cx).map(|item| item.map(Ok)),
+            Source::Queue { rx, unread } => {
+                let item = std::task::ready!(rx.poll_recv(cx));
+                if let (Some(Ok(_)), Some(unread)) = (&item, unread) {
+                    unread.fetch_sub(1, Ordering::SeqCst);
+                }
+                Poll::Ready(item)
+            }
         }
     }
 }
@@ -182,7 +192,7 @@ impl<M> Drop for Subscription<M> {
             let mut shared = inner.lock();
             let removed = match self.source {
                 Source::Ring(_) => shared.stops.remove(&self.id).is_some(),
-                Source::Queue(_) => shared.queues.remove(&self.id).is_some(),
+                Source::Queue { .. } => shared.queues.remove(&self.id).is_some(),
             };
             if removed {
                 inner.recount(&shared);
@@ -195,7 +205,10 @@ impl<M> fmt::Debug for Subscription<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let buffer = match self.source {
             Source::Ring(_) => Buffer::Bounded,
-            Source::Queue(_) => Buffer::Unbounded,
+            Source::Queue {
+                unread: Some(_), ..
+            } => Buffer::Bounded,
+            Source::Queue { unread: None, .. } => Buffer::Unbounded,
         };
         f.debug_struct("Subscription")
             .field("id", &self.id)

@@ -726,3 +726,65 @@ async fn capacities_out_of_range_are_clamped_not_refused() {
     );
     assert_eq!(stream.next().await, Some(Ok(1)));
 }
+
+#[tokio::test]
+async fn a_filtered_subscriber_takes_only_its_messages_and_is_told_exactly_what_it_missed() {
+    let publisher = started::<u32>(4);
+    // Bounded: at most 4 matching messages unread; the odd ones never take room.
+    let mut even = publisher
+        .subscribe_stream_where(Buffer::Bounded, |n| n % 2 == 0)
+        .unwrap();
+    let all_even = publisher
+        .subscribe_stream_where(Buffer::Unbounded, |n| n % 2 == 0)
+        .unwrap();
+    for n in 0..20 {
+        publisher.publish(n).unwrap();
+    }
+    // 0, 2, 4, 6 fit; 8..=18 (6 messages) were missed and are told before anything later.
+    for n in [0, 2, 4, 6] {
+        assert_eq!(even.next().await, Some(Ok(n)));
+    }
+    publisher.publish(20).unwrap();
+    publisher.publish(21).unwrap();
+    assert_eq!(even.next().await, Some(Err(missed(6))));
+    assert_eq!(even.next().await, Some(Ok(20)));
+    // Falling behind again at the very end: told once the stream ends.
+    for n in (22..40).step_by(2) {
+        publisher.publish(n).unwrap();
+    }
+    within("shutdown", publisher.shutdown()).await;
+    let rest: Vec<_> = even.collect().await;
+    assert_eq!(rest, [Ok(22), Ok(24), Ok(26), Ok(28), Err(missed(5))]);
+    let every: Vec<u32> = (0..=38).filter(|n| n % 2 == 0).collect();
+    assert_eq!(read_all(all_even).await, every);
+}
+
+#[test]
+fn a_filtered_callback_sees_only_matches_and_a_panicking_filter_disturbs_nobody() {
+    // The filter's panic is expected: keep its message out of the test output.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.to_string().contains("the filter panics") {
+            default_hook(info);
+        }
+    }));
+    let publisher = started::<u32>(64);
+    let (seen, callback) = collector();
+    publisher
+        .subscribe_where(Buffer::Bounded, |n| *n > 2, callback)
+        .unwrap();
+    let mut panicky = publisher
+        .subscribe_stream_where(Buffer::Unbounded, |n| {
+            assert!(*n != 3, "the filter panics on 3");
+            true
+        })
+        .unwrap();
+    for n in 0..6 {
+        publisher.publish(n).unwrap();
+    }
+    // Shutdown waits for the callback to have been given everything.
+    futures::executor::block_on(publisher.shutdown());
+    assert_eq!(*seen.lock().unwrap(), [3, 4, 5]);
+    let got: Vec<_> = futures::executor::block_on((&mut panicky).collect::<Vec<_>>());
+    assert_eq!(got, [Ok(0), Ok(1), Ok(2), Ok(4), Ok(5)]);
+}

@@ -8,11 +8,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::context::{self, EventSink};
 use crate::{BoxFuture, Outcome, TaskError};
 
 /// What a [`Completion`] reports to: implemented by the caller of
 /// [`TaskExecutionStrategy::execute`](crate::TaskExecutionStrategy::execute) (a coordinator), not by strategies.
-pub trait CompletionSink: Send + Sync + 'static {
+///
+/// As an [`EventSink`] it takes the events the request's node
+/// [broadcasts](crate::context::broadcast).
+pub trait CompletionSink: EventSink {
     /// Takes the outcome of the run. Only the first call for a request counts; later ones (after
     /// a cancellation already ended it, say) are ignored.
     fn complete(&self, outcome: Outcome);
@@ -59,6 +63,16 @@ impl Completion {
         }
     }
 
+    /// Forwards an event the request's node [broadcast](crate::context::broadcast) somewhere the
+    /// sink's scope does not reach (a worker process, a remote worker): the way a strategy that
+    /// runs nodes elsewhere carries their events home. Call it in the order the node sent them,
+    /// before delivering the outcome; events after that are dropped.
+    pub fn broadcast(&self, event: impl Into<std::sync::Arc<str>>) {
+        if let Some(sink) = &self.sink {
+            sink.broadcast(event.into());
+        }
+    }
+
     /// Whether the request has been cancelled: the run may stop, its outcome will be ignored.
     pub fn is_cancelled(&self) -> bool {
         self.sink.as_ref().is_some_and(|sink| sink.is_cancelled())
@@ -97,17 +111,20 @@ impl Completion {
         }));
     }
 
-    /// Runs `f` inside the request's context: its tracing span, and its node as the parent of
-    /// tasks submitted from `f`. Call it around every poll of the node's future, or once around
-    /// a blocking body.
+    /// Runs `f` inside the request's context: its tracing span, its node as the parent of tasks
+    /// submitted from `f`, and the sink of the events `f` [broadcasts](crate::context::broadcast).
+    /// Call it around every poll of the node's future, or once around a blocking body.
     pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut f = Some(f);
         let mut result = None;
         if let Some(sink) = &self.sink {
-            sink.run_in_scope(&mut || {
-                if let Some(f) = f.take() {
-                    result = Some(f());
-                }
+            let events: std::sync::Arc<dyn EventSink> = sink.clone();
+            context::with_events(events, || {
+                sink.run_in_scope(&mut || {
+                    if let Some(f) = f.take() {
+                        result = Some(f());
+                    }
+                });
             });
         }
         match (result, f) {

@@ -1,7 +1,9 @@
-//! The node running on the current thread, for strategies that run a node's body on a thread of
-//! their own (a thread pool, a worker process) rather than on an async task.
+//! What code inside a running node can reach: the node running on the current thread (for
+//! strategies that run a node's body on a thread of their own rather than on an async task), and
+//! [`broadcast`], which streams events from the node to whoever follows its request.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use crate::NodeId;
 
@@ -50,3 +52,76 @@ impl Drop for NodeGuard {
         CURRENT.with(|c| *c.borrow_mut() = previous);
     }
 }
+
+/// Where the events of a running node go: the strategy or coordinator running it implements
+/// this, and makes it current around the node's code with [`with_events`] (a coordinator's
+/// [`Completion::in_scope`](crate::Completion::in_scope) does it for every in-process strategy).
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes one event [`broadcast`] by the node running in this sink's scope, in the order sent.
+    /// Must not wait for a reader: the node is waiting for it to return.
+    fn broadcast(&self, event: Arc<str>);
+}
+
+thread_local! {
+    static EVENTS: RefCell<Option<Arc<dyn EventSink>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `sink` taking what [`broadcast`] sends on this thread, then puts back the sink
+/// that was current before (also when `f` panics). Strategies call it around every poll of a
+/// node's future, or once around a blocking body.
+pub fn with_events<R>(sink: Arc<dyn EventSink>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<dyn EventSink>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            EVENTS.with(|current| *current.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(EVENTS.with(|current| current.replace(Some(sink))));
+    f()
+}
+
+/// Sends `event` from inside a running node to whoever follows its request: the subscribers of
+/// the coordinator's bus (as a broadcast event naming the request and the node) and the caller,
+/// when it asked for its request's events. Works the same on every execution mode: a node in a
+/// worker process or behind NATS has its events forwarded, in order.
+///
+/// Events of one request arrive in the order sent and before that request's terminal message.
+/// Sending never waits for a reader. An event sent once the request has ended (it was cancelled
+/// or timed out while the node kept running) is dropped.
+///
+/// # Errors
+///
+/// [`NotInNode`] when no node runs here (the call is not inside a node's code, or the strategy
+/// running it does not carry events).
+///
+/// # Examples
+///
+/// ```
+/// use task_core::{BoxError, Task, context};
+///
+/// let task = Task::from_fn("r1", "writer", || async {
+///     for token in ["Hello", ", ", "world"] {
+///         context::broadcast(token)?;
+///     }
+///     Ok::<_, BoxError>("Hello, world")
+/// });
+/// # let _ = task;
+/// // Outside a node there is nobody to send to.
+/// assert!(context::broadcast("lost").is_err());
+/// ```
+pub fn broadcast(event: impl Into<Arc<str>>) -> Result<(), NotInNode> {
+    let sink = EVENTS.with(|current| current.borrow().clone());
+    match sink {
+        Some(sink) => {
+            sink.broadcast(event.into());
+            Ok(())
+        }
+        None => Err(NotInNode),
+    }
+}
+
+/// [`broadcast`] was called where no node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("broadcast called outside a running node: nobody follows this thread's events")]
+pub struct NotInNode;

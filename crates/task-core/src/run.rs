@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use crate::completion::{Completion, CompletionSink};
+use crate::context::EventSink;
 use crate::erased::ErasedTask;
 use crate::node::{BoxFuture, Outcome};
 use crate::strategy::TaskExecutionStrategy;
@@ -35,6 +36,14 @@ where
 #[must_use = "the outcome arrives only when awaited"]
 pub struct Running {
     sink: Arc<Standalone>,
+}
+
+impl Running {
+    /// The events the node [broadcast](crate::context::broadcast) so far and not taken yet, in
+    /// the order sent: for testing that a strategy carries them.
+    pub fn take_events(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.sink.lock().events)
+    }
 }
 
 impl fmt::Debug for Running {
@@ -103,11 +112,22 @@ struct StandaloneState {
     waker: Option<Waker>,
     cancel_waker: Option<Waker>,
     driven: Option<BoxFuture<'static, ()>>,
+    /// Broadcast before the outcome, not taken yet.
+    events: Vec<Arc<str>>,
 }
 
 impl Standalone {
     fn lock(&self) -> MutexGuard<'_, StandaloneState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl EventSink for Standalone {
+    fn broadcast(&self, event: Arc<str>) {
+        let mut state = self.lock();
+        if !state.delivered {
+            state.events.push(event);
+        }
     }
 }
 
@@ -169,6 +189,8 @@ mod tests {
 
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use std::panic::AssertUnwindSafe;
+
     use super::*;
     use crate::Value;
 
@@ -176,8 +198,15 @@ mod tests {
     #[derive(Default)]
     struct Sink {
         outcomes: Mutex<Vec<Outcome>>,
+        events: Mutex<Vec<Arc<str>>>,
         cancelled: AtomicBool,
         in_scope: AtomicBool,
+    }
+
+    impl EventSink for Sink {
+        fn broadcast(&self, event: Arc<str>) {
+            self.events.lock().unwrap().push(event);
+        }
     }
 
     impl CompletionSink for Sink {
@@ -233,6 +262,37 @@ mod tests {
         assert!(seen, "run inside the scope");
         assert!(!sink.in_scope.load(Ordering::SeqCst));
         completion.complete(Ok(Value::new(())));
+    }
+
+    #[test]
+    fn broadcast_reaches_the_sink_of_the_scope_it_runs_in_and_nowhere_else() {
+        use crate::context::broadcast;
+        let (outer, inner) = (Arc::new(Sink::default()), Arc::new(Sink::default()));
+        let (first, second) = (
+            Completion::new(outer.clone()),
+            Completion::new(inner.clone()),
+        );
+        assert!(broadcast("before").is_err(), "no node runs here yet");
+        first.in_scope(|| {
+            broadcast("a").unwrap();
+            // A pool thread may run another node inside the first one's scope.
+            second.in_scope(|| broadcast("b").unwrap());
+            broadcast("c").unwrap();
+        });
+        let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            second.in_scope(|| -> () { panic!("node code panics") })
+        }));
+        assert!(panicked.is_err());
+        assert!(
+            broadcast("after").is_err(),
+            "the scope ends even on a panic"
+        );
+        first.broadcast("forwarded");
+        let events = |sink: &Sink| sink.events.lock().unwrap().clone();
+        assert_eq!(events(&outer), ["a", "c", "forwarded"].map(Arc::from));
+        assert_eq!(events(&inner), [Arc::from("b")]);
+        first.complete(Ok(Value::new(())));
+        second.complete(Ok(Value::new(())));
     }
 
     #[test]
