@@ -7,10 +7,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, JobResult, Node, NodeRegistry, PortableNode,
-    ProcessExecutionStrategy, RequestCompletionPublisher, RetryPolicy, SubmitOptions, Task,
-    run_worker_if_requested,
+    BoxError, Buffer, Coordinator, ExecutionMode, JobResult, Node, NodeRegistry, PortableNode,
+    ProcessExecutionStrategy, RequestCompletionMessage, RequestCompletionPublisher, RetryPolicy,
+    SubmitOptions, Task, run_worker_if_requested,
 };
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use support::Recorder;
 
@@ -77,8 +78,33 @@ impl PortableNode for Crash {
     const NAME: &'static str = "crash";
 }
 
+/// Broadcasts `token-0` .. `token-{n-1}` from the worker, then returns `n`.
+#[derive(Serialize, Deserialize)]
+struct Tokens(u32);
+
+impl Node for Tokens {
+    type Output = u32;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "tokens".into()
+    }
+    async fn invoke(self) -> Result<u32, BoxError> {
+        for i in 0..self.0 {
+            coordinator::broadcast(format!("token-{i}"))?;
+            if i % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(self.0)
+    }
+}
+
+impl PortableNode for Tokens {
+    const NAME: &'static str = "tokens";
+}
+
 fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
+    registry.register::<Tokens>().unwrap();
     registry.register::<Analyze>().unwrap();
     registry.register::<Nap>().unwrap();
     registry.register::<Crash>().unwrap();
@@ -390,9 +416,69 @@ fn typed_results_and_failures_come_back_from_worker_processes() {
     });
 }
 
+fn a_worker_processs_events_arrive_in_order_before_its_terminal_message() {
+    const N: u32 = 500;
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
+        let mut about = publisher
+            .subscribe_stream_where(Buffer::Unbounded, |m: &RequestCompletionMessage| {
+                m.request_id()
+                    .is_some_and(|r| r.as_str().starts_with("tokens"))
+            })
+            .unwrap();
+        for (i, id) in ["tokens-1", "tokens-2"].into_iter().enumerate() {
+            let task = Task::portable(id, Tokens(N));
+            let options = SubmitOptions::new().with_events();
+            let mut handle = coordinator
+                .spawn(task, ExecutionMode::PROCESS, options)
+                .await
+                .unwrap();
+            let mut heard = Vec::new();
+            if i == 0 {
+                while let Some(event) = handle.next_event().await {
+                    heard.push(event.to_string());
+                }
+                assert_eq!(handle.await.unwrap(), N);
+            } else {
+                // Not read while the node runs: the node is not held up, the events are kept.
+                assert_eq!((&mut handle).await.unwrap(), N);
+                while let Some(event) = handle.next_event().await {
+                    heard.push(event.to_string());
+                }
+            }
+            let expected: Vec<String> = (0..N).map(|i| format!("token-{i}")).collect();
+            assert_eq!(heard, expected, "{id}: the caller's events");
+            let mut on_bus = Vec::new();
+            loop {
+                match about.next().await.unwrap().unwrap() {
+                    RequestCompletionMessage::Broadcast(event) => {
+                        assert_eq!(event.info.request_id().as_str(), id);
+                        on_bus.push(event.event.to_string());
+                    }
+                    terminal => {
+                        assert!(terminal.is_terminal(), "{terminal}");
+                        assert_eq!(terminal.request_id().unwrap().as_str(), id);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(
+                on_bus, expected,
+                "{id}: every event before the terminal one"
+            );
+        }
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+}
+
 fn main() {
     run_worker_if_requested(&registry());
     let tests: &[(&str, fn())] = &[
+        (
+            "a_worker_processs_events_arrive_in_order_before_its_terminal_message",
+            a_worker_processs_events_arrive_in_order_before_its_terminal_message,
+        ),
         (
             "typed_results_and_failures_come_back_from_worker_processes",
             typed_results_and_failures_come_back_from_worker_processes,

@@ -63,14 +63,13 @@ impl Completion {
         }
     }
 
-    /// Forwards an event the request's node [broadcast](crate::context::broadcast) somewhere the
-    /// sink's scope does not reach (a worker process, a remote worker): the way a strategy that
-    /// runs nodes elsewhere carries their events home. Call it in the order the node sent them,
-    /// before delivering the outcome; events after that are dropped.
-    pub fn broadcast(&self, event: impl Into<std::sync::Arc<str>>) {
-        if let Some(sink) = &self.sink {
-            sink.broadcast(event.into());
-        }
+    /// The request's event sink, to forward events its node
+    /// [broadcast](crate::context::broadcast) where the completion's scope does not reach (a
+    /// worker process, a remote worker); `None` once delivered. Forward them in the order the
+    /// node sent them, before the outcome: events after it are dropped.
+    pub fn events(&self) -> Option<context::Events> {
+        let sink: std::sync::Arc<dyn EventSink> = self.sink.clone()?;
+        Some(context::Events(sink))
     }
 
     /// Whether the request has been cancelled: the run may stop, its outcome will be ignored.

@@ -121,6 +121,35 @@ pub fn broadcast(event: impl Into<Arc<str>>) -> Result<(), NotInNode> {
     }
 }
 
+/// The sink of the events of the node running here, if any, as a handle that can be kept and
+/// used from elsewhere: how a strategy whose node runs in another process or on another machine
+/// forwards the events that come back to it, from the task that reads them.
+///
+/// Call it where the node's scope is current (in the future a strategy hands to
+/// [`Completion::spawn`](crate::Completion::spawn), which runs in it).
+pub fn current_events() -> Option<Events> {
+    EVENTS.with(|current| current.borrow().clone()).map(Events)
+}
+
+/// A handle to one request's event sink, made by [`current_events`] or
+/// [`Completion::events`](crate::Completion::events).
+#[derive(Clone)]
+pub struct Events(pub(crate) Arc<dyn EventSink>);
+
+impl Events {
+    /// Sends `event` as if the request's node had [broadcast](broadcast) it here. Events sent
+    /// once the request has ended are dropped.
+    pub fn send(&self, event: impl Into<Arc<str>>) {
+        self.0.broadcast(event.into());
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
 /// [`broadcast`] was called where no node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("broadcast called outside a running node: nobody follows this thread's events")]

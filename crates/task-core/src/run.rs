@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn broadcast_reaches_the_sink_of_the_scope_it_runs_in_and_nowhere_else() {
-        use crate::context::broadcast;
+        use crate::context::{self, broadcast};
         let (outer, inner) = (Arc::new(Sink::default()), Arc::new(Sink::default()));
         let (first, second) = (
             Completion::new(outer.clone()),
@@ -287,9 +287,19 @@ mod tests {
             broadcast("after").is_err(),
             "the scope ends even on a panic"
         );
-        first.broadcast("forwarded");
+        // Kept, and used outside any scope: how a strategy forwards events from elsewhere.
+        let (forward, current) = (
+            first.events().unwrap(),
+            first.in_scope(context::current_events),
+        );
+        assert!(context::current_events().is_none());
+        forward.send("forwarded");
+        current.unwrap().send("current");
         let events = |sink: &Sink| sink.events.lock().unwrap().clone();
-        assert_eq!(events(&outer), ["a", "c", "forwarded"].map(Arc::from));
+        assert_eq!(
+            events(&outer),
+            ["a", "c", "forwarded", "current"].map(Arc::from)
+        );
         assert_eq!(events(&inner), [Arc::from("b")]);
         first.complete(Ok(Value::new(())));
         second.complete(Ok(Value::new(())));

@@ -166,6 +166,8 @@ impl Shared {
                             } else {
                                 None
                             },
+                            // Dispatched from the request's scope: its event sink is current.
+                            events: task_core::context::current_events(),
                         },
                     );
                     worker.given += 1;

@@ -173,12 +173,12 @@ impl Shared {
                     }
                 }
             }
-            Ok(Ok(Some(FromWorker::Done { .. } | FromWorker::Started { .. }))) => {
-                ProcessError::new(
-                    ErrorKind::Protocol,
-                    "the worker answered before announcing itself",
-                )
-            }
+            Ok(Ok(Some(
+                FromWorker::Done { .. } | FromWorker::Started { .. } | FromWorker::Event { .. },
+            ))) => ProcessError::new(
+                ErrorKind::Protocol,
+                "the worker answered before announcing itself",
+            ),
             Ok(Ok(None)) => {
                 let status = child.wait().await.map(describe).unwrap_or_default();
                 ProcessError::new(

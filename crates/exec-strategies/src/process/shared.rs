@@ -41,6 +41,8 @@ pub(super) struct Pending {
     pub(super) request_id: RequestId,
     /// The task timeout's timer, once the run started: stopped when the run is answered.
     pub(super) timer: Option<tokio::task::AbortHandle>,
+    /// Where the node's events go: the request's sink.
+    pub(super) events: Option<task_core::context::Events>,
 }
 
 impl Drop for Pending {

@@ -257,6 +257,21 @@ impl Shared {
                     }
                     continue;
                 }
+                FromWorker::Event { id, event } => {
+                    let Some(pending) = worker.pending.get(&id) else {
+                        return Ended::BrokeProtocol(format!(
+                            "it sent an event of run {id}, which it was not given"
+                        ));
+                    };
+                    let events = pending.events.clone();
+                    drop(state);
+                    // Outside the pool's lock; this task reads the run's frames in order, so the
+                    // event is handed on before the run's answer.
+                    if let Some(events) = events {
+                        events.send(event);
+                    }
+                    continue;
+                }
                 FromWorker::Hello { .. } => {
                     return Ended::BrokeProtocol("it announced itself twice".into());
                 }

@@ -5,8 +5,9 @@
 //! message. The worker speaks first with [`FromWorker::Hello`] (protocol version, registered node
 //! names, process id); then the parent sends [`ToWorker::Run`] for each task. The worker queues
 //! what it cannot start yet, says [`FromWorker::Started`] as it starts each run (before anything
-//! of the node runs, the decoding of its payload included) and answers each with
-//! [`FromWorker::Done`], in any order. [`ToWorker::Cancel`] asks it to drop a run, queued or
+//! of the node runs, the decoding of its payload included), forwards the events its node
+//! broadcasts as [`FromWorker::Event`], and answers each with [`FromWorker::Done`], in any order
+//! between runs. [`ToWorker::Cancel`] asks it to drop a run, queued or
 //! running; the run is answered either way. Frames larger than the configured maximum are refused
 //! before their body is read.
 //!
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use task_core::TaskError;
 
 /// The protocol version both sides must announce.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The default largest frame, in bytes (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -78,6 +79,14 @@ pub enum FromWorker {
     Started {
         /// The id of the run starting.
         id: u64,
+    },
+    /// Run `id`'s node [broadcast](task_core::context::broadcast) `event`. A run's events come
+    /// in the order sent, before its [`FromWorker::Done`].
+    Event {
+        /// The id of the run whose node sent it.
+        id: u64,
+        /// The event.
+        event: String,
     },
 }
 

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use futures::FutureExt;
 use futures::future::{AbortHandle, AbortRegistration, Abortable};
+use task_core::context::EventSink;
 use task_core::{NodeRegistry, TaskError};
 
 use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION, ToWorker};
@@ -161,6 +162,35 @@ fn start_run(registry: &NodeRegistry, name: &str, payload: &[u8]) -> Run {
     }
 }
 
+/// Sends the events run `id`'s node broadcasts to the parent as they come, each in a frame of its
+/// own, ahead of the run's answer.
+struct RunEvents {
+    id: u64,
+    serving: Arc<Serving>,
+}
+
+impl EventSink for RunEvents {
+    fn broadcast(&self, event: Arc<str>) {
+        let message = FromWorker::Event {
+            id: self.id,
+            event: event.to_string(),
+        };
+        match wire::encode_frame(&message, self.serving.max_frame) {
+            // A failed write means the parent is gone; the reading thread sees it too.
+            Ok(frame) => drop(self.serving.output.send(&frame, true)),
+            Err(e) => tracing::warn!(run = self.id, %e, "event not sent"),
+        }
+    }
+}
+
+/// `run`, polled with `events` taking what its node broadcasts.
+fn with_events(events: Arc<RunEvents>, mut run: Run) -> Run {
+    Box::pin(std::future::poll_fn(move |cx| {
+        let sink: Arc<dyn EventSink> = Arc::clone(&events) as _;
+        task_core::context::with_events(sink, || run.as_mut().poll(cx))
+    }))
+}
+
 /// A run handed over and not started: its node is decoded only when it starts, after the parent
 /// was told, so a crash while decoding is that run's.
 struct Given {
@@ -209,7 +239,7 @@ impl Serving {
     /// Tells the parent that `id`, which has a place, starts (or, when the parent takes it as
     /// started, sends what is queued: an answer must not wait behind node code), then decodes it.
     fn begin(
-        &self,
+        self: &Arc<Self>,
         id: u64,
         name: &str,
         payload: &[u8],
@@ -221,8 +251,12 @@ impl Serving {
         } else {
             self.output.flush()?;
         }
+        let events = Arc::new(RunEvents {
+            id,
+            serving: Arc::clone(self),
+        });
         Ok(Abortable::new(
-            start_run(&self.registry, name, payload),
+            with_events(events, start_run(&self.registry, name, payload)),
             registration,
         ))
     }
