@@ -24,6 +24,8 @@ pub(crate) struct Waiting {
     pub(crate) published: Instant,
     /// The task as published, to publish it again if the server lost it.
     pub(crate) task: bytes::Bytes,
+    /// Where its node's events go: the request's sink.
+    pub(crate) events: Option<task_core::context::Events>,
 }
 
 #[derive(Default)]
@@ -57,6 +59,20 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands an event of run `run`'s node to its request; dropped when the run is answered
+    /// already (or not this side's).
+    pub(crate) fn forward_event(&self, run: &str, event: String) {
+        let events = self
+            .table()
+            .pending
+            .get(run)
+            .and_then(|waiting| waiting.events.clone());
+        // Outside the table's lock; completions are read in order, so before the run's answer.
+        if let Some(events) = events {
+            events.send(event);
+        }
     }
 
     pub(crate) fn resolve(&self, run: &str, outcome: Result<Vec<u8>, TaskError>) {
@@ -188,6 +204,8 @@ impl Inner {
                 answer: sender,
                 published: Instant::now(),
                 task: bytes.clone(),
+                // Run in the request's scope: its event sink is current.
+                events: task_core::context::current_events(),
             },
         );
         let mut guard = RunGuard {

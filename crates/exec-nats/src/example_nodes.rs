@@ -65,6 +65,31 @@ impl PortableNode for Fail {
     const NAME: &'static str = "fail";
 }
 
+/// Broadcasts `1` .. `n` as it counts, pausing a millisecond every 100, then returns `n`: a
+/// node that streams.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Count(pub u32);
+
+impl Node for Count {
+    type Output = u32;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "count".into()
+    }
+    async fn invoke(self) -> Result<u32, BoxError> {
+        for i in 1..=self.0 {
+            task_core::context::broadcast(i.to_string())?;
+            if i % 100 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        Ok(self.0)
+    }
+}
+
+impl PortableNode for Count {
+    const NAME: &'static str = "count";
+}
+
 /// The registry of the worker binary.
 pub fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
@@ -72,6 +97,7 @@ pub fn registry() -> NodeRegistry {
         .register::<Echo>()
         .and_then(|r| r.register::<Nap>())
         .and_then(|r| r.register::<Fail>())
+        .and_then(|r| r.register::<Count>())
         .expect("distinct names");
     registry
 }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use task_core::TaskError;
 
 use crate::client::Inner;
-use crate::wire::{Completion, decode};
+use crate::wire::{Reply, decode};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
 /// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
@@ -39,8 +39,9 @@ pub(crate) async fn listen_completions(
                             continue;
                         }
                     };
-                    match decode::<Completion>(&message.payload) {
-                        Ok(done) => inner.resolve(&done.run, done.outcome),
+                    match decode::<Reply>(&message.payload) {
+                        Ok(Reply::Done(done)) => inner.resolve(&done.run, done.outcome),
+                        Ok(Reply::Event(event)) => inner.forward_event(&event.run, event.event),
                         Err(e) => tracing::warn!(%e, "undecodable completion dropped"),
                     }
                     let _ = message.ack().await;

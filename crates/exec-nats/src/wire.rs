@@ -6,7 +6,7 @@ use task_core::TaskError;
 
 /// Version of the messages below; a worker answers a task of another version with a protocol
 /// error instead of guessing.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A task, as published to the work-queue stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +35,25 @@ pub struct Completion {
     pub outcome: Result<Vec<u8>, TaskError>,
     /// Which worker ran it (for logs and tests).
     pub worker: String,
+}
+
+/// What a worker publishes to a task's `reply` subject: the events its node broadcasts, in the
+/// order sent, then its completion.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// An event the run's node [broadcast](task_core::context::broadcast).
+    Event(RunEvent),
+    /// The run's outcome.
+    Done(Completion),
+}
+
+/// One event of a running node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// The [`TaskMessage::run`] whose node sent it.
+    pub run: String,
+    /// The event.
+    pub event: String,
 }
 
 /// Encodes a message.
@@ -80,6 +99,14 @@ mod tests {
         };
         let back: Completion = decode(&encode(&done).unwrap()).unwrap();
         assert!(back.outcome.unwrap_err().is_not_registered());
+        let event = RunEvent {
+            run: "c.1".into(),
+            event: "50%".into(),
+        };
+        match decode::<Reply>(&encode(&Reply::Event(event.clone())).unwrap()).unwrap() {
+            Reply::Event(back) => assert_eq!(back, event),
+            Reply::Done(_) => panic!("an event decoded as a completion"),
+        }
         assert!(
             decode::<TaskMessage>(&[0xff; 3])
                 .unwrap_err()

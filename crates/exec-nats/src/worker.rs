@@ -13,7 +13,8 @@ use task_core::{NodeRegistry, TaskError};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::{NatsConfig, NatsError, config_setters, connect};
-use crate::wire::{Completion, PROTOCOL_VERSION, TaskMessage, decode, encode};
+use crate::wire::{Completion, PROTOCOL_VERSION, Reply, RunEvent, TaskMessage, decode, encode};
+use task_core::context::EventSink;
 
 /// How many cancelled run ids a worker remembers, to skip those tasks if they reach it later.
 const REMEMBERED_CANCELS: usize = 10_000;
@@ -196,6 +197,38 @@ impl Shared {
         false
     }
 
+    /// The sink of `task`'s node's events, and the task that publishes them to its reply subject
+    /// in order (ending once the sink is dropped and every event is sent). An event's message
+    /// id lets the server keep one copy when a redelivered run sends it again.
+    fn forward_events(
+        self: &Arc<Self>,
+        task: &TaskMessage,
+    ) -> (Arc<ForwardEvents>, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Arc<str>>();
+        let (js, subject, run) = (self.js.clone(), task.reply.clone(), task.run.clone());
+        let forwarding = tokio::spawn(async move {
+            let mut sent = 0_u64;
+            while let Some(event) = rx.recv().await {
+                sent += 1;
+                let reply = Reply::Event(RunEvent {
+                    run: run.clone(),
+                    event: event.to_string(),
+                });
+                let Ok(bytes) = encode(&reply) else { continue };
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("event.{run}.{sent}").as_str());
+                // Not waiting for the server's acknowledgement: the connection keeps the order.
+                if let Err(e) = js
+                    .publish_with_headers(subject.clone(), headers, bytes.into())
+                    .await
+                {
+                    tracing::warn!(%e, run, "an event was not sent");
+                }
+            }
+        });
+        (Arc::new(ForwardEvents(tx)), forwarding)
+    }
+
     /// Runs one delivered task to its completion, publishes it, then acknowledges the task.
     async fn handle(self: Arc<Self>, message: jetstream::Message) {
         let task = match decode::<TaskMessage>(&message.payload) {
@@ -221,6 +254,7 @@ impl Shared {
             let _ = message.ack().await;
             return;
         }
+        let (events, forwarding) = self.forward_events(&task);
         let outcome = if task.version == PROTOCOL_VERSION {
             let run = match self.registry.run(&task.name, &task.payload) {
                 Ok(run) => AssertUnwindSafe(run)
@@ -229,6 +263,11 @@ impl Shared {
                     .boxed(),
                 Err(e) => futures::future::ready(Err(e)).boxed(),
             };
+            let mut run = run;
+            let run = std::future::poll_fn(move |cx| {
+                let sink: Arc<dyn EventSink> = Arc::clone(&events) as _;
+                task_core::context::with_events(sink, || run.as_mut().poll(cx))
+            });
             let progress = keep_alive(&message, self.ack_wait);
             tokio::select! {
                 outcome = run => Some(outcome),
@@ -236,12 +275,16 @@ impl Shared {
                 () = progress => None,
             }
         } else {
+            drop(events);
             Some(Err(TaskError::protocol(format!(
                 "the task speaks protocol {} and this worker {PROTOCOL_VERSION}",
                 task.version
             ))))
         };
         self.cancels().running.remove(&task.run);
+        // The node is dropped, and with it the events' sender: every event is handed to the
+        // connection before the completion, which the server then stores after them.
+        let _ = forwarding.await;
         let Some(outcome) = outcome else {
             // Cancelled while running: the caller is gone; the task is done with.
             let _ = message.ack().await;
@@ -252,11 +295,12 @@ impl Shared {
             outcome,
             worker: self.id.clone(),
         };
-        let bytes = encode(&completion).or_else(|e| {
-            encode(&Completion {
+        let bytes = encode(&Reply::Done(completion)).or_else(|e| {
+            encode(&Reply::Done(Completion {
+                run: task.run.clone(),
                 outcome: Err(e),
-                ..completion
-            })
+                worker: self.id.clone(),
+            }))
         });
         // The completion must be stored in the completion stream before the task is
         // acknowledged: if this worker dies, or the server goes away, in between, the task is
@@ -281,6 +325,15 @@ impl Shared {
         if let Err(e) = message.ack().await {
             tracing::warn!(%e, "acknowledging a task failed; it may be redelivered");
         }
+    }
+}
+
+/// Where a running node's events go: the task that publishes them.
+struct ForwardEvents(tokio::sync::mpsc::UnboundedSender<Arc<str>>);
+
+impl EventSink for ForwardEvents {
+    fn broadcast(&self, event: Arc<str>) {
+        let _ = self.0.send(event);
     }
 }
 

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use coordinator::{
-    BoxError, Coordinator, JobResult, Node, PortableNode, RequestCompletionPublisher,
-    SubmitOptions, Task,
+    BoxError, Buffer, Coordinator, JobResult, Node, PortableNode, RequestCompletionMessage,
+    RequestCompletionPublisher, SubmitOptions, Task,
 };
-use exec_nats::example_nodes::{Echo, Fail, Nap};
+use exec_nats::example_nodes::{Count, Echo, Fail, Nap};
 use exec_nats::{NatsConfig, NatsStrategy};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// Whether the server answers at the configured URL.
@@ -81,6 +82,10 @@ fn main() {
         ("the_replicas_setting_reaches_the_server", || {
             Box::pin(the_replicas_setting_reaches_the_server())
         }),
+        (
+            "a_remote_nodes_events_arrive_in_order_before_its_terminal_message",
+            || Box::pin(a_remote_nodes_events_arrive_in_order_before_its_terminal_message()),
+        ),
     ];
     let trials = tests
         .iter()
@@ -265,6 +270,47 @@ impl Node for NotInTheWorker {
 
 impl PortableNode for NotInTheWorker {
     const NAME: &'static str = "not-in-the-worker";
+}
+
+async fn a_remote_nodes_events_arrive_in_order_before_its_terminal_message() {
+    const N: u32 = 300;
+    let config = config("events");
+    let _worker = Worker::start(&config, &["--concurrency", "2"]);
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let mut about = publisher
+        .subscribe_stream_where(Buffer::Unbounded, |m: &RequestCompletionMessage| {
+            m.request_id().is_some_and(|r| r.as_str() == "counting")
+        })
+        .unwrap();
+    let options = SubmitOptions::new().with_events();
+    let mut handle = coordinator
+        .spawn(Task::portable("counting", Count(N)), "nats", options)
+        .await
+        .unwrap();
+    let mut heard = Vec::new();
+    while let Some(event) = handle.next_event().await {
+        heard.push(event.to_string());
+    }
+    assert_eq!(handle.await.unwrap(), N);
+    let expected: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
+    assert_eq!(heard, expected, "the caller's events, in order");
+    let mut on_bus = Vec::new();
+    loop {
+        match about.next().await.unwrap().unwrap() {
+            RequestCompletionMessage::Broadcast(event) => on_bus.push(event.event.to_string()),
+            terminal => {
+                assert!(terminal.is_terminal(), "{terminal}");
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        on_bus, expected,
+        "every event on the bus before the terminal message"
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
 }
 
 async fn values_errors_panics_and_unknown_nodes_come_back_typed() {
