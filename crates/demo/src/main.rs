@@ -10,8 +10,9 @@
 //!   on purpose: the crash is retried once, crashes again and ends as "poison" (never tried
 //!   again), the worker is replaced each time, and no other tool call fails for it.
 //!
-//! A few agents are cancelled while they run, which cancels the children they submitted. Live
-//! progress per mode is shown while it runs, then a summary per mode.
+//! A few agents are cancelled while they run, which cancels the children they submitted. The
+//! model calls stream their answers a word at a time (`--watch N` shows agent N's stream live).
+//! Live progress per mode is shown while it runs, then a summary per mode.
 //!
 //! `cargo run -p demo -- --help` lists the flags.
 
@@ -23,9 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, JobResult, Node, NodeRegistry, PortableNode,
-    ProcessExecutionStrategy, RequestCompletionPublisher, RetryPolicy, SubmitOptions, SystemDetail,
-    Task, ThreadedExecutionStrategy, run_worker_if_requested,
+    BoxError, Buffer, Coordinator, ExecutionMode, JobResult, Node, NodeRegistry, PortableNode,
+    ProcessExecutionStrategy, RequestCompletionMessage, RequestCompletionPublisher, RetryPolicy,
+    SubmitOptions, SystemDetail, Task, ThreadedExecutionStrategy, run_worker_if_requested,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,10 @@ struct Args {
     /// No live progress display.
     #[arg(long)]
     quiet: bool,
+    /// Show agent N's stream live: the words its model calls broadcast as they come, and its
+    /// own progress events.
+    #[arg(long, value_name = "N")]
+    watch: Option<u64>,
     /// Seed for the workload's random choices (same seed, same workload).
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -130,10 +135,23 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(80);
 /// Tool calls that ended as poison: they crashed their worker twice in a row.
 static POISONED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// A simulated model call: streams its answer a word at a time (each word a broadcast event,
+/// as a model streams tokens), spread over `ms`, and returns the whole answer.
 fn llm_call(id: String, name: &'static str, ms: u64) -> Task<String> {
+    let answer = match name {
+        "plan" => {
+            "First search the web, then embed the query and call the tool; combine all three."
+        }
+        _ => "Found three relevant pages; the second one answers the question best.",
+    };
     Task::from_fn(id, name, move || async move {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        Ok::<_, BoxError>(format!("{name} after {ms} ms"))
+        let words: Vec<&str> = answer.split_inclusive(' ').collect();
+        let pause = Duration::from_millis(ms) / words.len() as u32;
+        for word in &words {
+            tokio::time::sleep(pause).await;
+            coordinator::broadcast(*word)?;
+        }
+        Ok::<_, BoxError>(answer.to_owned())
     })
 }
 
@@ -152,6 +170,7 @@ fn embed(id: String, seed: u64) -> Task<f64> {
 fn agent(coordinator: Coordinator, plan: Plan) -> Task<String> {
     Task::from_fn(format!("agent-{}", plan.id), "agent", move || async move {
         let id = plan.id;
+        coordinator::broadcast("planning")?;
         let timeout = SubmitOptions::new().timeout(CALL_TIMEOUT);
         let plan_ms = if plan.slow_plan { 500 } else { plan.io_ms[0] };
         let planned = coordinator
@@ -181,7 +200,9 @@ fn agent(coordinator: Coordinator, plan: Plan) -> Task<String> {
             ExecutionMode::PROCESS,
             SubmitOptions::new().retry(retry_crash),
         );
+        coordinator::broadcast("searching, embedding and calling the tool")?;
         let (search, embedding, tool) = tokio::join!(search, embedding, tool);
+        coordinator::broadcast("combining")?;
         let tool = tool.unwrap_or_else(|e| {
             if e.task_error().is_some_and(|e| e.is_poison()) {
                 POISONED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -207,6 +228,68 @@ fn plans(args: &Args) -> Vec<Plan> {
             io_ms: [rng.u64(5..40), rng.u64(5..40), rng.u64(5..40)],
         })
         .collect()
+}
+
+/// Shows agent `agent`'s events as they come: a line of the progress display holds the words of
+/// its model call under way, live; each call's whole line is printed above the display when it
+/// ends, as are the agent's own progress events.
+fn watch(
+    publisher: &RequestCompletionPublisher,
+    multi: &MultiProgress,
+    agent: u64,
+) -> anyhow::Result<()> {
+    let suffix = format!("-{agent}");
+    let mine = move |m: &RequestCompletionMessage| {
+        m.request_id()
+            .is_some_and(|r| r.as_str().ends_with(&suffix))
+            && (m.is_broadcast() || m.is_terminal())
+    };
+    let multi = multi.clone();
+    let live = multi.add(ProgressBar::new_spinner());
+    live.set_style(ProgressStyle::with_template("{prefix:>9} {msg}").expect("a valid template"));
+    live.set_prefix(format!("agent-{agent}"));
+    let mut lines: BTreeMap<String, String> = BTreeMap::new();
+    publisher.subscribe_where(Buffer::Unbounded, mine, move |message| {
+        let Ok(message) = message else { return };
+        let Some(id) = message.request_id().map(ToString::to_string) else {
+            return;
+        };
+        let print = |line: String| {
+            // Hidden (with --quiet) the display prints nothing: print directly then.
+            if multi.is_hidden() {
+                println!("{line}");
+            } else {
+                let _ = multi.println(line);
+            }
+        };
+        match message {
+            RequestCompletionMessage::Broadcast(event) if event.info.name() == "agent" => {
+                print(format!("[{id}] {}", event.event));
+            }
+            RequestCompletionMessage::Broadcast(event) => {
+                let line = lines.entry(id.clone()).or_default();
+                line.push_str(&event.event);
+                live.set_message(format!("[{id}] {line}"));
+            }
+            terminal => {
+                let words = lines.remove(&id).unwrap_or_default();
+                let how = match terminal {
+                    RequestCompletionMessage::Success(_) => "done".to_owned(),
+                    RequestCompletionMessage::Failure(f) => format!("failed: {}", f.error),
+                    _ => String::new(),
+                };
+                let line = match words.is_empty() {
+                    true => format!("[{id}] {how}"),
+                    false => format!("[{id}] {words} ({how})"),
+                };
+                print(line);
+                if id == format!("agent-{agent}") {
+                    live.finish_and_clear();
+                }
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// The mode each node name runs under, for the summary.
@@ -380,11 +463,12 @@ async fn main() -> anyhow::Result<()> {
     let missed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen = Arc::clone(&terminal);
     let gaps = Arc::clone(&missed);
-    publisher.subscribe(move |message| match message {
-        Ok(message) if message.is_terminal() => {
+    // Terminal messages only: the models' streamed words do not take room in its buffer.
+    let is_terminal = RequestCompletionMessage::is_terminal;
+    publisher.subscribe_where(Buffer::Bounded, is_terminal, move |message| match message {
+        Ok(_) => {
             seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok(_) => {}
         Err(gap) => {
             gaps.fetch_add(gap.count(), std::sync::atomic::Ordering::Relaxed);
         }
@@ -408,7 +492,10 @@ async fn main() -> anyhow::Result<()> {
         .build();
     coordinator.start(&publisher)?;
 
-    let (_multi, total, bars) = progress_bars(args.quiet, args.agents, args.concurrency);
+    let (multi, total, bars) = progress_bars(args.quiet, args.agents, args.concurrency);
+    if let Some(agent) = args.watch {
+        watch(&publisher, &multi, agent)?;
+    }
     let started = Instant::now();
     let refresher = {
         let coordinator = coordinator.clone();

@@ -137,7 +137,7 @@ pub fn current_events() -> Option<Events> {
 pub struct Events(pub(crate) Arc<dyn EventSink>);
 
 impl Events {
-    /// Sends `event` as if the request's node had [broadcast](broadcast) it here. Events sent
+    /// Sends `event` as if the request's node had sent it with [`broadcast`] here. Events sent
     /// once the request has ended are dropped.
     pub fn send(&self, event: impl Into<Arc<str>>) {
         self.0.broadcast(event.into());
