@@ -102,7 +102,11 @@ impl Inner {
         let result = JobResult::of(&outcome);
         let (open, idle) = {
             let mut table = self.table();
-            let open = match table.end_job_detach(info.request_id(), result) {
+            let ended = match &outcome {
+                Ok(_) => table.end_job_detach(info.request_id(), result),
+                Err(error) => table.fail_job(info.request_id(), error.clone()),
+            };
+            let open = match ended {
                 Ok((_, open)) => open,
                 Err(error) => {
                     // Never: a request's job stays open until its one ending.

@@ -85,6 +85,17 @@ async fn failures_and_panics_close_the_job_as_failed_and_the_coordinator_keeps_w
         coordinator.job("p").unwrap().result(),
         Some(JobResult::Failure)
     );
+    // Each failed job keeps its error, in the snapshot too; a success has none.
+    let failed = coordinator.job("f").unwrap();
+    assert_eq!(failed.error().map(|e| e.message()), Some("upstream down"));
+    assert!(coordinator.job("ok").unwrap().error().is_none());
+    let detail = serde_json::to_value(coordinator.system_detail()).unwrap();
+    let jobs = detail["jobs"].as_array().unwrap();
+    let panicked = jobs.iter().find(|j| j["request_id"] == "p").unwrap();
+    assert_eq!(
+        panicked["error"]["message"],
+        "node panicked: index out of bounds"
+    );
 
     publisher.shutdown().await;
     let log: Vec<String> = recorder.messages().iter().map(|m| m.to_string()).collect();

@@ -248,6 +248,16 @@ impl StdError for TaskError {
     }
 }
 
+/// Two errors are equal when they have the same cause and message (their source errors, which
+/// stay in the process, are not compared): what survives serialization.
+impl PartialEq for TaskError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for TaskError {}
+
 /// The serialized form keeps the cause and the message; the source error stays in the process.
 #[derive(Serialize, Deserialize)]
 struct Wire<'a> {

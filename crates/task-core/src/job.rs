@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, RequestId, TaskInfo};
+use crate::{NodeId, RequestId, TaskError, TaskInfo};
 
 /// Whether a job is still running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,9 +51,18 @@ impl JobResult {
     pub fn of(outcome: &crate::Outcome) -> Self {
         match outcome {
             Ok(_) => JobResult::Success,
-            Err(e) if e.is_timeout() => JobResult::TimedOut,
-            Err(e) if e.is_cancelled() => JobResult::Cancelled,
-            Err(_) => JobResult::Failure,
+            Err(e) => Self::of_error(e),
+        }
+    }
+
+    /// The result an error closes its job with: timed out, cancelled, or failed.
+    pub(crate) fn of_error(error: &TaskError) -> Self {
+        if error.is_timeout() {
+            JobResult::TimedOut
+        } else if error.is_cancelled() {
+            JobResult::Cancelled
+        } else {
+            JobResult::Failure
         }
     }
 }
@@ -103,6 +112,8 @@ pub struct Job {
     /// Microseconds since the Unix epoch.
     started: u64,
     ended: Option<NonZeroU64>,
+    /// Why it failed, timed out or was cancelled; boxed, so a job that succeeded pays a pointer.
+    error: Option<Box<TaskError>>,
 }
 
 fn micros_now() -> u64 {
@@ -126,6 +137,7 @@ impl Job {
             seq: 0,
             started: micros_now(),
             ended: None,
+            error: None,
         }
     }
 
@@ -149,9 +161,34 @@ impl Job {
     /// assert!(job.end_time().is_some());
     /// ```
     pub fn close(&mut self, result: JobResult) {
+        self.close_with(result, None);
+    }
+
+    /// Closes the job as [`close`](Self::close) does, keeping `error`, why it did not succeed
+    /// ([`error`](Self::error)). The result is the one `error` makes
+    /// ([`JobResult::of`]); a closed job keeps its first result and error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use task_core::{Job, JobResult, TaskError, TaskInfo};
+    ///
+    /// let info = TaskInfo::new("8".into(), "node-8".into(), None, "fetch");
+    /// let mut job = Job::open(&info);
+    /// job.fail(TaskError::timed_out("no answer within 5 s"));
+    /// assert_eq!(job.result(), Some(JobResult::TimedOut));
+    /// assert_eq!(job.error().map(|e| e.message()), Some("no answer within 5 s"));
+    /// ```
+    pub fn fail(&mut self, error: TaskError) {
+        let result = JobResult::of_error(&error);
+        self.close_with(result, Some(Box::new(error)));
+    }
+
+    pub(crate) fn close_with(&mut self, result: JobResult, error: Option<Box<TaskError>>) {
         if self.status == JobStatus::Closed {
             return;
         }
+        self.error = error;
         self.status = JobStatus::Closed;
         self.result = Some(result);
         // Never before the start, and never zero (zero would read as "open").
@@ -204,6 +241,12 @@ impl Job {
         self.result
     }
 
+    /// Why the job did not succeed (the error that failed it, timed it out or cancelled it);
+    /// `None` while open, after a success, or when it was closed without one.
+    pub fn error(&self) -> Option<&TaskError> {
+        self.error.as_deref()
+    }
+
     /// When the job was opened.
     pub fn start_time(&self) -> SystemTime {
         from_micros(self.started)
@@ -235,6 +278,8 @@ struct JobWire {
     attempts: u32,
     start_time: f64,
     end_time: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<TaskError>,
 }
 
 fn one() -> u32 {
@@ -267,6 +312,7 @@ impl Serialize for Job {
             attempts: self.attempts,
             start_time: secs(self.started),
             end_time: self.ended.map(|e| secs(e.get())),
+            error: self.error.as_deref().cloned(),
         }
         .serialize(serializer)
     }
@@ -292,6 +338,7 @@ impl<'de> Deserialize<'de> for Job {
             seq: 0,
             started,
             ended,
+            error: w.error.map(Box::new),
         })
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::table::JobTable;
-use crate::{Job, JobResult, JobStatus, RequestId, TaskInfo};
+use crate::{Job, JobResult, JobStatus, RequestId, TaskError, TaskInfo};
 
 /// Running totals of the jobs a [`CoordinatorState`] has seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,10 +327,36 @@ impl<A> CoordinatorState<A> {
         request_id: &str,
         result: JobResult,
     ) -> Result<(&Job, Option<A>), StateError> {
+        self.end(request_id, result, None)
+    }
+
+    /// Closes the job for `request_id` with the result `error` makes
+    /// ([`JobResult::of`]: failed, timed out or cancelled), keeping `error` on the job
+    /// ([`Job::error`]), and hands back what was attached to it, as
+    /// [`end_job_detach`](Self::end_job_detach) does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`end_job`](Self::end_job); the state is unchanged.
+    pub fn fail_job(
+        &mut self,
+        request_id: &str,
+        error: TaskError,
+    ) -> Result<(&Job, Option<A>), StateError> {
+        let result = JobResult::of_error(&error);
+        self.end(request_id, result, Some(Box::new(error)))
+    }
+
+    fn end(
+        &mut self,
+        request_id: &str,
+        result: JobResult,
+        error: Option<Box<TaskError>>,
+    ) -> Result<(&Job, Option<A>), StateError> {
         let mut position = self.open_position(request_id)?;
         let attachment = self.jobs.detach(position);
         let job = &mut self.jobs.jobs[position];
-        job.close(result);
+        job.close_with(result, error);
         let seq = job.seq;
         self.counts.opened -= 1;
         self.counts.closed += 1;

@@ -183,3 +183,40 @@ fn state_serializes_jobs_and_counts() {
         .unwrap_or_else(|e| e.duration());
     assert!(drift < std::time::Duration::from_millis(1));
 }
+
+#[test]
+fn a_failed_job_keeps_its_error_and_serializes_it() {
+    let mut state = CoordinatorState::empty();
+    for id in ["ok", "bad", "late"] {
+        state
+            .add_job(&TaskInfo::new(id.into(), id.into(), None, "node"))
+            .unwrap();
+    }
+    state.end_job("ok", JobResult::Success).unwrap();
+    let (job, _) = state
+        .fail_job("bad", TaskError::node("disk full".into()))
+        .unwrap();
+    assert_eq!(job.result(), Some(JobResult::Failure));
+    assert_eq!(job.error().map(TaskError::message), Some("disk full"));
+    let (job, _) = state
+        .fail_job("late", TaskError::timed_out("too slow"))
+        .unwrap();
+    assert_eq!(job.result(), Some(JobResult::TimedOut));
+    assert!(state.get("ok").unwrap().error().is_none());
+    assert_eq!(state.counts().failed, 1);
+    assert_eq!(state.counts().timed_out, 1);
+    // Already closed: refused, the first error kept.
+    let again = state.fail_job("bad", TaskError::node("other".into()));
+    assert!(again.unwrap_err().is_already_closed());
+    assert_eq!(
+        state.get("bad").unwrap().error().map(TaskError::message),
+        Some("disk full")
+    );
+    let json = serde_json::to_value(state.get("bad").unwrap()).unwrap();
+    assert_eq!(json["error"]["message"], "disk full");
+    let back: Job = serde_json::from_value(json).unwrap();
+    assert_eq!(back.error(), state.get("bad").unwrap().error());
+    assert!(back.error().unwrap().is_node_error());
+    let ok = serde_json::to_value(state.get("ok").unwrap()).unwrap();
+    assert!(ok.get("error").is_none(), "{ok}");
+}
