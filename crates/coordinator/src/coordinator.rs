@@ -14,7 +14,7 @@ use task_core::{
 };
 
 use crate::error::{StartError, StartKind, SubmitError};
-use crate::handle::{RequestHandle, take_output};
+use crate::handle::{RequestHandle, shared_output, take_output};
 use crate::inner::{Inner, ModeCounts, OpenRequest, Started};
 use crate::options::SubmitOptions;
 
@@ -145,6 +145,13 @@ impl Coordinator {
     /// Dropping the future after the request was accepted does not cancel the request: it runs
     /// to its terminal message and its job closes; only the output is discarded. To cancel, use
     /// [`spawn`](Self::spawn) and [`RequestHandle::cancel`].
+    ///
+    /// # Outputs that are not `Clone`
+    ///
+    /// The output is shared with the bus's subscribers (the success message carries it), so the
+    /// caller gets it moved out when no subscriber still holds it and a clone otherwise: hence
+    /// `O: Clone`. For an output that cannot be cloned (a file handle, a channel), use
+    /// [`submit_shared`](Self::submit_shared), which returns the shared value as an `Arc<O>`.
     pub fn submit<O>(
         &self,
         task: Task<O>,
@@ -219,6 +226,48 @@ impl Coordinator {
             Ok(accepted) => Ok(accepted.into_handle(take_output::<O>)),
             Err(error) => Err(error),
         }
+    }
+
+    /// [`submit`](Self::submit) for an output of any type, `Clone` or not: returns it as the
+    /// `Arc` it is shared in with the bus's subscribers.
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit`](Self::submit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, Task};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let publisher = RequestCompletionPublisher::new();
+    /// # publisher.start()?;
+    /// # let coordinator = Coordinator::builder().with_async().build();
+    /// # coordinator.start(&publisher)?;
+    /// // A Mutex is not Clone.
+    /// let task = Task::from_fn("m", "counter", || async { Ok::<_, BoxError>(Mutex::new(0)) });
+    /// let counter: Arc<Mutex<i32>> = coordinator.submit_shared(task, ExecutionMode::ASYNC).await?;
+    /// *counter.lock().unwrap() += 1;
+    /// # coordinator.shutdown().await;
+    /// # publisher.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn submit_shared<O>(
+        &self,
+        task: Task<O>,
+        mode: impl Into<ExecutionMode>,
+    ) -> Result<Arc<O>, SubmitError>
+    where
+        O: fmt::Debug + Send + Sync + 'static,
+    {
+        let accepted = self
+            .admit(task.into_erased(), mode.into(), SubmitOptions::new())?
+            .await?;
+        accepted.into_handle(shared_output::<O>).await
     }
 
     /// [`submit`](Self::submit) for a task whose output type is erased; returns the shared

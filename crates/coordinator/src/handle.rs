@@ -19,12 +19,22 @@ pub(crate) fn take_output<O>(value: Value) -> Result<O, SubmitError>
 where
     O: Clone + fmt::Debug + Send + Sync + 'static,
 {
-    value.take::<O>().map_err(|value| {
-        SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
-            "expected a {} result, got {value:?}",
-            type_name::<O>()
-        ))))
-    })
+    value.take::<O>().map_err(wrong_type::<O>)
+}
+
+/// The request's shared value as the caller's type, still shared.
+pub(crate) fn shared_output<O>(value: Value) -> Result<Arc<O>, SubmitError>
+where
+    O: fmt::Debug + Send + Sync + 'static,
+{
+    value.downcast::<O>().map_err(wrong_type::<O>)
+}
+
+fn wrong_type<O>(value: Value) -> SubmitError {
+    SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
+        "expected a {} result, got {value:?}",
+        type_name::<O>()
+    ))))
 }
 
 /// An accepted request: await it for the node's output, or [`cancel`](Self::cancel) it.

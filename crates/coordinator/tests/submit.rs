@@ -446,3 +446,35 @@ async fn a_wrong_result_type_on_the_bus_is_an_error_not_a_panic() {
         "closed once, by the fed completion"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_that_is_not_clone_comes_back_shared_with_the_bus() {
+    /// Not `Clone`: only one of it may exist.
+    #[derive(Debug)]
+    struct Unique(std::sync::Mutex<u32>);
+
+    let (publisher, coordinator) = started();
+    let mut stream = publisher.subscribe_stream().unwrap();
+    let task = Task::from_fn("u", "unique", || async {
+        Ok::<_, BoxError>(Unique(std::sync::Mutex::new(7)))
+    });
+    let unique: Arc<Unique> = coordinator.submit_shared(task, "async").await.unwrap();
+    *unique.0.lock().unwrap() += 1;
+    let Some(Ok(coordinator::RequestCompletionMessage::Success(done))) = stream.recv().await else {
+        panic!("a success message first");
+    };
+    // The subscriber sees the very value the caller holds.
+    let seen = done.result.downcast::<Unique>().unwrap();
+    assert!(Arc::ptr_eq(&seen, &unique));
+    assert_eq!(*seen.0.lock().unwrap(), 8);
+    let wrong: Task<Unique> = Task::from_fn("w", "unique", || async {
+        Ok::<_, BoxError>(Unique(std::sync::Mutex::new(0)))
+    });
+    let erased = coordinator
+        .submit_erased(wrong.into_erased(), "async")
+        .await
+        .unwrap();
+    assert!(erased.is::<Unique>());
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
