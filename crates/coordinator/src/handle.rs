@@ -178,6 +178,13 @@ impl<O> Future for RequestHandle<O> {
     }
 }
 
+impl<O> Drop for RequestHandle<O> {
+    fn drop(&mut self) {
+        // Nobody can read the request's events any more: they are no longer kept.
+        self.cell.forget_events();
+    }
+}
+
 impl<O> fmt::Debug for RequestHandle<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestHandle")

@@ -371,6 +371,11 @@ impl RequestCell {
         Poll::Pending
     }
 
+    /// Stops keeping events for the caller: its handle is gone.
+    pub(crate) fn forget_events(&self) {
+        lock(&self.answer).events = None;
+    }
+
     /// A completion for one attempt of this request.
     pub(crate) fn completion(&self) -> Option<Completion> {
         let me: Arc<dyn CompletionSink> = self.me.upgrade()?;
@@ -534,8 +539,8 @@ impl EventSink for RequestCell {
     fn broadcast(&self, event: Arc<str>) {
         // Under the lock that ending takes: the event is handed on before the terminal message,
         // or, the request having ended, dropped.
-        let ending = lock(&self.ending);
-        let Some(ending) = ending.as_ref() else {
+        let guard = lock(&self.ending);
+        let Some(ending) = guard.as_ref() else {
             return;
         };
         let waker = {
@@ -548,9 +553,14 @@ impl EventSink for RequestCell {
                 None => None,
             }
         };
-        if let Some(inner) = ending.inner.upgrade() {
+        let inner = ending.inner.upgrade();
+        if let Some(inner) = &inner {
             inner.announce_event(&ending.info, event);
         }
+        // Released before waking the caller, and before the coordinator may be dropped (this
+        // may hold the last handle to it).
+        drop(guard);
+        drop(inner);
         if let Some(waker) = waker {
             waker.wake();
         }

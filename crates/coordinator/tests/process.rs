@@ -102,9 +102,36 @@ impl PortableNode for Tokens {
     const NAME: &'static str = "tokens";
 }
 
+/// Keeps its request's event sink and sends through it from a thread of its own after it
+/// returned: a late event, which must disturb nothing.
+#[derive(Serialize, Deserialize)]
+struct Late;
+
+impl Node for Late {
+    type Output = ();
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "late".into()
+    }
+    async fn invoke(self) -> Result<(), BoxError> {
+        let events = coordinator::current_events();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            if let Some(events) = events {
+                events.send("after the answer");
+            }
+        });
+        Ok(())
+    }
+}
+
+impl PortableNode for Late {
+    const NAME: &'static str = "late";
+}
+
 fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
     registry.register::<Tokens>().unwrap();
+    registry.register::<Late>().unwrap();
     registry.register::<Analyze>().unwrap();
     registry.register::<Nap>().unwrap();
     registry.register::<Crash>().unwrap();
@@ -472,9 +499,35 @@ fn a_worker_processs_events_arrive_in_order_before_its_terminal_message() {
     });
 }
 
+fn an_event_sent_after_the_answer_disturbs_no_other_run() {
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
+        for i in 0..4 {
+            let late = Task::portable(format!("late-{i}"), Late);
+            coordinator
+                .submit(late, ExecutionMode::PROCESS)
+                .await
+                .unwrap();
+            // Runs on the same workers while the late events arrive: none is failed for them.
+            let nap = Task::portable(format!("nap-{i}"), Nap(40));
+            coordinator
+                .submit(nap, ExecutionMode::PROCESS)
+                .await
+                .unwrap();
+        }
+        assert_eq!(coordinator.system_detail().modes["process"].restarts, 0);
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+}
+
 fn main() {
     run_worker_if_requested(&registry());
     let tests: &[(&str, fn())] = &[
+        (
+            "an_event_sent_after_the_answer_disturbs_no_other_run",
+            an_event_sent_after_the_answer_disturbs_no_other_run,
+        ),
         (
             "a_worker_processs_events_arrive_in_order_before_its_terminal_message",
             a_worker_processs_events_arrive_in_order_before_its_terminal_message,

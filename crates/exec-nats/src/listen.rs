@@ -9,7 +9,7 @@ use futures::StreamExt;
 use task_core::TaskError;
 
 use crate::client::Inner;
-use crate::wire::{Reply, decode};
+use crate::wire::{Completion, Reply, decode};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
 /// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
@@ -42,7 +42,12 @@ pub(crate) async fn listen_completions(
                     match decode::<Reply>(&message.payload) {
                         Ok(Reply::Done(done)) => inner.resolve(&done.run, done.outcome),
                         Ok(Reply::Event(event)) => inner.forward_event(&event.run, event.event),
-                        Err(e) => tracing::warn!(%e, "undecodable completion dropped"),
+                        // A worker of protocol 2 answers with a bare completion (a protocol
+                        // error, as its version differs): still an answer, not a hang.
+                        Err(e) => match decode::<Completion>(&message.payload) {
+                            Ok(done) => inner.resolve(&done.run, done.outcome),
+                            Err(_) => tracing::warn!(%e, "undecodable completion dropped"),
+                        },
                     }
                     let _ = message.ack().await;
                     pause = Duration::from_millis(50);

@@ -226,7 +226,7 @@ impl Shared {
                 }
             }
         });
-        (Arc::new(ForwardEvents(tx)), forwarding)
+        (Arc::new(ForwardEvents(Mutex::new(Some(tx)))), forwarding)
     }
 
     /// Runs one delivered task to its completion, publishes it, then acknowledges the task.
@@ -255,6 +255,7 @@ impl Shared {
             return;
         }
         let (events, forwarding) = self.forward_events(&task);
+        let sink = Arc::clone(&events);
         let outcome = if task.version == PROTOCOL_VERSION {
             let run = match self.registry.run(&task.name, &task.payload) {
                 Ok(run) => AssertUnwindSafe(run)
@@ -282,8 +283,10 @@ impl Shared {
             ))))
         };
         self.cancels().running.remove(&task.run);
-        // The node is dropped, and with it the events' sender: every event is handed to the
-        // connection before the completion, which the server then stores after them.
+        // Closed now, even if the node kept its sink: the forwarder sends what was queued and
+        // ends, so every event goes to the connection before the completion, which the server
+        // then stores after them; a later event is dropped.
+        sink.close();
         let _ = forwarding.await;
         let Some(outcome) = outcome else {
             // Cancelled while running: the caller is gone; the task is done with.
@@ -328,12 +331,25 @@ impl Shared {
     }
 }
 
-/// Where a running node's events go: the task that publishes them.
-struct ForwardEvents(tokio::sync::mpsc::UnboundedSender<Arc<str>>);
+/// Where a running node's events go: the task that publishes them, until the run ends.
+struct ForwardEvents(Mutex<Option<tokio::sync::mpsc::UnboundedSender<Arc<str>>>>);
+
+impl ForwardEvents {
+    fn sender(&self) -> MutexGuard<'_, Option<tokio::sync::mpsc::UnboundedSender<Arc<str>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes no more events.
+    fn close(&self) {
+        self.sender().take();
+    }
+}
 
 impl EventSink for ForwardEvents {
     fn broadcast(&self, event: Arc<str>) {
-        let _ = self.0.send(event);
+        if let Some(sender) = self.sender().as_ref() {
+            let _ = sender.send(event);
+        }
     }
 }
 

@@ -116,9 +116,9 @@ pub(crate) struct Bound {
     pub(crate) capacity: usize,
     /// Messages queued and not read yet; the reader takes one off for each it reads.
     pub(crate) unread: Arc<AtomicUsize>,
-    /// Matching messages dropped since the last one queued: told to the reader, in their place,
-    /// before the next one (or when the queue ends).
-    pub(crate) missed: u64,
+    /// Matching messages dropped and not told yet, shared with the reader: told in their place,
+    /// before the next one queued, or by the reader once it has read everything queued.
+    pub(crate) missed: Arc<AtomicU64>,
 }
 
 impl<M: Clone> Queue<M> {
@@ -136,9 +136,13 @@ impl<M: Clone> Queue<M> {
                 }
             }
         }
-        if let Some(bound) = &mut self.bound {
+        if let Some(bound) = &self.bound {
             if bound.unread.load(Ordering::SeqCst) >= bound.capacity {
-                bound.missed += 1;
+                bound.missed.fetch_add(1, Ordering::SeqCst);
+                // The reader may have emptied the queue meanwhile, and be waiting: tell it now.
+                if bound.unread.load(Ordering::SeqCst) < bound.capacity {
+                    self.tell_missed();
+                }
                 return;
             }
             bound.unread.fetch_add(1, Ordering::SeqCst);
@@ -148,13 +152,13 @@ impl<M: Clone> Queue<M> {
         let _ = self.tx.send(Ok(message.clone()));
     }
 
-    /// Tells the reader how many messages it missed since the last one queued, if any.
-    fn tell_missed(&mut self) {
-        if let Some(bound) = &mut self.bound
-            && bound.missed > 0
-        {
-            let _ = self.tx.send(Err(Missed::new(bound.missed)));
-            bound.missed = 0;
+    /// Tells the reader how many messages it missed and was not told of yet, if any.
+    fn tell_missed(&self) {
+        if let Some(bound) = &self.bound {
+            let missed = bound.missed.swap(0, Ordering::SeqCst);
+            if missed > 0 {
+                let _ = self.tx.send(Err(Missed::new(missed)));
+            }
         }
     }
 }
@@ -162,10 +166,11 @@ impl<M: Clone> Queue<M> {
 impl<M> Drop for Queue<M> {
     fn drop(&mut self) {
         // Unsubscribed or shut down: the reader still learns what it missed at the end.
-        if let Some(bound) = &mut self.bound
-            && bound.missed > 0
-        {
-            let _ = self.tx.send(Err(Missed::new(bound.missed)));
+        if let Some(bound) = &self.bound {
+            let missed = bound.missed.swap(0, Ordering::SeqCst);
+            if missed > 0 {
+                let _ = self.tx.send(Err(Missed::new(missed)));
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -231,7 +231,9 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     ///
     /// `filter` runs on the publishing thread, under the lock that orders publishes, as a
     /// [`listener`](Self::listener)'s does, with the same rules: quick, never blocking, never
-    /// calling this publisher. A filter that panics is taken as not matching (and logged).
+    /// calling this publisher, nor anything that publishes to it (a coordinator started on it:
+    /// its `cancel`, `handle_item`, or a node's `broadcast`). A filter that panics is taken as
+    /// not matching (and logged).
     ///
     /// # Errors
     ///
@@ -397,14 +399,16 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         bounded: bool,
     ) -> Source<M> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let unread = bounded.then(|| Arc::new(AtomicUsize::new(0)));
-        let bound = unread.as_ref().map(|unread| Bound {
+        let bound = bounded.then(|| Bound {
             capacity: self.inner.capacity,
-            unread: Arc::clone(unread),
-            missed: 0,
+            unread: Arc::new(AtomicUsize::new(0)),
+            missed: Arc::new(AtomicU64::new(0)),
         });
+        let counts = bound
+            .as_ref()
+            .map(|b| (Arc::clone(&b.unread), Arc::clone(&b.missed)));
         shared.queues.insert(id, Queue { tx, filter, bound });
-        Source::Queue { rx, unread }
+        Source::Queue { rx, counts }
     }
 
     /// Removes a subscriber. Messages published before this call are still delivered to it;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
@@ -130,16 +130,19 @@ pub(crate) enum Source<M> {
     Ring(Ring<M>),
     Queue {
         rx: mpsc::UnboundedReceiver<Result<M, Missed>>,
-        /// A bounded queue's count of unread messages, shared with the publisher.
-        unread: Option<Arc<AtomicUsize>>,
+        /// A bounded queue's counts of unread and of missed (not told yet) messages, shared with
+        /// the publisher.
+        counts: Option<(Arc<AtomicUsize>, Arc<AtomicU64>)>,
     },
 }
 
-/// A stream of every message published after it was created, each as `Ok`, or `Err(Missed)` in
-/// place of the messages a bounded subscriber fell too far behind to read. Dropping it
-/// unsubscribes.
+/// A stream of the messages published after it was created (every one, or those its filter
+/// takes), each as `Ok`, or `Err(Missed)` in place of the messages a bounded subscriber fell too
+/// far behind to read. Dropping it unsubscribes.
 ///
-/// Made by [`Publisher::subscribe_stream`](crate::Publisher::subscribe_stream) and [`Publisher::subscribe_stream_with`](crate::Publisher::subscribe_stream_with).
+/// Made by [`Publisher::subscribe_stream`](crate::Publisher::subscribe_stream),
+/// [`Publisher::subscribe_stream_with`](crate::Publisher::subscribe_stream_with) and
+/// [`Publisher::subscribe_stream_where`](crate::Publisher::subscribe_stream_where).
 pub struct Subscription<M> {
     pub(crate) id: u64,
     pub(crate) source: Source<M>,
@@ -167,12 +170,21 @@ impl<M: Clone + Send + 'static> Subscription<M> {
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
         match &mut self.source {
             Source::Ring(ring) => ring.poll_item(self.id, cx),
-            Source::Queue { rx, unread } => {
-                let item = std::task::ready!(rx.poll_recv(cx));
-                if let (Some(Ok(_)), Some(unread)) = (&item, unread) {
+            Source::Queue { rx, counts } => {
+                let polled = rx.poll_recv(cx);
+                if let (Poll::Ready(Some(Ok(_))), Some((unread, _))) = (&polled, &counts) {
                     unread.fetch_sub(1, Ordering::SeqCst);
                 }
-                Poll::Ready(item)
+                // Everything queued is read: messages dropped since are told now, not only
+                // when a later one matches (the last one may have been dropped).
+                let told_later = matches!(polled, Poll::Pending | Poll::Ready(None));
+                if let (true, Some((_, missed))) = (told_later, &counts) {
+                    let missed = missed.swap(0, Ordering::SeqCst);
+                    if missed > 0 {
+                        return Poll::Ready(Some(Err(Missed::new(missed))));
+                    }
+                }
+                polled
             }
         }
     }
@@ -206,9 +218,9 @@ impl<M> fmt::Debug for Subscription<M> {
         let buffer = match self.source {
             Source::Ring(_) => Buffer::Bounded,
             Source::Queue {
-                unread: Some(_), ..
+                counts: Some(_), ..
             } => Buffer::Bounded,
-            Source::Queue { unread: None, .. } => Buffer::Unbounded,
+            Source::Queue { counts: None, .. } => Buffer::Unbounded,
         };
         f.debug_struct("Subscription")
             .field("id", &self.id)

@@ -788,3 +788,23 @@ fn a_filtered_callback_sees_only_matches_and_a_panicking_filter_disturbs_nobody(
     let got: Vec<_> = futures::executor::block_on((&mut panicky).collect::<Vec<_>>());
     assert_eq!(got, [Ok(0), Ok(1), Ok(2), Ok(4), Ok(5)]);
 }
+
+#[tokio::test]
+async fn a_filtered_follower_learns_it_missed_the_last_message_without_waiting_for_another() {
+    let publisher = started::<u32>(2);
+    let mut follower = publisher
+        .subscribe_stream_where(Buffer::Bounded, |n| *n >= 100)
+        .unwrap();
+    // 100 and 101 fit; 102, the last one that matches, does not.
+    for n in [100, 1, 101, 2, 102] {
+        publisher.publish(n).unwrap();
+    }
+    assert_eq!(follower.next().await, Some(Ok(100)));
+    assert_eq!(follower.next().await, Some(Ok(101)));
+    // Nothing more will match, and the publisher is still running: told now, not never.
+    let told = within("the missed count", follower.next()).await;
+    assert_eq!(told, Some(Err(missed(1))));
+    publisher.publish(103).unwrap();
+    assert_eq!(follower.next().await, Some(Ok(103)));
+    within("shutdown", publisher.shutdown()).await;
+}

@@ -70,15 +70,19 @@ thread_local! {
 /// that was current before (also when `f` panics). Strategies call it around every poll of a
 /// node's future, or once around a blocking body.
 pub fn with_events<R>(sink: Arc<dyn EventSink>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Arc<dyn EventSink>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            EVENTS.with(|current| *current.borrow_mut() = previous);
-        }
-    }
-    let _restore = Restore(EVENTS.with(|current| current.replace(Some(sink))));
+    let previous = EVENTS.try_with(|current| current.replace(Some(sink)));
+    let _restore = Restore(previous.ok().flatten());
     f()
+}
+
+/// Puts back the sink that was current, when dropped.
+struct Restore(Option<Arc<dyn EventSink>>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        let _ = EVENTS.try_with(|current| *current.borrow_mut() = previous);
+    }
 }
 
 /// Sends `event` from inside a running node to whoever follows its request: the subscribers of
@@ -87,13 +91,20 @@ pub fn with_events<R>(sink: Arc<dyn EventSink>, f: impl FnOnce() -> R) -> R {
 /// worker process or behind NATS has its events forwarded, in order.
 ///
 /// Events of one request arrive in the order sent and before that request's terminal message.
-/// Sending never waits for a reader. An event sent once the request has ended (it was cancelled
-/// or timed out while the node kept running) is dropped.
+/// Sending never waits for a reader (a node in a worker process writes each event to the pipe
+/// to its parent as it sends it). An event sent once the request has ended (it was cancelled or
+/// timed out while the node kept running) is dropped. A retried request's stream holds the
+/// events of every attempt, in turn: a node that restarts its stream can send a marker first.
+///
+/// The node is found on the calling thread: call it from the node's own code. Work the node
+/// hands to another thread or task (`tokio::spawn`, `std::thread::spawn`, a rayon `join`)
+/// takes [`current_events`] with it and sends through that.
 ///
 /// # Errors
 ///
-/// [`NotInNode`] when no node runs here (the call is not inside a node's code, or the strategy
-/// running it does not carry events).
+/// [`NotInNode`] when no node runs here (the call is not on a thread running a node's code, or
+/// the strategy running it does not carry events). An event is best-effort: a node that can do
+/// without its stream ignores the error (`let _ = broadcast(..)`) rather than failing on it.
 ///
 /// # Examples
 ///
@@ -111,14 +122,16 @@ pub fn with_events<R>(sink: Arc<dyn EventSink>, f: impl FnOnce() -> R) -> R {
 /// assert!(context::broadcast("lost").is_err());
 /// ```
 pub fn broadcast(event: impl Into<Arc<str>>) -> Result<(), NotInNode> {
-    let sink = EVENTS.with(|current| current.borrow().clone());
-    match sink {
-        Some(sink) => {
-            sink.broadcast(event.into());
-            Ok(())
-        }
-        None => Err(NotInNode),
-    }
+    // Taken out while it runs, so that code it runs (a log layer that broadcasts what it
+    // logs, say) finds no node here instead of re-entering the sink.
+    let sink = EVENTS
+        .try_with(|current| current.borrow_mut().take())
+        .ok()
+        .flatten()
+        .ok_or(NotInNode)?;
+    let _restore = Restore(Some(Arc::clone(&sink)));
+    sink.broadcast(event.into());
+    Ok(())
 }
 
 /// The sink of the events of the node running here, if any, as a handle that can be kept and
@@ -128,7 +141,11 @@ pub fn broadcast(event: impl Into<Arc<str>>) -> Result<(), NotInNode> {
 /// Call it where the node's scope is current (in the future a strategy hands to
 /// [`Completion::spawn`](crate::Completion::spawn), which runs in it).
 pub fn current_events() -> Option<Events> {
-    EVENTS.with(|current| current.borrow().clone()).map(Events)
+    EVENTS
+        .try_with(|current| current.borrow().clone())
+        .ok()
+        .flatten()
+        .map(Events)
 }
 
 /// A handle to one request's event sink, made by [`current_events`] or

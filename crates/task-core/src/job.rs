@@ -181,7 +181,7 @@ impl Job {
     /// ```
     pub fn fail(&mut self, error: TaskError) {
         let result = JobResult::of_error(&error);
-        self.close_with(result, Some(Box::new(error)));
+        self.close_with(result, Some(Box::new(error.without_source())));
     }
 
     pub(crate) fn close_with(&mut self, result: JobResult, error: Option<Box<TaskError>>) {

@@ -332,7 +332,8 @@ impl<A> CoordinatorState<A> {
 
     /// Closes the job for `request_id` with the result `error` makes
     /// ([`JobResult::of`]: failed, timed out or cancelled), keeping `error` on the job
-    /// ([`Job::error`]), and hands back what was attached to it, as
+    /// ([`Job::error`]: its cause and message; not its source error, which the table would keep
+    /// alive), and hands back what was attached to it, as
     /// [`end_job_detach`](Self::end_job_detach) does.
     ///
     /// # Errors
@@ -344,7 +345,7 @@ impl<A> CoordinatorState<A> {
         error: TaskError,
     ) -> Result<(&Job, Option<A>), StateError> {
         let result = JobResult::of_error(&error);
-        self.end(request_id, result, Some(Box::new(error)))
+        self.end(request_id, result, Some(Box::new(error.without_source())))
     }
 
     fn end(
@@ -433,8 +434,9 @@ impl<A> CoordinatorState<A> {
             .is_some_and(|job| job.status() == JobStatus::Opened)
     }
 
-    /// Every recorded job, in no particular order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Job> + '_ {
+    /// Every recorded job, in no particular order (roughly the order they opened, so the
+    /// newest come last: `iter().rev()` finds recent jobs first).
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Job> + ExactSizeIterator + '_ {
         self.jobs.jobs.iter()
     }
 

@@ -258,12 +258,9 @@ impl Shared {
                     continue;
                 }
                 FromWorker::Event { id, event } => {
-                    let Some(pending) = worker.pending.get(&id) else {
-                        return Ended::BrokeProtocol(format!(
-                            "it sent an event of run {id}, which it was not given"
-                        ));
-                    };
-                    let events = pending.events.clone();
+                    // An event of a run answered already (a node that kept its sink) is
+                    // dropped: run ids are never reused, so it can belong to no other.
+                    let events = worker.pending.get(&id).and_then(|p| p.events.clone());
                     drop(state);
                     // Outside the pool's lock; this task reads the run's frames in order, so the
                     // event is handed on before the run's answer.

@@ -175,11 +175,18 @@ impl EventSink for RunEvents {
             id: self.id,
             event: event.to_string(),
         };
-        match wire::encode_frame(&message, self.serving.max_frame) {
-            // A failed write means the parent is gone; the reading thread sees it too.
-            Ok(frame) => drop(self.serving.output.send(&frame, true)),
-            Err(e) => tracing::warn!(run = self.id, %e, "event not sent"),
+        let frame = match wire::encode_frame(&message, self.serving.max_frame) {
+            Ok(frame) => frame,
+            Err(e) => return tracing::warn!(run = self.id, %e, "event not sent"),
+        };
+        let mut out = self.serving.output.out();
+        // Checked under the output's lock, which the answer is written under: an event the
+        // node sends after its run was answered (from a sink it kept) is dropped here.
+        if !self.serving.runs().running.contains_key(&self.id) {
+            return;
         }
+        // A failed write means the parent is gone; the reading thread sees it too.
+        let _ = out.write_all(&frame).and_then(|()| out.flush());
     }
 }
 
