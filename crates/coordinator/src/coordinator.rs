@@ -319,6 +319,8 @@ impl Coordinator {
 
     /// A serializable snapshot: the counts, every recorded job (oldest first) and each mode's
     /// strategy counters. The table's lock is held only to copy the jobs; they are sorted after.
+    /// Its cost grows with the jobs recorded: for a view taken often, use
+    /// [`overview`](Self::overview).
     pub fn system_detail(&self) -> SystemDetail {
         let (counts, mut jobs) = {
             let table = self.inner.table();
@@ -330,6 +332,17 @@ impl Coordinator {
                 .cmp(&b.start_time())
                 .then_with(|| a.request_id().cmp(b.request_id()))
         });
+        SystemDetail {
+            counts,
+            jobs,
+            ..self.overview()
+        }
+    }
+
+    /// [`system_detail`](Self::system_detail) without the jobs (`jobs` is empty): the counts and
+    /// each mode's request and strategy counters, at a cost that does not grow with the jobs
+    /// recorded. What a progress display or a dashboard polls.
+    pub fn overview(&self) -> SystemDetail {
         let modes = self
             .inner
             .modes
@@ -344,8 +357,8 @@ impl Coordinator {
             .collect();
         SystemDetail {
             accepting: self.is_accepting(),
-            counts,
-            jobs,
+            counts: self.counts(),
+            jobs: Vec::new(),
             requests,
             modes,
         }

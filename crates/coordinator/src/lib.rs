@@ -65,7 +65,7 @@ pub use crate::options::{RetryPolicy, SubmitOptions};
 pub use crate::request::{StrategyRef, current_node};
 
 #[doc(inline)]
-pub use task_core::context::{NotInNode, broadcast};
+pub use task_core::context::{Events, NotInNode, broadcast, current_events};
 #[doc(inline)]
 pub use task_core::{
     AsyncBody, BlockingBody, BlockingNode, BoxError, BoxFuture, Completion, CoordinatorState,

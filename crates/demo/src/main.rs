@@ -67,6 +67,10 @@ struct Args {
     /// own progress events.
     #[arg(long, value_name = "N")]
     watch: Option<u64>,
+    /// Serve the live dashboard at this address (e.g. 127.0.0.1:8080) while the demo runs, and
+    /// after the summary until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<std::net::SocketAddr>,
     /// Seed for the workload's random choices (same seed, same workload).
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -454,6 +458,13 @@ async fn main() -> anyhow::Result<()> {
             .open(path)
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
     }
+    if let Some(agent) = args.watch {
+        anyhow::ensure!(
+            agent < args.agents,
+            "--watch {agent}: agents are numbered 0 to {}",
+            args.agents.saturating_sub(1)
+        );
+    }
 
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
@@ -491,6 +502,18 @@ async fn main() -> anyhow::Result<()> {
         .shutdown_grace(Duration::from_secs(10))
         .build();
     coordinator.start(&publisher)?;
+    let dashboard = match args.dashboard {
+        Some(addr) => {
+            let dashboard = dashboard::Dashboard::builder(&coordinator, &publisher)
+                .bind(addr)
+                .start()
+                .await
+                .with_context(|| format!("--dashboard: cannot serve at {addr}"))?;
+            eprintln!("dashboard at {}", dashboard.url());
+            Some(dashboard)
+        }
+        None => None,
+    };
 
     let (multi, total, bars) = progress_bars(args.quiet, args.agents, args.concurrency);
     if let Some(agent) = args.watch {
@@ -502,7 +525,7 @@ async fn main() -> anyhow::Result<()> {
         let bars = bars.clone();
         tokio::spawn(async move {
             loop {
-                show(&coordinator.system_detail(), &bars);
+                show(&coordinator.overview(), &bars);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -579,6 +602,14 @@ async fn main() -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(&detail)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
         println!("system detail written to {}", path.display());
+    }
+    if let Some(dashboard) = dashboard {
+        eprintln!(
+            "the run is over; the dashboard keeps serving at {} until Ctrl-C",
+            dashboard.url()
+        );
+        tokio::signal::ctrl_c().await?;
+        dashboard.shutdown().await;
     }
     Ok(())
 }

@@ -1,0 +1,253 @@
+//! What the dashboard remembers: recent history only, so its memory is bounded however many
+//! jobs ran.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use coordinator::{Coordinator, JobStatus, Missed, RequestCompletionMessage};
+use serde_json::{Value, json};
+
+/// Failures kept for the page.
+const FAILURES: usize = 50;
+/// Seconds of throughput kept (five minutes).
+const SECONDS: usize = 300;
+/// Run times kept per node name, and node names kept.
+const DURATIONS: usize = 512;
+const NODES: usize = 64;
+/// Run times are read from the job table at most this often (each read takes its lock).
+const LOOKUP_EVERY: Duration = Duration::from_millis(2);
+/// Open requests listed, and how far back in the job table to look for them.
+const IN_FLIGHT: usize = 20;
+const IN_FLIGHT_SCAN: usize = 50_000;
+/// How long an overview is served before it is made again.
+const OVERVIEW_EVERY: Duration = Duration::from_millis(500);
+
+/// One outcome or node event, as the event stream sends it.
+#[derive(Debug)]
+pub(crate) struct Update {
+    pub(crate) kind: &'static str,
+    pub(crate) request_id: Option<String>,
+    pub(crate) json: String,
+}
+
+#[derive(Default)]
+struct Recent {
+    failures: VecDeque<Value>,
+    /// (seconds since the epoch, requests closed in that second).
+    throughput: VecDeque<(u64, u64)>,
+    last_closed: Option<u64>,
+    /// Run times in milliseconds, by node name.
+    durations: BTreeMap<String, VecDeque<f64>>,
+    last_lookup: Option<Instant>,
+}
+
+pub(crate) struct History {
+    payloads: bool,
+    recent: Mutex<Recent>,
+    /// The last overview made, and when: however many pages poll, it is made at most once per
+    /// [`OVERVIEW_EVERY`].
+    overview: Mutex<Option<(Instant, std::sync::Arc<str>)>>,
+    /// Messages the dashboard's subscriber missed (it fell a whole buffer behind).
+    missed: AtomicU64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The `q` quantile of `sorted`.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((sorted.len().saturating_sub(1)) as f64 * q).round() as usize;
+    sorted.get(rank).copied().unwrap_or(0.0)
+}
+
+impl History {
+    pub(crate) fn new(payloads: bool) -> Self {
+        Self {
+            payloads,
+            recent: Mutex::default(),
+            overview: Mutex::new(None),
+            missed: AtomicU64::new(0),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+
+    /// Takes one message of the bus (on the subscriber's thread) and makes its update.
+    pub(crate) fn record(
+        &self,
+        coordinator: &Coordinator,
+        message: Result<RequestCompletionMessage, Missed>,
+    ) -> Update {
+        let message = match message {
+            Ok(message) => message,
+            Err(missed) => {
+                self.missed.fetch_add(missed.count(), Ordering::Relaxed);
+                return Update {
+                    kind: "missed",
+                    request_id: None,
+                    json: json!({ "missed": missed.count() }).to_string(),
+                };
+            }
+        };
+        let Some(info) = message.task_info() else {
+            return Update {
+                kind: "other",
+                request_id: None,
+                json: "{}".into(),
+            };
+        };
+        let mut body = json!({
+            "request_id": info.request_id().as_str(),
+            "node": info.name(),
+            "node_id": info.node_id().as_str(),
+            "parent": info.parent_id().map(|p| p.as_str()),
+            "at": now_secs(),
+        });
+        let kind = match &message {
+            RequestCompletionMessage::Success(success) => {
+                if self.payloads {
+                    body["result"] = json!(format!("{:?}", success.result));
+                }
+                "success"
+            }
+            RequestCompletionMessage::Failure(failure) => {
+                body["error"] = json!(failure.error.to_string());
+                let mut recent = self.recent();
+                if recent.failures.len() == FAILURES {
+                    recent.failures.pop_front();
+                }
+                recent.failures.push_back(body.clone());
+                "failure"
+            }
+            RequestCompletionMessage::Broadcast(event) => {
+                if self.payloads {
+                    body["event"] = json!(&*event.event);
+                }
+                "event"
+            }
+            _ => "other",
+        };
+        if message.is_terminal() {
+            self.time_run(coordinator, info.request_id().as_str(), info.name());
+        }
+        Update {
+            kind,
+            request_id: Some(info.request_id().to_string()),
+            json: body.to_string(),
+        }
+    }
+
+    /// Keeps the run time of a request that just ended, reading it from the job table now and
+    /// then (each read takes the table's lock, which every submission takes too).
+    fn time_run(&self, coordinator: &Coordinator, request_id: &str, node: &str) {
+        {
+            let mut recent = self.recent();
+            let due = recent
+                .last_lookup
+                .is_none_or(|last| last.elapsed() >= LOOKUP_EVERY);
+            if !due {
+                return;
+            }
+            recent.last_lookup = Some(Instant::now());
+        }
+        let Some(took) = coordinator.job(request_id).and_then(|job| job.duration()) else {
+            return;
+        };
+        let mut recent = self.recent();
+        if !recent.durations.contains_key(node) && recent.durations.len() == NODES {
+            return;
+        }
+        let times = recent.durations.entry(node.to_owned()).or_default();
+        if times.len() == DURATIONS {
+            times.pop_front();
+        }
+        times.push_back(took.as_secs_f64() * 1000.0);
+    }
+
+    /// Records the total of requests closed, once a second.
+    pub(crate) fn sample(&self, closed: u64) {
+        let mut recent = self.recent();
+        let last = recent.last_closed.replace(closed);
+        let Some(last) = last else { return };
+        if recent.throughput.len() == SECONDS {
+            recent.throughput.pop_front();
+        }
+        recent
+            .throughput
+            .push_back((now_secs(), closed.saturating_sub(last)));
+    }
+
+    /// The JSON the page polls, made again when the last is older than [`OVERVIEW_EVERY`].
+    pub(crate) fn overview(&self, coordinator: &Coordinator) -> std::sync::Arc<str> {
+        let mut cached = self.overview.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made, json)) = cached.as_ref()
+            && made.elapsed() < OVERVIEW_EVERY
+        {
+            return std::sync::Arc::clone(json);
+        }
+        let json: std::sync::Arc<str> = self.make_overview(coordinator).to_string().into();
+        *cached = Some((Instant::now(), std::sync::Arc::clone(&json)));
+        json
+    }
+
+    /// The coordinator's overview, and the recent history.
+    fn make_overview(&self, coordinator: &Coordinator) -> Value {
+        let detail = coordinator.overview();
+        let now = SystemTime::now();
+        let in_flight: Vec<Value> = coordinator.with_state(|state| {
+            state
+                .iter()
+                .rev()
+                .take(IN_FLIGHT_SCAN)
+                .filter(|job| job.status() == JobStatus::Opened)
+                .take(IN_FLIGHT)
+                .map(|job| {
+                    let age = now.duration_since(job.start_time()).unwrap_or_default();
+                    json!({
+                        "request_id": job.request_id().as_str(),
+                        "node": job.node_name(),
+                        "age_ms": age.as_millis() as u64,
+                    })
+                })
+                .collect()
+        });
+        let recent = self.recent();
+        let durations: BTreeMap<&str, Value> = recent
+            .durations
+            .iter()
+            .map(|(node, times)| {
+                let mut sorted: Vec<f64> = times.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                let stats = json!({
+                    "p50_ms": quantile(&sorted, 0.5),
+                    "p99_ms": quantile(&sorted, 0.99),
+                    "samples": sorted.len(),
+                });
+                (node.as_str(), stats)
+            })
+            .collect();
+        json!({
+            "accepting": detail.accepting,
+            "counts": detail.counts,
+            "requests": detail.requests,
+            "modes": detail.modes,
+            "throughput": recent.throughput,
+            "durations": durations,
+            "in_flight": in_flight,
+            "failures": recent.failures,
+            "missed": self.missed(),
+            "payloads": self.payloads,
+        })
+    }
+}

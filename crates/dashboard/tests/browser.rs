@@ -1,0 +1,466 @@
+//! The dashboard as its users see it: in a real browser (headless Chromium), through its event
+//! stream and its `/metrics`, with a workload running.
+//!
+//! Without Chromium (`chromium` or `$CHROMIUM`) the browser test is reported as ignored, with the
+//! reason, never as passed; with `REQUIRE_CHROMIUM=1` (CI sets it) it fails instead. The trials
+//! run under `libtest-mimic`, which decides at run time whether a test runs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, SubmitOptions, Task,
+    broadcast,
+};
+use dashboard::Dashboard;
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+type Test = fn() -> BoxFuture<'static, ()>;
+
+/// The Chromium binary, if there is one.
+fn chromium() -> Option<PathBuf> {
+    let named = std::env::var_os("CHROMIUM").map(PathBuf::from);
+    let candidates = named.into_iter().chain(
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .map(PathBuf::from),
+    );
+    candidates.into_iter().find(|path| {
+        Command::new(path)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    })
+}
+
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let browser = chromium();
+    let required = std::env::var("REQUIRE_CHROMIUM").as_deref() == Ok("1");
+    if browser.is_none() && !required {
+        eprintln!(
+            "no Chromium found (chromium, or $CHROMIUM): the browser test is ignored (set REQUIRE_CHROMIUM=1 to make this a failure)"
+        );
+    }
+    let run = |test: Test| {
+        move || -> Result<(), libtest_mimic::Failed> {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(test());
+            Ok(())
+        }
+    };
+    let page: Test = || Box::pin(the_page_shows_counts_that_move_and_end_at_the_coordinators());
+    let has_browser = browser.is_some();
+    let mut trials = vec![
+        libtest_mimic::Trial::test(
+            "the_page_shows_counts_that_move_and_end_at_the_coordinators",
+            move || {
+                if !has_browser {
+                    return Err("REQUIRE_CHROMIUM=1 but no Chromium was found".into());
+                }
+                run(page)()
+            },
+        )
+        .with_ignored_flag(!has_browser && !required),
+    ];
+    let others: &[(&str, Test)] = &[
+        ("the_event_stream_delivers_every_outcome_in_order", || {
+            Box::pin(the_event_stream_delivers_every_outcome_in_order())
+        }),
+        ("metrics_parse_and_match_the_overview", || {
+            Box::pin(metrics_parse_and_match_the_overview())
+        }),
+        ("a_token_is_required_once_set", || {
+            Box::pin(a_token_is_required_once_set())
+        }),
+        (
+            "clients_that_never_read_are_dropped_and_stall_nothing",
+            || Box::pin(clients_that_never_read_are_dropped_and_stall_nothing()),
+        ),
+    ];
+    trials.extend(
+        others
+            .iter()
+            .map(|&(name, test)| libtest_mimic::Trial::test(name, run(test))),
+    );
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// Fails the test instead of hanging it.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
+}
+
+async fn started() -> (RequestCompletionPublisher, Coordinator, Dashboard) {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder().with_async().build();
+    coordinator.start(&publisher).unwrap();
+    let dashboard = Dashboard::builder(&coordinator, &publisher)
+        .bind(([127, 0, 0, 1], 0).into())
+        .start()
+        .await
+        .unwrap();
+    (publisher, coordinator, dashboard)
+}
+
+/// A task that streams two events and sleeps `ms`; every seventh fails.
+fn work(i: u64, ms: u64) -> Task<u64> {
+    Task::from_fn(format!("r{i}"), "work", move || async move {
+        broadcast("started")?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        broadcast("finishing")?;
+        if i % 7 == 6 {
+            return Err::<u64, BoxError>(format!("request {i} failed on purpose").into());
+        }
+        Ok(i)
+    })
+}
+
+/// `GET path` on `dashboard`, with extra headers; the status and the body.
+async fn get(dashboard: &Dashboard, path: &str, headers: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(dashboard.local_addr()).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Opens the event stream; returns the reader past the response's head.
+async fn open_events(dashboard: &Dashboard, query: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(dashboard.local_addr()).await.unwrap();
+    let request = format!("GET /api/events{query} HTTP/1.1\r\nHost: test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            return reader;
+        }
+    }
+}
+
+/// The next `(event, data)` of an event stream (chunked: size lines are skipped).
+async fn next_event(reader: &mut BufReader<TcpStream>) -> (String, String) {
+    let (mut kind, mut data, mut line) = (String::new(), String::new(), String::new());
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).await.unwrap() > 0,
+            "the connection closed"
+        );
+        assert!(line != "0\r\n", "the server ended the stream");
+        let line = line.trim_end();
+        if let Some(k) = line.strip_prefix("event: ") {
+            kind = k.to_owned();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            data = d.to_owned();
+        } else if line.is_empty() && !kind.is_empty() {
+            return (kind, data);
+        }
+    }
+}
+
+/// The number in `<b id="{id}">N</b>` of a dumped page.
+fn shown(dom: &str, id: &str) -> u64 {
+    let start = dom
+        .find(&format!("id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no #{id} in the page: {dom}"));
+    let rest = &dom[start + id.len() + 6..];
+    rest[..rest.find('<').unwrap()].parse().unwrap()
+}
+
+/// The page's DOM once its script has shown an overview (a few tries: a browser that starts
+/// slowly may stop before the first one arrives).
+async fn shown_page(url: &str) -> String {
+    for _ in 0..5 {
+        let dom = dump(url.to_owned(), None).await;
+        if dom.contains("data-refreshed=") {
+            return dom;
+        }
+    }
+    panic!("the page never showed an overview");
+}
+
+/// Loads the page in headless Chromium, lets its scripts run for 3 s, and returns the page's
+/// DOM (or writes a screenshot).
+async fn dump(url: String, screenshot: Option<PathBuf>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let browser = chromium().expect("Chromium");
+        let mut command = Command::new(browser);
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--timeout=3000",
+            "--window-size=1280,1100",
+        ]);
+        match screenshot {
+            Some(path) => command.arg(format!("--screenshot={}", path.display())),
+            None => command.arg("--dump-dom"),
+        };
+        let out = command.arg(url).output().expect("Chromium runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
+    let (publisher, coordinator, dashboard) = started().await;
+    let url = dashboard.url();
+    // About five seconds of work: 20 at a time, 40 ms each.
+    let load = {
+        let coordinator = coordinator.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            futures::stream::iter(0..2500)
+                .map(|i| coordinator.submit(work(i, 40), ExecutionMode::ASYNC))
+                .buffer_unordered(20)
+                .for_each(|_| async {})
+                .await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = shown(&shown_page(&url).await, "closed");
+    let second = shown(&shown_page(&url).await, "closed");
+    assert!(second > first, "the counts move: {first} then {second}");
+    within("the workload", load).await.unwrap();
+    // The overview the page polls is at most half a second old.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let end = shown_page(&url).await;
+    let counts = coordinator.counts();
+    assert_eq!(shown(&end, "closed"), counts.closed);
+    assert_eq!(shown(&end, "failed"), counts.failed);
+    assert_eq!(shown(&end, "succeeded"), counts.succeeded);
+    assert!(
+        end.contains("failed on purpose"),
+        "the latest failures are listed"
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let screenshot = dir.join("dashboard.png");
+    dump(url, Some(screenshot.clone())).await;
+    assert!(
+        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 0),
+        "a screenshot at {}",
+        screenshot.display()
+    );
+    eprintln!("screenshot: {}", screenshot.display());
+    dashboard.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn the_event_stream_delivers_every_outcome_in_order() {
+    const BATCHES: u64 = 20;
+    const BATCH: u64 = 100;
+    let (publisher, coordinator, dashboard) = started().await;
+    let mut all = open_events(&dashboard, "").await;
+    let mut one = open_events(&dashboard, "?request=r5").await;
+    // Read as a page does, while the requests run; each batch waits for the reader, so the
+    // dashboard is never a whole buffer behind (past that it would say what it missed).
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = std::sync::Arc::clone(&read);
+    let reader = tokio::spawn(async move {
+        let (mut ended, mut events) = (HashMap::new(), HashMap::<String, u32>::new());
+        while ended.len() < (BATCHES * BATCH) as usize {
+            let (kind, data) = next_event(&mut all).await;
+            assert_ne!(kind, "missed", "{data}");
+            let json: serde_json::Value = serde_json::from_str(&data).unwrap();
+            let id = json["request_id"].as_str().unwrap().to_owned();
+            match kind.as_str() {
+                "event" => {
+                    assert!(!ended.contains_key(&id), "{id}: an event after its outcome");
+                    *events.entry(id).or_default() += 1;
+                }
+                "success" | "failure" => {
+                    assert_eq!(events.get(&id), Some(&2), "{id}: both events first");
+                    assert!(ended.insert(id, kind).is_none(), "one outcome per request");
+                    progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                other => panic!("unexpected {other}: {data}"),
+            }
+            assert!(json.get("event").is_none(), "no payloads unless asked for");
+        }
+        ended
+    });
+    for batch in 0..BATCHES {
+        let handles: Vec<_> = (batch * BATCH..(batch + 1) * BATCH)
+            .map(|i| {
+                coordinator
+                    .try_spawn(work(i, 0), ExecutionMode::ASYNC, SubmitOptions::new())
+                    .unwrap()
+            })
+            .collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+        within("the reader", async {
+            while read.load(std::sync::atomic::Ordering::SeqCst) < (batch + 1) * BATCH {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    let ended = within("the stream", reader).await.unwrap();
+    let counts = coordinator.counts();
+    let failures = ended.values().filter(|k| *k == "failure").count() as u64;
+    assert_eq!(
+        (ended.len() as u64, failures),
+        (counts.closed, counts.failed)
+    );
+    // The filtered stream: r5's two events, then its outcome, nothing of another request.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (kind, data) = within("r5's stream", next_event(&mut one)).await;
+        assert!(data.contains("\"request_id\":\"r5\""), "{data}");
+        seen.push(kind);
+    }
+    assert_eq!(seen, ["event", "event", "success"]);
+    // A page still open does not hold the shutdown up: its stream ends.
+    within("the shutdown with a page open", dashboard.shutdown()).await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn metrics_parse_and_match_the_overview() {
+    let (publisher, coordinator, dashboard) = started().await;
+    for i in 0..50 {
+        let _ = coordinator.submit(work(i, 0), ExecutionMode::ASYNC).await;
+    }
+    let (status, text) = get(&dashboard, "/metrics", "").await;
+    assert_eq!(status, 200);
+    let mut values = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        values.insert(name.to_owned(), value);
+    }
+    for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+        let kind = line.rsplit(' ').next().unwrap();
+        assert!(["counter", "gauge"].contains(&kind), "{line}");
+    }
+    let detail = coordinator.overview();
+    let async_counts = &detail.requests["async"];
+    let metric = |name: &str| values.get(name).copied().unwrap_or(-1.0) as u64;
+    assert_eq!(
+        metric(r#"coordinator_requests_total{mode="async",result="success"}"#),
+        async_counts.succeeded
+    );
+    assert_eq!(
+        metric(r#"coordinator_requests_total{mode="async",result="failure"}"#),
+        async_counts.failed
+    );
+    assert_eq!(
+        metric(r#"coordinator_jobs_closed_total{result="failure"}"#),
+        detail.counts.failed
+    );
+    assert_eq!(metric("coordinator_jobs_open"), 0);
+    let (status, json) = get(&dashboard, "/api/overview", "").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["counts"]["closed"], 50);
+    assert_eq!(json["failures"].as_array().unwrap().len(), 7);
+    dashboard.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn a_token_is_required_once_set() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder().with_async().build();
+    coordinator.start(&publisher).unwrap();
+    let dashboard = Dashboard::builder(&coordinator, &publisher)
+        .bind(([127, 0, 0, 1], 0).into())
+        .token("s3cret")
+        .start()
+        .await
+        .unwrap();
+    for path in ["/", "/api/overview", "/metrics"] {
+        assert_eq!(get(&dashboard, path, "").await.0, 401, "{path}");
+        let wrong = "Authorization: Bearer nope\r\n";
+        assert_eq!(get(&dashboard, path, wrong).await.0, 401, "{path}");
+        let right = "Authorization: Bearer s3cret\r\n";
+        assert_eq!(get(&dashboard, path, right).await.0, 200, "{path}");
+    }
+    assert_eq!(get(&dashboard, "/metrics?token=s3cret", "").await.0, 200);
+    dashboard.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn clients_that_never_read_are_dropped_and_stall_nothing() {
+    const CLIENTS: usize = 1000;
+    const N: u64 = 20_000;
+    let (publisher, coordinator, dashboard) = started().await;
+    // A thousand clients that open the event stream and never read it again.
+    let mut stuck = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        stuck.push(open_events(&dashboard, "").await);
+    }
+    let start = Instant::now();
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            coordinator
+                .try_spawn(work(i, 0), ExecutionMode::ASYNC, SubmitOptions::new())
+                .unwrap()
+        })
+        .collect();
+    within("every request beside stuck clients", async {
+        for handle in handles {
+            let _ = handle.await;
+        }
+    })
+    .await;
+    eprintln!(
+        "{N} requests beside {CLIENTS} stuck clients in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(coordinator.counts().closed, N);
+    // The server still answers, and a stuck client's stream was ended, not kept growing.
+    assert_eq!(get(&dashboard, "/api/overview", "").await.0, 200);
+    let mut first = stuck.swap_remove(0);
+    let mut buffered = 0_usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match within("a stuck client's stream", first.read_line(&mut line)).await {
+            // The last chunk: the server ended the stream.
+            Ok(_) if line == "0\r\n" => break,
+            Ok(0) | Err(_) => break,
+            Ok(n) => buffered += n,
+        }
+    }
+    assert!(
+        buffered < 64 << 20,
+        "{buffered} bytes were kept for a client that never read"
+    );
+    drop(stuck);
+    within("the dashboard's shutdown", dashboard.shutdown()).await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
