@@ -17,7 +17,6 @@ use std::task::{Context, Poll, Waker};
 use futures::task::AtomicWaker;
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
 use task_core::TaskExecutionStrategy;
-use task_core::context::EventSink;
 use task_core::{
     BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskError, TaskInfo,
 };
@@ -25,6 +24,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
 use crate::options::{RetryPolicy, timer};
+
+mod events;
 
 tokio::task_local! {
     /// The node running on the current tokio task, and its request.
@@ -350,32 +351,6 @@ impl RequestCell {
         Poll::Pending
     }
 
-    /// The next event kept for the caller; `None` once the request was answered and every event
-    /// read, or at once when the caller did not ask for events.
-    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<str>>> {
-        let mut answer = lock(&self.answer);
-        let Some(events) = answer.events.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Some(event) = events.pop_front() {
-            return Poll::Ready(Some(event));
-        }
-        if answer.answered {
-            // Answered after its ending was taken: no event can follow.
-            return Poll::Ready(None);
-        }
-        match &mut answer.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
-    /// Stops keeping events for the caller: its handle is gone.
-    pub(crate) fn forget_events(&self) {
-        lock(&self.answer).events = None;
-    }
-
     /// A completion for one attempt of this request.
     pub(crate) fn completion(&self) -> Option<Completion> {
         let me: Arc<dyn CompletionSink> = self.me.upgrade()?;
@@ -532,38 +507,6 @@ pub(crate) fn execute(strategy: &StrategyRef, task: ErasedTask, completion: Comp
     if let Err(payload) = started {
         let reason = task_core::panic_message(payload.as_ref());
         tracing::error!(strategy = strategy.name(), %reason, "the strategy panicked in execute");
-    }
-}
-
-impl EventSink for RequestCell {
-    fn broadcast(&self, event: Arc<str>) {
-        // Under the lock that ending takes: the event is handed on before the terminal message,
-        // or, the request having ended, dropped.
-        let guard = lock(&self.ending);
-        let Some(ending) = guard.as_ref() else {
-            return;
-        };
-        let waker = {
-            let mut answer = lock(&self.answer);
-            match answer.events.as_mut() {
-                Some(events) => {
-                    events.push_back(Arc::clone(&event));
-                    answer.waker.take()
-                }
-                None => None,
-            }
-        };
-        let inner = ending.inner.upgrade();
-        if let Some(inner) = &inner {
-            inner.announce_event(&ending.info, event);
-        }
-        // Released before waking the caller, and before the coordinator may be dropped (this
-        // may hold the last handle to it).
-        drop(guard);
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
     }
 }
 

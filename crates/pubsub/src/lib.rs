@@ -39,6 +39,7 @@
 
 mod bus;
 mod error;
+mod grace;
 mod messages;
 mod publisher;
 mod subscription;
