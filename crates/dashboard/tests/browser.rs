@@ -102,16 +102,21 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 async fn started() -> (RequestCompletionPublisher, Coordinator, Dashboard) {
+    started_with(None).await
+}
+
+/// A coordinator on the async mode and its dashboard on a free loopback port, asking for
+/// `token` when given one.
+async fn started_with(token: Option<&str>) -> (RequestCompletionPublisher, Coordinator, Dashboard) {
     let publisher = RequestCompletionPublisher::new();
     publisher.start().unwrap();
     let coordinator = Coordinator::builder().with_async().build();
     coordinator.start(&publisher).unwrap();
-    let dashboard = Dashboard::builder(&coordinator, &publisher)
-        .bind(([127, 0, 0, 1], 0).into())
-        .start()
-        .await
-        .unwrap();
-    (publisher, coordinator, dashboard)
+    let mut builder = Dashboard::builder(&coordinator, &publisher).bind(([127, 0, 0, 1], 0).into());
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    (publisher, coordinator, builder.start().await.unwrap())
 }
 
 /// A task that streams two events and sleeps `ms`; every seventh fails.
@@ -390,16 +395,7 @@ async fn metrics_parse_and_match_the_overview() {
 }
 
 async fn a_token_is_required_once_set() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator = Coordinator::builder().with_async().build();
-    coordinator.start(&publisher).unwrap();
-    let dashboard = Dashboard::builder(&coordinator, &publisher)
-        .bind(([127, 0, 0, 1], 0).into())
-        .token("s3cret")
-        .start()
-        .await
-        .unwrap();
+    let (publisher, coordinator, dashboard) = started_with(Some("s3cret")).await;
     for path in ["/", "/api/overview", "/metrics"] {
         assert_eq!(get(&dashboard, path, "").await.0, 401, "{path}");
         let wrong = "Authorization: Bearer nope\r\n";
