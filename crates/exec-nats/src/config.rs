@@ -151,7 +151,7 @@ impl NatsConfig {
         js: &async_nats::jetstream::Context,
     ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
         use async_nats::jetstream::stream;
-        js.get_or_create_stream(stream::Config {
+        let config = stream::Config {
             name: self.completion_stream(),
             subjects: vec![format!("{}.done.*", self.prefix)],
             retention: stream::RetentionPolicy::WorkQueue,
@@ -162,9 +162,8 @@ impl NatsConfig {
             duplicate_window: self.duplicate_window.min(self.completion_max_age()),
             num_replicas: self.replicas.max(1),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| NatsError::new("creating or binding the completion stream", e))
+        };
+        create_or_bind(js, config, "creating or binding the completion stream").await
     }
 
     /// Creates the stream if it is missing (work-queue retention, file storage, the limits
@@ -174,7 +173,7 @@ impl NatsConfig {
         js: &async_nats::jetstream::Context,
     ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
         use async_nats::jetstream::stream;
-        js.get_or_create_stream(stream::Config {
+        let config = stream::Config {
             name: self.stream.clone(),
             subjects: vec![format!("{}.run.*", self.prefix)],
             retention: stream::RetentionPolicy::WorkQueue,
@@ -184,9 +183,43 @@ impl NatsConfig {
             duplicate_window: self.task_duplicate_window(),
             num_replicas: self.replicas.max(1),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| NatsError::new("creating or binding the stream", e))
+        };
+        create_or_bind(js, config, "creating or binding the stream").await
+    }
+}
+
+/// Creates the stream `config` describes, or binds the one of that name. When another stream
+/// already holds its subjects (a stream left by an earlier setup under another name), the error
+/// names that stream and the two ways out, instead of the server's bare "subjects overlap".
+async fn create_or_bind(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+    context: &'static str,
+) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    let subject = config.subjects.first().cloned().unwrap_or_default();
+    let name = config.name.clone();
+    let error = match js.get_or_create_stream(config).await {
+        Ok(stream) => return Ok(stream),
+        Err(error) => error,
+    };
+    let overlap = matches!(error.kind(),
+        CreateStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP);
+    if !overlap {
+        return Err(NatsError::new(context, error));
+    }
+    // The filter `x.run.*` is not a subject; any subject under it finds the stream holding it.
+    match js.stream_by_subject(subject.replace('*', "probe")).await {
+        Ok(holder) => Err(NatsError::new(
+            context,
+            format!(
+                "the subjects {subject} of stream {name} are already held by stream {holder} \
+                 on this server: give this side and its workers another prefix \
+                 (NatsConfig::prefix), or the stream name {holder} (NatsConfig::stream)"
+            ),
+        )),
+        _ => Err(NatsError::new(context, error)),
     }
 }
 

@@ -83,6 +83,10 @@ fn main() {
             Box::pin(the_replicas_setting_reaches_the_server())
         }),
         (
+            "subjects_another_stream_holds_are_named_with_the_way_out",
+            || Box::pin(subjects_another_stream_holds_are_named_with_the_way_out()),
+        ),
+        (
             "a_remote_nodes_events_arrive_in_order_before_its_terminal_message",
             || Box::pin(a_remote_nodes_events_arrive_in_order_before_its_terminal_message()),
         ),
@@ -651,6 +655,31 @@ async fn the_replicas_setting_reaches_the_server() {
         .expect_err("a single server refuses replicated streams");
     assert!(error.to_string().contains("stream"), "{error}");
     cleanup(&config).await;
+}
+
+async fn subjects_another_stream_holds_are_named_with_the_way_out() {
+    // A stream left by an earlier setup, under another name, holds this prefix's subjects.
+    let earlier = config("earlier");
+    NatsStrategy::builder()
+        .config(earlier.clone())
+        .start()
+        .await
+        .expect("the first setup creates its stream");
+    let renamed = NatsConfig {
+        stream: format!("{}_RENAMED", earlier.stream),
+        ..earlier.clone()
+    };
+    let error = NatsStrategy::builder()
+        .config(renamed.clone())
+        .start()
+        .await
+        .expect_err("two streams cannot hold the same subjects");
+    let message = error.to_string();
+    for part in [&earlier.stream, &renamed.stream, "NatsConfig::prefix"] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    cleanup(&earlier).await;
+    cleanup(&renamed).await;
 }
 
 async fn a_task_no_worker_takes_expires_with_the_stream() {
