@@ -19,6 +19,9 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+mod cdp;
+use cdp::Page;
+
 type Test = fn() -> BoxFuture<'static, ()>;
 
 /// The Chromium binary, if there is one.
@@ -185,50 +188,22 @@ async fn next_event(reader: &mut BufReader<TcpStream>) -> (String, String) {
     }
 }
 
-/// The number in `<b id="{id}">N</b>` of a dumped page.
-fn shown(dom: &str, id: &str) -> u64 {
-    let start = dom
-        .find(&format!("id=\"{id}\">"))
-        .unwrap_or_else(|| panic!("no #{id} in the page: {dom}"));
-    let rest = &dom[start + id.len() + 6..];
-    rest[..rest.find('<').unwrap()].parse().unwrap()
+/// The number the page shows in `#{id}`.
+async fn shown(page: &mut Page, id: &str) -> u64 {
+    let text = page
+        .eval(&format!("document.getElementById('{id}').textContent"))
+        .await;
+    let text = text.as_str().unwrap_or_default();
+    text.parse()
+        .unwrap_or_else(|_| panic!("#{id} shows {text:?}, not a number"))
 }
 
-/// The page's DOM once its script has shown an overview (a few tries: a browser that starts
-/// slowly may stop before the first one arrives).
-async fn shown_page(url: &str) -> String {
-    for _ in 0..5 {
-        let dom = dump(url.to_owned(), None).await;
-        if dom.contains("data-refreshed=") {
-            return dom;
-        }
-    }
-    panic!("the page never showed an overview");
-}
-
-/// Loads the page in headless Chromium, lets its scripts run for 3 s, and returns the page's
-/// DOM (or writes a screenshot).
-async fn dump(url: String, screenshot: Option<PathBuf>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let browser = chromium().expect("Chromium");
-        let mut command = Command::new(browser);
-        command.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--timeout=3000",
-            "--window-size=1280,1100",
-        ]);
-        match screenshot {
-            Some(path) => command.arg(format!("--screenshot={}", path.display())),
-            None => command.arg("--dump-dom"),
-        };
-        let out = command.arg(url).output().expect("Chromium runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-    .await
-    .unwrap()
+/// Waits until the page has shown an overview fetched after this call: two refreshes past the
+/// one it had shown (the next one may have been under way already).
+async fn next_overview(page: &mut Page) {
+    let refreshed = "Number(document.body.dataset.refreshed ?? 0)";
+    let now = page.eval(refreshed).await.as_u64().unwrap();
+    page.until(&format!("{refreshed} >= {}", now + 2)).await;
 }
 
 async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
@@ -246,31 +221,40 @@ async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
                 .await;
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let first = shown(&shown_page(&url).await, "closed");
-    let second = shown(&shown_page(&url).await, "closed");
+    let chromium = chromium().expect("Chromium");
+    let mut page = Page::open(&chromium, &url).await;
+    page.until("document.body.dataset.refreshed").await;
+    let first = shown(&mut page, "closed").await;
+    next_overview(&mut page).await;
+    let second = shown(&mut page, "closed").await;
     assert!(second > first, "the counts move: {first} then {second}");
+    // The live feed (server-sent events) lists outcomes as they come.
+    page.until("document.getElementById('feed').textContent.includes(' work success')")
+        .await;
     within("the workload", load).await.unwrap();
     // The overview the page polls is at most half a second old.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let end = shown_page(&url).await;
+    next_overview(&mut page).await;
     let counts = coordinator.counts();
-    assert_eq!(shown(&end, "closed"), counts.closed);
-    assert_eq!(shown(&end, "failed"), counts.failed);
-    assert_eq!(shown(&end, "succeeded"), counts.succeeded);
+    assert_eq!(shown(&mut page, "closed").await, counts.closed);
+    assert_eq!(shown(&mut page, "failed").await, counts.failed);
+    assert_eq!(shown(&mut page, "succeeded").await, counts.succeeded);
+    let failures = page
+        .eval("document.getElementById('failures').textContent")
+        .await;
     assert!(
-        end.contains("failed on purpose"),
-        "the latest failures are listed"
+        failures.as_str().unwrap().contains("failed on purpose"),
+        "the latest failures are listed: {failures}"
     );
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let screenshot = dir.join("dashboard.png");
-    dump(url, Some(screenshot.clone())).await;
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    page.screenshot(&screenshot).await;
     assert!(
-        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 0),
+        std::fs::read(&screenshot).is_ok_and(|png| png.starts_with(b"\x89PNG")),
         "a screenshot at {}",
         screenshot.display()
     );
     eprintln!("screenshot: {}", screenshot.display());
+    page.close().await;
     dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
