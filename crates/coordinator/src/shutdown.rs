@@ -12,6 +12,11 @@ use crate::request::{RequestCell, StrategyRef};
 /// on another thread at that moment.
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
+/// How long the strategies have, at least, to stop what was cancelled at the deadline: an async
+/// node stops at its next poll, so its future is dropped before shutdown returns; a node that
+/// cannot be interrupted (blocking code on a thread) is left to finish and logged.
+const STOP_SETTLE: Duration = Duration::from_millis(250);
+
 impl Coordinator {
     /// Shuts down with the grace period set on the builder (default
     /// [`DEFAULT_SHUTDOWN_GRACE`](crate::DEFAULT_SHUTDOWN_GRACE)).
@@ -30,7 +35,9 @@ impl Coordinator {
     ///    [`JobResult::Cancelled`](task_core::JobResult::Cancelled), its caller answered and its
     ///    failure message announced, so no request is left without its outcome;
     /// 4. shuts every strategy down exactly once (a strategy serving several modes once), with
-    ///    what is left of `grace`.
+    ///    what is left of `grace` (at least a moment after cancelling at the deadline, so that
+    ///    the cancelled async nodes are dropped before this returns; blocking code on a thread
+    ///    cannot be interrupted and is left to finish).
     ///
     /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
     /// shut it down after this to drain it for its subscribers. Calling this again does not shut
@@ -94,9 +101,12 @@ impl Coordinator {
                 );
             }
         }
-        let remaining = deadline.map_or(Duration::MAX, |deadline| {
+        let mut remaining = deadline.map_or(Duration::MAX, |deadline| {
             deadline.saturating_duration_since(Instant::now())
         });
+        if !drained {
+            remaining = remaining.max(STOP_SETTLE);
+        }
         inner
             .strategies_shut
             .get_or_init(|| async {
