@@ -9,8 +9,8 @@ use std::error::Error;
 use std::time::Duration;
 
 use coordinator::{
-    Coordinator, CoordinatorState, ExecutionMode, JobResult, RequestCompletionPublisher, Retention,
-    RetryPolicy, SubmitOptions, Task, ThreadedExecutionStrategy, block_on,
+    Buffer, Coordinator, CoordinatorState, ExecutionMode, JobResult, RequestCompletionPublisher,
+    Retention, RetryPolicy, SubmitOptions, Task, ThreadedExecutionStrategy, block_on,
 };
 use exec_inline::InlineStrategy as MyStrategy;
 use futures::StreamExt;
@@ -105,6 +105,20 @@ async fn watch_the_bus(publisher: &RequestCompletionPublisher, coordinator: &Coo
     assert!(done.await?.contains("DONE"));
     let first = stream.next().await.ok_or("the stream ended")??;
     assert_eq!(first.request_id().map(|id| id.as_str()), Some("123"));
+    follow_one_request(publisher, coordinator).await
+}
+
+#[rustfmt::skip]
+async fn follow_one_request(publisher: &RequestCompletionPublisher, coordinator: &Coordinator) -> Fallible {
+    let mut only_124 = publisher.subscribe_stream_where(Buffer::Bounded,  // only matches take room
+        |m| m.request_id().is_some_and(|id| id.as_str() == "124"))?;
+    publisher.subscribe_where(Buffer::Unbounded, |m| m.is_broadcast(),     // a node's events, all
+        |event| if let Ok(event) = event { println!("{event}") })?;
+    for id in ["125", "124"] {
+        coordinator.submit(Task::new(id, Summarize { text: "Once.".into() }), "async").await?;
+    }
+    let first = only_124.next().await.ok_or("the stream ended")??;
+    assert_eq!(first.request_id().map(|id| id.as_str()), Some("124"));
     Ok(())
 }
 

@@ -406,7 +406,7 @@ impl fmt::Debug for Coordinator {
 pub struct SystemDetail {
     /// Whether the coordinator takes tasks.
     pub accepting: bool,
-    /// Running totals of the job table: `opened` is the jobs open now (in status "opened"),
+    /// Running totals of the job table: `open` is the jobs open now (in status "opened"),
     /// `closed` the jobs closed so far.
     pub counts: JobCounts,
     /// Every recorded job, oldest first.

@@ -117,7 +117,7 @@ impl Inner {
             if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
                 mode.counters.close(result);
             }
-            (open, table.counts().opened == 0)
+            (open, table.counts().open == 0)
         };
         tracing::trace!(request_id = %info.request_id(), %result, "job closed");
         if announce
@@ -145,7 +145,7 @@ impl Inner {
     }
 
     pub(crate) fn open_jobs(&self) -> u64 {
-        self.table().counts().opened
+        self.table().counts().open
     }
 
     pub(crate) fn record_attempt(&self, request_id: &str) {

@@ -62,7 +62,7 @@ async fn ten_thousand_beside<K>(attach: impl FnOnce(&RequestCompletionPublisher)
     })
     .await;
     let counts = coordinator.counts();
-    assert_eq!((counts.succeeded, counts.opened), (REQUESTS, 0));
+    assert_eq!((counts.succeeded, counts.open), (REQUESTS, 0));
     within("the coordinator's shutdown", coordinator.shutdown()).await;
     within(
         "the publisher's shutdown",
@@ -153,7 +153,7 @@ async fn two_coordinators_on_one_bus_each_get_their_own_outcomes() {
         assert_eq!(value.await.unwrap(), i);
     }
     // A's outcomes, on the bus B is attached to, closed none of B's jobs.
-    assert_eq!(b.counts().opened, 100);
+    assert_eq!(b.counts().open, 100);
     gate.add_permits(100);
     for (i, handle) in (0..100_u64).zip(from_b) {
         assert_eq!(handle.await.unwrap(), 1_000 + i);
@@ -161,7 +161,7 @@ async fn two_coordinators_on_one_bus_each_get_their_own_outcomes() {
     for coordinator in [&a, &b] {
         let counts = coordinator.counts();
         assert_eq!(
-            (counts.succeeded, counts.closed, counts.opened),
+            (counts.succeeded, counts.closed, counts.open),
             (100, 100, 0)
         );
         coordinator.shutdown().await;
@@ -282,7 +282,7 @@ async fn durations_too_long_to_add_to_now_saturate_and_every_request_ends_once()
             counts.succeeded,
             counts.timed_out,
             counts.failed,
-            counts.opened
+            counts.open
         ),
         (1, 1, 1, 0)
     );

@@ -62,7 +62,7 @@ async fn shutdown_waits_for_running_requests_and_each_still_ends_once() {
     release.send(()).unwrap();
     shutting.await.unwrap();
     // By the time shutdown returns, the running request is closed.
-    assert_eq!(coordinator.counts().opened, 0);
+    assert_eq!(coordinator.counts().open, 0);
     assert_eq!(call.await.unwrap().unwrap(), 9);
     publisher.shutdown().await;
     assert_eq!(recorder.terminal_counts().get("slow"), Some(&1));
@@ -88,7 +88,7 @@ async fn shutdown_cancels_what_is_still_open_at_the_deadline() {
         .await;
     // Nothing is left open: the stuck request was cancelled, its caller told, its message sent.
     let counts = coordinator.counts();
-    assert_eq!((counts.opened, counts.cancelled), (0, 1));
+    assert_eq!((counts.open, counts.cancelled), (0, 1));
     assert_eq!(
         coordinator.job("stuck").unwrap().result(),
         Some(JobResult::Cancelled)

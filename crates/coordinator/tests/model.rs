@@ -193,7 +193,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         // Between operations the open jobs are exactly the held ones.
-        prop_assert_eq!(coordinator.counts().opened, held.len() as u64);
+        prop_assert_eq!(coordinator.counts().open, held.len() as u64);
     }
     for (id, h) in held.drain() {
         h.release.send(()).ok();
@@ -209,7 +209,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     let counts = coordinator.counts();
     let of = |r| tally.get(&r).copied().unwrap_or(0);
-    prop_assert_eq!(counts.opened, 0);
+    prop_assert_eq!(counts.open, 0);
     prop_assert_eq!(counts.closed, accepted);
     prop_assert_eq!(counts.succeeded, of(JobResult::Success));
     prop_assert_eq!(counts.failed, of(JobResult::Failure));

@@ -167,7 +167,7 @@ async fn a_handle_cancels_its_request_and_the_children_it_submitted() {
     let error = handle.await.unwrap_err();
     assert!(error.is_cancelled(), "{error}");
     // The child ends too, cancelled, without anyone cancelling it by name.
-    while coordinator.counts().opened > 0 {
+    while coordinator.counts().open > 0 {
         tokio::task::yield_now().await;
     }
     let child = coordinator.job("child").unwrap();
@@ -403,7 +403,7 @@ async fn a_concurrency_limit_makes_submit_wait_and_try_spawn_busy() {
     let waiting = tokio::spawn(async move { c.submit(gated_d, "async").await });
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert!(coordinator.job("d").is_none());
-    assert_eq!(coordinator.counts().opened, 2);
+    assert_eq!(coordinator.counts().open, 2);
     // Children of a running request do not need a place (they would deadlock their parent).
     let c = coordinator.clone();
     let child_runs = Task::from_fn("parent", "parent", move || async move {

@@ -365,7 +365,7 @@ fn soak() {
         }
         // The counts add up.
         let counts = coordinator.counts();
-        assert_eq!(counts.opened, 0);
+        assert_eq!(counts.open, 0);
         assert_eq!(counts.closed, n);
         assert_eq!(counts.succeeded, tally[&JobResult::Success]);
         assert_eq!(counts.failed, tally[&JobResult::Failure]);

@@ -73,12 +73,7 @@ async fn failures_and_panics_close_the_job_as_failed_and_the_coordinator_keeps_w
     );
     let counts = coordinator.counts();
     assert_eq!(
-        (
-            counts.opened,
-            counts.closed,
-            counts.succeeded,
-            counts.failed
-        ),
+        (counts.open, counts.closed, counts.succeeded, counts.failed),
         (0, 3, 1, 2)
     );
     assert_eq!(
@@ -128,7 +123,7 @@ async fn an_unconfigured_mode_is_rejected_and_records_nothing() {
     assert!(message.contains("feature"), "{message}");
     assert!(coordinator.job("1").is_none());
     assert!(coordinator.with_state(|s| s.is_empty()));
-    assert_eq!(coordinator.counts().opened, 0);
+    assert_eq!(coordinator.counts().open, 0);
     // Nothing was published: the next message on the bus is the next request's.
     coordinator
         .submit(value_task("2", 2), "async")
@@ -164,7 +159,7 @@ async fn a_duplicate_open_request_id_is_rejected_without_disturbing_the_original
         coordinator.job("dup").unwrap().child_node_id(),
         &node_before
     );
-    assert_eq!(coordinator.counts().opened, 1);
+    assert_eq!(coordinator.counts().open, 1);
     release.send(()).unwrap();
     assert_eq!(original.await.unwrap().unwrap(), "original");
     // A closed id may be used again.
@@ -277,7 +272,7 @@ async fn ten_thousand_concurrent_submits_close_every_job_exactly_once() {
         }
     }
     let counts = coordinator.counts();
-    assert_eq!(counts.opened, 0);
+    assert_eq!(counts.open, 0);
     assert_eq!(counts.closed, N);
     assert_eq!(counts.failed, N / 10);
     assert_eq!(counts.succeeded, N - N / 10);

@@ -102,7 +102,7 @@ async fn fan_out_wider_and_deeper_than_the_pool_does_not_deadlock() {
     let root = tree(coordinator.clone(), "root".into(), 3, 4);
     assert_eq!(coordinator.submit(root, "threaded").await.unwrap(), 85);
     assert_eq!(coordinator.counts().closed, 85);
-    assert_eq!(coordinator.counts().opened, 0);
+    assert_eq!(coordinator.counts().open, 0);
     let grandchild = coordinator.job("root.2.3").unwrap();
     let child = coordinator.job("root.2").unwrap();
     assert_eq!(grandchild.parent_node_id(), Some(child.child_node_id()));

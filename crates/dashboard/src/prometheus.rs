@@ -22,7 +22,7 @@ pub(crate) fn render(detail: &SystemDetail, missed: u64) -> String {
     let mut out = String::new();
     let counts = &detail.counts;
     family(&mut out, "coordinator_jobs_open", "gauge", "Jobs open now.");
-    let _ = writeln!(out, "coordinator_jobs_open {}", counts.opened);
+    let _ = writeln!(out, "coordinator_jobs_open {}", counts.open);
     family(
         &mut out,
         "coordinator_jobs_closed_total",

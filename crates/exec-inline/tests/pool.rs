@@ -94,12 +94,7 @@ async fn pool_tasks_deliver_values_failures_and_panics() {
     );
     let counts = coordinator.counts();
     assert_eq!(
-        (
-            counts.opened,
-            counts.closed,
-            counts.succeeded,
-            counts.failed
-        ),
+        (counts.open, counts.closed, counts.succeeded, counts.failed),
         (0, 4, 1, 3)
     );
     coordinator.shutdown().await;

@@ -12,8 +12,9 @@ use crate::{Job, JobResult, JobStatus, RequestId, TaskError, TaskInfo};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct JobCounts {
-    /// Jobs currently open.
-    pub opened: u64,
+    /// Jobs open now: accepted and not yet closed (not the jobs ever opened, which is
+    /// `open + closed`).
+    pub open: u64,
     /// Jobs closed so far.
     pub closed: u64,
     /// Jobs closed with [`JobResult::Success`].
@@ -268,7 +269,7 @@ impl<A> CoordinatorState<A> {
                 })?,
         };
         self.next_seq += 1;
-        self.counts.opened += 1;
+        self.counts.open += 1;
         Ok(job)
     }
 
@@ -359,7 +360,7 @@ impl<A> CoordinatorState<A> {
         let job = &mut self.jobs.jobs[position];
         job.close_with(result, error);
         let seq = job.seq;
-        self.counts.opened -= 1;
+        self.counts.open -= 1;
         self.counts.closed += 1;
         match result {
             JobResult::Success => self.counts.succeeded += 1,

@@ -221,7 +221,7 @@ proptest! {
         // Running totals agree and add up.
         let counts = state.counts();
         let of = |r| model.by_result.get(&r).copied().unwrap_or(0);
-        prop_assert_eq!(counts.opened, model.opened);
+        prop_assert_eq!(counts.open, model.opened);
         prop_assert_eq!(counts.succeeded, of(JobResult::Success));
         prop_assert_eq!(counts.failed, of(JobResult::Failure));
         prop_assert_eq!(counts.timed_out, of(JobResult::TimedOut));
@@ -232,6 +232,6 @@ proptest! {
         );
         prop_assert_eq!(counts.evicted, model.evicted);
         let open_in_table = state.iter().filter(|j| j.status() == JobStatus::Opened).count();
-        prop_assert_eq!(open_in_table as u64, counts.opened);
+        prop_assert_eq!(open_in_table as u64, counts.open);
     }
 }

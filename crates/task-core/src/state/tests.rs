@@ -22,7 +22,7 @@ fn add_then_end_closes_with_result_and_times() {
     assert_eq!(
         state.counts(),
         JobCounts {
-            opened: 0,
+            open: 0,
             closed: 1,
             succeeded: 0,
             failed: 1,
@@ -41,7 +41,7 @@ fn duplicate_open_is_refused_and_changes_nothing() {
     assert_eq!(err.request_id().as_str(), "a");
     assert_eq!(state.len(), 1);
     assert_eq!(state.get("a").unwrap().child_node_id(), first.node_id());
-    assert_eq!(state.counts().opened, 1);
+    assert_eq!(state.counts().open, 1);
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn closed_ids_can_be_reused() {
     assert_eq!(
         state.counts(),
         JobCounts {
-            opened: 1,
+            open: 1,
             closed: 1,
             succeeded: 1,
             failed: 0,
@@ -166,7 +166,7 @@ fn state_serializes_jobs_and_counts() {
     state.add_job(&info("b")).unwrap();
     state.end_job("a", JobResult::Success).unwrap();
     let json = serde_json::to_value(&state).unwrap();
-    assert_eq!(json["counts"]["opened"], 1);
+    assert_eq!(json["counts"]["open"], 1);
     assert_eq!(json["counts"]["succeeded"], 1);
     assert_eq!(json["jobs"].as_array().unwrap().len(), 2);
     assert_eq!(json["jobs"][0]["request_id"], "a");
