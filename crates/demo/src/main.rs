@@ -67,7 +67,8 @@ struct Args {
     #[arg(long)]
     quiet: bool,
     /// Show agent N's stream live: the words its model calls broadcast as they come, and its
-    /// own progress events.
+    /// own progress events. Live on a terminal; with --quiet or into a pipe or file, each model
+    /// call's words as one line when the call ends.
     #[arg(long, value_name = "N")]
     watch: Option<u64>,
     /// Serve the live dashboard at this address (e.g. 127.0.0.1:8080) while the demo runs, and
