@@ -127,15 +127,20 @@ impl Coordinator {
         let permit = match limit {
             None => None,
             Some(limit) => match Arc::clone(&limit).try_acquire_owned() {
-                Ok(permit) => Some(permit),
+                Ok(permit) => {
+                    entry.metrics.admitted_after(Duration::ZERO);
+                    Some(permit)
+                }
                 Err(TryAcquireError::Closed) => return Err(SubmitError::new(SubmitKind::ShutDown)),
                 Err(TryAcquireError::NoPermits) => {
                     let wait_mode = mode.clone();
                     let wait = Box::pin(async move {
+                        let since = Instant::now();
                         let permit = limit
                             .acquire_owned()
                             .await
                             .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
+                        entry.metrics.admitted_after(since.elapsed());
                         self.accept(task, mode, entry, options, Some(permit))
                     });
                     return Ok(Admission::Wait(Waiting {
@@ -276,6 +281,7 @@ impl Coordinator {
                 .is_some_and(|parent| parent.cell.adopt(&ready.cell)),
         };
         entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        entry.metrics.accepted();
         Ok(born_cancelled)
     }
 

@@ -107,6 +107,7 @@ impl CoordinatorBuilder {
             .map(|(index, (name, strategy))| Mode {
                 index,
                 limit: limits.get(&name).map(|&n| Arc::new(Semaphore::new(n))),
+                metrics: crate::metrics::ModeMetrics::new(name.as_str()),
                 name,
                 strategy,
                 counters: ModeCounters::default(),

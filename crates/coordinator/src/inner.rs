@@ -106,16 +106,17 @@ impl Inner {
                 Ok(_) => table.end_job_detach(info.request_id(), result),
                 Err(error) => table.fail_job(info.request_id(), error.clone()),
             };
-            let open = match ended {
-                Ok((_, open)) => open,
+            let (open, ran, attempts) = match ended {
+                Ok((job, open)) => (open, job.duration(), job.attempts()),
                 Err(error) => {
                     // Never: a request's job stays open until its one ending.
                     tracing::error!(request_id = %info.request_id(), %error, "outcome of a request without an open job");
-                    None
+                    (None, None, 0)
                 }
             };
             if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
                 mode.counters.close(result);
+                mode.metrics.ended(result, ran, attempts);
             }
             (open, table.counts().open == 0)
         };
@@ -220,6 +221,9 @@ pub(crate) struct Mode {
     pub(crate) strategy: StrategyRef,
     pub(crate) limit: Option<Arc<Semaphore>>,
     pub(crate) counters: ModeCounters,
+    /// Its handles in the application's metrics recorder (nothing without the `metrics`
+    /// feature).
+    pub(crate) metrics: crate::metrics::ModeMetrics,
 }
 
 /// Live counters of the requests of one mode.

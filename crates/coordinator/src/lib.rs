@@ -51,6 +51,11 @@ mod coordinator;
 mod error;
 mod handle;
 mod inner;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod options;
 mod request;
 mod shutdown;

@@ -1,0 +1,115 @@
+//! Per-mode request metrics through the [`metrics`](https://docs.rs/metrics) facade, with the
+//! `metrics` feature; without it, the same calls compile to nothing.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `coordinator_requests_submitted_total` | counter | `mode` | requests accepted |
+//! | `coordinator_requests_total` | counter | `mode`, `outcome` | requests ended: `succeeded`, `failed`, `timed_out`, `cancelled` |
+//! | `coordinator_request_retries_total` | counter | `mode` | attempts after the first, counted when the request ends |
+//! | `coordinator_requests_in_flight` | gauge | `mode` | accepted and not yet ended |
+//! | `coordinator_admission_wait_seconds` | histogram | `mode` | time waiting for a place under the mode's concurrency limit (modes with a limit only) |
+//! | `coordinator_request_duration_seconds` | histogram | `mode`, `outcome` | from acceptance to the job closing |
+//!
+//! The handles are registered when the coordinator is built: install the recorder (an
+//! exporter) before building it.
+
+#[cfg(feature = "metrics")]
+pub(crate) use on::ModeMetrics;
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) use off::ModeMetrics;
+
+#[cfg(feature = "metrics")]
+mod on {
+    use std::time::Duration;
+
+    use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+    use task_core::JobResult;
+
+    /// One mode's handles, registered once: recording is then an atomic operation on the
+    /// recorder's side, with no lookup by name per request.
+    pub(crate) struct ModeMetrics {
+        submitted: Counter,
+        /// Indexed by [`outcome`].
+        ended: [(Counter, Histogram); 4],
+        retries: Counter,
+        in_flight: Gauge,
+        admission_wait: Histogram,
+    }
+
+    const OUTCOMES: [&str; 4] = ["succeeded", "failed", "timed_out", "cancelled"];
+
+    fn outcome(result: JobResult) -> usize {
+        match result {
+            JobResult::Success => 0,
+            JobResult::TimedOut => 2,
+            JobResult::Cancelled => 3,
+            _ => 1,
+        }
+    }
+
+    impl ModeMetrics {
+        pub(crate) fn new(mode: &str) -> Self {
+            let mode = mode.to_owned();
+            let ended = OUTCOMES.map(|outcome| {
+                (
+                    counter!("coordinator_requests_total", "mode" => mode.clone(), "outcome" => outcome),
+                    histogram!("coordinator_request_duration_seconds", "mode" => mode.clone(), "outcome" => outcome),
+                )
+            });
+            Self {
+                submitted: counter!("coordinator_requests_submitted_total", "mode" => mode.clone()),
+                ended,
+                retries: counter!("coordinator_request_retries_total", "mode" => mode.clone()),
+                in_flight: gauge!("coordinator_requests_in_flight", "mode" => mode.clone()),
+                admission_wait: histogram!("coordinator_admission_wait_seconds", "mode" => mode),
+            }
+        }
+
+        pub(crate) fn accepted(&self) {
+            self.submitted.increment(1);
+            self.in_flight.increment(1.0);
+        }
+
+        pub(crate) fn admitted_after(&self, waited: Duration) {
+            self.admission_wait.record(waited.as_secs_f64());
+        }
+
+        pub(crate) fn ended(&self, result: JobResult, ran: Option<Duration>, attempts: u32) {
+            self.in_flight.decrement(1.0);
+            let (count, duration) = &self.ended[outcome(result)];
+            count.increment(1);
+            if let Some(ran) = ran {
+                duration.record(ran.as_secs_f64());
+            }
+            if attempts > 1 {
+                self.retries.increment(u64::from(attempts - 1));
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod off {
+    use std::time::Duration;
+
+    use task_core::JobResult;
+
+    /// Nothing: the `metrics` feature is off.
+    pub(crate) struct ModeMetrics;
+
+    impl ModeMetrics {
+        pub(crate) fn new(_mode: &str) -> Self {
+            Self
+        }
+
+        #[inline(always)]
+        pub(crate) fn accepted(&self) {}
+
+        #[inline(always)]
+        pub(crate) fn admitted_after(&self, _waited: Duration) {}
+
+        #[inline(always)]
+        pub(crate) fn ended(&self, _result: JobResult, _ran: Option<Duration>, _attempts: u32) {}
+    }
+}
