@@ -37,6 +37,16 @@ impl Ended {
             Self::Died(reason) | Self::Killed(reason) | Self::BrokeProtocol(reason) => reason,
         }
     }
+
+    /// How it ended, as a metric's label: `crashed`, `killed` (by the pool) or `broke_protocol`.
+    #[cfg(feature = "metrics")]
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Died(_) => "crashed",
+            Self::Killed(_) => "killed",
+            Self::BrokeProtocol(_) => "broke_protocol",
+        }
+    }
 }
 
 impl Shared {
@@ -94,6 +104,8 @@ impl Shared {
             return Err(Box::new(worker));
         }
         if restart {
+            #[cfg(feature = "metrics")]
+            metrics::counter!("process_worker_restarts_total").increment(1);
             state.restarts += 1;
             state.last_spawn_error = None;
         }
@@ -162,6 +174,8 @@ impl Shared {
         reader.abort();
         writer.abort();
         let reason = ended.reason();
+        #[cfg(feature = "metrics")]
+        metrics::counter!("process_worker_exits_total", "how" => ended.kind()).increment(1);
         let lost = self.lock().slots[slot].take();
         let Some(lost) = lost else { return };
         let running = lost.pending.values().filter(|p| p.started).count();
@@ -184,6 +198,8 @@ impl Shared {
                 Ended::Killed(_) | Ended::BrokeProtocol(_) => 0,
             };
             let error = if crashes >= self.config.poison_after {
+                #[cfg(feature = "metrics")]
+                metrics::counter!("process_tasks_poisoned_total").increment(1);
                 self.crash_log().forget(&pending.request_id);
                 TaskError::poison(format!(
                     "the task is poison: its worker died {crashes} times in a row running it, the last time: {what}"
