@@ -24,6 +24,10 @@ pub(crate) mod names {
         "async beside a subscriber that never reads",
         "the same requests, nobody subscribed",
     );
+    pub(crate) const METRICS: Pair = (
+        "async, metrics recorded (Prometheus exporter)",
+        "the same requests, no metrics recorder",
+    );
     pub(crate) const THREADED: Pair = ("threaded", "rayon::spawn + crossbeam + HashMap");
     pub(crate) const ROUND_TRIP: Pair = ("process round trip", ECHO);
     pub(crate) const PINNED_ROUND_TRIP: Pair = ("process round trip, pinned to one CPU", ECHO);
@@ -52,6 +56,7 @@ pub(crate) mod names {
             TRY_SPAWN,
             BATCH,
             STUCK,
+            METRICS,
             THREADED,
             ROUND_TRIP,
             PINNED_ROUND_TRIP,
@@ -99,6 +104,7 @@ pub(crate) fn local(
             rows.push(compare(pair, n, reps, ours, raw));
         }
         rows.push(beside_a_stuck_subscriber(fx, &ids, reps));
+        rows.push(with_metrics(fx, &ids, reps));
     }
     if threaded {
         let (ours, raw) = (run(fx, "threaded", &ids), run(fx, "raw-threaded", &ids));
@@ -127,6 +133,38 @@ fn beside_a_stuck_subscriber(fx: &Fixture, ids: &[RequestId], reps: usize) -> Ro
         let missed = stuck.next().await.and_then(Result::err);
         assert!(missed.expect("told it missed messages").count() > 0);
         for (publisher, coordinator) in [(publisher, observed), (quiet, unobserved)] {
+            coordinator.shutdown().await;
+            publisher.shutdown().await;
+        }
+    });
+    row
+}
+
+/// The async scenario on a coordinator whose metrics go to a Prometheus recorder, beside one
+/// built with no recorder: what the `metrics` feature costs when it is used. The recorder is
+/// set only while the first is built (its handles keep it), so nothing else in the report
+/// records.
+fn with_metrics(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let (publisher, recorded) =
+        metrics::with_local_recorder(&recorder, || benches::started_coordinator(&fx.rt, None));
+    let (quiet, unrecorded) = benches::started_coordinator(&fx.rt, None);
+    let submit = |on| move || benches::submit_trivial(&fx.rt, on, ids, &ExecutionMode::ASYNC);
+    let row = compare(
+        names::METRICS,
+        ids.len() as u64,
+        reps,
+        submit(&recorded),
+        submit(&unrecorded),
+    );
+    let text = prometheus.render();
+    assert!(
+        text.contains("coordinator_requests_total{mode=\"async\",outcome=\"succeeded\"}"),
+        "the recorder saw the requests"
+    );
+    fx.rt.block_on(async {
+        for (publisher, coordinator) in [(publisher, recorded), (quiet, unrecorded)] {
             coordinator.shutdown().await;
             publisher.shutdown().await;
         }
