@@ -129,7 +129,11 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let connected = inner.client.connection_state() == async_nats::connection::State::Connected;
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("nats_connected").set(if connected { 1.0 } else { 0.0 });
         if connected && since.is_some() {
+            #[cfg(feature = "metrics")]
+            metrics::counter!("nats_reconnects_total").increment(1);
             // Back after an outage: the server may have lost what it took just before it went.
             tokio::spawn(reconcile(Arc::downgrade(&inner)));
         }
@@ -186,6 +190,8 @@ pub(crate) async fn listen_advisories(
         };
         let run = inner.table().by_seq.remove(&seq);
         if let Some(run) = run {
+            #[cfg(feature = "metrics")]
+            metrics::counter!("nats_tasks_undeliverable_total").increment(1);
             inner.resolve(
                 &run,
                 Err(TaskError::worker_lost(format!(

@@ -37,6 +37,8 @@ fn server_available(url: &str) -> bool {
 type Test = fn() -> futures::future::BoxFuture<'static, ()>;
 
 fn main() {
+    #[cfg(feature = "metrics")]
+    recorded::install();
     let args = libtest_mimic::Arguments::from_args();
     let url = exec_nats::default_url();
     let available = server_available(&url);
@@ -572,8 +574,43 @@ async fn no_request_waits_forever_across_a_server_restart() {
         "requests failed across the restart: {failed:?}"
     );
     assert_eq!(coordinator.counts().succeeded, 60);
+    #[cfg(feature = "metrics")]
+    {
+        let recorded = recorded::counters();
+        let reconnects = recorded.get("nats_reconnects_total").copied();
+        assert!(reconnects >= Some(1), "a reconnect counted: {recorded:?}");
+    }
     coordinator.shutdown().await;
     publisher.shutdown().await;
+}
+
+/// With the `metrics` feature: a recorder for the whole binary (it is global), installed
+/// before any test runs, and what its counters hold.
+#[cfg(feature = "metrics")]
+mod recorded {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+
+    pub(crate) fn install() {
+        let recorder = DebuggingRecorder::new();
+        let _ = SNAPSHOTTER.set(recorder.snapshotter());
+        recorder.install().expect("the only recorder");
+    }
+
+    /// Each counter's total by name, summed over its labels.
+    pub(crate) fn counters() -> HashMap<String, u64> {
+        let mut totals = HashMap::new();
+        for (key, _, _, value) in SNAPSHOTTER.get().expect("installed").snapshot().into_vec() {
+            if let DebugValue::Counter(n) = value {
+                *totals.entry(key.key().name().to_owned()).or_default() += n;
+            }
+        }
+        totals
+    }
 }
 
 async fn a_server_gone_for_good_fails_the_waiting_requests_saying_so() {
