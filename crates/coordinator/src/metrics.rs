@@ -9,6 +9,13 @@
 //! | `coordinator_requests_in_flight` | gauge | `mode` | accepted and not yet ended |
 //! | `coordinator_admission_wait_seconds` | histogram | `mode` | time waiting for a place under the mode's concurrency limit (modes with a limit only) |
 //! | `coordinator_request_duration_seconds` | histogram | `mode`, `outcome` | from acceptance to the job closing |
+//! | `process_worker_exits_total` | counter | `how`: `crashed`, `killed` (by the pool), `broke_protocol` | process workers that ended |
+//! | `process_worker_restarts_total` | counter | | process workers started in place of one that ended |
+//! | `process_tasks_poisoned_total` | counter | | tasks failed as poison (they kept crashing their worker) |
+//!
+//! The process pool's rows come from `exec-strategies`, whose `metrics` feature this one turns
+//! on; `exec-nats` has a `metrics` feature of its own (connection state, reconnects,
+//! redeliveries: see its `NatsStrategy`).
 //!
 //! The handles are registered when the coordinator is built: install the recorder (an
 //! exporter) before building it.

@@ -112,6 +112,14 @@ impl NatsBuilder {
 /// where the coordinator runs its own work. When the request is cancelled or times out the
 /// coordinator drops that future, which withdraws the run and announces the cancellation: a
 /// worker that has not started it skips it, one running it drops the node's future.
+///
+/// # Metrics
+///
+/// With the `metrics` feature, through the [`metrics`](https://docs.rs/metrics) facade to the
+/// application's recorder: `nats_connected` (gauge, 1 or 0, updated every 250 ms),
+/// `nats_reconnects_total`, `nats_duplicate_completions_total` (answers dropped as
+/// duplicates), `nats_tasks_undeliverable_total` (tasks the server stopped redelivering), and on
+/// the workers' side `nats_task_redeliveries_total` (tasks delivered more than once).
 pub struct NatsStrategy {
     inner: Arc<Inner>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
