@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let text = handle.render();
     print!("{text}");
-    assert!(text.contains(r#"coordinator_requests_total{mode="async",outcome="succeeded"} 9"#));
+    assert!(text.contains(r#"coordinator_requests_total{mode="async",result="success"} 9"#));
     coordinator.shutdown().await;
     publisher.shutdown().await;
     Ok(())

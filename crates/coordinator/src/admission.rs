@@ -127,10 +127,7 @@ impl Coordinator {
         let permit = match limit {
             None => None,
             Some(limit) => match Arc::clone(&limit).try_acquire_owned() {
-                Ok(permit) => {
-                    entry.metrics.admitted_after(Duration::ZERO);
-                    Some(permit)
-                }
+                Ok(permit) => Some((permit, Duration::ZERO)),
                 Err(TryAcquireError::Closed) => return Err(SubmitError::new(SubmitKind::ShutDown)),
                 Err(TryAcquireError::NoPermits) => {
                     let wait_mode = mode.clone();
@@ -140,8 +137,8 @@ impl Coordinator {
                             .acquire_owned()
                             .await
                             .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
-                        entry.metrics.admitted_after(since.elapsed());
-                        self.accept(task, mode, entry, options, Some(permit))
+                        let place = Some((permit, since.elapsed()));
+                        self.accept(task, mode, entry, options, place)
                     });
                     return Ok(Admission::Wait(Waiting {
                         mode: wait_mode,
@@ -281,7 +278,6 @@ impl Coordinator {
                 .is_some_and(|parent| parent.cell.adopt(&ready.cell)),
         };
         entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        entry.metrics.accepted();
         Ok(born_cancelled)
     }
 
@@ -325,13 +321,18 @@ impl Coordinator {
         mode: ExecutionMode,
         entry: &Mode,
         options: SubmitOptions,
-        permit: Option<OwnedSemaphorePermit>,
+        place: Option<(OwnedSemaphorePermit, Duration)>,
     ) -> Result<Accepted, SubmitError> {
         let runtime = self.check_open()?;
+        let (permit, waited) = place.unzip();
         let ready = self.ready(task, &mode, entry, options, permit, &runtime)?;
         let recorded = Self::record(&mut self.inner.table(), &ready, entry);
         match recorded {
-            Ok(born_cancelled) => Ok(Self::start_recorded(ready, born_cancelled, entry)),
+            Ok(born_cancelled) => {
+                // Outside the table's lock, and only for an accepted request.
+                entry.metrics.accepted(waited);
+                Ok(Self::start_recorded(ready, born_cancelled, entry))
+            }
             Err(e) => {
                 // Not accepted: nothing is recorded, and nothing answers.
                 ready.cell.close_unaccepted();
@@ -474,10 +475,15 @@ impl Coordinator {
             }
             return Err(SubmitError::new(SubmitKind::Failed(full)));
         }
+        // A batch takes its places at once or not at all: no wait.
+        let waited = entry.limit.as_ref().map(|_| Duration::ZERO);
         let handles = ready
             .into_iter()
             .zip(born_cancelled)
             .map(|(r, cancelled)| {
+                entry
+                    .metrics
+                    .accepted(waited.filter(|_| r.task.info().parent_id().is_none()));
                 Self::start_recorded(r, cancelled, entry)
                     .into_handle(crate::handle::take_output::<O>)
             })

@@ -100,7 +100,7 @@ impl Inner {
     /// Called once per request, by whoever ended it ([`Ending`]).
     pub(crate) fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool) {
         let result = JobResult::of(&outcome);
-        let (open, idle) = {
+        let (open, idle, ran, attempts) = {
             let mut table = self.table();
             let ended = match &outcome {
                 Ok(_) => table.end_job_detach(info.request_id(), result),
@@ -116,10 +116,13 @@ impl Inner {
             };
             if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
                 mode.counters.close(result);
-                mode.metrics.ended(result, ran, attempts);
             }
-            (open, table.counts().open == 0)
+            (open, table.counts().open == 0, ran, attempts)
         };
+        // The application's recorder runs outside the table's lock.
+        if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
+            mode.metrics.ended(result, ran, attempts);
+        }
         tracing::trace!(request_id = %info.request_id(), %result, "job closed");
         if announce
             && let Some(started) = self.started.get()

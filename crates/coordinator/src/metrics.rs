@@ -3,13 +3,13 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `coordinator_requests_submitted_total` | counter | `mode` | requests accepted |
-//! | `coordinator_requests_total` | counter | `mode`, `outcome` | requests ended: `succeeded`, `failed`, `timed_out`, `cancelled` |
+//! | `coordinator_requests_accepted_total` | counter | `mode` | requests accepted |
+//! | `coordinator_requests_total` | counter | `mode`, `result` | requests ended (one per request, whatever its attempts): `success`, `failure`, `timed_out`, `cancelled` |
 //! | `coordinator_request_retries_total` | counter | `mode` | attempts after the first, counted when the request ends |
 //! | `coordinator_requests_in_flight` | gauge | `mode` | accepted and not yet ended |
 //! | `coordinator_admission_wait_seconds` | histogram | `mode` | time waiting for a place under the mode's concurrency limit (modes with a limit only) |
-//! | `coordinator_request_duration_seconds` | histogram | `mode`, `outcome` | from acceptance to the job closing |
-//! | `process_worker_exits_total` | counter | `how`: `crashed`, `killed` (by the pool), `broke_protocol` | process workers that ended |
+//! | `coordinator_request_duration_seconds` | histogram | `mode`, `result` | from acceptance to the job closing |
+//! | `process_worker_exits_total` | counter | `how`: `crashed`, `retired` (recycled after its quota of tasks), `killed` (by the pool), `broke_protocol` | process workers that ended (not counted at shutdown) |
 //! | `process_worker_restarts_total` | counter | | process workers started in place of one that ended |
 //! | `process_tasks_poisoned_total` | counter | | tasks failed as poison (they kept crashing their worker) |
 //!
@@ -17,8 +17,10 @@
 //! on; `exec-nats` has a `metrics` feature of its own (connection state, reconnects,
 //! redeliveries: see its `NatsStrategy`).
 //!
-//! The handles are registered when the coordinator is built: install the recorder (an
-//! exporter) before building it.
+//! The names and labels the dashboard's `/metrics` shares (`coordinator_requests_total`,
+//! `coordinator_requests_in_flight`) are the same series, so a dashboard built on one reads the
+//! other. The handles are registered when the coordinator is built: install the recorder (an
+//! exporter) before building it. Nothing is recorded under the coordinator's locks.
 
 #[cfg(feature = "metrics")]
 pub(crate) use on::ModeMetrics;
@@ -30,13 +32,16 @@ pub(crate) use off::ModeMetrics;
 mod on {
     use std::time::Duration;
 
-    use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+    use metrics::{
+        Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge,
+        describe_histogram, gauge, histogram,
+    };
     use task_core::JobResult;
 
     /// One mode's handles, registered once: recording is then an atomic operation on the
     /// recorder's side, with no lookup by name per request.
     pub(crate) struct ModeMetrics {
-        submitted: Counter,
+        accepted: Counter,
         /// Indexed by [`outcome`].
         ended: [(Counter, Histogram); 4],
         retries: Counter,
@@ -44,7 +49,7 @@ mod on {
         admission_wait: Histogram,
     }
 
-    const OUTCOMES: [&str; 4] = ["succeeded", "failed", "timed_out", "cancelled"];
+    const RESULTS: [&str; 4] = ["success", "failure", "timed_out", "cancelled"];
 
     fn outcome(result: JobResult) -> usize {
         match result {
@@ -55,17 +60,48 @@ mod on {
         }
     }
 
+    /// Units and help texts, for the exporters that show them.
+    fn describe() {
+        describe_counter!(
+            "coordinator_requests_accepted_total",
+            "Requests accepted, by mode."
+        );
+        describe_counter!(
+            "coordinator_requests_total",
+            "Requests ended, by mode and result (one per request, whatever its attempts)."
+        );
+        describe_counter!(
+            "coordinator_request_retries_total",
+            "Attempts after the first, by mode, counted when the request ends."
+        );
+        describe_gauge!(
+            "coordinator_requests_in_flight",
+            "Requests accepted and not ended, by mode."
+        );
+        describe_histogram!(
+            "coordinator_admission_wait_seconds",
+            Unit::Seconds,
+            "Time waiting for a place under the mode's concurrency limit."
+        );
+        describe_histogram!(
+            "coordinator_request_duration_seconds",
+            Unit::Seconds,
+            "From acceptance to the job closing, by mode and result."
+        );
+    }
+
     impl ModeMetrics {
         pub(crate) fn new(mode: &str) -> Self {
+            describe();
             let mode = mode.to_owned();
-            let ended = OUTCOMES.map(|outcome| {
+            let ended = RESULTS.map(|result| {
                 (
-                    counter!("coordinator_requests_total", "mode" => mode.clone(), "outcome" => outcome),
-                    histogram!("coordinator_request_duration_seconds", "mode" => mode.clone(), "outcome" => outcome),
+                    counter!("coordinator_requests_total", "mode" => mode.clone(), "result" => result),
+                    histogram!("coordinator_request_duration_seconds", "mode" => mode.clone(), "result" => result),
                 )
             });
             Self {
-                submitted: counter!("coordinator_requests_submitted_total", "mode" => mode.clone()),
+                accepted: counter!("coordinator_requests_accepted_total", "mode" => mode.clone()),
                 ended,
                 retries: counter!("coordinator_request_retries_total", "mode" => mode.clone()),
                 in_flight: gauge!("coordinator_requests_in_flight", "mode" => mode.clone()),
@@ -73,13 +109,14 @@ mod on {
             }
         }
 
-        pub(crate) fn accepted(&self) {
-            self.submitted.increment(1);
+        /// A request accepted, after `waited` for a place under the mode's limit (`None`: it
+        /// took none).
+        pub(crate) fn accepted(&self, waited: Option<Duration>) {
+            self.accepted.increment(1);
             self.in_flight.increment(1.0);
-        }
-
-        pub(crate) fn admitted_after(&self, waited: Duration) {
-            self.admission_wait.record(waited.as_secs_f64());
+            if let Some(waited) = waited {
+                self.admission_wait.record(waited.as_secs_f64());
+            }
         }
 
         pub(crate) fn ended(&self, result: JobResult, ran: Option<Duration>, attempts: u32) {
@@ -111,10 +148,7 @@ mod off {
         }
 
         #[inline(always)]
-        pub(crate) fn accepted(&self) {}
-
-        #[inline(always)]
-        pub(crate) fn admitted_after(&self, _waited: Duration) {}
+        pub(crate) fn accepted(&self, _waited: Option<Duration>) {}
 
         #[inline(always)]
         pub(crate) fn ended(&self, _result: JobResult, _ran: Option<Duration>, _attempts: u32) {}

@@ -62,6 +62,20 @@ async fn a_recorder_sees_each_modes_requests_as_the_coordinator_counts_them() {
         .build();
     coordinator.start(&publisher).unwrap();
     let mode = ExecutionMode::ASYNC;
+    // One running: in flight. (A snapshot resets what it reads: counters and gauges count from
+    // zero again after it, so the readings are added up below.)
+    let running = coordinator
+        .spawn(sleeper("i", 30), mode.clone(), SubmitOptions::new())
+        .await
+        .unwrap();
+    let mid = recorded(snapshotter.snapshot());
+    let in_flight = "coordinator_requests_in_flight{mode=async}";
+    let gauge = |all: &HashMap<String, DebugValue>| match all.get(in_flight) {
+        Some(DebugValue::Gauge(value)) => value.into_inner(),
+        other => panic!("in flight: {other:?}"),
+    };
+    assert_eq!(gauge(&mid), 1.0, "one request in flight");
+    assert_eq!(running.await.unwrap(), 30);
     // Three at once under a limit of 1: two wait for a place.
     let (a, b, c) = tokio::join!(
         coordinator.submit(sleeper("a", 30), mode.clone()),
@@ -101,45 +115,43 @@ async fn a_recorder_sees_each_modes_requests_as_the_coordinator_counts_them() {
     );
 
     let all = recorded(snapshotter.snapshot());
+    assert_eq!(gauge(&mid) + gauge(&all), 0.0, "none in flight at the end");
+    let counter = |key: &str| counter(&mid, key) + counter(&all, key);
     let requests = coordinator.system_detail().requests["async"];
-    let ended = |outcome: &str| {
-        counter(
-            &all,
-            &format!("coordinator_requests_total{{mode=async,outcome={outcome}}}"),
-        )
+    let ended = |result: &str| {
+        counter(&format!(
+            "coordinator_requests_total{{mode=async,result={result}}}"
+        ))
     };
-    assert_eq!(ended("succeeded"), requests.succeeded);
-    assert_eq!(ended("failed"), requests.failed);
+    assert_eq!(ended("success"), requests.succeeded);
+    assert_eq!(ended("failure"), requests.failed);
     assert_eq!(ended("timed_out"), requests.timed_out);
     assert_eq!(
-        (ended("succeeded"), ended("failed"), ended("timed_out")),
-        (4, 1, 1)
+        (ended("success"), ended("failure"), ended("timed_out")),
+        (5, 1, 1)
     );
     assert_eq!(
-        counter(&all, "coordinator_requests_submitted_total{mode=async}"),
-        6
+        counter("coordinator_requests_accepted_total{mode=async}"),
+        7
     );
-    assert_eq!(
-        counter(&all, "coordinator_request_retries_total{mode=async}"),
-        2
-    );
-    match all.get("coordinator_requests_in_flight{mode=async}") {
-        Some(DebugValue::Gauge(value)) => assert_eq!(value.into_inner(), 0.0),
-        other => panic!("in flight: {other:?}"),
-    }
+    assert_eq!(counter("coordinator_request_retries_total{mode=async}"), 2);
     let ran = samples(
         &all,
-        "coordinator_request_duration_seconds{mode=async,outcome=succeeded}",
+        "coordinator_request_duration_seconds{mode=async,result=success}",
     );
-    assert_eq!(ran.len(), 4);
+    assert_eq!(ran.len(), 5);
     assert!(
-        ran.iter().filter(|&&s| s >= 0.03).count() >= 3,
-        "three slept 30 ms: {ran:?}"
+        ran.iter().filter(|&&s| s >= 0.03).count() >= 4,
+        "four slept 30 ms: {ran:?}"
     );
-    // One place for six requests: every admission is measured, and the two that waited for
-    // the first sleeper waited for it to end.
-    let waited = samples(&all, "coordinator_admission_wait_seconds{mode=async}");
-    assert_eq!(waited.len(), 6, "{waited:?}");
+    // One place for seven requests: every admission is measured, and the two that waited for
+    // the first of the three sleepers waited for it to end.
+    let mut waited = samples(&mid, "coordinator_admission_wait_seconds{mode=async}");
+    waited.extend(samples(
+        &all,
+        "coordinator_admission_wait_seconds{mode=async}",
+    ));
+    assert_eq!(waited.len(), 7, "{waited:?}");
     assert!(
         waited.iter().filter(|&&s| s >= 0.025).count() >= 2,
         "{waited:?}"

@@ -21,9 +21,22 @@ impl PortableNode for Exit {
     const NAME: &'static str = "exit";
 }
 
+#[derive(Serialize, Deserialize)]
+struct Fine;
+impl Node for Fine {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+impl PortableNode for Fine {
+    const NAME: &'static str = "fine";
+}
+
 fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
     registry.register::<Exit>().unwrap();
+    registry.register::<Fine>().unwrap();
     registry
 }
 
@@ -48,9 +61,13 @@ fn main() {
             assert!(error.is_worker_lost() || error.is_poison(), "{error:?}");
         }
         // The replacements start after a backoff.
-        while pool.restarts() < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while pool.restarts() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the crashed workers are replaced");
         // One snapshot: taking one resets the recorder's counters.
         let snapshot = snapshotter.snapshot().into_vec();
         let counter = |name: &str, label: Option<(&str, &str)>| {
@@ -73,6 +90,45 @@ fn main() {
         assert_eq!(counter("process_worker_restarts_total", None), Some(2));
         assert_eq!(counter("process_tasks_poisoned_total", None), Some(1));
         pool.shutdown(Duration::from_secs(5)).await;
+
+        // A worker retired after its quota of tasks has not crashed. (The snapshot above reset
+        // the counts.)
+        let recycled = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .recycle_after(1)
+            .start()
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            task_core::run(&recycled, Task::portable("fine", Fine).into_erased())
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while recycled.restarts() < 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the retired worker is replaced");
+        let after = snapshotter.snapshot().into_vec();
+        let exits = |how: &str| {
+            after.iter().find_map(|(key, _, _, value)| {
+                let key = key.key();
+                let labelled = key.labels().any(|l| l.key() == "how" && l.value() == how);
+                match value {
+                    DebugValue::Counter(n)
+                        if key.name() == "process_worker_exits_total" && labelled =>
+                    {
+                        Some(*n)
+                    }
+                    _ => None,
+                }
+            })
+        };
+        assert!(exits("retired") >= Some(1), "{after:?}");
+        assert_eq!(exits("crashed").unwrap_or(0), 0, "{after:?}");
+        recycled.shutdown(Duration::from_secs(5)).await;
     });
     println!("process metrics: ok");
 }

@@ -160,7 +160,7 @@ fn with_metrics(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
     );
     let text = prometheus.render();
     assert!(
-        text.contains("coordinator_requests_total{mode=\"async\",outcome=\"succeeded\"}"),
+        text.contains("coordinator_requests_total{mode=\"async\",result=\"success\"}"),
         "the recorder saw the requests"
     );
     fx.rt.block_on(async {

@@ -38,7 +38,8 @@ impl Ended {
         }
     }
 
-    /// How it ended, as a metric's label: `crashed`, `killed` (by the pool) or `broke_protocol`.
+    /// How it ended, as a metric's label: `crashed`, `killed` (by the pool) or `broke_protocol`
+    /// (`retired` is decided by the caller: a worker that ends as its pool stops or retires it).
     #[cfg(feature = "metrics")]
     fn kind(&self) -> &'static str {
         match self {
@@ -104,8 +105,6 @@ impl Shared {
             return Err(Box::new(worker));
         }
         if restart {
-            #[cfg(feature = "metrics")]
-            metrics::counter!("process_worker_restarts_total").increment(1);
             state.restarts += 1;
             state.last_spawn_error = None;
         }
@@ -120,6 +119,10 @@ impl Shared {
             draining: false,
         });
         drop(state);
+        #[cfg(feature = "metrics")]
+        if restart {
+            metrics::counter!("process_worker_restarts_total").increment(1);
+        }
         self.ready.notify_waiters();
         Ok(Live {
             worker,
@@ -174,10 +177,20 @@ impl Shared {
         reader.abort();
         writer.abort();
         let reason = ended.reason();
-        #[cfg(feature = "metrics")]
-        metrics::counter!("process_worker_exits_total", "how" => ended.kind()).increment(1);
-        let lost = self.lock().slots[slot].take();
+        let (lost, _stopping) = {
+            let mut state = self.lock();
+            (state.slots[slot].take(), state.shutting_down)
+        };
         let Some(lost) = lost else { return };
+        #[cfg(feature = "metrics")]
+        {
+            // A worker that ends while the pool stops or retires it has not crashed.
+            let how = match ended {
+                Ended::Died(_) if _stopping || lost.draining => "retired",
+                _ => ended.kind(),
+            };
+            metrics::counter!("process_worker_exits_total", "how" => how).increment(1);
+        }
         let running = lost.pending.values().filter(|p| p.started).count();
         if !lost.pending.is_empty() {
             tracing::warn!(worker = id, pid, %status, %reason, running, queued = lost.pending.len() - running, "worker lost");
