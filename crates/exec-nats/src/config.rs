@@ -163,7 +163,14 @@ impl NatsConfig {
             num_replicas: self.replicas.max(1),
             ..Default::default()
         };
-        create_or_bind(js, config, "creating or binding the completion stream").await
+        let way_out = "give this side and its workers another prefix (NatsConfig::prefix)";
+        create_or_bind(
+            js,
+            config,
+            "creating or binding the completion stream",
+            way_out,
+        )
+        .await
     }
 
     /// Creates the stream if it is missing (work-queue retention, file storage, the limits
@@ -184,17 +191,20 @@ impl NatsConfig {
             num_replicas: self.replicas.max(1),
             ..Default::default()
         };
-        create_or_bind(js, config, "creating or binding the stream").await
+        let way_out = "give this side and its workers another prefix (NatsConfig::prefix), or \
+                       that stream's name (NatsConfig::stream)";
+        create_or_bind(js, config, "creating or binding the stream", way_out).await
     }
 }
 
 /// Creates the stream `config` describes, or binds the one of that name. When another stream
 /// already holds its subjects (a stream left by an earlier setup under another name), the error
-/// names that stream and the two ways out, instead of the server's bare "subjects overlap".
+/// names that stream and `way_out`, instead of the server's bare "subjects overlap".
 async fn create_or_bind(
     js: &async_nats::jetstream::Context,
     config: async_nats::jetstream::stream::Config,
     context: &'static str,
+    way_out: &str,
 ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
     use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::context::CreateStreamErrorKind;
@@ -213,14 +223,31 @@ async fn create_or_bind(
     match js.stream_by_subject(subject.replace('*', "probe")).await {
         Ok(holder) => Err(NatsError::new(
             context,
-            format!(
-                "the subjects {subject} of stream {name} are already held by stream {holder} \
-                 on this server: give this side and its workers another prefix \
-                 (NatsConfig::prefix), or the stream name {holder} (NatsConfig::stream)"
-            ),
+            SubjectsHeld {
+                subject,
+                name,
+                holder,
+                way_out: way_out.to_owned(),
+                source: error,
+            },
         )),
         _ => Err(NatsError::new(context, error)),
     }
+}
+
+/// Another stream holds the subjects a stream needs (the server's error is the source).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the subjects {subject} of stream {name} are already held by stream {holder} on this \
+     server: {way_out}"
+)]
+struct SubjectsHeld {
+    subject: String,
+    name: String,
+    holder: String,
+    way_out: String,
+    #[source]
+    source: async_nats::jetstream::context::CreateStreamError,
 }
 
 /// Why connecting, binding the stream or the consumer, or serving failed.

@@ -703,7 +703,7 @@ async fn subjects_another_stream_holds_are_named_with_the_way_out() {
         .await
         .expect("the first setup creates its stream");
     let renamed = NatsConfig {
-        stream: format!("{}_RENAMED", earlier.stream),
+        stream: format!("OTHER_{}", std::process::id()),
         ..earlier.clone()
     };
     let error = NatsStrategy::builder()
@@ -712,7 +712,8 @@ async fn subjects_another_stream_holds_are_named_with_the_way_out() {
         .await
         .expect_err("two streams cannot hold the same subjects");
     let message = error.to_string();
-    for part in [&earlier.stream, &renamed.stream, "NatsConfig::prefix"] {
+    let held_by = format!("held by stream {} ", earlier.stream);
+    for part in [&held_by, &renamed.stream, "NatsConfig::prefix"] {
         assert!(message.contains(part), "{part:?} missing from: {message}");
     }
     cleanup(&earlier).await;
