@@ -25,7 +25,8 @@ impl Coordinator {
     }
 
     /// Shuts down gracefully within `grace` (a grace too long to add to now waits as long as the
-    /// requests take):
+    /// requests take), plus, when it has to cancel at the deadline, at most about 5 s for the
+    /// cancelled requests to end and the strategies to stop them:
     ///
     /// 1. stops taking tasks (submissions waiting for a place under a concurrency limit are
     ///    rejected as shut down);

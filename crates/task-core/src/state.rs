@@ -13,7 +13,8 @@ use crate::{Job, JobResult, JobStatus, RequestId, TaskError, TaskInfo};
 #[non_exhaustive]
 pub struct JobCounts {
     /// Jobs open now: accepted and not yet closed (not the jobs ever opened, which is
-    /// `open + closed`).
+    /// `open + closed`). Read from JSON written under its former name `opened` too.
+    #[serde(alias = "opened")]
     pub open: u64,
     /// Jobs closed so far.
     pub closed: u64,

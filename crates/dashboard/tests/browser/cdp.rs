@@ -84,22 +84,27 @@ impl Page {
         if !self.session.is_empty() {
             command["sessionId"] = json!(self.session);
         }
-        self.socket
-            .send(Message::text(command.to_string()))
-            .await
-            .expect("DevTools takes the command");
-        // Events the page sends meanwhile are skipped: only the answer is wanted.
-        loop {
-            let message = self.socket.next().await.expect("DevTools answers").unwrap();
-            let Ok(text) = message.to_text() else {
-                continue;
-            };
-            let mut answer: Value = serde_json::from_str(text).unwrap();
-            if answer["id"] == id {
-                assert!(answer["error"].is_null(), "{method}: {}", answer["error"]);
-                return answer["result"].take();
+        let exchange = async {
+            self.socket
+                .send(Message::text(command.to_string()))
+                .await
+                .expect("DevTools takes the command");
+            // Events the page sends meanwhile are skipped: only the answer is wanted.
+            loop {
+                let message = self.socket.next().await.expect("DevTools answers").unwrap();
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let mut answer: Value = serde_json::from_str(&text).unwrap();
+                if answer["id"] == id {
+                    assert!(answer["error"].is_null(), "{method}: {}", answer["error"]);
+                    return answer["result"].take();
+                }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method}: no answer from DevTools within 30 s"))
     }
 
     /// The value of a JavaScript expression evaluated in the page.
@@ -110,6 +115,8 @@ impl Page {
                 json!({ "expression": expression, "returnByValue": true }),
             )
             .await;
+        let exception = &result["exceptionDetails"];
+        assert!(exception.is_null(), "`{expression}` threw: {exception}");
         result["result"]["value"].take()
     }
 

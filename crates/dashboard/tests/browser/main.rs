@@ -209,12 +209,19 @@ async fn next_overview(page: &mut Page) {
 async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
     let (publisher, coordinator, dashboard) = started().await;
     let url = dashboard.url();
-    // About five seconds of work: 20 at a time, 40 ms each.
+    // Work until the page has been seen to move, however long the browser takes to start: 20
+    // at a time, 40 ms each.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
-        let coordinator = coordinator.clone();
+        let (coordinator, stop) = (coordinator.clone(), stop.clone());
         tokio::spawn(async move {
             use futures::StreamExt;
-            futures::stream::iter(0..2500)
+            let more = move |_: &u64| {
+                let go = !stop.load(std::sync::atomic::Ordering::SeqCst);
+                async move { go }
+            };
+            futures::stream::iter(0..)
+                .take_while(more)
                 .map(|i| coordinator.submit(work(i, 40), ExecutionMode::ASYNC))
                 .buffer_unordered(20)
                 .for_each(|_| async {})
@@ -231,6 +238,7 @@ async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
     // The live feed (server-sent events) lists outcomes as they come.
     page.until("document.getElementById('feed').textContent.includes(' work success')")
         .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     within("the workload", load).await.unwrap();
     // The overview the page polls is at most half a second old.
     tokio::time::sleep(Duration::from_millis(600)).await;
