@@ -13,8 +13,10 @@
 //! | `process_worker_restarts_total` | counter | | process workers started in place of one that ended |
 //! | `process_tasks_poisoned_total` | counter | | tasks failed as poison (they kept crashing their worker) |
 //!
-//! The process pool's rows come from `exec-strategies`, whose `metrics` feature this one turns
-//! on; `exec-nats` has a `metrics` feature of its own (connection state, reconnects,
+//! | `pubsub_missed_messages_total` | counter | `subscriber` (`subscriber-N`) | messages a bounded subscriber fell too far behind to read |
+//!
+//! The process pool's rows come from `exec-strategies`, the bus's from `pubsub`, whose `metrics`
+//! features this one turns on; `exec-nats` has a `metrics` feature of its own (connection state, reconnects,
 //! redeliveries: see its `NatsStrategy`).
 //!
 //! The names and labels the dashboard's `/metrics` shares (`coordinator_requests_total`,

@@ -168,6 +168,16 @@ impl<M: Clone + Send + 'static> Subscription<M> {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
+        let polled = self.poll_source(cx);
+        #[cfg(feature = "metrics")]
+        if let Poll::Ready(Some(Err(missed))) = &polled {
+            metrics::counter!("pubsub_missed_messages_total", "subscriber" => self.id().to_string())
+                .increment(missed.count());
+        }
+        polled
+    }
+
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
         match &mut self.source {
             Source::Ring(ring) => ring.poll_item(self.id, cx),
             Source::Queue { rx, counts } => {
