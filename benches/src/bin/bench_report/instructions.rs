@@ -19,17 +19,28 @@ use crate::scenarios::names;
 pub(crate) const RUN_FLAG: &str = "--run";
 
 /// Runs `scenario` `rounds` times over `n` tasks (or messages) and says how long a task took:
-/// those of [`benches::Fixture::run`], `fan-out-16` and `broadcast-16`, `process` (`n` tasks in
-/// flight over a pool of 2 workers) and `process-1` (one at a time: the round trip).
+/// those of [`benches::Fixture::run`], `async-metrics` (async with a Prometheus recorder),
+/// `fan-out-16` and `broadcast-16`, `process` (`n` tasks in flight over a pool of 2 workers) and
+/// `process-1` (one at a time: the round trip).
 pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
     let (fixture, ids) = (benches::Fixture::default(), benches::request_ids(n));
     let rt = &fixture.rt;
     let pool = scenario
         .starts_with("process")
         .then(|| benches::worker_pool(rt));
+    // `async-metrics`: the async scenario on a coordinator whose metrics a Prometheus recorder
+    // keeps (bound while it is built).
+    let metered = (scenario == "async-metrics").then(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, || benches::started_coordinator(rt, None))
+    });
     let mut total = Duration::ZERO;
     for _ in 0..rounds {
         total += match (scenario, &pool) {
+            ("async-metrics", _) => {
+                let (_, on) = metered.as_ref().expect("made above");
+                benches::submit_trivial(rt, on, &ids, &coordinator::ExecutionMode::ASYNC)
+            }
             ("fan-out-16", _) => benches::publish_fan_out(rt, 16, n),
             ("broadcast-16", _) => benches::broadcast_fan_out(rt, 16, n),
             ("process", Some(pool)) => benches::process_pipelined(rt, pool, n),
@@ -76,8 +87,9 @@ fn per_task(scenario: &str, n: u64) -> Result<f64, String> {
     Ok(three.saturating_sub(one) as f64 / (2 * n) as f64)
 }
 
-/// Counts async and threaded beside their baselines at `n`, per task; `None` (and a line on
-/// stderr) when valgrind is not installed or a count failed.
+/// Counts async and threaded beside their baselines, and async with its metrics recorded beside
+/// async, at `n`, per task; `None` (and a line on stderr) when valgrind is not installed or a
+/// count failed.
 pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
     let valgrind = Command::new("valgrind").arg("--version").output();
     if !valgrind.is_ok_and(|out| out.status.success()) {
@@ -88,6 +100,7 @@ pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
     for (pair, ours, raw) in [
         (names::ASYNC, "async", "raw-async"),
         (names::THREADED, "threaded", "raw-threaded"),
+        (names::METRICS, "async-metrics", "async"),
     ] {
         eprintln!("{}: counting instructions under valgrind ...", pair.0);
         match per_task(ours, n).and_then(|ours| Ok((ours, per_task(raw, n)?))) {

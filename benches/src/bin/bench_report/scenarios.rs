@@ -28,6 +28,10 @@ pub(crate) mod names {
         "async, metrics recorded (Prometheus exporter)",
         "the same requests, no metrics recorder",
     );
+    pub(crate) const DASHBOARD: Pair = (
+        "async beside 1,000 dashboard clients",
+        "the same requests, no dashboard",
+    );
     pub(crate) const THREADED: Pair = ("threaded", "rayon::spawn + crossbeam + HashMap");
     pub(crate) const ROUND_TRIP: Pair = ("process round trip", ECHO);
     pub(crate) const PINNED_ROUND_TRIP: Pair = ("process round trip, pinned to one CPU", ECHO);
@@ -57,6 +61,7 @@ pub(crate) mod names {
             BATCH,
             STUCK,
             METRICS,
+            DASHBOARD,
             THREADED,
             ROUND_TRIP,
             PINNED_ROUND_TRIP,
@@ -105,6 +110,7 @@ pub(crate) fn local(
         }
         rows.push(beside_a_stuck_subscriber(fx, &ids, reps));
         rows.push(with_metrics(fx, &ids, reps));
+        rows.push(beside_dashboard_clients(fx, &ids, reps));
     }
     if threaded {
         let (ours, raw) = (run(fx, "threaded", &ids), run(fx, "raw-threaded", &ids));
@@ -169,6 +175,84 @@ fn with_metrics(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
             publisher.shutdown().await;
         }
     });
+    row
+}
+
+/// The async scenario with a dashboard serving 1,000 clients, each holding the live event
+/// stream open and reading it (on a runtime of their own, as browsers elsewhere would), beside a
+/// coordinator with no dashboard: what open pages cost the coordinator.
+fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
+    const CLIENTS: usize = 1_000;
+    let (publisher, watched) = benches::started_coordinator(&fx.rt, None);
+    let (quiet, unwatched) = benches::started_coordinator(&fx.rt, None);
+    let dashboard = fx.rt.block_on(async {
+        dashboard::Dashboard::builder(&watched, &publisher)
+            .bind(([127, 0, 0, 1], 0).into())
+            .start()
+            .await
+            .expect("the dashboard starts")
+    });
+    let clients = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the clients' runtime");
+    let addr = dashboard.local_addr();
+    let streams = clients.block_on(async {
+        let mut streams = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            use tokio::io::AsyncWriteExt;
+            let mut stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("a client");
+            let request = "GET /api/events HTTP/1.1\r\nHost: bench\r\n\r\n";
+            stream.write_all(request.as_bytes()).await.expect("asked");
+            streams.push(stream);
+        }
+        streams
+    });
+    let (read, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let readers = std::thread::spawn({
+        let (read, dropped) = (Arc::clone(&read), Arc::clone(&dropped));
+        move || {
+            clients.block_on(async move {
+                let reading = streams.into_iter().map(|mut stream| {
+                    let (read, dropped) = (Arc::clone(&read), Arc::clone(&dropped));
+                    async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+                            read.fetch_add(n, SeqCst);
+                        }
+                        dropped.fetch_add(1, SeqCst);
+                    }
+                });
+                futures::future::join_all(reading).await;
+            });
+        }
+    });
+    let submit = |on| move || benches::submit_trivial(&fx.rt, on, ids, &ExecutionMode::ASYNC);
+    let row = compare(
+        names::DASHBOARD,
+        ids.len() as u64,
+        reps,
+        submit(&watched),
+        submit(&unwatched),
+    );
+    // A client a whole feed behind is dropped (a page reconnects): how many kept up.
+    eprintln!(
+        "dashboard clients still connected after the runs: {} of {CLIENTS}",
+        CLIENTS - dropped.load(SeqCst)
+    );
+    fx.rt.block_on(async {
+        // Its event streams end, and the readers with them.
+        dashboard.shutdown().await;
+        for (publisher, coordinator) in [(publisher, watched), (quiet, unwatched)] {
+            coordinator.shutdown().await;
+            publisher.shutdown().await;
+        }
+    });
+    readers.join().expect("the readers");
+    assert!(read.load(SeqCst) > 0, "the clients read the event stream");
     row
 }
 
