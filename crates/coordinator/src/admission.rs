@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::Stream;
 use futures::stream::FuturesUnordered;
+use pubsub::{RequestCompletionMessage, RequestCompletionPublisher, RequestCreation};
 use task_core::{BoxFuture, CoordinatorState, ErasedTask, ExecutionMode, RequestId, TaskError};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
@@ -283,7 +284,12 @@ impl Coordinator {
 
     /// Starts a recorded request: its deadline's timer, then its strategy (or, born cancelled,
     /// its cancelled ending).
-    fn start_recorded(ready: Ready, born_cancelled: bool, entry: &Mode) -> Accepted {
+    fn start_recorded(
+        ready: Ready,
+        born_cancelled: bool,
+        entry: &Mode,
+        openings: Option<&RequestCompletionPublisher>,
+    ) -> Accepted {
         let Ready {
             task,
             cell,
@@ -291,6 +297,16 @@ impl Coordinator {
             ..
         } = ready;
         tracing::trace!(parent: cell.span(), "job opened");
+        if let Some(bus) = openings {
+            // Before its deadline and its strategy: nothing about it can be published earlier.
+            let opened = RequestCompletionMessage::Creation(RequestCreation {
+                info: task.info().clone(),
+                mode: entry.name.clone(),
+            });
+            if let Err(refused) = bus.publish(opened) {
+                tracing::trace!(%refused, "opening not announced");
+            }
+        }
         if let Some((at, timeout, timer)) = deadline {
             let me = Arc::downgrade(&cell);
             let expiry = timer.spawn(async move {
@@ -331,7 +347,8 @@ impl Coordinator {
             Ok(born_cancelled) => {
                 // Outside the table's lock, and only for an accepted request.
                 entry.metrics.accepted(waited);
-                Ok(Self::start_recorded(ready, born_cancelled, entry))
+                let openings = self.inner.openings();
+                Ok(Self::start_recorded(ready, born_cancelled, entry, openings))
             }
             Err(e) => {
                 // Not accepted: nothing is recorded, and nothing answers.
@@ -484,7 +501,7 @@ impl Coordinator {
                 entry
                     .metrics
                     .accepted(waited.filter(|_| r.task.info().parent_id().is_none()));
-                Self::start_recorded(r, cancelled, entry)
+                Self::start_recorded(r, cancelled, entry, self.inner.openings())
                     .into_handle(crate::handle::take_output::<O>)
             })
             .collect();

@@ -126,6 +126,17 @@ impl Coordinator {
         }
     }
 
+    /// Announces each request accepted from now on (`true`), or no longer (`false`), with a
+    /// [`RequestCreation`](crate::RequestCreation) message on the bus, published before anything
+    /// else about that request (its events, its outcome). Off by default: it costs a publish per
+    /// request while anyone subscribes. Observers that follow every job's state changes turn it
+    /// on (the dashboard does, for its event stream).
+    pub fn announce_openings(&self, on: bool) {
+        self.inner
+            .openings
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Submits `task` to the strategy registered for `mode` and returns the node's output.
     ///
     /// A task without a parent submitted from inside a running node gets that node as parent.

@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
     /// Woken whenever the last open job closes.
     pub(crate) drained: Notify,
+    /// Whether each accepted request is announced on the bus ([`Coordinator::announce_openings`](crate::Coordinator::announce_openings)).
+    pub(crate) openings: AtomicBool,
 }
 
 impl Inner {
@@ -80,7 +82,18 @@ impl Inner {
             strategies_shut: OnceCell::new(),
             table: Mutex::new(CoordinatorState::with_attachments(retention)),
             drained: Notify::new(),
+            openings: AtomicBool::new(false),
         }
+    }
+
+    /// The bus to announce a request's opening on: when openings are announced and someone
+    /// subscribes.
+    pub(crate) fn openings(&self) -> Option<&RequestCompletionPublisher> {
+        if !self.openings.load(Ordering::Relaxed) {
+            return None;
+        }
+        let publisher = &self.started.get()?.publisher;
+        publisher.has_subscribers().then_some(publisher)
     }
 
     pub(crate) fn table(&self) -> MutexGuard<'_, CoordinatorState<OpenRequest>> {

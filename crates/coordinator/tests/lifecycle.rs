@@ -199,3 +199,56 @@ async fn each_mode_counts_its_own_requests() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openings_are_announced_only_when_asked_and_before_anything_else_of_their_request() {
+    use coordinator::{RequestCompletionMessage, SubmitOptions};
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    coordinator
+        .submit(value_task("quiet", 1), ExecutionMode::ASYNC)
+        .await
+        .unwrap();
+    coordinator.announce_openings(true);
+    coordinator
+        .submit(value_task("ok", 2), ExecutionMode::ASYNC)
+        .await
+        .unwrap();
+    let slow = Task::from_fn("late", "slow", || async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<_, BoxError>(0)
+    });
+    let timeout = SubmitOptions::new().timeout(Duration::from_millis(10));
+    let late = coordinator
+        .submit_with(slow, ExecutionMode::ASYNC, timeout)
+        .await;
+    assert!(late.unwrap_err().is_timeout());
+    let batch = (0..3).map(|i| value_task(&format!("b{i}"), i));
+    coordinator
+        .submit_many(batch, ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap()
+        .all()
+        .await;
+    recorder.wait_for(1 + 2 * 5).await;
+    let messages = recorder.messages();
+    let of = |id: &str| -> Vec<&'static str> {
+        messages
+            .iter()
+            .filter(|m| m.request_id().is_some_and(|r| r.as_str() == id))
+            .map(|m| match m {
+                RequestCompletionMessage::Creation(c) => {
+                    assert_eq!(c.mode, ExecutionMode::ASYNC);
+                    "opened"
+                }
+                m if m.is_terminal() => "ended",
+                _ => "other",
+            })
+            .collect()
+    };
+    assert_eq!(of("quiet"), ["ended"], "off by default");
+    for id in ["ok", "late", "b0", "b1", "b2"] {
+        assert_eq!(of(id), ["opened", "ended"], "{id}");
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

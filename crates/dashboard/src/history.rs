@@ -115,6 +115,10 @@ impl History {
             "at": now_secs(),
         });
         let kind = match &message {
+            RequestCompletionMessage::Creation(opened) => {
+                body["mode"] = json!(opened.mode.as_str());
+                "opened"
+            }
             RequestCompletionMessage::Success(success) => {
                 if self.payloads {
                     body["result"] = json!(format!("{:?}", success.result));

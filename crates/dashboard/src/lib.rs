@@ -9,15 +9,17 @@
 //!   broadcast events of one chosen request as they stream. Its assets are in this crate: no
 //!   build step, no network.
 //! - `/api/overview`: the same as JSON ([`Coordinator::overview`] and the recent history).
-//! - `/api/events`: server-sent events, one per outcome and per node event, in bus order
-//!   (`?request=ID` for one request's only).
+//! - `/api/events`: server-sent events, one per job state change (`opened`, then `success` or
+//!   `failure`) and per node event (`event`), in bus order (`?request=ID` for one request's
+//!   only). Starting the dashboard turns on the coordinator's
+//!   [`announce_openings`](coordinator::Coordinator::announce_openings).
 //! - `/metrics`: the counters in the Prometheus text format.
 //!
 //! Safe by default: it binds `127.0.0.1:8080` unless told otherwise, it only reads, it shows no
 //! outputs and no event payloads unless [`show_payloads`](DashboardBuilder::show_payloads) says
 //! so (they may hold secrets), it can require a bearer token, and its memory is bounded however
 //! many jobs ran: it keeps recent history, not everything. Its one bus subscriber takes only
-//! outcomes and node events, into a buffer of its own, and every open page shares what it reads:
+//! openings, outcomes and node events, into a buffer of its own, and every open page shares what it reads:
 //! a page that stops reading is dropped, and nothing waits for it.
 //!
 //! # Examples
@@ -124,7 +126,13 @@ impl DashboardBuilder {
         let subscriber = {
             let (coordinator, history, feed) =
                 (self.coordinator.clone(), Arc::clone(&history), feed.clone());
-            let wanted = |m: &RequestCompletionMessage| m.is_terminal() || m.is_broadcast();
+            // Every state change: openings (announced from now on), events, outcomes.
+            self.coordinator.announce_openings(true);
+            let wanted = |m: &RequestCompletionMessage| {
+                m.is_terminal()
+                    || m.is_broadcast()
+                    || matches!(m, RequestCompletionMessage::Creation(_))
+            };
             self.publisher
                 .subscribe_where(Buffer::Bounded, wanted, move |message| {
                     let update = history.record(&coordinator, message);

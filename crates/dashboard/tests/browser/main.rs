@@ -75,9 +75,10 @@ fn main() {
         .with_ignored_flag(!has_browser && !required),
     ];
     let others: &[(&str, Test)] = &[
-        ("the_event_stream_delivers_every_outcome_in_order", || {
-            Box::pin(the_event_stream_delivers_every_outcome_in_order())
-        }),
+        (
+            "the_event_stream_delivers_every_state_change_in_order",
+            || Box::pin(the_event_stream_delivers_every_state_change_in_order()),
+        ),
         ("metrics_parse_and_match_the_overview", || {
             Box::pin(metrics_parse_and_match_the_overview())
         }),
@@ -268,7 +269,7 @@ async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
     publisher.shutdown().await;
 }
 
-async fn the_event_stream_delivers_every_outcome_in_order() {
+async fn the_event_stream_delivers_every_state_change_in_order() {
     const BATCHES: u64 = 20;
     const BATCH: u64 = 100;
     let (publisher, coordinator, dashboard) = started().await;
@@ -280,17 +281,25 @@ async fn the_event_stream_delivers_every_outcome_in_order() {
     let progress = std::sync::Arc::clone(&read);
     let reader = tokio::spawn(async move {
         let (mut ended, mut events) = (HashMap::new(), HashMap::<String, u32>::new());
+        let mut opened = std::collections::HashSet::new();
         while ended.len() < (BATCHES * BATCH) as usize {
             let (kind, data) = next_event(&mut all).await;
             assert_ne!(kind, "missed", "{data}");
             let json: serde_json::Value = serde_json::from_str(&data).unwrap();
             let id = json["request_id"].as_str().unwrap().to_owned();
             match kind.as_str() {
+                "opened" => {
+                    assert!(!events.contains_key(&id), "{id}: opened after its events");
+                    assert!(!ended.contains_key(&id), "{id}: opened after its outcome");
+                    assert!(opened.insert(id), "one opening per request");
+                }
                 "event" => {
+                    assert!(opened.contains(&id), "{id}: an event before its opening");
                     assert!(!ended.contains_key(&id), "{id}: an event after its outcome");
                     *events.entry(id).or_default() += 1;
                 }
                 "success" | "failure" => {
+                    assert!(opened.contains(&id), "{id}: an outcome before its opening");
                     assert_eq!(events.get(&id), Some(&2), "{id}: both events first");
                     assert!(ended.insert(id, kind).is_none(), "one outcome per request");
                     progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -326,14 +335,15 @@ async fn the_event_stream_delivers_every_outcome_in_order() {
         (ended.len() as u64, failures),
         (counts.closed, counts.failed)
     );
-    // The filtered stream: r5's two events, then its outcome, nothing of another request.
+    // The filtered stream: r5's opening, its two events, then its outcome, nothing of another
+    // request.
     let mut seen = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let (kind, data) = within("r5's stream", next_event(&mut one)).await;
         assert!(data.contains("\"request_id\":\"r5\""), "{data}");
         seen.push(kind);
     }
-    assert_eq!(seen, ["event", "event", "success"]);
+    assert_eq!(seen, ["opened", "event", "event", "success"]);
     // A page still open does not hold the shutdown up: its stream ends.
     within("the shutdown with a page open", dashboard.shutdown()).await;
     coordinator.shutdown().await;
