@@ -7,12 +7,11 @@
 //! | `coordinator_requests_total` | counter | `mode`, `result` | requests ended (one per request, whatever its attempts): `success`, `failure`, `timed_out`, `cancelled` |
 //! | `coordinator_request_retries_total` | counter | `mode` | attempts after the first, counted when the request ends |
 //! | `coordinator_requests_in_flight` | gauge | `mode` | accepted and not yet ended |
-//! | `coordinator_admission_wait_seconds` | histogram | `mode` | time waiting for a place under the mode's concurrency limit (modes with a limit only) |
+//! | `coordinator_admission_wait_seconds` | histogram | `mode` | time waiting for a place under the mode's concurrency limit (sampled only in modes with a limit) |
 //! | `coordinator_request_duration_seconds` | histogram | `mode`, `result` | from acceptance to the job closing |
 //! | `process_worker_exits_total` | counter | `how`: `crashed`, `retired` (recycled after its quota of tasks), `killed` (by the pool), `broke_protocol` | process workers that ended (not counted at shutdown) |
 //! | `process_worker_restarts_total` | counter | | process workers started in place of one that ended |
 //! | `process_tasks_poisoned_total` | counter | | tasks failed as poison (they kept crashing their worker) |
-//!
 //! | `pubsub_missed_messages_total` | counter | `subscriber` (`subscriber-N`) | messages a bounded subscriber fell too far behind to read |
 //!
 //! The process pool's rows come from `exec-strategies`, the bus's from `pubsub`, whose `metrics`
