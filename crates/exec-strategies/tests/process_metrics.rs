@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use exec_strategies::{ProcessExecutionStrategy, run_worker_if_requested};
+use metrics::{SharedString, Unit};
+use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde::{Deserialize, Serialize};
 use task_core::{BoxError, Node, NodeRegistry, PortableNode, Task, TaskExecutionStrategy};
@@ -40,6 +42,35 @@ fn registry() -> NodeRegistry {
     registry
 }
 
+/// Waits (a minute at most) until `pool` has started `n` workers in place of ended ones: the
+/// replacements start after a backoff.
+async fn replaced(pool: &ProcessExecutionStrategy, n: u64) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while pool.restarts() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the ended workers are replaced");
+}
+
+/// The counter `name` (with `label`, when given) in a recorder's snapshot.
+fn counter(
+    snapshot: &[(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)],
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> Option<u64> {
+    snapshot.iter().find_map(|(key, _, _, value)| {
+        let key = key.key();
+        let labelled =
+            label.is_none_or(|(k, v)| key.labels().any(|l| l.key() == k && l.value() == v));
+        match value {
+            DebugValue::Counter(n) if key.name() == name && labelled => Some(*n),
+            _ => None,
+        }
+    })
+}
+
 fn main() {
     run_worker_if_requested(&registry());
     let recorder = DebuggingRecorder::new();
@@ -60,35 +91,16 @@ fn main() {
                 .unwrap_err();
             assert!(error.is_worker_lost() || error.is_poison(), "{error:?}");
         }
-        // The replacements start after a backoff.
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while pool.restarts() < 2 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("the crashed workers are replaced");
+        replaced(&pool, 2).await;
         // One snapshot: taking one resets the recorder's counters.
         let snapshot = snapshotter.snapshot().into_vec();
-        let counter = |name: &str, label: Option<(&str, &str)>| {
-            snapshot.iter().find_map(|(key, _, _, value)| {
-                let key = key.key();
-                let labelled = match label {
-                    Some((k, v)) => key.labels().any(|l| l.key() == k && l.value() == v),
-                    None => true,
-                };
-                match value {
-                    DebugValue::Counter(n) if key.name() == name && labelled => Some(*n),
-                    _ => None,
-                }
-            })
-        };
+        let counted = |name: &str, label: Option<(&str, &str)>| counter(&snapshot, name, label);
         assert_eq!(
-            counter("process_worker_exits_total", Some(("how", "crashed"))),
+            counted("process_worker_exits_total", Some(("how", "crashed"))),
             Some(2)
         );
-        assert_eq!(counter("process_worker_restarts_total", None), Some(2));
-        assert_eq!(counter("process_tasks_poisoned_total", None), Some(1));
+        assert_eq!(counted("process_worker_restarts_total", None), Some(2));
+        assert_eq!(counted("process_tasks_poisoned_total", None), Some(1));
         pool.shutdown(Duration::from_secs(5)).await;
 
         // A worker retired after its quota of tasks has not crashed. (The snapshot above reset
@@ -104,28 +116,9 @@ fn main() {
                 .await
                 .unwrap();
         }
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while recycled.restarts() < 1 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("the retired worker is replaced");
+        replaced(&recycled, 1).await;
         let after = snapshotter.snapshot().into_vec();
-        let exits = |how: &str| {
-            after.iter().find_map(|(key, _, _, value)| {
-                let key = key.key();
-                let labelled = key.labels().any(|l| l.key() == "how" && l.value() == how);
-                match value {
-                    DebugValue::Counter(n)
-                        if key.name() == "process_worker_exits_total" && labelled =>
-                    {
-                        Some(*n)
-                    }
-                    _ => None,
-                }
-            })
-        };
+        let exits = |how: &str| counter(&after, "process_worker_exits_total", Some(("how", how)));
         assert!(exits("retired") >= Some(1), "{after:?}");
         assert_eq!(exits("crashed").unwrap_or(0), 0, "{after:?}");
         recycled.shutdown(Duration::from_secs(5)).await;
