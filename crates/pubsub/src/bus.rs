@@ -10,7 +10,7 @@ use futures::task::AtomicWaker;
 use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Missed};
+use crate::error::{Error, Kind, Missed};
 
 /// Subscriber and listener ids, unique in the process: an id of one publisher never names a
 /// subscriber of another.
@@ -60,13 +60,18 @@ pub(crate) struct Stop {
     /// Woken by unsubscribe: a subscriber that has read everything before `at` ends then, with
     /// no later message needed to tell it.
     pub(crate) waker: AtomicWaker,
+    /// The number of the next message it will read (or be told it missed): how far behind it
+    /// is, for [`Publisher::lags`](crate::Publisher::lags).
+    pub(crate) read: AtomicU64,
 }
 
 impl Stop {
-    pub(crate) fn new() -> Self {
+    /// A stop for a subscriber whose first message is number `first`.
+    pub(crate) fn new(first: u64) -> Self {
         Self {
             at: AtomicU64::new(u64::MAX),
             waker: AtomicWaker::new(),
+            read: AtomicU64::new(first),
         }
     }
 }
@@ -107,6 +112,8 @@ pub(crate) struct Queue<M> {
     pub(crate) tx: mpsc::UnboundedSender<Result<M, Missed>>,
     /// Which messages it takes; all when `None`.
     pub(crate) filter: Option<Filter<M>>,
+    /// Messages queued and not read yet; the reader takes one off for each it reads.
+    pub(crate) unread: Arc<AtomicUsize>,
     /// For a bounded queue: how much it may hold unread.
     pub(crate) bound: Option<Bound>,
 }
@@ -114,8 +121,6 @@ pub(crate) struct Queue<M> {
 /// The limit of a bounded queue.
 pub(crate) struct Bound {
     pub(crate) capacity: usize,
-    /// Messages queued and not read yet; the reader takes one off for each it reads.
-    pub(crate) unread: Arc<AtomicUsize>,
     /// Matching messages dropped and not told yet, shared with the reader: told in their place,
     /// before the next one queued, or by the reader once it has read everything queued.
     pub(crate) missed: Arc<AtomicU64>,
@@ -136,17 +141,17 @@ impl<M: Clone> Queue<M> {
                 }
             }
         }
-        if let Some(bound) = &self.bound {
-            if bound.unread.load(Ordering::SeqCst) >= bound.capacity {
-                bound.missed.fetch_add(1, Ordering::SeqCst);
-                // The reader may have emptied the queue meanwhile, and be waiting: tell it now.
-                if bound.unread.load(Ordering::SeqCst) < bound.capacity {
-                    self.tell_missed();
-                }
-                return;
+        if let Some(bound) = &self.bound
+            && self.unread.load(Ordering::SeqCst) >= bound.capacity
+        {
+            bound.missed.fetch_add(1, Ordering::SeqCst);
+            // The reader may have emptied the queue meanwhile, and be waiting: tell it now.
+            if self.unread.load(Ordering::SeqCst) < bound.capacity {
+                self.tell_missed();
             }
-            bound.unread.fetch_add(1, Ordering::SeqCst);
+            return;
         }
+        self.unread.fetch_add(1, Ordering::SeqCst);
         self.tell_missed();
         // An error only says the subscription is being dropped; it removes the queue.
         let _ = self.tx.send(Ok(message.clone()));
@@ -211,5 +216,30 @@ impl<M> Inner<M> {
     /// Called under the lock after subscribers or listeners came or went.
     pub(crate) fn recount(&self, shared: &Shared<M>) {
         self.set_state(shared, self.phase());
+    }
+}
+
+/// Hands `message` to every listener whose filter takes it, and removes those listeners (a
+/// listener whose filter panicked gets the error). Runs under the publisher's lock.
+pub(crate) fn deliver_to_listeners<M: Clone>(
+    listeners: &mut HashMap<u64, ListenerSlot<M>>,
+    message: &M,
+) {
+    let mut fired = Vec::new();
+    for (&id, slot) in listeners.iter() {
+        match catch_unwind(AssertUnwindSafe(|| (slot.filter)(message))) {
+            Ok(true) => fired.push((id, Ok(()))),
+            Ok(false) => {}
+            Err(payload) => {
+                let reason = task_core::panic_message(payload.as_ref());
+                tracing::warn!(listener = id, %reason, "listener filter panicked; listener removed");
+                fired.push((id, Err(Error::new(Kind::FilterPanicked))));
+            }
+        }
+    }
+    for (id, result) in fired {
+        if let Some(slot) = listeners.remove(&id) {
+            let _ = slot.tx.send(result.map(|()| message.clone()));
+        }
     }
 }

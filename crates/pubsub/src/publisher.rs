@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{
     Bound, Buffer, Envelope, Filter, IDLE, Inner, ListenerSlot, PHASE_BITS, Queue, RUNNING,
-    SHUT_DOWN, Shared, Stop, SubscriberId, next_id,
+    SHUT_DOWN, Shared, Stop, SubscriberId, deliver_to_listeners, next_id,
 };
 use crate::error::{Error, Kind, Missed, PublishError, Refusal};
 use crate::grace::wait_for_callbacks;
@@ -173,6 +173,34 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         self.inner.phase() == SHUT_DOWN
     }
 
+    /// How far behind each subscriber is, by id, in no particular order: the messages meant
+    /// for it (for a filtered one, the matching ones) not read yet. A ring subscriber more than
+    /// the capacity behind will be told it missed the oldest; a callback has read a message
+    /// once it was given it. Pending listeners are not listed. The dashboard's `/metrics`
+    /// serves it as `pubsub_subscriber_lag`.
+    ///
+    /// ```
+    /// let publisher = pubsub::Publisher::<u32>::new();
+    /// publisher.start().unwrap();
+    /// let unread = publisher.subscribe_stream().unwrap();
+    /// (0..3).for_each(|n| publisher.publish(n).unwrap());
+    /// assert_eq!(publisher.lags(), [(unread.id(), 3)]);
+    /// ```
+    pub fn lags(&self) -> Vec<(SubscriberId, u64)> {
+        let shared = self.inner.lock();
+        let ring = shared.stops.iter().map(|(&id, stop)| {
+            let read = stop.read.load(Ordering::Relaxed);
+            (SubscriberId(id), shared.published.saturating_sub(read))
+        });
+        let queues = shared.queues.iter().map(|(&id, queue)| {
+            (
+                SubscriberId(id),
+                queue.unread.load(Ordering::Relaxed) as u64,
+            )
+        });
+        ring.chain(queues).collect()
+    }
+
     /// How many subscribers (callbacks and streams) and pending listeners are attached.
     pub fn subscriber_count(&self) -> usize {
         self.inner.state.load(Ordering::SeqCst) >> PHASE_BITS
@@ -315,8 +343,8 @@ impl<M: Clone + Send + 'static> Publisher<M> {
                     return Err(Error::new(Kind::ShutDown));
                 };
                 let rx = tx.subscribe();
-                let stop = Arc::new(Stop::new());
                 let next_seq = shared.published;
+                let stop = Arc::new(Stop::new(next_seq));
                 shared.stops.insert(id, Arc::clone(&stop));
                 Source::Ring(Ring {
                     rx: Some(rx),
@@ -399,14 +427,18 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         let (tx, rx) = mpsc::unbounded_channel();
         let bound = bounded.then(|| Bound {
             capacity: self.inner.capacity,
-            unread: Arc::new(AtomicUsize::new(0)),
             missed: Arc::new(AtomicU64::new(0)),
         });
-        let counts = bound
-            .as_ref()
-            .map(|b| (Arc::clone(&b.unread), Arc::clone(&b.missed)));
-        shared.queues.insert(id, Queue { tx, filter, bound });
-        Source::Queue { rx, counts }
+        let missed = bound.as_ref().map(|b| Arc::clone(&b.missed));
+        let unread = Arc::new(AtomicUsize::new(0));
+        let queue = Queue {
+            tx,
+            filter,
+            unread: Arc::clone(&unread),
+            bound,
+        };
+        shared.queues.insert(id, queue);
+        Source::Queue { rx, unread, missed }
     }
 
     /// Removes a subscriber. Messages published before this call are still delivered to it;
@@ -561,25 +593,5 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         drop(tx);
         drop(queues);
         wait_for_callbacks(callbacks, deadline).await;
-    }
-}
-
-fn deliver_to_listeners<M: Clone>(listeners: &mut HashMap<u64, ListenerSlot<M>>, message: &M) {
-    let mut fired = Vec::new();
-    for (&id, slot) in listeners.iter() {
-        match catch_unwind(AssertUnwindSafe(|| (slot.filter)(message))) {
-            Ok(true) => fired.push((id, Ok(()))),
-            Ok(false) => {}
-            Err(payload) => {
-                let reason = panic_message(payload.as_ref());
-                tracing::warn!(listener = id, %reason, "listener filter panicked; listener removed");
-                fired.push((id, Err(Error::new(Kind::FilterPanicked))));
-            }
-        }
-    }
-    for (id, result) in fired {
-        if let Some(slot) = listeners.remove(&id) {
-            let _ = slot.tx.send(result.map(|()| message.clone()));
-        }
     }
 }

@@ -102,6 +102,7 @@ impl<M: Clone + Send + 'static> Ring<M> {
                 }
                 Ok(envelope) => {
                     self.next_seq = envelope.seq + 1;
+                    self.stop.read.store(self.next_seq, Ordering::Relaxed);
                     return Poll::Ready(Some(Ok(envelope.message)));
                 }
                 Err(RecvError::Closed) => {
@@ -112,6 +113,7 @@ impl<M: Clone + Send + 'static> Ring<M> {
                     // Only messages published before an unsubscribe were meant for it.
                     let meant = stop_at.saturating_sub(self.next_seq).min(missed);
                     self.next_seq = self.next_seq.saturating_add(missed);
+                    self.stop.read.store(self.next_seq, Ordering::Relaxed);
                     if meant > 0 {
                         tracing::debug!(
                             subscriber = id,
@@ -130,9 +132,10 @@ pub(crate) enum Source<M> {
     Ring(Ring<M>),
     Queue {
         rx: mpsc::UnboundedReceiver<Result<M, Missed>>,
-        /// A bounded queue's counts of unread and of missed (not told yet) messages, shared with
-        /// the publisher.
-        counts: Option<(Arc<AtomicUsize>, Arc<AtomicU64>)>,
+        /// Messages queued and not read yet, shared with the publisher.
+        unread: Arc<AtomicUsize>,
+        /// A bounded queue's count of missed messages not told yet, shared with the publisher.
+        missed: Option<Arc<AtomicU64>>,
     },
 }
 
@@ -180,15 +183,15 @@ impl<M: Clone + Send + 'static> Subscription<M> {
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
         match &mut self.source {
             Source::Ring(ring) => ring.poll_item(self.id, cx),
-            Source::Queue { rx, counts } => {
+            Source::Queue { rx, unread, missed } => {
                 let polled = rx.poll_recv(cx);
-                if let (Poll::Ready(Some(Ok(_))), Some((unread, _))) = (&polled, &counts) {
+                if let Poll::Ready(Some(Ok(_))) = &polled {
                     unread.fetch_sub(1, Ordering::SeqCst);
                 }
                 // Everything queued is read: messages dropped since are told now, not only
                 // when a later one matches (the last one may have been dropped).
                 let told_later = matches!(polled, Poll::Pending | Poll::Ready(None));
-                if let (true, Some((_, missed))) = (told_later, &counts) {
+                if let (true, Some(missed)) = (told_later, &missed) {
                     let missed = missed.swap(0, Ordering::SeqCst);
                     if missed > 0 {
                         return Poll::Ready(Some(Err(Missed::new(missed))));
@@ -228,9 +231,9 @@ impl<M> fmt::Debug for Subscription<M> {
         let buffer = match self.source {
             Source::Ring(_) => Buffer::Bounded,
             Source::Queue {
-                counts: Some(_), ..
+                missed: Some(_), ..
             } => Buffer::Bounded,
-            Source::Queue { counts: None, .. } => Buffer::Unbounded,
+            Source::Queue { missed: None, .. } => Buffer::Unbounded,
         };
         f.debug_struct("Subscription")
             .field("id", &self.id)

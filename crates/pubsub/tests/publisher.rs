@@ -808,3 +808,62 @@ async fn a_filtered_follower_learns_it_missed_the_last_message_without_waiting_f
     assert_eq!(follower.next().await, Some(Ok(103)));
     within("shutdown", publisher.shutdown()).await;
 }
+
+#[tokio::test]
+async fn lags_count_what_each_subscriber_has_not_read() {
+    let publisher = started::<u32>(8);
+    let mut ring = publisher.subscribe_stream().unwrap();
+    let mut queue = publisher.subscribe_stream_with(Buffer::Unbounded).unwrap();
+    let mut even = publisher
+        .subscribe_stream_where(Buffer::Bounded, |n| n % 2 == 0)
+        .unwrap();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let (release, released) = mpsc::channel::<()>();
+    let stuck = publisher
+        .subscribe({
+            let entered = Arc::clone(&entered);
+            move |_: Result<u32, Missed>| {
+                entered.notify_one();
+                // Blocks until `release` is dropped.
+                let _ = released.recv();
+            }
+        })
+        .unwrap();
+    let lag = |id| {
+        let lags = publisher.lags();
+        lags.iter().find(|(of, _)| *of == id).map(|(_, n)| *n)
+    };
+    for n in 0..6 {
+        publisher.publish(n).unwrap();
+    }
+    assert_eq!(
+        (lag(ring.id()), lag(queue.id()), lag(even.id())),
+        (Some(6), Some(6), Some(3))
+    );
+    ring.next().await;
+    ring.next().await;
+    queue.next().await;
+    even.next().await;
+    assert_eq!(
+        (lag(ring.id()), lag(queue.id()), lag(even.id())),
+        (Some(4), Some(5), Some(2))
+    );
+    // A callback stuck in its first message: the other five wait for it.
+    within("the callback", entered.notified()).await;
+    assert_eq!(lag(stuck), Some(5));
+    // Past the ring's capacity (8): a lag of 18, of which the oldest 10 are gone.
+    for n in 6..20 {
+        publisher.publish(n).unwrap();
+    }
+    assert_eq!(lag(ring.id()), Some(18));
+    assert_eq!(ring.next().await, Some(Err(missed(10))));
+    assert_eq!(lag(ring.id()), Some(8));
+    drop(release);
+    drop(queue);
+    assert_eq!(
+        publisher.lags().len(),
+        3,
+        "a dropped subscriber is not listed"
+    );
+    publisher.shutdown().await;
+}
