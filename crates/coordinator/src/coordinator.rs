@@ -130,11 +130,18 @@ impl Coordinator {
     /// [`RequestCreation`](crate::RequestCreation) message on the bus, published before anything
     /// else about that request (its events, its outcome). Off by default: it costs a publish per
     /// request while anyone subscribes. Observers that follow every job's state changes turn it
-    /// on (the dashboard does, for its event stream).
+    /// on (the dashboard does, while a client follows its event stream).
     pub fn announce_openings(&self, on: bool) {
         self.inner
             .openings
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether accepted requests are announced ([`announce_openings`](Self::announce_openings)).
+    pub fn announces_openings(&self) -> bool {
+        self.inner
+            .openings
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Submits `task` to the strategy registered for `mode` and returns the node's output.

@@ -18,6 +18,10 @@
 //! features this one turns on; `exec-nats` has a `metrics` feature of its own (connection state, reconnects,
 //! redeliveries: see its `NatsStrategy`).
 //!
+//! How far behind each bus subscriber is, a measure taken when read rather than recorded as
+//! messages flow, comes from `Publisher::lags`; the dashboard's `/metrics` serves it as
+//! `pubsub_subscriber_lag{subscriber}`, a gauge.
+//!
 //! The names and labels the dashboard's `/metrics` shares (`coordinator_requests_total`,
 //! `coordinator_requests_in_flight`) are the same series, so a dashboard built on one reads the
 //! other. The handles are registered when the coordinator is built: install the recorder (an
