@@ -83,29 +83,61 @@ impl History {
         self.missed.load(Ordering::Relaxed)
     }
 
-    /// Takes one message of the bus (on the subscriber's thread) and makes its update.
-    pub(crate) fn record(
+    /// Takes one message of the bus into the history, on the subscriber's thread: counts what
+    /// was missed, keeps failures, samples run times. Cheap for every message but a failure.
+    pub(crate) fn note(
         &self,
         coordinator: &Coordinator,
-        message: Result<RequestCompletionMessage, Missed>,
-    ) -> Update {
+        message: &Result<RequestCompletionMessage, Missed>,
+    ) {
         let message = match message {
             Ok(message) => message,
             Err(missed) => {
                 self.missed.fetch_add(missed.count(), Ordering::Relaxed);
-                return Update {
-                    kind: "missed",
-                    request_id: None,
-                    json: json!({ "missed": missed.count() }).to_string(),
-                };
+                return;
             }
         };
         let Some(info) = message.task_info() else {
-            return Update {
-                kind: "other",
+            return;
+        };
+        if let RequestCompletionMessage::Failure(_) = message {
+            let (_, body) = self.body(message);
+            let mut recent = self.recent();
+            if recent.failures.len() == FAILURES {
+                recent.failures.pop_front();
+            }
+            recent.failures.push_back(body);
+        }
+        if message.is_terminal() {
+            self.time_run(coordinator, info.request_id().as_str(), info.name());
+        }
+    }
+
+    /// The update the event streams send for `message`.
+    pub(crate) fn update(&self, message: &Result<RequestCompletionMessage, Missed>) -> Update {
+        match message {
+            Ok(message) => {
+                let (kind, body) = self.body(message);
+                Update {
+                    kind,
+                    request_id: message
+                        .task_info()
+                        .map(|info| info.request_id().to_string()),
+                    json: body.to_string(),
+                }
+            }
+            Err(missed) => Update {
+                kind: "missed",
                 request_id: None,
-                json: "{}".into(),
-            };
+                json: json!({ "missed": missed.count() }).to_string(),
+            },
+        }
+    }
+
+    /// The kind of `message`'s update, and its body.
+    fn body(&self, message: &RequestCompletionMessage) -> (&'static str, Value) {
+        let Some(info) = message.task_info() else {
+            return ("other", json!({}));
         };
         let mut body = json!({
             "request_id": info.request_id().as_str(),
@@ -114,7 +146,7 @@ impl History {
             "parent": info.parent_id().map(|p| p.as_str()),
             "at": now_secs(),
         });
-        let kind = match &message {
+        let kind = match message {
             RequestCompletionMessage::Creation(opened) => {
                 body["mode"] = json!(opened.mode.as_str());
                 "opened"
@@ -127,11 +159,6 @@ impl History {
             }
             RequestCompletionMessage::Failure(failure) => {
                 body["error"] = json!(failure.error.to_string());
-                let mut recent = self.recent();
-                if recent.failures.len() == FAILURES {
-                    recent.failures.pop_front();
-                }
-                recent.failures.push_back(body.clone());
                 "failure"
             }
             RequestCompletionMessage::Broadcast(event) => {
@@ -142,14 +169,7 @@ impl History {
             }
             _ => "other",
         };
-        if message.is_terminal() {
-            self.time_run(coordinator, info.request_id().as_str(), info.name());
-        }
-        Update {
-            kind,
-            request_id: Some(info.request_id().to_string()),
-            json: body.to_string(),
-        }
+        (kind, body)
     }
 
     /// Keeps the run time of a request that just ended, reading it from the job table now and

@@ -11,16 +11,21 @@
 //! - `/api/overview`: the same as JSON ([`Coordinator::overview`] and the recent history).
 //! - `/api/events`: server-sent events, one per job state change (`opened`, then `success` or
 //!   `failure`) and per node event (`event`), in bus order (`?request=ID` for one request's
-//!   only). Starting the dashboard turns on the coordinator's
-//!   [`announce_openings`](coordinator::Coordinator::announce_openings).
-//! - `/metrics`: the counters in the Prometheus text format.
+//!   only), for tools that must see every change. Starting the dashboard turns on the
+//!   coordinator's [`announce_openings`](coordinator::Coordinator::announce_openings).
+//! - `/api/feed`: the page's live feed: a sample of the outcomes, at most one each 50 ms
+//!   however fast requests end, so an open page costs the coordinator's machine a few writes a
+//!   second.
+//! - `/metrics`: the counters in the Prometheus text format, and how far behind each bus
+//!   subscriber is (`pubsub_subscriber_lag`).
 //!
 //! Safe by default: it binds `127.0.0.1:8080` unless told otherwise, it only reads, it shows no
 //! outputs and no event payloads unless [`show_payloads`](DashboardBuilder::show_payloads) says
 //! so (they may hold secrets), it can require a bearer token, and its memory is bounded however
 //! many jobs ran: it keeps recent history, not everything. Its one bus subscriber takes only
-//! openings, outcomes and node events, into a buffer of its own, and every open page shares what it reads:
-//! a page that stops reading is dropped, and nothing waits for it.
+//! openings, outcomes and node events, into a buffer of its own, and turns a message into an
+//! update only while an event stream is open; every stream shares that update. A stream whose
+//! client stops reading is disconnected once a whole feed behind, and nothing waits for it.
 //!
 //! # Examples
 //!
@@ -45,35 +50,54 @@ mod prometheus;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use coordinator::pubsub::SubscriberId;
 use coordinator::{Buffer, Coordinator, RequestCompletionMessage, RequestCompletionPublisher};
-use futures::Stream;
+use futures::FutureExt;
 use serde::Deserialize;
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::history::{History, Update};
 
 /// The page, served as is.
 const PAGE: &str = include_str!("page.html");
 
-/// Updates kept for pages that read slowly: one that falls this far behind is dropped.
-const FEED_CAPACITY: usize = 1024;
+/// Updates kept for event streams that read slowly: one that falls this far behind is
+/// disconnected.
+const FEED_CAPACITY: usize = 8 * 1024;
+/// The page's live feed carries at most one outcome per this long (and every missed-messages
+/// notice): however fast requests end, an open page costs a few writes a second.
+const PAGE_EVERY: Duration = Duration::from_millis(50);
+/// The dashboard reads the bus at most once per this long, and each event stream its feed at
+/// most once per [`STREAM_GATHER`]: what arrives meanwhile is taken together, so a busy bus
+/// costs a wake-up per pause, not per message.
+const BUS_GATHER: Duration = Duration::from_millis(5);
+const STREAM_GATHER: Duration = Duration::from_millis(20);
+/// An event stream with nothing to send writes a comment this often, so proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// At most this many bytes of updates go out in one write.
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// What the handlers share.
 struct Shared {
     coordinator: Coordinator,
+    publisher: RequestCompletionPublisher,
     token: Option<String>,
     history: Arc<History>,
     feed: broadcast::Sender<Arc<Update>>,
+    /// The page's live feed: a sample of [`feed`](Self::feed)'s outcomes.
+    page_feed: broadcast::Sender<Arc<Update>>,
+    /// Open `/api/events` streams, and whether openings were announced before the first.
+    following: std::sync::Mutex<(usize, bool)>,
     /// Set when the dashboard stops: every open event stream ends, so the server can close.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -122,25 +146,30 @@ impl DashboardBuilder {
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let (page_feed, _) = broadcast::channel(FEED_CAPACITY);
         let history = Arc::new(History::new(self.payloads));
-        let subscriber = {
-            let (coordinator, history, feed) =
-                (self.coordinator.clone(), Arc::clone(&history), feed.clone());
-            // Every state change: openings (announced from now on), events, outcomes.
-            self.coordinator.announce_openings(true);
-            let wanted = |m: &RequestCompletionMessage| {
-                m.is_terminal()
-                    || m.is_broadcast()
-                    || matches!(m, RequestCompletionMessage::Creation(_))
-            };
-            self.publisher
-                .subscribe_where(Buffer::Bounded, wanted, move |message| {
-                    let update = history.record(&coordinator, message);
-                    // Nobody reading is not an error.
-                    let _ = feed.send(Arc::new(update));
-                })
-                .map_err(std::io::Error::other)?
+        // Every state change: openings (announced while an event stream is open), events,
+        // outcomes.
+        let wanted = |m: &RequestCompletionMessage| {
+            m.is_terminal()
+                || m.is_broadcast()
+                || matches!(m, RequestCompletionMessage::Creation(_))
         };
+        // Bounded, as the dashboard's memory is: when it falls a whole buffer behind (the
+        // reader below empties it a few times a second), it counts what it missed and the event
+        // streams say so.
+        let subscription = self
+            .publisher
+            .subscribe_stream_where(Buffer::Bounded, wanted)
+            .map_err(std::io::Error::other)?;
+        let subscriber = subscription.id();
+        let reader = tokio::spawn(read_bus(
+            subscription,
+            self.coordinator.clone(),
+            Arc::clone(&history),
+            feed.clone(),
+            page_feed.clone(),
+        ));
         let sampler = tokio::spawn(sample_throughput(
             self.coordinator.clone(),
             Arc::clone(&history),
@@ -148,15 +177,19 @@ impl DashboardBuilder {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             coordinator: self.coordinator,
+            publisher: self.publisher.clone(),
             token: self.token,
             history,
             feed,
+            page_feed,
+            following: std::sync::Mutex::new((0, false)),
             stopping: stopping.clone(),
         });
         let app = Router::new()
             .route("/", get(page))
             .route("/api/overview", get(overview))
             .route("/api/events", get(events))
+            .route("/api/feed", get(live_feed))
             .route("/metrics", get(metrics))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&shared),
@@ -180,6 +213,7 @@ impl DashboardBuilder {
             stop: Some(stop),
             server: Some(server),
             sampler,
+            reader,
         })
     }
 }
@@ -194,6 +228,7 @@ pub struct Dashboard {
     stop: Option<tokio::sync::watch::Sender<bool>>,
     server: Option<tokio::task::JoinHandle<()>>,
     sampler: tokio::task::JoinHandle<()>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Dashboard {
@@ -240,12 +275,59 @@ impl Dashboard {
             let _ = self.publisher.unsubscribe(id);
         }
         self.sampler.abort();
+        self.reader.abort();
     }
 }
 
 impl Drop for Dashboard {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+/// Takes the bus's messages into the history and the event streams. It reads in batches, a
+/// pause after each, so a busy bus wakes it a few times a second rather than once per message.
+async fn read_bus(
+    mut subscription: coordinator::pubsub::Subscription<RequestCompletionMessage>,
+    coordinator: Coordinator,
+    history: Arc<History>,
+    feed: broadcast::Sender<Arc<Update>>,
+    page_feed: broadcast::Sender<Arc<Update>>,
+) {
+    let mut last_on_page: Option<Instant> = None;
+    let mut take = |message: Result<RequestCompletionMessage, coordinator::Missed>| {
+        history.note(&coordinator, &message);
+        // The update is made only when a stream is open to take it.
+        let to_all = feed.receiver_count() > 0;
+        let to_page = page_feed.receiver_count() > 0
+            && match &message {
+                Err(_) => true,
+                Ok(m) if m.is_terminal() => {
+                    let due = last_on_page.is_none_or(|at| at.elapsed() >= PAGE_EVERY);
+                    if due {
+                        last_on_page = Some(Instant::now());
+                    }
+                    due
+                }
+                Ok(_) => false,
+            };
+        if to_all || to_page {
+            let update = Arc::new(history.update(&message));
+            // Nobody reading is not an error.
+            if to_page {
+                let _ = page_feed.send(Arc::clone(&update));
+            }
+            if to_all {
+                let _ = feed.send(update);
+            }
+        }
+    };
+    while let Some(message) = subscription.recv().await {
+        take(message);
+        while let Some(Some(message)) = subscription.recv().now_or_never() {
+            take(message);
+        }
+        tokio::time::sleep(BUS_GATHER).await;
     }
 }
 
@@ -295,7 +377,11 @@ async fn overview(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let text = prometheus::render(&shared.coordinator.overview(), shared.history.missed());
+    let text = prometheus::render(
+        &shared.coordinator.overview(),
+        shared.history.missed(),
+        &shared.publisher.lags(),
+    );
     let content_type = "text/plain; version=0.0.4; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
@@ -306,37 +392,125 @@ struct EventsQuery {
     request: Option<String>,
 }
 
-async fn events(
-    State(shared): State<Arc<Shared>>,
-    Query(query): Query<EventsQuery>,
-) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
-    let receiver = shared.feed.subscribe();
-    let stopping = shared.stopping.clone();
-    let stream = futures::stream::unfold(
-        (receiver, query.request, stopping),
-        |(mut receiver, request, mut stopping)| async move {
-            loop {
-                let received = tokio::select! {
-                    received = receiver.recv() => received,
-                    // The dashboard stops: the stream ends.
-                    _ = stopping.wait_for(|stop| *stop) => return None,
-                };
-                match received {
-                    Ok(update) => {
-                        if request
-                            .as_deref()
-                            .is_some_and(|id| update.request_id.as_deref() != Some(id))
-                        {
-                            continue;
-                        }
-                        let event = Event::default().event(update.kind).data(&update.json);
-                        return Some((Ok(event), (receiver, request, stopping)));
-                    }
-                    // Fell a whole feed behind (it stopped reading): dropped.
-                    Err(_) => return None,
+async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<EventsQuery>) -> Response {
+    let following = Following::new(&shared);
+    event_stream(
+        shared.feed.subscribe(),
+        query.request,
+        shared.stopping.clone(),
+        Some(following),
+    )
+}
+
+/// An open `/api/events` stream. While one is, the coordinator announces the requests it
+/// accepts (a publish per request, which nothing else here needs); after the last, it goes back
+/// to what it did before the first.
+struct Following(Arc<Shared>);
+
+impl Following {
+    fn new(shared: &Arc<Shared>) -> Self {
+        let mut following = lock(&shared.following);
+        if following.0 == 0 {
+            following.1 = shared.coordinator.announces_openings();
+            shared.coordinator.announce_openings(true);
+        }
+        following.0 += 1;
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut following = lock(&self.0.following);
+        following.0 -= 1;
+        if following.0 == 0 {
+            self.0.coordinator.announce_openings(following.1);
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn live_feed(State(shared): State<Arc<Shared>>) -> Response {
+    event_stream(
+        shared.page_feed.subscribe(),
+        None,
+        shared.stopping.clone(),
+        None,
+    )
+}
+
+/// Server-sent events of the updates `receiver` gets (of one request's only, when `request` is
+/// set). Each write takes every update already waiting, so a busy bus costs a stream a write per
+/// wake-up, not per update. A stream a whole feed behind (its client stopped reading) is
+/// disconnected; the dashboard's stopping ends it.
+fn event_stream(
+    receiver: broadcast::Receiver<Arc<Update>>,
+    request: Option<String>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    following: Option<Following>,
+) -> Response {
+    let state = Some((receiver, request, stopping, following));
+    let stream = futures::stream::unfold(state, |state| async move {
+        let (mut receiver, request, mut stopping, following) = state?;
+        let mut chunk = String::new();
+        let keep_alive = tokio::time::sleep(KEEP_ALIVE);
+        tokio::pin!(keep_alive);
+        while chunk.is_empty() {
+            let received = tokio::select! {
+                received = receiver.recv() => received,
+                () = &mut keep_alive => {
+                    chunk.push_str(":\n\n");
+                    break;
                 }
+                _ = stopping.wait_for(|stop| *stop) => return None,
+            };
+            let mut received = received.map_err(|error| match error {
+                RecvError::Lagged(_) => TryRecvError::Lagged(0),
+                RecvError::Closed => TryRecvError::Closed,
+            });
+            while chunk.len() < MAX_CHUNK {
+                match received {
+                    Ok(update) => push_event(&mut chunk, &update, request.as_deref()),
+                    Err(TryRecvError::Lagged(_)) => {
+                        let behind = std::io::Error::other("the client fell a whole feed behind");
+                        return Some((Err(behind), None));
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Closed) => {
+                        return (!chunk.is_empty()).then_some((Ok(chunk), None));
+                    }
+                }
+                received = receiver.try_recv();
             }
-        },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+        }
+        // Let the next updates gather (after a keep-alive, nothing was waiting).
+        if !chunk.starts_with(':') {
+            tokio::time::sleep(STREAM_GATHER).await;
+        }
+        Some((Ok(chunk), Some((receiver, request, stopping, following))))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Writes `update` as one server-sent event, unless it is another request's.
+fn push_event(chunk: &mut String, update: &Update, request: Option<&str>) {
+    if request.is_some_and(|id| update.request_id.as_deref() != Some(id)) {
+        return;
+    }
+    // The JSON is compact: it holds no line break.
+    for part in ["event: ", update.kind, "\ndata: ", &update.json, "\n\n"] {
+        chunk.push_str(part);
+    }
 }

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use coordinator::SystemDetail;
+use coordinator::pubsub::SubscriberId;
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(value: &str) -> String {
@@ -17,8 +18,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// The text for `detail` (an overview) and the dashboard's own missed count.
-pub(crate) fn render(detail: &SystemDetail, missed: u64) -> String {
+/// The text for `detail` (an overview), the dashboard's own missed count and the bus's
+/// subscribers' lags.
+pub(crate) fn render(detail: &SystemDetail, missed: u64, lags: &[(SubscriberId, u64)]) -> String {
     let mut out = String::new();
     let counts = &detail.counts;
     family(&mut out, "coordinator_jobs_open", "gauge", "Jobs open now.");
@@ -128,6 +130,15 @@ pub(crate) fn render(detail: &SystemDetail, missed: u64) -> String {
         "Bus messages the dashboard fell too far behind to read.",
     );
     let _ = writeln!(out, "dashboard_bus_missed_total {missed}");
+    family(
+        &mut out,
+        "pubsub_subscriber_lag",
+        "gauge",
+        "Messages published for a bus subscriber that it has not read yet, by subscriber.",
+    );
+    for (id, lag) in lags {
+        let _ = writeln!(out, "pubsub_subscriber_lag{{subscriber=\"{id}\"}} {lag}");
+    }
     out
 }
 

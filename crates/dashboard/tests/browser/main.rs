@@ -89,6 +89,13 @@ fn main() {
             "clients_that_never_read_are_dropped_and_stall_nothing",
             || Box::pin(clients_that_never_read_are_dropped_and_stall_nothing()),
         ),
+        ("the_page_feed_is_a_sample_of_the_outcomes", || {
+            Box::pin(the_page_feed_is_a_sample_of_the_outcomes())
+        }),
+        (
+            "openings_are_announced_while_an_event_stream_is_open",
+            || Box::pin(openings_are_announced_while_an_event_stream_is_open()),
+        ),
     ];
     trials.extend(
         others
@@ -154,8 +161,27 @@ async fn get(dashboard: &Dashboard, path: &str, headers: &str) -> (u16, String) 
 
 /// Opens the event stream; returns the reader past the response's head.
 async fn open_events(dashboard: &Dashboard, query: &str) -> BufReader<TcpStream> {
-    let mut stream = TcpStream::connect(dashboard.local_addr()).await.unwrap();
-    let request = format!("GET /api/events{query} HTTP/1.1\r\nHost: test\r\n\r\n");
+    open_stream(dashboard, &format!("/api/events{query}")).await
+}
+
+/// Opens the event stream at `path`; returns the reader past the response's head.
+async fn open_stream(dashboard: &Dashboard, path: &str) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect(dashboard.local_addr()).await.unwrap();
+    read_head(stream, path).await
+}
+
+/// Opens the event stream, on a connection whose receive buffer the kernel does not grow (a
+/// client that stops reading soon stops the server's writes too).
+async fn open_events_small(dashboard: &Dashboard) -> BufReader<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(dashboard.local_addr()).await.unwrap();
+    read_head(stream, "/api/events").await
+}
+
+/// Asks for `path` on `stream`; returns the reader past the response's head.
+async fn read_head(mut stream: TcpStream, path: &str) -> BufReader<TcpStream> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -187,6 +213,16 @@ async fn next_event(reader: &mut BufReader<TcpStream>) -> (String, String) {
             return (kind, data);
         }
     }
+}
+
+/// The bus messages the dashboard missed, as its `/metrics` says.
+async fn dashboard_missed(dashboard: &Dashboard) -> u64 {
+    let (_, text) = get(dashboard, "/metrics", "").await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("dashboard_bus_missed_total "));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("the missed count")
 }
 
 /// The number the page shows in `#{id}`.
@@ -352,6 +388,8 @@ async fn the_event_stream_delivers_every_state_change_in_order() {
 
 async fn metrics_parse_and_match_the_overview() {
     let (publisher, coordinator, dashboard) = started().await;
+    // A subscriber that never reads: its lag is served.
+    let unread = publisher.subscribe_stream().unwrap();
     for i in 0..50 {
         let _ = coordinator.submit(work(i, 0), ExecutionMode::ASYNC).await;
     }
@@ -386,9 +424,29 @@ async fn metrics_parse_and_match_the_overview() {
         detail.counts.failed
     );
     assert_eq!(metric("coordinator_jobs_open"), 0);
-    let (status, json) = get(&dashboard, "/api/overview", "").await;
-    assert_eq!(status, 200);
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let lag = metric(&format!(
+        "pubsub_subscriber_lag{{subscriber=\"{}\"}}",
+        unread.id()
+    ));
+    let (_, expected) = publisher
+        .lags()
+        .into_iter()
+        .find(|(id, _)| *id == unread.id())
+        .unwrap();
+    // 50 outcomes and their 100 events, all published before the scrape.
+    assert_eq!((lag, expected), (150, 150));
+    // The history takes the bus's messages in batches, and the overview is made at most twice
+    // a second: it shows the failures shortly after they happened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let json = loop {
+        let (status, json) = get(&dashboard, "/api/overview", "").await;
+        assert_eq!(status, 200);
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        if json["failures"].as_array().unwrap().len() == 7 || Instant::now() > deadline {
+            break json;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(json["counts"]["closed"], 50);
     assert_eq!(json["failures"].as_array().unwrap().len(), 7);
     dashboard.shutdown().await;
@@ -414,31 +472,54 @@ async fn a_token_is_required_once_set() {
 async fn clients_that_never_read_are_dropped_and_stall_nothing() {
     const CLIENTS: usize = 1000;
     const N: u64 = 20_000;
+    const BATCH: u64 = 200;
     let (publisher, coordinator, dashboard) = started().await;
     // A thousand clients that open the event stream and never read it again.
     let mut stuck = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        stuck.push(open_events(&dashboard, "").await);
+        stuck.push(open_events_small(&dashboard).await);
     }
+    // In batches the dashboard reads whole before the next (each fits its bus buffer), so
+    // every message reaches the stuck clients' feed: they fall far more than a feed behind.
     let start = Instant::now();
-    let handles: Vec<_> = (0..N)
-        .map(|i| {
-            coordinator
-                .try_spawn(work(i, 0), ExecutionMode::ASYNC, SubmitOptions::new())
-                .unwrap()
+    for batch in 0..N / BATCH {
+        let handles: Vec<_> = (batch * BATCH..(batch + 1) * BATCH)
+            .map(|i| {
+                coordinator
+                    .try_spawn(work(i, 0), ExecutionMode::ASYNC, SubmitOptions::new())
+                    .unwrap()
+            })
+            .collect();
+        within("every request beside stuck clients", async {
+            for handle in handles {
+                let _ = handle.await;
+            }
+            while publisher.lags().iter().any(|&(_, lag)| lag > 0) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         })
-        .collect();
-    within("every request beside stuck clients", async {
-        for handle in handles {
-            let _ = handle.await;
-        }
-    })
-    .await;
+        .await;
+    }
     eprintln!(
         "{N} requests beside {CLIENTS} stuck clients in {:?}",
         start.elapsed()
     );
     assert_eq!(coordinator.counts().closed, N);
+    assert_eq!(
+        dashboard_missed(&dashboard).await,
+        0,
+        "the dashboard read every message"
+    );
+    // Once a request submitted last reached a reading stream, every earlier message has
+    // reached the stuck clients' feed too.
+    let mut probe = open_events(&dashboard, "?request=r999999").await;
+    let _ = coordinator
+        .submit(work(999_999, 0), ExecutionMode::ASYNC)
+        .await;
+    within("the dashboard catching up", async {
+        while next_event(&mut probe).await.0 != "success" {}
+    })
+    .await;
     // The server still answers, and a stuck client's stream was ended, not kept growing.
     assert_eq!(get(&dashboard, "/api/overview", "").await.0, 200);
     let mut first = stuck.swap_remove(0);
@@ -446,11 +527,14 @@ async fn clients_that_never_read_are_dropped_and_stall_nothing() {
     let mut line = String::new();
     loop {
         line.clear();
-        match within("a stuck client's stream", first.read_line(&mut line)).await {
+        // Idle for 5 s (keep-alives come each 15 s): the stream is open, and should not be.
+        let read = tokio::time::timeout(Duration::from_secs(5), first.read_line(&mut line));
+        match read.await {
+            Err(_) => panic!("a stuck client was not disconnected ({buffered} bytes read)"),
             // The last chunk: the server ended the stream.
-            Ok(_) if line == "0\r\n" => break,
-            Ok(0) | Err(_) => break,
-            Ok(n) => buffered += n,
+            Ok(Ok(_)) if line == "0\r\n" => break,
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => buffered += n,
         }
     }
     assert!(
@@ -459,6 +543,87 @@ async fn clients_that_never_read_are_dropped_and_stall_nothing() {
     );
     drop(stuck);
     within("the dashboard's shutdown", dashboard.shutdown()).await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn the_page_feed_is_a_sample_of_the_outcomes() {
+    const N: u64 = 3_000;
+    let (publisher, coordinator, dashboard) = started().await;
+    let mut feed = open_stream(&dashboard, "/api/feed").await;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            coordinator
+                .try_spawn(work(i, 1), ExecutionMode::ASYNC, SubmitOptions::new())
+                .unwrap()
+        })
+        .collect();
+    for handle in handles {
+        let _ = handle.await;
+    }
+    // The last outcome sampled reaches the feed within a pause of the dashboard's reader.
+    let mut kinds = Vec::new();
+    while let Ok((kind, data)) =
+        tokio::time::timeout(Duration::from_millis(500), next_event(&mut feed)).await
+    {
+        // Besides outcomes, the feed says when the dashboard fell a whole bus buffer behind.
+        if kind != "missed" {
+            assert!(data.contains("\"request_id\":\"r"), "{data}");
+            kinds.push(kind);
+        }
+    }
+    let elapsed = start.elapsed();
+    assert!(!kinds.is_empty(), "the feed showed no outcome");
+    assert!(
+        kinds.iter().all(|k| k == "success" || k == "failure"),
+        "outcomes only: {kinds:?}"
+    );
+    // At most one outcome each 50 ms, however many ended.
+    let most = elapsed.as_millis() as usize / 50 + 1;
+    assert!(
+        kinds.len() <= most,
+        "{} outcomes in {elapsed:?} (at most {most})",
+        kinds.len()
+    );
+    dashboard.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn openings_are_announced_while_an_event_stream_is_open() {
+    let (publisher, coordinator, dashboard) = started().await;
+    assert!(!coordinator.announces_openings(), "off with no stream open");
+    let first = open_events(&dashboard, "").await;
+    let second = open_events(&dashboard, "?request=r1").await;
+    assert!(
+        coordinator.announces_openings(),
+        "on while a stream is open"
+    );
+    drop(first);
+    drop(second);
+    // The server learns a client left when a write to it fails: outcomes make writes.
+    within("openings turned off after the last stream", async {
+        let mut i = 0;
+        while coordinator.announces_openings() {
+            let _ = coordinator.submit(work(i, 0), ExecutionMode::ASYNC).await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A user who turned them on keeps them on after the dashboard's streams close.
+    coordinator.announce_openings(true);
+    drop(open_events(&dashboard, "").await);
+    for i in 1000..1020 {
+        let _ = coordinator.submit(work(i, 0), ExecutionMode::ASYNC).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        coordinator.announces_openings(),
+        "the user's choice is kept"
+    );
+    dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
