@@ -178,9 +178,9 @@ fn with_metrics(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
     row
 }
 
-/// The async scenario with a dashboard serving 1,000 clients, each holding the live event
-/// stream open and reading it (on a runtime of their own, as browsers elsewhere would), beside a
-/// coordinator with no dashboard: what open pages cost the coordinator.
+/// The async scenario with a dashboard serving 1,000 pages, each reading the live feed and
+/// fetching the overview once a second (on a runtime of their own, as browsers elsewhere
+/// would), beside a coordinator with no dashboard: what open pages cost the coordinator.
 fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
     const CLIENTS: usize = 1_000;
     let (publisher, watched) = benches::started_coordinator(&fx.rt, None);
@@ -204,7 +204,7 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
             let mut stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .expect("a client");
-            let request = "GET /api/events HTTP/1.1\r\nHost: bench\r\n\r\n";
+            let request = "GET /api/feed HTTP/1.1\r\nHost: bench\r\n\r\n";
             stream.write_all(request.as_bytes()).await.expect("asked");
             streams.push(stream);
         }
@@ -220,8 +220,16 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
                     async move {
                         use tokio::io::AsyncReadExt;
                         let mut buffer = vec![0u8; 16 * 1024];
-                        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
-                            read.fetch_add(n, SeqCst);
+                        let mut poll = tokio::time::interval(Duration::from_secs(1));
+                        loop {
+                            tokio::select! {
+                                got = stream.read(&mut buffer) => match got {
+                                    Ok(n @ 1..) => read.fetch_add(n, SeqCst),
+                                    _ => break,
+                                },
+                                // As the page does: the overview, once a second.
+                                _ = poll.tick() => read.fetch_add(overview(addr).await, SeqCst),
+                            };
                         }
                         dropped.fetch_add(1, SeqCst);
                     }
@@ -238,10 +246,11 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
         submit(&watched),
         submit(&unwatched),
     );
-    // A client a whole feed behind is dropped (a page reconnects): how many kept up.
+    // A client a whole feed behind is disconnected (a page reconnects): how many kept up.
     eprintln!(
-        "dashboard clients still connected after the runs: {} of {CLIENTS}",
-        CLIENTS - dropped.load(SeqCst)
+        "dashboard clients still connected after the runs: {} of {CLIENTS}; {} bytes read per client",
+        CLIENTS - dropped.load(SeqCst),
+        read.load(SeqCst) / CLIENTS
     );
     fx.rt.block_on(async {
         // Its event streams end, and the readers with them.
@@ -254,6 +263,20 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
     readers.join().expect("the readers");
     assert!(read.load(SeqCst) > 0, "the clients read the event stream");
     row
+}
+
+/// Fetches the dashboard's overview on a connection of its own; the bytes read.
+async fn overview(addr: std::net::SocketAddr) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let request = "GET /api/overview HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let mut response = Vec::new();
+    match stream.write_all(request.as_bytes()).await {
+        Ok(()) => stream.read_to_end(&mut response).await.unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 /// One task at a time through a pool of 2 workers, beside one frame at a time through an echo
