@@ -63,7 +63,8 @@ pub struct BroadcastEvent {
 /// Every message the request-completion bus carries.
 ///
 /// `Display` gives the one-line log form: `<node> DONE with result <r>` for a success,
-/// `<node> FAILED with error <e>` for a failure.
+/// `<node> FAILED with error <e>` for a failure, `<node> TIMED OUT: <e>` and
+/// `<node> CANCELLED: <e>` for the failures that are a timeout or a cancellation.
 ///
 /// # Examples
 ///
@@ -142,6 +143,12 @@ impl fmt::Display for RequestCompletionMessage {
                 m.mode
             ),
             Self::Success(m) => write!(f, "{} DONE with result {:?}", m.info.name(), m.result),
+            Self::Failure(m) if m.error.is_cancelled() => {
+                write!(f, "{} CANCELLED: {}", m.info.name(), m.error)
+            }
+            Self::Failure(m) if m.error.is_timeout() => {
+                write!(f, "{} TIMED OUT: {}", m.info.name(), m.error)
+            }
             Self::Failure(m) => write!(f, "{} FAILED with error {}", m.info.name(), m.error),
             Self::CreationFailure(m) => write!(
                 f,
@@ -185,6 +192,20 @@ mod tests {
             "planner FAILED with error timeout talking to api"
         );
         assert!(failure.is_terminal());
+        let ended = |error| {
+            RequestCompletionMessage::Failure(RequestFailure {
+                info: info(),
+                error,
+            })
+        };
+        assert_eq!(
+            ended(TaskError::cancelled("the request was cancelled")).to_string(),
+            "planner CANCELLED: the request was cancelled"
+        );
+        assert_eq!(
+            ended(TaskError::timed_out("no answer within 2s")).to_string(),
+            "planner TIMED OUT: no answer within 2s"
+        );
         let success = RequestCompletionMessage::from(RequestSuccess {
             info: info(),
             result: Value::new("ok"),
