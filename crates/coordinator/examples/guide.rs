@@ -12,7 +12,6 @@ use coordinator::{
     Buffer, Coordinator, CoordinatorState, ExecutionMode, JobResult, RequestCompletionPublisher,
     Retention, RetryPolicy, SubmitOptions, Task, ThreadedExecutionStrategy, block_on,
 };
-use exec_inline::InlineStrategy as MyStrategy;
 use futures::StreamExt;
 
 type Fallible<T = ()> = std::result::Result<T, Box<dyn Error>>;
@@ -58,11 +57,11 @@ async fn start() -> Fallible<(RequestCompletionPublisher, Coordinator)> {
     publisher.start()?;
     let coordinator = Coordinator::builder()
         .with_async()                                 // ExecutionMode::ASYNC -> AsyncExecutionStrategy
-        .strategy("my-mode", MyStrategy::default())   // any TaskExecutionStrategy, any name
+        .strategy("inline", exec_inline::InlineStrategy::default()) // any strategy, any name
         .build();
     coordinator.start(&publisher)?;
     let mine = Task::from_fn("mine", "add", || async { Ok::<_, BoxError>(2 + 2) });
-    assert_eq!(coordinator.submit(mine, "my-mode").await?, 4);
+    assert_eq!(coordinator.submit(mine, "inline").await?, 4);
     Ok((publisher, coordinator))
 }
 
