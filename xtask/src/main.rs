@@ -33,7 +33,19 @@ const USAGE: &str = r"usage: cargo xtask <command>
         check the README's and docs/'s Rust snippets against compiled code,
         then build the rustdoc with warnings denied";
 
-fn main() -> Result<()> {
+/// Errors print as their chain of causes, without a backtrace (CI sets `RUST_BACKTRACE`, and
+/// the line that matters would scroll away).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let ours = &args[..args.iter().position(|a| *a == "--").unwrap_or(args.len())];
