@@ -129,19 +129,30 @@ impl Coordinator {
     /// Announces each request accepted from now on (`true`), or no longer (`false`), with a
     /// [`RequestCreation`](crate::RequestCreation) message on the bus, published before anything
     /// else about that request (its events, its outcome). Off by default: it costs a publish per
-    /// request while anyone subscribes. Observers that follow every job's state changes turn it
-    /// on (the dashboard does, while a client follows its event stream).
+    /// request while anyone subscribes. An observer that needs them for a while takes a
+    /// [`follow_openings`](Self::follow_openings) guard instead, which leaves this setting alone.
     pub fn announce_openings(&self, on: bool) {
-        self.inner
-            .openings
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.inner.openings.store(on, Ordering::Relaxed);
     }
 
-    /// Whether accepted requests are announced ([`announce_openings`](Self::announce_openings)).
-    pub fn announces_openings(&self) -> bool {
+    /// Announces accepted requests, as [`announce_openings(true)`](Self::announce_openings)
+    /// does, for as long as the returned guard lives (the dashboard holds one per open event
+    /// stream). Guards count: openings are announced while any is alive or the user turned them
+    /// on.
+    pub fn follow_openings(&self) -> OpeningsFollower {
         self.inner
-            .openings
-            .load(std::sync::atomic::Ordering::Relaxed)
+            .openings_followers
+            .fetch_add(1, Ordering::Relaxed);
+        OpeningsFollower {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Whether accepted requests are announced now: turned on by
+    /// [`announce_openings`](Self::announce_openings), or followed by a
+    /// [`follow_openings`](Self::follow_openings) guard.
+    pub fn announces_openings(&self) -> bool {
+        self.inner.announces_openings()
     }
 
     /// Submits `task` to the strategy registered for `mode` and returns the node's output.
@@ -437,6 +448,27 @@ pub struct SystemDetail {
     /// attempt of a retried request, and a run that ended after its request timed out or was
     /// cancelled. So its `failed` can exceed the request counts' `failed` of the same mode.
     pub modes: BTreeMap<String, StrategyStats>,
+}
+
+/// Keeps a coordinator announcing the requests it accepts until dropped
+/// ([`Coordinator::follow_openings`]).
+#[must_use = "openings are followed only while the guard lives"]
+pub struct OpeningsFollower {
+    inner: Arc<Inner>,
+}
+
+impl Drop for OpeningsFollower {
+    fn drop(&mut self) {
+        self.inner
+            .openings_followers
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for OpeningsFollower {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpeningsFollower").finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

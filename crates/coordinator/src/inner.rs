@@ -2,7 +2,7 @@
 //! it, and how one of its outcomes is applied.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -67,8 +67,12 @@ pub(crate) struct Inner {
     pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
     /// Woken whenever the last open job closes.
     pub(crate) drained: Notify,
-    /// Whether each accepted request is announced on the bus ([`Coordinator::announce_openings`](crate::Coordinator::announce_openings)).
+    /// Whether each accepted request is announced on the bus, as the user asked
+    /// ([`Coordinator::announce_openings`](crate::Coordinator::announce_openings)).
     pub(crate) openings: AtomicBool,
+    /// Observers following the openings ([`Coordinator::follow_openings`](crate::Coordinator::follow_openings)):
+    /// announced while there is one, whatever the user asked.
+    pub(crate) openings_followers: AtomicUsize,
 }
 
 impl Inner {
@@ -83,17 +87,22 @@ impl Inner {
             table: Mutex::new(CoordinatorState::with_attachments(retention)),
             drained: Notify::new(),
             openings: AtomicBool::new(false),
+            openings_followers: AtomicUsize::new(0),
         }
     }
 
     /// The bus to announce a request's opening on: when openings are announced and someone
     /// subscribes.
     pub(crate) fn openings(&self) -> Option<&RequestCompletionPublisher> {
-        if !self.openings.load(Ordering::Relaxed) {
+        if !self.announces_openings() {
             return None;
         }
         let publisher = &self.started.get()?.publisher;
         publisher.has_subscribers().then_some(publisher)
+    }
+
+    pub(crate) fn announces_openings(&self) -> bool {
+        self.openings.load(Ordering::Relaxed) || self.openings_followers.load(Ordering::Relaxed) > 0
     }
 
     pub(crate) fn table(&self) -> MutexGuard<'_, CoordinatorState<OpenRequest>> {

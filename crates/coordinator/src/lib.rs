@@ -62,7 +62,7 @@ mod shutdown;
 
 pub use crate::admission::Batch;
 pub use crate::builder::CoordinatorBuilder;
-pub use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE, SystemDetail};
+pub use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE, OpeningsFollower, SystemDetail};
 pub use crate::error::{StartError, SubmitError};
 pub use crate::handle::RequestHandle;
 pub use crate::inner::{ModeCounts, OpenRequest};

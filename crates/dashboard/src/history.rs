@@ -83,7 +83,7 @@ impl History {
         self.missed.load(Ordering::Relaxed)
     }
 
-    /// Takes one message of the bus into the history, on the subscriber's thread: counts what
+    /// Takes one message of the bus into the history, on the dashboard's bus reader: counts what
     /// was missed, keeps failures, samples run times. Cheap for every message but a failure.
     pub(crate) fn note(
         &self,

@@ -11,8 +11,8 @@
 //! - `/api/overview`: the same as JSON ([`Coordinator::overview`] and the recent history).
 //! - `/api/events`: server-sent events, one per job state change (`opened`, then `success` or
 //!   `failure`) and per node event (`event`), in bus order (`?request=ID` for one request's
-//!   only), for tools that must see every change. Starting the dashboard turns on the
-//!   coordinator's [`announce_openings`](coordinator::Coordinator::announce_openings).
+//!   only), for tools that must see every change. While one is open, the coordinator announces
+//!   the requests it accepts ([`follow_openings`](coordinator::Coordinator::follow_openings)).
 //! - `/api/feed`: the page's live feed: a sample of the outcomes, at most one each 50 ms
 //!   however fast requests end, so an open page costs the coordinator's machine a few writes a
 //!   second.
@@ -24,8 +24,11 @@
 //! so (they may hold secrets), it can require a bearer token, and its memory is bounded however
 //! many jobs ran: it keeps recent history, not everything. Its one bus subscriber takes only
 //! openings, outcomes and node events, into a buffer of its own, and turns a message into an
-//! update only while an event stream is open; every stream shares that update. A stream whose
-//! client stops reading is disconnected once a whole feed behind, and nothing waits for it.
+//! update only while an event stream is open; every stream shares that update. A client that
+//! takes no data for 10 s while there is some to send it is disconnected
+//! ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), as is a stream a whole
+//! feed behind, and every connection closes when the dashboard stops: nothing waits for a
+//! client.
 //!
 //! # Examples
 //!
@@ -45,6 +48,7 @@
 //! # }
 //! ```
 
+mod conn;
 mod history;
 mod prometheus;
 
@@ -84,8 +88,11 @@ const BUS_GATHER: Duration = Duration::from_millis(5);
 const STREAM_GATHER: Duration = Duration::from_millis(20);
 /// An event stream with nothing to send writes a comment this often, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// At most this many bytes of updates go out in one write.
-const MAX_CHUNK: usize = 64 * 1024;
+/// At most this many bytes of updates go out in one write (the server buffers a few writes per
+/// connection whose client reads slowly).
+const MAX_CHUNK: usize = 8 * 1024;
+/// A client that takes no data for this long while there is some to send is disconnected.
+const DEFAULT_STALL: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 struct Shared {
@@ -96,8 +103,6 @@ struct Shared {
     feed: broadcast::Sender<Arc<Update>>,
     /// The page's live feed: a sample of [`feed`](Self::feed)'s outcomes.
     page_feed: broadcast::Sender<Arc<Update>>,
-    /// Open `/api/events` streams, and whether openings were announced before the first.
-    following: std::sync::Mutex<(usize, bool)>,
     /// Set when the dashboard stops: every open event stream ends, so the server can close.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -112,9 +117,17 @@ pub struct DashboardBuilder {
     addr: SocketAddr,
     token: Option<String>,
     payloads: bool,
+    stall: Duration,
 }
 
 impl DashboardBuilder {
+    /// Disconnects a client that takes no data for `stall` while the dashboard has some to send
+    /// it (default 10 s): an event stream whose reader stopped holds nothing for longer.
+    pub fn client_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
+    }
+
     /// Listens on `addr` (default `127.0.0.1:8080`; port 0 picks a free one). Anything but a
     /// loopback address lets other machines read the dashboard: set a [`token`](Self::token).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
@@ -182,7 +195,6 @@ impl DashboardBuilder {
             history,
             feed,
             page_feed,
-            following: std::sync::Mutex::new((0, false)),
             stopping: stopping.clone(),
         });
         let app = Router::new()
@@ -196,7 +208,12 @@ impl DashboardBuilder {
                 authorize,
             ))
             .with_state(shared);
-        let mut stopped = stopping;
+        let mut stopped = stopping.clone();
+        let listener = conn::GuardedListener {
+            inner: listener,
+            stall: self.stall,
+            stopping,
+        };
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
@@ -244,6 +261,7 @@ impl Dashboard {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             payloads: false,
+            stall: DEFAULT_STALL,
         }
     }
 
@@ -324,7 +342,10 @@ async fn read_bus(
     };
     while let Some(message) = subscription.recv().await {
         take(message);
-        while let Some(Some(message)) = subscription.recv().now_or_never() {
+        // Unconstrained: every message waiting, not only as many as a task's budget allows.
+        while let Some(Some(message)) =
+            tokio::task::unconstrained(subscription.recv()).now_or_never()
+        {
             take(message);
         }
         tokio::time::sleep(BUS_GATHER).await;
@@ -393,46 +414,15 @@ struct EventsQuery {
 }
 
 async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<EventsQuery>) -> Response {
-    let following = Following::new(&shared);
+    // Openings are announced while a stream is open: its first update about a request
+    // accepted from now on is the opening.
+    let following = shared.coordinator.follow_openings();
     event_stream(
         shared.feed.subscribe(),
         query.request,
         shared.stopping.clone(),
         Some(following),
     )
-}
-
-/// An open `/api/events` stream. While one is, the coordinator announces the requests it
-/// accepts (a publish per request, which nothing else here needs); after the last, it goes back
-/// to what it did before the first.
-struct Following(Arc<Shared>);
-
-impl Following {
-    fn new(shared: &Arc<Shared>) -> Self {
-        let mut following = lock(&shared.following);
-        if following.0 == 0 {
-            following.1 = shared.coordinator.announces_openings();
-            shared.coordinator.announce_openings(true);
-        }
-        following.0 += 1;
-        Self(Arc::clone(shared))
-    }
-}
-
-impl Drop for Following {
-    fn drop(&mut self) {
-        let mut following = lock(&self.0.following);
-        following.0 -= 1;
-        if following.0 == 0 {
-            self.0.coordinator.announce_openings(following.1);
-        }
-    }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn live_feed(State(shared): State<Arc<Shared>>) -> Response {
@@ -446,13 +436,14 @@ async fn live_feed(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Server-sent events of the updates `receiver` gets (of one request's only, when `request` is
 /// set). Each write takes every update already waiting, so a busy bus costs a stream a write per
-/// wake-up, not per update. A stream a whole feed behind (its client stopped reading) is
-/// disconnected; the dashboard's stopping ends it.
+/// wake-up, not per update. A stream a whole feed behind (its client reads too slowly) is
+/// disconnected; the dashboard's stopping ends it. A client that stopped reading altogether
+/// holds its connection's buffers, not this stream: the connection closes it ([`conn`]).
 fn event_stream(
     receiver: broadcast::Receiver<Arc<Update>>,
     request: Option<String>,
     stopping: tokio::sync::watch::Receiver<bool>,
-    following: Option<Following>,
+    following: Option<coordinator::OpeningsFollower>,
 ) -> Response {
     let state = Some((receiver, request, stopping, following));
     let stream = futures::stream::unfold(state, |state| async move {
@@ -473,7 +464,8 @@ fn event_stream(
                 RecvError::Lagged(_) => TryRecvError::Lagged(0),
                 RecvError::Closed => TryRecvError::Closed,
             });
-            while chunk.len() < MAX_CHUNK {
+            // Every update taken is written: the size is checked before taking the next.
+            loop {
                 match received {
                     Ok(update) => push_event(&mut chunk, &update, request.as_deref()),
                     Err(TryRecvError::Lagged(_)) => {
@@ -485,12 +477,18 @@ fn event_stream(
                         return (!chunk.is_empty()).then_some((Ok(chunk), None));
                     }
                 }
+                if chunk.len() >= MAX_CHUNK {
+                    break;
+                }
                 received = receiver.try_recv();
             }
         }
         // Let the next updates gather (after a keep-alive, nothing was waiting).
         if !chunk.starts_with(':') {
-            tokio::time::sleep(STREAM_GATHER).await;
+            tokio::select! {
+                () = tokio::time::sleep(STREAM_GATHER) => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
+            }
         }
         Some((Ok(chunk), Some((receiver, request, stopping, following))))
     });

@@ -184,7 +184,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// publisher.start().unwrap();
     /// let unread = publisher.subscribe_stream().unwrap();
     /// (0..3).for_each(|n| publisher.publish(n).unwrap());
-    /// assert_eq!(publisher.lags(), [(unread.id(), 3)]);
+    /// assert_eq!(publisher.lags(), vec![(unread.id(), 3)]);
     /// ```
     pub fn lags(&self) -> Vec<(SubscriberId, u64)> {
         let shared = self.inner.lock();
