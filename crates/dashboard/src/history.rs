@@ -22,7 +22,7 @@ const LOOKUP_EVERY: Duration = Duration::from_millis(2);
 const IN_FLIGHT: usize = 20;
 const IN_FLIGHT_SCAN: usize = 50_000;
 /// How long an overview is served before it is made again.
-const OVERVIEW_EVERY: Duration = Duration::from_millis(500);
+const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
 
 /// One outcome or node event, as the event stream sends it.
 #[derive(Debug)]

@@ -12,7 +12,14 @@
 //! - `/api/events`: server-sent events, one per job state change (`opened`, then `success` or
 //!   `failure`) and per node event (`event`), in bus order (`?request=ID` for one request's
 //!   only), for tools that must see every change. While one is open, the coordinator announces
-//!   the requests it accepts ([`follow_openings`](coordinator::Coordinator::follow_openings)).
+//!   the requests it accepts ([`follow_openings`](coordinator::Coordinator::follow_openings)),
+//!   so a stream opened mid-run sees outcomes of requests opened before it. Each event's data
+//!   is a JSON object: `request_id`, `node`, `node_id`, `parent`, `at` (Unix seconds), and
+//!   `mode` (`opened`) or `error` (`failure`); `result` and `event` only with
+//!   [`show_payloads`](DashboardBuilder::show_payloads). When messages were lost on the way, a
+//!   `missed` event says how many (`{"missed": N}`): the dashboard fell a whole bus buffer
+//!   behind (a burst), or the stream fell a whole feed of updates behind. The stream goes on
+//!   either way; nothing is skipped silently.
 //! - `/api/feed`: the page's live feed: a sample of the outcomes, at most one each 50 ms
 //!   however fast requests end, so an open page costs the coordinator's machine a few writes a
 //!   second.
@@ -85,6 +92,9 @@ const PAGE_EVERY: Duration = Duration::from_millis(50);
 /// most once per [`STREAM_GATHER`]: what arrives meanwhile is taken together, so a busy bus
 /// costs a wake-up per pause, not per message.
 const BUS_GATHER: Duration = Duration::from_millis(5);
+/// A batch of at least this many messages means the bus is busy: the reader reads on without
+/// a pause. (A stream whose write was full writes on, too.)
+const BUSY: usize = 64;
 const STREAM_GATHER: Duration = Duration::from_millis(20);
 /// An event stream with nothing to send writes a comment this often, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -342,13 +352,20 @@ async fn read_bus(
     };
     while let Some(message) = subscription.recv().await {
         take(message);
+        let mut taken = 1;
         // Unconstrained: every message waiting, not only as many as a task's budget allows.
         while let Some(Some(message)) =
             tokio::task::unconstrained(subscription.recv()).now_or_never()
         {
             take(message);
+            taken += 1;
         }
-        tokio::time::sleep(BUS_GATHER).await;
+        if taken >= BUSY {
+            // A busy bus: read on (letting other tasks run) rather than let the buffer fill.
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(BUS_GATHER).await;
+        }
     }
 }
 
@@ -436,9 +453,10 @@ async fn live_feed(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Server-sent events of the updates `receiver` gets (of one request's only, when `request` is
 /// set). Each write takes every update already waiting, so a busy bus costs a stream a write per
-/// wake-up, not per update. A stream a whole feed behind (its client reads too slowly) is
-/// disconnected; the dashboard's stopping ends it. A client that stopped reading altogether
-/// holds its connection's buffers, not this stream: the connection closes it ([`conn`]).
+/// wake-up, not per update. A stream a whole feed behind (its client reads too slowly) is told
+/// how many updates it missed; the dashboard's stopping ends it. A client that stopped reading
+/// altogether holds its connection's buffers, not this stream: the connection closes it
+/// ([`conn`]).
 fn event_stream(
     receiver: broadcast::Receiver<Arc<Update>>,
     request: Option<String>,
@@ -449,6 +467,7 @@ fn event_stream(
     let stream = futures::stream::unfold(state, |state| async move {
         let (mut receiver, request, mut stopping, following) = state?;
         let mut chunk = String::new();
+        let mut full = false;
         let keep_alive = tokio::time::sleep(KEEP_ALIVE);
         tokio::pin!(keep_alive);
         while chunk.is_empty() {
@@ -461,30 +480,39 @@ fn event_stream(
                 _ = stopping.wait_for(|stop| *stop) => return None,
             };
             let mut received = received.map_err(|error| match error {
-                RecvError::Lagged(_) => TryRecvError::Lagged(0),
+                RecvError::Lagged(missed) => TryRecvError::Lagged(missed),
                 RecvError::Closed => TryRecvError::Closed,
             });
             // Every update taken is written: the size is checked before taking the next.
             loop {
                 match received {
                     Ok(update) => push_event(&mut chunk, &update, request.as_deref()),
-                    Err(TryRecvError::Lagged(_)) => {
-                        let behind = std::io::Error::other("the client fell a whole feed behind");
-                        return Some((Err(behind), None));
+                    // A whole feed behind: told how many it missed, as the bus tells its
+                    // subscribers, and on with the oldest update still kept.
+                    Err(TryRecvError::Lagged(missed)) => {
+                        let missed = Update {
+                            kind: "missed",
+                            request_id: None,
+                            json: format!("{{\"missed\":{missed}}}"),
+                        };
+                        push_event(&mut chunk, &missed, None);
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Closed) => {
-                        return (!chunk.is_empty()).then_some((Ok(chunk), None));
+                        return (!chunk.is_empty())
+                            .then_some((Ok::<_, std::io::Error>(chunk), None));
                     }
                 }
                 if chunk.len() >= MAX_CHUNK {
+                    full = true;
                     break;
                 }
                 received = receiver.try_recv();
             }
         }
-        // Let the next updates gather (after a keep-alive, nothing was waiting).
-        if !chunk.starts_with(':') {
+        // Let the next updates gather, unless more were waiting than one write takes (after a
+        // keep-alive, nothing was waiting).
+        if !full && !chunk.starts_with(':') {
             tokio::select! {
                 () = tokio::time::sleep(STREAM_GATHER) => {}
                 _ = stopping.wait_for(|stop| *stop) => {}

@@ -175,8 +175,9 @@ impl<M: Clone + Send + 'static> Publisher<M> {
 
     /// How far behind each subscriber is, by id, in no particular order: the messages meant
     /// for it (for a filtered one, the matching ones) not read yet. A ring subscriber more than
-    /// the capacity behind will be told it missed the oldest; a callback has read a message
-    /// once it was given it. Pending listeners are not listed. The dashboard's `/metrics`
+    /// the capacity behind will be told it missed the oldest; a bounded queue's lag stops at the
+    /// capacity, as it drops what comes past it (counted as missed). A callback has read a
+    /// message once it was given it. Pending listeners are not listed. The dashboard's `/metrics`
     /// serves it as `pubsub_subscriber_lag`.
     ///
     /// ```
