@@ -146,6 +146,20 @@ fn work(i: u64, ms: u64) -> Task<u64> {
     })
 }
 
+/// Runs the requests `ids` (of `work` sleeping `ms`) at once, and waits for every one to end.
+async fn run_all(coordinator: &Coordinator, ids: std::ops::Range<u64>, ms: u64) {
+    let handles: Vec<_> = ids
+        .map(|i| {
+            coordinator
+                .try_spawn(work(i, ms), ExecutionMode::ASYNC, SubmitOptions::new())
+                .unwrap()
+        })
+        .collect();
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
 /// `GET path` on `dashboard`, with extra headers; the status and the body.
 async fn get(dashboard: &Dashboard, path: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(dashboard.local_addr()).await.unwrap();
@@ -351,16 +365,7 @@ async fn the_event_stream_delivers_every_state_change_in_order() {
         ended
     });
     for batch in 0..BATCHES {
-        let handles: Vec<_> = (batch * BATCH..(batch + 1) * BATCH)
-            .map(|i| {
-                coordinator
-                    .try_spawn(work(i, 0), ExecutionMode::ASYNC, SubmitOptions::new())
-                    .unwrap()
-            })
-            .collect();
-        for handle in handles {
-            let _ = handle.await;
-        }
+        run_all(&coordinator, batch * BATCH..(batch + 1) * BATCH, 0).await;
         within("the reader", async {
             while read.load(std::sync::atomic::Ordering::SeqCst) < (batch + 1) * BATCH {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -492,17 +497,8 @@ async fn clients_that_never_read_are_dropped_and_stall_nothing() {
     // every message reaches the stuck clients' streams, far more than their connections hold.
     let start = Instant::now();
     for batch in 0..N / BATCH {
-        let handles: Vec<_> = (batch * BATCH..(batch + 1) * BATCH)
-            .map(|i| {
-                coordinator
-                    .try_spawn(work(i, 0), ExecutionMode::ASYNC, SubmitOptions::new())
-                    .unwrap()
-            })
-            .collect();
         within("every request beside stuck clients", async {
-            for handle in handles {
-                let _ = handle.await;
-            }
+            run_all(&coordinator, batch * BATCH..(batch + 1) * BATCH, 0).await;
             while publisher.lags().iter().any(|&(_, lag)| lag > 0) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -549,16 +545,7 @@ async fn the_page_feed_is_a_sample_of_the_outcomes() {
     let (publisher, coordinator, dashboard) = started().await;
     let mut feed = open_stream(&dashboard, "/api/feed").await;
     let start = Instant::now();
-    let handles: Vec<_> = (0..N)
-        .map(|i| {
-            coordinator
-                .try_spawn(work(i, 1), ExecutionMode::ASYNC, SubmitOptions::new())
-                .unwrap()
-        })
-        .collect();
-    for handle in handles {
-        let _ = handle.await;
-    }
+    run_all(&coordinator, 0..N, 1).await;
     // The last outcome sampled reaches the feed within a pause of the dashboard's reader.
     let mut kinds = Vec::new();
     while let Ok((kind, data)) =
