@@ -95,6 +95,8 @@ const BUS_GATHER: Duration = Duration::from_millis(5);
 /// A batch of at least this many messages means the bus is busy: the reader reads on without
 /// a pause. (A stream whose write was full writes on, too.)
 const BUSY: usize = 64;
+/// The most messages the reader, or updates a stream, takes before letting other tasks run.
+const MAX_BATCH: usize = 4096;
 const STREAM_GATHER: Duration = Duration::from_millis(20);
 /// An event stream with nothing to send writes a comment this often, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -353,9 +355,11 @@ async fn read_bus(
     while let Some(message) = subscription.recv().await {
         take(message);
         let mut taken = 1;
-        // Unconstrained: every message waiting, not only as many as a task's budget allows.
-        while let Some(Some(message)) =
-            tokio::task::unconstrained(subscription.recv()).now_or_never()
+        // Unconstrained: every message waiting (not only as many as a task's budget allows), up
+        // to a bound, so a bus that never empties still lets the worker run other tasks.
+        while taken < MAX_BATCH
+            && let Some(Some(message)) =
+                tokio::task::unconstrained(subscription.recv()).now_or_never()
         {
             take(message);
             taken += 1;
@@ -467,7 +471,7 @@ fn event_stream(
     let stream = futures::stream::unfold(state, |state| async move {
         let (mut receiver, request, mut stopping, following) = state?;
         let mut chunk = String::new();
-        let mut full = false;
+        let (mut full, mut taken) = (false, 0);
         let keep_alive = tokio::time::sleep(KEEP_ALIVE);
         tokio::pin!(keep_alive);
         while chunk.is_empty() {
@@ -503,7 +507,9 @@ fn event_stream(
                             .then_some((Ok::<_, std::io::Error>(chunk), None));
                     }
                 }
-                if chunk.len() >= MAX_CHUNK {
+                taken += 1;
+                // A filtered stream may take many updates and write none of them: bounded too.
+                if chunk.len() >= MAX_CHUNK || taken >= MAX_BATCH {
                     full = true;
                     break;
                 }
