@@ -20,9 +20,10 @@
 //!   `missed` event says how many (`{"missed": N}`): the dashboard fell a whole bus buffer
 //!   behind (a burst), or the stream fell a whole feed of updates behind. The stream goes on
 //!   either way; nothing is skipped silently.
-//! - `/api/feed`: the page's live feed: a sample of the outcomes, at most one each 50 ms
-//!   however fast requests end, so an open page costs the coordinator's machine a few writes a
-//!   second.
+//! - `/api/feed`: the page's live feed: the overview once a second (`overview`, as
+//!   `/api/overview` has it, made once for every page) and a sample of the outcomes, at most
+//!   one each 50 ms however fast requests end, so an open page costs the coordinator's machine
+//!   a few writes a second and no polling.
 //! - `/metrics`: the counters in the Prometheus text format, and how far behind each bus
 //!   subscriber is (`pubsub_subscriber_lag`).
 //!
@@ -195,9 +196,10 @@ impl DashboardBuilder {
             feed.clone(),
             page_feed.clone(),
         ));
-        let sampler = tokio::spawn(sample_throughput(
+        let sampler = tokio::spawn(every_second(
             self.coordinator.clone(),
             Arc::clone(&history),
+            page_feed.clone(),
         ));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
@@ -373,13 +375,27 @@ async fn read_bus(
     }
 }
 
-/// Counts the requests closed each second, for the throughput chart.
-async fn sample_throughput(coordinator: Coordinator, history: Arc<History>) {
+/// Each second: counts the requests closed, for the throughput chart, and sends the open
+/// pages the overview on their feed (made once for all of them), so no page polls.
+async fn every_second(
+    coordinator: Coordinator,
+    history: Arc<History>,
+    page_feed: broadcast::Sender<Arc<Update>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
         history.sample(coordinator.counts().closed);
+        if page_feed.receiver_count() > 0 {
+            let overview = Update {
+                kind: "overview",
+                request_id: None,
+                json: history.overview(&coordinator).to_string(),
+            };
+            // Nobody reading is not an error.
+            let _ = page_feed.send(Arc::new(overview));
+        }
     }
 }
 

@@ -178,9 +178,9 @@ fn with_metrics(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
     row
 }
 
-/// The async scenario with a dashboard serving 1,000 pages, each reading the live feed and
-/// fetching the overview once a second (on a runtime of their own, as browsers elsewhere
-/// would), beside a coordinator with no dashboard: what open pages cost the coordinator.
+/// The async scenario with a dashboard serving 1,000 pages, each reading the live feed, which
+/// brings the overview once a second (on a runtime of their own, as browsers elsewhere would),
+/// beside a coordinator with no dashboard: what open pages cost the coordinator.
 fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
     const CLIENTS: usize = 1_000;
     let (publisher, watched) = benches::started_coordinator(&fx.rt, None);
@@ -220,16 +220,8 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
                     async move {
                         use tokio::io::AsyncReadExt;
                         let mut buffer = vec![0u8; 16 * 1024];
-                        let mut poll = tokio::time::interval(Duration::from_secs(1));
-                        loop {
-                            tokio::select! {
-                                got = stream.read(&mut buffer) => match got {
-                                    Ok(n @ 1..) => read.fetch_add(n, SeqCst),
-                                    _ => break,
-                                },
-                                // As the page does: the overview, once a second.
-                                _ = poll.tick() => read.fetch_add(overview(addr).await, SeqCst),
-                            };
+                        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+                            read.fetch_add(n, SeqCst);
                         }
                         dropped.fetch_add(1, SeqCst);
                     }
@@ -263,20 +255,6 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
     readers.join().expect("the readers");
     assert!(read.load(SeqCst) > 0, "the clients read the event stream");
     row
-}
-
-/// Fetches the dashboard's overview on a connection of its own; the bytes read.
-async fn overview(addr: std::net::SocketAddr) -> usize {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return 0;
-    };
-    let request = "GET /api/overview HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
-    let mut response = Vec::new();
-    match stream.write_all(request.as_bytes()).await {
-        Ok(()) => stream.read_to_end(&mut response).await.unwrap_or(0),
-        Err(_) => 0,
-    }
 }
 
 /// One task at a time through a pool of 2 workers, beside one frame at a time through an echo

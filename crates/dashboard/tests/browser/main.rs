@@ -546,17 +546,27 @@ async fn the_page_feed_is_a_sample_of_the_outcomes() {
     let mut feed = open_stream(&dashboard, "/api/feed").await;
     let start = Instant::now();
     run_all(&coordinator, 0..N, 1).await;
-    // The last outcome sampled reaches the feed within a pause of the dashboard's reader.
-    let mut kinds = Vec::new();
-    while let Ok((kind, data)) =
-        tokio::time::timeout(Duration::from_millis(500), next_event(&mut feed)).await
-    {
-        // Besides outcomes, the feed says when the dashboard fell a whole bus buffer behind.
-        if kind != "missed" {
-            assert!(data.contains("\"request_id\":\"r"), "{data}");
-            kinds.push(kind);
+    // The last outcome sampled reaches the feed within a pause of the dashboard's reader, and an
+    // overview comes each second.
+    let (mut kinds, mut overviews) = (Vec::new(), 0);
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok((kind, data)) = tokio::time::timeout_at(until, next_event(&mut feed)).await {
+        match kind.as_str() {
+            // The page's overview, once a second.
+            "overview" => {
+                let overview: serde_json::Value = serde_json::from_str(&data).unwrap();
+                assert!(overview["counts"]["closed"].is_u64(), "{data}");
+                overviews += 1;
+            }
+            // The dashboard fell a whole bus buffer behind.
+            "missed" => {}
+            _ => {
+                assert!(data.contains("\"request_id\":\"r"), "{data}");
+                kinds.push(kind);
+            }
         }
     }
+    assert!(overviews > 0, "the feed brought no overview");
     let elapsed = start.elapsed();
     assert!(!kinds.is_empty(), "the feed showed no outcome");
     assert!(
