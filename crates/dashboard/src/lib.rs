@@ -317,8 +317,9 @@ impl Drop for Dashboard {
     }
 }
 
-/// Takes the bus's messages into the history and the event streams. It reads in batches, a
-/// pause after each, so a busy bus wakes it a few times a second rather than once per message.
+/// Takes the bus's messages into the history and the event streams. It reads in batches,
+/// pausing after a small one, so the bus wakes it at most a few hundred times a second rather
+/// than once per message, and reading on after a large one, so a burst does not overflow it.
 async fn read_bus(
     mut subscription: coordinator::pubsub::Subscription<RequestCompletionMessage>,
     coordinator: Coordinator,
