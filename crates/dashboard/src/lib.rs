@@ -34,9 +34,9 @@
 //! openings, outcomes and node events, into a buffer of its own, and turns a message into an
 //! update only while an event stream is open; every stream shares that update. A client that
 //! takes no data for 10 s while there is some to send it is disconnected
-//! ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), as is a stream a whole
-//! feed behind, and every connection closes when the dashboard stops: nothing waits for a
-//! client.
+//! ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a whole feed
+//! behind is told what it missed, and every connection closes when the dashboard stops:
+//! nothing waits for a client.
 //!
 //! # Examples
 //!
@@ -83,15 +83,15 @@ use crate::history::{History, Update};
 /// The page, served as is.
 const PAGE: &str = include_str!("page.html");
 
-/// Updates kept for event streams that read slowly: one that falls this far behind is
-/// disconnected.
+/// Updates kept for event streams that read slowly: one that falls this far behind is told
+/// how many it missed.
 const FEED_CAPACITY: usize = 8 * 1024;
 /// The page's live feed carries at most one outcome per this long (and every missed-messages
 /// notice): however fast requests end, an open page costs a few writes a second.
 const PAGE_EVERY: Duration = Duration::from_millis(50);
-/// The dashboard reads the bus at most once per this long, and each event stream its feed at
-/// most once per [`STREAM_GATHER`]: what arrives meanwhile is taken together, so a busy bus
-/// costs a wake-up per pause, not per message.
+/// After a small batch, the dashboard pauses this long before reading the bus again, and an
+/// event stream [`STREAM_GATHER`] before reading its feed: what arrives meanwhile is taken
+/// together, so a busy bus costs a wake-up per pause, not per message.
 const BUS_GATHER: Duration = Duration::from_millis(5);
 /// A batch of at least this many messages means the bus is busy: the reader reads on without
 /// a pause. (A stream whose write was full writes on, too.)
@@ -114,7 +114,8 @@ struct Shared {
     token: Option<String>,
     history: Arc<History>,
     feed: broadcast::Sender<Arc<Update>>,
-    /// The page's live feed: a sample of [`feed`](Self::feed)'s outcomes.
+    /// The page's live feed: a sample of [`feed`](Self::feed)'s outcomes, and the overview
+    /// once a second.
     page_feed: broadcast::Sender<Arc<Update>>,
     /// Set when the dashboard stops: every open event stream ends, so the server can close.
     stopping: tokio::sync::watch::Receiver<bool>,
