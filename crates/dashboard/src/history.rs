@@ -32,6 +32,17 @@ pub(crate) struct Update {
     pub(crate) json: String,
 }
 
+impl Update {
+    /// Says that `count` messages or updates were lost on the way.
+    pub(crate) fn missed(count: u64) -> Self {
+        Update {
+            kind: "missed",
+            request_id: None,
+            json: json!({ "missed": count }).to_string(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Recent {
     failures: VecDeque<Value>,
@@ -126,11 +137,7 @@ impl History {
                     json: body.to_string(),
                 }
             }
-            Err(missed) => Update {
-                kind: "missed",
-                request_id: None,
-                json: json!({ "missed": missed.count() }).to_string(),
-            },
+            Err(missed) => Update::missed(missed.count()),
         }
     }
 

@@ -512,12 +512,7 @@ fn event_stream(
                     // A whole feed behind: told how many it missed, as the bus tells its
                     // subscribers, and on with the oldest update still kept.
                     Err(TryRecvError::Lagged(missed)) => {
-                        let missed = Update {
-                            kind: "missed",
-                            request_id: None,
-                            json: format!("{{\"missed\":{missed}}}"),
-                        };
-                        push_event(&mut chunk, &missed, None);
+                        push_event(&mut chunk, &Update::missed(missed), None);
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Closed) => {
