@@ -22,8 +22,8 @@
 //!   either way; nothing is skipped silently.
 //! - `/api/feed`: the page's live feed: the overview once a second (`overview`, as
 //!   `/api/overview` has it, made once for every page) and a sample of the outcomes, at most
-//!   one each 50 ms however fast requests end, so an open page costs the coordinator's machine
-//!   a few writes a second and no polling.
+//!   one each 50 ms however fast requests end, written together at most four times a second,
+//!   so an open page costs the coordinator's machine four writes a second and no polling.
 //! - `/metrics`: the counters in the Prometheus text format, and how far behind each bus
 //!   subscriber is (`pubsub_subscriber_lag`).
 //!
@@ -99,6 +99,9 @@ const BUSY: usize = 64;
 /// The most messages the reader, or updates a stream, takes before letting other tasks run.
 const MAX_BATCH: usize = 4096;
 const STREAM_GATHER: Duration = Duration::from_millis(20);
+/// The page's feed gathers longer: a person reads a few refreshes a second, and each refresh
+/// costs every open page a write.
+const PAGE_GATHER: Duration = Duration::from_millis(250);
 /// An event stream with nothing to send writes a comment this often, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// At most this many bytes of updates go out in one write (the server buffers a few writes per
@@ -461,6 +464,7 @@ async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<EventsQue
         query.request,
         shared.stopping.clone(),
         Some(following),
+        STREAM_GATHER,
     )
 }
 
@@ -470,6 +474,7 @@ async fn live_feed(State(shared): State<Arc<Shared>>) -> Response {
         None,
         shared.stopping.clone(),
         None,
+        PAGE_GATHER,
     )
 }
 
@@ -484,9 +489,10 @@ fn event_stream(
     request: Option<String>,
     stopping: tokio::sync::watch::Receiver<bool>,
     following: Option<coordinator::OpeningsFollower>,
+    gather: Duration,
 ) -> Response {
     let state = Some((receiver, request, stopping, following));
-    let stream = futures::stream::unfold(state, |state| async move {
+    let stream = futures::stream::unfold(state, move |state| async move {
         let (mut receiver, request, mut stopping, following) = state?;
         let mut chunk = String::new();
         let (mut full, mut taken) = (false, 0);
@@ -533,7 +539,7 @@ fn event_stream(
         // keep-alive, nothing was waiting).
         if !full && !chunk.starts_with(':') {
             tokio::select! {
-                () = tokio::time::sleep(STREAM_GATHER) => {}
+                () = tokio::time::sleep(gather) => {}
                 _ = stopping.wait_for(|stop| *stop) => {}
             }
         }
