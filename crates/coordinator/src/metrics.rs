@@ -13,14 +13,14 @@
 //! | `process_worker_restarts_total` | counter | | process workers started in place of one that ended |
 //! | `process_tasks_poisoned_total` | counter | | tasks failed as poison (they kept crashing their worker) |
 //! | `pubsub_missed_messages_total` | counter | `subscriber` (`subscriber-N`) | messages a bounded subscriber fell too far behind to read |
+//! | `pubsub_subscriber_lag` | gauge | `subscriber` | messages meant for the subscriber and not read yet, set once per 64 published (0 once it is gone) |
 //!
 //! The process pool's rows come from `exec-strategies`, the bus's from `pubsub`, whose `metrics`
 //! features this one turns on; `exec-nats` has a `metrics` feature of its own (connection state, reconnects,
 //! redeliveries: see its `NatsStrategy`).
 //!
-//! How far behind each bus subscriber is, a measure taken when read rather than recorded as
-//! messages flow, comes from `Publisher::lags`; the dashboard's `/metrics` serves it as
-//! `pubsub_subscriber_lag{subscriber}`, a gauge.
+//! The lag gauge is a sample: `Publisher::lags` gives the lags as they are now, and the
+//! dashboard's `/metrics` serves those under the same name.
 //!
 //! The names and labels the dashboard's `/metrics` shares (`coordinator_requests_total`,
 //! `coordinator_requests_in_flight`) are the same series, so a dashboard built on one reads the

@@ -96,11 +96,56 @@ pub(crate) struct Shared<M> {
     /// Callback subscribers' threads, each closing its channel when it ends; awaited at shutdown.
     pub(crate) callbacks: HashMap<u64, oneshot::Receiver<()>>,
     pub(crate) listeners: HashMap<u64, ListenerSlot<M>>,
+    /// Each subscriber's `pubsub_subscriber_lag` gauge, and the messages sent since they were
+    /// last set.
+    #[cfg(feature = "metrics")]
+    pub(crate) lag_gauges: (HashMap<u64, metrics::Gauge>, u64),
 }
+
+/// With the `metrics` feature, the lag gauges are set once per this many messages sent.
+#[cfg(feature = "metrics")]
+const LAG_SAMPLE: u64 = 64;
 
 impl<M> Shared<M> {
     pub(crate) fn attached(&self) -> usize {
         self.stops.len() + self.queues.len() + self.listeners.len()
+    }
+
+    /// How far behind each subscriber is, by id: see [`Publisher::lags`](crate::Publisher::lags).
+    pub(crate) fn lags(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let ring = self.stops.iter().map(|(&id, stop)| {
+            let read = stop.read.load(Ordering::Relaxed);
+            (id, self.published.saturating_sub(read))
+        });
+        let queues = (self.queues.iter())
+            .map(|(&id, queue)| (id, queue.unread.load(Ordering::Relaxed) as u64));
+        ring.chain(queues)
+    }
+
+    /// Counts a message sent and, once per [`LAG_SAMPLE`], sets every subscriber's lag gauge
+    /// (a gone subscriber's to 0): a stuck subscriber's lag shows while messages flow, at the
+    /// cost of an atomic store per subscriber per sample.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn sample_lags(&mut self) {
+        self.lag_gauges.1 += 1;
+        if self.lag_gauges.1 < LAG_SAMPLE {
+            return;
+        }
+        let mut gauges = std::mem::take(&mut self.lag_gauges.0);
+        for (id, lag) in self.lags() {
+            let gauge = gauges.entry(id).or_insert_with(|| {
+                metrics::gauge!("pubsub_subscriber_lag", "subscriber" => SubscriberId(id).to_string())
+            });
+            gauge.set(lag as f64);
+        }
+        gauges.retain(|id, gauge| {
+            let attached = self.stops.contains_key(id) || self.queues.contains_key(id);
+            if !attached {
+                gauge.set(0.0);
+            }
+            attached
+        });
+        self.lag_gauges = (gauges, 0);
     }
 }
 

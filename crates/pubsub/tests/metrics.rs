@@ -1,4 +1,5 @@
-//! The `metrics` feature: the messages a subscriber missed are counted under its id.
+//! The `metrics` feature: the messages a subscriber missed are counted, and how far behind it
+//! is gauged, under its id.
 //! (A test binary of its own: the recorder is global to the process.)
 
 use futures::StreamExt;
@@ -34,5 +35,41 @@ async fn each_subscribers_missed_messages_are_counted_under_its_id() {
         })
         .collect();
     assert_eq!(counted, vec![(behind.id().to_string(), 6)]);
+
+    // The gauges are set on the 64th and the 128th message: `reading` reads them all, `behind`
+    // none, and `gone` leaves between the two samples.
+    let mut gone = Some(publisher.subscribe_stream().unwrap());
+    let gone_id = gone.as_ref().unwrap().id();
+    for i in 10..128 {
+        if i == 100 {
+            gone = None;
+        }
+        publisher.publish(i).unwrap();
+        reading.next().await.unwrap().unwrap();
+    }
+    assert!(gone.is_none());
+    let gauge = |id: pubsub::SubscriberId| {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| match value {
+                DebugValue::Gauge(lag)
+                    if key.key().name() == "pubsub_subscriber_lag"
+                        && key.key().labels().any(|l| l.value() == id.to_string()) =>
+                {
+                    Some(lag.into_inner())
+                }
+                _ => None,
+            })
+    };
+    assert_eq!(publisher.lags().len(), 2);
+    assert_eq!(
+        gauge(behind.id()),
+        Some(122.0),
+        "told of the first 6, not read the other 122"
+    );
+    assert_eq!(gauge(reading.id()), Some(0.0));
+    assert_eq!(gauge(gone_id), Some(0.0), "gone: 0, not its last lag");
     publisher.shutdown().await;
 }
