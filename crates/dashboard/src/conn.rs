@@ -1,5 +1,6 @@
-//! Connections that cannot hold the dashboard: one whose client stops taking data is closed
-//! after a while, and every one is closed when the dashboard stops.
+//! Connections that cannot hold the dashboard: one whose client stops taking data (or takes it
+//! a trickle at a time) is closed after a while, every one is closed when the dashboard stops,
+//! even halfway through reading a request, and there are at most [`MAX_CONNECTIONS`].
 //!
 //! The server stops asking an event stream for more once a connection's buffers are full, so
 //! nothing on the stream's side can notice a client that stopped reading; its connection can.
@@ -7,14 +8,20 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Sleep;
+
+/// The most connections open at once; more wait to be accepted. Each holds the server's buffers.
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
+/// A write that waited must see this many bytes taken within the stall time, not a trickle.
+const PROGRESS: usize = 16 * 1024;
 
 /// Accepts connections as [`Guarded`] ones.
 pub(crate) struct GuardedListener {
@@ -22,6 +29,7 @@ pub(crate) struct GuardedListener {
     /// How long a write may wait for the client before the connection is closed.
     pub(crate) stall: Duration,
     pub(crate) stopping: watch::Receiver<bool>,
+    pub(crate) open: Arc<Semaphore>,
 }
 
 impl Listener for GuardedListener {
@@ -29,6 +37,8 @@ impl Listener for GuardedListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // Never closed: the listener holds it.
+        let permit = Arc::clone(&self.open).acquire_owned().await;
         let (io, addr) = Listener::accept(&mut self.inner).await;
         let mut stopping = self.stopping.clone();
         let stopped = Box::pin(async move {
@@ -40,6 +50,8 @@ impl Listener for GuardedListener {
             stall: self.stall,
             stalled: None,
             stopped,
+            is_stopped: false,
+            _permit: permit.ok(),
         };
         (guarded, addr)
     }
@@ -49,34 +61,51 @@ impl Listener for GuardedListener {
     }
 }
 
-/// A connection whose writes fail once they have waited `stall` for the client, or once the
-/// dashboard stops while they wait.
+/// A connection whose writes fail once they have waited `stall` for the client to take
+/// [`PROGRESS`] bytes, and whose reads and writes fail once the dashboard stops while they wait.
 pub(crate) struct Guarded {
     io: TcpStream,
     stall: Duration,
-    /// Armed when a write first waits; dropped when one goes through.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// Armed when a write first waits, with the bytes written since; dropped once the client
+    /// took [`PROGRESS`] bytes.
+    stalled: Option<(Pin<Box<Sleep>>, usize)>,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `stopped` finished (it must not be polled again).
+    is_stopped: bool,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Guarded {
+    /// Whether the dashboard stopped; if not, wakes the task when it does.
+    fn stopped(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.is_stopped && self.stopped.as_mut().poll(cx).is_ready() {
+            self.is_stopped = true;
+        }
+        self.is_stopped
+    }
+
     /// A write went through, or must wait: fails it when it has waited too long.
-    fn check<T>(
+    fn check(
         &mut self,
         cx: &mut Context<'_>,
-        polled: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        if polled.is_ready() {
-            self.stalled = None;
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(written) = &polled {
+            if let (Ok(n), Some((_, since))) = (written, self.stalled.as_mut()) {
+                *since += n;
+                if *since >= PROGRESS {
+                    self.stalled = None;
+                }
+            }
             return polled;
         }
-        if self.stopped.as_mut().poll(cx).is_ready() {
+        if self.stopped(cx) {
             return Poll::Ready(Err(io::Error::other("the dashboard stopped")));
         }
         let stall = self.stall;
-        let stalled = self
+        let (stalled, _) = self
             .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+            .get_or_insert_with(|| (Box::pin(tokio::time::sleep(stall)), 0));
         if stalled.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -93,7 +122,13 @@ impl AsyncRead for Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if polled.is_pending() && this.stopped(cx) {
+            // A client halfway through a request (or idle between two) holds nothing up.
+            return Poll::Ready(Err(io::Error::other("the dashboard stopped")));
+        }
+        polled
     }
 }
 
@@ -125,7 +160,7 @@ impl AsyncWrite for Guarded {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_flush(cx);
-        this.check(cx, polled)
+        this.check(cx, polled.map_ok(|()| 0)).map_ok(|_| ())
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coordinator::{Coordinator, JobStatus, Missed, RequestCompletionMessage};
@@ -18,9 +18,12 @@ const DURATIONS: usize = 512;
 const NODES: usize = 64;
 /// Run times are read from the job table at most this often (each read takes its lock).
 const LOOKUP_EVERY: Duration = Duration::from_millis(2);
-/// Open requests listed, and how far back in the job table to look for them.
+/// Open requests listed, and the most job records looked at (under the table's lock) to find
+/// them.
 const IN_FLIGHT: usize = 20;
 const IN_FLIGHT_SCAN: usize = 50_000;
+/// The longest error or payload text kept, in bytes: the feeds and the failures list hold many.
+const TEXT: usize = 1024;
 /// How long an overview is served before it is made again.
 const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -57,11 +60,27 @@ struct Recent {
 pub(crate) struct History {
     payloads: bool,
     recent: Mutex<Recent>,
-    /// The last overview made, and when: however many pages poll, it is made at most once per
-    /// [`OVERVIEW_EVERY`].
+    /// The last overview made, and when: however often `/api/overview` is asked, it is made at
+    /// most once per [`OVERVIEW_EVERY`].
     overview: Mutex<Option<(Instant, std::sync::Arc<str>)>>,
     /// Messages the dashboard's subscriber missed (it fell a whole buffer behind).
     missed: AtomicU64,
+    /// Where in the job table the open requests may start: every record before it was closed
+    /// when last looked at, and a closed job never reopens, so each record is passed once.
+    first_open: AtomicUsize,
+}
+
+/// `text`, cut to at most [`TEXT`] bytes (on a character boundary) with an ellipsis.
+fn clip(mut text: String) -> String {
+    if text.len() > TEXT {
+        let mut end = TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 fn now_secs() -> u64 {
@@ -83,6 +102,7 @@ impl History {
             recent: Mutex::default(),
             overview: Mutex::new(None),
             missed: AtomicU64::new(0),
+            first_open: AtomicUsize::new(0),
         }
     }
 
@@ -160,17 +180,17 @@ impl History {
             }
             RequestCompletionMessage::Success(success) => {
                 if self.payloads {
-                    body["result"] = json!(format!("{:?}", success.result));
+                    body["result"] = json!(clip(format!("{:?}", success.result)));
                 }
                 "success"
             }
             RequestCompletionMessage::Failure(failure) => {
-                body["error"] = json!(failure.error.to_string());
+                body["error"] = json!(clip(failure.error.to_string()));
                 "failure"
             }
             RequestCompletionMessage::Broadcast(event) => {
                 if self.payloads {
-                    body["event"] = json!(&*event.event);
+                    body["event"] = json!(clip(event.event.to_string()));
                 }
                 "event"
             }
@@ -219,40 +239,68 @@ impl History {
             .push_back((now_secs(), closed.saturating_sub(last)));
     }
 
-    /// The JSON the page polls, made again when the last is older than [`OVERVIEW_EVERY`].
+    /// The overview `/api/overview` serves and the page's feed carries, made again when the
+    /// last is older than [`OVERVIEW_EVERY`] (outside the cache's lock: a request meanwhile
+    /// waits for neither).
     pub(crate) fn overview(&self, coordinator: &Coordinator) -> std::sync::Arc<str> {
-        let mut cached = self.overview.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((made, json)) = cached.as_ref()
-            && made.elapsed() < OVERVIEW_EVERY
         {
-            return std::sync::Arc::clone(json);
+            let cached = self.overview.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((made, json)) = cached.as_ref()
+                && made.elapsed() < OVERVIEW_EVERY
+            {
+                return std::sync::Arc::clone(json);
+            }
         }
+        self.refresh_overview(coordinator)
+    }
+
+    /// A new overview, kept for [`overview`](Self::overview): the page feed's, made each second.
+    pub(crate) fn refresh_overview(&self, coordinator: &Coordinator) -> std::sync::Arc<str> {
         let json: std::sync::Arc<str> = self.make_overview(coordinator).to_string().into();
+        let mut cached = self.overview.lock().unwrap_or_else(|p| p.into_inner());
         *cached = Some((Instant::now(), std::sync::Arc::clone(&json)));
         json
+    }
+
+    /// The oldest open requests, oldest first, looking at most [`IN_FLIGHT_SCAN`] records from
+    /// [`first_open`](Self::first_open) on. The table lists jobs in the order they opened
+    /// (with [`Retention::KeepLast`](coordinator::Retention::KeepLast), an evicted record's
+    /// place takes the last one, so the order is then only roughly that).
+    fn in_flight(&self, coordinator: &Coordinator) -> Vec<Value> {
+        let now = SystemTime::now();
+        coordinator.with_state(|state| {
+            let mut first = self.first_open.load(Ordering::Relaxed);
+            if first > state.len() {
+                // Records were evicted since: start again.
+                first = 0;
+            }
+            let mut found = Vec::new();
+            for (position, job) in state.iter().enumerate().skip(first).take(IN_FLIGHT_SCAN) {
+                if job.status() != JobStatus::Opened {
+                    if found.is_empty() {
+                        first = position + 1;
+                    }
+                    continue;
+                }
+                let age = now.duration_since(job.start_time()).unwrap_or_default();
+                found.push(json!({
+                    "request_id": job.request_id().as_str(),
+                    "node": job.node_name(),
+                    "age_ms": age.as_millis() as u64,
+                }));
+                if found.len() == IN_FLIGHT {
+                    break;
+                }
+            }
+            self.first_open.store(first, Ordering::Relaxed);
+            found
+        })
     }
 
     /// The coordinator's overview, and the recent history.
     fn make_overview(&self, coordinator: &Coordinator) -> Value {
         let detail = coordinator.overview();
-        let now = SystemTime::now();
-        let in_flight: Vec<Value> = coordinator.with_state(|state| {
-            state
-                .iter()
-                .rev()
-                .take(IN_FLIGHT_SCAN)
-                .filter(|job| job.status() == JobStatus::Opened)
-                .take(IN_FLIGHT)
-                .map(|job| {
-                    let age = now.duration_since(job.start_time()).unwrap_or_default();
-                    json!({
-                        "request_id": job.request_id().as_str(),
-                        "node": job.node_name(),
-                        "age_ms": age.as_millis() as u64,
-                    })
-                })
-                .collect()
-        });
+        let in_flight = self.in_flight(coordinator);
         let recent = self.recent();
         let durations: BTreeMap<&str, Value> = recent
             .durations

@@ -33,10 +33,11 @@
 //! many jobs ran: it keeps recent history, not everything. Its one bus subscriber takes only
 //! openings, outcomes and node events, into a buffer of its own, and turns a message into an
 //! update only while an event stream is open; every stream shares that update. A client that
-//! takes no data for 10 s while there is some to send it is disconnected
-//! ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a whole feed
-//! behind is told what it missed, and every connection closes when the dashboard stops:
-//! nothing waits for a client.
+//! takes no data (or only a trickle, under 16 KiB) for 10 s while there is some to send it is
+//! disconnected ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a
+//! whole feed behind is told what it missed, every connection closes when the dashboard stops
+//! (even one halfway through sending its request), and at most 4,096 are open at once: nothing
+//! waits for a client. Error and payload texts are cut to 1 KiB.
 //!
 //! # Examples
 //!
@@ -56,6 +57,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod conn;
 mod history;
 mod prometheus;
@@ -66,9 +68,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{Query, State};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use coordinator::pubsub::SubscriberId;
@@ -107,7 +108,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// At most this many bytes of updates go out in one write (the server buffers a few writes per
 /// connection whose client reads slowly).
 const MAX_CHUNK: usize = 8 * 1024;
-/// A client that takes no data for this long while there is some to send is disconnected.
+/// A client that takes (almost) no data for this long while there is some to send is
+/// disconnected.
 const DEFAULT_STALL: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
@@ -138,8 +140,9 @@ pub struct DashboardBuilder {
 }
 
 impl DashboardBuilder {
-    /// Disconnects a client that takes no data for `stall` while the dashboard has some to send
-    /// it (default 10 s): an event stream whose reader stopped holds nothing for longer.
+    /// Disconnects a client that takes less than 16 KiB in `stall` while the dashboard has more
+    /// than that to send it (default 10 s): an event stream whose reader stopped, or reads a
+    /// trickle, holds nothing for longer.
     pub fn client_stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
         self
@@ -153,8 +156,8 @@ impl DashboardBuilder {
     }
 
     /// Requires `token` on every request: as `Authorization: Bearer <token>`, or as
-    /// `?token=<token>` (how the page passes it on, since a browser's event stream cannot set a
-    /// header).
+    /// `?token=<token>`, percent-encoded (how the page passes it on, since a browser's event
+    /// stream cannot set a header). [`start`](Self::start) refuses an empty token.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -171,8 +174,15 @@ impl DashboardBuilder {
     ///
     /// # Errors
     ///
-    /// When the address cannot be bound, or the bus is shut down.
+    /// When the address cannot be bound, the bus is shut down, or the token is empty
+    /// ([`InvalidInput`](std::io::ErrorKind::InvalidInput)).
     pub async fn start(self) -> std::io::Result<Dashboard> {
+        if self.token.as_deref() == Some("") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the dashboard's token is empty: give a token, or none",
+            ));
+        }
         let listener = tokio::net::TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
@@ -223,7 +233,7 @@ impl DashboardBuilder {
             .route("/metrics", get(metrics))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&shared),
-                authorize,
+                auth::authorize,
             ))
             .with_state(shared);
         let mut stopped = stopping.clone();
@@ -231,6 +241,7 @@ impl DashboardBuilder {
             inner: listener,
             stall: self.stall,
             stopping,
+            open: Arc::new(tokio::sync::Semaphore::new(conn::MAX_CONNECTIONS)),
         };
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -396,33 +407,11 @@ async fn every_second(
             let overview = Update {
                 kind: "overview",
                 request_id: None,
-                json: history.overview(&coordinator).to_string(),
+                json: history.refresh_overview(&coordinator).to_string(),
             };
             // Nobody reading is not an error.
             let _ = page_feed.send(Arc::new(overview));
         }
-    }
-}
-
-/// Lets a request through when no token is set or it carries the token.
-async fn authorize(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    let Some(token) = &shared.token else {
-        return next.run(request).await;
-    };
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    let query = request.uri().query().unwrap_or_default();
-    let in_query = query
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("token="))
-        .any(|given| given == token);
-    if bearer == Some(token.as_str()) || in_query {
-        next.run(request).await
-    } else {
-        (StatusCode::UNAUTHORIZED, "a token is required").into_response()
     }
 }
 
@@ -457,14 +446,15 @@ struct EventsQuery {
 
 async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<EventsQuery>) -> Response {
     // Openings are announced while a stream is open: its first update about a request
-    // accepted from now on is the opening.
+    // accepted from now on is the opening (subscribed first, so none is announced before).
+    let receiver = shared.feed.subscribe();
     let following = shared.coordinator.follow_openings();
     event_stream(
-        shared.feed.subscribe(),
+        receiver,
         query.request,
         shared.stopping.clone(),
         Some(following),
-        STREAM_GATHER,
+        Pace::Stream,
     )
 }
 
@@ -474,7 +464,7 @@ async fn live_feed(State(shared): State<Arc<Shared>>) -> Response {
         None,
         shared.stopping.clone(),
         None,
-        PAGE_GATHER,
+        Pace::Page,
     )
 }
 
@@ -489,7 +479,7 @@ fn event_stream(
     request: Option<String>,
     stopping: tokio::sync::watch::Receiver<bool>,
     following: Option<coordinator::OpeningsFollower>,
-    gather: Duration,
+    pace: Pace,
 ) -> Response {
     let state = Some((receiver, request, stopping, following));
     let stream = futures::stream::unfold(state, move |state| async move {
@@ -535,9 +525,16 @@ fn event_stream(
                 received = receiver.try_recv();
             }
         }
-        // Let the next updates gather, unless more were waiting than one write takes (after a
-        // keep-alive, nothing was waiting).
-        if !full && !chunk.starts_with(':') {
+        // Let the next updates gather, unless a stream had more waiting than one write takes
+        // (after a keep-alive, nothing was waiting). The page's feed always gathers.
+        let gather = match pace {
+            Pace::Stream if full => None,
+            Pace::Stream => Some(STREAM_GATHER),
+            Pace::Page => Some(PAGE_GATHER),
+        };
+        if let Some(gather) = gather
+            && !chunk.starts_with(':')
+        {
             tokio::select! {
                 () = tokio::time::sleep(gather) => {}
                 _ = stopping.wait_for(|stop| *stop) => {}
@@ -553,6 +550,15 @@ fn event_stream(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// How often an event stream writes.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Every [`STREAM_GATHER`], or at once while more is waiting than a write takes.
+    Stream,
+    /// Every [`PAGE_GATHER`], whatever is waiting: the page's feed is a sample.
+    Page,
 }
 
 /// Writes `update` as one server-sent event, unless it is another request's.

@@ -10,17 +10,16 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use coordinator::{
-    BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, SubmitOptions, Task,
-    broadcast,
-};
+use coordinator::ExecutionMode;
 use dashboard::Dashboard;
 use futures::future::BoxFuture;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod cdp;
+mod support;
 use cdp::Page;
+use support::*;
 
 type Test = fn() -> BoxFuture<'static, ()>;
 
@@ -96,6 +95,14 @@ fn main() {
             "openings_are_announced_while_an_event_stream_is_open",
             || Box::pin(openings_are_announced_while_an_event_stream_is_open()),
         ),
+        (
+            "the_oldest_requests_in_flight_are_listed_oldest_first",
+            || Box::pin(the_oldest_requests_in_flight_are_listed_oldest_first()),
+        ),
+        (
+            "a_half_sent_request_holds_up_neither_shutdown_nor_drop",
+            || Box::pin(a_half_sent_request_holds_up_neither_shutdown_nor_drop()),
+        ),
     ];
     trials.extend(
         others
@@ -103,161 +110,6 @@ fn main() {
             .map(|&(name, test)| libtest_mimic::Trial::test(name, run(test))),
     );
     libtest_mimic::run(&args, trials).exit();
-}
-
-/// Fails the test instead of hanging it.
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
-}
-
-async fn started() -> (RequestCompletionPublisher, Coordinator, Dashboard) {
-    started_with(|builder| builder).await
-}
-
-/// A coordinator on the async mode and its dashboard on a free loopback port, set up by
-/// `set_up`.
-async fn started_with(
-    set_up: impl FnOnce(dashboard::DashboardBuilder) -> dashboard::DashboardBuilder,
-) -> (RequestCompletionPublisher, Coordinator, Dashboard) {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator = Coordinator::builder().with_async().build();
-    coordinator.start(&publisher).unwrap();
-    let builder = Dashboard::builder(&coordinator, &publisher).bind(([127, 0, 0, 1], 0).into());
-    (
-        publisher,
-        coordinator,
-        set_up(builder).start().await.unwrap(),
-    )
-}
-
-/// A task that streams two events and sleeps `ms`; every seventh fails.
-fn work(i: u64, ms: u64) -> Task<u64> {
-    Task::from_fn(format!("r{i}"), "work", move || async move {
-        broadcast("started")?;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        broadcast("finishing")?;
-        if i % 7 == 6 {
-            return Err::<u64, BoxError>(format!("request {i} failed on purpose").into());
-        }
-        Ok(i)
-    })
-}
-
-/// Runs the requests `ids` (of `work` sleeping `ms`) at once, and waits for every one to end.
-async fn run_all(coordinator: &Coordinator, ids: std::ops::Range<u64>, ms: u64) {
-    let handles: Vec<_> = ids
-        .map(|i| {
-            coordinator
-                .try_spawn(work(i, ms), ExecutionMode::ASYNC, SubmitOptions::new())
-                .unwrap()
-        })
-        .collect();
-    for handle in handles {
-        let _ = handle.await;
-    }
-}
-
-/// `GET path` on `dashboard`, with extra headers; the status and the body.
-async fn get(dashboard: &Dashboard, path: &str, headers: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(dashboard.local_addr()).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Opens the event stream; returns the reader past the response's head.
-async fn open_events(dashboard: &Dashboard, query: &str) -> BufReader<TcpStream> {
-    open_stream(dashboard, &format!("/api/events{query}")).await
-}
-
-/// Opens the event stream at `path`; returns the reader past the response's head.
-async fn open_stream(dashboard: &Dashboard, path: &str) -> BufReader<TcpStream> {
-    let stream = TcpStream::connect(dashboard.local_addr()).await.unwrap();
-    read_head(stream, path).await
-}
-
-/// Opens the event stream, on a connection whose receive buffer the kernel does not grow (a
-/// client that stops reading soon stops the server's writes too).
-async fn open_events_small(dashboard: &Dashboard) -> BufReader<TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let stream = socket.connect(dashboard.local_addr()).await.unwrap();
-    read_head(stream, "/api/events").await
-}
-
-/// Asks for `path` on `stream`; returns the reader past the response's head.
-async fn read_head(mut stream: TcpStream, path: &str) -> BufReader<TcpStream> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).await.unwrap();
-        if line == "\r\n" {
-            return reader;
-        }
-    }
-}
-
-/// The next `(event, data)` of an event stream (chunked: size lines are skipped).
-async fn next_event(reader: &mut BufReader<TcpStream>) -> (String, String) {
-    let (mut kind, mut data, mut line) = (String::new(), String::new(), String::new());
-    loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).await.unwrap() > 0,
-            "the connection closed"
-        );
-        assert!(line != "0\r\n", "the server ended the stream");
-        let line = line.trim_end();
-        if let Some(k) = line.strip_prefix("event: ") {
-            kind = k.to_owned();
-        } else if let Some(d) = line.strip_prefix("data: ") {
-            data = d.to_owned();
-        } else if line.is_empty() && !kind.is_empty() {
-            return (kind, data);
-        }
-    }
-}
-
-/// The bus messages the dashboard missed, as its `/metrics` says.
-async fn dashboard_missed(dashboard: &Dashboard) -> u64 {
-    let (_, text) = get(dashboard, "/metrics", "").await;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("dashboard_bus_missed_total "));
-    line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .expect("the missed count")
-}
-
-/// The number the page shows in `#{id}`.
-async fn shown(page: &mut Page, id: &str) -> u64 {
-    let text = page
-        .eval(&format!("document.getElementById('{id}').textContent"))
-        .await;
-    let text = text.as_str().unwrap_or_default();
-    text.parse()
-        .unwrap_or_else(|_| panic!("#{id} shows {text:?}, not a number"))
-}
-
-/// Waits until the page has shown an overview fetched after this call: two refreshes past the
-/// one it had shown (the next one may have been under way already).
-async fn next_overview(page: &mut Page) {
-    let refreshed = "Number(document.body.dataset.refreshed ?? 0)";
-    let now = page.eval(refreshed).await.as_u64().unwrap();
-    page.until(&format!("{refreshed} >= {}", now + 2)).await;
 }
 
 async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
@@ -295,7 +147,8 @@ async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
         .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     within("the workload", load).await.unwrap();
-    // The overview the page polls is at most half a second old.
+    // Each overview on the page's feed is made when sent, and reaches the page within a
+    // quarter of a second: the next one shown after this pause was made after the workload.
     tokio::time::sleep(Duration::from_millis(600)).await;
     next_overview(&mut page).await;
     let counts = coordinator.counts();
@@ -444,7 +297,7 @@ async fn metrics_parse_and_match_the_overview() {
         .unwrap();
     // 50 outcomes and their 100 events, all published before the scrape.
     assert_eq!((lag, expected), (150, 150));
-    // The history takes the bus's messages in batches, and the overview is made at most twice
+    // The history takes the bus's messages in batches, and the overview is made at most once
     // a second: it shows the failures shortly after they happened.
     let deadline = Instant::now() + Duration::from_secs(10);
     let json = loop {
@@ -473,6 +326,37 @@ async fn a_token_is_required_once_set() {
         assert_eq!(get(&dashboard, path, right).await.0, 200, "{path}");
     }
     assert_eq!(get(&dashboard, "/metrics?token=s3cret", "").await.0, 200);
+    assert_eq!(get(&dashboard, "/metrics?token=nope", "").await.0, 401);
+    let lower = "Authorization: bearer s3cret\r\n";
+    assert_eq!(get(&dashboard, "/metrics", lower).await.0, 200, "any case");
+    let (_, head) = get_with_head(&dashboard, "/", "").await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    // The streams take the token in the query, percent-encoded as the page sends it.
+    let (publisher, coordinator, dashboard) = {
+        dashboard.shutdown().await;
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+        started_with(|b| b.token("a+b/c=&d")).await
+    };
+    for path in ["/api/feed", "/api/events"] {
+        let encoded = format!("{path}?token=a%2Bb%2Fc%3D%26d");
+        assert_eq!(stream_status(&dashboard, &encoded).await, 200, "{path}");
+        let raw = format!("{path}?token=a+b/c=&d");
+        assert_eq!(stream_status(&dashboard, &raw).await, 401, "{path}");
+        assert_eq!(stream_status(&dashboard, path).await, 401, "{path}");
+    }
+    // An empty token would let a bare `?token=` through: refused.
+    let refused = Dashboard::builder(&coordinator, &publisher)
+        .bind(([127, 0, 0, 1], 0).into())
+        .token("")
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
     dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
@@ -489,6 +373,26 @@ async fn clients_that_never_read_are_dropped_and_stall_nothing() {
     for _ in 0..CLIENTS {
         stuck.push(open_events_small(&dashboard).await);
     }
+    // And one that reads a trickle, 64 bytes each 50 ms, far less than the stream sends, until
+    // told to read what is left at full speed.
+    let mut trickle = open_events_small(&dashboard).await;
+    let drain = std::sync::Arc::new(tokio::sync::Notify::new());
+    let trickling = tokio::spawn({
+        let drain = std::sync::Arc::clone(&drain);
+        async move {
+            let mut buffer = [0u8; 64];
+            let mut draining = std::pin::pin!(drain.notified());
+            while matches!(trickle.read(&mut buffer).await, Ok(1..)) {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    () = &mut draining => break,
+                }
+            }
+            // What the kernels still hold, then the end of the stream.
+            let mut rest = Vec::new();
+            let _ = trickle.read_to_end(&mut rest).await;
+        }
+    });
     assert!(
         coordinator.announces_openings(),
         "followed while the streams are open"
@@ -515,14 +419,18 @@ async fn clients_that_never_read_are_dropped_and_stall_nothing() {
         0,
         "the dashboard read every message"
     );
-    // Their connections took no data for `stall`: the server let go of every one, and with
-    // the last stream, of the openings it followed.
+    // Their connections took no data (or a trickle) for `stall`: the server let go of every
+    // one, and with the last stream, of the openings it followed.
     within("the stuck clients' streams dropped", async {
         while coordinator.announces_openings() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
+    drain.notify_one();
+    within("the trickling client's stream ending", trickling)
+        .await
+        .unwrap();
     // A stuck client finds its connection closed after what the kernel held for it.
     let mut first = stuck.swap_remove(0);
     let mut line = String::new();
@@ -544,12 +452,25 @@ async fn the_page_feed_is_a_sample_of_the_outcomes() {
     const N: u64 = 3_000;
     let (publisher, coordinator, dashboard) = started().await;
     let mut feed = open_stream(&dashboard, "/api/feed").await;
+    // A second page counts the feed's writes: each is a chunk, its size on a line of its own.
+    let mut second = open_stream(&dashboard, "/api/feed").await;
     let start = Instant::now();
+    let until = tokio::time::Instant::now() + Duration::from_millis(3000);
+    let writes = tokio::spawn(async move {
+        let (mut writes, mut line) = (0, String::new());
+        while let Ok(Ok(1..)) = tokio::time::timeout_at(until, second.read_line(&mut line)).await {
+            let size = line.trim_end();
+            if !size.is_empty() && size.bytes().all(|b| b.is_ascii_hexdigit()) {
+                writes += 1;
+            }
+            line.clear();
+        }
+        writes
+    });
     run_all(&coordinator, 0..N, 1).await;
     // The last outcome sampled reaches the feed within a pause of the dashboard's reader, and an
     // overview comes each second.
     let (mut kinds, mut overviews) = (Vec::new(), 0);
-    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
     while let Ok((kind, data)) = tokio::time::timeout_at(until, next_event(&mut feed)).await {
         match kind.as_str() {
             // The page's overview, once a second.
@@ -580,9 +501,64 @@ async fn the_page_feed_is_a_sample_of_the_outcomes() {
         "{} outcomes in {elapsed:?} (at most {most})",
         kinds.len()
     );
+    // At most four writes a second, whatever they carry.
+    let writes = writes.await.unwrap();
+    let most = elapsed.as_millis() as usize / 250 + 1;
+    assert!(
+        writes > 0 && writes <= most,
+        "{writes} writes in {elapsed:?}"
+    );
     dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
+}
+
+async fn the_oldest_requests_in_flight_are_listed_oldest_first() {
+    let (publisher, coordinator, dashboard) = started().await;
+    // Done ones first (the listing passes them), then 40 that wait, opened in order.
+    run_all(&coordinator, 0..100, 0).await;
+    let waiting: Vec<_> = (100..140)
+        .map(|i| {
+            (coordinator.try_spawn(work(i, 60_000), ExecutionMode::ASYNC, Default::default()))
+                .unwrap()
+        })
+        .collect();
+    let (status, body) = get(&dashboard, "/api/overview", "").await;
+    assert_eq!(status, 200);
+    let overview: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed: Vec<&str> = (overview["in_flight"].as_array().unwrap().iter())
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    let oldest: Vec<String> = (100..120).map(|i| format!("r{i}")).collect();
+    assert_eq!(listed, oldest);
+    waiting.iter().for_each(|handle| handle.cancel());
+    dashboard.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn a_half_sent_request_holds_up_neither_shutdown_nor_drop() {
+    let half = "GET /api/overview HTTP/1.1\r\nHost: te";
+    for how in ["shutdown", "drop"] {
+        let (publisher, coordinator, dashboard) = started().await;
+        let mut client = TcpStream::connect(dashboard.local_addr()).await.unwrap();
+        client.write_all(half.as_bytes()).await.unwrap();
+        // Let the server start reading it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match how {
+            "shutdown" => within("the shutdown", dashboard.shutdown()).await,
+            _ => drop(dashboard),
+        }
+        // The server let go of the connection: the client's read ends, with no answer.
+        let mut answer = Vec::new();
+        let read = within("the connection closing", client.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_err() || answer.is_empty(),
+            "{how}: answered after stopping"
+        );
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    }
 }
 
 async fn openings_are_announced_while_an_event_stream_is_open() {
