@@ -139,7 +139,9 @@ impl History {
             }
             recent.failures.push_back(body);
         }
-        if message.is_terminal() {
+        // Run times of successes, as the demo's summary gives them: a failure's is often its
+        // timeout or its cancellation.
+        if let RequestCompletionMessage::Success(_) = message {
             self.time_run(coordinator, info.request_id().as_str(), info.name());
         }
     }

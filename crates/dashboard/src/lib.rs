@@ -4,11 +4,13 @@
 //! [`Dashboard::builder`] serves, for one coordinator and its bus:
 //!
 //! - `/`: a page with live per-mode counts, throughput over the last five minutes as a chart,
-//!   p50/p99 run times per node, the oldest requests in flight and their age, the latest
+//!   p50/p99 run times per node (of successful requests, sampled: at most one each 2 ms,
+//!   the last 512 per node), the oldest requests in flight and their age, the latest
 //!   failures with their error and node, the process workers, a live feed of outcomes, and the
 //!   broadcast events of one chosen request as they stream. Its assets are in this crate: no
 //!   build step, no network.
-//! - `/api/overview`: the same as JSON ([`Coordinator::overview`] and the recent history).
+//! - `/api/overview`: the same as JSON ([`Coordinator::overview`] and the recent history),
+//!   made at most once a second however often it is asked.
 //! - `/api/events`: server-sent events, one per job state change (`opened`, then `success` or
 //!   `failure`) and per node event (`event`), in bus order (`?request=ID` for one request's
 //!   only), for tools that must see every change. While one is open, the coordinator announces
