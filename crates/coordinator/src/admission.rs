@@ -211,7 +211,7 @@ impl Coordinator {
         permit: Option<OwnedSemaphorePermit>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Ready, SubmitError> {
-        let (timeout, retry, events) = options.into_parts();
+        let (timeout, retry, events, owned) = options.into_parts();
         // A timeout too long to add to now is no deadline at all.
         let deadline = match timeout.and_then(|t| Some((Instant::now().checked_add(t)?, t))) {
             Some((at, timeout)) => {
@@ -221,7 +221,7 @@ impl Coordinator {
             None => None,
         };
         let span = task_span(task.info(), mode);
-        let cell = RequestCell::new(task.info().node_id().clone(), span, events);
+        let cell = RequestCell::new(task.info().node_id().clone(), span, events, owned);
         // Submitted from inside its parent's node (the usual way): the parent's request is at
         // hand, open or not.
         let scoped_parent = task.info().parent_id().and_then(|parent| {
@@ -408,9 +408,10 @@ impl Coordinator {
     ) -> Result<Batch<O>, SubmitError>
     where
         I: IntoIterator<Item = task_core::Task<O>>,
-        O: Clone + std::fmt::Debug + Send + Sync + 'static,
+        O: std::fmt::Debug + Send + Sync + 'static,
     {
         let mode = mode.into();
+        let options = options.owning_output();
         let runtime = self.check_open()?;
         let mut prepared = Vec::new();
         let mut entry = None;

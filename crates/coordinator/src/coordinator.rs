@@ -104,6 +104,10 @@ impl Coordinator {
     /// does anything; others (another coordinator's, creation failures, late duplicates) are
     /// ignored. It is not announced again. The coordinator's own outcomes never need this: it
     /// applies them itself.
+    ///
+    /// A caller of [`submit`](Self::submit) or [`spawn`](Self::spawn) takes its output moved
+    /// out of the message's value: drop the message (and its clones) before that caller takes
+    /// it, or the caller gets an error saying the output is still held.
     pub fn handle_item(&self, item: &RequestCompletionMessage) {
         let (info, outcome) = match item {
             RequestCompletionMessage::Success(m) => (&m.info, Ok(m.result.clone())),
@@ -175,19 +179,20 @@ impl Coordinator {
     /// to its terminal message and its job closes; only the output is discarded. To cancel, use
     /// [`spawn`](Self::spawn) and [`RequestHandle::cancel`].
     ///
-    /// # Outputs that are not `Clone`
+    /// # The output is the caller's
     ///
-    /// The output is shared with the bus's subscribers (the success message carries it), so the
-    /// caller gets it moved out when no subscriber still holds it and a clone otherwise: hence
-    /// `O: Clone`. For an output that cannot be cloned (a file handle, a channel), use
-    /// [`submit_shared`](Self::submit_shared), which returns the shared value as an `Arc<O>`.
+    /// The output, of any type (`Clone` or not: a file handle, a channel), is moved to the
+    /// caller, never cloned. The bus's success message carries its `Debug` text instead, as a
+    /// [`TakenOutput`](crate::TakenOutput). For subscribers that need the value itself, use
+    /// [`submit_shared`](Self::submit_shared): the caller and the message share it as an
+    /// `Arc<O>`.
     pub fn submit<O>(
         &self,
         task: Task<O>,
         mode: impl Into<ExecutionMode>,
     ) -> impl Future<Output = Result<O, SubmitError>>
     where
-        O: Clone + fmt::Debug + Send + Sync + 'static,
+        O: fmt::Debug + Send + Sync + 'static,
     {
         // `submit_with`'s future itself, not one wrapping it: a wrapper would hold the
         // arguments twice, and this future is moved for every request.
@@ -207,10 +212,10 @@ impl Coordinator {
         options: SubmitOptions,
     ) -> Result<O, SubmitError>
     where
-        O: Clone + fmt::Debug + Send + Sync + 'static,
+        O: fmt::Debug + Send + Sync + 'static,
     {
         let accepted = self
-            .admit(task.into_erased(), mode.into(), options)?
+            .admit(task.into_erased(), mode.into(), options.owning_output())?
             .await?;
         accepted.into_handle(take_output::<O>).await
     }
@@ -228,10 +233,10 @@ impl Coordinator {
         options: SubmitOptions,
     ) -> Result<RequestHandle<O>, SubmitError>
     where
-        O: Clone + fmt::Debug + Send + Sync + 'static,
+        O: fmt::Debug + Send + Sync + 'static,
     {
         let accepted = self
-            .admit(task.into_erased(), mode.into(), options)?
+            .admit(task.into_erased(), mode.into(), options.owning_output())?
             .await?;
         Ok(accepted.into_handle(take_output::<O>))
     }
@@ -249,16 +254,16 @@ impl Coordinator {
         options: SubmitOptions,
     ) -> Result<RequestHandle<O>, SubmitError>
     where
-        O: Clone + fmt::Debug + Send + Sync + 'static,
+        O: fmt::Debug + Send + Sync + 'static,
     {
-        match self.admit_now(task.into_erased(), mode.into(), options) {
+        match self.admit_now(task.into_erased(), mode.into(), options.owning_output()) {
             Ok(accepted) => Ok(accepted.into_handle(take_output::<O>)),
             Err(error) => Err(error),
         }
     }
 
-    /// [`submit`](Self::submit) for an output of any type, `Clone` or not: returns it as the
-    /// `Arc` it is shared in with the bus's subscribers.
+    /// [`submit`](Self::submit), with the output shared with the bus's subscribers rather than
+    /// moved to the caller: the caller and the success message hold the same `Arc<O>`.
     ///
     /// # Errors
     ///
@@ -276,10 +281,16 @@ impl Coordinator {
     /// # publisher.start()?;
     /// # let coordinator = Coordinator::builder().with_async().build();
     /// # coordinator.start(&publisher)?;
-    /// // A Mutex is not Clone.
+    /// // A subscriber that keeps every message it is given.
+    /// let mut seen = publisher.subscribe_stream()?;
     /// let task = Task::from_fn("m", "counter", || async { Ok::<_, BoxError>(Mutex::new(0)) });
     /// let counter: Arc<Mutex<i32>> = coordinator.submit_shared(task, ExecutionMode::ASYNC).await?;
     /// *counter.lock().unwrap() += 1;
+    /// // The subscriber holds the same counter.
+    /// let Some(Ok(coordinator::RequestCompletionMessage::Success(done))) = seen.recv().await else {
+    ///     unreachable!("a success first")
+    /// };
+    /// assert_eq!(*done.result.downcast_ref::<Mutex<i32>>().unwrap().lock().unwrap(), 1);
     /// # coordinator.shutdown().await;
     /// # publisher.shutdown().await;
     /// # Ok(())

@@ -17,9 +17,20 @@ use crate::request::RequestCell;
 /// Turns a request's shared value into the caller's type.
 pub(crate) fn take_output<O>(value: Value) -> Result<O, SubmitError>
 where
-    O: Clone + fmt::Debug + Send + Sync + 'static,
+    O: fmt::Debug + Send + Sync + 'static,
 {
-    value.take::<O>().map_err(wrong_type::<O>)
+    value.into_inner::<O>().map_err(|value| {
+        if value.is::<O>() {
+            // Only an outcome fed to `handle_item` can still be held: by its message.
+            SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
+                "the {} output is still held by the message that completed the request \
+                 (drop it before the caller takes the output, or use submit_shared)",
+                type_name::<O>()
+            ))))
+        } else {
+            wrong_type::<O>(value)
+        }
+    })
 }
 
 /// The request's shared value as the caller's type, still shared.

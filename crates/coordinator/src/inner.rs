@@ -150,7 +150,14 @@ impl Inner {
             && let Some(started) = self.started.get()
             && started.publisher.has_subscribers()
         {
-            let message = message_of(info, outcome.clone());
+            // An output its caller takes stays the caller's alone: the bus gets its text.
+            let announced = match &outcome {
+                Ok(output) if open.as_ref().is_some_and(|open| open.cell.owns_output()) => {
+                    Ok(task_core::Value::new(pubsub::TakenOutput::of(output)))
+                }
+                shared => shared.clone(),
+            };
+            let message = message_of(info, announced);
             if let Err(refused) = started.publisher.publish(message) {
                 // The application shut its bus down: the outcome still reaches the caller.
                 tracing::trace!(%refused, "outcome not announced");

@@ -86,7 +86,7 @@ pub use task_core::{NodeRegistry, PortableNode};
 pub use pubsub::{
     BroadcastEvent, Buffer, FatalFailure, Listener, Missed, PublishError, Publisher,
     RequestCompletionMessage, RequestCompletionPublisher, RequestCreation, RequestCreationFailure,
-    RequestFailure, RequestSuccess, SubscriberId, Subscription,
+    RequestFailure, RequestSuccess, SubscriberId, Subscription, TakenOutput,
 };
 
 /// The bus crate whole (its `Error` included), for what the names above leave out: an

@@ -24,6 +24,8 @@ pub struct SubmitOptions {
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     events: bool,
+    /// The caller takes the output (set by the typed submissions, not by the user).
+    owned: bool,
 }
 
 impl SubmitOptions {
@@ -77,8 +79,15 @@ impl SubmitOptions {
         self.retry.as_ref()
     }
 
-    pub(crate) fn into_parts(self) -> (Option<Duration>, Option<RetryPolicy>, bool) {
-        (self.timeout, self.retry, self.events)
+    /// The same options for a submission whose caller takes the output.
+    pub(crate) fn owning_output(mut self) -> Self {
+        self.owned = true;
+        self
+    }
+
+    /// The timeout, the retry policy, whether events are kept, and whether the output is owned.
+    pub(crate) fn into_parts(self) -> (Option<Duration>, Option<RetryPolicy>, bool, bool) {
+        (self.timeout, self.retry, self.events, self.owned)
     }
 }
 

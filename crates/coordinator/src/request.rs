@@ -79,6 +79,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The shared record of one accepted request.
 pub(crate) struct RequestCell {
     cancelled: AtomicBool,
+    /// Its caller takes the output (moved to it): the bus gets its text, not the value.
+    owned: bool,
     /// Whatever runs the request waits here for cancellation.
     cancel_waker: AtomicWaker,
     /// Requests submitted from inside this one's node; cancelled with it.
@@ -175,13 +177,19 @@ impl Ending {
 impl RequestCell {
     /// A cell for a request of node `node_id`, keeping its events for the caller when `events`
     /// says so.
-    pub(crate) fn new(node_id: NodeId, span: tracing::Span, events: bool) -> Arc<Self> {
+    pub(crate) fn new(
+        node_id: NodeId,
+        span: tracing::Span,
+        events: bool,
+        owned: bool,
+    ) -> Arc<Self> {
         let answer = Answer {
             events: events.then(VecDeque::new),
             ..Answer::default()
         };
         Arc::new_cyclic(|me| Self {
             cancelled: AtomicBool::new(false),
+            owned,
             cancel_waker: AtomicWaker::new(),
             children: Mutex::new(Vec::new()),
             answer: Mutex::new(answer),
@@ -190,6 +198,11 @@ impl RequestCell {
             span,
             me: me.clone(),
         })
+    }
+
+    /// Whether its caller takes the output, so nobody else may hold it.
+    pub(crate) fn owns_output(&self) -> bool {
+        self.owned
     }
 
     /// The scope its node runs in: nested submissions get it as parent and are cancelled with it.

@@ -215,6 +215,40 @@ async fn handle_item_closes_only_a_job_of_this_coordinator_and_only_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_fed_to_handle_item_is_moved_to_its_caller_once_the_message_lets_go() {
+    let (publisher, coordinator) = support::started();
+    let success = |info: task_core::TaskInfo, value: u64| {
+        RequestCompletionMessage::Success(RequestSuccess {
+            info,
+            result: Value::new(value),
+        })
+    };
+    for (id, keep) in [("dropped", false), ("kept", true)] {
+        let (task, gate) = gated(id, 1);
+        let handle = coordinator
+            .spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
+            .await
+            .unwrap();
+        let info = coordinator.job(id).unwrap().info().clone();
+        let message = success(info, 42);
+        coordinator.handle_item(&message);
+        let held = keep.then_some(message);
+        let answer = handle.await;
+        match held {
+            // The caller's output is moved out of the value, which the message still holds.
+            Some(_message) => {
+                let error = answer.unwrap_err();
+                assert!(error.to_string().contains("still held"), "{error}");
+            }
+            None => assert_eq!(answer.unwrap(), 42),
+        }
+        gate.add_permits(1);
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durations_too_long_to_add_to_now_saturate_and_every_request_ends_once() {
     let (publisher, coordinator) = support::started();
     let recorder = Recorder::attach(&publisher);

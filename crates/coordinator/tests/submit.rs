@@ -5,6 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use coordinator::TakenOutput;
 use coordinator::{
     BoxError, Coordinator, ExecutionMode, JobResult, JobStatus, RequestCompletionMessage,
     RequestCompletionPublisher, Task,
@@ -440,6 +441,47 @@ async fn a_wrong_result_type_on_the_bus_is_an_error_not_a_panic() {
         1,
         "closed once, by the fed completion"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_moves_any_output_to_its_caller_and_the_bus_gets_its_text() {
+    /// Not `Clone`: only one of it may exist.
+    #[derive(Debug)]
+    struct Unique(std::sync::Mutex<Vec<u8>>);
+
+    let (publisher, coordinator) = started();
+    // A subscriber holds every message it is given, unread, as long as it lives.
+    let mut stream = publisher.subscribe_stream().unwrap();
+    let (made, buffer) = std::sync::mpsc::channel();
+    let task = Task::from_fn("u", "unique", move || async move {
+        let bytes = vec![7u8; 3];
+        made.send(bytes.as_ptr() as usize).unwrap();
+        Ok::<_, BoxError>(Unique(std::sync::Mutex::new(bytes)))
+    });
+    let unique: Unique = coordinator.submit(task, "async").await.unwrap();
+    // The very value the node made: moved, not cloned.
+    let bytes = unique.0.into_inner().unwrap();
+    assert_eq!(bytes.as_ptr() as usize, buffer.recv().unwrap());
+    let Some(Ok(coordinator::RequestCompletionMessage::Success(done))) = stream.recv().await else {
+        panic!("a success message first");
+    };
+    assert!(!done.result.is::<Unique>(), "the caller's alone");
+    let text = done.result.downcast_ref::<TakenOutput>().unwrap().text();
+    assert!(text.starts_with("Unique(Mutex { data: [7, 7, 7]"), "{text}");
+    // A `Clone` output too is moved, never cloned, however many hold the message; a long text
+    // is cut.
+    let long = Task::from_fn("l", "long", || async {
+        Ok::<_, BoxError>("x".repeat(5000))
+    });
+    assert_eq!(coordinator.submit(long, "async").await.unwrap().len(), 5000);
+    let Some(Ok(coordinator::RequestCompletionMessage::Success(done))) = stream.recv().await else {
+        panic!("a success message");
+    };
+    let text = done.result.downcast_ref::<TakenOutput>().unwrap().text();
+    assert_eq!(text.len(), TakenOutput::MAX_LEN + '…'.len_utf8());
+    assert!(text.ends_with("xx…"), "{text}");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

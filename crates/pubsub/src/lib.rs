@@ -48,7 +48,7 @@ pub use crate::bus::{Buffer, SubscriberId};
 pub use crate::error::{Error, Missed, PublishError};
 pub use crate::messages::{
     BroadcastEvent, FatalFailure, RequestCompletionMessage, RequestCreation,
-    RequestCreationFailure, RequestFailure, RequestSuccess,
+    RequestCreationFailure, RequestFailure, RequestSuccess, TakenOutput,
 };
 pub use crate::publisher::{DEFAULT_CAPACITY, DEFAULT_SHUTDOWN_GRACE, MAX_CAPACITY, Publisher};
 pub use crate::subscription::{Listener, Subscription};

@@ -19,8 +19,74 @@ pub struct RequestCreation {
 pub struct RequestSuccess {
     /// The task's request, node, parent and name.
     pub info: TaskInfo,
-    /// The node's output, shared with every subscriber; recover it with [`Value::downcast_ref`].
+    /// The node's output, shared with every subscriber; recover it with
+    /// [`Value::downcast_ref`]. For an output its caller took (the coordinator's `submit` and
+    /// `spawn` move it to the caller), a [`TakenOutput`]: its `Debug` text.
     pub result: Value,
+}
+
+/// What a success message carries in place of an output its caller took: the output's `Debug`
+/// text, cut to [`TakenOutput::MAX_LEN`] bytes. The caller has the value itself, moved, never
+/// cloned; a subscriber that needs the value must have it shared instead (the coordinator's
+/// `submit_shared`). Its `Debug` form is the text, so a log line reads the same either way.
+///
+/// ```
+/// use pubsub::TakenOutput;
+/// use task_core::Value;
+///
+/// let taken = TakenOutput::of(&Value::new(vec![1, 2, 3]));
+/// assert_eq!(taken.text(), "[1, 2, 3]");
+/// assert_eq!(format!("{:?}", Value::new(taken)), "[1, 2, 3]");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct TakenOutput {
+    text: String,
+}
+
+impl TakenOutput {
+    /// The longest text kept, in bytes (then cut, on a character boundary, with `…`).
+    pub const MAX_LEN: usize = 1024;
+
+    /// The `Debug` text of `output`, formatted only up to [`MAX_LEN`](Self::MAX_LEN) bytes.
+    pub fn of(output: &Value) -> Self {
+        /// Takes text until full, then fails the formatting, which stops it.
+        struct Bounded(String);
+        impl fmt::Write for Bounded {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                if self.0.len() > TakenOutput::MAX_LEN {
+                    // Cut already, by a `Debug` that went on after the error.
+                    return Err(fmt::Error);
+                }
+                let room = TakenOutput::MAX_LEN.saturating_sub(self.0.len());
+                if s.len() <= room {
+                    self.0.push_str(s);
+                    return Ok(());
+                }
+                let mut end = room;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                self.0.push_str(&s[..end]);
+                self.0.push('…');
+                Err(fmt::Error)
+            }
+        }
+        let mut text = Bounded(String::new());
+        // An error only says the text was cut.
+        let _ = fmt::write(&mut text, format_args!("{output:?}"));
+        Self { text: text.0 }
+    }
+
+    /// The output's `Debug` text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for TakenOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// A request's node failed: it returned an error, panicked, or could not be run.

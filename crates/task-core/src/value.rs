@@ -63,6 +63,26 @@ impl Value {
         }
     }
 
+    /// The value as a `T`, moved out: only when nobody else holds it.
+    ///
+    /// # Errors
+    ///
+    /// Returns `Err(self)` when the value is not a `T`, or is still shared.
+    ///
+    /// ```
+    /// use task_core::Value;
+    ///
+    /// let value = Value::new(String::from("mine"));
+    /// let shared = value.clone();
+    /// let value = value.into_inner::<String>().unwrap_err();
+    /// drop(shared);
+    /// assert_eq!(value.into_inner::<String>().unwrap(), "mine");
+    /// ```
+    pub fn into_inner<T: Any + fmt::Debug + Send + Sync>(self) -> Result<T, Self> {
+        let arc = self.downcast::<T>()?;
+        Arc::try_unwrap(arc).map_err(|shared| Self(shared))
+    }
+
     /// The value as a `T`: moved out when no one else holds it, cloned otherwise.
     ///
     /// # Errors
