@@ -105,13 +105,16 @@ impl Coordinator {
     /// ignored. It is not announced again. The coordinator's own outcomes never need this: it
     /// applies them itself.
     ///
-    /// A caller of [`submit`](Self::submit) or [`spawn`](Self::spawn) takes its output moved
-    /// out of the message's value: drop the message (and its clones) before that caller takes
-    /// it, or the caller gets an error saying the output is still held.
-    pub fn handle_item(&self, item: &RequestCompletionMessage) {
+    /// It takes the message: a caller of [`submit`](Self::submit) or [`spawn`](Self::spawn)
+    /// gets its output moved out of it. When anyone else still holds the message's value (a
+    /// clone of the message kept, or a message read from a bus, which keeps a copy), that
+    /// request fails instead, saying so, job and caller alike; a request submitted with
+    /// [`submit_shared`](Self::submit_shared) or [`spawn_erased`](Self::spawn_erased) takes
+    /// the value shared either way.
+    pub fn handle_item(&self, item: RequestCompletionMessage) {
         let (info, outcome) = match item {
-            RequestCompletionMessage::Success(m) => (&m.info, Ok(m.result.clone())),
-            RequestCompletionMessage::Failure(m) => (&m.info, Err(m.error.clone())),
+            RequestCompletionMessage::Success(m) => (m.info, Ok(m.result)),
+            RequestCompletionMessage::Failure(m) => (m.info, Err(m.error)),
             // A creation failure never had a job; other messages do not end requests.
             _ => return,
         };
@@ -263,7 +266,10 @@ impl Coordinator {
     }
 
     /// [`submit`](Self::submit), with the output shared with the bus's subscribers rather than
-    /// moved to the caller: the caller and the success message hold the same `Arc<O>`.
+    /// moved to the caller: the caller and the success message hold the same `Arc<O>`. With a
+    /// timeout, retries, events or a handle, the same sharing is
+    /// [`spawn_erased`](Self::spawn_erased)`(task.into_erased(), mode, options)` and
+    /// [`Value::downcast`].
     ///
     /// # Errors
     ///

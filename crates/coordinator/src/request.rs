@@ -164,6 +164,7 @@ impl Ending {
         if let Some((backoff, _)) = retry.and_then(|retry| retry.backoff) {
             backoff.abort();
         }
+        let outcome = cell.owned_outcome(outcome);
         match inner.upgrade() {
             Some(inner) => inner.apply(info, outcome, announce),
             None => cell.answer(outcome),
@@ -203,6 +204,19 @@ impl RequestCell {
     /// Whether its caller takes the output, so nobody else may hold it.
     pub(crate) fn owns_output(&self) -> bool {
         self.owned
+    }
+
+    /// `outcome`, as the request may end with it: an output its caller takes (moved) that
+    /// someone else still holds is a failure instead, so the job and the caller agree.
+    fn owned_outcome(&self, outcome: Outcome) -> Outcome {
+        match outcome {
+            Ok(output) if self.owned && output.is_shared() => Err(TaskError::strategy(
+                "the output arrived shared (whoever completed the request kept a copy, or fed \
+                 handle_item a message it still holds), but the caller takes it moved: feed \
+                 the message itself, or submit with submit_shared or spawn_erased",
+            )),
+            outcome => outcome,
+        }
     }
 
     /// The scope its node runs in: nested submissions get it as parent and are cancelled with it.

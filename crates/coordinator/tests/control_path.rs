@@ -193,11 +193,11 @@ async fn handle_item_closes_only_a_job_of_this_coordinator_and_only_once() {
     };
     // Same request id, another node: someone else's request.
     let stranger = value_task("fed", 0).into_erased().info().clone();
-    coordinator.handle_item(&success(stranger, 7));
+    coordinator.handle_item(success(stranger, 7));
     assert_eq!(coordinator.job("fed").unwrap().result(), None, "still open");
     // This coordinator's request: closed, answered, once.
-    coordinator.handle_item(&success(info.clone(), 42));
-    coordinator.handle_item(&success(info, 43));
+    coordinator.handle_item(success(info.clone(), 42));
+    coordinator.handle_item(success(info, 43));
     assert_eq!(handle.await.unwrap(), 42);
     assert_eq!(
         coordinator.job("fed").unwrap().result(),
@@ -215,7 +215,7 @@ async fn handle_item_closes_only_a_job_of_this_coordinator_and_only_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_output_fed_to_handle_item_is_moved_to_its_caller_once_the_message_lets_go() {
+async fn an_output_fed_to_handle_item_is_moved_to_its_caller_or_the_request_fails_whole() {
     let (publisher, coordinator) = support::started();
     let success = |info: task_core::TaskInfo, value: u64| {
         RequestCompletionMessage::Success(RequestSuccess {
@@ -223,7 +223,7 @@ async fn an_output_fed_to_handle_item_is_moved_to_its_caller_once_the_message_le
             result: Value::new(value),
         })
     };
-    for (id, keep) in [("dropped", false), ("kept", true)] {
+    for (id, keep) in [("given", false), ("kept", true)] {
         let (task, gate) = gated(id, 1);
         let handle = coordinator
             .spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
@@ -231,16 +231,30 @@ async fn an_output_fed_to_handle_item_is_moved_to_its_caller_once_the_message_le
             .unwrap();
         let info = coordinator.job(id).unwrap().info().clone();
         let message = success(info, 42);
-        coordinator.handle_item(&message);
-        let held = keep.then_some(message);
+        // Fed from another task, as a bus reader or a replay would.
+        let kept = tokio::spawn({
+            let coordinator = coordinator.clone();
+            async move {
+                let kept = keep.then(|| message.clone());
+                coordinator.handle_item(message);
+                kept
+            }
+        });
         let answer = handle.await;
-        match held {
-            // The caller's output is moved out of the value, which the message still holds.
+        let kept = kept.await.unwrap();
+        let job = coordinator.job(id).unwrap();
+        match kept {
+            // Someone still holds the value the caller would take: the request fails, job and
+            // caller alike.
             Some(_message) => {
                 let error = answer.unwrap_err();
-                assert!(error.to_string().contains("still held"), "{error}");
+                assert!(error.to_string().contains("arrived shared"), "{error}");
+                assert_eq!(job.result(), Some(JobResult::Failure));
             }
-            None => assert_eq!(answer.unwrap(), 42),
+            None => {
+                assert_eq!(answer.unwrap(), 42);
+                assert_eq!(job.result(), Some(JobResult::Success));
+            }
         }
         gate.add_permits(1);
     }

@@ -5,11 +5,11 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use coordinator::TakenOutput;
 use coordinator::{
     BoxError, Coordinator, ExecutionMode, JobResult, JobStatus, RequestCompletionMessage,
     RequestCompletionPublisher, Task,
 };
+use coordinator::{SubmitOptions, TakenOutput};
 use support::{CountingInline, Recorder, started, value_task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +390,7 @@ async fn handle_item_closes_jobs_only_for_terminal_messages_of_open_requests() {
     use pubsub::RequestCreationFailure;
     let (_publisher, coordinator) = started();
     // A creation failure never had a job: ignored, nothing recorded.
-    coordinator.handle_item(&RequestCompletionMessage::CreationFailure(
+    coordinator.handle_item(RequestCompletionMessage::CreationFailure(
         RequestCreationFailure {
             request_id: "never".into(),
             error: TaskError::unsupported("bad args"),
@@ -399,7 +399,7 @@ async fn handle_item_closes_jobs_only_for_terminal_messages_of_open_requests() {
     // A success for a request this coordinator does not know: ignored.
     let info = TaskInfo::new("stranger".into(), "n".into(), None, "x");
     coordinator.handle_item(
-        &RequestSuccess {
+        RequestSuccess {
             info,
             result: Value::new(1),
         }
@@ -425,7 +425,7 @@ async fn a_wrong_result_type_on_the_bus_is_an_error_not_a_panic() {
     }
     // Someone feeds a forged completion with a value of the wrong type.
     coordinator.handle_item(
-        &RequestSuccess {
+        RequestSuccess {
             info,
             result: Value::new("forged"),
         }
@@ -466,14 +466,51 @@ async fn submit_moves_any_output_to_its_caller_and_the_bus_gets_its_text() {
         panic!("a success message first");
     };
     assert!(!done.result.is::<Unique>(), "the caller's alone");
+    // A node's output comes back from every typed submission that way.
+    let batch = coordinator
+        .submit_many(
+            (0..3).map(|i| value_task(&format!("b{i}"), i)),
+            "async",
+            SubmitOptions::new(),
+        )
+        .unwrap();
+    assert_eq!(
+        batch
+            .all()
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .sum::<u64>(),
+        3
+    );
+    let spawned = coordinator
+        .try_spawn(value_task("t", 9), "async", SubmitOptions::new())
+        .unwrap();
+    assert_eq!(spawned.await.unwrap(), 9);
+    for _ in 0..4 {
+        let Some(Ok(coordinator::RequestCompletionMessage::Success(done))) = stream.recv().await
+        else {
+            panic!("a success message");
+        };
+        let text = done.result.downcast_ref::<TakenOutput>().unwrap().text();
+        assert!(["0", "1", "2", "9"].contains(&text), "{text}");
+    }
     let text = done.result.downcast_ref::<TakenOutput>().unwrap().text();
     assert!(text.starts_with("Unique(Mutex { data: [7, 7, 7]"), "{text}");
     // A `Clone` output too is moved, never cloned, however many hold the message; a long text
     // is cut.
-    let long = Task::from_fn("l", "long", || async {
-        Ok::<_, BoxError>("x".repeat(5000))
+    let (made, buffer) = std::sync::mpsc::channel();
+    let long = Task::from_fn("l", "long", move || async move {
+        let text = "x".repeat(5000);
+        made.send(text.as_ptr() as usize).unwrap();
+        Ok::<_, BoxError>(text)
     });
-    assert_eq!(coordinator.submit(long, "async").await.unwrap().len(), 5000);
+    let text = coordinator.submit(long, "async").await.unwrap();
+    assert_eq!(
+        text.as_ptr() as usize,
+        buffer.recv().unwrap(),
+        "moved, not cloned"
+    );
     let Some(Ok(coordinator::RequestCompletionMessage::Success(done))) = stream.recv().await else {
         panic!("a success message");
     };
@@ -482,6 +519,39 @@ async fn submit_moves_any_output_to_its_caller_and_the_bus_gets_its_text() {
     assert!(text.ends_with("xx…"), "{text}");
     coordinator.shutdown().await;
     publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_whose_debug_panics_still_reaches_its_caller_and_the_bus() {
+    /// Its `Debug` panics.
+    struct Touchy(u8);
+    impl std::fmt::Debug for Touchy {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("no Debug for Touchy");
+        }
+    }
+
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let task = Task::from_fn("t", "touchy", || async { Ok::<_, BoxError>(Touchy(5)) });
+    assert_eq!(coordinator.submit(task, "async").await.unwrap().0, 5);
+    assert_eq!(
+        coordinator.job("t").unwrap().result(),
+        Some(JobResult::Success)
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let messages = recorder.messages();
+    let texts: Vec<&str> = (messages.iter())
+        .filter_map(|m| match m {
+            coordinator::RequestCompletionMessage::Success(done) => done
+                .result
+                .downcast_ref::<TakenOutput>()
+                .map(TakenOutput::text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, [TakenOutput::PANICKED]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

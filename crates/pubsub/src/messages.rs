@@ -20,8 +20,10 @@ pub struct RequestSuccess {
     /// The task's request, node, parent and name.
     pub info: TaskInfo,
     /// The node's output, shared with every subscriber; recover it with
-    /// [`Value::downcast_ref`]. For an output its caller took (the coordinator's `submit` and
-    /// `spawn` move it to the caller), a [`TakenOutput`]: its `Debug` text.
+    /// [`Value::downcast_ref`]. For an output its caller took, a [`TakenOutput`]: its `Debug`
+    /// text. The coordinator's typed submissions (`submit`, `submit_with`, `spawn`,
+    /// `try_spawn`, `submit_many`, children submitted the same ways) move the output to the
+    /// caller; `submit_shared` and the erased ones share it here.
     pub result: Value,
 }
 
@@ -34,9 +36,9 @@ pub struct RequestSuccess {
 /// use pubsub::TakenOutput;
 /// use task_core::Value;
 ///
-/// let taken = TakenOutput::of(&Value::new(vec![1, 2, 3]));
-/// assert_eq!(taken.text(), "[1, 2, 3]");
-/// assert_eq!(format!("{:?}", Value::new(taken)), "[1, 2, 3]");
+/// let taken = TakenOutput::of(&Value::new((1, "two")));
+/// assert_eq!(taken.text(), r#"(1, "two")"#);
+/// assert_eq!(format!("{:?}", Value::new(taken)), r#"(1, "two")"#);
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct TakenOutput {
@@ -47,7 +49,12 @@ impl TakenOutput {
     /// The longest text kept, in bytes (then cut, on a character boundary, with `…`).
     pub const MAX_LEN: usize = 1024;
 
-    /// The `Debug` text of `output`, formatted only up to [`MAX_LEN`](Self::MAX_LEN) bytes.
+    /// The text a `Debug` that panicked gives.
+    pub const PANICKED: &str = "<the output's Debug panicked>";
+
+    /// The `Debug` text of `output`, formatted only up to [`MAX_LEN`](Self::MAX_LEN) bytes
+    /// (a `Debug` that makes its whole text before writing it still runs whole), or
+    /// [`PANICKED`](Self::PANICKED).
     pub fn of(output: &Value) -> Self {
         /// Takes text until full, then fails the formatting, which stops it.
         struct Bounded(String);
@@ -71,10 +78,17 @@ impl TakenOutput {
                 Err(fmt::Error)
             }
         }
-        let mut text = Bounded(String::new());
-        // An error only says the text was cut.
-        let _ = fmt::write(&mut text, format_args!("{output:?}"));
-        Self { text: text.0 }
+        // The output's own code runs here, on the thread that completes the request: a panic
+        // in it must not lose the request's outcome.
+        let text = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut text = Bounded(String::new());
+            // An error only says the text was cut.
+            let _ = fmt::write(&mut text, format_args!("{output:?}"));
+            text.0
+        }));
+        Self {
+            text: text.unwrap_or_else(|_| Self::PANICKED.to_owned()),
+        }
     }
 
     /// The output's `Debug` text.

@@ -63,6 +63,12 @@ impl Value {
         }
     }
 
+    /// Whether anyone else holds this value (a clone of it). A value nobody else holds can be
+    /// moved out with [`into_inner`](Self::into_inner), and stays unshared until cloned.
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+
     /// The value as a `T`, moved out: only when nobody else holds it.
     ///
     /// # Errors
