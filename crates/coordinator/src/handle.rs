@@ -21,10 +21,10 @@ where
 {
     value.into_inner::<O>().map_err(|value| {
         if value.is::<O>() {
-            // Only an outcome fed to `handle_item` can still be held: by its message.
+            // Not expected: a request whose output arrives shared fails before it is answered
+            // (`RequestCell::owned_outcome`). Said, should it happen, rather than cloned.
             SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
-                "the {} output is still held by the message that completed the request \
-                 (drop it before the caller takes the output, or use submit_shared)",
+                "the {} output is still held elsewhere, and the caller takes it moved",
                 type_name::<O>()
             ))))
         } else {
