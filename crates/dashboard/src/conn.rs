@@ -33,7 +33,7 @@ pub(crate) struct GuardedListener {
 }
 
 impl Listener for GuardedListener {
-    type Io = Guarded;
+    type Io = Guarded<TcpStream>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -63,8 +63,8 @@ impl Listener for GuardedListener {
 
 /// A connection whose writes fail once they have waited `stall` for the client to take
 /// [`PROGRESS`] bytes, and whose reads and writes fail once the dashboard stops while they wait.
-pub(crate) struct Guarded {
-    io: TcpStream,
+pub(crate) struct Guarded<T> {
+    io: T,
     stall: Duration,
     /// Armed when a write first waits, with the bytes written since; dropped once the client
     /// took [`PROGRESS`] bytes.
@@ -75,7 +75,7 @@ pub(crate) struct Guarded {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Guarded {
+impl<T> Guarded<T> {
     /// Whether the dashboard stopped; if not, wakes the task when it does.
     fn stopped(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.is_stopped && self.stopped.as_mut().poll(cx).is_ready() {
@@ -116,7 +116,7 @@ impl Guarded {
     }
 }
 
-impl AsyncRead for Guarded {
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -132,7 +132,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -165,5 +165,57 @@ impl AsyncWrite for Guarded {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connection to a client that reads (an in-memory pipe holding 1 KiB): `stopped` never.
+    fn guarded(stall: Duration) -> (Guarded<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (server, client) = tokio::io::duplex(1024);
+        let guarded = Guarded {
+            io: server,
+            stall,
+            stalled: None,
+            stopped: Box::pin(std::future::pending()),
+            is_stopped: false,
+            _permit: None,
+        };
+        (guarded, client)
+    }
+
+    /// Writes 1 MiB, a KiB at a time, until the connection fails.
+    async fn write_on(mut server: Guarded<tokio::io::DuplexStream>) -> io::Result<()> {
+        for _ in 0..1024 {
+            server.write_all(&[b'x'; 1024]).await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_client_that_takes_a_trickle_is_cut_off_and_one_that_reads_is_not() {
+        let stall = Duration::from_millis(300);
+        // 256 bytes each 50 ms: progress every time, 1.5 KiB per stall, far under 16 KiB.
+        let (server, mut client) = guarded(stall);
+        let trickle = tokio::spawn(async move {
+            let mut buffer = [0u8; 256];
+            while matches!(client.read(&mut buffer).await, Ok(1..)) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let error = write_on(server).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        trickle.await.unwrap();
+        // A client that reads as fast as it can takes the whole MiB.
+        let (server, mut client) = guarded(stall);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.map(|_| all.len())
+        });
+        write_on(server).await.unwrap();
+        assert_eq!(reader.await.unwrap().unwrap(), 1024 * 1024);
     }
 }
