@@ -1,0 +1,95 @@
+//! The completion a request's strategy delivers to: the run's outcome, then another attempt
+//! or the request's end; and the request's terminal message.
+
+use std::task::{Context, Poll};
+
+use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
+use task_core::{BoxFuture, Completion, CompletionSink, ErasedTask, Outcome, TaskInfo};
+
+use super::{CURRENT_NODE, RequestCell, StrategyRef, lock};
+
+/// Hands `task` to `strategy`. A strategy that panics here has dropped the completion, which
+/// ended the request as failed; the panic goes no further than a log line.
+pub(crate) fn execute(strategy: &StrategyRef, task: ErasedTask, completion: Completion) {
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        strategy.execute(task, completion);
+    }));
+    if let Err(payload) = started {
+        let reason = task_core::panic_message(payload.as_ref());
+        tracing::error!(strategy = strategy.name(), %reason, "the strategy panicked in execute");
+    }
+}
+
+impl CompletionSink for RequestCell {
+    fn complete(&self, outcome: Outcome) {
+        // Whether another attempt follows is the policy's call, which may run the user's
+        // predicate: asked outside the lock, and a panic in it means no.
+        let wait = match &outcome {
+            Err(error) => self.retry_wait(error),
+            Ok(_) => None,
+        };
+        let ending = {
+            let mut slot = lock(&self.ending);
+            if self.is_cancelled() {
+                // Ended by its cancellation (or its deadline) already.
+                return;
+            }
+            let Some(ending) = slot.as_mut() else {
+                return;
+            };
+            if let (Some(wait), Err(error)) = (wait, &outcome)
+                && !ending.is_closing()
+                && let Some(retry) = ending.retry.as_mut()
+            {
+                match self.schedule_attempt(wait, retry.runtime.clone()) {
+                    Ok(backoff) => {
+                        retry.backoff = Some((backoff, error.clone()));
+                        return;
+                    }
+                    Err(timer_error) => {
+                        tracing::warn!(%timer_error, "no timer for the backoff; not retrying");
+                    }
+                }
+            }
+            slot.take()
+        };
+        if let Some(ending) = ending {
+            ending.finish(outcome, true, self);
+        }
+    }
+
+    fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        RequestCell::poll_cancelled(self, cx)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        RequestCell::is_cancelled(self)
+    }
+
+    fn run_in_scope(&self, f: &mut dyn FnMut()) {
+        let _span = self.span.enter();
+        CURRENT_NODE.sync_scope(self.scope(), f);
+    }
+
+    fn spawn(&self, future: BoxFuture<'static, ()>) {
+        let runtime = tokio::runtime::Handle::try_current().ok().or_else(|| {
+            lock(&self.ending)
+                .as_ref()
+                .and_then(|ending| ending.inner.upgrade())
+                .and_then(|inner| inner.runtime())
+        });
+        match runtime {
+            Some(runtime) => drop(runtime.spawn(future)),
+            // Dropped, the future's completion ends the request as failed.
+            None => drop(future),
+        }
+    }
+}
+
+/// The terminal message of a request.
+pub(crate) fn message_of(info: TaskInfo, outcome: Outcome) -> RequestCompletionMessage {
+    match outcome {
+        Ok(result) => RequestCompletionMessage::Success(RequestSuccess { info, result }),
+        Err(error) => RequestCompletionMessage::Failure(RequestFailure { info, error }),
+    }
+}
