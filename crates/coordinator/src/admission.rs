@@ -17,7 +17,7 @@ use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::inner::{Inner, Mode, OpenRequest, task_span};
-use crate::options::{SubmitOptions, timer};
+use crate::options::SubmitOptions;
 use crate::request::{CURRENT_NODE, Ending, RequestCell, Retry, current_node, execute};
 use task_core::Value;
 
@@ -171,12 +171,12 @@ impl Coordinator {
     }
 }
 
-/// A request made ready to record: its cell open, its timer at hand.
+/// A request made ready to record: its cell open, its deadline's timer made.
 struct Ready {
     task: ErasedTask,
     cell: Arc<RequestCell>,
-    /// Its deadline, the timeout it came from and the timer that keeps it.
-    deadline: Option<(Instant, Duration, &'static tokio::runtime::Handle)>,
+    /// Its deadline's timer, the timeout it came from and the runtime the timer runs on.
+    deadline: Option<(tokio::time::Sleep, Duration, tokio::runtime::Handle)>,
     /// The request of the node it was submitted from, when that is at hand.
     scoped_parent: Option<Arc<RequestCell>>,
 }
@@ -212,14 +212,16 @@ impl Coordinator {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Ready, SubmitError> {
         let (timeout, retry, events, owned) = options.into_parts();
-        // A timeout too long to add to now is no deadline at all.
-        let deadline = match timeout.and_then(|t| Some((Instant::now().checked_add(t)?, t))) {
-            Some((at, timeout)) => {
-                let timer = timer().map_err(|e| SubmitError::new(SubmitKind::Failed(e)))?;
-                Some((at, timeout, timer))
-            }
-            None => None,
-        };
+        // A timeout too long to add to now is no deadline at all. The timer is made here, in
+        // the caller's context: a runtime without a time driver panics in the caller (as
+        // `tokio::time::timeout` does) before anything is recorded.
+        let deadline = timeout
+            .and_then(|t| Some((Instant::now().checked_add(t)?, t)))
+            .map(|(at, t)| (tokio::time::sleep_until(at.into()), t, runtime.clone()));
+        if retry.is_some() {
+            // A backoff's timer is made later, on the runtime: check for its driver now.
+            drop(tokio::time::sleep(Duration::ZERO));
+        }
         let span = task_span(task.info(), mode);
         let cell = RequestCell::new(task.info().node_id().clone(), span, events, owned);
         // Submitted from inside its parent's node (the usual way): the parent's request is at
@@ -307,10 +309,10 @@ impl Coordinator {
                 tracing::trace!(%refused, "opening not announced");
             }
         }
-        if let Some((at, timeout, timer)) = deadline {
+        if let Some((sleep, timeout, runtime)) = deadline {
             let me = Arc::downgrade(&cell);
-            let expiry = timer.spawn(async move {
-                tokio::time::sleep_until(at.into()).await;
+            let expiry = runtime.spawn(async move {
+                sleep.await;
                 if let Some(cell) = me.upgrade() {
                     let timed_out = TaskError::timed_out(format!(
                         "the request ran past its timeout of {timeout:?}"

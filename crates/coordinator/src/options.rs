@@ -1,7 +1,7 @@
 //! Per-request options: a deadline and a retry policy.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use task_core::TaskError;
@@ -39,6 +39,10 @@ impl SubmitOptions {
     /// ([`SubmitError::is_timeout`](crate::SubmitError::is_timeout)), the job closes as
     /// [`JobResult::TimedOut`](task_core::JobResult::TimedOut) and the strategy's future is
     /// dropped (what that stops depends on the strategy; see `docs/reliability.md`).
+    ///
+    /// The deadline is a tokio timer on the runtime the request is submitted on: submitting
+    /// with a timeout panics, as [`tokio::time::timeout`] does, on a runtime built without
+    /// its time driver (`enable_time` or `enable_all`).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -48,6 +52,10 @@ impl SubmitOptions {
     /// Retries failed attempts under `policy`. Only replayable tasks
     /// ([`ErasedTask::is_replayable`](task_core::ErasedTask::is_replayable)) can be retried; a
     /// task that is not gets a single attempt.
+    ///
+    /// Backoffs are tokio timers on the runtime the request is submitted on: submitting with a
+    /// retry policy panics, as [`tokio::time::sleep`] does, on a runtime built without its time
+    /// driver.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
@@ -226,28 +234,6 @@ impl fmt::Debug for RetryPolicy {
     }
 }
 
-/// The process-wide timer the coordinator's deadlines and backoffs run on: a tokio time driver
-/// on a thread of its own, so they work on any runtime, including one built without timers.
-/// A timer created here can be awaited from any runtime; it wakes its task when it fires.
-pub(crate) fn timer() -> Result<&'static tokio::runtime::Handle, TaskError> {
-    static TIMER: OnceLock<Result<tokio::runtime::Handle, String>> = OnceLock::new();
-    TIMER
-        .get_or_init(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .map_err(|e| e.to_string())?;
-            let handle = runtime.handle().clone();
-            std::thread::Builder::new()
-                .name("coordinator-timer".into())
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
-                .map_err(|e| e.to_string())?;
-            Ok(handle)
-        })
-        .as_ref()
-        .map_err(|e| TaskError::strategy(format!("the coordinator's timer could not start: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,20 +279,6 @@ mod tests {
         assert_eq!(p.backoff_after(4), Duration::from_millis(5));
         let huge = RetryPolicy::new(500).multiplier(1e300).without_jitter();
         assert_eq!(huge.backoff_after(400), Duration::from_secs(10));
-    }
-
-    #[test]
-    fn the_timer_fires_on_a_runtime_without_timers() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let start = std::time::Instant::now();
-        runtime.block_on(async {
-            // Made on the timer's runtime: this one has no timers.
-            let sleep = async { tokio::time::sleep(Duration::from_millis(20)).await };
-            timer().unwrap().spawn(sleep).await.unwrap();
-        });
-        assert!(start.elapsed() >= Duration::from_millis(20));
     }
 
     #[test]

@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
+use futures::future::{self, Either};
 use futures::task::AtomicWaker;
 use task_core::TaskExecutionStrategy;
 use task_core::{Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskError, TaskInfo};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::options::{RetryPolicy, timer};
+use crate::options::RetryPolicy;
 
 mod completion;
 mod events;
@@ -128,9 +129,10 @@ pub(crate) struct Retry {
     pub(crate) attempt: u32,
     /// The runtime the request was submitted on, where later attempts start.
     pub(crate) runtime: tokio::runtime::Handle,
-    /// The backoff before the next attempt, while one is waited for, and the error that ended
-    /// the attempt before it (the request's outcome if no attempt follows).
-    pub(crate) backoff: Option<(AbortHandle, TaskError)>,
+    /// While a backoff before the next attempt is waited out: what stops its timer (sent or
+    /// dropped), and the error that ended the attempt before it (the request's outcome if no
+    /// attempt follows).
+    pub(crate) backoff: Option<(oneshot::Sender<()>, TaskError)>,
 }
 
 impl Ending {
@@ -161,9 +163,8 @@ impl Ending {
         if let Some(timer) = deadline {
             timer.abort();
         }
-        if let Some((backoff, _)) = retry.and_then(|retry| retry.backoff) {
-            backoff.abort();
-        }
+        // A backoff's timer stops when its sender drops, with `retry`.
+        drop(retry);
         let outcome = cell.owned_outcome(outcome);
         match inner.upgrade() {
             Some(inner) => inner.apply(info, outcome, announce),
@@ -408,23 +409,25 @@ impl RequestCell {
         })
     }
 
-    /// Waits `wait` on the coordinator's timer, then starts the next attempt on `runtime` (never
-    /// on the timer's thread: a strategy's `execute` is not the timer's to run). If `runtime` is
-    /// gone by then, the request ends with its last attempt's error.
-    fn schedule_attempt(
+    /// Waits `wait` on `runtime` (whose time driver admission checked), then starts the next
+    /// attempt there, unless `stop` fires first. If `runtime` is gone, the request ends with its
+    /// last attempt's error. Called without the `ending` lock: a task spawned on a runtime that
+    /// shut down is dropped at once, and its [`NextAttempt`] ends the request.
+    pub(crate) fn schedule_attempt(
         &self,
         wait: std::time::Duration,
-        runtime: tokio::runtime::Handle,
-    ) -> Result<AbortHandle, TaskError> {
-        let me = self.me.clone();
-        let backoff = timer()?.spawn(async move {
+        runtime: &tokio::runtime::Handle,
+        stop: oneshot::Receiver<()>,
+    ) {
+        let attempt = NextAttempt(Some(self.me.clone()));
+        runtime.spawn(async move {
             // Saturates: a backoff too long to add to now waits forever (until the request is
             // cancelled, times out or is shut down).
-            tokio::time::sleep(wait).await;
-            let attempt = NextAttempt(Some(me));
-            runtime.spawn(async move { attempt.start() });
+            let sleep = std::pin::pin!(tokio::time::sleep(wait));
+            if let Either::Left(_) = future::select(sleep, stop).await {
+                attempt.start();
+            }
         });
-        Ok(backoff.abort_handle())
     }
 
     /// Ends a request that waits out a backoff before its next attempt with the error of its
@@ -444,8 +447,7 @@ impl RequestCell {
         };
         if let Some(mut ending) = ending {
             let last = ending.retry.as_mut().and_then(|retry| retry.backoff.take());
-            if let Some((backoff, error)) = last {
-                backoff.abort();
+            if let Some((_stop, error)) = last {
                 ending.finish(Err(error), true, self);
             }
         }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use crate::coordinator::Coordinator;
 use crate::request::{RequestCell, StrategyRef};
 
@@ -43,6 +45,12 @@ impl Coordinator {
     /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
     /// shut it down after this to drain it for its subscribers. Calling this again does not shut
     /// strategies down again.
+    ///
+    /// # Panics
+    ///
+    /// When it has to wait for requests in flight with a finite `grace`, the grace is a tokio
+    /// timer: on a runtime built without its time driver this panics, as
+    /// [`tokio::time::timeout`] does.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
         let deadline = Instant::now().checked_add(grace);
         let inner = &self.inner;
@@ -68,9 +76,7 @@ impl Coordinator {
                 "coordinator shutdown: waiting for the requests in flight"
             );
         }
-        let drained =
-            exec_strategies::support::wait_for(&inner.drained, || inner.open_jobs() == 0, deadline)
-                .await;
+        let drained = wait_for(&inner.drained, || inner.open_jobs() == 0, deadline).await;
         if !drained {
             inner.past_deadline.store(true, Ordering::SeqCst);
             let open: Vec<Arc<RequestCell>> = inner
@@ -89,13 +95,7 @@ impl Coordinator {
             // A cancelled request ends at once; one that was ending on another thread meanwhile
             // closes its job a moment later.
             let settle = Instant::now().checked_add(CANCEL_SETTLE);
-            if !exec_strategies::support::wait_for(
-                &inner.drained,
-                || inner.open_jobs() == 0,
-                settle,
-            )
-            .await
-            {
+            if !wait_for(&inner.drained, || inner.open_jobs() == 0, settle).await {
                 tracing::error!(
                     open_jobs = inner.open_jobs(),
                     "coordinator shutdown: requests still open after cancellation"
@@ -120,5 +120,36 @@ impl Coordinator {
                 futures::future::join_all(unique.into_iter().map(|s| s.shutdown(remaining))).await;
             })
             .await;
+    }
+}
+
+/// Waits until `done()` holds or `deadline` passes (never, when it is `None`), re-checking each
+/// time `notify` wakes its waiters (whoever changes what `done` reads calls
+/// [`Notify::notify_waiters`] after the change). Returns whether `done()` held.
+async fn wait_for(notify: &Notify, done: impl Fn() -> bool, deadline: Option<Instant>) -> bool {
+    if done() {
+        // No timer needed.
+        return true;
+    }
+    let until_done = async {
+        loop {
+            // Created before the check, so a notification between the check and the await is
+            // kept.
+            let notified = notify.notified();
+            if done() {
+                return;
+            }
+            notified.await;
+        }
+    };
+    match deadline {
+        Some(deadline) => {
+            let _ = tokio::time::timeout_at(deadline.into(), until_done).await;
+            done()
+        }
+        None => {
+            until_done.await;
+            true
+        }
     }
 }

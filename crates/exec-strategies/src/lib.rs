@@ -39,7 +39,6 @@ mod async_strategy;
 pub mod process;
 #[cfg(feature = "threaded")]
 mod signal;
-pub mod support;
 #[cfg(feature = "threaded")]
 mod sync;
 #[cfg(feature = "threaded")]

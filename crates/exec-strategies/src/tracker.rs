@@ -3,11 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::{self, Either};
 use task_core::{Outcome, StrategyStats};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
-use crate::support::sleep_until;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counts tasks in and out, refuses new ones after [`Tracker::close`], and lets
@@ -57,16 +55,19 @@ impl Tracker {
     /// After [`close`](Self::close): waits until no task is in flight or `grace` has passed (a
     /// grace too long to add to now: until no task is in flight). Returns whether it drained.
     pub(crate) async fn drain(&self, grace: Duration) -> bool {
-        let drained = std::pin::pin!(self.tasks.wait());
+        if self.tasks.is_empty() {
+            // No timer needed.
+            return true;
+        }
+        let drained = self.tasks.wait();
         let Some(deadline) = Instant::now().checked_add(grace) else {
             drained.await;
             return true;
         };
-        let timer = std::pin::pin!(sleep_until(deadline));
-        match future::select(drained, timer).await {
-            Either::Left(_) => true,
-            Either::Right(_) => self.tasks.is_empty(),
-        }
+        tokio::time::timeout_at(deadline.into(), drained)
+            .await
+            .is_ok()
+            || self.tasks.is_empty()
     }
 
     pub(crate) fn stats(&self) -> StrategyStats {
@@ -127,25 +128,23 @@ mod tests {
         assert_eq!(t.stats(), StrategyStats::new(0, 1, 1, false));
     }
 
-    #[test]
-    fn drain_waits_for_the_last_task_or_the_grace_period() {
-        let t = std::sync::Arc::new(Tracker::default());
+    #[tokio::test]
+    async fn drain_waits_for_the_last_task_or_the_grace_period() {
+        let t = Tracker::default();
         t.close();
-        futures::executor::block_on(async {
-            assert!(t.drain(Duration::from_secs(5)).await, "nothing in flight");
-        });
+        assert!(t.drain(Duration::from_secs(5)).await, "nothing in flight");
         let t = std::sync::Arc::new(Tracker::default());
         let a = t.admit().unwrap();
         t.close();
-        futures::executor::block_on(async {
-            assert!(!t.drain(Duration::from_millis(10)).await, "still in flight");
-            let t2 = std::sync::Arc::clone(&t);
-            let waiter = std::thread::spawn(move || {
-                futures::executor::block_on(t2.drain(Duration::from_secs(60)))
-            });
-            std::thread::sleep(Duration::from_millis(20));
-            drop(a);
-            assert!(waiter.join().unwrap());
-        });
+        assert!(!t.drain(Duration::from_millis(10)).await, "still in flight");
+        let t2 = std::sync::Arc::clone(&t);
+        let waiter = tokio::spawn(async move { t2.drain(Duration::from_secs(60)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a);
+        assert!(waiter.await.unwrap());
+        assert!(
+            t.drain(Duration::MAX).await,
+            "no deadline, nothing in flight"
+        );
     }
 }

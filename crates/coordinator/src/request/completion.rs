@@ -41,20 +41,18 @@ impl CompletionSink for RequestCell {
                 && !ending.is_closing()
                 && let Some(retry) = ending.retry.as_mut()
             {
-                match self.schedule_attempt(wait, retry.runtime.clone()) {
-                    Ok(backoff) => {
-                        retry.backoff = Some((backoff, error.clone()));
-                        return;
-                    }
-                    Err(timer_error) => {
-                        tracing::warn!(%timer_error, "no timer for the backoff; not retrying");
-                    }
-                }
+                let (stop, stopped) = tokio::sync::oneshot::channel();
+                retry.backoff = Some((stop, error.clone()));
+                Err((wait, retry.runtime.clone(), stopped))
+            } else {
+                Ok(slot.take())
             }
-            slot.take()
         };
-        if let Some(ending) = ending {
-            ending.finish(outcome, true, self);
+        match ending {
+            Ok(Some(ending)) => ending.finish(outcome, true, self),
+            Ok(None) => {}
+            // Scheduled after the lock is let go: see `schedule_attempt`.
+            Err((wait, runtime, stopped)) => self.schedule_attempt(wait, &runtime, stopped),
         }
     }
 

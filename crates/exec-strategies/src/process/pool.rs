@@ -144,8 +144,10 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                 }
                 Some(deadline) => {
                     let exit_by = deadline.max(Instant::now() + Duration::from_millis(200));
-                    let kill_at = crate::support::sleep_until(exit_by);
-                    futures::pin_mut!(kill_at);
+                    // On the supervisor's runtime, which has timers whatever the caller's has.
+                    let kill_at = shared
+                        .runtime
+                        .spawn(tokio::time::sleep_until(exit_by.into()));
                     if let futures::future::Either::Left(_) =
                         futures::future::select(kill_at, all.as_mut()).await
                     {
