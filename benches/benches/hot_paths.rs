@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use benches::{EchoChild, Fixture, broadcast_fan_out, publish_fan_out, request_ids};
 use coordinator::TaskExecutionStrategy;
+use coordinator::{CoordinatorState, JobResult, NodeId, RequestId, TaskInfo};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use task_core::{CoordinatorState, JobResult, NodeId, RequestId, TaskInfo};
 
 /// Runs `run` `iters` times, adding up the times it returns.
 fn total(iters: u64, mut run: impl FnMut() -> Duration) -> Duration {

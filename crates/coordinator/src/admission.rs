@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use futures::stream::FuturesUnordered;
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher, RequestCreation};
-use task_core::{BoxFuture, CoordinatorState, ErasedTask, ExecutionMode, RequestId, TaskError};
+use task_core::{BoxFuture, ErasedTask, ExecutionMode, RequestId, TaskError};
+
+use crate::state::{CoordinatorState, StateError};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
 use crate::coordinator::Coordinator;
@@ -265,7 +267,7 @@ impl Coordinator {
         table: &mut CoordinatorState<OpenRequest>,
         ready: &Ready,
         entry: &Mode,
-    ) -> Result<bool, task_core::StateError> {
+    ) -> Result<bool, StateError> {
         let open = OpenRequest {
             cell: Arc::clone(&ready.cell),
             mode: entry.index,

@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use task_core::{ExecutionMode, Retention, TaskExecutionStrategy};
+use task_core::{ExecutionMode, TaskExecutionStrategy};
+
+use crate::state::Retention;
 use tokio::sync::Semaphore;
 
 use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE};

@@ -9,9 +9,10 @@ use std::time::Duration;
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
 
-use task_core::{
-    CoordinatorState, ErasedTask, ExecutionMode, Job, JobCounts, StrategyStats, Task, Value,
-};
+use task_core::{ErasedTask, ExecutionMode, StrategyStats, Task, Value};
+
+use crate::job::Job;
+use crate::state::{CoordinatorState, JobCounts};
 
 use crate::error::{StartError, StartKind, SubmitError};
 use crate::handle::{RequestHandle, shared_output, take_output};

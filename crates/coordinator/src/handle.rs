@@ -108,7 +108,7 @@ impl<O> RequestHandle<O> {
     }
 
     /// Cancels the request and every child it submitted. If it has not ended yet it ends as
-    /// [`JobResult::Cancelled`](task_core::JobResult::Cancelled) with a cancelled failure message;
+    /// [`JobResult::Cancelled`](crate::JobResult::Cancelled) with a cancelled failure message;
     /// if it already ended, nothing changes. Returns at once; await the handle for the outcome.
     pub fn cancel(&self) {
         self.cell.cancel();

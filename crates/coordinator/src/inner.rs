@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use pubsub::{BroadcastEvent, RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
-use task_core::{
-    CoordinatorState, ExecutionMode, JobResult, Outcome, Retention, TaskError, TaskInfo,
-};
+use task_core::{ExecutionMode, Outcome, TaskError, TaskInfo};
 use tokio::sync::{Notify, OnceCell, Semaphore};
 
+use crate::job::JobResult;
 use crate::request::{Owner, RequestCell, StrategyRef, message_of};
+use crate::state::{CoordinatorState, Retention};
 
 pub(crate) struct Started {
     pub(crate) publisher: RequestCompletionPublisher,

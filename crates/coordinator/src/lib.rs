@@ -51,6 +51,7 @@ mod coordinator;
 mod error;
 mod handle;
 mod inner;
+mod job;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
@@ -59,6 +60,7 @@ mod metrics;
 mod options;
 mod request;
 mod shutdown;
+mod state;
 
 pub use crate::admission::Batch;
 pub use crate::builder::CoordinatorBuilder;
@@ -66,16 +68,17 @@ pub use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE, OpeningsFollow
 pub use crate::error::{StartError, SubmitError};
 pub use crate::handle::RequestHandle;
 pub use crate::inner::{ModeCounts, OpenRequest};
+pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};
 pub use crate::options::{RetryPolicy, SubmitOptions};
 pub use crate::request::{StrategyRef, current_node};
+pub use crate::state::{CoordinatorState, JobCounts, Retention, StateError};
 
 #[doc(inline)]
 pub use task_core::context::{Events, NotInNode, broadcast, current_events};
 #[doc(inline)]
 pub use task_core::{
-    AsyncBody, BlockingBody, BlockingNode, BoxError, BoxFuture, Completion, CoordinatorState,
-    ErasedTask, ExecutionMode, Job, JobCounts, JobResult, JobStatus, Node, NodeId, Outcome,
-    RequestId, Retention, StateError, StrategyStats, Task, TaskBody, TaskError,
+    AsyncBody, BlockingBody, BlockingNode, BoxError, BoxFuture, Completion, ErasedTask,
+    ExecutionMode, Node, NodeId, Outcome, RequestId, StrategyStats, Task, TaskBody, TaskError,
     TaskExecutionStrategy, TaskInfo, Value, WorkerStats,
 };
 #[cfg(feature = "portable")]

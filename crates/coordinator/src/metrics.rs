@@ -37,11 +37,11 @@ pub(crate) use off::ModeMetrics;
 mod on {
     use std::time::Duration;
 
+    use crate::JobResult;
     use metrics::{
         Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge,
         describe_histogram, gauge, histogram,
     };
-    use task_core::JobResult;
 
     /// One mode's handles, registered once: recording is then an atomic operation on the
     /// recorder's side, with no lookup by name per request.
@@ -142,7 +142,7 @@ mod on {
 mod off {
     use std::time::Duration;
 
-    use task_core::JobResult;
+    use crate::JobResult;
 
     /// Nothing: the `metrics` feature is off.
     pub(crate) struct ModeMetrics;

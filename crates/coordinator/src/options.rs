@@ -37,7 +37,7 @@ impl SubmitOptions {
     /// The request's deadline, counted from acceptance and covering every attempt and the
     /// backoff between them. At the deadline the caller gets a timed-out error
     /// ([`SubmitError::is_timeout`](crate::SubmitError::is_timeout)), the job closes as
-    /// [`JobResult::TimedOut`](task_core::JobResult::TimedOut) and the strategy's future is
+    /// [`JobResult::TimedOut`](crate::JobResult::TimedOut) and the strategy's future is
     /// dropped (what that stops depends on the strategy; see `docs/reliability.md`).
     ///
     /// The deadline is a tokio timer on the runtime the request is submitted on: submitting
@@ -107,7 +107,7 @@ type Predicate = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;
 /// by attempt `n + 1`, up to `max_attempts` in all. The backoff before attempt `n + 1` is
 /// `initial * multiplier^(n-1)`, capped at `max`, then (with jitter, the default) drawn uniformly
 /// from zero to that value ("full jitter", so retries of many requests spread out). Every attempt
-/// is counted on the job ([`Job::attempts`](task_core::Job::attempts)); the request still ends with
+/// is counted on the job ([`Job::attempts`](crate::Job::attempts)); the request still ends with
 /// exactly one terminal message.
 ///
 /// By default node errors, panics and lost workers are retried; timeouts (the deadline covers all

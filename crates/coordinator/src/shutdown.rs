@@ -35,7 +35,7 @@ impl Coordinator {
     /// 2. lets every accepted request run until it ends or `grace` has passed; no retry starts
     ///    after this point (a request waiting out a backoff ends at once with its last error);
     /// 3. at the deadline, cancels what is still open: each such request ends at once as
-    ///    [`JobResult::Cancelled`](task_core::JobResult::Cancelled), its caller answered and its
+    ///    [`JobResult::Cancelled`](crate::JobResult::Cancelled), its caller answered and its
     ///    failure message announced, so no request is left without its outcome;
     /// 4. shuts every strategy down exactly once (a strategy serving several modes once), with
     ///    what is left of `grace` (at least a moment after cancelling at the deadline, so that

@@ -248,17 +248,17 @@ impl StdError for TaskError {
     }
 }
 
-/// Two errors are equal when they have the same cause and message (their source errors, which
-/// stay in the process, are not compared): what survives serialization.
 impl TaskError {
-    /// The same error without its source: what a record kept for long holds, so that it does
-    /// not keep the user's error objects alive.
-    pub(crate) fn without_source(mut self) -> Self {
+    /// The same error without its source error: what a record kept for long holds, so that it
+    /// does not keep the user's error objects alive. Its cause and message are kept.
+    pub fn without_source(mut self) -> Self {
         self.source = None;
         self
     }
 }
 
+/// Two errors are equal when they have the same cause and message (their source errors, which
+/// stay in the process, are not compared): what survives serialization.
 impl PartialEq for TaskError {
     fn eq(&self, other: &Self) -> bool {
         self.kind == other.kind && self.message == other.message

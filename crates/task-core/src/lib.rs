@@ -5,26 +5,25 @@
 //! - ids: [`RequestId`], [`NodeId`];
 //! - work: the [`Node`] and [`BlockingNode`] traits, the typed [`Task`] a caller submits and the
 //!   [`ErasedTask`] a strategy runs, producing an [`Outcome`]: a [`Value`] or a [`TaskError`];
-//! - lifecycle: [`Job`], [`JobStatus`], [`JobResult`] and the job table [`CoordinatorState`];
 //! - extension: the [`TaskExecutionStrategy`] trait and the [`ExecutionMode`] names;
 //! - crossing processes (the `portable` feature): `PortableNode` (a serde node with a stable
 //!   name), its `PortableTask` form, and the `NodeRegistry` workers run them from.
 //!
 //! It depends on no async runtime. A custom strategy crate depends on `task-core` alone.
 //!
+//! The job table and the lifecycle records it keeps belong to the `coordinator` crate.
+//!
 //! # Examples
 //!
-//! The seed's job-management use case:
+//! A task, as a caller builds it and a strategy sees it:
 //!
 //! ```
-//! use task_core::{CoordinatorState, JobResult, Task};
+//! use task_core::Task;
 //!
-//! let mut state = CoordinatorState::empty();
 //! let task = Task::from_fn("123", "my_node", || async { Ok::<_, task_core::BoxError>("hi") });
-//! state.add_job(&task)?;
-//! state.end_job("123", "success".parse()?)?;
-//! assert_eq!(state.get("123").unwrap().result(), Some(JobResult::Success));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! let erased = task.into_erased();
+//! assert_eq!(erased.info().request_id().as_str(), "123");
+//! assert_eq!(erased.info().name(), "my_node");
 //! ```
 
 mod completion;
@@ -33,15 +32,12 @@ mod erased;
 mod error;
 mod id;
 mod info;
-mod job;
 mod mode;
 mod node;
 #[cfg(feature = "portable")]
 mod portable;
 mod run;
-mod state;
 mod strategy;
-mod table;
 mod task;
 mod value;
 
@@ -50,7 +46,6 @@ pub use crate::erased::{AsyncBody, BlockingBody, ErasedTask, TaskBody};
 pub use crate::error::{BoxError, TaskError, panic_message};
 pub use crate::id::{NodeId, RequestId};
 pub use crate::info::TaskInfo;
-pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};
 pub use crate::mode::ExecutionMode;
 pub use crate::node::{BlockingNode, BoxFuture, Node, Outcome};
 #[cfg(feature = "portable")]
@@ -59,7 +54,6 @@ pub use crate::portable::{
     NodeRegistry, PortableNode, PortableTask, RegistryError, decode, encode,
 };
 pub use crate::run::{Running, run};
-pub use crate::state::{CoordinatorState, JobCounts, Retention, StateError};
 pub use crate::strategy::{StrategyStats, TaskExecutionStrategy, WorkerStats};
 pub use crate::task::Task;
 pub use crate::value::Value;
@@ -77,9 +71,6 @@ mod auto_traits {
         send_sync::<NodeId>();
         send_sync::<TaskError>();
         send_sync::<Value>();
-        send_sync::<Job>();
-        send_sync::<CoordinatorState>();
-        send_sync::<StateError>();
         send_sync::<TaskInfo>();
         send_sync::<ExecutionMode>();
         send::<ErasedTask>();

@@ -1,7 +1,7 @@
 //! The job table's unit tests.
 
 use super::*;
-use crate::{NodeId, TaskInfo};
+use task_core::{NodeId, TaskInfo};
 
 fn info(id: &str) -> TaskInfo {
     TaskInfo::new(id.into(), NodeId::generate(), Some("parent".into()), "n")
@@ -133,7 +133,7 @@ fn attempts_are_counted_on_open_jobs() {
 
 #[test]
 fn outcomes_map_to_results() {
-    use crate::{TaskError, Value};
+    use task_core::{TaskError, Value};
     assert_eq!(JobResult::of(&Ok(Value::new(1))), JobResult::Success);
     assert_eq!(
         JobResult::of(&Err(TaskError::timed_out("t"))),

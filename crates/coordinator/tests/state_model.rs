@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use coordinator::{CoordinatorState, JobResult, JobStatus, Retention, TaskInfo};
 use proptest::prelude::*;
-use task_core::{CoordinatorState, JobResult, JobStatus, Retention, TaskInfo};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -131,7 +131,7 @@ impl Model {
     }
 }
 
-fn answer<T>(result: Result<T, task_core::StateError>) -> Answer {
+fn answer<T>(result: Result<T, coordinator::StateError>) -> Answer {
     match result {
         Ok(_) => Answer::Ok,
         Err(e) if e.is_duplicate() => Answer::Duplicate,

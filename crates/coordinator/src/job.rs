@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, RequestId, TaskError, TaskInfo};
+use task_core::{NodeId, RequestId, TaskError, TaskInfo};
 
 /// Whether a job is still running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ impl JobResult {
 
     /// The result an outcome closes its job with: a value is a success, a timeout or a
     /// cancellation is a result of its own, any other error a failure.
-    pub fn of(outcome: &crate::Outcome) -> Self {
+    pub fn of(outcome: &task_core::Outcome) -> Self {
         match outcome {
             Ok(_) => JobResult::Success,
             Err(e) => Self::of_error(e),
@@ -150,7 +150,7 @@ impl Job {
     /// # Examples
     ///
     /// ```
-    /// use task_core::{Job, JobResult, JobStatus, TaskInfo};
+    /// use coordinator::{Job, JobResult, JobStatus, TaskInfo};
     ///
     /// let info = TaskInfo::new("7".into(), "node-7".into(), None, "fetch");
     /// let mut job = Job::open(&info);
@@ -171,7 +171,7 @@ impl Job {
     /// # Examples
     ///
     /// ```
-    /// use task_core::{Job, JobResult, TaskError, TaskInfo};
+    /// use coordinator::{Job, JobResult, TaskError, TaskInfo};
     ///
     /// let info = TaskInfo::new("8".into(), "node-8".into(), None, "fetch");
     /// let mut job = Job::open(&info);

@@ -5,8 +5,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::JobTable;
-use crate::{Job, JobResult, JobStatus, RequestId, TaskError, TaskInfo};
+use task_core::{RequestId, TaskError, TaskInfo};
+
+use crate::job::{Job, JobResult, JobStatus};
+use table::JobTable;
+
+mod table;
 
 /// Running totals of the jobs a [`CoordinatorState`] has seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +125,7 @@ impl std::error::Error for StateError {}
 /// # Examples
 ///
 /// ```
-/// use task_core::{CoordinatorState, JobResult, JobStatus, Task};
+/// use coordinator::{CoordinatorState, JobResult, JobStatus, Task};
 ///
 /// let mut state = CoordinatorState::empty();
 /// let task = Task::from_fn("123", "my-node", || async { Ok::<_, task_core::BoxError>(()) });
@@ -142,7 +146,7 @@ impl std::error::Error for StateError {}
 /// nothing.
 ///
 /// ```
-/// use task_core::{CoordinatorState, JobResult, Retention, TaskInfo};
+/// use coordinator::{CoordinatorState, JobResult, Retention, TaskInfo};
 ///
 /// let mut state = CoordinatorState::<&str>::with_attachments(Retention::KeepAll);
 /// let info = TaskInfo::new("7".into(), "node".into(), None, "n");
@@ -175,7 +179,7 @@ impl CoordinatorState {
     /// # Examples
     ///
     /// ```
-    /// use task_core::{CoordinatorState, JobResult, Retention, TaskInfo};
+    /// use coordinator::{CoordinatorState, JobResult, Retention, TaskInfo};
     ///
     /// let mut state = CoordinatorState::with_retention(Retention::KeepLast(2));
     /// for id in ["a", "b", "c"] {
