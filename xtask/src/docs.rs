@@ -250,6 +250,9 @@ fn generate(root: &Path) -> Result<String> {
             doc.to_owned()
         }
     };
+    // The job table's module doc holds the job-management example.
+    let state = fs::read_to_string(root.join("crates/coordinator/src/state.rs"))?;
+    let state_doc = doc_text(&syn::parse_file(&state)?.attrs);
     let features = doc_of("exec-strategies").split("# Feature flags").nth(1);
     let features = features.unwrap_or_default();
     let features = strip_links(features.split("\n# ").next().unwrap_or_default().trim());
@@ -269,7 +272,7 @@ fn generate(root: &Path) -> Result<String> {
          ### 1.1 Task Submission and Execution\n\nSubmitting a task to the coordinator for execution under a chosen execution mode.\n\n```rust\n{}\n```\n\n\
          ### 1.2 Job Management\n\nAdding and ending jobs in a `CoordinatorState`.\n\n```rust\n{}\n```\n\n## 2. Public API\n\n",
         first_example(doc_of("coordinator")),
-        first_example(doc_of("task-core"))
+        first_example(&state_doc)
     );
     for krate in &crates {
         let (name, doc) = (krate.name, first_paragraph(&krate.doc));

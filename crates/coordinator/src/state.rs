@@ -1,4 +1,17 @@
 //! [`CoordinatorState`]: the job table, with O(1) add, end and lookup.
+//!
+//! The seed's job-management use case:
+//!
+//! ```
+//! use coordinator::{CoordinatorState, JobResult, Task};
+//!
+//! let mut state = CoordinatorState::empty();
+//! let task = Task::from_fn("123", "my_node", || async { Ok::<_, coordinator::BoxError>("hi") });
+//! state.add_job(&task)?;
+//! state.end_job("123", "success".parse()?)?;
+//! assert_eq!(state.get("123").unwrap().result(), Some(JobResult::Success));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::VecDeque;
 use std::fmt;
