@@ -20,7 +20,7 @@ use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::inner::{Inner, Mode, OpenRequest, task_span};
 use crate::options::SubmitOptions;
-use crate::request::{CURRENT_NODE, Ending, RequestCell, Retry, current_node, execute};
+use crate::request::{CURRENT_NODE, Ending, Expiry, RequestCell, Retry, current_node, execute};
 use task_core::Value;
 
 /// A request the coordinator took.
@@ -312,17 +312,12 @@ impl Coordinator {
             }
         }
         if let Some((sleep, timeout, runtime)) = deadline {
-            let me = Arc::downgrade(&cell);
-            let expiry = runtime.spawn(async move {
+            let expiry = Expiry::new(&cell);
+            let timer = runtime.spawn(async move {
                 sleep.await;
-                if let Some(cell) = me.upgrade() {
-                    let timed_out = TaskError::timed_out(format!(
-                        "the request ran past its timeout of {timeout:?}"
-                    ));
-                    cell.stop(Some(Err(timed_out)), true);
-                }
+                expiry.fire(timeout);
             });
-            cell.set_deadline(expiry.abort_handle());
+            cell.set_deadline(timer.abort_handle());
         }
         let request_id = task.info().request_id().clone();
         if born_cancelled {

@@ -507,6 +507,38 @@ impl RequestCell {
     }
 }
 
+/// The deadline of a request, waited for on the runtime it was submitted on. Dropped without
+/// firing while the request is open (that runtime shut down), it ends the request cancelled:
+/// nothing would keep its deadline any more. Dropped after the request ended (its timer
+/// aborted), it does nothing.
+pub(crate) struct Expiry(Option<Weak<RequestCell>>);
+
+impl Expiry {
+    pub(crate) fn new(cell: &Arc<RequestCell>) -> Self {
+        Self(Some(Arc::downgrade(cell)))
+    }
+
+    /// Ends the request as timed out, if it is still open.
+    pub(crate) fn fire(mut self, timeout: std::time::Duration) {
+        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
+            let timed_out =
+                TaskError::timed_out(format!("the request ran past its timeout of {timeout:?}"));
+            cell.stop(Some(Err(timed_out)), true);
+        }
+    }
+}
+
+impl Drop for Expiry {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
+            let lost = TaskError::cancelled(
+                "the runtime the request was submitted on shut down before its deadline",
+            );
+            cell.stop(Some(Err(lost)), true);
+        }
+    }
+}
+
 /// The next attempt of a request, on its way to the runtime it was submitted on. Dropped without
 /// starting (that runtime shut down), it ends the request with its last attempt's error.
 struct NextAttempt(Option<Weak<RequestCell>>);

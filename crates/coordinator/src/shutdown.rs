@@ -48,9 +48,9 @@ impl Coordinator {
     ///
     /// # Panics
     ///
-    /// When it has to wait for requests in flight with a finite `grace`, the grace is a tokio
-    /// timer: on a runtime built without its time driver this panics, as
-    /// [`tokio::time::timeout`] does.
+    /// When it has to wait with a finite `grace` (for requests in flight, or for a strategy's
+    /// tasks still running, such as a timed-out threaded node), the grace is a tokio timer: on a
+    /// runtime built without its time driver this panics, as [`tokio::time::timeout`] does.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
         let deadline = Instant::now().checked_add(grace);
         let inner = &self.inner;

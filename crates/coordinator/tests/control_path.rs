@@ -500,8 +500,19 @@ async fn a_batch_with_a_repeated_or_open_id_is_rejected_whole_with_nothing_recor
     publisher.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_starts_on_the_submitting_runtime_never_on_the_timer_thread() {
+/// A retry's next attempt starts on the runtime its request was submitted on, not the one the
+/// coordinator was started on.
+#[test]
+fn a_retry_starts_on_the_submitting_runtime() {
+    let named = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (home, submitting) = (named("home"), named("submitting"));
     let publisher = RequestCompletionPublisher::new();
     publisher.start().unwrap();
     // The inline strategy runs a blocking body inside `execute`, where the attempt starts.
@@ -511,7 +522,7 @@ async fn a_retry_starts_on_the_submitting_runtime_never_on_the_timer_thread() {
             exec_inline::InlineStrategy::new(),
         )
         .build();
-    coordinator.start(&publisher).unwrap();
+    home.block_on(async { coordinator.start(&publisher).unwrap() });
     let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&threads);
     let task = Task::replayable_blocking("flaky", "flaky", move || {
@@ -527,19 +538,26 @@ async fn a_retry_starts_on_the_submitting_runtime_never_on_the_timer_thread() {
             .backoff(Duration::from_millis(1), Duration::from_millis(1))
             .without_jitter(),
     );
-    let value = coordinator
-        .submit_with(task, exec_inline::InlineStrategy::MODE, retrying)
-        .await;
+    let value = submitting.block_on(async {
+        // On a worker of `submitting`, as a task there would be.
+        let coordinator = coordinator.clone();
+        let submit = async move {
+            let mode = exec_inline::InlineStrategy::MODE;
+            coordinator.submit_with(task, mode, retrying).await
+        };
+        tokio::spawn(submit).await.unwrap()
+    });
     assert_eq!(value.unwrap(), 7);
     let threads = threads.lock().unwrap().clone();
-    assert_eq!(threads.len(), 2);
-    assert_ne!(
-        threads[1].as_deref(),
-        Some("coordinator-timer"),
-        "the timer thread keeps every deadline; it runs no strategy"
+    assert_eq!(
+        threads,
+        [Some("submitting".to_owned()), Some("submitting".to_owned())],
+        "both attempts start on the runtime the request was submitted on"
     );
-    coordinator.shutdown().await;
-    publisher.shutdown().await;
+    home.block_on(async {
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

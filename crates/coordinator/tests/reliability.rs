@@ -483,6 +483,62 @@ async fn keep_last_retention_bounds_the_table_and_keeps_the_totals() {
     publisher.shutdown().await;
 }
 
+/// A deadline waits on the runtime the request was submitted on. When that runtime shuts down
+/// first, nothing would keep the deadline: the request ends cancelled at once, saying why,
+/// rather than staying open until its node returns (a threaded node runs on regardless).
+#[test]
+fn a_request_whose_runtime_shuts_down_before_its_deadline_ends_cancelled() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (publisher, coordinator) = main.block_on(async {
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let pool = ThreadedExecutionStrategy::builder().threads(1).build();
+        let coordinator = Coordinator::builder()
+            .strategy(ExecutionMode::THREADED, pool.unwrap())
+            .build();
+        coordinator.start(&publisher).unwrap();
+        (publisher, coordinator)
+    });
+    let recorder = Recorder::attach(&publisher);
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let task = Task::blocking("held", "held", move || {
+        let _ = hold.recv_timeout(Duration::from_secs(30));
+        Ok::<_, BoxError>(1_u8)
+    });
+    let short = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let timeout = SubmitOptions::new().timeout(Duration::from_secs(60));
+    let handle = short.block_on(coordinator.spawn(task, ExecutionMode::THREADED, timeout));
+    drop(short);
+    let job = coordinator.job("held").expect("recorded");
+    assert_eq!(job.result(), Some(JobResult::Cancelled), "ended at once");
+    assert!(
+        job.error()
+            .unwrap()
+            .message()
+            .contains("shut down before its deadline")
+    );
+    let answer = main.block_on(handle.unwrap());
+    assert!(answer.unwrap_err().is_cancelled());
+    release.send(()).unwrap();
+    main.block_on(async {
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+    // The node's late result changed nothing: one terminal message, the cancellation.
+    assert_eq!(recorder.terminal_counts().get("held"), Some(&1));
+    assert_eq!(
+        coordinator.job("held").unwrap().result(),
+        Some(JobResult::Cancelled)
+    );
+}
+
 /// Deadlines and backoffs are tokio timers on the caller's runtime. Without a time driver, what
 /// needs no timer works; a submit that needs one panics in the caller with tokio's message, as
 /// `tokio::time::timeout` would, and records nothing.

@@ -830,6 +830,37 @@ fn shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process() {
     });
 }
 
+/// The pool's grace and kill timers run on its supervisor's runtime: shut down from a runtime
+/// without timers while a task runs past the grace, or from no runtime at all, it returns and
+/// leaves no worker.
+fn shutdown_needs_no_timer_of_the_callers_runtime() {
+    let rt = runtime();
+    let s = rt.block_on(pool(1));
+    let pids = s.worker_pids();
+    let s1 = s.clone();
+    let running = rt.spawn(async move {
+        task_core::run(&s1, Task::portable("long", Sleep(30_000)).into_erased()).await
+    });
+    wait_until("the task on its worker", || {
+        s.stats().workers.iter().any(|w| w.in_flight > 0)
+    });
+    let no_timers = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    no_timers.block_on(s.shutdown(Duration::from_millis(100)));
+    let killed = rt.block_on(running).unwrap();
+    assert!(killed.is_err(), "the task past the grace was stopped");
+    for pid in pids {
+        wait_until("the worker gone", || is_dead(pid));
+    }
+    let s = rt.block_on(pool(1));
+    let pids = s.worker_pids();
+    futures::executor::block_on(s.shutdown(Duration::from_secs(1)));
+    for pid in pids {
+        wait_until("the worker gone", || is_dead(pid));
+    }
+}
+
 fn shutdown_while_a_worker_is_being_replaced_returns() {
     runtime().block_on(async {
         for round in 0..5 {
@@ -1081,6 +1112,10 @@ fn main() {
     run_worker_if_requested(&registry());
 
     let tests: &[(&str, fn())] = &[
+        (
+            "shutdown_needs_no_timer_of_the_callers_runtime",
+            shutdown_needs_no_timer_of_the_callers_runtime,
+        ),
         (
             "round_trips_values_errors_and_panics",
             round_trips_values_errors_and_panics,

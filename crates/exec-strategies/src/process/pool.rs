@@ -37,8 +37,8 @@ use super::shared::Shared;
 /// - The protocol runs on pipes of its own: a node's stdin is `/dev/null` and its stdout goes to
 ///   the parent's stderr.
 ///
-/// Supervision runs on a thread of its own with its own small tokio runtime, so the strategy
-/// works under any runtime of the caller's. The workers' answers are read on the runtime
+/// Supervision runs on a thread of its own with its own small tokio runtime (with timers: the
+/// shutdown's kill timer runs there), so the strategy works under any runtime of the caller's. The workers' answers are read on the runtime
 /// [`ProcessBuilder::start`](super::ProcessBuilder::start) was awaited on, where the callers usually are, so an answer wakes
 /// its caller without a hop through another thread. If that runtime shuts down while the pool
 /// lives on, the workers are replaced (tasks running on them fail as worker lost) and answers
@@ -115,7 +115,12 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
             let shared = &self.shared;
             // A grace too long to add to now never runs out.
             let deadline = Instant::now().checked_add(grace);
-            if !shared.tracker.drain(grace).await {
+            // On the supervisor's runtime, whose timers the caller's runtime may lack.
+            let draining = Arc::clone(shared);
+            let drained = shared
+                .runtime
+                .spawn(async move { draining.tracker.drain(grace).await });
+            if !drained.await.unwrap_or(false) {
                 tracing::warn!(
                     in_flight = shared.tracker.in_flight(),
                     "process strategy: grace period over with tasks still running; killing workers"
@@ -145,9 +150,10 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                 Some(deadline) => {
                     let exit_by = deadline.max(Instant::now() + Duration::from_millis(200));
                     // On the supervisor's runtime, which has timers whatever the caller's has.
-                    let kill_at = shared
-                        .runtime
-                        .spawn(tokio::time::sleep_until(exit_by.into()));
+                    // Made inside the task, so on that runtime's timers.
+                    let kill_at = shared.runtime.spawn(async move {
+                        tokio::time::sleep_until(exit_by.into()).await;
+                    });
                     if let futures::future::Either::Left(_) =
                         futures::future::select(kill_at, all.as_mut()).await
                     {
