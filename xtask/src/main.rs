@@ -1,13 +1,6 @@
-//! Project automation, run as `cargo xtask <command>`:
-//!
-//! - `bench [--quick] [--only GROUP[,GROUP...]] [--criterion] [-- <criterion args>]`: every
-//!   scenario (or only some groups) beside its raw baseline in one run, reported in
-//!   `$CARGO_TARGET_DIR/bench-report/` (`target/bench-report/` by default); optionally the
-//!   criterion benches.
-//! - `docs [--check]`: generates `docs/components/task_execution.md` from the crates' sources
-//!   (`--check`: fails when the committed one is stale), checks that the Rust snippets of the
-//!   README and `docs/` match compiled code, then builds the rustdoc with warnings (broken
-//!   intra-doc links included) denied.
+//! Project automation, run as `cargo xtask <command>`: `bench` (every scenario beside its raw
+//! baseline, and the criterion benches) and `docs` (the generated design document, the docs'
+//! snippets and the rustdoc); `cargo xtask help` says more.
 
 mod docs;
 mod snippets;
@@ -16,113 +9,89 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
+use clap::builder::PossibleValuesParser;
 
-const USAGE: &str = r"usage: cargo xtask <command>
+#[derive(Parser)]
+#[command(bin_name = "cargo xtask")]
+enum Xtask {
+    /// Every scenario beside its raw baseline, interleaved, in one run; writes
+    /// report.{md,json,svg} to $CARGO_TARGET_DIR/bench-report (or target/bench-report).
+    Bench(Bench),
+    /// Generates docs/components/task_execution.md, checks the README's and docs/'s Rust
+    /// snippets against compiled code, then builds the rustdoc with warnings denied.
+    Docs {
+        /// Fail if the committed document is stale, instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
+}
 
-  bench [--quick] [--only GROUP[,GROUP...]] [--out DIR] [--criterion] [-- <criterion args>]
-        every scenario beside its raw baseline, interleaved, in one run; writes
-        report.{md,json,svg} to DIR ($CARGO_TARGET_DIR/bench-report, or target/bench-report)
-          --quick        a smoke run: few repetitions, small N
-          --only GROUPS  only these groups: async, threaded, process, publisher, nats,
-                         instructions, memory (comma-separated; the docs' claims on the
-                         others are reported as not measured)
-          --criterion    also run the criterion benches of the hot pieces (in their quick
-                         mode with --quick); arguments after `--` go to criterion
-  docs [--check]
-        generate docs/components/task_execution.md (--check: fail if stale),
-        check the README's and docs/'s Rust snippets against compiled code,
-        then build the rustdoc with warnings denied";
+#[derive(clap::Args)]
+struct Bench {
+    /// A smoke run: few repetitions, small N.
+    #[arg(long)]
+    quick: bool,
+    /// Only these groups, comma-separated (the docs' claims on the others are reported as not
+    /// measured).
+    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(GROUPS.split(", ")))]
+    only: Vec<String>,
+    /// Where the report goes.
+    #[arg(long, value_name = "DIR")]
+    out: Option<String>,
+    /// Also run the criterion benches of the hot pieces (in their quick mode with --quick).
+    #[arg(long)]
+    criterion: bool,
+    /// Arguments for criterion.
+    #[arg(last = true)]
+    criterion_args: Vec<String>,
+}
+
+/// The groups of scenarios `bench-report --only` knows.
+const GROUPS: &str = "async, threaded, process, publisher, nats, instructions, memory";
 
 /// Errors print as their chain of causes, without a backtrace (CI sets `RUST_BACKTRACE`, and
 /// the line that matters would scroll away).
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("Error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
+    let done = match Xtask::parse() {
+        Xtask::Bench(args) => bench(args),
+        Xtask::Docs { check } => docs::run(check),
+    };
+    if let Err(error) = done {
+        eprintln!("Error: {error:#}");
+        return std::process::ExitCode::FAILURE;
     }
+    std::process::ExitCode::SUCCESS
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let ours = &args[..args.iter().position(|a| *a == "--").unwrap_or(args.len())];
-    match ours {
-        [] => println!("{USAGE}"),
-        _ if ours.iter().any(|a| matches!(*a, "help" | "--help" | "-h")) => println!("{USAGE}"),
-        ["bench", ..] => bench(&args[1..])?,
-        ["docs"] => docs::run(false)?,
-        ["docs", "--check"] => docs::run(true)?,
-        _ => bail!("unknown command or arguments {args:?}\n\n{USAGE}"),
+/// `cargo xtask bench`: the report, then the criterion benches when asked for.
+fn bench(args: Bench) -> Result<()> {
+    let mut report = Vec::new();
+    if args.quick {
+        report.push("--quick".to_owned());
     }
-    Ok(())
-}
-
-/// The groups of scenarios, as `cargo xtask bench --only` names them.
-const GROUPS: &str = "async, threaded, process, publisher, nats, instructions, memory";
-
-/// `cargo xtask bench`: checks the flags, runs the report, then the criterion benches when asked
-/// for.
-fn bench(args: &[&str]) -> Result<()> {
-    let (ours, criterion_args) =
-        args.split_at(args.iter().position(|a| *a == "--").unwrap_or(args.len()));
-    let (mut report, mut only, mut criterion) = (Vec::new(), Vec::new(), false);
-    let mut flags = ours.iter();
-    while let Some(&flag) = flags.next() {
-        let mut value = || {
-            flags
-                .next()
-                .copied()
-                .with_context(|| format!("`{flag}` needs a value"))
-        };
-        match flag {
-            "--quick" => report.push(flag),
-            "--criterion" => criterion = true,
-            "--out" => report.extend([flag, value()?]),
-            "--only" => {
-                for group in value()?.split(',').map(str::trim).filter(|g| !g.is_empty()) {
-                    if !GROUPS.split(", ").any(|known| known == group) {
-                        bail!("unknown group `{group}`: expected {GROUPS}");
-                    }
-                    only.push(group);
-                }
-            }
-            _ => bail!("unknown flag `{flag}`\n\n{USAGE}"),
-        }
+    if !args.only.is_empty() {
+        report.extend(["--only".to_owned(), args.only.join(",")]);
     }
-    let only = only.join(",");
-    if !only.is_empty() {
-        report.extend(["--only", &only]);
+    if let Some(out) = args.out {
+        report.extend(["--out".to_owned(), out]);
     }
-    cargo(
-        "run --release --quiet -p benches --bin bench-report --",
-        &report,
-        &[],
-    )?;
-    if criterion {
-        let quick = if report.contains(&"--quick") {
-            "--quick --noplot"
-        } else {
-            ""
-        };
-        let passed = criterion_args.get(1..).unwrap_or_default();
-        cargo(
-            &format!("bench -p benches --benches -- {quick}"),
-            passed,
-            &[],
-        )?;
+    let run_report = "run --release --quiet -p benches --bin bench-report --";
+    cargo(run_report, &report, &[])?;
+    if args.criterion {
+        let quick = if args.quick { "--quick --noplot" } else { "" };
+        let bench = format!("bench -p benches --benches -- {quick}");
+        cargo(&bench, &args.criterion_args, &[])?;
     }
     Ok(())
 }
 
 /// Runs `cargo` with the words of `command`, then `more`, from the workspace root, failing when
 /// it fails.
-fn cargo(command: &str, more: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+fn cargo(command: &str, more: &[String], envs: &[(&str, &str)]) -> Result<()> {
     let args: Vec<&str> = command
         .split_whitespace()
-        .chain(more.iter().copied())
+        .chain(more.iter().map(String::as_str))
         .collect();
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
