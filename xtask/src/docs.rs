@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use syn::{Attribute, FnArg, ImplItem, Item, Pat, Signature, TraitItem, Type, Visibility};
+use syn::{Attribute, FnArg, Ident, ImplItem, Item, Pat, Signature, TraitItem, Type, Visibility};
 
 const DOCUMENT: &str = "docs/components/task_execution.md";
 
@@ -100,6 +100,14 @@ fn first_example(doc: &str) -> String {
     body.join("\n")
 }
 
+fn or_none(doc: &str) -> &str {
+    if doc.is_empty() {
+        "No doc comment."
+    } else {
+        doc
+    }
+}
+
 fn first_paragraph(doc: &str) -> String {
     strip_links(doc.split("\n\n").next().unwrap_or_default().trim())
 }
@@ -156,10 +164,11 @@ fn read_crate(root: &Path, name: &'static str) -> Result<CrateInfo> {
         name,
         ..CrateInfo::default()
     };
-    // Inherent methods, by the name of their type: attached once every file is read.
+    // Methods, by the name of their trait or type: attached once every file is read.
     let mut methods: Vec<(String, (String, String))> = Vec::new();
-    let method = |sig: &Signature, attrs: &[Attribute]| {
-        (format!(".{}", signature(sig)), summary(&doc_text(attrs)))
+    let mut method = |owner: &Ident, sig: &Signature, attrs: &[Attribute]| {
+        let method = (format!(".{}", signature(sig)), summary(&doc_text(attrs)));
+        methods.push((owner.to_string(), method));
     };
     let public = |vis: &Visibility| matches!(vis, Visibility::Public(_));
     for path in &paths {
@@ -173,56 +182,49 @@ fn read_crate(root: &Path, name: &'static str) -> Result<CrateInfo> {
             krate.doc = file_doc;
         }
         for item in &file.items {
-            let (kind, name, attrs, item_methods) = match item {
-                Item::Struct(i) if public(&i.vis) => {
-                    ("struct", i.ident.to_string(), &i.attrs, vec![])
-                }
-                Item::Enum(i) if public(&i.vis) => ("enum", i.ident.to_string(), &i.attrs, vec![]),
-                Item::Type(i) if public(&i.vis) => ("type", i.ident.to_string(), &i.attrs, vec![]),
-                Item::Const(i) if public(&i.vis) => {
-                    ("const", i.ident.to_string(), &i.attrs, vec![])
-                }
-                Item::Fn(i) if public(&i.vis) => ("fn", signature(&i.sig), &i.attrs, vec![]),
-                Item::Trait(i) if public(&i.vis) => {
-                    let fns = i.items.iter().filter_map(|t| match t {
-                        TraitItem::Fn(f) => Some(method(&f.sig, &f.attrs)),
-                        _ => None,
-                    });
-                    ("trait", i.ident.to_string(), &i.attrs, fns.collect())
+            let (kind, name, attrs, vis) = match item {
+                Item::Struct(i) => ("struct", i.ident.to_string(), &i.attrs, &i.vis),
+                Item::Enum(i) => ("enum", i.ident.to_string(), &i.attrs, &i.vis),
+                Item::Type(i) => ("type", i.ident.to_string(), &i.attrs, &i.vis),
+                Item::Const(i) => ("const", i.ident.to_string(), &i.attrs, &i.vis),
+                Item::Fn(i) => ("fn", signature(&i.sig), &i.attrs, &i.vis),
+                Item::Trait(i) => {
+                    for item in &i.items {
+                        if let (TraitItem::Fn(f), true) = (item, public(&i.vis)) {
+                            method(&i.ident, &f.sig, &f.attrs);
+                        }
+                    }
+                    ("trait", i.ident.to_string(), &i.attrs, &i.vis)
                 }
                 Item::Impl(i) if i.trait_.is_none() => {
-                    let owner = match &*i.self_ty {
-                        Type::Path(owner) => {
-                            owner.path.segments.last().map(|s| s.ident.to_string())
-                        }
-                        _ => None,
+                    let Type::Path(owner) = &*i.self_ty else {
+                        continue;
                     };
-                    for impl_item in &i.items {
-                        if let (Some(owner), ImplItem::Fn(f)) = (&owner, impl_item)
+                    for item in &i.items {
+                        if let (Some(owner), ImplItem::Fn(f)) = (owner.path.segments.last(), item)
                             && public(&f.vis)
                         {
-                            methods.push((owner.clone(), method(&f.sig, &f.attrs)));
+                            method(&owner.ident, &f.sig, &f.attrs);
                         }
                     }
                     continue;
                 }
                 _ => continue,
             };
-            let doc = summary(&doc_text(attrs));
-            krate.items.push(ApiItem {
-                kind,
-                name,
-                doc,
-                methods: item_methods,
-            });
+            if public(vis) {
+                let (doc, methods) = (summary(&doc_text(attrs)), Vec::new());
+                krate.items.push(ApiItem {
+                    kind,
+                    name,
+                    doc,
+                    methods,
+                });
+            }
         }
     }
     for (owner, method) in methods {
-        if let Some(item) = krate
-            .items
-            .iter_mut()
-            .find(|i| i.kind != "fn" && i.name == owner)
-        {
+        let owner = |item: &&mut ApiItem| item.kind != "fn" && item.name == owner;
+        if let Some(item) = krate.items.iter_mut().find(owner) {
             item.methods.push(method);
         }
     }
@@ -236,20 +238,12 @@ fn generate(root: &Path) -> Result<String> {
         crates
             .iter()
             .find(|c| c.name == name)
-            .map(|c| c.doc.as_str())
+            .map_or("", |c| &c.doc)
     };
-    let doc_of = |name| doc_of(name).unwrap_or_default();
     let manifest = fs::read_to_string(root.join("Cargo.toml"))?;
     let mut lines = manifest.lines();
     let version = lines.find_map(|l| l.strip_prefix("version = \"")?.strip_suffix('"'));
     let version = version.context("no workspace version in Cargo.toml")?;
-    let or_none = |doc: &str| {
-        if doc.is_empty() {
-            "No doc comment.".to_owned()
-        } else {
-            doc.to_owned()
-        }
-    };
     // The job table's module doc holds the job-management example.
     let state = fs::read_to_string(root.join("crates/coordinator/src/state.rs"))?;
     let state_doc = doc_text(&syn::parse_file(&state)?.attrs);

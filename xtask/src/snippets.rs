@@ -61,10 +61,8 @@ pub(crate) fn check(root: &Path) -> Result<()> {
         }
     }
     if !problems.is_empty() {
-        bail!(
-            "snippets in the docs that drifted from the code:\n  {}",
-            problems.join("\n  ")
-        );
+        let problems = problems.join("\n  ");
+        bail!("snippets in the docs that drifted from the code:\n  {problems}");
     }
     println!("{checked} snippets in the README and docs/ match compiled code");
     Ok(())
@@ -80,16 +78,9 @@ fn rust_blocks(page: &str) -> Vec<(usize, Option<&str>, String)> {
             previous = Some(line).filter(|l| !l.is_empty()).or(previous);
             continue;
         };
-        let code = lines
-            .by_ref()
-            .map(|(_, l)| l)
-            .take_while(|l| !l.starts_with("```"));
-        let code: Vec<&str> = code.collect();
-        if info
-            .split(',')
-            .next()
-            .is_some_and(|lang| lang.trim() == "rust")
-        {
+        let code = lines.by_ref().map(|(_, l)| l);
+        let code: Vec<&str> = code.take_while(|l| !l.starts_with("```")).collect();
+        if info.split(',').next().map(str::trim) == Some("rust") {
             let marker = previous.and_then(|l| l.strip_suffix("-->"));
             blocks.push((index + 1, marker, code.join("\n")));
         }
@@ -102,19 +93,14 @@ fn rust_blocks(page: &str) -> Vec<(usize, Option<&str>, String)> {
 /// otherwise the first snippet line that breaks the run, from the best partial match.
 fn find(snippet: &str, source: &str, rust_source: bool) -> Result<(), String> {
     let wanted: Vec<String> = snippet.lines().filter_map(|l| code_of(l, false)).collect();
-    let held: Vec<String> = source
-        .lines()
-        .filter_map(|l| code_of(l, rust_source))
-        .collect();
+    let held = source.lines().filter_map(|l| code_of(l, rust_source));
+    let held: Vec<String> = held.collect();
     if wanted.is_empty() {
         return Err("(the block has no code)".to_owned());
     }
     let run = |start: usize| {
-        wanted
-            .iter()
-            .zip(&held[start..])
-            .take_while(|(w, h)| w == h)
-            .count()
+        let pairs = wanted.iter().zip(&held[start..]);
+        pairs.take_while(|(w, h)| w == h).count()
     };
     let best = (0..held.len()).map(run).max().unwrap_or(0);
     (best == wanted.len())
@@ -127,9 +113,7 @@ fn find(snippet: &str, source: &str, rust_source: bool) -> Result<(), String> {
 /// (`# ...`) included.
 fn code_of(line: &str, rust_source: bool) -> Option<String> {
     let mut line = line.trim();
-    let doc = line
-        .strip_prefix("///")
-        .or_else(|| line.strip_prefix("//!"));
+    let doc = ["///", "//!"].iter().find_map(|p| line.strip_prefix(p));
     if let Some(doc) = doc.filter(|_| rust_source) {
         line = doc.trim();
         if line == "#" {
