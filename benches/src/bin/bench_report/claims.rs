@@ -20,10 +20,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::measure::{Row, row};
+use crate::measure::Row;
 
 /// What opens a claim in a Markdown file.
 const OPENING: &str = "<!-- bench ";
+
+const GRAMMAR: &str = "expected [target] \"SCENARIO\" [n=N] [vs \"OTHER\" [n=M]] ratio=LOW..HIGH";
 
 /// A claim and what this run measured of it, as the report writes it.
 #[derive(Debug, Default, Serialize)]
@@ -72,18 +74,21 @@ fn check_text(file: &str, text: &str, rows: &[Row]) -> Vec<Claim> {
     let (mut claims, mut in_code) = (Vec::new(), false);
     for (index, line) in text.lines().enumerate() {
         in_code ^= line.trim_start().starts_with("```");
-        let mut rest = line;
-        while let (false, Some(start)) = (in_code, rest.find(OPENING)) {
-            rest = &rest[start + OPENING.len()..];
-            let end = rest.find("-->");
-            let mut claim = Claim::default();
-            let text = rest[..end.unwrap_or(rest.len())].trim();
-            (claim.file, claim.line, claim.claim) = (file.to_owned(), index + 1, text.to_owned());
-            if let Err(why) = judge(&mut claim, end.is_some(), rows) {
+        for text in line.split(OPENING).skip(1).filter(|_| !in_code) {
+            let closed = text.split_once("-->").map(|(text, _)| text);
+            let (file, line) = (file.to_owned(), index + 1);
+            let claim = closed.unwrap_or(text).trim().to_owned();
+            let mut claim = Claim {
+                file,
+                line,
+                claim,
+                ..Claim::default()
+            };
+            let judged = closed.ok_or_else(|| "not closed with `-->` on its line".to_owned());
+            if let Err(why) = judged.and_then(|_| judge(&mut claim, rows)) {
                 claim.verdict = format!("does not read: {why}");
             }
             claims.push(claim);
-            rest = &rest[end.unwrap_or(rest.len())..];
         }
     }
     claims
@@ -91,45 +96,32 @@ fn check_text(file: &str, text: &str, rows: &[Row]) -> Vec<Claim> {
 
 /// Reads the claim's text, `[target] "SCENARIO" [n=N] [vs "OTHER" [n=M]] ratio=[LOW]..[HIGH]`,
 /// and judges it against `rows`.
-fn judge(claim: &mut Claim, closed: bool, rows: &[Row]) -> Result<(), String> {
-    if !closed {
-        return Err("not closed with `-->` on its line".into());
-    }
-    let grammar = "expected [target] \"SCENARIO\" [n=N] [vs \"OTHER\" [n=M]] ratio=LOW..HIGH";
-    let parts: Vec<&str> = claim.claim.split('"').collect();
-    let words = |i: usize| parts[i].split_whitespace().collect::<Vec<_>>();
-    claim.target = match (parts.len(), &words(0)[..]) {
-        (3 | 5, []) => false,
-        (3 | 5, ["target"]) => true,
-        _ => return Err(grammar.into()),
-    };
-    let (ours, mut rest) = side(rows, parts[1], words(2))?;
-    let mut measured = ours.map(|ours| (ours.ratio, ours.n));
-    if parts.len() == 5 {
-        if rest != ["vs"] {
-            return Err(grammar.into());
+fn judge(claim: &mut Claim, rows: &[Row]) -> Result<(), String> {
+    let target = claim.claim.strip_prefix("target ");
+    let text = target.unwrap_or(&claim.claim);
+    let (ours, text) = side(rows, text)?;
+    let (measured, text) = match text.strip_prefix("vs ") {
+        None => (ours.map(|ours| (ours.ratio, ours.n)), text),
+        Some(text) => {
+            let (other, text) = side(rows, text)?;
+            let ratio =
+                |(ours, other): (&Row, &Row)| (other.ns_per_task / ours.ns_per_task, ours.n);
+            (ours.zip(other).map(ratio), text)
         }
-        let (other, after) = side(rows, parts[3], words(4))?;
-        let ratio = |(ours, other): (&Row, &Row)| (other.ns_per_task / ours.ns_per_task, ours.n);
-        (measured, rest) = (ours.zip(other).map(ratio), after);
-    }
-    let range = match rest[..] {
-        [last] => last.strip_prefix("ratio="),
-        _ => None,
     };
-    let (low, high) = range
-        .and_then(|range| range.split_once(".."))
-        .ok_or(grammar)?;
-    let number = |b: &str| {
+    let range = text.strip_prefix("ratio=").and_then(|r| r.split_once(".."));
+    let (low, high) = range.ok_or(GRAMMAR)?;
+    let bound = |b: &str| {
         b.parse::<f64>()
             .map_err(|_| format!("`{b}` is not a number"))
     };
-    let bound = |b: &str| (!b.is_empty()).then(|| number(b)).transpose();
+    let bound = |b: &str| (!b.is_empty()).then(|| bound(b)).transpose();
     let (low, high) = (bound(low)?, bound(high)?);
     if low.zip(high).is_some_and(|(low, high)| low > high) || low.or(high).is_none() {
         return Err("the range needs LOW <= HIGH, and one of them at least".into());
     }
     let holds = measured.map(|(m, _)| low.is_none_or(|l| l <= m) && high.is_none_or(|h| m <= h));
+    claim.target = target.is_some();
     claim.verdict = match (holds, claim.target) {
         (None, _) => "not measured in this run",
         (Some(true), false) => "holds",
@@ -142,24 +134,25 @@ fn judge(claim: &mut Claim, closed: bool, rows: &[Row]) -> Result<(), String> {
     Ok(())
 }
 
-/// The row a scenario's name and an `n=N` at the start of the words after it pick, and the
-/// words after those.
-type Side<'r, 'w> = (Option<&'r Row>, Vec<&'w str>);
-
-fn side<'r, 'w>(
-    rows: &'r [Row],
-    name: &str,
-    mut words: Vec<&'w str>,
-) -> Result<Side<'r, 'w>, String> {
+/// The row that `"SCENARIO" [n=N]` at the start of `text` picks (without `n`, the one at the
+/// largest N measured; `None` when none was), and the text after it.
+fn side<'r, 't>(rows: &'r [Row], text: &'t str) -> Result<(Option<&'r Row>, &'t str), String> {
+    let quoted = text.strip_prefix('"').and_then(|text| text.split_once('"'));
+    let (name, text) = quoted.ok_or(GRAMMAR)?;
     if !crate::scenarios::names::known(name) {
         return Err(format!("the report has no scenario `{name}`"));
     }
-    let n = words.first().and_then(|w| w.strip_prefix("n="));
-    let whole = |n: &str| n.replace('_', "").parse::<u64>();
-    let n = n.map(|n| whole(n).map_err(|_| format!("n=`{n}` is not a whole number")));
-    let n = n.transpose()?;
-    let rest = words.split_off(usize::from(n.is_some()));
-    Ok((row(rows, name, n), rest))
+    let (n, text) = match text.trim_start().strip_prefix("n=") {
+        Some(text) => {
+            let (n, text) = text.split_once(' ').unwrap_or((text, ""));
+            let whole = |_| format!("n=`{n}` is not a whole number");
+            (Some(n.parse::<u64>().map_err(whole)?), text)
+        }
+        None => (None, text),
+    };
+    let picked = |row: &&Row| row.name == name && n.is_none_or(|n| row.n == n);
+    let row = rows.iter().filter(picked).max_by_key(|row| row.n);
+    Ok((row, text.trim_start()))
 }
 
 #[cfg(test)]
@@ -174,7 +167,7 @@ mod tests {
             row(100_000, 3_000.0, 1_500.0),
             row(1_000_000, 5_000.0, 1_000.0),
         ];
-        let text = "<!-- bench \"async\" n=100_000 ratio=0.4..0.6 --> <!-- bench \"async\" ratio=0.3.. -->\n\
+        let text = "<!-- bench \"async\" n=100000 ratio=0.4..0.6 --> <!-- bench \"async\" ratio=0.3.. -->\n\
                     ```text\n<!-- bench \"async\" ratio=0..1 -->\n```\n\
                     | <!-- bench target \"async\" n=1000000 vs \"async\" n=10000 ratio=0.67.. --> |\n\
                     <!-- bench \"threaded\" ratio=..1 --> <!-- bench \"no such\" ratio=0..1 -->\n\
@@ -186,7 +179,7 @@ mod tests {
             .iter()
             .map(|c| (c.line, c.measured, c.verdict.as_str()))
             .collect();
-        let grammar = "does not read: expected [target] \"SCENARIO\" [n=N] [vs \"OTHER\" [n=M]] ratio=LOW..HIGH";
+        let grammar = format!("does not read: {GRAMMAR}");
         assert_eq!(
             judged,
             [
@@ -204,13 +197,13 @@ mod tests {
                     None,
                     "does not read: the range needs LOW <= HIGH, and one of them at least"
                 ),
-                (7, None, grammar),
+                (7, None, grammar.as_str()),
                 (8, None, "does not read: n=`many` is not a whole number"),
-                (8, None, grammar),
+                (8, None, grammar.as_str()),
                 (9, None, "does not read: not closed with `-->` on its line"),
             ]
         );
-        assert!(claims[2].target && claims[0].claim == "\"async\" n=100_000 ratio=0.4..0.6");
+        assert!(claims[2].target && claims[0].claim == "\"async\" n=100000 ratio=0.4..0.6");
     }
 
     /// The docs' own claims: every one reads and names scenarios the report has, so a renamed
