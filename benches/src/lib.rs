@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, PortableNode, ProcessExecutionStrategy,
-    RequestCompletionPublisher, RequestId, SubmitOptions, Task, ThreadedExecutionStrategy,
+    BoxError, Coordinator, CoordinatorBuilder, ExecutionMode, PortableNode,
+    ProcessExecutionStrategy, RequestCompletionPublisher, RequestId, SubmitOptions, Task,
+    ThreadedExecutionStrategy,
 };
 /// The trivial task (it returns its number), and the registry of every binary here, each its
 /// own process worker (see [`serve_if_child`]).
@@ -40,25 +41,41 @@ pub fn runtime() -> Runtime {
     builder.build().expect("a tokio runtime")
 }
 
-/// A started publisher and a coordinator with the async mode and, given a pool, the threaded
-/// mode on it.
-pub fn started_coordinator(
-    rt: &Runtime,
-    pool: Option<&Arc<rayon::ThreadPool>>,
-) -> (RequestCompletionPublisher, Coordinator) {
-    rt.block_on(async {
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().expect("start publisher");
-        let mut builder = Coordinator::builder().with_async();
-        if let Some(pool) = pool {
-            let threaded = ThreadedExecutionStrategy::builder().pool(Arc::clone(pool));
-            builder =
-                builder.strategy(ExecutionMode::THREADED, threaded.build().expect("threaded"));
-        }
-        let coordinator = builder.build();
-        coordinator.start(&publisher).expect("start coordinator");
-        (publisher, coordinator)
-    })
+/// A started publisher and a coordinator on it.
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub struct Started {
+    pub publisher: RequestCompletionPublisher,
+    pub coordinator: Coordinator,
+}
+
+impl Started {
+    /// Starts the coordinator `builder` makes, on a fresh publisher.
+    pub fn new(rt: &Runtime, builder: CoordinatorBuilder) -> Self {
+        rt.block_on(async {
+            let publisher = RequestCompletionPublisher::new();
+            publisher.start().expect("start publisher");
+            let coordinator = builder.build();
+            coordinator.start(&publisher).expect("start coordinator");
+            Self {
+                publisher,
+                coordinator,
+            }
+        })
+    }
+
+    /// One serving the async mode alone.
+    pub fn with_async(rt: &Runtime) -> Self {
+        Self::new(rt, Coordinator::builder().with_async())
+    }
+
+    /// Shuts the coordinator, then the publisher, down.
+    pub fn shutdown(self, rt: &Runtime) {
+        rt.block_on(async {
+            self.coordinator.shutdown().await;
+            self.publisher.shutdown().await;
+        });
+    }
 }
 
 /// A runtime, a 2-thread rayon pool and a coordinator serving the async mode and the threaded
@@ -68,8 +85,7 @@ pub fn started_coordinator(
 pub struct Fixture {
     pub rt: Runtime,
     pub pool: Arc<rayon::ThreadPool>,
-    pub publisher: RequestCompletionPublisher,
-    pub coordinator: Coordinator,
+    pub started: Started,
 }
 
 impl Default for Fixture {
@@ -77,13 +93,13 @@ impl Default for Fixture {
         let rt = runtime();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build();
         let pool = Arc::new(pool.expect("a rayon pool"));
-        let (publisher, coordinator) = started_coordinator(&rt, Some(&pool));
-        Self {
-            rt,
-            pool,
-            publisher,
-            coordinator,
-        }
+        let threaded = ThreadedExecutionStrategy::builder()
+            .pool(Arc::clone(&pool))
+            .build();
+        let builder = Coordinator::builder().with_async();
+        let builder = builder.strategy(ExecutionMode::THREADED, threaded.expect("threaded"));
+        let started = Started::new(&rt, builder);
+        Self { rt, pool, started }
     }
 }
 
@@ -93,7 +109,7 @@ impl Fixture {
     /// (one `submit_many`), or the raw baselines `raw-async` and `raw-threaded`. `None` for a
     /// name it does not know.
     pub fn run(&self, name: &str, ids: &[RequestId]) -> Option<Duration> {
-        let (rt, coordinator) = (&self.rt, &self.coordinator);
+        let (rt, coordinator) = (&self.rt, &self.started.coordinator);
         Some(match name {
             "async" => submit_trivial(rt, coordinator, ids, &ExecutionMode::ASYNC),
             "threaded" => submit_trivial(rt, coordinator, ids, &ExecutionMode::THREADED),
@@ -107,10 +123,7 @@ impl Fixture {
 
     /// Shuts the coordinator and the publisher down.
     pub fn shutdown(self) {
-        self.rt.block_on(async {
-            self.coordinator.shutdown().await;
-            self.publisher.shutdown().await;
-        });
+        self.started.shutdown(&self.rt);
     }
 }
 
@@ -382,10 +395,8 @@ pub fn publish_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Durat
 
 /// The fan-out baseline: the same through `tokio::sync::broadcast`, made lossless the cheapest
 /// way, as the publisher is: the sender never lets the slowest receiver fall a whole buffer
-/// behind (a broadcast sender would overwrite what that receiver has not read), and waits for
-/// receivers to catch up instead. Raw `broadcast` with lagging receivers skips messages: with 16
-/// subscribers on 2 cores its receivers saw 18-47% of them, so it is not a fan-out of N messages.
-/// Every receiver must see every message (checked).
+/// behind (where raw `broadcast` would overwrite what it has not read), and waits for receivers
+/// to catch up instead. Every receiver must see every message (checked).
 pub fn broadcast_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Duration {
     const CAPACITY: usize = 1024;
     timed(rt, async {

@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use coordinator::TaskExecutionStrategy;
+use coordinator::{ExecutionMode, TaskExecutionStrategy};
 
 use crate::measure::Row;
 use crate::scenarios::names;
@@ -28,28 +28,21 @@ pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
     let pool = scenario
         .starts_with("process")
         .then(|| benches::worker_pool(rt));
-    // `async-metrics`: the async scenario on a coordinator whose metrics a Prometheus recorder
-    // keeps (bound while it is built).
+    // The async scenario on a coordinator whose metrics a Prometheus recorder keeps (bound while
+    // it is built).
     let metered = (scenario == "async-metrics").then(|| {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        metrics::with_local_recorder(&recorder, || benches::started_coordinator(rt, None))
+        metrics::with_local_recorder(&recorder, || benches::Started::with_async(rt))
     });
-    let mut total = Duration::ZERO;
-    for _ in 0..rounds {
-        total += match (scenario, &pool) {
-            ("async-metrics", _) => {
-                let (_, on) = metered.as_ref().expect("made above");
-                benches::submit_trivial(rt, on, &ids, &coordinator::ExecutionMode::ASYNC)
-            }
-            ("fan-out-16", _) => benches::publish_fan_out(rt, 16, n),
-            ("broadcast-16", _) => benches::broadcast_fan_out(rt, 16, n),
-            ("process", Some(pool)) => benches::process_pipelined(rt, pool, n),
-            ("process-1", Some(pool)) => benches::process_round_trips(rt, pool, n),
-            _ => fixture
-                .run(scenario, &ids)
-                .unwrap_or_else(|| panic!("unknown scenario {scenario}")),
-        };
-    }
+    let once = || match (scenario, &pool, &metered) {
+        (.., Some(on)) => benches::submit_trivial(rt, &on.coordinator, &ids, &ExecutionMode::ASYNC),
+        ("fan-out-16", ..) => benches::publish_fan_out(rt, 16, n),
+        ("broadcast-16", ..) => benches::broadcast_fan_out(rt, 16, n),
+        ("process", Some(pool), _) => benches::process_pipelined(rt, pool, n),
+        ("process-1", Some(pool), _) => benches::process_round_trips(rt, pool, n),
+        _ => fixture.run(scenario, &ids).expect("a known scenario"),
+    };
+    let total: Duration = (0..rounds).map(|_| once()).sum();
     eprintln!(
         "{scenario}: {} ns per task over {rounds} rounds of {n}",
         total.as_nanos() / u128::from(n * rounds.max(1))
@@ -110,7 +103,6 @@ pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
                 return None;
             }
         }
-        eprintln!("{}", rows[rows.len() - 1].summary());
     }
     Some(rows)
 }

@@ -16,6 +16,24 @@ mod scenarios;
 
 use std::path::{Path, PathBuf};
 
+use clap::Parser;
+
+/// Writes the report of every scenario beside its raw baseline (`--run SCENARIO N ROUNDS` runs
+/// one scenario in a loop instead).
+#[derive(Parser)]
+struct Args {
+    /// A smoke run: few repetitions, small N.
+    #[arg(long)]
+    quick: bool,
+    /// Only these groups, comma-separated (`cargo xtask bench --help` lists them).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where the report goes: by default `bench-report` in `$CARGO_TARGET_DIR`, or in `target`
+    /// in the workspace.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 /// The workspace root, where the docs and `target/` are.
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,18 +42,21 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Runs this binary again with `args` (a child flag and its arguments) and reads what it prints
-/// as JSON: the measurements that need a process of their own. An error says what failed and
-/// what the child said on stderr.
-fn measure_in_child<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("could not run the child: {e}"))?;
+/// as JSON: the measurements that need a process of their own. `None` where that failed, once
+/// stderr says that `what` was not measured, why, and what the child said there.
+fn measure_in_child<T: serde::de::DeserializeOwned>(what: &str, args: &[&str]) -> Option<T> {
+    let exe = std::env::current_exe().expect("own path");
     let output = std::process::Command::new(exe).args(args).output();
-    let output = output.map_err(|e| format!("could not run the child: {e}"))?;
-    let said = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-    if !output.status.success() {
-        return Err(format!("{}: {said}", output.status));
-    }
-    let read = serde_json::from_slice(&output.stdout);
-    read.map_err(|e| format!("unreadable result ({e}); the child said: {said}"))
+    let output = output.expect("the child runs");
+    let why = match serde_json::from_slice(&output.stdout) {
+        _ if !output.status.success() => output.status.to_string(),
+        Ok(measured) => return Some(measured),
+        Err(e) => format!("unreadable result ({e})"),
+    };
+    let said = String::from_utf8_lossy(&output.stderr);
+    let said = said.trim();
+    eprintln!("{what}: not measured ({why}); the child said: {said}");
+    None
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -58,22 +79,17 @@ fn main() {
             return instructions::run(scenario, number(n), number(rounds));
         }
         [scenarios::PINNED_FLAG, round_trips, reps] => {
-            let row = scenarios::pinned_round_trip_child(number(round_trips), number(reps));
-            return print_json(&row.unwrap_or_else(|why| panic!("{why}")));
+            let (round_trips, reps) = (number(round_trips), number(reps));
+            return print_json(&scenarios::pinned_round_trip_child(round_trips, reps));
         }
         [nats::WORKER_FLAG, stream, prefix] => nats::worker_main(stream, prefix),
         _ => {}
     }
-    // The command line that `cargo xtask bench` checks and passes on: `[--quick] [--only
-    // GROUP,...] [--out DIR]`. The report goes to `$CARGO_TARGET_DIR/bench-report`, or
-    // `target/bench-report` in the workspace, unless `--out` says.
-    let value = |flag| args.get(args.iter().position(|a| *a == flag)? + 1);
-    let quick = args.contains(&"--quick");
-    let only: Vec<&str> = value("--only").map_or(Vec::new(), |list| list.split(',').collect());
-    let run = |group| only.is_empty() || only.contains(&group);
+    let Args { quick, only, out } = Args::parse();
+    let run = |group| only.is_empty() || only.iter().any(|g| g == group);
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from);
     let target = target.unwrap_or_else(|| workspace_root().join("target"));
-    let out = value("--out").map_or_else(|| target.join("bench-report"), PathBuf::from);
+    let out = out.unwrap_or_else(|| target.join("bench-report"));
     // Read before anything runs: the load average says what the machine was doing before.
     let load_before = report::load_average();
     let pick = |quick_size: u64, full_size: u64| if quick { quick_size } else { full_size };
@@ -83,13 +99,8 @@ fn main() {
     let rt = &fixture.rt;
     let mut rows = scenarios::local(&fixture, series, reps, [run("async"), run("threaded")]);
     if run("process") {
-        let round_trips = pick(300, 2_000);
-        let process = scenarios::process(rt, round_trips, pick(10_000, 50_000), reps);
-        rows.extend(
-            process
-                .into_iter()
-                .chain(scenarios::pinned_round_trip(round_trips, reps)),
-        );
+        let (round_trips, pipelined) = (pick(300, 2_000), pick(10_000, 50_000));
+        rows.extend(scenarios::process(rt, round_trips, pipelined, reps));
     }
     if run("publisher") {
         let (messages, one_by_one) = (pick(10_000, 50_000), pick(1_000, 5_000) as usize);
@@ -104,11 +115,11 @@ fn main() {
     fixture.shutdown();
     let report = report::Report {
         quick,
-        only: (!only.is_empty()).then(|| only.iter().map(|g| g.to_string()).collect()),
         environment: report::environment(&load_before),
         claims: claims::check(&workspace_root(), &rows),
+        only: (!only.is_empty()).then_some(only),
         scenarios: rows,
-        instructions: instructions.flatten(),
+        instructions,
         memory: memory.flatten(),
     };
     if let Err(e) = report::write(&report, &out) {

@@ -23,7 +23,7 @@ pub(crate) struct Row {
 
 impl Row {
     /// The row of scenario `pair.0` beside baseline `pair.1`, from our costs and the baseline's,
-    /// one of each per repetition.
+    /// one of each per repetition; its summary goes to stderr, as progress.
     pub(crate) fn new(pair: (&str, &str), n: u64, mut ours: Vec<f64>, mut base: Vec<f64>) -> Self {
         ours.sort_by(f64::total_cmp);
         base.sort_by(f64::total_cmp);
@@ -31,7 +31,7 @@ impl Row {
         let (ns_per_task, baseline_ns_per_task) = (median(&ours), median(&base));
         let (name, baseline, reps) = (pair.0.to_owned(), pair.1.to_owned(), ours.len());
         let (min, max, ratio) = (ours[0], ours[reps - 1], baseline_ns_per_task / ns_per_task);
-        Self {
+        let row = Self {
             name,
             n,
             ns_per_task,
@@ -41,7 +41,9 @@ impl Row {
             reps,
             min,
             max,
-        }
+        };
+        eprintln!("{}", row.summary());
+        row
     }
 
     /// The one-line summary, for the progress on stderr.
@@ -50,12 +52,6 @@ impl Row {
         let (ours, base) = (self.ns_per_task, self.baseline_ns_per_task);
         format!("{name}, N = {n}: {ours:.0} vs {base:.0} for the baseline, ratio {ratio:.2}")
     }
-}
-
-/// The row of scenario `name` measured at `n`, or without `n` the one at the largest N measured.
-pub(crate) fn row<'a>(rows: &'a [Row], name: &str, n: Option<u64>) -> Option<&'a Row> {
-    let picked = |row: &&Row| row.name == name && n.is_none_or(|n| row.n == n);
-    rows.iter().filter(picked).max_by_key(|row| row.n)
 }
 
 /// Runs `ours` and `baseline` alternately, `reps` times each after one warm-up of each, and
@@ -96,6 +92,5 @@ pub(crate) fn compare_series(
         }
     }
     let row = |((a, b), &n)| Row::new(pair, n, a, b);
-    let rows = costs.into_iter().zip(sizes).map(row);
-    rows.inspect(|row| eprintln!("{}", row.summary())).collect()
+    costs.into_iter().zip(sizes).map(row).collect()
 }

@@ -36,15 +36,17 @@ pub(crate) struct Bounded {
     pub(crate) growth_ratio: f64,
 }
 
-/// This process's resident memory and the most it has been (`VmRSS`, `VmHWM`), in bytes; `None`
-/// where `/proc/self/status` is missing (not Linux).
-fn resident() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// This process's resident memory and the most it has been (`VmRSS`, `VmHWM`), in bytes, from
+/// `/proc/self/status` (Linux).
+fn resident() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status");
+    let status = status.expect("resident memory is read from /proc/self/status");
     let field = |name: &str| {
-        let line = status.lines().find_map(|l| l.strip_prefix(name))?;
-        Some(line.split_whitespace().next()?.parse::<u64>().ok()? * 1024)
+        let line = status.lines().find_map(|l| l.strip_prefix(name));
+        let kib = line.and_then(|line| line.split_whitespace().next()?.parse::<u64>().ok());
+        kib.expect("a VmRSS and a VmHWM line") * 1024
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// What a coordinator attaches to each job, by size: a reference to the request's record and a
@@ -62,72 +64,62 @@ fn run(retention: Retention, tasks: u64, mut at: impl FnMut(u64)) -> Coordinator
         let request = RequestId::from(format!("request-{i}"));
         let (node, parent) = (NodeId::generate(), Some(parent.clone()));
         let info = TaskInfo::new(request.clone(), node, parent, "node");
-        state
-            .add_job_with(&info, (Arc::clone(&record), 0))
-            .expect("fresh id");
-        let ended = state.end_job(&request, JobResult::Success);
-        ended.expect("open job");
+        let slot = (Arc::clone(&record), 0);
+        state.add_job_with(&info, slot).expect("fresh id");
+        state.end_job(&request, JobResult::Success).expect("open");
     }
     state
 }
 
 /// Fills a table that keeps every closed job with `jobs` of them: the child's side.
-pub(crate) fn retained(jobs: u64) -> Option<Memory> {
-    let (before, _) = resident()?;
+pub(crate) fn retained(jobs: u64) -> Memory {
+    let (before, _) = resident();
     let state = run(Retention::KeepAll, jobs, |_| {});
-    let (now, peak) = resident()?;
+    let (now, peak) = resident();
     std::hint::black_box(state.len());
     let per_job = |bytes: u64| bytes.saturating_sub(before) as f64 / jobs as f64;
-    let (bytes_per_retained_job, peak_bytes_per_retained_job) = (per_job(now), per_job(peak));
-    Some(Memory {
+    Memory {
         jobs,
-        bytes_per_retained_job,
-        peak_bytes_per_retained_job,
+        bytes_per_retained_job: per_job(now),
+        peak_bytes_per_retained_job: per_job(peak),
         bounded_retention: None,
-    })
+    }
 }
 
 /// Runs `total` tasks through a table that keeps the last [`KEEP_LAST`] closed jobs, reading
 /// resident memory after `checkpoint` tasks and after all of them: the child's side.
-pub(crate) fn bounded(checkpoint: u64, total: u64) -> Option<Bounded> {
-    let (before, _) = resident()?;
+pub(crate) fn bounded(checkpoint: u64, total: u64) -> Bounded {
+    let (before, _) = resident();
     let mut at_checkpoint = before;
     let state = run(Retention::KeepLast(KEEP_LAST), total, |i| {
         if i == checkpoint {
-            at_checkpoint = resident().map_or(before, |(now, _)| now);
+            at_checkpoint = resident().0;
         }
     });
     let grown = at_checkpoint.saturating_sub(before);
-    let end = resident()?.0.saturating_sub(before);
+    let end = resident().0.saturating_sub(before);
     std::hint::black_box(state.len());
-    Some(Bounded {
+    Bounded {
         keep_last: KEEP_LAST,
         tasks_at_checkpoint: checkpoint,
         tasks_total: total,
         rss_growth_bytes_at_checkpoint: grown,
         rss_growth_bytes_at_end: end,
         growth_ratio: end as f64 / grown.max(1) as f64,
-    })
+    }
 }
 
 /// Both measurements, each in a fresh child; `None`, saying why on stderr, where they failed.
 pub(crate) fn measure(jobs: u64, checkpoint: u64, total: u64) -> Option<Memory> {
     eprintln!("memory: {jobs} retained jobs, then {total} tasks keeping the last {KEEP_LAST} ...");
-    let retained = in_child::<Memory>(&["retained", &jobs.to_string()]);
-    let mut memory = or_say("memory", retained)?;
-    let bounded = in_child(&["bounded", &checkpoint.to_string(), &total.to_string()]);
-    memory.bounded_retention = or_say("bounded retention", bounded);
+    let retained = [CHILD_FLAG, "retained", &jobs.to_string()];
+    let mut memory: Memory = crate::measure_in_child("memory", &retained)?;
+    let bounded = [
+        CHILD_FLAG,
+        "bounded",
+        &checkpoint.to_string(),
+        &total.to_string(),
+    ];
+    memory.bounded_retention = crate::measure_in_child("bounded retention", &bounded);
     Some(memory)
-}
-
-fn in_child<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, String> {
-    let measured = crate::measure_in_child::<Option<T>>(&[&[CHILD_FLAG], args].concat())?;
-    measured.ok_or_else(|| "resident memory cannot be read here (no /proc/self/status)".into())
-}
-
-/// The value, or `None` once stderr says that `what` was not measured, and why.
-fn or_say<T>(what: &str, measured: Result<T, String>) -> Option<T> {
-    measured
-        .map_err(|why| eprintln!("{what}: not measured: {why}"))
-        .ok()
 }

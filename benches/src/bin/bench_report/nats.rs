@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
-use benches::Killed;
-use coordinator::{Coordinator, RequestCompletionPublisher, Task};
+use benches::{Killed, Started};
+use coordinator::{Coordinator, Task};
 use exec_nats::example_nodes::{self, Echo};
 use exec_nats::{NatsConfig, NatsStrategy, NatsWorker};
 use futures::StreamExt;
@@ -48,17 +48,13 @@ pub(crate) fn worker_main(stream: &str, prefix: &str) -> ! {
 /// A worker process of this binary, once it says it is ready; `None` if it does not.
 fn worker(stream: &str, prefix: &str) -> Option<Killed> {
     let mut command = Command::new(std::env::current_exe().ok()?);
-    let mut worker = Killed(
-        command
-            .args([WORKER_FLAG, stream, prefix])
-            .stdout(Stdio::piped())
-            .spawn()
-            .ok()?,
-    );
+    let command = command
+        .args([WORKER_FLAG, stream, prefix])
+        .stdout(Stdio::piped());
+    let mut worker = Killed(command.spawn().ok()?);
     let mut line = String::new();
-    BufReader::new(worker.0.stdout.take()?)
-        .read_line(&mut line)
-        .ok()?;
+    let mut said = BufReader::new(worker.0.stdout.take()?);
+    said.read_line(&mut line).ok()?;
     line.starts_with("ready").then_some(worker)
 }
 
@@ -77,36 +73,31 @@ pub(crate) fn throughput(rt: &Runtime, n: u64, reps: usize) -> Option<Row> {
     let setup = (workers.len() == 2).then(|| {
         rt.block_on(async {
             let strategy = NatsStrategy::builder().config(config(&stream, &prefix));
-            let strategy = strategy.start().await.ok()?;
-            let publisher = RequestCompletionPublisher::new();
-            publisher.start().ok()?;
-            let coordinator = Coordinator::builder().strategy("nats", strategy).build();
-            coordinator.start(&publisher).ok()?;
-            Some((publisher, coordinator, RawQueue::start(&url, tag).await?))
+            Some((
+                strategy.start().await.ok()?,
+                RawQueue::start(&url, tag).await?,
+            ))
         })
     });
-    let Some((publisher, coordinator, mut raw)) = setup.flatten() else {
+    let Some((strategy, mut raw)) = setup.flatten() else {
         eprintln!("nats: the workers or the scenario could not be set up; skipped");
         return None;
     };
+    let ours = Started::new(rt, Coordinator::builder().strategy("nats", strategy));
     let task = |i| Task::portable(format!("n{i}"), Echo(i));
-    let ours = || {
+    let submit = || {
         benches::timed(rt, async {
-            let calls = (0..n).map(|i| coordinator.submit(task(i), "nats"));
+            let calls = (0..n).map(|i| ours.coordinator.submit(task(i), "nats"));
             let done = futures::future::join_all(calls).await;
             assert!(done.iter().all(Result::is_ok), "every task came back");
         })
     };
-    let row = compare(names::DISTRIBUTED, n, reps, ours, || {
-        rt.block_on(raw.round(n))
-    });
+    let raw_round = || rt.block_on(raw.round(n));
+    let row = compare(names::DISTRIBUTED, n, reps, submit, raw_round);
     drop(workers);
+    ours.shutdown(rt);
     rt.block_on(async {
-        coordinator.shutdown().await;
-        publisher.shutdown().await;
-        raw.consumers
-            .iter()
-            .for_each(tokio::task::JoinHandle::abort);
+        raw.consumers.iter().for_each(|consumer| consumer.abort());
         for stream in [stream, format!("BENCH_RAW_{tag}")] {
             let _ = raw.js.delete_stream(stream).await;
         }
@@ -152,12 +143,10 @@ impl RawQueue {
         let consume = |_| {
             let (consumer, client, reply) = (consumer.clone(), client.clone(), reply.clone());
             tokio::spawn(async move {
-                let messages = consumer
-                    .stream()
-                    .max_messages_per_batch(256)
-                    .messages()
-                    .await;
-                let Ok(mut messages) = messages else { return };
+                let batches = consumer.stream().max_messages_per_batch(256);
+                let Ok(mut messages) = batches.messages().await else {
+                    return;
+                };
                 while let Some(Ok(message)) = messages.next().await {
                     let _ = client.publish(reply.clone(), message.payload.clone()).await;
                     let _ = message.ack().await;
@@ -191,11 +180,7 @@ impl RawQueue {
         for ack in acks {
             black_box(ack.await.expect("stored"));
         }
-        for _ in 0..n {
-            if self.replies.next().await.is_none() {
-                break;
-            }
-        }
+        black_box(self.replies.by_ref().take(n as usize).count().await);
         start.elapsed()
     }
 }

@@ -17,8 +17,9 @@ pub(crate) struct Report {
     /// The machine, its load, the commit and the build.
     pub(crate) environment: String,
     pub(crate) scenarios: Vec<Row>,
-    /// Instructions per task, counted under valgrind; `None` where they were not.
-    pub(crate) instructions: Option<Vec<Row>>,
+    /// Instructions per task, counted under valgrind: `None` when not asked for, `Some(None)`
+    /// when they could not be counted.
+    pub(crate) instructions: Option<Option<Vec<Row>>>,
     pub(crate) memory: Option<Memory>,
     /// The docs' claims, each checked against this run, or why they could not be read.
     pub(crate) claims: Result<Vec<Claim>, String>,
@@ -87,23 +88,16 @@ pub(crate) fn markdown(report: &Report) -> String {
         report.environment
     );
     if let Some(only) = &report.only {
-        let _ = writeln!(
-            md,
-            "Only these groups ran (`--only`): {}.\n",
-            only.join(", ")
-        );
+        let only = only.join(", ");
+        let _ = writeln!(md, "Only these groups ran (`--only`): {only}.\n");
     }
     table(&mut md, &report.scenarios, "ns/task");
-    let counted = report
-        .only
-        .as_ref()
-        .is_none_or(|only| only.iter().any(|g| g == "instructions"));
     match &report.instructions {
-        Some(counts) => {
+        Some(Some(counts)) => {
             md.push_str("\nInstructions per task, counted by valgrind (all threads; the cost of a task in a coordinator that has run before: 3 rounds less 1 round over the same ids). Counts move by a few percent between runs (the runtime's idle threads count too), where times on a shared machine move by tens of percent; they do not show cache misses or lock waits.\n\n");
             table(&mut md, counts, "instructions/task");
         }
-        None if counted => md.push_str("\nInstructions per task: not counted in this run (valgrind not found, or a count failed).\n"),
+        Some(None) => md.push_str("\nInstructions per task: not counted in this run (valgrind not found, or a count failed).\n"),
         None => {}
     }
     if let Some(m) = &report.memory {
@@ -120,12 +114,8 @@ pub(crate) fn markdown(report: &Report) -> String {
             "\nMemory: {peak:.0} bytes of peak resident memory per retained closed job ({after:.0} once all {jobs} were added; target: at most 200 at 1,000,000, {judged})."
         );
         if let Some(b) = &m.bounded_retention {
-            let (keep, ratio, first, total) = (
-                b.keep_last,
-                b.growth_ratio,
-                b.tasks_at_checkpoint,
-                b.tasks_total,
-            );
+            let (keep, ratio) = (b.keep_last, b.growth_ratio);
+            let (first, total) = (b.tasks_at_checkpoint, b.tasks_total);
             let mib = b.rss_growth_bytes_at_end as f64 / 1048576.0;
             let judged = verdict(ratio <= 1.1, total >= 10_000_000);
             let _ = write!(
@@ -141,9 +131,8 @@ pub(crate) fn markdown(report: &Report) -> String {
         Ok(claims) => {
             md.push_str("Every ratio the docs state, and every target they set, checked against this run (docs/benchmarks.md, \"Claims in the docs\"). A claim outside its range means the docs need a new range, or the code got slower or faster.\n\n| where | claim | measured | |\n|---|---|---|---|\n");
             for c in claims {
-                let measured = c
-                    .measured
-                    .map_or("–".into(), |(m, n)| format!("{m:.2} at N = {n}"));
+                let measured = |(m, n)| format!("{m:.2} at N = {n}");
+                let measured = c.measured.map_or("–".into(), measured);
                 let (file, line, claim, verdict) = (&c.file, c.line, &c.claim, &c.verdict);
                 let _ = writeln!(md, "| {file}:{line} | `{claim}` | {measured} | {verdict} |");
             }
@@ -161,11 +150,8 @@ const COLOURS: [[&str; 2]; 2] = [
 /// Each scenario's ratio to its baseline as a bar, under a legend of the bars' colours.
 pub(crate) fn svg(report: &Report) -> String {
     let (bar_h, scale) = (22.0, 300.0); // pixels for a row, and for ratio 1.0
-    let labels: Vec<String> = report
-        .scenarios
-        .iter()
-        .map(|s| format!("{} (N={})", s.name, s.n))
-        .collect();
+    let label = |s: &Row| format!("{} (N={})", s.name, s.n);
+    let labels: Vec<String> = report.scenarios.iter().map(label).collect();
     // Room for the longest label (about 7 pixels a character), and past the longest bar (capped at
     // 1.5) for its figure.
     let left = (labels.iter().map(String::len).max().unwrap_or(0) as f64 * 7.0 + 16.0).max(200.0);
@@ -185,10 +171,8 @@ pub(crate) fn svg(report: &Report) -> String {
     }
     for (i, (s, label)) in report.scenarios.iter().zip(labels).enumerate() {
         let (y, ratio) = (30.0 + i as f64 * bar_h, s.ratio);
-        let (w, colour) = (
-            (ratio.min(1.5) * scale).max(1.0),
-            COLOURS[usize::from(ratio < 0.5)][0],
-        );
+        let w = (ratio.min(1.5) * scale).max(1.0);
+        let colour = COLOURS[usize::from(ratio < 0.5)][0];
         let (text_y, bar_y, figure_x) = (y + 15.0, y + 3.0, left + w + 4.0);
         // The bar stops at 1.5; the figure says how far past it the ratio is.
         let past = if ratio > 1.5 { " ›" } else { "" };

@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use benches::{EchoChild, Fixture, broadcast_fan_out, publish_fan_out, request_ids};
+use benches::{EchoChild, Fixture, Started, broadcast_fan_out, publish_fan_out, request_ids};
 use coordinator::{ExecutionMode, RequestId, TaskExecutionStrategy};
 use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
 use crate::measure::{Row, compare, compare_series};
@@ -55,24 +57,10 @@ pub(crate) mod names {
 
     /// Whether a full run reports scenario `name`.
     pub(crate) fn known(name: &str) -> bool {
-        let pairs = [
-            ASYNC,
-            TRY_SPAWN,
-            BATCH,
-            STUCK,
-            METRICS,
-            DASHBOARD,
-            THREADED,
-            ROUND_TRIP,
-            PINNED_ROUND_TRIP,
-            THROUGHPUT,
-            DISTRIBUTED,
-        ];
-        pairs
-            .iter()
-            .chain(&FAN_OUT)
-            .chain(&LATENCY)
-            .any(|(known, _)| *known == name)
+        let pairs = [ASYNC, TRY_SPAWN, BATCH, STUCK, METRICS, DASHBOARD, THREADED];
+        let more = [ROUND_TRIP, PINNED_ROUND_TRIP, THROUGHPUT, DISTRIBUTED];
+        let mut all = pairs.iter().chain(&more).chain(&FAN_OUT).chain(&LATENCY);
+        all.any(|(known, _)| *known == name)
     }
 }
 
@@ -82,7 +70,8 @@ fn run<'a>(fx: &'a Fixture, name: &'a str, ids: &'a [RequestId]) -> impl FnMut()
 }
 
 /// async (the scaling series, every N measured in the same rounds, then through `try_spawn`, in
-/// one batch, and beside a stuck subscriber) and threaded, each when asked for.
+/// one batch, beside a stuck subscriber, with metrics recorded and beside dashboard clients) and
+/// threaded, each when asked for.
 pub(crate) fn local(
     fx: &Fixture,
     sizes: &[u64],
@@ -90,18 +79,14 @@ pub(crate) fn local(
     [async_, threaded]: [bool; 2],
 ) -> Vec<Row> {
     let mut rows = Vec::new();
-    if async_ {
-        let ids: Vec<_> = sizes.iter().map(|&n| request_ids(n)).collect();
-        let (ours, raw) = (
-            |i: usize| run(fx, "async", &ids[i])(),
-            |i: usize| run(fx, "raw-async", &ids[i])(),
-        );
-        rows.extend(compare_series(names::ASYNC, sizes, reps, ours, raw));
-    }
     // The size the other rows run at (N = 100,000).
     let n = sizes[sizes.len().min(2) - 1];
     let ids = request_ids(n);
     if async_ {
+        let series: Vec<_> = sizes.iter().map(|&n| request_ids(n)).collect();
+        let ours = |i: usize| run(fx, "async", &series[i])();
+        let raw = |i: usize| run(fx, "raw-async", &series[i])();
+        rows.extend(compare_series(names::ASYNC, sizes, reps, ours, raw));
         // The baseline's shape (spawn everything, then learn every outcome) without one future
         // per call polled together; then every request accepted under one lock.
         for (pair, ours) in [(names::TRY_SPAWN, "async-handles"), (names::BATCH, "batch")] {
@@ -119,74 +104,52 @@ pub(crate) fn local(
     rows
 }
 
-/// The async scenario on a bus with a subscriber that never reads, beside the same requests on
-/// a bus nobody subscribes to: what announcing every outcome costs, and proof that a stuck
-/// subscriber holds nothing up (it is told how many messages it missed). Both coordinators start
-/// here, their job tables as full as each other's.
-fn beside_a_stuck_subscriber(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
-    let (publisher, observed) = benches::started_coordinator(&fx.rt, None);
-    let (quiet, unobserved) = benches::started_coordinator(&fx.rt, None);
-    let mut stuck = publisher.subscribe_stream().expect("a stream");
+/// The async scenario on `ours` beside the same requests on a plain async coordinator, fresh
+/// like `ours`, so that their job tables are as full as each other's.
+fn beside(fx: &Fixture, pair: (&str, &str), ids: &[RequestId], reps: usize, ours: &Started) -> Row {
+    let plain = Started::with_async(&fx.rt);
     let submit = |on| move || benches::submit_trivial(&fx.rt, on, ids, &ExecutionMode::ASYNC);
-    let row = compare(
-        names::STUCK,
-        ids.len() as u64,
-        reps,
-        submit(&observed),
-        submit(&unobserved),
-    );
-    fx.rt.block_on(async {
-        let missed = stuck.next().await.and_then(Result::err);
-        assert!(missed.expect("told it missed messages").count() > 0);
-        for (publisher, coordinator) in [(publisher, observed), (quiet, unobserved)] {
-            coordinator.shutdown().await;
-            publisher.shutdown().await;
-        }
-    });
+    let (ours, plain_runs) = (submit(&ours.coordinator), submit(&plain.coordinator));
+    let row = compare(pair, ids.len() as u64, reps, ours, plain_runs);
+    plain.shutdown(&fx.rt);
     row
 }
 
-/// The async scenario on a coordinator whose metrics go to a Prometheus recorder, beside one
-/// built with no recorder: what the `metrics` feature costs when it is used. The recorder is
-/// set only while the first is built (its handles keep it), so nothing else in the report
-/// records.
+/// The async scenario on a bus with a subscriber that never reads: what announcing every
+/// outcome costs, and proof that a stuck subscriber holds nothing up (it is told how many
+/// messages it missed).
+fn beside_a_stuck_subscriber(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
+    let observed = Started::with_async(&fx.rt);
+    let mut stuck = observed.publisher.subscribe_stream().expect("a stream");
+    let row = beside(fx, names::STUCK, ids, reps, &observed);
+    let missed = fx.rt.block_on(stuck.next()).and_then(Result::err);
+    assert!(missed.expect("told it missed messages").count() > 0);
+    observed.shutdown(&fx.rt);
+    row
+}
+
+/// The async scenario on a coordinator whose metrics go to a Prometheus recorder: what the
+/// `metrics` feature costs when it is used. The recorder is set only while that coordinator is
+/// built (its handles keep it), so nothing else in the report records.
 fn with_metrics(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let prometheus = recorder.handle();
-    let (publisher, recorded) =
-        metrics::with_local_recorder(&recorder, || benches::started_coordinator(&fx.rt, None));
-    let (quiet, unrecorded) = benches::started_coordinator(&fx.rt, None);
-    let submit = |on| move || benches::submit_trivial(&fx.rt, on, ids, &ExecutionMode::ASYNC);
-    let row = compare(
-        names::METRICS,
-        ids.len() as u64,
-        reps,
-        submit(&recorded),
-        submit(&unrecorded),
-    );
-    let text = prometheus.render();
-    assert!(
-        text.contains("coordinator_requests_total{mode=\"async\",result=\"success\"}"),
-        "the recorder saw the requests"
-    );
-    fx.rt.block_on(async {
-        for (publisher, coordinator) in [(publisher, recorded), (quiet, unrecorded)] {
-            coordinator.shutdown().await;
-            publisher.shutdown().await;
-        }
-    });
+    let recorded = metrics::with_local_recorder(&recorder, || Started::with_async(&fx.rt));
+    let row = beside(fx, names::METRICS, ids, reps, &recorded);
+    let requests = "coordinator_requests_total{mode=\"async\",result=\"success\"}";
+    let seen = recorder.handle().render().contains(requests);
+    assert!(seen, "the recorder saw the requests");
+    recorded.shutdown(&fx.rt);
     row
 }
 
 /// The async scenario with a dashboard serving 1,000 pages, each reading the live feed, which
-/// brings the overview once a second (on a runtime of their own, as browsers elsewhere would),
-/// beside a coordinator with no dashboard: what open pages cost the coordinator.
+/// brings the overview once a second (on a runtime of their own, as browsers elsewhere would):
+/// what open pages cost the coordinator.
 fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
     const CLIENTS: usize = 1_000;
-    let (publisher, watched) = benches::started_coordinator(&fx.rt, None);
-    let (quiet, unwatched) = benches::started_coordinator(&fx.rt, None);
+    let watched = Started::with_async(&fx.rt);
     let dashboard = fx.rt.block_on(async {
-        dashboard::Dashboard::builder(&watched, &publisher)
+        dashboard::Dashboard::builder(&watched.coordinator, &watched.publisher)
             .bind(([127, 0, 0, 1], 0).into())
             .start()
             .await
@@ -194,87 +157,65 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
     });
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .expect("the clients' runtime");
+        .build();
+    let clients = clients.expect("the clients' runtime");
     let addr = dashboard.local_addr();
-    let streams = clients.block_on(async {
-        let mut streams = Vec::with_capacity(CLIENTS);
-        for _ in 0..CLIENTS {
-            use tokio::io::AsyncWriteExt;
-            let mut stream = tokio::net::TcpStream::connect(addr)
-                .await
-                .expect("a client");
-            let request = "GET /api/feed HTTP/1.1\r\nHost: bench\r\n\r\n";
-            stream.write_all(request.as_bytes()).await.expect("asked");
-            streams.push(stream);
+    let connect = |_| async move {
+        let mut stream = TcpStream::connect(addr).await.expect("a client");
+        let request = "GET /api/feed HTTP/1.1\r\nHost: bench\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.expect("asked");
+        stream
+    };
+    let streams: Vec<_> =
+        clients.block_on(futures::stream::iter(0..CLIENTS).then(connect).collect());
+    // Bytes read, and clients disconnected.
+    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let read = |mut stream: TcpStream| {
+        let counts = Arc::clone(&counts);
+        async move {
+            let mut buffer = vec![0u8; 16 * 1024];
+            while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+                counts[0].fetch_add(n, SeqCst);
+            }
+            counts[1].fetch_add(1, SeqCst);
         }
-        streams
-    });
-    let (read, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let readers = std::thread::spawn({
-        let (read, dropped) = (Arc::clone(&read), Arc::clone(&dropped));
-        move || {
-            clients.block_on(async move {
-                let reading = streams.into_iter().map(|mut stream| {
-                    let (read, dropped) = (Arc::clone(&read), Arc::clone(&dropped));
-                    async move {
-                        use tokio::io::AsyncReadExt;
-                        let mut buffer = vec![0u8; 16 * 1024];
-                        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
-                            read.fetch_add(n, SeqCst);
-                        }
-                        dropped.fetch_add(1, SeqCst);
-                    }
-                });
-                futures::future::join_all(reading).await;
-            });
-        }
-    });
-    let submit = |on| move || benches::submit_trivial(&fx.rt, on, ids, &ExecutionMode::ASYNC);
-    let row = compare(
-        names::DASHBOARD,
-        ids.len() as u64,
-        reps,
-        submit(&watched),
-        submit(&unwatched),
-    );
+    };
+    let reading = futures::future::join_all(streams.into_iter().map(read));
+    let readers = std::thread::spawn(move || clients.block_on(reading));
+    let row = beside(fx, names::DASHBOARD, ids, reps, &watched);
     // A client a whole feed behind is disconnected (a page reconnects): how many kept up.
     eprintln!(
         "dashboard clients still connected after the runs: {} of {CLIENTS}; {} bytes read per client",
-        CLIENTS - dropped.load(SeqCst),
-        read.load(SeqCst) / CLIENTS
+        CLIENTS - counts[1].load(SeqCst),
+        counts[0].load(SeqCst) / CLIENTS
     );
-    fx.rt.block_on(async {
-        // Its event streams end, and the readers with them.
-        dashboard.shutdown().await;
-        for (publisher, coordinator) in [(publisher, watched), (quiet, unwatched)] {
-            coordinator.shutdown().await;
-            publisher.shutdown().await;
-        }
-    });
+    // Its event streams end, and the readers with them.
+    fx.rt.block_on(dashboard.shutdown());
+    watched.shutdown(&fx.rt);
     readers.join().expect("the readers");
-    assert!(read.load(SeqCst) > 0, "the clients read the event stream");
+    assert!(
+        counts[0].load(SeqCst) > 0,
+        "the clients read the event stream"
+    );
     row
 }
 
 /// One task at a time through a pool of 2 workers, beside one frame at a time through an echo
 /// child.
 fn round_trip(pair: (&str, &str), rt: &Runtime, round_trips: u64, reps: usize) -> Row {
-    let (pool, frame, mut echo) = (
-        benches::worker_pool(rt),
-        benches::echo_frame(),
-        EchoChild::spawn(),
-    );
+    let (pool, frame) = (benches::worker_pool(rt), benches::echo_frame());
+    let mut echo = EchoChild::spawn();
     let ours = || benches::process_round_trips(rt, &pool, round_trips);
-    let row = compare(pair, round_trips, reps, ours, || {
-        echo.round_trips(&frame, round_trips)
-    });
+    let raw = || echo.round_trips(&frame, round_trips);
+    let row = compare(pair, round_trips, reps, ours, raw);
     rt.block_on(pool.shutdown(Duration::from_secs(5)));
     row
 }
 
 /// The round trip, then many tasks in flight over 2 workers beside frames pipelined through 2
-/// echo children.
+/// echo children, then the round trip in a child pinned to one CPU, where a wake-up never
+/// crosses cores: the comparison with the raw pipe that does not depend on where the scheduler
+/// puts the threads (left out where that child could not pin itself or failed).
 pub(crate) fn process(rt: &Runtime, round_trips: u64, pipelined: u64, reps: usize) -> Vec<Row> {
     let round = round_trip(names::ROUND_TRIP, rt, round_trips, reps);
     let (pool, frame) = (benches::worker_pool(rt), benches::echo_frame());
@@ -283,7 +224,13 @@ pub(crate) fn process(rt: &Runtime, round_trips: u64, pipelined: u64, reps: usiz
     let raw = || benches::raw_pipelined(&mut pair, &frame, pipelined);
     let throughput = compare(names::THROUGHPUT, pipelined, reps, ours, raw);
     rt.block_on(pool.shutdown(Duration::from_secs(5)));
-    vec![round, throughput]
+    drop(pair);
+    let name = names::PINNED_ROUND_TRIP.0;
+    eprintln!("{name}: in a pinned child ...");
+    let args = [PINNED_FLAG, &round_trips.to_string(), &reps.to_string()];
+    let pinned = crate::measure_in_child::<Row>(name, &args);
+    pinned.iter().for_each(|row| eprintln!("{}", row.summary()));
+    [round, throughput].into_iter().chain(pinned).collect()
 }
 
 /// The flag of the child that measures the round trip pinned to one CPU:
@@ -293,34 +240,13 @@ pub(crate) const PINNED_FLAG: &str = "--pinned-round-trip";
 /// The pinned child's side: pins this process to the first CPU it may run on, before any thread
 /// of its own starts (the runtime's threads, the workers and the echo child inherit the pin),
 /// then measures the round trip.
-pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: u64) -> Result<Row, String> {
+pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: u64) -> Row {
     let core = core_affinity::get_core_ids().and_then(|ids| ids.first().copied());
-    let core = core.ok_or("no CPU to pin to")?;
-    if !core_affinity::set_for_current(core) {
-        return Err(format!("could not pin this process to CPU {}", core.id));
-    }
+    let core = core.expect("a CPU to pin to");
+    let pinned = core_affinity::set_for_current(core);
+    assert!(pinned, "could not pin this process to CPU {}", core.id);
     let rt = benches::runtime();
-    Ok(round_trip(
-        names::PINNED_ROUND_TRIP,
-        &rt,
-        round_trips,
-        reps as usize,
-    ))
-}
-
-/// The round trip measured in a child pinned to one CPU, where a wake-up never crosses cores:
-/// the comparison with the raw pipe that does not depend on where the scheduler puts the
-/// threads. `None` (and why, on stderr) where the child could not pin itself or failed.
-pub(crate) fn pinned_round_trip(round_trips: u64, reps: usize) -> Option<Row> {
-    let name = names::PINNED_ROUND_TRIP.0;
-    eprintln!("{name}: in a pinned child ...");
-    let (round_trips, reps) = (round_trips.to_string(), reps.to_string());
-    let row = crate::measure_in_child::<Row>(&[PINNED_FLAG, &round_trips, &reps]);
-    let said = row
-        .as_ref()
-        .map_or_else(|why| format!("{name}: not measured ({why})"), Row::summary);
-    eprintln!("{said}");
-    row.ok()
+    round_trip(names::PINNED_ROUND_TRIP, &rt, round_trips, reps as usize)
 }
 
 /// Fan-out to 1, 4 and 16 subscribers, then publish-to-delivery latency (p50 and p99) of one
@@ -328,10 +254,8 @@ pub(crate) fn pinned_round_trip(round_trips: u64, reps: usize) -> Option<Row> {
 pub(crate) fn publisher(rt: &Runtime, messages: u64, one_by_one: usize, reps: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     for (pair, k) in names::FAN_OUT.into_iter().zip([1, 4, 16]) {
-        let (ours, raw) = (
-            || publish_fan_out(rt, k, messages),
-            || broadcast_fan_out(rt, k, messages),
-        );
+        let ours = || publish_fan_out(rt, k, messages);
+        let raw = || broadcast_fan_out(rt, k, messages);
         rows.push(compare(pair, messages, reps, ours, raw));
     }
     eprintln!("publisher latency: {reps} repetitions ...");
@@ -343,11 +267,8 @@ pub(crate) fn publisher(rt: &Runtime, messages: u64, one_by_one: usize, reps: us
             percentiles[1][side].push(p99);
         }
     }
-    for (pair, [ours, base]) in names::LATENCY.into_iter().zip(percentiles) {
-        let row = Row::new(pair, one_by_one as u64, ours, base);
-        eprintln!("{}", row.summary());
-        rows.push(row);
-    }
+    let latency = |(pair, [ours, base]): (_, [_; 2])| Row::new(pair, one_by_one as u64, ours, base);
+    rows.extend(names::LATENCY.into_iter().zip(percentiles).map(latency));
     rows
 }
 
