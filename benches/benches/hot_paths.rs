@@ -43,12 +43,10 @@ fn state(c: &mut Criterion) {
     for prefill in [0_usize, 100_000] {
         group.bench_function(BenchmarkId::from_parameter(prefill), |b| {
             let mut state = CoordinatorState::empty();
-            for i in 0..prefill {
-                let info = TaskInfo::new(format!("old{i}").into(), NodeId::generate(), None, "n");
+            for id in (0..prefill).map(|i| RequestId::from(format!("old{i}"))) {
+                let info = TaskInfo::new(id.clone(), NodeId::generate(), None, "n");
                 state.add_job(&info).expect("fresh id");
-                state
-                    .end_job(&format!("old{i}"), JobResult::Success)
-                    .expect("open");
+                state.end_job(&id, JobResult::Success).expect("open");
             }
             let info = TaskInfo::new(RequestId::from("hot"), NodeId::from("node"), None, "n");
             b.iter(|| {

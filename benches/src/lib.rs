@@ -93,11 +93,10 @@ impl Default for Fixture {
         let rt = runtime();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build();
         let pool = Arc::new(pool.expect("a rayon pool"));
-        let threaded = ThreadedExecutionStrategy::builder()
-            .pool(Arc::clone(&pool))
-            .build();
+        let threaded = ThreadedExecutionStrategy::builder().pool(Arc::clone(&pool));
+        let threaded = threaded.build().expect("threaded");
         let builder = Coordinator::builder().with_async();
-        let builder = builder.strategy(ExecutionMode::THREADED, threaded.expect("threaded"));
+        let builder = builder.strategy(ExecutionMode::THREADED, threaded);
         let started = Started::new(&rt, builder);
         Self { rt, pool, started }
     }
@@ -197,10 +196,9 @@ pub fn raw_tokio_spawn_channel(rt: &Runtime, ids: &[RequestId]) -> Duration {
         let ((tx, mut rx), expected) = (tokio::sync::mpsc::unbounded_channel(), ids.len());
         let collector = tokio::spawn(async move {
             let mut seen: HashMap<RequestId, usize> = HashMap::with_capacity(expected);
-            while seen.len() < expected {
-                let Some((id, value)) = rx.recv().await else {
-                    break;
-                };
+            while seen.len() < expected
+                && let Some((id, value)) = rx.recv().await
+            {
                 seen.insert(id, value);
             }
             seen.len()
@@ -344,10 +342,8 @@ pub fn raw_pipelined(children: &mut [EchoChild], frame: &[u8], n: u64) -> Durati
 
 /// A raw echo child's side: echoes every length-prefixed frame from stdin to stdout.
 fn raw_echo_child() -> ! {
-    let (mut input, mut output) = (
-        std::io::stdin().lock(),
-        BufWriter::new(std::io::stdout().lock()),
-    );
+    let mut input = std::io::stdin().lock();
+    let mut output = BufWriter::new(std::io::stdout().lock());
     let (mut header, mut buf) = ([0; wire::HEADER_LEN], Vec::new());
     while input.read_exact(&mut header).is_ok() {
         buf.resize(u32::from_le_bytes(header) as usize, 0);
@@ -441,11 +437,8 @@ pub fn broadcast_fan_out(rt: &Runtime, subscribers: usize, messages: u64) -> Dur
         }
         drop(tx);
         for reader in readers {
-            assert_eq!(
-                reader.await.expect("reader"),
-                messages,
-                "every message reached every receiver"
-            );
+            let received = reader.await.expect("reader");
+            assert_eq!(received, messages, "every message reached every receiver");
         }
     })
 }

@@ -34,7 +34,8 @@ struct Bench {
     quick: bool,
     /// Only these groups, comma-separated (the docs' claims on the others are reported as not
     /// measured).
-    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(GROUPS.split(", ")))]
+    #[arg(long, value_delimiter = ',')]
+    #[arg(value_parser = PossibleValuesParser::new(GROUPS.split(", ")))]
     only: Vec<String>,
     /// Where the report goes.
     #[arg(long, value_name = "DIR")]

@@ -148,17 +148,11 @@ fn with_metrics(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
 fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
     const CLIENTS: usize = 1_000;
     let watched = Started::with_async(&fx.rt);
-    let dashboard = fx.rt.block_on(async {
-        dashboard::Dashboard::builder(&watched.coordinator, &watched.publisher)
-            .bind(([127, 0, 0, 1], 0).into())
-            .start()
-            .await
-            .expect("the dashboard starts")
-    });
-    let clients = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    let clients = clients.expect("the clients' runtime");
+    let dashboard = dashboard::Dashboard::builder(&watched.coordinator, &watched.publisher);
+    let dashboard = dashboard.bind(([127, 0, 0, 1], 0).into()).start();
+    let dashboard = fx.rt.block_on(dashboard).expect("the dashboard starts");
+    let mut clients = tokio::runtime::Builder::new_current_thread();
+    let clients = clients.enable_all().build().expect("the clients' runtime");
     let addr = dashboard.local_addr();
     let connect = |_| async move {
         let mut stream = TcpStream::connect(addr).await.expect("a client");
@@ -193,10 +187,8 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
     fx.rt.block_on(dashboard.shutdown());
     watched.shutdown(&fx.rt);
     readers.join().expect("the readers");
-    assert!(
-        counts[0].load(SeqCst) > 0,
-        "the clients read the event stream"
-    );
+    let read = counts[0].load(SeqCst);
+    assert!(read > 0, "the clients read the event stream");
     row
 }
 
@@ -267,8 +259,9 @@ pub(crate) fn publisher(rt: &Runtime, messages: u64, one_by_one: usize, reps: us
             percentiles[1][side].push(p99);
         }
     }
-    let latency = |(pair, [ours, base]): (_, [_; 2])| Row::new(pair, one_by_one as u64, ours, base);
-    rows.extend(names::LATENCY.into_iter().zip(percentiles).map(latency));
+    for (pair, [ours, base]) in names::LATENCY.into_iter().zip(percentiles) {
+        rows.push(Row::new(pair, one_by_one as u64, ours, base));
+    }
     rows
 }
 
