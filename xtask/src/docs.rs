@@ -14,13 +14,7 @@ use syn::{Attribute, FnArg, Ident, ImplItem, Item, Pat, Signature, TraitItem, Ty
 const DOCUMENT: &str = "docs/components/task_execution.md";
 
 /// The crates, lowest layer first: the order the API section follows.
-const CRATES: &[&str] = &[
-    "task-core",
-    "pubsub",
-    "exec-strategies",
-    "coordinator",
-    "exec-nats",
-];
+const CRATES: &str = "task-core pubsub exec-strategies coordinator exec-nats";
 
 pub(crate) fn run(check: bool) -> Result<()> {
     let root = crate::workspace_root();
@@ -232,7 +226,7 @@ fn read_crate(root: &Path, name: &'static str) -> Result<CrateInfo> {
 }
 
 fn generate(root: &Path) -> Result<String> {
-    let crates = CRATES.iter().map(|c| read_crate(root, c));
+    let crates = CRATES.split(' ').map(|c| read_crate(root, c));
     let crates: Vec<CrateInfo> = crates.collect::<Result<_>>()?;
     let doc_of = |name| {
         crates
