@@ -164,16 +164,8 @@ mod tests {
     fn comments_and_spacing_do_not_count() {
         let cases = [
             ("  let x  = f(1); // why", false, Some("let x = f(1);")),
-            (
-                "fn name(&self) -> &str { /* the name */ }",
-                false,
-                Some("fn name(&self) -> &str { }"),
-            ),
-            (
-                r#".url("nats://host:4222")"#,
-                false,
-                Some(r#".url("nats://host:4222")"#),
-            ),
+            ("fn f() { /* the f */ }", false, Some("fn f() { }")),
+            (r#"url("a://b")"#, false, Some(r#"url("a://b")"#)),
             ("// a comment", false, None),
             ("/// # let hidden = 1;", true, Some("let hidden = 1;")),
             ("/// # let hidden = 1;", false, None),
@@ -189,18 +181,10 @@ mod tests {
     fn a_snippet_matches_only_a_contiguous_run() {
         let source =
             "fn main() {\n    let a = 1;\n\n    // setup\n    let b = a + 1;\n    let c = 3;\n}\n";
-        assert_eq!(
-            find("let a = 1; // one\nlet b = a + 1;\n", source, true),
-            Ok(())
-        );
-        assert_eq!(
-            find("let a = 1;\nlet c = 3;\n", source, true),
-            Err("let c = 3;".to_owned())
-        );
-        assert_eq!(
-            find("let a = 2;\n", source, true),
-            Err("let a = 2;".to_owned())
-        );
-        assert!(find("// only a comment\n", source, true).is_err());
+        let find = |snippet| find(snippet, source, true);
+        assert_eq!(find("let a = 1; // one\nlet b = a + 1;\n"), Ok(()));
+        assert_eq!(find("let a = 1;\nlet c = 3;\n"), Err("let c = 3;".into()));
+        assert_eq!(find("let a = 2;\n"), Err("let a = 2;".into()));
+        assert!(find("// only a comment\n").is_err());
     }
 }

@@ -211,16 +211,10 @@ mod tests {
     #[test]
     fn every_claim_in_the_docs_reads_and_names_a_scenario() {
         let claims = check(&crate::workspace_root(), &[]).expect("the docs read");
-        assert!(
-            claims.len() >= 10,
-            "the docs' figures carry claims: {claims:?}"
-        );
+        assert!(claims.len() >= 10, "the docs carry claims: {claims:?}");
         for claim in claims {
-            assert_eq!(
-                claim.verdict, "not measured in this run",
-                "{}:{}",
-                claim.file, claim.line
-            );
+            let at = format!("{}:{}", claim.file, claim.line);
+            assert_eq!(claim.verdict, "not measured in this run", "{at}");
         }
     }
 }

@@ -57,14 +57,9 @@ pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
 fn count(scenario: &str, n: u64, rounds: u32) -> Result<u64, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut valgrind = Command::new("valgrind");
-    valgrind.args([
-        "--tool=cachegrind",
-        "--cache-sim=no",
-        "--cachegrind-out-file=/dev/null",
-    ]);
-    valgrind
-        .arg(exe)
-        .args([RUN_FLAG, scenario, &n.to_string(), &rounds.to_string()]);
+    let tool = "--tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null";
+    valgrind.args(tool.split(' ')).arg(exe);
+    valgrind.args([RUN_FLAG, scenario, &n.to_string(), &rounds.to_string()]);
     let out = valgrind.output().map_err(|e| format!("valgrind: {e}"))?;
     let log = String::from_utf8_lossy(&out.stderr);
     // `==pid== I   refs:      1,234,567`
@@ -89,20 +84,16 @@ pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
         eprintln!("instruction counts: valgrind not found; skipped");
         return None;
     }
-    let mut rows = Vec::new();
-    for (pair, ours, raw) in [
+    let counted = [
         (names::ASYNC, "async", "raw-async"),
         (names::THREADED, "threaded", "raw-threaded"),
         (names::METRICS, "async-metrics", "async"),
-    ] {
+    ];
+    let count = |(pair, ours, raw): ((&str, &str), &str, &str)| {
         eprintln!("{}: counting instructions under valgrind ...", pair.0);
-        match per_task(ours, n).and_then(|ours| Ok((ours, per_task(raw, n)?))) {
-            Ok((ours, raw)) => rows.push(Row::new(pair, n, vec![ours], vec![raw])),
-            Err(e) => {
-                eprintln!("instruction counts: {e}");
-                return None;
-            }
-        }
-    }
-    Some(rows)
+        let (ours, raw) = (per_task(ours, n)?, per_task(raw, n)?);
+        Ok(Row::new(pair, n, vec![ours], vec![raw]))
+    };
+    let rows: Result<Vec<Row>, String> = counted.into_iter().map(count).collect();
+    rows.map_err(|e| eprintln!("instruction counts: {e}")).ok()
 }

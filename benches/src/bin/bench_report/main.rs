@@ -36,9 +36,8 @@ struct Args {
 
 /// The workspace root, where the docs and `target/` are.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent();
+    root.map_or_else(|| ".".into(), Path::to_path_buf)
 }
 
 /// Runs this binary again with `args` (a child flag and its arguments) and reads what it prints
