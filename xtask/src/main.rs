@@ -8,7 +8,7 @@ mod snippets;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use clap::builder::PossibleValuesParser;
 
@@ -90,21 +90,14 @@ fn bench(args: Bench) -> Result<()> {
 /// Runs `cargo` with the words of `command`, then `more`, from the workspace root, failing when
 /// it fails.
 fn cargo(command: &str, more: &[String], envs: &[(&str, &str)]) -> Result<()> {
-    let args: Vec<&str> = command
-        .split_whitespace()
-        .chain(more.iter().map(String::as_str))
-        .collect();
+    let more = more.iter().map(String::as_str);
+    let args: Vec<&str> = command.split_whitespace().chain(more).collect();
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo
-        .args(&args)
-        .current_dir(workspace_root())
-        .envs(envs.iter().copied());
-    let status = cargo
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed with {status}", args.join(" "));
-    }
+    cargo.args(&args).current_dir(workspace_root());
+    let status = cargo.envs(envs.iter().copied()).status();
+    let args = args.join(" ");
+    let status = status.with_context(|| format!("running cargo {args}"))?;
+    ensure!(status.success(), "cargo {args} failed with {status}");
     Ok(())
 }
 

@@ -1,11 +1,8 @@
-//! Instructions per task, counted by valgrind, and the runs a profiler watches.
-//!
-//! Counts move by a few percent between runs of the same binary (idle runtime threads spin for
-//! as long as a run lasts), where times on a shared machine move by tens of percent, so a ratio
-//! of counts holds where timed ratios drift. Each count runs `bench-report --run SCENARIO N
-//! ROUNDS` under `valgrind --tool=cachegrind --cache-sim=no`, 1 and then 3 rounds over the same
-//! ids; the difference, over the 2 x N tasks between them, is the cost of a task in a coordinator
-//! that has run before, without the process's start, the runtime's and the ids' making.
+//! Instructions per task, counted by valgrind (a ratio of counts holds where timed ratios drift
+//! on a shared machine), and the runs a profiler watches. Each count runs `bench-report --run
+//! SCENARIO N ROUNDS` under cachegrind, 1 and then 3 rounds over the same ids; the difference,
+//! over the 2 x N tasks between them, is the cost of a task in a coordinator that has run before,
+//! without the process's start, the runtime's and the ids' making.
 
 use std::process::Command;
 use std::time::Duration;
