@@ -167,7 +167,7 @@ mod tests {
             row(100_000, 3_000.0, 1_500.0),
             row(1_000_000, 5_000.0, 1_000.0),
         ];
-        let text = "<!-- bench \"async\" n=100000 ratio=0.4..0.6 --> <!-- bench \"async\" ratio=0.3.. -->\n\
+        let text = "<!-- bench \"async\" n=100000 ratio=0.4..0.6 --> <!-- bench \"async\" ratio=..0.1 -->\n\
                     ```text\n<!-- bench \"async\" ratio=0..1 -->\n```\n\
                     | <!-- bench target \"async\" n=1000000 vs \"async\" n=10000 ratio=0.67.. --> |\n\
                     <!-- bench \"threaded\" ratio=..1 --> <!-- bench \"no such\" ratio=0..1 -->\n\

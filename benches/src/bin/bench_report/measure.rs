@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// One scenario's figures at one N, as written to `report.json`: costs per task (or per
 /// message, or instructions per task), medians of the repetitions.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Row {
     pub(crate) name: String,
     pub(crate) n: u64,
@@ -28,19 +28,16 @@ impl Row {
         ours.sort_by(f64::total_cmp);
         base.sort_by(f64::total_cmp);
         let median = |v: &[f64]| (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0;
-        let (ns_per_task, baseline_ns_per_task) = (median(&ours), median(&base));
-        let (name, baseline, reps) = (pair.0.to_owned(), pair.1.to_owned(), ours.len());
-        let (min, max, ratio) = (ours[0], ours[reps - 1], baseline_ns_per_task / ns_per_task);
         let row = Self {
-            name,
+            name: pair.0.to_owned(),
             n,
-            ns_per_task,
-            baseline,
-            baseline_ns_per_task,
-            ratio,
-            reps,
-            min,
-            max,
+            ns_per_task: median(&ours),
+            baseline: pair.1.to_owned(),
+            baseline_ns_per_task: median(&base),
+            ratio: median(&base) / median(&ours),
+            reps: ours.len(),
+            min: ours[0],
+            max: ours[ours.len() - 1],
         };
         eprintln!("{}", row.summary());
         row

@@ -22,10 +22,9 @@ use crate::scenarios::names;
 pub(crate) const WORKER_FLAG: &str = "--nats-worker";
 
 fn config(stream: &str, prefix: &str) -> NatsConfig {
-    let (stream, prefix) = (stream.to_owned(), prefix.to_owned());
     NatsConfig {
-        stream,
-        prefix,
+        stream: stream.to_owned(),
+        prefix: prefix.to_owned(),
         mode: "bench".into(),
         ..NatsConfig::default()
     }
@@ -121,19 +120,16 @@ impl RawQueue {
         let client = async_nats::connect(url).await.ok()?;
         let js = jetstream::new(client.clone());
         let (subject, reply) = (format!("benchraw{tag}.run"), format!("benchraw{tag}.reply"));
-        let (name, subjects) = (format!("BENCH_RAW_{tag}"), vec![subject.clone()]);
-        let retention = stream::RetentionPolicy::WorkQueue;
         let config = stream::Config {
-            name,
-            subjects,
-            retention,
+            name: format!("BENCH_RAW_{tag}"),
+            subjects: vec![subject.clone()],
+            retention: stream::RetentionPolicy::WorkQueue,
             ..Default::default()
         };
         let stream = js.get_or_create_stream(config).await.ok()?;
-        let (durable_name, ack_policy) = (Some("raw".into()), consumer::AckPolicy::Explicit);
         let config = consumer::pull::Config {
-            durable_name,
-            ack_policy,
+            durable_name: Some("raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
             max_ack_pending: -1,
             ..Default::default()
         };
