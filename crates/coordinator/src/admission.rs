@@ -3,6 +3,7 @@
 //! with nothing recorded or fully accepted.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -48,7 +49,7 @@ impl Future for Waiting<'_> {
     type Output = Result<Accepted, SubmitError>;
 
     fn poll(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         self.wait.as_mut().poll(cx)
@@ -67,7 +68,7 @@ impl Future for Admission<'_> {
     type Output = Result<Accepted, SubmitError>;
 
     fn poll(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         match self.get_mut() {
@@ -77,7 +78,7 @@ impl Future for Admission<'_> {
                     .take()
                     .ok_or_else(|| SubmitError::new(SubmitKind::ShutDown)),
             ),
-            Admission::Wait(wait) => std::pin::Pin::new(wait).poll(cx),
+            Admission::Wait(wait) => Pin::new(wait).poll(cx),
         }
     }
 }
@@ -177,8 +178,13 @@ impl Coordinator {
 struct Ready {
     task: ErasedTask,
     cell: Arc<RequestCell>,
-    /// Its deadline's timer, the timeout it came from and the runtime the timer runs on.
-    deadline: Option<(tokio::time::Sleep, Duration, tokio::runtime::Handle)>,
+    /// Its deadline's timer (boxed: a `Sleep` is large, and most requests have none), the
+    /// timeout it came from and the runtime the timer runs on.
+    deadline: Option<(
+        Pin<Box<tokio::time::Sleep>>,
+        Duration,
+        tokio::runtime::Handle,
+    )>,
     /// The request of the node it was submitted from, when that is at hand.
     scoped_parent: Option<Arc<RequestCell>>,
 }
@@ -219,7 +225,13 @@ impl Coordinator {
         // `tokio::time::timeout` does) before anything is recorded.
         let deadline = timeout
             .and_then(|t| Some((Instant::now().checked_add(t)?, t)))
-            .map(|(at, t)| (tokio::time::sleep_until(at.into()), t, runtime.clone()));
+            .map(|(at, t)| {
+                (
+                    Box::pin(tokio::time::sleep_until(at.into())),
+                    t,
+                    runtime.clone(),
+                )
+            });
         if retry.is_some() {
             // A backoff's timer is made later, on the runtime: check for its driver now.
             drop(tokio::time::sleep(Duration::ZERO));
