@@ -505,7 +505,9 @@ fn a_request_whose_runtime_shuts_down_before_its_deadline_ends_cancelled() {
     });
     let recorder = Recorder::attach(&publisher);
     let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started, running) = std::sync::mpsc::channel::<()>();
     let task = Task::blocking("held", "held", move || {
+        started.send(()).unwrap();
         let _ = hold.recv_timeout(Duration::from_secs(30));
         Ok::<_, BoxError>(1_u8)
     });
@@ -515,6 +517,8 @@ fn a_request_whose_runtime_shuts_down_before_its_deadline_ends_cancelled() {
         .unwrap();
     let timeout = SubmitOptions::new().timeout(Duration::from_secs(60));
     let handle = short.block_on(coordinator.spawn(task, ExecutionMode::THREADED, timeout));
+    // Running on its pool thread, where nothing can stop it.
+    running.recv().unwrap();
     drop(short);
     let job = coordinator.job("held").expect("recorded");
     assert_eq!(job.result(), Some(JobResult::Cancelled), "ended at once");
