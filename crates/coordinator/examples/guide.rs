@@ -76,7 +76,7 @@ async fn submit(coordinator: &Coordinator) -> Fallible {
 #[rustfmt::skip]
 async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Fallible {
     let text = "Replayable. Because it can be rebuilt.".to_string();
-    let task = Task::new("125", Slow);
+    let task = Task::new("125", Slow);                        // a node that waits a long while
     let options = SubmitOptions::new()
         .timeout(Duration::from_secs(10))
         .retry(RetryPolicy::new(3));                          // replayable tasks only
