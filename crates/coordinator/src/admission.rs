@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use futures::stream::FuturesUnordered;
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher, RequestCreation};
-use task_core::{BoxFuture, ErasedTask, ExecutionMode, RequestId, TaskError};
-
-use crate::state::{CoordinatorState, StateError};
+use task_core::{BoxFuture, ErasedTask, ExecutionMode, RequestId, TaskError, Value};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
 use crate::coordinator::Coordinator;
@@ -22,7 +20,7 @@ use crate::handle::RequestHandle;
 use crate::inner::{Inner, Mode, OpenRequest, task_span};
 use crate::options::SubmitOptions;
 use crate::request::{CURRENT_NODE, Ending, Expiry, RequestCell, Retry, current_node, execute};
-use task_core::Value;
+use crate::state::{CoordinatorState, StateError};
 
 /// A request the coordinator took.
 pub(crate) struct Accepted {

@@ -2,11 +2,13 @@
 //! or the request's end; and the request's terminal message.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
 use task_core::{BoxFuture, Completion, CompletionSink, ErasedTask, Outcome, TaskInfo};
+use tokio::sync::oneshot;
 
-use super::{CURRENT_NODE, RequestCell, StrategyRef, lock};
+use super::{CURRENT_NODE, Ending, RequestCell, StrategyRef, lock};
 
 /// Hands `task` to `strategy`. A strategy that panics here has dropped the completion, which
 /// ended the request as failed; the panic goes no further than a log line.
@@ -20,6 +22,15 @@ pub(crate) fn execute(strategy: &StrategyRef, task: ErasedTask, completion: Comp
     }
 }
 
+/// What a run's outcome leads to, decided under the request's lock.
+enum Next {
+    /// The request ends with the outcome.
+    End(Ending),
+    /// Another attempt, after waiting this long on this runtime, unless the receiver fires first
+    /// (the request ended meanwhile).
+    Retry(Duration, tokio::runtime::Handle, oneshot::Receiver<()>),
+}
+
 impl CompletionSink for RequestCell {
     fn complete(&self, outcome: Outcome) {
         // Whether another attempt follows is the policy's call, which may run the user's
@@ -28,7 +39,7 @@ impl CompletionSink for RequestCell {
             Err(error) => self.retry_wait(error),
             Ok(_) => None,
         };
-        let ending = {
+        let next = {
             let mut slot = lock(&self.ending);
             if self.is_cancelled() {
                 // Ended by its cancellation (or its deadline) already.
@@ -43,16 +54,18 @@ impl CompletionSink for RequestCell {
             {
                 let (stop, stopped) = tokio::sync::oneshot::channel();
                 retry.backoff = Some((stop, error.clone()));
-                Err((wait, retry.runtime.clone(), stopped))
+                Next::Retry(wait, retry.runtime.clone(), stopped)
             } else {
-                Ok(slot.take())
+                match slot.take() {
+                    Some(ending) => Next::End(ending),
+                    None => return,
+                }
             }
         };
-        match ending {
-            Ok(Some(ending)) => ending.finish(outcome, true, self),
-            Ok(None) => {}
+        match next {
+            Next::End(ending) => ending.finish(outcome, true, self),
             // Scheduled after the lock is let go: see `schedule_attempt`.
-            Err((wait, runtime, stopped)) => self.schedule_attempt(wait, &runtime, stopped),
+            Next::Retry(wait, runtime, stop) => self.schedule_attempt(wait, &runtime, stop),
         }
     }
 
