@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use coordinator::{
-    BoxError, Coordinator, CoordinatorBuilder, ExecutionMode, PortableNode,
-    ProcessExecutionStrategy, RequestCompletionPublisher, RequestId, SubmitOptions, Task,
+    BoxError, Coordinator, CoordinatorBuilder, ExecutionMode, Outcome, PortableNode,
+    ProcessExecutionStrategy, RequestCompletionPublisher, RequestId, SubmitOptions, Task, TaskBody,
     ThreadedExecutionStrategy,
 };
 /// The trivial task (it returns its number), and the registry of every binary here, each its
@@ -105,8 +105,9 @@ impl Default for Fixture {
 impl Fixture {
     /// Runs scenario `name` once over `ids`: `async` and `threaded` (every `submit` future
     /// awaited together), `async-handles` (`try_spawn`, the handles awaited in order), `batch`
-    /// (one `submit_many`), or the raw baselines `raw-async` and `raw-threaded`. `None` for a
-    /// name it does not know.
+    /// (one `submit_many`), the raw baselines `raw-async` and `raw-threaded`, or the design floors
+    /// `floor-async`, `floor-handles` and `floor-threaded` ([`design_floor`]). `None` for a name
+    /// it does not know.
     pub fn run(&self, name: &str, ids: &[RequestId]) -> Option<Duration> {
         let (rt, coordinator) = (&self.rt, &self.started.coordinator);
         Some(match name {
@@ -116,6 +117,9 @@ impl Fixture {
             "batch" => submit_batch(rt, coordinator, ids),
             "raw-async" => raw_tokio_spawn_channel(rt, ids),
             "raw-threaded" => raw_rayon_spawn_crossbeam(&self.pool, ids),
+            "floor-async" => design_floor(rt, None, ids, false),
+            "floor-handles" => design_floor(rt, None, ids, true),
+            "floor-threaded" => design_floor(rt, Some(&self.pool), ids, false),
             _ => return None,
         })
     }
@@ -187,6 +191,64 @@ pub fn spawn_then_await(rt: &Runtime, on: &Coordinator, ids: &[RequestId]) -> Du
             let output = handle.expect("no limit is set").await;
             output.expect("every task succeeds");
         }
+    })
+}
+
+/// The design floor: the least a coordinator reached through the task API can do per request, in
+/// the scenarios' shape. Each task is made with the API the scenarios use and erased, its request
+/// id entered in one locked map of open requests beside a oneshot answer, its body run as a tokio
+/// task (or on `pool`, the threaded mode), which takes the answer out of the map and sends the
+/// output, downcast by the caller. No job record, time stamp, cancellation, deadline, scope,
+/// panic catching, stats or bus. The answers are awaited under `join_all`, each submitted when
+/// its future is first polled (as `submit`'s are), or, `in_order`, submitted first and awaited
+/// one by one (as `try_spawn` handles are).
+pub fn design_floor(
+    rt: &Runtime,
+    pool: Option<&rayon::ThreadPool>,
+    ids: &[RequestId],
+    in_order: bool,
+) -> Duration {
+    type Open = std::sync::Mutex<HashMap<RequestId, tokio::sync::oneshot::Sender<Outcome>>>;
+    let open = Arc::new(Open::default());
+    let submit = |(i, id): (usize, &RequestId)| {
+        let task = match pool {
+            Some(_) => Task::blocking(id.clone(), "trivial", move || {
+                Ok::<_, BoxError>(black_box(i))
+            }),
+            None => trivial_task(id, i),
+        };
+        let (info, body) = task.into_erased().into_parts();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let mut open_now = open.lock().expect("no panic under the lock");
+        open_now.insert(info.request_id().clone(), answer);
+        drop(open_now);
+        let open = Arc::clone(&open);
+        let end = move |outcome| {
+            let mut answer = open.lock().expect("no panic under the lock");
+            let answer = answer.remove(info.request_id()).expect("open");
+            drop(answer.send(outcome));
+        };
+        match (body, pool) {
+            (TaskBody::Async(body), None) => {
+                drop(tokio::spawn(async move { end(body.into_future().await) }))
+            }
+            (TaskBody::Blocking(body), Some(pool)) => pool.spawn(move || end(body.run())),
+            _ => unreachable!("the task made for the mode"),
+        }
+        async move { answered.await.ok()?.ok()?.downcast::<usize>().ok() }
+    };
+    timed(rt, async {
+        let calls = ids.iter().enumerate();
+        let outputs = if in_order {
+            let (answers, mut outputs): (Vec<_>, _) = (calls.map(submit).collect(), Vec::new());
+            for answer in answers {
+                outputs.push(answer.await);
+            }
+            outputs
+        } else {
+            futures::future::join_all(calls.map(|call| async move { submit(call).await })).await
+        };
+        assert!(outputs.iter().all(Option::is_some), "every task succeeds");
     })
 }
 

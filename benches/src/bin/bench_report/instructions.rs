@@ -72,8 +72,8 @@ fn per_task(scenario: &str, n: u64) -> Result<f64, String> {
     Ok(three.saturating_sub(one) as f64 / (2 * n) as f64)
 }
 
-/// Counts async and threaded beside their baselines, and async with its metrics recorded beside
-/// async, at `n`, per task; `None` (and a line on stderr) when valgrind is not installed or a
+/// Counts async and threaded and their design floors beside their baselines, and async with its
+/// metrics recorded beside async, at `n`, per task; `None` (and a line on stderr) when valgrind is not installed or a
 /// count failed.
 pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
     let valgrind = Command::new("valgrind").arg("--version").output();
@@ -84,6 +84,8 @@ pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
     let counted = [
         (names::ASYNC, "async", "raw-async"),
         (names::THREADED, "threaded", "raw-threaded"),
+        (names::FLOOR, "floor-async", "raw-async"),
+        (names::FLOOR_THREADED, "floor-threaded", "raw-threaded"),
         (names::METRICS, "async-metrics", "async"),
     ];
     let count = |(pair, ours, raw): ((&str, &str), &str, &str)| {

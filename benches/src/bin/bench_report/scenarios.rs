@@ -34,7 +34,12 @@ pub(crate) mod names {
         "async beside 1,000 dashboard clients",
         "the same requests, no dashboard",
     );
-    pub(crate) const THREADED: Pair = ("threaded", "rayon::spawn + crossbeam + HashMap");
+    pub(crate) const THREADED: Pair = ("threaded", RAYON);
+    const RAYON: &str = "rayon::spawn + crossbeam + HashMap";
+    /// The least a coordinator reached through the task API can do ([`benches::design_floor`]).
+    pub(crate) const FLOOR: Pair = ("async design floor", TOKIO);
+    pub(crate) const FLOOR_IN_ORDER: Pair = ("async design floor, handles awaited in order", TOKIO);
+    pub(crate) const FLOOR_THREADED: Pair = ("threaded design floor", RAYON);
     pub(crate) const ROUND_TRIP: Pair = ("process round trip", ECHO);
     pub(crate) const PINNED_ROUND_TRIP: Pair = ("process round trip, pinned to one CPU", ECHO);
     pub(crate) const THROUGHPUT: Pair = (
@@ -58,8 +63,11 @@ pub(crate) mod names {
     /// Whether a full run reports scenario `name`.
     pub(crate) fn known(name: &str) -> bool {
         let pairs = [ASYNC, TRY_SPAWN, BATCH, STUCK, METRICS, DASHBOARD, THREADED];
-        let more = [ROUND_TRIP, PINNED_ROUND_TRIP, THROUGHPUT, DISTRIBUTED];
-        let mut all = pairs.iter().chain(&more).chain(&FAN_OUT).chain(&LATENCY);
+        let more = [FLOOR, FLOOR_IN_ORDER, FLOOR_THREADED];
+        let more = more
+            .iter()
+            .chain(&[ROUND_TRIP, PINNED_ROUND_TRIP, THROUGHPUT, DISTRIBUTED]);
+        let mut all = pairs.iter().chain(more).chain(&FAN_OUT).chain(&LATENCY);
         all.any(|(known, _)| *known == name)
     }
 }
@@ -88,8 +96,14 @@ pub(crate) fn local(
         let raw = |i: usize| run(fx, "raw-async", &series[i])();
         rows.extend(compare_series(names::ASYNC, sizes, reps, ours, raw));
         // The baseline's shape (spawn everything, then learn every outcome) without one future
-        // per call polled together; then every request accepted under one lock.
-        for (pair, ours) in [(names::TRY_SPAWN, "async-handles"), (names::BATCH, "batch")] {
+        // per call polled together; then every request accepted under one lock; then the design
+        // floor of both shapes.
+        let more = [(names::TRY_SPAWN, "async-handles"), (names::BATCH, "batch")];
+        let floors = [
+            (names::FLOOR, "floor-async"),
+            (names::FLOOR_IN_ORDER, "floor-handles"),
+        ];
+        for (pair, ours) in more.into_iter().chain(floors) {
             let (ours, raw) = (run(fx, ours, &ids), run(fx, "raw-async", &ids));
             rows.push(compare(pair, n, reps, ours, raw));
         }
@@ -98,8 +112,13 @@ pub(crate) fn local(
         rows.push(beside_dashboard_clients(fx, &ids, reps));
     }
     if threaded {
-        let (ours, raw) = (run(fx, "threaded", &ids), run(fx, "raw-threaded", &ids));
-        rows.push(compare(names::THREADED, n, reps, ours, raw));
+        for (pair, ours) in [
+            (names::THREADED, "threaded"),
+            (names::FLOOR_THREADED, "floor-threaded"),
+        ] {
+            let (ours, raw) = (run(fx, ours, &ids), run(fx, "raw-threaded", &ids));
+            rows.push(compare(pair, n, reps, ours, raw));
+        }
     }
     rows
 }
