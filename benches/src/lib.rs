@@ -106,8 +106,8 @@ impl Fixture {
     /// Runs scenario `name` once over `ids`: `async` and `threaded` (every `submit` future
     /// awaited together), `async-handles` (`try_spawn`, the handles awaited in order), `batch`
     /// (one `submit_many`), the raw baselines `raw-async` and `raw-threaded`, or the design floors
-    /// `floor-async`, `floor-handles` and `floor-threaded` ([`design_floor`]). `None` for a name
-    /// it does not know.
+    /// `floor-async`, `floor-handles`, `floor-unshared` and `floor-threaded` ([`design_floor`]).
+    /// `None` for a name it does not know.
     pub fn run(&self, name: &str, ids: &[RequestId]) -> Option<Duration> {
         let (rt, coordinator) = (&self.rt, &self.started.coordinator);
         Some(match name {
@@ -117,9 +117,10 @@ impl Fixture {
             "batch" => submit_batch(rt, coordinator, ids),
             "raw-async" => raw_tokio_spawn_channel(rt, ids),
             "raw-threaded" => raw_rayon_spawn_crossbeam(&self.pool, ids),
-            "floor-async" => design_floor(rt, None, ids, false),
-            "floor-handles" => design_floor(rt, None, ids, true),
-            "floor-threaded" => design_floor(rt, Some(&self.pool), ids, false),
+            "floor-async" => design_floor(rt, None, ids, Floor::JoinAll),
+            "floor-handles" => design_floor(rt, None, ids, Floor::InOrder),
+            "floor-unshared" => design_floor(rt, None, ids, Floor::Unshared),
+            "floor-threaded" => design_floor(rt, Some(&self.pool), ids, Floor::JoinAll),
             _ => return None,
         })
     }
@@ -194,22 +195,32 @@ pub fn spawn_then_await(rt: &Runtime, on: &Coordinator, ids: &[RequestId]) -> Du
     })
 }
 
+/// How a design floor awaits its answers, and whether it keeps them in a shared map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// Under `join_all`, each submitted when its future is first polled, as `submit`'s are.
+    JoinAll,
+    /// Submitted first, then awaited one by one, as `try_spawn` handles are.
+    InOrder,
+    /// Under `join_all`, with no shared map: each answer's sender moves into its task, so
+    /// nothing could find, cancel or count an open request.
+    Unshared,
+}
+
 /// The design floor: the least a coordinator reached through the task API can do per request, in
 /// the scenarios' shape. Each task is made with the API the scenarios use and erased, its request
 /// id entered in one locked map of open requests beside a oneshot answer, its body run as a tokio
 /// task (or on `pool`, the threaded mode), which takes the answer out of the map and sends the
 /// output, downcast by the caller. No job record, time stamp, cancellation, deadline, scope,
-/// panic catching, stats or bus. The answers are awaited under `join_all`, each submitted when
-/// its future is first polled (as `submit`'s are), or, `in_order`, submitted first and awaited
-/// one by one (as `try_spawn` handles are).
+/// panic catching, stats or bus.
 pub fn design_floor(
     rt: &Runtime,
     pool: Option<&rayon::ThreadPool>,
     ids: &[RequestId],
-    in_order: bool,
+    shape: Floor,
 ) -> Duration {
     type Open = std::sync::Mutex<HashMap<RequestId, tokio::sync::oneshot::Sender<Outcome>>>;
-    let open = Arc::new(Open::default());
+    let open = Arc::new(Open::new(HashMap::with_capacity(ids.len())));
     let submit = |(i, id): (usize, &RequestId)| {
         let task = match pool {
             Some(_) => Task::blocking(id.clone(), "trivial", move || {
@@ -219,14 +230,22 @@ pub fn design_floor(
         };
         let (info, body) = task.into_erased().into_parts();
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let mut open_now = open.lock().expect("no panic under the lock");
-        open_now.insert(info.request_id().clone(), answer);
-        drop(open_now);
-        let open = Arc::clone(&open);
+        let (mut answer, mut open) = (Some(answer), Some(Arc::clone(&open)));
+        match (&open, shape) {
+            (_, Floor::Unshared) => open = None,
+            (Some(map), _) => {
+                let sender = answer.take().expect("made above");
+                let mut map = map.lock().expect("no panic under the lock");
+                map.insert(info.request_id().clone(), sender);
+            }
+            (None, _) => {}
+        }
         let end = move |outcome| {
-            let mut answer = open.lock().expect("no panic under the lock");
-            let answer = answer.remove(info.request_id()).expect("open");
-            drop(answer.send(outcome));
+            let taken = || open?.lock().ok()?.remove(info.request_id());
+            // Not found: the caller's answer fails, and the run's check with it.
+            if let Some(answer) = answer.or_else(taken) {
+                drop(answer.send(outcome));
+            }
         };
         match (body, pool) {
             (TaskBody::Async(body), None) => {
@@ -239,7 +258,7 @@ pub fn design_floor(
     };
     timed(rt, async {
         let calls = ids.iter().enumerate();
-        let outputs = if in_order {
+        let outputs = if shape == Floor::InOrder {
             let (answers, mut outputs): (Vec<_>, _) = (calls.map(submit).collect(), Vec::new());
             for answer in answers {
                 outputs.push(answer.await);

@@ -73,8 +73,8 @@ fn per_task(scenario: &str, n: u64) -> Result<f64, String> {
 }
 
 /// Counts async and threaded and their design floors beside their baselines, and async with its
-/// metrics recorded beside async, at `n`, per task; `None` (and a line on stderr) when valgrind is not installed or a
-/// count failed.
+/// metrics recorded beside async, at `n`, per task; `None` (and a line on stderr) when valgrind
+/// is not installed or a count failed.
 pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
     let valgrind = Command::new("valgrind").arg("--version").output();
     if !valgrind.is_ok_and(|out| out.status.success()) {
@@ -88,11 +88,23 @@ pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
         (names::FLOOR_THREADED, "floor-threaded", "raw-threaded"),
         (names::METRICS, "async-metrics", "async"),
     ];
-    let count = |(pair, ours, raw): ((&str, &str), &str, &str)| {
+    // Each scenario counted once, however many rows it is in.
+    let mut counts: std::collections::HashMap<&str, f64> = Default::default();
+    let mut count = |scenario: &'static str| -> Result<f64, String> {
+        match counts.get(scenario) {
+            Some(&count) => Ok(count),
+            None => {
+                let count = per_task(scenario, n)?;
+                counts.insert(scenario, count);
+                Ok(count)
+            }
+        }
+    };
+    let row = |(pair, ours, raw): ((&str, &str), _, _)| {
         eprintln!("{}: counting instructions under valgrind ...", pair.0);
-        let (ours, raw) = (per_task(ours, n)?, per_task(raw, n)?);
+        let (ours, raw) = (count(ours)?, count(raw)?);
         Ok(Row::new(pair, n, vec![ours], vec![raw]))
     };
-    let rows: Result<Vec<Row>, String> = counted.into_iter().map(count).collect();
+    let rows: Result<Vec<Row>, String> = counted.into_iter().map(row).collect();
     rows.map_err(|e| eprintln!("instruction counts: {e}")).ok()
 }

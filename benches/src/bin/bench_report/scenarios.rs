@@ -39,6 +39,7 @@ pub(crate) mod names {
     /// The least a coordinator reached through the task API can do ([`benches::design_floor`]).
     pub(crate) const FLOOR: Pair = ("async design floor", TOKIO);
     pub(crate) const FLOOR_IN_ORDER: Pair = ("async design floor, handles awaited in order", TOKIO);
+    pub(crate) const FLOOR_UNSHARED: Pair = ("async design floor, no shared map", TOKIO);
     pub(crate) const FLOOR_THREADED: Pair = ("threaded design floor", RAYON);
     pub(crate) const ROUND_TRIP: Pair = ("process round trip", ECHO);
     pub(crate) const PINNED_ROUND_TRIP: Pair = ("process round trip, pinned to one CPU", ECHO);
@@ -63,7 +64,7 @@ pub(crate) mod names {
     /// Whether a full run reports scenario `name`.
     pub(crate) fn known(name: &str) -> bool {
         let pairs = [ASYNC, TRY_SPAWN, BATCH, STUCK, METRICS, DASHBOARD, THREADED];
-        let more = [FLOOR, FLOOR_IN_ORDER, FLOOR_THREADED];
+        let more = [FLOOR, FLOOR_IN_ORDER, FLOOR_UNSHARED, FLOOR_THREADED];
         let more = more
             .iter()
             .chain(&[ROUND_TRIP, PINNED_ROUND_TRIP, THROUGHPUT, DISTRIBUTED]);
@@ -97,11 +98,12 @@ pub(crate) fn local(
         rows.extend(compare_series(names::ASYNC, sizes, reps, ours, raw));
         // The baseline's shape (spawn everything, then learn every outcome) without one future
         // per call polled together; then every request accepted under one lock; then the design
-        // floor of both shapes.
+        // floors.
         let more = [(names::TRY_SPAWN, "async-handles"), (names::BATCH, "batch")];
         let floors = [
             (names::FLOOR, "floor-async"),
             (names::FLOOR_IN_ORDER, "floor-handles"),
+            (names::FLOOR_UNSHARED, "floor-unshared"),
         ];
         for (pair, ours) in more.into_iter().chain(floors) {
             let (ours, raw) = (run(fx, ours, &ids), run(fx, "raw-async", &ids));
