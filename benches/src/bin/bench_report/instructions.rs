@@ -15,11 +15,20 @@ use crate::scenarios::names;
 /// The flag that runs one scenario in a loop: `--run SCENARIO N ROUNDS`.
 pub(crate) const RUN_FLAG: &str = "--run";
 
+/// What `--run` runs.
+const SCENARIOS: &str = "async, threaded, async-handles, batch, raw-async, raw-threaded, \
+    floor-async, floor-handles, floor-unshared, floor-threaded, async-metrics, fan-out-16, \
+    broadcast-16, process, process-1";
+
 /// Runs `scenario` `rounds` times over `n` tasks (or messages) and says how long a task took:
 /// those of [`benches::Fixture::run`], `async-metrics` (async with a Prometheus recorder),
 /// `fan-out-16` and `broadcast-16`, `process` (`n` tasks in flight over a pool of 2 workers) and
 /// `process-1` (one at a time: the round trip).
 pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
+    if !SCENARIOS.split(", ").any(|known| known == scenario) {
+        eprintln!("no scenario `{scenario}`; --run knows {SCENARIOS}");
+        std::process::exit(2);
+    }
     let (fixture, ids) = (benches::Fixture::default(), benches::request_ids(n));
     let rt = &fixture.rt;
     let pool = scenario
