@@ -230,16 +230,14 @@ pub fn design_floor(
         };
         let (info, body) = task.into_erased().into_parts();
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let (mut answer, mut open) = (Some(answer), Some(Arc::clone(&open)));
-        match (&open, shape) {
-            (_, Floor::Unshared) => open = None,
-            (Some(map), _) => {
-                let sender = answer.take().expect("made above");
-                let mut map = map.lock().expect("no panic under the lock");
-                map.insert(info.request_id().clone(), sender);
-            }
-            (None, _) => {}
-        }
+        // The answer's sender moves into the task, or waits in the map for it.
+        let (answer, open) = if shape == Floor::Unshared {
+            (Some(answer), None)
+        } else {
+            let mut map = open.lock().expect("no panic under the lock");
+            map.insert(info.request_id().clone(), answer);
+            (None, Some(Arc::clone(&open)))
+        };
         let end = move |outcome| {
             let taken = || open?.lock().ok()?.remove(info.request_id());
             // Not found: the caller's answer fails, and the run's check with it.
