@@ -148,6 +148,18 @@ fn trivial_task(id: &RequestId, i: usize) -> Task<usize> {
     Task::from_fn(id.clone(), "trivial", run)
 }
 
+/// The trivial task as the scenarios run it: on a thread when `blocking` (the threaded mode),
+/// async otherwise.
+fn trivial_task_for(blocking: bool, id: &RequestId, i: usize) -> Task<usize> {
+    if blocking {
+        Task::blocking(id.clone(), "trivial", move || {
+            Ok::<_, BoxError>(black_box(i))
+        })
+    } else {
+        trivial_task(id, i)
+    }
+}
+
 /// Submits one trivial task per id, all at once, and waits for every result.
 pub fn submit_trivial(
     rt: &Runtime,
@@ -157,12 +169,7 @@ pub fn submit_trivial(
 ) -> Duration {
     timed(rt, async {
         let calls = ids.iter().enumerate().map(|(i, id)| {
-            let blocking = move || Ok::<_, BoxError>(black_box(i));
-            let task = if *mode == ExecutionMode::THREADED {
-                Task::blocking(id.clone(), "trivial", blocking)
-            } else {
-                trivial_task(id, i)
-            };
+            let task = trivial_task_for(*mode == ExecutionMode::THREADED, id, i);
             on.submit(task, mode.clone())
         });
         let done = futures::future::join_all(calls).await;
@@ -222,12 +229,7 @@ pub fn design_floor(
     type Open = std::sync::Mutex<HashMap<RequestId, tokio::sync::oneshot::Sender<Outcome>>>;
     let open = Arc::new(Open::new(HashMap::with_capacity(ids.len())));
     let submit = |(i, id): (usize, &RequestId)| {
-        let task = match pool {
-            Some(_) => Task::blocking(id.clone(), "trivial", move || {
-                Ok::<_, BoxError>(black_box(i))
-            }),
-            None => trivial_task(id, i),
-        };
+        let task = trivial_task_for(pool.is_some(), id, i);
         let (info, body) = task.into_erased().into_parts();
         let (answer, answered) = tokio::sync::oneshot::channel();
         // The answer's sender moves into the task, or waits in the map for it.
