@@ -134,7 +134,7 @@ impl fmt::Display for SubmitError {
             SubmitKind::Busy(mode) => {
                 write!(f, "mode `{mode}` is at its concurrency limit")
             }
-            SubmitKind::Failed(e) => write!(f, "the task failed: {e}"),
+            SubmitKind::Failed(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -147,9 +147,12 @@ impl fmt::Debug for SubmitError {
     }
 }
 
+/// A request that ran and failed reads as its [`TaskError`] (which
+/// [`task_error`](SubmitError::task_error) returns), and its source is that error's: a report of
+/// the whole chain says each cause once.
 impl std::error::Error for SubmitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.task_error().map(|e| e as _)
+        std::error::Error::source(self.task_error()?)
     }
 }
 

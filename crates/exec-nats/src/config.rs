@@ -251,12 +251,23 @@ struct SubjectsHeld {
 }
 
 /// Why connecting, binding the stream or the consumer, or serving failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{context}: {source}")]
+#[derive(Debug)]
 pub struct NatsError {
     context: &'static str,
-    #[source]
     source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for NatsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.context, self.source)
+    }
+}
+
+/// The client's error is in the message; the source is its cause, so a chain says it once.
+impl std::error::Error for NatsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.source()
+    }
 }
 
 impl NatsError {
@@ -286,4 +297,27 @@ pub(crate) async fn connect(
         .connect(url)
         .await
         .map_err(|e| NatsError::new("connecting to the NATS server", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the server said no")]
+    struct Refused(#[source] std::io::Error);
+
+    /// The client's error is in the message, its cause is the source: each said once.
+    #[test]
+    fn the_chain_says_each_cause_once() {
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = NatsError::new("connecting to the NATS server", Refused(cause));
+        let message = error.to_string();
+        assert_eq!(message, "connecting to the NATS server: the server said no");
+        let source = error.source().expect("the client error's cause");
+        assert_eq!(source.to_string(), "refused");
+        assert!(!message.contains("refused"));
+    }
 }

@@ -102,9 +102,10 @@ impl fmt::Display for BuildError {
     }
 }
 
+/// The pool's error is in the message; the source is its cause, so a chain says it once.
 impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
+        self.0.source()
     }
 }
 

@@ -240,11 +240,12 @@ impl fmt::Debug for TaskError {
     }
 }
 
+/// The node's own error is this error's message (and [`downcast_ref`](TaskError::downcast_ref)),
+/// so `source` continues with that error's cause: a report of the whole chain says each cause
+/// once.
 impl StdError for TaskError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn StdError + 'static))
+        self.source.as_deref()?.source()
     }
 }
 
@@ -299,12 +300,28 @@ mod tests {
     #[error("quota exceeded")]
     struct Quota;
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("the upload failed")]
+    struct Upload(#[source] Quota);
+
     #[test]
     fn node_errors_keep_their_source() {
         let err = TaskError::node(Box::new(Quota));
         assert!(err.is_node_error());
         assert!(err.downcast_ref::<Quota>().is_some());
         assert_eq!(err.to_string(), "quota exceeded");
+    }
+
+    /// Each cause once in the chain: the node's error is the message, its cause the source.
+    #[test]
+    fn the_chain_says_each_cause_once() {
+        let err = TaskError::node(Box::new(Upload(Quota)));
+        assert_eq!(err.to_string(), "the upload failed");
+        assert!(err.downcast_ref::<Upload>().is_some());
+        let cause = err.source().expect("the node error's cause");
+        assert_eq!(cause.to_string(), "quota exceeded");
+        assert!(cause.source().is_none());
+        assert!(TaskError::node(Box::new(Quota)).source().is_none());
     }
 
     #[test]
