@@ -87,6 +87,7 @@ impl Coordinator {
         &self,
         mut task: ErasedTask,
         mode: &ExecutionMode,
+        options: &SubmitOptions,
     ) -> Result<(ErasedTask, &Mode), SubmitError> {
         let inner = &self.inner;
         if inner.started.get().is_none() {
@@ -104,6 +105,12 @@ impl Coordinator {
                 let known = inner.modes.iter().map(|entry| entry.name.clone()).collect();
                 SubmitError::new(SubmitKind::UnknownMode(mode.clone(), known))
             })?;
+        // Retries asked of a task that can run only once: say so, rather than run it once.
+        let retries = options.get_retry().is_some_and(|p| p.max_attempts() > 1);
+        if retries && !task.is_replayable() {
+            let id = task.info().request_id().clone();
+            return Err(SubmitError::new(SubmitKind::NotReplayable(id)));
+        }
         if task.info().parent_id().is_none()
             && let Some(parent) = current_node()
         {
@@ -120,7 +127,7 @@ impl Coordinator {
         mode: ExecutionMode,
         options: SubmitOptions,
     ) -> Result<Admission<'_>, SubmitError> {
-        let (task, entry) = self.prepare(task, &mode)?;
+        let (task, entry) = self.prepare(task, &mode, &options)?;
         // Children do not take a place: their ancestor holds one.
         let limit = entry
             .limit
@@ -425,7 +432,7 @@ impl Coordinator {
         let mut prepared = Vec::new();
         let mut entry = None;
         for task in tasks {
-            let (task, mode_entry) = self.prepare(task.into_erased(), &mode)?;
+            let (task, mode_entry) = self.prepare(task.into_erased(), &mode, &options)?;
             entry = Some(mode_entry);
             prepared.push(task);
         }

@@ -23,6 +23,8 @@ pub(crate) enum SubmitKind {
     Duplicate(RequestId),
     /// A batch names the same request id twice.
     Repeated(RequestId),
+    /// Retries were asked of a task that can run only once.
+    NotReplayable(RequestId),
     NoRuntime,
     PublisherClosed,
     Busy(ExecutionMode),
@@ -60,6 +62,13 @@ impl SubmitError {
             self.kind,
             SubmitKind::Duplicate(_) | SubmitKind::Repeated(_)
         )
+    }
+
+    /// The options ask for retries ([`SubmitOptions::retry`](crate::SubmitOptions::retry), more
+    /// than one attempt) and the task can run only once: make it with `Task::replayable`,
+    /// `Task::replayable_fn`, `Task::replayable_blocking` or `Task::portable`.
+    pub fn is_not_replayable(&self) -> bool {
+        matches!(self.kind, SubmitKind::NotReplayable(_))
     }
 
     /// `submit` was polled outside a tokio runtime.
@@ -126,6 +135,11 @@ impl fmt::Display for SubmitError {
             }
             SubmitKind::Duplicate(id) => write!(f, "a job for request `{id}` is already open"),
             SubmitKind::Repeated(id) => write!(f, "the batch names request `{id}` more than once"),
+            SubmitKind::NotReplayable(id) => write!(
+                f,
+                "request `{id}` asks for retries but its task can run only once: make it with \
+                 Task::replayable, Task::replayable_fn, Task::replayable_blocking or Task::portable"
+            ),
             SubmitKind::NoRuntime => f.write_str("submit must run inside a tokio runtime"),
             SubmitKind::PublisherClosed => f.write_str(
                 "the coordinator's publisher is not running (shut it down after the \

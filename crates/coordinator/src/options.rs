@@ -50,8 +50,10 @@ impl SubmitOptions {
     }
 
     /// Retries failed attempts under `policy`. Only replayable tasks
-    /// ([`ErasedTask::is_replayable`](task_core::ErasedTask::is_replayable)) can be retried; a
-    /// task that is not gets a single attempt.
+    /// ([`ErasedTask::is_replayable`](task_core::ErasedTask::is_replayable)) can be retried:
+    /// submitting one that is not with a policy of more than one attempt is rejected
+    /// ([`SubmitError::is_not_replayable`](crate::SubmitError::is_not_replayable)), nothing
+    /// recorded.
     ///
     /// Backoffs are tokio timers on the runtime the request is submitted on: submitting with a
     /// retry policy panics, as [`tokio::time::sleep`] does, on a runtime built without its time

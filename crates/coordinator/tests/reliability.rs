@@ -320,10 +320,34 @@ async fn retries_rerun_failed_attempts_and_count_them_on_the_job() {
     assert_eq!(error.task_error().unwrap().message(), "still down");
     assert_eq!(coordinator.job("always").unwrap().attempts(), 3);
 
-    // A task that can run only once gets one attempt whatever the policy.
-    let once: Task<()> = Task::from_fn("once", "once", || async { Err("no") });
+    // Retries asked of a task that can run only once: rejected, nothing recorded, alone or in a
+    // batch; a policy of one attempt asks for none.
+    let once = || Task::<()>::from_fn("once", "once", || async { Err("no") });
+    let rejected = coordinator
+        .submit_with(once(), "async", SubmitOptions::new().retry(quick_retry(3)))
+        .await
+        .unwrap_err();
+    assert!(
+        rejected.is_not_replayable() && rejected.is_rejected(),
+        "{rejected}"
+    );
+    assert!(
+        rejected.to_string().contains("Task::replayable_fn"),
+        "{rejected}"
+    );
+    let batch = [
+        Task::replayable_fn("fine", "fine", || async { Ok::<(), BoxError>(()) }),
+        once(),
+    ];
+    let options = SubmitOptions::new().retry(quick_retry(3));
+    let rejected = coordinator
+        .submit_many(batch, "async", options)
+        .err()
+        .unwrap();
+    assert!(rejected.is_not_replayable());
+    assert!(coordinator.job("once").is_none() && coordinator.job("fine").is_none());
     coordinator
-        .submit_with(once, "async", SubmitOptions::new().retry(quick_retry(3)))
+        .submit_with(once(), "async", SubmitOptions::new().retry(quick_retry(1)))
         .await
         .unwrap_err();
     assert_eq!(coordinator.job("once").unwrap().attempts(), 1);
@@ -560,8 +584,9 @@ fn a_runtime_without_timers_runs_what_needs_none_and_refuses_a_timer_before_reco
     ];
     for (n, options) in needing_a_timer.into_iter().enumerate() {
         let id = format!("timed-{n}");
+        let task = Task::replayable_fn(id.clone(), "value", || async { Ok::<_, BoxError>(1) });
         let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runtime.block_on(coordinator.submit_with(value_task(&id, 1), "async", options))
+            runtime.block_on(coordinator.submit_with(task, "async", options))
         }));
         let payload = submitted.expect_err("no time driver: the submit panics");
         let message = payload
