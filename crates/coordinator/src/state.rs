@@ -45,6 +45,10 @@ pub struct JobCounts {
     pub cancelled: u64,
     /// Closed jobs dropped from the table by the [`Retention`] policy (still counted above).
     pub evicted: u64,
+    /// Closed jobs whose record a new job with the same request id took the place of (still
+    /// counted above): the table holds `open + closed - evicted - replaced` jobs.
+    #[serde(default)]
+    pub replaced: u64,
 }
 
 /// Which closed jobs a [`CoordinatorState`] keeps.
@@ -54,8 +58,9 @@ pub struct JobCounts {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Retention {
-    /// Keep every job for the life of the state (the reference behaviour). Memory grows with the
-    /// number of requests.
+    /// Keep every job for the life of the state (the reference behaviour), but one record per
+    /// request id: a closed job's record gives way to a new job with its id
+    /// ([`JobCounts::replaced`]). Memory grows with the number of requests.
     #[default]
     KeepAll,
     /// Keep the last `n` closed jobs (in the order they closed; at least the most recent one)
@@ -237,7 +242,8 @@ impl<A> CoordinatorState<A> {
     /// Opens a job for `task`.
     ///
     /// A request id whose job is closed may be used again: the new job replaces the old record
-    /// (the running totals keep counting the old one).
+    /// (the running totals keep counting the old one, and count it in
+    /// [`replaced`](JobCounts::replaced)).
     ///
     /// # Errors
     ///
@@ -274,6 +280,7 @@ impl<A> CoordinatorState<A> {
                 });
             }
             Some(i) => {
+                self.counts.replaced += 1;
                 self.jobs.jobs[i] = job;
                 self.jobs.attach(i, attachment);
                 &mut self.jobs.jobs[i]

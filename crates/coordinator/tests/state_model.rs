@@ -52,6 +52,7 @@ struct Model {
     opened: u64,
     by_result: HashMap<JobResult, u64>,
     evicted: u64,
+    replaced: u64,
 }
 
 #[derive(Debug, PartialEq)]
@@ -68,6 +69,7 @@ impl Model {
             return Answer::Duplicate;
         }
         self.generation += 1;
+        self.replaced += u64::from(self.jobs.contains_key(id));
         self.jobs.insert(
             id.to_owned(),
             ModelJob {
@@ -231,6 +233,10 @@ proptest! {
             counts.succeeded + counts.failed + counts.timed_out + counts.cancelled
         );
         prop_assert_eq!(counts.evicted, model.evicted);
+        prop_assert_eq!(counts.replaced, model.replaced);
+        // Every job ever opened is in the table, or was evicted or replaced.
+        let gone = counts.evicted + counts.replaced;
+        prop_assert_eq!(counts.open + counts.closed - gone, state.len() as u64);
         let open_in_table = state.iter().filter(|j| j.status() == JobStatus::Opened).count();
         prop_assert_eq!(open_in_table as u64, counts.open);
     }

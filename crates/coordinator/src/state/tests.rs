@@ -76,6 +76,7 @@ fn closed_ids_can_be_reused() {
             closed: 1,
             succeeded: 1,
             failed: 0,
+            replaced: 1,
             ..JobCounts::default()
         }
     );
@@ -114,7 +115,13 @@ fn a_reopened_id_is_not_evicted_by_its_old_record() {
     state.end_job("a", JobResult::TimedOut).unwrap();
     assert_eq!(state.get("a").unwrap().result(), Some(JobResult::TimedOut));
     assert!(state.get("b").is_none());
-    assert_eq!(state.counts().evicted, 1);
+    let counts = state.counts();
+    assert_eq!((counts.evicted, counts.replaced), (1, 1));
+    assert_eq!(
+        counts.open + counts.closed - counts.evicted - counts.replaced,
+        1
+    );
+    assert_eq!(state.len(), 1);
 }
 
 #[test]
