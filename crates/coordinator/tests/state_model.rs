@@ -239,5 +239,13 @@ proptest! {
         prop_assert_eq!(counts.open + counts.closed - gone, state.len() as u64);
         let open_in_table = state.iter().filter(|j| j.status() == JobStatus::Opened).count();
         prop_assert_eq!(open_in_table as u64, counts.open);
+        // The open jobs, found without walking the closed ones: each open job once.
+        let ids = |jobs: &mut dyn Iterator<Item = &coordinator::Job>| {
+            let mut ids: Vec<String> = jobs.map(|j| j.request_id().to_string()).collect();
+            ids.sort();
+            ids
+        };
+        let walked = ids(&mut state.iter().filter(|j| j.status() == JobStatus::Opened));
+        prop_assert_eq!(ids(&mut state.open_jobs()), walked);
     }
 }

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use coordinator::{Coordinator, JobStatus, Missed, RequestCompletionMessage};
+use coordinator::{Coordinator, Job, Missed, RequestCompletionMessage};
 use serde_json::{Value, json};
 
 /// Failures kept for the page.
@@ -65,9 +65,6 @@ pub(crate) struct History {
     overview: Mutex<Option<(Instant, std::sync::Arc<str>)>>,
     /// Messages the dashboard's subscriber missed (it fell a whole buffer behind).
     missed: AtomicU64,
-    /// Where in the job table the open requests may start: every record before it was closed
-    /// when last looked at, and a closed job never reopens, so each record is passed once.
-    first_open: AtomicUsize,
 }
 
 /// `text`, cut to at most [`TEXT`] bytes (on a character boundary) with an ellipsis.
@@ -102,7 +99,6 @@ impl History {
             recent: Mutex::default(),
             overview: Mutex::new(None),
             missed: AtomicU64::new(0),
-            first_open: AtomicUsize::new(0),
         }
     }
 
@@ -264,38 +260,26 @@ impl History {
         json
     }
 
-    /// The oldest open requests, oldest first, looking at most [`IN_FLIGHT_SCAN`] records from
-    /// [`first_open`](Self::first_open) on. The table lists jobs in the order they opened
-    /// (with [`Retention::KeepLast`](coordinator::Retention::KeepLast), an evicted record's
-    /// place takes the last one, so the order is then only roughly that).
+    /// The oldest open requests, oldest first, among at most [`IN_FLIGHT_SCAN`] of them (the
+    /// table's open jobs, which it finds without looking at its closed ones).
     fn in_flight(&self, coordinator: &Coordinator) -> Vec<Value> {
         let now = SystemTime::now();
         coordinator.with_state(|state| {
-            let mut first = self.first_open.load(Ordering::Relaxed);
-            if first > state.len() {
-                // Records were evicted since: start again.
-                first = 0;
+            let mut open: Vec<&Job> = state.open_jobs().take(IN_FLIGHT_SCAN).collect();
+            if open.len() > IN_FLIGHT {
+                open.select_nth_unstable_by_key(IN_FLIGHT, |job| job.start_time());
+                open.truncate(IN_FLIGHT);
             }
-            let mut found = Vec::new();
-            for (position, job) in state.iter().enumerate().skip(first).take(IN_FLIGHT_SCAN) {
-                if job.status() != JobStatus::Opened {
-                    if found.is_empty() {
-                        first = position + 1;
-                    }
-                    continue;
-                }
+            open.sort_by_key(|job| job.start_time());
+            let listed = open.iter().map(|job| {
                 let age = now.duration_since(job.start_time()).unwrap_or_default();
-                found.push(json!({
+                json!({
                     "request_id": job.request_id().as_str(),
                     "node": job.node_name(),
                     "age_ms": age.as_millis() as u64,
-                }));
-                if found.len() == IN_FLIGHT {
-                    break;
-                }
-            }
-            self.first_open.store(first, Ordering::Relaxed);
-            found
+                })
+            });
+            listed.collect()
         })
     }
 

@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
-use crate::job::Job;
+use crate::job::{Job, JobStatus};
 
 /// The jobs, stored densely, with an index from request id to position: about a third of the
 /// memory of a `HashMap<RequestId, Job>`, whose buckets hold whole jobs and run half empty.
@@ -18,7 +18,7 @@ pub(crate) struct JobTable<A> {
     pub(crate) attached: Vec<Option<A>>,
     /// Positions in `jobs`, hashed by request id.
     pub(crate) index: HashTable<u32>,
-    /// Positions of the jobs with an attachment (open ones), hashed by their node id.
+    /// Positions of the open jobs, hashed by their node id.
     pub(crate) by_node: HashTable<u32>,
     pub(crate) hasher: RandomState,
 }
@@ -64,21 +64,20 @@ impl<A> JobTable<A> {
         self.position(request_id).map(|i| &self.jobs[i])
     }
 
-    /// The position of a job with an attachment whose node is `node_id`.
-    pub(crate) fn position_of_node(&self, node_id: &str) -> Option<usize> {
-        let jobs = &self.jobs;
-        self.by_node
-            .find(self.hash(node_id), |&i| {
-                jobs[i as usize].child_node_id().as_str() == node_id
-            })
-            .map(|&i| i as usize)
+    /// What is attached to an open job whose node is `node_id`.
+    pub(crate) fn attached_to_node(&self, node_id: &str) -> Option<&A> {
+        let (jobs, attached) = (&self.jobs, &self.attached);
+        let running = |&i: &u32| {
+            let i = i as usize;
+            jobs[i].child_node_id().as_str() == node_id && attached[i].is_some()
+        };
+        let &i = self.by_node.find(self.hash(node_id), running)?;
+        attached[i as usize].as_ref()
     }
 
-    /// Attaches `attachment` (if any) to the job at `position`, which has none.
-    pub(crate) fn attach(&mut self, position: usize, attachment: Option<A>) {
-        if attachment.is_none() {
-            return;
-        }
+    /// Indexes the job at `position`, just opened, by its node id, with `attachment` (if any)
+    /// beside it.
+    pub(crate) fn open_at(&mut self, position: usize, attachment: Option<A>) {
         self.attached[position] = attachment;
         let hash = self.hash(self.jobs[position].child_node_id());
         let (jobs, hasher) = (&self.jobs, &self.hasher);
@@ -88,14 +87,19 @@ impl<A> JobTable<A> {
         });
     }
 
-    /// Takes what is attached to the job at `position`.
-    pub(crate) fn detach(&mut self, position: usize) -> Option<A> {
-        let attachment = self.attached[position].take()?;
+    /// Takes the job at `position`, closing, out of the node index; gives back what was attached
+    /// to it.
+    pub(crate) fn close_at(&mut self, position: usize) -> Option<A> {
         let hash = self.hash(self.jobs[position].child_node_id());
         if let Ok(entry) = self.by_node.find_entry(hash, |&i| i as usize == position) {
             entry.remove();
         }
-        Some(attachment)
+        self.attached[position].take()
+    }
+
+    /// The positions of the open jobs, in no particular order.
+    pub(crate) fn open_positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.by_node.iter().map(|&i| i as usize)
     }
 
     /// Appends a job whose id (of hash `hash`) is not in the table; `None` when the index is
@@ -110,7 +114,7 @@ impl<A> JobTable<A> {
         self.index.insert_unique(hash, position, |&i| {
             hasher.hash_one(jobs[i as usize].request_id().as_str())
         });
-        self.attach(position as usize, attachment);
+        self.open_at(position as usize, attachment);
         self.jobs.last_mut()
     }
 
@@ -129,7 +133,7 @@ impl<A> JobTable<A> {
                 // `position` came from a valid u32 position.
                 *slot = position as u32;
             }
-            if self.attached[position].is_some() {
+            if self.jobs[position].status() == JobStatus::Opened {
                 let moved = self.hash(self.jobs[position].child_node_id());
                 if let Some(slot) = self.by_node.find_mut(moved, |&i| i as usize == last) {
                     *slot = position as u32;

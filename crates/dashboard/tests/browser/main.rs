@@ -100,6 +100,10 @@ fn main() {
             || Box::pin(the_oldest_requests_in_flight_are_listed_oldest_first()),
         ),
         (
+            "requests_in_flight_are_listed_wherever_the_table_keeps_them",
+            || Box::pin(requests_in_flight_are_listed_wherever_the_table_keeps_them()),
+        ),
+        (
             "a_half_sent_request_holds_up_neither_shutdown_nor_drop",
             || Box::pin(a_half_sent_request_holds_up_neither_shutdown_nor_drop()),
         ),
@@ -531,6 +535,49 @@ async fn the_oldest_requests_in_flight_are_listed_oldest_first() {
         .collect();
     let oldest: Vec<String> = (100..120).map(|i| format!("r{i}")).collect();
     assert_eq!(listed, oldest);
+    waiting.iter().for_each(|handle| handle.cancel());
+    dashboard.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// A bounded table moves records as it drops old ones, and a reused request id takes its closed
+/// job's place: the requests in flight are listed all the same.
+async fn requests_in_flight_are_listed_wherever_the_table_keeps_them() {
+    let publisher = coordinator::RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let builder = coordinator::Coordinator::builder().with_async();
+    let coordinator = builder
+        .retention(coordinator::Retention::KeepLast(10))
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let dashboard = Dashboard::builder(&coordinator, &publisher);
+    let dashboard = dashboard
+        .bind(([127, 0, 0, 1], 0).into())
+        .start()
+        .await
+        .unwrap();
+    let spawn = |i| {
+        let task = work(i, 60_000);
+        coordinator.try_spawn(task, ExecutionMode::ASYNC, Default::default())
+    };
+    let in_flight = || async {
+        // A fresh overview: one is made at most once a second.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let (_, body) = get(&dashboard, "/api/overview", "").await;
+        let overview: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let listed = overview["in_flight"].as_array().unwrap().iter();
+        let mut ids: Vec<String> = listed.map(|r| r["request_id"].to_string()).collect();
+        ids.sort();
+        ids
+    };
+    run_all(&coordinator, 0..30, 0).await;
+    assert!(in_flight().await.is_empty());
+    // Open while closed jobs are dropped around them, then one under a closed job's id.
+    let mut waiting = vec![spawn(100).unwrap(), spawn(101).unwrap()];
+    run_all(&coordinator, 30..60, 0).await;
+    waiting.push(spawn(55).unwrap());
+    assert_eq!(in_flight().await, ["\"r100\"", "\"r101\"", "\"r55\""]);
     waiting.iter().for_each(|handle| handle.cancel());
     dashboard.shutdown().await;
     coordinator.shutdown().await;
