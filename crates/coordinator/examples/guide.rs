@@ -33,17 +33,6 @@ impl Node for Summarize {
     }
 }
 
-/// A node that waits long enough to be cancelled.
-struct Slow;
-
-impl Node for Slow {
-    type Output = ();
-    async fn invoke(self) -> Result<(), BoxError> {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Ok(())
-    }
-}
-
 /// The README's CPU-bound node.
 fn count_primes(below: u64) -> Result<u64, BoxError> {
     Ok((2..below)
@@ -65,33 +54,9 @@ async fn start() -> Fallible<(RequestCompletionPublisher, Coordinator)> {
     Ok((publisher, coordinator))
 }
 
+/// Sections 4 and 5 of getting-started.md: subscribe, then submit; what each subscriber heard.
 #[rustfmt::skip]
-async fn submit(coordinator: &Coordinator) -> Fallible {
-    let text = "Rust makes concurrency safe. Everything else follows.".to_string();
-    let summary: String = coordinator.submit(Task::new("123", Summarize { text }), ExecutionMode::ASYNC).await?;
-    assert_eq!(summary, "Rust makes concurrency safe");
-    Ok(())
-}
-
-#[rustfmt::skip]
-async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Fallible {
-    let text = "Replayable. Because it can be rebuilt.".to_string();
-    let task = Task::new("125", Slow);                        // a node that waits a long while
-    let options = SubmitOptions::new()
-        .timeout(Duration::from_secs(10))
-        .retry(RetryPolicy::new(3));                          // replayable tasks only
-    let answer = coordinator.submit_with(Task::replayable("124", Summarize { text }), "async", options).await?;
-
-    let handle = coordinator.spawn(task, "async", SubmitOptions::new()).await?;   // accepted now
-    handle.cancel();                                          // ends as cancelled, children too
-    let result = handle.await;                                // Err(e) with e.is_cancelled()
-    assert_eq!(answer, "Replayable");
-    assert!(result.is_err_and(|e| e.is_cancelled()));
-    Ok(())
-}
-
-#[rustfmt::skip]
-async fn watch_the_bus(publisher: &RequestCompletionPublisher, coordinator: &Coordinator) -> Fallible {
+async fn watch_then_submit(publisher: &RequestCompletionPublisher, coordinator: &Coordinator) -> Fallible {
     publisher.subscribe(|message| match message {                    // on a thread of its own
         Ok(message) => println!("{message}"),                        // "summarize DONE with result ..."
         Err(missed) => eprintln!("{missed}"),                        // fell a whole buffer behind
@@ -99,25 +64,42 @@ async fn watch_the_bus(publisher: &RequestCompletionPublisher, coordinator: &Coo
     let mut stream = publisher.subscribe_stream()?;                  // a futures::Stream of Result<_, Missed>
     let done = publisher.listener(|m| m.request_id().is_some_and(|id| id.as_str() == "123"),
                                   |m| m.to_string());               // first match; subscribed now
-    let text = "Again. And again.".to_string();
-    coordinator.submit(Task::new("123", Summarize { text }), "async").await?;
-    assert!(done.await?.contains("DONE"));
-    let first = stream.next().await.ok_or("the stream ended")??;
-    assert_eq!(first.request_id().map(|id| id.as_str()), Some("123"));
-    follow_one_request(publisher, coordinator).await
-}
 
-#[rustfmt::skip]
-async fn follow_one_request(publisher: &RequestCompletionPublisher, coordinator: &Coordinator) -> Fallible {
     let mut only_124 = publisher.subscribe_stream_where(Buffer::Bounded,  // only matches take room
         |m| m.request_id().is_some_and(|id| id.as_str() == "124"))?;
     publisher.subscribe_where(Buffer::Unbounded, |m| m.is_broadcast(),     // a node's events, all
         |event| if let Ok(event) = event { println!("{event}") })?;
-    for id in ["125", "124"] {
-        coordinator.submit(Task::new(id, Summarize { text: "Once.".into() }), "async").await?;
-    }
+
+    let text = "Rust makes concurrency safe. Everything else follows.".to_string();
+    let summary: String = coordinator.submit(Task::new("123", Summarize { text }), ExecutionMode::ASYNC).await?;
+    println!("{}", done.await?);                                     // "summarize DONE with result ..."
+    assert_eq!(summary, "Rust makes concurrency safe");
+
+    deadlines_cancellation_retries(coordinator).await?;
+    let first = stream.next().await.ok_or("the stream ended")??;
+    assert_eq!(first.request_id().map(|id| id.as_str()), Some("123"));
     let first = only_124.next().await.ok_or("the stream ended")??;
     assert_eq!(first.request_id().map(|id| id.as_str()), Some("124"));
+    Ok(())
+}
+
+#[rustfmt::skip]
+async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Fallible {
+    let text = "Replayable. Because it can be rebuilt.".to_string();
+    let options = SubmitOptions::new()
+        .timeout(Duration::from_secs(10))
+        .retry(RetryPolicy::new(3));                          // replayable tasks only
+    let answer = coordinator.submit_with(Task::replayable("124", Summarize { text }), "async", options).await?;
+
+    let slow = Task::from_fn("125", "slow", || async {       // a node that waits a long while
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, BoxError>(())
+    });
+    let handle = coordinator.spawn(slow, "async", SubmitOptions::new()).await?;   // accepted now
+    handle.cancel();                                          // ends as cancelled, children too
+    let result = handle.await;                                // Err(e) with e.is_cancelled()
+    assert_eq!(answer, "Replayable");
+    assert!(result.is_err_and(|e| e.is_cancelled()));
     Ok(())
 }
 
@@ -148,9 +130,9 @@ async fn threaded_mode() -> Fallible {
         .thread_name("cpu")         // threads are cpu-0, cpu-1, ...
         .max_in_flight(64)          // top-level tasks in the pool at once; beyond it submit waits
         .build()?;
-    let coordinator = Coordinator::builder().with_async().strategy(ExecutionMode::THREADED, threaded).build();
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;
+    let coordinator = Coordinator::builder().with_async().strategy(ExecutionMode::THREADED, threaded).build();
     coordinator.start(&publisher)?;
     let c = coordinator.clone();
     let parent = Task::blocking("parent", "parent", move || {
@@ -217,9 +199,7 @@ let coordinator = Coordinator::builder()
 #[tokio::main]
 async fn main() -> Fallible {
     let (publisher, coordinator) = start().await?;
-    submit(&coordinator).await?;
-    deadlines_cancellation_retries(&coordinator).await?;
-    watch_the_bus(&publisher, &coordinator).await?;
+    watch_then_submit(&publisher, &coordinator).await?;
     inspect_and_shut_down(publisher, coordinator).await?;
     job_management_without_a_coordinator()?;
     threaded_mode().await?;

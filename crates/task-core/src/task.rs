@@ -94,7 +94,8 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         }
     }
 
-    /// A task that runs an async [`Node`].
+    /// A task that runs an async [`Node`]. It runs once: a `Clone` node that can run again for a
+    /// retry is [`replayable`](Self::replayable).
     pub fn new<N>(request_id: impl Into<RequestId>, node: N) -> Self
     where
         N: Node<Output = O>,
@@ -175,7 +176,8 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         })
     }
 
-    /// A task that runs an async closure, without declaring a node type.
+    /// A task that runs an async closure, without declaring a node type. It runs once: a
+    /// closure that can run again for a retry is [`replayable_fn`](Self::replayable_fn).
     pub fn from_fn<F, Fut, E>(
         request_id: impl Into<RequestId>,
         name: impl Into<Cow<'static, str>>,
@@ -189,7 +191,8 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         Self::from_body(request_id.into(), name.into(), fn_body(f))
     }
 
-    /// A task that runs a [`BlockingNode`] (synchronous, CPU-bound work) on a thread.
+    /// A task that runs a [`BlockingNode`] (synchronous, CPU-bound work) on a thread. It runs
+    /// once (a retry needs a replayable task).
     pub fn from_blocking<N>(request_id: impl Into<RequestId>, node: N) -> Self
     where
         N: BlockingNode<Output = O>,
@@ -201,7 +204,8 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         Self::from_body(request_id.into(), name, body)
     }
 
-    /// A task that runs a synchronous closure (CPU-bound work) on a thread.
+    /// A task that runs a synchronous closure (CPU-bound work) on a thread. It runs once: a
+    /// closure that can run again for a retry is [`replayable_blocking`](Self::replayable_blocking).
     pub fn blocking<F, E>(
         request_id: impl Into<RequestId>,
         name: impl Into<Cow<'static, str>>,
