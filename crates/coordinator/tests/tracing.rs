@@ -5,7 +5,10 @@ mod support;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use coordinator::{BoxError, Task};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use coordinator::{BoxError, RetryPolicy, SubmitOptions, Task};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -57,4 +60,44 @@ async fn each_request_runs_in_a_span_with_its_ids() {
             .unwrap_or_else(|| panic!("no `{event}` in:\n{text}"));
         assert!(line.contains("TRACE"), "`{event}` not at trace: {line}");
     }
+
+    // A retry says, at debug, which attempt failed, why, how long it waits, then that it starts.
+    let tries = Arc::new(AtomicU32::new(0));
+    let flaky = Task::replayable_fn("flaky-1", "flaky", move || {
+        let tries = Arc::clone(&tries);
+        async move {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0 => Err::<u32, BoxError>("the disk was busy".into()),
+                _ => Ok(2),
+            }
+        }
+    });
+    let backoff = Duration::from_millis(3);
+    let policy = RetryPolicy::new(2)
+        .backoff(backoff, backoff)
+        .without_jitter();
+    let options = SubmitOptions::new().retry(policy);
+    assert_eq!(
+        coordinator
+            .submit_with(flaky, "async", options)
+            .await
+            .unwrap(),
+        2
+    );
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let failed = text.lines().find(|l| l.contains("the attempt failed"));
+    let failed = failed.unwrap_or_else(|| panic!("no failed attempt in:\n{text}"));
+    for field in [
+        "DEBUG",
+        "attempt=1",
+        "the disk was busy",
+        "backoff=3ms",
+        "request_id=flaky-1",
+    ] {
+        assert!(failed.contains(field), "`{field}` missing from: {failed}");
+    }
+    let next = text
+        .lines()
+        .find(|l| l.contains("starting another attempt"));
+    assert!(next.is_some_and(|l| l.contains("attempt=2")), "in:\n{text}");
 }

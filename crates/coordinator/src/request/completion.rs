@@ -26,9 +26,9 @@ pub(crate) fn execute(strategy: &StrategyRef, task: ErasedTask, completion: Comp
 enum Next {
     /// The request ends with the outcome.
     End(Ending),
-    /// Another attempt, after waiting this long on this runtime, unless the receiver fires first
-    /// (the request ended meanwhile).
-    Retry(Duration, tokio::runtime::Handle, oneshot::Receiver<()>),
+    /// Another attempt after the failed attempt with this number, after waiting this long on
+    /// this runtime, unless the receiver fires first (the request ended meanwhile).
+    Retry(u32, Duration, tokio::runtime::Handle, oneshot::Receiver<()>),
 }
 
 impl CompletionSink for RequestCell {
@@ -54,7 +54,7 @@ impl CompletionSink for RequestCell {
             {
                 let (stop, stopped) = tokio::sync::oneshot::channel();
                 retry.backoff = Some((stop, error.clone()));
-                Next::Retry(wait, retry.runtime.clone(), stopped)
+                Next::Retry(retry.attempt, wait, retry.runtime.clone(), stopped)
             } else {
                 match slot.take() {
                     Some(ending) => Next::End(ending),
@@ -65,7 +65,13 @@ impl CompletionSink for RequestCell {
         match next {
             Next::End(ending) => ending.finish(outcome, true, self),
             // Scheduled after the lock is let go: see `schedule_attempt`.
-            Next::Retry(wait, runtime, stop) => self.schedule_attempt(wait, &runtime, stop),
+            Next::Retry(attempt, wait, runtime, stop) => {
+                if let Err(error) = &outcome {
+                    tracing::debug!(parent: &self.span, attempt, %error, backoff = ?wait,
+                        "the attempt failed; another follows after the backoff");
+                }
+                self.schedule_attempt(wait, &runtime, stop);
+            }
         }
     }
 
