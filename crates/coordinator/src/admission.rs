@@ -339,7 +339,7 @@ impl Coordinator {
         let request_id = task.info().request_id().clone();
         if born_cancelled {
             // Its parent was cancelled already: it ends cancelled, and never starts.
-            cell.cancel();
+            cell.cancel_with_parent();
         } else if let Some(completion) = cell.completion() {
             execute(&entry.strategy, task, completion);
         }

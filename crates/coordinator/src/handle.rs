@@ -166,7 +166,9 @@ impl<O> RequestHandle<O> {
         self.cell.poll_event(cx)
     }
 
-    /// Whether cancellation was asked for (by this handle, the request's parent, or shutdown).
+    /// Whether the request was stopped before its run ended it: cancelled (by this handle, its
+    /// parent, or the shutdown deadline), or past its deadline. `cancel` on a request that
+    /// already ended changes nothing, so this stays `false` for it.
     pub fn is_cancelled(&self) -> bool {
         self.cell.is_cancelled()
     }

@@ -184,17 +184,6 @@ impl Inner {
     pub(crate) fn record_attempt(&self, request_id: &str) {
         let _ = self.table().record_attempt(request_id);
     }
-
-    /// The cancelled outcome of a request, saying who cancelled it.
-    pub(crate) fn cancelled(&self) -> TaskError {
-        if self.past_deadline.load(Ordering::SeqCst) {
-            TaskError::cancelled(
-                "the coordinator's shutdown deadline passed before the request ended",
-            )
-        } else {
-            TaskError::cancelled("the request was cancelled")
-        }
-    }
 }
 
 impl Owner for Inner {
@@ -206,8 +195,8 @@ impl Owner for Inner {
         Inner::is_closing(self)
     }
 
-    fn cancelled(&self) -> TaskError {
-        Inner::cancelled(self)
+    fn is_past_deadline(&self) -> bool {
+        self.past_deadline.load(Ordering::SeqCst)
     }
 
     fn record_attempt(&self, request_id: &str) {

@@ -61,8 +61,8 @@ pub(crate) trait Owner: Send + Sync {
     fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool);
     /// Whether shutdown has begun.
     fn is_closing(&self) -> bool;
-    /// The cancelled outcome, saying who cancelled the request.
-    fn cancelled(&self) -> TaskError;
+    /// Whether the shutdown deadline passed: what is still open then is cancelled.
+    fn is_past_deadline(&self) -> bool;
     /// Counts one more attempt of the request in its job.
     fn record_attempt(&self, request_id: &str);
     /// The runtime the coordinator was started on, if any.
@@ -136,11 +136,21 @@ pub(crate) struct Retry {
 }
 
 impl Ending {
-    /// The cancelled outcome, saying who cancelled the request.
-    fn cancelled(&self) -> TaskError {
-        match self.inner.upgrade() {
-            Some(inner) => inner.cancelled(),
-            None => TaskError::cancelled("the request was cancelled"),
+    /// The cancelled outcome, saying why: the shutdown deadline passed, its parent was
+    /// cancelled (`with_parent`), or it was cancelled itself.
+    fn cancelled(&self, with_parent: bool) -> TaskError {
+        let past_deadline = self
+            .inner
+            .upgrade()
+            .is_some_and(|inner| inner.is_past_deadline());
+        match self.info.parent_id() {
+            _ if past_deadline => TaskError::cancelled(
+                "the coordinator's shutdown deadline passed before the request ended",
+            ),
+            Some(parent) if with_parent => TaskError::cancelled(format!(
+                "the request was cancelled with its parent, node `{parent}`"
+            )),
+            _ => TaskError::cancelled("the request was cancelled"),
         }
     }
 
@@ -282,6 +292,14 @@ impl RequestCell {
         self.stop(None, true);
     }
 
+    /// Cancels the request as its parent was: its outcome says so.
+    pub(crate) fn cancel_with_parent(self: &Arc<Self>) {
+        let cancelled = lock(&self.ending).as_ref().map(|e| e.cancelled(true));
+        if let Some(cancelled) = cancelled {
+            self.stop(Some(Err(cancelled)), true);
+        }
+    }
+
     /// Ends the request with `outcome` (cancelled when `None`; a timeout, or a completion from
     /// the bus) and cancels its run and its children, if it is still open; a request that already
     /// ended is left as it is. `announce` says whether the bus hears of it.
@@ -297,7 +315,7 @@ impl RequestCell {
             ending
         };
         self.cancel_waker.wake();
-        let outcome = outcome.unwrap_or_else(|| Err(ending.cancelled()));
+        let outcome = outcome.unwrap_or_else(|| Err(ending.cancelled(false)));
         ending.finish(outcome, announce, self);
         self.cancel_children();
     }
@@ -316,7 +334,7 @@ impl RequestCell {
             cell.cancel_waker.wake();
             let ending = lock(&cell.ending).take();
             if let Some(ending) = ending {
-                let cancelled = Err(ending.cancelled());
+                let cancelled = Err(ending.cancelled(true));
                 ending.finish(cancelled, true, &cell);
             }
             pending.extend(

@@ -257,6 +257,11 @@ async fn a_child_submitted_after_its_parent_was_cancelled_is_born_cancelled() {
     release.send(()).unwrap();
     let error = child_error.await.unwrap().unwrap_err();
     assert!(error.is_cancelled(), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("the request was cancelled with its parent, node `"),
+        "{message}"
+    );
     assert_eq!(
         coordinator.job("child").unwrap().result(),
         Some(JobResult::Cancelled)

@@ -172,10 +172,21 @@ async fn a_handle_cancels_its_request_and_the_children_it_submitted() {
     }
     let child = coordinator.job("child").unwrap();
     assert_eq!(child.result(), Some(JobResult::Cancelled));
-    assert_eq!(
-        child.parent_node_id(),
-        Some(coordinator.job("parent").unwrap().child_node_id())
-    );
+    let parent_node = coordinator.job("parent").unwrap().child_node_id().clone();
+    assert_eq!(child.parent_node_id(), Some(&parent_node));
+    // Each says why: the parent was cancelled, the child with its parent.
+    let why = |id| {
+        coordinator
+            .job(id)
+            .unwrap()
+            .error()
+            .unwrap()
+            .message()
+            .to_owned()
+    };
+    assert_eq!(why("parent"), "the request was cancelled");
+    let with_parent = format!("the request was cancelled with its parent, node `{parent_node}`");
+    assert_eq!(why("child"), with_parent);
     assert!(
         dropped_soon(&child_dropped).await,
         "the child's node is dropped"
@@ -183,10 +194,32 @@ async fn a_handle_cancels_its_request_and_the_children_it_submitted() {
     assert_eq!(coordinator.counts().cancelled, 2);
     let per_mode = coordinator.system_detail().requests["async"];
     assert_eq!((per_mode.in_flight, per_mode.cancelled), (0, 2));
+    // Cancelling a request that already ended changes nothing, and says so.
+    let done = coordinator
+        .spawn(
+            value_task("done", 1),
+            ExecutionMode::ASYNC,
+            SubmitOptions::new(),
+        )
+        .await
+        .unwrap();
+    while coordinator.counts().open > 0 {
+        tokio::task::yield_now().await;
+    }
+    done.cancel();
+    assert!(!done.is_cancelled());
+    assert_eq!(done.await.unwrap(), 1);
+    assert_eq!(
+        coordinator.job("done").unwrap().result(),
+        Some(JobResult::Success)
+    );
     coordinator.shutdown().await;
     publisher.shutdown().await;
     let terminal = recorder.terminal_counts();
-    assert_eq!((terminal["parent"], terminal["child"]), (1, 1));
+    assert_eq!(
+        (terminal["parent"], terminal["child"], terminal["done"]),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
