@@ -316,7 +316,7 @@ fn summary(
     detail: &SystemDetail,
     running: &SystemDetail,
     elapsed: Duration,
-    planned_crashes: usize,
+    (agents, planned_crashes): (u64, usize),
 ) -> String {
     let mut durations: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     for job in &detail.jobs {
@@ -330,7 +330,8 @@ fn summary(
         }
     }
     let mut out = format!(
-        "\n{} requests in {:.2?} ({:.0} requests/s)\n\n",
+        "\n{agents} agents: {} requests (each agent and the calls it made) in {:.2?} ({:.0} \
+         requests/s)\n\n",
         detail.counts.closed,
         elapsed,
         detail.counts.closed as f64 / elapsed.as_secs_f64()
@@ -520,7 +521,12 @@ async fn main() -> anyhow::Result<()> {
     let detail_after = coordinator.system_detail();
     println!(
         "{}",
-        summary(&detail_after, &detail, elapsed, planned_crashes)
+        summary(
+            &detail_after,
+            &detail,
+            elapsed,
+            (args.agents, planned_crashes)
+        )
     );
     let terminal = terminal.load(std::sync::atomic::Ordering::Relaxed);
     let missed = missed.load(std::sync::atomic::Ordering::Relaxed);
