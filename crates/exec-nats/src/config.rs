@@ -263,10 +263,11 @@ impl std::fmt::Display for NatsError {
     }
 }
 
-/// The client's error is in the message; the source is its cause, so a chain says it once.
+/// The client's error is in the message; the source is the first of its causes the message
+/// does not already say, so a chain says each cause once.
 impl std::error::Error for NatsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.source()
+        task_core::first_unsaid_cause(&self.to_string(), self.source.source())
     }
 }
 
@@ -309,15 +310,27 @@ mod tests {
     #[error("the server said no")]
     struct Refused(#[source] std::io::Error);
 
-    /// The client's error is in the message, its cause is the source: each said once.
+    /// As the client's own errors do: its cause in its message and as its source.
+    #[derive(Debug, thiserror::Error)]
+    #[error("IO error: {0}")]
+    struct SaysItsCause(#[source] std::io::Error);
+
+    /// The client's error is in the message, its cause is the source: each said once, however
+    /// the client's error words itself.
     #[test]
     fn the_chain_says_each_cause_once() {
-        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let error = NatsError::new("connecting to the NATS server", Refused(cause));
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = NatsError::new("connecting to the NATS server", Refused(refused()));
         let message = error.to_string();
         assert_eq!(message, "connecting to the NATS server: the server said no");
         let source = error.source().expect("the client error's cause");
         assert_eq!(source.to_string(), "refused");
         assert!(!message.contains("refused"));
+        let error = NatsError::new("connecting to the NATS server", SaysItsCause(refused()));
+        assert_eq!(
+            error.to_string(),
+            "connecting to the NATS server: IO error: refused"
+        );
+        assert!(error.source().is_none());
     }
 }

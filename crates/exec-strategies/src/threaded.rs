@@ -102,10 +102,11 @@ impl fmt::Display for BuildError {
     }
 }
 
-/// The pool's error is in the message; the source is its cause, so a chain says it once.
+/// The pool's error is in the message; the source is the first of its causes the message does
+/// not already say, so a chain says each cause once.
 impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        task_core::first_unsaid_cause(&self.to_string(), self.0.source())
     }
 }
 

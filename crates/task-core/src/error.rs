@@ -30,6 +30,34 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// The first error of `cause` and its sources whose text `message` does not already hold: what
+/// an error whose message shows its cause's text returns as its source, so that a report of the
+/// chain (`anyhow`'s `{:#}`, `eyre`) says each cause once, however the errors below word
+/// themselves.
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error;
+///
+/// let io = std::io::Error::other("disk full");
+/// let message = format!("could not save: {io}");
+/// assert!(task_core::first_unsaid_cause(&message, Some(&io)).is_none());
+/// assert!(task_core::first_unsaid_cause("could not save", Some(&io)).is_some());
+/// ```
+pub fn first_unsaid_cause<'a>(
+    message: &str,
+    mut cause: Option<&'a (dyn StdError + 'static)>,
+) -> Option<&'a (dyn StdError + 'static)> {
+    while let Some(error) = cause {
+        if !message.contains(&error.to_string()) {
+            return Some(error);
+        }
+        cause = error.source();
+    }
+    None
+}
+
 /// Why a task did not produce a value.
 ///
 /// Opaque, cheap to clone, with predicates for the cause: the node returned an error
@@ -241,11 +269,11 @@ impl fmt::Debug for TaskError {
 }
 
 /// The node's own error is this error's message (and [`downcast_ref`](TaskError::downcast_ref)),
-/// so `source` continues with that error's cause: a report of the whole chain says each cause
-/// once.
+/// so `source` continues with the first of that error's causes the message does not already
+/// say ([`first_unsaid_cause`]): a report of the whole chain says each cause once.
 impl StdError for TaskError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref()?.source()
+        first_unsaid_cause(&self.message, self.source.as_deref()?.source())
     }
 }
 
@@ -322,6 +350,23 @@ mod tests {
         assert_eq!(cause.to_string(), "quota exceeded");
         assert!(cause.source().is_none());
         assert!(TaskError::node(Box::new(Quota)).source().is_none());
+    }
+
+    /// An error that shows its cause in its message and returns it as its source too.
+    #[derive(Debug, thiserror::Error)]
+    #[error("upload: {0}")]
+    struct SaysItsCause(#[source] Upload);
+
+    #[test]
+    fn a_cause_the_message_already_says_is_passed_over() {
+        let err = TaskError::node(Box::new(SaysItsCause(Upload(Quota))));
+        assert_eq!(err.to_string(), "upload: the upload failed");
+        // "the upload failed" is said: the chain goes on with what is not.
+        assert_eq!(err.source().unwrap().to_string(), "quota exceeded");
+        let said = "upload: the upload failed: quota exceeded";
+        let cause = SaysItsCause(Upload(Quota));
+        assert!(first_unsaid_cause(said, Some(&cause)).is_none());
+        assert!(first_unsaid_cause("", None).is_none());
     }
 
     #[test]
