@@ -254,7 +254,7 @@ impl Coordinator {
         });
         let retry = retry.map(|policy| {
             Box::new(Retry {
-                strategy: Arc::clone(&entry.strategy),
+                mode: entry.index,
                 policy,
                 next: task.replay(),
                 attempt: 1,
@@ -303,14 +303,21 @@ impl Coordinator {
         Ok(born_cancelled)
     }
 
+    /// Publishes a recorded request's opening, before its deadline and its strategy start and
+    /// while its ending is held: nothing about it is published earlier.
+    fn announce_opening(bus: &RequestCompletionPublisher, ready: &Ready, entry: &Mode) {
+        let opened = RequestCompletionMessage::Creation(RequestCreation {
+            info: ready.task.info().clone(),
+            mode: entry.name.clone(),
+        });
+        if let Err(refused) = bus.publish(opened) {
+            tracing::trace!(%refused, "opening not announced");
+        }
+    }
+
     /// Starts a recorded request: its deadline's timer, then its strategy (or, born cancelled,
     /// its cancelled ending).
-    fn start_recorded(
-        ready: Ready,
-        born_cancelled: bool,
-        entry: &Mode,
-        openings: Option<&RequestCompletionPublisher>,
-    ) -> Accepted {
+    fn start_recorded(ready: Ready, born_cancelled: bool, entry: &Mode) -> Accepted {
         let Ready {
             task,
             cell,
@@ -318,16 +325,6 @@ impl Coordinator {
             ..
         } = ready;
         tracing::trace!(parent: cell.span(), "job opened");
-        if let Some(bus) = openings {
-            // Before its deadline and its strategy: nothing about it can be published earlier.
-            let opened = RequestCompletionMessage::Creation(RequestCreation {
-                info: task.info().clone(),
-                mode: entry.name.clone(),
-            });
-            if let Err(refused) = bus.publish(opened) {
-                tracing::trace!(%refused, "opening not announced");
-            }
-        }
         if let Some((sleep, timeout, runtime)) = deadline {
             let expiry = Expiry::new(&cell);
             let timer = runtime.spawn(async move {
@@ -358,20 +355,37 @@ impl Coordinator {
         let runtime = self.check_open()?;
         let (permit, waited) = place.unzip();
         let ready = self.ready(task, &mode, entry, options, permit, &runtime)?;
-        let recorded = Self::record(&mut self.inner.table(), &ready, entry);
+        let openings = self.inner.openings();
+        let cell = Arc::clone(&ready.cell);
+        // Announced openings come before anything else about the request: nothing ends it
+        // until its opening is published.
+        let held = openings.map(|_| cell.hold());
+        let recorded = {
+            let mut table = self.inner.table();
+            // Checked again under the lock shutdown reads the open jobs under: a request is
+            // recorded before shutdown looks (and waits for it), or refused.
+            if self.inner.closing.load(Ordering::SeqCst) {
+                Err(SubmitKind::ShutDown)
+            } else {
+                Self::record(&mut table, &ready, entry)
+                    .map_err(|e| SubmitKind::Duplicate(e.request_id().clone()))
+            }
+        };
         match recorded {
             Ok(born_cancelled) => {
                 // Outside the table's lock, and only for an accepted request.
                 entry.metrics.accepted(waited);
-                let openings = self.inner.openings();
-                Ok(Self::start_recorded(ready, born_cancelled, entry, openings))
+                if let Some(bus) = openings {
+                    Self::announce_opening(bus, &ready, entry);
+                }
+                drop(held);
+                Ok(Self::start_recorded(ready, born_cancelled, entry))
             }
-            Err(e) => {
+            Err(kind) => {
                 // Not accepted: nothing is recorded, and nothing answers.
+                drop(held);
                 ready.cell.close_unaccepted();
-                Err(SubmitError::new(SubmitKind::Duplicate(
-                    e.request_id().clone(),
-                )))
+                Err(SubmitError::new(kind))
             }
         }
     }
@@ -468,12 +482,23 @@ impl Coordinator {
             };
             ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
         }
+        // As for one request: announced openings come first, and nothing is recorded once
+        // shutdown has begun.
+        let openings = self.inner.openings();
+        let cells: Vec<Arc<RequestCell>> = match openings {
+            Some(_) => ready.iter().map(|r| Arc::clone(&r.cell)).collect(),
+            None => Vec::new(),
+        };
+        let held: Vec<_> = cells.iter().map(|cell| cell.hold()).collect();
         let born_cancelled = {
             let mut table = self.inner.table();
             let mut ids: HashSet<&RequestId> = HashSet::with_capacity(ready.len());
+            let closing = self.inner.closing.load(Ordering::SeqCst);
             let clash = ready.iter().find_map(|r| {
                 let id = r.task.info().request_id();
-                if table.is_open(id) {
+                if closing {
+                    Some(SubmitKind::ShutDown)
+                } else if table.is_open(id) {
                     Some(SubmitKind::Duplicate(id.clone()))
                 } else if !ids.insert(id) {
                     Some(SubmitKind::Repeated(id.clone()))
@@ -482,7 +507,7 @@ impl Coordinator {
                 }
             });
             if let Some(clash) = clash {
-                drop(table);
+                drop((table, held));
                 for r in &ready {
                     r.cell.close_unaccepted();
                 }
@@ -498,6 +523,12 @@ impl Coordinator {
             }
             born_cancelled
         };
+        if let Some(bus) = openings {
+            for r in &ready[..born_cancelled.len()] {
+                Self::announce_opening(bus, r, entry);
+            }
+        }
+        drop(held);
         if born_cancelled.len() < ready.len() {
             let full = TaskError::strategy("the job table is full");
             for (i, r) in ready.into_iter().enumerate() {
@@ -518,7 +549,7 @@ impl Coordinator {
                 entry
                     .metrics
                     .accepted(waited.filter(|_| r.task.info().parent_id().is_none()));
-                Self::start_recorded(r, cancelled, entry, self.inner.openings())
+                Self::start_recorded(r, cancelled, entry)
                     .into_handle(crate::handle::take_output::<O>)
             })
             .collect();

@@ -68,8 +68,11 @@ impl CoordinatorBuilder {
         )
     }
 
-    /// Runs at most `limit` top-level requests of `mode` (a mode registered with a strategy) at
-    /// once (at least 1). Beyond it
+    /// Keeps at most `limit` top-level requests of `mode` (a mode registered with a strategy)
+    /// open at once (at least 1). A place is freed when its request ends: a blocking node whose
+    /// request timed out or was cancelled may still be finishing on its thread then (a
+    /// strategy's own limit, such as the threaded `max_in_flight`, counts running nodes).
+    /// Beyond it
     /// [`Coordinator::submit`] and [`Coordinator::spawn`] wait for a place and
     /// [`Coordinator::try_spawn`] returns a busy error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)).
     ///

@@ -199,6 +199,10 @@ impl Owner for Inner {
         self.past_deadline.load(Ordering::SeqCst)
     }
 
+    fn strategy(&self, index: usize) -> StrategyRef {
+        Arc::clone(&self.modes[index].strategy)
+    }
+
     fn record_attempt(&self, request_id: &str) {
         Inner::record_attempt(self, request_id);
     }

@@ -63,6 +63,8 @@ pub(crate) trait Owner: Send + Sync {
     fn is_closing(&self) -> bool;
     /// Whether the shutdown deadline passed: what is still open then is cancelled.
     fn is_past_deadline(&self) -> bool;
+    /// The strategy of the mode at `index`.
+    fn strategy(&self, index: usize) -> StrategyRef;
     /// Counts one more attempt of the request in its job.
     fn record_attempt(&self, request_id: &str);
     /// The runtime the coordinator was started on, if any.
@@ -121,7 +123,9 @@ pub(crate) struct Ending {
 
 /// The attempts of a request with a retry policy.
 pub(crate) struct Retry {
-    pub(crate) strategy: StrategyRef,
+    /// The request's mode, by its position in the coordinator: later attempts run on its
+    /// strategy, which the request does not keep alive while it waits (the coordinator does).
+    pub(crate) mode: usize,
     pub(crate) policy: RetryPolicy,
     /// A fresh copy of the task for the next attempt; `None` when the task cannot be replayed.
     pub(crate) next: Option<ErasedTask>,
@@ -265,6 +269,13 @@ impl RequestCell {
     }
 
     /// Makes the request open: until it ends, `ending` is what ending it needs.
+    /// Holds the request's ending: nothing can end it (and publish its outcome) until the guard
+    /// is dropped. Admission holds it from before the job is recorded until the opening is
+    /// published, so the opening comes first.
+    pub(crate) fn hold(&self) -> MutexGuard<'_, Option<Ending>> {
+        lock(&self.ending)
+    }
+
     pub(crate) fn open(&self, ending: Ending) {
         *lock(&self.ending) = Some(ending);
     }
@@ -473,54 +484,56 @@ impl RequestCell {
 
     /// Starts the next attempt of a request waiting out its backoff, unless it ended meanwhile.
     fn next_attempt(&self) {
-        enum Next {
-            Start(
-                StrategyRef,
-                Box<ErasedTask>,
-                Arc<dyn Owner>,
-                task_core::RequestId,
-                u32,
-            ),
-            /// Shutdown began during the backoff: no more attempts.
-            End,
-            Nothing,
-        }
         let next = {
             let mut slot = lock(&self.ending);
-            match slot.as_mut().filter(|_| !self.is_cancelled()) {
-                None => Next::Nothing,
-                Some(ending) if ending.is_closing() => Next::End,
-                Some(ending) => match (ending.inner.upgrade(), ending.retry.as_mut()) {
-                    (Some(inner), Some(retry)) => match retry.next.take() {
-                        Some(task) => {
-                            retry.backoff = None;
-                            retry.next = task.replay();
-                            retry.attempt += 1;
-                            Next::Start(
-                                Arc::clone(&retry.strategy),
-                                Box::new(task),
-                                inner,
-                                ending.info.request_id().clone(),
-                                retry.attempt,
-                            )
-                        }
-                        None => Next::Nothing,
-                    },
-                    _ => Next::Nothing,
-                },
+            let Some(ending) = slot.as_mut().filter(|_| !self.is_cancelled()) else {
+                return;
+            };
+            // Shutdown began during the backoff, or the coordinator is gone: no more attempts.
+            let Some(inner) = ending.inner.upgrade().filter(|inner| !inner.is_closing()) else {
+                drop(slot);
+                return self.end_backoff();
+            };
+            let Some(retry) = ending.retry.as_mut() else {
+                return;
+            };
+            let Some(task) = retry.next.take() else {
+                return;
+            };
+            retry.backoff = None;
+            retry.attempt += 1;
+            let strategy = inner.strategy(retry.mode);
+            (
+                task,
+                strategy,
+                inner,
+                ending.info.request_id().clone(),
+                retry.attempt,
+            )
+        };
+        let (task, strategy, inner, request_id, attempt) = next;
+        // The copy for the attempt after this one runs the user's code (a node's `Clone`, a
+        // portable node's decoding): outside the lock, and a panic in it ends the request.
+        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.replay()));
+        let ending = {
+            let mut slot = lock(&self.ending);
+            match (replayed, slot.as_mut().and_then(|e| e.retry.as_mut())) {
+                (Ok(following), Some(retry)) => {
+                    retry.next = following;
+                    None
+                }
+                (Ok(_), None) => return,
+                (Err(payload), _) => slot.take().map(|ending| (ending, payload)),
             }
         };
-        match next {
-            Next::Start(strategy, task, inner, request_id, attempt) => {
-                inner.record_attempt(&request_id);
-                // On the event, not the span: a recorded span field would print once per attempt.
-                tracing::debug!(parent: &self.span, attempt, "starting another attempt");
-                if let Some(completion) = self.completion() {
-                    execute(&strategy, *task, completion);
-                }
-            }
-            Next::End => self.end_backoff(),
-            Next::Nothing => {}
+        if let Some((ending, payload)) = ending {
+            return ending.finish(Err(TaskError::panic(payload)), true, self);
+        }
+        inner.record_attempt(&request_id);
+        // On the event, not the span: a recorded span field would print once per attempt.
+        tracing::debug!(parent: &self.span, attempt, "starting another attempt");
+        if let Some(completion) = self.completion() {
+            execute(&strategy, task, completion);
         }
     }
 }

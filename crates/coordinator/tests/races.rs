@@ -1,0 +1,223 @@
+//! A request's end racing what else happens to it: a cancellation against its opening, a
+//! submission against shutdown, a retry against the user's own code, a backoff against the
+//! coordinator going away.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use coordinator::{
+    BoxError, Coordinator, Node, RequestCompletionMessage, RequestCompletionPublisher, RetryPolicy,
+    SubmitOptions, Task, TaskExecutionStrategy,
+};
+use support::{Recorder, started};
+use task_core::{BoxFuture, Completion, ErasedTask};
+
+/// A node that always fails, and whose third copy panics as it is made.
+struct BadClone(Arc<AtomicUsize>);
+
+impl Clone for BadClone {
+    fn clone(&self) -> Self {
+        if self.0.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
+            panic!("the third copy of this node cannot be made");
+        }
+        BadClone(Arc::clone(&self.0))
+    }
+}
+
+impl Node for BadClone {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        Err("try again".into())
+    }
+}
+
+/// The copy for a retry's next attempt is the user's code: when it panics, the request ends
+/// with that panic, once, instead of waiting forever for an attempt that cannot be made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_panics_between_attempts_ends_the_request() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let task = Task::replayable("copied", BadClone(Arc::new(AtomicUsize::new(0))));
+    let quick = Duration::from_millis(1);
+    let policy = RetryPolicy::new(3).backoff(quick, quick);
+    let options = SubmitOptions::new().retry(policy);
+    let handle = coordinator.spawn(task, "async", options).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    let error = answered.expect("answered").unwrap_err();
+    let cause = error.task_error().unwrap();
+    assert!(cause.is_panic(), "{error}");
+    assert!(cause.message().contains("third copy"), "{error}");
+    assert_eq!(coordinator.counts().open, 0);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts()["copied"], 1);
+}
+
+/// With openings announced, a request's opening is published before its outcome, even when a
+/// cancellation ends it the moment it is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opening_is_published_before_an_outcome_that_races_it() {
+    const ROUNDS: u64 = 20_000;
+    let (publisher, coordinator) = started();
+    coordinator.announce_openings(true);
+    let recorder = Recorder::attach(&publisher);
+    let (current, done) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let canceller = {
+        let (coordinator, current, done) = (coordinator.clone(), current.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                coordinator.cancel(&format!("r{}", current.load(Ordering::Relaxed)));
+            }
+        })
+    };
+    for i in 0..ROUNDS {
+        current.store(i, Ordering::Relaxed);
+        let task = Task::from_fn(
+            format!("r{i}"),
+            "waits",
+            std::future::pending::<Result<(), BoxError>>,
+        );
+        let handle = coordinator
+            .try_spawn(task, "async", SubmitOptions::new())
+            .unwrap();
+        // Ended by the canceller; if it missed this one, by this.
+        handle.cancel();
+        assert!(handle.await.unwrap_err().is_cancelled());
+    }
+    done.store(true, Ordering::Relaxed);
+    canceller.join().unwrap();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let mut opened = HashSet::new();
+    let mut ended = 0;
+    for message in recorder.messages() {
+        let node = message.task_info().map(|info| info.node_id().to_string());
+        match message {
+            RequestCompletionMessage::Creation(_) => assert!(opened.insert(node.unwrap())),
+            m if m.is_terminal() => {
+                let node = node.unwrap();
+                assert!(opened.contains(&node), "an outcome before its opening: {m}");
+                ended += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((opened.len() as u64, ended), (ROUNDS, ROUNDS));
+}
+
+/// Submissions racing shutdown: each is recorded before shutdown returns (which then waited for
+/// it) or refused as shut down; nothing is recorded after shutdown returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_recorded_after_shutdown_returned() {
+    for round in 0..200 {
+        let (publisher, coordinator) = started();
+        let go = Arc::new(AtomicBool::new(true));
+        let submitter = {
+            let (coordinator, go) = (coordinator.clone(), Arc::clone(&go));
+            std::thread::spawn(move || {
+                // A worker of its own runs what it submits.
+                let mut runtime = tokio::runtime::Builder::new_multi_thread();
+                let runtime = runtime.worker_threads(1).enable_all().build();
+                let _entered = runtime.as_ref().unwrap().enter();
+                let task = |id: String| Task::from_fn(id, "n", || async { Ok::<_, BoxError>(()) });
+                let mut n = 0_u64;
+                while go.load(Ordering::Relaxed) {
+                    n += 1;
+                    let refused = if n.is_multiple_of(2) {
+                        let one = coordinator.try_spawn(
+                            task(format!("t{n}")),
+                            "async",
+                            SubmitOptions::new(),
+                        );
+                        one.err()
+                    } else {
+                        let two = [task(format!("t{n}")), task(format!("u{n}"))];
+                        coordinator
+                            .submit_many(two, "async", SubmitOptions::new())
+                            .err()
+                    };
+                    assert!(
+                        refused.as_ref().is_none_or(|e| e.is_shut_down()),
+                        "{refused:?}"
+                    );
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_micros(300)).await;
+        coordinator
+            .shutdown_with_grace(Duration::from_secs(5))
+            .await;
+        let at_shutdown = coordinator.counts();
+        assert_eq!(at_shutdown.open, 0, "round {round}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        go.store(false, Ordering::Relaxed);
+        submitter.join().unwrap();
+        assert_eq!(coordinator.counts(), at_shutdown, "round {round}");
+        publisher.shutdown().await;
+    }
+}
+
+/// A strategy that runs tasks on the coordinator's runtime and says when it is dropped.
+struct Tracked(Arc<AtomicBool>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl TaskExecutionStrategy for Tracked {
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        completion.spawn(task.run_inline());
+    }
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn name(&self) -> &str {
+        "tracked"
+    }
+}
+
+/// A request waiting out a long backoff does not keep its strategy (its threads, its worker
+/// processes) alive once the coordinator is dropped, and its caller is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backoff_does_not_keep_the_strategy_of_a_dropped_coordinator() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .strategy("tracked", Tracked(Arc::clone(&dropped)))
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let task = Task::replayable_fn("b", "fails", move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), BoxError>("no".into()) }
+    });
+    let hour = Duration::from_secs(3600);
+    let policy = RetryPolicy::new(3).backoff(hour, hour).without_jitter();
+    let options = SubmitOptions::new().retry(policy);
+    let handle = coordinator.spawn(task, "tracked", options).await.unwrap();
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Its failure handled: the request waits out its backoff.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(coordinator.job("b").unwrap().end_time().is_none());
+    drop(coordinator);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the strategy outlived its coordinator"
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    assert!(answered.expect("answered").is_err());
+    publisher.shutdown().await;
+}
