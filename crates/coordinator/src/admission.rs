@@ -356,10 +356,10 @@ impl Coordinator {
         let (permit, waited) = place.unzip();
         let ready = self.ready(task, &mode, entry, options, permit, &runtime)?;
         let openings = self.inner.openings();
-        let cell = Arc::clone(&ready.cell);
         // Announced openings come before anything else about the request: nothing ends it
         // until its opening is published.
-        let held = openings.map(|_| cell.hold());
+        let cell = openings.map(|_| Arc::clone(&ready.cell));
+        let held = cell.as_ref().map(|cell| cell.hold());
         let recorded = {
             let mut table = self.inner.table();
             // Checked again under the lock shutdown reads the open jobs under: a request is
