@@ -483,57 +483,59 @@ impl RequestCell {
     }
 
     /// Starts the next attempt of a request waiting out its backoff, unless it ended meanwhile.
+    ///
+    /// The copy of the task for the attempt after this one is the user's code (a node's `Clone`,
+    /// a portable node's decoding), so it is made outside the lock: the request stays in its
+    /// backoff meanwhile, where a cancellation, its deadline or shutdown can still end it.
     fn next_attempt(&self) {
-        let next = {
-            let mut slot = lock(&self.ending);
-            let Some(ending) = slot.as_mut().filter(|_| !self.is_cancelled()) else {
-                return;
-            };
-            // Shutdown began during the backoff, or the coordinator is gone: no more attempts.
-            let Some(inner) = ending.inner.upgrade().filter(|inner| !inner.is_closing()) else {
+        let mut slot = lock(&self.ending);
+        let Some(ending) = slot.as_mut().filter(|_| !self.is_cancelled()) else {
+            return;
+        };
+        let (inner, request_id) = (ending.inner.upgrade(), ending.info.request_id().clone());
+        let taken = match (&inner, ending.retry.as_mut()) {
+            (Some(inner), Some(retry)) if !inner.is_closing() => {
+                retry.next.take().map(|task| (task, retry.mode))
+            }
+            _ => None,
+        };
+        drop(slot);
+        // Shutdown began during the backoff, or the coordinator is gone: no more attempts.
+        let (Some(inner), Some((task, mode))) = (inner, taken) else {
+            return self.end_backoff();
+        };
+        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.replay()));
+        let mut slot = lock(&self.ending);
+        let closing = inner.is_closing();
+        let attempt = match (replayed, slot.as_mut().and_then(|e| e.retry.as_mut())) {
+            // Ended meanwhile: nothing more to do.
+            (_, None) => return,
+            (Ok(following), Some(retry)) if !closing => {
+                retry.next = following;
+                retry.backoff = None;
+                retry.attempt += 1;
+                retry.attempt
+            }
+            // Shutdown began while the copy was made: the request ends with its last error.
+            (Ok(_), Some(_)) => {
                 drop(slot);
                 return self.end_backoff();
-            };
-            let Some(retry) = ending.retry.as_mut() else {
-                return;
-            };
-            let Some(task) = retry.next.take() else {
-                return;
-            };
-            retry.backoff = None;
-            retry.attempt += 1;
-            let strategy = inner.strategy(retry.mode);
-            (
-                task,
-                strategy,
-                inner,
-                ending.info.request_id().clone(),
-                retry.attempt,
-            )
-        };
-        let (task, strategy, inner, request_id, attempt) = next;
-        // The copy for the attempt after this one runs the user's code (a node's `Clone`, a
-        // portable node's decoding): outside the lock, and a panic in it ends the request.
-        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.replay()));
-        let ending = {
-            let mut slot = lock(&self.ending);
-            match (replayed, slot.as_mut().and_then(|e| e.retry.as_mut())) {
-                (Ok(following), Some(retry)) => {
-                    retry.next = following;
-                    None
+            }
+            (Err(payload), Some(_)) => {
+                let ending = slot.take();
+                drop(slot);
+                if let Some(ending) = ending {
+                    ending.finish(Err(TaskError::panic(payload)), true, self);
                 }
-                (Ok(_), None) => return,
-                (Err(payload), _) => slot.take().map(|ending| (ending, payload)),
+                return;
             }
         };
-        if let Some((ending, payload)) = ending {
-            return ending.finish(Err(TaskError::panic(payload)), true, self);
-        }
+        drop(slot);
         inner.record_attempt(&request_id);
         // On the event, not the span: a recorded span field would print once per attempt.
         tracing::debug!(parent: &self.span, attempt, "starting another attempt");
         if let Some(completion) = self.completion() {
-            execute(&strategy, task, completion);
+            execute(&inner.strategy(mode), task, completion);
         }
     }
 }

@@ -57,6 +57,80 @@ async fn a_copy_that_panics_between_attempts_ends_the_request() {
     assert_eq!(recorder.terminal_counts()["copied"], 1);
 }
 
+/// A node that always fails, counting its runs, whose third copy (made, once its first attempt
+/// failed, for the attempt after the second) takes 300 ms, then panics if asked to.
+#[derive(Default)]
+struct SlowCopy {
+    copies: Arc<AtomicUsize>,
+    runs: Arc<AtomicUsize>,
+    panics: bool,
+}
+
+impl Clone for SlowCopy {
+    fn clone(&self) -> Self {
+        if self.copies.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!self.panics, "the copy failed");
+        }
+        let (copies, runs) = (Arc::clone(&self.copies), Arc::clone(&self.runs));
+        SlowCopy {
+            copies,
+            runs,
+            panics: self.panics,
+        }
+    }
+}
+
+impl Node for SlowCopy {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Err("try again".into())
+    }
+}
+
+/// While the copy for the next attempt is made, the request is still waiting: cancelled then,
+/// or shut down, it ends (cancelled, or with its last error) and no attempt starts, whether
+/// the copy then succeeds or panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_attempt_starts_once_the_request_ended_during_its_copy() {
+    for (panics, by_shutdown) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (publisher, coordinator) = started();
+        let recorder = Recorder::attach(&publisher);
+        let node = SlowCopy {
+            panics,
+            ..SlowCopy::default()
+        };
+        let (copies, runs) = (Arc::clone(&node.copies), Arc::clone(&node.runs));
+        let quick = Duration::from_millis(1);
+        let options = SubmitOptions::new().retry(RetryPolicy::new(5).backoff(quick, quick));
+        let task = Task::replayable("r", node);
+        let handle = coordinator.spawn(task, "async", options).await.unwrap();
+        while copies.load(Ordering::SeqCst) < 3 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The third copy is under way.
+        // (A thread's sleep: the copy holds up a worker, and with it the runtime's timers.)
+        std::thread::sleep(Duration::from_millis(100));
+        let case = format!("panics {panics}, by shutdown {by_shutdown}");
+        if by_shutdown {
+            coordinator.shutdown().await;
+            let error = handle.await.unwrap_err();
+            assert_eq!(error.to_string(), "try again", "{case}");
+        } else {
+            assert!(coordinator.cancel("r"), "{case}");
+            assert!(handle.await.unwrap_err().is_cancelled(), "{case}");
+            coordinator.shutdown().await;
+        }
+        // Its copy done (or failed) since: the attempt it was for never started.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{case}");
+        assert_eq!(coordinator.job("r").unwrap().attempts(), 1, "{case}");
+        publisher.shutdown().await;
+        assert_eq!(recorder.terminal_counts()["r"], 1, "{case}");
+    }
+}
+
 /// With openings announced, a request's opening is published before its outcome, even when a
 /// cancellation ends it the moment it is recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
