@@ -30,10 +30,10 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// The first error of `cause` and its sources whose text `message` does not already hold: what
-/// an error whose message shows its cause's text returns as its source, so that a report of the
-/// chain (`anyhow`'s `{:#}`, `eyre`) says each cause once, however the errors below word
-/// themselves.
+/// The first error of `cause` and its sources that `message` does not already say (as its whole
+/// text, or at its end after `": "`, the way errors show their cause): what an error whose message
+/// shows its cause's text returns as its source, so that a report of the chain (`anyhow`'s
+/// `{:#}`, `eyre`) says each cause once, however the errors below word themselves.
 ///
 /// # Examples
 ///
@@ -50,7 +50,9 @@ pub fn first_unsaid_cause<'a>(
     mut cause: Option<&'a (dyn StdError + 'static)>,
 ) -> Option<&'a (dyn StdError + 'static)> {
     while let Some(error) = cause {
-        if !message.contains(&error.to_string()) {
+        let text = error.to_string();
+        let said = message.strip_suffix(text.as_str());
+        if !said.is_some_and(|before| before.is_empty() || before.ends_with(": ")) {
             return Some(error);
         }
         cause = error.source();
@@ -363,10 +365,16 @@ mod tests {
         assert_eq!(err.to_string(), "upload: the upload failed");
         // "the upload failed" is said: the chain goes on with what is not.
         assert_eq!(err.source().unwrap().to_string(), "quota exceeded");
-        let said = "upload: the upload failed: quota exceeded";
         let cause = SaysItsCause(Upload(Quota));
-        assert!(first_unsaid_cause(said, Some(&cause)).is_none());
+        let unsaid = first_unsaid_cause("saving: upload: the upload failed", Some(&cause));
+        assert_eq!(unsaid.unwrap().to_string(), "quota exceeded");
+        let all_said = "saving: upload: the upload failed: quota exceeded";
+        assert!(first_unsaid_cause(all_said, Some(&Quota)).is_none());
         assert!(first_unsaid_cause("", None).is_none());
+        // Text that only happens to appear in the message is not said.
+        let exceeded = first_unsaid_cause("quota exceeded twice", Some(&Quota));
+        assert!(exceeded.is_some());
+        assert!(first_unsaid_cause("the quota exceeded", Some(&Quota)).is_some());
     }
 
     #[test]
