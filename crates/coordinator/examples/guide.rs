@@ -135,14 +135,15 @@ async fn threaded_mode() -> Fallible {
     let coordinator = Coordinator::builder().with_async().strategy(ExecutionMode::THREADED, threaded).build();
     coordinator.start(&publisher)?;
     let c = coordinator.clone();
-    let parent = Task::blocking("parent", "parent", move || {
+    let parent = Task::blocking("parent", "parent", move || {   // a blocking node that waits for a child
         block_on(c.submit(Task::blocking("child", "child", || Ok::<_, BoxError>(20)), "threaded"))
             .map(|child| child + 1)
             .map_err(BoxError::from)
     });
-    assert_eq!(coordinator.submit(parent, "threaded").await?, 21);
+    let answer = coordinator.submit(parent, "threaded").await?;   // 21
     coordinator.shutdown().await;
     publisher.shutdown().await;
+    assert_eq!(answer, 21);
     Ok(())
 }
 
