@@ -268,7 +268,6 @@ impl RequestCell {
         }
     }
 
-    /// Makes the request open: until it ends, `ending` is what ending it needs.
     /// Holds the request's ending: nothing can end it (and publish its outcome) until the guard
     /// is dropped. Admission holds it from before the job is recorded until the opening is
     /// published, so the opening comes first.
@@ -276,6 +275,7 @@ impl RequestCell {
         lock(&self.ending)
     }
 
+    /// Makes the request open: until it ends, `ending` is what ending it needs.
     pub(crate) fn open(&self, ending: Ending) {
         *lock(&self.ending) = Some(ending);
     }
