@@ -2,16 +2,13 @@
 //! strategy takes a request is synchronous, so a request (a batch: all of it) is either rejected
 //! with nothing recorded or fully accepted.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
-use futures::stream::FuturesUnordered;
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher, RequestCreation};
-use task_core::{BoxFuture, ErasedTask, ExecutionMode, RequestId, TaskError, Value};
+use task_core::{BoxFuture, ErasedTask, ExecutionMode, RequestId, Value};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
 use crate::coordinator::Coordinator;
@@ -180,9 +177,9 @@ impl Coordinator {
 }
 
 /// A request made ready to record: its cell open, its deadline's timer made.
-struct Ready {
-    task: ErasedTask,
-    cell: Arc<RequestCell>,
+pub(crate) struct Ready {
+    pub(crate) task: ErasedTask,
+    pub(crate) cell: Arc<RequestCell>,
     /// Its deadline's timer (boxed: a `Sleep` is large, and most requests have none), the
     /// timeout it came from and the runtime the timer runs on.
     deadline: Option<(
@@ -197,7 +194,7 @@ struct Ready {
 impl Coordinator {
     /// Checks what a request needs from the coordinator now: started, not shutting down, on a
     /// runtime, with a running bus.
-    fn check_open(&self) -> Result<tokio::runtime::Handle, SubmitError> {
+    pub(crate) fn check_open(&self) -> Result<tokio::runtime::Handle, SubmitError> {
         let inner = &self.inner;
         let started = inner
             .started
@@ -215,7 +212,7 @@ impl Coordinator {
     }
 
     /// Makes `task` ready to record: its cell, opened with what ending it needs.
-    fn ready(
+    pub(crate) fn ready(
         &self,
         task: ErasedTask,
         mode: &ExecutionMode,
@@ -280,7 +277,7 @@ impl Coordinator {
 
     /// Records a ready request's job, under the table's lock. Returns whether it is born
     /// cancelled (its parent was cancelled already).
-    fn record(
+    pub(crate) fn record(
         table: &mut CoordinatorState<OpenRequest>,
         ready: &Ready,
         entry: &Mode,
@@ -305,7 +302,7 @@ impl Coordinator {
 
     /// Publishes a recorded request's opening, before its deadline and its strategy start and
     /// while its ending is held: nothing about it is published earlier.
-    fn announce_opening(bus: &RequestCompletionPublisher, ready: &Ready, entry: &Mode) {
+    pub(crate) fn announce_opening(bus: &RequestCompletionPublisher, ready: &Ready, entry: &Mode) {
         let opened = RequestCompletionMessage::Creation(RequestCreation {
             info: ready.task.info().clone(),
             mode: entry.name.clone(),
@@ -317,7 +314,7 @@ impl Coordinator {
 
     /// Starts a recorded request: its deadline's timer, then its strategy (or, born cancelled,
     /// its cancelled ending).
-    fn start_recorded(ready: Ready, born_cancelled: bool, entry: &Mode) -> Accepted {
+    pub(crate) fn start_recorded(ready: Ready, born_cancelled: bool, entry: &Mode) -> Accepted {
         let Ready {
             task,
             cell,
@@ -388,227 +385,5 @@ impl Coordinator {
                 Err(SubmitError::new(kind))
             }
         }
-    }
-
-    /// Submits every task of `tasks` to `mode` at once: the batch path for fan-out (map a node
-    /// over many inputs, gather the results). Every request is accepted under one lock of the job
-    /// table, or none is: a batch with a request id that is open (or repeated in the batch) is
-    /// rejected whole, with nothing recorded. Each request then runs, ends and is announced as a
-    /// [`spawn`](Self::spawn)ed one does, with `options` each.
-    ///
-    /// The returned [`Batch`] gives the outputs all together, in the order of `tasks`
-    /// ([`Batch::all`]), or as each request ends ([`Batch::as_completed`]).
-    ///
-    /// A mode with a concurrency limit ([`CoordinatorBuilder::limit`](crate::CoordinatorBuilder::limit))
-    /// must have a place free for every top-level task of the batch: otherwise a busy error
-    /// ([`SubmitError::is_busy`]), nothing recorded.
-    ///
-    /// # Errors
-    ///
-    /// The rejections of [`submit`](Self::submit), for the whole batch.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, SubmitOptions, Task};
-    ///
-    /// # #[tokio::main]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let publisher = RequestCompletionPublisher::new();
-    /// publisher.start()?;
-    /// let coordinator = Coordinator::builder().with_async().build();
-    /// coordinator.start(&publisher)?;
-    ///
-    /// let squares = (0..100_u64).map(|i| {
-    ///     Task::from_fn(format!("square-{i}"), "square", move || async move { Ok::<_, BoxError>(i * i) })
-    /// });
-    /// let batch = coordinator.submit_many(squares, ExecutionMode::ASYNC, SubmitOptions::new())?;
-    /// let outputs: Vec<u64> = batch.all().await.into_iter().collect::<Result<_, _>>()?;
-    /// assert_eq!(outputs[9], 81);
-    /// # coordinator.shutdown().await;
-    /// # publisher.shutdown().await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn submit_many<O, I>(
-        &self,
-        tasks: I,
-        mode: impl Into<ExecutionMode>,
-        options: SubmitOptions,
-    ) -> Result<Batch<O>, SubmitError>
-    where
-        I: IntoIterator<Item = task_core::Task<O>>,
-        O: std::fmt::Debug + Send + Sync + 'static,
-    {
-        let mode = mode.into();
-        let options = options.owning_output();
-        let runtime = self.check_open()?;
-        let mut prepared = Vec::new();
-        let mut entry = None;
-        for task in tasks {
-            let (task, mode_entry) = self.prepare(task.into_erased(), &mode, &options)?;
-            entry = Some(mode_entry);
-            prepared.push(task);
-        }
-        let Some(entry) = entry else {
-            return Ok(Batch::new(Vec::new()));
-        };
-        // Places under the mode's limit for every top-level task, taken together or not at all.
-        let top_level = prepared
-            .iter()
-            .filter(|task| task.info().parent_id().is_none())
-            .count();
-        let mut places = match (&entry.limit, top_level) {
-            (Some(limit), n) if n > 0 => {
-                let n = u32::try_from(n)
-                    .map_err(|_| SubmitError::new(SubmitKind::Busy(mode.clone())))?;
-                match Arc::clone(limit).try_acquire_many_owned(n) {
-                    Ok(places) => Some(places),
-                    Err(TryAcquireError::Closed) => {
-                        return Err(SubmitError::new(SubmitKind::ShutDown));
-                    }
-                    Err(TryAcquireError::NoPermits) => {
-                        return Err(SubmitError::new(SubmitKind::Busy(mode)));
-                    }
-                }
-            }
-            _ => None,
-        };
-        let mut ready = Vec::with_capacity(prepared.len());
-        for task in prepared {
-            let permit = match &mut places {
-                Some(places) if task.info().parent_id().is_none() => places.split(1),
-                _ => None,
-            };
-            ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
-        }
-        // As for one request: announced openings come first, and nothing is recorded once
-        // shutdown has begun.
-        let openings = self.inner.openings();
-        let cells: Vec<Arc<RequestCell>> = match openings {
-            Some(_) => ready.iter().map(|r| Arc::clone(&r.cell)).collect(),
-            None => Vec::new(),
-        };
-        let held: Vec<_> = cells.iter().map(|cell| cell.hold()).collect();
-        let born_cancelled = {
-            let mut table = self.inner.table();
-            let mut ids: HashSet<&RequestId> = HashSet::with_capacity(ready.len());
-            let closing = self.inner.closing.load(Ordering::SeqCst);
-            let clash = ready.iter().find_map(|r| {
-                let id = r.task.info().request_id();
-                if closing {
-                    Some(SubmitKind::ShutDown)
-                } else if table.is_open(id) {
-                    Some(SubmitKind::Duplicate(id.clone()))
-                } else if !ids.insert(id) {
-                    Some(SubmitKind::Repeated(id.clone()))
-                } else {
-                    None
-                }
-            });
-            if let Some(clash) = clash {
-                drop((table, held));
-                for r in &ready {
-                    r.cell.close_unaccepted();
-                }
-                return Err(SubmitError::new(clash));
-            }
-            let mut born_cancelled = Vec::with_capacity(ready.len());
-            for r in &ready {
-                match Self::record(&mut table, r, entry) {
-                    Ok(cancelled) => born_cancelled.push(cancelled),
-                    // Only a table that cannot grow: what was recorded ends failed below.
-                    Err(_) => break,
-                }
-            }
-            born_cancelled
-        };
-        if let Some(bus) = openings {
-            for r in &ready[..born_cancelled.len()] {
-                Self::announce_opening(bus, r, entry);
-            }
-        }
-        drop(held);
-        if born_cancelled.len() < ready.len() {
-            let full = TaskError::strategy("the job table is full");
-            for (i, r) in ready.into_iter().enumerate() {
-                if i < born_cancelled.len() {
-                    r.cell.stop(Some(Err(full.clone())), true);
-                } else {
-                    r.cell.close_unaccepted();
-                }
-            }
-            return Err(SubmitError::new(SubmitKind::Failed(full)));
-        }
-        // A batch takes its places at once or not at all: no wait.
-        let waited = entry.limit.as_ref().map(|_| Duration::ZERO);
-        let handles = ready
-            .into_iter()
-            .zip(born_cancelled)
-            .map(|(r, cancelled)| {
-                entry
-                    .metrics
-                    .accepted(waited.filter(|_| r.task.info().parent_id().is_none()));
-                Self::start_recorded(r, cancelled, entry)
-                    .into_handle(crate::handle::take_output::<O>)
-            })
-            .collect();
-        Ok(Batch::new(handles))
-    }
-}
-
-/// The requests of one [`Coordinator::submit_many`] call.
-///
-/// Every request runs whether or not the batch is awaited; dropping it cancels nothing (as with
-/// a [`RequestHandle`]).
-#[must_use = "a batch does nothing unless awaited; its requests run either way"]
-#[derive(Debug)]
-pub struct Batch<O> {
-    handles: Vec<RequestHandle<O>>,
-}
-
-impl<O> Batch<O> {
-    fn new(handles: Vec<RequestHandle<O>>) -> Self {
-        Self { handles }
-    }
-
-    /// How many requests the batch holds.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Whether the batch holds no request.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
-    /// Cancels every request of the batch (and their children) that has not ended.
-    pub fn cancel(&self) {
-        for handle in &self.handles {
-            handle.cancel();
-        }
-    }
-
-    /// Every output, in the order the tasks were given, once every request has ended.
-    pub async fn all(self) -> Vec<Result<O, SubmitError>> {
-        let mut outputs = Vec::with_capacity(self.handles.len());
-        for handle in self.handles {
-            outputs.push(handle.await);
-        }
-        outputs
-    }
-
-    /// Each output as its request ends, with its position in the batch.
-    pub fn as_completed(self) -> impl Stream<Item = (usize, Result<O, SubmitError>)> {
-        self.handles
-            .into_iter()
-            .enumerate()
-            .map(|(i, handle)| async move { (i, handle.await) })
-            .collect::<FuturesUnordered<_>>()
-    }
-
-    /// The handles, to await or cancel one by one.
-    pub fn into_handles(self) -> Vec<RequestHandle<O>> {
-        self.handles
     }
 }

@@ -46,6 +46,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod admission;
+mod batch;
 mod builder;
 mod coordinator;
 mod error;
@@ -62,7 +63,7 @@ mod request;
 mod shutdown;
 mod state;
 
-pub use crate::admission::Batch;
+pub use crate::batch::Batch;
 pub use crate::builder::CoordinatorBuilder;
 pub use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE, OpeningsFollower, SystemDetail};
 pub use crate::error::{StartError, SubmitError};

@@ -1,0 +1,242 @@
+//! The batch path: many requests accepted under one lock of the job table, or none, and
+//! [`Batch`], their outputs together or as they end.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::Stream;
+use futures::stream::FuturesUnordered;
+use task_core::{ExecutionMode, RequestId, TaskError};
+use tokio::sync::TryAcquireError;
+
+use crate::coordinator::Coordinator;
+use crate::error::{SubmitError, SubmitKind};
+use crate::handle::RequestHandle;
+use crate::options::SubmitOptions;
+use crate::request::RequestCell;
+
+impl Coordinator {
+    /// Submits every task of `tasks` to `mode` at once: the batch path for fan-out (map a node
+    /// over many inputs, gather the results). Every request is accepted under one lock of the job
+    /// table, or none is: a batch with a request id that is open (or repeated in the batch) is
+    /// rejected whole, with nothing recorded. Each request then runs, ends and is announced as a
+    /// [`spawn`](Self::spawn)ed one does, with `options` each.
+    ///
+    /// The returned [`Batch`] gives the outputs all together, in the order of `tasks`
+    /// ([`Batch::all`]), or as each request ends ([`Batch::as_completed`]).
+    ///
+    /// A mode with a concurrency limit ([`CoordinatorBuilder::limit`](crate::CoordinatorBuilder::limit))
+    /// must have a place free for every top-level task of the batch: otherwise a busy error
+    /// ([`SubmitError::is_busy`]), nothing recorded.
+    ///
+    /// # Errors
+    ///
+    /// The rejections of [`submit`](Self::submit), for the whole batch.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use coordinator::{BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, SubmitOptions, Task};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let publisher = RequestCompletionPublisher::new();
+    /// publisher.start()?;
+    /// let coordinator = Coordinator::builder().with_async().build();
+    /// coordinator.start(&publisher)?;
+    ///
+    /// let squares = (0..100_u64).map(|i| {
+    ///     Task::from_fn(format!("square-{i}"), "square", move || async move { Ok::<_, BoxError>(i * i) })
+    /// });
+    /// let batch = coordinator.submit_many(squares, ExecutionMode::ASYNC, SubmitOptions::new())?;
+    /// let outputs: Vec<u64> = batch.all().await.into_iter().collect::<Result<_, _>>()?;
+    /// assert_eq!(outputs[9], 81);
+    /// # coordinator.shutdown().await;
+    /// # publisher.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn submit_many<O, I>(
+        &self,
+        tasks: I,
+        mode: impl Into<ExecutionMode>,
+        options: SubmitOptions,
+    ) -> Result<Batch<O>, SubmitError>
+    where
+        I: IntoIterator<Item = task_core::Task<O>>,
+        O: std::fmt::Debug + Send + Sync + 'static,
+    {
+        let mode = mode.into();
+        let options = options.owning_output();
+        let runtime = self.check_open()?;
+        let mut prepared = Vec::new();
+        let mut entry = None;
+        for task in tasks {
+            let (task, mode_entry) = self.prepare(task.into_erased(), &mode, &options)?;
+            entry = Some(mode_entry);
+            prepared.push(task);
+        }
+        let Some(entry) = entry else {
+            return Ok(Batch::new(Vec::new()));
+        };
+        // Places under the mode's limit for every top-level task, taken together or not at all.
+        let top_level = prepared
+            .iter()
+            .filter(|task| task.info().parent_id().is_none())
+            .count();
+        let mut places = match (&entry.limit, top_level) {
+            (Some(limit), n) if n > 0 => {
+                let n = u32::try_from(n)
+                    .map_err(|_| SubmitError::new(SubmitKind::Busy(mode.clone())))?;
+                match Arc::clone(limit).try_acquire_many_owned(n) {
+                    Ok(places) => Some(places),
+                    Err(TryAcquireError::Closed) => {
+                        return Err(SubmitError::new(SubmitKind::ShutDown));
+                    }
+                    Err(TryAcquireError::NoPermits) => {
+                        return Err(SubmitError::new(SubmitKind::Busy(mode)));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut ready = Vec::with_capacity(prepared.len());
+        for task in prepared {
+            let permit = match &mut places {
+                Some(places) if task.info().parent_id().is_none() => places.split(1),
+                _ => None,
+            };
+            ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
+        }
+        // As for one request: announced openings come first, and nothing is recorded once
+        // shutdown has begun.
+        let openings = self.inner.openings();
+        let cells: Vec<Arc<RequestCell>> = match openings {
+            Some(_) => ready.iter().map(|r| Arc::clone(&r.cell)).collect(),
+            None => Vec::new(),
+        };
+        let held: Vec<_> = cells.iter().map(|cell| cell.hold()).collect();
+        let born_cancelled = {
+            let mut table = self.inner.table();
+            let mut ids: HashSet<&RequestId> = HashSet::with_capacity(ready.len());
+            let closing = self.inner.closing.load(Ordering::SeqCst);
+            let clash = ready.iter().find_map(|r| {
+                let id = r.task.info().request_id();
+                if closing {
+                    Some(SubmitKind::ShutDown)
+                } else if table.is_open(id) {
+                    Some(SubmitKind::Duplicate(id.clone()))
+                } else if !ids.insert(id) {
+                    Some(SubmitKind::Repeated(id.clone()))
+                } else {
+                    None
+                }
+            });
+            if let Some(clash) = clash {
+                drop((table, held));
+                for r in &ready {
+                    r.cell.close_unaccepted();
+                }
+                return Err(SubmitError::new(clash));
+            }
+            let mut born_cancelled = Vec::with_capacity(ready.len());
+            for r in &ready {
+                match Self::record(&mut table, r, entry) {
+                    Ok(cancelled) => born_cancelled.push(cancelled),
+                    // Only a table that cannot grow: what was recorded ends failed below.
+                    Err(_) => break,
+                }
+            }
+            born_cancelled
+        };
+        if let Some(bus) = openings {
+            for r in &ready[..born_cancelled.len()] {
+                Self::announce_opening(bus, r, entry);
+            }
+        }
+        drop(held);
+        if born_cancelled.len() < ready.len() {
+            let full = TaskError::strategy("the job table is full");
+            for (i, r) in ready.into_iter().enumerate() {
+                if i < born_cancelled.len() {
+                    r.cell.stop(Some(Err(full.clone())), true);
+                } else {
+                    r.cell.close_unaccepted();
+                }
+            }
+            return Err(SubmitError::new(SubmitKind::Failed(full)));
+        }
+        // A batch takes its places at once or not at all: no wait.
+        let waited = entry.limit.as_ref().map(|_| Duration::ZERO);
+        let handles = ready
+            .into_iter()
+            .zip(born_cancelled)
+            .map(|(r, cancelled)| {
+                entry
+                    .metrics
+                    .accepted(waited.filter(|_| r.task.info().parent_id().is_none()));
+                Self::start_recorded(r, cancelled, entry)
+                    .into_handle(crate::handle::take_output::<O>)
+            })
+            .collect();
+        Ok(Batch::new(handles))
+    }
+}
+
+/// The requests of one [`Coordinator::submit_many`] call.
+///
+/// Every request runs whether or not the batch is awaited; dropping it cancels nothing (as with
+/// a [`RequestHandle`]).
+#[must_use = "a batch does nothing unless awaited; its requests run either way"]
+#[derive(Debug)]
+pub struct Batch<O> {
+    handles: Vec<RequestHandle<O>>,
+}
+
+impl<O> Batch<O> {
+    fn new(handles: Vec<RequestHandle<O>>) -> Self {
+        Self { handles }
+    }
+
+    /// How many requests the batch holds.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether the batch holds no request.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Cancels every request of the batch (and their children) that has not ended.
+    pub fn cancel(&self) {
+        for handle in &self.handles {
+            handle.cancel();
+        }
+    }
+
+    /// Every output, in the order the tasks were given, once every request has ended.
+    pub async fn all(self) -> Vec<Result<O, SubmitError>> {
+        let mut outputs = Vec::with_capacity(self.handles.len());
+        for handle in self.handles {
+            outputs.push(handle.await);
+        }
+        outputs
+    }
+
+    /// Each output as its request ends, with its position in the batch.
+    pub fn as_completed(self) -> impl Stream<Item = (usize, Result<O, SubmitError>)> {
+        self.handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, handle)| async move { (i, handle.await) })
+            .collect::<FuturesUnordered<_>>()
+    }
+
+    /// The handles, to await or cancel one by one.
+    pub fn into_handles(self) -> Vec<RequestHandle<O>> {
+        self.handles
+    }
+}
