@@ -161,7 +161,7 @@ impl Coordinator {
             let full = TaskError::strategy("the job table is full");
             for (i, r) in ready.into_iter().enumerate() {
                 if i < born_cancelled.len() {
-                    r.cell.stop(Some(Err(full.clone())), true);
+                    r.cell.stop(Err(full.clone()), true);
                 } else {
                     r.cell.close_unaccepted();
                 }

@@ -127,7 +127,7 @@ impl Coordinator {
             .map(|open| Arc::clone(&open.cell));
         match cell {
             // Outside the table lock: ending the request takes it.
-            Some(cell) => cell.stop(Some(outcome), false),
+            Some(cell) => cell.stop(outcome, false),
             None => {
                 tracing::trace!(request_id = %info.request_id(), "completion for no open job of this coordinator ignored")
             }

@@ -158,9 +158,11 @@ impl Ending {
         }
     }
 
-    /// Whether no attempt may start: shutdown began, or the coordinator is gone.
-    fn is_closing(&self) -> bool {
-        self.inner.upgrade().is_none_or(|inner| inner.is_closing())
+    /// The coordinator, if it is still there. Held under the request's lock, it is let go only
+    /// after the lock: it may be the last handle, and the coordinator's drop drops its strategies
+    /// and its open requests.
+    pub(crate) fn owner(&self) -> Option<Arc<dyn Owner>> {
+        self.inner.upgrade()
     }
 
     /// Ends the request with `outcome`: releases its place, stops its timers, closes its job,
@@ -300,21 +302,25 @@ impl RequestCell {
     ///
     /// Never call it under the coordinator's table lock: ending a request takes that lock.
     pub(crate) fn cancel(self: &Arc<Self>) {
-        self.stop(None, true);
+        self.end_with(|ending| Err(ending.cancelled(false)), true);
     }
 
     /// Cancels the request as its parent was: its outcome says so.
     pub(crate) fn cancel_with_parent(self: &Arc<Self>) {
-        let cancelled = lock(&self.ending).as_ref().map(|e| e.cancelled(true));
-        if let Some(cancelled) = cancelled {
-            self.stop(Some(Err(cancelled)), true);
-        }
+        self.end_with(|ending| Err(ending.cancelled(true)), true);
     }
 
-    /// Ends the request with `outcome` (cancelled when `None`; a timeout, or a completion from
-    /// the bus) and cancels its run and its children, if it is still open; a request that already
-    /// ended is left as it is. `announce` says whether the bus hears of it.
-    pub(crate) fn stop(self: &Arc<Self>, outcome: Option<Outcome>, announce: bool) {
+    /// Ends the request with `outcome` (a timeout, or a completion from the bus) and cancels its
+    /// run and its children, if it is still open; a request that already ended is left as it
+    /// is. `announce` says whether the bus hears of it.
+    pub(crate) fn stop(self: &Arc<Self>, outcome: Outcome, announce: bool) {
+        self.end_with(|_| outcome, announce);
+    }
+
+    /// As [`stop`](Self::stop), with the outcome made from what ending the request needs, once it
+    /// is taken (outside the lock: making it may upgrade the coordinator's handle, the last one
+    /// perhaps, which is dropped there).
+    fn end_with(self: &Arc<Self>, outcome: impl FnOnce(&Ending) -> Outcome, announce: bool) {
         let ending = {
             // Decided under the lock `complete` takes: either the run's outcome ended the request
             // first, or this does and the run's outcome finds it cancelled.
@@ -326,7 +332,7 @@ impl RequestCell {
             ending
         };
         self.cancel_waker.wake();
-        let outcome = outcome.unwrap_or_else(|| Err(ending.cancelled(false)));
+        let outcome = outcome(&ending);
         ending.finish(outcome, announce, self);
         self.cancel_children();
     }
@@ -417,15 +423,18 @@ impl RequestCell {
     /// The backoff before another attempt after `error`, if the request's retry policy grants
     /// one (and the task can be replayed, and shutdown has not begun).
     fn retry_wait(&self, error: &TaskError) -> Option<std::time::Duration> {
-        let (policy, attempt) = {
+        let (policy, attempt, owner) = {
             let slot = lock(&self.ending);
             let ending = slot.as_ref()?;
             let retry = ending.retry.as_ref()?;
-            if retry.next.is_none() || ending.is_closing() {
-                return None;
-            }
-            (retry.policy.clone(), retry.attempt)
+            // Not replayable: no attempt can follow.
+            retry.next.as_ref()?;
+            (retry.policy.clone(), retry.attempt, ending.inner.clone())
         };
+        // Read outside the lock (see `Ending::owner`); `complete` reads it again under it.
+        if owner.upgrade().is_none_or(|owner| owner.is_closing()) {
+            return None;
+        }
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             policy
                 .should_retry(attempt, error)
@@ -492,7 +501,7 @@ impl RequestCell {
         let Some(ending) = slot.as_mut().filter(|_| !self.is_cancelled()) else {
             return;
         };
-        let (inner, request_id) = (ending.inner.upgrade(), ending.info.request_id().clone());
+        let (inner, request_id) = (ending.owner(), ending.info.request_id().clone());
         let taken = match (&inner, ending.retry.as_mut()) {
             (Some(inner), Some(retry)) if !inner.is_closing() => {
                 retry.next.take().map(|task| (task, retry.mode))
@@ -556,7 +565,7 @@ impl Expiry {
         if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
             let timed_out =
                 TaskError::timed_out(format!("the request ran past its timeout of {timeout:?}"));
-            cell.stop(Some(Err(timed_out)), true);
+            cell.stop(Err(timed_out), true);
         }
     }
 }
@@ -567,7 +576,7 @@ impl Drop for Expiry {
             let lost = TaskError::cancelled(
                 "the runtime the request was submitted on shut down before its deadline",
             );
-            cell.stop(Some(Err(lost)), true);
+            cell.stop(Err(lost), true);
         }
     }
 }

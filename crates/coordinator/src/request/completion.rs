@@ -39,6 +39,8 @@ impl CompletionSink for RequestCell {
             Err(error) => self.retry_wait(error),
             Ok(_) => None,
         };
+        // Declared before the lock, so that it is dropped after it (see `Ending::owner`).
+        let mut owner = None;
         let next = {
             let mut slot = lock(&self.ending);
             if self.is_cancelled() {
@@ -49,7 +51,8 @@ impl CompletionSink for RequestCell {
                 return;
             };
             if let (Some(wait), Err(error)) = (wait, &outcome)
-                && !ending.is_closing()
+                && let Some(coordinator) = owner.insert(ending.owner())
+                && !coordinator.is_closing()
                 && let Some(retry) = ending.retry.as_mut()
             {
                 let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -90,10 +93,9 @@ impl CompletionSink for RequestCell {
 
     fn spawn(&self, future: BoxFuture<'static, ()>) {
         let runtime = tokio::runtime::Handle::try_current().ok().or_else(|| {
-            lock(&self.ending)
-                .as_ref()
-                .and_then(|ending| ending.inner.upgrade())
-                .and_then(|inner| inner.runtime())
+            // Upgraded under the lock, dropped after it (see `Ending::owner`).
+            let owner = lock(&self.ending).as_ref().and_then(Ending::owner);
+            owner?.runtime()
         });
         match runtime {
             Some(runtime) => drop(runtime.spawn(future)),
