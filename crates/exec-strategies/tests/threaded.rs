@@ -302,3 +302,44 @@ async fn tasks_cancelled_while_queued_do_not_pile_up_behind_a_stuck_node() {
     assert_eq!(s.stats().in_flight, 0);
     assert_eq!(freed.load(Ordering::SeqCst), 1_000);
 }
+
+/// A node waiting in `block_on` runs only its own children, never another task: here B, run on
+/// top of a waiting A, would wait for A, which could not go on beneath it.
+#[test]
+fn a_waiting_node_never_runs_another_task_on_top_of_itself() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap();
+    let (release_a, a_waits) = tokio::sync::oneshot::channel::<()>();
+    let (a_done, b_waits) = tokio::sync::oneshot::channel::<()>();
+    let (a_started, started) = std::sync::mpsc::channel();
+    let a = Task::from_fn("a", "a", move || async move {
+        a_started.send(()).map_err(BoxError::from)?;
+        a_waits.await.map_err(BoxError::from)?;
+        a_done.send(()).map_err(|()| BoxError::from("b is gone"))?;
+        Ok::<_, BoxError>("a")
+    });
+    let b = Task::blocking("b", "b", move || {
+        exec_strategies::block_on(b_waits).map_err(BoxError::from)?;
+        Ok::<_, BoxError>("b")
+    });
+    let a = task_core::run(&s, a.into_erased());
+    // A is on the one thread, waiting, before B is queued.
+    let mut a = Box::pin(a);
+    assert!((&mut a).now_or_never().is_none());
+    started.recv().unwrap();
+    let b = task_core::run(&s, b.into_erased());
+    std::thread::sleep(Duration::from_millis(50));
+    release_a.send(()).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let both = futures::executor::block_on(async { (a.await, b.await) });
+        let _ = done.send(both);
+    });
+    let (a, b) = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("A and B both end: B did not run on top of the waiting A");
+    assert_eq!(a.unwrap().downcast_ref::<&str>(), Some(&"a"));
+    assert_eq!(b.unwrap().downcast_ref::<&str>(), Some(&"b"));
+}
