@@ -1085,6 +1085,90 @@ fn fake_worker(mode: &str) -> ! {
     }
 }
 
+/// Names descriptors in the protocol's variable as a process that inherited a worker's
+/// environment would find them: files, other pipes, closed numbers. Prints what `worker_pipes`
+/// made of each, and whether the files it refused are still usable.
+fn foreign_pipes() -> ! {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::temp_dir();
+    let path = |i| {
+        dir.join(format!(
+            "exec-strategies-foreign-{}-{i}",
+            std::process::id()
+        ))
+    };
+    let mut files = [0, 1].map(|i| std::fs::File::create(path(i)).unwrap());
+    let (reads, writes) = std::io::pipe().unwrap();
+    let inode = |fd: &dyn AsRawFd| {
+        let named = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        std::fs::metadata(named).map_or(0, |m| m.ino())
+    };
+    let file = |i: usize| {
+        format!(
+            "{}:{}",
+            files[i].as_raw_fd(),
+            files[i].metadata().unwrap().ino()
+        )
+    };
+    let cases = [
+        ("files", format!("{},{}", file(0), file(1))),
+        (
+            "other pipes",
+            format!("{}:1,{}:2", reads.as_raw_fd(), writes.as_raw_fd()),
+        ),
+        ("closed", "900:1,901:2".to_owned()),
+        (
+            "the pipes",
+            format!(
+                "{}:{},{}:{}",
+                reads.as_raw_fd(),
+                inode(&reads),
+                writes.as_raw_fd(),
+                inode(&writes)
+            ),
+        ),
+    ];
+    for (what, named) in cases {
+        // SAFETY: this process runs no other thread, so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var("EXEC_STRATEGIES_PIPES", named) };
+        let taken = exec_strategies::process::worker_pipes();
+        println!(
+            "{what}: {}",
+            if taken.is_ok() { "taken" } else { "refused" }
+        );
+        // The pipes taken are owned by `taken` now, and must not be closed twice.
+        std::mem::forget((taken, reads.try_clone(), writes.try_clone()));
+    }
+    let usable = files.iter_mut().all(|f| f.write_all(b"still mine").is_ok());
+    println!("files usable: {usable}");
+    let _ = [0, 1].map(|i| std::fs::remove_file(path(i)));
+    std::mem::forget((reads, writes));
+    std::process::exit(0)
+}
+
+/// A process that inherited a worker's environment (a program a node started, say) takes no
+/// descriptor that is not the protocol's pipe: it would close what someone else owns.
+fn a_process_that_inherited_a_workers_environment_takes_nothing() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .arg("--foreign-pipes")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            "files: refused",
+            "other pipes: refused",
+            "closed: refused",
+            "the pipes: taken",
+            "files usable: true"
+        ]
+    );
+}
+
 /// Starts a pool, prints its workers' pids, and waits to be killed.
 fn orphan_parent() -> ! {
     runtime().block_on(async {
@@ -1103,6 +1187,9 @@ fn main() {
     }
     if args.get(1).map(String::as_str) == Some("--orphan-parent") {
         orphan_parent();
+    }
+    if args.get(1).map(String::as_str) == Some("--foreign-pipes") {
+        foreign_pipes();
     }
     if std::env::var_os(exec_strategies::process::WORKER_ENV).is_some() {
         // The nodes here panic on purpose, and a caught panic comes back to the test as the
@@ -1203,6 +1290,10 @@ fn main() {
         (
             "workers_die_with_their_parent",
             workers_die_with_their_parent,
+        ),
+        (
+            "a_process_that_inherited_a_workers_environment_takes_nothing",
+            a_process_that_inherited_a_workers_environment_takes_nothing,
         ),
         (
             "handshake_problems_are_clear_errors",

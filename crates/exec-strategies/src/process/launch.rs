@@ -1,6 +1,7 @@
 //! Starting a worker process: its pipes, its environment, its handshake.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -86,6 +87,14 @@ impl Shared {
         let (worker_reads, to_worker) = std::io::pipe().map_err(|e| spawn_error("pipe", e))?;
         let (from_worker, worker_writes) = std::io::pipe().map_err(|e| spawn_error("pipe", e))?;
         // What a node prints goes to the parent's stderr, never into a frame.
+        // Each of the worker's ends is named with its pipe, which the worker checks it holds.
+        let named = |end: std::os::fd::BorrowedFd<'_>| {
+            let pipe = std::fs::File::from(end.try_clone_to_owned()?).metadata()?;
+            Ok::<_, std::io::Error>(format!("{}:{}", end.as_raw_fd(), pipe.ino()))
+        };
+        let pipes = named(worker_reads.as_fd())
+            .and_then(|reads| Ok(format!("{reads},{}", named(worker_writes.as_fd())?)))
+            .map_err(|e| spawn_error("pipe", e))?;
         let stdout = std::io::stderr()
             .as_fd()
             .try_clone_to_owned()
@@ -97,10 +106,7 @@ impl Shared {
             .env(MAX_FRAME_ENV, self.config.max_frame.to_string())
             .env(THREADS_ENV, self.config.worker_threads.to_string())
             .env(CONCURRENCY_ENV, self.config.per_worker.to_string())
-            .env(
-                PIPES_ENV,
-                format!("{},{}", worker_reads.as_raw_fd(), worker_writes.as_raw_fd()),
-            )
+            .env(PIPES_ENV, pipes)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::inherit())

@@ -27,7 +27,8 @@ pub(crate) const MAX_FRAME_ENV: &str = "EXEC_STRATEGIES_MAX_FRAME";
 pub(crate) const THREADS_ENV: &str = "EXEC_STRATEGIES_WORKER_THREADS";
 /// How many tasks the worker runs at once.
 pub(crate) const CONCURRENCY_ENV: &str = "EXEC_STRATEGIES_WORKER_CONCURRENCY";
-/// The protocol's two descriptors, `<read>,<write>` ([`worker_pipes`]).
+/// The protocol's two descriptors and the pipes they must be, `<read>:<inode>,<write>:<inode>`
+/// ([`worker_pipes`]).
 pub(crate) const PIPES_ENV: &str = "EXEC_STRATEGIES_PIPES";
 
 /// Enters worker mode if this process was started as a worker of a
@@ -89,9 +90,13 @@ static PIPES_TAKEN: AtomicBool = AtomicBool::new(false);
 /// [`run_worker_if_requested`] calls this; a worker written another way (in tests, say) may call
 /// it instead, once.
 ///
+/// The environment names each descriptor with the pipe it must be (its inode): a process that
+/// inherited the environment without the pipes (one a node started, say) finds other
+/// descriptors or none under those numbers, and takes nothing.
+///
 /// # Errors
 ///
-/// When the environment names no pipes, names something that is not an open descriptor, or the
+/// When the environment names no pipes, or names descriptors that are not those pipes, or the
 /// pipes were taken already.
 pub fn worker_pipes() -> io::Result<(File, File)> {
     let named = std::env::var(PIPES_ENV).map_err(|_| {
@@ -100,16 +105,37 @@ pub fn worker_pipes() -> io::Result<(File, File)> {
         ))
     })?;
     let fd = |part: Option<&str>| -> io::Result<RawFd> {
-        let fd: RawFd = part
-            .and_then(|p| p.parse().ok())
-            .filter(|&fd| fd > 2)
-            .ok_or_else(|| io::Error::other(format!("{PIPES_ENV}={named} names no pipes")))?;
-        // SAFETY: F_GETFD only reads the flags of a descriptor number (it fails on a closed one);
-        // F_SETFD sets close-on-exec on it, so processes a node starts do not inherit the
-        // protocol (they would keep the parent from seeing this worker end).
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0
-            || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0
-        {
+        let parsed = part
+            .and_then(|p| p.split_once(':'))
+            .and_then(|(fd, inode)| Some((fd.parse::<RawFd>().ok()?, inode.parse::<u64>().ok()?)));
+        let no_pipes = || io::Error::other(format!("{PIPES_ENV}={named} names no pipes"));
+        let (fd, inode) = parsed.filter(|&(fd, _)| fd > 2).ok_or_else(no_pipes)?;
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes the status of an open descriptor into `stat` (it fails on any
+        // other number, writing nothing).
+        if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } < 0 {
+            return Err(io::Error::other(format!(
+                "{PIPES_ENV}={named}: descriptor {fd} is not open ({}): this process was not \
+                 started by a ProcessExecutionStrategy, or inherited a worker's environment",
+                io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: fstat succeeded, so it wrote the whole structure.
+        let stat = unsafe { stat.assume_init() };
+        #[allow(
+            clippy::useless_conversion,
+            reason = "st_ino is narrower on some platforms"
+        )]
+        let held = u64::from(stat.st_ino);
+        if stat.st_mode & libc::S_IFMT != libc::S_IFIFO || held != inode {
+            return Err(io::Error::other(format!(
+                "{PIPES_ENV}={named}: descriptor {fd} is not the pipe named: this process was \
+                 not started by a ProcessExecutionStrategy, or inherited a worker's environment"
+            )));
+        }
+        // SAFETY: F_SETFD sets close-on-exec on an open descriptor, so processes a node starts
+        // do not inherit the protocol (they would keep the parent from seeing this worker end).
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(fd)
@@ -119,8 +145,8 @@ pub fn worker_pipes() -> io::Result<(File, File)> {
     if input == output || PIPES_TAKEN.swap(true, Ordering::SeqCst) {
         return Err(io::Error::other("the protocol's pipes are taken already"));
     }
-    // SAFETY: both are open descriptors the parent handed to this process for the protocol alone,
-    // and the flag above lets them be owned only once.
+    // SAFETY: both are open, and are the pipes the parent made for this worker's protocol alone
+    // (checked above); the flag lets them be owned only once.
     Ok(unsafe { (File::from_raw_fd(input), File::from_raw_fd(output)) })
 }
 
