@@ -1169,6 +1169,22 @@ fn a_process_that_inherited_a_workers_environment_takes_nothing() {
     );
 }
 
+/// More workers than a pool keeps is a typed error from `start`, before anything is spawned
+/// or allocated for them.
+fn too_many_workers_is_a_clear_error() {
+    runtime().block_on(async {
+        for workers in [4097, usize::MAX] {
+            let started = ProcessExecutionStrategy::builder(registry())
+                .workers(workers)
+                .start()
+                .await;
+            let error = started.expect_err("refused");
+            assert!(error.is_spawn(), "{error}");
+            assert!(error.to_string().contains("at most 4096"), "{error}");
+        }
+    });
+}
+
 /// Starts a pool, prints its workers' pids, and waits to be killed.
 fn orphan_parent() -> ! {
     runtime().block_on(async {
@@ -1294,6 +1310,10 @@ fn main() {
         (
             "a_process_that_inherited_a_workers_environment_takes_nothing",
             a_process_that_inherited_a_workers_environment_takes_nothing,
+        ),
+        (
+            "too_many_workers_is_a_clear_error",
+            too_many_workers_is_a_clear_error,
         ),
         (
             "handshake_problems_are_clear_errors",

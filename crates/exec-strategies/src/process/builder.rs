@@ -14,6 +14,9 @@ use super::pool::ProcessExecutionStrategy;
 use super::shared::{Config, Shared};
 use super::wire;
 
+/// The most worker processes one pool keeps ([`ProcessBuilder::workers`]).
+const MAX_WORKERS: usize = 4096;
+
 /// Configures and starts a [`ProcessExecutionStrategy`].
 #[derive(Debug)]
 pub struct ProcessBuilder {
@@ -51,7 +54,8 @@ impl ProcessBuilder {
         }
     }
 
-    /// How many worker processes to keep running (default: the machine's cores).
+    /// How many worker processes to keep running (default: the machine's cores; at most 4,096:
+    /// [`start`](Self::start) refuses more).
     #[must_use]
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
@@ -162,10 +166,20 @@ impl ProcessBuilder {
     ///
     /// # Errors
     ///
-    /// When a worker cannot be spawned, does not announce itself in time, or announces another
-    /// protocol version. No worker is left running then. [`ProcessError::is_runtime`] when it is
-    /// not awaited on a tokio runtime (the workers' answers are read there).
+    /// When a worker cannot be spawned (or more than 4,096 are asked for), does not
+    /// announce itself in time, or announces another protocol version. No worker is left
+    /// running then. [`ProcessError::is_runtime`] when it is not awaited on a tokio runtime (the
+    /// workers' answers are read there).
     pub async fn start(self) -> Result<ProcessExecutionStrategy, ProcessError> {
+        if self.workers > MAX_WORKERS {
+            return Err(ProcessError::new(
+                ErrorKind::Spawn,
+                format!(
+                    "cannot start {} workers: a pool has at most {MAX_WORKERS}",
+                    self.workers
+                ),
+            ));
+        }
         let readers = tokio::runtime::Handle::try_current().map_err(|_| {
             ProcessError::new(
                 ErrorKind::Runtime,
