@@ -186,6 +186,38 @@ impl Inner {
     }
 }
 
+/// The last handle went without `shutdown`: every request still open ends now, failed, its
+/// caller answered and the bus told, so each still has its one terminal message. Their runs are
+/// told to stop; the strategies are dropped next.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let table = self.table.get_mut().unwrap_or_else(|p| p.into_inner());
+        let open: Vec<Arc<RequestCell>> = table
+            .attachments()
+            .map(|(_, open)| Arc::clone(&open.cell))
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            open = open.len(),
+            "coordinator dropped without shutdown; its open requests end failed"
+        );
+        let error = TaskError::strategy(
+            "the coordinator was dropped (its last handle, without shutdown) while the request was open",
+        );
+        let publisher = self.started.get().map(|started| &started.publisher);
+        for cell in open {
+            if let Some(info) = cell.abandon(&error)
+                && let Some(publisher) = publisher.filter(|p| p.has_subscribers())
+                && let Err(refused) = publisher.publish(message_of(info, Err(error.clone())))
+            {
+                tracing::trace!(%refused, "outcome not announced");
+            }
+        }
+    }
+}
+
 impl Owner for Inner {
     fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool) {
         Inner::apply(self, info, outcome, announce);

@@ -276,7 +276,7 @@ async fn a_child_submitted_after_its_parent_was_cancelled_is_born_cancelled() {
 async fn dropping_every_handle_of_a_coordinator_releases_its_strategies_and_answers_its_callers() {
     let strategy = Arc::new(Launching::new(Launch::Hold));
     let released = Arc::downgrade(&strategy);
-    let (publisher, coordinator, _recorder) = started_with("held", strategy);
+    let (publisher, coordinator, recorder) = started_with("held", strategy);
     let handle = coordinator
         .spawn(value_task("open", 1), "held", SubmitOptions::new())
         .await
@@ -289,5 +289,51 @@ async fn dropping_every_handle_of_a_coordinator_releases_its_strategies_and_answ
     );
     let error = handle.await.unwrap_err();
     assert!(error.task_error().unwrap().is_strategy_error(), "{error}");
+    assert!(
+        error.to_string().contains("the coordinator was dropped"),
+        "{error}"
+    );
+    // The request still has its one terminal message.
     publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts()["open"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_request_open_when_its_coordinator_is_dropped_stops_and_is_announced() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let recorder = Recorder::attach(&publisher);
+    let coordinator = Coordinator::builder().with_async().build();
+    coordinator.start(&publisher).unwrap();
+    /// Set when the node's future is dropped: its run stopped.
+    struct Stopped(Arc<AtomicBool>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stopped = Arc::new(AtomicBool::new(false));
+    let guard = Stopped(Arc::clone(&stopped));
+    let slow = Task::from_fn("slow", "slow", move || async move {
+        let _guard = guard;
+        std::future::pending::<()>().await;
+        Ok::<_, BoxError>(())
+    });
+    let handle = coordinator
+        .spawn(slow, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    drop(coordinator);
+    let error = handle.await.unwrap_err();
+    assert!(
+        error.to_string().contains("the coordinator was dropped"),
+        "{error}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stopped.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    assert!(stopped.load(Ordering::SeqCst), "the node's run was stopped");
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts()["slow"], 1);
 }
