@@ -192,6 +192,11 @@ pub(crate) async fn listen_advisories(
         if let Some(run) = run {
             #[cfg(feature = "metrics")]
             metrics::counter!("nats_tasks_undeliverable_total").increment(1);
+            // The server keeps an unacknowledged message; nobody will take it now. Deleted before
+            // the caller hears, so a program that ends then leaves nothing behind.
+            if let Ok(stream) = inner.js.get_stream_no_info(&inner.config.stream).await {
+                let _ = stream.delete_message(seq).await;
+            }
             inner.resolve(
                 &run,
                 Err(TaskError::worker_lost(format!(
@@ -199,10 +204,6 @@ pub(crate) async fn listen_advisories(
                      running it died or stalled); the server stopped redelivering it"
                 ))),
             );
-            // The server keeps an unacknowledged message; nobody will take it now.
-            if let Ok(stream) = inner.js.get_stream(&inner.config.stream).await {
-                let _ = stream.delete_message(seq).await;
-            }
         }
     }
 }

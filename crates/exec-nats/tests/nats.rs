@@ -71,6 +71,10 @@ fn main() {
         ("the_coordinators_timeout_reaches_the_worker", || {
             Box::pin(the_coordinators_timeout_reaches_the_worker())
         }),
+        (
+            "a_withdrawn_task_is_never_run_by_a_worker_that_comes_later",
+            || Box::pin(a_withdrawn_task_is_never_run_by_a_worker_that_comes_later()),
+        ),
         ("no_request_waits_forever_across_a_server_restart", || {
             Box::pin(no_request_waits_forever_across_a_server_restart())
         }),
@@ -516,6 +520,8 @@ async fn a_task_that_keeps_killing_its_workers_fails_after_max_deliveries() {
         task_error.message().contains("delivered 2 times"),
         "{error}"
     );
+    // Its message left the stream before the caller heard: a program ending now leaves nothing.
+    assert_eq!(tasks_in_stream(&config).await, 0);
     stop.store(true, Ordering::SeqCst);
     let restarts = respawner.join().unwrap();
     assert!(
@@ -735,6 +741,62 @@ async fn a_task_no_worker_takes_expires_with_the_stream() {
     .unwrap_err();
     assert!(error.is_timeout(), "{error}");
     assert!(error.to_string().contains("max_age"), "{error}");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// The messages the task stream holds.
+async fn tasks_in_stream(config: &NatsConfig) -> u64 {
+    let client = async_nats::connect(&config.url).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream(&config.stream)
+        .await
+        .expect("the task stream");
+    stream.info().await.expect("its state").state.messages
+}
+
+/// A request that timed out, or was cancelled, before any worker took its task leaves nothing
+/// for a worker that comes later: its task is taken out of the stream.
+async fn a_withdrawn_task_is_never_run_by_a_worker_that_comes_later() {
+    let config = config("withdrawn");
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    // Waits (up to 10 s) until the stream holds `n` tasks, and says how many it holds.
+    let until = |n: u64| {
+        let config = &config;
+        async move {
+            let start = Instant::now();
+            while tasks_in_stream(config).await != n && start.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tasks_in_stream(config).await
+        }
+    };
+    let timed_out = coordinator
+        .submit_with(
+            Task::portable("timed-out", Echo(1)),
+            "nats",
+            SubmitOptions::new().timeout(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap_err();
+    assert!(timed_out.is_timeout(), "{timed_out}");
+    assert_eq!(until(0).await, 0, "the timed-out task is withdrawn");
+    let handle = coordinator
+        .spawn(
+            Task::portable("cancelled", Echo(2)),
+            "nats",
+            SubmitOptions::new(),
+        )
+        .await
+        .unwrap();
+    // Its task reaches the stream (the server acknowledges it) before the cancellation.
+    assert_eq!(until(1).await, 1);
+    handle.cancel();
+    assert!(handle.await.unwrap_err().is_cancelled());
+    // A worker that comes now finds nothing of them to run.
+    assert_eq!(until(0).await, 0, "the cancelled task is withdrawn");
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
