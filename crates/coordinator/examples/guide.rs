@@ -65,7 +65,7 @@ async fn watch_then_submit(publisher: &RequestCompletionPublisher, coordinator: 
     let done = publisher.listener(|m| m.request_id().is_some_and(|id| id.as_str() == "123"),
                                   |m| m.to_string());               // first match; subscribed now
 
-    let mut only_124 = publisher.subscribe_stream_where(Buffer::Bounded,  // only matches take room
+    let mut only_124 = publisher.subscribe_stream_where(Buffer::Bounded,  // filtered as it is read
         |m| m.request_id().is_some_and(|id| id.as_str() == "124"))?;
     publisher.subscribe_where(Buffer::Unbounded, |m| m.is_broadcast(),     // a node's events, all
         |event| if let Ok(event) = event { println!("{event}") })?;

@@ -2,15 +2,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::task::AtomicWaker;
 use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
-
-use crate::error::{Error, Kind, Missed};
 
 /// Subscriber and listener ids, unique in the process: an id of one publisher never names a
 /// subscriber of another.
@@ -90,12 +87,11 @@ pub(crate) struct Shared<M> {
     pub(crate) published: u64,
     /// Every bounded subscriber (a callback reads a stream of its own), with where it stops.
     pub(crate) stops: HashMap<u64, Arc<Stop>>,
-    /// Every subscriber with a queue of its own (unbounded, or filtered). Removing it ends the
-    /// stream once drained.
+    /// Every subscriber with a queue of its own (unbounded, and pending listeners). Removing it
+    /// ends the stream once drained.
     pub(crate) queues: HashMap<u64, Queue<M>>,
     /// Callback subscribers' threads, each closing its channel when it ends; awaited at shutdown.
     pub(crate) callbacks: HashMap<u64, oneshot::Receiver<()>>,
-    pub(crate) listeners: HashMap<u64, ListenerSlot<M>>,
     /// Each subscriber's `pubsub_subscriber_lag` gauge, and the messages sent since they were
     /// last set.
     #[cfg(feature = "metrics")]
@@ -108,7 +104,7 @@ const LAG_SAMPLE: u64 = 64;
 
 impl<M> Shared<M> {
     pub(crate) fn attached(&self) -> usize {
-        self.stops.len() + self.queues.len() + self.listeners.len()
+        self.stops.len() + self.queues.len()
     }
 
     /// How far behind each subscriber is, by id: see [`Publisher::lags`](crate::Publisher::lags).
@@ -149,85 +145,24 @@ impl<M> Shared<M> {
     }
 }
 
+/// Which messages a filtered subscriber or a listener takes. It runs on the subscriber's side,
+/// as it reads: never on the publishing thread.
 pub(crate) type Filter<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
 
-/// A subscriber's own queue: every message for an unbounded subscriber, the matching ones for a
-/// filtered subscriber.
+/// An unbounded subscriber's own queue: every message, in order.
 pub(crate) struct Queue<M> {
-    pub(crate) tx: mpsc::UnboundedSender<Result<M, Missed>>,
-    /// Which messages it takes; all when `None`.
-    pub(crate) filter: Option<Filter<M>>,
+    pub(crate) tx: mpsc::UnboundedSender<M>,
     /// Messages queued and not read yet; the reader takes one off for each it reads.
     pub(crate) unread: Arc<AtomicUsize>,
-    /// For a bounded queue: how much it may hold unread.
-    pub(crate) bound: Option<Bound>,
-}
-
-/// The limit of a bounded queue.
-pub(crate) struct Bound {
-    pub(crate) capacity: usize,
-    /// Matching messages dropped and not told yet, shared with the reader: told in their place,
-    /// before the next one queued, or by the reader once it has read everything queued.
-    pub(crate) missed: Arc<AtomicU64>,
 }
 
 impl<M: Clone> Queue<M> {
-    /// Queues `message` if it matches, or counts it missed when the queue is full. Runs under
-    /// the publisher's lock; a filter that panics is taken as not matching.
-    pub(crate) fn offer(&mut self, id: u64, message: &M) {
-        if let Some(filter) = &self.filter {
-            match catch_unwind(AssertUnwindSafe(|| filter(message))) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(payload) => {
-                    let reason = task_core::panic_message(payload.as_ref());
-                    tracing::warn!(subscriber = id, %reason, "subscriber filter panicked; message not delivered to it");
-                    return;
-                }
-            }
-        }
-        if let Some(bound) = &self.bound
-            && self.unread.load(Ordering::SeqCst) >= bound.capacity
-        {
-            bound.missed.fetch_add(1, Ordering::SeqCst);
-            // The reader may have emptied the queue meanwhile, and be waiting: tell it now.
-            if self.unread.load(Ordering::SeqCst) < bound.capacity {
-                self.tell_missed();
-            }
-            return;
-        }
+    /// Queues `message`. Runs under the publisher's lock.
+    pub(crate) fn offer(&self, message: &M) {
         self.unread.fetch_add(1, Ordering::SeqCst);
-        self.tell_missed();
         // An error only says the subscription is being dropped; it removes the queue.
-        let _ = self.tx.send(Ok(message.clone()));
+        let _ = self.tx.send(message.clone());
     }
-
-    /// Tells the reader how many messages it missed and was not told of yet, if any.
-    fn tell_missed(&self) {
-        if let Some(bound) = &self.bound {
-            let missed = bound.missed.swap(0, Ordering::SeqCst);
-            if missed > 0 {
-                let _ = self.tx.send(Err(Missed::new(missed)));
-            }
-        }
-    }
-}
-
-impl<M> Drop for Queue<M> {
-    fn drop(&mut self) {
-        // Unsubscribed or shut down: the reader still learns what it missed at the end.
-        if let Some(bound) = &self.bound {
-            let missed = bound.missed.swap(0, Ordering::SeqCst);
-            if missed > 0 {
-                let _ = self.tx.send(Err(Missed::new(missed)));
-            }
-        }
-    }
-}
-
-pub(crate) struct ListenerSlot<M> {
-    pub(crate) filter: Filter<M>,
-    pub(crate) tx: oneshot::Sender<Result<M, Error>>,
 }
 
 pub(crate) struct Inner<M> {
@@ -237,14 +172,14 @@ pub(crate) struct Inner<M> {
     pub(crate) state: AtomicUsize,
     /// Everything a publish, a subscribe and shutdown change. A publish writes every subscriber's
     /// buffer under it, so every subscriber sees one total order; it is never held across an
-    /// await, and no user code but listener filters runs under it.
+    /// await, and no user code runs under it.
     pub(crate) shared: Mutex<Shared<M>>,
 }
 
 impl<M> Inner<M> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Shared<M>> {
-        // A panic never happens while the lock is held (user code under it is caught), so a
-        // poisoned lock still holds consistent data.
+        // No user code runs under the lock, and nothing under it panics, so a poisoned lock still
+        // holds consistent data.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -261,30 +196,5 @@ impl<M> Inner<M> {
     /// Called under the lock after subscribers or listeners came or went.
     pub(crate) fn recount(&self, shared: &Shared<M>) {
         self.set_state(shared, self.phase());
-    }
-}
-
-/// Hands `message` to every listener whose filter takes it, and removes those listeners (a
-/// listener whose filter panicked gets the error). Runs under the publisher's lock.
-pub(crate) fn deliver_to_listeners<M: Clone>(
-    listeners: &mut HashMap<u64, ListenerSlot<M>>,
-    message: &M,
-) {
-    let mut fired = Vec::new();
-    for (&id, slot) in listeners.iter() {
-        match catch_unwind(AssertUnwindSafe(|| (slot.filter)(message))) {
-            Ok(true) => fired.push((id, Ok(()))),
-            Ok(false) => {}
-            Err(payload) => {
-                let reason = task_core::panic_message(payload.as_ref());
-                tracing::warn!(listener = id, %reason, "listener filter panicked; listener removed");
-                fired.push((id, Err(Error::new(Kind::FilterPanicked))));
-            }
-        }
-    }
-    for (id, result) in fired {
-        if let Some(slot) = listeners.remove(&id) {
-            let _ = slot.tx.send(result.map(|()| message.clone()));
-        }
     }
 }

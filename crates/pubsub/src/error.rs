@@ -119,7 +119,8 @@ impl std::error::Error for Error {}
 
 /// What a subscriber reads in place of the messages it missed: it fell a whole buffer behind, and
 /// the oldest messages it had not read were overwritten. [`count`](Self::count) says exactly how
-/// many; the subscriber goes on with the oldest message still buffered.
+/// many (for a filtered subscriber, how many of the bus's messages, matching or not); the
+/// subscriber goes on with the oldest message still buffered.
 ///
 /// Only a [bounded](crate::Buffer::Bounded) subscriber misses messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -5,14 +5,15 @@
 //! `tokio::sync::broadcast` channel), so a publish writes a message once however many of them
 //! there are. A subscriber that falls a whole ring behind has its oldest unread messages
 //! overwritten, and reads a [`Missed`] saying exactly how many, never a silent skip. An
-//! [unbounded](Buffer::Unbounded) subscriber has a queue of its own instead, and misses nothing.
-//! Both are written under the one lock that orders publishes, so every subscriber sees one total
-//! publish order.
+//! [unbounded](Buffer::Unbounded) subscriber (and a pending listener) has a queue of its own
+//! instead, and misses nothing. Both are written under the one lock that orders publishes, so
+//! every subscriber sees one total publish order. Filters run on the subscriber's side, as it
+//! reads: no code of a subscriber ever runs on the publishing thread.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,8 @@ use tokio::sync::broadcast::{self};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{
-    Bound, Buffer, Envelope, Filter, IDLE, Inner, ListenerSlot, PHASE_BITS, Queue, RUNNING,
-    SHUT_DOWN, Shared, Stop, SubscriberId, deliver_to_listeners, next_id,
+    Buffer, Envelope, IDLE, Inner, PHASE_BITS, Queue, RUNNING, SHUT_DOWN, Shared, Stop,
+    SubscriberId, next_id,
 };
 use crate::error::{Error, Kind, Missed, PublishError, Refusal};
 use crate::grace::wait_for_callbacks;
@@ -54,6 +55,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// - **Nobody listening costs nothing**: with no subscriber and no listener, a publish is one
 ///   atomic load; [`has_subscribers`](Self::has_subscribers) lets a caller skip building a
 ///   message nobody reads.
+/// - **Filters** (of filtered subscribers and listeners) run on the subscriber's side, as it
+///   reads: a slow filter delays only its own subscriber.
 /// - **Listeners** are subscribed when created, so they cannot miss a message published after
 ///   that, and unsubscribed when they resolve or are dropped.
 /// - **Shutdown** refuses later publishes (handing the message back), resolves pending listeners
@@ -108,8 +111,7 @@ impl<M> fmt::Debug for Publisher<M> {
         };
         f.debug_struct("Publisher")
             .field("phase", &phase)
-            .field("subscribers", &(shared.stops.len() + shared.queues.len()))
-            .field("listeners", &shared.listeners.len())
+            .field("subscribers", &shared.attached())
             .field("capacity", &self.inner.capacity)
             .finish()
     }
@@ -143,7 +145,6 @@ impl<M: Clone + Send + 'static> Publisher<M> {
                     stops: HashMap::new(),
                     queues: HashMap::new(),
                     callbacks: HashMap::new(),
-                    listeners: HashMap::new(),
                     #[cfg(feature = "metrics")]
                     lag_gauges: (HashMap::new(), 0),
                 }),
@@ -175,11 +176,11 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         self.inner.phase() == SHUT_DOWN
     }
 
-    /// How far behind each subscriber is, by id, in no particular order: the messages meant
-    /// for it (for a filtered one, the matching ones) not read yet. A ring subscriber more than
-    /// the capacity behind will be told it missed the oldest; a bounded queue's lag stops at the
-    /// capacity, as it drops what comes past it (counted as missed). A callback has read a
-    /// message once it was given it. Pending listeners are not listed. The dashboard's `/metrics`
+    /// How far behind each subscriber is, by id, in no particular order: the messages published
+    /// since it subscribed that it has not read yet (a filtered one reads every message, to
+    /// filter it). A bounded subscriber more than the capacity behind will be told it missed the
+    /// oldest. A callback has read a message once it was given it. A pending listener is listed
+    /// too, with the messages it has not looked at yet. The dashboard's `/metrics`
     /// serves it as `pubsub_subscriber_lag`; with the `metrics` feature, so does a gauge of that
     /// name for each subscriber, set once per 64 messages published.
     ///
@@ -247,15 +248,15 @@ impl<M: Clone + Send + 'static> Publisher<M> {
 
     /// Calls `callback`, as [`subscribe_with`](Self::subscribe_with) does, with the messages
     /// published from now on for which `filter` holds, and only those: a subscriber to a busy
-    /// bus that wants a few of its messages (one request's broadcast events, say) is not flooded
-    /// with the rest. A bounded one may fall the publisher's capacity of matching messages
-    /// behind; past that it misses the newest and is told how many, in their place.
+    /// bus that wants a few of its messages (one request's broadcast events, say) is not called
+    /// with the rest.
     ///
-    /// `filter` runs on the publishing thread, under the lock that orders publishes, as a
-    /// [`listener`](Self::listener)'s does, with the same rules: quick, never blocking, never
-    /// calling this publisher, nor anything that publishes to it (a coordinator started on it:
-    /// its `cancel`, `handle_item`, or a node's `broadcast`). A filter that panics is taken as
-    /// not matching (and logged).
+    /// `filter` runs on the subscriber's thread, on every message as it is read, never on the
+    /// publishing thread: a slow filter delays only this subscriber. Its buffer holds every
+    /// message until the filter has seen it, so a bounded one that falls a whole buffer behind
+    /// misses messages of the bus, matching or not, and is told how many (it cannot know how
+    /// many of them would have matched). A filter that panics is taken as not matching (and
+    /// logged).
     ///
     /// # Errors
     ///
@@ -349,20 +350,21 @@ impl<M: Clone + Send + 'static> Publisher<M> {
                     next_seq,
                 })
             }
-            Buffer::Unbounded => self.add_queue(&mut shared, id, None, false),
+            Buffer::Unbounded => Self::add_queue(&mut shared, id),
         };
         self.inner.recount(&shared);
         Ok(Subscription {
             id,
             source,
+            filter: None,
             inner: Arc::downgrade(&self.inner),
         })
     }
 
     /// A [`Stream`](futures::Stream) of the messages published from now on for which `filter`
     /// holds, in order, buffered as `buffer` says: the stream form of
-    /// [`subscribe_where`](Self::subscribe_where), with its rules for `filter`. Dropping it
-    /// unsubscribes.
+    /// [`subscribe_where`](Self::subscribe_where), whose `filter` runs as the stream is polled.
+    /// Dropping it unsubscribes.
     ///
     /// # Errors
     ///
@@ -396,45 +398,21 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     where
         P: Fn(&M) -> bool + Send + Sync + 'static,
     {
-        let id = next_id();
-        let mut shared = self.inner.lock();
-        if self.inner.phase() == SHUT_DOWN {
-            return Err(Error::new(Kind::ShutDown));
-        }
-        let bounded = buffer == Buffer::Bounded;
-        let source = self.add_queue(&mut shared, id, Some(Box::new(filter)), bounded);
-        self.inner.recount(&shared);
-        Ok(Subscription {
-            id,
-            source,
-            inner: Arc::downgrade(&self.inner),
-        })
+        let mut subscription = self.subscribe_stream_with(buffer)?;
+        subscription.filter = Some(Box::new(filter));
+        Ok(subscription)
     }
 
-    /// Adds a queue of its own for subscriber `id`, holding at most the publisher's capacity
-    /// unread when `bounded`.
-    fn add_queue(
-        &self,
-        shared: &mut Shared<M>,
-        id: u64,
-        filter: Option<Filter<M>>,
-        bounded: bool,
-    ) -> Source<M> {
+    /// Adds a queue of its own for subscriber `id`.
+    fn add_queue(shared: &mut Shared<M>, id: u64) -> Source<M> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let bound = bounded.then(|| Bound {
-            capacity: self.inner.capacity,
-            missed: Arc::new(AtomicU64::new(0)),
-        });
-        let missed = bound.as_ref().map(|b| Arc::clone(&b.missed));
         let unread = Arc::new(AtomicUsize::new(0));
         let queue = Queue {
             tx,
-            filter,
             unread: Arc::clone(&unread),
-            bound,
         };
         shared.queues.insert(id, queue);
-        Source::Queue { rx, unread, missed }
+        Source::Queue { rx, unread }
     }
 
     /// Removes a subscriber. Messages published before this call are still delivered to it;
@@ -462,43 +440,26 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// A future resolving to `mapping(m)` for the first message `m` published after this call for
     /// which `filter(&m)` holds.
     ///
-    /// The listener is subscribed now, before it is first polled, so it cannot miss its message;
-    /// it is unsubscribed when it resolves or is dropped.
+    /// The listener is subscribed now, before it is first polled, so it cannot miss its message:
+    /// until it resolves it queues every message published (its memory grows with them while it
+    /// is not polled), and it is unsubscribed when it resolves or is dropped.
     ///
-    /// `filter` runs on the publishing thread, inside [`publish`](Self::publish) and under the
-    /// lock that orders publishes, so that the listener gets the first match in publish order:
-    /// it must be quick, must not block, and must not call this publisher (publish, subscribe,
-    /// unsubscribe, make or drop a listener or subscription of it): that deadlocks. Every publish
-    /// waits for it.
+    /// `filter` runs as the listener is polled, on each message in publish order, never on the
+    /// publishing thread: a slow filter delays only this listener, and it may call this
+    /// publisher.
     ///
-    /// The future resolves to an error when the publisher shuts down first
-    /// ([`Error::is_shut_down`]) or `filter` panics ([`Error::is_filter_panic`]).
+    /// The future resolves to an error when the publisher shuts down before a message published
+    /// earlier matched ([`Error::is_shut_down`]), or `filter` panics
+    /// ([`Error::is_filter_panic`]).
     pub fn listener<T, F, G>(&self, filter: F, mapping: G) -> Listener<M, T>
     where
         F: Fn(&M) -> bool + Send + Sync + 'static,
         G: FnOnce(M) -> T + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let id = next_id();
-        let mut shared = self.inner.lock();
-        if self.inner.phase() == SHUT_DOWN {
-            let _ = tx.send(Err(Error::new(Kind::ShutDown)));
-        } else {
-            shared.listeners.insert(
-                id,
-                ListenerSlot {
-                    filter: Box::new(filter),
-                    tx,
-                },
-            );
-            self.inner.recount(&shared);
-        }
-        drop(shared);
         Listener {
-            id,
-            rx,
+            subscription: self.subscribe_stream_with(Buffer::Unbounded).ok(),
+            filter: Box::new(filter),
             mapping: Some(Box::new(mapping)),
-            inner: Arc::downgrade(&self.inner),
         }
     }
 
@@ -526,20 +487,10 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         Ok(())
     }
 
-    /// Writes the message for every subscriber and hands it to the matching listeners. Runs
-    /// under the lock.
+    /// Writes the message for every subscriber. Runs under the lock.
     fn send(&self, shared: &mut Shared<M>, message: M) {
-        if !shared.listeners.is_empty() {
-            let before = shared.listeners.len();
-            deliver_to_listeners(&mut shared.listeners, &message);
-            if shared.listeners.len() != before {
-                self.inner.recount(shared);
-            }
-        }
-        if !shared.queues.is_empty() {
-            for (&id, queue) in shared.queues.iter_mut() {
-                queue.offer(id, &message);
-            }
+        for queue in shared.queues.values() {
+            queue.offer(&message);
         }
         if !shared.stops.is_empty()
             && let Some(tx) = &shared.tx
@@ -558,8 +509,8 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         self.shutdown_with_grace(DEFAULT_SHUTDOWN_GRACE).await;
     }
 
-    /// Stops the publisher: refuses new publishes, resolves pending listeners with an error, lets
-    /// every subscriber drain the messages published before this call, and waits for callback
+    /// Stops the publisher: refuses new publishes, lets every subscriber (and pending listener)
+    /// drain the messages published before this call, and waits for callback
     /// subscribers to finish them, for at most `grace`. A callback still busy then is logged at
     /// `warn` and left to finish on its own thread; this returns. A `grace` too long to represent
     /// as a deadline ([`Duration::MAX`]) means no deadline.
@@ -570,22 +521,18 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     pub async fn shutdown_with_grace(&self, grace: Duration) {
         let deadline = Instant::now().checked_add(grace);
         let inner = &self.inner;
-        let (callbacks, listeners, tx, queues) = {
+        let (callbacks, tx, queues) = {
             let mut shared = inner.lock();
             // Nothing stays attached: each subscriber's stream ends once drained.
             shared.stops.clear();
             let taken = (
                 std::mem::take(&mut shared.callbacks),
-                std::mem::take(&mut shared.listeners),
                 shared.tx.take(),
                 std::mem::take(&mut shared.queues),
             );
             inner.set_state(&shared, SHUT_DOWN);
             taken
         };
-        for (_, slot) in listeners {
-            let _ = slot.tx.send(Err(Error::new(Kind::ShutDown)));
-        }
         // Dropping every sender closes the ring and the queues: subscribers read what is left,
         // then stop.
         drop(tx);

@@ -3,8 +3,9 @@
 
 use std::fmt;
 use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
@@ -13,10 +14,10 @@ use tokio::sync::broadcast::{
     self,
     error::{RecvError, TryRecvError},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::ReusableBoxFuture;
 
-use crate::bus::{Buffer, Envelope, Inner, Stop, SubscriberId};
+use crate::bus::{Buffer, Envelope, Filter, Inner, Stop, SubscriberId};
 use crate::error::{Error, Kind, Missed};
 
 pub(crate) type Received<M> = (
@@ -131,12 +132,18 @@ impl<M: Clone + Send + 'static> Ring<M> {
 pub(crate) enum Source<M> {
     Ring(Ring<M>),
     Queue {
-        rx: mpsc::UnboundedReceiver<Result<M, Missed>>,
+        rx: mpsc::UnboundedReceiver<M>,
         /// Messages queued and not read yet, shared with the publisher.
         unread: Arc<AtomicUsize>,
-        /// A bounded queue's count of missed messages not told yet, shared with the publisher.
-        missed: Option<Arc<AtomicU64>>,
     },
+}
+
+/// Whether `filter` takes `message`; a filter that panics does not (logged).
+fn takes<M>(filter: &Filter<M>, message: &M, id: u64) -> Result<bool, ()> {
+    catch_unwind(AssertUnwindSafe(|| filter(message))).map_err(|payload| {
+        let reason = task_core::panic_message(payload.as_ref());
+        tracing::warn!(subscriber = id, %reason, "subscriber filter panicked");
+    })
 }
 
 /// A stream of the messages published after it was created (every one, or those its filter
@@ -149,6 +156,8 @@ pub(crate) enum Source<M> {
 pub struct Subscription<M> {
     pub(crate) id: u64,
     pub(crate) source: Source<M>,
+    /// Which messages it yields (all when `None`), asked as it reads each one.
+    pub(crate) filter: Option<Filter<M>>,
     pub(crate) inner: Weak<Inner<M>>,
 }
 
@@ -171,7 +180,14 @@ impl<M: Clone + Send + 'static> Subscription<M> {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
-        let polled = self.poll_source(cx);
+        let polled = loop {
+            let polled = self.poll_source(cx);
+            match (&polled, &self.filter) {
+                (Poll::Ready(Some(Ok(message))), Some(filter))
+                    if takes(filter, message, self.id) != Ok(true) => {}
+                _ => break polled,
+            }
+        };
         #[cfg(feature = "metrics")]
         if let Poll::Ready(Some(Err(missed))) = &polled {
             metrics::counter!("pubsub_missed_messages_total", "subscriber" => self.id().to_string())
@@ -183,21 +199,12 @@ impl<M: Clone + Send + 'static> Subscription<M> {
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, Missed>>> {
         match &mut self.source {
             Source::Ring(ring) => ring.poll_item(self.id, cx),
-            Source::Queue { rx, unread, missed } => {
-                let polled = rx.poll_recv(cx);
-                if let Poll::Ready(Some(Ok(_))) = &polled {
+            Source::Queue { rx, unread } => {
+                let polled = std::task::ready!(rx.poll_recv(cx));
+                if polled.is_some() {
                     unread.fetch_sub(1, Ordering::SeqCst);
                 }
-                // Everything queued is read: messages dropped since are told now, not only
-                // when a later one matches (the last one may have been dropped).
-                let told_later = matches!(polled, Poll::Pending | Poll::Ready(None));
-                if let (true, Some(missed)) = (told_later, &missed) {
-                    let missed = missed.swap(0, Ordering::SeqCst);
-                    if missed > 0 {
-                        return Poll::Ready(Some(Err(Missed::new(missed))));
-                    }
-                }
-                polled
+                Poll::Ready(polled.map(Ok))
             }
         }
     }
@@ -230,14 +237,12 @@ impl<M> fmt::Debug for Subscription<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let buffer = match self.source {
             Source::Ring(_) => Buffer::Bounded,
-            Source::Queue {
-                missed: Some(_), ..
-            } => Buffer::Bounded,
-            Source::Queue { missed: None, .. } => Buffer::Unbounded,
+            Source::Queue { .. } => Buffer::Unbounded,
         };
         f.debug_struct("Subscription")
             .field("id", &self.id)
             .field("buffer", &buffer)
+            .field("filtered", &self.filter.is_some())
             .finish()
     }
 }
@@ -248,43 +253,47 @@ pub(crate) type Mapping<M, T> = Box<dyn FnOnce(M) -> T + Send>;
 ///
 /// Made by [`Publisher::listener`](crate::Publisher::listener).
 pub struct Listener<M, T> {
-    pub(crate) id: u64,
-    pub(crate) rx: oneshot::Receiver<Result<M, Error>>,
+    /// Its own queue of every message published since it was made; `None` when it was made
+    /// after shutdown.
+    pub(crate) subscription: Option<Subscription<M>>,
+    pub(crate) filter: Filter<M>,
     pub(crate) mapping: Option<Mapping<M, T>>,
-    pub(crate) inner: Weak<Inner<M>>,
 }
 
-impl<M, T> Future for Listener<M, T> {
+impl<M: Clone + Send + 'static, T> Future for Listener<M, T> {
     type Output = Result<T, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let delivered = match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(delivered)) => delivered,
-            // The slot was dropped without a send: only when the publisher itself is gone.
-            Poll::Ready(Err(_)) => Err(Error::new(Kind::ShutDown)),
-        };
-        let message = delivered?;
-        match self.mapping.take() {
-            Some(mapping) => Poll::Ready(Ok(mapping(message))),
-            None => Poll::Ready(Err(Error::new(Kind::ShutDown))),
-        }
-    }
-}
-
-impl<M, T> Drop for Listener<M, T> {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            let mut shared = inner.lock();
-            if shared.listeners.remove(&self.id).is_some() {
-                inner.recount(&shared);
+        let this = &mut *self;
+        let resolved = loop {
+            let Some(subscription) = this.subscription.as_mut() else {
+                break Err(Error::new(Kind::ShutDown));
+            };
+            let message = match std::task::ready!(subscription.poll_source(cx)) {
+                Some(Ok(message)) => message,
+                // An unbounded queue misses nothing.
+                Some(Err(_)) => continue,
+                None => break Err(Error::new(Kind::ShutDown)),
+            };
+            match takes(&this.filter, &message, subscription.id) {
+                Ok(true) => break Ok(message),
+                Ok(false) => {}
+                Err(()) => break Err(Error::new(Kind::FilterPanicked)),
             }
-        }
+        };
+        // Resolved: it unsubscribes now, not when dropped.
+        this.subscription = None;
+        let mapping = this.mapping.take();
+        Poll::Ready(resolved.and_then(|message| match mapping {
+            Some(mapping) => Ok(mapping(message)),
+            None => Err(Error::new(Kind::ShutDown)),
+        }))
     }
 }
 
 impl<M, T> fmt::Debug for Listener<M, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Listener").field("id", &self.id).finish()
+        let id = self.subscription.as_ref().map(|s| s.id);
+        f.debug_struct("Listener").field("id", &id).finish()
     }
 }
