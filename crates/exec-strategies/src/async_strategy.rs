@@ -24,7 +24,9 @@ use crate::tracker::Tracker;
 /// runtime, the strategy and every other task keep working. After
 /// [`shutdown`](TaskExecutionStrategy::shutdown) new tasks fail with
 /// [`TaskError::is_shutdown`]; shutdown waits up to its grace period for the tasks in flight and
-/// can be called any number of times.
+/// can be called any number of times. That wait is a tokio timer: with tasks in flight, await
+/// shutdown on a runtime with its time driver (`enable_time`), or it panics, as
+/// `tokio::time::timeout` does.
 ///
 /// # Examples
 ///

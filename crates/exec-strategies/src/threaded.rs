@@ -233,7 +233,9 @@ struct Inner {
 /// - A node that submits a child and waits for it never deadlocks the pool: a node waiting in
 ///   [`block_on`] runs its own children that no other thread has started (and nothing else).
 /// - Shutdown refuses new tasks ([`TaskError::is_shutdown`]), waits up to its grace period for the
-///   ones in flight, and is idempotent.
+///   ones in flight, and is idempotent. That wait is a tokio timer: with tasks in flight, await
+///   shutdown on a tokio runtime with its time driver (`enable_time`), or it panics, as
+///   `tokio::time::timeout` does; tasks themselves need no runtime.
 ///
 /// # Examples
 ///
