@@ -171,7 +171,7 @@ impl Coordinator {
             Admission::Accepted(Some(accepted)) => Ok(accepted),
             // Never: `admit` hands it over filled.
             Admission::Accepted(None) => Err(SubmitError::new(SubmitKind::ShutDown)),
-            Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode))),
+            Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode, None))),
         }
     }
 }

@@ -88,15 +88,16 @@ impl Coordinator {
             .count();
         let mut places = match (&entry.limit, top_level) {
             (Some(limit), n) if n > 0 => {
-                let n = u32::try_from(n)
-                    .map_err(|_| SubmitError::new(SubmitKind::Busy(mode.clone())))?;
+                let n = u32::try_from(n).map_err(|_| {
+                    SubmitError::new(SubmitKind::Busy(mode.clone(), Some(top_level)))
+                })?;
                 match Arc::clone(limit).try_acquire_many_owned(n) {
                     Ok(places) => Some(places),
                     Err(TryAcquireError::Closed) => {
                         return Err(SubmitError::new(SubmitKind::ShutDown));
                     }
                     Err(TryAcquireError::NoPermits) => {
-                        return Err(SubmitError::new(SubmitKind::Busy(mode)));
+                        return Err(SubmitError::new(SubmitKind::Busy(mode, Some(top_level))));
                     }
                 }
             }

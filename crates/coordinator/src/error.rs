@@ -27,7 +27,8 @@ pub(crate) enum SubmitKind {
     NotReplayable(RequestId),
     NoRuntime,
     PublisherClosed,
-    Busy(ExecutionMode),
+    /// The mode, and for a batch the places it needs at once.
+    Busy(ExecutionMode, Option<usize>),
     Failed(TaskError),
 }
 
@@ -84,7 +85,7 @@ impl SubmitError {
     /// The mode's concurrency limit was reached and the caller asked not to wait
     /// ([`Coordinator::try_spawn`](crate::Coordinator::try_spawn)).
     pub fn is_busy(&self) -> bool {
-        matches!(self.kind, SubmitKind::Busy(_))
+        matches!(self.kind, SubmitKind::Busy(..))
     }
 
     /// The request was accepted and ran past its deadline
@@ -145,9 +146,14 @@ impl fmt::Display for SubmitError {
                 "the coordinator's publisher is not running (shut it down after the \
                      coordinator, not before)",
             ),
-            SubmitKind::Busy(mode) => {
+            SubmitKind::Busy(mode, None) => {
                 write!(f, "mode `{mode}` is at its concurrency limit")
             }
+            SubmitKind::Busy(mode, Some(places)) => write!(
+                f,
+                "mode `{mode}` has not {places} places free at once under its concurrency limit \
+                 for this batch (a batch larger than the limit never has: submit it in parts)"
+            ),
             SubmitKind::Failed(e) => fmt::Display::fmt(e, f),
         }
     }

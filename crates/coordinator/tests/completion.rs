@@ -118,6 +118,10 @@ async fn a_launched_task_whose_completion_is_dropped_fails_instead_of_hanging() 
         .await
         .unwrap_err();
     assert!(error.task_error().unwrap().is_strategy_error(), "{error}");
+    assert!(
+        error.to_string().contains("the strategy panicked"),
+        "{error}"
+    );
 
     coordinator.shutdown().await;
     panics.shutdown().await;

@@ -487,6 +487,12 @@ async fn a_batch_with_a_repeated_or_open_id_is_rejected_whole_with_nothing_recor
         .submit_many(three, ExecutionMode::ASYNC, SubmitOptions::new())
         .unwrap_err();
     assert!(error.is_busy(), "{error}");
+    // It says why waiting would not help.
+    let said = error.to_string();
+    assert!(
+        said.contains("3 places") && said.contains("in parts"),
+        "{said}"
+    );
     assert!(limited.with_state(|s| s.is_empty()));
     let two = ["l1", "l2"].map(|id| value_task(id, 1));
     let outputs = limited

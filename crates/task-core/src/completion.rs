@@ -146,9 +146,14 @@ impl Drop for Completion {
     fn drop(&mut self) {
         // A cancelled request has its outcome already: nothing to deliver.
         if let Some(sink) = self.sink.take().filter(|sink| !sink.is_cancelled()) {
-            sink.complete(Err(TaskError::strategy(
-                "the strategy dropped the task without an outcome",
-            )));
+            // Dropped while unwinding: the strategy (or whatever held the run) panicked.
+            let why = if std::thread::panicking() {
+                "the strategy panicked before the task's outcome was delivered (its panic \
+                 message went to the panic hook)"
+            } else {
+                "the strategy dropped the task without an outcome"
+            };
+            sink.complete(Err(TaskError::strategy(why)));
         }
     }
 }
