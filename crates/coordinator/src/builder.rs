@@ -68,8 +68,9 @@ impl CoordinatorBuilder {
         )
     }
 
-    /// Keeps at most `limit` top-level requests of `mode` (a mode registered with a strategy)
-    /// open at once (at least 1). A place is freed when its request ends: a blocking node whose
+    /// Keeps at most `limit` top-level requests of `mode` open at once (0 is read as 1). `mode`
+    /// must be registered with a strategy: [`Coordinator::start`] refuses a limit of any other
+    /// ([`StartError::is_unknown_mode`](crate::StartError::is_unknown_mode)). A place is freed when its request ends: a blocking node whose
     /// request timed out or was cancelled may still be finishing on its thread then (a
     /// strategy's own limit, such as the threaded `max_in_flight`, counts running nodes).
     /// Beyond it
@@ -105,6 +106,13 @@ impl CoordinatorBuilder {
     /// The coordinator. It takes no tasks until [`Coordinator::start`] gives it a publisher.
     pub fn build(self) -> Coordinator {
         let limits = self.limits;
+        // A limit of a mode no strategy serves would limit nothing: `start` refuses it.
+        let stray_limit = limits.keys().find(|mode| !self.modes.contains_key(*mode));
+        let stray_limit = stray_limit.map(|mode| {
+            let mut known: Vec<ExecutionMode> = self.modes.keys().cloned().collect();
+            known.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            (mode.clone(), known)
+        });
         let modes: Vec<Mode> = self
             .modes
             .into_iter()
@@ -118,12 +126,14 @@ impl CoordinatorBuilder {
                 counters: ModeCounters::default(),
             })
             .collect();
+        let mut inner = Inner::new(
+            modes,
+            self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            self.retention,
+        );
+        inner.stray_limit = stray_limit;
         Coordinator {
-            inner: Arc::new(Inner::new(
-                modes,
-                self.grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-                self.retention,
-            )),
+            inner: Arc::new(inner),
         }
     }
 }

@@ -79,8 +79,13 @@ impl Coordinator {
     ///
     /// # Errors
     ///
-    /// When already started, or when the publisher is not started or is shut down.
+    /// When already started, when the publisher is not started or is shut down, or when the
+    /// builder set a limit for a mode no strategy serves ([`StartError::is_unknown_mode`]).
     pub fn start(&self, publisher: &RequestCompletionPublisher) -> Result<(), StartError> {
+        if let Some((mode, known)) = &self.inner.stray_limit {
+            let kind = StartKind::LimitOfUnknownMode(mode.clone(), known.clone());
+            return Err(StartError::new(kind));
+        }
         if publisher.is_shut_down() {
             return Err(StartError::new(StartKind::PublisherShutDown));
         }

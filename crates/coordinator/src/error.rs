@@ -187,6 +187,8 @@ pub(crate) enum StartKind {
     AlreadyStarted,
     PublisherNotStarted,
     PublisherShutDown,
+    /// A limit was set for a mode no strategy serves; the modes registered.
+    LimitOfUnknownMode(ExecutionMode, Vec<ExecutionMode>),
 }
 
 impl StartError {
@@ -209,6 +211,12 @@ impl StartError {
     pub fn is_publisher_shut_down(&self) -> bool {
         matches!(self.kind, StartKind::PublisherShutDown)
     }
+
+    /// A limit was set ([`CoordinatorBuilder::limit`](crate::CoordinatorBuilder::limit)) for a
+    /// mode no strategy was registered under (a misspelt mode, say): it would limit nothing.
+    pub fn is_unknown_mode(&self) -> bool {
+        matches!(self.kind, StartKind::LimitOfUnknownMode(..))
+    }
 }
 
 impl fmt::Display for StartError {
@@ -219,6 +227,14 @@ impl fmt::Display for StartError {
                 f.write_str("the publisher is not started: call its start() first")
             }
             StartKind::PublisherShutDown => f.write_str("the publisher is shut down"),
+            StartKind::LimitOfUnknownMode(mode, known) => {
+                let known: Vec<&str> = known.iter().map(ExecutionMode::as_str).collect();
+                write!(
+                    f,
+                    "a limit is set for mode `{mode}`, which no strategy serves (registered: {})",
+                    known.join(", ")
+                )
+            }
         }
     }
 }

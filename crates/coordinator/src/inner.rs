@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     /// Observers following the openings ([`Coordinator::follow_openings`](crate::Coordinator::follow_openings)):
     /// announced while there is one, whatever the user asked.
     pub(crate) openings_followers: AtomicUsize,
+    /// A limit set for a mode no strategy serves, and the modes registered: `start` refuses it.
+    pub(crate) stray_limit: Option<(ExecutionMode, Vec<ExecutionMode>)>,
 }
 
 impl Inner {
@@ -88,6 +90,7 @@ impl Inner {
             drained: Notify::new(),
             openings: AtomicBool::new(false),
             openings_followers: AtomicUsize::new(0),
+            stray_limit: None,
         }
     }
 

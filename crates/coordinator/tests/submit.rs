@@ -238,6 +238,19 @@ async fn submit_before_start_and_after_shutdown_is_rejected() {
         .unwrap_err();
     assert!(err.is_shut_down());
     assert!(coordinator.with_state(|s| s.is_empty()));
+
+    // A limit of a mode no strategy serves (misspelt) would limit nothing: refused at start.
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let misspelt = Coordinator::builder()
+        .with_async()
+        .limit("asyncc", 3)
+        .build();
+    let err = misspelt.start(&publisher).unwrap_err();
+    assert!(err.is_unknown_mode(), "{err}");
+    assert!(err.to_string().contains("`asyncc`"), "{err}");
+    assert!(err.to_string().contains("registered: async"), "{err}");
+    publisher.shutdown().await;
 }
 
 #[tokio::test]

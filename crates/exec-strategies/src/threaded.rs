@@ -141,7 +141,8 @@ pub struct ThreadedBuilder {
 }
 
 impl ThreadedBuilder {
-    /// How many threads the strategy's own pool has (default: the machine's cores).
+    /// How many threads the strategy's own pool has (default: the machine's cores; 0 is read as
+    /// 1).
     #[must_use]
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
@@ -164,7 +165,7 @@ impl ThreadedBuilder {
     }
 
     /// At most `limit` top-level tasks (tasks without a parent node) run in the pool at once
-    /// (default: no limit); the others wait in order, holding no thread. A place is freed when
+    /// (default: no limit; 0 is read as 1); the others wait in order, holding no thread. A place is freed when
     /// its node has stopped, not when its caller stops waiting (a timeout or a cancellation), so
     /// the limit holds however requests end; a task cancelled while it waits never starts. Child
     /// tasks submitted from inside a running node are not counted: their parents already hold
