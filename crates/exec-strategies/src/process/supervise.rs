@@ -199,7 +199,14 @@ impl Shared {
             let Some(reply) = pending.reply.take() else {
                 continue;
             };
-            let what = format!("worker {pid} {status} ({reason})");
+            // A death is said by its status alone; why the pool ended it, or how it broke the
+            // protocol, is said after it.
+            let what = match ended {
+                Ended::Died(_) => format!("worker {pid} {status}"),
+                Ended::Killed(_) | Ended::BrokeProtocol(_) => {
+                    format!("worker {pid} {status} ({reason})")
+                }
+            };
             if !pending.started && !matches!(ended, Ended::BrokeProtocol(_)) {
                 let explained = running > 0 || matches!(ended, Ended::Killed(_));
                 let _ = reply.send(Reply::NotStarted { explained });
