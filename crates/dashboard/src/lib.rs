@@ -185,7 +185,15 @@ impl DashboardBuilder {
                 "the dashboard's token is empty: give a token, or none",
             ));
         }
-        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|e| {
+                let addr = self.addr;
+                std::io::Error::new(
+                    e.kind(),
+                    format!("the dashboard cannot listen on {addr}: {e}"),
+                )
+            })?;
         let addr = listener.local_addr()?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let (page_feed, _) = broadcast::channel(FEED_CAPACITY);

@@ -361,6 +361,19 @@ async fn a_token_is_required_once_set() {
         .await
         .unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+    // An address in use (another dashboard's) is named in the error.
+    let taken = dashboard.local_addr();
+    let refused = Dashboard::builder(&coordinator, &publisher)
+        .bind(taken)
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse);
+    let said = refused.to_string();
+    assert!(
+        said.contains(&format!("the dashboard cannot listen on {taken}")),
+        "{said}"
+    );
     dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
