@@ -233,7 +233,8 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     ///
     /// The thread ends after [`unsubscribe`](Self::unsubscribe) or shutdown, once the callback has
     /// been given what was published before; [`shutdown`](Self::shutdown) waits for it, within a
-    /// grace.
+    /// grace. A callback that never returns keeps its thread for the life of the process (no
+    /// thread can be stopped from outside); shutdown stops waiting for it after the grace.
     ///
     /// # Errors
     ///
