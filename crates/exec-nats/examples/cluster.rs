@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The server is `nats://127.0.0.1:4222` unless `--url` or `$EXEC_NATS_URL` says otherwise
-//! (several servers separated by commas); `--user`/`--password` (or `$NATS_USER` and
+//! (several servers separated by commas); `--stream` and `--prefix` (default `EXEC_TASKS` and
+//! `exec`) keep a run apart from others on a shared server; `--user`/`--password` (or `$NATS_USER` and
 //! `$NATS_PASSWORD`), `--token` (or `$NATS_TOKEN`) and `--tls` give credentials and require TLS,
 //! for a real cluster.
 
@@ -27,6 +28,8 @@ struct Args {
     command: String,
     tasks: u64,
     url: String,
+    stream: String,
+    prefix: String,
     user: Option<String>,
     password: Option<String>,
     token: Option<String>,
@@ -35,7 +38,8 @@ struct Args {
 
 /// What `--help` prints.
 const USAGE: &str = "usage: cluster [work | submit [N] | both [N]] [--url URL] \
-                     [--user U --password P | --token T] [--tls]\n\
+                     [--stream NAME] [--prefix PREFIX] [--user U --password P | --token T] \
+                     [--tls]\n\
                      (no command: both, with 5 tasks; `submit` needs a worker running: \
                      `cluster work` in another terminal)";
 
@@ -45,6 +49,8 @@ impl Args {
             command: "both".into(),
             tasks: 5,
             url: exec_nats::default_url(),
+            stream: "EXEC_TASKS".into(),
+            prefix: "exec".into(),
             user: std::env::var("NATS_USER").ok(),
             password: std::env::var("NATS_PASSWORD").ok(),
             token: std::env::var("NATS_TOKEN").ok(),
@@ -60,6 +66,8 @@ impl Args {
                     std::process::exit(0);
                 }
                 "--url" => args.url = value("--url")?,
+                "--stream" => args.stream = value("--stream")?,
+                "--prefix" => args.prefix = value("--prefix")?,
                 "--user" => args.user = Some(value("--user")?),
                 "--password" => args.password = Some(value("--password")?),
                 "--token" => args.token = Some(value("--token")?),
@@ -99,7 +107,8 @@ async fn submit(args: &Args) -> Fallible {
   let nats = NatsStrategy::builder()
       .url(&args.url)                    // nats://127.0.0.1:4222 unless told otherwise
       .connect_options(connect_options(args))
-      .stream("EXEC_TASKS")
+      .stream(&args.stream)              // EXEC_TASKS, and the workers' too
+      .prefix(&args.prefix)              // exec: subjects exec.run.<mode>, exec.done.<client>
       .mode("gpu")                       // tasks go to exec.run.gpu
       .start()
       .await?;
@@ -134,6 +143,8 @@ async fn work(args: &Args, stop: impl Future<Output = ()>) -> Fallible {
   NatsWorker::builder(registry())
       .url(&args.url)
       .connect_options(connect_options(args))
+      .stream(&args.stream)              // the same stream and prefix as the submitting side
+      .prefix(&args.prefix)
       .mode("gpu")
       .concurrency(8)                    // tasks at once in this process
       .ack_wait(Duration::from_secs(30)) // redelivery after this long without an ack
