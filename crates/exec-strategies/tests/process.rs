@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exec_strategies::process::wire::{self, FromWorker, PROTOCOL_VERSION, ToWorker};
@@ -829,6 +830,37 @@ fn shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process() {
         }
         s.shutdown(Duration::from_secs(1)).await;
     });
+    // Shut down again, with nothing running: nothing to warn of (the supervisor's runtime,
+    // which the wait ran on, is gone).
+    let log = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let writer = {
+        let log = Arc::clone(&log);
+        move || Captured(Arc::clone(&log))
+    };
+    let subscriber = tracing_subscriber::fmt().with_writer(writer).finish();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime().block_on(async {
+            let s = pool(1).await;
+            s.shutdown(Duration::from_secs(1)).await;
+            s.shutdown(Duration::from_secs(1)).await;
+        });
+    });
+    let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    assert!(!log.contains("grace period over"), "{log}");
+}
+
+/// Where a test's log goes.
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The pool's grace and kill timers run on its supervisor's runtime: shut down from a runtime

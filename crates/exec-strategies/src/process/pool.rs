@@ -120,7 +120,11 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
             let drained = shared
                 .runtime
                 .spawn(async move { draining.tracker.drain(grace).await });
-            if !drained.await.unwrap_or(false) {
+            // The supervisor's runtime is gone after a first shutdown: nothing runs then.
+            let drained = drained
+                .await
+                .unwrap_or_else(|_| shared.tracker.in_flight() == 0);
+            if !drained {
                 tracing::warn!(
                     in_flight = shared.tracker.in_flight(),
                     "process strategy: grace period over with tasks still running; killing workers"
