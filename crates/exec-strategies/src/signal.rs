@@ -1,13 +1,14 @@
-//! [`Signal`]: the epoch counter and condition variable that a thread waiting in
-//! [`block_on`](crate::block_on) sleeps on.
+//! [`Signal`]: the epoch counter and condition variable that threads waiting in
+//! [`block_on`](crate::block_on) sleep on.
 
 use std::sync::Arc;
 use std::task::Wake;
 
 use crate::sync::{AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, fence};
 
-/// Wakes a thread that waits in [`block_on`](crate::block_on) for its future: the future's
-/// waker bumps it, and the thread re-polls.
+/// Wakes threads of one pool that wait in [`block_on`]: bumped when one of their futures is
+/// woken and when new work is given to the pool, so a waiting thread either runs that work or
+/// re-polls its future.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     epoch: AtomicU64,

@@ -6,7 +6,6 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -14,45 +13,28 @@ use std::time::Duration;
 use crate::signal::Signal;
 use crate::tracker::OwnedAdmission;
 use crate::tracker::Tracker;
-use rayon::{ThreadPool, ThreadPoolBuilder};
+use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
 use task_core::{
     BoxFuture, Completion, ErasedTask, NodeId, Outcome, StrategyStats, TaskBody, TaskError,
     TaskExecutionStrategy,
 };
 
 thread_local! {
-    /// The node a threaded strategy runs on this thread, if any (the innermost, when a waiting
-    /// node runs one of its children).
-    static FRAME: RefCell<Option<Rc<Frame>>> = const { RefCell::new(None) };
-}
-
-/// A node running on a pool thread, with the children it submitted from this thread that no
-/// thread has started yet: while it waits in [`block_on`], it runs them itself.
-struct Frame {
-    /// The strategy running the node, by its address.
-    strategy: usize,
-    node: NodeId,
-    children: RefCell<VecDeque<Arc<Claim>>>,
-}
-
-/// A child job queued on the pool and in its parent's [`Frame`]: whichever takes it first, a
-/// pool thread or its waiting parent, runs it.
-struct Claim(Mutex<Option<PoolJob>>);
-
-impl Claim {
-    fn take(&self) -> Option<PoolJob> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
+    /// Set while a threaded strategy runs a task on this thread: the pool's signal.
+    static POOL_SIGNAL: RefCell<Option<Arc<Signal>>> = const { RefCell::new(None) };
 }
 
 /// Runs `future` to completion on the current thread and returns its output.
 ///
-/// In a node of a [`ThreadedExecutionStrategy`], while the future waits, the thread runs the
-/// children this node submitted to the same strategy that no other thread has started, so a
-/// node that submits children and waits for them cannot deadlock the pool, however deep or wide
-/// the nesting and however small the pool. It runs nothing else: a task that does not belong to
-/// the waiting node never runs on top of it (it could wait for that node, which could not go on
-/// beneath it). Elsewhere it simply parks the thread between wake-ups.
+/// On a thread of a [`ThreadedExecutionStrategy`]'s pool, while the future waits it runs other
+/// work queued on the pool (such as the child task it waits for), so a node that submits a child
+/// and waits for it cannot deadlock the pool, however deep or wide the nesting and however small
+/// the pool, wherever the child was submitted from. Elsewhere it simply parks the thread between
+/// wake-ups.
+///
+/// The work it runs meanwhile runs on top of the waiting node, as in rayon's own joins: a task
+/// that would wait (on a channel, a lock, or `block_on`) for the node beneath it deadlocks both.
+/// Tasks of one pool may wait for their children, not for each other.
 ///
 /// Use it in a blocking node that must wait for an async result, for example a child submitted
 /// through a coordinator.
@@ -64,52 +46,54 @@ impl Claim {
 /// assert_eq!(answer, 42);
 /// ```
 pub fn block_on<F: Future>(future: F) -> F::Output {
-    match FRAME.with(|frame| frame.borrow().clone()) {
-        Some(frame) => helping_block_on(future, &frame),
+    match POOL_SIGNAL.with(|s| s.borrow().clone()) {
+        Some(signal) => helping_block_on(future, &signal),
         None => futures::executor::block_on(future),
     }
 }
 
-fn helping_block_on<F: Future>(future: F, frame: &Frame) -> F::Output {
+fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
     let mut future = pin!(future);
-    let signal = Arc::new(Signal::default());
-    let waker = Waker::from(Arc::clone(&signal));
+    let waker = Waker::from(Arc::clone(signal));
     let mut cx = Context::from_waker(&waker);
     loop {
         let seen = signal.epoch();
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return output;
         }
-        // Pending: run a child of this node that no thread has started, else sleep until woken.
-        let child = frame.children.borrow_mut().pop_front();
-        match child {
-            Some(claim) => {
-                if let Some(job) = claim.take() {
-                    job.run();
+        // Pending: help the pool until something happens (our waker fired or work arrived).
+        loop {
+            if signal.epoch() != seen {
+                break;
+            }
+            match rayon::yield_now() {
+                Some(Yield::Executed) => continue,
+                _ => {
+                    signal.sleep_unless_moved(seen);
+                    break;
                 }
             }
-            None => signal.sleep_unless_moved(seen),
         }
     }
 }
 
-/// Marks this thread as running `frame`'s node, restoring the previous frame (that of the
-/// parent this node runs on top of) when dropped.
-struct FrameScope {
-    previous: Option<Rc<Frame>>,
+/// Marks this thread as running a task of the pool with `signal`, restoring the previous marking
+/// (for tasks run nested inside a waiting task) when dropped.
+struct PoolScope {
+    previous: Option<Arc<Signal>>,
 }
 
-impl FrameScope {
-    fn enter(frame: Frame) -> Self {
-        let previous = FRAME.with(|f| f.replace(Some(Rc::new(frame))));
+impl PoolScope {
+    fn enter(signal: &Arc<Signal>) -> Self {
+        let previous = POOL_SIGNAL.with(|s| s.replace(Some(Arc::clone(signal))));
         Self { previous }
     }
 }
 
-impl Drop for FrameScope {
+impl Drop for PoolScope {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        FRAME.with(|f| *f.borrow_mut() = previous);
+        POOL_SIGNAL.with(|s| *s.borrow_mut() = previous);
     }
 }
 
@@ -209,6 +193,7 @@ impl ThreadedBuilder {
                     max,
                     state: Mutex::default(),
                 }),
+                signal: Arc::new(Signal::default()),
             }),
         })
     }
@@ -218,6 +203,7 @@ struct Inner {
     pool: Arc<ThreadPool>,
     tracker: Arc<Tracker>,
     limit: Option<Limit>,
+    signal: Arc<Signal>,
 }
 
 /// Runs tasks on a rayon thread pool: the strategy for CPU-bound work.
@@ -231,8 +217,9 @@ struct Inner {
 ///   survives and rayon's abort-on-panic is never reached.
 /// - [`ThreadedBuilder::max_in_flight`] bounds the top-level tasks running in the pool; beyond it
 ///   they wait in order.
-/// - A node that submits a child and waits for it never deadlocks the pool: a node waiting in
-///   [`block_on`] runs its own children that no other thread has started (and nothing else).
+/// - A node that submits a child and waits for it never deadlocks the pool: a waiting pool thread
+///   runs queued work, including the child. So tasks of one pool must not otherwise wait for each
+///   other (see [`block_on`]).
 /// - Shutdown refuses new tasks ([`TaskError::is_shutdown`]), waits up to its grace period for the
 ///   ones in flight, and is idempotent. That wait is a tokio timer: with tasks in flight, await
 ///   shutdown on a tokio runtime with its time driver (`enable_time`), or it panics, as
@@ -309,32 +296,25 @@ struct PoolJob {
     completion: Completion,
     admission: OwnedAdmission,
     runtime: Option<tokio::runtime::Handle>,
-    /// The strategy running it, by its address: the frame it runs in names it.
-    strategy: usize,
 }
 
 impl PoolJob {
     /// Runs the node on this pool thread and delivers its outcome from here; a job cancelled
     /// while it waited never starts.
-    fn run(self) {
+    fn run(self, signal: &Arc<Signal>) {
         let PoolJob {
             node_id,
             body,
             completion,
             admission,
             runtime,
-            strategy,
         } = self;
         if completion.is_cancelled() {
             // It already has its outcome.
             return;
         }
         let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
-        let _frame = FrameScope::enter(Frame {
-            strategy,
-            node: node_id.clone(),
-            children: RefCell::default(),
-        });
+        let _pool = PoolScope::enter(signal);
         let _node = task_core::context::enter_node(node_id);
         let outcome = completion.in_scope(|| run_on_pool_thread(body));
         // Counted out before the caller hears: what it reads of the stats then is current.
@@ -435,37 +415,14 @@ impl Inner {
         let place = placed.then(|| Place {
             inner: Arc::clone(self),
         });
+        let signal = Arc::clone(&self.signal);
         // Dropped unrun (the pool went away), the completion delivers a failure.
         self.pool.spawn(move || {
-            job.run();
+            job.run(&signal);
             drop(place);
         });
-    }
-
-    /// Hands a child job to the pool and to its parent, when the parent is the node this
-    /// strategy runs on the calling thread: it runs wherever it is taken first. `None` when it
-    /// went to the pool alone.
-    fn spawn_child(self: &Arc<Self>, job: PoolJob, parent: &NodeId) -> Option<PoolJob> {
-        let frame = FRAME.with(|frame| frame.borrow().clone());
-        let ours = |f: &Rc<Frame>| f.strategy == job.strategy && f.node == *parent;
-        let Some(frame) = frame.filter(ours) else {
-            return Some(job);
-        };
-        let claim = Arc::new(Claim(Mutex::new(Some(job))));
-        let mut children = frame.children.borrow_mut();
-        // Those the pool has run (its copy is gone) go first: the queue holds only children
-        // that may still be waiting.
-        while children.front().is_some_and(|c| Arc::strong_count(c) == 1) {
-            children.pop_front();
-        }
-        children.push_back(Arc::clone(&claim));
-        drop(children);
-        self.pool.spawn(move || {
-            if let Some(job) = claim.take() {
-                job.run();
-            }
-        });
-        None
+        // Threads waiting in `block_on` may run the new work.
+        self.signal.bump();
     }
 }
 
@@ -477,6 +434,7 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
         };
         // Children do not take a place: their parents hold one, and making them wait for it
         // could deadlock.
+        let limited = inner.limit.is_some() && task.info().parent_id().is_none();
         let (info, body) = task.into_parts();
         let job = PoolJob {
             node_id: info.node_id().clone(),
@@ -484,16 +442,7 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
             completion,
             admission,
             runtime: tokio::runtime::Handle::try_current().ok(),
-            strategy: Arc::as_ptr(inner) as usize,
         };
-        let job = match info.parent_id() {
-            Some(parent) => match inner.spawn_child(job, parent) {
-                Some(job) => job,
-                None => return,
-            },
-            None => job,
-        };
-        let limited = inner.limit.is_some() && info.parent_id().is_none();
         drop(info);
         let Some(limit) = inner.limit.as_ref().filter(|_| limited) else {
             return inner.spawn(job, false);
