@@ -122,3 +122,47 @@ async fn several_top_level_trees_at_once_beyond_the_in_flight_limit() {
     assert_eq!(sizes, vec![13; 6]);
     assert_eq!(coordinator.counts().closed, 6 * 13);
 }
+
+/// A child's next attempt is submitted from a timer task, not from its parent's thread: the
+/// parent, waiting on the pool's one thread, still runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_child_of_a_parent_waiting_on_a_one_thread_pool_completes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap();
+    let coordinator = Coordinator::builder()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let tries = Arc::new(AtomicU32::new(0));
+    let c = coordinator.clone();
+    let parent = Task::blocking("parent", "parent", move || {
+        let child = Task::replayable_blocking("child", "child", move || {
+            if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err::<u32, BoxError>("transient".into())
+            } else {
+                Ok(7)
+            }
+        });
+        let retry = coordinator::RetryPolicy::new(3)
+            .backoff(Duration::from_millis(1), Duration::from_millis(1));
+        let options = coordinator::SubmitOptions::new().retry(retry);
+        block_on(c.submit_with(child, "threaded", options)).map_err(BoxError::from)
+    });
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        coordinator.submit(parent, "threaded"),
+    )
+    .await
+    .expect("the parent ends: its child's second attempt ran");
+    assert_eq!(answer.unwrap(), 7);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
