@@ -60,9 +60,29 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
 pub struct Coordinator {
     pub(crate) inner: Arc<Inner>,
+}
+
+impl Clone for Coordinator {
+    fn clone(&self) -> Self {
+        self.inner.handles.fetch_add(1, Ordering::Relaxed);
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// The last handle dropped without [`Coordinator::shutdown`] ends every request still open:
+/// failed, each announced, its caller answered, its run told to stop. Counted apart from the
+/// coordinator's own references (a request's completion holds one a moment), so this runs while
+/// the coordinator is whole, whoever lets it go last.
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if self.inner.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.end_open_requests();
+        }
+    }
 }
 
 impl Coordinator {

@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     /// Observers following the openings ([`Coordinator::follow_openings`](crate::Coordinator::follow_openings)):
     /// announced while there is one, whatever the user asked.
     pub(crate) openings_followers: AtomicUsize,
+    /// The application's handles ([`Coordinator`](crate::Coordinator)s); their last one's drop
+    /// ends what is still open.
+    pub(crate) handles: AtomicUsize,
     /// A limit set for a mode no strategy serves, and the modes registered: `start` refuses it.
     pub(crate) stray_limit: Option<(ExecutionMode, Vec<ExecutionMode>)>,
 }
@@ -91,6 +94,7 @@ impl Inner {
             openings: AtomicBool::new(false),
             openings_followers: AtomicUsize::new(0),
             stray_limit: None,
+            handles: AtomicUsize::new(1),
         }
     }
 
@@ -189,13 +193,21 @@ impl Inner {
     }
 }
 
-/// The last handle went without `shutdown`: every request still open ends now, failed, its
-/// caller answered and the bus told, so each still has its one terminal message. Their runs are
-/// told to stop; the strategies are dropped next.
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let table = self.table.get_mut().unwrap_or_else(|p| p.into_inner());
-        let open: Vec<Arc<RequestCell>> = table
+/// Why a request ends when its coordinator's last handle went without `shutdown`.
+fn dropped_while_open() -> TaskError {
+    TaskError::strategy(
+        "the coordinator was dropped (its last handle, without shutdown) while the request was open",
+    )
+}
+
+impl Inner {
+    /// The last handle is going without `shutdown`, the coordinator still whole: every request
+    /// still open ends now, failed, as any request ends (its job closed, its message published,
+    /// its caller answered, its run and children stopped). An outcome racing this ends its
+    /// request first, just as well. Nothing can open a request afterwards: that takes a handle.
+    pub(crate) fn end_open_requests(&self) {
+        let open: Vec<Arc<RequestCell>> = self
+            .table()
             .attachments()
             .map(|(_, open)| Arc::clone(&open.cell))
             .collect();
@@ -206,17 +218,8 @@ impl Drop for Inner {
             open = open.len(),
             "coordinator dropped without shutdown; its open requests end failed"
         );
-        let error = TaskError::strategy(
-            "the coordinator was dropped (its last handle, without shutdown) while the request was open",
-        );
-        let publisher = self.started.get().map(|started| &started.publisher);
         for cell in open {
-            if let Some(info) = cell.abandon(&error)
-                && let Some(publisher) = publisher.filter(|p| p.has_subscribers())
-                && let Err(refused) = publisher.publish(message_of(info, Err(error.clone())))
-            {
-                tracing::trace!(%refused, "outcome not announced");
-            }
+            cell.stop(Err(dropped_while_open()), true);
         }
     }
 }

@@ -310,20 +310,6 @@ impl RequestCell {
         self.end_with(|ending| Err(ending.cancelled(true)), true);
     }
 
-    /// Ends the request because its coordinator went away (the last handle dropped while it was
-    /// open): its run is told to stop and its caller answered with `error`. Gives back what the
-    /// terminal message needs; `None` when it had ended already.
-    pub(crate) fn abandon(&self, error: &TaskError) -> Option<TaskInfo> {
-        let ending = lock(&self.ending).take()?;
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.cancel_waker.wake();
-        if let Some(timer) = &ending.deadline {
-            timer.abort();
-        }
-        self.answer(Err(error.clone()));
-        Some(ending.info)
-    }
-
     /// Ends the request with `outcome` (a timeout, or a completion from the bus) and cancels its
     /// run and its children, if it is still open; a request that already ended is left as it
     /// is. `announce` says whether the bus hears of it.

@@ -341,3 +341,89 @@ async fn an_async_request_open_when_its_coordinator_is_dropped_stops_and_is_anno
     publisher.shutdown().await;
     assert_eq!(recorder.terminal_counts()["slow"], 1);
 }
+
+/// Requests ending on their own while the coordinator's last handle is dropped: each still has
+/// exactly one terminal message, whichever ends it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_ending_while_the_coordinator_is_dropped_each_have_one_terminal_message() {
+    const N: usize = 2_000;
+    for round in 0..5 {
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let recorder = Recorder::attach(&publisher);
+        let coordinator = Coordinator::builder().with_async().build();
+        coordinator.start(&publisher).unwrap();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut handles = Vec::with_capacity(N);
+        for i in 0..N {
+            let gate = Arc::clone(&gate);
+            let task = Task::from_fn(format!("r{i}"), "gated", move || async move {
+                gate.notified().await;
+                Ok::<_, BoxError>(i)
+            });
+            handles.push(
+                coordinator
+                    .spawn(task, "async", SubmitOptions::new())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Let every node reach its gate, then release them all and drop the coordinator while
+        // they end.
+        tokio::task::yield_now().await;
+        while coordinator.counts().open < N as u64 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        drop(coordinator);
+        for handle in handles {
+            let _ = handle.await;
+        }
+        publisher.shutdown().await;
+        let counts = recorder.terminal_counts();
+        let missing = (0..N)
+            .filter(|i| !counts.contains_key(&format!("r{i}")))
+            .count();
+        let twice = counts.values().filter(|&&n| n > 1).count();
+        assert_eq!((missing, twice), (0, 0), "round {round}");
+    }
+}
+
+/// A request ended because its coordinator was dropped has its children cancelled, in whatever
+/// coordinator they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_ended_by_its_coordinators_drop_cancels_its_children_elsewhere() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let (a, b) = (
+        Coordinator::builder().with_async().build(),
+        Coordinator::builder().with_async().build(),
+    );
+    a.start(&publisher).unwrap();
+    b.start(&publisher).unwrap();
+    let on_b = b.clone();
+    let parent = Task::from_fn("parent", "parent", move || async move {
+        let child = Task::from_fn("child", "child", || async {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(())
+        });
+        on_b.submit(child, "async").await?;
+        Ok::<_, BoxError>(())
+    });
+    let handle = a
+        .spawn(parent, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    while b.counts().open < 1 {
+        tokio::task::yield_now().await;
+    }
+    drop(a);
+    assert!(handle.await.is_err());
+    let start = std::time::Instant::now();
+    while b.counts().open > 0 && start.elapsed() < Duration::from_secs(30) {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(b.job("child").unwrap().result(), Some(JobResult::Cancelled));
+    b.shutdown().await;
+    publisher.shutdown().await;
+}
