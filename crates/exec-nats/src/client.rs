@@ -292,20 +292,20 @@ impl Drop for RunGuard<'_> {
                     table.by_seq.remove(&seq);
                 }
             }
-            // Take its task out of the stream, so no worker that comes later runs it (known once
-            // the server acknowledged it), then tell the workers: one that has it skips it, one
-            // running it drops it.
+            // Tell the workers (one that has it skips it, one running it drops it), then take
+            // its task out of the stream, so no worker that comes later runs it (known once the
+            // server acknowledged it).
             let (client, js) = (self.inner.client.clone(), self.inner.js.clone());
             let subject = self.inner.cancel_subject.clone();
             let (stream, seq) = (self.inner.config.stream.clone(), self.seq);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
+                    let _ = client.publish(subject, run.into()).await;
                     if let Some(seq) = seq
                         && let Ok(stream) = js.get_stream_no_info(&stream).await
                     {
                         let _ = stream.delete_message(seq).await;
                     }
-                    let _ = client.publish(subject, run.into()).await;
                 });
             }
         } else if let Some(seq) = self.seq {

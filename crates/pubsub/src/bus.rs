@@ -114,6 +114,7 @@ impl<M> Shared<M> {
             (id, self.published.saturating_sub(read))
         });
         let queues = (self.queues.iter())
+            .filter(|(_, queue)| !queue.listener)
             .map(|(&id, queue)| (id, queue.unread.load(Ordering::Relaxed) as u64));
         ring.chain(queues)
     }
@@ -154,6 +155,9 @@ pub(crate) struct Queue<M> {
     pub(crate) tx: mpsc::UnboundedSender<M>,
     /// Messages queued and not read yet; the reader takes one off for each it reads.
     pub(crate) unread: Arc<AtomicUsize>,
+    /// A pending listener's: not a subscriber of its own in [`Shared::lags`] (nor a lag gauge:
+    /// one series per listener would grow without end).
+    pub(crate) listener: bool,
 }
 
 impl<M: Clone> Queue<M> {

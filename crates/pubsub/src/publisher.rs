@@ -179,8 +179,8 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// How far behind each subscriber is, by id, in no particular order: the messages published
     /// since it subscribed that it has not read yet (a filtered one reads every message, to
     /// filter it). A bounded subscriber more than the capacity behind will be told it missed the
-    /// oldest. A callback has read a message once it was given it. A pending listener is listed
-    /// too, with the messages it has not looked at yet. The dashboard's `/metrics`
+    /// oldest. A callback has read a message once it was given it. Pending listeners are not
+    /// listed. The dashboard's `/metrics`
     /// serves it as `pubsub_subscriber_lag`; with the `metrics` feature, so does a gauge of that
     /// name for each subscriber, set once per 64 messages published.
     ///
@@ -351,7 +351,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
                     next_seq,
                 })
             }
-            Buffer::Unbounded => Self::add_queue(&mut shared, id),
+            Buffer::Unbounded => Self::add_queue(&mut shared, id, false),
         };
         self.inner.recount(&shared);
         Ok(Subscription {
@@ -404,13 +404,14 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         Ok(subscription)
     }
 
-    /// Adds a queue of its own for subscriber `id`.
-    fn add_queue(shared: &mut Shared<M>, id: u64) -> Source<M> {
+    /// Adds a queue of its own for subscriber `id` (a pending listener's when `listener`).
+    fn add_queue(shared: &mut Shared<M>, id: u64, listener: bool) -> Source<M> {
         let (tx, rx) = mpsc::unbounded_channel();
         let unread = Arc::new(AtomicUsize::new(0));
         let queue = Queue {
             tx,
             unread: Arc::clone(&unread),
+            listener,
         };
         shared.queues.insert(id, queue);
         Source::Queue { rx, unread }
@@ -457,8 +458,21 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         F: Fn(&M) -> bool + Send + Sync + 'static,
         G: FnOnce(M) -> T + Send + 'static,
     {
+        let id = next_id();
+        let mut shared = self.inner.lock();
+        let subscription = (self.inner.phase() != SHUT_DOWN).then(|| {
+            let source = Self::add_queue(&mut shared, id, true);
+            self.inner.recount(&shared);
+            Subscription {
+                id,
+                source,
+                filter: None,
+                inner: Arc::downgrade(&self.inner),
+            }
+        });
+        drop(shared);
         Listener {
-            subscription: self.subscribe_stream_with(Buffer::Unbounded).ok(),
+            subscription,
             filter: Box::new(filter),
             mapping: Some(Box::new(mapping)),
         }
