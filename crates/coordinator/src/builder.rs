@@ -70,12 +70,12 @@ impl CoordinatorBuilder {
 
     /// Keeps at most `limit` top-level requests of `mode` open at once (0 is read as 1). `mode`
     /// must be registered with a strategy: [`Coordinator::start`] refuses a limit of any other
-    /// ([`StartError::is_unknown_mode`](crate::StartError::is_unknown_mode)). A place is freed when its request ends: a blocking node whose
-    /// request timed out or was cancelled may still be finishing on its thread then (a
-    /// strategy's own limit, such as the threaded `max_in_flight`, counts running nodes).
-    /// Beyond it
-    /// [`Coordinator::submit`] and [`Coordinator::spawn`] wait for a place and
-    /// [`Coordinator::try_spawn`] returns a busy error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)).
+    /// ([`StartError::is_unknown_mode`](crate::StartError::is_unknown_mode)). A place is freed
+    /// when its request ends: a blocking node whose request timed out or was cancelled may still
+    /// be finishing on its thread then (a strategy's own limit, such as the threaded
+    /// `max_in_flight`, counts running nodes). Beyond it [`Coordinator::submit`] and
+    /// [`Coordinator::spawn`] wait for a place and [`Coordinator::try_spawn`] returns a busy
+    /// error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)).
     ///
     /// Children (requests submitted from inside a running node) do not take a place: their
     /// ancestor holds one, and making them wait for it could deadlock the tree.

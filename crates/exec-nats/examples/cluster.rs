@@ -10,9 +10,9 @@
 //!
 //! The server is `nats://127.0.0.1:4222` unless `--url` or `$EXEC_NATS_URL` says otherwise
 //! (several servers separated by commas); `--stream` and `--prefix` (default `EXEC_TASKS` and
-//! `exec`) keep a run apart from others on a shared server; `--user`/`--password` (or `$NATS_USER` and
-//! `$NATS_PASSWORD`), `--token` (or `$NATS_TOKEN`) and `--tls` give credentials and require TLS,
-//! for a real cluster.
+//! `exec`) keep a run apart from others on a shared server; `--user`/`--password` (or
+//! `$NATS_USER` and `$NATS_PASSWORD`), `--token` (or `$NATS_TOKEN`) and `--tls` give credentials
+//! and require TLS, for a real cluster.
 
 use std::time::Duration;
 

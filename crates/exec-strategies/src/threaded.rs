@@ -149,12 +149,13 @@ impl ThreadedBuilder {
     }
 
     /// At most `limit` top-level tasks (tasks without a parent node) run in the pool at once
-    /// (default: no limit; 0 is read as 1); the others wait in order, holding no thread. A place is freed when
-    /// its node has stopped, not when its caller stops waiting (a timeout or a cancellation), so
-    /// the limit holds however requests end; a task cancelled while it waits never starts. Child
-    /// tasks submitted from inside a running node are not counted: their parents already hold
-    /// places, and making them wait for one could deadlock. To bound what waits, set a limit on
-    /// the coordinator's mode (`CoordinatorBuilder::limit`), which makes submissions wait.
+    /// (default: no limit; 0 is read as 1); the others wait in order, holding no thread. A
+    /// place is freed when its node has stopped, not when its caller stops waiting (a timeout or
+    /// a cancellation), so the limit holds however requests end; a task cancelled while it waits
+    /// never starts. Child tasks submitted from inside a running node are not counted: their
+    /// parents already hold places, and making them wait for one could deadlock. To bound what
+    /// waits, set a limit on the coordinator's mode (`CoordinatorBuilder::limit`), which makes
+    /// submissions wait.
     #[must_use]
     pub fn max_in_flight(mut self, limit: usize) -> Self {
         self.max_in_flight = Some(limit.max(1));
