@@ -37,6 +37,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 ///    closed and the message has been handed to the bus.
 ///
 /// Cloning gives another handle to the same coordinator; nodes may hold one to submit children.
+/// Dropping the last handle without [`shutdown`](Self::shutdown) ends every request still open,
+/// failed and announced (on the runtime `start` ran on, when there is one), and then releases
+/// the strategies. A handle a request holds (a node's capture, a retry's copy of its task) keeps
+/// the coordinator, and its requests, alive until then: call `shutdown`.
 ///
 /// # Examples
 ///
@@ -80,7 +84,7 @@ impl Clone for Coordinator {
 impl Drop for Coordinator {
     fn drop(&mut self) {
         if self.inner.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.inner.end_open_requests();
+            Inner::end_open_requests(&self.inner);
         }
     }
 }
@@ -451,8 +455,9 @@ impl Coordinator {
     /// Reads the job table under its lock.
     ///
     /// `f` runs while every submission and every ending request waits for the lock: keep it
-    /// short, and never call back into this coordinator from it (that deadlocks). Copy what you
-    /// need out and act on it after.
+    /// short, and never call back into this coordinator from it (that deadlocks), nor drop in it
+    /// the last handle of a coordinator started without a runtime (its requests end there, and
+    /// their children may be this coordinator's). Copy what you need out and act on it after.
     pub fn with_state<R>(&self, f: impl FnOnce(&CoordinatorState<OpenRequest>) -> R) -> R {
         f(&self.inner.table())
     }

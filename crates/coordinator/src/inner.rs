@@ -201,15 +201,29 @@ fn dropped_while_open() -> TaskError {
 }
 
 impl Inner {
-    /// The last handle is going without `shutdown`, the coordinator still whole: every request
-    /// still open ends now, failed, as any request ends (its job closed, its message published,
-    /// its caller answered, its run and children stopped). An outcome racing this ends its
-    /// request first, just as well. Nothing can open a request afterwards: that takes a handle.
-    pub(crate) fn end_open_requests(&self) {
+    /// The last handle is going without `shutdown`: every request still open ends, failed, as
+    /// any request ends (its job closed, its message published, its caller answered, its run and
+    /// children stopped), on the coordinator's runtime when it has one: not under whatever locks
+    /// the dropping thread holds (ending children takes other coordinators' tables). An outcome
+    /// racing this ends its request first, just as well. A node that let the last handle go (it
+    /// had captured it) is not ended: its own outcome is on its way. Nothing can open a request
+    /// afterwards: that takes a handle.
+    pub(crate) fn end_open_requests(self: &Arc<Self>) {
+        let dropping = crate::request::current_node();
+        let inner = Arc::clone(self);
+        let end = move || inner.end_open_requests_but(dropping.as_ref());
+        match self.runtime() {
+            Some(runtime) => drop(runtime.spawn(async move { end() })),
+            None => end(),
+        }
+    }
+
+    fn end_open_requests_but(&self, dropping: Option<&task_core::NodeId>) {
         let open: Vec<Arc<RequestCell>> = self
             .table()
             .attachments()
             .map(|(_, open)| Arc::clone(&open.cell))
+            .filter(|cell| Some(cell.node_id()) != dropping)
             .collect();
         if open.is_empty() {
             return;

@@ -285,17 +285,19 @@ async fn dropping_every_handle_of_a_coordinator_releases_its_strategies_and_answ
         .spawn(value_task("open", 1), "held", SubmitOptions::new())
         .await
         .unwrap();
-    // Dropped without shutdown, with a request still open in its strategy.
+    // Dropped without shutdown, with a request still open in its strategy: the request is
+    // ended on the coordinator's runtime, and the coordinator released after it.
     drop(coordinator);
-    assert!(
-        released.upgrade().is_none(),
-        "the strategy (and whatever threads or processes it owns) is released"
-    );
     let error = handle.await.unwrap_err();
     assert!(error.task_error().unwrap().is_strategy_error(), "{error}");
     assert!(
         error.to_string().contains("the coordinator was dropped"),
         "{error}"
+    );
+    tokio::task::yield_now().await;
+    assert!(
+        released.upgrade().is_none(),
+        "the strategy (and whatever threads or processes it owns) is released"
     );
     // The request still has its one terminal message.
     publisher.shutdown().await;
@@ -426,4 +428,100 @@ async fn a_request_ended_by_its_coordinators_drop_cancels_its_children_elsewhere
     assert_eq!(b.job("child").unwrap().result(), Some(JobResult::Cancelled));
     b.shutdown().await;
     publisher.shutdown().await;
+}
+
+/// The requests a dropped coordinator ends are ended on its runtime, not under the locks of the
+/// thread that let the last handle go: here another coordinator's table lock, which ending the
+/// parent's child there takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_handle_dropped_under_another_coordinators_lock_does_not_deadlock() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let (a, b) = (
+        Coordinator::builder().with_async().build(),
+        Coordinator::builder().with_async().build(),
+    );
+    a.start(&publisher).unwrap();
+    b.start(&publisher).unwrap();
+    let on_b = b.clone();
+    let parent = Task::from_fn("parent", "parent", move || async move {
+        let child = Task::from_fn("child", "child", || async {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(())
+        });
+        on_b.submit(child, "async").await?;
+        Ok::<_, BoxError>(())
+    });
+    let handle = a
+        .spawn(parent, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    while b.counts().open < 1 {
+        tokio::task::yield_now().await;
+    }
+    let (b2, (done, returned)) = (b.clone(), std::sync::mpsc::channel());
+    std::thread::spawn(move || {
+        let open = b2.with_state(move |state| {
+            drop(a);
+            state.counts().open
+        });
+        let _ = done.send(open);
+    });
+    let open = returned
+        .recv_timeout(Duration::from_secs(30))
+        .expect("with_state returned");
+    assert_eq!(open, 1);
+    assert!(handle.await.is_err());
+    let start = std::time::Instant::now();
+    while b.counts().open > 0 && start.elapsed() < Duration::from_secs(30) {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(b.job("child").unwrap().result(), Some(JobResult::Cancelled));
+    b.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// A node that captured the last handle lets it go as it returns: its own outcome stands; the
+/// other open requests end failed, announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_letting_the_last_handle_go_keeps_its_own_outcome() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let recorder = Recorder::attach(&publisher);
+    let coordinator = Coordinator::builder().with_async().build();
+    coordinator.start(&publisher).unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (inside, opened) = (coordinator.clone(), Arc::clone(&gate));
+    let own = Task::from_fn("own", "own", move || async move {
+        let _for_children = inside;
+        opened.notified().await;
+        Ok::<_, BoxError>(42_u64)
+    });
+    let own = coordinator
+        .spawn(own, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    let other = Task::from_fn("other", "other", || async {
+        std::future::pending::<()>().await;
+        Ok::<_, BoxError>(0_u64)
+    });
+    let other = coordinator
+        .spawn(other, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    while coordinator.counts().open < 2 {
+        tokio::task::yield_now().await;
+    }
+    // The node's clone is the last handle now.
+    drop(coordinator);
+    gate.notify_one();
+    assert_eq!(own.await.unwrap(), 42);
+    let error = other.await.unwrap_err();
+    assert!(
+        error.to_string().contains("the coordinator was dropped"),
+        "{error}"
+    );
+    publisher.shutdown().await;
+    let counts = recorder.terminal_counts();
+    assert_eq!((counts["own"], counts["other"]), (1, 1));
 }
