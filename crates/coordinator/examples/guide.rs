@@ -62,8 +62,9 @@ async fn watch_then_submit(publisher: &RequestCompletionPublisher, coordinator: 
         Err(missed) => eprintln!("{missed}"),                        // fell a whole buffer behind
     })?;
     let mut stream = publisher.subscribe_stream()?;                  // a futures::Stream of Result<_, Missed>
-    let done = publisher.listener(|m| m.request_id().is_some_and(|id| id.as_str() == "123"),
-                                  |m| m.to_string());               // first match; subscribed now
+    let done = publisher.listener(|m| m.is_terminal()                 // its end, not an event
+            && m.request_id().is_some_and(|id| id.as_str() == "123"),
+        |m| m.to_string());                                          // first match; subscribed now
 
     let mut only_124 = publisher.subscribe_stream_where(Buffer::Bounded,  // filtered as it is read
         |m| m.request_id().is_some_and(|id| id.as_str() == "124"))?;
