@@ -517,8 +517,12 @@ impl RequestCell {
         let mut slot = lock(&self.ending);
         let closing = inner.is_closing();
         let attempt = match (replayed, slot.as_mut().and_then(|e| e.retry.as_mut())) {
-            // Ended meanwhile: nothing more to do.
-            (_, None) => return,
+            // Ended meanwhile: nothing more to do. The copy goes after the lock (it may hold the
+            // coordinator's last handle, whose drop ends what is open).
+            (_, None) => {
+                drop(slot);
+                return;
+            }
             (Ok(following), Some(retry)) if !closing => {
                 retry.next = following;
                 retry.backoff = None;
