@@ -392,49 +392,11 @@ async fn requests_ending_while_the_coordinator_is_dropped_each_have_one_terminal
 }
 
 /// A request ended because its coordinator was dropped has its children cancelled, in whatever
-/// coordinator they run.
+/// coordinator they run; and it is ended on the coordinator's runtime, not under the locks of
+/// the thread that let the last handle go: here the child's coordinator's table lock, which
+/// cancelling the child takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_ended_by_its_coordinators_drop_cancels_its_children_elsewhere() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let (a, b) = (
-        Coordinator::builder().with_async().build(),
-        Coordinator::builder().with_async().build(),
-    );
-    a.start(&publisher).unwrap();
-    b.start(&publisher).unwrap();
-    let on_b = b.clone();
-    let parent = Task::from_fn("parent", "parent", move || async move {
-        let child = Task::from_fn("child", "child", || async {
-            std::future::pending::<()>().await;
-            Ok::<_, BoxError>(())
-        });
-        on_b.submit(child, "async").await?;
-        Ok::<_, BoxError>(())
-    });
-    let handle = a
-        .spawn(parent, "async", SubmitOptions::new())
-        .await
-        .unwrap();
-    while b.counts().open < 1 {
-        tokio::task::yield_now().await;
-    }
-    drop(a);
-    assert!(handle.await.is_err());
-    let start = std::time::Instant::now();
-    while b.counts().open > 0 && start.elapsed() < Duration::from_secs(30) {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(b.job("child").unwrap().result(), Some(JobResult::Cancelled));
-    b.shutdown().await;
-    publisher.shutdown().await;
-}
-
-/// The requests a dropped coordinator ends are ended on its runtime, not under the locks of the
-/// thread that let the last handle go: here another coordinator's table lock, which ending the
-/// parent's child there takes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_handle_dropped_under_another_coordinators_lock_does_not_deadlock() {
+async fn a_dropped_coordinators_requests_cancel_their_children_elsewhere_without_deadlock() {
     let publisher = RequestCompletionPublisher::new();
     publisher.start().unwrap();
     let (a, b) = (

@@ -1,0 +1,184 @@
+//! A request's attempts after the first: whether its retry policy grants one, the backoff before
+//! it, and the copy of the task it runs.
+
+use std::sync::Weak;
+
+use futures::future::{self, Either};
+use task_core::{ErasedTask, TaskError};
+use tokio::sync::oneshot;
+
+use super::completion::execute;
+use super::{RequestCell, lock};
+use crate::options::RetryPolicy;
+
+/// The attempts of a request with a retry policy.
+pub(crate) struct Retry {
+    /// The request's mode, by its position in the coordinator: later attempts run on its
+    /// strategy, which the request does not keep alive while it waits (the coordinator does).
+    pub(crate) mode: usize,
+    pub(crate) policy: RetryPolicy,
+    /// A fresh copy of the task for the next attempt; `None` when the task cannot be replayed.
+    pub(crate) next: Option<ErasedTask>,
+    /// The attempt under way, from 1.
+    pub(crate) attempt: u32,
+    /// The runtime the request was submitted on, where later attempts start.
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// While a backoff before the next attempt is waited out: what stops its timer (sent or
+    /// dropped), and the error that ended the attempt before it (the request's outcome if no
+    /// attempt follows).
+    pub(crate) backoff: Option<(oneshot::Sender<()>, TaskError)>,
+}
+
+impl RequestCell {
+    /// The backoff before another attempt after `error`, if the request's retry policy grants
+    /// one (and the task can be replayed, and shutdown has not begun).
+    pub(super) fn retry_wait(&self, error: &TaskError) -> Option<std::time::Duration> {
+        let (policy, attempt, owner) = {
+            let slot = lock(&self.ending);
+            let ending = slot.as_ref()?;
+            let retry = ending.retry.as_ref()?;
+            // Not replayable: no attempt can follow.
+            retry.next.as_ref()?;
+            (retry.policy.clone(), retry.attempt, ending.inner.clone())
+        };
+        // Read outside the lock (see `Ending::owner`); `complete` reads it again under it.
+        if owner.upgrade().is_none_or(|owner| owner.is_closing()) {
+            return None;
+        }
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            policy
+                .should_retry(attempt, error)
+                .then(|| policy.backoff_after(attempt))
+        }));
+        decided.unwrap_or_else(|payload| {
+            let reason = task_core::panic_message(payload.as_ref());
+            tracing::warn!(parent: &self.span, %reason, "the retry policy's predicate panicked; not retrying");
+            None
+        })
+    }
+
+    /// Waits `wait` on `runtime` (whose time driver admission checked), then starts the next
+    /// attempt there, unless `stop` fires first. If `runtime` is gone, the request ends with its
+    /// last attempt's error. Called without the `ending` lock: a task spawned on a runtime that
+    /// shut down is dropped at once, and its [`NextAttempt`] ends the request.
+    pub(crate) fn schedule_attempt(
+        &self,
+        wait: std::time::Duration,
+        runtime: &tokio::runtime::Handle,
+        stop: oneshot::Receiver<()>,
+    ) {
+        let attempt = NextAttempt(Some(self.me.clone()));
+        runtime.spawn(async move {
+            // Saturates: a backoff too long to add to now waits forever (until the request is
+            // cancelled, times out or is shut down).
+            let sleep = std::pin::pin!(tokio::time::sleep(wait));
+            if let Either::Left(_) = future::select(sleep, stop).await {
+                attempt.start();
+            }
+        });
+    }
+
+    /// Ends a request that waits out a backoff before its next attempt with the error of its
+    /// last attempt: after shutdown began, no attempt follows. Does nothing to a request that is
+    /// running or has ended.
+    pub(crate) fn end_backoff(&self) {
+        let ending = {
+            let mut slot = lock(&self.ending);
+            let waiting = slot
+                .as_ref()
+                .and_then(|ending| ending.retry.as_ref())
+                .is_some_and(|retry| retry.backoff.is_some());
+            if !waiting {
+                return;
+            }
+            slot.take()
+        };
+        if let Some(mut ending) = ending {
+            let last = ending.retry.as_mut().and_then(|retry| retry.backoff.take());
+            if let Some((_stop, error)) = last {
+                ending.finish(Err(error), true, self);
+            }
+        }
+    }
+
+    /// Starts the next attempt of a request waiting out its backoff, unless it ended meanwhile.
+    ///
+    /// The copy of the task for the attempt after this one is the user's code (a node's `Clone`,
+    /// a portable node's decoding), so it is made outside the lock: the request stays in its
+    /// backoff meanwhile, where a cancellation, its deadline or shutdown can still end it.
+    fn next_attempt(&self) {
+        let mut slot = lock(&self.ending);
+        let Some(ending) = slot.as_mut().filter(|_| !self.is_cancelled()) else {
+            return;
+        };
+        let (inner, request_id) = (ending.owner(), ending.info.request_id().clone());
+        let taken = match (&inner, ending.retry.as_mut()) {
+            (Some(inner), Some(retry)) if !inner.is_closing() => {
+                retry.next.take().map(|task| (task, retry.mode))
+            }
+            _ => None,
+        };
+        drop(slot);
+        // Shutdown began during the backoff, or the coordinator is gone: no more attempts.
+        let (Some(inner), Some((task, mode))) = (inner, taken) else {
+            return self.end_backoff();
+        };
+        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.replay()));
+        let mut slot = lock(&self.ending);
+        let closing = inner.is_closing();
+        let attempt = match (replayed, slot.as_mut().and_then(|e| e.retry.as_mut())) {
+            // Ended meanwhile: nothing more to do. The copy goes after the lock (it may hold the
+            // coordinator's last handle, whose drop ends what is open).
+            (_, None) => {
+                drop(slot);
+                return;
+            }
+            (Ok(following), Some(retry)) if !closing => {
+                retry.next = following;
+                retry.backoff = None;
+                retry.attempt += 1;
+                retry.attempt
+            }
+            // Shutdown began while the copy was made: the request ends with its last error.
+            (Ok(_), Some(_)) => {
+                drop(slot);
+                return self.end_backoff();
+            }
+            (Err(payload), Some(_)) => {
+                let ending = slot.take();
+                drop(slot);
+                if let Some(ending) = ending {
+                    ending.finish(Err(TaskError::panic(payload)), true, self);
+                }
+                return;
+            }
+        };
+        drop(slot);
+        inner.record_attempt(&request_id);
+        // On the event, not the span: a recorded span field would print once per attempt.
+        tracing::debug!(parent: &self.span, attempt, "starting another attempt");
+        if let Some(completion) = self.completion() {
+            execute(&inner.strategy(mode), task, completion);
+        }
+    }
+}
+
+/// The next attempt of a request, on its way to the runtime it was submitted on. Dropped without
+/// starting (that runtime shut down), it ends the request with its last attempt's error.
+struct NextAttempt(Option<Weak<RequestCell>>);
+
+impl NextAttempt {
+    fn start(mut self) {
+        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
+            cell.next_attempt();
+        }
+    }
+}
+
+impl Drop for NextAttempt {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
+            cell.end_backoff();
+        }
+    }
+}
