@@ -209,6 +209,9 @@ impl Inner {
     /// had captured it) is not ended: its own outcome is on its way. Nothing can open a request
     /// afterwards: that takes a handle.
     pub(crate) fn end_open_requests(self: &Arc<Self>) {
+        if self.open_jobs() == 0 {
+            return;
+        }
         let dropping = crate::request::current_node();
         let inner = Arc::clone(self);
         let end = move || inner.end_open_requests_but(dropping.as_ref());

@@ -286,12 +286,17 @@ async fn a_backoff_does_not_keep_the_strategy_of_a_dropped_coordinator() {
     // Its failure handled: the request waits out its backoff.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(coordinator.job("b").unwrap().end_time().is_none());
+    // Its request is ended on the runtime, and the coordinator released after it.
     drop(coordinator);
+    let answered = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    assert!(answered.expect("answered").is_err());
+    let start = std::time::Instant::now();
+    while !dropped.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     assert!(
         dropped.load(Ordering::SeqCst),
         "the strategy outlived its coordinator"
     );
-    let answered = tokio::time::timeout(Duration::from_secs(10), handle).await;
-    assert!(answered.expect("answered").is_err());
     publisher.shutdown().await;
 }
