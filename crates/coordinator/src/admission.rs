@@ -266,6 +266,7 @@ impl Coordinator {
             permit,
             deadline: None,
             retry,
+            held: None,
         });
         Ok(Ready {
             task,

@@ -119,6 +119,10 @@ pub(crate) struct Ending {
     pub(crate) deadline: Option<AbortHandle>,
     /// Set for a request with a retry policy.
     pub(crate) retry: Option<Box<Retry>>,
+    /// The coordinator, upgraded under the request's lock as the ending is taken
+    /// ([`taken`](Self::taken)): whoever ends the request ends it with the coordinator whole,
+    /// even if its last handle goes meanwhile. `None` while the request is open.
+    pub(crate) held: Option<Arc<dyn Owner>>,
 }
 
 impl Ending {
@@ -147,6 +151,12 @@ impl Ending {
         self.inner.upgrade()
     }
 
+    /// This ending, as taken from its request: call it under the request's lock.
+    fn taken(mut self) -> Self {
+        self.held = self.inner.upgrade();
+        self
+    }
+
     /// Ends the request with `outcome`: releases its place, stops its timers, closes its job,
     /// hands the message to the bus (unless the outcome came from the bus) and answers the caller
     /// (through `cell`, directly, when the coordinator is gone).
@@ -157,6 +167,7 @@ impl Ending {
             permit,
             deadline,
             retry,
+            held,
         } = self;
         if let Some(timer) = deadline {
             timer.abort();
@@ -164,7 +175,7 @@ impl Ending {
         // A backoff's timer stops when its sender drops, with `retry`.
         drop(retry);
         let outcome = cell.owned_outcome(outcome);
-        match inner.upgrade() {
+        match held.or_else(|| inner.upgrade()) {
             Some(inner) => inner.apply(info, outcome, announce),
             None => cell.answer(outcome),
         }
@@ -307,7 +318,7 @@ impl RequestCell {
             // Decided under the lock `complete` takes: either the run's outcome ended the request
             // first, or this does and the run's outcome finds it cancelled.
             let mut slot = lock(&self.ending);
-            let Some(ending) = slot.take() else {
+            let Some(ending) = slot.take().map(Ending::taken) else {
                 return;
             };
             self.cancelled.store(true, Ordering::SeqCst);
@@ -331,7 +342,7 @@ impl RequestCell {
                 continue;
             }
             cell.cancel_waker.wake();
-            let ending = lock(&cell.ending).take();
+            let ending = lock(&cell.ending).take().map(Ending::taken);
             if let Some(ending) = ending {
                 let cancelled = Err(ending.cancelled(true));
                 ending.finish(cancelled, true, &cell);

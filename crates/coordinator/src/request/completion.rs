@@ -59,7 +59,7 @@ impl CompletionSink for RequestCell {
                 retry.backoff = Some((stop, error.clone()));
                 Next::Retry(retry.attempt, wait, retry.runtime.clone(), stopped)
             } else {
-                match slot.take() {
+                match slot.take().map(Ending::taken) {
                     Some(ending) => Next::End(ending),
                     None => return,
                 }

@@ -8,7 +8,7 @@ use task_core::{ErasedTask, TaskError};
 use tokio::sync::oneshot;
 
 use super::completion::execute;
-use super::{RequestCell, lock};
+use super::{Ending, RequestCell, lock};
 use crate::options::RetryPolicy;
 
 /// The attempts of a request with a retry policy.
@@ -91,7 +91,7 @@ impl RequestCell {
             if !waiting {
                 return;
             }
-            slot.take()
+            slot.take().map(Ending::taken)
         };
         if let Some(mut ending) = ending {
             let last = ending.retry.as_mut().and_then(|retry| retry.backoff.take());
@@ -145,7 +145,7 @@ impl RequestCell {
                 return self.end_backoff();
             }
             (Err(payload), Some(_)) => {
-                let ending = slot.take();
+                let ending = slot.take().map(Ending::taken);
                 drop(slot);
                 if let Some(ending) = ending {
                     ending.finish(Err(TaskError::panic(payload)), true, self);
