@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -26,6 +26,8 @@ pub(crate) struct Waiting {
     pub(crate) task: bytes::Bytes,
     /// Where its node's events go: the request's sink.
     pub(crate) events: Option<task_core::context::Events>,
+    /// Where the stream keeps its task, once the server acknowledged it.
+    pub(crate) seq: Option<u64>,
 }
 
 #[derive(Default)]
@@ -34,6 +36,30 @@ pub(crate) struct Table {
     pub(crate) pending: HashMap<String, Waiting>,
     /// Run id by stream sequence, to fail a run the server stopped delivering.
     pub(crate) by_seq: HashMap<u64, String>,
+}
+
+impl Table {
+    /// Takes run `run` out of the table, its place in the stream with it.
+    pub(crate) fn remove(&mut self, run: &str) -> Option<Waiting> {
+        let waiting = self.pending.remove(run)?;
+        if let Some(seq) = waiting.seq {
+            self.by_seq.remove(&seq);
+        }
+        Some(waiting)
+    }
+
+    /// Records that the stream keeps run `run`'s task at `seq` (in place of where it was);
+    /// `false` when the run no longer waits.
+    fn track(&mut self, run: &str, seq: u64) -> bool {
+        let Some(waiting) = self.pending.get_mut(run) else {
+            return false;
+        };
+        if let Some(old) = waiting.seq.replace(seq) {
+            self.by_seq.remove(&old);
+        }
+        self.by_seq.insert(seq, run.to_owned());
+        true
+    }
 }
 
 pub(crate) struct Inner {
@@ -76,7 +102,7 @@ impl Inner {
     }
 
     pub(crate) fn resolve(&self, run: &str, outcome: Result<Vec<u8>, TaskError>) {
-        let waiter = self.table().pending.remove(run);
+        let waiter = self.table().remove(run);
         match waiter {
             Some(waiter) => {
                 let _ = waiter.answer.send(outcome);
@@ -96,6 +122,23 @@ impl Inner {
         &self,
     ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
         completion_consumer(&self.js, &self.config, &self.client_id).await
+    }
+
+    /// Records where the stream keeps run `run`'s task. A run that no longer waits (withdrawn, or
+    /// answered, while its task was handed over) has its task taken out of the stream instead, so
+    /// that no worker runs it later.
+    pub(crate) async fn track_or_withdraw(&self, run: &str, seq: u64) {
+        let tracked = self.table().track(run, seq);
+        if !tracked {
+            self.delete(seq).await;
+        }
+    }
+
+    /// Takes the task at `seq` out of the stream (taken by a worker already: nothing to do).
+    pub(crate) async fn delete(&self, seq: u64) {
+        if let Ok(stream) = self.js.get_stream_no_info(&self.config.stream).await {
+            let _ = stream.delete_message(seq).await;
+        }
     }
 
     /// Hands a task to the stream, trying again while the server is unreachable, for at most
@@ -157,9 +200,7 @@ impl Inner {
                 .filter(|(_, waiting)| expired(waiting))
                 .map(|(run, _)| run.clone())
                 .collect();
-            runs.iter()
-                .filter_map(|run| table.pending.remove(run))
-                .collect()
+            runs.iter().filter_map(|run| table.remove(run)).collect()
         };
         for waiting in failed {
             let error = error(&waiting);
@@ -169,7 +210,7 @@ impl Inner {
 
     /// Publishes `task` and waits for its completion. Dropping the future unfinished withdraws
     /// the run (its [`RunGuard`]).
-    pub(crate) async fn run(&self, task: ErasedTask) -> Outcome {
+    pub(crate) async fn run(self: &Arc<Self>, task: ErasedTask) -> Outcome {
         let inner = self;
         let (info, portable) = task.into_portable();
         let Some(portable) = portable else {
@@ -208,25 +249,28 @@ impl Inner {
                 task: bytes.clone(),
                 // Run in the request's scope: its event sink is current.
                 events: task_core::context::current_events(),
+                seq: None,
             },
         );
         let mut guard = RunGuard {
             inner,
             run: Some(run.clone()),
-            seq: None,
         };
+        // The hand-over goes on by itself when the run ends first (it is withdrawn, or failed
+        // while the server is away), until the server acknowledges the task: then the task is
+        // taken out again, where a worker that comes later would otherwise find it.
+        let handed = tokio::spawn({
+            let (inner, run) = (Arc::clone(inner), run.clone());
+            async move {
+                let ack = inner.publish(&run, bytes).await?;
+                inner.track_or_withdraw(&run, ack.sequence).await;
+                Ok(())
+            }
+        });
         let mut answer = answer;
-        // The run may be ended while its task is still being handed over (the server is away
-        // past `unreachable_after`, say): then it stops trying, and answers at once.
         let early = tokio::select! {
-            ack = inner.publish(&run, bytes) => {
-                let ack = ack?;
-                let mut table = inner.table();
-                // The completion may already have come; then there is nothing to track.
-                if table.pending.contains_key(&run) {
-                    table.by_seq.insert(ack.sequence, run.clone());
-                    guard.seq = Some(ack.sequence);
-                }
+            handed = handed => {
+                handed.map_err(|e| TaskError::strategy(format!("handing the task over: {e}")))??;
                 None
             }
             early = &mut answer => Some(early),
@@ -277,39 +321,30 @@ pub(crate) const COMPLETION_CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 
 /// Withdraws a run if the caller stops waiting before its completion.
 pub(crate) struct RunGuard<'a> {
-    pub(crate) inner: &'a Inner,
+    pub(crate) inner: &'a Arc<Inner>,
     pub(crate) run: Option<String>,
-    pub(crate) seq: Option<u64>,
 }
 
 impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
-        if let Some(run) = self.run.take() {
-            {
-                let mut table = self.inner.table();
-                table.pending.remove(&run);
-                if let Some(seq) = self.seq {
-                    table.by_seq.remove(&seq);
+        let Some(run) = self.run.take() else { return };
+        let seq = self
+            .inner
+            .table()
+            .remove(&run)
+            .and_then(|waiting| waiting.seq);
+        // Tell the workers (one that has it skips it, one running it drops it), then take its
+        // task out of the stream, so that no worker that comes later runs it. Where the server
+        // has not acknowledged the task yet, its hand-over takes it out once it does.
+        let inner = Arc::clone(self.inner);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let subject = inner.cancel_subject.clone();
+                let _ = inner.client.publish(subject, run.into()).await;
+                if let Some(seq) = seq {
+                    inner.delete(seq).await;
                 }
-            }
-            // Tell the workers (one that has it skips it, one running it drops it), then take
-            // its task out of the stream, so no worker that comes later runs it (known once the
-            // server acknowledged it).
-            let (client, js) = (self.inner.client.clone(), self.inner.js.clone());
-            let subject = self.inner.cancel_subject.clone();
-            let (stream, seq) = (self.inner.config.stream.clone(), self.seq);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = client.publish(subject, run.into()).await;
-                    if let Some(seq) = seq
-                        && let Ok(stream) = js.get_stream_no_info(&stream).await
-                    {
-                        let _ = stream.delete_message(seq).await;
-                    }
-                });
-            }
-        } else if let Some(seq) = self.seq {
-            self.inner.table().by_seq.remove(&seq);
+            });
         }
     }
 }

@@ -108,11 +108,7 @@ pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>) {
             Err(_) => None,
         };
         if let Some(ack) = stored {
-            let mut table = inner.table();
-            table.by_seq.remove(&seq);
-            if table.pending.contains_key(&run) {
-                table.by_seq.insert(ack.sequence, run);
-            }
+            inner.track_or_withdraw(&run, ack.sequence).await;
         }
     }
 }
@@ -188,15 +184,13 @@ pub(crate) async fn listen_advisories(
         ) else {
             continue;
         };
-        let run = inner.table().by_seq.remove(&seq);
+        let run = inner.table().by_seq.get(&seq).cloned();
         if let Some(run) = run {
             #[cfg(feature = "metrics")]
             metrics::counter!("nats_tasks_undeliverable_total").increment(1);
             // The server keeps an unacknowledged message; nobody will take it now. Deleted before
             // the caller hears, so a program that ends then leaves nothing behind.
-            if let Ok(stream) = inner.js.get_stream_no_info(&inner.config.stream).await {
-                let _ = stream.delete_message(seq).await;
-            }
+            inner.delete(seq).await;
             inner.resolve(
                 &run,
                 Err(TaskError::worker_lost(format!(

@@ -75,6 +75,9 @@ fn main() {
             "a_withdrawn_task_is_never_run_by_a_worker_that_comes_later",
             || Box::pin(a_withdrawn_task_is_never_run_by_a_worker_that_comes_later()),
         ),
+        ("tasks_withdrawn_while_handed_over_are_taken_out", || {
+            Box::pin(tasks_withdrawn_while_handed_over_are_taken_out())
+        }),
         ("no_request_waits_forever_across_a_server_restart", || {
             Box::pin(no_request_waits_forever_across_a_server_restart())
         }),
@@ -748,13 +751,51 @@ async fn a_task_no_worker_takes_expires_with_the_stream() {
 
 /// The messages the task stream holds.
 async fn tasks_in_stream(config: &NatsConfig) -> u64 {
+    stream_state(config).await.messages
+}
+
+async fn stream_state(config: &NatsConfig) -> async_nats::jetstream::stream::State {
     let client = async_nats::connect(&config.url).await.expect("connects");
     let js = async_nats::jetstream::new(client);
     let mut stream = js
         .get_stream(&config.stream)
         .await
         .expect("the task stream");
-    stream.info().await.expect("its state").state.messages
+    stream.info().await.expect("its state").state.clone()
+}
+
+/// Requests withdrawn while their tasks are being handed over (timeouts of a millisecond or
+/// two, mostly ending between the server storing a task and its acknowledgement arriving) leave
+/// nothing behind either: each hand-over goes on until the server has the task, then takes it
+/// out.
+async fn tasks_withdrawn_while_handed_over_are_taken_out() {
+    let config = config("handed-over");
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let calls = (0..200_u64).map(|i| {
+        let options = SubmitOptions::new().timeout(Duration::from_micros(500 + i % 4 * 500));
+        coordinator.submit_with(Task::portable(format!("r{i}"), Echo(i)), "nats", options)
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let timed_out = outcomes
+        .iter()
+        .filter(|o| o.as_ref().is_err_and(|e| e.is_timeout()));
+    assert_eq!(timed_out.count(), 200, "no worker: every request times out");
+    let start = Instant::now();
+    let state = loop {
+        let state = stream_state(&config).await;
+        if state.messages == 0 || start.elapsed() > Duration::from_secs(20) {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        state.messages, 0,
+        "of {} tasks stored, some were left for a worker that comes later",
+        state.last_sequence
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
 }
 
 /// A request that timed out, or was cancelled, before any worker took its task leaves nothing
