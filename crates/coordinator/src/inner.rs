@@ -206,8 +206,9 @@ impl Inner {
     /// children stopped), on the coordinator's runtime when it has one: not under whatever locks
     /// the dropping thread holds (ending children takes other coordinators' tables). An outcome
     /// racing this ends its request first, just as well. A node that let the last handle go (it
-    /// had captured it) is not ended: its own outcome is on its way. Nothing can open a request
-    /// afterwards: that takes a handle.
+    /// had captured it) is not ended: its own outcome is on its way, and its request keeps the
+    /// coordinator whole until it comes. Nothing can open a request afterwards: that takes a
+    /// handle.
     pub(crate) fn end_open_requests(self: &Arc<Self>) {
         if self.open_jobs() == 0 {
             return;
@@ -221,13 +222,19 @@ impl Inner {
         }
     }
 
-    fn end_open_requests_but(&self, dropping: Option<&task_core::NodeId>) {
-        let open: Vec<Arc<RequestCell>> = self
+    fn end_open_requests_but(self: &Arc<Self>, dropping: Option<&task_core::NodeId>) {
+        let mut open: Vec<Arc<RequestCell>> = self
             .table()
             .attachments()
             .map(|(_, open)| Arc::clone(&open.cell))
-            .filter(|cell| Some(cell.node_id()) != dropping)
             .collect();
+        if let Some(at) = open
+            .iter()
+            .position(|cell| Some(cell.node_id()) == dropping)
+        {
+            open.swap_remove(at)
+                .keep_owner(Arc::clone(self) as Arc<dyn Owner>);
+        }
         if open.is_empty() {
             return;
         }

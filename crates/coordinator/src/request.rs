@@ -121,7 +121,8 @@ pub(crate) struct Ending {
     pub(crate) retry: Option<Box<Retry>>,
     /// The coordinator, upgraded under the request's lock as the ending is taken
     /// ([`taken`](Self::taken)): whoever ends the request ends it with the coordinator whole,
-    /// even if its last handle goes meanwhile. `None` while the request is open.
+    /// even if its last handle goes meanwhile. `None` while the request is open, but for the
+    /// request of a node that let the last handle go ([`RequestCell::keep_owner`]).
     pub(crate) held: Option<Arc<dyn Owner>>,
 }
 
@@ -301,6 +302,15 @@ impl RequestCell {
     /// Cancels the request as its parent was: its outcome says so.
     pub(crate) fn cancel_with_parent(self: &Arc<Self>) {
         self.end_with(|ending| Err(ending.cancelled(true)), true);
+    }
+
+    /// Keeps the coordinator whole until this request ends, if it is still open: the request of
+    /// the node that let the coordinator's last handle go, whose own outcome is on its way.
+    /// The caller holds another reference to `owner`: it never goes under the request's lock.
+    pub(crate) fn keep_owner(&self, owner: Arc<dyn Owner>) {
+        if let Some(ending) = lock(&self.ending).as_mut() {
+            ending.held = Some(owner);
+        }
     }
 
     /// Ends the request with `outcome` (a timeout, or a completion from the bus) and cancels its

@@ -443,8 +443,8 @@ async fn a_dropped_coordinators_requests_cancel_their_children_elsewhere_without
     publisher.shutdown().await;
 }
 
-/// A node that captured the last handle lets it go as it returns: its own outcome stands; the
-/// other open requests end failed, announced.
+/// A node that captured the last handle lets it go, and returns later: its own outcome stands
+/// (the coordinator stays whole until then); the other open requests end failed, announced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_letting_the_last_handle_go_keeps_its_own_outcome() {
     let publisher = RequestCompletionPublisher::new();
@@ -455,8 +455,9 @@ async fn a_node_letting_the_last_handle_go_keeps_its_own_outcome() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let (inside, opened) = (coordinator.clone(), Arc::clone(&gate));
     let own = Task::from_fn("own", "own", move || async move {
-        let _for_children = inside;
         opened.notified().await;
+        drop(inside);
+        tokio::time::sleep(Duration::from_millis(100)).await;
         Ok::<_, BoxError>(42_u64)
     });
     let own = coordinator
