@@ -22,7 +22,7 @@ use tokio::sync::broadcast::{self};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{
-    Buffer, Envelope, IDLE, Inner, PHASE_BITS, Queue, RUNNING, SHUT_DOWN, Shared, Stop,
+    Buffer, Envelope, Filter, IDLE, Inner, PHASE_BITS, Queue, RUNNING, SHUT_DOWN, Shared, Stop,
     SubscriberId, next_id,
 };
 use crate::error::{Error, Kind, Missed, PublishError, Refusal};
@@ -244,7 +244,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     where
         F: FnMut(Result<M, Missed>) + Send + 'static,
     {
-        self.spawn_callback(self.subscribe_stream_with(buffer)?, callback)
+        self.spawn_callback(buffer, None, callback)
     }
 
     /// Calls `callback`, as [`subscribe_with`](Self::subscribe_with) does, with the messages
@@ -272,20 +272,25 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         P: Fn(&M) -> bool + Send + Sync + 'static,
         F: FnMut(Result<M, Missed>) + Send + 'static,
     {
-        self.spawn_callback(self.subscribe_stream_where(buffer, filter)?, callback)
+        self.spawn_callback(buffer, Some(Box::new(filter)), callback)
     }
 
-    /// Feeds `subscription` to `callback` on a thread of its own.
+    /// Subscribes `callback`, fed on a thread of its own.
     fn spawn_callback<F>(
         &self,
-        mut subscription: Subscription<M>,
+        buffer: Buffer,
+        filter: Option<Filter<M>>,
         mut callback: F,
     ) -> Result<SubscriberId, Error>
     where
         F: FnMut(Result<M, Missed>) + Send + 'static,
     {
-        let id = subscription.id;
         let (done_tx, done_rx) = oneshot::channel::<()>();
+        // Known to shutdown from the moment it is subscribed: a shutdown that follows waits for
+        // its thread to deliver what was published before.
+        let mut subscription = self.attach(buffer, Some(done_rx))?;
+        subscription.filter = filter;
+        let id = subscription.id;
         let spawned = std::thread::Builder::new()
             .name(format!("pubsub-subscriber-{id}"))
             .spawn(move || {
@@ -299,14 +304,10 @@ impl<M: Clone + Send + 'static> Publisher<M> {
                 }
             });
         if let Err(error) = spawned {
-            // The closure, and the subscription in it, were dropped: nothing stays subscribed.
+            // The closure was dropped, and the subscription with it: nothing stays subscribed.
             tracing::warn!(subscriber = id, %error, "could not start a callback subscriber's thread");
+            self.inner.lock().callbacks.remove(&id);
             return Err(Error::new(Kind::SpawnFailed));
-        }
-        let mut shared = self.inner.lock();
-        // Still subscribed (not unsubscribed or shut down in between): shutdown waits for it.
-        if shared.stops.contains_key(&id) || shared.queues.contains_key(&id) {
-            shared.callbacks.insert(id, done_rx);
         }
         Ok(SubscriberId(id))
     }
@@ -330,6 +331,16 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     ///
     /// [`Error::is_shut_down`] after shutdown.
     pub fn subscribe_stream_with(&self, buffer: Buffer) -> Result<Subscription<M>, Error> {
+        self.attach(buffer, None)
+    }
+
+    /// Subscribes, buffered as `buffer` says; a callback subscriber's `done` (closed when its
+    /// thread ends) is kept for shutdown under the same lock.
+    fn attach(
+        &self,
+        buffer: Buffer,
+        done: Option<oneshot::Receiver<()>>,
+    ) -> Result<Subscription<M>, Error> {
         let id = next_id();
         let mut shared = self.inner.lock();
         if self.inner.phase() == SHUT_DOWN {
@@ -353,6 +364,9 @@ impl<M: Clone + Send + 'static> Publisher<M> {
             }
             Buffer::Unbounded => Self::add_queue(&mut shared, id, false),
         };
+        if let Some(done) = done {
+            shared.callbacks.insert(id, done);
+        }
         self.inner.recount(&shared);
         Ok(Subscription {
             id,

@@ -359,6 +359,34 @@ async fn shutdown_waits_for_callbacks_within_the_grace() {
     assert_eq!(*seen.lock().unwrap(), (0..5).collect::<Vec<_>>());
 }
 
+/// A shutdown that follows a callback's subscription as closely as it can (while its thread is
+/// being started) still waits for the callback to take what was published before.
+#[test]
+fn shutdown_right_after_a_callback_subscribes_waits_for_it() {
+    let mut early = 0;
+    for _ in 0..200 {
+        let p = started::<u32>(16);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (subscriber, flag) = (p.clone(), Arc::clone(&done));
+        let subscribing = std::thread::spawn(move || {
+            subscriber.subscribe(move |m| {
+                if m.is_ok() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        });
+        while !p.has_subscribers() {
+            std::hint::spin_loop();
+        }
+        p.publish(7).unwrap();
+        futures::executor::block_on(p.shutdown_with_grace(Duration::from_secs(60)));
+        early += usize::from(!done.load(std::sync::atomic::Ordering::SeqCst));
+        subscribing.join().unwrap().unwrap();
+    }
+    assert_eq!(early, 0, "shutdowns that returned before the callback was done");
+}
+
 #[test]
 fn nobody_subscribed_is_visible_and_publishing_to_nobody_succeeds() {
     let p = started::<u32>(16);
