@@ -95,6 +95,9 @@ impl<M: Clone + Send + 'static> Ring<M> {
                 self.rx = Some(rx);
                 result
             };
+            // Read again: an unsubscribe that came while this receive was under way stores `at`
+            // before any later message is published, so the message received shows it.
+            let stop_at = self.stop.at.load(Ordering::SeqCst);
             match result {
                 Ok(envelope) if envelope.seq >= stop_at => {
                     // Unsubscribed: what was published before arrived; this one does not.
