@@ -166,3 +166,66 @@ async fn a_retried_child_of_a_parent_waiting_on_a_one_thread_pool_completes() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// An async node that waits for a child with `block_on`.
+fn waiting_async_parent(c: Coordinator, id: &str) -> Task<u32> {
+    let child_id = format!("{id}-child");
+    Task::from_fn(id.to_owned(), "parent", move || async move {
+        let child = Task::from_fn(child_id, "child", || async { Ok::<_, BoxError>(2_u32) });
+        Ok::<_, BoxError>(block_on(c.submit(child, ExecutionMode::ASYNC))? + 1)
+    })
+}
+
+/// `block_on` in async nodes, one on each of the runtime's two workers: the runtime's other tasks
+/// (the children) go on elsewhere meanwhile, and both parents get their answers.
+#[test]
+fn async_nodes_waiting_in_block_on_do_not_stop_the_runtime() {
+    let (done, answered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let answers = runtime.block_on(async {
+            let (publisher, coordinator) = started_with_small_pool();
+            let parents = ["p0", "p1"].map(|id| {
+                let c = coordinator.clone();
+                tokio::spawn(async move {
+                    c.submit(waiting_async_parent(c.clone(), id), ExecutionMode::ASYNC)
+                        .await
+                })
+            });
+            let answers = futures::future::join_all(parents).await;
+            coordinator.shutdown().await;
+            publisher.shutdown().await;
+            answers
+        });
+        let _ = done.send(
+            answers
+                .into_iter()
+                .map(|a| a.unwrap().ok())
+                .collect::<Vec<_>>(),
+        );
+    });
+    let answers = answered
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the runtime keeps running while nodes wait in block_on");
+    assert_eq!(answers, [Some(3), Some(3)]);
+}
+
+/// On a current-thread runtime, where waiting would stop the runtime with the child on it, an
+/// async node's `block_on` fails the node instead of hanging.
+#[tokio::test(flavor = "current_thread")]
+async fn block_on_in_an_async_node_of_a_current_thread_runtime_fails_the_node() {
+    let (publisher, coordinator) = started_with_small_pool();
+    let parent = waiting_async_parent(coordinator.clone(), "parent");
+    let error = coordinator
+        .submit(parent, ExecutionMode::ASYNC)
+        .await
+        .unwrap_err();
+    let failure = error.task_error().expect("the node's failure");
+    assert!(failure.is_panic(), "{error}");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

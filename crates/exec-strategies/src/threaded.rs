@@ -29,8 +29,13 @@ thread_local! {
 /// On a thread of a [`ThreadedExecutionStrategy`]'s pool, while the future waits it runs other
 /// work queued on the pool (such as the child task it waits for), so a node that submits a child
 /// and waits for it cannot deadlock the pool, however deep or wide the nesting and however small
-/// the pool, wherever the child was submitted from. Elsewhere it simply parks the thread between
+/// the pool, wherever the child was submitted from. Elsewhere it parks the thread between
 /// wake-ups.
+///
+/// An async node should await instead. Called there anyway, on a multi-thread tokio runtime
+/// it hands the runtime's other tasks to another thread while it waits
+/// ([`tokio::task::block_in_place`]), so nothing else stops; on a current-thread runtime, where
+/// waiting would stop the runtime and the child with it, it panics (the node fails, saying so).
 ///
 /// The work it runs meanwhile runs on top of the waiting node, as in rayon's own joins: a task
 /// that would wait (on a channel, a lock, or `block_on`) for the node beneath it deadlocks both.
@@ -48,7 +53,7 @@ thread_local! {
 pub fn block_on<F: Future>(future: F) -> F::Output {
     match POOL_SIGNAL.with(|s| s.borrow().clone()) {
         Some(signal) => helping_block_on(future, &signal),
-        None => futures::executor::block_on(future),
+        None => tokio::task::block_in_place(|| futures::executor::block_on(future)),
     }
 }
 

@@ -384,7 +384,10 @@ fn shutdown_right_after_a_callback_subscribes_waits_for_it() {
         early += usize::from(!done.load(std::sync::atomic::Ordering::SeqCst));
         subscribing.join().unwrap().unwrap();
     }
-    assert_eq!(early, 0, "shutdowns that returned before the callback was done");
+    assert_eq!(
+        early, 0,
+        "shutdowns that returned before the callback was done"
+    );
 }
 
 #[test]
