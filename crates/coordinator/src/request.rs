@@ -438,8 +438,9 @@ impl Expiry {
     /// Ends the request as timed out, if it is still open.
     pub(crate) fn fire(mut self, timeout: std::time::Duration) {
         if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
-            let timed_out =
-                TaskError::timed_out(format!("the request ran past its timeout of {timeout:?}"));
+            let timed_out = TaskError::timed_out(format!(
+                "the request did not end within its timeout of {timeout:?}"
+            ));
             cell.stop(Err(timed_out), true);
         }
     }
