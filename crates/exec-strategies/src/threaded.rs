@@ -18,6 +18,7 @@ use task_core::{
     BoxFuture, Completion, ErasedTask, NodeId, Outcome, StrategyStats, TaskBody, TaskError,
     TaskExecutionStrategy,
 };
+use tokio::runtime::RuntimeFlavor;
 
 thread_local! {
     /// Set while a threaded strategy runs a task on this thread: the pool's signal.
@@ -34,8 +35,9 @@ thread_local! {
 ///
 /// An async node should await instead. Called there anyway, on a multi-thread tokio runtime
 /// it hands the runtime's other tasks to another thread while it waits
-/// ([`tokio::task::block_in_place`]), so nothing else stops; on a current-thread runtime, where
-/// waiting would stop the runtime and the child with it, it panics (the node fails, saying so).
+/// ([`tokio::task::block_in_place`], which panics inside a `LocalSet`), so nothing else stops.
+/// On a current-thread runtime it parks the runtime's only thread: what it waits for must not
+/// need that runtime (a child in the threaded mode runs; one in the async mode never would).
 ///
 /// The work it runs meanwhile runs on top of the waiting node, as in rayon's own joins: a task
 /// that would wait (on a channel, a lock, or `block_on`) for the node beneath it deadlocks both.
@@ -53,7 +55,12 @@ thread_local! {
 pub fn block_on<F: Future>(future: F) -> F::Output {
     match POOL_SIGNAL.with(|s| s.borrow().clone()) {
         Some(signal) => helping_block_on(future, &signal),
-        None => tokio::task::block_in_place(|| futures::executor::block_on(future)),
+        None => match tokio::runtime::Handle::try_current().map(|rt| rt.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| futures::executor::block_on(future))
+            }
+            _ => futures::executor::block_on(future),
+        },
     }
 }
 
