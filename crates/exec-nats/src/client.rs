@@ -39,11 +39,16 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// Takes run `run` out of the table, its place in the stream with it.
+    /// Takes run `run` out of the table, its place in the stream with it. Its `seq` is left
+    /// `None` where the stream numbered another run's task the same since (a server killed
+    /// outright may lose its last writes, and reuse their numbers): that task is not this run's.
     pub(crate) fn remove(&mut self, run: &str) -> Option<Waiting> {
-        let waiting = self.pending.remove(run)?;
-        if let Some(seq) = waiting.seq {
+        let mut waiting = self.pending.remove(run)?;
+        if let Some(seq) = waiting.seq.take()
+            && self.by_seq.get(&seq).is_some_and(|owner| owner == run)
+        {
             self.by_seq.remove(&seq);
+            waiting.seq = Some(seq);
         }
         Some(waiting)
     }
@@ -54,7 +59,9 @@ impl Table {
         let Some(waiting) = self.pending.get_mut(run) else {
             return false;
         };
-        if let Some(old) = waiting.seq.replace(seq) {
+        if let Some(old) = waiting.seq.replace(seq)
+            && self.by_seq.get(&old).is_some_and(|owner| owner == run)
+        {
             self.by_seq.remove(&old);
         }
         self.by_seq.insert(seq, run.to_owned());
@@ -186,13 +193,14 @@ impl Inner {
         }
     }
 
-    /// Fails every waiting run with `error(waited)`, or only those `expired` says.
+    /// Fails every waiting run with `error(waited)`, or only those `expired` says; gives back
+    /// each failed run with where the stream keeps its task, if it is known.
     pub(crate) fn fail_waiting(
         &self,
         mut expired: impl FnMut(&Waiting) -> bool,
         error: impl Fn(&Waiting) -> TaskError,
-    ) {
-        let failed: Vec<Waiting> = {
+    ) -> Vec<(String, Option<u64>)> {
+        let failed: Vec<(Waiting, String)> = {
             let mut table = self.table();
             let runs: Vec<String> = table
                 .pending
@@ -200,11 +208,30 @@ impl Inner {
                 .filter(|(_, waiting)| expired(waiting))
                 .map(|(run, _)| run.clone())
                 .collect();
-            runs.iter().filter_map(|run| table.remove(run)).collect()
+            let failed = runs
+                .into_iter()
+                .filter_map(|run| Some((table.remove(&run)?, run)));
+            failed.collect()
         };
-        for waiting in failed {
+        let mut runs = Vec::with_capacity(failed.len());
+        for (waiting, run) in failed {
             let error = error(&waiting);
+            runs.push((run, waiting.seq));
             let _ = waiting.answer.send(Err(error));
+        }
+        runs
+    }
+
+    /// Withdraws run `run`: tells the workers (one that has it skips it, one running it drops
+    /// it), then takes its task, stored at `seq`, out of the stream, so that no worker that
+    /// comes later runs it.
+    pub(crate) async fn withdraw(&self, run: String, seq: Option<u64>) {
+        let _ = self
+            .client
+            .publish(self.cancel_subject.clone(), run.into())
+            .await;
+        if let Some(seq) = seq {
+            self.delete(seq).await;
         }
     }
 
@@ -258,10 +285,12 @@ impl Inner {
         };
         // The hand-over goes on by itself when the run ends first (it is withdrawn, or failed
         // while the server is away), until the server acknowledges the task: then the task is
-        // taken out again, where a worker that comes later would otherwise find it.
+        // taken out again, where a worker that comes later would otherwise find it. Shutdown
+        // waits for it, as for the run.
         let handed = tokio::spawn({
-            let (inner, run) = (Arc::clone(inner), run.clone());
+            let (inner, run, in_flight) = (Arc::clone(inner), run.clone(), inner.tasks.token());
             async move {
+                let _in_flight = in_flight;
                 let ack = inner.publish(&run, bytes).await?;
                 inner.track_or_withdraw(&run, ack.sequence).await;
                 Ok(())
@@ -333,17 +362,13 @@ impl Drop for RunGuard<'_> {
             .table()
             .remove(&run)
             .and_then(|waiting| waiting.seq);
-        // Tell the workers (one that has it skips it, one running it drops it), then take its
-        // task out of the stream, so that no worker that comes later runs it. Where the server
-        // has not acknowledged the task yet, its hand-over takes it out once it does.
-        let inner = Arc::clone(self.inner);
+        // Where the server has not acknowledged the task yet, its hand-over takes it out once it
+        // does. Shutdown waits for this, as for the run.
+        let (inner, in_flight) = (Arc::clone(self.inner), self.inner.tasks.token());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let subject = inner.cancel_subject.clone();
-                let _ = inner.client.publish(subject, run.into()).await;
-                if let Some(seq) = seq {
-                    inner.delete(seq).await;
-                }
+                let _in_flight = in_flight;
+                inner.withdraw(run, seq).await;
             });
         }
     }

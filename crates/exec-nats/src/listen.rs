@@ -142,7 +142,7 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
             && since.elapsed() >= inner.unreachable_after
         {
             let after = inner.unreachable_after;
-            inner.fail_waiting(
+            drop(inner.fail_waiting(
                 |_| true,
                 |_| {
                     TaskError::strategy(format!(
@@ -150,14 +150,14 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
                          cannot be learnt (it may still run)"
                     ))
                 },
-            );
+            ));
         }
         let max_age = inner.config.max_age;
         if max_age.is_zero() {
             // JetStream's "no limit".
             continue;
         }
-        inner.fail_waiting(
+        drop(inner.fail_waiting(
             |waiting| waiting.published.elapsed() >= max_age,
             |_| {
                 TaskError::timed_out(format!(
@@ -165,7 +165,7 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
                      {max_age:?}"
                 ))
             },
-        );
+        ));
     }
 }
 

@@ -193,14 +193,19 @@ impl TaskExecutionStrategy for NatsStrategy {
             for listener in listeners {
                 listener.abort();
             }
-            // What is still out past the grace gets no completion now: it ends here.
-            self.inner
+            // What is still out past the grace gets no completion now: it ends here, and is
+            // withdrawn (below) so that no worker runs it later.
+            let failed = self
+                .inner
                 .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
             // Nothing will read this side's completions any more. An unreachable server would
             // keep these waiting: they get a moment, then the server cleans up by itself (the
             // consumer's inactivity limit).
             let inner = &self.inner;
             let tidy = async {
+                for (run, seq) in failed {
+                    inner.withdraw(run, seq).await;
+                }
                 if let Ok(stream) = inner.js.get_stream(inner.config.completion_stream()).await {
                     let _ = stream
                         .delete_consumer(&format!("done-{}", inner.client_id))

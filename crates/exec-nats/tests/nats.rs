@@ -766,35 +766,42 @@ async fn stream_state(config: &NatsConfig) -> async_nats::jetstream::stream::Sta
 
 /// Requests withdrawn while their tasks are being handed over (timeouts of a millisecond or
 /// two, mostly ending between the server storing a task and its acknowledgement arriving) leave
-/// nothing behind either: each hand-over goes on until the server has the task, then takes it
-/// out.
+/// nothing behind either, even when the program ends right after its shutdown: each hand-over
+/// goes on until the server has the task, then takes it out, and shutdown waits for that.
 async fn tasks_withdrawn_while_handed_over_are_taken_out() {
     let config = config("handed-over");
-    let (publisher, coordinator, _) = coordinator(&config).await;
-    let calls = (0..200_u64).map(|i| {
-        let options = SubmitOptions::new().timeout(Duration::from_micros(500 + i % 4 * 500));
-        coordinator.submit_with(Task::portable(format!("r{i}"), Echo(i)), "nats", options)
-    });
-    let outcomes = futures::future::join_all(calls).await;
-    let timed_out = outcomes
-        .iter()
-        .filter(|o| o.as_ref().is_err_and(|e| e.is_timeout()));
-    assert_eq!(timed_out.count(), 200, "no worker: every request times out");
-    let start = Instant::now();
-    let state = loop {
-        let state = stream_state(&config).await;
-        if state.messages == 0 || start.elapsed() > Duration::from_secs(20) {
-            break state;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let program = {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let (publisher, coordinator, _) = coordinator(&config).await;
+                let calls = (0..200_u64).map(|i| {
+                    let timeout = Duration::from_micros(500 + i % 4 * 500);
+                    let options = SubmitOptions::new().timeout(timeout);
+                    let task = Task::portable(format!("r{i}"), Echo(i));
+                    coordinator.submit_with(task, "nats", options)
+                });
+                let outcomes = futures::future::join_all(calls).await;
+                let timed_out = outcomes
+                    .iter()
+                    .filter(|o| o.as_ref().is_err_and(|e| e.is_timeout()));
+                assert_eq!(timed_out.count(), 200, "no worker: every request times out");
+                coordinator.shutdown().await;
+                publisher.shutdown().await;
+            });
+            // The program ends: whatever it left running stops here.
+        })
     };
+    tokio::task::spawn_blocking(move || program.join().unwrap())
+        .await
+        .unwrap();
+    let state = stream_state(&config).await;
     assert_eq!(
         state.messages, 0,
         "of {} tasks stored, some were left for a worker that comes later",
         state.last_sequence
     );
-    coordinator.shutdown().await;
-    publisher.shutdown().await;
     cleanup(&config).await;
 }
 
