@@ -978,6 +978,43 @@ fn handshake_problems_are_clear_errors() {
     assert!(e.is_runtime(), "{e:?}");
 }
 
+/// A worker program whose main forgot `run_worker_if_requested` and starts a pool instead:
+/// refused, so it exits, and the parent hears so at once (rather than each worker starting
+/// workers of its own until the handshake times out).
+fn a_worker_that_starts_a_pool_instead_of_serving_is_refused() {
+    runtime().block_on(async {
+        let me = std::env::current_exe().unwrap();
+        let e = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .command(me, ["--forgetful-worker"])
+            .handshake_timeout(Duration::from_secs(60))
+            .start()
+            .await
+            .unwrap_err();
+        assert!(e.is_spawn(), "{e:?}");
+        assert!(e.to_string().contains("status 4"), "{e}");
+    });
+}
+
+/// The worker side of the test above: a pool of its own, as a program that forgot to serve.
+fn forgetful_worker() -> ! {
+    let pool = ProcessExecutionStrategy::builder(registry())
+        .workers(1)
+        .start();
+    match runtime().block_on(pool) {
+        Err(e) if e.is_spawn() && e.to_string().contains("run_worker_if_requested") => {
+            eprintln!("forgetful worker: {e}");
+            std::process::exit(4)
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_pool) => {
+            // A pool of its own started: it never announces itself to its parent.
+            std::thread::sleep(Duration::from_secs(120));
+            std::process::exit(0)
+        }
+    }
+}
+
 fn misbehaving_workers_fail_their_task_and_are_replaced() {
     runtime().block_on(async {
         for (mode, expected) in [
@@ -1240,6 +1277,9 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--foreign-pipes") {
         foreign_pipes();
     }
+    if args.get(1).map(String::as_str) == Some("--forgetful-worker") {
+        forgetful_worker();
+    }
     if std::env::var_os(exec_strategies::process::WORKER_ENV).is_some() {
         // The nodes here panic on purpose, and a caught panic comes back to the test as the
         // task's error: the worker need not print it as well.
@@ -1351,6 +1391,10 @@ fn main() {
         (
             "handshake_problems_are_clear_errors",
             handshake_problems_are_clear_errors,
+        ),
+        (
+            "a_worker_that_starts_a_pool_instead_of_serving_is_refused",
+            a_worker_that_starts_a_pool_instead_of_serving_is_refused,
         ),
         (
             "misbehaving_workers_fail_their_task_and_are_replaced",

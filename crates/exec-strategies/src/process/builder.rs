@@ -180,6 +180,14 @@ impl ProcessBuilder {
                 ),
             ));
         }
+        if super::worker::is_unserving_worker() {
+            return Err(ProcessError::new(
+                ErrorKind::Spawn,
+                "this process was started as a worker of a ProcessExecutionStrategy, and starts \
+                 a pool of its own instead of serving: call run_worker_if_requested first thing \
+                 in main (without it, every worker would start workers of its own)",
+            ));
+        }
         let readers = tokio::runtime::Handle::try_current().map_err(|_| {
             ProcessError::new(
                 ErrorKind::Runtime,

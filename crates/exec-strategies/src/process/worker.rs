@@ -99,6 +99,31 @@ static PIPES_TAKEN: AtomicBool = AtomicBool::new(false);
 /// When the environment names no pipes, or names descriptors that are not those pipes, or the
 /// pipes were taken already.
 pub fn worker_pipes() -> io::Result<(File, File)> {
+    let (input, output) = named_pipes()?;
+    for fd in [input, output] {
+        // SAFETY: F_SETFD sets close-on-exec on an open descriptor, so processes a node starts
+        // do not inherit the protocol (they would keep the parent from seeing this worker end).
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if PIPES_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other("the protocol's pipes are taken already"));
+    }
+    // SAFETY: both are open, and are the pipes the parent made for this worker's protocol alone
+    // (checked by `named_pipes`); the flag lets them be owned only once.
+    Ok(unsafe { (File::from_raw_fd(input), File::from_raw_fd(output)) })
+}
+
+/// Whether this process was started as a worker, with its pipes, and has not taken them: a
+/// worker program that never called [`run_worker_if_requested`], and would start workers of its
+/// own, each of which would do the same.
+pub(crate) fn is_unserving_worker() -> bool {
+    !PIPES_TAKEN.load(Ordering::SeqCst) && named_pipes().is_ok()
+}
+
+/// The two descriptors the environment names, once each is checked to be the pipe it names.
+fn named_pipes() -> io::Result<(RawFd, RawFd)> {
     let named = std::env::var(PIPES_ENV).map_err(|_| {
         io::Error::other(format!(
             "{PIPES_ENV} is not set: this process was not started by a ProcessExecutionStrategy"
@@ -133,21 +158,16 @@ pub fn worker_pipes() -> io::Result<(File, File)> {
                  not started by a ProcessExecutionStrategy, or inherited a worker's environment"
             )));
         }
-        // SAFETY: F_SETFD sets close-on-exec on an open descriptor, so processes a node starts
-        // do not inherit the protocol (they would keep the parent from seeing this worker end).
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(fd)
     };
     let mut parts = named.split(',');
     let (input, output) = (fd(parts.next())?, fd(parts.next())?);
-    if input == output || PIPES_TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(io::Error::other("the protocol's pipes are taken already"));
+    if input == output {
+        return Err(io::Error::other(format!(
+            "{PIPES_ENV}={named} names one pipe twice"
+        )));
     }
-    // SAFETY: both are open, and are the pipes the parent made for this worker's protocol alone
-    // (checked above); the flag lets them be owned only once.
-    Ok(unsafe { (File::from_raw_fd(input), File::from_raw_fd(output)) })
+    Ok((input, output))
 }
 
 /// Where frames to the parent go: whichever thread has one writes it.
