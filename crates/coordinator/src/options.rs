@@ -39,9 +39,9 @@ impl SubmitOptions {
     /// ([`SubmitError::is_timeout`](crate::SubmitError::is_timeout)), the job closes as
     /// [`JobResult::TimedOut`](crate::JobResult::TimedOut) and the strategy's future is
     /// dropped (what that stops depends on the strategy; see `docs/reliability.md`). An
-    /// outcome that arrives before the timer fires wins: with a zero timeout, an async node
-    /// that does not wait may still succeed, where a node that runs elsewhere (a thread, a
-    /// process) times out.
+    /// outcome that arrives before the timer fires wins: with a zero timeout, a node that
+    /// ends at once (an async node that does not wait, a quick one on a thread) may still
+    /// succeed.
     ///
     /// The deadline is a tokio timer on the runtime the request is submitted on: submitting
     /// with a timeout panics, as [`tokio::time::timeout`] does, on a runtime built without
