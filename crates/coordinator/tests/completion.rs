@@ -11,7 +11,7 @@ use coordinator::{
     BoxError, Coordinator, JobResult, RequestCompletionPublisher, RequestHandle, SubmitOptions,
     Task, TaskExecutionStrategy, ThreadedExecutionStrategy, Value, block_on,
 };
-use support::{Recorder, value_task};
+use support::{Recorder, started, value_task};
 use task_core::{BoxFuture, Completion, ErasedTask};
 
 /// What a [`Launching`] strategy does with each task it launches.
@@ -306,11 +306,8 @@ async fn dropping_every_handle_of_a_coordinator_releases_its_strategies_and_answ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_async_request_open_when_its_coordinator_is_dropped_stops_and_is_announced() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
+    let (publisher, coordinator) = started();
     let recorder = Recorder::attach(&publisher);
-    let coordinator = Coordinator::builder().with_async().build();
-    coordinator.start(&publisher).unwrap();
     /// Set when the node's future is dropped: its run stopped.
     struct Stopped(Arc<AtomicBool>);
     impl Drop for Stopped {
@@ -350,11 +347,8 @@ async fn an_async_request_open_when_its_coordinator_is_dropped_stops_and_is_anno
 async fn requests_ending_while_the_coordinator_is_dropped_each_have_one_terminal_message() {
     const N: usize = 2_000;
     for round in 0..5 {
-        let publisher = RequestCompletionPublisher::new();
-        publisher.start().unwrap();
+        let (publisher, coordinator) = started();
         let recorder = Recorder::attach(&publisher);
-        let coordinator = Coordinator::builder().with_async().build();
-        coordinator.start(&publisher).unwrap();
         let gate = Arc::new(tokio::sync::Notify::new());
         let mut handles = Vec::with_capacity(N);
         for i in 0..N {
@@ -447,11 +441,8 @@ async fn a_dropped_coordinators_requests_cancel_their_children_elsewhere_without
 /// (the coordinator stays whole until then); the other open requests end failed, announced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_letting_the_last_handle_go_keeps_its_own_outcome() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
+    let (publisher, coordinator) = started();
     let recorder = Recorder::attach(&publisher);
-    let coordinator = Coordinator::builder().with_async().build();
-    coordinator.start(&publisher).unwrap();
     let gate = Arc::new(tokio::sync::Notify::new());
     let (inside, opened) = (coordinator.clone(), Arc::clone(&gate));
     let own = Task::from_fn("own", "own", move || async move {
