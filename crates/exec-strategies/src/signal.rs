@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::task::Wake;
+use std::time::Duration;
 
 use crate::sync::{AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, fence};
 
@@ -34,14 +35,19 @@ impl Signal {
         }
     }
 
-    /// Sleeps until the epoch moves past `seen`.
-    pub(crate) fn sleep_unless_moved(&self, seen: u64) {
+    /// Sleeps until the epoch moves past `seen`, or for at most `backstop`: the pool may be
+    /// given work that bumps no signal (a plain `ThreadPool::spawn`), and a waiting thread
+    /// finds it after that long. It may return early; the caller checks again.
+    pub(crate) fn sleep_unless_moved(&self, seen: u64, backstop: Duration) {
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        while self.epoch() == seen {
-            guard = self.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
-        }
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = if self.epoch() == seen {
+            let woken = self.wake.wait_timeout(guard, backstop);
+            woken.map_or_else(|p| p.into_inner().0, |(guard, _)| guard)
+        } else {
+            guard
+        };
         drop(guard);
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
@@ -61,6 +67,13 @@ impl Wake for Signal {
 mod loom_tests {
     use super::*;
 
+    /// Waits as `block_on` does: until the epoch moves past `seen`.
+    fn wait_past(signal: &Signal, seen: u64) {
+        while signal.epoch() == seen {
+            signal.sleep_unless_moved(seen, Duration::from_secs(60));
+        }
+    }
+
     /// A bump that races a sleeper's check is never lost: the sleeper always wakes.
     #[test]
     fn a_wake_racing_a_sleeper_is_never_lost() {
@@ -71,7 +84,7 @@ mod loom_tests {
                 let signal = Arc::clone(&signal);
                 loom::thread::spawn(move || signal.bump())
             };
-            signal.sleep_unless_moved(seen);
+            wait_past(&signal, seen);
             waker.join().unwrap();
             assert!(signal.epoch() > seen);
         });
@@ -85,13 +98,13 @@ mod loom_tests {
             let seen = signal.epoch();
             let sleeper = {
                 let signal = Arc::clone(&signal);
-                loom::thread::spawn(move || signal.sleep_unless_moved(seen))
+                loom::thread::spawn(move || wait_past(&signal, seen))
             };
             let bumper = {
                 let signal = Arc::clone(&signal);
                 loom::thread::spawn(move || signal.bump())
             };
-            signal.sleep_unless_moved(seen);
+            wait_past(&signal, seen);
             sleeper.join().unwrap();
             bumper.join().unwrap();
         });

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -30,8 +30,9 @@ thread_local! {
 /// On a thread of a [`ThreadedExecutionStrategy`]'s pool, while the future waits it runs other
 /// work queued on the pool (such as the child task it waits for), so a node that submits a child
 /// and waits for it cannot deadlock the pool, however deep or wide the nesting and however small
-/// the pool, wherever the child was submitted from. Elsewhere it parks the thread between
-/// wake-ups.
+/// the pool, wherever the child was submitted from and whichever strategy sharing the pool
+/// runs it (work handed to the pool directly is found within 10 ms). Elsewhere it parks the
+/// thread between wake-ups.
 ///
 /// An async node should await instead. Called there anyway, on a multi-thread tokio runtime
 /// it hands the runtime's other tasks to another thread while it waits
@@ -64,6 +65,29 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// The longest a pool thread waiting in [`block_on`] sleeps before it looks for queued work
+/// again: what the pool was given without a signal (a plain `ThreadPool::spawn`) waits at most
+/// this long for it.
+const BACKSTOP: Duration = Duration::from_millis(10);
+
+/// The signal of a pool that strategies share ([`ThreadedBuilder::pool`]): one per pool, so
+/// that work any of them hands it wakes the threads of every one of them waiting in
+/// [`block_on`].
+fn shared_signal(pool: &Arc<ThreadPool>) -> Arc<Signal> {
+    static SIGNALS: Mutex<Vec<(Weak<ThreadPool>, Arc<Signal>)>> = Mutex::new(Vec::new());
+    let mut signals = SIGNALS.lock().unwrap_or_else(|p| p.into_inner());
+    signals.retain(|(pool, _)| pool.strong_count() > 0);
+    let known = signals
+        .iter()
+        .find(|(known, _)| known.as_ptr() == Arc::as_ptr(pool));
+    if let Some((_, signal)) = known {
+        return Arc::clone(signal);
+    }
+    let signal = Arc::new(Signal::default());
+    signals.push((Arc::downgrade(pool), Arc::clone(&signal)));
+    signal
+}
+
 fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
     let mut future = pin!(future);
     let waker = Waker::from(Arc::clone(signal));
@@ -81,7 +105,7 @@ fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
             match rayon::yield_now() {
                 Some(Yield::Executed) => continue,
                 _ => {
-                    signal.sleep_unless_moved(seen);
+                    signal.sleep_unless_moved(seen, BACKSTOP);
                     break;
                 }
             }
@@ -180,8 +204,11 @@ impl ThreadedBuilder {
     ///
     /// When the operating system refuses to start the pool's threads.
     pub fn build(self) -> Result<ThreadedExecutionStrategy, BuildError> {
-        let pool = match self.pool {
-            Some(pool) => pool,
+        let (pool, signal) = match self.pool {
+            Some(pool) => {
+                let signal = shared_signal(&pool);
+                (pool, signal)
+            }
             None => {
                 let prefix = self.thread_name.unwrap_or_else(|| "threaded-exec".into());
                 let mut builder = ThreadPoolBuilder::new()
@@ -195,7 +222,10 @@ impl ThreadedBuilder {
                 if let Some(threads) = self.threads {
                     builder = builder.num_threads(threads.max(1));
                 }
-                Arc::new(builder.build().map_err(BuildError)?)
+                (
+                    Arc::new(builder.build().map_err(BuildError)?),
+                    Arc::default(),
+                )
             }
         };
         Ok(ThreadedExecutionStrategy {
@@ -206,7 +236,7 @@ impl ThreadedBuilder {
                     max,
                     state: Mutex::default(),
                 }),
-                signal: Arc::new(Signal::default()),
+                signal,
             }),
         })
     }
@@ -288,10 +318,21 @@ impl fmt::Debug for ThreadedExecutionStrategy {
     }
 }
 
-fn run_on_pool_thread(body: TaskBody) -> Outcome {
+/// Runs `body` on this pool thread. An async node is dropped as soon as its request is
+/// cancelled, as on the async strategy (the request has its outcome then); a blocking one cannot
+/// be interrupted.
+fn run_on_pool_thread(body: TaskBody, completion: &Completion) -> Outcome {
     let run = catch_unwind(AssertUnwindSafe(|| match body {
         TaskBody::Blocking(body) => body.run(),
-        TaskBody::Async(body) => block_on(body.into_future()),
+        TaskBody::Async(body) => {
+            let mut node = pin!(body.into_future());
+            block_on(std::future::poll_fn(|cx| {
+                if completion.poll_cancelled(cx).is_ready() {
+                    return Poll::Ready(Err(TaskError::cancelled("the request was cancelled")));
+                }
+                node.as_mut().poll(cx)
+            }))
+        }
         _ => Err(TaskError::unsupported(
             "the threaded strategy cannot run this kind of task",
         )),
@@ -329,7 +370,7 @@ impl PoolJob {
         let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
         let _pool = PoolScope::enter(signal);
         let _node = task_core::context::enter_node(node_id);
-        let outcome = completion.in_scope(|| run_on_pool_thread(body));
+        let outcome = completion.in_scope(|| run_on_pool_thread(body, &completion));
         // Counted out before the caller hears: what it reads of the stats then is current.
         admission.record(&outcome);
         completion.complete(outcome);

@@ -302,3 +302,75 @@ async fn tasks_cancelled_while_queued_do_not_pile_up_behind_a_stuck_node() {
     assert_eq!(s.stats().in_flight, 0);
     assert_eq!(freed.load(Ordering::SeqCst), 1_000);
 }
+
+/// A node of one strategy waits in `block_on` on a one-thread pool for work that reaches the
+/// pool after its thread fell asleep: handed to a second strategy sharing the pool, then given
+/// to the pool directly. Its thread runs both (it slept on its own strategy's signal alone, and
+/// nothing ran them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waiting_on_a_shared_pool_runs_work_any_strategy_or_the_pool_is_given() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+    let pool = Arc::new(pool.unwrap());
+    let strategy = || ThreadedExecutionStrategy::builder().pool(Arc::clone(&pool));
+    let (first, second) = (strategy().build().unwrap(), strategy().build().unwrap());
+    let (to_sibling, from_sibling) = futures::channel::oneshot::channel::<u32>();
+    let (to_pool, from_pool) = futures::channel::oneshot::channel::<u32>();
+    let parent = Task::blocking("parent", "wait", move || {
+        let from_sibling = exec_strategies::block_on(from_sibling)?;
+        Ok::<_, BoxError>(from_sibling + exec_strategies::block_on(from_pool)?)
+    });
+    let parent = tokio::spawn(task_core::run(&first, parent.into_erased()));
+    // The pool's one thread is asleep in the parent's `block_on` by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let child = Task::blocking("child", "send", move || {
+        Ok::<_, BoxError>(to_sibling.send(7))
+    });
+    let child = task_core::run(&second, child.into_erased());
+    let child = tokio::time::timeout(Duration::from_secs(30), child).await;
+    assert!(matches!(child, Ok(Ok(_))), "the child ran: {child:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pool.spawn(move || {
+        let _ = to_pool.send(35);
+    });
+    let parent = tokio::time::timeout(Duration::from_secs(30), parent).await;
+    let parent = parent.expect("the parent ends").unwrap().unwrap();
+    assert_eq!(parent.downcast_ref::<u32>(), Some(&42));
+}
+
+/// An async node on the threaded strategy is dropped as soon as its request is cancelled, as on
+/// the async strategy: it holds no pool thread, and shutdown does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_node_is_dropped_when_its_request_is_cancelled() {
+    /// Sets its flag when the node's future is dropped.
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let strategy = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let guard = Dropped(Arc::clone(&dropped));
+    let parked = Task::from_fn("parked", "park", move || async move {
+        let _guard = guard;
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok::<_, BoxError>(())
+    });
+    let running = task_core::run(&strategy, parked.into_erased());
+    // Dropping the run cancels its request.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), running)
+            .await
+            .is_err()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dropped.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the node was dropped");
+    let shutdown = tokio::time::timeout(Duration::from_secs(30), strategy.shutdown(Duration::MAX));
+    assert!(shutdown.await.is_ok(), "nothing left to wait for");
+}
