@@ -193,6 +193,18 @@ impl Inner {
     }
 }
 
+/// Runs its closure when dropped: as (part of) a spawned task, where the task runs, or where a
+/// runtime that has shut down drops it unrun.
+struct RunOnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for RunOnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 /// Why a request ends when its coordinator's last handle went without `shutdown`.
 fn dropped_while_open() -> TaskError {
     TaskError::strategy(
@@ -203,7 +215,7 @@ fn dropped_while_open() -> TaskError {
 impl Inner {
     /// The last handle is going without `shutdown`: every request still open ends, failed, as
     /// any request ends (its job closed, its message published, its caller answered, its run and
-    /// children stopped), on the coordinator's runtime when it has one: not under whatever locks
+    /// children stopped), on the coordinator's runtime while it runs: not under whatever locks
     /// the dropping thread holds (ending children takes other coordinators' tables). An outcome
     /// racing this ends its request first, just as well. A node that let the last handle go (it
     /// had captured it) is not ended: its own outcome is on its way, and its request keeps the
@@ -215,10 +227,11 @@ impl Inner {
         }
         let dropping = crate::request::current_node();
         let inner = Arc::clone(self);
-        let end = move || inner.end_open_requests_but(dropping.as_ref());
+        let end = RunOnDrop(Some(move || inner.end_open_requests_but(dropping.as_ref())));
         match self.runtime() {
-            Some(runtime) => drop(runtime.spawn(async move { end() })),
-            None => end(),
+            // A runtime that has shut down drops the task unrun, here: it ends them then.
+            Some(runtime) => drop(runtime.spawn(async move { drop(end) })),
+            None => drop(end),
         }
     }
 
