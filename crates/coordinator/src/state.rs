@@ -183,6 +183,8 @@ pub struct CoordinatorState<A = ()> {
     /// Closed jobs in closing order, with their record's sequence number; only kept under
     /// [`Retention::KeepLast`].
     closed: VecDeque<(u64, RequestId)>,
+    /// Entries of `closed` whose record was replaced since (its id reused): they hold no job.
+    stale: usize,
     next_seq: u64,
 }
 
@@ -230,6 +232,7 @@ impl<A> CoordinatorState<A> {
             counts: JobCounts::default(),
             retention,
             closed: VecDeque::new(),
+            stale: 0,
             next_seq: 0,
         }
     }
@@ -281,6 +284,9 @@ impl<A> CoordinatorState<A> {
             }
             Some(i) => {
                 self.counts.replaced += 1;
+                if let Retention::KeepLast(_) = self.retention {
+                    self.stale += 1;
+                }
                 self.jobs.jobs[i] = job;
                 self.jobs.open_at(i, attachment);
                 &mut self.jobs.jobs[i]
@@ -397,19 +403,25 @@ impl<A> CoordinatorState<A> {
             // Share the table's id rather than copying the string.
             let key = self.jobs.jobs[position].request_id().clone();
             self.closed.push_back((seq, key));
+            if self.stale > self.closed.len() / 2 {
+                // Mostly replaced records: drop their entries, so the queue stays proportional
+                // to the jobs kept however often ids are reused.
+                let jobs = &self.jobs;
+                self.closed.retain(|(seq, id)| jobs.holds_closed(*seq, id));
+                self.stale = 0;
+            }
             let mut evicted = false;
-            while self.closed.len() > keep.max(1) {
+            while self.closed.len().saturating_sub(self.stale) > keep.max(1) {
                 let Some((old_seq, old_id)) = self.closed.pop_front() else {
                     break;
                 };
                 // The id may have been reopened since: only drop the record that closed then.
-                if let Some(old) = self.jobs.position(&old_id) {
-                    let record = &self.jobs.jobs[old];
-                    if record.seq == old_seq && record.status() == JobStatus::Closed {
-                        self.jobs.remove_at(old);
-                        self.counts.evicted += 1;
-                        evicted = true;
-                    }
+                if !self.jobs.holds_closed(old_seq, &old_id) {
+                    self.stale = self.stale.saturating_sub(1);
+                } else if let Some(old) = self.jobs.position(&old_id) {
+                    self.jobs.remove_at(old);
+                    self.counts.evicted += 1;
+                    evicted = true;
                 }
             }
             if evicted {

@@ -50,6 +50,13 @@ impl<A> JobTable<A> {
         self.position_hashed(self.hash(request_id), request_id)
     }
 
+    /// Whether the record of `request_id` is the one numbered `seq`, and closed (not replaced
+    /// since by a job reusing the id).
+    pub(crate) fn holds_closed(&self, seq: u64, request_id: &str) -> bool {
+        let record = self.position(request_id).map(|i| &self.jobs[i]);
+        record.is_some_and(|job| job.seq == seq && job.status() == JobStatus::Closed)
+    }
+
     /// As [`position`](Self::position), with `request_id`'s hash already computed.
     pub(crate) fn position_hashed(&self, hash: u64, request_id: &str) -> Option<usize> {
         let jobs = &self.jobs;

@@ -124,6 +124,32 @@ fn a_reopened_id_is_not_evicted_by_its_old_record() {
     assert_eq!(state.len(), 1);
 }
 
+/// Reusing ids keeps the last `n` closed jobs, however often: a replaced record's closing
+/// takes no place among them, and the queue of closings does not grow with the reuses.
+#[test]
+fn keep_last_keeps_n_jobs_when_ids_are_reused() {
+    let mut state = CoordinatorState::with_retention(Retention::KeepLast(3));
+    for id in ["a", "b", "c", "c", "c"] {
+        state.add_job(&info(id)).unwrap();
+        state.end_job(id, JobResult::Success).unwrap();
+    }
+    let kept = ["a", "b", "c"].map(|id| state.get(id).is_some());
+    assert_eq!(kept, [true; 3]);
+    let counts = state.counts();
+    assert_eq!((counts.evicted, counts.replaced, state.len()), (0, 2, 3));
+    for _ in 0..10_000 {
+        state.add_job(&info("d")).unwrap();
+        state.end_job("d", JobResult::Success).unwrap();
+    }
+    let kept = ["a", "b", "c", "d"].map(|id| state.get(id).is_some());
+    assert_eq!(kept, [false, true, true, true]);
+    assert!(
+        state.closed.len() <= 8,
+        "{} closings queued",
+        state.closed.len()
+    );
+}
+
 #[test]
 fn attempts_are_counted_on_open_jobs() {
     let mut state = CoordinatorState::empty();
