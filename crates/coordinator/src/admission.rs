@@ -116,6 +116,14 @@ impl Coordinator {
         Ok((task, entry))
     }
 
+    /// Whether `task` is a child of a request open in this coordinator: it takes no place under
+    /// its mode's limit, as its ancestor holds one (making it wait for a place could deadlock
+    /// the tree). A parent id that names no open request exempts nothing.
+    pub(crate) fn is_open_child(&self, task: &ErasedTask) -> bool {
+        let parent = task.info().parent_id();
+        parent.is_some_and(|parent| self.inner.table().attachment_of_node(parent).is_some())
+    }
+
     /// Accepts the request at once, or, when its mode is at its limit, returns the (boxed, so
     /// the common path's futures stay small) wait for a place.
     pub(crate) fn admit(
@@ -125,11 +133,11 @@ impl Coordinator {
         options: SubmitOptions,
     ) -> Result<Admission<'_>, SubmitError> {
         let (task, entry) = self.prepare(task, &mode, &options)?;
-        // Children do not take a place: their ancestor holds one.
         let limit = entry
             .limit
-            .clone()
-            .filter(|_| task.info().parent_id().is_none());
+            .as_ref()
+            .filter(|_| !self.is_open_child(&task))
+            .cloned();
         let permit = match limit {
             None => None,
             Some(limit) => match Arc::clone(&limit).try_acquire_owned() {

@@ -81,11 +81,13 @@ impl Coordinator {
         let Some(entry) = entry else {
             return Ok(Batch::new(Vec::new()));
         };
-        // Places under the mode's limit for every top-level task, taken together or not at all.
-        let top_level = prepared
-            .iter()
-            .filter(|task| task.info().parent_id().is_none())
-            .count();
+        // Places under the mode's limit for every task that takes one (all but children of open
+        // requests), taken together or not at all.
+        let takes_place: Vec<bool> = match &entry.limit {
+            Some(_) => prepared.iter().map(|t| !self.is_open_child(t)).collect(),
+            None => vec![false; prepared.len()],
+        };
+        let top_level = takes_place.iter().filter(|&&takes| takes).count();
         let mut places = match (&entry.limit, top_level) {
             (Some(limit), n) if n > 0 => {
                 let n = u32::try_from(n).map_err(|_| {
@@ -104,9 +106,9 @@ impl Coordinator {
             _ => None,
         };
         let mut ready = Vec::with_capacity(prepared.len());
-        for task in prepared {
+        for (task, &takes) in prepared.into_iter().zip(&takes_place) {
             let permit = match &mut places {
-                Some(places) if task.info().parent_id().is_none() => places.split(1),
+                Some(places) if takes => places.split(1),
                 _ => None,
             };
             ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
@@ -174,10 +176,9 @@ impl Coordinator {
         let handles = ready
             .into_iter()
             .zip(born_cancelled)
-            .map(|(r, cancelled)| {
-                entry
-                    .metrics
-                    .accepted(waited.filter(|_| r.task.info().parent_id().is_none()));
+            .zip(takes_place)
+            .map(|((r, cancelled), takes)| {
+                entry.metrics.accepted(waited.filter(|_| takes));
                 Self::start_recorded(r, cancelled, entry)
                     .into_handle(crate::handle::take_output::<O>)
             })

@@ -77,8 +77,10 @@ impl CoordinatorBuilder {
     /// [`Coordinator::spawn`] wait for a place and [`Coordinator::try_spawn`] returns a busy
     /// error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)).
     ///
-    /// Children (requests submitted from inside a running node) do not take a place: their
-    /// ancestor holds one, and making them wait for it could deadlock the tree.
+    /// Children (requests whose parent node's request is open in this coordinator, as for
+    /// tasks submitted from inside a running node) do not take a place: their ancestor holds
+    /// one, and making them wait for it could deadlock the tree. A parent id that names no
+    /// open request exempts nothing.
     #[must_use]
     pub fn limit(mut self, mode: impl Into<ExecutionMode>, limit: usize) -> Self {
         self.limits

@@ -454,13 +454,22 @@ async fn a_concurrency_limit_makes_submit_wait_and_try_spawn_busy() {
         .unwrap_err();
     assert!(busy.is_busy() && busy.is_rejected(), "{busy}");
     assert!(coordinator.job("c").is_none());
+    // A parent id naming no open request exempts nothing; one naming an open request's node
+    // does, wherever the child is submitted from.
+    let stray = gated("stray").with_parent(coordinator::NodeId::new("no-such-node"));
+    let stray = coordinator.try_spawn(stray, "async", SubmitOptions::new());
+    assert!(stray.unwrap_err().is_busy());
+    let open_parent = coordinator.job("a").unwrap().child_node_id().clone();
+    let adopted = gated("adopted").with_parent(open_parent);
+    let adopted = coordinator.try_spawn(adopted, "async", SubmitOptions::new());
+    let adopted = adopted.unwrap();
     // The waiting form waits, unrecorded, until a place frees.
     let c = coordinator.clone();
     let gated_d = gated("d");
     let waiting = tokio::spawn(async move { c.submit(gated_d, "async").await });
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert!(coordinator.job("d").is_none());
-    assert_eq!(coordinator.counts().open, 2);
+    assert_eq!(coordinator.counts().open, 3);
     // Children of a running request do not need a place (they would deadlock their parent).
     let c = coordinator.clone();
     let child_runs = Task::from_fn("parent", "parent", move || async move {
@@ -470,6 +479,7 @@ async fn a_concurrency_limit_makes_submit_wait_and_try_spawn_busy() {
     release.send(true).unwrap();
     a.await.unwrap();
     b.await.unwrap();
+    adopted.await.unwrap();
     waiting.await.unwrap().unwrap();
     assert_eq!(coordinator.submit(child_runs, "async").await.unwrap(), 5);
     coordinator.shutdown().await;
