@@ -229,7 +229,7 @@ impl Coordinator {
         permit: Option<OwnedSemaphorePermit>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Ready, SubmitError> {
-        let (timeout, retry, events, owned) = options.into_parts();
+        let (timeout, retry, events, output) = options.into_parts();
         // A timeout too long to add to now is no deadline at all. The timer is made here, in
         // the caller's context: a runtime without a time driver panics in the caller (as
         // `tokio::time::timeout` does) before anything is recorded.
@@ -247,7 +247,7 @@ impl Coordinator {
             drop(tokio::time::sleep(Duration::ZERO));
         }
         let span = task_span(task.info(), mode);
-        let cell = RequestCell::new(task.info().node_id().clone(), span, events, owned);
+        let cell = RequestCell::new(task.info().node_id().clone(), span, events, output);
         // Submitted from inside its parent's node (the usual way): the parent's request is at
         // hand, open or not.
         let scoped_parent = task.info().parent_id().and_then(|parent| {

@@ -69,7 +69,7 @@ impl Coordinator {
         O: std::fmt::Debug + Send + Sync + 'static,
     {
         let mode = mode.into();
-        let options = options.owning_output();
+        let options = options.output::<O>(true);
         let runtime = self.check_open()?;
         let mut prepared = Vec::new();
         let mut entry = None;

@@ -140,7 +140,8 @@ impl Coordinator {
     /// clone of the message kept, or a message read from a bus, which keeps a copy), that
     /// request fails instead, saying so, job and caller alike; a request submitted with
     /// [`submit_shared`](Self::submit_shared) or [`spawn_erased`](Self::spawn_erased) takes
-    /// the value shared either way.
+    /// the value shared either way. A value of another type than a typed caller's fails the
+    /// request too, job and caller alike.
     pub fn handle_item(&self, item: RequestCompletionMessage) {
         let (info, outcome) = match item {
             RequestCompletionMessage::Success(m) => (m.info, Ok(m.result)),
@@ -250,7 +251,7 @@ impl Coordinator {
         O: fmt::Debug + Send + Sync + 'static,
     {
         let accepted = self
-            .admit(task.into_erased(), mode.into(), options.owning_output())?
+            .admit(task.into_erased(), mode.into(), options.output::<O>(true))?
             .await?;
         accepted.into_handle(take_output::<O>).await
     }
@@ -271,7 +272,7 @@ impl Coordinator {
         O: fmt::Debug + Send + Sync + 'static,
     {
         let accepted = self
-            .admit(task.into_erased(), mode.into(), options.owning_output())?
+            .admit(task.into_erased(), mode.into(), options.output::<O>(true))?
             .await?;
         Ok(accepted.into_handle(take_output::<O>))
     }
@@ -291,7 +292,7 @@ impl Coordinator {
     where
         O: fmt::Debug + Send + Sync + 'static,
     {
-        match self.admit_now(task.into_erased(), mode.into(), options.owning_output()) {
+        match self.admit_now(task.into_erased(), mode.into(), options.output::<O>(true)) {
             Ok(accepted) => Ok(accepted.into_handle(take_output::<O>)),
             Err(error) => Err(error),
         }
@@ -343,7 +344,11 @@ impl Coordinator {
         O: fmt::Debug + Send + Sync + 'static,
     {
         let accepted = self
-            .admit(task.into_erased(), mode.into(), SubmitOptions::new())?
+            .admit(
+                task.into_erased(),
+                mode.into(),
+                SubmitOptions::new().output::<O>(false),
+            )?
             .await?;
         accepted.into_handle(shared_output::<O>).await
     }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use task_core::TaskError;
+use task_core::{TaskError, Value};
 
 /// How one request is run: its timeout and its retry policy.
 ///
@@ -24,8 +24,19 @@ pub struct SubmitOptions {
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     events: bool,
-    /// The caller takes the output (set by the typed submissions, not by the user).
-    owned: bool,
+    /// The output the caller takes (set by the typed submissions, not by the user).
+    output: Option<Output>,
+}
+
+/// The output a typed submission's caller takes: its type, moved or shared.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Output {
+    /// Moved to the caller: nobody else may hold it.
+    pub(crate) owned: bool,
+    /// Whether a value is of the caller's type.
+    pub(crate) is: fn(&Value) -> bool,
+    /// The caller's type, for the error an output of another type ends its request with.
+    pub(crate) name: &'static str,
 }
 
 impl SubmitOptions {
@@ -92,15 +103,22 @@ impl SubmitOptions {
         self.retry.as_ref()
     }
 
-    /// The same options for a submission whose caller takes the output.
-    pub(crate) fn owning_output(mut self) -> Self {
-        self.owned = true;
+    /// The same options for a submission whose caller takes an output of type `O`, moved when
+    /// `owned`, shared otherwise.
+    pub(crate) fn output<O: std::any::Any>(mut self, owned: bool) -> Self {
+        self.output = Some(Output {
+            owned,
+            is: Value::is::<O>,
+            name: std::any::type_name::<O>(),
+        });
         self
     }
 
-    /// The timeout, the retry policy, whether events are kept, and whether the output is owned.
-    pub(crate) fn into_parts(self) -> (Option<Duration>, Option<RetryPolicy>, bool, bool) {
-        (self.timeout, self.retry, self.events, self.owned)
+    /// The timeout, the retry policy, whether events are kept, and the output the caller takes.
+    pub(crate) fn into_parts(
+        self,
+    ) -> (Option<Duration>, Option<RetryPolicy>, bool, Option<Output>) {
+        (self.timeout, self.retry, self.events, self.output)
     }
 }
 

@@ -20,6 +20,8 @@ use task_core::{Completion, CompletionSink, NodeId, Outcome, TaskError, TaskInfo
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
+use crate::options::Output;
+
 mod completion;
 mod events;
 mod retry;
@@ -82,8 +84,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The shared record of one accepted request.
 pub(crate) struct RequestCell {
     cancelled: AtomicBool,
-    /// Its caller takes the output (moved to it): the bus gets its text, not the value.
-    owned: bool,
+    /// The output its typed caller takes; one taken moved goes to the bus as its text, not the
+    /// value.
+    output: Option<Output>,
     /// Whatever runs the request waits here for cancellation.
     cancel_waker: AtomicWaker,
     /// Requests submitted from inside this one's node; cancelled with it.
@@ -193,7 +196,7 @@ impl RequestCell {
         node_id: NodeId,
         span: tracing::Span,
         events: bool,
-        owned: bool,
+        output: Option<Output>,
     ) -> Arc<Self> {
         let answer = Answer {
             events: events.then(VecDeque::new),
@@ -201,7 +204,7 @@ impl RequestCell {
         };
         Arc::new_cyclic(|me| Self {
             cancelled: AtomicBool::new(false),
-            owned,
+            output,
             cancel_waker: AtomicWaker::new(),
             children: Mutex::new(Vec::new()),
             answer: Mutex::new(answer),
@@ -214,14 +217,22 @@ impl RequestCell {
 
     /// Whether its caller takes the output, so nobody else may hold it.
     pub(crate) fn owns_output(&self) -> bool {
-        self.owned
+        self.output.is_some_and(|output| output.owned)
     }
 
-    /// `outcome`, as the request may end with it: an output its caller takes (moved) that
-    /// someone else still holds is a failure instead, so the job and the caller agree.
+    /// `outcome`, as the request may end with it: an output not of its typed caller's type, or
+    /// one its caller takes (moved) that someone else still holds, is a failure instead, so the
+    /// job and the caller agree.
     fn owned_outcome(&self, outcome: Outcome) -> Outcome {
+        let Some(expected) = self.output else {
+            return outcome;
+        };
         match outcome {
-            Ok(output) if self.owned && output.is_shared() => Err(TaskError::strategy(
+            Ok(output) if !(expected.is)(&output) => Err(TaskError::strategy(format!(
+                "expected a {} result, got {output:?}",
+                expected.name
+            ))),
+            Ok(output) if expected.owned && output.is_shared() => Err(TaskError::strategy(
                 "the output arrived shared (whoever completed the request kept a copy, or fed \
                  handle_item a message it still holds), but the caller takes it moved: feed \
                  the message itself, or submit with submit_shared or spawn_erased",

@@ -172,6 +172,27 @@ async fn an_outcome_delivered_by_hand_closes_the_job_and_answers_the_caller() {
     assert_eq!(recorder.terminal_counts()["h"], 1);
 }
 
+/// An output of another type than its typed caller's fails the request, job and caller alike,
+/// and the terminal message says so.
+#[tokio::test]
+async fn an_output_of_the_wrong_type_fails_job_and_caller_alike() {
+    let (strategy, publisher, coordinator, recorder, handle) = spawned_and_held("w").await;
+    let completion = strategy.held.lock().unwrap().pop().unwrap();
+    completion.complete(Ok(Value::new("text")));
+    let error = handle.await.unwrap_err();
+    let job = coordinator.job("w").unwrap();
+    assert_eq!(job.result(), Some(JobResult::Failure));
+    let said = job.error().map(|e| e.message().to_owned());
+    assert_eq!(said.as_deref(), Some("expected a u64 result, got \"text\""));
+    assert!(
+        error.to_string().contains("expected a u64 result"),
+        "{error}"
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts()["w"], 1);
+}
+
 #[tokio::test]
 async fn an_outcome_delivered_from_a_thread_of_no_runtime_ends_the_request() {
     let (publisher, coordinator, recorder) =
