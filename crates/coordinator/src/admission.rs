@@ -79,6 +79,19 @@ impl Future for Admission<'_> {
 }
 
 impl Coordinator {
+    /// The entry of `mode`, or the error that names the modes registered.
+    pub(crate) fn mode_entry(&self, mode: &ExecutionMode) -> Result<&Mode, SubmitError> {
+        let modes = &self.inner.modes;
+        // A handful of modes: a scan is as quick as a hash of the name.
+        modes
+            .iter()
+            .find(|entry| entry.name == *mode)
+            .ok_or_else(|| {
+                let known = modes.iter().map(|entry| entry.name.clone()).collect();
+                SubmitError::new(SubmitKind::UnknownMode(mode.clone(), known))
+            })
+    }
+
     /// The checks that need no lock, the mode's entry, and the parent of a nested task.
     pub(crate) fn prepare(
         &self,
@@ -93,15 +106,10 @@ impl Coordinator {
         if inner.closing.load(Ordering::SeqCst) {
             return Err(SubmitError::new(SubmitKind::ShutDown));
         }
-        // A handful of modes: a scan is as quick as a hash of the name.
-        let entry = inner
-            .modes
-            .iter()
-            .find(|entry| entry.name == *mode)
-            .ok_or_else(|| {
-                let known = inner.modes.iter().map(|entry| entry.name.clone()).collect();
-                SubmitError::new(SubmitKind::UnknownMode(mode.clone(), known))
-            })?;
+        let entry = self.mode_entry(mode)?;
+        if task.info().request_id().is_empty() {
+            return Err(SubmitError::new(SubmitKind::EmptyId));
+        }
         // Retries asked of a task that can run only once: say so, rather than run it once.
         let retries = options.get_retry().is_some_and(|p| p.max_attempts() > 1);
         if retries && !task.is_replayable() {

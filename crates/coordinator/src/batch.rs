@@ -79,6 +79,8 @@ impl Coordinator {
             prepared.push(task);
         }
         let Some(entry) = entry else {
+            // Nothing to run, but a mode that cannot run anything is still said.
+            self.mode_entry(&mode)?;
             return Ok(Batch::new(Vec::new()));
         };
         // Places under the mode's limit for every task that takes one (all but children of open

@@ -21,6 +21,8 @@ pub(crate) enum SubmitKind {
     /// The mode asked for, and the modes registered.
     UnknownMode(ExecutionMode, Vec<ExecutionMode>),
     Duplicate(RequestId),
+    /// The request id is the empty string.
+    EmptyId,
     /// A batch names the same request id twice.
     Repeated(RequestId),
     /// Retries were asked of a task that can run only once.
@@ -63,6 +65,11 @@ impl SubmitError {
             self.kind,
             SubmitKind::Duplicate(_) | SubmitKind::Repeated(_)
         )
+    }
+
+    /// The task's request id is empty: nothing could find, cancel or address its job.
+    pub fn is_empty_id(&self) -> bool {
+        matches!(self.kind, SubmitKind::EmptyId)
     }
 
     /// The options ask for retries ([`SubmitOptions::retry`](crate::SubmitOptions::retry), more
@@ -136,6 +143,7 @@ impl fmt::Display for SubmitError {
             }
             SubmitKind::Duplicate(id) => write!(f, "a job for request `{id}` is already open"),
             SubmitKind::Repeated(id) => write!(f, "the batch names request `{id}` more than once"),
+            SubmitKind::EmptyId => f.write_str("the task's request id is empty"),
             SubmitKind::NotReplayable(id) => write!(
                 f,
                 "request `{id}` asks for retries but its task can run only once: make it with \

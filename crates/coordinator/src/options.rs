@@ -170,14 +170,12 @@ impl RetryPolicy {
         self
     }
 
-    /// The growth factor between backoffs (default 2; values below 1 are read as 1).
+    /// The growth factor between backoffs (default 2; values below 1, and NaN, are read as 1;
+    /// an infinite one goes from the first backoff straight to the longest).
     #[must_use]
     pub fn multiplier(mut self, multiplier: f64) -> Self {
-        self.multiplier = if multiplier.is_finite() {
-            multiplier.max(1.0)
-        } else {
-            1.0
-        };
+        // `f64::max` takes the number where the other is NaN.
+        self.multiplier = multiplier.max(1.0);
         self
     }
 
@@ -220,7 +218,9 @@ impl RetryPolicy {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let factor = self.multiplier.powi(exponent);
         let secs = self.initial.as_secs_f64() * factor;
-        if secs.is_finite() && secs < self.max.as_secs_f64() {
+        if self.initial.is_zero() {
+            Duration::ZERO
+        } else if secs.is_finite() && secs < self.max.as_secs_f64() {
             Duration::from_secs_f64(secs)
         } else {
             self.max
@@ -302,6 +302,15 @@ mod tests {
         assert_eq!(p.backoff_after(4), Duration::from_millis(5));
         let huge = RetryPolicy::new(500).multiplier(1e300).without_jitter();
         assert_eq!(huge.backoff_after(400), Duration::from_secs(10));
+        let infinite = RetryPolicy::new(4)
+            .multiplier(f64::INFINITY)
+            .backoff(Duration::from_millis(10), Duration::from_secs(10))
+            .without_jitter();
+        let backoffs = [1, 2, 3].map(|attempt| infinite.backoff_after(attempt));
+        let expected = [10, 10_000, 10_000].map(Duration::from_millis);
+        assert_eq!(backoffs, expected);
+        let from_zero = infinite.backoff(Duration::ZERO, Duration::from_secs(1));
+        assert_eq!(from_zero.backoff_after(3), Duration::ZERO);
     }
 
     #[test]

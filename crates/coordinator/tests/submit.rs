@@ -137,7 +137,7 @@ async fn a_failure_reads_as_its_cause_and_its_chain_says_each_cause_once() {
 }
 
 #[tokio::test]
-async fn an_unconfigured_mode_is_rejected_and_records_nothing() {
+async fn an_unconfigured_mode_or_an_empty_id_is_rejected_and_records_nothing() {
     let (publisher, coordinator) = started();
     let mut stream = publisher.subscribe_stream().unwrap();
     let err = coordinator
@@ -157,6 +157,13 @@ async fn an_unconfigured_mode_is_rejected_and_records_nothing() {
     }
     assert!(message.contains("feature"), "{message}");
     assert!(coordinator.job("1").is_none());
+    // An empty batch for that mode is refused as well, and so is an empty request id.
+    let none = std::iter::empty::<Task<u64>>();
+    let empty = coordinator.submit_many(none, ExecutionMode::PROCESS, SubmitOptions::new());
+    assert!(empty.unwrap_err().is_unknown_mode());
+    let nameless = coordinator.submit(value_task("", 0), "async").await;
+    let nameless = nameless.unwrap_err();
+    assert!(nameless.is_empty_id() && nameless.is_rejected(), "{nameless}");
     assert!(coordinator.with_state(|s| s.is_empty()));
     assert_eq!(coordinator.counts().open, 0);
     // Nothing was published: the next message on the bus is the next request's.
