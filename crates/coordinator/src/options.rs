@@ -186,7 +186,8 @@ impl RetryPolicy {
         self
     }
 
-    /// Decides which errors are retried (never a poison one).
+    /// Decides which errors are retried (never a poison one). A predicate that panics means
+    /// no: the request ends with the attempt's error, and the panic is logged at warn.
     #[must_use]
     pub fn retry_if(
         mut self,
