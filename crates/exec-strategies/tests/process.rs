@@ -1,7 +1,8 @@
 //! The process strategy against real worker processes. This test binary is its own worker: its
 //! `main` enters worker mode first thing, as a user's program does. With `--fake-worker MODE` it
-//! instead plays a worker that breaks the protocol, and with `--orphan-parent` a parent that is
-//! about to be killed.
+//! instead plays a worker that breaks the protocol (with `--fake-worker MODE MARKER`, only once
+//! the file MARKER exists: a pool's first worker serves, its replacement misbehaves), and with
+//! `--orphan-parent` a parent that is about to be killed.
 
 use std::io::{Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -908,6 +909,71 @@ fn shutdown_while_a_worker_is_being_replaced_returns() {
     });
 }
 
+/// A worker that closes its output before announcing itself and lives on fails `start` at once
+/// (it is killed, not waited for to exit), as one that exits does.
+fn a_worker_that_closes_its_output_and_lives_on_fails_start() {
+    runtime().block_on(async {
+        let start = fake("close-and-hang").start();
+        let e = tokio::time::timeout(Duration::from_secs(10), start)
+            .await
+            .expect("start returns")
+            .unwrap_err();
+        assert!(e.is_spawn(), "{e:?}");
+        assert!(
+            e.to_string().contains("closed its output without exiting"),
+            "{e}"
+        );
+    });
+}
+
+/// Starts a one-worker pool whose replacements play `mode` with `handshake` to announce
+/// themselves, kills its worker, and shuts the pool down (grace 1 s) while its replacement starts
+/// and a task waits for it: the shutdown returns within its grace and a few seconds.
+fn shut_down_while_a_replacement_plays(mode: &str, handshake: Duration) {
+    let marker =
+        std::env::temp_dir().join(format!("exec-strategies-{mode}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    runtime().block_on(async {
+        let me = std::env::current_exe().unwrap();
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .command(me, ["--fake-worker", mode, marker.to_str().unwrap()])
+            .handshake_timeout(handshake)
+            .start()
+            .await
+            .unwrap();
+        // The first worker serves.
+        assert_echo(&s, "1", 1).await;
+        std::fs::write(&marker, b"").unwrap();
+        let pid = s.worker_pids()[0];
+        // SAFETY: sending a signal to a child process of this test.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        wait_until("the worker's slot to empty", || s.worker_pids().is_empty());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { task_core::run(&s, Task::portable("2", Echo(2)).into_erased()).await }
+        });
+        let started = Instant::now();
+        let shut =
+            tokio::time::timeout(Duration::from_secs(15), s.shutdown(Duration::from_secs(1)));
+        let shut = shut.await;
+        let _ = std::fs::remove_file(&marker);
+        assert!(
+            shut.is_ok(),
+            "{mode}: shutdown still pending after {:?}",
+            started.elapsed()
+        );
+        let e = waiting.await.unwrap().unwrap_err();
+        assert!(e.is_shutdown() || e.is_worker_lost(), "{mode}: {e:?}");
+    });
+}
+
+/// A replacement that closes its output and lives on is killed: shutdown does not wait for it.
+fn shutdown_returns_while_a_replacement_closes_its_output_and_lives_on() {
+    shut_down_while_a_replacement_plays("close-and-hang", Duration::from_millis(500));
+}
+
 /// Kills the child on every path, so a failed assertion cannot leave it running.
 struct KillOnDrop(std::process::Child);
 
@@ -1115,6 +1181,13 @@ fn many_tasks_in_flight_each_get_their_own_answer() {
 /// Plays a worker that breaks the protocol in the way `mode` names.
 fn fake_worker(mode: &str) -> ! {
     let (mut input, mut output) = exec_strategies::process::worker_pipes().unwrap();
+    if mode == "close-and-hang" {
+        // Closes the protocol's pipes (as a program closing the descriptors it inherited does)
+        // and lives on.
+        drop((input, output));
+        std::thread::sleep(Duration::from_secs(60));
+        std::process::exit(0);
+    }
     let mut send = |bytes: &[u8]| {
         output.write_all(bytes).unwrap();
         output.flush().unwrap();
@@ -1268,7 +1341,11 @@ fn orphan_parent() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--fake-worker") {
+    if args.get(1).map(String::as_str) == Some("--fake-worker")
+        && args
+            .get(3)
+            .is_none_or(|marker| std::path::Path::new(marker).exists())
+    {
         fake_worker(args.get(2).map_or("", String::as_str));
     }
     if args.get(1).map(String::as_str) == Some("--orphan-parent") {
@@ -1377,6 +1454,10 @@ fn main() {
             shutdown_while_a_worker_is_being_replaced_returns,
         ),
         (
+            "shutdown_returns_while_a_replacement_closes_its_output_and_lives_on",
+            shutdown_returns_while_a_replacement_closes_its_output_and_lives_on,
+        ),
+        (
             "workers_die_with_their_parent",
             workers_die_with_their_parent,
         ),
@@ -1391,6 +1472,10 @@ fn main() {
         (
             "handshake_problems_are_clear_errors",
             handshake_problems_are_clear_errors,
+        ),
+        (
+            "a_worker_that_closes_its_output_and_lives_on_fails_start",
+            a_worker_that_closes_its_output_and_lives_on_fails_start,
         ),
         (
             "a_worker_that_starts_a_pool_instead_of_serving_is_refused",

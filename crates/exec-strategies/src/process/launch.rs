@@ -6,6 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use task_core::TaskError;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, BufReader};
@@ -17,6 +18,10 @@ use super::input::WorkerInput;
 use super::shared::{Shared, Started};
 use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION};
 use super::worker::{CONCURRENCY_ENV, MAX_FRAME_ENV, PIPES_ENV, THREADS_ENV, WORKER_ENV};
+
+/// How long a worker that closed its output before announcing itself is given to exit, for its
+/// exit status to be told.
+const EXIT_AFTER_EOF: Duration = Duration::from_millis(500);
 
 pub(super) fn describe(status: ExitStatus) -> String {
     if let Some(signal) = status.signal() {
@@ -186,7 +191,12 @@ impl Shared {
                 "the worker answered before announcing itself",
             ),
             Ok(Ok(None)) => {
-                let status = child.wait().await.map(describe).unwrap_or_default();
+                // Its output usually closes as it exits; one that closed it and lives on is
+                // killed below, not waited for.
+                let status = match tokio::time::timeout(EXIT_AFTER_EOF, child.wait()).await {
+                    Ok(status) => status.map(describe).unwrap_or_default(),
+                    Err(_) => "closed its output without exiting".into(),
+                };
                 ProcessError::new(
                     ErrorKind::Spawn,
                     format!("the worker {status} before announcing itself"),
