@@ -974,6 +974,12 @@ fn shutdown_returns_while_a_replacement_closes_its_output_and_lives_on() {
     shut_down_while_a_replacement_plays("close-and-hang", Duration::from_millis(500));
 }
 
+/// A replacement still being started is out of reach of the shutdown's kill: shutdown waits for
+/// it a moment, not for its whole handshake timeout.
+fn shutdown_returns_while_a_replacement_has_yet_to_announce_itself() {
+    shut_down_while_a_replacement_plays("silent", Duration::from_secs(60));
+}
+
 /// Kills the child on every path, so a failed assertion cannot leave it running.
 struct KillOnDrop(std::process::Child);
 
@@ -1456,6 +1462,10 @@ fn main() {
         (
             "shutdown_returns_while_a_replacement_closes_its_output_and_lives_on",
             shutdown_returns_while_a_replacement_closes_its_output_and_lives_on,
+        ),
+        (
+            "shutdown_returns_while_a_replacement_has_yet_to_announce_itself",
+            shutdown_returns_while_a_replacement_has_yet_to_announce_itself,
         ),
         (
             "workers_die_with_their_parent",

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::error::{ErrorKind, ProcessError};
 use super::pool::ProcessExecutionStrategy;
-use super::shared::{Config, Shared};
+use super::shared::{Config, REAP, Shared};
 use super::wire;
 
 /// The most worker processes one pool keeps ([`ProcessBuilder::workers`]).
@@ -220,9 +220,7 @@ impl ProcessBuilder {
                 // a moment to reap its worker, so none is left a zombie.
                 if let Ok(lifecycles) = runtime.block_on(stop_rx) {
                     let reaped = futures::future::join_all(lifecycles);
-                    let _ = runtime.block_on(async {
-                        tokio::time::timeout(Duration::from_secs(2), reaped).await
-                    });
+                    let _ = runtime.block_on(async { tokio::time::timeout(REAP, reaped).await });
                 }
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })

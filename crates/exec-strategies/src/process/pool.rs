@@ -8,7 +8,7 @@ use task_core::{
     BoxFuture, Completion, ErasedTask, StrategyStats, TaskError, TaskExecutionStrategy,
 };
 
-use super::shared::Shared;
+use super::shared::{REAP, Shared};
 
 /// Runs tasks in a supervised pool of worker processes: crash isolation and separate memory.
 ///
@@ -162,7 +162,12 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                         futures::future::select(kill_at, all.as_mut()).await
                     {
                         shared.kill_all("the pool shut down");
-                        all.await;
+                        // A slot still starting a worker is out of the kill's reach: it is given
+                        // as long as the supervisor gives its slots when it stops, on its timers.
+                        let reaped_by = shared.runtime.spawn(async {
+                            tokio::time::sleep(REAP).await;
+                        });
+                        futures::future::select(reaped_by, all).await;
                     }
                 }
             }

@@ -17,6 +17,11 @@ use super::input::WorkerInput;
 use super::wire;
 use crate::tracker::Tracker;
 
+/// How long the slots' supervision is given to reap its workers once they were told to die, as
+/// the pool stops: a slot still starting a worker is out of reach of the kill, and is not waited
+/// for past this (its worker dies with the supervisor's runtime).
+pub(super) const REAP: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub(super) struct Config {
     pub(super) program: PathBuf,
