@@ -980,6 +980,56 @@ fn shutdown_returns_while_a_replacement_has_yet_to_announce_itself() {
     shut_down_while_a_replacement_plays("silent", Duration::from_secs(60));
 }
 
+/// Two shutdowns at once: the second waits for the first, which keeps its grace (the worker
+/// finishing an abandoned run is not killed when the second returns), and no worker is left.
+fn a_second_shutdown_waits_for_the_first_which_keeps_its_grace() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .cancel_grace(Duration::from_secs(20))
+            .start()
+            .await
+            .unwrap();
+        let pid = s.worker_pids()[0];
+        // A run that blocks its worker for 3 s, abandoned by its caller: with so long a cancel
+        // grace its worker finishes it, then exits when its input closes.
+        let running = tokio::spawn({
+            let s = s.clone();
+            async move { task_core::run(&s, Task::portable("1", Spin(3_000)).into_erased()).await }
+        });
+        while s.stats().workers.iter().all(|w| w.in_flight == 0) {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        running.abort();
+        let _ = running.await;
+        let started = Instant::now();
+        let (first, second) = tokio::join!(
+            async {
+                s.shutdown(Duration::from_secs(10)).await;
+                started.elapsed()
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                s.shutdown(Duration::from_secs(10)).await;
+                started.elapsed()
+            }
+        );
+        assert!(
+            first >= Duration::from_secs(2),
+            "the first shutdown was cut short after {first:?}"
+        );
+        assert!(
+            second >= first,
+            "the second returned first: {second:?} < {first:?}"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} left behind"
+        );
+    });
+}
+
 /// Kills the child on every path, so a failed assertion cannot leave it running.
 struct KillOnDrop(std::process::Child);
 
@@ -1458,6 +1508,10 @@ fn main() {
         (
             "shutdown_while_a_worker_is_being_replaced_returns",
             shutdown_while_a_worker_is_being_replaced_returns,
+        ),
+        (
+            "a_second_shutdown_waits_for_the_first_which_keeps_its_grace",
+            a_second_shutdown_waits_for_the_first_which_keeps_its_grace,
         ),
         (
             "shutdown_returns_while_a_replacement_closes_its_output_and_lives_on",

@@ -113,6 +113,7 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
         self.shared.tracker.close();
         Box::pin(async move {
             let shared = &self.shared;
+            let _one_at_a_time = shared.shutting.lock().await;
             // A grace too long to add to now never runs out.
             let deadline = Instant::now().checked_add(grace);
             // On the supervisor's runtime, whose timers the caller's runtime may lack.

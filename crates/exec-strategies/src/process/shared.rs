@@ -174,6 +174,10 @@ pub(super) struct Shared {
     pub(super) next_worker: AtomicU64,
     /// Stops the supervisor thread, handing it the slots' supervision to wait for.
     pub(super) stop: Mutex<Option<oneshot::Sender<Vec<tokio::task::JoinHandle<()>>>>>,
+    /// Held for the whole of a shutdown: a second one waits for the first (stopping the
+    /// supervisor at once, it would cut short the first's wait for its workers), then finds
+    /// nothing left to do.
+    pub(super) shutting: tokio::sync::Mutex<()>,
 }
 
 /// An installed worker with the receiving ends of its slot's channels.
@@ -220,6 +224,7 @@ impl Shared {
             next_run: AtomicU64::new(0),
             next_worker: AtomicU64::new(0),
             stop: Mutex::new(Some(stop)),
+            shutting: tokio::sync::Mutex::new(()),
         }
     }
 
