@@ -98,9 +98,12 @@ impl ProcessBuilder {
 
     /// How many more tasks each worker is handed ahead of time (default 16): they wait in the
     /// worker's queue, so it never waits for its next task and frames travel in batches. A task
-    /// a worker was handed but had not started when it died goes to another worker; it never
-    /// fails for it. 0 hands a worker a task only when it has a place to run it. A task waits
-    /// for a place when every worker is full.
+    /// waiting in a worker's queue when the worker died goes to another worker; it never fails
+    /// for it. A task handed to a worker with a free place is taken as started as it is sent
+    /// (a round trip needs no third frame): if that worker dies before reading it, it fails as
+    /// lost and counts toward [poison](Self::poison_after), as a running task does, rather than
+    /// risk running twice. 0 hands a worker a task only when it has a place to run it. A task
+    /// waits for a place when every worker is full.
     #[must_use]
     pub fn prefetch(mut self, tasks: usize) -> Self {
         self.prefetch = tasks;
