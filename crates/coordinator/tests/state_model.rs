@@ -70,6 +70,12 @@ impl Model {
         }
         self.generation += 1;
         self.replaced += u64::from(self.jobs.contains_key(id));
+        // A replaced record's closing no longer counts among the last `keep` closed jobs.
+        if let Some(old) = self.jobs.get(id) {
+            let old_generation = old.generation;
+            self.closed_order
+                .retain(|(i, g)| !(i == id && *g == old_generation));
+        }
         self.jobs.insert(
             id.to_owned(),
             ModelJob {
