@@ -127,7 +127,13 @@ impl Inner {
     /// Applies one of this coordinator's outcomes: closes the request's job, hands its message to
     /// the bus when `announce` says so (never waiting for a subscriber), then answers its caller.
     /// Called once per request, by whoever ended it ([`Ending`]).
-    pub(crate) fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool) {
+    pub(crate) fn apply(
+        &self,
+        info: TaskInfo,
+        outcome: Outcome,
+        announce: bool,
+        place: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let result = JobResult::of(&outcome);
         let (open, idle, ran, attempts) = {
             let mut table = self.table();
@@ -148,6 +154,8 @@ impl Inner {
             }
             (open, table.counts().open == 0, ran, attempts)
         };
+        // The job is closed: its place goes back before anyone hears of its end.
+        drop(place);
         // The application's recorder runs outside the table's lock.
         if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
             mode.metrics.ended(result, ran, attempts);
@@ -262,8 +270,14 @@ impl Inner {
 }
 
 impl Owner for Inner {
-    fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool) {
-        Inner::apply(self, info, outcome, announce);
+    fn apply(
+        &self,
+        info: TaskInfo,
+        outcome: Outcome,
+        announce: bool,
+        place: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        Inner::apply(self, info, outcome, announce, place);
     }
 
     fn is_closing(&self) -> bool {

@@ -60,7 +60,13 @@ pub type StrategyRef = Arc<dyn TaskExecutionStrategy>;
 /// The coordinator a request belongs to, as its request sees it.
 pub(crate) trait Owner: Send + Sync {
     /// Applies the request's outcome: closes its job, announces it and answers its caller.
-    fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool);
+    fn apply(
+        &self,
+        info: TaskInfo,
+        outcome: Outcome,
+        announce: bool,
+        place: Option<OwnedSemaphorePermit>,
+    );
     /// Whether shutdown has begun.
     fn is_closing(&self) -> bool;
     /// Whether the shutdown deadline passed: what is still open then is cancelled.
@@ -180,12 +186,13 @@ impl Ending {
         drop(retry);
         let outcome = cell.owned_outcome(outcome);
         match held.or_else(|| inner.upgrade()) {
-            Some(inner) => inner.apply(info, outcome, announce),
-            None => cell.answer(outcome),
+            // Released once the job is closed and before the caller hears.
+            Some(inner) => inner.apply(info, outcome, announce, permit),
+            None => {
+                drop(permit);
+                cell.answer(outcome);
+            }
         }
-        // Released once the job is closed, so a limited mode never shows more open jobs than
-        // its limit.
-        drop(permit);
     }
 }
 

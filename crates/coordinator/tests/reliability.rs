@@ -650,3 +650,32 @@ fn a_runtime_without_timers_runs_what_needs_none_and_refuses_a_timer_before_reco
         publisher.shutdown().await;
     });
 }
+
+/// A request's place under the limit is back before its caller hears of its end: the next
+/// request, submitted as soon as the last answer came, one by one or as a whole batch, is
+/// never refused busy while nothing is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_request_after_an_answer_finds_its_place_free() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .limit("async", 4)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let options = SubmitOptions::new;
+    for i in 0..5_000 {
+        let task = value_task(&format!("one-{i}"), i);
+        let handle = coordinator.try_spawn(task, "async", options());
+        let handle = handle.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        handle.await.unwrap();
+    }
+    for round in 0..1_000 {
+        let tasks = (0..4).map(|i| value_task(&format!("batch-{round}-{i}"), i));
+        let batch = coordinator.submit_many(tasks, "async", options());
+        let batch = batch.unwrap_or_else(|e| panic!("batch {round}: {e}"));
+        assert!(batch.all().await.iter().all(Result::is_ok));
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
