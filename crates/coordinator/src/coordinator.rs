@@ -182,7 +182,7 @@ impl Coordinator {
             .openings_followers
             .fetch_add(1, Ordering::Relaxed);
         OpeningsFollower {
-            inner: Arc::clone(&self.inner),
+            inner: Arc::downgrade(&self.inner),
         }
     }
 
@@ -509,14 +509,14 @@ pub struct SystemDetail {
 /// ([`Coordinator::follow_openings`]).
 #[must_use = "openings are followed only while the guard lives"]
 pub struct OpeningsFollower {
-    inner: Arc<Inner>,
+    inner: std::sync::Weak<Inner>,
 }
 
 impl Drop for OpeningsFollower {
     fn drop(&mut self) {
-        self.inner
-            .openings_followers
-            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(inner) = self.inner.upgrade() {
+            inner.openings_followers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -223,8 +223,8 @@ fn dropped_while_open() -> TaskError {
 impl Inner {
     /// The last handle is going without `shutdown`: every request still open ends, failed, as
     /// any request ends (its job closed, its message published, its caller answered, its run and
-    /// children stopped), on the coordinator's runtime while it runs: not under whatever locks
-    /// the dropping thread holds (ending children takes other coordinators' tables). An outcome
+    /// children stopped), on the runtime it is dropped on (else the coordinator's), not under
+    /// whatever locks the dropping thread holds (ending children takes other coordinators' tables). An outcome
     /// racing this ends its request first, just as well. A node that let the last handle go (it
     /// had captured it) is not ended: its own outcome is on its way, and its request keeps the
     /// coordinator whole until it comes. Nothing can open a request afterwards: that takes a
@@ -236,7 +236,11 @@ impl Inner {
         let dropping = crate::request::current_node();
         let inner = Arc::clone(self);
         let end = RunOnDrop(Some(move || inner.end_open_requests_but(dropping.as_ref())));
-        match self.runtime() {
+        // The runtime the drop happens on runs (we are on it); the start runtime may sit idle.
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime());
+        match runtime {
             // A runtime that has shut down drops the task unrun, here: it ends them then.
             Some(runtime) => drop(runtime.spawn(async move { drop(end) })),
             None => drop(end),

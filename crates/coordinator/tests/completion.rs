@@ -529,3 +529,46 @@ fn a_request_open_when_the_coordinator_is_dropped_after_its_runtime_ends_announc
         assert_eq!(recorder.terminal_counts()["slow"], 1);
     });
 }
+
+/// The runtime the coordinator was started on is alive but nobody drives it when the last
+/// handle goes: the request open on another runtime still ends at once.
+#[test]
+fn a_request_open_when_the_coordinator_is_dropped_ends_while_its_start_runtime_idles() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder().with_async().build();
+    let mut idle = tokio::runtime::Builder::new_current_thread();
+    let idle = idle.enable_all().build().unwrap();
+    idle.block_on(async { coordinator.start(&publisher).unwrap() });
+    let working = tokio::runtime::Runtime::new().unwrap();
+    working.block_on(async move {
+        let slow = Task::from_fn("slow", "slow", || async {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(())
+        });
+        let options = SubmitOptions::new();
+        let handle = coordinator.spawn(slow, "async", options).await.unwrap();
+        drop(coordinator);
+        let answer = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        let error = answer.expect("the caller is answered").unwrap_err();
+        assert!(
+            error.to_string().contains("the coordinator was dropped"),
+            "{error}"
+        );
+    });
+    drop(idle);
+}
+
+/// Following the openings keeps nothing alive: the last handle's drop releases the strategies
+/// while a follower's guard lives.
+#[tokio::test]
+async fn an_openings_follower_does_not_keep_a_dropped_coordinator() {
+    let strategy = Arc::new(Launching::new(Launch::Drop));
+    let released = Arc::downgrade(&strategy);
+    let (publisher, coordinator, _recorder) = started_with("dropping", strategy);
+    let follower = coordinator.follow_openings();
+    drop(coordinator);
+    assert!(released.upgrade().is_none(), "the strategy was released");
+    drop(follower);
+    publisher.shutdown().await;
+}

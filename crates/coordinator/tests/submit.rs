@@ -163,7 +163,10 @@ async fn an_unconfigured_mode_or_an_empty_id_is_rejected_and_records_nothing() {
     assert!(empty.unwrap_err().is_unknown_mode());
     let nameless = coordinator.submit(value_task("", 0), "async").await;
     let nameless = nameless.unwrap_err();
-    assert!(nameless.is_empty_id() && nameless.is_rejected(), "{nameless}");
+    assert!(
+        nameless.is_empty_id() && nameless.is_rejected(),
+        "{nameless}"
+    );
     assert!(coordinator.with_state(|s| s.is_empty()));
     assert_eq!(coordinator.counts().open, 0);
     // Nothing was published: the next message on the bus is the next request's.
