@@ -9,14 +9,16 @@ use std::time::{Duration, Instant};
 
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher, RequestCreation};
 use task_core::{BoxFuture, ErasedTask, ExecutionMode, RequestId, Value};
-use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+use tokio::sync::TryAcquireError;
 
 use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::inner::{Inner, Mode, OpenRequest, task_span};
 use crate::options::SubmitOptions;
-use crate::request::{CURRENT_NODE, Ending, Expiry, RequestCell, Retry, current_node, execute};
+use crate::request::{
+    CURRENT_NODE, Ending, Expiry, Place, RequestCell, Retry, current_node, execute,
+};
 use crate::state::{CoordinatorState, StateError};
 
 /// A request the coordinator took.
@@ -124,12 +126,18 @@ impl Coordinator {
         Ok((task, entry))
     }
 
-    /// Whether `task` is a child of a request open in this coordinator: it takes no place under
-    /// its mode's limit, as its ancestor holds one (making it wait for a place could deadlock
-    /// the tree). A parent id that names no open request exempts nothing.
-    pub(crate) fn is_open_child(&self, task: &ErasedTask) -> bool {
-        let parent = task.info().parent_id();
-        parent.is_some_and(|parent| self.inner.table().attachment_of_node(parent).is_some())
+    /// The place `task` shares under its mode's limit: its parent's, when its parent's request
+    /// is open in this coordinator in the same mode. The tree then holds one place until all of
+    /// it has ended, and a child never waits for a place its own ancestor holds (a deadlock).
+    /// `None` for any other task: it takes a place of its own.
+    pub(crate) fn parent_place(&self, task: &ErasedTask, entry: &Mode) -> Option<Place> {
+        let parent = task.info().parent_id()?;
+        let cell = {
+            let table = self.inner.table();
+            let open = table.attachment_of_node(parent)?;
+            (open.mode == entry.index).then(|| Arc::clone(&open.cell))?
+        };
+        cell.place()
     }
 
     /// Accepts the request at once, or, when its mode is at its limit, returns the (boxed, so
@@ -141,35 +149,35 @@ impl Coordinator {
         options: SubmitOptions,
     ) -> Result<Admission<'_>, SubmitError> {
         let (task, entry) = self.prepare(task, &mode, &options)?;
-        let limit = entry
-            .limit
-            .as_ref()
-            .filter(|_| !self.is_open_child(&task))
-            .cloned();
-        let permit = match limit {
-            None => None,
-            Some(limit) => match Arc::clone(&limit).try_acquire_owned() {
-                Ok(permit) => Some((permit, Duration::ZERO)),
-                Err(TryAcquireError::Closed) => return Err(SubmitError::new(SubmitKind::ShutDown)),
-                Err(TryAcquireError::NoPermits) => {
-                    let wait_mode = mode.clone();
-                    let wait = Box::pin(async move {
-                        let since = Instant::now();
-                        let permit = limit
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
-                        let place = Some((permit, since.elapsed()));
-                        self.accept(task, mode, entry, options, place)
-                    });
-                    return Ok(Admission::Wait(Waiting {
-                        mode: wait_mode,
-                        wait,
-                    }));
-                }
+        let (place, waited) = match &entry.limit {
+            None => (None, None),
+            Some(limit) => match self.parent_place(&task, entry) {
+                Some(shared) => (Some(shared), None),
+                None => match Arc::clone(limit).try_acquire_owned() {
+                    Ok(permit) => (Some(Arc::new(permit)), Some(Duration::ZERO)),
+                    Err(TryAcquireError::Closed) => {
+                        return Err(SubmitError::new(SubmitKind::ShutDown));
+                    }
+                    Err(TryAcquireError::NoPermits) => {
+                        let (wait_mode, limit) = (mode.clone(), Arc::clone(limit));
+                        let wait = Box::pin(async move {
+                            let since = Instant::now();
+                            let permit = limit
+                                .acquire_owned()
+                                .await
+                                .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
+                            let (place, waited) = (Some(Arc::new(permit)), Some(since.elapsed()));
+                            self.accept(task, mode, entry, options, place, waited)
+                        });
+                        return Ok(Admission::Wait(Waiting {
+                            mode: wait_mode,
+                            wait,
+                        }));
+                    }
+                },
             },
         };
-        self.accept(task, mode, entry, options, permit)
+        self.accept(task, mode, entry, options, place, waited)
             .map(|accepted| Admission::Accepted(Some(accepted)))
     }
 }
@@ -234,7 +242,7 @@ impl Coordinator {
         mode: &ExecutionMode,
         entry: &Mode,
         options: SubmitOptions,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Place>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Ready, SubmitError> {
         let (timeout, retry, events, output) = options.into_parts();
@@ -357,18 +365,19 @@ impl Coordinator {
         Accepted { request_id, cell }
     }
 
-    /// Validates, records and starts one request.
+    /// Validates, records and starts one request, holding `place` under its mode's limit (its
+    /// own, taken after waiting `waited`, or shared with its parent).
     fn accept(
         &self,
         task: ErasedTask,
         mode: ExecutionMode,
         entry: &Mode,
         options: SubmitOptions,
-        place: Option<(OwnedSemaphorePermit, Duration)>,
+        place: Option<Place>,
+        waited: Option<Duration>,
     ) -> Result<Accepted, SubmitError> {
         let runtime = self.check_open()?;
-        let (permit, waited) = place.unzip();
-        let ready = self.ready(task, &mode, entry, options, permit, &runtime)?;
+        let ready = self.ready(task, &mode, entry, options, place, &runtime)?;
         let openings = self.inner.openings();
         // Announced openings come before anything else about the request: nothing ends it
         // until its opening is published.

@@ -15,7 +15,7 @@ use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::options::SubmitOptions;
-use crate::request::RequestCell;
+use crate::request::{Place, RequestCell};
 
 impl Coordinator {
     /// Submits every task of `tasks` to `mode` at once: the batch path for fan-out (map a node
@@ -28,8 +28,9 @@ impl Coordinator {
     /// ([`Batch::all`]), or as each request ends ([`Batch::as_completed`]).
     ///
     /// A mode with a concurrency limit ([`CoordinatorBuilder::limit`](crate::CoordinatorBuilder::limit))
-    /// must have a place free for every top-level task of the batch: otherwise a busy error
-    /// ([`SubmitError::is_busy`]), nothing recorded.
+    /// must have a place free for every task of the batch that takes one of its own (all but
+    /// children sharing their parent's): otherwise a busy error ([`SubmitError::is_busy`]),
+    /// nothing recorded.
     ///
     /// # Errors
     ///
@@ -83,10 +84,17 @@ impl Coordinator {
             self.mode_entry(&mode)?;
             return Ok(Batch::new(Vec::new()));
         };
-        // Places under the mode's limit for every task that takes one (all but children of open
-        // requests), taken together or not at all.
+        // Under the mode's limit, a child of a request open in the mode shares its parent's
+        // place; every other task takes a place of its own, all together or none.
+        let shared: Vec<Option<Place>> = match &entry.limit {
+            Some(_) => prepared
+                .iter()
+                .map(|t| self.parent_place(t, entry))
+                .collect(),
+            None => vec![None; prepared.len()],
+        };
         let takes_place: Vec<bool> = match &entry.limit {
-            Some(_) => prepared.iter().map(|t| !self.is_open_child(t)).collect(),
+            Some(_) => shared.iter().map(Option::is_none).collect(),
             None => vec![false; prepared.len()],
         };
         let top_level = takes_place.iter().filter(|&&takes| takes).count();
@@ -108,10 +116,10 @@ impl Coordinator {
             _ => None,
         };
         let mut ready = Vec::with_capacity(prepared.len());
-        for (task, &takes) in prepared.into_iter().zip(&takes_place) {
+        for ((task, &takes), shared) in prepared.into_iter().zip(&takes_place).zip(shared) {
             let permit = match &mut places {
-                Some(places) if takes => places.split(1),
-                _ => None,
+                Some(places) if takes => places.split(1).map(Arc::new),
+                _ => shared,
             };
             ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
         }

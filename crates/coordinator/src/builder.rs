@@ -68,7 +68,7 @@ impl CoordinatorBuilder {
         )
     }
 
-    /// Keeps at most `limit` top-level requests of `mode` open at once (0 is read as 1). `mode`
+    /// Keeps at most `limit` request trees of `mode` open at once (0 is read as 1). `mode`
     /// must be registered with a strategy: [`Coordinator::start`] refuses a limit of any other
     /// ([`StartError::is_unknown_mode`](crate::StartError::is_unknown_mode)). A place is freed
     /// when its request ends: a blocking node whose request timed out or was cancelled may still
@@ -77,10 +77,13 @@ impl CoordinatorBuilder {
     /// [`Coordinator::spawn`] wait for a place and [`Coordinator::try_spawn`] returns a busy
     /// error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)).
     ///
-    /// Children (requests whose parent node's request is open in this coordinator, as for
-    /// tasks submitted from inside a running node) do not take a place: their ancestor holds
-    /// one, and making them wait for it could deadlock the tree. A parent id that names no
-    /// open request exempts nothing.
+    /// A child in the same mode as its parent's open request (a task submitted from inside a
+    /// running node, or naming that node as parent) shares its parent's place: it never waits
+    /// for one (its ancestor holds it: that would deadlock the tree), and the place is freed
+    /// once the parent and every such child have ended, so children that outlive their parent
+    /// keep it. Any other task takes a place of its own, a child in another mode included: two
+    /// modes whose requests wait for each other's children under limits can then wait on each
+    /// other, as any two bounded pools can.
     #[must_use]
     pub fn limit(mut self, mode: impl Into<ExecutionMode>, limit: usize) -> Self {
         self.limits

@@ -132,7 +132,7 @@ impl Inner {
         info: TaskInfo,
         outcome: Outcome,
         announce: bool,
-        place: Option<tokio::sync::OwnedSemaphorePermit>,
+        place: Option<crate::request::Place>,
     ) {
         let result = JobResult::of(&outcome);
         let (open, idle, ran, attempts) = {
@@ -279,7 +279,7 @@ impl Owner for Inner {
         info: TaskInfo,
         outcome: Outcome,
         announce: bool,
-        place: Option<tokio::sync::OwnedSemaphorePermit>,
+        place: Option<crate::request::Place>,
     ) {
         Inner::apply(self, info, outcome, announce, place);
     }

@@ -54,19 +54,17 @@ pub fn current_node() -> Option<NodeId> {
         .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
 }
 
+/// A place under a mode's concurrency limit: held by a request, and shared with its children in
+/// the same mode; freed when the last of them ends.
+pub(crate) type Place = Arc<OwnedSemaphorePermit>;
+
 /// A strategy as a coordinator holds it: shared, so one strategy may serve several modes.
 pub type StrategyRef = Arc<dyn TaskExecutionStrategy>;
 
 /// The coordinator a request belongs to, as its request sees it.
 pub(crate) trait Owner: Send + Sync {
     /// Applies the request's outcome: closes its job, announces it and answers its caller.
-    fn apply(
-        &self,
-        info: TaskInfo,
-        outcome: Outcome,
-        announce: bool,
-        place: Option<OwnedSemaphorePermit>,
-    );
+    fn apply(&self, info: TaskInfo, outcome: Outcome, announce: bool, place: Option<Place>);
     /// Whether shutdown has begun.
     fn is_closing(&self) -> bool;
     /// Whether the shutdown deadline passed: what is still open then is cancelled.
@@ -123,7 +121,7 @@ pub(crate) struct Ending {
     pub(crate) inner: Weak<dyn Owner>,
     pub(crate) info: TaskInfo,
     /// Its place under its mode's concurrency limit, released when it ends.
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) permit: Option<Place>,
     /// The timer of its deadline, stopped when it ends first.
     pub(crate) deadline: Option<AbortHandle>,
     /// Set for a request with a retry policy.
@@ -287,6 +285,11 @@ impl RequestCell {
     /// published, so the opening comes first.
     pub(crate) fn hold(&self) -> MutexGuard<'_, Option<Ending>> {
         lock(&self.ending)
+    }
+
+    /// Its place under its mode's limit, while it is open, for a child to share.
+    pub(crate) fn place(&self) -> Option<Place> {
+        lock(&self.ending).as_ref()?.permit.clone()
     }
 
     /// Makes the request open: until it ends, `ending` is what ending it needs.

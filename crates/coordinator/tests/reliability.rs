@@ -454,8 +454,8 @@ async fn a_concurrency_limit_makes_submit_wait_and_try_spawn_busy() {
         .unwrap_err();
     assert!(busy.is_busy() && busy.is_rejected(), "{busy}");
     assert!(coordinator.job("c").is_none());
-    // A parent id naming no open request exempts nothing; one naming an open request's node
-    // does, wherever the child is submitted from.
+    // A parent id naming no open request takes a place of its own; one naming an open
+    // request's node shares that request's place, wherever the child is submitted from.
     let stray = gated("stray").with_parent(coordinator::NodeId::new("no-such-node"));
     let stray = coordinator.try_spawn(stray, "async", SubmitOptions::new());
     assert!(stray.unwrap_err().is_busy());
@@ -675,6 +675,96 @@ async fn the_next_request_after_an_answer_finds_its_place_free() {
         let batch = coordinator.submit_many(tasks, "async", options());
         let batch = batch.unwrap_or_else(|e| panic!("batch {round}: {e}"));
         assert!(batch.all().await.iter().all(Result::is_ok));
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// Runs `parent` on `on`, whose mode "limited" allows 1 request tree at once, and returns how
+/// many requests of that mode ran at once at most: each of them counts itself in `running`.
+async fn peak_under_a_limit_of_one(
+    on: &Coordinator,
+    parent: Task<()>,
+    parent_mode: &'static str,
+    running: Arc<[AtomicU32; 2]>,
+) -> u32 {
+    on.submit(parent, parent_mode).await.unwrap();
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        while on.counts().open > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    settled.await.expect("every request ends");
+    running[1].load(Ordering::SeqCst)
+}
+
+/// A request of mode "limited" that counts itself running for 50 ms.
+fn counted(id: String, running: &Arc<[AtomicU32; 2]>) -> Task<()> {
+    let running = Arc::clone(running);
+    Task::from_fn(id, "counted", move || async move {
+        let now = running[0].fetch_add(1, Ordering::SeqCst) + 1;
+        running[1].fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        running[0].fetch_sub(1, Ordering::SeqCst);
+        Ok::<_, BoxError>(())
+    })
+}
+
+/// The limit bounds request trees: children a parent of another mode fans out each take a place
+/// (a limit of 1 ran 8 of them at once), and children that outlive their parent in the mode keep
+/// its place (a limit of 1 ran 5 requests at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_holds_for_children_of_other_modes_and_children_outliving_their_parent() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .strategy("limited", coordinator::AsyncExecutionStrategy::new())
+        .limit("limited", 1)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    // An async parent fans out 8 children to the limited mode, then awaits them.
+    let running: Arc<[AtomicU32; 2]> = Arc::default();
+    let (inside, counting) = (coordinator.clone(), Arc::clone(&running));
+    let fan_out = Task::from_fn("fan-out", "fan-out", move || async move {
+        let mut children = Vec::new();
+        for i in 0..8 {
+            let child = counted(format!("child-{i}"), &counting);
+            children.push(inside.spawn(child, "limited", SubmitOptions::new()).await?);
+        }
+        for child in children {
+            child.await?;
+        }
+        Ok::<_, BoxError>(())
+    });
+    let peak = peak_under_a_limit_of_one(&coordinator, fan_out, "async", running).await;
+    assert_eq!(peak, 1, "children of another mode each take a place");
+    // A limited parent leaves 4 children running, then another request comes.
+    let running: Arc<[AtomicU32; 2]> = Arc::default();
+    let (inside, counting) = (coordinator.clone(), Arc::clone(&running));
+    let leaves = Task::from_fn("leaves", "leaves", move || async move {
+        for i in 0..4 {
+            let child = counted(format!("left-{i}"), &counting);
+            drop(inside.spawn(child, "limited", SubmitOptions::new()).await?);
+        }
+        Ok::<_, BoxError>(())
+    });
+    let next = counted("next".into(), &running);
+    let (c, next_mode) = (coordinator.clone(), "limited");
+    let next = async move { c.submit(next, next_mode).await.unwrap() };
+    let (peak, ()) = tokio::join!(
+        peak_under_a_limit_of_one(&coordinator, leaves, "limited", Arc::clone(&running)),
+        next
+    );
+    // The children share one place among them; the next request waits for all of them.
+    assert!(peak <= 4, "{peak} at once");
+    let next_started = coordinator.job("next").unwrap().start_time();
+    for i in 0..4 {
+        let child_ended = coordinator.job(&format!("left-{i}")).unwrap().end_time();
+        assert!(
+            child_ended.unwrap() <= next_started,
+            "the next waited for child {i}"
+        );
     }
     coordinator.shutdown().await;
     publisher.shutdown().await;
