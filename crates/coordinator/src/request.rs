@@ -88,6 +88,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The shared record of one accepted request.
 pub(crate) struct RequestCell {
     cancelled: AtomicBool,
+    /// Set once it was cancelled with its parent, ended or not: the children it submits from
+    /// then on are born cancelled.
+    tree_cancelled: AtomicBool,
     /// The output its typed caller takes; one taken moved goes to the bus as its text, not the
     /// value.
     output: Option<Output>,
@@ -209,6 +212,7 @@ impl RequestCell {
         };
         Arc::new_cyclic(|me| Self {
             cancelled: AtomicBool::new(false),
+            tree_cancelled: AtomicBool::new(false),
             output,
             cancel_waker: AtomicWaker::new(),
             children: Mutex::new(Vec::new()),
@@ -369,12 +373,21 @@ impl RequestCell {
             .filter_map(|child| child.upgrade())
             .collect();
         while let Some(cell) = pending.pop() {
-            if cell.cancelled.swap(true, Ordering::SeqCst) {
+            if cell.tree_cancelled.swap(true, Ordering::SeqCst) {
                 continue;
             }
-            cell.cancel_waker.wake();
-            let ending = lock(&cell.ending).take().map(Ending::taken);
+            // A child that ended already keeps its outcome, and reads as cancelled only if it
+            // was; its own children are cancelled all the same.
+            let ending = {
+                let mut slot = lock(&cell.ending);
+                let ending = slot.take().map(Ending::taken);
+                if ending.is_some() {
+                    cell.cancelled.store(true, Ordering::SeqCst);
+                }
+                ending
+            };
             if let Some(ending) = ending {
+                cell.cancel_waker.wake();
                 let cancelled = Err(ending.cancelled(true));
                 ending.finish(cancelled, true, &cell);
             }
@@ -400,7 +413,7 @@ impl RequestCell {
             children.push(Arc::downgrade(child));
         }
         // After the push: a cancellation either drains the child above or is seen here.
-        self.is_cancelled()
+        self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
     }
 
     /// Hands the caller its outcome; only the first answer counts.

@@ -769,3 +769,30 @@ async fn a_limit_holds_for_children_of_other_modes_and_children_outliving_their_
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// Cancelling a parent leaves a child that already ended as it ended: it does not read as
+/// cancelled (`RequestHandle::is_cancelled` stays false for a request that ended first).
+#[tokio::test]
+async fn a_child_that_ended_keeps_its_outcome_when_its_parent_is_cancelled() {
+    let (publisher, coordinator) = started();
+    let inside = coordinator.clone();
+    let (handed, child) = tokio::sync::oneshot::channel();
+    let parent = Task::from_fn("parent", "parent", move || async move {
+        let child = Task::from_fn("child", "child", || async { Ok::<_, BoxError>(7_u64) });
+        let child = inside.spawn(child, "async", SubmitOptions::new()).await?;
+        let _ = handed.send(child);
+        std::future::pending::<()>().await;
+        Ok::<_, BoxError>(())
+    });
+    let parent = coordinator.spawn(parent, "async", SubmitOptions::new());
+    let parent = parent.await.unwrap();
+    let mut child = child.await.unwrap();
+    assert_eq!((&mut child).await.unwrap(), 7);
+    parent.cancel();
+    assert!(parent.await.unwrap_err().is_cancelled());
+    assert!(!child.is_cancelled(), "the child had ended with its value");
+    let job = coordinator.job("child").unwrap();
+    assert_eq!(job.result(), Some(JobResult::Success));
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
