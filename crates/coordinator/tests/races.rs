@@ -300,3 +300,70 @@ async fn a_backoff_does_not_keep_the_strategy_of_a_dropped_coordinator() {
     );
     publisher.shutdown().await;
 }
+
+/// Everything at once, at random: retries with tiny backoffs, timeouts of a fraction of a
+/// millisecond, cancellations, children awaited or not, a limit, and a 1 ms shutdown over all
+/// of it. Every request ends once: one terminal message each, every caller answered, nothing
+/// left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_ends_once_whatever_races_it() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let recorder = Recorder::attach(&publisher);
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .limit("async", 64)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..3_000_u64 {
+        let inside = coordinator.clone();
+        let task = Task::replayable_fn(format!("r{i}"), "flaky", move || {
+            let inside = inside.clone();
+            async move {
+                if i % 3 == 0 {
+                    let id = format!("c{i}-{}", fastrand::u64(..));
+                    let child = Task::from_fn(id, "child", || async {
+                        tokio::time::sleep(Duration::from_micros(fastrand::u64(0..500))).await;
+                        Ok::<_, BoxError>(1_u64)
+                    });
+                    let child = inside.spawn(child, "async", SubmitOptions::new()).await?;
+                    if fastrand::bool() {
+                        child.await?;
+                    }
+                }
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..300))).await;
+                if fastrand::u8(..) < 100 {
+                    return Err::<u64, BoxError>("flaky".into());
+                }
+                Ok::<_, BoxError>(i)
+            }
+        });
+        let backoff = (Duration::from_micros(10), Duration::from_micros(200));
+        let options = SubmitOptions::new()
+            .timeout(Duration::from_micros(fastrand::u64(100..3_000)))
+            .retry(RetryPolicy::new(3).backoff(backoff.0, backoff.1));
+        let handle = coordinator.spawn(task, "async", options).await.unwrap();
+        if fastrand::u8(..) < 40 {
+            handle.cancel();
+        }
+        handles.push(handle);
+        if i % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    coordinator
+        .shutdown_with_grace(Duration::from_millis(1))
+        .await;
+    for handle in handles {
+        let answered = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        assert!(answered.is_ok(), "every caller is answered");
+    }
+    let counts = coordinator.counts();
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    let not_once: Vec<_> = terminal.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(not_once.is_empty(), "{not_once:?}");
+    assert_eq!(counts.open, 0);
+    assert_eq!(terminal.len() as u64, counts.closed);
+}
