@@ -224,11 +224,11 @@ impl Inner {
     /// The last handle is going without `shutdown`: every request still open ends, failed, as
     /// any request ends (its job closed, its message published, its caller answered, its run and
     /// children stopped), on the runtime it is dropped on (else the coordinator's), not under
-    /// whatever locks the dropping thread holds (ending children takes other coordinators' tables). An outcome
-    /// racing this ends its request first, just as well. A node that let the last handle go (it
-    /// had captured it) is not ended: its own outcome is on its way, and its request keeps the
-    /// coordinator whole until it comes. Nothing can open a request afterwards: that takes a
-    /// handle.
+    /// whatever locks the dropping thread holds (ending children takes other coordinators'
+    /// tables). An outcome racing this ends its request first, just as well. A node that let the
+    /// last handle go (it had captured it) is not ended: its own outcome is on its way, and its
+    /// request keeps the coordinator whole until it comes. Nothing can open a request
+    /// afterwards: that takes a handle.
     pub(crate) fn end_open_requests(self: &Arc<Self>) {
         if self.open_jobs() == 0 {
             return;

@@ -123,7 +123,8 @@ pub(crate) struct Ending {
     /// requests are open; their callers are answered with a failure then.
     pub(crate) inner: Weak<dyn Owner>,
     pub(crate) info: TaskInfo,
-    /// Its place under its mode's concurrency limit, released when it ends.
+    /// Its place under its mode's concurrency limit (perhaps its parent's, shared), let go
+    /// when it ends.
     pub(crate) permit: Option<Place>,
     /// The timer of its deadline, stopped when it ends first.
     pub(crate) deadline: Option<AbortHandle>,
