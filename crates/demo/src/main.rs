@@ -42,8 +42,8 @@ struct Args {
     /// Agent requests to run.
     #[arg(long, default_value_t = 1000)]
     agents: u64,
-    /// Agents running at once (the async mode's concurrency limit; the tasks they submit are
-    /// not counted against it).
+    /// Agents running at once (the async mode's concurrency limit; the async tasks an agent
+    /// submits share its place).
     #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     concurrency: usize,
     /// Worker processes for the process mode.
