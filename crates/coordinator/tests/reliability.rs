@@ -10,7 +10,7 @@ use coordinator::{
     BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionPublisher, Retention,
     RetryPolicy, SubmitOptions, Task, ThreadedExecutionStrategy,
 };
-use support::{Recorder, started, value_task};
+use support::{Recorder, started, started_from, value_task};
 
 /// Sets its flag when dropped: shows that a node's future was dropped, not left running.
 struct DropFlag(Arc<AtomicBool>);
@@ -426,13 +426,8 @@ async fn the_deadline_covers_every_attempt_and_the_backoff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_limit_makes_submit_wait_and_try_spawn_busy() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator = Coordinator::builder()
-        .with_async()
-        .limit("async", 2)
-        .build();
-    coordinator.start(&publisher).unwrap();
+    let (publisher, coordinator) =
+        started_from(Coordinator::builder().with_async().limit("async", 2));
     let (release, gate) = tokio::sync::watch::channel(false);
     let gated = |id: &str| {
         let mut gate = gate.clone();
@@ -493,14 +488,12 @@ async fn a_concurrency_limit_makes_submit_wait_and_try_spawn_busy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_rejects_submissions_waiting_for_a_place() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator = Coordinator::builder()
-        .with_async()
-        .limit("async", 1)
-        .shutdown_grace(Duration::from_millis(50))
-        .build();
-    coordinator.start(&publisher).unwrap();
+    let (publisher, coordinator) = started_from(
+        Coordinator::builder()
+            .with_async()
+            .limit("async", 1)
+            .shutdown_grace(Duration::from_millis(50)),
+    );
     let dropped = Arc::new(AtomicBool::new(false));
     let _hog = coordinator
         .spawn(
@@ -527,13 +520,11 @@ async fn shutdown_rejects_submissions_waiting_for_a_place() {
 
 #[tokio::test]
 async fn keep_last_retention_bounds_the_table_and_keeps_the_totals() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator = Coordinator::builder()
-        .with_async()
-        .retention(Retention::KeepLast(10))
-        .build();
-    coordinator.start(&publisher).unwrap();
+    let (publisher, coordinator) = started_from(
+        Coordinator::builder()
+            .with_async()
+            .retention(Retention::KeepLast(10)),
+    );
     for i in 0..100 {
         coordinator
             .submit(value_task(&format!("t{i}"), i), "async")
@@ -656,13 +647,8 @@ fn a_runtime_without_timers_runs_what_needs_none_and_refuses_a_timer_before_reco
 /// never refused busy while nothing is open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_request_after_an_answer_finds_its_place_free() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator = Coordinator::builder()
-        .with_async()
-        .limit("async", 4)
-        .build();
-    coordinator.start(&publisher).unwrap();
+    let (publisher, coordinator) =
+        started_from(Coordinator::builder().with_async().limit("async", 4));
     let options = SubmitOptions::new;
     for i in 0..5_000 {
         let task = value_task(&format!("one-{i}"), i);
@@ -715,14 +701,12 @@ fn counted(id: String, running: &Arc<[AtomicU32; 2]>) -> Task<()> {
 /// its place (a limit of 1 ran 5 requests at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_holds_for_children_of_other_modes_and_children_outliving_their_parent() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator = Coordinator::builder()
-        .with_async()
-        .strategy("limited", coordinator::AsyncExecutionStrategy::new())
-        .limit("limited", 1)
-        .build();
-    coordinator.start(&publisher).unwrap();
+    let (publisher, coordinator) = started_from(
+        Coordinator::builder()
+            .with_async()
+            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
+            .limit("limited", 1),
+    );
     // An async parent fans out 8 children to the limited mode, then awaits them.
     let running: Arc<[AtomicU32; 2]> = Arc::default();
     let (inside, counting) = (coordinator.clone(), Arc::clone(&running));

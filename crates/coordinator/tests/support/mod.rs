@@ -8,16 +8,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Buffer, Coordinator, RequestCompletionMessage, RequestCompletionPublisher, Task,
-    TaskExecutionStrategy,
+    BoxError, Buffer, Coordinator, CoordinatorBuilder, RequestCompletionMessage,
+    RequestCompletionPublisher, Task, TaskExecutionStrategy,
 };
 use task_core::{BoxFuture, Completion, ErasedTask};
 
 /// A started publisher and a coordinator with the async strategy, started on it.
 pub fn started() -> (RequestCompletionPublisher, Coordinator) {
+    started_from(Coordinator::builder().with_async())
+}
+
+/// A started publisher and the coordinator `builder` makes, started on it.
+pub fn started_from(builder: CoordinatorBuilder) -> (RequestCompletionPublisher, Coordinator) {
     let publisher = RequestCompletionPublisher::new();
     publisher.start().unwrap();
-    let coordinator = Coordinator::builder().with_async().build();
+    let coordinator = builder.build();
     coordinator.start(&publisher).unwrap();
     (publisher, coordinator)
 }
