@@ -126,18 +126,26 @@ impl Coordinator {
         Ok((task, entry))
     }
 
-    /// The place `task` shares under its mode's limit: its parent's, when its parent's request
-    /// is open in this coordinator in the same mode. The tree then holds one place until all of
-    /// it has ended, and a child never waits for a place its own ancestor holds (a deadlock).
-    /// `None` for any other task: it takes a place of its own.
-    pub(crate) fn parent_place(&self, task: &ErasedTask, entry: &Mode) -> Option<Place> {
-        let parent = task.info().parent_id()?;
-        let cell = {
-            let table = self.inner.table();
-            let open = table.attachment_of_node(parent)?;
-            (open.mode == entry.index).then(|| Arc::clone(&open.cell))?
-        };
-        cell.place()
+    /// The place `task` shares under its mode's limit: that of its nearest ancestor in the same
+    /// mode, found through ancestors whose requests are open in this coordinator (in any mode).
+    /// The tree then holds one place until all of it has ended, and a task never waits for a
+    /// place its own ancestor holds (a deadlock). `None` for any other task: it takes a place of
+    /// its own. The walk costs one step per level of the tree, and stops at a cycle of parents.
+    pub(crate) fn ancestor_place(&self, task: &ErasedTask, entry: &Mode) -> Option<Place> {
+        let mut parent = task.info().parent_id()?.clone();
+        let mut seen = Vec::new();
+        loop {
+            let (cell, same_mode) = {
+                let table = self.inner.table();
+                let open = table.attachment_of_node(&parent)?;
+                (Arc::clone(&open.cell), open.mode == entry.index)
+            };
+            if same_mode {
+                return cell.place();
+            }
+            seen.push(parent);
+            parent = cell.parent_id().filter(|next| !seen.contains(next))?;
+        }
     }
 
     /// Accepts the request at once, or, when its mode is at its limit, returns the (boxed, so
@@ -151,7 +159,7 @@ impl Coordinator {
         let (task, entry) = self.prepare(task, &mode, &options)?;
         let (place, waited) = match &entry.limit {
             None => (None, None),
-            Some(limit) => match self.parent_place(&task, entry) {
+            Some(limit) => match self.ancestor_place(&task, entry) {
                 Some(shared) => (Some(shared), None),
                 None => match Arc::clone(limit).try_acquire_owned() {
                     Ok(permit) => (Some(Arc::new(permit)), Some(Duration::ZERO)),

@@ -84,20 +84,15 @@ impl Coordinator {
             self.mode_entry(&mode)?;
             return Ok(Batch::new(Vec::new()));
         };
-        // Under the mode's limit, a child of a request open in the mode shares its parent's
-        // place; every other task takes a place of its own, all together or none.
-        let shared: Vec<Option<Place>> = match &entry.limit {
-            Some(_) => prepared
-                .iter()
-                .map(|t| self.parent_place(t, entry))
-                .collect(),
-            None => vec![None; prepared.len()],
-        };
-        let takes_place: Vec<bool> = match &entry.limit {
-            Some(_) => shared.iter().map(Option::is_none).collect(),
-            None => vec![false; prepared.len()],
-        };
-        let top_level = takes_place.iter().filter(|&&takes| takes).count();
+        // Under the mode's limit, a task with an open ancestor in the mode shares its place;
+        // every other task takes a place of its own, all together or none.
+        let limited = entry.limit.is_some();
+        let shared: Vec<Option<Place>> = prepared
+            .iter()
+            .map(|task| limited.then(|| self.ancestor_place(task, entry)).flatten())
+            .collect();
+        let takes_place = |shared: &Option<Place>| limited && shared.is_none();
+        let top_level = shared.iter().filter(|shared| takes_place(shared)).count();
         let mut places = match (&entry.limit, top_level) {
             (Some(limit), n) if n > 0 => {
                 let n = u32::try_from(n).map_err(|_| {
@@ -116,9 +111,11 @@ impl Coordinator {
             _ => None,
         };
         let mut ready = Vec::with_capacity(prepared.len());
-        for ((task, &takes), shared) in prepared.into_iter().zip(&takes_place).zip(shared) {
+        let mut took_place = Vec::with_capacity(prepared.len());
+        for (task, shared) in prepared.into_iter().zip(shared) {
+            took_place.push(takes_place(&shared));
             let permit = match &mut places {
-                Some(places) if takes => places.split(1).map(Arc::new),
+                Some(places) if takes_place(&shared) => places.split(1).map(Arc::new),
                 _ => shared,
             };
             ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
@@ -186,9 +183,9 @@ impl Coordinator {
         let handles = ready
             .into_iter()
             .zip(born_cancelled)
-            .zip(takes_place)
-            .map(|((r, cancelled), takes)| {
-                entry.metrics.accepted(waited.filter(|_| takes));
+            .zip(took_place)
+            .map(|((r, cancelled), took_place)| {
+                entry.metrics.accepted(waited.filter(|_| took_place));
                 Self::start_recorded(r, cancelled, entry)
                     .into_handle(crate::handle::take_output::<O>)
             })

@@ -77,13 +77,14 @@ impl CoordinatorBuilder {
     /// [`Coordinator::spawn`] wait for a place and [`Coordinator::try_spawn`] returns a busy
     /// error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)).
     ///
-    /// A child in the same mode as its parent's open request (a task submitted from inside a
-    /// running node, or naming that node as parent) shares its parent's place: it never waits
-    /// for one (its ancestor holds it: that would deadlock the tree), and the place is freed
-    /// once the parent and every such child have ended, so children that outlive their parent
-    /// keep it. Any other task takes a place of its own, a child in another mode included: two
-    /// modes whose requests wait for each other's children under limits can then wait on each
-    /// other, as any two bounded pools can.
+    /// A task whose nearest ancestor in `mode` is open (its parent, or an ancestor reached
+    /// through open requests of other modes: an agent, its tool in another mode, the tool's
+    /// call back in the agent's mode) shares that ancestor's place: it never waits for one (its
+    /// own ancestor holds it: that would deadlock the tree), and the place is freed once every
+    /// request sharing it has ended, so children that outlive their parent keep it. Any other
+    /// task takes a place of its own, a child fanned out from another mode included. Two
+    /// limited modes whose trees each wait for a place in the other's mode can then wait on
+    /// each other, as any two bounded pools can.
     #[must_use]
     pub fn limit(mut self, mode: impl Into<ExecutionMode>, limit: usize) -> Self {
         self.limits

@@ -154,7 +154,8 @@ impl Inner {
             }
             (open, table.counts().open == 0, ran, attempts)
         };
-        // The job is closed: its place goes back before anyone hears of its end.
+        // The job is closed: its hold on its place goes before anyone hears of its end (the
+        // place itself once no child sharing it is open either).
         drop(place);
         // The application's recorder runs outside the table's lock.
         if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
@@ -201,8 +202,8 @@ impl Inner {
     }
 }
 
-/// Runs its closure when dropped: as (part of) a spawned task, where the task runs, or where a
-/// runtime that has shut down drops it unrun.
+/// Runs its closure when dropped: on the thread it was moved to, or where a thread that could
+/// not be started dropped it.
 struct RunOnDrop<F: FnOnce()>(Option<F>);
 
 impl<F: FnOnce()> Drop for RunOnDrop<F> {
@@ -223,9 +224,9 @@ fn dropped_while_open() -> TaskError {
 impl Inner {
     /// The last handle is going without `shutdown`: every request still open ends, failed, as
     /// any request ends (its job closed, its message published, its caller answered, its run and
-    /// children stopped), on the runtime it is dropped on (else the coordinator's), not under
-    /// whatever locks the dropping thread holds (ending children takes other coordinators'
-    /// tables). An outcome racing this ends its request first, just as well. A node that let the
+    /// children stopped), on a thread of its own, not under whatever locks the dropping thread
+    /// holds (ending children takes other coordinators' tables) and needing no runtime. An
+    /// outcome racing this ends its request first, just as well. A node that let the
     /// last handle go (it had captured it) is not ended: its own outcome is on its way, and its
     /// request keeps the coordinator whole until it comes. Nothing can open a request
     /// afterwards: that takes a handle.
@@ -236,15 +237,11 @@ impl Inner {
         let dropping = crate::request::current_node();
         let inner = Arc::clone(self);
         let end = RunOnDrop(Some(move || inner.end_open_requests_but(dropping.as_ref())));
-        // The runtime the drop happens on runs (we are on it); the start runtime may sit idle.
-        let runtime = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime());
-        match runtime {
-            // A runtime that has shut down drops the task unrun, here: it ends them then.
-            Some(runtime) => drop(runtime.spawn(async move { drop(end) })),
-            None => drop(end),
-        }
+        // On a thread of its own: no runtime it might wait for (the dropping thread's may never
+        // run again, or be blocked waiting for these very requests), none of the dropping
+        // thread's locks. A thread that cannot be started drops `end`, which ends them here.
+        let ending = std::thread::Builder::new().name("coordinator-dropped".into());
+        drop(ending.spawn(move || drop(end)));
     }
 
     fn end_open_requests_but(self: &Arc<Self>, dropping: Option<&task_core::NodeId>) {

@@ -188,7 +188,7 @@ impl Ending {
         drop(retry);
         let outcome = cell.owned_outcome(outcome);
         match held.or_else(|| inner.upgrade()) {
-            // Released once the job is closed and before the caller hears.
+            // Let go once the job is closed and before the caller hears.
             Some(inner) => inner.apply(info, outcome, announce, permit),
             None => {
                 drop(permit);
@@ -295,6 +295,11 @@ impl RequestCell {
     /// Its place under its mode's limit, while it is open, for a child to share.
     pub(crate) fn place(&self) -> Option<Place> {
         lock(&self.ending).as_ref()?.permit.clone()
+    }
+
+    /// The node it was submitted from, while it is open.
+    pub(crate) fn parent_id(&self) -> Option<NodeId> {
+        lock(&self.ending).as_ref()?.info.parent_id().cloned()
     }
 
     /// Makes the request open: until it ends, `ending` is what ending it needs.

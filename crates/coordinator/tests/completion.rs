@@ -551,6 +551,42 @@ fn a_request_open_when_the_coordinator_is_dropped_ends_while_its_start_runtime_i
     drop(idle);
 }
 
+/// The last handle is dropped inside a current-thread runtime that then never runs again, or
+/// that then blocks its thread waiting for the open request: either way the request ends.
+#[test]
+fn a_request_open_when_the_last_handle_goes_ends_whatever_the_dropping_runtime_does() {
+    for then_block in [false, true] {
+        let (publisher, coordinator) = started();
+        let working = tokio::runtime::Runtime::new().unwrap();
+        let never = Task::from_fn("never", "never", || async {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(())
+        });
+        let handle = coordinator.spawn(never, "async", SubmitOptions::new());
+        let mut handle = Some(working.block_on(handle).unwrap());
+        let mut dropping = tokio::runtime::Builder::new_current_thread();
+        let dropping = dropping.enable_all().build().unwrap();
+        let answered = dropping.block_on(async {
+            drop(coordinator);
+            // Blocks this runtime's only thread until the request ends.
+            let blocking = then_block.then(|| handle.take()).flatten();
+            blocking.map(futures::executor::block_on)
+        });
+        let answered = match (answered, handle) {
+            (Some(answered), _) => answered,
+            // This runtime never runs again: the caller waits elsewhere.
+            (None, handle) => working.block_on(async {
+                let handle = tokio::time::timeout(Duration::from_secs(10), handle.unwrap());
+                handle.await.expect("the caller is answered")
+            }),
+        };
+        let said = answered.unwrap_err().to_string();
+        assert!(said.contains("the coordinator was dropped"), "{said}");
+        working.block_on(publisher.shutdown());
+        drop(dropping);
+    }
+}
+
 /// Following the openings keeps nothing alive: the last handle's drop releases the strategies
 /// while a follower's guard lives.
 #[tokio::test]

@@ -780,3 +780,32 @@ async fn a_child_that_ended_keeps_its_outcome_when_its_parent_is_cancelled() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// A tree that leaves the limited mode and comes back to it (an agent, a tool on another mode,
+/// a model call from the tool in the agent's mode) shares its root's place all the way down:
+/// under a limit of 1 it completes, where the grandchild used to wait for its grandparent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_that_leaves_its_limited_mode_and_comes_back_shares_its_place() {
+    let (publisher, coordinator) = started_from(
+        Coordinator::builder()
+            .with_async()
+            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
+            .limit("limited", 1),
+    );
+    let inside = coordinator.clone();
+    let agent = Task::from_fn("agent", "agent", move || async move {
+        let again = inside.clone();
+        let tool = Task::from_fn("tool", "tool", move || async move {
+            let model = Task::from_fn("model", "model", || async { Ok::<_, BoxError>(7_u32) });
+            Ok::<_, BoxError>(again.submit(model, "limited").await?)
+        });
+        Ok::<_, BoxError>(inside.submit(tool, "async").await?)
+    });
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        coordinator.submit(agent, "limited"),
+    );
+    assert_eq!(answered.await.expect("no deadlock").unwrap(), 7);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
