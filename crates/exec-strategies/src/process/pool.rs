@@ -32,8 +32,9 @@ use super::shared::{REAP, Shared};
 ///   after [`ProcessBuilder::cancel_grace`](super::ProcessBuilder::cancel_grace) its worker is killed and replaced.
 /// - [`ProcessBuilder::recycle_after`](super::ProcessBuilder::recycle_after) replaces workers after a number of tasks.
 /// - Shutdown refuses new tasks, lets those in flight finish up to its grace period, then stops
-///   and reaps every worker: no zombies. Dropping the last handle without a shutdown kills and
-///   reaps the workers and stops the supervisor thread.
+///   and reaps every worker: no zombies. A shutdown called while another is under way waits for
+///   it (the first one's grace governs), then returns. Dropping the last handle without a
+///   shutdown kills and reaps the workers and stops the supervisor thread.
 /// - The protocol runs on pipes of its own: a node's stdin is `/dev/null` and its stdout goes to
 ///   the parent's stderr.
 ///
