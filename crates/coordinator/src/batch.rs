@@ -92,11 +92,11 @@ impl Coordinator {
             .map(|task| limited.then(|| self.ancestor_place(task, entry)).flatten())
             .collect();
         let takes_place = |shared: &Option<Place>| limited && shared.is_none();
-        let top_level = shared.iter().filter(|shared| takes_place(shared)).count();
-        let mut places = match (&entry.limit, top_level) {
+        let own_places = shared.iter().filter(|shared| takes_place(shared)).count();
+        let mut places = match (&entry.limit, own_places) {
             (Some(limit), n) if n > 0 => {
                 let n = u32::try_from(n).map_err(|_| {
-                    SubmitError::new(SubmitKind::Busy(mode.clone(), Some(top_level)))
+                    SubmitError::new(SubmitKind::Busy(mode.clone(), Some(own_places)))
                 })?;
                 match Arc::clone(limit).try_acquire_many_owned(n) {
                     Ok(places) => Some(places),
@@ -104,7 +104,7 @@ impl Coordinator {
                         return Err(SubmitError::new(SubmitKind::ShutDown));
                     }
                     Err(TryAcquireError::NoPermits) => {
-                        return Err(SubmitError::new(SubmitKind::Busy(mode, Some(top_level))));
+                        return Err(SubmitError::new(SubmitKind::Busy(mode, Some(own_places))));
                     }
                 }
             }
