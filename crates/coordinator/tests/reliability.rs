@@ -696,9 +696,8 @@ fn counted(id: String, running: &Arc<[AtomicU32; 2]>) -> Task<()> {
     })
 }
 
-/// The limit bounds request trees: children a parent of another mode fans out each take a place
-/// (a limit of 1 ran 8 of them at once), and children that outlive their parent in the mode keep
-/// its place (a limit of 1 ran 5 requests at once).
+/// The limit bounds request trees: children a parent of another mode fans out each take a place,
+/// and children that outlive their parent in the mode keep its place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_holds_for_children_of_other_modes_and_children_outliving_their_parent() {
     let (publisher, coordinator) = started_from(
@@ -783,7 +782,7 @@ async fn a_child_that_ended_keeps_its_outcome_when_its_parent_is_cancelled() {
 
 /// A tree that leaves the limited mode and comes back to it (an agent, a tool on another mode,
 /// a model call from the tool in the agent's mode) shares its root's place all the way down:
-/// under a limit of 1 it completes, where the grandchild used to wait for its grandparent.
+/// under a limit of 1 it completes: the grandchild never waits for its grandparent's place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_that_leaves_its_limited_mode_and_comes_back_shares_its_place() {
     let (publisher, coordinator) = started_from(

@@ -70,7 +70,7 @@ impl Model {
         }
         self.generation += 1;
         self.replaced += u64::from(self.jobs.contains_key(id));
-        // A replaced record's closing no longer counts among the last `keep` closed jobs.
+        // A replaced record's closing does not count among the last `keep` closed jobs.
         if let Some(old) = self.jobs.get(id) {
             let old_generation = old.generation;
             self.closed_order

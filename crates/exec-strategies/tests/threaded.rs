@@ -305,8 +305,8 @@ async fn tasks_cancelled_while_queued_do_not_pile_up_behind_a_stuck_node() {
 
 /// A node of one strategy waits in `block_on` on a one-thread pool for work that reaches the
 /// pool after its thread fell asleep: handed to a second strategy sharing the pool, then given
-/// to the pool directly. Its thread runs both (it slept on its own strategy's signal alone, and
-/// nothing ran them).
+/// to the pool directly. Its thread runs both: the strategies sharing a pool share its signal,
+/// and a waiting thread looks for work nobody signalled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_waiting_on_a_shared_pool_runs_work_any_strategy_or_the_pool_is_given() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
