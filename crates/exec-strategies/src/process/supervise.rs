@@ -145,7 +145,7 @@ impl Shared {
             output,
         } = worker;
         let writer = self.runtime.spawn(finish_writes(input));
-        let mut reader = self.read_on_callers_runtime(slot, output);
+        let mut reader = self.read_on_callers_runtime(slot, id, output);
         let read_ended = |read: Result<Ended, tokio::task::JoinError>| {
             read.unwrap_or_else(|e| {
                 if e.is_cancelled() {
@@ -231,18 +231,20 @@ impl Shared {
         }
     }
 
-    /// Starts reading the worker's answers on the runtime the pool was started on (falling back to
-    /// the supervisor's when that one is gone, or when bytes are already buffered).
+    /// Starts reading the answers of worker `id` in `slot` on the runtime the pool was started on
+    /// (falling back to the supervisor's when that one is gone, or when bytes are already
+    /// buffered).
     pub(super) fn read_on_callers_runtime(
         self: &Arc<Self>,
         slot: usize,
+        id: u64,
         mut output: BufReader<pipe::Receiver>,
     ) -> tokio::task::JoinHandle<Ended> {
         let shared = Arc::clone(self);
         if self.readers_gone.load(Ordering::SeqCst) || !output.buffer().is_empty() {
             return self
                 .runtime
-                .spawn(async move { shared.read_answers(slot, &mut output).await });
+                .spawn(async move { shared.read_answers(slot, id, &mut output).await });
         }
         let fd = match output.into_inner().into_nonblocking_fd() {
             Ok(fd) => fd,
@@ -255,17 +257,27 @@ impl Shared {
         self.readers.spawn(async move {
             // Registered with this runtime's reactor, so its readiness wakes a thread here.
             match pipe::Receiver::from_owned_fd(fd) {
-                Ok(pipe) => shared.read_answers(slot, &mut BufReader::new(pipe)).await,
+                Ok(pipe) => {
+                    shared
+                        .read_answers(slot, id, &mut BufReader::new(pipe))
+                        .await
+                }
                 Err(e) => Ended::Killed(format!("its output could not be watched ({e})")),
             }
         })
     }
 
-    /// Delivers the worker's answers until it closes its output or breaks the protocol; returns
-    /// why it stopped.
+    /// Delivers the answers of worker `worker_id` in `slot` until it closes its output or breaks the
+    /// protocol, or the slot no longer holds it; returns why it stopped.
+    ///
+    /// A reader may still be running after its worker's supervision ended (an abort takes effect
+    /// at its next await), and by then the slot may hold the replacement, which can hold the same
+    /// run numbers (a run not started is handed on under its number): the worker's id, not the
+    /// slot, says whose runs a frame answers.
     pub(super) async fn read_answers(
         self: &Arc<Self>,
         slot: usize,
+        worker_id: u64,
         output: &mut BufReader<impl AsyncRead + Unpin>,
     ) -> Ended {
         loop {
@@ -276,7 +288,7 @@ impl Shared {
                 Err(e) => return Ended::Died(e.to_string()),
             };
             let mut state = self.lock();
-            let Some(worker) = state.slots[slot].as_mut() else {
+            let Some(worker) = state.slots[slot].as_mut().filter(|w| w.id == worker_id) else {
                 return Ended::Killed("its slot was closed".into());
             };
             let (id, outcome) = match message {
@@ -327,5 +339,78 @@ impl Shared {
                 let _ = reply.send(Reply::Done(outcome));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use task_core::{NodeRegistry, RequestId};
+
+    use super::*;
+    use crate::process::shared::{Config, Pending};
+    use crate::process::wire::{DEFAULT_MAX_FRAME, encode_frame};
+
+    fn pool_of_one_slot() -> Shared {
+        let config = Config {
+            program: PathBuf::from("unused"),
+            args: Vec::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+            per_worker: 1,
+            worker_threads: 1,
+            task_timeout: None,
+            cancel_grace: Duration::from_secs(1),
+            poison_after: 2,
+            recycle_after: None,
+            handshake_timeout: Duration::from_secs(1),
+        };
+        let runtime = tokio::runtime::Handle::current();
+        let (stop, _) = oneshot::channel();
+        let runtimes = [runtime.clone(), runtime];
+        Shared::new(config, &NodeRegistry::new(), 1, 1, runtimes, stop)
+    }
+
+    /// A worker's reader still running once its slot holds the replacement, which was handed the
+    /// same run number (the run had not started as far as the pool knew): the old worker's
+    /// answer is not the new one's.
+    #[tokio::test]
+    async fn a_reader_never_answers_runs_of_the_worker_that_replaced_its_own() {
+        let shared = Arc::new(pool_of_one_slot());
+        let (reply, mut answer) = oneshot::channel();
+        let pending = Pending {
+            reply: Some(reply),
+            started: false,
+            request_id: RequestId::from("r"),
+            timer: None,
+            events: None,
+        };
+        shared.lock().slots[0] = Some(Slot {
+            id: 2,
+            pid: 0,
+            input: None,
+            kill: None,
+            pending: HashMap::from([(5, pending)]),
+            given: 1,
+            completed: 0,
+            draining: false,
+        });
+        let done = FromWorker::Done {
+            id: 5,
+            outcome: Ok(vec![1]),
+        };
+        let frame = encode_frame(&done, DEFAULT_MAX_FRAME).expect("a small frame");
+        // Worker 1's reader, reading an answer its worker wrote before it ended.
+        let ended = shared
+            .read_answers(0, 1, &mut BufReader::new(&frame[..]))
+            .await;
+        assert!(matches!(ended, Ended::Killed(_)), "{}", ended.reason());
+        assert!(
+            answer.try_recv().is_err(),
+            "the replacement's run stays unanswered"
+        );
+        let state = shared.lock();
+        let slot = state.slots[0].as_ref().expect("the replacement");
+        assert!(slot.pending.contains_key(&5) && slot.completed == 0);
     }
 }
