@@ -64,7 +64,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 ///   grace for callback subscribers to finish.
 /// - **No polling**: an idle publisher costs no CPU.
 ///
-/// Cloning a `Publisher` gives another handle to the same bus.
+/// Cloning a `Publisher` gives another handle to the same bus. Dropping the last handle without
+/// [`shutdown`](Self::shutdown) closes the bus: each subscriber is given what was published, then
+/// ends, and each callback's thread with it. A callback that holds a handle of its own bus (to
+/// publish from it, say) keeps the bus open, and its own thread alive, until `shutdown` or
+/// [`unsubscribe`](Self::unsubscribe).
 ///
 /// # Examples
 ///

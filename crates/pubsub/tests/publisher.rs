@@ -924,3 +924,41 @@ async fn lags_count_what_each_subscriber_has_not_read() {
     );
     publisher.shutdown().await;
 }
+
+/// Dropping the last handle without `shutdown` closes the bus: each subscriber is given what was
+/// published, then ends, a callback's thread with it (its closure is dropped as it ends).
+#[test]
+fn dropping_the_last_handle_ends_every_subscriber_after_what_was_published() {
+    struct OnDrop(mpsc::Sender<&'static str>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send("callback dropped");
+        }
+    }
+    let p = started::<u32>(16);
+    let (tx, rx) = mpsc::channel();
+    let guard = OnDrop(tx.clone());
+    p.subscribe(move |m| {
+        let _ = &guard;
+        let _ = tx.send(if m.is_ok() { "message" } else { "missed" });
+    })
+    .unwrap();
+    let stream = p.subscribe_stream_with(Buffer::Unbounded).unwrap();
+    p.publish(1).unwrap();
+    p.publish(2).unwrap();
+    drop(p);
+    let hear = || {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("heard within a minute")
+    };
+    let heard: Vec<_> = (0..3).map(|_| hear()).collect();
+    assert_eq!(heard, ["message", "message", "callback dropped"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert_eq!(
+        rt.block_on(within("the stream's end", read_all(stream))),
+        [1, 2]
+    );
+}
