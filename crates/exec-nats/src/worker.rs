@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use futures::{FutureExt, StreamExt};
 use task_core::{NodeRegistry, TaskError};
 use tokio::sync::{Semaphore, oneshot};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{NatsConfig, NatsError, config_setters, connect};
 use crate::wire::{Completion, PROTOCOL_VERSION, Reply, RunEvent, TaskMessage, decode, encode};
@@ -18,6 +19,9 @@ use task_core::context::EventSink;
 
 /// How many cancelled run ids a worker remembers, to skip those tasks if they reach it later.
 const REMEMBERED_CANCELS: usize = 10_000;
+
+/// How long a pull for tasks waits at the server for them before it is made again.
+const PULL_WAIT: Duration = Duration::from_secs(5);
 
 /// Builds a [`NatsWorker`].
 #[derive(Debug)]
@@ -137,8 +141,12 @@ struct Cancels {
     /// Runs cancelled before this worker saw them (oldest first, bounded).
     remembered: HashSet<String>,
     order: VecDeque<String>,
-    /// Runs in progress here, each with the switch that drops its node's future.
-    running: HashMap<String, oneshot::Sender<()>>,
+    /// Runs in progress here, each delivery with the switch that drops its node's future. A run
+    /// delivered again while it runs here (a redelivery, or a copy republished after a
+    /// reconnection) runs beside the first, each answered; the submitting side keeps one answer.
+    running: HashMap<String, Vec<(u64, oneshot::Sender<()>)>>,
+    /// Tells the deliveries of one run apart.
+    deliveries: u64,
 }
 
 struct Shared {
@@ -152,6 +160,18 @@ struct Shared {
     exit_before_ack_after: Option<u64>,
 }
 
+impl Cancels {
+    /// Delivery `delivery` of `run` ended here: only its own switch goes.
+    fn ran(&mut self, run: &str, delivery: u64) {
+        if let Some(running) = self.running.get_mut(run) {
+            running.retain(|(d, _)| *d != delivery);
+            if running.is_empty() {
+                self.running.remove(run);
+            }
+        }
+    }
+}
+
 impl Shared {
     fn cancels(&self) -> MutexGuard<'_, Cancels> {
         self.cancels.lock().unwrap_or_else(|p| p.into_inner())
@@ -159,8 +179,10 @@ impl Shared {
 
     fn cancel(&self, run: String) {
         let mut cancels = self.cancels();
-        if let Some(stop) = cancels.running.remove(&run) {
-            let _ = stop.send(());
+        if let Some(deliveries) = cancels.running.remove(&run) {
+            for (_, stop) in deliveries {
+                let _ = stop.send(());
+            }
             return;
         }
         if cancels.remembered.insert(run.clone()) {
@@ -245,13 +267,16 @@ impl Shared {
             }
         };
         let (stop, stopped) = oneshot::channel();
-        let skip = {
+        let (skip, delivery) = {
             let mut cancels = self.cancels();
             let skip = cancels.remembered.remove(&task.run);
+            cancels.deliveries += 1;
+            let delivery = cancels.deliveries;
             if !skip {
-                cancels.running.insert(task.run.clone(), stop);
+                let running = cancels.running.entry(task.run.clone()).or_default();
+                running.push((delivery, stop));
             }
-            skip
+            (skip, delivery)
         };
         if skip {
             tracing::debug!(run = task.run, "skipping a cancelled task");
@@ -276,7 +301,8 @@ impl Shared {
             let progress = keep_alive(&message, self.ack_wait);
             tokio::select! {
                 outcome = run => Some(outcome),
-                _ = stopped => None,
+                // Only a cancellation sends; a dropped switch (never expected) is not one.
+                Ok(()) = stopped => None,
                 () = progress => None,
             }
         } else {
@@ -286,7 +312,7 @@ impl Shared {
                 task.version
             ))))
         };
-        self.cancels().running.remove(&task.run);
+        self.cancels().ran(&task.run, delivery);
         // Closed now, even if the node kept its sink: the forwarder sends what was queued and
         // ends, so every event goes to the connection before the completion, which the server
         // then stores after them; a later event is dropped.
@@ -399,34 +425,32 @@ impl NatsWorker {
     /// Serves tasks until `stop` completes, then lets the running ones finish (their completions
     /// are published and acknowledged) and returns.
     ///
+    /// A task is pulled from the server only when there is a place to run it at once, so one
+    /// this worker has no room for stays with the server for the other workers, and none waits
+    /// here unstarted past its `ack_wait`. Dropping the future instead of completing `stop`
+    /// stops taking tasks and drops those running here; each goes to another worker once its
+    /// `ack_wait` passes.
+    ///
     /// # Errors
     ///
-    /// When the consumer's message stream cannot be opened.
+    /// When the worker's consumer is gone (deleted, or lost with the server's store): nothing
+    /// more would come. What was running is finished first.
     pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> Result<(), NatsError> {
         let shared = Arc::clone(&self.shared);
-        let cancel_listener = self.cancel_feed.take().map(|mut feed| {
+        // Stopped when this future ends, or is dropped.
+        let _cancel_listener = self.cancel_feed.take().map(|mut feed| {
             let shared = Arc::clone(&shared);
-            tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 while let Some(message) = feed.next().await {
                     shared.cancel(String::from_utf8_lossy(&message.payload).into_owned());
                 }
-            })
+            }))
         });
-        // Pull no more than can run at once, so tasks this worker has no room for stay with the
-        // server for the other workers.
-        let mut messages = self
-            .consumer
-            .stream()
-            .max_messages_per_batch(self.concurrency)
-            .messages()
-            .await
-            .map_err(|e| NatsError::new("opening the consumer's message stream", e))?;
         let places = Arc::new(Semaphore::new(self.concurrency));
         let mut running = tokio::task::JoinSet::new();
+        let mut served = Ok(());
         futures::pin_mut!(stop);
-        loop {
-            // Take a task only when there is room to run it, so unstarted tasks stay with the
-            // server for other workers.
+        'serving: loop {
             let place = tokio::select! {
                 place = Arc::clone(&places).acquire_owned() => match place {
                     Ok(place) => place,
@@ -434,37 +458,81 @@ impl NatsWorker {
                 },
                 () = &mut stop => break,
             };
-            let next = tokio::select! {
-                next = messages.next() => next,
+            // As many tasks as there are places free now; places only free up meanwhile.
+            let room = 1 + places.available_permits();
+            let pull = self.consumer.batch().max_messages(room).expires(PULL_WAIT);
+            let pulled = tokio::select! {
+                pulled = pull.messages() => pulled,
                 () = &mut stop => break,
             };
-            match next {
-                Some(Ok(message)) => {
-                    let shared = Arc::clone(&shared);
-                    running.spawn(async move {
-                        shared.handle(message).await;
-                        drop(place);
-                    });
-                }
-                Some(Err(e)) => {
-                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
-                    if matches!(e.kind(), Kind::ConsumerDeleted | Kind::PushBasedConsumer) {
-                        // Nothing more will come: finish what runs and report it.
-                        while running.join_next().await.is_some() {}
-                        return Err(NatsError::new("serving the consumer", e));
+            let mut batch = match pulled {
+                Ok(batch) => batch,
+                Err(e) => match self.pause_after(e).await {
+                    Ok(()) => continue,
+                    Err(gone) => {
+                        served = Err(gone);
+                        break;
                     }
-                    tracing::warn!(%e, "the consumer's message stream reported an error");
-                }
-                None => break,
+                },
+            };
+            let mut place = Some(place);
+            loop {
+                let next = tokio::select! {
+                    next = batch.next() => next,
+                    () = &mut stop => {
+                        // Pulled and not started: back to the server at once, for the others.
+                        while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                        }
+                        break 'serving;
+                    }
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => {
+                        served = self.pause_after(e).await;
+                        if served.is_err() {
+                            break 'serving;
+                        }
+                        break;
+                    }
+                    None => break,
+                };
+                let place = place
+                    .take()
+                    .map_or_else(|| Arc::clone(&places).try_acquire_owned(), Ok);
+                // Never short: the batch asked for no more than the places free.
+                let Ok(place) = place else {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                };
+                let shared = Arc::clone(&shared);
+                running.spawn(async move {
+                    shared.handle(message).await;
+                    drop(place);
+                });
+                while running.try_join_next().is_some() {}
             }
-            while running.try_join_next().is_some() {}
         }
         while running.join_next().await.is_some() {}
-        if let Some(listener) = cancel_listener {
-            listener.abort();
-        }
         let _ = shared.client.flush().await;
-        Ok(())
+        served
+    }
+
+    /// After a pull failed: an error once the consumer is gone (the running tasks finished
+    /// first), otherwise a short pause before the next pull (the server may be away).
+    async fn pause_after(&self, error: impl std::fmt::Display) -> Result<(), NatsError> {
+        use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+        match self.consumer.get_info().await {
+            Err(gone) if matches!(gone.kind(), Kind::NotFound | Kind::StreamNotFound) => {
+                Err(NatsError::new("serving the consumer", gone))
+            }
+            _ => {
+                tracing::warn!(%error, "pulling tasks failed; trying again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                Ok(())
+            }
+        }
     }
 }
 

@@ -99,6 +99,22 @@ fn main() {
             "a_remote_nodes_events_arrive_in_order_before_its_terminal_message",
             || Box::pin(a_remote_nodes_events_arrive_in_order_before_its_terminal_message()),
         ),
+        (
+            "a_task_waits_with_the_server_while_its_worker_is_busy",
+            || Box::pin(a_task_waits_with_the_server_while_its_worker_is_busy()),
+        ),
+        (
+            "two_deliveries_of_one_run_on_one_worker_are_each_answered",
+            || Box::pin(two_deliveries_of_one_run_on_one_worker_are_each_answered()),
+        ),
+        (
+            "dropping_a_serving_worker_releases_its_tasks_and_connection",
+            || Box::pin(dropping_a_serving_worker_releases_its_tasks_and_connection()),
+        ),
+        (
+            "a_worker_whose_consumer_is_deleted_says_so_and_returns",
+            || Box::pin(a_worker_whose_consumer_is_deleted_says_so_and_returns()),
+        ),
     ];
     let trials = tests
         .iter()
@@ -875,5 +891,132 @@ async fn the_coordinators_timeout_reaches_the_worker() {
     assert_eq!(v, 2);
     coordinator.shutdown().await;
     publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// A worker with no place free pulls nothing: the task stays with the server (not in the
+/// worker's buffer, where its `ack_wait` would run out and the server send it again) until a
+/// place frees, then runs once.
+async fn a_task_waits_with_the_server_while_its_worker_is_busy() {
+    let config = config("busy");
+    let _worker = Worker::start(&config, &["--concurrency", "2", "--ack-wait-ms", "500"]);
+    let (publisher, coordinator, _strategy) = coordinator(&config).await;
+    let spawn = |id: &str, ms| {
+        let task = Task::portable(id, Nap(ms));
+        coordinator
+            .try_spawn(task, "nats", SubmitOptions::new())
+            .unwrap()
+    };
+    let busy = [spawn("busy-1", 2_000), spawn("busy-2", 2_000)];
+    // Both places taken before the third task is sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = spawn("queued", 100);
+    // Past the worker's `ack_wait`, with both places still taken.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    let stream = js.get_stream(&config.stream).await.unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("m-workers").await.unwrap();
+    let info = consumer.get_info().await.unwrap();
+    let (with_the_server, delivered) = (info.num_pending, info.num_ack_pending);
+    assert_eq!(
+        (with_the_server, delivered),
+        (1, 2),
+        "the queued task stays with the server"
+    );
+    let within = |handle| tokio::time::timeout(Duration::from_secs(20), handle);
+    within(queued).await.expect("answered").expect("ran");
+    for handle in busy {
+        within(handle).await.expect("answered").expect("ran");
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// The same run delivered twice to one worker while it runs (a redelivery, or a copy sent again
+/// after a reconnection): each delivery runs and is answered; neither is taken for cancelled.
+async fn two_deliveries_of_one_run_on_one_worker_are_each_answered() {
+    use exec_nats::wire::{PROTOCOL_VERSION, Reply, TaskMessage, decode, encode};
+    let config = config("twice");
+    let _worker = Worker::start(&config, &["--concurrency", "4"]);
+    let client = async_nats::connect(&config.url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let reply = format!("{}.done.me", config.prefix);
+    let mut done = client.subscribe(reply.clone()).await.unwrap();
+    let task = TaskMessage {
+        version: PROTOCOL_VERSION,
+        run: "me.1".into(),
+        request_id: "r".into(),
+        name: "nap".into(),
+        payload: task_core::encode(&Nap(500)).unwrap(),
+        reply,
+    };
+    let bytes = encode(&task).unwrap();
+    for copy in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("copy-{copy}").as_str());
+        let sent = js.publish_with_headers(config.task_subject(), headers, bytes.clone().into());
+        sent.await.unwrap().await.unwrap();
+    }
+    let mut answers = 0;
+    while answers < 2 {
+        let next = tokio::time::timeout(Duration::from_secs(10), done.next()).await;
+        let message = next.expect("both deliveries answered").expect("subscribed");
+        if let Ok(Reply::Done(completion)) = decode::<Reply>(&message.payload) {
+            assert_eq!(completion.run, "me.1");
+            assert!(completion.outcome.is_ok(), "{:?}", completion.outcome);
+            answers += 1;
+        }
+    }
+    cleanup(&config).await;
+}
+
+/// Dropping `run_until`'s future (a timeout, a `select!`) leaves no task of the worker's behind,
+/// and so no connection.
+async fn dropping_a_serving_worker_releases_its_tasks_and_connection() {
+    let config = config("dropped");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
+        .config(config.clone())
+        .connect()
+        .await
+        .unwrap();
+    let serving = worker.run_until(std::future::pending());
+    let served = tokio::time::timeout(Duration::from_millis(300), serving).await;
+    assert!(served.is_err(), "still serving when dropped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.num_alive_tasks() > before {
+        let left = metrics.num_alive_tasks() - before;
+        assert!(
+            Instant::now() < deadline,
+            "{left} tasks outlive the dropped worker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cleanup(&config).await;
+}
+
+/// Nothing more would come to a worker whose consumer is gone: `run_until` returns the error,
+/// however long it was asked to serve.
+async fn a_worker_whose_consumer_is_deleted_says_so_and_returns() {
+    let config = config("deleted");
+    let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
+        .config(config.clone())
+        .connect()
+        .await
+        .unwrap();
+    let serving = tokio::spawn(worker.run_until(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    let stream = js.get_stream(&config.stream).await.unwrap();
+    stream.delete_consumer("m-workers").await.unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(20), serving).await;
+    let error = served
+        .expect("returned")
+        .expect("no panic")
+        .expect_err("an error");
+    assert!(error.to_string().contains("consumer"), "{error}");
     cleanup(&config).await;
 }
