@@ -244,6 +244,22 @@ impl Drop for NatsStrategy {
         {
             listener.abort();
         }
+        // No completion can reach the runs still out: each ends now, and its task is withdrawn
+        // from the stream (where a runtime is there to do it) so that no worker runs it later.
+        self.inner.tasks.close();
+        let failed = self
+            .inner
+            .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !failed.is_empty()
+        {
+            let inner = Arc::clone(&self.inner);
+            runtime.spawn(async move {
+                for (run, seq) in failed {
+                    inner.withdraw(run, seq).await;
+                }
+            });
+        }
     }
 }
 

@@ -115,6 +115,10 @@ fn main() {
             "a_worker_whose_consumer_is_deleted_says_so_and_returns",
             || Box::pin(a_worker_whose_consumer_is_deleted_says_so_and_returns()),
         ),
+        (
+            "runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn",
+            || Box::pin(runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn()),
+        ),
     ];
     let trials = tests
         .iter()
@@ -1018,5 +1022,35 @@ async fn a_worker_whose_consumer_is_deleted_says_so_and_returns() {
         .expect("no panic")
         .expect_err("an error");
     assert!(error.to_string().contains("consumer"), "{error}");
+    cleanup(&config).await;
+}
+
+/// A strategy dropped without `shutdown` while a run is out (no worker has taken its task):
+/// the run ends, as at shutdown, and its task leaves the stream.
+async fn runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn() {
+    let config = config("dropped-strategy");
+    let strategy = NatsStrategy::builder()
+        .config(config.clone())
+        .start()
+        .await
+        .unwrap();
+    let running = task_core::run(&strategy, Task::portable("out", Echo(1)).into_erased());
+    let running = tokio::spawn(running);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tasks_in_stream(&config).await == 0 {
+        assert!(Instant::now() < deadline, "the task reached the stream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(strategy);
+    let ended = tokio::time::timeout(Duration::from_secs(10), running).await;
+    let error = ended
+        .expect("the run ended")
+        .expect("no panic")
+        .expect_err("no answer");
+    assert!(error.is_shutdown(), "{error}");
+    while tasks_in_stream(&config).await > 0 {
+        assert!(Instant::now() < deadline, "the task was withdrawn");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cleanup(&config).await;
 }
