@@ -16,11 +16,12 @@ use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// The most connections open at once; more wait to be accepted. Each holds the server's buffers.
 pub(crate) const MAX_CONNECTIONS: usize = 4096;
-/// A write that waited must see this many bytes taken within the stall time, not a trickle.
+/// The client must take this many bytes within the stall time spent waiting for it, not a
+/// trickle.
 const PROGRESS: usize = 16 * 1024;
 
 /// Accepts connections as [`Guarded`] ones.
@@ -47,8 +48,7 @@ impl Listener for GuardedListener {
         });
         let guarded = Guarded {
             io,
-            stall: self.stall,
-            stalled: None,
+            stall: Stall::new(self.stall),
             stopped,
             is_stopped: false,
             _permit: permit.ok(),
@@ -61,14 +61,12 @@ impl Listener for GuardedListener {
     }
 }
 
-/// A connection whose writes fail once they have waited `stall` for the client to take
-/// [`PROGRESS`] bytes, and whose reads and writes fail once the dashboard stops while they wait.
+/// A connection whose writes fail once they have spent `stall` waiting for the client without
+/// it taking [`PROGRESS`] bytes, and whose reads and writes fail once the dashboard stops while
+/// they wait.
 pub(crate) struct Guarded<T> {
     io: T,
-    stall: Duration,
-    /// Armed when a write first waits, with the bytes written since; dropped once the client
-    /// took [`PROGRESS`] bytes.
-    stalled: Option<(Pin<Box<Sleep>>, usize)>,
+    stall: Stall,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// `stopped` finished (it must not be polled again).
     is_stopped: bool,
@@ -91,28 +89,73 @@ impl<T> Guarded<T> {
         polled: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         if let Poll::Ready(written) = &polled {
-            if let (Ok(n), Some((_, since))) = (written, self.stalled.as_mut()) {
-                *since += n;
-                if *since >= PROGRESS {
-                    self.stalled = None;
-                }
-            }
+            self.stall.went_through(*written.as_ref().unwrap_or(&0));
             return polled;
         }
         if self.stopped(cx) {
             return Poll::Ready(Err(io::Error::other("the dashboard stopped")));
         }
-        let stall = self.stall;
-        let (stalled, _) = self
-            .stalled
-            .get_or_insert_with(|| (Box::pin(tokio::time::sleep(stall)), 0));
-        if stalled.as_mut().poll(cx).is_ready() {
+        if self.stall.waits(cx) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client took no data for too long",
             )));
         }
         Poll::Pending
+    }
+}
+
+/// How long the writes of a connection have waited for its client, counted only while one
+/// waits (a spell with nothing to send does not count), since the client last took
+/// [`PROGRESS`] bytes.
+struct Stall {
+    stall: Duration,
+    /// Time spent waiting, over the waits that ended since the client last took [`PROGRESS`].
+    waited: Duration,
+    /// Bytes taken since then.
+    taken: usize,
+    /// When the wait under way began.
+    waiting: Option<Instant>,
+    /// Wakes the waiting write when the stall time is up (kept to be reset, not made anew).
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    fn new(stall: Duration) -> Self {
+        Self {
+            stall,
+            waited: Duration::ZERO,
+            taken: 0,
+            waiting: None,
+            timer: None,
+        }
+    }
+
+    /// A write went through with `n` bytes: the wait under way, if any, ends.
+    fn went_through(&mut self, n: usize) {
+        if let Some(since) = self.waiting.take() {
+            self.waited += since.elapsed();
+        }
+        self.taken += n;
+        if self.taken >= PROGRESS {
+            (self.waited, self.taken) = (Duration::ZERO, 0);
+        }
+    }
+
+    /// A write must wait: whether the stall time is up (if not, wakes the task when it is).
+    fn waits(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.waiting.is_none() {
+            let now = Instant::now();
+            self.waiting = Some(now);
+            let deadline = now + self.stall.saturating_sub(self.waited);
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -178,13 +221,19 @@ mod tests {
         let (server, client) = tokio::io::duplex(1024);
         let guarded = Guarded {
             io: server,
-            stall,
-            stalled: None,
+            stall: Stall::new(stall),
             stopped: Box::pin(std::future::pending()),
             is_stopped: false,
             _permit: None,
         };
         (guarded, client)
+    }
+
+    /// Fails the test instead of hanging it.
+    async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not finish within 10 s"))
     }
 
     /// Writes 1 MiB, a KiB at a time, until the connection fails.
@@ -217,5 +266,26 @@ mod tests {
         });
         write_on(server).await.unwrap();
         assert_eq!(reader.await.unwrap().unwrap(), 1024 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_everything_is_not_cut_off_after_a_quiet_spell() {
+        let stall = Duration::from_millis(300);
+        let (mut server, mut client) = guarded(stall);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.map(|_| all.len())
+        });
+        // 2 KiB through the 1 KiB pipe: a write waits a moment for the client, which takes it.
+        let burst = server.write_all(&[b'x'; 2048]);
+        within("the first burst", burst).await.unwrap();
+        // Nothing to send for longer than the stall time: the client is not waited for.
+        tokio::time::sleep(stall * 2).await;
+        // Another burst that waits a moment is taken as quickly.
+        let burst = server.write_all(&[b'y'; 2048]);
+        within("the second burst", burst).await.unwrap();
+        drop(server);
+        let read = within("the reader", reader).await;
+        assert_eq!(read.unwrap().unwrap(), 4096);
     }
 }

@@ -142,9 +142,10 @@ pub struct DashboardBuilder {
 }
 
 impl DashboardBuilder {
-    /// Disconnects a client that takes less than 16 KiB in `stall` while the dashboard has more
-    /// than that to send it (default 10 s): an event stream whose reader stopped, or reads a
-    /// trickle, holds nothing for longer.
+    /// Disconnects a client that takes less than 16 KiB in `stall` spent waiting for it to take
+    /// more (default 10 s): an event stream whose reader stopped, or reads a trickle, holds
+    /// nothing for longer. Only time with a write waiting counts: a spell with nothing to send
+    /// does not.
     pub fn client_stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
         self
