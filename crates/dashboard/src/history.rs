@@ -2,8 +2,8 @@
 //! jobs ran.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coordinator::{Coordinator, Job, Missed, RequestCompletionMessage};
@@ -62,7 +62,10 @@ pub(crate) struct History {
     recent: Mutex<Recent>,
     /// The last overview made, and when: however often `/api/overview` is asked, it is made at
     /// most once per [`OVERVIEW_EVERY`].
-    overview: Mutex<Option<(Instant, std::sync::Arc<str>)>>,
+    overview: Mutex<Option<(Instant, Arc<str>)>>,
+    /// Held while an overview is made: one at a time (each scans the job table under its
+    /// lock); a request that finds one under way waits for it, and takes it.
+    making: tokio::sync::Mutex<()>,
     /// Messages the dashboard's subscriber missed (it fell a whole buffer behind).
     missed: AtomicU64,
 }
@@ -98,6 +101,7 @@ impl History {
             payloads,
             recent: Mutex::default(),
             overview: Mutex::new(None),
+            making: tokio::sync::Mutex::new(()),
             missed: AtomicU64::new(0),
         }
     }
@@ -238,25 +242,39 @@ impl History {
     }
 
     /// The overview `/api/overview` serves and the page's feed carries, made again when the
-    /// last is older than [`OVERVIEW_EVERY`] (outside the cache's lock: a request meanwhile
-    /// waits for neither).
-    pub(crate) fn overview(&self, coordinator: &Coordinator) -> std::sync::Arc<str> {
-        {
-            let cached = self.overview.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((made, json)) = cached.as_ref()
-                && made.elapsed() < OVERVIEW_EVERY
-            {
-                return std::sync::Arc::clone(json);
-            }
+    /// last is older than [`OVERVIEW_EVERY`]: by one request, which the others that find it
+    /// stale meanwhile wait for.
+    pub(crate) async fn overview(&self, coordinator: &Coordinator) -> Arc<str> {
+        if let Some(json) = self.fresh_overview() {
+            return json;
         }
-        self.refresh_overview(coordinator)
+        let _making = self.making.lock().await;
+        // Made while this request waited: taken.
+        if let Some(json) = self.fresh_overview() {
+            return json;
+        }
+        self.keep_overview(coordinator)
     }
 
-    /// A new overview, kept for [`overview`](Self::overview): the page feed's, made each second.
-    pub(crate) fn refresh_overview(&self, coordinator: &Coordinator) -> std::sync::Arc<str> {
-        let json: std::sync::Arc<str> = self.make_overview(coordinator).to_string().into();
+    /// A new overview, kept for [`overview`](Self::overview): the page feed's, made each second
+    /// (after any under way: never two at once).
+    pub(crate) async fn refresh_overview(&self, coordinator: &Coordinator) -> Arc<str> {
+        let _making = self.making.lock().await;
+        self.keep_overview(coordinator)
+    }
+
+    /// The last overview made, unless it is older than [`OVERVIEW_EVERY`].
+    fn fresh_overview(&self) -> Option<Arc<str>> {
+        let cached = self.overview.lock().unwrap_or_else(|p| p.into_inner());
+        let (made, json) = cached.as_ref()?;
+        (made.elapsed() < OVERVIEW_EVERY).then(|| Arc::clone(json))
+    }
+
+    /// Makes an overview and keeps it (the caller holds [`making`](Self::making)).
+    fn keep_overview(&self, coordinator: &Coordinator) -> Arc<str> {
+        let json: Arc<str> = self.make_overview(coordinator).to_string().into();
         let mut cached = self.overview.lock().unwrap_or_else(|p| p.into_inner());
-        *cached = Some((Instant::now(), std::sync::Arc::clone(&json)));
+        *cached = Some((Instant::now(), Arc::clone(&json)));
         json
     }
 
@@ -314,5 +332,72 @@ impl History {
             "missed": self.missed(),
             "payloads": self.payloads,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use coordinator::{Coordinator, RequestCompletionPublisher};
+
+    use super::History;
+
+    /// Eight requests for the overview arrive while it is stale and its rebuild is held up (the
+    /// job table's lock is taken): it is made once, and every one of them gets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_for_a_stale_overview_make_it_once() {
+        const REQUESTS: usize = 8;
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let coordinator = Coordinator::builder().with_async().build();
+        coordinator.start(&publisher).unwrap();
+        let history = Arc::new(History::new(false));
+        let (held, release) = (mpsc::channel(), mpsc::channel::<()>());
+        let holder = std::thread::spawn({
+            let coordinator = coordinator.clone();
+            let (held, released) = (held.0, release.1);
+            move || {
+                coordinator.with_state(|_| {
+                    held.send(()).unwrap();
+                    // Held until the test lets go (or fails and drops the sender).
+                    let _ = released.recv_timeout(Duration::from_secs(10));
+                });
+            }
+        });
+        held.1.recv_timeout(Duration::from_secs(10)).unwrap();
+        // Threads of their own: a rebuild waiting for the table's lock blocks its thread.
+        let (made, overviews) = mpsc::channel();
+        for _ in 0..REQUESTS {
+            let (history, coordinator, made) =
+                (Arc::clone(&history), coordinator.clone(), made.clone());
+            std::thread::spawn(move || {
+                let overview = futures::executor::block_on(history.overview(&coordinator));
+                made.send(overview).unwrap();
+            });
+        }
+        // Let every request arrive, then the rebuild go on.
+        std::thread::sleep(Duration::from_millis(300));
+        release.0.send(()).unwrap();
+        holder.join().unwrap();
+        let overviews: Vec<Arc<str>> = (0..REQUESTS)
+            .map(|_| overviews.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        let mut made: Vec<*const u8> = overviews.iter().map(|o| Arc::as_ptr(o).cast()).collect();
+        made.sort_unstable();
+        made.dedup();
+        let made = made.len();
+        assert_eq!(made, 1, "the overview was made {made} times at once");
+        within("the coordinator's shutdown", coordinator.shutdown()).await;
+        within("the bus's shutdown", publisher.shutdown()).await;
+    }
+
+    /// Fails the test instead of hanging it.
+    async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not finish within 10 s"))
     }
 }

@@ -418,7 +418,7 @@ async fn every_second(
             let overview = Update {
                 kind: "overview",
                 request_id: None,
-                json: history.refresh_overview(&coordinator).to_string(),
+                json: history.refresh_overview(&coordinator).await.to_string(),
             };
             // Nobody reading is not an error.
             let _ = page_feed.send(Arc::new(overview));
@@ -431,7 +431,7 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn overview(State(shared): State<Arc<Shared>>) -> Response {
-    let json = shared.history.overview(&shared.coordinator);
+    let json = shared.history.overview(&shared.coordinator).await;
     (
         [(header::CONTENT_TYPE, "application/json")],
         json.to_string(),
