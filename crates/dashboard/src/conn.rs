@@ -24,6 +24,17 @@ pub(crate) const MAX_CONNECTIONS: usize = 4096;
 /// trickle.
 const PROGRESS: usize = 16 * 1024;
 
+/// Serves `app` on `listener` until the dashboard stops, then waits for its connections to close.
+pub(crate) async fn serve(listener: GuardedListener, app: axum::Router) {
+    let mut stopped = listener.stopping.clone();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
+    if let Err(error) = serve.await {
+        tracing::warn!(%error, "the dashboard's server stopped");
+    }
+}
+
 /// Accepts connections as [`Guarded`] ones.
 pub(crate) struct GuardedListener {
     pub(crate) inner: TcpListener,

@@ -247,21 +247,13 @@ impl DashboardBuilder {
                 auth::authorize,
             ))
             .with_state(shared);
-        let mut stopped = stopping.clone();
         let listener = conn::GuardedListener {
             inner: listener,
             stall: self.stall,
             stopping,
             open: Arc::new(tokio::sync::Semaphore::new(conn::MAX_CONNECTIONS)),
         };
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            });
-            if let Err(error) = serve.await {
-                tracing::warn!(%error, "the dashboard's server stopped");
-            }
-        });
+        let server = tokio::spawn(conn::serve(listener, app));
         tracing::info!(%addr, "dashboard serving");
         Ok(Dashboard {
             addr,
