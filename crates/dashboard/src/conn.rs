@@ -1,6 +1,8 @@
 //! Connections that cannot hold the dashboard: one whose client stops taking data (or takes it
-//! a trickle at a time) is closed after a while, every one is closed when the dashboard stops,
-//! even halfway through reading a request, and there are at most [`MAX_CONNECTIONS`].
+//! a trickle at a time) is closed after a while, so is one whose client sends no whole request
+//! head in time (none at all, half of one, or none after its last answer), every one is closed
+//! when the dashboard stops, even halfway through reading a request, and there are at most
+//! [`MAX_CONNECTIONS`].
 //!
 //! The server stops asking an event stream for more once a connection's buffers are full, so
 //! nothing on the stream's side can notice a client that stopped reading; its connection can.
@@ -13,50 +15,90 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::serve::Listener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
-/// The most connections open at once; more wait to be accepted. Each holds the server's buffers.
+/// The most connections open at once; more wait to be accepted. Each holds the server's buffers
+/// (and its place: one that sends no request in time is closed).
 pub(crate) const MAX_CONNECTIONS: usize = 4096;
 /// The client must take this many bytes within the stall time spent waiting for it, not a
 /// trickle.
 const PROGRESS: usize = 16 * 1024;
 
 /// Serves `app` on `listener` until the dashboard stops, then waits for its connections to close.
-pub(crate) async fn serve(listener: GuardedListener, app: axum::Router) {
-    let mut stopped = listener.stopping.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    });
-    if let Err(error) = serve.await {
-        tracing::warn!(%error, "the dashboard's server stopped");
+///
+/// Each connection is served by hyper with a timer (axum's server sets none), so one whose
+/// client sends no whole request head within [`head`](GuardedListener::head), from connecting
+/// or from its last answer, is closed and lets go of its place; an answer being written (an
+/// event stream) is not timed.
+pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(listener.head);
+    // Each connection holds a receiver: the sender is closed once every one has ended.
+    let (all_closed, open) = watch::channel(());
+    let mut stopping = listener.stopping.clone();
+    loop {
+        let io = tokio::select! {
+            (io, _) = listener.accept() => io,
+            () = stopped(&mut stopping) => break,
+        };
+        let connection =
+            http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
+        let (mut stopping, open) = (listener.stopping.clone(), open.clone());
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stopped(&mut stopping) => {
+                    // Ends once the answer under way is written (the dashboard's stopping
+                    // ends event streams, and fails reads and writes that wait).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, "a dashboard connection ended");
+            }
+            drop(open);
+        });
     }
+    // No more connections are taken.
+    drop(listener);
+    drop(open);
+    all_closed.closed().await;
+}
+
+/// Waits for the dashboard to stop (an error says it is gone: stopped too).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 /// Accepts connections as [`Guarded`] ones.
 pub(crate) struct GuardedListener {
     pub(crate) inner: TcpListener,
-    /// How long a write may wait for the client before the connection is closed.
+    /// How long writes may wait for the client without it taking [`PROGRESS`] bytes before the
+    /// connection is closed.
     pub(crate) stall: Duration,
+    /// How long a client may take to send a whole request head, from connecting or from the
+    /// end of its last answer, before its connection is closed.
+    pub(crate) head: Duration,
     pub(crate) stopping: watch::Receiver<bool>,
     pub(crate) open: Arc<Semaphore>,
 }
 
-impl Listener for GuardedListener {
-    type Io = Guarded<TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl GuardedListener {
+    /// The next connection, once fewer than the most are open.
+    async fn accept(&mut self) -> (Guarded<TcpStream>, std::net::SocketAddr) {
         // Never closed: the listener holds it.
         let permit = Arc::clone(&self.open).acquire_owned().await;
         let (io, addr) = Listener::accept(&mut self.inner).await;
         let mut stopping = self.stopping.clone();
-        let stopped = Box::pin(async move {
-            // An error says the dashboard is gone: stopped too.
-            let _ = stopping.wait_for(|stop| *stop).await;
-        });
+        let stopped = Box::pin(async move { stopped(&mut stopping).await });
         let guarded = Guarded {
             io,
             stall: Stall::new(self.stall),
@@ -65,10 +107,6 @@ impl Listener for GuardedListener {
             _permit: permit.ok(),
         };
         (guarded, addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
     }
 }
 
@@ -226,6 +264,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     /// A connection to a client that reads (an in-memory pipe holding 1 KiB): `stopped` never.
     fn guarded(stall: Duration) -> (Guarded<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
@@ -298,5 +337,73 @@ mod tests {
         drop(server);
         let read = within("the reader", reader).await;
         assert_eq!(read.unwrap().unwrap(), 4096);
+    }
+
+    /// A server of `/` on a free loopback port, holding at most `open` connections and closing
+    /// those that send no whole request head within `head`; with its stopping switch.
+    async fn server(
+        open: usize,
+        head: Duration,
+    ) -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let inner = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let (stop, stopping) = watch::channel(false);
+        let listener = GuardedListener {
+            inner,
+            stall: Duration::from_secs(10),
+            head,
+            stopping,
+            open: Arc::new(Semaphore::new(open)),
+        };
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        (addr, stop, tokio::spawn(serve(listener, app)))
+    }
+
+    /// Reads from `client` until it has read a whole answer to `GET /`.
+    async fn answer(client: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let n = client.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn clients_that_send_no_whole_request_head_are_closed_and_lock_nobody_out() {
+        let head = Duration::from_millis(300);
+        let (addr, stop, served) = server(3, head).await;
+        // As many connections as the server holds: one that sends nothing, one that sends half
+        // a request line, and one kept alive, idle after its answer.
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        within("half a request", half.write_all(b"GET / HT"))
+            .await
+            .unwrap();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+        within("a request", idle.write_all(request)).await.unwrap();
+        let first = within("the first answer", answer(&mut idle)).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        // A client with a whole request is answered all the same, once they are closed.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        within("a request", client.write_all(request))
+            .await
+            .unwrap();
+        let second = within("an answer beside them", answer(&mut client)).await;
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        // Each of them finds its connection closed.
+        for (what, mut held) in [("silent", silent), ("half", half), ("idle", idle)] {
+            let mut rest = Vec::new();
+            let _ = within(what, held.read_to_end(&mut rest)).await;
+        }
+        stop.send(true).unwrap();
+        within("the server's stopping", served).await.unwrap();
     }
 }

@@ -37,9 +37,12 @@
 //! update only while an event stream is open; every stream shares that update. A client that
 //! takes no data (or only a trickle, under 16 KiB) for 10 s while there is some to send it is
 //! disconnected ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a
-//! whole feed behind is told what it missed, every connection closes when the dashboard stops
-//! (even one halfway through sending its request), and at most 4,096 are open at once: nothing
-//! waits for a client. Error and payload texts are cut to 1 KiB.
+//! whole feed behind is told what it missed, a connection that sends no whole request head
+//! within 10 s of opening or of its last answer is closed
+//! ([`request_head_timeout`](DashboardBuilder::request_head_timeout)), every connection closes
+//! when the dashboard stops (even one halfway through sending its request), and at most 4,096
+//! are open at once (more wait to be taken, and idle ones cannot hold them): nothing waits for
+//! a client. Error and payload texts are cut to 1 KiB.
 //!
 //! # Examples
 //!
@@ -113,6 +116,8 @@ const MAX_CHUNK: usize = 8 * 1024;
 /// A client that takes (almost) no data for this long while there is some to send is
 /// disconnected.
 const DEFAULT_STALL: Duration = Duration::from_secs(10);
+/// A connection that sends no whole request head for this long is closed.
+const DEFAULT_REQUEST_HEAD: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 struct Shared {
@@ -139,6 +144,7 @@ pub struct DashboardBuilder {
     token: Option<String>,
     payloads: bool,
     stall: Duration,
+    request_head: Duration,
 }
 
 impl DashboardBuilder {
@@ -148,6 +154,15 @@ impl DashboardBuilder {
     /// does not.
     pub fn client_stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
+        self
+    }
+
+    /// Closes a connection whose client sends no whole request head within `timeout` of
+    /// connecting, or of the end of its last answer (default 10 s): sockets that send nothing,
+    /// or half a request, with a token or without, hold none of the 4,096 places for longer. An
+    /// answer being written (an event stream, the page's feed) is not timed.
+    pub fn request_head_timeout(mut self, timeout: Duration) -> Self {
+        self.request_head = timeout;
         self
     }
 
@@ -250,6 +265,7 @@ impl DashboardBuilder {
         let listener = conn::GuardedListener {
             inner: listener,
             stall: self.stall,
+            head: self.request_head,
             stopping,
             open: Arc::new(tokio::sync::Semaphore::new(conn::MAX_CONNECTIONS)),
         };
@@ -294,6 +310,7 @@ impl Dashboard {
             token: None,
             payloads: false,
             stall: DEFAULT_STALL,
+            request_head: DEFAULT_REQUEST_HEAD,
         }
     }
 
