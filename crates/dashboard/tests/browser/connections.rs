@@ -1,5 +1,6 @@
-//! The dashboard's connections: clients that never read, read a trickle, or send half a request
-//! hold up neither the other clients nor the dashboard's stopping.
+//! The dashboard's connections: clients that never read, read a trickle, send half a request or
+//! none hold up neither the other clients nor the dashboard's stopping; a feed is never cut off
+//! for sending no request.
 
 use std::time::{Duration, Instant};
 
@@ -116,4 +117,33 @@ pub(crate) async fn a_half_sent_request_holds_up_neither_shutdown_nor_drop() {
         coordinator.shutdown().await;
         publisher.shutdown().await;
     }
+}
+
+pub(crate) async fn an_idle_connection_is_closed_and_an_open_feed_is_not() {
+    let head = Duration::from_millis(300);
+    let (publisher, coordinator, dashboard) = started_with(|b| b.request_head_timeout(head)).await;
+    let mut feed = open_stream(&dashboard, "/api/feed").await;
+    let opened = Instant::now();
+    // A connection that sends nothing is closed once it has had its time for a request.
+    let mut silent = TcpStream::connect(dashboard.local_addr()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = within(
+        "the silent connection closing",
+        silent.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(
+        read.is_err() || answer.is_empty(),
+        "answered a silent client"
+    );
+    // The feed, answered all along, brings the overview once a second: long past the timeout.
+    let mut overviews = 0;
+    while overviews < 3 {
+        let (kind, _) = within("the feed's next event", next_event(&mut feed)).await;
+        overviews += usize::from(kind == "overview");
+    }
+    assert!(opened.elapsed() > head * 5, "{:?}", opened.elapsed());
+    within("the dashboard's shutdown", dashboard.shutdown()).await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
 }

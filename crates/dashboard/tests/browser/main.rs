@@ -107,6 +107,10 @@ fn main() {
             "a_half_sent_request_holds_up_neither_shutdown_nor_drop",
             || Box::pin(connections::a_half_sent_request_holds_up_neither_shutdown_nor_drop()),
         ),
+        (
+            "an_idle_connection_is_closed_and_an_open_feed_is_not",
+            || Box::pin(connections::an_idle_connection_is_closed_and_an_open_feed_is_not()),
+        ),
     ];
     trials.extend(
         others
