@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures::StreamExt;
 use task_core::TaskError;
 
@@ -89,7 +90,14 @@ pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>) {
             .collect()
     };
     for (seq, run, task) in waiting {
-        if stream.get_raw_message(seq).await.is_ok() || !inner.table().pending.contains_key(&run) {
+        // Gone only when the server says so: an error of another kind (a server not ready yet
+        // after its restart) is no sign that the task is gone, and publishing it again would
+        // have it run twice.
+        let gone = matches!(
+            stream.get_raw_message(seq).await,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound
+        );
+        if !gone || !inner.table().pending.contains_key(&run) {
             continue;
         }
         tracing::debug!(
