@@ -186,7 +186,11 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// oldest. A callback has read a message once it was given it. Pending listeners are not
     /// listed. The dashboard's `/metrics`
     /// serves it as `pubsub_subscriber_lag`; with the `metrics` feature, so does a gauge of that
-    /// name for each subscriber, set once per 64 messages published.
+    /// name for each subscriber, set once per 64 messages published (and to 0 once it is gone).
+    /// Those gauges and the `pubsub_missed_messages_total` counters carry the subscriber's id, so
+    /// a process that keeps making subscribers makes a series for each: have the recorder drop
+    /// series left idle (`metrics_exporter_prometheus::PrometheusBuilder::idle_timeout`), or it
+    /// keeps them all.
     ///
     /// ```
     /// let publisher = pubsub::Publisher::<u32>::new();
