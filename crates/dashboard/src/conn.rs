@@ -37,8 +37,9 @@ const PROGRESS: usize = 16 * 1024;
 /// event stream) is not timed.
 pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(listener.head);
+    // hyper adds the timeout to now: one too long for that (it would panic) never runs out.
+    let head = Some(listener.head).filter(|&head| Instant::now().checked_add(head).is_some());
+    http.timer(TokioTimer::new()).header_read_timeout(head);
     // Each connection holds a receiver: the sender is closed once every one has ended.
     let (all_closed, open) = watch::channel(());
     let mut stopping = listener.stopping.clone();
@@ -196,7 +197,10 @@ impl Stall {
         if self.waiting.is_none() {
             let now = Instant::now();
             self.waiting = Some(now);
-            let deadline = now + self.stall.saturating_sub(self.waited);
+            // A stall time too long to add to now never runs out.
+            let Some(deadline) = now.checked_add(self.stall.saturating_sub(self.waited)) else {
+                return false;
+            };
             match &mut self.timer {
                 Some(timer) => timer.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -316,6 +320,22 @@ mod tests {
         });
         write_on(server).await.unwrap();
         assert_eq!(reader.await.unwrap().unwrap(), 1024 * 1024);
+    }
+
+    /// A stall time too long to add to now (`Duration::MAX`) never runs out: a write that waits
+    /// for the client goes on waiting, and goes through once the client reads.
+    #[tokio::test]
+    async fn a_stall_time_too_long_to_add_to_now_never_runs_out() {
+        let (server, mut client) = guarded(Duration::MAX);
+        let writing = tokio::spawn(write_on(server));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!writing.is_finished(), "the write waits for the client");
+        let mut all = Vec::new();
+        within("the reader", client.read_to_end(&mut all))
+            .await
+            .unwrap();
+        within("the writer", writing).await.unwrap().unwrap();
+        assert_eq!(all.len(), 1024 * 1024);
     }
 
     #[tokio::test]

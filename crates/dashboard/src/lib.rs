@@ -151,7 +151,7 @@ impl DashboardBuilder {
     /// Disconnects a client that takes less than 16 KiB in `stall` spent waiting for it to take
     /// more (default 10 s): an event stream whose reader stopped, or reads a trickle, holds
     /// nothing for longer. Only time with a write waiting counts: a spell with nothing to send
-    /// does not.
+    /// does not. `Duration::MAX` never runs out.
     pub fn client_stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
         self
@@ -160,7 +160,8 @@ impl DashboardBuilder {
     /// Closes a connection whose client sends no whole request head within `timeout` of
     /// connecting, or of the end of its last answer (default 10 s): sockets that send nothing,
     /// or half a request, with a token or without, hold none of the 4,096 places for longer. An
-    /// answer being written (an event stream, the page's feed) is not timed.
+    /// answer being written (an event stream, the page's feed) is not timed. `Duration::MAX`
+    /// never runs out.
     pub fn request_head_timeout(mut self, timeout: Duration) -> Self {
         self.request_head = timeout;
         self

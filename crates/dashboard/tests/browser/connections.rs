@@ -147,3 +147,21 @@ pub(crate) async fn an_idle_connection_is_closed_and_an_open_feed_is_not() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// `Duration::MAX` as the request head timeout and the stall time: no timer runs out, and
+/// every request is answered.
+pub(crate) async fn timeouts_too_long_to_add_to_now_never_run_out() {
+    let (publisher, coordinator, dashboard) = started_with(|builder| {
+        builder
+            .request_head_timeout(Duration::MAX)
+            .client_stall_timeout(Duration::MAX)
+    })
+    .await;
+    for path in ["/api/overview", "/metrics"] {
+        let (status, _) = within(path, get(&dashboard, path, "")).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    within("the dashboard's stopping", dashboard.shutdown()).await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

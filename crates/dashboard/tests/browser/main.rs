@@ -111,6 +111,9 @@ fn main() {
             "an_idle_connection_is_closed_and_an_open_feed_is_not",
             || Box::pin(connections::an_idle_connection_is_closed_and_an_open_feed_is_not()),
         ),
+        ("timeouts_too_long_to_add_to_now_never_run_out", || {
+            Box::pin(connections::timeouts_too_long_to_add_to_now_never_run_out())
+        }),
     ];
     trials.extend(
         others
