@@ -2,6 +2,7 @@
 //! failing what the server will not deliver.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -128,6 +129,8 @@ pub(crate) const RECONCILE_AFTER: Duration = Duration::from_secs(1);
 /// for [`NatsBuilder::unreachable_after`], and a run whose task outlived the stream's `max_age`.
 pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
     let mut since: Option<Instant> = None;
+    // Connections made so far: a reconnection between two looks shows here, however quick.
+    let mut connects = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
@@ -135,7 +138,12 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
         let connected = inner.client.connection_state() == async_nats::connection::State::Connected;
         #[cfg(feature = "metrics")]
         metrics::gauge!("nats_connected").set(if connected { 1.0 } else { 0.0 });
-        if connected && since.is_some() {
+        let made = inner.client.statistics().connects.load(Ordering::Relaxed);
+        let reconnected = connects.is_some_and(|before| made > before);
+        if connected {
+            connects = Some(made);
+        }
+        if connected && (since.is_some() || reconnected) {
             #[cfg(feature = "metrics")]
             metrics::counter!("nats_reconnects_total").increment(1);
             // Back after an outage: the server may have lost what it took just before it went.
