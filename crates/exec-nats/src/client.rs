@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
 use task_core::{ErasedTask, Outcome, TaskError};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{NatsConfig, NatsError};
+use crate::config::{NatsConfig, NatsError, largest_body};
 use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode};
 
 /// The longest one try to hand a task to the stream takes (the JetStream context's default
@@ -173,11 +174,18 @@ impl Inner {
                 .publish_with_headers(self.task_subject.clone(), headers, bytes.clone())
                 .await
             {
-                Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
             };
             match tried {
                 Ok(ack) => return Ok(ack),
+                // Refused whatever the tries (a server whose limit is lower than the one it
+                // announced when this side connected).
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(TaskError::encoding(format!(
+                        "the server refused the task: {e}"
+                    )));
+                }
                 Err(e) if started.elapsed() >= retry_for => {
                     return Err(TaskError::strategy(format!(
                         "the NATS server was unreachable and did not take the task within \
@@ -260,11 +268,12 @@ impl Inner {
             reply: inner.completion_subject.clone(),
         };
         let bytes = bytes::Bytes::from(encode(&message)?);
-        if bytes.len() > inner.max_message_size {
+        let largest = largest_body(&inner.client, inner.max_message_size, &run);
+        if bytes.len() > largest {
             return Err(TaskError::encoding(format!(
-                "the task is {} bytes, more than the stream's maximum of {}",
+                "the task is {} bytes, more than the {largest} a task may have here (the stream's \
+                 max_message_size and the server's max_payload, less its header)",
                 bytes.len(),
-                inner.max_message_size
             )));
         }
         let (sender, answer) = oneshot::channel();

@@ -288,6 +288,22 @@ impl NatsError {
     }
 }
 
+/// The largest body a message whose `Nats-Msg-Id` is `id` may have: the smaller of the streams'
+/// `max_message_size` and the server's `max_payload` (each counts the headers too), less what
+/// the header takes. A larger one would be refused whatever the tries.
+pub(crate) fn largest_body(
+    client: &async_nats::Client,
+    max_message_size: usize,
+    id: &str,
+) -> usize {
+    // `NATS/1.0\r\nNats-Msg-Id: {id}\r\n\r\n`
+    let header = "NATS/1.0\r\n".len() + "Nats-Msg-Id: ".len() + id.len() + "\r\n\r\n".len();
+    // 0: the server did not say.
+    let max_payload = Some(client.server_info().max_payload).filter(|&max| max > 0);
+    let largest = max_message_size.min(max_payload.unwrap_or(usize::MAX));
+    largest.saturating_sub(header)
+}
+
 /// Connects with `options` (credentials, TLS and every other connect option pass through).
 pub(crate) async fn connect(
     url: &str,

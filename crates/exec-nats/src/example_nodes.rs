@@ -90,6 +90,24 @@ impl PortableNode for Count {
     const NAME: &'static str = "count";
 }
 
+/// Returns a text of `n` bytes: a node whose output is as large as asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pad(pub usize);
+
+impl Node for Pad {
+    type Output = String;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "pad".into()
+    }
+    async fn invoke(self) -> Result<String, BoxError> {
+        Ok("x".repeat(self.0))
+    }
+}
+
+impl PortableNode for Pad {
+    const NAME: &'static str = "pad";
+}
+
 /// The registry of the worker binary.
 pub fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
@@ -98,6 +116,7 @@ pub fn registry() -> NodeRegistry {
         .and_then(|r| r.register::<Nap>())
         .and_then(|r| r.register::<Fail>())
         .and_then(|r| r.register::<Count>())
+        .and_then(|r| r.register::<Pad>())
         .expect("distinct names");
     registry
 }

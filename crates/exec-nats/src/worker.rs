@@ -13,7 +13,7 @@ use task_core::{NodeRegistry, TaskError};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::{NatsConfig, NatsError, config_setters, connect};
+use crate::config::{NatsConfig, NatsError, config_setters, connect, largest_body};
 use crate::wire::{Completion, PROTOCOL_VERSION, Reply, RunEvent, TaskMessage, decode, encode};
 use task_core::context::EventSink;
 
@@ -119,6 +119,8 @@ impl NatsWorkerBuilder {
                 js,
                 registry: self.registry,
                 ack_wait: self.ack_wait,
+                max_message_size: usize::try_from(self.config.max_message_size)
+                    .unwrap_or(usize::MAX),
                 cancels: Mutex::default(),
                 completed: AtomicU64::new(0),
                 exit_before_ack_after: self.exit_before_ack_after,
@@ -155,6 +157,8 @@ struct Shared {
     js: jetstream::Context,
     registry: NodeRegistry,
     ack_wait: Duration,
+    /// The streams' `max_message_size`.
+    max_message_size: usize,
     cancels: Mutex<Cancels>,
     completed: AtomicU64,
     exit_before_ack_after: Option<u64>,
@@ -204,7 +208,7 @@ impl Shared {
             Duration::ZERO,
         ] {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("done.{run}").as_str());
+            headers.insert("Nats-Msg-Id", done_id(run).as_str());
             let tried = self
                 .js
                 .publish_with_headers(subject.to_owned(), headers, bytes.clone())
@@ -323,18 +327,30 @@ impl Shared {
             let _ = message.ack().await;
             return;
         };
-        let completion = Completion {
-            run: task.run.clone(),
-            outcome,
-            worker: self.id.clone(),
-        };
-        let bytes = encode(&Reply::Done(completion)).or_else(|e| {
+        let done = |outcome| {
+            let worker = self.id.clone();
             encode(&Reply::Done(Completion {
                 run: task.run.clone(),
-                outcome: Err(e),
-                worker: self.id.clone(),
+                outcome,
+                worker,
             }))
-        });
+        };
+        // An output too large to store fails its request at once, instead of running the task
+        // again until the server gives up on it.
+        let largest = largest_body(&self.client, self.max_message_size, &done_id(&task.run));
+        let bytes = done(outcome)
+            .and_then(|bytes| {
+                if bytes.len() <= largest {
+                    return Ok(bytes);
+                }
+                Err(TaskError::encoding(format!(
+                    "the output's completion is {} bytes, more than the {largest} a completion \
+                     may have here (the stream's max_message_size and the server's \
+                     max_payload, less its header)",
+                    bytes.len()
+                )))
+            })
+            .or_else(|e| done(Err(e)));
         // The completion must be stored in the completion stream before the task is
         // acknowledged: if this worker dies, or the server goes away, in between, the task is
         // redelivered and answered again (a duplicate the submitting side drops), never lost.
@@ -359,6 +375,12 @@ impl Shared {
             tracing::warn!(%e, "acknowledging a task failed; it may be redelivered");
         }
     }
+}
+
+/// The message id of run `run`'s completion: the completion stream keeps one however many
+/// stores reach it.
+fn done_id(run: &str) -> String {
+    format!("done.{run}")
 }
 
 /// Where a running node's events go: the task that publishes them, until the run ends.

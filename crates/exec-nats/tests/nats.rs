@@ -14,7 +14,7 @@ use coordinator::{
     BoxError, Buffer, Coordinator, JobResult, Node, PortableNode, RequestCompletionMessage,
     RequestCompletionPublisher, SubmitOptions, Task,
 };
-use exec_nats::example_nodes::{Count, Echo, Fail, Nap};
+use exec_nats::example_nodes::{Count, Echo, Fail, Nap, Pad};
 use exec_nats::{NatsConfig, NatsStrategy};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,10 @@ fn main() {
         (
             "runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn",
             || Box::pin(runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn()),
+        ),
+        (
+            "messages_over_the_servers_limits_fail_at_once_typed",
+            || Box::pin(messages_over_the_servers_limits_fail_at_once_typed()),
         ),
     ];
     let trials = tests
@@ -1052,5 +1056,52 @@ async fn runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn() {
         assert!(Instant::now() < deadline, "the task was withdrawn");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    cleanup(&config).await;
+}
+
+/// A task or an output too large for the streams and the server, however near the limit (its
+/// message-id header counts too), fails at once as an encoding error: never retried as if the
+/// server were away, never run again and again until the server gives up on it.
+async fn messages_over_the_servers_limits_fail_at_once_typed() {
+    let config = config("limits");
+    let _worker = Worker::start(&config, &[]);
+    let strategy = NatsStrategy::builder()
+        .config(config.clone())
+        .unreachable_after(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder().strategy("nats", strategy).build();
+    coordinator.start(&publisher).unwrap();
+    let limit = usize::try_from(config.max_message_size).unwrap();
+    let kind = |error: &coordinator::SubmitError| {
+        let error = error.task_error();
+        let said = |is: fn(&coordinator::TaskError) -> bool| error.is_some_and(is);
+        (said(|e| e.is_encoding_error()), said(|e| e.is_node_error()))
+    };
+    // An output twice the limit.
+    let big = coordinator.submit(Task::portable("big-output", Pad(2 * limit)), "nats");
+    let big = tokio::time::timeout(Duration::from_secs(10), big).await;
+    let error = big.expect("the big output failed at once").unwrap_err();
+    assert!(error.to_string().contains("completion"), "{error}");
+    assert_eq!(kind(&error), (true, false), "{error}");
+    // Tasks whose bodies end within a header's length of the limit, either side of it: each
+    // too large to send, or run and its error (which holds the text) too large to store, or
+    // run and its error stored.
+    for i in 0..24 {
+        let text = "y".repeat(limit - 200 + i * 8);
+        let task = Task::portable(format!("near-{i}"), Fail(text));
+        let ran = coordinator.submit(task, "nats");
+        let ran = tokio::time::timeout(Duration::from_secs(10), ran).await;
+        let error = ran
+            .expect("the task near the limit ended at once")
+            .unwrap_err();
+        let said: String = error.to_string().chars().take(300).collect();
+        assert_ne!(kind(&error), (false, false), "task {i}: {said}");
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
     cleanup(&config).await;
 }
