@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The built-in modes are [`ExecutionMode::ASYNC`], [`ExecutionMode::THREADED`] and
 /// [`ExecutionMode::PROCESS`]; any other name is a custom mode for a user's strategy.
 ///
+/// A mode is made from a `&'static str` or a `String`: a name borrowed for less than `'static`
+/// (read from a configuration, say) is passed as `name.to_owned()`.
+///
 /// # Examples
 ///
 /// ```
