@@ -72,7 +72,8 @@ impl Coordinator {
         let mode = mode.into();
         let options = options.output::<O>(true);
         let runtime = self.check_open()?;
-        let mut prepared = Vec::new();
+        let tasks = tasks.into_iter();
+        let mut prepared = Vec::with_capacity(tasks.size_hint().0);
         let mut entry = None;
         for task in tasks {
             let (task, mode_entry) = self.prepare(task.into_erased(), &mode, &options)?;
