@@ -37,6 +37,8 @@ pub(crate) struct Table {
     pub(crate) pending: HashMap<String, Waiting>,
     /// Run id by stream sequence, to fail a run the server stopped delivering.
     pub(crate) by_seq: HashMap<u64, String>,
+    /// The strategy was dropped: nothing could answer a run from now on, so none is taken.
+    pub(crate) dropped: bool,
 }
 
 impl Table {
@@ -277,17 +279,24 @@ impl Inner {
             )));
         }
         let (sender, answer) = oneshot::channel();
-        inner.table().pending.insert(
-            run.clone(),
-            Waiting {
-                answer: sender,
-                published: Instant::now(),
-                task: bytes.clone(),
-                // Run in the request's scope: its event sink is current.
-                events: task_core::context::current_events(),
-                seq: None,
-            },
-        );
+        {
+            let mut table = inner.table();
+            // Accepted before the strategy was dropped, and first polled after.
+            if table.dropped {
+                return Err(TaskError::shutdown("nats"));
+            }
+            table.pending.insert(
+                run.clone(),
+                Waiting {
+                    answer: sender,
+                    published: Instant::now(),
+                    task: bytes.clone(),
+                    // Run in the request's scope: its event sink is current.
+                    events: task_core::context::current_events(),
+                    seq: None,
+                },
+            );
+        }
         let mut guard = RunGuard {
             inner,
             run: Some(run.clone()),

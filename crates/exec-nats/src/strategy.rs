@@ -244,9 +244,11 @@ impl Drop for NatsStrategy {
         {
             listener.abort();
         }
-        // No completion can reach the runs still out: each ends now, and its task is withdrawn
-        // from the stream (where a runtime is there to do it) so that no worker runs it later.
+        // No completion can reach the runs still out: each ends now (as does one accepted
+        // before the drop that starts after it), and its task is withdrawn from the stream
+        // (where a runtime is there to do it) so that no worker runs it later.
         self.inner.tasks.close();
+        self.inner.table().dropped = true;
         let failed = self
             .inner
             .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));

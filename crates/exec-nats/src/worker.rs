@@ -23,6 +23,12 @@ const REMEMBERED_CANCELS: usize = 10_000;
 /// How long a pull for tasks waits at the server for them before it is made again.
 const PULL_WAIT: Duration = Duration::from_secs(5);
 
+/// How long past [`PULL_WAIT`] a pull the server has not ended counts as lost.
+const PULL_LOST_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a waiting pull looks for a reconnection, after which it is made again.
+const RECONNECTED_LOOK: Duration = Duration::from_millis(100);
+
 /// Builds a [`NatsWorker`].
 #[derive(Debug)]
 pub struct NatsWorkerBuilder {
@@ -470,7 +476,7 @@ impl NatsWorker {
         });
         let places = Arc::new(Semaphore::new(self.concurrency));
         let mut running = tokio::task::JoinSet::new();
-        let mut served = Ok(());
+        let (mut served, mut failures) = (Ok(()), 0);
         futures::pin_mut!(stop);
         'serving: loop {
             let place = tokio::select! {
@@ -483,57 +489,72 @@ impl NatsWorker {
             // As many tasks as there are places free now; places only free up meanwhile.
             let room = 1 + places.available_permits();
             let pull = self.consumer.batch().max_messages(room).expires(PULL_WAIT);
+            let statistics = shared.client.statistics();
+            let connects = statistics.connects.load(Ordering::Relaxed);
+            // The server ends a pull by `PULL_WAIT`: one it has not ended well after was lost
+            // (the consumer is gone, or a restarted server forgot it).
+            let lost = tokio::time::sleep(PULL_WAIT + PULL_LOST_AFTER);
+            let mut look = tokio::time::interval(RECONNECTED_LOOK);
+            futures::pin_mut!(lost);
             let pulled = tokio::select! {
                 pulled = pull.messages() => pulled,
                 () = &mut stop => break,
             };
-            let mut batch = match pulled {
-                Ok(batch) => batch,
-                Err(e) => match self.pause_after(e).await {
-                    Ok(()) => continue,
-                    Err(gone) => {
-                        served = Err(gone);
-                        break;
-                    }
-                },
-            };
             let mut place = Some(place);
-            loop {
-                let next = tokio::select! {
-                    next = batch.next() => next,
-                    () = &mut stop => {
-                        // Pulled and not started: back to the server at once, for the others.
-                        while let Some(Some(Ok(message))) = batch.next().now_or_never() {
-                            let _ = message.ack_with(AckKind::Nak(None)).await;
+            let failed = match pulled {
+                Err(e) => Some(e.to_string()),
+                Ok(mut batch) => loop {
+                    let next = tokio::select! {
+                        next = batch.next() => next,
+                        () = &mut lost => break Some("the server never ended a pull".to_owned()),
+                        _ = look.tick() => {
+                            // Reconnected: the server may have forgotten the pull; make it again.
+                            if statistics.connects.load(Ordering::Relaxed) != connects {
+                                break None;
+                            }
+                            continue;
                         }
-                        break 'serving;
-                    }
-                };
-                let message = match next {
-                    Some(Ok(message)) => message,
-                    Some(Err(e)) => {
-                        served = self.pause_after(e).await;
-                        if served.is_err() {
+                        () = &mut stop => {
+                            // Pulled and not started: back to the server at once, for the others.
+                            while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+                                let _ = message.ack_with(AckKind::Nak(None)).await;
+                            }
                             break 'serving;
                         }
-                        break;
-                    }
-                    None => break,
+                    };
+                    let message = match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => break Some(e.to_string()),
+                        None => break None,
+                    };
+                    let place = place
+                        .take()
+                        .map_or_else(|| Arc::clone(&places).try_acquire_owned(), Ok);
+                    // Never short: the batch asked for no more than the places free.
+                    let Ok(place) = place else {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        continue;
+                    };
+                    let shared = Arc::clone(&shared);
+                    running.spawn(async move {
+                        shared.handle(message).await;
+                        drop(place);
+                    });
+                    while running.try_join_next().is_some() {}
+                },
+            };
+            if let Some(error) = failed {
+                failures += 1;
+                let paused = tokio::select! {
+                    paused = self.pause_after(&error, failures) => paused,
+                    () = &mut stop => break,
                 };
-                let place = place
-                    .take()
-                    .map_or_else(|| Arc::clone(&places).try_acquire_owned(), Ok);
-                // Never short: the batch asked for no more than the places free.
-                let Ok(place) = place else {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                    continue;
-                };
-                let shared = Arc::clone(&shared);
-                running.spawn(async move {
-                    shared.handle(message).await;
-                    drop(place);
-                });
-                while running.try_join_next().is_some() {}
+                if let Err(gone) = paused {
+                    served = Err(gone);
+                    break;
+                }
+            } else {
+                failures = 0;
             }
         }
         while running.join_next().await.is_some() {}
@@ -541,17 +562,19 @@ impl NatsWorker {
         served
     }
 
-    /// After a pull failed: an error once the consumer is gone (the running tasks finished
-    /// first), otherwise a short pause before the next pull (the server may be away).
-    async fn pause_after(&self, error: impl std::fmt::Display) -> Result<(), NatsError> {
+    /// After the `failures`-th pull in a row failed: an error once the consumer is gone (the
+    /// running tasks finished first), otherwise a pause before the next pull (the server may be
+    /// away), longer each time, up to 4 s.
+    async fn pause_after(&self, error: &str, failures: u32) -> Result<(), NatsError> {
         use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
         match self.consumer.get_info().await {
             Err(gone) if matches!(gone.kind(), Kind::NotFound | Kind::StreamNotFound) => {
                 Err(NatsError::new("serving the consumer", gone))
             }
             _ => {
-                tracing::warn!(%error, "pulling tasks failed; trying again");
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tracing::warn!(%error, failures, "pulling tasks failed; trying again");
+                let pause = Duration::from_millis(250) * 2_u32.pow(failures.min(5) - 1);
+                tokio::time::sleep(pause).await;
                 Ok(())
             }
         }

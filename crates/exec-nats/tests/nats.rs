@@ -123,6 +123,14 @@ fn main() {
             "messages_over_the_servers_limits_fail_at_once_typed",
             || Box::pin(messages_over_the_servers_limits_fail_at_once_typed()),
         ),
+        (
+            "a_worker_whose_consumer_is_deleted_while_it_is_busy_says_so",
+            || Box::pin(a_worker_whose_consumer_is_deleted_while_it_is_busy_says_so()),
+        ),
+        (
+            "an_idle_worker_pulls_again_as_soon_as_its_server_is_back",
+            || Box::pin(an_idle_worker_pulls_again_as_soon_as_its_server_is_back()),
+        ),
     ];
     let trials = tests
         .iter()
@@ -1030,7 +1038,8 @@ async fn a_worker_whose_consumer_is_deleted_says_so_and_returns() {
 }
 
 /// A strategy dropped without `shutdown` while a run is out (no worker has taken its task):
-/// the run ends, as at shutdown, and its task leaves the stream.
+/// the run ends, as at shutdown, and its task leaves the stream. A run accepted before the drop
+/// and first polled after it ends the same way, its task never sent.
 async fn runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn() {
     let config = config("dropped-strategy");
     let strategy = NatsStrategy::builder()
@@ -1045,12 +1054,16 @@ async fn runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn() {
         assert!(Instant::now() < deadline, "the task reached the stream");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let late = task_core::run(&strategy, Task::portable("late", Echo(2)).into_erased());
     drop(strategy);
     let ended = tokio::time::timeout(Duration::from_secs(10), running).await;
     let error = ended
         .expect("the run ended")
         .expect("no panic")
         .expect_err("no answer");
+    assert!(error.is_shutdown(), "{error}");
+    let late = tokio::time::timeout(Duration::from_secs(10), late).await;
+    let error = late.expect("the late run ended").expect_err("no answer");
     assert!(error.is_shutdown(), "{error}");
     while tasks_in_stream(&config).await > 0 {
         assert!(Instant::now() < deadline, "the task was withdrawn");
@@ -1104,4 +1117,76 @@ async fn messages_over_the_servers_limits_fail_at_once_typed() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
+}
+
+/// The consumer deleted while the worker's only place is busy, so that no pull is at the
+/// server to be told: the next pull gets no answer, and `run_until` still returns the error.
+async fn a_worker_whose_consumer_is_deleted_while_it_is_busy_says_so() {
+    let config = config("deleted-busy");
+    let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
+        .config(config.clone())
+        .concurrency(1)
+        .connect()
+        .await
+        .unwrap();
+    let serving = tokio::spawn(worker.run_until(std::future::pending()));
+    let (publisher, coordinator, _strategy) = coordinator(&config).await;
+    let task = Task::portable("busy", Nap(1_500));
+    let busy = coordinator
+        .try_spawn(task, "nats", SubmitOptions::new())
+        .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    let stream = js.get_stream(&config.stream).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("m-workers").await.unwrap();
+        if consumer.cached_info().num_ack_pending == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker took the task");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stream.delete_consumer("m-workers").await.unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(30), serving).await;
+    let error = served
+        .expect("returned")
+        .expect("no panic")
+        .expect_err("an error");
+    assert!(error.to_string().contains("consumer"), "{error}");
+    drop(busy);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// A restarted server forgets the pull an idle worker had made: the worker makes it again
+/// once reconnected, not when the lost pull would have run out.
+async fn an_idle_worker_pulls_again_as_soon_as_its_server_is_back() {
+    let mut server = OwnServer::start();
+    let config = NatsConfig {
+        url: server.url(),
+        ..config("pull-again")
+    };
+    let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
+        .config(config.clone())
+        .connect()
+        .await
+        .unwrap();
+    let serving = tokio::spawn(worker.run_until(std::future::pending()));
+    let (publisher, coordinator, _strategy) = coordinator(&config).await;
+    // The worker's pull is at the server when it goes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.spawn();
+    // Both sides reconnect.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Well before the lost pull would run out (5 s, and 5 more on the client's side).
+    let ran = coordinator.submit(Task::portable("after", Nap(10)), "nats");
+    let ran = tokio::time::timeout(Duration::from_secs(4), ran).await;
+    ran.expect("taken by the idle worker at once").expect("ran");
+    serving.abort();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
 }
