@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use async_nats::jetstream::context::PublishErrorKind;
 use task_core::{ErasedTask, Outcome, TaskError};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{NatsConfig, NatsError, largest_body};
+use crate::config::{NatsConfig, NatsError, largest_body, too_large};
 use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode};
 
 /// The longest one try to hand a task to the stream takes (the JetStream context's default
@@ -183,7 +182,7 @@ impl Inner {
                 Ok(ack) => return Ok(ack),
                 // Refused whatever the tries (a server whose limit is lower than the one it
                 // announced when this side connected).
-                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                Err(e) if too_large(&e) => {
                     return Err(TaskError::encoding(format!(
                         "the server refused the task: {e}"
                     )));

@@ -304,6 +304,24 @@ pub(crate) fn largest_body(
     largest.saturating_sub(header)
 }
 
+/// The `max_message_size` of `stream` as the server keeps it (an earlier setup may have made
+/// the stream with another than this side's configuration says), in bytes; no limit as
+/// `usize::MAX`.
+pub(crate) fn stream_limit(stream: &async_nats::jetstream::stream::Stream) -> usize {
+    usize::try_from(stream.cached_info().config.max_message_size).unwrap_or(usize::MAX)
+}
+
+/// Whether the server refused a message for its size (its `max_payload`, or the stream's
+/// `max_message_size`): no try will get it in.
+pub(crate) fn too_large(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::PublishErrorKind;
+    let refused = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
+    refused || error.kind() == PublishErrorKind::MaxPayloadExceeded
+}
+
 /// Connects with `options` (credentials, TLS and every other connect option pass through).
 pub(crate) async fn connect(
     url: &str,

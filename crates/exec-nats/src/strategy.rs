@@ -10,7 +10,7 @@ use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionSt
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Inner, completion_consumer};
-use crate::config::{NatsConfig, NatsError, config_setters, connect};
+use crate::config::{NatsConfig, NatsError, config_setters, connect, stream_limit};
 use crate::listen::{listen_advisories, listen_completions, watch};
 
 /// Builds a [`NatsStrategy`].
@@ -61,7 +61,7 @@ impl NatsBuilder {
     pub async fn start(self) -> Result<NatsStrategy, NatsError> {
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
-        self.config.ensure_stream(&js).await?;
+        let stream = self.config.ensure_stream(&js).await?;
         let inbox = client.new_inbox();
         let client_id = inbox.rsplit('.').next().unwrap_or("client").to_owned();
         let completion_subject = self.config.completion_subject(&client_id);
@@ -81,7 +81,8 @@ impl NatsBuilder {
             cancel_subject: self.config.cancel_subject(),
             completion_subject,
             unreachable_after: self.unreachable_after,
-            max_message_size: usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX),
+            // The stream's own, which an earlier setup may have made other than ours.
+            max_message_size: stream_limit(&stream),
             config: self.config,
             table: Mutex::default(),
             next_run: AtomicU64::new(0),

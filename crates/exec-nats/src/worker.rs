@@ -13,9 +13,11 @@ use task_core::{NodeRegistry, TaskError};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::{NatsConfig, NatsError, config_setters, connect, largest_body};
-use crate::wire::{Completion, PROTOCOL_VERSION, Reply, RunEvent, TaskMessage, decode, encode};
+use crate::config::{NatsConfig, NatsError, config_setters, connect, stream_limit};
+use crate::wire::{PROTOCOL_VERSION, Reply, RunEvent, TaskMessage, decode, encode};
 use task_core::context::EventSink;
+
+mod completion;
 
 /// How many cancelled run ids a worker remembers, to skip those tasks if they reach it later.
 const REMEMBERED_CANCELS: usize = 10_000;
@@ -95,7 +97,7 @@ impl NatsWorkerBuilder {
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
         let stream = self.config.ensure_stream(&js).await?;
-        self.config.ensure_completion_stream(&js).await?;
+        let completions = self.config.ensure_completion_stream(&js).await?;
         let name = self
             .consumer
             .unwrap_or_else(|| format!("{}-workers", self.config.mode));
@@ -125,8 +127,8 @@ impl NatsWorkerBuilder {
                 js,
                 registry: self.registry,
                 ack_wait: self.ack_wait,
-                max_message_size: usize::try_from(self.config.max_message_size)
-                    .unwrap_or(usize::MAX),
+                // The stream's own, which an earlier setup may have made other than ours.
+                max_message_size: stream_limit(&completions),
                 cancels: Mutex::default(),
                 completed: AtomicU64::new(0),
                 exit_before_ack_after: self.exit_before_ack_after,
@@ -163,7 +165,7 @@ struct Shared {
     js: jetstream::Context,
     registry: NodeRegistry,
     ack_wait: Duration,
-    /// The streams' `max_message_size`.
+    /// The completion stream's `max_message_size`.
     max_message_size: usize,
     cancels: Mutex<Cancels>,
     completed: AtomicU64,
@@ -203,30 +205,6 @@ impl Shared {
                 cancels.remembered.remove(&old);
             }
         }
-    }
-
-    /// Stores a completion in the completion stream, trying a few times over a server blip; the
-    /// run id as message id keeps one copy however many tries reached it.
-    async fn store(&self, subject: &str, run: &str, bytes: bytes::Bytes) -> bool {
-        for pause in [
-            Duration::from_millis(200),
-            Duration::from_secs(1),
-            Duration::ZERO,
-        ] {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", done_id(run).as_str());
-            let tried = self
-                .js
-                .publish_with_headers(subject.to_owned(), headers, bytes.clone())
-                .await;
-            if let Ok(ack) = tried
-                && ack.await.is_ok()
-            {
-                return true;
-            }
-            tokio::time::sleep(pause).await;
-        }
-        false
     }
 
     /// The sink of `task`'s node's events, and the task that publishes them to its reply subject
@@ -333,38 +311,11 @@ impl Shared {
             let _ = message.ack().await;
             return;
         };
-        let done = |outcome| {
-            let worker = self.id.clone();
-            encode(&Reply::Done(Completion {
-                run: task.run.clone(),
-                outcome,
-                worker,
-            }))
-        };
-        // An output too large to store fails its request at once, instead of running the task
-        // again until the server gives up on it.
-        let largest = largest_body(&self.client, self.max_message_size, &done_id(&task.run));
-        let bytes = done(outcome)
-            .and_then(|bytes| {
-                if bytes.len() <= largest {
-                    return Ok(bytes);
-                }
-                Err(TaskError::encoding(format!(
-                    "the output's completion is {} bytes, more than the {largest} a completion \
-                     may have here (the stream's max_message_size and the server's \
-                     max_payload, less its header)",
-                    bytes.len()
-                )))
-            })
-            .or_else(|e| done(Err(e)));
         // The completion must be stored in the completion stream before the task is
         // acknowledged: if this worker dies, or the server goes away, in between, the task is
         // redelivered and answered again (a duplicate the submitting side drops), never lost.
         // Stored, it reaches the submitting side even if that side is disconnected now.
-        let stored = match bytes {
-            Ok(bytes) => self.store(&task.reply, &task.run, bytes.into()).await,
-            Err(_) => false,
-        };
+        let stored = self.answer(&task, outcome).await;
         if !stored {
             // The server is away: the task runs again later (once it is back), here or elsewhere.
             let _ = message
@@ -381,12 +332,6 @@ impl Shared {
             tracing::warn!(%e, "acknowledging a task failed; it may be redelivered");
         }
     }
-}
-
-/// The message id of run `run`'s completion: the completion stream keeps one however many
-/// stores reach it.
-fn done_id(run: &str) -> String {
-    format!("done.{run}")
 }
 
 /// Where a running node's events go: the task that publishes them, until the run ends.

@@ -131,6 +131,9 @@ fn main() {
             "an_idle_worker_pulls_again_as_soon_as_its_server_is_back",
             || Box::pin(an_idle_worker_pulls_again_as_soon_as_its_server_is_back()),
         ),
+        ("the_size_limit_is_the_streams_whoever_made_them", || {
+            Box::pin(the_size_limit_is_the_streams_whoever_made_them())
+        }),
     ];
     let trials = tests
         .iter()
@@ -1189,4 +1192,52 @@ async fn an_idle_worker_pulls_again_as_soon_as_its_server_is_back() {
     serving.abort();
     coordinator.shutdown().await;
     publisher.shutdown().await;
+}
+
+/// The limit is the one the streams were made with, whichever side made them and whatever the
+/// other side's configuration says: a task or an output over it fails at once as an encoding
+/// error, never retried as if the server were away, never run again and again.
+async fn the_size_limit_is_the_streams_whoever_made_them() {
+    const SMALL: i32 = 64 * 1024;
+    let encoding_error = |ran: Result<task_core::Outcome, tokio::time::error::Elapsed>| {
+        let error = ran.expect("ended at once").expect_err("too large");
+        let said: String = error.to_string().chars().take(300).collect();
+        assert!(error.is_encoding_error(), "{said}");
+    };
+    // The submitting side makes the streams with a smaller limit; the worker's is the default.
+    let submitter = config("limit-submitter");
+    let strategy = NatsStrategy::builder()
+        .config(submitter.clone())
+        .max_message_size(SMALL)
+        .start()
+        .await
+        .unwrap();
+    let worker = Worker::start(&submitter, &[]);
+    let ran = task_core::run(&strategy, Task::portable("out", Pad(100_000)).into_erased());
+    encoding_error(tokio::time::timeout(Duration::from_secs(10), ran).await);
+    drop((strategy, worker));
+    cleanup(&submitter).await;
+    // A worker makes them with the smaller limit; the submitting side's is the default.
+    let config = config("limit-worker");
+    let small = NatsConfig {
+        max_message_size: SMALL,
+        ..config.clone()
+    };
+    let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
+        .config(small)
+        .connect()
+        .await
+        .unwrap();
+    let serving = tokio::spawn(worker.run_until(std::future::pending()));
+    let strategy = NatsStrategy::builder()
+        .config(config.clone())
+        .start()
+        .await
+        .unwrap();
+    let task = Task::portable("in", Fail("x".repeat(100_000)));
+    let ran = task_core::run(&strategy, task.into_erased());
+    encoding_error(tokio::time::timeout(Duration::from_secs(10), ran).await);
+    serving.abort();
+    drop(strategy);
+    cleanup(&config).await;
 }

@@ -1,0 +1,93 @@
+//! A run's completion: made, sized against what the completion stream and the server take, and
+//! stored before its task is acknowledged.
+
+use std::time::Duration;
+
+use task_core::TaskError;
+
+use super::Shared;
+use crate::config::{largest_body, too_large};
+use crate::wire::{Completion, Reply, TaskMessage, encode};
+
+/// The message id of run `run`'s completion: the completion stream keeps one however many
+/// stores reach it.
+fn done_id(run: &str) -> String {
+    format!("done.{run}")
+}
+
+impl Shared {
+    /// Stores the completion of `task` with `outcome`; whether it was stored. An outcome too
+    /// large to store, or one its encoding fails, is stored as the encoding error instead: its
+    /// request fails at once, and the task is not run again until the server gives up on it.
+    pub(super) async fn answer(
+        &self,
+        task: &TaskMessage,
+        outcome: Result<Vec<u8>, TaskError>,
+    ) -> bool {
+        let done = |outcome| {
+            let worker = self.id.clone();
+            let run = task.run.clone();
+            encode(&Reply::Done(Completion {
+                run,
+                outcome,
+                worker,
+            }))
+        };
+        let largest = largest_body(&self.client, self.max_message_size, &done_id(&task.run));
+        let sized = done(outcome).and_then(|bytes| {
+            if bytes.len() <= largest {
+                return Ok(bytes);
+            }
+            Err(TaskError::encoding(format!(
+                "the output's completion is {} bytes, more than the {largest} a completion may \
+                 have here (the completion stream's max_message_size and the server's \
+                 max_payload, less its header)",
+                bytes.len()
+            )))
+        });
+        let Ok(bytes) = sized.or_else(|e| done(Err(e))) else {
+            return false;
+        };
+        match self.store(&task.reply, &task.run, bytes.into()).await {
+            Ok(stored) => stored,
+            // Refused for its size all the same (the stream's limit changed since).
+            Err(refused) => {
+                let error = TaskError::encoding(format!(
+                    "the output's completion was refused as too large: {refused}"
+                ));
+                match done(Err(error)) {
+                    Ok(bytes) => self.store(&task.reply, &task.run, bytes.into()).await == Ok(true),
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+
+    /// Stores a completion in the completion stream, trying a few times over a server blip; the
+    /// run id as message id keeps one copy however many tries reached it. Whether it was stored;
+    /// an error when the server refused it for its size, which no try changes.
+    async fn store(&self, subject: &str, run: &str, bytes: bytes::Bytes) -> Result<bool, String> {
+        for pause in [
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            Duration::ZERO,
+        ] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", done_id(run).as_str());
+            let sent = self
+                .js
+                .publish_with_headers(subject.to_owned(), headers, bytes.clone())
+                .await;
+            let stored = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(_) => return Ok(true),
+                Err(e) if too_large(&e) => return Err(e.to_string()),
+                Err(_) => tokio::time::sleep(pause).await,
+            }
+        }
+        Ok(false)
+    }
+}
