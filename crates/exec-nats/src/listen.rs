@@ -11,6 +11,7 @@ use futures::StreamExt;
 use task_core::TaskError;
 
 use crate::client::Inner;
+use crate::config::too_large;
 use crate::wire::{Completion, Reply, decode};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
@@ -113,11 +114,22 @@ pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>) {
             .publish_with_headers(inner.task_subject.clone(), headers, task)
             .await
         {
-            Ok(ack) => ack.await.ok(),
-            Err(_) => None,
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
         };
-        if let Some(ack) = stored {
-            inner.track_or_withdraw(&run, ack.sequence).await;
+        match stored {
+            Ok(ack) => inner.track_or_withdraw(&run, ack.sequence).await,
+            // Its longer message id took it past the limit: it can never be sent again.
+            Err(e) if too_large(&e) => {
+                let waiting = inner.table().remove(&run);
+                if let Some(waiting) = waiting {
+                    let error =
+                        format!("the task could not be sent again after a reconnection: {e}");
+                    let _ = waiting.answer.send(Err(TaskError::encoding(error)));
+                }
+            }
+            // Tried again at the next reconnection.
+            Err(_) => {}
         }
     }
 }
