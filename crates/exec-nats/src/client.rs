@@ -10,7 +10,7 @@ use task_core::{ErasedTask, Outcome, TaskError};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{NatsConfig, NatsError, largest_body, too_large};
+use crate::config::{NatsConfig, NatsError, largest_body, publish_stored, too_large};
 use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode};
 
 /// The longest one try to hand a task to the stream takes (the JetStream context's default
@@ -168,20 +168,11 @@ impl Inner {
             .min(window.saturating_sub(PUBLISH_TRY));
         let mut pause = Duration::from_millis(50);
         loop {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", run);
-            let tried = match self
-                .js
-                .publish_with_headers(self.task_subject.clone(), headers, bytes.clone())
-                .await
-            {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match tried {
+            let subject = self.task_subject.clone();
+            match publish_stored(&self.js, subject, run, bytes.clone()).await {
                 Ok(ack) => return Ok(ack),
-                // Refused whatever the tries (a server whose limit is lower than the one it
-                // announced when this side connected).
+                // Refused whatever the tries (the server's or the stream's limit lower than the
+                // one checked before sending).
                 Err(e) if too_large(&e) => {
                     return Err(TaskError::encoding(format!(
                         "the server refused the task: {e}"

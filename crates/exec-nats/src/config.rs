@@ -311,6 +311,22 @@ pub(crate) fn stream_limit(stream: &async_nats::jetstream::stream::Stream) -> us
     usize::try_from(stream.cached_info().config.max_message_size).unwrap_or(usize::MAX)
 }
 
+/// Publishes `bytes` to `subject` under the message id `id` (the stream keeps one copy however
+/// many tries reach it), and waits until the stream has stored it.
+pub(crate) async fn publish_stored(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    id: &str,
+    bytes: bytes::Bytes,
+) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>
+{
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    js.publish_with_headers(subject, headers, bytes)
+        .await?
+        .await
+}
+
 /// Whether the server refused a message for its size (its `max_payload`, or the stream's
 /// `max_message_size`): no try will get it in.
 pub(crate) fn too_large(error: &async_nats::jetstream::context::PublishError) -> bool {

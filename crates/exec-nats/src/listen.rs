@@ -11,7 +11,7 @@ use futures::StreamExt;
 use task_core::TaskError;
 
 use crate::client::Inner;
-use crate::config::too_large;
+use crate::config::{publish_stored, too_large};
 use crate::wire::{Completion, Reply, decode};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
@@ -107,17 +107,8 @@ pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>) {
             seq,
             "the task is gone from the stream unanswered: publishing it again"
         );
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{run}.again-{seq}").as_str());
-        let stored = match inner
-            .js
-            .publish_with_headers(inner.task_subject.clone(), headers, task)
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match stored {
+        let (subject, id) = (inner.task_subject.clone(), format!("{run}.again-{seq}"));
+        match publish_stored(&inner.js, subject, &id, task).await {
             Ok(ack) => inner.track_or_withdraw(&run, ack.sequence).await,
             // Its longer message id took it past the limit: it can never be sent again.
             Err(e) if too_large(&e) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use task_core::TaskError;
 
 use super::Shared;
-use crate::config::{largest_body, too_large};
+use crate::config::{largest_body, publish_stored, too_large};
 use crate::wire::{Completion, Reply, TaskMessage, encode};
 
 /// The message id of run `run`'s completion: the completion stream keeps one however many
@@ -72,17 +72,8 @@ impl Shared {
             Duration::from_secs(1),
             Duration::ZERO,
         ] {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", done_id(run).as_str());
-            let sent = self
-                .js
-                .publish_with_headers(subject.to_owned(), headers, bytes.clone())
-                .await;
-            let stored = match sent {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match stored {
+            let id = done_id(run);
+            match publish_stored(&self.js, subject.to_owned(), &id, bytes.clone()).await {
                 Ok(_) => return Ok(true),
                 Err(e) if too_large(&e) => return Err(e.to_string()),
                 Err(_) => tokio::time::sleep(pause).await,
