@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
+use tokio_util::task::TaskTracker;
 
 /// The most connections open at once; more wait to be accepted. Each holds the server's buffers
 /// (and its place: one that sends no request in time is closed).
@@ -40,8 +41,7 @@ pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
     // hyper adds the timeout to now: one too long for that (it would panic) never runs out.
     let head = Some(listener.head).filter(|&head| Instant::now().checked_add(head).is_some());
     http.timer(TokioTimer::new()).header_read_timeout(head);
-    // Each connection holds a receiver: the sender is closed once every one has ended.
-    let (all_closed, open) = watch::channel(());
+    let connections = TaskTracker::new();
     let mut stopping = listener.stopping.clone();
     loop {
         let io = tokio::select! {
@@ -50,8 +50,8 @@ pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
         };
         let connection =
             http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
-        let (mut stopping, open) = (listener.stopping.clone(), open.clone());
-        tokio::spawn(async move {
+        let mut stopping = listener.stopping.clone();
+        connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
@@ -65,13 +65,12 @@ pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
             if let Err(error) = served {
                 tracing::debug!(%error, "a dashboard connection ended");
             }
-            drop(open);
         });
     }
     // No more connections are taken.
     drop(listener);
-    drop(open);
-    all_closed.closed().await;
+    connections.close();
+    connections.wait().await;
 }
 
 /// Waits for the dashboard to stop (an error says it is gone: stopped too).
