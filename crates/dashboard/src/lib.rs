@@ -151,7 +151,7 @@ impl DashboardBuilder {
     /// Disconnects a client that takes less than 16 KiB in `stall` spent waiting for it to take
     /// more (default 10 s): an event stream whose reader stopped, or reads a trickle, holds
     /// nothing for longer. Only time with a write waiting counts: a spell with nothing to send
-    /// does not. `Duration::MAX` never runs out.
+    /// does not. `Duration::MAX` never runs out; [`start`](Self::start) refuses zero.
     pub fn client_stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
         self
@@ -161,7 +161,7 @@ impl DashboardBuilder {
     /// connecting, or of the end of its last answer (default 10 s): sockets that send nothing,
     /// or half a request, with a token or without, hold none of the 4,096 places for longer. An
     /// answer being written (an event stream, the page's feed) is not timed. `Duration::MAX`
-    /// never runs out.
+    /// never runs out; [`start`](Self::start) refuses zero.
     pub fn request_head_timeout(mut self, timeout: Duration) -> Self {
         self.request_head = timeout;
         self
@@ -193,14 +193,20 @@ impl DashboardBuilder {
     ///
     /// # Errors
     ///
-    /// When the address cannot be bound, the bus is shut down, or the token is empty
-    /// ([`InvalidInput`](std::io::ErrorKind::InvalidInput)).
+    /// When the address cannot be bound, the bus is shut down, or the token or a timeout is
+    /// empty or zero ([`InvalidInput`](std::io::ErrorKind::InvalidInput)).
     pub async fn start(self) -> std::io::Result<Dashboard> {
-        if self.token.as_deref() == Some("") {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the dashboard's token is empty: give a token, or none",
-            ));
+        let refused = if self.token.as_deref() == Some("") {
+            Some("the dashboard's token is empty: give a token, or none")
+        } else if self.stall.is_zero() {
+            Some("the client stall timeout is zero: every client would be disconnected at once")
+        } else if self.request_head.is_zero() {
+            Some("the request head timeout is zero: every connection would close unanswered")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
         }
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await

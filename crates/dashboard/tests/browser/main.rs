@@ -368,6 +368,22 @@ async fn a_token_is_required_once_set() {
         .await
         .unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+    // So would a zero timeout close every connection: refused, whichever.
+    let zero = Duration::ZERO;
+    let zeroes = [
+        Dashboard::builder(&coordinator, &publisher).client_stall_timeout(zero),
+        Dashboard::builder(&coordinator, &publisher).request_head_timeout(zero),
+    ];
+    for builder in zeroes {
+        let refused = builder.bind(([127, 0, 0, 1], 0).into()).start().await;
+        let refused = refused.expect_err("a zero timeout is refused");
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::InvalidInput,
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("is zero"), "{refused}");
+    }
     // An address in use (another dashboard's) is named in the error.
     let taken = dashboard.local_addr();
     let refused = Dashboard::builder(&coordinator, &publisher)
