@@ -52,6 +52,12 @@ impl Tracker {
         self.tasks.len() as u64
     }
 
+    /// After [`close`](Self::close): waits, with no time limit, until no task is in flight.
+    #[cfg(feature = "process")]
+    pub(crate) async fn wait(&self) {
+        self.tasks.wait().await;
+    }
+
     /// After [`close`](Self::close): waits until no task is in flight or `grace` has passed (a
     /// grace too long to add to now: until no task is in flight). Returns whether it drained.
     pub(crate) async fn drain(&self, grace: Duration) -> bool {

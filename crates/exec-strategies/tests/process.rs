@@ -895,6 +895,39 @@ fn shutdown_needs_no_timer_of_the_callers_runtime() {
     }
 }
 
+/// A second shutdown with a shorter grace (an impatient second Ctrl-C) shortens the one under
+/// way: both return once the shorter grace is over, the task past it stopped and its worker
+/// reaped.
+fn a_shorter_second_shutdown_shortens_the_first() {
+    let rt = runtime();
+    let s = rt.block_on(pool(1));
+    let pids = s.worker_pids();
+    let s1 = s.clone();
+    let running = rt.spawn(async move {
+        task_core::run(&s1, Task::portable("long", Sleep(30_000)).into_erased()).await
+    });
+    wait_until("the task on its worker", || {
+        s.stats().workers.iter().any(|w| w.in_flight > 0)
+    });
+    let s2 = s.clone();
+    let patient = rt.spawn(async move { s2.shutdown(Duration::from_secs(60)).await });
+    wait_until("the first shutdown under way", || !s.stats().accepting);
+    let impatient = s.shutdown(Duration::from_millis(100));
+    let bounded = Duration::from_secs(20);
+    rt.block_on(async {
+        let both = futures::future::join(impatient, patient);
+        let (_, patient) = tokio::time::timeout(bounded, both)
+            .await
+            .expect("both shutdowns return once the shorter grace is over");
+        patient.unwrap();
+    });
+    let stopped = rt.block_on(running).unwrap();
+    assert!(stopped.is_err(), "the task past the grace was stopped");
+    for pid in pids {
+        wait_until("the worker gone", || is_dead(pid));
+    }
+}
+
 fn shutdown_while_a_worker_is_being_replaced_returns() {
     runtime().block_on(async {
         for round in 0..5 {
@@ -980,8 +1013,8 @@ fn shutdown_returns_while_a_replacement_has_yet_to_announce_itself() {
     shut_down_while_a_replacement_plays("silent", Duration::from_secs(60));
 }
 
-/// Two shutdowns at once: the second waits for the first, which keeps its grace (the worker
-/// finishing an abandoned run is not killed when the second returns), and no worker is left.
+/// Two shutdowns at once, the second ending later: it waits for the first, which keeps its grace
+/// (the worker finishing an abandoned run is not killed when the second returns), and no worker is left.
 fn a_second_shutdown_waits_for_the_first_which_keeps_its_grace() {
     runtime().block_on(async {
         let s = ProcessExecutionStrategy::builder(registry())
@@ -1424,6 +1457,10 @@ fn main() {
         (
             "shutdown_needs_no_timer_of_the_callers_runtime",
             shutdown_needs_no_timer_of_the_callers_runtime,
+        ),
+        (
+            "a_shorter_second_shutdown_shortens_the_first",
+            a_shorter_second_shutdown_shortens_the_first,
         ),
         (
             "round_trips_values_errors_and_panics",

@@ -32,9 +32,10 @@ use super::shared::{REAP, Shared};
 ///   after [`ProcessBuilder::cancel_grace`](super::ProcessBuilder::cancel_grace) its worker is killed and replaced.
 /// - [`ProcessBuilder::recycle_after`](super::ProcessBuilder::recycle_after) replaces workers after a number of tasks.
 /// - Shutdown refuses new tasks, lets those in flight finish up to its grace period, then stops
-///   and reaps every worker: no zombies. A shutdown called while another is under way waits for
-///   it (the first one's grace governs), then returns. Dropping the last handle without a
-///   shutdown kills and reaps the workers and stops the supervisor thread.
+///   and reaps every worker: no zombies. A shutdown called while another is under way cuts its
+///   grace short when its own ends sooner (a second, impatient Ctrl-C), waits for it, then
+///   returns. Dropping the last handle without a shutdown kills and reaps the workers and stops
+///   the supervisor thread.
 /// - The protocol runs on pipes of its own: a node's stdin is `/dev/null` and its stdout goes to
 ///   the parent's stderr.
 ///
@@ -112,16 +113,29 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
         self.shared.tracker.close();
+        // A grace too long to add to now never runs out; a shorter one than a shutdown under way
+        // has shortens it.
+        if let Some(deadline) = Instant::now().checked_add(grace) {
+            self.shared.deadline.send_if_modified(|asked| {
+                let sooner = asked.is_none_or(|asked| deadline < asked);
+                if sooner {
+                    *asked = Some(deadline);
+                }
+                sooner
+            });
+        }
         Box::pin(async move {
             let shared = &self.shared;
             let _one_at_a_time = shared.shutting.lock().await;
-            // A grace too long to add to now never runs out.
-            let deadline = Instant::now().checked_add(grace);
             // On the supervisor's runtime, whose timers the caller's runtime may lack.
             let draining = Arc::clone(shared);
-            let drained = shared
-                .runtime
-                .spawn(async move { draining.tracker.drain(grace).await });
+            let drained = shared.runtime.spawn(async move {
+                let passed = deadline_passed(draining.deadline.subscribe(), Instant::now());
+                tokio::select! {
+                    () = draining.tracker.wait() => true,
+                    () = passed => draining.tracker.in_flight() == 0,
+                }
+            });
             // The supervisor's runtime is gone after a first shutdown: nothing runs then.
             let drained = drained
                 .await
@@ -145,33 +159,24 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
             };
             shared.ready.notify_waiters();
             shared.places.close();
-            // Give workers until the deadline (at least a moment) to exit, then kill them; either
-            // way each is waited for, so none is left a zombie.
+            // Each worker is waited for, killed or not, so none is left a zombie.
             let all = futures::future::join_all(lifecycles);
             futures::pin_mut!(all);
-            match deadline {
-                None => {
-                    all.await;
-                }
-                Some(deadline) => {
-                    let exit_by = deadline.max(Instant::now() + Duration::from_millis(200));
-                    // On the supervisor's runtime, which has timers whatever the caller's has.
-                    // Made inside the task, so on that runtime's timers.
-                    let kill_at = shared.runtime.spawn(async move {
-                        tokio::time::sleep_until(exit_by.into()).await;
-                    });
-                    if let futures::future::Either::Left(_) =
-                        futures::future::select(kill_at, all.as_mut()).await
-                    {
-                        shared.kill_all("the pool shut down");
-                        // A slot still starting a worker is out of the kill's reach: it is given
-                        // as long as the supervisor gives its slots when it stops, on its timers.
-                        let reaped_by = shared.runtime.spawn(async {
-                            tokio::time::sleep(REAP).await;
-                        });
-                        futures::future::select(reaped_by, all).await;
-                    }
-                }
+            // Give workers until the deadline (at least a moment) to exit, then kill them. On the
+            // supervisor's runtime, which has timers whatever the caller's has.
+            let exit_by = Instant::now() + Duration::from_millis(200);
+            let kill_at = deadline_passed(shared.deadline.subscribe(), exit_by);
+            let kill_at = shared.runtime.spawn(kill_at);
+            if let futures::future::Either::Left(_) =
+                futures::future::select(kill_at, all.as_mut()).await
+            {
+                shared.kill_all("the pool shut down");
+                // A slot still starting a worker is out of the kill's reach: it is given as long
+                // as the supervisor gives its slots when it stops, on its timers.
+                let reaped_by = shared.runtime.spawn(async {
+                    tokio::time::sleep(REAP).await;
+                });
+                futures::future::select(reaped_by, all).await;
             }
             shared.stop_supervisor();
         })
@@ -184,5 +189,32 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
     fn stats(&self) -> StrategyStats {
         let (workers, restarts) = self.shared.stats();
         self.shared.tracker.stats().with_workers(workers, restarts)
+    }
+}
+
+/// Completes once the earliest deadline a shutdown has asked for (`asked`) has passed, and not
+/// before `not_before`; never while no shutdown has a deadline. A shorter one asked meanwhile is
+/// followed.
+async fn deadline_passed(
+    mut asked: tokio::sync::watch::Receiver<Option<Instant>>,
+    not_before: Instant,
+) {
+    loop {
+        let deadline = *asked.borrow_and_update();
+        let passed = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.max(not_before).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = passed => return,
+            changed = asked.changed() => {
+                if changed.is_err() {
+                    // The pool is gone: nothing is left to wait for.
+                    return;
+                }
+            }
+        }
     }
 }

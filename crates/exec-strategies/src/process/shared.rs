@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use task_core::{NodeRegistry, RequestId, TaskError, WorkerStats};
 use tokio::io::BufReader;
@@ -178,6 +178,8 @@ pub(super) struct Shared {
     /// supervisor at once, it would cut short the first's wait for its workers), then finds
     /// nothing left to do.
     pub(super) shutting: tokio::sync::Mutex<()>,
+    /// The earliest deadline a shutdown has asked for (`None`: none has one yet).
+    pub(super) deadline: tokio::sync::watch::Sender<Option<Instant>>,
 }
 
 /// An installed worker with the receiving ends of its slot's channels.
@@ -225,6 +227,7 @@ impl Shared {
             next_worker: AtomicU64::new(0),
             stop: Mutex::new(Some(stop)),
             shutting: tokio::sync::Mutex::new(()),
+            deadline: tokio::sync::watch::Sender::new(None),
         }
     }
 
