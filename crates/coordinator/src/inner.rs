@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pubsub::{BroadcastEvent, RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
-use task_core::{ExecutionMode, Outcome, TaskError, TaskInfo};
+use task_core::{ExecutionMode, NodeId, Outcome, TaskError, TaskInfo};
 use tokio::sync::{Notify, OnceCell, Semaphore};
 
 use crate::job::JobResult;
@@ -118,6 +118,33 @@ impl Inner {
     }
 
     /// The runtime `start` ran on, if any.
+    /// Walks up from the node `parent` through the requests open in this coordinator (in any
+    /// mode), nearest first, until `visit` returns something for one (given its node, the index
+    /// of its mode and its record), and returns that. One step
+    /// per level of the tree; the table's lock is not held while `visit` runs; a cycle of parents
+    /// ends the walk.
+    pub(crate) fn find_open_ancestor<T>(
+        &self,
+        parent: Option<&NodeId>,
+        mut visit: impl FnMut(&NodeId, usize, &RequestCell) -> Option<T>,
+    ) -> Option<T> {
+        let mut node = parent?.clone();
+        let mut seen = Vec::new();
+        loop {
+            let (cell, mode) = {
+                let table = self.table();
+                let open = table.attachment_of_node(&node)?;
+                (Arc::clone(&open.cell), open.mode)
+            };
+            if let Some(found) = visit(&node, mode, &cell) {
+                return Some(found);
+            }
+            let parent = cell.parent_id();
+            seen.push(node);
+            node = parent.filter(|next| !seen.contains(next))?;
+        }
+    }
+
     pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
         self.started
             .get()
@@ -299,6 +326,15 @@ impl Owner for Inner {
 
     fn runtime(&self) -> Option<tokio::runtime::Handle> {
         Inner::runtime(self)
+    }
+
+    fn any_open_ancestor(
+        &self,
+        parent: Option<&NodeId>,
+        found: &mut dyn FnMut(&NodeId) -> bool,
+    ) -> bool {
+        let found = |node: &NodeId, _, _: &RequestCell| found(node).then_some(());
+        self.find_open_ancestor(parent, found).is_some()
     }
 
     fn announce_event(&self, info: &TaskInfo, event: Arc<str>) {

@@ -77,6 +77,13 @@ pub(crate) trait Owner: Send + Sync {
     fn runtime(&self) -> Option<tokio::runtime::Handle>;
     /// Hands an event of the request's node to the bus (never waiting for a subscriber).
     fn announce_event(&self, info: &TaskInfo, event: Arc<str>);
+    /// Whether `found` holds for the node of an open request above the node `parent` (that node
+    /// first): see [`CompletionSink::any_open_ancestor`].
+    fn any_open_ancestor(
+        &self,
+        parent: Option<&NodeId>,
+        found: &mut dyn FnMut(&NodeId) -> bool,
+    ) -> bool;
 }
 
 /// Locks `mutex`; no code that can panic runs under these locks, so a poisoned one still holds

@@ -123,6 +123,84 @@ async fn several_top_level_trees_at_once_beyond_the_in_flight_limit() {
     assert_eq!(coordinator.counts().closed, 6 * 13);
 }
 
+/// A coordinator whose threaded mode runs at most one task at a time, in a pool of 4 threads.
+fn started_with_one_place() -> (RequestCompletionPublisher, Coordinator) {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(4)
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .build();
+    coordinator.start(&publisher).unwrap();
+    (publisher, coordinator)
+}
+
+/// An async agent fanning tools out to the pool: its node holds no place there, so each tool
+/// takes one, and `max_in_flight(1)` runs them one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_counts_the_tools_an_async_agent_fans_out() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let (publisher, coordinator) = started_with_one_place();
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let c = coordinator.clone();
+    let agent = Task::from_fn("agent", "agent", move || async move {
+        let tools = (0..4).map(|i| {
+            let (now, peak) = (Arc::clone(&now), Arc::clone(&peak));
+            let tool = Task::blocking(format!("tool-{i}"), "tool", move || {
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(running, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(i)
+            });
+            c.submit(tool, ExecutionMode::THREADED)
+        });
+        let done = futures::future::try_join_all(tools).await?;
+        Ok::<_, BoxError>((done, peak.load(Ordering::SeqCst)))
+    });
+    let answer = coordinator.submit(agent, ExecutionMode::ASYNC);
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer).await;
+    let (done, peak) = answer.expect("the agent ends").unwrap();
+    assert_eq!(done, vec![0, 1, 2, 3], "every tool ran");
+    assert_eq!(peak, 1, "max_in_flight(1) let {peak} tools run at once");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// A tree that leaves the pool and comes back (a threaded node waiting for an async child,
+/// which waits for a threaded grandchild) shares the place its root holds, under
+/// `max_in_flight(1)`: the grandchild never waits for a place its own ancestor holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_that_leaves_the_pool_and_comes_back_does_not_wait_for_its_own_place() {
+    use std::time::Duration;
+
+    let (publisher, coordinator) = started_with_one_place();
+    let c = coordinator.clone();
+    let root = Task::blocking("root", "root", move || {
+        let c2 = c.clone();
+        let middle = Task::from_fn("middle", "middle", move || async move {
+            let leaf = Task::blocking("leaf", "leaf", || Ok::<_, BoxError>(40));
+            let leaf = c2.submit(leaf, ExecutionMode::THREADED).await?;
+            Ok::<_, BoxError>(leaf + 1)
+        });
+        let middle = block_on(c.submit(middle, ExecutionMode::ASYNC))?;
+        Ok::<_, BoxError>(middle + 1)
+    });
+    let answer = coordinator.submit(root, ExecutionMode::THREADED);
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer).await;
+    assert_eq!(answer.expect("no deadlock").unwrap(), 42);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
 /// A child's next attempt is submitted from a timer task, not from its parent's thread: the
 /// parent, waiting on the pool's one thread, still runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,8 +211,10 @@ async fn a_retried_child_of_a_parent_waiting_on_a_one_thread_pool_completes() {
 
     let publisher = RequestCompletionPublisher::new();
     publisher.start().unwrap();
+    // The parent holds the one place: the child's attempts, its parent's, take none.
     let threaded = ThreadedExecutionStrategy::builder()
         .threads(1)
+        .max_in_flight(1)
         .build()
         .unwrap();
     let coordinator = Coordinator::builder()

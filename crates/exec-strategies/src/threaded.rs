@@ -1,7 +1,7 @@
 //! [`ThreadedExecutionStrategy`]: tasks run on a rayon thread pool.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -184,14 +184,18 @@ impl ThreadedBuilder {
         self
     }
 
-    /// At most `limit` top-level tasks (tasks without a parent node) run in the pool at once
-    /// (default: no limit; 0 is read as 1); the others wait in order, holding no thread. A
-    /// place is freed when its node has stopped, not when its caller stops waiting (a timeout or
-    /// a cancellation), so the limit holds however requests end; a task cancelled while it waits
-    /// never starts. Child tasks submitted from inside a running node are not counted: their
-    /// parents already hold places, and making them wait for one could deadlock. To bound what
-    /// waits, set a limit on the coordinator's mode (`CoordinatorBuilder::limit`), which makes
-    /// submissions wait.
+    /// At most `limit` tasks run in the pool at once (default: no limit; 0 is read as 1); the
+    /// others wait in order, holding no thread. A place is freed when its node has stopped, not
+    /// when its caller stops waiting (a timeout or a cancellation), so the limit holds however
+    /// requests end; a task cancelled while it waits never starts.
+    ///
+    /// A task submitted beneath a node running in the pool takes no place: that node's child, or
+    /// a task further down through requests of other modes (a threaded node waiting for an async
+    /// child, which waits for a threaded one), as far as the coordinator's open requests tell
+    /// ([`Completion::any_open_ancestor`]). That node may be waiting for it while holding the
+    /// place it would wait for. Any other task takes a place, the tools an async agent fans out
+    /// to the pool included. To bound what waits, set a limit on the coordinator's mode
+    /// (`CoordinatorBuilder::limit`), which makes submissions wait.
     #[must_use]
     pub fn max_in_flight(mut self, limit: usize) -> Self {
         self.max_in_flight = Some(limit.max(1));
@@ -377,9 +381,9 @@ impl PoolJob {
     }
 }
 
-/// The [`ThreadedBuilder::max_in_flight`] limit: at most `max` top-level jobs in the pool, the
-/// rest waiting here in order. A place is held by the job on its pool thread (not by the caller),
-/// so it is freed only when the node has really stopped.
+/// The [`ThreadedBuilder::max_in_flight`] limit: at most `max` jobs holding places in the pool,
+/// the rest waiting here in order. A place is held by the job on its pool thread (not by the
+/// caller), so it is freed only when the node has really stopped.
 struct Limit {
     max: usize,
     state: Mutex<LimitState>,
@@ -392,6 +396,9 @@ struct LimitState {
     /// The queue's length after the last sweep of cancelled jobs: the next sweep comes when it
     /// has doubled, so sweeping costs O(1) per job however many wait.
     swept: usize,
+    /// The nodes handed to the pool and not yet stopped (with how many runs of each): a task
+    /// submitted beneath one is spared the limit.
+    in_pool: HashMap<NodeId, usize>,
 }
 
 impl Limit {
@@ -435,12 +442,15 @@ impl LimitState {
     }
 }
 
-/// A job's place under the limit; dropping it hands the place to the next job waiting.
-struct Place {
+/// A job in the pool under the limit, `placed` when it holds a place: dropping it takes its node
+/// out of the pool's count and hands the place to the next job waiting.
+struct InPool {
     inner: Arc<Inner>,
+    node_id: NodeId,
+    placed: bool,
 }
 
-impl Drop for Place {
+impl Drop for InPool {
     fn drop(&mut self) {
         let Some(limit) = &self.inner.limit else {
             return;
@@ -448,6 +458,15 @@ impl Drop for Place {
         let mut cancelled = Vec::new();
         let next = {
             let mut state = limit.lock();
+            if let Some(runs) = state.in_pool.get_mut(&self.node_id) {
+                *runs -= 1;
+                if *runs == 0 {
+                    state.in_pool.remove(&self.node_id);
+                }
+            }
+            if !self.placed {
+                return;
+            }
             let next = state.next(&mut cancelled);
             if next.is_none() {
                 state.running -= 1;
@@ -466,8 +485,14 @@ impl Drop for Place {
 impl Inner {
     /// Hands `job` to the pool; `placed` when it holds a place under the limit.
     fn spawn(self: &Arc<Self>, job: PoolJob, placed: bool) {
-        let place = placed.then(|| Place {
-            inner: Arc::clone(self),
+        let place = self.limit.as_ref().map(|limit| {
+            let node_id = job.node_id.clone();
+            *limit.lock().in_pool.entry(node_id.clone()).or_default() += 1;
+            InPool {
+                inner: Arc::clone(self),
+                node_id,
+                placed,
+            }
         });
         let signal = Arc::clone(&self.signal);
         // Dropped unrun (the pool went away), the completion delivers a failure.
@@ -486,9 +511,14 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
         let Some(admission) = inner.tracker.admit_owned() else {
             return completion.complete(Err(TaskError::shutdown("threaded")));
         };
-        // Children do not take a place: their parents hold one, and making them wait for it
-        // could deadlock.
-        let limited = inner.limit.is_some() && task.info().parent_id().is_none();
+        // A task submitted beneath a node in the pool (its child, or further down through
+        // requests of other modes) takes no place: that node may be waiting for it, and may hold
+        // the place it would wait for.
+        let limited = inner.limit.as_ref().is_some_and(|limit| {
+            let in_pool = |node: &NodeId| limit.lock().in_pool.contains_key(node);
+            let parent_in_pool = task.info().parent_id().is_some_and(&in_pool);
+            !(parent_in_pool || completion.any_open_ancestor(&in_pool))
+        });
         let (info, body) = task.into_parts();
         let job = PoolJob {
             node_id: info.node_id().clone(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::context::{self, EventSink};
-use crate::{BoxFuture, Outcome, TaskError};
+use crate::{BoxFuture, NodeId, Outcome, TaskError};
 
 /// What a [`Completion`] reports to: implemented by the caller of
 /// [`TaskExecutionStrategy::execute`](crate::TaskExecutionStrategy::execute) (a coordinator), not by strategies.
@@ -34,6 +34,15 @@ pub trait CompletionSink: EventSink {
     /// Runs `future` to its end where the caller of `execute` runs its own work (a coordinator:
     /// its tokio runtime). Dropping it unpolled is allowed: it then delivers a failure.
     fn spawn(&self, future: BoxFuture<'static, ()>);
+
+    /// Calls `found` with the node of each open request above this one, nearest first (the node
+    /// it was submitted from, that node's own parent, and so on, through requests of every
+    /// mode), until `found` returns `true`; returns whether it did. The default knows no
+    /// ancestors.
+    fn any_open_ancestor(&self, found: &mut dyn FnMut(&NodeId) -> bool) -> bool {
+        let _ = found;
+        false
+    }
 }
 
 /// The promise to deliver one request's outcome, handed to a strategy with
@@ -75,6 +84,16 @@ impl Completion {
     /// Whether the request has been cancelled: the run may stop, its outcome will be ignored.
     pub fn is_cancelled(&self) -> bool {
         self.sink.as_ref().is_some_and(|sink| sink.is_cancelled())
+    }
+
+    /// Whether `found` holds for the node of an open request above this one: its parent, the
+    /// parent's parent, and so on, through requests of every mode, as far as the sink knows
+    /// them (a coordinator: its open requests). A strategy with a limit of its own asks it to
+    /// spare a task whose ancestor holds a place, which the task must not wait for.
+    pub fn any_open_ancestor(&self, mut found: impl FnMut(&NodeId) -> bool) -> bool {
+        self.sink
+            .as_ref()
+            .is_some_and(|sink| sink.any_open_ancestor(&mut found))
     }
 
     /// Ready once the request has been cancelled. One waiter at a time: the run (a later poll

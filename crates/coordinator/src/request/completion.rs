@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
-use task_core::{BoxFuture, Completion, CompletionSink, ErasedTask, Outcome, TaskInfo};
+use task_core::{BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskInfo};
 use tokio::sync::oneshot;
 
 use super::{CURRENT_NODE, Ending, RequestCell, StrategyRef, lock};
@@ -89,6 +89,15 @@ impl CompletionSink for RequestCell {
     fn run_in_scope(&self, f: &mut dyn FnMut()) {
         let _span = self.span.enter();
         CURRENT_NODE.sync_scope(self.scope(), f);
+    }
+
+    fn any_open_ancestor(&self, found: &mut dyn FnMut(&NodeId) -> bool) -> bool {
+        // Upgraded under the lock, dropped after it (see `Ending::owner`).
+        let (owner, parent) = match lock(&self.ending).as_ref() {
+            Some(ending) => (ending.owner(), ending.info.parent_id().cloned()),
+            None => return false,
+        };
+        owner.is_some_and(|owner| owner.any_open_ancestor(parent.as_ref(), found))
     }
 
     fn spawn(&self, future: BoxFuture<'static, ()>) {
