@@ -376,6 +376,32 @@ fn oversize_tasks_and_outputs_are_typed_errors() {
     });
 }
 
+/// The smallest frame asked for still holds the error saying an output did not fit: the run
+/// fails with it, and the worker, which kept to the protocol, is not replaced.
+fn the_smallest_frame_still_carries_the_error_of_an_output_too_large() {
+    runtime().block_on(async {
+        let mut one = NodeRegistry::new();
+        one.register::<Grow>().unwrap();
+        let s = ProcessExecutionStrategy::builder(one)
+            .workers(1)
+            .max_frame(0)
+            .start()
+            .await
+            .unwrap();
+        let pids = s.worker_pids();
+        let e = task_core::run(&s, Task::portable("1", Grow(5_000)).into_erased()).await;
+        let e = e.unwrap_err();
+        assert!(e.is_protocol_error(), "{e:?}");
+        assert!(e.message().contains("the output was not sent"), "{e}");
+        assert_eq!(
+            (s.restarts(), s.worker_pids()),
+            (0, pids),
+            "the worker kept its place"
+        );
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 fn a_sigkilled_worker_fails_only_its_own_task_and_is_replaced() {
     runtime().block_on(async {
         let s = ProcessExecutionStrategy::builder(registry())
@@ -1481,6 +1507,10 @@ fn main() {
         (
             "oversize_tasks_and_outputs_are_typed_errors",
             oversize_tasks_and_outputs_are_typed_errors,
+        ),
+        (
+            "the_smallest_frame_still_carries_the_error_of_an_output_too_large",
+            the_smallest_frame_still_carries_the_error_of_an_output_too_large,
         ),
         (
             "a_sigkilled_worker_fails_only_its_own_task_and_is_replaced",

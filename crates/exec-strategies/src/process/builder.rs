@@ -76,11 +76,12 @@ impl ProcessBuilder {
         self
     }
 
-    /// The largest frame either side accepts, in bytes (default 16 MiB). A task or output
+    /// The largest frame either side accepts, in bytes (default 16 MiB; at least 1 KiB, room for
+    /// the handshake and for the error that says an output did not fit). A task or output
     /// larger than this fails with [`TaskError::is_protocol_error`](task_core::TaskError::is_protocol_error).
     #[must_use]
     pub fn max_frame(mut self, bytes: usize) -> Self {
-        self.max_frame = bytes.max(64);
+        self.max_frame = bytes.max(1024);
         self
     }
 

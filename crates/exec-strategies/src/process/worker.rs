@@ -544,7 +544,7 @@ fn done_frame(id: u64, outcome: Result<Vec<u8>, TaskError>, max_frame: usize) ->
                 id,
                 outcome: Err(TaskError::protocol(format!("the output was not sent: {e}"))),
             };
-            // A short error message always fits a frame.
+            // A short error message fits the smallest frame a pool accepts (1 KiB).
             wire::encode_frame(&refusal, usize::MAX).unwrap_or_default()
         }
     }
