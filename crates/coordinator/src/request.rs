@@ -416,15 +416,7 @@ impl RequestCell {
     /// whether this request is already cancelled: the caller then cancels the child (outside the
     /// table lock).
     pub(crate) fn adopt(&self, child: &Arc<RequestCell>) -> bool {
-        {
-            let mut children = lock(&self.children);
-            if children.len() == children.capacity() {
-                // Forget the children that ended before growing: the list stays proportional to
-                // the children alive, however many this request submits over its life.
-                children.retain(|c| c.strong_count() > 0);
-            }
-            children.push(Arc::downgrade(child));
-        }
+        push_child(&mut lock(&self.children), Arc::downgrade(child));
         // After the push: a cancellation either drains the child above or is seen here.
         self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
     }
@@ -501,5 +493,47 @@ impl Drop for Expiry {
             );
             cell.stop(Err(lost), true);
         }
+    }
+}
+
+/// Pushes `child`, first forgetting the children that ended when the list is full, so that it
+/// stays proportional to the children alive however many a request submits over its life. A
+/// sweep that leaves the list over half full doubles its room: the next sweep is then as many
+/// pushes away as there are children alive, so sweeping costs O(1) per child. Returns whether it
+/// swept.
+fn push_child<T>(children: &mut Vec<Weak<T>>, child: Weak<T>) -> bool {
+    let full = children.len() == children.capacity();
+    if full {
+        children.retain(|c| c.strong_count() > 0);
+        if children.len() * 2 > children.capacity() {
+            children.reserve(children.len());
+        }
+    }
+    children.push(child);
+    full
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use super::push_child;
+
+    /// A parent keeping 1,000 children alive, the oldest ending as each new one comes: its list
+    /// is swept rarely, and stays proportional to the children alive.
+    #[test]
+    fn a_parent_with_a_sliding_window_of_children_sweeps_its_list_rarely() {
+        let (mut children, mut alive, mut sweeps) = (Vec::new(), VecDeque::new(), 0);
+        for _ in 0..100_000 {
+            let child = Arc::new(());
+            sweeps += usize::from(push_child(&mut children, Arc::downgrade(&child)));
+            alive.push_back(child);
+            if alive.len() > 1_000 {
+                alive.pop_front();
+            }
+        }
+        assert!(sweeps <= 200, "{sweeps} sweeps for 100,000 children");
+        assert!(children.len() <= 4_000, "{} kept", children.len());
     }
 }
