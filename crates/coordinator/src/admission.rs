@@ -105,9 +105,6 @@ impl Coordinator {
         if inner.started.get().is_none() {
             return Err(SubmitError::new(SubmitKind::NotStarted));
         }
-        if inner.closing.load(Ordering::SeqCst) {
-            return Err(SubmitError::new(SubmitKind::ShutDown));
-        }
         let entry = self.mode_entry(mode)?;
         if task.info().request_id().is_empty() {
             return Err(SubmitError::new(SubmitKind::EmptyId));
@@ -122,6 +119,9 @@ impl Coordinator {
             && let Some(parent) = current_node()
         {
             task = task.with_parent(parent);
+        }
+        if !inner.admits(task.info().parent_id(), None) {
+            return Err(SubmitError::new(SubmitKind::ShutDown));
         }
         Ok((task, entry))
     }
@@ -215,17 +215,14 @@ pub(crate) struct Ready {
 }
 
 impl Coordinator {
-    /// Checks what a request needs from the coordinator now: started, not shutting down, on a
-    /// runtime, with a running bus.
+    /// Checks what a request needs from the coordinator now: started, on a runtime, with a
+    /// running bus. (Whether shutdown lets it in depends on its parent: [`Inner::admits`].)
     pub(crate) fn check_open(&self) -> Result<tokio::runtime::Handle, SubmitError> {
         let inner = &self.inner;
         let started = inner
             .started
             .get()
             .ok_or_else(|| SubmitError::new(SubmitKind::NotStarted))?;
-        if inner.closing.load(Ordering::SeqCst) {
-            return Err(SubmitError::new(SubmitKind::ShutDown));
-        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| SubmitError::new(SubmitKind::NoRuntime))?;
         if !started.publisher.is_running() {
@@ -386,7 +383,10 @@ impl Coordinator {
             let mut table = self.inner.table();
             // Checked again under the lock shutdown reads the open jobs under: a request is
             // recorded before shutdown looks (and waits for it), or refused.
-            if self.inner.closing.load(Ordering::SeqCst) {
+            if !self
+                .inner
+                .admits(ready.task.info().parent_id(), Some(&table))
+            {
                 Err(SubmitKind::ShutDown)
             } else {
                 Self::record(&mut table, &ready, entry)

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::Stream;
@@ -15,6 +14,7 @@ use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::options::SubmitOptions;
+use crate::request::current_node;
 use crate::request::{Place, RequestCell};
 
 impl Coordinator {
@@ -81,8 +81,11 @@ impl Coordinator {
             prepared.push(task);
         }
         let Some(entry) = entry else {
-            // Nothing to run, but a mode that cannot run anything is still said.
+            // Nothing to run, but a mode that cannot run anything, or a shutdown, is still said.
             self.mode_entry(&mode)?;
+            if !self.inner.admits(current_node().as_ref(), None) {
+                return Err(SubmitError::new(SubmitKind::ShutDown));
+            }
             return Ok(Batch::new(Vec::new()));
         };
         // Under the mode's limit, a task with an open ancestor in the mode shares its place;
@@ -132,10 +135,9 @@ impl Coordinator {
         let born_cancelled = {
             let mut table = self.inner.table();
             let mut ids: HashSet<&RequestId> = HashSet::with_capacity(ready.len());
-            let closing = self.inner.closing.load(Ordering::SeqCst);
             let clash = ready.iter().find_map(|r| {
                 let id = r.task.info().request_id();
-                if closing {
+                if !self.inner.admits(r.task.info().parent_id(), Some(&table)) {
                     Some(SubmitKind::ShutDown)
                 } else if table.is_open(id) {
                     Some(SubmitKind::Duplicate(id.clone()))

@@ -216,6 +216,25 @@ impl Inner {
     }
 
     /// Whether shutdown has begun.
+    /// Whether a request whose parent is `parent` may be accepted now: always before shutdown;
+    /// during its grace period only a child of a request still open (`table` says so; without
+    /// it, a task with a parent passes this first look), which finishing that request may need;
+    /// nothing once the grace period is over.
+    pub(crate) fn admits(
+        &self,
+        parent: Option<&NodeId>,
+        table: Option<&CoordinatorState<OpenRequest>>,
+    ) -> bool {
+        if !self.is_closing() {
+            return true;
+        }
+        let Some(parent) = parent else {
+            return false;
+        };
+        !self.past_deadline.load(Ordering::SeqCst)
+            && table.is_none_or(|table| table.attachment_of_node(parent).is_some())
+    }
+
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }

@@ -1,4 +1,4 @@
-//! Shutdown: a coordinator stops taking tasks, lets what it accepted end (cancelling what is
+//! Shutdown: a coordinator stops taking new requests, lets what it accepted end (cancelling what is
 //! still open at the deadline), then shuts its strategies down, waiting for no subscriber.
 
 use std::sync::Arc;
@@ -30,8 +30,10 @@ impl Coordinator {
     /// requests take), plus, when it has to cancel at the deadline, at most about 5 s for the
     /// cancelled requests to end and the strategies to stop them:
     ///
-    /// 1. stops taking tasks (submissions waiting for a place under a concurrency limit are
-    ///    rejected as shut down);
+    /// 1. stops taking new requests: until the deadline it accepts only a task whose parent is
+    ///    a request still open here (a child it may need to finish), and only where the task
+    ///    needs no place of its own under its mode's limit; submissions waiting for a place are
+    ///    rejected as shut down;
     /// 2. lets every accepted request run until it ends or `grace` has passed; no retry starts
     ///    after this point (a request waiting out a backoff ends at once with its last error);
     /// 3. at the deadline, cancels what is still open: each such request ends at once as

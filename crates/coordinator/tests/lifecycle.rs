@@ -69,6 +69,56 @@ async fn shutdown_waits_for_running_requests_and_each_still_ends_once() {
     assert!(!recorder.terminal_counts().contains_key("late"));
 }
 
+/// Shutdown drains: during its grace period a request still running may submit the children it
+/// needs to finish (one at a time or in a batch), while a request from outside any node is
+/// refused; once the request has ended, so is a task naming it as parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_finishing_during_shutdown_may_submit_its_children() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let c = coordinator.clone();
+    let agent = Task::from_fn("agent", "agent", move || async move {
+        released.await.ok();
+        let one = c.submit(value_task("tool", 1), "async").await?;
+        let more = [value_task("tool-a", 10), value_task("tool-b", 100)];
+        let more = c.submit_many(more, "async", coordinator::SubmitOptions::new())?;
+        let more: Vec<u64> = more.all().await.into_iter().collect::<Result<_, _>>()?;
+        Ok::<_, BoxError>(one + more.iter().sum::<u64>())
+    });
+    let agent_id = agent.node_id().clone();
+    let c = coordinator.clone();
+    let call = tokio::spawn(async move { c.submit(agent, "async").await });
+    while coordinator.job("agent").is_none() {
+        tokio::task::yield_now().await;
+    }
+    let c = coordinator.clone();
+    let shutting =
+        tokio::spawn(async move { c.shutdown_with_grace(Duration::from_secs(30)).await });
+    while coordinator.is_accepting() {
+        tokio::task::yield_now().await;
+    }
+    let late = coordinator.submit(value_task("late", 1), "async").await;
+    assert!(late.unwrap_err().is_shut_down());
+    release.send(()).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
+    assert_eq!(answer.expect("the agent ends").unwrap().unwrap(), 111);
+    tokio::time::timeout(Duration::from_secs(10), shutting)
+        .await
+        .expect("shutdown returns once the agent and its children ended")
+        .unwrap();
+    assert_eq!(coordinator.counts().open, 0);
+    let orphan = value_task("orphan", 1).with_parent(agent_id);
+    let orphan = coordinator.submit(orphan, "async").await;
+    assert!(orphan.unwrap_err().is_shut_down(), "its parent has ended");
+    publisher.shutdown().await;
+    let ended = recorder.terminal_counts();
+    for id in ["agent", "tool", "tool-a", "tool-b"] {
+        assert_eq!(ended.get(id), Some(&1), "{id}");
+    }
+    assert!(!ended.contains_key("late") && !ended.contains_key("orphan"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cancels_what_is_still_open_at_the_deadline() {
     let (publisher, coordinator) = started();
