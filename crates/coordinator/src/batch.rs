@@ -238,8 +238,9 @@ impl<O> Batch<O> {
         outputs
     }
 
-    /// Each output as its request ends, with its position in the batch.
-    pub fn as_completed(self) -> impl Stream<Item = (usize, Result<O, SubmitError>)> {
+    /// Each output as its request ends, with its position in the batch. The stream is `Unpin`:
+    /// call `next` on it as it is.
+    pub fn as_completed(self) -> impl Stream<Item = (usize, Result<O, SubmitError>)> + Unpin {
         self.handles
             .into_iter()
             .enumerate()

@@ -343,12 +343,30 @@ impl Coordinator {
     where
         O: fmt::Debug + Send + Sync + 'static,
     {
+        self.submit_shared_with(task, mode, SubmitOptions::new())
+            .await
+    }
+
+    /// [`submit_shared`](Self::submit_shared) with a timeout, a retry policy or other options.
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit_with`](Self::submit_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`submit`](Self::submit).
+    pub async fn submit_shared_with<O>(
+        &self,
+        task: Task<O>,
+        mode: impl Into<ExecutionMode>,
+        options: SubmitOptions,
+    ) -> Result<Arc<O>, SubmitError>
+    where
+        O: fmt::Debug + Send + Sync + 'static,
+    {
         let accepted = self
-            .admit(
-                task.into_erased(),
-                mode.into(),
-                SubmitOptions::new().output::<O>(false),
-            )?
+            .admit(task.into_erased(), mode.into(), options.output::<O>(false))?
             .await?;
         accepted.into_handle(shared_output::<O>).await
     }

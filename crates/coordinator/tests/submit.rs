@@ -637,6 +637,20 @@ async fn an_output_that_is_not_clone_comes_back_shared_with_the_bus() {
         .await
         .unwrap();
     assert!(erased.is::<Unique>());
+    // With options: a shared output within its timeout, and one past it.
+    let quick = Task::from_fn("q", "unique", || async {
+        Ok::<_, BoxError>(Unique(std::sync::Mutex::new(1)))
+    });
+    let within = coordinator::SubmitOptions::new().timeout(std::time::Duration::from_secs(30));
+    let quick = coordinator.submit_shared_with(quick, "async", within).await;
+    assert_eq!(*quick.unwrap().0.lock().unwrap(), 1);
+    let slow = Task::from_fn("s", "unique", || async {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        Ok::<_, BoxError>(Unique(std::sync::Mutex::new(2)))
+    });
+    let short = coordinator::SubmitOptions::new().timeout(std::time::Duration::from_millis(20));
+    let slow = coordinator.submit_shared_with(slow, "async", short).await;
+    assert!(slow.unwrap_err().is_timeout());
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }

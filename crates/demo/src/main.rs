@@ -355,7 +355,7 @@ fn summary(
         let pids: Vec<String> = process
             .workers
             .iter()
-            .map(|w| format!("{} (pid {})", w.id, w.pid.unwrap_or(0)))
+            .map(|w| format!("worker #{} (pid {})", w.id, w.pid.unwrap_or(0)))
             .collect();
         let live = if pids.is_empty() {
             "none live (a replacement was starting)".to_owned()
