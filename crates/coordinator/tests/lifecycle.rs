@@ -40,17 +40,7 @@ async fn shutdown_waits_for_running_requests_and_each_still_ends_once() {
         released.await.ok();
         Ok::<_, BoxError>(9_u8)
     });
-    let c = coordinator.clone();
-    let call = tokio::spawn(async move { c.submit(slow, "async").await });
-    while coordinator.job("slow").is_none() {
-        tokio::task::yield_now().await;
-    }
-    let c = coordinator.clone();
-    let shutting =
-        tokio::spawn(async move { c.shutdown_with_grace(Duration::from_secs(30)).await });
-    while coordinator.is_accepting() {
-        tokio::task::yield_now().await;
-    }
+    let (call, shutting) = running_then_shutting_down(&coordinator, slow).await;
     assert!(
         coordinator
             .submit(value_task("late", 1), "async")
@@ -67,6 +57,30 @@ async fn shutdown_waits_for_running_requests_and_each_still_ends_once() {
     publisher.shutdown().await;
     assert_eq!(recorder.terminal_counts().get("slow"), Some(&1));
     assert!(!recorder.terminal_counts().contains_key("late"));
+}
+
+/// Submits `task` from a task of its own and, once it is open, begins a shutdown with a grace of
+/// 30 s: the call, and the shutdown, which no longer accepts new requests when this returns.
+async fn running_then_shutting_down<O: std::fmt::Debug + Send + Sync + 'static>(
+    coordinator: &Coordinator,
+    task: Task<O>,
+) -> (
+    tokio::task::JoinHandle<Result<O, coordinator::SubmitError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let id = task.request_id().clone();
+    let c = coordinator.clone();
+    let call = tokio::spawn(async move { c.submit(task, "async").await });
+    while coordinator.job(&id).is_none() {
+        tokio::task::yield_now().await;
+    }
+    let c = coordinator.clone();
+    let shutting =
+        tokio::spawn(async move { c.shutdown_with_grace(Duration::from_secs(30)).await });
+    while coordinator.is_accepting() {
+        tokio::task::yield_now().await;
+    }
+    (call, shutting)
 }
 
 /// Shutdown drains: during its grace period a request still running may submit the children it
@@ -87,17 +101,7 @@ async fn a_request_finishing_during_shutdown_may_submit_its_children() {
         Ok::<_, BoxError>(one + more.iter().sum::<u64>())
     });
     let agent_id = agent.node_id().clone();
-    let c = coordinator.clone();
-    let call = tokio::spawn(async move { c.submit(agent, "async").await });
-    while coordinator.job("agent").is_none() {
-        tokio::task::yield_now().await;
-    }
-    let c = coordinator.clone();
-    let shutting =
-        tokio::spawn(async move { c.shutdown_with_grace(Duration::from_secs(30)).await });
-    while coordinator.is_accepting() {
-        tokio::task::yield_now().await;
-    }
+    let (call, shutting) = running_then_shutting_down(&coordinator, agent).await;
     let late = coordinator.submit(value_task("late", 1), "async").await;
     assert!(late.unwrap_err().is_shut_down());
     release.send(()).unwrap();

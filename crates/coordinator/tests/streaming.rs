@@ -2,6 +2,8 @@
 //! handle, in the order sent and before the request's terminal message, on the in-process
 //! modes (the process and NATS modes have their own tests).
 
+mod support;
+
 use std::time::Duration;
 
 use coordinator::{
@@ -20,18 +22,7 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 fn started() -> (RequestCompletionPublisher, Coordinator) {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let threaded = ThreadedExecutionStrategy::builder()
-        .threads(2)
-        .build()
-        .unwrap();
-    let coordinator = Coordinator::builder()
-        .with_async()
-        .strategy(ExecutionMode::THREADED, threaded)
-        .build();
-    coordinator.start(&publisher).unwrap();
-    (publisher, coordinator)
+    support::started_threaded(ThreadedExecutionStrategy::builder().threads(2))
 }
 
 /// A task on `mode` that broadcasts `token-0` .. `token-{n-1}`, then returns `n`.

@@ -10,20 +10,8 @@ use support::Recorder;
 
 /// A coordinator whose threaded mode has a pool of 2 threads and at most 2 top-level tasks.
 fn started_with_small_pool() -> (RequestCompletionPublisher, Coordinator) {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let threaded = ThreadedExecutionStrategy::builder()
-        .threads(2)
-        .max_in_flight(2)
-        .thread_name("pool")
-        .build()
-        .unwrap();
-    let coordinator = Coordinator::builder()
-        .with_async()
-        .strategy(ExecutionMode::THREADED, threaded)
-        .build();
-    coordinator.start(&publisher).unwrap();
-    (publisher, coordinator)
+    let threaded = ThreadedExecutionStrategy::builder().threads(2);
+    support::started_threaded(threaded.max_in_flight(2).thread_name("pool"))
 }
 
 /// An async node that, above depth 0, submits `width` children in threaded mode and waits for
@@ -125,19 +113,11 @@ async fn several_top_level_trees_at_once_beyond_the_in_flight_limit() {
 
 /// A coordinator whose threaded mode runs at most one task at a time, in a pool of 4 threads.
 fn started_with_one_place() -> (RequestCompletionPublisher, Coordinator) {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let threaded = ThreadedExecutionStrategy::builder()
-        .threads(4)
-        .max_in_flight(1)
-        .build()
-        .unwrap();
-    let coordinator = Coordinator::builder()
-        .with_async()
-        .strategy(ExecutionMode::THREADED, threaded)
-        .build();
-    coordinator.start(&publisher).unwrap();
-    (publisher, coordinator)
+    support::started_threaded(
+        ThreadedExecutionStrategy::builder()
+            .threads(4)
+            .max_in_flight(1),
+    )
 }
 
 /// An async agent fanning tools out to the pool: its node holds no place there, so each tool
@@ -209,18 +189,11 @@ async fn a_retried_child_of_a_parent_waiting_on_a_one_thread_pool_completes() {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
     // The parent holds the one place: the child's attempts, its parent's, take none.
-    let threaded = ThreadedExecutionStrategy::builder()
+    let one = ThreadedExecutionStrategy::builder()
         .threads(1)
-        .max_in_flight(1)
-        .build()
-        .unwrap();
-    let coordinator = Coordinator::builder()
-        .strategy(ExecutionMode::THREADED, threaded)
-        .build();
-    coordinator.start(&publisher).unwrap();
+        .max_in_flight(1);
+    let (publisher, coordinator) = support::started_threaded(one);
     let tries = Arc::new(AtomicU32::new(0));
     let c = coordinator.clone();
     let parent = Task::blocking("parent", "parent", move || {

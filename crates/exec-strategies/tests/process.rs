@@ -890,11 +890,14 @@ impl Write for Captured {
     }
 }
 
-/// The pool's grace and kill timers run on its supervisor's runtime: shut down from a runtime
-/// without timers while a task runs past the grace, or from no runtime at all, it returns and
-/// leaves no worker.
-fn shutdown_needs_no_timer_of_the_callers_runtime() {
-    let rt = runtime();
+/// A pool of one worker running a 30 s task: the pool, its worker's pid and the run.
+fn one_worker_busy_for_long(
+    rt: &tokio::runtime::Runtime,
+) -> (
+    ProcessExecutionStrategy,
+    Vec<u32>,
+    tokio::task::JoinHandle<task_core::Outcome>,
+) {
     let s = rt.block_on(pool(1));
     let pids = s.worker_pids();
     let s1 = s.clone();
@@ -904,6 +907,15 @@ fn shutdown_needs_no_timer_of_the_callers_runtime() {
     wait_until("the task on its worker", || {
         s.stats().workers.iter().any(|w| w.in_flight > 0)
     });
+    (s, pids, running)
+}
+
+/// The pool's grace and kill timers run on its supervisor's runtime: shut down from a runtime
+/// without timers while a task runs past the grace, or from no runtime at all, it returns and
+/// leaves no worker.
+fn shutdown_needs_no_timer_of_the_callers_runtime() {
+    let rt = runtime();
+    let (s, pids, running) = one_worker_busy_for_long(&rt);
     let no_timers = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -926,15 +938,7 @@ fn shutdown_needs_no_timer_of_the_callers_runtime() {
 /// reaped.
 fn a_shorter_second_shutdown_shortens_the_first() {
     let rt = runtime();
-    let s = rt.block_on(pool(1));
-    let pids = s.worker_pids();
-    let s1 = s.clone();
-    let running = rt.spawn(async move {
-        task_core::run(&s1, Task::portable("long", Sleep(30_000)).into_erased()).await
-    });
-    wait_until("the task on its worker", || {
-        s.stats().workers.iter().any(|w| w.in_flight > 0)
-    });
+    let (s, pids, running) = one_worker_busy_for_long(&rt);
     let s2 = s.clone();
     let patient = rt.spawn(async move { s2.shutdown(Duration::from_secs(60)).await });
     wait_until("the first shutdown under way", || !s.stats().accepting);

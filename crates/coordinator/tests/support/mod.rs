@@ -27,6 +27,17 @@ pub fn started_from(builder: CoordinatorBuilder) -> (RequestCompletionPublisher,
     (publisher, coordinator)
 }
 
+/// A started publisher and a coordinator with the async strategy and the threaded strategy
+/// `threaded` builds.
+#[cfg(feature = "threaded")]
+pub fn started_threaded(
+    threaded: coordinator::ThreadedBuilder,
+) -> (RequestCompletionPublisher, Coordinator) {
+    let threaded = threaded.build().unwrap();
+    let mode = coordinator::ExecutionMode::THREADED;
+    started_from(Coordinator::builder().with_async().strategy(mode, threaded))
+}
+
 /// Records every message the bus carries, for counting terminal messages per request.
 #[derive(Clone, Default)]
 pub struct Recorder(Arc<Mutex<Vec<RequestCompletionMessage>>>);
