@@ -14,8 +14,7 @@ use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::options::SubmitOptions;
-use crate::request::current_node;
-use crate::request::{Place, RequestCell};
+use crate::request::{Place, RequestCell, current_node};
 
 impl Coordinator {
     /// Submits every task of `tasks` to `mode` at once: the batch path for fan-out (map a node

@@ -117,12 +117,10 @@ impl Inner {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The runtime `start` ran on, if any.
     /// Walks up from the node `parent` through the requests open in this coordinator (in any
     /// mode), nearest first, until `visit` returns something for one (given its node, the index
-    /// of its mode and its record), and returns that. One step
-    /// per level of the tree; the table's lock is not held while `visit` runs; a cycle of parents
-    /// ends the walk.
+    /// of its mode and its record), and returns that. One step per level of the tree; the
+    /// table's lock is not held while `visit` runs; a cycle of parents ends the walk.
     pub(crate) fn find_open_ancestor<T>(
         &self,
         parent: Option<&NodeId>,
@@ -145,6 +143,7 @@ impl Inner {
         }
     }
 
+    /// The runtime `start` ran on, if any.
     pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
         self.started
             .get()
@@ -215,7 +214,6 @@ impl Inner {
         }
     }
 
-    /// Whether shutdown has begun.
     /// Whether a request whose parent is `parent` may be accepted now: always before shutdown;
     /// during its grace period only a child of a request still open (`table` says so; without
     /// it, a task with a parent passes this first look), which finishing that request may need;
@@ -235,6 +233,7 @@ impl Inner {
             && table.is_none_or(|table| table.attachment_of_node(parent).is_some())
     }
 
+    /// Whether shutdown has begun.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }

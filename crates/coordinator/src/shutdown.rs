@@ -1,5 +1,5 @@
-//! Shutdown: a coordinator stops taking new requests, lets what it accepted end (cancelling what is
-//! still open at the deadline), then shuts its strategies down, waiting for no subscriber.
+//! Shutdown: a coordinator stops taking new requests, lets what it accepted end (cancelling what
+//! is still open at the deadline), then shuts its strategies down, waiting for no subscriber.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
