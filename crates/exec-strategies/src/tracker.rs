@@ -1,6 +1,7 @@
 //! [`Tracker`]: the bookkeeping every strategy shares: accepting or not, tasks in flight, counts,
 //! and waiting (bounded) for the tasks in flight to finish.
 
+#[cfg(any(feature = "async", feature = "threaded", test))]
 use std::time::{Duration, Instant};
 
 use task_core::{Outcome, StrategyStats};
@@ -53,19 +54,19 @@ impl Tracker {
     }
 
     /// After [`close`](Self::close): waits, with no time limit, until no task is in flight.
-    #[cfg(feature = "process")]
     pub(crate) async fn wait(&self) {
         self.tasks.wait().await;
     }
 
     /// After [`close`](Self::close): waits until no task is in flight or `grace` has passed (a
     /// grace too long to add to now: until no task is in flight). Returns whether it drained.
+    #[cfg(any(feature = "async", feature = "threaded", test))]
     pub(crate) async fn drain(&self, grace: Duration) -> bool {
         if self.tasks.is_empty() {
             // No timer needed.
             return true;
         }
-        let drained = self.tasks.wait();
+        let drained = self.wait();
         let Some(deadline) = Instant::now().checked_add(grace) else {
             drained.await;
             return true;
