@@ -105,6 +105,11 @@ pub(crate) struct RequestCell {
     cancel_waker: AtomicWaker,
     /// Requests submitted from inside this one's node; cancelled with it.
     children: Mutex<Vec<Weak<RequestCell>>>,
+    /// The request that adopted this one as its child, kept while this one lives: its list
+    /// holds this one weakly, so a request that ended and that nobody else holds any more
+    /// would otherwise be gone from it, and a cancellation of the tree above would no longer
+    /// reach the children this one left open.
+    parent: std::sync::OnceLock<Arc<RequestCell>>,
     answer: Mutex<Answer>,
     /// What ending the request needs; `None` once it ended.
     ending: Mutex<Option<Ending>>,
@@ -224,6 +229,7 @@ impl RequestCell {
             output,
             cancel_waker: AtomicWaker::new(),
             children: Mutex::new(Vec::new()),
+            parent: std::sync::OnceLock::new(),
             answer: Mutex::new(answer),
             ending: Mutex::new(None),
             node_id,
@@ -417,6 +423,11 @@ impl RequestCell {
     /// table lock).
     pub(crate) fn adopt(&self, child: &Arc<RequestCell>) -> bool {
         push_child(&mut lock(&self.children), Arc::downgrade(child));
+        // The child keeps this request alive while it lives, so that this list (and through
+        // it the child) stays reachable from the tree above even after this request ended.
+        if let Some(me) = self.me.upgrade() {
+            let _ = child.parent.set(me);
+        }
         // After the push: a cancellation either drains the child above or is seen here.
         self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
     }
@@ -460,6 +471,19 @@ impl RequestCell {
     pub(crate) fn completion(&self) -> Option<Completion> {
         let me: Arc<dyn CompletionSink> = self.me.upgrade()?;
         Some(Completion::new(me))
+    }
+}
+
+impl Drop for RequestCell {
+    fn drop(&mut self) {
+        // Lets a chain of ancestors that only this request kept go one by one, not in a
+        // recursion as deep as the tree.
+        let mut parent = self.parent.take();
+        while let Some(cell) = parent {
+            parent = Arc::try_unwrap(cell)
+                .ok()
+                .and_then(|mut cell| cell.parent.take());
+        }
     }
 }
 

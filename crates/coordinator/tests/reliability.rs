@@ -808,3 +808,54 @@ async fn a_tree_that_leaves_its_limited_mode_and_comes_back_shares_its_place() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// A parent awaits a child that submits a long grandchild, drops its handle and ends: nothing
+/// holds the ended child's record any more. The parent's cancellation still reaches the
+/// grandchild (found by the chaos test, `tests/chaos.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_parent_reaches_the_children_of_a_child_that_ended() {
+    let (publisher, coordinator) = started();
+    let (c, child_ended) = (coordinator.clone(), Arc::new(tokio::sync::Notify::new()));
+    let ended = Arc::clone(&child_ended);
+    let grandchild_dropped = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::clone(&grandchild_dropped);
+    let parent = Task::from_fn("parent", "parent", move || async move {
+        let c2 = c.clone();
+        let child = Task::from_fn("child", "child", move || async move {
+            // Submitted from inside the child, its handle dropped: the child ends at once.
+            let grandchild = sleeper("grandchild", dropped);
+            drop(
+                c2.spawn(grandchild, ExecutionMode::ASYNC, SubmitOptions::new())
+                    .await?,
+            );
+            Ok::<_, BoxError>(())
+        });
+        c.submit(child, ExecutionMode::ASYNC).await?;
+        ended.notify_one();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, BoxError>(())
+    });
+    let handle = coordinator
+        .spawn(parent, ExecutionMode::ASYNC, SubmitOptions::new())
+        .await
+        .unwrap();
+    child_ended.notified().await;
+    let child = coordinator.job("child").unwrap();
+    assert_eq!(child.result(), Some(JobResult::Success));
+    handle.cancel();
+    assert!(handle.await.unwrap_err().is_cancelled());
+    // Cancelled with the tree, at once: the cancellation returned before the handle was answered.
+    let grandchild = coordinator.job("grandchild").unwrap();
+    assert_eq!(
+        grandchild.result(),
+        Some(JobResult::Cancelled),
+        "{grandchild:?}"
+    );
+    assert!(
+        dropped_soon(&grandchild_dropped).await,
+        "the grandchild's node is dropped"
+    );
+    assert_eq!(coordinator.counts().open, 0);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
