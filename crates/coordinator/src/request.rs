@@ -379,14 +379,22 @@ impl RequestCell {
             ending
         };
         self.cancel_waker.wake();
+        // Every open request below is stopped before anyone hears of this one's end: once its
+        // caller is answered, no node of its tree starts.
+        let below = self.stop_children();
         let outcome = outcome(&ending);
         ending.finish(outcome, announce, self);
-        self.cancel_children();
+        for (cell, ending) in below {
+            let cancelled = Err(ending.cancelled(true));
+            ending.finish(cancelled, true, &cell);
+        }
     }
 
-    /// Cancels every request submitted from inside this one, and theirs in turn: each still open
-    /// ends cancelled, announced.
-    fn cancel_children(&self) {
+    /// Stops every request submitted from inside this one, and theirs in turn: each still open
+    /// is marked cancelled (so its run never starts, or is told to stop) and its ending taken,
+    /// to be finished (closed, announced, answered) by the caller.
+    fn stop_children(&self) -> Vec<(Arc<RequestCell>, Ending)> {
+        let mut stopped = Vec::new();
         let mut pending: Vec<Arc<RequestCell>> = lock(&self.children)
             .drain(..)
             .filter_map(|child| child.upgrade())
@@ -407,8 +415,7 @@ impl RequestCell {
             };
             if let Some(ending) = ending {
                 cell.cancel_waker.wake();
-                let cancelled = Err(ending.cancelled(true));
-                ending.finish(cancelled, true, &cell);
+                stopped.push((Arc::clone(&cell), ending));
             }
             pending.extend(
                 lock(&cell.children)
@@ -416,6 +423,7 @@ impl RequestCell {
                     .filter_map(|child| child.upgrade()),
             );
         }
+        stopped
     }
 
     /// Records `child` as submitted from inside this request, to be cancelled with it. Returns

@@ -604,3 +604,62 @@ async fn an_openings_follower_does_not_keep_a_dropped_coordinator() {
     drop(follower);
     publisher.shutdown().await;
 }
+
+/// When the caller of a cancelled request is answered, every request of its tree is cancelled
+/// already: a strategy about to start a child (a queued task, checking its completion first)
+/// never starts it after the parent's caller heard of the cancellation (found by the chaos
+/// test, `tests/chaos.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_parents_children_are_cancelled_before_its_caller_is_answered() {
+    struct CheckOnWake {
+        strategy: Arc<Launching>,
+        child_cancelled: AtomicBool,
+        woken: AtomicBool,
+    }
+    impl std::task::Wake for CheckOnWake {
+        fn wake(self: Arc<Self>) {
+            // Runs as the parent's caller is answered.
+            let held = self.strategy.held.lock().unwrap();
+            self.child_cancelled
+                .store(held[1].is_cancelled(), Ordering::SeqCst);
+            self.woken.store(true, Ordering::SeqCst);
+        }
+    }
+    let strategy = Arc::new(Launching::new(Launch::Hold));
+    let (publisher, coordinator, _recorder) = started_with("held", strategy.clone());
+    let parent = value_task("parent", 1);
+    let parent_node = parent.node_id().clone();
+    let mut parent = coordinator
+        .spawn(parent, "held", SubmitOptions::new())
+        .await
+        .unwrap();
+    // Its child, named from outside its scope.
+    let child = value_task("child", 2).with_parent(parent_node);
+    let child = coordinator
+        .spawn(child, "held", SubmitOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(strategy.held.lock().unwrap().len(), 2);
+    let check = Arc::new(CheckOnWake {
+        strategy: Arc::clone(&strategy),
+        child_cancelled: AtomicBool::new(false),
+        woken: AtomicBool::new(false),
+    });
+    let waker = std::task::Waker::from(Arc::clone(&check));
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(std::pin::Pin::new(&mut parent).poll(&mut cx).is_pending());
+    parent.cancel();
+    assert!(
+        check.woken.load(Ordering::SeqCst),
+        "answered as it was cancelled"
+    );
+    assert!(
+        check.child_cancelled.load(Ordering::SeqCst),
+        "the child was not cancelled yet when its parent's caller was answered"
+    );
+    assert!(parent.await.unwrap_err().is_cancelled());
+    assert!(child.await.unwrap_err().is_cancelled());
+    assert_eq!(coordinator.counts().cancelled, 2);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
