@@ -105,11 +105,12 @@ pub(crate) struct RequestCell {
     cancel_waker: AtomicWaker,
     /// Requests submitted from inside this one's node; cancelled with it.
     children: Mutex<Vec<Weak<RequestCell>>>,
-    /// The request that adopted this one as its child, kept while this one lives: its list
-    /// holds this one weakly, so a request that ended and that nobody else holds any more
-    /// would otherwise be gone from it, and a cancellation of the tree above would no longer
-    /// reach the children this one left open.
-    parent: std::sync::OnceLock<Arc<RequestCell>>,
+    /// The open request that adopted this one as its child, kept while this one is open: its
+    /// list holds this one weakly. When this one ends it hands the children it leaves open up
+    /// to that request ([`hand_children_up`](Self::hand_children_up)) and lets it go, so a
+    /// cancellation of the tree above still reaches them, and a chain of requests that each
+    /// ended (one handing its work on to the next) is not kept alive by its newest one.
+    parent: Mutex<Option<Arc<RequestCell>>>,
     answer: Mutex<Answer>,
     /// What ending the request needs; `None` once it ended.
     ending: Mutex<Option<Ending>>,
@@ -198,6 +199,9 @@ impl Ending {
         }
         // A backoff's timer stops when its sender drops, with `retry`.
         drop(retry);
+        // Ended, it no longer keeps the request above alive; its open children stay reachable
+        // from there.
+        cell.hand_children_up();
         let outcome = cell.owned_outcome(outcome);
         match held.or_else(|| inner.upgrade()) {
             // Let go once the job is closed and before the caller hears.
@@ -229,7 +233,7 @@ impl RequestCell {
             output,
             cancel_waker: AtomicWaker::new(),
             children: Mutex::new(Vec::new()),
-            parent: std::sync::OnceLock::new(),
+            parent: Mutex::new(None),
             answer: Mutex::new(answer),
             ending: Mutex::new(None),
             node_id,
@@ -431,13 +435,40 @@ impl RequestCell {
     /// table lock).
     pub(crate) fn adopt(&self, child: &Arc<RequestCell>) -> bool {
         push_child(&mut lock(&self.children), Arc::downgrade(child));
-        // The child keeps this request alive while it lives, so that this list (and through
+        // The child keeps this request alive while it is open, so that this list (and through
         // it the child) stays reachable from the tree above even after this request ended.
-        if let Some(me) = self.me.upgrade() {
-            let _ = child.parent.set(me);
-        }
+        let replaced = self
+            .me
+            .upgrade()
+            .and_then(|me| lock(&child.parent).replace(me));
+        // Dropped outside the child's lock.
+        drop(replaced);
         // After the push: a cancellation either drains the child above or is seen here.
         self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
+    }
+
+    /// As this request ends: hands the children it leaves open to the request that adopted it
+    /// (cancelling them if that one is cancelled meanwhile), and lets go of that request. With no
+    /// such request, nothing above can cancel them any more.
+    fn hand_children_up(&self) {
+        let parent = lock(&self.parent).take();
+        let children: Vec<Arc<RequestCell>> = lock(&self.children)
+            .drain(..)
+            .filter_map(|child| child.upgrade())
+            .collect();
+        let Some(parent) = parent else {
+            for child in children {
+                let mine =
+                    lock(&child.parent).take_if(|adopter| std::ptr::eq(Arc::as_ptr(adopter), self));
+                drop(mine);
+            }
+            return;
+        };
+        for child in children {
+            if parent.adopt(&child) {
+                child.cancel_with_parent();
+            }
+        }
     }
 
     /// Hands the caller its outcome; only the first answer counts.
@@ -486,11 +517,11 @@ impl Drop for RequestCell {
     fn drop(&mut self) {
         // Lets a chain of ancestors that only this request kept go one by one, not in a
         // recursion as deep as the tree.
-        let mut parent = self.parent.take();
+        let mut parent = lock(&self.parent).take();
         while let Some(cell) = parent {
             parent = Arc::try_unwrap(cell)
                 .ok()
-                .and_then(|mut cell| cell.parent.take());
+                .and_then(|cell| lock(&cell.parent).take());
         }
     }
 }
