@@ -346,15 +346,6 @@ impl Owner for Inner {
         Inner::runtime(self)
     }
 
-    fn any_open_ancestor(
-        &self,
-        parent: Option<&NodeId>,
-        found: &mut dyn FnMut(&NodeId) -> bool,
-    ) -> bool {
-        let found = |node: &NodeId, _, _: &RequestCell| found(node).then_some(());
-        self.find_open_ancestor(parent, found).is_some()
-    }
-
     fn announce_event(&self, info: &TaskInfo, event: Arc<str>) {
         tracing::trace!(request_id = %info.request_id(), %event, "event");
         if let Some(started) = self.started.get()

@@ -77,13 +77,6 @@ pub(crate) trait Owner: Send + Sync {
     fn runtime(&self) -> Option<tokio::runtime::Handle>;
     /// Hands an event of the request's node to the bus (never waiting for a subscriber).
     fn announce_event(&self, info: &TaskInfo, event: Arc<str>);
-    /// Whether `found` holds for the node of an open request above the node `parent` (that node
-    /// first): see [`CompletionSink::any_open_ancestor`].
-    fn any_open_ancestor(
-        &self,
-        parent: Option<&NodeId>,
-        found: &mut dyn FnMut(&NodeId) -> bool,
-    ) -> bool;
 }
 
 /// Locks `mutex`; no code that can panic runs under these locks, so a poisoned one still holds
@@ -445,6 +438,11 @@ impl RequestCell {
         drop(replaced);
         // After the push: a cancellation either drains the child above or is seen here.
         self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The open request that adopted this one, if any.
+    fn adopter(&self) -> Option<Arc<RequestCell>> {
+        lock(&self.parent).clone()
     }
 
     /// As this request ends: hands the children it leaves open to the request that adopted it

@@ -88,8 +88,9 @@ impl Completion {
 
     /// Whether `found` holds for the node of an open request above this one: its parent, the
     /// parent's parent, and so on, through requests of every mode, as far as the sink knows
-    /// them (a coordinator: its open requests). A strategy with a limit of its own asks it to
-    /// spare a task whose ancestor holds a place, which the task must not wait for.
+    /// them (a coordinator: the open requests above this one, its own or another
+    /// coordinator's). A strategy with a limit of its own asks it to spare a task whose
+    /// ancestor holds a place, which the task must not wait for.
     pub fn any_open_ancestor(&self, mut found: impl FnMut(&NodeId) -> bool) -> bool {
         self.sink
             .as_ref()

@@ -92,12 +92,17 @@ impl CompletionSink for RequestCell {
     }
 
     fn any_open_ancestor(&self, found: &mut dyn FnMut(&NodeId) -> bool) -> bool {
-        // Upgraded under the lock, dropped after it (see `Ending::owner`).
-        let (owner, parent) = match lock(&self.ending).as_ref() {
-            Some(ending) => (ending.owner(), ending.info.parent_id().cloned()),
-            None => return false,
-        };
-        owner.is_some_and(|owner| owner.any_open_ancestor(parent.as_ref(), found))
+        // Up the requests that adopted this one, open ones, whichever coordinator each belongs
+        // to: a tree may pass through another coordinator and come back. No lock is held while
+        // `found` runs.
+        let mut next = self.adopter();
+        while let Some(cell) = next {
+            if found(cell.node_id()) {
+                return true;
+            }
+            next = cell.adopter();
+        }
+        false
     }
 
     fn spawn(&self, future: BoxFuture<'static, ()>) {
