@@ -129,7 +129,7 @@ async fn threaded_mode() -> Fallible {
     let threaded = ThreadedExecutionStrategy::builder()
         .threads(4)                 // default: one per core; or .pool(your_arc_thread_pool)
         .thread_name("cpu")         // threads are cpu-0, cpu-1, ...
-        .max_in_flight(64)          // top-level tasks in the pool at once; the rest queue
+        .max_in_flight(64)          // tasks in the pool at once (not those beneath one in it); the rest queue
         .build()?;
     let publisher = RequestCompletionPublisher::new();
     publisher.start()?;

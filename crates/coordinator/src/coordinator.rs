@@ -485,7 +485,8 @@ impl Coordinator {
         f(&self.inner.table())
     }
 
-    /// Whether the coordinator takes tasks (started and not shut down).
+    /// Whether the coordinator takes new requests (started and not shutting down). During
+    /// shutdown's grace period it still takes the children of requests open in it.
     pub fn is_accepting(&self) -> bool {
         self.inner.started.get().is_some() && !self.inner.closing.load(Ordering::SeqCst)
     }

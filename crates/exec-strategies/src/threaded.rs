@@ -262,8 +262,8 @@ struct Inner {
 ///
 /// - A panic in a node becomes a failure outcome carrying the panic message; the pool thread
 ///   survives and rayon's abort-on-panic is never reached.
-/// - [`ThreadedBuilder::max_in_flight`] bounds the top-level tasks running in the pool; beyond it
-///   they wait in order.
+/// - [`ThreadedBuilder::max_in_flight`] bounds the tasks running in the pool, but for those
+///   beneath a node already in it; beyond it they wait in order.
 /// - A node that submits a child and waits for it never deadlocks the pool: a waiting pool thread
 ///   runs queued work, including the child. So tasks of one pool must not otherwise wait for each
 ///   other (see [`block_on`]).
