@@ -192,9 +192,9 @@ impl ThreadedBuilder {
     /// A task submitted beneath a node running in the pool takes no place: that node's child, or
     /// a task further down through requests of other modes or other coordinators (a threaded
     /// node waiting for an async child, which waits for a threaded one), as far as the open
-    /// requests above it tell ([`Completion::any_open_ancestor`]). That node may be waiting for it while holding the
-    /// place it would wait for. Any other task takes a place, the tools an async agent fans out
-    /// to the pool included. To bound what waits, set a limit on the coordinator's mode
+    /// requests above it tell ([`Completion::any_open_ancestor`]). That node may be waiting for
+    /// it while holding the place it would wait for. Any other task takes a place, the tools an
+    /// async agent fans out to the pool included. To bound what waits, set a limit on the coordinator's mode
     /// (`CoordinatorBuilder::limit`), which makes submissions wait.
     #[must_use]
     pub fn max_in_flight(mut self, limit: usize) -> Self {
