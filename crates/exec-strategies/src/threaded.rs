@@ -194,8 +194,8 @@ impl ThreadedBuilder {
     /// node waiting for an async child, which waits for a threaded one), as far as the open
     /// requests above it tell ([`Completion::any_open_ancestor`]). That node may be waiting for
     /// it while holding the place it would wait for. Any other task takes a place, the tools an
-    /// async agent fans out to the pool included. To bound what waits, set a limit on the coordinator's mode
-    /// (`CoordinatorBuilder::limit`), which makes submissions wait.
+    /// async agent fans out to the pool included. To bound what waits, set a limit on the
+    /// coordinator's mode (`CoordinatorBuilder::limit`), which makes submissions wait.
     #[must_use]
     pub fn max_in_flight(mut self, limit: usize) -> Self {
         self.max_in_flight = Some(limit.max(1));
