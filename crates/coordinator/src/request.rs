@@ -190,8 +190,13 @@ impl Ending {
         if let Some(timer) = deadline {
             timer.abort();
         }
-        // A backoff's timer stops when its sender drops, with `retry`.
-        drop(retry);
+        // A backoff's timer stops when its sender drops, with `retry`. The copy of the task it
+        // keeps is the user's: a panic in its `Drop` is logged, and the request still ends.
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(retry)));
+        if let Err(panic) = dropped {
+            let reason = task_core::panic_message(panic.as_ref());
+            tracing::error!(%reason, "the task's copy kept for a retry panicked when dropped");
+        }
         // Ended, it no longer keeps the request above alive; its open children stay reachable
         // from there.
         cell.hand_children_up();

@@ -859,3 +859,44 @@ async fn cancelling_a_parent_reaches_the_children_of_a_child_that_ended() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// A node whose copies panic when dropped once one of them has run.
+#[derive(Clone)]
+struct PanicsWhenDropped(Arc<AtomicBool>);
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if self.0.load(Ordering::SeqCst) && !std::thread::panicking() {
+            panic!("a node copy that panics when dropped");
+        }
+    }
+}
+
+impl coordinator::Node for PanicsWhenDropped {
+    type Output = u8;
+
+    async fn invoke(self) -> Result<u8, BoxError> {
+        let armed = Arc::clone(&self.0);
+        // This copy never drops; the one the retry policy keeps does, armed.
+        std::mem::forget(self);
+        armed.store(true, Ordering::SeqCst);
+        Ok(7)
+    }
+}
+
+/// The copy of a task a retry policy keeps is the user's: when its `Drop` panics as the request
+/// ends, the request still ends once, its caller answered and its job closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_copy_that_panics_when_dropped_does_not_keep_its_request_open() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let retried = SubmitOptions::new().retry(RetryPolicy::new(2));
+    let bomb = PanicsWhenDropped(Arc::new(AtomicBool::new(false)));
+    let answer = coordinator.submit_with(Task::replayable("bomb", bomb), "async", retried);
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer).await;
+    assert_eq!(answer.expect("the caller is answered").unwrap(), 7);
+    assert_eq!(coordinator.counts().open, 0, "{:?}", coordinator.counts());
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts().get("bomb"), Some(&1));
+}
