@@ -432,6 +432,12 @@ impl RequestCell {
     /// whether this request is already cancelled: the caller then cancels the child (outside the
     /// table lock).
     pub(crate) fn adopt(&self, child: &Arc<RequestCell>) -> bool {
+        // A task naming its own node as its parent finds its own request in the table: adopted
+        // by itself, its adopter link would be a cycle (the walk up the adopters would never
+        // end, and the cell would keep itself alive).
+        if std::ptr::eq(self, Arc::as_ptr(child)) {
+            return false;
+        }
         push_child(&mut lock(&self.children), Arc::downgrade(child));
         // The child keeps this request alive while it is open, so that this list (and through
         // it the child) stays reachable from the tree above even after this request ended.
