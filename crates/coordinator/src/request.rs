@@ -396,11 +396,17 @@ impl RequestCell {
     /// is marked cancelled (so its run never starts, or is told to stop) and its ending taken,
     /// to be finished (closed, announced, answered) by the caller.
     fn stop_children(&self) -> Vec<(Arc<RequestCell>, Ending)> {
-        let mut stopped = Vec::new();
-        let mut pending: Vec<Arc<RequestCell>> = lock(&self.children)
+        let pending: Vec<Arc<RequestCell>> = lock(&self.children)
             .drain(..)
             .filter_map(|child| child.upgrade())
             .collect();
+        Self::stop_tree(pending)
+    }
+
+    /// Stops the requests in `pending` and every request below them, as
+    /// [`stop_children`](Self::stop_children) does.
+    fn stop_tree(mut pending: Vec<Arc<RequestCell>>) -> Vec<(Arc<RequestCell>, Ending)> {
+        let mut stopped = Vec::new();
         while let Some(cell) = pending.pop() {
             if cell.tree_cancelled.swap(true, Ordering::SeqCst) {
                 continue;
@@ -473,10 +479,28 @@ impl RequestCell {
             }
             return;
         };
+        Self::hand_up(&parent, children);
+    }
+
+    /// Moves `children` (taken from an ended request's list) into `parent`'s list. One that
+    /// `parent` adopts cancelled (it was cancelled, or its tree was, after its list was
+    /// drained) is cancelled with its whole tree: ended already, it may still hold open
+    /// children in its list (adopted late, or handed up to it as it ended), which
+    /// `cancel_with_parent` would not reach (it does nothing to an ended request).
+    fn hand_up(parent: &Arc<RequestCell>, children: Vec<Arc<RequestCell>>) {
         for child in children {
             if parent.adopt(&child) {
-                child.cancel_with_parent();
+                child.cancel_tree_with_parent();
             }
+        }
+    }
+
+    /// Cancels this request, open or ended, as its parent was, and every open request below
+    /// it: all are stopped before any is finished (as [`end_with`](Self::end_with) does).
+    fn cancel_tree_with_parent(self: &Arc<Self>) {
+        for (cell, ending) in Self::stop_tree(vec![Arc::clone(self)]) {
+            let cancelled = Err(ending.cancelled(true));
+            ending.finish(cancelled, true, &cell);
         }
     }
 
@@ -590,7 +614,59 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Arc;
 
-    use super::push_child;
+    use std::sync::Weak;
+
+    use task_core::{NodeId, RequestId, TaskInfo};
+
+    use super::{Ending, Owner, RequestCell, lock, push_child};
+    use crate::inner::Inner;
+
+    fn cell(name: &str) -> Arc<RequestCell> {
+        RequestCell::new(NodeId::new(name), tracing::Span::none(), false, None)
+    }
+
+    /// An open request, of a coordinator already gone (it is answered directly as it ends).
+    fn open(name: &str) -> Arc<RequestCell> {
+        let cell = cell(name);
+        cell.open(Ending {
+            inner: Weak::<Inner>::new() as Weak<dyn Owner>,
+            info: TaskInfo::new(RequestId::new(name), NodeId::new(name), None, "t"),
+            permit: None,
+            deadline: None,
+            retry: None,
+            held: None,
+        });
+        cell
+    }
+
+    fn is_open(cell: &RequestCell) -> bool {
+        lock(&cell.ending).is_some()
+    }
+
+    /// `q`, a child of `g`, ends as `g` is cancelled: `q` drains its list (`p`, ended, which
+    /// holds an open child `c`), `g`'s cancellation then drains `g`'s list (`q`, whose own is
+    /// empty now), and `q` hands `p` up to `g`, which reads as cancelled. `c` is cancelled.
+    #[test]
+    fn an_ended_child_handed_up_to_a_cancelled_request_has_its_open_children_cancelled() {
+        let (g, q, p, c) = (open("g"), open("q"), cell("p"), open("c"));
+        assert!(!g.adopt(&q));
+        assert!(!q.adopt(&p));
+        // `p` ended (never opened here) and then adopted `c` (late, or handed up to it).
+        assert!(!p.adopt(&c));
+        // `q` ends: the first half of `hand_children_up`.
+        *lock(&q.ending) = None;
+        let parent = lock(&q.parent).take().unwrap();
+        let children: Vec<_> = lock(&q.children)
+            .drain(..)
+            .filter_map(|c| c.upgrade())
+            .collect();
+        // `g` is cancelled meanwhile.
+        g.cancel();
+        assert!(!is_open(&g));
+        // The second half.
+        RequestCell::hand_up(&parent, children);
+        assert!(!is_open(&c), "c is open, and in no list a cancellation drains");
+    }
 
     /// A parent keeping 1,000 children alive, the oldest ending as each new one comes: its list
     /// is swept rarely, and stays proportional to the children alive.
