@@ -25,6 +25,7 @@ use crate::options::Output;
 mod completion;
 mod events;
 mod retry;
+mod tree;
 
 pub(crate) use retry::Retry;
 
@@ -392,118 +393,6 @@ impl RequestCell {
         }
     }
 
-    /// Stops every request submitted from inside this one, and theirs in turn: each still open
-    /// is marked cancelled (so its run never starts, or is told to stop) and its ending taken,
-    /// to be finished (closed, announced, answered) by the caller.
-    fn stop_children(&self) -> Vec<(Arc<RequestCell>, Ending)> {
-        let pending: Vec<Arc<RequestCell>> = lock(&self.children)
-            .drain(..)
-            .filter_map(|child| child.upgrade())
-            .collect();
-        Self::stop_tree(pending)
-    }
-
-    /// Stops the requests in `pending` and every request below them, as
-    /// [`stop_children`](Self::stop_children) does.
-    fn stop_tree(mut pending: Vec<Arc<RequestCell>>) -> Vec<(Arc<RequestCell>, Ending)> {
-        let mut stopped = Vec::new();
-        while let Some(cell) = pending.pop() {
-            if cell.tree_cancelled.swap(true, Ordering::SeqCst) {
-                continue;
-            }
-            // A child that ended already keeps its outcome, and reads as cancelled only if it
-            // was; its own children are cancelled all the same.
-            let ending = {
-                let mut slot = lock(&cell.ending);
-                let ending = slot.take().map(Ending::taken);
-                if ending.is_some() {
-                    cell.cancelled.store(true, Ordering::SeqCst);
-                }
-                ending
-            };
-            if let Some(ending) = ending {
-                cell.cancel_waker.wake();
-                stopped.push((Arc::clone(&cell), ending));
-            }
-            pending.extend(
-                lock(&cell.children)
-                    .drain(..)
-                    .filter_map(|child| child.upgrade()),
-            );
-        }
-        stopped
-    }
-
-    /// Records `child` as submitted from inside this request, to be cancelled with it. Returns
-    /// whether this request is already cancelled: the caller then cancels the child (outside the
-    /// table lock).
-    pub(crate) fn adopt(&self, child: &Arc<RequestCell>) -> bool {
-        // A task naming its own node as its parent finds its own request in the table: adopted
-        // by itself, its adopter link would be a cycle (the walk up the adopters would never
-        // end, and the cell would keep itself alive).
-        if std::ptr::eq(self, Arc::as_ptr(child)) {
-            return false;
-        }
-        push_child(&mut lock(&self.children), Arc::downgrade(child));
-        // The child keeps this request alive while it is open, so that this list (and through
-        // it the child) stays reachable from the tree above even after this request ended.
-        let replaced = self
-            .me
-            .upgrade()
-            .and_then(|me| lock(&child.parent).replace(me));
-        // Dropped outside the child's lock.
-        drop(replaced);
-        // After the push: a cancellation either drains the child above or is seen here.
-        self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
-    }
-
-    /// The open request that adopted this one, if any.
-    fn adopter(&self) -> Option<Arc<RequestCell>> {
-        lock(&self.parent).clone()
-    }
-
-    /// As this request ends: hands the children it leaves open to the request that adopted it
-    /// (cancelling them if that one is cancelled meanwhile), and lets go of that request. With no
-    /// such request, nothing above can cancel them any more.
-    fn hand_children_up(&self) {
-        let parent = lock(&self.parent).take();
-        let children: Vec<Arc<RequestCell>> = lock(&self.children)
-            .drain(..)
-            .filter_map(|child| child.upgrade())
-            .collect();
-        let Some(parent) = parent else {
-            for child in children {
-                let mine =
-                    lock(&child.parent).take_if(|adopter| std::ptr::eq(Arc::as_ptr(adopter), self));
-                drop(mine);
-            }
-            return;
-        };
-        Self::hand_up(&parent, children);
-    }
-
-    /// Moves `children` (taken from an ended request's list) into `parent`'s list. One that
-    /// `parent` adopts cancelled (it was cancelled, or its tree was, after its list was
-    /// drained) is cancelled with its whole tree: ended already, it may still hold open
-    /// children in its list (adopted late, or handed up to it as it ended), which
-    /// `cancel_with_parent` would not reach (it does nothing to an ended request).
-    fn hand_up(parent: &Arc<RequestCell>, children: Vec<Arc<RequestCell>>) {
-        for child in children {
-            if parent.adopt(&child) {
-                child.cancel_tree_with_parent();
-            }
-        }
-    }
-
-    /// Cancels this request, open or ended, as its parent was, and every open request below
-    /// it: all are stopped before any is finished (as [`end_with`](Self::end_with) does).
-    fn cancel_tree_with_parent(self: &Arc<Self>) {
-        for (cell, ending) in Self::stop_tree(vec![Arc::clone(self)]) {
-            let cancelled = Err(ending.cancelled(true));
-            ending.finish(cancelled, true, &cell);
-        }
-    }
-
     /// Hands the caller its outcome; only the first answer counts.
     pub(crate) fn answer(&self, outcome: Outcome) {
         self.answer_with(|| outcome);
@@ -546,19 +435,6 @@ impl RequestCell {
     }
 }
 
-impl Drop for RequestCell {
-    fn drop(&mut self) {
-        // Lets a chain of ancestors that only this request kept go one by one, not in a
-        // recursion as deep as the tree.
-        let mut parent = lock(&self.parent).take();
-        while let Some(cell) = parent {
-            parent = Arc::try_unwrap(cell)
-                .ok()
-                .and_then(|cell| lock(&cell.parent).take());
-        }
-    }
-}
-
 /// The deadline of a request, waited for on the runtime it was submitted on. Dropped without
 /// firing while the request is open (that runtime shut down), it ends the request cancelled:
 /// nothing would keep its deadline any more. Dropped after the request ended (its timer
@@ -589,99 +465,5 @@ impl Drop for Expiry {
             );
             cell.stop(Err(lost), true);
         }
-    }
-}
-
-/// Pushes `child`, first forgetting the children that ended when the list is full, so that it
-/// stays proportional to the children alive however many a request submits over its life. A
-/// sweep that leaves the list over half full doubles its room: the next sweep is then as many
-/// pushes away as there are children alive, so sweeping costs O(1) per child. Returns whether it
-/// swept.
-fn push_child<T>(children: &mut Vec<Weak<T>>, child: Weak<T>) -> bool {
-    let full = children.len() == children.capacity();
-    if full {
-        children.retain(|c| c.strong_count() > 0);
-        if children.len() * 2 > children.capacity() {
-            children.reserve(children.len());
-        }
-    }
-    children.push(child);
-    full
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
-    use std::sync::Arc;
-
-    use std::sync::Weak;
-
-    use task_core::{NodeId, RequestId, TaskInfo};
-
-    use super::{Ending, Owner, RequestCell, lock, push_child};
-    use crate::inner::Inner;
-
-    fn cell(name: &str) -> Arc<RequestCell> {
-        RequestCell::new(NodeId::new(name), tracing::Span::none(), false, None)
-    }
-
-    /// An open request, of a coordinator already gone (it is answered directly as it ends).
-    fn open(name: &str) -> Arc<RequestCell> {
-        let cell = cell(name);
-        cell.open(Ending {
-            inner: Weak::<Inner>::new() as Weak<dyn Owner>,
-            info: TaskInfo::new(RequestId::new(name), NodeId::new(name), None, "t"),
-            permit: None,
-            deadline: None,
-            retry: None,
-            held: None,
-        });
-        cell
-    }
-
-    fn is_open(cell: &RequestCell) -> bool {
-        lock(&cell.ending).is_some()
-    }
-
-    /// `q`, a child of `g`, ends as `g` is cancelled: `q` drains its list (`p`, ended, which
-    /// holds an open child `c`), `g`'s cancellation then drains `g`'s list (`q`, whose own is
-    /// empty now), and `q` hands `p` up to `g`, which reads as cancelled. `c` is cancelled.
-    #[test]
-    fn an_ended_child_handed_up_to_a_cancelled_request_has_its_open_children_cancelled() {
-        let (g, q, p, c) = (open("g"), open("q"), cell("p"), open("c"));
-        assert!(!g.adopt(&q));
-        assert!(!q.adopt(&p));
-        // `p` ended (never opened here) and then adopted `c` (late, or handed up to it).
-        assert!(!p.adopt(&c));
-        // `q` ends: the first half of `hand_children_up`.
-        *lock(&q.ending) = None;
-        let parent = lock(&q.parent).take().unwrap();
-        let children: Vec<_> = lock(&q.children)
-            .drain(..)
-            .filter_map(|c| c.upgrade())
-            .collect();
-        // `g` is cancelled meanwhile.
-        g.cancel();
-        assert!(!is_open(&g));
-        // The second half.
-        RequestCell::hand_up(&parent, children);
-        assert!(!is_open(&c), "c is open, and in no list a cancellation drains");
-    }
-
-    /// A parent keeping 1,000 children alive, the oldest ending as each new one comes: its list
-    /// is swept rarely, and stays proportional to the children alive.
-    #[test]
-    fn a_parent_with_a_sliding_window_of_children_sweeps_its_list_rarely() {
-        let (mut children, mut alive, mut sweeps) = (Vec::new(), VecDeque::new(), 0);
-        for _ in 0..100_000 {
-            let child = Arc::new(());
-            sweeps += usize::from(push_child(&mut children, Arc::downgrade(&child)));
-            alive.push_back(child);
-            if alive.len() > 1_000 {
-                alive.pop_front();
-            }
-        }
-        assert!(sweeps <= 200, "{sweeps} sweeps for 100,000 children");
-        assert!(children.len() <= 4_000, "{} kept", children.len());
     }
 }
