@@ -132,11 +132,20 @@ impl Coordinator {
     /// place its own ancestor holds (a deadlock). `None` for any other task: it takes a place of
     /// its own. The walk costs one step per level of the tree, and stops at a cycle of parents.
     pub(crate) fn ancestor_place(&self, task: &ErasedTask, entry: &Mode) -> Option<Place> {
-        let same_mode =
-            |_: &_, mode, cell: &RequestCell| (mode == entry.index).then(|| cell.place());
-        self.inner
-            .find_open_ancestor(task.info().parent_id(), same_mode)
-            .flatten()
+        let mut parent = task.info().parent_id()?.clone();
+        let mut seen = Vec::new();
+        loop {
+            let (cell, same_mode) = {
+                let table = self.inner.table();
+                let open = table.attachment_of_node(&parent)?;
+                (Arc::clone(&open.cell), open.mode == entry.index)
+            };
+            if same_mode {
+                return cell.place();
+            }
+            seen.push(parent);
+            parent = cell.parent_id().filter(|next| !seen.contains(next))?;
+        }
     }
 
     /// Accepts the request at once, or, when its mode is at its limit, returns the (boxed, so

@@ -117,32 +117,6 @@ impl Inner {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Walks up from the node `parent` through the requests open in this coordinator (in any
-    /// mode), nearest first, until `visit` returns something for one (given its node, the index
-    /// of its mode and its record), and returns that. One step per level of the tree; the
-    /// table's lock is not held while `visit` runs; a cycle of parents ends the walk.
-    pub(crate) fn find_open_ancestor<T>(
-        &self,
-        parent: Option<&NodeId>,
-        mut visit: impl FnMut(&NodeId, usize, &RequestCell) -> Option<T>,
-    ) -> Option<T> {
-        let mut node = parent?.clone();
-        let mut seen = Vec::new();
-        loop {
-            let (cell, mode) = {
-                let table = self.table();
-                let open = table.attachment_of_node(&node)?;
-                (Arc::clone(&open.cell), open.mode)
-            };
-            if let Some(found) = visit(&node, mode, &cell) {
-                return Some(found);
-            }
-            let parent = cell.parent_id();
-            seen.push(node);
-            node = parent.filter(|next| !seen.contains(next))?;
-        }
-    }
-
     /// The runtime `start` ran on, if any.
     pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
         self.started

@@ -387,10 +387,7 @@ impl RequestCell {
         let below = self.stop_children();
         let outcome = outcome(&ending);
         ending.finish(outcome, announce, self);
-        for (cell, ending) in below {
-            let cancelled = Err(ending.cancelled(true));
-            ending.finish(cancelled, true, &cell);
-        }
+        Self::finish_stopped(below);
     }
 
     /// Hands the caller its outcome; only the first answer counts.

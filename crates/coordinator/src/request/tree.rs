@@ -113,7 +113,13 @@ impl RequestCell {
     /// Cancels this request, open or ended, as its parent was, and every open request below
     /// it: all are stopped before any is finished (as [`end_with`](Self::end_with) does).
     fn cancel_tree_with_parent(self: &Arc<Self>) {
-        for (cell, ending) in Self::stop_tree(vec![Arc::clone(self)]) {
+        Self::finish_stopped(Self::stop_tree(vec![Arc::clone(self)]));
+    }
+
+    /// Ends each request [`stop_tree`](Self::stop_tree) stopped, as cancelled with its parent
+    /// (closed, announced, answered).
+    pub(super) fn finish_stopped(stopped: Vec<(Arc<RequestCell>, Ending)>) {
+        for (cell, ending) in stopped {
             let cancelled = Err(ending.cancelled(true));
             ending.finish(cancelled, true, &cell);
         }
