@@ -138,6 +138,40 @@ impl NatsConfig {
         }
     }
 
+    /// The stream that keeps the server's advisories of this stream's tasks that reached their
+    /// last delivery unanswered, so that a submitting side away from the server when one came
+    /// reads it on its return: `{stream}_ADVISORIES`.
+    pub fn advisory_stream(&self) -> String {
+        format!("{}_ADVISORIES", self.stream)
+    }
+
+    /// Creates the advisory stream if it is missing (kept as long as an unread completion, file
+    /// storage), or binds the existing one.
+    pub(crate) async fn ensure_advisory_stream(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
+        let config = async_nats::jetstream::stream::Config {
+            name: self.advisory_stream(),
+            subjects: vec![format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+                self.stream
+            )],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            max_age: self.completion_max_age(),
+            num_replicas: self.replicas.max(1),
+            ..Default::default()
+        };
+        let way_out = "give this side and its workers another stream name (NatsConfig::stream)";
+        create_or_bind(
+            js,
+            config,
+            "creating or binding the advisory stream",
+            way_out,
+        )
+        .await
+    }
+
     /// The subject the completions of one submitting side (`client`) are published on.
     pub fn completion_subject(&self, client: &str) -> String {
         format!("{}.done.{client}", self.prefix)

@@ -188,12 +188,15 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Fails the runs the server stopped delivering (their advisories, kept in the advisory stream).
 pub(crate) async fn listen_advisories(
     inner: std::sync::Weak<Inner>,
-    mut messages: async_nats::Subscriber,
+    mut messages: async_nats::jetstream::consumer::pull::Ordered,
 ) {
     while let Some(message) = messages.next().await {
         let Some(inner) = inner.upgrade() else { return };
+        // The consumer makes itself again when it must; an error of one pull is passed over.
+        let Ok(message) = message else { continue };
         let Ok(advisory) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
             continue;
         };

@@ -66,13 +66,21 @@ impl NatsBuilder {
         let client_id = inbox.rsplit('.').next().unwrap_or("client").to_owned();
         let completion_subject = self.config.completion_subject(&client_id);
         let consumer = completion_consumer(&js, &self.config, &client_id).await?;
-        let advisories = client
-            .subscribe(format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
-                self.config.stream
-            ))
+        // Read through an ordered consumer of the stream that keeps them: it resumes after the
+        // last one read when the connection comes back, so none sent meanwhile is missed.
+        let advisories = self
+            .config
+            .ensure_advisory_stream(&js)
+            .await?
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
             .await
-            .map_err(|e| NatsError::new("subscribing to delivery advisories", e))?;
+            .map_err(|e| NatsError::new("reading the delivery advisories", e))?
+            .messages()
+            .await
+            .map_err(|e| NatsError::new("reading the delivery advisories", e))?;
         let inner = Arc::new(Inner {
             client_id,
             client,

@@ -19,6 +19,11 @@ use exec_nats::{NatsConfig, NatsStrategy};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+#[path = "nats/proxy.rs"]
+mod proxy;
+
+use proxy::Proxy;
+
 /// Whether the server answers at the configured URL.
 fn server_available(url: &str) -> bool {
     let address = url
@@ -67,6 +72,14 @@ fn main() {
         (
             "a_task_that_keeps_killing_its_workers_fails_after_max_deliveries",
             || Box::pin(a_task_that_keeps_killing_its_workers_fails_after_max_deliveries()),
+        ),
+        (
+            "a_max_deliveries_advisory_sent_while_the_submitting_side_is_away_still_ends_the_request",
+            || {
+                Box::pin(
+                    a_max_deliveries_advisory_sent_while_the_submitting_side_is_away_still_ends_the_request(),
+                )
+            },
         ),
         ("the_coordinators_timeout_reaches_the_worker", || {
             Box::pin(the_coordinators_timeout_reaches_the_worker())
@@ -233,6 +246,7 @@ async fn cleanup(config: &NatsConfig) {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(&config.stream).await;
         let _ = js.delete_stream(config.completion_stream()).await;
+        let _ = js.delete_stream(config.advisory_stream()).await;
     }
 }
 /// A NATS server of the test's own, with JetStream storing on disk, on a free loopback port: it
@@ -523,27 +537,8 @@ async fn a_duplicate_completion_after_redelivery_is_suppressed() {
 
 async fn a_task_that_keeps_killing_its_workers_fails_after_max_deliveries() {
     let config = config("poison");
-    let args = ["--ack-wait-ms", "300", "--max-deliver", "2"];
     let (publisher, coordinator, _) = coordinator(&config).await;
-    // Restart workers as the poison task kills them.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let respawner = {
-        let config = config.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut restarts = 0;
-            let mut worker = Worker::start(&config, &args);
-            while restarts < 10 && !stop.load(Ordering::SeqCst) {
-                if let Ok(Some(_)) = worker.0.try_wait() {
-                    worker = Worker::start(&config, &args);
-                    restarts += 1;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            drop(worker);
-            restarts
-        })
-    };
+    let respawner = Respawner::start(&config, &["--ack-wait-ms", "300", "--max-deliver", "2"]);
     let error = coordinator
         .submit_with(
             Task::portable("poison", Fail("exit:".into())),
@@ -560,12 +555,96 @@ async fn a_task_that_keeps_killing_its_workers_fails_after_max_deliveries() {
     );
     // Its message left the stream before the caller heard: a program ending now leaves nothing.
     assert_eq!(tasks_in_stream(&config).await, 0);
-    stop.store(true, Ordering::SeqCst);
-    let restarts = respawner.join().unwrap();
+    let restarts = respawner.stop();
     assert!(
         restarts >= 2,
         "each delivery killed a worker ({restarts} restarts)"
     );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// A worker started again each time the task it runs kills it (at most 10 times).
+struct Respawner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u32>,
+}
+
+impl Respawner {
+    fn start(config: &NatsConfig, args: &'static [&'static str]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (config, stop) = (config.clone(), stop.clone());
+            move || {
+                let mut restarts = 0;
+                let mut worker = Worker::start(&config, args);
+                while restarts < 10 && !stop.load(Ordering::SeqCst) {
+                    if let Ok(Some(_)) = worker.0.try_wait() {
+                        worker = Worker::start(&config, args);
+                        restarts += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                restarts
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the last worker; says how many times one was started again.
+    fn stop(self) -> u32 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the respawner")
+    }
+}
+
+/// The server's advisory that a task reached its last delivery comes while the submitting side
+/// is cut off from the server (its workers are not): the request still fails as soon as that
+/// side is back, not at its own timeout.
+async fn a_max_deliveries_advisory_sent_while_the_submitting_side_is_away_still_ends_the_request() {
+    let config = config("advisory-away");
+    let proxy = Proxy::start(&config.url).await;
+    let away = NatsConfig {
+        url: proxy.url(),
+        ..config.clone()
+    };
+    let (publisher, coordinator, shared) = coordinator(&away).await;
+    drop(shared);
+    let respawner = Respawner::start(&config, &["--ack-wait-ms", "300", "--max-deliver", "2"]);
+    let call = tokio::spawn({
+        let coordinator = coordinator.clone();
+        async move {
+            let poison = Task::portable("poison", Fail("exit:".into()));
+            let options = SubmitOptions::new().timeout(Duration::from_secs(90));
+            coordinator.submit_with(poison, "nats", options).await
+        }
+    });
+    // Cut off once its task is in the stream: both deliveries, and the advisory after them,
+    // happen while this side is away.
+    let start = Instant::now();
+    while tasks_in_stream(&config).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the task is published"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        respawner.stop() >= 2,
+        "both deliveries ran while this side was away"
+    );
+    proxy.restore();
+    let error = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("answered once this side is back, long before its own timeout")
+        .expect("the caller task")
+        .unwrap_err();
+    let task_error = error.task_error().unwrap();
+    assert!(task_error.is_worker_lost(), "{error}");
+    assert_eq!(tasks_in_stream(&config).await, 0);
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
