@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use coordinator::{Coordinator, Job, Missed, RequestCompletionMessage};
+use coordinator::{Coordinator, Job, Missed, RequestCompletionMessage, TakenOutput};
 use serde_json::{Value, json};
 
 /// Failures kept for the page.
@@ -182,7 +182,9 @@ impl History {
             }
             RequestCompletionMessage::Success(success) => {
                 if self.payloads {
-                    body["result"] = json!(clip(format!("{:?}", success.result)));
+                    // The result's own `Debug`, cut as it writes, and caught if it fails or
+                    // panics: it runs on the bus reader, which must go on.
+                    body["result"] = json!(TakenOutput::of(&success.result).text());
                 }
                 "success"
             }

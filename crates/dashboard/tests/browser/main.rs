@@ -17,6 +17,7 @@ use tokio::io::AsyncBufReadExt;
 
 mod cdp;
 mod connections;
+mod payloads;
 mod support;
 use cdp::Page;
 use support::*;
@@ -110,6 +111,10 @@ fn main() {
         (
             "an_idle_connection_is_closed_and_an_open_feed_is_not",
             || Box::pin(connections::an_idle_connection_is_closed_and_an_open_feed_is_not()),
+        ),
+        (
+            "a_result_whose_debug_fails_leaves_the_dashboard_reading",
+            || Box::pin(payloads::a_result_whose_debug_fails_leaves_the_dashboard_reading()),
         ),
         ("timeouts_too_long_to_add_to_now_never_run_out", || {
             Box::pin(connections::timeouts_too_long_to_add_to_now_never_run_out())
