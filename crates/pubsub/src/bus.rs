@@ -119,9 +119,29 @@ impl<M> Shared<M> {
         ring.chain(queues)
     }
 
-    /// Counts a message sent and, once per [`LAG_SAMPLE`], sets every subscriber's lag gauge
-    /// (a gone subscriber's to 0): a stuck subscriber's lag shows while messages flow, at the
-    /// cost of an atomic store per subscriber per sample.
+    /// Called under the lock when subscriber `id` has left: its lag gauge, if it has one, goes to
+    /// 0 now, not at a later sample (with nobody left attached, no publish samples again).
+    pub(crate) fn detached(&mut self, id: u64) {
+        #[cfg(feature = "metrics")]
+        if let Some(gauge) = self.lag_gauges.0.remove(&id) {
+            gauge.set(0.0);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = id;
+    }
+
+    /// Called under the lock at shutdown, when every subscriber has left: every lag gauge goes
+    /// to 0.
+    pub(crate) fn detached_all(&mut self) {
+        #[cfg(feature = "metrics")]
+        for (_, gauge) in self.lag_gauges.0.drain() {
+            gauge.set(0.0);
+        }
+    }
+
+    /// Counts a message sent and, once per [`LAG_SAMPLE`], sets every subscriber's lag gauge: a
+    /// stuck subscriber's lag shows while messages flow, at the cost of an atomic store per
+    /// subscriber per sample.
     #[cfg(feature = "metrics")]
     pub(crate) fn sample_lags(&mut self) {
         self.lag_gauges.1 += 1;
@@ -135,13 +155,7 @@ impl<M> Shared<M> {
             });
             gauge.set(lag as f64);
         }
-        gauges.retain(|id, gauge| {
-            let attached = self.stops.contains_key(id) || self.queues.contains_key(id);
-            if !attached {
-                gauge.set(0.0);
-            }
-            attached
-        });
+        // A subscriber that left is out of `gauges` already: `detached` set its gauge to 0.
         self.lag_gauges = (gauges, 0);
     }
 }

@@ -457,6 +457,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         }
         // A callback's thread ends by itself; it is no longer awaited at shutdown.
         shared.callbacks.remove(&id.0);
+        shared.detached(id.0);
         self.inner.recount(&shared);
         Ok(())
     }
@@ -562,6 +563,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
             let mut shared = inner.lock();
             // Nothing stays attached: each subscriber's stream ends once drained.
             shared.stops.clear();
+            shared.detached_all();
             let taken = (
                 std::mem::take(&mut shared.callbacks),
                 shared.tx.take(),

@@ -230,6 +230,7 @@ impl<M> Drop for Subscription<M> {
                 Source::Queue { .. } => shared.queues.remove(&self.id).is_some(),
             };
             if removed {
+                shared.detached(self.id);
                 inner.recount(&shared);
             }
         }

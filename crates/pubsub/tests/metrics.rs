@@ -73,3 +73,57 @@ async fn each_subscribers_missed_messages_are_counted_under_its_id() {
     assert_eq!(gauge(gone_id), Some(0.0), "gone: 0, not its last lag");
     publisher.shutdown().await;
 }
+
+/// The lag gauge named by `id` in `snapshotter`'s recorder, if it was ever set.
+fn lag_gauge(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+    id: pubsub::SubscriberId,
+) -> Option<f64> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| match value {
+            DebugValue::Gauge(lag)
+                if key.key().name() == "pubsub_subscriber_lag"
+                    && key.key().labels().any(|l| l.value() == id.to_string()) =>
+            {
+                Some(lag.into_inner())
+            }
+            _ => None,
+        })
+}
+
+/// A subscriber's gauge goes to 0 when it leaves, even when nobody is left to publish to (then
+/// no later publish samples the lags), and every gauge goes to 0 at shutdown.
+#[test]
+fn the_gauge_of_a_subscriber_that_leaves_goes_to_zero_with_nobody_left() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let publisher = Publisher::<u64>::with_capacity(256);
+        publisher.start().unwrap();
+        let last = publisher.subscribe_stream().unwrap();
+        let id = last.id();
+        (0..64).for_each(|n| publisher.publish(n).unwrap());
+        assert_eq!(lag_gauge(&snapshotter, id), Some(64.0));
+        drop(last);
+        (0..128).for_each(|n| publisher.publish(n).unwrap());
+        assert_eq!(lag_gauge(&snapshotter, id), Some(0.0), "gone: 0");
+
+        let unsubscribed = publisher.subscribe_stream().unwrap();
+        (0..64).for_each(|n| publisher.publish(n).unwrap());
+        publisher.unsubscribe(unsubscribed.id()).unwrap();
+        assert_eq!(lag_gauge(&snapshotter, unsubscribed.id()), Some(0.0));
+
+        let open = publisher.subscribe_stream().unwrap();
+        (0..64).for_each(|n| publisher.publish(n).unwrap());
+        assert_eq!(lag_gauge(&snapshotter, open.id()), Some(64.0));
+        futures::executor::block_on(publisher.shutdown());
+        assert_eq!(
+            lag_gauge(&snapshotter, open.id()),
+            Some(0.0),
+            "shut down: 0"
+        );
+    });
+}
