@@ -21,14 +21,15 @@ pub(crate) async fn authorize(
         return next.run(request).await;
     };
     let matches = |given: &[u8]| bool::from(given.ct_eq(token.as_bytes()));
-    // The scheme's name is case-insensitive (RFC 7235).
+    // The scheme's name is case-insensitive (RFC 7235). The value is taken as bytes: a token
+    // beyond visible ASCII comes as its UTF-8 bytes.
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .is_some_and(|(_, given)| matches(given.trim().as_bytes()));
+        .map(|value| value.as_bytes())
+        .and_then(|value| Some(value.split_at(value.iter().position(|&b| b == b' ')?)))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer"))
+        .is_some_and(|(_, given)| matches(given.trim_ascii()));
     // Computed before awaiting: a borrow of the request held across it is not `Send`.
     let allowed = bearer || {
         let query = request.uri().query().unwrap_or_default();

@@ -85,6 +85,9 @@ fn main() {
         ("a_token_is_required_once_set", || {
             Box::pin(a_token_is_required_once_set())
         }),
+        ("a_token_beyond_ascii_is_taken_in_the_header_too", || {
+            Box::pin(a_token_beyond_ascii_is_taken_in_the_header_too())
+        }),
         (
             "clients_that_never_read_are_dropped_and_stall_nothing",
             || Box::pin(connections::clients_that_never_read_are_dropped_and_stall_nothing()),
@@ -402,6 +405,21 @@ async fn a_token_is_required_once_set() {
         said.contains(&format!("the dashboard cannot listen on {taken}")),
         "{said}"
     );
+    dashboard.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// A token is any string: one beyond ASCII is taken as its UTF-8 bytes in the header, as it is
+/// percent-encoded in the query.
+async fn a_token_beyond_ascii_is_taken_in_the_header_too() {
+    let (publisher, coordinator, dashboard) = started_with(|b| b.token("pässwört")).await;
+    let right = "Authorization: Bearer pässwört\r\n";
+    assert_eq!(get(&dashboard, "/metrics", right).await.0, 200);
+    let wrong = "Authorization: Bearer passwort\r\n";
+    assert_eq!(get(&dashboard, "/metrics", wrong).await.0, 401);
+    let query = "/metrics?token=p%C3%A4ssw%C3%B6rt";
+    assert_eq!(get(&dashboard, query, "").await.0, 200);
     dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
