@@ -4,11 +4,11 @@
 //! [`Dashboard::builder`] serves, for one coordinator and its bus:
 //!
 //! - `/`: a page with live per-mode counts, throughput over the last five minutes as a chart,
-//!   p50/p99 run times per node (of successful requests, sampled: at most one each 2 ms,
-//!   the last 512 per node), the oldest requests in flight and their age, the latest
-//!   failures with their error and node, the process workers, a live feed of outcomes, and the
-//!   broadcast events of one chosen request as they stream. Its assets are in this crate: no
-//!   build step, no network.
+//!   p50/p99 run times per node (of successful requests, sampled: at most one each 2 ms, the
+//!   last 512 per node, of the first 64 nodes), the oldest requests in flight and their age,
+//!   the latest failures with their error and node, the process workers, a live feed of
+//!   outcomes, and the broadcast events of one chosen request as they stream. Its assets are in
+//!   this crate: no build step, no network.
 //! - `/api/overview`: the same as JSON ([`Coordinator::overview`] and the recent history),
 //!   made at most once a second however often it is asked.
 //! - `/api/events`: server-sent events, one per job state change (`opened`, then `success` or
@@ -33,7 +33,7 @@
 //! outputs and no event payloads unless [`show_payloads`](DashboardBuilder::show_payloads) says
 //! so (they may hold secrets), it can require a bearer token, and its memory is bounded however
 //! many jobs ran: it keeps recent history, not everything. Its one bus subscriber takes only
-//! openings, outcomes and node events, into a buffer of its own, and turns a message into an
+//! openings, outcomes and node events, from a bounded buffer, and turns a message into an
 //! update only while an event stream is open; every stream shares that update. A client that
 //! takes no data (or only a trickle, under 16 KiB) for 10 s while there is some to send it is
 //! disconnected ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a
