@@ -26,6 +26,10 @@ use tokio_util::task::TaskTracker;
 /// The most connections open at once; more wait to be accepted. Each holds the server's buffers
 /// (and its place: one that sends no request in time is closed).
 pub(crate) const MAX_CONNECTIONS: usize = 4096;
+/// The largest request head read: a larger one is answered 431 and its connection closed, so a
+/// connection holds at most this much of a client's head (hyper's own bound is about 400 KiB,
+/// which [`MAX_CONNECTIONS`] clients sending no body could hold at once).
+const MAX_HEAD: usize = 64 * 1024;
 /// The client must take this many bytes within the stall time spent waiting for it, not a
 /// trickle.
 const PROGRESS: usize = 16 * 1024;
@@ -40,7 +44,9 @@ pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper adds the timeout to now: one too long for that (it would panic) never runs out.
     let head = Some(listener.head).filter(|&head| Instant::now().checked_add(head).is_some());
-    http.timer(TokioTimer::new()).header_read_timeout(head);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(head)
+        .max_buf_size(MAX_HEAD);
     let connections = TaskTracker::new();
     let mut stopping = listener.stopping.clone();
     loop {
@@ -422,6 +428,32 @@ mod tests {
             let mut rest = Vec::new();
             let _ = within(what, held.read_to_end(&mut rest)).await;
         }
+        stop.send(true).unwrap();
+        within("the server's stopping", served).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_the_bound_is_refused() {
+        let (addr, stop, served) = server(4, Duration::from_secs(10)).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
+            "x".repeat(2 * MAX_HEAD)
+        );
+        // The server may close before it has read it all.
+        let _ = within("a big request", client.write_all(big.as_bytes())).await;
+        let mut refusal = Vec::new();
+        let _ = within("the refusal", client.read_to_end(&mut refusal)).await;
+        let refusal = String::from_utf8_lossy(&refusal);
+        assert!(refusal.starts_with("HTTP/1.1 431"), "{refusal}");
+        // A request of a usual size is answered as before.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+        within("a request", client.write_all(request))
+            .await
+            .unwrap();
+        let answer = within("an answer", answer(&mut client)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         stop.send(true).unwrap();
         within("the server's stopping", served).await.unwrap();
     }

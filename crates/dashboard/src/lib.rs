@@ -41,8 +41,8 @@
 //! within 10 s of opening or of its last answer is closed
 //! ([`request_head_timeout`](DashboardBuilder::request_head_timeout)), every connection closes
 //! when the dashboard stops (even one halfway through sending its request), and at most 4,096
-//! are open at once (more wait to be taken, and idle ones cannot hold them): nothing waits for
-//! a client. Error and payload texts are cut to 1 KiB.
+//! are open at once (more wait to be taken, and idle ones cannot hold them; a request head over
+//! 64 KiB is answered 431): nothing waits for a client. Error and payload texts are cut to 1 KiB.
 //!
 //! # Examples
 //!
