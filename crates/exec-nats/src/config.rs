@@ -145,31 +145,46 @@ impl NatsConfig {
         format!("{}_ADVISORIES", self.stream)
     }
 
+    /// The subject of the server's advisories of this stream's tasks that reached their last
+    /// delivery.
+    pub(crate) fn advisory_subject(&self) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.stream
+        )
+    }
+
     /// Creates the advisory stream if it is missing (kept as long as an unread completion, file
-    /// storage), or binds the existing one.
+    /// storage), or binds the existing one. When a stream of another name holds the advisories'
+    /// subject already (an application's stream of every advisory, say), that stream is bound:
+    /// it keeps them as well.
     pub(crate) async fn ensure_advisory_stream(
         &self,
         js: &async_nats::jetstream::Context,
     ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
+        let context = "creating or binding the advisory stream";
         let config = async_nats::jetstream::stream::Config {
             name: self.advisory_stream(),
-            subjects: vec![format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
-                self.stream
-            )],
+            subjects: vec![self.advisory_subject()],
             storage: async_nats::jetstream::stream::StorageType::File,
             max_age: self.completion_max_age(),
             num_replicas: self.replicas.max(1),
             ..Default::default()
         };
-        let way_out = "give this side and its workers another stream name (NatsConfig::stream)";
-        create_or_bind(
-            js,
-            config,
-            "creating or binding the advisory stream",
-            way_out,
-        )
-        .await
+        match js.get_or_create_stream(config).await {
+            Ok(stream) => Ok(stream),
+            Err(error) if overlaps(&error) => {
+                let probe = self.advisory_subject().replace('*', "probe");
+                let holder = js
+                    .stream_by_subject(probe)
+                    .await
+                    .map_err(|e| NatsError::new(context, e))?;
+                js.get_stream(holder)
+                    .await
+                    .map_err(|e| NatsError::new(context, e))
+            }
+            Err(error) => Err(NatsError::new(context, error)),
+        }
     }
 
     /// The subject the completions of one submitting side (`client`) are published on.
@@ -240,17 +255,13 @@ async fn create_or_bind(
     context: &'static str,
     way_out: &str,
 ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
-    use async_nats::jetstream::ErrorCode;
-    use async_nats::jetstream::context::CreateStreamErrorKind;
     let subject = config.subjects.first().cloned().unwrap_or_default();
     let name = config.name.clone();
     let error = match js.get_or_create_stream(config).await {
         Ok(stream) => return Ok(stream),
         Err(error) => error,
     };
-    let overlap = matches!(error.kind(),
-        CreateStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP);
-    if !overlap {
+    if !overlaps(&error) {
         return Err(NatsError::new(context, error));
     }
     // The filter `x.run.*` is not a subject; any subject under it finds the stream holding it.
@@ -267,6 +278,14 @@ async fn create_or_bind(
         )),
         _ => Err(NatsError::new(context, error)),
     }
+}
+
+/// Whether the server refused a stream because another holds its subjects.
+fn overlaps(error: &async_nats::jetstream::context::CreateStreamError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    matches!(error.kind(),
+        CreateStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP)
 }
 
 /// Another stream holds the subjects a stream needs (the server's error is the source).

@@ -74,6 +74,7 @@ impl NatsBuilder {
             .await?
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                filter_subject: self.config.advisory_subject(),
                 ..Default::default()
             })
             .await

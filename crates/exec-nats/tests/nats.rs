@@ -81,6 +81,10 @@ fn main() {
                 )
             },
         ),
+        (
+            "advisories_an_application_stream_holds_already_are_read_there",
+            || Box::pin(advisories_an_application_stream_holds_already_are_read_there()),
+        ),
         ("the_coordinators_timeout_reaches_the_worker", || {
             Box::pin(the_coordinators_timeout_reaches_the_worker())
         }),
@@ -562,6 +566,36 @@ async fn a_task_that_keeps_killing_its_workers_fails_after_max_deliveries() {
     );
     coordinator.shutdown().await;
     publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// The application keeps the server's advisories in a stream of its own, which holds the
+/// subject the strategy's advisory stream would: the strategy reads them there.
+async fn advisories_an_application_stream_holds_already_are_read_there() {
+    let config = config("advisory-held");
+    let client = async_nats::connect(&config.url).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let audit = format!("{}_AUDIT", config.stream);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: audit.clone(),
+        subjects: vec![format!("$JS.EVENT.ADVISORY.CONSUMER.*.{}.>", config.stream)],
+        ..Default::default()
+    })
+    .await
+    .expect("the application's stream");
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let respawner = Respawner::start(&config, &["--ack-wait-ms", "300", "--max-deliver", "2"]);
+    let poison = Task::portable("poison", Fail("exit:".into()));
+    let options = SubmitOptions::new().timeout(Duration::from_secs(30));
+    let error = coordinator
+        .submit_with(poison, "nats", options)
+        .await
+        .unwrap_err();
+    assert!(error.task_error().unwrap().is_worker_lost(), "{error}");
+    assert!(respawner.stop() >= 2, "each delivery killed a worker");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let _ = js.delete_stream(&audit).await;
     cleanup(&config).await;
 }
 
