@@ -68,11 +68,9 @@ fn main() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let number = |arg: &str| arg.parse::<u64>().expect("a count");
     match args[..] {
-        [memory::CHILD_FLAG, "retained", jobs] => {
-            return print_json(&memory::retained(number(jobs)));
-        }
-        [memory::CHILD_FLAG, "bounded", first, total] => {
-            return print_json(&memory::bounded(number(first), number(total)));
+        [memory::CHILD_FLAG, keep_last, checkpoint, tasks] => {
+            let keep_last = number(keep_last) as usize;
+            return print_json(&memory::child(keep_last, number(checkpoint), number(tasks)));
         }
         [instructions::RUN_FLAG, scenario, n, rounds] => {
             return instructions::run(scenario, number(n), number(rounds));

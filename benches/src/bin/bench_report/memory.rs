@@ -5,16 +5,16 @@
 use std::sync::Arc;
 
 use coordinator::{CoordinatorState, JobResult, NodeId, RequestId, Retention, TaskInfo};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// The flag of the measuring child: `--memory-child retained JOBS` or
-/// `--memory-child bounded CHECKPOINT TOTAL`; it prints what it measured as JSON.
+/// The flag of the measuring child: `--memory-child KEEP_LAST CHECKPOINT TASKS`; it prints what
+/// it measured as JSON.
 pub(crate) const CHILD_FLAG: &str = "--memory-child";
 
 /// Closed jobs kept by the bounded retention policy measured.
 const KEEP_LAST: usize = 10_000;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub(crate) struct Memory {
     pub(crate) jobs: u64,
     /// Growth of resident memory per job, read once all were added, and of the peak (which also
@@ -26,7 +26,7 @@ pub(crate) struct Memory {
 
 /// Resident memory of a table keeping the last [`KEEP_LAST`] closed jobs, after a checkpoint and
 /// after many more tasks: the two should match.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub(crate) struct Bounded {
     pub(crate) keep_last: usize,
     pub(crate) tasks_at_checkpoint: u64,
@@ -49,77 +49,59 @@ fn resident() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// What a coordinator attaches to each job, by size: a reference to the request's record and a
-/// mode index. The table keeps a slot of this size beside every job, closed ones included.
-type Slot = (Arc<()>, usize);
-
-/// Runs `tasks` jobs through a table with `retention` the way a coordinator does (a generated
-/// node id, a parent, a static name, a [`Slot`]), calling `at(i)` before the `i`-th; gives the
-/// table back.
-fn run(retention: Retention, tasks: u64, mut at: impl FnMut(u64)) -> CoordinatorState<Slot> {
-    let mut state = CoordinatorState::with_attachments(retention);
-    let (parent, record) = (NodeId::generate(), Arc::new(()));
-    for i in 0..tasks {
-        at(i);
-        let request = RequestId::from(format!("request-{i}"));
-        let (node, parent) = (NodeId::generate(), Some(parent.clone()));
-        let info = TaskInfo::new(request.clone(), node, parent, "node");
-        let slot = (Arc::clone(&record), 0);
-        state.add_job_with(&info, slot).expect("fresh id");
-        state.end_job(&request, JobResult::Success).expect("open");
-    }
-    state
-}
-
-/// Fills a table that keeps every closed job with `jobs` of them: the child's side.
-pub(crate) fn retained(jobs: u64) -> Memory {
-    let (before, _) = resident();
-    let state = run(Retention::KeepAll, jobs, |_| {});
-    let (now, peak) = resident();
-    std::hint::black_box(state.len());
-    let per_job = |bytes: u64| bytes.saturating_sub(before) as f64 / jobs as f64;
-    Memory {
-        jobs,
-        bytes_per_retained_job: per_job(now),
-        peak_bytes_per_retained_job: per_job(peak),
-        bounded_retention: None,
-    }
-}
-
-/// Runs `total` tasks through a table that keeps the last [`KEEP_LAST`] closed jobs, reading
-/// resident memory after `checkpoint` tasks and after all of them: the child's side.
-pub(crate) fn bounded(checkpoint: u64, total: u64) -> Bounded {
+/// The child's side: runs `tasks` jobs through a table keeping the last `keep_last` closed jobs
+/// (every one when 0) the way a coordinator does (a generated node id, a parent, a static name,
+/// and beside each job a slot the size of a coordinator's: a reference to the request's record
+/// and a mode index). Says how much resident memory grew by the `checkpoint`-th job, by the end,
+/// and at its peak.
+pub(crate) fn child(keep_last: usize, checkpoint: u64, tasks: u64) -> [u64; 3] {
+    let retention = match keep_last {
+        0 => Retention::KeepAll,
+        keep => Retention::KeepLast(keep),
+    };
     let (before, _) = resident();
     let mut at_checkpoint = before;
-    let state = run(Retention::KeepLast(KEEP_LAST), total, |i| {
+    let mut state = CoordinatorState::<(Arc<()>, usize)>::with_attachments(retention);
+    let (parent, record) = (NodeId::generate(), Arc::new(()));
+    for i in 0..tasks {
         if i == checkpoint {
             at_checkpoint = resident().0;
         }
-    });
-    let grown = at_checkpoint.saturating_sub(before);
-    let end = resident().0.saturating_sub(before);
+        let request = RequestId::from(format!("request-{i}"));
+        let (node, parent) = (NodeId::generate(), Some(parent.clone()));
+        let info = TaskInfo::new(request.clone(), node, parent, "node");
+        state
+            .add_job_with(&info, (Arc::clone(&record), 0))
+            .expect("fresh id");
+        state.end_job(&request, JobResult::Success).expect("open");
+    }
+    let (end, peak) = resident();
     std::hint::black_box(state.len());
-    Bounded {
+    [at_checkpoint, end, peak].map(|bytes| bytes.saturating_sub(before))
+}
+
+/// Both measurements, each in a fresh child; `None`, saying why on stderr, where they failed.
+pub(crate) fn measure(jobs: u64, checkpoint: u64, total: u64) -> Option<Memory> {
+    eprintln!("memory: {jobs} retained jobs, then {total} tasks keeping the last {KEEP_LAST} ...");
+    let child = |what, keep_last: usize, checkpoint: u64, tasks: u64| {
+        let args = [keep_last as u64, checkpoint, tasks].map(|arg| arg.to_string());
+        let args = [CHILD_FLAG, &args[0], &args[1], &args[2]];
+        crate::measure_in_child::<[u64; 3]>(what, &args)
+    };
+    let [_, now, peak] = child("memory", 0, jobs, jobs)?;
+    let bounded = child("bounded retention", KEEP_LAST, checkpoint, total);
+    let bounded = bounded.map(|[grown, end, _]| Bounded {
         keep_last: KEEP_LAST,
         tasks_at_checkpoint: checkpoint,
         tasks_total: total,
         rss_growth_bytes_at_checkpoint: grown,
         rss_growth_bytes_at_end: end,
         growth_ratio: end as f64 / grown.max(1) as f64,
-    }
-}
-
-/// Both measurements, each in a fresh child; `None`, saying why on stderr, where they failed.
-pub(crate) fn measure(jobs: u64, checkpoint: u64, total: u64) -> Option<Memory> {
-    eprintln!("memory: {jobs} retained jobs, then {total} tasks keeping the last {KEEP_LAST} ...");
-    let retained = [CHILD_FLAG, "retained", &jobs.to_string()];
-    let mut memory: Memory = crate::measure_in_child("memory", &retained)?;
-    let bounded = [
-        CHILD_FLAG,
-        "bounded",
-        &checkpoint.to_string(),
-        &total.to_string(),
-    ];
-    memory.bounded_retention = crate::measure_in_child("bounded retention", &bounded);
-    Some(memory)
+    });
+    Some(Memory {
+        jobs,
+        bytes_per_retained_job: now as f64 / jobs as f64,
+        peak_bytes_per_retained_job: peak as f64 / jobs as f64,
+        bounded_retention: bounded,
+    })
 }
