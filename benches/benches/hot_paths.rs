@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use benches::{EchoChild, Fixture, broadcast_fan_out, publish_fan_out, request_ids};
+use benches::{Fixture, RawEcho, broadcast_fan_out, publish_fan_out, request_ids};
 use coordinator::TaskExecutionStrategy;
 use coordinator::{CoordinatorState, JobResult, NodeId, RequestId, TaskInfo};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -78,14 +78,13 @@ fn publish(c: &mut Criterion) {
 
 fn process(c: &mut Criterion) {
     let rt = benches::runtime();
-    let (pool, frame) = (benches::worker_pool(&rt), benches::echo_frame());
-    let mut children = [EchoChild::spawn(), EchoChild::spawn()];
+    let (pool, mut echo) = (benches::worker_pool(&rt), RawEcho::spawn());
     let mut group = c.benchmark_group("process_round_trip");
     group.bench_function("process_strategy", |b| {
         b.iter_custom(|iters| benches::process_round_trips(&rt, &pool, iters));
     });
     group.bench_function("raw_pipe_echo", |b| {
-        b.iter_custom(|iters| children[0].round_trips(&frame, iters))
+        b.iter_custom(|iters| echo.round_trips(iters))
     });
     group.finish();
 
@@ -98,7 +97,7 @@ fn process(c: &mut Criterion) {
         b.iter_custom(|iters| total(iters, || benches::process_pipelined(&rt, &pool, n)));
     });
     group.bench_function(BenchmarkId::new("raw_pipe_echo_2_children", n), |b| {
-        b.iter_custom(|iters| total(iters, || benches::raw_pipelined(&mut children, &frame, n)));
+        b.iter_custom(|iters| total(iters, || echo.pipelined(n)));
     });
     group.finish();
     rt.block_on(pool.shutdown(Duration::from_secs(5)));

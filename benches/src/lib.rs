@@ -19,6 +19,7 @@ use coordinator::{
 /// own process worker (see [`serve_if_child`]).
 pub use exec_nats::example_nodes::{Echo, registry};
 use exec_strategies::process::wire;
+use metrics_exporter_prometheus::PrometheusRecorder;
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -67,6 +68,14 @@ impl Started {
     /// One serving the async mode alone.
     pub fn with_async(rt: &Runtime) -> Self {
         Self::new(rt, Coordinator::builder().with_async())
+    }
+
+    /// One serving the async mode alone, its metrics going to a Prometheus recorder, which is
+    /// bound only while the coordinator is built (its handles keep it): nothing else records.
+    pub fn with_metrics(rt: &Runtime) -> (Self, PrometheusRecorder) {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let started = metrics::with_local_recorder(&recorder, || Self::with_async(rt));
+        (started, recorder)
     }
 
     /// Shuts the coordinator, then the publisher, down.
@@ -143,20 +152,14 @@ pub fn request_ids(n: u64) -> Vec<RequestId> {
     (0..n).map(|i| RequestId::from(format!("r{i}"))).collect()
 }
 
-fn trivial_task(id: &RequestId, i: usize) -> Task<usize> {
-    let run = move || async move { Ok::<_, BoxError>(black_box(i)) };
-    Task::from_fn(id.clone(), "trivial", run)
-}
-
-/// The trivial task as the scenarios run it: on a thread when `blocking` (the threaded mode),
-/// async otherwise.
-fn trivial_task_for(blocking: bool, id: &RequestId, i: usize) -> Task<usize> {
+/// The trivial task (it returns `i`): run on a thread when `blocking` (the threaded mode), async
+/// otherwise.
+fn trivial_task(blocking: bool, id: &RequestId, i: usize) -> Task<usize> {
+    let run = move || Ok::<_, BoxError>(black_box(i));
     if blocking {
-        Task::blocking(id.clone(), "trivial", move || {
-            Ok::<_, BoxError>(black_box(i))
-        })
+        Task::blocking(id.clone(), "trivial", run)
     } else {
-        trivial_task(id, i)
+        Task::from_fn(id.clone(), "trivial", move || async move { run() })
     }
 }
 
@@ -169,7 +172,7 @@ pub fn submit_trivial(
 ) -> Duration {
     timed(rt, async {
         let calls = ids.iter().enumerate().map(|(i, id)| {
-            let task = trivial_task_for(*mode == ExecutionMode::THREADED, id, i);
+            let task = trivial_task(*mode == ExecutionMode::THREADED, id, i);
             on.submit(task, mode.clone())
         });
         let done = futures::future::join_all(calls).await;
@@ -181,7 +184,10 @@ pub fn submit_trivial(
 /// in order.
 pub fn submit_batch(rt: &Runtime, on: &Coordinator, ids: &[RequestId]) -> Duration {
     timed(rt, async {
-        let tasks = ids.iter().enumerate().map(|(i, id)| trivial_task(id, i));
+        let tasks = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| trivial_task(false, id, i));
         let batch = on.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
         let outputs = batch.expect("the batch is accepted").all().await;
         assert!(outputs.iter().all(Result::is_ok), "every task succeeds");
@@ -193,7 +199,7 @@ pub fn submit_batch(rt: &Runtime, on: &Coordinator, ids: &[RequestId]) -> Durati
 pub fn spawn_then_await(rt: &Runtime, on: &Coordinator, ids: &[RequestId]) -> Duration {
     timed(rt, async {
         let (mode, options) = (ExecutionMode::ASYNC, SubmitOptions::new);
-        let spawn = |(i, id)| on.try_spawn(trivial_task(id, i), mode.clone(), options());
+        let spawn = |(i, id)| on.try_spawn(trivial_task(false, id, i), mode.clone(), options());
         let handles: Vec<_> = ids.iter().enumerate().map(spawn).collect();
         for handle in handles {
             let output = handle.expect("no limit is set").await;
@@ -229,7 +235,7 @@ pub fn design_floor(
     type Open = std::sync::Mutex<HashMap<RequestId, tokio::sync::oneshot::Sender<Outcome>>>;
     let open = Arc::new(Open::new(HashMap::with_capacity(ids.len())));
     let submit = |(i, id): (usize, &RequestId)| {
-        let task = trivial_task_for(pool.is_some(), id, i);
+        let task = trivial_task(pool.is_some(), id, i);
         let (info, body) = task.into_erased().into_parts();
         let (answer, answered) = tokio::sync::oneshot::channel();
         // The answer's sender moves into the task, or waits in the map for it.
@@ -341,18 +347,6 @@ pub fn process_pipelined(rt: &Runtime, pool: &ProcessExecutionStrategy, n: u64) 
     })
 }
 
-/// One trivial task as the pool's wire carries it: what the raw echo children echo.
-pub fn echo_frame() -> Vec<u8> {
-    let payload = task_core::encode(&Echo(7)).expect("encodable");
-    let run = wire::ToWorker::Run {
-        id: 1,
-        name: Echo::NAME.into(),
-        payload,
-        announce: false,
-    };
-    wire::encode_frame(&run, wire::DEFAULT_MAX_FRAME).expect("a small frame")
-}
-
 /// A child process, killed when dropped.
 #[derive(Debug)]
 pub struct Killed(pub Child);
@@ -364,61 +358,72 @@ impl Drop for Killed {
     }
 }
 
-/// The process baseline: a child (the calling binary: see [`serve_if_child`]) echoing every
-/// length-prefixed frame back over pipes.
+/// The process baseline: 2 children (the calling binary: see [`serve_if_child`]) echoing every
+/// length-prefixed frame back over pipes, and the frame they echo: one trivial task as the pool's
+/// wire carries it.
 #[derive(Debug)]
-pub struct EchoChild {
-    to: ChildStdin,
-    from: ChildStdout,
-    _child: Killed,
+pub struct RawEcho {
+    frame: Vec<u8>,
+    children: [(ChildStdin, ChildStdout, Killed); 2],
 }
 
-impl EchoChild {
-    /// Starts one.
+impl RawEcho {
+    /// Starts both children.
     pub fn spawn() -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("own path"));
-        child.env(RAW_ECHO_ENV, "1").stdin(Stdio::piped());
-        let mut child = child.stdout(Stdio::piped()).spawn().expect("echo child");
-        let to = child.stdin.take().expect("stdin");
-        let from = child.stdout.take().expect("stdout");
+        let payload = task_core::encode(&Echo(7)).expect("encodable");
+        let run = wire::ToWorker::Run {
+            id: 1,
+            name: Echo::NAME.into(),
+            payload,
+            announce: false,
+        };
+        let frame = wire::encode_frame(&run, wire::DEFAULT_MAX_FRAME).expect("a small frame");
+        let child = || {
+            let mut child = Command::new(std::env::current_exe().expect("own path"));
+            child.env(RAW_ECHO_ENV, "1");
+            let child = child.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn();
+            let mut child = child.expect("echo child");
+            let to = child.stdin.take().expect("stdin");
+            (to, child.stdout.take().expect("stdout"), Killed(child))
+        };
         Self {
-            to,
-            from,
-            _child: Killed(child),
+            frame,
+            children: [child(), child()],
         }
     }
 
-    /// `n` frames, one at a time.
-    pub fn round_trips(&mut self, frame: &[u8], n: u64) -> Duration {
-        let (start, mut back) = (Instant::now(), vec![0; frame.len()]);
+    /// `n` frames through the first child, one at a time.
+    pub fn round_trips(&mut self, n: u64) -> Duration {
+        let (to, from, _) = &mut self.children[0];
+        let (start, mut back) = (Instant::now(), vec![0; self.frame.len()]);
         for _ in 0..n {
-            self.to.write_all(frame).expect("write");
-            self.to.flush().expect("flush");
-            self.from.read_exact(&mut back).expect("read");
+            to.write_all(&self.frame).expect("write");
+            to.flush().expect("flush");
+            from.read_exact(&mut back).expect("read");
         }
         black_box(&back);
         start.elapsed()
     }
-}
 
-/// `n` frames pipelined through `children`, an equal share each, written and read by a thread
-/// of their own.
-pub fn raw_pipelined(children: &mut [EchoChild], frame: &[u8], n: u64) -> Duration {
-    let (start, count) = (Instant::now(), n / children.len() as u64);
-    std::thread::scope(|scope| {
-        for EchoChild { to, from, .. } in children.iter_mut() {
-            scope.spawn(move || {
-                let mut out = BufWriter::new(to);
-                (0..count).for_each(|_| out.write_all(frame).expect("write"));
-                out.flush().expect("flush");
-            });
-            scope.spawn(move || {
-                let (mut back, mut input) = (vec![0; frame.len()], BufReader::new(from));
-                (0..count).for_each(|_| input.read_exact(&mut back).expect("read"));
-            });
-        }
-    });
-    start.elapsed()
+    /// `n` frames pipelined through both children, half each, written and read by a thread of
+    /// their own.
+    pub fn pipelined(&mut self, n: u64) -> Duration {
+        let (start, frame) = (Instant::now(), &self.frame[..]);
+        std::thread::scope(|scope| {
+            for (to, from, _) in &mut self.children {
+                scope.spawn(move || {
+                    let mut out = BufWriter::new(to);
+                    (0..n / 2).for_each(|_| out.write_all(frame).expect("write"));
+                    out.flush().expect("flush");
+                });
+                scope.spawn(move || {
+                    let (mut back, mut input) = (vec![0; frame.len()], BufReader::new(from));
+                    (0..n / 2).for_each(|_| input.read_exact(&mut back).expect("read"));
+                });
+            }
+        });
+        start.elapsed()
+    }
 }
 
 /// A raw echo child's side: echoes every length-prefixed frame from stdin to stdout.

@@ -1,20 +1,6 @@
-//! The figures the docs state, checked against every run.
-//!
-//! A figure in the docs carries an HTML comment (invisible when rendered) naming the report's
-//! scenario and the range of a ratio measured within one run, which carries across machines where
-//! absolute times do not:
-//!
-//! ```text
-//! 3 to 5 times the raw baseline's cost <!-- bench "async" n=100000 ratio=0.2..0.33 -->
-//! at most 1.5x that at 10,000 <!-- bench target "async" n=1000000 vs "async" n=10000 ratio=0.67.. -->
-//! ```
-//!
-//! `ratio` is the reference's cost per task divided by the scenario's (1.0: as fast; 0.5: twice
-//! the cost). The reference is the scenario's raw baseline, or after `vs` another row of the same
-//! run. `n` picks the row measured at that N (without it, the largest N measured); either bound of
-//! the range may be left out. A claim states what is true, and holds or falls outside; one marked
-//! `target` states a goal, met or missed. The tests check that every claim in the docs reads and
-//! names scenarios the report has.
+//! The ratios the docs state, checked against every run. A claim is an HTML comment beside the
+//! figure, `<!-- bench [target] "SCENARIO" [n=N] [vs "OTHER" [n=M]] ratio=[LOW]..[HIGH] -->`:
+//! docs/benchmarks.md, "Claims in the docs", says what it means.
 
 use std::path::Path;
 
@@ -43,10 +29,6 @@ pub(crate) struct Claim {
 
 /// Every claim in the README and the Markdown files under `docs/`, outside fenced code blocks
 /// (where a claim is an example of one), judged against `rows`.
-///
-/// # Errors
-///
-/// A file that cannot be read.
 pub(crate) fn check(root: &Path, rows: &[Row]) -> Result<Vec<Claim>, String> {
     let (mut files, mut dirs) = (vec![root.join("README.md")], vec![root.join("docs")]);
     while let Some(dir) = dirs.pop() {
@@ -76,12 +58,10 @@ fn check_text(file: &str, text: &str, rows: &[Row]) -> Vec<Claim> {
         in_code ^= line.trim_start().starts_with("```");
         for text in line.split(OPENING).skip(1).filter(|_| !in_code) {
             let closed = text.split_once("-->").map(|(text, _)| text);
-            let (file, line) = (file.to_owned(), index + 1);
-            let claim = closed.unwrap_or(text).trim().to_owned();
             let mut claim = Claim {
-                file,
-                line,
-                claim,
+                file: file.to_owned(),
+                line: index + 1,
+                claim: closed.unwrap_or(text).trim().to_owned(),
                 ..Claim::default()
             };
             let judged = closed.ok_or_else(|| "not closed with `-->` on its line".to_owned());
@@ -94,28 +74,30 @@ fn check_text(file: &str, text: &str, rows: &[Row]) -> Vec<Claim> {
     claims
 }
 
-/// Reads the claim's text, `[target] "SCENARIO" [n=N] [vs "OTHER" [n=M]] ratio=[LOW]..[HIGH]`,
-/// and judges it against `rows`.
+/// Reads the claim's text and judges it against `rows`.
 fn judge(claim: &mut Claim, rows: &[Row]) -> Result<(), String> {
     let target = claim.claim.strip_prefix("target ");
-    let text = target.unwrap_or(&claim.claim);
-    let (ours, text) = side(rows, text)?;
-    let (measured, text) = match text.strip_prefix("vs ") {
-        None => (ours.map(|ours| (ours.ratio, ours.n)), text),
-        Some(text) => {
-            let (other, text) = side(rows, text)?;
-            let ratio =
-                |(ours, other): (&Row, &Row)| (other.ns_per_task / ours.ns_per_task, ours.n);
-            (ours.zip(other).map(ratio), text)
-        }
+    let (sides, range) = target
+        .unwrap_or(&claim.claim)
+        .split_once(" ratio=")
+        .ok_or(GRAMMAR)?;
+    let sides: Vec<_> = sides
+        .split(" vs ")
+        .map(|side| pick(rows, side))
+        .collect::<Result<_, _>>()?;
+    let measured = match sides[..] {
+        [ours] => ours.map(|ours| (ours.ratio, ours.n)),
+        [ours, other] => ours
+            .zip(other)
+            .map(|(ours, other)| (other.ns_per_task / ours.ns_per_task, ours.n)),
+        _ => return Err(GRAMMAR.into()),
     };
-    let range = text.strip_prefix("ratio=").and_then(|r| r.split_once(".."));
-    let (low, high) = range.ok_or(GRAMMAR)?;
     let bound = |b: &str| {
         b.parse::<f64>()
             .map_err(|_| format!("`{b}` is not a number"))
     };
     let bound = |b: &str| (!b.is_empty()).then(|| bound(b)).transpose();
+    let (low, high) = range.split_once("..").ok_or(GRAMMAR)?;
     let (low, high) = (bound(low)?, bound(high)?);
     if low.zip(high).is_some_and(|(low, high)| low > high) || low.or(high).is_none() {
         return Err("the range needs LOW <= HIGH, and one of them at least".into());
@@ -134,25 +116,28 @@ fn judge(claim: &mut Claim, rows: &[Row]) -> Result<(), String> {
     Ok(())
 }
 
-/// The row that `"SCENARIO" [n=N]` at the start of `text` picks (without `n`, the one at the
-/// largest N measured; `None` when none was), and the text after it.
-fn side<'r, 't>(rows: &'r [Row], text: &'t str) -> Result<(Option<&'r Row>, &'t str), String> {
-    let quoted = text.strip_prefix('"').and_then(|text| text.split_once('"'));
-    let (name, text) = quoted.ok_or(GRAMMAR)?;
-    if !crate::scenarios::names::known(name) {
+/// The row that `"SCENARIO" [n=N]` picks: without `n`, the one at the largest N measured; `None`
+/// when none was.
+fn pick<'r>(rows: &'r [Row], side: &str) -> Result<Option<&'r Row>, String> {
+    let quoted = side.strip_prefix('"').and_then(|side| side.split_once('"'));
+    let (name, n) = quoted.ok_or(GRAMMAR)?;
+    if !crate::scenarios::names::ALL
+        .concat()
+        .iter()
+        .any(|(known, _)| *known == name)
+    {
         return Err(format!("the report has no scenario `{name}`"));
     }
-    let (n, text) = match text.trim_start().strip_prefix("n=") {
-        Some(text) => {
-            let (n, text) = text.split_once(' ').unwrap_or((text, ""));
-            let whole = |_| format!("n=`{n}` is not a whole number");
-            (Some(n.parse::<u64>().map_err(whole)?), text)
-        }
-        None => (None, text),
+    let n = match n.trim_start().strip_prefix("n=") {
+        Some(n) => Some(
+            n.parse::<u64>()
+                .map_err(|_| format!("n=`{n}` is not a whole number"))?,
+        ),
+        None if n.is_empty() => None,
+        None => return Err(GRAMMAR.into()),
     };
     let picked = |row: &&Row| row.name == name && n.is_none_or(|n| row.n == n);
-    let row = rows.iter().filter(picked).max_by_key(|row| row.n);
-    Ok((row, text.trim_start()))
+    Ok(rows.iter().filter(picked).max_by_key(|row| row.n))
 }
 
 #[cfg(test)]
@@ -177,30 +162,22 @@ mod tests {
         let claims = check_text("d.md", text, &rows);
         let judged: Vec<_> = claims
             .iter()
-            .map(|c| (c.line, c.measured, c.verdict.as_str()))
+            .map(|c| format!("{} {:?} {}", c.line, c.measured, c.verdict))
             .collect();
         let grammar = format!("does not read: {GRAMMAR}");
         assert_eq!(
             judged,
             [
-                (1, Some((0.5, 100_000)), "holds"),
-                (1, Some((0.2, 1_000_000)), "outside"),
-                (5, Some((0.4, 1_000_000)), "missed"),
-                (6, None, "not measured in this run"),
-                (
-                    6,
-                    None,
-                    "does not read: the report has no scenario `no such`"
-                ),
-                (
-                    7,
-                    None,
-                    "does not read: the range needs LOW <= HIGH, and one of them at least"
-                ),
-                (7, None, grammar.as_str()),
-                (8, None, "does not read: n=`many` is not a whole number"),
-                (8, None, grammar.as_str()),
-                (9, None, "does not read: not closed with `-->` on its line"),
+                "1 Some((0.5, 100000)) holds",
+                "1 Some((0.2, 1000000)) outside",
+                "5 Some((0.4, 1000000)) missed",
+                "6 None not measured in this run",
+                "6 None does not read: the report has no scenario `no such`",
+                "7 None does not read: the range needs LOW <= HIGH, and one of them at least",
+                &format!("7 None {grammar}"),
+                "8 None does not read: n=`many` is not a whole number",
+                &format!("8 None {grammar}"),
+                "9 None does not read: not closed with `-->` on its line",
             ]
         );
         assert!(claims[2].target && claims[0].claim == "\"async\" n=100000 ratio=0.4..0.6");

@@ -4,6 +4,7 @@
 //! over the 2 x N tasks between them, is the cost of a task in a coordinator that has run before,
 //! without the process's start, the runtime's and the ids' making.
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,12 +35,7 @@ pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
     let pool = scenario
         .starts_with("process")
         .then(|| benches::worker_pool(rt));
-    // The async scenario on a coordinator whose metrics a Prometheus recorder keeps (bound while
-    // it is built).
-    let metered = (scenario == "async-metrics").then(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        metrics::with_local_recorder(&recorder, || benches::Started::with_async(rt))
-    });
+    let metered = (scenario == "async-metrics").then(|| benches::Started::with_metrics(rt).0);
     let once = || match (scenario, &pool, &metered) {
         (.., Some(on)) => benches::submit_trivial(rt, &on.coordinator, &ids, &ExecutionMode::ASYNC),
         ("fan-out-16", ..) => benches::publish_fan_out(rt, 16, n),
@@ -59,26 +55,29 @@ pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
     fixture.shutdown();
 }
 
-/// The instructions a run of `scenario` executed, all threads together.
-fn count(scenario: &str, n: u64, rounds: u32) -> Result<u64, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut valgrind = Command::new("valgrind");
-    let tool = "--tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null";
-    valgrind.args(tool.split(' ')).arg(exe);
-    valgrind.args([RUN_FLAG, scenario, &n.to_string(), &rounds.to_string()]);
-    let out = valgrind.output().map_err(|e| format!("valgrind: {e}"))?;
-    let log = String::from_utf8_lossy(&out.stderr);
-    // `==pid== I   refs:      1,234,567`
-    let refs = log.lines().find_map(|line| line.split_once("I   refs:"));
-    let refs = refs.and_then(|(_, refs)| refs.trim().replace(',', "").parse().ok());
-    let refs = refs.filter(|_| out.status.success());
-    refs.ok_or_else(|| format!("{scenario}: no count from valgrind: {log}"))
-}
-
-/// Instructions per task of `scenario` at `n`: 3 rounds less 1 round, over 2 x `n` tasks.
-fn per_task(scenario: &str, n: u64) -> Result<f64, String> {
-    let (one, three) = (count(scenario, n, 1)?, count(scenario, n, 3)?);
-    Ok(three.saturating_sub(one) as f64 / (2 * n) as f64)
+/// Instructions per task of `scenario` at `n`, all threads together: 3 rounds less 1 round, over
+/// 2 x `n` tasks. `None`, saying why on stderr, when valgrind gave no count.
+fn per_task(scenario: &str, n: u64) -> Option<f64> {
+    let count = |rounds: u32| {
+        let mut valgrind = Command::new("valgrind");
+        let tool = "--tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null";
+        valgrind
+            .args(tool.split(' '))
+            .arg(std::env::current_exe().ok()?);
+        valgrind.args([RUN_FLAG, scenario, &n.to_string(), &rounds.to_string()]);
+        let out = valgrind.output().ok()?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        // `==pid== I   refs:      1,234,567`
+        let refs = log.lines().find_map(|line| line.split_once("I   refs:"));
+        let refs = refs.and_then(|(_, refs)| refs.trim().replace(',', "").parse::<u64>().ok());
+        let refs = refs.filter(|_| out.status.success());
+        refs.or_else(|| {
+            eprintln!("instruction counts: {scenario}: no count from valgrind: {log}");
+            None
+        })
+    };
+    let (one, three) = (count(1)?, count(3)?);
+    Some(three.saturating_sub(one) as f64 / (2 * n) as f64)
 }
 
 /// Counts async and threaded and their design floors beside their baselines, and async with its
@@ -98,22 +97,15 @@ pub(crate) fn measure(n: u64) -> Option<Vec<Row>> {
         (names::METRICS, "async-metrics", "async"),
     ];
     // Each scenario counted once, however many rows it is in.
-    let mut counts: std::collections::HashMap<&str, f64> = Default::default();
-    let mut count = |scenario: &'static str| -> Result<f64, String> {
-        match counts.get(scenario) {
-            Some(&count) => Ok(count),
-            None => {
-                let count = per_task(scenario, n)?;
-                counts.insert(scenario, count);
-                Ok(count)
+    let (mut counts, mut rows) = (HashMap::new(), Vec::new());
+    for (pair, ours, raw) in counted {
+        eprintln!("{}: counting instructions under valgrind ...", pair.0);
+        for scenario in [ours, raw] {
+            if !counts.contains_key(scenario) {
+                counts.insert(scenario, per_task(scenario, n)?);
             }
         }
-    };
-    let row = |(pair, ours, raw): ((&str, &str), _, _)| {
-        eprintln!("{}: counting instructions under valgrind ...", pair.0);
-        let (ours, raw) = (count(ours)?, count(raw)?);
-        Ok(Row::new(pair, n, vec![ours], vec![raw]))
-    };
-    let rows: Result<Vec<Row>, String> = counted.into_iter().map(row).collect();
-    rows.map_err(|e| eprintln!("instruction counts: {e}")).ok()
+        rows.push(Row::new(pair, n, vec![counts[ours]], vec![counts[raw]]));
+    }
+    Some(rows)
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use benches::{EchoChild, Fixture, Started, broadcast_fan_out, publish_fan_out, request_ids};
+use benches::{Fixture, RawEcho, Started, broadcast_fan_out, publish_fan_out, request_ids};
 use coordinator::{ExecutionMode, RequestId, TaskExecutionStrategy};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,10 +13,15 @@ use tokio::runtime::Runtime;
 
 use crate::measure::{Row, compare, compare_series};
 
-/// Each scenario's name in the report (the docs' claims find rows by it), and its baseline's.
+/// A scenario's name in the report (the docs' claims find rows by it), and its baseline's.
+pub(crate) type Pair = (&'static str, &'static str);
+
+/// Every scenario's [`Pair`].
 pub(crate) mod names {
-    type Pair = (&'static str, &'static str);
+    use super::Pair;
+
     const TOKIO: &str = "tokio::spawn + mpsc + HashMap";
+    const RAYON: &str = "rayon::spawn + crossbeam + HashMap";
     const ECHO: &str = "raw length-prefixed pipe echo";
     const BROADCAST: &str = "tokio::sync::broadcast, sender waits for the slowest";
     pub(crate) const ASYNC: Pair = ("async", TOKIO);
@@ -35,7 +40,6 @@ pub(crate) mod names {
         "the same requests, no dashboard",
     );
     pub(crate) const THREADED: Pair = ("threaded", RAYON);
-    const RAYON: &str = "rayon::spawn + crossbeam + HashMap";
     /// The least a coordinator reached through the task API can do ([`benches::design_floor`]).
     pub(crate) const FLOOR: Pair = ("async design floor", TOKIO);
     pub(crate) const FLOOR_IN_ORDER: Pair = ("async design floor, handles awaited in order", TOKIO);
@@ -60,27 +64,19 @@ pub(crate) mod names {
         "distributed (NATS JetStream), 2 workers",
         "raw JetStream work queue, 2 consumers, core NATS replies",
     );
-
-    /// Whether a full run reports scenario `name`.
-    pub(crate) fn known(name: &str) -> bool {
-        let pairs = [ASYNC, TRY_SPAWN, BATCH, STUCK, METRICS, DASHBOARD, THREADED];
-        let more = [FLOOR, FLOOR_IN_ORDER, FLOOR_UNSHARED, FLOOR_THREADED];
-        let more = more
-            .iter()
-            .chain(&[ROUND_TRIP, PINNED_ROUND_TRIP, THROUGHPUT, DISTRIBUTED]);
-        let mut all = pairs.iter().chain(more).chain(&FAN_OUT).chain(&LATENCY);
-        all.any(|(known, _)| *known == name)
-    }
-}
-
-/// One run of the fixture's scenario `name` (see [`Fixture::run`]).
-fn run<'a>(fx: &'a Fixture, name: &'a str, ids: &'a [RequestId]) -> impl FnMut() -> Duration + 'a {
-    move || fx.run(name, ids).expect("a scenario the fixture knows")
+    /// What a full run reports.
+    pub(crate) const ALL: [&[Pair]; 5] = [
+        &[ASYNC, TRY_SPAWN, BATCH, STUCK, METRICS, DASHBOARD, THREADED],
+        &[FLOOR, FLOOR_IN_ORDER, FLOOR_UNSHARED, FLOOR_THREADED],
+        &[ROUND_TRIP, PINNED_ROUND_TRIP, THROUGHPUT, DISTRIBUTED],
+        &FAN_OUT,
+        &LATENCY,
+    ];
 }
 
 /// async (the scaling series, every N measured in the same rounds, then through `try_spawn`, in
-/// one batch, beside a stuck subscriber, with metrics recorded and beside dashboard clients) and
-/// threaded, each when asked for.
+/// one batch, its design floors, beside a stuck subscriber, with metrics recorded and beside
+/// dashboard clients) and threaded (and its design floor), each when asked for.
 pub(crate) fn local(
     fx: &Fixture,
     sizes: &[u64],
@@ -90,44 +86,44 @@ pub(crate) fn local(
     let mut rows = Vec::new();
     // The size the other rows run at (N = 100,000).
     let n = sizes[sizes.len().min(2) - 1];
-    let ids = request_ids(n);
+    let ids = &request_ids(n);
+    let run = |name, ids: &[RequestId]| fx.run(name, ids).expect("a scenario the fixture knows");
+    let beside_raw =
+        |(pair, ours, raw)| compare(pair, n, reps, || run(ours, ids), || run(raw, ids));
     if async_ {
         let series: Vec<_> = sizes.iter().map(|&n| request_ids(n)).collect();
-        let ours = |i: usize| run(fx, "async", &series[i])();
-        let raw = |i: usize| run(fx, "raw-async", &series[i])();
+        let ours = |i: usize| run("async", &series[i]);
+        let raw = |i: usize| run("raw-async", &series[i]);
         rows.extend(compare_series(names::ASYNC, sizes, reps, ours, raw));
-        // The baseline's shape (spawn everything, then learn every outcome) without one future
-        // per call polled together; then every request accepted under one lock; then the design
-        // floors.
-        let more = [(names::TRY_SPAWN, "async-handles"), (names::BATCH, "batch")];
-        let floors = [
-            (names::FLOOR, "floor-async"),
-            (names::FLOOR_IN_ORDER, "floor-handles"),
-            (names::FLOOR_UNSHARED, "floor-unshared"),
-        ];
-        for (pair, ours) in more.into_iter().chain(floors) {
-            let (ours, raw) = (run(fx, ours, &ids), run(fx, "raw-async", &ids));
-            rows.push(compare(pair, n, reps, ours, raw));
-        }
-        rows.push(beside_a_stuck_subscriber(fx, &ids, reps));
-        rows.push(with_metrics(fx, &ids, reps));
-        rows.push(beside_dashboard_clients(fx, &ids, reps));
+        rows.extend(
+            [
+                (names::TRY_SPAWN, "async-handles", "raw-async"),
+                (names::BATCH, "batch", "raw-async"),
+                (names::FLOOR, "floor-async", "raw-async"),
+                (names::FLOOR_IN_ORDER, "floor-handles", "raw-async"),
+                (names::FLOOR_UNSHARED, "floor-unshared", "raw-async"),
+            ]
+            .map(beside_raw),
+        );
+        rows.push(beside_a_stuck_subscriber(fx, ids, reps));
+        rows.push(with_metrics(fx, ids, reps));
+        rows.push(beside_dashboard_clients(fx, ids, reps));
     }
     if threaded {
-        for (pair, ours) in [
-            (names::THREADED, "threaded"),
-            (names::FLOOR_THREADED, "floor-threaded"),
-        ] {
-            let (ours, raw) = (run(fx, ours, &ids), run(fx, "raw-threaded", &ids));
-            rows.push(compare(pair, n, reps, ours, raw));
-        }
+        rows.extend(
+            [
+                (names::THREADED, "threaded", "raw-threaded"),
+                (names::FLOOR_THREADED, "floor-threaded", "raw-threaded"),
+            ]
+            .map(beside_raw),
+        );
     }
     rows
 }
 
 /// The async scenario on `ours` beside the same requests on a plain async coordinator, fresh
 /// like `ours`, so that their job tables are as full as each other's.
-fn beside(fx: &Fixture, pair: (&str, &str), ids: &[RequestId], reps: usize, ours: &Started) -> Row {
+fn beside(fx: &Fixture, pair: Pair, ids: &[RequestId], reps: usize, ours: &Started) -> Row {
     let plain = Started::with_async(&fx.rt);
     let submit = |on| move || benches::submit_trivial(&fx.rt, on, ids, &ExecutionMode::ASYNC);
     let (ours, plain_runs) = (submit(&ours.coordinator), submit(&plain.coordinator));
@@ -150,11 +146,9 @@ fn beside_a_stuck_subscriber(fx: &Fixture, ids: &[RequestId], reps: usize) -> Ro
 }
 
 /// The async scenario on a coordinator whose metrics go to a Prometheus recorder: what the
-/// `metrics` feature costs when it is used. The recorder is set only while that coordinator is
-/// built (its handles keep it), so nothing else in the report records.
+/// `metrics` feature costs when it is used.
 fn with_metrics(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let recorded = metrics::with_local_recorder(&recorder, || Started::with_async(&fx.rt));
+    let (recorded, recorder) = Started::with_metrics(&fx.rt);
     let row = beside(fx, names::METRICS, ids, reps, &recorded);
     let requests = "coordinator_requests_total{mode=\"async\",result=\"success\"}";
     let seen = recorder.handle().render().contains(requests);
@@ -199,51 +193,59 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
     let readers = std::thread::spawn(move || clients.block_on(reading));
     let row = beside(fx, names::DASHBOARD, ids, reps, &watched);
     // A client a whole feed behind is disconnected (a page reconnects): how many kept up.
+    let (read, gone) = (counts[0].load(SeqCst), counts[1].load(SeqCst));
+    let kept = CLIENTS - gone;
     eprintln!(
-        "dashboard clients still connected after the runs: {} of {CLIENTS}; {} bytes read per client",
-        CLIENTS - counts[1].load(SeqCst),
-        counts[0].load(SeqCst) / CLIENTS
+        "dashboard clients still connected after the runs: {kept} of {CLIENTS}; {} bytes read per client",
+        read / CLIENTS
     );
     // Its event streams end, and the readers with them.
     fx.rt.block_on(dashboard.shutdown());
     watched.shutdown(&fx.rt);
     readers.join().expect("the readers");
-    let read = counts[0].load(SeqCst);
-    assert!(read > 0, "the clients read the event stream");
+    assert!(
+        counts[0].load(SeqCst) > 0,
+        "the clients read the event stream"
+    );
     row
 }
 
-/// One task at a time through a pool of 2 workers, beside one frame at a time through an echo
-/// child.
-fn round_trip(pair: (&str, &str), rt: &Runtime, round_trips: u64, reps: usize) -> Row {
-    let (pool, frame) = (benches::worker_pool(rt), benches::echo_frame());
-    let mut echo = EchoChild::spawn();
+/// One task at a time through a pool of 2 workers beside one frame at a time through an echo
+/// child, then (`pipelined` > 0) many tasks in flight beside frames pipelined through 2 echo
+/// children.
+fn process_rows(
+    pair: Pair,
+    rt: &Runtime,
+    round_trips: u64,
+    pipelined: u64,
+    reps: usize,
+) -> Vec<Row> {
+    let (pool, mut echo) = (benches::worker_pool(rt), RawEcho::spawn());
     let ours = || benches::process_round_trips(rt, &pool, round_trips);
-    let raw = || echo.round_trips(&frame, round_trips);
-    let row = compare(pair, round_trips, reps, ours, raw);
+    let mut rows = vec![compare(pair, round_trips, reps, ours, || {
+        echo.round_trips(round_trips)
+    })];
+    if pipelined > 0 {
+        let ours = || benches::process_pipelined(rt, &pool, pipelined);
+        let raw = || echo.pipelined(pipelined);
+        rows.push(compare(names::THROUGHPUT, pipelined, reps, ours, raw));
+    }
     rt.block_on(pool.shutdown(Duration::from_secs(5)));
-    row
+    rows
 }
 
-/// The round trip, then many tasks in flight over 2 workers beside frames pipelined through 2
-/// echo children, then the round trip in a child pinned to one CPU, where a wake-up never
-/// crosses cores: the comparison with the raw pipe that does not depend on where the scheduler
-/// puts the threads (left out where that child could not pin itself or failed).
+/// The round trip and the throughput, then the round trip in a child pinned to one CPU, where a
+/// wake-up never crosses cores: the comparison with the raw pipe that does not depend on where the
+/// scheduler puts the threads (left out where that child could not pin itself or failed).
 pub(crate) fn process(rt: &Runtime, round_trips: u64, pipelined: u64, reps: usize) -> Vec<Row> {
-    let round = round_trip(names::ROUND_TRIP, rt, round_trips, reps);
-    let (pool, frame) = (benches::worker_pool(rt), benches::echo_frame());
-    let mut pair = [EchoChild::spawn(), EchoChild::spawn()];
-    let ours = || benches::process_pipelined(rt, &pool, pipelined);
-    let raw = || benches::raw_pipelined(&mut pair, &frame, pipelined);
-    let throughput = compare(names::THROUGHPUT, pipelined, reps, ours, raw);
-    rt.block_on(pool.shutdown(Duration::from_secs(5)));
-    drop(pair);
+    let mut rows = process_rows(names::ROUND_TRIP, rt, round_trips, pipelined, reps);
     let name = names::PINNED_ROUND_TRIP.0;
     eprintln!("{name}: in a pinned child ...");
     let args = [PINNED_FLAG, &round_trips.to_string(), &reps.to_string()];
     let pinned = crate::measure_in_child::<Row>(name, &args);
     pinned.iter().for_each(|row| eprintln!("{}", row.summary()));
-    [round, throughput].into_iter().chain(pinned).collect()
+    rows.extend(pinned);
+    rows
 }
 
 /// The flag of the child that measures the round trip pinned to one CPU:
@@ -251,7 +253,7 @@ pub(crate) fn process(rt: &Runtime, round_trips: u64, pipelined: u64, reps: usiz
 pub(crate) const PINNED_FLAG: &str = "--pinned-round-trip";
 
 /// The pinned child's side: pins this process to the first CPU it may run on, before any thread
-/// of its own starts (the runtime's threads, the workers and the echo child inherit the pin),
+/// of its own starts (the runtime's threads, the workers and the echo children inherit the pin),
 /// then measures the round trip.
 pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: u64) -> Row {
     let core = core_affinity::get_core_ids().and_then(|ids| ids.first().copied());
@@ -259,7 +261,8 @@ pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: u64) -> Row {
     let pinned = core_affinity::set_for_current(core);
     assert!(pinned, "could not pin this process to CPU {}", core.id);
     let rt = benches::runtime();
-    round_trip(names::PINNED_ROUND_TRIP, &rt, round_trips, reps as usize)
+    let pair = names::PINNED_ROUND_TRIP;
+    process_rows(pair, &rt, round_trips, 0, reps as usize).remove(0)
 }
 
 /// Fan-out to 1, 4 and 16 subscribers, then publish-to-delivery latency (p50 and p99) of one
