@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use syn::{Attribute, FnArg, Ident, ImplItem, Item, Pat, Signature, TraitItem, Type, Visibility};
@@ -52,14 +52,18 @@ fn doc_text(attrs: &[Attribute]) -> String {
 }
 
 /// The doc text up to its first `# ` heading (examples, errors ... stay in rustdoc), without
-/// rustdoc link brackets.
+/// rustdoc link brackets; "No doc comment." when there is none.
 fn summary(doc: &str) -> String {
     let mut in_code = false;
     let lines = doc.lines().take_while(|line| {
         in_code ^= line.starts_with("```");
         in_code || !line.starts_with("# ")
     });
-    strip_links(lines.collect::<Vec<_>>().join("\n").trim())
+    let summary = strip_links(lines.collect::<Vec<_>>().join("\n").trim());
+    if summary.is_empty() {
+        return "No doc comment.".to_owned();
+    }
+    summary
 }
 
 /// `[`Foo`](crate::Foo)` and `[`Foo`]` become `` `Foo` ``.
@@ -92,14 +96,6 @@ fn first_example(doc: &str) -> String {
     let body = lines.by_ref().take_while(|l| !l.starts_with("```"));
     let body: Vec<&str> = body.filter(|l| !l.starts_with("# ") && *l != "#").collect();
     body.join("\n")
-}
-
-fn or_none(doc: &str) -> &str {
-    if doc.is_empty() {
-        "No doc comment."
-    } else {
-        doc
-    }
 }
 
 fn first_paragraph(doc: &str) -> String {
@@ -137,23 +133,19 @@ struct CrateInfo {
     files: Vec<(String, String)>,
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let paths = fs::read_dir(dir)?.map(|e| e.map(|e| e.path()));
-    let mut paths: Vec<PathBuf> = paths.collect::<Result<_, _>>()?;
-    paths.sort();
-    for path in paths {
-        if path.is_dir() {
-            rust_files(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
+fn read_crate(root: &Path, name: &'static str) -> Result<CrateInfo> {
+    let (mut paths, mut dirs) = (Vec::new(), vec![root.join("crates").join(name).join("src")]);
+    while let Some(dir) = dirs.pop() {
+        for path in fs::read_dir(dir)? {
+            let path = path?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                paths.push(path);
+            }
         }
     }
-    Ok(())
-}
-
-fn read_crate(root: &Path, name: &'static str) -> Result<CrateInfo> {
-    let mut paths = Vec::new();
-    rust_files(&root.join("crates").join(name).join("src"), &mut paths)?;
+    paths.sort();
     let mut krate = CrateInfo {
         name,
         ..CrateInfo::default()
@@ -266,10 +258,10 @@ fn generate(root: &Path) -> Result<String> {
         let (name, doc) = (krate.name, first_paragraph(&krate.doc));
         let _ = write!(md, "### Crate `{name}`\n\n{doc}\n\n");
         for item in &krate.items {
-            let (kind, name, doc) = (item.kind, &item.name, or_none(&item.doc));
+            let (kind, name, doc) = (item.kind, &item.name, &item.doc);
             let _ = write!(md, "#### `{kind} {name}`\n\n{doc}\n\n");
             for (signature, doc) in &item.methods {
-                let _ = write!(md, "##### `{signature}`\n\n{}\n\n", or_none(doc));
+                let _ = write!(md, "##### `{signature}`\n\n{doc}\n\n");
             }
         }
         md.push_str("---\n\n");
