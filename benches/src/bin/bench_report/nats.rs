@@ -97,7 +97,9 @@ pub(crate) fn throughput(rt: &Runtime, n: u64, reps: usize) -> Option<Row> {
     ours.shutdown(rt);
     rt.block_on(async {
         raw.consumers.iter().for_each(|consumer| consumer.abort());
-        for stream in [stream, format!("BENCH_RAW_{tag}")] {
+        let ours = config(&stream, "");
+        let (done, advisories) = (ours.completion_stream(), ours.advisory_stream());
+        for stream in [stream, done, advisories, format!("BENCH_RAW_{tag}")] {
             let _ = raw.js.delete_stream(stream).await;
         }
     });
