@@ -36,8 +36,9 @@ pub(crate) struct Table {
     pub(crate) pending: HashMap<String, Waiting>,
     /// Run id by stream sequence, to fail a run the server stopped delivering.
     pub(crate) by_seq: HashMap<u64, String>,
-    /// The strategy was dropped: nothing could answer a run from now on, so none is taken.
-    pub(crate) dropped: bool,
+    /// The strategy was shut down (past its grace) or dropped: nothing could answer a run from
+    /// now on, so none is taken.
+    pub(crate) closed: bool,
 }
 
 impl Table {
@@ -271,8 +272,8 @@ impl Inner {
         let (sender, answer) = oneshot::channel();
         {
             let mut table = inner.table();
-            // Accepted before the strategy was dropped, and first polled after.
-            if table.dropped {
+            // Accepted before the strategy was shut down or dropped, and first polled after.
+            if table.closed {
                 return Err(TaskError::shutdown("nats"));
             }
             table.pending.insert(

@@ -204,7 +204,9 @@ impl TaskExecutionStrategy for NatsStrategy {
                 listener.abort();
             }
             // What is still out past the grace gets no completion now: it ends here, and is
-            // withdrawn (below) so that no worker runs it later.
+            // withdrawn (below) so that no worker runs it later; as does a run accepted before
+            // and first polled after this.
+            self.inner.table().closed = true;
             let failed = self
                 .inner
                 .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
@@ -258,7 +260,7 @@ impl Drop for NatsStrategy {
         // before the drop that starts after it), and its task is withdrawn from the stream
         // (where a runtime is there to do it) so that no worker runs it later.
         self.inner.tasks.close();
-        self.inner.table().dropped = true;
+        self.inner.table().closed = true;
         let failed = self
             .inner
             .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));

@@ -151,6 +151,9 @@ fn main() {
         ("the_size_limit_is_the_streams_whoever_made_them", || {
             Box::pin(the_size_limit_is_the_streams_whoever_made_them())
         }),
+        ("a_run_first_polled_after_a_shutdown_ends_at_once", || {
+            Box::pin(a_run_first_polled_after_a_shutdown_ends_at_once())
+        }),
     ];
     let trials = tests
         .iter()
@@ -1352,5 +1355,38 @@ async fn the_size_limit_is_the_streams_whoever_made_them() {
     encoding_error(tokio::time::timeout(Duration::from_secs(10), ran).await);
     serving.abort();
     drop(strategy);
+    cleanup(&config).await;
+}
+
+/// A run accepted before a shutdown and first polled after it (its runtime was busy) ends at
+/// once as shut down, as one accepted before a drop does: nothing would read its completion.
+async fn a_run_first_polled_after_a_shutdown_ends_at_once() {
+    let config = config("polled-after-shutdown");
+    let program = {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            // One thread: the run is not polled before the shutdown yields.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let strategy = NatsStrategy::builder()
+                    .config(config.clone())
+                    .start()
+                    .await
+                    .unwrap();
+                let task = Task::portable("late", Echo(1)).into_erased();
+                let running = task_core::run(&strategy, task);
+                task_core::TaskExecutionStrategy::shutdown(&strategy, Duration::ZERO).await;
+                let ended = tokio::time::timeout(Duration::from_secs(10), running).await;
+                let error = ended.expect("the run ended").expect_err("no answer");
+                assert!(error.is_shutdown(), "{error}");
+            });
+        })
+    };
+    tokio::task::spawn_blocking(move || program.join().unwrap())
+        .await
+        .unwrap();
     cleanup(&config).await;
 }
