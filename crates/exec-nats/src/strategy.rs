@@ -218,6 +218,9 @@ impl TaskExecutionStrategy for NatsStrategy {
                 for (run, seq) in failed {
                     inner.withdraw(run, seq).await;
                 }
+                // A run whose task the server had not acknowledged yet is taken out by its
+                // hand-over once it has: waited for too, or a program ending now leaves it.
+                inner.tasks.wait().await;
                 if let Ok(stream) = inner.js.get_stream(inner.config.completion_stream()).await {
                     let _ = stream
                         .delete_consumer(&format!("done-{}", inner.client_id))

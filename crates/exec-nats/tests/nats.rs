@@ -154,6 +154,10 @@ fn main() {
         ("a_run_first_polled_after_a_shutdown_ends_at_once", || {
             Box::pin(a_run_first_polled_after_a_shutdown_ends_at_once())
         }),
+        (
+            "a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker",
+            || Box::pin(a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker()),
+        ),
     ];
     let trials = tests
         .iter()
@@ -1356,6 +1360,52 @@ async fn the_size_limit_is_the_streams_whoever_made_them() {
     serving.abort();
     drop(strategy);
     cleanup(&config).await;
+}
+
+/// A shutdown whose grace runs out while tasks are still being handed over (no worker; the
+/// program ends right after it): what was out is withdrawn, those handed over meanwhile too, so
+/// a worker that comes later finds nothing of them.
+async fn a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker() {
+    // Each round shuts down at another moment of the hand-overs.
+    for round in 0..6_u64 {
+        let config = config("shutdown-handed-over");
+        let program = {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Runtime::new().unwrap();
+                runtime.block_on(async {
+                    let strategy = NatsStrategy::builder()
+                        .config(config.clone())
+                        .start()
+                        .await
+                        .unwrap();
+                    let runs: Vec<_> = (0..200_u64)
+                        .map(|i| {
+                            let task = Task::portable(format!("r{i}"), Echo(i)).into_erased();
+                            tokio::spawn(task_core::run(&strategy, task))
+                        })
+                        .collect();
+                    tokio::time::sleep(Duration::from_millis(2 + 2 * round)).await;
+                    task_core::TaskExecutionStrategy::shutdown(&strategy, Duration::ZERO).await;
+                    for run in runs {
+                        let outcome = run.await.unwrap();
+                        assert!(outcome.unwrap_err().is_shutdown());
+                    }
+                });
+                // The program ends: whatever it left running stops here.
+            })
+        };
+        tokio::task::spawn_blocking(move || program.join().unwrap())
+            .await
+            .unwrap();
+        let state = stream_state(&config).await;
+        cleanup(&config).await;
+        assert_eq!(
+            state.messages, 0,
+            "round {round}: of {} tasks stored, some were left for a worker that comes later",
+            state.last_sequence
+        );
+    }
 }
 
 /// A run accepted before a shutdown and first polled after it (its runtime was busy) ends at
