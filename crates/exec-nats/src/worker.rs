@@ -22,6 +22,10 @@ mod completion;
 /// How many cancelled run ids a worker remembers, to skip those tasks if they reach it later.
 const REMEMBERED_CANCELS: usize = 10_000;
 
+/// The longest cancellation a worker remembers: a run id (`{client}.{n}`, an inbox token and a
+/// counter) is far shorter; anything longer on the subject is no run's.
+const LONGEST_RUN_ID: usize = 256;
+
 /// How long a pull for tasks waits at the server for them before it is made again.
 const PULL_WAIT: Duration = Duration::from_secs(5);
 
@@ -173,6 +177,27 @@ struct Shared {
 }
 
 impl Cancels {
+    /// Run `run` was withdrawn: stops its deliveries running here, or remembers it, to skip
+    /// it if it comes.
+    fn cancel(&mut self, run: String) {
+        if let Some(deliveries) = self.running.remove(&run) {
+            for (_, stop) in deliveries {
+                let _ = stop.send(());
+            }
+            return;
+        }
+        // Kept only while it could be a run id: 10,000 messages of the server's largest would
+        // take gigabytes.
+        if run.len() <= LONGEST_RUN_ID && self.remembered.insert(run.clone()) {
+            self.order.push_back(run);
+            if self.order.len() > REMEMBERED_CANCELS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.remembered.remove(&old);
+            }
+        }
+    }
+
     /// Delivery `delivery` of `run` ended here: only its own switch goes.
     fn ran(&mut self, run: &str, delivery: u64) {
         if let Some(running) = self.running.get_mut(run) {
@@ -190,21 +215,7 @@ impl Shared {
     }
 
     fn cancel(&self, run: String) {
-        let mut cancels = self.cancels();
-        if let Some(deliveries) = cancels.running.remove(&run) {
-            for (_, stop) in deliveries {
-                let _ = stop.send(());
-            }
-            return;
-        }
-        if cancels.remembered.insert(run.clone()) {
-            cancels.order.push_back(run);
-            if cancels.order.len() > REMEMBERED_CANCELS
-                && let Some(old) = cancels.order.pop_front()
-            {
-                cancels.remembered.remove(&old);
-            }
-        }
+        self.cancels().cancel(run);
     }
 
     /// The sink of `task`'s node's events, and the task that publishes them to its reply subject
@@ -532,5 +543,21 @@ impl std::fmt::Debug for NatsWorker {
             .field("id", &self.shared.id)
             .field("concurrency", &self.concurrency)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Anyone may publish on the cancellation subject: a message no run id is as long as is not
+    /// kept, so what a worker remembers stays small whatever comes.
+    #[test]
+    fn a_cancellation_longer_than_any_run_id_is_not_remembered() {
+        let mut cancels = Cancels::default();
+        cancels.cancel("client.1".to_owned());
+        cancels.cancel("x".repeat(1 << 20));
+        assert_eq!(cancels.order.len(), 1);
+        assert!(cancels.remembered.contains("client.1"));
     }
 }
