@@ -188,15 +188,23 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// Fails the runs the server stopped delivering (their advisories, kept in the advisory stream).
+/// Fails the runs the server stopped delivering: their advisories, kept in the advisory stream
+/// after its sequence `kept_before` (the consumer, made again, may read it from its start).
 pub(crate) async fn listen_advisories(
     inner: std::sync::Weak<Inner>,
     mut messages: async_nats::jetstream::consumer::pull::Ordered,
+    kept_before: u64,
 ) {
     while let Some(message) = messages.next().await {
         let Some(inner) = inner.upgrade() else { return };
         // The consumer makes itself again when it must; an error of one pull is passed over.
         let Ok(message) = message else { continue };
+        if message
+            .info()
+            .map_or(true, |info| info.stream_sequence <= kept_before)
+        {
+            continue;
+        }
         let Ok(advisory) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
             continue;
         };

@@ -68,10 +68,11 @@ impl NatsBuilder {
         let consumer = completion_consumer(&js, &self.config, &client_id).await?;
         // Read through an ordered consumer of the stream that keeps them: it resumes after the
         // last one read when the connection comes back, so none sent meanwhile is missed.
-        let advisories = self
-            .config
-            .ensure_advisory_stream(&js)
-            .await?
+        let advisory_stream = self.config.ensure_advisory_stream(&js).await?;
+        // Those kept from before this start are about earlier tasks, whose sequences a task of
+        // this side may have taken since (the task stream made again): never read as this side's.
+        let kept_before = advisory_stream.cached_info().state.last_sequence;
+        let advisories = advisory_stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 deliver_policy: jetstream::consumer::DeliverPolicy::New,
                 filter_subject: self.config.advisory_subject(),
@@ -102,7 +103,11 @@ impl NatsBuilder {
         });
         let listeners = vec![
             tokio::spawn(listen_completions(Arc::downgrade(&inner), consumer)),
-            tokio::spawn(listen_advisories(Arc::downgrade(&inner), advisories)),
+            tokio::spawn(listen_advisories(
+                Arc::downgrade(&inner),
+                advisories,
+                kept_before,
+            )),
             tokio::spawn(watch(Arc::downgrade(&inner))),
         ];
         Ok(NatsStrategy {

@@ -85,6 +85,10 @@ fn main() {
             "advisories_an_application_stream_holds_already_are_read_there",
             || Box::pin(advisories_an_application_stream_holds_already_are_read_there()),
         ),
+        (
+            "an_advisory_kept_from_before_the_start_never_fails_a_later_run",
+            || Box::pin(an_advisory_kept_from_before_the_start_never_fails_a_later_run()),
+        ),
         ("the_coordinators_timeout_reaches_the_worker", || {
             Box::pin(the_coordinators_timeout_reaches_the_worker())
         }),
@@ -603,6 +607,69 @@ async fn advisories_an_application_stream_holds_already_are_read_there() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     let _ = js.delete_stream(&audit).await;
+    cleanup(&config).await;
+}
+
+/// An advisory the advisory stream kept from before this side started names a sequence a task
+/// of this side takes later (the task stream was made again): it is passed over, even when the
+/// consumer reading the advisories is made again and reads the stream from its start.
+async fn an_advisory_kept_from_before_the_start_never_fails_a_later_run() {
+    let config = config("advisory-stale");
+    let client = async_nats::connect(&config.url).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    // Made by a first start, then an advisory about the task at sequence 1.
+    let (first, earlier, shared) = coordinator(&config).await;
+    drop((shared, earlier));
+    first.shutdown().await;
+    let stale = serde_json::json!({ "stream_seq": 1, "deliveries": 5 }).to_string();
+    js.publish(
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.old",
+            config.stream
+        ),
+        stale.into(),
+    )
+    .await
+    .expect("published")
+    .await
+    .expect("kept");
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let _worker = Worker::start(&config, &[]);
+    let call = tokio::spawn({
+        let coordinator = coordinator.clone();
+        async move {
+            let options = SubmitOptions::new().timeout(Duration::from_secs(30));
+            let nap = Task::portable("nap", Nap(1_500));
+            coordinator.submit_with(nap, "nats", options).await
+        }
+    });
+    let start = Instant::now();
+    while tasks_in_stream(&config).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the task is published"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The reader of the advisories is made again: it reads the stream from its start.
+    let advisories = js.get_stream(config.advisory_stream()).await.unwrap();
+    let names: Vec<String> = advisories
+        .consumer_names()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    for name in names {
+        advisories.delete_consumer(&name).await.expect("deleted");
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("answered")
+        .expect("the caller task");
+    assert!(outcome.is_ok(), "the nap's own outcome: {outcome:?}");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
     cleanup(&config).await;
 }
 
