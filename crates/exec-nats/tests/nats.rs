@@ -635,22 +635,9 @@ async fn an_advisory_kept_from_before_the_start_never_fails_a_later_run() {
     .expect("kept");
     let (publisher, coordinator, _) = coordinator(&config).await;
     let _worker = Worker::start(&config, &[]);
-    let call = tokio::spawn({
-        let coordinator = coordinator.clone();
-        async move {
-            let options = SubmitOptions::new().timeout(Duration::from_secs(30));
-            let nap = Task::portable("nap", Nap(1_500));
-            coordinator.submit_with(nap, "nats", options).await
-        }
-    });
-    let start = Instant::now();
-    while tasks_in_stream(&config).await == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the task is published"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let nap = Task::portable("nap", Nap(1_500));
+    let call = spawn_submit(&coordinator, nap, Duration::from_secs(30));
+    until_published(&config).await;
     // The reader of the advisories is made again: it reads the stream from its start.
     let advisories = js.get_stream(config.advisory_stream()).await.unwrap();
     let names: Vec<String> = advisories
@@ -671,6 +658,29 @@ async fn an_advisory_kept_from_before_the_start_never_fails_a_later_run() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
+}
+
+/// Submits `task` to the NATS mode with `timeout`, on a tokio task of its own.
+fn spawn_submit<O: std::fmt::Debug + Send + Sync + 'static>(
+    coordinator: &Coordinator,
+    task: Task<O>,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<O, coordinator::SubmitError>> {
+    let coordinator = coordinator.clone();
+    let options = SubmitOptions::new().timeout(timeout);
+    tokio::spawn(async move { coordinator.submit_with(task, "nats", options).await })
+}
+
+/// Returns once the task stream holds a task.
+async fn until_published(config: &NatsConfig) {
+    let start = Instant::now();
+    while tasks_in_stream(config).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the task is published"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A worker started again each time the task it runs kills it (at most 10 times).
@@ -720,24 +730,11 @@ async fn a_max_deliveries_advisory_sent_while_the_submitting_side_is_away_still_
     let (publisher, coordinator, shared) = coordinator(&away).await;
     drop(shared);
     let respawner = Respawner::start(&config, &["--ack-wait-ms", "300", "--max-deliver", "2"]);
-    let call = tokio::spawn({
-        let coordinator = coordinator.clone();
-        async move {
-            let poison = Task::portable("poison", Fail("exit:".into()));
-            let options = SubmitOptions::new().timeout(Duration::from_secs(90));
-            coordinator.submit_with(poison, "nats", options).await
-        }
-    });
+    let poison = Task::portable("poison", Fail("exit:".into()));
+    let call = spawn_submit(&coordinator, poison, Duration::from_secs(90));
     // Cut off once its task is in the stream: both deliveries, and the advisory after them,
     // happen while this side is away.
-    let start = Instant::now();
-    while tasks_in_stream(&config).await == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the task is published"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_published(&config).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(

@@ -48,21 +48,7 @@ async fn each_subscribers_missed_messages_are_counted_under_its_id() {
         reading.next().await.unwrap().unwrap();
     }
     assert!(gone.is_none());
-    let gauge = |id: pubsub::SubscriberId| {
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .find_map(|(key, _, _, value)| match value {
-                DebugValue::Gauge(lag)
-                    if key.key().name() == "pubsub_subscriber_lag"
-                        && key.key().labels().any(|l| l.value() == id.to_string()) =>
-                {
-                    Some(lag.into_inner())
-                }
-                _ => None,
-            })
-    };
+    let gauge = |id| lag_gauge(&snapshotter, id);
     assert_eq!(publisher.lags().len(), 2);
     assert_eq!(
         gauge(behind.id()),
