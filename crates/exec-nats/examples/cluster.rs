@@ -114,7 +114,7 @@ async fn submit(args: &Args) -> Fallible {
       .await?;
   let coordinator = Coordinator::builder().with_async().strategy("gpu", nats).build();
   coordinator.start(&publisher)?;    // the application's started publisher
-  // Optional: every request ends without one (see "Delivery guarantees").
+  // Optional while a worker serves the mode: every request ends without one.
   let options = SubmitOptions::new().timeout(Duration::from_secs(60));
   let calls = (0..args.tasks).map(|i| {
       let task = Task::portable(format!("cluster-{}-{i}", std::process::id()), Echo(i));

@@ -221,9 +221,11 @@ pub(crate) async fn listen_advisories(
             // The server keeps an unacknowledged message; nobody will take it now. Deleted before
             // the caller hears, so a program that ends then leaves nothing behind.
             inner.delete(seq).await;
+            // Poison: the server ran it again already, so no retry policy runs it once more (and
+            // loses more workers).
             inner.resolve(
                 &run,
-                Err(TaskError::worker_lost(format!(
+                Err(TaskError::poison(format!(
                     "the task was delivered {deliveries} times without an outcome (the workers \
                      running it died or stalled); the server stopped redelivering it"
                 ))),

@@ -76,7 +76,8 @@ impl NatsWorkerBuilder {
     }
 
     /// Deliveries of one task before the server gives up on it (default 5); the submitting side
-    /// then fails the request saying so. Set when the consumer is created.
+    /// then fails the request saying so, as poison ([`TaskError::is_poison`]: no retry policy
+    /// runs it again). Set when the consumer is created.
     #[must_use]
     pub fn max_deliver(mut self, deliveries: i64) -> Self {
         self.max_deliver = deliveries.max(1);

@@ -238,8 +238,8 @@ impl TaskError {
         self.kind == Kind::Cancelled
     }
 
-    /// Whether the task killed its workers too many times in a row and is not run again
-    /// ([`TaskError::poison`]).
+    /// Whether the task killed (or stalled) its workers too many times and is given up: no retry
+    /// policy runs it again ([`TaskError::poison`]).
     pub fn is_poison(&self) -> bool {
         self.kind == Kind::Poison
     }
