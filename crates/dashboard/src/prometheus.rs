@@ -1,9 +1,10 @@
 //! `/metrics`: the coordinator's counters in the Prometheus text exposition format.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use coordinator::SystemDetail;
 use coordinator::pubsub::SubscriberId;
+use coordinator::{StrategyStats, SystemDetail};
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(value: &str) -> String {
@@ -76,53 +77,7 @@ pub(crate) fn render(detail: &SystemDetail, missed: u64, lags: &[(SubscriberId, 
             c.in_flight
         );
     }
-    family(
-        &mut out,
-        "strategy_runs_total",
-        "counter",
-        "Runs a strategy ended (every attempt), by mode and result.",
-    );
-    for (mode, s) in &detail.modes {
-        let mode = label(mode);
-        for (result, n) in [("success", s.succeeded), ("failure", s.failed)] {
-            let _ = writeln!(
-                out,
-                "strategy_runs_total{{mode=\"{mode}\",result=\"{result}\"}} {n}"
-            );
-        }
-    }
-    family(
-        &mut out,
-        "strategy_worker_restarts_total",
-        "counter",
-        "Worker processes replaced after they ended, by mode.",
-    );
-    for (mode, s) in detail.modes.iter().filter(|(_, s)| !s.workers.is_empty()) {
-        let _ = writeln!(
-            out,
-            "strategy_worker_restarts_total{{mode=\"{}\"}} {}",
-            label(mode),
-            s.restarts
-        );
-    }
-    family(
-        &mut out,
-        "strategy_worker_tasks_total",
-        "counter",
-        "Tasks a live worker process has run, by mode and worker.",
-    );
-    for (mode, s) in &detail.modes {
-        for w in &s.workers {
-            let _ = writeln!(
-                out,
-                "strategy_worker_tasks_total{{mode=\"{}\",worker=\"{}\",pid=\"{}\"}} {}",
-                label(mode),
-                w.id,
-                w.pid.unwrap_or(0),
-                w.completed
-            );
-        }
-    }
+    strategies(&mut out, &detail.modes);
     family(
         &mut out,
         "dashboard_bus_missed_total",
@@ -142,9 +97,79 @@ pub(crate) fn render(detail: &SystemDetail, missed: u64, lags: &[(SubscriberId, 
     out
 }
 
+/// The strategies' families: runs by mode, and the worker processes of pools.
+fn strategies(out: &mut String, modes: &BTreeMap<String, StrategyStats>) {
+    family(
+        out,
+        "strategy_runs_total",
+        "counter",
+        "Runs a strategy ended (every attempt), by mode and result.",
+    );
+    for (mode, s) in modes {
+        let mode = label(mode);
+        for (result, n) in [("success", s.succeeded), ("failure", s.failed)] {
+            let _ = writeln!(
+                out,
+                "strategy_runs_total{{mode=\"{mode}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
+    family(
+        out,
+        "strategy_worker_restarts_total",
+        "counter",
+        "Worker processes replaced after they ended, by mode.",
+    );
+    // Modes with worker processes, and those that had some (a counter stays once it appeared).
+    let pooled = |s: &StrategyStats| !s.workers.is_empty() || s.restarts > 0;
+    for (mode, s) in modes.iter().filter(|(_, s)| pooled(s)) {
+        let _ = writeln!(
+            out,
+            "strategy_worker_restarts_total{{mode=\"{}\"}} {}",
+            label(mode),
+            s.restarts
+        );
+    }
+    family(
+        out,
+        "strategy_worker_tasks_total",
+        "counter",
+        "Tasks a live worker process has run, by mode and worker.",
+    );
+    for (mode, s) in modes {
+        for w in &s.workers {
+            let _ = writeln!(
+                out,
+                "strategy_worker_tasks_total{{mode=\"{}\",worker=\"{}\",pid=\"{}\"}} {}",
+                label(mode),
+                w.id,
+                w.pid.unwrap_or(0),
+                w.completed
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pools_restarts_stay_once_its_workers_are_gone() {
+        let mut stopped = StrategyStats::default();
+        stopped.restarts = 72;
+        let modes = BTreeMap::from([
+            ("process".to_owned(), stopped),
+            ("async".to_owned(), StrategyStats::default()),
+        ]);
+        let mut out = String::new();
+        strategies(&mut out, &modes);
+        assert!(
+            out.contains("strategy_worker_restarts_total{mode=\"process\"} 72"),
+            "{out}"
+        );
+        assert!(!out.contains("strategy_worker_restarts_total{mode=\"async\"}"));
+    }
 
     #[test]
     fn label_values_are_escaped() {
