@@ -400,7 +400,31 @@ pub(crate) async fn connect(
         .unwrap_or_default()
         .connect(url)
         .await
-        .map_err(|e| NatsError::new("connecting to the NATS server", e))
+        .map_err(|source| {
+            let servers = url.split(',').map(without_credentials);
+            let url = servers.collect::<Vec<_>>().join(",");
+            NatsError::new("connecting to the NATS server", At { url, source })
+        })
+}
+
+/// A connection error, with the servers it was to (their credentials left out).
+#[derive(Debug, thiserror::Error)]
+#[error("{url}: {source}")]
+struct At {
+    url: String,
+    #[source]
+    source: async_nats::ConnectError,
+}
+
+/// `server` (`[scheme://][user[:password]@]host[:port]`) without its user and password.
+fn without_credentials(server: &str) -> String {
+    let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    if scheme.is_empty() {
+        host.to_owned()
+    } else {
+        format!("{scheme}://{host}")
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +444,34 @@ mod tests {
 
     /// The client's error is in the message, its cause is the source: each said once, however
     /// the client's error words itself.
+    #[test]
+    fn a_servers_credentials_are_left_out_of_errors() {
+        assert_eq!(
+            without_credentials("nats://user:secret@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(without_credentials("tls://token@host"), "tls://host");
+        assert_eq!(without_credentials("127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(without_credentials("a:b@host:1"), "host:1");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_cannot_be_reached_is_named() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port();
+        let url = format!("nats://someone:secret@127.0.0.1:{port}");
+        let error = connect(&url, None).await.unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "connecting to the NATS server: nats://127.0.0.1:{port}: "
+            )),
+            "{error}"
+        );
+        assert!(!error.contains("secret"), "{error}");
+    }
+
     #[test]
     fn the_chain_says_each_cause_once() {
         let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
