@@ -108,7 +108,7 @@ async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Fallible {
 async fn inspect_and_shut_down(publisher: RequestCompletionPublisher, coordinator: Coordinator) -> Fallible {
     let detail = coordinator.system_detail();             // counts, jobs, per-mode requests and stats
     println!("{}", serde_json::to_string_pretty(&detail)?);
-    coordinator.shutdown().await;                          // stop accepting, drain, cancel at the deadline
+    coordinator.shutdown().await;                          // stop accepting, drain; cancel what is left after 30 s
     publisher.shutdown().await;                            // deliver what was published, then stop
     assert!(!coordinator.is_accepting());
     Ok(())
