@@ -157,34 +157,38 @@ impl NatsConfig {
     /// Creates the advisory stream if it is missing (kept as long as an unread completion, file
     /// storage), or binds the existing one. When a stream of another name holds the advisories'
     /// subject already (an application's stream of every advisory, say), that stream is bound:
-    /// it keeps them as well.
+    /// it keeps them as well. One holding only some of them (one consumer's) is named in the
+    /// error.
     pub(crate) async fn ensure_advisory_stream(
         &self,
         js: &async_nats::jetstream::Context,
     ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
         let context = "creating or binding the advisory stream";
+        let subject = self.advisory_subject();
         let config = async_nats::jetstream::stream::Config {
             name: self.advisory_stream(),
-            subjects: vec![self.advisory_subject()],
+            subjects: vec![subject.clone()],
             storage: async_nats::jetstream::stream::StorageType::File,
             max_age: self.completion_max_age(),
             num_replicas: self.replicas.max(1),
             ..Default::default()
         };
-        match js.get_or_create_stream(config).await {
-            Ok(stream) => Ok(stream),
-            Err(error) if overlaps(&error) => {
-                let probe = self.advisory_subject().replace('*', "probe");
-                let holder = js
-                    .stream_by_subject(probe)
-                    .await
-                    .map_err(|e| NatsError::new(context, e))?;
-                js.get_stream(holder)
-                    .await
-                    .map_err(|e| NatsError::new(context, e))
-            }
-            Err(error) => Err(NatsError::new(context, error)),
+        let error = match js.get_or_create_stream(config).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) if overlaps(&error) => error,
+            Err(error) => return Err(NatsError::new(context, error)),
+        };
+        // Any subject under the filter finds a stream that holds every one of them.
+        if let Ok(holder) = js.stream_by_subject(subject.replace('*', "probe")).await {
+            return js
+                .get_stream(holder)
+                .await
+                .map_err(|e| NatsError::new(context, e));
         }
+        let way_out = "let that stream hold all of them, or give this side and its workers \
+                       another stream name (NatsConfig::stream)";
+        let name = self.advisory_stream();
+        Err(subjects_held(js, subject, name, context, way_out, error).await)
     }
 
     /// The subject the completions of one submitting side (`client`) are published on.
@@ -264,9 +268,21 @@ async fn create_or_bind(
     if !overlaps(&error) {
         return Err(NatsError::new(context, error));
     }
-    // The filter `x.run.*` is not a subject; any subject under it finds the stream holding it.
-    match js.stream_by_subject(subject.replace('*', "probe")).await {
-        Ok(holder) => Err(NatsError::new(
+    Err(subjects_held(js, subject, name, context, way_out, error).await)
+}
+
+/// The error of a stream refused because another holds (some of) its subjects: that stream is
+/// named, with `way_out`, where the server says which it is.
+async fn subjects_held(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    name: String,
+    context: &'static str,
+    way_out: &str,
+    error: async_nats::jetstream::context::CreateStreamError,
+) -> NatsError {
+    match js.stream_by_subject(subject.clone()).await {
+        Ok(holder) => NatsError::new(
             context,
             SubjectsHeld {
                 subject,
@@ -275,8 +291,8 @@ async fn create_or_bind(
                 way_out: way_out.to_owned(),
                 source: error,
             },
-        )),
-        _ => Err(NatsError::new(context, error)),
+        ),
+        _ => NatsError::new(context, error),
     }
 }
 

@@ -89,6 +89,10 @@ fn main() {
             "an_advisory_kept_from_before_the_start_never_fails_a_later_run",
             || Box::pin(an_advisory_kept_from_before_the_start_never_fails_a_later_run()),
         ),
+        (
+            "advisories_a_narrower_application_stream_holds_are_named_in_the_error",
+            || Box::pin(advisories_a_narrower_application_stream_holds_are_named_in_the_error()),
+        ),
         ("the_coordinators_timeout_reaches_the_worker", || {
             Box::pin(the_coordinators_timeout_reaches_the_worker())
         }),
@@ -613,6 +617,36 @@ async fn advisories_an_application_stream_holds_already_are_read_there() {
     publisher.shutdown().await;
     let _ = js.delete_stream(&audit).await;
     cleanup(&config).await;
+}
+
+/// The application keeps only some of the advisories (those of one consumer) in a stream of its
+/// own: the strategy cannot keep them all, and its error says which stream holds them.
+async fn advisories_a_narrower_application_stream_holds_are_named_in_the_error() {
+    let config = config("advisory-narrow");
+    let client = async_nats::connect(&config.url).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let audit = format!("{}_AUDIT", config.stream);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: audit.clone(),
+        subjects: vec![format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}-workers",
+            config.stream, config.mode
+        )],
+        ..Default::default()
+    })
+    .await
+    .expect("the application's stream");
+    let error = NatsStrategy::builder()
+        .config(config.clone())
+        .start()
+        .await
+        .expect_err("the advisories' subject is held in part by another stream");
+    let _ = js.delete_stream(&audit).await;
+    cleanup(&config).await;
+    let message = error.to_string();
+    for part in [format!("held by stream {audit} "), config.advisory_stream()] {
+        assert!(message.contains(&part), "{part:?} missing from: {message}");
+    }
 }
 
 /// An advisory the advisory stream kept from before this side started names a sequence a task
