@@ -458,8 +458,6 @@ mod tests {
     #[error("IO error: {0}")]
     struct SaysItsCause(#[source] std::io::Error);
 
-    /// The client's error is in the message, its cause is the source: each said once, however
-    /// the client's error words itself.
     #[test]
     fn a_servers_credentials_are_left_out_of_errors() {
         assert_eq!(
@@ -488,6 +486,8 @@ mod tests {
         assert!(!error.contains("secret"), "{error}");
     }
 
+    /// The client's error is in the message, its cause is the source: each said once, however
+    /// the client's error words itself.
     #[test]
     fn the_chain_says_each_cause_once() {
         let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
