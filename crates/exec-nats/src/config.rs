@@ -63,7 +63,7 @@ pub fn default_url() -> String {
 }
 
 /// What the submitting side and the workers must agree on: the server, the stream, the subjects.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NatsConfig {
     /// Server URL (`nats://`, `tls://`; several separated by commas).
     pub url: String,
@@ -98,6 +98,33 @@ impl Default for NatsConfig {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
         }
+    }
+}
+
+/// Written by hand: the servers are shown without their users and passwords, so that a logged
+/// configuration (or builder, or strategy) shows no credentials.
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            url,
+            stream,
+            prefix,
+            mode,
+            max_message_size,
+            max_age,
+            duplicate_window,
+            replicas,
+        } = self;
+        f.debug_struct("NatsConfig")
+            .field("url", &url_without_credentials(url))
+            .field("stream", stream)
+            .field("prefix", prefix)
+            .field("mode", mode)
+            .field("max_message_size", max_message_size)
+            .field("max_age", max_age)
+            .field("duplicate_window", duplicate_window)
+            .field("replicas", replicas)
+            .finish()
     }
 }
 
@@ -417,8 +444,7 @@ pub(crate) async fn connect(
         .connect(url)
         .await
         .map_err(|source| {
-            let servers = url.split(',').map(without_credentials);
-            let url = servers.collect::<Vec<_>>().join(",");
+            let url = url_without_credentials(url);
             NatsError::new("connecting to the NATS server", At { url, source })
         })
 }
@@ -430,6 +456,14 @@ struct At {
     url: String,
     #[source]
     source: async_nats::ConnectError,
+}
+
+/// `url` (servers separated by commas) without any server's user and password.
+pub(crate) fn url_without_credentials(url: &str) -> String {
+    url.split(',')
+        .map(without_credentials)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `server` (`[scheme://][user[:password]@]host[:port]`) without its user and password.
@@ -467,6 +501,23 @@ mod tests {
         assert_eq!(without_credentials("tls://token@host"), "tls://host");
         assert_eq!(without_credentials("127.0.0.1:4222"), "127.0.0.1:4222");
         assert_eq!(without_credentials("a:b@host:1"), "host:1");
+    }
+
+    #[test]
+    fn a_configurations_debug_shows_no_credentials() {
+        let config = NatsConfig {
+            url: "nats://someone:secret@10.0.0.1:4222,tls://token@10.0.0.2".into(),
+            ..NatsConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains(r#"url: "nats://10.0.0.1:4222,tls://10.0.0.2""#),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("secret") && !shown.contains("token"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]

@@ -10,7 +10,9 @@ use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionSt
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Inner, completion_consumer};
-use crate::config::{NatsConfig, NatsError, config_setters, connect, stream_limit};
+use crate::config::{
+    NatsConfig, NatsError, config_setters, connect, stream_limit, url_without_credentials,
+};
 use crate::listen::{listen_advisories, listen_completions, watch};
 
 /// Builds a [`NatsStrategy`].
@@ -288,7 +290,7 @@ impl Drop for NatsStrategy {
 impl fmt::Debug for NatsStrategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsStrategy")
-            .field("url", &self.inner.config.url)
+            .field("url", &url_without_credentials(&self.inner.config.url))
             .field("stream", &self.inner.config.stream)
             .field("subject", &self.inner.task_subject)
             .field("stats", &self.stats())

@@ -93,6 +93,9 @@ fn main() {
             "advisories_a_narrower_application_stream_holds_are_named_in_the_error",
             || Box::pin(advisories_a_narrower_application_stream_holds_are_named_in_the_error()),
         ),
+        ("a_strategys_debug_shows_no_credentials", || {
+            Box::pin(a_strategys_debug_shows_no_credentials())
+        }),
         ("the_coordinators_timeout_reaches_the_worker", || {
             Box::pin(the_coordinators_timeout_reaches_the_worker())
         }),
@@ -647,6 +650,24 @@ async fn advisories_a_narrower_application_stream_holds_are_named_in_the_error()
     for part in [format!("held by stream {audit} "), config.advisory_stream()] {
         assert!(message.contains(&part), "{part:?} missing from: {message}");
     }
+}
+
+/// A strategy (or its configuration) written to a log shows its server, not its password.
+async fn a_strategys_debug_shows_no_credentials() {
+    let config = config("debug");
+    let server = config.url.trim_start_matches("nats://").to_owned();
+    let strategy = NatsStrategy::builder()
+        .config(config.clone())
+        // A server without authorisation takes any.
+        .url(format!("nats://someone:secret@{server}"))
+        .start()
+        .await
+        .expect("the strategy connects");
+    let shown = format!("{strategy:?} {:?}", strategy.config());
+    drop(strategy);
+    cleanup(&config).await;
+    assert!(shown.contains(&server), "{shown}");
+    assert!(!shown.contains("secret"), "{shown}");
 }
 
 /// An advisory the advisory stream kept from before this side started names a sequence a task
