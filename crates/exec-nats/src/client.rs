@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    /// Told when the connection is back after an outage.
+    pub(crate) reconnected: Arc<tokio::sync::Notify>,
 }
 
 impl Inner {

@@ -23,6 +23,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod advisories;
 mod client;
 mod config;
 pub mod example_nodes;

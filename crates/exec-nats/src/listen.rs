@@ -149,7 +149,9 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
         if connected && (since.is_some() || reconnected) {
             #[cfg(feature = "metrics")]
             metrics::counter!("nats_reconnects_total").increment(1);
-            // Back after an outage: the server may have lost what it took just before it went.
+            // Back after an outage: the server may have lost what it took just before it went,
+            // and the pull of the advisories' reader made before it.
+            inner.reconnected.notify_one();
             tokio::spawn(reconcile(Arc::downgrade(&inner)));
         }
         since = if connected {
@@ -185,51 +187,5 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
                 ))
             },
         ));
-    }
-}
-
-/// Fails the runs the server stopped delivering: their advisories, kept in the advisory stream
-/// after its sequence `kept_before` (the consumer, made again, may read it from its start).
-pub(crate) async fn listen_advisories(
-    inner: std::sync::Weak<Inner>,
-    mut messages: async_nats::jetstream::consumer::pull::Ordered,
-    kept_before: u64,
-) {
-    while let Some(message) = messages.next().await {
-        let Some(inner) = inner.upgrade() else { return };
-        // The consumer makes itself again when it must; an error of one pull is passed over.
-        let Ok(message) = message else { continue };
-        if message
-            .info()
-            .map_or(true, |info| info.stream_sequence <= kept_before)
-        {
-            continue;
-        }
-        let Ok(advisory) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
-            continue;
-        };
-        let (Some(seq), deliveries) = (
-            advisory["stream_seq"].as_u64(),
-            advisory["deliveries"].as_u64().unwrap_or(0),
-        ) else {
-            continue;
-        };
-        let run = inner.table().by_seq.get(&seq).cloned();
-        if let Some(run) = run {
-            #[cfg(feature = "metrics")]
-            metrics::counter!("nats_tasks_undeliverable_total").increment(1);
-            // The server keeps an unacknowledged message; nobody will take it now. Deleted before
-            // the caller hears, so a program that ends then leaves nothing behind.
-            inner.delete(seq).await;
-            // Poison: the server ran it again already, so no retry policy runs it once more (and
-            // loses more workers).
-            inner.resolve(
-                &run,
-                Err(TaskError::poison(format!(
-                    "the task was delivered {deliveries} times without an outcome (the workers \
-                     running it died or stalled); the server stopped redelivering it"
-                ))),
-            );
-        }
     }
 }

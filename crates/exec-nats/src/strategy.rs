@@ -9,11 +9,12 @@ use async_nats::jetstream;
 use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionStrategy};
 use tokio_util::task::TaskTracker;
 
+use crate::advisories::{Advisories, listen_advisories};
 use crate::client::{Inner, completion_consumer};
 use crate::config::{
     NatsConfig, NatsError, config_setters, connect, stream_limit, url_without_credentials,
 };
-use crate::listen::{listen_advisories, listen_completions, watch};
+use crate::listen::{listen_completions, watch};
 
 /// Builds a [`NatsStrategy`].
 #[derive(Debug)]
@@ -68,23 +69,11 @@ impl NatsBuilder {
         let client_id = inbox.rsplit('.').next().unwrap_or("client").to_owned();
         let completion_subject = self.config.completion_subject(&client_id);
         let consumer = completion_consumer(&js, &self.config, &client_id).await?;
-        // Read through an ordered consumer of the stream that keeps them: it resumes after the
-        // last one read when the connection comes back, so none sent meanwhile is missed.
+        let reconnected = Arc::new(tokio::sync::Notify::new());
         let advisory_stream = self.config.ensure_advisory_stream(&js).await?;
-        // Those kept from before this start are about earlier tasks, whose sequences a task of
-        // this side may have taken since (the task stream made again): never read as this side's.
-        let kept_before = advisory_stream.cached_info().state.last_sequence;
-        let advisories = advisory_stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                filter_subject: self.config.advisory_subject(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| NatsError::new("reading the delivery advisories", e))?
-            .messages()
-            .await
-            .map_err(|e| NatsError::new("reading the delivery advisories", e))?;
+        let subject = self.config.advisory_subject();
+        let advisories =
+            Advisories::start(advisory_stream, subject, Arc::clone(&reconnected)).await?;
         let inner = Arc::new(Inner {
             client_id,
             client,
@@ -102,14 +91,11 @@ impl NatsBuilder {
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            reconnected,
         });
         let listeners = vec![
             tokio::spawn(listen_completions(Arc::downgrade(&inner), consumer)),
-            tokio::spawn(listen_advisories(
-                Arc::downgrade(&inner),
-                advisories,
-                kept_before,
-            )),
+            tokio::spawn(listen_advisories(Arc::downgrade(&inner), advisories)),
             tokio::spawn(watch(Arc::downgrade(&inner))),
         ];
         Ok(NatsStrategy {
