@@ -208,6 +208,20 @@ impl PortableNode for Grow {
     const NAME: &'static str = "grow";
 }
 
+/// Creates the file at its path: says whether it ran.
+#[derive(Serialize, Deserialize)]
+struct Touch(std::path::PathBuf);
+impl Node for Touch {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        std::fs::write(&self.0, b"ran")?;
+        Ok(())
+    }
+}
+impl PortableNode for Touch {
+    const NAME: &'static str = "touch";
+}
+
 /// Registered in the parent's registry only in the handshake-mismatch test.
 #[derive(Serialize, Deserialize)]
 struct Unknown;
@@ -236,6 +250,7 @@ fn registry() -> NodeRegistry {
     r.register::<Overlap>().unwrap();
     r.register::<OrphanThenExit>().unwrap();
     r.register::<AbortOnDecode>().unwrap();
+    r.register::<Touch>().unwrap();
     r
 }
 
@@ -538,6 +553,43 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
             assert_eq!(is_dead(pid), killed);
         }
         assert_echo(&s, "3", 4).await;
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
+    // One task at a time on one thread: the worker runs a node on the thread that reads its
+    // input. A run queued behind a node that blocks that thread, and cancelled meanwhile, is
+    // dropped: its cancellation is read before it starts.
+    runtime().block_on(async {
+        let s = pool(1).await;
+        let marker = std::env::temp_dir().join(format!("exec-touch-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let busy = tokio::spawn(task_core::run(
+            &s.clone(),
+            Task::portable("busy", Spin(400)).into_erased(),
+        ));
+        wait_until("the blocking node to start", || {
+            s.stats().workers.iter().any(|w| w.in_flight > 0)
+        });
+        let mut queued = task_core::run(
+            &s,
+            Task::portable("queued", Touch(marker.clone())).into_erased(),
+        );
+        let polled = tokio::time::timeout(Duration::from_millis(50), &mut queued).await;
+        assert!(
+            polled.is_err(),
+            "handed to the busy worker, not run: {polled:?}"
+        );
+        drop(queued);
+        assert!(busy.await.unwrap().is_ok());
+        assert_echo(&s, "after", 1).await;
+        let ran = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        assert!(
+            !ran,
+            "the cancelled run started once the blocking node returned"
+        );
         s.shutdown(Duration::from_secs(5)).await;
     });
 }
@@ -1535,6 +1587,10 @@ fn main() {
         (
             "tasks_queued_on_a_dying_worker_go_to_another",
             tasks_queued_on_a_dying_worker_go_to_another,
+        ),
+        (
+            "a_queued_run_cancelled_behind_a_blocking_node_never_starts",
+            a_queued_run_cancelled_behind_a_blocking_node_never_starts,
         ),
         (
             "crashes_among_many_tasks_fail_only_themselves",

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -269,6 +269,13 @@ impl Runs {
         registration
     }
 
+    /// Takes the next queued run out of the queue, with a place for it.
+    fn next_queued(&mut self) -> Option<(Given, AbortRegistration)> {
+        let given = self.queued.pop_front()?;
+        let registration = self.take_place(given.id);
+        Some((given, registration))
+    }
+
     fn is_idle(&self) -> bool {
         self.running.is_empty() && self.queued.is_empty() && self.answering == 0
     }
@@ -282,6 +289,7 @@ struct Serving {
     /// Woken when the last run is answered.
     idle: Condvar,
     max_frame: usize,
+    concurrency: usize,
 }
 
 impl Serving {
@@ -320,27 +328,24 @@ impl Serving {
         tokio::spawn(async move {
             let outcome = run.await.unwrap_or_else(|_| Err(cancelled_by_pool()));
             // A failed write means the parent is gone; the reading thread sees it too.
-            let _ = serving.finish(id, outcome, true);
+            let _ = serving.finish(id, outcome, true, false);
         });
     }
 
-    /// Answers run `id`, frees its place and starts the next queued run in it. `flush` says
-    /// whether nothing else is known to follow at once.
+    /// Answers run `id`, frees its place and, unless the reader does (`by_reader`), starts the
+    /// next queued run in it. `flush` says whether nothing else is known to follow at once.
     fn finish(
         self: &Arc<Self>,
         id: u64,
         outcome: Result<Vec<u8>, TaskError>,
         flush: bool,
+        by_reader: bool,
     ) -> io::Result<()> {
         let next = {
             let mut runs = self.runs();
             runs.running.remove(&id);
             runs.answering += 1;
-            let next = runs.queued.pop_front();
-            next.map(|given| {
-                let registration = runs.take_place(given.id);
-                (given, registration)
-            })
+            if by_reader { None } else { runs.next_queued() }
         };
         // The answer goes out with the next run's start, in one write.
         let answered = self.output.send(
@@ -394,6 +399,17 @@ impl Serving {
         Ok(())
     }
 
+    /// Takes the next queued run, with a place for it, if a place is free and `ready()`.
+    fn startable(&self, ready: impl FnOnce() -> bool) -> Option<(Given, AbortRegistration)> {
+        let mut runs = self.runs();
+        let free = runs.running.len() < self.concurrency && !runs.queued.is_empty();
+        if free && ready() {
+            runs.next_queued()
+        } else {
+            None
+        }
+    }
+
     /// Waits until every run given has been answered.
     fn wait_idle(&self) {
         let mut runs = self.runs();
@@ -416,6 +432,7 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         runs: Mutex::new(Runs::default()),
         idle: Condvar::new(),
         max_frame,
+        concurrency,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -442,54 +459,65 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
     let _runtime = runtime.enter();
     let noop = std::task::Waker::noop();
     let result = loop {
-        // About to wait for the parent: nothing queued to it may wait with us.
-        if input.buffer().is_empty()
-            && let Err(e) = serving.output.flush()
-        {
-            break Err(e);
-        }
-        let mut header = [0; HEADER_LEN];
-        match input.read_exact(&mut header) {
-            Ok(()) => {}
-            // The parent closed our input: it is gone or done with us.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
-            Err(e) => break Err(e),
-        }
-        let len = match wire::body_len(header, max_frame) {
-            Ok(len) => len,
-            Err(e) => break Err(io::Error::other(e)),
-        };
-        let mut body = vec![0; len];
-        if let Err(e) = input.read_exact(&mut body) {
-            break Err(e);
-        }
-        let step = match wire::decode_body::<ToWorker>(&body) {
-            Ok(ToWorker::Run {
-                id,
-                name,
-                payload,
-                announce,
-            }) => {
-                let given = Given { id, name, payload };
-                let place = {
-                    let mut runs = serving.runs();
-                    if runs.running.len() < concurrency && runs.queued.is_empty() {
-                        Some((runs.take_place(id), given))
-                    } else {
-                        // Queued: it is announced when it starts, whatever the parent assumed.
-                        runs.queued.push_back(given);
-                        None
-                    }
-                };
-                match place {
-                    None => Ok(None),
-                    Some((registration, given)) => serving
-                        .begin(id, &given.name, &given.payload, registration, announce)
-                        .map(|run| Some((id, run))),
-                }
+        // A run queued while more frames were waiting starts once they are read: a cancellation
+        // among them drops it before it starts.
+        let queued = serving.startable(|| !more_input(&input));
+        let step = if let Some((given, registration)) = queued {
+            serving
+                .begin(given.id, &given.name, &given.payload, registration, true)
+                .map(|run| Some((given.id, run)))
+        } else {
+            // About to wait for the parent: nothing queued to it may wait with us.
+            if input.buffer().is_empty()
+                && let Err(e) = serving.output.flush()
+            {
+                break Err(e);
             }
-            Ok(ToWorker::Cancel { id }) => serving.cancel(id).map(|()| None),
-            Err(e) => Err(io::Error::other(e)),
+            let mut header = [0; HEADER_LEN];
+            match input.read_exact(&mut header) {
+                Ok(()) => {}
+                // The parent closed our input: it is gone or done with us.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
+                Err(e) => break Err(e),
+            }
+            let len = match wire::body_len(header, max_frame) {
+                Ok(len) => len,
+                Err(e) => break Err(io::Error::other(e)),
+            };
+            let mut body = vec![0; len];
+            if let Err(e) = input.read_exact(&mut body) {
+                break Err(e);
+            }
+            match wire::decode_body::<ToWorker>(&body) {
+                Ok(ToWorker::Run {
+                    id,
+                    name,
+                    payload,
+                    announce,
+                }) => {
+                    let given = Given { id, name, payload };
+                    // Counted as queued, it may have its cancellation behind it: read that first.
+                    let behind = announce && more_input(&input);
+                    let place = {
+                        let mut runs = serving.runs();
+                        if runs.running.len() < concurrency && runs.queued.is_empty() && !behind {
+                            Some((runs.take_place(id), given))
+                        } else {
+                            // Queued: it is announced when it starts, whatever the parent assumed.
+                            runs.queued.push_back(given);
+                            None
+                        }
+                    };
+                    match place {
+                        None => Ok(None),
+                        Some((registration, given)) => serving
+                            .begin(id, &given.name, &given.payload, registration, announce)
+                            .map(|run| Some((id, run))),
+                    }
+                }
+                Ok(ToWorker::Cancel { id }) => serving.cancel(id).map(|()| None),
+                Err(e) => Err(io::Error::other(e)),
+            }
         };
         let started = match step {
             Ok(started) => started,
@@ -507,7 +535,7 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
                 let outcome = outcome.unwrap_or_else(|_| Err(cancelled_by_pool()));
                 // More frames already buffered: answer them all before one flush.
                 let more_waiting = !input.buffer().is_empty();
-                if let Err(e) = serving.finish(id, outcome, !more_waiting) {
+                if let Err(e) = serving.finish(id, outcome, !more_waiting, true) {
                     break Err(e);
                 }
             }
@@ -516,6 +544,13 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
     };
     // At the end of the input, every run given is finished and answered first; when the parent
     // is gone (an error), there is nobody to answer.
+    let mut result = result;
+    while result.is_ok()
+        && let Some((given, registration)) = serving.startable(|| true)
+    {
+        let run = serving.begin(given.id, &given.name, &given.payload, registration, true);
+        result = run.map(|run| serving.run_rest(given.id, run));
+    }
     if result.is_ok() {
         serving.wait_idle();
     }
@@ -523,6 +558,20 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
     drop(_runtime);
     runtime.shutdown_background();
     result.and(flushed)
+}
+
+/// Whether more of the parent's frames can be read at once: buffered, or waiting in the pipe.
+fn more_input(input: &BufReader<File>) -> bool {
+    if !input.buffer().is_empty() {
+        return true;
+    }
+    let mut fd = libc::pollfd {
+        fd: input.get_ref().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and no wait.
+    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
 }
 
 fn cancelled_by_pool() -> TaskError {
