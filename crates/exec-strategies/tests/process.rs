@@ -208,13 +208,18 @@ impl PortableNode for Grow {
     const NAME: &'static str = "grow";
 }
 
-/// Creates the file at its path: says whether it ran.
+/// Adds a line to the file at its path: says whether, and how often, it ran.
 #[derive(Serialize, Deserialize)]
 struct Touch(std::path::PathBuf);
 impl Node for Touch {
     type Output = ();
     async fn invoke(self) -> Result<(), BoxError> {
-        std::fs::write(&self.0, b"ran")?;
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.0)?;
+        file.write_all(b"ran\n")?;
         Ok(())
     }
 }
@@ -590,6 +595,58 @@ fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
             !ran,
             "the cancelled run started once the blocking node returned"
         );
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice() {
+    // Answers are read on the runtime the pool was started on. When it shuts down with a
+    // worker's frames unread (its only thread is held here), the pool cannot tell which runs the
+    // worker had started: none is handed to another worker, so none runs twice.
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = first.block_on(pool(1));
+    let log = std::env::temp_dir().join(format!("exec-ran-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let second = runtime();
+    let (busy, queued) = second.block_on(async {
+        let busy = tokio::spawn(task_core::run(
+            &s.clone(),
+            Task::portable("busy", Spin(800)).into_erased(),
+        ));
+        let queued = tokio::spawn(task_core::run(
+            &s.clone(),
+            Task::portable("queued", Touch(log.clone())).into_erased(),
+        ));
+        (busy, queued)
+    });
+    wait_until("both runs handed to the worker", || {
+        s.stats().in_flight == 2
+    });
+    // The readers' runtime can no longer read: its one thread is held.
+    first.spawn(async { std::thread::sleep(Duration::from_millis(2_500)) });
+    wait_until("the queued run to start in the worker", || log.exists());
+    first.shutdown_background();
+    let (busy, queued) = second.block_on(async {
+        let wait = |h| tokio::time::timeout(Duration::from_secs(20), h);
+        (
+            wait(busy).await.unwrap().unwrap(),
+            wait(queued).await.unwrap().unwrap(),
+        )
+    });
+    let ran = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let _ = std::fs::remove_file(&log);
+    assert!(busy.unwrap_err().is_worker_lost());
+    assert_eq!(ran, 1, "the queued run ran twice: {queued:?}");
+    assert!(queued.unwrap_err().is_worker_lost());
+    second.block_on(async {
+        assert_echo(&s, "after", 1).await;
         s.shutdown(Duration::from_secs(5)).await;
     });
 }
@@ -1591,6 +1648,10 @@ fn main() {
         (
             "a_queued_run_cancelled_behind_a_blocking_node_never_starts",
             a_queued_run_cancelled_behind_a_blocking_node_never_starts,
+        ),
+        (
+            "a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice",
+            a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice,
         ),
         (
             "crashes_among_many_tasks_fail_only_themselves",

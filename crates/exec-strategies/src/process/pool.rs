@@ -43,8 +43,9 @@ use super::shared::{REAP, Shared};
 /// shutdown's kill timer runs there), so the strategy works under any runtime of the caller's. The workers' answers are read on the runtime
 /// [`ProcessBuilder::start`](super::ProcessBuilder::start) was awaited on, where the callers usually are, so an answer wakes
 /// its caller without a hop through another thread. If that runtime shuts down while the pool
-/// lives on, the workers are replaced (tasks running on them fail as worker lost) and answers
-/// are read on the supervisor's runtime from then on.
+/// lives on, the workers are replaced (the tasks they hold fail as worker lost: with their
+/// frames unread, which had started cannot be told, and none may run twice) and answers are read
+/// on the supervisor's runtime from then on.
 #[derive(Clone)]
 pub struct ProcessExecutionStrategy {
     shared: Arc<Shared>,

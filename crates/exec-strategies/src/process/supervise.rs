@@ -156,8 +156,14 @@ impl Shared {
                 Ended::Killed(format!("its answers could no longer be read ({e})"))
             })
         };
+        // Whether frames it wrote may be left unread (its reader stopped before the end of its
+        // output): a run it started may then look queued.
+        let mut unread = false;
         let (ended, read_all) = tokio::select! {
-            read = &mut reader => (read_ended(read), true),
+            read = &mut reader => {
+                unread = read.is_err();
+                (read_ended(read), true)
+            }
             // Its output may outlive it (held by a process it started): its exit is its end.
             _ = child.wait() => (Ended::Died("it ended".into()), false),
             reason = kill_rx => {
@@ -172,7 +178,14 @@ impl Shared {
         if !read_all {
             // What it wrote before it ended still counts: a run it answered is answered, one it
             // started is started. Its output closes with it, so this is quick.
-            let _ = tokio::time::timeout(READ_REST, &mut reader).await;
+            match tokio::time::timeout(READ_REST, &mut reader).await {
+                Ok(Ok(_)) => {}
+                Ok(read) => {
+                    unread = true;
+                    read_ended(read);
+                }
+                Err(_) => unread = true,
+            }
         }
         reader.abort();
         writer.abort();
@@ -207,7 +220,9 @@ impl Shared {
                     format!("worker {pid} {status} ({reason})")
                 }
             };
-            if !pending.started && !matches!(ended, Ended::BrokeProtocol(_)) {
+            // A run not seen to start goes to another worker, unless this one may have started
+            // it unseen: it is never run twice.
+            if !pending.started && !matches!(ended, Ended::BrokeProtocol(_)) && !unread {
                 let explained = running > 0 || matches!(ended, Ended::Killed(_));
                 let _ = reply.send(Reply::NotStarted { explained });
                 continue;
