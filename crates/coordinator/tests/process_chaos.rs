@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, Node, NodeRegistry, PortableNode,
+    BoxError, Coordinator, ExecutionMode, JobResult, Node, NodeRegistry, PortableNode,
     ProcessExecutionStrategy, RequestCompletionMessage, RequestCompletionPublisher, RequestHandle,
     RetryPolicy, SubmitError, SubmitOptions, Task, TaskExecutionStrategy, run_worker_if_requested,
 };
@@ -172,6 +172,8 @@ struct Leaf {
     act: Act,
     pad: usize,
     attempts: u32,
+    /// The caller's deadline.
+    timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -192,6 +194,8 @@ struct World {
     /// coordinator): its tree is stopped then.
     stopped_at: Mutex<HashMap<String, u64>>,
     answered: Mutex<HashMap<String, usize>>,
+    /// How each caller's answer would close a job.
+    answered_as: Mutex<HashMap<String, JobResult>>,
     awaited: Mutex<HashSet<String>>,
     /// Answers saying a worker died (exit, abort, signal), for the pool's restarts.
     crashes_heard: AtomicU64,
@@ -209,6 +213,7 @@ impl World {
             submitted_at: Mutex::default(),
             stopped_at: Mutex::default(),
             answered: Mutex::default(),
+            answered_as: Mutex::default(),
             awaited: Mutex::default(),
             crashes_heard: AtomicU64::new(0),
             failures: Mutex::default(),
@@ -268,6 +273,15 @@ impl World {
             .unwrap()
             .entry(id.to_string())
             .or_insert(0) += 1;
+        let answered_as = match result.as_ref().map_err(SubmitError::task_error) {
+            Ok(_) => JobResult::Success,
+            Err(Some(e)) => JobResult::of(&Err(e.clone())),
+            Err(None) => JobResult::Failure,
+        };
+        self.answered_as
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), answered_as);
         let error = match result {
             Ok(value) => {
                 if let Some(leaf) = leaf {
@@ -344,6 +358,9 @@ struct Setup {
     max_frame: usize,
     worker_threads: usize,
     limit: Option<usize>,
+    /// The pool is started on a runtime of its own, which shuts down at this op: answers are
+    /// read on the pool's own runtime from then on.
+    starter_ends: Option<u64>,
     end: End,
 }
 
@@ -387,6 +404,7 @@ impl Setup {
             max_frame: [1024, 4096, 16 << 10, 64 << 10][rng.below(4) as usize],
             worker_threads: 1 + rng.below(2) as usize,
             limit: rng.chance(30).then(|| 1 + rng.below(4) as usize),
+            starter_ends: rng.chance(20).then(|| rng.below(ops)),
             end,
         }
     }
@@ -417,13 +435,16 @@ fn draw_leaf(rng: &mut Rng, max_frame: usize) -> Leaf {
         act,
         pad,
         attempts: 1,
+        timeout: None,
     }
 }
 
 fn draw_options(rng: &mut Rng, leaf: &mut Leaf) -> SubmitOptions {
     let mut options = SubmitOptions::new();
     if rng.chance(20) {
-        options = options.timeout(rng.micros(60_000));
+        let timeout = rng.micros(60_000);
+        leaf.timeout = Some(timeout);
+        options = options.timeout(timeout);
     }
     if rng.chance(25) {
         leaf.attempts = 2 + rng.below(2) as u32;
@@ -462,7 +483,7 @@ async fn submit_leaves(
         let leaves: Vec<(String, Leaf)> = (0..n)
             .map(|_| {
                 let mut one = draw_leaf(rng, world.max_frame);
-                one.attempts = leaf.attempts;
+                (one.attempts, one.timeout) = (leaf.attempts, leaf.timeout);
                 (world.new_id(), one)
             })
             .collect();
@@ -624,6 +645,7 @@ async fn probe(world: &Arc<World>, coordinator: &Coordinator, setup: &Setup) {
         act: Act::Value,
         pad: 0,
         attempts: 3,
+        timeout: None,
     };
     let policy = RetryPolicy::new(3).backoff(Duration::from_millis(1), Duration::from_millis(1));
     world.trying(&id);
@@ -681,7 +703,25 @@ async fn run_seed(seed: u64, ops: u64) -> Vec<String> {
     if let Some(k) = setup.recycle_after {
         pool = pool.recycle_after(k);
     }
-    let pool = pool.start().await.expect("the pool starts");
+    let mut starter = None;
+    let pool = if setup.starter_ends.is_some() {
+        let (runtime, pool) = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let pool = runtime.block_on(pool.start());
+            (runtime, pool)
+        })
+        .join()
+        .unwrap();
+        starter = Some(runtime);
+        pool
+    } else {
+        pool.start().await
+    };
+    let pool = pool.expect("the pool starts");
     let mut builder = Coordinator::builder()
         .with_async()
         .strategy(ExecutionMode::PROCESS, pool.clone());
@@ -704,6 +744,12 @@ async fn run_seed(seed: u64, ops: u64) -> Vec<String> {
         }
         if op == ops / 3 {
             probe(&world, &coordinator, &setup).await;
+        }
+        if setup.starter_ends == Some(op)
+            && let Some(runtime) = starter.take()
+        {
+            world.note("kills", "the runtime the pool started on shuts down".into());
+            runtime.shutdown_background();
         }
         match setup.end {
             End::Shutdown {
@@ -814,10 +860,23 @@ async fn run_seed(seed: u64, ops: u64) -> Vec<String> {
                     () => &busy,
                 };
                 if !from.is_empty() {
-                    let pid = from[rng.below(from.len() as u64) as usize];
-                    world.note("kills", format!("SIGKILL {pid}"));
-                    // SAFETY: sends a signal to a worker of this process's pool.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    let pid = from[rng.below(from.len() as u64) as usize] as i32;
+                    if rng.chance(70) {
+                        world.note("kills", format!("SIGKILL {pid}"));
+                        // SAFETY: sends a signal to a worker of this process's pool.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    } else {
+                        // Stopped a moment: its pipes fill, then it goes on.
+                        let pause = Duration::from_millis(5 + rng.below(80));
+                        world.note("kills", format!("SIGSTOP {pid} for {pause:?}"));
+                        // SAFETY: as above.
+                        unsafe { libc::kill(pid, libc::SIGSTOP) };
+                        std::thread::spawn(move || {
+                            std::thread::sleep(pause);
+                            // SAFETY: as above.
+                            unsafe { libc::kill(pid, libc::SIGCONT) };
+                        });
+                    }
                 }
             }
             72..90 if !kept.is_empty() => {
@@ -851,6 +910,7 @@ async fn run_seed(seed: u64, ops: u64) -> Vec<String> {
                         act,
                         pad: 0,
                         attempts: 1,
+                        timeout: None,
                     };
                     world.trying(&id);
                     let task = leaf_task(&world, &id, leaf);
@@ -987,7 +1047,7 @@ async fn run_seed(seed: u64, ops: u64) -> Vec<String> {
     )
     .await;
 
-    check_messages(&world, &recorder, &accepted, ended.as_ref().map(|e| &e.0));
+    check_messages(&world, &recorder, &accepted, ended.as_ref());
     let starts = read_starts(&log);
     check_starts(&world, &accepted, &starts, ended.as_ref().map(|e| &e.1));
     if let Some((_, coordinator)) = ended {
@@ -1056,9 +1116,51 @@ fn check_messages(
     world: &World,
     recorder: &Recorder,
     accepted: &HashMap<String, Accepted>,
-    counts_at_shutdown: Option<&coordinator::JobCounts>,
+    ended: Option<&(coordinator::JobCounts, Coordinator)>,
 ) {
     let counts = recorder.terminal_counts();
+    // The message, the caller's answer and the job agree on how each request ended.
+    let mut announced = HashMap::new();
+    for m in recorder.messages() {
+        let result = match &m {
+            RequestCompletionMessage::Success(_) => JobResult::Success,
+            RequestCompletionMessage::Failure(f) => JobResult::of(&Err(f.error.clone())),
+            _ => continue,
+        };
+        announced.insert(m.request_id().unwrap().to_string(), result);
+    }
+    for (id, answered) in world.answered_as.lock().unwrap().iter() {
+        if announced.get(id).is_some_and(|a| a != answered) {
+            world.fail(format!(
+                "{id}: answered {answered:?}, announced {:?}",
+                announced[id]
+            ));
+        }
+    }
+    for (id, a) in accepted {
+        let Some(job) = ended.and_then(|(_, c)| c.job(id)) else {
+            continue;
+        };
+        if job.result() != announced.get(id).copied() {
+            world.fail(format!(
+                "{id}: job {:?}, announced {:?}",
+                job.result(),
+                announced.get(id)
+            ));
+        }
+        // A caller's deadline holds whatever the worker does (a node blocking its thread).
+        let late = a.leaf.and_then(|l| l.timeout).zip(job.duration());
+        if let Some((timeout, took)) = late
+            && took > timeout + Duration::from_secs(2)
+        {
+            world.fail(format!(
+                "{id}: a deadline of {timeout:?}, ended after {took:?}"
+            ));
+        }
+    }
+    let Some((jobs, _)) = ended else {
+        return;
+    };
     for id in accepted.keys() {
         let n = counts.get(id).copied().unwrap_or(0);
         if n != 1 {
@@ -1071,9 +1173,6 @@ fn check_messages(
             world.fail(format!("{id}: {n} terminal messages, never accepted"));
         }
     }
-    let Some(jobs) = counts_at_shutdown else {
-        return;
-    };
     if jobs.open != 0 {
         world.fail(format!("{} jobs open after shutdown returned", jobs.open));
     }
