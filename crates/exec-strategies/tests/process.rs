@@ -651,6 +651,41 @@ fn a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice() {
     });
 }
 
+/// The write system calls process `pid` has made.
+fn writes_of(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let line = io.lines().find(|l| l.starts_with("syscw:")).unwrap();
+    line["syscw:".len()..].trim().parse().unwrap()
+}
+
+fn a_pipelined_worker_answers_each_run_with_the_next_start_in_one_write() {
+    // One worker, one task at a time on one thread, its queue kept full: each answer goes out
+    // in the write that says the next run starts, so the pipe costs a write per task, not two.
+    let tasks = 400;
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .prefetch(tasks as usize)
+            .start()
+            .await
+            .unwrap();
+        assert_echo(&s, "warm", 1).await;
+        let pid = s.worker_pids()[0];
+        let before = writes_of(pid);
+        let calls = (0..tasks)
+            .map(|i| task_core::run(&s, Task::portable(format!("p{i}"), Echo(i)).into_erased()));
+        for answer in futures::future::join_all(calls).await {
+            answer.unwrap();
+        }
+        let writes = writes_of(pid) - before;
+        assert!(
+            writes < tasks * 3 / 2,
+            "{writes} writes for {tasks} pipelined tasks"
+        );
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 fn tasks_queued_on_a_dying_worker_go_to_another() {
     // One worker, so every task is queued behind the one that kills it.
     runtime().block_on(async {
@@ -1644,6 +1679,10 @@ fn main() {
         (
             "tasks_queued_on_a_dying_worker_go_to_another",
             tasks_queued_on_a_dying_worker_go_to_another,
+        ),
+        (
+            "a_pipelined_worker_answers_each_run_with_the_next_start_in_one_write",
+            a_pipelined_worker_answers_each_run_with_the_next_start_in_one_write,
         ),
         (
             "a_queued_run_cancelled_behind_a_blocking_node_never_starts",

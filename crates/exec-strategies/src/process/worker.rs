@@ -533,9 +533,8 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         match Pin::new(&mut run).poll(&mut Context::from_waker(noop)) {
             Poll::Ready(outcome) => {
                 let outcome = outcome.unwrap_or_else(|_| Err(cancelled_by_pool()));
-                // More frames already buffered: answer them all before one flush.
-                let more_waiting = !input.buffer().is_empty();
-                if let Err(e) = serving.finish(id, outcome, !more_waiting, true) {
+                // Sent with the next run's start, or before the reader next waits for the parent.
+                if let Err(e) = serving.finish(id, outcome, false, true) {
                     break Err(e);
                 }
             }
