@@ -26,7 +26,7 @@ use coordinator::{
     RequestHandle, RetryPolicy, SubmitError, SubmitOptions, Task, ThreadedExecutionStrategy,
     block_on,
 };
-use support::Recorder;
+use support::{Recorder, Rng};
 
 /// Every await of an answer is bounded by this: a lost answer fails, it does not hang.
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
@@ -36,34 +36,6 @@ const MAX_DEPTH: u32 = 3;
 /// oracle in `run_seed`), and requests accepted.
 static LATE_STARTS: AtomicU64 = AtomicU64::new(0);
 static ACCEPTED: AtomicU64 = AtomicU64::new(0);
-
-/// xorshift64: small, seeded, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        rng.next();
-        rng
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn micros(&mut self, max: u64) -> Duration {
-        Duration::from_micros(self.below(max))
-    }
-}
 
 /// What one seed's run saw.
 #[derive(Default)]

@@ -33,7 +33,7 @@ use coordinator::{
     RetryPolicy, SubmitError, SubmitOptions, Task, TaskExecutionStrategy, run_worker_if_requested,
 };
 use serde::{Deserialize, Serialize};
-use support::Recorder;
+use support::{Recorder, Rng};
 
 /// Every await of an answer is bounded by this: a lost answer fails, it does not hang.
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
@@ -136,34 +136,6 @@ fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
     registry.register::<Chaos>().unwrap();
     registry
-}
-
-/// xorshift64: small, seeded, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        rng.next();
-        rng
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn micros(&mut self, max: u64) -> Duration {
-        Duration::from_micros(self.below(max))
-    }
 }
 
 /// A leaf drawn for a request: its act, its padding, and the attempts its options allow.

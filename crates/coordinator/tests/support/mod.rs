@@ -111,3 +111,29 @@ impl TaskExecutionStrategy for CountingInline {
         "counting-inline"
     }
 }
+
+/// A seeded source of choices, for the chaos tests: the same seed, the same run.
+pub struct Rng(fastrand::Rng);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(fastrand::Rng::with_seed(seed))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0.u64(..)
+    }
+
+    /// A number below `n` (0 for 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0.u64(..n.max(1))
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn micros(&mut self, max: u64) -> Duration {
+        Duration::from_micros(self.below(max))
+    }
+}
