@@ -341,17 +341,17 @@ impl Serving {
         flush: bool,
         by_reader: bool,
     ) -> io::Result<()> {
-        let next = {
+        let (follows, next) = {
             let mut runs = self.runs();
             runs.running.remove(&id);
             runs.answering += 1;
-            if by_reader { None } else { runs.next_queued() }
+            let next = if by_reader { None } else { runs.next_queued() };
+            (next.is_some() || !runs.queued.is_empty(), next)
         };
-        // The answer goes out with the next run's start, in one write.
-        let answered = self.output.send(
-            &done_frame(id, outcome, self.max_frame),
-            flush && next.is_none(),
-        );
+        // A queued run starts next (here, or on the reader): its start carries the answer.
+        let answered = self
+            .output
+            .send(&done_frame(id, outcome, self.max_frame), flush && !follows);
         let mut result = answered;
         // The parent is gone when a write fails: the next run then never starts.
         let mut never_started = None;
@@ -533,8 +533,9 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         match Pin::new(&mut run).poll(&mut Context::from_waker(noop)) {
             Poll::Ready(outcome) => {
                 let outcome = outcome.unwrap_or_else(|_| Err(cancelled_by_pool()));
-                // Sent with the next run's start, or before the reader next waits for the parent.
-                if let Err(e) = serving.finish(id, outcome, false, true) {
+                // More frames already buffered, or a queued run to start: one flush for all.
+                let more_waiting = !input.buffer().is_empty();
+                if let Err(e) = serving.finish(id, outcome, !more_waiting, true) {
                     break Err(e);
                 }
             }
