@@ -26,7 +26,7 @@ use coordinator::{
     RequestHandle, RetryPolicy, SubmitError, SubmitOptions, Task, ThreadedExecutionStrategy,
     block_on,
 };
-use support::{Recorder, Rng};
+use support::{ChaosRun, Recorder, Rng, run_chaos_seeds};
 
 /// Every await of an answer is bounded by this: a lost answer fails, it does not hang.
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
@@ -737,56 +737,25 @@ async fn run_seed(seed: u64, ops: u64) -> Vec<String> {
 
 #[test]
 fn chaos() {
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let (first, seeds, ops) = (
-        env("CHAOS_FIRST_SEED", 1),
-        env("CHAOS_SEEDS", 64),
-        env("CHAOS_OPS", 150),
-    );
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !info.payload().is::<ChaosPanic>() {
             default_hook(info);
         }
     }));
-    let began = Instant::now();
-    let mut failed = Vec::new();
-    for seed in first..first + seeds {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        let failures = runtime.block_on(run_seed(seed, ops));
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        if std::env::var_os("CHAOS_VERBOSE").is_some() {
-            eprintln!(
-                "seed {seed}: {:?}, {} failures",
-                started.elapsed(),
-                failures.len()
-            );
-        }
-        if !failures.is_empty() {
-            eprintln!(
-                "seed {seed}: {} failures, first: {:#?}",
-                failures.len(),
-                &failures[..failures.len().min(12)]
-            );
-            failed.push(seed);
-        }
-    }
+    let ChaosRun {
+        first,
+        seeds,
+        ops,
+        failed,
+        elapsed,
+    } = run_chaos_seeds(64, 150, run_seed);
     eprintln!(
         "chaos: {seeds} seeds from {first}, {ops} ops each, {} requests accepted, {} starts in \
          the check-then-run window, {:?}",
         ACCEPTED.load(SeqCst),
         LATE_STARTS.load(SeqCst),
-        began.elapsed()
+        elapsed
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }

@@ -33,7 +33,7 @@ use coordinator::{
     RetryPolicy, SubmitError, SubmitOptions, Task, TaskExecutionStrategy, run_worker_if_requested,
 };
 use serde::{Deserialize, Serialize};
-use support::{Recorder, Rng};
+use support::{ChaosRun, Recorder, Rng, run_chaos_seeds};
 
 /// Every await of an answer is bounded by this: a lost answer fails, it does not hang.
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
@@ -1261,52 +1261,20 @@ fn main() {
         })
     });
     run_worker_if_requested(&registry());
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let (first, seeds, ops) = (
-        env("CHAOS_FIRST_SEED", 1),
-        env("CHAOS_SEEDS", 24),
-        env("CHAOS_OPS", 100),
-    );
-    let verbose = std::env::var_os("CHAOS_VERBOSE").is_some();
-    let began = Instant::now();
-    let mut failed = Vec::new();
-    for seed in first..first + seeds {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        let failures = runtime.block_on(run_seed(seed, ops));
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        if verbose {
-            eprintln!(
-                "seed {seed}: {:?}, {} failures",
-                started.elapsed(),
-                failures.len()
-            );
-        }
-        if !failures.is_empty() {
-            eprintln!(
-                "seed {seed}: {} failures, first: {:#?}",
-                failures.len(),
-                &failures[..failures.len().min(16)]
-            );
-            failed.push(seed);
-        }
-    }
+    let ChaosRun {
+        first,
+        seeds,
+        ops,
+        failed,
+        elapsed,
+    } = run_chaos_seeds(24, 100, run_seed);
     eprintln!(
         "process chaos: {seeds} seeds from {first}, {ops} ops each, {} requests accepted, {} \
          starts after a stop was answered (handed out before it; the latest {} us after), {:?}",
         ACCEPTED.load(SeqCst),
         LATE_STARTS.load(SeqCst),
         LATEST_START_US.load(SeqCst),
-        began.elapsed()
+        elapsed
     );
     if failed.is_empty() {
         println!("test process_chaos ... ok");

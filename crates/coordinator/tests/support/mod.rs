@@ -137,3 +137,67 @@ impl Rng {
         Duration::from_micros(self.below(max))
     }
 }
+
+/// What [`run_chaos_seeds`] ran, and the seeds that failed.
+pub struct ChaosRun {
+    pub first: u64,
+    pub seeds: u64,
+    pub ops: u64,
+    pub failed: Vec<u64>,
+    pub elapsed: std::time::Duration,
+}
+
+/// Runs `run_seed(seed, ops)` for each seed the environment asks for (`CHAOS_FIRST_SEED`,
+/// `CHAOS_SEEDS`, `CHAOS_OPS`; else from 1, `seeds` of `ops` operations), each on a runtime of its
+/// own, and says the first failures of each failing seed (`CHAOS_VERBOSE`: each seed's time).
+pub fn run_chaos_seeds<F>(seeds: u64, ops: u64, run_seed: impl Fn(u64, u64) -> F) -> ChaosRun
+where
+    F: std::future::Future<Output = Vec<String>>,
+{
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (first, seeds, ops) = (
+        env("CHAOS_FIRST_SEED", 1),
+        env("CHAOS_SEEDS", seeds),
+        env("CHAOS_OPS", ops),
+    );
+    let verbose = std::env::var_os("CHAOS_VERBOSE").is_some();
+    let began = std::time::Instant::now();
+    let mut failed = Vec::new();
+    for seed in first..first + seeds {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let failures = runtime.block_on(run_seed(seed, ops));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        if verbose {
+            eprintln!(
+                "seed {seed}: {:?}, {} failures",
+                started.elapsed(),
+                failures.len()
+            );
+        }
+        if !failures.is_empty() {
+            eprintln!(
+                "seed {seed}: {} failures, first: {:#?}",
+                failures.len(),
+                &failures[..failures.len().min(16)]
+            );
+            failed.push(seed);
+        }
+    }
+    ChaosRun {
+        first,
+        seeds,
+        ops,
+        failed,
+        elapsed: began.elapsed(),
+    }
+}
