@@ -15,11 +15,7 @@ fn a_task_naming_its_own_node_as_parent_is_not_its_own_adopter() {
     let (tx, rx) = std::sync::mpsc::channel();
     // On a thread of its own: a walk that never ends spins there, not in the test's thread.
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = support::runtime(2);
         runtime.block_on(async move {
             let threaded = ThreadedExecutionStrategy::builder()
                 .threads(2)

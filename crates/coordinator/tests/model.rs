@@ -228,11 +228,7 @@ proptest! {
 
     #[test]
     fn the_coordinator_matches_the_model(ops in proptest::collection::vec(op(), 0..40)) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = support::runtime(2);
         runtime.block_on(check(ops))?;
     }
 }

@@ -139,11 +139,7 @@ fn registry() -> NodeRegistry {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    support::runtime(2)
 }
 
 /// A started publisher, and a coordinator with the async mode and a process pool of 2 workers.

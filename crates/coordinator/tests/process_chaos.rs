@@ -678,11 +678,7 @@ async fn run_seed(seed: u64, ops: u64) -> Vec<String> {
     let mut starter = None;
     let pool = if setup.starter_ends.is_some() {
         let (runtime, pool) = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = support::runtime(1);
             let pool = runtime.block_on(pool.start());
             (runtime, pool)
         })

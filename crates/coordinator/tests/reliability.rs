@@ -546,11 +546,7 @@ async fn keep_last_retention_bounds_the_table_and_keeps_the_totals() {
 /// rather than staying open until its node returns (a threaded node runs on regardless).
 #[test]
 fn a_request_whose_runtime_shuts_down_before_its_deadline_ends_cancelled() {
-    let main = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main = support::runtime(1);
     let (publisher, coordinator) = main.block_on(async {
         let publisher = RequestCompletionPublisher::new();
         publisher.start().unwrap();

@@ -220,11 +220,7 @@ fn soak() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime(2);
     runtime.block_on(async {
         let started = Instant::now();
         let publisher = RequestCompletionPublisher::new();

@@ -235,11 +235,7 @@ fn waiting_async_parent(c: Coordinator, id: &str) -> Task<u32> {
 fn async_nodes_waiting_in_block_on_do_not_stop_the_runtime() {
     let (done, answered) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = support::runtime(2);
         let answers = runtime.block_on(async {
             let (publisher, coordinator) = started_with_small_pool();
             let parents = ["p0", "p1"].map(|id| {

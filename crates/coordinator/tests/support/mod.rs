@@ -138,6 +138,15 @@ impl Rng {
     }
 }
 
+/// A multi-thread runtime with `threads` workers and every driver.
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// What [`run_chaos_seeds`] ran, and the seeds that failed.
 pub struct ChaosRun {
     pub first: u64,
@@ -169,11 +178,7 @@ where
     let began = std::time::Instant::now();
     let mut failed = Vec::new();
     for seed in first..first + seeds {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime(2);
         let started = std::time::Instant::now();
         let failures = runtime.block_on(run_seed(seed, ops));
         runtime.shutdown_timeout(Duration::from_secs(1));
