@@ -53,6 +53,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -156,11 +157,14 @@ impl TaskExecutionStrategy for InlineStrategy {
             if self.state.tasks.is_empty() {
                 return;
             }
-            // No runtime is assumed, so the grace period is kept by a short-lived thread.
+            // No runtime is assumed, so the grace period is kept by a thread, which ends with
+            // this future: dropping `_ended` (done, or given up on) wakes it early.
             let (expire, expired) = oneshot::channel::<()>();
+            let (_ended, ended) = mpsc::channel::<()>();
             std::thread::spawn(move || {
-                std::thread::sleep(grace);
-                let _ = expire.send(());
+                if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(grace) {
+                    let _ = expire.send(());
+                }
             });
             let idle = std::pin::pin!(self.state.tasks.wait());
             futures::future::select(idle, expired).await;
