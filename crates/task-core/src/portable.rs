@@ -61,13 +61,29 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, TaskError> {
     postcard::to_allocvec(value).map_err(|e| TaskError::encoding(format!("encoding failed: {e}")))
 }
 
-/// Decodes a value encoded with [`encode`].
+/// Decodes a value encoded with [`encode`] from the start of `bytes`; bytes after the value are
+/// ignored (so a message that a later version extends at its end still reads, and can be
+/// answered). Nodes and their outputs are read whole: bytes left over after one are an error.
 ///
 /// # Errors
 ///
-/// [`TaskError::is_encoding_error`] when the bytes are not a valid `T`.
+/// [`TaskError::is_encoding_error`] when the bytes do not start with a valid `T`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
     postcard::from_bytes(bytes).map_err(|e| TaskError::encoding(format!("decoding failed: {e}")))
+}
+
+/// Decodes the whole of `bytes` as a `T`: how a node and its output are read, so that a peer
+/// sending another type (or another version of it) that starts like a `T` is an error, not a
+/// `T` read from the front with the rest ignored.
+pub(crate) fn decode_whole<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(TaskError::encoding(format!(
+            "decoding failed: {} trailing bytes after the value",
+            rest.len()
+        ))),
+        Err(e) => Err(TaskError::encoding(format!("decoding failed: {e}"))),
+    }
 }
 
 /// The process-crossing form of a task: the node's registered name, its encoded bytes, and how
@@ -82,7 +98,7 @@ pub struct PortableTask {
 fn decode_value<T: DeserializeOwned + fmt::Debug + Send + Sync + 'static>(
     bytes: &[u8],
 ) -> Result<Value, TaskError> {
-    decode::<T>(bytes).map(Value::new)
+    decode_whole::<T>(bytes).map(Value::new)
 }
 
 impl PortableTask {
@@ -112,7 +128,8 @@ impl PortableTask {
     ///
     /// # Errors
     ///
-    /// [`TaskError::is_encoding_error`] when the bytes are not the node's output type.
+    /// [`TaskError::is_encoding_error`] when the bytes are not exactly one value of the node's
+    /// output type (bytes left over after it included).
     pub fn decode_output(&self, bytes: &[u8]) -> Result<Value, TaskError> {
         (self.decode_output)(bytes)
     }
@@ -133,7 +150,7 @@ type Runner = fn(&[u8]) -> Result<BoxFuture<'static, Result<Vec<u8>, TaskError>>
 fn run_encoded<N: PortableNode>(
     bytes: &[u8],
 ) -> Result<BoxFuture<'static, Result<Vec<u8>, TaskError>>, TaskError> {
-    let node: N = decode(bytes)?;
+    let node: N = decode_whole(bytes)?;
     Ok(Box::pin(async move {
         let output = node.invoke().await.map_err(TaskError::node)?;
         encode(&output)
@@ -204,7 +221,7 @@ impl NodeRegistry {
     /// # Errors
     ///
     /// [`TaskError::is_not_registered`] for an unknown name, [`TaskError::is_encoding_error`] for
-    /// a payload that is not that node.
+    /// a payload that is not exactly that node (bytes left over after it included).
     pub fn run(
         &self,
         name: &str,
@@ -293,6 +310,31 @@ mod tests {
                 .unwrap()
                 .is_encoding_error()
         );
+    }
+
+    /// A node or an output is the whole of its bytes: bytes left over mean the peer sent
+    /// something else (another type, or another version of it), not this value and some noise.
+    #[test]
+    fn bytes_past_the_value_are_an_encoding_error() {
+        let mut registry = NodeRegistry::new();
+        registry.register::<Double>().unwrap();
+        let mut node = encode(&Double(21)).unwrap();
+        node.push(0x07);
+        let error = registry.run("double", &node).err().unwrap();
+        assert!(error.is_encoding_error(), "{error}");
+        assert!(error.message().contains("1 trailing byte"), "{error}");
+
+        let portable = Task::portable("r", Double(21))
+            .into_erased()
+            .portable()
+            .cloned()
+            .unwrap();
+        // A worker whose node returns `(u64, u8)` where this side expects a `u64`.
+        let other_type = encode(&(42_u64, 7_u8)).unwrap();
+        let error = portable.decode_output(&other_type).unwrap_err();
+        assert!(error.is_encoding_error(), "{error}");
+        let exact = portable.decode_output(&encode(&42_u64).unwrap()).unwrap();
+        assert_eq!(exact.downcast_ref::<u64>(), Some(&42));
     }
 
     #[test]

@@ -119,7 +119,10 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
         let mut task = Self::new(request_id, node);
         let encoded = portable.clone();
         task.inner.replay = Some(Arc::new(move || {
-            match encoded.payload().and_then(crate::portable::decode::<N>) {
+            match encoded
+                .payload()
+                .and_then(crate::portable::decode_whole::<N>)
+            {
                 Ok(node) => node_body(node),
                 // Encoding failed when the task was made: every attempt fails the same way.
                 Err(error) => TaskBody::Async(AsyncBody(Box::pin(std::future::ready(Err(error))))),
