@@ -99,6 +99,11 @@ enum Kind {
     Protocol,
     Cancelled,
     Poison,
+    /// Read from a peer of a later version, which knows a cause this one does not; the error is
+    /// made a [`Kind::Strategy`] as it is read, so no `TaskError` holds it. Stays last: a new
+    /// cause goes before it (serde numbers variants by position).
+    #[serde(other)]
+    Unknown,
 }
 
 impl TaskError {
@@ -299,6 +304,8 @@ impl PartialEq for TaskError {
 impl Eq for TaskError {}
 
 /// The serialized form keeps the cause and the message; the source error stays in the process.
+/// A cause the reader does not know (sent by a later version) reads as a strategy failure with
+/// the sender's message, so an answer that carries it is not lost.
 #[derive(Serialize, Deserialize)]
 struct Wire<'a> {
     kind: Kind,
@@ -318,7 +325,12 @@ impl Serialize for TaskError {
 impl<'de> Deserialize<'de> for TaskError {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(deserializer)?;
-        Ok(Self::with_message(wire.kind, wire.message.into_owned()))
+        // A cause this version does not know: the peer's task still failed, and says why.
+        let kind = match wire.kind {
+            Kind::Unknown => Kind::Strategy,
+            kind => kind,
+        };
+        Ok(Self::with_message(kind, wire.message.into_owned()))
     }
 }
 
@@ -386,6 +398,27 @@ mod tests {
         assert_eq!(err.message(), "node panicked: bang");
         let err = TaskError::panic(Box::new(7_u8));
         assert!(err.message().contains("non-string"));
+    }
+
+    /// A peer of a later version may send a cause this one does not know yet: its error still
+    /// reads (as the strategy's failure, with the peer's message), so the answer it carries is
+    /// not lost with it.
+    #[test]
+    fn a_cause_this_version_does_not_know_reads_as_a_strategy_failure() {
+        let json = r#"{"kind":"rate_limited","message":"slow down"}"#;
+        let back: TaskError = serde_json::from_str(json).unwrap();
+        assert!(back.is_strategy_error(), "{back:?}");
+        assert_eq!(back.message(), "slow down");
+        #[cfg(feature = "portable")]
+        {
+            // postcard: the variant's index (a varint, 200 here, past every known cause), then
+            // the message's length and bytes.
+            let back: TaskError = crate::decode(&[0xc8, 0x01, 2, b'h', b'i']).unwrap();
+            assert!(back.is_strategy_error(), "{back:?}");
+            assert_eq!(back.message(), "hi");
+            let again: TaskError = crate::decode(&crate::encode(&back).unwrap()).unwrap();
+            assert_eq!(again, back, "sent on as the strategy failure it reads as");
+        }
     }
 
     #[test]
