@@ -18,6 +18,13 @@ use crate::{BoxFuture, Node, TaskError, Value};
 /// [`Task::portable`](crate::Task::portable). It still runs in-process under the async and
 /// threaded modes.
 ///
+/// The node and its output cross in postcard ([`encode`]), which does not describe its own
+/// fields: a type that needs a self-describing format never decodes on the other side
+/// (`serde_json::Value`, `#[serde(untagged)]`, `#[serde(flatten)]`), and
+/// `#[serde(skip_serializing_if)]` leaves out a field the reader still expects. The failure
+/// shows only when the task runs, as [`TaskError::is_encoding_error`]: a test that decodes what
+/// [`encode`] made of a node and of its output catches it first.
+///
 /// # Examples
 ///
 /// ```
