@@ -126,6 +126,10 @@ impl InlineStrategy {
 
 impl TaskExecutionStrategy for InlineStrategy {
     fn execute(&self, task: ErasedTask, completion: Completion) {
+        // Cancelled before it started: its outcome is given already, and it never runs.
+        if completion.is_cancelled() {
+            return;
+        }
         let Some(in_flight) = InFlight::enter(&self.state) else {
             return completion.complete(Err(TaskError::shutdown(self.name())));
         };
@@ -249,6 +253,53 @@ mod tests {
         assert_eq!(*ran_on.lock().unwrap(), Some(thread::current().id()));
         assert_eq!(s.stats().in_flight, 0);
         assert!(block_on(running).is_ok());
+    }
+
+    /// A request cancelled before `execute` is called (its caller gave up in between) is
+    /// answered already: its body never runs, and nothing more is delivered.
+    #[test]
+    fn a_request_cancelled_before_it_starts_never_runs() {
+        struct Cancelled(AtomicBool);
+        impl task_core::context::EventSink for Cancelled {
+            fn broadcast(&self, _: Arc<str>) {}
+        }
+        impl task_core::CompletionSink for Cancelled {
+            fn complete(&self, _: task_core::Outcome) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+            fn poll_cancelled(&self, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+                std::task::Poll::Ready(())
+            }
+            fn is_cancelled(&self) -> bool {
+                true
+            }
+            fn run_in_scope(&self, f: &mut dyn FnMut()) {
+                f();
+            }
+            fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
+                block_on(future);
+            }
+        }
+        let s = InlineStrategy::new();
+        let sink = Arc::new(Cancelled(AtomicBool::new(false)));
+        for blocking in [true, false] {
+            let ran = Arc::new(AtomicBool::new(false));
+            let seen = Arc::clone(&ran);
+            let body = move || {
+                seen.store(true, Ordering::SeqCst);
+                Ok::<_, BoxError>(())
+            };
+            let task = if blocking {
+                Task::blocking("1", "late", body).into_erased()
+            } else {
+                Task::from_fn("1", "late", move || async move { body() }).into_erased()
+            };
+            s.execute(task, task_core::Completion::new(Arc::clone(&sink) as _));
+            assert!(!ran.load(Ordering::SeqCst), "blocking: {blocking}");
+        }
+        assert!(!sink.0.load(Ordering::SeqCst), "nothing delivered");
+        let stats = s.stats();
+        assert_eq!((stats.succeeded, stats.failed, stats.in_flight), (0, 0, 0));
     }
 
     /// Sets its flag when dropped: shows a node's future was dropped.
