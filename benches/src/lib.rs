@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use coordinator::{
     BoxError, Coordinator, CoordinatorBuilder, ExecutionMode, Outcome, PortableNode,
     ProcessExecutionStrategy, RequestCompletionPublisher, RequestId, SubmitOptions, Task, TaskBody,
-    ThreadedExecutionStrategy,
+    TaskExecutionStrategy, ThreadedExecutionStrategy,
 };
 /// The trivial task (it returns its number), and the registry of every binary here, each its
 /// own process worker (see [`serve_if_child`]).
@@ -88,13 +88,16 @@ impl Started {
 }
 
 /// A runtime, a 2-thread rayon pool and a coordinator serving the async mode and the threaded
-/// mode on that pool: what the async and threaded scenarios and their baselines run on.
+/// mode on that pool: what the async and threaded scenarios and their baselines run on; and,
+/// started on first use, a pool of 2 worker processes and a coordinator recording metrics.
 #[derive(Debug)]
 #[allow(missing_docs)]
 pub struct Fixture {
     pub rt: Runtime,
     pub pool: Arc<rayon::ThreadPool>,
     pub started: Started,
+    workers: OnceLock<Arc<ProcessExecutionStrategy>>,
+    metered: OnceLock<Started>,
 }
 
 impl Default for Fixture {
@@ -107,18 +110,30 @@ impl Default for Fixture {
         let builder = Coordinator::builder().with_async();
         let builder = builder.strategy(ExecutionMode::THREADED, threaded);
         let started = Started::new(&rt, builder);
-        Self { rt, pool, started }
+        let (workers, metered) = (OnceLock::new(), OnceLock::new());
+        Self {
+            rt,
+            pool,
+            started,
+            workers,
+            metered,
+        }
     }
 }
 
 impl Fixture {
-    /// Runs scenario `name` once over `ids`: `async` and `threaded` (every `submit` future
-    /// awaited together), `async-handles` (`try_spawn`, the handles awaited in order), `batch`
-    /// (one `submit_many`), the raw baselines `raw-async` and `raw-threaded`, or the design floors
-    /// `floor-async`, `floor-handles`, `floor-unshared` and `floor-threaded` ([`design_floor`]).
-    /// `None` for a name it does not know.
+    /// Runs scenario `name` once over `ids` (`ids.len()` tasks or messages): `async` and
+    /// `threaded` (every `submit` future awaited together), `async-handles` (`try_spawn`, the
+    /// handles awaited in order), `batch` (one `submit_many`), the raw baselines `raw-async` and
+    /// `raw-threaded`, the design floors `floor-async`, `floor-handles`, `floor-unshared` and
+    /// `floor-threaded` ([`design_floor`]), `async-metrics` (async, its metrics going to a
+    /// Prometheus recorder), `fan-out-16` and `broadcast-16` ([`publish_fan_out`] and
+    /// [`broadcast_fan_out`] to 16 subscribers), `process` (the tasks in flight over 2 worker
+    /// processes) and `process-1` (one at a time: the round trip). `None` for a name it does not
+    /// know.
     pub fn run(&self, name: &str, ids: &[RequestId]) -> Option<Duration> {
-        let (rt, coordinator) = (&self.rt, &self.started.coordinator);
+        let (rt, coordinator, n) = (&self.rt, &self.started.coordinator, ids.len() as u64);
+        let workers = || self.workers.get_or_init(|| worker_pool(rt));
         Some(match name {
             "async" => submit_trivial(rt, coordinator, ids, &ExecutionMode::ASYNC),
             "threaded" => submit_trivial(rt, coordinator, ids, &ExecutionMode::THREADED),
@@ -130,12 +145,26 @@ impl Fixture {
             "floor-handles" => design_floor(rt, None, ids, Floor::InOrder),
             "floor-unshared" => design_floor(rt, None, ids, Floor::Unshared),
             "floor-threaded" => design_floor(rt, Some(&self.pool), ids, Floor::JoinAll),
+            "async-metrics" => {
+                let metered = self.metered.get_or_init(|| Started::with_metrics(rt).0);
+                submit_trivial(rt, &metered.coordinator, ids, &ExecutionMode::ASYNC)
+            }
+            "fan-out-16" => publish_fan_out(rt, 16, n),
+            "broadcast-16" => broadcast_fan_out(rt, 16, n),
+            "process" => process_pipelined(rt, workers(), n),
+            "process-1" => process_round_trips(rt, workers(), n),
             _ => return None,
         })
     }
 
-    /// Shuts the coordinator and the publisher down.
+    /// Shuts down the coordinators and the publishers, and the worker processes if started.
     pub fn shutdown(self) {
+        if let Some(workers) = self.workers.into_inner() {
+            self.rt.block_on(workers.shutdown(Duration::from_secs(5)));
+        }
+        if let Some(metered) = self.metered.into_inner() {
+            metered.shutdown(&self.rt);
+        }
         self.started.shutdown(&self.rt);
     }
 }

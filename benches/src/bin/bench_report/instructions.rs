@@ -8,50 +8,25 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use coordinator::{ExecutionMode, TaskExecutionStrategy};
-
 use crate::measure::Row;
 use crate::scenarios::names;
 
 /// The flag that runs one scenario in a loop: `--run SCENARIO N ROUNDS`.
 pub(crate) const RUN_FLAG: &str = "--run";
 
-/// What `--run` runs.
-const SCENARIOS: &str = "async, threaded, async-handles, batch, raw-async, raw-threaded, \
-    floor-async, floor-handles, floor-unshared, floor-threaded, async-metrics, fan-out-16, \
-    broadcast-16, process, process-1";
-
-/// Runs `scenario` `rounds` times over `n` tasks (or messages) and says how long a task took:
-/// those of [`benches::Fixture::run`], `async-metrics` (async with a Prometheus recorder),
-/// `fan-out-16` and `broadcast-16`, `process` (`n` tasks in flight over a pool of 2 workers) and
-/// `process-1` (one at a time: the round trip).
+/// Runs `scenario` of [`benches::Fixture::run`] `rounds` times over `n` tasks (or messages) and
+/// says how long a task took.
 pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
-    if !SCENARIOS.split(", ").any(|known| known == scenario) {
-        eprintln!("no scenario `{scenario}`; --run knows {SCENARIOS}");
-        std::process::exit(2);
-    }
     let (fixture, ids) = (benches::Fixture::default(), benches::request_ids(n));
-    let rt = &fixture.rt;
-    let pool = scenario
-        .starts_with("process")
-        .then(|| benches::worker_pool(rt));
-    let metered = (scenario == "async-metrics").then(|| benches::Started::with_metrics(rt).0);
-    let once = || match (scenario, &pool, &metered) {
-        (.., Some(on)) => benches::submit_trivial(rt, &on.coordinator, &ids, &ExecutionMode::ASYNC),
-        ("fan-out-16", ..) => benches::publish_fan_out(rt, 16, n),
-        ("broadcast-16", ..) => benches::broadcast_fan_out(rt, 16, n),
-        ("process", Some(pool), _) => benches::process_pipelined(rt, pool, n),
-        ("process-1", Some(pool), _) => benches::process_round_trips(rt, pool, n),
-        _ => fixture.run(scenario, &ids).expect("a known scenario"),
+    let total: Option<Duration> = (0..rounds).map(|_| fixture.run(scenario, &ids)).sum();
+    let Some(total) = total else {
+        eprintln!("no scenario `{scenario}`; docs/benchmarks.md lists them");
+        std::process::exit(2);
     };
-    let total: Duration = (0..rounds).map(|_| once()).sum();
     eprintln!(
         "{scenario}: {} ns per task over {rounds} rounds of {n}",
         total.as_nanos() / u128::from(n * rounds.max(1))
     );
-    if let Some(pool) = pool {
-        rt.block_on(pool.shutdown(Duration::from_secs(5)));
-    }
     fixture.shutdown();
 }
 
