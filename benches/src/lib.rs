@@ -35,6 +35,16 @@ pub fn serve_if_child() {
     coordinator::run_worker_if_requested(&registry());
 }
 
+/// This binary again, with `args`, talked to over its stdin and stdout (see [`serve_if_child`]).
+pub fn this_binary(args: &[&str]) -> Command {
+    let mut child = Command::new(std::env::current_exe().expect("own path"));
+    child
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    child
+}
+
 /// The runtime every benchmark uses: 2 workers, like the machines these run on.
 pub fn runtime() -> Runtime {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -408,9 +418,7 @@ impl RawEcho {
         };
         let frame = wire::encode_frame(&run, wire::DEFAULT_MAX_FRAME).expect("a small frame");
         let child = || {
-            let mut child = Command::new(std::env::current_exe().expect("own path"));
-            child.env(RAW_ECHO_ENV, "1");
-            let child = child.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn();
+            let child = this_binary(&[]).env(RAW_ECHO_ENV, "1").spawn();
             let mut child = child.expect("echo child");
             let to = child.stdin.take().expect("stdin");
             (to, child.stdout.take().expect("stdout"), Killed(child))

@@ -44,9 +44,7 @@ fn workspace_root() -> PathBuf {
 /// as JSON: the measurements that need a process of their own. `None` where that failed, once
 /// stderr says that `what` was not measured, why, and what the child said there.
 fn measure_in_child<T: serde::de::DeserializeOwned>(what: &str, args: &[&str]) -> Option<T> {
-    let exe = std::env::current_exe().expect("own path");
-    let output = std::process::Command::new(exe).args(args).output();
-    let output = output.expect("the child runs");
+    let output = benches::this_binary(args).output().expect("the child runs");
     let why = match serde_json::from_slice(&output.stdout) {
         _ if !output.status.success() => output.status.to_string(),
         Ok(measured) => return Some(measured),

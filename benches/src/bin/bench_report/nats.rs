@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
@@ -46,13 +45,9 @@ pub(crate) fn worker_main(stream: &str, prefix: &str) -> ! {
 
 /// A worker process of this binary, once it says it is ready; `None` if it does not.
 fn worker(stream: &str, prefix: &str) -> Option<Killed> {
-    let mut command = Command::new(std::env::current_exe().ok()?);
-    let command = command
-        .args([WORKER_FLAG, stream, prefix])
-        .stdout(Stdio::piped());
-    let mut worker = Killed(command.spawn().ok()?);
-    let mut line = String::new();
-    let mut said = BufReader::new(worker.0.stdout.take()?);
+    let worker = benches::this_binary(&[WORKER_FLAG, stream, prefix]).spawn();
+    let mut worker = Killed(worker.ok()?);
+    let (mut said, mut line) = (BufReader::new(worker.0.stdout.take()?), String::new());
     said.read_line(&mut line).ok()?;
     line.starts_with("ready").then_some(worker)
 }
