@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::measure::Row;
+use crate::scenarios::names;
 
 /// What opens a claim in a Markdown file.
 const OPENING: &str = "<!-- bench ";
@@ -77,14 +78,10 @@ fn check_text(file: &str, text: &str, rows: &[Row]) -> Vec<Claim> {
 /// Reads the claim's text and judges it against `rows`.
 fn judge(claim: &mut Claim, rows: &[Row]) -> Result<(), String> {
     let target = claim.claim.strip_prefix("target ");
-    let (sides, range) = target
-        .unwrap_or(&claim.claim)
-        .split_once(" ratio=")
-        .ok_or(GRAMMAR)?;
-    let sides: Vec<_> = sides
-        .split(" vs ")
-        .map(|side| pick(rows, side))
-        .collect::<Result<_, _>>()?;
+    let text = target.unwrap_or(&claim.claim);
+    let (sides, range) = text.split_once(" ratio=").ok_or(GRAMMAR)?;
+    let sides = sides.split(" vs ").map(|side| pick(rows, side));
+    let sides = sides.collect::<Result<Vec<_>, _>>()?;
     let measured = match sides[..] {
         [ours] => ours.map(|ours| (ours.ratio, ours.n)),
         [ours, other] => ours
@@ -92,11 +89,11 @@ fn judge(claim: &mut Claim, rows: &[Row]) -> Result<(), String> {
             .map(|(ours, other)| (other.ns_per_task / ours.ns_per_task, ours.n)),
         _ => return Err(GRAMMAR.into()),
     };
-    let bound = |b: &str| {
-        b.parse::<f64>()
-            .map_err(|_| format!("`{b}` is not a number"))
+    let bound = |b: &str| match b.parse::<f64>() {
+        _ if b.is_empty() => Ok(None),
+        Ok(bound) => Ok(Some(bound)),
+        Err(_) => Err(format!("`{b}` is not a number")),
     };
-    let bound = |b: &str| (!b.is_empty()).then(|| bound(b)).transpose();
     let (low, high) = range.split_once("..").ok_or(GRAMMAR)?;
     let (low, high) = (bound(low)?, bound(high)?);
     if low.zip(high).is_some_and(|(low, high)| low > high) || low.or(high).is_none() {
@@ -121,11 +118,7 @@ fn judge(claim: &mut Claim, rows: &[Row]) -> Result<(), String> {
 fn pick<'r>(rows: &'r [Row], side: &str) -> Result<Option<&'r Row>, String> {
     let quoted = side.strip_prefix('"').and_then(|side| side.split_once('"'));
     let (name, n) = quoted.ok_or(GRAMMAR)?;
-    if !crate::scenarios::names::ALL
-        .concat()
-        .iter()
-        .any(|(known, _)| *known == name)
-    {
+    if !names::ALL.concat().iter().any(|(known, _)| *known == name) {
         return Err(format!("the report has no scenario `{name}`"));
     }
     let n = match n.trim_start().strip_prefix("n=") {
