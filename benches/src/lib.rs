@@ -101,11 +101,11 @@ impl Started {
 /// mode on that pool: what the async and threaded scenarios and their baselines run on; and,
 /// started on first use, a pool of 2 worker processes and a coordinator recording metrics.
 #[derive(Debug)]
-#[allow(missing_docs)]
 pub struct Fixture {
+    /// The runtime, which the other scenarios run on too.
     pub rt: Runtime,
-    pub pool: Arc<rayon::ThreadPool>,
-    pub started: Started,
+    pool: Arc<rayon::ThreadPool>,
+    started: Started,
     workers: OnceLock<Arc<ProcessExecutionStrategy>>,
     metered: OnceLock<Started>,
 }
