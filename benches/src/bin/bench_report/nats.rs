@@ -64,15 +64,12 @@ pub(crate) fn throughput(rt: &Runtime, n: u64, reps: usize) -> Option<Row> {
     let tag = std::process::id();
     let (stream, prefix) = (format!("BENCH_{tag}"), format!("bench{tag}"));
     let workers: Vec<Killed> = (0..2).filter_map(|_| worker(&stream, &prefix)).collect();
-    let setup = (workers.len() == 2).then(|| {
-        rt.block_on(async {
-            let strategy = NatsStrategy::builder().config(config(&stream, &prefix));
-            Some((
-                strategy.start().await.ok()?,
-                RawQueue::start(&url, tag).await?,
-            ))
-        })
-    });
+    let setup = async {
+        let strategy = NatsStrategy::builder().config(config(&stream, &prefix));
+        let strategy = strategy.start().await.ok()?;
+        Some((strategy, RawQueue::start(&url, tag).await?))
+    };
+    let setup = (workers.len() == 2).then(|| rt.block_on(setup));
     let Some((strategy, mut raw)) = setup.flatten() else {
         eprintln!("nats: the workers or the scenario could not be set up; skipped");
         return None;
