@@ -39,10 +39,8 @@ fn doc_text(attrs: &[Attribute]) -> String {
     let mut lines = Vec::new();
     for attr in attrs.iter().filter(|a| a.path().is_ident("doc")) {
         if let syn::Meta::NameValue(doc) = &attr.meta
-            && let syn::Expr::Lit(syn::ExprLit {
-                lit: syn::Lit::Str(s),
-                ..
-            }) = &doc.value
+            && let syn::Expr::Lit(literal) = &doc.value
+            && let syn::Lit::Str(s) = &literal.lit
         {
             let line = s.value();
             lines.push(line.strip_prefix(' ').unwrap_or(&line).to_owned());
@@ -72,19 +70,15 @@ fn strip_links(text: &str) -> String {
     let mut rest = text;
     while let Some(start) = rest.find('[') {
         out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        match after.find(']').filter(|&end| !after[..end].contains('[')) {
-            Some(end) => {
-                out.push_str(&after[..end]);
-                rest = &after[end + 1..];
-                if let Some(close) = rest.find(')').filter(|_| rest.starts_with('(')) {
-                    rest = &rest[close + 1..];
-                }
-            }
-            None => {
-                out.push('[');
-                rest = after;
-            }
+        rest = &rest[start + 1..];
+        let Some(end) = rest.find(']').filter(|&end| !rest[..end].contains('[')) else {
+            out.push('[');
+            continue;
+        };
+        out.push_str(&rest[..end]);
+        rest = &rest[end + 1..];
+        if let Some(close) = rest.find(')').filter(|_| rest.starts_with('(')) {
+            rest = &rest[close + 1..];
         }
     }
     out + rest
