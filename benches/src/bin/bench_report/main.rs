@@ -17,6 +17,7 @@ mod scenarios;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use serde::de::DeserializeOwned;
 
 /// Writes the report of every scenario beside its raw baseline (`--run SCENARIO N ROUNDS` runs
 /// one scenario in a loop instead).
@@ -40,11 +41,13 @@ fn workspace_root() -> PathBuf {
     root.map_or_else(|| ".".into(), Path::to_path_buf)
 }
 
-/// Runs this binary again with `args` (a child flag and its arguments) and reads what it prints
-/// as JSON: the measurements that need a process of their own. `None` where that failed, once
-/// stderr says that `what` was not measured, why, and what the child said there.
-fn measure_in_child<T: serde::de::DeserializeOwned>(what: &str, args: &[&str]) -> Option<T> {
-    let output = benches::this_binary(args).output().expect("the child runs");
+/// Runs this binary again with a child's `flag` and its `counts`, and reads what it prints as
+/// JSON: the measurements that need a process of their own. `None` where that failed, once stderr
+/// says that `what` was not measured, why, and what the child said there.
+fn measure_in_child<T: DeserializeOwned>(what: &str, flag: &str, counts: &[u64]) -> Option<T> {
+    let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
+    let mut child = benches::this_binary(&[flag]);
+    let output = child.args(counts).output().expect("the child runs");
     let why = match serde_json::from_slice(&output.stdout) {
         _ if !output.status.success() => output.status.to_string(),
         Ok(measured) => return Some(measured),

@@ -83,10 +83,9 @@ pub(crate) fn child(keep_last: usize, checkpoint: u64, tasks: u64) -> [u64; 3] {
 /// Both measurements, each in a fresh child; `None`, saying why on stderr, where they failed.
 pub(crate) fn measure(jobs: u64, checkpoint: u64, total: u64) -> Option<Memory> {
     eprintln!("memory: {jobs} retained jobs, then {total} tasks keeping the last {KEEP_LAST} ...");
-    let child = |what, keep_last: usize, checkpoint: u64, tasks: u64| {
-        let args = [keep_last as u64, checkpoint, tasks].map(|arg| arg.to_string());
-        let args = [CHILD_FLAG, &args[0], &args[1], &args[2]];
-        crate::measure_in_child::<[u64; 3]>(what, &args)
+    let child = |what, keep_last: usize, checkpoint, tasks| {
+        let counts = [keep_last as u64, checkpoint, tasks];
+        crate::measure_in_child::<[u64; 3]>(what, CHILD_FLAG, &counts)
     };
     let [_, now, peak] = child("memory", 0, jobs, jobs)?;
     let bounded = child("bounded retention", KEEP_LAST, checkpoint, total);

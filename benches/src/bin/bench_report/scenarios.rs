@@ -241,8 +241,7 @@ pub(crate) fn process(rt: &Runtime, round_trips: u64, pipelined: u64, reps: usiz
     let mut rows = process_rows(names::ROUND_TRIP, rt, round_trips, pipelined, reps);
     let name = names::PINNED_ROUND_TRIP.0;
     eprintln!("{name}: in a pinned child ...");
-    let args = [PINNED_FLAG, &round_trips.to_string(), &reps.to_string()];
-    let pinned = crate::measure_in_child::<Row>(name, &args);
+    let pinned = crate::measure_in_child::<Row>(name, PINNED_FLAG, &[round_trips, reps as u64]);
     pinned.iter().for_each(|row| eprintln!("{}", row.summary()));
     rows.extend(pinned);
     rows
