@@ -848,6 +848,8 @@ fn a_task_that_keeps_crashing_its_workers_is_poison() {
             .await
             .unwrap_err();
         assert!(e.is_poison(), "{e:?}");
+        let once = "its worker died running it, the last time: worker";
+        assert!(e.message().contains(once), "{e}");
         strict.shutdown(Duration::from_secs(5)).await;
     });
 }

@@ -236,8 +236,12 @@ impl Shared {
                 #[cfg(feature = "metrics")]
                 metrics::counter!("process_tasks_poisoned_total").increment(1);
                 self.crash_log().forget(&pending.request_id);
+                let times = match crashes {
+                    1 => String::new(),
+                    n => format!(" {n} times in a row"),
+                };
                 TaskError::poison(format!(
-                    "the task is poison: its worker died {crashes} times in a row running it, the last time: {what}"
+                    "the task is poison: its worker died{times} running it, the last time: {what}"
                 ))
             } else {
                 TaskError::worker_lost(what)
