@@ -127,24 +127,27 @@ impl Coordinator {
     }
 
     /// The place `task` shares under its mode's limit: that of its nearest ancestor in the same
-    /// mode, found through ancestors whose requests are open in this coordinator (in any mode).
+    /// mode, found up the open requests above its parent (in any mode, in any coordinator,
+    /// through the links that reach past the requests that ended: [`RequestCell::adopter`]).
     /// The tree then holds one place until all of it has ended, and a task never waits for a
     /// place its own ancestor holds (a deadlock). `None` for any other task: it takes a place of
-    /// its own. The walk costs one step per level of the tree, and stops at a cycle of parents.
+    /// its own. The walk costs one step per open level of the tree.
     pub(crate) fn ancestor_place(&self, task: &ErasedTask, entry: &Mode) -> Option<Place> {
-        let mut parent = task.info().parent_id()?.clone();
-        let mut seen = Vec::new();
+        let parent = task.info().parent_id()?;
+        let mut cell = Arc::clone(&self.inner.table().attachment_of_node(parent)?.cell);
         loop {
-            let (cell, same_mode) = {
+            // This coordinator's open request, and its mode; another coordinator's is passed.
+            let request_id = cell.request_id();
+            let same_mode = request_id.is_some_and(|id| {
                 let table = self.inner.table();
-                let open = table.attachment_of_node(&parent)?;
-                (Arc::clone(&open.cell), open.mode == entry.index)
-            };
+                table
+                    .attachment(&id)
+                    .is_some_and(|open| Arc::ptr_eq(&open.cell, &cell) && open.mode == entry.index)
+            });
             if same_mode {
                 return cell.place();
             }
-            seen.push(parent);
-            parent = cell.parent_id().filter(|next| !seen.contains(next))?;
+            cell = cell.adopter()?;
         }
     }
 

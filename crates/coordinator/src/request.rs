@@ -313,9 +313,9 @@ impl RequestCell {
         lock(&self.ending).as_ref()?.permit.clone()
     }
 
-    /// The node it was submitted from, while it is open.
-    pub(crate) fn parent_id(&self) -> Option<NodeId> {
-        lock(&self.ending).as_ref()?.info.parent_id().cloned()
+    /// Its request id, while it is open.
+    pub(crate) fn request_id(&self) -> Option<task_core::RequestId> {
+        Some(lock(&self.ending).as_ref()?.info.request_id().clone())
     }
 
     /// Makes the request open: until it ends, `ending` is what ending it needs.

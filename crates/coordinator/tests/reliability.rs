@@ -805,6 +805,45 @@ async fn a_tree_that_leaves_its_limited_mode_and_comes_back_shares_its_place() {
     publisher.shutdown().await;
 }
 
+/// An agent in a limited mode hands its work to a tool in another mode, which passes it on to
+/// a worker it spawns and ends. The worker, open beneath the agent through the tool that ended,
+/// calls back into the limited mode: its tree's place is the agent's, so it does not wait for it
+/// while the agent waits for the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_back_in_its_limited_mode_through_a_request_that_ended_shares_its_place() {
+    let (publisher, coordinator) = started_from(
+        Coordinator::builder()
+            .with_async()
+            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
+            .limit("limited", 1),
+    );
+    let inside = coordinator.clone();
+    let agent = Task::from_fn("agent", "agent", move || async move {
+        let (in_tool, in_worker) = (inside.clone(), inside.clone());
+        let tool = Task::from_fn("tool", "tool", move || async move {
+            let worker = Task::from_fn("worker", "worker", move || async move {
+                // Once the tool has ended, the worker's nearest open ancestor is the agent.
+                while in_worker.job("tool").and_then(|job| job.result()).is_none() {
+                    tokio::task::yield_now().await;
+                }
+                let model = Task::from_fn("model", "model", || async { Ok::<_, BoxError>(7_u32) });
+                Ok::<_, BoxError>(in_worker.submit(model, "limited").await?)
+            });
+            // The work goes on in the worker: the tool hands its handle back and ends.
+            Ok::<_, BoxError>(in_tool.spawn(worker, "async", SubmitOptions::new()).await?)
+        });
+        let worker = inside.submit(tool, "async").await?;
+        Ok::<_, BoxError>(worker.await?)
+    });
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        coordinator.submit(agent, "limited"),
+    );
+    assert_eq!(answered.await.expect("no deadlock").unwrap(), 7);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
 /// A parent awaits a child that submits a long grandchild, drops its handle and ends: nothing
 /// holds the ended child's record any more. The parent's cancellation still reaches the
 /// grandchild (found by the chaos test, `tests/chaos.rs`).

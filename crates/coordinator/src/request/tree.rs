@@ -73,7 +73,7 @@ impl RequestCell {
     }
 
     /// The open request that adopted this one, if any.
-    pub(super) fn adopter(&self) -> Option<Arc<RequestCell>> {
+    pub(crate) fn adopter(&self) -> Option<Arc<RequestCell>> {
         lock(&self.parent).clone()
     }
 
