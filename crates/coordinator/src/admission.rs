@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher, RequestCreation};
-use task_core::{BoxFuture, ErasedTask, ExecutionMode, RequestId, Value};
+use task_core::{BoxFuture, ErasedTask, ExecutionMode, RequestId, TaskInfo, Value};
 use tokio::sync::TryAcquireError;
 
 use crate::coordinator::Coordinator;
@@ -169,6 +169,13 @@ impl Coordinator {
                     Err(TryAcquireError::Closed) => {
                         return Err(SubmitError::new(SubmitKind::ShutDown));
                     }
+                    // Submitted from a node whose request was cancelled (or timed out): it is
+                    // born cancelled and never runs, so it takes no place, and waits for none.
+                    Err(TryAcquireError::NoPermits)
+                        if scoped_parent(task.info()).is_some_and(|p| p.cancels_children()) =>
+                    {
+                        (None, None)
+                    }
                     Err(TryAcquireError::NoPermits) => {
                         let (wait_mode, limit) = (mode.clone(), Arc::clone(limit));
                         let wait = Box::pin(async move {
@@ -209,6 +216,17 @@ impl Coordinator {
             Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode, None))),
         }
     }
+}
+
+/// The request of the node `info` names as its parent, when it is submitted from inside that
+/// node (the usual way): at hand, open or not.
+fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
+    let parent = info.parent_id()?;
+    CURRENT_NODE
+        .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))
+        .ok()
+        .flatten()
+        .flatten()
 }
 
 /// A request made ready to record: its cell open, its deadline's timer made.
@@ -272,15 +290,7 @@ impl Coordinator {
         }
         let span = task_span(task.info(), mode);
         let cell = RequestCell::new(task.info().node_id().clone(), span, events, output);
-        // Submitted from inside its parent's node (the usual way): the parent's request is at
-        // hand, open or not.
-        let scoped_parent = task.info().parent_id().and_then(|parent| {
-            CURRENT_NODE
-                .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))
-                .ok()
-                .flatten()
-                .flatten()
-        });
+        let scoped_parent = scoped_parent(task.info());
         let retry = retry.map(|policy| {
             Box::new(Retry {
                 mode: entry.index,

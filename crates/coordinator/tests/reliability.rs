@@ -844,6 +844,58 @@ async fn a_tree_back_in_its_limited_mode_through_a_request_that_ended_shares_its
     publisher.shutdown().await;
 }
 
+/// A blocking node whose request timed out (it cannot be stopped) submits a child to a limited
+/// mode whose one place another request holds. The child is born cancelled with its parent:
+/// it ends at once instead of first waiting for that place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_use() {
+    let (publisher, coordinator) = started_from(
+        Coordinator::builder()
+            .with_async()
+            .strategy(
+                ExecutionMode::THREADED,
+                ThreadedExecutionStrategy::builder().build().unwrap(),
+            )
+            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
+            .limit("limited", 1),
+    );
+    let holder = coordinator
+        .spawn(
+            sleeper("holder", Arc::new(AtomicBool::new(false))),
+            "limited",
+            SubmitOptions::new(),
+        )
+        .await
+        .unwrap();
+    let (sent, child_answer) = tokio::sync::oneshot::channel();
+    let inside = coordinator.clone();
+    let parent = Task::blocking("parent", "parent", move || {
+        while inside.job("parent").and_then(|job| job.result()) != Some(JobResult::TimedOut) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let child = value_task("child", 1);
+        let _ = sent.send(coordinator::block_on(inside.submit(child, "limited")));
+        Ok::<_, BoxError>(())
+    });
+    let options = SubmitOptions::new().timeout(Duration::from_millis(20));
+    let timed_out = coordinator
+        .submit_with(parent, ExecutionMode::THREADED, options)
+        .await
+        .unwrap_err();
+    assert!(timed_out.is_timeout(), "{timed_out}");
+    let child = tokio::time::timeout(Duration::from_secs(30), child_answer).await;
+    holder.cancel();
+    let child = child.expect("the child waited for the place").unwrap();
+    let error = child.unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    assert_eq!(
+        coordinator.job("child").and_then(|job| job.result()),
+        Some(JobResult::Cancelled)
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
 /// A parent awaits a child that submits a long grandchild, drops its handle and ends: nothing
 /// holds the ended child's record any more. The parent's cancellation still reaches the
 /// grandchild (found by the chaos test, `tests/chaos.rs`).

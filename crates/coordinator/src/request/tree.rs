@@ -69,6 +69,12 @@ impl RequestCell {
         // Dropped outside the child's lock.
         drop(replaced);
         // After the push: a cancellation either drains the child above or is seen here.
+        self.cancels_children()
+    }
+
+    /// Whether the children it adopts from now on are born cancelled: it was cancelled, or its
+    /// tree was.
+    pub(crate) fn cancels_children(&self) -> bool {
         self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
     }
 
