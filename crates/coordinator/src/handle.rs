@@ -161,8 +161,19 @@ impl<O> RequestHandle<O> {
         std::future::poll_fn(|cx| self.poll_next_event(cx)).await
     }
 
-    /// Polls for the next event, as [`next_event`](Self::next_event) waits for it.
-    pub fn poll_next_event(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<str>>> {
+    /// Polls for the next event, as [`next_event`](Self::next_event) waits for it. One reader at
+    /// a time (hence `&mut`): the request keeps one waker for its events.
+    ///
+    /// # One reader
+    ///
+    /// A handle shared between tasks cannot be read from both, which would lose wake-ups:
+    ///
+    /// ```compile_fail
+    /// fn read(shared: &coordinator::RequestHandle<u32>, cx: &mut std::task::Context<'_>) {
+    ///     let _ = shared.poll_next_event(cx);
+    /// }
+    /// ```
+    pub fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<str>>> {
         self.cell.poll_event(cx)
     }
 
