@@ -129,12 +129,18 @@ impl Coordinator {
     /// The place `task` shares under its mode's limit: that of its nearest ancestor in the same
     /// mode, found up the open requests above its parent (in any mode, in any coordinator,
     /// through the links that reach past the requests that ended: [`RequestCell::adopter`]).
+    /// The walk starts where the task's request will be adopted ([`Self::record`]): its parent's
+    /// request at hand when it is submitted from inside that node (open in this coordinator or
+    /// another), else the parent's open request in this coordinator.
     /// The tree then holds one place until all of it has ended, and a task never waits for a
     /// place its own ancestor holds (a deadlock). `None` for any other task: it takes a place of
     /// its own. The walk costs one step per open level of the tree.
     pub(crate) fn ancestor_place(&self, task: &ErasedTask, entry: &Mode) -> Option<Place> {
         let parent = task.info().parent_id()?;
-        let mut cell = Arc::clone(&self.inner.table().attachment_of_node(parent)?.cell);
+        let mut cell = match scoped_parent(task.info()) {
+            Some(scoped) => scoped,
+            None => Arc::clone(&self.inner.table().attachment_of_node(parent)?.cell),
+        };
         loop {
             // This coordinator's open request, and its mode; another coordinator's is passed.
             let request_id = cell.request_id();

@@ -844,6 +844,36 @@ async fn a_tree_back_in_its_limited_mode_through_a_request_that_ended_shares_its
     publisher.shutdown().await;
 }
 
+/// An agent in one coordinator's limited mode asks a tool of another coordinator, which calls
+/// back into the agent's limited mode. The call's parent (the tool) is open in the other
+/// coordinator only: its tree's place is still the agent's, found up through the tool, so it
+/// does not wait for it while the agent waits for the tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_back_in_its_limited_mode_through_another_coordinator_shares_its_place() {
+    let (px, x) = started_from(
+        Coordinator::builder()
+            .with_async()
+            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
+            .limit("limited", 1),
+    );
+    let (py, y) = started();
+    let (in_x, in_y) = (x.clone(), y.clone());
+    let agent = Task::from_fn("agent", "agent", move || async move {
+        let back = in_x.clone();
+        let tool = Task::from_fn("tool", "tool", move || async move {
+            let model = Task::from_fn("model", "model", || async { Ok::<_, BoxError>(7_u32) });
+            Ok::<_, BoxError>(back.submit(model, "limited").await?)
+        });
+        Ok::<_, BoxError>(in_y.submit(tool, ExecutionMode::ASYNC).await?)
+    });
+    let answered = tokio::time::timeout(Duration::from_secs(30), x.submit(agent, "limited"));
+    assert_eq!(answered.await.expect("no deadlock").unwrap(), 7);
+    y.shutdown().await;
+    x.shutdown().await;
+    py.shutdown().await;
+    px.shutdown().await;
+}
+
 /// A blocking node whose request timed out (it cannot be stopped) submits a child to a limited
 /// mode whose one place another request holds. The child is born cancelled with its parent:
 /// it ends at once instead of first waiting for that place.
