@@ -101,7 +101,11 @@ enum Kind {
     Poison,
     /// Read from a peer of a later version, which knows a cause this one does not; the error is
     /// made a [`Kind::Strategy`] as it is read, so no `TaskError` holds it. Stays last: a new
-    /// cause goes before it (serde numbers variants by position).
+    /// cause goes before it (serde numbers variants by position). A new cause must be a unit
+    /// variant too: `#[serde(other)]` reads no data for it, so in postcard the data of a variant
+    /// that had some would be read as the message (and whatever follows it in the message that
+    /// carries the error as the rest); in JSON it is an error. Anything a cause needs to say goes
+    /// in the message.
     #[serde(other)]
     Unknown,
 }
