@@ -17,6 +17,10 @@ pub(crate) const RUN_FLAG: &str = "--run";
 /// Runs `scenario` of [`benches::Fixture::run`] `rounds` times over `n` tasks (or messages) and
 /// says how long a task took.
 pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
+    if n == 0 || rounds == 0 {
+        eprintln!("--run SCENARIO N ROUNDS: N and ROUNDS must be at least 1");
+        std::process::exit(2);
+    }
     let (fixture, ids) = (benches::Fixture::default(), benches::request_ids(n));
     let total: Option<Duration> = (0..rounds).map(|_| fixture.run(scenario, &ids)).sum();
     let Some(total) = total else {
@@ -25,7 +29,7 @@ pub(crate) fn run(scenario: &str, n: u64, rounds: u64) {
     };
     eprintln!(
         "{scenario}: {} ns per task over {rounds} rounds of {n}",
-        total.as_nanos() / u128::from(n * rounds.max(1))
+        total.as_nanos() / u128::from(n * rounds)
     );
     fixture.shutdown();
 }
