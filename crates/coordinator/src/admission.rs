@@ -226,7 +226,7 @@ impl Coordinator {
 
 /// The request of the node `info` names as its parent, when it is submitted from inside that
 /// node (the usual way): at hand, open or not.
-fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
+pub(crate) fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
     let parent = info.parent_id()?;
     CURRENT_NODE
         .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))

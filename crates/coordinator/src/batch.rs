@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use futures::Stream;
 use futures::stream::FuturesUnordered;
-use task_core::{ExecutionMode, RequestId, TaskError};
+use task_core::{ErasedTask, ExecutionMode, RequestId, TaskError};
 use tokio::sync::TryAcquireError;
 
+use crate::admission::scoped_parent;
 use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
@@ -87,15 +88,23 @@ impl Coordinator {
             }
             return Ok(Batch::new(Vec::new()));
         };
-        // Under the mode's limit, a task with an open ancestor in the mode shares its place;
+        // Under the mode's limit, a task with an open ancestor in the mode shares its place; one
+        // submitted from a node whose request was cancelled is born cancelled and needs none;
         // every other task takes a place of its own, all together or none.
         let limited = entry.limit.is_some();
+        let doomed = |task: &ErasedTask| {
+            scoped_parent(task.info()).is_some_and(|parent| parent.cancels_children())
+        };
         let shared: Vec<Option<Place>> = prepared
             .iter()
             .map(|task| limited.then(|| self.ancestor_place(task, entry)).flatten())
             .collect();
-        let takes_place = |shared: &Option<Place>| limited && shared.is_none();
-        let own_places = shared.iter().filter(|shared| takes_place(shared)).count();
+        let took_place: Vec<bool> = prepared
+            .iter()
+            .zip(&shared)
+            .map(|(task, shared)| limited && shared.is_none() && !doomed(task))
+            .collect();
+        let own_places = took_place.iter().filter(|took| **took).count();
         let mut places = match (&entry.limit, own_places) {
             (Some(limit), n) if n > 0 => {
                 let n = u32::try_from(n).map_err(|_| {
@@ -114,11 +123,9 @@ impl Coordinator {
             _ => None,
         };
         let mut ready = Vec::with_capacity(prepared.len());
-        let mut took_place = Vec::with_capacity(prepared.len());
-        for (task, shared) in prepared.into_iter().zip(shared) {
-            took_place.push(takes_place(&shared));
+        for ((task, shared), &takes_place) in prepared.into_iter().zip(shared).zip(&took_place) {
             let permit = match &mut places {
-                Some(places) if takes_place(&shared) => places.split(1).map(Arc::new),
+                Some(places) if takes_place => places.split(1).map(Arc::new),
                 _ => shared,
             };
             ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);

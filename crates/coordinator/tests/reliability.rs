@@ -904,7 +904,12 @@ async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_
             std::thread::sleep(Duration::from_millis(1));
         }
         let child = value_task("child", 1);
-        let _ = sent.send(coordinator::block_on(inside.submit(child, "limited")));
+        let one = coordinator::block_on(inside.submit(child, "limited"));
+        // A batch from the same node: accepted, every member born cancelled, none busy.
+        let tasks = (0..3).map(|i| value_task(&format!("batch-{i}"), i));
+        let batch = inside.submit_many(tasks, "limited", SubmitOptions::new());
+        let batch = batch.map(|batch| coordinator::block_on(batch.all()));
+        let _ = sent.send((one, batch));
         Ok::<_, BoxError>(())
     });
     let options = SubmitOptions::new().timeout(Duration::from_millis(20));
@@ -915,9 +920,15 @@ async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_
     assert!(timed_out.is_timeout(), "{timed_out}");
     let child = tokio::time::timeout(Duration::from_secs(30), child_answer).await;
     holder.cancel();
-    let child = child.expect("the child waited for the place").unwrap();
+    let (child, batch) = child.expect("the child waited for the place").unwrap();
     let error = child.unwrap_err();
     assert!(error.is_cancelled(), "{error}");
+    let batch = batch.expect("the batch is accepted, not busy");
+    assert_eq!(batch.len(), 3);
+    for answer in batch {
+        let error = answer.unwrap_err();
+        assert!(error.is_cancelled(), "{error}");
+    }
     assert_eq!(
         coordinator.job("child").and_then(|job| job.result()),
         Some(JobResult::Cancelled)
