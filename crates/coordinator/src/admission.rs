@@ -17,7 +17,7 @@ use crate::handle::RequestHandle;
 use crate::inner::{Inner, Mode, OpenRequest, task_span};
 use crate::options::SubmitOptions;
 use crate::request::{
-    CURRENT_NODE, Ending, Expiry, Place, RequestCell, Retry, current_node, execute,
+    CURRENT_NODE, Ending, Expiry, Place, RequestCell, Retry, Up, current_node, execute,
 };
 use crate::state::{CoordinatorState, StateError};
 
@@ -137,23 +137,27 @@ impl Coordinator {
     /// its own. The walk costs one step per open level of the tree.
     pub(crate) fn ancestor_place(&self, task: &ErasedTask, entry: &Mode) -> Option<Place> {
         let parent = task.info().parent_id()?;
-        let mut cell = match scoped_parent(task.info()) {
+        let start = match scoped_parent(task.info()) {
             Some(scoped) => scoped,
             None => Arc::clone(&self.inner.table().attachment_of_node(parent)?.cell),
         };
+        let mut up = Up::from(start);
         loop {
+            let cell = &up.at;
             // This coordinator's open request, and its mode; another coordinator's is passed.
             let request_id = cell.request_id();
             let same_mode = request_id.is_some_and(|id| {
                 let table = self.inner.table();
                 table
                     .attachment(&id)
-                    .is_some_and(|open| Arc::ptr_eq(&open.cell, &cell) && open.mode == entry.index)
+                    .is_some_and(|open| Arc::ptr_eq(&open.cell, cell) && open.mode == entry.index)
             });
             if same_mode {
                 return cell.place();
             }
-            cell = cell.adopter()?;
+            if !up.step() {
+                return None;
+            }
         }
     }
 

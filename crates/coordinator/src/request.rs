@@ -28,6 +28,7 @@ mod retry;
 mod tree;
 
 pub(crate) use retry::Retry;
+pub(crate) use tree::Up;
 
 pub(crate) use completion::{execute, message_of};
 

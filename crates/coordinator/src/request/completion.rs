@@ -8,7 +8,7 @@ use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
 use task_core::{BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskInfo};
 use tokio::sync::oneshot;
 
-use super::{CURRENT_NODE, Ending, RequestCell, StrategyRef, lock};
+use super::{CURRENT_NODE, Ending, RequestCell, StrategyRef, Up, lock};
 
 /// Hands `task` to `strategy`. A strategy that panics here has dropped the completion, which
 /// ended the request as failed; the panic goes no further than a log line.
@@ -95,12 +95,14 @@ impl CompletionSink for RequestCell {
         // Up the requests that adopted this one, open ones, whichever coordinator each belongs
         // to: a tree may pass through another coordinator and come back. No lock is held while
         // `found` runs.
-        let mut next = self.adopter();
-        while let Some(cell) = next {
-            if found(cell.node_id()) {
+        let Some(me) = self.me.upgrade() else {
+            return false;
+        };
+        let mut up = Up::from(me);
+        while up.step() {
+            if found(up.at.node_id()) {
                 return true;
             }
-            next = cell.adopter();
         }
         false
     }

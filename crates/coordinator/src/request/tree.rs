@@ -84,23 +84,28 @@ impl RequestCell {
     }
 
     /// As this request ends: hands the children it leaves open to the request that adopted it
-    /// (cancelling them if that one is cancelled meanwhile), and lets go of that request. With no
-    /// such request, nothing above can cancel them any more.
+    /// (cancelling them if that one is cancelled meanwhile), then lets go of that request. With
+    /// no such request, nothing above can cancel them any more. The children's links move before
+    /// this one's goes, so a walk up the tree passing here finds the way on ([`Up`]).
     pub(super) fn hand_children_up(&self) {
-        let parent = lock(&self.parent).take();
+        let parent = self.adopter();
         let children: Vec<Arc<RequestCell>> = lock(&self.children)
             .drain(..)
             .filter_map(|child| child.upgrade())
             .collect();
-        let Some(parent) = parent else {
-            for child in children {
-                let mine =
-                    lock(&child.parent).take_if(|adopter| std::ptr::eq(Arc::as_ptr(adopter), self));
-                drop(mine);
+        match &parent {
+            Some(parent) => Self::hand_up(parent, children),
+            None => {
+                for child in children {
+                    let mine = lock(&child.parent)
+                        .take_if(|adopter| std::ptr::eq(Arc::as_ptr(adopter), self));
+                    drop(mine);
+                }
             }
-            return;
-        };
-        Self::hand_up(&parent, children);
+        }
+        // Dropped outside the lock.
+        let gone = lock(&self.parent).take();
+        drop((gone, parent));
     }
 
     /// Moves `children` (taken from an ended request's list) into `parent`'s list. One that
@@ -128,6 +133,41 @@ impl RequestCell {
         for (cell, ending) in stopped {
             let cancelled = Err(ending.cancelled(true));
             ending.finish(cancelled, true, &cell);
+        }
+    }
+}
+
+/// A walk up the open requests above one, each step to the request that adopted the last. A
+/// request ending as the walk reaches it hands its children up before it lets go of its own
+/// link: the walk then goes on from the request below it, which was handed up past it.
+pub(crate) struct Up {
+    below: Option<Arc<RequestCell>>,
+    /// Where the walk is.
+    pub(crate) at: Arc<RequestCell>,
+}
+
+impl Up {
+    /// A walk from `start`.
+    pub(crate) fn from(start: Arc<RequestCell>) -> Self {
+        Self {
+            below: None,
+            at: start,
+        }
+    }
+
+    /// Steps up; `false` at the top.
+    pub(crate) fn step(&mut self) -> bool {
+        if let Some(up) = self.at.adopter() {
+            self.below = Some(std::mem::replace(&mut self.at, up));
+            return true;
+        }
+        let handed_past = self.below.as_ref().and_then(|below| below.adopter());
+        match handed_past.filter(|up| !Arc::ptr_eq(up, &self.at)) {
+            Some(up) => {
+                self.at = up;
+                true
+            }
+            None => false,
         }
     }
 }
@@ -169,7 +209,7 @@ mod tests {
 
     use task_core::{NodeId, RequestId, TaskInfo};
 
-    use super::push_child;
+    use super::{Up, push_child};
     use crate::inner::Inner;
     use crate::request::{Ending, Owner, RequestCell, lock};
 
@@ -221,6 +261,30 @@ mod tests {
             !is_open(&c),
             "c is open, and in no list a cancellation drains"
         );
+    }
+
+    /// A walk up from `c` reaches `e` (`c`'s adopter); `e` then ends and hands `c` up to `p`
+    /// before the walk steps on: the walk goes on to `p`, past `e`, which no longer links up.
+    /// Without an open request above, the walk ends there.
+    #[test]
+    fn a_walk_up_goes_past_a_request_that_ends_under_it() {
+        for with_top in [true, false] {
+            let (p, e, c) = (open("p"), open("e"), open("c"));
+            if with_top {
+                assert!(!p.adopt(&e));
+            }
+            assert!(!e.adopt(&c));
+            let mut up = Up::from(Arc::clone(&c));
+            assert!(up.step() && Arc::ptr_eq(&up.at, &e));
+            *lock(&e.ending) = None;
+            e.hand_children_up();
+            assert!(e.adopter().is_none());
+            assert_eq!(up.step(), with_top, "with a request above: {with_top}");
+            if with_top {
+                assert!(Arc::ptr_eq(&up.at, &p));
+                assert!(!up.step(), "p is the top");
+            }
+        }
     }
 
     /// A parent keeping 1,000 children alive, the oldest ending as each new one comes: its list
