@@ -283,9 +283,7 @@ impl Inner {
             open = open.len(),
             "coordinator dropped without shutdown; its open requests end failed"
         );
-        for cell in open {
-            cell.stop(Err(dropped_while_open()), true);
-        }
+        RequestCell::end_all(open, |_| Err(dropped_while_open()));
     }
 }
 

@@ -372,16 +372,46 @@ impl RequestCell {
     /// is taken (outside the lock: making it may upgrade the coordinator's handle, the last one
     /// perhaps, which is dropped there).
     fn end_with(self: &Arc<Self>, outcome: impl FnOnce(&Ending) -> Outcome, announce: bool) {
-        let ending = {
-            // Decided under the lock `complete` takes: either the run's outcome ended the request
-            // first, or this does and the run's outcome finds it cancelled.
-            let mut slot = lock(&self.ending);
-            let Some(ending) = slot.take().map(Ending::taken) else {
-                return;
-            };
-            self.cancelled.store(true, Ordering::SeqCst);
-            ending
-        };
+        if let Some(ending) = self.take_ending() {
+            self.finish_taken(ending, outcome, announce);
+        }
+    }
+
+    /// Ends every request of `cells` still open with the outcome `outcome` makes (announced), and
+    /// the requests below them, cancelled: all are marked first, so that none of them ends on its
+    /// own after its node heard of another's end (a parent whose child was ended first).
+    pub(crate) fn end_all(cells: Vec<Arc<Self>>, outcome: impl Fn(&Ending) -> Outcome) {
+        let taken: Vec<_> = cells
+            .into_iter()
+            .filter_map(|cell| Some((cell.take_ending()?, cell)))
+            .collect();
+        for (ending, cell) in taken {
+            cell.finish_taken(ending, &outcome, true);
+        }
+    }
+
+    /// Cancels every request of `cells` still open, as [`end_all`](Self::end_all) ends them.
+    pub(crate) fn cancel_all(cells: Vec<Arc<Self>>) {
+        Self::end_all(cells, |ending| Err(ending.cancelled(false)));
+    }
+
+    /// Takes the ending of a request still open, marking it cancelled. Decided under the lock
+    /// `complete` takes: either the run's outcome ended the request first, or this does and the
+    /// run's outcome finds it cancelled.
+    fn take_ending(&self) -> Option<Ending> {
+        let mut slot = lock(&self.ending);
+        let ending = slot.take().map(Ending::taken)?;
+        self.cancelled.store(true, Ordering::SeqCst);
+        Some(ending)
+    }
+
+    /// Ends a request whose ending [`take_ending`](Self::take_ending) took.
+    fn finish_taken(
+        self: &Arc<Self>,
+        ending: Ending,
+        outcome: impl FnOnce(&Ending) -> Outcome,
+        announce: bool,
+    ) {
         self.cancel_waker.wake();
         // Every open request below is stopped before anyone hears of this one's end: once its
         // caller is answered, no node of its tree starts.

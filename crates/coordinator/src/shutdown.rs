@@ -87,9 +87,7 @@ impl Coordinator {
                 .map(|(_, open)| Arc::clone(&open.cell))
                 .collect();
             let cancelled = open.len();
-            for cell in open {
-                cell.cancel();
-            }
+            RequestCell::cancel_all(open);
             tracing::warn!(
                 cancelled,
                 "coordinator shutdown: grace period over; cancelled the requests still open"

@@ -154,6 +154,42 @@ async fn shutdown_cancels_what_is_still_open_at_the_deadline() {
     assert_eq!(recorder.terminal_counts().get("stuck"), Some(&1));
 }
 
+/// Parents that swallow their child's failure, open at the deadline with their children: each
+/// parent ends cancelled, never as a success made of its child's cancellation (every request
+/// still open is marked before any of them ends, whatever order the table lists them in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_deadline_no_parent_ends_on_its_own_after_its_child_was_cancelled() {
+    const PARENTS: usize = 300;
+    let (publisher, coordinator) = started();
+    for i in 0..PARENTS {
+        let inside = coordinator.clone();
+        let parent = Task::from_fn(format!("parent-{i}"), "parent", move || async move {
+            let child = Task::from_fn(format!("child-{i}"), "child", || async {
+                std::future::pending::<()>().await;
+                Ok::<_, BoxError>(())
+            });
+            // The failure is handled: the parent succeeds whatever its child did.
+            let _ = inside.submit(child, "async").await;
+            Ok::<_, BoxError>(())
+        });
+        drop(coordinator.try_spawn(parent, "async", Default::default()).unwrap());
+    }
+    while coordinator.counts().open < 2 * PARENTS as u64 {
+        tokio::task::yield_now().await;
+    }
+    coordinator
+        .shutdown_with_grace(Duration::from_millis(20))
+        .await;
+    let ended_well = (0..PARENTS)
+        .filter(|i| {
+            let job = coordinator.job(&format!("parent-{i}")).unwrap();
+            job.result() != Some(JobResult::Cancelled)
+        })
+        .count();
+    assert_eq!(ended_well, 0, "parents not cancelled at the deadline");
+    publisher.shutdown().await;
+}
+
 #[tokio::test]
 async fn system_detail_is_a_serializable_snapshot() {
     let (_publisher, coordinator) = started();
