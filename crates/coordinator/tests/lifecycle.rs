@@ -172,7 +172,11 @@ async fn at_the_deadline_no_parent_ends_on_its_own_after_its_child_was_cancelled
             let _ = inside.submit(child, "async").await;
             Ok::<_, BoxError>(())
         });
-        drop(coordinator.try_spawn(parent, "async", Default::default()).unwrap());
+        drop(
+            coordinator
+                .try_spawn(parent, "async", Default::default())
+                .unwrap(),
+        );
     }
     while coordinator.counts().open < 2 * PARENTS as u64 {
         tokio::task::yield_now().await;

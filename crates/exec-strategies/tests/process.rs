@@ -1286,6 +1286,16 @@ fn handshake_problems_are_clear_errors() {
         assert!(e.is_protocol(), "{e:?}");
         let e = fake("silent").start().await.unwrap_err();
         assert!(e.is_handshake_timeout(), "{e:?}");
+        // A program that is not a worker (it never calls `run_worker_if_requested`) and exits:
+        // the error says what to check.
+        let e = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .command("true", Vec::<String>::new())
+            .start()
+            .await
+            .unwrap_err();
+        assert!(e.is_spawn(), "{e:?}");
+        assert!(e.to_string().contains("run_worker_if_requested"), "{e}");
         let mut bigger = registry();
         bigger.register::<Unknown>().unwrap();
         let e = ProcessExecutionStrategy::builder(bigger)

@@ -199,7 +199,9 @@ impl Shared {
                 };
                 ProcessError::new(
                     ErrorKind::Spawn,
-                    format!("the worker {status} before announcing itself"),
+                    format!(
+                        "the worker {status} before announcing itself: does its main call run_worker_if_requested first?"
+                    ),
                 )
             }
             Ok(Err(e)) => ProcessError::new(ErrorKind::Protocol, format!("bad handshake: {e}")),
