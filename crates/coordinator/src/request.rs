@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
@@ -100,6 +100,9 @@ pub(crate) struct RequestCell {
     cancel_waker: AtomicWaker,
     /// Requests submitted from inside this one's node; cancelled with it.
     children: Mutex<Vec<Weak<RequestCell>>>,
+    /// Set, under the `children` lock, as it hands its children up: where to (nowhere:
+    /// `Weak::new()`). A child adopted later goes on up from here ([`adopt`](Self::adopt)).
+    handed_to: OnceLock<Weak<RequestCell>>,
     /// The open request that adopted this one as its child, kept while this one is open: its
     /// list holds this one weakly. When this one ends it hands the children it leaves open up
     /// to that request ([`hand_children_up`](Self::hand_children_up)) and lets it go, so a
@@ -233,6 +236,7 @@ impl RequestCell {
             output,
             cancel_waker: AtomicWaker::new(),
             children: Mutex::new(Vec::new()),
+            handed_to: OnceLock::new(),
             parent: Mutex::new(None),
             answer: Mutex::new(answer),
             ending: Mutex::new(None),

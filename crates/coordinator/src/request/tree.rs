@@ -59,17 +59,41 @@ impl RequestCell {
         if std::ptr::eq(self, Arc::as_ptr(child)) {
             return false;
         }
-        push_child(&mut lock(&self.children), Arc::downgrade(child));
-        // The child keeps this request alive while it is open, so that this list (and through
-        // it the child) stays reachable from the tree above even after this request ended.
-        let replaced = self
-            .me
-            .upgrade()
-            .and_then(|me| lock(&child.parent).replace(me));
-        // Dropped outside the child's lock.
+        let replaced = {
+            let mut children = lock(&self.children);
+            if let Some(handed_to) = self.handed_to.get().cloned() {
+                drop(children);
+                return self.pass_up(child, &handed_to);
+            }
+            push_child(&mut children, Arc::downgrade(child));
+            // The child keeps this request alive while it is open, so that this list (and
+            // through it the child) stays reachable from the tree above even after this request
+            // ended. Linked under the list's lock: a hand-up draining the list comes after, and
+            // its link is the one that stays.
+            self.me
+                .upgrade()
+                .and_then(|me| lock(&child.parent).replace(me))
+        };
+        // Dropped outside the locks.
         drop(replaced);
         // After the push: a cancellation either drains the child above or is seen here.
         self.cancels_children()
+    }
+
+    /// Adopts `child` for a request that handed its children up already (to `handed_to`), as
+    /// it ended: the child goes on up to where they went, or to where this request is linked
+    /// now, and is cancelled if this request's tree was. Nothing above: it links nowhere.
+    fn pass_up(&self, child: &Arc<RequestCell>, handed_to: &Weak<RequestCell>) -> bool {
+        let cancelled = self.cancels_children();
+        match self.adopter().or_else(|| handed_to.upgrade()) {
+            Some(up) => up.adopt(child) || cancelled,
+            None => {
+                let mine =
+                    lock(&child.parent).take_if(|adopter| std::ptr::eq(Arc::as_ptr(adopter), self));
+                drop(mine);
+                cancelled
+            }
+        }
     }
 
     /// Whether the children it adopts from now on are born cancelled: it was cancelled, or its
@@ -89,10 +113,14 @@ impl RequestCell {
     /// this one's goes, so a walk up the tree passing here finds the way on ([`Up`]).
     pub(super) fn hand_children_up(&self) {
         let parent = self.adopter();
-        let children: Vec<Arc<RequestCell>> = lock(&self.children)
-            .drain(..)
-            .filter_map(|child| child.upgrade())
-            .collect();
+        let children: Vec<Arc<RequestCell>> = {
+            let mut list = lock(&self.children);
+            // A child adopted from now on goes on up ([`adopt`](Self::adopt)): none is left in
+            // a list nobody hands up any more, linked to a request whose own link goes.
+            let to = parent.as_ref().map_or_else(Weak::new, Arc::downgrade);
+            let _ = self.handed_to.set(to);
+            list.drain(..).filter_map(|child| child.upgrade()).collect()
+        };
         match &parent {
             Some(parent) => Self::hand_up(parent, children),
             None => {
@@ -285,6 +313,40 @@ mod tests {
                 assert!(!up.step(), "p is the top");
             }
         }
+    }
+
+    /// `e` and its adopter `p` end at once, `e` having read `p` as its adopter: `p` hands its
+    /// children (`e`) up to `g` and lets go of its link; `e` then hands `c` to `p`. `c` goes on
+    /// to `g`: a walk up from `c` reaches `g` (a place `g` holds), and an ended `p` is not kept.
+    #[test]
+    fn a_child_handed_to_a_request_that_handed_its_own_up_goes_on_up() {
+        let (g, p, e, c) = (open("g"), open("p"), open("e"), open("c"));
+        assert!(!g.adopt(&p) && !p.adopt(&e) && !e.adopt(&c));
+        // `e` ends: the first half of `hand_children_up`.
+        *lock(&e.ending) = None;
+        let adopter = e.adopter().unwrap();
+        let children: Vec<_> = lock(&e.children)
+            .drain(..)
+            .filter_map(|c| c.upgrade())
+            .collect();
+        // `p` ends meanwhile, all of it.
+        *lock(&p.ending) = None;
+        p.hand_children_up();
+        // The second half.
+        RequestCell::hand_up(&adopter, children);
+        drop(lock(&e.parent).take());
+        drop(adopter);
+        let mut up = Up::from(Arc::clone(&c));
+        assert!(up.step(), "c links up");
+        assert!(
+            Arc::ptr_eq(&up.at, &g),
+            "c's walk stops at {}",
+            up.at.node_id()
+        );
+        let ended = Arc::downgrade(&p);
+        drop((p, up));
+        assert!(ended.upgrade().is_none(), "the ended p is kept alive");
+        drop(g);
     }
 
     /// A parent keeping 1,000 children alive, the oldest ending as each new one comes: its list
