@@ -329,6 +329,49 @@ async fn dropping_every_handle_of_a_coordinator_releases_its_strategies_and_answ
     assert_eq!(recorder.terminal_counts()["open"], 1);
 }
 
+/// Parents that handle their child's failure, open with their children when the coordinator is
+/// dropped: each parent ends failed as the drop says, never as a success made of its child's
+/// failure (every open request is marked before any of them ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_coordinators_parents_never_end_on_their_childs_failure() {
+    const PARENTS: usize = 1_000;
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    for i in 0..PARENTS {
+        let (give, child_handle) = tokio::sync::oneshot::channel::<RequestHandle<()>>();
+        let parent = Task::from_fn(format!("parent-{i}"), "parent", move || async move {
+            // The failure is handled: the parent succeeds whatever its child did.
+            let _ = child_handle.await?.await;
+            Ok::<_, BoxError>(())
+        });
+        let node = parent.node_id().clone();
+        let options = SubmitOptions::new;
+        drop(coordinator.try_spawn(parent, "async", options()).unwrap());
+        let child = Task::from_fn(format!("child-{i}"), "child", || async {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(())
+        });
+        let child = coordinator.try_spawn(child.with_parent(node), "async", options());
+        give.send(child.unwrap()).unwrap();
+    }
+    while coordinator.counts().open < 2 * PARENTS as u64 {
+        tokio::task::yield_now().await;
+    }
+    drop(coordinator);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while recorder.terminal_counts().len() < 2 * PARENTS {
+        assert!(std::time::Instant::now() < deadline, "every request ends");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publisher.shutdown().await;
+    let succeeded = recorder
+        .messages()
+        .iter()
+        .filter(|m| matches!(m, coordinator::RequestCompletionMessage::Success(_)))
+        .count();
+    assert_eq!(succeeded, 0, "parents that ended as a success");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_async_request_open_when_its_coordinator_is_dropped_stops_and_is_announced() {
     let (publisher, coordinator) = started();

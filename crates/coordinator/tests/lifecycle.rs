@@ -159,7 +159,7 @@ async fn shutdown_cancels_what_is_still_open_at_the_deadline() {
 /// still open is marked before any of them ends, whatever order the table lists them in).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_deadline_no_parent_ends_on_its_own_after_its_child_was_cancelled() {
-    const PARENTS: usize = 300;
+    const PARENTS: usize = 1_000;
     let (publisher, coordinator) = started();
     for i in 0..PARENTS {
         let inside = coordinator.clone();
