@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionPublisher, Retention,
-    RetryPolicy, SubmitOptions, Task, ThreadedExecutionStrategy,
+    BoxError, Coordinator, CoordinatorBuilder, ExecutionMode, JobResult,
+    RequestCompletionPublisher, Retention, RetryPolicy, SubmitError, SubmitOptions, Task,
+    ThreadedExecutionStrategy,
 };
 use support::{Recorder, started, started_from, value_task};
 
@@ -31,6 +32,21 @@ async fn dropped_soon(flag: &AtomicBool) -> bool {
     })
     .await
     .is_ok()
+}
+
+/// `builder` with the async mode and a mode "limited" (async too) of one place.
+fn one_limited_place(builder: CoordinatorBuilder) -> CoordinatorBuilder {
+    builder
+        .with_async()
+        .strategy("limited", coordinator::AsyncExecutionStrategy::new())
+        .limit("limited", 1)
+}
+
+/// The answer to `submitted`, which must come within 30 s: a tree waiting for a place its own
+/// ancestor holds never answers.
+async fn without_deadlock<T>(submitted: impl Future<Output = Result<T, SubmitError>>) -> T {
+    let answered = tokio::time::timeout(Duration::from_secs(30), submitted).await;
+    answered.expect("no deadlock").unwrap()
 }
 
 fn sleeper(id: &str, dropped: Arc<AtomicBool>) -> Task<()> {
@@ -696,12 +712,7 @@ fn counted(id: String, running: &Arc<[AtomicU32; 2]>) -> Task<()> {
 /// and children that outlive their parent in the mode keep its place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_holds_for_children_of_other_modes_and_children_outliving_their_parent() {
-    let (publisher, coordinator) = started_from(
-        Coordinator::builder()
-            .with_async()
-            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
-            .limit("limited", 1),
-    );
+    let (publisher, coordinator) = started_from(one_limited_place(Coordinator::builder()));
     // An async parent fans out 8 children to the limited mode, then awaits them.
     let running: Arc<[AtomicU32; 2]> = Arc::default();
     let (inside, counting) = (coordinator.clone(), Arc::clone(&running));
@@ -781,12 +792,7 @@ async fn a_child_that_ended_keeps_its_outcome_when_its_parent_is_cancelled() {
 /// under a limit of 1 it completes: the grandchild never waits for its grandparent's place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_that_leaves_its_limited_mode_and_comes_back_shares_its_place() {
-    let (publisher, coordinator) = started_from(
-        Coordinator::builder()
-            .with_async()
-            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
-            .limit("limited", 1),
-    );
+    let (publisher, coordinator) = started_from(one_limited_place(Coordinator::builder()));
     let inside = coordinator.clone();
     let agent = Task::from_fn("agent", "agent", move || async move {
         let again = inside.clone();
@@ -796,11 +802,10 @@ async fn a_tree_that_leaves_its_limited_mode_and_comes_back_shares_its_place() {
         });
         Ok::<_, BoxError>(inside.submit(tool, "async").await?)
     });
-    let answered = tokio::time::timeout(
-        Duration::from_secs(30),
-        coordinator.submit(agent, "limited"),
+    assert_eq!(
+        without_deadlock(coordinator.submit(agent, "limited")).await,
+        7
     );
-    assert_eq!(answered.await.expect("no deadlock").unwrap(), 7);
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
@@ -811,12 +816,7 @@ async fn a_tree_that_leaves_its_limited_mode_and_comes_back_shares_its_place() {
 /// while the agent waits for the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_back_in_its_limited_mode_through_a_request_that_ended_shares_its_place() {
-    let (publisher, coordinator) = started_from(
-        Coordinator::builder()
-            .with_async()
-            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
-            .limit("limited", 1),
-    );
+    let (publisher, coordinator) = started_from(one_limited_place(Coordinator::builder()));
     let inside = coordinator.clone();
     let agent = Task::from_fn("agent", "agent", move || async move {
         let (in_tool, in_worker) = (inside.clone(), inside.clone());
@@ -835,11 +835,10 @@ async fn a_tree_back_in_its_limited_mode_through_a_request_that_ended_shares_its
         let worker = inside.submit(tool, "async").await?;
         Ok::<_, BoxError>(worker.await?)
     });
-    let answered = tokio::time::timeout(
-        Duration::from_secs(30),
-        coordinator.submit(agent, "limited"),
+    assert_eq!(
+        without_deadlock(coordinator.submit(agent, "limited")).await,
+        7
     );
-    assert_eq!(answered.await.expect("no deadlock").unwrap(), 7);
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
@@ -850,12 +849,7 @@ async fn a_tree_back_in_its_limited_mode_through_a_request_that_ended_shares_its
 /// does not wait for it while the agent waits for the tool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_back_in_its_limited_mode_through_another_coordinator_shares_its_place() {
-    let (px, x) = started_from(
-        Coordinator::builder()
-            .with_async()
-            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
-            .limit("limited", 1),
-    );
+    let (px, x) = started_from(one_limited_place(Coordinator::builder()));
     let (py, y) = started();
     let (in_x, in_y) = (x.clone(), y.clone());
     let agent = Task::from_fn("agent", "agent", move || async move {
@@ -866,8 +860,7 @@ async fn a_tree_back_in_its_limited_mode_through_another_coordinator_shares_its_
         });
         Ok::<_, BoxError>(in_y.submit(tool, ExecutionMode::ASYNC).await?)
     });
-    let answered = tokio::time::timeout(Duration::from_secs(30), x.submit(agent, "limited"));
-    assert_eq!(answered.await.expect("no deadlock").unwrap(), 7);
+    assert_eq!(without_deadlock(x.submit(agent, "limited")).await, 7);
     y.shutdown().await;
     x.shutdown().await;
     py.shutdown().await;
@@ -879,16 +872,11 @@ async fn a_tree_back_in_its_limited_mode_through_another_coordinator_shares_its_
 /// it ends at once instead of first waiting for that place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_use() {
-    let (publisher, coordinator) = started_from(
-        Coordinator::builder()
-            .with_async()
-            .strategy(
-                ExecutionMode::THREADED,
-                ThreadedExecutionStrategy::builder().build().unwrap(),
-            )
-            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
-            .limit("limited", 1),
-    );
+    let (publisher, coordinator) =
+        started_from(one_limited_place(Coordinator::builder().strategy(
+            ExecutionMode::THREADED,
+            ThreadedExecutionStrategy::builder().build().unwrap(),
+        )));
     let holder = coordinator
         .spawn(
             sleeper("holder", Arc::new(AtomicBool::new(false))),
