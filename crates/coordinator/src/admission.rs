@@ -188,13 +188,26 @@ impl Coordinator {
                     }
                     Err(TryAcquireError::NoPermits) => {
                         let (wait_mode, limit) = (mode.clone(), Arc::clone(limit));
+                        let parent = scoped_parent(task.info());
                         let wait = Box::pin(async move {
                             let since = Instant::now();
-                            let permit = limit
-                                .acquire_owned()
-                                .await
-                                .map_err(|_| SubmitError::new(SubmitKind::ShutDown))?;
-                            let (place, waited) = (Some(Arc::new(permit)), Some(since.elapsed()));
+                            let acquire = limit.acquire_owned();
+                            let permit = match &parent {
+                                Some(parent) => tokio::select! {
+                                    permit = acquire => Some(permit),
+                                    // Its parent was cancelled while it waited: it is born
+                                    // cancelled, and needs no place.
+                                    () = parent.children_cancelled() => None,
+                                },
+                                None => Some(acquire.await),
+                            };
+                            let place = match permit {
+                                Some(permit) => Some(Arc::new(
+                                    permit.map_err(|_| SubmitError::new(SubmitKind::ShutDown))?,
+                                )),
+                                None => None,
+                            };
+                            let waited = place.as_ref().map(|_| since.elapsed());
                             self.accept(task, mode, entry, options, place, waited)
                         });
                         return Ok(Admission::Wait(Waiting {

@@ -98,6 +98,11 @@ pub(crate) struct RequestCell {
     output: Option<Output>,
     /// Whatever runs the request waits here for cancellation.
     cancel_waker: AtomicWaker,
+    /// Told when the children it adopts start being born cancelled ([`cancels_children`]):
+    /// what a child waiting for a place under a limit waits on besides the place.
+    ///
+    /// [`cancels_children`]: Self::cancels_children
+    children_cancelled: tokio::sync::Notify,
     /// Requests submitted from inside this one's node; cancelled with it.
     children: Mutex<Vec<Weak<RequestCell>>>,
     /// Set, under the `children` lock, as it hands its children up: where to (nowhere:
@@ -235,6 +240,7 @@ impl RequestCell {
             tree_cancelled: AtomicBool::new(false),
             output,
             cancel_waker: AtomicWaker::new(),
+            children_cancelled: tokio::sync::Notify::new(),
             children: Mutex::new(Vec::new()),
             handed_to: OnceLock::new(),
             parent: Mutex::new(None),
@@ -406,6 +412,7 @@ impl RequestCell {
         let mut slot = lock(&self.ending);
         let ending = slot.take().map(Ending::taken)?;
         self.cancelled.store(true, Ordering::SeqCst);
+        self.children_cancelled.notify_waiters();
         Some(ending)
     }
 

@@ -925,6 +925,45 @@ async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_
     publisher.shutdown().await;
 }
 
+/// A blocking node submits a child to a limited mode whose one place another request holds, and
+/// the child waits; then the node's request times out (it cannot be stopped). The waiting child
+/// stops waiting and ends cancelled with its parent, at once, while the place is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_waiting_for_a_place_ends_when_its_parent_is_cancelled() {
+    let (publisher, coordinator) = started_from(one_limited_place(Coordinator::builder().strategy(
+        ExecutionMode::THREADED,
+        ThreadedExecutionStrategy::builder().build().unwrap(),
+    )));
+    let holder = coordinator
+        .spawn(
+            sleeper("holder", Arc::new(AtomicBool::new(false))),
+            "limited",
+            SubmitOptions::new(),
+        )
+        .await
+        .unwrap();
+    let (sent, child_answer) = tokio::sync::oneshot::channel();
+    let inside = coordinator.clone();
+    let parent = Task::blocking("parent", "parent", move || {
+        let child = value_task("child", 1);
+        let _ = sent.send(coordinator::block_on(inside.submit(child, "limited")));
+        Ok::<_, BoxError>(())
+    });
+    let options = SubmitOptions::new().timeout(Duration::from_millis(100));
+    let timed_out = coordinator
+        .submit_with(parent, ExecutionMode::THREADED, options)
+        .await
+        .unwrap_err();
+    assert!(timed_out.is_timeout(), "{timed_out}");
+    let child = tokio::time::timeout(Duration::from_secs(30), child_answer).await;
+    holder.cancel();
+    let child = child.expect("the child still waits for the place").unwrap();
+    let error = child.unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
 /// A parent awaits a child that submits a long grandchild, drops its handle and ends: nothing
 /// holds the ended child's record any more. The parent's cancellation still reaches the
 /// grandchild (found by the chaos test, `tests/chaos.rs`).

@@ -26,6 +26,7 @@ impl RequestCell {
             if cell.tree_cancelled.swap(true, Ordering::SeqCst) {
                 continue;
             }
+            cell.children_cancelled.notify_waiters();
             // A child that ended already keeps its outcome, and reads as cancelled only if it
             // was; its own children are cancelled all the same.
             let ending = {
@@ -100,6 +101,20 @@ impl RequestCell {
     /// tree was.
     pub(crate) fn cancels_children(&self) -> bool {
         self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Completes once [`cancels_children`](Self::cancels_children) holds.
+    pub(crate) async fn children_cancelled(&self) {
+        loop {
+            let notified = self.children_cancelled.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check: a cancellation after it wakes this.
+            notified.as_mut().enable();
+            if self.cancels_children() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The open request that adopted this one, if any.
