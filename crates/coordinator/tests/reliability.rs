@@ -930,10 +930,11 @@ async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_
 /// stops waiting and ends cancelled with its parent, at once, while the place is still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_waiting_for_a_place_ends_when_its_parent_is_cancelled() {
-    let (publisher, coordinator) = started_from(one_limited_place(Coordinator::builder().strategy(
-        ExecutionMode::THREADED,
-        ThreadedExecutionStrategy::builder().build().unwrap(),
-    )));
+    let (publisher, coordinator) =
+        started_from(one_limited_place(Coordinator::builder().strategy(
+            ExecutionMode::THREADED,
+            ThreadedExecutionStrategy::builder().build().unwrap(),
+        )));
     let holder = coordinator
         .spawn(
             sleeper("holder", Arc::new(AtomicBool::new(false))),
