@@ -867,11 +867,14 @@ async fn a_tree_back_in_its_limited_mode_through_another_coordinator_shares_its_
     px.shutdown().await;
 }
 
-/// A blocking node whose request timed out (it cannot be stopped) submits a child to a limited
-/// mode whose one place another request holds. The child is born cancelled with its parent:
-/// it ends at once instead of first waiting for that place.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_use() {
+/// Runs `submit` in a blocking node whose request times out after `timeout` (it cannot be
+/// stopped), on a coordinator whose "limited" mode has one place, held by another request all
+/// along; gives back what `submit` returned, which must come within 30 s, before that place is
+/// freed.
+async fn beside_a_held_place<T: Send + 'static>(
+    timeout: Duration,
+    submit: impl FnOnce(&Coordinator) -> T + Send + 'static,
+) -> (RequestCompletionPublisher, Coordinator, T) {
     let (publisher, coordinator) =
         started_from(one_limited_place(Coordinator::builder().strategy(
             ExecutionMode::THREADED,
@@ -885,30 +888,42 @@ async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_
         )
         .await
         .unwrap();
-    let (sent, child_answer) = tokio::sync::oneshot::channel();
+    let (sent, submitted) = tokio::sync::oneshot::channel();
     let inside = coordinator.clone();
     let parent = Task::blocking("parent", "parent", move || {
-        while inside.job("parent").and_then(|job| job.result()) != Some(JobResult::TimedOut) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let child = value_task("child", 1);
-        let one = coordinator::block_on(inside.submit(child, "limited"));
-        // A batch from the same node: accepted, every member born cancelled, none busy.
-        let tasks = (0..3).map(|i| value_task(&format!("batch-{i}"), i));
-        let batch = inside.submit_many(tasks, "limited", SubmitOptions::new());
-        let batch = batch.map(|batch| coordinator::block_on(batch.all()));
-        let _ = sent.send((one, batch));
+        let _ = sent.send(submit(&inside));
         Ok::<_, BoxError>(())
     });
-    let options = SubmitOptions::new().timeout(Duration::from_millis(20));
+    let options = SubmitOptions::new().timeout(timeout);
     let timed_out = coordinator
         .submit_with(parent, ExecutionMode::THREADED, options)
         .await
         .unwrap_err();
     assert!(timed_out.is_timeout(), "{timed_out}");
-    let child = tokio::time::timeout(Duration::from_secs(30), child_answer).await;
+    let submitted = tokio::time::timeout(Duration::from_secs(30), submitted).await;
     holder.cancel();
-    let (child, batch) = child.expect("the child waited for the place").unwrap();
+    let submitted = submitted.expect("the child waited for the place").unwrap();
+    (publisher, coordinator, submitted)
+}
+
+/// A blocking node whose request timed out submits a child to a limited mode whose one place
+/// another request holds. The child is born cancelled with its parent: it ends at once instead
+/// of first waiting for that place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_use() {
+    let (publisher, coordinator, (child, batch)) =
+        beside_a_held_place(Duration::from_millis(20), |inside| {
+            while inside.job("parent").and_then(|job| job.result()) != Some(JobResult::TimedOut) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let child = value_task("child", 1);
+            let one = coordinator::block_on(inside.submit(child, "limited"));
+            // A batch from the same node: accepted, every member born cancelled, none busy.
+            let tasks = (0..3).map(|i| value_task(&format!("batch-{i}"), i));
+            let batch = inside.submit_many(tasks, "limited", SubmitOptions::new());
+            (one, batch.map(|batch| coordinator::block_on(batch.all())))
+        })
+        .await;
     let error = child.unwrap_err();
     assert!(error.is_cancelled(), "{error}");
     let batch = batch.expect("the batch is accepted, not busy");
@@ -926,39 +941,15 @@ async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_
 }
 
 /// A blocking node submits a child to a limited mode whose one place another request holds, and
-/// the child waits; then the node's request times out (it cannot be stopped). The waiting child
-/// stops waiting and ends cancelled with its parent, at once, while the place is still held.
+/// the child waits; then the node's request times out. The waiting child stops waiting and ends
+/// cancelled with its parent, at once, while the place is still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_waiting_for_a_place_ends_when_its_parent_is_cancelled() {
-    let (publisher, coordinator) =
-        started_from(one_limited_place(Coordinator::builder().strategy(
-            ExecutionMode::THREADED,
-            ThreadedExecutionStrategy::builder().build().unwrap(),
-        )));
-    let holder = coordinator
-        .spawn(
-            sleeper("holder", Arc::new(AtomicBool::new(false))),
-            "limited",
-            SubmitOptions::new(),
-        )
-        .await
-        .unwrap();
-    let (sent, child_answer) = tokio::sync::oneshot::channel();
-    let inside = coordinator.clone();
-    let parent = Task::blocking("parent", "parent", move || {
-        let child = value_task("child", 1);
-        let _ = sent.send(coordinator::block_on(inside.submit(child, "limited")));
-        Ok::<_, BoxError>(())
-    });
-    let options = SubmitOptions::new().timeout(Duration::from_millis(100));
-    let timed_out = coordinator
-        .submit_with(parent, ExecutionMode::THREADED, options)
-        .await
-        .unwrap_err();
-    assert!(timed_out.is_timeout(), "{timed_out}");
-    let child = tokio::time::timeout(Duration::from_secs(30), child_answer).await;
-    holder.cancel();
-    let child = child.expect("the child still waits for the place").unwrap();
+    let (publisher, coordinator, child) =
+        beside_a_held_place(Duration::from_millis(100), |inside| {
+            coordinator::block_on(inside.submit(value_task("child", 1), "limited"))
+        })
+        .await;
     let error = child.unwrap_err();
     assert!(error.is_cancelled(), "{error}");
     coordinator.shutdown().await;
