@@ -175,11 +175,13 @@ pub(crate) struct Queue<M> {
 }
 
 impl<M: Clone> Queue<M> {
-    /// Queues `message`. Runs under the publisher's lock.
+    /// Queues `message`. Runs under the publisher's lock; the message is cloned before anything
+    /// is counted, so a `Clone` that panics leaves the count as it was.
     pub(crate) fn offer(&self, message: &M) {
+        let message = message.clone();
         self.unread.fetch_add(1, Ordering::SeqCst);
         // An error only says the subscription is being dropped; it removes the queue.
-        let _ = self.tx.send(message.clone());
+        let _ = self.tx.send(message);
     }
 }
 
@@ -190,14 +192,16 @@ pub(crate) struct Inner<M> {
     pub(crate) state: AtomicUsize,
     /// Everything a publish, a subscribe and shutdown change. A publish writes every subscriber's
     /// buffer under it, so every subscriber sees one total order; it is never held across an
-    /// await, and no user code runs under it.
+    /// await. The only user code run under it is the message's `Clone` (for an unbounded
+    /// subscriber's queue), and nothing is changed half-way if that panics.
     pub(crate) shared: Mutex<Shared<M>>,
 }
 
 impl<M> Inner<M> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Shared<M>> {
-        // No user code runs under the lock, and nothing under it panics, so a poisoned lock still
-        // holds consistent data.
+        // Nothing under the lock is left half-changed by a panic (only a message's `Clone` can
+        // panic there, before anything is written), so a poisoned lock still holds consistent
+        // data.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -193,6 +193,37 @@ async fn an_unread_subscriber_delays_nobody_and_is_told_exactly_what_it_missed()
     );
 }
 
+/// A message whose `Clone` panics when asked to.
+#[derive(Debug)]
+struct Fragile(bool);
+
+impl Clone for Fragile {
+    fn clone(&self) -> Self {
+        assert!(!self.0, "this message refuses to be cloned");
+        Fragile(false)
+    }
+}
+
+#[tokio::test]
+async fn a_message_whose_clone_panics_leaves_the_publisher_as_it_was() {
+    let p = started::<Fragile>(8);
+    let mut reader = p.subscribe_stream_with(Buffer::Unbounded).unwrap();
+    let publish = std::panic::AssertUnwindSafe(|| p.publish(Fragile(true)));
+    assert!(
+        std::panic::catch_unwind(publish).is_err(),
+        "the clone panics"
+    );
+    assert_eq!(p.lags(), vec![(reader.id(), 0)], "nothing was queued");
+    p.publish(Fragile(false)).unwrap();
+    assert_eq!(p.lags(), vec![(reader.id(), 1)]);
+    within("the next message", reader.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.lags(), vec![(reader.id(), 0)]);
+    within("shutdown", p.shutdown()).await;
+}
+
 #[tokio::test]
 async fn a_laggard_resumes_after_what_it_missed_and_misses_again_only_when_it_falls_behind() {
     let p = started::<u32>(4);
