@@ -22,7 +22,8 @@ const LOOKUP_EVERY: Duration = Duration::from_millis(2);
 /// them.
 const IN_FLIGHT: usize = 20;
 const IN_FLIGHT_SCAN: usize = 50_000;
-/// The longest error or payload text kept, in bytes: the feeds and the failures list hold many.
+/// The longest error, payload, id or node name kept, in bytes: the feeds and the failures list
+/// hold many, and each is the application's to choose.
 const TEXT: usize = 1024;
 /// How long an overview is served before it is made again.
 const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
@@ -71,7 +72,8 @@ pub(crate) struct History {
 }
 
 /// `text`, cut to at most [`TEXT`] bytes (on a character boundary) with an ellipsis.
-fn clip(mut text: String) -> String {
+fn clip(text: impl Into<String>) -> String {
+    let mut text = text.into();
     if text.len() > TEXT {
         let mut end = TEXT;
         while !text.is_char_boundary(end) {
@@ -169,10 +171,10 @@ impl History {
             return ("other", json!({}));
         };
         let mut body = json!({
-            "request_id": info.request_id().as_str(),
-            "node": info.name(),
-            "node_id": info.node_id().as_str(),
-            "parent": info.parent_id().map(|p| p.as_str()),
+            "request_id": clip(info.request_id().as_str()),
+            "node": clip(info.name()),
+            "node_id": clip(info.node_id().as_str()),
+            "parent": info.parent_id().map(|p| clip(p.as_str())),
             "at": now_secs(),
         });
         let kind = match message {
@@ -219,11 +221,12 @@ impl History {
         let Some(took) = coordinator.job(request_id).and_then(|job| job.duration()) else {
             return;
         };
+        let node = clip(node);
         let mut recent = self.recent();
-        if !recent.durations.contains_key(node) && recent.durations.len() == NODES {
+        if !recent.durations.contains_key(&node) && recent.durations.len() == NODES {
             return;
         }
-        let times = recent.durations.entry(node.to_owned()).or_default();
+        let times = recent.durations.entry(node).or_default();
         if times.len() == DURATIONS {
             times.pop_front();
         }
@@ -294,8 +297,8 @@ impl History {
             let listed = open.iter().map(|job| {
                 let age = now.duration_since(job.start_time()).unwrap_or_default();
                 json!({
-                    "request_id": job.request_id().as_str(),
-                    "node": job.node_name(),
+                    "request_id": clip(job.request_id().as_str()),
+                    "node": clip(job.node_name()),
                     "age_ms": age.as_millis() as u64,
                 })
             });
@@ -343,9 +346,46 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use coordinator::{Coordinator, RequestCompletionPublisher};
+    use coordinator::{
+        Coordinator, NodeId, RequestCompletionPublisher, RequestFailure, TaskError, TaskInfo,
+    };
 
-    use super::History;
+    use super::{History, TEXT};
+
+    /// Ids and names are the application's, of any length: a failure with long ones is kept
+    /// with each cut to [`TEXT`] bytes, as its error is.
+    #[tokio::test]
+    async fn a_failures_ids_and_names_are_cut_as_its_error_is() {
+        let publisher = RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let coordinator = Coordinator::builder().with_async().build();
+        coordinator.start(&publisher).unwrap();
+        let history = History::new(false);
+        let long = "é".repeat(100_000);
+        let parent = Some(NodeId::from(long.as_str()));
+        let info = TaskInfo::new(
+            long.as_str().into(),
+            long.as_str().into(),
+            parent,
+            long.clone(),
+        );
+        let error = TaskError::strategy(long.clone());
+        history.note(&coordinator, &Ok(RequestFailure { info, error }.into()));
+        let overview: serde_json::Value =
+            serde_json::from_str(&history.overview(&coordinator).await).unwrap();
+        let failure = &overview["failures"][0];
+        for field in ["request_id", "node", "node_id", "parent", "error"] {
+            let text = failure[field].as_str().unwrap();
+            assert!(
+                text.len() <= TEXT + '…'.len_utf8(),
+                "{field}: {} bytes",
+                text.len()
+            );
+            assert!(text.starts_with("éé") && text.ends_with('…'), "{field}");
+        }
+        within("the coordinator's shutdown", coordinator.shutdown()).await;
+        within("the bus's shutdown", publisher.shutdown()).await;
+    }
 
     /// Eight requests for the overview arrive while it is stale and its rebuild is held up (the
     /// job table's lock is taken): it is made once, and every one of them gets it.

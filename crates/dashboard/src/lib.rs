@@ -30,19 +30,19 @@
 //!   subscriber is (`pubsub_subscriber_lag`).
 //!
 //! Safe by default: it binds `127.0.0.1:8080` unless told otherwise, it only reads, it shows no
-//! outputs and no event payloads unless [`show_payloads`](DashboardBuilder::show_payloads) says
-//! so (they may hold secrets), it can require a bearer token, and its memory is bounded however
-//! many jobs ran: it keeps recent history, not everything. Its one bus subscriber takes only
-//! openings, outcomes and node events, from a bounded buffer, and turns a message into an
-//! update only while an event stream is open; every stream shares that update. A client that
-//! takes no data (or only a trickle, under 16 KiB) for 10 s while there is some to send it is
-//! disconnected ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a
-//! whole feed behind is told what it missed, a connection that sends no whole request head
-//! within 10 s of opening or of its last answer is closed
-//! ([`request_head_timeout`](DashboardBuilder::request_head_timeout)), every connection closes
-//! when the dashboard stops (even one halfway through sending its request), and at most 4,096
-//! are open at once (more wait to be taken, and idle ones cannot hold them; a request head over
-//! 64 KiB is answered 431): nothing waits for a client. Error and payload texts are cut to 1 KiB.
+//! outputs and no event payloads unless [`show_payloads`](DashboardBuilder::show_payloads) says so
+//! (they may hold secrets), it can require a bearer token, and its memory is bounded however many
+//! jobs ran: it keeps recent history, not everything, and cuts every error, payload, id and node
+//! name it keeps or sends to 1 KiB. Its one bus subscriber takes only openings, outcomes and node
+//! events, from a bounded buffer, and turns a message into an update only while an event stream is
+//! open; every stream shares that update. A client that takes no data (or only a trickle, under 16
+//! KiB) for 10 s while there is some to send it is disconnected
+//! ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a whole feed behind
+//! is told what it missed, a connection that sends no whole request head within 10 s of opening or
+//! of its last answer is closed ([`request_head_timeout`](DashboardBuilder::request_head_timeout)),
+//! every connection closes when the dashboard stops (even one halfway through sending its request),
+//! and at most 4,096 are open at once (more wait to be taken, and idle ones cannot hold them; a
+//! request head over 64 KiB is answered 431): nothing waits for a client.
 //!
 //! # Examples
 //!
