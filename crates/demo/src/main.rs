@@ -39,8 +39,9 @@ use watch::watch;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Agent requests to run.
-    #[arg(long, default_value_t = 1000)]
+    /// Agent requests to run (at most 1,000,000: the coordinator keeps a record of every request
+    /// each agent makes, and the summary reads them all).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(..=1_000_000))]
     agents: u64,
     /// Agents running at once (the async mode's concurrency limit; the async tasks an agent
     /// submits share its place).
@@ -392,14 +393,20 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Checked before the run, not after it: a path that cannot be written fails at once (an
-    // existing file is left as it is until the run has something to write).
+    // Checked before the run, not after it: a path that cannot be written fails at once. An
+    // existing file is left as it is until the run has something to write, and a file made
+    // for the check is removed, so a run that fails leaves nothing there.
     if let Some(path) = &args.json {
+        let existed = path.exists();
         std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(path)
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
+        if !existed {
+            std::fs::remove_file(path)
+                .with_context(|| format!("--json: cannot write {}", path.display()))?;
+        }
     }
     if let Some(agent) = args.watch {
         anyhow::ensure!(

@@ -57,9 +57,35 @@ fn bad_flags_are_refused_before_anything_runs() {
         ["--concurrency", "0"],
         ["--crash-percent", "150"],
         ["--json", "/nonexistent/dir/x.json"],
+        ["--agents", "1000001"],
     ] {
         let out = demo(&args);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(out.stdout.is_empty(), "{args:?} ran the workload");
     }
+}
+
+#[test]
+fn a_run_that_fails_leaves_no_json_file() {
+    // The dashboard's address is taken, so the run fails after --json's path was checked.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("demo-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("detail.json");
+    let json = path.to_str().unwrap();
+    let out = demo(&[
+        "--quiet",
+        "--agents",
+        "1",
+        "--dashboard",
+        &addr,
+        "--json",
+        json,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run failed: {stderr}");
+    assert!(stderr.contains("--dashboard"), "{stderr}");
+    assert!(!path.exists(), "a failed run left {json}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
