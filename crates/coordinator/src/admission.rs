@@ -236,7 +236,7 @@ impl Coordinator {
             Admission::Accepted(Some(accepted)) => Ok(accepted),
             // Never: `admit` hands it over filled.
             Admission::Accepted(None) => Err(SubmitError::new(SubmitKind::ShutDown)),
-            Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode, None))),
+            Admission::Wait(wait) => Err(SubmitError::new(SubmitKind::Busy(wait.mode))),
         }
     }
 }
@@ -250,6 +250,15 @@ pub(crate) fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
         .ok()
         .flatten()
         .flatten()
+}
+
+impl Ready {
+    /// The request, as its handle takes it, before it starts.
+    pub(crate) fn accepted(&self) -> Accepted {
+        let request_id = self.task.info().request_id().clone();
+        let cell = Arc::clone(&self.cell);
+        Accepted { request_id, cell }
+    }
 }
 
 /// A request made ready to record: its cell open, its deadline's timer made.
@@ -376,6 +385,18 @@ impl Coordinator {
         if let Err(refused) = bus.publish(opened) {
             tracing::trace!(%refused, "opening not announced");
         }
+    }
+
+    /// Starts a recorded request that waited `waited` for its place (given to it): its deadline
+    /// counts from now.
+    pub(crate) fn start_queued(mut ready: Ready, entry: &Mode, waited: Duration) {
+        entry.metrics.waited(waited);
+        ready.deadline = ready.deadline.and_then(|(mut sleep, timeout, runtime)| {
+            let at = tokio::time::Instant::now().checked_add(timeout)?;
+            sleep.as_mut().reset(at);
+            Some((sleep, timeout, runtime))
+        });
+        drop(Self::start_recorded(ready, false, entry));
     }
 
     /// Starts a recorded request: its deadline's timer, then its strategy (or, born cancelled,

@@ -8,13 +8,13 @@ use std::time::Duration;
 use futures::Stream;
 use futures::stream::FuturesUnordered;
 use task_core::{ErasedTask, ExecutionMode, RequestId, TaskError};
-use tokio::sync::TryAcquireError;
 
 use crate::admission::scoped_parent;
 use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::options::SubmitOptions;
+use crate::queue::Queue;
 use crate::request::{Place, RequestCell, current_node};
 
 impl Coordinator {
@@ -27,10 +27,13 @@ impl Coordinator {
     /// The returned [`Batch`] gives the outputs all together, in the order of `tasks`
     /// ([`Batch::all`]), or as each request ends ([`Batch::as_completed`]).
     ///
-    /// A mode with a concurrency limit ([`CoordinatorBuilder::limit`](crate::CoordinatorBuilder::limit))
-    /// must have a place free for every task of the batch that takes one of its own (all but
-    /// children sharing their parent's): otherwise a busy error ([`SubmitError::is_busy`]),
-    /// nothing recorded.
+    /// Under a mode's concurrency limit ([`CoordinatorBuilder::limit`](crate::CoordinatorBuilder::limit))
+    /// the whole batch is accepted at once all the same, whatever its size: the tasks that find
+    /// no place free wait for one, recorded and open, and start in the batch's order as places
+    /// free (a child sharing its parent's place never waits). A task's timeout counts from its
+    /// start; one cancelled while it waits ends at once and never starts; one still waiting
+    /// when shutdown begins (or the runtime it was submitted on shuts down) ends cancelled,
+    /// never started.
     ///
     /// # Errors
     ///
@@ -105,29 +108,26 @@ impl Coordinator {
             .map(|(task, shared)| limited && shared.is_none() && !doomed(task))
             .collect();
         let own_places = took_place.iter().filter(|took| **took).count();
-        let mut places = match (&entry.limit, own_places) {
-            (Some(limit), n) if n > 0 => {
-                let n = u32::try_from(n).map_err(|_| {
-                    SubmitError::new(SubmitKind::Busy(mode.clone(), Some(own_places)))
-                })?;
-                match Arc::clone(limit).try_acquire_many_owned(n) {
-                    Ok(places) => Some(places),
-                    Err(TryAcquireError::Closed) => {
-                        return Err(SubmitError::new(SubmitKind::ShutDown));
-                    }
-                    Err(TryAcquireError::NoPermits) => {
-                        return Err(SubmitError::new(SubmitKind::Busy(mode, Some(own_places))));
-                    }
+        // The places free now, up to one per task that takes its own; the others wait.
+        let mut places = match &entry.limit {
+            Some(limit) if own_places > 0 => {
+                if limit.is_closed() {
+                    return Err(SubmitError::new(SubmitKind::ShutDown));
                 }
+                let free = limit.available_permits().min(own_places);
+                let free = u32::try_from(free).unwrap_or(u32::MAX);
+                Arc::clone(limit).try_acquire_many_owned(free).ok()
             }
             _ => None,
         };
         let mut ready = Vec::with_capacity(prepared.len());
+        let mut waits = Vec::with_capacity(prepared.len());
         for ((task, shared), &takes_place) in prepared.into_iter().zip(shared).zip(&took_place) {
             let permit = match &mut places {
                 Some(places) if takes_place => places.split(1).map(Arc::new),
                 _ => shared,
             };
+            waits.push(takes_place && permit.is_none());
             ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
         }
         // As for one request: announced openings come first, and nothing is recorded once
@@ -187,18 +187,35 @@ impl Coordinator {
             }
             return Err(SubmitError::new(SubmitKind::Failed(full)));
         }
-        // A batch takes its places at once or not at all: no wait.
-        let waited = entry.limit.as_ref().map(|_| Duration::ZERO);
-        let handles = ready
+        // A task that took a place now waited for none; one still to wait starts from the queue.
+        let mut queue = entry
+            .limit
+            .as_ref()
+            .map(|limit| Queue::new(&self.inner, entry.index, limit));
+        let mut handles = Vec::with_capacity(ready.len());
+        for (((r, cancelled), took_place), waits) in ready
             .into_iter()
             .zip(born_cancelled)
             .zip(took_place)
-            .map(|((r, cancelled), took_place)| {
-                entry.metrics.accepted(waited.filter(|_| took_place));
-                Self::start_recorded(r, cancelled, entry)
-                    .into_handle(crate::handle::take_output::<O>)
-            })
-            .collect();
+            .zip(waits)
+        {
+            let accepted = match &mut queue {
+                Some(queue) if waits && !cancelled => {
+                    entry.metrics.accepted(None);
+                    let accepted = r.accepted();
+                    queue.push(r);
+                    accepted
+                }
+                _ => {
+                    entry.metrics.accepted(took_place.then_some(Duration::ZERO));
+                    Self::start_recorded(r, cancelled, entry)
+                }
+            };
+            handles.push(accepted.into_handle(crate::handle::take_output::<O>));
+        }
+        if let Some(queue) = queue.filter(|queue| !queue.is_empty()) {
+            drop(runtime.spawn(queue.run()));
+        }
         Ok(Batch::new(handles))
     }
 }

@@ -74,8 +74,9 @@ impl CoordinatorBuilder {
     /// when its request ends: a blocking node whose request timed out or was cancelled may still
     /// be finishing on its thread then (a strategy's own limit, such as the threaded
     /// `max_in_flight`, counts running nodes). Beyond it [`Coordinator::submit`] and
-    /// [`Coordinator::spawn`] wait for a place and [`Coordinator::try_spawn`] returns a busy
-    /// error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)).
+    /// [`Coordinator::spawn`] wait for a place, [`Coordinator::try_spawn`] returns a busy
+    /// error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)), and the tasks of a
+    /// [`Coordinator::submit_many`] batch wait, accepted, for theirs.
     ///
     /// A task whose nearest ancestor in `mode` is open (its parent, or an ancestor reached
     /// through open requests of other modes: an agent, its tool in another mode, the tool's

@@ -30,7 +30,7 @@ pub(crate) enum SubmitKind {
     NoRuntime,
     PublisherClosed,
     /// The mode, and for a batch the places it needs at once.
-    Busy(ExecutionMode, Option<usize>),
+    Busy(ExecutionMode),
     Failed(TaskError),
 }
 
@@ -154,14 +154,9 @@ impl fmt::Display for SubmitError {
                 "the coordinator's publisher is not running (shut it down after the \
                      coordinator, not before)",
             ),
-            SubmitKind::Busy(mode, None) => {
+            SubmitKind::Busy(mode) => {
                 write!(f, "mode `{mode}` is at its concurrency limit")
             }
-            SubmitKind::Busy(mode, Some(places)) => write!(
-                f,
-                "mode `{mode}` has not {places} places free at once under its concurrency limit \
-                 for this batch (a batch larger than the limit never has: submit it in parts)"
-            ),
             SubmitKind::Failed(e) => fmt::Display::fmt(e, f),
         }
     }

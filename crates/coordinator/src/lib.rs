@@ -59,6 +59,7 @@ pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
 mod options;
+mod queue;
 mod request;
 mod shutdown;
 mod state;

@@ -120,8 +120,13 @@ mod on {
             self.accepted.increment(1);
             self.in_flight.increment(1.0);
             if let Some(waited) = waited {
-                self.admission_wait.record(waited.as_secs_f64());
+                self.waited(waited);
             }
+        }
+
+        /// A request took a place under the mode's limit after `waited` for it.
+        pub(crate) fn waited(&self, waited: Duration) {
+            self.admission_wait.record(waited.as_secs_f64());
         }
 
         pub(crate) fn ended(&self, result: JobResult, ran: Option<Duration>, attempts: u32) {
@@ -154,6 +159,9 @@ mod off {
 
         #[inline(always)]
         pub(crate) fn accepted(&self, _waited: Option<Duration>) {}
+
+        #[inline(always)]
+        pub(crate) fn waited(&self, _waited: Duration) {}
 
         #[inline(always)]
         pub(crate) fn ended(&self, _result: JobResult, _ran: Option<Duration>, _attempts: u32) {}

@@ -324,6 +324,23 @@ impl RequestCell {
         lock(&self.ending).as_ref()?.permit.clone()
     }
 
+    /// Gives a request that waited for its place under its mode's limit the place, if it is
+    /// still open; the place back otherwise.
+    pub(crate) fn give_place(&self, place: Place) -> Result<(), Place> {
+        match lock(&self.ending).as_mut() {
+            Some(ending) => {
+                ending.permit = Some(place);
+                Ok(())
+            }
+            None => Err(place),
+        }
+    }
+
+    /// Whether the request is open (accepted, not ended).
+    pub(crate) fn is_open(&self) -> bool {
+        lock(&self.ending).is_some()
+    }
+
     /// Its request id, while it is open.
     pub(crate) fn request_id(&self) -> Option<task_core::RequestId> {
         Some(lock(&self.ending).as_ref()?.info.request_id().clone())

@@ -33,7 +33,8 @@ impl Coordinator {
     /// 1. stops taking new requests: until the deadline it accepts only a task whose parent is
     ///    a request still open here (a child it may need to finish), and only where the task
     ///    needs no place of its own under its mode's limit; submissions waiting for a place are
-    ///    rejected as shut down;
+    ///    rejected as shut down, and batch tasks accepted but still waiting for one end
+    ///    cancelled, never started;
     /// 2. lets every accepted request run until it ends or `grace` has passed; no retry starts
     ///    after this point (a request waiting out a backoff ends at once with its last error);
     /// 3. at the deadline, cancels what is still open: each such request ends at once as

@@ -287,8 +287,8 @@ struct ChaosPanic;
 
 /// Submits one to four requests in one of the ways at random (spawn, try_spawn, a batch) and
 /// returns the handles of those accepted. From inside a node, a mode with a coordinator limit is
-/// never waited for (two limited modes waiting on each other's places can deadlock, as
-/// documented); from the top level it may be.
+/// never waited for, by `spawn` or by a batch (two limited modes waiting on each other's places
+/// can deadlock, as documented); from the top level it may be.
 async fn submit_children(
     world: &Arc<World>,
     coordinator: &Coordinator,
@@ -306,7 +306,7 @@ async fn submit_children(
     let options = random_options(rng);
     let may_wait = parent.is_none() || !world.limited.contains(mode);
     let how = rng.below(100);
-    if how < 25 {
+    if how < 25 && may_wait {
         let n = 1 + rng.below(3);
         let tasks: Vec<(String, Task<u64>)> = (0..n)
             .map(|_| {

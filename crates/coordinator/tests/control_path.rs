@@ -496,32 +496,6 @@ async fn a_batch_with_a_repeated_or_open_id_is_rejected_whole_with_nothing_recor
     gate.add_permits(1);
     assert_eq!(open.await.unwrap(), 7);
 
-    // A limited mode without a place for every task: busy, nothing recorded.
-    let limited = Coordinator::builder()
-        .with_async()
-        .limit(ExecutionMode::ASYNC, 2)
-        .build();
-    limited.start(&publisher).unwrap();
-    let three = ["l1", "l2", "l3"].map(|id| value_task(id, 1));
-    let error = limited
-        .submit_many(three, ExecutionMode::ASYNC, SubmitOptions::new())
-        .unwrap_err();
-    assert!(error.is_busy(), "{error}");
-    // It says why waiting would not help.
-    let said = error.to_string();
-    assert!(
-        said.contains("3 places") && said.contains("in parts"),
-        "{said}"
-    );
-    assert!(limited.with_state(|s| s.is_empty()));
-    let two = ["l1", "l2"].map(|id| value_task(id, 1));
-    let outputs = limited
-        .submit_many(two, ExecutionMode::ASYNC, SubmitOptions::new())
-        .unwrap()
-        .all()
-        .await;
-    assert!(outputs.into_iter().all(|o| o.unwrap() == 1));
-    limited.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }

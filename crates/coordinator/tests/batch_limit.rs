@@ -1,0 +1,224 @@
+//! A `submit_many` batch under its mode's concurrency limit: accepted whole whatever its size,
+//! its tasks run in order as places free, never more at once than the limit.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionPublisher, SubmitOptions,
+    Task,
+};
+use support::Recorder;
+
+/// Fails the test instead of hanging it.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
+}
+
+fn limited(places: usize) -> (RequestCompletionPublisher, Coordinator) {
+    let builder = Coordinator::builder().with_async();
+    support::started_from(builder.limit(ExecutionMode::ASYNC, places))
+}
+
+/// What the tasks of a test saw: how many ran at once at most, and which started, in order.
+#[derive(Clone, Default)]
+struct Runs {
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    started: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Runs {
+    /// Task `i` of batch `prefix`: it notes its start, runs for `ms`, and returns `i`.
+    fn task(&self, prefix: &str, i: u64, ms: u64) -> Task<u64> {
+        let runs = self.clone();
+        Task::from_fn(format!("{prefix}{i}"), "counted", move || async move {
+            let now = runs.running.fetch_add(1, Ordering::SeqCst) + 1;
+            runs.most.fetch_max(now, Ordering::SeqCst);
+            runs.started.lock().unwrap().push(i);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            runs.running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(i)
+        })
+    }
+
+    fn started(&self) -> Vec<u64> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+/// A task that returns `i` once `gate` has a permit for it.
+fn gated(id: &str, i: u64, gate: &Arc<tokio::sync::Semaphore>) -> Task<u64> {
+    let gate = Arc::clone(gate);
+    Task::from_fn(id.to_string(), "gated", move || async move {
+        gate.acquire().await?.forget();
+        Ok::<_, BoxError>(i)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_its_modes_limit_runs_whole_never_more_at_once_than_the_limit() {
+    let (publisher, coordinator) = limited(3);
+    let runs = Runs::default();
+    let tasks = (0..60).map(|i| runs.task("a", i, 2));
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let outputs = within("the batch", batch.unwrap().all()).await;
+    let outputs: Vec<u64> = outputs.into_iter().map(Result::unwrap).collect();
+    assert_eq!(outputs, (0..60).collect::<Vec<_>>());
+    let most = runs.most.load(Ordering::SeqCst);
+    assert!(most <= 3, "{most} ran at once under a limit of 3");
+    let detail = coordinator.system_detail();
+    assert_eq!((detail.counts.closed, detail.counts.open), (60, 0));
+    within("shutdown", coordinator.shutdown()).await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_places_starts_its_tasks_in_order() {
+    // One place: a task starts only once the one before it has ended.
+    let (publisher, coordinator) = limited(1);
+    let runs = Runs::default();
+    let tasks = (0..30).map(|i| runs.task("o", i, 1));
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    within("the batch", batch.unwrap().all()).await;
+    assert_eq!(runs.started(), (0..30).collect::<Vec<_>>());
+    assert_eq!(runs.most.load(Ordering::SeqCst), 1);
+    within("shutdown", coordinator.shutdown()).await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_batch_tasks_timeout_counts_from_its_start() {
+    // Twenty tasks of 50 ms one at a time take a second; each has 500 ms from its own start.
+    let (publisher, coordinator) = limited(1);
+    let runs = Runs::default();
+    let tasks = (0..20).map(|i| runs.task("t", i, 50));
+    let options = SubmitOptions::new().timeout(Duration::from_millis(500));
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, options);
+    let outputs = within("the batch", batch.unwrap().all()).await;
+    for output in outputs {
+        output.expect("no task timed out while it waited for its place");
+    }
+    within("shutdown", coordinator.shutdown()).await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_task_cancelled_while_it_waits_ends_at_once_and_never_starts() {
+    let (publisher, coordinator) = limited(1);
+    let recorder = Recorder::attach(&publisher);
+    let (gate, runs) = (Arc::new(tokio::sync::Semaphore::new(0)), Runs::default());
+    let first = std::iter::once(gated("c0", 0, &gate));
+    let tasks = first.chain((1..5).map(|i| runs.task("c", i, 1)));
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let mut handles = batch.unwrap().into_handles();
+    // Waiting for the place `c0` holds: open, and cancelled by its id.
+    assert_eq!(coordinator.job("c2").unwrap().result(), None);
+    assert!(coordinator.cancel("c2"));
+    let cancelled = within("the cancelled task's answer", handles.remove(2)).await;
+    assert!(cancelled.unwrap_err().is_cancelled());
+    let job = coordinator.job("c2").unwrap();
+    assert_eq!(job.result(), Some(JobResult::Cancelled));
+    gate.add_permits(1);
+    for (handle, i) in handles.into_iter().zip([0, 1, 3, 4]) {
+        assert_eq!(within("a task", handle).await.unwrap(), i);
+    }
+    assert_eq!(
+        runs.started(),
+        [1, 3, 4],
+        "the cancelled task never started"
+    );
+    within("shutdown", coordinator.shutdown()).await;
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), 5);
+    assert!(terminal.values().all(|&n| n == 1), "{terminal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_tasks_still_waiting_when_shutdown_begins_end_cancelled_never_started() {
+    let (publisher, coordinator) = limited(1);
+    let recorder = Recorder::attach(&publisher);
+    let (gate, runs) = (Arc::new(tokio::sync::Semaphore::new(0)), Runs::default());
+    let first = std::iter::once(gated("s0", 0, &gate));
+    let tasks = first.chain((1..4).map(|i| runs.task("s", i, 1)));
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let mut handles = batch.unwrap().into_handles();
+    let first = handles.remove(0);
+    let shutdown = tokio::spawn({
+        let coordinator = coordinator.clone();
+        async move {
+            coordinator
+                .shutdown_with_grace(Duration::from_secs(30))
+                .await
+        }
+    });
+    for handle in handles {
+        let error = within("a waiting task's answer", handle).await.unwrap_err();
+        assert!(error.is_cancelled(), "{error}");
+        assert!(error.to_string().contains("shut down"), "{error}");
+    }
+    // The running one is let finish within the grace.
+    gate.add_permits(1);
+    assert_eq!(within("the running task", first).await.unwrap(), 0);
+    within("shutdown", shutdown).await.unwrap();
+    assert!(runs.started().is_empty(), "{:?} started", runs.started());
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), 4);
+    assert!(terminal.values().all(|&n| n == 1), "{terminal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_coordinator_ends_the_batch_tasks_waiting_for_a_place() {
+    let (publisher, coordinator) = limited(1);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let tasks = (0..4).map(|i| gated(&format!("d{i}"), i, &gate));
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let handles = batch.unwrap().into_handles();
+    drop(coordinator);
+    for handle in handles {
+        let error = within("an answer", handle).await.unwrap_err();
+        assert!(error.to_string().contains("dropped"), "{error}");
+    }
+    publisher.shutdown().await;
+}
+
+#[test]
+fn batch_tasks_waiting_when_their_runtime_shuts_down_end_cancelled() {
+    let (publisher, coordinator) = limited(1);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    // The one place is held by a request on a runtime that stays.
+    let stays = support::runtime(1);
+    let holder = stays.block_on(async {
+        let holder = gated("holder", 9, &gate);
+        coordinator
+            .spawn(holder, ExecutionMode::ASYNC, SubmitOptions::new())
+            .await
+    });
+    let goes = support::runtime(1);
+    let handles = goes.block_on(async {
+        let tasks = (0..3).map(|i| gated(&format!("r{i}"), i, &gate));
+        let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+        batch.unwrap().into_handles()
+    });
+    drop(goes);
+    let answers = stays.block_on(within("the answers", futures::future::join_all(handles)));
+    for error in answers.into_iter().map(Result::unwrap_err) {
+        assert!(error.is_cancelled(), "{error}");
+        assert!(error.to_string().contains("runtime"), "{error}");
+    }
+    gate.add_permits(1);
+    let holder = stays.block_on(within("the holder", holder.unwrap()));
+    assert_eq!(holder.unwrap(), 9);
+    assert_eq!(coordinator.system_detail().counts.open, 0);
+    stays.block_on(async {
+        within("shutdown", coordinator.shutdown()).await;
+        publisher.shutdown().await;
+    });
+}
