@@ -1104,6 +1104,36 @@ fn a_shorter_second_shutdown_shortens_the_first() {
     }
 }
 
+/// A shutdown whose caller stops waiting (a timeout around it, a `select!` with a second signal)
+/// after its grace ran out, while a task still runs: a later shutdown still stops the worker,
+/// answers the task and reaps the worker.
+fn a_shutdown_dropped_midway_leaves_the_next_one_its_workers() {
+    let rt = runtime();
+    let (s, pids, running) = one_worker_busy_for_long(&rt);
+    rt.block_on(async {
+        // The grace runs out at 100 ms, the worker is killed 200 ms later at the earliest:
+        // dropped in between, the shutdown has closed the workers' input and not killed them.
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(200),
+            s.shutdown(Duration::from_millis(100)),
+        );
+        assert!(
+            dropped.await.is_err(),
+            "the first shutdown cannot have returned"
+        );
+        let again = tokio::time::timeout(Duration::from_secs(20), s.shutdown(Duration::ZERO));
+        assert!(again.await.is_ok(), "the second shutdown returns");
+        let answered = tokio::time::timeout(Duration::from_secs(20), running).await;
+        let outcome = answered.expect("the running task is answered").unwrap();
+        assert!(outcome.is_err(), "stopped by the shutdown: {outcome:?}");
+    });
+    for pid in pids {
+        wait_until("the worker reaped", || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
+}
+
 fn shutdown_while_a_worker_is_being_replaced_returns() {
     runtime().block_on(async {
         for round in 0..5 {
@@ -1743,6 +1773,10 @@ fn main() {
         (
             "shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process",
             shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process,
+        ),
+        (
+            "a_shutdown_dropped_midway_leaves_the_next_one_its_workers",
+            a_shutdown_dropped_midway_leaves_the_next_one_its_workers,
         ),
         (
             "shutdown_while_a_worker_is_being_replaced_returns",

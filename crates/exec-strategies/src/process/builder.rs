@@ -8,6 +8,7 @@ use std::time::Duration;
 use task_core::NodeRegistry;
 
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 use super::error::{ErrorKind, ProcessError};
 use super::pool::ProcessExecutionStrategy;
@@ -214,7 +215,7 @@ impl ProcessBuilder {
                 ProcessError::new(ErrorKind::Runtime, format!("supervisor runtime: {e}"))
             })?;
         let handle = runtime.handle().clone();
-        let (stop_tx, stop_rx) = oneshot::channel::<Vec<tokio::task::JoinHandle<()>>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<TaskTracker>();
         std::thread::Builder::new()
             .name("exec-process-supervisor".into())
             .spawn(move || {
@@ -223,7 +224,7 @@ impl ProcessBuilder {
                 // The slots still supervised then were told to kill their workers: each is given
                 // a moment to reap its worker, so none is left a zombie.
                 if let Ok(lifecycles) = runtime.block_on(stop_rx) {
-                    let reaped = futures::future::join_all(lifecycles);
+                    let reaped = lifecycles.wait();
                     let _ = runtime.block_on(async { tokio::time::timeout(REAP, reaped).await });
                 }
                 runtime.shutdown_timeout(Duration::from_secs(1));
@@ -287,9 +288,13 @@ impl ProcessBuilder {
                 continue;
             };
             let s = Arc::clone(&shared);
-            let lifecycle = handle.spawn(async move { s.supervise(slot, live).await });
-            shared.lock().lifecycles.push(lifecycle);
+            let lifecycle = shared
+                .lifecycles
+                .track_future(async move { s.supervise(slot, live).await });
+            handle.spawn(lifecycle);
         }
+        // Every slot is supervised: the pool's supervision is complete once these end.
+        shared.lifecycles.close();
         Ok(ProcessExecutionStrategy::new(shared))
     }
 }

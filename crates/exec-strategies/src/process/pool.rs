@@ -147,7 +147,7 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                     "process strategy: grace period over with tasks still running; killing workers"
                 );
             }
-            let lifecycles = {
+            {
                 let mut state = shared.lock();
                 state.shutting_down = true;
                 for worker in state.slots.iter_mut().flatten() {
@@ -156,12 +156,11 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                         input.close();
                     }
                 }
-                std::mem::take(&mut state.lifecycles)
-            };
+            }
             shared.ready.notify_waiters();
             shared.places.close();
             // Each worker is waited for, killed or not, so none is left a zombie.
-            let all = futures::future::join_all(lifecycles);
+            let all = shared.lifecycles.wait();
             futures::pin_mut!(all);
             // Give workers until the deadline (at least a moment) to exit, then kill them. On the
             // supervisor's runtime, which has timers whatever the caller's has.

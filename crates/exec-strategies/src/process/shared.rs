@@ -12,6 +12,7 @@ use tokio::io::BufReader;
 use tokio::net::unix::pipe;
 use tokio::process::Child;
 use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio_util::task::TaskTracker;
 
 use super::input::WorkerInput;
 use super::wire;
@@ -150,7 +151,6 @@ pub(super) struct PoolState {
     pub(super) restarts: u64,
     pub(super) shutting_down: bool,
     pub(super) last_spawn_error: Option<String>,
-    pub(super) lifecycles: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub(super) struct Shared {
@@ -172,8 +172,12 @@ pub(super) struct Shared {
     pub(super) tracker: Tracker,
     pub(super) next_run: AtomicU64,
     pub(super) next_worker: AtomicU64,
+    /// The slots' supervision, one task per slot for the life of the pool. Waited for, never
+    /// taken: a shutdown whose caller stops waiting leaves them to the next shutdown, or to the
+    /// supervisor thread when the last handle goes.
+    pub(super) lifecycles: TaskTracker,
     /// Stops the supervisor thread, handing it the slots' supervision to wait for.
-    pub(super) stop: Mutex<Option<oneshot::Sender<Vec<tokio::task::JoinHandle<()>>>>>,
+    pub(super) stop: Mutex<Option<oneshot::Sender<TaskTracker>>>,
     /// Held for the whole of a shutdown: a second one waits for the first (stopping the
     /// supervisor at once, it would cut short the first's wait for its workers), then finds
     /// nothing left to do.
@@ -206,7 +210,7 @@ impl Shared {
         workers: usize,
         places: usize,
         runtimes: [tokio::runtime::Handle; 2],
-        stop: oneshot::Sender<Vec<tokio::task::JoinHandle<()>>>,
+        stop: oneshot::Sender<TaskTracker>,
     ) -> Self {
         let [runtime, readers] = runtimes;
         Self {
@@ -225,6 +229,7 @@ impl Shared {
             tracker: Tracker::default(),
             next_run: AtomicU64::new(0),
             next_worker: AtomicU64::new(0),
+            lifecycles: TaskTracker::new(),
             stop: Mutex::new(Some(stop)),
             shutting: tokio::sync::Mutex::new(()),
             deadline: tokio::sync::watch::Sender::new(None),
@@ -237,8 +242,9 @@ impl Shared {
 
     pub(super) fn stop_supervisor(&self) {
         if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let lifecycles = std::mem::take(&mut self.lock().lifecycles);
-            let _ = stop.send(lifecycles);
+            // No slot is supervised anew once the pool stops: closed, it is waited for.
+            self.lifecycles.close();
+            let _ = stop.send(self.lifecycles.clone());
         }
     }
 
