@@ -1407,6 +1407,36 @@ fn misbehaving_workers_fail_their_task_and_are_replaced() {
     });
 }
 
+/// A worker that dies in the middle of writing a frame (killed while it writes a large answer,
+/// say) has died, not broken the protocol: the task it ran fails as lost, and the one queued in
+/// it runs on its replacement.
+fn a_worker_dying_mid_frame_hands_its_queued_tasks_on() {
+    let marker =
+        std::env::temp_dir().join(format!("exec-strategies-cut-short-{}", std::process::id()));
+    std::fs::write(&marker, b"").unwrap();
+    runtime().block_on(async {
+        let me = std::env::current_exe().unwrap();
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .command(me, ["--fake-worker", "cut-short", marker.to_str().unwrap()])
+            .start()
+            .await
+            .unwrap();
+        let running = task_core::run(&s, Task::portable("running", Echo(1)).into_erased());
+        let queued = task_core::run(&s, Task::portable("queued", Echo(2)).into_erased());
+        let both = futures::future::join(running, queued);
+        let (running, queued) = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .expect("both tasks are answered");
+        let e = running.unwrap_err();
+        assert!(e.is_worker_lost() && !e.is_poison(), "{e:?}");
+        let queued = queued.unwrap_or_else(|e| panic!("the queued task failed: {e}"));
+        assert_eq!(queued.downcast_ref::<u64>(), Some(&2));
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+    let _ = std::fs::remove_file(&marker);
+}
+
 fn a_pool_outlives_the_runtime_it_was_started_on() {
     // Answers are read on the runtime the pool was started on; when that runtime is gone, the
     // workers are replaced and read on the supervisor's runtime instead.
@@ -1486,6 +1516,11 @@ fn many_tasks_in_flight_each_get_their_own_answer() {
 /// Plays a worker that breaks the protocol in the way `mode` names.
 fn fake_worker(mode: &str) -> ! {
     let (mut input, mut output) = exec_strategies::process::worker_pipes().unwrap();
+    if mode == "cut-short" {
+        // Plays the pool's first worker only: its replacement serves.
+        let marker = std::env::args().nth(3).expect("a marker");
+        std::fs::remove_file(marker).unwrap();
+    }
     if mode == "close-and-hang" {
         // Closes the protocol's pipes (as a program closing the descriptors it inherited does)
         // and lives on.
@@ -1528,6 +1563,15 @@ fn fake_worker(mode: &str) -> ! {
                 send(&wire::encode_frame(&done, usize::MAX).unwrap());
             }
             "oversize-answer" => send(&u32::MAX.to_le_bytes()),
+            // Given a second run (the first running, the second queued), dies in the middle of
+            // a frame, as a worker killed while it writes a large answer does: its output closes
+            // before its exit is seen.
+            "cut-short" if id > 0 => {
+                send(&[100, 0, 0, 0, 1, 2, 3]);
+                drop(output);
+                std::thread::sleep(Duration::from_millis(500));
+                std::process::exit(9);
+            }
             _ => {}
         }
     }
@@ -1817,6 +1861,10 @@ fn main() {
         (
             "a_worker_that_starts_a_pool_instead_of_serving_is_refused",
             a_worker_that_starts_a_pool_instead_of_serving_is_refused,
+        ),
+        (
+            "a_worker_dying_mid_frame_hands_its_queued_tasks_on",
+            a_worker_dying_mid_frame_hands_its_queued_tasks_on,
         ),
         (
             "misbehaving_workers_fail_their_task_and_are_replaced",

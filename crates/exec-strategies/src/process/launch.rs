@@ -67,10 +67,12 @@ pub(super) async fn read_frame(
         return Ok(Some(message?));
     }
     let mut body = vec![0; len];
-    stdout
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| TaskError::protocol(format!("the worker's frame was cut short: {e}")))?;
+    // A frame cut short by the end of the output is a worker that died while writing it (killed
+    // during a large answer, say), not one that broke the protocol: what it held is handed on as
+    // for any other death.
+    stdout.read_exact(&mut body).await.map_err(|e| {
+        TaskError::worker_lost(format!("the worker's output ended within a frame: {e}"))
+    })?;
     Ok(Some(wire::decode_body(&body)?))
 }
 
