@@ -1437,6 +1437,30 @@ fn a_worker_dying_mid_frame_hands_its_queued_tasks_on() {
     let _ = std::fs::remove_file(&marker);
 }
 
+/// Workers that end on their own as soon as they start, with nothing run (a broken environment),
+/// are not replaced in a tight loop: the pool pauses, longer each time, and a task waiting for a
+/// worker meanwhile fails saying why instead of waiting.
+fn workers_that_keep_ending_at_once_are_not_restarted_in_a_storm() {
+    runtime().block_on(async {
+        let s = fake("hello-then-exit").start().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Pausing 50 ms, doubled each time, the pool starts a handful in 2 s; without a pause,
+        // one every few milliseconds.
+        let restarts = s.restarts();
+        assert!(restarts <= 10, "{restarts} workers started in 2 s");
+        let waiting = task_core::run(&s, Task::portable("w", Echo(1)).into_erased());
+        let e = tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("the task is answered")
+            .unwrap_err();
+        assert!(e.is_worker_lost(), "{e:?}");
+        assert!(e.message().contains("with nothing run"), "{e}");
+        tokio::time::timeout(Duration::from_secs(20), s.shutdown(Duration::from_secs(1)))
+            .await
+            .expect("shutdown returns");
+    });
+}
+
 fn a_pool_outlives_the_runtime_it_was_started_on() {
     // Answers are read on the runtime the pool was started on; when that runtime is gone, the
     // workers are replaced and read on the supervisor's runtime instead.
@@ -1542,6 +1566,11 @@ fn fake_worker(mode: &str) -> ! {
         "garbage" => send(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]),
         "silent" => {}
         _ => send(&wire::encode_frame(&hello(PROTOCOL_VERSION), usize::MAX).unwrap()),
+    }
+    if mode == "hello-then-exit" {
+        // Announces itself, then ends on its own before it is given anything: a broken
+        // environment (a background thread's crash, a watchdog) rather than any task.
+        std::process::exit(0);
     }
     loop {
         let mut header = [0; 4];
@@ -1865,6 +1894,10 @@ fn main() {
         (
             "a_worker_dying_mid_frame_hands_its_queued_tasks_on",
             a_worker_dying_mid_frame_hands_its_queued_tasks_on,
+        ),
+        (
+            "workers_that_keep_ending_at_once_are_not_restarted_in_a_storm",
+            workers_that_keep_ending_at_once_are_not_restarted_in_a_storm,
         ),
         (
             "misbehaving_workers_fail_their_task_and_are_replaced",

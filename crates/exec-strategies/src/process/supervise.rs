@@ -20,6 +20,11 @@ use super::wire::FromWorker;
 /// is in the pipe already.
 pub(super) const READ_REST: Duration = Duration::from_millis(500);
 
+/// The first pause before a slot starts a worker again after one could not start (or several in
+/// a row ended at once on their own); each pause in a row doubles it, up to [`LAST_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const LAST_PAUSE: Duration = Duration::from_secs(5);
+
 /// Why a worker's supervision ended.
 pub(super) enum Ended {
     /// It died: it closed its output (exited, crashed, was killed from outside).
@@ -55,11 +60,38 @@ impl Shared {
     /// ends, until shutdown.
     pub(super) async fn supervise(self: Arc<Self>, slot: usize, mut live: Live) {
         let this = &self;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_PAUSE;
+        // Workers in a row of this slot that ended on their own with nothing run.
+        let mut idle_deaths = 0;
         loop {
-            this.run_worker(slot, live).await;
+            let died_idle = this.run_worker(slot, live).await;
             if self.lock().shutting_down {
                 return;
+            }
+            // One such death is an accident (an idle worker killed from outside): it is replaced
+            // at once. Several in a row are a worker that cannot run here (a broken environment):
+            // replaced in a tight loop, they would start processes as fast as the machine allows.
+            // They are paused as a worker that cannot start is, and tasks waiting for a worker
+            // are told why meanwhile.
+            match died_idle {
+                Some(_) => idle_deaths += 1,
+                None => idle_deaths = 0,
+            }
+            if let Some(how) = died_idle.filter(|_| idle_deaths > 1) {
+                let error = format!(
+                    "its workers keep ending on their own with nothing run, {idle_deaths} in a \
+                     row (the last {how})"
+                );
+                tracing::warn!(slot, %error, "pausing before replacing a worker");
+                self.lock().last_spawn_error = Some(error);
+                self.ready.notify_waiters();
+                let shift = (idle_deaths - 2).min(7);
+                if !this
+                    .pause((FIRST_PAUSE * (1 << shift)).min(LAST_PAUSE))
+                    .await
+                {
+                    return;
+                }
             }
             // Replace it; a worker that cannot start is retried with a growing pause, and tasks
             // waiting for a worker are told why meanwhile.
@@ -79,15 +111,31 @@ impl Shared {
                         tracing::warn!(slot, error = %e, "could not replace a worker");
                         self.lock().last_spawn_error = Some(e.to_string());
                         self.ready.notify_waiters();
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        if self.lock().shutting_down {
+                        if !this.pause(backoff).await {
                             return;
                         }
+                        backoff = (backoff * 2).min(LAST_PAUSE);
                     }
                 }
             };
-            backoff = Duration::from_millis(50);
+            backoff = FIRST_PAUSE;
+        }
+    }
+
+    /// Waits `how_long` before a slot starts its next worker; returns early, with `false`, when
+    /// the pool stops meanwhile (nobody would use the worker, and a shutdown waits for this).
+    async fn pause(&self, how_long: Duration) -> bool {
+        let until = tokio::time::Instant::now() + how_long;
+        loop {
+            // The pool notifies `ready` once it has marked itself stopping.
+            let stopping = self.ready.notified();
+            if self.lock().shutting_down {
+                return false;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return !self.lock().shutting_down,
+                () = stopping => {}
+            }
         }
     }
 
@@ -132,7 +180,9 @@ impl Shared {
 
     /// Serves one worker until it ends. Then the runs it had started fail (as poison once their
     /// request crashed its workers often enough) and those it had not started go to another.
-    pub(super) async fn run_worker(self: &Arc<Self>, slot: usize, live: Live) {
+    /// Returns how it ended when it ended on its own without having run anything: not killed by
+    /// the pool, not retired, no answer given, nothing running.
+    pub(super) async fn run_worker(self: &Arc<Self>, slot: usize, live: Live) -> Option<String> {
         let Live {
             worker,
             kill: kill_rx,
@@ -190,21 +240,26 @@ impl Shared {
         reader.abort();
         writer.abort();
         let reason = ended.reason();
-        let (lost, _stopping) = {
+        let (lost, stopping) = {
             let mut state = self.lock();
             (state.slots[slot].take(), state.shutting_down)
         };
-        let Some(lost) = lost else { return };
+        let lost = lost?;
         #[cfg(feature = "metrics")]
         {
             // A worker that ends while the pool stops or retires it has not crashed.
             let how = match ended {
-                Ended::Died(_) if _stopping || lost.draining => "retired",
+                Ended::Died(_) if stopping || lost.draining => "retired",
                 _ => ended.kind(),
             };
             metrics::counter!("process_worker_exits_total", "how" => how).increment(1);
         }
         let running = lost.pending.values().filter(|p| p.started).count();
+        let idle = matches!(ended, Ended::Died(_))
+            && !stopping
+            && !lost.draining
+            && lost.completed == 0
+            && running == 0;
         if !lost.pending.is_empty() {
             tracing::warn!(worker = id, pid, %status, %reason, running, queued = lost.pending.len() - running, "worker lost");
         }
@@ -248,6 +303,7 @@ impl Shared {
             };
             let _ = reply.send(Reply::Done(Err(error)));
         }
+        idle.then_some(status)
     }
 
     /// Starts reading the answers of worker `id` in `slot` on the runtime the pool was started on
