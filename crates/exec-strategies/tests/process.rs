@@ -850,6 +850,22 @@ fn a_task_that_keeps_crashing_its_workers_is_poison() {
         assert!(e.is_poison(), "{e:?}");
         let once = "its worker died running it, the last time: worker";
         assert!(e.message().contains(once), "{e}");
+        // A kill from outside counts as a crash: the pool cannot tell an operator's SIGKILL from
+        // the OOM killer's, which a task eating memory brings on itself.
+        let victim = tokio::spawn({
+            let strict = strict.clone();
+            async move {
+                task_core::run(&strict, Task::portable("k", Sleep(30_000)).into_erased()).await
+            }
+        });
+        while strict.stats().workers.iter().all(|w| w.in_flight == 0) {
+            tokio::task::yield_now().await;
+        }
+        let pid = strict.worker_pids()[0];
+        // SAFETY: sending a signal to a child process of this test.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        let e = victim.await.unwrap().unwrap_err();
+        assert!(e.is_poison() && e.message().contains("SIGKILL"), "{e:?}");
         strict.shutdown(Duration::from_secs(5)).await;
     });
 }

@@ -146,6 +146,12 @@ impl ProcessBuilder {
     /// [`TaskError::is_worker_lost`](task_core::TaskError::is_worker_lost), which a retry policy may retry. Counted by request id
     /// (retries share it) for the last 1,024 requests whose workers crashed; a request that gets an
     /// answer starts again from 0.
+    ///
+    /// Any end of the worker the pool did not bring about counts as a crash, a kill from outside
+    /// included: an operator's `SIGKILL` cannot be told from the OOM killer's, which a task that
+    /// eats memory brings on itself. With 1, a task is poison the first time its worker dies
+    /// under it, whoever killed it; a worker the pool kills (a cancelled task that did not stop,
+    /// shutdown) counts for nothing.
     #[must_use]
     pub fn poison_after(mut self, crashes: u32) -> Self {
         self.poison_after = crashes.max(1);
