@@ -122,6 +122,23 @@ fn main() {
         assert!(exits("retired") >= Some(1), "{after:?}");
         assert_eq!(exits("crashed").unwrap_or(0), 0, "{after:?}");
         recycled.shutdown(Duration::from_secs(5)).await;
+
+        // A worker due for retirement that crashes running its last task has crashed.
+        let due = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .recycle_after(1)
+            .start()
+            .await
+            .unwrap();
+        let error = task_core::run(&due, Task::portable("x", Exit).into_erased())
+            .await
+            .unwrap_err();
+        assert!(error.is_worker_lost(), "{error:?}");
+        replaced(&due, 1).await;
+        let after = snapshotter.snapshot().into_vec();
+        let exits = |how: &str| counter(&after, "process_worker_exits_total", Some(("how", how)));
+        assert_eq!(exits("crashed"), Some(1), "{after:?}");
+        due.shutdown(Duration::from_secs(5)).await;
     });
     println!("process metrics: ok");
 }

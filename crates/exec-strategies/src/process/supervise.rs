@@ -245,16 +245,17 @@ impl Shared {
             (state.slots[slot].take(), state.shutting_down)
         };
         let lost = lost?;
+        let running = lost.pending.values().filter(|p| p.started).count();
         #[cfg(feature = "metrics")]
         {
-            // A worker that ends while the pool stops or retires it has not crashed.
+            // A worker that ends while the pool stops or retires it has not crashed, unless it
+            // ended with runs started and unanswered: it died running them.
             let how = match ended {
-                Ended::Died(_) if stopping || lost.draining => "retired",
+                Ended::Died(_) if (stopping || lost.draining) && running == 0 => "retired",
                 _ => ended.kind(),
             };
             metrics::counter!("process_worker_exits_total", "how" => how).increment(1);
         }
-        let running = lost.pending.values().filter(|p| p.started).count();
         let idle = matches!(ended, Ended::Died(_))
             && !stopping
             && !lost.draining
