@@ -962,6 +962,47 @@ fn dropping_the_last_handle_stops_its_workers_and_supervisor() {
     });
 }
 
+/// The pids of this process's children, zombies included.
+fn children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .to_owned();
+            (ppid == me).then_some(pid)
+        })
+        .collect()
+}
+
+/// A `start` its caller stops waiting for (a timeout around it, a worker slow to announce
+/// itself) leaves no worker process, not even a zombie, and no supervisor thread behind.
+fn a_start_dropped_midway_leaves_nothing_behind() {
+    let threads = threads_named("exec-process");
+    let others = children();
+    runtime().block_on(async {
+        let start = fake("silent")
+            .handshake_timeout(Duration::from_secs(60))
+            .start();
+        let dropped = tokio::time::timeout(Duration::from_millis(300), start).await;
+        assert!(dropped.is_err(), "a silent worker cannot have started");
+        wait_until("the worker reaped", || {
+            children().iter().all(|pid| others.contains(pid))
+        });
+    });
+    wait_until("the supervisor thread to end", || {
+        threads_named("exec-process")
+            .iter()
+            .all(|tid| threads.contains(tid))
+    });
+}
+
 fn workers_are_recycled_after_k_tasks() {
     runtime().block_on(async {
         let s = ProcessExecutionStrategy::builder(registry())
@@ -1854,6 +1895,10 @@ fn main() {
         (
             "dropping_the_last_handle_stops_its_workers_and_supervisor",
             dropping_the_last_handle_stops_its_workers_and_supervisor,
+        ),
+        (
+            "a_start_dropped_midway_leaves_nothing_behind",
+            a_start_dropped_midway_leaves_nothing_behind,
         ),
         (
             "workers_are_recycled_after_k_tasks",

@@ -263,31 +263,48 @@ impl ProcessBuilder {
             stop_tx,
         ));
 
-        // Start every worker and wait for all handshakes before taking tasks.
+        // Start every worker and wait for all handshakes before taking tasks. If this future is
+        // dropped before it returns, the guard stops the pool: a worker still announcing itself
+        // stops waiting, and each one started is killed and reaped where it is (by its starting
+        // task, or by a task of the supervisor's for one handed over here).
+        let mut starting = Starting {
+            shared: Arc::clone(&shared),
+            started: Vec::new(),
+            done: false,
+        };
         let mut first = Vec::new();
         for slot in 0..self.workers {
             let shared = Arc::clone(&shared);
-            first.push(handle.spawn(async move { shared.start_worker(slot).await }));
+            let (tx, rx) = oneshot::channel();
+            handle.spawn(shared.lifecycles.clone().track_future(async move {
+                if let Err(Ok(mut orphan)) = tx.send(shared.start_worker(slot).await) {
+                    // `start` was dropped: nobody else will kill or reap this worker.
+                    let _ = orphan.child.start_kill();
+                    let _ = orphan.child.wait().await;
+                }
+            }));
+            first.push(rx);
         }
         let mut failure = None;
-        let mut started = Vec::new();
-        for (slot, join) in first.into_iter().enumerate() {
-            match join.await {
-                Ok(Ok(worker)) => started.push((slot, worker)),
+        for (slot, answer) in first.into_iter().enumerate() {
+            match answer.await {
+                Ok(Ok(worker)) => starting.started.push((slot, worker)),
                 Ok(Err(e)) => failure = failure.or(Some(e)),
-                Err(e) => {
-                    failure = failure.or(Some(ProcessError::new(ErrorKind::Runtime, e.to_string())))
+                Err(_) => {
+                    let e = "the supervisor's runtime stopped while a worker started";
+                    failure = failure.or(Some(ProcessError::new(ErrorKind::Runtime, e)));
                 }
             }
         }
+        let started = std::mem::take(&mut starting.started);
         if let Some(error) = failure {
             for (_, mut worker) in started {
                 let _ = worker.child.start_kill();
                 let _ = worker.child.wait().await;
             }
-            shared.stop_supervisor();
             return Err(error);
         }
+        starting.done = true;
         for (slot, worker) in started {
             // Nothing can have stopped the pool yet: no handle to it exists.
             let Ok(live) = shared.install(slot, worker, false) else {
@@ -302,6 +319,30 @@ impl ProcessBuilder {
         // Every slot is supervised: the pool's supervision is complete once these end.
         shared.lifecycles.close();
         Ok(ProcessExecutionStrategy::new(shared))
+    }
+}
+
+/// The pool as [`ProcessBuilder::start`] builds it: unless it is handed over (`done`), dropping
+/// it stops the pool and reaps the workers `started` holds.
+struct Starting {
+    shared: Arc<Shared>,
+    started: Vec<(usize, super::shared::Started)>,
+    done: bool,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for (_, mut worker) in self.started.drain(..) {
+            let reaped = self.shared.lifecycles.track_future(async move {
+                let _ = worker.child.start_kill();
+                let _ = worker.child.wait().await;
+            });
+            self.shared.runtime.spawn(reaped);
+        }
+        self.shared.release();
     }
 }
 

@@ -142,11 +142,26 @@ impl Shared {
             }
         };
         let mut output = BufReader::new(output);
-        let hello = tokio::time::timeout(
-            self.config.handshake_timeout,
-            read_frame(&mut output, self.config.max_frame),
-        )
+        let hello = tokio::time::timeout(self.config.handshake_timeout, async {
+            // A pool that stops meanwhile has no use for the worker: it is not waited for.
+            tokio::select! {
+                hello = read_frame(&mut output, self.config.max_frame) => Some(hello),
+                () = self.stopped() => None,
+            }
+        })
         .await;
+        let hello = match hello {
+            Ok(Some(read)) => Ok(read),
+            Ok(None) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(ProcessError::new(
+                    ErrorKind::Spawn,
+                    "the pool stopped while the worker started",
+                ));
+            }
+            Err(elapsed) => Err(elapsed),
+        };
         let failure = match hello {
             Ok(Ok(Some(FromWorker::Hello {
                 protocol,

@@ -264,6 +264,18 @@ impl Shared {
         self.stop_supervisor();
     }
 
+    /// Completes once the pool stops (a shutdown's last stage, or the last handle gone).
+    pub(super) async fn stopped(&self) {
+        loop {
+            // Whoever marks the pool stopping notifies `ready` after.
+            let notified = self.ready.notified();
+            if self.lock().shutting_down {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub(super) fn crash_log(&self) -> MutexGuard<'_, CrashLog> {
         self.crashes.lock().unwrap_or_else(|p| p.into_inner())
     }

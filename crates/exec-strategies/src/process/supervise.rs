@@ -108,6 +108,10 @@ impl Shared {
                         }
                     },
                     Err(e) => {
+                        if self.lock().shutting_down {
+                            // Its start was stopped with the pool: nothing went wrong.
+                            return;
+                        }
                         tracing::warn!(slot, error = %e, "could not replace a worker");
                         self.lock().last_spawn_error = Some(e.to_string());
                         self.ready.notify_waiters();
