@@ -6,22 +6,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::pull::Ordered;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use futures::StreamExt;
 use task_core::TaskError;
 use tokio::sync::Notify;
 
 use crate::client::Inner;
-use crate::config::NatsError;
+use crate::config::{NatsConfig, NatsError};
 
-/// Reads the advisories a stream keeps after a sequence, each once, in order. Its ordered
-/// consumer is made again after each reconnection, from the last advisory read: a pull the
-/// server lost while this side was away would otherwise be noticed only after two missed
-/// heartbeats (half a minute), and an advisory sent meanwhile read that late.
+/// How long the server keeps a reader nobody pulls from (its side died without a shutdown).
+const READER_IDLE: Duration = Duration::from_secs(30);
+
+/// The name of the consumer through which submitting side `client_id` reads the advisories: one
+/// name, known to this side, so that its shutdown (or drop) removes it from the server at once.
+pub(crate) fn reader_name(client_id: &str) -> String {
+    format!("advisories-{client_id}")
+}
+
+/// Reads the advisories a stream keeps after a sequence, each once, in order. Its consumer (no
+/// acknowledgements, one reader) is made again from the last advisory read after each
+/// reconnection, and whenever the server says it is gone or stops sending its heartbeats: a
+/// pull the server lost while this side was away would otherwise be noticed only after two
+/// missed heartbeats (half a minute), and an advisory sent meanwhile read that late.
 pub(crate) struct Advisories {
     stream: jetstream::stream::Stream,
     subject: String,
-    messages: Option<Ordered>,
+    /// The consumer's name ([`reader_name`]).
+    name: String,
+    messages: Option<jetstream::consumer::pull::Stream>,
     /// The sequence of the last advisory read; at first, of the last one kept from before the
     /// start. Those are about earlier tasks, whose sequences a task of this side may have taken
     /// since (the task stream made again): never read as this side's.
@@ -31,28 +43,31 @@ pub(crate) struct Advisories {
 }
 
 impl Advisories {
-    /// Reads what `stream` keeps on `subject` from now on.
+    /// Reads what `stream` keeps on the advisories' subject from now on, through the consumer
+    /// named `name`.
     pub(crate) async fn start(
         stream: jetstream::stream::Stream,
-        subject: String,
+        config: &NatsConfig,
+        name: String,
         reconnected: Arc<Notify>,
     ) -> Result<Self, NatsError> {
-        let last = stream.cached_info().state.last_sequence;
-        let messages = Some(reader(&stream, &subject, last).await?);
-        Ok(Self {
+        let mut advisories = Self {
+            last: stream.cached_info().state.last_sequence,
             stream,
-            subject,
-            messages,
-            last,
+            subject: config.advisory_subject(),
+            name,
+            messages: None,
             reconnected,
-        })
+        };
+        advisories.messages = Some(advisories.reader().await?);
+        Ok(advisories)
     }
 
     /// The next advisory.
     async fn next(&mut self) -> jetstream::Message {
         loop {
             let Some(messages) = self.messages.as_mut() else {
-                match reader(&self.stream, &self.subject, self.last).await {
+                match self.reader().await {
                     Ok(messages) => self.messages = Some(messages),
                     Err(e) => {
                         tracing::debug!(error = %e, "making the advisories' reader again");
@@ -76,7 +91,19 @@ impl Advisories {
                         return message;
                     }
                 }
-                // The consumer makes itself again when it must; an error of one pull passes.
+                // Gone (deleted, or lost with the server's store), or silent: made again.
+                Some(Err(e))
+                    if matches!(
+                        e.kind(),
+                        MessagesErrorKind::ConsumerDeleted
+                            | MessagesErrorKind::NoResponders
+                            | MessagesErrorKind::MissingHeartbeat
+                    ) =>
+                {
+                    tracing::debug!(error = %e, "the advisories' reader is made again");
+                    self.messages = None;
+                }
+                // An error of one pull passes.
                 Some(Err(e)) => tracing::debug!(error = %e, "reading the advisories"),
                 None => {
                     self.messages = None;
@@ -85,30 +112,44 @@ impl Advisories {
             }
         }
     }
+
+    /// The consumer of the advisories after the last read, made in place of any earlier one of
+    /// its name (which starts elsewhere).
+    async fn reader(&self) -> Result<jetstream::consumer::pull::Stream, NatsError> {
+        let context = "reading the delivery advisories";
+        let _ = self.stream.delete_consumer(&self.name).await;
+        let config = jetstream::consumer::pull::Config {
+            name: Some(self.name.clone()),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: self.last + 1,
+            },
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            filter_subject: self.subject.clone(),
+            inactive_threshold: READER_IDLE,
+            memory_storage: true,
+            ..Default::default()
+        };
+        let consumer = self
+            .stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| NatsError::new(context, e))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| NatsError::new(context, e))
+    }
 }
 
-/// An ordered consumer of the advisories `stream` keeps on `subject` after sequence `last`.
-async fn reader(
-    stream: &jetstream::stream::Stream,
-    subject: &str,
-    last: u64,
-) -> Result<Ordered, NatsError> {
-    let context = "reading the delivery advisories";
-    let config = jetstream::consumer::pull::OrderedConfig {
-        deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: last + 1,
-        },
-        filter_subject: subject.to_owned(),
-        ..Default::default()
-    };
-    let consumer = stream
-        .create_consumer(config)
-        .await
-        .map_err(|e| NatsError::new(context, e))?;
-    consumer
-        .messages()
-        .await
-        .map_err(|e| NatsError::new(context, e))
+/// Removes submitting side `client_id`'s reader of the advisories from the server (nothing to
+/// do when it is gone already).
+pub(crate) async fn remove_reader(js: &jetstream::Context, config: &NatsConfig, client_id: &str) {
+    let probe = config.advisory_subject().replace('*', "probe");
+    if let Ok(stream) = js.stream_by_subject(probe).await {
+        let _ = js
+            .delete_consumer_from_stream(reader_name(client_id), stream)
+            .await;
+    }
 }
 
 /// Fails the runs the server stopped delivering.

@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionStrategy};
 use tokio_util::task::TaskTracker;
 
-use crate::advisories::{Advisories, listen_advisories};
+use crate::advisories::{Advisories, listen_advisories, reader_name, remove_reader};
 use crate::client::{Inner, completion_consumer};
 use crate::config::{
     NatsConfig, NatsError, config_setters, connect, stream_limit, url_without_credentials,
@@ -71,9 +71,14 @@ impl NatsBuilder {
         let consumer = completion_consumer(&js, &self.config, &client_id).await?;
         let reconnected = Arc::new(tokio::sync::Notify::new());
         let advisory_stream = self.config.ensure_advisory_stream(&js).await?;
-        let subject = self.config.advisory_subject();
-        let advisories =
-            Advisories::start(advisory_stream, subject, Arc::clone(&reconnected)).await?;
+        let name = reader_name(&client_id);
+        let advisories = Advisories::start(
+            advisory_stream,
+            &self.config,
+            name,
+            Arc::clone(&reconnected),
+        )
+        .await?;
         let inner = Arc::new(Inner {
             client_id,
             client,
@@ -219,6 +224,7 @@ impl TaskExecutionStrategy for NatsStrategy {
                         .delete_consumer(&format!("done-{}", inner.client_id))
                         .await;
                 }
+                remove_reader(&inner.js, &inner.config, &inner.client_id).await;
                 let _ = inner.client.flush().await;
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), tidy).await;
@@ -244,6 +250,8 @@ impl Drop for NatsStrategy {
     fn drop(&mut self) {
         // Dropped without a shutdown: stop pulling completions (the server then deletes the
         // consumer after its idle limit) and watching; the connection closes with the last handle.
+        // The advisories' reader is removed from the server below, where a runtime is there to
+        // do it (otherwise the server removes it after its idle limit).
         for listener in self
             .listeners
             .get_mut()
@@ -260,14 +268,13 @@ impl Drop for NatsStrategy {
         let failed = self
             .inner
             .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current()
-            && !failed.is_empty()
-        {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let inner = Arc::clone(&self.inner);
             runtime.spawn(async move {
                 for (run, seq) in failed {
                     inner.withdraw(run, seq).await;
                 }
+                remove_reader(&inner.js, &inner.config, &inner.client_id).await;
             });
         }
     }

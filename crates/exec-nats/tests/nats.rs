@@ -166,6 +166,10 @@ fn main() {
             Box::pin(a_run_first_polled_after_a_shutdown_ends_at_once())
         }),
         (
+            "a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind",
+            || Box::pin(a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind()),
+        ),
+        (
             "a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker",
             || Box::pin(a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker()),
         ),
@@ -1580,5 +1584,57 @@ async fn a_run_first_polled_after_a_shutdown_ends_at_once() {
     tokio::task::spawn_blocking(move || program.join().unwrap())
         .await
         .unwrap();
+    cleanup(&config).await;
+}
+
+/// The consumers the advisory stream holds (this side's reader of the advisories is one).
+async fn advisory_readers(config: &NatsConfig) -> Vec<String> {
+    let client = async_nats::connect(&config.url).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream(config.advisory_stream())
+        .await
+        .expect("the advisory stream");
+    let names = stream.consumer_names().collect::<Vec<_>>().await;
+    names.into_iter().flatten().collect()
+}
+
+/// Shutting a strategy down leaves nothing of it behind: no task on the runtime, no reader of
+/// the advisories at the server; dropping one without a shutdown leaves no task either, and its
+/// reader is removed as soon as the drop can tell the server (well before the server's own
+/// 30 s limit for a reader nobody pulls from).
+async fn a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind() {
+    let config = config("released");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let strategy = NatsStrategy::builder()
+        .config(config.clone())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(advisory_readers(&config).await.len(), 1, "reading");
+    task_core::TaskExecutionStrategy::shutdown(&strategy, Duration::ZERO).await;
+    let left = advisory_readers(&config).await;
+    assert!(left.is_empty(), "readers left by the shutdown: {left:?}");
+    drop(strategy);
+    let strategy = NatsStrategy::builder()
+        .config(config.clone())
+        .start()
+        .await
+        .unwrap();
+    drop(strategy);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (tasks, readers) = (metrics.num_alive_tasks(), advisory_readers(&config).await);
+        if tasks <= before && readers.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks and the readers {readers:?} outlive the dropped strategy",
+            tasks.saturating_sub(before)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cleanup(&config).await;
 }
