@@ -17,6 +17,14 @@ use crate::config::{NatsConfig, NatsError};
 /// How long the server keeps a reader nobody pulls from (its side died without a shutdown).
 const READER_IDLE: Duration = Duration::from_secs(30);
 
+/// How long one pull of the reader waits at the server.
+const READER_PULL: Duration = Duration::from_secs(10);
+
+/// How often the server tells a waiting pull of the reader that it is still there: two missed
+/// (a stream deleted, whose consumers the server 2.9 drops without a word) have the reader, and
+/// the stream if it is gone, made again.
+const READER_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// The name of the consumer through which submitting side `client_id` reads the advisories: one
 /// name, known to this side, so that its shutdown (or drop) removes it from the server at once.
 pub(crate) fn reader_name(client_id: &str) -> String {
@@ -25,11 +33,15 @@ pub(crate) fn reader_name(client_id: &str) -> String {
 
 /// Reads the advisories a stream keeps after a sequence, each once, in order. Its consumer (no
 /// acknowledgements, one reader) is made again from the last advisory read after each
-/// reconnection, and whenever the server says it is gone or stops sending its heartbeats: a
-/// pull the server lost while this side was away would otherwise be noticed only after two
-/// missed heartbeats (half a minute), and an advisory sent meanwhile read that late.
+/// reconnection (a pull the server lost while this side was away would otherwise be noticed only
+/// after two missed heartbeats, and an advisory sent meanwhile read that late), and whenever the
+/// server says it is gone or stops sending its heartbeats.
 pub(crate) struct Advisories {
+    js: jetstream::Context,
+    config: NatsConfig,
     stream: jetstream::stream::Stream,
+    /// When `stream` was made (nanoseconds since the epoch): one made since is another.
+    created: i128,
     subject: String,
     /// The consumer's name ([`reader_name`]).
     name: String,
@@ -46,13 +58,17 @@ impl Advisories {
     /// Reads what `stream` keeps on the advisories' subject from now on, through the consumer
     /// named `name`.
     pub(crate) async fn start(
-        stream: jetstream::stream::Stream,
+        js: jetstream::Context,
         config: &NatsConfig,
         name: String,
         reconnected: Arc<Notify>,
     ) -> Result<Self, NatsError> {
+        let stream = config.ensure_advisory_stream(&js).await?;
         let mut advisories = Self {
+            js,
+            config: config.clone(),
             last: stream.cached_info().state.last_sequence,
+            created: stream.cached_info().created.unix_timestamp_nanos(),
             stream,
             subject: config.advisory_subject(),
             name,
@@ -67,7 +83,7 @@ impl Advisories {
     async fn next(&mut self) -> jetstream::Message {
         loop {
             let Some(messages) = self.messages.as_mut() else {
-                match self.reader().await {
+                match self.remake().await {
                     Ok(messages) => self.messages = Some(messages),
                     Err(e) => {
                         tracing::debug!(error = %e, "making the advisories' reader again");
@@ -113,6 +129,24 @@ impl Advisories {
         }
     }
 
+    /// The reader made again, with the stream if it is gone (deleted, or lost with the server's
+    /// store). A stream made since this side started holds only advisories from after its
+    /// start: it is read from its beginning.
+    async fn remake(&mut self) -> Result<jetstream::consumer::pull::Stream, NatsError> {
+        let stream = self.config.ensure_advisory_stream(&self.js).await?;
+        let info = stream.cached_info();
+        let created = info.created.unix_timestamp_nanos();
+        if created != self.created || info.config.name != self.stream.cached_info().config.name {
+            tracing::warn!(
+                stream = info.config.name,
+                "the advisory stream was made again: read from its beginning"
+            );
+            (self.created, self.last) = (created, 0);
+        }
+        self.stream = stream;
+        self.reader().await
+    }
+
     /// The consumer of the advisories after the last read, made in place of any earlier one of
     /// its name (which starts elsewhere).
     async fn reader(&self) -> Result<jetstream::consumer::pull::Stream, NatsError> {
@@ -135,6 +169,9 @@ impl Advisories {
             .await
             .map_err(|e| NatsError::new(context, e))?;
         consumer
+            .stream()
+            .expires(READER_PULL)
+            .heartbeat(READER_HEARTBEAT)
             .messages()
             .await
             .map_err(|e| NatsError::new(context, e))

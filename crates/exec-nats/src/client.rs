@@ -10,7 +10,10 @@ use task_core::{ErasedTask, Outcome, TaskError};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use async_nats::jetstream::context::PublishErrorKind;
+
 use crate::config::{NatsConfig, NatsError, largest_body, publish_stored, too_large};
+use crate::listen::reconcile;
 use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode};
 
 /// The longest one try to hand a task to the stream takes (the JetStream context's default
@@ -92,6 +95,9 @@ pub(crate) struct Inner {
     pub(crate) duplicates: AtomicU64,
     /// Told when the connection is back after an outage.
     pub(crate) reconnected: Arc<tokio::sync::Notify>,
+    /// When the task stream this side last found was made (nanoseconds since the epoch): a
+    /// stream made since is another, which lost the tasks of the old.
+    pub(crate) stream_created: Mutex<i128>,
 }
 
 impl Inner {
@@ -153,11 +159,42 @@ impl Inner {
         }
     }
 
+    /// The task stream, made again if it is gone (deleted, or lost with the server's store);
+    /// whether it is another than the one this side found last (made again, by this side or
+    /// another).
+    pub(crate) async fn current_stream(
+        &self,
+    ) -> Result<(jetstream::stream::Stream, bool), NatsError> {
+        let stream = self.config.ensure_stream(&self.js).await?;
+        let created = stream.cached_info().created.unix_timestamp_nanos();
+        let mut known = self
+            .stream_created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let other = std::mem::replace(&mut *known, created) != created;
+        Ok((stream, other))
+    }
+
+    /// Makes the task stream again if it is gone. When it is another than the one this side
+    /// found last, the tasks of the runs waiting were lost with the old one: they are published
+    /// again at once ([`reconcile`]), so that no run waits for a task nobody will see.
+    pub(crate) async fn refresh_stream(self: &Arc<Self>) -> Result<(), NatsError> {
+        let (_, other) = self.current_stream().await?;
+        if other {
+            tracing::warn!(
+                stream = self.config.stream,
+                "the task stream was made again: the tasks it lost are published again"
+            );
+            tokio::spawn(reconcile(Arc::downgrade(self), Duration::ZERO));
+        }
+        Ok(())
+    }
+
     /// Hands a task to the stream, trying again while the server is unreachable, for at most
     /// [`NatsBuilder::unreachable_after`]. Every try carries the run id as its message id, so the
-    /// stream keeps one copy however many tries reached it.
+    /// stream keeps one copy however many tries reached it. A stream found gone is made again.
     pub(crate) async fn publish(
-        &self,
+        self: &Arc<Self>,
         run: &str,
         bytes: bytes::Bytes,
     ) -> Result<jetstream::publish::PublishAck, TaskError> {
@@ -180,6 +217,21 @@ impl Inner {
                     return Err(TaskError::encoding(format!(
                         "the server refused the task: {e}"
                     )));
+                }
+                // No stream holds the subject (deleted, or lost with the server's store).
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                    let remade = self.refresh_stream().await;
+                    if started.elapsed() >= retry_for {
+                        let why = remade.err().map(|e| format!(" ({e})")).unwrap_or_default();
+                        return Err(TaskError::strategy(format!(
+                            "no stream took the task within {retry_for:?}: {e}{why}"
+                        )));
+                    }
+                    if let Err(refused) = remade {
+                        tracing::debug!(run, error = %refused, "making the task stream again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
                 }
                 Err(e) if started.elapsed() >= retry_for => {
                     return Err(TaskError::strategy(format!(

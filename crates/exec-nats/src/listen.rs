@@ -9,6 +9,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures::StreamExt;
 use task_core::TaskError;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::Inner;
 use crate::config::{publish_stored, too_large};
@@ -70,35 +71,38 @@ pub(crate) async fn listen_completions(
 }
 
 /// After an outage: a server killed outright may lose the last messages it had acknowledged (it
-/// writes to disk a moment later). Every run still waiting whose task is no longer in the stream
-/// (a worker took it and its completion was lost, or the server lost the task) is published
-/// again, under a message id of its own, once the completions stored meanwhile have had a moment
-/// to arrive. A run answered twice this way is answered once: the second completion is dropped.
-pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>) {
-    tokio::time::sleep(RECONCILE_AFTER).await;
+/// writes to disk a moment later), or its whole store; and a task stream made again (deleted by
+/// an operator) has lost every task. Every run still waiting whose task is no longer in the
+/// stream (a worker took it and its completion was lost, or the stream lost the task) is
+/// published again, under a message id of its own, once the completions stored meanwhile have
+/// had `after` to arrive. A run answered twice this way is answered once: the second completion
+/// is dropped.
+pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>, after: Duration) {
+    tokio::time::sleep(after).await;
     let Some(inner) = inner.upgrade() else { return };
-    let Ok(stream) = inner.js.get_stream(&inner.config.stream).await else {
+    let Ok((stream, _)) = inner.current_stream().await else {
         return;
     };
     let waiting: Vec<(u64, String, bytes::Bytes)> = {
         let table = inner.table();
         table
-            .by_seq
+            .pending
             .iter()
-            .filter_map(|(&seq, run)| {
-                let task = table.pending.get(run)?.task.clone();
-                Some((seq, run.clone(), task))
-            })
+            .filter_map(|(run, waiting)| Some((waiting.seq?, run.clone(), waiting.task.clone())))
             .collect()
     };
     for (seq, run, task) in waiting {
         // Gone only when the server says so: an error of another kind (a server not ready yet
         // after its restart) is no sign that the task is gone, and publishing it again would
-        // have it run twice.
-        let gone = matches!(
-            stream.get_raw_message(seq).await,
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound
-        );
+        // have it run twice. A message of another run at its place is a stream made again
+        // since (which numbers its messages from 1 again).
+        let gone = match stream.get_raw_message(seq).await {
+            Err(e) => e.kind() == RawMessageErrorKind::NoMessageFound,
+            Ok(message) => !message
+                .headers
+                .get("Nats-Msg-Id")
+                .is_some_and(|id| is_copy_of(id.as_str(), &run)),
+        };
         if !gone || !inner.table().pending.contains_key(&run) {
             continue;
         }
@@ -125,18 +129,33 @@ pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Whether message id `id` is run `run`'s task: the run id, or that of a copy published again.
+fn is_copy_of(id: &str, run: &str) -> bool {
+    id.strip_prefix(run)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(".again-"))
+}
+
 /// How long after reconnecting the runs still waiting are checked against the stream.
 pub(crate) const RECONCILE_AFTER: Duration = Duration::from_secs(1);
 
+/// How many of the watch's ticks (250 ms) pass between two looks at the task stream while tasks
+/// wait in it.
+const STREAM_LOOK_TICKS: u64 = 4;
+
 /// Fails what can no longer be answered: every waiting run once the server has been unreachable
 /// for [`NatsBuilder::unreachable_after`], and a run whose task outlived the stream's `max_age`.
+/// Has the task stream made again, and the tasks it lost published again, when it is gone.
 pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
     let mut since: Option<Instant> = None;
     // Connections made so far: a reconnection between two looks shows here, however quick.
     let mut connects = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // The look at the task stream under way, if any (stopped with this watch).
+    let mut looking: Option<AbortOnDropHandle<()>> = None;
+    let mut ticks = 0_u64;
     loop {
         tick.tick().await;
+        ticks += 1;
         let Some(inner) = inner.upgrade() else { return };
         let connected = inner.client.connection_state() == async_nats::connection::State::Connected;
         #[cfg(feature = "metrics")]
@@ -152,7 +171,21 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
             // Back after an outage: the server may have lost what it took just before it went,
             // and the pull of the advisories' reader made before it.
             inner.reconnected.notify_one();
-            tokio::spawn(reconcile(Arc::downgrade(&inner)));
+            tokio::spawn(reconcile(Arc::downgrade(&inner), RECONCILE_AFTER));
+        }
+        // While tasks wait in the stream, a look at it every `STREAM_LOOK`: one deleted (or made
+        // again by another side) lost them, and no worker will ever answer them.
+        if connected
+            && ticks.is_multiple_of(STREAM_LOOK_TICKS)
+            && looking.as_ref().is_none_or(|look| look.is_finished())
+            && !inner.table().by_seq.is_empty()
+        {
+            let inner = Arc::clone(&inner);
+            looking = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                if let Err(e) = inner.refresh_stream().await {
+                    tracing::debug!(error = %e, "looking at the task stream");
+                }
+            })));
         }
         since = if connected {
             None

@@ -70,15 +70,9 @@ impl NatsBuilder {
         let completion_subject = self.config.completion_subject(&client_id);
         let consumer = completion_consumer(&js, &self.config, &client_id).await?;
         let reconnected = Arc::new(tokio::sync::Notify::new());
-        let advisory_stream = self.config.ensure_advisory_stream(&js).await?;
         let name = reader_name(&client_id);
-        let advisories = Advisories::start(
-            advisory_stream,
-            &self.config,
-            name,
-            Arc::clone(&reconnected),
-        )
-        .await?;
+        let advisories =
+            Advisories::start(js.clone(), &self.config, name, Arc::clone(&reconnected)).await?;
         let inner = Arc::new(Inner {
             client_id,
             client,
@@ -97,6 +91,7 @@ impl NatsBuilder {
             failed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             reconnected,
+            stream_created: Mutex::new(stream.cached_info().created.unix_timestamp_nanos()),
         });
         let listeners = vec![
             tokio::spawn(listen_completions(Arc::downgrade(&inner), consumer)),

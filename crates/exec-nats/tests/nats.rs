@@ -166,6 +166,10 @@ fn main() {
             Box::pin(a_run_first_polled_after_a_shutdown_ends_at_once())
         }),
         (
+            "streams_deleted_while_the_strategy_runs_are_made_again",
+            || Box::pin(streams_deleted_while_the_strategy_runs_are_made_again()),
+        ),
+        (
             "a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind",
             || Box::pin(a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind()),
         ),
@@ -1587,6 +1591,17 @@ async fn a_run_first_polled_after_a_shutdown_ends_at_once() {
     cleanup(&config).await;
 }
 
+/// The consumers the advisory stream holds; none when it is gone.
+async fn advisory_readers_if_any(config: &NatsConfig) -> Vec<String> {
+    let client = async_nats::connect(&config.url).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let Ok(stream) = js.get_stream(config.advisory_stream()).await else {
+        return Vec::new();
+    };
+    let names = stream.consumer_names().collect::<Vec<_>>().await;
+    names.into_iter().flatten().collect()
+}
+
 /// The consumers the advisory stream holds (this side's reader of the advisories is one).
 async fn advisory_readers(config: &NatsConfig) -> Vec<String> {
     let client = async_nats::connect(&config.url).await.expect("connects");
@@ -1636,5 +1651,77 @@ async fn a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    cleanup(&config).await;
+}
+
+/// Every stream the strategy uses is deleted while it runs (by an operator, or lost with the
+/// server's store), with a task waiting in the task stream: the strategy makes each again
+/// itself (no worker is there to make the task stream), publishes the lost task again, hands
+/// later tasks over, and reads the advisories from the new advisory stream.
+async fn streams_deleted_while_the_strategy_runs_are_made_again() {
+    let config = config("deleted-streams");
+    let (publisher, coordinator, shared) = coordinator(&config).await;
+    drop(shared);
+    let guard = Duration::from_secs(60);
+    let stranded = spawn_submit(&coordinator, Task::portable("stranded", Echo(1)), guard);
+    until_published(&config).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    for stream in [
+        config.stream.clone(),
+        config.completion_stream(),
+        config.advisory_stream(),
+    ] {
+        js.delete_stream(&stream).await.expect("deleted");
+    }
+    let later = spawn_submit(&coordinator, Task::portable("later", Echo(2)), guard);
+    // Both tasks are in the task stream again before any worker comes (a worker would make the
+    // stream itself).
+    let start = Instant::now();
+    loop {
+        let held = match js.get_stream(&config.stream).await {
+            Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+            Err(_) => 0,
+        };
+        if held == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the task stream was not made again with both tasks ({held} held)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let flags = ["--ack-wait-ms", "300", "--max-deliver", "2"];
+    let worker = Worker::start(&config, &flags);
+    let within = |call| tokio::time::timeout(Duration::from_secs(20), call);
+    let stranded = within(stranded)
+        .await
+        .expect("answered")
+        .expect("the caller");
+    assert_eq!(stranded.expect("the lost task ran"), 1);
+    let later = within(later).await.expect("answered").expect("the caller");
+    assert_eq!(later.expect("the later task ran"), 2);
+    drop(worker);
+    // A task that kills its workers ends through the advisory stream made again (once the
+    // reader has found the old one gone: an advisory the server sends before has nowhere to go).
+    let start = Instant::now();
+    while advisory_readers_if_any(&config).await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the advisory stream was not made again with its reader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let respawner = Respawner::start(&config, &["--ack-wait-ms", "300", "--max-deliver", "2"]);
+    let poison = spawn_submit(
+        &coordinator,
+        Task::portable("poison", Fail("exit:".into())),
+        Duration::from_secs(30),
+    );
+    let error = poison.await.expect("the caller").unwrap_err();
+    assert!(error.task_error().unwrap().is_poison(), "{error}");
+    respawner.stop();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
     cleanup(&config).await;
 }
