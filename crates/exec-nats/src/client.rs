@@ -95,14 +95,72 @@ pub(crate) struct Inner {
     pub(crate) duplicates: AtomicU64,
     /// Told when the connection is back after an outage.
     pub(crate) reconnected: Arc<tokio::sync::Notify>,
-    /// When the task stream this side last found was made (nanoseconds since the epoch): a
-    /// stream made since is another, which lost the tasks of the old.
-    pub(crate) stream_created: Mutex<i128>,
+    /// The task stream as this side last found it.
+    pub(crate) stream: Mutex<StreamSeen>,
+}
+
+/// The task stream as the submitting side last found it.
+pub(crate) struct StreamSeen {
+    /// When it was made (nanoseconds since the epoch): a stream made since is another, which
+    /// lost the tasks of the old.
+    pub(crate) created: i128,
+    /// How long a task's hand-over may go on trying ([`retry_period`]).
+    pub(crate) retry_for: Duration,
+    /// How long the stream keeps an unworked task (0: no limit); a run waiting longer fails as
+    /// expired.
+    pub(crate) max_age: Duration,
+}
+
+impl StreamSeen {
+    /// The stream as the server describes it; an error when its limits leave a publish no time
+    /// to be tried again.
+    pub(crate) fn new(info: &jetstream::stream::Info) -> Result<Self, NatsError> {
+        let retry_for = retry_period(info.config.duplicate_window, info.config.max_age)?;
+        let created = info.created.unix_timestamp_nanos();
+        let max_age = info.config.max_age;
+        Ok(Self {
+            created,
+            retry_for,
+            max_age,
+        })
+    }
+}
+
+/// How long the hand-over of a task may go on trying, on a stream that drops a message whose id
+/// it saw within `window`, and drops a message `max_age` after storing it (0: never).
+///
+/// A try the server stored but whose acknowledgement was lost must not be stored twice: every
+/// try lands within the window of the first, so trying goes on for the window less the longest
+/// try. Where the window is `max_age` (the server allows no longer), a try landing past it finds
+/// its run ended already (expired, `max_age` after it was first handed over), so trying goes on
+/// for the whole `max_age`, and a copy stored that late is taken out again. A window no longer
+/// than one try leaves no time for a second: refused, saying why.
+pub(crate) fn retry_period(window: Duration, max_age: Duration) -> Result<Duration, NatsError> {
+    if !max_age.is_zero() && window >= max_age {
+        return Ok(max_age);
+    }
+    if window > PUBLISH_TRY {
+        return Ok(window - PUBLISH_TRY);
+    }
+    Err(NatsError::config(
+        "checking the task stream's limits",
+        format!(
+            "its duplicate_window of {window:?} (shorter than its max_age of {max_age:?}) leaves \
+             no time to try a publish again: a try takes up to {PUBLISH_TRY:?}, and one landing \
+             past the window of the first could store the task twice. Give the stream a \
+             duplicate_window longer than {PUBLISH_TRY:?}, or one at least its max_age \
+             (NatsConfig::duplicate_window)"
+        ),
+    ))
 }
 
 impl Inner {
     pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn stream(&self) -> MutexGuard<'_, StreamSeen> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Hands an event of run `run`'s node to its request; dropped when the run is answered
@@ -166,12 +224,18 @@ impl Inner {
         &self,
     ) -> Result<(jetstream::stream::Stream, bool), NatsError> {
         let stream = self.config.ensure_stream(&self.js).await?;
-        let created = stream.cached_info().created.unix_timestamp_nanos();
-        let mut known = self
-            .stream_created
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let other = std::mem::replace(&mut *known, created) != created;
+        let info = stream.cached_info();
+        let seen = StreamSeen::new(info).unwrap_or_else(|e| {
+            // Made again by another side with such limits: tasks are still handed over, once.
+            tracing::warn!(error = %e, "a task's hand-over is tried once");
+            StreamSeen {
+                created: info.created.unix_timestamp_nanos(),
+                retry_for: Duration::ZERO,
+                max_age: info.config.max_age,
+            }
+        });
+        let other = std::mem::replace(&mut *self.stream(), seen).created
+            != info.created.unix_timestamp_nanos();
         Ok((stream, other))
     }
 
@@ -199,13 +263,7 @@ impl Inner {
         bytes: bytes::Bytes,
     ) -> Result<jetstream::publish::PublishAck, TaskError> {
         let started = Instant::now();
-        // Every try must land within the stream's duplicate window of the first, or a try the
-        // server stored but whose acknowledgement was lost could be stored twice. A try takes up
-        // to the JetStream context's acknowledgement timeout.
-        let window = self.config.task_duplicate_window();
-        let retry_for = self
-            .unreachable_after
-            .min(window.saturating_sub(PUBLISH_TRY));
+        let retry_for = self.unreachable_after.min(self.stream().retry_for);
         let mut pause = Duration::from_millis(50);
         loop {
             let subject = self.task_subject.clone();
@@ -434,5 +492,24 @@ impl Drop for RunGuard<'_> {
                 inner.withdraw(run, seq).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_max_age_leaves_publish_retries_and_a_short_window_is_refused() {
+        let secs = Duration::from_secs;
+        // The window is max_age: trying goes on for all of it, however short.
+        assert_eq!(retry_period(secs(5), secs(5)).unwrap(), secs(5));
+        assert_eq!(retry_period(secs(10), secs(10)).unwrap(), secs(10));
+        // A window of its own: tries land within it.
+        assert_eq!(retry_period(secs(120), secs(86_400)).unwrap(), secs(110));
+        assert_eq!(retry_period(secs(120), Duration::ZERO).unwrap(), secs(110));
+        let error = retry_period(secs(5), secs(86_400)).unwrap_err();
+        assert!(error.is_config_error(), "{error}");
+        assert!(error.to_string().contains("duplicate_window"), "{error}");
     }
 }

@@ -351,6 +351,7 @@ struct SubjectsHeld {
 pub struct NatsError {
     context: &'static str,
     source: Box<dyn std::error::Error + Send + Sync>,
+    config: bool,
 }
 
 impl std::fmt::Display for NatsError {
@@ -375,7 +376,23 @@ impl NatsError {
         Self {
             context,
             source: source.into(),
+            config: false,
         }
+    }
+
+    /// A configuration (this side's, or a stream's as the server keeps it) that cannot work:
+    /// `why` says why, and what to change.
+    pub(crate) fn config(context: &'static str, why: String) -> Self {
+        Self {
+            config: true,
+            ..Self::new(context, why)
+        }
+    }
+
+    /// Whether the configuration, or a stream's limits as the server keeps them, cannot work
+    /// (the message says why and what to change); no retry helps.
+    pub fn is_config_error(&self) -> bool {
+        self.config
     }
 
     /// What was being done.

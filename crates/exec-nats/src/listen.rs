@@ -206,7 +206,7 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
                 },
             ));
         }
-        let max_age = inner.config.max_age;
+        let max_age = inner.stream().max_age;
         if max_age.is_zero() {
             // JetStream's "no limit".
             continue;

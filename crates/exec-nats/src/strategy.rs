@@ -10,7 +10,7 @@ use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionSt
 use tokio_util::task::TaskTracker;
 
 use crate::advisories::{Advisories, listen_advisories, reader_name, remove_reader};
-use crate::client::{Inner, completion_consumer};
+use crate::client::{Inner, StreamSeen, completion_consumer};
 use crate::config::{
     NatsConfig, NatsError, config_setters, connect, stream_limit, url_without_credentials,
 };
@@ -65,6 +65,7 @@ impl NatsBuilder {
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
         let stream = self.config.ensure_stream(&js).await?;
+        let seen = StreamSeen::new(stream.cached_info())?;
         let inbox = client.new_inbox();
         let client_id = inbox.rsplit('.').next().unwrap_or("client").to_owned();
         let completion_subject = self.config.completion_subject(&client_id);
@@ -91,7 +92,7 @@ impl NatsBuilder {
             failed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             reconnected,
-            stream_created: Mutex::new(stream.cached_info().created.unix_timestamp_nanos()),
+            stream: Mutex::new(seen),
         });
         let listeners = vec![
             tokio::spawn(listen_completions(Arc::downgrade(&inner), consumer)),
