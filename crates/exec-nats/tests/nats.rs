@@ -169,6 +169,9 @@ fn main() {
             "streams_deleted_while_the_strategy_runs_are_made_again",
             || Box::pin(streams_deleted_while_the_strategy_runs_are_made_again()),
         ),
+        ("a_short_max_age_leaves_publish_retries_on", || {
+            Box::pin(a_short_max_age_leaves_publish_retries_on())
+        }),
         (
             "a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind",
             || Box::pin(a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind()),
@@ -1591,13 +1594,21 @@ async fn a_run_first_polled_after_a_shutdown_ends_at_once() {
     cleanup(&config).await;
 }
 
-/// The consumers the advisory stream holds; none when it is gone.
-async fn advisory_readers_if_any(config: &NatsConfig) -> Vec<String> {
+/// The consumers the advisory stream holds, if it was made after `since`.
+async fn advisory_readers_made_since(
+    config: &NatsConfig,
+    since: std::time::SystemTime,
+) -> Vec<String> {
     let client = async_nats::connect(&config.url).await.expect("connects");
     let js = async_nats::jetstream::new(client);
     let Ok(stream) = js.get_stream(config.advisory_stream()).await else {
         return Vec::new();
     };
+    let since = since.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let made = stream.cached_info().created.unix_timestamp_nanos();
+    if made < i128::try_from(since.as_nanos()).unwrap() {
+        return Vec::new();
+    }
     let names = stream.consumer_names().collect::<Vec<_>>().await;
     names.into_iter().flatten().collect()
 }
@@ -1673,6 +1684,7 @@ async fn streams_deleted_while_the_strategy_runs_are_made_again() {
     ] {
         js.delete_stream(&stream).await.expect("deleted");
     }
+    let deleted = std::time::SystemTime::now();
     let later = spawn_submit(&coordinator, Task::portable("later", Echo(2)), guard);
     // Both tasks are in the task stream again before any worker comes (a worker would make the
     // stream itself).
@@ -1705,7 +1717,10 @@ async fn streams_deleted_while_the_strategy_runs_are_made_again() {
     // A task that kills its workers ends through the advisory stream made again (once the
     // reader has found the old one gone: an advisory the server sends before has nowhere to go).
     let start = Instant::now();
-    while advisory_readers_if_any(&config).await.is_empty() {
+    while advisory_readers_made_since(&config, deleted)
+        .await
+        .is_empty()
+    {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "the advisory stream was not made again with its reader"
@@ -1724,4 +1739,59 @@ async fn streams_deleted_while_the_strategy_runs_are_made_again() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
+}
+
+/// A stream `max_age` of 10 s or less (the duplicate window is no longer) still lets a task's
+/// hand-over try again: here its first try finds the task stream gone (deleted), and the next,
+/// once the stream is made again, stores it. A duplicate window shorter than one try, and than
+/// `max_age`, leaves no time to try again: the strategy refuses it, saying why.
+async fn a_short_max_age_leaves_publish_retries_on() {
+    let short_window = NatsConfig {
+        duplicate_window: Duration::from_secs(5),
+        ..config("short-window")
+    };
+    let config = NatsConfig {
+        max_age: Duration::from_secs(10),
+        ..config("short-max-age")
+    };
+    let (publisher, coordinator, shared) = coordinator(&config).await;
+    drop(shared);
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    js.delete_stream(&config.stream).await.expect("deleted");
+    let call = spawn_submit(
+        &coordinator,
+        Task::portable("r", Echo(1)),
+        Duration::from_secs(60),
+    );
+    let start = Instant::now();
+    while js.get_stream(&config.stream).await.is_err() || tasks_in_stream(&config).await == 0 {
+        assert!(
+            !call.is_finished(),
+            "the request ended untried: {:?}",
+            call.await
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the task is published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _worker = Worker::start(&config, &[]);
+    let within = tokio::time::timeout(Duration::from_secs(20), call).await;
+    assert_eq!(
+        within.expect("answered").expect("the caller").expect("ran"),
+        1
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+    let short = short_window;
+    let error = NatsStrategy::builder()
+        .config(short.clone())
+        .start()
+        .await
+        .expect_err("no time to try again");
+    cleanup(&short).await;
+    assert!(error.is_config_error(), "{error}");
+    assert!(error.to_string().contains("duplicate_window"), "{error}");
 }
