@@ -14,7 +14,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 
 use crate::config::{NatsConfig, NatsError, largest_body, publish_stored, too_large};
 use crate::listen::reconcile;
-use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode};
+use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode, task_headers};
 
 /// The longest one try to hand a task to the stream takes (the JetStream context's default
 /// acknowledgement timeout, and a margin).
@@ -267,7 +267,8 @@ impl Inner {
         let mut pause = Duration::from_millis(50);
         loop {
             let subject = self.task_subject.clone();
-            match publish_stored(&self.js, subject, run, bytes.clone()).await {
+            let headers = task_headers(run, run, &self.completion_subject);
+            match publish_stored(&self.js, subject, &headers, bytes.clone()).await {
                 Ok(ack) => return Ok(ack),
                 // Refused whatever the tries (the server's or the stream's limit lower than the
                 // one checked before sending).
@@ -373,7 +374,8 @@ impl Inner {
             reply: inner.completion_subject.clone(),
         };
         let bytes = bytes::Bytes::from(encode(&message)?);
-        let largest = largest_body(&inner.client, inner.max_message_size, &run);
+        let headers = task_headers(&run, &run, &inner.completion_subject);
+        let largest = largest_body(&inner.client, inner.max_message_size, &headers);
         if bytes.len() > largest {
             return Err(TaskError::encoding(format!(
                 "the task is {} bytes, more than the {largest} a task may have here (the stream's \

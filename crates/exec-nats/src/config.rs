@@ -401,16 +401,20 @@ impl NatsError {
     }
 }
 
-/// The largest body a message whose `Nats-Msg-Id` is `id` may have: the smaller of the streams'
-/// `max_message_size` and the server's `max_payload` (each counts the headers too), less what
-/// the header takes. A larger one would be refused whatever the tries.
+/// The largest body a message with `headers` (its `Nats-Msg-Id` among them) may have: the
+/// smaller of the streams' `max_message_size` and the server's `max_payload` (each counts the
+/// headers too), less what the headers take. A larger one would be refused whatever the tries.
 pub(crate) fn largest_body(
     client: &async_nats::Client,
     max_message_size: usize,
-    id: &str,
+    headers: &[(&str, &str)],
 ) -> usize {
-    // `NATS/1.0\r\nNats-Msg-Id: {id}\r\n\r\n`
-    let header = "NATS/1.0\r\n".len() + "Nats-Msg-Id: ".len() + id.len() + "\r\n\r\n".len();
+    // `NATS/1.0\r\n{name}: {value}\r\n...\r\n`
+    let lines: usize = headers
+        .iter()
+        .map(|(name, value)| name.len() + ": ".len() + value.len() + "\r\n".len())
+        .sum();
+    let header = "NATS/1.0\r\n".len() + lines + "\r\n".len();
     // 0: the server did not say.
     let max_payload = Some(client.server_info().max_payload).filter(|&max| max > 0);
     let largest = max_message_size.min(max_payload.unwrap_or(usize::MAX));
@@ -424,20 +428,20 @@ pub(crate) fn stream_limit(stream: &async_nats::jetstream::stream::Stream) -> us
     usize::try_from(stream.cached_info().config.max_message_size).unwrap_or(usize::MAX)
 }
 
-/// Publishes `bytes` to `subject` under the message id `id` (the stream keeps one copy however
-/// many tries reach it), and waits until the stream has stored it.
+/// Publishes `bytes` to `subject` with `headers`, its message id (`Nats-Msg-Id`) among them (the
+/// stream keeps one copy however many tries reach it), and waits until the stream has stored it.
 pub(crate) async fn publish_stored(
     js: &async_nats::jetstream::Context,
     subject: String,
-    id: &str,
+    headers: &[(&str, &str)],
     bytes: bytes::Bytes,
 ) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>
 {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id);
-    js.publish_with_headers(subject, headers, bytes)
-        .await?
-        .await
+    let mut map = async_nats::HeaderMap::new();
+    for &(name, value) in headers {
+        map.insert(name, value);
+    }
+    js.publish_with_headers(subject, map, bytes).await?.await
 }
 
 /// Whether the server refused a message for its size (its `max_payload`, or the stream's

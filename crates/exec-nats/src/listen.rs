@@ -13,7 +13,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::Inner;
 use crate::config::{publish_stored, too_large};
-use crate::wire::{Completion, Reply, decode};
+use crate::wire::{Completion, Reply, decode, task_headers};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
 /// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
@@ -112,7 +112,8 @@ pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>, after: Duration) {
             "the task is gone from the stream unanswered: publishing it again"
         );
         let (subject, id) = (inner.task_subject.clone(), format!("{run}.again-{seq}"));
-        match publish_stored(&inner.js, subject, &id, task).await {
+        let headers = task_headers(&id, &run, &inner.completion_subject);
+        match publish_stored(&inner.js, subject, &headers, task).await {
             Ok(ack) => inner.track_or_withdraw(&run, ack.sequence).await,
             // Its longer message id took it past the limit: it can never be sent again.
             Err(e) if too_large(&e) => {

@@ -8,6 +8,27 @@ use task_core::TaskError;
 /// error instead of guessing.
 pub const PROTOCOL_VERSION: u16 = 3;
 
+/// The header of a task message naming its run ([`TaskMessage::run`]), so that a worker that
+/// cannot decode the message can still answer it.
+pub const RUN_HEADER: &str = "Exec-Run";
+
+/// The header of a task message naming where its completion goes ([`TaskMessage::reply`]).
+pub const REPLY_HEADER: &str = "Exec-Reply";
+
+/// The headers of run `run`'s task message published under message id `id`: the stream's
+/// de-duplication id, and the run and its reply subject for a worker that cannot decode the body.
+pub(crate) fn task_headers<'a>(
+    id: &'a str,
+    run: &'a str,
+    reply: &'a str,
+) -> [(&'static str, &'a str); 3] {
+    [
+        ("Nats-Msg-Id", id),
+        (RUN_HEADER, run),
+        (REPLY_HEADER, reply),
+    ]
+}
+
 /// A task, as published to the work-queue stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskMessage {

@@ -14,7 +14,9 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{NatsConfig, NatsError, config_setters, connect, stream_limit};
-use crate::wire::{PROTOCOL_VERSION, Reply, RunEvent, TaskMessage, decode, encode};
+use crate::wire::{
+    PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, Reply, RunEvent, TaskMessage, decode, encode,
+};
 use task_core::context::EventSink;
 
 mod completion;
@@ -259,12 +261,7 @@ impl Shared {
         }
         let task = match decode::<TaskMessage>(&message.payload) {
             Ok(task) => task,
-            Err(e) => {
-                // Nothing can ever run it, and there is nobody to tell: drop it for good.
-                tracing::warn!(%e, "undecodable task terminated");
-                let _ = message.ack_with(AckKind::Term).await;
-                return;
-            }
+            Err(e) => return self.undecodable(message, e).await,
         };
         let (stop, stopped) = oneshot::channel();
         let (skip, delivery) = {
@@ -342,6 +339,45 @@ impl Shared {
         }
         if let Err(e) = message.ack().await {
             tracing::warn!(%e, "acknowledging a task failed; it may be redelivered");
+        }
+    }
+}
+
+impl Shared {
+    /// A task whose body cannot be decoded (another protocol's, or damaged): nothing can ever run
+    /// it. Its caller is answered with a protocol error where the message's headers name the run
+    /// and its reply subject (the strategy sets them), so that it ends at once instead of at its
+    /// timeout; otherwise (nobody to tell) it is dropped for good.
+    async fn undecodable(&self, message: jetstream::Message, error: TaskError) {
+        let header = |name| {
+            let headers = message.headers.as_ref()?;
+            Some(headers.get(name)?.as_str().to_owned())
+        };
+        let (Some(run), Some(reply)) = (header(RUN_HEADER), header(REPLY_HEADER)) else {
+            tracing::warn!(%error, "undecodable task, naming no run, terminated");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        };
+        tracing::warn!(%error, run, "undecodable task answered with a protocol error");
+        let task = TaskMessage {
+            version: PROTOCOL_VERSION,
+            run,
+            request_id: String::new(),
+            name: String::new(),
+            payload: Vec::new(),
+            reply,
+        };
+        let outcome = Err(TaskError::protocol(format!(
+            "the worker could not decode the task (a message of another protocol version, or \
+             damaged): {error}"
+        )));
+        if self.answer(&task, outcome).await {
+            let _ = message.ack().await;
+        } else {
+            // The server is away: answered when the task comes again.
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
         }
     }
 }

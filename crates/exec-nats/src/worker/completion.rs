@@ -33,7 +33,8 @@ impl Shared {
                 worker,
             }))
         };
-        let largest = largest_body(&self.client, self.max_message_size, &done_id(&task.run));
+        let id = done_id(&task.run);
+        let largest = largest_body(&self.client, self.max_message_size, &[("Nats-Msg-Id", &id)]);
         let sized = done(outcome).and_then(|bytes| {
             if bytes.len() <= largest {
                 return Ok(bytes);
@@ -73,7 +74,8 @@ impl Shared {
             Duration::ZERO,
         ] {
             let id = done_id(run);
-            match publish_stored(&self.js, subject.to_owned(), &id, bytes.clone()).await {
+            let headers = [("Nats-Msg-Id", id.as_str())];
+            match publish_stored(&self.js, subject.to_owned(), &headers, bytes.clone()).await {
                 Ok(_) => return Ok(true),
                 Err(e) if too_large(&e) => return Err(e.to_string()),
                 Err(_) => tokio::time::sleep(pause).await,
