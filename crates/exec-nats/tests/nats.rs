@@ -169,6 +169,9 @@ fn main() {
             "streams_deleted_while_the_strategy_runs_are_made_again",
             || Box::pin(streams_deleted_while_the_strategy_runs_are_made_again()),
         ),
+        ("a_task_no_worker_can_decode_is_answered_at_once", || {
+            Box::pin(a_task_no_worker_can_decode_is_answered_at_once())
+        }),
         ("a_short_max_age_leaves_publish_retries_on", || {
             Box::pin(a_short_max_age_leaves_publish_retries_on())
         }),
@@ -1677,6 +1680,8 @@ async fn streams_deleted_while_the_strategy_runs_are_made_again() {
     let stranded = spawn_submit(&coordinator, Task::portable("stranded", Echo(1)), guard);
     until_published(&config).await;
     let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    // Before the deletions: the strategy may make a stream again before they return.
+    let deleted = std::time::SystemTime::now();
     for stream in [
         config.stream.clone(),
         config.completion_stream(),
@@ -1684,7 +1689,6 @@ async fn streams_deleted_while_the_strategy_runs_are_made_again() {
     ] {
         js.delete_stream(&stream).await.expect("deleted");
     }
-    let deleted = std::time::SystemTime::now();
     let later = spawn_submit(&coordinator, Task::portable("later", Echo(2)), guard);
     // Both tasks are in the task stream again before any worker comes (a worker would make the
     // stream itself).
@@ -1794,4 +1798,45 @@ async fn a_short_max_age_leaves_publish_retries_on() {
     cleanup(&short).await;
     assert!(error.is_config_error(), "{error}");
     assert!(error.to_string().contains("duplicate_window"), "{error}");
+}
+
+/// A task message whose body no worker can decode (another protocol's, or damaged): the worker
+/// answers it from the message's headers with a protocol error, and the request (which has no
+/// timeout of its own) ends at once with it, instead of waiting forever.
+async fn a_task_no_worker_can_decode_is_answered_at_once() {
+    let config = config("undecodable");
+    let (publisher, coordinator, shared) = coordinator(&config).await;
+    drop(shared);
+    let call = {
+        let coordinator = coordinator.clone();
+        tokio::spawn(async move {
+            coordinator
+                .submit(Task::portable("r", Echo(1)), "nats")
+                .await
+        })
+    };
+    until_published(&config).await;
+    // The task as the strategy sent it, its body damaged, in place of the original.
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    let stream = js.get_stream(&config.stream).await.unwrap();
+    let sent = stream.get_raw_message(1).await.expect("the task");
+    stream.delete_message(1).await.expect("taken out");
+    let mut headers = sent.headers.clone();
+    headers.insert("Nats-Msg-Id", "damaged");
+    let damaged = bytes::Bytes::from_static(&[0xff; 7]);
+    let stored = js.publish_with_headers(config.task_subject(), headers, damaged);
+    stored.await.unwrap().await.unwrap();
+    let _worker = Worker::start(&config, &[]);
+    let ended = tokio::time::timeout(Duration::from_secs(20), call).await;
+    let error = ended
+        .expect("answered, though no worker could decode its task")
+        .expect("the caller")
+        .unwrap_err();
+    let task_error = error.task_error().expect("a task error");
+    assert!(task_error.is_protocol_error(), "{error}");
+    assert!(error.to_string().contains("decode"), "{error}");
+    assert_eq!(tasks_in_stream(&config).await, 0, "nothing left");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
 }
