@@ -115,6 +115,24 @@ async fn a_pool_task_runs_in_its_requests_scope() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_task_submits_children_as_any_node_does() {
+    let (publisher, coordinator) = started(2);
+    // On a pool thread, outside any runtime: `in_scope` enters the coordinator's.
+    let submitter = coordinator.clone();
+    let parent = Task::blocking("parent", "parent", move || {
+        let child = Task::blocking("child", "child", || Ok::<_, BoxError>(6 * 7));
+        let child = submitter.try_spawn(child, "pool", SubmitOptions::new())?;
+        Ok::<_, BoxError>(tokio::runtime::Handle::current().block_on(child)?)
+    });
+    let parent_node = parent.node_id().clone();
+    assert_eq!(coordinator.submit(parent, "pool").await.unwrap(), 42);
+    let child = coordinator.job("child").expect("the child was recorded");
+    assert_eq!(child.parent_node_id(), Some(&parent_node));
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_task_cancelled_while_queued_never_runs() {
     let (publisher, coordinator) = started(1);
     // Occupy the pool's only thread until the second task is cancelled.

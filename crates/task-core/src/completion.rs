@@ -132,6 +132,8 @@ impl Completion {
 
     /// Runs `f` inside the request's context: its tracing span, its node as the parent of tasks
     /// submitted from `f`, and the sink of the events `f` [broadcasts](crate::context::broadcast).
+    /// The coordinator's sink also enters its tokio runtime when `f` runs outside any (on a
+    /// strategy's own thread), so that `f` can submit tasks.
     /// Call it around every poll of the node's future, or once around a blocking body.
     pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut f = Some(f);

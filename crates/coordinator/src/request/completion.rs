@@ -88,6 +88,17 @@ impl CompletionSink for RequestCell {
 
     fn run_in_scope(&self, f: &mut dyn FnMut()) {
         let _span = self.span.enter();
+        // On a thread of a strategy's own, outside any runtime, the coordinator's is entered, so
+        // that the node submits its children there as any node can.
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(_) => None,
+            // Upgraded under the lock, dropped after it (see `Ending::owner`).
+            Err(_) => {
+                let owner = lock(&self.ending).as_ref().and_then(Ending::owner);
+                owner.and_then(|owner| owner.runtime())
+            }
+        };
+        let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
         CURRENT_NODE.sync_scope(self.scope(), f);
     }
 
