@@ -97,6 +97,8 @@ async fn pool_tasks_deliver_values_failures_and_panics() {
         (counts.open, counts.closed, counts.succeeded, counts.failed),
         (0, 4, 1, 3)
     );
+    // It reports no counters of its own (no `stats`): the default says it takes tasks.
+    assert!(coordinator.system_detail().modes["pool"].accepting);
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }

@@ -74,9 +74,10 @@ pub trait TaskExecutionStrategy: Send + Sync + 'static {
         full.rsplit("::").next().unwrap_or(full)
     }
 
-    /// Counters for a coordinator's system detail. The default reports nothing.
+    /// Counters for a coordinator's system detail. The default counts nothing and says the
+    /// strategy takes tasks (a coordinator's own state says when it stops taking them).
     fn stats(&self) -> StrategyStats {
-        StrategyStats::default()
+        StrategyStats::new(0, 0, 0, true)
     }
 }
 
