@@ -321,6 +321,7 @@ async fn subjects_held(
         ),
         _ => NatsError::new(context, error),
     }
+    .of_kind(ErrorKind::Config)
 }
 
 /// Whether the server refused a stream because another holds its subjects.
@@ -351,7 +352,20 @@ struct SubjectsHeld {
 pub struct NatsError {
     context: &'static str,
     source: Box<dyn std::error::Error + Send + Sync>,
-    config: bool,
+    kind: ErrorKind,
+}
+
+/// What a caller may do about a [`NatsError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorKind {
+    /// The configuration cannot work: change it.
+    Config,
+    /// The server could not be reached: try again later.
+    Connect,
+    /// The consumer a worker served was deleted (with its stream, perhaps): make the worker
+    /// again.
+    Gone,
+    Other,
 }
 
 impl std::fmt::Display for NatsError {
@@ -376,23 +390,47 @@ impl NatsError {
         Self {
             context,
             source: source.into(),
-            config: false,
+            kind: ErrorKind::Other,
         }
+    }
+
+    fn of_kind(self, kind: ErrorKind) -> Self {
+        Self { kind, ..self }
+    }
+
+    /// The server could not be reached.
+    pub(crate) fn connect(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::new("connecting to the NATS server", source).of_kind(ErrorKind::Connect)
+    }
+
+    /// The consumer a worker served is gone.
+    pub(crate) fn gone(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::new("serving the consumer", source).of_kind(ErrorKind::Gone)
     }
 
     /// A configuration (this side's, or a stream's as the server keeps it) that cannot work:
     /// `why` says why, and what to change.
     pub(crate) fn config(context: &'static str, why: String) -> Self {
-        Self {
-            config: true,
-            ..Self::new(context, why)
-        }
+        Self::new(context, why).of_kind(ErrorKind::Config)
     }
 
     /// Whether the configuration, or a stream's limits as the server keeps them, cannot work
-    /// (the message says why and what to change); no retry helps.
+    /// (the message says why and what to change): a stream's subjects held by another stream,
+    /// a duplicate window too short. No retry helps.
     pub fn is_config_error(&self) -> bool {
-        self.config
+        self.kind == ErrorKind::Config
+    }
+
+    /// Whether the NATS server could not be reached (refused, no route, bad credentials, a
+    /// timeout): trying again later may help.
+    pub fn is_connect_error(&self) -> bool {
+        self.kind == ErrorKind::Connect
+    }
+
+    /// Whether the consumer a worker served is gone (deleted, or its stream with it): a
+    /// worker made again makes it again.
+    pub fn is_consumer_gone(&self) -> bool {
+        self.kind == ErrorKind::Gone
     }
 
     /// What was being done.
@@ -466,7 +504,7 @@ pub(crate) async fn connect(
         .await
         .map_err(|source| {
             let url = url_without_credentials(url);
-            NatsError::new("connecting to the NATS server", At { url, source })
+            NatsError::connect(At { url, source })
         })
 }
 
@@ -503,6 +541,17 @@ mod tests {
     use std::error::Error as _;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_cannot_be_reached_is_a_connect_error() {
+        // Nothing listens on port 1 of the loopback: refused at once.
+        let error = connect("nats://127.0.0.1:1", None).await.unwrap_err();
+        assert!(error.is_connect_error(), "{error}");
+        assert!(
+            !error.is_config_error() && !error.is_consumer_gone(),
+            "{error}"
+        );
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("the server said no")]

@@ -562,7 +562,7 @@ impl NatsWorker {
         use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
         match self.consumer.get_info().await {
             Err(gone) if matches!(gone.kind(), Kind::NotFound | Kind::StreamNotFound) => {
-                Err(NatsError::new("serving the consumer", gone))
+                Err(NatsError::gone(gone))
             }
             _ => {
                 tracing::warn!(%error, failures, "pulling tasks failed; trying again");

@@ -660,6 +660,7 @@ async fn advisories_a_narrower_application_stream_holds_are_named_in_the_error()
         .expect_err("the advisories' subject is held in part by another stream");
     let _ = js.delete_stream(&audit).await;
     cleanup(&config).await;
+    assert!(error.is_config_error(), "{error}");
     let message = error.to_string();
     for part in [format!("held by stream {audit} "), config.advisory_stream()] {
         assert!(message.contains(&part), "{part:?} missing from: {message}");
@@ -1312,6 +1313,7 @@ async fn a_worker_whose_consumer_is_deleted_says_so_and_returns() {
         .expect("returned")
         .expect("no panic")
         .expect_err("an error");
+    assert!(error.is_consumer_gone(), "{error}");
     assert!(error.to_string().contains("consumer"), "{error}");
     cleanup(&config).await;
 }
@@ -1432,6 +1434,7 @@ async fn a_worker_whose_consumer_is_deleted_while_it_is_busy_says_so() {
         .expect("returned")
         .expect("no panic")
         .expect_err("an error");
+    assert!(error.is_consumer_gone(), "{error}");
     assert!(error.to_string().contains("consumer"), "{error}");
     drop(busy);
     coordinator.shutdown().await;
