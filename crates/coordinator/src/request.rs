@@ -56,6 +56,35 @@ pub fn current_node() -> Option<NodeId> {
         .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
 }
 
+/// Whether the request of the node running here was ended from outside: cancelled, timed out,
+/// or cancelled at shutdown. A blocking node cannot be stopped from outside (its thread runs it
+/// to its end); a long one checks this now and then and returns early. An async node is dropped
+/// at its next wake-up instead, and needs no check. `false` outside a node the coordinator
+/// runs in this process.
+///
+/// # Examples
+///
+/// ```
+/// use coordinator::{BoxError, Task, current_node_cancelled};
+///
+/// let task = Task::blocking("scan", "scan", || {
+///     let mut scanned = 0_u64;
+///     for _chunk in 0..1_000 {
+///         if current_node_cancelled() {
+///             return Err(BoxError::from("stopped: the request was cancelled"));
+///         }
+///         scanned += 1; // one chunk of the work
+///     }
+///     Ok::<_, BoxError>(scanned)
+/// });
+/// # drop(task);
+/// ```
+pub fn current_node_cancelled() -> bool {
+    CURRENT_NODE
+        .try_with(|scope| scope.request.upgrade().is_some_and(|r| r.is_cancelled()))
+        .unwrap_or(false)
+}
+
 /// A place under a mode's concurrency limit: held by a request, and shared with its children in
 /// the same mode; freed when the last of them ends.
 pub(crate) type Place = Arc<OwnedSemaphorePermit>;

@@ -3,7 +3,7 @@
 mod support;
 
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, Task,
+    BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, SubmitOptions, Task,
     ThreadedExecutionStrategy, block_on,
 };
 use support::Recorder;
@@ -271,6 +271,38 @@ async fn block_on_waits_for_a_threaded_child_on_a_current_thread_runtime() {
     let child = Task::blocking("child", "child", || Ok::<_, BoxError>(2_u32));
     let answer = block_on(coordinator.submit(child, ExecutionMode::THREADED));
     assert_eq!(answer.unwrap(), 2);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// A blocking node cannot be stopped from outside; it sees its request's timeout (or
+/// cancellation) through `current_node_cancelled`, and stops early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_node_sees_its_request_ended_and_stops_early() {
+    let (publisher, coordinator) = started_with_small_pool();
+    let (stopped, saw) = std::sync::mpsc::channel();
+    let task = Task::blocking("long", "long", move || {
+        assert!(!coordinator::current_node_cancelled(), "not yet");
+        let started = std::time::Instant::now();
+        while !coordinator::current_node_cancelled() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                return Err(BoxError::from("never told"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = stopped.send(());
+        Ok::<_, BoxError>(())
+    });
+    let options = SubmitOptions::new().timeout(std::time::Duration::from_millis(100));
+    let error = coordinator
+        .submit_with(task, ExecutionMode::THREADED, options)
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    let told =
+        tokio::task::spawn_blocking(move || saw.recv_timeout(std::time::Duration::from_secs(30)));
+    told.await.unwrap().expect("the node saw its request end");
+    assert!(!coordinator::current_node_cancelled(), "outside a node");
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
