@@ -90,6 +90,28 @@ impl PortableNode for Count {
     const NAME: &'static str = "count";
 }
 
+/// Broadcasts `1` .. `n` all at once, never pausing, then returns `n`: a node that sends events
+/// faster than any worker can publish them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Burst(pub u32);
+
+impl Node for Burst {
+    type Output = u32;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "burst".into()
+    }
+    async fn invoke(self) -> Result<u32, BoxError> {
+        for i in 1..=self.0 {
+            task_core::context::broadcast(i.to_string())?;
+        }
+        Ok(self.0)
+    }
+}
+
+impl PortableNode for Burst {
+    const NAME: &'static str = "burst";
+}
+
 /// Returns a text of `n` bytes: a node whose output is as large as asked.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pad(pub usize);
@@ -116,6 +138,7 @@ pub fn registry() -> NodeRegistry {
         .and_then(|r| r.register::<Nap>())
         .and_then(|r| r.register::<Fail>())
         .and_then(|r| r.register::<Count>())
+        .and_then(|r| r.register::<Burst>())
         .and_then(|r| r.register::<Pad>())
         .expect("distinct names");
     registry

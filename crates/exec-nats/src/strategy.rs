@@ -123,7 +123,9 @@ impl NatsBuilder {
 /// application's recorder: `nats_connected` (gauge, 1 or 0, updated every 250 ms),
 /// `nats_reconnects_total`, `nats_duplicate_completions_total` (answers dropped as
 /// duplicates), `nats_tasks_undeliverable_total` (tasks the server stopped redelivering), and on
-/// the workers' side `nats_task_redeliveries_total` (tasks delivered more than once).
+/// the workers' side `nats_task_redeliveries_total` (tasks delivered more than once) and
+/// `nats_events_missed_total` (events of running nodes not sent: see
+/// [`wire::missed_event`](crate::wire::missed_event)).
 pub struct NatsStrategy {
     inner: Arc<Inner>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,

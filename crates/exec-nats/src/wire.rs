@@ -77,6 +77,31 @@ pub struct RunEvent {
     pub event: String,
 }
 
+/// What a missed-events event says before its count.
+const MISSED_PREFIX: &str = "exec-nats: ";
+
+/// What it says after its count.
+const MISSED_SUFFIX: &str = " events missed";
+
+/// The event a worker sends in place of `count` events of a run that it could not send: its
+/// node broadcast them faster than they could be published (a worker keeps a bounded number
+/// waiting per run and drops the oldest), or their publish failed. It comes at their place, in
+/// order: `exec-nats: 998975 events missed`. [`missed_count`] reads it back.
+pub fn missed_event(count: u64) -> String {
+    format!("{MISSED_PREFIX}{count}{MISSED_SUFFIX}")
+}
+
+/// How many events a [`missed_event`] says were missed; `None` for any other event.
+pub fn missed_count(event: &str) -> Option<u64> {
+    let count = event
+        .strip_prefix(MISSED_PREFIX)?
+        .strip_suffix(MISSED_SUFFIX)?;
+    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    count.parse().ok()
+}
+
 /// Encodes a message.
 ///
 /// # Errors
@@ -127,6 +152,15 @@ mod tests {
         match decode::<Reply>(&encode(&Reply::Event(event.clone())).unwrap()).unwrap() {
             Reply::Event(back) => assert_eq!(back, event),
             Reply::Done(_) => panic!("an event decoded as a completion"),
+        }
+        assert_eq!(missed_count(&missed_event(7)), Some(7));
+        for other in [
+            "7",
+            "exec-nats: +7 events missed",
+            "exec-nats:  events missed",
+            "50%",
+        ] {
+            assert_eq!(missed_count(other), None, "{other}");
         }
         assert!(
             decode::<TaskMessage>(&[0xff; 3])

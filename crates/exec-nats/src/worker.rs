@@ -14,12 +14,11 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{NatsConfig, NatsError, config_setters, connect, stream_limit};
-use crate::wire::{
-    PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, Reply, RunEvent, TaskMessage, decode, encode,
-};
+use crate::wire::{PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode};
 use task_core::context::EventSink;
 
 mod completion;
+mod events;
 
 /// How many cancelled run ids a worker remembers, to skip those tasks if they reach it later.
 const REMEMBERED_CANCELS: usize = 10_000;
@@ -221,38 +220,6 @@ impl Shared {
         self.cancels().cancel(run);
     }
 
-    /// The sink of `task`'s node's events, and the task that publishes them to its reply subject
-    /// in order (ending once the sink is dropped and every event is sent). An event's message
-    /// id lets the server keep one copy when a redelivered run sends it again.
-    fn forward_events(
-        self: &Arc<Self>,
-        task: &TaskMessage,
-    ) -> (Arc<ForwardEvents>, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Arc<str>>();
-        let (js, subject, run) = (self.js.clone(), task.reply.clone(), task.run.clone());
-        let forwarding = tokio::spawn(async move {
-            let mut sent = 0_u64;
-            while let Some(event) = rx.recv().await {
-                sent += 1;
-                let reply = Reply::Event(RunEvent {
-                    run: run.clone(),
-                    event: event.to_string(),
-                });
-                let Ok(bytes) = encode(&reply) else { continue };
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("event.{run}.{sent}").as_str());
-                // Not waiting for the server's acknowledgement: the connection keeps the order.
-                if let Err(e) = js
-                    .publish_with_headers(subject.clone(), headers, bytes.into())
-                    .await
-                {
-                    tracing::warn!(%e, run, "an event was not sent");
-                }
-            }
-        });
-        (Arc::new(ForwardEvents(Mutex::new(Some(tx)))), forwarding)
-    }
-
     /// Runs one delivered task to its completion, publishes it, then acknowledges the task.
     async fn handle(self: Arc<Self>, message: jetstream::Message) {
         #[cfg(feature = "metrics")]
@@ -310,9 +277,10 @@ impl Shared {
             ))))
         };
         self.cancels().ran(&task.run, delivery);
-        // Closed now, even if the node kept its sink: the forwarder sends what was queued and
-        // ends, so every event goes to the connection before the completion, which the server
-        // then stores after them; a later event is dropped.
+        // Closed now, even if the node kept its sink: the forwarder sends what is kept (at most
+        // `EVENTS_KEPT`, and the count of any it missed) and ends, so every event goes to the
+        // connection before the completion, which the server then stores after them; a later
+        // event is dropped.
         sink.close();
         let _ = forwarding.await;
         let Some(outcome) = outcome else {
@@ -378,28 +346,6 @@ impl Shared {
             let _ = message
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                 .await;
-        }
-    }
-}
-
-/// Where a running node's events go: the task that publishes them, until the run ends.
-struct ForwardEvents(Mutex<Option<tokio::sync::mpsc::UnboundedSender<Arc<str>>>>);
-
-impl ForwardEvents {
-    fn sender(&self) -> MutexGuard<'_, Option<tokio::sync::mpsc::UnboundedSender<Arc<str>>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes no more events.
-    fn close(&self) {
-        self.sender().take();
-    }
-}
-
-impl EventSink for ForwardEvents {
-    fn broadcast(&self, event: Arc<str>) {
-        if let Some(sender) = self.sender().as_ref() {
-            let _ = sender.send(event);
         }
     }
 }

@@ -14,7 +14,7 @@ use coordinator::{
     BoxError, Buffer, Coordinator, JobResult, Node, PortableNode, RequestCompletionMessage,
     RequestCompletionPublisher, RetryPolicy, SubmitOptions, Task,
 };
-use exec_nats::example_nodes::{Count, Echo, Fail, Nap, Pad};
+use exec_nats::example_nodes::{Burst, Count, Echo, Fail, Nap, Pad};
 use exec_nats::{NatsConfig, NatsStrategy};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -126,6 +126,14 @@ fn main() {
         (
             "a_remote_nodes_events_arrive_in_order_before_its_terminal_message",
             || Box::pin(a_remote_nodes_events_arrive_in_order_before_its_terminal_message()),
+        ),
+        (
+            "a_node_broadcasting_faster_than_its_worker_publishes_is_told_what_was_missed",
+            || {
+                Box::pin(
+                    a_node_broadcasting_faster_than_its_worker_publishes_is_told_what_was_missed(),
+                )
+            },
         ),
         (
             "a_task_waits_with_the_server_while_its_worker_is_busy",
@@ -406,6 +414,51 @@ async fn a_remote_nodes_events_arrive_in_order_before_its_terminal_message() {
         on_bus, expected,
         "every event on the bus before the terminal message"
     );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// A node broadcasts a million events at once, far faster than its worker publishes them: the
+/// worker keeps a bounded number waiting (its unit tests bound it), the request ends with the
+/// node's value, and the caller hears the events in order, with the ones the worker dropped
+/// counted exactly, at their place, by `missed_event`s: every one of the million is heard or
+/// counted.
+async fn a_node_broadcasting_faster_than_its_worker_publishes_is_told_what_was_missed() {
+    const N: u32 = 1_000_000;
+    let config = config("burst");
+    let _worker = Worker::start(&config, &["--concurrency", "1"]);
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let options = SubmitOptions::new()
+        .with_events()
+        .timeout(Duration::from_secs(120));
+    let mut handle = coordinator
+        .spawn(Task::portable("burst", Burst(N)), "nats", options)
+        .await
+        .unwrap();
+    let (mut next, mut missed, mut markers) = (1_u64, 0_u64, 0);
+    while let Some(event) = handle.next_event().await {
+        if let Some(count) = exec_nats::wire::missed_count(&event) {
+            assert!(count > 0, "a count of nothing");
+            missed += count;
+            next += count;
+            markers += 1;
+            continue;
+        }
+        assert_eq!(
+            event.parse::<u64>().ok(),
+            Some(next),
+            "the events in order, a gap only where counted"
+        );
+        next += 1;
+    }
+    assert_eq!(handle.await.unwrap(), N);
+    assert_eq!(
+        next - 1,
+        u64::from(N),
+        "every event heard or counted missed"
+    );
+    eprintln!("burst: {missed} of {N} events missed, counted by {markers} events");
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
