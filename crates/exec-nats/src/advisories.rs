@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::context::PublishErrorKind;
 use futures::StreamExt;
 use task_core::TaskError;
 use tokio::sync::Notify;
@@ -24,6 +25,10 @@ const READER_PULL: Duration = Duration::from_secs(10);
 /// (a stream deleted, whose consumers the server 2.9 drops without a word) have the reader, and
 /// the stream if it is gone, made again.
 const READER_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How long the reader of an advisory stream made again has to read the probe this side stored
+/// in it, after which the reader is made again.
+const PROBE_READ_WITHIN: Duration = Duration::from_secs(4);
 
 /// The name of the consumer through which submitting side `client_id` reads the advisories: one
 /// name, known to this side, so that its shutdown (or drop) removes it from the server at once.
@@ -52,6 +57,9 @@ pub(crate) struct Advisories {
     last: u64,
     /// Told by the connection's watch when the connection is back.
     reconnected: Arc<Notify>,
+    /// The sequence of the probe stored in an advisory stream this side made again, and when the
+    /// reader must have read it by; `None` once read.
+    probe: Option<(u64, tokio::time::Instant)>,
 }
 
 impl Advisories {
@@ -74,6 +82,7 @@ impl Advisories {
             name,
             messages: None,
             reconnected,
+            probe: None,
         };
         advisories.messages = Some(advisories.reader().await?);
         Ok(advisories)
@@ -92,16 +101,28 @@ impl Advisories {
                 }
                 continue;
             };
+            let probe_due = self.probe.map(|(_, by)| by);
             let next = tokio::select! {
                 next = messages.next() => next,
                 () = self.reconnected.notified() => {
                     self.messages = None;
                     continue;
                 }
+                () = sleep_until(probe_due) => {
+                    tracing::warn!("the advisories' new reader did not read its probe: made again");
+                    self.messages = None;
+                    self.probe = self
+                        .probe
+                        .map(|(seq, _)| (seq, tokio::time::Instant::now() + PROBE_READ_WITHIN));
+                    continue;
+                }
             };
             match next {
                 Some(Ok(message)) => {
                     let seq = message.info().map_or(0, |info| info.stream_sequence);
+                    if self.probe.is_some_and(|(probe, _)| seq >= probe) {
+                        self.probe = None;
+                    }
                     if seq > self.last {
                         self.last = seq;
                         return message;
@@ -142,9 +163,48 @@ impl Advisories {
                 "the advisory stream was made again: read from its beginning"
             );
             (self.created, self.last) = (created, 0);
+            self.stream = stream;
+            let messages = self.reader().await?;
+            self.probe = self.probe().await?;
+            return Ok(messages);
         }
         self.stream = stream;
         self.reader().await
+    }
+
+    /// Checks an advisory stream made again (found gone): the server (2.9, measured) may let a
+    /// stream made again while its deletion is still under way keep nothing on its subjects, or
+    /// give its reader of the same name nothing it keeps; either way every advisory would be
+    /// lost for good, and the requests they end would wait for their timeouts. A probe stored
+    /// on the advisories' subject shows the first: the stream is then deleted again (it keeps
+    /// nothing for anyone) and made anew at the next try. The probe's sequence, which the
+    /// reader must read within [`PROBE_READ_WITHIN`], shows the second (`Ok(None)`: this side's
+    /// own stream was not made again by this side, and is not probed).
+    async fn probe(&self) -> Result<Option<(u64, tokio::time::Instant)>, NatsError> {
+        let name = self.config.advisory_stream();
+        if self.stream.cached_info().config.name != name {
+            return Ok(None);
+        }
+        // Not an advisory: every reader passes over it (it names no task).
+        let subject = self.subject.replace('*', &self.name);
+        let stored = match self.js.publish(subject, "{}".into()).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(ack) if ack.stream == name => {
+                let by = tokio::time::Instant::now() + PROBE_READ_WITHIN;
+                Ok(Some((ack.sequence, by)))
+            }
+            // Nothing keeps the advisories' subject, though the stream says it does.
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                tracing::warn!("the advisory stream made again keeps nothing: deleted");
+                let _ = self.js.delete_stream(&name).await;
+                Err(NatsError::new("probing the advisory stream made again", e))
+            }
+            // Not a sign of a broken stream (a publish this side may not make, say): unprobed.
+            Ok(_) | Err(_) => Ok(None),
+        }
     }
 
     /// The consumer of the advisories after the last read, made in place of any earlier one of
@@ -175,6 +235,14 @@ impl Advisories {
             .messages()
             .await
             .map_err(|e| NatsError::new(context, e))
+    }
+}
+
+/// Completes at `at`; never, when there is none.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
