@@ -245,11 +245,10 @@ impl<O> Batch<O> {
         self.handles.is_empty()
     }
 
-    /// Cancels every request of the batch (and their children) that has not ended.
+    /// Cancels every request of the batch (and their children) that has not ended. All are
+    /// marked before any ends, so the place a running one frees never starts one still waiting.
     pub fn cancel(&self) {
-        for handle in &self.handles {
-            handle.cancel();
-        }
+        RequestCell::cancel_all(self.handles.iter().map(|h| Arc::clone(h.cell())).collect());
     }
 
     /// Every output, in the order the tasks were given, once every request has ended.

@@ -114,6 +114,11 @@ impl<O> RequestHandle<O> {
         self.cell.cancel();
     }
 
+    /// The request's cell, for a batch to cancel all of its requests at once.
+    pub(crate) fn cell(&self) -> &Arc<RequestCell> {
+        &self.cell
+    }
+
     /// The next event the request's node [broadcast](crate::broadcast), in the order sent;
     /// `None` once the request has ended and every event was read. Only a request submitted
     /// with [`SubmitOptions::with_events`](crate::SubmitOptions::with_events) keeps its events

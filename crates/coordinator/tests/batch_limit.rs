@@ -222,3 +222,30 @@ fn batch_tasks_waiting_when_their_runtime_shuts_down_end_cancelled() {
         publisher.shutdown().await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_starts_none_of_its_waiting_tasks() {
+    // Each round: 4 places held by running tasks, 16 waiting; the batch is cancelled. Ending a
+    // running one frees a place: none of the waiting ones may take it.
+    for round in 0..20 {
+        let (publisher, coordinator) = limited(4);
+        let runs = Runs::default();
+        let tasks = (0..20).map(|i| runs.task(&format!("b{round}-"), i, 10_000));
+        let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+        let batch = batch.unwrap();
+        while runs.started().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        batch.cancel();
+        for output in within("the batch", batch.all()).await {
+            assert!(output.unwrap_err().is_cancelled());
+        }
+        // A task started after the cancel would be seen within its first poll.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut started = runs.started();
+        started.sort_unstable();
+        assert_eq!(started, [0, 1, 2, 3], "round {round}");
+        within("shutdown", coordinator.shutdown()).await;
+        publisher.shutdown().await;
+    }
+}
