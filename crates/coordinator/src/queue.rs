@@ -54,7 +54,9 @@ impl Queue {
         let mut spare: Option<Place> = None;
         while let Some(ready) = self.waiting.front() {
             if !ready.cell.is_open() {
-                self.waiting.pop_front();
+                if let Some(ended) = self.waiting.pop_front() {
+                    let_go(ended);
+                }
                 continue;
             }
             let place = match spare.take() {
@@ -80,7 +82,10 @@ impl Queue {
                     let entry = &inner.modes[self.mode];
                     Coordinator::start_queued(ready, entry, self.since.elapsed());
                 }
-                Err(place) => spare = Some(place),
+                Err(place) => {
+                    spare = Some(place);
+                    let_go(ready);
+                }
             }
         }
     }
@@ -89,8 +94,26 @@ impl Queue {
 impl Drop for Queue {
     /// The requests still waiting end cancelled, never started: every accepted request ends.
     fn drop(&mut self) {
-        for ready in self.waiting.drain(..) {
+        let waiting = std::mem::take(&mut self.waiting);
+        // All end before any task is let go: a task's `Drop` is the user's.
+        for ready in &waiting {
             ready.cell.stop(Err(TaskError::cancelled(self.why)), true);
         }
+        for ready in waiting {
+            let_go(ready);
+        }
+    }
+}
+
+/// Drops a request's task that never started. The task is the user's: a panic in its `Drop` is
+/// logged (as for a retry's copy) and stops neither the queue nor the other requests waiting in
+/// it, which would otherwise end cancelled, or never end at all when the queue itself was being
+/// dropped.
+fn let_go(ready: Ready) {
+    let span = ready.cell.span().clone();
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(ready)));
+    if let Err(panic) = dropped {
+        let reason = task_core::panic_message(panic.as_ref());
+        tracing::error!(parent: &span, %reason, "the task of a request that never started panicked when dropped");
     }
 }

@@ -249,3 +249,91 @@ async fn a_cancelled_batch_starts_none_of_its_waiting_tasks() {
         publisher.shutdown().await;
     }
 }
+
+/// A value a task's body keeps that panics when dropped (unless already unwinding): a user's
+/// `Drop` written that way.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the task's body panics when dropped");
+        }
+    }
+}
+
+/// A task whose body panics when dropped unrun.
+fn panics_when_dropped(id: &str) -> Task<u64> {
+    let kept = PanicsWhenDropped;
+    Task::from_fn(id.to_string(), "drop-panics", move || {
+        std::mem::forget(kept);
+        async { Ok::<_, BoxError>(1) }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_task_whose_body_panics_when_dropped_stops_no_other_task_of_its_batch() {
+    let (publisher, coordinator) = limited(1);
+    let recorder = Recorder::attach(&publisher);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let tasks = [
+        gated("p0", 0, &gate),
+        panics_when_dropped("p1"),
+        gated("p2", 2, &gate),
+    ];
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let mut handles = batch.unwrap().into_handles();
+    // Cancelled while it waits: its task is let go unrun, and its `Drop` panics.
+    assert!(coordinator.cancel("p1"));
+    let cancelled = within("the cancelled task", handles.remove(1)).await;
+    assert!(cancelled.unwrap_err().is_cancelled());
+    gate.add_permits(2);
+    assert_eq!(within("p0", handles.remove(0)).await.unwrap(), 0);
+    let after = within("p2", handles.remove(0)).await;
+    assert_eq!(
+        after.unwrap(),
+        2,
+        "the task after the panicking one still runs"
+    );
+    within("shutdown", coordinator.shutdown()).await;
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), 3);
+    assert!(terminal.values().all(|&n| n == 1), "{terminal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_every_waiting_task_ends_though_one_body_panics_when_dropped() {
+    let (publisher, coordinator) = limited(1);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let tasks = [
+        gated("q0", 0, &gate),
+        panics_when_dropped("q1"),
+        gated("q2", 2, &gate),
+        gated("q3", 3, &gate),
+    ];
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let mut handles = batch.unwrap().into_handles();
+    let first = handles.remove(0);
+    let shutdown = tokio::spawn({
+        let coordinator = coordinator.clone();
+        async move {
+            coordinator
+                .shutdown_with_grace(Duration::from_secs(60))
+                .await
+        }
+    });
+    // Ended as shutdown begins, not at its deadline a minute later.
+    for handle in handles {
+        let answer = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        let error = answer
+            .expect("a waiting task ends as shutdown begins")
+            .unwrap_err();
+        assert!(error.is_cancelled(), "{error}");
+        assert!(error.to_string().contains("shut down"), "{error}");
+    }
+    gate.add_permits(1);
+    assert_eq!(within("the running task", first).await.unwrap(), 0);
+    within("shutdown", shutdown).await.unwrap();
+    publisher.shutdown().await;
+}
