@@ -2,16 +2,21 @@
 //! with their batch, started in the batch's order as places free.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Instant;
 
 use task_core::TaskError;
-use tokio::sync::Semaphore;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::Ready;
 use crate::coordinator::Coordinator;
 use crate::inner::Inner;
 use crate::request::Place;
+
+/// A wait for one place under a mode's limit.
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// The requests of one batch that found no place free, in the batch's order.
 pub(crate) struct Queue {
@@ -50,8 +55,15 @@ impl Queue {
     /// Starts each request as a place frees, in order; one that ended while it waited (it was
     /// cancelled) is passed over, and the place goes to the next. It ends with the last request,
     /// or when shutdown begins (the limit is closed) or the coordinator is dropped.
+    ///
+    /// While it waits for a place it also watches the first request waiting: one that ends is
+    /// passed over at once, its task let go then, not when a place frees (which may be never: a
+    /// task kept may hold the coordinator's last handle, whose drop would end what holds the
+    /// places). A batch cancelled whole is let go whole.
     pub(crate) async fn run(mut self) {
         let mut spare: Option<Place> = None;
+        // The wait for a place, kept while the first request changes: so is its turn.
+        let mut acquire: Option<Acquire> = None;
         while let Some(ready) = self.waiting.front() {
             if !ready.cell.is_open() {
                 if let Some(ended) = self.waiting.pop_front() {
@@ -61,14 +73,31 @@ impl Queue {
             }
             let place = match spare.take() {
                 Some(place) => place,
-                None => match Arc::clone(&self.limit).acquire_owned().await {
-                    Ok(permit) => Arc::new(permit),
-                    Err(_closed) => {
-                        self.why = "the coordinator shut down before a place under its mode's \
-                                    limit was free for it";
-                        return;
+                None => {
+                    let first = Arc::clone(&ready.cell);
+                    let limit = &self.limit;
+                    let pending =
+                        acquire.get_or_insert_with(|| Box::pin(Arc::clone(limit).acquire_owned()));
+                    let acquired = std::future::poll_fn(|cx| match pending.as_mut().poll(cx) {
+                        Poll::Ready(acquired) => Poll::Ready(Some(acquired)),
+                        // Nothing runs a waiting request yet: its cancellation's one waiter is
+                        // this queue until it starts.
+                        Poll::Pending => first.poll_cancelled(cx).map(|()| None),
+                    })
+                    .await;
+                    let Some(acquired) = acquired else {
+                        continue;
+                    };
+                    acquire = None;
+                    match acquired {
+                        Ok(permit) => Arc::new(permit),
+                        Err(_closed) => {
+                            self.why = "the coordinator shut down before a place under its \
+                                        mode's limit was free for it";
+                            return;
+                        }
                     }
-                },
+                }
             };
             // A coordinator dropped has ended its open requests, these too.
             let Some(inner) = self.inner.upgrade() else {

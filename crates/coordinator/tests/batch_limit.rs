@@ -337,3 +337,41 @@ async fn at_shutdown_every_waiting_task_ends_though_one_body_panics_when_dropped
     within("shutdown", shutdown).await.unwrap();
     publisher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_tasks_cancelled_let_go_of_their_bodies_at_once() {
+    // The bodies keep a handle of the coordinator, as a node that submits children does: once
+    // they are cancelled, dropping the application's last handle ends what still runs.
+    let (publisher, coordinator) = limited(1);
+    let forever = Task::from_fn("w0", "forever", || async {
+        std::future::pending::<()>().await;
+        Ok::<_, BoxError>(0)
+    });
+    let waiting = (1..4).map(|i| {
+        let kept = coordinator.clone();
+        Task::from_fn(format!("w{i}"), "keeps", move || async move {
+            drop(kept);
+            Ok::<_, BoxError>(i)
+        })
+    });
+    let tasks = std::iter::once(forever).chain(waiting);
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let mut handles = batch.unwrap().into_handles();
+    let running = handles.remove(0);
+    // The batch's driver is waiting for the place `w0` holds by now.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for handle in &handles {
+        handle.cancel();
+    }
+    for handle in handles {
+        let error = within("a cancelled task", handle).await.unwrap_err();
+        assert!(error.is_cancelled(), "{error}");
+    }
+    drop(coordinator);
+    let answer = tokio::time::timeout(Duration::from_secs(10), running).await;
+    let error = answer
+        .expect("the coordinator's last handle went: the running task ends")
+        .unwrap_err();
+    assert!(error.to_string().contains("dropped"), "{error}");
+    publisher.shutdown().await;
+}
