@@ -69,6 +69,8 @@ impl Queue {
                 if let Some(ended) = self.waiting.pop_front() {
                     let_go(ended);
                 }
+                // A whole batch let go is many steps: the runtime's other tasks get their turns.
+                tokio::task::coop::consume_budget().await;
                 continue;
             }
             let place = match spare.take() {
