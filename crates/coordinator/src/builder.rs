@@ -71,9 +71,9 @@ impl CoordinatorBuilder {
     /// Keeps at most `limit` request trees of `mode` open at once (0 is read as 1). `mode`
     /// must be registered with a strategy: [`Coordinator::start`] refuses a limit of any other
     /// ([`StartError::is_unknown_mode`](crate::StartError::is_unknown_mode)). A place is freed
-    /// when its request ends: a blocking node whose request timed out or was cancelled may still
-    /// be finishing on its thread then (a strategy's own limit, such as the threaded
-    /// `max_in_flight`, counts running nodes). Beyond it [`Coordinator::submit`] and
+    /// when its request has ended and its node has stopped: a blocking node whose request timed
+    /// out or was cancelled keeps it while it finishes on its thread, so the limit bounds the
+    /// nodes running too. Beyond it [`Coordinator::submit`] and
     /// [`Coordinator::spawn`] wait for a place, [`Coordinator::try_spawn`] returns a busy
     /// error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)), and the tasks of a
     /// [`Coordinator::submit_many`] batch wait, accepted, for theirs.

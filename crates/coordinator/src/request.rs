@@ -150,6 +150,18 @@ pub(crate) struct RequestCell {
     span: tracing::Span,
     /// This cell, for the scope its node runs in and the completions of its attempts.
     me: Weak<RequestCell>,
+    /// Its attempt's run, while the strategy has it.
+    run: Mutex<Run>,
+}
+
+/// Whether an attempt's run is out (handed to the strategy, not over yet), and the place under
+/// its mode's limit the request held when it ended while the run was still out (a timeout, a
+/// cancellation: a blocking node runs on, an async one stops at its next wake-up). The place is
+/// kept until the run is over, so a limit counts the nodes running, not only the requests open.
+#[derive(Default)]
+struct Run {
+    out: bool,
+    place: Option<Place>,
 }
 
 #[derive(Default)]
@@ -239,6 +251,7 @@ impl Ending {
         // Ended, it no longer keeps the request above alive; its open children stay reachable
         // from there.
         cell.hand_children_up();
+        let permit = cell.place_to_let_go(permit);
         let outcome = cell.owned_outcome(outcome);
         match held.or_else(|| inner.upgrade()) {
             // Let go once the job is closed and before the caller hears.
@@ -278,6 +291,7 @@ impl RequestCell {
             node_id,
             span,
             me: me.clone(),
+            run: Mutex::default(),
         })
     }
 
@@ -513,10 +527,35 @@ impl RequestCell {
         Poll::Pending
     }
 
-    /// A completion for one attempt of this request.
+    /// A completion for one attempt of this request: its run is out until the completion
+    /// delivers or is dropped ([`run_over`](Self::run_over)).
     pub(crate) fn completion(&self) -> Option<Completion> {
         let me: Arc<dyn CompletionSink> = self.me.upgrade()?;
+        lock(&self.run).out = true;
         Some(Completion::new(me))
+    }
+
+    /// The attempt's run is over: a place kept for it goes.
+    pub(crate) fn run_over(&self) {
+        let place = {
+            let mut run = lock(&self.run);
+            run.out = false;
+            run.place.take()
+        };
+        drop(place);
+    }
+
+    /// The place of a request that ended, to let go now; `None` while its run is still out,
+    /// which then keeps it until it is over.
+    fn place_to_let_go(&self, place: Option<Place>) -> Option<Place> {
+        let place = place?;
+        let mut run = lock(&self.run);
+        if run.out {
+            run.place = Some(place);
+            None
+        } else {
+            Some(place)
+        }
     }
 }
 

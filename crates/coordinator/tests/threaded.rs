@@ -306,3 +306,44 @@ async fn a_blocking_node_sees_its_request_ended_and_stops_early() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// A mode's limit counts the nodes still running: a blocking node whose request timed out runs
+/// on (its thread cannot be interrupted), and keeps its place until it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_node_keeps_its_place_until_it_stops() {
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .build()
+        .unwrap();
+    let builder = Coordinator::builder()
+        .with_async()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .limit(ExecutionMode::THREADED, 1);
+    let (publisher, coordinator) = support::started_from(builder);
+    let first_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::clone(&first_done);
+    let first = Task::blocking("first", "slow", move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, BoxError>(false)
+    });
+    let options = SubmitOptions::new().timeout(std::time::Duration::from_millis(50));
+    let error = coordinator
+        .submit_with(first, ExecutionMode::THREADED, options)
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    // Answered while its node runs on: the next request waits for that node's place.
+    let done = std::sync::Arc::clone(&first_done);
+    let second = Task::blocking("second", "after", move || {
+        Ok::<_, BoxError>(done.load(std::sync::atomic::Ordering::SeqCst))
+    });
+    let second = coordinator.submit(second, ExecutionMode::THREADED);
+    let second = tokio::time::timeout(std::time::Duration::from_secs(30), second).await;
+    assert!(
+        second.unwrap().unwrap(),
+        "the second node started while the first still ran"
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

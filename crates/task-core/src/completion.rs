@@ -35,6 +35,12 @@ pub trait CompletionSink: EventSink {
     /// its tokio runtime). Dropping it unpolled is allowed: it then delivers a failure.
     fn spawn(&self, future: BoxFuture<'static, ()>);
 
+    /// The run a [`Completion`] was handed to is over: it delivered (this comes first), or the
+    /// completion was dropped, its run stopped or lost. Once per completion. A coordinator
+    /// keeps a request's place under its mode's limit until then, so that the limit counts the
+    /// nodes still running, a cancelled one too. The default does nothing.
+    fn run_over(&self) {}
+
     /// Calls `found` with the node of each open request above this one, nearest first (the node
     /// it was submitted from, that node's own parent, and so on, through requests of every
     /// mode), until `found` returns `true`; returns whether it did. The default knows no
@@ -68,6 +74,7 @@ impl Completion {
     /// Delivers the run's outcome.
     pub fn complete(mut self, outcome: Outcome) {
         if let Some(sink) = self.sink.take() {
+            sink.run_over();
             sink.complete(outcome);
         }
     }
@@ -166,8 +173,12 @@ fn unreachable_in_scope() -> ! {
 
 impl Drop for Completion {
     fn drop(&mut self) {
+        let Some(sink) = self.sink.take() else {
+            return;
+        };
+        sink.run_over();
         // A cancelled request has its outcome already: nothing to deliver.
-        if let Some(sink) = self.sink.take().filter(|sink| !sink.is_cancelled()) {
+        if !sink.is_cancelled() {
             // Dropped while unwinding: the strategy (or whatever held the run) panicked.
             let why = if std::thread::panicking() {
                 "the strategy panicked before the task's outcome was delivered (its panic \

@@ -86,6 +86,10 @@ impl CompletionSink for RequestCell {
         RequestCell::is_cancelled(self)
     }
 
+    fn run_over(&self) {
+        RequestCell::run_over(self);
+    }
+
     fn run_in_scope(&self, f: &mut dyn FnMut()) {
         let _span = self.span.enter();
         // On a thread of a strategy's own, outside any runtime, the coordinator's is entered, so
