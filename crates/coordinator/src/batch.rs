@@ -2,7 +2,9 @@
 //! [`Batch`], their outputs together or as they end.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
@@ -21,7 +23,9 @@ impl Coordinator {
     /// Submits every task of `tasks` to `mode` at once: the batch path for fan-out (map a node
     /// over many inputs, gather the results). Every request is accepted under one lock of the job
     /// table, or none is: a batch with a request id that is open (or repeated in the batch) is
-    /// rejected whole, with nothing recorded. Each request then runs, ends and is announced as a
+    /// rejected whole, with nothing recorded. Other submissions wait for that lock meanwhile
+    /// (about a tenth of a second for 100,000 tasks in a release build): submit huge batches in
+    /// parts where other submitters must not wait that long. Each request then runs, ends and is announced as a
     /// [`spawn`](Self::spawn)ed one does, with `options` each.
     ///
     /// The returned [`Batch`] gives the outputs all together, in the order of `tasks`
@@ -261,17 +265,69 @@ impl<O> Batch<O> {
     }
 
     /// Each output as its request ends, with its position in the batch. The stream is `Unpin`:
-    /// call `next` on it as it is.
-    pub fn as_completed(self) -> impl Stream<Item = (usize, Result<O, SubmitError>)> + Unpin {
-        self.handles
+    /// call `next` on it as it is. [`AsCompleted::cancel`] cancels the requests not yet read
+    /// (a reader that gives up on the first failure, say); dropping the stream cancels nothing.
+    pub fn as_completed(self) -> AsCompleted<O> {
+        let cells = self.handles.iter().map(|h| Arc::clone(h.cell())).collect();
+        let outputs = self
+            .handles
             .into_iter()
             .enumerate()
-            .map(|(i, handle)| async move { (i, handle.await) })
-            .collect::<FuturesUnordered<_>>()
+            .map(|(i, handle)| Indexed(i, handle))
+            .collect();
+        AsCompleted { outputs, cells }
     }
 
     /// The handles, to await or cancel one by one.
     pub fn into_handles(self) -> Vec<RequestHandle<O>> {
         self.handles
+    }
+}
+
+/// A request of a batch, with its position.
+struct Indexed<O>(usize, RequestHandle<O>);
+
+impl<O> Future for Indexed<O> {
+    type Output = (usize, Result<O, SubmitError>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let i = self.0;
+        Pin::new(&mut self.1).poll(cx).map(|output| (i, output))
+    }
+}
+
+/// The outputs of a [`Batch`] as its requests end ([`Batch::as_completed`]): a [`Stream`] of
+/// each output with its position in the batch.
+#[must_use = "a stream does nothing unless polled; its requests run either way"]
+pub struct AsCompleted<O> {
+    outputs: FuturesUnordered<Indexed<O>>,
+    cells: Vec<Arc<RequestCell>>,
+}
+
+impl<O> AsCompleted<O> {
+    /// Cancels every request of the batch that has not ended (and their children), as
+    /// [`Batch::cancel`] does; the stream then gives their cancelled outputs.
+    pub fn cancel(&self) {
+        RequestCell::cancel_all(self.cells.clone());
+    }
+}
+
+impl<O> Stream for AsCompleted<O> {
+    type Item = (usize, Result<O, SubmitError>);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.outputs).poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.outputs.size_hint()
+    }
+}
+
+impl<O> std::fmt::Debug for AsCompleted<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompleted")
+            .field("remaining", &self.outputs.len())
+            .finish()
     }
 }

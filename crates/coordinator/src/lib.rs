@@ -64,7 +64,7 @@ mod request;
 mod shutdown;
 mod state;
 
-pub use crate::batch::Batch;
+pub use crate::batch::{AsCompleted, Batch};
 pub use crate::builder::CoordinatorBuilder;
 pub use crate::coordinator::{Coordinator, DEFAULT_SHUTDOWN_GRACE, OpeningsFollower, SystemDetail};
 pub use crate::error::{StartError, SubmitError};

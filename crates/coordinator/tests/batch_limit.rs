@@ -375,3 +375,37 @@ async fn waiting_tasks_cancelled_let_go_of_their_bodies_at_once() {
     assert!(error.to_string().contains("dropped"), "{error}");
     publisher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_a_batch_as_completed_can_cancel_the_rest() {
+    // The common reader: the first failure ends the loop, and the rest must not run on.
+    let (publisher, coordinator) = limited(2);
+    let runs = Runs::default();
+    let failing = Task::from_fn("f0", "fails", || async {
+        Err::<u64, _>(BoxError::from("no"))
+    });
+    let rest = (1..10).map(|i| runs.task("f", i, 10_000));
+    let tasks = std::iter::once(failing).chain(rest);
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let mut outputs = batch.unwrap().as_completed();
+    let read = async {
+        while let Some((i, output)) = futures::StreamExt::next(&mut outputs).await {
+            if output.is_err() {
+                return i;
+            }
+        }
+        usize::MAX
+    };
+    assert_eq!(within("the failure", read).await, 0);
+    outputs.cancel();
+    let rest: Vec<_> = within("the rest", futures::StreamExt::collect::<Vec<_>>(outputs)).await;
+    assert_eq!(rest.len(), 9);
+    assert!(
+        rest.iter()
+            .all(|(_, o)| o.as_ref().unwrap_err().is_cancelled())
+    );
+    // At most the one place the failure freed was taken before the cancel.
+    assert!(runs.started().len() <= 2, "{:?} started", runs.started());
+    within("shutdown", coordinator.shutdown()).await;
+    publisher.shutdown().await;
+}
