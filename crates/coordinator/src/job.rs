@@ -221,7 +221,8 @@ impl Job {
         &self.info
     }
 
-    /// How many times the task was run: 1, plus one for each retry.
+    /// How many attempts the request was given: 1, plus one for each retry. A request that
+    /// ended before its node started (cancelled while it waited for a place) counts its 1.
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
