@@ -57,7 +57,7 @@ pub fn current_node() -> Option<NodeId> {
 }
 
 /// Whether the request of the node running here was ended from outside: cancelled, timed out,
-/// or cancelled at shutdown. A blocking node cannot be stopped from outside (its thread runs it
+/// cancelled at shutdown, or closed by a message given to `handle_item`. A blocking node cannot be stopped from outside (its thread runs it
 /// to its end); a long one checks this now and then and returns early. An async node is dropped
 /// at its next wake-up instead, and needs no check. `false` outside a node the coordinator
 /// runs in this process.
