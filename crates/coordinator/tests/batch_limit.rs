@@ -25,6 +25,21 @@ fn limited(places: usize) -> (RequestCompletionPublisher, Coordinator) {
     support::started_from(builder.limit(ExecutionMode::ASYNC, places))
 }
 
+/// Shuts the coordinator and the bus down, then checks that each of `requests` requests had
+/// exactly one terminal message.
+async fn shut_down_with_one_message_each(
+    publisher: RequestCompletionPublisher,
+    coordinator: Coordinator,
+    recorder: Recorder,
+    requests: usize,
+) {
+    within("shutdown", coordinator.shutdown()).await;
+    publisher.shutdown().await;
+    let terminal = recorder.terminal_counts();
+    assert_eq!(terminal.len(), requests);
+    assert!(terminal.values().all(|&n| n == 1), "{terminal:?}");
+}
+
 /// What the tasks of a test saw: how many ran at once at most, and which started, in order.
 #[derive(Clone, Default)]
 struct Runs {
@@ -133,11 +148,7 @@ async fn a_batch_task_cancelled_while_it_waits_ends_at_once_and_never_starts() {
         [1, 3, 4],
         "the cancelled task never started"
     );
-    within("shutdown", coordinator.shutdown()).await;
-    publisher.shutdown().await;
-    let terminal = recorder.terminal_counts();
-    assert_eq!(terminal.len(), 5);
-    assert!(terminal.values().all(|&n| n == 1), "{terminal:?}");
+    shut_down_with_one_message_each(publisher, coordinator, recorder, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,11 +306,7 @@ async fn a_waiting_task_whose_body_panics_when_dropped_stops_no_other_task_of_it
         2,
         "the task after the panicking one still runs"
     );
-    within("shutdown", coordinator.shutdown()).await;
-    publisher.shutdown().await;
-    let terminal = recorder.terminal_counts();
-    assert_eq!(terminal.len(), 3);
-    assert!(terminal.values().all(|&n| n == 1), "{terminal:?}");
+    shut_down_with_one_message_each(publisher, coordinator, recorder, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

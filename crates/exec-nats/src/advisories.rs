@@ -13,7 +13,8 @@ use task_core::TaskError;
 use tokio::sync::Notify;
 
 use crate::client::Inner;
-use crate::config::{NatsConfig, NatsError};
+use crate::config::NatsConfig;
+use crate::error::NatsError;
 
 /// How long the server keeps a reader nobody pulls from (its side died without a shutdown).
 const READER_IDLE: Duration = Duration::from_secs(30);

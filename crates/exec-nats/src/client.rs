@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 
 use async_nats::jetstream::context::PublishErrorKind;
 
-use crate::config::{NatsConfig, NatsError, largest_body, publish_stored, too_large};
+use crate::config::{NatsConfig, largest_body, publish_stored, too_large};
+use crate::error::NatsError;
 use crate::listen::reconcile;
 use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode, task_headers};
 

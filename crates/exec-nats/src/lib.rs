@@ -26,13 +26,15 @@
 mod advisories;
 mod client;
 mod config;
+mod error;
 pub mod example_nodes;
 mod listen;
 mod strategy;
 pub mod wire;
 mod worker;
 
-pub use crate::config::{NatsConfig, NatsError, URL_ENV, default_url};
+pub use crate::config::{NatsConfig, URL_ENV, default_url};
+pub use crate::error::NatsError;
 pub use crate::strategy::{DEFAULT_UNREACHABLE_AFTER, NatsBuilder, NatsStrategy};
 pub use crate::worker::{NatsWorker, NatsWorkerBuilder};
 pub use async_nats;

@@ -11,9 +11,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::advisories::{Advisories, listen_advisories, reader_name, remove_reader};
 use crate::client::{Inner, StreamSeen, completion_consumer};
-use crate::config::{
-    NatsConfig, NatsError, config_setters, connect, stream_limit, url_without_credentials,
-};
+use crate::config::{NatsConfig, config_setters, connect, stream_limit, url_without_credentials};
+use crate::error::NatsError;
 use crate::listen::{listen_completions, watch};
 
 /// Builds a [`NatsStrategy`].

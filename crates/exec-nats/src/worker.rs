@@ -13,7 +13,8 @@ use task_core::{NodeRegistry, TaskError};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::{NatsConfig, NatsError, config_setters, connect, stream_limit};
+use crate::config::{NatsConfig, config_setters, connect, stream_limit};
+use crate::error::NatsError;
 use crate::wire::{PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode};
 use task_core::context::EventSink;
 
