@@ -25,8 +25,8 @@ impl Coordinator {
     /// table, or none is: a batch with a request id that is open (or repeated in the batch) is
     /// rejected whole, with nothing recorded. Other submissions wait for that lock meanwhile
     /// (about a tenth of a second for 100,000 tasks in a release build): submit huge batches in
-    /// parts where other submitters must not wait that long. Each request then runs, ends and is announced as a
-    /// [`spawn`](Self::spawn)ed one does, with `options` each.
+    /// parts where other submitters must not wait that long. Each request then runs, ends and
+    /// is announced as a [`spawn`](Self::spawn)ed one does, with `options` each.
     ///
     /// The returned [`Batch`] gives the outputs all together, in the order of `tasks`
     /// ([`Batch::all`]), or as each request ends ([`Batch::as_completed`]).

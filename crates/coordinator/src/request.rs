@@ -57,10 +57,10 @@ pub fn current_node() -> Option<NodeId> {
 }
 
 /// Whether the request of the node running here was ended from outside: cancelled, timed out,
-/// cancelled at shutdown, or closed by a message given to `handle_item`. A blocking node cannot be stopped from outside (its thread runs it
-/// to its end); a long one checks this now and then and returns early. An async node is dropped
-/// at its next wake-up instead, and needs no check. `false` outside a node the coordinator
-/// runs in this process.
+/// cancelled at shutdown, or closed by a message given to `handle_item`. A blocking node cannot
+/// be stopped from outside (its thread runs it to its end); a long one checks this now and then
+/// and returns early. An async node is dropped at its next wake-up instead, and needs no check.
+/// `false` outside a node the coordinator runs in this process.
 ///
 /// # Examples
 ///
@@ -86,7 +86,7 @@ pub fn current_node_cancelled() -> bool {
 }
 
 /// A place under a mode's concurrency limit: held by a request, and shared with its children in
-/// the same mode; freed when the last of them ends.
+/// the same mode; freed when the last of them has ended and its run is over.
 pub(crate) type Place = Arc<OwnedSemaphorePermit>;
 
 /// A strategy as a coordinator holds it: shared, so one strategy may serve several modes.
