@@ -174,6 +174,10 @@ impl Coordinator {
             None => (None, None),
             Some(limit) => match self.ancestor_place(&task, entry) {
                 Some(shared) => (Some(shared), None),
+                // Once shutdown has begun, a task that needs a place of its own is refused.
+                None if self.inner.is_closing() => {
+                    return Err(SubmitError::new(SubmitKind::ShutDown));
+                }
                 None => match Arc::clone(limit).try_acquire_owned() {
                     Ok(permit) => (Some(Arc::new(permit)), Some(Duration::ZERO)),
                     Err(TryAcquireError::Closed) => {
@@ -192,14 +196,20 @@ impl Coordinator {
                         let wait = Box::pin(async move {
                             let since = Instant::now();
                             let acquire = limit.acquire_owned();
-                            let permit = match &parent {
-                                Some(parent) => tokio::select! {
-                                    permit = acquire => Some(permit),
-                                    // Its parent was cancelled while it waited: it is born
-                                    // cancelled, and needs no place.
-                                    () = parent.children_cancelled() => None,
-                                },
-                                None => Some(acquire.await),
+                            let parent_cancelled = async {
+                                match &parent {
+                                    Some(parent) => parent.children_cancelled().await,
+                                    None => std::future::pending().await,
+                                }
+                            };
+                            let permit = tokio::select! {
+                                permit = acquire => Some(permit),
+                                // Its parent was cancelled while it waited: it is born
+                                // cancelled, and needs no place.
+                                () = parent_cancelled => None,
+                                () = self.inner.closing() => {
+                                    return Err(SubmitError::new(SubmitKind::ShutDown));
+                                }
                             };
                             let place = match permit {
                                 Some(permit) => Some(Arc::new(

@@ -35,9 +35,9 @@ impl Coordinator {
     /// the whole batch is accepted at once all the same, whatever its size: the tasks that find
     /// no place free wait for one, recorded and open, and start in the batch's order as places
     /// free (a child sharing its parent's place never waits). A task's timeout counts from its
-    /// start; one cancelled while it waits ends at once and never starts; one still waiting
-    /// when shutdown begins (or the runtime it was submitted on shuts down) ends cancelled,
-    /// never started.
+    /// start; one cancelled while it waits ends at once and never starts. Shutdown lets them run
+    /// within its grace; one still waiting at its deadline (or when the runtime it was submitted
+    /// on shuts down) ends cancelled, never started.
     ///
     /// # Errors
     ///
@@ -115,7 +115,7 @@ impl Coordinator {
         // The places free now, up to one per task that takes its own; the others wait.
         let mut places = match &entry.limit {
             Some(limit) if own_places > 0 => {
-                if limit.is_closed() {
+                if self.inner.is_closing() || limit.is_closed() {
                     return Err(SubmitError::new(SubmitKind::ShutDown));
                 }
                 let free = limit.available_permits().min(own_places);

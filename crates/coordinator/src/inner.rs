@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) grace: Duration,
     pub(crate) started: OnceLock<Started>,
     pub(crate) closing: AtomicBool,
+    /// Woken when shutdown begins: submissions waiting for a place under a limit stop waiting.
+    pub(crate) closing_begun: Notify,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     pub(crate) past_deadline: AtomicBool,
     pub(crate) strategies_shut: OnceCell<()>,
@@ -88,6 +90,7 @@ impl Inner {
             started: OnceLock::new(),
             closing: AtomicBool::new(false),
             past_deadline: AtomicBool::new(false),
+            closing_begun: Notify::new(),
             strategies_shut: OnceCell::new(),
             table: Mutex::new(CoordinatorState::with_attachments(retention)),
             drained: Notify::new(),
@@ -210,6 +213,17 @@ impl Inner {
     /// Whether shutdown has begun.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Completes once shutdown has begun.
+    pub(crate) async fn closing(&self) {
+        let begun = self.closing_begun.notified();
+        tokio::pin!(begun);
+        // Registered before the check: shutdown beginning between the two still wakes it.
+        begun.as_mut().enable();
+        if !self.is_closing() {
+            begun.await;
+        }
     }
 
     pub(crate) fn open_jobs(&self) -> u64 {

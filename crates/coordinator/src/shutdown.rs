@@ -33,8 +33,8 @@ impl Coordinator {
     /// 1. stops taking new requests: until the deadline it accepts only a task whose parent is
     ///    a request still open here (a child it may need to finish), and only where the task
     ///    needs no place of its own under its mode's limit; submissions waiting for a place are
-    ///    rejected as shut down, and batch tasks accepted but still waiting for one end
-    ///    cancelled, never started;
+    ///    rejected as shut down at once (batch tasks, accepted, still take their places as
+    ///    they free);
     /// 2. lets every accepted request run until it ends or `grace` has passed; no retry starts
     ///    after this point (a request waiting out a backoff ends at once with its last error);
     /// 3. at the deadline, cancels what is still open: each such request ends at once as
@@ -58,9 +58,9 @@ impl Coordinator {
         let deadline = Instant::now().checked_add(grace);
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
-        for limit in inner.modes.iter().filter_map(|mode| mode.limit.as_ref()) {
-            limit.close();
-        }
+        // Submissions waiting for a place are refused now. The limits stay open until the
+        // accepted requests have ended: batch tasks still waiting take their places as they free.
+        inner.closing_begun.notify_waiters();
         // No attempt starts after shutdown began: a request waiting out a retry's backoff ends
         // now with its last attempt's error.
         let open: Vec<Arc<RequestCell>> = inner
@@ -102,6 +102,9 @@ impl Coordinator {
                     "coordinator shutdown: requests still open after cancellation"
                 );
             }
+        }
+        for limit in inner.modes.iter().filter_map(|mode| mode.limit.as_ref()) {
+            limit.close();
         }
         let mut remaining = deadline.map_or(Duration::MAX, |deadline| {
             deadline.saturating_duration_since(Instant::now())

@@ -152,15 +152,15 @@ async fn a_batch_task_cancelled_while_it_waits_ends_at_once_and_never_starts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_tasks_still_waiting_when_shutdown_begins_end_cancelled_never_started() {
+async fn batch_tasks_waiting_when_shutdown_begins_run_within_its_grace() {
+    // Accepted work drains: the waiting tasks take their places as they free, in order.
     let (publisher, coordinator) = limited(1);
     let recorder = Recorder::attach(&publisher);
     let (gate, runs) = (Arc::new(tokio::sync::Semaphore::new(0)), Runs::default());
     let first = std::iter::once(gated("s0", 0, &gate));
     let tasks = first.chain((1..4).map(|i| runs.task("s", i, 1)));
     let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
-    let mut handles = batch.unwrap().into_handles();
-    let first = handles.remove(0);
+    let batch = batch.unwrap();
     let shutdown = tokio::spawn({
         let coordinator = coordinator.clone();
         async move {
@@ -169,20 +169,43 @@ async fn batch_tasks_still_waiting_when_shutdown_begins_end_cancelled_never_star
                 .await
         }
     });
-    for handle in handles {
-        let error = within("a waiting task's answer", handle).await.unwrap_err();
-        assert!(error.is_cancelled(), "{error}");
-        assert!(error.to_string().contains("shut down"), "{error}");
+    // Shutdown has begun: a new request is refused, the batch's are not.
+    while coordinator.is_accepting() {
+        tokio::task::yield_now().await;
     }
-    // The running one is let finish within the grace.
+    let late = coordinator.try_spawn(
+        runs.task("late", 9, 1),
+        ExecutionMode::ASYNC,
+        SubmitOptions::new(),
+    );
+    assert!(late.unwrap_err().is_shut_down());
     gate.add_permits(1);
-    assert_eq!(within("the running task", first).await.unwrap(), 0);
+    let outputs = within("the batch", batch.all()).await;
+    let outputs: Vec<u64> = outputs.into_iter().map(Result::unwrap).collect();
+    assert_eq!(outputs, [0, 1, 2, 3]);
+    assert_eq!(runs.started(), [1, 2, 3]);
     within("shutdown", shutdown).await.unwrap();
+    shut_down_with_one_message_each(publisher, coordinator, recorder, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_tasks_still_waiting_at_the_shutdown_deadline_end_cancelled_never_started() {
+    let (publisher, coordinator) = limited(1);
+    let recorder = Recorder::attach(&publisher);
+    let (gate, runs) = (Arc::new(tokio::sync::Semaphore::new(0)), Runs::default());
+    let first = std::iter::once(gated("d0", 0, &gate));
+    let tasks = first.chain((1..4).map(|i| runs.task("d", i, 1)));
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let batch = batch.unwrap();
+    let grace = Duration::from_millis(200);
+    within("shutdown", coordinator.shutdown_with_grace(grace)).await;
+    for output in within("the batch", batch.all()).await {
+        let error = output.unwrap_err();
+        assert!(error.is_cancelled(), "{error}");
+        assert!(error.to_string().contains("deadline"), "{error}");
+    }
     assert!(runs.started().is_empty(), "{:?} started", runs.started());
-    publisher.shutdown().await;
-    let terminal = recorder.terminal_counts();
-    assert_eq!(terminal.len(), 4);
-    assert!(terminal.values().all(|&n| n == 1), "{terminal:?}");
+    shut_down_with_one_message_each(publisher, coordinator, recorder, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +333,7 @@ async fn a_waiting_task_whose_body_panics_when_dropped_stops_no_other_task_of_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_shutdown_every_waiting_task_ends_though_one_body_panics_when_dropped() {
+async fn at_the_shutdown_deadline_every_waiting_task_ends_though_one_body_panics_when_dropped() {
     let (publisher, coordinator) = limited(1);
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let tasks = [
@@ -320,28 +343,13 @@ async fn at_shutdown_every_waiting_task_ends_though_one_body_panics_when_dropped
         gated("q3", 3, &gate),
     ];
     let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
-    let mut handles = batch.unwrap().into_handles();
-    let first = handles.remove(0);
-    let shutdown = tokio::spawn({
-        let coordinator = coordinator.clone();
-        async move {
-            coordinator
-                .shutdown_with_grace(Duration::from_secs(60))
-                .await
-        }
-    });
-    // Ended as shutdown begins, not at its deadline a minute later.
+    let handles = batch.unwrap().into_handles();
+    let grace = Duration::from_millis(200);
+    within("shutdown", coordinator.shutdown_with_grace(grace)).await;
     for handle in handles {
-        let answer = tokio::time::timeout(Duration::from_secs(10), handle).await;
-        let error = answer
-            .expect("a waiting task ends as shutdown begins")
-            .unwrap_err();
+        let error = within("an answer", handle).await.unwrap_err();
         assert!(error.is_cancelled(), "{error}");
-        assert!(error.to_string().contains("shut down"), "{error}");
     }
-    gate.add_permits(1);
-    assert_eq!(within("the running task", first).await.unwrap(), 0);
-    within("shutdown", shutdown).await.unwrap();
     publisher.shutdown().await;
 }
 

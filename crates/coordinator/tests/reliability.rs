@@ -522,10 +522,16 @@ async fn shutdown_rejects_submissions_waiting_for_a_place() {
     let c = coordinator.clone();
     let waiting = tokio::spawn(async move { c.submit(value_task("w", 1), "async").await });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    coordinator.shutdown().await;
-    let error = waiting.await.unwrap().unwrap_err();
+    let c = coordinator.clone();
+    let shutdown =
+        tokio::spawn(async move { c.shutdown_with_grace(Duration::from_secs(60)).await });
+    // Refused as shutdown begins, not when a place frees (here: never, until the hog ends).
+    let refused = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    let error = refused.expect("refused at once").unwrap().unwrap_err();
     assert!(error.is_shut_down(), "{error}");
     assert!(coordinator.job("w").is_none());
+    coordinator.cancel("hog");
+    shutdown.await.unwrap();
     assert_eq!(
         coordinator.job("hog").unwrap().result(),
         Some(JobResult::Cancelled)
