@@ -458,10 +458,15 @@ impl Coordinator {
         let recorded = {
             let mut table = self.inner.table();
             // Checked again under the lock shutdown reads the open jobs under: a request is
-            // recorded before shutdown looks (and waits for it), or refused.
-            if !self
-                .inner
-                .admits(ready.task.info().parent_id(), Some(&table))
+            // recorded before shutdown looks (and waits for it), or refused. One that took a
+            // place of its own (`waited` says so) is refused once shutdown has begun, however
+            // it got the place: a wait that a freed place and shutdown's beginning both woke
+            // may have taken the place.
+            let own_place = waited.is_some();
+            if (own_place && self.inner.is_closing())
+                || !self
+                    .inner
+                    .admits(ready.task.info().parent_id(), Some(&table))
             {
                 Err(SubmitKind::ShutDown)
             } else {

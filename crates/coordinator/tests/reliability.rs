@@ -1053,3 +1053,57 @@ async fn a_task_copy_that_panics_when_dropped_does_not_keep_its_request_open() {
     publisher.shutdown().await;
     assert_eq!(recorder.terminal_counts().get("bomb"), Some(&1));
 }
+
+/// A child of an open request waits for a place of its own in a limited mode; shutdown begins,
+/// and the place frees before the waiting submission next runs. It is refused as shut down all
+/// the same: during the grace a task needing a place of its own is not accepted, whichever of
+/// the two its wait sees first.
+#[tokio::test]
+async fn a_waiting_child_whose_place_frees_as_shutdown_begins_is_still_refused() {
+    let mut accepted = Vec::new();
+    for round in 0..32 {
+        let (publisher, coordinator) = started_from(one_limited_place(Coordinator::builder()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = Arc::clone(&gate);
+        let hog = Task::from_fn("hog", "hog", move || async move {
+            let _ = held.acquire().await;
+            Ok::<_, BoxError>(())
+        });
+        let hog = coordinator
+            .spawn(hog, "limited", SubmitOptions::new())
+            .await
+            .unwrap();
+        let inside = coordinator.clone();
+        let parent = Task::from_fn("parent", "parent", move || async move {
+            let child = inside.submit(value_task("child", 1), "limited").await;
+            Ok::<_, BoxError>(child.map_err(|error| error.is_shut_down()))
+        });
+        let parent = coordinator
+            .spawn(parent, "async", SubmitOptions::new())
+            .await
+            .unwrap();
+        // The child is waiting for the hog's place.
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        assert!(coordinator.job("child").is_none());
+        // The place frees and shutdown begins before the waiting child runs again.
+        gate.add_permits(1);
+        let c = coordinator.clone();
+        let shutdown =
+            tokio::spawn(async move { c.shutdown_with_grace(Duration::from_secs(60)).await });
+        hog.await.unwrap();
+        let child = parent.await.unwrap();
+        if child.is_ok() {
+            accepted.push(round);
+        } else {
+            assert_eq!(child, Err(true), "refused as shut down");
+        }
+        shutdown.await.unwrap();
+        publisher.shutdown().await;
+    }
+    assert!(
+        accepted.is_empty(),
+        "accepted after shutdown began in rounds {accepted:?}"
+    );
+}
