@@ -145,7 +145,13 @@ impl Coordinator {
         let born_cancelled = {
             let mut table = self.inner.table();
             let mut ids: HashSet<&RequestId> = HashSet::with_capacity(ready.len());
+            // Checked again under the lock: tasks that took (or wait for) places of their own
+            // are refused once shutdown has begun, even when it began after the look above.
+            let closed = own_places > 0 && self.inner.is_closing();
             let clash = ready.iter().find_map(|r| {
+                if closed {
+                    return Some(SubmitKind::ShutDown);
+                }
                 let id = r.task.info().request_id();
                 if !self.inner.admits(r.task.info().parent_id(), Some(&table)) {
                     Some(SubmitKind::ShutDown)

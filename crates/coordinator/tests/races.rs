@@ -367,3 +367,89 @@ async fn every_request_ends_once_whatever_races_it() {
     assert_eq!(counts.open, 0);
     assert_eq!(terminal.len() as u64, counts.closed);
 }
+
+/// A node whose copy, once `armed`, waits (a thread's sleep) until `released`, saying first that
+/// it is under way.
+#[derive(Default)]
+struct HeldCopy {
+    armed: Arc<AtomicBool>,
+    entered: Arc<AtomicBool>,
+    released: Arc<AtomicBool>,
+}
+
+impl Clone for HeldCopy {
+    fn clone(&self) -> Self {
+        if self.armed.load(Ordering::SeqCst) {
+            self.entered.store(true, Ordering::SeqCst);
+            while !self.released.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        HeldCopy {
+            armed: Arc::clone(&self.armed),
+            entered: Arc::clone(&self.entered),
+            released: Arc::clone(&self.released),
+        }
+    }
+}
+
+impl Node for HeldCopy {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// A request submits a batch to a limited mode whose tasks need places of their own, and
+/// shutdown begins while the batch is being prepared (here: while its retry copy is made).
+/// The batch is refused as shut down: during the grace a task needing a place of its own is not
+/// accepted, however late in the batch's admission shutdown began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_needing_places_of_its_own_is_refused_when_shutdown_begins_during_its_admission() {
+    let (publisher, coordinator) = support::started_from(
+        Coordinator::builder()
+            .with_async()
+            .strategy("limited", coordinator::AsyncExecutionStrategy::new())
+            .limit("limited", 2),
+    );
+    let node = HeldCopy::default();
+    let (armed, entered, released) = (
+        Arc::clone(&node.armed),
+        Arc::clone(&node.entered),
+        Arc::clone(&node.released),
+    );
+    let inside = coordinator.clone();
+    let parent = Task::from_fn("parent", "parent", move || async move {
+        let quick = Duration::from_millis(1);
+        let options = SubmitOptions::new().retry(RetryPolicy::new(2).backoff(quick, quick));
+        let task = Task::replayable("member", node);
+        armed.store(true, Ordering::SeqCst);
+        match inside.submit_many([task], "limited", options) {
+            Ok(batch) => {
+                drop(batch.all().await);
+                Ok::<_, BoxError>(Ok(()))
+            }
+            Err(error) => Ok(Err(error.is_shut_down())),
+        }
+    });
+    let parent = coordinator
+        .spawn(parent, "async", SubmitOptions::new())
+        .await
+        .unwrap();
+    while !entered.load(Ordering::SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    let c = coordinator.clone();
+    let shutdown =
+        tokio::spawn(async move { c.shutdown_with_grace(Duration::from_secs(60)).await });
+    while coordinator.is_accepting() {
+        tokio::task::yield_now().await;
+    }
+    released.store(true, Ordering::SeqCst);
+    let answer = tokio::time::timeout(Duration::from_secs(10), parent).await;
+    let batch = answer.expect("the parent ends").unwrap();
+    assert_eq!(batch, Err(true), "refused as shut down");
+    assert!(coordinator.job("member").is_none());
+    shutdown.await.unwrap();
+    publisher.shutdown().await;
+}
