@@ -53,8 +53,9 @@ impl Queue {
     }
 
     /// Starts each request as a place frees, in order; one that ended while it waited (it was
-    /// cancelled) is passed over, and the place goes to the next. It ends with the last request,
-    /// or when shutdown begins (the limit is closed) or the coordinator is dropped.
+    /// cancelled) is passed over, and the place goes to the next. It ends with the last request
+    /// (shutdown's deadline cancels those still waiting), when the limit is closed (shutdown
+    /// closes it once the accepted requests have ended) or when the coordinator is dropped.
     ///
     /// While it waits for a place it also watches the first request waiting: one that ends is
     /// passed over at once, its task let go then, not when a place frees (which may be never: a
