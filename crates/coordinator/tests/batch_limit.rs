@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionPublisher, SubmitOptions,
-    Task,
+    Batch, BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionPublisher,
+    SubmitOptions, Task,
 };
 use support::Recorder;
 
@@ -76,6 +76,20 @@ fn gated(id: &str, i: u64, gate: &Arc<tokio::sync::Semaphore>) -> Task<u64> {
     })
 }
 
+/// A batch of `n` tasks on a mode limited to one place: `{prefix}0` holds it until the gate
+/// returned opens, and `{prefix}1`.. (counted in the `Runs` returned, 1 ms each) wait for it.
+fn behind_a_held_place(
+    coordinator: &Coordinator,
+    prefix: &str,
+    n: u64,
+) -> (Batch<u64>, Arc<tokio::sync::Semaphore>, Runs) {
+    let (gate, runs) = (Arc::new(tokio::sync::Semaphore::new(0)), Runs::default());
+    let first = std::iter::once(gated(&format!("{prefix}0"), 0, &gate));
+    let tasks = first.chain((1..n).map(|i| runs.task(prefix, i, 1)));
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    (batch.expect("a batch is accepted"), gate, runs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_its_modes_limit_runs_whole_never_more_at_once_than_the_limit() {
     let (publisher, coordinator) = limited(3);
@@ -127,11 +141,8 @@ async fn a_waiting_batch_tasks_timeout_counts_from_its_start() {
 async fn a_batch_task_cancelled_while_it_waits_ends_at_once_and_never_starts() {
     let (publisher, coordinator) = limited(1);
     let recorder = Recorder::attach(&publisher);
-    let (gate, runs) = (Arc::new(tokio::sync::Semaphore::new(0)), Runs::default());
-    let first = std::iter::once(gated("c0", 0, &gate));
-    let tasks = first.chain((1..5).map(|i| runs.task("c", i, 1)));
-    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
-    let mut handles = batch.unwrap().into_handles();
+    let (batch, gate, runs) = behind_a_held_place(&coordinator, "c", 5);
+    let mut handles = batch.into_handles();
     // Waiting for the place `c0` holds: open, and cancelled by its id.
     assert_eq!(coordinator.job("c2").unwrap().result(), None);
     assert!(coordinator.cancel("c2"));
@@ -156,11 +167,7 @@ async fn batch_tasks_waiting_when_shutdown_begins_run_within_its_grace() {
     // Accepted work drains: the waiting tasks take their places as they free, in order.
     let (publisher, coordinator) = limited(1);
     let recorder = Recorder::attach(&publisher);
-    let (gate, runs) = (Arc::new(tokio::sync::Semaphore::new(0)), Runs::default());
-    let first = std::iter::once(gated("s0", 0, &gate));
-    let tasks = first.chain((1..4).map(|i| runs.task("s", i, 1)));
-    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
-    let batch = batch.unwrap();
+    let (batch, gate, runs) = behind_a_held_place(&coordinator, "s", 4);
     let shutdown = tokio::spawn({
         let coordinator = coordinator.clone();
         async move {
@@ -192,11 +199,7 @@ async fn batch_tasks_waiting_when_shutdown_begins_run_within_its_grace() {
 async fn batch_tasks_still_waiting_at_the_shutdown_deadline_end_cancelled_never_started() {
     let (publisher, coordinator) = limited(1);
     let recorder = Recorder::attach(&publisher);
-    let (gate, runs) = (Arc::new(tokio::sync::Semaphore::new(0)), Runs::default());
-    let first = std::iter::once(gated("d0", 0, &gate));
-    let tasks = first.chain((1..4).map(|i| runs.task("d", i, 1)));
-    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
-    let batch = batch.unwrap();
+    let (batch, _gate, runs) = behind_a_held_place(&coordinator, "d", 4);
     let grace = Duration::from_millis(200);
     within("shutdown", coordinator.shutdown_with_grace(grace)).await;
     for output in within("the batch", batch.all()).await {
