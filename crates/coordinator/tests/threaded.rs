@@ -347,3 +347,101 @@ async fn a_timed_out_node_keeps_its_place_until_it_stops() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// A coordinator's limit on the threaded mode over a strategy whose `max_in_flight` is smaller:
+/// requests that end (cancelled, timed out) while their tasks wait in the strategy's queue let
+/// their places go at once, not when the node holding the strategy's place ends: new requests
+/// are accepted although that node still runs, and the limits still bound what runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_ended_while_queued_in_the_strategy_free_their_places_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let builder = Coordinator::builder()
+        .with_async()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .limit(ExecutionMode::THREADED, 3);
+    let (publisher, coordinator) = support::started_from(builder);
+    let (running, peak, started) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = |id: &str| {
+        let (running, peak, started, gate) = (
+            Arc::clone(&running),
+            Arc::clone(&peak),
+            Arc::clone(&started),
+            Arc::clone(&gate),
+        );
+        Task::blocking(id.to_string(), "held", move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let permit = futures::executor::block_on(gate.acquire()).map_err(|e| e.to_string())?;
+            permit.forget();
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+    };
+    let none = SubmitOptions::new;
+    // The long node takes the strategy's one place (and one of the coordinator's three).
+    let long = coordinator
+        .try_spawn(held("long"), ExecutionMode::THREADED, none())
+        .unwrap();
+    let hang_guard = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while started.load(Ordering::SeqCst) < 1 && std::time::Instant::now() < hang_guard {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        1,
+        "the long node never started"
+    );
+    // Two more take the coordinator's other places and wait in the strategy's queue: one is
+    // cancelled there, the other times out there.
+    let cancelled = coordinator
+        .try_spawn(held("cancelled"), ExecutionMode::THREADED, none())
+        .unwrap();
+    let timeout = std::time::Duration::from_millis(50);
+    let timed_out = coordinator
+        .try_spawn(
+            held("times-out"),
+            ExecutionMode::THREADED,
+            none().timeout(timeout),
+        )
+        .unwrap();
+    cancelled.cancel();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    assert!(timed_out.await.unwrap_err().is_timeout());
+    // Only the long node runs: the two places of the requests that never started are free.
+    let next = |id: &str| coordinator.try_spawn(held(id), ExecutionMode::THREADED, none());
+    let (second, third) = (next("second"), next("third"));
+    let refused = [&second, &third]
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.is_busy()))
+        .count();
+    assert_eq!(running.load(Ordering::SeqCst), 1);
+    gate.add_permits(3);
+    long.await.unwrap();
+    for handle in [second, third].into_iter().flatten() {
+        handle.await.unwrap();
+    }
+    assert_eq!(
+        refused, 0,
+        "refused busy while only one node ran: places kept by requests that never started"
+    );
+    assert_eq!(peak.load(Ordering::SeqCst), 1, "max_in_flight(1) held");
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        3,
+        "the ended ones never started"
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

@@ -1,15 +1,17 @@
 //! [`ThreadedExecutionStrategy`]: tasks run on a rayon thread pool.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+mod limit;
+
+use self::limit::Limit;
 use crate::signal::Signal;
 use crate::tracker::OwnedAdmission;
 use crate::tracker::Tracker;
@@ -187,7 +189,9 @@ impl ThreadedBuilder {
     /// At most `limit` tasks run in the pool at once (default: no limit; 0 is read as 1); the
     /// others wait in order, holding no thread. A place is freed when its node has stopped, not
     /// when its caller stops waiting (a timeout or a cancellation), so the limit holds however
-    /// requests end; a task cancelled while it waits never starts.
+    /// requests end. A task whose request is cancelled (or times out) while it waits never
+    /// starts, and is let go at once: its run is over then, so a coordinator's limit on the
+    /// mode frees the request's place then, not when a place here frees.
     ///
     /// A task submitted beneath a node running in the pool takes no place: that node's child, or
     /// a task further down through requests of other modes or other coordinators (a threaded
@@ -236,10 +240,7 @@ impl ThreadedBuilder {
             inner: Arc::new(Inner {
                 pool,
                 tracker: Arc::default(),
-                limit: self.max_in_flight.map(|max| Limit {
-                    max,
-                    state: Mutex::default(),
-                }),
+                limit: self.max_in_flight.map(Limit::new),
                 signal,
             }),
         })
@@ -249,7 +250,7 @@ impl ThreadedBuilder {
 struct Inner {
     pool: Arc<ThreadPool>,
     tracker: Arc<Tracker>,
-    limit: Option<Limit>,
+    limit: Option<Arc<Limit>>,
     signal: Arc<Signal>,
 }
 
@@ -381,119 +382,13 @@ impl PoolJob {
     }
 }
 
-/// The [`ThreadedBuilder::max_in_flight`] limit: at most `max` jobs holding places in the pool,
-/// the rest waiting here in order. A place is held by the job on its pool thread (not by the
-/// caller), so it is freed only when the node has really stopped.
-struct Limit {
-    max: usize,
-    state: Mutex<LimitState>,
-}
-
-#[derive(Default)]
-struct LimitState {
-    running: usize,
-    waiting: VecDeque<PoolJob>,
-    /// The queue's length after the last sweep of cancelled jobs: the next sweep comes when it
-    /// has doubled, so sweeping costs O(1) per job however many wait.
-    swept: usize,
-    /// The nodes handed to the pool and not yet stopped (with how many runs of each): a task
-    /// submitted beneath one is spared the limit.
-    in_pool: HashMap<NodeId, usize>,
-}
-
-impl Limit {
-    fn lock(&self) -> MutexGuard<'_, LimitState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl LimitState {
-    /// Queues `job`, first taking out the jobs cancelled while they waited when the queue has
-    /// doubled since the last sweep. Returns those jobs, to be dropped outside the lock (their
-    /// bodies are the user's).
-    fn push(&mut self, job: PoolJob) -> Vec<PoolJob> {
-        let mut cancelled = Vec::new();
-        if self.waiting.len() >= (2 * self.swept).max(16) {
-            let mut kept = VecDeque::with_capacity(self.waiting.len());
-            for waiting in self.waiting.drain(..) {
-                if waiting.completion.is_cancelled() {
-                    cancelled.push(waiting);
-                } else {
-                    kept.push_back(waiting);
-                }
-            }
-            self.waiting = kept;
-            self.swept = self.waiting.len();
-        }
-        self.waiting.push_back(job);
-        cancelled
-    }
-
-    /// The next job to run, passing by (and handing back) those cancelled while they waited.
-    fn next(&mut self, cancelled: &mut Vec<PoolJob>) -> Option<PoolJob> {
-        while let Some(job) = self.waiting.pop_front() {
-            if job.completion.is_cancelled() {
-                cancelled.push(job);
-            } else {
-                return Some(job);
-            }
-        }
-        None
-    }
-}
-
-/// A job in the pool under the limit, `placed` when it holds a place: dropping it takes its node
-/// out of the pool's count and hands the place to the next job waiting.
-struct InPool {
-    inner: Arc<Inner>,
-    node_id: NodeId,
-    placed: bool,
-}
-
-impl Drop for InPool {
-    fn drop(&mut self) {
-        let Some(limit) = &self.inner.limit else {
-            return;
-        };
-        let mut cancelled = Vec::new();
-        let next = {
-            let mut state = limit.lock();
-            if let Some(runs) = state.in_pool.get_mut(&self.node_id) {
-                *runs -= 1;
-                if *runs == 0 {
-                    state.in_pool.remove(&self.node_id);
-                }
-            }
-            if !self.placed {
-                return;
-            }
-            let next = state.next(&mut cancelled);
-            if next.is_none() {
-                state.running -= 1;
-            }
-            next
-        };
-        // Never started: each is counted out here, outside the lock.
-        drop(cancelled);
-        if let Some(next) = next {
-            // The place passes to it.
-            self.inner.spawn(next, true);
-        }
-    }
-}
-
 impl Inner {
     /// Hands `job` to the pool; `placed` when it holds a place under the limit.
     fn spawn(self: &Arc<Self>, job: PoolJob, placed: bool) {
-        let place = self.limit.as_ref().map(|limit| {
-            let node_id = job.node_id.clone();
-            *limit.lock().in_pool.entry(node_id.clone()).or_default() += 1;
-            InPool {
-                inner: Arc::clone(self),
-                node_id,
-                placed,
-            }
-        });
+        let place = self
+            .limit
+            .as_ref()
+            .map(|limit| limit.enter(self, &job.node_id, placed));
         let signal = Arc::clone(&self.signal);
         // Dropped unrun (the pool went away), the completion delivers a failure.
         self.pool.spawn(move || {
@@ -515,7 +410,7 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
         // requests of other modes) takes no place: that node may be waiting for it, and may hold
         // the place it would wait for.
         let limited = inner.limit.as_ref().is_some_and(|limit| {
-            let in_pool = |node: &NodeId| limit.lock().in_pool.contains_key(node);
+            let in_pool = |node: &NodeId| limit.holds(node);
             let parent_in_pool = task.info().parent_id().is_some_and(&in_pool);
             !(parent_in_pool || completion.any_open_ancestor(&in_pool))
         });
@@ -531,18 +426,9 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
         let Some(limit) = inner.limit.as_ref().filter(|_| limited) else {
             return inner.spawn(job, false);
         };
-        let cancelled = {
-            let mut state = limit.lock();
-            if state.running >= limit.max {
-                state.push(job)
-            } else {
-                state.running += 1;
-                drop(state);
-                return inner.spawn(job, true);
-            }
-        };
-        // Cancelled while they waited: counted out here, outside the lock.
-        drop(cancelled);
+        if let Some(job) = limit.place_or_queue(job) {
+            inner.spawn(job, true);
+        }
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {

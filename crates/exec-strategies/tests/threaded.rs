@@ -187,6 +187,73 @@ async fn a_limit_of_one_holds_when_callers_stop_waiting_and_a_task_cancelled_whi
     );
 }
 
+/// Sets its flag when dropped.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A task cancelled while it waits for a place is let go as it is cancelled (its body dropped,
+/// counted out of the strategy), not when the node holding the place ends; the others still
+/// wait their turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_while_queued_is_let_go_at_once() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (started, running_now) = tokio::sync::oneshot::channel::<()>();
+    let long = Task::blocking("long", "long", move || {
+        let _ = started.send(());
+        released.recv().ok();
+        Ok::<_, BoxError>(1)
+    });
+    let long = tokio::spawn(task_core::run(&s, long.into_erased()));
+    tokio::time::timeout(Duration::from_secs(30), running_now)
+        .await
+        .expect("the long node never started")
+        .unwrap();
+    let flags: Vec<_> = (0..3)
+        .map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)))
+        .collect();
+    let mut queued: Vec<_> = flags
+        .iter()
+        .enumerate()
+        .map(|(i, flag)| {
+            let held = DropFlag(Arc::clone(flag));
+            let task = Task::blocking(format!("q{i}"), "queued", move || {
+                let _held = &held;
+                Ok::<_, BoxError>(i + 10)
+            });
+            Some(task_core::run(&s, task.into_erased()))
+        })
+        .collect();
+    assert_eq!(s.stats(), StrategyStats::new(4, 0, 0, true));
+    // The middle one is cancelled: its body goes now, while the long node still runs.
+    drop(queued[1].take());
+    assert!(
+        flags[1].load(Ordering::SeqCst),
+        "the cancelled task is kept"
+    );
+    assert!(!flags[0].load(Ordering::SeqCst) && !flags[2].load(Ordering::SeqCst));
+    assert_eq!(s.stats(), StrategyStats::new(3, 0, 0, true));
+    release.send(()).unwrap();
+    let long = long.await.unwrap().unwrap();
+    assert_eq!(long.downcast_ref::<i32>(), Some(&1));
+    for (i, run) in queued.into_iter().enumerate() {
+        if let Some(run) = run {
+            let value = run.await.unwrap();
+            assert_eq!(value.downcast_ref::<usize>(), Some(&(i + 10)));
+        }
+    }
+    assert_eq!(s.stats(), StrategyStats::new(0, 3, 0, true));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_tasks_waits_for_running_ones_and_is_idempotent() {
     let s = ThreadedExecutionStrategy::builder()
