@@ -1,12 +1,13 @@
 //! Batch requests waiting for a place under their mode's concurrency limit: accepted and recorded
 //! with their batch, started in the batch's order as places free.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
+use futures::task::AtomicWaker;
 use task_core::TaskError;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
@@ -24,7 +25,12 @@ pub(crate) struct Queue {
     inner: Weak<Inner>,
     mode: usize,
     limit: Arc<Semaphore>,
-    waiting: VecDeque<Ready>,
+    /// The requests waiting, by their positions in the batch.
+    waiting: BTreeMap<usize, Ready>,
+    /// The positions the next request pushed takes.
+    pushed: usize,
+    /// Where the watches of the requests waiting tell which of them ended.
+    ended: Arc<Ended>,
     since: Instant,
     /// How the requests still waiting end if the queue stops: the runtime it runs on shut down,
     /// unless it says otherwise.
@@ -37,15 +43,33 @@ impl Queue {
             inner: Arc::downgrade(inner),
             mode,
             limit: Arc::clone(limit),
-            waiting: VecDeque::new(),
+            waiting: BTreeMap::new(),
+            pushed: 0,
+            ended: Arc::default(),
             since: Instant::now(),
             why: "the runtime its batch was submitted on shut down before a place under its \
                   mode's limit was free for it",
         }
     }
 
+    /// Queues `ready`, watched: should it end while it waits, its task is let go at once.
     pub(crate) fn push(&mut self, ready: Ready) {
-        self.waiting.push_back(ready);
+        let position = self.pushed;
+        self.pushed += 1;
+        let watch = Waker::from(Arc::new(Watch {
+            ended: Arc::downgrade(&self.ended),
+            position,
+        }));
+        // Nothing runs a waiting request yet: its cancellation's one waiter is its watch until
+        // it starts.
+        if ready
+            .cell
+            .poll_cancelled(&mut Context::from_waker(&watch))
+            .is_ready()
+        {
+            watch.wake_by_ref();
+        }
+        self.waiting.insert(position, ready);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -57,35 +81,40 @@ impl Queue {
     /// (shutdown's deadline cancels those still waiting), when the limit is closed (shutdown
     /// closes it once the accepted requests have ended) or when the coordinator is dropped.
     ///
-    /// While it waits for a place it also watches the first request waiting: one that ends is
-    /// passed over at once, its task let go then, not when a place frees (which may be never: a
-    /// task kept may hold the coordinator's last handle, whose drop would end what holds the
-    /// places). A batch cancelled whole is let go whole.
+    /// While it waits for a place it also listens to the watches of the requests waiting: one
+    /// that ends, wherever it waits, is taken out at once, its task let go then, not when a
+    /// place frees (which may be never: a task kept may hold the coordinator's last handle,
+    /// whose drop would end what holds the places).
     pub(crate) async fn run(mut self) {
         let mut spare: Option<Place> = None;
         // The wait for a place, kept while the first request changes: so is its turn.
         let mut acquire: Option<Acquire> = None;
-        while let Some(ready) = self.waiting.front() {
-            if !ready.cell.is_open() {
-                if let Some(ended) = self.waiting.pop_front() {
+        loop {
+            for position in self.ended.take() {
+                if let Some(ended) = self.waiting.remove(&position) {
                     let_go(ended);
+                    // A whole batch let go is many steps: the runtime's other tasks get turns.
+                    tokio::task::coop::consume_budget().await;
                 }
-                // A whole batch let go is many steps: the runtime's other tasks get their turns.
+            }
+            let Some(ready) = self.waiting.first_entry() else {
+                return;
+            };
+            if !ready.get().cell.is_open() {
+                // Ended, its watch not heard yet.
+                let_go(ready.remove());
                 tokio::task::coop::consume_budget().await;
                 continue;
             }
             let place = match spare.take() {
                 Some(place) => place,
                 None => {
-                    let first = Arc::clone(&ready.cell);
-                    let limit = &self.limit;
+                    let (limit, ended) = (&self.limit, &self.ended);
                     let pending =
                         acquire.get_or_insert_with(|| Box::pin(Arc::clone(limit).acquire_owned()));
                     let acquired = std::future::poll_fn(|cx| match pending.as_mut().poll(cx) {
                         Poll::Ready(acquired) => Poll::Ready(Some(acquired)),
-                        // Nothing runs a waiting request yet: its cancellation's one waiter is
-                        // this queue until it starts.
-                        Poll::Pending => first.poll_cancelled(cx).map(|()| None),
+                        Poll::Pending => ended.poll_any(cx).map(|()| None),
                     })
                     .await;
                     let Some(acquired) = acquired else {
@@ -106,7 +135,7 @@ impl Queue {
             let Some(inner) = self.inner.upgrade() else {
                 return;
             };
-            let Some(ready) = self.waiting.pop_front() else {
+            let Some((_, ready)) = self.waiting.pop_first() else {
                 return;
             };
             match ready.cell.give_place(place) {
@@ -128,11 +157,62 @@ impl Drop for Queue {
     fn drop(&mut self) {
         let waiting = std::mem::take(&mut self.waiting);
         // All end before any task is let go: a task's `Drop` is the user's.
-        for ready in &waiting {
+        for ready in waiting.values() {
             ready.cell.stop(Err(TaskError::cancelled(self.why)), true);
         }
-        for ready in waiting {
+        for ready in waiting.into_values() {
             let_go(ready);
+        }
+    }
+}
+
+/// The positions of the waiting requests that ended, as their watches tell them, and the queue
+/// to wake.
+#[derive(Default)]
+struct Ended {
+    positions: Mutex<Vec<usize>>,
+    queue: AtomicWaker,
+}
+
+impl Ended {
+    /// The positions told since the last look.
+    fn take(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Ready once a position is told; registers `cx`'s waker otherwise.
+    fn poll_any(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.queue.register(cx.waker());
+        if self.lock().is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    /// No code that can panic runs under this lock.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.positions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The waker a waiting request registers for its cancellation: woken as it ends (cancelled, its
+/// parent cancelled, the coordinator dropped), it tells the queue which one, wherever it waits.
+/// Woken once the request has left the queue, it tells of a position no longer there.
+struct Watch {
+    ended: Weak<Ended>,
+    position: usize,
+}
+
+impl Wake for Watch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(ended) = self.ended.upgrade() {
+            ended.lock().push(self.position);
+            ended.queue.wake();
         }
     }
 }

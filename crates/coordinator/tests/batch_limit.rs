@@ -395,6 +395,44 @@ async fn waiting_tasks_cancelled_let_go_of_their_bodies_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_task_cancelled_behind_another_lets_go_of_its_body_at_once() {
+    // Only the middle one of three waiting tasks keeps a handle of the coordinator, and only it
+    // is cancelled: once it is, dropping the application's last handle ends everything, though
+    // the task in front of it still waits.
+    let (publisher, coordinator) = limited(1);
+    let forever = Task::from_fn("m0", "forever", || async {
+        std::future::pending::<()>().await;
+        Ok::<_, BoxError>(0)
+    });
+    let plain = |i: u64| {
+        Task::from_fn(format!("m{i}"), "plain", move || async move {
+            Ok::<_, BoxError>(i)
+        })
+    };
+    let kept = coordinator.clone();
+    let keeps = Task::from_fn("m2", "keeps", move || async move {
+        drop(kept);
+        Ok::<_, BoxError>(2)
+    });
+    let tasks = [forever, plain(1), keeps, plain(3)];
+    let batch = coordinator.submit_many(tasks, ExecutionMode::ASYNC, SubmitOptions::new());
+    let mut handles = batch.unwrap().into_handles();
+    let cancelled = handles.remove(2);
+    cancelled.cancel();
+    let error = within("the cancelled task", cancelled).await.unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    drop(coordinator);
+    for (handle, id) in handles.into_iter().zip(["m0", "m1", "m3"]) {
+        let answer = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        let error = answer
+            .unwrap_or_else(|_| panic!("{id}: the coordinator's last handle went, yet it is open"))
+            .unwrap_err();
+        assert!(error.to_string().contains("dropped"), "{id}: {error}");
+    }
+    publisher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_of_a_batch_as_completed_can_cancel_the_rest() {
     // The common reader: the first failure ends the loop, and the rest must not run on.
     let (publisher, coordinator) = limited(2);
