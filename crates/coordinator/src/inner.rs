@@ -277,12 +277,17 @@ impl Inner {
         drop(ending.spawn(move || drop(end)));
     }
 
-    fn end_open_requests_but(self: &Arc<Self>, dropping: Option<&task_core::NodeId>) {
-        let mut open: Vec<Arc<RequestCell>> = self
-            .table()
+    /// The requests open now, taken under the table lock and held past it.
+    pub(crate) fn open_cells(&self) -> Vec<Arc<RequestCell>> {
+        let table = self.table();
+        table
             .attachments()
             .map(|(_, open)| Arc::clone(&open.cell))
-            .collect();
+            .collect()
+    }
+
+    fn end_open_requests_but(self: &Arc<Self>, dropping: Option<&task_core::NodeId>) {
+        let mut open = self.open_cells();
         if let Some(at) = open
             .iter()
             .position(|cell| Some(cell.node_id()) == dropping)

@@ -63,11 +63,7 @@ impl Coordinator {
         inner.closing_begun.notify_waiters();
         // No attempt starts after shutdown began: a request waiting out a retry's backoff ends
         // now with its last attempt's error.
-        let open: Vec<Arc<RequestCell>> = inner
-            .table()
-            .attachments()
-            .map(|(_, open)| Arc::clone(&open.cell))
-            .collect();
+        let open = inner.open_cells();
         let waiting = open.len();
         for cell in open {
             cell.end_backoff();
@@ -82,11 +78,7 @@ impl Coordinator {
         let drained = wait_for(&inner.drained, || inner.open_jobs() == 0, deadline).await;
         if !drained {
             inner.past_deadline.store(true, Ordering::SeqCst);
-            let open: Vec<Arc<RequestCell>> = inner
-                .table()
-                .attachments()
-                .map(|(_, open)| Arc::clone(&open.cell))
-                .collect();
+            let open = inner.open_cells();
             let cancelled = open.len();
             RequestCell::cancel_all(open);
             tracing::warn!(
