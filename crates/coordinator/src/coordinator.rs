@@ -259,6 +259,11 @@ impl Coordinator {
     /// Accepts `task` (waiting for a place under the mode's concurrency limit, if it has one)
     /// and returns a handle to await or cancel it.
     ///
+    /// While it waits for a place nothing is recorded: the request is not in the job table yet,
+    /// and dropping this future abandons it. To have it recorded at once and wait its turn in
+    /// the job table, cancellable by id, submit it as a batch of one
+    /// ([`submit_many`](Self::submit_many)).
+    ///
     /// # Errors
     ///
     /// The rejections of [`submit`](Self::submit); the request was not accepted.

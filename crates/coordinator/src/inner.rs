@@ -381,6 +381,7 @@ pub(crate) struct Mode {
 #[derive(Default)]
 pub(crate) struct ModeCounters {
     pub(crate) in_flight: AtomicU64,
+    pub(crate) waiting: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
@@ -402,6 +403,7 @@ impl ModeCounters {
     pub(crate) fn snapshot(&self) -> ModeCounts {
         ModeCounts {
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
             succeeded: self.succeeded.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
@@ -416,6 +418,11 @@ impl ModeCounters {
 pub struct ModeCounts {
     /// Accepted and not yet ended.
     pub in_flight: u64,
+    /// Accepted in a [`submit_many`](crate::Coordinator::submit_many) batch and waiting in its
+    /// queue for a place under the mode's limit: not handed to the strategy yet. Mostly counted
+    /// in `in_flight` too; a request that ends while it waits leaves the queue a moment later, so
+    /// the two are each a moment's count and may disagree by those.
+    pub waiting: u64,
     /// Ended with a value.
     pub succeeded: u64,
     /// Ended with an error (the node's, a panic, or the strategy's).

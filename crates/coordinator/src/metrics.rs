@@ -7,6 +7,7 @@
 //! | `coordinator_requests_total` | counter | `mode`, `result` | requests ended (one per request, whatever its attempts): `success`, `failure`, `timed_out`, `cancelled` |
 //! | `coordinator_request_retries_total` | counter | `mode` | attempts after the first, counted when the request ends |
 //! | `coordinator_requests_in_flight` | gauge | `mode` | accepted and not yet ended |
+//! | `coordinator_requests_waiting` | gauge | `mode` | accepted in a batch and waiting for a place under the mode's limit, not handed to the strategy yet |
 //! | `coordinator_admission_wait_seconds` | histogram | `mode` | time waiting for a place under the mode's concurrency limit (sampled only in modes with a limit) |
 //! | `coordinator_request_duration_seconds` | histogram | `mode`, `result` | from acceptance to the job closing |
 //! | `process_worker_exits_total` | counter | `how`: `crashed`, `retired` (recycled after its quota of tasks), `killed` (by the pool), `broke_protocol` | process workers that ended (not counted at shutdown) |
@@ -23,7 +24,7 @@
 //! dashboard's `/metrics` serves those under the same name.
 //!
 //! The names and labels the dashboard's `/metrics` shares (`coordinator_requests_total`,
-//! `coordinator_requests_in_flight`) are the same series, so a dashboard built on one reads the
+//! `coordinator_requests_in_flight`, `coordinator_requests_waiting`) are the same series, so a dashboard built on one reads the
 //! other. The handles are registered when the coordinator is built: install the recorder (an
 //! exporter) before building it. Nothing is recorded under the coordinator's locks.
 
@@ -51,6 +52,7 @@ mod on {
         ended: [(Counter, Histogram); 4],
         retries: Counter,
         in_flight: Gauge,
+        waiting: Gauge,
         admission_wait: Histogram,
     }
 
@@ -83,6 +85,10 @@ mod on {
             "coordinator_requests_in_flight",
             "Requests accepted and not ended, by mode."
         );
+        describe_gauge!(
+            "coordinator_requests_waiting",
+            "Requests accepted in a batch and waiting for a place under the mode's limit, by mode."
+        );
         describe_histogram!(
             "coordinator_admission_wait_seconds",
             Unit::Seconds,
@@ -110,6 +116,7 @@ mod on {
                 ended,
                 retries: counter!("coordinator_request_retries_total", "mode" => mode.clone()),
                 in_flight: gauge!("coordinator_requests_in_flight", "mode" => mode.clone()),
+                waiting: gauge!("coordinator_requests_waiting", "mode" => mode.clone()),
                 admission_wait: histogram!("coordinator_admission_wait_seconds", "mode" => mode),
             }
         }
@@ -127,6 +134,11 @@ mod on {
         /// A request took a place under the mode's limit after `waited` for it.
         pub(crate) fn waited(&self, waited: Duration) {
             self.admission_wait.record(waited.as_secs_f64());
+        }
+
+        /// `delta` requests joined (or, negative, left) a batch's queue.
+        pub(crate) fn queued(&self, delta: f64) {
+            self.waiting.increment(delta);
         }
 
         pub(crate) fn ended(&self, result: JobResult, ran: Option<Duration>, attempts: u32) {
@@ -162,6 +174,9 @@ mod off {
 
         #[inline(always)]
         pub(crate) fn waited(&self, _waited: Duration) {}
+
+        #[inline(always)]
+        pub(crate) fn queued(&self, _delta: f64) {}
 
         #[inline(always)]
         pub(crate) fn ended(&self, _result: JobResult, _ran: Option<Duration>, _attempts: u32) {}

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
@@ -70,6 +71,19 @@ impl Queue {
             watch.wake_by_ref();
         }
         self.waiting.insert(position, ready);
+        self.count(1, 0);
+    }
+
+    /// Counts `joined` requests into the mode's requests waiting in a queue, or `left` ones
+    /// out (unless the coordinator is gone, and its counts with it).
+    fn count(&self, joined: usize, left: usize) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mode = &inner.modes[self.mode];
+            let waiting = &mode.counters.waiting;
+            waiting.fetch_add(joined as u64, Ordering::Relaxed);
+            waiting.fetch_sub(left as u64, Ordering::Relaxed);
+            mode.metrics.queued(joined as f64 - left as f64);
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -92,6 +106,7 @@ impl Queue {
         loop {
             for position in self.ended.take() {
                 if let Some(ended) = self.waiting.remove(&position) {
+                    self.count(0, 1);
                     let_go(ended);
                     // A whole batch let go is many steps: the runtime's other tasks get turns.
                     tokio::task::coop::consume_budget().await;
@@ -102,7 +117,9 @@ impl Queue {
             };
             if !ready.get().cell.is_open() {
                 // Ended, its watch not heard yet.
-                let_go(ready.remove());
+                let ended = ready.remove();
+                self.count(0, 1);
+                let_go(ended);
                 tokio::task::coop::consume_budget().await;
                 continue;
             }
@@ -138,6 +155,7 @@ impl Queue {
             let Some((_, ready)) = self.waiting.pop_first() else {
                 return;
             };
+            self.count(0, 1);
             match ready.cell.give_place(place) {
                 Ok(()) => {
                     let entry = &inner.modes[self.mode];
@@ -156,6 +174,7 @@ impl Drop for Queue {
     /// The requests still waiting end cancelled, never started: every accepted request ends.
     fn drop(&mut self) {
         let waiting = std::mem::take(&mut self.waiting);
+        self.count(0, waiting.len());
         // All end before any task is let go: a task's `Drop` is the user's.
         for ready in waiting.values() {
             ready.cell.stop(Err(TaskError::cancelled(self.why)), true);

@@ -465,3 +465,27 @@ async fn a_reader_of_a_batch_as_completed_can_cancel_the_rest() {
     within("shutdown", coordinator.shutdown()).await;
     publisher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requests_waiting_for_a_place_are_counted_apart_from_those_in_flight() {
+    let (publisher, coordinator) = limited(1);
+    let waiting = |coordinator: &Coordinator| {
+        let counts = coordinator.system_detail().requests["async"];
+        (counts.in_flight, counts.waiting)
+    };
+    let (batch, gate, _runs) = behind_a_held_place(&coordinator, "w", 5);
+    // Accepted whole: one holds the place, four wait for it.
+    assert_eq!(waiting(&coordinator), (5, 4));
+    assert!(coordinator.cancel("w2"));
+    within("the cancelled request to leave the queue", async {
+        while waiting(&coordinator) != (4, 3) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    gate.add_permits(1);
+    within("the batch", batch.all()).await;
+    assert_eq!(waiting(&coordinator), (0, 0));
+    within("shutdown", coordinator.shutdown()).await;
+    publisher.shutdown().await;
+}

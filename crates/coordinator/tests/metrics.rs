@@ -113,10 +113,42 @@ async fn a_recorder_sees_each_modes_requests_as_the_coordinator_counts_them() {
             .unwrap(),
         7
     );
+    // A batch of two behind a request holding the one place: both wait in its queue.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let holder = Task::from_fn("h", "held", move || async move {
+        held.acquire().await?.forget();
+        Ok::<u64, BoxError>(0)
+    });
+    let holder = coordinator
+        .spawn(holder, mode.clone(), SubmitOptions::new())
+        .await
+        .unwrap();
+    let batch = [sleeper("b1", 1), sleeper("b2", 1)];
+    let batch = coordinator
+        .submit_many(batch, mode.clone(), SubmitOptions::new())
+        .unwrap();
+    let queued = recorded(snapshotter.snapshot());
+    let waiting = "coordinator_requests_waiting{mode=async}";
+    let waiting = |all: &HashMap<String, DebugValue>| match all.get(waiting) {
+        Some(DebugValue::Gauge(value)) => value.into_inner(),
+        other => panic!("waiting: {other:?}"),
+    };
+    let in_flight = gauge(&mid) + gauge(&queued);
+    assert_eq!((in_flight, waiting(&queued)), (3.0, 2.0));
+    gate.add_permits(1);
+    assert_eq!(holder.await.unwrap(), 0);
+    assert!(batch.all().await.into_iter().all(|output| output.is_ok()));
 
     let all = recorded(snapshotter.snapshot());
-    assert_eq!(gauge(&mid) + gauge(&all), 0.0, "none in flight at the end");
-    let counter = |key: &str| counter(&mid, key) + counter(&all, key);
+    let none = gauge(&mid) + gauge(&queued) + gauge(&all);
+    assert_eq!(none, 0.0, "none in flight at the end");
+    assert_eq!(
+        waiting(&queued) + waiting(&all),
+        0.0,
+        "none waiting at the end"
+    );
+    let counter = |key: &str| counter(&mid, key) + counter(&queued, key) + counter(&all, key);
     let requests = coordinator.system_detail().requests["async"];
     let ended = |result: &str| {
         counter(&format!(
@@ -128,30 +160,31 @@ async fn a_recorder_sees_each_modes_requests_as_the_coordinator_counts_them() {
     assert_eq!(ended("timed_out"), requests.timed_out);
     assert_eq!(
         (ended("success"), ended("failure"), ended("timed_out")),
-        (5, 1, 1)
+        (8, 1, 1)
     );
     assert_eq!(
         counter("coordinator_requests_accepted_total{mode=async}"),
-        7
+        10
     );
     assert_eq!(counter("coordinator_request_retries_total{mode=async}"), 2);
-    let ran = samples(
-        &all,
-        "coordinator_request_duration_seconds{mode=async,result=success}",
-    );
-    assert_eq!(ran.len(), 5);
+    let ran = [&mid, &queued, &all].map(|snapshot| {
+        samples(
+            snapshot,
+            "coordinator_request_duration_seconds{mode=async,result=success}",
+        )
+    });
+    let ran = ran.concat();
+    assert_eq!(ran.len(), 8);
     assert!(
         ran.iter().filter(|&&s| s >= 0.03).count() >= 4,
         "four slept 30 ms: {ran:?}"
     );
-    // One place for seven requests: every admission is measured, and the two that waited for
-    // the first of the three sleepers waited for it to end.
-    let mut waited = samples(&mid, "coordinator_admission_wait_seconds{mode=async}");
-    waited.extend(samples(
-        &all,
-        "coordinator_admission_wait_seconds{mode=async}",
-    ));
-    assert_eq!(waited.len(), 7, "{waited:?}");
+    // One place for ten requests: every admission is measured (a batch's waiting tasks as they
+    // start), and the two that waited for the first of the three sleepers waited for it to end.
+    let waited = [&mid, &queued, &all]
+        .map(|snapshot| samples(snapshot, "coordinator_admission_wait_seconds{mode=async}"));
+    let waited = waited.concat();
+    assert_eq!(waited.len(), 10, "{waited:?}");
     assert!(
         waited.iter().filter(|&&s| s >= 0.025).count() >= 2,
         "{waited:?}"

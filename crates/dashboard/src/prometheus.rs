@@ -77,6 +77,20 @@ pub(crate) fn render(detail: &SystemDetail, missed: u64, lags: &[(SubscriberId, 
             c.in_flight
         );
     }
+    family(
+        &mut out,
+        "coordinator_requests_waiting",
+        "gauge",
+        "Requests accepted in a batch and waiting for a place under the mode's limit, by mode.",
+    );
+    for (mode, c) in &detail.requests {
+        let _ = writeln!(
+            out,
+            "coordinator_requests_waiting{{mode=\"{}\"}} {}",
+            label(mode),
+            c.waiting
+        );
+    }
     strategies(&mut out, &detail.modes);
     family(
         &mut out,

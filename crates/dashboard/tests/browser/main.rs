@@ -305,6 +305,9 @@ async fn metrics_parse_and_match_the_overview() {
         detail.counts.failed
     );
     assert_eq!(metric("coordinator_jobs_open"), 0);
+    let waiting = r#"coordinator_requests_waiting{mode="async"}"#;
+    let waiting = values.get(waiting).copied();
+    assert_eq!(waiting, Some(async_counts.waiting as f64), "{text}");
     let lag = metric(&format!(
         "pubsub_subscriber_lag{{subscriber=\"{}\"}}",
         unread.id()
