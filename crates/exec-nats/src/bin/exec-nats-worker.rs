@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use exec_nats::{NatsWorker, example_nodes};
+use exec_nats::{NatsConfig, NatsWorker, example_nodes};
 use tracing_subscriber::EnvFilter;
 
 /// A NATS worker serving the example nodes.
@@ -49,19 +49,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let mut builder = NatsWorker::builder(example_nodes::registry());
-    if let Some(url) = args.url {
-        builder = builder.url(url);
-    }
-    if let Some(stream) = args.stream {
-        builder = builder.stream(stream);
-    }
-    if let Some(prefix) = args.prefix {
-        builder = builder.prefix(prefix);
-    }
-    if let Some(mode) = args.mode {
-        builder = builder.mode(mode);
-    }
+    let defaults = NatsConfig::default();
+    let config = NatsConfig {
+        url: args.url.unwrap_or(defaults.url.clone()),
+        stream: args.stream.unwrap_or(defaults.stream.clone()),
+        prefix: args.prefix.unwrap_or(defaults.prefix.clone()),
+        mode: args.mode.unwrap_or(defaults.mode.clone()),
+        ..defaults
+    };
+    // What it serves, so that a mode or stream that does not match the submitting side's is
+    // seen here rather than as requests that never end.
+    let serving = format!(
+        "mode `{}` (subject {}) of stream {} at {}",
+        config.mode,
+        config.task_subject(),
+        config.stream,
+        config.url
+    );
+    let mut builder = NatsWorker::builder(example_nodes::registry()).config(config);
     if let Some(n) = args.concurrency {
         builder = builder.concurrency(n);
     }
@@ -75,6 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.exit_before_ack_after(n);
     }
     let worker = builder.connect().await?;
+    eprintln!("serving {serving}");
     // Tells a parent (a test, a supervisor) that the consumer is bound.
     println!("ready {}", worker.id());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
