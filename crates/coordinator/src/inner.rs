@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, Shared};
 use pubsub::{BroadcastEvent, RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
 use task_core::{ExecutionMode, NodeId, Outcome, TaskError, TaskInfo};
-use tokio::sync::{Notify, OnceCell, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::job::JobResult;
 use crate::request::{Owner, RequestCell, StrategyRef, message_of};
@@ -63,7 +64,8 @@ pub(crate) struct Inner {
     pub(crate) closing_begun: Notify,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     pub(crate) past_deadline: AtomicBool,
-    pub(crate) strategies_shut: OnceCell<()>,
+    /// The strategies' shutdown, once the first call to shutdown began it.
+    pub(crate) strategies_shut: Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
     /// The jobs, each open one with its request's record (found by request id, or by node id
     /// for a child naming its parent).
     pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
@@ -91,7 +93,7 @@ impl Inner {
             closing: AtomicBool::new(false),
             past_deadline: AtomicBool::new(false),
             closing_begun: Notify::new(),
-            strategies_shut: OnceCell::new(),
+            strategies_shut: Mutex::new(None),
             table: Mutex::new(CoordinatorState::with_attachments(retention)),
             drained: Notify::new(),
             openings: AtomicBool::new(false),

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use crate::coordinator::Coordinator;
@@ -47,7 +49,9 @@ impl Coordinator {
     ///
     /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
     /// shut it down after this to drain it for its subscribers. Calling this again does not shut
-    /// strategies down again.
+    /// strategies down again: a later call waits for the first one's shutdown of the strategies
+    /// only within its own grace, so a second, shorter shutdown (a second Ctrl-C) returns when
+    /// its grace is over.
     ///
     /// # Panics
     ///
@@ -104,19 +108,40 @@ impl Coordinator {
         if !drained {
             remaining = remaining.max(STOP_SETTLE);
         }
-        inner
-            .strategies_shut
-            .get_or_init(|| async {
-                let mut unique: Vec<&StrategyRef> = Vec::new();
-                for strategy in inner.modes.iter().map(|mode| &mode.strategy) {
-                    if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
-                        unique.push(strategy);
-                    }
+        // The first call shuts the strategies down; a later one waits for that within its own
+        // grace (a second, shorter shutdown returns when its grace is over).
+        let (shut, first) = {
+            let mut slot = inner
+                .strategies_shut
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(shut) => (shut.clone(), false),
+                None => {
+                    let shut = shut_strategies(&inner.modes, remaining).shared();
+                    *slot = Some(shut.clone());
+                    (shut, true)
                 }
-                futures::future::join_all(unique.into_iter().map(|s| s.shutdown(remaining))).await;
-            })
-            .await;
+            }
+        };
+        match Instant::now().checked_add(remaining).filter(|_| !first) {
+            Some(until) => drop(tokio::time::timeout_at(until.into(), shut).await),
+            None => shut.await,
+        }
     }
+}
+
+/// Shuts each strategy down once (one serving several modes once), giving each `grace`.
+fn shut_strategies(modes: &[crate::inner::Mode], grace: Duration) -> BoxFuture<'static, ()> {
+    let mut unique: Vec<StrategyRef> = Vec::new();
+    for strategy in modes.iter().map(|mode| &mode.strategy) {
+        if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
+            unique.push(Arc::clone(strategy));
+        }
+    }
+    Box::pin(async move {
+        futures::future::join_all(unique.iter().map(|s| s.shutdown(grace))).await;
+    })
 }
 
 /// Waits until `done()` holds or `deadline` passes (never, when it is `None`), re-checking each

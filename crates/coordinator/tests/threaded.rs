@@ -445,3 +445,45 @@ async fn requests_ended_while_queued_in_the_strategy_free_their_places_at_once()
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_shorter_shutdown_returns_within_its_own_grace() {
+    use std::time::Duration;
+
+    let (publisher, coordinator) = started_with_small_pool();
+    // A blocking node that ignores its request's end: it runs on after its request timed out,
+    // so the strategy's shutdown waits for it.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let stuck = Task::blocking("stuck", "stuck", move || {
+        let _ = released.recv();
+        Ok::<_, BoxError>(())
+    });
+    let options = SubmitOptions::new().timeout(Duration::from_millis(20));
+    let ended = coordinator.submit_with(stuck, "threaded", options).await;
+    assert!(ended.unwrap_err().is_timeout());
+    // The first shutdown has a long grace: it drains at once, then waits for the strategy.
+    let first = tokio::spawn({
+        let coordinator = coordinator.clone();
+        async move {
+            coordinator
+                .shutdown_with_grace(Duration::from_secs(600))
+                .await
+        }
+    });
+    let strategy_closing = || !coordinator.system_detail().modes["threaded"].accepting;
+    while !strategy_closing() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The second asks for no grace: it returns within its own, not the first one's.
+    let second = coordinator.shutdown_with_grace(Duration::ZERO);
+    tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("a shutdown with no grace returns within about its settle time");
+    assert!(!first.is_finished(), "the first still waits for the node");
+    release.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("the first shutdown ends once the node stops")
+        .unwrap();
+    publisher.shutdown().await;
+}
