@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use coordinator::pubsub::SubscriberId;
-use coordinator::{StrategyStats, SystemDetail};
+use coordinator::{ModeCounts, StrategyStats, SystemDetail};
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(value: &str) -> String {
@@ -13,6 +13,22 @@ fn label(value: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+/// A per-mode gauge of the requests: its name, its help, and the count it reads.
+type ModeGauge = (&'static str, &'static str, fn(&ModeCounts) -> u64);
+
+const MODE_GAUGES: [ModeGauge; 2] = [
+    (
+        "coordinator_requests_in_flight",
+        "Requests accepted and not ended, by mode.",
+        |c| c.in_flight,
+    ),
+    (
+        "coordinator_requests_waiting",
+        "Requests accepted in a batch and waiting for a place under the mode's limit, by mode.",
+        |c| c.waiting,
+    ),
+];
 
 /// Writes one metric family's header.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -63,33 +79,11 @@ pub(crate) fn render(detail: &SystemDetail, missed: u64, lags: &[(SubscriberId, 
             );
         }
     }
-    family(
-        &mut out,
-        "coordinator_requests_in_flight",
-        "gauge",
-        "Requests accepted and not ended, by mode.",
-    );
-    for (mode, c) in &detail.requests {
-        let _ = writeln!(
-            out,
-            "coordinator_requests_in_flight{{mode=\"{}\"}} {}",
-            label(mode),
-            c.in_flight
-        );
-    }
-    family(
-        &mut out,
-        "coordinator_requests_waiting",
-        "gauge",
-        "Requests accepted in a batch and waiting for a place under the mode's limit, by mode.",
-    );
-    for (mode, c) in &detail.requests {
-        let _ = writeln!(
-            out,
-            "coordinator_requests_waiting{{mode=\"{}\"}} {}",
-            label(mode),
-            c.waiting
-        );
+    for (name, help, count) in MODE_GAUGES {
+        family(&mut out, name, "gauge", help);
+        for (mode, c) in &detail.requests {
+            let _ = writeln!(out, "{name}{{mode=\"{}\"}} {}", label(mode), count(c));
+        }
     }
     strategies(&mut out, &detail.modes);
     family(
