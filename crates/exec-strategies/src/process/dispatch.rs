@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use task_core::{ErasedTask, Outcome, RequestId, TaskError};
-use tokio::sync::oneshot;
+use task_core::{Completion, ErasedTask, Outcome, RequestId, TaskError};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::input::BATCH_WHEN_PENDING;
-use super::shared::{Pending, Reply, Shared};
+use super::shared::{Kept, Pending, Reply, Shared};
 use super::wire;
 
 /// How many workers a run is handed to in turn when each dies, with nothing running, before
@@ -19,6 +19,7 @@ pub(super) const MAX_HANDOVERS: u32 = 16;
 pub(super) struct Dispatched {
     pub(super) answer: oneshot::Receiver<Reply>,
     pub(super) worker_id: u64,
+    pub(super) run: u64,
 }
 
 /// Cancels a run in its worker when its caller stops waiting before the answer came.
@@ -32,84 +33,137 @@ pub(super) struct AbandonOnDrop<'a> {
 impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.abandon(self.worker_id, self.run);
+            self.shared.abandon(self.worker_id, self.run, None);
         }
     }
 }
 
+/// How a run's wait for its worker ended.
+enum Waited {
+    /// With the outcome to deliver.
+    Answered(Outcome),
+    /// The request was cancelled (or passed its deadline): it has its outcome already. `Some`
+    /// with the run a worker holds, and the run's place in the pool.
+    Cancelled(Option<(Dispatched, OwnedSemaphorePermit)>),
+}
+
+/// `future`'s output, or `None` once the request is cancelled (checked first, as every wake-up).
+async fn unless_cancelled<T>(
+    completion: &Completion,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = completion.cancelled() => None,
+        value = future => Some(value),
+    }
+}
+
 impl Shared {
-    /// Runs `task` on a worker and resolves to its outcome. The future is dropped unfinished when
-    /// the request is cancelled or passes its deadline: the run's [`AbandonOnDrop`] then has it
-    /// cancelled in its worker.
-    pub(super) async fn run(self: Arc<Self>, task: ErasedTask) -> Outcome {
-        let shared = &self;
-        let Some(_admission) = shared.tracker.admit() else {
-            return Err(TaskError::shutdown("process"));
+    /// Runs `task` on a worker and delivers its outcome to `completion`. When the request is
+    /// cancelled or passes its deadline, the run stops waiting at once (its caller has its
+    /// answer); a run a worker holds is cancelled there, and keeps the completion and its place
+    /// in the pool until the worker answers it or is gone ([`Kept`]), so that a limit counts the
+    /// node until it has stopped. Dropped unfinished (its runtime shut down), the run's
+    /// [`AbandonOnDrop`] has it cancelled in its worker.
+    pub(super) async fn run(self: Arc<Self>, task: ErasedTask, completion: Completion) {
+        let Some(_admission) = self.tracker.admit() else {
+            return completion.complete(Err(TaskError::shutdown("process")));
         };
-        let (info, portable) = task.into_portable();
-        let outcome = async {
-            let Some(portable) = portable else {
-                return Err(TaskError::unsupported(format!(
-                    "node `{}` is not a PortableNode: the process mode runs only tasks made with Task::portable",
-                    info.name()
-                )));
-            };
-            if !shared.expected_names.iter().any(|n| n == portable.name()) {
-                return Err(TaskError::not_registered(portable.name()));
+        let waited = self
+            .run_in_worker(task, &completion)
+            .await
+            .unwrap_or_else(|error| Waited::Answered(Err(error)));
+        match waited {
+            Waited::Answered(outcome) => {
+                self.tracker.record(&outcome);
+                completion.complete(outcome);
             }
-            let run = shared.next_run.fetch_add(1, Ordering::Relaxed);
-            let mut frame = wire::encode_frame(
-                &wire::ToWorker::Run {
-                    id: run,
-                    name: portable.name().to_owned(),
-                    payload: portable.payload()?.to_vec(),
-                    announce: true,
-                },
-                shared.config.max_frame,
-            )?;
-            let _place = shared
-                .places
-                .acquire()
-                .await
-                .map_err(|_| TaskError::shutdown("process"))?;
-            let mut handed = 0;
-            let bytes = loop {
-                let dispatched = shared.dispatch(info.request_id(), &mut frame, run).await?;
-                let mut abandon = AbandonOnDrop {
-                    shared,
-                    worker_id: dispatched.worker_id,
-                    run,
-                    armed: true,
+            // Nothing of it runs: the completion goes now.
+            Waited::Cancelled(None) => drop(completion),
+            Waited::Cancelled(Some((dispatched, place))) => {
+                let kept = Kept {
+                    _completion: completion,
+                    _place: place,
                 };
-                let answer = dispatched.answer.await;
-                abandon.armed = false;
-                match answer {
-                    Ok(Reply::Done(answer)) => break answer,
-                    Ok(Reply::NotStarted { explained: true }) => {}
-                    Ok(Reply::NotStarted { explained: false }) if handed < MAX_HANDOVERS => {
-                        handed += 1;
-                    }
-                    Ok(Reply::NotStarted { explained: false }) => {
-                        break Err(TaskError::worker_lost(format!(
-                            "{MAX_HANDOVERS} workers died holding the task before starting it, \
-                             with nothing running in them"
-                        )));
-                    }
-                    Err(_) => {
-                        break Err(TaskError::worker_lost(
-                            "the worker ended without answering",
-                        ));
-                    }
-                }
-            };
-            if !bytes.as_ref().is_err_and(TaskError::is_worker_lost) {
-                shared.forget_crashes(info.request_id());
+                self.abandon(dispatched.worker_id, dispatched.run, Some(kept));
             }
-            portable.decode_output(&bytes?)
         }
-        .await;
-        shared.tracker.record(&outcome);
-        outcome
+    }
+
+    /// Hands `task` to a worker (waiting for a place and a worker) and waits for its answer,
+    /// until the request is cancelled.
+    async fn run_in_worker(
+        self: &Arc<Self>,
+        task: ErasedTask,
+        completion: &Completion,
+    ) -> Result<Waited, TaskError> {
+        let shared = self;
+        let (info, portable) = task.into_portable();
+        let Some(portable) = portable else {
+            return Err(TaskError::unsupported(format!(
+                "node `{}` is not a PortableNode: the process mode runs only tasks made with Task::portable",
+                info.name()
+            )));
+        };
+        if !shared.expected_names.iter().any(|n| n == portable.name()) {
+            return Err(TaskError::not_registered(portable.name()));
+        }
+        let run = shared.next_run.fetch_add(1, Ordering::Relaxed);
+        let mut frame = wire::encode_frame(
+            &wire::ToWorker::Run {
+                id: run,
+                name: portable.name().to_owned(),
+                payload: portable.payload()?.to_vec(),
+                announce: true,
+            },
+            shared.config.max_frame,
+        )?;
+        let places = Arc::clone(&shared.places);
+        let Some(place) = unless_cancelled(completion, places.acquire_owned()).await else {
+            return Ok(Waited::Cancelled(None));
+        };
+        let place = place.map_err(|_| TaskError::shutdown("process"))?;
+        let events = completion.events();
+        let mut handed = 0;
+        let bytes = loop {
+            let dispatch = shared.dispatch(info.request_id(), &mut frame, run, events.clone());
+            let Some(dispatched) = unless_cancelled(completion, dispatch).await else {
+                return Ok(Waited::Cancelled(None));
+            };
+            let mut dispatched = dispatched?;
+            let mut abandon = AbandonOnDrop {
+                shared,
+                worker_id: dispatched.worker_id,
+                run,
+                armed: true,
+            };
+            let answer = unless_cancelled(completion, &mut dispatched.answer).await;
+            abandon.armed = false;
+            let Some(answer) = answer else {
+                return Ok(Waited::Cancelled(Some((dispatched, place))));
+            };
+            match answer {
+                Ok(Reply::Done(answer)) => break answer,
+                Ok(Reply::NotStarted { explained: true }) => {}
+                Ok(Reply::NotStarted { explained: false }) if handed < MAX_HANDOVERS => {
+                    handed += 1;
+                }
+                Ok(Reply::NotStarted { explained: false }) => {
+                    break Err(TaskError::worker_lost(format!(
+                        "{MAX_HANDOVERS} workers died holding the task before starting it, \
+                         with nothing running in them"
+                    )));
+                }
+                Err(_) => {
+                    break Err(TaskError::worker_lost("the worker ended without answering"));
+                }
+            }
+        };
+        if !bytes.as_ref().is_err_and(TaskError::is_worker_lost) {
+            shared.forget_crashes(info.request_id());
+        }
+        Ok(Waited::Answered(portable.decode_output(&bytes?)))
     }
 
     /// Hands a run to the least busy live worker, waiting for one when none is live.
@@ -118,6 +172,7 @@ impl Shared {
         request_id: &RequestId,
         frame: &mut [u8],
         run: u64,
+        events: Option<task_core::context::Events>,
     ) -> Result<Dispatched, TaskError> {
         loop {
             let notified = self.ready.notified();
@@ -166,8 +221,8 @@ impl Shared {
                             } else {
                                 None
                             },
-                            // Dispatched from the request's scope: its event sink is current.
-                            events: task_core::context::current_events(),
+                            events,
+                            kept: None,
                         },
                     );
                     worker.given += 1;
@@ -177,6 +232,7 @@ impl Shared {
                     return Ok(Dispatched {
                         answer,
                         worker_id: worker.id,
+                        run,
                     });
                 }
                 if let Some(error) = &state.last_spawn_error
@@ -218,7 +274,7 @@ impl Shared {
             let _ = reply.send(Reply::Done(Err(TaskError::timed_out(format!(
                 "the task ran past its timeout of {timeout:?}"
             )))));
-            worker.abandon(run)
+            worker.abandon(run, &mut None)
         });
         if expired == Some(true) {
             self.kill_later(worker_id, run);
@@ -226,10 +282,16 @@ impl Shared {
     }
 
     /// The caller stopped waiting for `run` (its request was cancelled or passed its deadline):
-    /// it is cancelled in its worker.
-    pub(super) fn abandon(self: &Arc<Self>, worker_id: u64, run: u64) {
+    /// it is cancelled in its worker, and `kept` stays with it until the worker answers or is
+    /// gone (killed, at the latest, after the cancel grace).
+    pub(super) fn abandon(self: &Arc<Self>, worker_id: u64, run: u64, kept: Option<Kept>) {
+        let mut kept = kept;
         // The entry stays until the worker answers, so a late answer is not a protocol breach.
-        if self.with_worker(worker_id, |worker| worker.abandon(run)) == Some(true) {
+        let pending = self.with_worker(worker_id, |worker| worker.abandon(run, &mut kept));
+        // Answered already, or its worker is gone: nothing of it runs any more. Let go outside
+        // the pool's lock.
+        drop(kept);
+        if pending == Some(true) {
             self.kill_later(worker_id, run);
         }
     }

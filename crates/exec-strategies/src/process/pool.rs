@@ -109,7 +109,11 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
             completion.complete(Err(TaskError::shutdown("process")));
             return;
         }
-        completion.spawn(Arc::clone(&self.shared).run(task));
+        // Driven here rather than by `Completion::spawn`, which would drop the completion as the
+        // request is cancelled: a run its worker holds keeps it until the node has stopped.
+        let runtime =
+            tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.shared.runtime.clone());
+        runtime.spawn(Arc::clone(&self.shared).run(task, completion));
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {

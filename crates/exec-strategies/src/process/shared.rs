@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use task_core::{NodeRegistry, RequestId, TaskError, WorkerStats};
+use task_core::{Completion, NodeRegistry, RequestId, TaskError, WorkerStats};
 use tokio::io::BufReader;
 use tokio::net::unix::pipe;
 use tokio::process::Child;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::input::WorkerInput;
@@ -49,6 +49,18 @@ pub(super) struct Pending {
     pub(super) timer: Option<tokio::task::AbortHandle>,
     /// Where the node's events go: the request's sink.
     pub(super) events: Option<task_core::context::Events>,
+    /// What a run whose caller stopped waiting keeps until its worker answers it or is gone.
+    pub(super) kept: Option<Kept>,
+}
+
+/// What a run abandoned in its worker (its request was cancelled or passed its deadline) keeps
+/// until the worker answers it, dies, or is killed after the cancel grace: its request's
+/// completion, which holds the request's place under a coordinator's limit, and its place in the
+/// pool. So both limits count the nodes still running, a cancelled one too. Dropped outside the
+/// pool's lock: a completion let go may hand its place to a request that dispatches at once.
+pub(super) struct Kept {
+    pub(super) _completion: Completion,
+    pub(super) _place: OwnedSemaphorePermit,
 }
 
 impl Drop for Pending {
@@ -127,12 +139,17 @@ impl Slot {
     }
 
     /// Gives up on `run` (its caller is gone or was answered as timed out): its caller is not
-    /// answered, and the worker is told to drop it. Returns whether `run` was still pending here.
-    pub(super) fn abandon(&mut self, run: u64) -> bool {
+    /// answered, and the worker is told to drop it. The run's entry takes `kept`, if any, until
+    /// the worker answers. Returns whether `run` was still pending here (`kept` is left to the
+    /// caller otherwise).
+    pub(super) fn abandon(&mut self, run: u64, kept: &mut Option<Kept>) -> bool {
         let Some(pending) = self.pending.get_mut(&run) else {
             return false;
         };
         pending.reply = None;
+        if kept.is_some() {
+            pending.kept = kept.take();
+        }
         if let Some(timer) = pending.timer.take() {
             timer.abort();
         }
@@ -165,7 +182,7 @@ pub(super) struct Shared {
     pub(super) state: Mutex<PoolState>,
     /// One place per task a worker may run or hold in its queue: a run waits here when all are
     /// full.
-    pub(super) places: Semaphore,
+    pub(super) places: Arc<Semaphore>,
     pub(super) crashes: Mutex<CrashLog>,
     /// Woken when a worker becomes ready (or fails to start).
     pub(super) ready: Notify,
@@ -223,7 +240,7 @@ impl Shared {
                 slots: (0..workers).map(|_| None).collect(),
                 ..PoolState::default()
             }),
-            places: Semaphore::new(places.min(Semaphore::MAX_PERMITS)),
+            places: Arc::new(Semaphore::new(places.min(Semaphore::MAX_PERMITS))),
             crashes: Mutex::new(CrashLog::default()),
             ready: Notify::new(),
             tracker: Tracker::default(),

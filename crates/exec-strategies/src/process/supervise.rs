@@ -464,6 +464,7 @@ mod tests {
             request_id: RequestId::from("r"),
             timer: None,
             events: None,
+            kept: None,
         };
         shared.lock().slots[0] = Some(Slot {
             id: 2,
