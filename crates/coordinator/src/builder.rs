@@ -70,13 +70,23 @@ impl CoordinatorBuilder {
 
     /// Keeps at most `limit` request trees of `mode` open at once (0 is read as 1). `mode`
     /// must be registered with a strategy: [`Coordinator::start`] refuses a limit of any other
-    /// ([`StartError::is_unknown_mode`](crate::StartError::is_unknown_mode)). A place is freed
-    /// when its request has ended and its node has stopped: a blocking node whose request timed
-    /// out or was cancelled keeps it while it finishes on its thread, so the limit bounds the
-    /// nodes running too. Beyond it [`Coordinator::submit`] and
-    /// [`Coordinator::spawn`] wait for a place, [`Coordinator::try_spawn`] returns a busy
-    /// error ([`SubmitError::is_busy`](crate::SubmitError::is_busy)), and the tasks of a
+    /// ([`StartError::is_unknown_mode`](crate::StartError::is_unknown_mode)). Beyond it
+    /// [`Coordinator::submit`] and [`Coordinator::spawn`] wait for a place,
+    /// [`Coordinator::try_spawn`] returns a busy error
+    /// ([`SubmitError::is_busy`](crate::SubmitError::is_busy)), and the tasks of a
     /// [`Coordinator::submit_many`] batch wait, accepted, for theirs.
+    ///
+    /// A place is freed when its request has ended and its strategy has let go of the run
+    /// (delivered or dropped its [`Completion`](crate::Completion)). The built-in strategies let
+    /// go once the node has stopped, so for their modes the limit bounds the nodes running too: a
+    /// node whose request timed out or was cancelled keeps its place while it runs on (a blocking
+    /// one on its thread; an async one stops at its next wake-up), a process-mode one until its
+    /// worker has answered the cancelled run, died, or was killed after the pool's
+    /// `cancel_grace`. Not so when the process pool's own `task_timeout` fails a run: that
+    /// outcome ends the request and lets go of its place, while the node may run on for the
+    /// grace. A strategy that cannot see its node stop lets go as the request ends: with
+    /// exec-nats a remote worker's node may run on after its request was cancelled or timed out,
+    /// so for such a mode the limit bounds the requests open, not the nodes running.
     ///
     /// A task whose nearest ancestor in `mode` is open (its parent, or an ancestor reached
     /// through open requests of other modes: an agent, its tool in another mode, the tool's

@@ -29,7 +29,10 @@ use super::shared::{REAP, Shared};
 /// - Workers are killed by the kernel if the parent dies (Linux): no orphans.
 /// - A task whose caller stops waiting (the coordinator's timeout or cancellation), or that runs
 ///   past [`ProcessBuilder::task_timeout`](super::ProcessBuilder::task_timeout), is cancelled in its worker; if it is still running
-///   after [`ProcessBuilder::cancel_grace`](super::ProcessBuilder::cancel_grace) its worker is killed and replaced.
+///   after [`ProcessBuilder::cancel_grace`](super::ProcessBuilder::cancel_grace) its worker is killed and replaced. A task whose caller
+///   stopped waiting keeps its place in the pool, and its [`Completion`] (its request's place
+///   under a coordinator's limit), until its worker has answered it or is gone, so a limit
+///   counts the node until it has stopped; its caller is answered at once all the same.
 /// - [`ProcessBuilder::recycle_after`](super::ProcessBuilder::recycle_after) replaces workers after a number of tasks.
 /// - Shutdown refuses new tasks, lets those in flight finish up to its grace period, then stops
 ///   and reaps every worker: no zombies. A shutdown called while another is under way cuts its
