@@ -72,7 +72,7 @@ pub(crate) struct History {
 }
 
 /// `text`, cut to at most [`TEXT`] bytes (on a character boundary) with an ellipsis.
-fn clip(text: impl Into<String>) -> String {
+pub(crate) fn clip(text: impl Into<String>) -> String {
     let mut text = text.into();
     if text.len() > TEXT {
         let mut end = TEXT;

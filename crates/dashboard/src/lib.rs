@@ -26,6 +26,8 @@
 //!   `/api/overview` has it, made once for every page) and a sample of the outcomes, at most
 //!   one each 50 ms however fast requests end, written together at most four times a second,
 //!   so an open page costs the coordinator's machine four writes a second and no polling.
+//! - `/api/jobs/{id}`: one job's record as JSON, found by its request id (ids, node name,
+//!   status, result, attempts, times, error), `404` when the job table holds none.
 //! - `/metrics`: the counters in the Prometheus text format, and how far behind each bus
 //!   subscriber is (`pubsub_subscriber_lag`).
 //!
@@ -65,6 +67,7 @@
 mod auth;
 mod conn;
 mod history;
+mod jobs;
 mod prometheus;
 
 use std::net::SocketAddr;
@@ -263,7 +266,8 @@ impl DashboardBuilder {
             .route("/api/overview", get(overview))
             .route("/api/events", get(events))
             .route("/api/feed", get(live_feed))
-            .route("/metrics", get(metrics))
+            .route("/api/jobs/{*id}", get(jobs::job))
+            .route("/metrics", get(prometheus::metrics))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&shared),
                 auth::authorize,
@@ -453,16 +457,6 @@ async fn overview(State(shared): State<Arc<Shared>>) -> Response {
         json.to_string(),
     )
         .into_response()
-}
-
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let text = prometheus::render(
-        &shared.coordinator.overview(),
-        shared.history.missed(),
-        &shared.publisher.lags(),
-    );
-    let content_type = "text/plain; version=0.0.4; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 #[derive(Deserialize)]

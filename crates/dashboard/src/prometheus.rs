@@ -2,9 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 
 use coordinator::pubsub::SubscriberId;
 use coordinator::{ModeCounts, StrategyStats, SystemDetail};
+
+use crate::Shared;
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(value: &str) -> String {
@@ -33,6 +40,17 @@ const MODE_GAUGES: [ModeGauge; 2] = [
 /// Writes one metric family's header.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// `/metrics`: the text for the coordinator's overview, served as Prometheus reads it.
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let text = render(
+        &shared.coordinator.overview(),
+        shared.history.missed(),
+        &shared.publisher.lags(),
+    );
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 /// The text for `detail` (an overview), the dashboard's own missed count and the bus's

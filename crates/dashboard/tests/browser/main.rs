@@ -119,6 +119,9 @@ fn main() {
             "a_result_whose_debug_fails_leaves_the_dashboard_reading",
             || Box::pin(payloads::a_result_whose_debug_fails_leaves_the_dashboard_reading()),
         ),
+        ("a_job_is_found_by_its_request_id", || {
+            Box::pin(a_job_is_found_by_its_request_id())
+        }),
         ("timeouts_too_long_to_add_to_now_never_run_out", || {
             Box::pin(connections::timeouts_too_long_to_add_to_now_never_run_out())
         }),
@@ -603,6 +606,51 @@ async fn openings_are_announced_while_an_event_stream_is_open() {
     );
     drop(stream);
     until_off("openings turned off after the user and the stream").await;
+    dashboard.shutdown().await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+async fn a_job_is_found_by_its_request_id() {
+    let (publisher, coordinator, dashboard) = started().await;
+    // r6 fails on purpose.
+    run_all(&coordinator, 0..7, 0).await;
+    // An id with a slash, and an error longer than the dashboard keeps.
+    let long = "e".repeat(5_000);
+    let failing = coordinator::Task::from_fn("tool/42", "long", move || async move {
+        Err::<u64, coordinator::BoxError>(long.into())
+    });
+    assert!(
+        coordinator
+            .submit(failing, ExecutionMode::ASYNC)
+            .await
+            .is_err()
+    );
+    let job = |path: &'static str| {
+        let dashboard = &dashboard;
+        async move {
+            let (status, body) = get(dashboard, path, "").await;
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (status, json, body.len())
+        }
+    };
+    let (status, r3, _) = job("/api/jobs/r3").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&r3["request_id"], &r3["status"], &r3["result"]),
+        (&"r3".into(), &"closed".into(), &"success".into())
+    );
+    let (_, r6, _) = job("/api/jobs/r6").await;
+    assert_eq!(r6["result"], "failure");
+    assert!(
+        r6["error"].to_string().contains("failed on purpose"),
+        "{r6}"
+    );
+    let (status, tool, size) = job("/api/jobs/tool/42").await;
+    assert_eq!((status, &tool["request_id"]), (200, &"tool/42".into()));
+    assert!(size < 3_000, "the error is cut: {size} bytes");
+    let (status, none, _) = job("/api/jobs/nope").await;
+    assert_eq!((status, &none["request_id"]), (404, &"nope".into()));
     dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;

@@ -1,0 +1,47 @@
+//! `/api/jobs/{id}`: one job's record, found by its request id, as an operator checking on a
+//! request reads it.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::Shared;
+use crate::history::clip;
+
+/// The job of request `id` as JSON (as [`Job`](coordinator::Job) serializes: ids, node name,
+/// status, result, attempts, times, error), every text cut to 1 KiB as the dashboard's other
+/// answers cut theirs; `404` when the job table holds none (never submitted, or dropped by its
+/// retention policy).
+pub(crate) async fn job(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let found = shared.coordinator.job(&id).map(serde_json::to_value);
+    let (status, mut json) = match found {
+        Some(Ok(json)) => (StatusCode::OK, json),
+        Some(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": format!("the job could not be written: {e}") }),
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({
+                "error": "no such job in the job table: never submitted, or dropped by its retention policy",
+                "request_id": id,
+            }),
+        ),
+    };
+    clip_texts(&mut json);
+    let json = json.to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+/// Cuts every string in `json` as [`clip`] does.
+fn clip_texts(json: &mut Value) {
+    match json {
+        Value::String(text) => *text = clip(std::mem::take(text)),
+        Value::Array(items) => items.iter_mut().for_each(clip_texts),
+        Value::Object(fields) => fields.values_mut().for_each(clip_texts),
+        _ => {}
+    }
+}
