@@ -316,16 +316,12 @@ impl Coordinator {
         let (timeout, retry, events, output) = options.into_parts();
         // A timeout too long to add to now is no deadline at all. The timer is made here, in
         // the caller's context: a runtime without a time driver panics in the caller (as
-        // `tokio::time::timeout` does) before anything is recorded.
+        // `tokio::time::timeout` does) before anything is recorded. Now is the runtime's clock,
+        // as for any tokio timer: a paused clock (`tokio::time::pause`) may be far from the
+        // wall clock's.
         let deadline = timeout
-            .and_then(|t| Some((Instant::now().checked_add(t)?, t)))
-            .map(|(at, t)| {
-                (
-                    Box::pin(tokio::time::sleep_until(at.into())),
-                    t,
-                    runtime.clone(),
-                )
-            });
+            .and_then(|t| Some((tokio::time::Instant::now().checked_add(t)?, t)))
+            .map(|(at, t)| (Box::pin(tokio::time::sleep_until(at)), t, runtime.clone()));
         if retry.is_some() {
             // A backoff's timer is made later, on the runtime: check for its driver now.
             drop(tokio::time::sleep(Duration::ZERO));

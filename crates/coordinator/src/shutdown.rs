@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::coordinator::Coordinator;
 use crate::request::{RequestCell, StrategyRef};
@@ -59,6 +60,8 @@ impl Coordinator {
     /// tasks still running, such as a timed-out threaded node), the grace is a tokio timer: on a
     /// runtime built without its time driver this panics, as [`tokio::time::timeout`] does.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
+        // On the runtime's clock, as every tokio timer: a paused one may be far from the wall
+        // clock's.
         let deadline = Instant::now().checked_add(grace);
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
@@ -165,7 +168,7 @@ async fn wait_for(notify: &Notify, done: impl Fn() -> bool, deadline: Option<Ins
     };
     match deadline {
         Some(deadline) => {
-            let _ = tokio::time::timeout_at(deadline.into(), until_done).await;
+            let _ = tokio::time::timeout_at(deadline, until_done).await;
             done()
         }
         None => {

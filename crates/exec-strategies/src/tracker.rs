@@ -2,7 +2,7 @@
 //! and waiting (bounded) for the tasks in flight to finish.
 
 #[cfg(any(feature = "async", feature = "threaded", test))]
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use task_core::{Outcome, StrategyStats};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
@@ -67,14 +67,13 @@ impl Tracker {
             return true;
         }
         let drained = self.wait();
-        let Some(deadline) = Instant::now().checked_add(grace) else {
+        // On the runtime's clock, as every tokio timer: a paused one may be far from the wall
+        // clock's.
+        let Some(deadline) = tokio::time::Instant::now().checked_add(grace) else {
             drained.await;
             return true;
         };
-        tokio::time::timeout_at(deadline.into(), drained)
-            .await
-            .is_ok()
-            || self.tasks.is_empty()
+        tokio::time::timeout_at(deadline, drained).await.is_ok() || self.tasks.is_empty()
     }
 
     pub(crate) fn stats(&self) -> StrategyStats {

@@ -121,6 +121,26 @@ async fn shutdown_gives_up_after_its_grace_period() {
     assert_eq!(s.stats().in_flight, 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn shutdown_counts_its_grace_on_the_paused_clock() {
+    // The paused clock moves a minute ahead of the wall clock at once.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let s = AsyncExecutionStrategy::new();
+    let (started, running_now) = oneshot::channel::<()>();
+    let short = Task::from_fn("1", "short", move || async move {
+        let _ = started.send(());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, BoxError>(())
+    });
+    let s2 = s.clone();
+    let run = tokio::spawn(async move { task_core::run(&s2, short.into_erased()).await });
+    running_now.await.unwrap();
+    // A grace of 5 s on that clock: the 1 s node ends within it.
+    s.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(s.stats().in_flight, 0, "shutdown waited for the node");
+    assert!(run.await.unwrap().is_ok());
+}
+
 /// Collects the outcome a run delivers, and can cancel it.
 struct Collect {
     tx: Mutex<Option<oneshot::Sender<Outcome>>>,
