@@ -1561,6 +1561,39 @@ fn a_pool_outlives_the_runtime_it_was_started_on() {
     });
 }
 
+/// A current-thread runtime runs its tasks only while a thread blocks on it, and may have no IO
+/// driver: a pool started there answers whatever that runtime does (read on the pool's own
+/// thread), from it and from any other runtime.
+fn a_pool_started_on_a_current_thread_runtime_answers_while_it_idles() {
+    let no_io = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let s = no_io.block_on(pool(1));
+    let answer = no_io.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), assert_echo(&s, "no-io", 3)).await
+    });
+    assert!(answer.is_ok(), "answered on a runtime without IO");
+    assert_eq!(s.restarts(), 0, "its worker was not lost");
+    no_io.block_on(s.shutdown(Duration::from_secs(5)));
+
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = idle.block_on(pool(1));
+    // Nothing blocks on `idle` from here on.
+    runtime().block_on(async {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), assert_echo(&s, "idle", 4)).await;
+        assert!(
+            answer.is_ok(),
+            "answered while the runtime it started on idles"
+        );
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 fn many_tasks_in_flight_each_get_their_own_answer() {
     // Thousands in flight: past a few per worker, frames are queued and written together by the
     // pool's writing task, large ones (above a pipe's 64 KiB) across several writes.
@@ -1815,6 +1848,10 @@ fn main() {
         (
             "a_pool_outlives_the_runtime_it_was_started_on",
             a_pool_outlives_the_runtime_it_was_started_on,
+        ),
+        (
+            "a_pool_started_on_a_current_thread_runtime_answers_while_it_idles",
+            a_pool_started_on_a_current_thread_runtime_answers_while_it_idles,
         ),
         (
             "many_tasks_in_flight_each_get_their_own_answer",

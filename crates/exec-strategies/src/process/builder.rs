@@ -179,8 +179,13 @@ impl ProcessBuilder {
     ///
     /// When a worker cannot be spawned (or more than 4,096 are asked for), does not
     /// announce itself in time, or announces another protocol version. No worker is left
-    /// running then. [`ProcessError::is_runtime`] when it is not awaited on a tokio runtime (the
-    /// workers' answers are read there).
+    /// running then. [`ProcessError::is_runtime`] when it is not awaited on a tokio runtime.
+    ///
+    /// Awaited on a multi-thread runtime, the workers' answers are read there (it needs its IO
+    /// driver: `enable_all` or `enable_io`), so an answer wakes its caller on the same thread.
+    /// On a current-thread runtime, which runs tasks only while a thread blocks on it, they are
+    /// read on the pool's own thread: the pool answers from any runtime, whatever that one
+    /// does.
     pub async fn start(self) -> Result<ProcessExecutionStrategy, ProcessError> {
         if self.workers > MAX_WORKERS {
             return Err(ProcessError::new(
@@ -221,6 +226,14 @@ impl ProcessBuilder {
                 ProcessError::new(ErrorKind::Runtime, format!("supervisor runtime: {e}"))
             })?;
         let handle = runtime.handle().clone();
+        // Answers are read where they wake their callers: on a multi-thread runtime, whose
+        // workers run its tasks whatever the caller does. A current-thread runtime runs them only
+        // while a thread blocks on it (which may never happen again once `start` returns) and may
+        // have no IO driver: the pool's own runtime reads them then.
+        let readers = match readers.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => readers,
+            _ => handle.clone(),
+        };
         let (stop_tx, stop_rx) = oneshot::channel::<TaskTracker>();
         std::thread::Builder::new()
             .name("exec-process-supervisor".into())

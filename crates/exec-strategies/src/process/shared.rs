@@ -175,7 +175,8 @@ pub(super) struct Shared {
     pub(super) expected_names: Vec<String>,
     pub(super) runtime: tokio::runtime::Handle,
     /// The runtime the pool was started on, where answers are read: the callers usually run
-    /// there, so an answer wakes its caller without a hop through the supervisor's thread.
+    /// there, so an answer wakes its caller without a hop through the supervisor's thread. The
+    /// supervisor's own when the pool was started on a current-thread runtime.
     pub(super) readers: tokio::runtime::Handle,
     /// Set when `readers` has shut down: answers are read on the supervisor's runtime from then.
     pub(super) readers_gone: AtomicBool,
