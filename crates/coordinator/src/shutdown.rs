@@ -54,6 +54,11 @@ impl Coordinator {
     /// only within its own grace, so a second, shorter shutdown (a second Ctrl-C) returns when
     /// its grace is over.
     ///
+    /// Do not await it inside a node of this coordinator: it waits for that node's own request,
+    /// which cannot end before this returns, so that request is cancelled at the deadline (and
+    /// with no deadline this never returns). A node that shuts its coordinator down spawns it
+    /// (`tokio::spawn(async move { coordinator.shutdown().await })`) and returns.
+    ///
     /// # Panics
     ///
     /// When it has to wait with a finite `grace` (for requests in flight, or for a strategy's

@@ -60,3 +60,49 @@ async fn shutdown_grace_counts_on_the_paused_clock_after_it_moved_on() {
     );
     publisher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_awaited_inside_a_node_waits_for_that_node_until_its_deadline() {
+    let (publisher, coordinator) = started();
+    let c = coordinator.clone();
+    let stopper = Task::from_fn("stopper", "stopper", move || async move {
+        c.shutdown_with_grace(Duration::from_millis(200)).await;
+        Ok::<_, BoxError>(1_u8)
+    });
+    let began = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        coordinator.submit(stopper, ExecutionMode::ASYNC),
+    )
+    .await
+    .expect("the grace is a deadline");
+    assert!(began.elapsed() >= Duration::from_millis(200));
+    assert!(
+        answer.unwrap_err().is_cancelled(),
+        "cancelled at its own deadline"
+    );
+
+    // Spawned from the node instead, shutdown waits for the node, which ends on its own.
+    let (publisher2, coordinator) = started();
+    let c = coordinator.clone();
+    let (tx, shut) = tokio::sync::oneshot::channel();
+    let stopper = Task::from_fn("stopper", "stopper", move || async move {
+        let shutting = tokio::spawn(async move { c.shutdown_with_grace(Duration::MAX).await });
+        let _ = tx.send(shutting);
+        Ok::<_, BoxError>(1_u8)
+    });
+    assert_eq!(
+        coordinator
+            .submit(stopper, ExecutionMode::ASYNC)
+            .await
+            .unwrap(),
+        1
+    );
+    tokio::time::timeout(Duration::from_secs(20), shut.await.unwrap())
+        .await
+        .expect("shutdown returns once the node has ended")
+        .unwrap();
+    assert!(!coordinator.is_accepting());
+    publisher.shutdown().await;
+    publisher2.shutdown().await;
+}
