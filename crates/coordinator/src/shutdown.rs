@@ -133,7 +133,7 @@ impl Coordinator {
             }
         };
         match Instant::now().checked_add(remaining).filter(|_| !first) {
-            Some(until) => drop(tokio::time::timeout_at(until.into(), shut).await),
+            Some(until) => drop(tokio::time::timeout_at(until, shut).await),
             None => shut.await,
         }
     }
