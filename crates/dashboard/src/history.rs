@@ -32,6 +32,7 @@ const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Update {
     pub(crate) kind: &'static str,
+    /// Cut to [`TEXT`] bytes, as the JSON's: a stream's `?request=` is cut alike to match it.
     pub(crate) request_id: Option<String>,
     pub(crate) json: String,
 }
@@ -155,9 +156,10 @@ impl History {
                 let (kind, body) = self.body(message);
                 Update {
                     kind,
+                    // Cut as the JSON's is: the feeds keep thousands of updates.
                     request_id: message
                         .task_info()
-                        .map(|info| info.request_id().to_string()),
+                        .map(|info| clip(info.request_id().as_str())),
                     json: body.to_string(),
                 }
             }
@@ -350,7 +352,7 @@ mod tests {
         Coordinator, NodeId, RequestCompletionPublisher, RequestFailure, TaskError, TaskInfo,
     };
 
-    use super::{History, TEXT};
+    use super::{History, TEXT, clip};
 
     /// Ids and names are the application's, of any length: a failure with long ones is kept
     /// with each cut to [`TEXT`] bytes, as its error is.
@@ -385,6 +387,20 @@ mod tests {
         }
         within("the coordinator's shutdown", coordinator.shutdown()).await;
         within("the bus's shutdown", publisher.shutdown()).await;
+    }
+
+    /// The event streams' feeds keep thousands of updates for streams that read slowly: the
+    /// request id each update is matched by is cut to [`TEXT`] bytes, as the one its JSON shows.
+    #[test]
+    fn an_updates_request_id_is_cut_as_its_json_is() {
+        let history = History::new(false);
+        let long = "é".repeat(100_000);
+        let info = TaskInfo::new(long.as_str().into(), "n".into(), None, "work");
+        let error = TaskError::strategy("failed");
+        let update = history.update(&Ok(RequestFailure { info, error }.into()));
+        let kept = update.request_id.unwrap();
+        assert!(kept.len() <= TEXT + '…'.len_utf8(), "{} bytes", kept.len());
+        assert_eq!(kept, clip(long), "matched as a stream's ?request= is");
     }
 
     /// Eight requests for the overview arrive while it is stale and its rebuild is held up (the

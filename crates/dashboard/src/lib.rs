@@ -35,16 +35,17 @@
 //! outputs and no event payloads unless [`show_payloads`](DashboardBuilder::show_payloads) says so
 //! (they may hold secrets), it can require a bearer token, and its memory is bounded however many
 //! jobs ran: it keeps recent history, not everything, and cuts every error, payload, id and node
-//! name it keeps or sends to 1 KiB. Its one bus subscriber takes only openings, outcomes and node
-//! events, from a bounded buffer, and turns a message into an update only while an event stream is
-//! open; every stream shares that update. A client that takes no data (or only a trickle, under 16
-//! KiB) for 10 s while there is some to send it is disconnected
-//! ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a whole feed behind
-//! is told what it missed, a connection that sends no whole request head within 10 s of opening or
-//! of its last answer is closed ([`request_head_timeout`](DashboardBuilder::request_head_timeout)),
-//! every connection closes when the dashboard stops (even one halfway through sending its request),
-//! and at most 4,096 are open at once (more wait to be taken, and idle ones cannot hold them; a
-//! request head over 64 KiB is answered 431): nothing waits for a client.
+//! name it keeps or sends to 1 KiB (`?request=` matches that 1 KiB). Its one bus subscriber takes
+//! only openings, outcomes and node events, from a bounded buffer, and turns a message into an
+//! update only while an event stream is open; every stream shares that update. A client that takes
+//! no data (or only a trickle, under 16 KiB) for 10 s while there is some to send it is
+//! disconnected ([`client_stall_timeout`](DashboardBuilder::client_stall_timeout)), a stream a
+//! whole feed behind is told what it missed, a connection that sends no whole request head within
+//! 10 s of opening or of its last answer is closed
+//! ([`request_head_timeout`](DashboardBuilder::request_head_timeout)), every connection closes when
+//! the dashboard stops (even one halfway through its request), and at most 4,096 are open at once
+//! (more wait to be taken, and idle ones cannot hold them; a request head over 64 KiB is answered
+//! 431): nothing waits for a client.
 //!
 //! # Examples
 //!
@@ -129,8 +130,7 @@ struct Shared {
     token: Option<String>,
     history: Arc<History>,
     feed: broadcast::Sender<Arc<Update>>,
-    /// The page's live feed: a sample of [`feed`](Self::feed)'s outcomes, and the overview
-    /// once a second.
+    /// The page's live feed: a sample of [`feed`](Self::feed)'s outcomes, the overview each second.
     page_feed: broadcast::Sender<Arc<Update>>,
     /// Set when the dashboard stops: every open event stream ends, so the server can close.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -472,7 +472,7 @@ async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<EventsQue
     let following = shared.coordinator.follow_openings();
     event_stream(
         receiver,
-        query.request,
+        query.request.map(history::clip),
         shared.stopping.clone(),
         Some(following),
         Pace::Stream,

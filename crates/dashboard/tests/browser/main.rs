@@ -122,6 +122,10 @@ fn main() {
         ("a_job_is_found_by_its_request_id", || {
             Box::pin(a_job_is_found_by_its_request_id())
         }),
+        (
+            "a_stream_follows_a_request_whose_id_is_over_the_cut",
+            || Box::pin(payloads::a_stream_follows_a_request_whose_id_is_over_the_cut()),
+        ),
         ("timeouts_too_long_to_add_to_now_never_run_out", || {
             Box::pin(connections::timeouts_too_long_to_add_to_now_never_run_out())
         }),
