@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, Shared};
 use pubsub::{BroadcastEvent, RequestCompletionMessage, RequestCompletionPublisher};
 use serde::Serialize;
 use task_core::{ExecutionMode, NodeId, Outcome, TaskError, TaskInfo};
@@ -64,8 +63,10 @@ pub(crate) struct Inner {
     pub(crate) closing_begun: Notify,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     pub(crate) past_deadline: AtomicBool,
-    /// The strategies' shutdown, once the first call to shutdown began it.
-    pub(crate) strategies_shut: Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
+    /// Set when the first call to shutdown begins shutting the strategies down, and when that
+    /// is done.
+    pub(crate) strategies_shutting: AtomicBool,
+    pub(crate) strategies_shut: AtomicBool,
     /// The jobs, each open one with its request's record (found by request id, or by node id
     /// for a child naming its parent).
     pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
@@ -93,7 +94,8 @@ impl Inner {
             closing: AtomicBool::new(false),
             past_deadline: AtomicBool::new(false),
             closing_begun: Notify::new(),
-            strategies_shut: Mutex::new(None),
+            strategies_shutting: AtomicBool::new(false),
+            strategies_shut: AtomicBool::new(false),
             table: Mutex::new(CoordinatorState::with_attachments(retention)),
             drained: Notify::new(),
             openings: AtomicBool::new(false),

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -49,10 +47,11 @@ impl Coordinator {
     ///    cannot be interrupted and is left to finish).
     ///
     /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
-    /// shut it down after this to drain it for its subscribers. Calling this again does not shut
-    /// strategies down again: a later call waits for the first one's shutdown of the strategies
-    /// only within its own grace, so a second, shorter shutdown (a second Ctrl-C) returns when
-    /// its grace is over.
+    /// shut it down after this to drain it for its subscribers. Calling this again once it
+    /// returned does not shut strategies down again. A call that comes while the first is still
+    /// shutting them down (a second, shorter shutdown: an impatient second Ctrl-C) asks them
+    /// again with its own grace, which their contract allows, and so returns about when its own
+    /// grace is over rather than the first one's.
     ///
     /// Do not await it inside a node of this coordinator: it waits for that node's own request,
     /// which cannot end before this returns, so that request is cancelled at the deadline (and
@@ -116,40 +115,28 @@ impl Coordinator {
         if !drained {
             remaining = remaining.max(STOP_SETTLE);
         }
-        // The first call shuts the strategies down; a later one waits for that within its own
-        // grace (a second, shorter shutdown returns when its grace is over).
-        let (shut, first) = {
-            let mut slot = inner
-                .strategies_shut
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match &*slot {
-                Some(shut) => (shut.clone(), false),
-                None => {
-                    let shut = shut_strategies(&inner.modes, remaining).shared();
-                    *slot = Some(shut.clone());
-                    (shut, true)
-                }
+        // Each strategy is shut down once. A call that comes while that is under way (a second,
+        // shorter shutdown) asks them again with its own grace, as their contract allows: each
+        // waits again, up to that, so the call returns about when its grace is over.
+        let first = !inner.strategies_shutting.swap(true, Ordering::SeqCst);
+        if first || !inner.strategies_shut.load(Ordering::SeqCst) {
+            shut_strategies(&inner.modes, remaining).await;
+            if first {
+                inner.strategies_shut.store(true, Ordering::SeqCst);
             }
-        };
-        match Instant::now().checked_add(remaining).filter(|_| !first) {
-            Some(until) => drop(tokio::time::timeout_at(until, shut).await),
-            None => shut.await,
         }
     }
 }
 
-/// Shuts each strategy down once (one serving several modes once), giving each `grace`.
-fn shut_strategies(modes: &[crate::inner::Mode], grace: Duration) -> BoxFuture<'static, ()> {
-    let mut unique: Vec<StrategyRef> = Vec::new();
+/// Shuts each strategy down (one serving several modes once), giving each `grace`.
+async fn shut_strategies(modes: &[crate::inner::Mode], grace: Duration) {
+    let mut unique: Vec<&StrategyRef> = Vec::new();
     for strategy in modes.iter().map(|mode| &mode.strategy) {
         if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
-            unique.push(Arc::clone(strategy));
+            unique.push(strategy);
         }
     }
-    Box::pin(async move {
-        futures::future::join_all(unique.iter().map(|s| s.shutdown(grace))).await;
-    })
+    futures::future::join_all(unique.into_iter().map(|s| s.shutdown(grace))).await;
 }
 
 /// Waits until `done()` holds or `deadline` passes (never, when it is `None`), re-checking each
