@@ -137,6 +137,22 @@ impl Completion {
         }));
     }
 
+    /// Drives the future `run` makes of this completion where [`spawn`](Self::spawn) drives its
+    /// own, and leaves the completion to it: the future delivers the outcome itself, and is not
+    /// dropped when the request is cancelled. For a run that must outlive its request's end: a
+    /// strategy keeps the completion (and so the request's place under a coordinator's limit)
+    /// until the work it handed elsewhere has stopped, watching [`cancelled`](Self::cancelled)
+    /// itself. A panic in the future drops it, and the completion with it (a failure).
+    pub fn spawn_owning<F>(self, run: impl FnOnce(Self) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Some(sink) = self.sink.clone() else {
+            return;
+        };
+        sink.spawn(Box::pin(Owning(Some(Box::pin(run(self))))));
+    }
+
     /// Runs `f` inside the request's context: its tracing span, its node as the parent of tasks
     /// submitted from `f`, and the sink of the events `f` [broadcasts](crate::context::broadcast).
     /// The coordinator's sink also enters its tokio runtime when `f` runs outside any (on a
@@ -201,6 +217,27 @@ impl fmt::Debug for Completion {
 
 /// The future [`Completion::spawn`] hands the sink: the strategy's future, polled in the
 /// request's scope until it ends or the request is cancelled.
+/// A future that owns its completion ([`Completion::spawn_owning`]): polled under
+/// `catch_unwind`, dropped (its completion with it) if it panics.
+struct Owning(Option<BoxFuture<'static, ()>>);
+
+impl Future for Owning {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(future) = self.0.as_mut() else {
+            return Poll::Ready(());
+        };
+        match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) | Err(_) => {
+                self.0 = None;
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
 struct Driven {
     future: BoxFuture<'static, Outcome>,
     /// `None` once delivered.

@@ -306,6 +306,29 @@ mod tests {
     }
 
     #[test]
+    fn an_owning_run_is_driven_past_its_requests_end_and_a_panic_in_it_drops_its_completion() {
+        // Cancelled already: a run that `spawn` drives would be dropped unpolled.
+        let sink = Arc::new(Sink::default());
+        sink.cancelled.store(true, Ordering::SeqCst);
+        let ran = Arc::new(AtomicBool::new(false));
+        let seen = ran.clone();
+        Completion::new(sink.clone()).spawn_owning(|completion| async move {
+            assert!(completion.is_cancelled());
+            seen.store(true, Ordering::SeqCst);
+        });
+        assert!(ran.load(Ordering::SeqCst), "the run saw its request's end");
+        assert!(sink.outcomes.lock().unwrap().is_empty(), "it was answered");
+        // A run that panics reaches neither the sink's driver nor its caller.
+        let sink = Arc::new(Sink::default());
+        Completion::new(sink.clone()).spawn_owning(|completion| async move {
+            let _kept = completion;
+            panic!("the strategy's run panics")
+        });
+        let outcomes = sink.outcomes.lock().unwrap();
+        assert!(outcomes[0].as_ref().unwrap_err().is_strategy_error());
+    }
+
+    #[test]
     fn cancellation_is_read_from_the_sink() {
         let sink = Arc::new(Sink::default());
         let completion = Completion::new(sink.clone());

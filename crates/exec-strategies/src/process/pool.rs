@@ -112,11 +112,10 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
             completion.complete(Err(TaskError::shutdown("process")));
             return;
         }
-        // Driven here rather than by `Completion::spawn`, which would drop the completion as the
-        // request is cancelled: a run its worker holds keeps it until the node has stopped.
-        let runtime =
-            tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.shared.runtime.clone());
-        runtime.spawn(Arc::clone(&self.shared).run(task, completion));
+        // The run owns its completion rather than being dropped with it as the request is
+        // cancelled: a run its worker holds keeps it until the node has stopped.
+        let shared = Arc::clone(&self.shared);
+        completion.spawn_owning(|completion| shared.run(task, completion));
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
