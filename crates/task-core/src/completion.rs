@@ -215,8 +215,6 @@ impl fmt::Debug for Completion {
     }
 }
 
-/// The future [`Completion::spawn`] hands the sink: the strategy's future, polled in the
-/// request's scope until it ends or the request is cancelled.
 /// A future that owns its completion ([`Completion::spawn_owning`]): polled under
 /// `catch_unwind`, dropped (its completion with it) if it panics.
 struct Owning(Option<BoxFuture<'static, ()>>);
@@ -238,6 +236,8 @@ impl Future for Owning {
     }
 }
 
+/// The future [`Completion::spawn`] hands the sink: the strategy's future, polled in the
+/// request's scope until it ends or the request is cancelled.
 struct Driven {
     future: BoxFuture<'static, Outcome>,
     /// `None` once delivered.
