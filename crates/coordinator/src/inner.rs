@@ -63,9 +63,7 @@ pub(crate) struct Inner {
     pub(crate) closing_begun: Notify,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     pub(crate) past_deadline: AtomicBool,
-    /// Set when the first call to shutdown begins shutting the strategies down, and when that
-    /// is done.
-    pub(crate) strategies_shutting: AtomicBool,
+    /// Set once a call to shutdown has shut the strategies down.
     pub(crate) strategies_shut: AtomicBool,
     /// The jobs, each open one with its request's record (found by request id, or by node id
     /// for a child naming its parent).
@@ -94,7 +92,6 @@ impl Inner {
             closing: AtomicBool::new(false),
             past_deadline: AtomicBool::new(false),
             closing_begun: Notify::new(),
-            strategies_shutting: AtomicBool::new(false),
             strategies_shut: AtomicBool::new(false),
             table: Mutex::new(CoordinatorState::with_attachments(retention)),
             drained: Notify::new(),

@@ -115,15 +115,13 @@ impl Coordinator {
         if !drained {
             remaining = remaining.max(STOP_SETTLE);
         }
-        // Each strategy is shut down once. A call that comes while that is under way (a second,
-        // shorter shutdown) asks them again with its own grace, as their contract allows: each
-        // waits again, up to that, so the call returns about when its grace is over.
-        let first = !inner.strategies_shutting.swap(true, Ordering::SeqCst);
-        if first || !inner.strategies_shut.load(Ordering::SeqCst) {
+        // Until a call has shut the strategies down, each call asks them, with its own grace, as
+        // their contract allows: a second, shorter shutdown that comes while the first is under
+        // way returns about when its own grace is over, and one whose caller stopped waiting
+        // leaves them to the next call.
+        if !inner.strategies_shut.load(Ordering::SeqCst) {
             shut_strategies(&inner.modes, remaining).await;
-            if first {
-                inner.strategies_shut.store(true, Ordering::SeqCst);
-            }
+            inner.strategies_shut.store(true, Ordering::SeqCst);
         }
     }
 }

@@ -453,3 +453,60 @@ async fn a_batch_needing_places_of_its_own_is_refused_when_shutdown_begins_durin
     shutdown.await.unwrap();
     publisher.shutdown().await;
 }
+
+/// A strategy whose first shutdown never ends; it counts the shutdowns asked of it.
+struct SlowToStop(Arc<AtomicUsize>);
+
+impl TaskExecutionStrategy for SlowToStop {
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        completion.spawn(task.run_inline());
+    }
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        let first = self.0.fetch_add(1, Ordering::SeqCst) == 0;
+        Box::pin(async move {
+            if first {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+    fn name(&self) -> &str {
+        "slow"
+    }
+}
+
+/// A shutdown whose caller stopped waiting for it while it shut the strategies down (a timeout
+/// around it) leaves them to the next call; once a call has returned, having shut them down, a
+/// later one does not ask them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_shutdown_returned_the_strategies_are_not_asked_again() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .strategy("slow", SlowToStop(Arc::clone(&asked)))
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let abandoned = tokio::time::timeout(Duration::from_millis(100), coordinator.shutdown()).await;
+    assert!(
+        abandoned.is_err(),
+        "the first shutdown of the strategy never ends"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    tokio::time::timeout(Duration::from_secs(10), coordinator.shutdown())
+        .await
+        .expect("the second shutdown of the strategy ends at once");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "the strategy was asked again"
+    );
+    tokio::time::timeout(Duration::from_secs(10), coordinator.shutdown())
+        .await
+        .expect("nothing is left to shut down");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "a shutdown returned: the strategy is not asked a third time"
+    );
+    publisher.shutdown().await;
+}
