@@ -142,7 +142,9 @@ impl Completion {
     /// dropped when the request is cancelled. For a run that must outlive its request's end: a
     /// strategy keeps the completion (and so the request's place under a coordinator's limit)
     /// until the work it handed elsewhere has stopped, watching [`cancelled`](Self::cancelled)
-    /// itself. A panic in the future drops it, and the completion with it (a failure).
+    /// itself. Unlike `spawn`'s, the future is not polled inside the request's scope: run the
+    /// node's own code in [`in_scope`](Self::in_scope). A panic in the future drops it, and the
+    /// completion with it (a failure).
     pub fn spawn_owning<F>(self, run: impl FnOnce(Self) -> F)
     where
         F: Future<Output = ()> + Send + 'static,

@@ -64,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.mode,
         config.task_subject(),
         config.stream,
-        config.url
+        without_credentials(&config.url)
     );
     let mut builder = NatsWorker::builder(example_nodes::registry()).config(config);
     if let Some(n) = args.concurrency {
@@ -94,4 +94,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     eprintln!("stopped: the tasks it was running are finished");
     Ok(())
+}
+
+/// `urls` (comma-separated) without the `user:password@` (or token) of each, which the line
+/// saying what the worker serves must not write to its logs.
+fn without_credentials(urls: &str) -> String {
+    let host = |url: &str| match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        (None, Some((_, host))) => host.to_owned(),
+        _ => url.to_owned(),
+    };
+    urls.split(',').map(host).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_are_left_out_of_the_url_it_prints() {
+        let cases = [
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            (
+                "nats://me:s3cret@a:4222,tls://tok@b:4222",
+                "nats://a:4222,tls://b:4222",
+            ),
+            ("user:pw@host:4222", "host:4222"),
+        ];
+        for (url, printed) in cases {
+            assert_eq!(super::without_credentials(url), printed);
+        }
+    }
 }

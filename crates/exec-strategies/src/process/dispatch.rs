@@ -98,7 +98,6 @@ impl Shared {
         task: ErasedTask,
         completion: &Completion,
     ) -> Result<Waited, TaskError> {
-        let shared = self;
         let (info, portable) = task.into_portable();
         let Some(portable) = portable else {
             return Err(TaskError::unsupported(format!(
@@ -106,10 +105,10 @@ impl Shared {
                 info.name()
             )));
         };
-        if !shared.expected_names.iter().any(|n| n == portable.name()) {
+        if !self.expected_names.iter().any(|n| n == portable.name()) {
             return Err(TaskError::not_registered(portable.name()));
         }
-        let run = shared.next_run.fetch_add(1, Ordering::Relaxed);
+        let run = self.next_run.fetch_add(1, Ordering::Relaxed);
         let mut frame = wire::encode_frame(
             &wire::ToWorker::Run {
                 id: run,
@@ -117,9 +116,9 @@ impl Shared {
                 payload: portable.payload()?.to_vec(),
                 announce: true,
             },
-            shared.config.max_frame,
+            self.config.max_frame,
         )?;
-        let places = Arc::clone(&shared.places);
+        let places = Arc::clone(&self.places);
         let Some(place) = unless_cancelled(completion, places.acquire_owned()).await else {
             return Ok(Waited::Cancelled(None));
         };
@@ -127,13 +126,13 @@ impl Shared {
         let events = completion.events();
         let mut handed = 0;
         let bytes = loop {
-            let dispatch = shared.dispatch(info.request_id(), &mut frame, run, events.clone());
+            let dispatch = self.dispatch(info.request_id(), &mut frame, run, events.clone());
             let Some(dispatched) = unless_cancelled(completion, dispatch).await else {
                 return Ok(Waited::Cancelled(None));
             };
             let mut dispatched = dispatched?;
             let mut abandon = AbandonOnDrop {
-                shared,
+                shared: self,
                 worker_id: dispatched.worker_id,
                 run,
                 armed: true,
@@ -161,7 +160,7 @@ impl Shared {
             }
         };
         if !bytes.as_ref().is_err_and(TaskError::is_worker_lost) {
-            shared.forget_crashes(info.request_id());
+            self.forget_crashes(info.request_id());
         }
         Ok(Waited::Answered(portable.decode_output(&bytes?)))
     }
@@ -284,8 +283,7 @@ impl Shared {
     /// The caller stopped waiting for `run` (its request was cancelled or passed its deadline):
     /// it is cancelled in its worker, and `kept` stays with it until the worker answers or is
     /// gone (killed, at the latest, after the cancel grace).
-    pub(super) fn abandon(self: &Arc<Self>, worker_id: u64, run: u64, kept: Option<Kept>) {
-        let mut kept = kept;
+    pub(super) fn abandon(self: &Arc<Self>, worker_id: u64, run: u64, mut kept: Option<Kept>) {
         // The entry stays until the worker answers, so a late answer is not a protocol breach.
         let pending = self.with_worker(worker_id, |worker| worker.abandon(run, &mut kept));
         // Answered already, or its worker is gone: nothing of it runs any more. Let go outside
