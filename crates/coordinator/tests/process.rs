@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use coordinator::{
@@ -549,18 +548,5 @@ fn main() {
             dropping_a_coordinator_without_shutdown_ends_its_worker_processes,
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if catch_unwind(AssertUnwindSafe(test)).is_ok() {
-            passed += 1;
-            println!("test {name} ... ok");
-        } else {
-            failed += 1;
-            println!("test {name} ... FAILED");
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    support::run_harnessless(tests);
 }

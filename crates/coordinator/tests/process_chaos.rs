@@ -33,7 +33,7 @@ use coordinator::{
     RetryPolicy, SubmitError, SubmitOptions, Task, TaskExecutionStrategy, run_worker_if_requested,
 };
 use serde::{Deserialize, Serialize};
-use support::{ChaosRun, Recorder, Rng, run_chaos_seeds};
+use support::{ChaosRun, Recorder, Rng, mono_ns, run_chaos_seeds};
 
 /// Every await of an answer is bounded by this: a lost answer fails, it does not hang.
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
@@ -42,17 +42,6 @@ const PROCESS: &str = "process";
 static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 static LATE_STARTS: AtomicU64 = AtomicU64::new(0);
 static LATEST_START_US: AtomicU64 = AtomicU64::new(0);
-
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in the test and in its workers.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// What a chaos node does in its worker.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,6 @@
 mod support;
 
 use std::io::Write;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,20 +18,10 @@ use coordinator::{
     run_worker_if_requested,
 };
 use serde::{Deserialize, Serialize};
+use support::mono_ns;
 
 /// Every wait of the test is bounded by this: a lost answer fails, it does not hang.
 const BOUND: Duration = Duration::from_secs(30);
-
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in the test and in its workers.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Logs `start`, blocks its thread for `block_ms` (no cancellation reaches it: only a kill stops
 /// it early), logs `stop`. A line reads `<event> <tag> <pid> <ns>`.
@@ -283,18 +272,5 @@ fn main() {
             a_cancelled_node_that_never_stops_keeps_its_place_until_its_worker_is_killed,
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if catch_unwind(AssertUnwindSafe(test)).is_ok() {
-            passed += 1;
-            println!("test {name} ... ok");
-        } else {
-            failed += 1;
-            println!("test {name} ... FAILED");
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    support::run_harnessless(tests);
 }

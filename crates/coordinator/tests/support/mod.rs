@@ -206,3 +206,34 @@ where
         elapsed: began.elapsed(),
     }
 }
+
+/// Runs the tests of a test binary without libtest's harness (one that is its own process worker:
+/// its `main` must serve as a worker first): each in turn, a panic failing it; prints libtest's
+/// lines and exits 1 if any failed.
+pub fn run_harnessless(tests: &[(&str, fn())]) {
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)).is_ok() {
+            passed += 1;
+            println!("test {name} ... ok");
+        } else {
+            failed += 1;
+            println!("test {name} ... FAILED");
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in a test and in its worker processes.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
