@@ -1258,7 +1258,7 @@ async fn the_coordinators_timeout_reaches_the_worker() {
 async fn a_task_waits_with_the_server_while_its_worker_is_busy() {
     let config = config("busy");
     let _worker = Worker::start(&config, &["--concurrency", "2", "--ack-wait-ms", "500"]);
-    let (publisher, coordinator, _strategy) = coordinator(&config).await;
+    let (publisher, coordinator, shared) = coordinator(&config).await;
     let spawn = |id: &str, ms| {
         let task = Task::portable(id, Nap(ms));
         coordinator
@@ -1289,6 +1289,9 @@ async fn a_task_waits_with_the_server_while_its_worker_is_busy() {
     }
     coordinator.shutdown().await;
     publisher.shutdown().await;
+    // The spare handle, still reading the advisories, would make their stream again
+    // after the cleanup and leave it on the server.
+    drop(shared);
     cleanup(&config).await;
 }
 
@@ -1473,7 +1476,7 @@ async fn a_worker_whose_consumer_is_deleted_while_it_is_busy_says_so() {
         .await
         .unwrap();
     let serving = tokio::spawn(worker.run_until(std::future::pending()));
-    let (publisher, coordinator, _strategy) = coordinator(&config).await;
+    let (publisher, coordinator, shared) = coordinator(&config).await;
     let task = Task::portable("busy", Nap(1_500));
     let busy = coordinator
         .try_spawn(task, "nats", SubmitOptions::new())
@@ -1501,6 +1504,9 @@ async fn a_worker_whose_consumer_is_deleted_while_it_is_busy_says_so() {
     drop(busy);
     coordinator.shutdown().await;
     publisher.shutdown().await;
+    // The spare handle, still reading the advisories, would make their stream again
+    // after the cleanup and leave it on the server.
+    drop(shared);
     cleanup(&config).await;
 }
 
