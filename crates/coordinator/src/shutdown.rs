@@ -50,8 +50,9 @@ impl Coordinator {
     /// shut it down after this to drain it for its subscribers. Calling this again once it
     /// returned does not shut strategies down again. A call that comes while the first is still
     /// shutting them down (a second, shorter shutdown: an impatient second Ctrl-C) asks them
-    /// again with its own grace, which their contract allows, and so returns about when its own
-    /// grace is over rather than the first one's.
+    /// again with its own grace, which their contract allows; the built-in strategies then cut
+    /// the first call's wait to the sooner deadline, so both calls return about when the shorter
+    /// grace is over.
     ///
     /// Do not await it inside a node of this coordinator: it waits for that node's own request,
     /// which cannot end before this returns, so that request is cancelled at the deadline (and

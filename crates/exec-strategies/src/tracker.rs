@@ -16,6 +16,9 @@ pub(crate) struct Tracker {
     tasks: TaskTracker,
     succeeded: AtomicU64,
     failed: AtomicU64,
+    /// The deadline of the latest drain begun: one under way takes it when it is sooner than
+    /// its own, so a second, shorter shutdown cuts the first one's wait too.
+    deadlines: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
 
 impl Tracker {
@@ -59,21 +62,38 @@ impl Tracker {
     }
 
     /// After [`close`](Self::close): waits until no task is in flight or `grace` has passed (a
-    /// grace too long to add to now: until no task is in flight). Returns whether it drained.
+    /// grace too long to add to now: until no task is in flight), or the sooner grace of a drain
+    /// begun meanwhile has. Returns whether it drained.
     #[cfg(any(feature = "async", feature = "threaded", test))]
     pub(crate) async fn drain(&self, grace: Duration) -> bool {
         if self.tasks.is_empty() {
             // No timer needed.
             return true;
         }
-        let drained = self.wait();
         // On the runtime's clock, as every tokio timer: a paused one may be far from the wall
         // clock's.
-        let Some(deadline) = tokio::time::Instant::now().checked_add(grace) else {
-            drained.await;
-            return true;
-        };
-        tokio::time::timeout_at(deadline, drained).await.is_ok() || self.tasks.is_empty()
+        let mut deadline = tokio::time::Instant::now().checked_add(grace);
+        if deadline.is_some() {
+            self.deadlines.send_replace(deadline);
+        }
+        let mut later = self.deadlines.subscribe();
+        loop {
+            let timer = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.wait() => return true,
+                () = timer => return self.tasks.is_empty(),
+                Ok(()) = later.changed() => {
+                    if let Some(sooner) = *later.borrow_and_update() {
+                        deadline = Some(deadline.map_or(sooner, |own| own.min(sooner)));
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn stats(&self) -> StrategyStats {
@@ -152,5 +172,18 @@ mod tests {
             t.drain(Duration::MAX).await,
             "no deadline, nothing in flight"
         );
+    }
+
+    #[tokio::test]
+    async fn a_shorter_drain_cuts_the_wait_of_one_under_way() {
+        let t = std::sync::Arc::new(Tracker::default());
+        let _running = t.admit().unwrap();
+        t.close();
+        let t2 = std::sync::Arc::clone(&t);
+        let first = tokio::spawn(async move { t2.drain(Duration::from_secs(600)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!t.drain(Duration::from_millis(10)).await, "still in flight");
+        let first = tokio::time::timeout(Duration::from_secs(20), first).await;
+        assert!(!first.expect("the first drain's wait was cut").unwrap());
     }
 }
