@@ -18,6 +18,7 @@ pub(crate) struct Tracker {
     failed: AtomicU64,
     /// The deadline of the latest drain begun: one under way takes it when it is sooner than
     /// its own, so a second, shorter shutdown cuts the first one's wait too.
+    #[cfg(any(feature = "async", feature = "threaded", test))]
     deadlines: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
 
