@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -37,9 +38,10 @@ pub enum Buffer {
     /// once for all bounded subscribers.
     #[default]
     Bounded,
-    /// A queue of the subscriber's own: it never misses a message, and its memory grows with its
-    /// lag (a subscriber that stops reading holds every message published since). Each message is
-    /// cloned into it.
+    /// A queue of the subscriber's own: it never falls behind so far that it misses a message,
+    /// and its memory grows with its lag (a subscriber that stops reading holds every message
+    /// published since). Each message is cloned into it (one whose `Clone` panics is
+    /// [missed](crate::Missed)).
     Unbounded,
 }
 
@@ -73,11 +75,33 @@ impl Stop {
     }
 }
 
-/// A message on the ring, numbered in publish order.
-#[derive(Clone)]
+/// A message on the ring, numbered in publish order. Each subscriber reads a clone of it.
 pub(crate) struct Envelope<M> {
     pub(crate) seq: u64,
-    pub(crate) message: M,
+    /// `None` in a subscriber's clone when the message's `Clone` panicked: that subscriber
+    /// missed it.
+    pub(crate) message: Option<M>,
+}
+
+impl<M: Clone> Clone for Envelope<M> {
+    fn clone(&self) -> Self {
+        let message = self.message.as_ref().and_then(clone_or_miss);
+        Self {
+            seq: self.seq,
+            message,
+        }
+    }
+}
+
+/// A subscriber's copy of `message`, or `None` when its `Clone` panicked (logged): the subscriber
+/// is told it missed the message, and neither it nor the publisher is disturbed.
+pub(crate) fn clone_or_miss<M: Clone>(message: &M) -> Option<M> {
+    let cloned = catch_unwind(AssertUnwindSafe(|| message.clone()));
+    let cloned = cloned.map_err(|payload| {
+        let reason = task_core::panic_message(payload.as_ref());
+        tracing::warn!(%reason, "a message's Clone panicked; its subscriber is told it missed it");
+    });
+    cloned.ok()
 }
 
 pub(crate) struct Shared<M> {
@@ -164,9 +188,10 @@ impl<M> Shared<M> {
 /// as it reads: never on the publishing thread.
 pub(crate) type Filter<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
 
-/// An unbounded subscriber's own queue: every message, in order.
+/// An unbounded subscriber's own queue: every message, in order (`None` for one whose `Clone`
+/// panicked, which the subscriber is told it missed).
 pub(crate) struct Queue<M> {
-    pub(crate) tx: mpsc::UnboundedSender<M>,
+    pub(crate) tx: mpsc::UnboundedSender<Option<M>>,
     /// Messages queued and not read yet; the reader takes one off for each it reads.
     pub(crate) unread: Arc<AtomicUsize>,
     /// A pending listener's: not a subscriber of its own in [`Shared::lags`] (nor a lag gauge:
@@ -175,10 +200,10 @@ pub(crate) struct Queue<M> {
 }
 
 impl<M: Clone> Queue<M> {
-    /// Queues `message`. Runs under the publisher's lock; the message is cloned before anything
-    /// is counted, so a `Clone` that panics leaves the count as it was.
+    /// Queues a copy of `message`, or word that the subscriber missed it when its `Clone`
+    /// panicked. Runs under the publisher's lock.
     pub(crate) fn offer(&self, message: &M) {
-        let message = message.clone();
+        let message = clone_or_miss(message);
         self.unread.fetch_add(1, Ordering::SeqCst);
         // An error only says the subscription is being dropped; it removes the queue.
         let _ = self.tx.send(message);
@@ -193,15 +218,14 @@ pub(crate) struct Inner<M> {
     /// Everything a publish, a subscribe and shutdown change. A publish writes every subscriber's
     /// buffer under it, so every subscriber sees one total order; it is never held across an
     /// await. The only user code run under it is the message's `Clone` (for an unbounded
-    /// subscriber's queue), and nothing is changed half-way if that panics.
+    /// subscriber's queue), and a panic there is caught.
     pub(crate) shared: Mutex<Shared<M>>,
 }
 
 impl<M> Inner<M> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Shared<M>> {
-        // Nothing under the lock is left half-changed by a panic (only a message's `Clone` can
-        // panic there, before anything is written), so a poisoned lock still holds consistent
-        // data.
+        // The one piece of user code run under the lock, a message's `Clone`, is caught; a
+        // lock poisoned all the same holds nothing half-changed, and is used as it is.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -117,20 +117,36 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {}
 
-/// What a subscriber reads in place of the messages it missed: it fell a whole buffer behind, and
-/// the oldest messages it had not read were overwritten. [`count`](Self::count) says exactly how
-/// many (for a filtered subscriber, how many of the bus's messages, matching or not); the
-/// subscriber goes on with the oldest message still buffered.
+/// What a subscriber reads in place of the messages it missed. [`count`](Self::count) says
+/// exactly how many (for a filtered subscriber, how many of the bus's messages, matching or not);
+/// the subscriber goes on with the next message it can read.
 ///
-/// Only a [bounded](crate::Buffer::Bounded) subscriber misses messages.
+/// A [bounded](crate::Buffer::Bounded) subscriber misses messages when it falls a whole buffer
+/// behind: the oldest it had not read were overwritten. Any subscriber misses a message whose
+/// `Clone` panics while its copy is made (logged at `warn`; a count of 1): neither the publisher
+/// nor the other subscribers are disturbed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Missed {
     count: u64,
+    /// Its copy's `Clone` panicked, rather than it fell behind.
+    unclonable: bool,
 }
 
 impl Missed {
+    /// `count` messages overwritten before the subscriber read them.
     pub(crate) fn new(count: u64) -> Self {
-        Self { count }
+        Self {
+            count,
+            unclonable: false,
+        }
+    }
+
+    /// One message whose `Clone` panicked as the subscriber's copy was made.
+    pub(crate) fn unclonable() -> Self {
+        Self {
+            count: 1,
+            unclonable: true,
+        }
     }
 
     /// How many messages in a row the subscriber missed (at least 1).
@@ -141,6 +157,9 @@ impl Missed {
 
 impl fmt::Display for Missed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unclonable {
+            return f.write_str("missed 1 message: its Clone panicked");
+        }
         let noun = if self.count == 1 {
             "message"
         } else {

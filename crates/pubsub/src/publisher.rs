@@ -536,6 +536,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
             let seq = shared.published;
             shared.published += 1;
             // An error only says no receiver is left.
+            let message = Some(message);
             let _ = tx.send(Envelope { seq, message });
         }
         #[cfg(feature = "metrics")]

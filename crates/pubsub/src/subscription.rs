@@ -107,7 +107,9 @@ impl<M: Clone + Send + 'static> Ring<M> {
                 Ok(envelope) => {
                     self.next_seq = envelope.seq + 1;
                     self.stop.read.store(self.next_seq, Ordering::Relaxed);
-                    return Poll::Ready(Some(Ok(envelope.message)));
+                    // `None`: its `Clone` panicked for this subscriber.
+                    let message = envelope.message.ok_or(Missed::unclonable());
+                    return Poll::Ready(Some(message));
                 }
                 Err(RecvError::Closed) => {
                     self.end();
@@ -135,7 +137,7 @@ impl<M: Clone + Send + 'static> Ring<M> {
 pub(crate) enum Source<M> {
     Ring(Ring<M>),
     Queue {
-        rx: mpsc::UnboundedReceiver<M>,
+        rx: mpsc::UnboundedReceiver<Option<M>>,
         /// Messages queued and not read yet, shared with the publisher.
         unread: Arc<AtomicUsize>,
     },
@@ -207,7 +209,8 @@ impl<M: Clone + Send + 'static> Subscription<M> {
                 if polled.is_some() {
                     unread.fetch_sub(1, Ordering::SeqCst);
                 }
-                Poll::Ready(polled.map(Ok))
+                // `None` in the queue: the message's `Clone` panicked for this subscriber.
+                Poll::Ready(polled.map(|message| message.ok_or(Missed::unclonable())))
             }
         }
     }
@@ -275,7 +278,7 @@ impl<M: Clone + Send + 'static, T> Future for Listener<M, T> {
             };
             let message = match std::task::ready!(subscription.poll_source(cx)) {
                 Some(Ok(message)) => message,
-                // An unbounded queue misses nothing.
+                // A message whose `Clone` panicked (logged): it cannot be matched.
                 Some(Err(_)) => continue,
                 None => break Err(Error::new(Kind::ShutDown)),
             };
