@@ -1561,6 +1561,23 @@ fn a_pool_outlives_the_runtime_it_was_started_on() {
     });
 }
 
+/// A multi-thread runtime reads the workers' answers, with its IO driver: a pool started on one
+/// without it is a typed error from `start`, and nothing is left running. It started, and then
+/// every task failed `worker_lost` as each worker's reader panicked.
+fn a_pool_needs_the_io_driver_of_a_multi_thread_runtime_it_starts_on() {
+    let no_io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let before = children();
+    let started = no_io.block_on(ProcessExecutionStrategy::builder(registry()).start());
+    let error = started.expect_err("refused");
+    assert!(error.is_runtime(), "{error}");
+    assert!(error.to_string().contains("enable_io"), "{error}");
+    assert_eq!(children(), before, "no worker was started");
+}
+
 /// A current-thread runtime runs its tasks only while a thread blocks on it, and may have no IO
 /// driver: a pool started there answers whatever that runtime does (read on the pool's own
 /// thread), from it and from any other runtime.
@@ -1848,6 +1865,10 @@ fn main() {
         (
             "a_pool_outlives_the_runtime_it_was_started_on",
             a_pool_outlives_the_runtime_it_was_started_on,
+        ),
+        (
+            "a_pool_needs_the_io_driver_of_a_multi_thread_runtime_it_starts_on",
+            a_pool_needs_the_io_driver_of_a_multi_thread_runtime_it_starts_on,
         ),
         (
             "a_pool_started_on_a_current_thread_runtime_answers_while_it_idles",

@@ -179,7 +179,8 @@ impl ProcessBuilder {
     ///
     /// When a worker cannot be spawned (or more than 4,096 are asked for), does not
     /// announce itself in time, or announces another protocol version. No worker is left
-    /// running then. [`ProcessError::is_runtime`] when it is not awaited on a tokio runtime.
+    /// running then. [`ProcessError::is_runtime`] when it is not awaited on a tokio runtime, or
+    /// is awaited on a multi-thread one without its IO driver.
     ///
     /// Awaited on a multi-thread runtime, the workers' answers are read there (it needs its IO
     /// driver: `enable_all` or `enable_io`), so an answer wakes its caller on the same thread.
@@ -210,6 +211,15 @@ impl ProcessBuilder {
                 "ProcessBuilder::start must be awaited on a tokio runtime",
             )
         })?;
+        let multi_thread = readers.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+        if multi_thread && !io_driver_is_on() {
+            return Err(ProcessError::new(
+                ErrorKind::Runtime,
+                "ProcessBuilder::start was awaited on a multi-thread runtime without its IO \
+                 driver, which would read the workers' answers: build it with enable_all or \
+                 enable_io",
+            ));
+        }
         let program = match self.program.clone() {
             Some(p) => p,
             None => std::env::current_exe().map_err(|e| {
@@ -230,9 +240,10 @@ impl ProcessBuilder {
         // workers run its tasks whatever the caller does. A current-thread runtime runs them only
         // while a thread blocks on it (which may never happen again once `start` returns) and may
         // have no IO driver: the pool's own runtime reads them then.
-        let readers = match readers.runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => readers,
-            _ => handle.clone(),
+        let readers = if multi_thread {
+            readers
+        } else {
+            handle.clone()
         };
         let (stop_tx, stop_rx) = oneshot::channel::<TaskTracker>();
         std::thread::Builder::new()
@@ -365,4 +376,17 @@ impl ProcessExecutionStrategy {
     pub fn builder(registry: NodeRegistry) -> ProcessBuilder {
         ProcessBuilder::new(registry)
     }
+}
+
+/// Whether the runtime this is called on has its IO driver. Tokio has no query for it and panics
+/// when a pipe is registered without one, so a pipe is registered and the panic (which the panic
+/// hook reports) caught. A pipe that cannot be made says nothing: the driver is taken to be on.
+fn io_driver_is_on() -> bool {
+    let Ok((reads, _writes)) = std::io::pipe() else {
+        return true;
+    };
+    let probe = std::panic::catch_unwind(|| {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reads))
+    });
+    probe.is_ok()
 }

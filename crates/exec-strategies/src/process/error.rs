@@ -48,7 +48,7 @@ impl ProcessError {
     }
 
     /// The supervisor thread or its runtime could not be started, or `start` was not awaited on a
-    /// tokio runtime.
+    /// tokio runtime (or on a multi-thread one without its IO driver).
     pub fn is_runtime(&self) -> bool {
         self.kind == ErrorKind::Runtime
     }
