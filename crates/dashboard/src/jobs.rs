@@ -36,6 +36,18 @@ pub(crate) async fn job(State(shared): State<Arc<Shared>>, Path(id): Path<String
     (status, [(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
+/// `/api/jobs/` with no id: `404`, with the shape of the answer for an id the table does not
+/// hold, and how to ask.
+pub(crate) async fn no_id() -> Response {
+    let json = serde_json::json!({
+        "error": "no request id: ask for /api/jobs/{request id}",
+        "request_id": "",
+    });
+    let json = json.to_string();
+    let content = [(header::CONTENT_TYPE, "application/json")];
+    (StatusCode::NOT_FOUND, content, json).into_response()
+}
+
 /// Cuts every string in `json` as [`clip`] does.
 fn clip_texts(json: &mut Value) {
     match json {

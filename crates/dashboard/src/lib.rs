@@ -267,6 +267,7 @@ impl DashboardBuilder {
             .route("/api/events", get(events))
             .route("/api/feed", get(live_feed))
             .route("/api/jobs/{*id}", get(jobs::job))
+            .route("/api/jobs/", get(jobs::no_id))
             .route("/metrics", get(prometheus::metrics))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&shared),

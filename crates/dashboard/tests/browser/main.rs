@@ -655,6 +655,10 @@ async fn a_job_is_found_by_its_request_id() {
     assert!(size < 3_000, "the error is cut: {size} bytes");
     let (status, none, _) = job("/api/jobs/nope").await;
     assert_eq!((status, &none["request_id"]), (404, &"nope".into()));
+    // No id at all: the same shape, not an empty body.
+    let (status, none, _) = job("/api/jobs/").await;
+    assert_eq!((status, &none["request_id"]), (404, &"".into()));
+    assert!(none["error"].to_string().contains("/api/jobs/{request id}"));
     dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
