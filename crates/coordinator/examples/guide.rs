@@ -89,7 +89,8 @@ async fn deadlines_cancellation_retries(coordinator: &Coordinator) -> Fallible {
     let text = "Replayable. Because it can be rebuilt.".to_string();
     let options = SubmitOptions::new()
         .timeout(Duration::from_secs(10))
-        .retry(RetryPolicy::new(3));                          // replayable tasks only
+        .retry(RetryPolicy::new(3)                           // replayable tasks only
+            .attempt_timeout(Duration::from_secs(3)));          // one that hangs is retried
     let answer = coordinator.submit_with(Task::replayable("124", Summarize { text }), "async", options).await?;
 
     let slow = Task::from_fn("125", "slow", || async {       // a node that waits a long while

@@ -284,6 +284,8 @@ pub(crate) struct Ready {
     )>,
     /// The request of the node it was submitted from, when that is at hand.
     scoped_parent: Option<Arc<RequestCell>>,
+    /// Whether its retry policy gives each attempt a timeout.
+    times_attempts: bool,
 }
 
 impl Coordinator {
@@ -329,6 +331,9 @@ impl Coordinator {
         let span = task_span(task.info(), mode);
         let cell = RequestCell::new(task.info().node_id().clone(), span, events, output);
         let scoped_parent = scoped_parent(task.info());
+        let times_attempts = retry
+            .as_ref()
+            .is_some_and(|policy| policy.get_attempt_timeout().is_some());
         let retry = retry.map(|policy| {
             Box::new(Retry {
                 mode: entry.index,
@@ -337,6 +342,8 @@ impl Coordinator {
                 attempt: 1,
                 runtime: runtime.clone(),
                 backoff: None,
+                timer: None,
+                expired: None,
             })
         });
         cell.open(Ending {
@@ -353,6 +360,7 @@ impl Coordinator {
             cell,
             deadline,
             scoped_parent,
+            times_attempts,
         })
     }
 
@@ -412,6 +420,7 @@ impl Coordinator {
             task,
             cell,
             deadline,
+            times_attempts,
             ..
         } = ready;
         tracing::trace!(parent: cell.span(), "job opened");
@@ -428,6 +437,9 @@ impl Coordinator {
             // Its parent was cancelled already: it ends cancelled, and never starts.
             cell.cancel_with_parent();
         } else if let Some(completion) = cell.completion() {
+            if times_attempts {
+                cell.time_attempt();
+            }
             execute(&entry.strategy, task, completion);
         }
         Accepted { request_id, cell }

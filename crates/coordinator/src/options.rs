@@ -133,9 +133,11 @@ type Predicate = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;
 /// is counted on the job ([`Job::attempts`](crate::Job::attempts)); the request still ends with
 /// exactly one terminal message.
 ///
-/// By default node errors, panics and lost workers are retried; timeouts (the deadline covers all
-/// attempts), cancellations, shutdowns and errors that would recur (unsupported or unregistered
-/// node, encoding, protocol) are not. [`retry_if`](Self::retry_if) replaces that rule. A poison
+/// By default node errors, panics, lost workers and attempts that ran past a limit of their own
+/// (the [attempt timeout](Self::attempt_timeout), a worker pool's task timeout) are retried;
+/// the request's deadline (it covers all attempts and ends the request at once), cancellations,
+/// shutdowns and errors that would recur (unsupported or unregistered node, encoding, protocol)
+/// are not. [`retry_if`](Self::retry_if) replaces that rule. A poison
 /// task ([`TaskError::is_poison`]: it killed its workers too many times in a row) is never
 /// retried, whatever the rule.
 #[derive(Clone)]
@@ -146,6 +148,7 @@ pub struct RetryPolicy {
     multiplier: f64,
     jitter: bool,
     retry_if: Option<Predicate>,
+    attempt_timeout: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -159,7 +162,28 @@ impl RetryPolicy {
             multiplier: 2.0,
             jitter: true,
             retry_if: None,
+            attempt_timeout: None,
         }
+    }
+
+    /// Gives each attempt at most `timeout`, counted from when it is handed to its strategy. An
+    /// attempt past it is told to stop, as a cancellation tells it (an async node is dropped at
+    /// its next wake-up, a blocking node reads [`current_node_cancelled`](crate::current_node_cancelled),
+    /// a worker process is told and, after its grace, killed), and the requests it submitted are
+    /// cancelled. Once its run has stopped the attempt fails as timed out
+    /// ([`TaskError::is_timeout`]), and another follows as for any retryable error, so a call
+    /// that hangs once is retried. The request's [`timeout`](SubmitOptions::timeout), if any,
+    /// still covers every attempt. A run that never stops (a blocking node that never checks)
+    /// holds its attempt, and so its request, until it ends.
+    #[must_use]
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// The attempt timeout set, if any.
+    pub fn get_attempt_timeout(&self) -> Option<Duration> {
+        self.attempt_timeout
     }
 
     /// The first backoff and the cap on any backoff.
@@ -241,8 +265,9 @@ impl RetryPolicy {
     }
 }
 
+/// The request's own deadline never comes here: it ends the request without asking the policy.
 fn default_retryable(error: &TaskError) -> bool {
-    error.is_node_error() || error.is_panic() || error.is_worker_lost()
+    error.is_node_error() || error.is_panic() || error.is_worker_lost() || error.is_timeout()
 }
 
 impl fmt::Debug for RetryPolicy {
@@ -254,6 +279,7 @@ impl fmt::Debug for RetryPolicy {
             .field("multiplier", &self.multiplier)
             .field("jitter", &self.jitter)
             .field("custom_retry_if", &self.retry_if.is_some())
+            .field("attempt_timeout", &self.attempt_timeout)
             .finish()
     }
 }
@@ -277,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn default_rule_retries_transient_errors_only() {
+    fn default_rule_retries_transient_errors_and_attempts_past_their_limit() {
         let p = RetryPolicy::new(3);
         assert!(p.should_retry(1, &TaskError::node("x".into())));
         assert!(p.should_retry(2, &TaskError::worker_lost("killed")));
@@ -285,7 +311,9 @@ mod tests {
             !p.should_retry(3, &TaskError::node("x".into())),
             "attempts exhausted"
         );
-        assert!(!p.should_retry(1, &TaskError::timed_out("late")));
+        // Only an attempt past a limit of its own fails timed out: the request's deadline ends
+        // the request without asking.
+        assert!(p.should_retry(1, &TaskError::timed_out("late")));
         assert!(!p.should_retry(1, &TaskError::cancelled("stop")));
         assert!(!p.should_retry(1, &TaskError::not_registered("n")));
         let custom = RetryPolicy::new(2).retry_if(TaskError::is_timeout);

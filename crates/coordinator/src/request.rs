@@ -23,10 +23,12 @@ use tokio::task::AbortHandle;
 use crate::options::Output;
 
 mod completion;
+mod deadline;
 mod events;
 mod retry;
 mod tree;
 
+pub(crate) use deadline::Expiry;
 pub(crate) use retry::Retry;
 pub(crate) use tree::Up;
 
@@ -81,7 +83,7 @@ pub fn current_node() -> Option<NodeId> {
 /// ```
 pub fn current_node_cancelled() -> bool {
     CURRENT_NODE
-        .try_with(|scope| scope.request.upgrade().is_some_and(|r| r.is_cancelled()))
+        .try_with(|scope| scope.request.upgrade().is_some_and(|r| r.run_cancelled()))
         .unwrap_or(false)
 }
 
@@ -119,6 +121,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The shared record of one accepted request.
 pub(crate) struct RequestCell {
     cancelled: AtomicBool,
+    /// Set while the attempt under way ran past its attempt timeout: its run is told to stop,
+    /// as if cancelled, while the request stays open for the next attempt.
+    attempt_expired: AtomicBool,
     /// Set once it was cancelled with its parent, ended or not: the children it submits from
     /// then on are born cancelled.
     tree_cancelled: AtomicBool,
@@ -279,6 +284,7 @@ impl RequestCell {
         };
         Arc::new_cyclic(|me| Self {
             cancelled: AtomicBool::new(false),
+            attempt_expired: AtomicBool::new(false),
             tree_cancelled: AtomicBool::new(false),
             output,
             cancel_waker: AtomicWaker::new(),
@@ -341,14 +347,21 @@ impl RequestCell {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    /// Ready once the request is cancelled. One waiter at a time: what runs the request.
+    /// Whether the run of the attempt under way is to stop: the request was cancelled, or the
+    /// attempt ran past its attempt timeout.
+    pub(crate) fn run_cancelled(&self) -> bool {
+        self.is_cancelled() || self.attempt_expired.load(Ordering::SeqCst)
+    }
+
+    /// Ready once the attempt's run is to stop ([`run_cancelled`](Self::run_cancelled)). One
+    /// waiter at a time: what runs the request.
     pub(crate) fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_cancelled() {
+        if self.run_cancelled() {
             return Poll::Ready(());
         }
         self.cancel_waker.register(cx.waker());
         // Set after the check above and before the registration: seen here.
-        if self.is_cancelled() {
+        if self.run_cancelled() {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -555,39 +568,6 @@ impl RequestCell {
             None
         } else {
             Some(place)
-        }
-    }
-}
-
-/// The deadline of a request, waited for on the runtime it was submitted on. Dropped without
-/// firing while the request is open (that runtime shut down), it ends the request cancelled:
-/// nothing would keep its deadline any more. Dropped after the request ended (its timer
-/// aborted), it does nothing.
-pub(crate) struct Expiry(Option<Weak<RequestCell>>);
-
-impl Expiry {
-    pub(crate) fn new(cell: &Arc<RequestCell>) -> Self {
-        Self(Some(Arc::downgrade(cell)))
-    }
-
-    /// Ends the request as timed out, if it is still open.
-    pub(crate) fn fire(mut self, timeout: std::time::Duration) {
-        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
-            let timed_out = TaskError::timed_out(format!(
-                "the request did not end within its timeout of {timeout:?}"
-            ));
-            cell.stop(Err(timed_out), true);
-        }
-    }
-}
-
-impl Drop for Expiry {
-    fn drop(&mut self) {
-        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
-            let lost = TaskError::cancelled(
-                "the runtime the request was submitted on shut down before its deadline",
-            );
-            cell.stop(Err(lost), true);
         }
     }
 }

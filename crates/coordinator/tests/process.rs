@@ -127,8 +127,31 @@ impl PortableNode for Late {
     const NAME: &'static str = "late";
 }
 
+/// Hangs in the worker the first time it runs (it leaves the file it names behind), then
+/// returns the worker's pid.
+#[derive(Serialize, Deserialize)]
+struct HangOnce(std::path::PathBuf);
+
+impl Node for HangOnce {
+    type Output = u32;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "hang-once".into()
+    }
+    async fn invoke(self) -> Result<u32, BoxError> {
+        if std::fs::File::create_new(&self.0).is_ok() {
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        Ok(std::process::id())
+    }
+}
+
+impl PortableNode for HangOnce {
+    const NAME: &'static str = "hang-once";
+}
+
 fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
+    registry.register::<HangOnce>().unwrap();
     registry.register::<Tokens>().unwrap();
     registry.register::<Late>().unwrap();
     registry.register::<Analyze>().unwrap();
@@ -284,6 +307,42 @@ fn a_retried_task_survives_its_worker_being_killed() {
             (job.attempts(), job.result()),
             (2, Some(JobResult::Success))
         );
+        coordinator
+            .shutdown_with_grace(Duration::from_secs(5))
+            .await;
+        publisher.shutdown().await;
+    });
+}
+
+/// A node that hangs in its worker past its attempt timeout: the worker is told, then killed
+/// after its grace, and the next attempt answers from another worker.
+fn an_attempt_that_hangs_in_its_worker_is_stopped_and_retried() {
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
+        let marker = std::env::temp_dir().join(format!("hang-once-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let policy = RetryPolicy::new(3)
+            .backoff(Duration::from_millis(1), Duration::from_millis(1))
+            .attempt_timeout(Duration::from_millis(300));
+        let answer = coordinator.submit_with(
+            Task::portable("hung", HangOnce(marker.clone())),
+            ExecutionMode::PROCESS,
+            SubmitOptions::new().retry(policy),
+        );
+        let pid = tokio::time::timeout(Duration::from_secs(30), answer)
+            .await
+            .expect("the retried attempt answers")
+            .unwrap();
+        let job = coordinator.job("hung").unwrap();
+        assert_eq!(
+            (job.attempts(), job.result()),
+            (2, Some(JobResult::Success))
+        );
+        // The first attempt's worker was killed (it never stops on its own) before the second
+        // ran: that one answered from a live worker.
+        await_pool(&coordinator, 1, 2);
+        assert!(worker_pids(&coordinator).contains(&pid));
+        let _ = std::fs::remove_file(&marker);
         coordinator
             .shutdown_with_grace(Duration::from_secs(5))
             .await;
@@ -538,6 +597,10 @@ fn main() {
         (
             "a_retried_task_survives_its_worker_being_killed",
             a_retried_task_survives_its_worker_being_killed,
+        ),
+        (
+            "an_attempt_that_hangs_in_its_worker_is_stopped_and_retried",
+            an_attempt_that_hangs_in_its_worker_is_stopped_and_retried,
         ),
         (
             "a_poison_task_is_not_retried_whatever_the_policy",

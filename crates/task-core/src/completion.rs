@@ -24,8 +24,16 @@ pub trait CompletionSink: EventSink {
     /// Ready once the request has been cancelled; registers `cx`'s waker otherwise.
     fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()>;
 
-    /// Whether the request has been cancelled.
+    /// Whether the request has been cancelled: its run is to stop.
     fn is_cancelled(&self) -> bool;
+
+    /// Whether the request has its outcome already, without this run's: a [`Completion`] dropped
+    /// undelivered then delivers nothing. The default is [`is_cancelled`](Self::is_cancelled);
+    /// a sink whose run may be told to stop while its request goes on (a coordinator's attempt
+    /// past its own timeout, followed by another) says `false` then, and takes the failure.
+    fn has_outcome(&self) -> bool {
+        self.is_cancelled()
+    }
 
     /// Runs `f` inside the request's context (its tracing span, the node nested submissions get
     /// as their parent). Must call `f` exactly once.
@@ -196,7 +204,7 @@ impl Drop for Completion {
         };
         sink.run_over();
         // A cancelled request has its outcome already: nothing to deliver.
-        if !sink.is_cancelled() {
+        if !sink.has_outcome() {
             // Dropped while unwinding: the strategy (or whatever held the run) panicked.
             let why = if std::thread::panicking() {
                 "the strategy panicked before the task's outcome was delivered (its panic \

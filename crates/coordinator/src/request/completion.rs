@@ -33,6 +33,7 @@ enum Next {
 
 impl CompletionSink for RequestCell {
     fn complete(&self, outcome: Outcome) {
+        let outcome = self.attempt_outcome(outcome);
         // Whether another attempt follows is the policy's call, which may run the user's
         // predicate: asked outside the lock, and a panic in it means no.
         let wait = match &outcome {
@@ -57,6 +58,7 @@ impl CompletionSink for RequestCell {
             {
                 let (stop, stopped) = tokio::sync::oneshot::channel();
                 retry.backoff = Some((stop, error.clone()));
+                retry.attempt_over();
                 Next::Retry(retry.attempt, wait, retry.runtime.clone(), stopped)
             } else {
                 match slot.take().map(Ending::taken) {
@@ -83,6 +85,10 @@ impl CompletionSink for RequestCell {
     }
 
     fn is_cancelled(&self) -> bool {
+        self.run_cancelled()
+    }
+
+    fn has_outcome(&self) -> bool {
         RequestCell::is_cancelled(self)
     }
 

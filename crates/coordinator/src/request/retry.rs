@@ -1,11 +1,14 @@
 //! A request's attempts after the first: whether its retry policy grants one, the backoff before
 //! it, and the copy of the task it runs.
 
-use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use futures::future::{self, Either};
-use task_core::{ErasedTask, TaskError};
+use task_core::{ErasedTask, Outcome, TaskError};
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 use super::completion::execute;
 use super::{Ending, RequestCell, lock};
@@ -27,9 +30,93 @@ pub(crate) struct Retry {
     /// dropped), and the error that ended the attempt before it (the request's outcome if no
     /// attempt follows).
     pub(crate) backoff: Option<(oneshot::Sender<()>, TaskError)>,
+    /// The timer of the attempt under way's timeout, when the policy sets one.
+    pub(crate) timer: Option<AbortHandle>,
+    /// The error the attempt under way ends with, once it ran past its attempt timeout.
+    pub(crate) expired: Option<TaskError>,
+}
+
+impl Retry {
+    /// The attempt under way is over: its timer stops.
+    pub(crate) fn attempt_over(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+}
+
+impl Drop for Retry {
+    fn drop(&mut self) {
+        self.attempt_over();
+    }
 }
 
 impl RequestCell {
+    /// Starts the timer of the attempt under way, if the request's retry policy sets an attempt
+    /// timeout: past it, [`expire_attempt`](Self::expire_attempt).
+    pub(crate) fn time_attempt(&self) {
+        let mut slot = lock(&self.ending);
+        let Some(retry) = slot.as_mut().and_then(|ending| ending.retry.as_mut()) else {
+            return;
+        };
+        let Some(timeout) = retry.policy.get_attempt_timeout() else {
+            return;
+        };
+        let (cell, attempt) = (self.me.clone(), retry.attempt);
+        // A timeout too long to add to now never fires.
+        let Some(at) = tokio::time::Instant::now().checked_add(timeout) else {
+            return;
+        };
+        let timer = retry.runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(cell) = cell.upgrade() {
+                cell.expire_attempt(attempt, timeout);
+            }
+        });
+        retry.attempt_over();
+        retry.timer = Some(timer.abort_handle());
+    }
+
+    /// Attempt `attempt` ran past its attempt timeout: if it is still under way, its run is told
+    /// to stop (as a cancellation tells it) and the requests it submitted are cancelled. The
+    /// request stays open: once the run has stopped, the attempt fails as timed out, and the
+    /// retry policy decides whether another follows.
+    fn expire_attempt(self: &Arc<Self>, attempt: u32, timeout: Duration) {
+        {
+            let mut slot = lock(&self.ending);
+            let Some(retry) = slot.as_mut().and_then(|ending| ending.retry.as_mut()) else {
+                return;
+            };
+            if retry.attempt != attempt || retry.backoff.is_some() {
+                return;
+            }
+            retry.timer = None;
+            retry.expired = Some(TaskError::timed_out(format!(
+                "attempt {attempt} did not end within its attempt timeout of {timeout:?}"
+            )));
+            self.attempt_expired.store(true, Ordering::SeqCst);
+        }
+        tracing::debug!(parent: &self.span, attempt, ?timeout,
+            "the attempt ran past its attempt timeout; it is told to stop");
+        self.cancel_waker.wake();
+        Self::finish_stopped(self.stop_children());
+    }
+
+    /// The outcome an attempt's run delivered, as the attempt ends with it: a failure of an
+    /// attempt that ran past its attempt timeout (the stop it was told) is that timeout.
+    pub(super) fn attempt_outcome(&self, outcome: Outcome) -> Outcome {
+        match outcome {
+            Err(error) if self.attempt_expired.load(Ordering::SeqCst) => {
+                let slot = lock(&self.ending);
+                let retry = slot.as_ref().and_then(|ending| ending.retry.as_ref());
+                Err(retry
+                    .and_then(|retry| retry.expired.clone())
+                    .unwrap_or(error))
+            }
+            outcome => outcome,
+        }
+    }
+
     /// The backoff before another attempt after `error`, if the request's retry policy grants
     /// one (and the task can be replayed, and shutdown has not begun).
     pub(super) fn retry_wait(&self, error: &TaskError) -> Option<std::time::Duration> {
@@ -136,6 +223,8 @@ impl RequestCell {
             (Ok(following), Some(retry)) if !closing => {
                 retry.next = following;
                 retry.backoff = None;
+                retry.expired = None;
+                self.attempt_expired.store(false, Ordering::SeqCst);
                 retry.attempt += 1;
                 retry.attempt
             }
@@ -158,6 +247,7 @@ impl RequestCell {
         // On the event, not the span: a recorded span field would print once per attempt.
         tracing::debug!(parent: &self.span, attempt, "starting another attempt");
         if let Some(completion) = self.completion() {
+            self.time_attempt();
             execute(&inner.strategy(mode), task, completion);
         }
     }

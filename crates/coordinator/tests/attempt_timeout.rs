@@ -1,0 +1,192 @@
+//! A retry policy's attempt timeout: an attempt that hangs is stopped and retried, while the
+//! request's own timeout still covers every attempt.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use coordinator::{
+    BoxError, ExecutionMode, JobResult, RetryPolicy, SubmitOptions, Task,
+    ThreadedExecutionStrategy, current_node_cancelled,
+};
+use support::{Recorder, started, started_threaded};
+
+/// Up to `attempts` attempts of at most 50 ms each, 1 ms apart.
+fn hang_guard(attempts: u32) -> SubmitOptions {
+    let policy = RetryPolicy::new(attempts)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .attempt_timeout(Duration::from_millis(50));
+    SubmitOptions::new().retry(policy)
+}
+
+/// Fails rather than hangs when `future` never finishes.
+async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} never finished"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_attempt_that_hangs_is_stopped_and_the_next_one_answers() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let (calls, child_started) = (
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (counter, started_flag) = (Arc::clone(&calls), Arc::clone(&child_started));
+    let parent = coordinator.clone();
+    let step = Task::replayable_fn("step", "llm-call", move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let (started_flag, parent) = (Arc::clone(&started_flag), parent.clone());
+        async move {
+            if n == 1 {
+                // The first attempt hangs, and so does the child it submitted.
+                let child = Task::from_fn("step/child", "hangs", || async {
+                    std::future::pending::<Result<(), BoxError>>().await
+                });
+                let child = parent.try_spawn(child, ExecutionMode::ASYNC, SubmitOptions::new());
+                started_flag.store(child.is_ok(), Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(n)
+        }
+    });
+    let answer = coordinator.submit_with(step, ExecutionMode::ASYNC, hang_guard(3));
+    assert_eq!(within("the request", answer).await.unwrap(), 2);
+    assert!(
+        child_started.load(Ordering::SeqCst),
+        "the first attempt's child ran"
+    );
+    let job = coordinator.job("step").unwrap();
+    assert_eq!(
+        (job.attempts(), job.result()),
+        (2, Some(JobResult::Success))
+    );
+    // The hung attempt's child was cancelled with it.
+    let child = coordinator.job("step/child").unwrap();
+    assert_eq!(child.result(), Some(JobResult::Cancelled));
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let counts = recorder.terminal_counts();
+    assert_eq!((counts["step"], counts["step/child"]), (1, 1), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_that_all_hang_end_the_request_timed_out_after_the_last() {
+    let (publisher, coordinator) = started();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let step = Task::replayable_fn("hangs", "hangs", move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    let error = within(
+        "the request",
+        coordinator.submit_with(step, ExecutionMode::ASYNC, hang_guard(3)),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    assert!(error.to_string().contains("attempt 3"), "{error}");
+    let job = coordinator.job("hangs").unwrap();
+    assert_eq!(
+        (job.attempts(), job.result()),
+        (3, Some(JobResult::TimedOut))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // The request's own timeout still covers every attempt: it ends the request at once, and
+    // no attempt follows.
+    let counter = Arc::clone(&calls);
+    let step = Task::replayable_fn("bounded", "hangs", move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    let options = hang_guard(100).timeout(Duration::from_millis(120));
+    let error = within(
+        "the request",
+        coordinator.submit_with(step, ExecutionMode::ASYNC, options),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("the request did not end"),
+        "{error}"
+    );
+    let attempts = coordinator.job("bounded").unwrap().attempts();
+    assert!(
+        (2..=3).contains(&attempts),
+        "{attempts} attempts in 120 ms of 50 ms each"
+    );
+
+    // A policy that retries no timeouts ends the request with the first attempt's.
+    let step = Task::replayable_fn("no-retry", "hangs", || {
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    let policy = RetryPolicy::new(3)
+        .attempt_timeout(Duration::from_millis(20))
+        .retry_if(|error| !error.is_timeout());
+    let options = SubmitOptions::new().retry(policy);
+    let error = within(
+        "the request",
+        coordinator.submit_with(step, ExecutionMode::ASYNC, options),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    assert_eq!(coordinator.job("no-retry").unwrap().attempts(), 1);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// A blocking node is told through `current_node_cancelled`; the next attempt starts only once
+/// the first has returned, so a limit of one thread never runs two attempts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_attempt_is_told_to_stop_and_the_next_starts_after_it_returned() {
+    let threaded = ThreadedExecutionStrategy::builder().threads(1);
+    let (publisher, coordinator) = started_threaded(threaded);
+    let (calls, running, overlapped) = (
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (counter, running_flag, overlap_flag) = (
+        Arc::clone(&calls),
+        Arc::clone(&running),
+        Arc::clone(&overlapped),
+    );
+    let step = Task::replayable_blocking("scan", "scan", move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        if running_flag.swap(true, Ordering::SeqCst) {
+            overlap_flag.store(true, Ordering::SeqCst);
+        }
+        let result = if n == 1 {
+            // Runs until told to stop, then a moment more, as a node winding down would.
+            while !current_node_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(30));
+            Err(BoxError::from("stopped"))
+        } else {
+            Ok(n)
+        };
+        running_flag.store(false, Ordering::SeqCst);
+        result
+    });
+    let answer = coordinator.submit_with(step, ExecutionMode::THREADED, hang_guard(3));
+    assert_eq!(within("the request", answer).await.unwrap(), 2);
+    assert!(
+        !overlapped.load(Ordering::SeqCst),
+        "two attempts ran at once"
+    );
+    let job = coordinator.job("scan").unwrap();
+    assert_eq!(
+        (job.attempts(), job.result()),
+        (2, Some(JobResult::Success))
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
