@@ -5,7 +5,8 @@ use std::fmt;
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
-use hashbrown::HashTable;
+use hashbrown::hash_table::{Entry, OccupiedEntry};
+use hashbrown::{HashSet, HashTable};
 
 use crate::job::{Job, JobStatus};
 
@@ -18,9 +19,91 @@ pub(crate) struct JobTable<A> {
     pub(crate) attached: Vec<Option<A>>,
     /// Positions in `jobs`, hashed by request id.
     pub(crate) index: HashTable<u32>,
-    /// Positions of the open jobs, hashed by their node id.
-    pub(crate) by_node: HashTable<u32>,
+    /// The open jobs' positions, one entry per node id, hashed by it. Not an entry per job:
+    /// open jobs sharing a node id (`Task::with_node_id`) would all share one hash, and finding
+    /// one of them (to close or move it) would cost a comparison with every other.
+    pub(crate) by_node: HashTable<NodeJobs>,
     pub(crate) hasher: RandomState,
+}
+
+/// The positions of the open jobs of one node id; never empty.
+#[derive(Clone)]
+pub(crate) enum NodeJobs {
+    /// The usual case: a node id has one open job at a time.
+    One(u32),
+    /// Several open jobs share the node id.
+    Many(Box<HashSet<u32, RandomState>>),
+}
+
+impl NodeJobs {
+    /// One of the positions.
+    fn any(&self) -> Option<usize> {
+        match self {
+            NodeJobs::One(position) => Some(*position as usize),
+            NodeJobs::Many(set) => set.iter().next().map(|&position| position as usize),
+        }
+    }
+
+    fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        let (one, many) = match self {
+            NodeJobs::One(position) => (Some(*position), None),
+            NodeJobs::Many(set) => (None, Some(set.iter().copied())),
+        };
+        one.into_iter()
+            .chain(many.into_iter().flatten())
+            .map(|position| position as usize)
+    }
+
+    fn insert(&mut self, position: u32, hasher: &RandomState) {
+        match self {
+            NodeJobs::One(first) => {
+                let mut set = HashSet::with_capacity_and_hasher(2, hasher.clone());
+                set.insert(*first);
+                set.insert(position);
+                *self = NodeJobs::Many(Box::new(set));
+            }
+            NodeJobs::Many(set) => {
+                set.insert(position);
+            }
+        }
+    }
+
+    /// Removes `position`; returns whether none is left.
+    fn remove(&mut self, position: u32) -> bool {
+        let NodeJobs::Many(set) = self else {
+            return matches!(self, NodeJobs::One(only) if *only == position);
+        };
+        set.remove(&position);
+        match set.len() {
+            0 => true,
+            1 => {
+                if let Some(&last) = set.iter().next() {
+                    *self = NodeJobs::One(last);
+                }
+                false
+            }
+            len => {
+                // Kept proportional to the positions it holds, so that `any` stays quick.
+                if len * 4 < set.capacity() {
+                    set.shrink_to(len * 2);
+                }
+                false
+            }
+        }
+    }
+
+    /// The job at `from` moved to `to`.
+    fn moved(&mut self, from: u32, to: u32) {
+        match self {
+            NodeJobs::One(position) if *position == from => *position = to,
+            NodeJobs::One(_) => {}
+            NodeJobs::Many(set) => {
+                if set.remove(&from) {
+                    set.insert(to);
+                }
+            }
+        }
+    }
 }
 
 impl<A> Default for JobTable<A> {
@@ -73,32 +156,60 @@ impl<A> JobTable<A> {
 
     /// What is attached to an open job whose node is `node_id`.
     pub(crate) fn attached_to_node(&self, node_id: &str) -> Option<&A> {
-        let (jobs, attached) = (&self.jobs, &self.attached);
-        let running = |&i: &u32| {
-            let i = i as usize;
-            jobs[i].child_node_id().as_str() == node_id && attached[i].is_some()
+        let jobs = &self.jobs;
+        let group = self.by_node.find(self.hash(node_id), |group| {
+            probed();
+            group
+                .any()
+                .is_some_and(|i| jobs[i].child_node_id().as_str() == node_id)
+        })?;
+        let mut attached = group.positions().filter_map(|i| self.attached[i].as_ref());
+        attached.next()
+    }
+
+    /// The index entry of the open jobs of the node of the job at `position`.
+    fn node_entry(&mut self, position: usize) -> Option<OccupiedEntry<'_, NodeJobs>> {
+        let node_id = self.jobs[position].child_node_id();
+        let hash = self.hasher.hash_one(node_id.as_str());
+        let jobs = &self.jobs;
+        let same_node = |group: &NodeJobs| {
+            probed();
+            group
+                .any()
+                .is_some_and(|i| jobs[i].child_node_id() == node_id)
         };
-        let &i = self.by_node.find(self.hash(node_id), running)?;
-        attached[i as usize].as_ref()
+        self.by_node.find_entry(hash, same_node).ok()
     }
 
     /// Indexes the job at `position`, just opened, by its node id, with `attachment` (if any)
     /// beside it.
     pub(crate) fn open_at(&mut self, position: usize, attachment: Option<A>) {
         self.attached[position] = attachment;
-        let hash = self.hash(self.jobs[position].child_node_id());
         let (jobs, hasher) = (&self.jobs, &self.hasher);
+        let node_id = jobs[position].child_node_id().as_str();
+        let node = |group: &NodeJobs| group.any().map(|i| jobs[i].child_node_id().as_str());
+        let same_node = |group: &NodeJobs| {
+            probed();
+            node(group) == Some(node_id)
+        };
+        let rehash = |group: &NodeJobs| node(group).map_or(0, |node| hasher.hash_one(node));
         // `position` is a valid u32 position.
-        self.by_node.insert_unique(hash, position as u32, |&i| {
-            hasher.hash_one(jobs[i as usize].child_node_id().as_str())
-        });
+        let at = position as u32;
+        match self
+            .by_node
+            .entry(hasher.hash_one(node_id), same_node, rehash)
+        {
+            Entry::Occupied(mut open) => open.get_mut().insert(at, hasher),
+            Entry::Vacant(vacant) => drop(vacant.insert(NodeJobs::One(at))),
+        }
     }
 
     /// Takes the job at `position`, closing, out of the node index; gives back what was attached
     /// to it.
     pub(crate) fn close_at(&mut self, position: usize) -> Option<A> {
-        let hash = self.hash(self.jobs[position].child_node_id());
-        if let Ok(entry) = self.by_node.find_entry(hash, |&i| i as usize == position) {
+        if let Some(mut entry) = self.node_entry(position)
+            && entry.get_mut().remove(position as u32)
+        {
             entry.remove();
         }
         self.attached[position].take()
@@ -106,7 +217,7 @@ impl<A> JobTable<A> {
 
     /// The positions of the open jobs, in no particular order.
     pub(crate) fn open_positions(&self) -> impl Iterator<Item = usize> + '_ {
-        self.by_node.iter().map(|&i| i as usize)
+        self.by_node.iter().flat_map(NodeJobs::positions)
     }
 
     /// Appends a job whose id (of hash `hash`) is not in the table; `None` when the index is
@@ -132,6 +243,15 @@ impl<A> JobTable<A> {
             entry.remove();
         }
         let last = self.jobs.len() - 1;
+        // An open job about to move is re-indexed first, while every position its node's entry
+        // holds is still valid.
+        if position != last
+            && self.jobs[last].status() == JobStatus::Opened
+            && let Some(mut entry) = self.node_entry(last)
+        {
+            // `position` and `last` are valid u32 positions.
+            entry.get_mut().moved(last as u32, position as u32);
+        }
         self.jobs.swap_remove(position);
         self.attached.swap_remove(position);
         if position != last {
@@ -140,12 +260,27 @@ impl<A> JobTable<A> {
                 // `position` came from a valid u32 position.
                 *slot = position as u32;
             }
-            if self.jobs[position].status() == JobStatus::Opened {
-                let moved = self.hash(self.jobs[position].child_node_id());
-                if let Some(slot) = self.by_node.find_mut(moved, |&i| i as usize == last) {
-                    *slot = position as u32;
-                }
-            }
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    static NODE_PROBES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one comparison of an entry of the node index (tests count them; nothing otherwise).
+fn probed() {
+    #[cfg(test)]
+    NODE_PROBES.with(|probes| probes.set(probes.get() + 1));
+}
+
+#[cfg(test)]
+pub(crate) fn node_probes() -> u64 {
+    NODE_PROBES.with(std::cell::Cell::get)
+}
+
+#[cfg(test)]
+pub(crate) fn reset_node_probes() {
+    NODE_PROBES.with(|probes| probes.set(0));
 }

@@ -253,3 +253,34 @@ fn a_failed_job_keeps_its_error_and_serializes_it() {
     let ok = serde_json::to_value(state.get("ok").unwrap()).unwrap();
     assert!(ok.get("error").is_none(), "{ok}");
 }
+
+/// Open jobs that share a node id (`Task::with_node_id`) cost O(1) each to open, find by node
+/// and close, however many of them are open: the node index compares a bounded number of its
+/// entries per operation (counted, not timed).
+#[test]
+fn open_jobs_sharing_a_node_id_cost_o1_each() {
+    let n = 2_000_u32;
+    let mut state = CoordinatorState::<u32>::with_attachments(Retention::KeepLast(10));
+    let node = NodeId::new("shared");
+    let info = |i: u32| TaskInfo::new(i.to_string().into(), node.clone(), None, "n");
+    table::reset_node_probes();
+    for i in 0..n {
+        state.add_job_with(&info(i), i).unwrap();
+        assert!(state.attachment_of_node("shared").is_some());
+    }
+    let opening = table::node_probes();
+    // Closed in an order unlike the opening's, evictions moving open jobs as they go.
+    for i in (0..n).rev().step_by(2).chain((0..n).step_by(2)) {
+        let (_, attached) = state
+            .end_job_detach(&i.to_string(), JobResult::Success)
+            .unwrap();
+        assert_eq!(attached, Some(i));
+    }
+    let closing = table::node_probes() - opening;
+    assert!(state.attachment_of_node("shared").is_none());
+    assert_eq!(state.open_jobs().count(), 0);
+    assert!(
+        opening <= 8 * u64::from(n) && closing <= 8 * u64::from(n),
+        "{opening} node-index comparisons to open {n} jobs of one node, {closing} to close them"
+    );
+}
