@@ -38,8 +38,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 ///
 /// Cloning gives another handle to the same coordinator; nodes may hold one to submit children.
 /// Dropping the last handle without [`shutdown`](Self::shutdown) ends every request still open,
-/// failed and announced (on the runtime `start` ran on, when there is one), and then releases
-/// the strategies. A handle a request holds (a node's capture, a retry's copy of its task) keeps
+/// failed and announced (on a thread of its own, needing no runtime and none of the dropping
+/// thread's locks), and then releases the strategies. A handle a request holds (a node's capture, a retry's copy of its task) keeps
 /// the coordinator, and its requests, alive until then: call `shutdown`.
 ///
 /// # Examples
@@ -483,9 +483,8 @@ impl Coordinator {
     /// Reads the job table under its lock.
     ///
     /// `f` runs while every submission and every ending request waits for the lock: keep it
-    /// short, and never call back into this coordinator from it (that deadlocks), nor drop in it
-    /// the last handle of a coordinator started without a runtime (its requests end there, and
-    /// their children may be this coordinator's). Copy what you need out and act on it after.
+    /// short, and never call back into this coordinator from it (that deadlocks). Copy what you
+    /// need out and act on it after.
     pub fn with_state<R>(&self, f: impl FnOnce(&CoordinatorState<OpenRequest>) -> R) -> R {
         f(&self.inner.table())
     }

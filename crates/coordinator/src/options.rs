@@ -45,8 +45,10 @@ impl SubmitOptions {
         Self::default()
     }
 
-    /// The request's deadline, counted from acceptance and covering every attempt and the
-    /// backoff between them. At the deadline the caller gets a timed-out error
+    /// The request's deadline, counted from acceptance (for a
+    /// [`submit_many`](crate::Coordinator::submit_many) task that waits in its batch for a place
+    /// under its mode's limit, from its start) and covering every attempt and the backoff between
+    /// them. At the deadline the caller gets a timed-out error
     /// ([`SubmitError::is_timeout`](crate::SubmitError::is_timeout)), the job closes as
     /// [`JobResult::TimedOut`](crate::JobResult::TimedOut) and the strategy's future is
     /// dropped (what that stops depends on the strategy; see `docs/reliability.md`). An
