@@ -54,6 +54,17 @@ impl NodeJobs {
             .map(|position| position as usize)
     }
 
+    fn holds(&self, position: usize) -> bool {
+        // A position past u32 is in no entry.
+        let Ok(position) = u32::try_from(position) else {
+            return false;
+        };
+        match self {
+            NodeJobs::One(only) => *only == position,
+            NodeJobs::Many(set) => set.contains(&position),
+        }
+    }
+
     fn insert(&mut self, position: u32, hasher: &RandomState) {
         match self {
             NodeJobs::One(first) => {
@@ -167,18 +178,15 @@ impl<A> JobTable<A> {
         attached.next()
     }
 
-    /// The index entry of the open jobs of the node of the job at `position`.
+    /// The index entry of the open jobs of the node of the job at `position`, open: found by
+    /// its node id's hash, and told from the entries of other node ids by holding `position`.
     fn node_entry(&mut self, position: usize) -> Option<OccupiedEntry<'_, NodeJobs>> {
-        let node_id = self.jobs[position].child_node_id();
-        let hash = self.hasher.hash_one(node_id.as_str());
-        let jobs = &self.jobs;
-        let same_node = |group: &NodeJobs| {
+        let hash = self.hash(self.jobs[position].child_node_id());
+        let holds = |group: &NodeJobs| {
             probed();
-            group
-                .any()
-                .is_some_and(|i| jobs[i].child_node_id() == node_id)
+            group.holds(position)
         };
-        self.by_node.find_entry(hash, same_node).ok()
+        self.by_node.find_entry(hash, holds).ok()
     }
 
     /// Indexes the job at `position`, just opened, by its node id, with `attachment` (if any)
