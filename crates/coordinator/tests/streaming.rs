@@ -268,3 +268,48 @@ async fn a_childs_events_name_the_child() {
     );
     assert_eq!((seen[2].0.as_str(), seen[2].2.as_str()), ("parent", "done"));
 }
+
+/// A retried node's events are its request's, whatever the attempt: the handle reads the failed
+/// attempt's events, then the next one's, and the bus carries them all before the one terminal
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_nodes_handle_reads_every_attempts_events_in_order() {
+    let (publisher, coordinator) = started();
+    let mut bus = publisher.subscribe_stream_with(Buffer::Unbounded).unwrap();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = attempts.clone();
+    let flaky = Task::replayable_fn("flaky", "writer", move || {
+        let attempt = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        async move {
+            broadcast(format!("attempt-{attempt}"))?;
+            if attempt == 1 {
+                return Err(BoxError::from("cut off"));
+            }
+            broadcast("done")?;
+            Ok::<_, BoxError>(attempt)
+        }
+    });
+    let policy = coordinator::RetryPolicy::new(2).backoff(Duration::ZERO, Duration::ZERO);
+    let options = SubmitOptions::new().retry(policy).with_events();
+    let mut handle = coordinator
+        .spawn(flaky, ExecutionMode::ASYNC, options)
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    while let Some(event) = within("the events", handle.next_event()).await {
+        read.push(event.to_string());
+    }
+    assert_eq!(read, ["attempt-1", "attempt-2", "done"]);
+    assert_eq!(within("the answer", handle).await.unwrap(), 2);
+    let mut on_bus = Vec::new();
+    while let Some(Ok(message)) = within("the bus", bus.next()).await {
+        match message {
+            RequestCompletionMessage::Broadcast(event) => on_bus.push(event.event.to_string()),
+            RequestCompletionMessage::Success(_) => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(on_bus, read);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
