@@ -231,8 +231,15 @@ impl Inner {
         self.table().counts().open
     }
 
-    pub(crate) fn record_attempt(&self, request_id: &str) {
-        let _ = self.table().record_attempt(request_id);
+    pub(crate) fn record_attempt(&self, request_id: &str, cell: &RequestCell) {
+        let mut table = self.table();
+        // Only on its own job: the request may have ended since, and another taken its id.
+        let ours = table
+            .attachment(request_id)
+            .is_some_and(|open| std::ptr::eq(Arc::as_ptr(&open.cell), cell));
+        if ours {
+            let _ = table.record_attempt(request_id);
+        }
     }
 }
 
@@ -330,8 +337,8 @@ impl Owner for Inner {
         Arc::clone(&self.modes[index].strategy)
     }
 
-    fn record_attempt(&self, request_id: &str) {
-        Inner::record_attempt(self, request_id);
+    fn record_attempt(&self, request_id: &str, cell: &RequestCell) {
+        Inner::record_attempt(self, request_id, cell);
     }
 
     fn runtime(&self) -> Option<tokio::runtime::Handle> {

@@ -104,8 +104,8 @@ pub(crate) trait Owner: Send + Sync {
     fn is_past_deadline(&self) -> bool;
     /// The strategy of the mode at `index`.
     fn strategy(&self, index: usize) -> StrategyRef;
-    /// Counts one more attempt of the request in its job.
-    fn record_attempt(&self, request_id: &str);
+    /// Counts one more attempt of the request of `cell` in its job, if that is still its own.
+    fn record_attempt(&self, request_id: &str, cell: &RequestCell);
     /// The runtime the coordinator was started on, if any.
     fn runtime(&self) -> Option<tokio::runtime::Handle>;
     /// Hands an event of the request's node to the bus (never waiting for a subscriber).

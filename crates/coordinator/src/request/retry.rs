@@ -243,7 +243,7 @@ impl RequestCell {
             }
         };
         drop(slot);
-        inner.record_attempt(&request_id);
+        inner.record_attempt(&request_id, self);
         // On the event, not the span: a recorded span field would print once per attempt.
         tracing::debug!(parent: &self.span, attempt, "starting another attempt");
         if let Some(completion) = self.completion() {
