@@ -315,7 +315,7 @@ impl Coordinator {
         permit: Option<Place>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Ready, SubmitError> {
-        let (timeout, retry, events, output) = options.into_parts();
+        let (timeout, retry, cell_options) = options.into_parts();
         // A timeout too long to add to now is no deadline at all. The timer is made here, in
         // the caller's context: a runtime without a time driver panics in the caller (as
         // `tokio::time::timeout` does) before anything is recorded. Now is the runtime's clock,
@@ -329,7 +329,7 @@ impl Coordinator {
             drop(tokio::time::sleep(Duration::ZERO));
         }
         let span = task_span(task.info(), mode);
-        let cell = RequestCell::new(task.info().node_id().clone(), span, events, output);
+        let cell = RequestCell::new(task.info().node_id().clone(), span, cell_options);
         let scoped_parent = scoped_parent(task.info());
         let times_attempts = retry
             .as_ref()

@@ -24,6 +24,7 @@ pub struct SubmitOptions {
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     events: bool,
+    ends_children: bool,
     /// The output the caller takes (set by the typed submissions, not by the user).
     output: Option<Output>,
 }
@@ -90,6 +91,25 @@ impl SubmitOptions {
         self
     }
 
+    /// Cancels the requests submitted from inside this one's node (and theirs in turn) that are
+    /// still open when it ends, however it ends: nothing it started outlives it. By default a
+    /// request that ends on its own (its node returns a value or an error, or panics) leaves
+    /// its children running, as a task spawned with `tokio::spawn` outlives its spawner; a
+    /// workflow that returns at the first failed step then leaves the others running. They end
+    /// cancelled, before the request's own end is published, and any child submitted after it
+    /// ended is born cancelled.
+    #[must_use]
+    pub fn cancel_children_on_end(mut self) -> Self {
+        self.ends_children = true;
+        self
+    }
+
+    /// Whether the request's children still open when it ends are cancelled
+    /// ([`cancel_children_on_end`](Self::cancel_children_on_end)).
+    pub fn cancels_children_on_end(&self) -> bool {
+        self.ends_children
+    }
+
     /// Whether the request's events are kept for its handle ([`with_events`](Self::with_events)).
     pub fn keeps_events(&self) -> bool {
         self.events
@@ -116,12 +136,24 @@ impl SubmitOptions {
         self
     }
 
-    /// The timeout, the retry policy, whether events are kept, and the output the caller takes.
-    pub(crate) fn into_parts(
-        self,
-    ) -> (Option<Duration>, Option<RetryPolicy>, bool, Option<Output>) {
-        (self.timeout, self.retry, self.events, self.output)
+    /// The timeout, the retry policy, and what the request's cell keeps: whether events are
+    /// kept, whether children are cancelled at its end, and the output the caller takes.
+    pub(crate) fn into_parts(self) -> (Option<Duration>, Option<RetryPolicy>, CellOptions) {
+        let cell = CellOptions {
+            events: self.events,
+            ends_children: self.ends_children,
+            output: self.output,
+        };
+        (self.timeout, self.retry, cell)
     }
+}
+
+/// The options a request's cell keeps for its life.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CellOptions {
+    pub(crate) events: bool,
+    pub(crate) ends_children: bool,
+    pub(crate) output: Option<Output>,
 }
 
 type Predicate = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;

@@ -20,7 +20,7 @@ use task_core::{Completion, CompletionSink, NodeId, Outcome, TaskError, TaskInfo
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
-use crate::options::Output;
+use crate::options::{CellOptions, Output};
 
 mod completion;
 mod deadline;
@@ -130,6 +130,8 @@ pub(crate) struct RequestCell {
     /// The output its typed caller takes; one taken moved goes to the bus as its text, not the
     /// value.
     output: Option<Output>,
+    /// Whether its children still open when it ends are cancelled.
+    ends_children: bool,
     /// Whatever runs the request waits here for cancellation.
     cancel_waker: AtomicWaker,
     /// Told when the children it adopts start being born cancelled ([`cancels_children`]):
@@ -254,10 +256,12 @@ impl Ending {
             tracing::error!(%reason, "the task's copy kept for a retry panicked when dropped");
         }
         // Ended, it no longer keeps the request above alive; its open children stay reachable
-        // from there.
+        // from there (or are stopped now, when they end with it).
+        let below = cell.stop_children_at_end();
         cell.hand_children_up();
         let permit = cell.place_to_let_go(permit);
         let outcome = cell.owned_outcome(outcome);
+        let parent_node = (!below.is_empty()).then(|| info.node_id().clone());
         match held.or_else(|| inner.upgrade()) {
             // Let go once the job is closed and before the caller hears.
             Some(inner) => inner.apply(info, outcome, announce, permit),
@@ -266,18 +270,22 @@ impl Ending {
                 cell.answer(outcome);
             }
         }
+        if let Some(node) = parent_node {
+            let why = format!("the request of node `{node}` ended, and its children with it");
+            RequestCell::finish_stopped_with(below, |_| TaskError::cancelled(why.clone()));
+        }
     }
 }
 
 impl RequestCell {
     /// A cell for a request of node `node_id`, keeping its events for the caller when `events`
     /// says so.
-    pub(crate) fn new(
-        node_id: NodeId,
-        span: tracing::Span,
-        events: bool,
-        output: Option<Output>,
-    ) -> Arc<Self> {
+    pub(crate) fn new(node_id: NodeId, span: tracing::Span, options: CellOptions) -> Arc<Self> {
+        let CellOptions {
+            events,
+            ends_children,
+            output,
+        } = options;
         let answer = Answer {
             events: events.then(VecDeque::new),
             ..Answer::default()
@@ -287,6 +295,7 @@ impl RequestCell {
             attempt_expired: AtomicBool::new(false),
             tree_cancelled: AtomicBool::new(false),
             output,
+            ends_children,
             cancel_waker: AtomicWaker::new(),
             children_cancelled: tokio::sync::Notify::new(),
             children: Mutex::new(Vec::new()),

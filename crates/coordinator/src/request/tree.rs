@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use task_core::TaskError;
+
 use super::{Ending, RequestCell, lock};
 
 impl RequestCell {
@@ -173,10 +175,31 @@ impl RequestCell {
     /// Ends each request [`stop_tree`](Self::stop_tree) stopped, as cancelled with its parent
     /// (closed, announced, answered).
     pub(super) fn finish_stopped(stopped: Vec<(Arc<RequestCell>, Ending)>) {
+        Self::finish_stopped_with(stopped, |ending| ending.cancelled(true));
+    }
+
+    /// As [`finish_stopped`](Self::finish_stopped), each with the error `why` makes of it.
+    pub(super) fn finish_stopped_with(
+        stopped: Vec<(Arc<RequestCell>, Ending)>,
+        why: impl Fn(&Ending) -> TaskError,
+    ) {
         for (cell, ending) in stopped {
-            let cancelled = Err(ending.cancelled(true));
+            let cancelled = Err(why(&ending));
             ending.finish(cancelled, true, &cell);
         }
+    }
+
+    /// Stops the open requests below one that ends with its children
+    /// ([`SubmitOptions::cancel_children_on_end`](crate::SubmitOptions::cancel_children_on_end)),
+    /// for the caller to finish once this one's end is applied; a child adopted from now on is
+    /// born cancelled. Nothing for any other request.
+    pub(super) fn stop_children_at_end(&self) -> Vec<(Arc<RequestCell>, Ending)> {
+        if !self.ends_children {
+            return Vec::new();
+        }
+        self.tree_cancelled.store(true, Ordering::SeqCst);
+        self.children_cancelled.notify_waiters();
+        self.stop_children()
     }
 }
 
@@ -257,7 +280,7 @@ mod tests {
     use crate::request::{Ending, Owner, RequestCell, lock};
 
     fn cell(name: &str) -> Arc<RequestCell> {
-        RequestCell::new(NodeId::new(name), tracing::Span::none(), false, None)
+        RequestCell::new(NodeId::new(name), tracing::Span::none(), Default::default())
     }
 
     /// An open request, of a coordinator already gone (it is answered directly as it ends).
