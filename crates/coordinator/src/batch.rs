@@ -76,16 +76,35 @@ impl Coordinator {
         I: IntoIterator<Item = task_core::Task<O>>,
         O: std::fmt::Debug + Send + Sync + 'static,
     {
+        let each = tasks.into_iter().map(|task| (task, options.clone()));
+        self.submit_many_with(each, mode)
+    }
+
+    /// [`submit_many`](Self::submit_many), each task with options of its own (its timeout, its
+    /// retry policy): the batch is accepted or rejected whole all the same.
+    ///
+    /// # Errors
+    ///
+    /// As for [`submit_many`](Self::submit_many).
+    pub fn submit_many_with<O, I>(
+        &self,
+        tasks: I,
+        mode: impl Into<ExecutionMode>,
+    ) -> Result<Batch<O>, SubmitError>
+    where
+        I: IntoIterator<Item = (task_core::Task<O>, SubmitOptions)>,
+        O: std::fmt::Debug + Send + Sync + 'static,
+    {
         let mode = mode.into();
-        let options = options.output::<O>(true);
         let runtime = self.check_open()?;
         let tasks = tasks.into_iter();
         let mut prepared = Vec::with_capacity(tasks.size_hint().0);
         let mut entry = None;
-        for task in tasks {
+        for (task, options) in tasks {
+            let options = options.output::<O>(true);
             let (task, mode_entry) = self.prepare(task.into_erased(), &mode, &options)?;
             entry = Some(mode_entry);
-            prepared.push(task);
+            prepared.push((task, options));
         }
         let Some(entry) = entry else {
             // Nothing to run, but a mode that cannot run anything, or a shutdown, is still said.
@@ -104,12 +123,12 @@ impl Coordinator {
         };
         let shared: Vec<Option<Place>> = prepared
             .iter()
-            .map(|task| limited.then(|| self.ancestor_place(task, entry)).flatten())
+            .map(|(task, _)| limited.then(|| self.ancestor_place(task, entry)).flatten())
             .collect();
         let took_place: Vec<bool> = prepared
             .iter()
             .zip(&shared)
-            .map(|(task, shared)| limited && shared.is_none() && !doomed(task))
+            .map(|((task, _), shared)| limited && shared.is_none() && !doomed(task))
             .collect();
         let own_places = took_place.iter().filter(|took| **took).count();
         // The places free now, up to one per task that takes its own; the others wait.
@@ -126,13 +145,15 @@ impl Coordinator {
         };
         let mut ready = Vec::with_capacity(prepared.len());
         let mut waits = Vec::with_capacity(prepared.len());
-        for ((task, shared), &takes_place) in prepared.into_iter().zip(shared).zip(&took_place) {
+        for (((task, options), shared), &takes_place) in
+            prepared.into_iter().zip(shared).zip(&took_place)
+        {
             let permit = match &mut places {
                 Some(places) if takes_place => places.split(1).map(Arc::new),
                 _ => shared,
             };
             waits.push(takes_place && permit.is_none());
-            ready.push(self.ready(task, &mode, entry, options.clone(), permit, &runtime)?);
+            ready.push(self.ready(task, &mode, entry, options, permit, &runtime)?);
         }
         // As for one request: announced openings come first, and nothing is recorded once
         // shutdown has begun.

@@ -654,3 +654,65 @@ async fn an_output_that_is_not_clone_comes_back_shared_with_the_bus() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// Each task of a batch with options of its own: a timeout on one, a retry policy on another,
+/// none on the third; the batch is still accepted or rejected whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_task_of_a_batch_may_bring_its_own_options() {
+    let (publisher, coordinator) = started();
+    let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = Arc::clone(&tries);
+    let hangs = Task::from_fn("hangs", "hangs", || async {
+        std::future::pending::<Result<u64, BoxError>>().await
+    });
+    let flaky = Task::replayable_fn("flaky", "flaky", move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                Err::<u64, _>("the first try fails")
+            } else {
+                Ok(2)
+            }
+        }
+    });
+    let retry = coordinator::RetryPolicy::new(2).backoff(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(1),
+    );
+    let batch = [
+        (
+            hangs,
+            SubmitOptions::new().timeout(std::time::Duration::from_millis(20)),
+        ),
+        (flaky, SubmitOptions::new().retry(retry.clone())),
+        (value_task("plain", 3), SubmitOptions::new()),
+    ];
+    let outputs = coordinator
+        .submit_many_with(batch, ExecutionMode::ASYNC)
+        .unwrap()
+        .all()
+        .await;
+    assert!(outputs[0].as_ref().unwrap_err().is_timeout());
+    assert_eq!(
+        (outputs[1].as_ref().ok(), outputs[2].as_ref().ok()),
+        (Some(&2), Some(&3))
+    );
+    assert_eq!(coordinator.job("flaky").unwrap().attempts(), 2);
+
+    // A retry policy on a task that cannot run again still rejects the whole batch.
+    let once = Task::<u64>::from_fn("once", "once", || async { Ok::<_, BoxError>(1) });
+    let rejected = coordinator
+        .submit_many_with(
+            [
+                (value_task("fine", 1), SubmitOptions::new()),
+                (once, SubmitOptions::new().retry(retry)),
+            ],
+            ExecutionMode::ASYNC,
+        )
+        .err()
+        .unwrap();
+    assert!(rejected.is_not_replayable(), "{rejected}");
+    assert!(coordinator.job("fine").is_none() && coordinator.job("once").is_none());
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
