@@ -359,7 +359,12 @@ impl RequestCell {
     /// Whether the run of the attempt under way is to stop: the request was cancelled, or the
     /// attempt ran past its attempt timeout.
     pub(crate) fn run_cancelled(&self) -> bool {
-        self.is_cancelled() || self.attempt_expired.load(Ordering::SeqCst)
+        self.is_cancelled() || self.attempt_expired()
+    }
+
+    /// Whether the attempt under way ran past its attempt timeout.
+    pub(crate) fn attempt_expired(&self) -> bool {
+        self.attempt_expired.load(Ordering::SeqCst)
     }
 
     /// Ready once the attempt's run is to stop ([`run_cancelled`](Self::run_cancelled)). One

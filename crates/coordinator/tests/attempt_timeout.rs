@@ -190,3 +190,39 @@ async fn a_blocking_attempt_is_told_to_stop_and_the_next_starts_after_it_returne
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// What an attempt's node still submits after its attempt timeout is born cancelled, as after a
+/// request's own: the chaos test found such a child (and its children) running on after the
+/// request had answered timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_submitted_after_its_attempt_expired_is_born_cancelled() {
+    let threaded = ThreadedExecutionStrategy::builder().threads(1);
+    let (publisher, coordinator) = started_threaded(threaded);
+    let child_ran = Arc::new(AtomicBool::new(false));
+    let (parent, ran) = (coordinator.clone(), Arc::clone(&child_ran));
+    let step = Task::replayable_blocking("late-child", "scan", move || {
+        while !current_node_cancelled() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ran = Arc::clone(&ran);
+        let child = Task::from_fn("late-child/child", "child", move || async move {
+            ran.store(true, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        });
+        let handle = parent.try_spawn(child, ExecutionMode::ASYNC, SubmitOptions::new());
+        let outcome = coordinator::block_on(handle.map_err(BoxError::from)?);
+        Err::<(), _>(BoxError::from(format!("stopped; the child: {outcome:?}")))
+    });
+    let error = within(
+        "the request",
+        coordinator.submit_with(step, ExecutionMode::THREADED, hang_guard(1)),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    let child = coordinator.job("late-child/child").unwrap();
+    assert_eq!(child.result(), Some(JobResult::Cancelled));
+    assert!(!child_ran.load(Ordering::SeqCst), "the child never started");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

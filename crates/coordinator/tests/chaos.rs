@@ -1,6 +1,7 @@
 //! Chaos: seeded random mixes of everything that ends a request at once, across the async and
 //! threaded modes: request trees (children submitted from async and from blocking nodes, some
-//! after their parent was cancelled), timeouts, retries with backoff, cancellation by handle and
+//! after their parent was cancelled, some ending with their parent), timeouts, retries with
+//! backoff and attempt timeouts, cancellation by handle and
 //! by id, per-mode concurrency limits, the threaded strategy's `max_in_flight`, `submit_many`
 //! batches, `try_spawn` handles dropped unawaited, and `shutdown_with_grace` or the drop of the
 //! last handle racing all of it, with random small sleeps everywhere.
@@ -8,8 +9,9 @@
 //! Per accepted request it checks: exactly one terminal message on an unbounded subscriber (none
 //! for a request that was not accepted), the job table's counts (nothing open after shutdown,
 //! one closed job per accepted request, each job's result agreeing with its message), every
-//! awaited caller answered (each await bounded), and no node of a tree starting once the
-//! cancellation (or timeout) of a request above it was answered.
+//! awaited caller answered (each await bounded), no node of a tree starting once the
+//! cancellation (or timeout) of a request above it was answered, and no attempt of a request
+//! running beside another of it.
 //!
 //! `CHAOS_SEEDS` (default 64), `CHAOS_FIRST_SEED` (default 1) and `CHAOS_OPS` (default 150)
 //! widen the run: `CHAOS_SEEDS=500 cargo test --release -p coordinator --all-features --test chaos`.
@@ -62,6 +64,8 @@ struct World {
     awaited: Mutex<HashSet<String>>,
     /// Nodes running now (blocking nodes go on after their request ended).
     running: AtomicI64,
+    /// The requests whose node runs now: one attempt of a request never runs beside another.
+    running_ids: Mutex<HashSet<String>>,
     failures: Mutex<Vec<String>>,
     /// What the test saw of each request id, for the report of a failure.
     notes: Mutex<HashMap<String, Vec<String>>>,
@@ -70,10 +74,11 @@ struct World {
 }
 
 /// Counts a node out when it stops, however (a cancelled async node is dropped).
-struct Running(Arc<World>);
+struct Running(Arc<World>, String);
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.0.running_ids.lock().unwrap().remove(&self.1);
         self.0.running.fetch_sub(1, SeqCst);
     }
 }
@@ -105,7 +110,12 @@ impl World {
             format!("started at {at} on {:?}", std::thread::current().name()),
         );
         self.starts.lock().unwrap().push((id.to_string(), at));
-        Running(Arc::clone(self))
+        if !self.running_ids.lock().unwrap().insert(id.to_string()) {
+            self.fail(format!(
+                "{id}: an attempt started beside another still running"
+            ));
+        }
+        Running(Arc::clone(self), id.to_string())
     }
     fn trying(&self, id: &str) {
         let at = self.tick();
@@ -169,10 +179,15 @@ fn random_options(rng: &mut Rng) -> SubmitOptions {
     }
     if rng.chance(20) {
         let attempts = 2 + rng.below(2) as u32;
-        options = options.retry(
-            RetryPolicy::new(attempts)
-                .backoff(Duration::from_micros(200), Duration::from_millis(4)),
-        );
+        let mut policy = RetryPolicy::new(attempts)
+            .backoff(Duration::from_micros(200), Duration::from_millis(4));
+        if rng.chance(40) {
+            policy = policy.attempt_timeout(rng.micros(10_000));
+        }
+        options = options.retry(policy);
+    }
+    if rng.chance(15) {
+        options = options.cancel_children_on_end();
     }
     options
 }

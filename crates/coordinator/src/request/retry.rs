@@ -99,6 +99,8 @@ impl RequestCell {
         tracing::debug!(parent: &self.span, attempt, ?timeout,
             "the attempt ran past its attempt timeout; it is told to stop");
         self.cancel_waker.wake();
+        // Children waiting for a place are born cancelled now.
+        self.children_cancelled.notify_waiters();
         Self::finish_stopped(self.stop_children());
     }
 
@@ -106,7 +108,7 @@ impl RequestCell {
     /// attempt that ran past its attempt timeout (the stop it was told) is that timeout.
     pub(super) fn attempt_outcome(&self, outcome: Outcome) -> Outcome {
         match outcome {
-            Err(error) if self.attempt_expired.load(Ordering::SeqCst) => {
+            Err(error) if self.attempt_expired() => {
                 let slot = lock(&self.ending);
                 let retry = slot.as_ref().and_then(|ending| ending.retry.as_ref());
                 Err(retry

@@ -99,10 +99,11 @@ impl RequestCell {
         }
     }
 
-    /// Whether the children it adopts from now on are born cancelled: it was cancelled, or its
-    /// tree was.
+    /// Whether the children it adopts from now on are born cancelled: it was cancelled, its
+    /// tree was, or the attempt under way ran past its attempt timeout (what that attempt's
+    /// node still submits is stopped with it).
     pub(crate) fn cancels_children(&self) -> bool {
-        self.is_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
+        self.run_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
     }
 
     /// Completes once [`cancels_children`](Self::cancels_children) holds.
@@ -191,10 +192,12 @@ impl RequestCell {
 
     /// Stops the open requests below one that ends with its children
     /// ([`SubmitOptions::cancel_children_on_end`](crate::SubmitOptions::cancel_children_on_end)),
-    /// for the caller to finish once this one's end is applied; a child adopted from now on is
-    /// born cancelled. Nothing for any other request.
+    /// or whose last attempt ran past its attempt timeout (its children were stopped as it
+    /// expired; this stops those that came before its end was decided), for the caller to finish
+    /// once this one's end is applied; a child adopted from now on is born cancelled. Nothing for
+    /// any other request.
     pub(super) fn stop_children_at_end(&self) -> Vec<(Arc<RequestCell>, Ending)> {
-        if !self.ends_children {
+        if !self.ends_children && !self.attempt_expired() {
             return Vec::new();
         }
         self.tree_cancelled.store(true, Ordering::SeqCst);
