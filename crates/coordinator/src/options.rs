@@ -204,9 +204,9 @@ impl RetryPolicy {
     /// attempt past it is told to stop, as a cancellation tells it (an async node is dropped at
     /// its next wake-up, a blocking node reads [`current_node_cancelled`](crate::current_node_cancelled),
     /// a worker process is told and, after its grace, killed), and the requests it submitted are
-    /// cancelled. Once its run has stopped the attempt fails as timed out
-    /// ([`TaskError::is_timeout`]), and another follows as for any retryable error, so a call
-    /// that hangs once is retried. The request's [`timeout`](SubmitOptions::timeout), if any,
+    /// cancelled (one it submits after is born cancelled). Once its run has stopped the attempt
+    /// fails as timed out ([`TaskError::is_timeout`]), and another follows as for any retryable
+    /// error, so a call that hangs once is retried. The request's [`timeout`](SubmitOptions::timeout), if any,
     /// still covers every attempt. A run that never stops (a blocking node that never checks)
     /// holds its attempt, and so its request, until it ends.
     #[must_use]
