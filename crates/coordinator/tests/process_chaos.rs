@@ -1,10 +1,11 @@
 //! Chaos in the process mode: seeded random mixes of portable tasks that succeed, fail, panic,
 //! sleep (waiting, or blocking their thread), exit or abort their worker, crash it once and then
 //! succeed, return outputs near and over the frame limit or carry inputs near and over it; with
-//! timeouts (the caller's and the pool's), retries, cancellation by handle and by id, a limit on
-//! the mode, `submit_many` batches, `try_spawn` handles dropped unawaited, async parents fanning
-//! out to the pool (some cancelled), workers SIGKILLed from outside, and a coordinator shutdown
-//! with a short grace, a shutdown of the pool itself, or the drop of the last handle racing it all.
+//! timeouts (the caller's, each attempt's and the pool's), retries, cancellation by handle and
+//! by id, a limit on the mode, `submit_many` batches, `try_spawn` handles dropped unawaited, async
+//! parents fanning out to the pool (some cancelled), workers SIGKILLed from outside, and a
+//! coordinator shutdown with a short grace, a shutdown of the pool itself, or the drop of the
+//! last handle racing it all.
 //!
 //! Per accepted request it checks: exactly one terminal message (none for a request that was
 //! not accepted), every awaited caller answered once and within a bound, each answer one its
@@ -409,10 +410,12 @@ fn draw_options(rng: &mut Rng, leaf: &mut Leaf) -> SubmitOptions {
     }
     if rng.chance(25) {
         leaf.attempts = 2 + rng.below(2) as u32;
-        options = options.retry(
-            RetryPolicy::new(leaf.attempts)
-                .backoff(Duration::from_micros(200), Duration::from_millis(5)),
-        );
+        let mut policy = RetryPolicy::new(leaf.attempts)
+            .backoff(Duration::from_micros(200), Duration::from_millis(5));
+        if rng.chance(30) {
+            policy = policy.attempt_timeout(rng.micros(30_000));
+        }
+        options = options.retry(policy);
     }
     options
 }
