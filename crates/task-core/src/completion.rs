@@ -249,9 +249,29 @@ impl Future for Owning {
 /// The future [`Completion::spawn`] hands the sink: the strategy's future, polled in the
 /// request's scope until it ends or the request is cancelled.
 struct Driven {
+    /// Dropped before the completion reports (delivers, or is dropped): the run is over only
+    /// once nothing of the node is left, so what the sink starts next (another attempt, a
+    /// waiting task given the place it frees) never runs beside the node's `Drop`.
     future: BoxFuture<'static, Outcome>,
     /// `None` once delivered.
     completion: Option<Completion>,
+}
+
+impl Driven {
+    /// Drops the strategy's future (in its place, one that never resolves and holds nothing),
+    /// then `completion`, delivering `outcome` if there is one.
+    fn stop(&mut self, completion: Completion, outcome: Option<Outcome>) {
+        // A panic in the node's `Drop` unwinds through here as it did through the sink's driver
+        // before: the completion, dropped as it unwinds, delivers a failure.
+        drop(std::mem::replace(
+            &mut self.future,
+            Box::pin(std::future::pending()),
+        ));
+        match outcome {
+            Some(outcome) => completion.complete(outcome),
+            None => drop(completion),
+        }
+    }
 }
 
 impl Future for Driven {
@@ -263,8 +283,11 @@ impl Future for Driven {
             return Poll::Ready(());
         };
         if completion.poll_cancelled(cx).is_ready() {
-            // Answered already; the completion is dropped without a delivery.
-            this.completion = None;
+            // Answered already (or to fail as its sink decides): the completion is dropped
+            // without a delivery, once the future is.
+            if let Some(completion) = this.completion.take() {
+                this.stop(completion, None);
+            }
             return Poll::Ready(());
         }
         let future = &mut this.future;
@@ -277,7 +300,7 @@ impl Future for Driven {
             Err(payload) => Err(TaskError::panic(payload)),
         };
         if let Some(completion) = this.completion.take() {
-            completion.complete(outcome);
+            this.stop(completion, Some(outcome));
         }
         Poll::Ready(())
     }

@@ -305,6 +305,65 @@ mod tests {
         second.complete(Ok(Value::new(())));
     }
 
+    /// A run told to stop whose request goes on (a coordinator's attempt past its own timeout,
+    /// followed by another): its future is dropped before the completion tells the sink the run
+    /// is over and delivers the failure, so nothing of the node (its `Drop`) runs beside what the
+    /// sink starts next, nor past the place under a limit that the run's end frees.
+    #[test]
+    fn a_spawned_run_told_to_stop_drops_its_future_before_it_reports() {
+        struct StopOnly {
+            node_dropped: Arc<AtomicBool>,
+            /// Whether the node's future was gone at `run_over`, and at `complete`.
+            seen: Mutex<Vec<(&'static str, bool)>>,
+        }
+        impl EventSink for StopOnly {
+            fn broadcast(&self, _event: Arc<str>) {}
+        }
+        impl CompletionSink for StopOnly {
+            fn complete(&self, _outcome: Outcome) {
+                let gone = self.node_dropped.load(Ordering::SeqCst);
+                self.seen.lock().unwrap().push(("complete", gone));
+            }
+            fn poll_cancelled(&self, _cx: &mut Context<'_>) -> Poll<()> {
+                Poll::Ready(())
+            }
+            fn is_cancelled(&self) -> bool {
+                true
+            }
+            fn has_outcome(&self) -> bool {
+                false
+            }
+            fn run_over(&self) {
+                let gone = self.node_dropped.load(Ordering::SeqCst);
+                self.seen.lock().unwrap().push(("run_over", gone));
+            }
+            fn run_in_scope(&self, f: &mut dyn FnMut()) {
+                f();
+            }
+            fn spawn(&self, future: BoxFuture<'static, ()>) {
+                futures::executor::block_on(future);
+            }
+        }
+        struct Node(Arc<AtomicBool>);
+        impl Drop for Node {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let node_dropped = Arc::new(AtomicBool::new(false));
+        let sink = Arc::new(StopOnly {
+            node_dropped: Arc::clone(&node_dropped),
+            seen: Mutex::default(),
+        });
+        let node = Node(node_dropped);
+        Completion::new(sink.clone()).spawn(async move {
+            let _node = node;
+            std::future::pending::<Outcome>().await
+        });
+        let seen = sink.seen.lock().unwrap().clone();
+        assert_eq!(seen, [("run_over", true), ("complete", true)]);
+    }
+
     #[test]
     fn an_owning_run_is_driven_past_its_requests_end_and_a_panic_in_it_drops_its_completion() {
         // Cancelled already: a run that `spawn` drives would be dropped unpolled.
