@@ -259,9 +259,15 @@ impl Ending {
         // from there (or are stopped now, when they end with it).
         let below = cell.stop_children_at_end();
         cell.hand_children_up();
+        // They end (closed, announced, answered) before this one is: whoever hears of its end
+        // finds nothing it started still open.
+        if !below.is_empty() {
+            let node = info.node_id();
+            let why = format!("the request of node `{node}` ended, and its children with it");
+            RequestCell::finish_stopped_with(below, |_| TaskError::cancelled(why.clone()));
+        }
         let permit = cell.place_to_let_go(permit);
         let outcome = cell.owned_outcome(outcome);
-        let parent_node = (!below.is_empty()).then(|| info.node_id().clone());
         match held.or_else(|| inner.upgrade()) {
             // Let go once the job is closed and before the caller hears.
             Some(inner) => inner.apply(info, outcome, announce, permit),
@@ -269,10 +275,6 @@ impl Ending {
                 drop(permit);
                 cell.answer(outcome);
             }
-        }
-        if let Some(node) = parent_node {
-            let why = format!("the request of node `{node}` ended, and its children with it");
-            RequestCell::finish_stopped_with(below, |_| TaskError::cancelled(why.clone()));
         }
     }
 }
@@ -515,8 +517,14 @@ impl RequestCell {
         // caller is answered, no node of its tree starts.
         let below = self.stop_children();
         let outcome = outcome(&ending);
-        ending.finish(outcome, announce, self);
-        Self::finish_stopped(below);
+        if self.ends_children {
+            // Its children end before it does, as `cancel_children_on_end` promises.
+            Self::finish_stopped(below);
+            ending.finish(outcome, announce, self);
+        } else {
+            ending.finish(outcome, announce, self);
+            Self::finish_stopped(below);
+        }
     }
 
     /// Hands the caller its outcome; only the first answer counts.

@@ -87,3 +87,66 @@ async fn a_request_that_ends_with_its_children_cancels_those_still_open() {
     assert_eq!(counts.len(), 10, "{counts:?}");
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
 }
+
+/// The position of `id`'s terminal message among `messages`.
+fn ended_at(messages: &[coordinator::RequestCompletionMessage], id: &str) -> usize {
+    messages
+        .iter()
+        .position(|m| m.is_terminal() && m.request_id().is_some_and(|r| r.as_str() == id))
+        .unwrap_or_else(|| panic!("no terminal message for {id}"))
+}
+
+/// Children still open when a request that ends with them ends, however it ends (its node
+/// returns, or it is cancelled), end before its own end is published: a subscriber hears of
+/// theirs first, and its caller, once answered, finds their jobs closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_cancelled_at_the_end_end_before_it_is_published() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let scoped = SubmitOptions::new().cancel_children_on_end();
+    for (id, hangs) in [("returns", false), ("cancelled", true)] {
+        let parent = coordinator.clone();
+        let child_id = format!("{id}/child");
+        let child = child_id.clone();
+        let task = Task::from_fn(id, "workflow", move || async move {
+            let step = Task::from_fn(child, "step", || async {
+                std::future::pending::<Result<(), BoxError>>().await
+            });
+            let handle = parent.try_spawn(step, ExecutionMode::ASYNC, SubmitOptions::new())?;
+            drop(handle);
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            Ok::<(), BoxError>(())
+        });
+        let handle = coordinator
+            .try_spawn(task, ExecutionMode::ASYNC, scoped.clone())
+            .unwrap();
+        if hangs {
+            // Cancelled once its child is open.
+            within("the child", async {
+                while coordinator.job(&child_id).is_none() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+            handle.cancel();
+        }
+        let _ = within("the workflow", handle).await;
+        let child = coordinator.job(&child_id).unwrap();
+        assert_eq!(child.result(), Some(JobResult::Cancelled), "{child_id}");
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let messages = recorder.messages();
+    for id in ["returns", "cancelled"] {
+        let (parent, child) = (
+            ended_at(&messages, id),
+            ended_at(&messages, &format!("{id}/child")),
+        );
+        assert!(
+            child < parent,
+            "{id}: its child's end was published after its own (at {child}, it at {parent})"
+        );
+    }
+}
