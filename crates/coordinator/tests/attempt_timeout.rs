@@ -226,3 +226,67 @@ async fn a_child_submitted_after_its_attempt_expired_is_born_cancelled() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// An attempt whose run delivered its failure before its attempt timeout passed is not expired
+/// while the policy decides (its predicate may take a while): it failed with its own error, and
+/// the children it left running outlive it, as any failed attempt's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_delivered_before_its_timeout_is_not_expired_after() {
+    let (publisher, coordinator) = started();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let parent = coordinator.clone();
+    let step = Task::replayable_fn("quick", "quick", move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let parent = parent.clone();
+        async move {
+            if n == 1 {
+                let child = Task::from_fn("quick/child", "hangs", || async {
+                    std::future::pending::<Result<(), BoxError>>().await
+                });
+                drop(parent.try_spawn(child, ExecutionMode::ASYNC, SubmitOptions::new())?);
+                return Err(BoxError::from("the first attempt fails on its own"));
+            }
+            Ok::<_, BoxError>(n)
+        }
+    });
+    let (seen, watcher) = (
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+        coordinator.clone(),
+    );
+    let errors = Arc::clone(&seen);
+    let policy = RetryPolicy::new(2)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .attempt_timeout(Duration::from_millis(20))
+        .retry_if(move |error| {
+            errors.lock().unwrap().push(error.to_string());
+            // The attempt timeout passes while the policy decides: long enough for the child to
+            // be cancelled, were the attempt expired now.
+            let since = std::time::Instant::now();
+            while since.elapsed() < Duration::from_millis(500) {
+                let child = watcher.job("quick/child").and_then(|job| job.result());
+                if child.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            true
+        });
+    let options = SubmitOptions::new().retry(policy);
+    let answer = coordinator.submit_with(step, ExecutionMode::ASYNC, options);
+    assert_eq!(within("the request", answer).await.unwrap(), 2);
+    let child = coordinator.job("quick/child").unwrap();
+    assert_eq!(
+        child.result(),
+        None,
+        "the finished attempt's child was ended"
+    );
+    assert!(
+        seen.lock().unwrap()[0].contains("fails on its own"),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    assert!(coordinator.cancel("quick/child"));
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

@@ -77,7 +77,7 @@ impl RequestCell {
         retry.timer = Some(timer.abort_handle());
     }
 
-    /// Attempt `attempt` ran past its attempt timeout: if it is still under way, its run is told
+    /// Attempt `attempt` ran past its attempt timeout: if its run is still out, it is told
     /// to stop (as a cancellation tells it) and the requests it submitted are cancelled. The
     /// request stays open: once the run has stopped, the attempt fails as timed out, and the
     /// retry policy decides whether another follows.
@@ -87,7 +87,11 @@ impl RequestCell {
             let Some(retry) = slot.as_mut().and_then(|ending| ending.retry.as_mut()) else {
                 return;
             };
-            if retry.attempt != attempt || retry.backoff.is_some() {
+            // Its run delivered (or was dropped) before this: the attempt ends with what it
+            // delivered, which `complete` is applying (the policy may still be deciding), and
+            // the children it left keep running as a failed attempt's do.
+            let run_over = !lock(&self.run).out;
+            if retry.attempt != attempt || retry.backoff.is_some() || run_over {
                 return;
             }
             retry.timer = None;
