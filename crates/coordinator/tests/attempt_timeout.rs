@@ -290,3 +290,42 @@ async fn an_attempt_that_delivered_before_its_timeout_is_not_expired_after() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// The runtime a request was submitted on shuts down while an attempt runs: nothing would stop
+/// the attempt at its timeout any more, so the request ends cancelled, as when its deadline's
+/// timer goes with that runtime. It stayed open, its node running, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_runtime_shut_down_ends_its_request() {
+    let threaded = ThreadedExecutionStrategy::builder().threads(1);
+    let (publisher, coordinator) = started_threaded(threaded);
+    let step = Task::replayable_blocking("orphaned", "scan", || {
+        while !current_node_cancelled() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Err::<(), _>(BoxError::from("stopped"))
+    });
+    let policy = RetryPolicy::new(2).attempt_timeout(Duration::from_secs(600));
+    let submitter = coordinator.clone();
+    let handle = std::thread::spawn(move || {
+        let short_lived = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let options = SubmitOptions::new().retry(policy);
+        let spawned = submitter.spawn(step, ExecutionMode::THREADED, options);
+        // Dropped once the request is accepted: its attempt's timer goes with it.
+        short_lived.block_on(spawned).unwrap()
+    })
+    .join()
+    .unwrap();
+    let error = within("the request", handle).await.unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("shut down before its attempt timeout"),
+        "{error}"
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}

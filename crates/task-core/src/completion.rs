@@ -96,7 +96,9 @@ impl Completion {
         Some(context::Events(sink))
     }
 
-    /// Whether the request has been cancelled: the run may stop, its outcome will be ignored.
+    /// Whether the run is to stop: its request was cancelled (what it delivers then is ignored),
+    /// or, under a coordinator, its attempt ran past its attempt timeout (what it delivers then
+    /// ends the attempt: a failure reads as the timeout).
     pub fn is_cancelled(&self) -> bool {
         self.sink.as_ref().is_some_and(|sink| sink.is_cancelled())
     }

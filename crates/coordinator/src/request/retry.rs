@@ -55,26 +55,44 @@ impl RequestCell {
     /// Starts the timer of the attempt under way, if the request's retry policy sets an attempt
     /// timeout: past it, [`expire_attempt`](Self::expire_attempt).
     pub(crate) fn time_attempt(&self) {
-        let mut slot = lock(&self.ending);
-        let Some(retry) = slot.as_mut().and_then(|ending| ending.retry.as_mut()) else {
-            return;
+        let (runtime, timeout, attempt) = {
+            let slot = lock(&self.ending);
+            let Some(retry) = slot.as_ref().and_then(|ending| ending.retry.as_ref()) else {
+                return;
+            };
+            let Some(timeout) = retry.policy.get_attempt_timeout() else {
+                return;
+            };
+            (retry.runtime.clone(), timeout, retry.attempt)
         };
-        let Some(timeout) = retry.policy.get_attempt_timeout() else {
-            return;
-        };
-        let (cell, attempt) = (self.me.clone(), retry.attempt);
         // A timeout too long to add to now never fires.
         let Some(at) = tokio::time::Instant::now().checked_add(timeout) else {
             return;
         };
-        let timer = retry.runtime.spawn(async move {
+        let guard = AttemptTimer(Some(self.me.clone()), attempt);
+        // Spawned outside the lock: on a runtime that shut down, the future (and the guard,
+        // which takes the lock) is dropped right here.
+        let timer = runtime.spawn(async move {
             tokio::time::sleep_until(at).await;
-            if let Some(cell) = cell.upgrade() {
-                cell.expire_attempt(attempt, timeout);
-            }
+            guard.fire(timeout);
         });
-        retry.attempt_over();
-        retry.timer = Some(timer.abort_handle());
+        let mut slot = lock(&self.ending);
+        match slot.as_mut().and_then(|ending| ending.retry.as_mut()) {
+            Some(retry) if retry.attempt == attempt => {
+                retry.attempt_over();
+                retry.timer = Some(timer.abort_handle());
+            }
+            _ => timer.abort(),
+        }
+    }
+
+    /// Whether attempt `attempt` is under way: the request is open, not waiting out a backoff,
+    /// and the attempt's run is out.
+    fn attempt_under_way(&self, attempt: u32) -> bool {
+        let slot = lock(&self.ending);
+        let retry = slot.as_ref().and_then(|ending| ending.retry.as_ref());
+        retry.is_some_and(|retry| retry.attempt == attempt && retry.backoff.is_none())
+            && lock(&self.run).out
     }
 
     /// Attempt `attempt` ran past its attempt timeout: if its run is still out, it is told
@@ -255,6 +273,33 @@ impl RequestCell {
         if let Some(completion) = self.completion() {
             self.time_attempt();
             execute(&inner.strategy(mode), task, completion);
+        }
+    }
+}
+
+/// The timer of one attempt of a request, on the runtime the request was submitted on. Dropped
+/// without firing while that attempt is under way (that runtime shut down), it ends the request
+/// cancelled, as the request's deadline does: nothing would stop the attempt any more. Dropped
+/// once the attempt is over (its timer aborted), it does nothing.
+struct AttemptTimer(Option<Weak<RequestCell>>, u32);
+
+impl AttemptTimer {
+    fn fire(mut self, timeout: Duration) {
+        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
+            cell.expire_attempt(self.1, timeout);
+        }
+    }
+}
+
+impl Drop for AttemptTimer {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade())
+            && cell.attempt_under_way(self.1)
+        {
+            let lost = TaskError::cancelled(
+                "the runtime the request was submitted on shut down before its attempt timeout",
+            );
+            cell.stop(Err(lost), true);
         }
     }
 }
