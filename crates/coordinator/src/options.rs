@@ -96,8 +96,12 @@ impl SubmitOptions {
     /// request that ends on its own (its node returns a value or an error, or panics) leaves
     /// its children running, as a task spawned with `tokio::spawn` outlives its spawner; a
     /// workflow that returns at the first failed step then leaves the others running. They end
-    /// cancelled, before the request's own end is published, and any child submitted after it
-    /// ended is born cancelled.
+    /// cancelled (job and message) before the request's own end is published and its caller
+    /// answered, and a child its node still submits after that (a blocking node running on
+    /// after its request was closed) is born cancelled. A task that names it as parent with
+    /// [`Task::with_parent`](task_core::Task::with_parent) from outside its node (work it
+    /// handed to `tokio::spawn`) once it has ended names no open request: that task is
+    /// nobody's child and runs, so await or cancel such work before the node returns.
     #[must_use]
     pub fn cancel_children_on_end(mut self) -> Self {
         self.ends_children = true;
@@ -206,9 +210,11 @@ impl RetryPolicy {
     /// a worker process is told and, after its grace, killed), and the requests it submitted are
     /// cancelled (one it submits after is born cancelled). Once its run has stopped the attempt
     /// fails as timed out ([`TaskError::is_timeout`]), and another follows as for any retryable
-    /// error, so a call that hangs once is retried. The request's [`timeout`](SubmitOptions::timeout), if any,
-    /// still covers every attempt. A run that never stops (a blocking node that never checks)
-    /// holds its attempt, and so its request, until it ends.
+    /// error, so a call that hangs once is retried. The request's
+    /// [`timeout`](SubmitOptions::timeout), if any, still covers every attempt. A run that never
+    /// stops (a blocking node that never checks, an async node that blocks instead of awaiting)
+    /// holds its attempt, and so its request, until it ends; if it then returns a value, that
+    /// value is the request's output (it is not thrown away to run the call again).
     #[must_use]
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
