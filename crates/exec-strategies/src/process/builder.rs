@@ -180,7 +180,9 @@ impl ProcessBuilder {
     /// When a worker cannot be spawned (or more than 4,096 are asked for), does not
     /// announce itself in time, or announces another protocol version. No worker is left
     /// running then. [`ProcessError::is_runtime`] when it is not awaited on a tokio runtime, or
-    /// is awaited on a multi-thread one without its IO driver.
+    /// is awaited on a multi-thread one without its IO driver. That driver is looked for by
+    /// trying it, which panics without it: the panic is caught, but the panic hook prints it,
+    /// and a program built with `panic = "abort"` aborts there instead.
     ///
     /// Awaited on a multi-thread runtime, the workers' answers are read there (it needs its IO
     /// driver: `enable_all` or `enable_io`), so an answer wakes its caller on the same thread.
