@@ -194,8 +194,8 @@ impl RequestCell {
     /// ([`SubmitOptions::cancel_children_on_end`](crate::SubmitOptions::cancel_children_on_end)),
     /// or whose last attempt ran past its attempt timeout (its children were stopped as it
     /// expired; this stops those that came before its end was decided), for the caller to finish
-    /// once this one's end is applied; a child adopted from now on is born cancelled. Nothing for
-    /// any other request.
+    /// before this one's end is applied; a child adopted from now on is born cancelled. Nothing
+    /// for any other request.
     pub(super) fn stop_children_at_end(&self) -> Vec<(Arc<RequestCell>, Ending)> {
         if !self.ends_children && !self.attempt_expired() {
             return Vec::new();
