@@ -577,39 +577,15 @@ fn an_event_sent_after_the_answer_disturbs_no_other_run() {
 
 fn main() {
     run_worker_if_requested(&registry());
-    let tests: &[(&str, fn())] = &[
-        (
-            "an_event_sent_after_the_answer_disturbs_no_other_run",
-            an_event_sent_after_the_answer_disturbs_no_other_run,
-        ),
-        (
-            "a_worker_processs_events_arrive_in_order_before_its_terminal_message",
-            a_worker_processs_events_arrive_in_order_before_its_terminal_message,
-        ),
-        (
-            "typed_results_and_failures_come_back_from_worker_processes",
-            typed_results_and_failures_come_back_from_worker_processes,
-        ),
-        (
-            "timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker",
-            timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker,
-        ),
-        (
-            "a_retried_task_survives_its_worker_being_killed",
-            a_retried_task_survives_its_worker_being_killed,
-        ),
-        (
-            "an_attempt_that_hangs_in_its_worker_is_stopped_and_retried",
-            an_attempt_that_hangs_in_its_worker_is_stopped_and_retried,
-        ),
-        (
-            "a_poison_task_is_not_retried_whatever_the_policy",
-            a_poison_task_is_not_retried_whatever_the_policy,
-        ),
-        (
-            "dropping_a_coordinator_without_shutdown_ends_its_worker_processes",
-            dropping_a_coordinator_without_shutdown_ends_its_worker_processes,
-        ),
+    let tests: &[(&str, fn())] = &named_tests![
+        an_event_sent_after_the_answer_disturbs_no_other_run,
+        a_worker_processs_events_arrive_in_order_before_its_terminal_message,
+        typed_results_and_failures_come_back_from_worker_processes,
+        timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker,
+        a_retried_task_survives_its_worker_being_killed,
+        an_attempt_that_hangs_in_its_worker_is_stopped_and_retried,
+        a_poison_task_is_not_retried_whatever_the_policy,
+        dropping_a_coordinator_without_shutdown_ends_its_worker_processes,
     ];
     support::run_harnessless(tests);
 }

@@ -262,15 +262,9 @@ fn a_cancelled_node_that_never_stops_keeps_its_place_until_its_worker_is_killed(
 
 fn main() {
     run_worker_if_requested(&registry());
-    let tests: &[(&str, fn())] = &[
-        (
-            "a_timed_out_node_keeps_its_place_until_it_stops_in_its_worker",
-            a_timed_out_node_keeps_its_place_until_it_stops_in_its_worker,
-        ),
-        (
-            "a_cancelled_node_that_never_stops_keeps_its_place_until_its_worker_is_killed",
-            a_cancelled_node_that_never_stops_keeps_its_place_until_its_worker_is_killed,
-        ),
+    let tests: &[(&str, fn())] = &named_tests![
+        a_timed_out_node_keeps_its_place_until_it_stops_in_its_worker,
+        a_cancelled_node_that_never_stops_keeps_its_place_until_its_worker_is_killed,
     ];
     support::run_harnessless(tests);
 }

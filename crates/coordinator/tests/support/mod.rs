@@ -207,6 +207,14 @@ where
     }
 }
 
+/// The `(name, test)` pairs of [`run_harnessless`], each named after its function.
+#[macro_export]
+macro_rules! named_tests {
+    ($($test:ident),* $(,)?) => {
+        [$((stringify!($test), $test as fn())),*]
+    };
+}
+
 /// Runs the tests of a test binary without libtest's harness (one that is its own process worker:
 /// its `main` must serve as a worker first): each in turn, a panic failing it; prints libtest's
 /// lines and exits 1 if any failed.
