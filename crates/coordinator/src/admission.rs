@@ -376,15 +376,14 @@ impl Coordinator {
             mode: entry.index,
         };
         table.add_job_with(&ready.task, open)?;
-        let born_cancelled = match &ready.scoped_parent {
-            Some(parent) => parent.adopt(&ready.cell),
-            None => ready
-                .task
-                .info()
-                .parent_id()
+        let parent = match &ready.scoped_parent {
+            Some(parent) => Some(&**parent),
+            None => (ready.task.info().parent_id())
                 .and_then(|parent| table.attachment_of_node(parent))
-                .is_some_and(|parent| parent.cell.adopt(&ready.cell)),
+                .map(|parent| &*parent.cell),
         };
+        ready.cell.join_trees(parent);
+        let born_cancelled = parent.is_some_and(|parent| parent.adopt(&ready.cell));
         entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(born_cancelled)
     }
@@ -424,6 +423,7 @@ impl Coordinator {
             ..
         } = ready;
         tracing::trace!(parent: cell.span(), "job opened");
+        cell.tree_joined(task.info());
         if let Some((sleep, timeout, runtime)) = deadline {
             let expiry = Expiry::new(&cell);
             let timer = runtime.spawn(async move {

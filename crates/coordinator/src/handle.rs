@@ -182,6 +182,69 @@ impl<O> RequestHandle<O> {
         self.cell.poll_event(cx)
     }
 
+    /// The next thing that happened in the request's tree (the request and every request
+    /// submitted below it, at any depth), in order; `None` once every request of the tree ended
+    /// and everything was read. Only a request submitted with
+    /// [`SubmitOptions::with_tree_events`](crate::SubmitOptions::with_tree_events) keeps its
+    /// tree's events: for any other, `None` at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is lost when the future is dropped.
+    ///
+    /// # Examples
+    ///
+    /// An agent that calls two tools, each streaming its progress; its caller follows them all:
+    ///
+    /// ```
+    /// use coordinator::{BoxError, Coordinator, ExecutionMode, JobResult,
+    ///     RequestCompletionPublisher, SubmitOptions, Task, TreeEvent, broadcast};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let publisher = RequestCompletionPublisher::new();
+    /// # publisher.start()?;
+    /// let coordinator = Coordinator::builder().with_async().build();
+    /// coordinator.start(&publisher)?;
+    ///
+    /// let tools = coordinator.clone();
+    /// let agent = Task::from_fn("agent-1", "agent", move || async move {
+    ///     let call = |name: &'static str| {
+    ///         let tool = Task::from_fn(format!("agent-1/{name}"), name, move || async move {
+    ///             broadcast(format!("{name}: working"))?;
+    ///             Ok::<_, BoxError>(name.len())
+    ///         });
+    ///         tools.submit(tool, ExecutionMode::ASYNC)
+    ///     };
+    ///     let (search, fetch) = tokio::join!(call("search"), call("fetch"));
+    ///     Ok::<_, BoxError>(search? + fetch?)
+    /// });
+    /// let options = SubmitOptions::new().with_tree_events();
+    /// let mut handle = coordinator.spawn(agent, ExecutionMode::ASYNC, options).await?;
+    /// let mut seen = Vec::new();
+    /// while let Some(event) = handle.next_tree_event().await {
+    ///     match event {
+    ///         TreeEvent::Joined(info) => seen.push(format!("{} joined", info.request_id())),
+    ///         TreeEvent::Event { event, .. } => seen.push(event.to_string()),
+    ///         TreeEvent::Ended { request_id, result, .. } => {
+    ///             assert_eq!(result, JobResult::Success);
+    ///             seen.push(format!("{request_id} ended"));
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// assert_eq!(seen.len(), 2 + 3 * 2, "the agent joined and ended, each tool did all three");
+    /// assert_eq!(seen.last().map(String::as_str), Some("agent-1 ended"));
+    /// assert_eq!(handle.await?, 11);
+    /// # coordinator.shutdown().await;
+    /// # publisher.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn next_tree_event(&mut self) -> Option<crate::TreeEvent> {
+        std::future::poll_fn(|cx| self.cell.poll_tree_event(cx)).await
+    }
+
     /// Whether the request was stopped before its run ended it: cancelled (by this handle, its
     /// parent, or the shutdown deadline), or past its deadline. `cancel` on a request that
     /// already ended changes nothing, so this stays `false` for it.

@@ -72,7 +72,7 @@ pub use crate::handle::RequestHandle;
 pub use crate::inner::{ModeCounts, OpenRequest};
 pub use crate::job::{Job, JobResult, JobStatus, ParseJobResultError};
 pub use crate::options::{RetryPolicy, SubmitOptions};
-pub use crate::request::{StrategyRef, current_node, current_node_cancelled};
+pub use crate::request::{StrategyRef, TreeEvent, current_node, current_node_cancelled};
 pub use crate::state::{CoordinatorState, JobCounts, Retention, StateError};
 
 #[doc(inline)]

@@ -24,6 +24,7 @@ pub struct SubmitOptions {
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     events: bool,
+    tree_events: bool,
     ends_children: bool,
     /// The output the caller takes (set by the typed submissions, not by the user).
     output: Option<Output>,
@@ -91,6 +92,27 @@ impl SubmitOptions {
         self
     }
 
+    /// Keeps for its handle to read, in order, what happens in the request and in every request
+    /// submitted below it, at any depth (an agent, the tools and sub-agents it calls, theirs):
+    /// each one's joining, the events its node [broadcasts](crate::broadcast) and its end
+    /// ([`RequestHandle::next_tree_event`](crate::RequestHandle::next_tree_event)). They are
+    /// kept until read, as [`with_events`](Self::with_events) keeps the request's own; the
+    /// bus's subscribers get the events and ends either way. The tree's events end once every
+    /// request of it ended: children that outlive the request (the default) are followed to
+    /// their end. A request submitted below it once they all ended, or once its handle is
+    /// gone, is not followed.
+    #[must_use]
+    pub fn with_tree_events(mut self) -> Self {
+        self.tree_events = true;
+        self
+    }
+
+    /// Whether the events of the request's tree are kept for its handle
+    /// ([`with_tree_events`](Self::with_tree_events)).
+    pub fn keeps_tree_events(&self) -> bool {
+        self.tree_events
+    }
+
     /// Cancels the requests submitted from inside this one's node (and theirs in turn) that are
     /// still open when it ends, however it ends: nothing it started outlives it. By default a
     /// request that ends on its own (its node returns a value or an error, or panics) leaves
@@ -145,6 +167,7 @@ impl SubmitOptions {
     pub(crate) fn into_parts(self) -> (Option<Duration>, Option<RetryPolicy>, CellOptions) {
         let cell = CellOptions {
             events: self.events,
+            tree_events: self.tree_events,
             ends_children: self.ends_children,
             output: self.output,
         };
@@ -156,6 +179,7 @@ impl SubmitOptions {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CellOptions {
     pub(crate) events: bool,
+    pub(crate) tree_events: bool,
     pub(crate) ends_children: bool,
     pub(crate) output: Option<Output>,
 }

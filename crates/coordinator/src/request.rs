@@ -27,10 +27,12 @@ mod deadline;
 mod events;
 mod retry;
 mod tree;
+mod tree_events;
 
 pub(crate) use deadline::Expiry;
 pub(crate) use retry::Retry;
 pub(crate) use tree::Up;
+pub use tree_events::TreeEvent;
 
 pub(crate) use completion::{execute, message_of};
 
@@ -132,6 +134,9 @@ pub(crate) struct RequestCell {
     output: Option<Output>,
     /// Whether its children still open when it ends are cancelled.
     ends_children: bool,
+    /// Whether its caller reads the events of its tree; the trees it belongs to, if any.
+    tree_root: bool,
+    trees: OnceLock<Vec<Arc<tree_events::TreeEvents>>>,
     /// Whatever runs the request waits here for cancellation.
     cancel_waker: AtomicWaker,
     /// Told when the children it adopts start being born cancelled ([`cancels_children`]):
@@ -268,6 +273,7 @@ impl Ending {
         }
         let permit = cell.place_to_let_go(permit);
         let outcome = cell.owned_outcome(outcome);
+        cell.tree_ended(&info, &outcome);
         match held.or_else(|| inner.upgrade()) {
             // Let go once the job is closed and before the caller hears.
             Some(inner) => inner.apply(info, outcome, announce, permit),
@@ -286,6 +292,7 @@ impl RequestCell {
         let CellOptions {
             events,
             ends_children,
+            tree_events,
             output,
         } = options;
         let answer = Answer {
@@ -298,6 +305,8 @@ impl RequestCell {
             tree_cancelled: AtomicBool::new(false),
             output,
             ends_children,
+            tree_root: tree_events,
+            trees: OnceLock::new(),
             cancel_waker: AtomicWaker::new(),
             children_cancelled: tokio::sync::Notify::new(),
             children: Mutex::new(Vec::new()),

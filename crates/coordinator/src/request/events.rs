@@ -29,9 +29,10 @@ impl RequestCell {
         Poll::Pending
     }
 
-    /// Stops keeping events for the caller: its handle is gone.
+    /// Stops keeping events, its own and its tree's, for the caller: its handle is gone.
     pub(crate) fn forget_events(&self) {
         lock(&self.answer).events = None;
+        self.forget_tree();
     }
 }
 
@@ -53,6 +54,7 @@ impl EventSink for RequestCell {
                 None => None,
             }
         };
+        self.tree_event(&ending.info, &event);
         let inner = ending.inner.upgrade();
         if let Some(inner) = &inner {
             inner.announce_event(&ending.info, event);
