@@ -382,7 +382,7 @@ impl Coordinator {
                 .and_then(|parent| table.attachment_of_node(parent))
                 .map(|parent| &*parent.cell),
         };
-        ready.cell.join_trees(parent);
+        ready.cell.join_trees(parent, ready.task.info());
         let born_cancelled = parent.is_some_and(|parent| parent.adopt(&ready.cell));
         entry.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(born_cancelled)
@@ -423,7 +423,7 @@ impl Coordinator {
             ..
         } = ready;
         tracing::trace!(parent: cell.span(), "job opened");
-        cell.tree_joined(task.info());
+        cell.wake_trees();
         if let Some((sleep, timeout, runtime)) = deadline {
             let expiry = Expiry::new(&cell);
             let timer = runtime.spawn(async move {

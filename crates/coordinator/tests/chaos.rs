@@ -10,8 +10,9 @@
 //! for a request that was not accepted), the job table's counts (nothing open after shutdown,
 //! one closed job per accepted request, each job's result agreeing with its message), every
 //! awaited caller answered (each await bounded), no node of a tree starting once the
-//! cancellation (or timeout) of a request above it was answered, and no attempt of a request
-//! running beside another of it.
+//! cancellation (or timeout) of a request above it was answered, no attempt of a request
+//! running beside another of it, and the shape of each tree of events a caller follows
+//! (`with_tree_events`).
 //!
 //! `CHAOS_SEEDS` (default 64), `CHAOS_FIRST_SEED` (default 1) and `CHAOS_OPS` (default 150)
 //! widen the run: `CHAOS_SEEDS=500 cargo test --release -p coordinator --all-features --test chaos`.
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use coordinator::{
     BoxError, Coordinator, ExecutionMode, RequestCompletionMessage, RequestCompletionPublisher,
     RequestHandle, RetryPolicy, SubmitError, SubmitOptions, Task, ThreadedExecutionStrategy,
-    block_on,
+    TreeEvent, block_on,
 };
 use support::{ChaosRun, Recorder, Rng, run_chaos_seeds};
 
@@ -188,6 +189,9 @@ fn random_options(rng: &mut Rng) -> SubmitOptions {
     }
     if rng.chance(15) {
         options = options.cancel_children_on_end();
+    }
+    if rng.chance(15) {
+        options = options.with_tree_events();
     }
     options
 }
@@ -396,11 +400,55 @@ fn await_answer(
     let world = Arc::clone(world);
     world.awaiting(&id);
     tokio::spawn(async move {
+        let mut handle = handle;
+        read_tree(&world, &id, &mut handle).await;
         match tokio::time::timeout(ANSWER_BOUND, handle).await {
             Ok(result) => world.answer(&id, &result),
             Err(_) => world.fail(format!("{id}: caller never answered")),
         }
     })
+}
+
+/// Reads the events of `id`'s tree, if it asked for them, to their end, bounded, and checks
+/// their shape: `id` joins first; every request joins once, below a node that joined before
+/// it, before anything else of it; its events come before its end; it ends once; the events
+/// end once all of the tree ended.
+async fn read_tree(world: &World, id: &str, handle: &mut RequestHandle<u64>) {
+    // Each request joined, and whether it ended; the nodes joined.
+    let (mut joined, mut nodes) = (HashMap::<String, bool>::new(), HashSet::new());
+    let wrong = |what: String| world.fail(format!("{id}'s tree: {what}"));
+    let read = async {
+        while let Some(event) = handle.next_tree_event().await {
+            match event {
+                TreeEvent::Joined(info) => {
+                    let request = info.request_id().to_string();
+                    let under = info.parent_id().is_some_and(|p| nodes.contains(p));
+                    if joined.is_empty() != (request == id) || (!joined.is_empty() && !under) {
+                        wrong(format!("{request} joined out of place"));
+                    }
+                    nodes.insert(info.node_id().clone());
+                    if joined.insert(request.clone(), false).is_some() {
+                        wrong(format!("{request} joined twice"));
+                    }
+                }
+                TreeEvent::Event { request_id, .. } => {
+                    if joined.get(request_id.as_str()) != Some(&false) {
+                        wrong(format!("an event of {request_id} outside its life"));
+                    }
+                }
+                TreeEvent::Ended { request_id, .. } => match joined.get_mut(request_id.as_str()) {
+                    Some(ended @ false) => *ended = true,
+                    _ => wrong(format!("{request_id} ended unjoined or twice")),
+                },
+                other => wrong(format!("unknown: {other:?}")),
+            }
+        }
+    };
+    if tokio::time::timeout(ANSWER_BOUND, read).await.is_err() {
+        wrong("its events never ended".into());
+    } else if let Some((open, _)) = joined.iter().find(|(_, ended)| !**ended) {
+        wrong(format!("its events ended with {open} open"));
+    }
 }
 
 struct Setup {

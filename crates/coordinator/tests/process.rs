@@ -8,7 +8,7 @@ use std::time::Duration;
 use coordinator::{
     BoxError, Buffer, Coordinator, ExecutionMode, JobResult, Node, NodeRegistry, PortableNode,
     ProcessExecutionStrategy, RequestCompletionMessage, RequestCompletionPublisher, RetryPolicy,
-    SubmitOptions, Task, run_worker_if_requested,
+    SubmitOptions, Task, TreeEvent, run_worker_if_requested,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -575,9 +575,52 @@ fn an_event_sent_after_the_answer_disturbs_no_other_run() {
     });
 }
 
+/// A child run in a worker process is followed, events and end, by the tree its ancestor's
+/// caller reads (`with_tree_events`).
+fn a_tree_follows_a_child_in_a_worker_process() {
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
+        let on = coordinator.clone();
+        let agent = Task::from_fn("agent", "agent", move || async move {
+            let tool = Task::portable("agent/tool", Tokens(3));
+            Ok::<_, BoxError>(on.submit(tool, ExecutionMode::PROCESS).await?)
+        });
+        let options = SubmitOptions::new().with_tree_events();
+        let mut handle = coordinator
+            .spawn(agent, ExecutionMode::ASYNC, options)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while let Some(event) = handle.next_tree_event().await {
+            seen.push(match event {
+                TreeEvent::Joined(info) => format!("{} joined", info.request_id()),
+                TreeEvent::Event { request_id, event } => format!("{request_id}: {event}"),
+                TreeEvent::Ended {
+                    request_id, result, ..
+                } => format!("{request_id} ended {result}"),
+                other => panic!("unknown: {other:?}"),
+            });
+        }
+        let expected = [
+            "agent joined",
+            "agent/tool joined",
+            "agent/tool: token-0",
+            "agent/tool: token-1",
+            "agent/tool: token-2",
+            "agent/tool ended success",
+            "agent ended success",
+        ];
+        assert_eq!(seen, expected);
+        assert_eq!(handle.await.unwrap(), 3);
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+}
+
 fn main() {
     run_worker_if_requested(&registry());
     let tests: &[(&str, fn())] = &named_tests![
+        a_tree_follows_a_child_in_a_worker_process,
         an_event_sent_after_the_answer_disturbs_no_other_run,
         a_worker_processs_events_arrive_in_order_before_its_terminal_message,
         typed_results_and_failures_come_back_from_worker_processes,

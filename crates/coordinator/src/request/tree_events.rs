@@ -73,21 +73,20 @@ impl TreeEvents {
         joins
     }
 
-    /// Keeps `event` for the reader (an ending one counts its request out), then wakes it.
-    fn push(&self, event: TreeEvent) {
-        let waker = {
-            let mut tree = lock(&self.0);
-            if matches!(event, TreeEvent::Ended { .. }) {
-                tree.open = tree.open.saturating_sub(1);
-            }
-            match tree.unread.as_mut() {
-                Some(unread) => {
-                    unread.push_back(event);
-                    tree.waker.take()
-                }
-                None => None,
-            }
-        };
+    /// Keeps `event` for the reader (an ending one counts its request out), without waking it.
+    fn keep(&self, event: TreeEvent) {
+        let mut tree = lock(&self.0);
+        if matches!(event, TreeEvent::Ended { .. }) {
+            tree.open = tree.open.saturating_sub(1);
+        }
+        if let Some(unread) = tree.unread.as_mut() {
+            unread.push_back(event);
+        }
+    }
+
+    /// Wakes the reader, if it waits.
+    fn wake(&self) {
+        let waker = lock(&self.0).waker.take();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -110,10 +109,12 @@ impl TreeEvents {
 }
 
 impl RequestCell {
-    /// Joins the trees of events it belongs to, as it is recorded, before it starts: its own,
-    /// when its caller asked for one, and each still open that `parent` (the request adopting
-    /// it) belongs to. Nothing to do, and nothing set, for a request in no tree.
-    pub(crate) fn join_trees(&self, parent: Option<&RequestCell>) {
+    /// Joins the trees of events it belongs to, as it is recorded (under the table's lock,
+    /// before anything can end it): its own, when its caller asked for one, and each still open
+    /// that `parent` (the request adopting it) belongs to; each keeps its joining. Nothing to
+    /// do, and nothing set, for a request in no tree. Its readers are woken as it starts
+    /// ([`wake_trees`](Self::wake_trees)), outside the lock.
+    pub(crate) fn join_trees(&self, parent: Option<&RequestCell>, info: &TaskInfo) {
         let parent = parent.filter(|parent| !std::ptr::eq(*parent, self));
         let inherited = parent.and_then(|parent| parent.trees.get());
         if !self.tree_root && inherited.is_none() {
@@ -121,22 +122,29 @@ impl RequestCell {
         }
         let own = self.tree_root.then(TreeEvents::new);
         let joined = inherited.into_iter().flatten().filter(|tree| tree.join());
+        let trees: Vec<_> = own.into_iter().chain(joined.cloned()).collect();
+        for tree in &trees {
+            tree.keep(TreeEvent::Joined(info.clone()));
+        }
         // Set once: a request is recorded once.
-        let _ = self
-            .trees
-            .set(own.into_iter().chain(joined.cloned()).collect());
+        let _ = self.trees.set(trees);
+    }
+
+    /// Wakes the readers of its trees to its joining: as it starts.
+    pub(crate) fn wake_trees(&self) {
+        self.trees
+            .get()
+            .into_iter()
+            .flatten()
+            .for_each(|tree| tree.wake());
     }
 
     /// Hands `event` to each tree it belongs to.
     fn to_trees(&self, event: impl Fn() -> TreeEvent) {
         for tree in self.trees.get().into_iter().flatten() {
-            tree.push(event());
+            tree.keep(event());
+            tree.wake();
         }
-    }
-
-    /// Tells its trees that it joined: as it starts, before any event of its node.
-    pub(crate) fn tree_joined(&self, info: &TaskInfo) {
-        self.to_trees(|| TreeEvent::Joined(info.clone()));
     }
 
     /// Hands an event of its node to its trees.
