@@ -207,6 +207,10 @@ impl Coordinator {
             }
         }
         drop(held);
+        // A task that waits for a place in the queue starts later: its tree hears it joined now.
+        for r in &ready[..born_cancelled.len()] {
+            r.cell.wake_trees();
+        }
         if born_cancelled.len() < ready.len() {
             let full = TaskError::strategy("the job table is full");
             for (i, r) in ready.into_iter().enumerate() {

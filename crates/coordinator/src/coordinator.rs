@@ -251,7 +251,11 @@ impl Coordinator {
         O: fmt::Debug + Send + Sync + 'static,
     {
         let accepted = self
-            .admit(task.into_erased(), mode.into(), options.output::<O>(true))?
+            .admit(
+                task.into_erased(),
+                mode.into(),
+                options.unread().output::<O>(true),
+            )?
             .await?;
         accepted.into_handle(take_output::<O>).await
     }
@@ -371,7 +375,11 @@ impl Coordinator {
         O: fmt::Debug + Send + Sync + 'static,
     {
         let accepted = self
-            .admit(task.into_erased(), mode.into(), options.output::<O>(false))?
+            .admit(
+                task.into_erased(),
+                mode.into(),
+                options.unread().output::<O>(false),
+            )?
             .await?;
         accepted.into_handle(shared_output::<O>).await
     }

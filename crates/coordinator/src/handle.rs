@@ -224,7 +224,7 @@ impl<O> RequestHandle<O> {
     /// let mut seen = Vec::new();
     /// while let Some(event) = handle.next_tree_event().await {
     ///     match event {
-    ///         TreeEvent::Joined(info) => seen.push(format!("{} joined", info.request_id())),
+    ///         TreeEvent::Joined { info, .. } => seen.push(format!("{} joined", info.request_id())),
     ///         TreeEvent::Event { event, .. } => seen.push(event.to_string()),
     ///         TreeEvent::Ended { request_id, result, .. } => {
     ///             assert_eq!(result, JobResult::Success);
@@ -242,7 +242,14 @@ impl<O> RequestHandle<O> {
     /// # }
     /// ```
     pub async fn next_tree_event(&mut self) -> Option<crate::TreeEvent> {
-        std::future::poll_fn(|cx| self.cell.poll_tree_event(cx)).await
+        std::future::poll_fn(|cx| self.poll_next_tree_event(cx)).await
+    }
+
+    /// Polls for the next event of the request's tree, as
+    /// [`next_tree_event`](Self::next_tree_event) waits for it. One reader at a time, as for
+    /// [`poll_next_event`](Self::poll_next_event).
+    pub fn poll_next_tree_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<crate::TreeEvent>> {
+        self.cell.poll_tree_event(cx)
     }
 
     /// Whether the request was stopped before its run ended it: cancelled (by this handle, its

@@ -151,6 +151,13 @@ impl SubmitOptions {
         self.retry.as_ref()
     }
 
+    /// These options for a submission that keeps no handle: nobody could read the events kept
+    /// for one, so none are.
+    pub(crate) fn unread(mut self) -> Self {
+        (self.events, self.tree_events) = (false, false);
+        self
+    }
+
     /// The same options for a submission whose caller takes an output of type `O`, moved when
     /// `owned`, shared otherwise.
     pub(crate) fn output<O: std::any::Any>(mut self, owned: bool) -> Self {

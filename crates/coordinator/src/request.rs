@@ -223,7 +223,7 @@ impl Ending {
         }
         let permit = cell.place_to_let_go(permit);
         let outcome = cell.owned_outcome(outcome);
-        cell.tree_ended(&info, &outcome);
+        let tree_end = cell.tree_end(&info, &outcome);
         match held.or_else(|| inner.upgrade()) {
             // Let go once the job is closed and before the caller hears.
             Some(inner) => inner.apply(info, outcome, announce, permit),
@@ -231,6 +231,9 @@ impl Ending {
                 drop(permit);
                 cell.answer(outcome);
             }
+        }
+        if let Some(end) = tree_end {
+            cell.tree_ended(end);
         }
     }
 }
@@ -443,7 +446,8 @@ impl RequestCell {
             .into_iter()
             .filter_map(|cell| Some((cell.take_ending()?, cell)))
             .collect();
-        for (ending, cell) in taken {
+        // Those below first, as a cancelled request's own children end before it.
+        for (ending, cell) in Self::deepest_first(taken) {
             cell.finish_taken(ending, &outcome, true);
         }
     }
@@ -476,14 +480,10 @@ impl RequestCell {
         // caller is answered, no node of its tree starts.
         let below = self.stop_children();
         let outcome = outcome(&ending);
-        if self.ends_children {
-            // Its children end before it does, as `cancel_children_on_end` promises.
-            Self::finish_stopped(below);
-            ending.finish(outcome, announce, self);
-        } else {
-            ending.finish(outcome, announce, self);
-            Self::finish_stopped(below);
-        }
+        // The children it cancels end before it does: whoever hears of its end finds nothing
+        // it started still open.
+        Self::finish_stopped(below);
+        ending.finish(outcome, announce, self);
     }
 
     /// Hands the caller its outcome; only the first answer counts.

@@ -420,7 +420,7 @@ async fn read_tree(world: &World, id: &str, handle: &mut RequestHandle<u64>) {
     let read = async {
         while let Some(event) = handle.next_tree_event().await {
             match event {
-                TreeEvent::Joined(info) => {
+                TreeEvent::Joined { info, .. } => {
                     let request = info.request_id().to_string();
                     let under = info.parent_id().is_some_and(|p| nodes.contains(p));
                     if joined.is_empty() != (request == id) || (!joined.is_empty() && !under) {

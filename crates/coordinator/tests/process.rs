@@ -593,8 +593,10 @@ fn a_tree_follows_a_child_in_a_worker_process() {
         let mut seen = Vec::new();
         while let Some(event) = handle.next_tree_event().await {
             seen.push(match event {
-                TreeEvent::Joined(info) => format!("{} joined", info.request_id()),
-                TreeEvent::Event { request_id, event } => format!("{request_id}: {event}"),
+                TreeEvent::Joined { info, .. } => format!("{} joined", info.request_id()),
+                TreeEvent::Event {
+                    request_id, event, ..
+                } => format!("{request_id}: {event}"),
                 TreeEvent::Ended {
                     request_id, result, ..
                 } => format!("{request_id} ended {result}"),

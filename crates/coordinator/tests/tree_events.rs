@@ -24,11 +24,13 @@ async fn within<F: Future>(what: &str, future: F) -> F::Output {
 /// `ID ended RESULT`.
 fn line(event: &TreeEvent) -> String {
     match event {
-        TreeEvent::Joined(info) => {
+        TreeEvent::Joined { info, .. } => {
             let parent = info.parent_id().map_or("none".into(), |p| p.to_string());
             format!("joined {} (parent {parent})", info.request_id())
         }
-        TreeEvent::Event { request_id, event } => format!("{request_id}: {event}"),
+        TreeEvent::Event {
+            request_id, event, ..
+        } => format!("{request_id}: {event}"),
         TreeEvent::Ended {
             request_id, result, ..
         } => format!("{request_id} ended {result}"),
@@ -55,7 +57,7 @@ fn by_request(events: &[TreeEvent]) -> HashMap<String, Vec<String>> {
     let mut requests: HashMap<String, Vec<String>> = HashMap::new();
     for event in events {
         let id = match event {
-            TreeEvent::Joined(info) => info.request_id().to_string(),
+            TreeEvent::Joined { info, .. } => info.request_id().to_string(),
             TreeEvent::Event { request_id, .. } | TreeEvent::Ended { request_id, .. } => {
                 request_id.to_string()
             }
@@ -275,6 +277,141 @@ async fn a_request_that_asked_for_no_tree_reads_none() {
     assert!(handle.next_tree_event().await.is_none());
     assert_eq!(handle.next_event().await.as_deref(), Some("an event"));
     assert_eq!(handle.await.unwrap(), 1);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// Reads the tree to its end, each item as a line.
+async fn read_all<O>(handle: &mut RequestHandle<O>) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Some(event) = within("the tree's end", handle.next_tree_event()).await {
+        lines.push(line(&event));
+    }
+    lines
+}
+
+/// A request that submits a child that never ends, then never ends itself.
+fn parent_of_a_pending_child(on: &coordinator::Coordinator) -> Task<()> {
+    let on = on.clone();
+    Task::from_fn("root", "root", move || async move {
+        let child = Task::from_fn("child", "child", || async {
+            std::future::pending::<Result<(), BoxError>>().await
+        });
+        drop(on.try_spawn(child, ExecutionMode::ASYNC, SubmitOptions::new())?);
+        std::future::pending::<Result<(), BoxError>>().await
+    })
+}
+
+/// Cancelled by its handle or at the shutdown deadline, the child its end cancels ends first,
+/// in the tree as on the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_requests_children_end_before_it() {
+    for how in ["handle", "shutdown", "shutdown, scoped"] {
+        let (publisher, coordinator) = started();
+        let recorder = support::Recorder::attach(&publisher);
+        let mut options = SubmitOptions::new().with_tree_events();
+        if how.ends_with("scoped") {
+            options = options.cancel_children_on_end();
+        }
+        let root = parent_of_a_pending_child(&coordinator);
+        let mut handle = coordinator
+            .try_spawn(root, ExecutionMode::ASYNC, options)
+            .unwrap();
+        read(&mut handle, 2).await;
+        match how {
+            "handle" => handle.cancel(),
+            _ => {
+                coordinator
+                    .shutdown_with_grace(Duration::from_millis(10))
+                    .await
+            }
+        }
+        let ends = read_all(&mut handle).await;
+        assert_eq!(
+            ends,
+            ["child ended cancelled", "root ended cancelled"],
+            "{how}"
+        );
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+        let terminal: Vec<String> = (recorder.messages().iter())
+            .filter(|m| m.is_terminal())
+            .map(|m| m.request_id().unwrap().to_string())
+            .collect();
+        assert_eq!(terminal, ["child", "root"], "{how}: the bus");
+    }
+}
+
+/// Once the tree's events have ended, every job of it is closed and every caller answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trees_events_end_once_its_jobs_are_closed() {
+    let (publisher, coordinator) = started();
+    for i in 0..500 {
+        let id = format!("quick-{i}");
+        let task = Task::from_fn(id.clone(), "quick", || async { Ok::<_, BoxError>(1) });
+        let tree = SubmitOptions::new().with_tree_events();
+        let mut handle = coordinator
+            .try_spawn(task, ExecutionMode::ASYNC, tree)
+            .unwrap();
+        read_all(&mut handle).await;
+        let job = coordinator.job(&id).unwrap();
+        assert_eq!(
+            job.result(),
+            Some(JobResult::Success),
+            "{id}: the job is closed"
+        );
+        assert_eq!(handle.await.unwrap(), 1);
+    }
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// A task of a batch that waits for a place under its mode's limit joins the tree as it is
+/// accepted: its reader hears it then, not once the place frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_task_waiting_for_a_place_is_heard_joining_at_once() {
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .build()
+        .unwrap();
+    let builder = coordinator::Coordinator::builder()
+        .with_async()
+        .strategy(ExecutionMode::THREADED, threaded)
+        .limit(ExecutionMode::THREADED, 1);
+    let (publisher, coordinator) = support::started_from(builder);
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    let blocker = Task::blocking("blocker", "blocker", move || {
+        held.recv().ok();
+        Ok::<_, BoxError>(())
+    });
+    let blocker = coordinator.try_spawn(blocker, ExecutionMode::THREADED, SubmitOptions::new());
+    let go = Arc::new(Notify::new());
+    let (on, start) = (coordinator.clone(), Arc::clone(&go));
+    let root = Task::from_fn("root", "root", move || async move {
+        start.notified().await;
+        let queued = Task::blocking("queued", "queued", || Ok::<_, BoxError>(()));
+        let batch = on.submit_many([queued], ExecutionMode::THREADED, SubmitOptions::new())?;
+        batch.all().await;
+        Ok::<_, BoxError>(())
+    });
+    let tree = SubmitOptions::new().with_tree_events();
+    let mut handle = coordinator
+        .try_spawn(root, ExecutionMode::ASYNC, tree)
+        .unwrap();
+    assert_eq!(
+        line(&read(&mut handle, 1).await[0]),
+        "joined root (parent none)"
+    );
+    let reader = tokio::spawn(async move {
+        let joined = handle.next_tree_event().await.map(|event| line(&event));
+        (joined, handle)
+    });
+    go.notify_one();
+    let (joined, handle) = within("the queued task's joining", reader).await.unwrap();
+    assert!(joined.unwrap().starts_with("joined queued "));
+    hold.send(()).unwrap();
+    within("the root", handle).await.unwrap();
+    within("the blocker", blocker.unwrap()).await.unwrap();
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! A request's events: what its node broadcasts, handed to the bus and kept for its caller.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use task_core::context::EventSink;
 
@@ -54,7 +54,7 @@ impl EventSink for RequestCell {
                 None => None,
             }
         };
-        self.tree_event(&ending.info, &event);
+        let tree_wakers = self.tree_event(&ending.info, &event);
         let inner = ending.inner.upgrade();
         if let Some(inner) = &inner {
             inner.announce_event(&ending.info, event);
@@ -66,5 +66,6 @@ impl EventSink for RequestCell {
         if let Some(waker) = waker {
             waker.wake();
         }
+        tree_wakers.into_iter().for_each(Waker::wake);
     }
 }

@@ -1,6 +1,7 @@
 //! A request's tree: the children it adopts, which it hands up to the request above as it ends,
 //! and the stop of everything below a request that is cancelled.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -49,7 +50,36 @@ impl RequestCell {
                     .filter_map(|child| child.upgrade()),
             );
         }
+        // Each was stopped before those below it: they are finished first.
+        stopped.reverse();
         stopped
+    }
+
+    /// `taken` (the endings taken from open requests, all at once) ordered so that each request
+    /// comes after those below it: deepest first in the tree of adopters, in their order at
+    /// equal depth.
+    pub(super) fn deepest_first(
+        mut taken: Vec<(Ending, Arc<RequestCell>)>,
+    ) -> Vec<(Ending, Arc<RequestCell>)> {
+        let mut depths: HashMap<*const RequestCell, usize> = HashMap::new();
+        let mut depth = |cell: &Arc<RequestCell>| {
+            // Up to the top, or to a request whose depth is known, then down again.
+            let (mut path, mut up, mut below_known) = (Vec::new(), Some(Arc::clone(cell)), 0);
+            while let Some(at) = up {
+                if let Some(&known) = depths.get(&Arc::as_ptr(&at)) {
+                    below_known = known + 1;
+                    break;
+                }
+                path.push(Arc::as_ptr(&at));
+                up = at.adopter();
+            }
+            for (i, at) in path.iter().rev().enumerate() {
+                depths.insert(*at, below_known + i);
+            }
+            depths[&Arc::as_ptr(cell)]
+        };
+        taken.sort_by_cached_key(|(_, cell)| std::cmp::Reverse(depth(cell)));
+        taken
     }
 
     /// Records `child` as submitted from inside this request, to be cancelled with it. Returns

@@ -16,28 +16,38 @@ use crate::JobResult;
 /// [`RequestHandle::next_tree_event`](crate::RequestHandle::next_tree_event) reads it.
 ///
 /// For each request of the tree, in the order it happened: its [`Joined`](Self::Joined), then
-/// the events its node broadcast, then its [`Ended`](Self::Ended). A request's children join
-/// after it, and those its end cancels end before it.
+/// the events its node broadcast, then its [`Ended`](Self::Ended), once its job is closed and
+/// its caller answered. A request's children join after it; the children its end cancels (a
+/// cancellation, the shutdown deadline, [`cancel_children_on_end`]) end before it.
+///
+/// [`cancel_children_on_end`]: crate::SubmitOptions::cancel_children_on_end
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum TreeEvent {
     /// A request joined the tree (the request asking for the tree first, then each request
-    /// submitted below it): its id, its node's, its parent node's and its node's name.
-    Joined(TaskInfo),
+    /// submitted below it).
+    #[non_exhaustive]
+    Joined {
+        /// Its id, its node's, its parent node's and its node's name.
+        info: TaskInfo,
+    },
     /// The node of `request_id` broadcast `event`.
+    #[non_exhaustive]
     Event {
         /// The request whose node broadcast it.
         request_id: RequestId,
         /// The event, as broadcast.
         event: Arc<str>,
     },
-    /// The request ended: its job's result and, unless it succeeded, why.
+    /// The request ended: its job's result and, unless it succeeded, why (as
+    /// [`Job::result`](crate::Job::result) and [`Job::error`](crate::Job::error) say).
+    #[non_exhaustive]
     Ended {
         /// The request that ended.
         request_id: RequestId,
         /// Its job's result.
         result: JobResult,
-        /// Why it did not succeed; `None` when it did.
+        /// Why it did not succeed: `Some` exactly when `result` is not a success.
         error: Option<TaskError>,
     },
 }
@@ -73,23 +83,17 @@ impl TreeEvents {
         joins
     }
 
-    /// Keeps `event` for the reader (an ending one counts its request out), without waking it.
-    fn keep(&self, event: TreeEvent) {
+    /// Keeps `event` for the reader (an ending one counts its request out). Returns the
+    /// reader's waker when `wake`, to wake outside any lock; otherwise the reader is woken later
+    /// ([`RequestCell::wake_trees`]).
+    fn keep(&self, event: TreeEvent, wake: bool) -> Option<Waker> {
         let mut tree = lock(&self.0);
         if matches!(event, TreeEvent::Ended { .. }) {
             tree.open = tree.open.saturating_sub(1);
         }
-        if let Some(unread) = tree.unread.as_mut() {
-            unread.push_back(event);
-        }
-    }
-
-    /// Wakes the reader, if it waits.
-    fn wake(&self) {
-        let waker = lock(&self.0).waker.take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        tree.unread.as_mut()?.push_back(event);
+        // Left in place when not woken now: taken, it would be lost.
+        if wake { tree.waker.take() } else { None }
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<TreeEvent>> {
@@ -112,8 +116,8 @@ impl RequestCell {
     /// Joins the trees of events it belongs to, as it is recorded (under the table's lock,
     /// before anything can end it): its own, when its caller asked for one, and each still open
     /// that `parent` (the request adopting it) belongs to; each keeps its joining. Nothing to
-    /// do, and nothing set, for a request in no tree. Its readers are woken as it starts
-    /// ([`wake_trees`](Self::wake_trees)), outside the lock.
+    /// do, and nothing set, for a request in no tree. Its readers are woken once the table's
+    /// lock is let go ([`wake_trees`](Self::wake_trees)).
     pub(crate) fn join_trees(&self, parent: Option<&RequestCell>, info: &TaskInfo) {
         let parent = parent.filter(|parent| !std::ptr::eq(*parent, self));
         let inherited = parent.and_then(|parent| parent.trees.get());
@@ -124,44 +128,59 @@ impl RequestCell {
         let joined = inherited.into_iter().flatten().filter(|tree| tree.join());
         let trees: Vec<_> = own.into_iter().chain(joined.cloned()).collect();
         for tree in &trees {
-            tree.keep(TreeEvent::Joined(info.clone()));
+            let info = info.clone();
+            drop(tree.keep(TreeEvent::Joined { info }, false));
         }
         // Set once: a request is recorded once.
         let _ = self.trees.set(trees);
     }
 
-    /// Wakes the readers of its trees to its joining: as it starts.
+    /// Wakes the readers of its trees (to its joining).
     pub(crate) fn wake_trees(&self) {
-        self.trees
-            .get()
-            .into_iter()
-            .flatten()
-            .for_each(|tree| tree.wake());
-    }
-
-    /// Hands `event` to each tree it belongs to.
-    fn to_trees(&self, event: impl Fn() -> TreeEvent) {
         for tree in self.trees.get().into_iter().flatten() {
-            tree.keep(event());
-            tree.wake();
+            let waker = lock(&tree.0).waker.take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
     }
 
-    /// Hands an event of its node to its trees.
-    pub(super) fn tree_event(&self, info: &TaskInfo, event: &Arc<str>) {
+    /// Keeps `event` in each tree it belongs to; returns their readers' wakers, to wake
+    /// outside any lock.
+    fn to_trees(&self, event: impl Fn() -> TreeEvent) -> Vec<Waker> {
+        let trees = self.trees.get().into_iter().flatten();
+        trees.filter_map(|tree| tree.keep(event(), true)).collect()
+    }
+
+    /// Keeps an event of its node in its trees (called under its `ending` lock: the returned
+    /// wakers are woken after it).
+    pub(super) fn tree_event(&self, info: &TaskInfo, event: &Arc<str>) -> Vec<Waker> {
         self.to_trees(|| TreeEvent::Event {
             request_id: info.request_id().clone(),
             event: Arc::clone(event),
-        });
+        })
     }
 
-    /// Tells its trees that it ended with `outcome`.
-    pub(super) fn tree_ended(&self, info: &TaskInfo, outcome: &task_core::Outcome) {
-        self.to_trees(|| TreeEvent::Ended {
+    /// Its end, as its trees will be told of it once its job is closed and its caller answered
+    /// ([`tree_ended`](Self::tree_ended)); `None` for a request in no tree.
+    pub(super) fn tree_end(
+        &self,
+        info: &TaskInfo,
+        outcome: &task_core::Outcome,
+    ) -> Option<TreeEvent> {
+        self.trees.get()?;
+        Some(TreeEvent::Ended {
             request_id: info.request_id().clone(),
             result: JobResult::of(outcome),
             error: outcome.as_ref().err().cloned(),
-        });
+        })
+    }
+
+    /// Tells its trees that it ended.
+    pub(super) fn tree_ended(&self, end: TreeEvent) {
+        self.to_trees(|| end.clone())
+            .into_iter()
+            .for_each(Waker::wake);
     }
 
     /// The tree of events its caller asked for: the first of its trees.
