@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     pub(crate) reconnected: Arc<tokio::sync::Notify>,
     /// The task stream as this side last found it.
     pub(crate) stream: Mutex<StreamSeen>,
+    /// The runtime `start` ran on ([`Inner::runtime`]).
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 /// The task stream as the submitting side last found it.
@@ -489,12 +491,12 @@ impl Drop for RunGuard<'_> {
         // Where the server has not acknowledged the task yet, its hand-over takes it out once it
         // does. Shutdown waits for this, as for the run.
         let (inner, in_flight) = (Arc::clone(self.inner), self.inner.tasks.token());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _in_flight = in_flight;
-                inner.withdraw(run, seq).await;
-            });
-        }
+        // On the runtime `start` ran on when dropped on none (a coordinator ends what it had
+        // open on a thread of its own).
+        inner.runtime().spawn(async move {
+            let _in_flight = in_flight;
+            inner.withdraw(run, seq).await;
+        });
     }
 }
 

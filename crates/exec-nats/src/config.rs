@@ -129,7 +129,60 @@ impl std::fmt::Debug for NatsConfig {
     }
 }
 
+/// Why `value` cannot be a name the server keeps (a stream's, a durable consumer's) or a
+/// subject token: empty, or holding whitespace, a wildcard (`*`, `>`) or a `.` (which splits a
+/// subject, and which a name cannot hold), or, in a name, a path separator.
+pub(crate) fn bad_token(value: &str, name: bool) -> Option<&'static str> {
+    let forbidden = |c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>');
+    match value {
+        "" => Some("it is empty"),
+        _ if value.contains(forbidden) => Some("it holds whitespace, `.`, `*` or `>`"),
+        _ if name && value.contains(['/', '\\']) => Some("it holds `/` or `\\`"),
+        _ => None,
+    }
+}
+
 impl NatsConfig {
+    /// Checks, before anything is connected or created, what the server would refuse or take
+    /// in a way that cannot work: the stream's name, the prefix (subject tokens separated by
+    /// `.`), the mode (one subject token, which also names the workers' consumer) and the
+    /// largest message. The builders call it as they start.
+    ///
+    /// # Errors
+    ///
+    /// A [`NatsError::is_config_error`] naming the setting and what is wrong with it.
+    pub fn validate(&self) -> Result<(), NatsError> {
+        let context = "checking the configuration";
+        let fail = |setting: &str, value: &str, why: &str| {
+            let why = format!("{setting} `{value}` cannot work: {why}");
+            Err(NatsError::config(context, why))
+        };
+        if let Some(why) = bad_token(&self.stream, true) {
+            return fail("the stream name (NatsConfig::stream)", &self.stream, why);
+        }
+        let prefix = self
+            .prefix
+            .split('.')
+            .find_map(|token| bad_token(token, false));
+        if let Some(why) = prefix {
+            let why = format!("a token of it is not a subject token ({why})");
+            return fail("the prefix (NatsConfig::prefix)", &self.prefix, &why);
+        }
+        if let Some(why) = bad_token(&self.mode, true) {
+            return fail("the mode (NatsConfig::mode)", &self.mode, why);
+        }
+        if self.max_message_size <= 0 {
+            let size = self.max_message_size.to_string();
+            let why = "a message of at least 1 byte must fit";
+            return fail(
+                "the largest message (NatsConfig::max_message_size)",
+                &size,
+                why,
+            );
+        }
+        Ok(())
+    }
+
     /// The subject tasks of this mode are published on.
     pub fn task_subject(&self) -> String {
         format!("{}.run.{}", self.prefix, self.mode)

@@ -59,8 +59,10 @@ impl NatsBuilder {
     ///
     /// # Errors
     ///
-    /// When the server cannot be reached or refuses the stream or the subscriptions.
+    /// When the configuration cannot work ([`NatsConfig::validate`]), or the server cannot be
+    /// reached or refuses the stream or the subscriptions.
     pub async fn start(self) -> Result<NatsStrategy, NatsError> {
+        self.config.validate()?;
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
         let stream = self.config.ensure_stream(&js).await?;
@@ -92,6 +94,9 @@ impl NatsBuilder {
             duplicates: AtomicU64::new(0),
             reconnected,
             stream: Mutex::new(seen),
+            // Where `start` runs: withdrawals and the tidying after a drop that happens on no
+            // runtime (a coordinator ends what it had open on a thread of its own) run here.
+            runtime: tokio::runtime::Handle::current(),
         });
         let listeners = vec![
             tokio::spawn(listen_completions(Arc::downgrade(&inner), consumer)),
@@ -208,26 +213,7 @@ impl TaskExecutionStrategy for NatsStrategy {
             let failed = self
                 .inner
                 .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
-            // Nothing will read this side's completions any more. An unreachable server would
-            // keep these waiting: they get a moment, then the server cleans up by itself (the
-            // consumer's inactivity limit).
-            let inner = &self.inner;
-            let tidy = async {
-                for (run, seq) in failed {
-                    inner.withdraw(run, seq).await;
-                }
-                // A run whose task the server had not acknowledged yet is taken out by its
-                // hand-over once it has: waited for too, or a program ending now leaves it.
-                inner.tasks.wait().await;
-                if let Ok(stream) = inner.js.get_stream(inner.config.completion_stream()).await {
-                    let _ = stream
-                        .delete_consumer(&format!("done-{}", inner.client_id))
-                        .await;
-                }
-                remove_reader(&inner.js, &inner.config, &inner.client_id).await;
-                let _ = inner.client.flush().await;
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), tidy).await;
+            let _ = tokio::time::timeout(TIDY_FOR, self.inner.tidy(failed)).await;
         })
     }
 
@@ -248,10 +234,10 @@ impl TaskExecutionStrategy for NatsStrategy {
 
 impl Drop for NatsStrategy {
     fn drop(&mut self) {
-        // Dropped without a shutdown: stop pulling completions (the server then deletes the
-        // consumer after its idle limit) and watching; the connection closes with the last handle.
-        // The advisories' reader is removed from the server below, where a runtime is there to
-        // do it (otherwise the server removes it after its idle limit).
+        // Dropped without a shutdown: stop pulling completions and watching; the connection
+        // closes with the last handle. The completion consumer and the advisories' reader are
+        // removed from the server below, on this runtime or the one `start` ran on (when that
+        // one is gone too, the server removes them after their idle limit).
         for listener in self
             .listeners
             .get_mut()
@@ -261,22 +247,47 @@ impl Drop for NatsStrategy {
             listener.abort();
         }
         // No completion can reach the runs still out: each ends now (as does one accepted
-        // before the drop that starts after it), and its task is withdrawn from the stream
-        // (where a runtime is there to do it) so that no worker runs it later.
+        // before the drop that starts after it), and its task is withdrawn from the stream so
+        // that no worker runs it later.
         self.inner.tasks.close();
         self.inner.table().closed = true;
         let failed = self
             .inner
             .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let inner = Arc::clone(&self.inner);
-            runtime.spawn(async move {
-                for (run, seq) in failed {
-                    inner.withdraw(run, seq).await;
-                }
-                remove_reader(&inner.js, &inner.config, &inner.client_id).await;
-            });
+        let inner = Arc::clone(&self.inner);
+        inner.runtime().spawn(async move {
+            let _ = tokio::time::timeout(TIDY_FOR, inner.tidy(failed)).await;
+        });
+    }
+}
+
+/// How long the tidying after a shutdown or a drop may take: an unreachable server would keep it
+/// waiting, and cleans up by itself (the consumers' inactivity limits).
+const TIDY_FOR: Duration = Duration::from_secs(2);
+
+impl Inner {
+    /// The runtime to run this side's own work on: the current one, else the one `start` ran
+    /// on. A task spawned on a runtime that has shut down is dropped.
+    pub(crate) fn runtime(&self) -> tokio::runtime::Handle {
+        tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone())
+    }
+
+    /// Once nothing will read this side's completions any more: withdraws the tasks of the runs
+    /// `failed` ended (so that no worker runs them later), waits for the runs whose task the
+    /// server had not acknowledged yet (their hand-over takes it out once it has), and removes
+    /// this side's completion consumer and advisories' reader from the server.
+    async fn tidy(&self, failed: Vec<(String, Option<u64>)>) {
+        for (run, seq) in failed {
+            self.withdraw(run, seq).await;
         }
+        self.tasks.wait().await;
+        if let Ok(stream) = self.js.get_stream(self.config.completion_stream()).await {
+            let _ = stream
+                .delete_consumer(&format!("done-{}", self.client_id))
+                .await;
+        }
+        remove_reader(&self.js, &self.config, &self.client_id).await;
+        let _ = self.client.flush().await;
     }
 }
 

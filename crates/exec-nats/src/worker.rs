@@ -13,7 +13,7 @@ use task_core::{NodeRegistry, TaskError};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::{NatsConfig, config_setters, connect, stream_limit};
+use crate::config::{NatsConfig, bad_token, config_setters, connect, stream_limit};
 use crate::error::NatsError;
 use crate::wire::{PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode};
 use task_core::context::EventSink;
@@ -79,7 +79,7 @@ impl NatsWorkerBuilder {
 
     /// Deliveries of one task before the server gives up on it (default 5); the submitting side
     /// then fails the request saying so, as poison ([`TaskError::is_poison`]: no retry policy
-    /// runs it again). Set when the consumer is created.
+    /// runs it again). At least 1 (0 and below count as 1). Set when the consumer is created.
     #[must_use]
     pub fn max_deliver(mut self, deliveries: i64) -> Self {
         self.max_deliver = deliveries.max(1);
@@ -99,8 +99,21 @@ impl NatsWorkerBuilder {
     ///
     /// # Errors
     ///
-    /// When the server cannot be reached or refuses the stream or the consumer.
+    /// When the configuration cannot work ([`NatsConfig::validate`], a consumer name that is not
+    /// one token, a zero `ack_wait`), or the server cannot be reached or refuses the stream or
+    /// the consumer.
     pub async fn connect(self) -> Result<NatsWorker, NatsError> {
+        self.config.validate()?;
+        let consumer =
+            (self.consumer.as_deref()).and_then(|name| Some((name, bad_token(name, true)?)));
+        if let Some((name, why)) = consumer {
+            let why = format!("the consumer name `{name}` cannot work: {why}");
+            return Err(NatsError::config("checking the configuration", why));
+        }
+        if self.ack_wait.is_zero() {
+            let why = "an acknowledgement wait of zero cannot work: every task would be redelivered at once";
+            return Err(NatsError::config("checking the configuration", why));
+        }
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
         let stream = self.config.ensure_stream(&js).await?;
