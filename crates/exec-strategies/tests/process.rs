@@ -708,6 +708,69 @@ fn tasks_queued_on_a_dying_worker_go_to_another() {
     });
 }
 
+/// A worker never holds more runs than its place and its prefetch, even while another is down:
+/// the queued runs of a worker that died wait for its replacement rather than queue behind a
+/// survivor that may be busy for long (here, stopped).
+fn the_runs_of_a_dead_worker_wait_for_its_replacement_not_a_full_survivor() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(2)
+            .prefetch(2)
+            .start()
+            .await
+            .unwrap();
+        let pids = s.worker_pids();
+        let signal = |pid: u32, signal| assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+        // The second stops: what it holds (its place and prefetch, 3) stays there.
+        signal(pids[1], libc::SIGSTOP);
+        let s = std::sync::Arc::new(s);
+        let runs: Vec<_> = (0..6_u64)
+            .map(|i| {
+                let s = std::sync::Arc::clone(&s);
+                let task = Task::portable(format!("r{i}"), Sleep(300)).into_erased();
+                tokio::spawn(async move { task_core::run(&*s, task).await })
+            })
+            .collect();
+        // Each worker holds 3; the first dies running one, with two queued behind it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        signal(pids[0], libc::SIGKILL);
+        let (mut ran, mut lost) = (Vec::new(), 0);
+        let mut waiting = runs;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ran.len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the dead worker's queued runs never ran"
+            );
+            let mut still = Vec::new();
+            for run in waiting {
+                if !run.is_finished() {
+                    still.push(run);
+                    continue;
+                }
+                match run.await.unwrap() {
+                    Ok(pid) => ran.push(*pid.downcast_ref::<u32>().unwrap()),
+                    Err(e) if e.is_worker_lost() => lost += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            waiting = still;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(lost, 1, "only the run the dead worker was running fails");
+        assert!(
+            ran.iter().all(|pid| !pids.contains(pid)),
+            "ran on {ran:?}, not a replacement"
+        );
+        signal(pids[1], libc::SIGCONT);
+        for run in waiting {
+            let pid = run.await.unwrap().unwrap();
+            assert_eq!(pid.downcast_ref::<u32>(), Some(&pids[1]));
+        }
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 fn crashes_among_many_tasks_fail_only_themselves() {
     // Crashing tasks in among many others, all in flight at once over 2 workers: each crash
     // fails itself, and no other task fails for it (not one given to the dying worker, not one
@@ -1857,6 +1920,7 @@ fn main() {
     run_worker_if_requested(&registry());
 
     let tests: &[(&str, fn())] = &named_tests![
+        the_runs_of_a_dead_worker_wait_for_its_replacement_not_a_full_survivor,
         shutdown_needs_no_timer_of_the_callers_runtime,
         a_shorter_second_shutdown_shortens_the_first,
         round_trips_values_errors_and_panics,

@@ -55,8 +55,8 @@ impl ProcessBuilder {
         }
     }
 
-    /// How many worker processes to keep running (default: the machine's cores; at most 4,096:
-    /// [`start`](Self::start) refuses more).
+    /// How many worker processes to keep running (default: the machine's cores; 0 counts as 1;
+    /// at most 4,096: [`start`](Self::start) refuses more).
     #[must_use]
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
@@ -87,7 +87,7 @@ impl ProcessBuilder {
     }
 
     /// How many tasks one worker runs at once (default 1, as a `ProcessPoolExecutor` worker or a
-    /// Celery prefork child does).
+    /// Celery prefork child does; 0 counts as 1).
     ///
     /// With more than one, a worker that crashes fails every task running in it at that moment,
     /// not only the one that crashed it (the pool cannot tell them apart), and each counts toward
@@ -99,9 +99,12 @@ impl ProcessBuilder {
     }
 
     /// How many more tasks each worker is handed ahead of time (default 16): they wait in the
-    /// worker's queue, so it never waits for its next task and frames travel in batches. A task
-    /// waiting in a worker's queue when the worker died goes to another worker; it never fails
-    /// for it. A task handed to a worker with a free place is taken as started as it is sent
+    /// worker's queue, so it never waits for its next task and frames travel in batches. A worker
+    /// never holds more than its places and this many, even while another is down. A task
+    /// waiting in a worker's queue when the worker died goes to another worker with room (or to
+    /// its replacement); it never fails for it. A queued task waits behind what its worker runs:
+    /// for long or uneven tasks, a small prefetch (or 0) keeps tasks from waiting behind a long
+    /// one while another worker is free. A task handed to a worker with a free place is taken as started as it is sent
     /// (a round trip needs no third frame): if that worker dies before reading it, it fails as
     /// lost and counts toward [poison](Self::poison_after), as a running task does, rather than
     /// risk running twice. 0 hands a worker a task only when it has a place to run it. A task
@@ -270,6 +273,7 @@ impl ProcessBuilder {
             args: self.args,
             max_frame: self.max_frame,
             per_worker: self.per_worker,
+            per_worker_held: self.per_worker.saturating_add(self.prefetch),
             worker_threads: self.worker_threads,
             task_timeout: self.task_timeout,
             cancel_grace: self.cancel_grace,

@@ -165,7 +165,10 @@ impl Shared {
         Ok(Waited::Answered(portable.decode_output(&bytes?)))
     }
 
-    /// Hands a run to the least busy live worker, waiting for one when none is live.
+    /// Hands a run to the least busy live worker that holds fewer runs than its places and its
+    /// prefetch, waiting for one when none does: a worker never holds more than its share, even
+    /// while another is down (the runs a dead worker held wait for its replacement rather than
+    /// queue behind a busy survivor).
     pub(super) async fn dispatch(
         self: &Arc<Self>,
         request_id: &RequestId,
@@ -185,6 +188,7 @@ impl Shared {
                     .iter_mut()
                     .flatten()
                     .filter(|w| !w.draining && w.input.is_some())
+                    .filter(|w| w.pending.len() < self.config.per_worker_held)
                     .min_by_key(|w| w.pending.len());
                 if let Some(worker) = chosen {
                     // The lock keeps frames of concurrent dispatches whole and in order. A worker

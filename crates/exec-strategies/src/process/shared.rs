@@ -29,6 +29,8 @@ pub(super) struct Config {
     pub(super) args: Vec<OsString>,
     pub(super) max_frame: usize,
     pub(super) per_worker: usize,
+    /// The runs one worker holds at most: its places, and its prefetch.
+    pub(super) per_worker_held: usize,
     pub(super) worker_threads: usize,
     pub(super) task_timeout: Option<Duration>,
     pub(super) cancel_grace: Duration,

@@ -407,6 +407,8 @@ impl Shared {
                 ));
             };
             worker.completed += 1;
+            // A worker that held all it may takes another run now: a dispatch may wait for one.
+            let room_again = worker.pending.len() + 1 == self.config.per_worker_held;
             if worker.draining
                 && worker.pending.is_empty()
                 && let Some(input) = worker.input.take()
@@ -415,6 +417,9 @@ impl Shared {
                 input.close();
             }
             drop(state);
+            if room_again {
+                self.ready.notify_waiters();
+            }
             if let Some(reply) = pending.reply.take() {
                 let _ = reply.send(Reply::Done(outcome));
             }
@@ -438,6 +443,7 @@ mod tests {
             args: Vec::new(),
             max_frame: DEFAULT_MAX_FRAME,
             per_worker: 1,
+            per_worker_held: 1,
             worker_threads: 1,
             task_timeout: None,
             cancel_grace: Duration::from_secs(1),
