@@ -119,7 +119,8 @@ impl NatsBuilder {
 /// Each run is a future handed to [`Completion::spawn`](task_core::Completion::spawn): it runs
 /// where the coordinator runs its own work. When the request is cancelled or times out the
 /// coordinator drops that future, which withdraws the run and announces the cancellation: a
-/// worker that has not started it skips it, one running it drops the node's future. This side
+/// worker that has not started it when the announcement arrives skips it, one running it drops
+/// the node's future (one that took it just before may have begun it). This side
 /// cannot see when a remote node stops, so the run is let go then: under a coordinator's limit
 /// on the mode the request's place frees at once, and a node that does not stop at its next
 /// wake-up (blocked in a system call, a CPU loop) may run on beside the next request's.
