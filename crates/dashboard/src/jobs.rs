@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -14,8 +15,15 @@ use crate::history::clip;
 /// The job of request `id` as JSON (as [`Job`](coordinator::Job) serializes: ids, node name,
 /// status, result, attempts, times, error), every text cut to 1 KiB as the dashboard's other
 /// answers cut theirs; `404` when the job table holds none (never submitted, or dropped by its
-/// retention policy).
-pub(crate) async fn job(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+/// retention policy); `400` for an id that is not text once decoded.
+pub(crate) async fn job(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(unread) => return bad_request(format!("the request id: {}", unread.body_text())),
+    };
     let found = shared.coordinator.job(&id).map(serde_json::to_value);
     let (status, mut json) = match found {
         Some(Ok(json)) => (StatusCode::OK, json),
@@ -46,6 +54,35 @@ pub(crate) async fn no_id() -> Response {
     let json = json.to_string();
     let content = [(header::CONTENT_TYPE, "application/json")];
     (StatusCode::NOT_FOUND, content, json).into_response()
+}
+
+/// A `400` saying `why`, as JSON like the dashboard's other errors.
+pub(crate) fn bad_request(why: String) -> Response {
+    let json = serde_json::json!({ "error": why }).to_string();
+    let content = [(header::CONTENT_TYPE, "application/json")];
+    (StatusCode::BAD_REQUEST, content, json).into_response()
+}
+
+/// `/api/events`' query.
+#[derive(serde::Deserialize)]
+pub(crate) struct EventsQuery {
+    /// Only this request's updates.
+    request: Option<String>,
+}
+
+/// The request whose updates `/api/events` is asked for (`None`: every request's), or why the
+/// query is refused (for a `400`): it does not read, or names an empty id (no request has one).
+pub(crate) fn request_filter(
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Option<String>, String> {
+    match query {
+        Ok(Query(EventsQuery { request: Some(id) })) if id.is_empty() => Err(
+            "an empty request id: no request has one (leave `request` out for every request)"
+                .into(),
+        ),
+        Ok(Query(query)) => Ok(query.request.map(clip)),
+        Err(unread) => Err(format!("the query: {}", unread.body_text())),
+    }
 }
 
 /// Cuts every string in `json` as [`clip`] does.

@@ -13,7 +13,7 @@
 //!   made at most once a second however often it is asked.
 //! - `/api/events`: server-sent events, one per job state change (`opened`, then `success` or
 //!   `failure`) and per node event (`event`), in bus order (`?request=ID` for one request's
-//!   only), for tools that must see every change. While one is open, the coordinator announces
+//!   only; an empty ID is a `400`), for tools that must see every change. While one is open, the coordinator announces
 //!   the requests it accepts ([`follow_openings`](coordinator::Coordinator::follow_openings)),
 //!   so a stream opened mid-run sees outcomes of requests opened before it. Each event's data
 //!   is a JSON object: `request_id`, `node`, `node_id`, `parent`, `at` (Unix seconds), and
@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
@@ -84,7 +85,6 @@ use axum::routing::get;
 use coordinator::pubsub::SubscriberId;
 use coordinator::{Buffer, Coordinator, RequestCompletionMessage, RequestCompletionPublisher};
 use futures::FutureExt;
-use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -460,20 +460,21 @@ async fn overview(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
-    /// Only this request's updates.
-    request: Option<String>,
-}
-
-async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<EventsQuery>) -> Response {
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<jobs::EventsQuery>, QueryRejection>,
+) -> Response {
+    let request = match jobs::request_filter(query) {
+        Ok(request) => request,
+        Err(why) => return jobs::bad_request(why),
+    };
     // Openings are announced while a stream is open: its first update about a request
     // accepted from now on is the opening (subscribed first, so none is announced before).
     let receiver = shared.feed.subscribe();
     let following = shared.coordinator.follow_openings();
     event_stream(
         receiver,
-        query.request.map(history::clip),
+        request,
         shared.stopping.clone(),
         Some(following),
         Pace::Stream,

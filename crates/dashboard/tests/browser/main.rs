@@ -659,6 +659,17 @@ async fn a_job_is_found_by_its_request_id() {
     let (status, none, _) = job("/api/jobs/").await;
     assert_eq!((status, &none["request_id"]), (404, &"".into()));
     assert!(none["error"].to_string().contains("/api/jobs/{request id}"));
+    // What cannot be read is a JSON 400, as every other error: an id that is not text once
+    // decoded, an empty filter.
+    let (status, bad, _) = job("/api/jobs/%FF").await;
+    assert_eq!(status, 400);
+    assert!(bad["error"].to_string().contains("request id"), "{bad}");
+    let (status, bad, _) = job("/api/events?request=").await;
+    assert_eq!(status, 400);
+    assert!(
+        bad["error"].to_string().contains("empty request id"),
+        "{bad}"
+    );
     dashboard.shutdown().await;
     coordinator.shutdown().await;
     publisher.shutdown().await;
