@@ -145,8 +145,8 @@ pub(crate) fn bad_token(value: &str, name: bool) -> Option<&'static str> {
 impl NatsConfig {
     /// Checks, before anything is connected or created, what the server would refuse or take
     /// in a way that cannot work: the stream's name, the prefix (subject tokens separated by
-    /// `.`), the mode (one subject token, which also names the workers' consumer) and the
-    /// largest message. The builders call it as they start.
+    /// `.`), the mode (one subject token) and the largest message. The builders call it as they
+    /// start; the worker's also checks its consumer's name.
     ///
     /// # Errors
     ///
@@ -168,7 +168,7 @@ impl NatsConfig {
             let why = format!("a token of it is not a subject token ({why})");
             return fail("the prefix (NatsConfig::prefix)", &self.prefix, &why);
         }
-        if let Some(why) = bad_token(&self.mode, true) {
+        if let Some(why) = bad_token(&self.mode, false) {
             return fail("the mode (NatsConfig::mode)", &self.mode, why);
         }
         if self.max_message_size <= 0 {

@@ -267,10 +267,12 @@ impl Drop for NatsStrategy {
 const TIDY_FOR: Duration = Duration::from_secs(2);
 
 impl Inner {
-    /// The runtime to run this side's own work on: the current one, else the one `start` ran
-    /// on. A task spawned on a runtime that has shut down is dropped.
+    /// The runtime this side's own work runs on: the one `start` ran on, where its connection
+    /// and its listeners run, whichever runtime (or none) drops a run or the strategy. Once that
+    /// runtime has shut down nothing runs there (the server then removes this side's consumers
+    /// after their idle limits).
     pub(crate) fn runtime(&self) -> tokio::runtime::Handle {
-        tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone())
+        self.runtime.clone()
     }
 
     /// Once nothing will read this side's completions any more: withdraws the tasks of the runs

@@ -69,8 +69,9 @@ impl NatsWorkerBuilder {
     }
 
     /// How long the server waits for an acknowledgement before redelivering a task to another
-    /// worker (default 30 s). A running task is kept from redelivery by progress
-    /// acknowledgements sent every third of this. Set when the consumer is created.
+    /// worker (default 30 s; 0 leaves it to the server, whose default is 30 s). A running task
+    /// is kept from redelivery by progress acknowledgements sent every third of the consumer's
+    /// own. Set when the consumer is created.
     #[must_use]
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
@@ -99,28 +100,24 @@ impl NatsWorkerBuilder {
     ///
     /// # Errors
     ///
-    /// When the configuration cannot work ([`NatsConfig::validate`], a consumer name that is not
-    /// one token, a zero `ack_wait`), or the server cannot be reached or refuses the stream or
-    /// the consumer.
+    /// When the configuration cannot work ([`NatsConfig::validate`], a consumer name the server
+    /// would refuse: the default `{mode}-workers` for a mode holding `/` or `\\`), or the server
+    /// cannot be reached or refuses the stream or the consumer.
     pub async fn connect(self) -> Result<NatsWorker, NatsError> {
         self.config.validate()?;
-        let consumer =
-            (self.consumer.as_deref()).and_then(|name| Some((name, bad_token(name, true)?)));
-        if let Some((name, why)) = consumer {
-            let why = format!("the consumer name `{name}` cannot work: {why}");
-            return Err(NatsError::config("checking the configuration", why));
-        }
-        if self.ack_wait.is_zero() {
-            let why = "an acknowledgement wait of zero cannot work: every task would be redelivered at once";
+        let name = self
+            .consumer
+            .unwrap_or_else(|| format!("{}-workers", self.config.mode));
+        if let Some(why) = bad_token(&name, true) {
+            let why = format!(
+                "the consumer name `{name}` cannot work: {why} (a mode that holds one needs NatsWorkerBuilder::consumer)"
+            );
             return Err(NatsError::config("checking the configuration", why));
         }
         let client = connect(&self.config.url, self.options).await?;
         let js = jetstream::new(client.clone());
         let stream = self.config.ensure_stream(&js).await?;
         let completions = self.config.ensure_completion_stream(&js).await?;
-        let name = self
-            .consumer
-            .unwrap_or_else(|| format!("{}-workers", self.config.mode));
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &name,
@@ -136,6 +133,9 @@ impl NatsWorkerBuilder {
             )
             .await
             .map_err(|e| NatsError::new("creating or binding the worker consumer", e))?;
+        // The consumer's own (the server's default for a zero; an existing consumer's may differ
+        // from ours): its progress acknowledgements keep a running task from redelivery.
+        let ack_wait = consumer.cached_info().config.ack_wait;
         let cancels = client
             .subscribe(self.config.cancel_subject())
             .await
@@ -146,7 +146,7 @@ impl NatsWorkerBuilder {
                 client,
                 js,
                 registry: self.registry,
-                ack_wait: self.ack_wait,
+                ack_wait,
                 // The stream's own, which an earlier setup may have made other than ours.
                 max_message_size: stream_limit(&completions),
                 cancels: Mutex::default(),

@@ -2,8 +2,6 @@
 //! naming the setting, whichever side starts. No server is needed (none is reached: the URL
 //! points where nothing listens, so a check that came after connecting would fail otherwise).
 
-use std::time::Duration;
-
 use exec_nats::{NatsConfig, NatsError, NatsStrategy, NatsWorker};
 
 /// Where nothing listens: a builder that tried to connect would fail with a connect error.
@@ -41,7 +39,7 @@ fn assert_refused(error: &NatsError, setting: &str, config: &NatsConfig) {
 
 #[tokio::test]
 async fn a_mode_that_is_not_one_subject_token_is_refused() {
-    for mode in ["", "a.b", "*", ">", "a b", "a/b"] {
+    for mode in ["", "a.b", "*", ">", "a b"] {
         refused_by_both(config(|c| c.mode = mode.into()), "the mode").await;
     }
 }
@@ -69,20 +67,42 @@ async fn a_largest_message_below_one_byte_is_refused() {
 }
 
 #[tokio::test]
-async fn a_worker_with_a_bad_consumer_name_or_no_ack_wait_is_refused() {
+async fn a_worker_whose_consumer_name_the_server_would_refuse_is_refused() {
     let registry = exec_nats::example_nodes::registry;
-    for name in ["", "a.b", "a*", "a b"] {
+    for name in ["", "a.b", "a*", "a b", "a/b"] {
         let worker = NatsWorker::builder(registry())
             .config(config(|_| {}))
             .consumer(name);
         let error = worker.connect().await.map(drop).unwrap_err();
         assert_refused(&error, "the consumer name", &config(|_| {}));
     }
-    let worker = NatsWorker::builder(registry())
-        .config(config(|_| {}))
-        .ack_wait(Duration::ZERO);
-    let error = worker.connect().await.map(drop).unwrap_err();
-    assert_refused(&error, "acknowledgement wait", &config(|_| {}));
+}
+
+/// A mode may hold `/` (a subject token may), but the workers' default consumer name, made of
+/// it, may not: such a worker names its consumer.
+#[tokio::test]
+async fn a_mode_with_a_slash_needs_a_worker_to_name_its_consumer() {
+    let gpu = config(|c| c.mode = "gpu/large".into());
+    gpu.validate().unwrap();
+    let strategy = NatsStrategy::builder().config(gpu.clone()).start().await;
+    assert!(strategy.map(drop).unwrap_err().is_connect_error());
+    let registry = exec_nats::example_nodes::registry;
+    let default = NatsWorker::builder(registry())
+        .config(gpu.clone())
+        .connect()
+        .await;
+    assert_refused(&default.map(drop).unwrap_err(), "`gpu/large-workers`", &gpu);
+    let named = NatsWorker::builder(registry())
+        .config(gpu)
+        .consumer("gpu-large");
+    assert!(
+        named
+            .connect()
+            .await
+            .map(drop)
+            .unwrap_err()
+            .is_connect_error()
+    );
 }
 
 /// What passes the checks goes on to connect: here, to nowhere.

@@ -1423,48 +1423,63 @@ async fn runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn() {
 }
 
 /// The same, the strategy dropped on a thread with no runtime (as a dropped coordinator ends
-/// what it had open on a thread of its own): the task still leaves the stream, and the
-/// strategy's completion consumer and advisories' reader leave the server, on the runtime it
-/// was started on.
+/// what it had open on a thread of its own), or inside a short-lived runtime: the task still
+/// leaves the stream, and the strategy's completion consumer and advisories' reader leave the
+/// server, on the runtime it was started on.
 async fn a_strategy_dropped_off_its_runtime_still_withdraws_and_tidies() {
-    let config = config("dropped-off-runtime");
-    let strategy = NatsStrategy::builder()
-        .config(config.clone())
-        .start()
-        .await
-        .unwrap();
-    let running = task_core::run(&strategy, Task::portable("out", Echo(1)).into_erased());
-    let running = tokio::spawn(running);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tasks_in_stream(&config).await == 0 {
-        assert!(Instant::now() < deadline, "the task reached the stream");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    std::thread::spawn(move || drop(strategy)).join().unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(10), running).await;
-    let error = ended
-        .expect("ended")
-        .expect("no panic")
-        .expect_err("no answer");
-    assert!(error.is_shutdown(), "{error}");
-    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
-    loop {
-        let mut done = js.get_stream(config.completion_stream()).await.unwrap();
-        let consumers = done.info().await.unwrap().state.consumer_count;
-        let (tasks, readers) = (
-            tasks_in_stream(&config).await,
-            advisory_readers(&config).await,
-        );
-        if tasks == 0 && consumers == 0 && readers.is_empty() {
-            break;
+    for short_lived in [false, true] {
+        let config = config(if short_lived {
+            "dropped-in-other"
+        } else {
+            "dropped-off"
+        });
+        let strategy = NatsStrategy::builder()
+            .config(config.clone())
+            .start()
+            .await
+            .unwrap();
+        let running = task_core::run(&strategy, Task::portable("out", Echo(1)).into_erased());
+        let running = tokio::spawn(running);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tasks_in_stream(&config).await == 0 {
+            assert!(Instant::now() < deadline, "the task reached the stream");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: {tasks} tasks, {consumers} completion consumers, readers {readers:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::thread::spawn(move || {
+            if short_lived {
+                let other = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                other.unwrap().block_on(async move { drop(strategy) });
+            } else {
+                drop(strategy);
+            }
+        })
+        .join()
+        .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), running).await;
+        let error = ended
+            .expect("ended")
+            .expect("no panic")
+            .expect_err("no answer");
+        assert!(error.is_shutdown(), "{error}");
+        let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+        loop {
+            let mut done = js.get_stream(config.completion_stream()).await.unwrap();
+            let consumers = done.info().await.unwrap().state.consumer_count;
+            let tasks = tasks_in_stream(&config).await;
+            let readers = advisory_readers(&config).await;
+            if tasks == 0 && consumers == 0 && readers.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind ({short_lived}): {tasks} tasks, {consumers} completion consumers, readers {readers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cleanup(&config).await;
     }
-    cleanup(&config).await;
 }
 
 /// A task or an output too large for the streams and the server, however near the limit (its
