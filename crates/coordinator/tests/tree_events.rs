@@ -10,7 +10,7 @@ use coordinator::{
     BoxError, ExecutionMode, JobResult, RequestHandle, RetryPolicy, SubmitOptions, Task,
     ThreadedExecutionStrategy, TreeEvent, broadcast,
 };
-use support::{started, started_threaded};
+use support::{started, started_threaded, tree_line as line};
 use tokio::sync::Notify;
 
 /// Fails rather than hangs when `future` never finishes.
@@ -18,24 +18,6 @@ async fn within<F: Future>(what: &str, future: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(30), future)
         .await
         .unwrap_or_else(|_| panic!("{what} never finished"))
-}
-
-/// What the tree's reader saw, one line per item: `joined ID (parent P)`, `ID: EVENT`,
-/// `ID ended RESULT`.
-fn line(event: &TreeEvent) -> String {
-    match event {
-        TreeEvent::Joined { info, .. } => {
-            let parent = info.parent_id().map_or("none".into(), |p| p.to_string());
-            format!("joined {} (parent {parent})", info.request_id())
-        }
-        TreeEvent::Event {
-            request_id, event, ..
-        } => format!("{request_id}: {event}"),
-        TreeEvent::Ended {
-            request_id, result, ..
-        } => format!("{request_id} ended {result}"),
-        other => panic!("an event this test does not know: {other:?}"),
-    }
 }
 
 /// Reads `n` items of the tree.

@@ -1387,11 +1387,13 @@ async fn a_worker_whose_consumer_is_deleted_says_so_and_returns() {
     cleanup(&config).await;
 }
 
-/// A strategy dropped without `shutdown` while a run is out (no worker has taken its task):
-/// the run ends, as at shutdown, and its task leaves the stream. A run accepted before the drop
-/// and first polled after it ends the same way, its task never sent.
-async fn runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn() {
-    let config = config("dropped-strategy");
+/// A started strategy and a run of it whose task waits in the stream (no worker takes it).
+async fn a_task_in_the_stream(
+    config: &NatsConfig,
+) -> (
+    NatsStrategy,
+    tokio::task::JoinHandle<Result<coordinator::Value, coordinator::TaskError>>,
+) {
     let strategy = NatsStrategy::builder()
         .config(config.clone())
         .start()
@@ -1400,10 +1402,20 @@ async fn runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn() {
     let running = task_core::run(&strategy, Task::portable("out", Echo(1)).into_erased());
     let running = tokio::spawn(running);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tasks_in_stream(&config).await == 0 {
+    while tasks_in_stream(config).await == 0 {
         assert!(Instant::now() < deadline, "the task reached the stream");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (strategy, running)
+}
+
+/// A strategy dropped without `shutdown` while a run is out (no worker has taken its task):
+/// the run ends, as at shutdown, and its task leaves the stream. A run accepted before the drop
+/// and first polled after it ends the same way, its task never sent.
+async fn runs_out_when_the_strategy_is_dropped_end_and_are_withdrawn() {
+    let config = config("dropped-strategy");
+    let (strategy, running) = a_task_in_the_stream(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
     let late = task_core::run(&strategy, Task::portable("late", Echo(2)).into_erased());
     drop(strategy);
     let ended = tokio::time::timeout(Duration::from_secs(10), running).await;
@@ -1433,18 +1445,8 @@ async fn a_strategy_dropped_off_its_runtime_still_withdraws_and_tidies() {
         } else {
             "dropped-off"
         });
-        let strategy = NatsStrategy::builder()
-            .config(config.clone())
-            .start()
-            .await
-            .unwrap();
-        let running = task_core::run(&strategy, Task::portable("out", Echo(1)).into_erased());
-        let running = tokio::spawn(running);
+        let (strategy, running) = a_task_in_the_stream(&config).await;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tasks_in_stream(&config).await == 0 {
-            assert!(Instant::now() < deadline, "the task reached the stream");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         std::thread::spawn(move || {
             if short_lived {
                 let other = tokio::runtime::Builder::new_current_thread()

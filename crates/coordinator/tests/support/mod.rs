@@ -9,9 +9,26 @@ use std::time::Duration;
 
 use coordinator::{
     BoxError, Buffer, Coordinator, CoordinatorBuilder, RequestCompletionMessage,
-    RequestCompletionPublisher, Task, TaskExecutionStrategy,
+    RequestCompletionPublisher, Task, TaskExecutionStrategy, TreeEvent,
 };
 use task_core::{BoxFuture, Completion, ErasedTask};
+
+/// What a tree's reader saw, as a line: `joined ID (parent P)`, `ID: EVENT`, `ID ended RESULT`.
+pub fn tree_line(event: &TreeEvent) -> String {
+    match event {
+        TreeEvent::Joined { info, .. } => {
+            let parent = info.parent_id().map_or("none".into(), |p| p.to_string());
+            format!("joined {} (parent {parent})", info.request_id())
+        }
+        TreeEvent::Event {
+            request_id, event, ..
+        } => format!("{request_id}: {event}"),
+        TreeEvent::Ended {
+            request_id, result, ..
+        } => format!("{request_id} ended {result}"),
+        other => panic!("an event the tests do not know: {other:?}"),
+    }
+}
 
 /// A started publisher and a coordinator with the async strategy, started on it.
 pub fn started() -> (RequestCompletionPublisher, Coordinator) {
