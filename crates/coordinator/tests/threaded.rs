@@ -96,6 +96,29 @@ async fn fan_out_wider_and_deeper_than_the_pool_does_not_deadlock() {
     assert_eq!(grandchild.parent_node_id(), Some(child.child_node_id()));
 }
 
+/// Thousands of blocking nodes queued at once on a pool of 2 with no `max_in_flight`, each
+/// waiting in `block_on` for an async child: a waiting thread takes the queued nodes on top of
+/// its waiting one only up to a depth, so its stack never overflows (it did: the test process
+/// aborted, at about 500 nodes deep in a debug build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_queued_nodes_waiting_in_block_on_do_not_overflow_a_threads_stack() {
+    let threaded = ThreadedExecutionStrategy::builder().threads(2);
+    let (_publisher, coordinator) = support::started_threaded(threaded);
+    let agents = (0..3_000).map(|i| {
+        let on = coordinator.clone();
+        let agent = Task::blocking(format!("agent-{i}"), "agent", move || {
+            let tool = Task::from_fn(format!("agent-{i}/tool"), "tool", || async {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                Ok::<_, BoxError>(1_u64)
+            });
+            Ok::<_, BoxError>(block_on(on.submit(tool, ExecutionMode::ASYNC))? + 1)
+        });
+        coordinator.submit(agent, ExecutionMode::THREADED)
+    });
+    let answers = futures::future::try_join_all(agents).await.unwrap();
+    assert_eq!(answers.iter().sum::<u64>(), 6_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_top_level_trees_at_once_beyond_the_in_flight_limit() {
     let (_publisher, coordinator) = started_with_small_pool();

@@ -1,6 +1,6 @@
 //! [`ThreadedExecutionStrategy`]: tasks run on a rayon thread pool.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,7 +25,15 @@ use tokio::runtime::RuntimeFlavor;
 thread_local! {
     /// Set while a threaded strategy runs a task on this thread: the pool's signal.
     static POOL_SIGNAL: RefCell<Option<Arc<Signal>>> = const { RefCell::new(None) };
+    /// How many [`block_on`]s wait, one on top of another, on this thread.
+    static WAITING: Cell<usize> = const { Cell::new(0) };
 }
+
+/// How many [`block_on`]s may wait on top of one another on a pool thread while it still takes
+/// any queued work; past this it takes only the work queued from this thread (the waiting
+/// nodes' own children), so unrelated waiting nodes cannot pile up on its stack until it
+/// overflows.
+const HELP_ANY_UP_TO: usize = 32;
 
 /// Runs `future` to completion on the current thread and returns its output.
 ///
@@ -44,7 +52,13 @@ thread_local! {
 ///
 /// The work it runs meanwhile runs on top of the waiting node, as in rayon's own joins: a task
 /// that would wait (on a channel, a lock, or `block_on`) for the node beneath it deadlocks both.
-/// Tasks of one pool may wait for their children, not for each other.
+/// Tasks of one pool may wait for their children, not for each other. A thread takes any queued
+/// work while at most 32 `block_on`s wait on top of one another on it; past that, only the work
+/// its own nodes queued (their threaded children), so that thousands of queued nodes that each
+/// wait (for an async child, say) cannot overflow its stack. A node past that depth that waits
+/// for pool work queued from elsewhere (a threaded grandchild submitted by an async child) waits
+/// for another thread to take it: with more such nodes waiting at once than 32 per thread, set
+/// [`ThreadedBuilder::max_in_flight`].
 ///
 /// Use it in a blocking node that must wait for an async result, for example a child submitted
 /// through a coordinator.
@@ -91,6 +105,8 @@ fn shared_signal(pool: &Arc<ThreadPool>) -> Arc<Signal> {
 }
 
 fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
+    let waiting = Waiting::enter();
+    let take_any = waiting.0 <= HELP_ANY_UP_TO;
     let mut future = pin!(future);
     let waker = Waker::from(Arc::clone(signal));
     let mut cx = Context::from_waker(&waker);
@@ -104,7 +120,12 @@ fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
             if signal.epoch() != seen {
                 break;
             }
-            match rayon::yield_now() {
+            let took = if take_any {
+                rayon::yield_now()
+            } else {
+                rayon::yield_local()
+            };
+            match took {
                 Some(Yield::Executed) => continue,
                 _ => {
                     signal.sleep_unless_moved(seen, BACKSTOP);
@@ -112,6 +133,24 @@ fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
                 }
             }
         }
+    }
+}
+
+/// One more [`block_on`] waiting on this thread (its depth), until dropped.
+struct Waiting(usize);
+
+impl Waiting {
+    fn enter() -> Self {
+        Self(WAITING.with(|waiting| {
+            waiting.set(waiting.get() + 1);
+            waiting.get()
+        }))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.with(|waiting| waiting.set(waiting.get() - 1));
     }
 }
 
