@@ -40,9 +40,9 @@ const HELP_ANY_UP_TO: usize = 32;
 /// On a thread of a [`ThreadedExecutionStrategy`]'s pool, while the future waits it runs other
 /// work queued on the pool (such as the child task it waits for), so a node that submits a child
 /// and waits for it cannot deadlock the pool, however deep or wide the nesting and however small
-/// the pool, wherever the child was submitted from and whichever strategy sharing the pool
-/// runs it (work handed to the pool directly is found within 10 ms). Elsewhere it parks the
-/// thread between wake-ups.
+/// the pool, whichever strategy sharing the pool runs the child (work handed to the pool directly
+/// is found within 10 ms), within the depth said below. Elsewhere it parks the thread between
+/// wake-ups.
 ///
 /// An async node should await instead. Called there anyway, on a multi-thread tokio runtime
 /// it hands the runtime's other tasks to another thread while it waits
