@@ -245,6 +245,13 @@ impl<O> RequestHandle<O> {
         std::future::poll_fn(|cx| self.poll_next_tree_event(cx)).await
     }
 
+    /// The events of the request's tree as a [`Stream`](futures::Stream) (for `StreamExt`'s
+    /// adapters), read as [`next_tree_event`](Self::next_tree_event) reads them; it ends where
+    /// that returns `None`.
+    pub fn tree_events(&mut self) -> impl futures::Stream<Item = crate::TreeEvent> + Unpin + '_ {
+        futures::stream::poll_fn(move |cx| self.poll_next_tree_event(cx))
+    }
+
     /// Polls for the next event of the request's tree, as
     /// [`next_tree_event`](Self::next_tree_event) waits for it. One reader at a time, as for
     /// [`poll_next_event`](Self::poll_next_event).

@@ -166,6 +166,9 @@ impl Inner {
             mode.metrics.ended(result, ran, attempts);
         }
         tracing::trace!(request_id = %info.request_id(), %result, "job closed");
+        let tree_end = open
+            .as_ref()
+            .and_then(|open| open.cell.tree_end(&info, &outcome));
         if announce
             && let Some(started) = self.started.get()
             && started.publisher.has_subscribers()
@@ -187,6 +190,11 @@ impl Inner {
             self.drained.notify_waiters();
         }
         if let Some(open) = open {
+            // Its trees hear of its end before its caller, which may then end too: a parent's
+            // end never comes before that of a child it awaited.
+            if let Some(end) = tree_end {
+                open.cell.tree_ended(end);
+            }
             // The caller may have stopped waiting (dropped its handle); the job is closed anyway.
             open.cell.answer(outcome);
         }

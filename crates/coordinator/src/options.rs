@@ -52,8 +52,9 @@ impl SubmitOptions {
     /// under its mode's limit, from its start) and covering every attempt and the backoff between
     /// them. At the deadline the caller gets a timed-out error
     /// ([`SubmitError::is_timeout`](crate::SubmitError::is_timeout)), the job closes as
-    /// [`JobResult::TimedOut`](crate::JobResult::TimedOut) and the strategy's future is
-    /// dropped (what that stops depends on the strategy; see `docs/reliability.md`). An
+    /// [`JobResult::TimedOut`](crate::JobResult::TimedOut), the strategy's future is
+    /// dropped (what that stops depends on the strategy; see `docs/reliability.md`) and the
+    /// requests it submitted are cancelled, as a cancellation cancels them. An
     /// outcome that arrives before the timer fires wins: with a zero timeout, a node that
     /// ends at once (an async node that does not wait, a quick one on a thread) may still
     /// succeed.
@@ -85,7 +86,9 @@ impl SubmitOptions {
     /// Keeps the events the request's node [broadcasts](crate::broadcast) for its handle to
     /// read ([`RequestHandle::next_event`](crate::RequestHandle::next_event)), in order, before
     /// its output. They are kept until read: memory grows with the events the caller has not
-    /// read yet (the node never waits for it). The bus's subscribers get them either way.
+    /// read yet (the node never waits for it). The bus's subscribers get them either way. Only a
+    /// submission that gives a handle keeps them (`spawn`, `try_spawn`, a batch's handles):
+    /// `submit_with` gives none, and keeps none.
     #[must_use]
     pub fn with_events(mut self) -> Self {
         self.events = true;
@@ -100,7 +103,10 @@ impl SubmitOptions {
     /// bus's subscribers get the events and ends either way. The tree's events end once every
     /// request of it ended: children that outlive the request (the default) are followed to
     /// their end. A request submitted below it once they all ended, or once its handle is
-    /// gone, is not followed.
+    /// gone, is not followed. Below it means submitted from inside a node of the tree, or naming
+    /// one as its parent ([`Task::with_parent`](task_core::Task::with_parent)) while the tree is
+    /// open. As for [`with_events`](Self::with_events), only a submission that gives a handle
+    /// keeps them.
     #[must_use]
     pub fn with_tree_events(mut self) -> Self {
         self.tree_events = true;

@@ -223,17 +223,16 @@ impl Ending {
         }
         let permit = cell.place_to_let_go(permit);
         let outcome = cell.owned_outcome(outcome);
-        let tree_end = cell.tree_end(&info, &outcome);
         match held.or_else(|| inner.upgrade()) {
             // Let go once the job is closed and before the caller hears.
             Some(inner) => inner.apply(info, outcome, announce, permit),
             None => {
                 drop(permit);
+                if let Some(end) = cell.tree_end(&info, &outcome) {
+                    cell.tree_ended(end);
+                }
                 cell.answer(outcome);
             }
-        }
-        if let Some(end) = tree_end {
-            cell.tree_ended(end);
         }
     }
 }

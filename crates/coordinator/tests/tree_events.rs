@@ -10,6 +10,7 @@ use coordinator::{
     BoxError, ExecutionMode, JobResult, RequestHandle, RetryPolicy, SubmitOptions, Task,
     ThreadedExecutionStrategy, TreeEvent, broadcast,
 };
+use futures::StreamExt;
 use support::{started, started_threaded, tree_line as line};
 use tokio::sync::Notify;
 
@@ -263,13 +264,10 @@ async fn a_request_that_asked_for_no_tree_reads_none() {
     publisher.shutdown().await;
 }
 
-/// Reads the tree to its end, each item as a line.
+/// Reads the tree to its end (as a stream), each item as a line.
 async fn read_all<O>(handle: &mut RequestHandle<O>) -> Vec<String> {
-    let mut lines = Vec::new();
-    while let Some(event) = within("the tree's end", handle.next_tree_event()).await {
-        lines.push(line(&event));
-    }
-    lines
+    let lines = handle.tree_events().map(|event| line(&event)).collect();
+    within("the tree's end", lines).await
 }
 
 /// A request that submits a child that never ends, then never ends itself.
@@ -394,6 +392,45 @@ async fn a_batch_task_waiting_for_a_place_is_heard_joining_at_once() {
     hold.send(()).unwrap();
     within("the root", handle).await.unwrap();
     within("the blocker", blocker.unwrap()).await.unwrap();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
+
+/// Agents each await a threaded and an async tool: in every tree the tools end before the agent,
+/// however the threads that end them race (the agent's node is woken by a tool's answer and may
+/// end at once on another thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awaited_child_ends_before_its_parent_in_the_tree() {
+    let pool = ThreadedExecutionStrategy::builder().threads(2);
+    let (publisher, coordinator) = started_threaded(pool);
+    let agents = (0..1_000).map(|i| {
+        let on = coordinator.clone();
+        let agent = Task::from_fn(format!("a{i}"), "agent", move || async move {
+            let threaded = Task::blocking(format!("a{i}/t"), "tool", || Ok::<_, BoxError>(1));
+            let quick = Task::from_fn(format!("a{i}/q"), "tool", || async { Ok::<_, BoxError>(1) });
+            let (t, q) = tokio::join!(
+                on.submit(threaded, ExecutionMode::THREADED),
+                on.submit(quick, ExecutionMode::ASYNC)
+            );
+            Ok::<_, BoxError>(t? + q?)
+        });
+        let tree = SubmitOptions::new().with_tree_events();
+        let mut handle = coordinator
+            .try_spawn(agent, ExecutionMode::ASYNC, tree)
+            .unwrap();
+        async move {
+            let ends: Vec<String> = read_all(&mut handle)
+                .await
+                .into_iter()
+                .filter(|l| l.contains(" ended "))
+                .collect();
+            assert_eq!(ends.len(), 3, "{ends:?}");
+            assert_eq!(ends[2], format!("a{i} ended success"), "{ends:?}");
+            handle.await.unwrap()
+        }
+    });
+    let answers = futures::future::join_all(agents).await;
+    assert_eq!(answers.iter().sum::<u64>(), 2_000);
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }

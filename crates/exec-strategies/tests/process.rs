@@ -1634,7 +1634,13 @@ fn a_pool_needs_the_io_driver_of_a_multi_thread_runtime_it_starts_on() {
         .build()
         .unwrap();
     let before = children();
+    // The probe catches tokio's panic, which the default hook would print with its backtrace in
+    // the test output as if something failed: a quiet hook meanwhile, as an application that
+    // knows may set.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let started = no_io.block_on(ProcessExecutionStrategy::builder(registry()).start());
+    std::panic::set_hook(hook);
     let error = started.expect_err("refused");
     assert!(error.is_runtime(), "{error}");
     assert!(error.to_string().contains("enable_io"), "{error}");

@@ -16,9 +16,10 @@ use crate::JobResult;
 /// [`RequestHandle::next_tree_event`](crate::RequestHandle::next_tree_event) reads it.
 ///
 /// For each request of the tree, in the order it happened: its [`Joined`](Self::Joined), then
-/// the events its node broadcast, then its [`Ended`](Self::Ended), once its job is closed and
-/// its caller answered. A request's children join after it; the children its end cancels (a
-/// cancellation, the shutdown deadline, [`cancel_children_on_end`]) end before it.
+/// the events its node broadcast, then its [`Ended`](Self::Ended), once its job is closed (and
+/// its message announced), just before its caller is answered. A request's children join after
+/// it; a child it awaited, and the children its end cancels (a cancellation, the shutdown
+/// deadline, [`cancel_children_on_end`]), end before it.
 ///
 /// [`cancel_children_on_end`]: crate::SubmitOptions::cancel_children_on_end
 #[derive(Clone, Debug)]
@@ -161,9 +162,9 @@ impl RequestCell {
         })
     }
 
-    /// Its end, as its trees will be told of it once its job is closed and its caller answered
-    /// ([`tree_ended`](Self::tree_ended)); `None` for a request in no tree.
-    pub(super) fn tree_end(
+    /// Its end, as its trees will be told of it once its job is closed, before its caller is
+    /// answered ([`tree_ended`](Self::tree_ended)); `None` for a request in no tree.
+    pub(crate) fn tree_end(
         &self,
         info: &TaskInfo,
         outcome: &task_core::Outcome,
@@ -177,7 +178,7 @@ impl RequestCell {
     }
 
     /// Tells its trees that it ended.
-    pub(super) fn tree_ended(&self, end: TreeEvent) {
+    pub(crate) fn tree_ended(&self, end: TreeEvent) {
         self.to_trees(|| end.clone())
             .into_iter()
             .for_each(Waker::wake);
