@@ -13,9 +13,10 @@
 //!   made at most once a second however often it is asked.
 //! - `/api/events`: server-sent events, one per job state change (`opened`, then `success` or
 //!   `failure`) and per node event (`event`), in bus order (`?request=ID` for one request's
-//!   only; an empty ID is a `400`), for tools that must see every change. While one is open, the coordinator announces
-//!   the requests it accepts ([`follow_openings`](coordinator::Coordinator::follow_openings)),
-//!   so a stream opened mid-run sees outcomes of requests opened before it. Each event's data
+//!   only; an empty ID is a `400`), for tools that must see every change. While one is open,
+//!   the coordinator announces the requests it accepts
+//!   ([`follow_openings`](coordinator::Coordinator::follow_openings)), so a stream opened
+//!   mid-run sees outcomes of requests opened before it. Each event's data
 //!   is a JSON object: `request_id`, `node`, `node_id`, `parent`, `at` (Unix seconds), and
 //!   `mode` (`opened`) or `error` (`failure`); `result` and `event` only with
 //!   [`show_payloads`](DashboardBuilder::show_payloads). When messages were lost on the way, a

@@ -491,8 +491,8 @@ impl Drop for RunGuard<'_> {
         // Where the server has not acknowledged the task yet, its hand-over takes it out once it
         // does. Shutdown waits for this, as for the run.
         let (inner, in_flight) = (Arc::clone(self.inner), self.inner.tasks.token());
-        // On the runtime `start` ran on when dropped on none (a coordinator ends what it had
-        // open on a thread of its own).
+        // On the runtime `start` ran on, wherever this is dropped (a coordinator ends what it
+        // had open on a thread of its own).
         inner.runtime().spawn(async move {
             let _in_flight = in_flight;
             inner.withdraw(run, seq).await;

@@ -94,8 +94,9 @@ impl NatsBuilder {
             duplicates: AtomicU64::new(0),
             reconnected,
             stream: Mutex::new(seen),
-            // Where `start` runs: withdrawals and the tidying after a drop that happens on no
-            // runtime (a coordinator ends what it had open on a thread of its own) run here.
+            // Where `start` runs: withdrawals and the tidying after a drop run here, wherever
+            // the strategy or a run is dropped (a coordinator ends what it had open on a thread
+            // of its own).
             runtime: tokio::runtime::Handle::current(),
         });
         let listeners = vec![
@@ -237,8 +238,8 @@ impl Drop for NatsStrategy {
     fn drop(&mut self) {
         // Dropped without a shutdown: stop pulling completions and watching; the connection
         // closes with the last handle. The completion consumer and the advisories' reader are
-        // removed from the server below, on this runtime or the one `start` ran on (when that
-        // one is gone too, the server removes them after their idle limit).
+        // removed from the server below, on the runtime `start` ran on (once that one is gone,
+        // the server removes them after their idle limits).
         for listener in self
             .listeners
             .get_mut()
