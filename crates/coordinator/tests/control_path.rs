@@ -145,6 +145,57 @@ async fn a_panicking_callback_holds_nothing_up() {
     .await;
 }
 
+/// An output that calls the bus as it is dropped.
+#[derive(Debug)]
+struct CallsTheBus(RequestCompletionPublisher);
+
+impl Drop for CallsTheBus {
+    fn drop(&mut self) {
+        std::hint::black_box(self.0.lags());
+    }
+}
+
+#[test]
+fn a_shared_output_whose_drop_calls_the_bus_holds_nothing_up_beside_an_unread_stream() {
+    // On a runtime of its own: a failing run leaves its threads stuck on the publisher's lock.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let publisher = RequestCompletionPublisher::with_capacity(16);
+                publisher.start().unwrap();
+                // Each message overwritten on its ring holds the last reference to an output the
+                // caller let go of: the publish that overwrites it drops it.
+                let _unread = publisher.subscribe_stream().unwrap();
+                let coordinator = Coordinator::builder().with_async().build();
+                coordinator.start(&publisher).unwrap();
+                for i in 0..100 {
+                    let bus = publisher.clone();
+                    let shares = move || async move { Ok::<_, BoxError>(CallsTheBus(bus)) };
+                    let task = Task::from_fn(format!("s{i}"), "shares", shares);
+                    drop(
+                        coordinator
+                            .submit_shared(task, ExecutionMode::ASYNC)
+                            .await
+                            .unwrap(),
+                    );
+                }
+                coordinator.shutdown().await;
+                publisher.shutdown().await;
+            });
+        done.send(()).unwrap();
+    });
+    let finished = finished.recv_timeout(Duration::from_secs(60));
+    assert!(
+        finished.is_ok(),
+        "the submits and the shutdowns did not finish within 60 s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_on_one_bus_each_get_their_own_outcomes() {
     let publisher = RequestCompletionPublisher::new();

@@ -22,8 +22,8 @@ use tokio::sync::broadcast::{self};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{
-    Buffer, Envelope, Filter, IDLE, Inner, PHASE_BITS, Queue, RUNNING, SHUT_DOWN, Shared, Stop,
-    SubscriberId, next_id,
+    self, Buffer, Envelope, Filter, IDLE, Inner, PHASE_BITS, Queue, RUNNING, SHUT_DOWN, Shared,
+    Stop, SubscriberId, next_id,
 };
 use crate::error::{Error, Kind, Missed, PublishError, Refusal};
 use crate::grace::wait_for_callbacks;
@@ -93,11 +93,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// # Ok(())
 /// # }
 /// ```
-pub struct Publisher<M> {
+pub struct Publisher<M: 'static> {
     inner: Arc<Inner<M>>,
 }
 
-impl<M> Clone for Publisher<M> {
+impl<M: 'static> Clone for Publisher<M> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -105,7 +105,7 @@ impl<M> Clone for Publisher<M> {
     }
 }
 
-impl<M> fmt::Debug for Publisher<M> {
+impl<M: 'static> fmt::Debug for Publisher<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = self.inner.lock();
         let phase = match self.inner.phase() {
@@ -515,29 +515,33 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         if self.inner.state.load(Ordering::SeqCst) == RUNNING {
             return Ok(());
         }
-        let mut shared = self.inner.lock();
-        match self.inner.phase() {
-            RUNNING => {}
-            IDLE => return Err(PublishError::new(message, Refusal::NotStarted)),
-            _ => return Err(PublishError::new(message, Refusal::ShutDown)),
-        }
-        self.send(&mut shared, message);
-        Ok(())
+        bus::dropping_after(|| {
+            let mut shared = self.inner.lock();
+            match self.inner.phase() {
+                RUNNING => {}
+                IDLE => return Err(PublishError::new(message, Refusal::NotStarted)),
+                _ => return Err(PublishError::new(message, Refusal::ShutDown)),
+            }
+            self.send(&mut shared, message);
+            Ok(())
+        })
     }
 
-    /// Writes the message for every subscriber. Runs under the lock.
+    /// Writes the message for every subscriber. Runs under the lock, inside
+    /// [`bus::dropping_after`].
     fn send(&self, shared: &mut Shared<M>, message: M) {
         for queue in shared.queues.values() {
             queue.offer(&message);
         }
-        if !shared.stops.is_empty()
-            && let Some(tx) = &shared.tx
-        {
-            let seq = shared.published;
-            shared.published += 1;
-            // An error only says no receiver is left.
-            let message = Some(message);
-            let _ = tx.send(Envelope { seq, message });
+        match &shared.tx {
+            Some(tx) if !shared.stops.is_empty() => {
+                let seq = shared.published;
+                shared.published += 1;
+                // An error only says no receiver is left.
+                let message = Some(message);
+                let _ = tx.send(Envelope { seq, message });
+            }
+            _ => bus::let_go(message),
         }
         #[cfg(feature = "metrics")]
         shared.sample_lags();

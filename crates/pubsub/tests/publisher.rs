@@ -193,6 +193,46 @@ async fn an_unread_subscriber_delays_nobody_and_is_told_exactly_what_it_missed()
     );
 }
 
+/// A message that calls its publisher as it is dropped, and says so.
+struct CallsBack {
+    publisher: Publisher<Arc<CallsBack>>,
+    dropped: mpsc::Sender<usize>,
+}
+
+impl Drop for CallsBack {
+    fn drop(&mut self) {
+        let subscribers = self.publisher.lags().len();
+        let _ = self.dropped.send(subscribers);
+    }
+}
+
+#[test]
+fn a_message_overwritten_for_a_laggard_is_dropped_outside_the_publishers_lock() {
+    let p = started::<Arc<CallsBack>>(1);
+    // Never read: each publish overwrites the message before, whose last reference the ring
+    // held, so it is dropped by the publish. Never dropped either: a failing run would wait
+    // for the lock there.
+    std::mem::forget(p.subscribe_stream().unwrap());
+    let (dropped_tx, dropped) = mpsc::channel();
+    let publisher = p.clone();
+    let publishing = std::thread::spawn(move || {
+        for _ in 0..3 {
+            let dropped = dropped_tx.clone();
+            let message = CallsBack {
+                publisher: publisher.clone(),
+                dropped,
+            };
+            publisher.publish(Arc::new(message)).unwrap();
+        }
+    });
+    // Dropped under the lock, a message calling the publisher would never return.
+    for _ in 0..2 {
+        let seen = dropped.recv_timeout(Duration::from_secs(30));
+        assert_eq!(seen, Ok(1), "an overwritten message called its publisher");
+    }
+    publishing.join().unwrap();
+}
+
 /// A message whose `Clone` panics when asked to.
 #[derive(Debug)]
 struct Fragile(bool);
