@@ -190,6 +190,14 @@ impl Coordinator {
                     {
                         (None, None)
                     }
+                    // A duplicate of an open request is rejected now, as it would be with a
+                    // place free, rather than waiting for its original to end and then run.
+                    Err(TryAcquireError::NoPermits)
+                        if self.inner.table().is_open(task.info().request_id()) =>
+                    {
+                        let id = task.info().request_id().clone();
+                        return Err(SubmitError::new(SubmitKind::Duplicate(id)));
+                    }
                     Err(TryAcquireError::NoPermits) => {
                         let (wait_mode, limit) = (mode.clone(), Arc::clone(limit));
                         let parent = scoped_parent(task.info());

@@ -181,6 +181,19 @@ async fn an_unconfigured_mode_or_an_empty_id_is_rejected_and_records_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_open_request_id_is_rejected_without_disturbing_the_original() {
     let (_publisher, coordinator) = started();
+    duplicate_is_rejected(&coordinator).await;
+}
+
+/// The duplicate would have to wait for the place the original holds: it is rejected at once
+/// all the same, never run once the original ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_is_rejected_when_its_modes_limit_is_full() {
+    let limited = Coordinator::builder().with_async().limit("async", 1);
+    let (_publisher, coordinator) = support::started_from(limited);
+    duplicate_is_rejected(&coordinator).await;
+}
+
+async fn duplicate_is_rejected(coordinator: &Coordinator) {
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     let slow = Task::from_fn("dup", "slow", || async move {
         released.await.ok();
@@ -192,14 +205,15 @@ async fn a_duplicate_open_request_id_is_rejected_without_disturbing_the_original
         tokio::task::yield_now().await;
     }
     let node_before = coordinator.job("dup").unwrap().child_node_id().clone();
-    let err = coordinator
-        .submit(
-            Task::from_fn("dup", "copy", || async { Ok::<_, BoxError>("copy") }),
-            "async",
-        )
-        .await
-        .unwrap_err();
-    assert!(err.is_duplicate() && err.is_rejected());
+    let copy = Task::from_fn("dup", "copy", || async { Ok::<_, BoxError>("copy") });
+    let submitted = coordinator.submit(copy, "async");
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), submitted).await;
+    let err = err.expect("answered at once").unwrap_err();
+    assert!(err.is_duplicate() && err.is_rejected(), "{err}");
+    let copy = Task::from_fn("dup", "copy", || async { Ok::<_, BoxError>("copy") });
+    let err = coordinator.try_spawn(copy, "async", SubmitOptions::new());
+    let err = err.expect_err("a duplicate");
+    assert!(err.is_duplicate(), "{err}");
     assert_eq!(
         coordinator.job("dup").unwrap().child_node_id(),
         &node_before
