@@ -531,8 +531,9 @@ pub struct SystemDetail {
     pub requests: BTreeMap<String, ModeCounts>,
     /// Each mode's strategy counters (and, for worker pools, each worker's id, pid and load, and
     /// the restart count), by mode name. A strategy counts the runs it was handed: every
-    /// attempt of a retried request, and a run that ended after its request timed out or was
-    /// cancelled. So its `failed` can exceed the request counts' `failed` of the same mode.
+    /// attempt of a retried request, a run that ended after its request timed out or was
+    /// cancelled, and, as `stopped`, one let go of unfinished then. So its `failed` can exceed
+    /// the request counts' `failed` of the same mode.
     pub modes: BTreeMap<String, StrategyStats>,
 }
 

@@ -129,11 +129,16 @@ fn strategies(out: &mut String, modes: &BTreeMap<String, StrategyStats>) {
         out,
         "strategy_runs_total",
         "counter",
-        "Runs a strategy ended (every attempt), by mode and result.",
+        "Runs a strategy ended (every attempt), by mode and result: stopped for a run let go of, unfinished, as its request was cancelled or timed out.",
     );
     for (mode, s) in modes {
         let mode = label(mode);
-        for (result, n) in [("success", s.succeeded), ("failure", s.failed)] {
+        let results = [
+            ("success", s.succeeded),
+            ("failure", s.failed),
+            ("stopped", s.stopped),
+        ];
+        for (result, n) in results {
             let _ = writeln!(
                 out,
                 "strategy_runs_total{{mode=\"{mode}\",result=\"{result}\"}} {n}"

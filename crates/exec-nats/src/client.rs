@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Runs let go of unfinished (their request was cancelled or timed out).
+    pub(crate) stopped: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     /// Told when the connection is back after an outage.
     pub(crate) reconnected: Arc<tokio::sync::Notify>,

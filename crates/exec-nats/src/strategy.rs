@@ -91,6 +91,7 @@ impl NatsBuilder {
             tasks: TaskTracker::new(),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            stopped: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             reconnected,
             stream: Mutex::new(seen),
@@ -169,14 +170,16 @@ impl TaskExecutionStrategy for NatsStrategy {
             return;
         }
         // The token moves into the future: it counts the task out when the run ends, or when the
-        // future is dropped unfinished (the request was cancelled).
+        // future is dropped unfinished (the request was cancelled), and then it is stopped.
         completion.spawn(async move {
             let _in_flight = in_flight;
+            let mut unfinished = StopUnlessEnded(Some(&inner.stopped));
             let outcome = inner.run(task).await;
-            let counter = if outcome.is_ok() {
-                &inner.succeeded
-            } else {
-                &inner.failed
+            unfinished.0 = None;
+            let counter = match &outcome {
+                Ok(_) => &inner.succeeded,
+                Err(error) if error.is_cancelled() => &inner.stopped,
+                Err(_) => &inner.failed,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             outcome
@@ -231,6 +234,18 @@ impl TaskExecutionStrategy for NatsStrategy {
             inner.failed.load(Ordering::Relaxed),
             !inner.tasks.is_closed(),
         )
+        .with_stopped(inner.stopped.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts a run stopped when dropped before it ended.
+struct StopUnlessEnded<'a>(Option<&'a AtomicU64>);
+
+impl Drop for StopUnlessEnded<'_> {
+    fn drop(&mut self) {
+        if let Some(stopped) = self.0 {
+            stopped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -1251,6 +1251,9 @@ async fn the_coordinators_timeout_reaches_the_worker() {
         .await
         .unwrap();
     assert_eq!(v, 2);
+    let stats = &coordinator.system_detail().modes["nats"];
+    let counted = (stats.succeeded, stats.failed, stats.stopped);
+    assert_eq!(counted, (1, 0, 1), "the timed-out run counted stopped");
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;

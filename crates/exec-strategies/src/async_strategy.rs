@@ -125,7 +125,7 @@ async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmi
     let run = std::future::poll_fn(|cx| completion.in_scope(|| run.as_mut().poll(cx)));
     let outcome = tokio::select! {
         biased;
-        () = completion.cancelled() => return,
+        () = completion.cancelled() => return admission.stop(),
         result = run => flatten_panic(result),
     };
     // Counted out before the caller hears: what it reads of the stats then is current.
@@ -137,7 +137,7 @@ async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmi
 /// submits are its children). Cancelled while it waited for a thread, it never starts.
 fn run_blocking(body: BlockingBody, completion: Completion, admission: OwnedAdmission) {
     if completion.is_cancelled() {
-        return;
+        return admission.stop();
     }
     let outcome = completion
         .in_scope(|| flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))));

@@ -409,7 +409,7 @@ impl PoolJob {
         } = self;
         if completion.is_cancelled() {
             // It already has its outcome.
-            return;
+            return admission.stop();
         }
         let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
         let _pool = PoolScope::enter(signal);

@@ -16,6 +16,7 @@ pub(crate) struct Tracker {
     tasks: TaskTracker,
     succeeded: AtomicU64,
     failed: AtomicU64,
+    stopped: AtomicU64,
     /// The deadline of the latest drain begun: one under way takes it when it is sooner than
     /// its own, so a second, shorter shutdown cuts the first one's wait too.
     #[cfg(any(feature = "async", feature = "threaded", test))]
@@ -33,13 +34,27 @@ impl Tracker {
     }
 
     /// Records how an admitted task ended.
+    /// A cancellation error says the task was stopped.
     pub(crate) fn record(&self, outcome: &Outcome) {
-        let counter = if outcome.is_ok() {
-            &self.succeeded
-        } else {
-            &self.failed
+        let counter = match outcome {
+            Ok(_) => &self.succeeded,
+            Err(error) if error.is_cancelled() => &self.stopped,
+            Err(_) => &self.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an admitted task let go of, unfinished, because its request was cancelled or
+    /// timed out.
+    pub(crate) fn stop(&self) {
+        self.stopped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the task stopped when the guard drops, unless [`Unfinished::ended`] says it
+    /// ended: for a run whose future may be dropped at any await.
+    #[cfg(feature = "process")]
+    pub(crate) fn unfinished(&self) -> Unfinished<'_> {
+        Unfinished(Some(self))
     }
 
     /// Refuses every later task.
@@ -104,6 +119,7 @@ impl Tracker {
             self.failed.load(Ordering::Relaxed),
             !self.is_closed(),
         )
+        .with_stopped(self.stopped.load(Ordering::Relaxed))
     }
 }
 
@@ -132,6 +148,32 @@ impl OwnedAdmission {
     /// Records how the task ended and counts it out.
     pub(crate) fn record(self, outcome: &Outcome) {
         self.tracker.record(outcome);
+    }
+
+    /// Records the task let go of, unfinished; it is counted out as this drops.
+    pub(crate) fn stop(&self) {
+        self.tracker.stop();
+    }
+}
+
+/// Counts its task stopped when dropped, unless it [`ended`](Self::ended).
+#[cfg(feature = "process")]
+pub(crate) struct Unfinished<'a>(Option<&'a Tracker>);
+
+#[cfg(feature = "process")]
+impl Unfinished<'_> {
+    /// The task ended with an outcome, to be recorded.
+    pub(crate) fn ended(mut self) {
+        self.0 = None;
+    }
+}
+
+#[cfg(feature = "process")]
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(tracker) = self.0 {
+            tracker.stop();
+        }
     }
 }
 

@@ -557,6 +557,8 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
             assert_eq!(s.stats().in_flight, 0, "the dropped run is counted out");
             assert_eq!(is_dead(pid), killed);
         }
+        let stats = s.stats();
+        assert_eq!((stats.failed, stats.stopped), (0, 2), "counted as stopped");
         assert_echo(&s, "3", 4).await;
         s.shutdown(Duration::from_secs(5)).await;
     });

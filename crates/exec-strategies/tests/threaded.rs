@@ -241,7 +241,7 @@ async fn a_task_cancelled_while_queued_is_let_go_at_once() {
         "the cancelled task is kept"
     );
     assert!(!flags[0].load(Ordering::SeqCst) && !flags[2].load(Ordering::SeqCst));
-    assert_eq!(s.stats(), StrategyStats::new(3, 0, 0, true));
+    assert_eq!(s.stats(), StrategyStats::new(3, 0, 0, true).with_stopped(1));
     release.send(()).unwrap();
     let long = long.await.unwrap().unwrap();
     assert_eq!(long.downcast_ref::<i32>(), Some(&1));
@@ -251,7 +251,7 @@ async fn a_task_cancelled_while_queued_is_let_go_at_once() {
             assert_eq!(value.downcast_ref::<usize>(), Some(&(i + 10)));
         }
     }
-    assert_eq!(s.stats(), StrategyStats::new(0, 3, 0, true));
+    assert_eq!(s.stats(), StrategyStats::new(0, 3, 0, true).with_stopped(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,4 +440,6 @@ async fn an_async_node_is_dropped_when_its_request_is_cancelled() {
     assert_eq!(dropped.load(Ordering::SeqCst), 1, "the node was dropped");
     let shutdown = tokio::time::timeout(Duration::from_secs(30), strategy.shutdown(Duration::MAX));
     assert!(shutdown.await.is_ok(), "nothing left to wait for");
+    let stats = strategy.stats();
+    assert_eq!((stats.failed, stats.stopped), (0, 1), "counted as stopped");
 }

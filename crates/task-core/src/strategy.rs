@@ -91,6 +91,11 @@ pub struct StrategyStats {
     pub succeeded: u64,
     /// Tasks that ended with an error.
     pub failed: u64,
+    /// Tasks let go of, unfinished, because their request was cancelled or timed out (or their
+    /// attempt passed its timeout): dropped, never started, or cancelled in their worker. With
+    /// them, `in_flight + succeeded + failed + stopped` counts every task the strategy was
+    /// handed.
+    pub stopped: u64,
     /// Whether the strategy still takes tasks.
     pub accepting: bool,
     /// The strategy's workers, for strategies that run tasks in worker processes.
@@ -132,10 +137,18 @@ impl StrategyStats {
             in_flight,
             succeeded,
             failed,
+            stopped: 0,
             accepting,
             workers: Vec::new(),
             restarts: 0,
         }
+    }
+
+    /// The same stats with `stopped` tasks ([`StrategyStats::stopped`]).
+    #[must_use]
+    pub fn with_stopped(mut self, stopped: u64) -> Self {
+        self.stopped = stopped;
+        self
     }
 
     /// The same stats with per-worker counters and the restart count.

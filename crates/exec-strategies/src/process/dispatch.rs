@@ -70,12 +70,15 @@ impl Shared {
         let Some(_admission) = self.tracker.admit() else {
             return completion.complete(Err(TaskError::shutdown("process")));
         };
+        // Dropped at an await or cancelled, the run is counted stopped.
+        let unfinished = self.tracker.unfinished();
         let waited = self
             .run_in_worker(task, &completion)
             .await
             .unwrap_or_else(|error| Waited::Answered(Err(error)));
         match waited {
             Waited::Answered(outcome) => {
+                unfinished.ended();
                 self.tracker.record(&outcome);
                 completion.complete(outcome);
             }
