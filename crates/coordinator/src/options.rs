@@ -263,11 +263,11 @@ impl RetryPolicy {
         self.attempt_timeout
     }
 
-    /// The first backoff and the cap on any backoff.
+    /// The first backoff and the cap on any backoff: a first backoff above the cap is cut to it.
     #[must_use]
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.initial = initial;
-        self.max = max.max(initial);
+        self.initial = initial.min(max);
+        self.max = max;
         self
     }
 
@@ -372,6 +372,11 @@ mod tests {
             .without_jitter();
         let waits: Vec<u128> = (1..=5).map(|a| p.backoff_after(a).as_millis()).collect();
         assert_eq!(waits, [10, 20, 40, 50, 50]);
+        // The cap holds over a first backoff above it.
+        let below = p
+            .clone()
+            .backoff(Duration::from_millis(10), Duration::from_millis(1));
+        assert_eq!(below.backoff_after(1), Duration::from_millis(1));
         let jittered =
             RetryPolicy::new(3).backoff(Duration::from_millis(10), Duration::from_secs(1));
         for attempt in 1..5 {
