@@ -54,7 +54,9 @@ pub trait PortableNode:
     Node<Output: Serialize + DeserializeOwned> + Serialize + DeserializeOwned
 {
     /// The stable name the node is registered and sent under. Keep it unchanged across versions
-    /// of your program that must talk to each other.
+    /// of your program that must talk to each other. The name jobs, messages and traces show is
+    /// [`Node::name`] (the type's name unless overridden): return `Self::NAME` there to show
+    /// this one.
     const NAME: &'static str;
 }
 
