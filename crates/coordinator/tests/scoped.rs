@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, ExecutionMode, JobResult, SubmitOptions, Task, current_node,
+    BoxError, Coordinator, ExecutionMode, JobResult, NodeId, SubmitOptions, Task, current_node,
 };
 use support::{Recorder, started};
 
@@ -149,4 +149,36 @@ async fn children_cancelled_at_the_end_end_before_it_is_published() {
             "{id}: its child's end was published after its own (at {child}, it at {parent})"
         );
     }
+}
+
+/// Says, as it is dropped, which node it was dropped in.
+struct SaysWhere(std::sync::mpsc::Sender<Option<NodeId>>);
+
+impl Drop for SaysWhere {
+    fn drop(&mut self) {
+        let _ = self.0.send(current_node());
+    }
+}
+
+/// An async node dropped as its request is cancelled is dropped in its request's scope, as it
+/// ran: its `Drop` sees its node (and what it submits there is its child).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_async_node_is_dropped_in_its_scope() {
+    let (_publisher, coordinator) = started();
+    let (dropped_in, dropped) = std::sync::mpsc::channel();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let task = Task::from_fn("dropped", "waits", move || async move {
+        let _says = SaysWhere(dropped_in);
+        let _ = started_tx.send(());
+        std::future::pending::<()>().await;
+        Ok::<_, BoxError>(())
+    });
+    let node = task.node_id().clone();
+    let options = SubmitOptions::new();
+    let handle = coordinator.try_spawn(task, ExecutionMode::ASYNC, options);
+    let handle = handle.unwrap();
+    within("the node's start", started_rx).await.unwrap();
+    handle.cancel();
+    let seen = dropped.recv_timeout(Duration::from_secs(30));
+    assert_eq!(seen, Ok(Some(node)), "dropped in its own scope");
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -121,12 +122,22 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
 /// An async node, as a tokio task of its own: runs in its request's scope until it ends or the
 /// request is cancelled (then the node is dropped; the request already has its outcome).
 async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmission) {
-    let mut run = std::pin::pin!(AssertUnwindSafe(body.into_future()).catch_unwind());
-    let run = std::future::poll_fn(|cx| completion.in_scope(|| run.as_mut().poll(cx)));
+    let mut node = std::pin::pin!(Some(AssertUnwindSafe(body.into_future()).catch_unwind()));
+    let run = std::future::poll_fn(|cx| {
+        completion.in_scope(|| match node.as_mut().as_pin_mut() {
+            Some(node) => node.poll(cx),
+            None => Poll::Pending,
+        })
+    });
     let outcome = tokio::select! {
         biased;
-        () = completion.cancelled() => return admission.stop(),
-        result = run => flatten_panic(result),
+        () = completion.cancelled() => None,
+        result = run => Some(flatten_panic(result)),
+    };
+    let Some(outcome) = outcome else {
+        admission.stop();
+        // Dropped in its request's scope, as it ran: its `Drop` sees its node.
+        return completion.in_scope(|| node.set(None));
     };
     // Counted out before the caller hears: what it reads of the stats then is current.
     admission.record(&outcome);

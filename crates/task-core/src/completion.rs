@@ -261,14 +261,17 @@ struct Driven {
 
 impl Driven {
     /// Drops the strategy's future (in its place, one that never resolves and holds nothing),
-    /// then `completion`, delivering `outcome` if there is one.
+    /// then `completion`, delivering `outcome` if there is one. Unfinished (no outcome), the
+    /// future is dropped in the request's scope, as it was polled.
     fn stop(&mut self, completion: Completion, outcome: Option<Outcome>) {
         // A panic in the node's `Drop` unwinds through here as it did through the sink's driver
         // before: the completion, dropped as it unwinds, delivers a failure.
-        drop(std::mem::replace(
-            &mut self.future,
-            Box::pin(std::future::pending()),
-        ));
+        let pending: BoxFuture<'static, Outcome> = Box::pin(std::future::pending());
+        let future = std::mem::replace(&mut self.future, pending);
+        match outcome {
+            Some(_) => drop(future),
+            None => completion.in_scope(|| drop(future)),
+        }
         match outcome {
             Some(outcome) => completion.complete(outcome),
             None => drop(completion),
