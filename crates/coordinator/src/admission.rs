@@ -494,11 +494,14 @@ impl Coordinator {
             Ok(born_cancelled) => {
                 // Outside the table's lock, and only for an accepted request.
                 entry.metrics.accepted(waited);
-                if let Some(bus) = openings {
-                    Self::announce_opening(bus, &ready, entry);
-                }
-                drop(held);
-                Ok(Self::start_recorded(ready, born_cancelled, entry))
+                // What announcing it lets go of is dropped once it has started.
+                pubsub::defer_drops(|| {
+                    if let Some(bus) = openings {
+                        Self::announce_opening(bus, &ready, entry);
+                    }
+                    drop(held);
+                    Ok(Self::start_recorded(ready, born_cancelled, entry))
+                })
             }
             Err(kind) => {
                 // Not accepted: nothing is recorded, and nothing answers.

@@ -196,6 +196,65 @@ fn a_shared_output_whose_drop_calls_the_bus_holds_nothing_up_beside_an_unread_st
     );
 }
 
+/// An output whose drop waits for its signal, or panics without one.
+#[derive(Debug)]
+struct DropsLate(Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>);
+
+impl Drop for DropsLate {
+    fn drop(&mut self) {
+        let Some(signal) = &self.0 else {
+            panic!("the output's drop broke");
+        };
+        let _ = signal.lock().unwrap().recv_timeout(Duration::from_secs(60));
+    }
+}
+
+/// A shared output let go of by its caller, its last reference on the ring of an unread
+/// stream, is dropped by the ending of the next request, which overwrites it: once that
+/// request's caller is answered. `signal` gives the output's drop what it waits for.
+fn the_next_request_beside_a_dropped_output(signal: Option<std::sync::mpsc::Receiver<()>>) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let publisher = RequestCompletionPublisher::with_capacity(1);
+                publisher.start().unwrap();
+                std::mem::forget(publisher.subscribe_stream().unwrap());
+                let coordinator = Coordinator::builder().with_async().build();
+                coordinator.start(&publisher).unwrap();
+                let late = DropsLate(signal.map(std::sync::Mutex::new));
+                let shares = move || async move { Ok::<_, BoxError>(late) };
+                let task = Task::from_fn("shared", "shares", shares);
+                drop(coordinator.submit_shared(task, ExecutionMode::ASYNC).await);
+                let next = coordinator.submit(value_task("next", 7), ExecutionMode::ASYNC);
+                done.send(next.await.map_err(|e| e.to_string())).unwrap();
+            });
+    });
+    let answered = finished.recv_timeout(Duration::from_secs(30));
+    assert_eq!(
+        answered,
+        Ok(Ok(7)),
+        "the next request's caller got its value"
+    );
+}
+
+#[test]
+fn an_output_dropped_by_the_next_requests_ending_is_dropped_once_its_caller_is_answered() {
+    let (release, signal) = std::sync::mpsc::channel();
+    // The drop waits until the next caller was answered: it deadlocks were it before.
+    the_next_request_beside_a_dropped_output(Some(signal));
+    release.send(()).unwrap();
+}
+
+#[test]
+fn an_output_whose_drop_panics_takes_nothing_from_the_next_request() {
+    the_next_request_beside_a_dropped_output(None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_on_one_bus_each_get_their_own_outcomes() {
     let publisher = RequestCompletionPublisher::new();

@@ -171,11 +171,12 @@ impl TaskExecutionStrategy for NatsStrategy {
         }
         // The token moves into the future: it counts the task out when the run ends, or when the
         // future is dropped unfinished (the request was cancelled), and then it is stopped.
+        // Made before the future, which may be dropped before its first poll.
+        let unfinished = Unfinished(Some(Arc::clone(&inner)));
         completion.spawn(async move {
             let _in_flight = in_flight;
-            let mut unfinished = StopUnlessEnded(Some(&inner.stopped));
             let outcome = inner.run(task).await;
-            unfinished.0 = None;
+            unfinished.ended();
             let counter = match &outcome {
                 Ok(_) => &inner.succeeded,
                 Err(error) if error.is_cancelled() => &inner.stopped,
@@ -238,13 +239,25 @@ impl TaskExecutionStrategy for NatsStrategy {
     }
 }
 
-/// Counts a run stopped when dropped before it ended.
-struct StopUnlessEnded<'a>(Option<&'a AtomicU64>);
+/// Counts its run stopped when dropped before it ended (failed when a panic drops it).
+struct Unfinished(Option<Arc<Inner>>);
 
-impl Drop for StopUnlessEnded<'_> {
+impl Unfinished {
+    /// The run ended with an outcome, counted apart.
+    fn ended(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished {
     fn drop(&mut self) {
-        if let Some(stopped) = self.0 {
-            stopped.fetch_add(1, Ordering::Relaxed);
+        if let Some(inner) = &self.0 {
+            let counter = if std::thread::panicking() {
+                &inner.failed
+            } else {
+                &inner.stopped
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

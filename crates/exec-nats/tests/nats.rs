@@ -99,6 +99,9 @@ fn main() {
         ("the_coordinators_timeout_reaches_the_worker", || {
             Box::pin(the_coordinators_timeout_reaches_the_worker())
         }),
+        ("a_run_cancelled_before_it_began_is_counted_stopped", || {
+            Box::pin(a_run_cancelled_before_it_began_is_counted_stopped())
+        }),
         (
             "a_withdrawn_task_is_never_run_by_a_worker_that_comes_later",
             || Box::pin(a_withdrawn_task_is_never_run_by_a_worker_that_comes_later()),
@@ -1256,6 +1259,35 @@ async fn the_coordinators_timeout_reaches_the_worker() {
     assert_eq!(counted, (1, 0, 1), "the timed-out run counted stopped");
     coordinator.shutdown().await;
     publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// Cancelled before its runtime first polls the strategy's run: counted all the same.
+async fn a_run_cancelled_before_it_began_is_counted_stopped() {
+    let config = config("unpolled");
+    let on_one_thread = config.clone();
+    let counted = tokio::task::spawn_blocking(move || {
+        let mut rt = tokio::runtime::Builder::new_current_thread();
+        rt.enable_all().build().unwrap().block_on(async {
+            let (publisher, coordinator, _) = coordinator(&on_one_thread).await;
+            let task = Task::portable("long", Nap(60_000));
+            let handle = coordinator.try_spawn(task, "nats", SubmitOptions::new());
+            let handle = handle.unwrap();
+            // Nothing else ran on this thread since.
+            handle.cancel();
+            assert!(handle.await.unwrap_err().is_cancelled());
+            coordinator.shutdown().await;
+            publisher.shutdown().await;
+            let stats = &coordinator.system_detail().modes["nats"];
+            (
+                stats.in_flight,
+                stats.succeeded,
+                stats.failed,
+                stats.stopped,
+            )
+        })
+    });
+    assert_eq!(counted.await.unwrap(), (0, 0, 0, 1));
     cleanup(&config).await;
 }
 

@@ -156,7 +156,8 @@ impl OwnedAdmission {
     }
 }
 
-/// Counts its task stopped when dropped, unless it [`ended`](Self::ended).
+/// Counts its task stopped when dropped, unless it [`ended`](Self::ended) (failed when a panic
+/// drops it).
 #[cfg(feature = "process")]
 pub(crate) struct Unfinished<'a>(Option<&'a Tracker>);
 
@@ -171,8 +172,13 @@ impl Unfinished<'_> {
 #[cfg(feature = "process")]
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if let Some(tracker) = self.0 {
-            tracker.stop();
+        match self.0 {
+            // A panic ended it: a failure.
+            Some(tracker) if std::thread::panicking() => {
+                tracker.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(tracker) => tracker.stop(),
+            None => {}
         }
     }
 }

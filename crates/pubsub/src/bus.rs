@@ -1,7 +1,5 @@
 //! What every handle of a publisher shares: its subscribers, their buffers and its phase.
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -78,59 +76,32 @@ impl Stop {
 }
 
 /// A message on the ring, numbered in publish order. Each subscriber reads a clone of it.
-pub(crate) struct Envelope<M: 'static> {
+pub(crate) struct Envelope<M> {
     pub(crate) seq: u64,
     /// `None` in a subscriber's clone when the message's `Clone` panicked: that subscriber
     /// missed it.
     pub(crate) message: Option<M>,
+    /// What drops the message: [`defer::let_go`](crate::defer::let_go).
+    pub(crate) let_go: fn(M),
 }
 
 /// The ring drops a message as a publish overwrites it for a subscriber that fell behind,
-/// under the publisher's lock: it is let go of ([`let_go`]).
-impl<M: 'static> Drop for Envelope<M> {
+/// under the publisher's lock: it is let go of, to be dropped once the lock is released.
+impl<M> Drop for Envelope<M> {
     fn drop(&mut self) {
         if let Some(message) = self.message.take() {
-            let_go(message);
+            (self.let_go)(message);
         }
     }
 }
 
-thread_local! {
-    /// While this thread writes a message under a publisher's lock ([`dropping_after`]), the
-    /// messages let go of meanwhile.
-    static LET_GO: RefCell<Option<Vec<Box<dyn Any>>>> = const { RefCell::new(None) };
-}
-
-/// Runs `write`, which takes a publisher's lock, and drops the messages it let go of once it
-/// returned, the lock released. A message may hold the last reference to a user's value, whose
-/// `Drop` must not run under the lock: it would hold up every publisher, and one that calls
-/// the publisher would never return.
-pub(crate) fn dropping_after<R>(write: impl FnOnce() -> R) -> R {
-    let outer = LET_GO.with(|later| later.replace(Some(Vec::new())));
-    let written = write();
-    drop(LET_GO.with(|later| later.replace(outer)));
-    written
-}
-
-/// Drops `message` now, or inside [`dropping_after`] once its write returned.
-pub(crate) fn let_go<M: 'static>(message: M) {
-    let now = LET_GO.try_with(|later| match later.borrow_mut().as_mut() {
-        Some(later) => {
-            later.push(Box::new(message));
-            None
-        }
-        None => Some(message),
-    });
-    // Err: this thread's locals are gone, and so is any write under way.
-    drop(now);
-}
-
-impl<M: Clone + 'static> Clone for Envelope<M> {
+impl<M: Clone> Clone for Envelope<M> {
     fn clone(&self) -> Self {
         let message = self.message.as_ref().and_then(clone_or_miss);
         Self {
             seq: self.seq,
             message,
+            let_go: self.let_go,
         }
     }
 }
@@ -146,7 +117,7 @@ pub(crate) fn clone_or_miss<M: Clone>(message: &M) -> Option<M> {
     cloned.ok()
 }
 
-pub(crate) struct Shared<M: 'static> {
+pub(crate) struct Shared<M> {
     /// `None` after shutdown; dropping it ends every bounded subscriber's stream once drained.
     pub(crate) tx: Option<broadcast::Sender<Envelope<M>>>,
     /// Messages written to the ring so far; the next one's number.
@@ -168,7 +139,7 @@ pub(crate) struct Shared<M: 'static> {
 #[cfg(feature = "metrics")]
 const LAG_SAMPLE: u64 = 64;
 
-impl<M: 'static> Shared<M> {
+impl<M> Shared<M> {
     pub(crate) fn attached(&self) -> usize {
         self.stops.len() + self.queues.len()
     }
@@ -232,7 +203,7 @@ pub(crate) type Filter<M> = Box<dyn Fn(&M) -> bool + Send + Sync>;
 
 /// An unbounded subscriber's own queue: every message, in order (`None` for one whose `Clone`
 /// panicked, which the subscriber is told it missed).
-pub(crate) struct Queue<M: 'static> {
+pub(crate) struct Queue<M> {
     pub(crate) tx: mpsc::UnboundedSender<Option<M>>,
     /// Messages queued and not read yet; the reader takes one off for each it reads.
     pub(crate) unread: Arc<AtomicUsize>,
@@ -249,12 +220,12 @@ impl<M: Clone + 'static> Queue<M> {
         self.unread.fetch_add(1, Ordering::SeqCst);
         // An error only says the subscription is being dropped; it removes the queue.
         if let Err(refused) = self.tx.send(message) {
-            let_go(refused.0);
+            crate::defer::let_go(refused.0);
         }
     }
 }
 
-pub(crate) struct Inner<M: 'static> {
+pub(crate) struct Inner<M> {
     pub(crate) capacity: usize,
     /// The phase in the low bits, the number of subscribers and listeners above: a publish with
     /// nobody to read it reads this and nothing else. Written only under `shared`'s lock.
@@ -264,11 +235,11 @@ pub(crate) struct Inner<M: 'static> {
     /// await. The only user code run under it is the message's `Clone` (for an unbounded
     /// subscriber's queue), and a panic there is caught: the messages a publish lets go of (one
     /// the ring overwrites for a subscriber that fell behind) are dropped once it is released
-    /// ([`dropping_after`]).
+    /// ([`defer_drops`](crate::defer_drops)).
     pub(crate) shared: Mutex<Shared<M>>,
 }
 
-impl<M: 'static> Inner<M> {
+impl<M> Inner<M> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Shared<M>> {
         // The one piece of user code run under the lock, a message's `Clone`, is caught; a
         // lock poisoned all the same holds nothing half-changed, and is used as it is.

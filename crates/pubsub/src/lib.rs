@@ -38,6 +38,7 @@
 //! ```
 
 mod bus;
+mod defer;
 mod error;
 mod grace;
 mod messages;
@@ -45,6 +46,7 @@ mod publisher;
 mod subscription;
 
 pub use crate::bus::{Buffer, SubscriberId};
+pub use crate::defer::defer_drops;
 pub use crate::error::{Error, Missed, PublishError};
 pub use crate::messages::{
     BroadcastEvent, FatalFailure, RequestCompletionMessage, RequestCreation,

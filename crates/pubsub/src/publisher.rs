@@ -22,9 +22,10 @@ use tokio::sync::broadcast::{self};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{
-    self, Buffer, Envelope, Filter, IDLE, Inner, PHASE_BITS, Queue, RUNNING, SHUT_DOWN, Shared,
-    Stop, SubscriberId, next_id,
+    Buffer, Envelope, Filter, IDLE, Inner, PHASE_BITS, Queue, RUNNING, SHUT_DOWN, Shared, Stop,
+    SubscriberId, next_id,
 };
+use crate::defer::{self, defer_drops};
 use crate::error::{Error, Kind, Missed, PublishError, Refusal};
 use crate::grace::wait_for_callbacks;
 use crate::subscription::{Listener, Ring, Source, Subscription};
@@ -93,11 +94,11 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// # Ok(())
 /// # }
 /// ```
-pub struct Publisher<M: 'static> {
+pub struct Publisher<M> {
     inner: Arc<Inner<M>>,
 }
 
-impl<M: 'static> Clone for Publisher<M> {
+impl<M> Clone for Publisher<M> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -105,7 +106,7 @@ impl<M: 'static> Clone for Publisher<M> {
     }
 }
 
-impl<M: 'static> fmt::Debug for Publisher<M> {
+impl<M> fmt::Debug for Publisher<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = self.inner.lock();
         let phase = match self.inner.phase() {
@@ -515,36 +516,44 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         if self.inner.state.load(Ordering::SeqCst) == RUNNING {
             return Ok(());
         }
-        bus::dropping_after(|| {
+        let leftover = defer_drops(|| {
             let mut shared = self.inner.lock();
             match self.inner.phase() {
                 RUNNING => {}
                 IDLE => return Err(PublishError::new(message, Refusal::NotStarted)),
                 _ => return Err(PublishError::new(message, Refusal::ShutDown)),
             }
-            self.send(&mut shared, message);
-            Ok(())
-        })
+            Ok(self.send(&mut shared, message))
+        })?;
+        // Once the lock is released.
+        drop(leftover);
+        Ok(())
     }
 
-    /// Writes the message for every subscriber. Runs under the lock, inside
-    /// [`bus::dropping_after`].
-    fn send(&self, shared: &mut Shared<M>, message: M) {
+    /// Writes the message for every subscriber. Runs under the lock, inside [`defer_drops`];
+    /// returns the message when the ring did not take it.
+    fn send(&self, shared: &mut Shared<M>, message: M) -> Option<M> {
         for queue in shared.queues.values() {
             queue.offer(&message);
         }
-        match &shared.tx {
+        let leftover = match &shared.tx {
             Some(tx) if !shared.stops.is_empty() => {
                 let seq = shared.published;
                 shared.published += 1;
+                let (message, let_go) = (Some(message), defer::let_go::<M>);
                 // An error only says no receiver is left.
-                let message = Some(message);
-                let _ = tx.send(Envelope { seq, message });
+                let _ = tx.send(Envelope {
+                    seq,
+                    message,
+                    let_go,
+                });
+                None
             }
-            _ => bus::let_go(message),
-        }
+            _ => Some(message),
+        };
         #[cfg(feature = "metrics")]
         shared.sample_lags();
+        leftover
     }
 
     /// [`shutdown_with_grace`](Self::shutdown_with_grace) with [`DEFAULT_SHUTDOWN_GRACE`].

@@ -27,15 +27,13 @@ pub(crate) type Received<M> = (
 
 /// Receives the next message, handing the receiver back, so a stream can keep the receive in a
 /// reusable box between polls.
-pub(crate) async fn recv_owned<M: Clone + 'static>(
-    mut rx: broadcast::Receiver<Envelope<M>>,
-) -> Received<M> {
+pub(crate) async fn recv_owned<M: Clone>(mut rx: broadcast::Receiver<Envelope<M>>) -> Received<M> {
     let result = rx.recv().await;
     (result, rx)
 }
 
 /// A bounded subscriber's place in the shared ring.
-pub(crate) struct Ring<M: 'static> {
+pub(crate) struct Ring<M> {
     /// The receiver, while no receive waits for a message; `None` while one waits (it owns the
     /// receiver then) and once the stream ended.
     pub(crate) rx: Option<broadcast::Receiver<Envelope<M>>>,
@@ -48,7 +46,7 @@ pub(crate) struct Ring<M: 'static> {
     pub(crate) next_seq: u64,
 }
 
-impl<M: 'static> Ring<M> {
+impl<M> Ring<M> {
     /// Drops the receiver: the stream yields nothing more.
     pub(crate) fn end(&mut self) {
         self.rx = None;
@@ -136,7 +134,7 @@ impl<M: Clone + Send + 'static> Ring<M> {
     }
 }
 
-pub(crate) enum Source<M: 'static> {
+pub(crate) enum Source<M> {
     Ring(Ring<M>),
     Queue {
         rx: mpsc::UnboundedReceiver<Option<M>>,
@@ -160,7 +158,7 @@ fn takes<M>(filter: &Filter<M>, message: &M, id: u64) -> Result<bool, ()> {
 /// Made by [`Publisher::subscribe_stream`](crate::Publisher::subscribe_stream),
 /// [`Publisher::subscribe_stream_with`](crate::Publisher::subscribe_stream_with) and
 /// [`Publisher::subscribe_stream_where`](crate::Publisher::subscribe_stream_where).
-pub struct Subscription<M: 'static> {
+pub struct Subscription<M> {
     pub(crate) id: u64,
     pub(crate) source: Source<M>,
     /// Which messages it yields (all when `None`), asked as it reads each one.
@@ -168,7 +166,7 @@ pub struct Subscription<M: 'static> {
     pub(crate) inner: Weak<Inner<M>>,
 }
 
-impl<M: 'static> Subscription<M> {
+impl<M> Subscription<M> {
     /// This subscriber's id.
     pub fn id(&self) -> SubscriberId {
         SubscriberId(self.id)
@@ -226,7 +224,7 @@ impl<M: Clone + Send + 'static> Stream for Subscription<M> {
     }
 }
 
-impl<M: 'static> Drop for Subscription<M> {
+impl<M> Drop for Subscription<M> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
             let mut shared = inner.lock();
@@ -242,7 +240,7 @@ impl<M: 'static> Drop for Subscription<M> {
     }
 }
 
-impl<M: 'static> fmt::Debug for Subscription<M> {
+impl<M> fmt::Debug for Subscription<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let buffer = match self.source {
             Source::Ring(_) => Buffer::Bounded,
@@ -261,7 +259,7 @@ pub(crate) type Mapping<M, T> = Box<dyn FnOnce(M) -> T + Send>;
 /// A future resolving to the first matching message, mapped. Dropping it unsubscribes.
 ///
 /// Made by [`Publisher::listener`](crate::Publisher::listener).
-pub struct Listener<M: 'static, T> {
+pub struct Listener<M, T> {
     /// Its own queue of every message published since it was made; `None` when it was made
     /// after shutdown.
     pub(crate) subscription: Option<Subscription<M>>,
@@ -300,7 +298,7 @@ impl<M: Clone + Send + 'static, T> Future for Listener<M, T> {
     }
 }
 
-impl<M: 'static, T> fmt::Debug for Listener<M, T> {
+impl<M, T> fmt::Debug for Listener<M, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let id = self.subscription.as_ref().map(|s| s.id);
         f.debug_struct("Listener").field("id", &id).finish()

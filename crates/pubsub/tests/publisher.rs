@@ -193,22 +193,30 @@ async fn an_unread_subscriber_delays_nobody_and_is_told_exactly_what_it_missed()
     );
 }
 
-/// A message that calls its publisher as it is dropped, and says so.
-struct CallsBack {
-    publisher: Publisher<Arc<CallsBack>>,
-    dropped: mpsc::Sender<usize>,
+/// A message that runs its closure as it is dropped.
+struct OnDrop(Box<dyn Fn() + Send + Sync>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        (self.0)();
+    }
 }
 
-impl Drop for CallsBack {
-    fn drop(&mut self) {
-        let subscribers = self.publisher.lags().len();
-        let _ = self.dropped.send(subscribers);
-    }
+/// A message, for `publisher` to publish, that calls `publisher` as it is dropped and sends
+/// `dropped` how many subscribers it has.
+fn calls_back<M: Clone + Send + 'static>(
+    publisher: &Publisher<M>,
+    dropped: &mpsc::Sender<usize>,
+) -> Arc<OnDrop> {
+    let (publisher, dropped) = (publisher.clone(), dropped.clone());
+    Arc::new(OnDrop(Box::new(move || {
+        let _ = dropped.send(publisher.lags().len());
+    })))
 }
 
 #[test]
 fn a_message_overwritten_for_a_laggard_is_dropped_outside_the_publishers_lock() {
-    let p = started::<Arc<CallsBack>>(1);
+    let p = started::<Arc<OnDrop>>(1);
     // Never read: each publish overwrites the message before, whose last reference the ring
     // held, so it is dropped by the publish. Never dropped either: a failing run would wait
     // for the lock there.
@@ -217,12 +225,9 @@ fn a_message_overwritten_for_a_laggard_is_dropped_outside_the_publishers_lock() 
     let publisher = p.clone();
     let publishing = std::thread::spawn(move || {
         for _ in 0..3 {
-            let dropped = dropped_tx.clone();
-            let message = CallsBack {
-                publisher: publisher.clone(),
-                dropped,
-            };
-            publisher.publish(Arc::new(message)).unwrap();
+            publisher
+                .publish(calls_back(&publisher, &dropped_tx))
+                .unwrap();
         }
     });
     // Dropped under the lock, a message calling the publisher would never return.
@@ -231,6 +236,76 @@ fn a_message_overwritten_for_a_laggard_is_dropped_outside_the_publishers_lock() 
         assert_eq!(seen, Ok(1), "an overwritten message called its publisher");
     }
     publishing.join().unwrap();
+}
+
+/// A message whose `Clone` publishes to another publisher: user code run under the lock.
+struct PublishesWhenCloned(Publisher<Arc<OnDrop>>);
+
+impl Clone for PublishesWhenCloned {
+    fn clone(&self) -> Self {
+        let _ = self.0.publish(Arc::new(OnDrop(Box::new(|| {}))));
+        Self(self.0.clone())
+    }
+}
+
+#[test]
+fn what_a_publish_inside_a_publish_lets_go_of_is_dropped_after_the_outer_lock() {
+    let outer = started::<PublishesWhenCloned>(4);
+    // Its queue takes a clone of each message, under the outer lock.
+    let _all = outer.subscribe_stream_with(Buffer::Unbounded).unwrap();
+    let inner = started::<Arc<OnDrop>>(1);
+    std::mem::forget(inner.subscribe_stream().unwrap());
+    let (dropped_tx, dropped) = mpsc::channel();
+    inner.publish(calls_back(&outer, &dropped_tx)).unwrap();
+    // The clone's publish overwrites that message, which calls the outer publisher as it drops.
+    std::thread::spawn(move || outer.publish(PublishesWhenCloned(inner)).is_ok());
+    let seen = dropped.recv_timeout(Duration::from_secs(30));
+    assert_eq!(
+        seen,
+        Ok(1),
+        "the overwritten message called the outer publisher"
+    );
+}
+
+#[test]
+fn a_message_whose_drop_panics_leaves_the_publish_that_overwrote_it_whole() {
+    let p = started::<Arc<OnDrop>>(1);
+    std::mem::forget(p.subscribe_stream().unwrap());
+    let panics = Arc::new(OnDrop(Box::new(|| panic!("the message's drop broke"))));
+    let (dropped_tx, dropped) = mpsc::channel();
+    pubsub::defer_drops(|| {
+        p.publish(panics).unwrap();
+        p.publish(calls_back(&p, &dropped_tx)).unwrap();
+        // Both overwritten, each dropped apart: the second's drop still runs.
+        p.publish(Arc::new(OnDrop(Box::new(|| {})))).unwrap();
+    });
+    assert_eq!(dropped.recv_timeout(Duration::from_secs(30)), Ok(1));
+    assert!(p.publish(Arc::new(OnDrop(Box::new(|| {})))).is_ok());
+}
+
+thread_local! {
+    /// What a thread leaves to its locals' destructors.
+    static LEFT: std::cell::RefCell<Option<OnDrop>> = const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn a_publish_from_a_thread_locals_destructor_works() {
+    let p = started::<u32>(4);
+    let mut stream = p.subscribe_stream().unwrap();
+    let publisher = p.clone();
+    std::thread::spawn(move || {
+        // Set before the thread's first publish: destroyed after the bus's own locals.
+        let last = publisher.clone();
+        LEFT.with(|left| {
+            *left.borrow_mut() = Some(OnDrop(Box::new(move || last.publish(2).unwrap())));
+        });
+        publisher.publish(1).unwrap();
+    })
+    .join()
+    .expect("the thread ended without a panic");
+    let read =
+        futures::executor::block_on(async { vec![stream.next().await, stream.next().await] });
+    assert_eq!(read, [Some(Ok(1)), Some(Ok(2))]);
 }
 
 /// A message whose `Clone` panics when asked to.
