@@ -495,13 +495,12 @@ impl Coordinator {
                 // Outside the table's lock, and only for an accepted request.
                 entry.metrics.accepted(waited);
                 // What announcing it lets go of is dropped once it has started.
-                pubsub::defer_drops(|| {
-                    if let Some(bus) = openings {
-                        Self::announce_opening(bus, &ready, entry);
-                    }
-                    drop(held);
-                    Ok(Self::start_recorded(ready, born_cancelled, entry))
-                })
+                let _later = pubsub::defer_drops();
+                if let Some(bus) = openings {
+                    Self::announce_opening(bus, &ready, entry);
+                }
+                drop(held);
+                Ok(Self::start_recorded(ready, born_cancelled, entry))
             }
             Err(kind) => {
                 // Not accepted: nothing is recorded, and nothing answers.

@@ -171,38 +171,37 @@ impl Inner {
             .and_then(|open| open.cell.tree_end(&info, &outcome));
         // What announcing it lets go of (a message the bus overwrote for a subscriber that fell
         // behind, which may hold the last reference to a shared output) is dropped once the
-        // caller is answered.
-        pubsub::defer_drops(|| {
-            if announce
-                && let Some(started) = self.started.get()
-                && started.publisher.has_subscribers()
-            {
-                // An output its caller takes stays the caller's alone: the bus gets its text.
-                let announced = match &outcome {
-                    Ok(output) if open.as_ref().is_some_and(|open| open.cell.owns_output()) => {
-                        Ok(task_core::Value::new(pubsub::TakenOutput::of(output)))
-                    }
-                    shared => shared.clone(),
-                };
-                let message = message_of(info, announced);
-                if let Err(refused) = started.publisher.publish(message) {
-                    // The application shut its bus down: the outcome still reaches the caller.
-                    tracing::trace!(%refused, "outcome not announced");
+        // caller is answered, at the end.
+        let _later = pubsub::defer_drops();
+        if announce
+            && let Some(started) = self.started.get()
+            && started.publisher.has_subscribers()
+        {
+            // An output its caller takes stays the caller's alone: the bus gets its text.
+            let announced = match &outcome {
+                Ok(output) if open.as_ref().is_some_and(|open| open.cell.owns_output()) => {
+                    Ok(task_core::Value::new(pubsub::TakenOutput::of(output)))
                 }
+                shared => shared.clone(),
+            };
+            let message = message_of(info, announced);
+            if let Err(refused) = started.publisher.publish(message) {
+                // The application shut its bus down: the outcome still reaches the caller.
+                tracing::trace!(%refused, "outcome not announced");
             }
-            if idle {
-                self.drained.notify_waiters();
+        }
+        if idle {
+            self.drained.notify_waiters();
+        }
+        if let Some(open) = open {
+            // Its trees hear of its end before its caller, which may then end too: a parent's
+            // end never comes before that of a child it awaited.
+            if let Some(end) = tree_end {
+                open.cell.tree_ended(end);
             }
-            if let Some(open) = open {
-                // Its trees hear of its end before its caller, which may then end too: a parent's
-                // end never comes before that of a child it awaited.
-                if let Some(end) = tree_end {
-                    open.cell.tree_ended(end);
-                }
-                // The caller may have stopped waiting (dropped its handle); the job is closed anyway.
-                open.cell.answer(outcome);
-            }
-        });
+            // The caller may have stopped waiting (dropped its handle); the job is closed anyway.
+            open.cell.answer(outcome);
+        }
     }
 
     /// Whether a request whose parent is `parent` may be accepted now: always before shutdown;

@@ -6,20 +6,24 @@
 //! called the publisher would never return.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 thread_local! {
-    /// Inside [`defer_drops`] on this thread: the messages let go of so far.
-    static LATER: RefCell<Option<Vec<Box<dyn Any>>>> = const { RefCell::new(None) };
+    /// How many [`DeferredDrops`] live on this thread, and whether [`LATER`] holds a message.
+    static DEPTH: Cell<(usize, bool)> = const { Cell::new((0, false)) };
+    /// The messages let go of while one does.
+    static LATER: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f`, then drops the messages the publishes inside it let go of (one the ring overwrote
-/// for a subscriber that fell behind), each apart: a `Drop` that panics is logged, and the others
-/// are still dropped. Inside another `defer_drops` on the same thread, the outermost drops them.
+/// Until the guard it returns is dropped, the messages that publishes on this thread let go of
+/// (one the ring overwrote for a subscriber that fell behind) are kept; the guard then drops them,
+/// each apart: a `Drop` that panics is logged, and the others are still dropped. Inside another
+/// guard on the same thread, the outermost one drops them.
 ///
-/// Every publish does this around its lock. Wrap more to keep such `Drop`s off a path: a
-/// coordinator wraps the ending of a request, so that they run once its caller is answered.
+/// Every publish holds one around its lock. Hold one longer to keep such `Drop`s off a path: a
+/// coordinator holds one while it ends a request, so that they run once its caller is answered.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -27,34 +31,46 @@ thread_local! {
 /// let publisher = pubsub::Publisher::<Arc<String>>::with_capacity(1);
 /// publisher.start()?;
 /// let _laggard = publisher.subscribe_stream()?;
-/// pubsub::defer_drops(|| -> Result<(), pubsub::PublishError<Arc<String>>> {
-///     publisher.publish(Arc::new("first".into()))?;
-///     // Overwrites the first, which the laggard never read: dropped once this closure returns.
-///     publisher.publish(Arc::new("second".into()))
-/// })?;
+/// let later = pubsub::defer_drops();
+/// publisher.publish(Arc::new("first".into()))?;
+/// // Overwrites the first, which the laggard never read: dropped with `later`.
+/// publisher.publish(Arc::new("second".into()))?;
+/// drop(later);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn defer_drops<R>(f: impl FnOnce() -> R) -> R {
-    let opened = LATER.try_with(|later| {
-        let mut later = later.borrow_mut();
-        later.is_none().then(|| *later = Some(Vec::new())).is_some()
+pub fn defer_drops() -> DeferredDrops {
+    DEPTH.with(|depth| {
+        let (guards, kept) = depth.get();
+        depth.set((guards + 1, kept));
     });
-    if opened != Ok(true) {
-        // An outer call drops them, or this thread's locals are being destroyed (a message is
-        // then dropped as it is let go of).
-        return f();
+    DeferredDrops {
+        _this_thread: PhantomData,
     }
-    let _scope = Scope;
-    f()
 }
 
-/// Ends the outermost [`defer_drops`] and drops what it kept, as `f` returns or unwinds.
-struct Scope;
+/// Drops, when dropped, the messages let go of on its thread since it was made
+/// ([`defer_drops`]).
+#[must_use = "the messages are dropped when the guard is"]
+#[derive(Debug)]
+pub struct DeferredDrops {
+    /// The count is the thread's own.
+    _this_thread: PhantomData<*const ()>,
+}
 
-impl Drop for Scope {
+impl Drop for DeferredDrops {
     fn drop(&mut self) {
-        let kept = LATER.try_with(|later| later.borrow_mut().take());
-        for message in kept.ok().flatten().into_iter().flatten() {
+        let kept = DEPTH.with(|depth| {
+            let (guards, kept) = depth.get();
+            // The outermost guard takes what is kept.
+            depth.set((guards - 1, kept && guards > 1));
+            kept && guards == 1
+        });
+        if !kept {
+            return;
+        }
+        // Taken out first: a `Drop` below may publish, and keep what it lets go of.
+        let kept = LATER.try_with(|later| std::mem::take(&mut *later.borrow_mut()));
+        for message in kept.unwrap_or_default() {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(message))) {
                 let reason = task_core::panic_message(payload.as_ref());
                 tracing::error!(%reason, "a message let go of by the bus panicked as it was dropped");
@@ -63,14 +79,13 @@ impl Drop for Scope {
     }
 }
 
-/// Drops `message` now, or, inside [`defer_drops`], once it returns.
+/// Drops `message` now, or, while a [`DeferredDrops`] lives on this thread, with it.
 pub(crate) fn let_go<M: 'static>(message: M) {
-    let now = LATER.try_with(|later| match later.borrow_mut().as_mut() {
-        Some(later) => {
-            later.push(Box::new(message));
-            None
-        }
-        None => Some(message),
-    });
-    drop(now);
+    let (guards, _) = DEPTH.with(Cell::get);
+    if guards == 0 {
+        return drop(message);
+    }
+    // Err: this thread's locals are being destroyed; the message went with the closure.
+    let _ = LATER.try_with(|later| later.borrow_mut().push(Box::new(message)));
+    DEPTH.with(|depth| depth.set((guards, true)));
 }

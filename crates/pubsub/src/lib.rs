@@ -46,7 +46,7 @@ mod publisher;
 mod subscription;
 
 pub use crate::bus::{Buffer, SubscriberId};
-pub use crate::defer::defer_drops;
+pub use crate::defer::{DeferredDrops, defer_drops};
 pub use crate::error::{Error, Missed, PublishError};
 pub use crate::messages::{
     BroadcastEvent, FatalFailure, RequestCompletionMessage, RequestCreation,

@@ -516,22 +516,22 @@ impl<M: Clone + Send + 'static> Publisher<M> {
         if self.inner.state.load(Ordering::SeqCst) == RUNNING {
             return Ok(());
         }
-        let leftover = defer_drops(|| {
-            let mut shared = self.inner.lock();
-            match self.inner.phase() {
-                RUNNING => {}
-                IDLE => return Err(PublishError::new(message, Refusal::NotStarted)),
-                _ => return Err(PublishError::new(message, Refusal::ShutDown)),
-            }
-            Ok(self.send(&mut shared, message))
-        })?;
-        // Once the lock is released.
+        // Dropped after the lock, with what the ring let go of meanwhile.
+        let _later = defer_drops();
+        let mut shared = self.inner.lock();
+        match self.inner.phase() {
+            RUNNING => {}
+            IDLE => return Err(PublishError::new(message, Refusal::NotStarted)),
+            _ => return Err(PublishError::new(message, Refusal::ShutDown)),
+        }
+        let leftover = self.send(&mut shared, message);
+        drop(shared);
         drop(leftover);
         Ok(())
     }
 
-    /// Writes the message for every subscriber. Runs under the lock, inside [`defer_drops`];
-    /// returns the message when the ring did not take it.
+    /// Writes the message for every subscriber. Runs under the lock, beside a [`defer_drops`]
+    /// guard; returns the message when the ring did not take it.
     fn send(&self, shared: &mut Shared<M>, message: M) -> Option<M> {
         for queue in shared.queues.values() {
             queue.offer(&message);

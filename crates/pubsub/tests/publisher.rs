@@ -273,12 +273,12 @@ fn a_message_whose_drop_panics_leaves_the_publish_that_overwrote_it_whole() {
     std::mem::forget(p.subscribe_stream().unwrap());
     let panics = Arc::new(OnDrop(Box::new(|| panic!("the message's drop broke"))));
     let (dropped_tx, dropped) = mpsc::channel();
-    pubsub::defer_drops(|| {
-        p.publish(panics).unwrap();
-        p.publish(calls_back(&p, &dropped_tx)).unwrap();
-        // Both overwritten, each dropped apart: the second's drop still runs.
-        p.publish(Arc::new(OnDrop(Box::new(|| {})))).unwrap();
-    });
+    let later = pubsub::defer_drops();
+    p.publish(panics).unwrap();
+    p.publish(calls_back(&p, &dropped_tx)).unwrap();
+    // Both overwritten, each dropped apart: the second's drop still runs.
+    p.publish(Arc::new(OnDrop(Box::new(|| {})))).unwrap();
+    drop(later);
     assert_eq!(dropped.recv_timeout(Duration::from_secs(30)), Ok(1));
     assert!(p.publish(Arc::new(OnDrop(Box::new(|| {})))).is_ok());
 }

@@ -38,15 +38,9 @@ impl RequestCell {
 
 impl EventSink for RequestCell {
     fn broadcast(&self, event: Arc<str>) {
-        // What announcing it lets go of is dropped after the locks are released and the readers
-        // woken.
-        pubsub::defer_drops(|| self.hand_on(event));
-    }
-}
-
-impl RequestCell {
-    /// Hands `event` on to the caller, the trees following the request and the bus.
-    fn hand_on(&self, event: Arc<str>) {
+        // What announcing it lets go of is dropped at the end, after the locks are released and
+        // the readers woken.
+        let _later = pubsub::defer_drops();
         // Under the lock that ending takes: the event is handed on before the terminal message,
         // or, the request having ended, dropped.
         let guard = lock(&self.ending);
