@@ -135,8 +135,8 @@ async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmi
         result = run => Some(flatten_panic(result)),
     };
     let Some(outcome) = outcome else {
-        admission.stop();
-        // Dropped in its request's scope, as it ran: its `Drop` sees its node.
+        // Dropped in its request's scope, as it ran: its `Drop` sees its node. The admission
+        // then counts it stopped.
         return completion.in_scope(|| node.set(None));
     };
     // Counted out before the caller hears: what it reads of the stats then is current.
@@ -148,7 +148,8 @@ async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmi
 /// submits are its children). Cancelled while it waited for a thread, it never starts.
 fn run_blocking(body: BlockingBody, completion: Completion, admission: OwnedAdmission) {
     if completion.is_cancelled() {
-        return admission.stop();
+        // The admission counts it stopped.
+        return;
     }
     let outcome = completion
         .in_scope(|| flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))));

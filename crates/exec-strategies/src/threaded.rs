@@ -408,8 +408,8 @@ impl PoolJob {
             runtime,
         } = self;
         if completion.is_cancelled() {
-            // It already has its outcome.
-            return admission.stop();
+            // It already has its outcome; the admission counts it stopped.
+            return;
         }
         let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
         let _pool = PoolScope::enter(signal);

@@ -44,10 +44,15 @@ impl Tracker {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records an admitted task let go of, unfinished, because its request was cancelled or
-    /// timed out.
-    pub(crate) fn stop(&self) {
-        self.stopped.fetch_add(1, Ordering::Relaxed);
+    /// Records an admitted task dropped before it ended: stopped (its request was cancelled or
+    /// timed out, or its runtime went away), or failed when a panic drops it.
+    fn unfinished_dropped(&self) {
+        let counter = if std::thread::panicking() {
+            &self.failed
+        } else {
+            &self.stopped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the task stopped when the guard drops, unless [`Unfinished::ended`] says it
@@ -125,10 +130,15 @@ impl Tracker {
 
 /// An admission holding its tracker, for a task that outlives the caller's borrow (a launched
 /// run): only the strategies that launch tasks need it.
+///
+/// Dropped without [`record`](OwnedAdmission::record) (its request was cancelled, it never
+/// started, its runtime went away with it), it counts its task stopped, or failed when a panic
+/// drops it.
 #[cfg(any(feature = "async", feature = "threaded"))]
 #[derive(Debug)]
 pub(crate) struct OwnedAdmission {
-    tracker: std::sync::Arc<Tracker>,
+    /// `None` once recorded.
+    tracker: Option<std::sync::Arc<Tracker>>,
     _token: TaskTrackerToken,
 }
 
@@ -138,7 +148,7 @@ impl Tracker {
     pub(crate) fn admit_owned(self: &std::sync::Arc<Self>) -> Option<OwnedAdmission> {
         Some(OwnedAdmission {
             _token: self.admit()?,
-            tracker: std::sync::Arc::clone(self),
+            tracker: Some(std::sync::Arc::clone(self)),
         })
     }
 }
@@ -146,13 +156,19 @@ impl Tracker {
 #[cfg(any(feature = "async", feature = "threaded"))]
 impl OwnedAdmission {
     /// Records how the task ended and counts it out.
-    pub(crate) fn record(self, outcome: &Outcome) {
-        self.tracker.record(outcome);
+    pub(crate) fn record(mut self, outcome: &Outcome) {
+        if let Some(tracker) = self.tracker.take() {
+            tracker.record(outcome);
+        }
     }
+}
 
-    /// Records the task let go of, unfinished; it is counted out as this drops.
-    pub(crate) fn stop(&self) {
-        self.tracker.stop();
+#[cfg(any(feature = "async", feature = "threaded"))]
+impl Drop for OwnedAdmission {
+    fn drop(&mut self) {
+        if let Some(tracker) = &self.tracker {
+            tracker.unfinished_dropped();
+        }
     }
 }
 
@@ -172,13 +188,8 @@ impl Unfinished<'_> {
 #[cfg(feature = "process")]
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        match self.0 {
-            // A panic ended it: a failure.
-            Some(tracker) if std::thread::panicking() => {
-                tracker.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(tracker) => tracker.stop(),
-            None => {}
+        if let Some(tracker) = self.0 {
+            tracker.unfinished_dropped();
         }
     }
 }

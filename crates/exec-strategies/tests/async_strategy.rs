@@ -319,3 +319,31 @@ async fn a_cancelled_run_drops_the_node_and_shutdown_does_not_wait_for_it() {
     let stats = strategy.stats();
     assert_eq!((stats.in_flight, stats.failed, stats.stopped), (0, 0, 1));
 }
+
+#[test]
+fn a_run_dropped_with_its_runtime_is_counted_stopped() {
+    let strategy = AsyncExecutionStrategy::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sink, _outcome) = Collect::new();
+    rt.block_on(async {
+        let sleeper = Task::from_fn("s", "sleeper", || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, BoxError>(())
+        });
+        strategy.execute(sleeper.into_erased(), Completion::new(sink.clone()));
+        tokio::task::yield_now().await;
+    });
+    // Its run goes with the runtime, unfinished.
+    drop(rt);
+    let stats = strategy.stats();
+    let counted = (
+        stats.in_flight,
+        stats.succeeded,
+        stats.failed,
+        stats.stopped,
+    );
+    assert_eq!(counted, (0, 0, 0, 1));
+}

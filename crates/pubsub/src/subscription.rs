@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::bus::{Buffer, Envelope, Filter, Inner, Stop, SubscriberId};
+use crate::defer::defer_drops;
 use crate::error::{Error, Kind, Missed};
 
 pub(crate) type Received<M> = (
@@ -47,8 +48,11 @@ pub(crate) struct Ring<M> {
 }
 
 impl<M> Ring<M> {
-    /// Drops the receiver: the stream yields nothing more.
+    /// Drops the receiver: the stream yields nothing more. The ring drops the messages this
+    /// subscriber was the last to leave unread as its receiver goes, under locks of the ring's
+    /// own that a publish takes too: they are let go of, and dropped once the receiver is gone.
     pub(crate) fn end(&mut self) {
+        let _later = defer_drops();
         self.rx = None;
         self.waiting = None;
     }
@@ -236,6 +240,9 @@ impl<M> Drop for Subscription<M> {
                 shared.detached(self.id);
                 inner.recount(&shared);
             }
+        }
+        if let Source::Ring(ring) = &mut self.source {
+            ring.end();
         }
     }
 }

@@ -283,6 +283,35 @@ fn a_message_whose_drop_panics_leaves_the_publish_that_overwrote_it_whole() {
     assert!(p.publish(Arc::new(OnDrop(Box::new(|| {})))).is_ok());
 }
 
+#[test]
+fn a_laggard_dropped_holding_the_last_copies_of_messages_lets_their_drops_publish() {
+    let p = started::<Arc<OnDrop>>(4);
+    let mut reader = p.subscribe_stream().unwrap();
+    let laggard = p.subscribe_stream().unwrap();
+    let (dropped_tx, dropped) = mpsc::channel();
+    for _ in 0..4 {
+        let (publisher, dropped) = (p.clone(), dropped_tx.clone());
+        let publishes = move || {
+            let published = publisher.publish(Arc::new(OnDrop(Box::new(|| {}))));
+            let _ = dropped.send(published.is_ok());
+        };
+        p.publish(Arc::new(OnDrop(Box::new(publishes)))).unwrap();
+    }
+    futures::executor::block_on(async {
+        for _ in 0..4 {
+            reader.next().await.unwrap().unwrap();
+        }
+    });
+    // Never dropped: on a failure it would wait for the lock the stuck publish holds.
+    std::mem::forget(reader);
+    // The laggard's receiver drops the messages as it goes, under the ring's own locks.
+    std::thread::spawn(move || drop(laggard));
+    for _ in 0..4 {
+        let published = dropped.recv_timeout(Duration::from_secs(30));
+        assert_eq!(published, Ok(true), "a dropped message published");
+    }
+}
+
 thread_local! {
     /// What a thread leaves to its locals' destructors.
     static LEFT: std::cell::RefCell<Option<OnDrop>> = const { std::cell::RefCell::new(None) };

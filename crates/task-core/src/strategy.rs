@@ -92,9 +92,9 @@ pub struct StrategyStats {
     /// Tasks that ended with an error.
     pub failed: u64,
     /// Tasks let go of, unfinished, because their request was cancelled or timed out (or their
-    /// attempt passed its timeout): dropped, never started, or cancelled in their worker. With
-    /// them, `in_flight + succeeded + failed + stopped` counts every task the strategy was
-    /// handed.
+    /// attempt passed its timeout), or dropped with the runtime that ran them: dropped, never
+    /// started, or cancelled in their worker. With them, `in_flight + succeeded + failed +
+    /// stopped` counts every task the strategy was handed.
     pub stopped: u64,
     /// Whether the strategy still takes tasks.
     pub accepting: bool,

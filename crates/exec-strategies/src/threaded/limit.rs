@@ -163,7 +163,6 @@ impl Wake for Watch {
 /// its `Drop` is logged, and reaches neither whoever cancelled the request (a watch runs on the
 /// cancelling thread) nor the pool.
 fn let_go(job: PoolJob) {
-    job.admission.stop();
     let dropped = catch_unwind(AssertUnwindSafe(move || drop(job)));
     if let Err(payload) = dropped {
         let reason = task_core::panic_message(payload.as_ref());
