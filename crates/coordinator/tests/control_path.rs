@@ -155,44 +155,43 @@ impl Drop for CallsTheBus {
     }
 }
 
-#[test]
-fn a_shared_output_whose_drop_calls_the_bus_holds_nothing_up_beside_an_unread_stream() {
-    // On a runtime of its own: a failing run leaves its threads stuck on the publisher's lock.
+/// What `scenario` gives, run on a 2-worker runtime of its own (a failing run may leave its
+/// threads stuck on the publisher's lock), or an error when it takes over 60 s.
+fn on_a_runtime_of_its_own<T: Send + 'static>(
+    scenario: impl Future<Output = T> + Send + 'static,
+) -> Result<T, std::sync::mpsc::RecvTimeoutError> {
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut rt = tokio::runtime::Builder::new_multi_thread();
-        rt.worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let publisher = RequestCompletionPublisher::with_capacity(16);
-                publisher.start().unwrap();
-                // Each message overwritten on its ring holds the last reference to an output the
-                // caller let go of: the publish that overwrites it drops it.
-                let _unread = publisher.subscribe_stream().unwrap();
-                let coordinator = Coordinator::builder().with_async().build();
-                coordinator.start(&publisher).unwrap();
-                for i in 0..100 {
-                    let bus = publisher.clone();
-                    let shares = move || async move { Ok::<_, BoxError>(CallsTheBus(bus)) };
-                    let task = Task::from_fn(format!("s{i}"), "shares", shares);
-                    drop(
-                        coordinator
-                            .submit_shared(task, ExecutionMode::ASYNC)
-                            .await
-                            .unwrap(),
-                    );
-                }
-                coordinator.shutdown().await;
-                publisher.shutdown().await;
-            });
-        done.send(()).unwrap();
+        let rt = rt.worker_threads(2).enable_all().build().unwrap();
+        let _ = done.send(rt.block_on(scenario));
     });
-    let finished = finished.recv_timeout(Duration::from_secs(60));
+    finished.recv_timeout(Duration::from_secs(60))
+}
+
+#[test]
+fn a_shared_output_whose_drop_calls_the_bus_holds_nothing_up_beside_an_unread_stream() {
+    let finished = on_a_runtime_of_its_own(async {
+        let publisher = RequestCompletionPublisher::with_capacity(16);
+        publisher.start().unwrap();
+        // Each message overwritten on its ring holds the last reference to an output the caller
+        // let go of: the publish that overwrites it drops it.
+        let _unread = publisher.subscribe_stream().unwrap();
+        let coordinator = Coordinator::builder().with_async().build();
+        coordinator.start(&publisher).unwrap();
+        for i in 0..100 {
+            let bus = publisher.clone();
+            let shares = move || async move { Ok::<_, BoxError>(CallsTheBus(bus)) };
+            let task = Task::from_fn(format!("s{i}"), "shares", shares);
+            let shared = coordinator.submit_shared(task, ExecutionMode::ASYNC).await;
+            drop(shared.unwrap());
+        }
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
     assert!(
         finished.is_ok(),
-        "the submits and the shutdowns did not finish within 60 s"
+        "the submits and the shutdowns did not finish"
     );
 }
 
@@ -213,28 +212,19 @@ impl Drop for DropsLate {
 /// stream, is dropped by the ending of the next request, which overwrites it: once that
 /// request's caller is answered. `signal` gives the output's drop what it waits for.
 fn the_next_request_beside_a_dropped_output(signal: Option<std::sync::mpsc::Receiver<()>>) {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut rt = tokio::runtime::Builder::new_multi_thread();
-        rt.worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let publisher = RequestCompletionPublisher::with_capacity(1);
-                publisher.start().unwrap();
-                std::mem::forget(publisher.subscribe_stream().unwrap());
-                let coordinator = Coordinator::builder().with_async().build();
-                coordinator.start(&publisher).unwrap();
-                let late = DropsLate(signal.map(std::sync::Mutex::new));
-                let shares = move || async move { Ok::<_, BoxError>(late) };
-                let task = Task::from_fn("shared", "shares", shares);
-                drop(coordinator.submit_shared(task, ExecutionMode::ASYNC).await);
-                let next = coordinator.submit(value_task("next", 7), ExecutionMode::ASYNC);
-                done.send(next.await.map_err(|e| e.to_string())).unwrap();
-            });
+    let answered = on_a_runtime_of_its_own(async {
+        let publisher = RequestCompletionPublisher::with_capacity(1);
+        publisher.start().unwrap();
+        std::mem::forget(publisher.subscribe_stream().unwrap());
+        let coordinator = Coordinator::builder().with_async().build();
+        coordinator.start(&publisher).unwrap();
+        let late = DropsLate(signal.map(std::sync::Mutex::new));
+        let shares = move || async move { Ok::<_, BoxError>(late) };
+        let task = Task::from_fn("shared", "shares", shares);
+        drop(coordinator.submit_shared(task, ExecutionMode::ASYNC).await);
+        let next = coordinator.submit(value_task("next", 7), ExecutionMode::ASYNC);
+        next.await.map_err(|e| e.to_string())
     });
-    let answered = finished.recv_timeout(Duration::from_secs(30));
     assert_eq!(
         answered,
         Ok(Ok(7)),
