@@ -227,6 +227,23 @@ impl PortableNode for Touch {
     const NAME: &'static str = "touch";
 }
 
+/// Runs this program again as a tool of its own (`--tool`), as a node that shells out to a
+/// subcommand of its binary does: how the tool ended, and what it printed.
+#[derive(Serialize, Deserialize)]
+struct RunSelf;
+impl Node for RunSelf {
+    type Output = (Option<i32>, String, String);
+    async fn invoke(self) -> Result<Self::Output, BoxError> {
+        let mut tool = std::process::Command::new(std::env::current_exe()?);
+        let out = tool.arg("--tool").output()?;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+        Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+    }
+}
+impl PortableNode for RunSelf {
+    const NAME: &'static str = "run-self";
+}
+
 /// Registered in the parent's registry only in the handshake-mismatch test.
 #[derive(Serialize, Deserialize)]
 struct Unknown;
@@ -256,6 +273,7 @@ fn registry() -> NodeRegistry {
     r.register::<OrphanThenExit>().unwrap();
     r.register::<AbortOnDecode>().unwrap();
     r.register::<Touch>().unwrap();
+    r.register::<RunSelf>().unwrap();
     r
 }
 
@@ -1902,6 +1920,24 @@ macro_rules! named_tests {
     };
 }
 
+/// A program a worker's node starts inherits the worker's environment, not its pipes: it is no
+/// worker, and runs as it would anywhere. It was taken for one and exited with status 3, so a node
+/// could not run a tool of its own binary (or any program built on this crate).
+fn a_program_a_node_starts_is_not_taken_for_a_worker() {
+    runtime().block_on(async {
+        let s = pool(1).await;
+        let run = task_core::run(&s, Task::portable("self", RunSelf).into_erased()).await;
+        let out = run.expect("the node ran the tool");
+        let (code, said, err) = out.downcast_ref::<(Option<i32>, String, String)>().unwrap();
+        s.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(
+            (*code, said.as_str()),
+            (Some(0), "the tool ran"),
+            "stderr: {err}"
+        );
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--fake-worker")
@@ -1926,8 +1962,13 @@ fn main() {
         std::panic::set_hook(Box::new(|_| {}));
     }
     run_worker_if_requested(&registry());
+    if args.get(1).map(String::as_str) == Some("--tool") {
+        println!("the tool ran");
+        std::process::exit(0);
+    }
 
     let tests: &[(&str, fn())] = &named_tests![
+        a_program_a_node_starts_is_not_taken_for_a_worker,
         the_runs_of_a_dead_worker_wait_for_its_replacement_not_a_full_survivor,
         shutdown_needs_no_timer_of_the_callers_runtime,
         a_shorter_second_shutdown_shortens_the_first,

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::future::Future;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
@@ -32,7 +31,8 @@ pub(crate) const CONCURRENCY_ENV: &str = "EXEC_STRATEGIES_WORKER_CONCURRENCY";
 pub(crate) const PIPES_ENV: &str = "EXEC_STRATEGIES_PIPES";
 
 /// Enters worker mode if this process was started as a worker of a
-/// [`ProcessExecutionStrategy`](super::ProcessExecutionStrategy), and returns at once otherwise.
+/// [`ProcessExecutionStrategy`](super::ProcessExecutionStrategy), and returns at once otherwise
+/// (in a program a worker's node started, too: it inherits the environment, not the pipes).
 ///
 /// Call it first thing in `main`, with the registry of every process-capable node the worker
 /// should run. In worker mode it serves tasks until the parent asks it to stop (or goes away),
@@ -58,7 +58,7 @@ pub(crate) const PIPES_ENV: &str = "EXEC_STRATEGIES_PIPES";
 /// }
 /// ```
 pub fn run_worker_if_requested(registry: &NodeRegistry) {
-    if std::env::var_os(WORKER_ENV).is_none() {
+    if std::env::var_os(WORKER_ENV).is_none() || named_pipes().is_err() {
         return;
     }
     let code = match serve(registry) {
