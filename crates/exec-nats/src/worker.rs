@@ -61,10 +61,11 @@ impl NatsWorkerBuilder {
         self
     }
 
-    /// Tasks this worker runs at once (default: the machine's cores).
+    /// Tasks this worker runs at once (default: the machine's cores); 0 is taken as 1, and any
+    /// count above [`Semaphore::MAX_PERMITS`] (`usize::MAX` for "no limit") as that.
     #[must_use]
     pub fn concurrency(mut self, tasks: usize) -> Self {
-        self.concurrency = tasks.max(1);
+        self.concurrency = tasks.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 

@@ -190,6 +190,9 @@ fn main() {
         ("a_short_max_age_leaves_publish_retries_on", || {
             Box::pin(a_short_max_age_leaves_publish_retries_on())
         }),
+        ("a_worker_of_unbounded_concurrency_serves", || {
+            Box::pin(a_worker_of_unbounded_concurrency_serves())
+        }),
         (
             "a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind",
             || Box::pin(a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind()),
@@ -2014,4 +2017,31 @@ async fn a_task_no_worker_can_decode_is_answered_at_once() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
+}
+
+/// A worker asked to run as many tasks at once as it likes (`usize::MAX`) serves: tokio's
+/// semaphore, which holds its places, panicked on a count that large once the worker had bound
+/// its consumer, and requests then waited for their timeout.
+async fn a_worker_of_unbounded_concurrency_serves() {
+    let config = config("unbounded_concurrency");
+    let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
+        .config(config.clone())
+        .concurrency(usize::MAX)
+        .connect()
+        .await
+        .expect("the worker connects");
+    let serving = tokio::spawn(worker.run_until(std::future::pending()));
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let call = coordinator.submit(Task::portable("c1", Echo(7)), "nats");
+    let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
+    let serving_still = !serving.is_finished();
+    serving.abort();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+    assert!(
+        serving_still,
+        "the worker stopped serving; the request: {answer:?}"
+    );
+    assert_eq!(answer.expect("answered in time").expect("echoed"), 7);
 }
