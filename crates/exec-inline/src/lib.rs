@@ -78,12 +78,15 @@ struct State {
     tasks: TaskTracker,
     succeeded: AtomicU64,
     failed: AtomicU64,
+    // Runs let go of unfinished, as their requests were cancelled or timed out.
+    stopped: AtomicU64,
 }
 
 /// A task counted in. Dropping it counts the task out, however the run ends: finished, or its
-/// future dropped unfinished because the request was cancelled or timed out.
+/// future dropped unfinished because the request was cancelled or timed out (counted stopped).
 struct InFlight {
     state: Arc<State>,
+    finished: bool,
     _token: TaskTrackerToken,
 }
 
@@ -97,12 +100,14 @@ impl InFlight {
         }
         Some(InFlight {
             state: Arc::clone(state),
+            finished: false,
             _token: token,
         })
     }
 
     // The outcome of a run that ended, counted. A panicking node is a failure, never a crash.
-    fn finish(self, run: std::thread::Result<Outcome>) -> Outcome {
+    fn finish(mut self, run: std::thread::Result<Outcome>) -> Outcome {
+        self.finished = true;
         let outcome = run.unwrap_or_else(|payload| Err(TaskError::panic(payload)));
         let counter = if outcome.is_ok() {
             &self.state.succeeded
@@ -111,6 +116,16 @@ impl InFlight {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         outcome
+    }
+}
+
+impl Drop for InFlight {
+    // Dropped unfinished: the future went with its request, cancelled or timed out (even
+    // before its first poll).
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.stopped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -187,6 +202,7 @@ impl TaskExecutionStrategy for InlineStrategy {
             s.failed.load(Ordering::Relaxed),
             !s.tasks.is_closed(),
         )
+        .with_stopped(s.stopped.load(Ordering::Relaxed))
     }
 }
 
@@ -337,9 +353,9 @@ mod tests {
         assert_eq!(s.stats().in_flight, 0);
         let stats = s.stats();
         assert_eq!(
-            (stats.succeeded, stats.failed),
-            (0, 0),
-            "a cancelled run is not counted"
+            (stats.succeeded, stats.failed, stats.stopped),
+            (0, 0, 1),
+            "a cancelled run is counted stopped"
         );
     }
 
