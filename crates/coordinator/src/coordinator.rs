@@ -533,7 +533,11 @@ pub struct SystemDetail {
     /// the restart count), by mode name. A strategy counts the runs it was handed: every
     /// attempt of a retried request, a run that ended after its request timed out or was
     /// cancelled, and, as `stopped`, one let go of unfinished then. So its `failed` can exceed
-    /// the request counts' `failed` of the same mode.
+    /// the request counts' `failed` of the same mode, and a request's `cancelled` need not match
+    /// a `stopped` run: a request cancelled before it was handed over (a child submitted under
+    /// a cancelled parent, a batch task cancelled while it waited) never reached its strategy.
+    /// A run is still `in_flight` here until its strategy lets go of it, which may come a moment
+    /// after its caller was answered (an async node is dropped at its next wake-up).
     pub modes: BTreeMap<String, StrategyStats>,
 }
 

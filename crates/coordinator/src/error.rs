@@ -4,6 +4,8 @@ use std::fmt;
 
 use task_core::{ExecutionMode, RequestId, TaskError};
 
+use crate::JobResult;
+
 /// Why [`Coordinator::submit`](crate::Coordinator::submit) did not return a value.
 ///
 /// Either the request was **rejected** ([`is_rejected`](Self::is_rejected)): nothing was recorded
@@ -113,6 +115,13 @@ impl SubmitError {
             SubmitKind::Failed(e) => Some(e),
             _ => None,
         }
+    }
+
+    /// The result the request's job closed with, as [`Job::result`](crate::Job::result) and the
+    /// bus's failure message say it: timed out, cancelled, or failed; `None` for a rejection,
+    /// which recorded no job.
+    pub fn job_result(&self) -> Option<JobResult> {
+        self.task_error().map(JobResult::of_error)
     }
 
     /// The request ran and failed: why; `None` for a rejection.

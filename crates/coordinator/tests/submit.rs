@@ -9,7 +9,7 @@ use coordinator::{
     BoxError, Coordinator, ExecutionMode, JobResult, JobStatus, RequestCompletionMessage,
     RequestCompletionPublisher, Task,
 };
-use coordinator::{SubmitOptions, TakenOutput};
+use coordinator::{SubmitError, SubmitOptions, TakenOutput};
 use support::{CountingInline, Recorder, started, value_task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +100,46 @@ async fn failures_and_panics_close_the_job_as_failed_and_the_coordinator_keeps_w
         log[1],
         "broken FAILED with error node panicked: index out of bounds"
     );
+}
+
+/// A caller's error says the result its job closed with, whichever way it failed; a rejection,
+/// which recorded no job, says none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_error_says_what_its_job_closed_with() {
+    let (publisher, coordinator) = started();
+    let failing: Task<()> = Task::from_fn("failed", "flaky", || async { Err("down") });
+    let pending = |id| Task::from_fn(id, "slow", std::future::pending::<Result<(), BoxError>>);
+    let options = SubmitOptions::new().timeout(std::time::Duration::from_millis(20));
+    let handle = coordinator.spawn(pending("cancelled"), "async", SubmitOptions::new());
+    let handle = handle.await.unwrap();
+    handle.cancel();
+    let errors = [
+        coordinator.submit(failing, "async").await.unwrap_err(),
+        coordinator
+            .submit_with(pending("timed"), "async", options)
+            .await
+            .unwrap_err(),
+        handle.await.unwrap_err(),
+    ];
+    let closed = ["failed", "timed", "cancelled"].map(|id| coordinator.job(id).unwrap().result());
+    let said = errors.each_ref().map(SubmitError::job_result);
+    assert_eq!(said, closed);
+    assert_eq!(
+        said,
+        [
+            JobResult::Failure,
+            JobResult::TimedOut,
+            JobResult::Cancelled
+        ]
+        .map(Some)
+    );
+    let rejected = coordinator
+        .submit(value_task("", 1), "async")
+        .await
+        .unwrap_err();
+    assert!(rejected.is_rejected());
+    assert_eq!(rejected.job_result(), None);
+    publisher.shutdown().await;
 }
 
 /// A failed request reads as what its node returned, and the chain of causes below it says each
