@@ -77,7 +77,8 @@ pub struct NatsConfig {
     pub mode: String,
     /// Largest task message the stream accepts, in bytes (set on the stream explicitly).
     pub max_message_size: i32,
-    /// How long an unworked task stays in the stream.
+    /// How long an unworked task stays in the stream (0: no limit). Like every span the server
+    /// is given, at most about 292 years (its signed 64-bit nanoseconds), a longer one cut to it.
     pub max_age: Duration,
     /// How long the stream remembers message ids to drop duplicate publishes.
     pub duplicate_window: Duration,
@@ -86,6 +87,10 @@ pub struct NatsConfig {
     /// are created.
     pub replicas: usize,
 }
+
+/// The longest span the server is given (about 292 years): it reads spans as signed 64-bit
+/// nanoseconds, and a longer one reached it as a negative count, refused with a misleading error.
+pub(crate) const LONGEST_SPAN: Duration = Duration::from_nanos(i64::MAX as u64);
 
 impl Default for NatsConfig {
     fn default() -> Self {
@@ -199,13 +204,19 @@ impl NatsConfig {
         format!("{}_DONE", self.stream)
     }
 
+    /// The task stream's `max_age`, as the server takes it.
+    fn task_max_age(&self) -> Duration {
+        self.max_age.min(LONGEST_SPAN)
+    }
+
     /// The task stream's duplicate window: at most `max_age` (the server refuses a longer one),
     /// unless `max_age` is 0 (no limit).
     pub(crate) fn task_duplicate_window(&self) -> Duration {
+        let window = self.duplicate_window.min(LONGEST_SPAN);
         if self.max_age.is_zero() {
-            self.duplicate_window
+            window
         } else {
-            self.duplicate_window.min(self.max_age)
+            window.min(self.task_max_age())
         }
     }
 
@@ -320,7 +331,7 @@ impl NatsConfig {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             max_message_size: self.max_message_size,
-            max_age: self.max_age,
+            max_age: self.task_max_age(),
             duplicate_window: self.task_duplicate_window(),
             num_replicas: self.replicas.max(1),
             ..Default::default()

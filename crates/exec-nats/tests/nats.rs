@@ -190,6 +190,10 @@ fn main() {
         ("a_short_max_age_leaves_publish_retries_on", || {
             Box::pin(a_short_max_age_leaves_publish_retries_on())
         }),
+        (
+            "the_longest_spans_are_taken_as_the_most_the_server_reads",
+            || Box::pin(the_longest_spans_are_taken_as_the_most_the_server_reads()),
+        ),
         ("a_worker_of_unbounded_concurrency_serves", || {
             Box::pin(a_worker_of_unbounded_concurrency_serves())
         }),
@@ -2044,4 +2048,49 @@ async fn a_worker_of_unbounded_concurrency_serves() {
         "the worker stopped serving; the request: {answer:?}"
     );
     assert_eq!(answer.expect("answered in time").expect("echoed"), 7);
+}
+
+/// `Duration::MAX` as the stream's `max_age`, its duplicate window or a worker's `ack_wait` is
+/// taken as the longest span the server reads (signed 64-bit nanoseconds, about 292 years): it
+/// reached the server as -1, which refused the stream with a misleading error, or answered the
+/// consumer's creation with what the client could not read.
+async fn the_longest_spans_are_taken_as_the_most_the_server_reads() {
+    let longest = Duration::from_nanos(i64::MAX as u64);
+    let (day, minutes) = (Duration::from_secs(24 * 3600), Duration::from_secs(120));
+    let cases = [
+        (Duration::MAX, minutes, minutes, (longest, minutes)),
+        (day, minutes, Duration::MAX, (day, minutes)),
+        (
+            Duration::ZERO,
+            Duration::MAX,
+            minutes,
+            (Duration::ZERO, longest),
+        ),
+    ];
+    for (i, (max_age, duplicate_window, ack_wait, stored)) in cases.into_iter().enumerate() {
+        let config = NatsConfig {
+            max_age,
+            duplicate_window,
+            ..config(&format!("longest_{i}"))
+        };
+        let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
+            .config(config.clone())
+            .ack_wait(ack_wait)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("case {i}: the worker connects: {e}"));
+        let serving = tokio::spawn(worker.run_until(std::future::pending()));
+        let (publisher, coordinator, _) = coordinator(&config).await;
+        let call = coordinator.submit(Task::portable("r", Echo(7)), "nats");
+        let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
+        let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+        let mut stream = js.get_stream(&config.stream).await.unwrap();
+        let info = stream.info().await.unwrap().config.clone();
+        serving.abort();
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+        cleanup(&config).await;
+        assert_eq!(answer.expect("answered in time").unwrap(), 7, "case {i}");
+        assert_eq!((info.max_age, info.duplicate_window), stored, "case {i}");
+    }
 }
