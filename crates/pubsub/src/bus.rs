@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::task::AtomicWaker;
 use tokio::sync::broadcast;
@@ -40,8 +40,9 @@ pub enum Buffer {
     Bounded,
     /// A queue of the subscriber's own: it never falls behind so far that it misses a message,
     /// and its memory grows with its lag (a subscriber that stops reading holds every message
-    /// published since). Each message is cloned into it (one whose `Clone` panics is
-    /// [missed](crate::Missed)).
+    /// published since). Each message is cloned into it by the publish, under the publisher's
+    /// lock (one whose `Clone` panics is [missed](crate::Missed)): a `Clone` that publishes to
+    /// the same publisher would wait for that lock for good.
     Unbounded,
 }
 
@@ -75,18 +76,51 @@ impl Stop {
     }
 }
 
-/// A message on the ring, numbered in publish order. Each subscriber reads a clone of it.
+/// A message on the ring, numbered in publish order.
+///
+/// Every subscriber's copy shares the message: tokio copies and drops the ring's envelopes under
+/// locks a publish takes too, so there they only count references, and no message's `Clone` or
+/// `Drop` (user code, which may be slow or publish) runs under them. Each subscriber then takes
+/// its own copy ([`take`](Self::take)). The mutex lets subscribers on other threads clone it
+/// without asking `M: Sync`.
 pub(crate) struct Envelope<M> {
     pub(crate) seq: u64,
-    /// `None` in a subscriber's clone when the message's `Clone` panicked: that subscriber
-    /// missed it.
-    pub(crate) message: Option<M>,
-    /// What drops the message: [`defer::let_go`](crate::defer::let_go).
-    pub(crate) let_go: fn(M),
+    message: Option<Arc<Mutex<M>>>,
+    /// What drops the ring's copy: [`defer::let_go`](crate::defer::let_go).
+    let_go: fn(Arc<Mutex<M>>),
 }
 
-/// The ring drops a message as a publish overwrites it for a subscriber that fell behind,
-/// under the publisher's lock: it is let go of, to be dropped once the lock is released.
+impl<M: Send + 'static> Envelope<M> {
+    pub(crate) fn new(seq: u64, message: M) -> Self {
+        let message = Some(Arc::new(Mutex::new(message)));
+        let let_go = crate::defer::let_go::<Arc<Mutex<M>>>;
+        Self {
+            seq,
+            message,
+            let_go,
+        }
+    }
+}
+
+impl<M: Clone> Envelope<M> {
+    /// This subscriber's copy, taken outside the ring's locks: the message itself when no other
+    /// copy is left, else a clone; `None` when its `Clone` panicked (the subscriber missed it).
+    pub(crate) fn take(mut self) -> Option<M> {
+        match Arc::try_unwrap(self.message.take()?) {
+            Ok(only) => Some(only.into_inner().unwrap_or_else(PoisonError::into_inner)),
+            Err(shared) => {
+                let held = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                let copy = clone_or_miss(&*held);
+                drop(held);
+                copy
+            }
+        }
+    }
+}
+
+/// The ring drops its copy as a publish overwrites it for a subscriber that fell behind, under
+/// the publisher's lock, or as the last subscriber to read it does, under the ring's: it is let
+/// go of, to be dropped once the lock is released.
 impl<M> Drop for Envelope<M> {
     fn drop(&mut self) {
         if let Some(message) = self.message.take() {
@@ -95,12 +129,11 @@ impl<M> Drop for Envelope<M> {
     }
 }
 
-impl<M: Clone> Clone for Envelope<M> {
+impl<M> Clone for Envelope<M> {
     fn clone(&self) -> Self {
-        let message = self.message.as_ref().and_then(clone_or_miss);
         Self {
             seq: self.seq,
-            message,
+            message: self.message.clone(),
             let_go: self.let_go,
         }
     }

@@ -25,7 +25,7 @@ use crate::bus::{
     Buffer, Envelope, Filter, IDLE, Inner, PHASE_BITS, Queue, RUNNING, SHUT_DOWN, Shared, Stop,
     SubscriberId, next_id,
 };
-use crate::defer::{self, defer_drops};
+use crate::defer::defer_drops;
 use crate::error::{Error, Kind, Missed, PublishError, Refusal};
 use crate::grace::wait_for_callbacks;
 use crate::subscription::{Listener, Ring, Source, Subscription};
@@ -183,9 +183,9 @@ impl<M: Clone + Send + 'static> Publisher<M> {
 
     /// How far behind each subscriber is, by id, in no particular order: the messages published
     /// since it subscribed that it has not read yet (a filtered one reads every message, to
-    /// filter it). A bounded subscriber more than the capacity behind will be told it missed the
-    /// oldest. A callback has read a message once it was given it. Pending listeners are not
-    /// listed. The dashboard's `/metrics`
+    /// filter it). A bounded subscriber more than the ring behind (the capacity, rounded up to a
+    /// power of two) will be told it missed the oldest. A callback has read a message once it was
+    /// given it. Pending listeners are not listed. The dashboard's `/metrics`
     /// serves it as `pubsub_subscriber_lag`; with the `metrics` feature, so does a gauge of that
     /// name for each subscriber, set once per 64 messages published (and to 0 once it is gone).
     /// Those gauges and the `pubsub_missed_messages_total` counters carry the subscriber's id, so
@@ -540,13 +540,8 @@ impl<M: Clone + Send + 'static> Publisher<M> {
             Some(tx) if !shared.stops.is_empty() => {
                 let seq = shared.published;
                 shared.published += 1;
-                let (message, let_go) = (Some(message), defer::let_go::<M>);
                 // An error only says no receiver is left.
-                let _ = tx.send(Envelope {
-                    seq,
-                    message,
-                    let_go,
-                });
+                let _ = tx.send(Envelope::new(seq, message));
                 None
             }
             _ => Some(message),

@@ -108,11 +108,11 @@ impl<M: Clone + Send + 'static> Ring<M> {
                     self.end();
                     return Poll::Ready(None);
                 }
-                Ok(mut envelope) => {
+                Ok(envelope) => {
                     self.next_seq = envelope.seq + 1;
                     self.stop.read.store(self.next_seq, Ordering::Relaxed);
                     // `None`: its `Clone` panicked for this subscriber.
-                    let message = envelope.message.take().ok_or(Missed::unclonable());
+                    let message = envelope.take().ok_or(Missed::unclonable());
                     return Poll::Ready(Some(message));
                 }
                 Err(RecvError::Closed) => {

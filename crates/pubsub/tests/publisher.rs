@@ -312,6 +312,100 @@ fn a_laggard_dropped_holding_the_last_copies_of_messages_lets_their_drops_publis
     }
 }
 
+/// A message each of whose copies runs its hook as it is dropped: a value, not an `Arc`, so the
+/// ring's own copy runs it too.
+#[derive(Clone)]
+struct Hooked(Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl Drop for Hooked {
+    fn drop(&mut self) {
+        if let Some(hook) = &self.0 {
+            hook();
+        }
+    }
+}
+
+/// The ring's copy of a message is dropped as its last reader reads it, under a lock of the
+/// ring's that a publish takes too: a `Drop` that published there froze the bus for good (a
+/// slow one held up every publisher).
+#[test]
+fn the_copy_a_last_reader_leaves_is_dropped_outside_the_rings_locks() {
+    let p = started::<Hooked>(1);
+    let mut reader = p.subscribe_stream().unwrap();
+    let (published_tx, published) = mpsc::channel();
+    let (publisher, once) = (p.clone(), Mutex::new(Some(published_tx)));
+    // Publishes once, from whichever copy is dropped first.
+    let hook = move || {
+        if let Some(tx) = once.lock().unwrap().take() {
+            let _ = tx.send(publisher.publish(Hooked(None)).is_ok());
+        }
+    };
+    p.publish(Hooked(Some(Arc::new(hook)))).unwrap();
+    std::thread::spawn(move || {
+        let first = futures::executor::block_on(reader.next());
+        drop(first);
+        // Never dropped: on a failure it would wait for the lock the stuck publish holds.
+        std::mem::forget(reader);
+    });
+    let seen = published.recv_timeout(Duration::from_secs(30));
+    assert_eq!(seen, Ok(true), "the dropped copy published");
+    let other = p.clone();
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || done_tx.send(other.publish(Hooked(None)).is_ok()));
+    assert_eq!(
+        done.recv_timeout(Duration::from_secs(30)),
+        Ok(true),
+        "the bus froze"
+    );
+}
+
+/// A message whose first `Clone` waits until the test lets it go.
+struct Gated(Option<Arc<Mutex<mpsc::Receiver<()>>>>);
+
+impl Clone for Gated {
+    fn clone(&self) -> Self {
+        if let Some(gate) = &self.0 {
+            let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(60));
+        }
+        Gated(None)
+    }
+}
+
+/// A bounded reader's copy of a message was cloned under the lock of its slot in the ring, which
+/// a publish landing on that slot takes too: a slow `Clone` held up every publisher.
+#[test]
+fn a_bounded_readers_slow_clone_holds_no_publish_up() {
+    let p = started::<Gated>(1);
+    let mut reader = p.subscribe_stream().unwrap();
+    // Never reads: it keeps the ring's copy, so the reader's must be cloned.
+    let _holder = p.subscribe_stream().unwrap();
+    let (open, gate) = mpsc::channel();
+    p.publish(Gated(Some(Arc::new(Mutex::new(gate))))).unwrap();
+    std::thread::spawn(move || {
+        let _ = futures::executor::block_on(reader.next());
+        std::mem::forget(reader);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (done_tx, done) = mpsc::channel();
+    let other = p.clone();
+    // Lands on the slot being read: capacity 1.
+    std::thread::spawn(move || done_tx.send(other.publish(Gated(None)).is_ok()));
+    let published = done.recv_timeout(Duration::from_secs(30));
+    let _ = open.send(());
+    assert_eq!(published, Ok(true), "a publish waited for a reader's Clone");
+}
+
+/// A lone bounded subscriber is handed the message itself, not a clone: the last reader of a
+/// message takes it (here one whose `Clone` would panic).
+#[tokio::test]
+async fn the_last_reader_of_a_message_takes_it_uncloned() {
+    let p = started::<Fragile>(8);
+    let mut stream = p.subscribe_stream().unwrap();
+    p.publish(Fragile(true)).unwrap();
+    let taken = within("the message", stream.next()).await.unwrap();
+    assert!(taken.expect("not cloned, so not missed").0);
+}
+
 thread_local! {
     /// What a thread leaves to its locals' destructors.
     static LEFT: std::cell::RefCell<Option<OnDrop>> = const { std::cell::RefCell::new(None) };
@@ -355,6 +449,9 @@ impl Clone for Fragile {
 async fn a_message_whose_clone_panics_is_missed_by_each_subscriber_which_is_told_so() {
     let p = started::<Fragile>(8);
     let mut bounded = p.subscribe_stream().unwrap();
+    // Never reads: it keeps the ring's copy, so each reader's must be cloned (the last reader of
+    // a message takes it uncloned).
+    let _holder = p.subscribe_stream().unwrap();
     let mut unbounded = p.subscribe_stream_with(Buffer::Unbounded).unwrap();
     let (tx, called) = mpsc::channel();
     p.subscribe(move |m: Result<Fragile, Missed>| {
