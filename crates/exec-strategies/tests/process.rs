@@ -1938,6 +1938,34 @@ fn a_program_a_node_starts_is_not_taken_for_a_worker() {
     });
 }
 
+/// A worker whose pipes were closed on its way (a launcher that closes inherited descriptors)
+/// fails, as it did before programs a node starts were told apart from workers: taken for one
+/// of those, it ran the program's `main` (and a `main` that starts a pool would start more).
+fn a_worker_that_lost_its_pipes_fails_and_runs_no_main() {
+    let marker = std::env::temp_dir().join(format!("main-ran-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let exe = std::env::current_exe().unwrap();
+    // Closes every descriptor above stderr, then runs the worker in its place.
+    let launcher =
+        r#"for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$@""#;
+    let args: Vec<std::ffi::OsString> = vec![
+        "-c".into(),
+        launcher.into(),
+        "launcher".into(),
+        exe.into(),
+        "--main-ran".into(),
+        marker.clone().into(),
+    ];
+    let builder = ProcessExecutionStrategy::builder(registry()).workers(1);
+    let builder = builder.handshake_timeout(Duration::from_secs(5));
+    let started = runtime().block_on(builder.command("/bin/bash", args).start());
+    let ran = marker.exists();
+    let _ = std::fs::remove_file(&marker);
+    let error = started.expect_err("a worker without its pipes serves nothing");
+    assert!(!ran, "the worker ran the program's main: {error}");
+    assert!(error.to_string().contains("status 3"), "{error}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--fake-worker")
@@ -1966,9 +1994,14 @@ fn main() {
         println!("the tool ran");
         std::process::exit(0);
     }
+    if args.get(1).map(String::as_str) == Some("--main-ran") {
+        std::fs::write(&args[2], "main ran").unwrap();
+        std::process::exit(0);
+    }
 
     let tests: &[(&str, fn())] = &named_tests![
         a_program_a_node_starts_is_not_taken_for_a_worker,
+        a_worker_that_lost_its_pipes_fails_and_runs_no_main,
         the_runs_of_a_dead_worker_wait_for_its_replacement_not_a_full_survivor,
         shutdown_needs_no_timer_of_the_callers_runtime,
         a_shorter_second_shutdown_shortens_the_first,

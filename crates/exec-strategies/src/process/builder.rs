@@ -202,7 +202,7 @@ impl ProcessBuilder {
                 ),
             ));
         }
-        if super::worker::is_unserving_worker() {
+        if super::pipes::is_unserving_worker() {
             return Err(ProcessError::new(
                 ErrorKind::Spawn,
                 "this process was started as a worker of a ProcessExecutionStrategy, and starts \

@@ -15,9 +15,10 @@ use tokio::process::Command;
 
 use super::error::{ErrorKind, ProcessError};
 use super::input::WorkerInput;
+use super::pipes::{PARENT_ENV, PIPES_ENV};
 use super::shared::{Shared, Started};
 use super::wire::{self, FromWorker, HEADER_LEN, PROTOCOL_VERSION};
-use super::worker::{CONCURRENCY_ENV, MAX_FRAME_ENV, PIPES_ENV, THREADS_ENV, WORKER_ENV};
+use super::worker::{CONCURRENCY_ENV, MAX_FRAME_ENV, THREADS_ENV, WORKER_ENV};
 
 /// How long a worker that closed its output before announcing itself is given to exit, for its
 /// exit status to be told.
@@ -114,6 +115,7 @@ impl Shared {
             .env(THREADS_ENV, self.config.worker_threads.to_string())
             .env(CONCURRENCY_ENV, self.config.per_worker.to_string())
             .env(PIPES_ENV, pipes)
+            .env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::inherit())

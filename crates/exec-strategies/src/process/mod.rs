@@ -9,6 +9,7 @@ mod dispatch;
 mod error;
 mod input;
 mod launch;
+mod pipes;
 mod pool;
 mod shared;
 mod supervise;
@@ -17,5 +18,6 @@ mod worker;
 
 pub use builder::ProcessBuilder;
 pub use error::ProcessError;
+pub use pipes::worker_pipes;
 pub use pool::ProcessExecutionStrategy;
-pub use worker::{WORKER_ENV, run_worker_if_requested, worker_pipes};
+pub use worker::{WORKER_ENV, run_worker_if_requested};
