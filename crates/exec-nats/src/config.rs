@@ -78,7 +78,8 @@ pub struct NatsConfig {
     /// Largest task message the stream accepts, in bytes (set on the stream explicitly).
     pub max_message_size: i32,
     /// How long an unworked task stays in the stream (0: no limit). Like every span the server
-    /// is given, at most about 292 years (its signed 64-bit nanoseconds), a longer one cut to it.
+    /// is given, at most a century (it reads spans as signed 64-bit nanoseconds), a longer one cut
+    /// to it.
     pub max_age: Duration,
     /// How long the stream remembers message ids to drop duplicate publishes.
     pub duplicate_window: Duration,
@@ -88,9 +89,9 @@ pub struct NatsConfig {
     pub replicas: usize,
 }
 
-/// The longest span the server is given (about 292 years): it reads spans as signed 64-bit
-/// nanoseconds, and a longer one reached it as a negative count, refused with a misleading error.
-pub(crate) const LONGEST_SPAN: Duration = Duration::from_nanos(i64::MAX as u64);
+/// The longest span the server is given, a century: it reads spans as signed 64-bit nanoseconds
+/// (a longer one came as a negative count), and adds to some (`ack_wait` at the largest spun it).
+pub(crate) const LONGEST_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 impl Default for NatsConfig {
     fn default() -> Self {

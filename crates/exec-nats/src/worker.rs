@@ -72,8 +72,8 @@ impl NatsWorkerBuilder {
     /// How long the server waits for an acknowledgement before redelivering a task to another
     /// worker (default 30 s; 0 leaves it to the server, whose default is 30 s). A running task
     /// is kept from redelivery by progress acknowledgements sent every third of the consumer's
-    /// own. Set when the consumer is created; at most about 292 years (a longer wait is taken
-    /// as that).
+    /// own. Set when the consumer is created; at most a century (a longer wait is taken as
+    /// that).
     #[must_use]
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait.min(crate::config::LONGEST_SPAN);

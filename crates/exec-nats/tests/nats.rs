@@ -194,6 +194,9 @@ fn main() {
             "the_longest_spans_are_taken_as_the_most_the_server_reads",
             || Box::pin(the_longest_spans_are_taken_as_the_most_the_server_reads()),
         ),
+        ("the_longest_ack_wait_leaves_the_server_idle", || {
+            Box::pin(the_longest_ack_wait_leaves_the_server_idle())
+        }),
         ("a_worker_of_unbounded_concurrency_serves", || {
             Box::pin(a_worker_of_unbounded_concurrency_serves())
         }),
@@ -2051,11 +2054,11 @@ async fn a_worker_of_unbounded_concurrency_serves() {
 }
 
 /// `Duration::MAX` as the stream's `max_age`, its duplicate window or a worker's `ack_wait` is
-/// taken as the longest span the server reads (signed 64-bit nanoseconds, about 292 years): it
+/// cut to a century (the server reads spans as signed 64-bit nanoseconds): it
 /// reached the server as -1, which refused the stream with a misleading error, or answered the
 /// consumer's creation with what the client could not read.
 async fn the_longest_spans_are_taken_as_the_most_the_server_reads() {
-    let longest = Duration::from_nanos(i64::MAX as u64);
+    let longest = Duration::from_secs(100 * 365 * 24 * 60 * 60);
     let (day, minutes) = (Duration::from_secs(24 * 3600), Duration::from_secs(120));
     let cases = [
         (Duration::MAX, minutes, minutes, (longest, minutes)),
@@ -2093,4 +2096,59 @@ async fn the_longest_spans_are_taken_as_the_most_the_server_reads() {
         assert_eq!(answer.expect("answered in time").unwrap(), 7, "case {i}");
         assert_eq!((info.max_age, info.duplicate_window), stored, "case {i}");
     }
+}
+
+/// The CPU time, in clock ticks, process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A worker's `ack_wait` of `Duration::MAX`, cut to the largest span the server reads, made the
+/// server spin on a core for as long as any task of the consumer was unacknowledged (a running
+/// one): it is cut to a century. On a server of its own, whose CPU time it reads.
+async fn the_longest_ack_wait_leaves_the_server_idle() {
+    let server = OwnServer::start();
+    let server_pid = server.child.as_ref().unwrap().id();
+    let config = NatsConfig {
+        url: server.url(),
+        ..config("longest_ack_wait")
+    };
+    let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
+        .config(config.clone())
+        .ack_wait(Duration::MAX)
+        .connect()
+        .await
+        .expect("the worker connects");
+    let serving = tokio::spawn(worker.run_until(std::future::pending()));
+    let (publisher, coordinator, _) = coordinator(&config).await;
+    let submitting = coordinator.clone();
+    let call = tokio::spawn(async move {
+        let nap = Task::portable("nap", Nap(3000));
+        submitting.submit(nap, "nats").await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(server_pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(server_pid) - before;
+    let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
+    serving.abort();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    drop(server);
+    assert!(
+        answer.is_ok_and(|a| a.unwrap().is_ok()),
+        "the nap was answered"
+    );
+    // A spinning server spends a whole core: 200 ticks in 2 s.
+    assert!(
+        spent < 50,
+        "the server spun while the task ran: {spent} ticks in 2 s"
+    );
 }
