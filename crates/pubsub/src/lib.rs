@@ -8,7 +8,10 @@
 //!   one total publish order. Publishing never waits for a subscriber: a slow, stuck or unread
 //!   one delays nobody. Each has a bounded buffer, and one that falls a whole buffer behind reads
 //!   a [`Missed`] saying exactly how many messages it missed, unless it asked for an unbounded
-//!   buffer ([`Buffer::Unbounded`]), which never misses one and grows with its lag.
+//!   buffer ([`Buffer::Unbounded`]), which never misses one and grows with its lag. A publish
+//!   does run two pieces of the message's own code: its `Clone` for each unbounded subscriber,
+//!   and, where it overwrites a copy a subscriber a whole buffer behind never read, its `Drop`
+//!   (after the publisher's lock is released). Keep both cheap: put a large message in an `Arc`.
 //!
 //! # Examples
 //!

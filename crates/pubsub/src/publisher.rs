@@ -505,7 +505,9 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// Publishes `message` to every subscriber and to the listeners whose filter it matches.
     ///
     /// Never waits for a subscriber: it writes the message for every subscriber to read and
-    /// returns. With nobody subscribed it is one atomic load.
+    /// returns, having run its `Clone` once per unbounded subscriber (under the publisher's
+    /// lock) and the `Drop` of a copy it overwrote unread (once the lock is released). With
+    /// nobody subscribed it is one atomic load.
     ///
     /// # Errors
     ///
