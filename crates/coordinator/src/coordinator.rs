@@ -530,7 +530,8 @@ pub struct SystemDetail {
     /// mode name: one count per request, whatever its attempts.
     pub requests: BTreeMap<String, ModeCounts>,
     /// Each mode's strategy counters (and, for worker pools, each worker's id, pid and load, and
-    /// the restart count), by mode name. A strategy counts the runs it was handed: every
+    /// the restart count), by mode name. A strategy counts the runs it took (not one it refused
+    /// as it shut down, nor one handed over already cancelled): every
     /// attempt of a retried request, a run that ended after its request timed out or was
     /// cancelled, and, as `stopped`, one let go of unfinished then. So its `failed` can exceed
     /// the request counts' `failed` of the same mode, and a request's `cancelled` need not match

@@ -94,7 +94,8 @@ pub struct StrategyStats {
     /// Tasks let go of, unfinished, because their request was cancelled or timed out (or their
     /// attempt passed its timeout), or dropped with the runtime that ran them: dropped, never
     /// started, or cancelled in their worker. With them, `in_flight + succeeded + failed +
-    /// stopped` counts every task the strategy was handed.
+    /// stopped` counts every task the strategy took: one it refused (it was shut down), or was
+    /// handed already cancelled, never started and is in none of them.
     pub stopped: u64,
     /// Whether the strategy still takes tasks.
     pub accepting: bool,
