@@ -78,8 +78,7 @@ pub struct NatsConfig {
     /// Largest task message the stream accepts, in bytes (set on the stream explicitly).
     pub max_message_size: i32,
     /// How long an unworked task stays in the stream (0: no limit). Like every span the server
-    /// is given, at most a century (it reads spans as signed 64-bit nanoseconds), a longer one cut
-    /// to it.
+    /// is given, at most a century (it reads signed 64-bit nanoseconds); a longer one is cut.
     pub max_age: Duration,
     /// How long the stream remembers message ids to drop duplicate publishes.
     pub duplicate_window: Duration,
