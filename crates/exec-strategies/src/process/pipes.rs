@@ -20,8 +20,8 @@ static PIPES_TAKEN: AtomicBool = AtomicBool::new(false);
 /// and its stdout goes to the parent's stderr, so nothing a node reads or prints can touch a
 /// frame.
 ///
-/// [`run_worker_if_requested`](super::run_worker_if_requested) calls this; a worker written another way (in tests, say) may call
-/// it instead, once.
+/// [`run_worker_if_requested`](super::run_worker_if_requested) calls this; a worker written
+/// another way (in tests, say) may call it instead, once.
 ///
 /// The environment names each descriptor with the pipe it must be (its inode): a process that
 /// inherited the environment without the pipes (one a node started, say) finds other
@@ -49,7 +49,8 @@ pub fn worker_pipes() -> io::Result<(File, File)> {
 }
 
 /// Whether this process was started as a worker, with its pipes, and has not taken them: a
-/// worker program that never called [`run_worker_if_requested`](super::run_worker_if_requested), and would start workers of its
+/// worker program that never called
+/// [`run_worker_if_requested`](super::run_worker_if_requested), and would start workers of its
 /// own, each of which would do the same.
 pub(crate) fn is_unserving_worker() -> bool {
     !PIPES_TAKEN.load(Ordering::SeqCst) && named_pipes().is_ok()
