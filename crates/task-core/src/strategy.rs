@@ -85,7 +85,8 @@ pub trait TaskExecutionStrategy: Send + Sync + 'static {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct StrategyStats {
-    /// Tasks running now.
+    /// Tasks taken and not ended: running, or waiting in the strategy for a place to run (under
+    /// the threaded strategy's `max_in_flight`, or for a worker of a process pool).
     pub in_flight: u64,
     /// Tasks that ended with a value.
     pub succeeded: u64,
