@@ -89,7 +89,7 @@ pub struct NatsConfig {
 }
 
 /// The longest span the server is given, a century: it reads spans as signed 64-bit nanoseconds
-/// (a longer one came as a negative count), and adds to some (`ack_wait` at the largest spun it).
+/// (a longer one would be negative), and adds to some: an `ack_wait` near that limit spins it.
 pub(crate) const LONGEST_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 impl Default for NatsConfig {
