@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use coordinator::{
@@ -99,7 +99,8 @@ impl Started {
 
 /// A runtime, a 2-thread rayon pool and a coordinator serving the async mode and the threaded
 /// mode on that pool: what the async and threaded scenarios and their baselines run on; and,
-/// started on first use, a pool of 2 worker processes and a coordinator recording metrics.
+/// started on first use, a pool of 2 worker processes, the raw echo children and a coordinator
+/// recording metrics.
 #[derive(Debug)]
 pub struct Fixture {
     /// The runtime, which the other scenarios run on too.
@@ -107,6 +108,7 @@ pub struct Fixture {
     pool: Arc<rayon::ThreadPool>,
     started: Started,
     workers: OnceLock<Arc<ProcessExecutionStrategy>>,
+    echo: OnceLock<Mutex<RawEcho>>,
     metered: OnceLock<Started>,
 }
 
@@ -120,12 +122,13 @@ impl Default for Fixture {
         let builder = Coordinator::builder().with_async();
         let builder = builder.strategy(ExecutionMode::THREADED, threaded);
         let started = Started::new(&rt, builder);
-        let (workers, metered) = (OnceLock::new(), OnceLock::new());
+        let (workers, echo, metered) = (OnceLock::new(), OnceLock::new(), OnceLock::new());
         Self {
             rt,
             pool,
             started,
             workers,
+            echo,
             metered,
         }
     }
@@ -139,11 +142,13 @@ impl Fixture {
     /// `floor-threaded` ([`design_floor`]), `async-metrics` (async, its metrics going to a
     /// Prometheus recorder), `fan-out-16` and `broadcast-16` ([`publish_fan_out`] and
     /// [`broadcast_fan_out`] to 16 subscribers), `process` (the tasks in flight over 2 worker
-    /// processes) and `process-1` (one at a time: the round trip). `None` for a name it does not
-    /// know.
+    /// processes), `process-1` (one at a time: the round trip) and their baselines
+    /// `raw-process` and `raw-process-1` ([`RawEcho`]). `None` for a name it does not know.
     pub fn run(&self, name: &str, ids: &[RequestId]) -> Option<Duration> {
         let (rt, coordinator, n) = (&self.rt, &self.started.coordinator, ids.len() as u64);
         let workers = || self.workers.get_or_init(|| worker_pool(rt));
+        let echo = || self.echo.get_or_init(|| Mutex::new(RawEcho::spawn()));
+        let echo = || echo().lock().expect("no run panicked holding the echo");
         Some(match name {
             "async" => submit_trivial(rt, coordinator, ids, &ExecutionMode::ASYNC),
             "threaded" => submit_trivial(rt, coordinator, ids, &ExecutionMode::THREADED),
@@ -163,11 +168,14 @@ impl Fixture {
             "broadcast-16" => broadcast_fan_out(rt, 16, n),
             "process" => process_pipelined(rt, workers(), n),
             "process-1" => process_round_trips(rt, workers(), n),
+            "raw-process" => echo().pipelined(n),
+            "raw-process-1" => echo().round_trips(n),
             _ => return None,
         })
     }
 
-    /// Shuts down the coordinators and the publishers, and the worker processes if started.
+    /// Shuts down the coordinators and the publishers, and the worker processes if started (the
+    /// echo children are killed as they are dropped).
     pub fn shutdown(self) {
         if let Some(workers) = self.workers.into_inner() {
             self.rt.block_on(workers.shutdown(Duration::from_secs(5)));

@@ -98,7 +98,7 @@ fn main() {
     let mut rows = scenarios::local(&fixture, series, reps, [run("async"), run("threaded")]);
     if run("process") {
         let (round_trips, pipelined) = (pick(300, 2_000), pick(10_000, 50_000));
-        rows.extend(scenarios::process(rt, round_trips, pipelined, reps));
+        rows.extend(scenarios::process(&fixture, round_trips, pipelined, reps));
     }
     if run("publisher") {
         let (messages, one_by_one) = (pick(10_000, 50_000), pick(1_000, 5_000) as usize);

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use benches::{Fixture, RawEcho, Started, broadcast_fan_out, publish_fan_out, request_ids};
-use coordinator::{ExecutionMode, RequestId, TaskExecutionStrategy};
+use benches::{Fixture, Started, broadcast_fan_out, publish_fan_out, request_ids};
+use coordinator::{ExecutionMode, RequestId};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -88,8 +88,7 @@ pub(crate) fn local(
     let n = sizes[sizes.len().min(2) - 1];
     let ids = &request_ids(n);
     let run = |name, ids: &[RequestId]| fx.run(name, ids).expect("a scenario the fixture knows");
-    let beside_raw =
-        |(pair, ours, raw)| compare(pair, n, reps, || run(ours, ids), || run(raw, ids));
+    let beside_raw = |(pair, ours)| beside_raw(fx, pair, ours, ids, reps);
     if async_ {
         let series: Vec<_> = sizes.iter().map(|&n| request_ids(n)).collect();
         let ours = |i: usize| run("async", &series[i]);
@@ -97,11 +96,11 @@ pub(crate) fn local(
         rows.extend(compare_series(names::ASYNC, sizes, reps, ours, raw));
         rows.extend(
             [
-                (names::TRY_SPAWN, "async-handles", "raw-async"),
-                (names::BATCH, "batch", "raw-async"),
-                (names::FLOOR, "floor-async", "raw-async"),
-                (names::FLOOR_IN_ORDER, "floor-handles", "raw-async"),
-                (names::FLOOR_UNSHARED, "floor-unshared", "raw-async"),
+                (names::TRY_SPAWN, ["async-handles", "raw-async"]),
+                (names::BATCH, ["batch", "raw-async"]),
+                (names::FLOOR, ["floor-async", "raw-async"]),
+                (names::FLOOR_IN_ORDER, ["floor-handles", "raw-async"]),
+                (names::FLOOR_UNSHARED, ["floor-unshared", "raw-async"]),
             ]
             .map(beside_raw),
         );
@@ -112,13 +111,25 @@ pub(crate) fn local(
     if threaded {
         rows.extend(
             [
-                (names::THREADED, "threaded", "raw-threaded"),
-                (names::FLOOR_THREADED, "floor-threaded", "raw-threaded"),
+                (names::THREADED, ["threaded", "raw-threaded"]),
+                (names::FLOOR_THREADED, ["floor-threaded", "raw-threaded"]),
             ]
             .map(beside_raw),
         );
     }
     rows
+}
+
+/// Scenario `ours` of the fixture beside `raw`, both over `ids`.
+fn beside_raw(
+    fx: &Fixture,
+    pair: Pair,
+    [ours, raw]: [&str; 2],
+    ids: &[RequestId],
+    reps: usize,
+) -> Row {
+    let run = |name| move || fx.run(name, ids).expect("a scenario the fixture knows");
+    compare(pair, ids.len() as u64, reps, run(ours), run(raw))
 }
 
 /// The async scenario on `ours` beside the same requests on a plain async coordinator, fresh
@@ -177,68 +188,50 @@ fn beside_dashboard_clients(fx: &Fixture, ids: &[RequestId], reps: usize) -> Row
     };
     let streams: Vec<_> =
         clients.block_on(futures::stream::iter(0..CLIENTS).then(connect).collect());
-    // Bytes read, and clients disconnected.
-    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
-    let read = |mut stream: TcpStream| {
-        let counts = Arc::clone(&counts);
+    let read = Arc::new(AtomicUsize::new(0));
+    let reader = |mut stream: TcpStream| {
+        let read = Arc::clone(&read);
         async move {
             let mut buffer = vec![0u8; 16 * 1024];
             while let Ok(n @ 1..) = stream.read(&mut buffer).await {
-                counts[0].fetch_add(n, SeqCst);
+                read.fetch_add(n, SeqCst);
             }
-            counts[1].fetch_add(1, SeqCst);
         }
     };
-    let reading = futures::future::join_all(streams.into_iter().map(read));
+    let reading = futures::future::join_all(streams.into_iter().map(reader));
     let readers = std::thread::spawn(move || clients.block_on(reading));
     let row = beside(fx, names::DASHBOARD, ids, reps, &watched);
-    // A client a whole feed behind is disconnected (a page reconnects): how many kept up.
-    let (read, gone) = (counts[0].load(SeqCst), counts[1].load(SeqCst));
-    let kept = CLIENTS - gone;
-    eprintln!(
-        "dashboard clients still connected after the runs: {kept} of {CLIENTS}; {} bytes read per client",
-        read / CLIENTS
-    );
     // Its event streams end, and the readers with them.
     fx.rt.block_on(dashboard.shutdown());
     watched.shutdown(&fx.rt);
     readers.join().expect("the readers");
-    assert!(
-        counts[0].load(SeqCst) > 0,
-        "the clients read the event stream"
-    );
+    assert!(read.load(SeqCst) > 0, "the clients read the event stream");
     row
 }
 
-/// One task at a time through a pool of 2 workers beside one frame at a time through an echo
-/// child, then (`pipelined` > 0) many tasks in flight beside frames pipelined through 2 echo
-/// children.
-fn process_rows(
-    pair: Pair,
-    rt: &Runtime,
-    round_trips: u64,
-    pipelined: u64,
-    reps: usize,
-) -> Vec<Row> {
-    let (pool, mut echo) = (benches::worker_pool(rt), RawEcho::spawn());
-    let ours = || benches::process_round_trips(rt, &pool, round_trips);
-    let mut rows = vec![compare(pair, round_trips, reps, ours, || {
-        echo.round_trips(round_trips)
-    })];
-    if pipelined > 0 {
-        let ours = || benches::process_pipelined(rt, &pool, pipelined);
-        let raw = || echo.pipelined(pipelined);
-        rows.push(compare(names::THROUGHPUT, pipelined, reps, ours, raw));
-    }
-    rt.block_on(pool.shutdown(Duration::from_secs(5)));
-    rows
-}
-
-/// The round trip and the throughput, then the round trip in a child pinned to one CPU, where a
-/// wake-up never crosses cores: the comparison with the raw pipe that does not depend on where the
-/// scheduler puts the threads (left out where that child could not pin itself or failed).
-pub(crate) fn process(rt: &Runtime, round_trips: u64, pipelined: u64, reps: usize) -> Vec<Row> {
-    let mut rows = process_rows(names::ROUND_TRIP, rt, round_trips, pipelined, reps);
+/// The round trip (one task at a time through a pool of 2 workers beside one frame at a time
+/// through an echo child) and the throughput (many in flight beside frames pipelined through 2
+/// echo children), then the round trip in a child pinned to one CPU, where a wake-up never
+/// crosses cores: the comparison with the raw pipe that does not depend on where the scheduler
+/// puts the threads (left out where that child could not pin itself or failed).
+pub(crate) fn process(fx: &Fixture, round_trips: u64, pipelined: u64, reps: usize) -> Vec<Row> {
+    let (trips, in_flight) = (&request_ids(round_trips), &request_ids(pipelined));
+    let mut rows = vec![
+        beside_raw(
+            fx,
+            names::ROUND_TRIP,
+            ["process-1", "raw-process-1"],
+            trips,
+            reps,
+        ),
+        beside_raw(
+            fx,
+            names::THROUGHPUT,
+            ["process", "raw-process"],
+            in_flight,
+            reps,
+        ),
+    ];
     let name = names::PINNED_ROUND_TRIP.0;
     eprintln!("{name}: in a pinned child ...");
     let pinned = crate::measure_in_child::<Row>(name, PINNED_FLAG, &[round_trips, reps as u64]);
@@ -259,9 +252,11 @@ pub(crate) fn pinned_round_trip_child(round_trips: u64, reps: u64) -> Row {
     let core = core.expect("a CPU to pin to");
     let pinned = core_affinity::set_for_current(core);
     assert!(pinned, "could not pin this process to CPU {}", core.id);
-    let rt = benches::runtime();
-    let pair = names::PINNED_ROUND_TRIP;
-    process_rows(pair, &rt, round_trips, 0, reps as usize).remove(0)
+    let (fx, ids) = (Fixture::default(), request_ids(round_trips));
+    let pair = ["process-1", "raw-process-1"];
+    let row = beside_raw(&fx, names::PINNED_ROUND_TRIP, pair, &ids, reps as usize);
+    fx.shutdown();
+    row
 }
 
 /// Fan-out to 1, 4 and 16 subscribers, then publish-to-delivery latency (p50 and p99) of one
