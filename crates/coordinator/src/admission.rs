@@ -14,7 +14,7 @@ use tokio::sync::TryAcquireError;
 use crate::coordinator::Coordinator;
 use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
-use crate::inner::{Inner, Mode, OpenRequest, task_span};
+use crate::inner::{Inner, Mode, OpenRequest, deadline_after, task_span};
 use crate::options::SubmitOptions;
 use crate::request::{
     CURRENT_NODE, Ending, Expiry, Place, RequestCell, Retry, Up, current_node, execute,
@@ -330,7 +330,7 @@ impl Coordinator {
         // as for any tokio timer: a paused clock (`tokio::time::pause`) may be far from the
         // wall clock's.
         let deadline = timeout
-            .and_then(|t| Some((tokio::time::Instant::now().checked_add(t)?, t)))
+            .and_then(|t| Some((deadline_after(t)?, t)))
             .map(|(at, t)| (Box::pin(tokio::time::sleep_until(at)), t, runtime.clone()));
         if retry.is_some() {
             // A backoff's timer is made later, on the runtime: check for its driver now.
@@ -413,7 +413,7 @@ impl Coordinator {
     pub(crate) fn start_queued(mut ready: Ready, entry: &Mode, waited: Duration) {
         entry.metrics.waited(waited);
         ready.deadline = ready.deadline.and_then(|(mut sleep, timeout, runtime)| {
-            let at = tokio::time::Instant::now().checked_add(timeout)?;
+            let at = deadline_after(timeout)?;
             sleep.as_mut().reset(at);
             Some((sleep, timeout, runtime))
         });

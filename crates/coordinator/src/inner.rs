@@ -255,6 +255,14 @@ impl Inner {
     }
 }
 
+/// The instant `after` from now on the runtime's clock (as every tokio timer's: a paused one may
+/// be far from the wall clock's); `None`, a timer that never runs out, when it is too far for a
+/// timer ([`task_core::deadline_after`]).
+pub(crate) fn deadline_after(after: Duration) -> Option<tokio::time::Instant> {
+    let now = tokio::time::Instant::now().into_std();
+    task_core::deadline_after(now, after).map(tokio::time::Instant::from_std)
+}
+
 /// Runs its closure when dropped: on the thread it was moved to, or where a thread that could
 /// not be started dropped it.
 struct RunOnDrop<F: FnOnce()>(Option<F>);

@@ -67,7 +67,7 @@ impl Coordinator {
     pub async fn shutdown_with_grace(&self, grace: Duration) {
         // On the runtime's clock, as every tokio timer: a paused one may be far from the wall
         // clock's.
-        let deadline = Instant::now().checked_add(grace);
+        let deadline = crate::inner::deadline_after(grace);
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
         // Submissions waiting for a place are refused now. The limits stay open until the

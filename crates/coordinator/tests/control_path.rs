@@ -456,6 +456,94 @@ async fn durations_too_long_to_add_to_now_saturate_and_every_request_ends_once()
     );
 }
 
+/// The longest span that can be added to `from`.
+fn room(from: std::time::Instant) -> Duration {
+    let fits = |span| from.checked_add(span).is_some();
+    let (mut secs, mut step) = (0_u64, 1 << 63);
+    while step > 0 {
+        if fits(Duration::from_secs(secs + step)) {
+            secs += step;
+        }
+        step /= 2;
+    }
+    let (mut nanos, mut step) = (0_u32, 1 << 29);
+    while step > 0 {
+        if nanos + step < 1_000_000_000 && fits(Duration::new(secs, nanos + step)) {
+            nanos += step;
+        }
+        step /= 2;
+    }
+    Duration::new(secs, nanos)
+}
+
+/// A span that can be added to now, but ends within the millisecond a tokio timer rounds its
+/// deadline up by (which overflowed, and panicked, in the timer).
+fn at_the_end_of_time() -> Duration {
+    room(std::time::Instant::now()) - Duration::from_micros(500)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_that_end_at_the_end_of_time_are_taken_as_never() {
+    let (publisher, coordinator) = support::started();
+    let recorder = Recorder::attach(&publisher);
+    let sleeps = |id: &str| {
+        Task::replayable_fn(id.to_string(), "sleeps", || async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, BoxError>(7_u64)
+        })
+    };
+    let timeout = SubmitOptions::new().timeout(at_the_end_of_time());
+    let value = coordinator
+        .submit_with(sleeps("timeout"), ExecutionMode::ASYNC, timeout)
+        .await;
+    assert_eq!(value.unwrap(), 7, "a timeout that never comes");
+    let attempts = RetryPolicy::new(2).attempt_timeout(at_the_end_of_time());
+    let value = coordinator
+        .submit_with(
+            sleeps("attempt-timeout"),
+            ExecutionMode::ASYNC,
+            SubmitOptions::new().retry(attempts),
+        )
+        .await;
+    assert_eq!(value.unwrap(), 7, "an attempt timeout that never comes");
+    let backoff = at_the_end_of_time();
+    let endless_backoff = RetryPolicy::new(2)
+        .backoff(backoff, backoff)
+        .without_jitter();
+    let fails = Task::replayable_fn("backoff", "fails", || async { Err::<u64, _>("always") });
+    let options = SubmitOptions::new().retry(endless_backoff);
+    let waiting = coordinator.spawn(fails, ExecutionMode::ASYNC, options);
+    let waiting = waiting.await.unwrap();
+    // Shutdown waits out a request in flight with a grace that never ends, and ends the one
+    // waiting out its backoff.
+    let running = coordinator.spawn(
+        sleeps("running"),
+        ExecutionMode::ASYNC,
+        SubmitOptions::new(),
+    );
+    let running = running.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    within(
+        "shutdown",
+        coordinator.shutdown_with_grace(at_the_end_of_time()),
+    )
+    .await;
+    assert_eq!(running.await.unwrap(), 7);
+    let error = waiting.await.unwrap_err();
+    assert!(error.task_error().unwrap().is_node_error(), "{error}");
+    within(
+        "the bus's shutdown",
+        publisher.shutdown_with_grace(at_the_end_of_time()),
+    )
+    .await;
+    let terminal = recorder.terminal_counts();
+    for id in ["timeout", "attempt-timeout", "backoff", "running"] {
+        assert_eq!(terminal.get(id), Some(&1), "{id}: one terminal message");
+    }
+    let counts = coordinator.counts();
+    assert_eq!((counts.succeeded, counts.failed, counts.open), (3, 1, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_threaded_limit_of_one_holds_under_timeouts_and_cancellations() {
     let threaded = ThreadedExecutionStrategy::builder()

@@ -42,8 +42,9 @@ const PROGRESS: usize = 16 * 1024;
 /// event stream) is not timed.
 pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    // hyper adds the timeout to now: one too long for that (it would panic) never runs out.
-    let head = Some(listener.head).filter(|&head| Instant::now().checked_add(head).is_some());
+    // hyper adds the timeout to now: one too long for a timer (it would panic) never runs out.
+    let in_reach = |head| task_core::deadline_after(std::time::Instant::now(), head).is_some();
+    let head = Some(listener.head).filter(|&head| in_reach(head));
     http.timer(TokioTimer::new())
         .header_read_timeout(head)
         .max_buf_size(MAX_HEAD);
@@ -202,13 +203,14 @@ impl Stall {
         if self.waiting.is_none() {
             let now = Instant::now();
             self.waiting = Some(now);
-            // A stall time too long to add to now never runs out.
-            let Some(deadline) = now.checked_add(self.stall.saturating_sub(self.waited)) else {
+            // A stall time too long for a timer never runs out.
+            let stall = self.stall.saturating_sub(self.waited);
+            let Some(deadline) = task_core::deadline_after(now.into_std(), stall) else {
                 return false;
             };
             match &mut self.timer {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                Some(timer) => timer.as_mut().reset(deadline.into()),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline.into()))),
             }
         }
         self.timer

@@ -192,7 +192,7 @@ impl TaskExecutionStrategy for NatsStrategy {
         Box::pin(async move {
             let drained = self.inner.tasks.wait();
             // A grace too long to add to now never runs out.
-            let in_time = match Instant::now().checked_add(grace) {
+            let in_time = match task_core::deadline_after(Instant::now(), grace) {
                 Some(deadline) => tokio::time::timeout_at(deadline.into(), drained)
                     .await
                     .is_ok(),

@@ -93,7 +93,9 @@ impl Tracker {
         }
         // On the runtime's clock, as every tokio timer: a paused one may be far from the wall
         // clock's.
-        let mut deadline = tokio::time::Instant::now().checked_add(grace);
+        let now = tokio::time::Instant::now().into_std();
+        let mut deadline =
+            task_core::deadline_after(now, grace).map(tokio::time::Instant::from_std);
         if deadline.is_some() {
             self.deadlines.send_replace(deadline);
         }

@@ -568,7 +568,7 @@ impl<M: Clone + Send + 'static> Publisher<M> {
     /// not await it inside a callback subscriber of this publisher: it would wait `grace` for
     /// itself.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
-        let deadline = Instant::now().checked_add(grace);
+        let deadline = task_core::deadline_after(Instant::now(), grace);
         let inner = &self.inner;
         let (callbacks, tx, queues) = {
             let mut shared = inner.lock();

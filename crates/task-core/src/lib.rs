@@ -54,7 +54,7 @@ pub use crate::portable::{
     NodeRegistry, PortableNode, PortableTask, RegistryError, decode, encode,
 };
 pub use crate::run::{Running, run};
-pub use crate::strategy::{StrategyStats, TaskExecutionStrategy, WorkerStats};
+pub use crate::strategy::{StrategyStats, TaskExecutionStrategy, WorkerStats, deadline_after};
 pub use crate::task::Task;
 pub use crate::value::Value;
 

@@ -1,10 +1,27 @@
 //! [`TaskExecutionStrategy`]: the extension point where work runs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{BoxFuture, Completion, ErasedTask};
+
+/// The instant `after` from `now`, for a timer such as a shutdown's grace or a request's
+/// deadline; `None`, a timer that never runs out, when it lies beyond what an [`Instant`] holds,
+/// or so near that end that tokio's timers, which round a deadline up to its next millisecond,
+/// would overflow (and panic) on it.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+///
+/// let now = Instant::now();
+/// assert_eq!(task_core::deadline_after(now, Duration::from_secs(1)), Some(now + Duration::from_secs(1)));
+/// assert_eq!(task_core::deadline_after(now, Duration::MAX), None);
+/// ```
+pub fn deadline_after(now: Instant, after: Duration) -> Option<Instant> {
+    now.checked_add(after.saturating_add(Duration::from_millis(1)))?;
+    now.checked_add(after)
+}
 
 /// Where and how tasks run. Implement it in your own crate, depending on `task-core` alone, and
 /// register it with a coordinator under a mode name.

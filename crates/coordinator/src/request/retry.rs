@@ -66,7 +66,7 @@ impl RequestCell {
             (retry.runtime.clone(), timeout, retry.attempt)
         };
         // A timeout too long to add to now never fires.
-        let Some(at) = tokio::time::Instant::now().checked_add(timeout) else {
+        let Some(at) = crate::inner::deadline_after(timeout) else {
             return;
         };
         let guard = AttemptTimer(Some(self.me.clone()), attempt);
@@ -180,9 +180,14 @@ impl RequestCell {
     ) {
         let attempt = NextAttempt(Some(self.me.clone()));
         runtime.spawn(async move {
-            // Saturates: a backoff too long to add to now waits forever (until the request is
+            // Saturates: a backoff too long for a timer waits forever (until the request is
             // cancelled, times out or is shut down).
-            let sleep = std::pin::pin!(tokio::time::sleep(wait));
+            let sleep = std::pin::pin!(async {
+                match crate::inner::deadline_after(wait) {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => future::pending().await,
+                }
+            });
             if let Either::Left(_) = future::select(sleep, stop).await {
                 attempt.start();
             }

@@ -122,7 +122,7 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
         self.shared.tracker.close();
         // A grace too long to add to now never runs out; a shorter one than a shutdown under way
         // has shortens it.
-        if let Some(deadline) = Instant::now().checked_add(grace) {
+        if let Some(deadline) = task_core::deadline_after(Instant::now(), grace) {
             self.shared.deadline.send_if_modified(|asked| {
                 let sooner = asked.is_none_or(|asked| deadline < asked);
                 if sooner {
