@@ -68,7 +68,9 @@ pub(crate) struct Inner {
     /// The jobs, each open one with its request's record (found by request id, or by node id
     /// for a child naming its parent).
     pub(crate) table: Mutex<CoordinatorState<OpenRequest>>,
-    /// Woken whenever the last open job closes.
+    /// Outcomes being applied: a job closed by one may not have been announced yet.
+    pub(crate) applying: AtomicUsize,
+    /// Woken, once shutdown has begun, whenever the last outcome being applied has been.
     pub(crate) drained: Notify,
     /// Whether each accepted request is announced on the bus, as the user asked
     /// ([`Coordinator::announce_openings`](crate::Coordinator::announce_openings)).
@@ -94,6 +96,7 @@ impl Inner {
             closing_begun: Notify::new(),
             strategies_shut: AtomicBool::new(false),
             table: Mutex::new(CoordinatorState::with_attachments(retention)),
+            applying: AtomicUsize::new(0),
             drained: Notify::new(),
             openings: AtomicBool::new(false),
             openings_followers: AtomicUsize::new(0),
@@ -139,7 +142,11 @@ impl Inner {
         place: Option<crate::request::Place>,
     ) {
         let result = JobResult::of(&outcome);
-        let (open, idle, ran, attempts) = {
+        // Counted before the job closes, so that while one is being applied either its job is
+        // open or this count is not zero: shutdown, which waits for both, returns once every
+        // outcome has been announced, and the bus's own shutdown after it loses none.
+        self.applying.fetch_add(1, Ordering::SeqCst);
+        let (open, ran, attempts) = {
             let mut table = self.table();
             let ended = match &outcome {
                 Ok(_) => table.end_job_detach(info.request_id(), result),
@@ -156,7 +163,7 @@ impl Inner {
             if let Some(mode) = open.as_ref().and_then(|open| self.modes.get(open.mode)) {
                 mode.counters.close(result);
             }
-            (open, table.counts().open == 0, ran, attempts)
+            (open, ran, attempts)
         };
         // The job is closed: its hold on its place goes before anyone hears of its end (the
         // place itself once no child sharing it is open either).
@@ -190,7 +197,9 @@ impl Inner {
                 tracing::trace!(%refused, "outcome not announced");
             }
         }
-        if idle {
+        // Only shutdown waits (`drained`): an outcome applied before it began is counted out
+        // before shutdown first looks.
+        if self.applying.fetch_sub(1, Ordering::SeqCst) == 1 && self.is_closing() {
             self.drained.notify_waiters();
         }
         if let Some(open) = open {
@@ -241,6 +250,12 @@ impl Inner {
 
     pub(crate) fn open_jobs(&self) -> u64 {
         self.table().counts().open
+    }
+
+    /// Whether every request has ended and been announced: no job open, no outcome being
+    /// applied. In that order: an outcome counts itself before closing its job.
+    pub(crate) fn drained(&self) -> bool {
+        self.open_jobs() == 0 && self.applying.load(Ordering::SeqCst) == 0
     }
 
     pub(crate) fn record_attempt(&self, request_id: &str, cell: &RequestCell) {

@@ -87,7 +87,7 @@ impl Coordinator {
                 "coordinator shutdown: waiting for the requests in flight"
             );
         }
-        let drained = wait_for(&inner.drained, || inner.open_jobs() == 0, deadline).await;
+        let drained = wait_for(&inner.drained, || inner.drained(), deadline).await;
         if !drained {
             inner.past_deadline.store(true, Ordering::SeqCst);
             let open = inner.open_cells();
@@ -100,7 +100,7 @@ impl Coordinator {
             // A cancelled request ends at once; one that was ending on another thread meanwhile
             // closes its job a moment later.
             let settle = Instant::now().checked_add(CANCEL_SETTLE);
-            if !wait_for(&inner.drained, || inner.open_jobs() == 0, settle).await {
+            if !wait_for(&inner.drained, || inner.drained(), settle).await {
                 tracing::error!(
                     open_jobs = inner.open_jobs(),
                     "coordinator shutdown: requests still open after cancellation"

@@ -1,7 +1,9 @@
-//! The `metrics` feature: what a recorder receives matches what the coordinator reports.
-//! (One test: the recorder is global to the process.)
+//! The `metrics` feature: what a recorder receives matches what the coordinator reports (one
+//! test installs the process's global recorder), and a slow recorder loses no outcome.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 use coordinator::{
@@ -191,4 +193,104 @@ async fn a_recorder_sees_each_modes_requests_as_the_coordinator_counts_them() {
     );
     coordinator.shutdown().await;
     publisher.shutdown().await;
+}
+
+/// A recorder whose counters take 300 ms to count once `slow` is set: the application's code,
+/// which runs where a request's end is applied, between its job's closing and its announcing.
+struct SlowCounters(Arc<AtomicBool>);
+
+impl metrics::CounterFn for SlowCounters {
+    fn increment(&self, _: u64) {
+        if self.0.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn absolute(&self, _: u64) {}
+}
+
+impl metrics::Recorder for SlowCounters {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(Arc::new(Self(Arc::clone(&self.0))))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// A request cancelled on a thread of its own ends there: its job closes, then the recorder
+/// counts it (slowly), then its message goes to the bus. Shutdown, which found no job open, still
+/// returns only after that message went, so the bus's shutdown after it delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_once_every_outcome_is_announced_however_slow_the_recorder() {
+    let slow = Arc::new(AtomicBool::new(false));
+    let recorder = SlowCounters(Arc::clone(&slow));
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator =
+        metrics::with_local_recorder(&recorder, || Coordinator::builder().with_async().build());
+    coordinator.start(&publisher).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    publisher
+        .subscribe_with(coordinator::Buffer::Unbounded, move |message| {
+            sink.lock().unwrap().push(message.unwrap());
+        })
+        .unwrap();
+    let task = Task::from_fn("cancelled", "waits", || async {
+        std::future::pending::<()>().await;
+        Ok::<_, BoxError>(())
+    });
+    let handle = coordinator
+        .spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
+        .await
+        .unwrap();
+    slow.store(true, SeqCst);
+    let canceller = std::thread::spawn(move || {
+        handle.cancel();
+        handle
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while coordinator.counts().open > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(coordinator.counts().cancelled, 1, "the job closed");
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let handle = canceller.join().unwrap();
+    assert!(handle.await.unwrap_err().is_cancelled());
+    let seen = seen.lock().unwrap();
+    let terminal: Vec<_> = seen.iter().filter(|m| m.is_terminal()).collect();
+    assert_eq!(terminal.len(), 1, "the outcome reached the bus: {seen:?}");
 }
