@@ -420,7 +420,8 @@ impl Coordinator {
     }
 
     /// Cancels the open request `request_id` and the children it submitted, as
-    /// [`RequestHandle::cancel`] does. Returns whether such a request was open.
+    /// [`RequestHandle::cancel`] does. Returns whether such a request was open when asked: one
+    /// whose outcome was arriving at that moment ends with that outcome, not cancelled.
     pub fn cancel(&self, request_id: &str) -> bool {
         let cell = self
             .inner

@@ -260,8 +260,10 @@ impl<O> RequestHandle<O> {
     }
 
     /// Whether the request was stopped before its run ended it: cancelled (by this handle, its
-    /// parent, or the shutdown deadline), or past its deadline. `cancel` on a request that
-    /// already ended changes nothing, so this stays `false` for it.
+    /// parent, or the shutdown deadline), past its deadline, or ended from outside its run (an
+    /// outcome given to [`handle_item`](crate::Coordinator::handle_item), its coordinator
+    /// dropped). `cancel` on a request that already ended changes nothing, so this stays `false`
+    /// for it.
     pub fn is_cancelled(&self) -> bool {
         self.cell.is_cancelled()
     }

@@ -41,12 +41,8 @@ pub(crate) fn environment(load_before: &str) -> String {
         out.map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
             .unwrap_or_default()
     };
-    let changed = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    let changes = if changed {
-        " with uncommitted changes"
-    } else {
-        ""
-    };
+    let status = git(&["status", "--porcelain", "--untracked-files=no"]);
+    let changes = (!status.is_empty()).then_some(" with uncommitted changes");
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let mut lines = cpuinfo.lines();
     let model = lines.find_map(|l| l.strip_prefix("model name")?.split_once(':'));
@@ -59,7 +55,8 @@ pub(crate) fn environment(load_before: &str) -> String {
     };
     let (commit, load_after) = (git(&["rev-parse", "--short=12", "HEAD"]), load_average());
     format!(
-        "{cpus} logical CPUs ({model}); load average {load_before} before the run, {load_after} after. Built at commit {commit}{changes}, {build}."
+        "{cpus} logical CPUs ({model}); load average {load_before} before the run, {load_after} after. Built at commit {commit}{}, {build}.",
+        changes.unwrap_or_default()
     )
 }
 
