@@ -22,7 +22,8 @@ struct PoolStrategy {
 
 impl TaskExecutionStrategy for PoolStrategy {
     fn execute(&self, task: ErasedTask, completion: Completion) {
-        // Count in and check for shutdown as InlineStrategy does; refuse with
+        // Count in and check for shutdown as InlineStrategy does (section 3), and move the guard
+        // into the pool's closure; refuse with
         // completion.complete(Err(TaskError::shutdown(self.name()))).
         let (_info, body) = task.into_parts();
         let TaskBody::Blocking(body) = body else {
