@@ -4,26 +4,28 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use smol_str::SmolStr;
 
-use crate::id::{NodeId, RequestId};
+use crate::id::{NodeId, RequestId, Text};
 
-/// A name that is free to clone whether it was static or computed: a static name is borrowed,
-/// a short one stored inline, a long one shared.
+/// A name that is cheap to clone whether it was static or computed: stored as ids are; with the
+/// `inline-ids` feature a static name is borrowed.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Name(SmolStr);
+pub(crate) struct Name(Text);
 
 impl Name {
     fn as_str(&self) -> &str {
-        self.0.as_str()
+        &self.0
     }
 }
 
 impl From<Cow<'static, str>> for Name {
     fn from(name: Cow<'static, str>) -> Self {
         match name {
-            Cow::Borrowed(s) => Name(SmolStr::new_static(s)),
-            Cow::Owned(s) => Name(SmolStr::from(s)),
+            #[cfg(feature = "inline-ids")]
+            Cow::Borrowed(s) => Name(Text::new_static(s)),
+            #[cfg(not(feature = "inline-ids"))]
+            Cow::Borrowed(s) => Name(Text::from(s)),
+            Cow::Owned(s) => Name(Text::from(s)),
         }
     }
 }

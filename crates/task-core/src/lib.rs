@@ -9,7 +9,10 @@
 //! - crossing processes (the `portable` feature): `PortableNode` (a serde node with a stable
 //!   name), its `PortableTask` form, and the `NodeRegistry` workers run them from.
 //!
-//! It depends on no async runtime. A custom strategy crate depends on `task-core` alone.
+//! It depends on no async runtime, and on serde and thiserror alone unless a feature asks for
+//! more: `portable` (the wire format) and `inline-ids` (ids and names up to 23 bytes stored
+//! inline, which the coordinator turns on for its job table). A custom strategy crate depends on
+//! `task-core` alone.
 //!
 //! The job table and the lifecycle records it keeps belong to the `coordinator` crate.
 //!
