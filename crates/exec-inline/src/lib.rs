@@ -141,11 +141,13 @@ impl InlineStrategy {
 
 impl TaskExecutionStrategy for InlineStrategy {
     fn execute(&self, task: ErasedTask, completion: Completion) {
-        // Cancelled before it started: its outcome is given already, and it never runs.
+        // Cancelled before it started: its outcome is given already, and it never runs. The
+        // node goes before the completion, so that nothing of it outlives the request's end.
         if completion.is_cancelled() {
-            return;
+            return drop(task);
         }
         let Some(in_flight) = InFlight::enter(&self.state) else {
+            drop(task);
             return completion.complete(Err(TaskError::shutdown(self.name())));
         };
         let (_info, body) = task.into_parts();
@@ -272,22 +274,32 @@ mod tests {
     }
 
     /// A request cancelled before `execute` is called (its caller gave up in between) is
-    /// answered already: its body never runs, and nothing more is delivered.
+    /// answered already: its body never runs, nothing more is delivered, and the body is gone
+    /// before the completion says the run is over.
     #[test]
     fn a_request_cancelled_before_it_starts_never_runs() {
-        struct Cancelled(AtomicBool);
+        /// Whether anything was delivered, and whether the body was gone at `run_over`.
+        struct Cancelled {
+            delivered: AtomicBool,
+            body_gone: Arc<AtomicBool>,
+            gone_at_run_over: std::sync::Mutex<Option<bool>>,
+        }
         impl task_core::context::EventSink for Cancelled {
             fn broadcast(&self, _: Arc<str>) {}
         }
         impl task_core::CompletionSink for Cancelled {
             fn complete(&self, _: task_core::Outcome) {
-                self.0.store(true, Ordering::SeqCst);
+                self.delivered.store(true, Ordering::SeqCst);
             }
             fn poll_cancelled(&self, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
                 std::task::Poll::Ready(())
             }
             fn is_cancelled(&self) -> bool {
                 true
+            }
+            fn run_over(&self) {
+                let gone = self.body_gone.load(Ordering::SeqCst);
+                *self.gone_at_run_over.lock().unwrap() = Some(gone);
             }
             fn run_in_scope(&self, f: &mut dyn FnMut()) {
                 f();
@@ -297,11 +309,17 @@ mod tests {
             }
         }
         let s = InlineStrategy::new();
-        let sink = Arc::new(Cancelled(AtomicBool::new(false)));
         for blocking in [true, false] {
-            let ran = Arc::new(AtomicBool::new(false));
+            let body_gone = Arc::new(AtomicBool::new(false));
+            let sink = Arc::new(Cancelled {
+                delivered: AtomicBool::new(false),
+                body_gone: Arc::clone(&body_gone),
+                gone_at_run_over: Default::default(),
+            });
+            let (ran, held) = (Arc::new(AtomicBool::new(false)), SetOnDrop(body_gone));
             let seen = Arc::clone(&ran);
             let body = move || {
+                let _held = &held;
                 seen.store(true, Ordering::SeqCst);
                 Ok::<_, BoxError>(())
             };
@@ -312,8 +330,10 @@ mod tests {
             };
             s.execute(task, task_core::Completion::new(Arc::clone(&sink) as _));
             assert!(!ran.load(Ordering::SeqCst), "blocking: {blocking}");
+            assert!(!sink.delivered.load(Ordering::SeqCst), "nothing delivered");
+            let gone = *sink.gone_at_run_over.lock().unwrap();
+            assert_eq!(gone, Some(true), "the body went before the run was over");
         }
-        assert!(!sink.0.load(Ordering::SeqCst), "nothing delivered");
         let stats = s.stats();
         assert_eq!((stats.succeeded, stats.failed, stats.in_flight), (0, 0, 0));
     }

@@ -31,7 +31,8 @@ impl TaskExecutionStrategy for PoolStrategy {
         };
         self.pool.spawn(move || {
             if completion.is_cancelled() {
-                return; // cancelled while queued: it already has its outcome
+                // Cancelled while queued: it already has its outcome. The node goes first.
+                return drop(body);
             }
             let outcome = completion.in_scope(|| {
                 std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))

@@ -148,8 +148,8 @@ async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmi
 /// submits are its children). Cancelled while it waited for a thread, it never starts.
 fn run_blocking(body: BlockingBody, completion: Completion, admission: OwnedAdmission) {
     if completion.is_cancelled() {
-        // The admission counts it stopped.
-        return;
+        // Its node goes first, then the admission counts it stopped.
+        return crate::drop_unstarted(body);
     }
     let outcome = completion
         .in_scope(|| flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))));

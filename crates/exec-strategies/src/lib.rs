@@ -48,6 +48,19 @@ mod tracker;
 
 #[cfg(feature = "async")]
 pub use crate::async_strategy::AsyncExecutionStrategy;
+
+/// Drops what a task that never started leaves (its body, holding the user's code and what it
+/// captured), before its completion goes: nothing of the node outlives its request's end. A
+/// panic in its `Drop` is logged, and reaches neither whoever cancelled the request nor a pool
+/// thread (a rayon pool the application gave aborts on one).
+#[cfg(any(feature = "async", feature = "threaded"))]
+fn drop_unstarted<T>(unstarted: T) {
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(unstarted)));
+    if let Err(payload) = dropped {
+        let reason = task_core::panic_message(payload.as_ref());
+        tracing::error!(%reason, "the body of a task that never started panicked when dropped");
+    }
+}
 #[cfg(feature = "process")]
 pub use crate::process::{
     ProcessBuilder, ProcessError, ProcessExecutionStrategy, run_worker_if_requested,

@@ -388,7 +388,8 @@ fn run_on_pool_thread(body: TaskBody, completion: &Completion) -> Outcome {
 struct PoolJob {
     /// Only the node id and the body go to the pool thread, not the task's whole description:
     /// a job small enough is freed on the pool thread without taking the allocator's lock that
-    /// the submitting thread takes to allocate the next one.
+    /// the submitting thread takes to allocate the next one. Fields drop in order: a job dropped
+    /// unrun lets go of its body before its completion.
     node_id: NodeId,
     body: TaskBody,
     completion: Completion,
@@ -408,8 +409,9 @@ impl PoolJob {
             runtime,
         } = self;
         if completion.is_cancelled() {
-            // It already has its outcome; the admission counts it stopped.
-            return;
+            // It already has its outcome. Its node goes first, then the admission counts it
+            // stopped.
+            return crate::drop_unstarted(body);
         }
         let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
         let _pool = PoolScope::enter(signal);

@@ -6,13 +6,13 @@
 //! [`ThreadedBuilder::max_in_flight`]: super::ThreadedBuilder::max_in_flight
 
 use std::collections::{BTreeMap, HashMap};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Wake, Waker};
 
 use task_core::NodeId;
 
 use super::{Inner, PoolJob};
+use crate::drop_unstarted;
 
 /// The limit: at most `max` jobs holding places in the pool, the rest waiting here in order. A
 /// place is held by the job on its pool thread (not by the caller), so it is freed only when the
@@ -85,7 +85,7 @@ impl Limit {
             .poll_cancelled(&mut Context::from_waker(&watch))
             .is_ready()
         {
-            let_go(job);
+            drop_unstarted(job);
             return None;
         }
         let mut state = self.lock();
@@ -98,7 +98,7 @@ impl Limit {
         // takes the lock after this queues the job.
         if job.completion.is_cancelled() {
             drop(state);
-            let_go(job);
+            drop_unstarted(job);
             return None;
         }
         state.waiting.insert(turn, job);
@@ -154,19 +154,8 @@ impl Wake for Watch {
             }
         };
         if let Some(job) = ended {
-            let_go(job);
+            drop_unstarted(job);
         }
-    }
-}
-
-/// Drops a job that never started, outside the limit's lock. Its body is the user's: a panic in
-/// its `Drop` is logged, and reaches neither whoever cancelled the request (a watch runs on the
-/// cancelling thread) nor the pool.
-fn let_go(job: PoolJob) {
-    let dropped = catch_unwind(AssertUnwindSafe(move || drop(job)));
-    if let Err(payload) = dropped {
-        let reason = task_core::panic_message(payload.as_ref());
-        tracing::error!(%reason, "the body of a task that never started panicked when dropped");
     }
 }
 
@@ -202,7 +191,7 @@ impl Drop for InPool {
             next
         };
         // Never started: each is counted out here, outside the lock.
-        cancelled.into_iter().for_each(let_go);
+        cancelled.into_iter().for_each(drop_unstarted);
         if let Some(next) = next {
             // The place passes to it.
             self.inner.spawn(next, true);
