@@ -144,8 +144,9 @@ impl Inner {
         let result = JobResult::of(&outcome);
         // Counted before the job closes, so that while one is being applied either its job is
         // open or this count is not zero: shutdown, which waits for both, returns once every
-        // outcome has been announced, and the bus's own shutdown after it loses none.
-        self.applying.fetch_add(1, Ordering::SeqCst);
+        // outcome has been announced, and the bus's own shutdown after it loses none. Counted
+        // out once announced, or as a panic unwinds from here.
+        let applying = Applying::enter(self);
         let (open, ran, attempts) = {
             let mut table = self.table();
             let ended = match &outcome {
@@ -197,11 +198,7 @@ impl Inner {
                 tracing::trace!(%refused, "outcome not announced");
             }
         }
-        // Only shutdown waits (`drained`): an outcome applied before it began is counted out
-        // before shutdown first looks.
-        if self.applying.fetch_sub(1, Ordering::SeqCst) == 1 && self.is_closing() {
-            self.drained.notify_waiters();
-        }
+        drop(applying);
         if let Some(open) = open {
             // Its trees hear of its end before its caller, which may then end too: a parent's
             // end never comes before that of a child it awaited.
@@ -266,6 +263,26 @@ impl Inner {
             .is_some_and(|open| std::ptr::eq(Arc::as_ptr(&open.cell), cell));
         if ours {
             let _ = table.record_attempt(request_id);
+        }
+    }
+}
+
+/// An outcome being applied ([`Inner::applying`]), until dropped.
+struct Applying<'a>(&'a Inner);
+
+impl<'a> Applying<'a> {
+    fn enter(inner: &'a Inner) -> Self {
+        inner.applying.fetch_add(1, Ordering::SeqCst);
+        Self(inner)
+    }
+}
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        // Only shutdown waits (`drained`): an outcome applied before it began is counted out
+        // before shutdown first looks.
+        if self.0.applying.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.is_closing() {
+            self.0.drained.notify_waiters();
         }
     }
 }

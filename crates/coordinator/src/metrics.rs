@@ -58,6 +58,16 @@ mod on {
 
     const RESULTS: [&str; 4] = ["success", "failure", "timed_out", "cancelled"];
 
+    /// Runs `record` on the application's recorder: a panic in it is logged, and never unwinds
+    /// into the coordinator, where it would leave a request half-ended.
+    fn caught(record: impl FnOnce()) {
+        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(record));
+        if let Err(payload) = recorded {
+            let reason = task_core::panic_message(payload.as_ref());
+            tracing::error!(%reason, "the metrics recorder panicked");
+        }
+    }
+
     fn outcome(result: JobResult) -> usize {
         match result {
             JobResult::Success => 0,
@@ -124,8 +134,10 @@ mod on {
         /// A request accepted, after `waited` for a place under the mode's limit (`None`: it
         /// took none).
         pub(crate) fn accepted(&self, waited: Option<Duration>) {
-            self.accepted.increment(1);
-            self.in_flight.increment(1.0);
+            caught(|| {
+                self.accepted.increment(1);
+                self.in_flight.increment(1.0);
+            });
             if let Some(waited) = waited {
                 self.waited(waited);
             }
@@ -133,24 +145,26 @@ mod on {
 
         /// A request took a place under the mode's limit after `waited` for it.
         pub(crate) fn waited(&self, waited: Duration) {
-            self.admission_wait.record(waited.as_secs_f64());
+            caught(|| self.admission_wait.record(waited.as_secs_f64()));
         }
 
         /// `delta` requests joined (or, negative, left) a batch's queue.
         pub(crate) fn queued(&self, delta: f64) {
-            self.waiting.increment(delta);
+            caught(|| self.waiting.increment(delta));
         }
 
         pub(crate) fn ended(&self, result: JobResult, ran: Option<Duration>, attempts: u32) {
-            self.in_flight.decrement(1.0);
-            let (count, duration) = &self.ended[outcome(result)];
-            count.increment(1);
-            if let Some(ran) = ran {
-                duration.record(ran.as_secs_f64());
-            }
-            if attempts > 1 {
-                self.retries.increment(u64::from(attempts - 1));
-            }
+            caught(|| {
+                self.in_flight.decrement(1.0);
+                let (count, duration) = &self.ended[outcome(result)];
+                count.increment(1);
+                if let Some(ran) = ran {
+                    duration.record(ran.as_secs_f64());
+                }
+                if attempts > 1 {
+                    self.retries.increment(u64::from(attempts - 1));
+                }
+            });
         }
     }
 }

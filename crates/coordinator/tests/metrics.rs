@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
+use metrics::{Key, KeyName, Metadata, SharedString, Unit};
+
 use coordinator::{
     BoxError, Coordinator, ExecutionMode, RequestCompletionPublisher, RetryPolicy, SubmitOptions,
     Task,
@@ -195,13 +197,19 @@ async fn a_recorder_sees_each_modes_requests_as_the_coordinator_counts_them() {
     publisher.shutdown().await;
 }
 
-/// A recorder whose counters take 300 ms to count once `slow` is set: the application's code,
-/// which runs where a request's end is applied, between its job's closing and its announcing.
-struct SlowCounters(Arc<AtomicBool>);
+/// A recorder whose counters, once armed, take 300 ms to count (or panic): the application's
+/// code, which runs where a request's end is applied, between its job's closing and its
+/// announcing.
+#[derive(Clone)]
+struct FaultyCounters {
+    armed: Arc<AtomicBool>,
+    panics: bool,
+}
 
-impl metrics::CounterFn for SlowCounters {
+impl metrics::CounterFn for FaultyCounters {
     fn increment(&self, _: u64) {
-        if self.0.load(SeqCst) {
+        if self.armed.load(SeqCst) {
+            assert!(!self.panics, "the recorder broke");
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -209,44 +217,49 @@ impl metrics::CounterFn for SlowCounters {
     fn absolute(&self, _: u64) {}
 }
 
-impl metrics::Recorder for SlowCounters {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
+impl metrics::Recorder for FaultyCounters {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(Arc::new(self.clone()))
     }
 
-    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::from_arc(Arc::new(Self(Arc::clone(&self.0))))
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> metrics::Gauge {
         metrics::Gauge::noop()
     }
 
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> metrics::Histogram {
         metrics::Histogram::noop()
     }
+}
+
+/// A started publisher, a coordinator on `recorder`, and every message the bus carries.
+type Messages = Arc<std::sync::Mutex<Vec<coordinator::RequestCompletionMessage>>>;
+
+fn started_on(recorder: &FaultyCounters) -> (RequestCompletionPublisher, Coordinator, Messages) {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator =
+        metrics::with_local_recorder(recorder, || Coordinator::builder().with_async().build());
+    coordinator.start(&publisher).unwrap();
+    let seen = Messages::default();
+    let sink = Arc::clone(&seen);
+    publisher
+        .subscribe_with(coordinator::Buffer::Unbounded, move |message| {
+            sink.lock().unwrap().push(message.unwrap());
+        })
+        .unwrap();
+    (publisher, coordinator, seen)
+}
+
+fn terminal(seen: &Messages) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.is_terminal())
+        .count()
 }
 
 /// A request cancelled on a thread of its own ends there: its job closes, then the recorder
@@ -254,20 +267,11 @@ impl metrics::Recorder for SlowCounters {
 /// returns only after that message went, so the bus's shutdown after it delivers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_once_every_outcome_is_announced_however_slow_the_recorder() {
-    let slow = Arc::new(AtomicBool::new(false));
-    let recorder = SlowCounters(Arc::clone(&slow));
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator =
-        metrics::with_local_recorder(&recorder, || Coordinator::builder().with_async().build());
-    coordinator.start(&publisher).unwrap();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    publisher
-        .subscribe_with(coordinator::Buffer::Unbounded, move |message| {
-            sink.lock().unwrap().push(message.unwrap());
-        })
-        .unwrap();
+    let recorder = FaultyCounters {
+        armed: Arc::default(),
+        panics: false,
+    };
+    let (publisher, coordinator, seen) = started_on(&recorder);
     let task = Task::from_fn("cancelled", "waits", || async {
         std::future::pending::<()>().await;
         Ok::<_, BoxError>(())
@@ -276,7 +280,7 @@ async fn shutdown_returns_once_every_outcome_is_announced_however_slow_the_recor
         .spawn(task, ExecutionMode::ASYNC, SubmitOptions::new())
         .await
         .unwrap();
-    slow.store(true, SeqCst);
+    recorder.armed.store(true, SeqCst);
     let canceller = std::thread::spawn(move || {
         handle.cancel();
         handle
@@ -290,7 +294,27 @@ async fn shutdown_returns_once_every_outcome_is_announced_however_slow_the_recor
     publisher.shutdown().await;
     let handle = canceller.join().unwrap();
     assert!(handle.await.unwrap_err().is_cancelled());
-    let seen = seen.lock().unwrap();
-    let terminal: Vec<_> = seen.iter().filter(|m| m.is_terminal()).collect();
-    assert_eq!(terminal.len(), 1, "the outcome reached the bus: {seen:?}");
+    assert_eq!(terminal(&seen), 1, "the outcome reached the bus");
+}
+
+/// A recorder that panics as a request ends takes nothing from it: its caller gets its value,
+/// the bus its message, and shutdown returns at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_that_panics_takes_nothing_from_a_request() {
+    let recorder = FaultyCounters {
+        armed: Arc::default(),
+        panics: true,
+    };
+    let (publisher, coordinator, seen) = started_on(&recorder);
+    recorder.armed.store(true, SeqCst);
+    let value = coordinator
+        .submit(sleeper("ends", 1), ExecutionMode::ASYNC)
+        .await;
+    assert_eq!(value.unwrap(), 1);
+    let shutdown = coordinator.shutdown_with_grace(Duration::MAX);
+    let shutdown = tokio::time::timeout(Duration::from_secs(5), shutdown).await;
+    assert!(shutdown.is_ok(), "shutdown returned");
+    publisher.shutdown().await;
+    assert_eq!(terminal(&seen), 1, "the outcome reached the bus");
+    assert_eq!(coordinator.counts().succeeded, 1);
 }
