@@ -42,9 +42,9 @@ const PROGRESS: usize = 16 * 1024;
 /// event stream) is not timed.
 pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    // hyper adds the timeout to now: one too long for a timer (it would panic) never runs out.
-    let in_reach = |head| task_core::deadline_after(std::time::Instant::now(), head).is_some();
-    let head = Some(listener.head).filter(|&head| in_reach(head));
+    // hyper adds the timeout to the time of each connection: a longer one than a timer takes (it
+    // could panic there) never runs out.
+    let head = Some(listener.head).filter(|&head| head <= task_core::LONGEST_TIMER);
     http.timer(TokioTimer::new())
         .header_read_timeout(head)
         .max_buf_size(MAX_HEAD);
@@ -303,6 +303,48 @@ mod tests {
             server.write_all(&[b'x'; 1024]).await?;
         }
         Ok(())
+    }
+
+    /// hyper adds the head timeout to the time of each connection: one that could be added to
+    /// the time the dashboard started, but not to a moment later, must not panic there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_head_timeout_near_the_end_of_time_answers_later_connections() {
+        let started = std::time::Instant::now();
+        let (mut secs, mut step) = (0_u64, 1 << 63);
+        while step > 0 {
+            if started
+                .checked_add(Duration::from_secs(secs + step))
+                .is_some()
+            {
+                secs += step;
+            }
+            step /= 2;
+        }
+        let publisher = coordinator::RequestCompletionPublisher::new();
+        publisher.start().unwrap();
+        let coordinator = coordinator::Coordinator::builder().with_async().build();
+        coordinator.start(&publisher).unwrap();
+        // Less than a second from the last instant a clock holds.
+        let dashboard = crate::Dashboard::builder(&coordinator, &publisher)
+            .bind(([127, 0, 0, 1], 0).into())
+            .request_head_timeout(Duration::from_secs(secs))
+            .start();
+        let dashboard = dashboard.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut client = tokio::net::TcpStream::connect(dashboard.local_addr())
+            .await
+            .unwrap();
+        let asked = "GET /api/overview HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        client.write_all(asked.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        within("the answer", client.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        dashboard.shutdown().await;
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
     }
 
     #[tokio::test]

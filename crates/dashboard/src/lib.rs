@@ -164,8 +164,9 @@ impl DashboardBuilder {
     /// Closes a connection whose client sends no whole request head within `timeout` of
     /// connecting, or of the end of its last answer (default 10 s): sockets that send nothing,
     /// or half a request, with a token or without, hold none of the 4,096 places for longer. An
-    /// answer being written (an event stream, the page's feed) is not timed. `Duration::MAX`
-    /// never runs out; [`start`](Self::start) refuses zero.
+    /// answer being written (an event stream, the page's feed) is not timed. A timeout over a
+    /// century ([`LONGEST_TIMER`](task_core::LONGEST_TIMER)), `Duration::MAX` say, never runs
+    /// out; [`start`](Self::start) refuses zero.
     pub fn request_head_timeout(mut self, timeout: Duration) -> Self {
         self.request_head = timeout;
         self

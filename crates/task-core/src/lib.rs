@@ -57,7 +57,9 @@ pub use crate::portable::{
     NodeRegistry, PortableNode, PortableTask, RegistryError, decode, encode,
 };
 pub use crate::run::{Running, run};
-pub use crate::strategy::{StrategyStats, TaskExecutionStrategy, WorkerStats, deadline_after};
+pub use crate::strategy::{
+    LONGEST_TIMER, StrategyStats, TaskExecutionStrategy, WorkerStats, deadline_after,
+};
 pub use crate::task::Task;
 pub use crate::value::Value;
 

@@ -23,6 +23,11 @@ pub fn deadline_after(now: Instant, after: Duration) -> Option<Instant> {
     now.checked_add(after)
 }
 
+/// The longest span handed to a timer that adds it to the time it starts (tokio's `sleep` and
+/// `timeout`, hyper's header timeout), which could overflow, and panic, on a longer one: a
+/// century, which never runs out in practice. Longer spans are cut to it.
+pub const LONGEST_TIMER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Where and how tasks run. Implement it in your own crate, depending on `task-core` alone, and
 /// register it with a coordinator under a mode name.
 ///

@@ -124,10 +124,11 @@ impl ProcessBuilder {
 
     /// A task still running `timeout` after it started fails as timed out at once, and is
     /// cancelled in its worker as [`cancel_grace`](Self::cancel_grace) says. Default: no
-    /// timeout.
+    /// timeout. This span, the cancel grace and the handshake timeout are each cut to
+    /// [`LONGEST_TIMER`](task_core::LONGEST_TIMER), a century.
     #[must_use]
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
+        self.task_timeout = Some(timeout.min(task_core::LONGEST_TIMER));
         self
     }
 
@@ -139,7 +140,7 @@ impl ProcessBuilder {
     /// ([`TaskError::is_worker_lost`](task_core::TaskError::is_worker_lost)); the tasks queued in it go to other workers.
     #[must_use]
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
-        self.cancel_grace = grace;
+        self.cancel_grace = grace.min(task_core::LONGEST_TIMER);
         self
     }
 
@@ -172,7 +173,7 @@ impl ProcessBuilder {
     /// How long a new worker has to announce itself (default 10 s).
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.handshake_timeout = timeout.min(task_core::LONGEST_TIMER);
         self
     }
 
