@@ -120,11 +120,15 @@ fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
             if signal.epoch() != seen {
                 break;
             }
-            let took = if take_any {
-                rayon::yield_now()
-            } else {
-                rayon::yield_local()
-            };
+            // Whatever it runs is not this node's: a pool job enters its own node's scope, and
+            // any other work (half of another node's `rayon::join`) runs in none.
+            let took = task_core::context::outside_node(|| {
+                if take_any {
+                    rayon::yield_now()
+                } else {
+                    rayon::yield_local()
+                }
+            });
             match took {
                 Some(Yield::Executed) => continue,
                 _ => {

@@ -443,3 +443,49 @@ async fn an_async_node_is_dropped_when_its_request_is_cancelled() {
     let stats = strategy.stats();
     assert_eq!((stats.failed, stats.stopped), (0, 1), "counted as stopped");
 }
+
+/// A node waiting in `block_on` helps its pool, and may run half of another node's
+/// `rayon::join` meanwhile: that half runs in neither node's scope (as any work a node hands to
+/// rayon), never in the waiting node's, so its events do not reach the waiting node's request.
+#[test]
+fn work_a_waiting_node_helps_with_runs_outside_its_scope() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(2)
+        .build()
+        .unwrap();
+    let (release, wait) = futures::channel::oneshot::channel::<()>();
+    let waits = Task::from_fn("A", "waits", move || async move {
+        let _ = wait.await;
+        Ok::<_, BoxError>(())
+    });
+    let mut waiting = task_core::run(&s, waits.into_erased());
+    std::thread::sleep(Duration::from_millis(100));
+    let forks = Task::blocking("B", "forks", || {
+        let stolen = std::sync::atomic::AtomicBool::new(false);
+        let (b_thread, started) = (thread_name(), std::time::Instant::now());
+        let (_, (half_thread, sent)) = rayon::join(
+            || {
+                // Waits until the other half ran elsewhere: on the thread waiting in `A`.
+                while !stolen.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+                    std::hint::spin_loop();
+                }
+            },
+            || {
+                let sent = task_core::context::broadcast("an event of request B's code");
+                stolen.store(true, Ordering::SeqCst);
+                (thread_name(), sent.is_ok())
+            },
+        );
+        Ok::<_, BoxError>((b_thread != half_thread, sent))
+    });
+    let forked = futures::executor::block_on(task_core::run(&s, forks.into_erased())).unwrap();
+    let (elsewhere, sent) = *forked.downcast_ref::<(bool, bool)>().unwrap();
+    release.send(()).unwrap();
+    futures::executor::block_on(&mut waiting).unwrap();
+    assert!(elsewhere, "the half ran on the thread waiting in A");
+    assert!(!sent, "the half found no node to send its event for");
+    assert!(
+        waiting.take_events().is_empty(),
+        "A's request got B's event"
+    );
+}

@@ -8,14 +8,46 @@ use std::sync::Arc;
 use crate::NodeId;
 
 thread_local! {
-    static CURRENT: RefCell<Option<NodeId>> = const { RefCell::new(None) };
+    /// The node a strategy declared running on this thread; `Some(None)` inside [`outside_node`].
+    static CURRENT: RefCell<Option<Option<NodeId>>> = const { RefCell::new(None) };
 }
 
 /// The node a strategy declared running on this thread with [`enter_node`], if any.
 ///
 /// Coordinators use it to record the parent of tasks submitted from inside a node.
 pub fn current_node() -> Option<NodeId> {
-    CURRENT.with(|c| c.borrow().clone())
+    CURRENT.with(|c| c.borrow().clone().flatten())
+}
+
+/// Whether this thread runs inside [`outside_node`] (and no node entered since): no node's scope
+/// applies here, whatever an enclosing one says.
+pub fn is_outside_node() -> bool {
+    CURRENT.with(|c| matches!(*c.borrow(), Some(None)))
+}
+
+/// Runs `f` outside any node's scope: no current node, no event sink, until it returns (or
+/// panics), when the scope it left is current again. A strategy whose thread waits inside a node
+/// and meanwhile runs other work on that thread (a pool thread helping its pool) runs that work
+/// here, so that it never passes for the waiting node's (its events, its children); work that
+/// enters a node of its own is in that node's scope as usual.
+///
+/// ```
+/// use task_core::{NodeId, context};
+///
+/// let _a = context::enter_node(NodeId::from("a"));
+/// context::outside_node(|| {
+///     assert!(context::current_node().is_none() && context::is_outside_node());
+///     let _b = context::enter_node(NodeId::from("b"));
+///     assert_eq!(context::current_node().unwrap().as_str(), "b");
+/// });
+/// assert_eq!(context::current_node().unwrap().as_str(), "a");
+/// ```
+pub fn outside_node<R>(f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT.with(|c| c.replace(Some(None)));
+    let _node = NodeGuard { previous };
+    let previous = EVENTS.try_with(|current| current.replace(None));
+    let _events = Restore(previous.ok().flatten());
+    f()
 }
 
 /// Declares `node` running on this thread until the returned guard is dropped, when the previous
@@ -35,7 +67,7 @@ pub fn current_node() -> Option<NodeId> {
 /// assert!(context::current_node().is_none());
 /// ```
 pub fn enter_node(node: NodeId) -> NodeGuard {
-    let previous = CURRENT.with(|c| c.replace(Some(node)));
+    let previous = CURRENT.with(|c| c.replace(Some(Some(node))));
     NodeGuard { previous }
 }
 
@@ -43,7 +75,7 @@ pub fn enter_node(node: NodeId) -> NodeGuard {
 #[derive(Debug)]
 #[must_use = "the node is current only while the guard lives"]
 pub struct NodeGuard {
-    previous: Option<NodeId>,
+    previous: Option<Option<NodeId>>,
 }
 
 impl Drop for NodeGuard {

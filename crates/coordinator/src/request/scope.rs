@@ -27,6 +27,9 @@ pub(crate) struct NodeScope {
 /// runs on a thread of its own are tracked through [`task_core::context`], which comes first: a
 /// pool thread waiting for a child may run another node inside the first one's scope.
 pub fn current_node() -> Option<NodeId> {
+    if task_core::context::is_outside_node() {
+        return None;
+    }
     task_core::context::current_node()
         .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
 }
@@ -55,6 +58,9 @@ pub fn current_node() -> Option<NodeId> {
 /// # drop(task);
 /// ```
 pub fn current_node_cancelled() -> bool {
+    if task_core::context::is_outside_node() {
+        return false;
+    }
     CURRENT_NODE
         .try_with(|scope| scope.request.upgrade().is_some_and(|r| r.run_cancelled()))
         .unwrap_or(false)
