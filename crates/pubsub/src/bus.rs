@@ -194,7 +194,7 @@ impl<M> Shared<M> {
     pub(crate) fn detached(&mut self, id: u64) {
         #[cfg(feature = "metrics")]
         if let Some(gauge) = self.lag_gauges.0.remove(&id) {
-            gauge.set(0.0);
+            recorded(|| gauge.set(0.0));
         }
         #[cfg(not(feature = "metrics"))]
         let _ = id;
@@ -204,8 +204,9 @@ impl<M> Shared<M> {
     /// to 0.
     pub(crate) fn detached_all(&mut self) {
         #[cfg(feature = "metrics")]
-        for (_, gauge) in self.lag_gauges.0.drain() {
-            gauge.set(0.0);
+        {
+            let gauges = std::mem::take(&mut self.lag_gauges.0);
+            recorded(|| gauges.into_values().for_each(|gauge| gauge.set(0.0)));
         }
     }
 
@@ -219,12 +220,14 @@ impl<M> Shared<M> {
             return;
         }
         let mut gauges = std::mem::take(&mut self.lag_gauges.0);
-        for (id, lag) in self.lags() {
-            let gauge = gauges.entry(id).or_insert_with(|| {
-                metrics::gauge!("pubsub_subscriber_lag", "subscriber" => SubscriberId(id).to_string())
-            });
-            gauge.set(lag as f64);
-        }
+        recorded(|| {
+            for (id, lag) in self.lags() {
+                let gauge = gauges.entry(id).or_insert_with(|| {
+                    metrics::gauge!("pubsub_subscriber_lag", "subscriber" => SubscriberId(id).to_string())
+                });
+                gauge.set(lag as f64);
+            }
+        });
         // A subscriber that left is out of `gauges` already: `detached` set its gauge to 0.
         self.lag_gauges = (gauges, 0);
     }
@@ -292,5 +295,15 @@ impl<M> Inner<M> {
     /// Called under the lock after subscribers or listeners came or went.
     pub(crate) fn recount(&self, shared: &Shared<M>) {
         self.set_state(shared, self.phase());
+    }
+}
+
+/// Runs `record` on the application's metrics recorder (often under the publisher's lock): a
+/// panic in it is logged, and never unwinds into a publish, a subscribe or a read.
+#[cfg(feature = "metrics")]
+pub(crate) fn recorded(record: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(record)) {
+        let reason = task_core::panic_message(payload.as_ref());
+        tracing::error!(%reason, "the metrics recorder panicked");
     }
 }

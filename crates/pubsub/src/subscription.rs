@@ -199,8 +199,10 @@ impl<M: Clone + Send + 'static> Subscription<M> {
         };
         #[cfg(feature = "metrics")]
         if let Poll::Ready(Some(Err(missed))) = &polled {
-            metrics::counter!("pubsub_missed_messages_total", "subscriber" => self.id().to_string())
-                .increment(missed.count());
+            crate::bus::recorded(|| {
+                metrics::counter!("pubsub_missed_messages_total", "subscriber" => self.id().to_string())
+                    .increment(missed.count());
+            });
         }
         polled
     }

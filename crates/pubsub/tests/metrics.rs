@@ -113,3 +113,66 @@ fn the_gauge_of_a_subscriber_that_leaves_goes_to_zero_with_nobody_left() {
         );
     });
 }
+
+/// A recorder that panics at every registration: the application's code, run by a publish (the
+/// lag gauges) and a read (the missed count).
+struct Broken;
+
+impl metrics::Recorder for Broken {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        panic!("the recorder broke")
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        panic!("the recorder broke")
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        panic!("the recorder broke")
+    }
+}
+
+#[test]
+fn a_recorder_that_panics_takes_nothing_from_a_publish_or_a_read() {
+    let publisher = Publisher::<u64>::with_capacity(4);
+    publisher.start().unwrap();
+    let mut reading = publisher
+        .subscribe_stream_with(pubsub::Buffer::Unbounded)
+        .unwrap();
+    let mut behind = publisher.subscribe_stream().unwrap();
+    metrics::with_local_recorder(&Broken, || {
+        // The lag gauges are set on the 64th and the 128th publish.
+        for i in 0..200 {
+            publisher.publish(i).unwrap();
+        }
+        let missed = futures::executor::block_on(behind.next()).unwrap();
+        assert!(missed.unwrap_err().count() > 0);
+    });
+    futures::executor::block_on(publisher.shutdown());
+    let read: Vec<u64> =
+        futures::executor::block_on(reading.by_ref().map(Result::unwrap).collect());
+    assert_eq!(read, (0..200).collect::<Vec<_>>());
+}
