@@ -61,9 +61,7 @@ mod on {
     /// Runs `record` on the application's recorder: a panic in it is logged, and never unwinds
     /// into the coordinator, where it would leave a request half-ended.
     fn caught(record: impl FnOnce()) {
-        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(record));
-        if let Err(payload) = recorded {
-            let reason = task_core::panic_message(payload.as_ref());
+        if let Some(reason) = task_core::catch_panic(record) {
             tracing::error!(%reason, "the metrics recorder panicked");
         }
     }

@@ -275,7 +275,7 @@ pub(crate) async fn listen_advisories(inner: std::sync::Weak<Inner>, mut advisor
         let run = inner.table().by_seq.get(&seq).cloned();
         if let Some(run) = run {
             #[cfg(feature = "metrics")]
-            metrics::counter!("nats_tasks_undeliverable_total").increment(1);
+            crate::recorded(|| metrics::counter!("nats_tasks_undeliverable_total").increment(1));
             // The server keeps an unacknowledged message; nobody will take it now. Deleted before
             // the caller hears, so a program that ends then leaves nothing behind.
             inner.delete(seq).await;

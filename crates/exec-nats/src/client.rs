@@ -192,7 +192,9 @@ impl Inner {
                 // A redelivered task answered twice, or an answer after the caller gave up.
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
                 #[cfg(feature = "metrics")]
-                metrics::counter!("nats_duplicate_completions_total").increment(1);
+                crate::recorded(|| {
+                    metrics::counter!("nats_duplicate_completions_total").increment(1)
+                });
                 tracing::debug!(run, "completion for no waiting run dropped");
             }
         }

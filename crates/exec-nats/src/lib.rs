@@ -38,3 +38,12 @@ pub use crate::error::NatsError;
 pub use crate::strategy::{DEFAULT_UNREACHABLE_AFTER, NatsBuilder, NatsStrategy};
 pub use crate::worker::{NatsWorker, NatsWorkerBuilder};
 pub use async_nats;
+
+/// Records on the application's metrics recorder: a panic in it is logged, and never unwinds
+/// into the strategy or the worker.
+#[cfg(feature = "metrics")]
+fn recorded(record: impl FnOnce()) {
+    if let Some(reason) = task_core::catch_panic(record) {
+        tracing::error!(%reason, "the metrics recorder panicked");
+    }
+}

@@ -160,7 +160,9 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let connected = inner.client.connection_state() == async_nats::connection::State::Connected;
         #[cfg(feature = "metrics")]
-        metrics::gauge!("nats_connected").set(if connected { 1.0 } else { 0.0 });
+        crate::recorded(|| {
+            metrics::gauge!("nats_connected").set(if connected { 1.0 } else { 0.0 })
+        });
         let made = inner.client.statistics().connects.load(Ordering::Relaxed);
         let reconnected = connects.is_some_and(|before| made > before);
         if connected {
@@ -168,7 +170,7 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
         }
         if connected && (since.is_some() || reconnected) {
             #[cfg(feature = "metrics")]
-            metrics::counter!("nats_reconnects_total").increment(1);
+            crate::recorded(|| metrics::counter!("nats_reconnects_total").increment(1));
             // Back after an outage: the server may have lost what it took just before it went,
             // and the pull of the advisories' reader made before it.
             inner.reconnected.notify_one();

@@ -240,7 +240,7 @@ impl Shared {
     async fn handle(self: Arc<Self>, message: jetstream::Message) {
         #[cfg(feature = "metrics")]
         if message.info().is_ok_and(|info| info.delivered > 1) {
-            metrics::counter!("nats_task_redeliveries_total").increment(1);
+            crate::recorded(|| metrics::counter!("nats_task_redeliveries_total").increment(1));
         }
         let task = match decode::<TaskMessage>(&message.payload) {
             Ok(task) => task,

@@ -55,9 +55,7 @@ pub use crate::async_strategy::AsyncExecutionStrategy;
 /// thread (a rayon pool the application gave aborts on one).
 #[cfg(any(feature = "async", feature = "threaded"))]
 fn drop_unstarted<T>(unstarted: T) {
-    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(unstarted)));
-    if let Err(payload) = dropped {
-        let reason = task_core::panic_message(payload.as_ref());
+    if let Some(reason) = task_core::catch_panic(move || drop(unstarted)) {
         tracing::error!(%reason, "the body of a task that never started panicked when dropped");
     }
 }

@@ -302,8 +302,7 @@ impl<M> Inner<M> {
 /// panic in it is logged, and never unwinds into a publish, a subscribe or a read.
 #[cfg(feature = "metrics")]
 pub(crate) fn recorded(record: impl FnOnce()) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(record)) {
-        let reason = task_core::panic_message(payload.as_ref());
+    if let Some(reason) = task_core::catch_panic(record) {
         tracing::error!(%reason, "the metrics recorder panicked");
     }
 }

@@ -30,6 +30,18 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Runs `f`, code of the application's that must not unwind into its caller (a `Drop`, a
+/// callback, a metrics recorder): the message of its panic ([`panic_message`]), if it panicked.
+///
+/// ```
+/// assert_eq!(task_core::catch_panic(|| panic!("bad row {}", 7)).as_deref(), Some("bad row 7"));
+/// assert_eq!(task_core::catch_panic(|| ()), None);
+/// ```
+pub fn catch_panic(f: impl FnOnce()) -> Option<String> {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    caught.err().map(|payload| panic_message(payload.as_ref()))
+}
+
 /// The first error of `cause` and its sources that `message` does not already say (as its whole
 /// text, or at its end after `": "`, the way errors show their cause): what an error whose message
 /// shows its cause's text returns as its source, so that a report of the chain (`anyhow`'s

@@ -46,7 +46,7 @@ mod value;
 
 pub use crate::completion::{Completion, CompletionSink};
 pub use crate::erased::{AsyncBody, BlockingBody, ErasedTask, TaskBody};
-pub use crate::error::{BoxError, TaskError, first_unsaid_cause, panic_message};
+pub use crate::error::{BoxError, TaskError, catch_panic, first_unsaid_cause, panic_message};
 pub use crate::id::{NodeId, RequestId};
 pub use crate::info::TaskInfo;
 pub use crate::mode::ExecutionMode;

@@ -184,7 +184,7 @@ where
 fn count_missed(count: u64) -> u64 {
     #[cfg(feature = "metrics")]
     if count > 0 {
-        metrics::counter!("nats_events_missed_total").increment(count);
+        crate::recorded(|| metrics::counter!("nats_events_missed_total").increment(count));
     }
     count
 }

@@ -173,7 +173,7 @@ impl Shared {
         drop(state);
         #[cfg(feature = "metrics")]
         if restart {
-            metrics::counter!("process_worker_restarts_total").increment(1);
+            recorded(|| metrics::counter!("process_worker_restarts_total").increment(1));
         }
         self.ready.notify_waiters();
         Ok(Live {
@@ -258,7 +258,7 @@ impl Shared {
                 Ended::Died(_) if (stopping || lost.draining) && running == 0 => "retired",
                 _ => ended.kind(),
             };
-            metrics::counter!("process_worker_exits_total", "how" => how).increment(1);
+            recorded(|| metrics::counter!("process_worker_exits_total", "how" => how).increment(1));
         }
         let idle = matches!(ended, Ended::Died(_))
             && !stopping
@@ -294,7 +294,7 @@ impl Shared {
             };
             let error = if crashes >= self.config.poison_after {
                 #[cfg(feature = "metrics")]
-                metrics::counter!("process_tasks_poisoned_total").increment(1);
+                recorded(|| metrics::counter!("process_tasks_poisoned_total").increment(1));
                 self.crash_log().forget(&pending.request_id);
                 let times = match crashes {
                     1 => String::new(),
@@ -424,6 +424,15 @@ impl Shared {
                 let _ = reply.send(Reply::Done(outcome));
             }
         }
+    }
+}
+
+/// Counts on the application's metrics recorder: a panic in it is logged, and never unwinds into
+/// the supervisor.
+#[cfg(feature = "metrics")]
+fn recorded(count: impl FnOnce()) {
+    if let Some(reason) = task_core::catch_panic(count) {
+        tracing::error!(%reason, "the metrics recorder panicked");
     }
 }
 
