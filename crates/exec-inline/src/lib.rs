@@ -164,7 +164,8 @@ impl TaskExecutionStrategy for InlineStrategy {
                 in_flight.finish(run)
             }),
             // `TaskBody` is non-exhaustive: a future kind of work this strategy does not know.
-            _ => {
+            unknown => {
+                drop(unknown);
                 let unsupported =
                     TaskError::unsupported("the inline strategy cannot run this kind of task");
                 completion.complete(in_flight.finish(Ok(Err(unsupported))));

@@ -26,8 +26,12 @@ impl TaskExecutionStrategy for PoolStrategy {
         // into the pool's closure; refuse with
         // completion.complete(Err(TaskError::shutdown(self.name()))).
         let (_info, body) = task.into_parts();
-        let TaskBody::Blocking(body) = body else {
-            return completion.complete(Err(TaskError::unsupported("blocking tasks only")));
+        let body = match body {
+            TaskBody::Blocking(body) => body,
+            other => {
+                drop(other); // the node goes before its completion
+                return completion.complete(Err(TaskError::unsupported("blocking tasks only")));
+            }
         };
         self.pool.spawn(move || {
             if completion.is_cancelled() {

@@ -166,6 +166,8 @@ impl TaskExecutionStrategy for NatsStrategy {
         // task is either refused here or waited for there.
         let in_flight = inner.tasks.token();
         if inner.tasks.is_closed() {
+            // The node goes before its completion.
+            drop(task);
             completion.complete(Err(TaskError::shutdown("nats")));
             return;
         }

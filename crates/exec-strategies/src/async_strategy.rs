@@ -75,10 +75,13 @@ pub(crate) fn flatten_panic(result: std::thread::Result<Outcome>) -> Outcome {
 
 impl TaskExecutionStrategy for AsyncExecutionStrategy {
     fn execute(&self, task: ErasedTask, completion: Completion) {
+        // Refused, the node goes before its completion, as every unstarted one.
         let Some(admission) = self.tracker.admit_owned() else {
+            crate::drop_unstarted(task);
             return completion.complete(Err(TaskError::shutdown("async")));
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            crate::drop_unstarted(task);
             return completion.complete(Err(TaskError::strategy(
                 "the async strategy runs tasks on a tokio runtime, and none is running here",
             )));
@@ -92,9 +95,11 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
             TaskBody::Blocking(body) => {
                 runtime.spawn_blocking(move || run_blocking(body, completion, admission));
             }
-            _ => completion.complete(Err(TaskError::unsupported(
-                "the async strategy cannot run this kind of task",
-            ))),
+            body => {
+                crate::drop_unstarted(body);
+                let unsupported = "the async strategy cannot run this kind of task";
+                completion.complete(Err(TaskError::unsupported(unsupported)));
+            }
         }
     }
 

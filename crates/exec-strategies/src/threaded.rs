@@ -449,6 +449,8 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
     fn execute(&self, task: ErasedTask, completion: Completion) {
         let inner = &self.inner;
         let Some(admission) = inner.tracker.admit_owned() else {
+            // Refused: the node goes before its completion, as every unstarted one.
+            crate::drop_unstarted(task);
             return completion.complete(Err(TaskError::shutdown("threaded")));
         };
         // A task submitted beneath a node in the pool (its child, or further down through

@@ -65,7 +65,8 @@ impl Drop for SetOnDrop {
     }
 }
 
-/// What the completion saw of a blocking task handed to `strategy` already cancelled.
+/// What the completion saw of a blocking task handed to `strategy` already cancelled (or refused,
+/// after shutdown).
 fn seen_of_a_cancelled_task(strategy: &dyn TaskExecutionStrategy) -> Vec<(&'static str, bool)> {
     let body_gone = Arc::new(AtomicBool::new(false));
     let (over, run_over) = mpsc::sync_channel(1);
@@ -145,4 +146,18 @@ fn an_unstarted_body_that_panics_when_dropped_leaves_the_applications_pool_runni
         Some(&3),
         "the pool still runs"
     );
+}
+
+#[test]
+fn a_task_refused_after_shutdown_lets_go_of_its_body_before_its_completion() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _entered = rt.enter();
+    let threaded = ThreadedExecutionStrategy::builder().threads(1).build().unwrap();
+    let asynchronous = AsyncExecutionStrategy::new();
+    for strategy in [&threaded as &dyn TaskExecutionStrategy, &asynchronous] {
+        rt.block_on(strategy.shutdown(Duration::ZERO));
+        let seen = seen_of_a_cancelled_task(strategy);
+        assert!(seen.contains(&("complete", true)), "{seen:?}");
+        assert!(seen.iter().all(|&(_, gone)| gone), "{seen:?}");
+    }
 }

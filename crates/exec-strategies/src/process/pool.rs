@@ -109,6 +109,8 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
     fn execute(&self, task: ErasedTask, completion: Completion) {
         // Refused at once after shutdown; a shutdown racing this is caught by the admission.
         if self.shared.tracker.is_closed() {
+            // The node goes before its completion.
+            drop(task);
             completion.complete(Err(TaskError::shutdown("process")));
             return;
         }
