@@ -17,7 +17,7 @@ use task_core::{BoxFuture, Completion, ErasedTask, TaskBody, TaskExecutionStrate
 
 /// Runs blocking tasks on a rayon pool; refuses every other kind of task.
 struct PoolStrategy {
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
 }
 
 impl TaskExecutionStrategy for PoolStrategy {
@@ -62,6 +62,7 @@ fn started(pool_threads: usize) -> (RequestCompletionPublisher, Coordinator) {
         .num_threads(pool_threads)
         .build()
         .expect("a pool");
+    let pool = Arc::new(pool);
     let coordinator = Coordinator::builder()
         .strategy("pool", PoolStrategy { pool })
         .build();
@@ -198,4 +199,65 @@ let four = coordinator.submit(Task::from_fn("1", "add", || async { Ok::<_, BoxEr
     coordinator.shutdown().await;
     publisher.shutdown().await;
     Ok(())
+}
+
+/// A pool shared with the threaded strategy: its one thread, waiting inside a threaded node's
+/// `block_on`, runs this strategy's task meanwhile, which is in its own request's scope there
+/// (its node, its cancellation), not in the waiting node's nor in none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_task_run_by_a_thread_waiting_in_another_node_keeps_its_scope() {
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap(),
+    );
+    let threaded = coordinator::ThreadedExecutionStrategy::builder().pool(Arc::clone(&pool));
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .strategy("threaded", threaded.build().unwrap())
+        .strategy("pool", PoolStrategy { pool })
+        .build();
+    coordinator.start(&publisher).unwrap();
+    let (waiting, waits) = mpsc::channel();
+    let (release, released) = futures::channel::oneshot::channel::<()>();
+    let waiter = Task::blocking("waits", "waits", move || {
+        waiting.send(()).unwrap();
+        let _ = coordinator::block_on(released);
+        Ok::<_, BoxError>(())
+    });
+    let waiter = coordinator.spawn(waiter, "threaded", SubmitOptions::new());
+    let waiter = waiter.await.unwrap();
+    waits.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (seen, sees) = mpsc::channel();
+    let reads = Task::blocking("reads", "reads its scope", move || {
+        let node = coordinator::current_node().map(|node| node.to_string());
+        seen.send(node).unwrap();
+        let started = std::time::Instant::now();
+        while !coordinator::current_node_cancelled() && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen.send(coordinator::current_node_cancelled().then(String::new))
+            .unwrap();
+        Ok::<_, BoxError>(())
+    });
+    let reads = coordinator
+        .spawn(reads, "pool", SubmitOptions::new())
+        .await
+        .unwrap();
+    let node = sees.recv_timeout(Duration::from_secs(5)).unwrap();
+    let job = coordinator.with_state(|state| {
+        state
+            .get("reads")
+            .map(|job| job.child_node_id().to_string())
+    });
+    reads.cancel();
+    let cancelled = sees.recv_timeout(Duration::from_secs(10)).unwrap();
+    release.send(()).unwrap();
+    waiter.await.unwrap();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(node, job, "its own node");
+    assert!(cancelled.is_some(), "it saw its cancellation");
 }

@@ -120,15 +120,15 @@ fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
             if signal.epoch() != seen {
                 break;
             }
-            // Whatever it runs is not this node's: a pool job enters its own node's scope, and
-            // any other work (half of another node's `rayon::join`) runs in none.
-            let took = task_core::context::outside_node(|| {
-                if take_any {
-                    rayon::yield_now()
-                } else {
-                    rayon::yield_local()
-                }
-            });
+            // Work on this thread's own queue is this node's (the halves of its own
+            // `rayon::join`): it runs in the node's scope. Work taken from elsewhere is not: a
+            // pool job enters its own node's scope, and any other (half of another node's
+            // `rayon::join`) runs in none.
+            let took = match rayon::yield_local() {
+                Some(Yield::Executed) => Some(Yield::Executed),
+                _ if take_any => task_core::context::outside_node(rayon::yield_now),
+                idle => idle,
+            };
             match took {
                 Some(Yield::Executed) => continue,
                 _ => {

@@ -489,3 +489,38 @@ fn work_a_waiting_node_helps_with_runs_outside_its_scope() {
         "A's request got B's event"
     );
 }
+
+/// A node's own `rayon::join` half that its thread runs while the other half waits in
+/// `block_on` is the node's: in its scope, as it is when run after a plain wait.
+#[test]
+fn a_nodes_own_join_half_run_while_it_waits_keeps_its_scope() {
+    for helping in [true, false] {
+        let s = ThreadedExecutionStrategy::builder()
+            .threads(1)
+            .build()
+            .unwrap();
+        let joins = Task::blocking("A", "joins", move || {
+            let (tx, rx) = futures::channel::oneshot::channel::<()>();
+            let releaser = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = tx.send(());
+            });
+            let (_, sent) = rayon::join(
+                || {
+                    let _ = if helping {
+                        exec_strategies::block_on(rx)
+                    } else {
+                        futures::executor::block_on(rx)
+                    };
+                },
+                || task_core::context::broadcast("A's own event").is_ok(),
+            );
+            releaser.join().unwrap();
+            Ok::<_, BoxError>(sent)
+        });
+        let mut running = task_core::run(&s, joins.into_erased());
+        let sent = futures::executor::block_on(&mut running).unwrap();
+        assert_eq!(sent.downcast_ref(), Some(&true), "helping: {helping}");
+        assert_eq!(running.take_events().len(), 1, "helping: {helping}");
+    }
+}

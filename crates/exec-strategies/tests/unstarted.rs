@@ -152,7 +152,10 @@ fn an_unstarted_body_that_panics_when_dropped_leaves_the_applications_pool_runni
 fn a_task_refused_after_shutdown_lets_go_of_its_body_before_its_completion() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _entered = rt.enter();
-    let threaded = ThreadedExecutionStrategy::builder().threads(1).build().unwrap();
+    let threaded = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap();
     let asynchronous = AsyncExecutionStrategy::new();
     for strategy in [&threaded as &dyn TaskExecutionStrategy, &asynchronous] {
         rt.block_on(strategy.shutdown(Duration::ZERO));

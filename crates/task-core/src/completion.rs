@@ -171,6 +171,10 @@ impl Completion {
     /// strategy's own thread), so that `f` can submit tasks.
     /// Call it around every poll of the node's future, or once around a blocking body.
     pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        context::within_completion(|| self.in_sinks_scope(f))
+    }
+
+    fn in_sinks_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         let mut f = Some(f);
         let mut result = None;
         if let Some(sink) = &self.sink {

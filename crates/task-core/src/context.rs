@@ -50,6 +50,17 @@ pub fn outside_node<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` in the scope a [`Completion`](crate::Completion) enters, whose sink knows its node:
+/// not [`outside_node`] any more (the coordinator then finds the node through its sink).
+pub(crate) fn within_completion<R>(f: impl FnOnce() -> R) -> R {
+    let left = is_outside_node().then(|| NodeGuard {
+        previous: CURRENT.with(|c| c.replace(None)),
+    });
+    let result = f();
+    drop(left);
+    result
+}
+
 /// Declares `node` running on this thread until the returned guard is dropped, when the previous
 /// value (for nested runs) is restored.
 ///
