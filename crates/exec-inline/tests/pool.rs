@@ -22,9 +22,9 @@ struct PoolStrategy {
 
 impl TaskExecutionStrategy for PoolStrategy {
     fn execute(&self, task: ErasedTask, completion: Completion) {
-        // Count in and check for shutdown as InlineStrategy does (section 3), and move the guard
-        // into the pool's closure; refuse with
-        // completion.complete(Err(TaskError::shutdown(self.name()))).
+        // As InlineStrategy does (sections 3 and 4): return at once, dropping the task, if the
+        // request is cancelled; count in with the guard, refusing after shutdown; move the guard
+        // into the pool's closure, and finish it with every outcome delivered, a refusal too.
         let (_info, body) = task.into_parts();
         let body = match body {
             TaskBody::Blocking(body) => body,
