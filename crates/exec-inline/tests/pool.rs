@@ -261,3 +261,84 @@ async fn a_pool_task_run_by_a_thread_waiting_in_another_node_keeps_its_scope() {
     assert_eq!(node, job, "its own node");
     assert!(cancelled.is_some(), "it saw its cancellation");
 }
+
+/// A threaded node and the guide's pool strategy on one shared pool, with the bus started.
+fn shared_pool() -> (RequestCompletionPublisher, Coordinator) {
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap(),
+    );
+    let threaded = coordinator::ThreadedExecutionStrategy::builder().pool(Arc::clone(&pool));
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .strategy("threaded", threaded.build().unwrap())
+        .strategy("pool", PoolStrategy { pool })
+        .build();
+    coordinator.start(&publisher).unwrap();
+    (publisher, coordinator)
+}
+
+/// A threaded node waits for a pool task it submitted, which its own thread then runs from its
+/// own queue while it waits: the task sees its own node, not the waiting one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_task_its_waiting_parent_runs_from_its_own_queue_sees_its_own_node() {
+    let (publisher, coordinator) = shared_pool();
+    let submitter = coordinator.clone();
+    let waits = Task::blocking("Z", "waits for its pool child", move || {
+        let reads = Task::blocking("C", "reads its node", || {
+            Ok::<_, BoxError>(coordinator::current_node().map(|node| node.to_string()))
+        });
+        let reads = submitter.try_spawn(reads, "pool", SubmitOptions::new())?;
+        Ok::<_, BoxError>(coordinator::block_on(reads)?)
+    });
+    let seen = coordinator.submit(waits, "threaded");
+    let seen = tokio::time::timeout(Duration::from_secs(20), seen).await;
+    let seen = seen.expect("the tree ends").unwrap();
+    let node = coordinator.with_state(|state| {
+        let job = state.get("C").map(|job| job.child_node_id().to_string());
+        (
+            job,
+            state.get("Z").map(|job| job.child_node_id().to_string()),
+        )
+    });
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_ne!(node.0, node.1);
+    assert_eq!(seen, node.0, "C saw its own node");
+}
+
+/// Work a node hands to `rayon::spawn` runs in no node's scope, also when a thread waiting in
+/// another node's `block_on` picked up that node and then its detached work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_work_of_a_node_a_waiting_thread_helped_runs_in_no_nodes_scope() {
+    let (publisher, coordinator) = shared_pool();
+    let (waiting, waits) = mpsc::channel();
+    let (release, released) = futures::channel::oneshot::channel::<()>();
+    let waiter = Task::blocking("Z", "waits", move || {
+        waiting.send(()).unwrap();
+        let _ = coordinator::block_on(released);
+        Ok::<_, BoxError>(())
+    });
+    let waiter = coordinator.spawn(waiter, "threaded", SubmitOptions::new());
+    let waiter = waiter.await.unwrap();
+    waits.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (detached_ran, detached) = mpsc::channel();
+    let hands_off = Task::blocking("A", "hands work to rayon", move || {
+        rayon::spawn(move || {
+            let sent = task_core::context::broadcast("A's detached work").is_ok();
+            let node = coordinator::current_node().map(|node| node.to_string());
+            detached_ran.send((node, sent)).unwrap();
+        });
+        Ok::<_, BoxError>(())
+    });
+    coordinator.submit(hands_off, "threaded").await.unwrap();
+    let seen = detached.recv_timeout(Duration::from_secs(5)).unwrap();
+    release.send(()).unwrap();
+    waiter.await.unwrap();
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(seen, (None, false), "the detached work ran as a node");
+}

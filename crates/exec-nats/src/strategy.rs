@@ -166,8 +166,10 @@ impl TaskExecutionStrategy for NatsStrategy {
         // task is either refused here or waited for there.
         let in_flight = inner.tasks.token();
         if inner.tasks.is_closed() {
-            // The node goes before its completion.
-            drop(task);
+            // The node goes before its completion (a panic in its `Drop` is the node's, logged).
+            if let Some(reason) = task_core::catch_panic(move || drop(task)) {
+                tracing::error!(%reason, "the body of a task refused at shutdown panicked when dropped");
+            }
             completion.complete(Err(TaskError::shutdown("nats")));
             return;
         }

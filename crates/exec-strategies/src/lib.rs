@@ -53,7 +53,7 @@ pub use crate::async_strategy::AsyncExecutionStrategy;
 /// captured), before its completion goes: nothing of the node outlives its request's end. A
 /// panic in its `Drop` is logged, and reaches neither whoever cancelled the request nor a pool
 /// thread (a rayon pool the application gave aborts on one).
-#[cfg(any(feature = "async", feature = "threaded"))]
+#[cfg(any(feature = "async", feature = "threaded", feature = "process"))]
 fn drop_unstarted<T>(unstarted: T) {
     if let Some(reason) = task_core::catch_panic(move || drop(unstarted)) {
         tracing::error!(%reason, "the body of a task that never started panicked when dropped");

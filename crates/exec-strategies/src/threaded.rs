@@ -110,6 +110,7 @@ fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
     let mut future = pin!(future);
     let waker = Waker::from(Arc::clone(signal));
     let mut cx = Context::from_waker(&waker);
+    let mut helped_elsewhere = false;
     loop {
         let seen = signal.epoch();
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
@@ -121,12 +122,20 @@ fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
                 break;
             }
             // Work on this thread's own queue is this node's (the halves of its own
-            // `rayon::join`): it runs in the node's scope. Work taken from elsewhere is not: a
-            // pool job enters its own node's scope, and any other (half of another node's
-            // `rayon::join`) runs in none.
-            let took = match rayon::yield_local() {
-                Some(Yield::Executed) => Some(Yield::Executed),
-                _ if take_any => task_core::context::outside_node(rayon::yield_now),
+            // `rayon::join`) until the thread has run work from elsewhere, which may leave more
+            // there (work a helped node handed to `rayon::spawn`). This node's runs in its scope;
+            // any other in none (a pool job enters its own node's scope).
+            let took = match helped_elsewhere {
+                false => rayon::yield_local(),
+                true => task_core::context::outside_node(rayon::yield_local),
+            };
+            let took = match took {
+                Some(Yield::Executed) => took,
+                _ if take_any => {
+                    let took = task_core::context::outside_node(rayon::yield_now);
+                    helped_elsewhere |= took == Some(Yield::Executed);
+                    took
+                }
                 idle => idle,
             };
             match took {
@@ -419,8 +428,10 @@ impl PoolJob {
         }
         let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
         let _pool = PoolScope::enter(signal);
-        let _node = task_core::context::enter_node(node_id);
-        let outcome = completion.in_scope(|| run_on_pool_thread(body, &completion));
+        let outcome = completion.in_scope(|| {
+            let _node = task_core::context::enter_node(node_id);
+            run_on_pool_thread(body, &completion)
+        });
         // Counted out before the caller hears: what it reads of the stats then is current.
         admission.record(&outcome);
         completion.complete(outcome);

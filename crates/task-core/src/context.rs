@@ -51,14 +51,13 @@ pub fn outside_node<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs `f` in the scope a [`Completion`](crate::Completion) enters, whose sink knows its node:
-/// not [`outside_node`] any more (the coordinator then finds the node through its sink).
+/// no node an enclosing scope entered, nor [`outside_node`], applies in it (a coordinator finds
+/// the node through the sink; a strategy may [`enter_node`] inside it).
 pub(crate) fn within_completion<R>(f: impl FnOnce() -> R) -> R {
-    let left = is_outside_node().then(|| NodeGuard {
+    let _left = NodeGuard {
         previous: CURRENT.with(|c| c.replace(None)),
-    });
-    let result = f();
-    drop(left);
-    result
+    };
+    f()
 }
 
 /// Declares `node` running on this thread until the returned guard is dropped, when the previous

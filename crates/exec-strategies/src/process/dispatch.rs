@@ -68,6 +68,8 @@ impl Shared {
     /// [`AbandonOnDrop`] has it cancelled in its worker.
     pub(super) async fn run(self: Arc<Self>, task: ErasedTask, completion: Completion) {
         let Some(_admission) = self.tracker.admit() else {
+            // The node goes before its completion.
+            crate::drop_unstarted(task);
             return completion.complete(Err(TaskError::shutdown("process")));
         };
         // Dropped at an await or cancelled, the run is counted stopped.

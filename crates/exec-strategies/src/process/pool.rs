@@ -110,7 +110,7 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
         // Refused at once after shutdown; a shutdown racing this is caught by the admission.
         if self.shared.tracker.is_closed() {
             // The node goes before its completion.
-            drop(task);
+            crate::drop_unstarted(task);
             completion.complete(Err(TaskError::shutdown("process")));
             return;
         }
