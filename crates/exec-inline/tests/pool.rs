@@ -206,20 +206,7 @@ let four = coordinator.submit(Task::from_fn("1", "add", || async { Ok::<_, BoxEr
 /// (its node, its cancellation), not in the waiting node's nor in none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_task_run_by_a_thread_waiting_in_another_node_keeps_its_scope() {
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap(),
-    );
-    let threaded = coordinator::ThreadedExecutionStrategy::builder().pool(Arc::clone(&pool));
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let coordinator = Coordinator::builder()
-        .strategy("threaded", threaded.build().unwrap())
-        .strategy("pool", PoolStrategy { pool })
-        .build();
-    coordinator.start(&publisher).unwrap();
+    let (publisher, coordinator) = shared_pool();
     let (waiting, waits) = mpsc::channel();
     let (release, released) = futures::channel::oneshot::channel::<()>();
     let waiter = Task::blocking("waits", "waits", move || {
