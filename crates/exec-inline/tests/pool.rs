@@ -10,7 +10,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, Coordinator, RequestCompletionPublisher, SubmitOptions, Task, TaskError,
+    BoxError, Coordinator, RequestCompletionPublisher, RequestHandle, SubmitOptions, Task,
+    TaskError,
 };
 use exec_inline::InlineStrategy;
 use task_core::{BoxFuture, Completion, ErasedTask, TaskBody, TaskExecutionStrategy};
@@ -207,16 +208,7 @@ let four = coordinator.submit(Task::from_fn("1", "add", || async { Ok::<_, BoxEr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_task_run_by_a_thread_waiting_in_another_node_keeps_its_scope() {
     let (publisher, coordinator) = shared_pool();
-    let (waiting, waits) = mpsc::channel();
-    let (release, released) = futures::channel::oneshot::channel::<()>();
-    let waiter = Task::blocking("waits", "waits", move || {
-        waiting.send(()).unwrap();
-        let _ = coordinator::block_on(released);
-        Ok::<_, BoxError>(())
-    });
-    let waiter = coordinator.spawn(waiter, "threaded", SubmitOptions::new());
-    let waiter = waiter.await.unwrap();
-    waits.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (waiter, release) = a_node_waiting_on_the_pool(&coordinator).await;
     let (seen, sees) = mpsc::channel();
     let reads = Task::blocking("reads", "reads its scope", move || {
         let node = coordinator::current_node().map(|node| node.to_string());
@@ -268,6 +260,24 @@ fn shared_pool() -> (RequestCompletionPublisher, Coordinator) {
     (publisher, coordinator)
 }
 
+/// A threaded node waiting in `block_on` on the shared pool's one thread (which helps the pool
+/// meanwhile), until the sender is used.
+async fn a_node_waiting_on_the_pool(
+    coordinator: &Coordinator,
+) -> (RequestHandle<()>, futures::channel::oneshot::Sender<()>) {
+    let (waiting, waits) = mpsc::channel();
+    let (release, released) = futures::channel::oneshot::channel::<()>();
+    let waiter = Task::blocking("Z", "waits", move || {
+        waiting.send(()).unwrap();
+        let _ = coordinator::block_on(released);
+        Ok::<_, BoxError>(())
+    });
+    let waiter = coordinator.spawn(waiter, "threaded", SubmitOptions::new());
+    let waiter = waiter.await.unwrap();
+    waits.recv_timeout(Duration::from_secs(5)).unwrap();
+    (waiter, release)
+}
+
 /// A threaded node waits for a pool task it submitted, which its own thread then runs from its
 /// own queue while it waits: the task sees its own node, not the waiting one's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,16 +312,7 @@ async fn a_pool_task_its_waiting_parent_runs_from_its_own_queue_sees_its_own_nod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detached_work_of_a_node_a_waiting_thread_helped_runs_in_no_nodes_scope() {
     let (publisher, coordinator) = shared_pool();
-    let (waiting, waits) = mpsc::channel();
-    let (release, released) = futures::channel::oneshot::channel::<()>();
-    let waiter = Task::blocking("Z", "waits", move || {
-        waiting.send(()).unwrap();
-        let _ = coordinator::block_on(released);
-        Ok::<_, BoxError>(())
-    });
-    let waiter = coordinator.spawn(waiter, "threaded", SubmitOptions::new());
-    let waiter = waiter.await.unwrap();
-    waits.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (waiter, release) = a_node_waiting_on_the_pool(&coordinator).await;
     let (detached_ran, detached) = mpsc::channel();
     let hands_off = Task::blocking("A", "hands work to rayon", move || {
         rayon::spawn(move || {
