@@ -17,7 +17,7 @@ use crate::handle::RequestHandle;
 use crate::inner::{Inner, Mode, OpenRequest, deadline_after, task_span};
 use crate::options::SubmitOptions;
 use crate::request::{
-    CURRENT_NODE, Ending, Expiry, Place, RequestCell, Retry, Up, current_node, execute,
+    Ending, Expiry, Place, RequestCell, Retry, Up, current_node, current_request, execute,
 };
 use crate::state::{CoordinatorState, StateError};
 
@@ -263,11 +263,7 @@ impl Coordinator {
 /// node (the usual way): at hand, open or not.
 pub(crate) fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
     let parent = info.parent_id()?;
-    CURRENT_NODE
-        .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))
-        .ok()
-        .flatten()
-        .flatten()
+    current_request().filter(|request| request.node_id() == parent)
 }
 
 impl Ready {

@@ -32,7 +32,7 @@ mod tree_events;
 
 pub(crate) use deadline::Expiry;
 pub(crate) use retry::Retry;
-pub(crate) use scope::{CURRENT_NODE, NodeScope};
+pub(crate) use scope::current_request;
 pub use scope::{current_node, current_node_cancelled};
 pub(crate) use tree::Up;
 pub use tree_events::TreeEvent;
@@ -95,10 +95,7 @@ pub(crate) struct RequestCell {
     /// [`cancels_children`]: Self::cancels_children
     children_cancelled: tokio::sync::Notify,
     /// Requests submitted from inside this one's node; cancelled with it.
-    children: Mutex<Vec<Weak<RequestCell>>>,
-    /// Set, under the `children` lock, as it hands its children up: where to (nowhere:
-    /// `Weak::new()`). A child adopted later goes on up from here ([`adopt`](Self::adopt)).
-    handed_to: OnceLock<Weak<RequestCell>>,
+    children: Mutex<Children>,
     /// The open request that adopted this one as its child, kept while this one is open: its
     /// list holds this one weakly. When this one ends it hands the children it leaves open up
     /// to that request ([`hand_children_up`](Self::hand_children_up)) and lets it go, so a
@@ -124,6 +121,15 @@ pub(crate) struct RequestCell {
 struct Run {
     out: bool,
     place: Option<Place>,
+}
+
+/// The requests submitted from inside a request's node, and where they went once it ended.
+#[derive(Default)]
+struct Children {
+    list: Vec<Weak<RequestCell>>,
+    /// Set as the request hands its children up: where to (nowhere: `Weak::new()`). A child
+    /// adopted later goes on up from here ([`adopt`](RequestCell::adopt)).
+    handed_to: Option<Weak<RequestCell>>,
 }
 
 #[derive(Default)]
@@ -261,8 +267,7 @@ impl RequestCell {
             trees: OnceLock::new(),
             cancel_waker: AtomicWaker::new(),
             children_cancelled: tokio::sync::Notify::new(),
-            children: Mutex::new(Vec::new()),
-            handed_to: OnceLock::new(),
+            children: Mutex::default(),
             parent: Mutex::new(None),
             answer: Mutex::new(answer),
             ending: Mutex::new(None),
@@ -296,14 +301,6 @@ impl RequestCell {
                  the message itself, or submit with submit_shared or spawn_erased",
             )),
             outcome => outcome,
-        }
-    }
-
-    /// The scope its node runs in: nested submissions get it as parent and are cancelled with it.
-    pub(crate) fn scope(&self) -> NodeScope {
-        NodeScope {
-            node: self.node_id.clone(),
-            request: self.me.clone(),
         }
     }
 

@@ -15,6 +15,7 @@ impl RequestCell {
     /// to be finished (closed, announced, answered) by the caller.
     pub(super) fn stop_children(&self) -> Vec<(Arc<RequestCell>, Ending)> {
         let pending: Vec<Arc<RequestCell>> = lock(&self.children)
+            .list
             .drain(..)
             .filter_map(|child| child.upgrade())
             .collect();
@@ -46,6 +47,7 @@ impl RequestCell {
             }
             pending.extend(
                 lock(&cell.children)
+                    .list
                     .drain(..)
                     .filter_map(|child| child.upgrade()),
             );
@@ -94,11 +96,11 @@ impl RequestCell {
         }
         let replaced = {
             let mut children = lock(&self.children);
-            if let Some(handed_to) = self.handed_to.get().cloned() {
+            if let Some(handed_to) = children.handed_to.clone() {
                 drop(children);
                 return self.pass_up(child, &handed_to);
             }
-            push_child(&mut children, Arc::downgrade(child));
+            push_child(&mut children.list, Arc::downgrade(child));
             // The child keeps this request alive while it is open, so that this list (and
             // through it the child) stays reachable from the tree above even after this request
             // ended. Linked under the list's lock: a hand-up draining the list comes after, and
@@ -162,12 +164,14 @@ impl RequestCell {
     pub(super) fn hand_children_up(&self) {
         let parent = self.adopter();
         let children: Vec<Arc<RequestCell>> = {
-            let mut list = lock(&self.children);
+            let mut children = lock(&self.children);
             // A child adopted from now on goes on up ([`adopt`](Self::adopt)): none is left in
             // a list nobody hands up any more, linked to a request whose own link goes.
-            let to = parent.as_ref().map_or_else(Weak::new, Arc::downgrade);
-            let _ = self.handed_to.set(to);
-            list.drain(..).filter_map(|child| child.upgrade()).collect()
+            (children.handed_to)
+                .get_or_insert_with(|| parent.as_ref().map_or_else(Weak::new, Arc::downgrade));
+            (children.list.drain(..))
+                .filter_map(|child| child.upgrade())
+                .collect()
         };
         match &parent {
             Some(parent) => Self::hand_up(parent, children),
@@ -348,6 +352,7 @@ mod tests {
         *lock(&q.ending) = None;
         let parent = lock(&q.parent).take().unwrap();
         let children: Vec<_> = lock(&q.children)
+            .list
             .drain(..)
             .filter_map(|c| c.upgrade())
             .collect();
@@ -397,6 +402,7 @@ mod tests {
         *lock(&e.ending) = None;
         let adopter = e.adopter().unwrap();
         let children: Vec<_> = lock(&e.children)
+            .list
             .drain(..)
             .filter_map(|c| c.upgrade())
             .collect();
