@@ -199,6 +199,9 @@ impl Coordinator {
                         return Err(SubmitError::new(SubmitKind::Duplicate(id)));
                     }
                     Err(TryAcquireError::NoPermits) => {
+                        // What would refuse it once it has its place refuses it now, rather than
+                        // after a wait (outside a runtime, a wait nobody may ever end).
+                        self.check_open()?;
                         let (wait_mode, limit) = (mode.clone(), Arc::clone(limit));
                         let parent = scoped_parent(task.info());
                         let wait = Box::pin(async move {

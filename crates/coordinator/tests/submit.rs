@@ -344,6 +344,38 @@ fn submit_outside_a_runtime_is_rejected() {
     assert!(coordinator.job("1").is_none());
 }
 
+#[test]
+fn a_submit_outside_a_runtime_is_rejected_when_its_mode_is_full_too() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder()
+        .with_async()
+        .limit("async", 1)
+        .build();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(async {
+        coordinator.start(&publisher).unwrap();
+        let never = Task::from_fn(
+            "holder",
+            "never",
+            std::future::pending::<Result<u8, BoxError>>,
+        );
+        coordinator.try_spawn(never, "async", SubmitOptions::new())
+    });
+    let holder = holder.expect("the first request takes the one place");
+    // Neither waits for the place, which would need the runtime it is not on.
+    let task = || value_task("1", 1);
+    let err = coordinator
+        .try_spawn(task(), "async", SubmitOptions::new())
+        .unwrap_err();
+    assert!(err.is_no_runtime(), "{err}");
+    let err = futures::executor::block_on(coordinator.submit(task(), "async")).unwrap_err();
+    assert!(err.is_no_runtime(), "{err}");
+    assert!(coordinator.job("1").is_none());
+    holder.cancel();
+    rt.block_on(coordinator.shutdown());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_submits_close_every_job_exactly_once() {
     let (publisher, coordinator) = started();
