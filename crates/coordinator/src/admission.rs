@@ -17,7 +17,7 @@ use crate::handle::RequestHandle;
 use crate::inner::{Inner, Mode, OpenRequest, deadline_after, task_span};
 use crate::options::SubmitOptions;
 use crate::request::{
-    Ending, Expiry, Place, RequestCell, Retry, Up, current_node, current_request, execute,
+    CURRENT_NODE, Ending, Expiry, Place, RequestCell, Retry, Up, current_node, execute,
 };
 use crate::state::{CoordinatorState, StateError};
 
@@ -266,7 +266,11 @@ impl Coordinator {
 /// node (the usual way): at hand, open or not.
 pub(crate) fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
     let parent = info.parent_id()?;
-    current_request().filter(|request| request.node_id() == parent)
+    CURRENT_NODE
+        .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))
+        .ok()
+        .flatten()
+        .flatten()
 }
 
 impl Ready {

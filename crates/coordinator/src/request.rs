@@ -32,7 +32,7 @@ mod tree_events;
 
 pub(crate) use deadline::Expiry;
 pub(crate) use retry::Retry;
-pub(crate) use scope::current_request;
+pub(crate) use scope::{CURRENT_NODE, NodeScope};
 pub use scope::{current_node, current_node_cancelled};
 pub(crate) use tree::Up;
 pub use tree_events::TreeEvent;
@@ -301,6 +301,14 @@ impl RequestCell {
                  the message itself, or submit with submit_shared or spawn_erased",
             )),
             outcome => outcome,
+        }
+    }
+
+    /// The scope its node runs in: nested submissions get it as parent and are cancelled with it.
+    pub(crate) fn scope(&self) -> NodeScope {
+        NodeScope {
+            node: self.node_id.clone(),
+            request: self.me.clone(),
         }
     }
 

@@ -35,9 +35,8 @@ pub trait CompletionSink: EventSink {
         self.is_cancelled()
     }
 
-    /// Runs `f` inside the request's context (its tracing span, say). The sink is the current
-    /// event sink while `f` runs: a coordinator finds the request of the node running there
-    /// with [`context::current_sink`](crate::context::current_sink). Must call `f` exactly once.
+    /// Runs `f` inside the request's context (its tracing span, the node nested submissions get
+    /// as their parent). Must call `f` exactly once.
     fn run_in_scope(&self, f: &mut dyn FnMut());
 
     /// Runs `future` to its end where the caller of `execute` runs its own work (a coordinator:

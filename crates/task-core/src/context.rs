@@ -8,15 +8,21 @@ use std::sync::Arc;
 use crate::NodeId;
 
 thread_local! {
-    /// The node a strategy declared running on this thread.
-    static CURRENT: RefCell<Option<NodeId>> = const { RefCell::new(None) };
+    /// The node a strategy declared running on this thread; `Some(None)` inside [`outside_node`].
+    static CURRENT: RefCell<Option<Option<NodeId>>> = const { RefCell::new(None) };
 }
 
 /// The node a strategy declared running on this thread with [`enter_node`], if any.
 ///
 /// Coordinators use it to record the parent of tasks submitted from inside a node.
 pub fn current_node() -> Option<NodeId> {
-    CURRENT.with(|c| c.borrow().clone())
+    CURRENT.with(|c| c.borrow().clone().flatten())
+}
+
+/// Whether this thread runs inside [`outside_node`] (and no node entered since): no node's scope
+/// applies here, whatever an enclosing one says.
+pub fn is_outside_node() -> bool {
+    CURRENT.with(|c| matches!(*c.borrow(), Some(None)))
 }
 
 /// Runs `f` outside any node's scope: no current node, no event sink, until it returns (or
@@ -30,14 +36,14 @@ pub fn current_node() -> Option<NodeId> {
 ///
 /// let _a = context::enter_node(NodeId::from("a"));
 /// context::outside_node(|| {
-///     assert!(context::current_node().is_none() && context::current_events().is_none());
+///     assert!(context::current_node().is_none() && context::is_outside_node());
 ///     let _b = context::enter_node(NodeId::from("b"));
 ///     assert_eq!(context::current_node().unwrap().as_str(), "b");
 /// });
 /// assert_eq!(context::current_node().unwrap().as_str(), "a");
 /// ```
 pub fn outside_node<R>(f: impl FnOnce() -> R) -> R {
-    let previous = CURRENT.with(|c| c.replace(None));
+    let previous = CURRENT.with(|c| c.replace(Some(None)));
     let _node = NodeGuard { previous };
     let previous = EVENTS.try_with(|current| current.replace(None));
     let _events = Restore(previous.ok().flatten());
@@ -71,7 +77,7 @@ pub(crate) fn within_completion<R>(f: impl FnOnce() -> R) -> R {
 /// assert!(context::current_node().is_none());
 /// ```
 pub fn enter_node(node: NodeId) -> NodeGuard {
-    let previous = CURRENT.with(|c| c.replace(Some(node)));
+    let previous = CURRENT.with(|c| c.replace(Some(Some(node))));
     NodeGuard { previous }
 }
 
@@ -79,7 +85,7 @@ pub fn enter_node(node: NodeId) -> NodeGuard {
 #[derive(Debug)]
 #[must_use = "the node is current only while the guard lives"]
 pub struct NodeGuard {
-    previous: Option<NodeId>,
+    previous: Option<Option<NodeId>>,
 }
 
 impl Drop for NodeGuard {
@@ -92,7 +98,7 @@ impl Drop for NodeGuard {
 /// Where the events of a running node go: the strategy or coordinator running it implements
 /// this, and makes it current around the node's code with [`with_events`] (a coordinator's
 /// [`Completion::in_scope`](crate::Completion::in_scope) does it for every in-process strategy).
-pub trait EventSink: std::any::Any + Send + Sync {
+pub trait EventSink: Send + Sync + 'static {
     /// Takes one event [`broadcast`] by the node running in this sink's scope, in the order sent.
     /// Must not wait for a reader: the node is waiting for it to return.
     fn broadcast(&self, event: Arc<str>);
@@ -182,36 +188,6 @@ pub fn current_events() -> Option<Events> {
         .ok()
         .flatten()
         .map(Events)
-}
-
-/// The sink of the node running here, if it is a `T`: how whoever implements [`EventSink`] (a
-/// coordinator's request) finds its own from inside the node's code, without a scope of its own.
-///
-/// ```
-/// use std::sync::Arc;
-/// use task_core::context::{self, EventSink};
-///
-/// struct Mine;
-/// impl EventSink for Mine {
-///     fn broadcast(&self, _event: Arc<str>) {}
-/// }
-/// struct Other;
-/// impl EventSink for Other {
-///     fn broadcast(&self, _event: Arc<str>) {}
-/// }
-///
-/// let mine = Arc::new(Mine);
-/// context::with_events(mine.clone(), || {
-///     assert!(Arc::ptr_eq(&context::current_sink::<Mine>().unwrap(), &mine));
-///     assert!(context::current_sink::<Other>().is_none());
-///     context::outside_node(|| assert!(context::current_sink::<Mine>().is_none()));
-/// });
-/// assert!(context::current_sink::<Mine>().is_none());
-/// ```
-pub fn current_sink<T: EventSink>() -> Option<Arc<T>> {
-    let sink = EVENTS.try_with(|current| current.borrow().clone()).ok()??;
-    let sink: Arc<dyn std::any::Any + Send + Sync> = sink;
-    sink.downcast().ok()
 }
 
 /// A handle to one request's event sink, made by [`current_events`] or

@@ -1,26 +1,37 @@
 //! The node running on the current task or thread, and its request: the scope nested
 //! submissions find their parent in.
 
-use std::sync::Arc;
+use std::sync::Weak;
 
 use task_core::NodeId;
 
 use super::RequestCell;
 
-/// The request of the node the coordinator runs here, from inside its code: the sink its
-/// completion makes current around the node's code ([`task_core::Completion::in_scope`]).
-pub(crate) fn current_request() -> Option<Arc<RequestCell>> {
-    task_core::context::current_sink()
+tokio::task_local! {
+    /// The node running on the current tokio task, and its request.
+    pub(crate) static CURRENT_NODE: NodeScope;
+}
+
+/// What a running node's nested submissions need: its id (their parent) and its request, which
+/// cancels them with it, even once its own job has closed.
+#[derive(Clone)]
+pub(crate) struct NodeScope {
+    pub(crate) node: NodeId,
+    pub(crate) request: Weak<RequestCell>,
 }
 
 /// The node running on the current tokio task or thread, if any.
 ///
 /// Tasks submitted from inside a running node get that node as their parent automatically; this
-/// is how nested calls are recorded. The node is found through [`task_core::context`]: the one a
-/// strategy entered on its thread ([`enter_node`](task_core::context::enter_node)) comes first,
-/// then the one whose request's scope the node's code runs in.
+/// is how nested calls are recorded. Async nodes are tracked per tokio task; nodes that a strategy
+/// runs on a thread of its own are tracked through [`task_core::context`], which comes first: a
+/// pool thread waiting for a child may run another node inside the first one's scope.
 pub fn current_node() -> Option<NodeId> {
-    task_core::context::current_node().or_else(|| Some(current_request()?.node_id().clone()))
+    if task_core::context::is_outside_node() {
+        return None;
+    }
+    task_core::context::current_node()
+        .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
 }
 
 /// Whether the request of the node running here was ended from outside: cancelled, timed out,
@@ -47,5 +58,10 @@ pub fn current_node() -> Option<NodeId> {
 /// # drop(task);
 /// ```
 pub fn current_node_cancelled() -> bool {
-    current_request().is_some_and(|request| request.run_cancelled())
+    if task_core::context::is_outside_node() {
+        return false;
+    }
+    CURRENT_NODE
+        .try_with(|scope| scope.request.upgrade().is_some_and(|r| r.run_cancelled()))
+        .unwrap_or(false)
 }

@@ -1,0 +1,164 @@
+//! A node's scope (the parent of what it submits, the cancellation that reaches it) holds
+//! whatever event sink its code runs under: a strategy's own sink, made current inside the
+//! completion's scope, or a strategy run on its own inside the node.
+
+mod support;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use coordinator::{
+    BoxError, Coordinator, ExecutionMode, JobResult, NodeId, SubmitOptions, Task, TaskError,
+    current_node, current_node_cancelled,
+};
+use exec_inline::InlineStrategy;
+use support::{started, started_from};
+use task_core::context::{self, EventSink, Events};
+use task_core::{BoxFuture, Completion, ErasedTask, TaskBody, TaskExecutionStrategy};
+
+/// Fails rather than hangs when `future` never finishes.
+async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} never finished"))
+}
+
+/// Waits until `coordinator`'s job `id` has ended, and returns how.
+async fn ended(coordinator: &Coordinator, id: &str) -> JobResult {
+    within(&format!("the end of {id}"), async {
+        loop {
+            if let Some(result) = coordinator.job(id).and_then(|job| job.result()) {
+                return result;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// A task that never ends.
+fn hanging(id: &str) -> Task<()> {
+    Task::from_fn(id, "hang", std::future::pending::<Result<(), BoxError>>)
+}
+
+/// Passes the node's events on with a prefix.
+struct Prefix(Option<Events>);
+
+impl EventSink for Prefix {
+    fn broadcast(&self, event: Arc<str>) {
+        if let Some(events) = &self.0 {
+            events.send(format!("[prefixed] {event}"));
+        }
+    }
+}
+
+/// Runs blocking bodies on a thread of its own, under a sink of its own made current inside the
+/// completion's scope.
+struct Prefixing;
+
+impl TaskExecutionStrategy for Prefixing {
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        let (_info, body) = task.into_parts();
+        let TaskBody::Blocking(body) = body else {
+            return completion.complete(Err(TaskError::unsupported("blocking only")));
+        };
+        std::thread::spawn(move || {
+            let sink: Arc<dyn EventSink> = Arc::new(Prefix(completion.events()));
+            let outcome = completion.in_scope(|| {
+                context::with_events(sink, || catch_unwind(AssertUnwindSafe(|| body.run())))
+                    .unwrap_or_else(|payload| Err(TaskError::panic(payload)))
+            });
+            completion.complete(outcome);
+        });
+    }
+
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn name(&self) -> &str {
+        "prefixing"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strategy_with_a_sink_of_its_own_keeps_the_nodes_scope() {
+    let builder = Coordinator::builder().with_async();
+    let (_publisher, coordinator) = started_from(builder.strategy("prefixing", Prefixing));
+    let c = coordinator.clone();
+    let (tx, rx) = mpsc::channel();
+    let node = Task::blocking("p", "p", move || {
+        c.try_spawn(
+            hanging("p-child"),
+            ExecutionMode::ASYNC,
+            SubmitOptions::new(),
+        )?;
+        let _ = tx.send(current_node());
+        let started = Instant::now();
+        while !current_node_cancelled() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = tx.send(current_node_cancelled().then(|| NodeId::from("cancelled")));
+        Ok::<_, BoxError>(())
+    });
+    let node_id = node.node_id().clone();
+    let handle = (coordinator.try_spawn(node, "prefixing", SubmitOptions::new())).unwrap();
+    let seen = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(seen, Some(node_id.clone()), "the node's code sees its node");
+    let child = coordinator.job("p-child").unwrap();
+    assert_eq!(child.parent_node_id(), Some(&node_id));
+    handle.cancel();
+    let told = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(told.is_some(), "current_node_cancelled tells the node");
+    assert_eq!(ended(&coordinator, "p-child").await, JobResult::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_and_its_child_share_one_place_under_a_strategy_with_a_sink_of_its_own() {
+    let builder = Coordinator::builder().with_async();
+    let builder = builder
+        .strategy("prefixing", Prefixing)
+        .limit("prefixing", 1);
+    let (_publisher, coordinator) = started_from(builder);
+    let c = coordinator.clone();
+    let parent = Task::blocking("lp", "parent", move || {
+        let child = Task::blocking("lp-child", "child", || Ok::<_, BoxError>(7_u32));
+        Ok::<_, BoxError>(futures::executor::block_on(c.submit(child, "prefixing"))?)
+    });
+    let got = within("the parent", coordinator.submit(parent, "prefixing")).await;
+    assert_eq!(got.unwrap(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_running_a_strategy_on_its_own_keeps_its_scope() {
+    let (_publisher, coordinator) = started();
+    let c = coordinator.clone();
+    let seen = Arc::new(Mutex::new(None));
+    let seen_inside = Arc::clone(&seen);
+    let outer = Task::from_fn("outer", "outer", move || async move {
+        let inner = Task::blocking("inner", "inner", move || {
+            *seen_inside.lock().unwrap() = Some(current_node());
+            c.try_spawn(hanging("child"), ExecutionMode::ASYNC, SubmitOptions::new())?;
+            Ok::<_, BoxError>(())
+        });
+        task_core::run(&InlineStrategy::new(), inner.into_erased()).await?;
+        std::future::pending::<Result<(), BoxError>>().await
+    });
+    let outer_node = outer.node_id().clone();
+    let handle = coordinator
+        .try_spawn(outer, ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap();
+    within("the child", async {
+        while coordinator.job("child").is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, Some(Some(outer_node.clone())));
+    let child = coordinator.job("child").unwrap();
+    assert_eq!(child.parent_node_id(), Some(&outer_node));
+    handle.cancel();
+    assert_eq!(ended(&coordinator, "child").await, JobResult::Cancelled);
+}
