@@ -89,7 +89,7 @@ async fn a_strategy_with_a_sink_of_its_own_keeps_the_nodes_scope() {
     let c = coordinator.clone();
     let (tx, rx) = mpsc::channel();
     let node = Task::blocking("p", "p", move || {
-        c.try_spawn(
+        let _detached = c.try_spawn(
             hanging("p-child"),
             ExecutionMode::ASYNC,
             SubmitOptions::new(),
@@ -139,7 +139,8 @@ async fn a_node_running_a_strategy_on_its_own_keeps_its_scope() {
     let outer = Task::from_fn("outer", "outer", move || async move {
         let inner = Task::blocking("inner", "inner", move || {
             *seen_inside.lock().unwrap() = Some(current_node());
-            c.try_spawn(hanging("child"), ExecutionMode::ASYNC, SubmitOptions::new())?;
+            let _detached =
+                c.try_spawn(hanging("child"), ExecutionMode::ASYNC, SubmitOptions::new())?;
             Ok::<_, BoxError>(())
         });
         task_core::run(&InlineStrategy::new(), inner.into_erased()).await?;
