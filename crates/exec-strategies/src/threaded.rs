@@ -10,9 +10,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 mod limit;
+mod spare;
 
 use self::limit::Limit;
-use crate::signal::Signal;
+use self::spare::{PoolState, SpareWaiting};
 use crate::tracker::OwnedAdmission;
 use crate::tracker::Tracker;
 use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
@@ -23,17 +24,16 @@ use task_core::{
 use tokio::runtime::RuntimeFlavor;
 
 thread_local! {
-    /// Set while a threaded strategy runs a task on this thread: the pool's signal.
-    static POOL_SIGNAL: RefCell<Option<Arc<Signal>>> = const { RefCell::new(None) };
+    /// Set while a threaded strategy runs a task on this thread: the pool's shared state.
+    static POOL: RefCell<Option<Arc<PoolState>>> = const { RefCell::new(None) };
     /// How many [`block_on`]s wait, one on top of another, on this thread.
     static WAITING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// How many [`block_on`]s may wait on top of one another on a pool thread while it still takes
-/// any queued work; past this it takes only the work queued from this thread (the waiting
-/// nodes' own children), so unrelated waiting nodes cannot pile up on its stack until it
-/// overflows.
-const HELP_ANY_UP_TO: usize = 32;
+/// How many [`block_on`]s may wait on top of one another on a thread while it still takes queued
+/// work; past this it takes none (the pool's tasks go to a spare thread), so waiting nodes
+/// cannot pile up on its stack until it overflows.
+const HELP_UP_TO: usize = 32;
 
 /// Runs `future` to completion on the current thread and returns its output.
 ///
@@ -52,13 +52,12 @@ const HELP_ANY_UP_TO: usize = 32;
 ///
 /// The work it runs meanwhile runs on top of the waiting node, as in rayon's own joins: a task
 /// that would wait (on a channel, a lock, or `block_on`) for the node beneath it deadlocks both.
-/// Tasks of one pool may wait for their children, not for each other. A thread takes any queued
-/// work while at most 32 `block_on`s wait on top of one another on it; past that, only the work
-/// its own nodes queued (their threaded children), so that thousands of queued nodes that each
-/// wait (for an async child, say) cannot overflow its stack. A node past that depth that waits
-/// for pool work queued from elsewhere (a threaded grandchild submitted by an async child) waits
-/// for another thread to take it: with more such nodes waiting at once than 32 per thread, set
-/// [`ThreadedBuilder::max_in_flight`].
+/// Tasks of one pool may wait for their children, not for each other. A thread takes queued work
+/// while at most 32 `block_on`s wait on top of one another on it, so that its stack never
+/// overflows; past that it takes none, and while every thread that could take the pool's queued
+/// tasks waits so, a spare thread (started for the purpose, ended once nothing is queued) takes
+/// them. Work handed to the pool itself rather than through a strategy (`rayon::spawn`) has no
+/// spare thread: past that depth on every thread it waits.
 ///
 /// Use it in a blocking node that must wait for an async result, for example a child submitted
 /// through a coordinator.
@@ -70,8 +69,8 @@ const HELP_ANY_UP_TO: usize = 32;
 /// assert_eq!(answer, 42);
 /// ```
 pub fn block_on<F: Future>(future: F) -> F::Output {
-    match POOL_SIGNAL.with(|s| s.borrow().clone()) {
-        Some(signal) => helping_block_on(future, &signal),
+    match POOL.with(|s| s.borrow().clone()) {
+        Some(state) => helping_block_on(future, &state),
         None => match tokio::runtime::Handle::try_current().map(|rt| rt.runtime_flavor()) {
             Ok(RuntimeFlavor::MultiThread) => {
                 tokio::task::block_in_place(|| futures::executor::block_on(future))
@@ -86,27 +85,29 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 /// this long for it.
 const BACKSTOP: Duration = Duration::from_millis(10);
 
-/// The signal of a pool that strategies share ([`ThreadedBuilder::pool`]): one per pool, so
-/// that work any of them hands it wakes the threads of every one of them waiting in
-/// [`block_on`].
-fn shared_signal(pool: &Arc<ThreadPool>) -> Arc<Signal> {
-    static SIGNALS: Mutex<Vec<(Weak<ThreadPool>, Arc<Signal>)>> = Mutex::new(Vec::new());
-    let mut signals = SIGNALS.lock().unwrap_or_else(|p| p.into_inner());
-    signals.retain(|(pool, _)| pool.strong_count() > 0);
-    let known = signals
+/// The state of a pool that strategies share ([`ThreadedBuilder::pool`]): one per pool, so that
+/// work any of them hands it wakes the threads of every one of them waiting in [`block_on`], and
+/// any of them may run it.
+fn shared_state(pool: &Arc<ThreadPool>) -> Arc<PoolState> {
+    static STATES: Mutex<Vec<(Weak<ThreadPool>, Arc<PoolState>)>> = Mutex::new(Vec::new());
+    let mut states = STATES.lock().unwrap_or_else(|p| p.into_inner());
+    states.retain(|(pool, _)| pool.strong_count() > 0);
+    let known = states
         .iter()
         .find(|(known, _)| known.as_ptr() == Arc::as_ptr(pool));
-    if let Some((_, signal)) = known {
-        return Arc::clone(signal);
+    if let Some((_, state)) = known {
+        return Arc::clone(state);
     }
-    let signal = Arc::new(Signal::default());
-    signals.push((Arc::downgrade(pool), Arc::clone(&signal)));
-    signal
+    let state = Arc::new(PoolState::default());
+    states.push((Arc::downgrade(pool), Arc::clone(&state)));
+    state
 }
 
-fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
+fn helping_block_on<F: Future>(future: F, state: &Arc<PoolState>) -> F::Output {
     let waiting = Waiting::enter();
-    let take_any = waiting.0 <= HELP_ANY_UP_TO;
+    let helps = waiting.0 <= HELP_UP_TO;
+    let _spare = SpareWaiting::enter(state, waiting.0);
+    let signal = &state.signal;
     let mut future = pin!(future);
     let waker = Waker::from(Arc::clone(signal));
     let mut cx = Context::from_waker(&waker);
@@ -121,32 +122,35 @@ fn helping_block_on<F: Future>(future: F, signal: &Arc<Signal>) -> F::Output {
             if signal.epoch() != seen {
                 break;
             }
-            // Work on this thread's own queue is this node's (the halves of its own
-            // `rayon::join`) until the thread has run work from elsewhere, which may leave more
-            // there (work a helped node handed to `rayon::spawn`). This node's runs in its scope;
-            // any other in none (a pool job enters its own node's scope).
-            let took = match helped_elsewhere {
-                false => rayon::yield_local(),
-                true => task_core::context::outside_node(rayon::yield_local),
-            };
-            let took = match took {
-                Some(Yield::Executed) => took,
-                _ if take_any => {
-                    let took = task_core::context::outside_node(rayon::yield_now);
-                    helped_elsewhere |= took == Some(Yield::Executed);
-                    took
-                }
-                idle => idle,
-            };
-            match took {
-                Some(Yield::Executed) => continue,
-                _ => {
-                    signal.sleep_unless_moved(seen, BACKSTOP);
-                    break;
-                }
+            if helps && help(state, &mut helped_elsewhere) {
+                continue;
             }
+            // Nothing this thread may take: the pool's tasks go to a spare thread if they
+            // would otherwise wait for this one.
+            state.start_spare_if_needed();
+            signal.sleep_unless_moved(seen, BACKSTOP);
+            break;
         }
     }
+}
+
+/// Runs one piece of queued work on this waiting thread; whether it found one. Work on a pool
+/// thread's own queue is the waiting node's (the halves of its own `rayon::join`) until the
+/// thread has run work from elsewhere, which may leave more there (work a helped node handed to
+/// `rayon::spawn`). The node's runs in its scope; any other in none (a task of the pool enters
+/// its own node's scope). A thread outside the pool (a spare) takes the pool's tasks directly.
+fn help(state: &Arc<PoolState>, helped_elsewhere: &mut bool) -> bool {
+    let took = match *helped_elsewhere {
+        false => rayon::yield_local(),
+        true => task_core::context::outside_node(rayon::yield_local),
+    };
+    if took == Some(Yield::Executed) {
+        return true;
+    }
+    let took = task_core::context::outside_node(rayon::yield_now) == Some(Yield::Executed)
+        || task_core::context::outside_node(|| state.run_oldest());
+    *helped_elsewhere |= took;
+    took
 }
 
 /// One more [`block_on`] waiting on this thread (its depth), until dropped.
@@ -167,15 +171,15 @@ impl Drop for Waiting {
     }
 }
 
-/// Marks this thread as running a task of the pool with `signal`, restoring the previous marking
+/// Marks this thread as running a task of the pool with `state`, restoring the previous marking
 /// (for tasks run nested inside a waiting task) when dropped.
 struct PoolScope {
-    previous: Option<Arc<Signal>>,
+    previous: Option<Arc<PoolState>>,
 }
 
 impl PoolScope {
-    fn enter(signal: &Arc<Signal>) -> Self {
-        let previous = POOL_SIGNAL.with(|s| s.replace(Some(Arc::clone(signal))));
+    fn enter(state: &Arc<PoolState>) -> Self {
+        let previous = POOL.with(|s| s.replace(Some(Arc::clone(state))));
         Self { previous }
     }
 }
@@ -183,7 +187,7 @@ impl PoolScope {
 impl Drop for PoolScope {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        POOL_SIGNAL.with(|s| *s.borrow_mut() = previous);
+        POOL.with(|s| *s.borrow_mut() = previous);
     }
 }
 
@@ -264,10 +268,10 @@ impl ThreadedBuilder {
     ///
     /// When the operating system refuses to start the pool's threads.
     pub fn build(self) -> Result<ThreadedExecutionStrategy, BuildError> {
-        let (pool, signal) = match self.pool {
+        let (pool, state) = match self.pool {
             Some(pool) => {
-                let signal = shared_signal(&pool);
-                (pool, signal)
+                let state = shared_state(&pool);
+                (pool, state)
             }
             None => {
                 let prefix = self.thread_name.unwrap_or_else(|| "threaded-exec".into());
@@ -293,7 +297,7 @@ impl ThreadedBuilder {
                 pool,
                 tracker: Arc::default(),
                 limit: self.max_in_flight.map(Limit::new),
-                signal,
+                state,
             }),
         })
     }
@@ -303,7 +307,7 @@ struct Inner {
     pool: Arc<ThreadPool>,
     tracker: Arc<Tracker>,
     limit: Option<Arc<Limit>>,
-    signal: Arc<Signal>,
+    state: Arc<PoolState>,
 }
 
 /// Runs tasks on a rayon thread pool: the strategy for CPU-bound work.
@@ -318,7 +322,8 @@ struct Inner {
 /// - [`ThreadedBuilder::max_in_flight`] bounds the tasks running in the pool, but for those
 ///   beneath a node already in it; beyond it they wait in order.
 /// - A node that submits a child and waits for it never deadlocks the pool: a waiting pool thread
-///   runs queued work, including the child. So tasks of one pool must not otherwise wait for each
+///   runs queued work, including the child, and when every thread waits too deep to take more, a
+///   spare thread takes the queued tasks. So tasks of one pool must not otherwise wait for each
 ///   other (see [`block_on`]).
 /// - Shutdown refuses new tasks ([`TaskError::is_shutdown`]), waits up to its grace period for the
 ///   ones in flight, and is idempotent. That wait is a tokio timer: with tasks in flight, await
@@ -413,7 +418,7 @@ struct PoolJob {
 impl PoolJob {
     /// Runs the node on this pool thread and delivers its outcome from here; a job cancelled
     /// while it waited never starts.
-    fn run(self, signal: &Arc<Signal>) {
+    fn run(self, state: &Arc<PoolState>) {
         let PoolJob {
             node_id,
             body,
@@ -427,7 +432,7 @@ impl PoolJob {
             return crate::drop_unstarted(body);
         }
         let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
-        let _pool = PoolScope::enter(signal);
+        let _pool = PoolScope::enter(state);
         let outcome = completion.in_scope(|| {
             let _node = task_core::context::enter_node(node_id);
             run_on_pool_thread(body, &completion)
@@ -438,6 +443,20 @@ impl PoolJob {
     }
 }
 
+/// A task handed to a pool, with its place under its strategy's limit, if it has one: run by
+/// whichever thread takes it.
+struct Queued {
+    job: PoolJob,
+    place: Option<limit::InPool>,
+}
+
+impl Queued {
+    fn run(self, state: &Arc<PoolState>) {
+        self.job.run(state);
+        drop(self.place);
+    }
+}
+
 impl Inner {
     /// Hands `job` to the pool; `placed` when it holds a place under the limit.
     fn spawn(self: &Arc<Self>, job: PoolJob, placed: bool) {
@@ -445,14 +464,15 @@ impl Inner {
             .limit
             .as_ref()
             .map(|limit| limit.enter(self, &job.node_id, placed));
-        let signal = Arc::clone(&self.signal);
-        // Dropped unrun (the pool went away), the completion delivers a failure.
+        // Dropped unrun (the pool and its strategies went away), the completion delivers a
+        // failure.
+        self.state.push(Queued { job, place });
+        let state = Arc::clone(&self.state);
         self.pool.spawn(move || {
-            job.run(&signal);
-            drop(place);
+            state.run_oldest();
         });
         // Threads waiting in `block_on` may run the new work.
-        self.signal.bump();
+        self.state.signal.bump();
     }
 }
 
