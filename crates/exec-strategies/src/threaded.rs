@@ -13,7 +13,7 @@ mod limit;
 mod spare;
 
 use self::limit::Limit;
-use self::spare::{PoolState, SpareWaiting};
+use self::spare::PoolState;
 use crate::tracker::OwnedAdmission;
 use crate::tracker::Tracker;
 use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
@@ -30,8 +30,8 @@ thread_local! {
     static WAITING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// How many [`block_on`]s may wait on top of one another on a thread while it still takes queued
-/// work; past this it takes none (the pool's tasks go to a spare thread), so waiting nodes
+/// How many [`block_on`]s may wait on top of one another on a thread while it still runs the
+/// strategies' tasks; past this it hands those it takes on to a spare thread, so waiting nodes
 /// cannot pile up on its stack until it overflows.
 const HELP_UP_TO: usize = 32;
 
@@ -52,12 +52,15 @@ const HELP_UP_TO: usize = 32;
 ///
 /// The work it runs meanwhile runs on top of the waiting node, as in rayon's own joins: a task
 /// that would wait (on a channel, a lock, or `block_on`) for the node beneath it deadlocks both.
-/// Tasks of one pool may wait for their children, not for each other. A thread takes queued work
-/// while at most 32 `block_on`s wait on top of one another on it, so that its stack never
-/// overflows; past that it takes none, and while every thread that could take the pool's queued
-/// tasks waits so, a spare thread (started for the purpose, ended once nothing is queued) takes
-/// them. Work handed to the pool itself rather than through a strategy (`rayon::spawn`) has no
-/// spare thread: past that depth on every thread it waits.
+/// Tasks of one pool may wait for their children, not for each other. A thread runs the threaded
+/// strategies' tasks on top of its waiting nodes while at most 32 `block_on`s wait on top of one
+/// another on it, so that its stack does not grow without bound; past that it hands each task it
+/// takes (its nodes' children first, as before) to a spare thread, which runs them, lingers a
+/// moment for more and ends: one at a time is started, and another only while every spare
+/// waits. It still runs other rayon work there (its own `rayon::join` halves), and takes work
+/// from elsewhere on the pool only while every thread of the pool waits as deep. A spare has
+/// the default stack of a Rust thread (`RUST_MIN_STACK`), whatever the pool's, and the rayon
+/// calls of a node on it (`join`, `par_iter`) run on rayon's global pool.
 ///
 /// Use it in a blocking node that must wait for an async result, for example a child submitted
 /// through a coordinator.
@@ -98,15 +101,17 @@ fn shared_state(pool: &Arc<ThreadPool>) -> Arc<PoolState> {
     if let Some((_, state)) = known {
         return Arc::clone(state);
     }
-    let state = Arc::new(PoolState::default());
+    let state = Arc::new(PoolState::new(pool.current_num_threads()));
     states.push((Arc::downgrade(pool), Arc::clone(&state)));
     state
 }
 
 fn helping_block_on<F: Future>(future: F, state: &Arc<PoolState>) -> F::Output {
     let waiting = Waiting::enter();
-    let helps = waiting.0 <= HELP_UP_TO;
-    let _spare = SpareWaiting::enter(state, waiting.0);
+    let deep = waiting.0 > HELP_UP_TO;
+    // A pool thread counts once, at the first wait too deep.
+    let in_pool = rayon::current_thread_index().is_some();
+    let _deep = (waiting.0 == HELP_UP_TO + 1 && in_pool).then(|| state.deep());
     let signal = &state.signal;
     let mut future = pin!(future);
     let waker = Waker::from(Arc::clone(signal));
@@ -122,12 +127,13 @@ fn helping_block_on<F: Future>(future: F, state: &Arc<PoolState>) -> F::Output {
             if signal.epoch() != seen {
                 break;
             }
-            if helps && help(state, &mut helped_elsewhere) {
+            if help(state, deep, &mut helped_elsewhere) {
                 continue;
             }
-            // Nothing this thread may take: the pool's tasks go to a spare thread if they
-            // would otherwise wait for this one.
+            // Nothing this thread may run: the tasks handed on go to a spare thread if none is
+            // free to take them.
             state.start_spare_if_needed();
+            let _asleep = state.asleep();
             signal.sleep_unless_moved(seen, BACKSTOP);
             break;
         }
@@ -135,11 +141,14 @@ fn helping_block_on<F: Future>(future: F, state: &Arc<PoolState>) -> F::Output {
 }
 
 /// Runs one piece of queued work on this waiting thread; whether it found one. Work on a pool
-/// thread's own queue is the waiting node's (the halves of its own `rayon::join`) until the
-/// thread has run work from elsewhere, which may leave more there (work a helped node handed to
-/// `rayon::spawn`). The node's runs in its scope; any other in none (a task of the pool enters
-/// its own node's scope). A thread outside the pool (a spare) takes the pool's tasks directly.
-fn help(state: &Arc<PoolState>, helped_elsewhere: &mut bool) -> bool {
+/// thread's own queue is the waiting node's (the halves of its own `rayon::join`, its children)
+/// until the thread has run work from elsewhere, which may leave more there (work a helped node
+/// handed to `rayon::spawn`). The node's runs in its scope; any other in none (a task of the
+/// pool enters its own node's scope). A task taken `deep` is handed on, not run
+/// ([`Queued::run_or_hand_on`]): there the thread takes work from elsewhere on the pool only
+/// while every thread of it waits as deep (another would run that work); above that depth it
+/// runs the tasks handed on too.
+fn help(state: &Arc<PoolState>, deep: bool, helped_elsewhere: &mut bool) -> bool {
     let took = match *helped_elsewhere {
         false => rayon::yield_local(),
         true => task_core::context::outside_node(rayon::yield_local),
@@ -147,8 +156,10 @@ fn help(state: &Arc<PoolState>, helped_elsewhere: &mut bool) -> bool {
     if took == Some(Yield::Executed) {
         return true;
     }
-    let took = task_core::context::outside_node(rayon::yield_now) == Some(Yield::Executed)
-        || task_core::context::outside_node(|| state.run_oldest());
+    let elsewhere = !deep || state.all_deep();
+    let took = (elsewhere
+        && task_core::context::outside_node(rayon::yield_now) == Some(Yield::Executed))
+        || (!deep && task_core::context::outside_node(|| state.run_oldest()));
     *helped_elsewhere |= took;
     took
 }
@@ -286,10 +297,9 @@ impl ThreadedBuilder {
                 if let Some(threads) = self.threads {
                     builder = builder.num_threads(threads.max(1));
                 }
-                (
-                    Arc::new(builder.build().map_err(BuildError)?),
-                    Arc::default(),
-                )
+                let pool = builder.build().map_err(BuildError)?;
+                let state = PoolState::new(pool.current_num_threads());
+                (Arc::new(pool), Arc::new(state))
             }
         };
         Ok(ThreadedExecutionStrategy {
@@ -313,7 +323,8 @@ struct Inner {
 /// Runs tasks on a rayon thread pool: the strategy for CPU-bound work.
 ///
 /// A blocking node runs directly on a pool thread; an async node is driven to completion on a
-/// pool thread with [`block_on`]. The outcome is delivered from the pool thread; no tokio worker
+/// pool thread with [`block_on`] (or, handed on by a pool thread waiting too deep to run it, on
+/// a spare thread: see [`block_on`]). The outcome is delivered from the pool thread; no tokio worker
 /// ever waits for it. Inside the pool the submitting tokio runtime is entered, so a node can use
 /// tokio (timers, I/O, submitting children through a coordinator).
 ///
@@ -443,14 +454,23 @@ impl PoolJob {
     }
 }
 
-/// A task handed to a pool, with its place under its strategy's limit, if it has one: run by
-/// whichever thread takes it.
+/// A task handed to a pool, with its place under its strategy's limit, if it has one.
 struct Queued {
     job: PoolJob,
     place: Option<limit::InPool>,
 }
 
 impl Queued {
+    /// Runs the task here, unless this thread waits too deep in [`block_on`] to take more on its
+    /// stack: then a spare thread runs it.
+    fn run_or_hand_on(self, state: &Arc<PoolState>) {
+        if WAITING.with(Cell::get) > HELP_UP_TO {
+            state.hand_on(self);
+        } else {
+            self.run(state);
+        }
+    }
+
     fn run(self, state: &Arc<PoolState>) {
         self.job.run(state);
         drop(self.place);
@@ -464,13 +484,10 @@ impl Inner {
             .limit
             .as_ref()
             .map(|limit| limit.enter(self, &job.node_id, placed));
-        // Dropped unrun (the pool and its strategies went away), the completion delivers a
-        // failure.
-        self.state.push(Queued { job, place });
         let state = Arc::clone(&self.state);
-        self.pool.spawn(move || {
-            state.run_oldest();
-        });
+        // Dropped unrun (the pool went away), the completion delivers a failure.
+        self.pool
+            .spawn(move || Queued { job, place }.run_or_hand_on(&state));
         // Threads waiting in `block_on` may run the new work.
         self.state.signal.bump();
     }

@@ -1,52 +1,86 @@
 //! What the threaded strategies sharing one pool share: the signal its waiting threads sleep on,
-//! and the tasks handed to it, which spare threads take when every thread that could take them
-//! waits in [`block_on`](crate::block_on) with no room left to help.
+//! and the tasks that a thread waiting too deep in [`block_on`](crate::block_on) to run them
+//! handed on, which spare threads run.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::Queued as Job;
 use crate::signal::Signal;
 
+/// How long a spare thread with nothing left to run waits for more before it ends.
+const LINGER: Duration = Duration::from_millis(100);
+
 /// One pool's shared state.
-#[derive(Default)]
 pub(crate) struct PoolState {
     pub(super) signal: Arc<Signal>,
-    /// The tasks handed to the pool, oldest first. Each is also one job on the pool, which takes
-    /// the oldest here: a pool thread runs them in the order given, as before, and a spare
-    /// thread can take them too.
-    queue: Mutex<VecDeque<Job>>,
-    /// Spare threads running that wait in no `block_on`: those that can take the next task.
+    /// The pool's threads.
+    threads: usize,
+    /// Its threads waiting too deep to run more tasks.
+    deep: AtomicUsize,
+    /// Tasks handed on by threads waiting too deep to run them, oldest first.
+    handed_on: Mutex<VecDeque<Job>>,
+    /// Spare threads running and not asleep in a wait: those that can take the next task.
     free_spares: AtomicUsize,
 }
 
 impl PoolState {
-    /// Queues `job`; the caller hands the pool one job that runs the oldest
-    /// ([`run_oldest`](Self::run_oldest)).
-    pub(super) fn push(&self, job: Job) {
-        self.queue().push_back(job);
+    /// The state of a pool of `threads` threads.
+    pub(super) fn new(threads: usize) -> Self {
+        Self {
+            signal: Arc::default(),
+            threads,
+            deep: AtomicUsize::new(0),
+            handed_on: Mutex::default(),
+            free_spares: AtomicUsize::new(0),
+        }
     }
 
-    /// Runs the oldest task queued, if any is left; whether it ran one.
+    /// Counts this pool thread as waiting too deep to run more tasks, until dropped.
+    pub(super) fn deep(&self) -> impl Drop + '_ {
+        self.deep.fetch_add(1, Ordering::SeqCst);
+        Decrement(&self.deep)
+    }
+
+    /// Whether every thread of the pool waits too deep to run more tasks: a task queued on the
+    /// pool then waits for a spare thread, not for one of them.
+    pub(super) fn all_deep(&self) -> bool {
+        self.deep.load(Ordering::SeqCst) >= self.threads
+    }
+
+    /// Hands `job` on to the spare threads, starting one if none is free to take it.
+    pub(super) fn hand_on(self: &Arc<Self>, job: Job) {
+        self.handed_on().push_back(job);
+        // A free spare lingering for more work wakes.
+        self.signal.bump();
+        self.start_spare_if_needed();
+    }
+
+    /// Runs the oldest task handed on, if any is left; whether it ran one.
     pub(super) fn run_oldest(self: &Arc<Self>) -> bool {
         // Taken out of the lock before it runs.
-        let job = self.queue().pop_front();
+        let job = self.handed_on().pop_front();
         job.map(|job| job.run(self)).is_some()
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+    fn handed_on(&self) -> MutexGuard<'_, VecDeque<Job>> {
         // Nothing panics under this lock.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.handed_on.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Called by a thread about to sleep in `block_on` with no work it may take: when tasks are
-    /// queued and no spare thread is free to take them, starts one. It runs the queued tasks
-    /// until none is left (helping, as a pool thread does, while a task of its own waits), then
-    /// ends. Threads that wait past their depth thus never leave the queue stuck: the pool grows
-    /// by a thread for as long as every one it has waits.
+    fn nothing_handed_on(&self) -> bool {
+        self.handed_on().is_empty()
+    }
+
+    /// When tasks were handed on and no spare thread is free to take them, starts one: a
+    /// thread that runs them (helping, as a pool thread does, while a task of its own waits),
+    /// lingers a moment for more, then ends. The pool thus grows by a thread while tasks would
+    /// otherwise wait for threads that all wait too deep to take them.
     pub(super) fn start_spare_if_needed(self: &Arc<Self>) {
-        if self.queue().is_empty() || !self.claim_free_spare() {
+        if self.nothing_handed_on() || !self.claim_free_spare() {
             return;
         }
         let state = Arc::clone(self);
@@ -55,7 +89,7 @@ impl PoolState {
             .spawn(move || state.serve_as_spare());
         if let Err(error) = started {
             self.free_spares.fetch_sub(1, Ordering::SeqCst);
-            // The pool's own threads still take the tasks once their waits end.
+            // The pool's threads still run the tasks once their waits are shallow again.
             tracing::warn!(%error, "threaded strategy: could not start a spare thread");
         }
     }
@@ -67,45 +101,67 @@ impl PoolState {
             .is_ok()
     }
 
-    /// A spare thread's life: it runs the queued tasks until none is left.
+    /// A spare thread's life.
     fn serve_as_spare(self: Arc<Self>) {
         SPARE.with(|spare| spare.set(true));
         loop {
-            while self.run_oldest() {}
-            self.free_spares.fetch_sub(1, Ordering::SeqCst);
-            // A task queued after the last look, while this thread still counted as free, found
-            // no spare to start: look again.
-            if self.queue().is_empty() || !self.claim_free_spare() {
+            {
+                // Counted out as it stops, by a panic too: another spare can then start.
+                let _free = Decrement(&self.free_spares);
+                while self.ran_one_within(LINGER) {}
+            }
+            // A task handed on while this thread still counted as free started no spare: look
+            // again.
+            if self.nothing_handed_on() || !self.claim_free_spare() {
                 return;
             }
         }
+    }
+
+    /// Runs the oldest task handed on, waiting up to `linger` for one; whether it ran one.
+    fn ran_one_within(self: &Arc<Self>, linger: Duration) -> bool {
+        let until = Instant::now() + linger;
+        loop {
+            let seen = self.signal.epoch();
+            if self.run_oldest() {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.signal.sleep_unless_moved(seen, left);
+        }
+    }
+
+    /// While this thread, if a spare, sleeps in a wait, it is not free: another spare may start.
+    pub(super) fn asleep(&self) -> Option<impl Drop + '_> {
+        SPARE.with(Cell::get).then(|| {
+            self.free_spares.fetch_sub(1, Ordering::SeqCst);
+            Increment(&self.free_spares)
+        })
     }
 }
 
 thread_local! {
     /// Set on a spare thread.
-    static SPARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static SPARE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// While a spare thread waits in `block_on` it is not free to take more tasks, until dropped.
-pub(super) struct SpareWaiting(Option<Arc<PoolState>>);
+/// Decrements a count when dropped.
+struct Decrement<'a>(&'a AtomicUsize);
 
-impl SpareWaiting {
-    /// Marks this thread, if it is a spare and waits in no other `block_on` (`depth` 1), as not
-    /// free.
-    pub(super) fn enter(state: &Arc<PoolState>, depth: usize) -> Self {
-        let spare = depth == 1 && SPARE.with(std::cell::Cell::get);
-        Self(spare.then(|| {
-            state.free_spares.fetch_sub(1, Ordering::SeqCst);
-            Arc::clone(state)
-        }))
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-impl Drop for SpareWaiting {
+/// Increments a count when dropped.
+struct Increment<'a>(&'a AtomicUsize);
+
+impl Drop for Increment<'_> {
     fn drop(&mut self) {
-        if let Some(state) = self.0.take() {
-            state.free_spares.fetch_add(1, Ordering::SeqCst);
-        }
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
