@@ -131,9 +131,9 @@ fn helping_block_on<F: Future>(future: F, state: &Arc<PoolState>) -> F::Output {
                 continue;
             }
             // Nothing this thread may run: the tasks handed on go to a spare thread if none is
-            // free to take them.
-            state.start_spare_if_needed();
+            // free to take them (this one, if a spare, counted out first: asleep, it is not).
             let _asleep = state.asleep();
+            state.start_spare_if_needed();
             signal.sleep_unless_moved(seen, BACKSTOP);
             break;
         }

@@ -571,3 +571,59 @@ fn two_strategies_on_one_pool_with_a_deep_waiter_keep_their_limits() {
     );
     assert_eq!(peak.load(Ordering::SeqCst), 1);
 }
+
+fn wait_in_thread(
+    run: task_core::Running,
+    secs: u64,
+) -> Result<bool, std::sync::mpsc::RecvTimeoutError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(futures::executor::block_on(run).is_ok()));
+    rx.recv_timeout(Duration::from_secs(secs))
+}
+
+/// A spare waiting 33 deep for its own child, handed on while the spare was busy (so counted
+/// free), after the pool thread that handed it on has gone back to depth 0.
+#[test]
+fn a_spare_waiting_deep_for_its_own_handed_on_child_gets_another_spare() {
+    let s = ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap();
+    let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
+    let s2 = s.clone();
+    let j0 = Task::blocking("j0", "j0", move || {
+        let j = Task::blocking("j", "j", || Ok::<_, BoxError>(1));
+        let r = task_core::run(&s2, j.into_erased()); // from the spare: to the injector
+        std::thread::sleep(Duration::from_millis(50)); // busy: the pool thread hands j on now
+        done_tx.send(()).unwrap(); // the pool thread's deep wait ends
+        std::thread::sleep(Duration::from_millis(50));
+        nest_then(
+            32,
+            Box::new(move || {
+                block_on(r).unwrap();
+            }),
+        ); // waits 33 deep
+        Ok::<_, BoxError>(())
+    });
+    let j0_cell = Arc::new(std::sync::Mutex::new(None));
+    let (c, s3) = (j0_cell.clone(), s.clone());
+    let root = Task::blocking("root", "root", move || {
+        nest_then(
+            33,
+            Box::new(move || {
+                *c.lock().unwrap() = Some(task_core::run(&s3, j0.into_erased()));
+                let _ = block_on(done_rx);
+            }),
+        );
+        Ok::<_, BoxError>(())
+    });
+    let root = task_core::run(&s, root.into_erased());
+    assert_eq!(wait_in_thread(root, 5), Ok(true), "root");
+    let j0 = j0_cell.lock().unwrap().take().unwrap();
+    let got = wait_in_thread(j0, 5);
+    assert_eq!(
+        got,
+        Ok(true),
+        "j0 never finished: its child stays handed on"
+    );
+}
