@@ -370,11 +370,11 @@ fn shutdown_and_drop_with_tasks_queued_answer_each_once() {
     futures::executor::block_on(deep).unwrap();
 }
 
-/// A 2-thread pool: one thread waits deep, the other is idle. Tasks submitted one at a time.
-#[test]
-fn no_spare_runs_a_task_while_a_pool_thread_is_idle() {
+/// 200 tasks, one at a time, on a pool of `threads` whose first thread waits deep: how many ran
+/// on spares, and on how many spare threads.
+fn trickle_beside_a_deep_waiter(threads: usize) -> (usize, usize) {
     let s = ThreadedExecutionStrategy::builder()
-        .threads(2)
+        .threads(threads)
         .build()
         .unwrap();
     let (deep, release) = deep_waiter(&s);
@@ -395,44 +395,23 @@ fn no_spare_runs_a_task_while_a_pool_thread_is_idle() {
     }
     release.send(()).unwrap();
     futures::executor::block_on(deep).unwrap();
-    eprintln!(
-        "{on_spare}/200 tasks ran on spares, {} distinct spare threads started",
-        spares.lock().unwrap().len()
-    );
+    let distinct = spares.lock().unwrap().len();
+    (on_spare, distinct)
+}
+
+#[test]
+fn no_spare_runs_a_task_while_a_pool_thread_is_idle() {
+    let (on_spare, _) = trickle_beside_a_deep_waiter(2);
     assert_eq!(on_spare, 0);
 }
 
 #[test]
 fn one_spare_lingers_through_a_trickle_of_tasks() {
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
-    let (deep, release) = deep_waiter(&s);
-    let spares = Arc::new(Mutex::new(HashSet::new()));
-    let mut on_spare = 0;
-    for i in 0..200 {
-        let sp = spares.clone();
-        let t = Task::blocking(format!("t{i}"), "tiny", move || {
-            let spare = name() == "threaded-spare";
-            if spare {
-                sp.lock().unwrap().insert(std::thread::current().id());
-            }
-            Ok::<_, BoxError>(spare)
-        });
-        let v = futures::executor::block_on(task_core::run(&s, t.into_erased())).unwrap();
-        on_spare += usize::from(*v.downcast_ref::<bool>().unwrap());
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    release.send(()).unwrap();
-    futures::executor::block_on(deep).unwrap();
-    eprintln!(
-        "{on_spare}/200 tasks ran on spares, {} distinct spare threads started",
-        spares.lock().unwrap().len()
-    );
+    let (on_spare, spares) = trickle_beside_a_deep_waiter(1);
+    assert_eq!(on_spare, 200, "the pool's one thread waits deep");
     assert!(
-        spares.lock().unwrap().len() <= 2,
-        "a spare lingers between tasks"
+        spares <= 2,
+        "a spare lingers between tasks: {spares} started"
     );
 }
 
