@@ -290,10 +290,8 @@ fn a_task_cancelled_while_queued_behind_a_busy_spare_never_starts() {
         &s,
         Task::blocking("busy", "busy", move || {
             up.send(name()).unwrap();
-            {
-                gate.recv().unwrap();
-                Ok::<_, BoxError>(())
-            }
+            gate.recv().unwrap();
+            Ok::<_, BoxError>(())
         })
         .into_erased(),
     );
