@@ -55,7 +55,7 @@ const HELP_UP_TO: usize = 32;
 /// Tasks of one pool may wait for their children, not for each other. A thread runs the threaded
 /// strategies' tasks on top of its waiting nodes while at most 32 `block_on`s wait on top of one
 /// another on it, so that its stack does not grow without bound; past that it hands each task it
-/// takes (its nodes' children first, as before) to a spare thread, which runs them, lingers a
+/// takes (its nodes' children first) to a spare thread, which runs them, lingers a
 /// moment for more and ends: one at a time is started, and another only while every spare
 /// waits. It still runs other rayon work there (its own `rayon::join` halves), and takes work
 /// from elsewhere on the pool only while every thread of the pool waits as deep. A spare has
@@ -324,7 +324,7 @@ struct Inner {
 ///
 /// A blocking node runs directly on a pool thread; an async node is driven to completion on a
 /// pool thread with [`block_on`] (or, handed on by a pool thread waiting too deep to run it, on
-/// a spare thread: see [`block_on`]). The outcome is delivered from the pool thread; no tokio worker
+/// a spare thread: see [`block_on`]). The outcome is delivered from that thread; no tokio worker
 /// ever waits for it. Inside the pool the submitting tokio runtime is entered, so a node can use
 /// tokio (timers, I/O, submitting children through a coordinator).
 ///
