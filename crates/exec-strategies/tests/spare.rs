@@ -72,6 +72,36 @@ fn deep_waiter(
     (r, tx)
 }
 
+/// A strategy on a pool of one thread.
+fn one_thread() -> ThreadedExecutionStrategy {
+    ThreadedExecutionStrategy::builder()
+        .threads(1)
+        .build()
+        .unwrap()
+}
+
+/// Starts a task on `s` that holds its thread until the returned sender is used, then returns
+/// `output()`; returns once the task runs, with the name of the thread it runs on.
+fn held<O>(
+    s: &ThreadedExecutionStrategy,
+    id: &str,
+    output: impl FnOnce() -> O + Send + 'static,
+) -> (task_core::Running, std::sync::mpsc::Sender<()>, String)
+where
+    O: std::fmt::Debug + Send + Sync + 'static,
+{
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let (up, is_up) = std::sync::mpsc::channel::<String>();
+    let task = Task::blocking(id, "held", move || {
+        up.send(name()).unwrap();
+        gate.recv().unwrap();
+        Ok::<_, BoxError>(output())
+    });
+    let running = task_core::run(s, task.into_erased());
+    let on = is_up.recv_timeout(Duration::from_secs(5)).unwrap();
+    (running, go, on)
+}
+
 fn spin(d: Duration) {
     let t = Instant::now();
     while t.elapsed() < d {
@@ -82,24 +112,13 @@ fn spin(d: Duration) {
 /// 300 parents each waiting for one trivial child, on a one-thread pool: a shallow tree.
 #[test]
 fn shallow_parents_each_waiting_for_one_child_pile_up_no_waits() {
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
+    let s = one_thread();
     let mon = Monitor::start();
     let waiting = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let threads = Arc::new(Mutex::new(HashSet::new()));
     // Hold the pool thread (no block_on) while the parents queue.
-    let (go, gate) = std::sync::mpsc::channel::<()>();
-    let hold = task_core::run(
-        &s,
-        Task::blocking("hold", "hold", move || {
-            gate.recv().unwrap();
-            Ok::<_, BoxError>(())
-        })
-        .into_erased(),
-    );
+    let (hold, go, _) = held(&s, "hold", || ());
     let runs: Vec<_> = (0..300)
         .map(|i| {
             let (s2, w, pk, th) = (s.clone(), waiting.clone(), peak.clone(), threads.clone());
@@ -139,10 +158,7 @@ fn shallow_parents_each_waiting_for_one_child_pile_up_no_waits() {
 
 /// Async nodes that compute (never pending) on a pool whose thread waits deep: how many spares.
 fn cpu_tasks_while_deep(asynchronous: bool) -> (usize, usize) {
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
+    let s = one_thread();
     let (deep, release) = deep_waiter(&s);
     let base = os_threads();
     let mon = Monitor::start();
@@ -279,23 +295,10 @@ fn max_in_flight_holds_for_nodes_on_spares() {
 /// A task queued while the pool waits deep and its spare is busy, cancelled before it starts.
 #[test]
 fn a_task_cancelled_while_queued_behind_a_busy_spare_never_starts() {
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
+    let s = one_thread();
     let (deep, release) = deep_waiter(&s);
-    let (go, gate) = std::sync::mpsc::channel::<()>();
-    let (up, is_up) = std::sync::mpsc::channel::<String>();
-    let busy = task_core::run(
-        &s,
-        Task::blocking("busy", "busy", move || {
-            up.send(name()).unwrap();
-            gate.recv().unwrap();
-            Ok::<_, BoxError>(())
-        })
-        .into_erased(),
-    );
-    let on = is_up.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (busy, go, on) = held(&s, "busy", || ());
+    assert_eq!(on, "threaded-spare", "the pool's one thread waits deep");
     let started = Arc::new(AtomicBool::new(false));
     let st = started.clone();
     let x = task_core::run(
@@ -316,7 +319,6 @@ fn a_task_cancelled_while_queued_behind_a_busy_spare_never_starts() {
     futures::executor::block_on(y).unwrap();
     release.send(()).unwrap();
     futures::executor::block_on(deep).unwrap();
-    eprintln!("busy ran on {on}; stats {:?}", s.stats());
     assert!(!started.load(Ordering::SeqCst));
     assert_eq!(s.stats().stopped, 1);
 }
@@ -324,21 +326,9 @@ fn a_task_cancelled_while_queued_behind_a_busy_spare_never_starts() {
 /// Shutdown with tasks queued behind a deep waiter, then everything dropped.
 #[test]
 fn shutdown_and_drop_with_tasks_queued_answer_each_once() {
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
+    let s = one_thread();
     let (deep, release) = deep_waiter(&s);
-    let (go, gate) = std::sync::mpsc::channel::<()>();
-    let busy = task_core::run(
-        &s,
-        Task::blocking("busy", "busy", move || {
-            gate.recv().unwrap();
-            Ok::<_, BoxError>(())
-        })
-        .into_erased(),
-    );
-    std::thread::sleep(Duration::from_millis(50));
+    let (busy, go, _) = held(&s, "busy", || ());
     let queued: Vec<_> = (0..5)
         .map(|i| {
             task_core::run(
@@ -424,26 +414,10 @@ impl Drop for PanicOnDrop {
 /// An output whose Drop panics, dropped by the completion of a cancelled run on a spare.
 #[test]
 fn a_panic_escaping_a_task_on_a_spare_leaves_spares_working() {
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
+    let s = one_thread();
     let (deep, release) = deep_waiter(&s);
-    let (go, gate) = std::sync::mpsc::channel::<()>();
-    let (up, is_up) = std::sync::mpsc::channel::<String>();
-    let a = task_core::run(
-        &s,
-        Task::blocking("a", "a", move || {
-            up.send(name()).unwrap();
-            gate.recv().unwrap();
-            Ok::<_, BoxError>(PanicOnDrop)
-        })
-        .into_erased(),
-    );
-    eprintln!(
-        "a runs on {}",
-        is_up.recv_timeout(Duration::from_secs(5)).unwrap()
-    );
+    let (a, go, on) = held(&s, "a", || PanicOnDrop);
+    assert_eq!(on, "threaded-spare", "the pool's one thread waits deep");
     drop(a); // cancelled: its outcome is dropped where it is delivered
     go.send(()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -472,10 +446,7 @@ fn nest_then(depth: usize, f: Box<dyn FnOnce() + Send>) {
 
 /// A node whose thread waits `depth` deep joins: one half waits (helping) for the other.
 fn join_at(depth: usize) -> Result<(), std::sync::mpsc::RecvTimeoutError> {
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
+    let s = one_thread();
     let t = Task::blocking("j", "join", move || {
         nest_then(
             depth,
@@ -562,10 +533,7 @@ fn wait_in_thread(
 /// free), after the pool thread that handed it on has gone back to depth 0.
 #[test]
 fn a_spare_waiting_deep_for_its_own_handed_on_child_gets_another_spare() {
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(1)
-        .build()
-        .unwrap();
+    let s = one_thread();
     let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
     let s2 = s.clone();
     let j0 = Task::blocking("j0", "j0", move || {
