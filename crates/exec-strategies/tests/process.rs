@@ -1577,6 +1577,46 @@ fn a_worker_dying_mid_frame_hands_its_queued_tasks_on() {
     let _ = std::fs::remove_file(&marker);
 }
 
+/// A worker whose end is seen before the end of its output (a process it started holds it) is
+/// read to the end of what it wrote. When that breaks the protocol, what follows the breach may
+/// say that a queued run started: such a run fails as lost rather than go to another worker,
+/// where it would run twice.
+fn a_run_started_behind_a_late_protocol_breach_is_not_run_twice() {
+    let (dir, pid) = (std::env::temp_dir(), std::process::id());
+    let marker = dir.join(format!("exec-strategies-late-breach-{pid}"));
+    let ran = dir.join(format!("exec-strategies-late-breach-ran-{pid}"));
+    std::fs::write(&marker, b"").unwrap();
+    std::fs::write(&ran, b"").unwrap();
+    runtime().block_on(async {
+        let me = std::env::current_exe().unwrap();
+        let args = ["--fake-worker", "late-breach", marker.to_str().unwrap()];
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .command(me, args.into_iter().chain([ran.to_str().unwrap()]))
+            .start()
+            .await
+            .unwrap();
+        let running = task_core::run(&s, Task::portable("running", Sleep(60_000)).into_erased());
+        let running = tokio::spawn(running);
+        wait_until("the first run is given", || {
+            s.stats().workers.iter().any(|w| w.in_flight == 1)
+        });
+        let queued = Task::portable("queued", Touch(ran.clone())).into_erased();
+        let queued = task_core::run(&s, queued);
+        let both = futures::future::join(running, queued);
+        let (running, queued) = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .expect("both runs are answered");
+        let running = running.unwrap();
+        assert!(running.unwrap_err().is_worker_lost());
+        let times = std::fs::read_to_string(&ran).unwrap().lines().count();
+        assert_eq!(times, 1, "the queued run ran {times} times: {queued:?}");
+        assert!(queued.unwrap_err().is_worker_lost());
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+    let _ = std::fs::remove_file(&ran);
+}
+
 /// Workers that end on their own as soon as they start, with nothing run (a broken environment),
 /// are not replaced in a tight loop: the pool pauses, longer each time, and a task waiting for a
 /// worker meanwhile fails saying why instead of waiting.
@@ -1736,7 +1776,7 @@ fn many_tasks_in_flight_each_get_their_own_answer() {
 /// Plays a worker that breaks the protocol in the way `mode` names.
 fn fake_worker(mode: &str) -> ! {
     let (mut input, mut output) = exec_strategies::process::worker_pipes().unwrap();
-    if mode == "cut-short" {
+    if mode == "cut-short" || mode == "late-breach" {
         // Plays the pool's first worker only: its replacement serves.
         let marker = std::env::args().nth(3).expect("a marker");
         std::fs::remove_file(marker).unwrap();
@@ -1775,10 +1815,25 @@ fn fake_worker(mode: &str) -> ! {
         }
         let mut body = vec![0; u32::from_le_bytes(header) as usize];
         input.read_exact(&mut body).unwrap();
-        let Ok(ToWorker::Run { id, .. }) = wire::decode_body::<ToWorker>(&body) else {
+        let Ok(ToWorker::Run { id, announce, .. }) = wire::decode_body::<ToWorker>(&body) else {
             std::process::exit(0);
         };
         match mode {
+            // Given a second run (queued: its start is to be announced), starts it (adds a line
+            // to the file named after the marker) and ends at once, leaving a process that holds
+            // its output to write, a moment later, a broken frame and then the run's `Started`.
+            "late-breach" if announce => {
+                let ran = std::env::args().nth(4).expect("a file to add a line to");
+                let mut file = std::fs::OpenOptions::new().append(true).open(ran).unwrap();
+                file.write_all(b"ran\n").unwrap();
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args(["--late-writer", &id.to_string()])
+                    .env_remove(exec_strategies::process::WORKER_ENV)
+                    .stdout(output.try_clone().unwrap())
+                    .spawn()
+                    .unwrap();
+                std::process::exit(0);
+            }
             "garbage-after-hello" => send(&[3, 0, 0, 0, 0xfe, 0xfe, 0xfe]),
             "wrong-id" => {
                 let done = FromWorker::Done {
@@ -1966,8 +2021,24 @@ fn a_worker_that_lost_its_pipes_fails_and_runs_no_main() {
     assert!(error.to_string().contains("status 3"), "{error}");
 }
 
+/// What `--late-writer ID` does for the `late-breach` worker, its output as stdout: waits for
+/// the worker's end to be seen, then writes a frame no worker writes and run ID's `Started`.
+fn late_writer(id: &str) -> ! {
+    std::thread::sleep(Duration::from_millis(100));
+    let started = FromWorker::Started {
+        id: id.parse().unwrap(),
+    };
+    let mut bytes = vec![3, 0, 0, 0, 0xfe, 0xfe, 0xfe];
+    bytes.extend(wire::encode_frame(&started, usize::MAX).unwrap());
+    std::io::stdout().write_all(&bytes).unwrap();
+    std::process::exit(0);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--late-writer") {
+        late_writer(&args[2]);
+    }
     if args.get(1).map(String::as_str) == Some("--fake-worker")
         && args
             .get(3)
@@ -2044,6 +2115,7 @@ fn main() {
         a_worker_that_closes_its_output_and_lives_on_fails_start,
         a_worker_that_starts_a_pool_instead_of_serving_is_refused,
         a_worker_dying_mid_frame_hands_its_queued_tasks_on,
+        a_run_started_behind_a_late_protocol_breach_is_not_run_twice,
         workers_that_keep_ending_at_once_are_not_restarted_in_a_storm,
         misbehaving_workers_fail_their_task_and_are_replaced,
     ];

@@ -305,10 +305,11 @@ impl Shared {
 
     /// Kills the worker if the cancelled `run` is still running in it after the cancel grace
     /// (nothing else stops a node that never waits); the runs it had not started go to others.
+    /// The timer is the run's: it stops when the worker answers the run or is gone.
     pub(super) fn kill_later(self: &Arc<Self>, worker_id: u64, run: u64) {
         let shared = Arc::clone(self);
         let grace = self.config.cancel_grace;
-        self.runtime.spawn(async move {
+        let timer = self.runtime.spawn(async move {
             tokio::time::sleep(grace).await;
             shared.with_worker(worker_id, |worker| {
                 if worker.pending.get(&run).is_some_and(|p| p.started) {
@@ -318,5 +319,16 @@ impl Shared {
                 }
             });
         });
+        let timer = timer.abort_handle();
+        let mut timer = Some(timer);
+        self.with_worker(worker_id, |worker| {
+            if let Some(pending) = worker.pending.get_mut(&run) {
+                pending.timer = timer.take();
+            }
+        });
+        // Answered (or its worker gone) since it was abandoned: nothing left to kill.
+        if let Some(timer) = timer {
+            timer.abort();
+        }
     }
 }

@@ -47,7 +47,8 @@ pub(super) struct Pending {
     pub(super) started: bool,
     /// The request the run belongs to, to count the crashes of its attempts.
     pub(super) request_id: RequestId,
-    /// The task timeout's timer, once the run started: stopped when the run is answered.
+    /// Its timer: the task timeout's once the run started, the cancel grace's once it was
+    /// abandoned. Stopped when the run is answered or its worker is gone.
     pub(super) timer: Option<tokio::task::AbortHandle>,
     /// Where the node's events go: the request's sink.
     pub(super) events: Option<task_core::context::Events>,

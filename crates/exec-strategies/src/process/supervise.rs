@@ -231,9 +231,10 @@ impl Shared {
         };
         if !read_all {
             // What it wrote before it ended still counts: a run it answered is answered, one it
-            // started is started. Its output closes with it, so this is quick.
+            // started is started. Its output closes with it, so this is quick. A breach of the
+            // protocol in it stops the reading there: what follows may say a run started.
             match tokio::time::timeout(READ_REST, &mut reader).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(read)) => unread = matches!(read, Ended::BrokeProtocol(_)),
                 Ok(read) => {
                     unread = true;
                     read_ended(read);
@@ -466,6 +467,20 @@ mod tests {
         Shared::new(config, &NodeRegistry::new(), 1, 1, runtimes, stop)
     }
 
+    /// Worker `id`'s slot, holding `pending`.
+    fn slot(id: u64, pending: HashMap<u64, Pending>) -> Slot {
+        Slot {
+            id,
+            pid: 0,
+            input: None,
+            kill: None,
+            pending,
+            given: 0,
+            completed: 0,
+            draining: false,
+        }
+    }
+
     /// A worker's reader still running once its slot holds the replacement, which was handed the
     /// same run number (the run had not started as far as the pool knew): the old worker's
     /// answer is not the new one's.
@@ -482,14 +497,8 @@ mod tests {
             kept: None,
         };
         shared.lock().slots[0] = Some(Slot {
-            id: 2,
-            pid: 0,
-            input: None,
-            kill: None,
-            pending: HashMap::from([(5, pending)]),
             given: 1,
-            completed: 0,
-            draining: false,
+            ..slot(2, HashMap::from([(5, pending)]))
         });
         let done = FromWorker::Done {
             id: 5,
@@ -508,5 +517,41 @@ mod tests {
         let state = shared.lock();
         let slot = state.slots[0].as_ref().expect("the replacement");
         assert!(slot.pending.contains_key(&5) && slot.completed == 0);
+    }
+
+    /// A run cancelled in its worker starts the cancel grace's timer; the worker's answer stops
+    /// it. Left to sleep out the grace, each would hold the pool: cancellations within a long
+    /// grace would pile them up.
+    #[tokio::test]
+    async fn a_cancelled_run_answered_leaves_no_timer_behind() {
+        let shared = Arc::new(pool_of_one_slot());
+        shared.lock().slots[0] = Some(slot(1, HashMap::new()));
+        for run in 0..100 {
+            let pending = Pending {
+                reply: None,
+                started: true,
+                request_id: RequestId::from("r"),
+                timer: None,
+                events: None,
+                kept: None,
+            };
+            shared.with_worker(1, |worker| worker.pending.insert(run, pending));
+            // Its caller stops waiting, and the worker answers the cancellation at once.
+            shared.abandon(1, run, None);
+            shared.with_worker(1, |worker| worker.pending.remove(&run));
+        }
+        // An aborted timer lets go of the pool once the runtime runs it (well within the grace
+        // of 1 s, which a timer left running sleeps out).
+        for _ in 0..1000 {
+            if Arc::strong_count(&shared) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            Arc::strong_count(&shared),
+            1,
+            "every cancelled run was answered, yet timers hold the pool"
+        );
     }
 }
