@@ -416,6 +416,26 @@ fn dropping_a_coordinator_without_shutdown_ends_its_worker_processes() {
     }
 }
 
+/// The pool counts a run out before its caller hears: the mode's stats read right after an
+/// answer count every run once.
+fn a_process_run_is_counted_out_before_its_caller_hears() {
+    runtime().block_on(async {
+        let (publisher, coordinator) = started().await;
+        for i in 1..=100 {
+            let task = Task::portable(format!("r{i}"), Analyze("a word".into()));
+            coordinator
+                .submit(task, ExecutionMode::PROCESS)
+                .await
+                .unwrap();
+            let detail = coordinator.system_detail();
+            let stats = &detail.modes["process"];
+            assert_eq!((stats.in_flight, stats.succeeded), (0, i), "after run {i}");
+        }
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+}
+
 fn typed_results_and_failures_come_back_from_worker_processes() {
     runtime().block_on(async {
         let (publisher, coordinator) = started().await;
@@ -620,6 +640,7 @@ fn main() {
         an_event_sent_after_the_answer_disturbs_no_other_run,
         a_worker_processs_events_arrive_in_order_before_its_terminal_message,
         typed_results_and_failures_come_back_from_worker_processes,
+        a_process_run_is_counted_out_before_its_caller_hears,
         timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker,
         a_retried_task_survives_its_worker_being_killed,
         an_attempt_that_hangs_in_its_worker_is_stopped_and_retried,

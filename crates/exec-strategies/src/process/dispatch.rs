@@ -67,7 +67,7 @@ impl Shared {
     /// node until it has stopped. Dropped unfinished (its runtime shut down), the run's
     /// [`AbandonOnDrop`] has it cancelled in its worker.
     pub(super) async fn run(self: Arc<Self>, task: ErasedTask, completion: Completion) {
-        let Some(_admission) = self.tracker.admit() else {
+        let Some(admission) = self.tracker.admit() else {
             // The node goes before its completion.
             crate::drop_unstarted(task);
             return completion.complete(Err(TaskError::shutdown("process")));
@@ -81,7 +81,10 @@ impl Shared {
         match waited {
             Waited::Answered(outcome) => {
                 unfinished.ended();
+                // Counted out before the caller hears: what it reads of the stats then is
+                // current.
                 self.tracker.record(&outcome);
+                drop(admission);
                 completion.complete(outcome);
             }
             // Nothing of it runs: the completion goes now.
