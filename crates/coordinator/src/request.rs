@@ -10,6 +10,7 @@
 //! one, whatever races.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
@@ -211,9 +212,7 @@ impl Ending {
         }
         // A backoff's timer stops when its sender drops, with `retry`. The copy of the task it
         // keeps is the user's: a panic in its `Drop` is logged, and the request still ends.
-        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(retry)));
-        if let Err(panic) = dropped {
-            let reason = task_core::panic_message(panic.as_ref());
+        if let Some(reason) = task_core::catch_panic(move || drop(retry)) {
             tracing::error!(%reason, "the task's copy kept for a retry panicked when dropped");
         }
         // Ended, it no longer keeps the request above alive; its open children stay reachable
@@ -291,15 +290,23 @@ impl RequestCell {
             return outcome;
         };
         match outcome {
-            Ok(output) if !(expected.is)(&output) => Err(TaskError::strategy(format!(
-                "expected a {} result, got {output:?}",
-                expected.name
-            ))),
-            Ok(output) if expected.owned && output.is_shared() => Err(TaskError::strategy(
-                "the output arrived shared (whoever completed the request kept a copy, or fed \
-                 handle_item a message it still holds), but the caller takes it moved: feed \
-                 the message itself, or submit with submit_shared or spawn_erased",
-            )),
+            Ok(output) if !(expected.is)(&output) => {
+                let shown = std::panic::catch_unwind(AssertUnwindSafe(|| format!("{output:?}")));
+                let shown = shown.unwrap_or_else(|_| "an output whose Debug panicked".into());
+                let_go(output);
+                Err(TaskError::strategy(format!(
+                    "expected a {} result, got {shown}",
+                    expected.name
+                )))
+            }
+            Ok(output) if expected.owned && output.is_shared() => {
+                let_go(output);
+                Err(TaskError::strategy(
+                    "the output arrived shared (whoever completed the request kept a copy, or \
+                     fed handle_item a message it still holds), but the caller takes it moved: \
+                     feed the message itself, or submit with submit_shared or spawn_erased",
+                ))
+            }
             outcome => outcome,
         }
     }
@@ -554,5 +561,13 @@ impl RequestCell {
         } else {
             Some(place)
         }
+    }
+}
+
+/// Lets go of an output a request does not end with. Its `Drop` is the user's: a panic there is
+/// logged, not unwound out of the ending, which would leave the request unanswered.
+fn let_go(output: task_core::Value) {
+    if let Some(reason) = task_core::catch_panic(move || drop(output)) {
+        tracing::error!(%reason, "an output a request did not end with panicked when dropped");
     }
 }

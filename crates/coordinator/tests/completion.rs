@@ -193,6 +193,46 @@ async fn an_output_of_the_wrong_type_fails_job_and_caller_alike() {
     assert_eq!(recorder.terminal_counts()["w"], 1);
 }
 
+/// An output whose `Debug` and `Drop` panic (user code).
+struct Hostile;
+
+impl std::fmt::Debug for Hostile {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("Debug of an output")
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("Drop of an output");
+        }
+    }
+}
+
+/// The same when that output's `Debug` and `Drop` panic: the request still ends, once.
+#[tokio::test]
+async fn an_output_of_the_wrong_type_that_panics_when_shown_or_dropped_still_ends_its_request() {
+    let (strategy, publisher, coordinator, recorder, handle) = spawned_and_held("p").await;
+    let completion = strategy.held.lock().unwrap().pop().unwrap();
+    completion.complete(Ok(Value::new(Hostile)));
+    let error = tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("the caller is answered")
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("expected a u64 result"),
+        "{error}"
+    );
+    assert_eq!(
+        coordinator.job("p").unwrap().result(),
+        Some(JobResult::Failure)
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts()["p"], 1);
+}
+
 #[tokio::test]
 async fn an_outcome_delivered_from_a_thread_of_no_runtime_ends_the_request() {
     let (publisher, coordinator, recorder) =

@@ -450,7 +450,12 @@ impl PoolJob {
         });
         // Counted out before the caller hears: what it reads of the stats then is current.
         admission.record(&outcome);
-        completion.complete(outcome);
+        // Delivering may drop the output here (its request ended early, or nobody holds its
+        // handle): a panic in its `Drop`, the user's, is logged, not left to rayon, which aborts
+        // the process on a panic in a pool of the application's without a handler.
+        if let Some(reason) = task_core::catch_panic(move || completion.complete(outcome)) {
+            tracing::error!(%reason, "delivering a threaded task's outcome panicked");
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! A task whose request was cancelled before it started: its body never runs, goes before its
 //! completion does (so nothing of the node outlives the request's end: the coordinator may start
 //! the next attempt or hand the place on once the run is over), and a panic in its `Drop` reaches
-//! no pool thread.
+//! no pool thread; nor does one in the `Drop` of an output let go as it is delivered.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -105,6 +105,7 @@ fn the_threaded_strategy_lets_go_of_an_unstarted_body_before_its_completion() {
     assert!(seen.iter().all(|&(_, gone)| gone), "{seen:?}");
 }
 
+#[derive(Debug)]
 struct PanicsWhenDropped;
 
 impl Drop for PanicsWhenDropped {
@@ -144,6 +145,55 @@ fn an_unstarted_body_that_panics_when_dropped_leaves_the_applications_pool_runni
     assert_eq!(
         after.unwrap().downcast_ref(),
         Some(&3),
+        "the pool still runs"
+    );
+}
+
+/// A request that ended before its run delivered (it timed out, or nobody holds its handle):
+/// the outcome is let go as it is delivered.
+struct LetsGo(mpsc::SyncSender<()>);
+
+impl task_core::context::EventSink for LetsGo {
+    fn broadcast(&self, _: Arc<str>) {}
+}
+
+impl CompletionSink for LetsGo {
+    fn complete(&self, outcome: Outcome) {
+        drop(outcome);
+    }
+    fn poll_cancelled(&self, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+    fn run_over(&self) {
+        let _ = self.0.try_send(());
+    }
+    fn run_in_scope(&self, f: &mut dyn FnMut()) {
+        f();
+    }
+    fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
+        futures::executor::block_on(future);
+    }
+}
+
+/// The same for an output let go as it is delivered: a panic in its `Drop` on the application's
+/// pool is caught and logged.
+#[test]
+fn an_output_that_panics_when_let_go_leaves_the_applications_pool_running() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+    let strategy = ThreadedExecutionStrategy::builder().pool(Arc::new(pool.unwrap()));
+    let strategy = strategy.build().unwrap();
+    let task = Task::blocking("1", "late", || Ok::<_, BoxError>(PanicsWhenDropped));
+    let (over, run_over) = mpsc::sync_channel(1);
+    strategy.execute(task.into_erased(), Completion::new(Arc::new(LetsGo(over))));
+    run_over.recv_timeout(Duration::from_secs(10)).unwrap();
+    let after = Task::blocking("2", "after", || Ok::<_, BoxError>(2));
+    let after = futures::executor::block_on(task_core::run(&strategy, after.into_erased()));
+    assert_eq!(
+        after.unwrap().downcast_ref(),
+        Some(&2),
         "the pool still runs"
     );
 }
