@@ -89,8 +89,11 @@ pub(crate) struct Inner {
     pub(crate) max_message_size: usize,
     pub(crate) table: Mutex<Table>,
     pub(crate) next_run: AtomicU64,
-    /// The tasks in flight; closed by shutdown, which then waits for them.
+    /// The runs in flight, and the hand-overs and withdrawals they left going; closed by
+    /// shutdown, which then waits for them.
     pub(crate) tasks: TaskTracker,
+    /// The runs in flight alone, as the stats count them.
+    pub(crate) running: AtomicU64,
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     /// Runs let go of unfinished (their request was cancelled or timed out).

@@ -2,6 +2,7 @@
 //! connection.
 
 use crate::error::NatsError;
+use crate::streams::{create_or_bind, overlaps, subjects_held};
 use std::time::Duration;
 
 /// The setters both builders share, for the server and the configuration both sides must agree
@@ -150,8 +151,8 @@ pub(crate) fn bad_token(value: &str, name: bool) -> Option<&'static str> {
 impl NatsConfig {
     /// Checks, before anything is connected or created, what the server would refuse or take
     /// in a way that cannot work: the stream's name, the prefix (subject tokens separated by
-    /// `.`), the mode (one subject token) and the largest message. The builders call it as they
-    /// start; the worker's also checks its consumer's name.
+    /// `.`), the mode (one subject token), the largest message and the duplicate window. The
+    /// builders call it as they start; the worker's also checks its consumer's name.
     ///
     /// # Errors
     ///
@@ -177,14 +178,12 @@ impl NatsConfig {
             return fail("the mode (NatsConfig::mode)", &self.mode, why);
         }
         if self.max_message_size <= 0 {
-            let size = self.max_message_size.to_string();
+            let setting = "the largest message (NatsConfig::max_message_size)";
             let why = "a message of at least 1 byte must fit";
-            return fail(
-                "the largest message (NatsConfig::max_message_size)",
-                &size,
-                why,
-            );
+            return fail(setting, &self.max_message_size.to_string(), why);
         }
+        // Refused now, rather than after a stream was made with it.
+        crate::client::retry_period(self.task_duplicate_window(), self.task_max_age())?;
         Ok(())
     }
 
@@ -340,75 +339,6 @@ impl NatsConfig {
                        that stream's name (NatsConfig::stream)";
         create_or_bind(js, config, "creating or binding the stream", way_out).await
     }
-}
-
-/// Creates the stream `config` describes, or binds the one of that name. When another stream
-/// already holds its subjects (a stream left by an earlier setup under another name), the error
-/// names that stream and `way_out`, instead of the server's bare "subjects overlap".
-async fn create_or_bind(
-    js: &async_nats::jetstream::Context,
-    config: async_nats::jetstream::stream::Config,
-    context: &'static str,
-    way_out: &str,
-) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
-    let subject = config.subjects.first().cloned().unwrap_or_default();
-    let name = config.name.clone();
-    let error = match js.get_or_create_stream(config).await {
-        Ok(stream) => return Ok(stream),
-        Err(error) => error,
-    };
-    if !overlaps(&error) {
-        return Err(NatsError::new(context, error));
-    }
-    Err(subjects_held(js, subject, name, context, way_out, error).await)
-}
-
-/// The error of a stream refused because another holds (some of) its subjects: that stream is
-/// named, with `way_out`, where the server says which it is.
-async fn subjects_held(
-    js: &async_nats::jetstream::Context,
-    subject: String,
-    name: String,
-    context: &'static str,
-    way_out: &str,
-    error: async_nats::jetstream::context::CreateStreamError,
-) -> NatsError {
-    match js.stream_by_subject(subject.clone()).await {
-        Ok(holder) => NatsError::config(
-            context,
-            SubjectsHeld {
-                subject,
-                name,
-                holder,
-                way_out: way_out.to_owned(),
-                source: error,
-            },
-        ),
-        _ => NatsError::config(context, error),
-    }
-}
-
-/// Whether the server refused a stream because another holds its subjects.
-fn overlaps(error: &async_nats::jetstream::context::CreateStreamError) -> bool {
-    use async_nats::jetstream::ErrorCode;
-    use async_nats::jetstream::context::CreateStreamErrorKind;
-    matches!(error.kind(),
-        CreateStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP)
-}
-
-/// Another stream holds the subjects a stream needs (the server's error is the source).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the subjects {subject} of stream {name} are already held by stream {holder} on this \
-     server: {way_out}"
-)]
-struct SubjectsHeld {
-    subject: String,
-    name: String,
-    holder: String,
-    way_out: String,
-    #[source]
-    source: async_nats::jetstream::context::CreateStreamError,
 }
 
 /// The largest body a message with `headers` (its `Nats-Msg-Id` among them) may have: the

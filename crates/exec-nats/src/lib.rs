@@ -30,6 +30,7 @@ mod error;
 pub mod example_nodes;
 mod listen;
 mod strategy;
+mod streams;
 pub mod wire;
 mod worker;
 

@@ -74,7 +74,15 @@ impl NatsBuilder {
         let reconnected = Arc::new(tokio::sync::Notify::new());
         let name = reader_name(&client_id);
         let advisories =
-            Advisories::start(js.clone(), &self.config, name, Arc::clone(&reconnected)).await?;
+            Advisories::start(js.clone(), &self.config, name, Arc::clone(&reconnected));
+        let advisories = match advisories.await {
+            Ok(advisories) => advisories,
+            // A refused start leaves no consumer of this side's on the server.
+            Err(refused) => {
+                remove_consumers(&js, &self.config, &client_id).await;
+                return Err(refused);
+            }
+        };
         let inner = Arc::new(Inner {
             client_id,
             client,
@@ -89,6 +97,7 @@ impl NatsBuilder {
             table: Mutex::default(),
             next_run: AtomicU64::new(0),
             tasks: TaskTracker::new(),
+            running: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             stopped: AtomicU64::new(0),
@@ -176,7 +185,7 @@ impl TaskExecutionStrategy for NatsStrategy {
         // The token moves into the future: it counts the task out when the run ends, or when the
         // future is dropped unfinished (the request was cancelled), and then it is stopped.
         // Made before the future, which may be dropped before its first poll.
-        let unfinished = Unfinished(Some(Arc::clone(&inner)));
+        let unfinished = Unfinished::new(&inner);
         completion.spawn(async move {
             let _in_flight = in_flight;
             let outcome = inner.run(task).await;
@@ -234,7 +243,7 @@ impl TaskExecutionStrategy for NatsStrategy {
     fn stats(&self) -> StrategyStats {
         let inner = &self.inner;
         StrategyStats::new(
-            inner.tasks.len() as u64,
+            inner.running.load(Ordering::Relaxed),
             inner.succeeded.load(Ordering::Relaxed),
             inner.failed.load(Ordering::Relaxed),
             !inner.tasks.is_closed(),
@@ -243,19 +252,28 @@ impl TaskExecutionStrategy for NatsStrategy {
     }
 }
 
-/// Counts its run stopped when dropped before it ended (failed when a panic drops it).
+/// Counts a run in flight until it ended, or was dropped before: then it is counted stopped
+/// (failed when a panic drops it).
 struct Unfinished(Option<Arc<Inner>>);
 
 impl Unfinished {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.running.fetch_add(1, Ordering::Relaxed);
+        Self(Some(Arc::clone(inner)))
+    }
+
     /// The run ended with an outcome, counted apart.
     fn ended(mut self) {
-        self.0 = None;
+        if let Some(inner) = self.0.take() {
+            inner.running.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(inner) = &self.0 {
+            inner.running.fetch_sub(1, Ordering::Relaxed);
             let counter = if std::thread::panicking() {
                 &inner.failed
             } else {
@@ -317,14 +335,18 @@ impl Inner {
             self.withdraw(run, seq).await;
         }
         self.tasks.wait().await;
-        if let Ok(stream) = self.js.get_stream(self.config.completion_stream()).await {
-            let _ = stream
-                .delete_consumer(&format!("done-{}", self.client_id))
-                .await;
-        }
-        remove_reader(&self.js, &self.config, &self.client_id).await;
+        remove_consumers(&self.js, &self.config, &self.client_id).await;
         let _ = self.client.flush().await;
     }
+}
+
+/// Removes submitting side `client_id`'s completion consumer and advisories' reader from the
+/// server (nothing to do for one that is gone already).
+async fn remove_consumers(js: &jetstream::Context, config: &NatsConfig, client_id: &str) {
+    if let Ok(stream) = js.get_stream(config.completion_stream()).await {
+        let _ = stream.delete_consumer(&format!("done-{client_id}")).await;
+    }
+    remove_reader(js, config, client_id).await;
 }
 
 impl fmt::Debug for NatsStrategy {

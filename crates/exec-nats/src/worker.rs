@@ -243,6 +243,13 @@ impl Shared {
             crate::recorded(|| metrics::counter!("nats_task_redeliveries_total").increment(1));
         }
         let task = match decode::<TaskMessage>(&message.payload) {
+            // Its run id goes into headers and its reply is a subject: a line break or a space
+            // in either (a message published by hand) could never be answered.
+            Ok(task) if !answerable(&task.run) || !answerable(&task.reply) => {
+                let why = "the task names a run or a reply subject holding a space or a control \
+                           character";
+                return self.undecodable(message, TaskError::protocol(why)).await;
+            }
             Ok(task) => task,
             Err(e) => return self.undecodable(message, e).await,
         };
@@ -364,6 +371,12 @@ impl Shared {
                 .await;
         }
     }
+}
+
+/// Whether `text` can name a run in a header and a subject: not empty, no space or control
+/// character.
+fn answerable(text: &str) -> bool {
+    !text.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Sends progress acknowledgements every third of `ack_wait` so a long task is not redelivered

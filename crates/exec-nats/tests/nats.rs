@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 #[path = "nats/proxy.rs"]
 mod proxy;
+#[path = "nats/refusals.rs"]
+mod refusals;
 
 use proxy::Proxy;
 
@@ -58,6 +60,24 @@ fn main() {
             "values_errors_panics_and_unknown_nodes_come_back_typed",
             || Box::pin(values_errors_panics_and_unknown_nodes_come_back_typed()),
         ),
+        (
+            "a_refused_duplicate_window_is_not_recorded_half_way",
+            || Box::pin(refusals::a_refused_duplicate_window_is_not_recorded_half_way()),
+        ),
+        (
+            "a_stream_of_our_name_that_holds_other_subjects_is_refused",
+            || Box::pin(refusals::a_stream_of_our_name_that_holds_other_subjects_is_refused()),
+        ),
+        ("a_refused_start_leaves_no_consumer_on_the_server", || {
+            Box::pin(refusals::a_refused_start_leaves_no_consumer_on_the_server())
+        }),
+        (
+            "a_task_whose_run_id_holds_a_line_break_is_taken_out_unrun",
+            || Box::pin(refusals::a_task_whose_run_id_holds_a_line_break_is_taken_out_unrun()),
+        ),
+        ("in_flight_counts_each_run_once", || {
+            Box::pin(refusals::in_flight_counts_each_run_once())
+        }),
         ("several_workers_share_the_queue", || {
             Box::pin(several_workers_share_the_queue())
         }),

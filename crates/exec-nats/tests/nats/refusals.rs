@@ -1,0 +1,192 @@
+//! What a refused start, a stream of another setup and a task message published by hand leave
+//! behind: nothing on the server, and a worker that goes on serving.
+
+use super::*;
+
+/// A duplicate window too short to try a publish again is refused before a stream is made with
+/// it, so the corrected configuration starts.
+pub(crate) async fn a_refused_duplicate_window_is_not_recorded_half_way() {
+    let config = NatsConfig {
+        duplicate_window: Duration::from_secs(5),
+        ..config("refused-window")
+    };
+    let start = |config: NatsConfig| NatsStrategy::builder().config(config).start();
+    let error = start(config.clone()).await.expect_err("too short a window");
+    assert!(error.is_config_error(), "{error}");
+    let fixed = NatsConfig {
+        duplicate_window: Duration::from_secs(120),
+        ..config.clone()
+    };
+    let started = start(fixed).await;
+    cleanup(&config).await;
+    started.expect("the corrected configuration starts");
+}
+
+/// A stream of the configured name made for other subjects (an earlier setup's, with another
+/// prefix) is refused as it starts, naming it, instead of being bound and leaving every task
+/// looking for a stream until `unreachable_after`.
+pub(crate) async fn a_stream_of_our_name_that_holds_other_subjects_is_refused() {
+    let config = config("other-subjects");
+    let client = async_nats::connect(&config.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![format!("{}-other.run.*", config.prefix)],
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .expect("an earlier setup's stream");
+    let started = NatsStrategy::builder().config(config.clone()).start().await;
+    cleanup(&config).await;
+    let error = started.expect_err("the stream holds none of this side's subjects");
+    assert!(error.is_config_error(), "{error}");
+    assert!(error.to_string().contains(&config.stream), "{error}");
+}
+
+/// A start refused at its last step (the advisories' subject held in part by an application's
+/// stream) removes the completion consumer it made.
+pub(crate) async fn a_refused_start_leaves_no_consumer_on_the_server() {
+    let config = config("refused-start");
+    let client = async_nats::connect(&config.url).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let audit = format!("{}_AUDIT", config.stream);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: audit.clone(),
+        subjects: vec![format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}-workers",
+            config.stream, config.mode
+        )],
+        ..Default::default()
+    })
+    .await
+    .expect("the application's stream");
+    for _ in 0..3 {
+        let start = NatsStrategy::builder().config(config.clone()).start();
+        let error = start
+            .await
+            .expect_err("the advisories' subject is held in part");
+        assert!(error.is_config_error(), "{error}");
+    }
+    let consumers = match js.get_stream(config.completion_stream()).await {
+        Ok(mut done) => done.info().await.unwrap().state.consumer_count,
+        Err(_) => 0,
+    };
+    let _ = js.delete_stream(&audit).await;
+    cleanup(&config).await;
+    assert_eq!(consumers, 0, "refused starts left completion consumers");
+}
+
+/// Runs of [`Counted`], across the process.
+static COUNTED_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its runs.
+#[derive(Serialize, Deserialize)]
+struct Counted;
+
+impl Node for Counted {
+    type Output = u32;
+    async fn invoke(self) -> Result<u32, BoxError> {
+        Ok(COUNTED_RUNS.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+impl PortableNode for Counted {
+    const NAME: &'static str = "counted";
+}
+
+/// A task message published by hand whose run id holds a line break (it goes into headers) is
+/// taken out of the stream unrun, and the worker goes on serving: it panicked after running the
+/// node, and the task came back to run again at every `ack_wait`.
+pub(crate) async fn a_task_whose_run_id_holds_a_line_break_is_taken_out_unrun() {
+    use exec_nats::wire::{PROTOCOL_VERSION, TaskMessage, encode};
+    let config = config("line-break-run");
+    let mut registry = task_core::NodeRegistry::new();
+    registry.register::<Counted>().unwrap();
+    registry.register::<Echo>().unwrap();
+    let worker = exec_nats::NatsWorker::builder(registry)
+        .config(config.clone())
+        .ack_wait(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("the worker connects");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = async_nats::connect(&config.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let message = TaskMessage {
+        version: PROTOCOL_VERSION,
+        run: "bad\nrun".into(),
+        request_id: "r".into(),
+        name: Counted::NAME.into(),
+        payload: task_core::encode(&Counted).unwrap(),
+        reply: config.completion_subject("by-hand"),
+    };
+    let published = js.publish(config.task_subject(), encode(&message).unwrap().into());
+    published.await.unwrap().await.expect("stored");
+    // The worker still serves: a task through a strategy is answered.
+    let strategy = NatsStrategy::builder().config(config.clone()).start().await;
+    let strategy = strategy.expect("starts");
+    let task = Task::portable("after", Echo(7)).into_erased();
+    let answer = tokio::time::timeout(Duration::from_secs(30), task_core::run(&strategy, task));
+    let answer = answer.await.expect("answered");
+    // Past two `ack_wait`s: a task left unacknowledged would have come back by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (runs, left) = (
+        COUNTED_RUNS.load(Ordering::SeqCst),
+        tasks_in_stream(&config).await,
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
+    drop(strategy);
+    cleanup(&config).await;
+    assert_eq!(answer.unwrap().downcast_ref::<u64>(), Some(&7));
+    assert_eq!(
+        (runs, left),
+        (0, 0),
+        "runs of the node, tasks left in the stream"
+    );
+}
+
+/// Stats count each run once while it waits (not its hand-over beside it), and not once it is
+/// cancelled: in flight, succeeded, failed and stopped add up to the tasks taken.
+pub(crate) async fn in_flight_counts_each_run_once() {
+    use task_core::TaskExecutionStrategy as _;
+    let config = config("in-flight");
+    let proxy = Proxy::start(&config.url).await;
+    let strategy = NatsStrategy::builder()
+        .config(NatsConfig {
+            url: proxy.url(),
+            ..config.clone()
+        })
+        .start()
+        .await
+        .expect("starts through the proxy");
+    // The server out of reach: the runs wait, their hand-overs trying.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runs: Vec<_> = (0..3_u64)
+        .map(|i| {
+            let task = Task::portable(format!("r{i}"), Echo(i)).into_erased();
+            tokio::spawn(task_core::run(&strategy, task))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = strategy.stats();
+    for run in &runs {
+        run.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cancelled = strategy.stats();
+    proxy.restore();
+    drop(strategy);
+    cleanup(&config).await;
+    assert_eq!(waiting.in_flight, 3, "{waiting:?}");
+    assert_eq!(
+        (cancelled.in_flight, cancelled.stopped),
+        (0, 3),
+        "{cancelled:?}"
+    );
+}
