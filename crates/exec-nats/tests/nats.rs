@@ -68,9 +68,6 @@ fn main() {
             "a_stream_of_our_name_that_holds_other_subjects_is_refused",
             || Box::pin(refusals::a_stream_of_our_name_that_holds_other_subjects_is_refused()),
         ),
-        ("a_refused_start_leaves_no_consumer_on_the_server", || {
-            Box::pin(refusals::a_refused_start_leaves_no_consumer_on_the_server())
-        }),
         (
             "a_task_whose_run_id_holds_a_line_break_is_taken_out_unrun",
             || Box::pin(refusals::a_task_whose_run_id_holds_a_line_break_is_taken_out_unrun()),
@@ -727,7 +724,8 @@ async fn advisories_an_application_stream_holds_already_are_read_there() {
 }
 
 /// The application keeps only some of the advisories (those of one consumer) in a stream of its
-/// own: the strategy cannot keep them all, and its error says which stream holds them.
+/// own: the strategy cannot keep them all, and its error says which stream holds them. The
+/// refused start leaves no consumer of its own on the server.
 async fn advisories_a_narrower_application_stream_holds_are_named_in_the_error() {
     let config = config("advisory-narrow");
     let client = async_nats::connect(&config.url).await.expect("connects");
@@ -748,9 +746,17 @@ async fn advisories_a_narrower_application_stream_holds_are_named_in_the_error()
         .start()
         .await
         .expect_err("the advisories' subject is held in part by another stream");
+    let consumers = match js.get_stream(config.completion_stream()).await {
+        Ok(mut done) => done.info().await.unwrap().state.consumer_count,
+        Err(_) => 0,
+    };
     let _ = js.delete_stream(&audit).await;
     cleanup(&config).await;
     assert!(error.is_config_error(), "{error}");
+    assert_eq!(
+        consumers, 0,
+        "the refused start left its completion consumer"
+    );
     let message = error.to_string();
     for part in [format!("held by stream {audit} "), config.advisory_stream()] {
         assert!(message.contains(&part), "{part:?} missing from: {message}");

@@ -44,39 +44,6 @@ pub(crate) async fn a_stream_of_our_name_that_holds_other_subjects_is_refused() 
     assert!(error.to_string().contains(&config.stream), "{error}");
 }
 
-/// A start refused at its last step (the advisories' subject held in part by an application's
-/// stream) removes the completion consumer it made.
-pub(crate) async fn a_refused_start_leaves_no_consumer_on_the_server() {
-    let config = config("refused-start");
-    let client = async_nats::connect(&config.url).await.expect("connects");
-    let js = async_nats::jetstream::new(client);
-    let audit = format!("{}_AUDIT", config.stream);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: audit.clone(),
-        subjects: vec![format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}-workers",
-            config.stream, config.mode
-        )],
-        ..Default::default()
-    })
-    .await
-    .expect("the application's stream");
-    for _ in 0..3 {
-        let start = NatsStrategy::builder().config(config.clone()).start();
-        let error = start
-            .await
-            .expect_err("the advisories' subject is held in part");
-        assert!(error.is_config_error(), "{error}");
-    }
-    let consumers = match js.get_stream(config.completion_stream()).await {
-        Ok(mut done) => done.info().await.unwrap().state.consumer_count,
-        Err(_) => 0,
-    };
-    let _ = js.delete_stream(&audit).await;
-    cleanup(&config).await;
-    assert_eq!(consumers, 0, "refused starts left completion consumers");
-}
-
 /// Runs of [`Counted`], across the process.
 static COUNTED_RUNS: AtomicU32 = AtomicU32::new(0);
 
