@@ -2,7 +2,7 @@
 //! connection.
 
 use crate::error::NatsError;
-use crate::streams::{create_or_bind, overlaps, subjects_held};
+use crate::streams::{create_or_bind, missing, overlaps, subjects_held};
 use std::time::Duration;
 
 /// The setters both builders share, for the server and the configuration both sides must agree
@@ -151,8 +151,8 @@ pub(crate) fn bad_token(value: &str, name: bool) -> Option<&'static str> {
 impl NatsConfig {
     /// Checks, before anything is connected or created, what the server would refuse or take
     /// in a way that cannot work: the stream's name, the prefix (subject tokens separated by
-    /// `.`), the mode (one subject token), the largest message and the duplicate window. The
-    /// builders call it as they start; the worker's also checks its consumer's name.
+    /// `.`), the mode (one subject token) and the largest message. The builders call it as they
+    /// start; the worker's also checks its consumer's name.
     ///
     /// # Errors
     ///
@@ -182,8 +182,6 @@ impl NatsConfig {
             let why = "a message of at least 1 byte must fit";
             return fail(setting, &self.max_message_size.to_string(), why);
         }
-        // Refused now, rather than after a stream was made with it.
-        crate::client::retry_period(self.task_duplicate_window(), self.task_max_age())?;
         Ok(())
     }
 
@@ -308,13 +306,10 @@ impl NatsConfig {
             ..Default::default()
         };
         let way_out = "give this side and its workers another prefix (NatsConfig::prefix)";
-        create_or_bind(
-            js,
-            config,
-            "creating or binding the completion stream",
-            way_out,
-        )
-        .await
+        // Every submitting side's subject.
+        let needed = self.completion_subject("*");
+        let context = "creating or binding the completion stream";
+        create_or_bind(js, config, &needed, context, way_out).await
     }
 
     /// Creates the stream if it is missing (work-queue retention, file storage, the limits
@@ -337,7 +332,14 @@ impl NatsConfig {
         };
         let way_out = "give this side and its workers another prefix (NatsConfig::prefix), or \
                        that stream's name (NatsConfig::stream)";
-        create_or_bind(js, config, "creating or binding the stream", way_out).await
+        // A window that leaves no time to try a publish again is refused before a stream is
+        // made with it: the submitting side would refuse that stream for good. A stream there
+        // already is checked as the submitting side binds it; 0 takes the server's default.
+        if !self.duplicate_window.is_zero() && missing(js, &self.stream).await {
+            crate::client::retry_period(self.task_duplicate_window(), self.task_max_age())?;
+        }
+        let context = "creating or binding the stream";
+        create_or_bind(js, config, &self.task_subject(), context, way_out).await
     }
 }
 

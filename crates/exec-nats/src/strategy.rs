@@ -189,13 +189,14 @@ impl TaskExecutionStrategy for NatsStrategy {
         completion.spawn(async move {
             let _in_flight = in_flight;
             let outcome = inner.run(task).await;
-            unfinished.ended();
             let counter = match &outcome {
                 Ok(_) => &inner.succeeded,
                 Err(error) if error.is_cancelled() => &inner.stopped,
                 Err(_) => &inner.failed,
             };
+            // Counted before it leaves the runs in flight: a reader never finds it in neither.
             counter.fetch_add(1, Ordering::Relaxed);
+            unfinished.ended();
             outcome
         });
     }

@@ -3,25 +3,28 @@
 
 use crate::error::NatsError;
 
-/// Creates the stream `config` describes, or binds the one of that name when it holds the
-/// subject (a config error names it otherwise, with `way_out`). When another stream already
-/// holds its subjects (a stream left by an earlier setup under another name), the error names
-/// that stream and `way_out`, instead of the server's bare "subjects overlap".
+/// Creates the stream `config` describes, or binds the one of that name when it takes the
+/// subject `needed` this side uses (a config error names it otherwise, with `way_out`). When
+/// another stream already holds its subjects (a stream left by an earlier setup under another
+/// name), the error names that stream and `way_out`, instead of the server's bare "subjects
+/// overlap".
 pub(crate) async fn create_or_bind(
     js: &async_nats::jetstream::Context,
     config: async_nats::jetstream::stream::Config,
+    needed: &str,
     context: &'static str,
     way_out: &str,
 ) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
     let subject = config.subjects.first().cloned().unwrap_or_default();
     let name = config.name.clone();
     let error = match js.get_or_create_stream(config).await {
-        Ok(stream) if holds(&stream.cached_info().config.subjects, &subject) => return Ok(stream),
+        Ok(stream) if holds(&stream.cached_info().config.subjects, needed) => return Ok(stream),
         // One of that name made for other subjects (an earlier setup's, with another prefix):
         // this side's messages would go to no stream.
         Ok(stream) => {
             let held = &stream.cached_info().config.subjects;
-            let why = format!("stream {name} holds {held:?}, not {subject}: {way_out}");
+            let why =
+                format!("stream {name} does not take {needed} (it holds {held:?}): {way_out}");
             return Err(NatsError::config(context, why));
         }
         Err(error) => error,
@@ -80,8 +83,19 @@ struct SubjectsHeld {
     source: async_nats::jetstream::context::CreateStreamError,
 }
 
+/// Whether the server says it has no stream `name` (any other answer: it may have one).
+pub(crate) async fn missing(js: &async_nats::jetstream::Context, name: &str) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    let Err(error) = js.get_stream(name).await else {
+        return false;
+    };
+    matches!(error.kind(),
+        GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// Whether one of `filters` (stream subjects, with `*` for a token and `>` for the rest) takes
-/// messages on `subject`.
+/// messages on every subject `subject` (which may hold `*` too) matches.
 fn holds(filters: &[String], subject: &str) -> bool {
     filters.iter().any(|filter| {
         let mut wanted = subject.split('.');
@@ -111,6 +125,8 @@ mod tests {
             )
         };
         assert!(held(&["app.run.*"], "app.run.*"));
+        assert!(held(&["app.run.gpu", "app.run.cpu"], "app.run.gpu"));
+        assert!(!held(&["app.run.gpu"], "app.run.*"));
         assert!(held(&["app.run.*"], "app.run.gpu"));
         assert!(held(&["app.>"], "app.run.*"));
         assert!(held(&["other", ">"], "app.run.gpu"));

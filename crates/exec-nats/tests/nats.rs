@@ -65,6 +65,18 @@ fn main() {
             || Box::pin(refusals::a_refused_duplicate_window_is_not_recorded_half_way()),
         ),
         (
+            "a_zero_window_starts_and_a_bound_streams_own_window_is_what_counts",
+            || {
+                Box::pin(
+                    refusals::a_zero_window_starts_and_a_bound_streams_own_window_is_what_counts(),
+                )
+            },
+        ),
+        (
+            "a_stream_of_our_name_for_our_task_subject_alone_is_bound",
+            || Box::pin(refusals::a_stream_of_our_name_for_our_task_subject_alone_is_bound()),
+        ),
+        (
             "a_stream_of_our_name_that_holds_other_subjects_is_refused",
             || Box::pin(refusals::a_stream_of_our_name_that_holds_other_subjects_is_refused()),
         ),

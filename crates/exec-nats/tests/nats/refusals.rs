@@ -1,5 +1,6 @@
 //! What a refused start, a stream of another setup and a task message published by hand leave
-//! behind: nothing on the server, and a worker that goes on serving.
+//! behind: nothing on the server, and a worker that goes on serving; and what the checks behind
+//! those refusals still accept.
 
 use super::*;
 
@@ -20,6 +21,59 @@ pub(crate) async fn a_refused_duplicate_window_is_not_recorded_half_way() {
     let started = start(fixed).await;
     cleanup(&config).await;
     started.expect("the corrected configuration starts");
+}
+
+/// What the window check leaves alone: a window of 0 (the server's default), and a short one
+/// configured on a side that binds a stream there already with its own window, a worker too.
+pub(crate) async fn a_zero_window_starts_and_a_bound_streams_own_window_is_what_counts() {
+    let zero = NatsConfig {
+        duplicate_window: Duration::ZERO,
+        ..config("zero-window")
+    };
+    let started = NatsStrategy::builder().config(zero.clone()).start().await;
+    cleanup(&zero).await;
+    started.expect("a window of 0 takes the server's default");
+    let good = config("bound-window");
+    let first = NatsStrategy::builder().config(good.clone()).start().await;
+    let short = NatsConfig {
+        duplicate_window: Duration::from_secs(5),
+        ..good.clone()
+    };
+    let second = NatsStrategy::builder().config(short.clone()).start().await;
+    let registry = task_core::NodeRegistry::new();
+    let worker = exec_nats::NatsWorker::builder(registry)
+        .config(short)
+        .connect();
+    let worker = worker.await;
+    cleanup(&good).await;
+    first.expect("the first side makes the stream");
+    second.expect("the stream's own window counts");
+    worker.expect("a worker publishes no task");
+}
+
+/// A stream of the configured name made for this mode's subject alone (by an operator) is
+/// bound by both sides: it takes every message they send on it.
+pub(crate) async fn a_stream_of_our_name_for_our_task_subject_alone_is_bound() {
+    let config = config("mode-subject");
+    let client = async_nats::connect(&config.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![config.task_subject()],
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .expect("an operator's stream for this mode");
+    let started = NatsStrategy::builder().config(config.clone()).start().await;
+    let registry = task_core::NodeRegistry::new();
+    let worker = exec_nats::NatsWorker::builder(registry)
+        .config(config.clone())
+        .connect();
+    let worker = worker.await;
+    cleanup(&config).await;
+    started.expect("the submitting side binds it");
+    worker.expect("the worker binds it");
 }
 
 /// A stream of the configured name made for other subjects (an earlier setup's, with another

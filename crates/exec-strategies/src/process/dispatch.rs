@@ -325,8 +325,11 @@ impl Shared {
         let timer = timer.abort_handle();
         let mut timer = Some(timer);
         self.with_worker(worker_id, |worker| {
-            if let Some(pending) = worker.pending.get_mut(&run) {
-                pending.timer = timer.take();
+            if let Some(pending) = worker.pending.get_mut(&run)
+                && let Some(replaced) = std::mem::replace(&mut pending.timer, timer.take())
+            {
+                // Abandoned twice (its task timeout and its caller at once): one timer is kept.
+                replaced.abort();
             }
         });
         // Answered (or its worker gone) since it was abandoned: nothing left to kill.
