@@ -18,7 +18,8 @@ pub(crate) async fn a_refused_duplicate_window_is_not_recorded_half_way() {
         duplicate_window: Duration::from_secs(120),
         ..config.clone()
     };
-    let started = start(fixed).await;
+    // Each handle goes before the cleanup: a strategy makes its deleted streams again.
+    let started = start(fixed).await.map(drop);
     cleanup(&config).await;
     started.expect("the corrected configuration starts");
 }
@@ -31,10 +32,12 @@ pub(crate) async fn a_zero_window_starts_and_a_bound_streams_own_window_is_what_
         ..config("zero-window")
     };
     let started = NatsStrategy::builder().config(zero.clone()).start().await;
+    let started = started.map(drop);
     cleanup(&zero).await;
     started.expect("a window of 0 takes the server's default");
     let good = config("bound-window");
     let first = NatsStrategy::builder().config(good.clone()).start().await;
+    let first = first.map(drop);
     let short = NatsConfig {
         duplicate_window: Duration::from_secs(5),
         ..good.clone()
@@ -44,7 +47,7 @@ pub(crate) async fn a_zero_window_starts_and_a_bound_streams_own_window_is_what_
     let worker = exec_nats::NatsWorker::builder(registry)
         .config(short)
         .connect();
-    let worker = worker.await;
+    let (second, worker) = (second.map(drop), worker.await.map(drop));
     cleanup(&good).await;
     first.expect("the first side makes the stream");
     second.expect("the stream's own window counts");
@@ -70,7 +73,7 @@ pub(crate) async fn a_stream_of_our_name_for_our_task_subject_alone_is_bound() {
     let worker = exec_nats::NatsWorker::builder(registry)
         .config(config.clone())
         .connect();
-    let worker = worker.await;
+    let (started, worker) = (started.map(drop), worker.await.map(drop));
     cleanup(&config).await;
     started.expect("the submitting side binds it");
     worker.expect("the worker binds it");
@@ -92,6 +95,7 @@ pub(crate) async fn a_stream_of_our_name_that_holds_other_subjects_is_refused() 
     .await
     .expect("an earlier setup's stream");
     let started = NatsStrategy::builder().config(config.clone()).start().await;
+    let started = started.map(drop);
     cleanup(&config).await;
     let error = started.expect_err("the stream holds none of this side's subjects");
     assert!(error.is_config_error(), "{error}");
