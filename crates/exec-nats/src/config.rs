@@ -2,7 +2,7 @@
 //! connection.
 
 use crate::error::NatsError;
-use crate::streams::{create_or_bind, missing, overlaps, subjects_held};
+use crate::streams::{create_or_bind, overlaps, subjects_held};
 use std::time::Duration;
 
 /// The setters both builders share, for the server and the configuration both sides must agree
@@ -151,8 +151,9 @@ pub(crate) fn bad_token(value: &str, name: bool) -> Option<&'static str> {
 impl NatsConfig {
     /// Checks, before anything is connected or created, what the server would refuse or take
     /// in a way that cannot work: the stream's name, the prefix (subject tokens separated by
-    /// `.`), the mode (one subject token) and the largest message. The builders call it as they
-    /// start; the worker's also checks its consumer's name.
+    /// `.`), the mode (one subject token), the largest message, and a duplicate window that
+    /// leaves no time to try a publish again (0 takes the server's default). The builders call
+    /// it as they start; the worker's also checks its consumer's name.
     ///
     /// # Errors
     ///
@@ -181,6 +182,10 @@ impl NatsConfig {
             let setting = "the largest message (NatsConfig::max_message_size)";
             let why = "a message of at least 1 byte must fit";
             return fail(setting, &self.max_message_size.to_string(), why);
+        }
+        // Whatever stream a side binds: it makes the stream with this window when it is missing.
+        if !self.duplicate_window.is_zero() {
+            crate::client::retry_period(self.task_duplicate_window(), self.task_max_age())?;
         }
         Ok(())
     }
@@ -332,12 +337,6 @@ impl NatsConfig {
         };
         let way_out = "give this side and its workers another prefix (NatsConfig::prefix), or \
                        that stream's name (NatsConfig::stream)";
-        // A window that leaves no time to try a publish again is refused before a stream is
-        // made with it: the submitting side would refuse that stream for good. A stream there
-        // already is checked as the submitting side binds it; 0 takes the server's default.
-        if !self.duplicate_window.is_zero() && missing(js, &self.stream).await {
-            crate::client::retry_period(self.task_duplicate_window(), self.task_max_age())?;
-        }
         let context = "creating or binding the stream";
         create_or_bind(js, config, &self.task_subject(), context, way_out).await
     }

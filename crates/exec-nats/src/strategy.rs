@@ -194,7 +194,7 @@ impl TaskExecutionStrategy for NatsStrategy {
                 Err(error) if error.is_cancelled() => &inner.stopped,
                 Err(_) => &inner.failed,
             };
-            // Counted before it leaves the runs in flight: a reader never finds it in neither.
+            // Counted before it leaves the runs in flight, as the other strategies count.
             counter.fetch_add(1, Ordering::Relaxed);
             unfinished.ended();
             outcome

@@ -83,17 +83,6 @@ struct SubjectsHeld {
     source: async_nats::jetstream::context::CreateStreamError,
 }
 
-/// Whether the server says it has no stream `name` (any other answer: it may have one).
-pub(crate) async fn missing(js: &async_nats::jetstream::Context, name: &str) -> bool {
-    use async_nats::jetstream::ErrorCode;
-    use async_nats::jetstream::context::GetStreamErrorKind;
-    let Err(error) = js.get_stream(name).await else {
-        return false;
-    };
-    matches!(error.kind(),
-        GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
-}
-
 /// Whether one of `filters` (stream subjects, with `*` for a token and `>` for the rest) takes
 /// messages on every subject `subject` (which may hold `*` too) matches.
 fn holds(filters: &[String], subject: &str) -> bool {

@@ -65,12 +65,8 @@ fn main() {
             || Box::pin(refusals::a_refused_duplicate_window_is_not_recorded_half_way()),
         ),
         (
-            "a_zero_window_starts_and_a_bound_streams_own_window_is_what_counts",
-            || {
-                Box::pin(
-                    refusals::a_zero_window_starts_and_a_bound_streams_own_window_is_what_counts(),
-                )
-            },
+            "a_zero_window_starts_and_a_short_one_is_refused_on_either_side",
+            || Box::pin(refusals::a_zero_window_starts_and_a_short_one_is_refused_on_either_side()),
         ),
         (
             "a_stream_of_our_name_for_our_task_subject_alone_is_bound",

@@ -24,9 +24,10 @@ pub(crate) async fn a_refused_duplicate_window_is_not_recorded_half_way() {
     started.expect("the corrected configuration starts");
 }
 
-/// What the window check leaves alone: a window of 0 (the server's default), and a short one
-/// configured on a side that binds a stream there already with its own window, a worker too.
-pub(crate) async fn a_zero_window_starts_and_a_bound_streams_own_window_is_what_counts() {
+/// A window of 0 takes the server's default and starts; a short one is refused on either side
+/// whatever stream it would bind, before anything is made (a side makes the stream with it
+/// when it is missing, as after a deletion).
+pub(crate) async fn a_zero_window_starts_and_a_short_one_is_refused_on_either_side() {
     let zero = NatsConfig {
         duplicate_window: Duration::ZERO,
         ..config("zero-window")
@@ -37,7 +38,6 @@ pub(crate) async fn a_zero_window_starts_and_a_bound_streams_own_window_is_what_
     started.expect("a window of 0 takes the server's default");
     let good = config("bound-window");
     let first = NatsStrategy::builder().config(good.clone()).start().await;
-    let first = first.map(drop);
     let short = NatsConfig {
         duplicate_window: Duration::from_secs(5),
         ..good.clone()
@@ -47,11 +47,11 @@ pub(crate) async fn a_zero_window_starts_and_a_bound_streams_own_window_is_what_
     let worker = exec_nats::NatsWorker::builder(registry)
         .config(short)
         .connect();
-    let (second, worker) = (second.map(drop), worker.await.map(drop));
+    let (first, second, worker) = (first.map(drop), second.map(drop), worker.await.map(drop));
     cleanup(&good).await;
     first.expect("the first side makes the stream");
-    second.expect("the stream's own window counts");
-    worker.expect("a worker publishes no task");
+    assert!(second.is_err_and(|e| e.is_config_error()));
+    assert!(worker.is_err_and(|e| e.is_config_error()));
 }
 
 /// A stream of the configured name made for this mode's subject alone (by an operator) is
