@@ -536,8 +536,12 @@ mod tests {
                 kept: None,
             };
             shared.with_worker(1, |worker| worker.pending.insert(run, pending));
-            // Its caller stops waiting, and the worker answers the cancellation at once.
+            // Its caller stops waiting (half of them as their task timeout passes too, which
+            // starts a second timer), and the worker answers the cancellation at once.
             shared.abandon(1, run, None);
+            if run % 2 == 0 {
+                shared.kill_later(1, run);
+            }
             shared.with_worker(1, |worker| worker.pending.remove(&run));
         }
         // An aborted timer lets go of the pool once the runtime runs it (well within the grace
