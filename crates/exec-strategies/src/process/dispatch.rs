@@ -322,8 +322,7 @@ impl Shared {
                 }
             });
         });
-        let timer = timer.abort_handle();
-        let mut timer = Some(timer);
+        let mut timer = Some(timer.abort_handle());
         self.with_worker(worker_id, |worker| {
             if let Some(pending) = worker.pending.get_mut(&run)
                 && let Some(replaced) = std::mem::replace(&mut pending.timer, timer.take())
