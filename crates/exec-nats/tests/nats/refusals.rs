@@ -54,20 +54,26 @@ pub(crate) async fn a_zero_window_starts_and_a_short_one_is_refused_on_either_si
     assert!(worker.is_err_and(|e| e.is_config_error()));
 }
 
-/// A stream of the configured name made for this mode's subject alone (by an operator) is
-/// bound by both sides: it takes every message they send on it.
-pub(crate) async fn a_stream_of_our_name_for_our_task_subject_alone_is_bound() {
-    let config = config("mode-subject");
+/// Makes a work-queue stream of `config`'s name for `subject` alone, as an operator or an
+/// earlier setup would.
+async fn stream_of_our_name(config: &NatsConfig, subject: String) {
     let client = async_nats::connect(&config.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     js.create_stream(async_nats::jetstream::stream::Config {
         name: config.stream.clone(),
-        subjects: vec![config.task_subject()],
+        subjects: vec![subject],
         retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
         ..Default::default()
     })
     .await
-    .expect("an operator's stream for this mode");
+    .expect("a stream of this side's name");
+}
+
+/// A stream of the configured name made for this mode's subject alone (by an operator) is
+/// bound by both sides: it takes every message they send on it.
+pub(crate) async fn a_stream_of_our_name_for_our_task_subject_alone_is_bound() {
+    let config = config("mode-subject");
+    stream_of_our_name(&config, config.task_subject()).await;
     let started = NatsStrategy::builder().config(config.clone()).start().await;
     let registry = task_core::NodeRegistry::new();
     let worker = exec_nats::NatsWorker::builder(registry)
@@ -84,16 +90,7 @@ pub(crate) async fn a_stream_of_our_name_for_our_task_subject_alone_is_bound() {
 /// looking for a stream until `unreachable_after`.
 pub(crate) async fn a_stream_of_our_name_that_holds_other_subjects_is_refused() {
     let config = config("other-subjects");
-    let client = async_nats::connect(&config.url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: config.stream.clone(),
-        subjects: vec![format!("{}-other.run.*", config.prefix)],
-        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
-        ..Default::default()
-    })
-    .await
-    .expect("an earlier setup's stream");
+    stream_of_our_name(&config, format!("{}-other.run.*", config.prefix)).await;
     let started = NatsStrategy::builder().config(config.clone()).start().await;
     let started = started.map(drop);
     cleanup(&config).await;
