@@ -15,7 +15,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use crate::config::{NatsConfig, largest_body, publish_stored, too_large};
 use crate::error::NatsError;
 use crate::listen::reconcile;
-use crate::wire::{PROTOCOL_VERSION, TaskMessage, encode, task_headers};
+use crate::wire::{ANSWER_HEADER, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, encode};
 
 /// The longest one try to hand a task to the stream takes (the JetStream context's default
 /// acknowledgement timeout, and a margin).
@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     pub(crate) cancel_subject: String,
     /// Where the workers publish this side's completions.
     pub(crate) completion_subject: String,
+    /// Where the workers hand this side's completions directly ([`ANSWER_HEADER`]).
+    pub(crate) answer_subject: String,
     pub(crate) unreachable_after: Duration,
     pub(crate) max_message_size: usize,
     pub(crate) table: Mutex<Table>,
@@ -185,6 +187,22 @@ impl Inner {
         }
     }
 
+    /// The headers of run `run`'s task message published under message id `id`: the stream's
+    /// de-duplication id; the run and its reply subject, for a worker that cannot decode the
+    /// body; and where its completion may be handed directly.
+    pub(crate) fn task_headers<'a>(
+        &'a self,
+        id: &'a str,
+        run: &'a str,
+    ) -> [(&'static str, &'a str); 4] {
+        [
+            ("Nats-Msg-Id", id),
+            (RUN_HEADER, run),
+            (REPLY_HEADER, &self.completion_subject),
+            (ANSWER_HEADER, &self.answer_subject),
+        ]
+    }
+
     pub(crate) fn resolve(&self, run: &str, outcome: Result<Vec<u8>, TaskError>) {
         let waiter = self.table().remove(run);
         match waiter {
@@ -277,7 +295,7 @@ impl Inner {
         let mut pause = Duration::from_millis(50);
         loop {
             let subject = self.task_subject.clone();
-            let headers = task_headers(run, run, &self.completion_subject);
+            let headers = self.task_headers(run, run);
             match publish_stored(&self.js, subject, &headers, bytes.clone()).await {
                 Ok(ack) => return Ok(ack),
                 // Refused whatever the tries (the server's or the stream's limit lower than the
@@ -384,7 +402,7 @@ impl Inner {
             reply: inner.completion_subject.clone(),
         };
         let bytes = bytes::Bytes::from(encode(&message)?);
-        let headers = task_headers(&run, &run, &inner.completion_subject);
+        let headers = inner.task_headers(&run, &run);
         let largest = largest_body(&inner.client, inner.max_message_size, &headers);
         if bytes.len() > largest {
             return Err(TaskError::encoding(format!(

@@ -290,6 +290,12 @@ impl NatsConfig {
         format!("{}.done.{client}", self.prefix)
     }
 
+    /// The subject one submitting side (`client`) takes completions on directly, confirming
+    /// each: a worker stores in the completion stream only what nobody confirmed there.
+    pub(crate) fn answer_subject(&self, client: &str) -> String {
+        format!("{}.answer.{client}", self.prefix)
+    }
+
     /// Creates the completion stream if it is missing (work-queue retention: a completion is
     /// gone once its submitting side acknowledged it; file storage, so completions outlive a
     /// server restart and a disconnected submitting side), or binds the existing one.

@@ -6,8 +6,9 @@
 //!   the completion comes back. It depends on `task-core` only: register it with a coordinator
 //!   under any mode name.
 //! - [`NatsWorker`] (the working side) binds a durable pull consumer, runs tasks with the same
-//!   [`NodeRegistry`](task_core::NodeRegistry) the process workers use, stores each completion in
-//!   the completion stream (on the submitting side's own subject), then acknowledges the task.
+//!   [`NodeRegistry`](task_core::NodeRegistry) the process workers use, hands each completion to
+//!   the submitting side, which confirms it (or, unconfirmed, stores it in the completion stream
+//!   on that side's own subject), then acknowledges the task.
 //!   `exec-nats-worker` is a runnable worker binary.
 //!
 //! Tasks and completions are kept on disk by the server, so a disconnect of either side or a

@@ -13,7 +13,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::Inner;
 use crate::config::{publish_stored, too_large};
-use crate::wire::{Completion, Reply, decode, task_headers};
+use crate::wire::{Completion, Reply, decode};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
 /// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
@@ -70,6 +70,27 @@ pub(crate) async fn listen_completions(
     }
 }
 
+/// Reads the completions workers hand this side directly, and confirms each (with its run id)
+/// once applied: a worker stores in the completion stream what nobody confirms. Only a bare
+/// completion comes here; a run whose node sent events has its completion stored after them, so
+/// that it never overtakes them.
+pub(crate) async fn listen_answers(
+    inner: std::sync::Weak<Inner>,
+    mut answers: async_nats::Subscriber,
+) {
+    while let Some(message) = answers.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Ok(Reply::Done(done)) = decode::<Reply>(&message.payload) else {
+            // Unconfirmed: the worker stores it, and the completion stream's reader says why.
+            continue;
+        };
+        inner.resolve(&done.run, done.outcome);
+        if let Some(reply) = message.reply {
+            let _ = inner.client.publish(reply, done.run.into()).await;
+        }
+    }
+}
+
 /// After an outage: a server killed outright may lose the last messages it had acknowledged (it
 /// writes to disk a moment later), or its whole store; and a task stream made again (deleted by
 /// an operator) has lost every task. Every run still waiting whose task is no longer in the
@@ -112,7 +133,7 @@ pub(crate) async fn reconcile(inner: std::sync::Weak<Inner>, after: Duration) {
             "the task is gone from the stream unanswered: publishing it again"
         );
         let (subject, id) = (inner.task_subject.clone(), format!("{run}.again-{seq}"));
-        let headers = task_headers(&id, &run, &inner.completion_subject);
+        let headers = inner.task_headers(&id, &run);
         match publish_stored(&inner.js, subject, &headers, task).await {
             Ok(ack) => inner.track_or_withdraw(&run, ack.sequence).await,
             // Its longer message id took it past the limit: it can never be sent again.

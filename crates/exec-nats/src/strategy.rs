@@ -13,7 +13,7 @@ use crate::advisories::{Advisories, listen_advisories, reader_name, remove_reade
 use crate::client::{Inner, StreamSeen, completion_consumer};
 use crate::config::{NatsConfig, config_setters, connect, stream_limit, url_without_credentials};
 use crate::error::NatsError;
-use crate::listen::{listen_completions, watch};
+use crate::listen::{listen_answers, listen_completions, watch};
 
 /// Builds a [`NatsStrategy`].
 #[derive(Debug)]
@@ -71,6 +71,14 @@ impl NatsBuilder {
         let client_id = inbox.rsplit('.').next().unwrap_or("client").to_owned();
         let completion_subject = self.config.completion_subject(&client_id);
         let consumer = completion_consumer(&js, &self.config, &client_id).await?;
+        let answer_subject = self.config.answer_subject(&client_id);
+        let answers = match client.subscribe(answer_subject.clone()).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                remove_consumers(&js, &self.config, &client_id).await;
+                return Err(NatsError::new("subscribing to direct completions", e));
+            }
+        };
         let reconnected = Arc::new(tokio::sync::Notify::new());
         let name = reader_name(&client_id);
         let advisories =
@@ -90,6 +98,7 @@ impl NatsBuilder {
             task_subject: self.config.task_subject(),
             cancel_subject: self.config.cancel_subject(),
             completion_subject,
+            answer_subject,
             unreachable_after: self.unreachable_after,
             // The stream's own, which an earlier setup may have made other than ours.
             max_message_size: stream_limit(&stream),
@@ -111,6 +120,7 @@ impl NatsBuilder {
         });
         let listeners = vec![
             tokio::spawn(listen_completions(Arc::downgrade(&inner), consumer)),
+            tokio::spawn(listen_answers(Arc::downgrade(&inner), answers)),
             tokio::spawn(listen_advisories(Arc::downgrade(&inner), advisories)),
             tokio::spawn(watch(Arc::downgrade(&inner))),
         ];

@@ -15,19 +15,11 @@ pub const RUN_HEADER: &str = "Exec-Run";
 /// The header of a task message naming where its completion goes ([`TaskMessage::reply`]).
 pub const REPLY_HEADER: &str = "Exec-Reply";
 
-/// The headers of run `run`'s task message published under message id `id`: the stream's
-/// de-duplication id, and the run and its reply subject for a worker that cannot decode the body.
-pub(crate) fn task_headers<'a>(
-    id: &'a str,
-    run: &'a str,
-    reply: &'a str,
-) -> [(&'static str, &'a str); 3] {
-    [
-        ("Nats-Msg-Id", id),
-        (RUN_HEADER, run),
-        (REPLY_HEADER, reply),
-    ]
-}
+/// The header of a task message naming where a worker may hand the completion of a run whose
+/// node sent no events: by request, to the submitting side itself, which confirms it with the
+/// run id. A completion nobody confirms (the side is away, or an older one) goes to
+/// [`TaskMessage::reply`], stored. Absent, every completion is stored.
+pub const ANSWER_HEADER: &str = "Exec-Answer";
 
 /// A task, as published to the work-queue stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

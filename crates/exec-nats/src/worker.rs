@@ -15,7 +15,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{NatsConfig, bad_token, config_setters, connect, stream_limit};
 use crate::error::NatsError;
-use crate::wire::{PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode};
+use crate::wire::{ANSWER_HEADER, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode};
 use task_core::context::EventSink;
 
 mod completion;
@@ -151,6 +151,7 @@ impl NatsWorkerBuilder {
                 ack_wait,
                 // The stream's own, which an earlier setup may have made other than ours.
                 max_message_size: stream_limit(&completions),
+                answers: self.config.answer_subject(""),
                 cancels: Mutex::default(),
                 completed: AtomicU64::new(0),
                 exit_before_ack_after: self.exit_before_ack_after,
@@ -189,6 +190,9 @@ struct Shared {
     ack_wait: Duration,
     /// The completion stream's `max_message_size`.
     max_message_size: usize,
+    /// What the subjects submitting sides take completions on start with (`{prefix}.answer.`):
+    /// a task naming another is answered through the completion stream alone.
+    answers: String,
     cancels: Mutex<Cancels>,
     completed: AtomicU64,
     exit_before_ack_after: Option<u64>,
@@ -311,11 +315,23 @@ impl Shared {
             let _ = message.ack().await;
             return;
         };
-        // The completion must be stored in the completion stream before the task is
-        // acknowledged: if this worker dies, or the server goes away, in between, the task is
-        // redelivered and answered again (a duplicate the submitting side drops), never lost.
-        // Stored, it reaches the submitting side even if that side is disconnected now.
-        let stored = self.answer(&task, outcome).await;
+        // The completion must reach the submitting side (confirmed by it) or be stored in the
+        // completion stream before the task is acknowledged: if this worker dies, or the server
+        // goes away, in between, the task is redelivered and answered again (a duplicate the
+        // submitting side drops), never lost. Stored, it reaches the submitting side even if
+        // that side is disconnected now. A run that sent events has its completion stored after
+        // them, in order.
+        let direct = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(ANSWER_HEADER))
+            .map(|subject| subject.as_str())
+            .filter(|subject| self.answers_there(subject) && !sink.broadcast_any());
+        let stored = tokio::select! {
+            stored = self.answer(&task, outcome, direct) => stored,
+            // Never ends: keeps the task from redelivery while the answer is tried.
+            () = keep_alive(&message, self.ack_wait) => false,
+        };
         if !stored {
             // The server is away: the task runs again later (once it is back), here or elsewhere.
             let _ = message
@@ -362,7 +378,7 @@ impl Shared {
             "the worker could not decode the task (a message of another protocol version, or \
              damaged): {error}"
         )));
-        if self.answer(&task, outcome).await {
+        if self.answer(&task, outcome, None).await {
             let _ = message.ack().await;
         } else {
             // The server is away: answered when the task comes again.
@@ -375,7 +391,7 @@ impl Shared {
 
 /// Whether `text` can name a run in a header and a subject: not empty, no space or control
 /// character.
-fn answerable(text: &str) -> bool {
+pub(super) fn answerable(text: &str) -> bool {
     !text.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 

@@ -19,6 +19,8 @@ use exec_nats::{NatsConfig, NatsStrategy};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+#[path = "nats/direct.rs"]
+mod direct;
 #[path = "nats/proxy.rs"]
 mod proxy;
 #[path = "nats/refusals.rs"]
@@ -233,6 +235,13 @@ fn main() {
             "a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker",
             || Box::pin(a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker()),
         ),
+        (
+            "a_completion_is_stored_only_while_its_submitting_side_is_away",
+            || Box::pin(direct::a_completion_is_stored_only_while_its_submitting_side_is_away()),
+        ),
+        ("a_completion_its_side_does_not_confirm_is_stored", || {
+            Box::pin(direct::a_completion_its_side_does_not_confirm_is_stored())
+        }),
     ];
     let trials = tests
         .iter()
@@ -637,7 +646,7 @@ async fn a_duplicate_completion_after_redelivery_is_suppressed() {
     assert_eq!(dying.0.wait().unwrap().code(), Some(3));
     // The unacknowledged task goes to the next worker, which answers it again (and
     // acknowledges it, so the stream empties). The second completion carries the same run id:
-    // the completion stream drops it as a duplicate, or, past its window, the strategy does.
+    // the strategy drops it (or the completion stream, when both were stored).
     let _second = Worker::start(&config, &["--ack-wait-ms", "500"]);
     let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -653,12 +662,13 @@ async fn a_duplicate_completion_after_redelivery_is_suppressed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut done = js.get_stream(config.completion_stream()).await.unwrap();
-    assert_eq!(
-        done.info().await.unwrap().state.last_sequence,
-        1,
-        "the second completion was not stored again"
+    let stored = done.info().await.unwrap().state.last_sequence;
+    // Handed over directly, each reached the strategy; stored, the stream kept one.
+    assert!(
+        strategy.duplicates() + stored >= 1,
+        "the second completion reached the strategy or the stream"
     );
-    assert_eq!(strategy.duplicates(), 0);
+    assert!(stored <= 1, "the second completion was not stored again");
     coordinator.shutdown().await;
     publisher.shutdown().await;
     assert_eq!(terminal.load(Ordering::SeqCst), 1, "one terminal message");

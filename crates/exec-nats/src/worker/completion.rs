@@ -9,6 +9,10 @@ use super::Shared;
 use crate::config::{largest_body, publish_stored, too_large};
 use crate::wire::{Completion, Reply, TaskMessage, encode};
 
+/// How long a completion handed directly waits for its submitting side's confirmation before
+/// it is stored instead (a confirmation lost or late makes a duplicate, which that side drops).
+const CONFIRMED_WITHIN: Duration = Duration::from_secs(2);
+
 /// The message id of run `run`'s completion: the completion stream keeps one however many
 /// stores reach it.
 fn done_id(run: &str) -> String {
@@ -16,13 +20,15 @@ fn done_id(run: &str) -> String {
 }
 
 impl Shared {
-    /// Stores the completion of `task` with `outcome`; whether it was stored. An outcome too
-    /// large to store, or one its encoding fails, is stored as the encoding error instead: its
-    /// request fails at once, and the task is not run again until the server gives up on it.
+    /// Hands the completion of `task` with `outcome` to its submitting side at `direct`, or,
+    /// unconfirmed there, stores it; whether either was done. An outcome too large to store, or
+    /// one its encoding fails, is answered as the encoding error instead: its request fails at
+    /// once, and the task is not run again until the server gives up on it.
     pub(super) async fn answer(
         &self,
         task: &TaskMessage,
         outcome: Result<Vec<u8>, TaskError>,
+        direct: Option<&str>,
     ) -> bool {
         let done = |outcome| {
             let worker = self.id.clone();
@@ -49,7 +55,13 @@ impl Shared {
         let Ok(bytes) = sized.or_else(|e| done(Err(e))) else {
             return false;
         };
-        match self.store(&task.reply, &task.run, bytes.into()).await {
+        let bytes = bytes::Bytes::from(bytes);
+        if let Some(direct) = direct
+            && self.hand(direct, &task.run, bytes.clone()).await
+        {
+            return true;
+        }
+        match self.store(&task.reply, &task.run, bytes).await {
             Ok(stored) => stored,
             // Refused for its size all the same (the stream's limit changed since).
             Err(refused) => {
@@ -61,6 +73,29 @@ impl Shared {
                     Err(_) => false,
                 }
             }
+        }
+    }
+
+    /// Whether `subject` is a submitting side's own subject for completions: `{prefix}.answer.`
+    /// and one token. A task published by hand could name any other, an API's among them.
+    pub(super) fn answers_there(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(&self.answers)
+            .is_some_and(|client| super::answerable(client) && !client.contains(['.', '*', '>']))
+    }
+
+    /// Hands a completion to its submitting side by request; whether that side confirmed it with
+    /// the run's id (a reply of anyone else, such as a stream's acknowledgement, is no
+    /// confirmation).
+    async fn hand(&self, subject: &str, run: &str, bytes: bytes::Bytes) -> bool {
+        let request = async_nats::Request::new()
+            .payload(bytes)
+            .timeout(Some(CONFIRMED_WITHIN));
+        match self.client.send_request(subject.to_owned(), request).await {
+            Ok(reply) => reply.payload == run.as_bytes(),
+            // Nobody there (the side is away, or speaks an older protocol), or no confirmation
+            // in time: stored instead.
+            Err(_) => false,
         }
     }
 

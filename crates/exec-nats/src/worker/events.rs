@@ -84,6 +84,11 @@ impl EventBuffer {
         self.ready.notify_one();
     }
 
+    /// Whether the node broadcast any event.
+    pub(super) fn broadcast_any(&self) -> bool {
+        self.ring().broadcast > 0
+    }
+
     /// The most events the buffer ever held at once (never above [`EVENTS_KEPT`]).
     #[cfg(test)]
     fn peak(&self) -> usize {

@@ -1,0 +1,116 @@
+//! Completions handed straight to their submitting side, which confirms each: stored in the
+//! completion stream only when that side is away or does not confirm, and never lost either way.
+
+use futures::FutureExt;
+
+use super::*;
+
+/// The completions the completion stream has stored so far.
+async fn completions_stored(config: &NatsConfig) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    let mut done = js.get_stream(config.completion_stream()).await.unwrap();
+    done.info().await.unwrap().state.last_sequence
+}
+
+/// Waits up to 20 s for the completion stream to have stored `count` completions.
+async fn until_stored(config: &NatsConfig, count: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while completions_stored(config).await < count {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// While the submitting side is connected its completions reach it directly, and nothing is
+/// stored; one ready while that side is cut off from the server is stored, and answers its
+/// request once the side is back.
+pub(crate) async fn a_completion_is_stored_only_while_its_submitting_side_is_away() {
+    let config = config("direct");
+    let proxy = Proxy::start(&config.url).await;
+    let away = NatsConfig {
+        url: proxy.url(),
+        ..config.clone()
+    };
+    let (publisher, coordinator, shared) = coordinator(&away).await;
+    drop(shared);
+    let worker = Worker::start(&config, &[]);
+    let value = coordinator.submit(Task::portable("near", Echo(7)), "nats");
+    assert_eq!(value.await.unwrap(), 7);
+    assert_eq!(completions_stored(&config).await, 0, "handed over directly");
+
+    let call = spawn_submit(
+        &coordinator,
+        Task::portable("far", Nap(1_000)),
+        Duration::MAX,
+    );
+    until_published(&config).await;
+    proxy.cut();
+    until_stored(
+        &config,
+        1,
+        "the completion is stored while its side is away",
+    )
+    .await;
+    proxy.restore();
+    let ended = tokio::time::timeout(Duration::from_secs(15), call).await;
+    let pid = ended.expect("answered once back").expect("the caller");
+    assert_eq!(pid.unwrap(), worker.pid());
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    cleanup(&config).await;
+}
+
+/// A side that takes a completion and does not confirm it (its reader is stuck, or a stream's
+/// acknowledgement answers in its place): the worker stores the completion all the same, so the
+/// side reads it from there. A task naming a subject other than a side's own for completions
+/// (published by hand: it could name an API's) has its completion stored, and nothing sent there.
+pub(crate) async fn a_completion_its_side_does_not_confirm_is_stored() {
+    use exec_nats::wire::{ANSWER_HEADER, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER};
+    use exec_nats::wire::{TaskMessage, encode};
+    let config = config("unconfirmed");
+    let _worker = Worker::start(&config, &[]);
+    let client = async_nats::connect(&config.url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let reply = format!("{}.done.me", config.prefix);
+    let answer = format!("{}.answer.me", config.prefix);
+    let elsewhere = format!("{}.elsewhere", config.prefix);
+    let mut handed = client.subscribe(answer.clone()).await.unwrap();
+    let mut misdirected = client.subscribe(elsewhere.clone()).await.unwrap();
+    for (run, to) in [("me.1", &answer), ("me.2", &answer), ("me.3", &elsewhere)] {
+        let task = TaskMessage {
+            version: PROTOCOL_VERSION,
+            run: run.into(),
+            request_id: "r".into(),
+            name: "echo".into(),
+            payload: task_core::encode(&Echo(1)).unwrap(),
+            reply: reply.clone(),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in [
+            (RUN_HEADER, run),
+            (REPLY_HEADER, &reply),
+            (ANSWER_HEADER, to),
+        ] {
+            headers.insert(name, value);
+        }
+        let bytes = encode(&task).unwrap().into();
+        let sent = js.publish_with_headers(config.task_subject(), headers, bytes);
+        sent.await.unwrap().await.unwrap();
+        if to != &answer {
+            continue;
+        }
+        let next = tokio::time::timeout(Duration::from_secs(10), handed.next()).await;
+        let message = next.expect("handed over").expect("subscribed");
+        // The first is answered as a stream would acknowledge it; the second not at all.
+        if run == "me.1" {
+            let not_a_confirmation = r#"{"stream":"OTHER","seq":1}"#;
+            let to = message.reply.expect("a request");
+            client.publish(to, not_a_confirmation.into()).await.unwrap();
+        }
+    }
+    until_stored(&config, 3, "every completion is stored").await;
+    let sent_elsewhere = misdirected.next().now_or_never();
+    assert!(sent_elsewhere.is_none(), "nothing went to {elsewhere}");
+    drop(_worker);
+    cleanup(&config).await;
+}
