@@ -430,15 +430,12 @@ impl Inner {
                 },
             );
         }
-        let mut guard = RunGuard {
-            inner,
-            run: Some(run.clone()),
-        };
-        // The hand-over goes on by itself when the run ends first (it is withdrawn, or failed
-        // while the server is away), until the server acknowledges the task: then the task is
-        // taken out again, where a worker that comes later would otherwise find it. Shutdown
-        // waits for it, as for the run.
-        let handed = tokio::spawn({
+        // The hand-over is driven here while the run waits. When the run ends first (it is
+        // withdrawn, or answered or failed before the server's acknowledgement came) it goes on
+        // by itself until the server acknowledges the task: then the task is taken out again,
+        // where a worker that comes later would otherwise find it. Shutdown waits for it, as for
+        // the run.
+        let handing: HandOver = Box::pin({
             let (inner, run, in_flight) = (Arc::clone(inner), run.clone(), inner.tasks.token());
             async move {
                 let _in_flight = in_flight;
@@ -447,10 +444,15 @@ impl Inner {
                 Ok(())
             }
         });
+        let mut guard = RunGuard {
+            inner,
+            run: Some(run.clone()),
+            handing: Some(handing),
+        };
         let mut answer = answer;
         let early = tokio::select! {
-            handed = handed => {
-                handed.map_err(|e| TaskError::strategy(format!("handing the task over: {e}")))??;
+            handed = guard.handed() => {
+                handed?;
                 None
             }
             early = &mut answer => Some(early),
@@ -499,14 +501,38 @@ pub(crate) async fn completion_consumer(
 /// How long a completion consumer nobody pulls from is kept by the server.
 pub(crate) const COMPLETION_CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 
-/// Withdraws a run if the caller stops waiting before its completion.
+/// A task's hand-over to the stream: published, then its place in the stream recorded (or the
+/// task taken out again, when its run no longer waits).
+type HandOver = std::pin::Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
+
+/// Withdraws a run if the caller stops waiting before its completion, and lets its hand-over
+/// finish by itself if the run ends first.
 pub(crate) struct RunGuard<'a> {
     pub(crate) inner: &'a Arc<Inner>,
     pub(crate) run: Option<String>,
+    /// The hand-over, until it has ended.
+    handing: Option<HandOver>,
+}
+
+impl RunGuard<'_> {
+    /// Drives the hand-over to its end.
+    async fn handed(&mut self) -> Result<(), TaskError> {
+        let Some(handing) = self.handing.as_mut() else {
+            return Ok(());
+        };
+        let handed = handing.await;
+        self.handing = None;
+        handed
+    }
 }
 
 impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
+        // Both on the runtime `start` ran on, wherever this is dropped (a coordinator ends what
+        // it had open on a thread of its own).
+        if let Some(handing) = self.handing.take() {
+            drop(self.inner.runtime().spawn(handing));
+        }
         let Some(run) = self.run.take() else { return };
         let seq = self
             .inner
@@ -516,8 +542,6 @@ impl Drop for RunGuard<'_> {
         // Where the server has not acknowledged the task yet, its hand-over takes it out once it
         // does. Shutdown waits for this, as for the run.
         let (inner, in_flight) = (Arc::clone(self.inner), self.inner.tasks.token());
-        // On the runtime `start` ran on, wherever this is dropped (a coordinator ends what it
-        // had open on a thread of its own).
         inner.runtime().spawn(async move {
             let _in_flight = in_flight;
             inner.withdraw(run, seq).await;
