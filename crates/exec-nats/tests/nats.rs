@@ -906,11 +906,12 @@ impl Respawner {
     }
 }
 
-/// The server's advisory that a task reached its last delivery comes while the submitting side
-/// is cut off from the server (its workers are not): the request still fails as soon as that
-/// side is back, not at its own timeout.
-async fn a_max_deliveries_advisory_sent_while_the_submitting_side_is_away_still_ends_the_request() {
-    let config = config("advisory-away");
+/// A test's configuration, and a coordinator whose strategy reaches the server through a proxy
+/// that can cut it off (the test's own clients and workers reach the server directly).
+async fn coordinator_behind_a_proxy(
+    test: &str,
+) -> (NatsConfig, Proxy, RequestCompletionPublisher, Coordinator) {
+    let config = config(test);
     let proxy = Proxy::start(&config.url).await;
     let away = NatsConfig {
         url: proxy.url(),
@@ -918,6 +919,14 @@ async fn a_max_deliveries_advisory_sent_while_the_submitting_side_is_away_still_
     };
     let (publisher, coordinator, shared) = coordinator(&away).await;
     drop(shared);
+    (config, proxy, publisher, coordinator)
+}
+
+/// The server's advisory that a task reached its last delivery comes while the submitting side
+/// is cut off from the server (its workers are not): the request still fails as soon as that
+/// side is back, not at its own timeout.
+async fn a_max_deliveries_advisory_sent_while_the_submitting_side_is_away_still_ends_the_request() {
+    let (config, proxy, publisher, coordinator) = coordinator_behind_a_proxy("advisory-away").await;
     let respawner = Respawner::start(&config, &["--ack-wait-ms", "300", "--max-deliver", "2"]);
     let poison = Task::portable("poison", Fail("exit:".into()));
     let call = spawn_submit(&coordinator, poison, Duration::from_secs(90));

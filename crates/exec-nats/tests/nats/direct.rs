@@ -25,14 +25,7 @@ async fn until_stored(config: &NatsConfig, count: u64, what: &str) {
 /// stored; one ready while that side is cut off from the server is stored, and answers its
 /// request once the side is back.
 pub(crate) async fn a_completion_is_stored_only_while_its_submitting_side_is_away() {
-    let config = config("direct");
-    let proxy = Proxy::start(&config.url).await;
-    let away = NatsConfig {
-        url: proxy.url(),
-        ..config.clone()
-    };
-    let (publisher, coordinator, shared) = coordinator(&away).await;
-    drop(shared);
+    let (config, proxy, publisher, coordinator) = coordinator_behind_a_proxy("direct").await;
     let worker = Worker::start(&config, &[]);
     let value = coordinator.submit(Task::portable("near", Echo(7)), "nats");
     assert_eq!(value.await.unwrap(), 7);
