@@ -19,9 +19,11 @@ use task_core::context::EventSink;
 
 mod cancels;
 mod completion;
+mod confirm;
 mod events;
 
 use cancels::Cancels;
+use confirm::Confirmations;
 
 /// How long a pull for tasks waits at the server for them before it is made again.
 const PULL_WAIT: Duration = Duration::from_secs(5);
@@ -137,6 +139,11 @@ impl NatsWorkerBuilder {
             .subscribe(self.config.cancel_subject())
             .await
             .map_err(|e| NatsError::new("subscribing to cancellations", e))?;
+        let replies = client.new_inbox();
+        let confirmations = client
+            .subscribe(format!("{replies}.*"))
+            .await
+            .map_err(|e| NatsError::new("subscribing to confirmations", e))?;
         Ok(NatsWorker {
             shared: Arc::new(Shared {
                 id: format!("{}:{}", hostname(), std::process::id()),
@@ -147,12 +154,15 @@ impl NatsWorkerBuilder {
                 // The stream's own, which an earlier setup may have made other than ours.
                 max_message_size: stream_limit(&completions),
                 answers: self.config.answer_subject(""),
+                replies,
+                confirmations: Mutex::default(),
                 cancels: Mutex::default(),
                 completed: AtomicU64::new(0),
                 exit_before_ack_after: self.exit_before_ack_after,
             }),
             consumer,
             cancel_feed: Some(cancels),
+            confirmation_feed: Some(confirmations),
             concurrency: self.concurrency,
         })
     }
@@ -175,6 +185,9 @@ struct Shared {
     /// What the subjects submitting sides take completions on start with (`{prefix}.answer.`):
     /// a task naming another is answered through the completion stream alone.
     answers: String,
+    /// Where the sides' confirmations come (`{inbox}.<token>`).
+    replies: String,
+    confirmations: Mutex<Confirmations>,
     cancels: Mutex<Cancels>,
     completed: AtomicU64,
     exit_before_ack_after: Option<u64>,
@@ -360,6 +373,7 @@ pub struct NatsWorker {
     shared: Arc<Shared>,
     consumer: consumer::PullConsumer,
     cancel_feed: Option<async_nats::Subscriber>,
+    confirmation_feed: Option<async_nats::Subscriber>,
     concurrency: usize,
 }
 
@@ -406,6 +420,9 @@ impl NatsWorker {
                     shared.cancel(String::from_utf8_lossy(&message.payload).into_owned());
                 }
             }))
+        });
+        let _confirmations = self.confirmation_feed.take().map(|feed| {
+            AbortOnDropHandle::new(tokio::spawn(confirm::route(Arc::clone(&shared), feed)))
         });
         let places = Arc::new(Semaphore::new(self.concurrency));
         let mut running = tokio::task::JoinSet::new();

@@ -242,6 +242,9 @@ fn main() {
         ("a_completion_its_side_does_not_confirm_is_stored", || {
             Box::pin(direct::a_completion_its_side_does_not_confirm_is_stored())
         }),
+        ("a_side_that_did_not_confirm_in_time_is_let_be", || {
+            Box::pin(direct::a_side_that_did_not_confirm_in_time_is_let_be())
+        }),
     ];
     let trials = tests
         .iter()

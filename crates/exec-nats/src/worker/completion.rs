@@ -1,5 +1,6 @@
 //! A run's completion: made, sized against what the completion stream and the server take, and
-//! stored before its task is acknowledged.
+//! handed to its submitting side ([`confirm`](super::confirm)) or stored, before its task is
+//! acknowledged.
 
 use std::time::Duration;
 
@@ -8,10 +9,6 @@ use task_core::TaskError;
 use super::Shared;
 use crate::config::{largest_body, publish_stored, too_large};
 use crate::wire::{Completion, Reply, TaskMessage, encode};
-
-/// How long a completion handed directly waits for its submitting side's confirmation before
-/// it is stored instead (a confirmation lost or late makes a duplicate, which that side drops).
-const CONFIRMED_WITHIN: Duration = Duration::from_secs(2);
 
 /// The message id of run `run`'s completion: the completion stream keeps one however many
 /// stores reach it.
@@ -73,29 +70,6 @@ impl Shared {
                     Err(_) => false,
                 }
             }
-        }
-    }
-
-    /// Whether `subject` is a submitting side's own subject for completions: `{prefix}.answer.`
-    /// and one token. A task published by hand could name any other, an API's among them.
-    pub(super) fn answers_there(&self, subject: &str) -> bool {
-        subject
-            .strip_prefix(&self.answers)
-            .is_some_and(|client| super::answerable(client) && !client.contains(['.', '*', '>']))
-    }
-
-    /// Hands a completion to its submitting side by request; whether that side confirmed it with
-    /// the run's id (a reply of anyone else, such as a stream's acknowledgement, is no
-    /// confirmation).
-    async fn hand(&self, subject: &str, run: &str, bytes: bytes::Bytes) -> bool {
-        let request = async_nats::Request::new()
-            .payload(bytes)
-            .timeout(Some(CONFIRMED_WITHIN));
-        match self.client.send_request(subject.to_owned(), request).await {
-            Ok(reply) => reply.payload == run.as_bytes(),
-            // Nobody there (the side is away, or speaks an older protocol), or no confirmation
-            // in time: stored instead.
-            Err(_) => false,
         }
     }
 

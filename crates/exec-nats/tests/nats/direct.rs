@@ -58,37 +58,16 @@ pub(crate) async fn a_completion_is_stored_only_while_its_submitting_side_is_awa
 /// side reads it from there. A task naming a subject other than a side's own for completions
 /// (published by hand: it could name an API's) has its completion stored, and nothing sent there.
 pub(crate) async fn a_completion_its_side_does_not_confirm_is_stored() {
-    use exec_nats::wire::{ANSWER_HEADER, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER};
-    use exec_nats::wire::{TaskMessage, encode};
     let config = config("unconfirmed");
     let _worker = Worker::start(&config, &[]);
     let client = async_nats::connect(&config.url).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let reply = format!("{}.done.me", config.prefix);
     let answer = format!("{}.answer.me", config.prefix);
     let elsewhere = format!("{}.elsewhere", config.prefix);
     let mut handed = client.subscribe(answer.clone()).await.unwrap();
     let mut misdirected = client.subscribe(elsewhere.clone()).await.unwrap();
     for (run, to) in [("me.1", &answer), ("me.2", &answer), ("me.3", &elsewhere)] {
-        let task = TaskMessage {
-            version: PROTOCOL_VERSION,
-            run: run.into(),
-            request_id: "r".into(),
-            name: "echo".into(),
-            payload: task_core::encode(&Echo(1)).unwrap(),
-            reply: reply.clone(),
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in [
-            (RUN_HEADER, run),
-            (REPLY_HEADER, &reply),
-            (ANSWER_HEADER, to),
-        ] {
-            headers.insert(name, value);
-        }
-        let bytes = encode(&task).unwrap().into();
-        let sent = js.publish_with_headers(config.task_subject(), headers, bytes);
-        sent.await.unwrap().await.unwrap();
+        publish_by_hand(&js, &config, run, to).await;
         if to != &answer {
             continue;
         }
@@ -105,5 +84,63 @@ pub(crate) async fn a_completion_its_side_does_not_confirm_is_stored() {
     let sent_elsewhere = misdirected.next().now_or_never();
     assert!(sent_elsewhere.is_none(), "nothing went to {elsewhere}");
     drop(_worker);
+    cleanup(&config).await;
+}
+
+/// Publishes an echo task of run `run` by hand, its completion to go to `answer` directly, or
+/// else to the completion subject of side `me`.
+async fn publish_by_hand(
+    js: &async_nats::jetstream::Context,
+    config: &NatsConfig,
+    run: &str,
+    answer: &str,
+) {
+    use exec_nats::wire::{ANSWER_HEADER, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER};
+    use exec_nats::wire::{TaskMessage, encode};
+    let reply = format!("{}.done.me", config.prefix);
+    let task = TaskMessage {
+        version: PROTOCOL_VERSION,
+        run: run.into(),
+        request_id: "r".into(),
+        name: "echo".into(),
+        payload: task_core::encode(&Echo(1)).unwrap(),
+        reply: reply.clone(),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        (RUN_HEADER, run),
+        (REPLY_HEADER, &reply),
+        (ANSWER_HEADER, answer),
+    ] {
+        headers.insert(name, value);
+    }
+    let bytes = encode(&task).unwrap().into();
+    let sent = js.publish_with_headers(config.task_subject(), headers, bytes);
+    sent.await.unwrap().await.unwrap();
+}
+
+/// A side that let a confirmation wait past its limit (its process stuck, its subscription
+/// full) has its next completions stored at once: a worker's places wait on it once, not for
+/// each of its tasks, and the other sides' tasks behind them go on.
+pub(crate) async fn a_side_that_did_not_confirm_in_time_is_let_be() {
+    let config = config("stuck-side");
+    let worker = Worker::start(&config, &["--concurrency", "2"]);
+    let client = async_nats::connect(&config.url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let stuck = format!("{}.answer.me", config.prefix);
+    let mut handed = client.subscribe(stuck.clone()).await.unwrap();
+    for n in 0..10 {
+        publish_by_hand(&js, &config, &format!("me.{n}"), &stuck).await;
+    }
+    until_stored(&config, 10, "every completion is stored").await;
+    drop(worker);
+    let mut tried = 0;
+    while handed.next().now_or_never().flatten().is_some() {
+        tried += 1;
+    }
+    assert!(
+        (1..=2).contains(&tried),
+        "handed over once for each of the worker's 2 places, not for each of 10 tasks: {tried}"
+    );
     cleanup(&config).await;
 }
