@@ -245,6 +245,10 @@ fn main() {
         ("a_side_that_did_not_confirm_in_time_is_let_be", || {
             Box::pin(direct::a_side_that_did_not_confirm_in_time_is_let_be())
         }),
+        (
+            "a_worker_cut_off_while_it_hands_over_blames_no_side",
+            || Box::pin(direct::a_worker_cut_off_while_it_hands_over_blames_no_side()),
+        ),
     ];
     let trials = tests
         .iter()

@@ -5,12 +5,15 @@
 //! entry out, so nothing is kept for a confirmation that never comes. A side that let one wait
 //! past [`CONFIRMED_WITHIN`] (its process stuck, its subscription overflowing) has its
 //! completions stored at once for [`QUIET_FOR`]: its waits never hold the worker's places for
-//! long, nor the other sides' tasks behind them.
+//! long, nor the other sides' tasks behind them. A wait that ran out while this worker lost its
+//! own connection blames no side.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use async_nats::connection::State;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
@@ -113,6 +116,8 @@ impl Shared {
             return false;
         };
         let reply = format!("{}.{}", self.replies, waiting.token);
+        let statistics = self.client.statistics();
+        let connects = statistics.connects.load(Ordering::Relaxed);
         let sent = self
             .client
             .publish_with_reply(subject.to_owned(), reply, bytes);
@@ -123,7 +128,12 @@ impl Shared {
             Ok(Ok(confirmation)) => confirmation == run.as_bytes(),
             Ok(Err(_)) => false,
             Err(_) => {
-                lock(&self.confirmations).quiet(subject);
+                // The side is to blame only where this worker kept its own connection meanwhile.
+                let kept = self.client.connection_state() == State::Connected
+                    && statistics.connects.load(Ordering::Relaxed) == connects;
+                if kept {
+                    lock(&self.confirmations).quiet(subject);
+                }
                 false
             }
         }

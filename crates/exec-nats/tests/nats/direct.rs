@@ -95,6 +95,17 @@ async fn publish_by_hand(
     run: &str,
     answer: &str,
 ) {
+    publish_node_by_hand(js, config, run, answer, Echo(1)).await;
+}
+
+/// [`publish_by_hand`], of any node.
+async fn publish_node_by_hand<N: PortableNode>(
+    js: &async_nats::jetstream::Context,
+    config: &NatsConfig,
+    run: &str,
+    answer: &str,
+    node: N,
+) {
     use exec_nats::wire::{ANSWER_HEADER, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER};
     use exec_nats::wire::{TaskMessage, encode};
     let reply = format!("{}.done.me", config.prefix);
@@ -102,8 +113,8 @@ async fn publish_by_hand(
         version: PROTOCOL_VERSION,
         run: run.into(),
         request_id: "r".into(),
-        name: "echo".into(),
-        payload: task_core::encode(&Echo(1)).unwrap(),
+        name: N::NAME.into(),
+        payload: task_core::encode(&node).unwrap(),
         reply: reply.clone(),
     };
     let mut headers = async_nats::HeaderMap::new();
@@ -142,5 +153,57 @@ pub(crate) async fn a_side_that_did_not_confirm_in_time_is_let_be() {
         (1..=2).contains(&tried),
         "handed over once for each of the worker's 2 places, not for each of 10 tasks: {tried}"
     );
+    cleanup(&config).await;
+}
+
+/// A worker that loses its own connection while it waits for a confirmation blames no side:
+/// the side's next completion is handed to it again, not stored.
+pub(crate) async fn a_worker_cut_off_while_it_hands_over_blames_no_side() {
+    use exec_nats::wire::{Reply, decode};
+    let config = config("worker-cut");
+    let proxy = Proxy::start(&config.url).await;
+    let behind = NatsConfig {
+        url: proxy.url(),
+        ..config.clone()
+    };
+    let worker = Worker::start(&behind, &["--concurrency", "2"]);
+    let client = async_nats::connect(&config.url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let side = format!("{}.answer.me", config.prefix);
+    let mut answers = client.subscribe(side.clone()).await.unwrap();
+    // A side that confirms every completion it gets, saying which.
+    let (heard, mut confirmed) = tokio::sync::mpsc::unbounded_channel();
+    let confirming = tokio::spawn({
+        let client = client.clone();
+        async move {
+            while let Some(message) = answers.next().await {
+                if let (Ok(Reply::Done(done)), Some(to)) =
+                    (decode::<Reply>(&message.payload), message.reply)
+                {
+                    let _ = client.publish(to, done.run.clone().into()).await;
+                    let _ = heard.send(done.run);
+                }
+            }
+        }
+    });
+    // Cut off while it runs, and for longer than a confirmation is waited for.
+    publish_node_by_hand(&js, &config, "me.1", &side, Nap(800)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    until_stored(&config, 1, "the completion waited for in vain is stored").await;
+    publish_by_hand(&js, &config, "me.2", &side).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), confirmed.recv()).await;
+        let run = next.expect("me.2 handed to its side").expect("the side");
+        if run == "me.2" {
+            break;
+        }
+    }
+    assert_eq!(completions_stored(&config).await, 1, "me.2 was not stored");
+    confirming.abort();
+    drop(worker);
     cleanup(&config).await;
 }
