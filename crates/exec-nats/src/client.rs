@@ -234,7 +234,9 @@ impl Inner {
     pub(crate) async fn track_or_withdraw(&self, run: &str, seq: u64) {
         let tracked = self.table().track(run, seq);
         if !tracked {
-            self.delete(seq).await;
+            // Boxed: taken only by a run that ended before its task was stored; inline, its
+            // future would sit in every run's hand-over.
+            Box::pin(self.delete(seq)).await;
         }
     }
 
@@ -307,7 +309,9 @@ impl Inner {
                 }
                 // No stream holds the subject (deleted, or lost with the server's store).
                 Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                    let remade = self.refresh_stream().await;
+                    // Boxed: only when the stream is gone; inline, its 6 KB future would sit in
+                    // every run's hand-over.
+                    let remade = Box::pin(self.refresh_stream()).await;
                     if started.elapsed() >= retry_for {
                         let why = remade.err().map(|e| format!(" ({e})")).unwrap_or_default();
                         return Err(TaskError::strategy(format!(

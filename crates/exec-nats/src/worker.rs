@@ -208,16 +208,18 @@ impl Shared {
         if message.info().is_ok_and(|info| info.delivered > 1) {
             crate::recorded(|| metrics::counter!("nats_task_redeliveries_total").increment(1));
         }
+        // The answers to an undecodable task are boxed: rare, and inline their future would sit
+        // in every task's handling.
         let task = match decode::<TaskMessage>(&message.payload) {
             // Its run id goes into headers and its reply is a subject: a line break or a space
             // in either (a message published by hand) could never be answered.
             Ok(task) if !answerable(&task.run) || !answerable(&task.reply) => {
                 let why = "the task names a run or a reply subject holding a space or a control \
                            character";
-                return self.undecodable(message, TaskError::protocol(why)).await;
+                return Box::pin(self.undecodable(message, TaskError::protocol(why))).await;
             }
             Ok(task) => task,
-            Err(e) => return self.undecodable(message, e).await,
+            Err(e) => return Box::pin(self.undecodable(message, e)).await,
         };
         let (stop, stopped) = oneshot::channel();
         let (skip, delivery) = {
@@ -363,7 +365,9 @@ async fn keep_alive(message: &jetstream::Message, ack_wait: Duration) {
     let period = (ack_wait / 3).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(period).await;
-        let _ = message.ack_with(AckKind::Progress).await;
+        // Boxed: due only past `ack_wait / 3`; inline, its future would sit in every task's
+        // handling.
+        let _ = Box::pin(message.ack_with(AckKind::Progress)).await;
     }
 }
 

@@ -58,7 +58,9 @@ impl Shared {
         {
             return true;
         }
-        match self.store(&task.reply, &task.run, bytes).await {
+        // Stores are boxed: the usual way only for a run that sent events, and inline their
+        // future would sit in every task's handling.
+        match Box::pin(self.store(&task.reply, &task.run, bytes)).await {
             Ok(stored) => stored,
             // Refused for its size all the same (the stream's limit changed since).
             Err(refused) => {
@@ -66,7 +68,9 @@ impl Shared {
                     "the output's completion was refused as too large: {refused}"
                 ));
                 match done(Err(error)) {
-                    Ok(bytes) => self.store(&task.reply, &task.run, bytes.into()).await == Ok(true),
+                    Ok(bytes) => {
+                        Box::pin(self.store(&task.reply, &task.run, bytes.into())).await == Ok(true)
+                    }
                     Err(_) => false,
                 }
             }
