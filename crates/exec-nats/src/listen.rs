@@ -1,19 +1,20 @@
 //! The submitting side's background tasks: reading completions, watching the connection, and
 //! failing what the server will not deliver.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::stream::RawMessageErrorKind;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use task_core::TaskError;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::Inner;
 use crate::config::{publish_stored, too_large};
-use crate::wire::{Completion, Reply, decode};
+use crate::wire::{CONFIRMS, Completion, MANY, Reply, decode};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
 /// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
@@ -73,12 +74,24 @@ pub(crate) async fn listen_completions(
 /// Reads the completions workers hand this side directly, and confirms each (with its run id)
 /// once applied: a worker stores in the completion stream what nobody confirms. Only a bare
 /// completion comes here; a run whose node sent events has its completion stored after them, so
-/// that it never overtakes them.
+/// that it never overtakes them. The confirmations go once no other completion is ready (or
+/// past [`MOST_CONFIRMS`]), those to one worker in one message.
 pub(crate) async fn listen_answers(
     inner: std::sync::Weak<Inner>,
     mut answers: async_nats::Subscriber,
 ) {
-    while let Some(message) = answers.next().await {
+    let mut confirms = Confirms::default();
+    loop {
+        let message = match answers.next().now_or_never() {
+            Some(message) => message,
+            None => {
+                if let Some(inner) = inner.upgrade() {
+                    confirms.send(&inner.client).await;
+                }
+                answers.next().await
+            }
+        };
+        let Some(message) = message else { return };
         let Some(inner) = inner.upgrade() else { return };
         let Ok(Reply::Done(done)) = decode::<Reply>(&message.payload) else {
             // Unconfirmed: the worker stores it, and the completion stream's reader says why.
@@ -86,9 +99,60 @@ pub(crate) async fn listen_answers(
         };
         inner.resolve(&done.run, done.outcome);
         if let Some(reply) = message.reply {
-            let _ = inner.client.publish(reply, done.run.into()).await;
+            confirms.add(&reply, &done.run);
+        }
+        if confirms.count >= MOST_CONFIRMS {
+            confirms.send(&inner.client).await;
         }
     }
+}
+
+/// The most confirmations held back while more completions are ready.
+const MOST_CONFIRMS: usize = 256;
+
+/// Confirmations not sent yet.
+#[derive(Default)]
+struct Confirms {
+    /// For each worker that takes many at once, at its subject for them: `<token> <run>` lines.
+    many: HashMap<String, String>,
+    /// Each to its own subject (workers of an earlier version).
+    one_each: Vec<(async_nats::Subject, String)>,
+    count: usize,
+}
+
+impl Confirms {
+    /// Confirms run `run`, whose completion asked for it at `reply`.
+    fn add(&mut self, reply: &async_nats::Subject, run: &str) {
+        self.count += 1;
+        match many_at_once(reply) {
+            Some((subject, token)) => {
+                let lines = self.many.entry(subject.to_owned()).or_default();
+                lines.extend([token, " ", run, "\n"]);
+            }
+            None => self.one_each.push((reply.clone(), run.to_owned())),
+        }
+    }
+
+    async fn send(&mut self, client: &async_nats::Client) {
+        for (subject, lines) in self.many.drain() {
+            let _ = client
+                .publish(format!("{subject}.{MANY}"), lines.into())
+                .await;
+        }
+        for (subject, run) in self.one_each.drain(..) {
+            let _ = client.publish(subject, run.into()).await;
+        }
+        self.count = 0;
+    }
+}
+
+/// A worker's subject for confirmations, `<inbox>.confirm.<token>`, split into
+/// `<inbox>.confirm` and its token; `None` for another (a worker of an earlier version).
+fn many_at_once(reply: &str) -> Option<(&str, &str)> {
+    let (subject, token) = reply.rsplit_once('.')?;
+    let numbered = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    let confirms = subject.rsplit('.').next() == Some(CONFIRMS);
+    (numbered && confirms).then_some((subject, token))
 }
 
 /// After an outage: a server killed outright may lose the last messages it had acknowledged (it
@@ -244,5 +308,44 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
                 ))
             },
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Confirmations to a worker that takes many at once go to it in one message, one line a
+    /// run; those to a worker of an earlier version go each to its own subject.
+    #[test]
+    fn confirmations_to_one_worker_go_together_and_to_an_earlier_worker_one_each() {
+        assert_eq!(
+            many_at_once("_INBOX.w1.confirm.17"),
+            Some(("_INBOX.w1.confirm", "17"))
+        );
+        for other in [
+            "_INBOX.w1.17",
+            "_INBOX.w1.confirm.many",
+            "_INBOX.w1.confirm.",
+            "confirm",
+            "_INBOX.w1.reconfirm.3",
+        ] {
+            assert_eq!(many_at_once(other), None, "{other}");
+        }
+        let mut confirms = Confirms::default();
+        confirms.add(&"_INBOX.w1.confirm.1".into(), "side.1");
+        confirms.add(&"_INBOX.w2.confirm.9".into(), "side.2");
+        confirms.add(&"_INBOX.w1.confirm.2".into(), "side.3");
+        confirms.add(&"_INBOX.old.4".into(), "side.4");
+        assert_eq!(confirms.count, 4);
+        assert_eq!(confirms.many.len(), 2);
+        assert_eq!(confirms.many["_INBOX.w1.confirm"], "1 side.1\n2 side.3\n");
+        assert_eq!(confirms.many["_INBOX.w2.confirm"], "9 side.2\n");
+        let one_each = &confirms.one_each;
+        assert_eq!(one_each.len(), 1);
+        assert_eq!(
+            (one_each[0].0.as_str(), one_each[0].1.as_str()),
+            ("_INBOX.old.4", "side.4")
+        );
     }
 }

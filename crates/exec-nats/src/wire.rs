@@ -21,6 +21,15 @@ pub const REPLY_HEADER: &str = "Exec-Reply";
 /// [`TaskMessage::reply`], stored. Absent, every completion is stored.
 pub const ANSWER_HEADER: &str = "Exec-Answer";
 
+/// The token before the last of a worker's subjects for confirmations,
+/// `<inbox>.confirm.<token>`: such a worker also takes many confirmations in one message, on
+/// `<inbox>.confirm.many`, one `<token> <run>` a line. A side confirms to the subject itself
+/// where it lacks this token (a worker of an earlier version).
+pub const CONFIRMS: &str = "confirm";
+
+/// The last token of a worker's subject for many confirmations at once (see [`CONFIRMS`]).
+pub const MANY: &str = "many";
+
 /// A task, as published to the work-queue stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskMessage {

@@ -14,7 +14,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{NatsConfig, bad_token, config_setters, connect, stream_limit};
 use crate::error::NatsError;
-use crate::wire::{ANSWER_HEADER, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode};
+use crate::wire::{
+    ANSWER_HEADER, CONFIRMS, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode,
+};
 use task_core::context::EventSink;
 
 mod cancels;
@@ -139,7 +141,7 @@ impl NatsWorkerBuilder {
             .subscribe(self.config.cancel_subject())
             .await
             .map_err(|e| NatsError::new("subscribing to cancellations", e))?;
-        let replies = client.new_inbox();
+        let replies = format!("{}.{CONFIRMS}", client.new_inbox());
         let confirmations = client
             .subscribe(format!("{replies}.*"))
             .await

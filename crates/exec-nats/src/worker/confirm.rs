@@ -1,7 +1,8 @@
 //! Completions handed straight to their submitting side, which confirms each with the run id.
 //!
-//! The confirmations come back on one subscription of the worker's own (`{inbox}.<token>`), each
-//! handed to the hand-over waiting for it; a hand-over that ends, however it ends, takes its
+//! The confirmations come back on one subscription of the worker's own
+//! (`{inbox}.confirm.<token>`, or many at once on `{inbox}.confirm.many`), each handed to the
+//! hand-over waiting for it; a hand-over that ends, however it ends, takes its
 //! entry out, so nothing is kept for a confirmation that never comes. A side that let one wait
 //! past [`CONFIRMED_WITHIN`] (its process stuck, its subscription overflowing) has its
 //! completions stored at once for [`QUIET_FOR`]: its waits never hold the worker's places for
@@ -18,6 +19,7 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 
 use super::Shared;
+use crate::wire::MANY;
 
 /// How long a completion handed directly waits for its submitting side's confirmation before
 /// it is stored instead (a confirmation lost or late makes a duplicate, which that side drops).
@@ -143,14 +145,39 @@ impl Shared {
 /// Hands each confirmation to the hand-over waiting for it; one that no longer waits is dropped.
 pub(super) async fn route(shared: Arc<Shared>, mut replies: async_nats::Subscriber) {
     while let Some(reply) = replies.next().await {
-        let token = reply
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|t| t.parse().ok());
-        let waiting = token.and_then(|token| lock(&shared.confirmations).waiting.remove(&token));
-        if let Some(waiting) = waiting {
-            let _ = waiting.send(reply.payload);
+        let last = reply.subject.rsplit('.').next().unwrap_or_default();
+        Confirmations::route(&shared.confirmations, last, reply.payload);
+    }
+}
+
+impl Confirmations {
+    /// Hands `payload`, come on the subject ending with token `last`, to the hand-overs it
+    /// confirms: one, or many (`last` is [`MANY`], one `<token> <run>` a line).
+    fn route(confirmations: &Mutex<Confirmations>, last: &str, payload: bytes::Bytes) {
+        let mut confirmed = Vec::new();
+        if last == MANY {
+            let mut start = 0;
+            for line in payload.split(|&b| b == b'\n') {
+                let end = start + line.len();
+                let space = line.iter().position(|&b| b == b' ');
+                let token =
+                    space.and_then(|at| std::str::from_utf8(&line[..at]).ok()?.parse().ok());
+                if let (Some(token), Some(at)) = (token, space) {
+                    confirmed.push((token, payload.slice(start + at + 1..end)));
+                }
+                start = end + 1;
+            }
+        } else if let Ok(token) = last.parse::<u64>() {
+            confirmed.push((token, payload));
+        }
+        let mut these = lock(confirmations);
+        let waiting: Vec<_> = confirmed
+            .into_iter()
+            .filter_map(|(token, run)| Some((these.waiting.remove(&token)?, run)))
+            .collect();
+        drop(these);
+        for (waiting, run) in waiting {
+            let _ = waiting.send(run);
         }
     }
 }
@@ -167,6 +194,24 @@ mod tests {
         let (waiting, _confirmed) = Confirmations::wait(&confirmations, "x.answer.a").unwrap();
         assert_eq!(lock(&confirmations).waiting.len(), 1);
         drop(waiting);
+        assert!(lock(&confirmations).waiting.is_empty());
+    }
+
+    /// Many confirmations in one message reach each hand-over waiting, with its run; a line that
+    /// is not `<token> <run>`, and a token nobody waits for, are passed over.
+    #[test]
+    fn many_confirmations_at_once_reach_each_hand_over() {
+        let confirmations = Mutex::default();
+        let (_one, mut first) = Confirmations::wait(&confirmations, "x.answer.a").unwrap();
+        let (_two, mut second) = Confirmations::wait(&confirmations, "x.answer.a").unwrap();
+        let (_three, mut third) = Confirmations::wait(&confirmations, "x.answer.b").unwrap();
+        let many = "2 side.7\nnonsense\n99 side.0\nx side.1\n1 side.5\n";
+        Confirmations::route(&confirmations, MANY, many.into());
+        assert_eq!(first.try_recv().unwrap(), "side.5");
+        assert_eq!(second.try_recv().unwrap(), "side.7");
+        assert!(third.try_recv().is_err(), "not confirmed yet");
+        Confirmations::route(&confirmations, "3", "side.9".into());
+        assert_eq!(third.try_recv().unwrap(), "side.9");
         assert!(lock(&confirmations).waiting.is_empty());
     }
 

@@ -21,15 +21,28 @@ async fn until_stored(config: &NatsConfig, count: u64, what: &str) {
     }
 }
 
-/// While the submitting side is connected its completions reach it directly, and nothing is
-/// stored; one ready while that side is cut off from the server is stored, and answers its
-/// request once the side is back.
+/// While the submitting side is connected its completions reach it directly, confirmed (many
+/// at once when many are ready), and nothing is stored; one ready while that side is cut off from
+/// the server is stored, and answers its request once the side is back.
 pub(crate) async fn a_completion_is_stored_only_while_its_submitting_side_is_away() {
     let (config, proxy, publisher, coordinator) = coordinator_behind_a_proxy("direct").await;
     let worker = Worker::start(&config, &[]);
-    let value = coordinator.submit(Task::portable("near", Echo(7)), "nats");
-    assert_eq!(value.await.unwrap(), 7);
-    assert_eq!(completions_stored(&config).await, 0, "handed over directly");
+    let near =
+        (0..64).map(|i| coordinator.submit(Task::portable(format!("near{i}"), Echo(i)), "nats"));
+    let values = futures::future::join_all(near).await;
+    let values: Vec<u64> = values.into_iter().map(Result::unwrap).collect();
+    assert_eq!(values, (0..64).collect::<Vec<_>>());
+    // The worker acknowledges a task once its completion is confirmed, or stored unconfirmed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tasks_in_stream(&config).await > 0 {
+        assert!(Instant::now() < deadline, "every task acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        completions_stored(&config).await,
+        0,
+        "handed over directly, confirmed"
+    );
 
     let call = spawn_submit(
         &coordinator,
