@@ -14,7 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::Inner;
 use crate::config::{publish_stored, too_large};
-use crate::wire::{CONFIRMS, Completion, MANY, Reply, decode};
+use crate::wire::{CONFIRMS, Completion, Reply, decode};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
 /// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
@@ -74,8 +74,8 @@ pub(crate) async fn listen_completions(
 /// Reads the completions workers hand this side directly, and confirms each (with its run id)
 /// once applied: a worker stores in the completion stream what nobody confirms. Only a bare
 /// completion comes here; a run whose node sent events has its completion stored after them, so
-/// that it never overtakes them. The confirmations go once no other completion is ready (or
-/// past [`MOST_CONFIRMS`]), those to one worker in one message.
+/// that it never overtakes them. The confirmations go once no other completion is ready, or once
+/// those held reach [`Confirms::FULL`] or [`Confirms::OLDEST`]; those to one worker together.
 pub(crate) async fn listen_answers(
     inner: std::sync::Weak<Inner>,
     mut answers: async_nats::Subscriber,
@@ -91,58 +91,84 @@ pub(crate) async fn listen_answers(
                 answers.next().await
             }
         };
-        let Some(message) = message else { return };
         let Some(inner) = inner.upgrade() else { return };
+        let Some(message) = message else {
+            confirms.send(&inner.client).await;
+            return;
+        };
         let Ok(Reply::Done(done)) = decode::<Reply>(&message.payload) else {
             // Unconfirmed: the worker stores it, and the completion stream's reader says why.
             continue;
         };
         inner.resolve(&done.run, done.outcome);
         if let Some(reply) = message.reply {
-            confirms.add(&reply, &done.run);
+            confirms.add(reply, &done.run);
         }
-        if confirms.count >= MOST_CONFIRMS {
+        if confirms.due() {
             confirms.send(&inner.client).await;
         }
     }
 }
 
-/// The most confirmations held back while more completions are ready.
-const MOST_CONFIRMS: usize = 256;
-
 /// Confirmations not sent yet.
 #[derive(Default)]
 struct Confirms {
-    /// For each worker that takes many at once, at its subject for them: `<token> <run>` lines.
-    many: HashMap<String, String>,
+    /// For each worker that takes many at once (by its subject for confirmations, less the
+    /// token): the subject of the first held, and `<token> <run>` lines.
+    many: HashMap<String, (async_nats::Subject, String)>,
     /// Each to its own subject (workers of an earlier version).
     one_each: Vec<(async_nats::Subject, String)>,
     count: usize,
+    bytes: usize,
+    /// When the oldest held was added.
+    since: Option<Instant>,
 }
 
 impl Confirms {
+    /// The most confirmations, or bytes of them, held back while more completions are ready.
+    const FULL: (usize, usize) = (128, 16 << 10);
+
+    /// The longest a confirmation is held back while more completions are ready (each worker
+    /// waits 2 s for its confirmations before it stores the completions instead).
+    const OLDEST: Duration = Duration::from_millis(5);
+
     /// Confirms run `run`, whose completion asked for it at `reply`.
-    fn add(&mut self, reply: &async_nats::Subject, run: &str) {
+    fn add(&mut self, reply: async_nats::Subject, run: &str) {
         self.count += 1;
-        match many_at_once(reply) {
-            Some((subject, token)) => {
-                let lines = self.many.entry(subject.to_owned()).or_default();
-                lines.extend([token, " ", run, "\n"]);
+        self.bytes += reply.len() + run.len();
+        self.since.get_or_insert_with(Instant::now);
+        match many_at_once(&reply) {
+            Some((worker, token)) => {
+                let (worker, token) = (worker.to_owned(), token.to_owned());
+                let (_, lines) = self
+                    .many
+                    .entry(worker)
+                    .or_insert_with(|| (reply, String::new()));
+                lines.extend([&token, " ", run, "\n"]);
             }
-            None => self.one_each.push((reply.clone(), run.to_owned())),
+            None => self.one_each.push((reply, run.to_owned())),
         }
     }
 
+    /// Whether those held are to go now, however many more completions are ready.
+    fn due(&self) -> bool {
+        self.count >= Self::FULL.0
+            || self.bytes >= Self::FULL.1
+            || self
+                .since
+                .is_some_and(|since| since.elapsed() >= Self::OLDEST)
+    }
+
+    /// Sends those held: to a worker that takes many at once, all of them in reply to the first
+    /// (a side allowed to publish only replies may send it); to another, each its own.
     async fn send(&mut self, client: &async_nats::Client) {
-        for (subject, lines) in self.many.drain() {
-            let _ = client
-                .publish(format!("{subject}.{MANY}"), lines.into())
-                .await;
+        for (_, (first, lines)) in self.many.drain() {
+            let _ = client.publish(first, lines.into()).await;
         }
         for (subject, run) in self.one_each.drain(..) {
             let _ = client.publish(subject, run.into()).await;
         }
-        self.count = 0;
+        (self.count, self.bytes, self.since) = (0, 0, None);
     }
 }
 
@@ -315,8 +341,9 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
 mod tests {
     use super::*;
 
-    /// Confirmations to a worker that takes many at once go to it in one message, one line a
-    /// run; those to a worker of an earlier version go each to its own subject.
+    /// Confirmations to a worker that takes many at once go to it in one message, in reply to
+    /// the first held (the one subject a side allowed only replies may send to), one line a run;
+    /// those to a worker of an earlier version go each to its own subject.
     #[test]
     fn confirmations_to_one_worker_go_together_and_to_an_earlier_worker_one_each() {
         assert_eq!(
@@ -333,19 +360,53 @@ mod tests {
             assert_eq!(many_at_once(other), None, "{other}");
         }
         let mut confirms = Confirms::default();
-        confirms.add(&"_INBOX.w1.confirm.1".into(), "side.1");
-        confirms.add(&"_INBOX.w2.confirm.9".into(), "side.2");
-        confirms.add(&"_INBOX.w1.confirm.2".into(), "side.3");
-        confirms.add(&"_INBOX.old.4".into(), "side.4");
+        confirms.add("_INBOX.w1.confirm.1".into(), "side.1");
+        confirms.add("_INBOX.w2.confirm.9".into(), "side.2");
+        confirms.add("_INBOX.w1.confirm.2".into(), "side.3");
+        confirms.add("_INBOX.old.4".into(), "side.4");
         assert_eq!(confirms.count, 4);
-        assert_eq!(confirms.many.len(), 2);
-        assert_eq!(confirms.many["_INBOX.w1.confirm"], "1 side.1\n2 side.3\n");
-        assert_eq!(confirms.many["_INBOX.w2.confirm"], "9 side.2\n");
+        let many: HashMap<&str, (&str, &str)> = confirms
+            .many
+            .iter()
+            .map(|(worker, (to, lines))| (worker.as_str(), (to.as_str(), lines.as_str())))
+            .collect();
+        let expected = HashMap::from([
+            (
+                "_INBOX.w1.confirm",
+                ("_INBOX.w1.confirm.1", "1 side.1\n2 side.3\n"),
+            ),
+            ("_INBOX.w2.confirm", ("_INBOX.w2.confirm.9", "9 side.2\n")),
+        ]);
+        assert_eq!(many, expected);
         let one_each = &confirms.one_each;
         assert_eq!(one_each.len(), 1);
         assert_eq!(
             (one_each[0].0.as_str(), one_each[0].1.as_str()),
             ("_INBOX.old.4", "side.4")
         );
+    }
+
+    /// Confirmations held go once there are [`Confirms::FULL`] of them, or bytes of them, or
+    /// once the oldest was held [`Confirms::OLDEST`], however many completions are ready.
+    #[test]
+    fn confirmations_are_held_back_a_bounded_while() {
+        let mut confirms = Confirms::default();
+        assert!(!confirms.due());
+        for i in 1..Confirms::FULL.0 {
+            confirms.add(format!("_INBOX.w.confirm.{i}").into(), "s.1");
+        }
+        assert!(!confirms.due(), "not full, and just added");
+        confirms.add("_INBOX.w.confirm.0".into(), "s.1");
+        assert!(confirms.due(), "full");
+
+        let mut confirms = Confirms::default();
+        confirms.add("_INBOX.w.confirm.1".into(), &"r".repeat(Confirms::FULL.1));
+        assert!(confirms.due(), "its bytes");
+
+        let mut confirms = Confirms::default();
+        confirms.add("_INBOX.w.confirm.1".into(), "s.1");
+        assert!(!confirms.due());
+        std::thread::sleep(Confirms::OLDEST);
+        assert!(confirms.due(), "held long enough");
     }
 }

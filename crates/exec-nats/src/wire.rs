@@ -22,13 +22,11 @@ pub const REPLY_HEADER: &str = "Exec-Reply";
 pub const ANSWER_HEADER: &str = "Exec-Answer";
 
 /// The token before the last of a worker's subjects for confirmations,
-/// `<inbox>.confirm.<token>`: such a worker also takes many confirmations in one message, on
-/// `<inbox>.confirm.many`, one `<token> <run>` a line. A side confirms to the subject itself
-/// where it lacks this token (a worker of an earlier version).
+/// `<inbox>.confirm.<token>`: such a worker also takes many confirmations in one message, sent
+/// to any one of those subjects, one `<token> <run>` a line (a confirmation of one is the bare run
+/// id, which holds no space). A side confirms one by one to a worker whose subjects lack this
+/// token (one of an earlier version).
 pub const CONFIRMS: &str = "confirm";
-
-/// The last token of a worker's subject for many confirmations at once (see [`CONFIRMS`]).
-pub const MANY: &str = "many";
 
 /// A task, as published to the work-queue stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

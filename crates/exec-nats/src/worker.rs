@@ -187,7 +187,7 @@ struct Shared {
     /// What the subjects submitting sides take completions on start with (`{prefix}.answer.`):
     /// a task naming another is answered through the completion stream alone.
     answers: String,
-    /// Where the sides' confirmations come (`{inbox}.<token>`).
+    /// Where the sides' confirmations come (`{inbox}.confirm.<token>`).
     replies: String,
     confirmations: Mutex<Confirmations>,
     cancels: Mutex<Cancels>,

@@ -1,8 +1,8 @@
 //! Completions handed straight to their submitting side, which confirms each with the run id.
 //!
 //! The confirmations come back on one subscription of the worker's own
-//! (`{inbox}.confirm.<token>`, or many at once on `{inbox}.confirm.many`), each handed to the
-//! hand-over waiting for it; a hand-over that ends, however it ends, takes its
+//! (`{inbox}.confirm.<token>`; many may come in one message), each handed to the hand-over
+//! waiting for it; a hand-over that ends, however it ends, takes its
 //! entry out, so nothing is kept for a confirmation that never comes. A side that let one wait
 //! past [`CONFIRMED_WITHIN`] (its process stuck, its subscription overflowing) has its
 //! completions stored at once for [`QUIET_FOR`]: its waits never hold the worker's places for
@@ -19,7 +19,6 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 
 use super::Shared;
-use crate::wire::MANY;
 
 /// How long a completion handed directly waits for its submitting side's confirmation before
 /// it is stored instead (a confirmation lost or late makes a duplicate, which that side drops).
@@ -145,17 +144,17 @@ impl Shared {
 /// Hands each confirmation to the hand-over waiting for it; one that no longer waits is dropped.
 pub(super) async fn route(shared: Arc<Shared>, mut replies: async_nats::Subscriber) {
     while let Some(reply) = replies.next().await {
-        let last = reply.subject.rsplit('.').next().unwrap_or_default();
-        Confirmations::route(&shared.confirmations, last, reply.payload);
+        let token = reply.subject.rsplit('.').next().unwrap_or_default();
+        Confirmations::route(&shared.confirmations, token, reply.payload);
     }
 }
 
 impl Confirmations {
-    /// Hands `payload`, come on the subject ending with token `last`, to the hand-overs it
-    /// confirms: one, or many (`last` is [`MANY`], one `<token> <run>` a line).
-    fn route(confirmations: &Mutex<Confirmations>, last: &str, payload: bytes::Bytes) {
+    /// Hands `payload`, come on the subject ending with `token`, to the hand-overs it confirms:
+    /// that token's, or, where it holds a space, many (one `<token> <run>` a line).
+    fn route(confirmations: &Mutex<Confirmations>, token: &str, payload: bytes::Bytes) {
         let mut confirmed = Vec::new();
-        if last == MANY {
+        if payload.contains(&b' ') {
             let mut start = 0;
             for line in payload.split(|&b| b == b'\n') {
                 let end = start + line.len();
@@ -167,7 +166,7 @@ impl Confirmations {
                 }
                 start = end + 1;
             }
-        } else if let Ok(token) = last.parse::<u64>() {
+        } else if let Ok(token) = token.parse::<u64>() {
             confirmed.push((token, payload));
         }
         let mut these = lock(confirmations);
@@ -206,7 +205,7 @@ mod tests {
         let (_two, mut second) = Confirmations::wait(&confirmations, "x.answer.a").unwrap();
         let (_three, mut third) = Confirmations::wait(&confirmations, "x.answer.b").unwrap();
         let many = "2 side.7\nnonsense\n99 side.0\nx side.1\n1 side.5\n";
-        Confirmations::route(&confirmations, MANY, many.into());
+        Confirmations::route(&confirmations, "2", many.into());
         assert_eq!(first.try_recv().unwrap(), "side.5");
         assert_eq!(second.try_recv().unwrap(), "side.7");
         assert!(third.try_recv().is_err(), "not confirmed yet");

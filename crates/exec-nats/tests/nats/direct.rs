@@ -26,7 +26,8 @@ async fn until_stored(config: &NatsConfig, count: u64, what: &str) {
 /// the server is stored, and answers its request once the side is back.
 pub(crate) async fn a_completion_is_stored_only_while_its_submitting_side_is_away() {
     let (config, proxy, publisher, coordinator) = coordinator_behind_a_proxy("direct").await;
-    let worker = Worker::start(&config, &[]);
+    // Places for every task at once: their completions are ready together, confirmed together.
+    let worker = Worker::start(&config, &["--concurrency", "64"]);
     let near =
         (0..64).map(|i| coordinator.submit(Task::portable(format!("near{i}"), Echo(i)), "nats"));
     let values = futures::future::join_all(near).await;
