@@ -113,9 +113,8 @@ pub(crate) async fn listen_answers(
 /// Confirmations not sent yet.
 #[derive(Default)]
 struct Confirms {
-    /// For each worker that takes many at once (by its subject for confirmations, less the
-    /// token): the subject of the first held, and `<token> <run>` lines.
-    many: HashMap<String, (async_nats::Subject, String)>,
+    /// For each worker that takes many at once, by its subject for confirmations: a run a line.
+    many: HashMap<String, String>,
     /// Each to its own subject (workers of an earlier version).
     one_each: Vec<(async_nats::Subject, String)>,
     count: usize,
@@ -137,16 +136,11 @@ impl Confirms {
         self.count += 1;
         self.bytes += reply.len() + run.len();
         self.since.get_or_insert_with(Instant::now);
-        match many_at_once(&reply) {
-            Some((worker, token)) => {
-                let (worker, token) = (worker.to_owned(), token.to_owned());
-                let (_, lines) = self
-                    .many
-                    .entry(worker)
-                    .or_insert_with(|| (reply, String::new()));
-                lines.extend([&token, " ", run, "\n"]);
-            }
-            None => self.one_each.push((reply, run.to_owned())),
+        if reply.rsplit('.').next() == Some(CONFIRMS) {
+            let lines = self.many.entry(reply.to_string()).or_default();
+            lines.extend([run, "\n"]);
+        } else {
+            self.one_each.push((reply, run.to_owned()));
         }
     }
 
@@ -159,26 +153,17 @@ impl Confirms {
                 .is_some_and(|since| since.elapsed() >= Self::OLDEST)
     }
 
-    /// Sends those held: to a worker that takes many at once, all of them in reply to the first
-    /// (a side allowed to publish only replies may send it); to another, each its own.
+    /// Sends those held: to a worker that takes many at once, all of them in one message; to
+    /// another, each on its own subject.
     async fn send(&mut self, client: &async_nats::Client) {
-        for (_, (first, lines)) in self.many.drain() {
-            let _ = client.publish(first, lines.into()).await;
+        for (subject, lines) in self.many.drain() {
+            let _ = client.publish(subject, lines.into()).await;
         }
         for (subject, run) in self.one_each.drain(..) {
             let _ = client.publish(subject, run.into()).await;
         }
         (self.count, self.bytes, self.since) = (0, 0, None);
     }
-}
-
-/// A worker's subject for confirmations, `<inbox>.confirm.<token>`, split into
-/// `<inbox>.confirm` and its token; `None` for another (a worker of an earlier version).
-fn many_at_once(reply: &str) -> Option<(&str, &str)> {
-    let (subject, token) = reply.rsplit_once('.')?;
-    let numbered = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
-    let confirms = subject.rsplit('.').next() == Some(CONFIRMS);
-    (numbered && confirms).then_some((subject, token))
 }
 
 /// After an outage: a server killed outright may lose the last messages it had acknowledged (it
@@ -341,48 +326,36 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
 mod tests {
     use super::*;
 
-    /// Confirmations to a worker that takes many at once go to it in one message, in reply to
-    /// the first held (the one subject a side allowed only replies may send to), one line a run;
-    /// those to a worker of an earlier version go each to its own subject.
+    /// Confirmations to a worker that takes many at once go to it in one message, a run a
+    /// line, on its one subject for them; those to a worker of an earlier version go each to its
+    /// own subject.
     #[test]
     fn confirmations_to_one_worker_go_together_and_to_an_earlier_worker_one_each() {
-        assert_eq!(
-            many_at_once("_INBOX.w1.confirm.17"),
-            Some(("_INBOX.w1.confirm", "17"))
-        );
-        for other in [
-            "_INBOX.w1.17",
-            "_INBOX.w1.confirm.many",
-            "_INBOX.w1.confirm.",
-            "confirm",
-            "_INBOX.w1.reconfirm.3",
-        ] {
-            assert_eq!(many_at_once(other), None, "{other}");
-        }
         let mut confirms = Confirms::default();
-        confirms.add("_INBOX.w1.confirm.1".into(), "side.1");
-        confirms.add("_INBOX.w2.confirm.9".into(), "side.2");
-        confirms.add("_INBOX.w1.confirm.2".into(), "side.3");
+        confirms.add("_INBOX.w1.confirm".into(), "side.1");
+        confirms.add("_INBOX.w2.confirm".into(), "side.2");
+        confirms.add("_INBOX.w1.confirm".into(), "side.3");
         confirms.add("_INBOX.old.4".into(), "side.4");
-        assert_eq!(confirms.count, 4);
-        let many: HashMap<&str, (&str, &str)> = confirms
+        confirms.add("_INBOX.confirm.5".into(), "side.5");
+        assert_eq!(confirms.count, 5);
+        let many: HashMap<&str, &str> = confirms
             .many
             .iter()
-            .map(|(worker, (to, lines))| (worker.as_str(), (to.as_str(), lines.as_str())))
+            .map(|(worker, lines)| (worker.as_str(), lines.as_str()))
             .collect();
         let expected = HashMap::from([
-            (
-                "_INBOX.w1.confirm",
-                ("_INBOX.w1.confirm.1", "1 side.1\n2 side.3\n"),
-            ),
-            ("_INBOX.w2.confirm", ("_INBOX.w2.confirm.9", "9 side.2\n")),
+            ("_INBOX.w1.confirm", "side.1\nside.3\n"),
+            ("_INBOX.w2.confirm", "side.2\n"),
         ]);
         assert_eq!(many, expected);
-        let one_each = &confirms.one_each;
-        assert_eq!(one_each.len(), 1);
+        let one_each: Vec<(&str, &str)> = confirms
+            .one_each
+            .iter()
+            .map(|(to, run)| (to.as_str(), run.as_str()))
+            .collect();
         assert_eq!(
-            (one_each[0].0.as_str(), one_each[0].1.as_str()),
-            ("_INBOX.old.4", "side.4")
+            one_each,
+            [("_INBOX.old.4", "side.4"), ("_INBOX.confirm.5", "side.5")]
         );
     }
 
@@ -392,19 +365,19 @@ mod tests {
     fn confirmations_are_held_back_a_bounded_while() {
         let mut confirms = Confirms::default();
         assert!(!confirms.due());
-        for i in 1..Confirms::FULL.0 {
-            confirms.add(format!("_INBOX.w.confirm.{i}").into(), "s.1");
+        for _ in 1..Confirms::FULL.0 {
+            confirms.add("_INBOX.w.confirm".into(), "s.1");
         }
         assert!(!confirms.due(), "not full, and just added");
-        confirms.add("_INBOX.w.confirm.0".into(), "s.1");
+        confirms.add("_INBOX.w.confirm".into(), "s.1");
         assert!(confirms.due(), "full");
 
         let mut confirms = Confirms::default();
-        confirms.add("_INBOX.w.confirm.1".into(), &"r".repeat(Confirms::FULL.1));
+        confirms.add("_INBOX.w.confirm".into(), &"r".repeat(Confirms::FULL.1));
         assert!(confirms.due(), "its bytes");
 
         let mut confirms = Confirms::default();
-        confirms.add("_INBOX.w.confirm.1".into(), "s.1");
+        confirms.add("_INBOX.w.confirm".into(), "s.1");
         assert!(!confirms.due());
         std::thread::sleep(Confirms::OLDEST);
         assert!(confirms.due(), "held long enough");

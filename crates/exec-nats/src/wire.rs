@@ -21,11 +21,10 @@ pub const REPLY_HEADER: &str = "Exec-Reply";
 /// [`TaskMessage::reply`], stored. Absent, every completion is stored.
 pub const ANSWER_HEADER: &str = "Exec-Answer";
 
-/// The token before the last of a worker's subjects for confirmations,
-/// `<inbox>.confirm.<token>`: such a worker also takes many confirmations in one message, sent
-/// to any one of those subjects, one `<token> <run>` a line (a confirmation of one is the bare run
-/// id, which holds no space). A side confirms one by one to a worker whose subjects lack this
-/// token (one of an earlier version).
+/// The last token of a worker's one subject for confirmations, `<inbox>.confirm`, the reply
+/// subject of each completion it hands over: such a worker takes many confirmations in one
+/// message, a run id a line. A side confirms one by one to a worker whose reply subjects end
+/// otherwise (one of an earlier version, which gives each hand-over a subject of its own).
 pub const CONFIRMS: &str = "confirm";
 
 /// A task, as published to the work-queue stream.

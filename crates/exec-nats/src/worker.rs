@@ -143,7 +143,7 @@ impl NatsWorkerBuilder {
             .map_err(|e| NatsError::new("subscribing to cancellations", e))?;
         let replies = format!("{}.{CONFIRMS}", client.new_inbox());
         let confirmations = client
-            .subscribe(format!("{replies}.*"))
+            .subscribe(replies.clone())
             .await
             .map_err(|e| NatsError::new("subscribing to confirmations", e))?;
         Ok(NatsWorker {
@@ -187,7 +187,7 @@ struct Shared {
     /// What the subjects submitting sides take completions on start with (`{prefix}.answer.`):
     /// a task naming another is answered through the completion stream alone.
     answers: String,
-    /// Where the sides' confirmations come (`{inbox}.confirm.<token>`).
+    /// Where the sides' confirmations come (`{inbox}.confirm`).
     replies: String,
     confirmations: Mutex<Confirmations>,
     cancels: Mutex<Cancels>,
