@@ -1,20 +1,19 @@
 //! The submitting side's background tasks: reading completions, watching the connection, and
 //! failing what the server will not deliver.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::stream::RawMessageErrorKind;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use task_core::TaskError;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::Inner;
 use crate::config::{publish_stored, too_large};
-use crate::wire::{CONFIRMS, Completion, Reply, decode};
+use crate::wire::{Completion, Reply, decode};
 
 /// Reads this side's completions from its durable consumer, acknowledging each once applied.
 /// Pulling resumes by itself after a disconnect; when the consumer (or its stream) is gone, as
@@ -74,95 +73,21 @@ pub(crate) async fn listen_completions(
 /// Reads the completions workers hand this side directly, and confirms each (with its run id)
 /// once applied: a worker stores in the completion stream what nobody confirms. Only a bare
 /// completion comes here; a run whose node sent events has its completion stored after them, so
-/// that it never overtakes them. The confirmations go once no other completion is ready, or once
-/// those held reach [`Confirms::FULL`] or [`Confirms::OLDEST`]; those to one worker together.
+/// that it never overtakes them.
 pub(crate) async fn listen_answers(
     inner: std::sync::Weak<Inner>,
     mut answers: async_nats::Subscriber,
 ) {
-    let mut confirms = Confirms::default();
-    loop {
-        let message = match answers.next().now_or_never() {
-            Some(message) => message,
-            None => {
-                if let Some(inner) = inner.upgrade() {
-                    confirms.send(&inner.client).await;
-                }
-                answers.next().await
-            }
-        };
+    while let Some(message) = answers.next().await {
         let Some(inner) = inner.upgrade() else { return };
-        let Some(message) = message else {
-            confirms.send(&inner.client).await;
-            return;
-        };
         let Ok(Reply::Done(done)) = decode::<Reply>(&message.payload) else {
             // Unconfirmed: the worker stores it, and the completion stream's reader says why.
             continue;
         };
         inner.resolve(&done.run, done.outcome);
         if let Some(reply) = message.reply {
-            confirms.add(reply, &done.run);
+            let _ = inner.client.publish(reply, done.run.into()).await;
         }
-        if confirms.due() {
-            confirms.send(&inner.client).await;
-        }
-    }
-}
-
-/// Confirmations not sent yet.
-#[derive(Default)]
-struct Confirms {
-    /// For each worker that takes many at once, by its subject for confirmations: a run a line.
-    many: HashMap<String, String>,
-    /// Each to its own subject (workers of an earlier version).
-    one_each: Vec<(async_nats::Subject, String)>,
-    count: usize,
-    bytes: usize,
-    /// When the oldest held was added.
-    since: Option<Instant>,
-}
-
-impl Confirms {
-    /// The most confirmations, or bytes of them, held back while more completions are ready.
-    const FULL: (usize, usize) = (128, 16 << 10);
-
-    /// The longest a confirmation is held back while more completions are ready (each worker
-    /// waits 2 s for its confirmations before it stores the completions instead).
-    const OLDEST: Duration = Duration::from_millis(5);
-
-    /// Confirms run `run`, whose completion asked for it at `reply`.
-    fn add(&mut self, reply: async_nats::Subject, run: &str) {
-        self.count += 1;
-        self.bytes += reply.len() + run.len();
-        self.since.get_or_insert_with(Instant::now);
-        if reply.rsplit('.').next() == Some(CONFIRMS) {
-            let lines = self.many.entry(reply.to_string()).or_default();
-            lines.extend([run, "\n"]);
-        } else {
-            self.one_each.push((reply, run.to_owned()));
-        }
-    }
-
-    /// Whether those held are to go now, however many more completions are ready.
-    fn due(&self) -> bool {
-        self.count >= Self::FULL.0
-            || self.bytes >= Self::FULL.1
-            || self
-                .since
-                .is_some_and(|since| since.elapsed() >= Self::OLDEST)
-    }
-
-    /// Sends those held: to a worker that takes many at once, all of them in one message; to
-    /// another, each on its own subject.
-    async fn send(&mut self, client: &async_nats::Client) {
-        for (subject, lines) in self.many.drain() {
-            let _ = client.publish(subject, lines.into()).await;
-        }
-        for (subject, run) in self.one_each.drain(..) {
-            let _ = client.publish(subject, run.into()).await;
-        }
-        (self.count, self.bytes, self.since) = (0, 0, None);
     }
 }
 
@@ -319,67 +244,5 @@ pub(crate) async fn watch(inner: std::sync::Weak<Inner>) {
                 ))
             },
         ));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Confirmations to a worker that takes many at once go to it in one message, a run a
-    /// line, on its one subject for them; those to a worker of an earlier version go each to its
-    /// own subject.
-    #[test]
-    fn confirmations_to_one_worker_go_together_and_to_an_earlier_worker_one_each() {
-        let mut confirms = Confirms::default();
-        confirms.add("_INBOX.w1.confirm".into(), "side.1");
-        confirms.add("_INBOX.w2.confirm".into(), "side.2");
-        confirms.add("_INBOX.w1.confirm".into(), "side.3");
-        confirms.add("_INBOX.old.4".into(), "side.4");
-        confirms.add("_INBOX.confirm.5".into(), "side.5");
-        assert_eq!(confirms.count, 5);
-        let many: HashMap<&str, &str> = confirms
-            .many
-            .iter()
-            .map(|(worker, lines)| (worker.as_str(), lines.as_str()))
-            .collect();
-        let expected = HashMap::from([
-            ("_INBOX.w1.confirm", "side.1\nside.3\n"),
-            ("_INBOX.w2.confirm", "side.2\n"),
-        ]);
-        assert_eq!(many, expected);
-        let one_each: Vec<(&str, &str)> = confirms
-            .one_each
-            .iter()
-            .map(|(to, run)| (to.as_str(), run.as_str()))
-            .collect();
-        assert_eq!(
-            one_each,
-            [("_INBOX.old.4", "side.4"), ("_INBOX.confirm.5", "side.5")]
-        );
-    }
-
-    /// Confirmations held go once there are [`Confirms::FULL`] of them, or bytes of them, or
-    /// once the oldest was held [`Confirms::OLDEST`], however many completions are ready.
-    #[test]
-    fn confirmations_are_held_back_a_bounded_while() {
-        let mut confirms = Confirms::default();
-        assert!(!confirms.due());
-        for _ in 1..Confirms::FULL.0 {
-            confirms.add("_INBOX.w.confirm".into(), "s.1");
-        }
-        assert!(!confirms.due(), "not full, and just added");
-        confirms.add("_INBOX.w.confirm".into(), "s.1");
-        assert!(confirms.due(), "full");
-
-        let mut confirms = Confirms::default();
-        confirms.add("_INBOX.w.confirm".into(), &"r".repeat(Confirms::FULL.1));
-        assert!(confirms.due(), "its bytes");
-
-        let mut confirms = Confirms::default();
-        confirms.add("_INBOX.w.confirm".into(), "s.1");
-        assert!(!confirms.due());
-        std::thread::sleep(Confirms::OLDEST);
-        assert!(confirms.due(), "held long enough");
     }
 }

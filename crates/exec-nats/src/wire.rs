@@ -21,12 +21,6 @@ pub const REPLY_HEADER: &str = "Exec-Reply";
 /// [`TaskMessage::reply`], stored. Absent, every completion is stored.
 pub const ANSWER_HEADER: &str = "Exec-Answer";
 
-/// The last token of a worker's one subject for confirmations, `<inbox>.confirm`, the reply
-/// subject of each completion it hands over: such a worker takes many confirmations in one
-/// message, a run id a line. A side confirms one by one to a worker whose reply subjects end
-/// otherwise (one of an earlier version, which gives each hand-over a subject of its own).
-pub const CONFIRMS: &str = "confirm";
-
 /// A task, as published to the work-queue stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskMessage {

@@ -14,9 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{NatsConfig, bad_token, config_setters, connect, stream_limit};
 use crate::error::NatsError;
-use crate::wire::{
-    ANSWER_HEADER, CONFIRMS, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode,
-};
+use crate::wire::{ANSWER_HEADER, PROTOCOL_VERSION, REPLY_HEADER, RUN_HEADER, TaskMessage, decode};
 use task_core::context::EventSink;
 
 mod cancels;
@@ -141,9 +139,9 @@ impl NatsWorkerBuilder {
             .subscribe(self.config.cancel_subject())
             .await
             .map_err(|e| NatsError::new("subscribing to cancellations", e))?;
-        let replies = format!("{}.{CONFIRMS}", client.new_inbox());
+        let replies = client.new_inbox();
         let confirmations = client
-            .subscribe(replies.clone())
+            .subscribe(format!("{replies}.*"))
             .await
             .map_err(|e| NatsError::new("subscribing to confirmations", e))?;
         Ok(NatsWorker {
@@ -187,7 +185,7 @@ struct Shared {
     /// What the subjects submitting sides take completions on start with (`{prefix}.answer.`):
     /// a task naming another is answered through the completion stream alone.
     answers: String,
-    /// Where the sides' confirmations come (`{inbox}.confirm`).
+    /// Where the sides' confirmations come (`{inbox}.<token>`).
     replies: String,
     confirmations: Mutex<Confirmations>,
     cancels: Mutex<Cancels>,

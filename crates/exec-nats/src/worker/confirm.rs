@@ -1,10 +1,8 @@
 //! Completions handed straight to their submitting side, which confirms each with the run id.
 //!
-//! The confirmations come back on one subject of the worker's own (`{inbox}.confirm`), the reply
-//! subject of every hand-over, many in one message (a run id a line), each handed to the
-//! hand-overs waiting for its run; a hand-over that ends, however it ends, takes its entry out,
-//! so nothing is kept for a confirmation that never comes. One reply subject for all keeps a
-//! server that lets a side publish only replies from keeping a permission per hand-over. A side that let one wait
+//! The confirmations come back on one subscription of the worker's own (`{inbox}.<token>`), each
+//! handed to the hand-over waiting for it; a hand-over that ends, however it ends, takes its
+//! entry out, so nothing is kept for a confirmation that never comes. A side that let one wait
 //! past [`CONFIRMED_WITHIN`] (its process stuck, its subscription overflowing) has its
 //! completions stored at once for [`QUIET_FOR`]: its waits never hold the worker's places for
 //! long, nor the other sides' tasks behind them. A wait that ran out while this worker lost its
@@ -39,9 +37,8 @@ const LONGEST_SIDE: usize = 256;
 pub(super) struct Confirmations {
     /// The last token given to a hand-over.
     last: u64,
-    /// The hand-overs waiting, by their run (two deliveries of a run may both wait), each with
-    /// its token.
-    waiting: HashMap<String, Vec<(u64, oneshot::Sender<()>)>>,
+    /// Each hand-over waiting, by its token.
+    waiting: HashMap<u64, oneshot::Sender<bytes::Bytes>>,
     /// Subjects of the sides that did not confirm in time, each with when to try it again.
     quiet: HashMap<String, Instant>,
 }
@@ -49,19 +46,12 @@ pub(super) struct Confirmations {
 /// A hand-over's place among the confirmations waited for; taken out when it is dropped.
 struct Waiting<'a> {
     confirmations: &'a Mutex<Confirmations>,
-    run: String,
     token: u64,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut these = lock(self.confirmations);
-        if let Some(waiting) = these.waiting.get_mut(&self.run) {
-            waiting.retain(|(token, _)| *token != self.token);
-            if waiting.is_empty() {
-                these.waiting.remove(&self.run);
-            }
-        }
+        lock(self.confirmations).waiting.remove(&self.token);
     }
 }
 
@@ -71,13 +61,11 @@ fn lock(confirmations: &Mutex<Confirmations>) -> MutexGuard<'_, Confirmations> {
 }
 
 impl Confirmations {
-    /// A place to wait for the confirmation of run `run`; `None` when the side at `subject` is
-    /// quiet now.
+    /// A place to wait for a confirmation; `None` when the side at `subject` is quiet now.
     fn wait<'a>(
         confirmations: &'a Mutex<Confirmations>,
         subject: &str,
-        run: &str,
-    ) -> Option<(Waiting<'a>, oneshot::Receiver<()>)> {
+    ) -> Option<(Waiting<'a>, oneshot::Receiver<bytes::Bytes>)> {
         let mut these = lock(confirmations);
         if these
             .quiet
@@ -89,13 +77,10 @@ impl Confirmations {
         these.last += 1;
         let token = these.last;
         let (confirm, confirmed) = oneshot::channel();
-        let waiting = these.waiting.entry(run.to_owned()).or_default();
-        waiting.push((token, confirm));
-        let run = run.to_owned();
+        these.waiting.insert(token, confirm);
         Some((
             Waiting {
                 confirmations,
-                run,
                 token,
             },
             confirmed,
@@ -127,11 +112,10 @@ impl Shared {
     /// id. A reply of anyone else (a stream's acknowledgement, or the server's word that nobody
     /// listens there) is no confirmation.
     pub(super) async fn hand(&self, subject: &str, run: &str, bytes: bytes::Bytes) -> bool {
-        let Some((_waiting, confirmed)) = Confirmations::wait(&self.confirmations, subject, run)
-        else {
+        let Some((waiting, confirmed)) = Confirmations::wait(&self.confirmations, subject) else {
             return false;
         };
-        let reply = self.replies.clone();
+        let reply = format!("{}.{}", self.replies, waiting.token);
         let statistics = self.client.statistics();
         let connects = statistics.connects.load(Ordering::Relaxed);
         let sent = self
@@ -141,7 +125,8 @@ impl Shared {
             return false;
         }
         match tokio::time::timeout(CONFIRMED_WITHIN, confirmed).await {
-            Ok(confirmed) => confirmed.is_ok(),
+            Ok(Ok(confirmation)) => confirmation == run.as_bytes(),
+            Ok(Err(_)) => false,
             Err(_) => {
                 // The side is to blame only where this worker kept its own connection meanwhile.
                 let kept = self.client.connection_state() == State::Connected
@@ -155,29 +140,17 @@ impl Shared {
     }
 }
 
-/// Hands each confirmation to the hand-overs waiting for its run; a run nobody waits for (no
-/// longer, or a reply that is no confirmation) is passed over.
+/// Hands each confirmation to the hand-over waiting for it; one that no longer waits is dropped.
 pub(super) async fn route(shared: Arc<Shared>, mut replies: async_nats::Subscriber) {
     while let Some(reply) = replies.next().await {
-        Confirmations::route(&shared.confirmations, &reply.payload);
-    }
-}
-
-impl Confirmations {
-    /// Confirms the runs `payload` names, one a line.
-    fn route(confirmations: &Mutex<Confirmations>, payload: &[u8]) {
-        let mut confirmed = Vec::new();
-        {
-            let mut these = lock(confirmations);
-            for run in payload.split(|&b| b == b'\n') {
-                let waiting = std::str::from_utf8(run)
-                    .ok()
-                    .and_then(|run| these.waiting.remove(run));
-                confirmed.extend(waiting.into_iter().flatten());
-            }
-        }
-        for (_, confirm) in confirmed {
-            let _ = confirm.send(());
+        let token = reply
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| t.parse().ok());
+        let waiting = token.and_then(|token| lock(&shared.confirmations).waiting.remove(&token));
+        if let Some(waiting) = waiting {
+            let _ = waiting.send(reply.payload);
         }
     }
 }
@@ -187,40 +160,14 @@ mod tests {
     use super::*;
 
     /// However a hand-over ends (here, dropped while it waits, as at a timeout), nothing of it
-    /// is kept, and another waiting for the same run still waits.
+    /// is kept.
     #[test]
     fn a_hand_over_that_ends_unconfirmed_leaves_nothing_behind() {
         let confirmations = Mutex::default();
-        let (waiting, _confirmed) =
-            Confirmations::wait(&confirmations, "x.answer.a", "a.1").unwrap();
-        let (other, mut confirmed) =
-            Confirmations::wait(&confirmations, "x.answer.a", "a.1").unwrap();
+        let (waiting, _confirmed) = Confirmations::wait(&confirmations, "x.answer.a").unwrap();
+        assert_eq!(lock(&confirmations).waiting.len(), 1);
         drop(waiting);
-        assert_eq!(lock(&confirmations).waiting["a.1"].len(), 1);
-        Confirmations::route(&confirmations, b"a.1");
-        assert_eq!(confirmed.try_recv(), Ok(()));
-        drop(other);
         assert!(lock(&confirmations).waiting.is_empty());
-    }
-
-    /// Many confirmations in one message, a run a line, reach each hand-over waiting for one of
-    /// those runs (both deliveries of a run, where two wait); a line naming no run waited for
-    /// (a stream's acknowledgement, an empty reply) confirms nothing.
-    #[test]
-    fn many_confirmations_at_once_reach_each_hand_over() {
-        let confirmations = Mutex::default();
-        let wait = |run| Confirmations::wait(&confirmations, "x.answer.a", run).unwrap();
-        let ((_one, mut first), (_two, mut second)) = (wait("a.5"), wait("a.7"));
-        let ((_again, mut again), (_three, mut third)) = (wait("a.7"), wait("a.9"));
-        Confirmations::route(&confirmations, br#"{"stream":"OTHER","seq":1}"#);
-        Confirmations::route(&confirmations, b"");
-        Confirmations::route(&confirmations, b"a.7\nnonsense\na.0\na.5\n");
-        assert_eq!(first.try_recv(), Ok(()));
-        assert_eq!(second.try_recv(), Ok(()));
-        assert_eq!(again.try_recv(), Ok(()));
-        assert!(third.try_recv().is_err(), "not confirmed yet");
-        Confirmations::route(&confirmations, b"a.9");
-        assert_eq!(third.try_recv(), Ok(()));
     }
 
     /// A side that did not confirm in time is not tried again for a while; the others are, and
@@ -229,8 +176,8 @@ mod tests {
     fn a_side_that_did_not_confirm_is_let_be_for_a_while() {
         let confirmations = Mutex::default();
         lock(&confirmations).quiet("x.answer.a");
-        assert!(Confirmations::wait(&confirmations, "x.answer.a", "a.1").is_none());
-        assert!(Confirmations::wait(&confirmations, "x.answer.b", "b.1").is_some());
+        assert!(Confirmations::wait(&confirmations, "x.answer.a").is_none());
+        assert!(Confirmations::wait(&confirmations, "x.answer.b").is_some());
         for side in 0..2 * QUIET_KEPT {
             lock(&confirmations).quiet(&format!("x.answer.{side}"));
         }
