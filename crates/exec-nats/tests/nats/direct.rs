@@ -21,12 +21,12 @@ async fn until_stored(config: &NatsConfig, count: u64, what: &str) {
     }
 }
 
-/// While the submitting side is connected its completions reach it directly, confirmed (many
-/// ready at once too), and nothing is stored; one ready while that side is cut off from
+/// While the submitting side is connected its completions reach it directly, each confirmed
+/// (many in flight at once too), and nothing is stored; one ready while that side is cut off from
 /// the server is stored, and answers its request once the side is back.
 pub(crate) async fn a_completion_is_stored_only_while_its_submitting_side_is_away() {
     let (config, proxy, publisher, coordinator) = coordinator_behind_a_proxy("direct").await;
-    // Places for every task at once: their completions are ready, and confirmed, together.
+    // A place for every task: all 64 completions are handed over, and wait, at once.
     let worker = Worker::start(&config, &["--concurrency", "64"]);
     let near =
         (0..64).map(|i| coordinator.submit(Task::portable(format!("near{i}"), Echo(i)), "nats"));
