@@ -372,13 +372,19 @@ impl Inner {
     /// it), then takes its task, stored at `seq`, out of the stream, so that no worker that
     /// comes later runs it.
     pub(crate) async fn withdraw(&self, run: String, seq: Option<u64>) {
+        self.announce_withdrawal(run).await;
+        if let Some(seq) = seq {
+            self.delete(seq).await;
+        }
+    }
+
+    /// Tells the workers that run `run` is withdrawn: one that has it skips it, one running it
+    /// drops it.
+    pub(crate) async fn announce_withdrawal(&self, run: String) {
         let _ = self
             .client
             .publish(self.cancel_subject.clone(), run.into())
             .await;
-        if let Some(seq) = seq {
-            self.delete(seq).await;
-        }
     }
 
     /// Publishes `task` and waits for its completion. Dropping the future unfinished withdraws

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use futures::StreamExt;
 use task_core::{BoxFuture, ErasedTask, StrategyStats, TaskError, TaskExecutionStrategy};
 use tokio_util::task::TaskTracker;
 
@@ -243,7 +244,7 @@ impl TaskExecutionStrategy for NatsStrategy {
             let failed = self
                 .inner
                 .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
-            let _ = tokio::time::timeout(TIDY_FOR, self.inner.tidy(failed)).await;
+            self.inner.tidy(failed).await;
         })
     }
 
@@ -319,14 +320,19 @@ impl Drop for NatsStrategy {
             .fail_waiting(|_| true, |_| TaskError::shutdown("nats"));
         let inner = Arc::clone(&self.inner);
         inner.runtime().spawn(async move {
-            let _ = tokio::time::timeout(TIDY_FOR, inner.tidy(failed)).await;
+            inner.tidy(failed).await;
         });
     }
 }
 
-/// How long the tidying after a shutdown or a drop may take: an unreachable server would keep it
-/// waiting, and cleans up by itself (the consumers' inactivity limits).
+/// How long the tidying after a shutdown or a drop waits for the server to answer before it
+/// gives up: an unreachable server would keep it waiting, and cleans up by itself (the
+/// consumers' inactivity limits). A server that answers is waited for however many tasks there
+/// are to take out.
 const TIDY_FOR: Duration = Duration::from_secs(2);
+
+/// How many of the tidying's deletions wait for the server at once.
+const DELETIONS_AT_ONCE: usize = 64;
 
 impl Inner {
     /// The runtime this side's own work runs on: the one `start` ran on, where its connection
@@ -340,14 +346,45 @@ impl Inner {
     /// Once nothing will read this side's completions any more: withdraws the tasks of the runs
     /// `failed` ended (so that no worker runs them later), waits for the runs whose task the
     /// server had not acknowledged yet (their hand-over takes it out once it has), and removes
-    /// this side's completion consumer and advisories' reader from the server.
+    /// this side's completion consumer and advisories' reader from the server. It gives up when
+    /// the server leaves it waiting [`TIDY_FOR`].
     async fn tidy(&self, failed: Vec<(String, Option<u64>)>) {
-        for (run, seq) in failed {
-            self.withdraw(run, seq).await;
+        // Every withdrawal is announced before any task is taken out, so that no worker starts
+        // one of them while the others are still being deleted; the deletions, a request to
+        // the server each, go many at a time.
+        let stored: Vec<u64> = failed.iter().filter_map(|(_, seq)| *seq).collect();
+        let left_behind = |left: usize| {
+            tracing::warn!(
+                left,
+                "nats strategy: the server stopped answering; tasks of ended runs are left in the \
+                 stream, and a worker may still run them"
+            );
+        };
+        // A publish waits while the client reconnects with its buffer full: no server, no end.
+        let announced = tokio::time::timeout(TIDY_FOR, async {
+            for (run, _) in failed {
+                self.announce_withdrawal(run).await;
+            }
+        });
+        if announced.await.is_err() {
+            return left_behind(stored.len());
         }
-        self.tasks.wait().await;
-        remove_consumers(&self.js, &self.config, &self.client_id).await;
-        let _ = self.client.flush().await;
+        let (total, mut deleted) = (stored.len(), 0);
+        let mut deletions = futures::stream::iter(stored)
+            .map(|seq| tokio::time::timeout(TIDY_FOR, self.delete(seq)))
+            .buffer_unordered(DELETIONS_AT_ONCE);
+        while let Some(answered) = deletions.next().await {
+            if answered.is_err() {
+                return left_behind(total - deleted);
+            }
+            deleted += 1;
+        }
+        let _ = tokio::time::timeout(TIDY_FOR, async {
+            self.tasks.wait().await;
+            remove_consumers(&self.js, &self.config, &self.client_id).await;
+            let _ = self.client.flush().await;
+        })
+        .await;
     }
 }
 

@@ -25,6 +25,8 @@ mod direct;
 mod proxy;
 #[path = "nats/refusals.rs"]
 mod refusals;
+#[path = "nats/withdrawals.rs"]
+mod withdrawals;
 
 use proxy::Proxy;
 
@@ -230,6 +232,10 @@ fn main() {
         (
             "a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind",
             || Box::pin(a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind()),
+        ),
+        (
+            "a_shutdown_withdraws_every_queued_task_however_many",
+            || Box::pin(withdrawals::a_shutdown_withdraws_every_queued_task_however_many()),
         ),
         (
             "a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker",
