@@ -363,7 +363,7 @@ pub(crate) fn largest_body(
         .sum();
     let header = "NATS/1.0\r\n".len() + lines + "\r\n".len();
     // 0: the server did not say.
-    let max_payload = Some(client.server_info().max_payload).filter(|&max| max > 0);
+    let max_payload = Some(client.max_payload()).filter(|&max| max > 0);
     let largest = max_message_size.min(max_payload.unwrap_or(usize::MAX));
     largest.saturating_sub(header)
 }
