@@ -24,6 +24,7 @@ mod events;
 
 use cancels::Cancels;
 use confirm::Confirmations;
+use events::EventBuffer;
 
 /// How long a pull for tasks waits at the server for them before it is made again.
 const PULL_WAIT: Duration = Duration::from_secs(5);
@@ -240,40 +241,18 @@ impl Shared {
         }
         let (events, forwarding) = self.forward_events(&task);
         let sink = Arc::clone(&events);
-        let outcome = if task.version == PROTOCOL_VERSION {
-            let run = match self.registry.run(&task.name, &task.payload) {
-                Ok(run) => AssertUnwindSafe(run)
-                    .catch_unwind()
-                    .map(|r| r.unwrap_or_else(|panic| Err(TaskError::panic(panic))))
-                    .boxed(),
-                Err(e) => futures::future::ready(Err(e)).boxed(),
-            };
-            let mut run = run;
-            let run = std::future::poll_fn(move |cx| {
-                let sink: Arc<dyn EventSink> = Arc::clone(&events) as _;
-                task_core::context::with_events(sink, || run.as_mut().poll(cx))
-            });
-            let progress = keep_alive(&message, self.ack_wait);
-            tokio::select! {
-                outcome = run => Some(outcome),
-                // Only a cancellation sends; a dropped switch (never expected) is not one.
-                Ok(()) = stopped => None,
-                () = progress => None,
-            }
-        } else {
-            drop(events);
-            Some(Err(TaskError::protocol(format!(
-                "the task speaks protocol {} and this worker {PROTOCOL_VERSION}",
-                task.version
-            ))))
+        let running = async {
+            let outcome = self.run_node(&task, &message, events, stopped).await;
+            self.cancels().ran(&task.run, delivery);
+            // Closed now, even if the node kept its sink: the forwarder sends what is kept (at
+            // most `EVENTS_KEPT`, and the count of any it missed) and ends, so every event goes to
+            // the connection before the completion, which the server then stores after them; a
+            // later event is dropped.
+            sink.close();
+            outcome
         };
-        self.cancels().ran(&task.run, delivery);
-        // Closed now, even if the node kept its sink: the forwarder sends what is kept (at most
-        // `EVENTS_KEPT`, and the count of any it missed) and ends, so every event goes to the
-        // connection before the completion, which the server then stores after them; a later
-        // event is dropped.
-        sink.close();
-        let _ = forwarding.await;
+        // The events go out as the node sends them, beside its run, in this same task.
+        let (outcome, ()) = tokio::join!(running, forwarding);
         let Some(outcome) = outcome else {
             // Cancelled while running: the caller is gone; the task is done with.
             let _ = message.ack().await;
@@ -310,6 +289,43 @@ impl Shared {
         }
         if let Err(e) = message.ack().await {
             tracing::warn!(%e, "acknowledging a task failed; it may be redelivered");
+        }
+    }
+}
+
+impl Shared {
+    /// Runs `task`'s node, its events going to `events`, until it ends (its outcome), or is
+    /// cancelled (`stopped`): `None` then.
+    async fn run_node(
+        &self,
+        task: &TaskMessage,
+        message: &jetstream::Message,
+        events: Arc<EventBuffer>,
+        stopped: oneshot::Receiver<()>,
+    ) -> Option<Result<Vec<u8>, TaskError>> {
+        if task.version != PROTOCOL_VERSION {
+            return Some(Err(TaskError::protocol(format!(
+                "the task speaks protocol {} and this worker {PROTOCOL_VERSION}",
+                task.version
+            ))));
+        }
+        let mut run = match self.registry.run(&task.name, &task.payload) {
+            Ok(run) => AssertUnwindSafe(run)
+                .catch_unwind()
+                .map(|r| r.unwrap_or_else(|panic| Err(TaskError::panic(panic))))
+                .boxed(),
+            Err(e) => futures::future::ready(Err(e)).boxed(),
+        };
+        let run = std::future::poll_fn(move |cx| {
+            let sink: Arc<dyn EventSink> = Arc::clone(&events) as _;
+            task_core::context::with_events(sink, || run.as_mut().poll(cx))
+        });
+        let progress = keep_alive(message, self.ack_wait);
+        tokio::select! {
+            outcome = run => Some(outcome),
+            // Only a cancellation sends; a dropped switch (never expected) is not one.
+            Ok(()) = stopped => None,
+            () = progress => None,
         }
     }
 }

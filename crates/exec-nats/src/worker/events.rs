@@ -1,7 +1,7 @@
 //! A running node's events on their way to its caller: a bounded buffer the node writes into
-//! without ever waiting, and the task that publishes them in order.
+//! without ever waiting, and the future, driven beside the run, that publishes them in order.
 //!
-//! As with the coordinator's bus, a reader (here the publishing task) that falls a whole buffer
+//! As with the coordinator's bus, a reader (here the publishing future) that falls a whole buffer
 //! behind loses the oldest events it had not sent, and says exactly how many in their place: one
 //! event [`missed_event`](crate::wire::missed_event)`(n)` before the next it sends. Events are
 //! for observers; the run's outcome never waits for them to be read.
@@ -195,17 +195,17 @@ fn count_missed(count: u64) -> u64 {
 }
 
 impl Shared {
-    /// The sink of `task`'s node's events, and the task that publishes them to its reply subject
-    /// in order (ending once the sink is closed and every event kept is sent). An event's message
-    /// id (`event.<run>.<n>`, `n` its number among the run's events) lets the server keep one copy
-    /// when a redelivered run sends it again.
+    /// The sink of `task`'s node's events, and the future that publishes them to its reply
+    /// subject in order (ending once the sink is closed and every event kept is sent), to drive
+    /// beside the run. An event's message id (`event.<run>.<n>`, `n` its number among the run's
+    /// events) lets the server keep one copy when a redelivered run sends it again.
     pub(super) fn forward_events(
         self: &Arc<Self>,
         task: &TaskMessage,
-    ) -> (Arc<EventBuffer>, tokio::task::JoinHandle<()>) {
+    ) -> (Arc<EventBuffer>, impl Future<Output = ()> + use<>) {
         let buffer = Arc::new(EventBuffer::new());
         let (shared, subject, run) = (Arc::clone(self), task.reply.clone(), task.run.clone());
-        let forwarding = tokio::spawn({
+        let forwarding = {
             let buffer = Arc::clone(&buffer);
             async move {
                 forward(&buffer, |id, event| {
@@ -244,7 +244,7 @@ impl Shared {
                 })
                 .await;
             }
-        });
+        };
         (buffer, forwarding)
     }
 }
