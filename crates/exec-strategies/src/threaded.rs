@@ -460,9 +460,15 @@ impl PoolJob {
 }
 
 /// A task handed to a pool, with its place under its strategy's limit, if it has one.
+///
+/// Kept small (the place boxed, as few tasks have one): rayon allocates the job that carries it
+/// (this, the pool's state and rayon's registry) on the submitting thread and frees it on a pool
+/// thread. Up to 120 bytes glibc frees such a block from another thread without a lock (a fast
+/// bin); above, the free takes the lock of the submitting thread's arena, which that thread's
+/// next allocation then waits on.
 struct Queued {
     job: PoolJob,
-    place: Option<limit::InPool>,
+    place: Option<Box<limit::InPool>>,
 }
 
 impl Queued {
@@ -488,7 +494,7 @@ impl Inner {
         let place = self
             .limit
             .as_ref()
-            .map(|limit| limit.enter(self, &job.node_id, placed));
+            .map(|limit| Box::new(limit.enter(self, &job.node_id, placed)));
         let state = Arc::clone(&self.state);
         // Dropped unrun (the pool went away), the completion delivers a failure.
         self.pool
@@ -549,5 +555,18 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
 
     fn stats(&self) -> StrategyStats {
         self.inner.tracker.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_a_pool_frees_stays_a_fast_bin_allocation() {
+        // The job rayon allocates holds a `Queued`, an `Arc` of the pool's state and one of its
+        // registry: 120 bytes at most.
+        let job = size_of::<Queued>() + 2 * size_of::<Arc<PoolState>>();
+        assert!(job <= 120, "the pool's job takes {job} bytes");
     }
 }
