@@ -278,7 +278,7 @@ pub(crate) async fn listen_advisories(inner: std::sync::Weak<Inner>, mut advisor
             crate::recorded(|| metrics::counter!("nats_tasks_undeliverable_total").increment(1));
             // The server keeps an unacknowledged message; nobody will take it now. Deleted before
             // the caller hears, so a program that ends then leaves nothing behind.
-            inner.delete(seq).await;
+            let _ = inner.delete(seq).await;
             // Poison: the server ran it again already, so no retry policy runs it once more (and
             // loses more workers).
             inner.resolve(

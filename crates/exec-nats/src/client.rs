@@ -10,7 +10,9 @@ use task_core::{ErasedTask, Outcome, TaskError};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::DeleteMessageErrorKind;
 
 use crate::config::{NatsConfig, largest_body, publish_stored, too_large};
 use crate::error::NatsError;
@@ -236,14 +238,26 @@ impl Inner {
         if !tracked {
             // Boxed: taken only by a run that ended before its task was stored; inline, its
             // future would sit in every run's hand-over.
-            Box::pin(self.delete(seq)).await;
+            let _ = Box::pin(self.delete(seq)).await;
         }
     }
 
-    /// Takes the task at `seq` out of the stream (taken by a worker already: nothing to do).
-    pub(crate) async fn delete(&self, seq: u64) {
-        if let Ok(stream) = self.js.get_stream_no_info(&self.config.stream).await {
-            let _ = stream.delete_message(seq).await;
+    /// Takes the task at `seq` out of the stream; whether it is out: taken out now, or gone
+    /// already (a worker took it, or it was deleted before), as the server says.
+    pub(crate) async fn delete(&self, seq: u64) -> bool {
+        let Ok(stream) = self.js.get_stream_no_info(&self.config.stream).await else {
+            return false;
+        };
+        match stream.delete_message(seq).await {
+            Ok(_) => true,
+            Err(e) => match e.kind() {
+                DeleteMessageErrorKind::JetStream(error) => [
+                    ErrorCode::NO_MESSAGE_FOUND,
+                    ErrorCode::STREAM_MESSAGE_DELETE_FAILED,
+                ]
+                .contains(&error.error_code()),
+                _ => false,
+            },
         }
     }
 
@@ -374,7 +388,7 @@ impl Inner {
     pub(crate) async fn withdraw(&self, run: String, seq: Option<u64>) {
         self.announce_withdrawal(run).await;
         if let Some(seq) = seq {
-            self.delete(seq).await;
+            let _ = self.delete(seq).await;
         }
     }
 

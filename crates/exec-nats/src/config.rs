@@ -362,9 +362,7 @@ pub(crate) fn largest_body(
         .map(|(name, value)| name.len() + ": ".len() + value.len() + "\r\n".len())
         .sum();
     let header = "NATS/1.0\r\n".len() + lines + "\r\n".len();
-    // 0: the server did not say.
-    let max_payload = Some(client.max_payload()).filter(|&max| max > 0);
-    let largest = max_message_size.min(max_payload.unwrap_or(usize::MAX));
+    let largest = max_message_size.min(client.max_payload());
     largest.saturating_sub(header)
 }
 

@@ -325,10 +325,8 @@ impl Drop for NatsStrategy {
     }
 }
 
-/// How long the tidying after a shutdown or a drop waits for the server to answer before it
-/// gives up: an unreachable server would keep it waiting, and cleans up by itself (the
-/// consumers' inactivity limits). A server that answers is waited for however many tasks there
-/// are to take out.
+/// How long the tidying after a shutdown or a drop may take: an unreachable server would keep it
+/// waiting, and cleans up by itself (the consumers' inactivity limits).
 const TIDY_FOR: Duration = Duration::from_secs(2);
 
 /// How many of the tidying's deletions wait for the server at once.
@@ -346,45 +344,41 @@ impl Inner {
     /// Once nothing will read this side's completions any more: withdraws the tasks of the runs
     /// `failed` ended (so that no worker runs them later), waits for the runs whose task the
     /// server had not acknowledged yet (their hand-over takes it out once it has), and removes
-    /// this side's completion consumer and advisories' reader from the server. It gives up when
-    /// the server leaves it waiting [`TIDY_FOR`].
+    /// this side's completion consumer and advisories' reader from the server, all within
+    /// [`TIDY_FOR`]; what it could not take out by then is logged, counted.
     async fn tidy(&self, failed: Vec<(String, Option<u64>)>) {
-        // Every withdrawal is announced before any task is taken out, so that no worker starts
-        // one of them while the others are still being deleted; the deletions, a request to
-        // the server each, go many at a time.
         let stored: Vec<u64> = failed.iter().filter_map(|(_, seq)| *seq).collect();
-        let left_behind = |left: usize| {
-            tracing::warn!(
-                left,
-                "nats strategy: the server stopped answering; tasks of ended runs are left in the \
-                 stream, and a worker may still run them"
-            );
-        };
-        // A publish waits while the client reconnects with its buffer full: no server, no end.
-        let announced = tokio::time::timeout(TIDY_FOR, async {
+        let total = stored.len();
+        let mut out = 0;
+        // Every withdrawal is announced before any task is taken out, so that a worker skips
+        // one it meets while the others are still being deleted; the deletions, a request to
+        // the server each, go many at a time.
+        let _ = tokio::time::timeout(TIDY_FOR, async {
             for (run, _) in failed {
                 self.announce_withdrawal(run).await;
             }
-        });
-        if announced.await.is_err() {
-            return left_behind(stored.len());
-        }
-        let (total, mut deleted) = (stored.len(), 0);
-        let mut deletions = futures::stream::iter(stored)
-            .map(|seq| tokio::time::timeout(TIDY_FOR, self.delete(seq)))
-            .buffer_unordered(DELETIONS_AT_ONCE);
-        while let Some(answered) = deletions.next().await {
-            if answered.is_err() {
-                return left_behind(total - deleted);
+            let mut deletions = futures::stream::iter(stored)
+                .map(|seq| self.delete(seq))
+                .buffer_unordered(DELETIONS_AT_ONCE);
+            while let Some(deleted) = deletions.next().await {
+                out += usize::from(deleted);
             }
-            deleted += 1;
-        }
-        let _ = tokio::time::timeout(TIDY_FOR, async {
             self.tasks.wait().await;
             remove_consumers(&self.js, &self.config, &self.client_id).await;
             let _ = self.client.flush().await;
         })
         .await;
+        // Hand-overs and withdrawals of runs ended earlier, still waiting for the server.
+        let handing = self.tasks.len();
+        if out < total || handing > 0 {
+            tracing::warn!(
+                left = total - out,
+                handing,
+                "nats strategy: tasks of ended runs not taken out of the stream within the \
+                 tidying's time (left), and hand-overs or withdrawals not ended (handing): a \
+                 worker may still run those tasks"
+            );
+        }
     }
 }
 

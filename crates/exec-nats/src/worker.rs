@@ -251,7 +251,7 @@ impl Shared {
             sink.close();
             outcome
         };
-        // The events go out as the node sends them, beside its run, in this same task.
+        // The events go out beside the run, in this same task: whenever the node awaits.
         let (outcome, ()) = tokio::join!(running, forwarding);
         let Some(outcome) = outcome else {
             // Cancelled while running: the caller is gone; the task is done with.

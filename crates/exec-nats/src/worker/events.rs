@@ -58,7 +58,7 @@ enum Next {
     Ended { dropped: u64, broadcast: u64 },
 }
 
-/// The sink of a running node's events: a bounded buffer, emptied by the publishing task.
+/// The sink of a running node's events: a bounded buffer, emptied by the publishing future.
 pub(super) struct EventBuffer {
     ring: Mutex<Ring>,
     /// Told when an event comes or the run ends.
