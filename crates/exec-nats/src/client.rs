@@ -251,11 +251,19 @@ impl Inner {
         match stream.delete_message(seq).await {
             Ok(_) => true,
             Err(e) => match e.kind() {
-                DeleteMessageErrorKind::JetStream(error) => [
-                    ErrorCode::NO_MESSAGE_FOUND,
-                    ErrorCode::STREAM_MESSAGE_DELETE_FAILED,
-                ]
-                .contains(&error.error_code()),
+                // What the server answers for a message deleted or acknowledged already.
+                DeleteMessageErrorKind::JetStream(error)
+                    if error.error_code() == ErrorCode::SEQUENCE_NOT_FOUND =>
+                {
+                    true
+                }
+                // The store's own error, passed on: gone only where it says the message is.
+                DeleteMessageErrorKind::JetStream(error)
+                    if error.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED =>
+                {
+                    let text = error.to_string();
+                    text.contains("no message found") || text.contains("store EOF")
+                }
                 _ => false,
             },
         }

@@ -368,15 +368,15 @@ impl Inner {
             let _ = self.client.flush().await;
         })
         .await;
-        // Hand-overs and withdrawals of runs ended earlier, still waiting for the server.
-        let handing = self.tasks.len();
-        if out < total || handing > 0 {
+        // Runs not ended yet, and the hand-overs and withdrawals they left, still waiting.
+        let unfinished = self.tasks.len();
+        if out < total || unfinished > 0 {
             tracing::warn!(
                 left = total - out,
-                handing,
-                "nats strategy: tasks of ended runs not taken out of the stream within the \
-                 tidying's time (left), and hand-overs or withdrawals not ended (handing): a \
-                 worker may still run those tasks"
+                unfinished,
+                "nats strategy: tasks of ended runs the server did not take out of the stream \
+                 within the tidying's time (left), and runs, hand-overs or withdrawals not ended \
+                 (unfinished): a worker may still run those tasks"
             );
         }
     }
