@@ -248,24 +248,21 @@ impl Inner {
         let Ok(stream) = self.js.get_stream_no_info(&self.config.stream).await else {
             return false;
         };
-        match stream.delete_message(seq).await {
-            Ok(_) => true,
-            Err(e) => match e.kind() {
-                // What the server answers for a message deleted or acknowledged already.
-                DeleteMessageErrorKind::JetStream(error)
-                    if error.error_code() == ErrorCode::SEQUENCE_NOT_FOUND =>
-                {
-                    true
-                }
-                // The store's own error, passed on: gone only where it says the message is.
-                DeleteMessageErrorKind::JetStream(error)
-                    if error.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED =>
-                {
-                    let text = error.to_string();
-                    text.contains("no message found") || text.contains("store EOF")
-                }
-                _ => false,
-            },
+        let Err(e) = stream.delete_message(seq).await else {
+            return true;
+        };
+        let DeleteMessageErrorKind::JetStream(error) = e.kind() else {
+            return false;
+        };
+        match error.error_code() {
+            // The answer for a message deleted or acknowledged already.
+            ErrorCode::SEQUENCE_NOT_FOUND => true,
+            // The store's own error, passed on: out only where it says there is no such message.
+            ErrorCode::STREAM_MESSAGE_DELETE_FAILED => {
+                let text = error.to_string();
+                text.contains("no message found") || text.contains("store EOF")
+            }
+            _ => false,
         }
     }
 

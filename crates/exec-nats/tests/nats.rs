@@ -233,9 +233,14 @@ fn main() {
             "a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind",
             || Box::pin(a_strategy_shut_down_or_dropped_leaves_no_task_or_reader_behind()),
         ),
-        ("a_shutdown_withdraws_thousands_of_queued_tasks", || {
-            Box::pin(withdrawals::a_shutdown_withdraws_thousands_of_queued_tasks())
-        }),
+        (
+            "a_shutdown_withdraws_every_queued_task_from_a_distant_server",
+            || {
+                Box::pin(
+                    withdrawals::a_shutdown_withdraws_every_queued_task_from_a_distant_server(),
+                )
+            },
+        ),
         (
             "a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker",
             || Box::pin(a_shutdown_past_its_grace_leaves_no_task_for_a_later_worker()),

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 
@@ -17,6 +19,12 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// Listens on a free loopback port, passing each connection on to `upstream` (`host:port`).
     pub(crate) async fn start(upstream: &str) -> Self {
+        Self::with_delay(upstream, Duration::ZERO).await
+    }
+
+    /// As [`start`](Self::start), holding back what the server sends for `delay` at every read:
+    /// a server as far away, to requests made one at a time.
+    pub(crate) async fn with_delay(upstream: &str, delay: Duration) -> Self {
         let upstream = upstream.trim_start_matches("nats://").to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let port = listener.local_addr().expect("its address").port();
@@ -34,7 +42,26 @@ impl Proxy {
                         continue;
                     };
                     let relay = tokio::spawn(async move {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        if delay.is_zero() {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            return;
+                        }
+                        let (mut from_client, mut to_client) = client.into_split();
+                        let (mut from_server, mut to_server) = server.into_split();
+                        let down = async {
+                            let mut chunk = vec![0; 64 * 1024];
+                            while let Ok(n @ 1..) = from_server.read(&mut chunk).await {
+                                tokio::time::sleep(delay).await;
+                                if to_client.write_all(&chunk[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        };
+                        let up = tokio::io::copy(&mut from_client, &mut to_server);
+                        tokio::select! {
+                            () = down => {}
+                            _ = up => {}
+                        }
                     });
                     connections.lock().unwrap().push(relay.abort_handle());
                 }
