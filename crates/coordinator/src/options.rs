@@ -22,7 +22,8 @@ use task_core::{TaskError, Value};
 #[derive(Clone, Debug, Default)]
 pub struct SubmitOptions {
     timeout: Option<Duration>,
-    retry: Option<RetryPolicy>,
+    /// Boxed: most requests have none, and these options are moved with every submission.
+    retry: Option<Box<RetryPolicy>>,
     events: bool,
     tree_events: bool,
     ends_children: bool,
@@ -79,7 +80,7 @@ impl SubmitOptions {
     /// driver.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = Some(policy);
+        self.retry = Some(Box::new(policy));
         self
     }
 
@@ -154,7 +155,7 @@ impl SubmitOptions {
 
     /// The retry policy set, if any.
     pub fn get_retry(&self) -> Option<&RetryPolicy> {
-        self.retry.as_ref()
+        self.retry.as_deref()
     }
 
     /// These options for a submission that keeps no handle: nobody could read the events kept
@@ -184,7 +185,7 @@ impl SubmitOptions {
             ends_children: self.ends_children,
             output: self.output,
         };
-        (self.timeout, self.retry, cell)
+        (self.timeout, self.retry.map(|policy| *policy), cell)
     }
 }
 
