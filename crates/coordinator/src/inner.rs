@@ -180,11 +180,10 @@ impl Inner {
         // What announcing it lets go of (a message the bus overwrote for a subscriber that fell
         // behind, which may hold the last reference to a shared output) is dropped once the
         // caller is answered, at the end.
-        let _later = pubsub::defer_drops();
-        if announce
-            && let Some(started) = self.started.get()
-            && started.publisher.has_subscribers()
-        {
+        let bus = (self.started.get().map(|started| &started.publisher))
+            .filter(|bus| announce && bus.has_subscribers());
+        let _later = bus.map(|_| pubsub::defer_drops());
+        if let Some(bus) = bus {
             // An output its caller takes stays the caller's alone: the bus gets its text.
             let announced = match &outcome {
                 Ok(output) if open.as_ref().is_some_and(|open| open.cell.owns_output()) => {
@@ -193,7 +192,7 @@ impl Inner {
                 shared => shared.clone(),
             };
             let message = message_of(info, announced);
-            if let Err(refused) = started.publisher.publish(message) {
+            if let Err(refused) = bus.publish(message) {
                 // The application shut its bus down: the outcome still reaches the caller.
                 tracing::trace!(%refused, "outcome not announced");
             }

@@ -85,6 +85,8 @@ pub(crate) struct RequestCell {
     output: Option<Output>,
     /// Whether its children still open when it ends are cancelled.
     ends_children: bool,
+    /// Whether its caller reads its node's events (kept in its answer until then).
+    keeps_events: bool,
     /// Whether its caller reads the events of its tree; the trees it belongs to, if any.
     tree_root: bool,
     trees: OnceLock<Vec<Arc<tree_events::TreeEvents>>>,
@@ -212,7 +214,9 @@ impl Ending {
         }
         // A backoff's timer stops when its sender drops, with `retry`. The copy of the task it
         // keeps is the user's: a panic in its `Drop` is logged, and the request still ends.
-        if let Some(reason) = task_core::catch_panic(move || drop(retry)) {
+        if let Some(retry) = retry
+            && let Some(reason) = task_core::catch_panic(move || drop(retry))
+        {
             tracing::error!(%reason, "the task's copy kept for a retry panicked when dropped");
         }
         // Ended, it no longer keeps the request above alive; its open children stay reachable
@@ -262,6 +266,7 @@ impl RequestCell {
             tree_cancelled: AtomicBool::new(false),
             output,
             ends_children,
+            keeps_events: events,
             tree_root: tree_events,
             trees: OnceLock::new(),
             cancel_waker: AtomicWaker::new(),

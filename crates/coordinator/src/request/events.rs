@@ -31,7 +31,9 @@ impl RequestCell {
 
     /// Stops keeping events, its own and its tree's, for the caller: its handle is gone.
     pub(crate) fn forget_events(&self) {
-        lock(&self.answer).events = None;
+        if self.keeps_events {
+            lock(&self.answer).events = None;
+        }
         self.forget_tree();
     }
 }

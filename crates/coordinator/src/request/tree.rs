@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use task_core::TaskError;
 
@@ -279,13 +279,19 @@ impl Drop for RequestCell {
     fn drop(&mut self) {
         // Lets a chain of ancestors that only this request kept go one by one, not in a
         // recursion as deep as the tree.
-        let mut parent = lock(&self.parent).take();
+        let mut parent = owned(&mut self.parent).take();
         while let Some(cell) = parent {
             parent = Arc::try_unwrap(cell)
                 .ok()
-                .and_then(|cell| lock(&cell.parent).take());
+                .and_then(|mut cell| owned(&mut cell.parent).take());
         }
     }
+}
+
+/// The value of a mutex held uniquely (no lock taken); a poisoned one still holds consistent
+/// data, as [`lock`] says.
+fn owned<T>(mutex: &mut Mutex<T>) -> &mut T {
+    mutex.get_mut().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Pushes `child`, first forgetting the children that ended when the list is full, so that it
