@@ -68,8 +68,10 @@ impl fmt::Debug for BlockingBody {
 pub struct ErasedTask {
     pub(crate) info: TaskInfo,
     pub(crate) body: TaskBody,
+    /// Boxed: only the tasks made with `Task::portable` have one, and every task is moved
+    /// several times on its way to a strategy.
     #[cfg(feature = "portable")]
-    pub(crate) portable: Option<PortableTask>,
+    pub(crate) portable: Option<Box<PortableTask>>,
     pub(crate) replay: Option<Replay>,
 }
 
@@ -129,14 +131,14 @@ impl ErasedTask {
     #[cfg(feature = "portable")]
     #[cfg_attr(docsrs, doc(cfg(feature = "portable")))]
     pub fn into_portable(self) -> (TaskInfo, Option<PortableTask>) {
-        (self.info, self.portable)
+        (self.info, self.portable.map(|portable| *portable))
     }
 
     /// The process-crossing form of the task, if its node is a [`PortableNode`](crate::PortableNode).
     #[cfg(feature = "portable")]
     #[cfg_attr(docsrs, doc(cfg(feature = "portable")))]
     pub fn portable(&self) -> Option<&PortableTask> {
-        self.portable.as_ref()
+        self.portable.as_deref()
     }
 
     /// The task's description.

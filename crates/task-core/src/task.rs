@@ -128,7 +128,7 @@ impl<O: fmt::Debug + Send + Sync + 'static> Task<O> {
                 Err(error) => TaskBody::Async(AsyncBody(Box::pin(std::future::ready(Err(error))))),
             }
         }));
-        task.inner.portable = Some(portable);
+        task.inner.portable = Some(Box::new(portable));
         task
     }
 
