@@ -207,10 +207,6 @@ impl Coordinator {
             }
         }
         drop(held);
-        // A task that waits for a place in the queue starts later: its tree hears it joined now.
-        for r in &ready[..born_cancelled.len()] {
-            r.cell.wake_trees();
-        }
         if born_cancelled.len() < ready.len() {
             let full = TaskError::strategy("the job table is full");
             for (i, r) in ready.into_iter().enumerate() {
@@ -238,6 +234,9 @@ impl Coordinator {
                 Some(queue) if waits && !cancelled => {
                     entry.metrics.accepted(None);
                     let accepted = r.accepted();
+                    // It starts later, from the queue: its tree hears it joined now (one that
+                    // starts now is heard as it starts).
+                    r.cell.wake_trees();
                     queue.push(r);
                     accepted
                 }
