@@ -4,6 +4,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use coordinator::{
@@ -346,6 +347,16 @@ async fn the_trees_events_end_once_its_jobs_are_closed() {
     publisher.shutdown().await;
 }
 
+/// A waker that notes it was woken.
+#[derive(Default)]
+struct Woken(AtomicBool);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// A task of a batch that waits for a place under its mode's limit joins the tree as it is
 /// accepted: its reader hears it then, not once the place frees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,13 +393,26 @@ async fn a_batch_task_waiting_for_a_place_is_heard_joining_at_once() {
         line(&read(&mut handle, 1).await[0]),
         "joined root (parent none)"
     );
-    let reader = tokio::spawn(async move {
-        let joined = handle.next_tree_event().await.map(|event| line(&event));
-        (joined, handle)
-    });
-    go.notify_one();
-    let (joined, handle) = within("the queued task's joining", reader).await.unwrap();
-    assert!(joined.unwrap().starts_with("joined queued "));
+    // The reader waits before the root submits the batch, and must be woken to the joining.
+    let joined = {
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(Arc::clone(&woken));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut next = std::pin::pin!(handle.next_tree_event());
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        go.notify_one();
+        within("the reader's wake", async {
+            while !woken.0.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        next.as_mut().poll(&mut cx)
+    };
+    let std::task::Poll::Ready(Some(joined)) = joined else {
+        panic!("woken with nothing to read: {joined:?}");
+    };
+    assert!(line(&joined).starts_with("joined queued "));
     hold.send(()).unwrap();
     within("the root", handle).await.unwrap();
     within("the blocker", blocker.unwrap()).await.unwrap();
