@@ -117,8 +117,8 @@ impl RequestCell {
     /// Joins the trees of events it belongs to, as it is recorded (under the table's lock,
     /// before anything can end it): its own, when its caller asked for one, and each still open
     /// that `parent` (the request adopting it) belongs to; each keeps its joining. Nothing to
-    /// do, and nothing set, for a request in no tree. Its readers are woken once the table's
-    /// lock is let go ([`wake_trees`](Self::wake_trees)).
+    /// do, and nothing set, for a request in no tree. Its readers are woken after the table's
+    /// lock, as it starts or is queued to wait for a place ([`wake_trees`](Self::wake_trees)).
     pub(crate) fn join_trees(&self, parent: Option<&RequestCell>, info: &TaskInfo) {
         let parent = parent.filter(|parent| !std::ptr::eq(*parent, self));
         let inherited = parent.and_then(|parent| parent.trees.get());
