@@ -892,7 +892,9 @@ async fn until_published(config: &NatsConfig) {
 /// A worker started again each time the task it runs kills it (at most 10 times).
 struct Respawner {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<u32>,
+    /// Taken by `stop`; a respawner dropped without it (its test panicked) stops in `drop`, so
+    /// its worker is killed rather than left running once the test binary exits.
+    thread: Option<std::thread::JoinHandle<u32>>,
 }
 
 impl Respawner {
@@ -913,13 +915,24 @@ impl Respawner {
                 restarts
             }
         });
+        let thread = Some(thread);
         Self { stop, thread }
     }
 
     /// Stops the last worker; says how many times one was started again.
-    fn stop(self) -> u32 {
+    fn stop(mut self) -> u32 {
+        self.halt().expect("the respawner")
+    }
+
+    fn halt(&mut self) -> Option<u32> {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("the respawner")
+        self.thread.take()?.join().ok()
+    }
+}
+
+impl Drop for Respawner {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
