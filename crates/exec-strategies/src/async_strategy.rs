@@ -126,27 +126,48 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
 
 /// An async node, as a tokio task of its own: runs in its request's scope until it ends or the
 /// request is cancelled (then the node is dropped; the request already has its outcome).
-async fn run_async(body: AsyncBody, completion: Completion, admission: OwnedAdmission) {
-    let mut node = std::pin::pin!(Some(AssertUnwindSafe(body.into_future()).catch_unwind()));
-    let run = std::future::poll_fn(|cx| {
-        completion.in_scope(|| match node.as_mut().as_pin_mut() {
-            Some(node) => node.poll(cx),
-            None => Poll::Pending,
-        })
-    });
-    let outcome = tokio::select! {
-        biased;
-        () = completion.cancelled() => None,
-        result = run => Some(flatten_panic(result)),
+fn run_async(
+    body: AsyncBody,
+    completion: Completion,
+    admission: OwnedAdmission,
+) -> impl Future<Output = ()> {
+    let held = Held {
+        admission,
+        completion,
     };
-    let Some(outcome) = outcome else {
-        // Dropped in its request's scope, as it ran: its `Drop` sees its node. The admission
-        // then counts it stopped.
-        return completion.in_scope(|| node.set(None));
-    };
-    // Counted out before the caller hears: what it reads of the stats then is current.
-    admission.record(&outcome);
-    completion.complete(outcome);
+    // An `async` block rather than an `async fn`: an `async fn` keeps a second copy of each
+    // argument in its state, and tokio's task cells grow in steps of 128 bytes.
+    async move {
+        let mut node = std::pin::pin!(Some(AssertUnwindSafe(body.into_future()).catch_unwind()));
+        let run = std::future::poll_fn(|cx| {
+            held.completion
+                .in_scope(|| match node.as_mut().as_pin_mut() {
+                    Some(node) => node.poll(cx),
+                    None => Poll::Pending,
+                })
+        });
+        let outcome = tokio::select! {
+            biased;
+            () = held.completion.cancelled() => None,
+            result = run => Some(flatten_panic(result)),
+        };
+        let Some(outcome) = outcome else {
+            // Dropped in its request's scope, as it ran: its `Drop` sees its node. The admission
+            // then counts it stopped.
+            return held.completion.in_scope(|| node.set(None));
+        };
+        // Counted out before the caller hears: what it reads of the stats then is current.
+        held.admission.record(&outcome);
+        held.completion.complete(outcome);
+    }
+}
+
+/// What an async node's run holds besides its node. Its fields drop in the order declared, also
+/// when the run ends without an outcome (cancelled, or dropped with its runtime): the admission
+/// counts the task out before the completion says the run is over (which may free its place).
+struct Held {
+    admission: OwnedAdmission,
+    completion: Completion,
 }
 
 /// A blocking node, on the runtime's blocking pool, in its request's scope (so the tasks it
@@ -160,4 +181,53 @@ fn run_blocking(body: BlockingBody, completion: Completion, admission: OwnedAdmi
         .in_scope(|| flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))));
     admission.record(&outcome);
     completion.complete(outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use task_core::context::EventSink;
+    use task_core::{BoxError, BoxFuture, Completion, CompletionSink, Outcome, Task, TaskBody};
+
+    use super::run_async;
+    use crate::tracker::Tracker;
+
+    struct Unread;
+
+    impl EventSink for Unread {
+        fn broadcast(&self, _: Arc<str>) {}
+    }
+
+    impl CompletionSink for Unread {
+        fn complete(&self, _: Outcome) {}
+        fn poll_cancelled(&self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+        fn is_cancelled(&self) -> bool {
+            false
+        }
+        fn run_in_scope(&self, f: &mut dyn FnMut()) {
+            f();
+        }
+        fn spawn(&self, _: BoxFuture<'static, ()>) {}
+    }
+
+    /// tokio keeps each task in a cell whose size is a multiple of 128 bytes: a header (32),
+    /// the scheduler and the task's id (16), the future with its stage's tag, and a trailer
+    /// (48). A node's future of 152 bytes or less fits a cell of 256; a larger one takes 384
+    /// for every async request in flight.
+    #[test]
+    fn an_async_node_fits_a_task_cell_of_256_bytes() {
+        let task = Task::from_fn("r", "n", || async { Ok::<_, BoxError>(1) });
+        let (_info, TaskBody::Async(body)) = task.into_erased().into_parts() else {
+            panic!("an async task has an async body");
+        };
+        let tracker = Arc::new(Tracker::default());
+        let admission = tracker.admit_owned().expect("an open tracker admits");
+        let node = run_async(body, Completion::new(Arc::new(Unread)), admission);
+        let size = size_of_val(&node);
+        assert!(size <= 152, "the node's future is {size} bytes");
+    }
 }
