@@ -94,18 +94,13 @@ impl Coordinator {
             })
     }
 
-    /// The checks that need no lock, the mode's entry, and the parent of a nested task.
+    /// The checks of a task that need no lock, and the parent of a nested task.
     pub(crate) fn prepare(
         &self,
         mut task: ErasedTask,
-        mode: &ExecutionMode,
         options: &SubmitOptions,
-    ) -> Result<(ErasedTask, &Mode), SubmitError> {
+    ) -> Result<ErasedTask, SubmitError> {
         let inner = &self.inner;
-        if inner.started.get().is_none() {
-            return Err(SubmitError::new(SubmitKind::NotStarted));
-        }
-        let entry = self.mode_entry(mode)?;
         if task.info().request_id().is_empty() {
             return Err(SubmitError::new(SubmitKind::EmptyId));
         }
@@ -123,7 +118,7 @@ impl Coordinator {
         if !inner.admits(task.info().parent_id(), None) {
             return Err(SubmitError::new(SubmitKind::ShutDown));
         }
-        Ok((task, entry))
+        Ok(task)
     }
 
     /// The place `task` shares under its mode's limit: that of its nearest ancestor in the same
@@ -169,7 +164,11 @@ impl Coordinator {
         mode: ExecutionMode,
         options: SubmitOptions,
     ) -> Result<Admission<'_>, SubmitError> {
-        let (task, entry) = self.prepare(task, &mode, &options)?;
+        if self.inner.started.get().is_none() {
+            return Err(SubmitError::new(SubmitKind::NotStarted));
+        }
+        let entry = self.mode_entry(&mode)?;
+        let task = self.prepare(task, &options)?;
         let (place, waited) = match &entry.limit {
             None => (None, None),
             Some(limit) => match self.ancestor_place(&task, entry) {

@@ -97,23 +97,21 @@ impl Coordinator {
     {
         let mode = mode.into();
         let runtime = self.check_open()?;
+        let entry = self.mode_entry(&mode)?;
         let tasks = tasks.into_iter();
         let mut prepared = Vec::with_capacity(tasks.size_hint().0);
-        let mut entry = None;
         for (task, options) in tasks {
             let options = options.output::<O>(true);
-            let (task, mode_entry) = self.prepare(task.into_erased(), &mode, &options)?;
-            entry = Some(mode_entry);
+            let task = self.prepare(task.into_erased(), &options)?;
             prepared.push((task, options));
         }
-        let Some(entry) = entry else {
-            // Nothing to run, but a mode that cannot run anything, or a shutdown, is still said.
-            self.mode_entry(&mode)?;
+        if prepared.is_empty() {
+            // Nothing to run, but a shutdown is still said.
             if !self.inner.admits(current_node().as_ref(), None) {
                 return Err(SubmitError::new(SubmitKind::ShutDown));
             }
             return Ok(Batch::new(Vec::new()));
-        };
+        }
         // Under the mode's limit, a task with an open ancestor in the mode shares its place; one
         // submitted from a node whose request was cancelled is born cancelled and needs none;
         // every other task takes a place of its own, all together or none.
