@@ -94,7 +94,8 @@ impl Coordinator {
             })
     }
 
-    /// The checks of a task that need no lock, and the parent of a nested task.
+    /// The checks of a task that need no lock, and the parent of a nested task. The caller has
+    /// checked that the coordinator is started and found the mode's entry.
     pub(crate) fn prepare(
         &self,
         mut task: ErasedTask,
