@@ -88,17 +88,22 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
         };
         // Only the body moves on: the task's description is the coordinator's.
         let (_info, body) = task.into_parts();
+        let held = Held {
+            admission,
+            completion,
+        };
         match body {
             TaskBody::Async(body) => {
-                runtime.spawn(run_async(body, completion, admission));
+                runtime.spawn(run_async(body, held));
             }
             TaskBody::Blocking(body) => {
-                runtime.spawn_blocking(move || run_blocking(body, completion, admission));
+                runtime.spawn_blocking(move || run_blocking(body, held));
             }
             body => {
                 crate::drop_unstarted(body);
                 let unsupported = "the async strategy cannot run this kind of task";
-                completion.complete(Err(TaskError::unsupported(unsupported)));
+                held.completion
+                    .complete(Err(TaskError::unsupported(unsupported)));
             }
         }
     }
@@ -126,15 +131,11 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
 
 /// An async node, as a tokio task of its own: runs in its request's scope until it ends or the
 /// request is cancelled (then the node is dropped; the request already has its outcome).
-fn run_async(
-    body: AsyncBody,
-    completion: Completion,
-    admission: OwnedAdmission,
-) -> impl Future<Output = ()> {
-    let held = Held {
-        admission,
-        completion,
-    };
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn's state is larger: see below"
+)]
+fn run_async(body: AsyncBody, held: Held) -> impl Future<Output = ()> {
     // An `async` block rather than an `async fn`: an `async fn` keeps a second copy of each
     // argument in its state, and tokio's task cells grow in steps of 128 bytes.
     async move {
@@ -162,8 +163,8 @@ fn run_async(
     }
 }
 
-/// What an async node's run holds besides its node. Its fields drop in the order declared, also
-/// when the run ends without an outcome (cancelled, or dropped with its runtime): the admission
+/// What a node's run holds besides its node. Its fields drop in the order declared, also when
+/// the run ends without an outcome (cancelled, or dropped unrun with its runtime): the admission
 /// counts the task out before the completion says the run is over (which may free its place).
 struct Held {
     admission: OwnedAdmission,
@@ -172,15 +173,15 @@ struct Held {
 
 /// A blocking node, on the runtime's blocking pool, in its request's scope (so the tasks it
 /// submits are its children). Cancelled while it waited for a thread, it never starts.
-fn run_blocking(body: BlockingBody, completion: Completion, admission: OwnedAdmission) {
-    if completion.is_cancelled() {
+fn run_blocking(body: BlockingBody, held: Held) {
+    if held.completion.is_cancelled() {
         // Its node goes first, then the admission counts it stopped.
         return crate::drop_unstarted(body);
     }
-    let outcome = completion
+    let outcome = (held.completion)
         .in_scope(|| flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))));
-    admission.record(&outcome);
-    completion.complete(outcome);
+    held.admission.record(&outcome);
+    held.completion.complete(outcome);
 }
 
 #[cfg(test)]
@@ -226,7 +227,14 @@ mod tests {
         };
         let tracker = Arc::new(Tracker::default());
         let admission = tracker.admit_owned().expect("an open tracker admits");
-        let node = run_async(body, Completion::new(Arc::new(Unread)), admission);
+        let completion = Completion::new(Arc::new(Unread));
+        let node = run_async(
+            body,
+            super::Held {
+                admission,
+                completion,
+            },
+        );
         let size = size_of_val(&node);
         assert!(size <= 152, "the node's future is {size} bytes");
     }

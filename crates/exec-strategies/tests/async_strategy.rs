@@ -348,48 +348,70 @@ fn a_run_dropped_with_its_runtime_is_counted_stopped() {
     assert_eq!(counted, (0, 0, 0, 1));
 }
 
+/// A sink that notes the strategy's counts as the run is over (its completion dropped).
+struct Probe {
+    inner: Arc<Collect>,
+    strategy: AsyncExecutionStrategy,
+    at_run_over: Mutex<Option<StrategyStats>>,
+}
+
+impl Probe {
+    fn new(strategy: &AsyncExecutionStrategy) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Collect::new().0,
+            strategy: strategy.clone(),
+            at_run_over: Mutex::new(None),
+        })
+    }
+
+    /// The counts noted as the run was over, once it is (within 10 s).
+    async fn at_run_over(&self) -> StrategyStats {
+        let noted = async {
+            loop {
+                if let Some(stats) = self.at_run_over.lock().unwrap().clone() {
+                    return stats;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        (tokio::time::timeout(Duration::from_secs(10), noted).await).expect("the run is over")
+    }
+}
+
+impl EventSink for Probe {
+    fn broadcast(&self, event: Arc<str>) {
+        self.inner.broadcast(event);
+    }
+}
+
+impl CompletionSink for Probe {
+    fn complete(&self, outcome: Outcome) {
+        self.inner.complete(outcome);
+    }
+    fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner.poll_cancelled(cx)
+    }
+    fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+    fn run_in_scope(&self, f: &mut dyn FnMut()) {
+        f();
+    }
+    fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
+        self.inner.spawn(future);
+    }
+    fn run_over(&self) {
+        *self.at_run_over.lock().unwrap() = Some(self.strategy.stats());
+    }
+}
+
 /// A node dropped because its request was cancelled is counted out (stopped, no longer in
 /// flight) before its run is over: whatever hears of that (a request waiting for the place it
 /// frees) reads current counts.
 #[tokio::test]
 async fn a_cancelled_node_is_counted_out_before_its_run_is_over() {
-    struct Probe {
-        inner: Arc<Collect>,
-        strategy: AsyncExecutionStrategy,
-        at_run_over: Mutex<Option<StrategyStats>>,
-    }
-    impl EventSink for Probe {
-        fn broadcast(&self, event: Arc<str>) {
-            self.inner.broadcast(event);
-        }
-    }
-    impl CompletionSink for Probe {
-        fn complete(&self, outcome: Outcome) {
-            self.inner.complete(outcome);
-        }
-        fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
-            self.inner.poll_cancelled(cx)
-        }
-        fn is_cancelled(&self) -> bool {
-            self.inner.is_cancelled()
-        }
-        fn run_in_scope(&self, f: &mut dyn FnMut()) {
-            f();
-        }
-        fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
-            self.inner.spawn(future);
-        }
-        fn run_over(&self) {
-            *self.at_run_over.lock().unwrap() = Some(self.strategy.stats());
-        }
-    }
     let strategy = AsyncExecutionStrategy::new();
-    let (inner, _outcome) = Collect::new();
-    let probe = Arc::new(Probe {
-        inner: Arc::clone(&inner),
-        strategy: strategy.clone(),
-        at_run_over: Mutex::new(None),
-    });
+    let probe = Probe::new(&strategy);
     let (started, running) = oneshot::channel();
     let node = Task::from_fn("1", "waits", move || async move {
         let _ = started.send(());
@@ -397,16 +419,7 @@ async fn a_cancelled_node_is_counted_out_before_its_run_is_over() {
     });
     strategy.execute(node.into_erased(), Completion::new(Arc::clone(&probe) as _));
     running.await.unwrap();
-    inner.cancel();
-    let seen = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(stats) = probe.at_run_over.lock().unwrap().clone() {
-                return stats;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the run is over");
+    probe.inner.cancel();
+    let seen = probe.at_run_over().await;
     assert_eq!((seen.in_flight, seen.stopped), (0, 1), "{seen:?}");
 }
