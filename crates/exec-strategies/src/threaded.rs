@@ -418,11 +418,12 @@ struct PoolJob {
     /// Only the node id and the body go to the pool thread, not the task's whole description:
     /// a job small enough is freed on the pool thread without taking the allocator's lock that
     /// the submitting thread takes to allocate the next one. Fields drop in order: a job dropped
-    /// unrun lets go of its body before its completion.
+    /// unrun lets go of its body, then is counted out, before its completion says the run is
+    /// over (which may free its place).
     node_id: NodeId,
     body: TaskBody,
-    completion: Completion,
     admission: OwnedAdmission,
+    completion: Completion,
     runtime: Option<tokio::runtime::Handle>,
 }
 
