@@ -619,6 +619,90 @@ fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
     });
 }
 
+/// A run cancelled while it waits for a place in the pool is counted out (stopped, no longer in
+/// flight) before its completion says the run is over: whatever hears of that (a request waiting
+/// for the place it frees under a coordinator's limit) reads current counts.
+fn a_run_cancelled_while_it_waits_for_a_place_is_counted_out_before_its_run_is_over() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+    use task_core::context::EventSink;
+    use task_core::{Completion, CompletionSink, Outcome, StrategyStats};
+
+    struct Probe {
+        strategy: ProcessExecutionStrategy,
+        cancelled: AtomicBool,
+        waker: futures::task::AtomicWaker,
+        at_run_over: Mutex<Option<StrategyStats>>,
+    }
+    impl EventSink for Probe {
+        fn broadcast(&self, _: Arc<str>) {}
+    }
+    impl CompletionSink for Probe {
+        fn complete(&self, _: Outcome) {}
+        fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
+            self.waker.register(cx.waker());
+            if self.is_cancelled() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+        fn is_cancelled(&self) -> bool {
+            self.cancelled.load(Ordering::SeqCst)
+        }
+        fn run_in_scope(&self, f: &mut dyn FnMut()) {
+            f();
+        }
+        fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
+            tokio::spawn(future);
+        }
+        fn run_over(&self) {
+            *self.at_run_over.lock().unwrap() = Some(self.strategy.stats());
+        }
+    }
+    runtime().block_on(async {
+        // One place in the whole pool, which a long node holds.
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .tasks_per_worker(1)
+            .prefetch(0)
+            .start()
+            .await
+            .unwrap();
+        let busy = tokio::spawn(task_core::run(
+            &s.clone(),
+            Task::portable("busy", Sleep(2_000)).into_erased(),
+        ));
+        wait_until("the long node to start", || {
+            s.stats().workers.iter().any(|w| w.in_flight > 0)
+        });
+        let probe = Arc::new(Probe {
+            strategy: s.clone(),
+            cancelled: AtomicBool::new(false),
+            waker: futures::task::AtomicWaker::new(),
+            at_run_over: Mutex::new(None),
+        });
+        let waiting = Task::portable("waiting", Echo(1)).into_erased();
+        s.execute(waiting, Completion::new(Arc::clone(&probe) as _));
+        wait_until("the second run to wait", || s.stats().in_flight == 2);
+        probe.cancelled.store(true, Ordering::SeqCst);
+        probe.waker.wake();
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(stats) = probe.at_run_over.lock().unwrap().clone() {
+                    return stats;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the cancelled run is let go");
+        assert_eq!((seen.in_flight, seen.stopped), (1, 1), "{seen:?}");
+        assert!(busy.await.unwrap().is_ok());
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 fn a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice() {
     // Answers are read on the runtime the pool was started on. When it shuts down with a
     // worker's frames unread (its only thread is held here), the pool cannot tell which runs the
@@ -2091,6 +2175,7 @@ fn main() {
         tasks_queued_on_a_dying_worker_go_to_another,
         a_pipelined_worker_answers_each_run_with_the_next_start_in_one_write,
         a_queued_run_cancelled_behind_a_blocking_node_never_starts,
+        a_run_cancelled_while_it_waits_for_a_place_is_counted_out_before_its_run_is_over,
         a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice,
         crashes_among_many_tasks_fail_only_themselves,
         a_worker_is_seen_to_end_even_when_a_process_it_started_lives_on,

@@ -87,8 +87,11 @@ impl Shared {
                 drop(admission);
                 completion.complete(outcome);
             }
-            // Nothing of it runs: the completion goes now.
-            Waited::Cancelled(None) => drop(completion),
+            // Nothing of it runs: it is counted out, then its completion goes.
+            Waited::Cancelled(None) => {
+                drop((unfinished, admission));
+                drop(completion);
+            }
             Waited::Cancelled(Some((dispatched, place))) => {
                 let kept = Kept {
                     _completion: completion,
