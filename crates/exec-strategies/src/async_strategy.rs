@@ -12,8 +12,7 @@ use task_core::{
     TaskError, TaskExecutionStrategy,
 };
 
-use crate::tracker::OwnedAdmission;
-use crate::tracker::Tracker;
+use crate::tracker::{Admitted, Tracker};
 
 /// Runs tasks on the tokio runtime: the strategy for I/O-bound work.
 ///
@@ -80,18 +79,18 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
             crate::drop_unstarted(task);
             return completion.complete(Err(TaskError::shutdown("async")));
         };
+        let held = Admitted {
+            admission,
+            completion,
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             crate::drop_unstarted(task);
-            return completion.complete(Err(TaskError::strategy(
+            return held.end(Err(TaskError::strategy(
                 "the async strategy runs tasks on a tokio runtime, and none is running here",
             )));
         };
         // Only the body moves on: the task's description is the coordinator's.
         let (_info, body) = task.into_parts();
-        let held = Held {
-            admission,
-            completion,
-        };
         match body {
             TaskBody::Async(body) => {
                 runtime.spawn(run_async(body, held));
@@ -102,8 +101,7 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
             body => {
                 crate::drop_unstarted(body);
                 let unsupported = "the async strategy cannot run this kind of task";
-                held.completion
-                    .complete(Err(TaskError::unsupported(unsupported)));
+                held.end(Err(TaskError::unsupported(unsupported)));
             }
         }
     }
@@ -135,7 +133,7 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
     clippy::manual_async_fn,
     reason = "an async fn's state is larger: see below"
 )]
-fn run_async(body: AsyncBody, held: Held) -> impl Future<Output = ()> {
+fn run_async(body: AsyncBody, held: Admitted) -> impl Future<Output = ()> {
     // An `async` block rather than an `async fn`: an `async fn` keeps a second copy of each
     // argument in its state, and tokio's task cells grow in steps of 128 bytes.
     async move {
@@ -157,31 +155,20 @@ fn run_async(body: AsyncBody, held: Held) -> impl Future<Output = ()> {
             // then counts it stopped.
             return held.completion.in_scope(|| node.set(None));
         };
-        // Counted out before the caller hears: what it reads of the stats then is current.
-        held.admission.record(&outcome);
-        held.completion.complete(outcome);
+        held.end(outcome);
     }
-}
-
-/// What a node's run holds besides its node. Its fields drop in the order declared, also when
-/// the run ends without an outcome (cancelled, or dropped unrun with its runtime): the admission
-/// counts the task out before the completion says the run is over (which may free its place).
-struct Held {
-    admission: OwnedAdmission,
-    completion: Completion,
 }
 
 /// A blocking node, on the runtime's blocking pool, in its request's scope (so the tasks it
 /// submits are its children). Cancelled while it waited for a thread, it never starts.
-fn run_blocking(body: BlockingBody, held: Held) {
+fn run_blocking(body: BlockingBody, held: Admitted) {
     if held.completion.is_cancelled() {
         // Its node goes first, then the admission counts it stopped.
         return crate::drop_unstarted(body);
     }
     let outcome = (held.completion)
         .in_scope(|| flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))));
-    held.admission.record(&outcome);
-    held.completion.complete(outcome);
+    held.end(outcome);
 }
 
 #[cfg(test)]
@@ -193,7 +180,7 @@ mod tests {
     use task_core::{BoxError, BoxFuture, Completion, CompletionSink, Outcome, Task, TaskBody};
 
     use super::run_async;
-    use crate::tracker::Tracker;
+    use crate::tracker::{Admitted, Tracker};
 
     struct Unread;
 
@@ -230,7 +217,7 @@ mod tests {
         let completion = Completion::new(Arc::new(Unread));
         let node = run_async(
             body,
-            super::Held {
+            Admitted {
                 admission,
                 completion,
             },

@@ -14,8 +14,7 @@ mod spare;
 
 use self::limit::Limit;
 use self::spare::PoolState;
-use crate::tracker::OwnedAdmission;
-use crate::tracker::Tracker;
+use crate::tracker::{Admitted, Tracker};
 use rayon::{ThreadPool, ThreadPoolBuilder, Yield};
 use task_core::{
     BoxFuture, Completion, ErasedTask, NodeId, Outcome, StrategyStats, TaskBody, TaskError,
@@ -418,12 +417,10 @@ struct PoolJob {
     /// Only the node id and the body go to the pool thread, not the task's whole description:
     /// a job small enough is freed on the pool thread without taking the allocator's lock that
     /// the submitting thread takes to allocate the next one. Fields drop in order: a job dropped
-    /// unrun lets go of its body, then is counted out, before its completion says the run is
-    /// over (which may free its place).
+    /// unrun lets go of its body before it is counted out and its completion goes.
     node_id: NodeId,
     body: TaskBody,
-    admission: OwnedAdmission,
-    completion: Completion,
+    admitted: Admitted,
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -434,10 +431,10 @@ impl PoolJob {
         let PoolJob {
             node_id,
             body,
-            completion,
-            admission,
+            admitted,
             runtime,
         } = self;
+        let completion = &admitted.completion;
         if completion.is_cancelled() {
             // It already has its outcome. Its node goes first, then the admission counts it
             // stopped.
@@ -447,14 +444,12 @@ impl PoolJob {
         let _pool = PoolScope::enter(state);
         let outcome = completion.in_scope(|| {
             let _node = task_core::context::enter_node(node_id);
-            run_on_pool_thread(body, &completion)
+            run_on_pool_thread(body, completion)
         });
-        // Counted out before the caller hears: what it reads of the stats then is current.
-        admission.record(&outcome);
         // Delivering may drop the output here (its request ended early, or nobody holds its
         // handle): a panic in its `Drop`, the user's, is logged, not left to rayon, which aborts
         // the process on a panic in a pool of the application's without a handler.
-        if let Some(reason) = task_core::catch_panic(move || completion.complete(outcome)) {
+        if let Some(reason) = task_core::catch_panic(move || admitted.end(outcome)) {
             tracing::error!(%reason, "delivering a threaded task's outcome panicked");
         }
     }
@@ -526,8 +521,10 @@ impl TaskExecutionStrategy for ThreadedExecutionStrategy {
         let job = PoolJob {
             node_id: info.node_id().clone(),
             body,
-            completion,
-            admission,
+            admitted: Admitted {
+                admission,
+                completion,
+            },
             runtime: tokio::runtime::Handle::try_current().ok(),
         };
         drop(info);

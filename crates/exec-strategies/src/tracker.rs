@@ -165,6 +165,25 @@ impl OwnedAdmission {
     }
 }
 
+/// A task counted in, with the completion its outcome goes to. The fields drop in the order
+/// declared, however the run ends (cancelled, dropped unrun, unwinding): the task is counted out
+/// before its completion says the run is over, which may free its place under a coordinator's
+/// limit for another request, whose caller then reads current stats.
+#[cfg(any(feature = "async", feature = "threaded"))]
+pub(crate) struct Admitted {
+    pub(crate) admission: OwnedAdmission,
+    pub(crate) completion: task_core::Completion,
+}
+
+#[cfg(any(feature = "async", feature = "threaded"))]
+impl Admitted {
+    /// Counts the task out, then delivers its outcome.
+    pub(crate) fn end(self, outcome: Outcome) {
+        self.admission.record(&outcome);
+        self.completion.complete(outcome);
+    }
+}
+
 #[cfg(any(feature = "async", feature = "threaded"))]
 impl Drop for OwnedAdmission {
     fn drop(&mut self) {

@@ -423,3 +423,32 @@ async fn a_cancelled_node_is_counted_out_before_its_run_is_over() {
     let seen = probe.at_run_over().await;
     assert_eq!((seen.in_flight, seen.stopped), (0, 1), "{seen:?}");
 }
+
+/// So is a blocking node its runtime, shut down, drops without running it.
+#[test]
+fn a_blocking_node_dropped_unrun_is_counted_out_before_its_run_is_over() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let handle = runtime.handle().clone();
+    drop(runtime);
+    let _entered = handle.enter();
+    let strategy = AsyncExecutionStrategy::new();
+    let probe = Probe::new(&strategy);
+    let node = Task::blocking("1", "never runs", || Ok::<_, BoxError>(1_u32));
+    strategy.execute(node.into_erased(), Completion::new(Arc::clone(&probe) as _));
+    let seen = probe.at_run_over.lock().unwrap().clone();
+    let seen = seen.expect("a runtime shut down drops a blocking task at once");
+    assert_eq!((seen.in_flight, seen.stopped), (0, 1), "{seen:?}");
+}
+
+/// A task the strategy takes but cannot run (no runtime is running here) is counted out, as
+/// failed, before its caller hears.
+#[test]
+fn a_task_taken_outside_a_runtime_is_counted_out_before_its_caller_hears() {
+    let strategy = AsyncExecutionStrategy::new();
+    let probe = Probe::new(&strategy);
+    let node = Task::from_fn("1", "nowhere", || async { Ok::<_, BoxError>(1_u32) });
+    strategy.execute(node.into_erased(), Completion::new(Arc::clone(&probe) as _));
+    let seen = probe.at_run_over.lock().unwrap().clone();
+    let seen = seen.expect("the caller hears at once");
+    assert_eq!((seen.in_flight, seen.failed), (0, 1), "{seen:?}");
+}

@@ -81,6 +81,7 @@ impl Limit {
         // Registered outside the lock: a cancellation under way may wake the watch right here,
         // and the watch takes the lock.
         if job
+            .admitted
             .completion
             .poll_cancelled(&mut Context::from_waker(&watch))
             .is_ready()
@@ -96,7 +97,7 @@ impl Limit {
         }
         // A cancellation before this look is seen here; one after it wakes the watch, which
         // takes the lock after this queues the job.
-        if job.completion.is_cancelled() {
+        if job.admitted.completion.is_cancelled() {
             drop(state);
             drop_unstarted(job);
             return None;
@@ -111,7 +112,7 @@ impl LimitState {
     /// that their watches have not taken out yet.
     fn next(&mut self, cancelled: &mut Vec<PoolJob>) -> Option<PoolJob> {
         while let Some((_, job)) = self.waiting.pop_first() {
-            if job.completion.is_cancelled() {
+            if job.admitted.completion.is_cancelled() {
                 cancelled.push(job);
             } else {
                 return Some(job);
@@ -146,7 +147,7 @@ impl Wake for Watch {
             let cancelled = state
                 .waiting
                 .get(&self.turn)
-                .is_some_and(|job| job.completion.is_cancelled());
+                .is_some_and(|job| job.admitted.completion.is_cancelled());
             if cancelled {
                 state.waiting.remove(&self.turn)
             } else {
