@@ -78,20 +78,20 @@ impl Shared {
             .run_in_worker(task, &completion)
             .await
             .unwrap_or_else(|error| Waited::Answered(Err(error)));
-        match waited {
+        // Counted out before its completion reports, goes or is kept (which may free a place
+        // for another request, whose caller then reads current stats).
+        match &waited {
             Waited::Answered(outcome) => {
                 unfinished.ended();
-                // Counted out before the caller hears: what it reads of the stats then is
-                // current.
-                self.tracker.record(&outcome);
-                drop(admission);
-                completion.complete(outcome);
+                self.tracker.record(outcome);
             }
-            // Nothing of it runs: it is counted out, then its completion goes.
-            Waited::Cancelled(None) => {
-                drop((unfinished, admission));
-                drop(completion);
-            }
+            Waited::Cancelled(_) => drop(unfinished),
+        }
+        drop(admission);
+        match waited {
+            Waited::Answered(outcome) => completion.complete(outcome),
+            // Nothing of it runs: the completion goes now.
+            Waited::Cancelled(None) => drop(completion),
             Waited::Cancelled(Some((dispatched, place))) => {
                 let kept = Kept {
                     _completion: completion,
