@@ -1,7 +1,7 @@
 //! The async strategy: outcomes, panics, blocking nodes, shutdown.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,6 +11,9 @@ use task_core::{
     BoxError, Completion, CompletionSink, Outcome, StrategyStats, Task, TaskExecutionStrategy,
 };
 use tokio::sync::oneshot;
+
+mod support;
+use support::Probe;
 
 #[tokio::test]
 async fn values_and_errors_become_outcomes() {
@@ -141,63 +144,6 @@ async fn shutdown_counts_its_grace_on_the_paused_clock() {
     assert!(run.await.unwrap().is_ok());
 }
 
-/// Collects the outcome a run delivers, and can cancel it.
-struct Collect {
-    tx: Mutex<Option<oneshot::Sender<Outcome>>>,
-    events: Mutex<Vec<Arc<str>>>,
-    cancelled: AtomicBool,
-    waker: futures::task::AtomicWaker,
-}
-
-impl Collect {
-    fn new() -> (Arc<Self>, oneshot::Receiver<Outcome>) {
-        let (tx, rx) = oneshot::channel();
-        let sink = Arc::new(Self {
-            tx: Mutex::new(Some(tx)),
-            events: Mutex::new(Vec::new()),
-            cancelled: AtomicBool::new(false),
-            waker: futures::task::AtomicWaker::new(),
-        });
-        (sink, rx)
-    }
-
-    fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.waker.wake();
-    }
-}
-
-impl EventSink for Collect {
-    fn broadcast(&self, event: Arc<str>) {
-        self.events.lock().unwrap().push(event);
-    }
-}
-
-impl CompletionSink for Collect {
-    fn complete(&self, outcome: Outcome) {
-        if let Some(tx) = self.tx.lock().unwrap().take() {
-            let _ = tx.send(outcome);
-        }
-    }
-    fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.waker.register(cx.waker());
-        if self.is_cancelled() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-    fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-    fn run_in_scope(&self, f: &mut dyn FnMut()) {
-        f();
-    }
-    fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
-        tokio::spawn(future);
-    }
-}
-
 #[tokio::test]
 async fn outcomes_are_counted_and_tasks_after_shutdown_refused() {
     let strategy = AsyncExecutionStrategy::new();
@@ -211,7 +157,7 @@ async fn outcomes_are_counted_and_tasks_after_shutdown_refused() {
     .into_erased();
     let mut outcomes = Vec::new();
     for task in [ok, bad, panics] {
-        let (sink, rx) = Collect::new();
+        let (sink, rx) = Probe::collect();
         strategy.execute(task, Completion::new(sink));
         outcomes.push(rx.await.unwrap());
     }
@@ -225,7 +171,7 @@ async fn outcomes_are_counted_and_tasks_after_shutdown_refused() {
     assert_eq!((stats.succeeded, stats.failed, stats.in_flight), (1, 2, 0));
 
     strategy.shutdown(Duration::from_secs(1)).await;
-    let (sink, rx) = Collect::new();
+    let (sink, rx) = Probe::collect();
     let late = Task::from_fn("4", "late", || async { Ok::<_, BoxError>(0_u32) }).into_erased();
     strategy.execute(late, Completion::new(sink));
     assert!(rx.await.unwrap().unwrap_err().is_shutdown());
@@ -235,7 +181,7 @@ async fn outcomes_are_counted_and_tasks_after_shutdown_refused() {
 async fn a_blocking_node_runs_in_its_requests_scope() {
     /// Records whether `f` ran inside the sink's scope.
     struct Scoped {
-        inner: Arc<Collect>,
+        inner: Arc<Probe>,
     }
     thread_local! {
         static IN_SCOPE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -265,7 +211,7 @@ async fn a_blocking_node_runs_in_its_requests_scope() {
         }
     }
     let strategy = AsyncExecutionStrategy::new();
-    let (inner, rx) = Collect::new();
+    let (inner, rx) = Probe::collect();
     let task = Task::blocking("b", "scoped", || {
         task_core::context::broadcast("from the blocking node")?;
         Ok::<_, BoxError>(IN_SCOPE.with(|c| c.get()))
@@ -298,7 +244,7 @@ async fn a_cancelled_run_drops_the_node_and_shutdown_does_not_wait_for_it() {
         Ok::<_, BoxError>(())
     })
     .into_erased();
-    let (sink, mut rx) = Collect::new();
+    let (sink, mut rx) = Probe::collect();
     strategy.execute(sleeper, Completion::new(sink.clone()));
     tokio::task::yield_now().await;
     assert!(!dropped.load(Ordering::SeqCst));
@@ -327,7 +273,7 @@ fn a_run_dropped_with_its_runtime_is_counted_stopped() {
         .enable_all()
         .build()
         .unwrap();
-    let (sink, _outcome) = Collect::new();
+    let (sink, _outcome) = Probe::collect();
     rt.block_on(async {
         let sleeper = Task::from_fn("s", "sleeper", || async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -348,61 +294,10 @@ fn a_run_dropped_with_its_runtime_is_counted_stopped() {
     assert_eq!(counted, (0, 0, 0, 1));
 }
 
-/// A sink that notes the strategy's counts as the run is over (its completion dropped).
-struct Probe {
-    inner: Arc<Collect>,
-    strategy: AsyncExecutionStrategy,
-    at_run_over: Mutex<Option<StrategyStats>>,
-}
-
-impl Probe {
-    fn new(strategy: &AsyncExecutionStrategy) -> Arc<Self> {
-        Arc::new(Self {
-            inner: Collect::new().0,
-            strategy: strategy.clone(),
-            at_run_over: Mutex::new(None),
-        })
-    }
-
-    /// The counts noted as the run was over, once it is (within 10 s).
-    async fn at_run_over(&self) -> StrategyStats {
-        let noted = async {
-            loop {
-                if let Some(stats) = self.at_run_over.lock().unwrap().clone() {
-                    return stats;
-                }
-                tokio::task::yield_now().await;
-            }
-        };
-        (tokio::time::timeout(Duration::from_secs(10), noted).await).expect("the run is over")
-    }
-}
-
-impl EventSink for Probe {
-    fn broadcast(&self, event: Arc<str>) {
-        self.inner.broadcast(event);
-    }
-}
-
-impl CompletionSink for Probe {
-    fn complete(&self, outcome: Outcome) {
-        self.inner.complete(outcome);
-    }
-    fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.inner.poll_cancelled(cx)
-    }
-    fn is_cancelled(&self) -> bool {
-        self.inner.is_cancelled()
-    }
-    fn run_in_scope(&self, f: &mut dyn FnMut()) {
-        f();
-    }
-    fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
-        self.inner.spawn(future);
-    }
-    fn run_over(&self) {
-        *self.at_run_over.lock().unwrap() = Some(self.strategy.stats());
-    }
+/// A probe of `strategy`'s counts.
+fn probe_of(strategy: &AsyncExecutionStrategy) -> Arc<Probe> {
+    let strategy = strategy.clone();
+    Probe::new(move || strategy.stats()).0
 }
 
 /// A node dropped because its request was cancelled is counted out (stopped, no longer in
@@ -411,15 +306,15 @@ impl CompletionSink for Probe {
 #[tokio::test]
 async fn a_cancelled_node_is_counted_out_before_its_run_is_over() {
     let strategy = AsyncExecutionStrategy::new();
-    let probe = Probe::new(&strategy);
+    let probe = probe_of(&strategy);
     let (started, running) = oneshot::channel();
     let node = Task::from_fn("1", "waits", move || async move {
         let _ = started.send(());
         std::future::pending::<Result<u32, BoxError>>().await
     });
-    strategy.execute(node.into_erased(), Completion::new(Arc::clone(&probe) as _));
+    strategy.execute(node.into_erased(), probe.completion());
     running.await.unwrap();
-    probe.inner.cancel();
+    probe.cancel();
     let seen = probe.at_run_over().await;
     assert_eq!((seen.in_flight, seen.stopped), (0, 1), "{seen:?}");
 }
@@ -432,10 +327,10 @@ fn a_blocking_node_dropped_unrun_is_counted_out_before_its_run_is_over() {
     drop(runtime);
     let _entered = handle.enter();
     let strategy = AsyncExecutionStrategy::new();
-    let probe = Probe::new(&strategy);
+    let probe = probe_of(&strategy);
     let node = Task::blocking("1", "never runs", || Ok::<_, BoxError>(1_u32));
-    strategy.execute(node.into_erased(), Completion::new(Arc::clone(&probe) as _));
-    let seen = probe.at_run_over.lock().unwrap().clone();
+    strategy.execute(node.into_erased(), probe.completion());
+    let seen = probe.noted();
     let seen = seen.expect("a runtime shut down drops a blocking task at once");
     assert_eq!((seen.in_flight, seen.stopped), (0, 1), "{seen:?}");
 }
@@ -445,10 +340,9 @@ fn a_blocking_node_dropped_unrun_is_counted_out_before_its_run_is_over() {
 #[test]
 fn a_task_taken_outside_a_runtime_is_counted_out_before_its_caller_hears() {
     let strategy = AsyncExecutionStrategy::new();
-    let probe = Probe::new(&strategy);
+    let probe = probe_of(&strategy);
     let node = Task::from_fn("1", "nowhere", || async { Ok::<_, BoxError>(1_u32) });
-    strategy.execute(node.into_erased(), Completion::new(Arc::clone(&probe) as _));
-    let seen = probe.at_run_over.lock().unwrap().clone();
-    let seen = seen.expect("the caller hears at once");
+    strategy.execute(node.into_erased(), probe.completion());
+    let seen = probe.noted().expect("the caller hears at once");
     assert_eq!((seen.in_flight, seen.failed), (0, 1), "{seen:?}");
 }

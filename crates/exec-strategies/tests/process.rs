@@ -14,6 +14,9 @@ use exec_strategies::{ProcessExecutionStrategy, run_worker_if_requested};
 use serde::{Deserialize, Serialize};
 use task_core::{BoxError, Node, NodeRegistry, PortableNode, Task, TaskExecutionStrategy};
 
+mod support;
+use support::Probe;
+
 #[derive(Serialize, Deserialize)]
 struct Echo(u64);
 impl Node for Echo {
@@ -623,43 +626,6 @@ fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
 /// flight) before its completion says the run is over: whatever hears of that (a request waiting
 /// for the place it frees under a coordinator's limit) reads current counts.
 fn a_run_cancelled_while_it_waits_for_a_place_is_counted_out_before_its_run_is_over() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::task::{Context, Poll};
-    use task_core::context::EventSink;
-    use task_core::{Completion, CompletionSink, Outcome, StrategyStats};
-
-    struct Probe {
-        strategy: ProcessExecutionStrategy,
-        cancelled: AtomicBool,
-        waker: futures::task::AtomicWaker,
-        at_run_over: Mutex<Option<StrategyStats>>,
-    }
-    impl EventSink for Probe {
-        fn broadcast(&self, _: Arc<str>) {}
-    }
-    impl CompletionSink for Probe {
-        fn complete(&self, _: Outcome) {}
-        fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
-            self.waker.register(cx.waker());
-            if self.is_cancelled() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }
-        fn is_cancelled(&self) -> bool {
-            self.cancelled.load(Ordering::SeqCst)
-        }
-        fn run_in_scope(&self, f: &mut dyn FnMut()) {
-            f();
-        }
-        fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
-            tokio::spawn(future);
-        }
-        fn run_over(&self) {
-            *self.at_run_over.lock().unwrap() = Some(self.strategy.stats());
-        }
-    }
     runtime().block_on(async {
         // One place in the whole pool, which a long node holds.
         let s = ProcessExecutionStrategy::builder(registry())
@@ -677,27 +643,13 @@ fn a_run_cancelled_while_it_waits_for_a_place_is_counted_out_before_its_run_is_o
         wait_until("the long node to start", || {
             s.stats().workers.iter().any(|w| w.in_flight > 0)
         });
-        let probe = Arc::new(Probe {
-            strategy: s.clone(),
-            cancelled: AtomicBool::new(false),
-            waker: futures::task::AtomicWaker::new(),
-            at_run_over: Mutex::new(None),
-        });
+        let counted = s.clone();
+        let (probe, _outcome) = Probe::new(move || counted.stats());
         let waiting = Task::portable("waiting", Echo(1)).into_erased();
-        s.execute(waiting, Completion::new(Arc::clone(&probe) as _));
+        s.execute(waiting, probe.completion());
         wait_until("the second run to wait", || s.stats().in_flight == 2);
-        probe.cancelled.store(true, Ordering::SeqCst);
-        probe.waker.wake();
-        let seen = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(stats) = probe.at_run_over.lock().unwrap().clone() {
-                    return stats;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .expect("the cancelled run is let go");
+        probe.cancel();
+        let seen = probe.at_run_over().await;
         assert_eq!((seen.in_flight, seen.stopped), (1, 1), "{seen:?}");
         busy.abort();
         s.shutdown(Duration::from_secs(5)).await;

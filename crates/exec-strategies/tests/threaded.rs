@@ -8,6 +8,9 @@ use exec_strategies::ThreadedExecutionStrategy;
 use futures::FutureExt;
 use task_core::{BoxError, StrategyStats, Task, TaskExecutionStrategy};
 
+mod support;
+use support::Probe;
+
 fn thread_name() -> String {
     std::thread::current().name().unwrap_or_default().to_owned()
 }
@@ -196,11 +199,13 @@ impl Drop for DropFlag {
     }
 }
 
-/// A task cancelled while it waits for a place is let go as it is cancelled (its body dropped,
-/// counted out of the strategy), not when the node holding the place ends; the others still
-/// wait their turns.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_cancelled_while_queued_is_let_go_at_once() {
+/// A strategy with one place under `max_in_flight`, which a blocking node holds (it returns 1)
+/// until the sender is used; and the node's run.
+async fn one_place_held() -> (
+    ThreadedExecutionStrategy,
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<task_core::Value, task_core::TaskError>>,
+) {
     let s = ThreadedExecutionStrategy::builder()
         .threads(2)
         .max_in_flight(1)
@@ -218,6 +223,15 @@ async fn a_task_cancelled_while_queued_is_let_go_at_once() {
         .await
         .expect("the long node never started")
         .unwrap();
+    (s, release, long)
+}
+
+/// A task cancelled while it waits for a place is let go as it is cancelled (its body dropped,
+/// counted out of the strategy), not when the node holding the place ends; the others still
+/// wait their turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_while_queued_is_let_go_at_once() {
+    let (s, release, long) = one_place_held().await;
     let flags: Vec<_> = (0..3)
         .map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)))
         .collect();
@@ -530,76 +544,14 @@ fn a_nodes_own_join_half_run_while_it_waits_keeps_its_scope() {
 /// place it frees) reads current counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_cancelled_while_queued_is_counted_out_before_its_run_is_over() {
-    use std::sync::Mutex;
-    use std::sync::atomic::AtomicBool;
-    use std::task::{Context, Poll};
-    use task_core::context::EventSink;
-    use task_core::{Completion, CompletionSink, Outcome};
-
-    struct Probe {
-        strategy: ThreadedExecutionStrategy,
-        cancelled: AtomicBool,
-        waker: futures::task::AtomicWaker,
-        at_run_over: Mutex<Option<StrategyStats>>,
-    }
-    impl EventSink for Probe {
-        fn broadcast(&self, _: Arc<str>) {}
-    }
-    impl CompletionSink for Probe {
-        fn complete(&self, _: Outcome) {}
-        fn poll_cancelled(&self, cx: &mut Context<'_>) -> Poll<()> {
-            self.waker.register(cx.waker());
-            if self.is_cancelled() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }
-        fn is_cancelled(&self) -> bool {
-            self.cancelled.load(Ordering::SeqCst)
-        }
-        fn run_in_scope(&self, f: &mut dyn FnMut()) {
-            f();
-        }
-        fn spawn(&self, future: task_core::BoxFuture<'static, ()>) {
-            tokio::spawn(future);
-        }
-        fn run_over(&self) {
-            *self.at_run_over.lock().unwrap() = Some(self.strategy.stats());
-        }
-    }
-    let s = ThreadedExecutionStrategy::builder()
-        .threads(2)
-        .max_in_flight(1)
-        .build()
-        .unwrap();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (started, running_now) = tokio::sync::oneshot::channel::<()>();
-    let long = Task::blocking("long", "long", move || {
-        let _ = started.send(());
-        released.recv().ok();
-        Ok::<_, BoxError>(1)
-    });
-    let long = tokio::spawn(task_core::run(&s, long.into_erased()));
-    tokio::time::timeout(Duration::from_secs(30), running_now)
-        .await
-        .expect("the long node never started")
-        .unwrap();
-    let probe = Arc::new(Probe {
-        strategy: s.clone(),
-        cancelled: AtomicBool::new(false),
-        waker: futures::task::AtomicWaker::new(),
-        at_run_over: Mutex::new(None),
-    });
+    let (s, release, long) = one_place_held().await;
+    let counted = s.clone();
+    let (probe, _outcome) = Probe::new(move || counted.stats());
     let queued = Task::blocking("queued", "queued", || Ok::<_, BoxError>(2));
-    s.execute(
-        queued.into_erased(),
-        Completion::new(Arc::clone(&probe) as _),
-    );
+    s.execute(queued.into_erased(), probe.completion());
     assert_eq!(s.stats().in_flight, 2);
-    probe.cancelled.store(true, Ordering::SeqCst);
-    probe.waker.wake();
-    let seen = probe.at_run_over.lock().unwrap().clone();
+    probe.cancel();
+    let seen = probe.noted();
     let seen = seen.expect("the queued task is let go as it is cancelled");
     assert_eq!((seen.in_flight, seen.stopped), (1, 1), "{seen:?}");
     release.send(()).unwrap();
