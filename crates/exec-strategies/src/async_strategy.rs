@@ -79,13 +79,13 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
             crate::drop_unstarted(task);
             return completion.complete(Err(TaskError::shutdown("async")));
         };
-        let held = Admitted {
+        let admitted = Admitted {
             admission,
             completion,
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             crate::drop_unstarted(task);
-            return held.end(Err(TaskError::strategy(
+            return admitted.end(Err(TaskError::strategy(
                 "the async strategy runs tasks on a tokio runtime, and none is running here",
             )));
         };
@@ -93,15 +93,15 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
         let (_info, body) = task.into_parts();
         match body {
             TaskBody::Async(body) => {
-                runtime.spawn(run_async(body, held));
+                runtime.spawn(run_async(body, admitted));
             }
             TaskBody::Blocking(body) => {
-                runtime.spawn_blocking(move || run_blocking(body, held));
+                runtime.spawn_blocking(move || run_blocking(body, admitted));
             }
             body => {
                 crate::drop_unstarted(body);
                 let unsupported = "the async strategy cannot run this kind of task";
-                held.end(Err(TaskError::unsupported(unsupported)));
+                admitted.end(Err(TaskError::unsupported(unsupported)));
             }
         }
     }
@@ -133,13 +133,14 @@ impl TaskExecutionStrategy for AsyncExecutionStrategy {
     clippy::manual_async_fn,
     reason = "an async fn's state is larger: see below"
 )]
-fn run_async(body: AsyncBody, held: Admitted) -> impl Future<Output = ()> {
+fn run_async(body: AsyncBody, admitted: Admitted) -> impl Future<Output = ()> {
     // An `async` block rather than an `async fn`: an `async fn` keeps a second copy of each
     // argument in its state, and tokio's task cells grow in steps of 128 bytes.
     async move {
         let mut node = std::pin::pin!(Some(AssertUnwindSafe(body.into_future()).catch_unwind()));
         let run = std::future::poll_fn(|cx| {
-            held.completion
+            admitted
+                .completion
                 .in_scope(|| match node.as_mut().as_pin_mut() {
                     Some(node) => node.poll(cx),
                     None => Poll::Pending,
@@ -147,28 +148,29 @@ fn run_async(body: AsyncBody, held: Admitted) -> impl Future<Output = ()> {
         });
         let outcome = tokio::select! {
             biased;
-            () = held.completion.cancelled() => None,
+            () = admitted.completion.cancelled() => None,
             result = run => Some(flatten_panic(result)),
         };
         let Some(outcome) = outcome else {
             // Dropped in its request's scope, as it ran: its `Drop` sees its node. The admission
             // then counts it stopped.
-            return held.completion.in_scope(|| node.set(None));
+            return admitted.completion.in_scope(|| node.set(None));
         };
-        held.end(outcome);
+        admitted.end(outcome);
     }
 }
 
 /// A blocking node, on the runtime's blocking pool, in its request's scope (so the tasks it
 /// submits are its children). Cancelled while it waited for a thread, it never starts.
-fn run_blocking(body: BlockingBody, held: Admitted) {
-    if held.completion.is_cancelled() {
+fn run_blocking(body: BlockingBody, admitted: Admitted) {
+    if admitted.completion.is_cancelled() {
         // Its node goes first, then the admission counts it stopped.
         return crate::drop_unstarted(body);
     }
-    let outcome = (held.completion)
+    let outcome = admitted
+        .completion
         .in_scope(|| flatten_panic(std::panic::catch_unwind(AssertUnwindSafe(|| body.run()))));
-    held.end(outcome);
+    admitted.end(outcome);
 }
 
 #[cfg(test)]
