@@ -294,19 +294,13 @@ fn a_run_dropped_with_its_runtime_is_counted_stopped() {
     assert_eq!(counted, (0, 0, 0, 1));
 }
 
-/// A probe of `strategy`'s counts.
-fn probe_of(strategy: &AsyncExecutionStrategy) -> Arc<Probe> {
-    let strategy = strategy.clone();
-    Probe::new(move || strategy.stats()).0
-}
-
 /// A node dropped because its request was cancelled is counted out (stopped, no longer in
 /// flight) before its run is over: whatever hears of that (a request waiting for the place it
 /// frees) reads current counts.
 #[tokio::test]
 async fn a_cancelled_node_is_counted_out_before_its_run_is_over() {
     let strategy = AsyncExecutionStrategy::new();
-    let probe = probe_of(&strategy);
+    let (probe, _outcome) = Probe::of(&strategy);
     let (started, running) = oneshot::channel();
     let node = Task::from_fn("1", "waits", move || async move {
         let _ = started.send(());
@@ -327,7 +321,7 @@ fn a_blocking_node_dropped_unrun_is_counted_out_before_its_run_is_over() {
     drop(runtime);
     let _entered = handle.enter();
     let strategy = AsyncExecutionStrategy::new();
-    let probe = probe_of(&strategy);
+    let (probe, _outcome) = Probe::of(&strategy);
     let node = Task::blocking("1", "never runs", || Ok::<_, BoxError>(1_u32));
     strategy.execute(node.into_erased(), probe.completion());
     let seen = probe.noted();
@@ -340,7 +334,7 @@ fn a_blocking_node_dropped_unrun_is_counted_out_before_its_run_is_over() {
 #[test]
 fn a_task_taken_outside_a_runtime_is_counted_out_before_its_caller_hears() {
     let strategy = AsyncExecutionStrategy::new();
-    let probe = probe_of(&strategy);
+    let (probe, _outcome) = Probe::of(&strategy);
     let node = Task::from_fn("1", "nowhere", || async { Ok::<_, BoxError>(1_u32) });
     strategy.execute(node.into_erased(), probe.completion());
     let seen = probe.noted().expect("the caller hears at once");

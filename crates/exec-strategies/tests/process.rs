@@ -643,8 +643,7 @@ fn a_run_cancelled_while_it_waits_for_a_place_is_counted_out_before_its_run_is_o
         wait_until("the long node to start", || {
             s.stats().workers.iter().any(|w| w.in_flight > 0)
         });
-        let counted = s.clone();
-        let (probe, _outcome) = Probe::new(move || counted.stats());
+        let (probe, _outcome) = Probe::of(&s);
         let waiting = Task::portable("waiting", Echo(1)).into_erased();
         s.execute(waiting, probe.completion());
         wait_until("the second run to wait", || s.stats().in_flight == 2);

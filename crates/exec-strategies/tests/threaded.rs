@@ -545,8 +545,7 @@ fn a_nodes_own_join_half_run_while_it_waits_keeps_its_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_cancelled_while_queued_is_counted_out_before_its_run_is_over() {
     let (s, release, long) = one_place_held().await;
-    let counted = s.clone();
-    let (probe, _outcome) = Probe::new(move || counted.stats());
+    let (probe, _outcome) = Probe::of(&s);
     let queued = Task::blocking("queued", "queued", || Ok::<_, BoxError>(2));
     s.execute(queued.into_erased(), probe.completion());
     assert_eq!(s.stats().in_flight, 2);

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures::task::AtomicWaker;
 use task_core::context::EventSink;
-use task_core::{BoxFuture, Completion, CompletionSink, Outcome, StrategyStats};
+use task_core::{
+    BoxFuture, Completion, CompletionSink, Outcome, StrategyStats, TaskExecutionStrategy,
+};
 use tokio::sync::oneshot;
 
 /// A request's side of a run, as a coordinator's is: it takes the outcome and the events, can be
@@ -26,7 +28,7 @@ pub(crate) struct Probe {
 
 impl Probe {
     /// A probe noting the counts `stats` reads, and where its outcome arrives.
-    pub(crate) fn new(
+    fn new(
         stats: impl Fn() -> StrategyStats + Send + Sync + 'static,
     ) -> (Arc<Self>, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
@@ -39,6 +41,15 @@ impl Probe {
             at_run_over: Mutex::new(None),
         });
         (probe, rx)
+    }
+
+    /// A probe noting `strategy`'s counts, and where its outcome arrives.
+    pub(crate) fn of<S>(strategy: &S) -> (Arc<Self>, oneshot::Receiver<Outcome>)
+    where
+        S: TaskExecutionStrategy + Clone + 'static,
+    {
+        let strategy = strategy.clone();
+        Self::new(move || strategy.stats())
     }
 
     /// A probe for a test that reads no counts.
