@@ -139,11 +139,12 @@ impl Fixture {
     /// `threaded` (every `submit` future awaited together), `async-handles` (`try_spawn`, the
     /// handles awaited in order), `batch` (one `submit_many`), the raw baselines `raw-async` and
     /// `raw-threaded`, the design floors `floor-async`, `floor-handles`, `floor-unshared` and
-    /// `floor-threaded` ([`design_floor`]), `async-metrics` (async, its metrics going to a
-    /// Prometheus recorder), `fan-out-16` and `broadcast-16` ([`publish_fan_out`] and
-    /// [`broadcast_fan_out`] to 16 subscribers), `process` (the tasks in flight over 2 worker
-    /// processes), `process-1` (one at a time: the round trip) and their baselines
-    /// `raw-process` and `raw-process-1` ([`RawEcho`]). `None` for a name it does not know.
+    /// `floor-threaded` ([`design_floor`]), `async-stuck` (async beside a subscriber that never
+    /// reads), `async-metrics` (async, its metrics going to a Prometheus recorder), `fan-out-16`
+    /// and `broadcast-16` ([`publish_fan_out`] and [`broadcast_fan_out`] to 16 subscribers),
+    /// `process` (the tasks in flight over 2 worker processes), `process-1` (one at a time: the
+    /// round trip) and their baselines `raw-process` and `raw-process-1` ([`RawEcho`]). `None` for
+    /// a name it does not know.
     pub fn run(&self, name: &str, ids: &[RequestId]) -> Option<Duration> {
         let (rt, coordinator, n) = (&self.rt, &self.started.coordinator, ids.len() as u64);
         let workers = || self.workers.get_or_init(|| worker_pool(rt));
@@ -160,6 +161,10 @@ impl Fixture {
             "floor-handles" => design_floor(rt, None, ids, Floor::InOrder),
             "floor-unshared" => design_floor(rt, None, ids, Floor::Unshared),
             "floor-threaded" => design_floor(rt, Some(&self.pool), ids, Floor::JoinAll),
+            "async-stuck" => {
+                let _stuck = self.started.publisher.subscribe_stream().expect("a stream");
+                submit_trivial(rt, coordinator, ids, &ExecutionMode::ASYNC)
+            }
             "async-metrics" => {
                 let metered = self.metered.get_or_init(|| Started::with_metrics(rt).0);
                 submit_trivial(rt, &metered.coordinator, ids, &ExecutionMode::ASYNC)
