@@ -86,14 +86,14 @@ impl Stop {
 pub(crate) struct Envelope<M> {
     pub(crate) seq: u64,
     message: Option<Arc<Mutex<M>>>,
-    /// What drops the ring's copy: [`defer::let_go`](crate::defer::let_go).
+    /// What drops the ring's copy: [`defer::let_go_shared`](crate::defer::let_go_shared).
     let_go: fn(Arc<Mutex<M>>),
 }
 
 impl<M: Send + 'static> Envelope<M> {
     pub(crate) fn new(seq: u64, message: M) -> Self {
         let message = Some(Arc::new(Mutex::new(message)));
-        let let_go = crate::defer::let_go::<Arc<Mutex<M>>>;
+        let let_go = crate::defer::let_go_shared::<Mutex<M>>;
         Self {
             seq,
             message,

@@ -9,13 +9,18 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 thread_local! {
     /// How many [`DeferredDrops`] live on this thread, and whether [`LATER`] holds a message.
     static DEPTH: Cell<(usize, bool)> = const { Cell::new((0, false)) };
-    /// The messages let go of while one does.
-    static LATER: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+    /// The messages let go of while one does; its room stays between guards, up to
+    /// [`KEPT_ROOM`] slots.
+    static LATER: RefCell<Vec<Arc<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The most room for kept messages that stays with a thread between guards.
+const KEPT_ROOM: usize = 64;
 
 /// Until the guard it returns is dropped, the messages that publishes on this thread let go of
 /// (one the ring overwrote for a subscriber that fell behind) are kept; the guard then drops them,
@@ -59,33 +64,84 @@ pub struct DeferredDrops {
 
 impl Drop for DeferredDrops {
     fn drop(&mut self) {
-        let kept = DEPTH.with(|depth| {
+        let outermost_kept = DEPTH.with(|depth| {
             let (guards, kept) = depth.get();
             // The outermost guard takes what is kept.
             depth.set((guards - 1, kept && guards > 1));
             kept && guards == 1
         });
-        if !kept {
+        if !outermost_kept {
             return;
         }
         // Taken out first: a `Drop` below may publish, and keep what it lets go of.
         let kept = LATER.try_with(|later| std::mem::take(&mut *later.borrow_mut()));
-        for message in kept.unwrap_or_default() {
+        let mut kept = kept.unwrap_or_default();
+        for message in kept.drain(..) {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(message))) {
                 let reason = task_core::panic_message(payload.as_ref());
                 tracing::error!(%reason, "a message let go of by the bus panicked as it was dropped");
             }
+        }
+        // Its room goes back for the next publish, which would otherwise allocate it again;
+        // not the room a long guard's burst took, which would stay with the thread for good.
+        if kept.capacity() <= KEPT_ROOM {
+            let _ = LATER.try_with(|later| {
+                let mut later = later.borrow_mut();
+                if later.is_empty() {
+                    *later = kept;
+                }
+            });
         }
     }
 }
 
 /// Drops `message` now, or, while a [`DeferredDrops`] lives on this thread, with it.
 pub(crate) fn let_go<M: 'static>(message: M) {
-    let (guards, _) = DEPTH.with(Cell::get);
-    if guards == 0 {
-        return drop(message);
+    if deferring() {
+        keep(Arc::new(message));
     }
+}
+
+/// [`let_go`] for a message the ring shares: kept as it is, without another allocation.
+pub(crate) fn let_go_shared<M: 'static>(message: Arc<M>) {
+    if deferring() {
+        keep(message);
+    }
+}
+
+/// Whether a [`DeferredDrops`] lives on this thread.
+fn deferring() -> bool {
+    DEPTH.with(Cell::get).0 > 0
+}
+
+fn keep(message: Arc<dyn Any>) {
     // Err: this thread's locals are being destroyed; the message went with the closure.
-    let _ = LATER.try_with(|later| later.borrow_mut().push(Box::new(message)));
-    DEPTH.with(|depth| depth.set((guards, true)));
+    let _ = LATER.try_with(|later| later.borrow_mut().push(message));
+    DEPTH.with(|depth| depth.set((depth.get().0, true)));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    /// The room one long guard's burst took goes with it, not with the thread; a publish's own
+    /// room stays for the next.
+    #[test]
+    fn the_room_kept_between_guards_stays_small() {
+        let publisher = crate::Publisher::<Arc<u64>>::with_capacity(1);
+        publisher.start().unwrap();
+        let _laggard = publisher.subscribe_stream().unwrap();
+        {
+            let _later = super::defer_drops();
+            for i in 0..10_000 {
+                publisher.publish(Arc::new(i)).unwrap();
+            }
+        }
+        publisher.publish(Arc::new(0)).unwrap();
+        let room = super::LATER.with(|later| later.borrow().capacity());
+        assert!(
+            (1..=super::KEPT_ROOM).contains(&room),
+            "{room} slots kept on this thread"
+        );
+    }
 }
