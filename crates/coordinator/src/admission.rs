@@ -16,9 +16,7 @@ use crate::error::{SubmitError, SubmitKind};
 use crate::handle::RequestHandle;
 use crate::inner::{Inner, Mode, OpenRequest, deadline_after, task_span};
 use crate::options::SubmitOptions;
-use crate::request::{
-    CURRENT_NODE, Ending, Expiry, Place, RequestCell, Retry, Up, current_node, execute,
-};
+use crate::request::{Ending, Expiry, Place, RequestCell, Retry, Up, current_node, execute};
 use crate::state::{CoordinatorState, StateError};
 
 /// A request the coordinator took.
@@ -265,12 +263,7 @@ impl Coordinator {
 /// The request of the node `info` names as its parent, when it is submitted from inside that
 /// node (the usual way): at hand, open or not.
 pub(crate) fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
-    let parent = info.parent_id()?;
-    CURRENT_NODE
-        .try_with(|scope| (&scope.node == parent).then(|| scope.request.upgrade()))
-        .ok()
-        .flatten()
-        .flatten()
+    crate::request::request_of_running(info.parent_id()?)
 }
 
 impl Ready {

@@ -33,7 +33,7 @@ mod tree_events;
 
 pub(crate) use deadline::Expiry;
 pub(crate) use retry::Retry;
-pub(crate) use scope::{CURRENT_NODE, NodeScope};
+pub(crate) use scope::request_of_running;
 pub use scope::{current_node, current_node_cancelled};
 pub(crate) use tree::Up;
 pub use tree_events::TreeEvent;
@@ -313,14 +313,6 @@ impl RequestCell {
                 ))
             }
             outcome => outcome,
-        }
-    }
-
-    /// The scope its node runs in: nested submissions get it as parent and are cancelled with it.
-    pub(crate) fn scope(&self) -> NodeScope {
-        NodeScope {
-            node: self.node_id.clone(),
-            request: self.me.clone(),
         }
     }
 

@@ -8,7 +8,7 @@ use pubsub::{RequestCompletionMessage, RequestFailure, RequestSuccess};
 use task_core::{BoxFuture, Completion, CompletionSink, ErasedTask, NodeId, Outcome, TaskInfo};
 use tokio::sync::oneshot;
 
-use super::{CURRENT_NODE, Ending, RequestCell, StrategyRef, Up, lock};
+use super::{Ending, RequestCell, StrategyRef, Up, lock, scope};
 
 /// Hands `task` to `strategy`. A strategy that panics here has dropped the completion, which
 /// ended the request as failed; the panic goes no further than a log line.
@@ -109,7 +109,7 @@ impl CompletionSink for RequestCell {
             }
         };
         let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
-        CURRENT_NODE.sync_scope(self.scope(), f);
+        scope::in_request(self, f);
     }
 
     fn any_open_ancestor(&self, found: &mut dyn FnMut(&NodeId) -> bool) -> bool {

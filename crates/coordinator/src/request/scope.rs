@@ -1,37 +1,50 @@
-//! The node running on the current task or thread, and its request: the scope nested
-//! submissions find their parent in.
+//! The request whose node runs on the current thread: the scope nested submissions find their
+//! parent in.
 
-use std::sync::Weak;
+use std::sync::Arc;
 
 use task_core::NodeId;
 
 use super::RequestCell;
 
-tokio::task_local! {
-    /// The node running on the current tokio task, and its request.
-    pub(crate) static CURRENT_NODE: NodeScope;
+scoped_tls::scoped_thread_local! {
+    /// The request whose node runs on this thread: set by the request's `run_in_scope` (around
+    /// each poll of an async node's future, around a blocking body, around the drop of a
+    /// cancelled node's future), a borrow for the call's length, so entering it counts no
+    /// reference.
+    static CURRENT_REQUEST: RequestCell
 }
 
-/// What a running node's nested submissions need: its id (their parent) and its request, which
-/// cancels them with it, even once its own job has closed.
-#[derive(Clone)]
-pub(crate) struct NodeScope {
-    pub(crate) node: NodeId,
-    pub(crate) request: Weak<RequestCell>,
+/// Runs `f` with `cell` as the request whose node runs here.
+pub(crate) fn in_request(cell: &RequestCell, f: &mut dyn FnMut()) {
+    CURRENT_REQUEST.set(cell, f);
 }
 
-/// The node running on the current tokio task or thread, if any.
+/// What `f` reads of the request whose node runs here, if one does.
+fn with_current<R>(f: impl FnOnce(&RequestCell) -> R) -> Option<R> {
+    CURRENT_REQUEST.is_set().then(|| CURRENT_REQUEST.with(f))
+}
+
+/// The request of node `parent` when it runs here: the request a task naming it as its parent
+/// is submitted from inside (open or not).
+pub(crate) fn request_of_running(parent: &NodeId) -> Option<Arc<RequestCell>> {
+    with_current(|cell| (cell.node_id() == parent).then(|| cell.me.upgrade()))
+        .flatten()
+        .flatten()
+}
+
+/// The node running on the current thread, if any.
 ///
 /// Tasks submitted from inside a running node get that node as their parent automatically; this
-/// is how nested calls are recorded. Async nodes are tracked per tokio task; nodes that a strategy
-/// runs on a thread of its own are tracked through [`task_core::context`], which comes first: a
-/// pool thread waiting for a child may run another node inside the first one's scope.
+/// is how nested calls are recorded. The coordinator tracks the node around each poll of its
+/// future (or around its blocking body) on the thread running it; a node that a strategy
+/// declares running on a thread of its own through [`task_core::context`] comes first: a pool
+/// thread waiting for a child may run another node inside the first one's scope.
 pub fn current_node() -> Option<NodeId> {
     if task_core::context::is_outside_node() {
         return None;
     }
-    task_core::context::current_node()
-        .or_else(|| CURRENT_NODE.try_with(|scope| scope.node.clone()).ok())
+    task_core::context::current_node().or_else(|| with_current(|cell| cell.node_id().clone()))
 }
 
 /// Whether the request of the node running here was ended from outside: cancelled, timed out,
@@ -61,7 +74,5 @@ pub fn current_node_cancelled() -> bool {
     if task_core::context::is_outside_node() {
         return false;
     }
-    CURRENT_NODE
-        .try_with(|scope| scope.request.upgrade().is_some_and(|r| r.run_cancelled()))
-        .unwrap_or(false)
+    with_current(RequestCell::run_cancelled).unwrap_or(false)
 }
