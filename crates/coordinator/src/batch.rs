@@ -163,7 +163,10 @@ impl Coordinator {
         let held: Vec<_> = cells.iter().map(|cell| cell.hold()).collect();
         let born_cancelled = {
             let mut table = self.inner.table();
-            let mut ids: HashSet<&RequestId> = HashSet::with_capacity(ready.len());
+            // Hashed with foldhash, as the table's index is: SipHash costs several times more.
+            let hasher = foldhash::fast::RandomState::default();
+            let mut ids: HashSet<&RequestId, _> =
+                HashSet::with_capacity_and_hasher(ready.len(), hasher);
             // Checked again under the lock: tasks that took (or wait for) places of their own
             // are refused once shutdown has begun, even when it began after the look above.
             let closed = own_places > 0 && self.inner.is_closing();
