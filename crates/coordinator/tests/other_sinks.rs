@@ -163,3 +163,60 @@ async fn a_node_running_a_strategy_on_its_own_keeps_its_scope() {
     handle.cancel();
     assert_eq!(ended(&coordinator, "child").await, JobResult::Cancelled);
 }
+
+/// Runs blocking bodies on a thread of its own, inside a `spawn_local` task of a `LocalSet` that
+/// `futures::executor::block_on` drives: a tokio task, on a thread where no tokio runtime is.
+struct LocalSetThread;
+
+impl TaskExecutionStrategy for LocalSetThread {
+    fn execute(&self, task: ErasedTask, completion: Completion) {
+        let (_info, body) = task.into_parts();
+        let TaskBody::Blocking(body) = body else {
+            return completion.complete(Err(TaskError::unsupported("blocking only")));
+        };
+        std::thread::spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            futures::executor::block_on(local.run_until(async move {
+                let node = tokio::task::spawn_local(async move {
+                    let outcome = completion.in_scope(|| {
+                        catch_unwind(AssertUnwindSafe(|| body.run()))
+                            .unwrap_or_else(|payload| Err(TaskError::panic(payload)))
+                    });
+                    completion.complete(outcome);
+                });
+                node.await.expect("the node's task ends");
+            }));
+        });
+    }
+
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn name(&self) -> &str {
+        "local-set-thread"
+    }
+}
+
+/// A node polled as a tokio task where no runtime is (a `LocalSet` under another executor) runs
+/// in the coordinator's runtime all the same: being inside a tokio task is not being inside a
+/// runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_polled_as_a_tokio_task_outside_any_runtime_submits_its_children() {
+    let builder = Coordinator::builder().with_async();
+    let (_publisher, coordinator) =
+        started_from(builder.strategy("local-set-thread", LocalSetThread));
+    let on = coordinator.clone();
+    let (tx, rx) = mpsc::channel();
+    let node = Task::blocking("n", "n", move || {
+        let runtime = tokio::runtime::Handle::try_current().is_ok();
+        let child = Task::from_fn("n-child", "child", || async { Ok::<_, BoxError>(()) });
+        let submitted = on.try_spawn(child, ExecutionMode::ASYNC, SubmitOptions::new());
+        let _ = tx.send((runtime, submitted.map(drop).map_err(|e| e.to_string())));
+        Ok::<_, BoxError>(())
+    });
+    coordinator.submit(node, "local-set-thread").await.unwrap();
+    let (runtime, submitted) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(runtime, "the node runs inside the coordinator's runtime");
+    assert_eq!(submitted, Ok(()), "the node submits its child");
+}
