@@ -180,7 +180,7 @@ impl Coordinator {
                 } else if table.is_open(id) {
                     Some(SubmitKind::Duplicate(id.clone()))
                 } else if !ids.insert(id) {
-                    Some(SubmitKind::Repeated(id.clone()))
+                    Some(SubmitKind::DuplicateInBatch(id.clone()))
                 } else {
                     None
                 }

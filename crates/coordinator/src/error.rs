@@ -26,7 +26,7 @@ pub(crate) enum SubmitKind {
     /// The request id is the empty string.
     EmptyId,
     /// A batch names the same request id twice.
-    Repeated(RequestId),
+    DuplicateInBatch(RequestId),
     /// Retries were asked of a task that can run only once.
     NotReplayable(RequestId),
     NoRuntime,
@@ -65,7 +65,7 @@ impl SubmitError {
     pub fn is_duplicate(&self) -> bool {
         matches!(
             self.kind,
-            SubmitKind::Duplicate(_) | SubmitKind::Repeated(_)
+            SubmitKind::Duplicate(_) | SubmitKind::DuplicateInBatch(_)
         )
     }
 
@@ -151,7 +151,9 @@ impl fmt::Display for SubmitError {
                 )
             }
             SubmitKind::Duplicate(id) => write!(f, "a job for request `{id}` is already open"),
-            SubmitKind::Repeated(id) => write!(f, "the batch names request `{id}` more than once"),
+            SubmitKind::DuplicateInBatch(id) => {
+                write!(f, "the batch names request `{id}` more than once")
+            }
             SubmitKind::EmptyId => f.write_str("the task's request id is empty"),
             SubmitKind::NotReplayable(id) => write!(
                 f,
