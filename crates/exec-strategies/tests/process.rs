@@ -585,6 +585,38 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
     });
 }
 
+/// A run let go of while its worker still runs it is counted out of the strategy (stopped) at
+/// once, and stays counted in its worker until the worker answers it or is gone, as
+/// `WorkerStats::in_flight` says.
+fn a_run_let_go_of_stays_counted_in_its_worker_until_the_worker_is_done_with_it() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .cancel_grace(Duration::from_secs(60))
+            .start()
+            .await
+            .unwrap();
+        let mut running = task_core::run(&s, Task::portable("1", Spin(60_000)).into_erased());
+        while s.stats().workers.iter().all(|w| w.in_flight == 0) {
+            let polled = tokio::time::timeout(Duration::from_millis(10), &mut running).await;
+            assert!(polled.is_err(), "the run cannot have ended: {polled:?}");
+        }
+        drop(running);
+        wait_until("the dropped run to be counted out", || {
+            let stats = s.stats();
+            (stats.in_flight, stats.stopped) == (0, 1)
+        });
+        // The node never waits, and its grace is a minute: the worker still runs it.
+        let workers: Vec<u64> = s.stats().workers.iter().map(|w| w.in_flight).collect();
+        assert_eq!(
+            workers,
+            [1],
+            "the worker still holds the run it was told to drop"
+        );
+        s.shutdown(Duration::from_millis(200)).await;
+    });
+}
+
 fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
     // One task at a time on one thread: the worker runs a node on the thread that reads its
     // input. A run queued behind a node that blocks that thread, and cancelled meanwhile, is
@@ -2125,6 +2157,7 @@ fn main() {
         a_worker_that_exits_reports_its_status,
         a_task_past_its_timeout_is_cancelled_in_its_worker,
         a_run_dropped_by_its_caller_is_cancelled_in_its_worker,
+        a_run_let_go_of_stays_counted_in_its_worker_until_the_worker_is_done_with_it,
         tasks_queued_on_a_dying_worker_go_to_another,
         a_pipelined_worker_answers_each_run_with_the_next_start_in_one_write,
         a_queued_run_cancelled_behind_a_blocking_node_never_starts,
