@@ -111,6 +111,7 @@ impl GuardedListener {
             stall: Stall::new(self.stall),
             stopped,
             is_stopped: false,
+            answering: false,
             _permit: permit.ok(),
         };
         (guarded, addr)
@@ -118,14 +119,17 @@ impl GuardedListener {
 }
 
 /// A connection whose writes fail once they have spent `stall` waiting for the client without
-/// it taking [`PROGRESS`] bytes, and whose reads and writes fail once the dashboard stops while
-/// they wait.
+/// it taking [`PROGRESS`] bytes, and whose writes, and reads while no answer is under way, fail
+/// once the dashboard stops while they wait.
 pub(crate) struct Guarded<T> {
     io: T,
     stall: Stall,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// `stopped` finished (it must not be polled again).
     is_stopped: bool,
+    /// Whether the server wrote since the client last sent anything: an answer is under way (an
+    /// event stream, which the dashboard's stopping ends), or the connection idles after one.
+    answering: bool,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -145,7 +149,9 @@ impl<T> Guarded<T> {
         polled: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         if let Poll::Ready(written) = &polled {
-            self.stall.went_through(*written.as_ref().unwrap_or(&0));
+            let written = *written.as_ref().unwrap_or(&0);
+            self.answering |= written > 0;
+            self.stall.went_through(written);
             return polled;
         }
         if self.stopped(cx) {
@@ -226,9 +232,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let filled = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if polled.is_pending() && this.stopped(cx) {
-            // A client halfway through a request (or idle between two) holds nothing up.
+        if buf.filled().len() > filled {
+            this.answering = false;
+        }
+        // A client halfway through a request (or connected and silent) holds nothing up. While
+        // an answer is under way the server reads only to notice the client leaving: the
+        // answer ends first, whole, and the server then closes the connection (idle after an
+        // answer, at once).
+        if polled.is_pending() && !this.answering && this.stopped(cx) {
             return Poll::Ready(Err(io::Error::other("the dashboard stopped")));
         }
         polled
@@ -285,6 +298,7 @@ mod tests {
             stall: Stall::new(stall),
             stopped: Box::pin(std::future::pending()),
             is_stopped: false,
+            answering: false,
             _permit: None,
         };
         (guarded, client)

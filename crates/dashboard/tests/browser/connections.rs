@@ -119,6 +119,60 @@ pub(crate) async fn a_half_sent_request_holds_up_neither_shutdown_nor_drop() {
     }
 }
 
+/// The dashboard's stopping ends the event streams it serves: each client reads the end of its
+/// stream (chunked: the last, empty chunk), not a connection cut halfway through the body, which
+/// an event-stream client takes for a network error and reconnects after.
+pub(crate) async fn open_streams_end_whole_when_the_dashboard_stops() {
+    for how in ["shutdown", "drop"] {
+        let (publisher, coordinator, dashboard) = started().await;
+        let streams = [
+            open_stream(&dashboard, "/api/events").await,
+            open_stream(&dashboard, "/api/feed").await,
+        ];
+        // A connection kept alive after its answer, idle: closed at once all the same.
+        let mut idle = TcpStream::connect(dashboard.local_addr()).await.unwrap();
+        let request = "GET /api/overview HTTP/1.1\r\nHost: test\r\n\r\n";
+        idle.write_all(request.as_bytes()).await.unwrap();
+        let mut idle = tokio::io::BufReader::new(idle);
+        let (mut line, mut length) = (String::new(), None);
+        while line != "\r\n" {
+            line.clear();
+            idle.read_line(&mut line).await.unwrap();
+            let header = line.to_ascii_lowercase();
+            if let Some(n) = header.strip_prefix("content-length:") {
+                length = n.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = vec![0; length.expect("an answer of known length")];
+        idle.read_exact(&mut body).await.unwrap();
+        match how {
+            "shutdown" => within("the shutdown", dashboard.shutdown()).await,
+            _ => drop(dashboard),
+        }
+        for (mut stream, path) in streams.into_iter().zip(["/api/events", "/api/feed"]) {
+            let mut rest = Vec::new();
+            let read = within("the stream ending", stream.read_to_end(&mut rest)).await;
+            let rest = String::from_utf8_lossy(&rest);
+            assert!(
+                read.is_ok(),
+                "{how}: {path} was cut off: {read:?} after {rest:?}"
+            );
+            assert!(
+                rest.ends_with("0\r\n\r\n"),
+                "{how}: {path} ended with {rest:?}"
+            );
+        }
+        let mut rest = Vec::new();
+        let read = within("the idle connection closing", idle.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_err() || rest.is_empty(),
+            "{how}: the idle one read {rest:?}"
+        );
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    }
+}
+
 pub(crate) async fn an_idle_connection_is_closed_and_an_open_feed_is_not() {
     let head = Duration::from_millis(300);
     let (publisher, coordinator, dashboard) = started_with(|b| b.request_head_timeout(head)).await;

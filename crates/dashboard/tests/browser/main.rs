@@ -111,6 +111,9 @@ fn main() {
             "a_half_sent_request_holds_up_neither_shutdown_nor_drop",
             || Box::pin(connections::a_half_sent_request_holds_up_neither_shutdown_nor_drop()),
         ),
+        ("open_streams_end_whole_when_the_dashboard_stops", || {
+            Box::pin(connections::open_streams_end_whole_when_the_dashboard_stops())
+        }),
         (
             "an_idle_connection_is_closed_and_an_open_feed_is_not",
             || Box::pin(connections::an_idle_connection_is_closed_and_an_open_feed_is_not()),
