@@ -1,4 +1,5 @@
-//! A runnable NATS worker serving the example nodes (`echo`, `nap`, `fail`).
+//! A runnable NATS worker serving the example nodes of [`exec_nats::example_nodes`] (`echo`,
+//! `nap`, `fail`, `count`, `burst`, `pad`).
 //!
 //! Your own worker is the same few lines with your registry:
 //! `NatsWorker::builder(registry()).connect().await?.run_until(ctrl_c).await`.
@@ -11,7 +12,8 @@ use clap::Parser;
 use exec_nats::{NatsConfig, NatsWorker, example_nodes};
 use tracing_subscriber::EnvFilter;
 
-/// A NATS worker serving the example nodes.
+/// A NATS worker serving the example nodes: echo, nap, fail, count, burst and pad (see
+/// `exec_nats::example_nodes`).
 #[derive(Parser)]
 #[command(version)]
 struct Args {
