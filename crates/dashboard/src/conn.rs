@@ -64,7 +64,8 @@ pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
                 served = connection.as_mut() => served,
                 () = stopped(&mut stopping) => {
                     // Ends once the answer under way is written (the dashboard's stopping
-                    // ends event streams, and fails reads and writes that wait).
+                    // ends event streams, and fails writes that wait, and reads that wait
+                    // while no answer is under way).
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
