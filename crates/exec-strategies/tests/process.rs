@@ -543,6 +543,17 @@ fn a_task_past_its_timeout_is_cancelled_in_its_worker() {
     });
 }
 
+/// Polls `running`, a run that cannot end first, until a worker holds it.
+async fn until_held<F>(s: &ProcessExecutionStrategy, running: &mut F)
+where
+    F: Future<Output: std::fmt::Debug> + Unpin,
+{
+    while s.stats().workers.iter().all(|w| w.in_flight == 0) {
+        let polled = tokio::time::timeout(Duration::from_millis(10), &mut *running).await;
+        assert!(polled.is_err(), "the run cannot have ended: {polled:?}");
+    }
+}
+
 fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
     // A cancelled request drops the run's future: the worker is told to drop the run, and is
     // killed only if the run does not stop within the grace.
@@ -559,10 +570,7 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
             (Task::portable("2", Spin(30_000)).into_erased(), true),
         ] {
             let mut running = task_core::run(&s, node);
-            while s.stats().workers.iter().all(|w| w.in_flight == 0) {
-                let polled = tokio::time::timeout(Duration::from_millis(10), &mut running).await;
-                assert!(polled.is_err(), "the run cannot have ended: {polled:?}");
-            }
+            until_held(&s, &mut running).await;
             // Started, not merely handed over.
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(s.stats().in_flight, 1);
@@ -597,10 +605,7 @@ fn a_run_let_go_of_stays_counted_in_its_worker_until_the_worker_is_done_with_it(
             .await
             .unwrap();
         let mut running = task_core::run(&s, Task::portable("1", Spin(60_000)).into_erased());
-        while s.stats().workers.iter().all(|w| w.in_flight == 0) {
-            let polled = tokio::time::timeout(Duration::from_millis(10), &mut running).await;
-            assert!(polled.is_err(), "the run cannot have ended: {polled:?}");
-        }
+        until_held(&s, &mut running).await;
         drop(running);
         wait_until("the dropped run to be counted out", || {
             let stats = s.stats();

@@ -95,6 +95,16 @@ pub(crate) async fn clients_that_never_read_are_dropped_and_stall_nothing() {
     publisher.shutdown().await;
 }
 
+/// Reads `client` to its end, which the server's closing brings with nothing more written.
+async fn closed_unanswered(client: &mut (impl tokio::io::AsyncRead + Unpin), how: &str) {
+    let mut answer = Vec::new();
+    let read = within("the connection closing", client.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_err() || answer.is_empty(),
+        "{how}: answered after stopping: {answer:?}"
+    );
+}
+
 pub(crate) async fn a_half_sent_request_holds_up_neither_shutdown_nor_drop() {
     let half = "GET /api/overview HTTP/1.1\r\nHost: te";
     for how in ["shutdown", "drop"] {
@@ -108,12 +118,7 @@ pub(crate) async fn a_half_sent_request_holds_up_neither_shutdown_nor_drop() {
             _ => drop(dashboard),
         }
         // The server let go of the connection: the client's read ends, with no answer.
-        let mut answer = Vec::new();
-        let read = within("the connection closing", client.read_to_end(&mut answer)).await;
-        assert!(
-            read.is_err() || answer.is_empty(),
-            "{how}: answered after stopping"
-        );
+        closed_unanswered(&mut client, how).await;
         coordinator.shutdown().await;
         publisher.shutdown().await;
     }
@@ -162,12 +167,7 @@ pub(crate) async fn open_streams_end_whole_when_the_dashboard_stops() {
                 "{how}: {path} ended with {rest:?}"
             );
         }
-        let mut rest = Vec::new();
-        let read = within("the idle connection closing", idle.read_to_end(&mut rest)).await;
-        assert!(
-            read.is_err() || rest.is_empty(),
-            "{how}: the idle one read {rest:?}"
-        );
+        closed_unanswered(&mut idle, how).await;
         coordinator.shutdown().await;
         publisher.shutdown().await;
     }
