@@ -12,9 +12,14 @@ thread_local! {
     static CURRENT: RefCell<Option<Option<NodeId>>> = const { RefCell::new(None) };
 }
 
-/// The node a strategy declared running on this thread with [`enter_node`], if any.
+/// The node a strategy declared running on this thread with [`enter_node`], if any: `None`
+/// inside a node that no strategy declared, such as one a coordinator runs through
+/// [`Completion::in_scope`](crate::Completion::in_scope), which keeps its node in a scope of its
+/// own.
 ///
-/// Coordinators use it to record the parent of tasks submitted from inside a node.
+/// A coordinator reads this first when it records the parent of a task submitted from inside a
+/// node, then its own scope. Code inside a node asks the coordinator
+/// (`coordinator::current_node()`), which knows both.
 pub fn current_node() -> Option<NodeId> {
     CURRENT.with(|c| c.borrow().clone().flatten())
 }
