@@ -44,7 +44,9 @@ impl Coordinator {
     /// 4. shuts every strategy down exactly once (a strategy serving several modes once), with
     ///    what is left of `grace` (at least a moment after cancelling at the deadline, so that
     ///    the cancelled async nodes are dropped before this returns; blocking code on a thread
-    ///    cannot be interrupted and is left to finish).
+    ///    cannot be interrupted and is left to finish), and waits for each: the built-in ones
+    ///    return about when that grace is over; a custom strategy that ignores its grace holds
+    ///    this call as long as it takes.
     ///
     /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
     /// shut it down after this to drain it for its subscribers. Calling this again once it

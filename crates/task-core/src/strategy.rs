@@ -86,8 +86,9 @@ pub trait TaskExecutionStrategy: Send + Sync + 'static {
     ///   [`TaskError::is_shutdown`](crate::TaskError::is_shutdown) holds.
     fn execute(&self, task: ErasedTask, completion: Completion);
 
-    /// Stops taking tasks and waits up to `grace` for the ones in flight. Idempotent: calling it
-    /// again waits again, it does not fail.
+    /// Stops taking tasks and waits up to `grace` for the ones in flight, then returns: a
+    /// coordinator's shutdown waits for this future, however long it takes. Idempotent: calling
+    /// it again waits again, it does not fail.
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
 
     /// A short name for logs and [`StrategyStats`].
