@@ -63,9 +63,10 @@ pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
             let served = tokio::select! {
                 served = connection.as_mut() => served,
                 () = stopped(&mut stopping) => {
-                    // Ends once the answer under way is written (the dashboard's stopping
-                    // ends event streams, and fails writes that wait, and reads that wait
-                    // while no answer is under way).
+                    // Ends once the answer being written is whole (the dashboard's stopping
+                    // ends event streams, and fails writes that wait). A read that waits fails
+                    // unless the server wrote last: a request read whole but not answered yet
+                    // is cut, as is a client halfway through one.
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
