@@ -29,7 +29,8 @@ impl Coordinator {
 
     /// Shuts down gracefully within `grace` (a grace too long to add to now waits as long as the
     /// requests take), plus, when it has to cancel at the deadline, at most about 5 s for the
-    /// cancelled requests to end and the strategies to stop them:
+    /// cancelled requests to end and the strategies to stop them, with strategies that keep
+    /// their grace, as the built-in ones do (step 4):
     ///
     /// 1. stops taking new requests: until the deadline it accepts only a task whose parent is
     ///    a request still open here (a child it may need to finish), and only where the task

@@ -63,8 +63,9 @@ pub(crate) async fn serve(mut listener: GuardedListener, app: axum::Router) {
             let served = tokio::select! {
                 served = connection.as_mut() => served,
                 () = stopped(&mut stopping) => {
-                    // Ends once the answer being written is whole (the dashboard's stopping
-                    // ends event streams, and fails writes that wait). A read that waits fails
+                    // Ends once the answer being written is whole, or its write fails waiting
+                    // for the client (the dashboard's stopping ends event streams, and fails
+                    // writes that wait). A read that waits fails
                     // unless the server wrote last: a request read whole but not answered yet
                     // is cut, as is a client halfway through one.
                     connection.as_mut().graceful_shutdown();
@@ -241,8 +242,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         }
         // A client halfway through a request (or connected and silent) holds nothing up. While
         // an answer is under way the server reads only to notice the client leaving: the
-        // answer ends first, whole, and the server then closes the connection (idle after an
-        // answer, at once).
+        // answer ends first (whole, unless its write waits for the client), and the server then
+        // closes the connection (idle after an answer, at once).
         if polled.is_pending() && !this.answering && this.stopped(cx) {
             return Poll::Ready(Err(io::Error::other("the dashboard stopped")));
         }

@@ -14,8 +14,8 @@ thread_local! {
 
 /// The node a strategy declared running on this thread with [`enter_node`], if any: `None`
 /// inside a node that no strategy declared, such as one a coordinator runs through
-/// [`Completion::in_scope`](crate::Completion::in_scope), which keeps its node in a scope of its
-/// own.
+/// [`Completion::in_scope`](crate::Completion::in_scope) without its strategy entering it (the
+/// coordinator keeps the node in a scope of its own).
 ///
 /// A coordinator reads this first when it records the parent of a task submitted from inside a
 /// node, then its own scope. Code inside a node asks the coordinator

@@ -138,9 +138,10 @@ pub struct WorkerStats {
     /// The worker's process id, when it is a local process.
     pub pid: Option<u32>,
     /// Tasks the worker holds now, running or queued in it. A task let go of while the worker
-    /// holds it (its request cancelled or timed out) stays counted here until the worker has
-    /// answered it or is gone, while the strategy's [`StrategyStats::in_flight`] counts it out
-    /// (as `stopped`) at once: for that moment the workers' counts add up to more.
+    /// holds it stays counted here until the worker has answered it or is gone, while the
+    /// strategy's [`StrategyStats::in_flight`] counts it out at once (as `stopped` when its
+    /// request was cancelled or passed its deadline, as `failed` when the pool's own task
+    /// timeout failed it): for that moment the workers' counts add up to more.
     pub in_flight: u64,
     /// Tasks the worker has answered.
     pub completed: u64,
