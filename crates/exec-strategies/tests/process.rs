@@ -230,6 +230,24 @@ impl PortableNode for Touch {
     const NAME: &'static str = "touch";
 }
 
+/// Blocks its thread until the file at its path exists (at most a minute), without ever waiting
+/// on anything the worker could notice: a node that ends when the test says so.
+#[derive(Serialize, Deserialize)]
+struct BlockUntil(std::path::PathBuf);
+impl Node for BlockUntil {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        let start = Instant::now();
+        while !self.0.exists() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
+impl PortableNode for BlockUntil {
+    const NAME: &'static str = "block_until";
+}
+
 /// Runs this program again as a tool of its own (`--tool`), as a node that shells out to a
 /// subcommand of its binary does: how the tool ended, and what it printed.
 #[derive(Serialize, Deserialize)]
@@ -276,6 +294,7 @@ fn registry() -> NodeRegistry {
     r.register::<OrphanThenExit>().unwrap();
     r.register::<AbortOnDecode>().unwrap();
     r.register::<Touch>().unwrap();
+    r.register::<BlockUntil>().unwrap();
     r.register::<RunSelf>().unwrap();
     r
 }
@@ -703,13 +722,16 @@ fn a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice() {
         .build()
         .unwrap();
     let s = first.block_on(pool(1));
-    let log = std::env::temp_dir().join(format!("exec-ran-{}", std::process::id()));
+    let tag = std::process::id();
+    let log = std::env::temp_dir().join(format!("exec-ran-{tag}"));
+    let gate = std::env::temp_dir().join(format!("exec-gate-{tag}"));
     let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&gate);
     let second = runtime();
     let (busy, queued) = second.block_on(async {
         let busy = tokio::spawn(task_core::run(
             &s.clone(),
-            Task::portable("busy", Spin(800)).into_erased(),
+            Task::portable("busy", BlockUntil(gate.clone())).into_erased(),
         ));
         let queued = tokio::spawn(task_core::run(
             &s.clone(),
@@ -720,10 +742,19 @@ fn a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice() {
     wait_until("both runs handed to the worker", || {
         s.stats().in_flight == 2
     });
-    // The readers' runtime can no longer read: its one thread is held.
-    first.spawn(async { std::thread::sleep(Duration::from_millis(2_500)) });
+    // The readers' runtime can no longer read: its one thread is held until the test is done.
+    let (held, holding) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    first.spawn(async move {
+        held.send(()).unwrap();
+        let _ = released.recv_timeout(Duration::from_secs(60));
+    });
+    holding.recv().unwrap();
+    std::fs::write(&gate, b"").unwrap();
     wait_until("the queued run to start in the worker", || log.exists());
     first.shutdown_background();
+    drop(release);
+    let _ = std::fs::remove_file(&gate);
     let (busy, queued) = second.block_on(async {
         let wait = |h| tokio::time::timeout(Duration::from_secs(20), h);
         (
