@@ -115,6 +115,39 @@ async fn a_strategy_with_a_sink_of_its_own_keeps_the_nodes_scope() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_declared_on_a_waiting_nodes_thread_is_not_told_that_nodes_cancellation() {
+    // A strategy that runs a node of its own on a thread where a coordinator's node waits
+    // declares it through `task_core::context`: `current_node` names it, and the waiting node's
+    // cancellation is not its own.
+    let (_publisher, coordinator) = started();
+    let (tx, rx) = mpsc::channel();
+    let node = Task::blocking("w", "waiting", move || {
+        let _ = tx.send(None);
+        let started = Instant::now();
+        while !current_node_cancelled() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let inside = {
+            let _declared = context::enter_node(NodeId::from("declared"));
+            (current_node(), current_node_cancelled())
+        };
+        let _ = tx.send(Some((inside, current_node_cancelled())));
+        Ok::<_, BoxError>(())
+    });
+    let handle = coordinator
+        .try_spawn(node, ExecutionMode::ASYNC, SubmitOptions::new())
+        .unwrap();
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    handle.cancel();
+    let (inside, after) = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(inside, (Some(NodeId::from("declared")), false));
+    assert!(
+        after,
+        "the waiting node is told again once the declared one is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_and_its_child_share_one_place_under_a_strategy_with_a_sink_of_its_own() {
     let builder = Coordinator::builder().with_async();
     let builder = builder

@@ -51,7 +51,9 @@ pub fn current_node() -> Option<NodeId> {
 /// cancelled at shutdown, or closed by a message given to `handle_item`. A blocking node cannot
 /// be stopped from outside (its thread runs it to its end); a long one checks this now and then
 /// and returns early. An async node is dropped at its next wake-up instead, and needs no check.
-/// `false` outside a node the coordinator runs in this process.
+/// `false` outside a node the coordinator runs in this process, and in a node that a strategy
+/// declares running here through [`task_core::context`] without running it through the
+/// coordinator (its request is not known here).
 ///
 /// # Examples
 ///
@@ -74,5 +76,7 @@ pub fn current_node_cancelled() -> bool {
     if task_core::context::is_outside_node() {
         return false;
     }
-    with_current(RequestCell::run_cancelled).unwrap_or(false)
+    let declared = task_core::context::current_node();
+    with_current(|cell| declared.is_none_or(|node| &node == cell.node_id()) && cell.run_cancelled())
+        .unwrap_or(false)
 }
