@@ -50,8 +50,10 @@ async fn without_deadlock<T>(submitted: impl Future<Output = Result<T, SubmitErr
 }
 
 fn sleeper(id: &str, dropped: Arc<AtomicBool>) -> Task<()> {
+    // Made with the task, so that the flag is set when the node goes, run or not.
+    let flag = DropFlag(dropped);
     Task::from_fn(id.to_string(), "sleeper", move || async move {
-        let _flag = DropFlag(dropped);
+        let _flag = flag;
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Ok::<_, BoxError>(())
     })

@@ -528,7 +528,7 @@ fn a_task_past_its_timeout_is_cancelled_in_its_worker() {
         let s = ProcessExecutionStrategy::builder(registry())
             .workers(1)
             .task_timeout(Duration::from_millis(300))
-            .cancel_grace(Duration::from_millis(200))
+            .cancel_grace(Duration::from_secs(1))
             .start()
             .await
             .unwrap();
@@ -555,7 +555,7 @@ fn a_task_past_its_timeout_is_cancelled_in_its_worker() {
         assert_echo(&s, "4", 4).await;
         // A task answered in time leaves its worker alone when its timeout comes round.
         let replacement = s.worker_pids();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(1_600)).await;
         assert_eq!(s.restarts(), 1);
         assert_eq!(s.worker_pids(), replacement);
         s.shutdown(Duration::from_secs(5)).await;
@@ -579,7 +579,7 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
     runtime().block_on(async {
         let s = ProcessExecutionStrategy::builder(registry())
             .workers(1)
-            .cancel_grace(Duration::from_millis(200))
+            .cancel_grace(Duration::from_secs(1))
             .start()
             .await
             .unwrap();
@@ -591,7 +591,7 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
             let mut running = task_core::run(&s, node);
             until_held(&s, &mut running).await;
             // Started, not merely handed over.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             assert_eq!(s.stats().in_flight, 1);
             drop(running);
             wait_until(
@@ -647,11 +647,14 @@ fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
     // dropped: its cancellation is read before it starts.
     runtime().block_on(async {
         let s = pool(1).await;
-        let marker = std::env::temp_dir().join(format!("exec-touch-{}", std::process::id()));
+        let tag = std::process::id();
+        let marker = std::env::temp_dir().join(format!("exec-touch-{tag}"));
+        let gate = std::env::temp_dir().join(format!("exec-held-{tag}"));
         let _ = std::fs::remove_file(&marker);
+        let _ = std::fs::remove_file(&gate);
         let busy = tokio::spawn(task_core::run(
             &s.clone(),
-            Task::portable("busy", Spin(400)).into_erased(),
+            Task::portable("busy", BlockUntil(gate.clone())).into_erased(),
         ));
         wait_until("the blocking node to start", || {
             s.stats().workers.iter().any(|w| w.in_flight > 0)
@@ -665,11 +668,15 @@ fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
             polled.is_err(),
             "handed to the busy worker, not run: {polled:?}"
         );
+        // The cancellation is in the worker's pipe once the drop returns; only then does the
+        // blocking node end.
         drop(queued);
+        std::fs::write(&gate, b"").unwrap();
         assert!(busy.await.unwrap().is_ok());
         assert_echo(&s, "after", 1).await;
         let ran = marker.exists();
         let _ = std::fs::remove_file(&marker);
+        let _ = std::fs::remove_file(&gate);
         assert!(
             !ran,
             "the cancelled run started once the blocking node returned"
@@ -852,12 +859,14 @@ fn the_runs_of_a_dead_worker_wait_for_its_replacement_not_a_full_survivor() {
         let runs: Vec<_> = (0..6_u64)
             .map(|i| {
                 let s = std::sync::Arc::clone(&s);
-                let task = Task::portable(format!("r{i}"), Sleep(300)).into_erased();
+                let task = Task::portable(format!("r{i}"), Sleep(1_000)).into_erased();
                 tokio::spawn(async move { task_core::run(&*s, task).await })
             })
             .collect();
         // Each worker holds 3; the first dies running one, with two queued behind it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_until("each worker to hold 3 runs", || {
+            s.stats().workers.iter().all(|w| w.in_flight == 3)
+        });
         signal(pids[0], libc::SIGKILL);
         let (mut ran, mut lost) = (Vec::new(), 0);
         let mut waiting = runs;
