@@ -58,24 +58,30 @@ async fn a_copy_that_panics_between_attempts_ends_the_request() {
 }
 
 /// A node that always fails, counting its runs, whose third copy (made, once its first attempt
-/// failed, for the attempt after the second) takes 300 ms, then panics if asked to.
+/// failed, for the attempt after the second) waits until `release` is set (10 s at most), then
+/// panics if asked to.
 #[derive(Default)]
 struct SlowCopy {
     copies: Arc<AtomicUsize>,
     runs: Arc<AtomicUsize>,
+    release: Arc<AtomicBool>,
     panics: bool,
 }
 
 impl Clone for SlowCopy {
     fn clone(&self) -> Self {
         if self.copies.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
-            std::thread::sleep(Duration::from_millis(300));
+            let start = std::time::Instant::now();
+            while !self.release.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             assert!(!self.panics, "the copy failed");
         }
-        let (copies, runs) = (Arc::clone(&self.copies), Arc::clone(&self.runs));
         SlowCopy {
-            copies,
-            runs,
+            copies: Arc::clone(&self.copies),
+            runs: Arc::clone(&self.runs),
+            release: Arc::clone(&self.release),
             panics: self.panics,
         }
     }
@@ -102,23 +108,33 @@ async fn no_attempt_starts_once_the_request_ended_during_its_copy() {
             ..SlowCopy::default()
         };
         let (copies, runs) = (Arc::clone(&node.copies), Arc::clone(&node.runs));
+        let release = Arc::clone(&node.release);
         let quick = Duration::from_millis(1);
         let options = SubmitOptions::new().retry(RetryPolicy::new(5).backoff(quick, quick));
         let task = Task::replayable("r", node);
         let handle = coordinator.spawn(task, "async", options).await.unwrap();
+        // The third copy is under way, and holds up a worker thread until released.
         while copies.load(Ordering::SeqCst) < 3 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        // The third copy is under way.
-        // (A thread's sleep: the copy holds up a worker, and with it the runtime's timers.)
-        std::thread::sleep(Duration::from_millis(100));
         let case = format!("panics {panics}, by shutdown {by_shutdown}");
+        // The request ends while its copy is made; the copy is let go once the job is closed.
+        let let_go = async {
+            let start = std::time::Instant::now();
+            while coordinator.job("r").unwrap().result().is_none()
+                && start.elapsed() < Duration::from_secs(5)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            release.store(true, Ordering::SeqCst);
+        };
         if by_shutdown {
-            coordinator.shutdown().await;
+            tokio::join!(coordinator.shutdown(), let_go);
             let error = handle.await.unwrap_err();
             assert_eq!(error.to_string(), "try again", "{case}");
         } else {
             assert!(coordinator.cancel("r"), "{case}");
+            let_go.await;
             assert!(handle.await.unwrap_err().is_cancelled(), "{case}");
             coordinator.shutdown().await;
         }
