@@ -13,13 +13,17 @@ use coordinator::{
 };
 use support::{Recorder, started, started_threaded};
 
-/// Up to `attempts` attempts of at most 50 ms each, 1 ms apart.
+/// Up to `attempts` attempts of at most 1 s each, 1 ms apart: the time an attempt that does
+/// not hang takes to answer, even on a loaded machine.
 fn hang_guard(attempts: u32) -> SubmitOptions {
     let policy = RetryPolicy::new(attempts)
         .backoff(Duration::from_millis(1), Duration::from_millis(1))
-        .attempt_timeout(Duration::from_millis(50));
+        .attempt_timeout(ATTEMPT);
     SubmitOptions::new().retry(policy)
 }
+
+/// The attempt timeout of `hang_guard`.
+const ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Fails rather than hangs when `future` never finishes.
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
@@ -105,7 +109,7 @@ async fn attempts_that_all_hang_end_the_request_timed_out_after_the_last() {
         counter.fetch_add(1, Ordering::SeqCst);
         std::future::pending::<Result<(), BoxError>>()
     });
-    let options = hang_guard(100).timeout(Duration::from_millis(120));
+    let options = hang_guard(100).timeout(ATTEMPT * 5 / 2);
     let error = within(
         "the request",
         coordinator.submit_with(step, ExecutionMode::ASYNC, options),
@@ -119,7 +123,7 @@ async fn attempts_that_all_hang_end_the_request_timed_out_after_the_last() {
     let attempts = coordinator.job("bounded").unwrap().attempts();
     assert!(
         (2..=3).contains(&attempts),
-        "{attempts} attempts in 120 ms of 50 ms each"
+        "{attempts} attempts in 2.5 s of 1 s each"
     );
 
     // A policy that retries no timeouts ends the request with the first attempt's.
@@ -257,13 +261,13 @@ async fn an_attempt_that_delivered_before_its_timeout_is_not_expired_after() {
     let errors = Arc::clone(&seen);
     let policy = RetryPolicy::new(2)
         .backoff(Duration::from_millis(1), Duration::from_millis(1))
-        .attempt_timeout(Duration::from_millis(20))
+        .attempt_timeout(ATTEMPT)
         .retry_if(move |error| {
             errors.lock().unwrap().push(error.to_string());
             // The attempt timeout passes while the policy decides: long enough for the child to
             // be cancelled, were the attempt expired now.
             let since = std::time::Instant::now();
-            while since.elapsed() < Duration::from_millis(500) {
+            while since.elapsed() < ATTEMPT * 3 / 2 {
                 let child = watcher.job("quick/child").and_then(|job| job.result());
                 if child.is_some() {
                     break;

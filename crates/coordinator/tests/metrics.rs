@@ -68,8 +68,14 @@ async fn a_recorder_sees_each_modes_requests_as_the_coordinator_counts_them() {
     let mode = ExecutionMode::ASYNC;
     // One running: in flight. (A snapshot resets what it reads: counters and gauges count from
     // zero again after it, so the readings are added up below.)
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let held = release.clone();
+    let first = Task::from_fn("i", "sleep", move || async move {
+        held.acquire().await?.forget();
+        Ok::<_, BoxError>(30_u64)
+    });
     let running = coordinator
-        .spawn(sleeper("i", 30), mode.clone(), SubmitOptions::new())
+        .spawn(first, mode.clone(), SubmitOptions::new())
         .await
         .unwrap();
     let mid = recorded(snapshotter.snapshot());
@@ -79,6 +85,9 @@ async fn a_recorder_sees_each_modes_requests_as_the_coordinator_counts_them() {
         other => panic!("in flight: {other:?}"),
     };
     assert_eq!(gauge(&mid), 1.0, "one request in flight");
+    // It runs 30 ms, as the three sleepers below.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    release.add_permits(1);
     assert_eq!(running.await.unwrap(), 30);
     // Three at once under a limit of 1: two wait for a place.
     let (a, b, c) = tokio::join!(

@@ -274,33 +274,40 @@ fn timed_out_and_cancelled_process_tasks_kill_and_replace_their_worker() {
 fn a_retried_task_survives_its_worker_being_killed() {
     runtime().block_on(async {
         let (publisher, coordinator) = started().await;
+        let marker = std::env::temp_dir().join(format!("survivor-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
         let policy =
             RetryPolicy::new(3).backoff(Duration::from_millis(1), Duration::from_millis(1));
+        // The first attempt runs until its worker is killed; the second answers at once.
         let handle = coordinator
             .spawn(
-                Task::portable("survivor", Nap(1_000)),
+                Task::portable("survivor", HangOnce(marker.clone())),
                 ExecutionMode::PROCESS,
                 SubmitOptions::new().retry(policy),
             )
             .await
             .unwrap();
+        let waiting = std::time::Instant::now();
         let victim = loop {
             let busy = coordinator.system_detail().modes["process"]
                 .workers
                 .iter()
                 .find(|w| w.in_flight > 0)
                 .and_then(|w| w.pid);
-            if let Some(pid) = busy {
+            // Killed once its node has started.
+            if let Some(pid) = busy.filter(|_| marker.exists()) {
                 break pid;
             }
+            assert!(waiting.elapsed() < Duration::from_secs(30), "never started");
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        let killed = std::process::Command::new("kill")
-            .args(["-KILL", &victim.to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        // SAFETY: a plain signal to a worker process of this test.
+        assert_eq!(
+            unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) },
+            0
+        );
         let pid = handle.await.unwrap();
+        let _ = std::fs::remove_file(&marker);
         assert_ne!(pid, victim, "the second attempt ran on another worker");
         let job = coordinator.job("survivor").unwrap();
         assert_eq!(

@@ -159,9 +159,9 @@ fn a_timed_out_node_keeps_its_place_until_it_stops_in_its_worker() {
         let error = tokio::time::timeout(
             BOUND,
             coordinator.submit_with(
-                stubborn("first", &log, 1_500),
+                stubborn("first", &log, 4_000),
                 ExecutionMode::PROCESS,
-                SubmitOptions::new().timeout(Duration::from_millis(100)),
+                SubmitOptions::new().timeout(Duration::from_secs(1)),
             ),
         )
         .await
@@ -204,7 +204,7 @@ fn a_timed_out_node_keeps_its_place_until_it_stops_in_its_worker() {
 /// at once, its worker is killed after the grace, and the next request's node starts only then.
 fn a_cancelled_node_that_never_stops_keeps_its_place_until_its_worker_is_killed() {
     support::runtime(2).block_on(async {
-        const GRACE: Duration = Duration::from_millis(1_000);
+        const GRACE: Duration = Duration::from_millis(2_000);
         let log = log_file("process-limit-cancel");
         let (publisher, coordinator) = limited_to_one(GRACE).await;
 

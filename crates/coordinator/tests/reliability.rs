@@ -126,7 +126,8 @@ async fn a_threaded_task_past_its_timeout_answers_at_the_deadline_and_its_late_r
         done.store(true, Ordering::SeqCst);
         Ok::<_, BoxError>(1_u8)
     });
-    let options = SubmitOptions::new().timeout(Duration::from_millis(50));
+    // Started long before it: a node not started by then would never start.
+    let options = SubmitOptions::new().timeout(Duration::from_secs(1));
     let error = coordinator
         .submit_with(task, ExecutionMode::THREADED, options)
         .await
@@ -425,13 +426,11 @@ async fn retries_rerun_failed_attempts_and_count_them_on_the_job() {
 async fn the_deadline_covers_every_attempt_and_the_backoff() {
     let (_publisher, coordinator) = started();
     let always = Task::replayable_fn("r", "r", || async { Err::<(), _>("down") });
-    let options = SubmitOptions::new()
-        .timeout(Duration::from_millis(100))
-        .retry(
-            RetryPolicy::new(1000)
-                .backoff(Duration::from_millis(20), Duration::from_millis(20))
-                .without_jitter(),
-        );
+    let options = SubmitOptions::new().timeout(Duration::from_secs(1)).retry(
+        RetryPolicy::new(1000)
+            .backoff(Duration::from_millis(20), Duration::from_millis(20))
+            .without_jitter(),
+    );
     let error = coordinator
         .submit_with(always, "async", options)
         .await
@@ -876,7 +875,7 @@ async fn a_tree_back_in_its_limited_mode_through_another_coordinator_shares_its_
 }
 
 /// Runs `submit` in a blocking node whose request times out after `timeout` (it cannot be
-/// stopped), on a coordinator whose "limited" mode has one place, held by another request all
+/// stopped; `timeout` leaves the node the time to start and to submit), on a coordinator whose "limited" mode has one place, held by another request all
 /// along; gives back what `submit` returned, which must come within 30 s, before that place is
 /// freed.
 async fn beside_a_held_place<T: Send + 'static>(
@@ -920,7 +919,7 @@ async fn beside_a_held_place<T: Send + 'static>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_use() {
     let (publisher, coordinator, (child, batch)) =
-        beside_a_held_place(Duration::from_millis(20), |inside| {
+        beside_a_held_place(Duration::from_secs(1), |inside| {
             while inside.job("parent").and_then(|job| job.result()) != Some(JobResult::TimedOut) {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -953,11 +952,10 @@ async fn a_child_of_a_timed_out_parent_does_not_wait_for_a_place_it_would_never_
 /// cancelled with its parent, at once, while the place is still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_waiting_for_a_place_ends_when_its_parent_is_cancelled() {
-    let (publisher, coordinator, child) =
-        beside_a_held_place(Duration::from_millis(100), |inside| {
-            coordinator::block_on(inside.submit(value_task("child", 1), "limited"))
-        })
-        .await;
+    let (publisher, coordinator, child) = beside_a_held_place(Duration::from_secs(1), |inside| {
+        coordinator::block_on(inside.submit(value_task("child", 1), "limited"))
+    })
+    .await;
     let error = child.unwrap_err();
     assert!(error.is_cancelled(), "{error}");
     coordinator.shutdown().await;

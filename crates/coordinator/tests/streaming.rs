@@ -9,6 +9,7 @@ use std::time::Duration;
 use coordinator::{
     BoxError, Buffer, Coordinator, ExecutionMode, RequestCompletionMessage,
     RequestCompletionPublisher, SubmitOptions, Task, ThreadedExecutionStrategy, broadcast,
+    current_node_cancelled,
 };
 use futures::StreamExt;
 
@@ -172,13 +173,13 @@ async fn an_event_after_the_request_ended_is_dropped_and_outside_a_node_is_an_er
     let (late_tx, late_rx) = tokio::sync::oneshot::channel();
     let slow = Task::from_fn("late", "slow", move || async move {
         broadcast("in time")?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
         // Never reached: the request times out first and the async strategy drops the node.
         let _ = late_tx.send(broadcast("too late").is_ok());
         Ok::<_, BoxError>(())
     });
     let options = SubmitOptions::new()
-        .timeout(Duration::from_millis(50))
+        .timeout(Duration::from_secs(1))
         .with_events();
     let mut handle = coordinator
         .spawn(slow, ExecutionMode::ASYNC, options)
@@ -193,11 +194,14 @@ async fn an_event_after_the_request_ended_is_dropped_and_outside_a_node_is_an_er
     // A blocking node outlives its deadline: its late event goes nowhere.
     let (late_tx, late_rx) = std::sync::mpsc::channel();
     let blocking = Task::blocking("late-blocking", "slow", move || {
-        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        while !current_node_cancelled() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         late_tx.send(broadcast("too late")).unwrap();
         Ok::<_, BoxError>(())
     });
-    let options = SubmitOptions::new().timeout(Duration::from_millis(50));
+    let options = SubmitOptions::new().timeout(Duration::from_secs(1));
     let outcome = coordinator
         .submit_with(blocking, ExecutionMode::THREADED, options)
         .await;

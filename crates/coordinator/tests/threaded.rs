@@ -316,7 +316,8 @@ async fn a_blocking_node_sees_its_request_ended_and_stops_early() {
         let _ = stopped.send(());
         Ok::<_, BoxError>(())
     });
-    let options = SubmitOptions::new().timeout(std::time::Duration::from_millis(100));
+    // Started long before it: a node not started by then would never start.
+    let options = SubmitOptions::new().timeout(std::time::Duration::from_secs(1));
     let error = coordinator
         .submit_with(task, ExecutionMode::THREADED, options)
         .await
@@ -346,11 +347,18 @@ async fn a_timed_out_node_keeps_its_place_until_it_stops() {
     let first_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = std::sync::Arc::clone(&first_done);
     let first = Task::blocking("first", "slow", move || {
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Runs on past its request's end.
+        let started = std::time::Instant::now();
+        while !coordinator::current_node_cancelled()
+            && started.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok::<_, BoxError>(false)
     });
-    let options = SubmitOptions::new().timeout(std::time::Duration::from_millis(50));
+    let options = SubmitOptions::new().timeout(std::time::Duration::from_secs(1));
     let error = coordinator
         .submit_with(first, ExecutionMode::THREADED, options)
         .await
