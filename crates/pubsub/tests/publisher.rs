@@ -1,6 +1,7 @@
 //! Integration tests of the publisher's guarantees.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -656,13 +657,13 @@ fn shutdown_right_after_a_callback_subscribes_waits_for_it() {
     let mut early = 0;
     for _ in 0..200 {
         let p = started::<u32>(16);
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
         let (subscriber, flag) = (p.clone(), Arc::clone(&done));
         let subscribing = std::thread::spawn(move || {
             subscriber.subscribe(move |m| {
                 if m.is_ok() {
                     std::thread::sleep(Duration::from_millis(20));
-                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    flag.store(true, Ordering::SeqCst);
                 }
             })
         });
@@ -671,7 +672,7 @@ fn shutdown_right_after_a_callback_subscribes_waits_for_it() {
         }
         p.publish(7).unwrap();
         futures::executor::block_on(p.shutdown_with_grace(Duration::from_secs(60)));
-        early += usize::from(!done.load(std::sync::atomic::Ordering::SeqCst));
+        early += usize::from(!done.load(Ordering::SeqCst));
         subscribing.join().unwrap().unwrap();
     }
     assert_eq!(
@@ -766,8 +767,15 @@ async fn shutdown_delivers_every_message_published_before_it() {
     let p = started::<u32>(2_000);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&seen);
+    let held = Arc::new(AtomicBool::new(true));
+    let hold = Arc::clone(&held);
     p.subscribe(move |m| {
-        // A slow consumer: the queue is still full when shutdown starts.
+        // A slow consumer, held until everything is published: the queue is still full when
+        // shutdown starts.
+        let start = std::time::Instant::now();
+        while hold.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(Duration::from_micros(200));
         sink.lock().unwrap().push(m.unwrap());
     })
@@ -776,9 +784,10 @@ async fn shutdown_delivers_every_message_published_before_it() {
         p.publish(i).unwrap();
     }
     assert!(
-        seen.lock().unwrap().len() < 1_000,
+        seen.lock().unwrap().is_empty(),
         "the queue should not be drained yet"
     );
+    held.store(false, Ordering::SeqCst);
     // Far longer than the work: shutdown returns once it is done.
     p.shutdown_with_grace(Duration::from_secs(600)).await;
     assert_eq!(*seen.lock().unwrap(), (0..1_000).collect::<Vec<_>>());
@@ -872,7 +881,7 @@ struct CountingWaker(std::sync::atomic::AtomicUsize);
 
 impl std::task::Wake for CountingWaker {
     fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -880,7 +889,6 @@ impl std::task::Wake for CountingWaker {
 fn an_idle_publisher_never_wakes_its_subscribers() {
     use futures::Stream;
     use std::future::Future;
-    use std::sync::atomic::Ordering;
     use std::task::{Context, Poll, Waker};
 
     let p = started::<u32>(16);
