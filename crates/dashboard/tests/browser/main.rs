@@ -176,12 +176,14 @@ async fn the_page_shows_counts_that_move_and_end_at_the_coordinators() {
         .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     within("the workload", load).await.unwrap();
-    // Each overview on the page's feed is made when sent, and reaches the page within a
-    // quarter of a second: the next one shown after this pause was made after the workload.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    next_overview(&mut page).await;
+    // The workload is over: the page comes to show the coordinator's final counts, all from one
+    // overview.
     let counts = coordinator.counts();
-    assert_eq!(shown(&mut page, "closed").await, counts.closed);
+    let closed = format!(
+        "document.getElementById('closed').textContent === '{}'",
+        counts.closed
+    );
+    page.until(&closed).await;
     assert_eq!(shown(&mut page, "failed").await, counts.failed);
     assert_eq!(shown(&mut page, "succeeded").await, counts.succeeded);
     let failures = page
