@@ -121,20 +121,29 @@ async fn no_attempt_starts_once_the_request_ended_during_its_copy() {
         // The request ends while its copy is made; the copy is let go once the job is closed.
         let let_go = async {
             let start = std::time::Instant::now();
-            while coordinator.job("r").unwrap().result().is_none()
-                && start.elapsed() < Duration::from_secs(5)
-            {
+            let ended = loop {
+                if coordinator.job("r").unwrap().result().is_some() {
+                    break true;
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    break false;
+                }
                 tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            };
             release.store(true, Ordering::SeqCst);
+            ended
         };
         if by_shutdown {
-            tokio::join!(coordinator.shutdown(), let_go);
+            let ((), ended) = tokio::join!(coordinator.shutdown(), let_go);
+            assert!(ended, "{case}: the request ended while its copy was made");
             let error = handle.await.unwrap_err();
             assert_eq!(error.to_string(), "try again", "{case}");
         } else {
             assert!(coordinator.cancel("r"), "{case}");
-            let_go.await;
+            assert!(
+                let_go.await,
+                "{case}: the request ended while its copy was made"
+            );
             assert!(handle.await.unwrap_err().is_cancelled(), "{case}");
             coordinator.shutdown().await;
         }

@@ -13,7 +13,8 @@ use coordinator::{
 };
 use support::{Recorder, started, started_from, value_task};
 
-/// Sets its flag when dropped: shows that a node's future was dropped, not left running.
+/// Sets its flag when dropped: shows that a node is gone (its future dropped, or its task never
+/// run), not left running.
 struct DropFlag(Arc<AtomicBool>);
 
 impl Drop for DropFlag {
@@ -875,9 +876,9 @@ async fn a_tree_back_in_its_limited_mode_through_another_coordinator_shares_its_
 }
 
 /// Runs `submit` in a blocking node whose request times out after `timeout` (it cannot be
-/// stopped; `timeout` leaves the node the time to start and to submit), on a coordinator whose "limited" mode has one place, held by another request all
-/// along; gives back what `submit` returned, which must come within 30 s, before that place is
-/// freed.
+/// stopped; `timeout` leaves the node the time to start and to submit), on a coordinator whose
+/// "limited" mode has one place, held by another request all along; gives back what `submit`
+/// returned, which must come within 30 s, before that place is freed.
 async fn beside_a_held_place<T: Send + 'static>(
     timeout: Duration,
     submit: impl FnOnce(&Coordinator) -> T + Send + 'static,

@@ -346,15 +346,10 @@ async fn a_timed_out_node_keeps_its_place_until_it_stops() {
     let (publisher, coordinator) = support::started_from(builder);
     let first_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = std::sync::Arc::clone(&first_done);
+    let (release, released) = std::sync::mpsc::channel::<()>();
     let first = Task::blocking("first", "slow", move || {
-        // Runs on past its request's end.
-        let started = std::time::Instant::now();
-        while !coordinator::current_node_cancelled()
-            && started.elapsed() < std::time::Duration::from_secs(30)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Runs on past its request's end, until the test lets it go.
+        let _ = released.recv_timeout(std::time::Duration::from_secs(30));
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok::<_, BoxError>(false)
     });
@@ -369,10 +364,17 @@ async fn a_timed_out_node_keeps_its_place_until_it_stops() {
     let second = Task::blocking("second", "after", move || {
         Ok::<_, BoxError>(done.load(std::sync::atomic::Ordering::SeqCst))
     });
-    let second = coordinator.submit(second, ExecutionMode::THREADED);
+    let second = tokio::spawn({
+        let coordinator = coordinator.clone();
+        async move { coordinator.submit(second, ExecutionMode::THREADED).await }
+    });
+    // It waits for the place (a node that did not would have read `false` by now) until the
+    // first node stops.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    release.send(()).unwrap();
     let second = tokio::time::timeout(std::time::Duration::from_secs(30), second).await;
     assert!(
-        second.unwrap().unwrap(),
+        second.unwrap().unwrap().unwrap(),
         "the second node started while the first still ran"
     );
     coordinator.shutdown().await;

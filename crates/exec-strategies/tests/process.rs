@@ -107,13 +107,18 @@ impl PortableNode for ExitLater {
     const NAME: &'static str = "exit-later";
 }
 
-/// Starts a process that outlives it (`sleep 5`), then exits the worker with status 3.
+/// Starts a process that outlives it (`sleep 30`, its output to nowhere), then exits the worker
+/// with status 3.
 #[derive(Serialize, Deserialize)]
 struct OrphanThenExit;
 impl Node for OrphanThenExit {
     type Output = ();
     async fn invoke(self) -> Result<(), BoxError> {
-        std::process::Command::new("sleep").arg("30").spawn()?;
+        std::process::Command::new("sleep")
+            .arg("30")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
         std::process::exit(3)
     }
 }
@@ -248,6 +253,47 @@ impl PortableNode for BlockUntil {
     const NAME: &'static str = "block_until";
 }
 
+/// Waits, without holding its thread, until the file at its path exists (at most a minute).
+#[derive(Serialize, Deserialize)]
+struct WaitFor(std::path::PathBuf);
+impl Node for WaitFor {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        let start = Instant::now();
+        while !self.0.exists() && start.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+impl PortableNode for WaitFor {
+    const NAME: &'static str = "wait_for";
+}
+
+/// Creates the file at `marker` as it starts, then runs `ms` milliseconds: blocking its thread
+/// (`blocking`, which only a kill interrupts) or waiting (which a cancellation stops).
+#[derive(Serialize, Deserialize)]
+struct Marked {
+    marker: std::path::PathBuf,
+    ms: u64,
+    blocking: bool,
+}
+impl Node for Marked {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        std::fs::write(&self.marker, b"")?;
+        if self.blocking {
+            std::thread::sleep(Duration::from_millis(self.ms));
+        } else {
+            tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        }
+        Ok(())
+    }
+}
+impl PortableNode for Marked {
+    const NAME: &'static str = "marked";
+}
+
 /// Runs this program again as a tool of its own (`--tool`), as a node that shells out to a
 /// subcommand of its binary does: how the tool ended, and what it printed.
 #[derive(Serialize, Deserialize)]
@@ -295,6 +341,8 @@ fn registry() -> NodeRegistry {
     r.register::<AbortOnDecode>().unwrap();
     r.register::<Touch>().unwrap();
     r.register::<BlockUntil>().unwrap();
+    r.register::<WaitFor>().unwrap();
+    r.register::<Marked>().unwrap();
     r.register::<RunSelf>().unwrap();
     r
 }
@@ -562,6 +610,19 @@ fn a_task_past_its_timeout_is_cancelled_in_its_worker() {
     });
 }
 
+/// Polls `running`, a run that cannot end first, until its node has created `marker`.
+async fn until_started<F>(marker: &std::path::Path, running: &mut F)
+where
+    F: Future<Output: std::fmt::Debug> + Unpin,
+{
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "never started");
+        let polled = tokio::time::timeout(Duration::from_millis(10), &mut *running).await;
+        assert!(polled.is_err(), "the run cannot have ended: {polled:?}");
+    }
+}
+
 /// Polls `running`, a run that cannot end first, until a worker holds it.
 async fn until_held<F>(s: &ProcessExecutionStrategy, running: &mut F)
 where
@@ -584,14 +645,18 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
             .await
             .unwrap();
         let pid = s.worker_pids()[0];
-        for (node, killed) in [
-            (Task::portable("1", Sleep(30_000)).into_erased(), false),
-            (Task::portable("2", Spin(30_000)).into_erased(), true),
-        ] {
-            let mut running = task_core::run(&s, node);
-            until_held(&s, &mut running).await;
+        let marker = std::env::temp_dir().join(format!("exec-marked-{}", std::process::id()));
+        for (id, killed) in [("1", false), ("2", true)] {
+            let _ = std::fs::remove_file(&marker);
+            // Waits, which its cancellation stops; or blocks, which only a kill stops.
+            let node = Marked {
+                marker: marker.clone(),
+                ms: 30_000,
+                blocking: killed,
+            };
+            let mut running = task_core::run(&s, Task::portable(id, node).into_erased());
             // Started, not merely handed over.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            until_started(&marker, &mut running).await;
             assert_eq!(s.stats().in_flight, 1);
             drop(running);
             wait_until(
@@ -605,6 +670,7 @@ fn a_run_dropped_by_its_caller_is_cancelled_in_its_worker() {
             assert_eq!(s.stats().in_flight, 0, "the dropped run is counted out");
             assert_eq!(is_dead(pid), killed);
         }
+        let _ = std::fs::remove_file(&marker);
         let stats = s.stats();
         assert_eq!((stats.failed, stats.stopped), (0, 2), "counted as stopped");
         assert_echo(&s, "3", 4).await;
@@ -663,11 +729,18 @@ fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
             &s,
             Task::portable("queued", Touch(marker.clone())).into_erased(),
         );
-        let polled = tokio::time::timeout(Duration::from_millis(50), &mut queued).await;
-        assert!(
-            polled.is_err(),
-            "handed to the busy worker, not run: {polled:?}"
-        );
+        let start = Instant::now();
+        while s.stats().workers[0].in_flight < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "never handed over"
+            );
+            let polled = tokio::time::timeout(Duration::from_millis(10), &mut queued).await;
+            assert!(
+                polled.is_err(),
+                "handed to the busy worker, not run: {polled:?}"
+            );
+        }
         // The cancellation is in the worker's pipe once the drop returns; only then does the
         // blocking node end.
         drop(queued);
@@ -756,7 +829,7 @@ fn a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice() {
         held.send(()).unwrap();
         let _ = released.recv_timeout(Duration::from_secs(60));
     });
-    holding.recv().unwrap();
+    holding.recv_timeout(Duration::from_secs(20)).unwrap();
     std::fs::write(&gate, b"").unwrap();
     wait_until("the queued run to start in the worker", || log.exists());
     first.shutdown_background();
@@ -993,18 +1066,26 @@ fn with_several_tasks_per_worker_each_answer_comes_when_its_task_ends() {
             .unwrap();
         let gate = std::env::temp_dir().join(format!("exec-long-{}", std::process::id()));
         let _ = std::fs::remove_file(&gate);
-        let spin = task_core::run(&s, Task::portable("spin", Spin(300)).into_erased());
-        let echo = task_core::run(&s, Task::portable("echo", Echo(1)).into_erased());
-        // Runs until the others are answered.
-        let long = Task::portable("long", BlockUntil(gate.clone())).into_erased();
-        let long = task_core::run(&s, long);
-        let both =
-            tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(spin, echo) });
+        let run = |task: task_core::ErasedTask| {
+            let s = s.clone();
+            tokio::spawn(async move { task_core::run(&s, task).await })
+        };
+        // The long one waits until the others are answered.
+        let long = run(Task::portable("long", WaitFor(gate.clone())).into_erased());
+        wait_until("the long one in the worker", || {
+            s.stats().workers[0].in_flight == 1
+        });
+        let spin = run(Task::portable("spin", Spin(300)).into_erased());
+        let echo = run(Task::portable("echo", Echo(1)).into_erased());
+        let both = tokio::time::timeout(Duration::from_secs(20), async {
+            let (spin, echo) = tokio::join!(spin, echo);
+            (spin.unwrap(), echo.unwrap())
+        });
         let answered = both.await;
         std::fs::write(&gate, b"").unwrap();
         let (spin, echo) = answered.expect("the answers waited for the long task beside them");
         assert!(spin.is_ok() && echo.is_ok(), "{spin:?} {echo:?}");
-        assert!(long.await.is_ok());
+        assert!(long.await.unwrap().is_ok());
         let _ = std::fs::remove_file(&gate);
         s.shutdown(Duration::from_secs(5)).await;
     });
@@ -1488,16 +1569,21 @@ fn a_second_shutdown_waits_for_the_first_which_keeps_its_grace() {
             .await
             .unwrap();
         let pid = s.worker_pids()[0];
-        // A run that blocks its worker for 6 s, abandoned by its caller: with so long a cancel
-        // grace its worker finishes it, then exits when its input closes.
+        // A run that blocks its worker for 6 s, abandoned by its caller once it started: with so
+        // long a cancel grace its worker finishes it, then exits when its input closes.
+        let marker = std::env::temp_dir().join(format!("exec-spun-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let node = Marked {
+            marker: marker.clone(),
+            ms: 6_000,
+            blocking: true,
+        };
         let running = tokio::spawn({
             let s = s.clone();
-            async move { task_core::run(&s, Task::portable("1", Spin(6_000)).into_erased()).await }
+            async move { task_core::run(&s, Task::portable("1", node).into_erased()).await }
         });
-        while s.stats().workers.iter().all(|w| w.in_flight == 0) {
-            tokio::task::yield_now().await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_until("the run to start", || marker.exists());
+        let _ = std::fs::remove_file(&marker);
         running.abort();
         let _ = running.await;
         let started = Instant::now();

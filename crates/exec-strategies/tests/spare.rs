@@ -366,7 +366,7 @@ fn shutdown_and_drop_with_tasks_queued_answer_each_once() {
 
 /// 200 tasks, one at a time, on a pool of `threads` whose first thread waits deep: how many ran
 /// on spares, on how many spare threads, and how many started more than a spare's lingering
-/// (100 ms) after the last one's caller was answered, when a new spare may start.
+/// (100 ms) after the last one's body returned, when a new spare may start.
 fn trickle_beside_a_deep_waiter(threads: usize) -> (usize, usize, usize) {
     let s = ThreadedExecutionStrategy::builder()
         .threads(threads)
@@ -399,7 +399,7 @@ fn trickle_beside_a_deep_waiter(threads: usize) -> (usize, usize, usize) {
     (on_spare, distinct, late)
 }
 
-/// Less than a spare's lingering, as the caller's clock reads it.
+/// A little less than a spare's lingering: a gap longer than this may see a new spare.
 const LINGER_AT_LEAST: Duration = Duration::from_millis(90);
 
 #[test]

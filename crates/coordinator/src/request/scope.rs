@@ -76,7 +76,9 @@ pub fn current_node_cancelled() -> bool {
     if task_core::context::is_outside_node() {
         return false;
     }
-    let declared = task_core::context::current_node();
-    with_current(|cell| declared.is_none_or(|node| &node == cell.node_id()) && cell.run_cancelled())
-        .unwrap_or(false)
+    with_current(|cell| {
+        cell.run_cancelled()
+            && task_core::context::current_node().is_none_or(|node| &node == cell.node_id())
+    })
+    .unwrap_or(false)
 }
