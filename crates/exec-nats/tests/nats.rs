@@ -1862,23 +1862,108 @@ async fn a_run_first_polled_after_a_shutdown_ends_at_once() {
     cleanup(&config).await;
 }
 
-/// The consumers the advisory stream holds, if it was made after `since`.
-async fn advisory_readers_made_since(
+/// Returns (within 20 s) once the advisory stream was made again after `since` and this side
+/// reads it for good. A stream and a reader that merely exist may be about to be replaced: a
+/// stream made again while its deletion is still under way keeps nothing (then or later), and
+/// the strategy, whose probe finds that, deletes it and makes it anew a second later; an
+/// advisory sent meanwhile is lost. So the stream must hold the strategy's probe (on the
+/// advisories' subject, named after its reader: the strategy keeps that stream), and its reader
+/// must have been delivered a marker the test stored there (on the advisories' subject too,
+/// naming no task: passed over), the stream the same all along.
+async fn until_advisories_read_from_a_stream_made_since(
     config: &NatsConfig,
     since: std::time::SystemTime,
-) -> Vec<String> {
-    let client = async_nats::connect(&config.url).await.expect("connects");
-    let js = async_nats::jetstream::new(client);
-    let Ok(stream) = js.get_stream(config.advisory_stream()).await else {
-        return Vec::new();
-    };
+) {
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
     let since = since.duration_since(std::time::UNIX_EPOCH).unwrap();
-    let made = stream.cached_info().created.unix_timestamp_nanos();
-    if made < i128::try_from(since.as_nanos()).unwrap() {
-        return Vec::new();
+    let since = i128::try_from(since.as_nanos()).unwrap();
+    // The advisory stream, if made since, and when it was made (which tells it from another).
+    let made_since = || async {
+        let stream = js.get_stream(config.advisory_stream()).await.ok()?;
+        let created = stream.cached_info().created.unix_timestamp_nanos();
+        (created >= since).then_some((stream, created))
+    };
+    let subject = |last: &str| {
+        let stream = &config.stream;
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{last}")
+    };
+    // When the stream holding the marker was made, and the marker's sequence there.
+    let mut marker: Option<(i128, u64)> = None;
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the advisory stream was not made again and read (marker: {marker:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some((stream, created)) = made_since().await else {
+            continue;
+        };
+        let names = stream.consumer_names().collect::<Vec<_>>().await;
+        let Some(Ok(reader)) = names.into_iter().next() else {
+            continue;
+        };
+        let probe = subject(&reader);
+        if stream
+            .get_last_raw_message_by_subject(&probe)
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let at = match marker {
+            Some((made, at)) if made == created => at,
+            _ => {
+                let stored = match js.publish(subject("marker"), "{}".into()).await {
+                    Ok(ack) => ack.await.ok(),
+                    Err(_) => None,
+                };
+                marker = stored
+                    .filter(|ack| ack.stream == config.advisory_stream())
+                    .map(|ack| (created, ack.sequence));
+                continue;
+            }
+        };
+        let delivered = stream.consumer_info(&reader).await;
+        if delivered.is_ok_and(|info| info.delivered.stream_sequence >= at)
+            && made_since()
+                .await
+                .is_some_and(|(_, again)| again == created)
+        {
+            return;
+        }
     }
-    let names = stream.consumer_names().collect::<Vec<_>>().await;
-    names.into_iter().flatten().collect()
+}
+
+/// The workers' consumer's state once `until` holds of it (within 20 s), waiting for `what`.
+async fn until_workers_consumer(
+    config: &NatsConfig,
+    what: &str,
+    until: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
+) -> async_nats::jetstream::consumer::Info {
+    let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
+    let stream = js
+        .get_stream(&config.stream)
+        .await
+        .expect("the task stream");
+    let name = format!("{}-workers", config.mode);
+    let start = Instant::now();
+    loop {
+        let info = stream
+            .consumer_info(&name)
+            .await
+            .expect("the workers' consumer");
+        if until(&info) {
+            return info;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "waited for {what}: {} pending, {} delivered unacknowledged",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The consumers the advisory stream holds (this side's reader of the advisories is one).
@@ -1985,19 +2070,17 @@ async fn streams_deleted_while_the_strategy_runs_are_made_again() {
     assert_eq!(stranded.expect("the lost task ran"), 1);
     let later = within(later).await.expect("answered").expect("the caller");
     assert_eq!(later.expect("the later task ran"), 2);
+    // Killed once the server has its acknowledgements (a caller hears before the worker
+    // acknowledges): a task it answered and had not acknowledged would be delivered again, next
+    // to the poison task.
+    until_workers_consumer(&config, "the first worker's acknowledgements", |info| {
+        (info.num_pending, info.num_ack_pending) == (0, 0)
+    })
+    .await;
     drop(worker);
-    // The advisory stream is made again, with this side's reader.
-    let start = Instant::now();
-    while advisory_readers_made_since(&config, deleted)
-        .await
-        .is_empty()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the advisory stream was not made again with its reader"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The advisory stream is made again, and this side reads it: the advisory of the poison
+    // task, sent once, is read.
+    until_advisories_read_from_a_stream_made_since(&config, deleted).await;
     // A task that kills its workers ends through the advisory stream made again.
     let respawner = Respawner::start(&config, &["--ack-wait-ms", "300", "--max-deliver", "2"]);
     let poison = spawn_submit(
