@@ -130,6 +130,29 @@ impl PortableNode for Pad {
     const NAME: &'static str = "pad";
 }
 
+/// Waits until a file exists at its path, looking every 10 ms, then says which worker process
+/// ran it: a node a test holds running, in whichever worker process takes it, until the test
+/// makes the file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WaitFor(pub std::path::PathBuf);
+
+impl Node for WaitFor {
+    type Output = u32;
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "wait-for".into()
+    }
+    async fn invoke(self) -> Result<u32, BoxError> {
+        while !self.0.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(std::process::id())
+    }
+}
+
+impl PortableNode for WaitFor {
+    const NAME: &'static str = "wait-for";
+}
+
 /// The registry of the worker binary.
 pub fn registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
@@ -140,6 +163,7 @@ pub fn registry() -> NodeRegistry {
         .and_then(|r| r.register::<Count>())
         .and_then(|r| r.register::<Burst>())
         .and_then(|r| r.register::<Pad>())
+        .and_then(|r| r.register::<WaitFor>())
         .expect("distinct names");
     registry
 }

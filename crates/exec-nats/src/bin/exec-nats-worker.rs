@@ -1,5 +1,5 @@
 //! A runnable NATS worker serving the example nodes of [`exec_nats::example_nodes`] (`echo`,
-//! `nap`, `fail`, `count`, `burst`, `pad`).
+//! `nap`, `fail`, `count`, `burst`, `pad`, `wait-for`).
 //!
 //! Your own worker is the same few lines with your registry:
 //! `NatsWorker::builder(registry()).connect().await?.run_until(ctrl_c).await`.
@@ -12,8 +12,8 @@ use clap::Parser;
 use exec_nats::{NatsConfig, NatsWorker, example_nodes};
 use tracing_subscriber::EnvFilter;
 
-/// A NATS worker serving the example nodes: echo, nap, fail, count, burst and pad (see
-/// `exec_nats::example_nodes`).
+/// A NATS worker serving the example nodes: echo, nap, fail, count, burst, pad and wait-for
+/// (see `exec_nats::example_nodes`).
 #[derive(Parser)]
 #[command(version)]
 struct Args {
