@@ -14,7 +14,7 @@ use coordinator::{
     BoxError, Buffer, Coordinator, JobResult, Node, PortableNode, RequestCompletionMessage,
     RequestCompletionPublisher, RetryPolicy, SubmitOptions, Task,
 };
-use exec_nats::example_nodes::{Burst, Count, Echo, Fail, Nap, Pad};
+use exec_nats::example_nodes::{Burst, Count, Echo, Fail, Nap, Pad, WaitFor};
 use exec_nats::{NatsConfig, NatsStrategy};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -598,12 +598,17 @@ async fn several_workers_share_the_queue() {
 
 async fn a_worker_killed_mid_task_has_its_task_redelivered_to_another() {
     let config = config("kill");
+    let gate = Gate::new("kill");
     let first = Worker::start(&config, &["--ack-wait-ms", "1000"]);
     let (publisher, coordinator, _) = coordinator(&config).await;
     let c = coordinator.clone();
-    let call =
-        tokio::spawn(async move { c.submit(Task::portable("slow", Nap(1_500)), "nats").await });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let node = gate.node();
+    let call = tokio::spawn(async move { c.submit(Task::portable("slow", node), "nats").await });
+    // The first worker holds the task, unacknowledged, its node waiting at the gate.
+    until_workers_consumer(&config, "the first worker to take the task", |info| {
+        info.num_ack_pending == 1
+    })
+    .await;
     let victim = first.pid();
     let killed = Command::new("kill")
         .args(["-KILL", &victim.to_string()])
@@ -611,6 +616,8 @@ async fn a_worker_killed_mid_task_has_its_task_redelivered_to_another() {
         .unwrap();
     assert!(killed.success());
     drop(first);
+    // Open only once the first worker is gone: no run but the next one can end.
+    gate.open();
     let second = Worker::start(&config, &["--ack-wait-ms", "1000"]);
     let pid = call.await.unwrap().unwrap();
     assert_eq!(pid, second.pid(), "the second worker finished it");
@@ -864,6 +871,36 @@ async fn an_advisory_kept_from_before_the_start_never_fails_a_later_run() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
+}
+
+/// A file of the test's own, absent until [`Gate::open`]: a [`WaitFor`] node on it runs, in
+/// whichever worker process takes it, until then. Removed when dropped.
+struct Gate(std::path::PathBuf);
+
+impl Gate {
+    fn new(test: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("exec-nats-gate-{test}-{}-{n}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+
+    /// A node that waits for this gate.
+    fn node(&self) -> WaitFor {
+        WaitFor(self.0.clone())
+    }
+
+    fn open(&self) {
+        std::fs::write(&self.0, b"").expect("the gate's file is made");
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Submits `task` to the NATS mode with `timeout`, on a tokio task of its own.
