@@ -1426,19 +1426,31 @@ async fn a_run_cancelled_before_it_began_is_counted_stopped() {
 /// place frees, then runs once.
 async fn a_task_waits_with_the_server_while_its_worker_is_busy() {
     let config = config("busy");
+    let gate = Gate::new("busy");
     let _worker = Worker::start(&config, &["--concurrency", "2", "--ack-wait-ms", "500"]);
     let (publisher, coordinator, shared) = coordinator(&config).await;
-    let spawn = |id: &str, ms| {
-        let task = Task::portable(id, Nap(ms));
+    let spawn = |id: &str, node| {
+        let task = Task::portable(id, node);
         coordinator
             .try_spawn(task, "nats", SubmitOptions::new())
             .unwrap()
     };
-    let busy = [spawn("busy-1", 2_000), spawn("busy-2", 2_000)];
-    // Both places taken before the third task is sent.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let queued = spawn("queued", 100);
-    // Past the worker's `ack_wait`, with both places still taken.
+    // Both places taken, until the gate opens, before the third task is sent.
+    let busy = [spawn("busy-1", gate.node()), spawn("busy-2", gate.node())];
+    until_workers_consumer(&config, "both places taken", |info| {
+        info.num_ack_pending == 2
+    })
+    .await;
+    let queued = spawn("queued", gate.node());
+    let start = Instant::now();
+    while tasks_in_stream(&config).await < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the queued task is sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the worker's `ack_wait` (at least), with both places still taken.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
     let stream = js.get_stream(&config.stream).await.unwrap();
@@ -1451,6 +1463,7 @@ async fn a_task_waits_with_the_server_while_its_worker_is_busy() {
         (1, 2),
         "the queued task stays with the server"
     );
+    gate.open();
     let within = |handle| tokio::time::timeout(Duration::from_secs(20), handle);
     within(queued).await.expect("answered").expect("ran");
     for handle in busy {
