@@ -1762,27 +1762,57 @@ async fn an_idle_worker_pulls_again_as_soon_as_its_server_is_back() {
         url: server.url(),
         ..config("pull-again")
     };
+    let (publisher, coordinator, _strategy) = coordinator(&config).await;
     let worker = exec_nats::NatsWorker::builder(exec_nats::example_nodes::registry())
         .config(config.clone())
         .connect()
         .await
         .unwrap();
+    // The worker's first pull is made after this; one the server forgot runs out, and is made
+    // again, no sooner than 6 s after it was made (the server's 5 s for it, and one more).
+    let first_pull = Instant::now();
     let serving = tokio::spawn(worker.run_until(std::future::pending()));
-    let (publisher, coordinator, _strategy) = coordinator(&config).await;
     // The worker's pull is at the server when it goes.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_a_pull_waits(&config, "the worker's first pull").await;
     server.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     server.spawn();
-    // Both sides reconnect.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    // Well before the lost pull would run out (5 s, and 5 more on the client's side).
+    // The worker's pull is at the restarted server (which forgot the one made before) well
+    // before that one would run out: made once the worker was back.
+    until_a_pull_waits(&config, "the worker's pull after the restart").await;
+    let pulled = first_pull.elapsed();
+    assert!(
+        pulled < Duration::from_secs(6),
+        "pulled again only {pulled:?} after the lost pull was made"
+    );
     let ran = coordinator.submit(Task::portable("after", Nap(10)), "nats");
-    let ran = tokio::time::timeout(Duration::from_secs(4), ran).await;
-    ran.expect("taken by the idle worker at once").expect("ran");
+    let ran = tokio::time::timeout(Duration::from_secs(20), ran).await;
+    ran.expect("taken by the idle worker").expect("ran");
     serving.abort();
     coordinator.shutdown().await;
     publisher.shutdown().await;
+}
+
+/// Returns (within 20 s) once a pull of the workers waits at the server, which may be starting
+/// (each look connects anew), waiting for `what`.
+async fn until_a_pull_waits(config: &NatsConfig, what: &str) {
+    let name = format!("{}-workers", config.mode);
+    let start = Instant::now();
+    loop {
+        let waiting = async {
+            let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.ok()?);
+            let stream = js.get_stream(&config.stream).await.ok()?;
+            let info = stream.consumer_info(&name).await.ok()?;
+            Some(info.num_waiting)
+        };
+        if waiting.await.is_some_and(|n| n > 0) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "waited for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The limit is the one the streams were made with, whichever side made them and whatever the
