@@ -632,6 +632,7 @@ async fn a_worker_killed_mid_task_has_its_task_redelivered_to_another() {
 
 async fn a_duplicate_completion_after_redelivery_is_suppressed() {
     let config = config("dup");
+    let gate = Gate::new("dup");
     // This worker dies after publishing its first completion, before acknowledging the task.
     let mut dying = Worker::start(
         &config,
@@ -662,11 +663,21 @@ async fn a_duplicate_completion_after_redelivery_is_suppressed() {
         })
         .unwrap();
 
-    let v = coordinator
-        .submit(Task::portable("once", Echo(5)), "nats")
-        .await
-        .unwrap();
-    assert_eq!(v, 5);
+    let c = coordinator.clone();
+    let node = gate.node();
+    let call = tokio::spawn(async move { c.submit(Task::portable("once", node), "nats").await });
+    // The worker answers only once it holds the task: the server sent the strategy its
+    // acknowledgement of the task before delivering it, a round trip and a gate ago, and the
+    // strategy, knowing where the stream keeps the task, leaves it there for the redelivery. A
+    // run answered before the strategy read that acknowledgement has its task taken out of the
+    // stream instead, and nothing is delivered again.
+    until_workers_consumer(&config, "the dying worker to take the task", |info| {
+        info.num_ack_pending == 1
+    })
+    .await;
+    gate.open();
+    let v = call.await.unwrap().unwrap();
+    assert_eq!(v, dying.pid());
     assert_eq!(dying.0.wait().unwrap().code(), Some(3));
     // The unacknowledged task goes to the next worker, which answers it again (and
     // acknowledges it, so the stream empties). The second completion carries the same run id:
