@@ -858,27 +858,68 @@ async fn an_advisory_kept_from_before_the_start_never_fails_a_later_run() {
     .await
     .expect("kept");
     let (publisher, coordinator, _) = coordinator(&config).await;
-    let _worker = Worker::start(&config, &[]);
-    let nap = Task::portable("nap", Nap(1_500));
-    let call = spawn_submit(&coordinator, nap, Duration::from_secs(30));
-    until_published(&config).await;
+    let worker = Worker::start(&config, &[]);
+    let gate = Gate::new("advisory-stale");
+    let task = Task::portable("held", gate.node());
+    let call = spawn_submit(&coordinator, task, Duration::from_secs(30));
+    // The task took sequence 1 and its run is out, its node waiting at the gate until the
+    // advisories' reader, made again, has read past the stale advisory.
+    until_workers_consumer(&config, "the worker to take the task", |info| {
+        info.num_ack_pending == 1
+    })
+    .await;
+    // Only this side's reader is left (the spare handle's goes with its drop): the one deleted.
+    let start = Instant::now();
+    while advisory_readers(&config).await.len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the spare handle's reader of the advisories is removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The reader of the advisories is made again: it reads the stream from its start.
     let advisories = js.get_stream(config.advisory_stream()).await.unwrap();
-    let names: Vec<String> = advisories
-        .consumer_names()
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
-    for name in names {
+    for name in advisory_readers(&config).await {
         advisories.delete_consumer(&name).await.expect("deleted");
     }
+    // Stored after the stale advisory (naming no task: passed over), it is read after it: once
+    // the reader made again was delivered the marker, the stale advisory was read too.
+    let marker = js
+        .publish(
+            format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.marker",
+                config.stream
+            ),
+            "{}".into(),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("kept")
+        .sequence;
+    let start = Instant::now();
+    loop {
+        let mut read = false;
+        for name in advisory_readers(&config).await {
+            let info = advisories.consumer_info(&name).await;
+            read |= info.is_ok_and(|info| info.delivered.stream_sequence >= marker);
+        }
+        if read {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the advisories' reader made again read the marker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.open();
     let outcome = tokio::time::timeout(Duration::from_secs(20), call)
         .await
         .expect("answered")
         .expect("the caller task");
-    assert!(outcome.is_ok(), "the nap's own outcome: {outcome:?}");
+    let outcome = outcome.map_err(|e| e.to_string());
+    assert_eq!(outcome, Ok(worker.pid()), "the held task's own outcome");
     coordinator.shutdown().await;
     publisher.shutdown().await;
     cleanup(&config).await;
