@@ -1773,23 +1773,22 @@ async fn a_worker_whose_consumer_is_deleted_while_it_is_busy_says_so() {
         .unwrap();
     let serving = tokio::spawn(worker.run_until(std::future::pending()));
     let (publisher, coordinator, shared) = coordinator(&config).await;
-    let task = Task::portable("busy", Nap(1_500));
+    let gate = Gate::new("deleted-busy");
+    let task = Task::portable("busy", gate.node());
     let busy = coordinator
         .try_spawn(task, "nats", SubmitOptions::new())
         .unwrap();
+    // The worker's only place is taken, its node waiting at the gate, and no pull of it waits
+    // at the server: the gate opens once the consumer is gone, so the next pull comes after.
+    until_workers_consumer(&config, "the worker to take the task", |info| {
+        info.num_ack_pending == 1 && info.num_waiting == 0
+    })
+    .await;
     let js = async_nats::jetstream::new(async_nats::connect(&config.url).await.unwrap());
     let stream = js.get_stream(&config.stream).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let consumer: async_nats::jetstream::consumer::PullConsumer =
-            stream.get_consumer("m-workers").await.unwrap();
-        if consumer.cached_info().num_ack_pending == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the worker took the task");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stream.delete_consumer("m-workers").await.unwrap();
+    let deleted = stream.delete_consumer("m-workers").await;
+    gate.open();
+    deleted.unwrap();
     let served = tokio::time::timeout(Duration::from_secs(30), serving).await;
     let error = served
         .expect("returned")
