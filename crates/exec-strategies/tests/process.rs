@@ -235,39 +235,46 @@ impl PortableNode for Touch {
     const NAME: &'static str = "touch";
 }
 
-/// Blocks its thread until the file at its path exists (at most a minute), without ever waiting
-/// on anything the worker could notice: a node that ends when the test says so.
+/// Runs until the file at `path` exists (at most a minute): blocking its thread (`blocking`,
+/// never waiting on anything the worker could notice) or waiting without holding it. A node
+/// that ends when the test says so.
 #[derive(Serialize, Deserialize)]
-struct BlockUntil(std::path::PathBuf);
-impl Node for BlockUntil {
+struct Gate {
+    path: std::path::PathBuf,
+    blocking: bool,
+}
+impl Node for Gate {
     type Output = ();
     async fn invoke(self) -> Result<(), BoxError> {
         let start = Instant::now();
-        while !self.0.exists() && start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(5));
+        while !self.path.exists() && start.elapsed() < Duration::from_secs(60) {
+            if self.blocking {
+                std::thread::sleep(Duration::from_millis(5));
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         Ok(())
     }
 }
-impl PortableNode for BlockUntil {
-    const NAME: &'static str = "block_until";
+impl PortableNode for Gate {
+    const NAME: &'static str = "gate";
 }
 
-/// Waits, without holding its thread, until the file at its path exists (at most a minute).
-#[derive(Serialize, Deserialize)]
-struct WaitFor(std::path::PathBuf);
-impl Node for WaitFor {
-    type Output = ();
-    async fn invoke(self) -> Result<(), BoxError> {
-        let start = Instant::now();
-        while !self.0.exists() && start.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
+/// A node that blocks its thread until `path` exists.
+fn block_until(path: &std::path::Path) -> Gate {
+    Gate {
+        path: path.to_owned(),
+        blocking: true,
     }
 }
-impl PortableNode for WaitFor {
-    const NAME: &'static str = "wait_for";
+
+/// A node that waits, without holding its thread, until `path` exists.
+fn wait_for(path: &std::path::Path) -> Gate {
+    Gate {
+        path: path.to_owned(),
+        blocking: false,
+    }
 }
 
 /// Creates the file at `marker` as it starts, then runs `ms` milliseconds: blocking its thread
@@ -340,8 +347,7 @@ fn registry() -> NodeRegistry {
     r.register::<OrphanThenExit>().unwrap();
     r.register::<AbortOnDecode>().unwrap();
     r.register::<Touch>().unwrap();
-    r.register::<BlockUntil>().unwrap();
-    r.register::<WaitFor>().unwrap();
+    r.register::<Gate>().unwrap();
     r.register::<Marked>().unwrap();
     r.register::<RunSelf>().unwrap();
     r
@@ -720,7 +726,7 @@ fn a_queued_run_cancelled_behind_a_blocking_node_never_starts() {
         let _ = std::fs::remove_file(&gate);
         let busy = tokio::spawn(task_core::run(
             &s.clone(),
-            Task::portable("busy", BlockUntil(gate.clone())).into_erased(),
+            Task::portable("busy", block_until(&gate)).into_erased(),
         ));
         wait_until("the blocking node to start", || {
             s.stats().workers.iter().any(|w| w.in_flight > 0)
@@ -811,7 +817,7 @@ fn a_run_started_unseen_when_the_readers_runtime_ends_never_runs_twice() {
     let (busy, queued) = second.block_on(async {
         let busy = tokio::spawn(task_core::run(
             &s.clone(),
-            Task::portable("busy", BlockUntil(gate.clone())).into_erased(),
+            Task::portable("busy", block_until(&gate)).into_erased(),
         ));
         let queued = tokio::spawn(task_core::run(
             &s.clone(),
@@ -1071,7 +1077,7 @@ fn with_several_tasks_per_worker_each_answer_comes_when_its_task_ends() {
             tokio::spawn(async move { task_core::run(&s, task).await })
         };
         // The long one waits until the others are answered.
-        let long = run(Task::portable("long", WaitFor(gate.clone())).into_erased());
+        let long = run(Task::portable("long", wait_for(&gate)).into_erased());
         wait_until("the long one in the worker", || {
             s.stats().workers[0].in_flight == 1
         });
