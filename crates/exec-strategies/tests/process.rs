@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use exec_strategies::process::wire::{self, FromWorker, PROTOCOL_VERSION, ToWorker};
@@ -1450,33 +1451,52 @@ fn a_shorter_second_shutdown_shortens_the_first() {
 }
 
 /// A shutdown whose caller stops waiting (a timeout around it, a `select!` with a second signal)
-/// after its grace ran out, while a task still runs: a later shutdown still stops the worker,
-/// answers the task and reaps the worker.
-fn a_shutdown_dropped_midway_leaves_the_next_one_its_workers() {
+/// goes on by itself: at its deadline the task still running is stopped and answered and the
+/// worker reaped, and a later shutdown returns at once.
+fn a_shutdown_dropped_midway_goes_on_by_itself() {
     let rt = runtime();
     let (s, pids, running) = one_worker_busy_for_long(&rt);
     rt.block_on(async {
-        // The grace runs out at 100 ms, the worker is killed 200 ms later at the earliest:
-        // dropped in between, the shutdown has closed the workers' input and not killed them.
         let dropped = tokio::time::timeout(
-            Duration::from_millis(200),
-            s.shutdown(Duration::from_millis(100)),
+            Duration::from_millis(50),
+            s.shutdown(Duration::from_millis(300)),
         );
-        assert!(
-            dropped.await.is_err(),
-            "the first shutdown cannot have returned"
-        );
-        let again = tokio::time::timeout(Duration::from_secs(20), s.shutdown(Duration::ZERO));
-        assert!(again.await.is_ok(), "the second shutdown returns");
+        assert!(dropped.await.is_err(), "the task holds the shutdown");
         let answered = tokio::time::timeout(Duration::from_secs(20), running).await;
         let outcome = answered.expect("the running task is answered").unwrap();
         assert!(outcome.is_err(), "stopped by the shutdown: {outcome:?}");
     });
     for pid in pids {
-        wait_until("the worker reaped", || {
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        });
+        wait_until("the worker reaped", || is_dead(pid));
     }
+    let again = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), s.shutdown(Duration::ZERO)).await
+    });
+    assert!(again.is_ok(), "a later shutdown returns");
+}
+
+/// The impatient second Ctrl-C where the first shutdown's future is kept but no longer polled
+/// (pinned outside a `select!` that went on to the second signal): the second shutdown still
+/// stops the running task and reaps the worker, and returns.
+fn a_second_shutdown_needs_no_poll_of_the_first() {
+    let rt = runtime();
+    let (s, pids, running) = one_worker_busy_for_long(&rt);
+    rt.block_on(async {
+        let mut first = s.shutdown(Duration::from_secs(60));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the task holds the first shutdown");
+        let second = tokio::time::timeout(Duration::from_secs(20), s.shutdown(Duration::ZERO));
+        assert!(second.await.is_ok(), "the second shutdown returns");
+        let outcome = running.await.unwrap();
+        assert!(outcome.is_err(), "stopped by the shutdown: {outcome:?}");
+        for pid in &pids {
+            assert!(
+                is_dead(*pid),
+                "the worker is reaped when the second shutdown returns"
+            );
+        }
+        drop(first);
+    });
 }
 
 fn shutdown_while_a_worker_is_being_replaced_returns() {
@@ -2315,7 +2335,8 @@ fn main() {
         a_start_dropped_midway_leaves_nothing_behind,
         workers_are_recycled_after_k_tasks,
         shutdown_finishes_in_flight_work_refuses_new_and_leaves_no_process,
-        a_shutdown_dropped_midway_leaves_the_next_one_its_workers,
+        a_shutdown_dropped_midway_goes_on_by_itself,
+        a_second_shutdown_needs_no_poll_of_the_first,
         shutdown_while_a_worker_is_being_replaced_returns,
         a_second_shutdown_waits_for_the_first_which_keeps_its_grace,
         shutdown_returns_while_a_replacement_closes_its_output_and_lives_on,

@@ -35,9 +35,10 @@ use super::shared::{REAP, Shared};
 ///   counts the node until it has stopped; its caller is answered at once all the same.
 /// - [`ProcessBuilder::recycle_after`](super::ProcessBuilder::recycle_after) replaces workers after a number of tasks.
 /// - Shutdown refuses new tasks, lets those in flight finish up to its grace period, then stops
-///   and reaps every worker: no zombies. A shutdown called while another is under way cuts its
-///   grace short when its own ends sooner (a second, impatient Ctrl-C), waits for it, then
-///   returns. Dropping the last handle without a shutdown kills and reaps the workers and stops
+///   and reaps every worker: no zombies. It runs on the supervisor's thread: once begun it goes
+///   on whether or not its caller still waits for it. A shutdown called while another is under
+///   way cuts its grace short when its own ends sooner (a second, impatient Ctrl-C), waits for
+///   it, then returns. Dropping the last handle without a shutdown kills and reaps the workers and stops
 ///   the supervisor thread.
 /// - The protocol runs on pipes of its own: a node's stdin is `/dev/null` and its stdout goes to
 ///   the parent's stderr.
@@ -133,61 +134,7 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                 sooner
             });
         }
-        Box::pin(async move {
-            let shared = &self.shared;
-            let _one_at_a_time = shared.shutting.lock().await;
-            // On the supervisor's runtime, whose timers the caller's runtime may lack.
-            let draining = Arc::clone(shared);
-            let drained = shared.runtime.spawn(async move {
-                let passed = deadline_passed(draining.deadline.subscribe(), Instant::now());
-                tokio::select! {
-                    () = draining.tracker.wait() => true,
-                    () = passed => draining.tracker.in_flight() == 0,
-                }
-            });
-            // The supervisor's runtime is gone after a first shutdown: nothing runs then.
-            let drained = drained
-                .await
-                .unwrap_or_else(|_| shared.tracker.in_flight() == 0);
-            if !drained {
-                tracing::warn!(
-                    in_flight = shared.tracker.in_flight(),
-                    "process strategy: grace period over with tasks still running; killing workers"
-                );
-            }
-            {
-                let mut state = shared.lock();
-                state.shutting_down = true;
-                for worker in state.slots.iter_mut().flatten() {
-                    // Closing stdin lets the worker finish what it has and exit.
-                    if let Some(input) = worker.input.take() {
-                        input.close();
-                    }
-                }
-            }
-            shared.ready.notify_waiters();
-            shared.places.close();
-            // Each worker is waited for, killed or not, so none is left a zombie.
-            let all = shared.lifecycles.wait();
-            futures::pin_mut!(all);
-            // Give workers until the deadline (at least a moment) to exit, then kill them. On the
-            // supervisor's runtime, which has timers whatever the caller's has.
-            let exit_by = Instant::now() + Duration::from_millis(200);
-            let kill_at = deadline_passed(shared.deadline.subscribe(), exit_by);
-            let kill_at = shared.runtime.spawn(kill_at);
-            if let futures::future::Either::Left(_) =
-                futures::future::select(kill_at, all.as_mut()).await
-            {
-                shared.kill_all("the pool shut down");
-                // A slot still starting a worker is out of the kill's reach: it is given as long
-                // as the supervisor gives its slots when it stops, on its timers.
-                let reaped_by = shared.runtime.spawn(async {
-                    tokio::time::sleep(REAP).await;
-                });
-                futures::future::select(reaped_by, all).await;
-            }
-            shared.stop_supervisor();
-        })
+        Box::pin(self.shared.shutdown_under_way(shut_down))
     }
 
     fn name(&self) -> &str {
@@ -198,6 +145,50 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
         let (workers, restarts) = self.shared.stats();
         self.shared.tracker.stats().with_workers(workers, restarts)
     }
+}
+
+/// The pool's shutdown, run once, as a task of the supervisor's runtime (which has timers
+/// whatever the caller's has): waits for the runs in flight until the deadline, closes the
+/// workers' input so that they exit, kills those still there at the deadline, reaps them all
+/// (none is left a zombie), then stops the supervisor.
+async fn shut_down(shared: Arc<Shared>) {
+    let passed = deadline_passed(shared.deadline.subscribe(), Instant::now());
+    let drained = tokio::select! {
+        () = shared.tracker.wait() => true,
+        () = passed => shared.tracker.in_flight() == 0,
+    };
+    if !drained {
+        tracing::warn!(
+            in_flight = shared.tracker.in_flight(),
+            "process strategy: grace period over with tasks still running; killing workers"
+        );
+    }
+    {
+        let mut state = shared.lock();
+        state.shutting_down = true;
+        for worker in state.slots.iter_mut().flatten() {
+            // Closing stdin lets the worker finish what it has and exit.
+            if let Some(input) = worker.input.take() {
+                input.close();
+            }
+        }
+    }
+    shared.ready.notify_waiters();
+    shared.places.close();
+    // Workers have until the deadline (at least a moment) to exit, then are killed.
+    let all = shared.lifecycles.wait();
+    let exit_by = Instant::now() + Duration::from_millis(200);
+    let kill_at = deadline_passed(shared.deadline.subscribe(), exit_by);
+    tokio::select! {
+        () = all => {}
+        () = kill_at => {
+            shared.kill_all("the pool shut down");
+            // A slot still starting a worker is out of the kill's reach: it is given as long
+            // as the supervisor gives its slots when it stops.
+            let _ = tokio::time::timeout(REAP, shared.lifecycles.wait()).await;
+        }
+    }
+    shared.stop_supervisor();
 }
 
 /// Completes once the earliest deadline a shutdown has asked for (`asked`) has passed, and not

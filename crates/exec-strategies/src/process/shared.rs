@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use task_core::{Completion, NodeRegistry, RequestId, TaskError, WorkerStats};
+use futures::FutureExt;
+use task_core::{BoxFuture, Completion, NodeRegistry, RequestId, TaskError, WorkerStats};
 use tokio::io::BufReader;
 use tokio::net::unix::pipe;
 use tokio::process::Child;
@@ -173,6 +174,9 @@ pub(super) struct PoolState {
     pub(super) last_spawn_error: Option<String>,
 }
 
+/// A pool's shutdown under way, which every caller of `shutdown` awaits.
+pub(super) type ShutdownUnderWay = futures::future::Shared<BoxFuture<'static, ()>>;
+
 pub(super) struct Shared {
     pub(super) config: Config,
     pub(super) expected_names: Vec<String>,
@@ -194,15 +198,12 @@ pub(super) struct Shared {
     pub(super) next_run: AtomicU64,
     pub(super) next_worker: AtomicU64,
     /// The slots' supervision, one task per slot for the life of the pool. Waited for, never
-    /// taken: a shutdown whose caller stops waiting leaves them to the next shutdown, or to the
-    /// supervisor thread when the last handle goes.
+    /// taken: by the shutdown, and by the supervisor thread as it stops.
     pub(super) lifecycles: TaskTracker,
     /// Stops the supervisor thread, handing it the slots' supervision to wait for.
     pub(super) stop: Mutex<Option<oneshot::Sender<TaskTracker>>>,
-    /// Held for the whole of a shutdown: a second one waits for the first (stopping the
-    /// supervisor at once, it would cut short the first's wait for its workers), then finds
-    /// nothing left to do.
-    pub(super) shutting: tokio::sync::Mutex<()>,
+    /// The shutdown, once begun: a task of the supervisor's that every call waits for.
+    shutdown: Mutex<Option<ShutdownUnderWay>>,
     /// The earliest deadline a shutdown has asked for (`None`: none has one yet).
     pub(super) deadline: tokio::sync::watch::Sender<Option<Instant>>,
 }
@@ -252,13 +253,34 @@ impl Shared {
             next_worker: AtomicU64::new(0),
             lifecycles: TaskTracker::new(),
             stop: Mutex::new(Some(stop)),
-            shutting: tokio::sync::Mutex::new(()),
+            shutdown: Mutex::new(None),
             deadline: tokio::sync::watch::Sender::new(None),
         }
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool's shutdown (`run`), begun as a task of the supervisor's by the first call and
+    /// waited for by every call. Once the supervisor's runtime is gone nothing runs: the pool
+    /// has stopped.
+    pub(super) fn shutdown_under_way<F>(
+        self: &Arc<Self>,
+        run: fn(Arc<Self>) -> F,
+    ) -> ShutdownUnderWay
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut shutdown = self.shutdown.lock().unwrap_or_else(|p| p.into_inner());
+        let under_way = shutdown.get_or_insert_with(|| {
+            let task = self.runtime.spawn(run(Arc::clone(self)));
+            let done: BoxFuture<'static, ()> = Box::pin(async move {
+                let _ = task.await;
+            });
+            done.shared()
+        });
+        under_way.clone()
     }
 
     pub(super) fn stop_supervisor(&self) {
