@@ -332,8 +332,27 @@ impl PortableNode for Unknown {
     const NAME: &'static str = "unknown";
 }
 
+/// A node whose name alone takes more than the smallest frame (1 KiB), as the names of many
+/// nodes together do: every worker's handshake carries it. (Never run: its task would not fit
+/// in such a frame.)
+#[derive(Serialize, Deserialize)]
+struct LongName;
+impl Node for LongName {
+    type Output = ();
+    async fn invoke(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+impl PortableNode for LongName {
+    const NAME: &'static str = match std::str::from_utf8(&[b'n'; 1_100]) {
+        Ok(name) => name,
+        Err(_) => panic!("ASCII"),
+    };
+}
+
 fn registry() -> NodeRegistry {
     let mut r = NodeRegistry::new();
+    r.register::<LongName>().unwrap();
     r.register::<Echo>().unwrap();
     r.register::<Fail>().unwrap();
     r.register::<Panic>().unwrap();
@@ -487,6 +506,23 @@ fn oversize_tasks_and_outputs_are_typed_errors() {
         let pid = s.worker_pids();
         assert_echo(&s, "3", 3).await;
         assert_eq!(s.worker_pids(), pid, "nothing else disturbed");
+        s.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+/// A handshake larger than the largest frame (the names of the nodes registered outgrow it),
+/// and more runtime threads than a worker may run: the pool starts all the same and runs its
+/// tasks, rather than failing to start as if the worker were not one.
+fn a_handshake_past_the_frame_limit_and_absurd_threads_still_start() {
+    runtime().block_on(async {
+        let s = ProcessExecutionStrategy::builder(registry())
+            .workers(1)
+            .max_frame(0)
+            .worker_threads(usize::MAX)
+            .start()
+            .await
+            .expect("the pool starts");
+        assert_echo(&s, "1", 1).await;
         s.shutdown(Duration::from_secs(5)).await;
     });
 }
@@ -2313,6 +2349,7 @@ fn main() {
         many_tasks_in_flight_each_get_their_own_answer,
         refuses_what_cannot_cross_the_boundary,
         oversize_tasks_and_outputs_are_typed_errors,
+        a_handshake_past_the_frame_limit_and_absurd_threads_still_start,
         the_smallest_frame_still_carries_the_error_of_an_output_too_large,
         a_sigkilled_worker_fails_only_its_own_task_and_is_replaced,
         a_worker_that_exits_reports_its_status,

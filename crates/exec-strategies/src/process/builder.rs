@@ -18,6 +18,9 @@ use super::wire;
 /// The most worker processes one pool keeps ([`ProcessBuilder::workers`]).
 const MAX_WORKERS: usize = 4096;
 
+/// The most runtime threads a worker runs tasks on ([`ProcessBuilder::worker_threads`]).
+pub(super) const MAX_WORKER_THREADS: usize = 1024;
+
 /// Configures and starts a [`ProcessExecutionStrategy`].
 #[derive(Debug)]
 pub struct ProcessBuilder {
@@ -78,8 +81,9 @@ impl ProcessBuilder {
     }
 
     /// The largest frame either side accepts, in bytes (default 16 MiB; at least 1 KiB, room for
-    /// the handshake and for the error that says an output did not fit). A task or output
-    /// larger than this fails with [`TaskError::is_protocol_error`](task_core::TaskError::is_protocol_error).
+    /// the error that says an output did not fit). A task or output larger than this fails with
+    /// [`TaskError::is_protocol_error`](task_core::TaskError::is_protocol_error). The worker's
+    /// handshake, which names every node it registered, may take up to 1 MiB whatever this is.
     #[must_use]
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = bytes.max(1024);
@@ -115,10 +119,11 @@ impl ProcessBuilder {
         self
     }
 
-    /// How many runtime threads each worker runs tasks on (default 1).
+    /// How many runtime threads each worker runs tasks on (default 1; 0 counts as 1, and more
+    /// than 1,024 as 1,024).
     #[must_use]
     pub fn worker_threads(mut self, threads: usize) -> Self {
-        self.worker_threads = threads.max(1);
+        self.worker_threads = threads.clamp(1, MAX_WORKER_THREADS);
         self
     }
 

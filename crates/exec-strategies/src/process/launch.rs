@@ -144,10 +144,11 @@ impl Shared {
             }
         };
         let mut output = BufReader::new(output);
+        let handshake_limit = self.config.max_frame.max(wire::MAX_HANDSHAKE);
         let hello = tokio::time::timeout(self.config.handshake_timeout, async {
             // A pool that stops meanwhile has no use for the worker: it is not waited for.
             tokio::select! {
-                hello = read_frame(&mut output, self.config.max_frame) => Some(hello),
+                hello = read_frame(&mut output, handshake_limit) => Some(hello),
                 () = self.stopped() => None,
             }
         })

@@ -113,6 +113,10 @@ impl From<FrameError> for TaskError {
     }
 }
 
+/// The largest handshake either side accepts, whatever the pool's largest frame: the worker's
+/// [`FromWorker::Hello`] names every node it registered, which a small frame limit is not about.
+pub(crate) const MAX_HANDSHAKE: usize = 1 << 20;
+
 /// Encodes `message` as one frame (length prefix included).
 ///
 /// # Errors

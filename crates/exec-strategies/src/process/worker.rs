@@ -334,7 +334,7 @@ impl Serving {
 
 fn serve(registry: &NodeRegistry) -> io::Result<()> {
     let max_frame = env_usize(MAX_FRAME_ENV, wire::DEFAULT_MAX_FRAME);
-    let threads = env_usize(THREADS_ENV, 1).max(1);
+    let threads = env_usize(THREADS_ENV, 1).clamp(1, super::builder::MAX_WORKER_THREADS);
     let concurrency = env_usize(CONCURRENCY_ENV, 1).max(1);
     let (input, output) = worker_pipes()?;
     let serving = Arc::new(Serving {
@@ -359,7 +359,8 @@ fn serve(registry: &NodeRegistry) -> io::Result<()> {
         pid: std::process::id(),
     };
     serving.output.send(
-        &wire::encode_frame(&hello, max_frame).map_err(io::Error::other)?,
+        &wire::encode_frame(&hello, max_frame.max(wire::MAX_HANDSHAKE))
+            .map_err(io::Error::other)?,
         true,
     )?;
 
