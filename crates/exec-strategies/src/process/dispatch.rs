@@ -119,12 +119,21 @@ impl Shared {
         if !self.expected_names.iter().any(|n| n == portable.name()) {
             return Err(TaskError::not_registered(portable.name()));
         }
+        let (payload, max) = (portable.payload()?, self.config.max_frame);
+        if payload.len() > max {
+            // Refused before it is copied into a frame: the frame would be larger still.
+            return Err(wire::FrameError::Oversize {
+                len: payload.len(),
+                max,
+            }
+            .into());
+        }
         let run = self.next_run.fetch_add(1, Ordering::Relaxed);
         let mut frame = wire::encode_frame(
             &wire::ToWorker::Run {
                 id: run,
                 name: portable.name().to_owned(),
-                payload: portable.payload()?.to_vec(),
+                payload: payload.to_vec(),
                 announce: true,
             },
             self.config.max_frame,
