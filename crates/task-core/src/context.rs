@@ -68,6 +68,12 @@ pub(crate) fn within_completion<R>(f: impl FnOnce() -> R) -> R {
 /// Declares `node` running on this thread until the returned guard is dropped, when the previous
 /// value (for nested runs) is restored.
 ///
+/// It names the node, nothing more: where [`broadcast`] sends is the sink of the scope around
+/// it. A strategy that runs a node of its own on a thread where another node's scope is current
+/// (a pool thread helping its pool while a node waits) runs it inside [`outside_node`], or
+/// inside the node's [`Completion::in_scope`](crate::Completion::in_scope), so that the waiting
+/// node's sink does not take its events.
+///
 /// # Examples
 ///
 /// ```
