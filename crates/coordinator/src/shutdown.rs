@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -20,10 +19,6 @@ const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 /// node stops at its next poll, so its future is dropped before shutdown returns; a node that
 /// cannot be interrupted (blocking code on a thread) is left to finish and logged.
 const STOP_SETTLE: Duration = Duration::from_millis(250);
-
-/// How long past its grace shutdown waits for a strategy's own shutdown before it stops waiting
-/// for that strategy (one that ignores its grace, or hangs) and logs it.
-const STRATEGY_OVERRUN: Duration = Duration::from_secs(5);
 
 impl Coordinator {
     /// Shuts down with the grace period set on the builder (default
@@ -51,9 +46,8 @@ impl Coordinator {
     ///    what is left of `grace` (at least a moment after cancelling at the deadline, so that
     ///    the cancelled async nodes are dropped before this returns; blocking code on a thread
     ///    cannot be interrupted and is left to finish), and waits for each: the built-in ones
-    ///    return about when that grace is over; a custom strategy that has not returned 5 s
-    ///    after it is no longer waited for (its shutdown future is dropped and an error is
-    ///    logged), so a strategy that ignores its grace or hangs cannot hold this call.
+    ///    return about when that grace is over; a custom strategy that ignores its grace holds
+    ///    this call as long as it takes.
     ///
     /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
     /// shut it down after this to drain it for its subscribers. Calling this again once it
@@ -136,8 +130,7 @@ impl Coordinator {
     }
 }
 
-/// Shuts each strategy down (one serving several modes once), giving each `grace`, and waits
-/// for each at most [`STRATEGY_OVERRUN`] past it.
+/// Shuts each strategy down (one serving several modes once), giving each `grace`.
 async fn shut_strategies(modes: &[crate::inner::Mode], grace: Duration) {
     let mut unique: Vec<&StrategyRef> = Vec::new();
     for strategy in modes.iter().map(|mode| &mode.strategy) {
@@ -145,27 +138,7 @@ async fn shut_strategies(modes: &[crate::inner::Mode], grace: Duration) {
             unique.push(strategy);
         }
     }
-    let limit = Instant::now().checked_add(grace.saturating_add(STRATEGY_OVERRUN));
-    futures::future::join_all(unique.into_iter().map(|strategy| async move {
-        let mut shutdown = strategy.shutdown(grace);
-        // One that is done at once needs no timer (a runtime may have no time driver).
-        let polled = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx))).await;
-        if polled.is_ready() {
-            return;
-        }
-        let Some(limit) = limit else {
-            return shutdown.await;
-        };
-        if tokio::time::timeout_at(limit, shutdown).await.is_err() {
-            tracing::error!(
-                strategy = strategy.name(),
-                ?grace,
-                "coordinator shutdown: a strategy's shutdown overran its grace by 5 s; no \
-                 longer waiting for it"
-            );
-        }
-    }))
-    .await;
+    futures::future::join_all(unique.into_iter().map(|s| s.shutdown(grace))).await;
 }
 
 /// Waits until `done()` holds or `deadline` passes (never, when it is `None`), re-checking each

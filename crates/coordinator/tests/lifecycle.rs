@@ -7,10 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use coordinator::{
-    BoxError, BoxFuture, Completion, Coordinator, ErasedTask, ExecutionMode, JobResult,
-    RequestCompletionPublisher, Task, TaskExecutionStrategy,
+    BoxError, Coordinator, ExecutionMode, JobResult, RequestCompletionPublisher, Task,
 };
-
 use support::{CountingInline, Recorder, started, value_task};
 
 #[tokio::test]
@@ -31,57 +29,6 @@ async fn shutdown_shuts_every_strategy_down_exactly_once() {
     assert_eq!(shared.shutdowns.load(Ordering::SeqCst), 1);
     assert_eq!(other.shutdowns.load(Ordering::SeqCst), 1);
     assert!(!coordinator.is_accepting());
-}
-
-/// A strategy whose shutdown never returns (it ignores its grace, or hangs).
-struct NeverShutsDown(CountingInline);
-
-impl TaskExecutionStrategy for NeverShutsDown {
-    fn execute(&self, task: ErasedTask, completion: Completion) {
-        self.0.execute(task, completion);
-    }
-
-    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
-        drop(self.0.shutdown(grace));
-        Box::pin(std::future::pending())
-    }
-}
-
-/// A strategy that hangs in its shutdown holds the coordinator's no longer than 5 s past its
-/// grace, and the other strategies are still shut down meanwhile. On the paused clock, so the
-/// wait costs no time; a shutdown that waited for the hanging strategy fails the bound.
-#[tokio::test(start_paused = true)]
-async fn a_strategy_that_never_shuts_down_holds_shutdown_only_past_its_grace() {
-    let publisher = RequestCompletionPublisher::new();
-    publisher.start().unwrap();
-    let hanging = Arc::new(NeverShutsDown(CountingInline::default()));
-    let other = Arc::new(CountingInline::default());
-    let coordinator = Coordinator::builder()
-        .shared_strategy("hanging", hanging.clone())
-        .shared_strategy("other", other.clone())
-        .build();
-    coordinator.start(&publisher).unwrap();
-    assert_eq!(
-        coordinator
-            .submit(value_task("ran", 3), "hanging")
-            .await
-            .unwrap(),
-        3
-    );
-    let (grace, started) = (Duration::from_secs(2), tokio::time::Instant::now());
-    let shutdown = coordinator.shutdown_with_grace(grace);
-    tokio::time::timeout(Duration::from_secs(60), shutdown)
-        .await
-        .expect("shutdown returns although a strategy's shutdown never does");
-    let took = started.elapsed();
-    assert!(
-        took >= grace && took <= grace + Duration::from_secs(6),
-        "{took:?}"
-    );
-    assert_eq!(hanging.0.shutdowns.load(Ordering::SeqCst), 1);
-    assert_eq!(other.shutdowns.load(Ordering::SeqCst), 1);
-    assert!(!coordinator.is_accepting());
-    publisher.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
