@@ -35,11 +35,12 @@ use super::shared::{REAP, Shared};
 ///   counts the node until it has stopped; its caller is answered at once all the same.
 /// - [`ProcessBuilder::recycle_after`](super::ProcessBuilder::recycle_after) replaces workers after a number of tasks.
 /// - Shutdown refuses new tasks, lets those in flight finish up to its grace period, then stops
-///   and reaps every worker: no zombies. It runs on the supervisor's thread: once begun it goes
-///   on whether or not its caller still waits for it. A shutdown called while another is under
-///   way cuts its grace short when its own ends sooner (a second, impatient Ctrl-C), waits for
-///   it, then returns. Dropping the last handle without a shutdown kills and reaps the workers and stops
-///   the supervisor thread.
+///   and reaps every worker: no zombies. It runs on the supervisor's thread from the moment
+///   `shutdown` is called, whether or not its caller awaits it (dropping the pool's last handle
+///   meanwhile still kills the workers at once). A shutdown called while another is under way
+///   cuts its grace short when its own ends sooner (a second, impatient Ctrl-C), waits for it,
+///   then returns. Dropping the last handle without a shutdown kills and reaps the workers and
+///   stops the supervisor thread.
 /// - The protocol runs on pipes of its own: a node's stdin is `/dev/null` and its stdout goes to
 ///   the parent's stderr.
 ///

@@ -264,7 +264,8 @@ impl Shared {
 
     /// The pool's shutdown (`run`), begun as a task of the supervisor's by the first call and
     /// waited for by every call. Once the supervisor's runtime is gone nothing runs: the pool
-    /// has stopped.
+    /// has stopped. One that panicked is finished as a dropped pool is: its workers killed, its
+    /// supervisor stopped.
     pub(super) fn shutdown_under_way<F>(
         self: &Arc<Self>,
         run: fn(Arc<Self>) -> F,
@@ -275,8 +276,16 @@ impl Shared {
         let mut shutdown = self.shutdown.lock().unwrap_or_else(|p| p.into_inner());
         let under_way = shutdown.get_or_insert_with(|| {
             let task = self.runtime.spawn(run(Arc::clone(self)));
+            // Weak: the pool holds this future until it is dropped.
+            let pool = Arc::downgrade(self);
             let done: BoxFuture<'static, ()> = Box::pin(async move {
-                let _ = task.await;
+                if let Err(e) = task.await
+                    && e.is_panic()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    tracing::error!("process strategy: its shutdown panicked; killing its workers");
+                    pool.release();
+                }
             });
             done.shared()
         });
