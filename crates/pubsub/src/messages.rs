@@ -215,29 +215,71 @@ impl RequestCompletionMessage {
 impl fmt::Display for RequestCompletionMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Creation(m) => write!(
-                f,
-                "{} CREATED as request {} in {} mode",
-                m.info.name(),
-                m.info.request_id(),
-                m.mode
-            ),
-            Self::Success(m) => write!(f, "{} DONE with result {:?}", m.info.name(), m.result),
-            Self::Failure(m) if m.error.is_cancelled() => {
-                write!(f, "{} CANCELLED: {}", m.info.name(), m.error)
-            }
-            Self::Failure(m) if m.error.is_timeout() => {
-                write!(f, "{} TIMED OUT: {}", m.info.name(), m.error)
-            }
-            Self::Failure(m) => write!(f, "{} FAILED with error {}", m.info.name(), m.error),
-            Self::CreationFailure(m) => write!(
-                f,
-                "request {} FAILED to be created with error {}",
-                m.request_id, m.error
-            ),
-            Self::Fatal(m) => write!(f, "FATAL failure: {}", m.error),
-            Self::Broadcast(m) => write!(f, "{} BROADCAST {:?}", m.info.name(), m.event),
+            Self::Creation(m) => m.fmt(f),
+            Self::Success(m) => m.fmt(f),
+            Self::Failure(m) => m.fmt(f),
+            Self::CreationFailure(m) => m.fmt(f),
+            Self::Fatal(m) => m.fmt(f),
+            Self::Broadcast(m) => m.fmt(f),
         }
+    }
+}
+
+/// The line of its [`RequestCompletionMessage`].
+impl fmt::Display for RequestCreation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (name, request) = (self.info.name(), self.info.request_id());
+        write!(
+            f,
+            "{name} CREATED as request {request} in {} mode",
+            self.mode
+        )
+    }
+}
+
+/// The line of its [`RequestCompletionMessage`].
+impl fmt::Display for RequestSuccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} DONE with result {:?}", self.info.name(), self.result)
+    }
+}
+
+/// The line of its [`RequestCompletionMessage`].
+impl fmt::Display for RequestFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (name, error) = (self.info.name(), &self.error);
+        if error.is_cancelled() {
+            write!(f, "{name} CANCELLED: {error}")
+        } else if error.is_timeout() {
+            write!(f, "{name} TIMED OUT: {error}")
+        } else {
+            write!(f, "{name} FAILED with error {error}")
+        }
+    }
+}
+
+/// The line of its [`RequestCompletionMessage`].
+impl fmt::Display for RequestCreationFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (request, error) = (&self.request_id, &self.error);
+        write!(
+            f,
+            "request {request} FAILED to be created with error {error}"
+        )
+    }
+}
+
+/// The line of its [`RequestCompletionMessage`].
+impl fmt::Display for FatalFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FATAL failure: {}", self.error)
+    }
+}
+
+/// The line of its [`RequestCompletionMessage`].
+impl fmt::Display for BroadcastEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} BROADCAST {:?}", self.info.name(), self.event)
     }
 }
 
@@ -318,5 +360,22 @@ mod tests {
         assert_eq!(b.to_string(), "search BROADCAST \"50%\"");
         assert_eq!(b.request_id().map(|r| r.as_str()), Some("r3"));
         assert!(b.is_broadcast() && !b.is_terminal() && !success.is_broadcast());
+    }
+
+    #[test]
+    fn each_message_prints_alone_as_in_the_enum() {
+        let failure = RequestFailure {
+            info: info(),
+            error: TaskError::timed_out("no answer within 2s"),
+        };
+        assert_eq!(
+            failure.to_string(),
+            "planner TIMED OUT: no answer within 2s"
+        );
+        let success = RequestSuccess {
+            info: info(),
+            result: Value::new(3),
+        };
+        assert_eq!(success.to_string(), "planner DONE with result 3");
     }
 }
