@@ -131,6 +131,10 @@ impl SubmitOptions {
     /// [`Task::with_parent`](task_core::Task::with_parent) from outside its node (work it
     /// handed to `tokio::spawn`) once it has ended names no open request: that task is
     /// nobody's child and runs, so await or cancel such work before the node returns.
+    ///
+    /// Under a retry policy it holds for each attempt too: the children a failed attempt leaves
+    /// open end cancelled before the next attempt starts, which may submit them again under the
+    /// same request ids.
     #[must_use]
     pub fn cancel_children_on_end(mut self) -> Self {
         self.ends_children = true;

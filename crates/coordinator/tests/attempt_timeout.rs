@@ -333,3 +333,47 @@ async fn an_attempt_whose_runtime_shut_down_ends_its_request() {
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+/// A request that ends its children (`cancel_children_on_end`) also ends those of each failed
+/// attempt before the next one starts: an agent retried after a failure submits its tool calls
+/// again under the same ids, and finds none of the failed attempt's still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_of_a_request_ending_its_children_ends_them_before_the_next() {
+    let (publisher, coordinator) = started();
+    let recorder = Recorder::attach(&publisher);
+    let calls = Arc::new(AtomicU32::new(0));
+    let (counter, parent) = (Arc::clone(&calls), coordinator.clone());
+    let agent = Task::replayable_fn("agent", "agent", move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let parent = parent.clone();
+        async move {
+            if n == 1 {
+                // The first attempt leaves its tool call hanging, and fails.
+                let tool = Task::from_fn("agent/tool", "tool", || async {
+                    std::future::pending::<Result<u32, BoxError>>().await
+                });
+                let _detached =
+                    parent.try_spawn(tool, ExecutionMode::ASYNC, SubmitOptions::new())?;
+                return Err::<u32, BoxError>("the model's answer did not parse".into());
+            }
+            let tool = Task::from_fn("agent/tool", "tool", || async { Ok::<_, BoxError>(7) });
+            Ok(parent.submit(tool, ExecutionMode::ASYNC).await?)
+        }
+    });
+    let policy = RetryPolicy::new(2).backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let options = SubmitOptions::new().retry(policy).cancel_children_on_end();
+    let answer = coordinator.submit_with(agent, ExecutionMode::ASYNC, options);
+    assert_eq!(within("the request", answer).await.unwrap(), 7);
+    assert_eq!(coordinator.job("agent").unwrap().attempts(), 2);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    let tools: Vec<String> = recorder
+        .messages()
+        .iter()
+        .filter(|m| m.is_terminal() && m.request_id().is_some_and(|r| r.as_str() == "agent/tool"))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(tools.len(), 2, "{tools:?}");
+    assert!(tools[0].contains("CANCELLED"), "{tools:?}");
+    assert!(tools[1].contains("DONE with result 7"), "{tools:?}");
+}

@@ -75,6 +75,11 @@ impl CompletionSink for RequestCell {
                     tracing::debug!(parent: &self.span, attempt, %error, backoff = ?wait,
                         "the attempt failed; another follows after the backoff");
                 }
+                if self.ends_children {
+                    // Nothing an attempt started outlives it: the next one may submit the same
+                    // children, under the same ids.
+                    Self::finish_stopped(self.stop_children());
+                }
                 self.schedule_attempt(wait, &runtime, stop);
             }
         }
