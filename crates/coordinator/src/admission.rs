@@ -260,6 +260,16 @@ impl Coordinator {
     }
 }
 
+/// Enters `runtime` when the caller is on none (a thread of its own, a bus callback): a request
+/// is made ready and started inside a runtime, whose timers and tasks it uses.
+pub(crate) fn enter_unless_in(
+    runtime: &tokio::runtime::Handle,
+) -> Option<tokio::runtime::EnterGuard<'_>> {
+    tokio::runtime::Handle::try_current()
+        .is_err()
+        .then(|| runtime.enter())
+}
+
 /// The request of the node `info` names as its parent, when it is submitted from inside that
 /// node (the usual way): at hand, open or not.
 pub(crate) fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
@@ -295,6 +305,10 @@ pub(crate) struct Ready {
 impl Coordinator {
     /// Checks what a request needs from the coordinator now: started, on a runtime, with a
     /// running bus. (Whether shutdown lets it in depends on its parent: [`Inner::admits`].)
+    ///
+    /// The runtime is the caller's; outside any, the multi-thread runtime `start` ran on, which
+    /// runs the request by itself (the caller enters it while it submits: [`enter_unless_in`]).
+    /// A current-thread one runs tasks only while a thread blocks on it, so it is not used.
     pub(crate) fn check_open(&self) -> Result<tokio::runtime::Handle, SubmitError> {
         let inner = &self.inner;
         let started = inner
@@ -302,7 +316,13 @@ impl Coordinator {
             .get()
             .ok_or_else(|| SubmitError::new(SubmitKind::NotStarted))?;
         let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| SubmitError::new(SubmitKind::NoRuntime))?;
+            .ok()
+            .or_else(|| {
+                let runtime = started.runtime.as_ref()?;
+                let flavor = runtime.runtime_flavor();
+                (flavor == tokio::runtime::RuntimeFlavor::MultiThread).then(|| runtime.clone())
+            })
+            .ok_or_else(|| SubmitError::new(SubmitKind::NoRuntime))?;
         if !started.publisher.is_running() {
             return Err(SubmitError::new(SubmitKind::PublisherClosed));
         }
@@ -461,6 +481,7 @@ impl Coordinator {
         waited: Option<Duration>,
     ) -> Result<Accepted, SubmitError> {
         let runtime = self.check_open()?;
+        let _entered = enter_unless_in(&runtime);
         let ready = self.ready(task, &mode, entry, options, place, &runtime)?;
         let openings = self.inner.openings();
         // Announced openings come before anything else about the request: nothing ends it

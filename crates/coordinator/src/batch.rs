@@ -97,6 +97,7 @@ impl Coordinator {
     {
         let mode = mode.into();
         let runtime = self.check_open()?;
+        let _entered = crate::admission::enter_unless_in(&runtime);
         let entry = self.mode_entry(&mode)?;
         let tasks = tasks.into_iter();
         let mut prepared = Vec::with_capacity(tasks.size_hint().0);

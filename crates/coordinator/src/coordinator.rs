@@ -203,7 +203,8 @@ impl Coordinator {
     ///
     /// A rejection ([`SubmitError::is_rejected`]; nothing recorded, nothing published) when the
     /// coordinator is not started or is shut down, no strategy is registered for `mode`, a job
-    /// with the same request id is still open, or this runs outside a tokio runtime (and, for
+    /// with the same request id is still open, or this runs outside a tokio runtime and the
+    /// coordinator was not started on a multi-thread one, which would run it (and, for
     /// [`submit_with`](Self::submit_with), when its options ask for retries of a task that can
     /// run only once: [`SubmitError::is_not_replayable`]). A failure
     /// ([`SubmitError::task_error`]) when the node returned an error, panicked, or its strategy

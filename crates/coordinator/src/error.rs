@@ -81,7 +81,9 @@ impl SubmitError {
         matches!(self.kind, SubmitKind::NotReplayable(_))
     }
 
-    /// `submit` was polled outside a tokio runtime.
+    /// `submit` was polled outside a tokio runtime, and the coordinator was started outside a
+    /// multi-thread one (outside any runtime, a request runs on the multi-thread runtime
+    /// [`start`](crate::Coordinator::start) ran on).
     pub fn is_no_runtime(&self) -> bool {
         matches!(self.kind, SubmitKind::NoRuntime)
     }
@@ -160,7 +162,10 @@ impl fmt::Display for SubmitError {
                 "request `{id}` asks for retries but its task can run only once: make it with \
                  Task::replayable, Task::replayable_fn, Task::replayable_blocking or Task::portable"
             ),
-            SubmitKind::NoRuntime => f.write_str("submit must run inside a tokio runtime"),
+            SubmitKind::NoRuntime => f.write_str(
+                "submit must run inside a tokio runtime (or the coordinator be started on a \
+                 multi-thread one)",
+            ),
             SubmitKind::PublisherClosed => f.write_str(
                 "the coordinator's publisher is not running (shut it down after the \
                      coordinator, not before)",

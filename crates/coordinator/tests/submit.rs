@@ -4,6 +4,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use coordinator::{
     BoxError, Coordinator, ExecutionMode, JobResult, JobStatus, RequestCompletionMessage,
@@ -329,8 +330,10 @@ async fn a_closed_publisher_rejects_new_requests() {
     assert!(coordinator.job("1").is_none());
 }
 
+/// Outside any runtime, a coordinator started on a current-thread runtime (which runs tasks only
+/// while a thread blocks on it) has nowhere to run a request: it is refused, nothing recorded.
 #[test]
-fn submit_outside_a_runtime_is_rejected() {
+fn submit_outside_a_runtime_is_rejected_when_started_on_a_current_thread_one() {
     let publisher = RequestCompletionPublisher::new();
     publisher.start().unwrap();
     let coordinator = Coordinator::builder().with_async().build();
@@ -344,8 +347,11 @@ fn submit_outside_a_runtime_is_rejected() {
     assert!(coordinator.job("1").is_none());
 }
 
+/// Outside any runtime (a thread of the application's, a bus callback), a request runs on the
+/// multi-thread runtime the coordinator was started on: one at once, one that waits for its
+/// place under a limit, one with a timeout, and a batch.
 #[test]
-fn a_submit_outside_a_runtime_is_rejected_when_its_mode_is_full_too() {
+fn submit_outside_a_runtime_runs_on_the_multi_thread_runtime_start_ran_on() {
     let publisher = RequestCompletionPublisher::new();
     publisher.start().unwrap();
     let coordinator = Coordinator::builder()
@@ -353,26 +359,37 @@ fn a_submit_outside_a_runtime_is_rejected_when_its_mode_is_full_too() {
         .limit("async", 1)
         .build();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
     let holder = rt.block_on(async {
         coordinator.start(&publisher).unwrap();
-        let never = Task::from_fn(
-            "holder",
-            "never",
-            std::future::pending::<Result<u8, BoxError>>,
-        );
-        coordinator.try_spawn(never, "async", SubmitOptions::new())
+        let held = Task::from_fn("holder", "held", || async move {
+            released.await.ok();
+            Ok::<_, BoxError>(0_u64)
+        });
+        coordinator.try_spawn(held, "async", SubmitOptions::new())
     });
     let holder = holder.expect("the first request takes the one place");
-    // Neither waits for the place, which would need the runtime it is not on.
-    let task = || value_task("1", 1);
+    let task = |id: &str, n| value_task(id, n);
+    // The mode is full: `try_spawn` says so, a `submit` waits for the place.
     let err = coordinator
-        .try_spawn(task(), "async", SubmitOptions::new())
+        .try_spawn(task("busy", 1), "async", SubmitOptions::new())
         .unwrap_err();
-    assert!(err.is_no_runtime(), "{err}");
-    let err = futures::executor::block_on(coordinator.submit(task(), "async")).unwrap_err();
-    assert!(err.is_no_runtime(), "{err}");
-    assert!(coordinator.job("1").is_none());
-    holder.cancel();
+    assert!(err.is_busy(), "{err}");
+    let waiting = std::thread::spawn({
+        let coordinator = coordinator.clone();
+        move || futures::executor::block_on(coordinator.submit(task("waited", 2), "async"))
+    });
+    release.send(()).unwrap();
+    assert_eq!(futures::executor::block_on(holder).unwrap(), 0);
+    assert_eq!(waiting.join().unwrap().unwrap(), 2);
+    let timed = SubmitOptions::new().timeout(Duration::from_secs(30));
+    let submitted = coordinator.submit_with(task("timed", 3), "async", timed);
+    assert_eq!(futures::executor::block_on(submitted).unwrap(), 3);
+    let tasks = (0..4).map(|i| task(&format!("batch-{i}"), i));
+    let batch = coordinator.submit_many(tasks, "async", SubmitOptions::new());
+    let outputs = futures::executor::block_on(batch.unwrap().all());
+    let outputs: Vec<u64> = outputs.into_iter().map(Result::unwrap).collect();
+    assert_eq!(outputs, [0, 1, 2, 3]);
     rt.block_on(coordinator.shutdown());
 }
 
