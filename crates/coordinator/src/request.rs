@@ -77,6 +77,10 @@ pub(crate) struct RequestCell {
     /// Set while the attempt under way ran past its attempt timeout: its run is told to stop,
     /// as if cancelled, while the request stays open for the next attempt.
     attempt_expired: AtomicBool,
+    /// Set while it waits out a backoff after a failed attempt whose children it ends
+    /// ([`SubmitOptions::cancel_children_on_end`](crate::SubmitOptions::cancel_children_on_end)):
+    /// what that attempt's work still submits is born cancelled.
+    between_attempts: AtomicBool,
     /// Set once it was cancelled with its parent, ended or not: the children it submits from
     /// then on are born cancelled.
     tree_cancelled: AtomicBool,
@@ -263,6 +267,7 @@ impl RequestCell {
         Arc::new_cyclic(|me| Self {
             cancelled: AtomicBool::new(false),
             attempt_expired: AtomicBool::new(false),
+            between_attempts: AtomicBool::new(false),
             tree_cancelled: AtomicBool::new(false),
             output,
             ends_children,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use coordinator::{
     BoxError, ExecutionMode, JobResult, RetryPolicy, SubmitOptions, Task,
-    ThreadedExecutionStrategy, current_node_cancelled,
+    ThreadedExecutionStrategy, current_node, current_node_cancelled,
 };
 use support::{Recorder, started, started_threaded};
 
@@ -376,4 +376,71 @@ async fn a_failed_attempt_of_a_request_ending_its_children_ends_them_before_the_
     assert_eq!(tools.len(), 2, "{tools:?}");
     assert!(tools[0].contains("CANCELLED"), "{tools:?}");
     assert!(tools[1].contains("DONE with result 7"), "{tools:?}");
+}
+
+/// What a failed attempt's work submits late, naming the attempt's node as its parent while the
+/// request waits out its backoff (work the node handed to `tokio::spawn`), is born cancelled
+/// under `cancel_children_on_end`, as the attempt's other children were ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempts_late_child_is_born_cancelled_during_the_backoff() {
+    let (publisher, coordinator) = started();
+    let (go, late_go) = tokio::sync::oneshot::channel::<()>();
+    let late_go = Arc::new(std::sync::Mutex::new(Some(late_go)));
+    let (late_tx, late_rx) = tokio::sync::oneshot::channel();
+    let late_tx = Arc::new(std::sync::Mutex::new(Some(late_tx)));
+    let parent = coordinator.clone();
+    let agent = Task::replayable_fn("agent", "agent", move || {
+        let (parent, late_go, late_tx) = (parent.clone(), late_go.clone(), late_tx.clone());
+        async move {
+            let hang = |id: &str| {
+                Task::from_fn(id, "tool", || async {
+                    std::future::pending::<Result<u32, BoxError>>().await
+                })
+            };
+            let options = SubmitOptions::new;
+            let _detached =
+                parent.try_spawn(hang("agent/tool"), ExecutionMode::ASYNC, options())?;
+            let node = current_node().expect("inside the agent's node");
+            let (late_go, late_tx) = (
+                late_go.lock().unwrap().take(),
+                late_tx.lock().unwrap().take(),
+            );
+            if let (Some(late_go), Some(late_tx)) = (late_go, late_tx) {
+                tokio::spawn(async move {
+                    let _ = late_go.await;
+                    let late = hang("agent/late").with_parent(node);
+                    let _ = late_tx.send(parent.spawn(late, ExecutionMode::ASYNC, options()).await);
+                });
+            }
+            Err::<u32, BoxError>("the model's answer did not parse".into())
+        }
+    });
+    let policy = RetryPolicy::new(2).backoff(Duration::from_secs(600), Duration::from_secs(600));
+    let options = SubmitOptions::new().retry(policy).cancel_children_on_end();
+    let handle = coordinator
+        .try_spawn(agent, ExecutionMode::ASYNC, options)
+        .unwrap();
+    // The first attempt failed and its tool was ended: the request waits out its backoff.
+    within("the first attempt's tool to end", async {
+        while coordinator
+            .job("agent/tool")
+            .and_then(|j| j.result())
+            .is_none()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        coordinator.job("agent/tool").unwrap().result(),
+        Some(JobResult::Cancelled)
+    );
+    go.send(()).unwrap();
+    let late = within("the late child", late_rx).await.unwrap().unwrap();
+    let late = within("the late child's end", late).await.unwrap_err();
+    assert!(late.is_cancelled(), "{late}");
+    handle.cancel();
+    let _ = within("the request", handle).await;
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
 }

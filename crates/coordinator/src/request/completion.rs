@@ -76,9 +76,9 @@ impl CompletionSink for RequestCell {
                         "the attempt failed; another follows after the backoff");
                 }
                 if self.ends_children {
-                    // Nothing an attempt started outlives it: the next one may submit the same
-                    // children, under the same ids.
-                    Self::finish_stopped(self.stop_children());
+                    // No request the attempt started is left open: the next one may submit the
+                    // same children, under the same ids.
+                    self.end_attempt_children();
                 }
                 self.schedule_attempt(wait, &runtime, stop);
             }

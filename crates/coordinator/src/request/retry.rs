@@ -254,6 +254,7 @@ impl RequestCell {
                 retry.backoff = None;
                 retry.expired = None;
                 self.attempt_expired.store(false, Ordering::SeqCst);
+                self.attempt_starts();
                 retry.attempt += 1;
                 retry.attempt
             }

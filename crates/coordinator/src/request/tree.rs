@@ -132,10 +132,27 @@ impl RequestCell {
     }
 
     /// Whether the children it adopts from now on are born cancelled: it was cancelled, its
-    /// tree was, or the attempt under way ran past its attempt timeout (what that attempt's
-    /// node still submits is stopped with it).
+    /// tree was, the attempt under way ran past its attempt timeout (what that attempt's node
+    /// still submits is stopped with it), or it waits out a backoff after a failed attempt
+    /// whose children it ends.
     pub(crate) fn cancels_children(&self) -> bool {
-        self.run_cancelled() || self.tree_cancelled.load(Ordering::SeqCst)
+        self.run_cancelled()
+            || self.tree_cancelled.load(Ordering::SeqCst)
+            || self.between_attempts.load(Ordering::SeqCst)
+    }
+
+    /// After a failed attempt of a request that ends its children, before the next: ends the
+    /// children that attempt left open, and has what its work still submits (or hands up)
+    /// until the next attempt starts born cancelled.
+    pub(super) fn end_attempt_children(&self) {
+        self.between_attempts.store(true, Ordering::SeqCst);
+        self.children_cancelled.notify_waiters();
+        Self::finish_stopped(self.stop_children());
+    }
+
+    /// The next attempt starts: the children it submits are its own.
+    pub(super) fn attempt_starts(&self) {
+        self.between_attempts.store(false, Ordering::SeqCst);
     }
 
     /// Completes once [`cancels_children`](Self::cancels_children) holds.
