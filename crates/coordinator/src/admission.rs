@@ -202,7 +202,12 @@ impl Coordinator {
                         self.check_open()?;
                         let (wait_mode, limit) = (mode.clone(), Arc::clone(limit));
                         let parent = scoped_parent(task.info());
+                        // From now on `cancel` reaches it by its request id.
+                        let (listed, mut cancelled) =
+                            self.inner.waiting.enter(task.info().request_id());
                         let wait = Box::pin(async move {
+                            // Taken out when the wait ends, however it ends.
+                            let _listed = listed;
                             let since = Instant::now();
                             let acquire = limit.acquire_owned();
                             let parent_cancelled = async {
@@ -218,6 +223,10 @@ impl Coordinator {
                                 () = parent_cancelled => None,
                                 () = self.inner.closing() => {
                                     return Err(SubmitError::new(SubmitKind::ShutDown));
+                                }
+                                Ok(()) = &mut cancelled => {
+                                    let kind = SubmitKind::CancelledWaiting(mode);
+                                    return Err(SubmitError::new(kind));
                                 }
                             };
                             let place = match permit {
@@ -306,9 +315,10 @@ impl Coordinator {
     /// Checks what a request needs from the coordinator now: started, on a runtime, with a
     /// running bus. (Whether shutdown lets it in depends on its parent: [`Inner::admits`].)
     ///
-    /// The runtime is the caller's; outside any, the multi-thread runtime `start` ran on, which
-    /// runs the request by itself (the caller enters it while it submits: [`enter_unless_in`]).
-    /// A current-thread one runs tasks only while a thread blocks on it, so it is not used.
+    /// The runtime is the caller's; outside any, the multi-thread runtime `start` ran on while
+    /// it runs, which runs the request by itself (the caller enters it while it submits:
+    /// [`enter_unless_in`]). A current-thread one runs tasks only while a thread blocks on it,
+    /// so it is not used.
     pub(crate) fn check_open(&self) -> Result<tokio::runtime::Handle, SubmitError> {
         let inner = &self.inner;
         let started = inner
@@ -318,9 +328,8 @@ impl Coordinator {
         let runtime = tokio::runtime::Handle::try_current()
             .ok()
             .or_else(|| {
-                let runtime = started.runtime.as_ref()?;
-                let flavor = runtime.runtime_flavor();
-                (flavor == tokio::runtime::RuntimeFlavor::MultiThread).then(|| runtime.clone())
+                let runs = started.runtime_runs.load(Ordering::SeqCst);
+                started.runtime.clone().filter(|_| runs)
             })
             .ok_or_else(|| SubmitError::new(SubmitKind::NoRuntime))?;
         if !started.publisher.is_running() {

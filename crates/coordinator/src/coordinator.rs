@@ -116,10 +116,7 @@ impl Coordinator {
         if !publisher.is_running() {
             return Err(StartError::new(StartKind::PublisherNotStarted));
         }
-        let started = Started {
-            publisher: publisher.clone(),
-            runtime: tokio::runtime::Handle::try_current().ok(),
-        };
+        let started = Started::new(publisher);
         self.inner
             .started
             .set(started)
@@ -265,8 +262,9 @@ impl Coordinator {
     /// and returns a handle to await or cancel it.
     ///
     /// While it waits for a place nothing is recorded: the request is not in the job table yet,
-    /// and dropping this future abandons it. To have it recorded at once and wait its turn in
-    /// the job table, cancellable by id, submit it as a batch of one
+    /// and dropping this future abandons it; [`cancel`](Self::cancel) with its request id still
+    /// reaches it (it then returns cancelled, never run). To have it recorded at once and wait
+    /// its turn in the job table, submit it as a batch of one
     /// ([`submit_many`](Self::submit_many)).
     ///
     /// # Errors
@@ -423,6 +421,10 @@ impl Coordinator {
     /// Cancels the open request `request_id` and the children it submitted, as
     /// [`RequestHandle::cancel`] does. Returns whether such a request was open when asked: one
     /// whose outcome was arriving at that moment ends with that outcome, not cancelled.
+    ///
+    /// A submission of `request_id` still waiting for a place under its mode's limit (a
+    /// `submit` or `spawn`, not recorded yet) is cancelled too: it returns an error for which
+    /// [`SubmitError::is_cancelled`] holds, and its node never runs.
     pub fn cancel(&self, request_id: &str) -> bool {
         let cell = self
             .inner
@@ -430,7 +432,8 @@ impl Coordinator {
             .attachment(request_id)
             .map(|open| Arc::clone(&open.cell));
         // Outside the table lock: a launched request publishes its outcome as it is cancelled.
-        cell.map(|cell| cell.cancel()).is_some()
+        let open = cell.map(|cell| cell.cancel()).is_some();
+        self.inner.waiting.cancel(request_id) || open
     }
 
     /// A serializable snapshot: the counts, every recorded job (oldest first) and each mode's

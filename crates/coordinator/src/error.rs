@@ -33,6 +33,8 @@ pub(crate) enum SubmitKind {
     PublisherClosed,
     /// The mode, and for a batch the places it needs at once.
     Busy(ExecutionMode),
+    /// Cancelled (`Coordinator::cancel`) while it waited for a place under the mode's limit.
+    CancelledWaiting(ExecutionMode),
     Failed(TaskError),
 }
 
@@ -106,9 +108,12 @@ impl SubmitError {
     }
 
     /// The request was accepted and then cancelled (by its handle, its parent, or the shutdown
-    /// deadline).
+    /// deadline), or [`Coordinator::cancel`](crate::Coordinator::cancel) cancelled it while it
+    /// still waited for a place under its mode's limit (it was never accepted then: nothing
+    /// recorded, nothing published, its node never run).
     pub fn is_cancelled(&self) -> bool {
-        self.task_error().is_some_and(TaskError::is_cancelled)
+        matches!(self.kind, SubmitKind::CancelledWaiting(_))
+            || self.task_error().is_some_and(TaskError::is_cancelled)
     }
 
     /// The request ran and failed: why.
@@ -173,6 +178,10 @@ impl fmt::Display for SubmitError {
             SubmitKind::Busy(mode) => {
                 write!(f, "mode `{mode}` is at its concurrency limit")
             }
+            SubmitKind::CancelledWaiting(mode) => write!(
+                f,
+                "the request was cancelled while it waited for a place under mode `{mode}`'s limit"
+            ),
             SubmitKind::Failed(e) => fmt::Display::fmt(e, f),
         }
     }

@@ -20,6 +20,46 @@ pub(crate) struct Started {
     /// The runtime `start` ran on, if any: where a strategy's future runs when it is handed over
     /// on a thread of no runtime.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Set while that runtime, a multi-thread one, runs: a request submitted outside any
+    /// runtime runs there (`check_open`).
+    pub(crate) runtime_runs: Arc<AtomicBool>,
+    /// Ends the task that clears `runtime_runs` when that runtime shuts down, with the
+    /// coordinator.
+    _watch: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Started {
+    /// Started with `publisher`, on the runtime the caller is on, if any.
+    pub(crate) fn new(publisher: &RequestCompletionPublisher) -> Self {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let runtime_runs = Arc::new(AtomicBool::new(false));
+        let multi_thread = runtime.as_ref().filter(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        let watch = multi_thread.map(|runtime| {
+            /// Clears the flag when dropped: the task ended, or its runtime shut down.
+            struct Clear(Arc<AtomicBool>);
+            impl Drop for Clear {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+            runtime_runs.store(true, Ordering::SeqCst);
+            let (watch, ended) = tokio::sync::oneshot::channel::<()>();
+            let clear = Clear(Arc::clone(&runtime_runs));
+            drop(runtime.spawn(async move {
+                let _clear = clear;
+                let _ = ended.await;
+            }));
+            watch
+        });
+        Self {
+            publisher: publisher.clone(),
+            runtime,
+            runtime_runs,
+            _watch: watch,
+        }
+    }
 }
 
 /// What a coordinator keeps beside each open job in its [`CoordinatorState`] (see
@@ -61,6 +101,8 @@ pub(crate) struct Inner {
     pub(crate) closing: AtomicBool,
     /// Woken when shutdown begins: submissions waiting for a place under a limit stop waiting.
     pub(crate) closing_begun: Notify,
+    /// Submissions waiting for a place under a mode's limit, not recorded yet.
+    pub(crate) waiting: crate::waiting::Waiting,
     /// Set when shutdown's grace period ran out and open requests were cancelled.
     pub(crate) past_deadline: AtomicBool,
     /// Set once a call to shutdown has shut the strategies down.
@@ -94,6 +136,7 @@ impl Inner {
             closing: AtomicBool::new(false),
             past_deadline: AtomicBool::new(false),
             closing_begun: Notify::new(),
+            waiting: crate::waiting::Waiting::default(),
             strategies_shut: AtomicBool::new(false),
             table: Mutex::new(CoordinatorState::with_attachments(retention)),
             applying: AtomicUsize::new(0),

@@ -63,6 +63,7 @@ mod queue;
 mod request;
 mod shutdown;
 mod state;
+mod waiting;
 
 pub use crate::batch::{AsCompleted, Batch};
 pub use crate::builder::CoordinatorBuilder;

@@ -489,3 +489,60 @@ async fn the_requests_waiting_for_a_place_are_counted_apart_from_those_in_flight
     within("shutdown", coordinator.shutdown()).await;
     publisher.shutdown().await;
 }
+
+/// `cancel` reaches a `spawn` (or `submit`) still waiting for a place under the limit, which
+/// is not recorded yet: it returns cancelled at once, its node never runs, nothing is recorded
+/// or published, and the place goes to the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_a_submission_waiting_for_a_place() {
+    let (publisher, coordinator) = limited(1);
+    let recorder = Recorder::attach(&publisher);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let holder = coordinator
+        .try_spawn(
+            gated("holder", 0, &gate),
+            ExecutionMode::ASYNC,
+            SubmitOptions::new(),
+        )
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&ran);
+    let queued = Task::from_fn("queued", "charge-card", move || async move {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, BoxError>(1_u64)
+    });
+    let c = coordinator.clone();
+    let waiting = tokio::spawn(async move {
+        c.spawn(queued, ExecutionMode::ASYNC, SubmitOptions::new())
+            .await
+    });
+    // Once it waits, `cancel` finds it.
+    within("the submission to wait", async {
+        while !coordinator.cancel("queued") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let error = within("the cancelled submission", waiting)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(error.is_cancelled() && error.is_rejected(), "{error}");
+    assert!(coordinator.job("queued").is_none(), "nothing recorded");
+    assert!(!coordinator.cancel("queued"), "nothing left to cancel");
+    gate.add_permits(1);
+    assert_eq!(within("the holder", holder).await.unwrap(), 0);
+    let again = Task::from_fn("queued", "charge-card", || async {
+        Ok::<_, BoxError>(2_u64)
+    });
+    let again = coordinator.submit(again, ExecutionMode::ASYNC);
+    assert_eq!(within("the next request", again).await.unwrap(), 2);
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "the cancelled node never ran"
+    );
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+    assert_eq!(recorder.terminal_counts().get("queued"), Some(&1));
+}

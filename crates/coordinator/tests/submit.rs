@@ -347,6 +347,22 @@ fn submit_outside_a_runtime_is_rejected_when_started_on_a_current_thread_one() {
     assert!(coordinator.job("1").is_none());
 }
 
+/// Outside any runtime, once the multi-thread runtime the coordinator was started on has shut
+/// down, a request has nowhere to run: it is refused, nothing recorded.
+#[test]
+fn submit_outside_a_runtime_is_rejected_once_the_start_runtime_shut_down() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let coordinator = Coordinator::builder().with_async().build();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { coordinator.start(&publisher).unwrap() });
+    drop(rt);
+    let err =
+        futures::executor::block_on(coordinator.submit(value_task("1", 1), "async")).unwrap_err();
+    assert!(err.is_no_runtime(), "{err}");
+    assert!(coordinator.job("1").is_none());
+}
+
 /// Outside any runtime (a thread of the application's, a bus callback), a request runs on the
 /// multi-thread runtime the coordinator was started on: one at once, one that waits for its
 /// place under a limit, one with a timeout, and a batch.
@@ -375,10 +391,17 @@ fn submit_outside_a_runtime_runs_on_the_multi_thread_runtime_start_ran_on() {
         .try_spawn(task("busy", 1), "async", SubmitOptions::new())
         .unwrap_err();
     assert!(err.is_busy(), "{err}");
-    let waiting = std::thread::spawn({
+    // Polled once here, it waits for the place; then awaited on a thread of its own.
+    let mut waited = Box::pin({
         let coordinator = coordinator.clone();
-        move || futures::executor::block_on(coordinator.submit(task("waited", 2), "async"))
+        async move { coordinator.submit(task("waited", 2), "async").await }
     });
+    let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        waited.as_mut().poll(noop).is_pending(),
+        "it waits for the place"
+    );
+    let waiting = std::thread::spawn(move || futures::executor::block_on(waited));
     release.send(()).unwrap();
     assert_eq!(futures::executor::block_on(holder).unwrap(), 0);
     assert_eq!(waiting.join().unwrap().unwrap(), 2);
