@@ -202,12 +202,11 @@ impl Coordinator {
                         self.check_open()?;
                         let (wait_mode, limit) = (mode.clone(), Arc::clone(limit));
                         let parent = scoped_parent(task.info());
-                        // From now on `cancel` reaches it by its request id.
-                        let (listed, mut cancelled) =
-                            self.inner.waiting.enter(task.info().request_id());
                         let wait = Box::pin(async move {
-                            // Taken out when the wait ends, however it ends.
-                            let _listed = listed;
+                            // From its first poll `cancel` reaches it by its request id; taken
+                            // out when the wait ends, however it ends.
+                            let (_listed, mut cancelled) =
+                                self.inner.waiting.enter(task.info().request_id());
                             let since = Instant::now();
                             let acquire = limit.acquire_owned();
                             let parent_cancelled = async {
@@ -217,16 +216,18 @@ impl Coordinator {
                                 }
                             };
                             let permit = tokio::select! {
+                                // A cancellation is seen first, whatever else is ready.
+                                biased;
+                                Ok(()) = &mut cancelled => {
+                                    let kind = SubmitKind::CancelledWaiting(mode);
+                                    return Err(SubmitError::new(kind));
+                                }
                                 permit = acquire => Some(permit),
                                 // Its parent was cancelled while it waited: it is born
                                 // cancelled, and needs no place.
                                 () = parent_cancelled => None,
                                 () = self.inner.closing() => {
                                     return Err(SubmitError::new(SubmitKind::ShutDown));
-                                }
-                                Ok(()) = &mut cancelled => {
-                                    let kind = SubmitKind::CancelledWaiting(mode);
-                                    return Err(SubmitError::new(kind));
                                 }
                             };
                             let place = match permit {
@@ -236,7 +237,12 @@ impl Coordinator {
                                 None => None,
                             };
                             let waited = place.as_ref().map(|_| since.elapsed());
-                            self.accept(task, mode, entry, options, place, waited)
+                            // Born cancelled when its parent's cancellation ended the wait (even
+                            // if the parent no longer cancels the children it adopts), or when
+                            // `cancel` came while it was being accepted.
+                            let parent_woke = place.is_none();
+                            let doomed = &mut || parent_woke || cancelled.try_recv().is_ok();
+                            self.accept(task, mode, entry, options, (place, waited), doomed)
                         });
                         return Ok(Admission::Wait(Waiting {
                             mode: wait_mode,
@@ -246,7 +252,7 @@ impl Coordinator {
                 },
             },
         };
-        self.accept(task, mode, entry, options, place, waited)
+        self.accept(task, mode, entry, options, (place, waited), &mut || false)
             .map(|accepted| Admission::Accepted(Some(accepted)))
     }
 }
@@ -479,15 +485,16 @@ impl Coordinator {
     }
 
     /// Validates, records and starts one request, holding `place` under its mode's limit (its
-    /// own, taken after waiting `waited`, or shared with its parent).
+    /// own, taken after waiting `waited`, or shared with its parent). It is born cancelled when
+    /// its parent cancels its children, or when `doomed` says so once it is recorded.
     fn accept(
         &self,
         task: ErasedTask,
         mode: ExecutionMode,
         entry: &Mode,
         options: SubmitOptions,
-        place: Option<Place>,
-        waited: Option<Duration>,
+        (place, waited): (Option<Place>, Option<Duration>),
+        doomed: &mut dyn FnMut() -> bool,
     ) -> Result<Accepted, SubmitError> {
         let runtime = self.check_open()?;
         let _entered = enter_unless_in(&runtime);
@@ -518,6 +525,7 @@ impl Coordinator {
         };
         match recorded {
             Ok(born_cancelled) => {
+                let born_cancelled = born_cancelled || doomed();
                 // Outside the table's lock, and only for an accepted request.
                 entry.metrics.accepted(waited);
                 // What announcing it lets go of is dropped once it has started.

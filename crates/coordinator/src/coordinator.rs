@@ -201,7 +201,8 @@ impl Coordinator {
     /// A rejection ([`SubmitError::is_rejected`]; nothing recorded, nothing published) when the
     /// coordinator is not started or is shut down, no strategy is registered for `mode`, a job
     /// with the same request id is still open, or this runs outside a tokio runtime and the
-    /// coordinator was not started on a multi-thread one, which would run it (and, for
+    /// coordinator was not started on a multi-thread one still running, which would run it
+    /// (and, for
     /// [`submit_with`](Self::submit_with), when its options ask for retries of a task that can
     /// run only once: [`SubmitError::is_not_replayable`]). A failure
     /// ([`SubmitError::task_error`]) when the node returned an error, panicked, or its strategy
@@ -423,9 +424,13 @@ impl Coordinator {
     /// whose outcome was arriving at that moment ends with that outcome, not cancelled.
     ///
     /// A submission of `request_id` still waiting for a place under its mode's limit (a
-    /// `submit` or `spawn`, not recorded yet) is cancelled too: it returns an error for which
-    /// [`SubmitError::is_cancelled`] holds, and its node never runs.
+    /// `submit` or `spawn`, not recorded yet) is cancelled too, and counts as open here: it
+    /// returns an error for which [`SubmitError::is_cancelled`] holds, its node never run
+    /// (one that got its place meanwhile is recorded cancelled, never started).
     pub fn cancel(&self, request_id: &str) -> bool {
+        // The waiting ones first: a submission leaves them only once it is recorded (or
+        // refused), so one missed there is found in the table.
+        let waiting = self.inner.waiting.cancel(request_id);
         let cell = self
             .inner
             .table()
@@ -433,7 +438,7 @@ impl Coordinator {
             .map(|open| Arc::clone(&open.cell));
         // Outside the table lock: a launched request publishes its outcome as it is cancelled.
         let open = cell.map(|cell| cell.cancel()).is_some();
-        self.inner.waiting.cancel(request_id) || open
+        waiting || open
     }
 
     /// A serializable snapshot: the counts, every recorded job (oldest first) and each mode's

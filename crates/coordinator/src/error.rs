@@ -83,9 +83,9 @@ impl SubmitError {
         matches!(self.kind, SubmitKind::NotReplayable(_))
     }
 
-    /// `submit` was polled outside a tokio runtime, and the coordinator was started outside a
-    /// multi-thread one (outside any runtime, a request runs on the multi-thread runtime
-    /// [`start`](crate::Coordinator::start) ran on).
+    /// `submit` was polled outside a tokio runtime, and the coordinator was not started on a
+    /// multi-thread one that still runs (outside any runtime, a request runs on the
+    /// multi-thread runtime [`start`](crate::Coordinator::start) ran on, while it runs).
     pub fn is_no_runtime(&self) -> bool {
         matches!(self.kind, SubmitKind::NoRuntime)
     }
@@ -109,8 +109,9 @@ impl SubmitError {
 
     /// The request was accepted and then cancelled (by its handle, its parent, or the shutdown
     /// deadline), or [`Coordinator::cancel`](crate::Coordinator::cancel) cancelled it while it
-    /// still waited for a place under its mode's limit (it was never accepted then: nothing
-    /// recorded, nothing published, its node never run).
+    /// still waited for a place under its mode's limit. It was never accepted then: nothing
+    /// recorded, nothing published, its node never run; it is a rejection
+    /// ([`is_rejected`](Self::is_rejected)), with no [`task_error`](Self::task_error).
     pub fn is_cancelled(&self) -> bool {
         matches!(self.kind, SubmitKind::CancelledWaiting(_))
             || self.task_error().is_some_and(TaskError::is_cancelled)

@@ -169,9 +169,11 @@ impl Inner {
 
     /// The runtime `start` ran on, if any.
     pub(crate) fn runtime(&self) -> Option<tokio::runtime::Handle> {
-        self.started
-            .get()
-            .and_then(|started| started.runtime.clone())
+        let started = self.started.get()?;
+        let runtime = started.runtime.clone()?;
+        // A multi-thread one that has shut down runs nothing: none.
+        let multi_thread = runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+        (!multi_thread || started.runtime_runs.load(Ordering::SeqCst)).then_some(runtime)
     }
 
     /// Applies one of this coordinator's outcomes: closes the request's job, hands its message to

@@ -134,7 +134,8 @@ impl SubmitOptions {
     ///
     /// Under a retry policy it holds for each attempt too: the children a failed attempt leaves
     /// open end cancelled before the next attempt starts, which may submit them again under the
-    /// same request ids.
+    /// same request ids, and what that attempt's work still submits beneath it meanwhile (work
+    /// handed to `tokio::spawn`, naming the node with `with_parent`) is born cancelled.
     #[must_use]
     pub fn cancel_children_on_end(mut self) -> Self {
         self.ends_children = true;

@@ -415,7 +415,9 @@ async fn a_failed_attempts_late_child_is_born_cancelled_during_the_backoff() {
             Err::<u32, BoxError>("the model's answer did not parse".into())
         }
     });
-    let policy = RetryPolicy::new(2).backoff(Duration::from_secs(600), Duration::from_secs(600));
+    let policy = RetryPolicy::new(2)
+        .backoff(Duration::from_secs(600), Duration::from_secs(600))
+        .without_jitter();
     let options = SubmitOptions::new().retry(policy).cancel_children_on_end();
     let handle = coordinator
         .try_spawn(agent, ExecutionMode::ASYNC, options)

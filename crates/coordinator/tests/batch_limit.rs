@@ -546,3 +546,43 @@ async fn cancel_reaches_a_submission_waiting_for_a_place() {
     publisher.shutdown().await;
     assert_eq!(recorder.terminal_counts().get("queued"), Some(&1));
 }
+
+/// `cancel` that comes once the place was handed to a waiting `spawn` but before that wait saw
+/// it: the cancellation wins, the node never runs, and the place goes back to the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_wins_over_a_place_handed_to_a_waiting_submission_not_yet_polled() {
+    let (publisher, coordinator) = limited(1);
+    for round in 0..20 {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let holder = gated(&format!("holder-{round}"), 0, &gate);
+        let holder =
+            (coordinator.try_spawn(holder, ExecutionMode::ASYNC, SubmitOptions::new())).unwrap();
+        let id = format!("queued-{round}");
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&ran);
+        let queued = Task::from_fn(id.clone(), "charge-card", move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(1_u64)
+        });
+        // Polled once: it waits for the place, then is not polled until after the cancel.
+        let mut waiting =
+            Box::pin(coordinator.spawn(queued, ExecutionMode::ASYNC, SubmitOptions::new()));
+        let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(waiting.as_mut().poll(noop).is_pending(), "it waits");
+        gate.add_permits(1);
+        assert_eq!(within("the holder", holder).await.unwrap(), 0);
+        assert!(coordinator.cancel(&id), "the waiting submission is found");
+        let error = within("the cancelled submission", waiting)
+            .await
+            .unwrap_err();
+        assert!(error.is_cancelled(), "{error}");
+        assert!(coordinator.job(&id).is_none(), "nothing recorded");
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "the node never ran");
+    }
+    // The places went back: the next request runs at once.
+    let next = Task::from_fn("next", "next", || async { Ok::<_, BoxError>(5_u64) });
+    let next = coordinator.try_spawn(next, ExecutionMode::ASYNC, SubmitOptions::new());
+    assert_eq!(within("the next request", next.unwrap()).await.unwrap(), 5);
+    coordinator.shutdown().await;
+    publisher.shutdown().await;
+}
