@@ -253,3 +253,34 @@ async fn a_node_polled_as_a_tokio_task_outside_any_runtime_submits_its_children(
     assert!(runtime, "the node runs inside the coordinator's runtime");
     assert_eq!(submitted, Ok(()), "the node submits its child");
 }
+
+/// Once the multi-thread runtime the coordinator was started on has shut down, a node on a
+/// custom strategy's own thread (no runtime there) that submits a child is told there is no
+/// runtime, rather than having the child accepted onto the dead runtime and lost.
+#[test]
+fn a_child_from_a_strategys_own_thread_after_the_start_runtime_shut_down_is_refused() {
+    let start = tokio::runtime::Runtime::new().unwrap();
+    let builder = Coordinator::builder()
+        .with_async()
+        .strategy("prefixing", Prefixing);
+    let (publisher, coordinator) = start.block_on(async { started_from(builder) });
+    drop(start);
+    let other = tokio::runtime::Runtime::new().unwrap();
+    let inside = coordinator.clone();
+    let parent = Task::blocking("parent", "parent", move || {
+        let child = Task::from_fn("child", "child", || async { Ok::<_, BoxError>(1_u8) });
+        let submitted = futures::executor::block_on(inside.submit(child, ExecutionMode::ASYNC));
+        Ok::<_, BoxError>(submitted.map_err(|e| e.is_no_runtime()))
+    });
+    let answer = other.block_on(coordinator.submit(parent, "prefixing"));
+    assert_eq!(
+        answer.unwrap(),
+        Err(true),
+        "the child is refused: no runtime"
+    );
+    assert!(coordinator.job("child").is_none(), "nothing recorded");
+    other.block_on(async {
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+}

@@ -106,3 +106,29 @@ async fn shutdown_awaited_inside_a_node_waits_for_that_node_until_its_deadline()
     publisher.shutdown().await;
     publisher2.shutdown().await;
 }
+
+/// Once the multi-thread runtime the coordinator was started on has shut down, a threaded node
+/// (on a pool thread, which enters the runtime its request was submitted on) still submits a
+/// child there, and the child runs.
+#[test]
+fn a_threaded_nodes_child_runs_on_its_parents_runtime_after_the_start_runtime_shut_down() {
+    let start = tokio::runtime::Runtime::new().unwrap();
+    let (publisher, coordinator) = start.block_on(async {
+        support::started_threaded(coordinator::ThreadedExecutionStrategy::builder())
+    });
+    drop(start);
+    let other = tokio::runtime::Runtime::new().unwrap();
+    let inside = coordinator.clone();
+    let parent = Task::blocking("parent", "parent", move || {
+        let child = Task::from_fn("child", "child", || async { Ok::<_, BoxError>(1_u8) });
+        Ok::<_, BoxError>(futures::executor::block_on(
+            inside.submit(child, ExecutionMode::ASYNC),
+        )?)
+    });
+    let answer = other.block_on(coordinator.submit(parent, ExecutionMode::THREADED));
+    assert_eq!(answer.unwrap(), 1);
+    other.block_on(async {
+        coordinator.shutdown().await;
+        publisher.shutdown().await;
+    });
+}
