@@ -275,16 +275,6 @@ impl Coordinator {
     }
 }
 
-/// Enters `runtime` when the caller is on none (a thread of its own, a bus callback): a request
-/// is made ready and started inside a runtime, whose timers and tasks it uses.
-pub(crate) fn enter_unless_in(
-    runtime: &tokio::runtime::Handle,
-) -> Option<tokio::runtime::EnterGuard<'_>> {
-    tokio::runtime::Handle::try_current()
-        .is_err()
-        .then(|| runtime.enter())
-}
-
 /// The request of the node `info` names as its parent, when it is submitted from inside that
 /// node (the usual way): at hand, open or not.
 pub(crate) fn scoped_parent(info: &TaskInfo) -> Option<Arc<RequestCell>> {
@@ -322,22 +312,25 @@ impl Coordinator {
     /// running bus. (Whether shutdown lets it in depends on its parent: [`Inner::admits`].)
     ///
     /// The runtime is the caller's; outside any, the multi-thread runtime `start` ran on while
-    /// it runs, which runs the request by itself (the caller enters it while it submits:
-    /// [`enter_unless_in`]). A current-thread one runs tasks only while a thread blocks on it,
-    /// so it is not used.
-    pub(crate) fn check_open(&self) -> Result<tokio::runtime::Handle, SubmitError> {
+    /// it runs, which runs the request by itself: then the caller enters it while it submits
+    /// (a request is made ready and started inside a runtime, whose timers and tasks it uses),
+    /// and the flag returned with it says so. A current-thread one runs tasks only while a
+    /// thread blocks on it, so it is not used.
+    pub(crate) fn check_open(&self) -> Result<(tokio::runtime::Handle, bool), SubmitError> {
         let inner = &self.inner;
         let started = inner
             .started
             .get()
             .ok_or_else(|| SubmitError::new(SubmitKind::NotStarted))?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| {
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => (runtime, false),
+            Err(_) => {
                 let runs = started.runtime_runs.load(Ordering::SeqCst);
-                started.runtime.clone().filter(|_| runs)
-            })
-            .ok_or_else(|| SubmitError::new(SubmitKind::NoRuntime))?;
+                let start = started.runtime.clone().filter(|_| runs);
+                let start = start.ok_or_else(|| SubmitError::new(SubmitKind::NoRuntime))?;
+                (start, true)
+            }
+        };
         if !started.publisher.is_running() {
             return Err(SubmitError::new(SubmitKind::PublisherClosed));
         }
@@ -496,8 +489,8 @@ impl Coordinator {
         (place, waited): (Option<Place>, Option<Duration>),
         doomed: &mut dyn FnMut() -> bool,
     ) -> Result<Accepted, SubmitError> {
-        let runtime = self.check_open()?;
-        let _entered = enter_unless_in(&runtime);
+        let (runtime, outside) = self.check_open()?;
+        let _entered = outside.then(|| runtime.enter());
         let ready = self.ready(task, &mode, entry, options, place, &runtime)?;
         let openings = self.inner.openings();
         // Announced openings come before anything else about the request: nothing ends it

@@ -96,8 +96,8 @@ impl Coordinator {
         O: std::fmt::Debug + Send + Sync + 'static,
     {
         let mode = mode.into();
-        let runtime = self.check_open()?;
-        let _entered = crate::admission::enter_unless_in(&runtime);
+        let (runtime, outside) = self.check_open()?;
+        let _entered = outside.then(|| runtime.enter());
         let entry = self.mode_entry(&mode)?;
         let tasks = tasks.into_iter();
         let mut prepared = Vec::with_capacity(tasks.size_hint().0);
