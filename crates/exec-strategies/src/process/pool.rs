@@ -135,7 +135,7 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
                 sooner
             });
         }
-        Box::pin(self.shared.shutdown_under_way(shut_down))
+        Box::pin(self.shared.shutdown_under_way())
     }
 
     fn name(&self) -> &str {
@@ -152,7 +152,7 @@ impl TaskExecutionStrategy for ProcessExecutionStrategy {
 /// whatever the caller's has): waits for the runs in flight until the deadline, closes the
 /// workers' input so that they exit, kills those still there at the deadline, reaps them all
 /// (none is left a zombie), then stops the supervisor.
-async fn shut_down(shared: Arc<Shared>) {
+pub(super) async fn shut_down(shared: Arc<Shared>) {
     let passed = deadline_passed(shared.deadline.subscribe(), Instant::now());
     let drained = tokio::select! {
         () = shared.tracker.wait() => true,

@@ -262,20 +262,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The pool's shutdown (`run`), begun as a task of the supervisor's by the first call and
-    /// waited for by every call. Once the supervisor's runtime is gone nothing runs: the pool
-    /// has stopped. One that panicked is finished as a dropped pool is: its workers killed, its
-    /// supervisor stopped.
-    pub(super) fn shutdown_under_way<F>(
-        self: &Arc<Self>,
-        run: fn(Arc<Self>) -> F,
-    ) -> ShutdownUnderWay
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
+    /// The pool's shutdown ([`shut_down`](super::pool::shut_down)), begun as a task of the
+    /// supervisor's by the first call and waited for by every call. Once the supervisor's
+    /// runtime is gone nothing runs: the pool has stopped. One that panicked is finished as a
+    /// dropped pool is: its workers killed, its supervisor stopped.
+    pub(super) fn shutdown_under_way(self: &Arc<Self>) -> ShutdownUnderWay {
         let mut shutdown = self.shutdown.lock().unwrap_or_else(|p| p.into_inner());
         let under_way = shutdown.get_or_insert_with(|| {
-            let task = self.runtime.spawn(run(Arc::clone(self)));
+            let task = self.runtime.spawn(super::pool::shut_down(Arc::clone(self)));
             // Weak: the pool holds this future until it is dropped.
             let pool = Arc::downgrade(self);
             let done: BoxFuture<'static, ()> = Box::pin(async move {
