@@ -71,7 +71,7 @@ impl Future for Admission<'_> {
                 // Polled again after completion: a misuse, answered without a panic.
                 accepted
                     .take()
-                    .ok_or_else(|| SubmitError::new(SubmitKind::ShutDown)),
+                    .ok_or_else(|| SubmitError::new(SubmitKind::PolledAfterCompletion)),
             ),
             Admission::Wait(wait) => Pin::new(wait).poll(cx),
         }

@@ -103,9 +103,14 @@ impl Coordinator {
     ///
     /// # Errors
     ///
-    /// When already started, when the publisher is not started or is shut down, or when the
-    /// builder set a limit for a mode no strategy serves ([`StartError::is_unknown_mode`]).
+    /// When already started, when shut down ([`StartError::is_shut_down`]: a coordinator whose
+    /// shutdown began is never started again), when the publisher is not started or is shut
+    /// down, or when the builder set a limit for a mode no strategy serves
+    /// ([`StartError::is_unknown_mode`]).
     pub fn start(&self, publisher: &RequestCompletionPublisher) -> Result<(), StartError> {
+        if self.inner.is_closing() {
+            return Err(StartError::new(StartKind::ShutDown));
+        }
         if let Some((mode, known)) = &self.inner.stray_limit {
             let kind = StartKind::LimitOfUnknownMode(mode.clone(), known.clone());
             return Err(StartError::new(kind));

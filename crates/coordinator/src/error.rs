@@ -35,6 +35,8 @@ pub(crate) enum SubmitKind {
     Busy(ExecutionMode),
     /// Cancelled (`Coordinator::cancel`) while it waited for a place under the mode's limit.
     CancelledWaiting(ExecutionMode),
+    /// A [`RequestHandle`](crate::RequestHandle) polled again after it gave its answer.
+    PolledAfterCompletion,
     Failed(TaskError),
 }
 
@@ -45,7 +47,10 @@ impl SubmitError {
 
     /// Nothing was recorded: the request never became a job.
     pub fn is_rejected(&self) -> bool {
-        !matches!(self.kind, SubmitKind::Failed(_))
+        !matches!(
+            self.kind,
+            SubmitKind::Failed(_) | SubmitKind::PolledAfterCompletion
+        )
     }
 
     /// The coordinator was not started with a publisher.
@@ -117,6 +122,14 @@ impl SubmitError {
             || self.task_error().is_some_and(TaskError::is_cancelled)
     }
 
+    /// A [`RequestHandle`](crate::RequestHandle) was polled again after it completed: its answer
+    /// went to the first poll that returned ready, and this says nothing about the request (a
+    /// misuse, answered without a panic; `select!` loops skip a handle whose
+    /// [`is_terminated`](futures::future::FusedFuture::is_terminated) holds).
+    pub fn is_polled_after_completion(&self) -> bool {
+        matches!(self.kind, SubmitKind::PolledAfterCompletion)
+    }
+
     /// The request ran and failed: why.
     pub fn task_error(&self) -> Option<&TaskError> {
         match &self.kind {
@@ -183,6 +196,10 @@ impl fmt::Display for SubmitError {
                 f,
                 "the request was cancelled while it waited for a place under mode `{mode}`'s limit"
             ),
+            SubmitKind::PolledAfterCompletion => f.write_str(
+                "the request handle was polled after it completed: its answer went to the first \
+                 poll that returned it",
+            ),
             SubmitKind::Failed(e) => fmt::Display::fmt(e, f),
         }
     }
@@ -214,6 +231,7 @@ pub struct StartError {
 #[derive(Clone, Debug)]
 pub(crate) enum StartKind {
     AlreadyStarted,
+    ShutDown,
     PublisherNotStarted,
     PublisherShutDown,
     /// A limit was set for a mode no strategy serves; the modes registered.
@@ -228,6 +246,12 @@ impl StartError {
     /// The coordinator was already started.
     pub fn is_already_started(&self) -> bool {
         matches!(self.kind, StartKind::AlreadyStarted)
+    }
+
+    /// The coordinator was shut down (or its shutdown began): it takes no more requests, and
+    /// cannot be started again. Build a new one.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self.kind, StartKind::ShutDown)
     }
 
     /// The publisher was never started: it would refuse every outcome. Call
@@ -252,6 +276,9 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             StartKind::AlreadyStarted => f.write_str("the coordinator is already started"),
+            StartKind::ShutDown => {
+                f.write_str("the coordinator was shut down and cannot be started again")
+            }
             StartKind::PublisherNotStarted => {
                 f.write_str("the publisher is not started: call its start() first")
             }

@@ -85,6 +85,8 @@ pub struct RequestHandle<O> {
     request_id: RequestId,
     cell: Arc<RequestCell>,
     convert: fn(Value) -> Result<O, SubmitError>,
+    /// Set once a poll returned the answer.
+    done: bool,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -98,6 +100,7 @@ impl<O> RequestHandle<O> {
             request_id,
             cell,
             convert,
+            done: false,
             _output: PhantomData,
         }
     }
@@ -272,8 +275,16 @@ impl<O> RequestHandle<O> {
 impl<O> Future for RequestHandle<O> {
     type Output = Result<O, SubmitError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    /// Polled again once it returned its answer, it returns an error for which
+    /// [`SubmitError::is_polled_after_completion`] holds, not a panic.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.done {
+            return Poll::Ready(Err(SubmitError::new(SubmitKind::PolledAfterCompletion)));
+        }
         let received = std::task::ready!(self.cell.poll_answer(cx));
+        self.done = true;
+        // An answered request always holds its outcome until this handle, its one reader,
+        // takes it.
         let outcome = received.unwrap_or_else(|| {
             Err(TaskError::strategy(
                 "the request ended without an outcome reaching its caller",
@@ -283,6 +294,13 @@ impl<O> Future for RequestHandle<O> {
             Ok(value) => (self.convert)(value),
             Err(e) => Err(SubmitError::new(SubmitKind::Failed(e))),
         })
+    }
+}
+
+/// Terminated once it returned its answer: `select!` loops skip it then.
+impl<O> futures::future::FusedFuture for RequestHandle<O> {
+    fn is_terminated(&self) -> bool {
+        self.done
     }
 }
 

@@ -346,3 +346,40 @@ async fn openings_are_announced_only_when_asked_and_before_anything_else_of_thei
     coordinator.shutdown().await;
     publisher.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_coordinator_whose_shutdown_began_is_never_started_again() {
+    let publisher = RequestCompletionPublisher::new();
+    publisher.start().unwrap();
+    let never_started = Coordinator::builder().with_async().build();
+    never_started.shutdown().await;
+    let refused = never_started.start(&publisher).unwrap_err();
+    assert!(refused.is_shut_down(), "{refused}");
+    assert!(!never_started.is_accepting());
+
+    let (publisher, coordinator) = started();
+    coordinator.shutdown().await;
+    let refused = coordinator.start(&publisher).unwrap_err();
+    assert!(refused.is_shut_down(), "{refused}");
+}
+
+#[tokio::test]
+async fn a_handle_polled_again_after_its_answer_says_so_and_the_job_keeps_its_result() {
+    use futures::future::FusedFuture;
+    let (_publisher, coordinator) = started();
+    let options = coordinator::SubmitOptions::new();
+    let mut handle = coordinator
+        .spawn(value_task("h", 7), ExecutionMode::ASYNC, options)
+        .await
+        .unwrap();
+    assert!(!handle.is_terminated());
+    assert_eq!((&mut handle).await.unwrap(), 7);
+    assert!(handle.is_terminated());
+    let again = (&mut handle).await.unwrap_err();
+    assert!(again.is_polled_after_completion(), "{again}");
+    // It says nothing about the request: not a rejection, not a failure of the job.
+    assert!(!again.is_rejected());
+    assert_eq!(again.job_result(), None);
+    let job = coordinator.job("h").unwrap();
+    assert_eq!(job.result(), Some(JobResult::Success));
+}
