@@ -284,10 +284,16 @@ impl fmt::Display for TaskError {
 
 impl fmt::Debug for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskError")
+        // The source error's own `Debug` (an `io::ErrorKind`, say), which the message may not
+        // say: what `unwrap` and `main`'s error report print.
+        let mut debug = f.debug_struct("TaskError");
+        debug
             .field("kind", &self.kind)
-            .field("message", &self.message)
-            .finish()
+            .field("message", &self.message);
+        if let Some(source) = &self.source {
+            debug.field("source", source);
+        }
+        debug.finish()
     }
 }
 
@@ -368,6 +374,17 @@ mod tests {
         assert!(err.is_node_error());
         assert!(err.downcast_ref::<Quota>().is_some());
         assert_eq!(err.to_string(), "quota exceeded");
+    }
+
+    /// `Debug`, what `unwrap` and `main`'s report print, shows the node's own error's `Debug`,
+    /// which its message may not say.
+    #[test]
+    fn debug_shows_the_node_errors_own_debug() {
+        let denied = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "open /etc/x");
+        let debug = format!("{:?}", TaskError::node(Box::new(denied)));
+        assert!(debug.contains("PermissionDenied"), "{debug}");
+        let plain = format!("{:?}", TaskError::strategy("lost"));
+        assert!(!plain.contains("source"), "{plain}");
     }
 
     /// Each cause once in the chain: the node's error is the message, its cause the source.

@@ -91,10 +91,10 @@ pub trait TaskExecutionStrategy: Send + Sync + 'static {
     /// it again waits again, it does not fail.
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
 
-    /// A short name for logs and [`StrategyStats`].
+    /// A short name for logs and [`StrategyStats`]. The default is the type's name without its
+    /// module path, its generic arguments kept whole.
     fn name(&self) -> &str {
-        let full = std::any::type_name::<Self>();
-        full.rsplit("::").next().unwrap_or(full)
+        crate::node::short_type_name::<Self>()
     }
 
     /// Counters for a coordinator's system detail. The default counts nothing and says the
@@ -186,5 +186,35 @@ impl StrategyStats {
         self.workers = workers;
         self.restarts = restarts;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Plain;
+
+    /// A strategy wrapping another, as a tracing or metrics layer does.
+    struct Traced<S>(S);
+
+    impl<S: Send + Sync + 'static> TaskExecutionStrategy for Traced<S> {
+        fn execute(&self, _task: ErasedTask, completion: Completion) {
+            completion.complete(Err(crate::TaskError::strategy("not run")));
+        }
+
+        fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[test]
+    fn the_default_name_keeps_a_generic_strategy_whole() {
+        let traced = Traced(Plain);
+        let name = TaskExecutionStrategy::name(&traced);
+        assert!(
+            name.starts_with("Traced<") && name.ends_with("Plain>"),
+            "{name}"
+        );
     }
 }
