@@ -204,12 +204,13 @@ impl Coordinator {
     /// # Errors
     ///
     /// A rejection ([`SubmitError::is_rejected`]; nothing recorded, nothing published) when the
-    /// coordinator is not started or is shut down, no strategy is registered for `mode`, a job
-    /// with the same request id is still open, or this runs outside a tokio runtime and the
+    /// coordinator is not started or is shut down, no strategy is registered for `mode`, the
+    /// request id is empty ([`SubmitError::is_empty_id`]), a job with the same request id is
+    /// still open, the publisher the coordinator was started with no longer runs
+    /// ([`SubmitError::is_publisher_closed`]), or this runs outside a tokio runtime and the
     /// coordinator was not started on a multi-thread one still running, which would run it
-    /// (and, for
-    /// [`submit_with`](Self::submit_with), when its options ask for retries of a task that can
-    /// run only once: [`SubmitError::is_not_replayable`]). A failure
+    /// (and, for [`submit_with`](Self::submit_with), when its options ask for retries of a task
+    /// that can run only once: [`SubmitError::is_not_replayable`]). A failure
     /// ([`SubmitError::task_error`]) when the node returned an error, panicked, or its strategy
     /// could not run it.
     ///
@@ -221,8 +222,10 @@ impl Coordinator {
     ///
     /// # The output is the caller's
     ///
-    /// The output, of any type (`Clone` or not: a file handle, a channel), is moved to the
-    /// caller, never cloned. The bus's success message carries its `Debug` text instead, as a
+    /// The output, of any `Debug + Send + Sync + 'static` type (`Clone` or not: a file handle, a
+    /// tokio channel's receiver), is moved to the caller, never cloned. A type that is `Send`
+    /// but not `Sync` (a `std::sync::mpsc::Receiver`, a `Cell`) goes in a `std::sync::Mutex`,
+    /// which is. The bus's success message carries its `Debug` text instead, as a
     /// [`TakenOutput`](crate::TakenOutput). For subscribers that need the value itself, use
     /// [`submit_shared`](Self::submit_shared): the caller and the message share it as an
     /// `Arc<O>`.
