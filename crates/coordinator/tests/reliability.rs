@@ -442,6 +442,43 @@ async fn the_deadline_covers_every_attempt_and_the_backoff() {
     coordinator.shutdown().await;
 }
 
+/// A deadline that ends a request while it waits to retry says why its last attempt failed,
+/// to the caller and in the job: nothing else would.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_falls_in_a_backoff_says_why_the_last_attempt_failed() {
+    let (_publisher, coordinator) = started();
+    let always = Task::replayable_fn("r", "r", || async { Err::<(), _>("upstream down") });
+    let options = SubmitOptions::new()
+        .timeout(Duration::from_millis(300))
+        .retry(
+            RetryPolicy::new(5)
+                .backoff(Duration::from_secs(10), Duration::from_secs(10))
+                .without_jitter(),
+        );
+    let error = coordinator
+        .submit_with(always, "async", options)
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("attempt 1 failed: upstream down"), "{text}");
+    let job = coordinator.job("r").unwrap();
+    assert_eq!(job.result(), Some(JobResult::TimedOut));
+    assert_eq!(job.error().map(ToString::to_string), Some(text));
+    // A deadline that falls during an attempt says nothing of earlier ones.
+    let slow = Task::from_fn("s", "s", || async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<_, BoxError>(())
+    });
+    let options = SubmitOptions::new().timeout(Duration::from_millis(300));
+    let error = coordinator
+        .submit_with(slow, "async", options)
+        .await
+        .unwrap_err();
+    assert!(!error.to_string().contains("attempt"), "{error}");
+    coordinator.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_limit_makes_submit_wait_and_try_spawn_busy() {
     let (publisher, coordinator) =

@@ -17,13 +17,25 @@ impl Expiry {
         Self(Some(Arc::downgrade(cell)))
     }
 
-    /// Ends the request as timed out, if it is still open.
+    /// Ends the request as timed out, if it is still open. One that waited out a backoff says
+    /// why its last attempt failed: no other outcome will.
     pub(crate) fn fire(mut self, timeout: std::time::Duration) {
         if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
-            let timed_out = TaskError::timed_out(format!(
-                "the request did not end within its timeout of {timeout:?}"
-            ));
-            cell.stop(Err(timed_out), true);
+            let timed_out = |ending: &super::Ending| {
+                let mut message =
+                    format!("the request did not end within its timeout of {timeout:?}");
+                let retry = ending.retry.as_deref();
+                if let Some((retry, (_, last))) =
+                    retry.and_then(|retry| Some((retry, retry.backoff.as_ref()?)))
+                {
+                    let attempt = retry.attempt;
+                    message.push_str(&format!(
+                        " while it waited to retry; attempt {attempt} failed: {last}"
+                    ));
+                }
+                Err(TaskError::timed_out(message))
+            };
+            cell.end_with(timed_out, true);
         }
     }
 }
