@@ -26,6 +26,27 @@ pub(crate) struct Started {
     /// Ends the task that clears `runtime_runs` when that runtime shuts down, with the
     /// coordinator.
     _watch: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Set once an outcome went unannounced because the publisher was shut down first: said
+    /// once, at warn.
+    unannounced: AtomicBool,
+}
+
+impl Started {
+    /// An outcome the publisher did not take: it was shut down before this coordinator. Said at
+    /// warn the first time (observers miss this outcome and every later one; the documented
+    /// order is the coordinator's shutdown first), at trace after.
+    fn not_announced(&self, request_id: &task_core::RequestId) {
+        if self.unannounced.swap(true, Ordering::Relaxed) {
+            tracing::trace!(%request_id, "outcome not announced: the publisher is shut down");
+        } else {
+            tracing::warn!(
+                %request_id,
+                "outcome not announced: the publisher was shut down before the coordinator; \
+                 observers miss this outcome and every later one (shut the coordinator down \
+                 first)"
+            );
+        }
+    }
 }
 
 impl Started {
@@ -58,6 +79,7 @@ impl Started {
             runtime,
             runtime_runs,
             _watch: watch,
+            unannounced: AtomicBool::new(false),
         }
     }
 }
@@ -225,9 +247,12 @@ impl Inner {
         // What announcing it lets go of (a message the bus overwrote for a subscriber that fell
         // behind, which may hold the last reference to a shared output) is dropped once the
         // caller is answered, at the end.
-        let bus = (self.started.get().map(|started| &started.publisher))
-            .filter(|bus| announce && bus.has_subscribers());
+        let started = self.started.get().filter(|_| announce);
+        let bus = (started.map(|started| &started.publisher)).filter(|bus| bus.has_subscribers());
         let _later = bus.map(|_| pubsub::defer_drops());
+        if let Some(started) = started.filter(|s| bus.is_none() && s.publisher.is_shut_down()) {
+            started.not_announced(info.request_id());
+        }
         if let Some(bus) = bus {
             // An output its caller takes stays the caller's alone: the bus gets its text.
             let announced = match &outcome {
@@ -239,7 +264,10 @@ impl Inner {
             let message = message_of(info, announced);
             if let Err(refused) = bus.publish(message) {
                 // The application shut its bus down: the outcome still reaches the caller.
-                tracing::trace!(%refused, "outcome not announced");
+                let message = refused.into_inner();
+                if let (Some(started), Some(id)) = (started, message.request_id()) {
+                    started.not_announced(id);
+                }
             }
         }
         drop(applying);

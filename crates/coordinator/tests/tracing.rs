@@ -100,4 +100,36 @@ async fn each_request_runs_in_a_span_with_its_ids() {
         .lines()
         .find(|l| l.contains("starting another attempt"));
     assert!(next.is_some_and(|l| l.contains("attempt=2")), "in:\n{text}");
+
+    // The publisher shut down before the coordinator, its requests still running: the first
+    // outcome it cannot announce is said at warn, naming its request; the later ones at trace.
+    let (publisher, coordinator) = support::started();
+    let _observer = publisher.subscribe_stream();
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let mut handles = Vec::new();
+    for id in ["unannounced-1", "unannounced-2"] {
+        let mut gate = gate.clone();
+        let task = Task::from_fn(id, "gated", move || async move {
+            gate.wait_for(|open| *open).await?;
+            Ok::<_, BoxError>(())
+        });
+        let options = SubmitOptions::new();
+        handles.push(coordinator.spawn(task, "async", options).await.unwrap());
+    }
+    publisher.shutdown().await;
+    release.send(true).unwrap();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warned: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("outcome not announced"))
+        .collect();
+    assert_eq!(warned.len(), 1, "in:\n{text}");
+    assert!(
+        warned[0].contains("request_id=unannounced-"),
+        "{}",
+        warned[0]
+    );
 }
