@@ -36,6 +36,9 @@
 //!
 //! # Feature flags
 //!
+//! Documentation built locally shows the items of the features it was built with: build it
+//! with `cargo doc -p coordinator --all-features` to see them all.
+//!
 //! - `async` (default): the async strategy, [`AsyncExecutionStrategy`], and
 //!   [`CoordinatorBuilder::with_async`].
 //! - `threaded`: the threaded strategy, [`ThreadedExecutionStrategy`], and [`block_on`] for
