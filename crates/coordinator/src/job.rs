@@ -55,6 +55,28 @@ impl JobResult {
         }
     }
 
+    /// The result a terminal message on the bus announces, as its job closed with it; `None`
+    /// for any other message (an opening, a node's event, a creation or fatal failure, which
+    /// close no job). What an observer counts outcomes by:
+    ///
+    /// ```
+    /// use coordinator::{JobResult, RequestCompletionMessage, RequestFailure, TaskError, TaskInfo};
+    ///
+    /// let info = TaskInfo::new("7".into(), "node".into(), None, "fetch");
+    /// let error = TaskError::timed_out("past its deadline");
+    /// let message = RequestCompletionMessage::Failure(RequestFailure { info, error });
+    /// assert_eq!(JobResult::of_message(&message), Some(JobResult::TimedOut));
+    /// ```
+    pub fn of_message(message: &pubsub::RequestCompletionMessage) -> Option<Self> {
+        match message {
+            pubsub::RequestCompletionMessage::Success(_) => Some(JobResult::Success),
+            pubsub::RequestCompletionMessage::Failure(failure) => {
+                Some(Self::of_error(&failure.error))
+            }
+            _ => None,
+        }
+    }
+
     /// The result an error closes its job with: timed out, cancelled, or failed.
     pub(crate) fn of_error(error: &TaskError) -> Self {
         if error.is_timeout() {
