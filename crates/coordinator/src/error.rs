@@ -14,6 +14,8 @@ use crate::JobResult;
 #[derive(Clone)]
 pub struct SubmitError {
     kind: SubmitKind,
+    /// The request a failure is about: set by the handle that answers it.
+    request_id: Option<RequestId>,
 }
 
 #[derive(Clone, Debug)]
@@ -42,7 +44,29 @@ pub(crate) enum SubmitKind {
 
 impl SubmitError {
     pub(crate) fn new(kind: SubmitKind) -> Self {
-        Self { kind }
+        Self {
+            kind,
+            request_id: None,
+        }
+    }
+
+    /// This error as the failure of `request_id`, which it then names.
+    pub(crate) fn about(mut self, request_id: &RequestId) -> Self {
+        self.request_id = Some(request_id.clone());
+        self
+    }
+
+    /// The request this error is about: the one that was accepted and failed (so a failure among
+    /// many, a batch's, says whose it is), or the one a rejection names (a duplicate, a task that
+    /// cannot be replayed); `None` for a rejection of the submission as a whole (the coordinator
+    /// not started or shut down, an unknown mode, a mode at its limit).
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match &self.kind {
+            SubmitKind::Duplicate(id)
+            | SubmitKind::DuplicateInBatch(id)
+            | SubmitKind::NotReplayable(id) => Some(id),
+            _ => self.request_id.as_ref(),
+        }
     }
 
     /// Nothing was recorded: the request never became a job.
@@ -200,22 +224,29 @@ impl fmt::Display for SubmitError {
                 "the request handle was polled after it completed: its answer went to the first \
                  poll that returned it",
             ),
-            SubmitKind::Failed(e) => fmt::Display::fmt(e, f),
+            SubmitKind::Failed(e) => match &self.request_id {
+                Some(id) => write!(f, "request `{id}`: {e}"),
+                None => fmt::Display::fmt(e, f),
+            },
         }
     }
 }
 
 impl fmt::Debug for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SubmitError")
-            .field("kind", &self.kind)
-            .finish()
+        let mut debug = f.debug_struct("SubmitError");
+        debug.field("kind", &self.kind);
+        if let Some(id) = &self.request_id {
+            debug.field("request_id", id);
+        }
+        debug.finish()
     }
 }
 
-/// A request that ran and failed reads as its [`TaskError`] (which
-/// [`task_error`](SubmitError::task_error) returns), and its source is that error's: a report of
-/// the whole chain says each cause once.
+/// A request that ran and failed reads as its request id and its [`TaskError`] (which
+/// [`task_error`](SubmitError::task_error) returns): ``request `item-7`: disk full``, so one
+/// failure among many says whose it is. Its source is that error's: a report of the whole chain
+/// says each cause once.
 impl std::error::Error for SubmitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         std::error::Error::source(self.task_error()?)

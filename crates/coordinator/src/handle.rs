@@ -291,8 +291,8 @@ impl<O> Future for RequestHandle<O> {
             ))
         });
         Poll::Ready(match outcome {
-            Ok(value) => (self.convert)(value),
-            Err(e) => Err(SubmitError::new(SubmitKind::Failed(e))),
+            Ok(value) => (self.convert)(value).map_err(|error| error.about(&self.request_id)),
+            Err(e) => Err(SubmitError::new(SubmitKind::Failed(e)).about(&self.request_id)),
         })
     }
 }

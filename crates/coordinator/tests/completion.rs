@@ -324,7 +324,7 @@ async fn a_child_submitted_after_its_parent_was_cancelled_is_born_cancelled() {
     assert!(error.is_cancelled(), "{error}");
     let message = error.to_string();
     assert!(
-        message.starts_with("the request was cancelled with its parent, node `"),
+        message.starts_with("request `child`: the request was cancelled with its parent"),
         "{message}"
     );
     assert_eq!(

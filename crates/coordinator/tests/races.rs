@@ -137,7 +137,7 @@ async fn no_attempt_starts_once_the_request_ended_during_its_copy() {
             let ((), ended) = tokio::join!(coordinator.shutdown(), let_go);
             assert!(ended, "{case}: the request ended while its copy was made");
             let error = handle.await.unwrap_err();
-            assert_eq!(error.to_string(), "try again", "{case}");
+            assert_eq!(error.to_string(), "request `r`: try again", "{case}");
         } else {
             assert!(coordinator.cancel("r"), "{case}");
             assert!(

@@ -464,7 +464,8 @@ async fn a_deadline_that_falls_in_a_backoff_says_why_the_last_attempt_failed() {
     assert!(text.contains("attempt 1 failed: upstream down"), "{text}");
     let job = coordinator.job("r").unwrap();
     assert_eq!(job.result(), Some(JobResult::TimedOut));
-    assert_eq!(job.error().map(ToString::to_string), Some(text));
+    assert_eq!(job.error(), error.task_error());
+    assert_eq!(error.request_id().map(|id| id.as_str()), Some("r"));
     // A deadline that falls during an attempt says nothing of earlier ones.
     let slow = Task::from_fn("s", "s", || async {
         tokio::time::sleep(Duration::from_secs(5)).await;

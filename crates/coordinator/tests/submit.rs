@@ -143,8 +143,43 @@ async fn a_callers_error_says_what_its_job_closed_with() {
     publisher.shutdown().await;
 }
 
-/// A failed request reads as what its node returned, and the chain of causes below it says each
-/// cause once, as error reports (`anyhow`'s `{:#}`, `eyre`) print it.
+/// One failure among a batch's outputs, collected into one `Result` as a fan-in does, says
+/// which request it was.
+#[tokio::test]
+async fn a_failure_among_a_batch_says_whose_it_is() {
+    let (_publisher, coordinator) = started();
+    let tasks = (0..5).map(|i| {
+        Task::from_fn(format!("item-{i}"), "step", move || async move {
+            if i == 3 {
+                return Err::<u32, BoxError>("disk full".into());
+            }
+            Ok(i)
+        })
+    });
+    let batch = coordinator.submit_many(tasks, "async", SubmitOptions::new());
+    let outputs = batch.unwrap().all().await;
+    let error = outputs
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_err();
+    assert_eq!(error.request_id().map(|id| id.as_str()), Some("item-3"));
+    assert_eq!(error.to_string(), "request `item-3`: disk full");
+    // A rejection that names its request says it too; one of the whole submission does not.
+    let open = Task::from_fn("open", "s", std::future::pending::<Result<(), BoxError>>);
+    let handle = coordinator.try_spawn(open, "async", SubmitOptions::new());
+    let again = Task::from_fn("open", "s", || async { Ok::<_, BoxError>(()) });
+    let duplicate = coordinator.submit(again, "async").await.unwrap_err();
+    assert_eq!(duplicate.request_id().map(|id| id.as_str()), Some("open"));
+    let unknown = coordinator
+        .submit(value_task("x", 1), "nowhere")
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.request_id(), None);
+    handle.unwrap().cancel();
+}
+
+/// A failed request reads as what its node returned, after the request's id, and the chain of
+/// causes below it says each cause once, as error reports (`anyhow`'s `{:#}`, `eyre`) print it.
 #[tokio::test]
 async fn a_failure_reads_as_its_cause_and_its_chain_says_each_cause_once() {
     #[derive(Debug, thiserror::Error)]
@@ -162,7 +197,8 @@ async fn a_failure_reads_as_its_cause_and_its_chain_says_each_cause_once() {
         chain.push(error.to_string());
         cause = error.source();
     }
-    assert_eq!(chain, ["the upload failed", "disk full"]);
+    assert_eq!(chain, ["request `u`: the upload failed", "disk full"]);
+    assert_eq!(err.request_id().map(|id| id.as_str()), Some("u"));
     assert!(err.task_error().unwrap().downcast_ref::<Upload>().is_some());
 
     let slow: Task<()> = Task::from_fn("s", "slow", std::future::pending::<Result<(), BoxError>>);
@@ -172,7 +208,8 @@ async fn a_failure_reads_as_its_cause_and_its_chain_says_each_cause_once() {
     handle.cancel();
     let err = handle.await.unwrap_err();
     assert!(err.is_cancelled());
-    assert_eq!(err.to_string(), err.task_error().unwrap().message());
+    let message = err.task_error().unwrap().message();
+    assert_eq!(err.to_string(), format!("request `s`: {message}"));
     assert!(std::error::Error::source(&err).is_none());
     publisher.shutdown().await;
 }
@@ -447,7 +484,8 @@ async fn ten_thousand_concurrent_submits_close_every_job_exactly_once() {
     let results = futures::future::join_all(calls).await;
     for (i, result) in results.iter().enumerate() {
         if i % 10 == 0 {
-            assert_eq!(result.as_ref().unwrap_err(), &format!("error {i}"));
+            let expected = format!("request `req-{i}`: error {i}");
+            assert_eq!(result.as_ref().unwrap_err(), &expected);
         } else {
             assert_eq!(*result.as_ref().unwrap(), i as u64);
         }
