@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pubsub::{RequestCompletionMessage, RequestCompletionPublisher};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use task_core::{ErasedTask, ExecutionMode, StrategyStats, Task, Value};
 
@@ -534,7 +534,7 @@ impl fmt::Debug for Coordinator {
 
 /// A snapshot of a coordinator: what [`Coordinator::system_detail`] returns. Serializes to JSON
 /// with `serde_json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SystemDetail {
     /// Whether the coordinator takes tasks.

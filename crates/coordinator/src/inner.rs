@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use pubsub::{BroadcastEvent, RequestCompletionMessage, RequestCompletionPublisher};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use task_core::{ExecutionMode, NodeId, Outcome, TaskError, TaskInfo};
 use tokio::sync::{Notify, Semaphore};
 
@@ -545,7 +545,7 @@ impl ModeCounters {
 }
 
 /// The requests of one mode, as [`SystemDetail::requests`](crate::SystemDetail::requests) reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ModeCounts {
     /// Accepted and not yet ended.

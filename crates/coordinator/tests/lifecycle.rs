@@ -219,6 +219,9 @@ async fn system_detail_is_a_serializable_snapshot() {
     assert_eq!(json["modes"]["async"]["succeeded"], 1);
     assert_eq!(json["modes"]["async"]["failed"], 1);
     assert_eq!(json["modes"]["async"]["accepting"], true);
+    // A reader of the snapshot (a dashboard's client, a log) reads it back whole.
+    let back: coordinator::SystemDetail = serde_json::from_value(json).unwrap();
+    assert_eq!(back, detail);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::id::{NodeId, RequestId, Text};
 
 /// A name that is cheap to clone whether it was static or computed: stored as ids are; with the
 /// `inline-ids` feature a static name is borrowed.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Name(Text);
 
 impl Name {
@@ -33,7 +33,7 @@ impl From<Cow<'static, str>> for Name {
 /// What identifies a task: its request, the node it runs, the node that submitted it, and a name.
 ///
 /// Everything the job table and the messages need, without the work itself.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TaskInfo {
     pub(crate) request_id: RequestId,
     pub(crate) node_id: NodeId,
