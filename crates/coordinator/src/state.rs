@@ -217,9 +217,10 @@ impl CoordinatorState {
     }
 }
 
-impl Default for CoordinatorState {
+/// An empty state that keeps every job, attaching `A`s to none yet.
+impl<A> Default for CoordinatorState<A> {
     fn default() -> Self {
-        Self::empty()
+        Self::with_attachments(Retention::KeepAll)
     }
 }
 

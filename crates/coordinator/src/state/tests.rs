@@ -303,3 +303,11 @@ fn open_jobs_sharing_a_node_id_cost_o1_each() {
         "{opening} node-index comparisons to open {n} jobs of one node, {closing} to close them"
     );
 }
+
+#[test]
+fn a_default_state_with_attachments_keeps_every_job() {
+    let mut state: CoordinatorState<&str> = CoordinatorState::default();
+    assert_eq!(state.retention(), Retention::KeepAll);
+    state.add_job_with(&info("a"), "slot").unwrap();
+    assert_eq!(state.attachment("a"), Some(&"slot"));
+}
