@@ -469,6 +469,10 @@ impl Owner for Inner {
         Inner::runtime(self)
     }
 
+    fn request_of_node(&self, node_id: &str) -> Option<task_core::RequestId> {
+        Some(self.table().open_job_of_node(node_id)?.request_id().clone())
+    }
+
     fn announce_event(&self, info: &TaskInfo, event: Arc<str>) {
         tracing::trace!(request_id = %info.request_id(), %event, "event");
         if let Some(started) = self.started.get()

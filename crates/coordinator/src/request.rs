@@ -63,6 +63,8 @@ pub(crate) trait Owner: Send + Sync {
     fn runtime(&self) -> Option<tokio::runtime::Handle>;
     /// Hands an event of the request's node to the bus (never waiting for a subscriber).
     fn announce_event(&self, info: &TaskInfo, event: Arc<str>);
+    /// The request the node `node_id` runs for, while its job is open here.
+    fn request_of_node(&self, node_id: &str) -> Option<task_core::RequestId>;
 }
 
 /// Locks `mutex`; no code that can panic runs under these locks, so a poisoned one still holds
@@ -173,17 +175,25 @@ impl Ending {
     /// The cancelled outcome, saying why: the shutdown deadline passed, its parent was
     /// cancelled (`with_parent`), or it was cancelled itself.
     fn cancelled(&self, with_parent: bool) -> TaskError {
-        let past_deadline = self
-            .inner
-            .upgrade()
-            .is_some_and(|inner| inner.is_past_deadline());
+        let inner = self.inner.upgrade();
+        let past_deadline = inner.as_ref().is_some_and(|inner| inner.is_past_deadline());
         match self.info.parent_id() {
             _ if past_deadline => TaskError::cancelled(
                 "the coordinator's shutdown deadline passed before the request ended",
             ),
-            Some(parent) if with_parent => TaskError::cancelled(format!(
-                "the request was cancelled with its parent, node `{parent}`"
-            )),
+            // Named by its request too while its job is open here, as it is while its
+            // children are cancelled with it (they end first).
+            Some(parent) if with_parent => {
+                match inner.and_then(|inner| inner.request_of_node(parent)) {
+                    Some(request) => TaskError::cancelled(format!(
+                        "the request was cancelled with its parent, request `{request}` \
+                         (node `{parent}`)"
+                    )),
+                    None => TaskError::cancelled(format!(
+                        "the request was cancelled with its parent, node `{parent}`"
+                    )),
+                }
+            }
             _ => TaskError::cancelled("the request was cancelled"),
         }
     }

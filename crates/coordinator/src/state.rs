@@ -450,6 +450,12 @@ impl<A> CoordinatorState<A> {
         self.jobs.attached_to_node(node_id)
     }
 
+    /// An open job whose child node is `node_id` (one of them, if several open jobs run the
+    /// same node id): the request a node runs for, while it is open.
+    pub(crate) fn open_job_of_node(&self, node_id: &str) -> Option<&Job> {
+        self.jobs.open_job_of_node(node_id)
+    }
+
     /// Every open job that has an attachment, with it, in no particular order: O(open jobs),
     /// closed ones are not looked at.
     pub fn attachments(&self) -> impl Iterator<Item = (&Job, &A)> + '_ {

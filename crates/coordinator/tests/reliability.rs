@@ -205,7 +205,10 @@ async fn a_handle_cancels_its_request_and_the_children_it_submitted() {
             .to_owned()
     };
     assert_eq!(why("parent"), "the request was cancelled");
-    let with_parent = format!("the request was cancelled with its parent, node `{parent_node}`");
+    // Its parent named by its request, as the user knows it, and by its node.
+    let with_parent = format!(
+        "the request was cancelled with its parent, request `parent` (node `{parent_node}`)"
+    );
     assert_eq!(why("child"), with_parent);
     assert!(
         dropped_soon(&child_dropped).await,

@@ -165,17 +165,26 @@ impl<A> JobTable<A> {
         self.position(request_id).map(|i| &self.jobs[i])
     }
 
-    /// What is attached to an open job whose node is `node_id`.
-    pub(crate) fn attached_to_node(&self, node_id: &str) -> Option<&A> {
+    /// The positions of the open jobs whose node is `node_id`.
+    fn open_of_node(&self, node_id: &str) -> impl Iterator<Item = usize> + '_ {
         let jobs = &self.jobs;
         let group = self.by_node.find(self.hash(node_id), |group| {
             probed();
             group
                 .any()
                 .is_some_and(|i| jobs[i].child_node_id().as_str() == node_id)
-        })?;
-        let mut attached = group.positions().filter_map(|i| self.attached[i].as_ref());
-        attached.next()
+        });
+        group.into_iter().flat_map(NodeJobs::positions)
+    }
+
+    /// What is attached to an open job whose node is `node_id`.
+    pub(crate) fn attached_to_node(&self, node_id: &str) -> Option<&A> {
+        (self.open_of_node(node_id)).find_map(|i| self.attached[i].as_ref())
+    }
+
+    /// An open job whose node is `node_id`.
+    pub(crate) fn open_job_of_node(&self, node_id: &str) -> Option<&Job> {
+        (self.open_of_node(node_id).next()).map(|i| &self.jobs[i])
     }
 
     /// The index entry of the open jobs of the node of the job at `position`, open: found by
