@@ -376,6 +376,7 @@ impl Coordinator {
                 backoff: None,
                 timer: None,
                 expired: None,
+                last_failure: None,
             })
         });
         cell.open(Ending {

@@ -445,41 +445,76 @@ async fn the_deadline_covers_every_attempt_and_the_backoff() {
     coordinator.shutdown().await;
 }
 
-/// A deadline that ends a request while it waits to retry says why its last attempt failed,
-/// to the caller and in the job: nothing else would.
+/// A deadline that ends a retried request says why its last failed attempt failed, cause by
+/// cause, to the caller and in the job, whether it falls in a backoff or in the next attempt:
+/// nothing else would.
 #[tokio::test(start_paused = true)]
-async fn a_deadline_that_falls_in_a_backoff_says_why_the_last_attempt_failed() {
+async fn a_deadline_after_a_failed_attempt_says_why_it_failed() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("the upload failed")]
+    struct Upload(#[source] std::io::Error);
+
     let (_publisher, coordinator) = started();
-    let always = Task::replayable_fn("r", "r", || async { Err::<(), _>("upstream down") });
-    let options = SubmitOptions::new()
-        .timeout(Duration::from_millis(300))
-        .retry(
-            RetryPolicy::new(5)
-                .backoff(Duration::from_secs(10), Duration::from_secs(10))
-                .without_jitter(),
-        );
-    let error = coordinator
-        .submit_with(always, "async", options)
-        .await
-        .unwrap_err();
+    let timeout = |ms| SubmitOptions::new().timeout(Duration::from_millis(ms));
+    let policy = |backoff| {
+        RetryPolicy::new(5)
+            .backoff(backoff, backoff)
+            .without_jitter()
+    };
+    let submit = |task, options| coordinator.submit_with(task, "async", options);
+    let upload = || Upload(std::io::Error::other("disk full"));
+    // In the backoff after attempt 1.
+    let always = Task::replayable_fn(
+        "backoff",
+        "r",
+        move || async move { Err::<(), _>(upload()) },
+    );
+    let options = timeout(300).retry(policy(Duration::from_secs(10)));
+    let error = submit(always, options).await.unwrap_err();
     assert!(error.is_timeout(), "{error}");
     let text = error.to_string();
-    assert!(text.contains("attempt 1 failed: upstream down"), "{text}");
-    let job = coordinator.job("r").unwrap();
+    assert!(
+        text.ends_with("after attempt 1 failed: the upload failed: disk full"),
+        "{text}"
+    );
+    let job = coordinator.job("backoff").unwrap();
     assert_eq!(job.result(), Some(JobResult::TimedOut));
     assert_eq!(job.error(), error.task_error());
-    assert_eq!(error.request_id().map(|id| id.as_str()), Some("r"));
-    // A deadline that falls during an attempt says nothing of earlier ones.
-    let slow = Task::from_fn("s", "s", || async {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        Ok::<_, BoxError>(())
+    // In attempt 2, which hangs after attempt 1 failed.
+    let tries = Arc::new(AtomicU32::new(0));
+    let hangs = Task::replayable_fn("second", "r", move || {
+        let tries = Arc::clone(&tries);
+        async move {
+            if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err::<(), BoxError>("upstream down".into());
+            }
+            std::future::pending().await
+        }
     });
-    let options = SubmitOptions::new().timeout(Duration::from_millis(300));
-    let error = coordinator
-        .submit_with(slow, "async", options)
+    let options = timeout(300).retry(policy(Duration::from_millis(10)));
+    let error = submit(hangs, options).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.ends_with("after attempt 1 failed: upstream down"),
+        "{text}"
+    );
+    // An attempt that ran past its attempt timeout says so once.
+    let slow = Task::replayable_fn("slow", "r", || {
+        std::future::pending::<Result<(), BoxError>>()
+    });
+    let attempts = policy(Duration::from_secs(10)).attempt_timeout(Duration::from_millis(100));
+    let error = submit(slow, timeout(300).retry(attempts))
         .await
         .unwrap_err();
-    assert!(!error.to_string().contains("attempt"), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.ends_with("after attempt 1 did not end within its attempt timeout of 100ms"),
+        "{text}"
+    );
+    // With no attempt before, nothing more.
+    let once = Task::from_fn("once", "s", std::future::pending::<Result<(), BoxError>>);
+    let error = submit(once, timeout(300)).await.unwrap_err();
+    assert!(!error.to_string().contains("after"), "{error}");
     coordinator.shutdown().await;
 }
 

@@ -17,27 +17,48 @@ impl Expiry {
         Self(Some(Arc::downgrade(cell)))
     }
 
-    /// Ends the request as timed out, if it is still open. One that waited out a backoff says
-    /// why its last attempt failed: no other outcome will.
+    /// Ends the request as timed out, if it is still open. One that was retried also says why
+    /// its last failed attempt failed, cause by cause: no other outcome will.
     pub(crate) fn fire(mut self, timeout: std::time::Duration) {
         if let Some(cell) = self.0.take().and_then(|cell| cell.upgrade()) {
             let timed_out = |ending: &super::Ending| {
                 let mut message =
                     format!("the request did not end within its timeout of {timeout:?}");
-                let retry = ending.retry.as_deref();
-                if let Some((retry, (_, last))) =
-                    retry.and_then(|retry| Some((retry, retry.backoff.as_ref()?)))
-                {
-                    let attempt = retry.attempt;
-                    message.push_str(&format!(
-                        " while it waited to retry; attempt {attempt} failed: {last}"
-                    ));
+                if let Some((attempt, error)) = ending.retry.as_deref().and_then(last_failure) {
+                    if error.is_timeout() {
+                        // It says which attempt it was.
+                        message.push_str(&format!(", after {}", chain(error)));
+                    } else {
+                        message.push_str(&format!(", after attempt {attempt} failed: "));
+                        message.push_str(&chain(error));
+                    }
                 }
                 Err(TaskError::timed_out(message))
             };
             cell.end_with(timed_out, true);
         }
     }
+}
+
+/// The last attempt that failed and was retried, and its error: the one whose backoff is under
+/// way, or the one before the attempt under way.
+fn last_failure(retry: &super::Retry) -> Option<(u32, &TaskError)> {
+    match &retry.backoff {
+        Some((_, error)) => Some((retry.attempt, error)),
+        None => (retry.last_failure.as_ref()).map(|(attempt, error)| (*attempt, error)),
+    }
+}
+
+/// `error` and the causes below it, each once: `the upload failed: disk full`.
+fn chain(error: &TaskError) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(below) = cause {
+        text.push_str(": ");
+        text.push_str(&below.to_string());
+        cause = below.source();
+    }
+    text
 }
 
 impl Drop for Expiry {

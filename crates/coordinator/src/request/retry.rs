@@ -34,6 +34,9 @@ pub(crate) struct Retry {
     pub(crate) timer: Option<AbortHandle>,
     /// The error the attempt under way ends with, once it ran past its attempt timeout.
     pub(crate) expired: Option<TaskError>,
+    /// The last attempt that failed and was retried, and its error, once the next one began:
+    /// what a deadline that ends the request then says beside its own reason.
+    pub(crate) last_failure: Option<(u32, TaskError)>,
 }
 
 impl Retry {
@@ -251,7 +254,11 @@ impl RequestCell {
             }
             (Ok(following), Some(retry)) if !closing => {
                 retry.next = following;
-                retry.backoff = None;
+                let failed = retry
+                    .backoff
+                    .take()
+                    .map(|(_, error)| (retry.attempt, error));
+                retry.last_failure = failed.or(retry.last_failure.take());
                 retry.expired = None;
                 self.attempt_expired.store(false, Ordering::SeqCst);
                 self.attempt_starts();
