@@ -220,7 +220,8 @@ impl Coordinator {
                                 biased;
                                 Ok(()) = &mut cancelled => {
                                     let kind = SubmitKind::CancelledWaiting(mode);
-                                    return Err(SubmitError::new(kind));
+                                    let id = task.info().request_id();
+                                    return Err(SubmitError::new(kind).about(id));
                                 }
                                 permit = acquire => Some(permit),
                                 // Its parent was cancelled while it waited: it is born

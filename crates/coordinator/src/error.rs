@@ -10,12 +10,16 @@ use crate::JobResult;
 ///
 /// Either the request was **rejected** ([`is_rejected`](Self::is_rejected)): nothing was recorded
 /// and no message published; or it was **accepted and failed**: its job is closed as a failure,
-/// its failure message published, and [`task_error`](Self::task_error) says why.
+/// its failure message published, and [`task_error`](Self::task_error) says why. One more case
+/// says nothing about the request: a [`RequestHandle`](crate::RequestHandle) polled again after
+/// it gave its answer ([`is_polled_after_completion`](Self::is_polled_after_completion)), neither
+/// a rejection nor a failure.
 #[derive(Clone)]
 pub struct SubmitError {
     kind: SubmitKind,
-    /// The request a failure is about: set by the handle that answers it.
-    request_id: Option<RequestId>,
+    /// The request it is about, when its kind does not name it: set by the handle that answers
+    /// it, or the wait a cancellation ended. Boxed: only a failure pays for it.
+    request_id: Option<Box<RequestId>>,
 }
 
 #[derive(Clone, Debug)]
@@ -50,22 +54,24 @@ impl SubmitError {
         }
     }
 
-    /// This error as the failure of `request_id`, which it then names.
+    /// This error as one about `request_id`, which it then names.
     pub(crate) fn about(mut self, request_id: &RequestId) -> Self {
-        self.request_id = Some(request_id.clone());
+        self.request_id = Some(Box::new(request_id.clone()));
         self
     }
 
     /// The request this error is about: the one that was accepted and failed (so a failure among
-    /// many, a batch's, says whose it is), or the one a rejection names (a duplicate, a task that
-    /// cannot be replayed); `None` for a rejection of the submission as a whole (the coordinator
-    /// not started or shut down, an unknown mode, a mode at its limit).
+    /// many, a batch's, says whose it is), the one a rejection names (a duplicate, a task that
+    /// cannot be replayed, a wait a cancellation ended), or the handle polled after its answer;
+    /// `None` for a rejection of the submission as a whole (the coordinator not started or shut
+    /// down, an unknown mode, a mode at its limit) and for a batch that failed whole (its job
+    /// table full).
     pub fn request_id(&self) -> Option<&RequestId> {
         match &self.kind {
             SubmitKind::Duplicate(id)
             | SubmitKind::DuplicateInBatch(id)
             | SubmitKind::NotReplayable(id) => Some(id),
-            _ => self.request_id.as_ref(),
+            _ => self.request_id.as_deref(),
         }
     }
 
@@ -164,12 +170,13 @@ impl SubmitError {
 
     /// The result the request's job closed with, as [`Job::result`](crate::Job::result) and the
     /// bus's failure message say it: timed out, cancelled, or failed; `None` for a rejection,
-    /// which recorded no job.
+    /// which recorded no job, and for a handle polled after its answer.
     pub fn job_result(&self) -> Option<JobResult> {
         self.task_error().map(JobResult::of_error)
     }
 
-    /// The request ran and failed: why; `None` for a rejection.
+    /// The request ran and failed: why; `None` for a rejection and for a handle polled after its
+    /// answer.
     pub fn into_task_error(self) -> Option<TaskError> {
         match self.kind {
             SubmitKind::Failed(e) => Some(e),
@@ -216,14 +223,24 @@ impl fmt::Display for SubmitError {
             SubmitKind::Busy(mode) => {
                 write!(f, "mode `{mode}` is at its concurrency limit")
             }
-            SubmitKind::CancelledWaiting(mode) => write!(
-                f,
-                "the request was cancelled while it waited for a place under mode `{mode}`'s limit"
-            ),
-            SubmitKind::PolledAfterCompletion => f.write_str(
-                "the request handle was polled after it completed: its answer went to the first \
-                 poll that returned it",
-            ),
+            SubmitKind::CancelledWaiting(mode) => {
+                match &self.request_id {
+                    Some(id) => write!(f, "request `{id}`")?,
+                    None => f.write_str("the request")?,
+                }
+                write!(
+                    f,
+                    " was cancelled while it waited for a place under mode `{mode}`'s limit"
+                )
+            }
+            SubmitKind::PolledAfterCompletion => match &self.request_id {
+                Some(id) => write!(
+                    f,
+                    "the handle of request `{id}` was polled after it completed: its answer went \
+                     to the first poll that returned it"
+                ),
+                None => f.write_str("polled after it completed"),
+            },
             SubmitKind::Failed(e) => match &self.request_id {
                 Some(id) => write!(f, "request `{id}`: {e}"),
                 None => fmt::Display::fmt(e, f),

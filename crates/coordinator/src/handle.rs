@@ -84,9 +84,8 @@ fn wrong_type<O>(value: Value) -> SubmitError {
 pub struct RequestHandle<O> {
     request_id: RequestId,
     cell: Arc<RequestCell>,
-    convert: fn(Value) -> Result<O, SubmitError>,
-    /// Set once a poll returned the answer.
-    done: bool,
+    /// Turns the answer into the caller's type; taken by the poll that returns it.
+    convert: Option<fn(Value) -> Result<O, SubmitError>>,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -99,8 +98,7 @@ impl<O> RequestHandle<O> {
         Self {
             request_id,
             cell,
-            convert,
-            done: false,
+            convert: Some(convert),
             _output: PhantomData,
         }
     }
@@ -278,11 +276,12 @@ impl<O> Future for RequestHandle<O> {
     /// Polled again once it returned its answer, it returns an error for which
     /// [`SubmitError::is_polled_after_completion`] holds, not a panic.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.done {
-            return Poll::Ready(Err(SubmitError::new(SubmitKind::PolledAfterCompletion)));
-        }
+        let Some(convert) = self.convert else {
+            let misuse = SubmitError::new(SubmitKind::PolledAfterCompletion);
+            return Poll::Ready(Err(misuse.about(&self.request_id)));
+        };
         let received = std::task::ready!(self.cell.poll_answer(cx));
-        self.done = true;
+        self.convert = None;
         // An answered request always holds its outcome until this handle, its one reader,
         // takes it.
         let outcome = received.unwrap_or_else(|| {
@@ -291,7 +290,7 @@ impl<O> Future for RequestHandle<O> {
             ))
         });
         Poll::Ready(match outcome {
-            Ok(value) => (self.convert)(value).map_err(|error| error.about(&self.request_id)),
+            Ok(value) => convert(value).map_err(|error| error.about(&self.request_id)),
             Err(e) => Err(SubmitError::new(SubmitKind::Failed(e)).about(&self.request_id)),
         })
     }
@@ -300,7 +299,7 @@ impl<O> Future for RequestHandle<O> {
 /// Terminated once it returned its answer: `select!` loops skip it then.
 impl<O> futures::future::FusedFuture for RequestHandle<O> {
     fn is_terminated(&self) -> bool {
-        self.done
+        self.convert.is_none()
     }
 }
 

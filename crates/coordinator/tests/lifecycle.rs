@@ -380,6 +380,7 @@ async fn a_handle_polled_again_after_its_answer_says_so_and_the_job_keeps_its_re
     assert!(handle.is_terminated());
     let again = (&mut handle).await.unwrap_err();
     assert!(again.is_polled_after_completion(), "{again}");
+    assert_eq!(again.request_id().map(|id| id.as_str()), Some("h"));
     // It says nothing about the request: not a rejection, not a failure of the job.
     assert!(!again.is_rejected());
     assert_eq!(again.job_result(), None);
