@@ -104,8 +104,8 @@ impl Coordinator {
     /// # Errors
     ///
     /// When already started, when shut down ([`StartError::is_shut_down`]: a coordinator whose
-    /// shutdown began is never started again), when the publisher is not started or is shut
-    /// down, or when the builder set a limit for a mode no strategy serves
+    /// shutdown began before this call is not started again; one started as its shutdown begins
+    /// takes no request either), when the publisher is not started or is shut down, or when the builder set a limit for a mode no strategy serves
     /// ([`StartError::is_unknown_mode`]).
     pub fn start(&self, publisher: &RequestCompletionPublisher) -> Result<(), StartError> {
         if self.inner.is_closing() {
@@ -534,7 +534,8 @@ impl fmt::Debug for Coordinator {
 
 /// A snapshot of a coordinator: what [`Coordinator::system_detail`] returns. Serializes to JSON
 /// with `serde_json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct SystemDetail {
     /// Whether the coordinator takes tasks.

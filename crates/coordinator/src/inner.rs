@@ -33,17 +33,16 @@ pub(crate) struct Started {
 
 impl Started {
     /// An outcome the publisher did not take: it was shut down before this coordinator. Said at
-    /// warn the first time (observers miss this outcome and every later one; the documented
-    /// order is the coordinator's shutdown first), at trace after.
+    /// warn the first time (no outcome is announced from then on; the documented order is the
+    /// coordinator's shutdown first), at trace after.
     fn not_announced(&self, request_id: &task_core::RequestId) {
         if self.unannounced.swap(true, Ordering::Relaxed) {
             tracing::trace!(%request_id, "outcome not announced: the publisher is shut down");
         } else {
             tracing::warn!(
                 %request_id,
-                "outcome not announced: the publisher was shut down before the coordinator; \
-                 observers miss this outcome and every later one (shut the coordinator down \
-                 first)"
+                "outcome not announced: the publisher was shut down while requests were still \
+                 running; outcomes are no longer announced (shut the coordinator down first)"
             );
         }
     }
@@ -264,8 +263,10 @@ impl Inner {
             let message = message_of(info, announced);
             if let Err(refused) = bus.publish(message) {
                 // The application shut its bus down: the outcome still reaches the caller.
+                let shut_down = refused.is_shut_down();
                 let message = refused.into_inner();
-                if let (Some(started), Some(id)) = (started, message.request_id()) {
+                if let (Some(started), Some(id), true) = (started, message.request_id(), shut_down)
+                {
                     started.not_announced(id);
                 }
             }
