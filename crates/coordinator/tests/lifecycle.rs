@@ -387,3 +387,65 @@ async fn a_handle_polled_again_after_its_answer_says_so_and_the_job_keeps_its_re
     let job = coordinator.job("h").unwrap();
     assert_eq!(job.result(), Some(JobResult::Success));
 }
+
+/// A strategy whose shutdown takes `takes` (forever when `None`), counting its calls.
+struct SlowShutdown {
+    takes: Option<Duration>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl coordinator::TaskExecutionStrategy for SlowShutdown {
+    fn execute(&self, task: coordinator::ErasedTask, completion: coordinator::Completion) {
+        completion.spawn(task.run_inline());
+    }
+
+    fn shutdown(&self, _grace: Duration) -> coordinator::BoxFuture<'_, ()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let takes = self.takes;
+        Box::pin(async move {
+            match takes {
+                Some(takes) => tokio::time::sleep(takes).await,
+                None => std::future::pending().await,
+            }
+        })
+    }
+
+    fn name(&self) -> &str {
+        "slow-shutdown"
+    }
+}
+
+fn slow_shutdown(takes: Option<Duration>) -> (Arc<SlowShutdown>, Coordinator) {
+    let strategy = Arc::new(SlowShutdown {
+        takes,
+        calls: Default::default(),
+    });
+    let coordinator = Coordinator::builder()
+        .shared_strategy("slow", strategy.clone())
+        .build();
+    (strategy, coordinator)
+}
+
+/// A strategy that ignores its grace holds shutdown at most 5 s past it: shutdown then returns
+/// without it, and a later call asks it again. One that overruns by less is waited for.
+#[tokio::test(start_paused = true)]
+async fn a_strategy_that_never_shuts_down_holds_shutdown_5_s_past_its_grace_at_most() {
+    let (stuck, coordinator) = slow_shutdown(None);
+    let start = tokio::time::Instant::now();
+    coordinator
+        .shutdown_with_grace(Duration::from_secs(1))
+        .await;
+    assert_eq!(start.elapsed(), Duration::from_secs(6));
+    assert_eq!(stuck.calls.load(Ordering::SeqCst), 1);
+    coordinator.shutdown_with_grace(Duration::ZERO).await;
+    assert_eq!(stuck.calls.load(Ordering::SeqCst), 2, "asked again");
+
+    let (slow, coordinator) = slow_shutdown(Some(Duration::from_secs(3)));
+    let start = tokio::time::Instant::now();
+    coordinator
+        .shutdown_with_grace(Duration::from_secs(1))
+        .await;
+    assert_eq!(start.elapsed(), Duration::from_secs(3), "waited for");
+    coordinator.shutdown().await;
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1, "shut down once");
+}
