@@ -71,7 +71,7 @@ impl Future for Admission<'_> {
                 // Polled again after completion: a misuse, answered without a panic.
                 accepted
                     .take()
-                    .ok_or_else(|| SubmitError::new(SubmitKind::PolledAfterCompletion)),
+                    .ok_or_else(|| SubmitError::new(SubmitKind::ShutDown)),
             ),
             Admission::Wait(wait) => Pin::new(wait).poll(cx),
         }
@@ -88,7 +88,7 @@ impl Coordinator {
             .find(|entry| entry.name == *mode)
             .ok_or_else(|| {
                 let known = modes.iter().map(|entry| entry.name.clone()).collect();
-                SubmitError::new(SubmitKind::UnknownMode(mode.clone(), known))
+                SubmitError::new(SubmitKind::UnknownMode(Box::new((mode.clone(), known))))
             })
     }
 
@@ -219,9 +219,9 @@ impl Coordinator {
                                 // A cancellation is seen first, whatever else is ready.
                                 biased;
                                 Ok(()) = &mut cancelled => {
-                                    let kind = SubmitKind::CancelledWaiting(mode);
-                                    let id = task.info().request_id();
-                                    return Err(SubmitError::new(kind).about(id));
+                                    let id = task.info().request_id().clone();
+                                    let kind = SubmitKind::CancelledWaiting(Box::new((mode, id)));
+                                    return Err(SubmitError::new(kind));
                                 }
                                 permit = acquire => Some(permit),
                                 // Its parent was cancelled while it waited: it is born

@@ -218,7 +218,7 @@ impl Coordinator {
                     r.cell.close_unaccepted();
                 }
             }
-            return Err(SubmitError::new(SubmitKind::Failed(full)));
+            return Err(SubmitError::failed(full));
         }
         // A task that took a place now waited for none; one still to wait starts from the queue.
         let mut queue = entry

@@ -17,17 +17,16 @@ use crate::JobResult;
 #[derive(Clone)]
 pub struct SubmitError {
     kind: SubmitKind,
-    /// The request it is about, when its kind does not name it: set by the handle that answers
-    /// it, or the wait a cancellation ended. Boxed: only a failure pays for it.
-    request_id: Option<Box<RequestId>>,
 }
 
+/// Why a submission did not return a value. The rare large payloads are boxed, so that a
+/// `Result` of a submit stays small on the path where it holds the output.
 #[derive(Clone, Debug)]
 pub(crate) enum SubmitKind {
     NotStarted,
     ShutDown,
     /// The mode asked for, and the modes registered.
-    UnknownMode(ExecutionMode, Vec<ExecutionMode>),
+    UnknownMode(Box<(ExecutionMode, Vec<ExecutionMode>)>),
     Duplicate(RequestId),
     /// The request id is the empty string.
     EmptyId,
@@ -39,24 +38,40 @@ pub(crate) enum SubmitKind {
     PublisherClosed,
     /// The mode, and for a batch the places it needs at once.
     Busy(ExecutionMode),
-    /// Cancelled (`Coordinator::cancel`) while it waited for a place under the mode's limit.
-    CancelledWaiting(ExecutionMode),
-    /// A [`RequestHandle`](crate::RequestHandle) polled again after it gave its answer.
-    PolledAfterCompletion,
-    Failed(TaskError),
+    /// Cancelled (`Coordinator::cancel`) while it waited for a place under the mode's limit:
+    /// the mode, and the request.
+    CancelledWaiting(Box<(ExecutionMode, RequestId)>),
+    /// The handle of this request polled again after it gave its answer.
+    PolledAfterCompletion(RequestId),
+    Failed(Box<Failure>),
+}
+
+/// An accepted request that failed: why, and which request, once its handle says so.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    error: TaskError,
+    request_id: Option<RequestId>,
 }
 
 impl SubmitError {
     pub(crate) fn new(kind: SubmitKind) -> Self {
-        Self {
-            kind,
-            request_id: None,
-        }
+        Self { kind }
     }
 
-    /// This error as one about `request_id`, which it then names.
+    /// The failure of an accepted request.
+    pub(crate) fn failed(error: TaskError) -> Self {
+        let failure = Failure {
+            error,
+            request_id: None,
+        };
+        Self::new(SubmitKind::Failed(Box::new(failure)))
+    }
+
+    /// A failure as that of `request_id`, which it then names; any other error unchanged.
     pub(crate) fn about(mut self, request_id: &RequestId) -> Self {
-        self.request_id = Some(Box::new(request_id.clone()));
+        if let SubmitKind::Failed(failure) = &mut self.kind {
+            failure.request_id = Some(request_id.clone());
+        }
         self
     }
 
@@ -70,8 +85,11 @@ impl SubmitError {
         match &self.kind {
             SubmitKind::Duplicate(id)
             | SubmitKind::DuplicateInBatch(id)
-            | SubmitKind::NotReplayable(id) => Some(id),
-            _ => self.request_id.as_deref(),
+            | SubmitKind::NotReplayable(id)
+            | SubmitKind::PolledAfterCompletion(id) => Some(id),
+            SubmitKind::CancelledWaiting(waited) => Some(&waited.1),
+            SubmitKind::Failed(failure) => failure.request_id.as_ref(),
+            _ => None,
         }
     }
 
@@ -79,7 +97,7 @@ impl SubmitError {
     pub fn is_rejected(&self) -> bool {
         !matches!(
             self.kind,
-            SubmitKind::Failed(_) | SubmitKind::PolledAfterCompletion
+            SubmitKind::Failed(_) | SubmitKind::PolledAfterCompletion(_)
         )
     }
 
@@ -157,13 +175,13 @@ impl SubmitError {
     /// misuse, answered without a panic; `select!` loops skip a handle whose
     /// [`is_terminated`](futures::future::FusedFuture::is_terminated) holds).
     pub fn is_polled_after_completion(&self) -> bool {
-        matches!(self.kind, SubmitKind::PolledAfterCompletion)
+        matches!(self.kind, SubmitKind::PolledAfterCompletion(_))
     }
 
     /// The request ran and failed: why.
     pub fn task_error(&self) -> Option<&TaskError> {
         match &self.kind {
-            SubmitKind::Failed(e) => Some(e),
+            SubmitKind::Failed(failure) => Some(&failure.error),
             _ => None,
         }
     }
@@ -179,7 +197,7 @@ impl SubmitError {
     /// answer.
     pub fn into_task_error(self) -> Option<TaskError> {
         match self.kind {
-            SubmitKind::Failed(e) => Some(e),
+            SubmitKind::Failed(failure) => Some(failure.error),
             _ => None,
         }
     }
@@ -192,7 +210,8 @@ impl fmt::Display for SubmitError {
                 "the coordinator has not been started: call Coordinator::start(&publisher) first",
             ),
             SubmitKind::ShutDown => f.write_str("the coordinator is shut down"),
-            SubmitKind::UnknownMode(mode, known) => {
+            SubmitKind::UnknownMode(asked) => {
+                let (mode, known) = &**asked;
                 let known: Vec<&str> = known.iter().map(ExecutionMode::as_str).collect();
                 write!(
                     f,
@@ -223,27 +242,22 @@ impl fmt::Display for SubmitError {
             SubmitKind::Busy(mode) => {
                 write!(f, "mode `{mode}` is at its concurrency limit")
             }
-            SubmitKind::CancelledWaiting(mode) => {
-                match &self.request_id {
-                    Some(id) => write!(f, "request `{id}`")?,
-                    None => f.write_str("the request")?,
-                }
+            SubmitKind::CancelledWaiting(waited) => {
+                let (mode, id) = &**waited;
                 write!(
                     f,
-                    " was cancelled while it waited for a place under mode `{mode}`'s limit"
+                    "request `{id}` was cancelled while it waited for a place under mode \
+                     `{mode}`'s limit"
                 )
             }
-            SubmitKind::PolledAfterCompletion => match &self.request_id {
-                Some(id) => write!(
-                    f,
-                    "the handle of request `{id}` was polled after it completed: its answer went \
-                     to the first poll that returned it"
-                ),
-                None => f.write_str("polled after it completed"),
-            },
-            SubmitKind::Failed(e) => match &self.request_id {
-                Some(id) => write!(f, "request `{id}`: {e}"),
-                None => fmt::Display::fmt(e, f),
+            SubmitKind::PolledAfterCompletion(id) => write!(
+                f,
+                "the handle of request `{id}` was polled after it completed: its answer went to \
+                 the first poll that returned it"
+            ),
+            SubmitKind::Failed(failure) => match &failure.request_id {
+                Some(id) => write!(f, "request `{id}`: {}", failure.error),
+                None => fmt::Display::fmt(&failure.error, f),
             },
         }
     }
@@ -251,12 +265,9 @@ impl fmt::Display for SubmitError {
 
 impl fmt::Debug for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut debug = f.debug_struct("SubmitError");
-        debug.field("kind", &self.kind);
-        if let Some(id) = &self.request_id {
-            debug.field("request_id", id);
-        }
-        debug.finish()
+        f.debug_struct("SubmitError")
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 

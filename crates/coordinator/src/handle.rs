@@ -23,10 +23,10 @@ where
         if value.is::<O>() {
             // Not expected: a request whose output arrives shared fails before it is answered
             // (`RequestCell::owned_outcome`). Said, should it happen, rather than cloned.
-            SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
+            SubmitError::failed(TaskError::strategy(format!(
                 "the {} output is still held elsewhere, and the caller takes it moved",
                 type_name::<O>()
-            ))))
+            )))
         } else {
             wrong_type::<O>(value)
         }
@@ -42,10 +42,10 @@ where
 }
 
 fn wrong_type<O>(value: Value) -> SubmitError {
-    SubmitError::new(SubmitKind::Failed(TaskError::strategy(format!(
+    SubmitError::failed(TaskError::strategy(format!(
         "expected a {} result, got {value:?}",
         type_name::<O>()
-    ))))
+    )))
 }
 
 /// An accepted request: await it for the node's output, or [`cancel`](Self::cancel) it.
@@ -277,8 +277,8 @@ impl<O> Future for RequestHandle<O> {
     /// [`SubmitError::is_polled_after_completion`] holds, not a panic.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(convert) = self.convert else {
-            let misuse = SubmitError::new(SubmitKind::PolledAfterCompletion);
-            return Poll::Ready(Err(misuse.about(&self.request_id)));
+            let misuse = SubmitKind::PolledAfterCompletion(self.request_id.clone());
+            return Poll::Ready(Err(SubmitError::new(misuse)));
         };
         let received = std::task::ready!(self.cell.poll_answer(cx));
         self.convert = None;
@@ -291,7 +291,7 @@ impl<O> Future for RequestHandle<O> {
         });
         Poll::Ready(match outcome {
             Ok(value) => convert(value).map_err(|error| error.about(&self.request_id)),
-            Err(e) => Err(SubmitError::new(SubmitKind::Failed(e)).about(&self.request_id)),
+            Err(e) => Err(SubmitError::failed(e).about(&self.request_id)),
         })
     }
 }
