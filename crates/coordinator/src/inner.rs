@@ -32,23 +32,6 @@ pub(crate) struct Started {
 }
 
 impl Started {
-    /// An outcome the publisher did not take: it was shut down before this coordinator. Said at
-    /// warn the first time (no outcome is announced from then on; the documented order is the
-    /// coordinator's shutdown first), at trace after.
-    fn not_announced(&self, request_id: &task_core::RequestId) {
-        if self.unannounced.swap(true, Ordering::Relaxed) {
-            tracing::trace!(%request_id, "outcome not announced: the publisher is shut down");
-        } else {
-            tracing::warn!(
-                %request_id,
-                "outcome not announced: the publisher was shut down while requests were still \
-                 running; outcomes are no longer announced (shut the coordinator down first)"
-            );
-        }
-    }
-}
-
-impl Started {
     /// Started with `publisher`, on the runtime the caller is on, if any.
     pub(crate) fn new(publisher: &RequestCompletionPublisher) -> Self {
         let runtime = tokio::runtime::Handle::try_current().ok();
@@ -79,6 +62,21 @@ impl Started {
             runtime_runs,
             _watch: watch,
             unannounced: AtomicBool::new(false),
+        }
+    }
+
+    /// An outcome the publisher did not take: it was shut down before this coordinator. Said at
+    /// warn the first time (no outcome is announced from then on; the documented order is the
+    /// coordinator's shutdown first), at trace after.
+    fn not_announced(&self, request_id: &task_core::RequestId) {
+        if self.unannounced.swap(true, Ordering::Relaxed) {
+            tracing::trace!(%request_id, "outcome not announced: the publisher is shut down");
+        } else {
+            tracing::warn!(
+                %request_id,
+                "outcome not announced: the publisher was shut down while requests were still \
+                 running; outcomes are no longer announced (shut the coordinator down first)"
+            );
         }
     }
 }
@@ -261,14 +259,13 @@ impl Inner {
                 shared => shared.clone(),
             };
             let message = message_of(info, announced);
-            if let Err(refused) = bus.publish(message) {
-                // The application shut its bus down: the outcome still reaches the caller.
-                let shut_down = refused.is_shut_down();
-                let message = refused.into_inner();
-                if let (Some(started), Some(id), true) = (started, message.request_id(), shut_down)
-                {
-                    started.not_announced(id);
-                }
+            // The application shut its bus down: the outcome still reaches the caller.
+            if let Err(refused) = bus.publish(message)
+                && refused.is_shut_down()
+                && let Some(started) = started
+                && let Some(id) = refused.into_inner().request_id()
+            {
+                started.not_announced(id);
             }
         }
         drop(applying);
