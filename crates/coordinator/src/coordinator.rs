@@ -105,8 +105,8 @@ impl Coordinator {
     ///
     /// When already started, when shut down ([`StartError::is_shut_down`]: a coordinator whose
     /// shutdown began before this call is not started again; one started as its shutdown begins
-    /// takes no request either), when the publisher is not started or is shut down, or when the builder set a limit for a mode no strategy serves
-    /// ([`StartError::is_unknown_mode`]).
+    /// takes no request either), when the publisher is not started or is shut down, or when the
+    /// builder set a limit for a mode no strategy serves ([`StartError::is_unknown_mode`]).
     pub fn start(&self, publisher: &RequestCompletionPublisher) -> Result<(), StartError> {
         if self.inner.is_closing() {
             return Err(StartError::new(StartKind::ShutDown));

@@ -59,11 +59,11 @@ impl Coordinator {
     ///
     /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
     /// shut it down after this to drain it for its subscribers. Calling this again once it
-    /// returned does not shut strategies down again (but those it returned without). A call that comes while the first is still
-    /// shutting them down (a second, shorter shutdown: an impatient second Ctrl-C) asks them
-    /// again with its own grace, which their contract allows; the built-in strategies then cut
-    /// the first call's wait to the sooner deadline, so both calls return about when the shorter
-    /// grace is over.
+    /// returned does not shut strategies down again (but those it returned without). A call
+    /// that comes while the first is still shutting them down (a second, shorter shutdown: an
+    /// impatient second Ctrl-C) asks them again with its own grace, which their contract
+    /// allows; the built-in strategies then cut the first call's wait to the sooner deadline, so
+    /// both calls return about when the shorter grace is over.
     ///
     /// Do not await it inside a node of this coordinator: it waits for that node's own request,
     /// which cannot end before this returns, so that request is cancelled at the deadline (and
