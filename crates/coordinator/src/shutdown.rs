@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -22,10 +20,6 @@ const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 /// cannot be interrupted (blocking code on a thread) is left to finish and logged.
 const STOP_SETTLE: Duration = Duration::from_millis(250);
 
-/// How long past the grace it gave them shutdown waits for strategies still shutting down (a
-/// custom one that ignores its grace) before it returns without them.
-const STRATEGY_OVERRUN: Duration = Duration::from_secs(5);
-
 impl Coordinator {
     /// Shuts down with the grace period set on the builder (default
     /// [`DEFAULT_SHUTDOWN_GRACE`](crate::DEFAULT_SHUTDOWN_GRACE)).
@@ -36,8 +30,7 @@ impl Coordinator {
     /// Shuts down gracefully within `grace` (a grace too long to add to now waits as long as the
     /// requests take), plus, when it has to cancel at the deadline, at most about 5 s for the
     /// cancelled requests to end and the strategies to stop them, with strategies that keep
-    /// their grace, as the built-in ones do, and at most 5 s more for one that does not
-    /// (step 4):
+    /// their grace, as the built-in ones do (step 4):
     ///
     /// 1. stops taking new requests: until the deadline it accepts only a task whose parent is
     ///    a request still open here (a child it may need to finish), and only where the task
@@ -53,17 +46,16 @@ impl Coordinator {
     ///    what is left of `grace` (at least a moment after cancelling at the deadline, so that
     ///    the cancelled async nodes are dropped before this returns; blocking code on a thread
     ///    cannot be interrupted and is left to finish), and waits for each: the built-in ones
-    ///    return about when that grace is over; a custom strategy that ignores its grace is
-    ///    waited for at most 5 s past it, then this returns without it, logging an error, and
-    ///    a later call asks it again.
+    ///    return about when that grace is over; a custom strategy that ignores its grace holds
+    ///    this call as long as it takes.
     ///
     /// Nothing here waits for a subscriber of the bus. The publisher belongs to the application:
     /// shut it down after this to drain it for its subscribers. Calling this again once it
-    /// returned does not shut strategies down again (but those it returned without). A call
-    /// that comes while the first is still shutting them down (a second, shorter shutdown: an
-    /// impatient second Ctrl-C) asks them again with its own grace, which their contract
-    /// allows; the built-in strategies then cut the first call's wait to the sooner deadline, so
-    /// both calls return about when the shorter grace is over.
+    /// returned does not shut strategies down again. A call that comes while the first is still
+    /// shutting them down (a second, shorter shutdown: an impatient second Ctrl-C) asks them
+    /// again with its own grace, which their contract allows; the built-in strategies then cut
+    /// the first call's wait to the sooner deadline, so both calls return about when the shorter
+    /// grace is over.
     ///
     /// Do not await it inside a node of this coordinator: it waits for that node's own request,
     /// which cannot end before this returns, so that request is cancelled at the deadline (and
@@ -73,8 +65,7 @@ impl Coordinator {
     /// # Panics
     ///
     /// When it has to wait with a finite `grace` (for requests in flight, or for a strategy's
-    /// tasks still running, such as a timed-out threaded node, or for a strategy whose shutdown
-    /// does not return at once), the grace is a tokio timer: on a
+    /// tasks still running, such as a timed-out threaded node), the grace is a tokio timer: on a
     /// runtime built without its time driver this panics, as [`tokio::time::timeout`] does.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
         // On the runtime's clock, as every tokio timer: a paused one may be far from the wall
@@ -132,59 +123,22 @@ impl Coordinator {
         // their contract allows: a second, shorter shutdown that comes while the first is under
         // way returns about when its own grace is over, and one whose caller stopped waiting
         // leaves them to the next call.
-        if !inner.strategies_shut.load(Ordering::SeqCst)
-            && shut_strategies(&inner.modes, remaining).await
-        {
+        if !inner.strategies_shut.load(Ordering::SeqCst) {
+            shut_strategies(&inner.modes, remaining).await;
             inner.strategies_shut.store(true, Ordering::SeqCst);
         }
     }
 }
 
-/// Shuts each strategy down (one serving several modes once), giving each `grace`, and waits
-/// for them at most [`STRATEGY_OVERRUN`] past it. Returns whether all of them returned; one
-/// that did not is left to a later shutdown call, and to its drop.
-async fn shut_strategies(modes: &[crate::inner::Mode], grace: Duration) -> bool {
+/// Shuts each strategy down (one serving several modes once), giving each `grace`.
+async fn shut_strategies(modes: &[crate::inner::Mode], grace: Duration) {
     let mut unique: Vec<&StrategyRef> = Vec::new();
     for strategy in modes.iter().map(|mode| &mode.strategy) {
         if !unique.iter().any(|s| Arc::ptr_eq(s, strategy)) {
             unique.push(strategy);
         }
     }
-    let mut done = vec![false; unique.len()];
-    let mut pending: FuturesUnordered<_> = (unique.iter().enumerate())
-        .map(|(i, strategy)| strategy.shutdown(grace).map(move |()| i))
-        .collect();
-    let mut all = Box::pin(async {
-        while let Some(i) = pending.next().await {
-            done[i] = true;
-        }
-    });
-    // Strategies with nothing left to stop return at once: no timer then (a runtime may have
-    // no time driver), nor with no deadline.
-    let bound = crate::inner::deadline_after(grace).and_then(|at| at.checked_add(STRATEGY_OVERRUN));
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(all.as_mut().poll(cx))).await;
-    let finished = match bound {
-        _ if first.is_ready() => true,
-        Some(bound) => tokio::time::timeout_at(bound, all.as_mut()).await.is_ok(),
-        None => {
-            all.as_mut().await;
-            true
-        }
-    };
-    drop(all);
-    if !finished {
-        let left: Vec<&str> = (unique.iter().zip(&done))
-            .filter(|(_, done)| !**done)
-            .map(|(strategy, _)| strategy.name())
-            .collect();
-        tracing::error!(
-            strategies = ?left,
-            ?grace,
-            "coordinator shutdown: strategies still shutting down 5 s past their grace; \
-             returning without them"
-        );
-    }
-    finished
+    futures::future::join_all(unique.into_iter().map(|s| s.shutdown(grace))).await;
 }
 
 /// Waits until `done()` holds or `deadline` passes (never, when it is `None`), re-checking each

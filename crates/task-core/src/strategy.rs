@@ -87,9 +87,8 @@ pub trait TaskExecutionStrategy: Send + Sync + 'static {
     fn execute(&self, task: ErasedTask, completion: Completion);
 
     /// Stops taking tasks and waits up to `grace` for the ones in flight, then returns: a
-    /// coordinator's shutdown waits for this future a few seconds past `grace` at most, then
-    /// drops it and returns without it. Idempotent: calling it again waits again, it does not
-    /// fail.
+    /// coordinator's shutdown waits for this future, however long it takes. Idempotent: calling
+    /// it again waits again, it does not fail.
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
 
     /// A short name for logs and [`StrategyStats`]. The default is the type's name without its
