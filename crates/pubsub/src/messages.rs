@@ -144,7 +144,8 @@ pub struct BroadcastEvent {
 ///
 /// `Display` gives the one-line log form: `<node> DONE with result <r>` for a success,
 /// `<node> FAILED with error <e>` for a failure, `<node> TIMED OUT: <e>` and
-/// `<node> CANCELLED: <e>` for the failures that are a timeout or a cancellation.
+/// `<node> CANCELLED: <e>` for the failures that are a timeout or a cancellation, where `<e>`
+/// is the error and the causes below it (`the upload failed: disk full`).
 ///
 /// # Examples
 ///
@@ -248,12 +249,13 @@ impl fmt::Display for RequestSuccess {
 impl fmt::Display for RequestFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (name, error) = (self.info.name(), &self.error);
+        // The error's whole chain, each cause once: the log line says why, down to the root.
         if error.is_cancelled() {
-            write!(f, "{name} CANCELLED: {error}")
+            write!(f, "{name} CANCELLED: {error:#}")
         } else if error.is_timeout() {
-            write!(f, "{name} TIMED OUT: {error}")
+            write!(f, "{name} TIMED OUT: {error:#}")
         } else {
-            write!(f, "{name} FAILED with error {error}")
+            write!(f, "{name} FAILED with error {error:#}")
         }
     }
 }
@@ -303,6 +305,22 @@ mod tests {
         TaskInfo::new("r1".into(), "n1".into(), None, "planner")
     }
 
+    /// An error whose cause is `.0`.
+    #[derive(Debug)]
+    struct Upload(std::io::Error);
+
+    impl fmt::Display for Upload {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the upload failed")
+        }
+    }
+
+    impl std::error::Error for Upload {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
     #[test]
     fn log_forms() {
         let failure = RequestCompletionMessage::Failure(RequestFailure {
@@ -314,6 +332,16 @@ mod tests {
             "planner FAILED with error timeout talking to api"
         );
         assert!(failure.is_terminal());
+        // A node error with a cause says it too, as a timeout after a failed attempt does.
+        let denied = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "disk locked");
+        let caused = RequestCompletionMessage::Failure(RequestFailure {
+            info: info(),
+            error: TaskError::node(Box::new(Upload(denied))),
+        });
+        assert_eq!(
+            caused.to_string(),
+            "planner FAILED with error the upload failed: disk locked"
+        );
         let ended = |error| {
             RequestCompletionMessage::Failure(RequestFailure {
                 info: info(),

@@ -276,9 +276,20 @@ impl TaskError {
     }
 }
 
+/// The message; with `{:#}`, followed by each cause below it that the message does not already
+/// say ([`source`](StdError::source), then its sources), as `anyhow` prints a chain:
+/// `the upload failed: disk full`.
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        if f.alternate() {
+            let mut cause = StdError::source(self);
+            while let Some(below) = cause {
+                write!(f, ": {below}")?;
+                cause = below.source();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -385,6 +396,16 @@ mod tests {
         assert!(debug.contains("PermissionDenied"), "{debug}");
         let plain = format!("{:?}", TaskError::strategy("lost"));
         assert!(!plain.contains("source"), "{plain}");
+    }
+
+    /// `{:#}` says the whole chain, each cause once; `{}` the message alone.
+    #[test]
+    fn the_alternate_form_says_the_whole_chain() {
+        let err = TaskError::node(Box::new(Upload(Quota)));
+        assert_eq!(err.to_string(), "the upload failed");
+        assert_eq!(format!("{err:#}"), "the upload failed: quota exceeded");
+        let plain = TaskError::strategy("lost");
+        assert_eq!(format!("{plain:#}"), "lost");
     }
 
     /// Each cause once in the chain: the node's error is the message, its cause the source.

@@ -27,10 +27,9 @@ impl Expiry {
                 if let Some((attempt, error)) = ending.retry.as_deref().and_then(last_failure) {
                     if error.is_timeout() {
                         // It says which attempt it was.
-                        message.push_str(&format!(", after {}", chain(error)));
+                        message.push_str(&format!(", after {error:#}"));
                     } else {
-                        message.push_str(&format!(", after attempt {attempt} failed: "));
-                        message.push_str(&chain(error));
+                        message.push_str(&format!(", after attempt {attempt} failed: {error:#}"));
                     }
                 }
                 Err(TaskError::timed_out(message))
@@ -47,18 +46,6 @@ fn last_failure(retry: &super::Retry) -> Option<(u32, &TaskError)> {
         Some((_, error)) => Some((retry.attempt, error)),
         None => (retry.last_failure.as_ref()).map(|(attempt, error)| (*attempt, error)),
     }
-}
-
-/// `error` and the causes below it, each once: `the upload failed: disk full`.
-fn chain(error: &TaskError) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(below) = cause {
-        text.push_str(": ");
-        text.push_str(&below.to_string());
-        cause = below.source();
-    }
-    text
 }
 
 impl Drop for Expiry {
