@@ -255,10 +255,13 @@ impl fmt::Display for SubmitError {
                 "the handle of request `{id}` was polled after it completed: its answer went to \
                  the first poll that returned it"
             ),
-            SubmitKind::Failed(failure) => match &failure.request_id {
-                Some(id) => write!(f, "request `{id}`: {}", failure.error),
-                None => fmt::Display::fmt(&failure.error, f),
-            },
+            // The error's own form, `{:#}` (its causes) included, after the request's id.
+            SubmitKind::Failed(failure) => {
+                if let Some(id) = &failure.request_id {
+                    write!(f, "request `{id}`: ")?;
+                }
+                fmt::Display::fmt(&failure.error, f)
+            }
         }
     }
 }

@@ -198,6 +198,11 @@ async fn a_failure_reads_as_its_cause_and_its_chain_says_each_cause_once() {
         cause = error.source();
     }
     assert_eq!(chain, ["request `u`: the upload failed", "disk full"]);
+    // `{:#}` says the chain in one line, as the bus's failure line does.
+    assert_eq!(
+        format!("{err:#}"),
+        "request `u`: the upload failed: disk full"
+    );
     assert_eq!(err.request_id().map(|id| id.as_str()), Some("u"));
     assert!(err.task_error().unwrap().downcast_ref::<Upload>().is_some());
 

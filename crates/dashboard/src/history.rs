@@ -193,7 +193,8 @@ impl History {
                 "success"
             }
             RequestCompletionMessage::Failure(failure) => {
-                body["error"] = json!(clip(failure.error.to_string()));
+                // With its causes, as the bus's line says it.
+                body["error"] = json!(clip(format!("{:#}", failure.error)));
                 "failure"
             }
             RequestCompletionMessage::Broadcast(event) => {

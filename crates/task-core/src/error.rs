@@ -285,8 +285,9 @@ impl fmt::Display for TaskError {
         if f.alternate() {
             let mut cause = StdError::source(self);
             while let Some(below) = cause {
-                write!(f, ": {below}")?;
-                cause = below.source();
+                let text = below.to_string();
+                write!(f, ": {text}")?;
+                cause = first_unsaid_cause(&text, below.source());
             }
         }
         Ok(())
@@ -404,6 +405,18 @@ mod tests {
         let err = TaskError::node(Box::new(Upload(Quota)));
         assert_eq!(err.to_string(), "the upload failed");
         assert_eq!(format!("{err:#}"), "the upload failed: quota exceeded");
+        // A cause below that says its own cause in its text: that one is not said again.
+        #[derive(Debug, thiserror::Error)]
+        #[error("write: {0}")]
+        struct Write(#[source] Quota);
+        #[derive(Debug, thiserror::Error)]
+        #[error("the upload failed")]
+        struct Deep(#[source] Write);
+        let deep = TaskError::node(Box::new(Deep(Write(Quota))));
+        assert_eq!(
+            format!("{deep:#}"),
+            "the upload failed: write: quota exceeded"
+        );
         let plain = TaskError::strategy("lost");
         assert_eq!(format!("{plain:#}"), "lost");
     }
