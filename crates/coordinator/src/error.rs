@@ -11,9 +11,9 @@ use crate::JobResult;
 /// Either the request was **rejected** ([`is_rejected`](Self::is_rejected)): nothing was recorded
 /// and no message published; or it was **accepted and failed**: its job is closed as a failure,
 /// its failure message published, and [`task_error`](Self::task_error) says why. One more case
-/// says nothing about the request: a [`RequestHandle`](crate::RequestHandle) polled again after
-/// it gave its answer ([`is_polled_after_completion`](Self::is_polled_after_completion)), neither
-/// a rejection nor a failure.
+/// says nothing of how the request ended: a [`RequestHandle`](crate::RequestHandle) polled again
+/// after it gave its answer ([`is_polled_after_completion`](Self::is_polled_after_completion)),
+/// neither a rejection nor a failure.
 #[derive(Clone)]
 pub struct SubmitError {
     kind: SubmitKind,
@@ -171,9 +171,10 @@ impl SubmitError {
     }
 
     /// A [`RequestHandle`](crate::RequestHandle) was polled again after it completed: its answer
-    /// went to the first poll that returned ready, and this says nothing about the request (a
-    /// misuse, answered without a panic; `select!` loops skip a handle whose
-    /// [`is_terminated`](futures::future::FusedFuture::is_terminated) holds).
+    /// went to the first poll that returned ready, and this says nothing of how the request
+    /// ended, only which it was ([`request_id`](Self::request_id)). A misuse, answered without
+    /// a panic; `select!` loops skip a handle whose
+    /// [`is_terminated`](futures::future::FusedFuture::is_terminated) holds.
     pub fn is_polled_after_completion(&self) -> bool {
         matches!(self.kind, SubmitKind::PolledAfterCompletion(_))
     }
